@@ -1,0 +1,264 @@
+//! The outsourcing protocol: what flows on one outsourced socket's stream.
+//!
+//! A stream carries exactly one socket. It opens with an optional [`ToHost::Hello`] (written by
+//! the VMM, never by a guest), then one request ([`ToHost::Connect`], [`ToHost::Listen`] or
+//! [`ToHost::Udp`]) and one answer from host-server. What follows depends on the request:
+//!
+//! - TCP connect, relayed: the raw bytes of the TCP connection, both ways; half-close is a
+//!   `shutdown(SHUT_WR)` of the stream.
+//! - TCP connect with `pass_fd`: the answer arrives together with the connected IPv6 socket
+//!   (SCM_RIGHTS on the Unix stream) and the stream then closes.
+//! - TCP listen: host-server sends one [`ToGuest::Inbound`] per accepted connection — with the
+//!   accepted socket attached in process mode, or, for a VM, as the first frame of a new
+//!   host→guest stream to the vsock port named in the request. Closing the listen stream closes
+//!   the host's listener.
+//! - UDP: [`Datagram`] frames both ways; the address is the destination going out and the source
+//!   coming in, always as the guest sees it (dummy IPv4 for IPv6 peers).
+
+use std::net::SocketAddrV4;
+
+use crate::codec::{Reader, Writer};
+use crate::errno::Errno;
+use crate::frame::{Message, ProtoError};
+
+/// Written by the VMM before any guest byte: names the VM a bridged stream comes from, so that a
+/// guest can never speak for another VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmHello {
+    /// The VM's configured name.
+    pub vm: String,
+    /// The guest's vsock context id.
+    pub cid: u32,
+    /// The vsock port the guest connected to on the host (CID 2).
+    pub port: u32,
+}
+
+/// Open a TCP connection to an IPv4 address (a dummy for an IPv6 host, usually).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectRequest {
+    pub dest: SocketAddrV4,
+    /// Process mode: pass the host's IPv6 socket back with SCM_RIGHTS instead of relaying.
+    pub pass_fd: bool,
+    /// With `pass_fd`: answer as soon as the connect is under way (the program's socket is
+    /// non-blocking and will learn the outcome through poll and `SO_ERROR`).
+    pub nonblocking: bool,
+}
+
+/// Listen for TCP connections on an IPv4 port on the guest's behalf.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenRequest {
+    /// The address the program bound (usually 0.0.0.0:port).
+    pub addr: SocketAddrV4,
+    pub backlog: u32,
+    /// Process mode: attach each accepted socket to its [`ToGuest::Inbound`] frame.
+    pub pass_fd: bool,
+    /// VM mode: the guest vsock port where the shim accepts inbound streams (0 in process mode).
+    pub vsock_port: u32,
+}
+
+/// Open a UDP association bound to an IPv4 address (port 0: any).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UdpRequest {
+    pub bind: SocketAddrV4,
+}
+
+/// One UDP datagram with the address it goes to (outbound) or came from (inbound).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Datagram {
+    pub addr: SocketAddrV4,
+    pub payload: Vec<u8>,
+}
+
+/// Frames that travel towards host-server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToHost {
+    Hello(VmHello),
+    Connect(ConnectRequest),
+    Listen(ListenRequest),
+    Udp(UdpRequest),
+    Datagram(Datagram),
+}
+
+/// Frames that travel towards the guest (or the process).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToGuest {
+    /// The connection is open (or, with `in_progress`, under way); the addresses are what
+    /// getsockname and getpeername must report.
+    Connected {
+        local: SocketAddrV4,
+        peer: SocketAddrV4,
+        fd_passed: bool,
+        in_progress: bool,
+    },
+    /// The host listens; `local` is the guest-visible bound address.
+    Listening {
+        local: SocketAddrV4,
+    },
+    /// The UDP association is open; `local` is the guest-visible bound address.
+    Associated {
+        local: SocketAddrV4,
+    },
+    /// The request failed with what a native call would have set `errno` to.
+    Failed(Errno),
+    /// An accepted connection: `peer` is the remote side as the guest sees it (a dummy IPv4 from
+    /// the source pool for an IPv6 peer), `local` the guest-visible local address.
+    Inbound {
+        peer: SocketAddrV4,
+        local: SocketAddrV4,
+    },
+    Datagram(Datagram),
+}
+
+mod kind {
+    pub const HELLO: u8 = 1;
+    pub const CONNECT: u8 = 2;
+    pub const LISTEN: u8 = 3;
+    pub const UDP: u8 = 4;
+    pub const DATAGRAM: u8 = 5;
+    pub const CONNECTED: u8 = 16;
+    pub const LISTENING: u8 = 17;
+    pub const ASSOCIATED: u8 = 18;
+    pub const FAILED: u8 = 19;
+    pub const INBOUND: u8 = 20;
+}
+
+fn write_datagram(w: &mut Writer, d: &Datagram) {
+    w.sockv4(d.addr);
+    w.bytes(&d.payload);
+}
+
+fn read_datagram(r: &mut Reader<'_>) -> Result<Datagram, ProtoError> {
+    Ok(Datagram {
+        addr: r.sockv4()?,
+        payload: r.bytes()?,
+    })
+}
+
+impl Message for ToHost {
+    const FAMILY: &'static str = "to-host";
+
+    fn kind(&self) -> u8 {
+        match self {
+            Self::Hello(_) => kind::HELLO,
+            Self::Connect(_) => kind::CONNECT,
+            Self::Listen(_) => kind::LISTEN,
+            Self::Udp(_) => kind::UDP,
+            Self::Datagram(_) => kind::DATAGRAM,
+        }
+    }
+
+    fn encode_body(&self, w: &mut Writer) {
+        match self {
+            Self::Hello(h) => {
+                w.string(&h.vm);
+                w.u32(h.cid);
+                w.u32(h.port);
+            }
+            Self::Connect(c) => {
+                w.sockv4(c.dest);
+                w.bool(c.pass_fd);
+                w.bool(c.nonblocking);
+            }
+            Self::Listen(l) => {
+                w.sockv4(l.addr);
+                w.u32(l.backlog);
+                w.bool(l.pass_fd);
+                w.u32(l.vsock_port);
+            }
+            Self::Udp(u) => w.sockv4(u.bind),
+            Self::Datagram(d) => write_datagram(w, d),
+        }
+    }
+
+    fn decode_body(kind: u8, r: &mut Reader<'_>) -> Result<Self, ProtoError> {
+        Ok(match kind {
+            kind::HELLO => Self::Hello(VmHello {
+                vm: r.string()?,
+                cid: r.u32()?,
+                port: r.u32()?,
+            }),
+            kind::CONNECT => Self::Connect(ConnectRequest {
+                dest: r.sockv4()?,
+                pass_fd: r.bool()?,
+                nonblocking: r.bool()?,
+            }),
+            kind::LISTEN => Self::Listen(ListenRequest {
+                addr: r.sockv4()?,
+                backlog: r.u32()?,
+                pass_fd: r.bool()?,
+                vsock_port: r.u32()?,
+            }),
+            kind::UDP => Self::Udp(UdpRequest { bind: r.sockv4()? }),
+            kind::DATAGRAM => Self::Datagram(read_datagram(r)?),
+            other => {
+                return Err(ProtoError::UnknownKind {
+                    family: Self::FAMILY,
+                    kind: other,
+                })
+            }
+        })
+    }
+}
+
+impl Message for ToGuest {
+    const FAMILY: &'static str = "to-guest";
+
+    fn kind(&self) -> u8 {
+        match self {
+            Self::Connected { .. } => kind::CONNECTED,
+            Self::Listening { .. } => kind::LISTENING,
+            Self::Associated { .. } => kind::ASSOCIATED,
+            Self::Failed(_) => kind::FAILED,
+            Self::Inbound { .. } => kind::INBOUND,
+            Self::Datagram(_) => kind::DATAGRAM,
+        }
+    }
+
+    fn encode_body(&self, w: &mut Writer) {
+        match self {
+            Self::Connected {
+                local,
+                peer,
+                fd_passed,
+                in_progress,
+            } => {
+                w.sockv4(*local);
+                w.sockv4(*peer);
+                w.bool(*fd_passed);
+                w.bool(*in_progress);
+            }
+            Self::Listening { local } | Self::Associated { local } => w.sockv4(*local),
+            Self::Failed(errno) => w.u16(errno.0),
+            Self::Inbound { peer, local } => {
+                w.sockv4(*peer);
+                w.sockv4(*local);
+            }
+            Self::Datagram(d) => write_datagram(w, d),
+        }
+    }
+
+    fn decode_body(kind: u8, r: &mut Reader<'_>) -> Result<Self, ProtoError> {
+        Ok(match kind {
+            kind::CONNECTED => Self::Connected {
+                local: r.sockv4()?,
+                peer: r.sockv4()?,
+                fd_passed: r.bool()?,
+                in_progress: r.bool()?,
+            },
+            kind::LISTENING => Self::Listening { local: r.sockv4()? },
+            kind::ASSOCIATED => Self::Associated { local: r.sockv4()? },
+            kind::FAILED => Self::Failed(Errno(r.u16()?)),
+            kind::INBOUND => Self::Inbound {
+                peer: r.sockv4()?,
+                local: r.sockv4()?,
+            },
+            kind::DATAGRAM => Self::Datagram(read_datagram(r)?),
+            other => {
+                return Err(ProtoError::UnknownKind {
+                    family: Self::FAMILY,
+                    kind: other,
+                })
+            }
+        })
+    }
+}

@@ -1,0 +1,12 @@
+//! outsock-dns-cache: the DNS server that hands guests dummy IPv4 addresses standing for IPv6
+//! ones (DESIGN.md §5).
+//!
+//! Layers, bottom up: [`pool`] (prefixes and their checks), [`mapping`] (the allocation policy,
+//! pure, with time passed in), [`store`] (SQLite, applying `migrations/`), [`persist`] (the single
+//! writer thread with group commit), [`cache`] (upstream answers with negative caching),
+//! [`upstream`] (a small DNS client over UDP with TCP retry), [`resolve`] (the rules), [`server`]
+//! (hickory-server glue), [`lookup`] (dns.sock for host-server), [`metrics`], [`config`].
+
+pub mod clock;
+pub mod mapping;
+pub mod pool;

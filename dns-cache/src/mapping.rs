@@ -1,0 +1,728 @@
+//! The mapping policy: which dummy IPv4 address stands for which IPv6 address, for how long, and
+//! which mapping may be recycled when the pool runs out (DESIGN.md §5).
+//!
+//! Pure and synchronous: time comes in as an argument, persistence happens elsewhere. The table
+//! remembers which entries changed (`dirty`) and numbers every change that hands out an address
+//! (`seq`), so the writer can make them durable in batches and the DNS side can wait until the
+//! address it is about to answer with has been committed.
+//!
+//! Rules kept here:
+//! - one IPv6 address has at most one dummy per table while its mapping lives, and one dummy
+//!   stands for at most one IPv6 address;
+//! - a mapping is protected until `max(expires, last_used + grace)` and while pinned;
+//! - only when no address was never used or freed does allocation recycle, taking the least
+//!   recently used unprotected mapping; if there is none, allocation fails (SERVFAIL upstream of
+//!   here), it never takes a live mapping.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::fmt;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
+
+use crate::clock::UnixMillis;
+use crate::pool::Ipv4Prefix;
+
+/// How many names one mapping remembers for PTR answers. A guest can point any number of CNAMEs
+/// at one address; the list must stay bounded.
+pub const MAX_NAMES: usize = 8;
+
+/// Why a mapping operation failed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum MappingError {
+    /// Every address of the pool is live (pinned, or within TTL or grace).
+    #[error("the {0} pool is exhausted: every address is pinned or within its grace period")]
+    Exhausted(Direction),
+    /// The address is not a mapped address of this pool.
+    #[error("no mapping for {0}")]
+    NotMapped(Ipv4Addr),
+    /// Unpin without a matching pin.
+    #[error("{0} is not pinned")]
+    NotPinned(Ipv4Addr),
+}
+
+/// Which pool a mapping belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// A dummy destination synthesised from an AAAA record.
+    Synthesised,
+    /// A dummy source shown to guest servers for an inbound IPv6 peer.
+    InboundPeer,
+}
+
+impl Direction {
+    /// The text stored in the database and shown in `mappings_view`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Synthesised => "synthesised",
+            Direction::InboundPeer => "inbound-peer",
+        }
+    }
+
+    /// Parses [`Direction::as_str`]'s text.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "synthesised" => Some(Direction::Synthesised),
+            "inbound-peer" => Some(Direction::InboundPeer),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Direction::Synthesised => "destination",
+            Direction::InboundPeer => "source",
+        })
+    }
+}
+
+/// One mapping, as stored and as reported over dns.sock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mapping {
+    /// The dummy IPv4 address.
+    pub v4: Ipv4Addr,
+    /// The real IPv6 address it stands for.
+    pub v6: Ipv6Addr,
+    /// Which pool.
+    pub direction: Direction,
+    /// Names the address was synthesised for (empty for inbound peers).
+    pub names: Vec<String>,
+    /// When the mapping was made.
+    pub created: UnixMillis,
+    /// Last answer or use.
+    pub last_used: UnixMillis,
+    /// When the last answer's TTL runs out.
+    pub expires: UnixMillis,
+    /// Open connections (host-server pins) through it.
+    pub pins: u32,
+}
+
+/// How an address was obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Allocation {
+    /// The IPv6 address already had a mapping.
+    Existing,
+    /// A never-used (or flushed) address was taken.
+    Fresh,
+    /// The least recently used unprotected mapping was taken over; it stood for `previous`.
+    Recycled {
+        /// The IPv6 address the dummy stood for before.
+        previous: Ipv6Addr,
+    },
+}
+
+/// The result of [`MappingTable::map`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MapResult {
+    /// The dummy address.
+    pub v4: Ipv4Addr,
+    /// How it was obtained.
+    pub allocation: Allocation,
+    /// The change number that must be committed before `v4` may be handed out.
+    pub durable_after: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    mapping: Mapping,
+    /// Change number of the allocation that created this entry.
+    must_commit: u64,
+}
+
+/// Changes to write, drained by the persistence writer.
+#[derive(Debug, Default)]
+pub struct Dirty {
+    /// Mappings to insert or update.
+    pub upserts: Vec<Mapping>,
+    /// Addresses whose mappings were removed.
+    pub deletes: Vec<Ipv4Addr>,
+    /// Highest change number included.
+    pub seq: u64,
+}
+
+/// The mappings of one pool.
+#[derive(Debug)]
+pub struct MappingTable {
+    direction: Direction,
+    prefix: Ipv4Prefix,
+    reserved: Option<Ipv4Addr>,
+    first: u32,
+    last: u32,
+    next_fresh: u32,
+    free: Vec<u32>,
+    grace: Duration,
+    by_v6: HashMap<Ipv6Addr, u32>,
+    by_v4: HashMap<u32, Entry>,
+    lru: BTreeSet<(UnixMillis, u32)>,
+    dirty: HashSet<u32>,
+    seq: u64,
+}
+
+impl MappingTable {
+    /// A table over `prefix`. The destination pool reserves its first usable address as the
+    /// guest DNS address; the source pool reserves nothing.
+    pub fn new(prefix: Ipv4Prefix, direction: Direction, grace: Duration) -> Self {
+        let first_usable = u32::from(prefix.first_usable());
+        let (reserved, first) = match direction {
+            Direction::Synthesised => (Some(prefix.first_usable()), first_usable + 1),
+            Direction::InboundPeer => (None, first_usable),
+        };
+        Self {
+            direction,
+            prefix,
+            reserved,
+            first,
+            last: u32::from(prefix.last_usable()),
+            next_fresh: first,
+            free: Vec::new(),
+            grace,
+            by_v6: HashMap::new(),
+            by_v4: HashMap::new(),
+            lru: BTreeSet::new(),
+            dirty: HashSet::new(),
+            seq: 0,
+        }
+    }
+
+    /// The pool's prefix.
+    pub fn prefix(&self) -> Ipv4Prefix {
+        self.prefix
+    }
+
+    /// The reserved address (the guest DNS address in the destination pool).
+    pub fn reserved(&self) -> Option<Ipv4Addr> {
+        self.reserved
+    }
+
+    /// How many addresses can be handed out.
+    pub fn capacity(&self) -> usize {
+        usize::try_from(self.last - self.first + 1).unwrap_or(usize::MAX)
+    }
+
+    /// How many mappings exist.
+    pub fn len(&self) -> usize {
+        self.by_v4.len()
+    }
+
+    /// Whether the table has no mappings.
+    pub fn is_empty(&self) -> bool {
+        self.by_v4.is_empty()
+    }
+
+    /// Whether `v4` is an address this table hands out.
+    pub fn owns(&self, v4: Ipv4Addr) -> bool {
+        let n = u32::from(v4);
+        (self.first..=self.last).contains(&n)
+    }
+
+    /// Loads mappings read back from the store. Returns the ones that do not fit this pool (the
+    /// pool was reconfigured, or a duplicate IPv6 address); they are queued for deletion so that
+    /// the database keeps matching what is served.
+    pub fn load(&mut self, rows: Vec<Mapping>) -> Vec<Mapping> {
+        let mut rejected = Vec::new();
+        for m in rows {
+            let n = u32::from(m.v4);
+            if m.direction != self.direction
+                || !self.owns(m.v4)
+                || self.by_v4.contains_key(&n)
+                || self.by_v6.contains_key(&m.v6)
+            {
+                if m.direction == self.direction && !self.by_v4.contains_key(&n) {
+                    self.dirty.insert(n);
+                }
+                rejected.push(m);
+                continue;
+            }
+            self.by_v6.insert(m.v6, n);
+            self.lru.insert((m.last_used, n));
+            self.by_v4.insert(
+                n,
+                Entry {
+                    mapping: m,
+                    must_commit: 0,
+                },
+            );
+        }
+        let highest = self.by_v4.keys().copied().max();
+        self.next_fresh = highest.map_or(self.first, |h| h + 1);
+        self.free = (self.first..self.next_fresh)
+            .rev()
+            .filter(|n| !self.by_v4.contains_key(n))
+            .collect();
+        rejected
+    }
+
+    /// The mapping for a dummy address.
+    pub fn get(&self, v4: Ipv4Addr) -> Option<&Mapping> {
+        self.by_v4.get(&u32::from(v4)).map(|e| &e.mapping)
+    }
+
+    /// The dummy address of an IPv6 address, if mapped.
+    pub fn lookup_v6(&self, v6: Ipv6Addr) -> Option<Ipv4Addr> {
+        self.by_v6.get(&v6).map(|n| Ipv4Addr::from(*n))
+    }
+
+    /// The change number that must be committed before `v4` may be handed out.
+    pub fn durable_after(&self, v4: Ipv4Addr) -> u64 {
+        self.by_v4.get(&u32::from(v4)).map_or(0, |e| e.must_commit)
+    }
+
+    /// Every mapping, in address order.
+    pub fn list(&self) -> Vec<Mapping> {
+        let mut all: Vec<Mapping> = self.by_v4.values().map(|e| e.mapping.clone()).collect();
+        all.sort_by_key(|m| m.v4);
+        all
+    }
+
+    /// Returns the dummy address for `v6`, allocating one if needed, and records an answer (or
+    /// use) at `now` valid for `ttl`. `name` is remembered for PTR answers.
+    pub fn map(
+        &mut self,
+        v6: Ipv6Addr,
+        name: Option<&str>,
+        ttl: Duration,
+        now: UnixMillis,
+    ) -> Result<MapResult, MappingError> {
+        if let Some(&n) = self.by_v6.get(&v6) {
+            self.touch_n(n, now, Some(now.plus(ttl)));
+            let entry = self
+                .by_v4
+                .get_mut(&n)
+                .expect("by_v6 and by_v4 always hold the same mappings");
+            if let Some(name) = name {
+                remember_name(&mut entry.mapping.names, name);
+            }
+            return Ok(MapResult {
+                v4: Ipv4Addr::from(n),
+                allocation: Allocation::Existing,
+                durable_after: entry.must_commit,
+            });
+        }
+        let (n, allocation) = self.take_address(now)?;
+        self.seq += 1;
+        let mut names = Vec::new();
+        if let Some(name) = name {
+            remember_name(&mut names, name);
+        }
+        let mapping = Mapping {
+            v4: Ipv4Addr::from(n),
+            v6,
+            direction: self.direction,
+            names,
+            created: now,
+            last_used: now,
+            expires: now.plus(ttl),
+            pins: 0,
+        };
+        self.by_v6.insert(v6, n);
+        self.lru.insert((now, n));
+        self.by_v4.insert(
+            n,
+            Entry {
+                mapping,
+                must_commit: self.seq,
+            },
+        );
+        self.dirty.insert(n);
+        Ok(MapResult {
+            v4: Ipv4Addr::from(n),
+            allocation,
+            durable_after: self.seq,
+        })
+    }
+
+    fn take_address(&mut self, now: UnixMillis) -> Result<(u32, Allocation), MappingError> {
+        if let Some(n) = self.free.pop() {
+            return Ok((n, Allocation::Fresh));
+        }
+        if self.next_fresh <= self.last {
+            let n = self.next_fresh;
+            self.next_fresh += 1;
+            return Ok((n, Allocation::Fresh));
+        }
+        let victim = self
+            .lru
+            .iter()
+            // Ordered by last use: once one is within grace, all later ones are too.
+            .take_while(|(last_used, _)| last_used.plus(self.grace) <= now)
+            .map(|&(_, n)| n)
+            .find(|n| {
+                self.by_v4
+                    .get(n)
+                    .is_some_and(|e| e.mapping.pins == 0 && e.mapping.expires <= now)
+            })
+            .ok_or(MappingError::Exhausted(self.direction))?;
+        let old = self
+            .remove_n(victim)
+            .expect("the victim came from the LRU index, which mirrors by_v4");
+        Ok((victim, Allocation::Recycled { previous: old.v6 }))
+    }
+
+    fn remove_n(&mut self, n: u32) -> Option<Mapping> {
+        let entry = self.by_v4.remove(&n)?;
+        self.by_v6.remove(&entry.mapping.v6);
+        self.lru.remove(&(entry.mapping.last_used, n));
+        self.dirty.insert(n);
+        Some(entry.mapping)
+    }
+
+    fn touch_n(&mut self, n: u32, now: UnixMillis, expires: Option<UnixMillis>) {
+        if let Some(entry) = self.by_v4.get_mut(&n) {
+            let m = &mut entry.mapping;
+            if now > m.last_used {
+                self.lru.remove(&(m.last_used, n));
+                m.last_used = now;
+                self.lru.insert((now, n));
+            }
+            if let Some(e) = expires {
+                m.expires = m.expires.max(e);
+            }
+            self.dirty.insert(n);
+        }
+    }
+
+    /// Records a use of `v4` (host-server resolved it) at `now`, restarting its grace period.
+    pub fn touch(&mut self, v4: Ipv4Addr, now: UnixMillis) -> Result<(), MappingError> {
+        let n = u32::from(v4);
+        if !self.by_v4.contains_key(&n) {
+            return Err(MappingError::NotMapped(v4));
+        }
+        self.touch_n(n, now, None);
+        Ok(())
+    }
+
+    /// Adds a pin (an open connection) to `v4`; returns the new pin count.
+    pub fn pin(&mut self, v4: Ipv4Addr, now: UnixMillis) -> Result<u32, MappingError> {
+        self.touch(v4, now)?;
+        let entry = self
+            .by_v4
+            .get_mut(&u32::from(v4))
+            .ok_or(MappingError::NotMapped(v4))?;
+        entry.mapping.pins = entry.mapping.pins.saturating_add(1);
+        Ok(entry.mapping.pins)
+    }
+
+    /// Removes a pin from `v4`; the grace period restarts from `now`. Returns the new count.
+    pub fn unpin(&mut self, v4: Ipv4Addr, now: UnixMillis) -> Result<u32, MappingError> {
+        let n = u32::from(v4);
+        let pins = self
+            .by_v4
+            .get(&n)
+            .ok_or(MappingError::NotMapped(v4))?
+            .mapping
+            .pins;
+        if pins == 0 {
+            return Err(MappingError::NotPinned(v4));
+        }
+        self.touch_n(n, now, None);
+        let entry = self.by_v4.get_mut(&n).ok_or(MappingError::NotMapped(v4))?;
+        entry.mapping.pins -= 1;
+        Ok(entry.mapping.pins)
+    }
+
+    /// Removes mappings that are not pinned. With `only_idle`, mappings still within TTL or
+    /// grace are kept too. Returns how many were removed.
+    pub fn flush(&mut self, now: UnixMillis, only_idle: bool) -> usize {
+        let victims: Vec<u32> = self
+            .by_v4
+            .iter()
+            .filter(|(_, e)| {
+                e.mapping.pins == 0
+                    && (!only_idle
+                        || (e.mapping.expires <= now
+                            && e.mapping.last_used.plus(self.grace) <= now))
+            })
+            .map(|(n, _)| *n)
+            .collect();
+        for &n in &victims {
+            self.remove_n(n);
+            self.free.push(n);
+        }
+        victims.len()
+    }
+
+    /// Takes the set of changed entries for the writer.
+    pub fn drain_dirty(&mut self) -> Dirty {
+        let mut out = Dirty {
+            seq: self.seq,
+            ..Dirty::default()
+        };
+        for n in self.dirty.drain() {
+            match self.by_v4.get(&n) {
+                Some(e) => out.upserts.push(e.mapping.clone()),
+                None => out.deletes.push(Ipv4Addr::from(n)),
+            }
+        }
+        out
+    }
+
+    /// Puts entries back into the dirty set after a failed write.
+    pub fn mark_dirty(&mut self, addrs: impl IntoIterator<Item = Ipv4Addr>) {
+        self.dirty.extend(addrs.into_iter().map(u32::from));
+    }
+
+    /// Checks the internal indexes against each other; for tests.
+    #[cfg(test)]
+    fn check_invariants(&self) {
+        assert_eq!(self.by_v4.len(), self.by_v6.len());
+        assert_eq!(self.by_v4.len(), self.lru.len());
+        for (n, e) in &self.by_v4 {
+            assert_eq!(self.by_v6.get(&e.mapping.v6), Some(n));
+            assert!(self.lru.contains(&(e.mapping.last_used, *n)));
+            assert!(self.owns(e.mapping.v4));
+            assert_ne!(Some(e.mapping.v4), self.reserved);
+        }
+        for n in &self.free {
+            assert!(!self.by_v4.contains_key(n));
+        }
+    }
+}
+
+fn remember_name(names: &mut Vec<String>, name: &str) {
+    if names.len() < MAX_NAMES && !names.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+        names.push(name.to_owned());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const GRACE: Duration = Duration::from_secs(100);
+
+    fn v6(i: u16) -> Ipv6Addr {
+        Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, i)
+    }
+
+    fn small_table() -> MappingTable {
+        // A /29 has 6 usable addresses; one is the reserved DNS address.
+        MappingTable::new(
+            "10.170.160.0/29".parse().unwrap(),
+            Direction::Synthesised,
+            GRACE,
+        )
+    }
+
+    #[test]
+    fn reserves_the_first_usable_address_for_dns() {
+        let mut t = MappingTable::new(
+            "10.170.160.0/20".parse().unwrap(),
+            Direction::Synthesised,
+            GRACE,
+        );
+        assert_eq!(t.reserved(), Some(Ipv4Addr::new(10, 170, 160, 1)));
+        assert_eq!(t.capacity(), 4093);
+        let r = t.map(
+            v6(1),
+            Some("a.test."),
+            Duration::from_secs(60),
+            UnixMillis(0),
+        );
+        assert_eq!(r.unwrap().v4, Ipv4Addr::new(10, 170, 160, 2));
+        let src = MappingTable::new(
+            "172.21.112.0/20".parse().unwrap(),
+            Direction::InboundPeer,
+            GRACE,
+        );
+        assert_eq!(src.reserved(), None);
+        assert_eq!(src.capacity(), 4094);
+    }
+
+    #[test]
+    fn same_ipv6_gets_same_dummy_and_names_accumulate() {
+        let mut t = small_table();
+        let a = t
+            .map(
+                v6(1),
+                Some("a.test."),
+                Duration::from_secs(60),
+                UnixMillis(0),
+            )
+            .unwrap();
+        let b = t
+            .map(
+                v6(1),
+                Some("b.test."),
+                Duration::from_secs(60),
+                UnixMillis(5),
+            )
+            .unwrap();
+        assert_eq!(a.v4, b.v4);
+        assert_eq!(b.allocation, Allocation::Existing);
+        assert_eq!(t.get(a.v4).unwrap().names, vec!["a.test.", "b.test."]);
+        assert_eq!(t.get(a.v4).unwrap().last_used, UnixMillis(5));
+    }
+
+    #[test]
+    fn full_pool_recycles_only_idle_unpinned_mappings() {
+        let mut t = small_table();
+        let ttl = Duration::from_secs(10);
+        let mut addrs = Vec::new();
+        for i in 0..5 {
+            addrs.push(t.map(v6(i), None, ttl, UnixMillis(0)).unwrap().v4);
+        }
+        // Within grace: exhausted.
+        assert_eq!(
+            t.map(v6(10), None, ttl, UnixMillis(50_000)),
+            Err(MappingError::Exhausted(Direction::Synthesised))
+        );
+        // Past grace, but the oldest is pinned: the next oldest is taken.
+        t.pin(addrs[0], UnixMillis(0)).unwrap();
+        let r = t.map(v6(10), None, ttl, UnixMillis(101_000)).unwrap();
+        assert_eq!(r.v4, addrs[1]);
+        assert_eq!(r.allocation, Allocation::Recycled { previous: v6(1) });
+        assert_eq!(t.lookup_v6(v6(1)), None);
+        t.check_invariants();
+    }
+
+    #[test]
+    fn unpin_restarts_grace() {
+        let mut t = small_table();
+        let ttl = Duration::from_secs(1);
+        let a = t.map(v6(1), None, ttl, UnixMillis(0)).unwrap().v4;
+        t.pin(a, UnixMillis(0)).unwrap();
+        assert_eq!(t.unpin(a, UnixMillis(500_000)), Ok(0));
+        assert_eq!(
+            t.unpin(a, UnixMillis(500_000)),
+            Err(MappingError::NotPinned(a))
+        );
+        assert_eq!(t.get(a).unwrap().last_used, UnixMillis(500_000));
+    }
+
+    #[test]
+    fn load_restores_and_rejects_foreign_rows() {
+        let mut t = small_table();
+        let m = |v4: [u8; 4], i| Mapping {
+            v4: Ipv4Addr::from(v4),
+            v6: v6(i),
+            direction: Direction::Synthesised,
+            names: vec![],
+            created: UnixMillis(0),
+            last_used: UnixMillis(0),
+            expires: UnixMillis(0),
+            pins: 0,
+        };
+        let rejected = t.load(vec![
+            m([10, 170, 160, 4], 1),
+            m([10, 170, 161, 4], 2),
+            m([10, 170, 160, 5], 1),
+        ]);
+        assert_eq!(rejected.len(), 2);
+        assert_eq!(t.lookup_v6(v6(1)), Some(Ipv4Addr::new(10, 170, 160, 4)));
+        // Addresses below the highest loaded one are reused first.
+        let next = t.map(v6(3), None, Duration::ZERO, UnixMillis(1)).unwrap();
+        assert_eq!(next.v4, Ipv4Addr::new(10, 170, 160, 2));
+        t.check_invariants();
+        let dirty = t.drain_dirty();
+        assert!(dirty.deletes.contains(&Ipv4Addr::new(10, 170, 160, 5)));
+    }
+
+    #[test]
+    fn flush_keeps_pinned_and_optionally_live() {
+        let mut t = small_table();
+        let a = t
+            .map(v6(1), None, Duration::from_secs(1), UnixMillis(0))
+            .unwrap()
+            .v4;
+        let b = t
+            .map(v6(2), None, Duration::from_secs(1), UnixMillis(0))
+            .unwrap()
+            .v4;
+        t.pin(a, UnixMillis(0)).unwrap();
+        assert_eq!(t.flush(UnixMillis(1), true), 0);
+        assert_eq!(t.flush(UnixMillis(1), false), 1);
+        assert!(t.get(a).is_some() && t.get(b).is_none());
+        t.check_invariants();
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Map(u16, u16),
+        Pin(u8),
+        Unpin(u8),
+        Advance(u32),
+        Flush,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            6 => (0u16..20, 0u16..200).prop_map(|(a, t)| Op::Map(a, t)),
+            2 => (0u8..8).prop_map(Op::Pin),
+            2 => (0u8..8).prop_map(Op::Unpin),
+            3 => (0u32..150_000).prop_map(Op::Advance),
+            1 => Just(Op::Flush),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// No two live IPv6 addresses share a dummy; recycling never takes a pinned or protected
+        /// mapping; exhaustion happens only when every mapping is protected.
+        #[test]
+        fn allocator_properties(ops in proptest::collection::vec(op(), 1..200)) {
+            let mut t = small_table();
+            let mut now = UnixMillis(1_000_000);
+            for op in ops {
+                match op {
+                    Op::Map(a, ttl) => {
+                        let before: Vec<Mapping> = t.list();
+                        match t.map(v6(a), None, Duration::from_secs(u64::from(ttl)), now) {
+                            Ok(r) => {
+                                if let Allocation::Recycled { previous } = r.allocation {
+                                    let victim = before.iter().find(|m| m.v6 == previous).unwrap();
+                                    prop_assert_eq!(victim.v4, r.v4);
+                                    prop_assert_eq!(victim.pins, 0);
+                                    prop_assert!(victim.expires <= now);
+                                    prop_assert!(victim.last_used.plus(GRACE) <= now);
+                                    // It was the least recently used of the candidates.
+                                    for m in &before {
+                                        if m.pins == 0 && m.expires <= now {
+                                            prop_assert!(m.last_used >= victim.last_used);
+                                        }
+                                    }
+                                }
+                                prop_assert_eq!(t.get(r.v4).map(|m| m.v6), Some(v6(a)));
+                            }
+                            Err(e) => {
+                                prop_assert_eq!(e, MappingError::Exhausted(Direction::Synthesised));
+                                prop_assert_eq!(before.len(), t.capacity());
+                                for m in &before {
+                                    prop_assert!(
+                                        m.pins > 0
+                                            || m.expires > now
+                                            || m.last_used.plus(GRACE) > now
+                                    );
+                                }
+                            }
+                        }
+                    }
+                    Op::Pin(i) => {
+                        let list = t.list();
+                        if let Some(m) = list.get(usize::from(i)) {
+                            t.pin(m.v4, now).unwrap();
+                        }
+                    }
+                    Op::Unpin(i) => {
+                        let list = t.list();
+                        if let Some(m) = list.get(usize::from(i)) {
+                            let _ = t.unpin(m.v4, now);
+                        }
+                    }
+                    Op::Advance(ms) => now = now.plus(Duration::from_millis(u64::from(ms))),
+                    Op::Flush => {
+                        t.flush(now, true);
+                    }
+                }
+                t.check_invariants();
+                let list = t.list();
+                let mut seen = HashSet::new();
+                for m in &list {
+                    prop_assert!(seen.insert(m.v6), "an IPv6 address has two dummies");
+                }
+            }
+        }
+    }
+}

@@ -9,4 +9,6 @@
 
 pub mod clock;
 pub mod mapping;
+pub mod persist;
 pub mod pool;
+pub mod store;

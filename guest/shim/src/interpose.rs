@@ -1,0 +1,538 @@
+//! The exported libc replacements. Each one looks the fd up in [`crate::table`], outsources
+//! AF_INET work to host-server, and otherwise calls the real function unchanged.
+//!
+//! How an outsourced socket keeps working with the program's own `read`, `write`, `poll`,
+//! `epoll` and `fcntl`: the descriptor host-server passes back (a connected IPv6 socket, or the
+//! listen stream) is `dup3`'d onto the program's own fd number, so the kernel object behind the
+//! fd changes but the number does not. Only the calls that would reveal the change
+//! (getsockname, getpeername, getsockopt's SO_DOMAIN…) are answered from the table.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use libc::{c_int, c_void, sockaddr, socklen_t};
+use shared_proto::outsource::{ConnectRequest, ListenRequest};
+use shared_proto::{Errno, ToGuest, ToHost};
+
+use crate::real;
+use crate::sockaddr::{is_local, read_v4, write_v4};
+use crate::table::{self, Entry, Kind};
+use crate::transport::{recv_frame, Stream};
+
+fn set_errno(e: Errno) -> c_int {
+    // SAFETY: __errno_location returns this thread's errno slot.
+    unsafe { *libc::__errno_location() = c_int::from(e.0) };
+    -1
+}
+
+/// The program's view of `fd`'s status flags and close-on-exec bit, to carry over a dup3.
+struct Flags {
+    status: c_int,
+    cloexec: bool,
+}
+
+fn flags_of(fd: c_int) -> Flags {
+    // SAFETY: fcntl queries on an fd the program gave us.
+    unsafe {
+        Flags {
+            status: real::fcntl(fd, libc::F_GETFL, 0).max(0),
+            cloexec: real::fcntl(fd, libc::F_GETFD, 0) > 0
+                && real::fcntl(fd, libc::F_GETFD, 0) & libc::FD_CLOEXEC != 0,
+        }
+    }
+}
+
+/// Puts `new` in place of the program's `fd`, keeping the program's flags; closes `new`.
+fn replace_fd(new: c_int, fd: c_int, flags: &Flags) -> Result<(), Errno> {
+    // SAFETY: both fds are open; dup3 atomically replaces `fd` (the program's number).
+    let rc = unsafe { real::dup3(new, fd, if flags.cloexec { libc::O_CLOEXEC } else { 0 }) };
+    let err = std::io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EBADF);
+    // SAFETY: `new` was passed to us (or opened by us) and is ours to close.
+    unsafe { real::close(new) };
+    if rc < 0 {
+        return Err(Errno(u16::try_from(err).unwrap_or(9)));
+    }
+    // SAFETY: F_SETFL on the fd we just installed, with the program's own flags.
+    unsafe {
+        real::fcntl(
+            fd,
+            libc::F_SETFL,
+            usize::try_from(flags.status).unwrap_or(0),
+        )
+    };
+    Ok(())
+}
+
+/// Socket options a program commonly sets before connect, copied onto the host socket.
+fn copy_options(from: c_int, to: c_int) {
+    let opts: [(c_int, c_int, usize); 4] = [
+        (
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            std::mem::size_of::<c_int>(),
+        ),
+        (
+            libc::SOL_SOCKET,
+            libc::SO_KEEPALIVE,
+            std::mem::size_of::<c_int>(),
+        ),
+        (
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            std::mem::size_of::<libc::timeval>(),
+        ),
+        (
+            libc::SOL_SOCKET,
+            libc::SO_SNDTIMEO,
+            std::mem::size_of::<libc::timeval>(),
+        ),
+    ];
+    for (level, name, size) in opts {
+        let mut buf = [0u8; 32];
+        let mut len = size as socklen_t;
+        // SAFETY: buf is larger than any option read here; len says how much.
+        unsafe {
+            if real::getsockopt(from, level, name, buf.as_mut_ptr().cast(), &mut len) == 0 {
+                libc::setsockopt(to, level, name, buf.as_ptr().cast(), len);
+            }
+        }
+    }
+}
+
+fn outsource_connect(fd: c_int, entry: Entry, dest: SocketAddrV4) -> c_int {
+    let flags = flags_of(fd);
+    let nonblocking = flags.status & libc::O_NONBLOCK != 0;
+    let answer = Stream::open().and_then(|s| {
+        s.send(&ToHost::Connect(ConnectRequest {
+            dest,
+            pass_fd: true,
+            nonblocking,
+        }))?;
+        s.recv()
+    });
+    match answer {
+        Ok((
+            ToGuest::Connected {
+                local,
+                peer,
+                in_progress,
+                ..
+            },
+            Some(host_fd),
+        )) => {
+            copy_options(fd, host_fd);
+            if let Err(e) = replace_fd(host_fd, fd, &flags) {
+                return set_errno(e);
+            }
+            table::set(
+                fd,
+                Entry {
+                    kind: Kind::Outsourced,
+                    local: Some(local),
+                    peer: Some(peer),
+                    ..entry
+                },
+            );
+            if in_progress {
+                set_errno(Errno::EINPROGRESS)
+            } else {
+                0
+            }
+        }
+        Ok((ToGuest::Failed(e), passed)) => {
+            close_opt(passed);
+            set_errno(e)
+        }
+        Ok((_, passed)) => {
+            close_opt(passed);
+            set_errno(Errno::EPROTO)
+        }
+        Err(e) => set_errno(e),
+    }
+}
+
+fn close_opt(fd: Option<c_int>) {
+    if let Some(fd) = fd {
+        // SAFETY: a passed fd we do not use.
+        unsafe { real::close(fd) };
+    }
+}
+
+/// `socket(2)`: AF_INET stream and datagram sockets are remembered; everything is created for real,
+/// so the program always holds a genuine fd for fcntl, setsockopt and the like.
+///
+/// # Safety
+/// Called by C with socket(2)'s contract.
+#[no_mangle]
+pub unsafe extern "C" fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_int {
+    // SAFETY: forwarded arguments.
+    let fd = unsafe { real::socket(domain, ty, protocol) };
+    if fd >= 0 {
+        let base = ty & !(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC);
+        let kind = match (domain, base) {
+            (libc::AF_INET, libc::SOCK_STREAM) => Kind::InetStream,
+            (libc::AF_INET, libc::SOCK_DGRAM) => Kind::InetDgram,
+            _ => Kind::Untracked,
+        };
+        table::set(fd, Entry::new(kind));
+    }
+    fd
+}
+
+/// `connect(2)`: a TCP connect to a non-loopback IPv4 address goes through host-server.
+///
+/// # Safety
+/// Called by C with connect(2)'s contract.
+#[no_mangle]
+pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+    let entry = table::get(fd);
+    if entry.kind == Kind::InetStream && !entry.local_only {
+        // SAFETY: the caller's addr/len.
+        if let Some(dest) = unsafe { read_v4(addr, len) } {
+            if !is_local(dest) {
+                return outsource_connect(fd, entry, dest);
+            }
+        }
+    }
+    // SAFETY: forwarded arguments.
+    unsafe { real::connect(fd, addr, len) }
+}
+
+/// `bind(2)`: a loopback bind is real and keeps the socket local; any other IPv4 bind is only
+/// recorded, and host-server binds for real on listen.
+///
+/// # Safety
+/// Called by C with bind(2)'s contract.
+#[no_mangle]
+pub unsafe extern "C" fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+    let entry = table::get(fd);
+    if matches!(entry.kind, Kind::InetStream | Kind::InetDgram) {
+        // SAFETY: the caller's addr/len.
+        match unsafe { read_v4(addr, len) } {
+            Some(a) if is_local(a) => {
+                table::set(
+                    fd,
+                    Entry {
+                        local_only: true,
+                        local: Some(a),
+                        ..entry
+                    },
+                );
+            }
+            Some(a) => {
+                table::set(
+                    fd,
+                    Entry {
+                        local: Some(a),
+                        ..entry
+                    },
+                );
+                return 0;
+            }
+            None => {}
+        }
+    }
+    // SAFETY: forwarded arguments.
+    unsafe { real::bind(fd, addr, len) }
+}
+
+/// `listen(2)`: host-server listens on the host's IPv6 address for us; the program's fd becomes
+/// the listen stream, readable when a connection is waiting.
+///
+/// # Safety
+/// Called by C with listen(2)'s contract.
+#[no_mangle]
+pub unsafe extern "C" fn listen(fd: c_int, backlog: c_int) -> c_int {
+    let entry = table::get(fd);
+    if entry.kind != Kind::InetStream || entry.local_only {
+        // SAFETY: forwarded arguments.
+        return unsafe { real::listen(fd, backlog) };
+    }
+    let addr = entry
+        .local
+        .unwrap_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
+    let flags = flags_of(fd);
+    let stream = match Stream::open() {
+        Ok(s) => s,
+        Err(e) => return set_errno(e),
+    };
+    let req = ListenRequest {
+        addr,
+        backlog: u32::try_from(backlog.max(0)).unwrap_or(0),
+        pass_fd: true,
+        vsock_port: 0,
+    };
+    let answer = stream
+        .send(&ToHost::Listen(req))
+        .and_then(|()| stream.recv());
+    match answer {
+        Ok((ToGuest::Listening { local }, passed)) => {
+            close_opt(passed);
+            // The listen stream blocks on reads by default; the program's flags decide now.
+            if let Err(e) = replace_fd(stream.into_raw(), fd, &flags) {
+                return set_errno(e);
+            }
+            table::set(
+                fd,
+                Entry {
+                    kind: Kind::Listener,
+                    local: Some(local),
+                    ..entry
+                },
+            );
+            0
+        }
+        Ok((ToGuest::Failed(e), passed)) => {
+            close_opt(passed);
+            set_errno(e)
+        }
+        Ok((_, passed)) => {
+            close_opt(passed);
+            set_errno(Errno::EPROTO)
+        }
+        Err(e) => set_errno(e),
+    }
+}
+
+/// `accept4(2)`: on an outsourced listener, reads the next Inbound frame and its socket.
+///
+/// # Safety
+/// Called by C with accept4(2)'s contract.
+#[no_mangle]
+pub unsafe extern "C" fn accept4(
+    fd: c_int,
+    addr: *mut sockaddr,
+    len: *mut socklen_t,
+    flags: c_int,
+) -> c_int {
+    let entry = table::get(fd);
+    if entry.kind != Kind::Listener {
+        // SAFETY: forwarded arguments.
+        return unsafe { real::accept4(fd, addr, len, flags) };
+    }
+    let mut rflags = libc::MSG_CMSG_CLOEXEC;
+    // SAFETY: F_GETFL query.
+    if unsafe { real::fcntl(fd, libc::F_GETFL, 0) } & libc::O_NONBLOCK != 0 {
+        rflags |= libc::MSG_DONTWAIT;
+    }
+    match recv_frame(fd, rflags) {
+        Ok((ToGuest::Inbound { peer, local }, Some(conn))) => {
+            // SAFETY: fcntl on the fd just received, which we own.
+            unsafe {
+                if flags & libc::SOCK_CLOEXEC == 0 {
+                    real::fcntl(conn, libc::F_SETFD, 0);
+                }
+                let fl = real::fcntl(conn, libc::F_GETFL, 0).max(0);
+                let fl = if flags & libc::SOCK_NONBLOCK != 0 {
+                    fl | libc::O_NONBLOCK
+                } else {
+                    fl & !libc::O_NONBLOCK
+                };
+                real::fcntl(conn, libc::F_SETFL, usize::try_from(fl).unwrap_or(0));
+                write_v4(peer, addr, len);
+            }
+            table::set(
+                conn,
+                Entry {
+                    kind: Kind::Outsourced,
+                    local: Some(local),
+                    peer: Some(peer),
+                    local_only: false,
+                },
+            );
+            conn
+        }
+        Ok((ToGuest::Failed(e), passed)) => {
+            close_opt(passed);
+            set_errno(e)
+        }
+        Ok((_, passed)) => {
+            close_opt(passed);
+            set_errno(Errno::EPROTO)
+        }
+        // host-server closed the listen stream: the listener is gone.
+        Err(Errno::EPROTO) => set_errno(Errno::ECONNABORTED),
+        Err(e) => set_errno(e),
+    }
+}
+
+/// `accept(2)`.
+///
+/// # Safety
+/// Called by C with accept(2)'s contract.
+#[no_mangle]
+pub unsafe extern "C" fn accept(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
+    // SAFETY: same contract.
+    unsafe { accept4(fd, addr, len, 0) }
+}
+
+/// `getsockname(2)`: outsourced sockets report their IPv4 view.
+///
+/// # Safety
+/// Called by C with getsockname(2)'s contract.
+#[no_mangle]
+pub unsafe extern "C" fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
+    let e = table::get(fd);
+    let view = match e.kind {
+        Kind::Outsourced | Kind::Listener | Kind::Udp => Some(
+            e.local
+                .unwrap_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)),
+        ),
+        Kind::InetStream | Kind::InetDgram if !e.local_only => e.local,
+        _ => None,
+    };
+    match view {
+        Some(a) => {
+            // SAFETY: the caller's out pointers.
+            unsafe { write_v4(a, addr, len) };
+            0
+        }
+        // SAFETY: forwarded arguments.
+        None => unsafe { real::getsockname(fd, addr, len) },
+    }
+}
+
+/// `getpeername(2)`.
+///
+/// # Safety
+/// Called by C with getpeername(2)'s contract.
+#[no_mangle]
+pub unsafe extern "C" fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
+    let e = table::get(fd);
+    match (e.kind, e.peer) {
+        (Kind::Outsourced | Kind::Udp, Some(p)) => {
+            // SAFETY: the caller's out pointers.
+            unsafe { write_v4(p, addr, len) };
+            0
+        }
+        (Kind::Listener | Kind::Udp, None) => set_errno(Errno::ENOTCONN),
+        // SAFETY: forwarded arguments.
+        _ => unsafe { real::getpeername(fd, addr, len) },
+    }
+}
+
+fn put_int(val: *mut c_void, len: *mut socklen_t, v: c_int) -> c_int {
+    if val.is_null() || len.is_null() {
+        return set_errno(Errno(libc::EFAULT as u16));
+    }
+    // SAFETY: the caller's buffer and length; we write at most *len bytes.
+    unsafe {
+        let n = (*len as usize).min(std::mem::size_of::<c_int>());
+        std::ptr::copy_nonoverlapping(std::ptr::from_ref(&v).cast::<u8>(), val.cast::<u8>(), n);
+        *len = n as socklen_t;
+    }
+    0
+}
+
+/// `getsockopt(2)`: the options that would show an outsourced socket is not what the program
+/// made (its domain, type, listening state) answer as for the AF_INET socket.
+///
+/// # Safety
+/// Called by C with getsockopt(2)'s contract.
+#[no_mangle]
+pub unsafe extern "C" fn getsockopt(
+    fd: c_int,
+    level: c_int,
+    name: c_int,
+    val: *mut c_void,
+    len: *mut socklen_t,
+) -> c_int {
+    let kind = table::get(fd).kind;
+    if level == libc::SOL_SOCKET && matches!(kind, Kind::Outsourced | Kind::Listener | Kind::Udp) {
+        match name {
+            libc::SO_DOMAIN => return put_int(val, len, libc::AF_INET),
+            libc::SO_TYPE if kind == Kind::Udp => return put_int(val, len, libc::SOCK_DGRAM),
+            libc::SO_TYPE => return put_int(val, len, libc::SOCK_STREAM),
+            libc::SO_PROTOCOL if kind == Kind::Udp => return put_int(val, len, libc::IPPROTO_UDP),
+            libc::SO_PROTOCOL => return put_int(val, len, libc::IPPROTO_TCP),
+            libc::SO_ACCEPTCONN => return put_int(val, len, c_int::from(kind == Kind::Listener)),
+            libc::SO_ERROR if kind != Kind::Outsourced => return put_int(val, len, 0),
+            _ => {}
+        }
+    }
+    // SAFETY: forwarded arguments.
+    unsafe { real::getsockopt(fd, level, name, val, len) }
+}
+
+/// `close(2)`: forgets the fd (closing a listener's stream closes the host's listener).
+///
+/// # Safety
+/// Called by C with close(2)'s contract.
+#[no_mangle]
+pub unsafe extern "C" fn close(fd: c_int) -> c_int {
+    table::clear(fd);
+    // SAFETY: forwarded argument.
+    unsafe { real::close(fd) }
+}
+
+/// `dup(2)`: the copy shares the original's state.
+///
+/// # Safety
+/// Called by C with dup(2)'s contract.
+#[no_mangle]
+pub unsafe extern "C" fn dup(fd: c_int) -> c_int {
+    // SAFETY: forwarded argument.
+    let n = unsafe { real::dup(fd) };
+    if n >= 0 {
+        table::set(n, table::get(fd));
+    }
+    n
+}
+
+/// `dup2(2)`.
+///
+/// # Safety
+/// Called by C with dup2(2)'s contract.
+#[no_mangle]
+pub unsafe extern "C" fn dup2(fd: c_int, to: c_int) -> c_int {
+    // SAFETY: forwarded arguments.
+    let n = unsafe { real::dup2(fd, to) };
+    if n >= 0 && fd != to {
+        table::set(to, table::get(fd));
+    }
+    n
+}
+
+/// `dup3(2)`.
+///
+/// # Safety
+/// Called by C with dup3(2)'s contract.
+#[no_mangle]
+pub unsafe extern "C" fn dup3(fd: c_int, to: c_int, flags: c_int) -> c_int {
+    // SAFETY: forwarded arguments.
+    let n = unsafe { real::dup3(fd, to, flags) };
+    if n >= 0 {
+        table::set(to, table::get(fd));
+    }
+    n
+}
+
+fn fcntl_common(fd: c_int, cmd: c_int, arg: usize) -> c_int {
+    // SAFETY: forwarded arguments. fcntl is variadic in C; on x86-64 the third argument arrives
+    // in the same register whether declared variadic or not, and every fcntl argument fits a
+    // machine word, so taking it as usize is exact.
+    let n = unsafe { real::fcntl(fd, cmd, arg) };
+    if n >= 0 && (cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC) {
+        table::set(n, table::get(fd));
+    }
+    n
+}
+
+/// `fcntl(2)`: F_DUPFD copies carry the state.
+///
+/// # Safety
+/// Called by C with fcntl(2)'s contract.
+#[no_mangle]
+pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: usize) -> c_int {
+    fcntl_common(fd, cmd, arg)
+}
+
+/// `fcntl64`: what programs built against glibc ≥ 2.28 call.
+///
+/// # Safety
+/// Called by C with fcntl(2)'s contract.
+#[no_mangle]
+pub unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: usize) -> c_int {
+    fcntl_common(fd, cmd, arg)
+}

@@ -1,0 +1,65 @@
+//! The real libc functions behind the ones we interpose, found with `dlsym(RTLD_NEXT, …)` on
+//! first use and cached in atomics (no locks: these are called after fork and from any thread).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use libc::{c_char, c_int, c_void, sockaddr, socklen_t};
+
+/// Resolves `name` (NUL-terminated) once and caches it in `slot`.
+fn lookup(slot: &AtomicUsize, name: &'static [u8]) -> usize {
+    let cached = slot.load(Ordering::Relaxed);
+    if cached != 0 {
+        return cached;
+    }
+    // SAFETY: `name` is a NUL-terminated static string; RTLD_NEXT asks for the next definition
+    // after this library, which for these symbols is libc's.
+    let found = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr().cast::<c_char>()) } as usize;
+    if found == 0 {
+        // Without the real function nothing can work; say so instead of jumping to address 0.
+        let msg = b"liboutsock: a libc symbol is missing; cannot continue\n";
+        // SAFETY: write(2) of a static buffer to stderr, then _exit; both async-signal-safe.
+        unsafe {
+            libc::write(2, msg.as_ptr().cast::<c_void>(), msg.len());
+            libc::_exit(127);
+        }
+    }
+    slot.store(found, Ordering::Relaxed);
+    found
+}
+
+macro_rules! real_fns {
+    ($( $name:ident : fn($($arg:ident : $ty:ty),*) -> $ret:ty ;)*) => {
+        $(
+            /// Calls libc's own implementation.
+            ///
+            /// # Safety
+            /// The caller upholds the C function's contract for its arguments.
+            pub unsafe fn $name($($arg: $ty),*) -> $ret {
+                static SLOT: AtomicUsize = AtomicUsize::new(0);
+                let f = lookup(&SLOT, concat!(stringify!($name), "\0").as_bytes());
+                // SAFETY: `f` is libc's symbol of this name, whose C signature is the one
+                // declared here.
+                let f: unsafe extern "C" fn($($ty),*) -> $ret = unsafe { std::mem::transmute(f) };
+                // SAFETY: forwarded from our caller.
+                unsafe { f($($arg),*) }
+            }
+        )*
+    };
+}
+
+real_fns! {
+    socket: fn(domain: c_int, ty: c_int, protocol: c_int) -> c_int;
+    connect: fn(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int;
+    bind: fn(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int;
+    listen: fn(fd: c_int, backlog: c_int) -> c_int;
+    accept4: fn(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> c_int;
+    getsockname: fn(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int;
+    getpeername: fn(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int;
+    getsockopt: fn(fd: c_int, level: c_int, name: c_int, val: *mut c_void, len: *mut socklen_t) -> c_int;
+    close: fn(fd: c_int) -> c_int;
+    dup: fn(fd: c_int) -> c_int;
+    dup2: fn(fd: c_int, to: c_int) -> c_int;
+    dup3: fn(fd: c_int, to: c_int, flags: c_int) -> c_int;
+    fcntl: fn(fd: c_int, cmd: c_int, arg: usize) -> c_int;
+    getaddrinfo: fn(node: *const c_char, service: *const c_char, hints: *const libc::addrinfo, res: *mut *mut libc::addrinfo) -> c_int;
+}

@@ -1,0 +1,156 @@
+//! What the shim knows about each file descriptor, in a fixed array of atomics indexed by fd.
+//!
+//! No locks: a lock held by another thread at `fork` would deadlock the child, and the table is
+//! consulted on every interposed call. Each fd's state packs into two 64-bit words that are read
+//! and written whole; the fd number itself is the program's, so two threads racing on one fd
+//! is the program's own race, as it would be with the kernel.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Descriptors at or above this are never outsourced (and never tracked).
+pub const MAX_FDS: usize = 65_536;
+
+/// What an fd is, as far as the shim cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    /// Not ours: any non-AF_INET socket, any non-socket, or an untracked fd.
+    Untracked = 0,
+    /// An AF_INET stream socket the program made, not yet connected or listening.
+    InetStream = 1,
+    /// An AF_INET datagram socket the program made, not yet used off loopback.
+    InetDgram = 2,
+    /// Connected through host-server: the fd now *is* the host's IPv6 TCP socket.
+    Outsourced = 3,
+    /// Listening through host-server: the fd is the listen stream; accept reads Inbound frames.
+    Listener = 4,
+    /// A UDP association: the fd is the stream carrying framed datagrams.
+    Udp = 5,
+}
+
+impl Kind {
+    fn from_bits(v: u8) -> Self {
+        match v {
+            1 => Self::InetStream,
+            2 => Self::InetDgram,
+            3 => Self::Outsourced,
+            4 => Self::Listener,
+            5 => Self::Udp,
+            _ => Self::Untracked,
+        }
+    }
+}
+
+/// One fd's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    pub kind: Kind,
+    /// The AF_INET address bound or reported by getsockname, when known.
+    pub local: Option<SocketAddrV4>,
+    /// The AF_INET peer (getpeername; the default destination of a connected UDP socket).
+    pub peer: Option<SocketAddrV4>,
+    /// Whether the program bound the socket to a loopback address: then it stays local.
+    pub local_only: bool,
+}
+
+impl Entry {
+    #[must_use]
+    pub fn new(kind: Kind) -> Self {
+        Self {
+            kind,
+            local: None,
+            peer: None,
+            local_only: false,
+        }
+    }
+}
+
+const PRESENT: u64 = 1 << 48;
+
+fn pack_addr(a: Option<SocketAddrV4>) -> u64 {
+    a.map_or(0, |a| {
+        PRESENT | u64::from(u32::from(*a.ip())) << 16 | u64::from(a.port())
+    })
+}
+
+fn unpack_addr(v: u64) -> Option<SocketAddrV4> {
+    if v & PRESENT == 0 {
+        return None;
+    }
+    #[allow(clippy::cast_possible_truncation)] // Masked to the packed field widths.
+    let (ip, port) = ((v >> 16) as u32, (v & 0xffff) as u16);
+    Some(SocketAddrV4::new(Ipv4Addr::from(ip), port))
+}
+
+/// word 0: kind (bits 56..64), local-only (bit 55), local address (bits 0..49).
+/// word 1: peer address (bits 0..49).
+struct Slot([AtomicU64; 2]);
+
+#[allow(clippy::declare_interior_mutable_const)] // Only used to initialise the static array.
+const EMPTY: Slot = Slot([AtomicU64::new(0), AtomicU64::new(0)]);
+static TABLE: [Slot; MAX_FDS] = [EMPTY; MAX_FDS];
+
+fn slot(fd: i32) -> Option<&'static Slot> {
+    usize::try_from(fd).ok().and_then(|i| TABLE.get(i))
+}
+
+/// The state of `fd` (untracked when out of range).
+#[must_use]
+pub fn get(fd: i32) -> Entry {
+    let Some(s) = slot(fd) else {
+        return Entry::new(Kind::Untracked);
+    };
+    let w0 = s.0[0].load(Ordering::Acquire);
+    let w1 = s.0[1].load(Ordering::Acquire);
+    #[allow(clippy::cast_possible_truncation)] // The top byte is the kind.
+    let kind = Kind::from_bits((w0 >> 56) as u8);
+    Entry {
+        kind,
+        local: unpack_addr(w0 & ((1 << 49) - 1)),
+        peer: unpack_addr(w1),
+        local_only: w0 & (1 << 55) != 0,
+    }
+}
+
+/// Records `e` for `fd`; fds beyond [`MAX_FDS`] are silently left untracked (and so native).
+pub fn set(fd: i32, e: Entry) {
+    let Some(s) = slot(fd) else { return };
+    let w0 = (e.kind as u64) << 56 | u64::from(e.local_only) << 55 | pack_addr(e.local);
+    s.0[1].store(pack_addr(e.peer), Ordering::Release);
+    s.0[0].store(w0, Ordering::Release);
+}
+
+/// Forgets `fd` (it was closed).
+pub fn clear(fd: i32) {
+    set(fd, Entry::new(Kind::Untracked));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_round_trip() {
+        let e = Entry {
+            kind: Kind::Listener,
+            local: Some("0.0.0.0:8080".parse().unwrap()),
+            peer: Some("10.170.160.7:80".parse().unwrap()),
+            local_only: true,
+        };
+        set(100, e);
+        assert_eq!(get(100), e);
+        let e = Entry {
+            kind: Kind::Udp,
+            local: Some("255.255.255.255:65535".parse().unwrap()),
+            peer: None,
+            local_only: false,
+        };
+        set(101, e);
+        assert_eq!(get(101), e);
+        clear(100);
+        assert_eq!(get(100), Entry::new(Kind::Untracked));
+        assert_eq!(get(-1).kind, Kind::Untracked);
+        assert_eq!(get(i32::MAX).kind, Kind::Untracked);
+    }
+}

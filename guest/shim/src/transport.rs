@@ -1,0 +1,245 @@
+//! The shim's side of a stream to host-server: open it, send one request frame, read answer
+//! frames together with any descriptor passed alongside (SCM_RIGHTS).
+//!
+//! Everything here uses the real libc calls (never our interposed ones) on AF_UNIX sockets.
+
+use std::ffi::CStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use libc::{c_int, c_void};
+use shared_proto::frame::{frame_len, HEADER_LEN};
+use shared_proto::{decode_exact, to_vec, Errno, ToGuest, ToHost};
+
+use crate::real;
+
+/// Where host-server listens when `OUTSOCK_SOCKET` is not set.
+pub const DEFAULT_SOCKET: &str = "/run/outsock/host.sock";
+
+/// How long an answer may take before the call fails with ETIMEDOUT; host-server's own connect
+/// timeout is shorter, so this only fires when host-server hangs.
+const ANSWER_TIMEOUT_SECS: libc::time_t = 60;
+
+static WARNED: AtomicBool = AtomicBool::new(false);
+
+/// An open stream to host-server, closed on drop unless handed over with [`Stream::into_raw`].
+#[derive(Debug)]
+pub struct Stream(c_int);
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        // SAFETY: we own this fd.
+        unsafe { real::close(self.0) };
+    }
+}
+
+fn errno() -> c_int {
+    std::io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
+}
+
+fn socket_path() -> Vec<u8> {
+    // SAFETY: getenv with a NUL-terminated literal; the result is copied at once.
+    let p = unsafe { libc::getenv(c"OUTSOCK_SOCKET".as_ptr()) };
+    if p.is_null() {
+        DEFAULT_SOCKET.as_bytes().to_vec()
+    } else {
+        // SAFETY: getenv returned a valid NUL-terminated string.
+        unsafe { CStr::from_ptr(p) }.to_bytes().to_vec()
+    }
+}
+
+/// Says once per process, on stderr, that host-server cannot be reached and why.
+fn warn_unreachable(path: &[u8], err: c_int) {
+    if WARNED.swap(true, Ordering::Relaxed) {
+        return;
+    }
+    let msg = format!(
+        "liboutsock: cannot reach host-server at {}: {}; IPv4 sockets fail with ENETUNREACH\n",
+        String::from_utf8_lossy(path),
+        std::io::Error::from_raw_os_error(err)
+    );
+    // SAFETY: write(2) of a valid buffer to stderr.
+    unsafe { libc::write(2, msg.as_ptr().cast::<c_void>(), msg.len()) };
+}
+
+impl Stream {
+    /// Connects to host-server. When it is unreachable the caller gets ENETUNREACH: to the
+    /// program, outsourcing being down is the network being down.
+    ///
+    /// # Errors
+    /// `ENETUNREACH` when host-server cannot be reached.
+    pub fn open() -> Result<Self, Errno> {
+        let path = socket_path();
+        // SAFETY: plain socket(2) call.
+        let fd = unsafe { real::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(Errno(u16::try_from(errno()).unwrap_or(5)));
+        }
+        let stream = Self(fd);
+        // SAFETY: sockaddr_un is plain data; zeroed is a valid value.
+        let mut sun: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+        sun.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        if path.len() >= sun.sun_path.len() {
+            warn_unreachable(&path, libc::ENAMETOOLONG);
+            return Err(Errno::ENETUNREACH);
+        }
+        for (d, s) in sun.sun_path.iter_mut().zip(&path) {
+            *d = *s as libc::c_char;
+        }
+        let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+        // SAFETY: `sun` is a valid sockaddr_un of `len` bytes.
+        let rc = unsafe { real::connect(fd, std::ptr::from_ref(&sun).cast(), len) };
+        if rc != 0 {
+            warn_unreachable(&path, errno());
+            return Err(Errno::ENETUNREACH);
+        }
+        let tv = libc::timeval {
+            tv_sec: ANSWER_TIMEOUT_SECS,
+            tv_usec: 0,
+        };
+        // SAFETY: setsockopt with a valid timeval of the right size.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                std::ptr::from_ref(&tv).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            );
+        }
+        Ok(stream)
+    }
+
+    #[must_use]
+    pub fn fd(&self) -> c_int {
+        self.0
+    }
+
+    /// Gives up ownership of the fd (it becomes the program's).
+    #[must_use]
+    pub fn into_raw(self) -> c_int {
+        let fd = self.0;
+        std::mem::forget(self);
+        fd
+    }
+
+    /// Sends one frame.
+    ///
+    /// # Errors
+    /// The write's errno (EPIPE when host-server went away).
+    pub fn send(&self, msg: &ToHost) -> Result<(), Errno> {
+        let bytes = to_vec(msg).map_err(|_| Errno::EMSGSIZE)?;
+        write_all(self.0, &bytes)
+    }
+
+    /// Reads one whole answer frame, and the descriptor passed with it, if any.
+    ///
+    /// # Errors
+    /// EPROTO for a malformed frame or a peer that closed early, ETIMEDOUT when none came.
+    pub fn recv(&self) -> Result<(ToGuest, Option<c_int>), Errno> {
+        recv_frame(self.0, 0)
+    }
+}
+
+/// Writes all of `buf` to `fd`, retrying on EINTR.
+fn write_all(fd: c_int, mut buf: &[u8]) -> Result<(), Errno> {
+    while !buf.is_empty() {
+        // SAFETY: `buf` is valid for its length; MSG_NOSIGNAL avoids SIGPIPE in the program.
+        let n = unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL) };
+        if n < 0 {
+            let e = errno();
+            if e == libc::EINTR {
+                continue;
+            }
+            return Err(Errno(u16::try_from(e).unwrap_or(5)));
+        }
+        buf = &buf[usize::try_from(n).unwrap_or(0)..];
+    }
+    Ok(())
+}
+
+/// Reads one frame from `fd` with any SCM_RIGHTS descriptor. `flags` may hold
+/// `MSG_CMSG_CLOEXEC`, and `MSG_DONTWAIT` for the first read only (a non-blocking accept): once
+/// a frame has begun, the rest is read to the end.
+///
+/// # Errors
+/// EAGAIN when non-blocking and nothing is there; EPROTO on garbage or early close.
+pub fn recv_frame(fd: c_int, flags: c_int) -> Result<(ToGuest, Option<c_int>), Errno> {
+    let mut buf = Vec::with_capacity(64);
+    let mut passed: Option<c_int> = None;
+    let mut first = true;
+    loop {
+        let want = match frame_len(&buf) {
+            Ok(Some(total)) => total,
+            Ok(None) => HEADER_LEN,
+            Err(_) => return Err(close_passed(passed, Errno::EPROTO)),
+        };
+        if buf.len() >= want {
+            let msg = decode_exact::<ToGuest>(&buf[..want])
+                .map_err(|_| close_passed(passed, Errno::EPROTO))?;
+            return Ok((msg, passed));
+        }
+        let mut chunk = vec![0u8; want - buf.len()];
+        let mut iov = libc::iovec {
+            iov_base: chunk.as_mut_ptr().cast(),
+            iov_len: chunk.len(),
+        };
+        let mut cbuf = [0u64; 8]; // Aligned space for one SCM_RIGHTS header and fd.
+                                  // SAFETY: msghdr is plain data; zeroed is valid before we fill it.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&cbuf);
+        let rflags = if first {
+            flags
+        } else {
+            flags & !libc::MSG_DONTWAIT
+        };
+        // SAFETY: msg points at live buffers of the sizes given.
+        let n = unsafe { libc::recvmsg(fd, &mut msg, rflags) };
+        if n < 0 {
+            let e = errno();
+            if e == libc::EINTR {
+                continue;
+            }
+            let e = if e == libc::EAGAIN && !first {
+                libc::ETIMEDOUT
+            } else {
+                e
+            };
+            return Err(close_passed(passed, Errno(u16::try_from(e).unwrap_or(5))));
+        }
+        if n == 0 {
+            return Err(close_passed(passed, Errno::EPROTO));
+        }
+        first = false;
+        // SAFETY: walking the control messages the kernel wrote into `msg`.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(&msg);
+            while !c.is_null() {
+                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                    let fd_in: c_int = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                    match passed {
+                        None => passed = Some(fd_in),
+                        // More than one fd per frame is a protocol error; don't leak it.
+                        Some(_) => {
+                            real::close(fd_in);
+                        }
+                    }
+                }
+                c = libc::CMSG_NXTHDR(&msg, c);
+            }
+        }
+        buf.extend_from_slice(&chunk[..usize::try_from(n).unwrap_or(0)]);
+    }
+}
+
+fn close_passed(passed: Option<c_int>, e: Errno) -> Errno {
+    if let Some(fd) = passed {
+        // SAFETY: the fd was passed to us and is ours to close.
+        unsafe { real::close(fd) };
+    }
+    e
+}

@@ -7,8 +7,12 @@
 //! [`upstream`] (a small DNS client over UDP with TCP retry), [`resolve`] (the rules), [`server`]
 //! (hickory-server glue), [`lookup`] (dns.sock for host-server), [`metrics`], [`config`].
 
+pub mod cache;
 pub mod clock;
 pub mod mapping;
+pub mod metrics;
 pub mod persist;
 pub mod pool;
+pub mod resolve;
 pub mod store;
+pub mod upstream;

@@ -1,0 +1,274 @@
+//! Counters and gauges in Prometheus text format, served by a tiny HTTP responder on a local
+//! TCP address.
+//!
+//! Hand-written rather than a metrics crate: a dozen atomics and one format function are all
+//! the design asks for, and the responder only ever answers `GET` with the same page.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::mapping::Direction;
+use crate::persist::Mappings;
+
+/// Upper bounds (seconds) of the upstream latency histogram buckets.
+const LATENCY_BUCKETS: [f64; 8] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0];
+
+/// Why the metrics endpoint could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    /// The address could not be bound.
+    #[error("cannot listen for metrics on {addr}")]
+    Bind {
+        /// The configured address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Every counter dns-cache keeps.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Queries by type: A, AAAA, PTR, other.
+    pub queries: [AtomicU64; 4],
+    /// Responses by code: NOERROR, NXDOMAIN, SERVFAIL, FORMERR/other.
+    pub responses: [AtomicU64; 4],
+    /// A answers synthesised from AAAA.
+    pub synthesised: AtomicU64,
+    /// Answers passed through from upstream unchanged.
+    pub passed_through: AtomicU64,
+    /// PTR answers for dummy addresses.
+    pub ptr_local: AtomicU64,
+    /// Answer cache hits.
+    pub cache_hits: AtomicU64,
+    /// Answer cache misses (upstream queries).
+    pub cache_misses: AtomicU64,
+    /// New mappings (fresh addresses).
+    pub allocations: AtomicU64,
+    /// Mappings recycled (LRU past grace).
+    pub recycles: AtomicU64,
+    /// Allocations refused because the pool was full.
+    pub exhausted: AtomicU64,
+    /// Upstream queries that failed.
+    pub upstream_errors: AtomicU64,
+    /// Upstream latency histogram: counts per bucket (cumulative at render time), plus +Inf.
+    upstream_buckets: [AtomicU64; 9],
+    upstream_sum_us: AtomicU64,
+    upstream_count: AtomicU64,
+}
+
+/// Index into [`Metrics::queries`].
+#[derive(Debug, Clone, Copy)]
+pub enum QueryKind {
+    /// A.
+    A = 0,
+    /// AAAA.
+    Aaaa = 1,
+    /// PTR.
+    Ptr = 2,
+    /// Anything else.
+    Other = 3,
+}
+
+impl Metrics {
+    /// Adds one to a counter.
+    pub fn inc(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records one upstream round trip.
+    pub fn observe_upstream(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let i = LATENCY_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        if let Some(b) = self.upstream_buckets.get(i) {
+            b.fetch_add(1, Ordering::Relaxed);
+        }
+        self.upstream_sum_us.fetch_add(
+            u64::try_from(d.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        self.upstream_count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self, mappings: &Mappings) -> String {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let mut s = String::with_capacity(4096);
+        let mut counter = |name: &str, help: &str, series: &[(&str, u64)]| {
+            let _ = writeln!(s, "# HELP outsock_dns_{name} {help}");
+            let _ = writeln!(s, "# TYPE outsock_dns_{name} counter");
+            for (labels, v) in series {
+                let _ = writeln!(s, "outsock_dns_{name}{labels} {v}");
+            }
+        };
+        counter(
+            "queries_total",
+            "DNS queries received, by type.",
+            &[
+                ("{type=\"A\"}", get(&self.queries[0])),
+                ("{type=\"AAAA\"}", get(&self.queries[1])),
+                ("{type=\"PTR\"}", get(&self.queries[2])),
+                ("{type=\"other\"}", get(&self.queries[3])),
+            ],
+        );
+        counter(
+            "responses_total",
+            "DNS responses sent, by response code.",
+            &[
+                ("{rcode=\"NOERROR\"}", get(&self.responses[0])),
+                ("{rcode=\"NXDOMAIN\"}", get(&self.responses[1])),
+                ("{rcode=\"SERVFAIL\"}", get(&self.responses[2])),
+                ("{rcode=\"other\"}", get(&self.responses[3])),
+            ],
+        );
+        counter(
+            "synthesised_total",
+            "Answers with A records synthesised from AAAA.",
+            &[("", get(&self.synthesised))],
+        );
+        counter(
+            "passed_through_total",
+            "Answers passed through from upstream.",
+            &[("", get(&self.passed_through))],
+        );
+        counter(
+            "ptr_local_total",
+            "PTR answers for dummy addresses.",
+            &[("", get(&self.ptr_local))],
+        );
+        counter(
+            "cache_hits_total",
+            "Answer cache hits.",
+            &[("", get(&self.cache_hits))],
+        );
+        counter(
+            "cache_misses_total",
+            "Answer cache misses.",
+            &[("", get(&self.cache_misses))],
+        );
+        counter(
+            "allocations_total",
+            "Dummy addresses newly allocated.",
+            &[("", get(&self.allocations))],
+        );
+        counter(
+            "recycles_total",
+            "Mappings recycled (least recently used, past grace).",
+            &[("", get(&self.recycles))],
+        );
+        counter(
+            "pool_exhausted_total",
+            "Allocations refused because every address was live.",
+            &[("", get(&self.exhausted))],
+        );
+        counter(
+            "upstream_errors_total",
+            "Upstream queries that failed.",
+            &[("", get(&self.upstream_errors))],
+        );
+
+        let _ = writeln!(s, "# HELP outsock_dns_pool_used Mappings in each pool.");
+        let _ = writeln!(s, "# TYPE outsock_dns_pool_used gauge");
+        let _ = writeln!(
+            s,
+            "# HELP outsock_dns_pool_size Addresses each pool can hand out."
+        );
+        let _ = writeln!(s, "# TYPE outsock_dns_pool_size gauge");
+        for (dir, label) in [
+            (Direction::Synthesised, "destination"),
+            (Direction::InboundPeer, "source"),
+        ] {
+            let (used, size) = mappings.with_table(dir, |t| (t.len(), t.capacity()));
+            let _ = writeln!(s, "outsock_dns_pool_used{{pool=\"{label}\"}} {used}");
+            let _ = writeln!(s, "outsock_dns_pool_size{{pool=\"{label}\"}} {size}");
+        }
+
+        let _ = writeln!(
+            s,
+            "# HELP outsock_dns_upstream_seconds Upstream query latency."
+        );
+        let _ = writeln!(s, "# TYPE outsock_dns_upstream_seconds histogram");
+        let mut cumulative = 0;
+        for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
+            cumulative += self.upstream_buckets.get(i).map_or(0, get);
+            let _ = writeln!(
+                s,
+                "outsock_dns_upstream_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
+            );
+        }
+        cumulative += self
+            .upstream_buckets
+            .get(LATENCY_BUCKETS.len())
+            .map_or(0, get);
+        let _ = writeln!(
+            s,
+            "outsock_dns_upstream_seconds_bucket{{le=\"+Inf\"}} {cumulative}"
+        );
+        #[allow(clippy::cast_precision_loss)]
+        // microsecond sums fit f64's 52-bit mantissa for centuries
+        let sum = get(&self.upstream_sum_us) as f64 / 1e6;
+        let _ = writeln!(s, "outsock_dns_upstream_seconds_sum {sum}");
+        let _ = writeln!(
+            s,
+            "outsock_dns_upstream_seconds_count {}",
+            get(&self.upstream_count)
+        );
+        s
+    }
+}
+
+/// Binds the metrics address.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, MetricsError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| MetricsError::Bind { addr, source })
+}
+
+/// Serves the metrics page on `listener` until the task is dropped. Every connection gets one
+/// response and is closed; a slow or silent client is cut off after a few seconds.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, mappings: Arc<Mappings>) {
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let body = metrics.render(&mappings);
+        tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            let mut seen = Vec::new();
+            let read = tokio::time::timeout(Duration::from_secs(5), async {
+                // Read until the end of the request head (or the buffer limit): the request is
+                // not otherwise interpreted.
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") && seen.len() < 8192 {
+                    let n = stream.read(&mut buf).await?;
+                    if n == 0 {
+                        break;
+                    }
+                    seen.extend_from_slice(buf.get(..n).unwrap_or_default());
+                }
+                Ok::<_, std::io::Error>(())
+            })
+            .await;
+            if !matches!(read, Ok(Ok(()))) {
+                return;
+            }
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(head.as_bytes()).await;
+            let _ = stream.write_all(body.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        });
+    }
+}

@@ -1,0 +1,712 @@
+//! The rules of DESIGN.md §5 (RFC 6535 ENR and RFC 6147 where it applies): what to answer for
+//! one question, given the upstream resolvers, the answer cache and the mapping tables.
+//!
+//! Independent of the transport: the hickory server glue and the dns.sock `DnsQuery` request
+//! both turn a query into a [`Question`] and the returned [`Answer`] into a message.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::rdata::{A, PTR};
+use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
+
+use crate::cache::{aged, AnswerCache, CacheKey, Cached};
+use crate::mapping::{Allocation, Direction, MappingError};
+use crate::metrics::{Metrics, QueryKind};
+use crate::persist::{Mappings, PersistError};
+use crate::upstream::{Upstream, UpstreamError, UpstreamQuery};
+
+/// The settings the rules depend on.
+#[derive(Debug, Clone)]
+pub struct ResolverConfig {
+    /// The host has IPv4 egress: real A records are passed through (RFC 6535 §2.3).
+    pub ipv4_egress: bool,
+    /// Upper bound of a synthesised record's TTL, seconds.
+    pub max_ttl: u32,
+    /// Names (and their subdomains) whose A queries always go upstream unchanged.
+    pub pass_through: Vec<Name>,
+    /// Names (and their subdomains) for which no dummy is ever synthesised.
+    pub never_synthesise: Vec<Name>,
+}
+
+/// One question from a client.
+#[derive(Debug, Clone)]
+pub struct Question {
+    /// Query name.
+    pub name: Name,
+    /// Query type.
+    pub qtype: RecordType,
+    /// Query class.
+    pub qclass: DNSClass,
+    /// The client set DO in EDNS.
+    pub dnssec_ok: bool,
+    /// The client set CD.
+    pub checking_disabled: bool,
+}
+
+/// What to answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// Response code.
+    pub rcode: ResponseCode,
+    /// Answer section.
+    pub answers: Vec<Record>,
+    /// Authority section.
+    pub authorities: Vec<Record>,
+    /// AD bit: only ever copied from upstream for data passed through unchanged.
+    pub authentic_data: bool,
+}
+
+impl Answer {
+    fn rcode(rcode: ResponseCode) -> Self {
+        Self {
+            rcode,
+            answers: Vec::new(),
+            authorities: Vec::new(),
+            authentic_data: false,
+        }
+    }
+}
+
+/// Why a question could not be answered from upstream data (each becomes SERVFAIL).
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    /// Upstream did not answer.
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    /// Upstream answered with a failure code.
+    #[error("upstream answered {0}")]
+    UpstreamRcode(ResponseCode),
+    /// No mapping could be made or committed.
+    #[error(transparent)]
+    Mapping(#[from] PersistError),
+}
+
+/// The resolver: rules + cache + upstream + mappings.
+#[derive(Debug)]
+pub struct Resolver {
+    cfg: ResolverConfig,
+    upstream: Arc<dyn Upstream>,
+    cache: Mutex<AnswerCache>,
+    mappings: Arc<Mappings>,
+    metrics: Arc<Metrics>,
+}
+
+impl Resolver {
+    /// Builds a resolver.
+    pub fn new(
+        cfg: ResolverConfig,
+        upstream: Arc<dyn Upstream>,
+        cache: AnswerCache,
+        mappings: Arc<Mappings>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            cfg,
+            upstream,
+            cache: Mutex::new(cache),
+            mappings,
+            metrics,
+        }
+    }
+
+    /// The mapping tables.
+    pub fn mappings(&self) -> &Arc<Mappings> {
+        &self.mappings
+    }
+
+    /// The counters.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Empties the answer cache.
+    pub fn clear_cache(&self) {
+        self.lock_cache().clear();
+    }
+
+    fn lock_cache(&self) -> std::sync::MutexGuard<'_, AnswerCache> {
+        // The cache holds no invariant a panic could break halfway.
+        self.cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Answers one question.
+    pub async fn resolve(&self, q: &Question) -> Answer {
+        let kind = match q.qtype {
+            RecordType::A => QueryKind::A,
+            RecordType::AAAA => QueryKind::Aaaa,
+            RecordType::PTR => QueryKind::Ptr,
+            _ => QueryKind::Other,
+        };
+        Metrics::inc(&self.metrics.queries[kind as usize]);
+        let result = if q.qclass != DNSClass::IN {
+            self.forward(q).await
+        } else {
+            match q.qtype {
+                RecordType::A => self.resolve_a(q).await,
+                // The guest is IPv4-only: an AAAA answer would only mislead it.
+                RecordType::AAAA => Ok(Answer::rcode(ResponseCode::NoError)),
+                RecordType::PTR => self.resolve_ptr(q).await,
+                _ => self.forward(q).await,
+            }
+        };
+        let answer = result.unwrap_or_else(|error| {
+            if let ResolveError::Mapping(PersistError::Mapping(MappingError::Exhausted(_))) = error
+            {
+                Metrics::inc(&self.metrics.exhausted);
+            }
+            tracing::debug!(%error, name = %q.name, qtype = %q.qtype, "answering SERVFAIL");
+            Answer::rcode(ResponseCode::ServFail)
+        });
+        let slot = match answer.rcode {
+            ResponseCode::NoError => 0,
+            ResponseCode::NXDomain => 1,
+            ResponseCode::ServFail => 2,
+            _ => 3,
+        };
+        Metrics::inc(&self.metrics.responses[slot]);
+        answer
+    }
+
+    fn matches(list: &[Name], name: &Name) -> bool {
+        list.iter().any(|zone| zone.zone_of(name))
+    }
+
+    /// A cached or fresh upstream answer.
+    async fn fetch(&self, uq: UpstreamQuery) -> Result<Arc<Cached>, ResolveError> {
+        let key = CacheKey {
+            name: uq.name.to_lowercase(),
+            qtype: uq.qtype,
+            qclass: uq.qclass,
+            dnssec_ok: uq.dnssec_ok,
+            checking_disabled: uq.checking_disabled,
+        };
+        let now = self.mappings.now();
+        if let Some(hit) = self.lock_cache().get(&key, now) {
+            Metrics::inc(&self.metrics.cache_hits);
+            return Ok(hit);
+        }
+        Metrics::inc(&self.metrics.cache_misses);
+        let started = Instant::now();
+        let result = self.upstream.query(&uq).await;
+        self.metrics.observe_upstream(started.elapsed());
+        let message = result.inspect_err(|_| Metrics::inc(&self.metrics.upstream_errors))?;
+        let (entry, _) = self.lock_cache().insert(key, &message, self.mappings.now());
+        Ok(entry)
+    }
+
+    /// Passes the question upstream and the answer back unchanged (TTLs counted down).
+    async fn forward(&self, q: &Question) -> Result<Answer, ResolveError> {
+        let c = self
+            .fetch(UpstreamQuery {
+                name: q.name.clone(),
+                qtype: q.qtype,
+                qclass: q.qclass,
+                dnssec_ok: q.dnssec_ok,
+                checking_disabled: q.checking_disabled,
+            })
+            .await?;
+        Metrics::inc(&self.metrics.passed_through);
+        Ok(self.pass(&c, u32::MAX))
+    }
+
+    fn pass(&self, c: &Cached, cap: u32) -> Answer {
+        let age = c.age(self.mappings.now());
+        Answer {
+            rcode: c.rcode,
+            answers: c.answers.iter().map(|r| aged(r, age, cap)).collect(),
+            authorities: c.authorities.iter().map(|r| aged(r, age, cap)).collect(),
+            authentic_data: c.authentic_data,
+        }
+    }
+
+    async fn resolve_a(&self, q: &Question) -> Result<Answer, ResolveError> {
+        // RFC 6147 §5.5: a validating client (CD and DO) gets the real answer, never ours.
+        if Self::matches(&self.cfg.pass_through, &q.name) || (q.dnssec_ok && q.checking_disabled) {
+            return self.forward(q).await;
+        }
+        if self.cfg.ipv4_egress {
+            let a = self
+                .fetch(UpstreamQuery {
+                    name: q.name.clone(),
+                    qtype: RecordType::A,
+                    qclass: DNSClass::IN,
+                    dnssec_ok: q.dnssec_ok,
+                    checking_disabled: q.checking_disabled,
+                })
+                .await?;
+            match a.rcode {
+                ResponseCode::NoError if a.answers_of(RecordType::A).next().is_some() => {
+                    Metrics::inc(&self.metrics.passed_through);
+                    return Ok(self.pass(&a, u32::MAX));
+                }
+                ResponseCode::NXDomain => return Ok(self.pass(&a, u32::MAX)),
+                ResponseCode::NoError => {}
+                other => return Err(ResolveError::UpstreamRcode(other)),
+            }
+        }
+        // RFC 6535 §2.3 / RFC 6147 §5.1: the AAAA look-up comes before any allocation.
+        let aaaa = self
+            .fetch(UpstreamQuery {
+                name: q.name.clone(),
+                qtype: RecordType::AAAA,
+                qclass: DNSClass::IN,
+                dnssec_ok: false,
+                checking_disabled: false,
+            })
+            .await?;
+        let max = self.cfg.max_ttl;
+        let age = aaaa.age(self.mappings.now());
+        let chain = || -> Vec<Record> {
+            aaaa.answers_of(RecordType::CNAME)
+                .map(|r| aged(r, age, max))
+                .collect()
+        };
+        let negative = |rcode| Answer {
+            rcode,
+            answers: chain(),
+            authorities: aaaa
+                .authorities
+                .iter()
+                .filter(|r| r.record_type() == RecordType::SOA)
+                .map(|r| aged(r, age, u32::MAX))
+                .collect(),
+            authentic_data: false,
+        };
+        match aaaa.rcode {
+            ResponseCode::NXDomain => return Ok(negative(ResponseCode::NXDomain)),
+            ResponseCode::NoError => {}
+            other => return Err(ResolveError::UpstreamRcode(other)),
+        }
+        let records: Vec<(Name, Ipv6Addr, u32)> = aaaa
+            .answers_of(RecordType::AAAA)
+            .filter_map(|r| match &r.data {
+                RData::AAAA(v6) => Some((r.name.clone(), v6.0, r.ttl.saturating_sub(age).min(max))),
+                _ => None,
+            })
+            .collect();
+        if records.is_empty() || Self::matches(&self.cfg.never_synthesise, &q.name) {
+            return Ok(negative(ResponseCode::NoError));
+        }
+        let qname = q.name.to_lowercase().to_ascii();
+        let owners: Vec<String> = records
+            .iter()
+            .map(|(owner, _, _)| owner.to_lowercase().to_ascii())
+            .collect();
+        let mut addrs: Vec<(Ipv6Addr, Option<&str>)> = records
+            .iter()
+            .zip(&owners)
+            .map(|((_, v6, _), owner)| (*v6, Some(owner.as_str())))
+            .collect();
+        // The name asked for is remembered too when it reached the address through a CNAME.
+        for ((_, v6, _), owner) in records.iter().zip(&owners) {
+            if *owner != qname {
+                addrs.push((*v6, Some(qname.as_str())));
+            }
+        }
+        let ttl = records.iter().map(|r| r.2).min().unwrap_or(0);
+        let results = self
+            .mappings
+            .map_durable(
+                Direction::Synthesised,
+                &addrs,
+                Duration::from_secs(u64::from(ttl)),
+            )
+            .await?;
+        let mut answers = chain();
+        for ((owner, _, ttl), r) in records.iter().zip(&results) {
+            match r.allocation {
+                Allocation::Fresh => Metrics::inc(&self.metrics.allocations),
+                Allocation::Recycled { .. } => Metrics::inc(&self.metrics.recycles),
+                Allocation::Existing => {}
+            }
+            answers.push(Record::from_rdata(owner.clone(), *ttl, RData::A(A(r.v4))));
+        }
+        Metrics::inc(&self.metrics.synthesised);
+        // RFC 6147 §5.5: synthesised data is never marked authentic.
+        Ok(Answer {
+            rcode: ResponseCode::NoError,
+            answers,
+            authorities: Vec::new(),
+            authentic_data: false,
+        })
+    }
+
+    async fn resolve_ptr(&self, q: &Question) -> Result<Answer, ResolveError> {
+        let Some(v4) = in_addr_arpa(&q.name) else {
+            return self.forward(q).await;
+        };
+        let direction = [Direction::Synthesised, Direction::InboundPeer]
+            .into_iter()
+            .find(|d| self.mappings.with_table(*d, |t| t.prefix().contains(v4)));
+        let Some(direction) = direction else {
+            return self.forward(q).await;
+        };
+        Metrics::inc(&self.metrics.ptr_local);
+        // Our own address space: never ask upstream about it, and never invent a name.
+        let Some(m) = self.mappings.with_table(direction, |t| t.get(v4).cloned()) else {
+            return Ok(Answer::rcode(ResponseCode::NXDomain));
+        };
+        if !m.names.is_empty() {
+            let answers = m
+                .names
+                .iter()
+                .filter_map(|n| Name::from_ascii(n).ok())
+                .map(|n| Record::from_rdata(q.name.clone(), self.cfg.max_ttl, RData::PTR(PTR(n))))
+                .collect();
+            return Ok(Answer {
+                rcode: ResponseCode::NoError,
+                answers,
+                authorities: Vec::new(),
+                authentic_data: false,
+            });
+        }
+        // No name known (an inbound peer): the reverse look-up of the real address
+        // (RFC 6535 §2.3.3), answered under the name that was asked.
+        let c = self
+            .fetch(UpstreamQuery {
+                name: Name::from(m.v6),
+                qtype: RecordType::PTR,
+                qclass: DNSClass::IN,
+                dnssec_ok: false,
+                checking_disabled: false,
+            })
+            .await?;
+        let mut answer = self.pass(&c, self.cfg.max_ttl);
+        answer.authentic_data = false;
+        for r in &mut answer.answers {
+            if r.record_type() == RecordType::PTR {
+                r.name = q.name.clone();
+            }
+        }
+        answer
+            .answers
+            .retain(|r| r.record_type() == RecordType::PTR);
+        Ok(answer)
+    }
+}
+
+/// The IPv4 address of a full `d.c.b.a.in-addr.arpa.` name.
+fn in_addr_arpa(name: &Name) -> Option<Ipv4Addr> {
+    let net = name.parse_arpa_name().ok()?;
+    match net.addr() {
+        IpAddr::V4(v4) if net.prefix_len() == 32 => Some(v4),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::{ManualClock, UnixMillis};
+    use crate::mapping::MappingTable;
+    use crate::store::Store;
+    use hickory_proto::op::{Message, MessageType, OpCode, Query};
+    use hickory_proto::rr::rdata::{AAAA, CNAME, SOA};
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Canned upstream answers keyed by (name, type); anything else is NXDOMAIN with an SOA.
+    #[derive(Debug, Default)]
+    struct Fake {
+        records: HashMap<(String, RecordType), Vec<Record>>,
+        fail: bool,
+        ad: bool,
+        calls: AtomicUsize,
+    }
+
+    fn n(s: &str) -> Name {
+        Name::from_ascii(s).unwrap()
+    }
+
+    impl Fake {
+        fn add(&mut self, name: &str, ttl: u32, data: RData) {
+            let rt = data.record_type();
+            self.records
+                .entry((name.to_owned(), rt))
+                .or_default()
+                .push(Record::from_rdata(n(name), ttl, data));
+        }
+        fn exists(&self, name: &str) -> bool {
+            self.records.keys().any(|(k, _)| k == name)
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Upstream for Fake {
+        async fn query(&self, q: &UpstreamQuery) -> Result<Message, UpstreamError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            if self.fail {
+                return Err(UpstreamError::NoServers);
+            }
+            let mut m = Message::new(1, MessageType::Response, OpCode::Query);
+            m.metadata.authentic_data = self.ad;
+            m.add_query(Query::query(q.name.clone(), q.qtype));
+            let mut name = q.name.to_ascii();
+            // Follow CNAMEs like a recursive resolver would.
+            while let Some(c) = self.records.get(&(name.clone(), RecordType::CNAME)) {
+                m.add_answers(c.clone());
+                let RData::CNAME(t) = &c[0].data else {
+                    unreachable!()
+                };
+                name = t.0.to_ascii();
+            }
+            match self.records.get(&(name.clone(), q.qtype)) {
+                Some(rs) => {
+                    m.add_answers(rs.clone());
+                }
+                None => {
+                    if !self.exists(&name) {
+                        m.metadata.response_code = ResponseCode::NXDomain;
+                    }
+                    m.add_authority(Record::from_rdata(
+                        n("test."),
+                        300,
+                        RData::SOA(SOA::new(n("ns.test."), n("h.test."), 1, 2, 3, 4, 60)),
+                    ));
+                }
+            }
+            Ok(m)
+        }
+    }
+
+    fn world() -> Fake {
+        let mut f = Fake::default();
+        f.add(
+            "v6only.test.",
+            300,
+            RData::AAAA(AAAA("2001:db8::1".parse().unwrap())),
+        );
+        for i in 1..=3 {
+            f.add(
+                "multi.test.",
+                300,
+                RData::AAAA(AAAA(format!("2001:db8::10{i}").parse().unwrap())),
+            );
+        }
+        f.add("alias.test.", 300, RData::CNAME(CNAME(n("v6only.test."))));
+        f.add(
+            "dual.test.",
+            300,
+            RData::A(A("203.0.113.10".parse().unwrap())),
+        );
+        f.add(
+            "dual.test.",
+            300,
+            RData::AAAA(AAAA("2001:db8::2".parse().unwrap())),
+        );
+        f.add(
+            "v4only.test.",
+            300,
+            RData::A(A("203.0.113.20".parse().unwrap())),
+        );
+        f.add(
+            "long.test.",
+            86_400,
+            RData::AAAA(AAAA("2001:db8::3".parse().unwrap())),
+        );
+        f
+    }
+
+    fn resolver_with(fake: Fake, egress: bool, pool: &str) -> (Resolver, Arc<Fake>) {
+        let fake = Arc::new(fake);
+        let clock = Arc::new(ManualClock::new(UnixMillis(1_700_000_000_000)));
+        let mappings = Mappings::start(
+            Store::open_in_memory().unwrap(),
+            MappingTable::new(
+                pool.parse().unwrap(),
+                Direction::Synthesised,
+                Duration::from_secs(60),
+            ),
+            MappingTable::new(
+                "172.21.112.0/20".parse().unwrap(),
+                Direction::InboundPeer,
+                Duration::from_secs(60),
+            ),
+            clock,
+        )
+        .unwrap();
+        let r = Resolver::new(
+            ResolverConfig {
+                ipv4_egress: egress,
+                max_ttl: 600,
+                pass_through: vec![n("pass.test.")],
+                never_synthesise: vec![n("never.test.")],
+            },
+            fake.clone(),
+            AnswerCache::new(1000, 86_400, 300),
+            mappings,
+            Arc::new(Metrics::default()),
+        );
+        (r, fake)
+    }
+
+    fn resolver() -> (Resolver, Arc<Fake>) {
+        resolver_with(world(), false, "10.170.160.0/20")
+    }
+
+    fn q(name: &str, qtype: RecordType) -> Question {
+        Question {
+            name: n(name),
+            qtype,
+            qclass: DNSClass::IN,
+            dnssec_ok: false,
+            checking_disabled: false,
+        }
+    }
+
+    fn a_records(a: &Answer) -> Vec<Ipv4Addr> {
+        a.answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::A(a) => Some(a.0),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn synthesises_stable_dummies_without_ad() {
+        let mut f = world();
+        f.ad = true;
+        let (r, fake) = resolver_with(f, false, "10.170.160.0/20");
+        let a = r.resolve(&q("v6only.test.", RecordType::A)).await;
+        assert_eq!(a.rcode, ResponseCode::NoError);
+        assert!(!a.authentic_data);
+        assert_eq!(a_records(&a), vec![Ipv4Addr::new(10, 170, 160, 2)]);
+        let again = r.resolve(&q("v6only.test.", RecordType::A)).await;
+        assert_eq!(a_records(&again), a_records(&a));
+        // The second answer came from the cache.
+        assert_eq!(fake.calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn n_aaaa_give_n_distinct_a() {
+        let (r, _) = resolver();
+        let a = r.resolve(&q("multi.test.", RecordType::A)).await;
+        let mut v4 = a_records(&a);
+        v4.dedup();
+        assert_eq!(v4.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn cname_chain_is_returned_and_names_remembered() {
+        let (r, _) = resolver();
+        let a = r.resolve(&q("alias.test.", RecordType::A)).await;
+        assert_eq!(a.answers[0].record_type(), RecordType::CNAME);
+        assert_eq!(a.answers[1].name, n("v6only.test."));
+        let v4 = a_records(&a)[0];
+        let ptr = r.resolve(&q(&arpa(v4), RecordType::PTR)).await;
+        let names: Vec<String> = ptr
+            .answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::PTR(p) => Some(p.0.to_ascii()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(names, vec!["v6only.test.", "alias.test."]);
+    }
+
+    fn arpa(v4: Ipv4Addr) -> String {
+        let o = v4.octets();
+        format!("{}.{}.{}.{}.in-addr.arpa.", o[3], o[2], o[1], o[0])
+    }
+
+    #[tokio::test]
+    async fn negative_answers_stay_negative() {
+        let (r, _) = resolver();
+        let nx = r.resolve(&q("missing.test.", RecordType::A)).await;
+        assert_eq!(nx.rcode, ResponseCode::NXDomain);
+        assert_eq!(nx.authorities[0].record_type(), RecordType::SOA);
+        let nodata = r.resolve(&q("v4only.test.", RecordType::A)).await;
+        assert_eq!(nodata.rcode, ResponseCode::NoError);
+        assert!(nodata.answers.is_empty());
+        let aaaa = r.resolve(&q("v6only.test.", RecordType::AAAA)).await;
+        assert_eq!(aaaa, Answer::rcode(ResponseCode::NoError));
+        let ptr = r
+            .resolve(&q("77.160.170.10.in-addr.arpa.", RecordType::PTR))
+            .await;
+        assert_eq!(ptr.rcode, ResponseCode::NXDomain);
+    }
+
+    #[tokio::test]
+    async fn ipv4_egress_passes_real_a_through() {
+        let (off, _) = resolver();
+        let a = off.resolve(&q("dual.test.", RecordType::A)).await;
+        assert!(off.mappings().with_table(Direction::Synthesised, |t| t
+            .prefix()
+            .contains(a_records(&a)[0])));
+        let (on, _) = resolver_with(world(), true, "10.170.160.0/20");
+        let a = on.resolve(&q("dual.test.", RecordType::A)).await;
+        assert_eq!(a_records(&a), vec![Ipv4Addr::new(203, 0, 113, 10)]);
+        let a = on.resolve(&q("v6only.test.", RecordType::A)).await;
+        assert_eq!(a_records(&a), vec![Ipv4Addr::new(10, 170, 160, 2)]);
+    }
+
+    #[tokio::test]
+    async fn ttl_is_clamped() {
+        let (r, _) = resolver();
+        let a = r.resolve(&q("long.test.", RecordType::A)).await;
+        assert_eq!(a.answers[0].ttl, 600);
+    }
+
+    #[tokio::test]
+    async fn cd_and_do_get_no_synthesis() {
+        let (r, _) = resolver();
+        let mut question = q("v6only.test.", RecordType::A);
+        question.dnssec_ok = true;
+        question.checking_disabled = true;
+        let a = r.resolve(&question).await;
+        assert!(a_records(&a).is_empty());
+    }
+
+    #[tokio::test]
+    async fn filters_apply() {
+        let mut f = world();
+        f.add(
+            "x.never.test.",
+            300,
+            RData::AAAA(AAAA("2001:db8::9".parse().unwrap())),
+        );
+        f.add(
+            "pass.test.",
+            300,
+            RData::AAAA(AAAA("2001:db8::8".parse().unwrap())),
+        );
+        let (r, _) = resolver_with(f, false, "10.170.160.0/20");
+        let a = r.resolve(&q("x.never.test.", RecordType::A)).await;
+        assert_eq!((a.rcode, a.answers.len()), (ResponseCode::NoError, 0));
+        let a = r.resolve(&q("pass.test.", RecordType::A)).await;
+        assert_eq!((a.rcode, a.answers.len()), (ResponseCode::NoError, 0));
+    }
+
+    #[tokio::test]
+    async fn upstream_failure_and_exhaustion_are_servfail() {
+        let mut f = world();
+        f.fail = true;
+        let (r, _) = resolver_with(f, false, "10.170.160.0/20");
+        let a = r.resolve(&q("v6only.test.", RecordType::A)).await;
+        assert_eq!(a.rcode, ResponseCode::ServFail);
+        // A /29 has 5 addresses after the DNS address; 6 live names do not fit.
+        let mut f = world();
+        for i in 0..6 {
+            f.add(
+                &format!("h{i}.test."),
+                300,
+                RData::AAAA(AAAA(format!("2001:db8::f{i}").parse().unwrap())),
+            );
+        }
+        let (r, _) = resolver_with(f, false, "10.170.160.0/29");
+        for i in 0..5 {
+            let a = r.resolve(&q(&format!("h{i}.test."), RecordType::A)).await;
+            assert_eq!(a.rcode, ResponseCode::NoError);
+        }
+        let a = r.resolve(&q("h5.test.", RecordType::A)).await;
+        assert_eq!(a.rcode, ResponseCode::ServFail);
+    }
+}

@@ -1,0 +1,279 @@
+//! `outsock`: the operator's and user's command.
+//!
+//! - `outsock run [--socket PATH] [--dns ADDR] -- CMD ARGS…` runs an unmodified IPv4-only program
+//!   with liboutsock preloaded (process mode), so its AF_INET sockets go through host-server.
+//! - `outsock mappings [--json] [--direction …]` prints dns-cache's mapping table, asked over
+//!   `dns.sock`.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use shared_proto::lookup::{Direction, ListQuery, MappingInfo};
+use shared_proto::{decode, to_vec, LookupOp, LookupReply, LookupRequest, LookupResponse};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "outsock",
+    version,
+    about = "Run IPv4-only programs on an IPv6-only host, and inspect outsock's mappings"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run a program with liboutsock preloaded (process mode).
+    Run {
+        /// host-server's socket.
+        #[arg(long, env = "OUTSOCK_SOCKET", default_value = "/run/outsock/host.sock")]
+        socket: PathBuf,
+        /// The guest DNS address (answered by dns-cache through host-server).
+        #[arg(long, env = "OUTSOCK_DNS")]
+        dns: Option<String>,
+        /// liboutsock.so to preload (default: next to this executable).
+        #[arg(long, env = "OUTSOCK_SHIM")]
+        shim: Option<PathBuf>,
+        /// The program and its arguments.
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
+    /// Print the dummy-IPv4 ↔ IPv6 mappings held by dns-cache.
+    Mappings {
+        /// dns-cache's look-up socket.
+        #[arg(
+            long,
+            env = "OUTSOCK_DNS_SOCKET",
+            default_value = "/run/outsock/dns.sock"
+        )]
+        socket: PathBuf,
+        /// Only this direction.
+        #[arg(long, value_enum)]
+        direction: Option<Dir>,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum Dir {
+    Synthesised,
+    InboundPeer,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Cmd::Run {
+            socket,
+            dns,
+            shim,
+            command,
+        } => run(&socket, dns.as_deref(), shim, &command),
+        Cmd::Mappings {
+            socket,
+            direction,
+            json,
+        } => mappings(&socket, direction, json),
+    }
+}
+
+fn run(
+    socket: &PathBuf,
+    dns: Option<&str>,
+    shim: Option<PathBuf>,
+    command: &[String],
+) -> Result<()> {
+    let shim = match shim {
+        Some(p) => p,
+        None => std::env::current_exe()?.with_file_name("liboutsock.so"),
+    };
+    if !shim.is_file() {
+        bail!(
+            "{} not found: build it with `cargo build -p outsock-shim` or pass --shim",
+            shim.display()
+        );
+    }
+    let preload = match std::env::var("LD_PRELOAD") {
+        Ok(old) if !old.is_empty() => format!("{}:{old}", shim.display()),
+        _ => shim.display().to_string(),
+    };
+    let mut cmd = Command::new(&command[0]);
+    cmd.args(&command[1..])
+        .env("LD_PRELOAD", preload)
+        .env("OUTSOCK_SOCKET", socket);
+    if let Some(dns) = dns {
+        cmd.env("OUTSOCK_DNS", dns);
+    }
+    let err = cmd.exec();
+    Err(err).with_context(|| format!("running {}", command[0]))
+}
+
+fn ask(stream: &mut UnixStream, id: u32, op: LookupOp) -> Result<LookupReply> {
+    stream.write_all(&to_vec(&LookupRequest { id, op })?)?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        if let Some((resp, _)) = decode::<LookupResponse>(&buf)? {
+            if resp.id != id {
+                bail!("dns-cache answered request {} instead of {id}", resp.id);
+            }
+            return Ok(resp.reply);
+        }
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            bail!("dns-cache closed the look-up stream");
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn mappings(socket: &PathBuf, direction: Option<Dir>, json: bool) -> Result<()> {
+    let mut stream = UnixStream::connect(socket)
+        .with_context(|| format!("connecting to dns-cache at {}", socket.display()))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let direction = direction.map(|d| match d {
+        Dir::Synthesised => Direction::Synthesised,
+        Dir::InboundPeer => Direction::InboundPeer,
+    });
+    let mut all = Vec::new();
+    let mut id = 0;
+    loop {
+        id += 1;
+        let offset = u32::try_from(all.len())?;
+        let op = LookupOp::List(ListQuery {
+            direction,
+            offset,
+            limit: 500,
+        });
+        match ask(&mut stream, id, op)? {
+            LookupReply::Mappings { total, entries } => {
+                let done = entries.is_empty() || all.len() + entries.len() >= total as usize;
+                all.extend(entries);
+                if done {
+                    break;
+                }
+            }
+            LookupReply::Error { message, .. } => bail!("dns-cache: {message}"),
+            other => bail!("unexpected answer from dns-cache: {other:?}"),
+        }
+    }
+    let out = std::io::stdout();
+    let mut out = out.lock();
+    if json {
+        for m in &all {
+            writeln!(out, "{}", to_json(m))?;
+        }
+    } else {
+        writeln!(
+            out,
+            "{:<15}  {:<39}  {:<12}  {:>4}  {:<20}  names",
+            "dummy", "ipv6", "direction", "pins", "expires"
+        )?;
+        for m in &all {
+            writeln!(
+                out,
+                "{:<15}  {:<39}  {:<12}  {:>4}  {:<20}  {}",
+                m.dummy,
+                m.v6,
+                dir_name(m.direction),
+                m.pins,
+                time(m.expires),
+                m.names.join(",")
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn dir_name(d: Direction) -> &'static str {
+    match d {
+        Direction::Synthesised => "synthesised",
+        Direction::InboundPeer => "inbound-peer",
+    }
+}
+
+/// Seconds since the epoch as UTC `YYYY-MM-DD hh:mm:ss`.
+fn time(secs: u64) -> String {
+    let t = UNIX_EPOCH + Duration::from_secs(secs);
+    let s = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rem) = (s / 86_400, s % 86_400);
+    // Civil-from-days (Howard Hinnant's algorithm), valid for every date after 1970.
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + u64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn json_str(s: &str) -> String {
+    let mut o = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            c if (c as u32) < 0x20 => o.push_str(&format!("\\u{:04x}", c as u32)),
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
+}
+
+fn to_json(m: &MappingInfo) -> String {
+    let names: Vec<String> = m.names.iter().map(|n| json_str(n)).collect();
+    format!(
+        "{{\"dummy\":\"{}\",\"ipv6\":\"{}\",\"direction\":\"{}\",\"names\":[{}],\"created\":{},\"last_used\":{},\"expires\":{},\"pins\":{}}}",
+        m.dummy,
+        m.v6,
+        dir_name(m.direction),
+        names.join(","),
+        m.created,
+        m.last_used,
+        m.expires,
+        m.pins
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    #[test]
+    fn formats_times_and_json() {
+        assert_eq!(time(0), "1970-01-01 00:00:00");
+        assert_eq!(time(1_795_000_000), "2026-11-18 11:06:40");
+        let m = MappingInfo {
+            dummy: Ipv4Addr::new(10, 170, 160, 2),
+            v6: "fd00:64::80".parse().unwrap(),
+            names: vec!["a\"b".into()],
+            direction: Direction::Synthesised,
+            created: 1,
+            last_used: 2,
+            expires: 3,
+            pins: 0,
+        };
+        assert_eq!(
+            to_json(&m),
+            r#"{"dummy":"10.170.160.2","ipv6":"fd00:64::80","direction":"synthesised","names":["a\"b"],"created":1,"last_used":2,"expires":3,"pins":0}"#
+        );
+    }
+}

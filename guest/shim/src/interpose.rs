@@ -18,19 +18,19 @@ use crate::sockaddr::{is_local, read_v4, write_v4};
 use crate::table::{self, Entry, Kind};
 use crate::transport::{recv_frame, Stream};
 
-fn set_errno(e: Errno) -> c_int {
+pub(crate) fn set_errno(e: Errno) -> c_int {
     // SAFETY: __errno_location returns this thread's errno slot.
     unsafe { *libc::__errno_location() = c_int::from(e.0) };
     -1
 }
 
 /// The program's view of `fd`'s status flags and close-on-exec bit, to carry over a dup3.
-struct Flags {
+pub(crate) struct Flags {
     status: c_int,
     cloexec: bool,
 }
 
-fn flags_of(fd: c_int) -> Flags {
+pub(crate) fn flags_of(fd: c_int) -> Flags {
     // SAFETY: fcntl queries on an fd the program gave us.
     unsafe {
         Flags {
@@ -42,7 +42,7 @@ fn flags_of(fd: c_int) -> Flags {
 }
 
 /// Puts `new` in place of the program's `fd`, keeping the program's flags; closes `new`.
-fn replace_fd(new: c_int, fd: c_int, flags: &Flags) -> Result<(), Errno> {
+pub(crate) fn replace_fd(new: c_int, fd: c_int, flags: &Flags) -> Result<(), Errno> {
     // SAFETY: both fds are open; dup3 atomically replaces `fd` (the program's number).
     let rc = unsafe { real::dup3(new, fd, if flags.cloexec { libc::O_CLOEXEC } else { 0 }) };
     let err = std::io::Error::last_os_error()
@@ -187,6 +187,12 @@ pub unsafe extern "C" fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_
 #[no_mangle]
 pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
     let entry = table::get(fd);
+    if matches!(entry.kind, Kind::InetDgram | Kind::Udp) {
+        // SAFETY: the caller's addr/len, passed on.
+        if let Some(rc) = unsafe { crate::udp::connect(fd, entry, addr, len) } {
+            return rc;
+        }
+    }
     if entry.kind == Kind::InetStream && !entry.local_only {
         // SAFETY: the caller's addr/len.
         if let Some(dest) = unsafe { read_v4(addr, len) } {

@@ -7,6 +7,7 @@
 //!   kernel's own (`interpose`).
 //! - listen makes host-server listen on the host's IPv6 address; accept receives each
 //!   connection's socket with the peer's dummy IPv4 address.
+//! - UDP sockets become associations with host-server carrying framed datagrams (`udp`).
 //! - getaddrinfo and gethostbyname answer from dns-cache (`resolve`), because glibc's own
 //!   resolver makes its socket calls where no preload sees them.
 //! - Loopback, AF_INET6, AF_UNIX and everything else pass through untouched.
@@ -21,3 +22,4 @@ pub mod resolve;
 mod sockaddr;
 pub mod table;
 pub mod transport;
+pub mod udp;

@@ -61,5 +61,11 @@ real_fns! {
     dup2: fn(fd: c_int, to: c_int) -> c_int;
     dup3: fn(fd: c_int, to: c_int, flags: c_int) -> c_int;
     fcntl: fn(fd: c_int, cmd: c_int, arg: usize) -> c_int;
+    sendto: fn(fd: c_int, buf: *const c_void, len: usize, flags: c_int, addr: *const sockaddr, alen: socklen_t) -> isize;
+    recvfrom: fn(fd: c_int, buf: *mut c_void, len: usize, flags: c_int, addr: *mut sockaddr, alen: *mut socklen_t) -> isize;
+    sendmsg: fn(fd: c_int, msg: *const libc::msghdr, flags: c_int) -> isize;
+    recvmsg: fn(fd: c_int, msg: *mut libc::msghdr, flags: c_int) -> isize;
+    read: fn(fd: c_int, buf: *mut c_void, len: usize) -> isize;
+    write: fn(fd: c_int, buf: *const c_void, len: usize) -> isize;
     getaddrinfo: fn(node: *const c_char, service: *const c_char, hints: *const libc::addrinfo, res: *mut *mut libc::addrinfo) -> c_int;
 }

@@ -60,7 +60,7 @@ fn warn_unreachable(path: &[u8], err: c_int) {
         std::io::Error::from_raw_os_error(err)
     );
     // SAFETY: write(2) of a valid buffer to stderr.
-    unsafe { libc::write(2, msg.as_ptr().cast::<c_void>(), msg.len()) };
+    unsafe { real::write(2, msg.as_ptr().cast::<c_void>(), msg.len()) };
 }
 
 impl Stream {
@@ -76,6 +76,9 @@ impl Stream {
         if fd < 0 {
             return Err(Errno(u16::try_from(errno()).unwrap_or(5)));
         }
+        // A stale entry for this fd number (closed behind our back, e.g. by close_range)
+        // must not make our own calls on it look like a program's socket.
+        crate::table::clear(fd);
         let stream = Self(fd);
         // SAFETY: sockaddr_un is plain data; zeroed is a valid value.
         let mut sun: libc::sockaddr_un = unsafe { std::mem::zeroed() };
@@ -146,7 +149,17 @@ impl Stream {
 fn write_all(fd: c_int, mut buf: &[u8]) -> Result<(), Errno> {
     while !buf.is_empty() {
         // SAFETY: `buf` is valid for its length; MSG_NOSIGNAL avoids SIGPIPE in the program.
-        let n = unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL) };
+        // The real call, never our interposed one: this fd may be a program's UDP association.
+        let n = unsafe {
+            real::sendto(
+                fd,
+                buf.as_ptr().cast(),
+                buf.len(),
+                libc::MSG_NOSIGNAL,
+                std::ptr::null(),
+                0,
+            )
+        };
         if n < 0 {
             let e = errno();
             if e == libc::EINTR {
@@ -198,7 +211,7 @@ pub fn recv_frame(fd: c_int, flags: c_int) -> Result<(ToGuest, Option<c_int>), E
             flags & !libc::MSG_DONTWAIT
         };
         // SAFETY: msg points at live buffers of the sizes given.
-        let n = unsafe { libc::recvmsg(fd, &mut msg, rflags) };
+        let n = unsafe { real::recvmsg(fd, &mut msg, rflags) };
         if n < 0 {
             let e = errno();
             if e == libc::EINTR {

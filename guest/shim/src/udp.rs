@@ -1,0 +1,394 @@
+//! Outsourced UDP. The first time a program sends from (or connects) an AF_INET datagram
+//! socket to a non-loopback address, the shim opens a UDP association with host-server and
+//! puts the association's stream on the program's fd. From then on each datagram is one
+//! `Datagram` frame with its IPv4 address; `poll`/`epoll` readiness is the stream's own.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use libc::{c_int, c_void, iovec, msghdr, sockaddr, socklen_t};
+use shared_proto::outsource::{Datagram, UdpRequest};
+use shared_proto::{to_vec, Errno, ToGuest, ToHost};
+
+use crate::sockaddr::{is_local, read_v4, write_v4};
+use crate::table::{self, Entry, Kind};
+use crate::transport::{recv_frame, Stream};
+use crate::{interpose, real};
+
+/// Opens the association for `fd` and installs it; returns the new entry.
+pub fn associate(fd: c_int, entry: Entry) -> Result<Entry, Errno> {
+    let flags = interpose::flags_of(fd);
+    let stream = Stream::open()?;
+    let bind = entry
+        .local
+        .unwrap_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
+    stream.send(&ToHost::Udp(UdpRequest { bind }))?;
+    let local = match stream.recv()? {
+        (ToGuest::Associated { local }, None) => local,
+        (ToGuest::Failed(e), None) => return Err(e),
+        (_, passed) => {
+            if let Some(p) = passed {
+                // SAFETY: an fd we were passed and do not use.
+                unsafe { real::close(p) };
+            }
+            return Err(Errno::EPROTO);
+        }
+    };
+    interpose::replace_fd(stream.into_raw(), fd, &flags)?;
+    let e = Entry {
+        kind: Kind::Udp,
+        local: Some(local),
+        ..entry
+    };
+    table::set(fd, e);
+    Ok(e)
+}
+
+/// Writes one whole frame, waiting for room even on a non-blocking fd: a half-written frame
+/// would corrupt the stream, and a datagram is small.
+fn write_frame(fd: c_int, bytes: &[u8]) -> Result<(), Errno> {
+    let mut off = 0;
+    while off < bytes.len() {
+        let rest = &bytes[off..];
+        // SAFETY: `rest` is valid for its length.
+        let n = unsafe {
+            real_sendto(
+                fd,
+                rest.as_ptr().cast(),
+                rest.len(),
+                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+                std::ptr::null(),
+                0,
+            )
+        };
+        if n >= 0 {
+            off += usize::try_from(n).unwrap_or(0);
+            continue;
+        }
+        let e = std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO);
+        match e {
+            libc::EINTR => {}
+            libc::EAGAIN => {
+                let mut p = libc::pollfd {
+                    fd,
+                    events: libc::POLLOUT,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd.
+                unsafe { libc::poll(&mut p, 1, 1000) };
+            }
+            e => return Err(Errno(u16::try_from(e).unwrap_or(5))),
+        }
+    }
+    Ok(())
+}
+
+/// Sends `data` on the associated `fd` to `to` (or the connected peer).
+fn send_on(fd: c_int, e: Entry, data: &[u8], to: Option<SocketAddrV4>) -> isize {
+    let Some(dest) = to.or(e.peer) else {
+        return errno_isize(Errno(libc::EDESTADDRREQ as u16));
+    };
+    if is_local(dest) {
+        // The fd is now host-server's stream; loopback from it would need a second socket.
+        return errno_isize(Errno::ENETUNREACH);
+    }
+    let Ok(frame) = to_vec(&ToHost::Datagram(Datagram {
+        addr: dest,
+        payload: data.to_vec(),
+    })) else {
+        return errno_isize(Errno::EMSGSIZE);
+    };
+    match write_frame(fd, &frame) {
+        Ok(()) => isize::try_from(data.len()).unwrap_or(isize::MAX),
+        Err(e) => errno_isize(e),
+    }
+}
+
+fn errno_isize(e: Errno) -> isize {
+    // SAFETY: this thread's errno slot.
+    unsafe { *libc::__errno_location() = c_int::from(e.0) };
+    -1
+}
+
+/// Receives one datagram on the associated `fd`: its payload and source.
+fn recv_on(fd: c_int, e: Entry, flags: c_int) -> Result<(Vec<u8>, SocketAddrV4), Errno> {
+    // SAFETY: F_GETFL query on the program's fd.
+    let status = unsafe { real::fcntl(fd, libc::F_GETFL, 0) };
+    let rflags = if flags & libc::MSG_DONTWAIT != 0 || status & libc::O_NONBLOCK != 0 {
+        libc::MSG_DONTWAIT
+    } else {
+        0
+    };
+    loop {
+        match recv_frame(fd, rflags)? {
+            (ToGuest::Datagram(d), None) => {
+                // A connected UDP socket only hears from its peer, as in the kernel.
+                if e.peer.is_some_and(|p| p != d.addr) {
+                    continue;
+                }
+                return Ok((d.payload, d.addr));
+            }
+            (ToGuest::Failed(err), None) => return Err(err),
+            (_, passed) => {
+                if let Some(p) = passed {
+                    // SAFETY: an fd we were passed and do not use.
+                    unsafe { real::close(p) };
+                }
+                return Err(Errno::EPROTO);
+            }
+        }
+    }
+}
+
+/// The entry to send with, associating first if the socket is still a plain AF_INET one that
+/// sends off loopback. `None`: not ours, use the real call.
+fn sending_entry(fd: c_int, to: Option<SocketAddrV4>) -> Option<Result<Entry, Errno>> {
+    let e = table::get(fd);
+    match e.kind {
+        Kind::Udp => Some(Ok(e)),
+        Kind::InetDgram if !e.local_only && to.is_some_and(|a| !is_local(a)) => {
+            Some(associate(fd, e))
+        }
+        _ => None,
+    }
+}
+
+/// `connect(2)` on a datagram socket: associate (if off loopback) and remember the peer.
+/// `None`: not ours, use the real call.
+///
+/// # Safety
+/// `addr` is null or valid for `len` bytes.
+pub unsafe fn connect(fd: c_int, e: Entry, addr: *const sockaddr, len: socklen_t) -> Option<c_int> {
+    // SAFETY: the caller's addr/len.
+    let to = unsafe { read_v4(addr, len) };
+    let e = match (e.kind, to) {
+        (Kind::Udp, _) => e,
+        (Kind::InetDgram, Some(a)) if !e.local_only && !is_local(a) => match associate(fd, e) {
+            Ok(e) => e,
+            Err(err) => return Some(interpose::set_errno(err)),
+        },
+        _ => return None,
+    };
+    // AF_UNSPEC (or anything not AF_INET) dissolves the association's default peer.
+    table::set(fd, Entry { peer: to, ..e });
+    Some(0)
+}
+
+/// # Safety
+/// Called by C with sendto(2)'s contract.
+#[no_mangle]
+pub unsafe extern "C" fn sendto(
+    fd: c_int,
+    buf: *const c_void,
+    len: usize,
+    flags: c_int,
+    addr: *const sockaddr,
+    alen: socklen_t,
+) -> isize {
+    // SAFETY: the caller's addr/alen.
+    let to = unsafe { read_v4(addr, alen) };
+    match sending_entry(fd, to) {
+        None => {
+            // SAFETY: forwarded arguments.
+            unsafe { real_sendto(fd, buf, len, flags, addr, alen) }
+        }
+        Some(Err(e)) => errno_isize(e),
+        Some(Ok(e)) => {
+            // SAFETY: the caller's buffer of `len` bytes.
+            let data = unsafe { slice(buf.cast(), len) };
+            send_on(fd, e, data, to)
+        }
+    }
+}
+
+/// # Safety
+/// Called by C with send(2)'s contract.
+#[no_mangle]
+pub unsafe extern "C" fn send(fd: c_int, buf: *const c_void, len: usize, flags: c_int) -> isize {
+    // SAFETY: same contract, no address.
+    unsafe { sendto(fd, buf, len, flags, std::ptr::null(), 0) }
+}
+
+/// # Safety
+/// Called by C with recvfrom(2)'s contract.
+#[no_mangle]
+pub unsafe extern "C" fn recvfrom(
+    fd: c_int,
+    buf: *mut c_void,
+    len: usize,
+    flags: c_int,
+    addr: *mut sockaddr,
+    alen: *mut socklen_t,
+) -> isize {
+    let e = table::get(fd);
+    if e.kind != Kind::Udp {
+        // SAFETY: forwarded arguments.
+        return unsafe { real_recvfrom(fd, buf, len, flags, addr, alen) };
+    }
+    match recv_on(fd, e, flags) {
+        Ok((payload, from)) => {
+            let n = payload.len().min(len);
+            // SAFETY: the caller's buffer holds `len` ≥ n bytes; the out address pointers are theirs.
+            unsafe {
+                std::ptr::copy_nonoverlapping(payload.as_ptr(), buf.cast::<u8>(), n);
+                write_v4(from, addr, alen);
+            }
+            let full = if flags & libc::MSG_TRUNC != 0 {
+                payload.len()
+            } else {
+                n
+            };
+            isize::try_from(full).unwrap_or(isize::MAX)
+        }
+        Err(err) => errno_isize(err),
+    }
+}
+
+/// # Safety
+/// Called by C with recv(2)'s contract.
+#[no_mangle]
+pub unsafe extern "C" fn recv(fd: c_int, buf: *mut c_void, len: usize, flags: c_int) -> isize {
+    // SAFETY: same contract, no address.
+    unsafe {
+        recvfrom(
+            fd,
+            buf,
+            len,
+            flags,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        )
+    }
+}
+
+/// # Safety
+/// Called by C with sendmsg(2)'s contract.
+#[no_mangle]
+pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> isize {
+    // SAFETY: msg is valid per the contract.
+    let Some(m) = (unsafe { msg.as_ref() }) else {
+        return errno_isize(Errno(libc::EFAULT as u16));
+    };
+    // SAFETY: msg_name/msg_namelen from a valid msghdr.
+    let to = unsafe { read_v4(m.msg_name.cast(), m.msg_namelen) };
+    match sending_entry(fd, to) {
+        None => {
+            // SAFETY: forwarded arguments.
+            unsafe { real_sendmsg(fd, msg, flags) }
+        }
+        Some(Err(e)) => errno_isize(e),
+        Some(Ok(e)) => {
+            let mut data = Vec::new();
+            // SAFETY: the iovecs of a valid msghdr.
+            for iov in unsafe { iovs(m.msg_iov, m.msg_iovlen) } {
+                // SAFETY: each iovec describes a readable buffer.
+                data.extend_from_slice(unsafe { slice(iov.iov_base.cast(), iov.iov_len) });
+            }
+            send_on(fd, e, &data, to)
+        }
+    }
+}
+
+/// # Safety
+/// Called by C with recvmsg(2)'s contract.
+#[no_mangle]
+pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> isize {
+    let e = table::get(fd);
+    if e.kind != Kind::Udp {
+        // SAFETY: forwarded arguments.
+        return unsafe { real_recvmsg(fd, msg, flags) };
+    }
+    // SAFETY: msg is valid per the contract.
+    let Some(m) = (unsafe { msg.as_mut() }) else {
+        return errno_isize(Errno(libc::EFAULT as u16));
+    };
+    match recv_on(fd, e, flags) {
+        Ok((payload, from)) => {
+            let mut off = 0;
+            // SAFETY: the iovecs of a valid msghdr describe writable buffers.
+            for iov in unsafe { iovs(m.msg_iov, m.msg_iovlen) } {
+                let n = (payload.len() - off).min(iov.iov_len);
+                // SAFETY: `n` fits both the iovec and the rest of the payload.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        payload[off..].as_ptr(),
+                        iov.iov_base.cast::<u8>(),
+                        n,
+                    );
+                };
+                off += n;
+            }
+            let mut nlen = m.msg_namelen;
+            // SAFETY: msg_name holds msg_namelen bytes (or is null).
+            unsafe { write_v4(from, m.msg_name.cast(), &mut nlen) };
+            m.msg_namelen = if m.msg_name.is_null() { 0 } else { nlen };
+            m.msg_controllen = 0;
+            m.msg_flags = if off < payload.len() {
+                libc::MSG_TRUNC
+            } else {
+                0
+            };
+            let full = if flags & libc::MSG_TRUNC != 0 {
+                payload.len()
+            } else {
+                off
+            };
+            isize::try_from(full).unwrap_or(isize::MAX)
+        }
+        Err(err) => errno_isize(err),
+    }
+}
+
+/// `read(2)`: on a UDP association, one datagram; otherwise the real read.
+///
+/// # Safety
+/// Called by C with read(2)'s contract.
+#[no_mangle]
+pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, len: usize) -> isize {
+    if table::get(fd).kind == Kind::Udp {
+        // SAFETY: same buffer contract.
+        return unsafe { recvfrom(fd, buf, len, 0, std::ptr::null_mut(), std::ptr::null_mut()) };
+    }
+    // SAFETY: forwarded arguments.
+    unsafe { real_read(fd, buf, len) }
+}
+
+/// `write(2)`: on a connected UDP association, one datagram; otherwise the real write.
+///
+/// # Safety
+/// Called by C with write(2)'s contract.
+#[no_mangle]
+pub unsafe extern "C" fn write(fd: c_int, buf: *const c_void, len: usize) -> isize {
+    if table::get(fd).kind == Kind::Udp {
+        // SAFETY: same buffer contract.
+        return unsafe { sendto(fd, buf, len, 0, std::ptr::null(), 0) };
+    }
+    // SAFETY: forwarded arguments.
+    unsafe { real_write(fd, buf, len) }
+}
+
+/// # Safety
+/// `p` is valid for `len` bytes (or `len` is 0).
+unsafe fn slice<'a>(p: *const u8, len: usize) -> &'a [u8] {
+    if p.is_null() || len == 0 {
+        return &[];
+    }
+    // SAFETY: per the function's contract.
+    unsafe { std::slice::from_raw_parts(p, len) }
+}
+
+/// # Safety
+/// `p` is valid for `n` iovecs (or `n` is 0).
+unsafe fn iovs<'a>(p: *const iovec, n: usize) -> &'a [iovec] {
+    if p.is_null() || n == 0 {
+        return &[];
+    }
+    // SAFETY: per the function's contract.
+    unsafe { std::slice::from_raw_parts(p, n) }
+}
+
+use crate::real::{
+    read as real_read, recvfrom as real_recvfrom, recvmsg as real_recvmsg, sendmsg as real_sendmsg,
+    sendto as real_sendto, write as real_write,
+};

@@ -9,10 +9,14 @@
 
 pub mod cache;
 pub mod clock;
+pub mod config;
+pub mod daemon;
+pub mod lookup;
 pub mod mapping;
 pub mod metrics;
 pub mod persist;
 pub mod pool;
 pub mod resolve;
+pub mod server;
 pub mod store;
 pub mod upstream;

@@ -122,9 +122,12 @@ impl Resolver {
         &self.metrics
     }
 
-    /// Empties the answer cache.
-    pub fn clear_cache(&self) {
-        self.lock_cache().clear();
+    /// Empties the answer cache; returns how many entries it held.
+    pub fn clear_cache(&self) -> usize {
+        let mut cache = self.lock_cache();
+        let n = cache.len();
+        cache.clear();
+        n
     }
 
     fn lock_cache(&self) -> std::sync::MutexGuard<'_, AnswerCache> {

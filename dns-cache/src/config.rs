@@ -1,0 +1,328 @@
+//! Settings: a TOML file plus `OUTSOCK_DNS_<KEY>` environment overrides, read through the
+//! `config` crate and then checked, so that a bad value stops start-up with the key's name and
+//! the reason instead of surfacing later as odd behaviour.
+//!
+//! Lists in the environment are comma-separated (`OUTSOCK_DNS_UPSTREAMS=[2001:db8::53]:53,...`).
+//! deploy/dns-cache.example.toml documents every key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hickory_proto::rr::Name;
+use serde::Deserialize;
+
+use crate::pool::Ipv4Prefix;
+use crate::store::Durability;
+
+/// The environment prefix: `OUTSOCK_DNS_MAX_TTL=300` sets `max_ttl`.
+pub const ENV_PREFIX: &str = "OUTSOCK_DNS";
+
+/// Keys that hold lists, parsed from comma-separated environment values.
+const LIST_KEYS: [&str; 4] = ["listen", "upstreams", "pass_through", "never_synthesise"];
+
+/// Why the settings could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// The file or environment could not be read or has a value of the wrong type.
+    #[error("cannot read the settings: {0}")]
+    Read(#[from] config::ConfigError),
+    /// A value was read but is not acceptable.
+    #[error("invalid setting `{key}`: {reason}")]
+    Invalid {
+        /// The key.
+        key: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+fn invalid(key: &'static str, reason: impl Into<String>) -> SettingsError {
+    SettingsError::Invalid {
+        key,
+        reason: reason.into(),
+    }
+}
+
+/// The settings as written, before checking.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct Raw {
+    listen: Vec<String>,
+    upstreams: Vec<String>,
+    upstream_timeout_ms: u64,
+    database: PathBuf,
+    durability: Durability,
+    lookup_socket: PathBuf,
+    lookup_socket_mode: String,
+    metrics: String,
+    ipv4_egress: bool,
+    max_ttl: u32,
+    grace_secs: u64,
+    destination_pool: String,
+    source_pool: String,
+    route_table: String,
+    pass_through: Vec<String>,
+    never_synthesise: Vec<String>,
+    cache_entries: usize,
+    cache_max_ttl: u32,
+    negative_ttl_max: u32,
+    edns_payload: u16,
+}
+
+impl Default for Raw {
+    fn default() -> Self {
+        Self {
+            listen: vec!["[::1]:53".into()],
+            upstreams: Vec::new(),
+            upstream_timeout_ms: 2000,
+            database: "/var/lib/outsock/mappings.sqlite3".into(),
+            durability: Durability::ProcessCrash,
+            lookup_socket: "/run/outsock/dns.sock".into(),
+            lookup_socket_mode: "0660".into(),
+            metrics: "127.0.0.1:9153".into(),
+            ipv4_egress: false,
+            max_ttl: 600,
+            grace_secs: 3600,
+            destination_pool: "10.170.160.0/20".into(),
+            source_pool: "172.21.112.0/20".into(),
+            route_table: "/proc/net/route".into(),
+            pass_through: Vec::new(),
+            never_synthesise: Vec::new(),
+            cache_entries: 100_000,
+            cache_max_ttl: 86_400,
+            negative_ttl_max: 300,
+            edns_payload: 1232,
+        }
+    }
+}
+
+/// Checked settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// DNS listening addresses (UDP and TCP each).
+    pub listen: Vec<SocketAddr>,
+    /// Upstream resolvers, tried in order.
+    pub upstreams: Vec<SocketAddr>,
+    /// Per-server upstream timeout.
+    pub upstream_timeout: Duration,
+    /// The SQLite file.
+    pub database: PathBuf,
+    /// How much of a crash a mapping survives.
+    pub durability: Durability,
+    /// dns.sock path.
+    pub lookup_socket: PathBuf,
+    /// dns.sock permission bits.
+    pub lookup_socket_mode: u32,
+    /// Metrics address; `None` when switched off.
+    pub metrics: Option<SocketAddr>,
+    /// The host has IPv4 egress: real A records pass through.
+    pub ipv4_egress: bool,
+    /// Upper bound of synthesised TTLs, seconds.
+    pub max_ttl: u32,
+    /// Grace period after last answer or use.
+    pub grace: Duration,
+    /// Destination pool.
+    pub destination_pool: Ipv4Prefix,
+    /// Source pool.
+    pub source_pool: Ipv4Prefix,
+    /// Route table checked for overlap.
+    pub route_table: String,
+    /// Names whose A queries pass through unchanged.
+    pub pass_through: Vec<Name>,
+    /// Names never synthesised.
+    pub never_synthesise: Vec<Name>,
+    /// Answer cache size.
+    pub cache_entries: usize,
+    /// Longest time an upstream answer is cached, seconds.
+    pub cache_max_ttl: u32,
+    /// Longest time a negative answer is cached, seconds.
+    pub negative_ttl_max: u32,
+    /// EDNS UDP payload size we advertise.
+    pub edns_payload: u16,
+}
+
+impl Settings {
+    /// Reads `file` (optional when `required` is false) and the environment.
+    pub fn load(file: Option<&Path>, required: bool) -> Result<Self, SettingsError> {
+        let mut b = config::Config::builder();
+        if let Some(f) = file {
+            b = b.add_source(config::File::from(f).required(required));
+        }
+        let mut env = config::Environment::with_prefix(ENV_PREFIX)
+            .prefix_separator("_")
+            .separator("__")
+            .try_parsing(true)
+            .list_separator(",");
+        for key in LIST_KEYS {
+            env = env.with_list_parse_key(key);
+        }
+        let raw: Raw = b.add_source(env).build()?.try_deserialize()?;
+        Self::check(raw)
+    }
+
+    /// Parses settings from TOML text alone; for tests.
+    pub fn from_toml(text: &str) -> Result<Self, SettingsError> {
+        let raw: Raw = config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Toml))
+            .build()?
+            .try_deserialize()?;
+        Self::check(raw)
+    }
+
+    fn check(raw: Raw) -> Result<Self, SettingsError> {
+        let addrs = |key: &'static str, list: &[String]| {
+            list.iter()
+                .map(|s| {
+                    s.trim()
+                        .parse::<SocketAddr>()
+                        .map_err(|_| invalid(key, format!("`{s}` is not an address:port")))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let listen = addrs("listen", &raw.listen)?;
+        let upstreams = addrs("upstreams", &raw.upstreams)?;
+        if upstreams.is_empty() {
+            return Err(invalid(
+                "upstreams",
+                "at least one upstream resolver is needed",
+            ));
+        }
+        if raw.upstream_timeout_ms == 0 || raw.upstream_timeout_ms > 60_000 {
+            return Err(invalid(
+                "upstream_timeout_ms",
+                "must be between 1 and 60000",
+            ));
+        }
+        let lookup_socket_mode = u32::from_str_radix(raw.lookup_socket_mode.trim(), 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .ok_or_else(|| {
+                invalid(
+                    "lookup_socket_mode",
+                    "must be octal permission bits such as 0660",
+                )
+            })?;
+        if lookup_socket_mode & 0o002 != 0 {
+            return Err(invalid(
+                "lookup_socket_mode",
+                "dns.sock must not be world-writable",
+            ));
+        }
+        let metrics = match raw.metrics.trim() {
+            "" | "off" => None,
+            s => {
+                let a: SocketAddr = s
+                    .parse()
+                    .map_err(|_| invalid("metrics", format!("`{s}` is not an address:port")))?;
+                if !a.ip().is_loopback() {
+                    return Err(invalid(
+                        "metrics",
+                        "must be a loopback address (metrics are local)",
+                    ));
+                }
+                Some(a)
+            }
+        };
+        if raw.max_ttl == 0 {
+            return Err(invalid("max_ttl", "must be at least 1 second"));
+        }
+        let destination_pool: Ipv4Prefix = raw
+            .destination_pool
+            .parse()
+            .map_err(|e: crate::pool::PoolError| invalid("destination_pool", e.to_string()))?;
+        let source_pool: Ipv4Prefix = raw
+            .source_pool
+            .parse()
+            .map_err(|e: crate::pool::PoolError| invalid("source_pool", e.to_string()))?;
+        let names = |key: &'static str, list: &[String]| {
+            list.iter()
+                .map(|s| {
+                    let mut n = Name::from_ascii(s.trim())
+                        .map_err(|e| invalid(key, format!("`{s}` is not a domain name: {e}")))?;
+                    n.set_fqdn(true);
+                    Ok::<_, SettingsError>(n)
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        if raw.cache_entries == 0 {
+            return Err(invalid("cache_entries", "must be at least 1"));
+        }
+        if raw.edns_payload < 512 {
+            return Err(invalid("edns_payload", "must be at least 512"));
+        }
+        Ok(Self {
+            listen,
+            upstreams,
+            upstream_timeout: Duration::from_millis(raw.upstream_timeout_ms),
+            database: raw.database,
+            durability: raw.durability,
+            lookup_socket: raw.lookup_socket,
+            lookup_socket_mode,
+            metrics,
+            ipv4_egress: raw.ipv4_egress,
+            max_ttl: raw.max_ttl,
+            grace: Duration::from_secs(raw.grace_secs),
+            destination_pool,
+            source_pool,
+            route_table: raw.route_table,
+            pass_through: names("pass_through", &raw.pass_through)?,
+            never_synthesise: names("never_synthesise", &raw.never_synthesise)?,
+            cache_entries: raw.cache_entries,
+            cache_max_ttl: raw.cache_max_ttl,
+            negative_ttl_max: raw.negative_ttl_max,
+            edns_payload: raw.edns_payload,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_need_only_an_upstream() {
+        let s = Settings::from_toml("upstreams = [\"[fd00:64::53]:53\"]").unwrap();
+        assert_eq!(s.max_ttl, 600);
+        assert_eq!(s.destination_pool.to_string(), "10.170.160.0/20");
+        assert_eq!(s.lookup_socket_mode, 0o660);
+        assert!(!s.ipv4_egress);
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases = [
+            ("", "upstreams"),
+            ("upstreams = [\"nope\"]", "upstreams"),
+            (
+                "upstreams = [\"[::1]:53\"]\ndestination_pool = \"10.0.0.1/24\"",
+                "destination_pool",
+            ),
+            (
+                "upstreams = [\"[::1]:53\"]\nlookup_socket_mode = \"0666\"",
+                "lookup_socket_mode",
+            ),
+            (
+                "upstreams = [\"[::1]:53\"]\nmetrics = \"0.0.0.0:9153\"",
+                "metrics",
+            ),
+            ("upstreams = [\"[::1]:53\"]\nmax_ttl = 0", "max_ttl"),
+            (
+                "upstreams = [\"[::1]:53\"]\npass_through = [\"a..b\"]",
+                "pass_through",
+            ),
+        ];
+        for (toml, key) in cases {
+            let err = Settings::from_toml(toml).unwrap_err().to_string();
+            assert!(err.contains(key), "{toml:?} gave {err:?}");
+        }
+        let err = Settings::from_toml("upstreams = [\"[::1]:53\"]\nmax_tll = 5")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_tll"), "{err}");
+        let err = Settings::from_toml("upstreams = [\"[::1]:53\"]\nmax_ttl = \"x\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_ttl"), "{err}");
+    }
+}

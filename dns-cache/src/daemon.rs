@@ -1,0 +1,132 @@
+//! Start-up and shutdown of the whole service: checks, database, tables, listeners, dns.sock,
+//! metrics, and a clean stop on SIGTERM or SIGINT (pending mapping changes are written first).
+
+use std::sync::Arc;
+
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::cache::AnswerCache;
+use crate::clock::SystemClock;
+use crate::config::Settings;
+use crate::lookup::{self, LookupService};
+use crate::mapping::{Direction, MappingTable};
+use crate::metrics::{self, Metrics};
+use crate::persist::{Mappings, PersistError};
+use crate::pool::{self, PoolError};
+use crate::resolve::{Resolver, ResolverConfig};
+use crate::server::{self, Handler};
+use crate::store::{Store, StoreError};
+use crate::upstream::UdpTcpUpstream;
+
+/// Why the service could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The pools are unusable.
+    #[error("address pools")]
+    Pools(#[from] PoolError),
+    /// The database directory could not be created.
+    #[error("cannot create the database directory {0}")]
+    DatabaseDir(String, #[source] std::io::Error),
+    /// The database could not be opened.
+    #[error("cannot open the mapping database")]
+    Store(#[from] StoreError),
+    /// The mapping tables could not be loaded.
+    #[error("cannot load the mappings")]
+    Persist(#[from] PersistError),
+    /// DNS listeners.
+    #[error(transparent)]
+    Server(#[from] server::ServerError),
+    /// dns.sock.
+    #[error(transparent)]
+    Lookup(#[from] lookup::LookupError),
+    /// Metrics listener.
+    #[error(transparent)]
+    Metrics(#[from] metrics::MetricsError),
+    /// Signal handling could not be installed.
+    #[error("cannot install signal handlers")]
+    Signals(#[source] std::io::Error),
+}
+
+/// Checks the pools against each other and the host's routes.
+pub fn check_pools(s: &Settings) -> Result<(), PoolError> {
+    let routes = pool::read_routes(&s.route_table)?;
+    pool::check_pools(&s.destination_pool, &s.source_pool, &routes)
+}
+
+/// Runs the service until SIGTERM or SIGINT.
+pub async fn run(s: Settings) -> Result<(), DaemonError> {
+    check_pools(&s)?;
+    if let Some(dir) = s.database.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| DaemonError::DatabaseDir(dir.display().to_string(), e))?;
+    }
+    let store = Store::open(&s.database, s.durability)?;
+    let mappings = Mappings::start(
+        store,
+        MappingTable::new(s.destination_pool, Direction::Synthesised, s.grace),
+        MappingTable::new(s.source_pool, Direction::InboundPeer, s.grace),
+        Arc::new(SystemClock),
+    )?;
+    let metrics = Arc::new(Metrics::default());
+    let resolver = Arc::new(Resolver::new(
+        ResolverConfig {
+            ipv4_egress: s.ipv4_egress,
+            max_ttl: s.max_ttl,
+            pass_through: s.pass_through.clone(),
+            never_synthesise: s.never_synthesise.clone(),
+        },
+        Arc::new(UdpTcpUpstream::new(s.upstreams.clone(), s.upstream_timeout)),
+        AnswerCache::new(s.cache_entries, s.cache_max_ttl, s.negative_ttl_max),
+        Arc::clone(&mappings),
+        Arc::clone(&metrics),
+    ));
+
+    let mut dns = server::start(
+        &s.listen,
+        Handler::new(Arc::clone(&resolver), s.edns_payload),
+    )
+    .await?;
+    let lookup_listener = lookup::bind(&s.lookup_socket, s.lookup_socket_mode)?;
+    let service = Arc::new(LookupService::new(
+        Arc::clone(&resolver),
+        s.grace,
+        s.edns_payload,
+    ));
+    let lookup_task = tokio::spawn(lookup::serve(lookup_listener, service));
+    let metrics_task = match s.metrics {
+        Some(addr) => {
+            let l = metrics::bind(addr).await?;
+            tracing::info!(%addr, "metrics listening");
+            Some(tokio::spawn(metrics::serve(
+                l,
+                metrics,
+                Arc::clone(&mappings),
+            )))
+        }
+        None => None,
+    };
+    tracing::info!(
+        dns_address = ?mappings.dns_address(),
+        socket = %s.lookup_socket.display(),
+        database = %s.database.display(),
+        "outsock-dns-cache ready"
+    );
+
+    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("shutting down");
+    lookup_task.abort();
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
+    if let Err(error) = dns.shutdown_gracefully().await {
+        tracing::warn!(%error, "DNS listeners did not stop cleanly");
+    }
+    mappings.shutdown();
+    let _ = std::fs::remove_file(&s.lookup_socket);
+    Ok(())
+}

@@ -1,0 +1,328 @@
+//! dns.sock: the look-up service host-server uses (shared-proto's `lookup` messages in
+//! `shared_proto::frame` frames over a Unix stream socket).
+//!
+//! Requests on one connection are handled concurrently (a guest DNS query may wait on upstream
+//! while a Resolve for a connect is answered at once) and answered with their ids, up to a fixed
+//! number in flight per connection, so one client cannot make us queue without bound.
+
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use shared_proto::lookup::{
+    Counter, Direction as WireDirection, ListQuery, LookupErrorCode, LookupOp, LookupReply,
+    LookupRequest, LookupResponse, MappingInfo,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::mapping::{Direction, Mapping, MappingError};
+use crate::persist::PersistError;
+use crate::resolve::Resolver;
+use crate::server::answer_packet;
+
+/// Requests one connection may have in flight.
+const IN_FLIGHT_PER_CONNECTION: usize = 64;
+/// Connections served at once.
+const MAX_CONNECTIONS: usize = 256;
+/// Most entries in one `List` page, so a page always fits in a frame (names are bounded).
+const MAX_PAGE: usize = 100;
+
+/// Why dns.sock could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    /// Binding, preparing or setting permissions of the socket failed.
+    #[error("cannot set up the look-up socket {path}")]
+    Socket {
+        /// The socket path.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The look-up operations over the resolver's mapping tables.
+#[derive(Debug)]
+pub struct LookupService {
+    resolver: Arc<Resolver>,
+    grace: Duration,
+    payload: u16,
+}
+
+fn wire_direction(d: Direction) -> WireDirection {
+    match d {
+        Direction::Synthesised => WireDirection::Synthesised,
+        Direction::InboundPeer => WireDirection::InboundPeer,
+    }
+}
+
+fn error(code: LookupErrorCode, message: &(impl ToString + ?Sized)) -> LookupReply {
+    LookupReply::Error {
+        code,
+        message: message.to_string(),
+    }
+}
+
+impl LookupService {
+    /// A service over `resolver`'s mappings; `grace` is used to report when a mapping may be
+    /// recycled, `payload` is the EDNS size for guest DNS answers.
+    pub fn new(resolver: Arc<Resolver>, grace: Duration, payload: u16) -> Self {
+        Self {
+            resolver,
+            grace,
+            payload,
+        }
+    }
+
+    fn info(&self, m: &Mapping) -> MappingInfo {
+        let recyclable = m.expires.max(m.last_used.plus(self.grace));
+        MappingInfo {
+            dummy: m.v4,
+            v6: m.v6,
+            names: m.names.clone(),
+            direction: wire_direction(m.direction),
+            created: m.created.0 / 1000,
+            last_used: m.last_used.0 / 1000,
+            expires: recyclable.0 / 1000,
+            pins: m.pins,
+        }
+    }
+
+    /// Which table holds `v4`, if any.
+    fn direction_of(&self, v4: std::net::Ipv4Addr) -> Option<Direction> {
+        let m = self.resolver.mappings();
+        [Direction::Synthesised, Direction::InboundPeer]
+            .into_iter()
+            .find(|d| m.with_table(*d, |t| t.owns(v4)))
+    }
+
+    /// Performs one operation.
+    pub async fn handle(&self, op: LookupOp) -> LookupReply {
+        let mappings = self.resolver.mappings();
+        let now = mappings.now();
+        match op {
+            LookupOp::Resolve { dummy } => {
+                let Some(d) = self.direction_of(dummy) else {
+                    return LookupReply::NotFound;
+                };
+                let found = mappings.with_table(d, |t| {
+                    t.touch(dummy, now).ok()?;
+                    t.get(dummy).cloned()
+                });
+                found.map_or(LookupReply::NotFound, |m| {
+                    LookupReply::Resolved(self.info(&m))
+                })
+            }
+            LookupOp::PeerDummy { v6 } => {
+                match mappings
+                    .map_durable(Direction::InboundPeer, &[(v6, None)], Duration::ZERO)
+                    .await
+                {
+                    Ok(r) => r.first().map_or_else(
+                        || error(LookupErrorCode::Internal, "no mapping returned"),
+                        |r| LookupReply::Dummy { dummy: r.v4 },
+                    ),
+                    Err(PersistError::Mapping(MappingError::Exhausted(_))) => error(
+                        LookupErrorCode::PoolExhausted,
+                        "the source pool is exhausted",
+                    ),
+                    Err(e) => error(LookupErrorCode::Internal, &e),
+                }
+            }
+            LookupOp::Pin { dummy } | LookupOp::Unpin { dummy } => {
+                let pin = matches!(op, LookupOp::Pin { .. });
+                let Some(d) = self.direction_of(dummy) else {
+                    return LookupReply::NotFound;
+                };
+                let r = mappings.with_table(d, |t| {
+                    if pin {
+                        t.pin(dummy, now)
+                    } else {
+                        t.unpin(dummy, now)
+                    }
+                });
+                mappings.nudge();
+                match r {
+                    Ok(pins) => LookupReply::Pinned { pins },
+                    Err(MappingError::NotMapped(_)) => LookupReply::NotFound,
+                    Err(e) => error(LookupErrorCode::Invalid, &e),
+                }
+            }
+            LookupOp::List(q) => self.list(&q),
+            LookupOp::Flush => LookupReply::Flushed {
+                entries: u64::try_from(self.resolver.clear_cache()).unwrap_or(u64::MAX),
+            },
+            LookupOp::Stats => LookupReply::Stats(self.stats()),
+            LookupOp::DnsQuery { tcp, packet } => LookupReply::DnsAnswer {
+                // An empty packet means "no answer" (input that is dropped, as on UDP).
+                packet: answer_packet(&self.resolver, &packet, tcp, self.payload)
+                    .await
+                    .unwrap_or_default(),
+            },
+        }
+    }
+
+    fn list(&self, q: &ListQuery) -> LookupReply {
+        let mappings = self.resolver.mappings();
+        let mut all = Vec::new();
+        for d in [Direction::Synthesised, Direction::InboundPeer] {
+            if q.direction.is_none_or(|w| w == wire_direction(d)) {
+                all.extend(mappings.with_table(d, |t| t.list()));
+            }
+        }
+        let total = u32::try_from(all.len()).unwrap_or(u32::MAX);
+        let limit = usize::try_from(q.limit).unwrap_or(MAX_PAGE).min(MAX_PAGE);
+        let entries = all
+            .iter()
+            .skip(usize::try_from(q.offset).unwrap_or(usize::MAX))
+            .take(limit)
+            .map(|m| self.info(m))
+            .collect();
+        LookupReply::Mappings { total, entries }
+    }
+
+    fn stats(&self) -> Vec<Counter> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let m = self.resolver.metrics();
+        let mappings = self.resolver.mappings();
+        let mut out: Vec<Counter> = [
+            ("queries_a", &m.queries[0]),
+            ("queries_aaaa", &m.queries[1]),
+            ("queries_ptr", &m.queries[2]),
+            ("queries_other", &m.queries[3]),
+            ("synthesised", &m.synthesised),
+            ("passed_through", &m.passed_through),
+            ("cache_hits", &m.cache_hits),
+            ("cache_misses", &m.cache_misses),
+            ("allocations", &m.allocations),
+            ("recycles", &m.recycles),
+            ("pool_exhausted", &m.exhausted),
+            ("upstream_errors", &m.upstream_errors),
+        ]
+        .into_iter()
+        .map(|(name, c)| Counter {
+            name: name.to_owned(),
+            value: c.load(Relaxed),
+        })
+        .collect();
+        for (d, label) in [
+            (Direction::Synthesised, "destination"),
+            (Direction::InboundPeer, "source"),
+        ] {
+            let (used, size) = mappings.with_table(d, |t| (t.len(), t.capacity()));
+            out.push(Counter {
+                name: format!("pool_used_{label}"),
+                value: u64::try_from(used).unwrap_or(u64::MAX),
+            });
+            out.push(Counter {
+                name: format!("pool_size_{label}"),
+                value: u64::try_from(size).unwrap_or(u64::MAX),
+            });
+        }
+        out
+    }
+}
+
+/// Binds dns.sock at `path` with permission bits `mode`, replacing a stale socket file left by
+/// a previous run (but never any other kind of file).
+pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, LookupError> {
+    let err = |source| LookupError::Socket {
+        path: path.display().to_string(),
+        source,
+    };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(err)?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path).map_err(err)?,
+        Ok(_) => {
+            return Err(err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "exists and is not a socket",
+            )));
+        }
+        Err(_) => {}
+    }
+    let listener = UnixListener::bind(path).map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(err)?;
+    Ok(listener)
+}
+
+/// Accepts connections on dns.sock until the task is dropped.
+pub async fn serve(listener: UnixListener, service: Arc<LookupService>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(error) => {
+                tracing::warn!(%error, "dns.sock accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let service = Arc::clone(&service);
+        tokio::spawn(async move {
+            connection(stream, service).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn connection(stream: UnixStream, service: Arc<LookupService>) {
+    let (mut rd, mut wr) = stream.into_split();
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(IN_FLIGHT_PER_CONNECTION);
+    let writer = tokio::spawn(async move {
+        while let Some(frame) = rx.recv().await {
+            if wr.write_all(&frame).await.is_err() {
+                return;
+            }
+        }
+    });
+    let in_flight = Arc::new(Semaphore::new(IN_FLIGHT_PER_CONNECTION));
+    let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    let mut chunk = vec![0u8; 64 * 1024];
+    'read: loop {
+        loop {
+            match shared_proto::frame::decode::<LookupRequest>(&buf) {
+                Ok(Some((req, used))) => {
+                    buf.drain(..used);
+                    let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
+                        break 'read;
+                    };
+                    let service = Arc::clone(&service);
+                    let tx = tx.clone();
+                    tokio::spawn(async move {
+                        let reply = service.handle(req.op).await;
+                        let resp = LookupResponse { id: req.id, reply };
+                        match shared_proto::frame::to_vec(&resp) {
+                            Ok(frame) => {
+                                let _ = tx.send(frame).await;
+                            }
+                            Err(error) => tracing::error!(%error, "cannot encode a dns.sock reply"),
+                        }
+                        drop(permit);
+                    });
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    // The stream is out of sync; nothing after this can be trusted.
+                    tracing::debug!(%error, "closing dns.sock connection after a bad frame");
+                    break 'read;
+                }
+            }
+        }
+        match rd.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(chunk.get(..n).unwrap_or_default()),
+        }
+    }
+    drop(tx);
+    // Replies still being computed are delivered before the connection closes.
+    let _ = writer.await;
+}

@@ -290,6 +290,14 @@ mod tests {
     }
 
     #[test]
+    fn the_deploy_example_is_valid() {
+        let text = include_str!("../../deploy/dns-cache.example.toml");
+        let s = Settings::from_toml(text).unwrap();
+        assert_eq!(s.grace, Duration::from_secs(3600));
+        assert_eq!(s.metrics, Some("127.0.0.1:9153".parse().unwrap()));
+    }
+
+    #[test]
     fn bad_values_name_their_key() {
         let cases = [
             ("", "upstreams"),

@@ -689,6 +689,46 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn answers_too_big_for_udp_are_truncated_and_whole_over_tcp() {
+        let mut f = world();
+        for i in 0..60 {
+            f.add(
+                "big.test.",
+                300,
+                RData::AAAA(AAAA(format!("2001:db8::b:{i:x}").parse().unwrap())),
+            );
+        }
+        let (r, _) = resolver_with(f, false, "10.170.160.0/20");
+        let mut query = Message::new(0x1234, MessageType::Query, OpCode::Query);
+        query.add_query(Query::query(n("big.test."), RecordType::A));
+        let bytes = query.to_vec().unwrap();
+        let udp = crate::server::answer_packet(&r, &bytes, false, 1232)
+            .await
+            .unwrap();
+        assert!(udp.len() <= 512);
+        let udp = Message::from_vec(&udp).unwrap();
+        assert!(udp.metadata.truncation);
+        let tcp = crate::server::answer_packet(&r, &bytes, true, 1232)
+            .await
+            .unwrap();
+        let tcp = Message::from_vec(&tcp).unwrap();
+        assert!(!tcp.metadata.truncation);
+        assert_eq!(tcp.answers.len(), 60);
+        // Garbage after a valid header gets FORMERR with the same id.
+        let mut bad = bytes[..12].to_vec();
+        bad.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1]);
+        let formerr = crate::server::answer_packet(&r, &bad, false, 1232)
+            .await
+            .unwrap();
+        let formerr = Message::from_vec(&formerr).unwrap();
+        assert_eq!(formerr.metadata.id, 0x1234);
+        assert_eq!(formerr.metadata.response_code, ResponseCode::FormErr);
+        assert!(crate::server::answer_packet(&r, &bytes[..5], false, 1232)
+            .await
+            .is_none());
+    }
+
+    #[tokio::test]
     async fn upstream_failure_and_exhaustion_are_servfail() {
         let mut f = world();
         f.fail = true;

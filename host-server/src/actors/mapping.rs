@@ -1,0 +1,242 @@
+//! The mapping actor: owns the dummy ↔ IPv6 cache and the local pin counts, asks dns-cache on a
+//! miss, and falls back to the SQLite file (on the blocking pool) when dns-cache is down.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use shared_proto::lookup::{LookupOp, LookupReply};
+use thiserror::Error;
+
+use crate::fallback;
+use crate::lookup::{LookupClient, LookupError};
+use crate::mapping::{MappingCache, PinAction, PinTable};
+use crate::metrics::Event;
+
+/// Why a mapping question got no answer.
+#[derive(Debug, Error)]
+pub enum MapError {
+    #[error("dns-cache could not be asked")]
+    Lookup(#[from] LookupError),
+    #[error("dns-cache refused: {0}")]
+    Refused(String),
+    #[error("dns-cache is down and the database could not be read")]
+    Fallback(#[from] fallback::FallbackError),
+    #[error("dns-cache answered {0:?}, which does not fit the question")]
+    Unexpected(Box<LookupReply>),
+    #[error("the mapping actor has stopped")]
+    Stopped,
+}
+
+/// Dummy → IPv6 (`None`: no such mapping).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Option<Ipv6Addr>, MapError>")]
+pub struct Resolve(pub Ipv4Addr);
+
+/// Inbound IPv6 peer → its source-pool dummy.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Ipv4Addr, MapError>")]
+pub struct PeerDummy(pub Ipv6Addr);
+
+/// A connection starts using a dummy.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Pin(pub Ipv4Addr);
+
+/// A connection stopped using a dummy.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Unpin(pub Ipv4Addr);
+
+/// Internal: dns-cache's answer to a Pin.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+struct PinAnswered(Ipv4Addr, bool);
+
+/// The actor. The lookup client starts with the actor, on its arbiter.
+pub struct MappingActor {
+    cache: MappingCache,
+    pins: PinTable,
+    client: LookupClient,
+    database: Arc<PathBuf>,
+    timeout: Duration,
+    metrics: crate::handle::MetricsHandle,
+}
+
+impl std::fmt::Debug for MappingActor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MappingActor")
+            .field("cached", &self.cache.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl MappingActor {
+    /// Must be called on the arbiter the actor will run on (the client task starts there).
+    #[must_use]
+    pub fn new(
+        s: &crate::config::Settings,
+        client: LookupClient,
+        metrics: crate::handle::MetricsHandle,
+    ) -> Self {
+        Self {
+            cache: MappingCache::new(s.mapping_cache_ttl, s.mapping_cache_entries),
+            pins: PinTable::default(),
+            client,
+            database: Arc::new(s.database.clone()),
+            timeout: s.lookup_timeout,
+            metrics,
+        }
+    }
+
+    fn send_unpin(&self, dummy: Ipv4Addr) {
+        let client = self.client.clone();
+        let t = self.timeout;
+        actix_rt::spawn(async move {
+            if let Err(e) = client.call(LookupOp::Unpin { dummy }, t).await {
+                tracing::debug!(%dummy, error = %e, "unpin not delivered");
+            }
+        });
+    }
+}
+
+impl Actor for MappingActor {
+    type Context = Context<Self>;
+}
+
+impl Handler<Resolve> for MappingActor {
+    type Result = ResponseActFuture<Self, Result<Option<Ipv6Addr>, MapError>>;
+
+    fn handle(&mut self, Resolve(dummy): Resolve, _: &mut Context<Self>) -> Self::Result {
+        if let Some(v6) = self.cache.get(dummy, Instant::now()) {
+            return Box::pin(fut::ready(Ok(Some(v6))));
+        }
+        let client = self.client.clone();
+        let t = self.timeout;
+        let db = Arc::clone(&self.database);
+        let metrics = self.metrics.clone();
+        let ask = async move {
+            match client.call(LookupOp::Resolve { dummy }, t).await {
+                Ok(LookupReply::Resolved(m)) => Ok(Some(m.v6)),
+                Ok(LookupReply::NotFound) => Ok(None),
+                Ok(LookupReply::Error { message, .. }) => Err(MapError::Refused(message)),
+                Ok(other) => Err(MapError::Unexpected(Box::new(other))),
+                Err(e) => {
+                    // dns-cache is down (or stuck): the database still knows every dummy it
+                    // handed out, so connections to them keep working.
+                    tracing::debug!(%dummy, error = %e, "resolving from the database");
+                    metrics.record(Event::LookupFallback);
+                    let found =
+                        tokio::task::spawn_blocking(move || fallback::lookup_blocking(&db, dummy))
+                            .await
+                            .map_err(|_| MapError::Stopped)??;
+                    Ok(found)
+                }
+            }
+        };
+        Box::pin(ask.into_actor(self).map(move |r, act, _| {
+            match &r {
+                Ok(Some(v6)) => act.cache.insert(dummy, *v6, Instant::now()),
+                Ok(None) => act.cache.remove(dummy),
+                Err(_) => {}
+            }
+            r
+        }))
+    }
+}
+
+impl Handler<PeerDummy> for MappingActor {
+    type Result = ResponseActFuture<Self, Result<Ipv4Addr, MapError>>;
+
+    fn handle(&mut self, PeerDummy(v6): PeerDummy, _: &mut Context<Self>) -> Self::Result {
+        if let Some(d) = self.cache.peer(v6, Instant::now()) {
+            return Box::pin(fut::ready(Ok(d)));
+        }
+        let client = self.client.clone();
+        let t = self.timeout;
+        let ask = async move {
+            match client.call(LookupOp::PeerDummy { v6 }, t).await? {
+                LookupReply::Dummy { dummy } => Ok(dummy),
+                LookupReply::Error { message, .. } => Err(MapError::Refused(message)),
+                other => Err(MapError::Unexpected(Box::new(other))),
+            }
+        };
+        Box::pin(ask.into_actor(self).map(move |r, act, _| {
+            if let Ok(d) = &r {
+                act.cache.insert_peer(v6, *d, Instant::now());
+            }
+            r
+        }))
+    }
+}
+
+impl Handler<Pin> for MappingActor {
+    type Result = ();
+
+    fn handle(&mut self, Pin(dummy): Pin, ctx: &mut Context<Self>) {
+        if self.pins.pin(dummy) != PinAction::Pin {
+            return;
+        }
+        let client = self.client.clone();
+        let t = self.timeout;
+        let me = ctx.address();
+        actix_rt::spawn(async move {
+            let ok = matches!(
+                client.call(LookupOp::Pin { dummy }, t).await,
+                Ok(LookupReply::Pinned { .. })
+            );
+            me.do_send(PinAnswered(dummy, ok));
+        });
+    }
+}
+
+impl Handler<PinAnswered> for MappingActor {
+    type Result = ();
+
+    fn handle(&mut self, PinAnswered(dummy, ok): PinAnswered, _: &mut Context<Self>) {
+        if self.pins.remote_pinned(dummy, ok) == PinAction::Unpin {
+            self.send_unpin(dummy);
+        }
+    }
+}
+
+impl Handler<Unpin> for MappingActor {
+    type Result = ();
+
+    fn handle(&mut self, Unpin(dummy): Unpin, _: &mut Context<Self>) {
+        if self.pins.unpin(dummy) == PinAction::Unpin {
+            self.send_unpin(dummy);
+        }
+    }
+}
+
+/// A guest's raw DNS message for dns-cache.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Vec<u8>, MapError>")]
+pub struct DnsQuery {
+    pub tcp: bool,
+    pub packet: Vec<u8>,
+}
+
+impl Handler<DnsQuery> for MappingActor {
+    type Result = ResponseFuture<Result<Vec<u8>, MapError>>;
+
+    fn handle(&mut self, q: DnsQuery, _: &mut Context<Self>) -> Self::Result {
+        let client = self.client.clone();
+        let t = self.timeout;
+        self.metrics.record(Event::DnsQuery);
+        Box::pin(async move {
+            let op = LookupOp::DnsQuery {
+                tcp: q.tcp,
+                packet: q.packet,
+            };
+            match client.call(op, t).await? {
+                LookupReply::DnsAnswer { packet } => Ok(packet),
+                LookupReply::Error { message, .. } => Err(MapError::Refused(message)),
+                other => Err(MapError::Unexpected(Box::new(other))),
+            }
+        })
+    }
+}

@@ -1,0 +1,175 @@
+//! Where an outsourced IPv4 destination really goes: a dummy address (look it up), the guest DNS
+//! address (answered by dns-cache), a real IPv4 address (only with IPv4 egress), or nowhere.
+
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::str::FromStr;
+
+use thiserror::Error;
+
+/// A malformed `a.b.c.d/len` prefix.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum DestError {
+    #[error("expected an IPv4 prefix such as 10.170.160.0/20, got {0:?}")]
+    BadPrefix(String),
+    #[error("prefix {0} has bits set after its length")]
+    HostBits(String),
+}
+
+/// An IPv4 prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv4Net {
+    addr: Ipv4Addr,
+    len: u8,
+}
+
+impl Ipv4Net {
+    fn mask(self) -> u32 {
+        if self.len == 0 {
+            0
+        } else {
+            u32::MAX << (32 - u32::from(self.len))
+        }
+    }
+
+    /// Whether `a` lies inside this prefix.
+    #[must_use]
+    pub fn contains(self, a: Ipv4Addr) -> bool {
+        u32::from(a) & self.mask() == u32::from(self.addr)
+    }
+
+    /// Whether the two prefixes share an address.
+    #[must_use]
+    pub fn overlaps(self, other: Self) -> bool {
+        self.contains(other.addr) || other.contains(self.addr)
+    }
+}
+
+impl FromStr for Ipv4Net {
+    type Err = DestError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || DestError::BadPrefix(s.to_owned());
+        let (a, l) = s.split_once('/').ok_or_else(bad)?;
+        let addr: Ipv4Addr = a.parse().map_err(|_| bad())?;
+        let len: u8 = l.parse().map_err(|_| bad())?;
+        if len > 32 {
+            return Err(bad());
+        }
+        let net = Self { addr, len };
+        if u32::from(addr) & !net.mask() != 0 {
+            return Err(DestError::HostBits(s.to_owned()));
+        }
+        Ok(net)
+    }
+}
+
+impl fmt::Display for Ipv4Net {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+/// The decision for one destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// A dummy address from one of the pools: map it to IPv6 through dns-cache.
+    Dummy(Ipv4Addr),
+    /// The guest DNS address on port 53: dns-cache answers.
+    GuestDns,
+    /// A real IPv4 address, and IPv4 egress is enabled.
+    Ipv4(SocketAddrV4),
+    /// A real IPv4 address without egress, or an address that can never be reached from here
+    /// (unspecified, broadcast, multicast): ENETUNREACH, as a host without an IPv4 route says.
+    Unreachable,
+}
+
+/// The plain rules, built from the settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Router {
+    pub destination_pool: Ipv4Net,
+    pub source_pool: Ipv4Net,
+    pub guest_dns: Ipv4Addr,
+    pub ipv4_egress: bool,
+}
+
+impl Router {
+    /// Classifies `dest`.
+    #[must_use]
+    pub fn route(&self, dest: SocketAddrV4) -> Route {
+        let ip = *dest.ip();
+        if ip == self.guest_dns {
+            // Only port 53 is served there; no host stands behind the other ports.
+            return if dest.port() == 53 {
+                Route::GuestDns
+            } else {
+                Route::Unreachable
+            };
+        }
+        if self.destination_pool.contains(ip) || self.source_pool.contains(ip) {
+            return Route::Dummy(ip);
+        }
+        if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || ip.is_loopback() {
+            return Route::Unreachable;
+        }
+        if self.ipv4_egress {
+            Route::Ipv4(dest)
+        } else {
+            Route::Unreachable
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn router(egress: bool) -> Router {
+        Router {
+            destination_pool: "10.170.160.0/20".parse().unwrap(),
+            source_pool: "172.21.112.0/20".parse().unwrap(),
+            guest_dns: Ipv4Addr::new(10, 170, 160, 1),
+            ipv4_egress: egress,
+        }
+    }
+
+    fn sa(s: &str) -> SocketAddrV4 {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn prefixes_parse_and_contain() {
+        let n: Ipv4Net = "10.170.160.0/20".parse().unwrap();
+        assert!(n.contains(Ipv4Addr::new(10, 170, 175, 255)));
+        assert!(!n.contains(Ipv4Addr::new(10, 170, 176, 0)));
+        assert!("10.170.160.1/20".parse::<Ipv4Net>().is_err());
+        assert!("10.0.0.0/33".parse::<Ipv4Net>().is_err());
+        assert!("nonsense".parse::<Ipv4Net>().is_err());
+        let all: Ipv4Net = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains(Ipv4Addr::BROADCAST));
+        assert!(all.overlaps(n));
+        assert!(!n.overlaps("172.21.112.0/20".parse().unwrap()));
+    }
+
+    #[test]
+    fn routes() {
+        let r = router(false);
+        assert_eq!(r.route(sa("10.170.160.1:53")), Route::GuestDns);
+        assert_eq!(r.route(sa("10.170.160.1:80")), Route::Unreachable);
+        assert_eq!(
+            r.route(sa("10.170.160.9:80")),
+            Route::Dummy(Ipv4Addr::new(10, 170, 160, 9))
+        );
+        assert_eq!(
+            r.route(sa("172.21.112.4:22")),
+            Route::Dummy(Ipv4Addr::new(172, 21, 112, 4))
+        );
+        assert_eq!(r.route(sa("203.0.113.10:80")), Route::Unreachable);
+        assert_eq!(
+            router(true).route(sa("203.0.113.10:80")),
+            Route::Ipv4(sa("203.0.113.10:80"))
+        );
+        assert_eq!(router(true).route(sa("0.0.0.0:80")), Route::Unreachable);
+        assert_eq!(router(true).route(sa("224.0.0.1:80")), Route::Unreachable);
+    }
+}

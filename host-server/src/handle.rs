@@ -1,0 +1,302 @@
+//! The public, `Addr`-free API: handle types with async methods over the actors, and the server's
+//! start-up, drain and shutdown.
+
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use thiserror::Error;
+use tokio::sync::watch;
+
+use crate::actors::acceptor::{Acceptor, Drain};
+use crate::actors::mapping::{self, MapError, MappingActor};
+use crate::actors::metrics::{MetricsActor, Record, Render};
+use crate::config::Settings;
+use crate::dest::Router;
+use crate::limits::Limits;
+use crate::lookup::LookupClient;
+use crate::metrics::Event;
+
+/// Why the server could not start.
+#[derive(Debug, Error)]
+pub enum ServerError {
+    #[error("cannot listen on {path}")]
+    Socket {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot serve metrics on {addr}")]
+    Metrics {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the actor system failed")]
+    System(#[source] io::Error),
+}
+
+/// Asks the mapping actor (dummy ↔ IPv6, pins, guest DNS).
+#[derive(Debug, Clone)]
+pub struct MappingHandle {
+    addr: Addr<MappingActor>,
+}
+
+impl MappingHandle {
+    /// The IPv6 address behind a dummy, `None` when no mapping has it.
+    ///
+    /// # Errors
+    /// [`MapError`] when neither dns-cache nor the database can answer.
+    pub async fn resolve(&self, dummy: Ipv4Addr) -> Result<Option<Ipv6Addr>, MapError> {
+        self.addr
+            .send(mapping::Resolve(dummy))
+            .await
+            .map_err(|_| MapError::Stopped)?
+    }
+
+    /// The source-pool dummy that stands for inbound peer `v6`.
+    ///
+    /// # Errors
+    /// [`MapError`] when dns-cache cannot allocate one (down, or the pool is exhausted).
+    pub async fn peer_dummy(&self, v6: Ipv6Addr) -> Result<Ipv4Addr, MapError> {
+        self.addr
+            .send(mapping::PeerDummy(v6))
+            .await
+            .map_err(|_| MapError::Stopped)?
+    }
+
+    /// Pins `dummy` until the returned guard drops.
+    #[must_use]
+    pub fn pin(&self, dummy: Ipv4Addr) -> PinGuard {
+        // do_send: every connection sends at most one Pin and one Unpin, so the mailbox is
+        // bounded by the socket limits, and an Unpin must never be lost to a full mailbox.
+        self.addr.do_send(mapping::Pin(dummy));
+        PinGuard {
+            addr: self.addr.clone(),
+            dummy,
+        }
+    }
+
+    /// Answers a guest's DNS message through dns-cache.
+    ///
+    /// # Errors
+    /// [`MapError`] when dns-cache cannot answer.
+    pub async fn dns_query(&self, tcp: bool, packet: Vec<u8>) -> Result<Vec<u8>, MapError> {
+        self.addr
+            .send(mapping::DnsQuery { tcp, packet })
+            .await
+            .map_err(|_| MapError::Stopped)?
+    }
+}
+
+/// Holds a pin on a dummy; dropping it unpins.
+#[derive(Debug)]
+pub struct PinGuard {
+    addr: Addr<MappingActor>,
+    dummy: Ipv4Addr,
+}
+
+impl Drop for PinGuard {
+    fn drop(&mut self) {
+        self.addr.do_send(mapping::Unpin(self.dummy));
+    }
+}
+
+/// Records events and renders the metrics text.
+#[derive(Debug, Clone)]
+pub struct MetricsHandle {
+    addr: Addr<MetricsActor>,
+}
+
+impl MetricsHandle {
+    /// Counts `e` (best effort: a full mailbox drops it rather than stall the caller).
+    pub fn record(&self, e: Event) {
+        let _ = self.addr.try_send(Record(e));
+    }
+
+    /// The Prometheus text.
+    pub async fn render(&self) -> String {
+        self.addr.send(Render).await.unwrap_or_default()
+    }
+}
+
+/// What every session needs: settings, the plain routing rules, the handles, and the limits.
+#[derive(Debug, Clone)]
+pub(crate) struct Shared {
+    pub settings: Arc<Settings>,
+    pub router: Router,
+    pub mapping: MappingHandle,
+    pub metrics: MetricsHandle,
+    pub limits: Limits,
+    /// Becomes `true` on SIGTERM: listeners close, the acceptor stops.
+    pub draining: watch::Receiver<bool>,
+}
+
+/// A running server.
+#[derive(Debug)]
+pub struct ServerHandle {
+    acceptor: Addr<Acceptor>,
+    drain_tx: watch::Sender<bool>,
+    limits: Limits,
+    mapping: MappingHandle,
+    metrics: MetricsHandle,
+    metrics_addr: Option<SocketAddr>,
+    arbiters: Vec<Arbiter>,
+    drain_timeout: Duration,
+}
+
+/// Starts every actor and begins accepting on host.sock. Must run inside an actix `System`.
+///
+/// # Errors
+/// [`ServerError`] when host.sock or the metrics address cannot be bound.
+pub async fn start(settings: Settings) -> Result<ServerHandle, ServerError> {
+    let settings = Arc::new(settings);
+    let listener = bind_socket(&settings.socket, settings.socket_mode).map_err(|source| {
+        ServerError::Socket {
+            path: settings.socket.display().to_string(),
+            source,
+        }
+    })?;
+    let limits = Limits::new(&settings.limits);
+    let control = Arbiter::new();
+    let metrics = MetricsHandle {
+        addr: MetricsActor::start_in_arbiter(&control.handle(), {
+            let limits = limits.clone();
+            move |_| MetricsActor::new(limits)
+        }),
+    };
+    let mapping = MappingHandle {
+        addr: MappingActor::start_in_arbiter(&control.handle(), {
+            let s = Arc::clone(&settings);
+            let metrics = metrics.clone();
+            // The closure runs on the control arbiter, so the client task lives there too.
+            move |_| MappingActor::new(&s, LookupClient::spawn(s.dns_socket.clone()), metrics)
+        }),
+    };
+    let metrics_addr = match settings.metrics_listen {
+        Some(addr) => Some(
+            crate::metrics_http::serve(addr, metrics.clone())
+                .await
+                .map_err(|source| ServerError::Metrics { addr, source })?,
+        ),
+        None => None,
+    };
+    let (drain_tx, draining) = watch::channel(false);
+    let shared = Shared {
+        router: Router {
+            destination_pool: settings.destination_pool,
+            source_pool: settings.source_pool,
+            guest_dns: settings.guest_dns,
+            ipv4_egress: settings.ipv4_egress,
+        },
+        settings: Arc::clone(&settings),
+        mapping: mapping.clone(),
+        metrics: metrics.clone(),
+        limits: limits.clone(),
+        draining,
+    };
+    let workers: Vec<Arbiter> = (0..settings.workers).map(|_| Arbiter::new()).collect();
+    let handles = workers.iter().map(Arbiter::handle).collect();
+    let acceptor = Acceptor::new(listener, handles, shared).start();
+    let mut arbiters = workers;
+    arbiters.push(control);
+    tracing::info!(socket = %settings.socket.display(), "host-server listening");
+    Ok(ServerHandle {
+        acceptor,
+        drain_tx,
+        limits,
+        mapping,
+        metrics,
+        metrics_addr,
+        arbiters,
+        drain_timeout: settings.drain_timeout,
+    })
+}
+
+/// Binds host.sock with `mode`, replacing a stale socket file left by a previous run.
+fn bind_socket(path: &Path, mode: u32) -> io::Result<std::os::unix::net::UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    if path.exists() {
+        // Only a socket nobody answers on is stale; never remove a live server's socket.
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                "another server answers on this socket",
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let l = std::os::unix::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    l.set_nonblocking(true)?;
+    Ok(l)
+}
+
+impl ServerHandle {
+    #[must_use]
+    pub fn mapping(&self) -> MappingHandle {
+        self.mapping.clone()
+    }
+
+    #[must_use]
+    pub fn metrics(&self) -> MetricsHandle {
+        self.metrics.clone()
+    }
+
+    /// Where the metrics endpoint listens (its real port when configured with port 0).
+    #[must_use]
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// Stops accepting, closes guest listeners, waits up to the drain timeout for open
+    /// sockets to finish, then stops the worker arbiters. Returns the sockets still open.
+    pub async fn shutdown(self) -> u64 {
+        let _ = self.drain_tx.send(true);
+        let _ = self.acceptor.send(Drain).await;
+        let deadline = Instant::now() + self.drain_timeout;
+        while self.limits.total_sockets() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let left = self.limits.total_sockets();
+        if left > 0 {
+            tracing::warn!(open = left, "drain timeout: closing what is still open");
+        }
+        for a in &self.arbiters {
+            a.stop();
+        }
+        left
+    }
+}
+
+/// Runs the server until SIGTERM or SIGINT, then drains. Tells systemd when ready.
+///
+/// # Errors
+/// [`ServerError`] when start-up fails.
+pub fn run(settings: Settings) -> Result<(), ServerError> {
+    let sys = actix_rt::System::new();
+    sys.block_on(async move {
+        let server = start(settings).await?;
+        match crate::notify::notify("READY=1") {
+            Ok(true) => tracing::info!("told systemd we are ready"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot notify systemd"),
+        }
+        let mut term =
+            actix_rt::signal::unix::signal(actix_rt::signal::unix::SignalKind::terminate())
+                .map_err(ServerError::System)?;
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: draining"),
+            _ = actix_rt::signal::ctrl_c() => tracing::info!("SIGINT: draining"),
+        }
+        let _ = crate::notify::notify("STOPPING=1");
+        server.shutdown().await;
+        Ok(())
+    })
+}

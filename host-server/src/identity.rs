@@ -1,0 +1,242 @@
+//! Who is on the other end of a host.sock stream, and the rules for the frames that open it.
+//!
+//! How host-server knows a peer is a VMM: its SO_PEERCRED uid is in the configured `vmm_uids`.
+//! The kernel fills SO_PEERCRED at connect time, so no peer can forge it. A VMM peer must open
+//! every stream with exactly one hello naming a configured VM (the VMM writes it before any guest
+//! byte); every other peer is a process, identified by its uid (limits) and pid (logs), and may
+//! not send a hello at all. A second hello, or a hello after the request, is refused.
+
+use std::collections::BTreeMap;
+
+use shared_proto::outsource::{ToHost, VmHello};
+use shared_proto::Errno;
+use thiserror::Error;
+
+use crate::config::VmSettings;
+
+/// The peer's credentials as the kernel recorded them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerCred {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: Option<i32>,
+}
+
+/// Whose socket a stream carries: the unit that limits and listen addresses apply to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Identity {
+    /// A guest of the named VM (the hello's name, checked against the configuration).
+    Vm(String),
+    /// A process on the host, by uid: all processes of one user share one set of limits.
+    Process { uid: u32 },
+}
+
+impl std::fmt::Display for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Vm(name) => write!(f, "vm:{name}"),
+            Self::Process { uid } => write!(f, "uid:{uid}"),
+        }
+    }
+}
+
+/// Why a stream's opening frames were refused.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum IdentityError {
+    #[error("peer uid {uid} is not a VMM and may not send a hello")]
+    HelloFromProcess { uid: u32 },
+    #[error("a second hello on one stream")]
+    SecondHello,
+    #[error("a VMM peer (uid {uid}) sent a request without a hello")]
+    VmmWithoutHello { uid: u32 },
+    #[error("hello names VM {0:?}, which is not configured")]
+    UnknownVm(String),
+    #[error("the stream must open with a request, not a datagram")]
+    DataFirst,
+}
+
+impl IdentityError {
+    /// The errno the peer is told before the stream closes.
+    #[must_use]
+    pub fn errno(&self) -> Errno {
+        match self {
+            Self::HelloFromProcess { .. } | Self::VmmWithoutHello { .. } | Self::UnknownVm(_) => {
+                Errno::EPERM
+            }
+            Self::SecondHello | Self::DataFirst => Errno::EPROTO,
+        }
+    }
+}
+
+/// The request that follows the opening, with the identity it was made under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Opened {
+    pub identity: Identity,
+    pub hello: Option<VmHello>,
+    pub request: ToHost,
+}
+
+/// The opening of one stream: feed it frames until it yields [`Opened`] or an error.
+#[derive(Debug)]
+pub struct Opening<'a> {
+    cred: PeerCred,
+    is_vmm: bool,
+    vms: &'a BTreeMap<String, VmSettings>,
+    hello: Option<VmHello>,
+}
+
+impl<'a> Opening<'a> {
+    /// `vmm_uids` and `vms` from the settings.
+    #[must_use]
+    pub fn new(cred: PeerCred, vmm_uids: &[u32], vms: &'a BTreeMap<String, VmSettings>) -> Self {
+        Self {
+            cred,
+            is_vmm: vmm_uids.contains(&cred.uid),
+            vms,
+            hello: None,
+        }
+    }
+
+    /// Takes the next frame. `Ok(None)`: a hello was accepted, read the request next.
+    ///
+    /// # Errors
+    /// [`IdentityError`] when the frame breaks the rules; the stream must then be closed.
+    pub fn feed(&mut self, frame: ToHost) -> Result<Option<Opened>, IdentityError> {
+        match frame {
+            ToHost::Hello(h) => {
+                if !self.is_vmm {
+                    return Err(IdentityError::HelloFromProcess { uid: self.cred.uid });
+                }
+                if self.hello.is_some() {
+                    return Err(IdentityError::SecondHello);
+                }
+                if !self.vms.contains_key(&h.vm) {
+                    return Err(IdentityError::UnknownVm(h.vm));
+                }
+                self.hello = Some(h);
+                Ok(None)
+            }
+            ToHost::Datagram(_) => Err(IdentityError::DataFirst),
+            request => {
+                let identity = match (&self.hello, self.is_vmm) {
+                    (Some(h), _) => Identity::Vm(h.vm.clone()),
+                    (None, true) => {
+                        return Err(IdentityError::VmmWithoutHello { uid: self.cred.uid })
+                    }
+                    (None, false) => Identity::Process { uid: self.cred.uid },
+                };
+                Ok(Some(Opened {
+                    identity,
+                    hello: self.hello.take(),
+                    request,
+                }))
+            }
+        }
+    }
+}
+
+/// A hello (or anything but a datagram) arriving after the request on a UDP stream.
+#[must_use]
+pub fn late_frame_error(frame: &ToHost) -> Option<IdentityError> {
+    match frame {
+        ToHost::Datagram(_) => None,
+        ToHost::Hello(_) => Some(IdentityError::SecondHello),
+        _ => Some(IdentityError::DataFirst),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared_proto::outsource::{ConnectRequest, Datagram};
+
+    fn cred(uid: u32) -> PeerCred {
+        PeerCred {
+            uid,
+            gid: uid,
+            pid: Some(42),
+        }
+    }
+
+    fn hello(vm: &str) -> ToHost {
+        ToHost::Hello(VmHello {
+            vm: vm.into(),
+            cid: 3,
+            port: 1024,
+        })
+    }
+
+    fn connect() -> ToHost {
+        ToHost::Connect(ConnectRequest {
+            dest: "10.170.160.2:80".parse().unwrap(),
+            pass_fd: false,
+            nonblocking: false,
+        })
+    }
+
+    fn vms() -> BTreeMap<String, VmSettings> {
+        BTreeMap::from([(
+            "web".to_owned(),
+            VmSettings {
+                socket: "/run/outsock/vm-web.vsock".into(),
+                address: "fd00:64::101".parse().unwrap(),
+            },
+        )])
+    }
+
+    #[test]
+    fn process_is_identified_by_uid() {
+        let vms = vms();
+        let mut o = Opening::new(cred(1000), &[107], &vms);
+        let opened = o.feed(connect()).unwrap().unwrap();
+        assert_eq!(opened.identity, Identity::Process { uid: 1000 });
+        assert_eq!(opened.hello, None);
+    }
+
+    #[test]
+    fn vmm_names_the_vm() {
+        let vms = vms();
+        let mut o = Opening::new(cred(107), &[107], &vms);
+        assert_eq!(o.feed(hello("web")), Ok(None));
+        let opened = o.feed(connect()).unwrap().unwrap();
+        assert_eq!(opened.identity, Identity::Vm("web".into()));
+    }
+
+    #[test]
+    fn refusals() {
+        let vms = vms();
+        let mut o = Opening::new(cred(1000), &[107], &vms);
+        let e = o.feed(hello("web")).unwrap_err();
+        assert_eq!(e, IdentityError::HelloFromProcess { uid: 1000 });
+        assert_eq!(e.errno(), Errno::EPERM);
+
+        let mut o = Opening::new(cred(107), &[107], &vms);
+        o.feed(hello("web")).unwrap();
+        assert_eq!(o.feed(hello("web")), Err(IdentityError::SecondHello));
+
+        let mut o = Opening::new(cred(107), &[107], &vms);
+        assert_eq!(
+            o.feed(hello("other")),
+            Err(IdentityError::UnknownVm("other".into()))
+        );
+
+        let mut o = Opening::new(cred(107), &[107], &vms);
+        assert_eq!(
+            o.feed(connect()),
+            Err(IdentityError::VmmWithoutHello { uid: 107 })
+        );
+
+        let mut o = Opening::new(cred(1000), &[], &vms);
+        let d = ToHost::Datagram(Datagram {
+            addr: "10.170.160.2:53".parse().unwrap(),
+            payload: vec![1],
+        });
+        assert_eq!(o.feed(d.clone()), Err(IdentityError::DataFirst));
+        assert_eq!(late_frame_error(&d), None);
+        assert_eq!(
+            late_frame_error(&hello("web")),
+            Some(IdentityError::SecondHello)
+        );
+        assert_eq!(late_frame_error(&connect()), Some(IdentityError::DataFirst));
+    }
+}

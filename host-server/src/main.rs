@@ -1,0 +1,45 @@
+//! The `outsock-host-server` binary: parse the command line, load settings, run the server.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+
+/// outsock's host server module: executes outsourced sockets over IPv6.
+///
+/// Accepts one Unix stream per outsourced socket on host.sock (from outsock-vmm, or from
+/// liboutsock in process mode), maps dummy IPv4 addresses to IPv6 through outsock-dns-cache
+/// (dns.sock, with the SQLite database as a read-only fallback), and connects, listens and
+/// relays on the guest's behalf. Settings come from the TOML file and from OUTSOCK_HOST_...
+/// environment variables (nested keys joined with "__", e.g. OUTSOCK_HOST_LIMITS__MAX_SOCKETS);
+/// see deploy/host-server.example.toml. SIGTERM drains and exits; under systemd
+/// (Type=notify) readiness is reported through NOTIFY_SOCKET.
+#[derive(Debug, Parser)]
+#[command(name = "outsock-host-server", version)]
+struct Cli {
+    /// Settings file (TOML). Without it, built-in defaults and the environment apply.
+    #[arg(short, long, value_name = "FILE", env = "OUTSOCK_HOST_CONFIG")]
+    config: Option<PathBuf>,
+
+    /// Check the settings, print them, and exit.
+    #[arg(long)]
+    check: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let settings =
+        outsock_host_server::Settings::load(cli.config.as_deref()).context("invalid settings")?;
+    if cli.check {
+        println!("{settings:#?}");
+        return Ok(());
+    }
+    outsock_host_server::run(settings).context("host-server failed")
+}

@@ -1,0 +1,266 @@
+//! Outbound TCP: the guest connects to an IPv4 address; host-server connects over IPv6 (or, with
+//! egress, IPv4) and relays, or hands the socket itself to a process with SCM_RIGHTS.
+//!
+//! Errors are reported as the errno a native connect would set: the kernel's own error from the
+//! IPv6 connect (ECONNREFUSED, ENETUNREACH, EHOSTUNREACH, ...), ETIMEDOUT when the configured
+//! connect timeout passes first, EHOSTUNREACH for a dummy that maps to nothing, ENETUNREACH for
+//! a real IPv4 address without egress.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::AsFd;
+
+use shared_proto::outsource::ConnectRequest;
+use shared_proto::{frame, Errno, ToGuest};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpSocket, TcpStream, UnixStream};
+
+use crate::dest::Route;
+use crate::errno::connect_errno;
+use crate::handle::Shared;
+use crate::identity::Identity;
+use crate::limits::Resource;
+use crate::metrics::Event;
+use crate::relay::{self, RelayError};
+use crate::session::{refuse, Request};
+
+fn errno_name(e: Errno) -> &'static str {
+    e.name().unwrap_or("other")
+}
+
+async fn fail(mut req: Request, errno: Errno, shared: &Shared) {
+    shared.metrics.record(Event::Connect(errno_name(errno)));
+    refuse(&mut req.stream, errno).await;
+}
+
+/// Handles one connect request to the end of its connection.
+pub(crate) async fn connect(req: Request, c: ConnectRequest, shared: &Shared) {
+    let (target, dummy) = match shared.router.route(c.dest) {
+        Route::Unreachable => return fail(req, Errno::ENETUNREACH, shared).await,
+        Route::GuestDns => return dns_over_tcp(req, c.dest, shared).await,
+        Route::Ipv4(sa) => (SocketAddr::V4(sa), None),
+        Route::Dummy(d) => match shared.mapping.resolve(d).await {
+            Ok(Some(v6)) => (
+                SocketAddr::V6(SocketAddrV6::new(v6, c.dest.port(), 0, 0)),
+                Some(d),
+            ),
+            Ok(None) => return fail(req, Errno::EHOSTUNREACH, shared).await,
+            Err(e) => {
+                tracing::warn!(dummy = %d, error = %e, "cannot resolve dummy");
+                return fail(req, Errno::EHOSTUNREACH, shared).await;
+            }
+        },
+    };
+    let pending = match shared
+        .limits
+        .acquire(&req.identity, Resource::PendingConnect)
+    {
+        Ok(p) => p,
+        Err(errno) => return fail(req, errno, shared).await,
+    };
+    // Passing the socket only makes sense to a process on this host: through a VMM the
+    // descriptor would land in the VMM, not in the guest.
+    let pass_fd = c.pass_fd && matches!(req.identity, Identity::Process { .. });
+    if pass_fd && c.nonblocking {
+        drop(pending);
+        return pass_connecting(req, c.dest, target, shared).await;
+    }
+    let attempt = async {
+        let sock = match target {
+            SocketAddr::V4(_) => TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => TcpSocket::new_v6()?,
+        };
+        sock.connect(target).await
+    };
+    let tcp = match tokio::time::timeout(shared.settings.connect_timeout, attempt).await {
+        Ok(Ok(tcp)) => tcp,
+        Ok(Err(e)) => return fail(req, connect_errno(&e), shared).await,
+        Err(_) => return fail(req, Errno::ETIMEDOUT, shared).await,
+    };
+    drop(pending);
+    shared.metrics.record(Event::Connect("ok"));
+    let local = guest_local(&tcp);
+    let answer = ToGuest::Connected {
+        local,
+        peer: c.dest,
+        fd_passed: pass_fd,
+        in_progress: false,
+    };
+    if pass_fd {
+        return pass_connected(req, &answer, tcp, shared).await;
+    }
+    let mut stream = req.stream;
+    if crate::framed::write_frame(&mut stream, &answer)
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let _pin = dummy.map(|d| shared.mapping.pin(d));
+    let s = &shared.settings;
+    match relay::relay(
+        &stream,
+        &tcp,
+        &req.leftover,
+        s.relay_buffer,
+        s.tcp_idle_timeout,
+    )
+    .await
+    {
+        Ok(moved) => shared.metrics.record(Event::Relayed {
+            up: moved.up,
+            down: moved.down,
+        }),
+        Err(RelayError::Idle(t)) => tracing::debug!(dest = %c.dest, ?t, "idle connection closed"),
+        Err(RelayError::Io(e)) => tracing::debug!(dest = %c.dest, error = %e, "relay ended"),
+    }
+    drop(req.permit);
+}
+
+/// The guest-visible local address: the guest has no IPv4 address of its own, so it sees the
+/// unspecified address with the host socket's real local port.
+fn guest_local(tcp: &TcpStream) -> SocketAddrV4 {
+    let port = tcp.local_addr().map_or(0, |a| a.port());
+    SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)
+}
+
+/// Hands a connected socket to the process (blocking mode restored, as the program expects).
+async fn pass_connected(req: Request, answer: &ToGuest, tcp: TcpStream, shared: &Shared) {
+    let Ok(std) = tcp.into_std() else {
+        return;
+    };
+    if std.set_nonblocking(false).is_err() {
+        return;
+    }
+    send_answer_with_fd(&req.stream, answer, std.as_fd(), shared).await;
+}
+
+/// Starts a non-blocking connect and hands the socket over while it is still connecting: the
+/// program learns the outcome through poll and SO_ERROR, exactly as with its own socket.
+async fn pass_connecting(
+    mut req: Request,
+    dest: SocketAddrV4,
+    target: SocketAddr,
+    shared: &Shared,
+) {
+    let started = (|| {
+        let sock = Socket::new(
+            Domain::for_address(target),
+            Type::STREAM.nonblocking(),
+            Some(Protocol::TCP),
+        )?;
+        match sock.connect(&SockAddr::from(target)) {
+            Ok(()) => Ok((sock, false)),
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok((sock, true)),
+            Err(e) => Err(e),
+        }
+    })();
+    let (sock, in_progress) = match started {
+        Ok(s) => s,
+        Err(e) => {
+            let errno = connect_errno(&e);
+            shared.metrics.record(Event::Connect(errno_name(errno)));
+            refuse(&mut req.stream, errno).await;
+            return;
+        }
+    };
+    let port = sock
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .map_or(0, |a| a.port());
+    let answer = ToGuest::Connected {
+        local: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port),
+        peer: dest,
+        fd_passed: true,
+        in_progress,
+    };
+    shared.metrics.record(Event::Connect(if in_progress {
+        "in_progress"
+    } else {
+        "ok"
+    }));
+    send_answer_with_fd(&req.stream, &answer, sock.as_fd(), shared).await;
+}
+
+async fn send_answer_with_fd(
+    stream: &UnixStream,
+    answer: &ToGuest,
+    fd: std::os::fd::BorrowedFd<'_>,
+    shared: &Shared,
+) {
+    let Ok(bytes) = frame::to_vec(answer) else {
+        return;
+    };
+    match crate::fdpass::send_with_fd(stream, &bytes, fd).await {
+        Ok(()) => shared.metrics.record(Event::FdPassed),
+        Err(e) => tracing::debug!(error = %e, "could not pass the socket"),
+    }
+}
+
+/// TCP to the guest DNS address: DNS messages with two-byte length prefixes (RFC 1035 §4.2.2),
+/// each answered by dns-cache.
+async fn dns_over_tcp(req: Request, dest: SocketAddrV4, shared: &Shared) {
+    let Request {
+        mut stream,
+        leftover,
+        permit,
+        ..
+    } = req;
+    shared.metrics.record(Event::Connect("ok"));
+    let answer = ToGuest::Connected {
+        local: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
+        peer: dest,
+        fd_passed: false,
+        in_progress: false,
+    };
+    if crate::framed::write_frame(&mut stream, &answer)
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let mut buf = leftover;
+    let idle = shared.settings.udp_idle_timeout;
+    loop {
+        let Some(query) = next_dns_message(&mut stream, &mut buf, idle).await else {
+            break;
+        };
+        let Ok(reply) = shared.mapping.dns_query(true, query).await else {
+            break;
+        };
+        let Ok(len) = u16::try_from(reply.len()) else {
+            break;
+        };
+        let mut out = Vec::with_capacity(2 + reply.len());
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(&reply);
+        if relay::write_all(&stream, &out).await.is_err() {
+            break;
+        }
+    }
+    drop(permit);
+}
+
+/// The next length-prefixed DNS message, or `None` at end of stream, error, or idleness.
+async fn next_dns_message(
+    stream: &mut UnixStream,
+    buf: &mut Vec<u8>,
+    idle: std::time::Duration,
+) -> Option<Vec<u8>> {
+    loop {
+        if buf.len() >= 2 {
+            let len = usize::from(u16::from_be_bytes([buf[0], buf[1]]));
+            if buf.len() >= 2 + len {
+                let msg = buf[2..2 + len].to_vec();
+                buf.drain(..2 + len);
+                return Some(msg);
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        match tokio::time::timeout(idle, stream.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            _ => return None,
+        }
+    }
+}

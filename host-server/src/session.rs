@@ -1,0 +1,138 @@
+//! One host.sock stream from accept to close: identify the peer, read the request under the
+//! request timeout, apply the socket limit, and dispatch to outbound TCP, a guest listener, or a
+//! UDP association. Refusals are answered with a `Failed(errno)` frame before the stream closes.
+
+use shared_proto::outsource::ToHost;
+use shared_proto::{Errno, ToGuest};
+use tokio::net::UnixStream;
+
+use crate::framed::{write_frame, FrameError, FrameReader};
+use crate::handle::Shared;
+use crate::identity::{Identity, Opened, Opening, PeerCred};
+use crate::inbound::ListenerParts;
+use crate::limits::{Permit, Resource};
+use crate::metrics::Event;
+
+/// What the stream becomes after its request.
+#[derive(Debug)]
+pub(crate) enum Next {
+    /// Done; the stream closes.
+    Closed,
+    /// A guest listener: the listen actor takes over.
+    Listen(Box<ListenerParts>),
+}
+
+/// A stream whose request is known, with everything its handler needs.
+#[derive(Debug)]
+pub(crate) struct Request {
+    pub stream: UnixStream,
+    pub identity: Identity,
+    /// Bytes that arrived after the request frame.
+    pub leftover: Vec<u8>,
+    /// This stream's slot in the identity's socket limit.
+    pub permit: Permit,
+}
+
+/// Answers `errno` and closes (best effort: the peer may already be gone).
+pub(crate) async fn refuse(stream: &mut UnixStream, errno: Errno) {
+    let _ = write_frame(stream, &ToGuest::Failed(errno)).await;
+}
+
+/// Serves one stream.
+pub(crate) async fn serve(mut stream: UnixStream, shared: Shared) -> Next {
+    shared.metrics.record(Event::StreamAccepted);
+    let cred = match stream.peer_cred() {
+        Ok(c) => PeerCred {
+            uid: c.uid(),
+            gid: c.gid(),
+            pid: c.pid(),
+        },
+        Err(e) => {
+            tracing::warn!(error = %e, "no peer credentials; closing");
+            return Next::Closed;
+        }
+    };
+    let mut reader = FrameReader::new();
+    let opened = tokio::time::timeout(
+        shared.settings.request_timeout,
+        open(&mut stream, &mut reader, cred, &shared),
+    )
+    .await;
+    let Opened {
+        identity, request, ..
+    } = match opened {
+        Ok(Ok(o)) => o,
+        Ok(Err(errno)) => {
+            refuse(&mut stream, errno).await;
+            return Next::Closed;
+        }
+        Err(_) => {
+            shared
+                .metrics
+                .record(Event::StreamRefused("request_timeout"));
+            refuse(&mut stream, Errno::ETIMEDOUT).await;
+            return Next::Closed;
+        }
+    };
+    let permit = match shared.limits.acquire(&identity, Resource::Socket) {
+        Ok(p) => p,
+        Err(errno) => {
+            tracing::debug!(%identity, %errno, "socket limit reached");
+            shared.metrics.record(Event::StreamRefused("socket_limit"));
+            refuse(&mut stream, errno).await;
+            return Next::Closed;
+        }
+    };
+    let req = Request {
+        stream,
+        identity,
+        leftover: reader.into_leftover(),
+        permit,
+    };
+    match request {
+        ToHost::Connect(c) => {
+            crate::outbound::connect(req, c, &shared).await;
+            Next::Closed
+        }
+        ToHost::Listen(l) => match crate::inbound::open(req, &l, &shared).await {
+            Some(parts) => Next::Listen(Box::new(parts)),
+            None => Next::Closed,
+        },
+        ToHost::Udp(u) => {
+            crate::udp::associate(req, &u, &shared).await;
+            Next::Closed
+        }
+        // The opening only yields requests.
+        ToHost::Hello(_) | ToHost::Datagram(_) => Next::Closed,
+    }
+}
+
+/// Reads frames until the request, applying the identity rules.
+async fn open(
+    stream: &mut UnixStream,
+    reader: &mut FrameReader,
+    cred: PeerCred,
+    shared: &Shared,
+) -> Result<Opened, Errno> {
+    let mut opening = Opening::new(cred, &shared.settings.vmm_uids, &shared.settings.vms);
+    loop {
+        let frame: ToHost = match reader.read(stream).await {
+            Ok(f) => f,
+            Err(FrameError::Proto(e)) => {
+                tracing::debug!(uid = cred.uid, pid = ?cred.pid, error = %e, "malformed frame");
+                shared.metrics.record(Event::StreamRefused("protocol"));
+                return Err(Errno::EPROTO);
+            }
+            Err(FrameError::Closed | FrameError::Io(_)) => return Err(Errno::ECONNRESET),
+        };
+        match opening.feed(frame) {
+            Ok(None) => {}
+            Ok(Some(o)) => return Ok(o),
+            Err(e) => {
+                tracing::info!(uid = cred.uid, pid = ?cred.pid, error = %e, "stream refused");
+                shared.metrics.record(Event::StreamRefused("identity"));
+                return Err(e.errno());
+            }
+        }
+    }
+}

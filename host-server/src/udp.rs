@@ -1,0 +1,247 @@
+//! UDP associations: one per outsourced UDP socket. `Datagram` frames go both ways on the
+//! stream; host-server sends and receives them on one host UDP socket, translating addresses:
+//! outbound, a dummy destination becomes its IPv6 address; inbound, the IPv6 source becomes the
+//! dummy the guest used for it (learned from its sends), else the peer's source-pool dummy. The
+//! guest DNS address on port 53 is answered by dns-cache. An association with no traffic either
+//! way for the idle timeout closes.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+
+use shared_proto::outsource::{Datagram, ToHost, UdpRequest};
+use shared_proto::{Errno, ToGuest};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use tokio::net::UdpSocket;
+
+use crate::dest::Route;
+use crate::framed::{write_frame, FrameError, FrameReader};
+use crate::handle::Shared;
+use crate::identity::{late_frame_error, Identity};
+use crate::metrics::Event;
+use crate::session::{refuse, Request};
+
+/// Largest datagram read from the host socket (the IPv6 maximum without jumbograms).
+const MAX_DATAGRAM: usize = 65_535;
+
+/// Remembers which guest-visible address stands for each host-side peer, so replies come back
+/// from the address the guest sent to. Bounded: beyond `capacity` the table starts over (the
+/// cost is one PeerDummy look-up per peer, never a wrong address).
+#[derive(Debug)]
+pub struct PeerTable {
+    capacity: usize,
+    map: HashMap<SocketAddr, SocketAddrV4>,
+}
+
+impl PeerTable {
+    #[must_use]
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity: capacity.max(1),
+            map: HashMap::new(),
+        }
+    }
+
+    /// The guest sent to `guest_addr`, which went out to `host_addr`.
+    pub fn learn(&mut self, host_addr: SocketAddr, guest_addr: SocketAddrV4) {
+        if self.map.len() >= self.capacity && !self.map.contains_key(&host_addr) {
+            self.map.clear();
+        }
+        self.map.insert(host_addr, guest_addr);
+    }
+
+    /// The guest-visible source for a datagram from `host_addr`, when known.
+    #[must_use]
+    pub fn guest_source(&self, host_addr: SocketAddr) -> Option<SocketAddrV4> {
+        self.map.get(&host_addr).copied().or(match host_addr {
+            // IPv4 egress: a real IPv4 peer is shown as itself.
+            SocketAddr::V4(a) => Some(a),
+            SocketAddr::V6(a) => a
+                .ip()
+                .to_ipv4_mapped()
+                .map(|v4| SocketAddrV4::new(v4, a.port())),
+        })
+    }
+}
+
+fn open_socket(shared: &Shared, identity: &Identity, req: &UdpRequest) -> Result<UdpSocket, Errno> {
+    let s = &shared.settings;
+    let port = req.bind.port();
+    let addr = if port == 0 {
+        Ipv6Addr::UNSPECIFIED
+    } else {
+        // A fixed port is a UDP server: the same allow-list and addresses as TCP listeners.
+        if !s.allowed_ports.contains(&port) {
+            return Err(Errno::EACCES);
+        }
+        match identity {
+            Identity::Vm(name) => s.vms.get(name).map(|v| v.address).ok_or(Errno::EPERM)?,
+            Identity::Process { .. } => s.listen_default_address,
+        }
+    };
+    let host_port = if port == 0 { 0 } else { s.host_port(port) };
+    let make = || -> std::io::Result<UdpSocket> {
+        let sock = Socket::new(Domain::IPV6, Type::DGRAM.nonblocking(), Some(Protocol::UDP))?;
+        // With IPv4 egress the same socket also reaches real IPv4 peers (as ::ffff:a.b.c.d).
+        sock.set_only_v6(!s.ipv4_egress)?;
+        sock.bind(&SockAddr::from(SocketAddrV6::new(addr, host_port, 0, 0)))?;
+        UdpSocket::from_std(sock.into())
+    };
+    make().map_err(|e| crate::errno::bind_errno(&e))
+}
+
+/// Runs one association to its end.
+pub(crate) async fn associate(req: Request, u: &UdpRequest, shared: &Shared) {
+    let Request {
+        mut stream,
+        identity,
+        leftover,
+        permit,
+    } = req;
+    let sock = match open_socket(shared, &identity, u) {
+        Ok(s) => s,
+        Err(errno) => return refuse(&mut stream, errno).await,
+    };
+    let port = sock.local_addr().map_or(0, |a| a.port());
+    let guest_port = if u.bind.port() == 0 {
+        port
+    } else {
+        u.bind.port()
+    };
+    let local = SocketAddrV4::new(*u.bind.ip(), guest_port);
+    if write_frame(&mut stream, &ToGuest::Associated { local })
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let (mut rd, mut wr) = stream.split();
+    let mut reader = FrameReader::new();
+    // Anything pipelined after the request is the start of the frame stream.
+    let mut pre = &leftover[..];
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut peers = PeerTable::new(1024);
+    let idle = shared.settings.udp_idle_timeout;
+    loop {
+        let deadline = tokio::time::Instant::now() + idle;
+        tokio::select! {
+            f = async {
+                if pre.is_empty() {
+                    reader.read::<ToHost, _>(&mut rd).await
+                } else {
+                    let mut chained = tokio::io::AsyncReadExt::chain(&mut pre, &mut rd);
+                    reader.read::<ToHost, _>(&mut chained).await
+                }
+            } => {
+                let d = match f {
+                    Ok(ToHost::Datagram(d)) => d,
+                    Ok(other) => {
+                        let errno = late_frame_error(&other).map_or(Errno::EPROTO, |e| e.errno());
+                        let _ = write_frame(&mut wr, &ToGuest::Failed(errno)).await;
+                        break;
+                    }
+                    Err(FrameError::Proto(_)) => {
+                        let _ = write_frame(&mut wr, &ToGuest::Failed(Errno::EPROTO)).await;
+                        break;
+                    }
+                    Err(_) => break,
+                };
+                shared.metrics.record(Event::UdpOut);
+                if let Some(reply) = send_out(&sock, d, &mut peers, shared).await {
+                    if write_frame(&mut wr, &ToGuest::Datagram(reply)).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            r = sock.recv_from(&mut buf) => {
+                let Ok((n, from)) = r else { continue };
+                let Some(source) = guest_source(from, &mut peers, shared).await else {
+                    continue;
+                };
+                shared.metrics.record(Event::UdpIn);
+                let d = Datagram { addr: source, payload: buf[..n].to_vec() };
+                if write_frame(&mut wr, &ToGuest::Datagram(d)).await.is_err() {
+                    break;
+                }
+            }
+            () = tokio::time::sleep_until(deadline) => {
+                tracing::debug!(%identity, "UDP association idle; closing");
+                break;
+            }
+        }
+    }
+    drop(permit);
+}
+
+/// Sends one guest datagram; returns an immediate reply for the guest (guest DNS).
+async fn send_out(
+    sock: &UdpSocket,
+    d: Datagram,
+    peers: &mut PeerTable,
+    shared: &Shared,
+) -> Option<Datagram> {
+    let target: SocketAddr = match shared.router.route(d.addr) {
+        // A native sendto would fail with ENETUNREACH; a datagram socket has no way to report
+        // it per packet here, so the datagram is dropped, as the network would.
+        Route::Unreachable => return None,
+        Route::GuestDns => {
+            let answer = shared.mapping.dns_query(false, d.payload).await.ok()?;
+            return Some(Datagram {
+                addr: d.addr,
+                payload: answer,
+            });
+        }
+        Route::Ipv4(sa) => {
+            SocketAddr::V6(SocketAddrV6::new(sa.ip().to_ipv6_mapped(), sa.port(), 0, 0))
+        }
+        Route::Dummy(dummy) => {
+            let v6 = shared.mapping.resolve(dummy).await.ok()??;
+            SocketAddr::V6(SocketAddrV6::new(v6, d.addr.port(), 0, 0))
+        }
+    };
+    peers.learn(target, d.addr);
+    if let Err(e) = sock.send_to(&d.payload, target).await {
+        tracing::debug!(%target, error = %e, "UDP send failed");
+    }
+    None
+}
+
+async fn guest_source(
+    from: SocketAddr,
+    peers: &mut PeerTable,
+    shared: &Shared,
+) -> Option<SocketAddrV4> {
+    if let Some(a) = peers.guest_source(from) {
+        return Some(a);
+    }
+    let SocketAddr::V6(v6) = from else {
+        return None;
+    };
+    let dummy: Ipv4Addr = shared.mapping.peer_dummy(*v6.ip()).await.ok()?;
+    let a = SocketAddrV4::new(dummy, v6.port());
+    peers.learn(from, a);
+    Some(a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_come_from_the_address_the_guest_used() {
+        let mut t = PeerTable::new(2);
+        let host: SocketAddr = "[fd00:64::e]:7".parse().unwrap();
+        let guest: SocketAddrV4 = "10.170.160.5:7".parse().unwrap();
+        t.learn(host, guest);
+        assert_eq!(t.guest_source(host), Some(guest));
+        assert_eq!(t.guest_source("[fd00:64::f]:7".parse().unwrap()), None);
+        // IPv4 egress peers show as themselves.
+        assert_eq!(
+            t.guest_source("[::ffff:203.0.113.10]:53".parse().unwrap()),
+            Some("203.0.113.10:53".parse().unwrap())
+        );
+        // Bounded: a third peer starts the table over.
+        t.learn("[fd00:64::a]:1".parse().unwrap(), guest);
+        t.learn("[fd00:64::b]:1".parse().unwrap(), guest);
+        assert_eq!(t.guest_source(host), None);
+    }
+}

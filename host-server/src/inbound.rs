@@ -23,7 +23,7 @@ use crate::handle::Shared;
 use crate::identity::Identity;
 use crate::limits::{Permit, Resource};
 use crate::metrics::Event;
-use crate::session::{refuse, Request};
+use crate::session::Request;
 
 /// Where a listen request binds, decided from the settings alone.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,14 +119,14 @@ pub(crate) async fn open(
     let plan = match plan(&shared.settings, &req.identity, l) {
         Ok(p) => p,
         Err(errno) => {
-            refuse(&mut req.stream, errno).await;
+            req.refuse(errno).await;
             return None;
         }
     };
     let listener_permit = match shared.limits.acquire(&req.identity, Resource::Listener) {
         Ok(p) => p,
         Err(errno) => {
-            refuse(&mut req.stream, errno).await;
+            req.refuse(errno).await;
             return None;
         }
     };
@@ -134,7 +134,8 @@ pub(crate) async fn open(
         Ok(x) => x,
         Err(e) => {
             tracing::info!(bind = %plan.bind, error = %e, "cannot listen for a guest");
-            refuse(&mut req.stream, bind_errno(&e)).await;
+            drop(listener_permit);
+            req.refuse(bind_errno(&e)).await;
             return None;
         }
     };

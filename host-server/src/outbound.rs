@@ -22,15 +22,15 @@ use crate::identity::Identity;
 use crate::limits::Resource;
 use crate::metrics::Event;
 use crate::relay::{self, RelayError};
-use crate::session::{refuse, Request};
+use crate::session::Request;
 
 fn errno_name(e: Errno) -> &'static str {
     e.name().unwrap_or("other")
 }
 
-async fn fail(mut req: Request, errno: Errno, shared: &Shared) {
+async fn fail(req: Request, errno: Errno, shared: &Shared) {
     shared.metrics.record(Event::Connect(errno_name(errno)));
-    refuse(&mut req.stream, errno).await;
+    req.refuse(errno).await;
 }
 
 /// Handles one connect request to the end of its connection.
@@ -72,12 +72,13 @@ pub(crate) async fn connect(req: Request, c: ConnectRequest, shared: &Shared) {
         };
         sock.connect(target).await
     };
-    let tcp = match tokio::time::timeout(shared.settings.connect_timeout, attempt).await {
+    let result = tokio::time::timeout(shared.settings.connect_timeout, attempt).await;
+    drop(pending);
+    let tcp = match result {
         Ok(Ok(tcp)) => tcp,
         Ok(Err(e)) => return fail(req, connect_errno(&e), shared).await,
         Err(_) => return fail(req, Errno::ETIMEDOUT, shared).await,
     };
-    drop(pending);
     shared.metrics.record(Event::Connect("ok"));
     let local = guest_local(&tcp);
     let answer = ToGuest::Connected {
@@ -137,12 +138,7 @@ async fn pass_connected(req: Request, answer: &ToGuest, tcp: TcpStream, shared: 
 
 /// Starts a non-blocking connect and hands the socket over while it is still connecting: the
 /// program learns the outcome through poll and SO_ERROR, exactly as with its own socket.
-async fn pass_connecting(
-    mut req: Request,
-    dest: SocketAddrV4,
-    target: SocketAddr,
-    shared: &Shared,
-) {
+async fn pass_connecting(req: Request, dest: SocketAddrV4, target: SocketAddr, shared: &Shared) {
     let started = (|| {
         let sock = Socket::new(
             Domain::for_address(target),
@@ -158,10 +154,7 @@ async fn pass_connecting(
     let (sock, in_progress) = match started {
         Ok(s) => s,
         Err(e) => {
-            let errno = connect_errno(&e);
-            shared.metrics.record(Event::Connect(errno_name(errno)));
-            refuse(&mut req.stream, errno).await;
-            return;
+            return fail(req, connect_errno(&e), shared).await;
         }
     };
     let port = sock

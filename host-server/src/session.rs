@@ -33,6 +33,18 @@ pub(crate) struct Request {
     pub permit: Permit,
 }
 
+impl Request {
+    /// Gives the socket slot back, then answers `errno` and closes: once the peer reads the
+    /// refusal, the slot is already free for its next request.
+    pub(crate) async fn refuse(self, errno: Errno) {
+        let Request {
+            mut stream, permit, ..
+        } = self;
+        drop(permit);
+        refuse(&mut stream, errno).await;
+    }
+}
+
 /// Answers `errno` and closes (best effort: the peer may already be gone).
 pub(crate) async fn refuse(stream: &mut UnixStream, errno: Errno) {
     let _ = write_frame(stream, &ToGuest::Failed(errno)).await;

@@ -18,7 +18,7 @@ use crate::framed::{write_frame, FrameError, FrameReader};
 use crate::handle::Shared;
 use crate::identity::{late_frame_error, Identity};
 use crate::metrics::Event;
-use crate::session::{refuse, Request};
+use crate::session::Request;
 
 /// Largest datagram read from the host socket (the IPv6 maximum without jumbograms).
 const MAX_DATAGRAM: usize = 65_535;
@@ -91,16 +91,16 @@ fn open_socket(shared: &Shared, identity: &Identity, req: &UdpRequest) -> Result
 
 /// Runs one association to its end.
 pub(crate) async fn associate(req: Request, u: &UdpRequest, shared: &Shared) {
+    let sock = match open_socket(shared, &req.identity, u) {
+        Ok(s) => s,
+        Err(errno) => return req.refuse(errno).await,
+    };
     let Request {
         mut stream,
         identity,
         leftover,
         permit,
     } = req;
-    let sock = match open_socket(shared, &identity, u) {
-        Ok(s) => s,
-        Err(errno) => return refuse(&mut stream, errno).await,
-    };
     let port = sock.local_addr().map_or(0, |a| a.port());
     let guest_port = if u.bind.port() == 0 {
         port

@@ -1,0 +1,954 @@
+//! End-to-end tests of outsock-host-server in the IPv6-only test world (DESIGN.md §9).
+//!
+//! host-server and the real outsock-dns-cache run in the world's `host` namespace; the test
+//! client speaks shared-proto over host.sock from the `legacy` namespace (nothing but `lo`), as
+//! a guest or liboutsock would. dns-cache's binary is found next to this test's target dir
+//! (`cargo build -p outsock-dns-cache` with the same CARGO_TARGET_DIR) or at
+//! `$OUTSOCK_DNS_CACHE_BIN`.
+
+// This whole file is test code; its helpers (outside `#[test]` functions) may unwrap too.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, SocketAddrV4, TcpStream};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use outsock_host_server::fdpass::recv_with_fd;
+use shared_proto::lookup::{LookupOp, LookupReply, LookupRequest, LookupResponse};
+use shared_proto::outsource::{
+    ConnectRequest, Datagram, ListenRequest, ToGuest, ToHost, UdpRequest, VmHello,
+};
+use shared_proto::{frame, Errno};
+use testworld::{addr, zone, Daemon, World};
+
+const GUEST_DNS: Ipv4Addr = Ipv4Addr::new(10, 170, 160, 1);
+/// Routed from `host` to `world`, where a blackhole route drops it silently: connects time out.
+const BLACKHOLE: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x66, 0, 0, 0, 0, 0, 1);
+const LISTEN_PORT: u16 = 8080;
+
+fn dns_cache_bin() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("OUTSOCK_DNS_CACHE_BIN") {
+        return Some(PathBuf::from(p));
+    }
+    // target/debug/deps/e2e-HASH → target/debug/outsock-dns-cache
+    let exe = std::env::current_exe().ok()?;
+    let p = exe.parent()?.parent()?.join("outsock-dns-cache");
+    p.is_file().then_some(p)
+}
+
+/// A world with dns-cache and host-server running in `host`.
+struct Rig {
+    world: World,
+    dns: Option<Daemon>,
+    hosts: Vec<Option<Daemon>>,
+    host_cfgs: Vec<PathBuf>,
+    dns_cfg: PathBuf,
+    dns_bin: PathBuf,
+    db: PathBuf,
+    dns_sock: PathBuf,
+}
+
+impl Rig {
+    /// `None` (with the reason printed) when the world cannot run here.
+    fn start(label: &str, host_configs: &[&str]) -> Option<Rig> {
+        if !testworld::skip_unless_root(label) {
+            return None;
+        }
+        let Some(dns_bin) = dns_cache_bin() else {
+            let why = "outsock-dns-cache is not built (cargo build -p outsock-dns-cache)";
+            assert!(
+                std::env::var("OUTSOCK_E2E_REQUIRED").as_deref() != Ok("1"),
+                "{label}: {why}, and OUTSOCK_E2E_REQUIRED=1 forbids skipping"
+            );
+            println!("SKIP {label}: {why}");
+            return None;
+        };
+        let world = World::start(label).expect("test world starts");
+        // The blackhole: host routes it to world, world drops it without a word.
+        world
+            .host()
+            .ip(&[
+                "-6",
+                "route",
+                "add",
+                &format!("{BLACKHOLE}/64"),
+                "via",
+                &addr::WORLD.to_string(),
+            ])
+            .expect("route to the blackhole");
+        world
+            .world()
+            .ip(&[
+                "-6",
+                "route",
+                "add",
+                "blackhole",
+                &format!("{BLACKHOLE}/64"),
+            ])
+            .expect("blackhole route");
+        let db = world.path("mappings.sqlite3");
+        let dns_sock = world.path("dns.sock");
+        let dns_cfg = world.path("dns-cache.toml");
+        std::fs::write(
+            &dns_cfg,
+            format!(
+                "listen = [\"[::1]:53\"]\nupstreams = [\"[{dns}]:53\"]\nupstream_timeout_ms = 1000\n\
+                 database = \"{db}\"\nlookup_socket = \"{sock}\"\nmetrics = \"\"\n",
+                dns = addr::DNS,
+                db = db.display(),
+                sock = dns_sock.display(),
+            ),
+        )
+        .expect("write dns-cache config");
+        let mut host_cfgs = Vec::new();
+        for (i, extra) in host_configs.iter().enumerate() {
+            let cfg = world.path(&format!("host-server-{i}.toml"));
+            std::fs::write(
+                &cfg,
+                format!(
+                    "socket = \"{sock}\"\ndns_socket = \"{dns}\"\ndatabase = \"{db}\"\n\
+                     connect_timeout_ms = 5000\ndrain_timeout_secs = 3\n{extra}\n",
+                    sock = world.path(&format!("host-{i}.sock")).display(),
+                    dns = dns_sock.display(),
+                    db = db.display(),
+                ),
+            )
+            .expect("write host-server config");
+            host_cfgs.push(cfg);
+        }
+        let mut rig = Rig {
+            world,
+            dns: None,
+            hosts: host_cfgs.iter().map(|_| None).collect(),
+            host_cfgs,
+            dns_cfg,
+            dns_bin,
+            db,
+            dns_sock,
+        };
+        rig.launch_dns();
+        for i in 0..rig.hosts.len() {
+            rig.launch_host(i);
+        }
+        Some(rig)
+    }
+
+    fn sock(&self, i: usize) -> PathBuf {
+        self.world.path(&format!("host-{i}.sock"))
+    }
+
+    fn wait_for(path: &Path, d: &mut Daemon, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !path.exists() {
+            if let Ok(Some(status)) = d.try_status() {
+                panic!("{what} exited during start-up: {status}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: {} did not appear",
+                path.display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn launch_dns(&mut self) {
+        let _ = std::fs::remove_file(&self.dns_sock);
+        let mut cmd = Command::new(&self.dns_bin);
+        cmd.arg("--config")
+            .arg(&self.dns_cfg)
+            .env("RUST_LOG", "warn");
+        let mut d = self
+            .world
+            .host()
+            .spawn("outsock-dns-cache", cmd)
+            .expect("spawn dns-cache");
+        Self::wait_for(&self.dns_sock.clone(), &mut d, "outsock-dns-cache");
+        self.dns = Some(d);
+    }
+
+    fn stop_dns(&mut self) {
+        if let Some(mut d) = self.dns.take() {
+            let st = d.stop(Duration::from_secs(5));
+            assert!(
+                st.is_some_and(|s| s.success()),
+                "dns-cache did not stop cleanly: {st:?}"
+            );
+        }
+    }
+
+    fn launch_host(&mut self, i: usize) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_outsock-host-server"));
+        cmd.arg("--config")
+            .arg(&self.host_cfgs[i])
+            .env("RUST_LOG", "warn");
+        let mut d = self
+            .world
+            .host()
+            .spawn("outsock-host-server", cmd)
+            .expect("spawn host-server");
+        Self::wait_for(&self.sock(i), &mut d, "outsock-host-server");
+        self.hosts[i] = Some(d);
+    }
+
+    /// SIGTERM; returns whether it exited successfully, and checks the socket file is gone.
+    fn stop_host(&mut self, i: usize) -> bool {
+        let Some(mut d) = self.hosts[i].take() else {
+            return false;
+        };
+        let st = d.stop(Duration::from_secs(10));
+        let ok = st.is_some_and(|s| s.success());
+        ok && !self.sock(i).exists()
+    }
+
+    /// The dummy A dns-cache gives `name` (asked over DNS in `host`, as a guest would).
+    fn dummy(&self, name: &str) -> Ipv4Addr {
+        let out = self.world.dig("::1", &["+short", name, "A"]).expect("dig");
+        out.lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .next()
+            .unwrap_or_else(|| panic!("no A for {name}: {out:?}"))
+    }
+
+    fn lookup(&self, op: LookupOp) -> LookupReply {
+        let mut s = UnixStream::connect(&self.dns_sock).expect("connect dns.sock");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(&frame::to_vec(&LookupRequest { id: 1, op }).unwrap())
+            .unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 65536];
+        loop {
+            if let Some((r, _)) = frame::decode::<LookupResponse>(&buf).unwrap() {
+                return r.reply;
+            }
+            let n = s.read(&mut chunk).unwrap();
+            assert!(n > 0, "dns.sock closed");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// A source-pool dummy standing for `v6` (how tests get dummies for addresses no name has).
+    fn peer_dummy(&self, v6: Ipv6Addr) -> Ipv4Addr {
+        match self.lookup(LookupOp::PeerDummy { v6 }) {
+            LookupReply::Dummy { dummy } => dummy,
+            other => panic!("PeerDummy({v6}): {other:?}"),
+        }
+    }
+
+    fn resolve(&self, dummy: Ipv4Addr) -> Option<Ipv6Addr> {
+        match self.lookup(LookupOp::Resolve { dummy }) {
+            LookupReply::Resolved(m) => Some(m.v6),
+            LookupReply::NotFound => None,
+            other => panic!("Resolve({dummy}): {other:?}"),
+        }
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        for h in &mut self.hosts {
+            h.take();
+        }
+        self.dns.take();
+    }
+}
+
+// ---- the test client: shared-proto over host.sock -------------------------------------------
+
+fn send(s: &mut UnixStream, m: &ToHost) {
+    s.write_all(&frame::to_vec(m).unwrap()).unwrap();
+}
+
+/// Reads exactly one frame (never a byte more: relayed data may follow).
+fn read_frame(s: &mut UnixStream) -> Option<ToGuest> {
+    let mut head = [0u8; frame::HEADER_LEN];
+    s.read_exact(&mut head).ok()?;
+    let total = frame::frame_len(&head).unwrap().unwrap();
+    let mut whole = head.to_vec();
+    whole.resize(total, 0);
+    s.read_exact(&mut whole[frame::HEADER_LEN..]).ok()?;
+    Some(frame::decode_exact(&whole).unwrap())
+}
+
+/// Reads one frame whose first bytes carry a descriptor (see host-server's fdpass docs).
+fn read_frame_with_fd(s: &mut UnixStream) -> (ToGuest, Option<std::os::fd::OwnedFd>) {
+    let mut head = [0u8; frame::HEADER_LEN];
+    let (n, fd) = recv_with_fd(s.as_raw_fd(), &mut head).unwrap();
+    s.read_exact(&mut head[n..]).unwrap();
+    let total = frame::frame_len(&head).unwrap().unwrap();
+    let mut whole = head.to_vec();
+    whole.resize(total, 0);
+    s.read_exact(&mut whole[frame::HEADER_LEN..]).unwrap();
+    (frame::decode_exact(&whole).unwrap(), fd)
+}
+
+fn connect_req(dest: SocketAddrV4, pass_fd: bool, nonblocking: bool) -> ToHost {
+    ToHost::Connect(ConnectRequest {
+        dest,
+        pass_fd,
+        nonblocking,
+    })
+}
+
+/// Opens a stream, sends `frames`, returns the stream and the answer.
+fn ask(sock: &Path, frames: &[ToHost]) -> (UnixStream, ToGuest) {
+    let mut s = UnixStream::connect(sock).expect("connect host.sock");
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    for f in frames {
+        send(&mut s, f);
+    }
+    let answer = read_frame(&mut s).expect("an answer frame");
+    (s, answer)
+}
+
+fn connect_errno(sock: &Path, dest: SocketAddrV4) -> Errno {
+    match ask(sock, &[connect_req(dest, false, false)]).1 {
+        ToGuest::Failed(e) => e,
+        other => panic!("connect to {dest}: expected a failure, got {other:?}"),
+    }
+}
+
+/// Runs `f` in the legacy namespace (a guest's view: only `lo`, Unix sockets reach host-server).
+fn in_legacy<T: Send + 'static>(rig: &Rig, f: impl FnOnce() -> T + Send + 'static) -> T {
+    rig.world.legacy().run(f).expect("enter legacy namespace")
+}
+
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i.wrapping_mul(7) ^ (i >> 11)) as u8)
+        .collect()
+}
+
+/// Writes `data` on one thread while reading the echo on this one; returns what came back.
+fn echo_through(s: UnixStream, data: Vec<u8>) -> Vec<u8> {
+    let mut w = s.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        w.write_all(&data).unwrap();
+        w.shutdown(Shutdown::Write).unwrap();
+    });
+    let mut r = s;
+    let mut back = Vec::new();
+    r.read_to_end(&mut back).unwrap();
+    writer.join().unwrap();
+    back
+}
+
+fn dns_query(id: u16, name: &str) -> Vec<u8> {
+    let mut q = Vec::new();
+    q.extend_from_slice(&id.to_be_bytes());
+    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.split('.') {
+        q.push(u8::try_from(label.len()).unwrap());
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    q
+}
+
+/// The A records' addresses in a DNS answer to a query made by [`dns_query`] (simple parser:
+/// enough for the answers dns-cache gives, with name compression).
+fn a_records(packet: &[u8]) -> Vec<Ipv4Addr> {
+    let an = usize::from(u16::from_be_bytes([packet[6], packet[7]]));
+    let mut i = 12;
+    // Skip the question.
+    while packet[i] != 0 {
+        i += 1 + usize::from(packet[i]);
+    }
+    i += 5;
+    let mut out = Vec::new();
+    for _ in 0..an {
+        // Name: a pointer or labels.
+        loop {
+            let b = packet[i];
+            if b & 0xc0 == 0xc0 {
+                i += 2;
+                break;
+            }
+            i += 1 + usize::from(b);
+            if b == 0 {
+                break;
+            }
+        }
+        let ty = u16::from_be_bytes([packet[i], packet[i + 1]]);
+        let len = usize::from(u16::from_be_bytes([packet[i + 8], packet[i + 9]]));
+        i += 10;
+        if ty == 1 && len == 4 {
+            out.push(Ipv4Addr::new(
+                packet[i],
+                packet[i + 1],
+                packet[i + 2],
+                packet[i + 3],
+            ));
+        }
+        i += len;
+    }
+    out
+}
+
+// ---- tests -------------------------------------------------------------------------------------
+
+#[test]
+fn outbound_tcp_relay_fd_passing_and_errnos() {
+    let Some(rig) = Rig::start("hs-outbound", &["metrics_listen = \"[::1]:9641\""]) else {
+        return;
+    };
+    let sock = rig.sock(0);
+    let echo = rig.dummy(zone::ECHO);
+    let dest = SocketAddrV4::new(echo, addr::ECHO_PORT);
+
+    // 10 MB, byte-exact, relayed; the first bytes ride in the same write as the request.
+    let data = pattern(10 * 1024 * 1024);
+    let (back, answer) = in_legacy(&rig, {
+        let sock = sock.clone();
+        let data = data.clone();
+        move || {
+            let (s, answer) = ask(&sock, &[connect_req(dest, false, false)]);
+            (echo_through(s, data), answer)
+        }
+    });
+    match answer {
+        ToGuest::Connected {
+            peer,
+            fd_passed,
+            in_progress,
+            ..
+        } => {
+            assert_eq!(peer, dest);
+            assert!(!fd_passed && !in_progress);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(back.len(), data.len());
+    assert!(back == data, "echo differs from what was sent");
+
+    // fd passing, blocking and non-blocking: the program's fd is the host's IPv6 socket.
+    for nonblocking in [false, true] {
+        let (answer, got) = in_legacy(&rig, {
+            let sock = sock.clone();
+            move || {
+                let mut s = UnixStream::connect(&sock).unwrap();
+                send(&mut s, &connect_req(dest, true, nonblocking));
+                let (answer, fd) = read_frame_with_fd(&mut s);
+                let tcp = TcpStream::from(fd.expect("a passed descriptor"));
+                tcp.set_nonblocking(false).unwrap();
+                let mut w = tcp.try_clone().unwrap();
+                w.write_all(b"passed fd").unwrap();
+                w.shutdown(Shutdown::Write).unwrap();
+                let mut got = Vec::new();
+                (&tcp).read_to_end(&mut got).unwrap();
+                let local = tcp.local_addr().unwrap();
+                assert!(local.is_ipv6(), "{local}");
+                (answer, got)
+            }
+        });
+        assert!(
+            matches!(
+                answer,
+                ToGuest::Connected {
+                    fd_passed: true,
+                    ..
+                }
+            ),
+            "{answer:?}"
+        );
+        assert_eq!(got, b"passed fd");
+    }
+
+    // Failures, each the errno a native connect gives.
+    let no_host = rig.peer_dummy(addr::NO_HOST);
+    let unrouted = rig.peer_dummy(addr::UNROUTED);
+    let blackhole = rig.peer_dummy(BLACKHOLE);
+    let sock2 = sock.clone();
+    let results = in_legacy(&rig, move || {
+        let t = Instant::now();
+        let refused = connect_errno(&sock2, SocketAddrV4::new(echo, addr::CLOSED_PORT));
+        let unknown = connect_errno(&sock2, "10.170.175.250:80".parse().unwrap());
+        let unrouted = connect_errno(&sock2, SocketAddrV4::new(unrouted, 80));
+        let real_v4 = connect_errno(&sock2, "203.0.113.10:80".parse().unwrap());
+        let fast = t.elapsed();
+        let no_host = connect_errno(&sock2, SocketAddrV4::new(no_host, 80));
+        let t = Instant::now();
+        let timeout = connect_errno(&sock2, SocketAddrV4::new(blackhole, 80));
+        (
+            refused,
+            unknown,
+            unrouted,
+            real_v4,
+            fast,
+            no_host,
+            timeout,
+            t.elapsed(),
+        )
+    });
+    let (refused, unknown, unrouted, real_v4, fast, no_host, timeout, waited) = results;
+    assert_eq!(refused, Errno::ECONNREFUSED);
+    assert_eq!(unknown, Errno::EHOSTUNREACH);
+    assert_eq!(unrouted, Errno::ENETUNREACH);
+    assert_eq!(real_v4, Errno::ENETUNREACH);
+    assert!(
+        fast < Duration::from_secs(3),
+        "immediate failures took {fast:?}"
+    );
+    assert_eq!(no_host, Errno::EHOSTUNREACH);
+    assert_eq!(timeout, Errno::ETIMEDOUT);
+    assert!(
+        waited >= Duration::from_millis(4500),
+        "timed out after {waited:?}"
+    );
+
+    // The metrics endpoint counted all of it.
+    let text = rig
+        .world
+        .host()
+        .run(|| {
+            let mut s = TcpStream::connect("[::1]:9641").unwrap();
+            s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+            let mut t = String::new();
+            s.read_to_string(&mut t).unwrap();
+            t
+        })
+        .unwrap();
+    assert!(
+        text.contains("outsock_host_connects_total{result=\"ECONNREFUSED\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("outsock_host_connects_total{result=\"ETIMEDOUT\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("outsock_host_fds_passed_total 2"), "{text}");
+}
+
+#[test]
+fn udp_echo_and_guest_dns() {
+    let Some(rig) = Rig::start("hs-udp", &[""]) else {
+        return;
+    };
+    let sock = rig.sock(0);
+    let echo = rig.dummy(zone::ECHO);
+    let v6only = rig.dummy(zone::V6ONLY);
+    let (udp_back, dns_udp, dns_tcp) = in_legacy(&rig, move || {
+        let (mut s, answer) = ask(
+            &sock,
+            &[ToHost::Udp(UdpRequest {
+                bind: "0.0.0.0:0".parse().unwrap(),
+            })],
+        );
+        assert!(matches!(answer, ToGuest::Associated { .. }), "{answer:?}");
+        // Echo: the reply comes from the dummy address the guest sent to.
+        let dest = SocketAddrV4::new(echo, addr::ECHO_PORT);
+        send(
+            &mut s,
+            &ToHost::Datagram(Datagram {
+                addr: dest,
+                payload: b"udp round trip".to_vec(),
+            }),
+        );
+        let udp_back = read_frame(&mut s);
+        // DNS through the guest DNS address, over UDP on the same association...
+        let dns = SocketAddrV4::new(GUEST_DNS, 53);
+        send(
+            &mut s,
+            &ToHost::Datagram(Datagram {
+                addr: dns,
+                payload: dns_query(0x1234, zone::V6ONLY),
+            }),
+        );
+        let dns_udp = read_frame(&mut s);
+        // ...and over TCP.
+        let (mut t, answer) = ask(&sock, &[connect_req(dns, false, false)]);
+        assert!(matches!(answer, ToGuest::Connected { .. }), "{answer:?}");
+        let q = dns_query(0x4321, zone::V6ONLY);
+        let mut msg = u16::try_from(q.len()).unwrap().to_be_bytes().to_vec();
+        msg.extend_from_slice(&q);
+        t.write_all(&msg).unwrap();
+        let mut len = [0u8; 2];
+        t.read_exact(&mut len).unwrap();
+        let mut reply = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        t.read_exact(&mut reply).unwrap();
+        (udp_back, dns_udp, reply)
+    });
+    assert_eq!(
+        udp_back,
+        Some(ToGuest::Datagram(Datagram {
+            addr: SocketAddrV4::new(echo, addr::ECHO_PORT),
+            payload: b"udp round trip".to_vec()
+        }))
+    );
+    let Some(ToGuest::Datagram(d)) = dns_udp else {
+        panic!("no DNS answer over UDP: {dns_udp:?}");
+    };
+    assert_eq!(d.addr, SocketAddrV4::new(GUEST_DNS, 53));
+    assert_eq!(&d.payload[..2], &0x1234u16.to_be_bytes());
+    assert_eq!(a_records(&d.payload), [v6only]);
+    assert_eq!(&dns_tcp[..2], &0x4321u16.to_be_bytes());
+    assert_eq!(a_records(&dns_tcp), [v6only]);
+}
+
+#[test]
+fn inbound_process_and_vm_modes_and_hello_rules() {
+    let vm_sock_path = "VM_SOCKET";
+    let vm_cfg = format!(
+        "vmm_uids = [0]\n[listen]\nallowed_ports = [{LISTEN_PORT}]\n\
+         [vms.web]\nsocket = \"{vm_sock_path}\"\naddress = \"{}\"\n",
+        addr::HOST_VMS[0]
+    );
+    let proc_cfg = format!(
+        "[listen]\ndefault_address = \"{}\"\nallowed_ports = [{LISTEN_PORT}]\n",
+        addr::HOST
+    );
+    // The VM socket path is only known once the world exists: patch it in after start.
+    let Some(mut rig) = Rig::start("hs-inbound", &[&proc_cfg, "metrics_listen = \"\""]) else {
+        return;
+    };
+    let vm_socket = rig.world.path("vm-web.vsock");
+    std::fs::write(
+        &rig.host_cfgs[1],
+        std::fs::read_to_string(&rig.host_cfgs[1]).unwrap()
+            + &vm_cfg.replace(vm_sock_path, &vm_socket.to_string_lossy()),
+    )
+    .unwrap();
+    assert!(rig.stop_host(1));
+    rig.launch_host(1);
+
+    // -- process mode: the accepted socket arrives with the Inbound frame.
+    let psock = rig.sock(0);
+    let (mut listen, answer) = in_legacy(&rig, {
+        let psock = psock.clone();
+        move || {
+            ask(
+                &psock,
+                &[ToHost::Listen(ListenRequest {
+                    addr: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, LISTEN_PORT),
+                    backlog: 16,
+                    pass_fd: true,
+                    vsock_port: 0,
+                })],
+            )
+        }
+    });
+    assert_eq!(
+        answer,
+        ToGuest::Listening {
+            local: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, LISTEN_PORT)
+        }
+    );
+    let client = rig
+        .world
+        .world()
+        .run(|| {
+            let s =
+                socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None).unwrap();
+            s.bind(&SocketAddr::new(addr::CLIENT.into(), 0).into())
+                .unwrap();
+            s.connect_timeout(
+                &SocketAddr::new(addr::HOST.into(), LISTEN_PORT).into(),
+                Duration::from_secs(5),
+            )
+            .unwrap();
+            let mut t = TcpStream::from(s);
+            t.write_all(b"hello guest server").unwrap();
+            t
+        })
+        .unwrap();
+    let client_port = client.local_addr().unwrap().port();
+    let (inbound, fd) = read_frame_with_fd(&mut listen);
+    let ToGuest::Inbound { peer, local } = inbound else {
+        panic!("{inbound:?}");
+    };
+    assert_eq!(local.port(), LISTEN_PORT);
+    assert_eq!(peer.port(), client_port);
+    assert!(
+        u32::from(*peer.ip()) >> 12 == u32::from(Ipv4Addr::new(172, 21, 112, 0)) >> 12,
+        "peer {peer} not in the source pool"
+    );
+    // The dummy traces back to the client's IPv6 address in the database.
+    assert_eq!(rig.resolve(*peer.ip()), Some(addr::CLIENT));
+    let mut accepted = TcpStream::from(fd.expect("accepted socket attached"));
+    let mut got = [0u8; 18];
+    accepted.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"hello guest server");
+    drop((accepted, client));
+    // Closing the listen stream closes the IPv6 listener.
+    drop(listen);
+    let refused = rig
+        .world
+        .world()
+        .run(|| {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                let r = TcpStream::connect_timeout(
+                    &SocketAddr::new(addr::HOST.into(), LISTEN_PORT),
+                    Duration::from_secs(2),
+                );
+                if r.is_err() || Instant::now() > deadline {
+                    return r.is_err();
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+        .unwrap();
+    assert!(refused, "the listener outlived its listen stream");
+
+    // A process may not send a hello.
+    let hello = ToHost::Hello(VmHello {
+        vm: "web".into(),
+        cid: 3,
+        port: 1024,
+    });
+    let refusal = in_legacy(&rig, {
+        let psock = psock.clone();
+        let hello = hello.clone();
+        move || ask(&psock, &[hello]).1
+    });
+    assert_eq!(refusal, ToGuest::Failed(Errno::EPERM));
+
+    // -- VM mode (instance 1 treats uid 0 as a VMM): a second hello is refused, a request
+    // without a hello too; with one hello the listener delivers through the VM's socket.
+    let vsock = rig.sock(1);
+    let (second, none) = in_legacy(&rig, {
+        let vsock = vsock.clone();
+        let hello = hello.clone();
+        move || {
+            let a = ask(&vsock, &[hello.clone(), hello]).1;
+            let b = ask(
+                &vsock,
+                &[connect_req(
+                    "10.170.160.9:80".parse().unwrap(),
+                    false,
+                    false,
+                )],
+            )
+            .1;
+            (a, b)
+        }
+    });
+    assert_eq!(second, ToGuest::Failed(Errno::EPROTO));
+    assert_eq!(none, ToGuest::Failed(Errno::EPERM));
+
+    let vm_listener = std::os::unix::net::UnixListener::bind(&vm_socket).unwrap();
+    let (_vlisten, answer) = in_legacy(&rig, {
+        let vsock = vsock.clone();
+        move || {
+            ask(
+                &vsock,
+                &[
+                    hello,
+                    ToHost::Listen(ListenRequest {
+                        addr: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, LISTEN_PORT),
+                        backlog: 16,
+                        pass_fd: false,
+                        vsock_port: 5000,
+                    }),
+                ],
+            )
+        }
+    });
+    assert!(matches!(answer, ToGuest::Listening { .. }), "{answer:?}");
+    // The fake VMM side: accept host-server's stream, check the handshake, echo.
+    let vmm = std::thread::spawn(move || {
+        let (mut s, _) = vm_listener.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut line = Vec::new();
+        let mut b = [0u8; 1];
+        while line.last() != Some(&b'\n') {
+            s.read_exact(&mut b).unwrap();
+            line.push(b[0]);
+        }
+        assert_eq!(line, b"CONNECT 5000\n");
+        s.write_all(b"OK 1073741824\n").unwrap();
+        let inbound = read_frame(&mut s).unwrap();
+        let mut data = [0u8; 7];
+        s.read_exact(&mut data).unwrap();
+        s.write_all(&data).unwrap();
+        inbound
+    });
+    let echoed = rig
+        .world
+        .world()
+        .run(|| {
+            let mut t = TcpStream::connect_timeout(
+                &SocketAddr::new(addr::HOST_VMS[0].into(), LISTEN_PORT),
+                Duration::from_secs(5),
+            )
+            .unwrap();
+            t.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            t.write_all(b"to a vm").unwrap();
+            let mut back = [0u8; 7];
+            t.read_exact(&mut back).unwrap();
+            back
+        })
+        .unwrap();
+    assert_eq!(&echoed, b"to a vm");
+    let inbound = vmm.join().unwrap();
+    assert!(
+        matches!(inbound, ToGuest::Inbound { local, .. } if local.port() == LISTEN_PORT),
+        "{inbound:?}"
+    );
+}
+
+#[test]
+fn restarts_and_sqlite_fallback() {
+    let Some(mut rig) = Rig::start("hs-restart", &[""]) else {
+        return;
+    };
+    let sock = rig.sock(0);
+    let echo = rig.dummy(zone::ECHO);
+    let dest = SocketAddrV4::new(echo, addr::ECHO_PORT);
+    let round_trip = |rig: &Rig, what: &'static str| {
+        let sock = sock.clone();
+        let back = in_legacy(rig, move || {
+            let (s, answer) = ask(&sock, &[connect_req(dest, false, false)]);
+            assert!(
+                matches!(answer, ToGuest::Connected { .. }),
+                "{what}: {answer:?}"
+            );
+            echo_through(s, what.as_bytes().to_vec())
+        });
+        assert_eq!(back, what.as_bytes(), "{what}");
+    };
+    round_trip(&rig, "before any restart");
+
+    // host-server restarts (SIGTERM drains and exits 0, removing its socket).
+    assert!(
+        rig.stop_host(0),
+        "host-server did not exit cleanly on SIGTERM"
+    );
+    rig.launch_host(0);
+    round_trip(&rig, "after a host-server restart");
+
+    // dns-cache restarts while host-server runs.
+    rig.stop_dns();
+    rig.launch_dns();
+    round_trip(&rig, "after a dns-cache restart");
+
+    // dns-cache down, host-server restarted (empty cache): the SQLite file answers.
+    rig.stop_dns();
+    assert!(rig.stop_host(0));
+    rig.launch_host(0);
+    round_trip(&rig, "with dns-cache stopped");
+    // An unknown dummy is still unknown.
+    let e = in_legacy(&rig, {
+        let sock = sock.clone();
+        move || connect_errno(&sock, "10.170.175.251:7".parse().unwrap())
+    });
+    assert_eq!(e, Errno::EHOSTUNREACH);
+    let _ = &rig.db;
+}
+
+#[test]
+fn thousand_concurrent_connections_and_a_malformed_client() {
+    let Some(rig) = Rig::start("hs-many", &[""]) else {
+        return;
+    };
+    let sock = rig.sock(0);
+    let echo = rig.dummy(zone::ECHO);
+    let dest = SocketAddrV4::new(echo, addr::ECHO_PORT);
+    let (ok, bad) = in_legacy(&rig, move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut tasks = Vec::new();
+            for i in 0..1000u32 {
+                let sock = sock.clone();
+                tasks.push(tokio::spawn(async move {
+                    let mut s = tokio::net::UnixStream::connect(&sock).await.unwrap();
+                    let mut req = frame::to_vec(&connect_req(dest, false, false)).unwrap();
+                    let payload: Vec<u8> = (0..32 * 1024u32).map(|j| (j ^ i) as u8).collect();
+                    req.extend_from_slice(&payload);
+                    s.write_all(&req).await.unwrap();
+                    s.shutdown().await.unwrap();
+                    let mut back = Vec::new();
+                    s.read_to_end(&mut back).await.unwrap();
+                    let (answer, used) = frame::decode::<ToGuest>(&back).unwrap().unwrap();
+                    matches!(answer, ToGuest::Connected { .. }) && back[used..] == payload[..]
+                }));
+            }
+            // One client sends garbage in the middle of it all.
+            let mut bad = tokio::net::UnixStream::connect(&sock).await.unwrap();
+            bad.write_all(b"this is not a frame at all").await.unwrap();
+            let mut answer = Vec::new();
+            bad.read_to_end(&mut answer).await.unwrap();
+            let bad = frame::decode_exact::<ToGuest>(&answer).ok();
+            let mut ok = 0;
+            for t in tasks {
+                if t.await.unwrap() {
+                    ok += 1;
+                }
+            }
+            (ok, bad)
+        })
+    });
+    assert_eq!(bad, Some(ToGuest::Failed(Errno::EPROTO)));
+    assert_eq!(ok, 1000);
+}
+
+#[test]
+fn limits_refuse_with_an_errno() {
+    let cfg = format!(
+        "[listen]\ndefault_address = \"{}\"\nallowed_ports = [{LISTEN_PORT}, 8081]\n\
+         [limits]\nmax_sockets = 3\nmax_listeners = 1\nmax_pending_connects = 1\n",
+        addr::HOST
+    );
+    let Some(rig) = Rig::start("hs-limits", &[&cfg]) else {
+        return;
+    };
+    let sock = rig.sock(0);
+    let blackhole = rig.peer_dummy(BLACKHOLE);
+    let (pending_refused, listener_refused, port_refused, socket_refused) =
+        in_legacy(&rig, move || {
+            let listen = |port: u16| {
+                ask(
+                    &sock,
+                    &[ToHost::Listen(ListenRequest {
+                        addr: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port),
+                        backlog: 4,
+                        pass_fd: true,
+                        vsock_port: 0,
+                    })],
+                )
+            };
+            // One connect hangs in the blackhole; a second one at the same time is refused.
+            let mut hanging = UnixStream::connect(&sock).unwrap();
+            send(
+                &mut hanging,
+                &connect_req(SocketAddrV4::new(blackhole, 80), false, false),
+            );
+            std::thread::sleep(Duration::from_millis(300));
+            let pending_refused = connect_errno(&sock, SocketAddrV4::new(blackhole, 81));
+            // Listeners: one allowed.
+            let (_l1, a1) = listen(LISTEN_PORT);
+            assert!(matches!(a1, ToGuest::Listening { .. }), "{a1:?}");
+            let (_l2, a2) = listen(8081);
+            // A port off the allow-list.
+            let (_l3, a3) = listen(22);
+            // Sockets: the hanging connect and the listener hold two of three.
+            let (_third, a4) = ask(
+                &sock,
+                &[ToHost::Udp(UdpRequest {
+                    bind: "0.0.0.0:0".parse().unwrap(),
+                })],
+            );
+            assert!(matches!(a4, ToGuest::Associated { .. }), "{a4:?}");
+            let (_fourth, a5) = ask(
+                &sock,
+                &[ToHost::Udp(UdpRequest {
+                    bind: "0.0.0.0:0".parse().unwrap(),
+                })],
+            );
+            drop(hanging);
+            (pending_refused, a2, a3, a5)
+        });
+    assert_eq!(pending_refused, Errno::EAGAIN);
+    assert_eq!(listener_refused, ToGuest::Failed(Errno::ENOBUFS));
+    assert_eq!(port_refused, ToGuest::Failed(Errno::EACCES));
+    assert_eq!(socket_refused, ToGuest::Failed(Errno::EMFILE));
+}

@@ -4,6 +4,7 @@
 
 use shared_proto::outsource::ToHost;
 use shared_proto::{Errno, ToGuest};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
 use crate::framed::{write_frame, FrameError, FrameReader};
@@ -45,9 +46,26 @@ impl Request {
     }
 }
 
-/// Answers `errno` and closes (best effort: the peer may already be gone).
+/// Answers `errno` and closes (best effort: the peer may already be gone). The close is
+/// graceful: after the answer, host-server shuts its side and discards what the peer still
+/// sends (bounded in bytes and time), because closing a Unix stream with unread input makes the
+/// peer's next read fail with ECONNRESET instead of delivering the answer and end of stream.
 pub(crate) async fn refuse(stream: &mut UnixStream, errno: Errno) {
-    let _ = write_frame(stream, &ToGuest::Failed(errno)).await;
+    if write_frame(stream, &ToGuest::Failed(errno)).await.is_err() {
+        return;
+    }
+    let _ = stream.shutdown().await;
+    let drain = async {
+        let mut sink = [0u8; 4096];
+        let mut left: usize = 256 * 1024;
+        while left > 0 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), drain).await;
 }
 
 /// Serves one stream.

@@ -23,6 +23,7 @@ use crate::handle::Shared;
 use crate::identity::Identity;
 use crate::limits::{Permit, Resource};
 use crate::metrics::Event;
+use crate::ratelimit::LogLimit;
 use crate::session::Request;
 
 /// Where a listen request binds, decided from the settings alone.
@@ -133,7 +134,10 @@ pub(crate) async fn open(
     let listener = match bind(plan.bind, l.backlog) {
         Ok(x) => x,
         Err(e) => {
-            tracing::info!(bind = %plan.bind, error = %e, "cannot listen for a guest");
+            static LOG: LogLimit = LogLimit::new();
+            if LOG.allow() {
+                tracing::info!(bind = %plan.bind, error = %e, "cannot listen for a guest");
+            }
             drop(listener_permit);
             req.refuse(bind_errno(&e)).await;
             return None;
@@ -222,7 +226,10 @@ async fn deliver(
         Err(e) => {
             // Without a dummy the guest cannot be shown the peer; refuse the connection rather
             // than invent an address an operator could not trace.
-            tracing::warn!(peer = %peer, error = %e, "no dummy for inbound peer; closing");
+            static LOG: LogLimit = LogLimit::new();
+            if LOG.allow() {
+                tracing::warn!(peer = %peer, error = %e, "no dummy for inbound peer; closing");
+            }
             shared.metrics.record(Event::InboundDropped);
             return;
         }
@@ -275,7 +282,10 @@ async fn deliver(
                         }
                     }
                     Err(e) => {
-                        tracing::warn!(socket = %socket.display(), error = %e, "cannot reach the VM");
+                        static LOG: LogLimit = LogLimit::new();
+                        if LOG.allow() {
+                            tracing::warn!(socket = %socket.display(), error = %e, "cannot reach the VM");
+                        }
                         shared.metrics.record(Event::InboundDropped);
                     }
                 }

@@ -25,6 +25,7 @@ pub mod metrics;
 mod metrics_http;
 pub mod notify;
 mod outbound;
+pub mod ratelimit;
 pub mod relay;
 mod session;
 pub mod udp;

@@ -37,9 +37,32 @@ fn main() -> anyhow::Result<()> {
         .init();
     let settings =
         outsock_host_server::Settings::load(cli.config.as_deref()).context("invalid settings")?;
+    raise_fd_limit();
     if cli.check {
         println!("{settings:#?}");
         return Ok(());
     }
     outsock_host_server::run(settings).context("host-server failed")
+}
+
+/// Every relayed connection holds two descriptors, so the default soft limit (often 1,024) would
+/// cap host-server near 500 connections: raise the soft limit to the hard one. systemd's
+/// LimitNOFILE= sets the hard limit.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit struct through a valid, exclusive pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: setrlimit reads one valid rlimit struct; raising the soft limit up to the
+        // hard limit needs no privilege.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            tracing::warn!(error = %std::io::Error::last_os_error(), "cannot raise the descriptor limit");
+        }
+    }
 }

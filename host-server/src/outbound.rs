@@ -21,6 +21,7 @@ use crate::handle::Shared;
 use crate::identity::Identity;
 use crate::limits::Resource;
 use crate::metrics::Event;
+use crate::ratelimit::LogLimit;
 use crate::relay::{self, RelayError};
 use crate::session::Request;
 
@@ -46,7 +47,10 @@ pub(crate) async fn connect(req: Request, c: ConnectRequest, shared: &Shared) {
             ),
             Ok(None) => return fail(req, Errno::EHOSTUNREACH, shared).await,
             Err(e) => {
-                tracing::warn!(dummy = %d, error = %e, "cannot resolve dummy");
+                static LOG: LogLimit = LogLimit::new();
+                if LOG.allow() {
+                    tracing::warn!(dummy = %d, error = %e, "cannot resolve dummy");
+                }
                 return fail(req, Errno::EHOSTUNREACH, shared).await;
             }
         },
@@ -72,7 +76,14 @@ pub(crate) async fn connect(req: Request, c: ConnectRequest, shared: &Shared) {
         };
         sock.connect(target).await
     };
-    let result = tokio::time::timeout(shared.settings.connect_timeout, attempt).await;
+    let result = tokio::select! {
+        r = tokio::time::timeout(shared.settings.connect_timeout, attempt) => r,
+        () = guest_gone(&req.stream) => {
+            // Nobody is left to tell: give the pending slot back now, not at the timeout.
+            shared.metrics.record(Event::Connect("abandoned"));
+            return;
+        }
+    };
     drop(pending);
     let tcp = match result {
         Ok(Ok(tcp)) => tcp,
@@ -116,6 +127,26 @@ pub(crate) async fn connect(req: Request, c: ConnectRequest, shared: &Shared) {
         Err(RelayError::Io(e)) => tracing::debug!(dest = %c.dest, error = %e, "relay ended"),
     }
     drop(req.permit);
+}
+
+/// Resolves when the guest closes its stream; pends forever once it has sent data (pipelined
+/// bytes for the connection), since those must stay unread until the connection exists.
+async fn guest_gone(stream: &UnixStream) {
+    loop {
+        if stream.readable().await.is_err() {
+            return;
+        }
+        let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+        let peeked = stream.try_io(tokio::io::Interest::READABLE, || {
+            socket2::SockRef::from(stream).peek(&mut probe)
+        });
+        match peeked {
+            Ok(0) => return,
+            Ok(_) => std::future::pending::<()>().await,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
+        }
+    }
 }
 
 /// The guest-visible local address: the guest has no IPv4 address of its own, so it sees the

@@ -13,6 +13,7 @@ use crate::identity::{Identity, Opened, Opening, PeerCred};
 use crate::inbound::ListenerParts;
 use crate::limits::{Permit, Resource};
 use crate::metrics::Event;
+use crate::ratelimit::LogLimit;
 
 /// What the stream becomes after its request.
 #[derive(Debug)]
@@ -159,7 +160,10 @@ async fn open(
             Ok(None) => {}
             Ok(Some(o)) => return Ok(o),
             Err(e) => {
-                tracing::info!(uid = cred.uid, pid = ?cred.pid, error = %e, "stream refused");
+                static LOG: LogLimit = LogLimit::new();
+                if LOG.allow() {
+                    tracing::info!(uid = cred.uid, pid = ?cred.pid, error = %e, "stream refused");
+                }
                 shared.metrics.record(Event::StreamRefused("identity"));
                 return Err(e.errno());
             }

@@ -389,6 +389,20 @@ fn a_records(packet: &[u8]) -> Vec<Ipv4Addr> {
     out
 }
 
+/// The Prometheus text of a host-server's metrics endpoint (in `host`).
+fn metrics(rig: &Rig, at: &'static str) -> String {
+    rig.world
+        .host()
+        .run(move || {
+            let mut s = TcpStream::connect(at).unwrap();
+            s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+            let mut t = String::new();
+            s.read_to_string(&mut t).unwrap();
+            t
+        })
+        .unwrap()
+}
+
 // ---- tests -------------------------------------------------------------------------------------
 
 #[test]
@@ -501,17 +515,7 @@ fn outbound_tcp_relay_fd_passing_and_errnos() {
     );
 
     // The metrics endpoint counted all of it.
-    let text = rig
-        .world
-        .host()
-        .run(|| {
-            let mut s = TcpStream::connect("[::1]:9641").unwrap();
-            s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-            let mut t = String::new();
-            s.read_to_string(&mut t).unwrap();
-            t
-        })
-        .unwrap();
+    let text = metrics(&rig, "[::1]:9641");
     assert!(
         text.contains("outsock_host_connects_total{result=\"ECONNREFUSED\"} 1"),
         "{text}"
@@ -813,11 +817,33 @@ fn restarts_and_sqlite_fallback() {
     };
     round_trip(&rig, "before any restart");
 
-    // host-server restarts (SIGTERM drains and exits 0, removing its socket).
-    assert!(
-        rig.stop_host(0),
-        "host-server did not exit cleanly on SIGTERM"
+    // SIGTERM drains: the socket goes at once, an open connection keeps working until it
+    // closes, and then host-server exits 0.
+    let (open, answer) = in_legacy(&rig, {
+        let sock = sock.clone();
+        move || ask(&sock, &[connect_req(dest, false, false)])
+    });
+    assert!(matches!(answer, ToGuest::Connected { .. }), "{answer:?}");
+    rig.hosts[0].as_ref().unwrap().signal(libc::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sock.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "host.sock still there after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        echo_through(open, b"while draining".to_vec()),
+        b"while draining"
     );
+    let status = rig.hosts[0]
+        .as_mut()
+        .unwrap()
+        .wait_timeout(Duration::from_secs(2))
+        .expect("host-server exits once its last connection closed");
+    assert!(status.success(), "{status}");
+    rig.hosts[0] = None;
     rig.launch_host(0);
     round_trip(&rig, "after a host-server restart");
 
@@ -837,7 +863,13 @@ fn restarts_and_sqlite_fallback() {
         move || connect_errno(&sock, "10.170.175.251:7".parse().unwrap())
     });
     assert_eq!(e, Errno::EHOSTUNREACH);
-    let _ = &rig.db;
+    // The connection above really was resolved from the SQLite file.
+    let text = metrics(&rig, "127.0.0.1:9641");
+    assert!(
+        text.contains("outsock_host_lookup_fallbacks_total 2"),
+        "{text}"
+    );
+    assert!(rig.db.is_file());
 }
 
 #[test]

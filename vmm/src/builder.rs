@@ -1,0 +1,228 @@
+//! Builds and starts a VM. [`build_and_boot`] reads as the boot sequence: check the host,
+//! allocate memory, create the VM and irqchip, load the kernel, initramfs and command line,
+//! write the ACPI tables and the zero page, attach the devices, configure the vCPUs, and
+//! start the event thread and one thread per vCPU.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use linux_loader::cmdline::Cmdline;
+use linux_loader::loader::{bzimage::BzImage, load_cmdline, KernelLoader};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::arch::x86_64::acpi::{self, AcpiConfig, MmioDeviceDesc};
+use crate::arch::x86_64::boot_params::{self, BootParamsConfig, SetupHeader};
+use crate::arch::x86_64::{cpuid, layout, regs};
+use crate::config::VmConfig;
+use crate::devices::acpi_pm::AcpiPmDevice;
+use crate::devices::console::{self, Console};
+use crate::devices::i8042::I8042;
+use crate::devices::pvpanic::PvPanic;
+use crate::devices::serial::SerialDevice;
+use crate::devices::{Bus, BusDevice};
+use crate::event_loop::{self, ConsoleInput, Subscriber};
+use crate::host_check;
+use crate::vm_exit::{ExitReason, ExitSignal};
+use crate::vstate::{memory, vm::Vm};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("{0}")]
+    NoHardwareKvm(String),
+    #[error("cannot read {}", path.display())]
+    ReadFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the kernel {} is not a usable bzImage", path.display())]
+    Kernel {
+        path: PathBuf,
+        #[source]
+        source: boot_params::BootParamsError,
+    },
+    #[error("cannot load the kernel into guest memory")]
+    LoadKernel(#[source] linux_loader::loader::Error),
+    #[error("the initramfs ({size} bytes) does not fit in {mem_mib} MiB of guest memory above the kernel")]
+    InitrdTooLarge { size: u64, mem_mib: u64 },
+    #[error("invalid kernel command line")]
+    Cmdline(#[source] linux_loader::cmdline::Error),
+    #[error("cannot write the kernel command line")]
+    LoadCmdline(#[source] linux_loader::loader::Error),
+    #[error("cannot build the zero page")]
+    BootParams(#[source] boot_params::BootParamsError),
+    #[error("cannot build the ACPI tables")]
+    Acpi(#[from] acpi::AcpiError),
+    #[error("cannot write guest memory")]
+    GuestMemory(#[from] vm_memory::GuestMemoryError),
+    #[error(transparent)]
+    Memory(#[from] memory::MemoryError),
+    #[error(transparent)]
+    Vm(#[from] crate::vstate::vm::VmError),
+    #[error(transparent)]
+    Vcpu(#[from] crate::vstate::vcpu::VcpuError),
+    #[error("cannot place a device on the bus")]
+    Bus(#[from] crate::devices::bus::BusError),
+    #[error("cannot set up an eventfd, a thread or the console")]
+    Io(#[from] std::io::Error),
+}
+
+/// A running VM. Dropping it does not stop the vCPU threads: the process ends instead.
+#[derive(Debug)]
+pub struct RunningVm {
+    exit: Arc<ExitSignal>,
+    console: Console,
+    // Kept alive for as long as the vCPUs run (KVM holds its host addresses).
+    _memory: GuestMemoryMmap,
+    _vm: Vm,
+}
+
+impl RunningVm {
+    /// Blocks until the VM ends, flushes the console (bounded), and says why it ended.
+    pub fn wait(self) -> (ExitReason, u64) {
+        let reason = self.exit.wait();
+        let dropped = self.console.flush_and_stop(Duration::from_secs(5));
+        (reason, dropped)
+    }
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>, BuildError> {
+    std::fs::read(path).map_err(|source| BuildError::ReadFile { path: path.into(), source })
+}
+
+/// Builds the VM described by `cfg` and starts it.
+pub fn build_and_boot(cfg: &VmConfig) -> Result<RunningVm, BuildError> {
+    // 1. The host must have hardware KVM; a PVM /dev/kvm cannot boot this kernel.
+    let host = host_check::probe(&host_check::HostPaths::default());
+    if let Some(msg) = host_check::unusable_message(&host) {
+        return Err(BuildError::NoHardwareKvm(msg));
+    }
+
+    // 2. The kernel's setup header tells where things may go.
+    let kernel_path = &cfg.kernel;
+    let mut kernel = File::open(kernel_path)
+        .map_err(|source| BuildError::ReadFile { path: kernel_path.clone(), source })?;
+    let mut head = vec![0u8; 4096];
+    let n = kernel
+        .read(&mut head)
+        .map_err(|source| BuildError::ReadFile { path: kernel_path.clone(), source })?;
+    head.truncate(n);
+    let header = SetupHeader::parse(&head)
+        .map_err(|source| BuildError::Kernel { path: kernel_path.clone(), source })?;
+
+    // 3. Guest memory, the VM, its memory slots, and the in-kernel irqchip + PIT.
+    let mem_size = cfg.mem_mib << 20;
+    let mem = memory::create_guest_memory(mem_size)?;
+    let vm = Vm::new()?;
+    vm.register_memory(&mem)?;
+    vm.setup_irqchip()?;
+
+    // 4. Kernel at code32_start (1 MiB); its 64-bit entry is 0x200 further.
+    let loaded = BzImage::load(&mem, None, &mut kernel, Some(GuestAddress(layout::HIMEM_START)))
+        .map_err(BuildError::LoadKernel)?;
+    let entry = loaded.kernel_load.0 + 0x200;
+
+    // 5. Initramfs as high as the protocol allows.
+    let initrd = match &cfg.initramfs {
+        Some(path) => {
+            let bytes = read_file(path)?;
+            let size = bytes.len() as u64;
+            let addr = boot_params::initrd_address(mem_size, &header, size)
+                .ok_or(BuildError::InitrdTooLarge { size, mem_mib: cfg.mem_mib })?;
+            mem.write_slice(&bytes, GuestAddress(addr))?;
+            Some((addr, size))
+        }
+        None => None,
+    };
+
+    // 6. Command line.
+    let cmdline_text = cfg.full_cmdline();
+    let mut cmdline = Cmdline::new(layout::CMDLINE_MAX_SIZE).map_err(BuildError::Cmdline)?;
+    cmdline.insert_str(&cmdline_text).map_err(BuildError::Cmdline)?;
+    load_cmdline(&mem, GuestAddress(layout::CMDLINE_START), &cmdline)
+        .map_err(BuildError::LoadCmdline)?;
+
+    // 7. ACPI tables (devices, CPUs, sleep/reset registers).
+    let acpi = acpi::build(&AcpiConfig {
+        vcpus: cfg.vcpus,
+        mmio_devices: vec![MmioDeviceDesc::pvpanic(layout::PVPANIC_MMIO_START as u32)],
+    })?;
+    for (addr, bytes) in &acpi.tables {
+        mem.write_slice(bytes, GuestAddress(*addr))?;
+    }
+
+    // 8. Zero page, GDT, empty IDT, identity page tables.
+    let zero_page = boot_params::build_zero_page(
+        &header,
+        &BootParamsConfig {
+            cmdline_addr: layout::CMDLINE_START,
+            cmdline_len: cmdline_text.len() + 1,
+            initrd,
+            rsdp_addr: acpi.rsdp_addr,
+            e820: boot_params::e820_map(mem_size),
+        },
+    )
+    .map_err(BuildError::BootParams)?;
+    mem.write_slice(&zero_page, GuestAddress(layout::ZERO_PAGE_START))?;
+    mem.write_slice(&regs::gdt_bytes(), GuestAddress(layout::BOOT_GDT_START))?;
+    mem.write_slice(&[0u8; 8], GuestAddress(layout::BOOT_IDT_START))?;
+    for (addr, bytes) in regs::page_tables() {
+        mem.write_slice(&bytes, GuestAddress(addr))?;
+    }
+
+    // 9. Devices: console + COM1 (IRQ 4), i8042 reset, ACPI sleep/reset port, pvpanic.
+    let exit = Arc::new(ExitSignal::new());
+    let mut sinks: Vec<Box<dyn Write + Send>> = vec![Box::new(std::io::stdout())];
+    if let Some(path) = &cfg.serial_log {
+        let f = File::create(path).map_err(|source| BuildError::ReadFile { path: path.clone(), source })?;
+        sinks.push(Box::new(f));
+    }
+    let (console, console_writer) = Console::spawn(sinks, console::DEFAULT_CAPACITY)?;
+    let serial_irq = EventFd::new(libc::EFD_NONBLOCK)?;
+    vm.register_irqfd(&serial_irq, layout::COM1_GSI)?;
+    let serial = Arc::new(Mutex::new(SerialDevice::new(
+        serial_irq,
+        EventFd::new(libc::EFD_NONBLOCK)?,
+        console_writer,
+    )));
+    let mut pio = Bus::new();
+    pio.insert(serial.clone(), u64::from(layout::COM1_PORT), u64::from(layout::COM1_PORT_LEN))?;
+    let i8042: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(I8042::new(exit.clone())));
+    pio.insert(i8042, u64::from(layout::I8042_PORT), u64::from(layout::I8042_PORT_LEN))?;
+    let pm: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(AcpiPmDevice::new(exit.clone())));
+    pio.insert(pm, u64::from(layout::ACPI_PM_PORT), 1)?;
+    let mut mmio = Bus::new();
+    let pvpanic: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(PvPanic::new(exit.clone())));
+    mmio.insert(pvpanic, layout::PVPANIC_MMIO_START, u64::from(layout::PVPANIC_MMIO_SIZE))?;
+    let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
+
+    // 10. vCPUs: normalised CPUID, MSRs, registers (boot vCPU only), LAPIC LINT pins.
+    let supported = vm.supported_cpuid()?;
+    let mut vcpus = Vec::with_capacity(usize::from(cfg.vcpus));
+    for index in 0..cfg.vcpus {
+        let vcpu = vm.create_vcpu(index)?;
+        let mut leaves = supported.clone();
+        cpuid::normalize(&mut leaves, index, cfg.vcpus);
+        vcpu.configure(&leaves, (index == 0).then_some(entry))?;
+        vcpus.push(vcpu);
+    }
+
+    // 11. The event thread (console input) and one thread per vCPU.
+    let mut subscribers: Vec<Subscriber> = Vec::new();
+    if cfg.stdin {
+        subscribers.push(Box::new(ConsoleInput::new(ConsoleInput::stdin()?, serial)?));
+    }
+    event_loop::spawn(subscribers)?;
+    for vcpu in vcpus {
+        let (pio, mmio, exit, trace) = (pio.clone(), mmio.clone(), exit.clone(), cfg.trace_io);
+        std::thread::Builder::new()
+            .name(format!("vcpu{}", vcpu.index()))
+            .spawn(move || vcpu.run(&pio, &mmio, &exit, trace))?;
+    }
+
+    Ok(RunningVm { exit, console, _memory: mem, _vm: vm })
+}

@@ -1,0 +1,155 @@
+//! The device event thread (Firecracker's "VMM thread"): an event-manager epoll loop. Today
+//! it forwards stdin into the UART's receive FIFO; the virtio devices of the next issue add
+//! their queue and backend subscribers to the same manager.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::AsFd;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::devices::serial::SerialDevice;
+
+/// A subscriber of the device event loop.
+pub type Subscriber = Box<dyn MutEventSubscriber + Send>;
+
+/// Forwards input bytes to the guest console, at most as many as the FIFO has room for;
+/// stops polling the input while the FIFO is full and resumes when the guest drained it.
+#[derive(Debug)]
+pub struct ConsoleInput {
+    input: File,
+    serial: Arc<Mutex<SerialDevice>>,
+    fifo_empty: EventFd,
+    paused: bool,
+    closed: bool,
+}
+
+impl ConsoleInput {
+    /// `input` must be readable without blocking when epoll reports it (a pipe, tty, socket).
+    pub fn new(input: File, serial: Arc<Mutex<SerialDevice>>) -> io::Result<Self> {
+        let fifo_empty = serial
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .in_buffer_empty_fd()
+            .try_clone()?;
+        Ok(Self { input, serial, fifo_empty, paused: false, closed: false })
+    }
+
+    /// An unbuffered handle on this process's stdin.
+    pub fn stdin() -> io::Result<File> {
+        Ok(File::from(io::stdin().as_fd().try_clone_to_owned()?))
+    }
+
+    fn forward(&mut self, ops: &mut EventOps) {
+        let mut serial = self.serial.lock().unwrap_or_else(PoisonError::into_inner);
+        let room = serial.fifo_capacity();
+        if room == 0 {
+            let _ = ops.remove(Events::new(&self.input, EventSet::IN));
+            self.paused = true;
+            return;
+        }
+        let mut buf = [0u8; 64];
+        let want = room.min(buf.len());
+        match self.input.read(&mut buf[..want]) {
+            Ok(0) => {
+                let _ = ops.remove(Events::new(&self.input, EventSet::IN));
+                self.closed = true;
+            }
+            Ok(n) => {
+                serial.enqueue_input(&buf[..n]);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted || e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => {
+                let _ = ops.remove(Events::new(&self.input, EventSet::IN));
+                self.closed = true;
+            }
+        }
+    }
+}
+
+impl MutEventSubscriber for ConsoleInput {
+    fn init(&mut self, ops: &mut EventOps) {
+        // epoll refuses regular files and /dev/null (EPERM): then there is simply no input.
+        if ops.add(Events::new(&self.input, EventSet::IN)).is_err() {
+            self.closed = true;
+        }
+        let _ = ops.add(Events::new(&self.fifo_empty, EventSet::IN));
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        use std::os::fd::AsRawFd;
+        if events.fd() == self.fifo_empty.as_raw_fd() {
+            let _ = self.fifo_empty.read();
+            if self.paused && !self.closed {
+                self.paused = false;
+                let _ = ops.add(Events::new(&self.input, EventSet::IN));
+            }
+        } else if events.fd() == self.input.as_raw_fd() {
+            if events.event_set().contains(EventSet::IN) {
+                self.forward(ops);
+            } else {
+                // HUP or ERR without data: the input is gone.
+                let _ = ops.remove(Events::new(&self.input, EventSet::IN));
+                self.closed = true;
+            }
+        }
+    }
+}
+
+/// Starts the event thread with `subscribers`; it runs until the process exits.
+pub fn spawn(subscribers: Vec<Subscriber>) -> io::Result<std::thread::JoinHandle<()>> {
+    let mut manager: EventManager<Subscriber> =
+        EventManager::new().map_err(|e| io::Error::other(format!("epoll: {e:?}")))?;
+    for s in subscribers {
+        manager.add_subscriber(s);
+    }
+    std::thread::Builder::new().name("event-loop".into()).spawn(move || loop {
+        if manager.run().is_err() {
+            // EINTR and similar: go on; a broken epoll fd cannot happen while we own it.
+            continue;
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::console::Console;
+    use crate::devices::BusDevice;
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn input_reaches_the_uart_fifo() {
+        let (_console, writer) = Console::spawn(vec![], 64).expect("console");
+        let serial = Arc::new(Mutex::new(SerialDevice::new(
+            EventFd::new(libc::EFD_NONBLOCK).expect("eventfd"),
+            EventFd::new(libc::EFD_NONBLOCK).expect("eventfd"),
+            writer,
+        )));
+        let (mut tx, rx) = UnixStream::pair().expect("socketpair");
+        let input = File::from(std::os::fd::OwnedFd::from(rx));
+        let sub = ConsoleInput::new(input, serial.clone()).expect("subscriber");
+        let _t = spawn(vec![Box::new(sub)]).expect("spawn");
+        tx.write_all(b"hi\n").expect("write");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut got = Vec::new();
+        while got.len() < 3 && Instant::now() < deadline {
+            let mut s = serial.lock().expect("lock");
+            let mut lsr = [0u8];
+            s.read(5, &mut lsr);
+            if lsr[0] & 1 != 0 {
+                let mut b = [0u8];
+                s.read(0, &mut b);
+                got.push(b[0]);
+            } else {
+                drop(s);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        assert_eq!(got, b"hi\n");
+    }
+}

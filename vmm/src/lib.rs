@@ -1,0 +1,22 @@
+//! outsock-vmm: a minimal KVM virtual machine monitor that boots an unmodified Debian kernel
+//! (bzImage + initramfs) with a serial console, described to the guest through ACPI.
+//!
+//! Code map (after Firecracker, see shared/STYLE.md):
+//! - [`arch::x86_64`]: memory layout, zero page and e820, CPUID normalisation, MSRs, boot
+//!   registers, ACPI tables. Pure, unit-tested without KVM.
+//! - [`vstate`]: the VM and vCPUs; the only KVM callers and the only `unsafe` code.
+//! - [`devices`]: port I/O and MMIO buses, the 8250 UART with its non-blocking console, the
+//!   i8042 reset line, the ACPI sleep/reset register, pvpanic.
+//! - [`event_loop`]: the device event thread.
+//! - [`builder`]: the boot sequence.
+//! - [`vm_exit`]: why the VM ended, and the process exit status for it.
+//! - [`config`], [`host_check`]: settings, and whether this host can run a VM at all.
+
+pub mod arch;
+pub mod builder;
+pub mod config;
+pub mod devices;
+pub mod event_loop;
+pub mod host_check;
+pub mod vm_exit;
+pub mod vstate;

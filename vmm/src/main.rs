@@ -1,0 +1,73 @@
+//! The `outsock-vmm` binary: parse settings, boot the VM, wait for it to end, and exit with a
+//! status that says why (see `outsock_vmm::vm_exit::code`).
+
+use std::io::IsTerminal;
+use std::os::unix::process::CommandExt;
+use std::process::ExitCode;
+
+use clap::Parser;
+use outsock_vmm::builder;
+use outsock_vmm::config::{self, Cli, OnReboot};
+use outsock_vmm::vm_exit::{code, ExitReason};
+use vmm_sys_util::terminal::Terminal;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let cfg = match config::load(&cli, std::env::vars().collect()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("outsock-vmm: {}", error_chain(&e));
+            return ExitCode::from(code::VMM_ERROR as u8);
+        }
+    };
+    let name = cfg.name.clone();
+
+    // A terminal on stdin goes to raw mode so keys reach the guest; restored before exit.
+    let raw_tty = cfg.stdin && std::io::stdin().is_terminal();
+    if raw_tty {
+        let _ = std::io::stdin().lock().set_raw_mode();
+    }
+    let restore = || {
+        if raw_tty {
+            let _ = std::io::stdin().lock().set_canon_mode();
+        }
+    };
+
+    let vm = match builder::build_and_boot(&cfg) {
+        Ok(vm) => vm,
+        Err(e) => {
+            restore();
+            eprintln!("outsock-vmm[{name}]: {}", error_chain(&e));
+            return ExitCode::from(code::VMM_ERROR as u8);
+        }
+    };
+    let (reason, dropped) = vm.wait();
+    restore();
+    if dropped > 0 {
+        eprintln!("outsock-vmm[{name}]: {dropped} console bytes were dropped (stdout too slow)");
+    }
+    if reason == ExitReason::Reboot && cfg.on_reboot == OnReboot::Restart {
+        eprintln!("outsock-vmm[{name}]: the guest rebooted; restarting the VM");
+        // A fresh process is the simplest complete reset of guest memory, vCPUs and devices.
+        let err = std::process::Command::new("/proc/self/exe")
+            .args(std::env::args_os().skip(1))
+            .exec();
+        eprintln!("outsock-vmm[{name}]: cannot restart: {err}");
+        return ExitCode::from(code::VMM_ERROR as u8);
+    }
+    let status = reason.exit_code();
+    eprintln!("outsock-vmm[{name}]: {reason}; exit status {status}");
+    ExitCode::from(status as u8)
+}
+
+/// "outer: inner: innermost" for an error and its sources.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(src) = cur {
+        s.push_str(": ");
+        s.push_str(&src.to_string());
+        cur = src.source();
+    }
+    s
+}

@@ -19,7 +19,7 @@ use crate::dest::Ipv4Net;
 /// Why the settings could not be loaded.
 #[derive(Debug, Error)]
 pub enum ConfigError {
-    #[error("cannot read settings: {0}")]
+    #[error("cannot read settings")]
     Load(#[from] config::ConfigError),
     #[error("setting `{key}` is invalid: {message}")]
     Invalid { key: String, message: String },
@@ -435,7 +435,11 @@ mod tests {
         ];
         for (k, v, key) in cases {
             let err = Settings::load_with_env(None, env(&[(k, v)])).unwrap_err();
-            assert!(err.to_string().contains(key), "{k}={v}: {err}");
+            let text = match std::error::Error::source(&err) {
+                Some(cause) => format!("{err}: {cause}"),
+                None => err.to_string(),
+            };
+            assert!(text.contains(key), "{k}={v}: {text}");
         }
     }
 }

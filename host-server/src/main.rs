@@ -1,8 +1,8 @@
 //! The `outsock-host-server` binary: parse the command line, load settings, run the server.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::Parser;
 
 /// outsock's host server module: executes outsourced sockets over IPv6.
@@ -26,7 +26,7 @@ struct Cli {
     check: bool,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -35,14 +35,33 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let settings =
-        outsock_host_server::Settings::load(cli.config.as_deref()).context("invalid settings")?;
+    let settings = match outsock_host_server::Settings::load(cli.config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("outsock-host-server: {}", chain(&e.into()));
+            return ExitCode::from(2);
+        }
+    };
     raise_fd_limit();
     if cli.check {
         println!("{settings:#?}");
-        return Ok(());
+        return ExitCode::SUCCESS;
     }
-    outsock_host_server::run(settings).context("host-server failed")
+    match outsock_host_server::run(settings) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("outsock-host-server: {}", chain(&e.into()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One line: the error and its causes, without a backtrace (these are operator errors).
+fn chain(e: &anyhow::Error) -> String {
+    e.chain()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 
 /// Every relayed connection holds two descriptors, so the default soft limit (often 1,024) would

@@ -1,0 +1,377 @@
+//! The dns-cache benchmark (a command, never a test):
+//!
+//! ```text
+//! cargo build --release -p outsock-dns-cache --bin outsock-dns-cache --example bench
+//! sudo /work/target-dns/release/examples/bench [SECONDS_PER_RUN] [ROUNDS]
+//! ```
+//! (dns-cache/bench/run.sh does both.) Inside a fresh test world it measures, with dnsperf:
+//! 1. cache hits: outsock-dns-cache vs Unbound (`num-threads: 1`, forwarding to the same
+//!    dnsmasq), same query file, caches warmed, runs alternating;
+//! 2. synthesised A answers/s vs pass-through answers/s (TXT, from the cache) of dns-cache;
+//! 3. the miss path: every query a new name with a new AAAA (a second dnsmasq synthesises
+//!    them), so every answer allocates a mapping and commits it to SQLite first;
+//! 4. the allocator and SQLite writer alone, in process (no DNS), as new mappings/s.
+//!
+//! Prints min/median/max and ratios of medians. Everything runs in the world's namespaces.
+
+// A benchmark is tooling: a failed unwrap is a failed run.
+#![allow(clippy::unwrap_used)]
+
+use std::net::Ipv6Addr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use outsock_dns_cache::clock::SystemClock;
+use outsock_dns_cache::mapping::{Direction, MappingTable};
+use outsock_dns_cache::persist::Mappings;
+use outsock_dns_cache::store::{Durability, Store};
+use testworld::{addr, zone, Daemon, World};
+
+const CACHE_PORT: u16 = 5300;
+const UNBOUND_PORT: u16 = 5301;
+const MISS_CACHE_PORT: u16 = 5302;
+const BULK_PORT: u16 = 5353;
+const BULK_NAMES: u32 = 30_000;
+
+fn main() -> Result<()> {
+    if !testworld::skip_unless_root("dns-cache bench") {
+        return Ok(());
+    }
+    let mut args = std::env::args().skip(1);
+    let secs: u32 = args.next().map_or(Ok(5), |s| s.parse())?;
+    let rounds: u32 = args.next().map_or(Ok(3), |s| s.parse())?;
+    let bin = std::env::current_exe()?
+        .parent()
+        .and_then(Path::parent)
+        .context("locating the target directory")?
+        .join("outsock-dns-cache");
+    if !bin.is_file() {
+        bail!(
+            "{} is missing: build the binary first (see bench/run.sh)",
+            bin.display()
+        );
+    }
+    let world = World::start("bench")?;
+    println!("# outsock-dns-cache bench: {secs} s per run, {rounds} rounds, alternating");
+
+    // v4only is a pass-through name: its real A is forwarded and cached.
+    let pass_filter = format!("pass_through = [\"{}\"]", zone::V4ONLY);
+    let _cache = start_cache(&world, &bin, "hit", CACHE_PORT, addr::DNS, 53, &pass_filter)?;
+    let _unbound = start_unbound(&world)?;
+    let _bulk = start_bulk_dnsmasq(&world)?;
+    let _miss = start_cache(
+        &world,
+        &bin,
+        "miss",
+        MISS_CACHE_PORT,
+        addr::DNS,
+        BULK_PORT,
+        "destination_pool = \"10.160.0.0/16\"",
+    )?;
+
+    // The dual-stack name is a cache hit for both: Unbound caches its real A, dns-cache its AAAA
+    // (and synthesises). Names without A would make Unbound recurse every time (dnsmasq's NODATA
+    // carries no SOA, so it is not cached), which would flatter us.
+    let hits = world.path("hits.txt");
+    std::fs::write(&hits, format!("{} A\n", zone::DUAL))?;
+    let synth = world.path("synth.txt");
+    std::fs::write(&synth, format!("{} A\n", zone::V6ONLY))?;
+    let pass = world.path("pass.txt");
+    std::fs::write(&pass, format!("{} A\n", zone::V4ONLY))?;
+
+    // Warm both caches.
+    for file in [&hits, &synth, &pass] {
+        dnsperf(&world, CACHE_PORT, file, 1, None)?;
+    }
+    dnsperf(&world, UNBOUND_PORT, &hits, 1, None)?;
+    let (mut ours, mut theirs, mut syn, mut pas) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..rounds {
+        ours.push(dnsperf(&world, CACHE_PORT, &hits, secs, None)?.qps);
+        theirs.push(dnsperf(&world, UNBOUND_PORT, &hits, secs, None)?.qps);
+        syn.push(dnsperf(&world, CACHE_PORT, &synth, secs, None)?.qps);
+        pas.push(dnsperf(&world, CACHE_PORT, &pass, secs, None)?.qps);
+    }
+    report("cache hits, outsock-dns-cache (A, qps)", &ours);
+    report("cache hits, unbound num-threads=1 (A, qps)", &theirs);
+    println!(
+        "ratio dns-cache/unbound (median): {:.2}",
+        median(&ours) / median(&theirs)
+    );
+    report("synthesised A (qps)", &syn);
+    report("pass-through A (qps)", &pas);
+    println!(
+        "ratio synthesised/pass-through (median): {:.2}",
+        median(&syn) / median(&pas)
+    );
+
+    // Miss path: each name once, each a new AAAA, so each answer is a new committed mapping.
+    let bulk = world.path("bulk.txt");
+    let text: String = (1..=BULK_NAMES)
+        .map(|i| format!("{} A\n", bulk_name(i)))
+        .collect();
+    std::fs::write(&bulk, text)?;
+    let before = count_rows(&world.path("miss.sqlite3"))?;
+    let run = dnsperf(&world, MISS_CACHE_PORT, &bulk, 60, Some(1))?;
+    // Let the writer's periodic flush land before counting.
+    std::thread::sleep(Duration::from_millis(1500));
+    let after = count_rows(&world.path("miss.sqlite3"))?;
+    println!(
+        "miss path over DNS: {} queries, {} NOERROR, {:.0} new mappings/s (rows {} -> {}; includes dnsmasq's time)",
+        run.sent, run.noerror, run.qps, before, after
+    );
+
+    // The allocator and the SQLite writer alone.
+    let per_sec = tokio::runtime::Runtime::new()?
+        .block_on(in_process_allocations(&world.path("alloc.sqlite3"), 50_000))?;
+    println!(
+        "allocator + SQLite commit in process: {per_sec:.0} new mappings/s (64 concurrent askers)"
+    );
+    Ok(())
+}
+
+fn bulk_name(i: u32) -> String {
+    // dnsmasq's synth-domain names: prefix + the address with ':' written as '-'.
+    let v6 = Ipv6Addr::new(
+        0xfd00,
+        0x66,
+        0,
+        0,
+        0,
+        0,
+        (i >> 16) as u16,
+        (i & 0xffff) as u16,
+    );
+    format!("h-{}.bulk.test", v6.to_string().replace(':', "-"))
+}
+
+fn count_rows(db: &Path) -> Result<String> {
+    let out = Command::new("sqlite3")
+        .arg(db)
+        .arg("select count(*) from mappings")
+        .output()?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+async fn in_process_allocations(db: &Path, n: u32) -> Result<f64> {
+    let store = Store::open(db, Durability::ProcessCrash)?;
+    let m = Mappings::start(
+        store,
+        MappingTable::new(
+            "10.160.0.0/16".parse()?,
+            Direction::Synthesised,
+            Duration::from_secs(3600),
+        ),
+        MappingTable::new(
+            "172.21.112.0/20".parse()?,
+            Direction::InboundPeer,
+            Duration::from_secs(3600),
+        ),
+        Arc::new(SystemClock),
+    )?;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for worker in 0..64u32 {
+        let m = Arc::clone(&m);
+        tasks.push(tokio::spawn(async move {
+            let mut i = worker;
+            while i < n {
+                let v6 = Ipv6Addr::from(0xfd00_0066_u128 << 96 | u128::from(i));
+                m.map_durable(
+                    Direction::Synthesised,
+                    &[(v6, Some("bench."))],
+                    Duration::from_secs(60),
+                )
+                .await
+                .unwrap();
+                i += 64;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    let elapsed = started.elapsed();
+    m.shutdown();
+    Ok(f64::from(n) / elapsed.as_secs_f64())
+}
+
+struct Run {
+    qps: f64,
+    sent: u64,
+    noerror: u64,
+}
+
+fn dnsperf(world: &World, port: u16, file: &Path, secs: u32, maxruns: Option<u32>) -> Result<Run> {
+    let mut cmd = world.host().command("dnsperf");
+    cmd.args(["-s", "::1", "-p", &port.to_string(), "-d"])
+        .arg(file)
+        .args(["-c", "8", "-q", "200", "-l", &secs.to_string()]);
+    if let Some(n) = maxruns {
+        cmd.args(["-n", &n.to_string()]);
+    }
+    let out = cmd.output()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let field = |key: &str| -> Option<String> {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(key))
+            .and_then(|l| l.split(':').nth(1))
+            .map(|v| v.split_whitespace().next().unwrap_or("").to_owned())
+    };
+    let qps: f64 = field("Queries per second").context(text.clone())?.parse()?;
+    let sent: u64 = field("Queries sent")
+        .unwrap_or_default()
+        .parse()
+        .unwrap_or(0);
+    // "Response codes:       NOERROR 30000 (100.00%), ..."
+    let noerror = text
+        .split("NOERROR ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    Ok(Run { qps, sent, noerror })
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    s.get(s.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+fn report(what: &str, v: &[f64]) {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    println!(
+        "{what}: min {:.0} / median {:.0} / max {:.0}",
+        s.first().copied().unwrap_or(f64::NAN),
+        median(v),
+        s.last().copied().unwrap_or(f64::NAN)
+    );
+}
+
+fn start_cache(
+    world: &World,
+    bin: &Path,
+    label: &str,
+    port: u16,
+    upstream: Ipv6Addr,
+    upstream_port: u16,
+    extra: &str,
+) -> Result<Daemon> {
+    let sock = world.path(&format!("{label}.sock"));
+    let config = world.path(&format!("{label}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "listen = [\"[::1]:{port}\"]\nupstreams = [\"[{upstream}]:{upstream_port}\"]\n\
+             database = \"{}\"\nlookup_socket = \"{}\"\nmetrics = \"off\"\n{extra}\n",
+            world.path(&format!("{label}.sqlite3")).display(),
+            sock.display()
+        ),
+    )?;
+    let mut cmd = Command::new(bin);
+    cmd.arg("--config").arg(&config).env("RUST_LOG", "warn");
+    let d = world.host().spawn(&format!("dns-cache {label}"), cmd)?;
+    wait_for(&sock)?;
+    Ok(d)
+}
+
+fn wait_for(p: &Path) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !p.exists() {
+        if Instant::now() > deadline {
+            bail!("{} did not appear", p.display());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+fn start_unbound(world: &World) -> Result<Daemon> {
+    let conf = world.path("unbound.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "server:\n  interface: ::1@{UNBOUND_PORT}\n  port: {UNBOUND_PORT}\n  do-ip4: no\n\
+             \x20 num-threads: 1\n  access-control: ::1/128 allow\n  chroot: \"\"\n  username: \"\"\n\
+             \x20 directory: \"{dir}\"\n  pidfile: \"\"\n  use-syslog: no\n  logfile: \"\"\n\
+             \x20 module-config: \"iterator\"\n  do-not-query-localhost: no\n  qname-minimisation: no\n\
+             \x20 local-zone: \"test.\" nodefault\n  domain-insecure: \"test.\"\n\
+             \x20 msg-cache-size: 64m\n  rrset-cache-size: 64m\n\
+             forward-zone:\n  name: \".\"\n  forward-addr: {dns}@53\n",
+            dir = world.dir().display(),
+            dns = addr::DNS
+        ),
+    )?;
+    let mut cmd = world.host().command("unbound");
+    cmd.arg("-d")
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let d = world.host().spawn("unbound", cmd)?;
+    // Ready when it answers.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = world
+            .host()
+            .command("dig")
+            .args([
+                "@::1",
+                "-p",
+                &UNBOUND_PORT.to_string(),
+                "+short",
+                "+time=1",
+                "+tries=1",
+                zone::DUAL,
+                "A",
+            ])
+            .output()?;
+        if !String::from_utf8_lossy(&out.stdout).trim().is_empty() {
+            return Ok(d);
+        }
+        if Instant::now() > deadline {
+            bail!("unbound did not answer");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn start_bulk_dnsmasq(world: &World) -> Result<Daemon> {
+    let conf = world.path("bulk-dnsmasq.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "no-resolv\nno-hosts\nno-poll\nbind-interfaces\nlisten-address={dns}\nport={BULK_PORT}\n\
+             local=/bulk.test/\nsynth-domain=bulk.test,fd00:66::/96,h-\ncache-size=0\n",
+            dns = addr::DNS
+        ),
+    )?;
+    let mut cmd = world.world().command("dnsmasq");
+    cmd.arg("--keep-in-foreground")
+        .arg(format!("--conf-file={}", conf.display()))
+        .arg("--pid-file=")
+        .stdout(Stdio::null());
+    let d = world.world().spawn("bulk dnsmasq", cmd)?;
+    std::thread::sleep(Duration::from_millis(300));
+    let out = world
+        .host()
+        .command("dig")
+        .args([
+            &format!("@{}", addr::DNS),
+            "-p",
+            &BULK_PORT.to_string(),
+            "+short",
+            "AAAA",
+            &bulk_name(1),
+        ])
+        .output()?;
+    let got = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    if got != "fd00:66::1" {
+        bail!("the bulk dnsmasq answered {got:?} for {}", bulk_name(1));
+    }
+    Ok(d)
+}

@@ -91,7 +91,10 @@ impl RunningVm {
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>, BuildError> {
-    std::fs::read(path).map_err(|source| BuildError::ReadFile { path: path.into(), source })
+    std::fs::read(path).map_err(|source| BuildError::ReadFile {
+        path: path.into(),
+        source,
+    })
 }
 
 /// Builds the VM described by `cfg` and starts it.
@@ -104,15 +107,22 @@ pub fn build_and_boot(cfg: &VmConfig) -> Result<RunningVm, BuildError> {
 
     // 2. The kernel's setup header tells where things may go.
     let kernel_path = &cfg.kernel;
-    let mut kernel = File::open(kernel_path)
-        .map_err(|source| BuildError::ReadFile { path: kernel_path.clone(), source })?;
+    let mut kernel = File::open(kernel_path).map_err(|source| BuildError::ReadFile {
+        path: kernel_path.clone(),
+        source,
+    })?;
     let mut head = vec![0u8; 4096];
     let n = kernel
         .read(&mut head)
-        .map_err(|source| BuildError::ReadFile { path: kernel_path.clone(), source })?;
+        .map_err(|source| BuildError::ReadFile {
+            path: kernel_path.clone(),
+            source,
+        })?;
     head.truncate(n);
-    let header = SetupHeader::parse(&head)
-        .map_err(|source| BuildError::Kernel { path: kernel_path.clone(), source })?;
+    let header = SetupHeader::parse(&head).map_err(|source| BuildError::Kernel {
+        path: kernel_path.clone(),
+        source,
+    })?;
 
     // 3. Guest memory, the VM, its memory slots, and the in-kernel irqchip + PIT.
     let mem_size = cfg.mem_mib << 20;
@@ -122,8 +132,13 @@ pub fn build_and_boot(cfg: &VmConfig) -> Result<RunningVm, BuildError> {
     vm.setup_irqchip()?;
 
     // 4. Kernel at code32_start (1 MiB); its 64-bit entry is 0x200 further.
-    let loaded = BzImage::load(&mem, None, &mut kernel, Some(GuestAddress(layout::HIMEM_START)))
-        .map_err(BuildError::LoadKernel)?;
+    let loaded = BzImage::load(
+        &mem,
+        None,
+        &mut kernel,
+        Some(GuestAddress(layout::HIMEM_START)),
+    )
+    .map_err(BuildError::LoadKernel)?;
     let entry = loaded.kernel_load.0 + 0x200;
 
     // 5. Initramfs as high as the protocol allows.
@@ -131,8 +146,12 @@ pub fn build_and_boot(cfg: &VmConfig) -> Result<RunningVm, BuildError> {
         Some(path) => {
             let bytes = read_file(path)?;
             let size = bytes.len() as u64;
-            let addr = boot_params::initrd_address(mem_size, &header, size)
-                .ok_or(BuildError::InitrdTooLarge { size, mem_mib: cfg.mem_mib })?;
+            let addr = boot_params::initrd_address(mem_size, &header, size).ok_or(
+                BuildError::InitrdTooLarge {
+                    size,
+                    mem_mib: cfg.mem_mib,
+                },
+            )?;
             mem.write_slice(&bytes, GuestAddress(addr))?;
             Some((addr, size))
         }
@@ -142,7 +161,9 @@ pub fn build_and_boot(cfg: &VmConfig) -> Result<RunningVm, BuildError> {
     // 6. Command line.
     let cmdline_text = cfg.full_cmdline();
     let mut cmdline = Cmdline::new(layout::CMDLINE_MAX_SIZE).map_err(BuildError::Cmdline)?;
-    cmdline.insert_str(&cmdline_text).map_err(BuildError::Cmdline)?;
+    cmdline
+        .insert_str(&cmdline_text)
+        .map_err(BuildError::Cmdline)?;
     load_cmdline(&mem, GuestAddress(layout::CMDLINE_START), &cmdline)
         .map_err(BuildError::LoadCmdline)?;
 
@@ -178,7 +199,10 @@ pub fn build_and_boot(cfg: &VmConfig) -> Result<RunningVm, BuildError> {
     let exit = Arc::new(ExitSignal::new());
     let mut sinks: Vec<Box<dyn Write + Send>> = vec![Box::new(std::io::stdout())];
     if let Some(path) = &cfg.serial_log {
-        let f = File::create(path).map_err(|source| BuildError::ReadFile { path: path.clone(), source })?;
+        let f = File::create(path).map_err(|source| BuildError::ReadFile {
+            path: path.clone(),
+            source,
+        })?;
         sinks.push(Box::new(f));
     }
     let (console, console_writer) = Console::spawn(sinks, console::DEFAULT_CAPACITY)?;
@@ -190,14 +214,26 @@ pub fn build_and_boot(cfg: &VmConfig) -> Result<RunningVm, BuildError> {
         console_writer,
     )));
     let mut pio = Bus::new();
-    pio.insert(serial.clone(), u64::from(layout::COM1_PORT), u64::from(layout::COM1_PORT_LEN))?;
+    pio.insert(
+        serial.clone(),
+        u64::from(layout::COM1_PORT),
+        u64::from(layout::COM1_PORT_LEN),
+    )?;
     let i8042: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(I8042::new(exit.clone())));
-    pio.insert(i8042, u64::from(layout::I8042_PORT), u64::from(layout::I8042_PORT_LEN))?;
+    pio.insert(
+        i8042,
+        u64::from(layout::I8042_PORT),
+        u64::from(layout::I8042_PORT_LEN),
+    )?;
     let pm: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(AcpiPmDevice::new(exit.clone())));
     pio.insert(pm, u64::from(layout::ACPI_PM_PORT), 1)?;
     let mut mmio = Bus::new();
     let pvpanic: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(PvPanic::new(exit.clone())));
-    mmio.insert(pvpanic, layout::PVPANIC_MMIO_START, u64::from(layout::PVPANIC_MMIO_SIZE))?;
+    mmio.insert(
+        pvpanic,
+        layout::PVPANIC_MMIO_START,
+        u64::from(layout::PVPANIC_MMIO_SIZE),
+    )?;
     let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
 
     // 10. vCPUs: normalised CPUID, MSRs, registers (boot vCPU only), LAPIC LINT pins.
@@ -224,5 +260,10 @@ pub fn build_and_boot(cfg: &VmConfig) -> Result<RunningVm, BuildError> {
             .spawn(move || vcpu.run(&pio, &mmio, &exit, trace))?;
     }
 
-    Ok(RunningVm { exit, console, _memory: mem, _vm: vm })
+    Ok(RunningVm {
+        exit,
+        console,
+        _memory: mem,
+        _vm: vm,
+    })
 }

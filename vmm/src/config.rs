@@ -206,7 +206,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
     }
 
     #[test]
@@ -218,9 +221,20 @@ mod tests {
             "kernel = \"/k\"\nmem_mib = 512\nvcpus = 2\nname = \"from-file\"\non_reboot = \"restart\"\n",
         )
         .expect("write");
-        let cli = Cli { config: Some(file.clone()), vcpus: Some(3), ..Default::default() };
-        let cfg = load(&cli, env(&[("OUTSOCK_VMM_MEM_MIB", "1024"), ("OUTSOCK_VMM_VCPUS", "4"), ("HOME", "/root")]))
-            .expect("valid");
+        let cli = Cli {
+            config: Some(file.clone()),
+            vcpus: Some(3),
+            ..Default::default()
+        };
+        let cfg = load(
+            &cli,
+            env(&[
+                ("OUTSOCK_VMM_MEM_MIB", "1024"),
+                ("OUTSOCK_VMM_VCPUS", "4"),
+                ("HOME", "/root"),
+            ]),
+        )
+        .expect("valid");
         assert_eq!(cfg.kernel, PathBuf::from("/k"));
         assert_eq!(cfg.mem_mib, 1024, "env beats file");
         assert_eq!(cfg.vcpus, 3, "flag beats env");
@@ -238,19 +252,48 @@ mod tests {
             ..Default::default()
         };
         let cfg = load(&cli, HashMap::new()).expect("valid");
-        assert_eq!((cfg.mem_mib, cfg.vcpus, cfg.on_reboot), (256, 1, OnReboot::Exit));
+        assert_eq!(
+            (cfg.mem_mib, cfg.vcpus, cfg.on_reboot),
+            (256, 1, OnReboot::Exit)
+        );
         assert!(!cfg.stdin);
-        assert_eq!(cfg.full_cmdline(), format!("{DEFAULT_CMDLINE} -- \"uname -r\""));
+        assert_eq!(
+            cfg.full_cmdline(),
+            format!("{DEFAULT_CMDLINE} -- \"uname -r\"")
+        );
     }
 
     #[test]
     fn rejects_bad_settings() {
-        assert!(matches!(load(&Cli::default(), HashMap::new()), Err(ConfigError::NoKernel)));
-        let cli = Cli { kernel: Some("/k".into()), vcpus: Some(5), ..Default::default() };
-        assert!(matches!(load(&cli, HashMap::new()), Err(ConfigError::Vcpus(5))));
-        let cli = Cli { kernel: Some("/k".into()), mem_mib: Some(16), ..Default::default() };
-        assert!(matches!(load(&cli, HashMap::new()), Err(ConfigError::Memory(16))));
-        let cli = Cli { kernel: Some("/k".into()), ..Default::default() };
-        assert!(matches!(load(&cli, env(&[("OUTSOCK_VMM_BOGUS", "1")])), Err(ConfigError::Load(_))));
+        assert!(matches!(
+            load(&Cli::default(), HashMap::new()),
+            Err(ConfigError::NoKernel)
+        ));
+        let cli = Cli {
+            kernel: Some("/k".into()),
+            vcpus: Some(5),
+            ..Default::default()
+        };
+        assert!(matches!(
+            load(&cli, HashMap::new()),
+            Err(ConfigError::Vcpus(5))
+        ));
+        let cli = Cli {
+            kernel: Some("/k".into()),
+            mem_mib: Some(16),
+            ..Default::default()
+        };
+        assert!(matches!(
+            load(&cli, HashMap::new()),
+            Err(ConfigError::Memory(16))
+        ));
+        let cli = Cli {
+            kernel: Some("/k".into()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            load(&cli, env(&[("OUTSOCK_VMM_BOGUS", "1")])),
+            Err(ConfigError::Load(_))
+        ));
     }
 }

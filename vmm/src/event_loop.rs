@@ -34,7 +34,13 @@ impl ConsoleInput {
             .unwrap_or_else(PoisonError::into_inner)
             .in_buffer_empty_fd()
             .try_clone()?;
-        Ok(Self { input, serial, fifo_empty, paused: false, closed: false })
+        Ok(Self {
+            input,
+            serial,
+            fifo_empty,
+            paused: false,
+            closed: false,
+        })
     }
 
     /// An unbuffered handle on this process's stdin.
@@ -60,7 +66,9 @@ impl ConsoleInput {
             Ok(n) => {
                 serial.enqueue_input(&buf[..n]);
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted || e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e)
+                if e.kind() == io::ErrorKind::Interrupted
+                    || e.kind() == io::ErrorKind::WouldBlock => {}
             Err(_) => {
                 let _ = ops.remove(Events::new(&self.input, EventSet::IN));
                 self.closed = true;
@@ -105,12 +113,14 @@ pub fn spawn(subscribers: Vec<Subscriber>) -> io::Result<std::thread::JoinHandle
     for s in subscribers {
         manager.add_subscriber(s);
     }
-    std::thread::Builder::new().name("event-loop".into()).spawn(move || loop {
-        if manager.run().is_err() {
-            // EINTR and similar: go on; a broken epoll fd cannot happen while we own it.
-            continue;
-        }
-    })
+    std::thread::Builder::new()
+        .name("event-loop".into())
+        .spawn(move || loop {
+            if manager.run().is_err() {
+                // EINTR and similar: go on; a broken epoll fd cannot happen while we own it.
+                continue;
+            }
+        })
 }
 
 #[cfg(test)]

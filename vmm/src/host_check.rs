@@ -48,11 +48,15 @@ pub fn probe(paths: &HostPaths<'_>) -> HostKvm {
         return HostKvm::Missing;
     }
     if paths.sys_module.join("kvm_pvm").exists() {
-        return HostKvm::Pvm { reason: "the kvm_pvm module is loaded".into() };
+        return HostKvm::Pvm {
+            reason: "the kvm_pvm module is loaded".into(),
+        };
     }
     let cpuinfo = std::fs::read_to_string(paths.cpuinfo).unwrap_or_default();
     if !cpuinfo_has_hw_virt(&cpuinfo) {
-        return HostKvm::Pvm { reason: "/proc/cpuinfo has neither the vmx nor the svm flag".into() };
+        return HostKvm::Pvm {
+            reason: "/proc/cpuinfo has neither the vmx nor the svm flag".into(),
+        };
     }
     HostKvm::Hardware
 }
@@ -60,7 +64,7 @@ pub fn probe(paths: &HostPaths<'_>) -> HostKvm {
 /// The message for a host that cannot run the VM, or `None` if it can.
 pub fn unusable_message(host: &HostKvm) -> Option<String> {
     const HOW: &str = "To test outsock-vmm on this machine, run the lab VM harness, which boots a \
-        QEMU machine with emulated AMD SVM and runs the VMM inside it: vmm/lab/run.sh \
+        QEMU machine with emulated AMD SVM and runs the VMM inside it: vmm/lab/run \
         (see vmm/lab/README.md).";
     match host {
         HostKvm::Hardware => None,
@@ -92,7 +96,11 @@ mod tests {
         if pvm {
             std::fs::create_dir_all(module.join("kvm_pvm")).expect("mkdir");
         }
-        let host = probe(&HostPaths { dev_kvm: &dev, cpuinfo: &cpuinfo, sys_module: &module });
+        let host = probe(&HostPaths {
+            dev_kvm: &dev,
+            cpuinfo: &cpuinfo,
+            sys_module: &module,
+        });
         (dir, host)
     }
 
@@ -101,16 +109,24 @@ mod tests {
         assert_eq!(fixture(true, "fpu vme svm npt", false).1, HostKvm::Hardware);
         assert_eq!(fixture(true, "fpu vmx ept", false).1, HostKvm::Hardware);
         assert_eq!(fixture(false, "fpu vmx", false).1, HostKvm::Missing);
-        assert!(matches!(fixture(true, "fpu sse2", false).1, HostKvm::Pvm { .. }));
-        assert!(matches!(fixture(true, "fpu svm", true).1, HostKvm::Pvm { .. }));
+        assert!(matches!(
+            fixture(true, "fpu sse2", false).1,
+            HostKvm::Pvm { .. }
+        ));
+        assert!(matches!(
+            fixture(true, "fpu svm", true).1,
+            HostKvm::Pvm { .. }
+        ));
         assert!(!cpuinfo_has_hw_virt("flags : svmx vmxx\n"));
     }
 
     #[test]
     fn messages_point_at_the_lab() {
         let m = unusable_message(&HostKvm::Pvm { reason: "x".into() }).expect("message");
-        assert!(m.contains("PVM") && m.contains("vmm/lab/run.sh"));
-        assert!(unusable_message(&HostKvm::Missing).expect("message").contains("/dev/kvm"));
+        assert!(m.contains("PVM") && m.contains("vmm/lab/run"));
+        assert!(unusable_message(&HostKvm::Missing)
+            .expect("message")
+            .contains("/dev/kvm"));
         assert_eq!(unusable_message(&HostKvm::Hardware), None);
     }
 }

@@ -77,12 +77,17 @@ impl fmt::Display for ExitReason {
                 write!(f, "vCPU {vcpu}: KVM internal error, suberror {suberror}")
             }
             ExitReason::FailEntry { vcpu, reason } => {
-                write!(f, "vCPU {vcpu}: VM entry failed, hardware reason {reason:#x}")
+                write!(
+                    f,
+                    "vCPU {vcpu}: VM entry failed, hardware reason {reason:#x}"
+                )
             }
             ExitReason::UnexpectedExit { vcpu, what } => {
                 write!(f, "vCPU {vcpu}: unexpected VM exit {what}")
             }
-            ExitReason::VcpuError { vcpu, error } => write!(f, "vCPU {vcpu}: KVM_RUN failed: {error}"),
+            ExitReason::VcpuError { vcpu, error } => {
+                write!(f, "vCPU {vcpu}: KVM_RUN failed: {error}")
+            }
         }
     }
 }
@@ -101,7 +106,10 @@ impl ExitSignal {
 
     /// Reports `reason` unless another reason was reported first.
     pub fn signal(&self, reason: ExitReason) {
-        let mut guard = self.reason.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut guard = self
+            .reason
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if guard.is_none() {
             *guard = Some(reason);
             self.cond.notify_all();
@@ -110,23 +118,35 @@ impl ExitSignal {
 
     /// Whether a reason has been reported (vCPU threads stop running once it is).
     pub fn is_signalled(&self) -> bool {
-        self.reason.lock().unwrap_or_else(std::sync::PoisonError::into_inner).is_some()
+        self.reason
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some()
     }
 
     /// Blocks until a reason is reported and returns it.
     pub fn wait(&self) -> ExitReason {
-        let mut guard = self.reason.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut guard = self
+            .reason
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         loop {
             if let Some(r) = guard.as_ref() {
                 return r.clone();
             }
-            guard = self.cond.wait(guard).unwrap_or_else(std::sync::PoisonError::into_inner);
+            guard = self
+                .cond
+                .wait(guard)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
         }
     }
 
     /// Like [`ExitSignal::wait`] but gives up after `timeout`.
     pub fn wait_timeout(&self, timeout: Duration) -> Option<ExitReason> {
-        let guard = self.reason.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let guard = self
+            .reason
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let (guard, _) = self
             .cond
             .wait_timeout_while(guard, timeout, |r| r.is_none())
@@ -149,7 +169,10 @@ mod tests {
         assert_eq!(s.wait(), ExitReason::PowerOff);
         t.join().expect("thread");
         s.signal(ExitReason::Reboot);
-        assert_eq!(s.wait_timeout(Duration::from_millis(1)), Some(ExitReason::PowerOff));
+        assert_eq!(
+            s.wait_timeout(Duration::from_millis(1)),
+            Some(ExitReason::PowerOff)
+        );
     }
 
     #[test]
@@ -158,7 +181,12 @@ mod tests {
         assert_eq!(ExitReason::Reboot.exit_code(), 3);
         assert_eq!(ExitReason::GuestPanic.exit_code(), 5);
         assert_eq!(ExitReason::TripleFault { vcpu: 0 }.exit_code(), 4);
-        assert!(ExitReason::TripleFault { vcpu: 1 }.to_string().contains("triple"));
-        assert_eq!(ExitSignal::new().wait_timeout(Duration::from_millis(1)), None);
+        assert!(ExitReason::TripleFault { vcpu: 1 }
+            .to_string()
+            .contains("triple"));
+        assert_eq!(
+            ExitSignal::new().wait_timeout(Duration::from_millis(1)),
+            None
+        );
     }
 }

@@ -52,7 +52,11 @@ impl Bus {
         if len == 0 {
             return Err(BusError::Empty);
         }
-        if self.ranges.iter().any(|r| base < r.base + r.len && r.base < base + len) {
+        if self
+            .ranges
+            .iter()
+            .any(|r| base < r.base + r.len && r.base < base + len)
+        {
             return Err(BusError::Overlap { base, len });
         }
         self.ranges.push(Range { base, len, device });
@@ -61,22 +65,35 @@ impl Bus {
     }
 
     fn find(&self, addr: u64) -> Option<(&Range, u64)> {
-        let idx = self.ranges.partition_point(|r| r.base <= addr).checked_sub(1)?;
+        let idx = self
+            .ranges
+            .partition_point(|r| r.base <= addr)
+            .checked_sub(1)?;
         let r = &self.ranges[idx];
         (addr - r.base < r.len).then_some((r, addr - r.base))
     }
 
     /// Reads from the device at `addr`; `false` (data left untouched) if there is none.
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
-        let Some((r, off)) = self.find(addr) else { return false };
-        r.device.lock().unwrap_or_else(std::sync::PoisonError::into_inner).read(off, data);
+        let Some((r, off)) = self.find(addr) else {
+            return false;
+        };
+        r.device
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .read(off, data);
         true
     }
 
     /// Writes to the device at `addr`; `false` if there is none.
     pub fn write(&self, addr: u64, data: &[u8]) -> bool {
-        let Some((r, off)) = self.find(addr) else { return false };
-        r.device.lock().unwrap_or_else(std::sync::PoisonError::into_inner).write(off, data);
+        let Some((r, off)) = self.find(addr) else {
+            return false;
+        };
+        r.device
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .write(off, data);
         true
     }
 }
@@ -104,17 +121,21 @@ mod tests {
         let a = Arc::new(Mutex::new(Recorder::default()));
         let mut bus = Bus::new();
         bus.insert(a.clone(), 0x3f8, 8).expect("insert");
-        bus.insert(Arc::new(Mutex::new(Recorder::default())), 0x60, 5).expect("insert");
+        bus.insert(Arc::new(Mutex::new(Recorder::default())), 0x60, 5)
+            .expect("insert");
         assert_eq!(
             bus.insert(Arc::new(Mutex::new(Recorder::default())), 0x3fc, 8),
-            Err(BusError::Overlap { base: 0x3fc, len: 8 })
+            Err(BusError::Overlap {
+                base: 0x3fc,
+                len: 8
+            })
         );
         let mut d = [0u8; 1];
         assert!(bus.read(0x3fd, &mut d));
         assert_eq!(d[0], 5);
         assert!(!bus.read(0x400, &mut d));
         assert!(!bus.read(0x10, &mut d));
-        assert!(bus.write(0x3f8, &[b'x']));
+        assert!(bus.write(0x3f8, b"x"));
         assert_eq!(a.lock().expect("lock").writes, vec![(0, vec![b'x'])]);
     }
 }

@@ -37,7 +37,11 @@ pub struct ConsoleWriter {
 
 impl Write for ConsoleWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let mut st = self.shared.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut st = self
+            .shared
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let room = self.shared.capacity.saturating_sub(st.queue.len());
         let take = room.min(buf.len());
         st.queue.extend(&buf[..take]);
@@ -75,13 +79,25 @@ impl Console {
         let thread = std::thread::Builder::new()
             .name("console".into())
             .spawn(move || drain(&drain_shared, sinks))?;
-        let writer = ConsoleWriter { shared: Arc::clone(&shared) };
-        Ok((Console { shared, thread: Some(thread) }, writer))
+        let writer = ConsoleWriter {
+            shared: Arc::clone(&shared),
+        };
+        Ok((
+            Console {
+                shared,
+                thread: Some(thread),
+            },
+            writer,
+        ))
     }
 
     /// Bytes dropped so far because the queue was full.
     pub fn dropped(&self) -> u64 {
-        self.shared.state.lock().unwrap_or_else(PoisonError::into_inner).dropped
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .dropped
     }
 
     /// Waits (at most `timeout`) until everything queued has been written, then stops the
@@ -89,7 +105,11 @@ impl Console {
     pub fn flush_and_stop(mut self, timeout: Duration) -> u64 {
         let deadline = Instant::now() + timeout;
         {
-            let mut st = self.shared.state.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut st = self
+                .shared
+                .state
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             st.closing = true;
             self.shared.cond.notify_all();
             while !st.queue.is_empty() || st.writing {
@@ -106,7 +126,11 @@ impl Console {
             }
         }
         let done = {
-            let st = self.shared.state.lock().unwrap_or_else(PoisonError::into_inner);
+            let st = self
+                .shared
+                .state
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             st.queue.is_empty() && !st.writing
         };
         if done {
@@ -186,7 +210,8 @@ mod tests {
     #[test]
     fn a_stuck_reader_never_blocks_the_writer() {
         let gate = Arc::new((Mutex::new(false), Condvar::new()));
-        let (console, mut w) = Console::spawn(vec![Box::new(Stuck(gate.clone()))], 16).expect("spawn");
+        let (console, mut w) =
+            Console::spawn(vec![Box::new(Stuck(gate.clone()))], 16).expect("spawn");
         let start = Instant::now();
         for _ in 0..1000 {
             w.write_all(b"0123456789").expect("write never fails");

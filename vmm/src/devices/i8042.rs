@@ -30,13 +30,17 @@ pub struct I8042 {
 
 impl I8042 {
     pub fn new(exit: Arc<ExitSignal>) -> Self {
-        Self { inner: I8042Device::new(ResetTrigger(exit)) }
+        Self {
+            inner: I8042Device::new(ResetTrigger(exit)),
+        }
     }
 }
 
 impl BusDevice for I8042 {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
-        let v = u8::try_from(offset).map(|o| self.inner.read(o)).unwrap_or(0);
+        let v = u8::try_from(offset)
+            .map(|o| self.inner.read(o))
+            .unwrap_or(0);
         data.fill(v);
     }
 

@@ -21,6 +21,8 @@ pub fn create_guest_memory(mem_size: u64) -> Result<GuestMemoryMmap, MemoryError
         .into_iter()
         .map(|(start, len)| (GuestAddress(start), len as usize))
         .collect();
-    GuestMemoryMmap::from_ranges(&ranges)
-        .map_err(|source| MemoryError::Allocate { mib: mem_size >> 20, source })
+    GuestMemoryMmap::from_ranges(&ranges).map_err(|source| MemoryError::Allocate {
+        mib: mem_size >> 20,
+        source,
+    })
 }

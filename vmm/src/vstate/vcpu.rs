@@ -2,7 +2,6 @@
 //! order) and the run loop that dispatches port I/O and MMIO exits to the buses and turns
 //! fatal exits into an [`ExitReason`].
 
-
 use kvm_bindings::{kvm_cpuid_entry2, CpuId, Msrs};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
@@ -22,7 +21,11 @@ pub enum VcpuError {
     #[error("vCPU {index}: the CPUID list does not fit KVM's limit")]
     CpuidTooLarge { index: u8 },
     #[error("vCPU {index}: KVM set {set} of {wanted} boot MSRs")]
-    Msrs { index: u8, set: usize, wanted: usize },
+    Msrs {
+        index: u8,
+        set: usize,
+        wanted: usize,
+    },
 }
 
 /// See the module documentation.
@@ -43,43 +46,78 @@ impl Vcpu {
 
     fn ioctl_err(&self, what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VcpuError {
         let index = self.index;
-        move |source| VcpuError::Ioctl { index, what, source }
+        move |source| VcpuError::Ioctl {
+            index,
+            what,
+            source,
+        }
     }
 
     /// Loads the normalised CPUID, the boot MSRs, the FPU state, the LAPIC LINT pins and,
     /// for the boot vCPU (`entry` given), the 64-bit entry registers. Application processors
     /// keep KVM's reset state and wait for INIT/SIPI from the guest.
-    pub fn configure(&self, leaves: &[kvm_cpuid_entry2], entry: Option<u64>) -> Result<(), VcpuError> {
+    pub fn configure(
+        &self,
+        leaves: &[kvm_cpuid_entry2],
+        entry: Option<u64>,
+    ) -> Result<(), VcpuError> {
         let index = self.index;
         let cpuid = CpuId::from_entries(leaves).map_err(|_| VcpuError::CpuidTooLarge { index })?;
-        self.fd.set_cpuid2(&cpuid).map_err(self.ioctl_err("KVM_SET_CPUID2"))?;
+        self.fd
+            .set_cpuid2(&cpuid)
+            .map_err(self.ioctl_err("KVM_SET_CPUID2"))?;
         if let Some(xcr0) = cpuid::boot_xcr0(leaves) {
             let mut xcrs = self.fd.get_xcrs().map_err(self.ioctl_err("KVM_GET_XCRS"))?;
             xcrs.nr_xcrs = 1;
             xcrs.xcrs[0].xcr = 0;
             xcrs.xcrs[0].value = xcr0;
-            self.fd.set_xcrs(&xcrs).map_err(self.ioctl_err("KVM_SET_XCRS"))?;
+            self.fd
+                .set_xcrs(&xcrs)
+                .map_err(self.ioctl_err("KVM_SET_XCRS"))?;
         }
 
         let entries = msr::boot_msr_entries();
-        let msrs = Msrs::from_entries(&entries).map_err(|_| VcpuError::Msrs { index, set: 0, wanted: entries.len() })?;
-        let set = self.fd.set_msrs(&msrs).map_err(self.ioctl_err("KVM_SET_MSRS"))?;
+        let msrs = Msrs::from_entries(&entries).map_err(|_| VcpuError::Msrs {
+            index,
+            set: 0,
+            wanted: entries.len(),
+        })?;
+        let set = self
+            .fd
+            .set_msrs(&msrs)
+            .map_err(self.ioctl_err("KVM_SET_MSRS"))?;
         if set != entries.len() {
-            return Err(VcpuError::Msrs { index, set, wanted: entries.len() });
+            return Err(VcpuError::Msrs {
+                index,
+                set,
+                wanted: entries.len(),
+            });
         }
 
-        self.fd.set_fpu(&regs::boot_fpu()).map_err(self.ioctl_err("KVM_SET_FPU"))?;
+        self.fd
+            .set_fpu(&regs::boot_fpu())
+            .map_err(self.ioctl_err("KVM_SET_FPU"))?;
         if let Some(entry) = entry {
-            self.fd.set_regs(&regs::boot_regs(entry)).map_err(self.ioctl_err("KVM_SET_REGS"))?;
-            let sregs = self.fd.get_sregs().map_err(self.ioctl_err("KVM_GET_SREGS"))?;
+            self.fd
+                .set_regs(&regs::boot_regs(entry))
+                .map_err(self.ioctl_err("KVM_SET_REGS"))?;
+            let sregs = self
+                .fd
+                .get_sregs()
+                .map_err(self.ioctl_err("KVM_GET_SREGS"))?;
             self.fd
                 .set_sregs(&regs::boot_sregs(sregs))
                 .map_err(self.ioctl_err("KVM_SET_SREGS"))?;
         }
 
-        let mut lapic = self.fd.get_lapic().map_err(self.ioctl_err("KVM_GET_LAPIC"))?;
+        let mut lapic = self
+            .fd
+            .get_lapic()
+            .map_err(self.ioctl_err("KVM_GET_LAPIC"))?;
         regs::set_lint(&mut lapic.regs);
-        self.fd.set_lapic(&lapic).map_err(self.ioctl_err("KVM_SET_LAPIC"))?;
+        self.fd
+            .set_lapic(&lapic)
+            .map_err(self.ioctl_err("KVM_SET_LAPIC"))?;
         Ok(())
     }
 
@@ -101,7 +139,9 @@ impl Vcpu {
                 }
                 Ok(VcpuExit::IoOut(port, data)) => {
                     if !pio.write(u64::from(port), data) && trace_io {
-                        eprintln!("outsock-vmm: vCPU {vcpu}: unhandled OUT port {port:#x} <- {data:x?}");
+                        eprintln!(
+                            "outsock-vmm: vCPU {vcpu}: unhandled OUT port {port:#x} <- {data:x?}"
+                        );
                     }
                     continue;
                 }
@@ -113,7 +153,9 @@ impl Vcpu {
                 }
                 Ok(VcpuExit::MmioWrite(addr, data)) => {
                     if !mmio.write(addr, data) && trace_io {
-                        eprintln!("outsock-vmm: vCPU {vcpu}: unhandled MMIO write {addr:#x} <- {data:x?}");
+                        eprintln!(
+                            "outsock-vmm: vCPU {vcpu}: unhandled MMIO write {addr:#x} <- {data:x?}"
+                        );
                     }
                     continue;
                 }
@@ -131,11 +173,20 @@ impl Vcpu {
                     kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => ExitReason::PowerOff,
                     kvm_bindings::KVM_SYSTEM_EVENT_RESET => ExitReason::Reboot,
                     kvm_bindings::KVM_SYSTEM_EVENT_CRASH => ExitReason::GuestPanic,
-                    other => ExitReason::UnexpectedExit { vcpu, what: format!("system event {other}") },
+                    other => ExitReason::UnexpectedExit {
+                        vcpu,
+                        what: format!("system event {other}"),
+                    },
                 },
-                Ok(other) => ExitReason::UnexpectedExit { vcpu, what: format!("{other:?}") },
+                Ok(other) => ExitReason::UnexpectedExit {
+                    vcpu,
+                    what: format!("{other:?}"),
+                },
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
-                Err(e) => ExitReason::VcpuError { vcpu, error: e.to_string() },
+                Err(e) => ExitReason::VcpuError {
+                    vcpu,
+                    error: e.to_string(),
+                },
             };
             exit.signal(reason);
             return;

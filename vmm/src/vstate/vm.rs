@@ -2,7 +2,10 @@
 //! irqchip (PIC + IOAPIC + LAPICs) and PIT, irqfds, and vCPU creation. The order of these
 //! steps matters to KVM and is kept by `builder`.
 
-use kvm_bindings::{kvm_cpuid_entry2, kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{
+    kvm_cpuid_entry2, kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES,
+    KVM_PIT_SPEAKER_DUMMY,
+};
 use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
@@ -67,7 +70,8 @@ impl Vm {
         let fd = kvm.create_vm().map_err(VmError::CreateVm)?;
         fd.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDRESS)
             .map_err(VmError::SetIdentityMap)?;
-        fd.set_tss_address(layout::KVM_TSS_ADDRESS as usize).map_err(VmError::SetTss)?;
+        fd.set_tss_address(layout::KVM_TSS_ADDRESS as usize)
+            .map_err(VmError::SetTss)?;
         Ok(Self { kvm, fd })
     }
 
@@ -95,13 +99,18 @@ impl Vm {
     /// Creates the in-kernel PIC, IOAPIC and LAPICs, and the PIT with a dummy speaker port.
     pub fn setup_irqchip(&self) -> Result<(), VmError> {
         self.fd.create_irq_chip().map_err(VmError::CreateIrqChip)?;
-        let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
         self.fd.create_pit2(pit).map_err(VmError::CreatePit)
     }
 
     /// Makes a write to `evt` inject an edge on `gsi`.
     pub fn register_irqfd(&self, evt: &EventFd, gsi: u32) -> Result<(), VmError> {
-        self.fd.register_irqfd(evt, gsi).map_err(|source| VmError::Irqfd { gsi, source })
+        self.fd
+            .register_irqfd(evt, gsi)
+            .map_err(|source| VmError::Irqfd { gsi, source })
     }
 
     /// The CPUID leaves KVM can offer on this host, before normalisation.

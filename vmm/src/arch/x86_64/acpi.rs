@@ -12,13 +12,15 @@
 //! Building is pure: the result is a list of (guest address, bytes) that `builder` writes.
 
 use acpi_tables::aml;
-use acpi_tables::Aml;
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
-use acpi_tables::madt::{EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT};
+use acpi_tables::madt::{
+    EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT,
+};
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
+use acpi_tables::Aml;
 
 use super::layout;
 
@@ -107,7 +109,12 @@ pub fn dsdt_aml(cfg: &AcpiConfig) -> Vec<u8> {
     let mut body = Vec::new();
 
     let com1_irq = aml::Interrupt::new(true, true, false, false, layout::COM1_GSI);
-    let com1_io = aml::IO::new(layout::COM1_PORT, layout::COM1_PORT, 1, layout::COM1_PORT_LEN as u8);
+    let com1_io = aml::IO::new(
+        layout::COM1_PORT,
+        layout::COM1_PORT,
+        1,
+        layout::COM1_PORT_LEN as u8,
+    );
     let com1_crs = aml::ResourceTemplate::new(vec![&com1_irq, &com1_io]);
     aml::Device::new(
         "_SB_.COM1".into(),
@@ -122,7 +129,9 @@ pub fn dsdt_aml(cfg: &AcpiConfig) -> Vec<u8> {
 
     for dev in &cfg.mmio_devices {
         let mem = aml::Memory32Fixed::new(true, dev.base, dev.len);
-        let irq = dev.gsi.map(|gsi| aml::Interrupt::new(true, true, false, false, gsi));
+        let irq = dev
+            .gsi
+            .map(|gsi| aml::Interrupt::new(true, true, false, false, gsi));
         let mut resources: Vec<&dyn Aml> = vec![&mem];
         if let Some(irq) = &irq {
             resources.push(irq);
@@ -144,13 +153,22 @@ pub fn dsdt_aml(cfg: &AcpiConfig) -> Vec<u8> {
 
     // \_S5_: Package { SLP_TYPa, SLP_TYPb, reserved, reserved }.
     let s5 = S5_SLEEP_TYPE;
-    aml::Name::new("_S5_".into(), &aml::Package::new(vec![&s5, &s5, &aml::ZERO, &aml::ZERO]))
-        .to_aml_bytes(&mut body);
+    aml::Name::new(
+        "_S5_".into(),
+        &aml::Package::new(vec![&s5, &s5, &aml::ZERO, &aml::ZERO]),
+    )
+    .to_aml_bytes(&mut body);
     body
 }
 
 fn io_register(port: u16) -> GAS {
-    GAS::new(AddressSpace::SystemIo, 8, 0, AccessSize::ByteAccess, u64::from(port))
+    GAS::new(
+        AddressSpace::SystemIo,
+        8,
+        0,
+        AccessSize::ByteAccess,
+        u64::from(port),
+    )
 }
 
 /// Builds all tables for `cfg`, DSDT first at [`layout::ACPI_TABLES_START`], RSDP at
@@ -207,7 +225,10 @@ pub fn build(cfg: &AcpiConfig) -> Result<AcpiTables, AcpiError> {
         });
     }
     tables.push((layout::RSDP_ADDR, to_bytes(&Rsdp::new(OEM_ID, xsdt_addr))));
-    Ok(AcpiTables { tables, rsdp_addr: layout::RSDP_ADDR })
+    Ok(AcpiTables {
+        tables,
+        rsdp_addr: layout::RSDP_ADDR,
+    })
 }
 
 #[cfg(test)]
@@ -256,9 +277,17 @@ mod tests {
                 assert_eq!(*addr, layout::RSDP_ADDR);
                 assert_eq!(bytes.len(), 36);
             } else {
-                assert_eq!(sum(bytes), 0, "checksum of {}", String::from_utf8_lossy(&bytes[..4]));
+                assert_eq!(
+                    sum(bytes),
+                    0,
+                    "checksum of {}",
+                    String::from_utf8_lossy(&bytes[..4])
+                );
                 assert_eq!(u32_at(bytes, 4) as usize, bytes.len(), "header length");
-                assert!(*addr >= layout::ACPI_TABLES_START && *addr + bytes.len() as u64 <= layout::RSDP_ADDR);
+                assert!(
+                    *addr >= layout::ACPI_TABLES_START
+                        && *addr + bytes.len() as u64 <= layout::RSDP_ADDR
+                );
             }
         }
     }
@@ -340,7 +369,10 @@ mod tests {
     /// error or warning it reports.
     #[test]
     fn iasl_disassembles_tables_cleanly() {
-        let Some(iasl) = ["/usr/bin/iasl", "/usr/local/bin/iasl"].into_iter().find(|p| Path::new(p).exists()) else {
+        let Some(iasl) = ["/usr/bin/iasl", "/usr/local/bin/iasl"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+        else {
             println!("SKIP iasl_disassembles_tables_cleanly: iasl not found (install Debian's acpica-tools)");
             return;
         };
@@ -355,16 +387,42 @@ mod tests {
             let name = String::from_utf8_lossy(&bytes[..4]).to_lowercase();
             let bin = dir.path().join(format!("{name}.dat"));
             std::fs::write(&bin, bytes).expect("write table");
-            let out = Command::new(iasl).arg("-d").arg(&bin).current_dir(dir.path()).output().expect("run iasl");
-            let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            let out = Command::new(iasl)
+                .arg("-d")
+                .arg(&bin)
+                .current_dir(dir.path())
+                .output()
+                .expect("run iasl");
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
             assert!(out.status.success(), "iasl -d {name}: {text}");
             let lower = text.to_lowercase();
-            assert!(!lower.contains("error") || lower.contains("0 errors"), "iasl -d {name}: {text}");
-            assert!(!lower.contains("warning") || lower.contains("0 warnings"), "iasl -d {name}: {text}");
-            let dsl = std::fs::read_to_string(dir.path().join(format!("{name}.dsl"))).expect("iasl wrote .dsl");
+            assert!(
+                !lower.contains("error") || lower.contains("0 errors"),
+                "iasl -d {name}: {text}"
+            );
+            assert!(
+                !lower.contains("warning") || lower.contains("0 warnings"),
+                "iasl -d {name}: {text}"
+            );
+            let dsl = std::fs::read_to_string(dir.path().join(format!("{name}.dsl")))
+                .expect("iasl wrote .dsl");
             if name == "dsdt" {
-                for needle in ["PNP0501", "LNRO0005", "QEMU0001", "_S5_", "0x03F8", "Memory32Fixed"] {
-                    assert!(dsl.contains(needle), "DSDT disassembly lacks {needle}:\n{dsl}");
+                for needle in [
+                    "PNP0501",
+                    "LNRO0005",
+                    "QEMU0001",
+                    "_S5_",
+                    "0x03F8",
+                    "Memory32Fixed",
+                ] {
+                    assert!(
+                        dsl.contains(needle),
+                        "DSDT disassembly lacks {needle}:\n{dsl}"
+                    );
                 }
             }
         }

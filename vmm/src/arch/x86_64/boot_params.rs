@@ -101,7 +101,9 @@ impl SetupHeader {
         if image_start.len() < end {
             return Err(BootParamsError::TooSmall);
         }
-        let header = SetupHeader { bytes: image_start[SETUP_HEADER_START..end].to_vec() };
+        let header = SetupHeader {
+            bytes: image_start[SETUP_HEADER_START..end].to_vec(),
+        };
         let version = header.version();
         if version < MIN_BOOT_PROTOCOL {
             return Err(BootParamsError::ProtocolTooOld(version));
@@ -172,7 +174,11 @@ pub struct E820Entry {
 /// to the MMIO hole, and RAM above 4 GiB when there is more than 3 GiB.
 pub fn e820_map(mem_size: u64) -> Vec<E820Entry> {
     let mut map = vec![
-        E820Entry { addr: 0, size: layout::EBDA_START, kind: E820_RAM },
+        E820Entry {
+            addr: 0,
+            size: layout::EBDA_START,
+            kind: E820_RAM,
+        },
         E820Entry {
             addr: layout::EBDA_START,
             size: layout::HIMEM_START - layout::EBDA_START,
@@ -310,14 +316,26 @@ mod tests {
     fn rejects_bad_headers() {
         let mut img = fake_bzimage_header();
         img[HEADER_MAGIC] = b'X';
-        assert_eq!(SetupHeader::parse(&img).unwrap_err(), BootParamsError::NotBzImage);
+        assert_eq!(
+            SetupHeader::parse(&img).unwrap_err(),
+            BootParamsError::NotBzImage
+        );
         let mut img = fake_bzimage_header();
         img[VERSION..VERSION + 2].copy_from_slice(&0x0206u16.to_le_bytes());
-        assert_eq!(SetupHeader::parse(&img).unwrap_err(), BootParamsError::ProtocolTooOld(0x206));
+        assert_eq!(
+            SetupHeader::parse(&img).unwrap_err(),
+            BootParamsError::ProtocolTooOld(0x206)
+        );
         let mut img = fake_bzimage_header();
         img[XLOADFLAGS] = 0;
-        assert_eq!(SetupHeader::parse(&img).unwrap_err(), BootParamsError::No64BitEntry);
-        assert_eq!(SetupHeader::parse(&[0u8; 100]).unwrap_err(), BootParamsError::TooSmall);
+        assert_eq!(
+            SetupHeader::parse(&img).unwrap_err(),
+            BootParamsError::No64BitEntry
+        );
+        assert_eq!(
+            SetupHeader::parse(&[0u8; 100]).unwrap_err(),
+            BootParamsError::TooSmall
+        );
     }
 
     #[test]
@@ -326,9 +344,21 @@ mod tests {
         assert_eq!(
             map,
             vec![
-                E820Entry { addr: 0, size: 0x9fc00, kind: E820_RAM },
-                E820Entry { addr: 0x9fc00, size: 0x100000 - 0x9fc00, kind: E820_RESERVED },
-                E820Entry { addr: 0x100000, size: (256 << 20) - 0x100000, kind: E820_RAM },
+                E820Entry {
+                    addr: 0,
+                    size: 0x9fc00,
+                    kind: E820_RAM
+                },
+                E820Entry {
+                    addr: 0x9fc00,
+                    size: 0x100000 - 0x9fc00,
+                    kind: E820_RESERVED
+                },
+                E820Entry {
+                    addr: 0x100000,
+                    size: (256 << 20) - 0x100000,
+                    kind: E820_RAM
+                },
             ]
         );
         // The ACPI tables and the RSDP lie in the reserved range.
@@ -343,8 +373,19 @@ mod tests {
         let map = e820_map(mem);
         assert_eq!(map.len(), 4);
         assert_eq!(map[2].addr + map[2].size, layout::MMIO32_START);
-        assert_eq!(map[3], E820Entry { addr: 1 << 32, size: 1 << 30, kind: E820_RAM });
-        let ram: u64 = map.iter().filter(|e| e.kind == E820_RAM).map(|e| e.size).sum();
+        assert_eq!(
+            map[3],
+            E820Entry {
+                addr: 1 << 32,
+                size: 1 << 30,
+                kind: E820_RAM
+            }
+        );
+        let ram: u64 = map
+            .iter()
+            .filter(|e| e.kind == E820_RAM)
+            .map(|e| e.size)
+            .sum();
         assert_eq!(ram, mem - (layout::HIMEM_START - layout::EBDA_START));
     }
 
@@ -355,7 +396,10 @@ mod tests {
         let addr = initrd_address(256 << 20, &h, size).expect("fits");
         assert_eq!(addr % 4096, 0);
         assert!(addr + size <= 256 << 20);
-        assert!(addr + size > (256 << 20) - 4096, "placed as high as possible");
+        assert!(
+            addr + size > (256 << 20) - 4096,
+            "placed as high as possible"
+        );
         // With 3 GiB of RAM it still ends below initrd_addr_max (2 GiB).
         let addr = initrd_address(3 << 30, &h, size).expect("fits");
         assert!(addr + size <= 0x8000_0000);
@@ -383,10 +427,16 @@ mod tests {
         assert_eq!(read_u32(&zp, RAMDISK_IMAGE), 0x0f00_0000);
         assert_eq!(read_u32(&zp, RAMDISK_SIZE), 0x12345);
         assert_eq!(read_u32(&zp, EXT_RAMDISK_IMAGE), 0);
-        assert_eq!(u64::from_le_bytes(zp[0x70..0x78].try_into().expect("8 bytes")), 0xe0000);
+        assert_eq!(
+            u64::from_le_bytes(zp[0x70..0x78].try_into().expect("8 bytes")),
+            0xe0000
+        );
         assert_eq!(zp[E820_ENTRIES], 3);
         let third = E820_TABLE + 2 * 20;
-        assert_eq!(u64::from_le_bytes(zp[third..third + 8].try_into().expect("8")), 0x100000);
+        assert_eq!(
+            u64::from_le_bytes(zp[third..third + 8].try_into().expect("8")),
+            0x100000
+        );
         assert_eq!(read_u32(&zp, third + 16), E820_RAM);
     }
 
@@ -402,7 +452,10 @@ mod tests {
         };
         assert!(matches!(
             build_zero_page(&h, &cfg),
-            Err(BootParamsError::CmdlineTooLong { len: 2049, max: 2048 })
+            Err(BootParamsError::CmdlineTooLong {
+                len: 2049,
+                max: 2048
+            })
         ));
     }
 }

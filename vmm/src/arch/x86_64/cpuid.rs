@@ -39,14 +39,15 @@ pub enum Vendor {
 
 fn find(entries: &[kvm_cpuid_entry2], function: u32, index: u32) -> Option<&kvm_cpuid_entry2> {
     entries.iter().find(|e| {
-        e.function == function
-            && (e.flags & FLAG_SIGNIFICANT_INDEX == 0 || e.index == index)
+        e.function == function && (e.flags & FLAG_SIGNIFICANT_INDEX == 0 || e.index == index)
     })
 }
 
 /// The vendor named by leaf 0's EBX, EDX, ECX.
 pub fn vendor(entries: &[kvm_cpuid_entry2]) -> Vendor {
-    let Some(e) = find(entries, 0, 0) else { return Vendor::Other };
+    let Some(e) = find(entries, 0, 0) else {
+        return Vendor::Other;
+    };
     let mut id = [0u8; 12];
     id[0..4].copy_from_slice(&e.ebx.to_le_bytes());
     id[4..8].copy_from_slice(&e.edx.to_le_bytes());
@@ -64,7 +65,7 @@ fn id_bits(count: u8) -> u32 {
 }
 
 /// Normalises `entries` (KVM's supported CPUID) for vCPU `index` of `count`.
-pub fn normalize(entries: &mut Vec<kvm_cpuid_entry2>, index: u8, count: u8) {
+pub fn normalize(entries: &mut [kvm_cpuid_entry2], index: u8, count: u8) {
     let vendor = vendor(entries);
     let apic_id = u32::from(index);
     let count32 = u32::from(count.max(1));
@@ -145,7 +146,9 @@ pub fn normalize(entries: &mut Vec<kvm_cpuid_entry2>, index: u8, count: u8) {
 /// Makes leaf 0xD self-consistent: only components whose sub-leaf describes them stay in the
 /// supported mask, and the maximum sizes cover exactly those components.
 pub fn normalize_xsave(entries: &mut [kvm_cpuid_entry2]) {
-    let Some(main) = find(entries, 0xd, 0).copied() else { return };
+    let Some(main) = find(entries, 0xd, 0).copied() else {
+        return;
+    };
     let mut mask = u64::from(main.eax) | (u64::from(main.edx) << 32);
     let mut max_end = XSAVE_LEGACY_SIZE;
     for bit in 2..64 {
@@ -194,7 +197,11 @@ mod tests {
     fn boot_xcr0_is_the_offered_user_mask() {
         let mut e = amd_host();
         normalize(&mut e, 0, 1);
-        assert_eq!(boot_xcr0(&e), Some(0x7), "x87 | SSE | AVX; the stray bits were dropped");
+        assert_eq!(
+            boot_xcr0(&e),
+            Some(0x7),
+            "x87 | SSE | AVX; the stray bits were dropped"
+        );
         for l in e.iter_mut().filter(|l| l.function == 1) {
             l.ecx &= !(1 << 26);
         }
@@ -207,7 +214,11 @@ mod tests {
         kvm_cpuid_entry2 {
             function,
             index,
-            flags: if matches!(function, 0x4 | 0xb | 0xd | 0x1f) { 1 } else { 0 },
+            flags: if matches!(function, 0x4 | 0xb | 0xd | 0x1f) {
+                1
+            } else {
+                0
+            },
             eax: regs[0],
             ebx: regs[1],
             ecx: regs[2],

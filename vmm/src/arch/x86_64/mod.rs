@@ -30,6 +30,9 @@ mod tests {
     fn regions_skip_the_mmio_hole() {
         assert_eq!(arch_memory_regions(256 << 20), vec![(0, 256 << 20)]);
         assert_eq!(arch_memory_regions(3 << 30), vec![(0, 3 << 30)]);
-        assert_eq!(arch_memory_regions(5 << 30), vec![(0, 3 << 30), (1 << 32, 2 << 30)]);
+        assert_eq!(
+            arch_memory_regions(5 << 30),
+            vec![(0, 3 << 30), (1 << 32, 2 << 30)]
+        );
     }
 }

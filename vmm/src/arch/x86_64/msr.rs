@@ -21,7 +21,11 @@ const MTRR_ENABLE: u64 = 1 << 11;
 const MTRR_MEM_TYPE_WB: u64 = 6;
 
 fn entry(index: u32, data: u64) -> kvm_msr_entry {
-    kvm_msr_entry { index, data, ..Default::default() }
+    kvm_msr_entry {
+        index,
+        data,
+        ..Default::default()
+    }
 }
 
 /// The boot MSR values.

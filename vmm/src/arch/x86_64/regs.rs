@@ -42,7 +42,7 @@ pub const fn gdt_entry(flags: u16, base: u32, limit: u32) -> u64 {
 
 /// The `kvm_segment` that loading selector `index` from a GDT holding `entry` would produce.
 pub fn segment_from_gdt(entry: u64, index: u8) -> kvm_segment {
-    let base = (((entry >> 16) & 0xff_ffff) | ((entry >> 32) & 0xff00_0000)) as u64;
+    let base = ((entry >> 16) & 0xff_ffff) | ((entry >> 32) & 0xff00_0000);
     let mut limit = ((entry & 0xffff) | ((entry >> 32) & 0xf_0000)) as u32;
     let g = ((entry >> 55) & 1) as u8;
     if g == 1 {
@@ -77,8 +77,14 @@ pub fn gdt_bytes() -> Vec<u8> {
 pub fn page_tables() -> Vec<(u64, Vec<u8>)> {
     let pml4 = (layout::PDPTE_START | 0x03).to_le_bytes().to_vec();
     let pdpte = (layout::PDE_START | 0x03).to_le_bytes().to_vec();
-    let pde: Vec<u8> = (0..512u64).flat_map(|i| ((i << 21) | 0x83).to_le_bytes()).collect();
-    vec![(layout::PML4_START, pml4), (layout::PDPTE_START, pdpte), (layout::PDE_START, pde)]
+    let pde: Vec<u8> = (0..512u64)
+        .flat_map(|i| ((i << 21) | 0x83).to_le_bytes())
+        .collect();
+    vec![
+        (layout::PML4_START, pml4),
+        (layout::PDPTE_START, pdpte),
+        (layout::PDE_START, pde),
+    ]
 }
 
 /// General registers at the 64-bit entry point.
@@ -119,7 +125,11 @@ pub fn boot_sregs(mut sregs: kvm_sregs) -> kvm_sregs {
 
 /// FPU state: x87 control word and MXCSR at their reset values.
 pub fn boot_fpu() -> kvm_fpu {
-    kvm_fpu { fcw: 0x37f, mxcsr: 0x1f80, ..Default::default() }
+    kvm_fpu {
+        fcw: 0x37f,
+        mxcsr: 0x1f80,
+        ..Default::default()
+    }
 }
 
 const APIC_LVT0: usize = 0x350;
@@ -128,7 +138,12 @@ const APIC_MODE_NMI: u32 = 0x4;
 const APIC_MODE_EXTINT: u32 = 0x7;
 
 fn lapic_reg(regs: &[std::os::raw::c_char], off: usize) -> u32 {
-    u32::from_le_bytes([regs[off] as u8, regs[off + 1] as u8, regs[off + 2] as u8, regs[off + 3] as u8])
+    u32::from_le_bytes([
+        regs[off] as u8,
+        regs[off + 1] as u8,
+        regs[off + 2] as u8,
+        regs[off + 3] as u8,
+    ])
 }
 
 fn set_lapic_reg(regs: &mut [std::os::raw::c_char], off: usize, v: u32) {
@@ -170,7 +185,10 @@ mod tests {
     #[test]
     fn segments_decode() {
         let cs = segment_from_gdt(BOOT_GDT[1], 1);
-        assert_eq!((cs.selector, cs.l, cs.db, cs.present, cs.type_), (8, 1, 0, 1, 0xb));
+        assert_eq!(
+            (cs.selector, cs.l, cs.db, cs.present, cs.type_),
+            (8, 1, 0, 1, 0xb)
+        );
         assert_eq!(cs.limit, 0xffff_ffff);
         let ds = segment_from_gdt(BOOT_GDT[2], 2);
         assert_eq!((ds.selector, ds.l, ds.db, ds.type_, ds.s), (16, 0, 1, 3, 1));

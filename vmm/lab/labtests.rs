@@ -29,7 +29,7 @@ struct Args {
     results: PathBuf,
     #[arg(long)]
     logs: PathBuf,
-    /// Run only these comma-separated test groups: boot, reboot, panic, bad-kernel.
+    /// Run only these comma-separated test groups: boot, reboot, console, panic, bad-kernel.
     #[arg(long)]
     only: Option<String>,
     /// Per-run limit in seconds.
@@ -83,6 +83,19 @@ struct Driver {
 impl Driver {
     /// Runs the VMM; `stop_when` ends the run early (VMM killed) once a line matches.
     fn run(&self, name: &str, extra: &[&str], cmd: &str, stop_when: Option<(&str, usize)>) -> Run {
+        self.run_with_input(name, extra, Some(cmd), stop_when, None)
+    }
+
+    /// Like [`Driver::run`]; `cmd: None` leaves /init to start a shell on the console, and
+    /// `input` is typed into the console (stdin) once /init has started.
+    fn run_with_input(
+        &self,
+        name: &str,
+        extra: &[&str],
+        cmd: Option<&str>,
+        stop_when: Option<(&str, usize)>,
+        input: Option<&str>,
+    ) -> Run {
         let started = Instant::now();
         let mut command = Command::new(&self.args.vmm);
         if !extra.contains(&"--kernel") {
@@ -93,11 +106,22 @@ impl Driver {
             .arg(&self.args.initramfs)
             .arg("--name")
             .arg(name)
-            .arg("--no-stdin")
+            .args(if input.is_none() {
+                &["--no-stdin"][..]
+            } else {
+                &[][..]
+            })
             .arg("--extra-cmdline")
-            .arg(format!("{} -- \"{cmd}\"", self.extra_cmdline))
+            .arg(match cmd {
+                Some(cmd) => format!("{} -- \"{cmd}\"", self.extra_cmdline),
+                None => self.extra_cmdline.clone(),
+            })
             .args(extra)
-            .stdin(Stdio::null())
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -133,7 +157,22 @@ impl Driver {
         });
         let deadline = started + Duration::from_secs(self.args.run_timeout);
         let mut run = Run::default();
+        let mut stdin = child.stdin.take();
         loop {
+            if let (Some(text), Some(pipe)) = (input, stdin.as_mut()) {
+                if lines
+                    .lock()
+                    .expect("lock")
+                    .iter()
+                    .any(|(_, l)| l.contains("OUTSOCK-INIT: start"))
+                {
+                    // Give the shell a moment to print its prompt, then type.
+                    std::thread::sleep(Duration::from_millis(500));
+                    let _ = pipe.write_all(text.as_bytes());
+                    let _ = pipe.flush();
+                    stdin = None;
+                }
+            }
             if let Ok(Some(st)) = child.try_wait() {
                 run.status = st.code();
                 break;
@@ -229,7 +268,7 @@ fn bad_klog_lines(console: &str) -> Vec<String> {
         .collect()
 }
 
-const EXPECTED: usize = 9;
+const EXPECTED: usize = 10;
 
 fn boot_tests(d: &mut Driver, vcpus: u8) {
     let name = format!("boot-{vcpus}vcpu");
@@ -348,6 +387,29 @@ fn main() {
             .count();
         d.report("reboot-restart", boots >= 2 && run.stderr.contains("restarting"), &format!("guest `reboot -f` with --on-reboot restart -> {boots} boots seen (want 2, then stopped)"),
     );
+    }
+    if want("console") {
+        let run = d.run_with_input(
+            "console-input",
+            &[],
+            None,
+            None,
+            Some("echo $((6*7))-from-stdin\npoweroff -f\n"),
+        );
+        let ok = run.has("42-from-stdin") && run.status == Some(0);
+        d.report(
+            "console-input",
+            ok,
+            &format!(
+                "stdin typed into the guest shell on ttyS0 -> {}, VMM {}",
+                if run.has("42-from-stdin") {
+                    "its output came back"
+                } else {
+                    "no output"
+                },
+                run.status_text()
+            ),
+        );
     }
     if want("panic") {
         let run = d.run("panic", &[], "echo c > /proc/sysrq-trigger", None);

@@ -21,6 +21,7 @@ mod netns;
 mod world;
 
 pub mod addr;
+pub mod stack;
 pub mod zone;
 
 pub use daemon::Daemon;

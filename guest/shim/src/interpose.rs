@@ -103,14 +103,16 @@ fn copy_options(from: c_int, to: c_int) {
 fn outsource_connect(fd: c_int, entry: Entry, dest: SocketAddrV4) -> c_int {
     let flags = flags_of(fd);
     let nonblocking = flags.status & libc::O_NONBLOCK != 0;
-    let answer = Stream::open().and_then(|s| {
-        s.send(&ToHost::Connect(ConnectRequest {
-            dest,
-            pass_fd: true,
-            nonblocking,
-        }))?;
-        s.recv()
+    let stream = match Stream::open() {
+        Ok(s) => s,
+        Err(e) => return set_errno(e),
+    };
+    let req = ToHost::Connect(ConnectRequest {
+        dest,
+        pass_fd: true,
+        nonblocking,
     });
+    let answer = stream.send(&req).and_then(|()| stream.recv());
     match answer {
         Ok((
             ToGuest::Connected {
@@ -119,10 +121,19 @@ fn outsource_connect(fd: c_int, entry: Entry, dest: SocketAddrV4) -> c_int {
                 in_progress,
                 ..
             },
-            Some(host_fd),
+            passed,
         )) => {
-            copy_options(fd, host_fd);
-            if let Err(e) = replace_fd(host_fd, fd, &flags) {
+            // With a passed fd the program's fd becomes the host's IPv6 socket. Without one
+            // (the guest DNS address, served by dns-cache) host-server relays: the stream itself
+            // becomes the program's socket and carries the connection's bytes.
+            let installed = match passed {
+                Some(host_fd) => {
+                    copy_options(fd, host_fd);
+                    replace_fd(host_fd, fd, &flags)
+                }
+                None => replace_fd(stream.into_raw(), fd, &flags),
+            };
+            if let Err(e) = installed {
                 return set_errno(e);
             }
             table::set(

@@ -65,6 +65,8 @@ real_fns! {
     recvfrom: fn(fd: c_int, buf: *mut c_void, len: usize, flags: c_int, addr: *mut sockaddr, alen: *mut socklen_t) -> isize;
     sendmsg: fn(fd: c_int, msg: *const libc::msghdr, flags: c_int) -> isize;
     recvmsg: fn(fd: c_int, msg: *mut libc::msghdr, flags: c_int) -> isize;
+    recvmmsg: fn(fd: c_int, msgs: *mut libc::mmsghdr, n: libc::c_uint, flags: c_int, timeout: *mut libc::timespec) -> c_int;
+    sendmmsg: fn(fd: c_int, msgs: *mut libc::mmsghdr, n: libc::c_uint, flags: c_int) -> c_int;
     read: fn(fd: c_int, buf: *mut c_void, len: usize) -> isize;
     write: fn(fd: c_int, buf: *const c_void, len: usize) -> isize;
     getaddrinfo: fn(node: *const c_char, service: *const c_char, hints: *const libc::addrinfo, res: *mut *mut libc::addrinfo) -> c_int;

@@ -186,6 +186,12 @@ pub unsafe extern "C" fn sendto(
     addr: *const sockaddr,
     alen: socklen_t,
 ) -> isize {
+    if table::get(fd).kind == Kind::Outsourced {
+        // A connected stream ignores the address on Linux TCP, but a relayed connection's fd is
+        // a Unix stream, which would fail with EISCONN: drop the address, as TCP would.
+        // SAFETY: forwarded arguments without the address.
+        return unsafe { real_sendto(fd, buf, len, flags, std::ptr::null(), 0) };
+    }
     // SAFETY: the caller's addr/alen.
     let to = unsafe { read_v4(addr, alen) };
     match sending_entry(fd, to) {
@@ -270,6 +276,14 @@ pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) ->
     let Some(m) = (unsafe { msg.as_ref() }) else {
         return errno_isize(Errno(libc::EFAULT as u16));
     };
+    if table::get(fd).kind == Kind::Outsourced && !m.msg_name.is_null() {
+        // As in `sendto`: a connected stream takes no address.
+        let mut copy = *m;
+        copy.msg_name = std::ptr::null_mut();
+        copy.msg_namelen = 0;
+        // SAFETY: the caller's msghdr with the address removed.
+        return unsafe { real_sendmsg(fd, &copy, flags) };
+    }
     // SAFETY: msg_name/msg_namelen from a valid msghdr.
     let to = unsafe { read_v4(m.msg_name.cast(), m.msg_namelen) };
     match sending_entry(fd, to) {
@@ -392,3 +406,71 @@ use crate::real::{
     read as real_read, recvfrom as real_recvfrom, recvmsg as real_recvmsg, sendmsg as real_sendmsg,
     sendto as real_sendto, write as real_write,
 };
+
+/// `recvmmsg(2)` (libuv and BIND's dig batch their receives): on a UDP association, fills the
+/// vector one datagram at a time; the first call may block as recvmsg would, later ones don't.
+///
+/// # Safety
+/// Called by C with recvmmsg(2)'s contract.
+#[no_mangle]
+pub unsafe extern "C" fn recvmmsg(
+    fd: c_int,
+    msgs: *mut libc::mmsghdr,
+    n: libc::c_uint,
+    flags: c_int,
+    timeout: *mut libc::timespec,
+) -> c_int {
+    if table::get(fd).kind != Kind::Udp {
+        // SAFETY: forwarded arguments.
+        return unsafe { crate::real::recvmmsg(fd, msgs, n, flags, timeout) };
+    }
+    let mut done: c_int = 0;
+    for i in 0..n as usize {
+        let more = if done == 0 {
+            flags & !libc::MSG_WAITFORONE
+        } else {
+            flags | libc::MSG_DONTWAIT
+        };
+        // SAFETY: msgs holds n entries per the contract.
+        let m = unsafe { &mut *msgs.add(i) };
+        // SAFETY: each entry's msghdr is valid per the contract.
+        let got = unsafe { recvmsg(fd, &mut m.msg_hdr, more) };
+        if got < 0 {
+            return if done > 0 { done } else { -1 };
+        }
+        m.msg_len = u32::try_from(got).unwrap_or(u32::MAX);
+        done += 1;
+    }
+    done
+}
+
+/// `sendmmsg(2)`: on a UDP association, sends each message as its own datagram.
+///
+/// # Safety
+/// Called by C with sendmmsg(2)'s contract.
+#[no_mangle]
+pub unsafe extern "C" fn sendmmsg(
+    fd: c_int,
+    msgs: *mut libc::mmsghdr,
+    n: libc::c_uint,
+    flags: c_int,
+) -> c_int {
+    let e = table::get(fd);
+    if !matches!(e.kind, Kind::Udp | Kind::InetDgram) {
+        // SAFETY: forwarded arguments.
+        return unsafe { crate::real::sendmmsg(fd, msgs, n, flags) };
+    }
+    let mut done: c_int = 0;
+    for i in 0..n as usize {
+        // SAFETY: msgs holds n entries per the contract.
+        let m = unsafe { &mut *msgs.add(i) };
+        // SAFETY: each entry's msghdr is valid per the contract.
+        let sent = unsafe { sendmsg(fd, &m.msg_hdr, flags) };
+        if sent < 0 {
+            return if done > 0 { done } else { -1 };
+        }
+        m.msg_len = u32::try_from(sent).unwrap_or(u32::MAX);
+        done += 1;
+    }
+    done
+}

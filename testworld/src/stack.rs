@@ -1,0 +1,252 @@
+//! outsock's own daemons running in a test world: outsock-dns-cache and outsock-host-server in
+//! `host`, with their sockets, database and configs in the world's temp dir, and legacy programs
+//! started in `legacy` with liboutsock preloaded (process mode).
+//!
+//! The binaries are found in the cargo target directory of the running test (`target/debug`,
+//! next to `deps/`), or in `$OUTSOCK_BIN_DIR`. `scripts/test` builds them all first.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{addr, Daemon, World};
+
+/// The guest DNS address (first address of dns-cache's default destination pool).
+pub const GUEST_DNS: Ipv4Addr = Ipv4Addr::new(10, 170, 160, 1);
+
+/// Where the workspace's binaries are.
+///
+/// # Errors
+/// When the directory cannot be determined.
+pub fn bin_dir() -> Result<PathBuf> {
+    if let Some(d) = std::env::var_os("OUTSOCK_BIN_DIR") {
+        return Ok(PathBuf::from(d));
+    }
+    let exe = std::env::current_exe()?;
+    let mut dir = exe
+        .parent()
+        .context("test binary has no directory")?
+        .to_path_buf();
+    // Test binaries live in target/debug/deps; programs (and the demo) in target/debug.
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    Ok(dir)
+}
+
+/// A built artefact of the workspace, checked to exist.
+///
+/// # Errors
+/// When it is not built.
+pub fn artefact(name: &str) -> Result<PathBuf> {
+    let p = bin_dir()?.join(name);
+    if !p.is_file() {
+        bail!(
+            "{} is not built (run `cargo build --workspace` first)",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
+/// dns-cache and host-server running in a world.
+#[derive(Debug)]
+pub struct Stack {
+    pub world: World,
+    dns: Option<Daemon>,
+    host: Option<Daemon>,
+    host_extra: String,
+}
+
+impl Stack {
+    /// Starts a world and both daemons. `host_extra` is appended to host-server's TOML config
+    /// (e.g. `[listen]\nallowed_ports = [8080]`).
+    ///
+    /// # Errors
+    /// When the world or a daemon does not come up.
+    pub fn start(label: &str, host_extra: &str) -> Result<Self> {
+        let world = World::start(label)?;
+        let mut s = Self {
+            world,
+            dns: None,
+            host: None,
+            host_extra: host_extra.to_owned(),
+        };
+        s.write_configs()?;
+        s.start_dns()?;
+        s.start_host()?;
+        Ok(s)
+    }
+
+    fn write_configs(&self) -> Result<()> {
+        let w = &self.world;
+        std::fs::write(
+            w.path("dns-cache.toml"),
+            format!(
+                "listen = [\"[::1]:53\"]\nupstreams = [\"[{dns}]:53\"]\nupstream_timeout_ms = 1000\n\
+                 database = \"{db}\"\nlookup_socket = \"{sock}\"\nmetrics = \"\"\n",
+                dns = addr::DNS,
+                db = self.db().display(),
+                sock = self.dns_sock().display(),
+            ),
+        )?;
+        std::fs::write(
+            w.path("host-server.toml"),
+            format!(
+                "socket = \"{sock}\"\ndns_socket = \"{dns}\"\ndatabase = \"{db}\"\n\
+                 metrics_listen = \"\"\nconnect_timeout_ms = 5000\ndrain_timeout_secs = 2\n{extra}\n",
+                sock = self.host_sock().display(),
+                dns = self.dns_sock().display(),
+                db = self.db().display(),
+                extra = self.host_extra,
+            ),
+        )?;
+        Ok(())
+    }
+
+    /// host-server's socket (what liboutsock connects to).
+    #[must_use]
+    pub fn host_sock(&self) -> PathBuf {
+        self.world.path("host.sock")
+    }
+
+    /// dns-cache's look-up socket.
+    #[must_use]
+    pub fn dns_sock(&self) -> PathBuf {
+        self.world.path("dns.sock")
+    }
+
+    /// The mapping database.
+    #[must_use]
+    pub fn db(&self) -> PathBuf {
+        self.world.path("mappings.sqlite3")
+    }
+
+    fn launch(&self, bin: &str, config: &str, log: &str) -> Result<Daemon> {
+        let mut cmd = self.world.host().command(artefact(bin)?);
+        cmd.arg("--config").arg(self.world.path(config));
+        cmd.stdout(std::fs::File::create(self.world.path(log))?);
+        cmd.stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.world.path(log))?,
+        );
+        self.world.host().spawn(bin, cmd)
+    }
+
+    fn wait_for_socket(path: &Path, d: &mut Daemon, what: &str, log: &Path) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Ok(());
+            }
+            if let Some(status) = d.try_status()? {
+                bail!(
+                    "{what} exited ({status}) before listening: {}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!("{what} did not listen on {} within 15 s", path.display())
+    }
+
+    /// Starts (or restarts) dns-cache.
+    ///
+    /// # Errors
+    /// When it does not come up.
+    pub fn start_dns(&mut self) -> Result<()> {
+        let mut d = self.launch("outsock-dns-cache", "dns-cache.toml", "dns-cache.log")?;
+        Self::wait_for_socket(
+            &self.dns_sock(),
+            &mut d,
+            "outsock-dns-cache",
+            &self.world.path("dns-cache.log"),
+        )?;
+        self.dns = Some(d);
+        Ok(())
+    }
+
+    /// Starts (or restarts) host-server.
+    ///
+    /// # Errors
+    /// When it does not come up.
+    pub fn start_host(&mut self) -> Result<()> {
+        let mut d = self.launch("outsock-host-server", "host-server.toml", "host-server.log")?;
+        Self::wait_for_socket(
+            &self.host_sock(),
+            &mut d,
+            "outsock-host-server",
+            &self.world.path("host-server.log"),
+        )?;
+        self.host = Some(d);
+        Ok(())
+    }
+
+    /// Stops host-server (SIGTERM, then SIGKILL).
+    pub fn stop_host(&mut self) {
+        if let Some(mut d) = self.host.take() {
+            d.stop(Duration::from_secs(5));
+        }
+        let _ = std::fs::remove_file(self.host_sock());
+    }
+
+    /// Stops dns-cache (SIGTERM, then SIGKILL).
+    pub fn stop_dns(&mut self) {
+        if let Some(mut d) = self.dns.take() {
+            d.stop(Duration::from_secs(5));
+        }
+    }
+
+    /// A command that runs `program` unmodified in `legacy` (nothing but `lo`) with liboutsock
+    /// preloaded by `outsock run`, talking to this stack's host-server.
+    ///
+    /// # Errors
+    /// When `outsock` or liboutsock is not built.
+    pub fn legacy(&self, program: &str) -> Result<Command> {
+        let mut cmd = self.world.legacy().command(artefact("outsock")?);
+        cmd.arg("run")
+            .arg("--socket")
+            .arg(self.host_sock())
+            .arg("--shim")
+            .arg(artefact("liboutsock.so")?)
+            .arg("--")
+            .arg(program);
+        Ok(cmd)
+    }
+
+    /// `outsock mappings ARGS…` against this stack's dns-cache; its stdout.
+    ///
+    /// # Errors
+    /// When the command fails.
+    pub fn mappings(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new(artefact("outsock")?)
+            .arg("mappings")
+            .arg("--socket")
+            .arg(self.dns_sock())
+            .args(args)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "outsock mappings failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The daemons' logs so far, for assertion messages.
+    #[must_use]
+    pub fn logs(&self) -> String {
+        let read = |n: &str| std::fs::read_to_string(self.world.path(n)).unwrap_or_default();
+        format!(
+            "--- dns-cache.log\n{}\n--- host-server.log\n{}",
+            read("dns-cache.log"),
+            read("host-server.log")
+        )
+    }
+}

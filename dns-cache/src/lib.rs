@@ -5,7 +5,8 @@
 //! pure, with time passed in), [`store`] (SQLite, applying `migrations/`), [`persist`] (the single
 //! writer thread with group commit), [`cache`] (upstream answers with negative caching),
 //! [`upstream`] (a small DNS client over UDP with TCP retry), [`resolve`] (the rules), [`server`]
-//! (hickory-server glue), [`lookup`] (dns.sock for host-server), [`metrics`], [`config`].
+//! (hickory-server glue), [`lookup`] (dns.sock for host-server) with [`pins`] (pins as leases of
+//! its connections), [`metrics`], [`config`].
 
 pub mod cache;
 pub mod clock;
@@ -15,6 +16,7 @@ pub mod lookup;
 pub mod mapping;
 pub mod metrics;
 pub mod persist;
+pub mod pins;
 pub mod pool;
 pub mod resolve;
 pub mod server;

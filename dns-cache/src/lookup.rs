@@ -4,6 +4,10 @@
 //! Requests on one connection are handled concurrently (a guest DNS query may wait on upstream
 //! while a Resolve for a connect is answered at once) and answered with their ids, up to a fixed
 //! number in flight per connection, so one client cannot make us queue without bound.
+//!
+//! `Pin`/`Unpin` are leases of the connection that sends them ([`crate::pins`]): a connection
+//! can only give back pins it took, and when it ends (EOF, an error, host-server killed) every
+//! pin it still holds is given back. A client that reconnects pins again what it still uses.
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
@@ -20,6 +24,7 @@ use tokio::sync::{mpsc, Semaphore};
 
 use crate::mapping::{Direction, Mapping, MappingError};
 use crate::persist::PersistError;
+use crate::pins::{PinError, PinLeases};
 use crate::resolve::Resolver;
 use crate::server::answer_packet;
 
@@ -91,21 +96,18 @@ impl LookupService {
         }
     }
 
-    /// Which table holds `v4`, if any.
-    fn direction_of(&self, v4: std::net::Ipv4Addr) -> Option<Direction> {
-        let m = self.resolver.mappings();
-        [Direction::Synthesised, Direction::InboundPeer]
-            .into_iter()
-            .find(|d| m.with_table(*d, |t| t.owns(v4)))
+    /// A new lease set for a connection: the pins it takes end with it.
+    pub fn leases(&self) -> PinLeases {
+        PinLeases::new(Arc::clone(self.resolver.mappings()))
     }
 
-    /// Performs one operation.
-    pub async fn handle(&self, op: LookupOp) -> LookupReply {
+    /// Performs one operation for the connection that owns `pins`.
+    pub async fn handle(&self, op: LookupOp, pins: &PinLeases) -> LookupReply {
         let mappings = self.resolver.mappings();
         let now = mappings.now();
         match op {
             LookupOp::Resolve { dummy } => {
-                let Some(d) = self.direction_of(dummy) else {
+                let Some(d) = mappings.owner(dummy) else {
                     return LookupReply::NotFound;
                 };
                 let found = mappings.with_table(d, |t| {
@@ -133,22 +135,17 @@ impl LookupService {
                 }
             }
             LookupOp::Pin { dummy } | LookupOp::Unpin { dummy } => {
-                let pin = matches!(op, LookupOp::Pin { .. });
-                let Some(d) = self.direction_of(dummy) else {
-                    return LookupReply::NotFound;
+                let r = if matches!(op, LookupOp::Pin { .. }) {
+                    pins.pin(dummy)
+                } else {
+                    pins.unpin(dummy)
                 };
-                let r = mappings.with_table(d, |t| {
-                    if pin {
-                        t.pin(dummy, now)
-                    } else {
-                        t.unpin(dummy, now)
-                    }
-                });
-                mappings.nudge();
                 match r {
                     Ok(pins) => LookupReply::Pinned { pins },
-                    Err(MappingError::NotMapped(_)) => LookupReply::NotFound,
-                    Err(e) => error(LookupErrorCode::Invalid, &e),
+                    Err(PinError::NotMapped(_)) => LookupReply::NotFound,
+                    Err(e @ (PinError::NotPinnedHere(_) | PinError::Closed)) => {
+                        error(LookupErrorCode::Invalid, &e)
+                    }
                 }
             }
             LookupOp::List(q) => self.list(&q),
@@ -275,6 +272,7 @@ pub async fn serve(listener: UnixListener, service: Arc<LookupService>) {
 }
 
 async fn connection(stream: UnixStream, service: Arc<LookupService>) {
+    let leases = Arc::new(service.leases());
     let (mut rd, mut wr) = stream.into_split();
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(IN_FLIGHT_PER_CONNECTION);
     let writer = tokio::spawn(async move {
@@ -296,9 +294,10 @@ async fn connection(stream: UnixStream, service: Arc<LookupService>) {
                         break 'read;
                     };
                     let service = Arc::clone(&service);
+                    let leases = Arc::clone(&leases);
                     let tx = tx.clone();
                     tokio::spawn(async move {
-                        let reply = service.handle(req.op).await;
+                        let reply = service.handle(req.op, &leases).await;
                         let resp = LookupResponse { id: req.id, reply };
                         match shared_proto::frame::to_vec(&resp) {
                             Ok(frame) => {
@@ -321,6 +320,15 @@ async fn connection(stream: UnixStream, service: Arc<LookupService>) {
             Ok(0) | Err(_) => break,
             Ok(n) => buf.extend_from_slice(chunk.get(..n).unwrap_or_default()),
         }
+    }
+    // The client has gone (or broke the framing): its pins end here, not when the last reply
+    // is written. A Pin still in flight is refused after this (`PinError::Closed`).
+    let released = leases.release();
+    if released > 0 {
+        tracing::info!(
+            released,
+            "dns.sock connection closed; gave back the pins it held"
+        );
     }
     drop(tx);
     // Replies still being computed are delivered before the connection closes.

@@ -94,7 +94,8 @@ pub struct Mapping {
     pub last_used: UnixMillis,
     /// When the last answer's TTL runs out.
     pub expires: UnixMillis,
-    /// Open connections (host-server pins) through it.
+    /// Pins held by live dns.sock connections (host-server pins a dummy while a connection
+    /// through it is open). Leases, not a stored fact: reset to 0 at start (see [`crate::pins`]).
     pub pins: u32,
 }
 
@@ -219,9 +220,13 @@ impl MappingTable {
     /// Loads mappings read back from the store. Returns the ones that do not fit this pool (the
     /// pool was reconfigured, or a duplicate IPv6 address); they are queued for deletion so that
     /// the database keeps matching what is served.
+    ///
+    /// Pin counts are not loaded: a pin is a lease of a dns.sock connection (see
+    /// [`crate::pins`]) and no connection survives a restart, so a stored count above 0 is set
+    /// back to 0 (and the row rewritten).
     pub fn load(&mut self, rows: Vec<Mapping>) -> Vec<Mapping> {
         let mut rejected = Vec::new();
-        for m in rows {
+        for mut m in rows {
             let n = u32::from(m.v4);
             if m.direction != self.direction
                 || !self.owns(m.v4)
@@ -233,6 +238,10 @@ impl MappingTable {
                 }
                 rejected.push(m);
                 continue;
+            }
+            if m.pins != 0 {
+                m.pins = 0;
+                self.dirty.insert(n);
             }
             self.by_v6.insert(m.v6, n);
             self.lru.insert((m.last_used, n));
@@ -392,7 +401,8 @@ impl MappingTable {
         Ok(())
     }
 
-    /// Adds a pin (an open connection) to `v4`; returns the new pin count.
+    /// Adds a pin (an open connection) to `v4`; returns the new pin count. Callers go through
+    /// [`crate::pins::PinLeases`], which remembers whose pin it is.
     pub fn pin(&mut self, v4: Ipv4Addr, now: UnixMillis) -> Result<u32, MappingError> {
         self.touch(v4, now)?;
         let entry = self
@@ -604,19 +614,29 @@ mod tests {
             expires: UnixMillis(0),
             pins: 0,
         };
+        let pinned = Mapping {
+            pins: 3,
+            ..m([10, 170, 160, 4], 1)
+        };
         let rejected = t.load(vec![
-            m([10, 170, 160, 4], 1),
+            pinned,
             m([10, 170, 161, 4], 2),
             m([10, 170, 160, 5], 1),
         ]);
         assert_eq!(rejected.len(), 2);
         assert_eq!(t.lookup_v6(v6(1)), Some(Ipv4Addr::new(10, 170, 160, 4)));
+        // Pins were leases of the previous run's connections: none is loaded.
+        assert_eq!(t.get(Ipv4Addr::new(10, 170, 160, 4)).unwrap().pins, 0);
         // Addresses below the highest loaded one are reused first.
         let next = t.map(v6(3), None, Duration::ZERO, UnixMillis(1)).unwrap();
         assert_eq!(next.v4, Ipv4Addr::new(10, 170, 160, 2));
         t.check_invariants();
         let dirty = t.drain_dirty();
         assert!(dirty.deletes.contains(&Ipv4Addr::new(10, 170, 160, 5)));
+        assert!(dirty
+            .upserts
+            .iter()
+            .any(|m| m.v4 == Ipv4Addr::new(10, 170, 160, 4) && m.pins == 0));
     }
 
     #[test]

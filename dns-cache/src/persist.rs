@@ -79,6 +79,14 @@ impl Mappings {
         mut source: MappingTable,
         clock: Arc<dyn Clock>,
     ) -> Result<Arc<Self>, PersistError> {
+        // Pins are leases of dns.sock connections (see `crate::pins`); none exists yet.
+        let released = store.reset_pins()?;
+        if released > 0 {
+            tracing::info!(
+                mappings = released,
+                "released the pins of the previous run's dns.sock connections"
+            );
+        }
         let rows = store.load_all()?;
         let (d_rows, s_rows): (Vec<Mapping>, Vec<Mapping>) = rows
             .into_iter()
@@ -131,6 +139,13 @@ impl Mappings {
     /// The guest DNS address (reserved in the destination pool).
     pub fn dns_address(&self) -> Option<Ipv4Addr> {
         lock(&self.dest).reserved()
+    }
+
+    /// Which table hands out `v4`, if either does.
+    pub fn owner(&self, v4: Ipv4Addr) -> Option<Direction> {
+        [Direction::Synthesised, Direction::InboundPeer]
+            .into_iter()
+            .find(|d| lock(self.table(*d)).owns(v4))
     }
 
     /// Runs `f` on the table of `direction` under its lock.

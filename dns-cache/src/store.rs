@@ -187,6 +187,14 @@ impl Store {
         Ok(out)
     }
 
+    /// Sets every pin count to 0 and returns how many rows had pins. Called at start: pins are
+    /// leases of dns.sock connections, and no connection outlives the process that served it.
+    pub fn reset_pins(&self) -> Result<usize, StoreError> {
+        Ok(self
+            .conn
+            .execute("UPDATE mappings SET pins = 0 WHERE pins <> 0", [])?)
+    }
+
     /// Writes a batch of changes in one transaction. Upserts replace the whole row (and its
     /// names); deletes remove the row of an address.
     pub fn write_batch(
@@ -351,6 +359,21 @@ mod tests {
         s.write_batch(&[], &[Ipv4Addr::new(10, 170, 160, 3)])
             .unwrap();
         assert!(s.load_all().unwrap().is_empty());
+    }
+
+    #[test]
+    fn pins_are_reset_at_start() {
+        let mut s = Store::open_in_memory().unwrap();
+        let mut unpinned = mapping([10, 170, 160, 3], "2001:db8::3", &[]);
+        unpinned.pins = 0;
+        s.write_batch(
+            &[mapping([10, 170, 160, 2], "2001:db8::2", &["a."]), unpinned],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(s.reset_pins().unwrap(), 1);
+        assert!(s.load_all().unwrap().iter().all(|m| m.pins == 0));
+        assert_eq!(s.reset_pins().unwrap(), 0);
     }
 
     #[test]

@@ -99,21 +99,42 @@ impl Cache {
     }
 }
 
+/// One request on a fresh dns.sock connection, closed afterwards.
 fn lookup(sock: &std::path::Path, op: LookupOp) -> LookupReply {
-    let mut s = UnixStream::connect(sock).expect("connect dns.sock");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let frame = shared_proto::frame::to_vec(&LookupRequest { id: 7, op }).unwrap();
-    s.write_all(&frame).unwrap();
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 65536];
-    loop {
-        if let Some((resp, _)) = shared_proto::frame::decode::<LookupResponse>(&buf).unwrap() {
-            assert_eq!(resp.id, 7);
-            return resp.reply;
+    Conn::open(sock).call(op)
+}
+
+/// A dns.sock connection kept open across requests (pins are leases of their connection).
+struct Conn {
+    stream: UnixStream,
+    next_id: u32,
+}
+
+impl Conn {
+    fn open(sock: &std::path::Path) -> Conn {
+        let stream = UnixStream::connect(sock).expect("connect dns.sock");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        Conn { stream, next_id: 1 }
+    }
+
+    fn call(&mut self, op: LookupOp) -> LookupReply {
+        let id = self.next_id;
+        self.next_id += 1;
+        let frame = shared_proto::frame::to_vec(&LookupRequest { id, op }).unwrap();
+        self.stream.write_all(&frame).unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 65536];
+        loop {
+            if let Some((resp, _)) = shared_proto::frame::decode::<LookupResponse>(&buf).unwrap() {
+                assert_eq!(resp.id, id);
+                return resp.reply;
+            }
+            let n = self.stream.read(&mut chunk).expect("read dns.sock");
+            assert!(n > 0, "dns.sock closed without a reply");
+            buf.extend_from_slice(&chunk[..n]);
         }
-        let n = s.read(&mut chunk).expect("read dns.sock");
-        assert!(n > 0, "dns.sock closed without a reply");
-        buf.extend_from_slice(&chunk[..n]);
     }
 }
 
@@ -411,12 +432,13 @@ fn dns_sock_serves_lookups_pins_and_guest_queries() {
     world_test!(dns_sock_serves_lookups_pins_and_guest_queries);
     let c = Cache::start("sock", "");
     let a = c.a(zone::V6ONLY)[0];
+    let mut conn = Conn::open(&c.sock);
     assert_eq!(
-        c.lookup(LookupOp::Pin { dummy: a }),
+        conn.call(LookupOp::Pin { dummy: a }),
         LookupReply::Pinned { pins: 1 }
     );
     assert_eq!(
-        c.lookup(LookupOp::Unpin { dummy: a }),
+        conn.call(LookupOp::Unpin { dummy: a }),
         LookupReply::Pinned { pins: 0 }
     );
     assert_eq!(
@@ -520,6 +542,152 @@ fn invalid_settings_stop_start_up_naming_the_key() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("overlap"), "{err}");
+}
+
+fn pins_of(c: &Cache, dummy: Ipv4Addr) -> u32 {
+    match c.lookup(LookupOp::Resolve { dummy }) {
+        LookupReply::Resolved(m) => m.pins,
+        other => panic!("Resolve({dummy}) gave {other:?}"),
+    }
+}
+
+fn listed_pins(c: &Cache) -> Vec<(Ipv4Addr, u32)> {
+    match c.lookup(LookupOp::List(ListQuery {
+        direction: None,
+        offset: 0,
+        limit: 1000,
+    })) {
+        LookupReply::Mappings { entries, .. } => {
+            entries.iter().map(|m| (m.dummy, m.pins)).collect()
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Polls `f` every 50 ms until it holds or `limit` passes.
+fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn pins_end_with_the_connection_that_took_them() {
+    world_test!(pins_end_with_the_connection_that_took_them);
+    // A /29 holds 5 dummies; with a 1 s TTL and no grace, only pins keep a mapping alive.
+    let c = Cache::start(
+        "pinlease",
+        "destination_pool = \"10.170.160.0/29\"\ngrace_secs = 0\nmax_ttl = 1",
+    );
+    let mut given = c.a(zone::V6ONLY);
+    given.extend(c.a(zone::MULTI));
+    given.extend(c.a(zone::ECHO));
+    assert_eq!(given.len(), 5, "{given:?}");
+    let mut holder = Conn::open(&c.sock);
+    for d in &given {
+        assert_eq!(
+            holder.call(LookupOp::Pin { dummy: *d }),
+            LookupReply::Pinned { pins: 1 }
+        );
+    }
+    assert_eq!(
+        holder.call(LookupOp::Pin { dummy: given[0] }),
+        LookupReply::Pinned { pins: 2 }
+    );
+    // Another connection can neither take nor see-through the holder's pins.
+    assert!(
+        matches!(
+            c.lookup(LookupOp::Unpin { dummy: given[0] }),
+            LookupReply::Error { .. }
+        ),
+        "an Unpin from a connection that holds no pin is refused"
+    );
+    assert_eq!(pins_of(&c, given[0]), 2);
+    // Past TTL and grace, every address is pinned: a new name cannot get one.
+    std::thread::sleep(Duration::from_millis(2_200));
+    assert_eq!(status(&c.dig(&[zone::DUAL, "A"])), "SERVFAIL");
+
+    // The pinning client is a separate process that holds the connection, and it is killed.
+    let stream = holder.stream;
+    let mut client = c
+        .world
+        .host()
+        .command("sleep")
+        .arg("600")
+        .stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(
+            stream,
+        )))
+        .spawn()
+        .unwrap();
+    assert_eq!(
+        pins_of(&c, given[0]),
+        2,
+        "the child still holds the connection"
+    );
+    client.kill().unwrap(); // SIGKILL
+    client.wait().unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || listed_pins(&c)
+            .iter()
+            .all(|(_, p)| *p == 0)),
+        "pins after the holder died: {:?}",
+        listed_pins(&c)
+    );
+    // Unpinned and past TTL and grace: the least recently used mapping is recycled.
+    let mut recycled = Vec::new();
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            recycled = c.a(zone::DUAL);
+            !recycled.is_empty()
+        }),
+        "DUAL never got an address"
+    );
+    assert!(
+        given.contains(&recycled[0]),
+        "{recycled:?} not in {given:?}"
+    );
+    assert_eq!(resolve(&c, recycled[0]), zone::DUAL_AAAA);
+}
+
+#[test]
+fn pins_are_reset_when_dns_cache_restarts() {
+    world_test!(pins_are_reset_when_dns_cache_restarts);
+    let mut c = Cache::start("pinreset", "");
+    let a = c.a(zone::V6ONLY)[0];
+    let mut holder = Conn::open(&c.sock);
+    assert_eq!(
+        holder.call(LookupOp::Pin { dummy: a }),
+        LookupReply::Pinned { pins: 1 }
+    );
+    let stored_pins = |c: &Cache| -> String {
+        let out = Command::new("sqlite3")
+            .arg(&c.db)
+            .arg(format!("select pins from mappings_view where ipv4 = '{a}'"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || stored_pins(&c) == "1"),
+        "the live pin count reaches the database: {}",
+        stored_pins(&c)
+    );
+    // dns-cache dies without any chance to release; the holder's connection dies with it.
+    let d = c.daemon.take().unwrap();
+    d.signal(SIGKILL);
+    drop(d);
+    drop(holder);
+    c.launch();
+    assert_eq!(stored_pins(&c), "0", "reset in the database at start");
+    assert_eq!(listed_pins(&c), vec![(a, 0)]);
+    assert_eq!(resolve(&c, a), addr::HTTP, "the mapping itself is kept");
 }
 
 /// A DNS query packet: id, RD, one question of `qtype`, no EDNS.

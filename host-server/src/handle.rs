@@ -283,10 +283,22 @@ pub fn run(settings: Settings) -> Result<(), ServerError> {
     let sys = actix_rt::System::new();
     sys.block_on(async move {
         let server = start(settings).await?;
-        match crate::notify::notify("READY=1") {
+        match outsock_notify::notify("READY=1") {
             Ok(true) => tracing::info!("told systemd we are ready"),
             Ok(false) => {}
             Err(e) => tracing::warn!(error = %e, "cannot notify systemd"),
+        }
+        // The watchdog ticks from this task, so it stops when the reactor is stuck.
+        if let Some(every) = outsock_notify::watchdog_interval() {
+            actix_rt::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                loop {
+                    tick.tick().await;
+                    if let Err(e) = outsock_notify::notify("WATCHDOG=1") {
+                        tracing::warn!(error = %e, "cannot send the systemd watchdog keep-alive");
+                    }
+                }
+            });
         }
         let mut term =
             actix_rt::signal::unix::signal(actix_rt::signal::unix::SignalKind::terminate())
@@ -295,7 +307,7 @@ pub fn run(settings: Settings) -> Result<(), ServerError> {
             _ = term.recv() => tracing::info!("SIGTERM: draining"),
             _ = actix_rt::signal::ctrl_c() => tracing::info!("SIGINT: draining"),
         }
-        let _ = crate::notify::notify("STOPPING=1");
+        let _ = outsock_notify::notify("STOPPING=1");
         server.shutdown().await;
         Ok(())
     })

@@ -3,10 +3,11 @@
 //!
 //! Layers: plain logic tested without actix — [`config`], [`identity`] (who a peer is),
 //! [`dest`] (where an IPv4 destination goes), [`limits`], [`mapping`] (cache and pins),
-//! [`relay`], [`framed`], [`fdpass`] (SCM_RIGHTS), [`metrics`], [`notify`]; I/O clients —
+//! [`relay`], [`framed`], [`fdpass`] (SCM_RIGHTS), [`metrics`]; I/O clients —
 //! [`lookup`] (dns.sock) and [`fallback`] (the SQLite file, read-only); the per-request work —
 //! `session`, `outbound`, `inbound`, `udp`; the thin [`actors`]; and [`handle`], the public
-//! `Addr`-free API with [`handle::start`] and [`handle::run`].
+//! `Addr`-free API with [`handle::start`] and [`handle::run`] (which also speaks systemd's
+//! readiness and watchdog protocol through the `outsock-notify` crate).
 
 pub mod actors;
 pub mod config;
@@ -23,7 +24,6 @@ pub mod lookup;
 pub mod mapping;
 pub mod metrics;
 mod metrics_http;
-pub mod notify;
 mod outbound;
 pub mod ratelimit;
 pub mod relay;

@@ -2,8 +2,9 @@
 //!
 //! - `outsock run [--socket PATH] [--dns ADDR] -- CMD ARGS…` runs an unmodified IPv4-only program
 //!   with liboutsock preloaded (process mode), so its AF_INET sockets go through host-server.
-//! - `outsock mappings [--json] [--direction …]` prints dns-cache's mapping table, asked over
-//!   `dns.sock`.
+//! - `outsock mappings [--json] [--direction …] [--name …] [--address …]` prints dns-cache's
+//!   mapping table, asked over `dns.sock`.
+//! - `outsock health [--dns-socket …] [--host-socket …]` checks that the daemons answer.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -60,6 +61,22 @@ enum Cmd {
         /// One JSON object per line instead of a table.
         #[arg(long)]
         json: bool,
+        /// Only mappings whose names contain this text.
+        #[arg(long)]
+        name: Option<String>,
+        /// Only the mapping with this dummy IPv4 or IPv6 address.
+        #[arg(long)]
+        address: Option<std::net::IpAddr>,
+    },
+    /// Check that the daemons answer (for container health checks and scripts): exit 0 when
+    /// every socket given answers.
+    Health {
+        /// dns-cache's look-up socket: asked for its counters.
+        #[arg(long)]
+        dns_socket: Option<PathBuf>,
+        /// host-server's socket: must accept a connection.
+        #[arg(long)]
+        host_socket: Option<PathBuf>,
     },
 }
 
@@ -81,7 +98,13 @@ fn main() -> Result<()> {
             socket,
             direction,
             json,
-        } => mappings(&socket, direction, json),
+            name,
+            address,
+        } => mappings(&socket, direction, json, &Filter { name, address }),
+        Cmd::Health {
+            dns_socket,
+            host_socket,
+        } => health(dns_socket.as_ref(), host_socket.as_ref()),
     }
 }
 
@@ -135,7 +158,49 @@ fn ask(stream: &mut UnixStream, id: u32, op: LookupOp) -> Result<LookupReply> {
     }
 }
 
-fn mappings(socket: &PathBuf, direction: Option<Dir>, json: bool) -> Result<()> {
+/// Client-side filters for `outsock mappings`.
+struct Filter {
+    name: Option<String>,
+    address: Option<std::net::IpAddr>,
+}
+
+impl Filter {
+    fn keeps(&self, m: &MappingInfo) -> bool {
+        let name_ok = self
+            .name
+            .as_ref()
+            .is_none_or(|n| m.names.iter().any(|x| x.contains(n.as_str())));
+        let addr_ok = match self.address {
+            None => true,
+            Some(std::net::IpAddr::V4(a)) => m.dummy == a,
+            Some(std::net::IpAddr::V6(a)) => m.v6 == a,
+        };
+        name_ok && addr_ok
+    }
+}
+
+fn health(dns: Option<&PathBuf>, host: Option<&PathBuf>) -> Result<()> {
+    if dns.is_none() && host.is_none() {
+        bail!("give --dns-socket and/or --host-socket");
+    }
+    if let Some(path) = dns {
+        let mut s = UnixStream::connect(path)
+            .with_context(|| format!("dns-cache at {}", path.display()))?;
+        s.set_read_timeout(Some(Duration::from_secs(3)))?;
+        match ask(&mut s, 1, LookupOp::Stats)? {
+            LookupReply::Stats(_) => println!("dns-cache: answering on {}", path.display()),
+            other => bail!("dns-cache answered {other:?}"),
+        }
+    }
+    if let Some(path) = host {
+        // Connecting and closing without a request is harmless: host-server drops the stream.
+        UnixStream::connect(path).with_context(|| format!("host-server at {}", path.display()))?;
+        println!("host-server: accepting on {}", path.display());
+    }
+    Ok(())
+}
+
+fn mappings(socket: &PathBuf, direction: Option<Dir>, json: bool, filter: &Filter) -> Result<()> {
     let mut stream = UnixStream::connect(socket)
         .with_context(|| format!("connecting to dns-cache at {}", socket.display()))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
@@ -165,6 +230,7 @@ fn mappings(socket: &PathBuf, direction: Option<Dir>, json: bool) -> Result<()> 
             other => bail!("unexpected answer from dns-cache: {other:?}"),
         }
     }
+    all.retain(|m| filter.keeps(m));
     let out = std::io::stdout();
     let mut out = out.lock();
     if json {

@@ -23,6 +23,10 @@ use crate::devices::console::{self, Console};
 use crate::devices::i8042::I8042;
 use crate::devices::pvpanic::PvPanic;
 use crate::devices::serial::SerialDevice;
+use crate::devices::virtio::mmio::{MmioTransport, QUEUE_NOTIFY_OFFSET};
+use crate::devices::virtio::vsock::device::VsockHandler;
+use crate::devices::virtio::vsock::{Muxer, MuxerConfig, VsockDevice};
+use crate::devices::virtio::{IrqLine, VirtioDevice};
 use crate::devices::{Bus, BusDevice};
 use crate::event_loop::{self, ConsoleInput, Subscriber};
 use crate::host_check;
@@ -67,6 +71,8 @@ pub enum BuildError {
     Vcpu(#[from] crate::vstate::vcpu::VcpuError),
     #[error("cannot place a device on the bus")]
     Bus(#[from] crate::devices::bus::BusError),
+    #[error("cannot set up the vsock device")]
+    Vsock(#[from] crate::devices::virtio::vsock::muxer::MuxerError),
     #[error("cannot set up an eventfd, a thread or the console")]
     Io(#[from] std::io::Error),
 }
@@ -168,9 +174,18 @@ pub fn build_and_boot(cfg: &VmConfig) -> Result<RunningVm, BuildError> {
         .map_err(BuildError::LoadCmdline)?;
 
     // 7. ACPI tables (devices, CPUs, sleep/reset registers).
+    let vsock_socket = cfg.vsock_socket_path();
+    let mut mmio_devices = vec![MmioDeviceDesc::pvpanic(layout::PVPANIC_MMIO_START as u32)];
+    if vsock_socket.is_some() {
+        mmio_devices.push(MmioDeviceDesc::virtio_mmio(
+            0,
+            layout::VIRTIO_MMIO_START as u32,
+            layout::GSI_VIRTIO_START,
+        ));
+    }
     let acpi = acpi::build(&AcpiConfig {
         vcpus: cfg.vcpus,
-        mmio_devices: vec![MmioDeviceDesc::pvpanic(layout::PVPANIC_MMIO_START as u32)],
+        mmio_devices,
     })?;
     for (addr, bytes) in &acpi.tables {
         mem.write_slice(bytes, GuestAddress(*addr))?;
@@ -234,6 +249,43 @@ pub fn build_and_boot(cfg: &VmConfig) -> Result<RunningVm, BuildError> {
         layout::PVPANIC_MMIO_START,
         u64::from(layout::PVPANIC_MMIO_SIZE),
     )?;
+    let mut subscribers: Vec<Subscriber> = Vec::new();
+    if let (Some(host_socket), Some(listen_socket)) = (&cfg.host_socket, vsock_socket) {
+        // virtio-vsock at the first virtio-mmio window: ioeventfds on QueueNotify (one per
+        // queue, matched on the queue index), an irqfd on its GSI.
+        let base = layout::VIRTIO_MMIO_START;
+        let irq_evt = EventFd::new(libc::EFD_NONBLOCK)?;
+        vm.register_irqfd(&irq_evt, layout::GSI_VIRTIO_START)?;
+        let mut queue_evts = Vec::new();
+        for index in 0..3u32 {
+            let evt = EventFd::new(libc::EFD_NONBLOCK)?;
+            vm.register_ioevent(&evt, base + QUEUE_NOTIFY_OFFSET, index)?;
+            queue_evts.push(evt);
+        }
+        let muxer = Muxer::new(MuxerConfig {
+            vm: cfg.name.clone(),
+            cid: u64::from(cfg.cid),
+            host_socket: host_socket.clone(),
+            listen_socket: Some(listen_socket),
+        })?;
+        let irq = IrqLine::new(irq_evt);
+        let irq_status = irq.status();
+        let device = Arc::new(Mutex::new(VsockDevice::new(
+            u64::from(cfg.cid),
+            mem.clone(),
+            irq,
+            muxer,
+        )));
+        let kicks = queue_evts
+            .iter()
+            .map(EventFd::try_clone)
+            .collect::<Result<Vec<_>, _>>()?;
+        let as_virtio: Arc<Mutex<dyn VirtioDevice>> = device.clone();
+        let transport: Arc<Mutex<dyn BusDevice>> =
+            Arc::new(Mutex::new(MmioTransport::new(as_virtio, irq_status, kicks)));
+        mmio.insert(transport, base, u64::from(layout::VIRTIO_MMIO_SIZE))?;
+        subscribers.push(Box::new(VsockHandler::new(device, queue_evts)));
+    }
     let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
 
     // 10. vCPUs: normalised CPUID, MSRs, registers (boot vCPU only), LAPIC LINT pins.
@@ -248,7 +300,6 @@ pub fn build_and_boot(cfg: &VmConfig) -> Result<RunningVm, BuildError> {
     }
 
     // 11. The event thread (console input) and one thread per vCPU.
-    let mut subscribers: Vec<Subscriber> = Vec::new();
     if cfg.stdin {
         subscribers.push(Box::new(ConsoleInput::new(ConsoleInput::stdin()?, serial)?));
     }

@@ -54,6 +54,14 @@ pub struct VmConfig {
     pub on_reboot: OnReboot,
     /// Debug aid: log guest writes to ports and addresses no device claims (stderr).
     pub trace_io: bool,
+    /// host-server's socket. When set, the VM gets a virtio-vsock device whose guest
+    /// connections to CID 2 become streams to this socket (VM mode).
+    pub host_socket: Option<PathBuf>,
+    /// The VM's own hybrid-vsock socket, where host processes `CONNECT <port>` to the guest
+    /// (default `/run/outsock/vm-<name>.vsock`).
+    pub vsock_socket: Option<PathBuf>,
+    /// The guest's vsock context id (3 or more).
+    pub cid: u32,
 }
 
 impl Default for VmConfig {
@@ -70,6 +78,9 @@ impl Default for VmConfig {
             stdin: true,
             on_reboot: OnReboot::Exit,
             trace_io: false,
+            host_socket: None,
+            vsock_socket: None,
+            cid: 3,
         }
     }
 }
@@ -82,6 +93,8 @@ pub enum ConfigError {
     NoKernel,
     #[error("vcpus = {0}: outsock-vmm supports 1 to {max} vCPUs", max = layout::MAX_VCPUS)]
     Vcpus(u8),
+    #[error("cid = {0}: a guest vsock CID must be 3 or more (0-2 are reserved)")]
+    Cid(u32),
     #[error("mem_mib = {0}: guest memory must be {min} to {max} MiB", min = layout::MIN_MEM_MIB, max = layout::MAX_MEM_MIB)]
     Memory(u64),
 }
@@ -107,7 +120,20 @@ impl VmConfig {
         if !(layout::MIN_MEM_MIB..=layout::MAX_MEM_MIB).contains(&self.mem_mib) {
             return Err(ConfigError::Memory(self.mem_mib));
         }
+        if self.cid < 3 {
+            return Err(ConfigError::Cid(self.cid));
+        }
         Ok(self)
+    }
+
+    /// The VM's own vsock socket path, when the VM has a vsock device.
+    pub fn vsock_socket_path(&self) -> Option<PathBuf> {
+        self.host_socket.as_ref()?;
+        Some(
+            self.vsock_socket
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(format!("/run/outsock/vm-{}.vsock", self.name))),
+        )
     }
 }
 
@@ -159,6 +185,15 @@ pub struct Cli {
     /// Debug aid: log guest writes to unclaimed ports and MMIO addresses to stderr.
     #[arg(long)]
     pub trace_io: bool,
+    /// host-server's socket; gives the VM a virtio-vsock device (VM mode).
+    #[arg(long, value_name = "PATH")]
+    pub host_socket: Option<PathBuf>,
+    /// The VM's own vsock socket [default: /run/outsock/vm-<name>.vsock].
+    #[arg(long, value_name = "PATH")]
+    pub vsock_socket: Option<PathBuf>,
+    /// The guest's vsock CID [default: 3].
+    #[arg(long)]
+    pub cid: Option<u32>,
 }
 
 /// Merges the file, the environment (`env`: name → value, normally `std::env::vars()`) and
@@ -184,6 +219,9 @@ pub fn load(cli: &Cli, env: HashMap<String, String>) -> Result<VmConfig, ConfigE
         .set_override_option("vcpus", cli.vcpus.map(u64::from))?
         .set_override_option("name", cli.name.clone())?
         .set_override_option("serial_log", cli.serial_log.as_ref().map(path_str))?
+        .set_override_option("host_socket", cli.host_socket.as_ref().map(path_str))?
+        .set_override_option("vsock_socket", cli.vsock_socket.as_ref().map(path_str))?
+        .set_override_option("cid", cli.cid.map(u64::from))?
         .set_override_option(
             "on_reboot",
             cli.on_reboot.map(|r| match r {

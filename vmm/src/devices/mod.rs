@@ -10,5 +10,6 @@ pub mod console;
 pub mod i8042;
 pub mod pvpanic;
 pub mod serial;
+pub mod virtio;
 
 pub use bus::{Bus, BusDevice};

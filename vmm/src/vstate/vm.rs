@@ -6,7 +6,7 @@ use kvm_bindings::{
     kvm_cpuid_entry2, kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES,
     KVM_PIT_SPEAKER_DUMMY,
 };
-use kvm_ioctls::{Kvm, VmFd};
+use kvm_ioctls::{IoEventAddress, Kvm, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -38,6 +38,12 @@ pub enum VmError {
     #[error("KVM_IRQFD failed for GSI {gsi}")]
     Irqfd {
         gsi: u32,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("KVM_IOEVENTFD failed for MMIO address {addr:#x}")]
+    Ioeventfd {
+        addr: u64,
         #[source]
         source: kvm_ioctls::Error,
     },
@@ -111,6 +117,19 @@ impl Vm {
         self.fd
             .register_irqfd(evt, gsi)
             .map_err(|source| VmError::Irqfd { gsi, source })
+    }
+
+    /// Makes a 4-byte guest write of `datamatch` to MMIO address `addr` signal `evt` inside KVM,
+    /// without an exit to user space (virtio-mmio QueueNotify).
+    pub fn register_ioevent(
+        &self,
+        evt: &EventFd,
+        addr: u64,
+        datamatch: u32,
+    ) -> Result<(), VmError> {
+        self.fd
+            .register_ioevent(evt, &IoEventAddress::Mmio(addr), datamatch)
+            .map_err(|source| VmError::Ioeventfd { addr, source })
     }
 
     /// The CPUID leaves KVM can offer on this host, before normalisation.

@@ -1,0 +1,430 @@
+//! One bridged vsock stream: the guest side (ports, credit, the packets it still owes the
+//! guest) and the host side (a non-blocking Unix stream with a bounded outgoing buffer).
+//!
+//! Credit (virtio 1.2 §5.10.6.3): every header we send advertises `buf_alloc` =
+//! [`TX_BUF_SIZE`] and `fwd_cnt` = guest bytes actually written to the Unix stream. A guest
+//! that respects it can never have more than [`TX_BUF_SIZE`] bytes unwritten here, so the
+//! buffer is bounded by construction and overflowing it means the guest ignored credit: RST.
+//! In the other direction we read from the Unix stream only as much as the guest's advertised
+//! credit allows, and stop polling the stream while it is exhausted.
+
+use std::collections::VecDeque;
+use std::io::{ErrorKind, Read, Write};
+use std::num::Wrapping;
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use vmm_sys_util::epoll::EventSet;
+
+use super::packet::{op, Header, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM};
+use super::HOST_CID;
+
+/// Guest bytes we accept before they are written to the Unix stream; also our `buf_alloc`.
+pub const TX_BUF_SIZE: u32 = 256 * 1024;
+/// Send a CREDIT_UPDATE once this many forwarded bytes are unknown to the guest.
+pub const CREDIT_UPDATE_AFTER: u32 = TX_BUF_SIZE / 2;
+/// How long a host-initiated connection waits for the guest to accept, and a closing one for
+/// its buffer to drain, before it is reset.
+pub const TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Where the connection stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Host-initiated: REQUEST sent (or pending), waiting for the guest's RESPONSE.
+    LocalInit,
+    /// Guest-initiated: the host side is connected, RESPONSE pending.
+    PeerInit,
+    Established,
+    /// Being torn down: only an RST (if pending) is left to send.
+    Closed,
+}
+
+mod pending {
+    pub const RST: u8 = 1;
+    pub const REQUEST: u8 = 2;
+    pub const RESPONSE: u8 = 4;
+    pub const SHUTDOWN: u8 = 8;
+    pub const CREDIT_UPDATE: u8 = 16;
+    pub const CREDIT_REQUEST: u8 = 32;
+}
+
+/// See the module documentation.
+#[derive(Debug)]
+pub struct Connection {
+    stream: UnixStream,
+    state: State,
+    peer_cid: u64,
+    local_port: u32,
+    peer_port: u32,
+    /// Written to the stream before any guest byte: the VM hello, or the `OK <port>` line.
+    prefix: Vec<u8>,
+    /// Guest bytes not yet written to the stream (≤ TX_BUF_SIZE).
+    tx_buf: VecDeque<u8>,
+    fwd_cnt: Wrapping<u32>,
+    last_fwd_cnt_sent: Wrapping<u32>,
+    /// The guest's receive buffer and how much of it it has consumed.
+    peer_buf_alloc: u32,
+    peer_fwd_cnt: Wrapping<u32>,
+    /// Bytes we sent to the guest.
+    rx_cnt: Wrapping<u32>,
+    pending: u8,
+    /// The stream is readable (or may be) and the guest has not been given its data yet.
+    want_rw: bool,
+    credit_requested: bool,
+    local_eof: bool,
+    write_shut: bool,
+    peer_shut: u32,
+    expiry: Option<Instant>,
+    /// Part of the muxer's RX work queue.
+    pub(super) queued: bool,
+    /// What the muxer's epoll watches for this stream (None: not registered).
+    pub(super) registered: Option<EventSet>,
+}
+
+impl Connection {
+    /// A guest connection to the host: the host side is connected, RESPONSE goes out next,
+    /// and `prefix` (the VM hello) precedes the guest's bytes.
+    pub fn peer_init(
+        stream: UnixStream,
+        peer_cid: u64,
+        local_port: u32,
+        peer_port: u32,
+        prefix: Vec<u8>,
+    ) -> Self {
+        let mut c = Self::new(stream, State::PeerInit, peer_cid, local_port, peer_port);
+        c.prefix = prefix;
+        c.pending = pending::RESPONSE;
+        c
+    }
+
+    /// A host connection to guest port `peer_port`: REQUEST goes out next; the guest has
+    /// [`TIMEOUT`] to accept.
+    pub fn local_init(stream: UnixStream, peer_cid: u64, local_port: u32, peer_port: u32) -> Self {
+        let mut c = Self::new(stream, State::LocalInit, peer_cid, local_port, peer_port);
+        c.pending = pending::REQUEST;
+        c.expiry = Some(Instant::now() + TIMEOUT);
+        c
+    }
+
+    fn new(
+        stream: UnixStream,
+        state: State,
+        peer_cid: u64,
+        local_port: u32,
+        peer_port: u32,
+    ) -> Self {
+        Self {
+            stream,
+            state,
+            peer_cid,
+            local_port,
+            peer_port,
+            prefix: Vec::new(),
+            tx_buf: VecDeque::new(),
+            fwd_cnt: Wrapping(0),
+            last_fwd_cnt_sent: Wrapping(0),
+            peer_buf_alloc: 0,
+            peer_fwd_cnt: Wrapping(0),
+            rx_cnt: Wrapping(0),
+            pending: 0,
+            want_rw: false,
+            credit_requested: false,
+            local_eof: false,
+            write_shut: false,
+            peer_shut: 0,
+            expiry: None,
+            queued: false,
+            registered: None,
+        }
+    }
+
+    pub fn stream(&self) -> &UnixStream {
+        &self.stream
+    }
+
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    pub fn expiry(&self) -> Option<Instant> {
+        self.expiry
+    }
+
+    /// Bytes of guest data buffered here.
+    pub fn tx_buffered(&self) -> usize {
+        self.tx_buf.len()
+    }
+
+    /// Tears the connection down with an RST to the guest.
+    pub fn reset(&mut self) {
+        if self.state != State::Closed || self.pending != 0 {
+            self.state = State::Closed;
+            self.pending = pending::RST;
+        }
+        self.expiry = None;
+    }
+
+    /// Closed and nothing left to tell the guest: the muxer can drop it.
+    pub fn is_done(&self) -> bool {
+        self.state == State::Closed && self.pending == 0
+    }
+
+    /// The deadline passed: reset.
+    pub fn expire(&mut self, now: Instant) {
+        if self.expiry.is_some_and(|t| t <= now) {
+            self.reset();
+        }
+    }
+
+    fn peer_credit(&self) -> u32 {
+        let in_flight = (self.rx_cnt - self.peer_fwd_cnt).0;
+        self.peer_buf_alloc.saturating_sub(in_flight)
+    }
+
+    /// Whether the connection has a packet for the guest.
+    pub fn has_pending_rx(&self) -> bool {
+        self.pending != 0 || self.can_read()
+    }
+
+    fn can_read(&self) -> bool {
+        self.state == State::Established
+            && self.want_rw
+            && !self.local_eof
+            && (self.peer_credit() > 0 || !self.credit_requested)
+    }
+
+    /// The events the muxer should watch on the stream.
+    pub fn interest(&self) -> EventSet {
+        let mut e = EventSet::empty();
+        if self.state == State::Closed {
+            return e;
+        }
+        if self.state == State::Established && !self.want_rw && !self.local_eof {
+            e |= EventSet::IN;
+        }
+        if !self.prefix.is_empty() || !self.tx_buf.is_empty() {
+            e |= EventSet::OUT;
+        }
+        if self.state == State::LocalInit {
+            // Only to notice the host process giving up; HUP is always reported.
+            e |= EventSet::READ_HANG_UP;
+        }
+        e
+    }
+
+    /// The stream is ready for `events`.
+    pub fn notify(&mut self, events: EventSet) {
+        if self.state == State::Closed {
+            return;
+        }
+        if self.state == State::LocalInit {
+            if events.intersects(EventSet::HANG_UP | EventSet::READ_HANG_UP | EventSet::ERROR) {
+                self.reset();
+            }
+            return;
+        }
+        if events.intersects(EventSet::OUT) {
+            self.flush();
+        }
+        if self.state == State::Established
+            && events.intersects(
+                EventSet::IN | EventSet::HANG_UP | EventSet::READ_HANG_UP | EventSet::ERROR,
+            )
+        {
+            // The read itself tells data from EOF from an error.
+            self.want_rw = true;
+        }
+    }
+
+    /// A packet from the guest for this connection.
+    pub fn send_pkt(&mut self, hdr: &Header, data: &[u8]) {
+        if self.state == State::Closed {
+            return;
+        }
+        if hdr.op == op::RST {
+            self.state = State::Closed;
+            self.pending = 0;
+            return;
+        }
+        self.peer_buf_alloc = hdr.buf_alloc;
+        self.peer_fwd_cnt = Wrapping(hdr.fwd_cnt);
+        if self.peer_credit() > 0 {
+            self.credit_requested = false;
+        }
+        match (self.state, hdr.op) {
+            (State::LocalInit, op::RESPONSE) => {
+                self.state = State::Established;
+                self.expiry = None;
+                self.prefix = shared_proto::hybrid::ok_line(self.local_port).into_bytes();
+                self.flush();
+            }
+            (State::Established, op::RW) => self.push_data(data),
+            (State::Established, op::SHUTDOWN) => {
+                self.peer_shut |= hdr.flags & (SHUTDOWN_RCV | SHUTDOWN_SEND);
+                self.flush();
+                if self.state != State::Closed
+                    && self.peer_shut == SHUTDOWN_RCV | SHUTDOWN_SEND
+                    && self.expiry.is_none()
+                {
+                    self.expiry = Some(Instant::now() + TIMEOUT);
+                }
+            }
+            // The REQUEST that created a guest connection only brings the guest's credit.
+            (State::PeerInit, op::REQUEST)
+            | (State::Established | State::PeerInit, op::CREDIT_UPDATE) => {}
+            (State::Established, op::CREDIT_REQUEST) => self.pending |= pending::CREDIT_UPDATE,
+            _ => self.reset(),
+        }
+    }
+
+    fn push_data(&mut self, data: &[u8]) {
+        if self.peer_shut & SHUTDOWN_SEND != 0 {
+            // Data after the guest said it would send no more.
+            self.reset();
+            return;
+        }
+        if self.tx_buf.len() + data.len() > TX_BUF_SIZE as usize {
+            // More than the credit we gave: the guest ignored it.
+            self.reset();
+            return;
+        }
+        self.tx_buf.extend(data);
+        self.flush();
+    }
+
+    /// Writes the prefix and buffered guest bytes; applies a pending half-close or close once
+    /// the buffer is empty; asks for a credit update when the guest's view has gone stale.
+    fn flush(&mut self) {
+        while !self.prefix.is_empty() {
+            match self.stream.write(&self.prefix) {
+                Ok(n) => {
+                    self.prefix.drain(..n);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => return self.reset(),
+            }
+        }
+        while !self.tx_buf.is_empty() {
+            let (front, _) = self.tx_buf.as_slices();
+            match self.stream.write(front) {
+                Ok(n) => {
+                    self.tx_buf.drain(..n);
+                    self.fwd_cnt += Wrapping(n as u32);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => return self.reset(),
+            }
+        }
+        if (self.fwd_cnt - self.last_fwd_cnt_sent).0 >= CREDIT_UPDATE_AFTER {
+            self.pending |= pending::CREDIT_UPDATE;
+        }
+        if !self.tx_buf.is_empty() {
+            return;
+        }
+        if self.peer_shut & SHUTDOWN_SEND != 0 && !self.write_shut {
+            let _ = self.stream.shutdown(std::net::Shutdown::Write);
+            self.write_shut = true;
+        }
+        let both = SHUTDOWN_RCV | SHUTDOWN_SEND;
+        if self.peer_shut == both || (self.peer_shut & SHUTDOWN_SEND != 0 && self.local_eof) {
+            self.reset();
+        }
+    }
+
+    fn header(&self, op: u16) -> Header {
+        Header {
+            src_cid: HOST_CID,
+            dst_cid: self.peer_cid,
+            src_port: self.local_port,
+            dst_port: self.peer_port,
+            len: 0,
+            type_: TYPE_STREAM,
+            op,
+            flags: 0,
+            buf_alloc: TX_BUF_SIZE,
+            fwd_cnt: self.fwd_cnt.0,
+        }
+    }
+
+    /// The next packet for the guest, its payload (if any) in `buf[..len]`; `None` when there
+    /// is nothing to send now.
+    pub fn recv_pkt(&mut self, buf: &mut [u8]) -> Option<Header> {
+        let h = self.next_pkt(buf)?;
+        // Every header carries our credit: the guest's view is fresh again.
+        self.last_fwd_cnt_sent = Wrapping(h.fwd_cnt);
+        self.pending &= !pending::CREDIT_UPDATE;
+        Some(h)
+    }
+
+    fn take(&mut self, bit: u8) -> bool {
+        let had = self.pending & bit != 0;
+        self.pending &= !bit;
+        had
+    }
+
+    fn next_pkt(&mut self, buf: &mut [u8]) -> Option<Header> {
+        if self.take(pending::RST) {
+            self.pending = 0;
+            return Some(self.header(op::RST));
+        }
+        if self.take(pending::REQUEST) {
+            return Some(self.header(op::REQUEST));
+        }
+        if self.take(pending::RESPONSE) {
+            self.state = State::Established;
+            // Anything the host wrote before the guest could read is picked up by polling.
+            return Some(self.header(op::RESPONSE));
+        }
+        if self.take(pending::CREDIT_REQUEST) {
+            return Some(self.header(op::CREDIT_REQUEST));
+        }
+        if self.state == State::Established && self.want_rw && !self.local_eof {
+            let credit = self.peer_credit();
+            if credit == 0 {
+                if !self.credit_requested {
+                    self.credit_requested = true;
+                    return Some(self.header(op::CREDIT_REQUEST));
+                }
+            } else {
+                let max = buf.len().min(credit as usize);
+                if max > 0 {
+                    match self.stream.read(&mut buf[..max]) {
+                        Ok(0) => {
+                            self.local_eof = true;
+                            self.want_rw = false;
+                            self.pending |= pending::SHUTDOWN;
+                        }
+                        Ok(n) => {
+                            self.rx_cnt += Wrapping(n as u32);
+                            let mut h = self.header(op::RW);
+                            h.len = n as u32;
+                            return Some(h);
+                        }
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => self.want_rw = false,
+                        Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                        Err(_) => {
+                            self.reset();
+                            self.pending = 0;
+                            return Some(self.header(op::RST));
+                        }
+                    }
+                }
+            }
+        }
+        if self.take(pending::SHUTDOWN) {
+            let mut h = self.header(op::SHUTDOWN);
+            h.flags = SHUTDOWN_SEND;
+            if self.peer_shut & SHUTDOWN_SEND != 0 && self.tx_buf.is_empty() {
+                // Both sides are done sending: close after this packet.
+                self.reset();
+            }
+            return Some(h);
+        }
+        if self.pending & pending::CREDIT_UPDATE != 0 {
+            return Some(self.header(op::CREDIT_UPDATE));
+        }
+        None
+    }
+}

@@ -1,0 +1,247 @@
+//! The virtio-vsock device: moves packets between the guest's descriptor chains and the
+//! [`Muxer`], and its event-loop glue.
+//!
+//! TX (guest→host) chains are always consumed: a packet is parsed with virtio-vsock's
+//! `VsockPacket`, copied out and handed to the muxer; a chain that does not parse is returned
+//! unused (the guest driver never builds one; a hostile guest only loses its own packet). RX
+//! chains are filled only while the muxer has something to say; a chain it cannot use now is
+//! put back.
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_vsock::packet::{VsockPacket, PKT_HEADER_SIZE};
+use vm_memory::{Bytes, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::muxer::Muxer;
+use super::packet::{Header, MAX_PKT_DATA};
+use super::{DEVICE_ID, QUEUE_SIZE, RX_QUEUE, TX_QUEUE};
+use crate::devices::virtio::{ActivateError, IrqLine, VirtioDevice, VIRTIO_F_VERSION_1};
+
+/// See the module documentation.
+#[derive(Debug)]
+pub struct VsockDevice {
+    cid: u64,
+    mem: GuestMemoryMmap,
+    /// Empty until the driver activates the device.
+    queues: Vec<Queue>,
+    irq: IrqLine,
+    muxer: Muxer,
+    rx_buf: Vec<u8>,
+    tx_buf: Vec<u8>,
+}
+
+impl VsockDevice {
+    pub fn new(cid: u64, mem: GuestMemoryMmap, irq: IrqLine, muxer: Muxer) -> Self {
+        Self {
+            cid,
+            mem,
+            queues: Vec::new(),
+            irq,
+            muxer,
+            rx_buf: vec![0; MAX_PKT_DATA as usize],
+            tx_buf: Vec::with_capacity(MAX_PKT_DATA as usize),
+        }
+    }
+
+    pub fn muxer(&self) -> &Muxer {
+        &self.muxer
+    }
+
+    pub fn is_active(&self) -> bool {
+        !self.queues.is_empty()
+    }
+
+    /// Consumes every TX chain; true if the used ring changed.
+    pub fn process_tx(&mut self) -> bool {
+        let Some(q) = self.queues.get_mut(TX_QUEUE) else {
+            return false;
+        };
+        let mut used = false;
+        while let Some(mut chain) = q.pop_descriptor_chain(&self.mem) {
+            let head = chain.head_index();
+            if let Ok(pkt) = VsockPacket::from_tx_virtq_chain(&self.mem, &mut chain, MAX_PKT_DATA) {
+                let hdr = Header::from_packet(&pkt);
+                self.tx_buf.clear();
+                if let Some(data) = pkt.data_slice() {
+                    self.tx_buf.resize(data.len(), 0);
+                    if data.read_slice(&mut self.tx_buf, 0).is_err() {
+                        self.tx_buf.clear();
+                    }
+                }
+                self.muxer.send_pkt(&hdr, &self.tx_buf);
+            }
+            // A failure here means the rings themselves are bad; the guest's problem.
+            let _ = q.add_used(&self.mem, head, 0);
+            used = true;
+        }
+        used
+    }
+
+    /// Fills RX chains while the muxer has packets; true if the used ring changed.
+    pub fn process_rx(&mut self) -> bool {
+        let Some(q) = self.queues.get_mut(RX_QUEUE) else {
+            return false;
+        };
+        let mut used = false;
+        while self.muxer.has_pending_rx() {
+            let Some(mut chain) = q.pop_descriptor_chain(&self.mem) else {
+                break;
+            };
+            let head = chain.head_index();
+            let len = match VsockPacket::from_rx_virtq_chain(&self.mem, &mut chain, MAX_PKT_DATA) {
+                Ok(mut pkt) => {
+                    let cap = pkt.data_slice().map_or(0, vm_memory::VolatileSlice::len);
+                    let cap = cap.min(self.rx_buf.len());
+                    let Some(mut h) = self.muxer.recv_pkt(&mut self.rx_buf[..cap]) else {
+                        // Nothing after all: the chain goes back for later.
+                        q.go_to_previous_position();
+                        break;
+                    };
+                    if h.len > 0 {
+                        let data = &self.rx_buf[..h.len as usize];
+                        if pkt
+                            .data_slice()
+                            .is_none_or(|d| d.write_slice(data, 0).is_err())
+                        {
+                            h.len = 0;
+                        }
+                    }
+                    h.write_to(&mut pkt);
+                    PKT_HEADER_SIZE as u32 + h.len
+                }
+                Err(_) => 0,
+            };
+            let _ = q.add_used(&self.mem, head, len);
+            used = true;
+        }
+        used
+    }
+
+    /// Handles backend readiness, then fills RX.
+    pub fn process_backend(&mut self) -> bool {
+        self.muxer.process_events();
+        self.process_rx()
+    }
+
+    /// Interrupts the guest if it wants to hear about the used rings.
+    pub fn signal_used(&mut self) {
+        let mut needed = false;
+        for q in &mut self.queues {
+            needed |= q.needs_notification(&self.mem).unwrap_or(true);
+        }
+        if needed {
+            self.irq.trigger_used();
+        }
+    }
+}
+
+impl VirtioDevice for VsockDevice {
+    fn device_type(&self) -> u32 {
+        DEVICE_ID
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE; 3]
+    }
+
+    fn features(&self) -> u64 {
+        VIRTIO_F_VERSION_1
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        // struct virtio_vsock_config { le64 guest_cid; }
+        let cfg = self.cid.to_le_bytes();
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = usize::try_from(offset)
+                .ok()
+                .and_then(|o| cfg.get(o + i))
+                .copied()
+                .unwrap_or(0);
+        }
+    }
+
+    fn activate(&mut self, _acked: u64, queues: Vec<Queue>) -> Result<(), ActivateError> {
+        if queues.len() != 3 {
+            return Err(ActivateError::QueueCount {
+                got: queues.len(),
+                want: 3,
+            });
+        }
+        // The event queue is never used (it only reports transport resets on migration).
+        for (i, q) in queues.iter().enumerate().take(2) {
+            if !q.is_valid(&self.mem) {
+                return Err(ActivateError::BadQueue(i));
+            }
+        }
+        self.queues = queues;
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.queues.clear();
+        self.muxer.reset();
+    }
+}
+
+/// The event-loop subscriber: queue notifications (ioeventfds) and backend readiness.
+#[derive(Debug)]
+pub struct VsockHandler {
+    device: Arc<Mutex<VsockDevice>>,
+    queue_evts: Vec<EventFd>,
+    backend: RawFd,
+}
+
+impl VsockHandler {
+    /// `queue_evts` are the RX, TX and event queue notifiers, in order.
+    pub fn new(device: Arc<Mutex<VsockDevice>>, queue_evts: Vec<EventFd>) -> Self {
+        let backend = device
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .muxer()
+            .epoll_fd();
+        Self {
+            device,
+            queue_evts,
+            backend,
+        }
+    }
+}
+
+impl MutEventSubscriber for VsockHandler {
+    fn init(&mut self, ops: &mut EventOps) {
+        for evt in &self.queue_evts {
+            let _ = ops.add(Events::new(evt, EventSet::IN));
+        }
+        let _ = ops.add(Events::new_raw(self.backend, EventSet::IN));
+    }
+
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        let fd = events.fd();
+        let mut dev = self.device.lock().unwrap_or_else(PoisonError::into_inner);
+        let used = if fd == self.backend {
+            dev.process_backend()
+        } else if let Some(i) = self.queue_evts.iter().position(|e| e.as_raw_fd() == fd) {
+            let _ = self.queue_evts[i].read();
+            if !dev.is_active() {
+                return;
+            }
+            match i {
+                RX_QUEUE => dev.process_rx(),
+                TX_QUEUE => {
+                    let tx = dev.process_tx();
+                    dev.process_rx() | tx
+                }
+                _ => false,
+            }
+        } else {
+            false
+        };
+        if used {
+            dev.signal_used();
+        }
+    }
+}

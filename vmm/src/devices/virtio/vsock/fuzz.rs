@@ -1,0 +1,390 @@
+//! A fake guest driver on plain memory, for the unit tests and the fuzz target: it lays out
+//! three split queues (with virtio-queue's `MockSplitQueue`), writes descriptor chains and
+//! avail entries the way a driver would — or any way at all — and reads the used rings back.
+//!
+//! [`fuzz_one`] is the fuzz target's body (vmm/fuzz, cargo-fuzz): it turns arbitrary bytes into
+//! descriptor chains, well-formed and not, and runs the device over them; the only property is
+//! that nothing panics or hangs. The corpus under vmm/fuzz/corpus is replayed by a unit test.
+
+use std::collections::HashMap;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+
+use virtio_queue::mock::MockSplitQueue;
+use virtio_queue::Queue;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::device::VsockDevice;
+use super::muxer::{Muxer, MuxerConfig};
+use super::packet::Header;
+use super::{QUEUE_SIZE, RX_QUEUE, TX_QUEUE};
+use crate::devices::virtio::{IrqLine, VirtioDevice};
+
+const MEM_SIZE: usize = 16 << 20;
+const QUEUE_BASES: [u64; 3] = [0, 0x1_0000, 0x2_0000];
+const BUF_START: u64 = 0x10_0000;
+const VRING_DESC_F_NEXT: u16 = 1;
+const VRING_DESC_F_WRITE: u16 = 2;
+
+#[derive(Debug, Clone, Copy)]
+struct Ring {
+    desc: u64,
+    avail: u64,
+    used: u64,
+    next_desc: u16,
+    avail_idx: u16,
+    used_seen: u16,
+}
+
+/// See the module documentation.
+#[derive(Debug)]
+pub struct FakeGuest {
+    pub mem: GuestMemoryMmap,
+    rings: [Ring; 3],
+    next_buf: u64,
+    /// RX chain head → (header address, data address).
+    rx_bufs: HashMap<u16, (u64, u64)>,
+}
+
+impl Default for FakeGuest {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FakeGuest {
+    pub fn new() -> Self {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)])
+            .expect("16 MiB of anonymous memory");
+        let rings = QUEUE_BASES.map(|base| {
+            let m = MockSplitQueue::create(&mem, GuestAddress(base), QUEUE_SIZE);
+            Ring {
+                desc: m.desc_table_addr().0,
+                avail: m.avail_addr().0,
+                used: m.used_addr().0,
+                next_desc: 0,
+                avail_idx: 0,
+                used_seen: 0,
+            }
+        });
+        Self {
+            mem,
+            rings,
+            next_buf: BUF_START,
+            rx_bufs: HashMap::new(),
+        }
+    }
+
+    /// The three queues as the driver configured them.
+    pub fn queues(&self) -> Vec<Queue> {
+        QUEUE_BASES
+            .iter()
+            .map(|&base| {
+                MockSplitQueue::create(&self.mem, GuestAddress(base), QUEUE_SIZE)
+                    .create_queue::<Queue>()
+                    .expect("a valid mock queue")
+            })
+            .collect()
+    }
+
+    fn alloc(&mut self, len: u64) -> u64 {
+        let len = len.max(1).next_multiple_of(64);
+        if self.next_buf + len > MEM_SIZE as u64 {
+            self.next_buf = BUF_START;
+        }
+        let a = self.next_buf;
+        self.next_buf += len;
+        a
+    }
+
+    /// Writes one raw descriptor at table index `idx` of queue `q`.
+    pub fn write_desc(&self, q: usize, idx: u16, addr: u64, len: u32, flags: u16, next: u16) {
+        let at = GuestAddress(self.rings[q].desc + 16 * u64::from(idx % QUEUE_SIZE));
+        let mut d = [0u8; 16];
+        d[0..8].copy_from_slice(&addr.to_le_bytes());
+        d[8..12].copy_from_slice(&len.to_le_bytes());
+        d[12..14].copy_from_slice(&flags.to_le_bytes());
+        d[14..16].copy_from_slice(&next.to_le_bytes());
+        self.mem
+            .write_slice(&d, at)
+            .expect("descriptor table in memory");
+    }
+
+    /// Makes `head` available on queue `q`.
+    pub fn publish(&mut self, q: usize, head: u16) {
+        let r = &mut self.rings[q];
+        let slot = GuestAddress(r.avail + 4 + 2 * u64::from(r.avail_idx % QUEUE_SIZE));
+        self.mem
+            .write_obj(head, slot)
+            .expect("avail ring in memory");
+        r.avail_idx = r.avail_idx.wrapping_add(1);
+        let idx = r.avail_idx;
+        self.mem
+            .write_obj(idx, GuestAddress(r.avail + 2))
+            .expect("avail ring in memory");
+    }
+
+    /// Adds a chain of (address, length, device-writable) buffers to queue `q`; returns its
+    /// head index.
+    pub fn push_chain(&mut self, q: usize, bufs: &[(u64, u32, bool)]) -> u16 {
+        let start = self.rings[q].next_desc;
+        for (i, &(addr, len, write)) in bufs.iter().enumerate() {
+            let idx = start.wrapping_add(i as u16) % QUEUE_SIZE;
+            let last = i + 1 == bufs.len();
+            let flags = if write { VRING_DESC_F_WRITE } else { 0 }
+                | if last { 0 } else { VRING_DESC_F_NEXT };
+            let next = (idx + 1) % QUEUE_SIZE;
+            self.write_desc(q, idx, addr, len, flags, next);
+        }
+        self.rings[q].next_desc = start.wrapping_add(bufs.len() as u16) % QUEUE_SIZE;
+        self.publish(q, start);
+        start
+    }
+
+    /// Queues a well-formed TX packet (header and data in two descriptors).
+    pub fn send(&mut self, hdr: &Header, data: &[u8]) {
+        let h = self.alloc(44);
+        self.mem
+            .write_slice(&hdr.to_bytes(), GuestAddress(h))
+            .expect("buffer in memory");
+        if data.is_empty() {
+            self.push_chain(TX_QUEUE, &[(h, 44, false)]);
+        } else {
+            let d = self.alloc(data.len() as u64);
+            self.mem
+                .write_slice(data, GuestAddress(d))
+                .expect("buffer in memory");
+            self.push_chain(TX_QUEUE, &[(h, 44, false), (d, data.len() as u32, false)]);
+        }
+    }
+
+    /// Posts `n` RX buffers of `data_len` bytes (header and data in two descriptors, as
+    /// Linux 6.1 does).
+    pub fn post_rx(&mut self, n: usize, data_len: u32) {
+        for _ in 0..n {
+            let h = self.alloc(44);
+            let d = self.alloc(u64::from(data_len));
+            let head = self.push_chain(RX_QUEUE, &[(h, 44, true), (d, data_len, true)]);
+            self.rx_bufs.insert(head, (h, d));
+        }
+    }
+
+    /// RX buffers posted and not yet used.
+    pub fn rx_outstanding(&self) -> usize {
+        self.rx_bufs.len()
+    }
+
+    /// New used-ring entries of queue `q`: (head, length).
+    pub fn used(&mut self, q: usize) -> Vec<(u32, u32)> {
+        let r = &mut self.rings[q];
+        let idx: u16 = self
+            .mem
+            .read_obj(GuestAddress(r.used + 2))
+            .expect("used ring in memory");
+        let mut out = Vec::new();
+        while r.used_seen != idx {
+            let e = GuestAddress(r.used + 4 + 8 * u64::from(r.used_seen % QUEUE_SIZE));
+            let id: u32 = self.mem.read_obj(e).expect("used ring in memory");
+            let len: u32 = self
+                .mem
+                .read_obj(GuestAddress(e.0 + 4))
+                .expect("used ring in memory");
+            out.push((id, len));
+            r.used_seen = r.used_seen.wrapping_add(1);
+        }
+        out
+    }
+
+    /// The packets the device put in RX buffers since the last call.
+    pub fn recv(&mut self) -> Vec<(Header, Vec<u8>)> {
+        let mut out = Vec::new();
+        for (id, len) in self.used(RX_QUEUE) {
+            let Some((h, d)) = self.rx_bufs.remove(&(id as u16)) else {
+                continue;
+            };
+            if len < 44 {
+                continue;
+            }
+            let mut hb = [0u8; 44];
+            self.mem
+                .read_slice(&mut hb, GuestAddress(h))
+                .expect("buffer in memory");
+            let hdr = Header::from_bytes(&hb);
+            let mut data = vec![0u8; (len - 44) as usize];
+            self.mem
+                .read_slice(&mut data, GuestAddress(d))
+                .expect("buffer in memory");
+            out.push((hdr, data));
+        }
+        out
+    }
+}
+
+/// A device on a fresh fake guest, activated, whose guest connections go to `host_socket`.
+pub fn activated_device(
+    guest: &FakeGuest,
+    cid: u64,
+    host_socket: &Path,
+    listen_socket: Option<&Path>,
+) -> VsockDevice {
+    let muxer = Muxer::new(MuxerConfig {
+        vm: "vm0".into(),
+        cid,
+        host_socket: host_socket.to_path_buf(),
+        listen_socket: listen_socket.map(Path::to_path_buf),
+    })
+    .expect("muxer");
+    let irq = IrqLine::new(EventFd::new(libc::EFD_NONBLOCK).expect("eventfd"));
+    let mut dev = VsockDevice::new(cid, guest.mem.clone(), irq, muxer);
+    dev.activate(crate::devices::virtio::VIRTIO_F_VERSION_1, guest.queues())
+        .expect("activates");
+    dev
+}
+
+struct Bytes2<'a>(&'a [u8]);
+
+impl Bytes2<'_> {
+    fn u8(&mut self) -> Option<u8> {
+        let (&b, rest) = self.0.split_first()?;
+        self.0 = rest;
+        Some(b)
+    }
+    fn u16(&mut self) -> Option<u16> {
+        Some(u16::from_le_bytes([self.u8()?, self.u8()?]))
+    }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes([
+            self.u8()?,
+            self.u8()?,
+            self.u8()?,
+            self.u8()?,
+        ]))
+    }
+}
+
+/// The fuzz target's body: see the module documentation.
+pub fn fuzz_one(data: &[u8]) {
+    let dir = std::env::temp_dir().join(format!("outsock-vsock-fuzz-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    let host = dir.join("host.sock");
+    let _ = std::fs::remove_file(&host);
+    let listener = UnixListener::bind(&host).ok();
+    if let Some(l) = &listener {
+        let _ = l.set_nonblocking(true);
+    }
+    let mut guest = FakeGuest::new();
+    let mut dev = activated_device(&guest, 3, &host, None);
+    let mut accepted: Vec<UnixStream> = Vec::new();
+    let mut input = Bytes2(data);
+    let mut steps = 0;
+    while let Some(kind) = input.u8() {
+        steps += 1;
+        if steps > 256 {
+            break;
+        }
+        match kind % 6 {
+            0 => {
+                // A raw chain: any addresses, lengths, flags and links.
+                let n = input.u8().unwrap_or(1) % 4 + 1;
+                let head = input.u16().unwrap_or(0);
+                for i in 0..n {
+                    let addr = u64::from(input.u32().unwrap_or(0)) << (input.u8().unwrap_or(0) % 8);
+                    let len = input.u32().unwrap_or(44);
+                    let flags = input.u16().unwrap_or(0);
+                    let next = input.u16().unwrap_or(0);
+                    guest.write_desc(
+                        TX_QUEUE,
+                        head.wrapping_add(u16::from(i)),
+                        addr,
+                        len,
+                        flags,
+                        next,
+                    );
+                }
+                guest.publish(TX_QUEUE, head);
+                dev.process_tx();
+            }
+            1 => {
+                // A well-formed chain with a header the guest made up.
+                let mut h = Header {
+                    src_cid: if input.u8().unwrap_or(0) & 1 == 0 {
+                        3
+                    } else {
+                        u64::from(input.u32().unwrap_or(0))
+                    },
+                    dst_cid: 2,
+                    src_port: u32::from(input.u8().unwrap_or(0) % 4) + 1000,
+                    dst_port: u32::from(input.u8().unwrap_or(0) % 2) + 1024,
+                    len: 0,
+                    type_: u16::from(input.u8().unwrap_or(1) % 3),
+                    op: u16::from(input.u8().unwrap_or(0) % 9),
+                    flags: u32::from(input.u8().unwrap_or(0) % 4),
+                    buf_alloc: input.u32().unwrap_or(65536),
+                    fwd_cnt: input.u32().unwrap_or(0),
+                };
+                let dlen = usize::from(input.u16().unwrap_or(0) % 2048);
+                let payload = vec![0x5a; dlen];
+                h.len = if input.u8().unwrap_or(0) % 8 == 0 {
+                    input.u32().unwrap_or(0)
+                } else {
+                    dlen as u32
+                };
+                guest.send(&h, &payload);
+                dev.process_tx();
+            }
+            2 => {
+                let n = usize::from(input.u8().unwrap_or(1) % 8);
+                let len = u32::from(input.u16().unwrap_or(4096));
+                guest.post_rx(n, len);
+                dev.process_rx();
+            }
+            3 => {
+                // A raw RX chain.
+                let head = input.u16().unwrap_or(0);
+                let addr = u64::from(input.u32().unwrap_or(0));
+                let len = input.u32().unwrap_or(0);
+                let flags = input.u16().unwrap_or(0);
+                guest.write_desc(RX_QUEUE, head, addr, len, flags, head.wrapping_add(1));
+                guest.publish(RX_QUEUE, head);
+                dev.process_rx();
+            }
+            4 => {
+                // host-server side: accept, write, or close.
+                if let Some(l) = &listener {
+                    while let Ok((s, _)) = l.accept() {
+                        let _ = s.set_nonblocking(true);
+                        accepted.push(s);
+                    }
+                }
+                let pick = usize::from(input.u8().unwrap_or(0));
+                if !accepted.is_empty() {
+                    let i = pick % accepted.len();
+                    if pick & 0x80 != 0 {
+                        accepted.swap_remove(i);
+                    } else {
+                        use std::io::Write;
+                        let _ = accepted[i].write(&[1u8; 300]);
+                    }
+                }
+                dev.process_backend();
+            }
+            _ => {
+                dev.process_backend();
+                let _ = guest.recv();
+                let _ = guest.used(TX_QUEUE);
+            }
+        }
+        // Keep host-server's backlog empty so a connect never waits.
+        if let Some(l) = &listener {
+            while let Ok((s, _)) = l.accept() {
+                let _ = s.set_nonblocking(true);
+                accepted.push(s);
+                if accepted.len() > 64 {
+                    accepted.remove(0);
+                }
+            }
+        }
+    }
+    dev.reset();
+}

@@ -1,0 +1,475 @@
+//! The vsock muxer: routes guest packets to connections, creates connections in both
+//! directions, and decides which connection gets the next guest RX buffer.
+//!
+//! It owns an epoll instance (nested in the event loop's) that watches the VM's own Unix
+//! socket, the host streams of every connection, handshakes in progress and a timer for
+//! deadlines. Connections are keyed by (host-side port, guest port). The RX work queue holds
+//! keys of connections with something to tell the guest, served round-robin so that one busy
+//! stream cannot starve the others; RSTs for packets that match no connection wait in a small
+//! bounded queue of their own.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{ErrorKind, Read};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use shared_proto::outsource::{ToHost, VmHello};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::timerfd::TimerFd;
+
+use super::connection::{Connection, TIMEOUT};
+use super::packet::{op, Header, TYPE_STREAM};
+use super::HOST_CID;
+
+/// Connections at once (Firecracker's limit); further requests get RST.
+pub const MAX_CONNECTIONS: usize = 1023;
+/// Host connections still sending their `CONNECT` line.
+pub const MAX_HANDSHAKES: usize = 64;
+/// RSTs for unroutable packets waiting for RX buffers; more are dropped.
+pub const MAX_ORPHAN_RSTS: usize = 256;
+/// Host-side ports of host-initiated connections: [2^30, 2^31), as Firecracker.
+const LOCAL_PORT_FIRST: u32 = 1 << 30;
+const LOCAL_PORT_LAST: u32 = (1 << 31) - 1;
+
+/// What the muxer needs to know.
+#[derive(Debug, Clone)]
+pub struct MuxerConfig {
+    /// The VM's name, sent in every hello.
+    pub vm: String,
+    /// The guest's CID.
+    pub cid: u64,
+    /// host-server's socket: where guest connections to CID 2 go.
+    pub host_socket: PathBuf,
+    /// The VM's own socket, where host processes `CONNECT` to guest ports.
+    pub listen_socket: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MuxerError {
+    #[error("cannot create the vsock backend's epoll or timer")]
+    Setup(#[source] std::io::Error),
+    #[error("cannot listen on {}", path.display())]
+    Listen {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+type Key = (u32, u32);
+
+#[derive(Debug)]
+struct Handshake {
+    stream: UnixStream,
+    line: Vec<u8>,
+    deadline: Instant,
+}
+
+/// See the module documentation.
+#[derive(Debug)]
+pub struct Muxer {
+    cfg: MuxerConfig,
+    epoll: Epoll,
+    listener: Option<UnixListener>,
+    timer: TimerFd,
+    timer_armed: bool,
+    conns: HashMap<Key, Connection>,
+    by_fd: HashMap<RawFd, Key>,
+    handshakes: HashMap<RawFd, Handshake>,
+    rxq: VecDeque<Key>,
+    orphan_rsts: VecDeque<Header>,
+    next_port: u32,
+}
+
+impl Muxer {
+    /// Creates the muxer and, if configured, binds the VM's socket (replacing a stale file).
+    ///
+    /// # Errors
+    /// [`MuxerError`] when the epoll, timer or listener cannot be set up.
+    pub fn new(cfg: MuxerConfig) -> Result<Self, MuxerError> {
+        let epoll = Epoll::new().map_err(MuxerError::Setup)?;
+        let timer = TimerFd::new()
+            .map_err(|e| MuxerError::Setup(std::io::Error::from_raw_os_error(e.errno())))?;
+        epoll
+            .ctl(
+                ControlOperation::Add,
+                timer.as_raw_fd(),
+                EpollEvent::new(EventSet::IN, timer.as_raw_fd() as u64),
+            )
+            .map_err(MuxerError::Setup)?;
+        let listener = match &cfg.listen_socket {
+            Some(path) => {
+                let _ = std::fs::remove_file(path);
+                let l = UnixListener::bind(path).map_err(|source| MuxerError::Listen {
+                    path: path.clone(),
+                    source,
+                })?;
+                l.set_nonblocking(true).map_err(MuxerError::Setup)?;
+                epoll
+                    .ctl(
+                        ControlOperation::Add,
+                        l.as_raw_fd(),
+                        EpollEvent::new(EventSet::IN, l.as_raw_fd() as u64),
+                    )
+                    .map_err(MuxerError::Setup)?;
+                Some(l)
+            }
+            None => None,
+        };
+        Ok(Self {
+            cfg,
+            epoll,
+            listener,
+            timer,
+            timer_armed: false,
+            conns: HashMap::new(),
+            by_fd: HashMap::new(),
+            handshakes: HashMap::new(),
+            rxq: VecDeque::new(),
+            orphan_rsts: VecDeque::new(),
+            next_port: LOCAL_PORT_FIRST,
+        })
+    }
+
+    /// The epoll fd to watch from the event loop: readable when a backend event is waiting.
+    pub fn epoll_fd(&self) -> RawFd {
+        self.epoll.as_raw_fd()
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// The connection between host port `local` and guest port `peer`, if any.
+    pub fn connection(&self, local: u32, peer: u32) -> Option<&Connection> {
+        self.conns.get(&(local, peer))
+    }
+
+    /// Whether a packet for the guest is (probably) waiting.
+    pub fn has_pending_rx(&self) -> bool {
+        !self.orphan_rsts.is_empty() || !self.rxq.is_empty()
+    }
+
+    /// Drops every connection (the driver reset the device).
+    pub fn reset(&mut self) {
+        for (_, c) in self.conns.drain() {
+            if c.registered.is_some() {
+                let _ = self.epoll.ctl(
+                    ControlOperation::Delete,
+                    c.stream().as_raw_fd(),
+                    EpollEvent::default(),
+                );
+            }
+        }
+        for (fd, _) in self.handshakes.drain() {
+            let _ = self
+                .epoll
+                .ctl(ControlOperation::Delete, fd, EpollEvent::default());
+        }
+        self.by_fd.clear();
+        self.rxq.clear();
+        self.orphan_rsts.clear();
+    }
+
+    fn orphan_rst(&mut self, hdr: &Header) {
+        if self.orphan_rsts.len() < MAX_ORPHAN_RSTS {
+            self.orphan_rsts.push_back(hdr.reply(op::RST));
+        }
+    }
+
+    /// A packet the guest sent (TX queue).
+    pub fn send_pkt(&mut self, hdr: &Header, data: &[u8]) {
+        // Packets not from this guest to the host are dropped: a guest cannot speak as
+        // another CID, and there is nobody else to talk to.
+        if hdr.src_cid != self.cfg.cid || hdr.dst_cid != HOST_CID {
+            return;
+        }
+        if hdr.type_ != TYPE_STREAM {
+            if hdr.op != op::RST {
+                self.orphan_rst(hdr);
+            }
+            return;
+        }
+        let key = (hdr.dst_port, hdr.src_port);
+        if let Some(conn) = self.conns.get_mut(&key) {
+            conn.send_pkt(hdr, data);
+            self.update(key);
+            return;
+        }
+        match hdr.op {
+            op::REQUEST => self.guest_connect(hdr),
+            op::RST => {}
+            _ => self.orphan_rst(hdr),
+        }
+    }
+
+    /// A guest connection to CID 2 port P: a new stream to host-server, the hello first.
+    fn guest_connect(&mut self, hdr: &Header) {
+        if self.conns.len() >= MAX_CONNECTIONS {
+            return self.orphan_rst(hdr);
+        }
+        let Ok(port_hello) = shared_proto::to_vec(&ToHost::Hello(VmHello {
+            vm: self.cfg.vm.clone(),
+            cid: self.cfg.cid as u32,
+            port: hdr.dst_port,
+        })) else {
+            return self.orphan_rst(hdr);
+        };
+        // host-server accepts continuously, so a Unix connect does not wait in practice.
+        let stream = match UnixStream::connect(&self.cfg.host_socket) {
+            Ok(s) if s.set_nonblocking(true).is_ok() => s,
+            _ => return self.orphan_rst(hdr),
+        };
+        let key = (hdr.dst_port, hdr.src_port);
+        let mut conn =
+            Connection::peer_init(stream, self.cfg.cid, hdr.dst_port, hdr.src_port, port_hello);
+        conn.send_pkt(hdr, &[]);
+        self.by_fd.insert(conn.stream().as_raw_fd(), key);
+        self.conns.insert(key, conn);
+        self.update(key);
+    }
+
+    /// The next packet for the guest, payload in `buf[..len]`.
+    pub fn recv_pkt(&mut self, buf: &mut [u8]) -> Option<Header> {
+        if let Some(h) = self.orphan_rsts.pop_front() {
+            return Some(h);
+        }
+        // Each queued connection is asked at most twice per call, so a connection that
+        // claims work but produces none cannot spin here.
+        let mut budget = self.rxq.len() * 2 + 1;
+        while budget > 0 {
+            budget -= 1;
+            let key = self.rxq.pop_front()?;
+            let Some(conn) = self.conns.get_mut(&key) else {
+                continue;
+            };
+            conn.queued = false;
+            let pkt = conn.recv_pkt(buf);
+            self.update(key);
+            if pkt.is_some() {
+                return pkt;
+            }
+        }
+        None
+    }
+
+    /// After anything happened to a connection: drop it when done, fix its epoll interest,
+    /// queue it for RX, and arm the timer if it has a deadline.
+    fn update(&mut self, key: Key) {
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
+        if conn.is_done() {
+            let fd = conn.stream().as_raw_fd();
+            if conn.registered.is_some() {
+                let _ = self
+                    .epoll
+                    .ctl(ControlOperation::Delete, fd, EpollEvent::default());
+            }
+            self.by_fd.remove(&fd);
+            self.conns.remove(&key);
+            return;
+        }
+        let fd = conn.stream().as_raw_fd();
+        let want = conn.interest();
+        let change = match (conn.registered, want.is_empty()) {
+            (None, false) => Some(ControlOperation::Add),
+            (Some(_), true) => Some(ControlOperation::Delete),
+            (Some(old), false) if old != want => Some(ControlOperation::Modify),
+            _ => None,
+        };
+        if let Some(operation) = change {
+            let delete = matches!(operation, ControlOperation::Delete);
+            let ok = self
+                .epoll
+                .ctl(operation, fd, EpollEvent::new(want, fd as u64))
+                .is_ok();
+            if delete {
+                conn.registered = None;
+            } else if ok {
+                conn.registered = Some(want);
+            }
+        }
+        if conn.has_pending_rx() && !conn.queued {
+            conn.queued = true;
+            self.rxq.push_back(key);
+        }
+        if conn.expiry().is_some() {
+            self.arm_timer();
+        }
+    }
+
+    fn arm_timer(&mut self) {
+        if !self.timer_armed {
+            let tick = Duration::from_millis(500);
+            self.timer_armed = self.timer.reset(tick, Some(tick)).is_ok();
+        }
+    }
+
+    /// Handles whatever the backend epoll has ready, without blocking.
+    pub fn process_events(&mut self) {
+        let mut events = [EpollEvent::default(); 32];
+        for _ in 0..64 {
+            let n = match self.epoll.wait(0, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => return,
+            };
+            if n == 0 {
+                return;
+            }
+            for ev in &events[..n] {
+                self.dispatch(ev.fd(), ev.event_set());
+            }
+        }
+    }
+
+    fn dispatch(&mut self, fd: RawFd, events: EventSet) {
+        if fd == self.timer.as_raw_fd() {
+            let _ = self.timer.wait();
+            self.tick(Instant::now());
+        } else if self.listener.as_ref().is_some_and(|l| l.as_raw_fd() == fd) {
+            self.accept_all();
+        } else if self.handshakes.contains_key(&fd) {
+            self.read_handshake(fd);
+        } else if let Some(&key) = self.by_fd.get(&fd) {
+            if let Some(conn) = self.conns.get_mut(&key) {
+                conn.notify(events);
+            }
+            self.update(key);
+        }
+    }
+
+    /// Resets connections and drops handshakes past their deadline.
+    pub fn tick(&mut self, now: Instant) {
+        let late: Vec<RawFd> = self
+            .handshakes
+            .iter()
+            .filter(|(_, h)| h.deadline <= now)
+            .map(|(fd, _)| *fd)
+            .collect();
+        for fd in late {
+            self.drop_handshake(fd);
+        }
+        let keys: Vec<Key> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.expiry().is_some_and(|t| t <= now))
+            .map(|(k, _)| *k)
+            .collect();
+        for key in keys {
+            if let Some(c) = self.conns.get_mut(&key) {
+                c.expire(now);
+            }
+            self.update(key);
+        }
+        if self.handshakes.is_empty() && self.conns.values().all(|c| c.expiry().is_none()) {
+            self.timer_armed = self.timer.clear().is_err();
+        }
+    }
+
+    fn accept_all(&mut self) {
+        loop {
+            let Some(listener) = &self.listener else {
+                return;
+            };
+            let stream = match listener.accept() {
+                Ok((s, _)) => s,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => return,
+            };
+            if self.handshakes.len() >= MAX_HANDSHAKES || stream.set_nonblocking(true).is_err() {
+                continue; // Dropped: the host process sees the stream close.
+            }
+            let fd = stream.as_raw_fd();
+            if self
+                .epoll
+                .ctl(
+                    ControlOperation::Add,
+                    fd,
+                    EpollEvent::new(EventSet::IN, fd as u64),
+                )
+                .is_err()
+            {
+                continue;
+            }
+            self.handshakes.insert(
+                fd,
+                Handshake {
+                    stream,
+                    line: Vec::new(),
+                    deadline: Instant::now() + TIMEOUT,
+                },
+            );
+            self.arm_timer();
+        }
+    }
+
+    fn drop_handshake(&mut self, fd: RawFd) {
+        let _ = self
+            .epoll
+            .ctl(ControlOperation::Delete, fd, EpollEvent::default());
+        self.handshakes.remove(&fd);
+    }
+
+    /// Reads the `CONNECT <port>\n` line one byte at a time, so nothing after it is consumed.
+    fn read_handshake(&mut self, fd: RawFd) {
+        let Some(h) = self.handshakes.get_mut(&fd) else {
+            return;
+        };
+        let mut b = [0u8; 1];
+        let port = loop {
+            match h.stream.read(&mut b) {
+                Ok(1) => {
+                    h.line.push(b[0]);
+                    if b[0] == b'\n' {
+                        break shared_proto::hybrid::parse_connect(&h.line).ok();
+                    }
+                    if h.line.len() >= shared_proto::hybrid::MAX_LINE {
+                        break None;
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                _ => break None, // EOF or error
+            }
+        };
+        let _ = self
+            .epoll
+            .ctl(ControlOperation::Delete, fd, EpollEvent::default());
+        let Some(h) = self.handshakes.remove(&fd) else {
+            return;
+        };
+        let Some(port) = port else {
+            return; // Garbage: the stream closes.
+        };
+        if self.conns.len() >= MAX_CONNECTIONS {
+            return;
+        }
+        let Some(local) = self.allocate_port(port) else {
+            return;
+        };
+        let key = (local, port);
+        let conn = Connection::local_init(h.stream, self.cfg.cid, local, port);
+        self.by_fd.insert(fd, key);
+        self.conns.insert(key, conn);
+        self.update(key);
+    }
+
+    fn allocate_port(&mut self, peer: u32) -> Option<u32> {
+        for _ in 0..MAX_CONNECTIONS + 1 {
+            let p = self.next_port;
+            self.next_port = if p >= LOCAL_PORT_LAST {
+                LOCAL_PORT_FIRST
+            } else {
+                p + 1
+            };
+            if !self.conns.contains_key(&(p, peer)) {
+                return Some(p);
+            }
+        }
+        None
+    }
+}

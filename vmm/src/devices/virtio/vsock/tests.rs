@@ -1,0 +1,464 @@
+//! Device and muxer tests on plain memory (virtio-queue mock queues, a fake guest driver) and
+//! real Unix sockets standing in for host-server and host processes. No KVM.
+
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::time::{Duration, Instant};
+
+use shared_proto::outsource::{ToHost, VmHello};
+
+use super::connection::{CREDIT_UPDATE_AFTER, TX_BUF_SIZE};
+use super::device::VsockDevice;
+use super::fuzz::{activated_device, fuzz_one, FakeGuest};
+use super::packet::{op, Header, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM};
+use super::{RX_QUEUE, TX_QUEUE};
+
+const CID: u64 = 3;
+const GUEST_PORT: u32 = 40_000;
+const HOST_PORT: u32 = 1024;
+
+struct Rig {
+    guest: FakeGuest,
+    dev: VsockDevice,
+    host: UnixListener,
+    dir: tempfile::TempDir,
+}
+
+impl Rig {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let host = UnixListener::bind(dir.path().join("host.sock")).expect("bind host.sock");
+        let guest = FakeGuest::new();
+        let vm_sock = dir.path().join("vm0.vsock");
+        let dev = activated_device(&guest, CID, &dir.path().join("host.sock"), Some(&vm_sock));
+        Self {
+            guest,
+            dev,
+            host,
+            dir,
+        }
+    }
+
+    fn hdr(&self, op: u16) -> Header {
+        Header {
+            src_cid: CID,
+            dst_cid: 2,
+            src_port: GUEST_PORT,
+            dst_port: HOST_PORT,
+            type_: TYPE_STREAM,
+            op,
+            buf_alloc: 64 * 1024,
+            ..Header::default()
+        }
+    }
+
+    fn send(&mut self, h: Header, data: &[u8]) {
+        let h = Header {
+            len: data.len() as u32,
+            ..h
+        };
+        self.guest.send(&h, data);
+        assert!(self.dev.process_tx());
+        assert_eq!(
+            self.guest.used(TX_QUEUE).len(),
+            1,
+            "TX chains are always consumed"
+        );
+    }
+
+    /// Runs the backend until `n` packets arrived or 5 s passed.
+    fn recv(&mut self, n: usize) -> Vec<(Header, Vec<u8>)> {
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while got.len() < n && Instant::now() < deadline {
+            if self.guest.rx_outstanding() < 8 {
+                self.guest.post_rx(1, 4096);
+            }
+            self.dev.process_backend();
+            got.extend(self.guest.recv());
+            if got.len() < n {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        got
+    }
+
+    /// Guest connects to HOST_PORT; returns host-server's end after checking the hello.
+    fn connect(&mut self) -> UnixStream {
+        self.send(self.hdr(op::REQUEST), &[]);
+        let (mut s, _) = self.host.accept().expect("the VMM connected to host.sock");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let resp = self.recv(1);
+        assert_eq!(resp[0].0.op, op::RESPONSE);
+        assert_eq!(
+            (resp[0].0.src_port, resp[0].0.dst_port, resp[0].0.dst_cid),
+            (HOST_PORT, GUEST_PORT, CID)
+        );
+        assert_eq!(resp[0].0.buf_alloc, TX_BUF_SIZE);
+        let hello = read_frame(&mut s);
+        assert_eq!(
+            hello,
+            ToHost::Hello(VmHello {
+                vm: "vm0".into(),
+                cid: CID as u32,
+                port: HOST_PORT
+            })
+        );
+        s
+    }
+}
+
+fn read_frame(s: &mut UnixStream) -> ToHost {
+    let mut head = vec![0u8; shared_proto::frame::HEADER_LEN];
+    s.read_exact(&mut head).expect("frame header");
+    let total = shared_proto::frame::frame_len(&head)
+        .expect("valid header")
+        .expect("complete header");
+    let mut all = head;
+    all.resize(total, 0);
+    s.read_exact(&mut all[shared_proto::frame::HEADER_LEN..])
+        .expect("frame body");
+    shared_proto::decode_exact(&all).expect("a ToHost frame")
+}
+
+#[test]
+fn guest_connect_writes_the_hello_first_then_data_both_ways() {
+    let mut rig = Rig::new();
+    let mut host = rig.connect();
+    rig.send(rig.hdr(op::RW), b"hello host");
+    let mut b = [0u8; 10];
+    host.read_exact(&mut b).expect("guest bytes");
+    assert_eq!(&b, b"hello host");
+    host.write_all(b"hello guest").expect("write");
+    let got = rig.recv(1);
+    assert_eq!(got[0].0.op, op::RW);
+    assert_eq!(got[0].1, b"hello guest");
+    assert_eq!(
+        got[0].0.fwd_cnt, 10,
+        "fwd_cnt counts guest bytes written, not the hello"
+    );
+    assert_eq!(rig.dev.muxer().connection_count(), 1);
+}
+
+#[test]
+fn host_connect_handshake_answers_ok_once_the_guest_accepts() {
+    let mut rig = Rig::new();
+    let path = rig.dir.path().join("vm0.vsock");
+    let mut h = UnixStream::connect(&path).expect("connect to the VM socket");
+    h.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    h.write_all(b"CONNECT 5000\n").expect("write");
+    let req = rig.recv(1);
+    assert_eq!(req[0].0.op, op::REQUEST);
+    assert_eq!(req[0].0.dst_port, 5000);
+    let local = req[0].0.src_port;
+    assert!(local >= 1 << 30);
+    // Guest accepts.
+    let resp = Header {
+        src_cid: CID,
+        dst_cid: 2,
+        src_port: 5000,
+        dst_port: local,
+        type_: TYPE_STREAM,
+        op: op::RESPONSE,
+        buf_alloc: 64 * 1024,
+        ..Header::default()
+    };
+    rig.send(resp, &[]);
+    let mut line = [0u8; 14];
+    h.read_exact(&mut line).expect("OK line");
+    assert_eq!(&line, format!("OK {local}\n").as_bytes());
+    h.write_all(b"inbound").expect("write");
+    let got = rig.recv(1);
+    assert_eq!(got[0].1, b"inbound");
+    rig.send(Header { op: op::RW, ..resp }, b"reply");
+    let mut b = [0u8; 5];
+    h.read_exact(&mut b).expect("reply");
+    assert_eq!(&b, b"reply");
+
+    // A second CONNECT to a port nobody listens on: the guest answers RST and the host
+    // stream closes without an OK.
+    let mut h2 = UnixStream::connect(&path).expect("connect");
+    h2.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    h2.write_all(b"CONNECT 6000\n").expect("write");
+    let req = rig.recv(1);
+    assert_eq!((req[0].0.op, req[0].0.dst_port), (op::REQUEST, 6000));
+    rig.send(
+        Header {
+            src_port: 6000,
+            dst_port: req[0].0.src_port,
+            op: op::RST,
+            ..resp
+        },
+        &[],
+    );
+    let mut rest = Vec::new();
+    h2.read_to_end(&mut rest).expect("EOF");
+    assert!(rest.is_empty());
+    // Garbage instead of CONNECT: closed.
+    let mut h3 = UnixStream::connect(&path).expect("connect");
+    h3.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    h3.write_all(b"HELLO there\n").expect("write");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut rest = Vec::new();
+    while Instant::now() < deadline {
+        rig.dev.process_backend();
+        h3.set_nonblocking(true).expect("nonblocking");
+        match h3.read_to_end(&mut rest) {
+            Ok(_) => break,
+            Err(_) => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+    assert!(rest.is_empty());
+    assert_eq!(rig.dev.muxer().connection_count(), 1);
+}
+
+#[test]
+fn credit_exhaustion_stops_reading_until_the_guest_updates() {
+    let mut rig = Rig::new();
+    let mut host = rig.connect();
+    // The guest has only 100 bytes of receive buffer.
+    rig.send(
+        Header {
+            buf_alloc: 100,
+            ..rig.hdr(op::CREDIT_UPDATE)
+        },
+        &[],
+    );
+    host.write_all(&[7u8; 300]).expect("write");
+    let got = rig.recv(2);
+    assert_eq!(got[0].0.op, op::RW);
+    assert_eq!(got[0].1.len(), 100);
+    assert_eq!(got[1].0.op, op::CREDIT_REQUEST);
+    // Nothing more while the credit is used up.
+    let more = rig.recv(1);
+    assert!(more.is_empty(), "{more:?}");
+    // The guest consumed 100 bytes.
+    rig.send(
+        Header {
+            buf_alloc: 100,
+            fwd_cnt: 100,
+            ..rig.hdr(op::CREDIT_UPDATE)
+        },
+        &[],
+    );
+    let got = rig.recv(1);
+    assert_eq!((got[0].0.op, got[0].1.len()), (op::RW, 100));
+}
+
+#[test]
+fn forwarded_guest_bytes_earn_a_credit_update() {
+    let mut rig = Rig::new();
+    let mut host = rig.connect();
+    let reader = std::thread::spawn(move || {
+        let mut total = 0usize;
+        let mut b = vec![0u8; 65536];
+        while total < CREDIT_UPDATE_AFTER as usize {
+            total += host.read(&mut b).expect("read");
+        }
+        (total, host)
+    });
+    let chunk = vec![1u8; 32 * 1024];
+    let mut sent = 0;
+    while sent < CREDIT_UPDATE_AFTER as usize {
+        rig.send(rig.hdr(op::RW), &chunk);
+        sent += chunk.len();
+    }
+    let (total, _host) = reader.join().expect("reader");
+    assert!(total >= CREDIT_UPDATE_AFTER as usize);
+    let got = rig.recv(1);
+    assert_eq!(got[0].0.op, op::CREDIT_UPDATE);
+    assert_eq!(got[0].0.fwd_cnt as usize, sent);
+    // A CREDIT_REQUEST is answered with our credit.
+    rig.send(rig.hdr(op::CREDIT_REQUEST), &[]);
+    let got = rig.recv(1);
+    assert_eq!(got[0].0.op, op::CREDIT_UPDATE);
+}
+
+#[test]
+fn a_guest_ignoring_credit_is_reset_and_the_vmm_carries_on() {
+    let mut rig = Rig::new();
+    let _host = rig.connect(); // never read: the socket buffer fills, then ours
+    let chunk = vec![9u8; 64 * 1024];
+    let mut reset = false;
+    for _ in 0..64 {
+        rig.send(rig.hdr(op::RW), &chunk);
+        if rig.dev.muxer().connection(HOST_PORT, GUEST_PORT).is_none()
+            || rig
+                .dev
+                .muxer()
+                .connection(HOST_PORT, GUEST_PORT)
+                .is_some_and(|c| c.state() == super::connection::State::Closed)
+        {
+            reset = true;
+            break;
+        }
+        assert!(
+            rig.dev
+                .muxer()
+                .connection(HOST_PORT, GUEST_PORT)
+                .is_some_and(|c| c.tx_buffered() <= TX_BUF_SIZE as usize),
+            "the buffer stays bounded"
+        );
+    }
+    assert!(reset, "more than the credit was accepted");
+    let got = rig.recv(1);
+    assert_eq!(got[0].0.op, op::RST);
+    assert_eq!(rig.dev.muxer().connection_count(), 0);
+    // The device still works: a new connection.
+    let mut h2 = rig.connect();
+    rig.send(rig.hdr(op::RW), b"ok");
+    let mut b = [0u8; 2];
+    h2.read_exact(&mut b).expect("read");
+}
+
+#[test]
+fn shutdown_both_ways_ends_with_rst() {
+    let mut rig = Rig::new();
+    let mut host = rig.connect();
+    rig.send(rig.hdr(op::RW), b"last words");
+    rig.send(
+        Header {
+            flags: SHUTDOWN_SEND,
+            ..rig.hdr(op::SHUTDOWN)
+        },
+        &[],
+    );
+    let mut all = Vec::new();
+    host.read_to_end(&mut all)
+        .expect("EOF after the guest's half-close");
+    assert_eq!(all, b"last words");
+    // The host still sends, then closes.
+    host.write_all(b"bye").expect("write after half-close");
+    drop(host);
+    let got = rig.recv(3);
+    let ops: Vec<u16> = got.iter().map(|p| p.0.op).collect();
+    assert_eq!(ops, [op::RW, op::SHUTDOWN, op::RST], "{got:?}");
+    assert_eq!(got[1].0.flags, SHUTDOWN_SEND);
+    assert_eq!(rig.dev.muxer().connection_count(), 0);
+
+    // Guest closes first with both flags: RST once the buffer is written.
+    let host = rig.connect();
+    rig.send(
+        Header {
+            flags: SHUTDOWN_SEND | SHUTDOWN_RCV,
+            ..rig.hdr(op::SHUTDOWN)
+        },
+        &[],
+    );
+    let got = rig.recv(1);
+    assert_eq!(got[0].0.op, op::RST);
+    assert_eq!(rig.dev.muxer().connection_count(), 0);
+    drop(host);
+}
+
+#[test]
+fn guest_rst_closes_the_host_stream() {
+    let mut rig = Rig::new();
+    let mut host = rig.connect();
+    rig.send(rig.hdr(op::RST), &[]);
+    assert_eq!(rig.dev.muxer().connection_count(), 0);
+    let mut rest = Vec::new();
+    host.read_to_end(&mut rest).expect("EOF");
+    assert!(rig.recv(1).is_empty(), "no answer to an RST");
+}
+
+#[test]
+fn host_server_down_means_rst() {
+    let mut rig = Rig::new();
+    std::fs::remove_file(rig.dir.path().join("host.sock")).expect("rm");
+    rig.send(rig.hdr(op::REQUEST), &[]);
+    let got = rig.recv(1);
+    assert_eq!(got[0].0.op, op::RST);
+    assert_eq!(rig.dev.muxer().connection_count(), 0);
+}
+
+#[test]
+fn malformed_packets_get_rst_or_are_dropped() {
+    let mut rig = Rig::new();
+    // From another CID: dropped silently.
+    rig.send(
+        Header {
+            src_cid: 9,
+            ..rig.hdr(op::REQUEST)
+        },
+        &[],
+    );
+    // To a CID other than the host: dropped.
+    rig.send(
+        Header {
+            dst_cid: 7,
+            ..rig.hdr(op::REQUEST)
+        },
+        &[],
+    );
+    assert!(rig.recv(1).is_empty());
+    assert_eq!(rig.dev.muxer().connection_count(), 0);
+    // SEQPACKET is not offered: RST. RW without a connection: RST. Unknown op: RST.
+    rig.send(
+        Header {
+            type_: 2,
+            ..rig.hdr(op::REQUEST)
+        },
+        &[],
+    );
+    rig.send(rig.hdr(op::RW), b"x");
+    rig.send(rig.hdr(42), &[]);
+    let got = rig.recv(3);
+    assert!(got.iter().all(|p| p.0.op == op::RST), "{got:?}");
+    assert_eq!(got.len(), 3);
+    // A header claiming more data than its descriptor holds, a write-only TX descriptor, a
+    // header descriptor shorter than a header: consumed, nothing else happens.
+    let bad = Header {
+        len: 5000,
+        ..rig.hdr(op::RW)
+    };
+    rig.guest.send(&bad, b"short");
+    rig.guest.push_chain(TX_QUEUE, &[(0x20_0000, 44, true)]);
+    rig.guest.push_chain(TX_QUEUE, &[(0x20_0000, 10, false)]);
+    rig.guest.push_chain(TX_QUEUE, &[(u64::MAX - 8, 44, false)]);
+    assert!(rig.dev.process_tx());
+    assert_eq!(rig.guest.used(TX_QUEUE).len(), 4);
+    // An RX chain the device cannot write (on a fresh guest, so it is the first one): given
+    // back with length 0.
+    let mut fresh = Rig::new();
+    fresh.send(fresh.hdr(op::RW), b"y");
+    let head = fresh.guest.push_chain(RX_QUEUE, &[(0x30_0000, 44, false)]);
+    assert!(fresh.dev.process_rx());
+    assert_eq!(fresh.guest.used(RX_QUEUE), [(u32::from(head), 0)]);
+    // An established connection that gets an unexpected op is reset.
+    let _host = rig.connect();
+    rig.send(rig.hdr(op::REQUEST), &[]);
+    let got = rig.recv(2);
+    assert!(got.iter().any(|p| p.0.op == op::RST), "{got:?}");
+    assert_eq!(rig.dev.muxer().connection_count(), 0);
+}
+
+#[test]
+fn fuzz_corpus_and_random_chains_replay_without_panic() {
+    let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/vsock_queues");
+    let mut n = 0;
+    if let Ok(dir) = std::fs::read_dir(&corpus) {
+        for f in dir.flatten() {
+            fuzz_one(&std::fs::read(f.path()).expect("corpus file"));
+            n += 1;
+        }
+    }
+    assert!(n > 0, "no corpus in {}", corpus.display());
+    // And a fixed set of pseudo-random inputs (xorshift), the same every run.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for _ in 0..150 {
+        let len = (x % 400) as usize;
+        let mut input = Vec::with_capacity(len);
+        for _ in 0..len {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            input.push(x as u8);
+        }
+        fuzz_one(&input);
+    }
+}

@@ -1,0 +1,129 @@
+//! `outsock-bench`: process mode against native IPv6, in one run, inside a throwaway test world
+//! (DESIGN.md §10). Not a test: it prints figures.
+//!
+//! - throughput: `iperf3 -4` through outsock (from `legacy`) vs `iperf3 -6` natively (from
+//!   `host`), to the same iperf3 server in `world`, rounds alternating;
+//! - latency: connect + first byte of an echo, p50/p99, through outsock vs native, alternating
+//!   batches; the client is this same binary (`outsock-bench probe …`), preloaded with
+//!   liboutsock for the outsock side.
+//!
+//! Usage: `outsock-bench [ROUNDS] [SECONDS]` (defaults 5 and 5), as root.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use testworld::stack::Stack;
+use testworld::{addr, zone};
+
+const PROBES_PER_BATCH: usize = 500;
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("probe") {
+        return probe(args.get(2).context("probe needs HOST:PORT")?, args.get(3).and_then(|n| n.parse().ok()).unwrap_or(PROBES_PER_BATCH));
+    }
+    let rounds: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(5);
+    let secs: u32 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(5);
+    let mut s = Stack::start("bench", "").context("starting the test world")?;
+    let mut server = s.world.world().command("iperf3");
+    server.args(["-s", "-p", "5201"]).stdout(Stdio::null()).stderr(Stdio::null());
+    let server = s.world.world().spawn("iperf3 -s", server)?;
+    s.world.adopt(server);
+    std::thread::sleep(Duration::from_millis(500));
+
+    println!("throughput: iperf3 -4 through outsock vs iperf3 -6 native, {rounds} rounds of {secs} s, alternating");
+    let (mut native, mut outsock) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let mut n = s.world.host().command("iperf3");
+        n.args(["-6", "-c", &addr::ECHO.to_string(), "-p", "5201", "-t", &secs.to_string(), "-J"]);
+        native.push(iperf_gbps(&mut n)?);
+        let mut o = s.legacy("iperf3")?;
+        o.args(["-4", "-c", zone::ECHO, "-p", "5201", "-t", &secs.to_string(), "-J"]);
+        outsock.push(iperf_gbps(&mut o)?);
+    }
+    report("Gbit/s", &mut native, &mut outsock, true);
+
+    println!("\nlatency: connect + first byte to the echo server, {rounds} batches of {PROBES_PER_BATCH}, alternating");
+    let me = std::env::current_exe()?;
+    let (mut native, mut outsock) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let mut n = s.world.host().command(&me);
+        n.args(["probe", &format!("[{}]:{}", addr::ECHO, addr::ECHO_PORT)]);
+        native.extend(probe_output(&mut n)?);
+        let mut o = s.legacy(&me.display().to_string())?;
+        o.args(["probe", &format!("{}:{}", zone::ECHO, addr::ECHO_PORT)]);
+        outsock.extend(probe_output(&mut o)?);
+    }
+    native.sort_by(f64::total_cmp);
+    outsock.sort_by(f64::total_cmp);
+    for (label, q) in [("p50", 0.50), ("p99", 0.99)] {
+        let (n, o) = (quantile(&native, q), quantile(&outsock, q));
+        println!("  {label}: native {n:.1} µs, outsock {o:.1} µs, difference {:+.1} µs", o - n);
+    }
+    s.stop_host();
+    Ok(())
+}
+
+/// Connects `n` times to `target`, each time writing one byte and waiting for its echo; prints
+/// the microseconds from connect() to the first byte back, one per line.
+fn probe(target: &str, n: usize) -> Result<()> {
+    let addr: SocketAddr = target.to_socket_addrs()?.next().context("no address")?;
+    let mut out = String::new();
+    for _ in 0..n {
+        let t = Instant::now();
+        let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        c.set_nodelay(true)?;
+        c.write_all(b"x")?;
+        let mut b = [0u8; 1];
+        c.read_exact(&mut b)?;
+        out.push_str(&format!("{:.1}\n", t.elapsed().as_secs_f64() * 1e6));
+    }
+    print!("{out}");
+    Ok(())
+}
+
+fn probe_output(cmd: &mut Command) -> Result<Vec<f64>> {
+    let out = cmd.output()?;
+    if !out.status.success() {
+        bail!("probe failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.parse().ok()).collect())
+}
+
+fn iperf_gbps(cmd: &mut Command) -> Result<f64> {
+    let out = cmd.output()?;
+    let json = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!("iperf3 failed: {json} {}", String::from_utf8_lossy(&out.stderr));
+    }
+    // end.sum_received.bits_per_second: what the server actually got.
+    let at = json.find("\"sum_received\"").context("no sum_received")?;
+    let rest = &json[at..];
+    let k = rest.find("\"bits_per_second\"").context("no bits_per_second")?;
+    let num: String = rest[k + 17..].chars().skip_while(|c| !c.is_ascii_digit()).take_while(|c| c.is_ascii_digit() || *c == '.' || *c == 'e' || *c == '+').collect();
+    Ok(num.parse::<f64>()? / 1e9)
+}
+
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[i]
+}
+
+fn report(unit: &str, native: &mut [f64], outsock: &mut [f64], higher_is_better: bool) {
+    native.sort_by(f64::total_cmp);
+    outsock.sort_by(f64::total_cmp);
+    let line = |name: &str, v: &[f64]| {
+        println!("  {name:8} min {:.2}  median {:.2}  max {:.2} {unit}", v[0], quantile(v, 0.5), v[v.len() - 1]);
+    };
+    line("native", native);
+    line("outsock", outsock);
+    let ratio = quantile(outsock, 0.5) / quantile(native, 0.5);
+    println!("  ratio of medians (outsock / native): {ratio:.3}{}", if higher_is_better { "  (goal ≥ 0.95)" } else { "" });
+}

@@ -187,6 +187,12 @@ impl Stack {
         Ok(())
     }
 
+    /// host-server's process id (0 when stopped), e.g. to read its memory use.
+    #[must_use]
+    pub fn host_pid(&self) -> u32 {
+        self.host.as_ref().map_or(0, Daemon::pid)
+    }
+
     /// Stops host-server (SIGTERM, then SIGKILL).
     pub fn stop_host(&mut self) {
         if let Some(mut d) = self.host.take() {

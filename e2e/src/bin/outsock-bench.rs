@@ -7,6 +7,9 @@
 //!   batches; the client is this same binary (`outsock-bench probe …`), preloaded with
 //!   liboutsock for the outsock side.
 //!
+//! - memory: host-server's resident memory per idle relayed TCP connection, with
+//!   [`IDLE_CONNECTIONS`] open at once (goal ≤ 16 KiB each).
+//!
 //! Usage: `outsock-bench [ROUNDS] [SECONDS]` (defaults 5 and 5), as root.
 
 use std::io::{Read, Write};
@@ -19,17 +22,30 @@ use testworld::stack::Stack;
 use testworld::{addr, zone};
 
 const PROBES_PER_BATCH: usize = 500;
+/// Idle relayed connections held open for the memory measurement.
+const IDLE_CONNECTIONS: usize = 10_000;
+/// The port of the sink in `world` that accepts and holds those connections.
+const SINK_PORT: u16 = 9000;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("probe") {
-        return probe(args.get(2).context("probe needs HOST:PORT")?, args.get(3).and_then(|n| n.parse().ok()).unwrap_or(PROBES_PER_BATCH));
+        return probe(
+            args.get(2).context("probe needs HOST:PORT")?,
+            args.get(3)
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(PROBES_PER_BATCH),
+        );
     }
+    raise_nofile()?;
     let rounds: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(5);
     let secs: u32 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(5);
     let mut s = Stack::start("bench", "").context("starting the test world")?;
     let mut server = s.world.world().command("iperf3");
-    server.args(["-s", "-p", "5201"]).stdout(Stdio::null()).stderr(Stdio::null());
+    server
+        .args(["-s", "-p", "5201"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     let server = s.world.world().spawn("iperf3 -s", server)?;
     s.world.adopt(server);
     std::thread::sleep(Duration::from_millis(500));
@@ -38,10 +54,28 @@ fn main() -> Result<()> {
     let (mut native, mut outsock) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
         let mut n = s.world.host().command("iperf3");
-        n.args(["-6", "-c", &addr::ECHO.to_string(), "-p", "5201", "-t", &secs.to_string(), "-J"]);
+        n.args([
+            "-6",
+            "-c",
+            &addr::ECHO.to_string(),
+            "-p",
+            "5201",
+            "-t",
+            &secs.to_string(),
+            "-J",
+        ]);
         native.push(iperf_gbps(&mut n)?);
         let mut o = s.legacy("iperf3")?;
-        o.args(["-4", "-c", zone::ECHO, "-p", "5201", "-t", &secs.to_string(), "-J"]);
+        o.args([
+            "-4",
+            "-c",
+            zone::ECHO,
+            "-p",
+            "5201",
+            "-t",
+            &secs.to_string(),
+            "-J",
+        ]);
         outsock.push(iperf_gbps(&mut o)?);
     }
     report("Gbit/s", &mut native, &mut outsock, true);
@@ -61,9 +95,124 @@ fn main() -> Result<()> {
     outsock.sort_by(f64::total_cmp);
     for (label, q) in [("p50", 0.50), ("p99", 0.99)] {
         let (n, o) = (quantile(&native, q), quantile(&outsock, q));
-        println!("  {label}: native {n:.1} µs, outsock {o:.1} µs, difference {:+.1} µs", o - n);
+        println!(
+            "  {label}: native {n:.1} µs, outsock {o:.1} µs, difference {:+.1} µs",
+            o - n
+        );
     }
+    println!("\nmemory: host-server RSS with {IDLE_CONNECTIONS} idle relayed TCP connections");
+    idle_memory(&s)?;
     s.stop_host();
+    Ok(())
+}
+
+/// 10,000 connections need 20,000 descriptors in host-server and as many here; children
+/// inherit the raised limit.
+fn raise_nofile() -> Result<()> {
+    let want = libc::rlim_t::try_from(4 * IDLE_CONNECTIONS + 1024)?;
+    let lim = libc::rlimit {
+        rlim_cur: want,
+        rlim_max: want,
+    };
+    // SAFETY: setrlimit with a valid struct; raising the hard limit needs root, which the
+    // bench requires anyway.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+        bail!(
+            "cannot raise RLIMIT_NOFILE: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
+fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .context("no VmRSS")?;
+    Ok(line
+        .split_whitespace()
+        .nth(1)
+        .context("VmRSS value")?
+        .parse()?)
+}
+
+/// Opens [`IDLE_CONNECTIONS`] relayed connections (no fd passing, so host-server holds both
+/// ends) to a sink in `world` that accepts and keeps them, then reads host-server's RSS.
+fn idle_memory(s: &Stack) -> Result<()> {
+    use shared_proto::lookup::{LookupOp, LookupReply, LookupRequest, LookupResponse};
+    use shared_proto::outsource::ConnectRequest;
+    use shared_proto::{decode, to_vec, ToGuest, ToHost};
+    use std::os::unix::net::UnixStream;
+
+    // The sink: a thread inside `world` accepting and holding every connection.
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let world = s.world.world().name().to_owned();
+    let sink_ns = std::fs::File::open(format!("/run/netns/{world}"))?;
+    std::thread::spawn(move || {
+        use std::os::fd::AsRawFd;
+        // SAFETY: setns on this thread with an open namespace fd.
+        let _ = unsafe { libc::setns(sink_ns.as_raw_fd(), libc::CLONE_NEWNET) };
+        let l = std::net::TcpListener::bind(SocketAddr::new(addr::ECHO.into(), SINK_PORT));
+        let Ok(l) = l else { return };
+        let _ = ready_tx.send(());
+        let mut held = Vec::new();
+        for c in l.incoming().flatten() {
+            held.push(c);
+        }
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .context("sink did not start")?;
+
+    // A dummy for the sink's address: an inbound-peer dummy stands for any IPv6 address.
+    let mut dns = UnixStream::connect(s.dns_sock())?;
+    dns.write_all(&to_vec(&LookupRequest {
+        id: 1,
+        op: LookupOp::PeerDummy { v6: addr::ECHO },
+    })?)?;
+    let mut buf = vec![0u8; 4096];
+    let n = dns.read(&mut buf)?;
+    let dummy = match decode::<LookupResponse>(&buf[..n])? {
+        Some((
+            LookupResponse {
+                reply: LookupReply::Dummy { dummy },
+                ..
+            },
+            _,
+        )) => dummy,
+        other => bail!("no dummy for the sink: {other:?}"),
+    };
+
+    let pid = s.host_pid();
+    std::thread::sleep(Duration::from_millis(300));
+    let before = rss_kib(pid)?;
+    let req = to_vec(&ToHost::Connect(ConnectRequest {
+        dest: std::net::SocketAddrV4::new(dummy, SINK_PORT),
+        pass_fd: false,
+        nonblocking: false,
+    }))?;
+    let mut streams = Vec::with_capacity(IDLE_CONNECTIONS);
+    for i in 0..IDLE_CONNECTIONS {
+        let mut st = UnixStream::connect(s.host_sock())?;
+        st.write_all(&req)?;
+        let mut ans = vec![0u8; 64];
+        let n = st.read(&mut ans)?;
+        match decode::<ToGuest>(&ans[..n])? {
+            Some((ToGuest::Connected { .. }, _)) => streams.push(st),
+            other => bail!("connection {i}: {other:?}"),
+        }
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let after = rss_kib(pid)?;
+    #[allow(clippy::cast_precision_loss)]
+    let per = (after.saturating_sub(before)) as f64 / IDLE_CONNECTIONS as f64;
+    println!(
+        "  host-server RSS: {before} KiB before, {after} KiB with {} open",
+        streams.len()
+    );
+    println!("  per idle relayed connection: {per:.2} KiB  (goal ≤ 16 KiB; total goal ≤ 160 MiB)");
     Ok(())
 }
 
@@ -90,20 +239,32 @@ fn probe_output(cmd: &mut Command) -> Result<Vec<f64>> {
     if !out.status.success() {
         bail!("probe failed: {}", String::from_utf8_lossy(&out.stderr));
     }
-    Ok(String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.parse().ok()).collect())
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.parse().ok())
+        .collect())
 }
 
 fn iperf_gbps(cmd: &mut Command) -> Result<f64> {
     let out = cmd.output()?;
     let json = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
-        bail!("iperf3 failed: {json} {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "iperf3 failed: {json} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     // end.sum_received.bits_per_second: what the server actually got.
     let at = json.find("\"sum_received\"").context("no sum_received")?;
     let rest = &json[at..];
-    let k = rest.find("\"bits_per_second\"").context("no bits_per_second")?;
-    let num: String = rest[k + 17..].chars().skip_while(|c| !c.is_ascii_digit()).take_while(|c| c.is_ascii_digit() || *c == '.' || *c == 'e' || *c == '+').collect();
+    let k = rest
+        .find("\"bits_per_second\"")
+        .context("no bits_per_second")?;
+    let num: String = rest[k + 17..]
+        .chars()
+        .skip_while(|c| !c.is_ascii_digit())
+        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == 'e' || *c == '+')
+        .collect();
     Ok(num.parse::<f64>()? / 1e9)
 }
 
@@ -111,7 +272,11 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss
+    )]
     let i = ((sorted.len() - 1) as f64 * q).round() as usize;
     sorted[i]
 }
@@ -120,10 +285,22 @@ fn report(unit: &str, native: &mut [f64], outsock: &mut [f64], higher_is_better:
     native.sort_by(f64::total_cmp);
     outsock.sort_by(f64::total_cmp);
     let line = |name: &str, v: &[f64]| {
-        println!("  {name:8} min {:.2}  median {:.2}  max {:.2} {unit}", v[0], quantile(v, 0.5), v[v.len() - 1]);
+        println!(
+            "  {name:8} min {:.2}  median {:.2}  max {:.2} {unit}",
+            v[0],
+            quantile(v, 0.5),
+            v[v.len() - 1]
+        );
     };
     line("native", native);
     line("outsock", outsock);
     let ratio = quantile(outsock, 0.5) / quantile(native, 0.5);
-    println!("  ratio of medians (outsock / native): {ratio:.3}{}", if higher_is_better { "  (goal ≥ 0.95)" } else { "" });
+    println!(
+        "  ratio of medians (outsock / native): {ratio:.3}{}",
+        if higher_is_better {
+            "  (goal ≥ 0.95)"
+        } else {
+            ""
+        }
+    );
 }

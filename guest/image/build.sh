@@ -3,6 +3,13 @@
 # static busybox, /dev/console, the kernel modules in modules.list and our /init.
 #
 # Usage: guest/image/build.sh [--quiet]
+#
+# VM mode (outsock): with OUTSOCK_GUEST_BINS=<dir> holding liboutsock.so and
+# outsock-dns-forwarder (a cargo target folder), the image also carries liboutsock.so in
+# /etc/ld.so.preload, /etc/outsock/shim.conf (transport=vsock:1024), the DNS forwarder that
+# /init starts on 127.0.0.1:53, resolv.conf naming 127.0.0.1, and the legacy programs in
+# GUEST_PROGRAMS below with their shared libraries, copied from this machine's installed
+# Debian packages (netcat-traditional, curl, wget, busybox, iperf3, knot-dnsutils).
 # Prints two lines, "kernel=<path>" and "initramfs=<path>".
 #
 # Inputs come from Debian packages fetched with `apt-get download` (never a prebuilt image):
@@ -58,7 +65,15 @@ kdeb=$(fetch "$kpkg")
 bbdeb=$(fetch busybox-static)
 
 # 3. Hash the inputs.
-hash=$( { sha256sum "$0" "$here/init" "$here/modules.list"; basename "$kdeb"; basename "$bbdeb"; } \
+GUEST_PROGRAMS="/usr/bin/nc.traditional /usr/bin/curl /usr/bin/wget /usr/bin/busybox /usr/bin/iperf3 /usr/bin/kdig"
+bins=${OUTSOCK_GUEST_BINS:-}
+if [ -n "$bins" ]; then
+    for f in "$bins/liboutsock.so" "$bins/outsock-dns-forwarder" $GUEST_PROGRAMS; do
+        [ -f "$f" ] || die "$f is missing (VM mode needs it: cargo build, apt-get install the program)"
+    done
+fi
+hash=$( { sha256sum "$0" "$here/init" "$here/modules.list"; basename "$kdeb"; basename "$bbdeb";
+          [ -z "$bins" ] || sha256sum "$bins/liboutsock.so" "$bins/outsock-dns-forwarder" $GUEST_PROGRAMS; } \
     | sha256sum | cut -c1-16)
 out="$cache/build/$hash"
 if [ -s "$out/vmlinuz" ] && [ -s "$out/initramfs.cpio.gz" ]; then
@@ -86,7 +101,43 @@ else
         mkdir -p "$root/lib/modules/$kver/$(dirname "$mod")"
         cp "$src" "$root/lib/modules/$kver/$mod"
     done < "$root/etc/outsock/modules"
-    add_extra_files() { :; }   # extension point for liboutsock and programs
+    # Copies a file with every shared library it needs (ldd), at the same paths.
+    copy_with_libs() {
+        local r=$1 f=$2 lib
+        mkdir -p "$r$(dirname "$f")"
+        cp -L "$f" "$r$f"
+        for lib in $(ldd "$f" 2>/dev/null | grep -o '/[^ ]*' | sort -u); do
+            [ -e "$r$lib" ] && continue
+            mkdir -p "$r$(dirname "$lib")"
+            cp -L "$lib" "$r$lib"
+        done
+    }
+    add_extra_files() {
+        local r=$1 p
+        [ -n "$bins" ] || return 0
+        for p in $GUEST_PROGRAMS; do copy_with_libs "$r" "$p"; done
+        # The dynamic busybox (Debian `busybox`) is the "busybox" on PATH: LD_PRELOAD cannot
+        # reach the static one /init runs on.
+        mkdir -p "$r/usr/local/bin"
+        mv "$r/usr/bin/busybox" "$r/usr/local/bin/busybox"
+        ln -sf nc.traditional "$r/usr/bin/nc"
+        copy_with_libs "$r" "$bins/outsock-dns-forwarder"
+        install -D -m 755 "$bins/outsock-dns-forwarder" "$r/usr/sbin/outsock-dns-forwarder"
+        rm -f "$r$bins/outsock-dns-forwarder"
+        install -D -m 755 "$bins/liboutsock.so" "$r/usr/lib/liboutsock.so"
+        for lib in $(ldd "$bins/liboutsock.so" | grep -o '/[^ ]*' | sort -u); do
+            [ -e "$r$lib" ] || { mkdir -p "$r$(dirname "$lib")"; cp -L "$lib" "$r$lib"; }
+        done
+        echo /usr/lib/liboutsock.so > "$r/etc/ld.so.preload"
+        printf 'transport=vsock:1024\ndns=10.170.160.1\n' > "$r/etc/outsock/shim.conf"
+        printf 'nameserver 127.0.0.1\noptions timeout:2 attempts:3\n' > "$r/etc/resolv.conf"
+        printf 'hosts: files dns\n' > "$r/etc/nsswitch.conf"
+        printf '127.0.0.1 localhost\n' > "$r/etc/hosts"
+        printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' > "$r/etc/passwd"
+        printf 'root:x:0:\nnogroup:x:65534:\n' > "$r/etc/group"
+        mkdir -p "$r/www"
+        echo "hello from the guest" > "$r/www/index.html"
+    }
     add_extra_files "$root"
     mkdir -p "$work/out"
     cp "$work/kernel/boot/vmlinuz-$kver" "$work/out/vmlinuz"

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 
+mod vm_e2e;
+
 #[derive(Debug, Parser)]
 struct Args {
     #[arg(long)]
@@ -29,9 +31,12 @@ struct Args {
     results: PathBuf,
     #[arg(long)]
     logs: PathBuf,
-    /// Run only these comma-separated test groups: boot, reboot, console, panic, bad-kernel.
+    /// Run only these comma-separated test groups: boot, reboot, console, panic, bad-kernel, vm.
     #[arg(long)]
     only: Option<String>,
+    /// Where outsock-dns-cache and outsock-host-server are (the `vm` group's test world).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
     /// Per-run limit in seconds.
     #[arg(long, default_value_t = 150)]
     run_timeout: u64,
@@ -268,7 +273,7 @@ fn bad_klog_lines(console: &str) -> Vec<String> {
         .collect()
 }
 
-const EXPECTED: usize = 10;
+const EXPECTED: usize = 10 + vm_e2e::CHECKS;
 
 fn boot_tests(d: &mut Driver, vcpus: u8) {
     let name = format!("boot-{vcpus}vcpu");
@@ -333,6 +338,10 @@ fn boot_tests(d: &mut Driver, vcpus: u8) {
 
 fn main() {
     let args = Args::parse();
+    if let Some(dir) = &args.bin_dir {
+        // Read by testworld::stack::bin_dir; set before any thread starts.
+        std::env::set_var("OUTSOCK_BIN_DIR", dir);
+    }
     let _ = std::fs::create_dir_all(&args.logs);
     // A host CPU without a constant TSC (QEMU's emulated CPU in the lab) cannot give the guest
     // one, and a multi-vCPU guest on a non-Intel CPU without it marks its TSC unstable. That
@@ -443,6 +452,10 @@ fn main() {
                 run.status_text()
             ),
         );
+    }
+
+    if want("vm") {
+        vm_e2e::run(&mut d);
     }
 
     let passed = d.results.iter().filter(|l| l.starts_with("PASS")).count();

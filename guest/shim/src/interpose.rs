@@ -16,7 +16,7 @@ use shared_proto::{Errno, ToGuest, ToHost};
 use crate::real;
 use crate::sockaddr::{is_local, read_v4, write_v4};
 use crate::table::{self, Entry, Kind};
-use crate::transport::{recv_frame, Stream};
+use crate::transport::{self, recv_frame, Stream};
 
 pub(crate) fn set_errno(e: Errno) -> c_int {
     // SAFETY: __errno_location returns this thread's errno slot.
@@ -107,9 +107,10 @@ fn outsource_connect(fd: c_int, entry: Entry, dest: SocketAddrV4) -> c_int {
         Ok(s) => s,
         Err(e) => return set_errno(e),
     };
+    // In a VM there is no descriptor to pass: host-server relays over the vsock stream.
     let req = ToHost::Connect(ConnectRequest {
         dest,
-        pass_fd: true,
+        pass_fd: transport::vsock_port().is_none(),
         nonblocking,
     });
     let answer = stream.send(&req).and_then(|()| stream.recv());
@@ -131,7 +132,10 @@ fn outsource_connect(fd: c_int, entry: Entry, dest: SocketAddrV4) -> c_int {
                     copy_options(fd, host_fd);
                     replace_fd(host_fd, fd, &flags)
                 }
-                None => replace_fd(stream.into_raw(), fd, &flags),
+                None => {
+                    transport::clear_answer_timeout(stream.fd());
+                    replace_fd(stream.into_raw(), fd, &flags)
+                }
             };
             if let Err(e) = installed {
                 return set_errno(e);
@@ -270,6 +274,9 @@ pub unsafe extern "C" fn listen(fd: c_int, backlog: c_int) -> c_int {
         .local
         .unwrap_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
     let flags = flags_of(fd);
+    if transport::vsock_port().is_some() {
+        return crate::vmlisten::listen(fd, entry, addr, backlog, &flags);
+    }
     let stream = match Stream::open() {
         Ok(s) => s,
         Err(e) => return set_errno(e),
@@ -327,6 +334,10 @@ pub unsafe extern "C" fn accept4(
     if entry.kind != Kind::Listener {
         // SAFETY: forwarded arguments.
         return unsafe { real::accept4(fd, addr, len, flags) };
+    }
+    if table::companion(fd).is_some() {
+        // SAFETY: the caller's out pointers, passed on.
+        return unsafe { crate::vmlisten::accept4(fd, addr, len, flags) };
     }
     let mut rflags = libc::MSG_CMSG_CLOEXEC;
     // SAFETY: F_GETFL query.
@@ -456,6 +467,21 @@ pub unsafe extern "C" fn getsockopt(
     len: *mut socklen_t,
 ) -> c_int {
     let kind = table::get(fd).kind;
+    if is_vm_stand_in(kind, level) {
+        // The fd is a vsock stream standing in for a TCP socket: answer as TCP would.
+        return match name {
+            libc::TCP_MAXSEG => put_int(val, len, 1448),
+            libc::TCP_INFO if level == libc::IPPROTO_TCP => {
+                if val.is_null() || len.is_null() {
+                    return set_errno(Errno(libc::EFAULT as u16));
+                }
+                // SAFETY: the caller's buffer of *len bytes; zeroed, as for an idle socket.
+                unsafe { std::ptr::write_bytes(val.cast::<u8>(), 0, *len as usize) };
+                0
+            }
+            _ => put_int(val, len, 0),
+        };
+    }
     if level == libc::SOL_SOCKET && matches!(kind, Kind::Outsourced | Kind::Listener | Kind::Udp) {
         match name {
             libc::SO_DOMAIN => return put_int(val, len, libc::AF_INET),
@@ -472,12 +498,45 @@ pub unsafe extern "C" fn getsockopt(
     unsafe { real::getsockopt(fd, level, name, val, len) }
 }
 
+/// Whether `level` options on a socket of `kind` must be answered by the shim: in a VM an
+/// outsourced socket is a vsock stream, which has no TCP or IP options.
+fn is_vm_stand_in(kind: Kind, level: c_int) -> bool {
+    matches!(kind, Kind::Outsourced | Kind::Listener)
+        && (level == libc::IPPROTO_TCP || level == libc::IPPROTO_IP)
+        && transport::vsock_port().is_some()
+}
+
+/// `setsockopt(2)`: in a VM, TCP and IP options on an outsourced socket are accepted and have
+/// no effect (the host's socket is host-server's); everything else is real.
+///
+/// # Safety
+/// Called by C with setsockopt(2)'s contract.
+#[no_mangle]
+pub unsafe extern "C" fn setsockopt(
+    fd: c_int,
+    level: c_int,
+    name: c_int,
+    val: *const c_void,
+    len: socklen_t,
+) -> c_int {
+    if is_vm_stand_in(table::get(fd).kind, level) {
+        return 0;
+    }
+    // SAFETY: forwarded arguments.
+    unsafe { real::setsockopt(fd, level, name, val, len) }
+}
+
 /// `close(2)`: forgets the fd (closing a listener's stream closes the host's listener).
 ///
 /// # Safety
 /// Called by C with close(2)'s contract.
 #[no_mangle]
 pub unsafe extern "C" fn close(fd: c_int) -> c_int {
+    if let Some(control) = table::take_companion(fd) {
+        // A VM listener's control stream: closing it closes the host's listener.
+        // SAFETY: the companion fd is ours.
+        unsafe { real::close(control) };
+    }
     table::clear(fd);
     // SAFETY: forwarded argument.
     unsafe { real::close(fd) }

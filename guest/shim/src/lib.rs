@@ -12,6 +12,12 @@
 //!   resolver makes its socket calls where no preload sees them.
 //! - Loopback, AF_INET6, AF_UNIX and everything else pass through untouched.
 //!
+//! Inside a VM (`transport=vsock:<port>`, see `transport`) every stream is an AF_VSOCK stream
+//! to the host that the VMM bridges to host-server: connects are relayed (the vsock stream
+//! becomes the program's socket), listeners accept inbound streams on a vsock port of their
+//! own (`vmlisten`), and name resolution is left to glibc, whose resolver asks the image's
+//! DNS forwarder on 127.0.0.1.
+//!
 //! State lives in a lock-free fd table (`table`), so nothing can deadlock after fork. When
 //! host-server is unreachable, calls fail with ENETUNREACH and one line on stderr says why.
 
@@ -23,3 +29,4 @@ mod sockaddr;
 pub mod table;
 pub mod transport;
 pub mod udp;
+mod vmlisten;

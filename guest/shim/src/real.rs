@@ -56,6 +56,7 @@ real_fns! {
     getsockname: fn(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int;
     getpeername: fn(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int;
     getsockopt: fn(fd: c_int, level: c_int, name: c_int, val: *mut c_void, len: *mut socklen_t) -> c_int;
+    setsockopt: fn(fd: c_int, level: c_int, name: c_int, val: *const c_void, len: socklen_t) -> c_int;
     close: fn(fd: c_int) -> c_int;
     dup: fn(fd: c_int) -> c_int;
     dup2: fn(fd: c_int, to: c_int) -> c_int;

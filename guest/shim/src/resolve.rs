@@ -47,7 +47,9 @@ fn in_hosts_file(name: &str) -> bool {
 
 /// Whether this name is for the real resolver rather than dns-cache.
 fn is_local_name(name: &str) -> bool {
-    name.parse::<Ipv4Addr>().is_ok()
+    // In a VM glibc's resolver reaches dns-cache through the image's loopback forwarder.
+    crate::transport::vsock_port().is_some()
+        || name.parse::<Ipv4Addr>().is_ok()
         || name.parse::<std::net::Ipv6Addr>().is_ok()
         || in_hosts_file(name)
 }

@@ -6,7 +6,7 @@
 //! is the program's own race, as it would be with the kernel.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 
 /// Descriptors at or above this are never outsourced (and never tracked).
 pub const MAX_FDS: usize = 65_536;
@@ -119,6 +119,36 @@ pub fn set(fd: i32, e: Entry) {
     let w0 = (e.kind as u64) << 56 | u64::from(e.local_only) << 55 | pack_addr(e.local);
     s.0[1].store(pack_addr(e.peer), Ordering::Release);
     s.0[0].store(w0, Ordering::Release);
+}
+
+#[allow(clippy::declare_interior_mutable_const)] // Only used to initialise the static array.
+const NO_COMPANION: AtomicI32 = AtomicI32::new(-1);
+/// A VM listener's control stream to host-server, by the listener's fd (-1: none).
+static COMPANIONS: [AtomicI32; MAX_FDS] = [NO_COMPANION; MAX_FDS];
+
+fn companion_slot(fd: i32) -> Option<&'static AtomicI32> {
+    usize::try_from(fd).ok().and_then(|i| COMPANIONS.get(i))
+}
+
+/// Records `control` as `fd`'s companion stream.
+pub fn set_companion(fd: i32, control: i32) {
+    if let Some(s) = companion_slot(fd) {
+        s.store(control, Ordering::Release);
+    }
+}
+
+/// `fd`'s companion stream, if it has one.
+#[must_use]
+pub fn companion(fd: i32) -> Option<i32> {
+    let c = companion_slot(fd)?.load(Ordering::Acquire);
+    (c >= 0).then_some(c)
+}
+
+/// Removes and returns `fd`'s companion stream.
+#[must_use]
+pub fn take_companion(fd: i32) -> Option<i32> {
+    let c = companion_slot(fd)?.swap(-1, Ordering::AcqRel);
+    (c >= 0).then_some(c)
 }
 
 /// Forgets `fd` (it was closed).

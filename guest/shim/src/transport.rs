@@ -1,10 +1,17 @@
 //! The shim's side of a stream to host-server: open it, send one request frame, read answer
 //! frames together with any descriptor passed alongside (SCM_RIGHTS).
 //!
-//! Everything here uses the real libc calls (never our interposed ones) on AF_UNIX sockets.
+//! The transport is a Unix stream to host-server (process mode) or, inside a VM, an AF_VSOCK
+//! stream to the host (CID 2), which the VMM bridges to host-server after writing the VM's
+//! hello. Which one is chosen once per process ([`vsock_port`]): `OUTSOCK_TRANSPORT` in the
+//! environment, else `transport=` in [`CONFIG_FILE`] (so daemons started without our
+//! environment, through /etc/ld.so.preload, find it too), else Unix. The value is `unix` or
+//! `vsock:<port>`.
+//!
+//! Everything here uses the real libc calls (never our interposed ones).
 
 use std::ffi::CStr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use libc::{c_int, c_void};
 use shared_proto::frame::{frame_len, HEADER_LEN};
@@ -20,6 +27,57 @@ pub const DEFAULT_SOCKET: &str = "/run/outsock/host.sock";
 const ANSWER_TIMEOUT_SECS: libc::time_t = 60;
 
 static WARNED: AtomicBool = AtomicBool::new(false);
+
+/// The guest image's shim settings (`key=value` lines; `#` comments).
+pub const CONFIG_FILE: &str = "/etc/outsock/shim.conf";
+/// The host's vsock CID.
+const HOST_CID: u32 = 2;
+
+/// 0: not read yet; 1: Unix; `2 << 32 | port`: vsock.
+static TRANSPORT: AtomicU64 = AtomicU64::new(0);
+
+/// Parses a transport value: `Some(None)` Unix, `Some(Some(port))` vsock, `None` invalid.
+#[must_use]
+pub fn parse_transport(v: &str) -> Option<Option<u32>> {
+    let v = v.trim();
+    if v == "unix" {
+        return Some(None);
+    }
+    let port = v.strip_prefix("vsock:")?.parse().ok()?;
+    Some(Some(port))
+}
+
+/// The value of `key` in a config file's text.
+#[must_use]
+pub fn config_value<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    text.lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .filter_map(|l| l.split_once('='))
+        .find(|(k, _)| k.trim() == key)
+        .map(|(_, v)| v.trim())
+}
+
+/// The vsock port host-server is reached on, or `None` in process mode (Unix socket).
+#[must_use]
+pub fn vsock_port() -> Option<u32> {
+    let mut v = TRANSPORT.load(Ordering::Relaxed);
+    if v == 0 {
+        let from_env = std::env::var("OUTSOCK_TRANSPORT").ok();
+        let from_file = || {
+            std::fs::read_to_string(CONFIG_FILE)
+                .ok()
+                .and_then(|t| config_value(&t, "transport").map(str::to_owned))
+        };
+        let chosen = from_env
+            .or_else(from_file)
+            .and_then(|t| parse_transport(&t))
+            .flatten();
+        v = chosen.map_or(1, |port| 2 << 32 | u64::from(port));
+        TRANSPORT.store(v, Ordering::Relaxed);
+    }
+    #[allow(clippy::cast_possible_truncation)] // The low 32 bits are the port.
+    (v >> 32 == 2).then_some(v as u32)
+}
 
 /// An open stream to host-server, closed on drop unless handed over with [`Stream::into_raw`].
 #[derive(Debug)]
@@ -70,6 +128,9 @@ impl Stream {
     /// # Errors
     /// `ENETUNREACH` when host-server cannot be reached.
     pub fn open() -> Result<Self, Errno> {
+        if let Some(port) = vsock_port() {
+            return Self::open_vsock(port);
+        }
         let path = socket_path();
         // SAFETY: plain socket(2) call.
         let fd = unsafe { real::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
@@ -97,6 +158,33 @@ impl Stream {
             warn_unreachable(&path, errno());
             return Err(Errno::ENETUNREACH);
         }
+        Ok(stream.with_answer_timeout())
+    }
+
+    /// Connects to the host (CID 2) on vsock `port`; the VMM bridges it to host-server.
+    fn open_vsock(port: u32) -> Result<Self, Errno> {
+        // SAFETY: plain socket(2) call.
+        let fd = unsafe { real::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            let e = errno();
+            warn_unreachable(format!("vsock port {port}").as_bytes(), e);
+            return Err(Errno::ENETUNREACH);
+        }
+        crate::table::clear(fd);
+        let stream = Self(fd);
+        let addr = vsock_addr(HOST_CID, port);
+        let len = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
+        // SAFETY: `addr` is a valid sockaddr_vm of `len` bytes.
+        let rc = unsafe { real::connect(fd, std::ptr::from_ref(&addr).cast(), len) };
+        if rc != 0 {
+            warn_unreachable(format!("vsock port {port}").as_bytes(), errno());
+            return Err(Errno::ENETUNREACH);
+        }
+        Ok(stream.with_answer_timeout())
+    }
+
+    fn with_answer_timeout(self) -> Self {
+        let fd = self.0;
         let tv = libc::timeval {
             tv_sec: ANSWER_TIMEOUT_SECS,
             tv_usec: 0,
@@ -111,7 +199,7 @@ impl Stream {
                 std::mem::size_of::<libc::timeval>() as libc::socklen_t,
             );
         }
-        Ok(stream)
+        self
     }
 
     #[must_use]
@@ -142,6 +230,36 @@ impl Stream {
     /// EPROTO for a malformed frame or a peer that closed early, ETIMEDOUT when none came.
     pub fn recv(&self) -> Result<(ToGuest, Option<c_int>), Errno> {
         recv_frame(self.0, 0)
+    }
+}
+
+/// A `sockaddr_vm` for `cid:port`.
+#[must_use]
+pub fn vsock_addr(cid: u32, port: u32) -> libc::sockaddr_vm {
+    // SAFETY: sockaddr_vm is plain data; zeroed is a valid value.
+    let mut a: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
+    a.svm_family = libc::AF_VSOCK as libc::sa_family_t;
+    a.svm_cid = cid;
+    a.svm_port = port;
+    a
+}
+
+/// Clears the answer timeout on a stream that becomes a program's socket: its reads must
+/// block as long as the program asks.
+pub fn clear_answer_timeout(fd: c_int) {
+    let tv = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 0,
+    };
+    // SAFETY: setsockopt with a valid timeval of the right size.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            std::ptr::from_ref(&tv).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        );
     }
 }
 
@@ -255,4 +373,21 @@ fn close_passed(passed: Option<c_int>, e: Errno) -> Errno {
         unsafe { real::close(fd) };
     }
     e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transport_settings_parse() {
+        assert_eq!(parse_transport("unix"), Some(None));
+        assert_eq!(parse_transport(" vsock:1024 "), Some(Some(1024)));
+        assert_eq!(parse_transport("vsock:x"), None);
+        assert_eq!(parse_transport("tcp"), None);
+        let text = "# guest image\ntransport = vsock:1024  # host-server\ndns=10.170.160.1\n";
+        assert_eq!(config_value(text, "transport"), Some("vsock:1024"));
+        assert_eq!(config_value(text, "dns"), Some("10.170.160.1"));
+        assert_eq!(config_value(text, "missing"), None);
+    }
 }

@@ -33,6 +33,7 @@ pub fn associate(fd: c_int, entry: Entry) -> Result<Entry, Errno> {
             return Err(Errno::EPROTO);
         }
     };
+    crate::transport::clear_answer_timeout(stream.fd());
     interpose::replace_fd(stream.into_raw(), fd, &flags)?;
     let e = Entry {
         kind: Kind::Udp,

@@ -1,0 +1,254 @@
+//! outsock-dns-forwarder: the guest image's DNS server on 127.0.0.1:53 (UDP and TCP).
+//!
+//! glibc's resolver makes its socket calls inside libc, where liboutsock cannot see them
+//! (DESIGN.md §7), so in the VM /etc/resolv.conf names 127.0.0.1 and this small forwarder
+//! carries each query to the guest DNS address through host-server, which answers it with
+//! dns-cache: UDP queries over one outsourcing UDP association (reopened when host-server
+//! restarts), each TCP connection over its own relayed outsourced connect. Loopback stays
+//! local, so the preloaded shim leaves its own sockets alone.
+//!
+//! Settings: `--listen ADDR` (127.0.0.1:53), `--vsock-port N` and `--dns ADDR:PORT`, which
+//! default to `transport=vsock:N` and `dns=ADDR` in /etc/outsock/shim.conf (port 53).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use shared_proto::frame::{frame_len, HEADER_LEN};
+use shared_proto::outsource::{ConnectRequest, Datagram, UdpRequest};
+use shared_proto::{decode_exact, to_vec, ToGuest, ToHost};
+
+const CONFIG_FILE: &str = "/etc/outsock/shim.conf";
+const HOST_CID: u32 = 2;
+/// Queries older than this are forgotten (the client has given up).
+const QUERY_TTL: Duration = Duration::from_secs(15);
+const MAX_PENDING: usize = 4096;
+
+#[derive(Debug, Clone, Copy)]
+struct Settings {
+    listen: SocketAddr,
+    vsock_port: u32,
+    dns: SocketAddrV4,
+}
+
+fn settings() -> Result<Settings, String> {
+    let file = std::fs::read_to_string(CONFIG_FILE).unwrap_or_default();
+    let value = |key: &str| {
+        file.lines()
+            .map(|l| l.split('#').next().unwrap_or("").trim())
+            .filter_map(|l| l.split_once('='))
+            .find(|(k, _)| k.trim() == key)
+            .map(|(_, v)| v.trim().to_owned())
+    };
+    let mut s = Settings {
+        listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 53)),
+        vsock_port: value("transport")
+            .and_then(|t| t.strip_prefix("vsock:").and_then(|p| p.parse().ok()))
+            .unwrap_or(1024),
+        dns: SocketAddrV4::new(
+            value("dns")
+                .and_then(|d| d.parse().ok())
+                .unwrap_or(Ipv4Addr::new(10, 170, 160, 1)),
+            53,
+        ),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let v = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        let bad = || format!("{flag} {v}: invalid value");
+        match flag.as_str() {
+            "--listen" => s.listen = v.parse().map_err(|_| bad())?,
+            "--vsock-port" => s.vsock_port = v.parse().map_err(|_| bad())?,
+            "--dns" => s.dns = v.parse().map_err(|_| bad())?,
+            _ => return Err(format!("unknown argument {flag}")),
+        }
+    }
+    Ok(s)
+}
+
+/// A stream to host-server: AF_VSOCK to the host, bridged by the VMM.
+fn open_stream(port: u32) -> io::Result<File> {
+    // SAFETY: plain socket(2) call.
+    let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new fd we own.
+    let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    // SAFETY: sockaddr_vm is plain data; zeroed is valid.
+    let mut addr: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
+    addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
+    addr.svm_cid = HOST_CID;
+    addr.svm_port = port;
+    let len = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
+    // SAFETY: a valid sockaddr_vm of `len` bytes.
+    if unsafe { libc::connect(fd, std::ptr::from_ref(&addr).cast(), len) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(file)
+}
+
+fn send(w: &mut File, msg: &ToHost) -> io::Result<()> {
+    let bytes = to_vec(msg).map_err(|e| io::Error::other(e.to_string()))?;
+    w.write_all(&bytes)
+}
+
+fn recv(r: &mut File) -> io::Result<ToGuest> {
+    let mut buf = vec![0u8; HEADER_LEN];
+    r.read_exact(&mut buf)?;
+    let total = frame_len(&buf)
+        .map_err(|e| io::Error::other(e.to_string()))?
+        .ok_or_else(|| io::Error::other("short frame header"))?;
+    buf.resize(total, 0);
+    r.read_exact(&mut buf[HEADER_LEN..])?;
+    decode_exact(&buf).map_err(|e| io::Error::other(e.to_string()))
+}
+
+fn shutdown_write(f: &File) {
+    // SAFETY: shutdown(2) on an fd we own.
+    unsafe { libc::shutdown(f.as_raw_fd(), libc::SHUT_WR) };
+}
+
+type Pending = Arc<Mutex<HashMap<u16, (SocketAddr, Instant)>>>;
+
+/// The UDP side: one association, reopened whenever it breaks.
+fn serve_udp(s: Settings, udp: &UdpSocket) {
+    let pending: Pending = Arc::default();
+    let mut assoc: Option<File> = None;
+    let mut buf = vec![0u8; 65535];
+    loop {
+        let Ok((n, client)) = udp.recv_from(&mut buf) else {
+            continue;
+        };
+        if n < 12 {
+            continue;
+        }
+        let id = u16::from_be_bytes([buf[0], buf[1]]);
+        {
+            let mut p = pending.lock().unwrap_or_else(PoisonError::into_inner);
+            if p.len() >= MAX_PENDING {
+                let now = Instant::now();
+                p.retain(|_, (_, t)| now.duration_since(*t) < QUERY_TTL);
+            }
+            p.insert(id, (client, Instant::now()));
+        }
+        let dg = ToHost::Datagram(Datagram {
+            addr: s.dns,
+            payload: buf[..n].to_vec(),
+        });
+        // One retry with a fresh association: the old one may have died with host-server.
+        for _ in 0..2 {
+            if assoc.is_none() {
+                assoc = open_association(s, udp, &pending)
+                    .map_err(|e| eprintln!("outsock-dns-forwarder: UDP association: {e}"))
+                    .ok();
+            }
+            let Some(w) = assoc.as_mut() else { break };
+            if send(w, &dg).is_ok() {
+                break;
+            }
+            assoc = None;
+        }
+    }
+}
+
+fn open_association(s: Settings, udp: &UdpSocket, pending: &Pending) -> io::Result<File> {
+    let mut stream = open_stream(s.vsock_port)?;
+    send(
+        &mut stream,
+        &ToHost::Udp(UdpRequest {
+            bind: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
+        }),
+    )?;
+    match recv(&mut stream)? {
+        ToGuest::Associated { .. } => {}
+        other => return Err(io::Error::other(format!("answer {other:?}"))),
+    }
+    let mut reader = stream.try_clone()?;
+    let udp = udp.try_clone()?;
+    let pending = pending.clone();
+    std::thread::spawn(move || {
+        // Ends when the association closes; the next query opens a new one.
+        while let Ok(msg) = recv(&mut reader) {
+            let ToGuest::Datagram(d) = msg else { continue };
+            if d.payload.len() < 2 {
+                continue;
+            }
+            let id = u16::from_be_bytes([d.payload[0], d.payload[1]]);
+            let client = pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&id);
+            if let Some((client, _)) = client {
+                let _ = udp.send_to(&d.payload, client);
+            }
+        }
+    });
+    Ok(stream)
+}
+
+/// One TCP client: a relayed outsourced connect to the guest DNS address, bytes both ways.
+fn serve_tcp_client(s: Settings, client: TcpStream) -> io::Result<()> {
+    let mut stream = open_stream(s.vsock_port)?;
+    send(
+        &mut stream,
+        &ToHost::Connect(ConnectRequest {
+            dest: s.dns,
+            pass_fd: false,
+            nonblocking: false,
+        }),
+    )?;
+    match recv(&mut stream)? {
+        ToGuest::Connected { .. } => {}
+        other => return Err(io::Error::other(format!("answer {other:?}"))),
+    }
+    let mut up_from = client.try_clone()?;
+    let mut up_to = stream.try_clone()?;
+    let up = std::thread::spawn(move || {
+        let _ = io::copy(&mut up_from, &mut up_to);
+        shutdown_write(&up_to);
+    });
+    let mut down_to = client;
+    let _ = io::copy(&mut stream, &mut down_to);
+    let _ = down_to.shutdown(std::net::Shutdown::Write);
+    let _ = up.join();
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let s = match settings() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("outsock-dns-forwarder: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let udp = match UdpSocket::bind(s.listen) {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("outsock-dns-forwarder: cannot bind UDP {}: {e}", s.listen);
+            return ExitCode::from(1);
+        }
+    };
+    let tcp = match TcpListener::bind(s.listen) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("outsock-dns-forwarder: cannot bind TCP {}: {e}", s.listen);
+            return ExitCode::from(1);
+        }
+    };
+    std::thread::spawn(move || serve_udp(s, &udp));
+    for client in tcp.incoming().flatten() {
+        std::thread::spawn(move || {
+            if let Err(e) = serve_tcp_client(s, client) {
+                eprintln!("outsock-dns-forwarder: TCP query: {e}");
+            }
+        });
+    }
+    ExitCode::SUCCESS
+}

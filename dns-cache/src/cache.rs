@@ -76,6 +76,19 @@ impl Cached {
         u32::try_from(now.since(self.stored).as_secs()).unwrap_or(u32::MAX)
     }
 
+    /// The end of the current second of age as of `now`: until then [`Cached::age`] (and so
+    /// every TTL served from this entry) stays the same. `None` for a response that is not in
+    /// the cache (served once, never again).
+    pub fn same_age_until(&self, now: UnixMillis) -> Option<UnixMillis> {
+        if self.ttl == 0 {
+            return None;
+        }
+        let next = u64::from(self.age(now)).saturating_add(1);
+        Some(self.stored.plus(std::time::Duration::from_secs(
+            next.min(u64::from(self.ttl)),
+        )))
+    }
+
     /// Records of type `rtype` in the answer section.
     pub fn answers_of(&self, rtype: RecordType) -> impl Iterator<Item = &Record> {
         self.answers

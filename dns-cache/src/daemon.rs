@@ -14,9 +14,13 @@ use crate::metrics::{self, Metrics};
 use crate::persist::{Mappings, PersistError};
 use crate::pool::{self, PoolError};
 use crate::resolve::{Resolver, ResolverConfig};
-use crate::server::{self, Handler};
+use crate::server::{self, Frontend};
 use crate::store::{Store, StoreError};
 use crate::upstream::UdpTcpUpstream;
+
+/// Encoded replies kept by the reply cache. Each lives a second at most, so this bounds the
+/// distinct questions answered from bytes per second, not the answer cache.
+const REPLY_CACHE_ENTRIES: usize = 16_384;
 
 /// Why the service could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -81,17 +85,10 @@ pub async fn run(s: Settings) -> Result<(), DaemonError> {
         Arc::clone(&metrics),
     ));
 
-    let mut dns = server::start(
-        &s.listen,
-        Handler::new(Arc::clone(&resolver), s.edns_payload),
-    )
-    .await?;
+    let frontend = Arc::new(Frontend::new(resolver, s.edns_payload, REPLY_CACHE_ENTRIES));
+    let dns = server::start(&s.listen, &frontend).await?;
     let lookup_listener = lookup::bind(&s.lookup_socket, s.lookup_socket_mode)?;
-    let service = Arc::new(LookupService::new(
-        Arc::clone(&resolver),
-        s.grace,
-        s.edns_payload,
-    ));
+    let service = Arc::new(LookupService::new(Arc::clone(&frontend), s.grace));
     let lookup_task = tokio::spawn(lookup::serve(lookup_listener, service));
     let metrics_task = match s.metrics {
         Some(addr) => {
@@ -123,9 +120,7 @@ pub async fn run(s: Settings) -> Result<(), DaemonError> {
     if let Some(t) = metrics_task {
         t.abort();
     }
-    if let Err(error) = dns.shutdown_gracefully().await {
-        tracing::warn!(%error, "DNS listeners did not stop cleanly");
-    }
+    dns.shutdown().await;
     mappings.shutdown();
     let _ = std::fs::remove_file(&s.lookup_socket);
     Ok(())

@@ -4,9 +4,11 @@
 //! Layers, bottom up: [`pool`] (prefixes and their checks), [`mapping`] (the allocation policy,
 //! pure, with time passed in), [`store`] (SQLite, applying `migrations/`), [`persist`] (the single
 //! writer thread with group commit), [`cache`] (upstream answers with negative caching),
-//! [`upstream`] (a small DNS client over UDP with TCP retry), [`resolve`] (the rules), [`server`]
-//! (hickory-server glue), [`lookup`] (dns.sock for host-server) with [`pins`] (pins as leases of
-//! its connections), [`metrics`], [`config`].
+//! [`upstream`] (a small DNS client over UDP with TCP retry), [`resolve`] (the rules), [`packet`]
+//! and [`replies`] (plain queries answered from encoded replies), [`server`] (the raw-packet
+//! front end and hickory-server glue for TCP), [`udp`] (the UDP listener loop), [`lookup`]
+//! (dns.sock for host-server) with [`pins`] (pins as leases of its connections), [`metrics`],
+//! [`config`].
 
 pub mod cache;
 pub mod clock;
@@ -15,10 +17,13 @@ pub mod daemon;
 pub mod lookup;
 pub mod mapping;
 pub mod metrics;
+pub mod packet;
 pub mod persist;
 pub mod pins;
 pub mod pool;
+pub mod replies;
 pub mod resolve;
 pub mod server;
 pub mod store;
+pub mod udp;
 pub mod upstream;

@@ -26,7 +26,7 @@ use crate::mapping::{Direction, Mapping, MappingError};
 use crate::persist::PersistError;
 use crate::pins::{PinError, PinLeases};
 use crate::resolve::Resolver;
-use crate::server::answer_packet;
+use crate::server::Frontend;
 
 /// Requests one connection may have in flight.
 const IN_FLIGHT_PER_CONNECTION: usize = 64;
@@ -52,9 +52,9 @@ pub enum LookupError {
 /// The look-up operations over the resolver's mapping tables.
 #[derive(Debug)]
 pub struct LookupService {
+    frontend: Arc<Frontend>,
     resolver: Arc<Resolver>,
     grace: Duration,
-    payload: u16,
 }
 
 fn wire_direction(d: Direction) -> WireDirection {
@@ -72,13 +72,13 @@ fn error(code: LookupErrorCode, message: &(impl ToString + ?Sized)) -> LookupRep
 }
 
 impl LookupService {
-    /// A service over `resolver`'s mappings; `grace` is used to report when a mapping may be
-    /// recycled, `payload` is the EDNS size for guest DNS answers.
-    pub fn new(resolver: Arc<Resolver>, grace: Duration, payload: u16) -> Self {
+    /// A service over the mappings of `frontend`'s resolver, answering guest DNS packets
+    /// through `frontend`; `grace` is used to report when a mapping may be recycled.
+    pub fn new(frontend: Arc<Frontend>, grace: Duration) -> Self {
         Self {
-            resolver,
+            resolver: Arc::clone(frontend.resolver()),
+            frontend,
             grace,
-            payload,
         }
     }
 
@@ -150,15 +150,17 @@ impl LookupService {
             }
             LookupOp::List(q) => self.list(&q),
             LookupOp::Flush => LookupReply::Flushed {
-                entries: u64::try_from(self.resolver.clear_cache()).unwrap_or(u64::MAX),
+                entries: u64::try_from(self.frontend.clear_caches()).unwrap_or(u64::MAX),
             },
             LookupOp::Stats => LookupReply::Stats(self.stats()),
-            LookupOp::DnsQuery { tcp, packet } => LookupReply::DnsAnswer {
-                // An empty packet means "no answer" (input that is dropped, as on UDP).
-                packet: answer_packet(&self.resolver, &packet, tcp, self.payload)
-                    .await
-                    .unwrap_or_default(),
-            },
+            LookupOp::DnsQuery { tcp, packet } => {
+                let mut reply = Vec::new();
+                if !self.frontend.replay(&packet, tcp, &mut reply) {
+                    // An empty packet means "no answer" (input that is dropped, as on UDP).
+                    reply = self.frontend.answer(&packet, tcp).await.unwrap_or_default();
+                }
+                LookupReply::DnsAnswer { packet: reply }
+            }
         }
     }
 

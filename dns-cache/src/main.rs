@@ -68,7 +68,13 @@ fn main() -> ExitCode {
             }
         };
     }
-    let runtime = match tokio::runtime::Runtime::new() {
+    // One thread answers DNS, dns.sock and metrics; the database writer has its own. The UDP
+    // hot path is a tight loop that never waits on another thread, and a multi-threaded runtime
+    // only added wake-ups and cross-thread hand-offs to it (see dns-cache/bench/run.sh).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("outsock-dns-cache: cannot start the async runtime: {e}");

@@ -13,8 +13,12 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::RecordType;
+
 use crate::mapping::Direction;
 use crate::persist::Mappings;
+use crate::resolve::Reuse;
 
 /// Upper bounds (seconds) of the upstream latency histogram buckets.
 const LATENCY_BUCKETS: [f64; 8] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0];
@@ -58,6 +62,10 @@ pub struct Metrics {
     pub exhausted: AtomicU64,
     /// Upstream queries that failed.
     pub upstream_errors: AtomicU64,
+    /// Replies sent from the reply cache (also counted as queries and responses).
+    pub replayed: AtomicU64,
+    /// UDP queries dropped because too many were already waiting on upstream or the database.
+    pub udp_dropped: AtomicU64,
     /// Upstream latency histogram: counts per bucket (cumulative at render time), plus +Inf.
     upstream_buckets: [AtomicU64; 9],
     upstream_sum_us: AtomicU64,
@@ -77,10 +85,48 @@ pub enum QueryKind {
     Other = 3,
 }
 
+impl QueryKind {
+    /// The kind of a query type.
+    pub fn of(qtype: RecordType) -> Self {
+        match qtype {
+            RecordType::A => QueryKind::A,
+            RecordType::AAAA => QueryKind::Aaaa,
+            RecordType::PTR => QueryKind::Ptr,
+            _ => QueryKind::Other,
+        }
+    }
+}
+
 impl Metrics {
     /// Adds one to a counter.
     pub fn inc(c: &AtomicU64) {
         c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a response by its code.
+    pub fn response(&self, rcode: ResponseCode) {
+        let slot = match rcode {
+            ResponseCode::NoError => 0,
+            ResponseCode::NXDomain => 1,
+            ResponseCode::ServFail => 2,
+            _ => 3,
+        };
+        Self::inc(&self.responses[slot]);
+    }
+
+    /// Counts a reply replayed from the reply cache as the resolve it stands for would have.
+    pub fn replayed(&self, qtype: RecordType, rcode: ResponseCode, reuse: &Reuse) {
+        Self::inc(&self.replayed);
+        Self::inc(&self.queries[QueryKind::of(qtype) as usize]);
+        self.cache_hits
+            .fetch_add(u64::from(reuse.cache_lookups), Ordering::Relaxed);
+        if reuse.synthesised {
+            Self::inc(&self.synthesised);
+        }
+        if reuse.passed_through {
+            Self::inc(&self.passed_through);
+        }
+        self.response(rcode);
     }
 
     /// Records one upstream round trip.
@@ -175,6 +221,16 @@ impl Metrics {
             "upstream_errors_total",
             "Upstream queries that failed.",
             &[("", get(&self.upstream_errors))],
+        );
+        counter(
+            "replayed_total",
+            "Replies copied from the reply cache (also counted above as queries and responses).",
+            &[("", get(&self.replayed))],
+        );
+        counter(
+            "udp_dropped_total",
+            "UDP queries dropped because too many were already waiting.",
+            &[("", get(&self.udp_dropped))],
         );
 
         let _ = writeln!(s, "# HELP outsock_dns_pool_used Mappings in each pool.");

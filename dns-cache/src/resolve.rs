@@ -3,6 +3,12 @@
 //!
 //! Independent of the transport: the hickory server glue and the dns.sock `DnsQuery` request
 //! both turn a query into a [`Question`] and the returned [`Answer`] into a message.
+//!
+//! An answer also says how long the very same answer may be replayed ([`Reuse`]): until the
+//! end of the current second of age of the upstream data it was built from, so a replay has
+//! exactly the TTLs a fresh resolve would give. [`crate::replies`] keeps the encoded message for
+//! that long; a synthesised answer's mapping is protected for that extra time as well, so an
+//! address in a replayed answer is never one that was recycled in between.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, Mutex};
@@ -13,6 +19,7 @@ use hickory_proto::rr::rdata::{A, PTR};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 
 use crate::cache::{aged, AnswerCache, CacheKey, Cached};
+use crate::clock::UnixMillis;
 use crate::mapping::{Allocation, Direction, MappingError};
 use crate::metrics::{Metrics, QueryKind};
 use crate::persist::{Mappings, PersistError};
@@ -57,6 +64,9 @@ pub struct Answer {
     pub authorities: Vec<Record>,
     /// AD bit: only ever copied from upstream for data passed through unchanged.
     pub authentic_data: bool,
+    /// Whether, and until when, the same question may get this same answer again without
+    /// resolving it (`None`: resolve every time).
+    pub reuse: Option<Reuse>,
 }
 
 impl Answer {
@@ -66,7 +76,75 @@ impl Answer {
             answers: Vec::new(),
             authorities: Vec::new(),
             authentic_data: false,
+            reuse: None,
         }
+    }
+}
+
+/// How long an answer may be replayed, and what a replay counts in the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reuse {
+    /// The first instant at which the answer must be resolved again.
+    pub until: UnixMillis,
+    /// Answer-cache look-ups it took (a replay counts them as hits).
+    pub cache_lookups: u8,
+    /// It is a synthesised A answer.
+    pub synthesised: bool,
+    /// It was passed through from upstream.
+    pub passed_through: bool,
+}
+
+/// What one resolve depended on, collected on the way.
+#[derive(Debug)]
+struct Trace {
+    until: Option<UnixMillis>,
+    replayable: bool,
+    lookups: u8,
+    synthesised: bool,
+    passed_through: bool,
+}
+
+impl Trace {
+    fn new() -> Self {
+        Self {
+            until: None,
+            replayable: true,
+            lookups: 0,
+            synthesised: false,
+            passed_through: false,
+        }
+    }
+
+    /// The answer is valid no longer than `until`.
+    fn valid_until(&mut self, until: UnixMillis) {
+        self.until = Some(self.until.map_or(until, |u| u.min(until)));
+    }
+
+    /// The answer is built from `c` (an entry of the answer cache, or an uncached response).
+    fn depends_on(&mut self, c: &Cached, now: UnixMillis) {
+        self.lookups = self.lookups.saturating_add(1);
+        match c.same_age_until(now) {
+            Some(until) => self.valid_until(until),
+            None => self.replayable = false,
+        }
+    }
+
+    /// Time left, as of `now`, during which the answer may be replayed.
+    fn horizon(&self, now: UnixMillis) -> Duration {
+        match self.until {
+            Some(u) if self.replayable => u.since(now),
+            _ => Duration::ZERO,
+        }
+    }
+
+    fn finish(&self) -> Option<Reuse> {
+        let until = self.until.filter(|_| self.replayable)?;
+        Some(Reuse {
+            until,
+            cache_lookups: self.lookups,
+            synthesised: self.synthesised,
+            passed_through: self.passed_through,
+        })
     }
 }
 
@@ -139,39 +217,38 @@ impl Resolver {
 
     /// Answers one question.
     pub async fn resolve(&self, q: &Question) -> Answer {
-        let kind = match q.qtype {
-            RecordType::A => QueryKind::A,
-            RecordType::AAAA => QueryKind::Aaaa,
-            RecordType::PTR => QueryKind::Ptr,
-            _ => QueryKind::Other,
-        };
-        Metrics::inc(&self.metrics.queries[kind as usize]);
+        Metrics::inc(&self.metrics.queries[QueryKind::of(q.qtype) as usize]);
+        let mut trace = Trace::new();
         let result = if q.qclass != DNSClass::IN {
-            self.forward(q).await
+            self.forward(q, &mut trace).await
         } else {
             match q.qtype {
-                RecordType::A => self.resolve_a(q).await,
-                // The guest is IPv4-only: an AAAA answer would only mislead it.
-                RecordType::AAAA => Ok(Answer::rcode(ResponseCode::NoError)),
-                RecordType::PTR => self.resolve_ptr(q).await,
-                _ => self.forward(q).await,
+                RecordType::A => self.resolve_a(q, &mut trace).await,
+                // The guest is IPv4-only: an AAAA answer would only mislead it. It depends on
+                // nothing, so it may be replayed; for a second, like the others.
+                RecordType::AAAA => {
+                    trace.valid_until(self.mappings.now().plus(Duration::from_secs(1)));
+                    Ok(Answer::rcode(ResponseCode::NoError))
+                }
+                RecordType::PTR => self.resolve_ptr(q, &mut trace).await,
+                _ => self.forward(q, &mut trace).await,
             }
         };
-        let answer = result.unwrap_or_else(|error| {
-            if let ResolveError::Mapping(PersistError::Mapping(MappingError::Exhausted(_))) = error
-            {
-                Metrics::inc(&self.metrics.exhausted);
-            }
-            tracing::debug!(%error, name = %q.name, qtype = %q.qtype, "answering SERVFAIL");
-            Answer::rcode(ResponseCode::ServFail)
-        });
-        let slot = match answer.rcode {
-            ResponseCode::NoError => 0,
-            ResponseCode::NXDomain => 1,
-            ResponseCode::ServFail => 2,
-            _ => 3,
-        };
-        Metrics::inc(&self.metrics.responses[slot]);
+        let answer = result
+            .map(|mut a| {
+                a.reuse = trace.finish();
+                a
+            })
+            .unwrap_or_else(|error| {
+                if let ResolveError::Mapping(PersistError::Mapping(MappingError::Exhausted(_))) =
+                    error
+                {
+                    Metrics::inc(&self.metrics.exhausted);
+                }
+                tracing::debug!(%error, name = %q.name, qtype = %q.qtype, "answering SERVFAIL");
+                Answer::rcode(ResponseCode::ServFail)
+            });
+        self.metrics.response(answer.rcode);
         answer
     }
 
@@ -180,7 +257,11 @@ impl Resolver {
     }
 
     /// A cached or fresh upstream answer.
-    async fn fetch(&self, uq: UpstreamQuery) -> Result<Arc<Cached>, ResolveError> {
+    async fn fetch(
+        &self,
+        uq: UpstreamQuery,
+        trace: &mut Trace,
+    ) -> Result<Arc<Cached>, ResolveError> {
         let key = CacheKey {
             name: uq.name.to_lowercase(),
             qtype: uq.qtype,
@@ -189,8 +270,10 @@ impl Resolver {
             checking_disabled: uq.checking_disabled,
         };
         let now = self.mappings.now();
-        if let Some(hit) = self.lock_cache().get(&key, now) {
+        let hit = self.lock_cache().get(&key, now);
+        if let Some(hit) = hit {
             Metrics::inc(&self.metrics.cache_hits);
+            trace.depends_on(&hit, now);
             return Ok(hit);
         }
         Metrics::inc(&self.metrics.cache_misses);
@@ -198,22 +281,28 @@ impl Resolver {
         let result = self.upstream.query(&uq).await;
         self.metrics.observe_upstream(started.elapsed());
         let message = result.inspect_err(|_| Metrics::inc(&self.metrics.upstream_errors))?;
-        let (entry, _) = self.lock_cache().insert(key, &message, self.mappings.now());
+        let now = self.mappings.now();
+        let (entry, _) = self.lock_cache().insert(key, &message, now);
+        trace.depends_on(&entry, now);
         Ok(entry)
     }
 
     /// Passes the question upstream and the answer back unchanged (TTLs counted down).
-    async fn forward(&self, q: &Question) -> Result<Answer, ResolveError> {
+    async fn forward(&self, q: &Question, trace: &mut Trace) -> Result<Answer, ResolveError> {
         let c = self
-            .fetch(UpstreamQuery {
-                name: q.name.clone(),
-                qtype: q.qtype,
-                qclass: q.qclass,
-                dnssec_ok: q.dnssec_ok,
-                checking_disabled: q.checking_disabled,
-            })
+            .fetch(
+                UpstreamQuery {
+                    name: q.name.clone(),
+                    qtype: q.qtype,
+                    qclass: q.qclass,
+                    dnssec_ok: q.dnssec_ok,
+                    checking_disabled: q.checking_disabled,
+                },
+                trace,
+            )
             .await?;
         Metrics::inc(&self.metrics.passed_through);
+        trace.passed_through = true;
         Ok(self.pass(&c, u32::MAX))
     }
 
@@ -224,27 +313,32 @@ impl Resolver {
             answers: c.answers.iter().map(|r| aged(r, age, cap)).collect(),
             authorities: c.authorities.iter().map(|r| aged(r, age, cap)).collect(),
             authentic_data: c.authentic_data,
+            reuse: None,
         }
     }
 
-    async fn resolve_a(&self, q: &Question) -> Result<Answer, ResolveError> {
+    async fn resolve_a(&self, q: &Question, trace: &mut Trace) -> Result<Answer, ResolveError> {
         // RFC 6147 §5.5: a validating client (CD and DO) gets the real answer, never ours.
         if Self::matches(&self.cfg.pass_through, &q.name) || (q.dnssec_ok && q.checking_disabled) {
-            return self.forward(q).await;
+            return self.forward(q, trace).await;
         }
         if self.cfg.ipv4_egress {
             let a = self
-                .fetch(UpstreamQuery {
-                    name: q.name.clone(),
-                    qtype: RecordType::A,
-                    qclass: DNSClass::IN,
-                    dnssec_ok: q.dnssec_ok,
-                    checking_disabled: q.checking_disabled,
-                })
+                .fetch(
+                    UpstreamQuery {
+                        name: q.name.clone(),
+                        qtype: RecordType::A,
+                        qclass: DNSClass::IN,
+                        dnssec_ok: q.dnssec_ok,
+                        checking_disabled: q.checking_disabled,
+                    },
+                    trace,
+                )
                 .await?;
             match a.rcode {
                 ResponseCode::NoError if a.answers_of(RecordType::A).next().is_some() => {
                     Metrics::inc(&self.metrics.passed_through);
+                    trace.passed_through = true;
                     return Ok(self.pass(&a, u32::MAX));
                 }
                 ResponseCode::NXDomain => return Ok(self.pass(&a, u32::MAX)),
@@ -254,13 +348,16 @@ impl Resolver {
         }
         // RFC 6535 §2.3 / RFC 6147 §5.1: the AAAA look-up comes before any allocation.
         let aaaa = self
-            .fetch(UpstreamQuery {
-                name: q.name.clone(),
-                qtype: RecordType::AAAA,
-                qclass: DNSClass::IN,
-                dnssec_ok: false,
-                checking_disabled: false,
-            })
+            .fetch(
+                UpstreamQuery {
+                    name: q.name.clone(),
+                    qtype: RecordType::AAAA,
+                    qclass: DNSClass::IN,
+                    dnssec_ok: false,
+                    checking_disabled: false,
+                },
+                trace,
+            )
             .await?;
         let max = self.cfg.max_ttl;
         let age = aaaa.age(self.mappings.now());
@@ -279,6 +376,7 @@ impl Resolver {
                 .map(|r| aged(r, age, u32::MAX))
                 .collect(),
             authentic_data: false,
+            reuse: None,
         };
         match aaaa.rcode {
             ResponseCode::NXDomain => return Ok(negative(ResponseCode::NXDomain)),
@@ -312,12 +410,15 @@ impl Resolver {
             }
         }
         let ttl = records.iter().map(|r| r.2).min().unwrap_or(0);
+        // A replay of this answer, up to the end of the horizon, hands out the same TTL: the
+        // mapping must outlive the last one too.
+        let horizon = trace.horizon(self.mappings.now());
         let results = self
             .mappings
             .map_durable(
                 Direction::Synthesised,
                 &addrs,
-                Duration::from_secs(u64::from(ttl)),
+                Duration::from_secs(u64::from(ttl)) + horizon,
             )
             .await?;
         let mut answers = chain();
@@ -330,26 +431,30 @@ impl Resolver {
             answers.push(Record::from_rdata(owner.clone(), *ttl, RData::A(A(r.v4))));
         }
         Metrics::inc(&self.metrics.synthesised);
+        trace.synthesised = true;
         // RFC 6147 §5.5: synthesised data is never marked authentic.
         Ok(Answer {
             rcode: ResponseCode::NoError,
             answers,
             authorities: Vec::new(),
             authentic_data: false,
+            reuse: None,
         })
     }
 
-    async fn resolve_ptr(&self, q: &Question) -> Result<Answer, ResolveError> {
+    async fn resolve_ptr(&self, q: &Question, trace: &mut Trace) -> Result<Answer, ResolveError> {
         let Some(v4) = in_addr_arpa(&q.name) else {
-            return self.forward(q).await;
+            return self.forward(q, trace).await;
         };
         let direction = [Direction::Synthesised, Direction::InboundPeer]
             .into_iter()
             .find(|d| self.mappings.with_table(*d, |t| t.prefix().contains(v4)));
         let Some(direction) = direction else {
-            return self.forward(q).await;
+            return self.forward(q, trace).await;
         };
         Metrics::inc(&self.metrics.ptr_local);
+        // Names are added to a mapping as they are asked for: resolve these every time.
+        trace.replayable = false;
         // Our own address space: never ask upstream about it, and never invent a name.
         let Some(m) = self.mappings.with_table(direction, |t| t.get(v4).cloned()) else {
             return Ok(Answer::rcode(ResponseCode::NXDomain));
@@ -366,18 +471,22 @@ impl Resolver {
                 answers,
                 authorities: Vec::new(),
                 authentic_data: false,
+                reuse: None,
             });
         }
         // No name known (an inbound peer): the reverse look-up of the real address
         // (RFC 6535 §2.3.3), answered under the name that was asked.
         let c = self
-            .fetch(UpstreamQuery {
-                name: Name::from(m.v6),
-                qtype: RecordType::PTR,
-                qclass: DNSClass::IN,
-                dnssec_ok: false,
-                checking_disabled: false,
-            })
+            .fetch(
+                UpstreamQuery {
+                    name: Name::from(m.v6),
+                    qtype: RecordType::PTR,
+                    qclass: DNSClass::IN,
+                    dnssec_ok: false,
+                    checking_disabled: false,
+                },
+                trace,
+            )
             .await?;
         let mut answer = self.pass(&c, self.cfg.max_ttl);
         answer.authentic_data = false;
@@ -516,6 +625,15 @@ mod tests {
     }
 
     fn resolver_with(fake: Fake, egress: bool, pool: &str) -> (Resolver, Arc<Fake>) {
+        let (r, fake, _) = resolver_with_clock(fake, egress, pool);
+        (r, fake)
+    }
+
+    fn resolver_with_clock(
+        fake: Fake,
+        egress: bool,
+        pool: &str,
+    ) -> (Resolver, Arc<Fake>, Arc<ManualClock>) {
         let fake = Arc::new(fake);
         let clock = Arc::new(ManualClock::new(UnixMillis(1_700_000_000_000)));
         let mappings = Mappings::start(
@@ -530,7 +648,7 @@ mod tests {
                 Direction::InboundPeer,
                 Duration::from_secs(60),
             ),
-            clock,
+            Arc::clone(&clock) as Arc<dyn crate::clock::Clock>,
         )
         .unwrap();
         let r = Resolver::new(
@@ -545,7 +663,7 @@ mod tests {
             mappings,
             Arc::new(Metrics::default()),
         );
-        (r, fake)
+        (r, fake, clock)
     }
 
     fn resolver() -> (Resolver, Arc<Fake>) {
@@ -630,7 +748,10 @@ mod tests {
         assert_eq!(nodata.rcode, ResponseCode::NoError);
         assert!(nodata.answers.is_empty());
         let aaaa = r.resolve(&q("v6only.test.", RecordType::AAAA)).await;
-        assert_eq!(aaaa, Answer::rcode(ResponseCode::NoError));
+        assert_eq!(
+            (aaaa.rcode, aaaa.answers.len(), aaaa.authorities.len()),
+            (ResponseCode::NoError, 0, 0)
+        );
         let ptr = r
             .resolve(&q("77.160.170.10.in-addr.arpa.", RecordType::PTR))
             .await;
@@ -751,5 +872,97 @@ mod tests {
         }
         let a = r.resolve(&q("h5.test.", RecordType::A)).await;
         assert_eq!(a.rcode, ResponseCode::ServFail);
+    }
+
+    fn packet(id: u16, name: &str, qtype: RecordType) -> Vec<u8> {
+        let mut m = Message::new(id, MessageType::Query, OpCode::Query);
+        m.metadata.recursion_desired = id % 2 == 0;
+        m.add_query(Query::query(n(name), qtype));
+        let mut e = hickory_proto::op::Edns::new();
+        e.set_max_payload(1232);
+        m.set_edns(e);
+        m.to_vec().unwrap()
+    }
+
+    #[tokio::test]
+    async fn replays_are_the_answers_a_resolve_gives_for_the_rest_of_the_second() {
+        use crate::server::{answer_packet, Frontend};
+        use std::sync::atomic::Ordering::Relaxed;
+        let (r, fake, clock) = resolver_with_clock(world(), false, "10.170.160.0/20");
+        let r = Arc::new(r);
+        let front = Frontend::new(Arc::clone(&r), 1232, 100);
+        let cases = [
+            ("v6only.test.", RecordType::A),
+            ("multi.test.", RecordType::A),
+            ("alias.test.", RecordType::A),
+            ("missing.test.", RecordType::A),
+            ("v4only.test.", RecordType::A),
+            ("v6only.test.", RecordType::AAAA),
+            ("dual.test.", RecordType::MX),
+        ];
+        for (name, qtype) in cases {
+            front.answer(&packet(1, name, qtype), false).await.unwrap();
+        }
+        let calls = fake.calls.load(Ordering::SeqCst);
+        clock.advance(Duration::from_millis(600));
+        for (name, qtype) in cases {
+            let ask = packet(2, name, qtype);
+            let mut out = Vec::new();
+            let replayed_before = r.metrics().replayed.load(Relaxed);
+            assert!(front.replay(&ask, false, &mut out), "{name} {qtype}");
+            assert_eq!(r.metrics().replayed.load(Relaxed), replayed_before + 1);
+            // Byte for byte what the full path answers now, id and RD included.
+            let fresh = answer_packet(&r, &ask, false, 1232).await.unwrap();
+            assert_eq!(out, fresh, "{name} {qtype}");
+            // Another spelling of the name gets its own spelling back, same records.
+            let shouted = packet(3, &name.to_uppercase(), qtype);
+            assert!(front.replay(&shouted, false, &mut out));
+            let fresh = answer_packet(&r, &shouted, false, 1232).await.unwrap();
+            let (a, b) = (
+                Message::from_vec(&out).unwrap(),
+                Message::from_vec(&fresh).unwrap(),
+            );
+            assert_eq!(a.metadata, b.metadata);
+            assert_eq!(a.queries[0].name().to_ascii(), name.to_uppercase());
+            assert_eq!((a.answers, a.authorities), (b.answers, b.authorities));
+        }
+        assert_eq!(
+            fake.calls.load(Ordering::SeqCst),
+            calls,
+            "no upstream query"
+        );
+        // The mapping is protected for the TTL plus the time the answer may be replayed.
+        let v6: Ipv6Addr = "2001:db8::1".parse().unwrap();
+        let m = r.mappings().with_table(Direction::Synthesised, |t| {
+            t.get(t.lookup_v6(v6).unwrap()).cloned().unwrap()
+        });
+        assert_eq!(m.expires, UnixMillis(1_700_000_000_000 + 301_000));
+        // A second of age later every reply must be built again.
+        clock.advance(Duration::from_millis(400));
+        let mut out = Vec::new();
+        for (name, qtype) in cases {
+            assert!(!front.replay(&packet(2, name, qtype), false, &mut out));
+        }
+        // TCP has its own entries (no truncation); PTR of a dummy is never replayed.
+        assert!(!front.replay(&packet(2, "v6only.test.", RecordType::A), true, &mut out));
+        let ptr = packet(2, "2.160.170.10.in-addr.arpa.", RecordType::PTR);
+        front.answer(&ptr, false).await.unwrap();
+        assert!(!front.replay(&ptr, false, &mut out));
+        // Flush empties both caches.
+        front
+            .answer(&packet(2, "v6only.test.", RecordType::A), false)
+            .await;
+        assert!(front.replay(&packet(2, "v6only.test.", RecordType::A), false, &mut out));
+        front.clear_caches();
+        assert!(!front.replay(&packet(2, "v6only.test.", RecordType::A), false, &mut out));
+    }
+
+    #[tokio::test]
+    async fn failures_are_never_replayed() {
+        let mut f = world();
+        f.fail = true;
+        let (r, _) = resolver_with(f, false, "10.170.160.0/20");
+        let a = r.resolve(&q("v6only.test.", RecordType::A)).await;
+        assert_eq!((a.rcode, a.reuse), (ResponseCode::ServFail, None));
     }
 }

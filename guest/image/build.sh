@@ -105,6 +105,10 @@ else
     copy_with_libs() {
         local r=$1 f=$2 lib
         mkdir -p "$r$(dirname "$f")"
+        # Remove what is there first: busybox's applet links are absolute symlinks
+        # (/usr/bin/wget -> /bin/busybox), and copying through one would overwrite the
+        # build host's own /bin/busybox.
+        rm -f "$r$f"
         cp -L "$f" "$r$f"
         for lib in $(ldd "$f" 2>/dev/null | grep -o '/[^ ]*' | sort -u); do
             [ -e "$r$lib" ] && continue

@@ -174,7 +174,7 @@ fn curl_and_wget_fetch_by_name() {
 fn busybox_wget_nc_and_httpd() {
     let Some(s) = stack("busybox") else { return };
     let url = format!("http://{}/index.html", zone::V6ONLY);
-    let out = run(&s, "busybox", &["wget", "-q", "-O", "-", &url], b"");
+    let out = run(&s, "busybox", &["wget", "-O", "-", &url], b"");
     assert_eq!(ok(&s, &out, "busybox wget"), INDEX_BODY);
 
     let out = run(

@@ -62,19 +62,21 @@ pub fn run(d: &mut Driver) {
     };
     let host_sock = stack.host_sock();
     let v6 = zone::V6ONLY;
-    // No double quotes: the script travels on the kernel command line inside "…".
+    // No double quotes: the script travels on the kernel command line inside "…". Full paths:
+    // the image's static busybox sh runs its own applets (wget, nc) before anything on PATH.
     let script = format!(
         "curl -4 -sS -m 30 http://{v6}/index.html; echo CURL-RC=$?; \
-         wget -4 -q -T 30 -O - http://{v6}/index.html; echo WGET-RC=$?; \
-         busybox wget -q -T 30 -O - http://{v6}/index.html; echo BBWGET-RC=$?; \
-         echo via-netcat | nc -q 3 -w 20 {echo} 7; echo NC-RC=$?; \
+         /usr/bin/wget -4 -q -T 30 -O - http://{v6}/index.html; echo WGET-RC=$?; \
+         /usr/local/bin/busybox wget -q -T 30 -O - http://{v6}/index.html; echo BBWGET-RC=$?; \
+         echo via-netcat | /usr/bin/nc.traditional -q 3 -w 20 {echo} 7; echo NC-RC=$?; \
          kdig +short +timeout=5 @{dns} {v6} A; echo KDIG-RC=$?; \
-         echo BIG-MD5=$(wget -4 -q -T 60 -O - http://{v6}/big.bin | md5sum)",
+         echo BIG-MD5=$(/usr/bin/wget -4 -q -T 60 -O - http://{v6}/big.bin | md5sum)",
         echo = zone::ECHO,
         dns = GUEST_DNS,
     );
+    // The run's name is the VM's name, which host-server must know ([vms.vm0]).
     let run = d.run(
-        "vm-e2e",
+        "vm0",
         &[
             "--host-socket",
             &host_sock.to_string_lossy(),

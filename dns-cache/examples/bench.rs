@@ -12,7 +12,9 @@
 //!    them), so every answer allocates a mapping and commits it to SQLite first;
 //! 4. the allocator and SQLite writer alone, in process (no DNS), as new mappings/s.
 //!
-//! Prints min/median/max and ratios of medians. Everything runs in the world's namespaces.
+//! Prints min/median/max and ratios of medians, and for the cache-hit runs also each server's
+//! CPU time per answered query (from /proc/PID/stat), which a busy machine disturbs less than
+//! queries/s. Everything runs in the world's namespaces.
 
 // A benchmark is tooling: a failed unwrap is a failed run.
 #![allow(clippy::unwrap_used)]
@@ -59,8 +61,8 @@ fn main() -> Result<()> {
 
     // v4only is a pass-through name: its real A is forwarded and cached.
     let pass_filter = format!("pass_through = [\"{}\"]", zone::V4ONLY);
-    let _cache = start_cache(&world, &bin, "hit", CACHE_PORT, addr::DNS, 53, &pass_filter)?;
-    let _unbound = start_unbound(&world)?;
+    let cache = start_cache(&world, &bin, "hit", CACHE_PORT, addr::DNS, 53, &pass_filter)?;
+    let unbound = start_unbound(&world)?;
     let _bulk = start_bulk_dnsmasq(&world)?;
     let _miss = start_cache(
         &world,
@@ -88,9 +90,14 @@ fn main() -> Result<()> {
     }
     dnsperf(&world, UNBOUND_PORT, &hits, 1, None)?;
     let (mut ours, mut theirs, mut syn, mut pas) = (vec![], vec![], vec![], vec![]);
+    let (mut ours_cpu, mut theirs_cpu) = (vec![], vec![]);
     for _ in 0..rounds {
-        ours.push(dnsperf(&world, CACHE_PORT, &hits, secs, None)?.qps);
-        theirs.push(dnsperf(&world, UNBOUND_PORT, &hits, secs, None)?.qps);
+        let (run, cpu) = measured(&world, CACHE_PORT, &hits, secs, cache.pid())?;
+        ours.push(run.qps);
+        ours_cpu.push(cpu);
+        let (run, cpu) = measured(&world, UNBOUND_PORT, &hits, secs, unbound.pid())?;
+        theirs.push(run.qps);
+        theirs_cpu.push(cpu);
         syn.push(dnsperf(&world, CACHE_PORT, &synth, secs, None)?.qps);
         pas.push(dnsperf(&world, CACHE_PORT, &pass, secs, None)?.qps);
     }
@@ -99,6 +106,15 @@ fn main() -> Result<()> {
     println!(
         "ratio dns-cache/unbound (median): {:.2}",
         median(&ours) / median(&theirs)
+    );
+    report_us("cache hits, outsock-dns-cache (CPU µs/query)", &ours_cpu);
+    report_us(
+        "cache hits, unbound num-threads=1 (CPU µs/query)",
+        &theirs_cpu,
+    );
+    println!(
+        "ratio unbound/dns-cache CPU per query (median; above 1 = dns-cache cheaper): {:.2}",
+        median(&theirs_cpu) / median(&ours_cpu)
     );
     report("synthesised A (qps)", &syn);
     report("pass-through A (qps)", &pas);
@@ -201,7 +217,36 @@ async fn in_process_allocations(db: &Path, n: u32) -> Result<f64> {
 struct Run {
     qps: f64,
     sent: u64,
+    completed: u64,
     noerror: u64,
+}
+
+/// User + system CPU time of a process so far, in clock ticks.
+fn cpu_ticks(pid: u32) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) start at the last ')'.
+    let rest = stat
+        .rsplit(')')
+        .next()
+        .context("malformed /proc/PID/stat")?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after ')'.
+    Ok(f.get(11).context("utime")?.parse::<u64>()? + f.get(12).context("stime")?.parse::<u64>()?)
+}
+
+fn clock_ticks_per_second() -> Result<f64> {
+    let out = Command::new("getconf").arg("CLK_TCK").output()?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
+}
+
+/// A dnsperf run and the CPU time `pid` spent per completed query in it, in microseconds.
+fn measured(world: &World, port: u16, file: &Path, secs: u32, pid: u32) -> Result<(Run, f64)> {
+    let before = cpu_ticks(pid)?;
+    let run = dnsperf(world, port, file, secs, None)?;
+    let ticks = cpu_ticks(pid)? - before;
+    #[allow(clippy::cast_precision_loss)] // tick and query counts are far below 2^52
+    let us = ticks as f64 / clock_ticks_per_second()? * 1e6 / run.completed.max(1) as f64;
+    Ok((run, us))
 }
 
 fn dnsperf(world: &World, port: u16, file: &Path, secs: u32, maxruns: Option<u32>) -> Result<Run> {
@@ -225,6 +270,10 @@ fn dnsperf(world: &World, port: u16, file: &Path, secs: u32, maxruns: Option<u32
         .unwrap_or_default()
         .parse()
         .unwrap_or(0);
+    let completed: u64 = field("Queries completed")
+        .unwrap_or_default()
+        .parse()
+        .unwrap_or(0);
     // "Response codes:       NOERROR 30000 (100.00%), ..."
     let noerror = text
         .split("NOERROR ")
@@ -232,7 +281,12 @@ fn dnsperf(world: &World, port: u16, file: &Path, secs: u32, maxruns: Option<u32
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
-    Ok(Run { qps, sent, noerror })
+    Ok(Run {
+        qps,
+        sent,
+        completed,
+        noerror,
+    })
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -246,6 +300,17 @@ fn report(what: &str, v: &[f64]) {
     s.sort_by(f64::total_cmp);
     println!(
         "{what}: min {:.0} / median {:.0} / max {:.0}",
+        s.first().copied().unwrap_or(f64::NAN),
+        median(v),
+        s.last().copied().unwrap_or(f64::NAN)
+    );
+}
+
+fn report_us(what: &str, v: &[f64]) {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    println!(
+        "{what}: min {:.2} / median {:.2} / max {:.2}",
         s.first().copied().unwrap_or(f64::NAN),
         median(v),
         s.last().copied().unwrap_or(f64::NAN)

@@ -6,7 +6,8 @@
 //! writer thread with group commit), [`cache`] (upstream answers with negative caching),
 //! [`upstream`] (a small DNS client over UDP with TCP retry), [`resolve`] (the rules), [`packet`]
 //! and [`replies`] (plain queries answered from encoded replies), [`server`] (the raw-packet
-//! front end and hickory-server glue for TCP), [`udp`] (the UDP listener loop), [`lookup`]
+//! front end and hickory-server glue for TCP), [`udp`] (the UDP listener loop) over [`mmsg`]
+//! (batched datagram I/O), [`lookup`]
 //! (dns.sock for host-server) with [`pins`] (pins as leases of its connections), [`metrics`],
 //! [`config`].
 
@@ -17,6 +18,7 @@ pub mod daemon;
 pub mod lookup;
 pub mod mapping;
 pub mod metrics;
+pub mod mmsg;
 pub mod packet;
 pub mod persist;
 pub mod pins;

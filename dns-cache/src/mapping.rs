@@ -2,9 +2,11 @@
 //! which mapping may be recycled when the pool runs out (DESIGN.md §5).
 //!
 //! Pure and synchronous: time comes in as an argument, persistence happens elsewhere. The table
-//! remembers which entries changed (`dirty`) and numbers every change that hands out an address
-//! (`seq`), so the writer can make them durable in batches and the DNS side can wait until the
-//! address it is about to answer with has been committed.
+//! remembers which entries changed (`dirty`: created, removed, renamed) and which were only
+//! used (`touched`: last use, expiry, pins; written with a one-column-set UPDATE), and numbers
+//! every change that hands out an address (`seq`), so the writer can make them durable in
+//! batches and the DNS side can wait until the address it is about to answer with has been
+//! committed.
 //!
 //! Rules kept here:
 //! - one IPv6 address has at most one dummy per table while its mapping lives, and one dummy
@@ -131,11 +133,26 @@ struct Entry {
     must_commit: u64,
 }
 
+/// A use of a mapping, as written to the database: only these columns changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Touch {
+    /// The dummy address.
+    pub v4: Ipv4Addr,
+    /// Last answer or use.
+    pub last_used: UnixMillis,
+    /// End of the last answer's TTL.
+    pub expires: UnixMillis,
+    /// Live pin count.
+    pub pins: u32,
+}
+
 /// Changes to write, drained by the persistence writer.
 #[derive(Debug, Default)]
 pub struct Dirty {
     /// Mappings to insert or update.
     pub upserts: Vec<Mapping>,
+    /// Mappings that were only used (not in `upserts`).
+    pub touches: Vec<Touch>,
     /// Addresses whose mappings were removed.
     pub deletes: Vec<Ipv4Addr>,
     /// Highest change number included.
@@ -157,6 +174,7 @@ pub struct MappingTable {
     by_v4: HashMap<u32, Entry>,
     lru: BTreeSet<(UnixMillis, u32)>,
     dirty: HashSet<u32>,
+    touched: HashSet<u32>,
     seq: u64,
 }
 
@@ -182,6 +200,7 @@ impl MappingTable {
             by_v4: HashMap::new(),
             lru: BTreeSet::new(),
             dirty: HashSet::new(),
+            touched: HashSet::new(),
             seq: 0,
         }
     }
@@ -300,7 +319,9 @@ impl MappingTable {
                 .get_mut(&n)
                 .expect("by_v6 and by_v4 always hold the same mappings");
             if let Some(name) = name {
-                remember_name(&mut entry.mapping.names, name);
+                if remember_name(&mut entry.mapping.names, name) {
+                    self.dirty.insert(n);
+                }
             }
             return Ok(MapResult {
                 v4: Ipv4Addr::from(n),
@@ -387,7 +408,7 @@ impl MappingTable {
             if let Some(e) = expires {
                 m.expires = m.expires.max(e);
             }
-            self.dirty.insert(n);
+            self.touched.insert(n);
         }
     }
 
@@ -458,6 +479,19 @@ impl MappingTable {
             seq: self.seq,
             ..Dirty::default()
         };
+        for n in self.touched.drain() {
+            if self.dirty.contains(&n) {
+                continue;
+            }
+            if let Some(e) = self.by_v4.get(&n) {
+                out.touches.push(Touch {
+                    v4: e.mapping.v4,
+                    last_used: e.mapping.last_used,
+                    expires: e.mapping.expires,
+                    pins: e.mapping.pins,
+                });
+            }
+        }
         for n in self.dirty.drain() {
             match self.by_v4.get(&n) {
                 Some(e) => out.upserts.push(e.mapping.clone()),
@@ -470,6 +504,11 @@ impl MappingTable {
     /// Puts entries back into the dirty set after a failed write.
     pub fn mark_dirty(&mut self, addrs: impl IntoIterator<Item = Ipv4Addr>) {
         self.dirty.extend(addrs.into_iter().map(u32::from));
+    }
+
+    /// Puts entries back into the touched set after a failed write.
+    pub fn mark_touched(&mut self, addrs: impl IntoIterator<Item = Ipv4Addr>) {
+        self.touched.extend(addrs.into_iter().map(u32::from));
     }
 
     /// Checks the internal indexes against each other; for tests.
@@ -489,10 +528,13 @@ impl MappingTable {
     }
 }
 
-fn remember_name(names: &mut Vec<String>, name: &str) {
+/// Adds `name` unless it is known or the list is full; returns whether it was added.
+fn remember_name(names: &mut Vec<String>, name: &str) -> bool {
     if names.len() < MAX_NAMES && !names.iter().any(|n| n.eq_ignore_ascii_case(name)) {
         names.push(name.to_owned());
+        return true;
     }
+    false
 }
 
 #[cfg(test)]

@@ -4,9 +4,9 @@
 //! Group commit: whoever allocates an address wakes the writer and waits until the change number
 //! of that allocation is committed; the writer drains every pending change of both tables into
 //! one transaction, so many concurrent allocations cost one commit. Touches (last use, expiry,
-//! names) ride along with the next batch or the periodic flush, so losing one to `kill -9` only
-//! shortens a grace period by at most the flush interval; an address is never handed out before
-//! the row that binds it is committed.
+//! pins: one small UPDATE per mapping) and new names ride along with the next batch or the
+//! periodic flush, so losing one to `kill -9` only shortens a grace period by at most the flush
+//! interval; an address is never handed out before the row that binds it is committed.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::clock::{Clock, UnixMillis};
-use crate::mapping::{Direction, MapResult, Mapping, MappingError, MappingTable};
+use crate::mapping::{Direction, Dirty, MapResult, Mapping, MappingError, MappingTable, Touch};
 use crate::store::{Store, StoreError};
 
 /// How often touches are written when nothing else wakes the writer.
@@ -232,16 +232,15 @@ fn writer_loop(
         let Some(m) = mappings.upgrade() else { return };
         let d = lock(&m.dest).drain_dirty();
         let s = lock(&m.source).drain_dirty();
-        if d.upserts.is_empty()
-            && d.deletes.is_empty()
-            && s.upserts.is_empty()
-            && s.deletes.is_empty()
-        {
+        let nothing =
+            |x: &Dirty| x.upserts.is_empty() && x.touches.is_empty() && x.deletes.is_empty();
+        if nothing(&d) && nothing(&s) {
             committed.send_replace([d.seq, s.seq]);
         } else {
             let upserts: Vec<Mapping> = d.upserts.iter().chain(&s.upserts).cloned().collect();
+            let touches: Vec<Touch> = d.touches.iter().chain(&s.touches).copied().collect();
             let deletes: Vec<Ipv4Addr> = d.deletes.iter().chain(&s.deletes).copied().collect();
-            match store.write_batch(&upserts, &deletes) {
+            match store.write_changes(&upserts, &touches, &deletes) {
                 Ok(()) => {
                     failures = 0;
                     committed.send_replace([d.seq, s.seq]);
@@ -249,8 +248,11 @@ fn writer_loop(
                 Err(error) => {
                     failures += 1;
                     tracing::error!(%error, failures, "cannot write mappings; will retry");
-                    lock(&m.dest).mark_dirty(d.upserts.iter().map(|x| x.v4).chain(d.deletes));
-                    lock(&m.source).mark_dirty(s.upserts.iter().map(|x| x.v4).chain(s.deletes));
+                    for (table, x) in [(&m.dest, &d), (&m.source, &s)] {
+                        let mut t = lock(table);
+                        t.mark_dirty(x.upserts.iter().map(|u| u.v4).chain(x.deletes.clone()));
+                        t.mark_touched(x.touches.iter().map(|u| u.v4));
+                    }
                     std::thread::sleep(Duration::from_millis(100));
                     if !last {
                         continue;

@@ -16,7 +16,7 @@ use std::path::Path;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::clock::UnixMillis;
-use crate::mapping::{Direction, Mapping};
+use crate::mapping::{Direction, Mapping, Touch};
 
 /// The numbered migrations, in order. Forward-only: a released file never changes.
 const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/0001_mappings.sql"))];
@@ -202,8 +202,31 @@ impl Store {
         upserts: &[Mapping],
         deletes: &[Ipv4Addr],
     ) -> Result<(), StoreError> {
+        self.write_changes(upserts, &[], deletes)
+    }
+
+    /// [`Store::write_batch`] plus `touches`: rows of which only the last use, the expiry and
+    /// the pin count changed, written with one UPDATE each.
+    pub fn write_changes(
+        &mut self,
+        upserts: &[Mapping],
+        touches: &[Touch],
+        deletes: &[Ipv4Addr],
+    ) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         {
+            let mut touch = tx.prepare_cached(
+                "UPDATE mappings SET last_used_ms = ?2, expires_ms = ?3, pins = ?4
+                 WHERE ipv4 = ?1",
+            )?;
+            for t in touches {
+                touch.execute(params![
+                    u32::from(t.v4),
+                    t.last_used.as_i64(),
+                    t.expires.as_i64(),
+                    t.pins
+                ])?;
+            }
             let mut delete = tx.prepare_cached("DELETE FROM mappings WHERE ipv4 = ?1")?;
             for v4 in deletes {
                 delete.execute(params![u32::from(*v4)])?;
@@ -359,6 +382,26 @@ mod tests {
         s.write_batch(&[], &[Ipv4Addr::new(10, 170, 160, 3)])
             .unwrap();
         assert!(s.load_all().unwrap().is_empty());
+    }
+
+    #[test]
+    fn touches_update_only_use_expiry_and_pins() {
+        let mut s = Store::open_in_memory().unwrap();
+        let a = mapping([10, 170, 160, 2], "2001:db8::2", &["a.", "b."]);
+        s.write_batch(std::slice::from_ref(&a), &[]).unwrap();
+        let t = Touch {
+            v4: a.v4,
+            last_used: UnixMillis(1_700_000_009_000),
+            expires: UnixMillis(1_700_000_900_000),
+            pins: 0,
+        };
+        s.write_changes(&[], &[t], &[]).unwrap();
+        let row = &s.load_all().unwrap()[0];
+        assert_eq!(
+            (row.last_used, row.expires, row.pins),
+            (t.last_used, t.expires, 0)
+        );
+        assert_eq!((row.created, &row.names), (a.created, &a.names));
     }
 
     #[test]

@@ -1,30 +1,31 @@
-//! The UDP listener: one task per socket reads datagrams in a loop and answers replayable ones
+//! The UDP listener: one task per socket reads datagrams in batches and answers replayable ones
 //! on the spot; the others (answer-cache misses, new mappings waiting for their commit) get a
 //! task of their own, at most [`MAX_WAITING`] at a time.
 //!
 //! On the hot path nothing is spawned, nothing is sent through a channel and nothing is
-//! allocated: `recvfrom`, [`Frontend::replay`], `sendto`. The loop gives the runtime back after
-//! [`BATCH`] datagrams so that TCP, dns.sock and the metrics page are served under a flood too.
+//! allocated: one `recvmmsg` for up to [`crate::mmsg::BATCH`] queries, [`Frontend::replay`] for each, one
+//! `sendmmsg` for the replies ([`crate::mmsg`]). The loop gives the runtime back after
+//! [`ROUNDS`] batches so that TCP, dns.sock and the metrics page are served under a flood too.
 
 use std::io::ErrorKind;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsFd;
 use std::sync::Arc;
 
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::Semaphore;
 
 use crate::metrics::Metrics;
+use crate::mmsg::{RecvBatch, SendBatch};
 use crate::server::Frontend;
 
-/// Datagrams handled before the loop yields to other tasks.
-const BATCH: usize = 64;
+/// Batches read before the loop yields to other tasks.
+const ROUNDS: usize = 4;
 
 /// Queries that may wait on upstream or the database at once; beyond this, new ones are dropped
 /// (the client retries), so a flood of misses cannot grow memory without bound.
 pub const MAX_WAITING: usize = 1024;
-
-/// Largest datagram read: anything longer is cut here and then fails to parse (FORMERR).
-const MAX_DATAGRAM: usize = 65_535;
 
 /// Whether a reply can go to `peer` at all (hickory-server's rule, kept): not port 0, not an
 /// unspecified or broadcast address.
@@ -40,7 +41,8 @@ fn answerable(peer: SocketAddr) -> bool {
 pub async fn serve(socket: UdpSocket, frontend: Arc<Frontend>) {
     let socket = Arc::new(socket);
     let waiting = Arc::new(Semaphore::new(MAX_WAITING));
-    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut rx = RecvBatch::new();
+    let mut tx = SendBatch::default();
     let mut out = Vec::with_capacity(4096);
     loop {
         if let Err(error) = socket.readable().await {
@@ -48,9 +50,9 @@ pub async fn serve(socket: UdpSocket, frontend: Arc<Frontend>) {
             return;
         }
         let mut drained = false;
-        for _ in 0..BATCH {
-            let (n, peer) = match socket.try_recv_from(&mut buf) {
-                Ok(r) => r,
+        for _ in 0..ROUNDS {
+            let n = match socket.try_io(Interest::READABLE, || rx.recv(socket.as_fd())) {
+                Ok(n) => n,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
                     drained = true;
                     break;
@@ -58,34 +60,39 @@ pub async fn serve(socket: UdpSocket, frontend: Arc<Frontend>) {
                 Err(error) => {
                     // ICMP errors from earlier replies surface here; they concern one peer.
                     tracing::debug!(%error, "UDP receive error");
+                    break;
+                }
+            };
+            for i in 0..n {
+                let Some((packet, Some(peer))) = rx.get(i) else {
+                    continue;
+                };
+                if !answerable(peer) {
                     continue;
                 }
-            };
-            if !answerable(peer) {
-                continue;
-            }
-            let packet = buf.get(..n).unwrap_or_default();
-            if frontend.replay(packet, false, &mut out) {
-                send(&socket, &out, peer).await;
-                continue;
-            }
-            // Never answered (see `answer_packet`): not worth a task.
-            if n < 12 || packet.get(2).is_some_and(|b| b & 0x80 != 0) {
-                continue;
-            }
-            let Ok(permit) = Arc::clone(&waiting).try_acquire_owned() else {
-                Metrics::inc(&frontend.resolver().metrics().udp_dropped);
-                continue;
-            };
-            let packet = packet.to_vec();
-            let socket = Arc::clone(&socket);
-            let frontend = Arc::clone(&frontend);
-            tokio::spawn(async move {
-                if let Some(reply) = frontend.answer(&packet, false).await {
-                    send(&socket, &reply, peer).await;
+                if frontend.replay(packet, false, &mut out) {
+                    tx.push(&out, peer);
+                    continue;
                 }
-                drop(permit);
-            });
+                // Never answered (see `answer_packet`): not worth a task.
+                if packet.len() < 12 || packet.get(2).is_some_and(|b| b & 0x80 != 0) {
+                    continue;
+                }
+                let Ok(permit) = Arc::clone(&waiting).try_acquire_owned() else {
+                    Metrics::inc(&frontend.resolver().metrics().udp_dropped);
+                    continue;
+                };
+                let packet = packet.to_vec();
+                let socket = Arc::clone(&socket);
+                let frontend = Arc::clone(&frontend);
+                tokio::spawn(async move {
+                    if let Some(reply) = frontend.answer(&packet, false).await {
+                        send(&socket, &reply, peer).await;
+                    }
+                    drop(permit);
+                });
+            }
+            flush(&socket, &mut tx).await;
         }
         if !drained {
             tokio::task::yield_now().await;
@@ -93,12 +100,29 @@ pub async fn serve(socket: UdpSocket, frontend: Arc<Frontend>) {
     }
 }
 
+/// Sends the queued replies; what the socket cannot take at once is sent one by one, waiting.
+async fn flush(socket: &UdpSocket, tx: &mut SendBatch) {
+    if tx.is_empty() {
+        return;
+    }
+    if let Err(error) = socket.try_io(Interest::WRITABLE, || tx.send(socket.as_fd())) {
+        if error.kind() != ErrorKind::WouldBlock {
+            // One bad peer fails the whole call; the one-by-one sends below isolate it.
+            tracing::debug!(%error, "cannot send DNS replies in a batch");
+        }
+    }
+    if tx.is_empty() {
+        return;
+    }
+    let rest: Vec<(Vec<u8>, SocketAddr)> = tx.pending().map(|(r, p)| (r.to_vec(), p)).collect();
+    tx.clear();
+    for (reply, peer) in rest {
+        send(socket, &reply, peer).await;
+    }
+}
+
 async fn send(socket: &UdpSocket, reply: &[u8], peer: SocketAddr) {
-    let sent = match socket.try_send_to(reply, peer) {
-        Err(e) if e.kind() == ErrorKind::WouldBlock => socket.send_to(reply, peer).await,
-        other => other,
-    };
-    if let Err(error) = sent {
+    if let Err(error) = socket.send_to(reply, peer).await {
         tracing::debug!(%error, %peer, "cannot send a DNS reply");
     }
 }

@@ -441,6 +441,49 @@ fn inbound_peer_is_traced_back_to_its_ipv6_address() {
     );
 }
 
+const PY_RESOLVER: &str = r#"
+import ctypes, socket, sys
+multi, v6only = sys.argv[1], sys.argv[2]
+# gethostbyname_r (gethostbyname_ex) and getaddrinfo agree.
+name, aliases, addrs = socket.gethostbyname_ex(multi)
+print(name, len(addrs), sorted(addrs) == sorted({a[4][0] for a in socket.getaddrinfo(multi, 80, socket.AF_INET)}))
+# gethostbyaddr_r and getnameinfo: a dummy maps back to its name (PTR answered by dns-cache).
+print(socket.gethostbyaddr(addrs[0])[0])
+print(socket.getnameinfo((addrs[0], 80), 0))
+# res_query through libc, as a C program calls it: one A record in the answer.
+libc = ctypes.CDLL(None)
+buf = ctypes.create_string_buffer(512)
+n = libc.__res_query(v6only.encode(), 1, 1, buf, 512)
+ancount = int.from_bytes(buf.raw[6:8], "big")
+print(n > 12, ancount, socket.inet_ntoa(buf.raw[n-4:n]) == socket.gethostbyname(v6only))
+print(libc.__res_query(b"missing.outsock.test", 1, 1, buf, 512))
+"#;
+
+#[test]
+fn resolver_functions_answer_from_dns_cache() {
+    let Some(s) = stack("resolver") else { return };
+    let out = run(
+        &s,
+        "python3",
+        &["-c", PY_RESOLVER, zone::MULTI, zone::V6ONLY],
+        b"",
+    );
+    assert_eq!(
+        ok(&s, &out, "python resolver calls"),
+        format!(
+            "{m} 3 True\n{m}\n('{m}', 'http')\nTrue 1 True\n-1\n",
+            m = zone::MULTI
+        )
+    );
+    // netcat-traditional -v names the peer with gethostbyaddr.
+    let out = run(&s, "nc", &["-v", "-q", "3", zone::ECHO, "7"], b"x\n");
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!("{} [", zone::ECHO)) && stderr.contains("open"),
+        "{stderr}"
+    );
+}
+
 /// kdig (Knot) builds its own DNS packets and sends them over UDP and TCP sockets itself.
 /// (BIND's dig is not used: its libuv sends and receives with raw `sendmmsg`/`recvmmsg`
 /// system calls, which no LD_PRELOAD library can see; see guest/shim's docs.)

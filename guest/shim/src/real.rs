@@ -34,6 +34,7 @@ macro_rules! real_fns {
             ///
             /// # Safety
             /// The caller upholds the C function's contract for its arguments.
+            #[allow(clippy::too_many_arguments)] // The C signatures are what they are.
             pub unsafe fn $name($($arg: $ty),*) -> $ret {
                 static SLOT: AtomicUsize = AtomicUsize::new(0);
                 let f = lookup(&SLOT, concat!(stringify!($name), "\0").as_bytes());
@@ -70,5 +71,14 @@ real_fns! {
     sendmmsg: fn(fd: c_int, msgs: *mut libc::mmsghdr, n: libc::c_uint, flags: c_int) -> c_int;
     read: fn(fd: c_int, buf: *mut c_void, len: usize) -> isize;
     write: fn(fd: c_int, buf: *const c_void, len: usize) -> isize;
+    gethostbyname: fn(name: *const c_char) -> *mut libc::hostent;
+    gethostbyname2: fn(name: *const c_char, af: c_int) -> *mut libc::hostent;
+    gethostbyname_r: fn(name: *const c_char, ret: *mut libc::hostent, buf: *mut c_char, buflen: usize, result: *mut *mut libc::hostent, h_errnop: *mut c_int) -> c_int;
+    gethostbyname2_r: fn(name: *const c_char, af: c_int, ret: *mut libc::hostent, buf: *mut c_char, buflen: usize, result: *mut *mut libc::hostent, h_errnop: *mut c_int) -> c_int;
+    gethostbyaddr: fn(addr: *const c_void, len: socklen_t, ty: c_int) -> *mut libc::hostent;
+    gethostbyaddr_r: fn(addr: *const c_void, len: socklen_t, ty: c_int, ret: *mut libc::hostent, buf: *mut c_char, buflen: usize, result: *mut *mut libc::hostent, h_errnop: *mut c_int) -> c_int;
+    getnameinfo: fn(sa: *const sockaddr, salen: socklen_t, host: *mut c_char, hostlen: socklen_t, serv: *mut c_char, servlen: socklen_t, flags: c_int) -> c_int;
+    res_query: fn(dname: *const c_char, class: c_int, ty: c_int, answer: *mut u8, anslen: c_int) -> c_int;
+    res_search: fn(dname: *const c_char, class: c_int, ty: c_int, answer: *mut u8, anslen: c_int) -> c_int;
     getaddrinfo: fn(node: *const c_char, service: *const c_char, hints: *const libc::addrinfo, res: *mut *mut libc::addrinfo) -> c_int;
 }

@@ -1,5 +1,9 @@
 //! Start-up and shutdown of the whole service: checks, database, tables, listeners, dns.sock,
 //! metrics, and a clean stop on SIGTERM or SIGINT (pending mapping changes are written first).
+//!
+//! Under systemd ([`crate::notify`]): `READY=1` once everything listens, `WATCHDOG=1` from the
+//! main loop every half watchdog period (withheld if the database writer has died, so systemd
+//! restarts a service that can no longer commit mappings), `STOPPING=1` when a stop begins.
 
 use std::sync::Arc;
 
@@ -11,6 +15,7 @@ use crate::config::Settings;
 use crate::lookup::{self, LookupService};
 use crate::mapping::{Direction, MappingTable};
 use crate::metrics::{self, Metrics};
+use crate::notify::{self, Notifier};
 use crate::persist::{Mappings, PersistError};
 use crate::pool::{self, PoolError};
 use crate::resolve::{Resolver, ResolverConfig};
@@ -59,6 +64,13 @@ pub fn check_pools(s: &Settings) -> Result<(), PoolError> {
 
 /// Runs the service until SIGTERM or SIGINT.
 pub async fn run(s: Settings) -> Result<(), DaemonError> {
+    let notifier = Notifier::from_env().unwrap_or_else(|error| {
+        tracing::warn!(%error, "not sending systemd notifications");
+        Notifier::disabled()
+    });
+    // Before anything can take long: a stop asked for during start-up is not lost.
+    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
     check_pools(&s)?;
     if let Some(dir) = s.database.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
@@ -108,14 +120,52 @@ pub async fn run(s: Settings) -> Result<(), DaemonError> {
         database = %s.database.display(),
         "outsock-dns-cache ready"
     );
-
-    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    if let Err(error) = notifier.ready() {
+        tracing::warn!(%error, "cannot tell systemd that start-up is complete");
+    }
+    let mut watchdog = notifier
+        .enabled()
+        .then(notify::watchdog_interval_from_env)
+        .flatten()
+        .map(|every| {
+            tracing::info!(?every, "sending systemd watchdog keep-alives");
+            let mut t = tokio::time::interval(every);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            t
+        });
+    let mut warned = false;
+    loop {
+        let tick = async {
+            match watchdog.as_mut() {
+                Some(t) => {
+                    t.tick().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            () = tick => {
+                // This runs on the thread that answers DNS: a stuck loop stops the pings.
+                if !mappings.writer_alive() {
+                    if !warned {
+                        tracing::error!("the database writer has stopped; withholding the watchdog");
+                        warned = true;
+                    }
+                } else if let Err(error) = notifier.watchdog() {
+                    if !warned {
+                        tracing::warn!(%error, "cannot send the systemd watchdog keep-alive");
+                        warned = true;
+                    }
+                }
+            }
+        }
     }
     tracing::info!("shutting down");
+    if let Err(error) = notifier.stopping() {
+        tracing::debug!(%error, "cannot tell systemd that we are stopping");
+    }
     lookup_task.abort();
     if let Some(t) = metrics_task {
         t.abort();

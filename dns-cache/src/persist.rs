@@ -203,6 +203,13 @@ impl Mappings {
         }
     }
 
+    /// Whether the writer thread is still running (it only ends at shutdown or by a panic).
+    pub fn writer_alive(&self) -> bool {
+        lock(&self.writer)
+            .as_ref()
+            .is_some_and(|h| !h.is_finished())
+    }
+
     /// Writes everything pending and stops the writer thread.
     pub fn shutdown(&self) {
         // Dropping the sender makes the writer do a last batch and exit.

@@ -25,12 +25,18 @@ struct Cache {
     config: PathBuf,
     db: PathBuf,
     sock: PathBuf,
+    /// Extra environment for the daemon.
+    env: Vec<(String, String)>,
 }
 
 impl Cache {
     /// Starts a world and dns-cache with the default settings plus `extra` TOML lines.
     fn start(label: &str, extra: &str) -> Cache {
-        let world = World::start(label).expect("test world");
+        Self::start_with(World::start(label).expect("test world"), extra, Vec::new())
+    }
+
+    /// Starts dns-cache in `world` with `extra` TOML lines and `env` in its environment.
+    fn start_with(world: World, extra: &str, env: Vec<(String, String)>) -> Cache {
         let db = world.path("mappings.sqlite3");
         let sock = world.path("dns.sock");
         let config = world.path("dns-cache.toml");
@@ -53,6 +59,7 @@ impl Cache {
             config,
             db,
             sock,
+            env,
         };
         c.launch();
         c
@@ -63,6 +70,7 @@ impl Cache {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_outsock-dns-cache"));
         cmd.arg("--config").arg(&self.config);
         cmd.env("RUST_LOG", "warn");
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         let d = self
             .world
             .host()
@@ -690,6 +698,49 @@ fn pins_are_reset_when_dns_cache_restarts() {
     assert_eq!(resolve(&c, a), addr::HTTP, "the mapping itself is kept");
 }
 
+#[test]
+fn tells_systemd_when_ready_alive_and_stopping() {
+    world_test!(tells_systemd_when_ready_alive_and_stopping);
+    let world = World::start("notify").expect("test world");
+    let path = world.path("notify.sock");
+    let rx = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    rx.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let next = || {
+        let mut buf = [0u8; 256];
+        let n = rx.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let mut c = Cache::start_with(
+        world,
+        "",
+        vec![
+            ("NOTIFY_SOCKET".into(), path.display().to_string()),
+            // A 200 ms watchdog: a keep-alive every 100 ms.
+            ("WATCHDOG_USEC".into(), "200000".into()),
+        ],
+    );
+    assert_eq!(next(), "READY=1", "READY comes first");
+    // Ready means ready: DNS and dns.sock answer at once.
+    assert!(in_pool(c.a(zone::V6ONLY)[0]));
+    assert!(matches!(c.lookup(LookupOp::Stats), LookupReply::Stats(_)));
+    let started = Instant::now();
+    assert_eq!(next(), "WATCHDOG=1");
+    assert_eq!(next(), "WATCHDOG=1");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "keep-alives come often"
+    );
+    let mut d = c.daemon.take().unwrap();
+    d.signal(SIGTERM);
+    let mut last = next();
+    while last == "WATCHDOG=1" {
+        last = next();
+    }
+    assert_eq!(last, "STOPPING=1");
+    let status = d.wait_timeout(Duration::from_secs(10)).expect("it exits");
+    assert!(status.success(), "{status}");
+}
+
 /// A DNS query packet: id, RD, one question of `qtype`, no EDNS.
 fn dns_query(id: u16, name: &str, qtype: u16) -> Vec<u8> {
     let mut p = Vec::new();
@@ -893,5 +944,6 @@ fn restart_after_kill_9_keeps_every_mapping() {
     assert_eq!(all.len(), n, "no dummy is listed twice");
 }
 
-/// Signal 9, spelled out so the test needs no libc binding.
+/// Signals 9 and 15, spelled out so the test needs no libc binding.
 const SIGKILL: i32 = 9;
+const SIGTERM: i32 = 15;

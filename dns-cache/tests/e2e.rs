@@ -32,23 +32,28 @@ struct Cache {
 impl Cache {
     /// Starts a world and dns-cache with the default settings plus `extra` TOML lines.
     fn start(label: &str, extra: &str) -> Cache {
-        Self::start_with(World::start(label).expect("test world"), extra, Vec::new())
+        Self::start_with(
+            World::start(label).expect("test world"),
+            &format!("[{}]:53", addr::DNS),
+            extra,
+            Vec::new(),
+        )
     }
 
-    /// Starts dns-cache in `world` with `extra` TOML lines and `env` in its environment.
-    fn start_with(world: World, extra: &str, env: Vec<(String, String)>) -> Cache {
+    /// Starts dns-cache in `world` asking `upstream`, with `extra` TOML lines and `env` in its
+    /// environment.
+    fn start_with(world: World, upstream: &str, extra: &str, env: Vec<(String, String)>) -> Cache {
         let db = world.path("mappings.sqlite3");
         let sock = world.path("dns.sock");
         let config = world.path("dns-cache.toml");
         let toml = format!(
             "listen = [\"[::1]:53\"]\n\
-             upstreams = [\"[{dns}]:53\"]\n\
+             upstreams = [\"{upstream}\"]\n\
              upstream_timeout_ms = 1000\n\
              database = \"{db}\"\n\
              lookup_socket = \"{sock}\"\n\
              metrics = \"[::1]:9153\"\n\
              {extra}\n",
-            dns = addr::DNS,
             db = db.display(),
             sock = sock.display(),
         );
@@ -712,6 +717,7 @@ fn tells_systemd_when_ready_alive_and_stopping() {
     };
     let mut c = Cache::start_with(
         world,
+        &format!("[{}]:53", addr::DNS),
         "",
         vec![
             ("NOTIFY_SOCKET".into(), path.display().to_string()),
@@ -739,6 +745,137 @@ fn tells_systemd_when_ready_alive_and_stopping() {
     assert_eq!(last, "STOPPING=1");
     let status = d.wait_timeout(Duration::from_secs(10)).expect("it exits");
     assert!(status.success(), "{status}");
+}
+
+/// Port of the extra zone's dnsmasq, on the world's DNS address.
+const EXTRA_PORT: u16 = 5454;
+/// AAAA records of `big.neg.test`: more than a 512-byte UDP answer holds as A records, and
+/// more than dnsmasq puts in a 1232-byte UDP answer as AAAA records (so dns-cache's own upstream
+/// query has to retry over TCP too).
+const BIG: usize = 50;
+
+/// An extra zone, `neg.test`, served by a dnsmasq of this test's own in the world namespace
+/// (the test world's zone is not changed). Authoritative, so that negative answers carry an SOA
+/// (TTL and MINIMUM 300 s) as RFC 2308 caching needs:
+/// - `a-only.neg.test`: an A record only, so NODATA for AAAA;
+/// - `big.neg.test`: [`BIG`] AAAA records;
+/// - anything else: NXDOMAIN.
+fn start_extra_zone(world: &World) -> Daemon {
+    use std::fmt::Write as _;
+    let conf = world.path("extra-dnsmasq.conf");
+    let mut text = format!(
+        "no-resolv\nno-hosts\nno-poll\nbind-interfaces\nlisten-address={dns}\nport={EXTRA_PORT}\n\
+         auth-server=ns.neg.test,{dns}\nauth-zone=neg.test\nauth-ttl=300\n\
+         auth-soa=1,hostmaster.neg.test,1200,180,1209600\nedns-packet-max=1232\n\
+         host-record=a-only.neg.test,203.0.113.30\n",
+        dns = addr::DNS
+    );
+    for i in 1..=BIG {
+        writeln!(text, "host-record=big.neg.test,fd00:64::b:{i:x}").unwrap();
+    }
+    std::fs::write(&conf, text).unwrap();
+    let mut cmd = world.world().command("dnsmasq");
+    cmd.arg("--keep-in-foreground")
+        .arg(format!("--conf-file={}", conf.display()))
+        .arg("--pid-file=")
+        .stdout(std::process::Stdio::null());
+    let d = world.world().spawn("extra-zone dnsmasq", cmd).unwrap();
+    let server = addr::DNS.to_string();
+    let port = EXTRA_PORT.to_string();
+    assert!(
+        eventually(Duration::from_secs(10), || world
+            .dig(&server, &["-p", &port, "+short", "a-only.neg.test", "A"])
+            .is_ok_and(|out| out.contains("203.0.113.30"))),
+        "the extra zone's dnsmasq does not answer"
+    );
+    d
+}
+
+fn extra_upstream() -> String {
+    format!("[{}]:{EXTRA_PORT}", addr::DNS)
+}
+
+#[test]
+fn negative_answers_are_cached_for_the_soa_time_within_the_cap() {
+    world_test!(negative_answers_are_cached_for_the_soa_time_within_the_cap);
+    let world = World::start("negcache").expect("test world");
+    let upstream = start_extra_zone(&world);
+    // SOA says 300 s; the setting caps negative answers at 3 s.
+    let c = Cache::start_with(world, &extra_upstream(), "negative_ttl_max = 3", Vec::new());
+    let asked = Instant::now();
+    let nx = c.dig(&["nx.neg.test", "A"]);
+    assert_eq!(status(&nx), "NXDOMAIN", "{nx}");
+    assert!(nx.contains("SOA"), "the SOA comes with it: {nx}");
+    let nodata = c.dig(&["a-only.neg.test", "A"]);
+    assert_eq!(status(&nodata), "NOERROR", "{nodata}");
+    assert!(
+        nodata.contains("ANSWER: 0") && nodata.contains("SOA"),
+        "{nodata}"
+    );
+    // Upstream goes away. Past the reply cache's second, the answers still come from the
+    // answer cache...
+    drop(upstream);
+    std::thread::sleep(
+        (asked + Duration::from_millis(1_500)).saturating_duration_since(Instant::now()),
+    );
+    let nx = c.dig(&["nx.neg.test", "A"]);
+    assert_eq!(status(&nx), "NXDOMAIN", "still cached: {nx}");
+    let nodata = c.dig(&["a-only.neg.test", "A"]);
+    assert_eq!(status(&nodata), "NOERROR", "still cached: {nodata}");
+    assert!(nodata.contains("ANSWER: 0"), "{nodata}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(3),
+        "the machine was too slow to check within the 3 s"
+    );
+    // ...until the capped negative TTL runs out: then upstream is asked, and it is gone.
+    std::thread::sleep(
+        (asked + Duration::from_millis(4_000)).saturating_duration_since(Instant::now()),
+    );
+    let nx = c.dig(&["nx.neg.test", "A"]);
+    assert_eq!(status(&nx), "SERVFAIL", "expired after 3 s, not 300: {nx}");
+}
+
+#[test]
+fn answers_too_big_for_udp_are_truncated_and_whole_over_tcp() {
+    world_test!(answers_too_big_for_udp_are_truncated_and_whole_over_tcp);
+    let world = World::start("trunc").expect("test world");
+    let _upstream = start_extra_zone(&world);
+    let c = Cache::start_with(world, &extra_upstream(), "", Vec::new());
+    let answers = |out: &str| -> Vec<Ipv4Addr> {
+        out.lines()
+            .filter(|l| l.contains("\tA\t"))
+            .filter_map(|l| l.split_whitespace().last()?.parse().ok())
+            .collect()
+    };
+    // Plain UDP (512 bytes): TC, and what fits.
+    let udp = c.dig(&["+noedns", "+ignore", "big.neg.test", "A"]);
+    assert_eq!(status(&udp), "NOERROR", "{udp}");
+    assert!(flags(&udp).contains("tc"), "{udp}");
+    assert!(answers(&udp).len() < BIG, "{udp}");
+    // dig retries over TCP on TC, as resolvers do: every record arrives.
+    let tcp = c.dig(&["+noedns", "big.neg.test", "A"]);
+    assert!(!flags(&tcp).contains("tc"), "{tcp}");
+    let mut over_tcp = answers(&tcp);
+    assert_eq!(
+        over_tcp.len(),
+        BIG,
+        "all of upstream's records (its own answer was truncated too): {tcp}"
+    );
+    // With EDNS the whole answer fits in one datagram, with the same dummies.
+    let edns = c.dig(&["+bufsize=1232", "big.neg.test", "A"]);
+    assert!(!flags(&edns).contains("tc"), "{edns}");
+    let mut over_edns = answers(&edns);
+    over_tcp.sort();
+    over_edns.sort();
+    assert_eq!(over_tcp, over_edns);
+    over_tcp.dedup();
+    assert_eq!(over_tcp.len(), BIG, "one dummy per IPv6 address");
+    let mut v6: Vec<Ipv6Addr> = over_tcp.iter().map(|d| resolve(&c, *d)).collect();
+    v6.sort();
+    let want: Vec<Ipv6Addr> = (1..=BIG)
+        .map(|i| format!("fd00:64::b:{i:x}").parse().unwrap())
+        .collect();
+    assert_eq!(v6, want);
 }
 
 /// A DNS query packet: id, RD, one question of `qtype`, no EDNS.

@@ -629,75 +629,57 @@ unsafe fn res_common(name: &str, class: c_int, ty: c_int, answer: *mut u8, ansle
     c_int::try_from(n).unwrap_or(c_int::MAX)
 }
 
-/// `res_query(3)` (and `__res_query`, the name `<resolv.h>` really calls).
-///
-/// # Safety
-/// Called by C with res_query(3)'s contract.
-#[no_mangle]
-pub unsafe extern "C" fn res_query(
-    dname: *const c_char,
-    class: c_int,
-    ty: c_int,
-    answer: *mut u8,
-    anslen: c_int,
-) -> c_int {
-    match c_str(dname).filter(|_| crate::transport::vsock_port().is_none()) {
-        // SAFETY: the caller's answer buffer.
-        Some(n) => unsafe { res_common(n, class, ty, answer, anslen) },
-        // SAFETY: forwarded arguments.
-        None => unsafe { real::res_query(dname, class, ty, answer, anslen) },
-    }
+/// Defines a `res_*` entry point and its `__res_*` alias (the name `<resolv.h>` really calls):
+/// outside a VM, the query goes to dns-cache; in a VM, to libc.
+macro_rules! res_entry {
+    ($(#[$doc:meta])* $name:ident, $alias:ident) => {
+        $(#[$doc])*
+        ///
+        /// # Safety
+        /// Called by C with the function's contract (`dname` a C string, `answer` valid for
+        /// `anslen` bytes).
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(
+            dname: *const c_char,
+            class: c_int,
+            ty: c_int,
+            answer: *mut u8,
+            anslen: c_int,
+        ) -> c_int {
+            match c_str(dname).filter(|_| crate::transport::vsock_port().is_none()) {
+                // SAFETY: the caller's answer buffer.
+                Some(n) => unsafe { res_common(n, class, ty, answer, anslen) },
+                // SAFETY: forwarded arguments.
+                None => unsafe { real::$name(dname, class, ty, answer, anslen) },
+            }
+        }
+
+        /// The `<resolv.h>` name of the function above.
+        ///
+        /// # Safety
+        /// As the function above.
+        #[no_mangle]
+        pub unsafe extern "C" fn $alias(
+            dname: *const c_char,
+            class: c_int,
+            ty: c_int,
+            answer: *mut u8,
+            anslen: c_int,
+        ) -> c_int {
+            // SAFETY: same contract.
+            unsafe { $name(dname, class, ty, answer, anslen) }
+        }
+    };
 }
 
-/// See [`res_query`].
-///
-/// # Safety
-/// Called by C with res_query(3)'s contract.
-#[no_mangle]
-pub unsafe extern "C" fn __res_query(
-    dname: *const c_char,
-    class: c_int,
-    ty: c_int,
-    answer: *mut u8,
-    anslen: c_int,
-) -> c_int {
-    // SAFETY: same contract.
-    unsafe { res_query(dname, class, ty, answer, anslen) }
-}
-
-/// `res_search(3)`: as `res_query`; the name is asked as given (there is no search list to
-/// apply to an IPv6-only host's dummy names).
-///
-/// # Safety
-/// Called by C with res_search(3)'s contract.
-#[no_mangle]
-pub unsafe extern "C" fn res_search(
-    dname: *const c_char,
-    class: c_int,
-    ty: c_int,
-    answer: *mut u8,
-    anslen: c_int,
-) -> c_int {
-    match c_str(dname).filter(|_| crate::transport::vsock_port().is_none()) {
-        // SAFETY: the caller's answer buffer.
-        Some(n) => unsafe { res_common(n, class, ty, answer, anslen) },
-        // SAFETY: forwarded arguments.
-        None => unsafe { real::res_search(dname, class, ty, answer, anslen) },
-    }
-}
-
-/// See [`res_search`].
-///
-/// # Safety
-/// Called by C with res_search(3)'s contract.
-#[no_mangle]
-pub unsafe extern "C" fn __res_search(
-    dname: *const c_char,
-    class: c_int,
-    ty: c_int,
-    answer: *mut u8,
-    anslen: c_int,
-) -> c_int {
-    // SAFETY: same contract.
-    unsafe { res_search(dname, class, ty, answer, anslen) }
-}
+res_entry!(
+    /// `res_query(3)`: one query of any type through dns-cache.
+    res_query,
+    __res_query
+);
+res_entry!(
+    /// `res_search(3)`: as `res_query`; the name is asked as given (there is no search list to
+    /// apply to an IPv6-only host's dummy names).
+    res_search,
+    __res_search
+);

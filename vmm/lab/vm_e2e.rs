@@ -64,10 +64,13 @@ pub fn run(d: &mut Driver) {
     let v6 = zone::V6ONLY;
     // No double quotes: the script travels on the kernel command line inside "…". Full paths:
     // the image's static busybox sh runs its own applets (wget, nc) before anything on PATH.
+    // Debian's dynamic busybox is built without FEATURE_WGET_TIMEOUT, and its wget crashes on
+    // `-T` (getopt32 stores the number through the NULL it was given for the missing option;
+    // SIGSEGV with no network at all): `timeout` bounds it instead.
     let script = format!(
         "curl -4 -sS -m 30 http://{v6}/index.html; echo CURL-RC=$?; \
          /usr/bin/wget -4 -q -T 30 -O - http://{v6}/index.html; echo WGET-RC=$?; \
-         /usr/local/bin/busybox wget -q -T 30 -O - http://{v6}/index.html; echo BBWGET-RC=$?; \
+         timeout 30 /usr/local/bin/busybox wget -q -O - http://{v6}/index.html; echo BBWGET-RC=$?; \
          echo via-netcat | /usr/bin/nc.traditional -q 3 -w 20 {echo} 7; echo NC-RC=$?; \
          kdig +short +timeout=5 @{dns} {v6} A; echo KDIG-RC=$?; \
          echo BIG-MD5=$(/usr/bin/wget -4 -q -T 60 -O - http://{v6}/big.bin | md5sum)",

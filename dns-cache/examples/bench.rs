@@ -90,7 +90,7 @@ fn main() -> Result<()> {
     }
     dnsperf(&world, UNBOUND_PORT, &hits, 1, None)?;
     let (mut ours, mut theirs, mut syn, mut pas) = (vec![], vec![], vec![], vec![]);
-    let (mut ours_cpu, mut theirs_cpu) = (vec![], vec![]);
+    let (mut ours_cpu, mut theirs_cpu, mut syn_cpu, mut pas_cpu) = (vec![], vec![], vec![], vec![]);
     for _ in 0..rounds {
         let (run, cpu) = measured(&world, CACHE_PORT, &hits, secs, cache.pid())?;
         ours.push(run.qps);
@@ -98,8 +98,12 @@ fn main() -> Result<()> {
         let (run, cpu) = measured(&world, UNBOUND_PORT, &hits, secs, unbound.pid())?;
         theirs.push(run.qps);
         theirs_cpu.push(cpu);
-        syn.push(dnsperf(&world, CACHE_PORT, &synth, secs, None)?.qps);
-        pas.push(dnsperf(&world, CACHE_PORT, &pass, secs, None)?.qps);
+        let (run, cpu) = measured(&world, CACHE_PORT, &synth, secs, cache.pid())?;
+        syn.push(run.qps);
+        syn_cpu.push(cpu);
+        let (run, cpu) = measured(&world, CACHE_PORT, &pass, secs, cache.pid())?;
+        pas.push(run.qps);
+        pas_cpu.push(cpu);
     }
     report("cache hits, outsock-dns-cache (A, qps)", &ours);
     report("cache hits, unbound num-threads=1 (A, qps)", &theirs);
@@ -121,6 +125,12 @@ fn main() -> Result<()> {
     println!(
         "ratio synthesised/pass-through (median): {:.2}",
         median(&syn) / median(&pas)
+    );
+    report_us("synthesised A (CPU µs/query)", &syn_cpu);
+    report_us("pass-through A (CPU µs/query)", &pas_cpu);
+    println!(
+        "ratio pass-through/synthesised CPU per query (median; 1 = as cheap): {:.2}",
+        median(&pas_cpu) / median(&syn_cpu)
     );
 
     // Miss path: each name once, each a new AAAA, so each answer is a new committed mapping.

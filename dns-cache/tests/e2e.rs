@@ -1,7 +1,9 @@
 //! End-to-end tests of outsock-dns-cache in the test world (DESIGN.md §9): the real binary runs
 //! in the `host` namespace with dnsmasq in `world` as its upstream, and is queried with `dig`
-//! and over dns.sock. One test per rule of DESIGN.md §5, plus restart after `kill -9` and bad
-//! input. Each test builds its own world; without root they print why and pass as skipped.
+//! and over dns.sock. One test per rule of DESIGN.md §5, plus restart after `kill -9`, bad
+//! input, pins as leases of their dns.sock connection, systemd notifications, and (on an extra
+//! zone served by a dnsmasq of the tests' own in `world`) negative caching and truncation.
+//! Each test builds its own world; without root they print why and pass as skipped.
 
 // The whole file is test code (helpers included): a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]

@@ -15,13 +15,13 @@ use crate::config::Settings;
 use crate::lookup::{self, LookupService};
 use crate::mapping::{Direction, MappingTable};
 use crate::metrics::{self, Metrics};
-use crate::notify::{self, Notifier};
 use crate::persist::{Mappings, PersistError};
 use crate::pool::{self, PoolError};
 use crate::resolve::{Resolver, ResolverConfig};
 use crate::server::{self, Frontend};
 use crate::store::{Store, StoreError};
 use crate::upstream::UdpTcpUpstream;
+use outsock_notify::Notifier;
 
 /// Encoded replies kept by the reply cache. Each lives a second at most, so this bounds the
 /// distinct questions answered from bytes per second, not the answer cache.
@@ -125,7 +125,7 @@ pub async fn run(s: Settings) -> Result<(), DaemonError> {
     }
     let mut watchdog = notifier
         .enabled()
-        .then(notify::watchdog_interval_from_env)
+        .then(outsock_notify::watchdog_interval)
         .flatten()
         .map(|every| {
             tracing::info!(?every, "sending systemd watchdog keep-alives");

@@ -9,7 +9,7 @@
 //! front end and hickory-server glue for TCP), [`udp`] (the UDP listener loop) over [`mmsg`]
 //! (batched datagram I/O), [`lookup`]
 //! (dns.sock for host-server) with [`pins`] (pins as leases of its connections), [`metrics`],
-//! [`config`], [`notify`] (systemd readiness and watchdog).
+//! [`config`]; systemd readiness and watchdog come from the shared `outsock-notify` crate.
 
 pub mod cache;
 pub mod clock;
@@ -19,7 +19,6 @@ pub mod lookup;
 pub mod mapping;
 pub mod metrics;
 pub mod mmsg;
-pub mod notify;
 pub mod packet;
 pub mod persist;
 pub mod pins;

@@ -4,9 +4,15 @@
 //! a oneshot for the answer. When dns-cache is down the task answers at once with
 //! [`LookupError::Unavailable`] and tries to connect again on the next request, so callers can
 //! fall back (to the SQLite file, for dummy look-ups) without waiting for a timeout.
+//!
+//! Pins are leases of the dns.sock connection that took them: dns-cache gives them back when
+//! the connection ends. So the task remembers which dummies it holds pinned, and on every new
+//! connection pins them again before anything else — and, while some are held and dns-cache is
+//! away, it keeps trying to reconnect every second instead of waiting for the next request.
 
 use std::collections::HashMap;
 use std::io;
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -21,6 +27,22 @@ use tokio::sync::{mpsc, oneshot};
 const QUEUE: usize = 1024;
 /// Answers outstanding on one stream; beyond this new requests are refused.
 const MAX_IN_FLIGHT: usize = 4096;
+/// How often to try to reach dns-cache again while pins wait to be re-established.
+const REPIN_RETRY: Duration = Duration::from_secs(1);
+
+/// Remote pins this client holds, per dummy (normally 1: the mapping actor pins once per dummy).
+type Held = HashMap<Ipv4Addr, u32>;
+
+/// Who waits for the answer with a given id.
+enum Waiter {
+    /// A caller; `pin` is the dummy when the request was a Pin.
+    Caller {
+        reply: oneshot::Sender<Result<LookupReply, LookupError>>,
+        pin: Option<Ipv4Addr>,
+    },
+    /// The task itself, re-pinning `0` on a new connection.
+    Repin(Ipv4Addr),
+}
 
 /// Why a look-up got no answer.
 #[derive(Debug, Error)]
@@ -84,18 +106,39 @@ impl LookupClient {
 }
 
 async fn run(path: PathBuf, mut rx: mpsc::Receiver<Pending>) {
-    while let Some(first) = rx.recv().await {
+    let mut held = Held::new();
+    loop {
+        // Wait for work: a request, or — while pins are owed — the next retry.
+        let first = if held.is_empty() {
+            match rx.recv().await {
+                Some(p) => Some(p),
+                None => return,
+            }
+        } else {
+            tokio::select! {
+                p = rx.recv() => match p {
+                    Some(p) => Some(p),
+                    None => return,
+                },
+                () = tokio::time::sleep(REPIN_RETRY) => None,
+            }
+        };
         match UnixStream::connect(&path).await {
             Ok(stream) => {
-                tracing::debug!(path = %path.display(), "connected to dns-cache");
-                serve(stream, first, &mut rx).await;
+                tracing::debug!(path = %path.display(), repin = held.len(), "connected to dns-cache");
+                if !serve(stream, first, &mut rx, &mut held).await {
+                    return;
+                }
             }
             Err(e) => {
                 tracing::debug!(path = %path.display(), error = %e, "dns-cache unavailable");
                 let kind = e.kind();
-                let _ = first.reply.send(Err(LookupError::Unavailable(e)));
                 // Everything already queued would meet the same closed door.
-                while let Ok(p) = rx.try_recv() {
+                for p in first
+                    .into_iter()
+                    .chain(std::iter::from_fn(|| rx.try_recv().ok()))
+                {
+                    note_unpin(&mut held, &p.op);
                     let _ = p
                         .reply
                         .send(Err(LookupError::Unavailable(io::Error::from(kind))));
@@ -105,23 +148,60 @@ async fn run(path: PathBuf, mut rx: mpsc::Receiver<Pending>) {
     }
 }
 
-/// Runs one connection until it fails or every handle is gone.
-async fn serve(stream: UnixStream, first: Pending, rx: &mut mpsc::Receiver<Pending>) {
+/// An Unpin gives the remote pin back whatever its fate: if it cannot be delivered, the
+/// connection that held the pin is gone and the pin with it.
+fn note_unpin(held: &mut Held, op: &LookupOp) {
+    if let LookupOp::Unpin { dummy } = op {
+        if let Some(n) = held.get_mut(dummy) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(dummy);
+            }
+        }
+    }
+}
+
+/// Runs one connection until it fails (returns `true`: try again later) or every handle is
+/// gone (`false`). Re-pins everything in `held` first.
+async fn serve(
+    stream: UnixStream,
+    first: Option<Pending>,
+    rx: &mut mpsc::Receiver<Pending>,
+    held: &mut Held,
+) -> bool {
     let (mut rd, mut wr) = stream.into_split();
-    let mut pending: HashMap<u32, oneshot::Sender<Result<LookupReply, LookupError>>> =
-        HashMap::new();
+    let mut pending: HashMap<u32, Waiter> = HashMap::new();
     let mut next_id: u32 = 0;
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     let mut out = Vec::new();
-    let mut queued = Some(first);
+    for (&dummy, &count) in held.iter() {
+        for _ in 0..count {
+            next_id = next_id.wrapping_add(1);
+            out.clear();
+            let req = LookupRequest {
+                id: next_id,
+                op: LookupOp::Pin { dummy },
+            };
+            if frame::encode(&req, &mut out).is_err() || wr.write_all(&out).await.is_err() {
+                return true;
+            }
+            pending.insert(next_id, Waiter::Repin(dummy));
+        }
+    }
+    let mut queued = first;
     let failure: LookupError = loop {
         if let Some(p) = queued.take() {
+            note_unpin(held, &p.op);
             if pending.len() >= MAX_IN_FLIGHT {
                 let _ = p.reply.send(Err(LookupError::Busy));
                 continue;
             }
             next_id = next_id.wrapping_add(1);
             out.clear();
+            let pin = match p.op {
+                LookupOp::Pin { dummy } => Some(dummy),
+                _ => None,
+            };
             let req = LookupRequest {
                 id: next_id,
                 op: p.op,
@@ -134,30 +214,48 @@ async fn serve(stream: UnixStream, first: Pending, rx: &mut mpsc::Receiver<Pendi
                 let _ = p.reply.send(Err(LookupError::Unavailable(e)));
                 break LookupError::Unavailable(io::Error::from(io::ErrorKind::BrokenPipe));
             }
-            pending.insert(next_id, p.reply);
+            pending.insert(
+                next_id,
+                Waiter::Caller {
+                    reply: p.reply,
+                    pin,
+                },
+            );
             continue;
         }
         tokio::select! {
             p = rx.recv() => match p {
                 Some(p) => queued = Some(p),
-                None => return,
+                None => return false,
             },
             r = read_frame(&mut rd, &mut buf) => match r {
-                Ok(resp) => {
-                    if let Some(tx) = pending.remove(&resp.id) {
-                        let _ = tx.send(Ok(resp.reply));
+                Ok(resp) => match pending.remove(&resp.id) {
+                    Some(Waiter::Caller { reply, pin }) => {
+                        if let (Some(dummy), LookupReply::Pinned { .. }) = (pin, &resp.reply) {
+                            *held.entry(dummy).or_insert(0) += 1;
+                        }
+                        let _ = reply.send(Ok(resp.reply));
                     }
-                }
+                    Some(Waiter::Repin(dummy)) if !matches!(resp.reply, LookupReply::Pinned { .. }) => {
+                        // The mapping is gone (or refused): nothing left to hold.
+                        tracing::warn!(%dummy, reply = ?resp.reply, "could not pin again after reconnecting");
+                        held.remove(&dummy);
+                    }
+                    Some(Waiter::Repin(_)) | None => {}
+                },
                 Err(e) => break e,
             },
         }
     };
-    tracing::warn!(error = %failure, in_flight = pending.len(), "dns.sock connection lost");
-    for (_, tx) in pending.drain() {
-        let _ = tx.send(Err(LookupError::Unavailable(io::Error::from(
-            io::ErrorKind::ConnectionReset,
-        ))));
+    tracing::warn!(error = %failure, in_flight = pending.len(), pinned = held.len(), "dns.sock connection lost");
+    for (_, w) in pending.drain() {
+        if let Waiter::Caller { reply, .. } = w {
+            let _ = reply.send(Err(LookupError::Unavailable(io::Error::from(
+                io::ErrorKind::ConnectionReset,
+            ))));
+        }
     }
+    true
 }
 
 /// Reads the next response frame, keeping any extra bytes in `buf`. Cancel-safe: bytes read are
@@ -306,6 +404,92 @@ pub(crate) mod tests {
             .await
             .unwrap();
         assert_eq!(r, LookupReply::NotFound);
+    }
+
+    /// Serves one dns.sock connection: records every request, answers Pin/Unpin with
+    /// `Pinned`, and hangs up (as a dns-cache restart would) when it gets a Flush.
+    async fn one_connection(listener: UnixListener, seen: mpsc::UnboundedSender<LookupOp>) {
+        let Ok((mut s, _)) = listener.accept().await else {
+            return;
+        };
+        let mut buf = Vec::new();
+        loop {
+            while let Ok(Some((req, used))) = frame::decode::<LookupRequest>(&buf) {
+                buf.drain(..used);
+                let _ = seen.send(req.op.clone());
+                let reply = match req.op {
+                    LookupOp::Pin { .. } => LookupReply::Pinned { pins: 1 },
+                    LookupOp::Unpin { .. } => LookupReply::Pinned { pins: 0 },
+                    LookupOp::Flush => return,
+                    _ => LookupReply::NotFound,
+                };
+                let out = frame::to_vec(&LookupResponse { id: req.id, reply }).unwrap();
+                if s.write_all(&out).await.is_err() {
+                    return;
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// Starts a fresh "dns-cache" at `path` (after the previous one went away).
+    fn restart_at(path: &std::path::Path) -> mpsc::UnboundedReceiver<LookupOp> {
+        let _ = std::fs::remove_file(path);
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(one_connection(UnixListener::bind(path).unwrap(), tx));
+        rx
+    }
+
+    async fn next_op(
+        rx: &mut mpsc::UnboundedReceiver<LookupOp>,
+        within: Duration,
+    ) -> Option<LookupOp> {
+        tokio::time::timeout(within, rx.recv()).await.ok().flatten()
+    }
+
+    #[tokio::test]
+    async fn pins_are_taken_again_on_a_new_connection_until_given_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dns.sock");
+        let t = Duration::from_secs(5);
+        let mut seen = restart_at(&path);
+        let c = LookupClient::spawn(path.clone());
+        assert_eq!(
+            c.call(LookupOp::Pin { dummy: D }, t).await.unwrap(),
+            LookupReply::Pinned { pins: 1 }
+        );
+        assert_eq!(
+            next_op(&mut seen, t).await,
+            Some(LookupOp::Pin { dummy: D })
+        );
+        // dns-cache goes away (its pins with it) and comes back: the client re-pins by itself,
+        // with no caller asking for anything.
+        assert!(c.call(LookupOp::Flush, t).await.is_err());
+        let mut seen = restart_at(&path);
+        assert_eq!(
+            next_op(&mut seen, t).await,
+            Some(LookupOp::Pin { dummy: D })
+        );
+        // Once given back, a later reconnection pins nothing.
+        assert_eq!(
+            c.call(LookupOp::Unpin { dummy: D }, t).await.unwrap(),
+            LookupReply::Pinned { pins: 0 }
+        );
+        assert_eq!(
+            next_op(&mut seen, t).await,
+            Some(LookupOp::Unpin { dummy: D })
+        );
+        assert!(c.call(LookupOp::Flush, t).await.is_err());
+        let mut seen = restart_at(&path);
+        assert_eq!(
+            next_op(&mut seen, Duration::from_millis(2500)).await,
+            None,
+            "nothing to re-pin"
+        );
     }
 
     #[tokio::test]

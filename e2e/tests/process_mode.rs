@@ -262,7 +262,11 @@ fn iperf3_transfer_completes() {
     let json = ok(&s, &out, "iperf3 -4");
     let sent = json_number(&json, "sum_sent", "bytes");
     let received = json_number(&json, "sum_received", "bytes");
-    assert_eq!(sent, bytes, "{json}");
+    // iperf3 -n stops after the block that reaches the count: at most one 128 KiB block more.
+    assert!(
+        sent >= bytes && sent <= bytes + 128 * 1024,
+        "sent {sent} for -n {bytes}: {json}"
+    );
     // iperf3's server stops counting when the client reports the end of the test, so its
     // received total trails the sent one even natively (33554432 sent, 29884416 received in
     // the same world over plain IPv6); that it received data is what we check here.

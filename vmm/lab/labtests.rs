@@ -7,14 +7,18 @@
 //! the full console of each run to `--logs`.
 
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 
+mod sd_notify;
 mod vm_e2e;
+
+use sd_notify::Notify;
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -49,7 +53,13 @@ struct Run {
     lines: Vec<(Duration, String)>,
     stderr: String,
     status: Option<i32>,
+    /// The signal that ended the VMM, if one did.
+    signal: Option<i32>,
     timed_out: bool,
+    /// What the VMM told systemd (with `RunOpts::notify`), timed like `lines`.
+    notify: Vec<(Duration, String)>,
+    /// How long the run took.
+    took: Duration,
 }
 
 impl Run {
@@ -70,12 +80,35 @@ impl Run {
             .map(|(t, l)| (*t, l.as_str()))
     }
     fn status_text(&self) -> String {
-        match (self.timed_out, self.status) {
-            (true, _) => "timed out".into(),
-            (false, Some(s)) => format!("exit {s}"),
-            (false, None) => "killed by a signal".into(),
+        match (self.timed_out, self.status, self.signal) {
+            (true, _, _) => "timed out".into(),
+            (false, Some(s), _) => format!("exit {s}"),
+            (false, None, Some(sig)) => format!("ended by signal {sig}"),
+            (false, None, None) => "killed by a signal".into(),
         }
     }
+}
+
+/// Sees each console line of a run; what it returns is typed into the console.
+type LineHook<'a> = dyn FnMut(&str) -> Option<String> + 'a;
+
+/// How a VMM run is driven, beyond its name, flags and guest command.
+#[derive(Default)]
+struct RunOpts<'a> {
+    /// End the run once this many console lines contain the text: SIGTERM (the way systemd
+    /// stops a unit), then SIGKILL if the VMM is still there 10 s later.
+    stop_when: Option<(&'a str, usize)>,
+    /// Typed into the console (stdin) once /init has started.
+    input: Option<&'a str>,
+    /// Extra environment for the VMM.
+    env: Vec<(String, String)>,
+    /// A recording notification socket, given to the VMM as `NOTIFY_SOCKET`.
+    notify: Option<&'a Notify>,
+    /// Called with each new console line; what it returns is typed into the console. Runs on
+    /// the driver's thread while the guest goes on (it may take seconds).
+    on_line: Option<&'a mut LineHook<'a>>,
+    /// The run's limit, when not `--run-timeout`.
+    timeout: Option<Duration>,
 }
 
 struct Driver {
@@ -86,35 +119,41 @@ struct Driver {
 }
 
 impl Driver {
-    /// Runs the VMM; `stop_when` ends the run early (VMM killed) once a line matches.
+    /// Runs the VMM with `cmd` for the guest's /init (`None`: /init starts a shell on the
+    /// console). `extra` are more VMM flags.
     fn run(&self, name: &str, extra: &[&str], cmd: &str, stop_when: Option<(&str, usize)>) -> Run {
-        self.run_with_input(name, extra, Some(cmd), stop_when, None)
+        self.run_with(
+            name,
+            extra,
+            Some(cmd),
+            RunOpts {
+                stop_when,
+                ..RunOpts::default()
+            },
+        )
     }
 
-    /// Like [`Driver::run`]; `cmd: None` leaves /init to start a shell on the console, and
-    /// `input` is typed into the console (stdin) once /init has started.
-    fn run_with_input(
-        &self,
-        name: &str,
-        extra: &[&str],
-        cmd: Option<&str>,
-        stop_when: Option<(&str, usize)>,
-        input: Option<&str>,
-    ) -> Run {
+    #[allow(clippy::too_many_lines)] // One linear sequence: spawn, watch, stop, collect.
+    fn run_with(&self, name: &str, extra: &[&str], cmd: Option<&str>, mut opts: RunOpts) -> Run {
         let started = Instant::now();
+        let interactive = opts.input.is_some() || opts.on_line.is_some();
         let mut command = Command::new(&self.args.vmm);
         if !extra.contains(&"--kernel") {
             command.arg("--kernel").arg(&self.args.kernel);
         }
+        if let Some(n) = opts.notify {
+            command.env("NOTIFY_SOCKET", n.path());
+        }
         let mut child = match command
+            .envs(opts.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .arg("--initramfs")
             .arg(&self.args.initramfs)
             .arg("--name")
             .arg(name)
-            .args(if input.is_none() {
-                &["--no-stdin"][..]
-            } else {
+            .args(if interactive {
                 &[][..]
+            } else {
+                &["--no-stdin"][..]
             })
             .arg("--extra-cmdline")
             .arg(match cmd {
@@ -122,7 +161,7 @@ impl Driver {
                 None => self.extra_cmdline.clone(),
             })
             .args(extra)
-            .stdin(if input.is_some() {
+            .stdin(if interactive {
                 Stdio::piped()
             } else {
                 Stdio::null()
@@ -160,38 +199,50 @@ impl Driver {
             let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
             s
         });
-        let deadline = started + Duration::from_secs(self.args.run_timeout);
+        let limit = opts
+            .timeout
+            .unwrap_or(Duration::from_secs(self.args.run_timeout));
+        let deadline = started + limit;
         let mut run = Run::default();
         let mut stdin = child.stdin.take();
+        let mut input = opts.input;
+        let mut seen = 0;
         loop {
-            if let (Some(text), Some(pipe)) = (input, stdin.as_mut()) {
-                if lines
-                    .lock()
-                    .expect("lock")
-                    .iter()
-                    .any(|(_, l)| l.contains("OUTSOCK-INIT: start"))
-                {
+            let new: Vec<String> = {
+                let l = lines.lock().expect("lock");
+                let new = l[seen..].iter().map(|(_, t)| t.clone()).collect();
+                seen = l.len();
+                new
+            };
+            for line in &new {
+                if let (Some(text), true) = (input, line.contains("OUTSOCK-INIT: start")) {
                     // Give the shell a moment to print its prompt, then type.
                     std::thread::sleep(Duration::from_millis(500));
-                    let _ = pipe.write_all(text.as_bytes());
-                    let _ = pipe.flush();
-                    stdin = None;
+                    type_into(stdin.as_mut(), text);
+                    input = None;
+                }
+                if let Some(f) = opts.on_line.as_mut() {
+                    if let Some(text) = f(line) {
+                        type_into(stdin.as_mut(), &text);
+                    }
                 }
             }
             if let Ok(Some(st)) = child.try_wait() {
                 run.status = st.code();
+                run.signal = st.signal();
                 break;
             }
-            if let Some((needle, count)) = stop_when {
-                let seen = lines
+            if let Some((needle, count)) = opts.stop_when {
+                let matched = lines
                     .lock()
                     .expect("lock")
                     .iter()
                     .filter(|(_, l)| l.contains(needle))
                     .count();
-                if seen >= count {
-                    let _ = child.kill();
-                    let _ = child.wait();
+                if matched >= count {
+                    let st = terminate(&mut child);
+                    run.status = st.and_then(|s| s.code());
+                    run.signal = st.and_then(|s| s.signal());
                     break;
                 }
             }
@@ -203,13 +254,29 @@ impl Driver {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        drop(stdin);
+        run.took = started.elapsed();
         let _ = reader.join();
         run.stderr = err_reader.join().unwrap_or_default();
         run.lines = std::mem::take(&mut *lines.lock().expect("lock"));
+        if let Some(n) = opts.notify {
+            // The last datagrams may still be in flight when the VMM has just ended.
+            std::thread::sleep(Duration::from_millis(300));
+            run.notify = n.events_since(started);
+        }
         let log = self.args.logs.join(format!("{name}.log"));
+        let notify_log: String = run
+            .notify
+            .iter()
+            .map(|(t, s)| format!("{} ms {}\n", t.as_millis(), s.replace('\n', " ")))
+            .collect();
         let _ = std::fs::write(
             &log,
-            format!("{}\n--- stderr ---\n{}", run.console(), run.stderr),
+            format!(
+                "{}\n--- stderr ---\n{}\n--- notifications ---\n{notify_log}",
+                run.console(),
+                run.stderr
+            ),
         );
         run
     }
@@ -238,6 +305,30 @@ impl Driver {
             }
         }
     }
+}
+
+/// Types `text` into the VMM's stdin (the guest console), if it is piped.
+fn type_into(stdin: Option<&mut ChildStdin>, text: &str) {
+    if let Some(pipe) = stdin {
+        let _ = pipe.write_all(text.as_bytes());
+        let _ = pipe.flush();
+    }
+}
+
+/// Stops the VMM as systemd would: SIGTERM, then SIGKILL after 10 s.
+fn terminate(child: &mut Child) -> Option<ExitStatus> {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(st)) = child.try_wait() {
+            return Some(st);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    child.wait().ok()
 }
 
 /// Kernel log lines that must not appear (XSAVE, TSC, IRQ and ACPI trouble).
@@ -273,7 +364,7 @@ fn bad_klog_lines(console: &str) -> Vec<String> {
         .collect()
 }
 
-const EXPECTED: usize = 10 + vm_e2e::CHECKS;
+const EXPECTED: usize = 11 + vm_e2e::CHECKS;
 
 fn boot_tests(d: &mut Driver, vcpus: u8) {
     let name = format!("boot-{vcpus}vcpu");
@@ -383,27 +474,66 @@ fn main() {
             ),
         );
 
-        let run = d.run(
+        // Also the systemd notification check: this run restarts in place and is then
+        // stopped with SIGTERM, the way systemd stops a unit.
+        // Not in the results folder: a 9p share cannot hold a socket.
+        let notify = Notify::bind(
+            std::env::temp_dir().join("outsock-lab-reboot-restart.notify"),
+            None,
+        );
+        let run = d.run_with(
             "reboot-restart",
             &["--on-reboot", "restart"],
-            "reboot -f",
-            Some(("OUTSOCK-INIT: start", 2)),
+            Some("reboot -f"),
+            RunOpts {
+                stop_when: Some(("OUTSOCK-INIT: start", 2)),
+                notify: notify.as_ref().ok(),
+                env: vec![("WATCHDOG_USEC".into(), sd_notify::WATCHDOG_USEC.to_string())],
+                ..RunOpts::default()
+            },
         );
         let boots = run
             .lines
             .iter()
             .filter(|(_, l)| l.contains("OUTSOCK-INIT: start"))
             .count();
-        d.report("reboot-restart", boots >= 2 && run.stderr.contains("restarting"), &format!("guest `reboot -f` with --on-reboot restart -> {boots} boots seen (want 2, then stopped)"),
-    );
+        d.report(
+            "reboot-restart",
+            boots >= 2 && run.stderr.contains("restarting"),
+            &format!("guest `reboot -f` with --on-reboot restart -> {boots} boots seen (want 2, then stopped)"),
+        );
+        // One READY=1 per process start: the first and one per restart in place (the guest
+        // may reboot once more before SIGTERM lands).
+        let starts = 1 + run.stderr.matches("restarting the VM").count();
+        let (ok, detail) = match &notify {
+            Ok(_) => sd_notify::judge(
+                &run.notify,
+                starts,
+                run.first("OUTSOCK-INIT: start").map(|(t, _)| t),
+                run.took,
+            ),
+            Err(e) => (false, format!("cannot bind a notification socket: {e}")),
+        };
+        let by_sigterm = run.signal == Some(libc::SIGTERM);
+        d.report(
+            "sd-notify",
+            ok && by_sigterm,
+            &format!(
+                "NOTIFY_SOCKET + WATCHDOG_USEC={}, {starts} VMM starts, then SIGTERM: {detail}; VMM {}",
+                sd_notify::WATCHDOG_USEC,
+                run.status_text()
+            ),
+        );
     }
     if want("console") {
-        let run = d.run_with_input(
+        let run = d.run_with(
             "console-input",
             &[],
             None,
-            None,
-            Some("echo $((6*7))-from-stdin\npoweroff -f\n"),
+            RunOpts {
+                input: Some("echo $((6*7))-from-stdin\npoweroff -f\n"),
+                ..RunOpts::default()
+            },
         );
         let ok = run.has("42-from-stdin") && run.status == Some(0);
         d.report(

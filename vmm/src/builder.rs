@@ -1,7 +1,8 @@
 //! Builds and starts a VM. [`build_and_boot`] reads as the boot sequence: check the host,
 //! allocate memory, create the VM and irqchip, load the kernel, initramfs and command line,
-//! write the ACPI tables and the zero page, attach the devices, configure the vCPUs, and
-//! start the event thread and one thread per vCPU.
+//! write the ACPI tables and the zero page, attach the devices (in VM mode the vsock device,
+//! whose muxer binds the VM's own socket here), configure the vCPUs, and start the event thread
+//! and one thread per vCPU. When it returns the guest is running: `main` tells systemd.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -28,7 +29,7 @@ use crate::devices::virtio::vsock::device::VsockHandler;
 use crate::devices::virtio::vsock::{Muxer, MuxerConfig, VsockDevice};
 use crate::devices::virtio::{IrqLine, VirtioDevice};
 use crate::devices::{Bus, BusDevice};
-use crate::event_loop::{self, ConsoleInput, Subscriber};
+use crate::event_loop::{self, ConsoleInput, Subscriber, Watchdog};
 use crate::host_check;
 use crate::vm_exit::{ExitReason, ExitSignal};
 use crate::vstate::{memory, vm::Vm};
@@ -88,6 +89,11 @@ pub struct RunningVm {
 }
 
 impl RunningVm {
+    /// The channel that ends the VM: whatever reports a reason on it first stops it.
+    pub fn exit_signal(&self) -> Arc<ExitSignal> {
+        Arc::clone(&self.exit)
+    }
+
     /// Blocks until the VM ends, flushes the console (bounded), and says why it ended.
     pub fn wait(self) -> (ExitReason, u64) {
         let reason = self.exit.wait();
@@ -299,9 +305,18 @@ pub fn build_and_boot(cfg: &VmConfig) -> Result<RunningVm, BuildError> {
         vcpus.push(vcpu);
     }
 
-    // 11. The event thread (console input) and one thread per vCPU.
+    // 11. The event thread (console input, vsock, systemd's watchdog) and one thread per vCPU.
     if cfg.stdin {
         subscribers.push(Box::new(ConsoleInput::new(ConsoleInput::stdin()?, serial)?));
+    }
+    if let (Some(interval), Some(socket)) = (
+        outsock_notify::watchdog_interval(),
+        std::env::var_os("NOTIFY_SOCKET"),
+    ) {
+        subscribers.push(Box::new(Watchdog::new(
+            interval,
+            socket.to_string_lossy().into_owned(),
+        )?));
     }
     event_loop::spawn(subscribers)?;
     for vcpu in vcpus {

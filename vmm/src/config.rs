@@ -148,7 +148,8 @@ impl VmConfig {
 #[command(name = "outsock-vmm", version)]
 pub struct Cli {
     /// TOML file with any of the keys below (kernel, initramfs, cmdline, extra_cmdline,
-    /// mem_mib, vcpus, name, serial_log, stdin, on_reboot).
+    /// mem_mib, vcpus, name, serial_log, stdin, on_reboot, trace_io, host_socket,
+    /// vsock_socket, cid).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// The kernel bzImage.
@@ -299,6 +300,28 @@ mod tests {
             cfg.full_cmdline(),
             format!("{DEFAULT_CMDLINE} -- \"uname -r\"")
         );
+    }
+
+    #[test]
+    fn the_deploy_example_is_valid() {
+        let example =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/vm.example.toml");
+        let cli = Cli {
+            config: Some(example),
+            name: Some("web".into()),
+            ..Default::default()
+        };
+        let cfg = load(&cli, HashMap::new()).expect("deploy/vm.example.toml loads");
+        assert_eq!(
+            cfg.host_socket,
+            Some(PathBuf::from("/run/outsock/host.sock"))
+        );
+        assert_eq!(
+            cfg.vsock_socket_path(),
+            Some(PathBuf::from("/run/outsock/vm-web.vsock")),
+            "the default follows --name, as host-server's [vms.web] expects"
+        );
+        assert_eq!(cfg.cid, 3);
     }
 
     #[test]

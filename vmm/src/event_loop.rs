@@ -1,6 +1,8 @@
-//! The device event thread (Firecracker's "VMM thread"): an event-manager epoll loop. Today
-//! it forwards stdin into the UART's receive FIFO; the virtio devices of the next issue add
-//! their queue and backend subscribers to the same manager.
+//! The device event thread (Firecracker's "VMM thread"): an event-manager epoll loop. It
+//! forwards stdin into the UART's receive FIFO, runs the virtio-vsock device's queue and
+//! backend subscriber, and, under systemd with `WatchdogSec=`, sends `WATCHDOG=1` from a
+//! timer: the keep-alive comes from this loop, so a wedged device thread stops it and systemd
+//! restarts the VM.
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -8,7 +10,10 @@ use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
+use std::time::Duration;
+
 use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::timerfd::TimerFd;
 
 use crate::devices::serial::SerialDevice;
 
@@ -106,6 +111,46 @@ impl MutEventSubscriber for ConsoleInput {
     }
 }
 
+/// Sends `WATCHDOG=1` to systemd's notification socket every `interval` (half of
+/// `WATCHDOG_USEC`, see `outsock_notify::watchdog_interval`).
+#[derive(Debug)]
+pub struct Watchdog {
+    timer: TimerFd,
+    notify_socket: String,
+}
+
+impl Watchdog {
+    /// A watchdog that ticks every `interval` to `notify_socket` (the `NOTIFY_SOCKET` value:
+    /// a path, or `@name` for an abstract socket). The first keep-alive goes out at once.
+    pub fn new(interval: Duration, notify_socket: String) -> io::Result<Self> {
+        let mut timer = TimerFd::new().map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
+        // A zero duration would disarm the timer: tick at once (1 ns), then every `interval`.
+        timer
+            .reset(
+                Duration::from_nanos(1),
+                Some(interval.max(Duration::from_millis(1))),
+            )
+            .map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
+        Ok(Self {
+            timer,
+            notify_socket,
+        })
+    }
+}
+
+impl MutEventSubscriber for Watchdog {
+    fn init(&mut self, ops: &mut EventOps) {
+        let _ = ops.add(Events::new(&self.timer, EventSet::IN));
+    }
+
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        // Readable, so this read does not block; it clears the expiry count.
+        let _ = self.timer.wait();
+        // A lost keep-alive is systemd's to judge; there is nobody else to tell.
+        let _ = outsock_notify::notify_to(&self.notify_socket, "WATCHDOG=1");
+    }
+}
+
 /// Starts the event thread with `subscribers`; it runs until the process exits.
 pub fn spawn(subscribers: Vec<Subscriber>) -> io::Result<std::thread::JoinHandle<()>> {
     let mut manager: EventManager<Subscriber> =
@@ -131,6 +176,29 @@ mod tests {
     use std::io::Write;
     use std::os::unix::net::UnixStream;
     use std::time::{Duration, Instant};
+
+    #[test]
+    fn watchdog_ticks_from_the_event_loop() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("notify");
+        let rx = std::os::unix::net::UnixDatagram::bind(&path).expect("bind");
+        rx.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let dog = Watchdog::new(
+            Duration::from_millis(50),
+            path.to_string_lossy().into_owned(),
+        )
+        .expect("watchdog");
+        let _t = spawn(vec![Box::new(dog)]).expect("spawn");
+        let started = Instant::now();
+        for _ in 0..3 {
+            let mut buf = [0u8; 32];
+            let n = rx.recv(&mut buf).expect("a keep-alive within 5 s");
+            assert_eq!(&buf[..n], b"WATCHDOG=1");
+        }
+        // The first at once, then one per interval.
+        assert!(started.elapsed() >= Duration::from_millis(90));
+    }
 
     #[test]
     fn input_reaches_the_uart_fifo() {

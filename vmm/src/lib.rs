@@ -7,7 +7,8 @@
 //! - [`vstate`]: the VM and vCPUs; the only KVM callers and the only `unsafe` code.
 //! - [`devices`]: port I/O and MMIO buses, the 8250 UART with its non-blocking console, the
 //!   i8042 reset line, the ACPI sleep/reset register, pvpanic.
-//! - [`event_loop`]: the device event thread.
+//! - [`event_loop`]: the device event thread (console input, vsock, systemd's watchdog).
+//! - [`signals`]: SIGTERM/SIGINT/SIGHUP end the VM like a guest power-off would.
 //! - [`builder`]: the boot sequence.
 //! - [`vm_exit`]: why the VM ended, and the process exit status for it.
 //! - [`config`], [`host_check`]: settings, and whether this host can run a VM at all.
@@ -18,5 +19,6 @@ pub mod config;
 pub mod devices;
 pub mod event_loop;
 pub mod host_check;
+pub mod signals;
 pub mod vm_exit;
 pub mod vstate;

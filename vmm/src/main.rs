@@ -1,18 +1,25 @@
 //! The `outsock-vmm` binary: parse settings, boot the VM, wait for it to end, and exit with a
-//! status that says why (see `outsock_vmm::vm_exit::code`).
+//! status that says why (see `outsock_vmm::vm_exit::code`). Under systemd (`Type=notify`) it
+//! sends `READY=1` once the guest runs and `STOPPING=1` when it ends; the event loop sends the
+//! watchdog keep-alives.
 
 use std::io::IsTerminal;
 use std::os::unix::process::CommandExt;
 use std::process::ExitCode;
 
 use clap::Parser;
-use outsock_vmm::builder;
 use outsock_vmm::config::{self, Cli, OnReboot};
 use outsock_vmm::vm_exit::{code, ExitReason};
+use outsock_vmm::{builder, signals};
 use vmm_sys_util::terminal::Terminal;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Before any thread starts, so that all of them inherit the mask (see `signals`).
+    if let Err(e) = signals::block_in_this_thread() {
+        eprintln!("outsock-vmm: cannot block the stop signals: {e}");
+        return ExitCode::from(code::VMM_ERROR as u8);
+    }
     let cfg = match config::load(&cli, std::env::vars().collect()) {
         Ok(c) => c,
         Err(e) => {
@@ -38,11 +45,21 @@ fn main() -> ExitCode {
         Err(e) => {
             restore();
             eprintln!("outsock-vmm[{name}]: {}", error_chain(&e));
+            sd_notify(&name, "STOPPING=1");
             return ExitCode::from(code::VMM_ERROR as u8);
         }
     };
+    // The vCPU threads run and, in VM mode, the VM's vsock socket listens (bound while the
+    // device was built): host-server may CONNECT to the guest from now on.
+    if let Err(e) = signals::stop_on_signals(vm.exit_signal()) {
+        eprintln!("outsock-vmm[{name}]: cannot handle stop signals: {e}");
+    }
+    sd_notify(&name, "READY=1");
     let (reason, dropped) = vm.wait();
     restore();
+    if !(reason == ExitReason::Reboot && cfg.on_reboot == OnReboot::Restart) {
+        sd_notify(&name, "STOPPING=1");
+    }
     if dropped > 0 {
         eprintln!("outsock-vmm[{name}]: {dropped} console bytes were dropped (stdout too slow)");
     }
@@ -55,9 +72,22 @@ fn main() -> ExitCode {
         eprintln!("outsock-vmm[{name}]: cannot restart: {err}");
         return ExitCode::from(code::VMM_ERROR as u8);
     }
+    if let ExitReason::Stopped { signal } = reason {
+        eprintln!("outsock-vmm[{name}]: {reason}; ending by the same signal");
+        signals::die_by(signal);
+    }
     let status = reason.exit_code();
     eprintln!("outsock-vmm[{name}]: {reason}; exit status {status}");
     ExitCode::from(status as u8)
+}
+
+/// Tells systemd (`Type=notify`) about a state change; a no-op without `NOTIFY_SOCKET`. A
+/// restart in place re-executes this process with the same PID, which then sends `READY=1`
+/// again, so it sends no `STOPPING=1`.
+fn sd_notify(name: &str, state: &str) {
+    if let Err(e) = outsock_notify::notify(state) {
+        eprintln!("outsock-vmm[{name}]: cannot notify systemd of {state}: {e}");
+    }
 }
 
 /// "outer: inner: innermost" for an error and its sources.

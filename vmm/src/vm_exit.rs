@@ -41,6 +41,8 @@ pub enum ExitReason {
     UnexpectedExit { vcpu: u8, what: String },
     /// `KVM_RUN` itself failed.
     VcpuError { vcpu: u8, error: String },
+    /// The VMM was asked to stop (SIGTERM, SIGINT, SIGHUP); see `crate::signals`.
+    Stopped { signal: i32 },
 }
 
 impl ExitReason {
@@ -55,12 +57,17 @@ impl ExitReason {
             | ExitReason::FailEntry { .. }
             | ExitReason::UnexpectedExit { .. } => code::GUEST_CRASH,
             ExitReason::VcpuError { .. } => code::VMM_ERROR,
+            // The shell's convention; normally the process ends by the signal itself.
+            ExitReason::Stopped { signal } => 128 + signal,
         }
     }
 
     /// Whether this is an orderly end requested by the guest.
     pub fn is_clean(&self) -> bool {
-        matches!(self, ExitReason::PowerOff | ExitReason::Reboot)
+        matches!(
+            self,
+            ExitReason::PowerOff | ExitReason::Reboot | ExitReason::Stopped { .. }
+        )
     }
 }
 
@@ -87,6 +94,9 @@ impl fmt::Display for ExitReason {
             }
             ExitReason::VcpuError { vcpu, error } => {
                 write!(f, "vCPU {vcpu}: KVM_RUN failed: {error}")
+            }
+            ExitReason::Stopped { signal } => {
+                write!(f, "stopped by {}", crate::signals::name(*signal))
             }
         }
     }
@@ -181,6 +191,11 @@ mod tests {
         assert_eq!(ExitReason::Reboot.exit_code(), 3);
         assert_eq!(ExitReason::GuestPanic.exit_code(), 5);
         assert_eq!(ExitReason::TripleFault { vcpu: 0 }.exit_code(), 4);
+        let stopped = ExitReason::Stopped {
+            signal: libc::SIGTERM,
+        };
+        assert_eq!(stopped.exit_code(), 143);
+        assert_eq!(stopped.to_string(), "stopped by SIGTERM");
         assert!(ExitReason::TripleFault { vcpu: 1 }
             .to_string()
             .contains("triple"));

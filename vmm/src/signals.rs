@@ -1,0 +1,131 @@
+//! Stopping on SIGTERM, SIGINT and SIGHUP (systemd's stop, Ctrl-C with `--no-stdin`, a closed
+//! terminal). Every thread blocks these signals except one waiter thread, whose handler only
+//! writes an eventfd (async-signal-safe); the waiter then reports [`ExitReason::Stopped`]
+//! like any other end of the VM, so the main thread flushes the console and tells systemd
+//! `STOPPING=1` before [`die_by`] ends the process by the same signal: the parent (systemd, a
+//! shell) sees the stop it asked for, which systemd counts as a clean exit.
+
+use std::io;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::signal::{
+    block_signal, register_signal_handler, unblock_signal, Error as SignalError,
+};
+
+use crate::vm_exit::{ExitReason, ExitSignal};
+
+/// The signals that stop the VM.
+pub const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
+
+static WAKE: OnceLock<EventFd> = OnceLock::new();
+static RECEIVED: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn on_stop_signal(num: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // Only async-signal-safe work here: an atomic store and an eventfd write(2).
+    RECEIVED.store(num, Ordering::SeqCst);
+    if let Some(wake) = WAKE.get() {
+        let _ = wake.write(1);
+    }
+}
+
+fn errno_to_io(e: vmm_sys_util::errno::Error) -> io::Error {
+    io::Error::from_raw_os_error(e.errno())
+}
+
+/// Blocks the stop signals in the calling thread, so every thread started after this call
+/// inherits the mask. Call first thing in `main`. After a restart in place (`exec`) they are
+/// blocked already: the mask survives exec, and a stop signal sent meanwhile stays pending.
+///
+/// # Errors
+/// When the signal mask cannot be changed.
+pub fn block_in_this_thread() -> io::Result<()> {
+    for sig in STOP_SIGNALS {
+        match block_signal(sig) {
+            Ok(()) | Err(SignalError::SignalAlreadyBlocked(_)) => {}
+            Err(e) => return Err(io::Error::other(format!("{e:?}"))),
+        }
+    }
+    Ok(())
+}
+
+/// Starts the waiter thread: the first stop signal reports [`ExitReason::Stopped`] to `exit`.
+///
+/// # Errors
+/// When the eventfd, the handlers or the thread cannot be set up.
+pub fn stop_on_signals(exit: Arc<ExitSignal>) -> io::Result<()> {
+    let wake = EventFd::new(0)?;
+    let waiter_end = wake.try_clone()?;
+    WAKE.set(wake)
+        .map_err(|_| io::Error::other("stop signals are already handled"))?;
+    for sig in STOP_SIGNALS {
+        register_signal_handler(sig, on_stop_signal).map_err(errno_to_io)?;
+    }
+    std::thread::Builder::new()
+        .name("stop-signals".into())
+        .spawn(move || {
+            // The only thread that takes these signals.
+            for sig in STOP_SIGNALS {
+                let _ = unblock_signal(sig);
+            }
+            loop {
+                match waiter_end.read() {
+                    Ok(_) => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => return,
+                }
+            }
+            exit.signal(ExitReason::Stopped {
+                signal: RECEIVED.load(Ordering::SeqCst),
+            });
+        })?;
+    Ok(())
+}
+
+/// Ends the process by `signal` with its default action (termination). Call from a thread
+/// that blocks it (`main`): the signal waits pending until this thread unblocks it.
+pub fn die_by(signal: libc::c_int) -> ! {
+    // SAFETY: setting a signal's disposition to SIG_DFL and sending it to this process are
+    // plain syscalls with valid arguments; nothing is left half-done (the caller flushed).
+    unsafe {
+        libc::signal(signal, libc::SIG_DFL);
+        libc::kill(libc::getpid(), signal);
+    }
+    let _ = unblock_signal(signal);
+    // Not reached unless the signal could not be delivered: end the shell's way.
+    std::process::exit(128 + signal)
+}
+
+/// The conventional name of a stop signal, for messages.
+pub fn name(signal: libc::c_int) -> &'static str {
+    match signal {
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGINT => "SIGINT",
+        libc::SIGHUP => "SIGHUP",
+        _ => "a signal",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_stop_signal_ends_the_vm() {
+        let exit = Arc::new(ExitSignal::new());
+        stop_on_signals(Arc::clone(&exit)).expect("handlers");
+        // The handler is process-wide now, so the signal cannot kill the test process; the
+        // waiter thread turns it into an exit reason.
+        // SAFETY: kill(2) to this process with a signal that now has our handler.
+        unsafe { libc::kill(libc::getpid(), libc::SIGHUP) };
+        assert_eq!(
+            exit.wait_timeout(Duration::from_secs(5)),
+            Some(ExitReason::Stopped {
+                signal: libc::SIGHUP
+            })
+        );
+        assert!(stop_on_signals(exit).is_err(), "one waiter per process");
+    }
+}

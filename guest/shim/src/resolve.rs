@@ -462,6 +462,18 @@ pub unsafe extern "C" fn gethostbyname2_r(
     unsafe { real::gethostbyname2_r(name, af, ret, buf, buflen, result, h_errnop) }
 }
 
+/// The IPv4 address in a `gethostbyaddr`-style argument triple, if it is one.
+///
+/// # Safety
+/// `addr` is null or valid for `len` bytes.
+unsafe fn addr_v4(addr: *const libc::c_void, len: libc::socklen_t, ty: c_int) -> Option<Ipv4Addr> {
+    (ty == libc::AF_INET && len == 4 && !addr.is_null()).then(|| {
+        // SAFETY: 4 readable bytes per the contract.
+        let b: [u8; 4] = unsafe { std::ptr::read_unaligned(addr.cast()) };
+        Ipv4Addr::from(b)
+    })
+}
+
 /// The IPv4 address a reverse lookup is ours to answer, if it is.
 fn reverse_ours(a: Ipv4Addr) -> Option<Ipv4Addr> {
     (crate::transport::vsock_port().is_none() && !a.is_loopback() && !a.is_unspecified())
@@ -479,12 +491,8 @@ pub unsafe extern "C" fn gethostbyaddr(
     len: libc::socklen_t,
     ty: c_int,
 ) -> *mut hostent {
-    let v4 = (ty == libc::AF_INET && len == 4 && !addr.is_null()).then(|| {
-        // SAFETY: 4 readable bytes per the contract.
-        let b: [u8; 4] = unsafe { std::ptr::read_unaligned(addr.cast()) };
-        Ipv4Addr::from(b)
-    });
-    let Some(a) = v4.and_then(reverse_ours) else {
+    // SAFETY: the caller's address of `len` bytes.
+    let Some(a) = unsafe { addr_v4(addr, len, ty) }.and_then(reverse_ours) else {
         // SAFETY: forwarded arguments.
         return unsafe { real::gethostbyaddr(addr, len, ty) };
     };
@@ -513,12 +521,8 @@ pub unsafe extern "C" fn gethostbyaddr_r(
     result: *mut *mut hostent,
     h_errnop: *mut c_int,
 ) -> c_int {
-    let v4 = (ty == libc::AF_INET && len == 4 && !addr.is_null()).then(|| {
-        // SAFETY: 4 readable bytes per the contract.
-        let b: [u8; 4] = unsafe { std::ptr::read_unaligned(addr.cast()) };
-        Ipv4Addr::from(b)
-    });
-    let Some(a) = v4.and_then(reverse_ours) else {
+    // SAFETY: the caller's address of `len` bytes.
+    let Some(a) = unsafe { addr_v4(addr, len, ty) }.and_then(reverse_ours) else {
         // SAFETY: forwarded arguments.
         return unsafe { real::gethostbyaddr_r(addr, len, ty, ret, buf, buflen, result, h_errnop) };
     };

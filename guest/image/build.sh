@@ -67,13 +67,20 @@ bbdeb=$(fetch busybox-static)
 # 3. Hash the inputs.
 GUEST_PROGRAMS="/usr/bin/nc.traditional /usr/bin/curl /usr/bin/wget /usr/bin/busybox /usr/bin/iperf3 /usr/bin/kdig"
 bins=${OUTSOCK_GUEST_BINS:-}
+# Debug aid: more programs of this machine (with their libraries), e.g. /usr/bin/strace.
+extra=${OUTSOCK_GUEST_EXTRA:-}
 if [ -n "$bins" ]; then
     for f in "$bins/liboutsock.so" "$bins/outsock-dns-forwarder" $GUEST_PROGRAMS; do
         [ -f "$f" ] || die "$f is missing (VM mode needs it: cargo build, apt-get install the program)"
     done
 fi
+for f in $extra; do
+    case "$f" in /*) ;; *) die "OUTSOCK_GUEST_EXTRA: $f is not an absolute path" ;; esac
+    [ -f "$f" ] || die "OUTSOCK_GUEST_EXTRA: $f is missing"
+done
 hash=$( { sha256sum "$0" "$here/init" "$here/modules.list"; basename "$kdeb"; basename "$bbdeb";
-          [ -z "$bins" ] || sha256sum "$bins/liboutsock.so" "$bins/outsock-dns-forwarder" $GUEST_PROGRAMS; } \
+          [ -z "$bins" ] || sha256sum "$bins/liboutsock.so" "$bins/outsock-dns-forwarder" $GUEST_PROGRAMS;
+          [ -z "$extra" ] || sha256sum $extra; } \
     | sha256sum | cut -c1-16)
 out="$cache/build/$hash"
 if [ -s "$out/vmlinuz" ] && [ -s "$out/initramfs.cpio.gz" ]; then
@@ -143,6 +150,7 @@ else
         echo "hello from the guest" > "$r/www/index.html"
     }
     add_extra_files "$root"
+    for p in $extra; do copy_with_libs "$root" "$p"; done
     mkdir -p "$work/out"
     cp "$work/kernel/boot/vmlinuz-$kver" "$work/out/vmlinuz"
     (cd "$root" && find . -print0 | LC_ALL=C sort -z \

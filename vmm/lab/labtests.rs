@@ -6,6 +6,7 @@
 //! stdout and, one line per test (`PASS name: detail` / `FAIL name: detail`), to `--results`;
 //! the full console of each run to `--logs`.
 
+use std::cell::RefCell;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
@@ -15,8 +16,10 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 
+mod machine_tests;
 mod sd_notify;
 mod vm_e2e;
+mod vm_world;
 
 use sd_notify::Notify;
 
@@ -41,9 +44,20 @@ struct Args {
     /// Where outsock-dns-cache and outsock-host-server are (the `vm` group's test world).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
+    /// `vmm/vm-run`, which the `vm` group also checks (after its own run).
+    #[arg(long)]
+    vm_run: Option<PathBuf>,
     /// Per-run limit in seconds.
     #[arg(long, default_value_t = 150)]
     run_timeout: u64,
+    /// Keep the results of groups an earlier, interrupted run finished (see `finished_groups`).
+    #[arg(long)]
+    resume: bool,
+    /// Run a test once more when its guest crashed (VMM exit 4: triple fault, KVM internal
+    /// error). Only for the lab VM, whose emulated SVM occasionally crashes a guest; each
+    /// retry is reported as an INFO line.
+    #[arg(long)]
+    retry_guest_crash: bool,
 }
 
 /// One captured VMM run.
@@ -78,6 +92,10 @@ impl Run {
             .iter()
             .find(|(_, l)| l.contains(needle))
             .map(|(t, l)| (*t, l.as_str()))
+    }
+    /// Whether the guest crashed the vCPU (VMM exit 4).
+    fn guest_crashed(&self) -> bool {
+        self.status == Some(4)
     }
     fn status_text(&self) -> String {
         match (self.timed_out, self.status, self.signal) {
@@ -116,6 +134,8 @@ struct Driver {
     results: Vec<String>,
     /// Added to every guest command line before the `--`.
     extra_cmdline: String,
+    /// INFO lines from runs (retries), written before the next result.
+    notes: RefCell<Vec<String>>,
 }
 
 impl Driver {
@@ -133,8 +153,38 @@ impl Driver {
         )
     }
 
-    #[allow(clippy::too_many_lines)] // One linear sequence: spawn, watch, stop, collect.
+    /// Like [`Driver::run`] with more options. With `--retry-guest-crash`, a run whose guest
+    /// crashed (VMM exit 4) runs once more, unless it is interactive (`on_line`: the caller
+    /// decides).
     fn run_with(&self, name: &str, extra: &[&str], cmd: Option<&str>, mut opts: RunOpts) -> Run {
+        let run = self.run_once(name, extra, cmd, &mut opts);
+        if self.args.retry_guest_crash && run.guest_crashed() && opts.on_line.is_none() {
+            self.keep_crashed_log(name);
+            self.note(&format!(
+                "{name}: the guest crashed ({}; console in {name}-crashed.log); running it again",
+                run.stderr.lines().last().unwrap_or("no message").trim()
+            ));
+            return self.run_once(name, extra, cmd, &mut opts);
+        }
+        run
+    }
+
+    /// Keeps the console log of a run that is about to be repeated.
+    fn keep_crashed_log(&self, name: &str) {
+        let _ = std::fs::rename(
+            self.args.logs.join(format!("{name}.log")),
+            self.args.logs.join(format!("{name}-crashed.log")),
+        );
+    }
+
+    /// Queues an INFO line (written before the next result).
+    fn note(&self, text: &str) {
+        println!("INFO {text}");
+        self.notes.borrow_mut().push(format!("INFO {text}"));
+    }
+
+    #[allow(clippy::too_many_lines)] // One linear sequence: spawn, watch, stop, collect.
+    fn run_once(&self, name: &str, extra: &[&str], cmd: Option<&str>, opts: &mut RunOpts) -> Run {
         let started = Instant::now();
         let interactive = opts.input.is_some() || opts.on_line.is_some();
         let mut command = Command::new(&self.args.vmm);
@@ -282,6 +332,8 @@ impl Driver {
     }
 
     fn report(&mut self, name: &str, ok: bool, detail: &str) {
+        let notes = std::mem::take(&mut *self.notes.borrow_mut());
+        self.results.extend(notes);
         let line = format!("{} {name}: {detail}", if ok { "PASS" } else { "FAIL" });
         println!("{line}");
         self.results.push(line);
@@ -298,7 +350,8 @@ impl Driver {
     fn flush(&self) {
         if let Ok(mut f) = std::fs::File::create(&self.args.results) {
             if self.args.only.is_none() {
-                let _ = writeln!(f, "EXPECTED {EXPECTED}");
+                let expected: usize = groups().iter().map(|(_, tests, _)| tests.len()).sum();
+                let _ = writeln!(f, "EXPECTED {expected}");
             }
             for l in &self.results {
                 let _ = writeln!(f, "{l}");
@@ -331,100 +384,48 @@ fn terminate(child: &mut Child) -> Option<ExitStatus> {
     child.wait().ok()
 }
 
-/// Kernel log lines that must not appear (XSAVE, TSC, IRQ and ACPI trouble).
-const BAD_KLOG: &[&str] = &[
-    "XSAVE consistency problem",
-    "WARNING: CPU",
-    "TSC unstable",
-    "Marking TSC unstable",
-    "unstable TSC",
-    "clocksource tsc unstable",
-    "nobody cared",
-    "spurious 8259A",
-    "No IRQ",
-    "irq: ",
-    "IRQ bypass",
-    "ACPI Error",
-    "ACPI BIOS Error",
-    "ACPI Exception",
-    "ACPI Warning",
-    "APIC error",
-    "unable to open an initial console",
-];
+/// A test group: its name (for `--only`), the tests it reports, and what runs it.
+type Group = (&'static str, &'static [&'static str], fn(&mut Driver));
 
-fn bad_klog_lines(console: &str) -> Vec<String> {
-    console
-        .lines()
-        .filter(|l| {
-            BAD_KLOG
-                .iter()
-                .any(|b| l.to_lowercase().contains(&b.to_lowercase()))
-        })
-        .map(str::to_owned)
-        .collect()
+/// The groups, in order.
+fn groups() -> Vec<Group> {
+    vec![
+        ("boot", machine_tests::BOOT, machine_tests::boot),
+        ("reboot", machine_tests::REBOOT, machine_tests::reboot),
+        ("console", machine_tests::CONSOLE, machine_tests::console),
+        ("panic", machine_tests::PANIC, machine_tests::panic),
+        (
+            "bad-kernel",
+            machine_tests::BAD_KERNEL,
+            machine_tests::bad_kernel,
+        ),
+        ("vm", &vm_e2e::NAMES, vm_e2e::run),
+    ]
 }
 
-const EXPECTED: usize = 11 + vm_e2e::CHECKS;
-
-fn boot_tests(d: &mut Driver, vcpus: u8) {
-    let name = format!("boot-{vcpus}vcpu");
-    let cmd = "echo UNAME=$(uname -r); echo CPUS=$(grep -c ^processor /proc/cpuinfo); dmesg";
-    let run = d.run(&name, &["--vcpus", &vcpus.to_string()], cmd, None);
-    let want_uname = format!("UNAME={}", d.args.kernel_release);
-    let want_cpus = format!("CPUS={vcpus}");
-    let start = run
-        .first("OUTSOCK-INIT: start")
-        .map(|(t, l)| (t, l.to_owned()));
-    let ok = start.is_some()
-        && run.has(&want_uname)
-        && run.has(&want_cpus)
-        && run.has("OUTSOCK-INIT: exit=0");
-    let detail = match &start {
-        Some((t, l)) => format!(
-            "/init reached {} ms after VMM start ({}), {}, {}, {}",
-            t.as_millis(),
-            l.trim_start_matches("OUTSOCK-INIT: start ").trim(),
-            if run.has(&want_uname) {
-                want_uname.clone()
-            } else {
-                format!("missing {want_uname}")
-            },
-            if run.has(&want_cpus) {
-                want_cpus.clone()
-            } else {
-                format!("missing {want_cpus}")
-            },
-            run.status_text()
-        ),
-        None => format!(
-            "no OUTSOCK-INIT start marker ({}); see {name}.log",
-            run.status_text()
-        ),
-    };
-    d.report(&name, ok, &detail);
-
-    let bad = bad_klog_lines(&run.console());
-    let klog_ok = run.has("OUTSOCK-INIT: exit=0") && bad.is_empty();
-    d.report(
-        &format!("klog-clean-{vcpus}vcpu"),
-        klog_ok,
-        &if bad.is_empty() {
-            "no XSAVE/TSC/IRQ/ACPI error lines in dmesg".into()
-        } else {
-            format!("{bad:?}")
-        },
-    );
-
-    if vcpus == 1 {
-        let ok = run.status == Some(0)
-            && run.has("OUTSOCK-INIT: exit=0")
-            && run.stderr.contains("powered off");
-        d.report(
-            "poweroff",
-            ok,
-            &format!("guest `poweroff -f` -> VMM {}", run.status_text()),
-        );
+/// With `--resume`: the results of an earlier, interrupted driver run (the lab VM crashed)
+/// that belong to groups it finished; those groups are not run again.
+fn finished_groups(args: &Args) -> (Vec<String>, Vec<&'static str>) {
+    if !args.resume {
+        return (Vec::new(), Vec::new());
     }
+    let old = std::fs::read_to_string(&args.results).unwrap_or_default();
+    let reported = |test: &str| {
+        old.lines().find(|l| {
+            (l.starts_with("PASS ") || l.starts_with("FAIL "))
+                && l[5..].split(':').next() == Some(test)
+        })
+    };
+    let mut kept = Vec::new();
+    let mut done = Vec::new();
+    for (name, tests, _) in groups() {
+        let lines: Vec<&str> = tests.iter().filter_map(|t| reported(t)).collect();
+        if lines.len() == tests.len() {
+            kept.extend(lines.into_iter().map(str::to_owned));
+            done.push(name);
+        }
+    }
+    (kept, done)
 }
 
 fn main() {
@@ -446,146 +447,33 @@ fn main() {
     } else {
         "tsc=reliable".to_owned()
     };
+    let (kept, done) = finished_groups(&args);
     let mut d = Driver {
         args,
-        results: Vec::new(),
+        results: kept,
         extra_cmdline,
+        notes: RefCell::new(Vec::new()),
     };
+    if d.args.resume {
+        d.info(&format!(
+            "the lab VM was booted again after a crash; groups already finished: {}",
+            if done.is_empty() {
+                "none".to_owned()
+            } else {
+                done.join(", ")
+            }
+        ));
+    }
     if !constant_tsc {
         d.info("this CPU has no constant_tsc flag (emulated lab CPU): guests get tsc=reliable");
     }
     let total = Instant::now();
     let only = d.args.only.clone().unwrap_or_default();
     let want = |group: &str| only.is_empty() || only.split(',').any(|g| g == group);
-
-    if want("boot") {
-        boot_tests(&mut d, 1);
-        boot_tests(&mut d, 2);
-    }
-    if want("reboot") {
-        let run = d.run("reboot-exit", &["--on-reboot", "exit"], "reboot -f", None);
-        let ok = run.status == Some(3) && run.stderr.contains("rebooted");
-        d.report(
-            "reboot-exit",
-            ok,
-            &format!(
-                "guest `reboot -f` with --on-reboot exit -> VMM {} (want 3)",
-                run.status_text()
-            ),
-        );
-
-        // Also the systemd notification check: this run restarts in place and is then
-        // stopped with SIGTERM, the way systemd stops a unit.
-        // Not in the results folder: a 9p share cannot hold a socket.
-        let notify = Notify::bind(
-            std::env::temp_dir().join("outsock-lab-reboot-restart.notify"),
-            None,
-        );
-        let run = d.run_with(
-            "reboot-restart",
-            &["--on-reboot", "restart"],
-            Some("reboot -f"),
-            RunOpts {
-                stop_when: Some(("OUTSOCK-INIT: start", 2)),
-                notify: notify.as_ref().ok(),
-                env: vec![("WATCHDOG_USEC".into(), sd_notify::WATCHDOG_USEC.to_string())],
-                ..RunOpts::default()
-            },
-        );
-        let boots = run
-            .lines
-            .iter()
-            .filter(|(_, l)| l.contains("OUTSOCK-INIT: start"))
-            .count();
-        d.report(
-            "reboot-restart",
-            boots >= 2 && run.stderr.contains("restarting"),
-            &format!("guest `reboot -f` with --on-reboot restart -> {boots} boots seen (want 2, then stopped)"),
-        );
-        // One READY=1 per process start: the first and one per restart in place (the guest
-        // may reboot once more before SIGTERM lands).
-        let starts = 1 + run.stderr.matches("restarting the VM").count();
-        let (ok, detail) = match &notify {
-            Ok(_) => sd_notify::judge(
-                &run.notify,
-                starts,
-                run.first("OUTSOCK-INIT: start").map(|(t, _)| t),
-                run.took,
-            ),
-            Err(e) => (false, format!("cannot bind a notification socket: {e}")),
-        };
-        let by_sigterm = run.signal == Some(libc::SIGTERM);
-        d.report(
-            "sd-notify",
-            ok && by_sigterm,
-            &format!(
-                "NOTIFY_SOCKET + WATCHDOG_USEC={}, {starts} VMM starts, then SIGTERM: {detail}; VMM {}",
-                sd_notify::WATCHDOG_USEC,
-                run.status_text()
-            ),
-        );
-    }
-    if want("console") {
-        let run = d.run_with(
-            "console-input",
-            &[],
-            None,
-            RunOpts {
-                input: Some("echo $((6*7))-from-stdin\npoweroff -f\n"),
-                ..RunOpts::default()
-            },
-        );
-        let ok = run.has("42-from-stdin") && run.status == Some(0);
-        d.report(
-            "console-input",
-            ok,
-            &format!(
-                "stdin typed into the guest shell on ttyS0 -> {}, VMM {}",
-                if run.has("42-from-stdin") {
-                    "its output came back"
-                } else {
-                    "no output"
-                },
-                run.status_text()
-            ),
-        );
-    }
-    if want("panic") {
-        let run = d.run("panic", &[], "echo c > /proc/sysrq-trigger", None);
-        let panic_line = run
-            .first("Kernel panic - not syncing")
-            .map(|(_, l)| l.trim().to_owned());
-        let ok = matches!(run.status, Some(s) if s != 0) && panic_line.is_some();
-        d.report(
-            "panic",
-            ok,
-            &format!(
-                "sysrq crash -> VMM {} (want non-zero, 5 = pvpanic), console: {}",
-                run.status_text(),
-                panic_line.unwrap_or_else(|| "no panic text".into())
-            ),
-        );
-    }
-    if want("bad-kernel") {
-        let run = d.run(
-            "no-initramfs-bad-kernel",
-            &["--kernel", "/etc/hostname"],
-            "true",
-            None,
-        );
-        let ok = run.status == Some(1) && run.stderr.contains("bzImage");
-        d.report(
-            "bad-kernel-rejected",
-            ok,
-            &format!(
-                "a non-bzImage kernel -> VMM {} with a message",
-                run.status_text()
-            ),
-        );
-    }
-
-    if want("vm") {
-        vm_e2e::run(&mut d);
+    for (name, _, run) in groups() {
+        if want(name) && !done.contains(&name) {
+            run(&mut d);
+        }
     }
 
     let passed = d.results.iter().filter(|l| l.starts_with("PASS")).count();
@@ -596,4 +484,42 @@ fn main() {
     ));
     println!("labtests summary: passed={passed} failed={failed}");
     std::process::exit(i32::from(failed > 0));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resume_keeps_only_finished_groups() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let results = dir.path().join("results.txt");
+        std::fs::write(
+            &results,
+            "EXPECTED 9\nINFO x\nPASS reboot-exit: a\nFAIL reboot-restart: b\nPASS sd-notify: c\n\
+             PASS boot-1vcpu: d\nPASS panic: e\n",
+        )
+        .expect("write");
+        let args = Args::parse_from([
+            "labtests",
+            "--vmm=v",
+            "--kernel=k",
+            "--initramfs=i",
+            "--kernel-release=r",
+            "--logs=l",
+            "--resume",
+            &format!("--results={}", results.display()),
+        ]);
+        let (kept, done) = finished_groups(&args);
+        assert_eq!(done, ["reboot", "panic"], "boot is unfinished");
+        assert_eq!(
+            kept,
+            [
+                "PASS reboot-exit: a",
+                "FAIL reboot-restart: b",
+                "PASS sd-notify: c",
+                "PASS panic: e"
+            ]
+        );
+    }
 }

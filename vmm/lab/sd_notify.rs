@@ -56,13 +56,14 @@ impl Notify {
         &self.path
     }
 
-    /// What arrived so far, timed from `t0`.
+    /// What arrived since `t0`, timed from it.
     pub fn events_since(&self, t0: Instant) -> Vec<(Duration, String)> {
         self.events
             .lock()
             .expect("lock")
             .iter()
-            .map(|(t, s)| (t.saturating_duration_since(t0), s.clone()))
+            .filter(|(t, _)| *t >= t0)
+            .map(|(t, s)| (t.duration_since(t0), s.clone()))
             .collect()
     }
 }

@@ -1,21 +1,299 @@
 //! The VM-mode end-to-end test (group `vm`): the test world's dns-cache and host-server
 //! (testworld's `Stack`, in the world's `host` namespace) with a `[vms.vm0]` table, and one
-//! guest booted by outsock-vmm with a vsock device bridged to that host-server. Inside the
-//! guest, unmodified programs reach the IPv6-only world by name; each check prints a marker
-//! line that is read back from the console.
+//! guest booted by outsock-vmm with a vsock device bridged to that host-server.
+//!
+//! The guest fetches its test script from the world's HTTP server (so the script is not
+//! bound by the 2 KiB kernel command line) and runs, unmodified: outbound clients by name
+//! (curl, wget, busybox wget, netcat over TCP and UDP, kdig over UDP and TCP, a 4 MiB file with
+//! its md5, `iperf3 -4` of 100 MiB); inbound servers (busybox httpd, `nc -l -p`) reached by an
+//! IPv6 client in `world`; and a host-server restart while the VM runs. Each step prints a
+//! marker line that is read back from the console; where the driver must act (run the world
+//! client, restart host-server) the guest prints a marker and waits for the driver to type
+//! `go` on its console.
 
-use std::net::Ipv4Addr;
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;
+use std::time::Duration;
 
 use testworld::stack::{Stack, GUEST_DNS};
 use testworld::{addr, big_file_byte, zone, BIG_FILE_LEN, INDEX_BODY};
 
-use crate::Driver;
+use crate::sd_notify::Notify;
+use crate::vm_world::{self, IPERF_PORT, WHOAMI_PORT};
+use crate::{Driver, Run, RunOpts};
 
-/// The checks this group reports.
-pub const CHECKS: usize = 7;
-
+/// The checks this group reports, in order.
+pub const NAMES: [&str; 13] = [
+    "vm-boot",
+    "vm-curl",
+    "vm-wget",
+    "vm-busybox-wget",
+    "vm-nc",
+    "vm-udp",
+    "vm-kdig",
+    "vm-big-md5",
+    "vm-iperf3",
+    "vm-inbound-httpd",
+    "vm-inbound-nc",
+    "vm-restart",
+    "vm-run",
+];
 const VM_SOCKET: &str = "/tmp/outsock-lab-vm0.vsock";
+/// Guest ports the inbound checks listen on (host-server's allow-list).
+const HTTPD_PORT: u16 = 8080;
+const NC_PORT: u16 = 8081;
+/// Bytes `iperf3 -4 -n` sends.
+const IPERF_BYTES: u64 = 100 * 1024 * 1024;
+/// The whole VM run's limit.
+const RUN_LIMIT: Duration = Duration::from_secs(300);
+
+/// The guest's test script. Full program paths: the image's static busybox sh runs its own
+/// applets (wget, nc) before anything on PATH. Debian's dynamic busybox is built without
+/// FEATURE_WGET_TIMEOUT, and its wget crashes on `-T` (getopt32 stores the number through the
+/// NULL it was given for the missing option): `timeout` bounds it instead.
+fn guest_script() -> String {
+    format!(
+        r#"V6={v6}; ECHO={echo}; DNS={dns}
+curl -4 -sS -m 30 http://$V6/index.html; echo CURL-RC=$?
+/usr/bin/wget -4 -q -T 30 -O - http://$V6/index.html; echo WGET-RC=$?
+timeout 30 /usr/local/bin/busybox wget -q -O - http://$V6/index.html; echo BBWGET-RC=$?
+echo via-netcat | /usr/bin/nc.traditional -q 3 -w 20 $ECHO 7; echo NC-RC=$?
+echo via-udp | /usr/bin/nc.traditional -u -q 3 -w 10 $ECHO 7; echo NCU-RC=$?
+A=$(kdig +short +timeout=5 @$DNS $V6 A); echo KDIG-RC=$? KDIG-UDP=$A
+A=$(kdig +short +tcp +timeout=5 @$DNS $ECHO A); echo KDIGTCP-RC=$? KDIG-TCP=$A
+echo BIG-MD5=$(/usr/bin/wget -4 -q -T 60 -O - http://$V6/big.bin | md5sum)
+iperf3 -4 -c $V6 -p {iperf_port} -n {iperf_bytes} -J > /tmp/iperf.json; echo IPERF-RC=$?
+awk '/"sum_sent"/ {{ s = 1 }} /"sum_received"/ {{ r = 1 }}
+     /"bytes"/ {{ gsub(/[^0-9]/, "", $2)
+                 if (s == 1) {{ print "IPERF-SENT=" $2; s = 2 }}
+                 else if (r == 1) {{ print "IPERF-RECEIVED=" $2; r = 2 }} }}
+     /"error"/ {{ print "IPERF-ERROR " $0 }}' /tmp/iperf.json
+/usr/local/bin/busybox httpd -f -vv -p 0.0.0.0:{httpd_port} -h /www 2>/tmp/httpd.log & H=$!
+/usr/bin/nc.traditional -n -v -l -p {nc_port} </dev/null >/tmp/nc-in.out 2>/tmp/nc-in.err & N=$!
+echo INBOUND-READY
+read -t 90 GO; echo INBOUND-GO=$GO
+sed 's/^/HTTPD-LOG /' /tmp/httpd.log
+echo NC-IN-DATA=$(cat /tmp/nc-in.out)
+sed 's/^/NC-IN-LOG /' /tmp/nc-in.err
+kill $H $N 2>/dev/null
+for n in $V6 $ECHO {multi}; do kdig +short +timeout=5 @$DNS $n A; done > /tmp/dummies
+for d in $(cat /tmp/dummies); do echo BEFORE $d $(/usr/bin/nc.traditional -w 10 $d {whoami} </dev/null); done
+echo RESTART-NOW
+read -t 120 GO; echo RESTART-GO=$GO
+for d in $(cat /tmp/dummies); do echo AFTER $d $(/usr/bin/nc.traditional -w 10 $d {whoami} </dev/null); done
+curl -4 -sS -m 30 -o /dev/null http://$V6/index.html; echo CURL-AFTER-RC=$?
+A=$(kdig +short +timeout=5 @$DNS $ECHO A); echo KDIG-AFTER-RC=$? KDIG-AFTER=$A
+echo E2E-DONE
+"#,
+        v6 = zone::V6ONLY,
+        echo = zone::ECHO,
+        multi = zone::MULTI,
+        dns = GUEST_DNS,
+        iperf_port = IPERF_PORT,
+        iperf_bytes = IPERF_BYTES,
+        httpd_port = HTTPD_PORT,
+        nc_port = NC_PORT,
+        whoami = WHOAMI_PORT,
+    )
+}
+
+/// What the driver saw while the guest waited for it.
+#[derive(Debug)]
+struct Interaction {
+    /// The world client's page from the guest's httpd, or why there is none.
+    page: Result<String, String>,
+    /// What the guest's `nc -l` sent back to the world client (nothing), or the error.
+    nc: Result<String, String>,
+    /// The client's dummy, from dns-cache's mappings after the inbound connections.
+    client_dummy: Option<Ipv4Addr>,
+    /// How the host-server restart went.
+    restart: Result<(), String>,
+}
+
+impl Default for Interaction {
+    fn default() -> Self {
+        let not_run = || Err("the guest never asked for it".to_owned());
+        Self {
+            page: not_run(),
+            nc: not_run(),
+            client_dummy: None,
+            restart: Err("the guest never asked for it".to_owned()),
+        }
+    }
+}
+
+/// One attempt at the group: a fresh world, one VM run.
+struct Attempt {
+    run: Run,
+    seen: Interaction,
+    mappings: Vec<(Ipv4Addr, Ipv6Addr)>,
+    /// `vmm/vm-run -- curl …` against the same host-server: its status and output.
+    vm_run: Result<(Option<i32>, String), String>,
+}
+
+/// Runs the group; reports every check in [`NAMES`]. With `--retry-guest-crash` a guest crash
+/// (emulation trouble in the lab) gets one more attempt in a fresh world.
+pub fn run(d: &mut Driver) {
+    let mut attempt = attempt(d);
+    if let Ok(a) = &attempt {
+        if d.args.retry_guest_crash && a.run.guest_crashed() {
+            d.keep_crashed_log("vm0");
+            d.note(&format!(
+                "vm0: the guest crashed ({}; console in vm0-crashed.log); running the group again",
+                a.run.stderr.lines().last().unwrap_or("no message").trim()
+            ));
+            attempt = self::attempt(d);
+        }
+    }
+    match attempt {
+        Ok(a) => {
+            judge(d, &a.run, &a.seen, &a.mappings);
+            let ok = matches!(&a.vm_run, Ok((Some(0), out)) if out.contains(INDEX_BODY.trim()));
+            d.report(
+                "vm-run",
+                ok,
+                &match &a.vm_run {
+                    Ok((status, out)) => format!(
+                        "vmm/vm-run -- curl -4 http://{}/index.html: exit {status:?}, page {}; see vm-run.log",
+                        zone::V6ONLY,
+                        if out.contains(INDEX_BODY.trim()) { "printed" } else { "missing" }
+                    ),
+                    Err(e) => e.clone(),
+                },
+            );
+        }
+        Err(e) => {
+            for name in NAMES {
+                d.report(name, false, &format!("the test world did not start: {e:#}"));
+            }
+        }
+    }
+}
+
+fn attempt(d: &Driver) -> anyhow::Result<Attempt> {
+    let extra = format!(
+        "vmm_uids = [0]\n[listen]\nallowed_ports = [{HTTPD_PORT}, {NC_PORT}]\n[vms.vm0]\nsocket = \"{VM_SOCKET}\"\naddress = \"{}\"\n",
+        addr::HOST_VMS[0]
+    );
+    let mut stack = Stack::start("labvm", &extra)?;
+    vm_world::start_servers(&mut stack)?;
+    std::fs::write(stack.world.path("www").join("vm-e2e.sh"), guest_script())?;
+    let host_sock = stack.host_sock().to_string_lossy().into_owned();
+    // Not in the results folder: a 9p share cannot hold a socket.
+    let notify = Notify::bind(
+        std::env::temp_dir().join("outsock-lab-vm0.notify"),
+        Some(VM_SOCKET.into()),
+    );
+    let mut seen = Interaction::default();
+    let mut on_line = |line: &str| -> Option<String> {
+        match line.trim() {
+            "INBOUND-READY" => {
+                inbound(&stack, &mut seen);
+                Some("go\n".into())
+            }
+            "RESTART-NOW" => {
+                stack.stop_host();
+                seen.restart = stack.start_host().map_err(|e| format!("{e:#}"));
+                Some("go\n".into())
+            }
+            _ => None,
+        }
+    };
+    // The run's name is the VM's name, which host-server must know ([vms.vm0]).
+    let run = d.run_with(
+        "vm0",
+        &[
+            "--host-socket",
+            &host_sock,
+            "--vsock-socket",
+            VM_SOCKET,
+            "--mem-mib",
+            "512",
+        ],
+        Some(&format!(
+            "curl -4 -sS -m 60 -o /tmp/e2e.sh http://{}/vm-e2e.sh; echo FETCH-RC=$?; sh /tmp/e2e.sh",
+            zone::V6ONLY
+        )),
+        RunOpts {
+            notify: notify.as_ref().ok(),
+            on_line: Some(&mut on_line),
+            timeout: Some(RUN_LIMIT),
+            ..RunOpts::default()
+        },
+    );
+    let mappings = vm_world::mappings(&stack).unwrap_or_default();
+    let vm_run = vm_run(d, &host_sock);
+    let _ = std::fs::write(
+        Path::new(&d.args.logs).join("vm-e2e-daemons.log"),
+        stack.logs(),
+    );
+    Ok(Attempt {
+        run,
+        seen,
+        mappings,
+        vm_run,
+    })
+}
+
+/// `vmm/vm-run --name vm0 … -- curl -4 …`: one program in a fresh VM, as a user would run it.
+fn vm_run(d: &Driver, host_sock: &str) -> Result<(Option<i32>, String), String> {
+    let script = d.args.vm_run.as_ref().ok_or("no --vm-run given")?;
+    let mut cmd = std::process::Command::new(script);
+    cmd.args(["--name", "vm0", "--host-socket", host_sock])
+        .args(["--vsock-socket", VM_SOCKET, "--"])
+        .args(["curl", "-4", "-sS", "-m", "30"])
+        .arg(format!("http://{}/index.html", zone::V6ONLY))
+        .env("OUTSOCK_VMM", &d.args.vmm);
+    if let Some(bins) = &d.args.bin_dir {
+        cmd.env("OUTSOCK_GUEST_BINS", bins);
+    }
+    let out = cmd
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+    let text = format!(
+        "{}\n--- stderr ---\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::write(d.args.logs.join("vm-run.log"), &text);
+    Ok((
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    ))
+}
+
+/// The world's side of the inbound checks, while the guest's servers wait.
+fn inbound(stack: &Stack, seen: &mut Interaction) {
+    let host = stack.world.host();
+    for port in [HTTPD_PORT, NC_PORT] {
+        if let Err(e) = vm_world::wait_listening(host, port, Duration::from_secs(20)) {
+            seen.page = Err(format!("{e:#}"));
+            return;
+        }
+    }
+    let text = |r: anyhow::Result<Vec<u8>>| {
+        r.map(|b| String::from_utf8_lossy(&b).into_owned())
+            .map_err(|e| format!("{e:#}"))
+    };
+    seen.page = text(vm_world::world_client(
+        stack,
+        addr::HOST_VMS[0],
+        HTTPD_PORT,
+        b"GET /index.html HTTP/1.0\r\n\r\n".to_vec(),
+    ));
+    seen.nc = text(vm_world::world_client(
+        stack,
+        addr::HOST_VMS[0],
+        NC_PORT,
+        b"from-the-world\n".to_vec(),
+    ));
+    seen.client_dummy = vm_world::mappings(stack)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|(_, v6)| *v6 == addr::CLIENT)
+        .map(|(d, _)| d);
+}
 
 fn md5_of(bytes: &[u8]) -> String {
     let dir = std::env::temp_dir().join("outsock-lab-md5");
@@ -37,77 +315,59 @@ fn md5_of(bytes: &[u8]) -> String {
         .unwrap_or_default()
 }
 
-/// Runs the group; reports [`CHECKS`] results.
-pub fn run(d: &mut Driver) {
-    let extra = format!(
-        "vmm_uids = [0]\n[listen]\nallowed_ports = [8080]\n[vms.vm0]\nsocket = \"{VM_SOCKET}\"\naddress = \"{}\"\n",
-        addr::HOST_VMS[0]
-    );
-    let stack = match Stack::start("labvm", &extra) {
-        Ok(s) => s,
-        Err(e) => {
-            for name in [
-                "vm-curl",
-                "vm-wget",
-                "vm-busybox-wget",
-                "vm-nc",
-                "vm-kdig",
-                "vm-big-md5",
-                "vm-boot",
-            ] {
-                d.report(name, false, &format!("the test world did not start: {e:#}"));
-            }
-            return;
-        }
-    };
-    let host_sock = stack.host_sock();
-    let v6 = zone::V6ONLY;
-    // No double quotes: the script travels on the kernel command line inside "…". Full paths:
-    // the image's static busybox sh runs its own applets (wget, nc) before anything on PATH.
-    // Debian's dynamic busybox is built without FEATURE_WGET_TIMEOUT, and its wget crashes on
-    // `-T` (getopt32 stores the number through the NULL it was given for the missing option;
-    // SIGSEGV with no network at all): `timeout` bounds it instead.
-    let script = format!(
-        "curl -4 -sS -m 30 http://{v6}/index.html; echo CURL-RC=$?; \
-         /usr/bin/wget -4 -q -T 30 -O - http://{v6}/index.html; echo WGET-RC=$?; \
-         timeout 30 /usr/local/bin/busybox wget -q -O - http://{v6}/index.html; echo BBWGET-RC=$?; \
-         echo via-netcat | /usr/bin/nc.traditional -q 3 -w 20 {echo} 7; echo NC-RC=$?; \
-         kdig +short +timeout=5 @{dns} {v6} A; echo KDIG-RC=$?; \
-         echo BIG-MD5=$(/usr/bin/wget -4 -q -T 60 -O - http://{v6}/big.bin | md5sum)",
-        echo = zone::ECHO,
-        dns = GUEST_DNS,
-    );
-    // The run's name is the VM's name, which host-server must know ([vms.vm0]).
-    let run = d.run(
-        "vm0",
-        &[
-            "--host-socket",
-            &host_sock.to_string_lossy(),
-            "--vsock-socket",
-            VM_SOCKET,
-            "--mem-mib",
-            "512",
-        ],
-        &script,
-        None,
-    );
-    let console = run.console();
-    let marker_rc = |m: &str| {
+fn in_pool(a: Ipv4Addr, base: Ipv4Addr) -> bool {
+    u32::from(a) >> 12 == u32::from(base) >> 12
+}
+
+/// The synthesised dummies (destination pool 10.170.160.0/20) in a marker line's words
+/// (`0 KDIG-UDP=10.170.160.2`).
+fn dummies(words: &str) -> Vec<Ipv4Addr> {
+    words
+        .split(|c: char| c.is_whitespace() || c == '=')
+        .filter_map(|w| w.parse().ok())
+        .filter(|a| in_pool(*a, Ipv4Addr::new(10, 170, 160, 0)))
+        .collect()
+}
+
+/// `BEFORE`/`AFTER` lines: dummy → the IPv6 address the whoami server was reached on.
+fn reached(run: &Run, tag: &str) -> BTreeMap<Ipv4Addr, String> {
+    run.lines
+        .iter()
+        .filter_map(|(_, l)| {
+            let mut w = l.trim().strip_prefix(tag)?.split_whitespace();
+            Some((w.next()?.parse().ok()?, w.next().unwrap_or("-").to_owned()))
+        })
+        .collect()
+}
+
+#[allow(clippy::too_many_lines)] // One check after another, each a few lines.
+fn judge(d: &mut Driver, run: &Run, seen: &Interaction, mappings: &[(Ipv4Addr, Ipv6Addr)]) {
+    let marker = |m: &str| {
         run.lines
             .iter()
             .find_map(|(_, l)| l.trim().strip_prefix(m).map(|v| v.trim().to_owned()))
     };
-    let index = INDEX_BODY.trim();
-    let count_index = console.matches(index).count();
+    let rc_of = |m: &str| marker(m).and_then(|v| v.split_whitespace().next().map(str::to_owned));
+    let line_is = |want: &str| run.lines.iter().any(|(_, l)| l.trim() == want);
+
+    let probe = run
+        .notify
+        .iter()
+        .find(|(_, s)| s.starts_with("probe:"))
+        .map_or("no READY=1 came", |(_, s)| s.as_str())
+        .to_owned();
     d.report(
         "vm-boot",
-        run.has("OUTSOCK-INIT: exit="),
+        run.has("E2E-DONE") && run.has("OUTSOCK-INIT: exit=0") && probe == "probe: accepting",
         &format!(
-            "guest with vsock ran the script -> VMM {}",
+            "guest with vsock fetched its script (FETCH-RC={:?}) and ran it to the end -> VMM {}; vsock socket at READY=1: {probe}",
+            rc_of("FETCH-RC="),
             run.status_text()
         ),
     );
-    for (name, marker, what) in [
+    let index = INDEX_BODY.trim();
+    let bodies = run.console().matches(index).count();
+    for (name, m, what) in [
         ("vm-curl", "CURL-RC=", "curl -4 http://v6only (by name)"),
         ("vm-wget", "WGET-RC=", "wget -4 http://v6only (by name)"),
         (
@@ -116,33 +376,42 @@ pub fn run(d: &mut Driver) {
             "busybox wget (dynamic) by name",
         ),
     ] {
-        let rc = marker_rc(marker);
+        let rc = rc_of(m);
         d.report(
             name,
             rc.as_deref() == Some("0"),
-            &format!("{what}: exit {rc:?}; index bodies seen on the console: {count_index}/3"),
+            &format!("{what}: exit {rc:?}; index bodies on the console: {bodies}/3"),
         );
     }
-    let nc_rc = marker_rc("NC-RC=");
+    let nc_rc = rc_of("NC-RC=");
     d.report(
         "vm-nc",
         // The piped line goes to the server; the one on the console is its echo.
-        nc_rc.as_deref() == Some("0") && run.lines.iter().any(|(_, l)| l.trim() == "via-netcat"),
-        &format!("netcat-traditional to the IPv6-only echo server by name: exit {nc_rc:?}"),
+        nc_rc.as_deref() == Some("0") && line_is("via-netcat"),
+        &format!("netcat-traditional to the IPv6-only TCP echo server by name: exit {nc_rc:?}"),
     );
-    let kdig_rc = marker_rc("KDIG-RC=");
-    let synthesised = console
-        .lines()
-        .filter_map(|l| l.trim().parse::<Ipv4Addr>().ok())
-        .any(|a| u32::from(a) >> 12 == u32::from(Ipv4Addr::new(10, 170, 160, 0)) >> 12);
+    let ncu_rc = rc_of("NCU-RC=");
+    d.report(
+        "vm-udp",
+        line_is("via-udp"),
+        &format!(
+            "netcat-traditional -u to the IPv6-only UDP echo server by name: echo {}, exit {ncu_rc:?}",
+            if line_is("via-udp") { "came back" } else { "missing" }
+        ),
+    );
+    let udp = dummies(&marker("KDIG-RC=").unwrap_or_default());
+    let tcp = dummies(&marker("KDIGTCP-RC=").unwrap_or_default());
     d.report(
         "vm-kdig",
-        kdig_rc.as_deref() == Some("0") && synthesised,
-        &format!("kdig @{GUEST_DNS} (UDP through host-server to dns-cache): exit {kdig_rc:?}, dummy A seen: {synthesised}"),
+        rc_of("KDIG-RC=").as_deref() == Some("0")
+            && rc_of("KDIGTCP-RC=").as_deref() == Some("0")
+            && !udp.is_empty()
+            && !tcp.is_empty(),
+        &format!("kdig @{GUEST_DNS} (through host-server to dns-cache): over UDP {udp:?}, over TCP {tcp:?}"),
     );
     let want: Vec<u8> = (0..BIG_FILE_LEN).map(big_file_byte).collect();
     let want_md5 = md5_of(&want);
-    let got_md5 = marker_rc("BIG-MD5=")
+    let got_md5 = marker("BIG-MD5=")
         .and_then(|v| v.split_whitespace().next().map(str::to_owned))
         .unwrap_or_default();
     d.report(
@@ -152,8 +421,100 @@ pub fn run(d: &mut Driver) {
             "md5 of a {BIG_FILE_LEN}-byte file fetched with wget -4: {got_md5} (want {want_md5})"
         ),
     );
-    let _ = std::fs::write(
-        Path::new(&d.args.logs).join("vm-e2e-daemons.log"),
-        stack.logs(),
+    let num = |m: &str| marker(m).and_then(|v| v.parse::<u64>().ok());
+    let (sent, received) = (num("IPERF-SENT="), num("IPERF-RECEIVED="));
+    d.report(
+        "vm-iperf3",
+        rc_of("IPERF-RC=").as_deref() == Some("0")
+            && sent.is_some_and(|s| s >= IPERF_BYTES)
+            && received.is_some_and(|r| r > 0),
+        &format!(
+            "iperf3 -4 -n {IPERF_BYTES} to the world's iperf3 server by name: exit {:?}, sent {sent:?}, server received {received:?}{} (throughput not measured here: nested emulation)",
+            rc_of("IPERF-RC="),
+            marker("IPERF-ERROR").map_or(String::new(), |e| format!(", error {e}")),
+        ),
+    );
+
+    // Inbound: the client's dummy must be from the source pool, be what the guest's servers
+    // saw, and map back to the client's IPv6 address in dns-cache.
+    let dummy = seen
+        .client_dummy
+        .filter(|a| in_pool(*a, Ipv4Addr::new(172, 21, 112, 0)));
+    let dummy_text = dummy.map_or("none".to_owned(), |a| a.to_string());
+    // busybox httpd -v logs "IP:PORT: response:200"; nc -v "connect to … from … [IP] PORT".
+    let log_has = |prefix: &str| {
+        dummy.is_some_and(|a| {
+            run.lines.iter().any(|(_, l)| {
+                l.trim().starts_with(prefix)
+                    && (l.contains(&format!("{a}:")) || l.contains(&format!("[{a}]")))
+            })
+        })
+    };
+    let page_ok = seen
+        .page
+        .as_ref()
+        .is_ok_and(|p| p.contains(" 200 ") && p.contains("hello from the guest"));
+    d.report(
+        "vm-inbound-httpd",
+        page_ok && log_has("HTTPD-LOG"),
+        &format!(
+            "world client [{}] -> [{}]:{HTTPD_PORT} -> busybox httpd in the guest: {}; dummy of the client in dns-cache: {dummy_text}, in the httpd log: {}",
+            addr::CLIENT,
+            addr::HOST_VMS[0],
+            match &seen.page {
+                Ok(p) if page_ok => "page served".to_owned(),
+                Ok(p) => format!("unexpected answer {:?}", p.chars().take(120).collect::<String>()),
+                Err(e) => e.clone(),
+            },
+            log_has("HTTPD-LOG"),
+        ),
+    );
+    let data = marker("NC-IN-DATA=").unwrap_or_default();
+    d.report(
+        "vm-inbound-nc",
+        seen.nc.is_ok() && data == "from-the-world" && log_has("NC-IN-LOG"),
+        &format!(
+            "world client -> [{}]:{NC_PORT} -> nc -l -p {NC_PORT} in the guest: received {data:?} ({}), peer {dummy_text} in nc -v's log: {}",
+            addr::HOST_VMS[0],
+            seen.nc.as_ref().map_or_else(Clone::clone, |_| "client done".to_owned()),
+            log_has("NC-IN-LOG"),
+        ),
+    );
+
+    // Restart: every dummy resolved before reaches the same IPv6 after, and that IPv6 is the
+    // one dns-cache maps it to; new connections (by name) and a new UDP association work.
+    let before = reached(run, "BEFORE");
+    let after = reached(run, "AFTER");
+    let expected: Vec<String> = [addr::HTTP, addr::ECHO]
+        .into_iter()
+        .chain(zone::MULTI_AAAA)
+        .map(|a| a.to_string())
+        .collect();
+    let mapped = |d: &Ipv4Addr| {
+        mappings
+            .iter()
+            .find(|(m, _)| m == d)
+            .map(|(_, v6)| v6.to_string())
+    };
+    let consistent = before.len() == expected.len()
+        && before == after
+        && before
+            .iter()
+            .all(|(d, v6)| expected.contains(v6) && mapped(d).as_ref() == Some(v6));
+    let after_ok = rc_of("CURL-AFTER-RC=").as_deref() == Some("0")
+        && !dummies(&marker("KDIG-AFTER-RC=").unwrap_or_default()).is_empty();
+    d.report(
+        "vm-restart",
+        seen.restart.is_ok() && consistent && after_ok,
+        &format!(
+            "host-server restarted while the VM ran ({}): {} dummies resolved before reach {:?} before and {:?} after (want the zone's {} addresses, as dns-cache maps them); new curl by name exit {:?}, new kdig {:?}",
+            seen.restart.as_ref().map_or_else(Clone::clone, |()| "ok".to_owned()),
+            before.len(),
+            before.values().collect::<Vec<_>>(),
+            after.values().collect::<Vec<_>>(),
+            expected.len(),
+            rc_of("CURL-AFTER-RC="),
+            marker("KDIG-AFTER-RC="),
+        ),
     );
 }

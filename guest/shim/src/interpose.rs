@@ -470,6 +470,15 @@ pub unsafe extern "C" fn getsockopt(
     if is_vm_stand_in(kind, level) {
         // The fd is a vsock stream standing in for a TCP socket: answer as TCP would.
         return match name {
+            // No IP options on the connection (netcat -v prints any it is given).
+            libc::IP_OPTIONS if level == libc::IPPROTO_IP => {
+                if len.is_null() {
+                    return set_errno(Errno(libc::EFAULT as u16));
+                }
+                // SAFETY: the caller's length slot.
+                unsafe { *len = 0 };
+                0
+            }
             libc::TCP_MAXSEG => put_int(val, len, 1448),
             libc::TCP_INFO if level == libc::IPPROTO_TCP => {
                 if val.is_null() || len.is_null() {

@@ -59,6 +59,7 @@ real_fns! {
     getsockopt: fn(fd: c_int, level: c_int, name: c_int, val: *mut c_void, len: *mut socklen_t) -> c_int;
     setsockopt: fn(fd: c_int, level: c_int, name: c_int, val: *const c_void, len: socklen_t) -> c_int;
     close: fn(fd: c_int) -> c_int;
+    shutdown: fn(fd: c_int, how: c_int) -> c_int;
     dup: fn(fd: c_int) -> c_int;
     dup2: fn(fd: c_int, to: c_int) -> c_int;
     dup3: fn(fd: c_int, to: c_int, flags: c_int) -> c_int;

@@ -408,6 +408,31 @@ use crate::real::{
     sendto as real_sendto, write as real_write,
 };
 
+/// `shutdown(2)`: on a UDP association only the program's view changes. A shut-down UDP
+/// socket keeps receiving (netcat-traditional half-closes its UDP socket at the end of its
+/// input and then waits for the reply); half-closing the association's stream would end the
+/// association, replies and all. As in the kernel, an unconnected socket answers ENOTCONN.
+/// Unlike the kernel, sends after `SHUT_WR` are not refused with EPIPE (the table keeps no
+/// flag for it).
+///
+/// # Safety
+/// Called by C with shutdown(2)'s contract.
+#[no_mangle]
+pub unsafe extern "C" fn shutdown(fd: c_int, how: c_int) -> c_int {
+    let e = table::get(fd);
+    if e.kind != Kind::Udp {
+        // SAFETY: forwarded arguments.
+        return unsafe { crate::real::shutdown(fd, how) };
+    }
+    if !matches!(how, libc::SHUT_RD | libc::SHUT_WR | libc::SHUT_RDWR) {
+        return interpose::set_errno(Errno(libc::EINVAL as u16));
+    }
+    if e.peer.is_none() {
+        return interpose::set_errno(Errno(libc::ENOTCONN as u16));
+    }
+    0
+}
+
 /// `recvmmsg(2)` (libuv and BIND's dig batch their receives): on a UDP association, fills the
 /// vector one datagram at a time; the first call may block as recvmsg would, later ones don't.
 ///
@@ -474,4 +499,37 @@ pub unsafe extern "C" fn sendmmsg(
         done += 1;
     }
     done
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shutdown_keeps_an_association_open() {
+        let mut fds = [0; 2];
+        // SAFETY: socketpair with a valid out array.
+        let rc = unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, fds.as_mut_ptr()) };
+        assert_eq!(rc, 0);
+        let [mine, host] = fds;
+        let mut e = Entry::new(Kind::Udp);
+        table::set(mine, e);
+        // SAFETY: an fd we own.
+        assert_eq!(unsafe { shutdown(mine, libc::SHUT_WR) }, -1, "unconnected");
+        e.peer = Some("10.170.160.3:7".parse().expect("address"));
+        table::set(mine, e);
+        // SAFETY: an fd we own.
+        assert_eq!(unsafe { shutdown(mine, libc::SHUT_WR) }, 0);
+        // The host side must not see the stream end.
+        let mut b = [0u8; 1];
+        // SAFETY: a valid one-byte buffer.
+        let n = unsafe { libc::recv(host, b.as_mut_ptr().cast(), 1, libc::MSG_DONTWAIT) };
+        assert_eq!(n, -1, "the association's stream is still open");
+        table::clear(mine);
+        // SAFETY: our fds.
+        unsafe {
+            libc::close(mine);
+            libc::close(host);
+        }
+    }
 }

@@ -10,15 +10,17 @@
 # /init starts on 127.0.0.1:53, resolv.conf naming 127.0.0.1, and the legacy programs in
 # GUEST_PROGRAMS below with their shared libraries, copied from this machine's installed
 # Debian packages (netcat-traditional, curl, wget, busybox, iperf3, knot-dnsutils).
+# Debug aid: OUTSOCK_GUEST_EXTRA="/usr/bin/strace ..." adds more programs the same way.
 # Prints two lines, "kernel=<path>" and "initramfs=<path>".
 #
 # Inputs come from Debian packages fetched with `apt-get download` (never a prebuilt image):
 #   linux-image-cloud-amd64's current dependency (linux-image-<ver>-cloud-amd64), busybox-static.
 # Cache: $OUTSOCK_IMAGE_CACHE (default /var/cache/outsock/image): downloaded .debs in debs/,
-# builds in build/<hash>/, where <hash> covers this script, init, modules.list, and the exact
-# package files, so a change to any of them (or a new kernel in the archive) rebuilds.
-# Extending the image (next issues: liboutsock, more programs): add files under the staging
-# root in add_extra_files below and list extra modules in modules.list.
+# builds in build/<hash>/, where <hash> covers this script, init, modules.list, the exact
+# package files and the programs copied in, so a change to any of them (or a new kernel in the
+# archive) rebuilds. Everything is written under the cache folder (see guest/image/README.md).
+# Extending the image: add files under the staging root in add_extra_files below and list
+# extra modules in modules.list.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)

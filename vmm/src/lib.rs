@@ -1,12 +1,15 @@
 //! outsock-vmm: a minimal KVM virtual machine monitor that boots an unmodified Debian kernel
-//! (bzImage + initramfs) with a serial console, described to the guest through ACPI.
+//! (bzImage + initramfs) with a serial console, described to the guest through ACPI, and in
+//! VM mode a virtio-vsock device whose host side is Unix sockets to outsock-host-server.
 //!
 //! Code map (after Firecracker, see shared/STYLE.md):
 //! - [`arch::x86_64`]: memory layout, zero page and e820, CPUID normalisation, MSRs, boot
 //!   registers, ACPI tables. Pure, unit-tested without KVM.
-//! - [`vstate`]: the VM and vCPUs; the only KVM callers and the only `unsafe` code.
+//! - [`vstate`]: the VM and vCPUs; the only KVM callers and, with [`signals`], the only
+//!   `unsafe` code.
 //! - [`devices`]: port I/O and MMIO buses, the 8250 UART with its non-blocking console, the
-//!   i8042 reset line, the ACPI sleep/reset register, pvpanic.
+//!   i8042 reset line, the ACPI sleep/reset register, pvpanic, and virtio-mmio with the
+//!   virtio-vsock device (`devices::virtio::vsock`).
 //! - [`event_loop`]: the device event thread (console input, vsock, systemd's watchdog).
 //! - [`signals`]: SIGTERM/SIGINT/SIGHUP end the VM like a guest power-off would.
 //! - [`builder`]: the boot sequence.

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use socket2::{Domain, Socket, Type};
 use testworld::stack::Stack;
-use testworld::{addr, big_file_byte, zone, BIG_FILE_LEN, INDEX_BODY};
+use testworld::{addr, big_file_byte, programs, zone, BIG_FILE_LEN, INDEX_BODY};
 
 const PORTS: &str = "[listen]\nallowed_ports = [8080, 8081, 8082, 8083, 8084, 8085, 8086]\n";
 
@@ -290,44 +290,16 @@ fn json_number(json: &str, object: &str, key: &str) -> u64 {
         .unwrap()
 }
 
-const PY_CLIENTS: &str = r#"
-import asyncio, socket, sys
-name, echo_port = sys.argv[1], 7
-# Blocking client through the resolver.
-c = socket.create_connection((name, echo_port), timeout=10)
-c.sendall(b"blocking")
-c.shutdown(socket.SHUT_WR)
-print(c.recv(64).decode(), c.family == socket.AF_INET, c.getpeername()[1], c.getsockname()[0] != "")
-c.close()
-# asyncio client (non-blocking connect).
-async def main():
-    r, w = await asyncio.open_connection(name, echo_port)
-    w.write(b"asyncio")
-    await w.drain()
-    w.write_eof()
-    print((await r.read()).decode())
-    w.close()
-asyncio.run(main())
-# UDP client, unconnected then connected.
-u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-u.settimeout(10)
-addr = socket.gethostbyname(name)
-u.sendto(b"udp-unconnected", (addr, echo_port))
-data, src = u.recvfrom(64)
-print(data.decode(), src == (addr, echo_port))
-u.connect((addr, echo_port))
-u.send(b"udp-connected")
-print(u.recv(64).decode())
-"#;
-
 #[test]
 fn python3_clients_tcp_asyncio_udp() {
     let Some(s) = stack("py-clients") else { return };
-    let out = run(&s, "python3", &["-c", PY_CLIENTS, zone::ECHO], b"");
-    assert_eq!(
-        ok(&s, &out, "python clients"),
-        "blocking True 7 True\nasyncio\nudp-unconnected True\nudp-connected\n"
+    let out = run(
+        &s,
+        "python3",
+        &["-c", programs::PY_CLIENTS, zone::ECHO],
+        b"",
     );
+    assert_eq!(ok(&s, &out, "python clients"), programs::PY_CLIENTS_OUTPUT);
 }
 
 const PY_SERVER: &str = r#"
@@ -358,6 +330,49 @@ print("peers", peer[0], peer2[0], c.family == socket.AF_INET, flush=True)
 srv.close()
 print("closed", flush=True)
 "#;
+
+/// Options set before connect reach the host's socket (which the program's fd becomes); options
+/// never set keep the host socket's defaults.
+const PY_OPTIONS: &str = r#"
+import socket, struct, sys
+def probe(set_options):
+    c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if set_options:
+        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 24576)
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 7, 0))
+        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 33)
+    c.connect((sys.argv[1], 7))
+    print(c.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0,
+          c.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
+          struct.unpack("ll", c.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16))[0],
+          c.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE))
+    c.sendall(b"x")
+    assert c.recv(1) == b"x"
+    c.close()
+probe(True)
+probe(False)
+"#;
+
+#[test]
+fn socket_options_set_before_connect_reach_the_host_socket() {
+    let Some(s) = stack("py-options") else { return };
+    let out = run(&s, "python3", &["-c", PY_OPTIONS, zone::ECHO], b"");
+    let got = ok(&s, &out, "python options");
+    let lines: Vec<&str> = got.lines().collect();
+    // Linux doubles SO_RCVBUF on set: 24576 reads back as 49152, natively and here.
+    assert_eq!(lines.first(), Some(&"True 49152 7 33"), "{got}");
+    let unset: Vec<&str> = lines.get(1).map_or(vec![], |l| l.split(' ').collect());
+    assert_eq!(unset.len(), 4, "{got}");
+    assert_eq!(unset[0], "False", "{got}");
+    assert_ne!(
+        unset[1], "49152",
+        "an unset SO_RCVBUF keeps the default: {got}"
+    );
+    assert_eq!(unset[2], "0", "{got}");
+    // The host's default keepalive idle time (7200 s), not the first socket's 33.
+    assert_eq!(unset[3], "7200", "{got}");
+}
 
 #[test]
 fn python3_server_fork_thread_and_listener_close() {

@@ -14,12 +14,13 @@ use tokio::sync::watch;
 
 use crate::actors::acceptor::{Acceptor, Drain};
 use crate::actors::mapping::{self, MapError, MappingActor};
-use crate::actors::metrics::{MetricsActor, Record, Render};
+use crate::actors::metrics::{MetricsActor, Render};
 use crate::config::Settings;
 use crate::dest::Router;
 use crate::limits::Limits;
 use crate::lookup::LookupClient;
-use crate::metrics::Event;
+use crate::mapping::{MappingCache, SharedCache};
+use crate::metrics::{Event, SharedMetrics};
 
 /// Why the server could not start.
 #[derive(Debug, Error)]
@@ -44,6 +45,7 @@ pub enum ServerError {
 #[derive(Debug, Clone)]
 pub struct MappingHandle {
     addr: Addr<MappingActor>,
+    cache: SharedCache,
 }
 
 impl MappingHandle {
@@ -52,6 +54,10 @@ impl MappingHandle {
     /// # Errors
     /// [`MapError`] when neither dns-cache nor the database can answer.
     pub async fn resolve(&self, dummy: Ipv4Addr) -> Result<Option<Ipv6Addr>, MapError> {
+        // A fresh cached answer needs no message: the actor is on another thread.
+        if let Some(v6) = self.cache.read(|c| c.get(dummy, Instant::now())) {
+            return Ok(Some(v6));
+        }
         self.addr
             .send(mapping::Resolve(dummy))
             .await
@@ -63,6 +69,9 @@ impl MappingHandle {
     /// # Errors
     /// [`MapError`] when dns-cache cannot allocate one (down, or the pool is exhausted).
     pub async fn peer_dummy(&self, v6: Ipv6Addr) -> Result<Ipv4Addr, MapError> {
+        if let Some(d) = self.cache.read(|c| c.peer(v6, Instant::now())) {
+            return Ok(d);
+        }
         self.addr
             .send(mapping::PeerDummy(v6))
             .await
@@ -110,12 +119,13 @@ impl Drop for PinGuard {
 #[derive(Debug, Clone)]
 pub struct MetricsHandle {
     addr: Addr<MetricsActor>,
+    counters: SharedMetrics,
 }
 
 impl MetricsHandle {
-    /// Counts `e` (best effort: a full mailbox drops it rather than stall the caller).
+    /// Counts `e`, on the caller's thread.
     pub fn record(&self, e: Event) {
-        let _ = self.addr.try_send(Record(e));
+        self.counters.record(e);
     }
 
     /// The Prometheus text.
@@ -139,7 +149,7 @@ pub(crate) struct Shared {
 /// A running server.
 #[derive(Debug)]
 pub struct ServerHandle {
-    acceptor: Addr<Acceptor>,
+    acceptors: Vec<Addr<Acceptor>>,
     drain_tx: watch::Sender<bool>,
     limits: Limits,
     mapping: MappingHandle,
@@ -163,19 +173,31 @@ pub async fn start(settings: Settings) -> Result<ServerHandle, ServerError> {
     })?;
     let limits = Limits::new(&settings.limits);
     let control = Arbiter::new();
+    let counters = SharedMetrics::default();
     let metrics = MetricsHandle {
         addr: MetricsActor::start_in_arbiter(&control.handle(), {
             let limits = limits.clone();
-            move |_| MetricsActor::new(limits)
+            let counters = counters.clone();
+            move |_| MetricsActor::new(counters, limits)
         }),
+        counters,
     };
+    let cache = SharedCache::new(MappingCache::new(
+        settings.mapping_cache_ttl,
+        settings.mapping_cache_entries,
+    ));
     let mapping = MappingHandle {
         addr: MappingActor::start_in_arbiter(&control.handle(), {
             let s = Arc::clone(&settings);
             let metrics = metrics.clone();
+            let cache = cache.clone();
             // The closure runs on the control arbiter, so the client task lives there too.
-            move |_| MappingActor::new(&s, LookupClient::spawn(s.dns_socket.clone()), metrics)
+            move |_| {
+                let client = LookupClient::spawn(s.dns_socket.clone());
+                MappingActor::new(&s, cache, client, metrics)
+            }
         }),
+        cache,
     };
     let metrics_addr = match settings.metrics_listen {
         Some(addr) => Some(
@@ -200,13 +222,23 @@ pub async fn start(settings: Settings) -> Result<ServerHandle, ServerError> {
         draining,
     };
     let workers: Vec<Arbiter> = (0..settings.workers).map(|_| Arbiter::new()).collect();
-    let handles = workers.iter().map(Arbiter::handle).collect();
-    let acceptor = Acceptor::new(listener, handles, shared).start();
+    let mut acceptors = Vec::with_capacity(workers.len());
+    for worker in &workers {
+        let l = listener.try_clone().map_err(|source| ServerError::Socket {
+            path: settings.socket.display().to_string(),
+            source,
+        })?;
+        let shared = shared.clone();
+        acceptors.push(Acceptor::start_in_arbiter(&worker.handle(), move |_| {
+            Acceptor::new(l, shared)
+        }));
+    }
+    drop(listener);
     let mut arbiters = workers;
     arbiters.push(control);
     tracing::info!(socket = %settings.socket.display(), "host-server listening");
     Ok(ServerHandle {
-        acceptor,
+        acceptors,
         drain_tx,
         limits,
         mapping,
@@ -259,7 +291,10 @@ impl ServerHandle {
     /// sockets to finish, then stops the worker arbiters. Returns the sockets still open.
     pub async fn shutdown(self) -> u64 {
         let _ = self.drain_tx.send(true);
-        let _ = self.acceptor.send(Drain).await;
+        for a in &self.acceptors {
+            let _ = a.send(Drain).await;
+        }
+        tracing::info!("stopped accepting on host.sock");
         let deadline = Instant::now() + self.drain_timeout;
         while self.limits.total_sockets() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -6,7 +6,31 @@
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
+
+/// The cache shared by the mapping actor (its only writer) and every session, which reads it
+/// without a message to the actor: a connect to a known dummy costs a read lock, not two
+/// thread hand-offs.
+#[derive(Debug, Clone)]
+pub struct SharedCache(Arc<RwLock<MappingCache>>);
+
+impl SharedCache {
+    #[must_use]
+    pub fn new(cache: MappingCache) -> Self {
+        Self(Arc::new(RwLock::new(cache)))
+    }
+
+    /// Runs `f` on the cache under the read lock (a panicked writer leaves valid data).
+    pub fn read<T>(&self, f: impl FnOnce(&MappingCache) -> T) -> T {
+        f(&self.0.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Runs `f` on the cache under the write lock.
+    pub fn write<T>(&self, f: impl FnOnce(&mut MappingCache) -> T) -> T {
+        f(&mut self.0.write().unwrap_or_else(PoisonError::into_inner))
+    }
+}
 
 /// Cached answers, each valid for `ttl` after it was fetched.
 #[derive(Debug)]

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// Something worth counting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +40,38 @@ pub struct Metrics {
 }
 
 const P: &str = "outsock_host";
+
+/// The counters, shared by every thread that records and the metrics actor that renders.
+#[derive(Debug, Clone, Default)]
+pub struct SharedMetrics(Arc<Mutex<Metrics>>);
+
+impl SharedMetrics {
+    /// Counts `e` (a short lock; a panicked holder leaves valid counts).
+    pub fn record(&self, e: Event) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .record(e);
+    }
+
+    /// See [`Metrics::render`].
+    #[must_use]
+    pub fn render(&self, gauges: &[(&str, u64)]) -> String {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .render(gauges)
+    }
+
+    /// See [`Metrics::get`].
+    #[must_use]
+    pub fn get(&self, series: &str) -> u64 {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(series)
+    }
+}
 
 impl Metrics {
     /// Counts `e`.

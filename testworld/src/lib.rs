@@ -21,6 +21,7 @@ mod netns;
 mod world;
 
 pub mod addr;
+pub mod programs;
 pub mod stack;
 pub mod zone;
 

@@ -4,8 +4,8 @@
 //!
 //! The guest fetches its test script from the world's HTTP server (so the script is not
 //! bound by the 2 KiB kernel command line) and runs, unmodified: outbound clients by name
-//! (curl, wget, busybox wget, netcat over TCP and UDP, kdig over UDP and TCP, a 4 MiB file with
-//! its md5, `iperf3 -4` of 100 MiB); inbound servers (busybox httpd, `nc -l -p`) reached by an
+//! (curl, wget, busybox wget, netcat over TCP and UDP, kdig over UDP and TCP, python3 clients
+//! over TCP, asyncio and UDP, a 4 MiB file with its md5, `iperf3 -4` of 100 MiB); inbound servers (busybox httpd, `nc -l -p`) reached by an
 //! IPv6 client in `world`; and a host-server restart while the VM runs. Each step prints a
 //! marker line that is read back from the console; where the driver must act (run the world
 //! client, restart host-server) the guest prints a marker and waits for the driver to type
@@ -17,14 +17,14 @@ use std::path::Path;
 use std::time::Duration;
 
 use testworld::stack::{Stack, GUEST_DNS};
-use testworld::{addr, big_file_byte, zone, BIG_FILE_LEN, INDEX_BODY};
+use testworld::{addr, big_file_byte, programs, zone, BIG_FILE_LEN, INDEX_BODY};
 
 use crate::sd_notify::Notify;
 use crate::vm_world::{self, IPERF_PORT, WHOAMI_PORT};
 use crate::{Driver, Run, RunOpts};
 
 /// The checks this group reports, in order.
-pub const NAMES: [&str; 13] = [
+pub const NAMES: [&str; 14] = [
     "vm-boot",
     "vm-curl",
     "vm-wget",
@@ -32,6 +32,7 @@ pub const NAMES: [&str; 13] = [
     "vm-nc",
     "vm-udp",
     "vm-kdig",
+    "vm-python3",
     "vm-big-md5",
     "vm-iperf3",
     "vm-inbound-httpd",
@@ -62,6 +63,8 @@ echo via-netcat | /usr/bin/nc.traditional -q 3 -w 20 $ECHO 7; echo NC-RC=$?
 echo via-udp | /usr/bin/nc.traditional -u -q 3 -w 10 $ECHO 7; echo NCU-RC=$?
 A=$(kdig +short +timeout=5 @$DNS $V6 A); echo KDIG-RC=$? KDIG-UDP=$A
 A=$(kdig +short +tcp +timeout=5 @$DNS $ECHO A); echo KDIGTCP-RC=$? KDIG-TCP=$A
+curl -4 -sS -m 30 -o /tmp/py-clients.py http://$V6/py-clients.py
+python3 /tmp/py-clients.py $ECHO > /tmp/py.out 2>&1; echo PY-RC=$?; sed 's/^/PY /' /tmp/py.out
 echo BIG-MD5=$(/usr/bin/wget -4 -q -T 60 -O - http://$V6/big.bin | md5sum)
 iperf3 -4 -c $V6 -p {iperf_port} -n {iperf_bytes} -J > /tmp/iperf.json; echo IPERF-RC=$?
 awk '/"sum_sent"/ {{ s = 1 }} /"sum_received"/ {{ r = 1 }}
@@ -179,6 +182,10 @@ fn attempt(d: &Driver) -> anyhow::Result<Attempt> {
     let mut stack = Stack::start("labvm", &extra)?;
     vm_world::start_servers(&mut stack)?;
     std::fs::write(stack.world.path("www").join("vm-e2e.sh"), guest_script())?;
+    std::fs::write(
+        stack.world.path("www").join("py-clients.py"),
+        programs::PY_CLIENTS,
+    )?;
     let host_sock = stack.host_sock().to_string_lossy().into_owned();
     // Not in the results folder: a 9p share cannot hold a socket.
     let notify = Notify::bind(
@@ -408,6 +415,20 @@ fn judge(d: &mut Driver, run: &Run, seen: &Interaction, mappings: &[(Ipv4Addr, I
             && !udp.is_empty()
             && !tcp.is_empty(),
         &format!("kdig @{GUEST_DNS} (through host-server to dns-cache): over UDP {udp:?}, over TCP {tcp:?}"),
+    );
+    let py_rc = rc_of("PY-RC=");
+    let py_out: String = run
+        .lines
+        .iter()
+        .filter_map(|(_, l)| l.trim_end().strip_prefix("PY "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    d.report(
+        "vm-python3",
+        py_rc.as_deref() == Some("0") && py_out == programs::PY_CLIENTS_OUTPUT,
+        &format!(
+            "python3 clients by name (blocking TCP, asyncio, UDP unconnected and connected): exit {py_rc:?}, output {py_out:?}"
+        ),
     );
     let want: Vec<u8> = (0..BIG_FILE_LEN).map(big_file_byte).collect();
     let want_md5 = md5_of(&want);

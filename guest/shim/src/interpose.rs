@@ -32,12 +32,15 @@ pub(crate) struct Flags {
 
 pub(crate) fn flags_of(fd: c_int) -> Flags {
     // SAFETY: fcntl queries on an fd the program gave us.
-    unsafe {
-        Flags {
-            status: real::fcntl(fd, libc::F_GETFL, 0).max(0),
-            cloexec: real::fcntl(fd, libc::F_GETFD, 0) > 0
-                && real::fcntl(fd, libc::F_GETFD, 0) & libc::FD_CLOEXEC != 0,
-        }
+    let (status, fd_flags) = unsafe {
+        (
+            real::fcntl(fd, libc::F_GETFL, 0),
+            real::fcntl(fd, libc::F_GETFD, 0),
+        )
+    };
+    Flags {
+        status: status.max(0),
+        cloexec: fd_flags > 0 && fd_flags & libc::FD_CLOEXEC != 0,
     }
 }
 
@@ -64,38 +67,53 @@ pub(crate) fn replace_fd(new: c_int, fd: c_int, flags: &Flags) -> Result<(), Err
     Ok(())
 }
 
-/// Socket options a program commonly sets before connect, copied onto the host socket.
-fn copy_options(from: c_int, to: c_int) {
-    let opts: [(c_int, c_int, usize); 4] = [
-        (
-            libc::IPPROTO_TCP,
-            libc::TCP_NODELAY,
-            std::mem::size_of::<c_int>(),
-        ),
-        (
-            libc::SOL_SOCKET,
-            libc::SO_KEEPALIVE,
-            std::mem::size_of::<c_int>(),
-        ),
-        (
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            std::mem::size_of::<libc::timeval>(),
-        ),
-        (
-            libc::SOL_SOCKET,
-            libc::SO_SNDTIMEO,
-            std::mem::size_of::<libc::timeval>(),
-        ),
-    ];
-    for (level, name, size) in opts {
+/// The socket options carried from the program's socket to the host's socket after an
+/// outsourced connect, when the program set them (its `setsockopt` marks the bit): an option it
+/// never touched keeps the host socket's default, so the connect costs no extra calls and, e.g.,
+/// buffer auto-tuning stays on. (level, name, value size, halve): the kernel reports SO_RCVBUF
+/// and SO_SNDBUF doubled, so the value read is halved before it is set again.
+const COPIED_OPTIONS: [(c_int, c_int, usize, bool); 10] = [
+    (libc::IPPROTO_TCP, libc::TCP_NODELAY, INT, false),
+    (libc::SOL_SOCKET, libc::SO_KEEPALIVE, INT, false),
+    (libc::SOL_SOCKET, libc::SO_RCVTIMEO, TIMEVAL, false),
+    (libc::SOL_SOCKET, libc::SO_SNDTIMEO, TIMEVAL, false),
+    (libc::SOL_SOCKET, libc::SO_RCVBUF, INT, true),
+    (libc::SOL_SOCKET, libc::SO_SNDBUF, INT, true),
+    (libc::SOL_SOCKET, libc::SO_LINGER, LINGER, false),
+    (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, INT, false),
+    (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, INT, false),
+    (libc::IPPROTO_TCP, libc::TCP_KEEPCNT, INT, false),
+];
+const INT: usize = std::mem::size_of::<c_int>();
+const TIMEVAL: usize = std::mem::size_of::<libc::timeval>();
+const LINGER: usize = std::mem::size_of::<libc::linger>();
+
+/// The bit of `(level, name)` in [`Entry::options`], if it is a copied option.
+fn option_bit(level: c_int, name: c_int) -> Option<u16> {
+    COPIED_OPTIONS
+        .iter()
+        .position(|&(l, n, _, _)| l == level && n == name)
+        .map(|i| 1 << i)
+}
+
+/// Copies the options in `set` (bits of [`COPIED_OPTIONS`]) from `from` to `to`.
+fn copy_options(from: c_int, to: c_int, set: u16) {
+    for (i, &(level, name, size, halve)) in COPIED_OPTIONS.iter().enumerate() {
+        if set & (1 << i) == 0 {
+            continue;
+        }
         let mut buf = [0u8; 32];
         let mut len = size as socklen_t;
         // SAFETY: buf is larger than any option read here; len says how much.
         unsafe {
-            if real::getsockopt(from, level, name, buf.as_mut_ptr().cast(), &mut len) == 0 {
-                libc::setsockopt(to, level, name, buf.as_ptr().cast(), len);
+            if real::getsockopt(from, level, name, buf.as_mut_ptr().cast(), &mut len) != 0 {
+                continue;
             }
+            if halve && len as usize == INT {
+                let v = c_int::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) / 2;
+                buf[..INT].copy_from_slice(&v.to_ne_bytes());
+            }
+            libc::setsockopt(to, level, name, buf.as_ptr().cast(), len);
         }
     }
 }
@@ -129,7 +147,7 @@ fn outsource_connect(fd: c_int, entry: Entry, dest: SocketAddrV4) -> c_int {
             // becomes the program's socket and carries the connection's bytes.
             let installed = match passed {
                 Some(host_fd) => {
-                    copy_options(fd, host_fd);
+                    copy_options(fd, host_fd, entry.options);
                     replace_fd(host_fd, fd, &flags)
                 }
                 None => {
@@ -367,6 +385,7 @@ pub unsafe extern "C" fn accept4(
                     local: Some(local),
                     peer: Some(peer),
                     local_only: false,
+                    options: 0,
                 },
             );
             conn
@@ -528,11 +547,24 @@ pub unsafe extern "C" fn setsockopt(
     val: *const c_void,
     len: socklen_t,
 ) -> c_int {
-    if is_vm_stand_in(table::get(fd).kind, level) {
+    let entry = table::get(fd);
+    if is_vm_stand_in(entry.kind, level) {
         return 0;
     }
     // SAFETY: forwarded arguments.
-    unsafe { real::setsockopt(fd, level, name, val, len) }
+    let rc = unsafe { real::setsockopt(fd, level, name, val, len) };
+    if rc == 0 && entry.kind == Kind::InetStream {
+        if let Some(bit) = option_bit(level, name) {
+            table::set(
+                fd,
+                Entry {
+                    options: entry.options | bit,
+                    ..entry
+                },
+            );
+        }
+    }
+    rc
 }
 
 /// `close(2)`: forgets the fd (closing a listener's stream closes the host's listener).

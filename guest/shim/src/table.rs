@@ -52,6 +52,9 @@ pub struct Entry {
     pub peer: Option<SocketAddrV4>,
     /// Whether the program bound the socket to a loopback address: then it stays local.
     pub local_only: bool,
+    /// Which of the copied socket options the program set before connect (one bit each, see
+    /// `crate::interpose`): only those are carried over to the host's socket.
+    pub options: u16,
 }
 
 impl Entry {
@@ -62,11 +65,14 @@ impl Entry {
             local: None,
             peer: None,
             local_only: false,
+            options: 0,
         }
     }
 }
 
 const PRESENT: u64 = 1 << 48;
+/// The option bits that fit in word 1.
+pub const OPTIONS_MASK: u16 = 0x7fff;
 
 fn pack_addr(a: Option<SocketAddrV4>) -> u64 {
     a.map_or(0, |a| {
@@ -84,7 +90,7 @@ fn unpack_addr(v: u64) -> Option<SocketAddrV4> {
 }
 
 /// word 0: kind (bits 56..64), local-only (bit 55), local address (bits 0..49).
-/// word 1: peer address (bits 0..49).
+/// word 1: options set (bits 49..64), peer address (bits 0..49).
 struct Slot([AtomicU64; 2]);
 
 #[allow(clippy::declare_interior_mutable_const)] // Only used to initialise the static array.
@@ -103,13 +109,14 @@ pub fn get(fd: i32) -> Entry {
     };
     let w0 = s.0[0].load(Ordering::Acquire);
     let w1 = s.0[1].load(Ordering::Acquire);
-    #[allow(clippy::cast_possible_truncation)] // The top byte is the kind.
+    #[allow(clippy::cast_possible_truncation)] // The top byte is the kind; options are masked.
     let kind = Kind::from_bits((w0 >> 56) as u8);
     Entry {
         kind,
         local: unpack_addr(w0 & ((1 << 49) - 1)),
-        peer: unpack_addr(w1),
+        peer: unpack_addr(w1 & ((1 << 49) - 1)),
         local_only: w0 & (1 << 55) != 0,
+        options: (w1 >> 49) as u16 & OPTIONS_MASK,
     }
 }
 
@@ -117,7 +124,8 @@ pub fn get(fd: i32) -> Entry {
 pub fn set(fd: i32, e: Entry) {
     let Some(s) = slot(fd) else { return };
     let w0 = (e.kind as u64) << 56 | u64::from(e.local_only) << 55 | pack_addr(e.local);
-    s.0[1].store(pack_addr(e.peer), Ordering::Release);
+    let w1 = u64::from(e.options & OPTIONS_MASK) << 49 | pack_addr(e.peer);
+    s.0[1].store(w1, Ordering::Release);
     s.0[0].store(w0, Ordering::Release);
 }
 
@@ -167,6 +175,7 @@ mod tests {
             local: Some("0.0.0.0:8080".parse().unwrap()),
             peer: Some("10.170.160.7:80".parse().unwrap()),
             local_only: true,
+            options: OPTIONS_MASK,
         };
         set(100, e);
         assert_eq!(get(100), e);
@@ -175,6 +184,7 @@ mod tests {
             local: Some("255.255.255.255:65535".parse().unwrap()),
             peer: None,
             local_only: false,
+            options: 0b101,
         };
         set(101, e);
         assert_eq!(get(101), e);

@@ -178,6 +178,7 @@ pub(crate) unsafe fn accept4(
                         local: Some(local),
                         peer: Some(peer),
                         local_only: false,
+                        options: 0,
                     },
                 );
                 return conn;

@@ -1,5 +1,6 @@
-//! The mapping actor: owns the dummy ↔ IPv6 cache and the local pin counts, asks dns-cache on a
-//! miss, and falls back to the SQLite file (on the blocking pool) when dns-cache is down.
+//! The mapping actor: the only writer of the dummy ↔ IPv6 cache (which sessions read directly,
+//! see [`SharedCache`]), owns the local pin counts, asks dns-cache on a miss, and falls back to
+//! the SQLite file (on the blocking pool) when dns-cache is down.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
@@ -12,7 +13,7 @@ use thiserror::Error;
 
 use crate::fallback;
 use crate::lookup::{LookupClient, LookupError};
-use crate::mapping::{MappingCache, PinAction, PinTable};
+use crate::mapping::{MappingCache, PinAction, PinTable, SharedCache};
 use crate::metrics::Event;
 
 /// Why a mapping question got no answer.
@@ -57,7 +58,7 @@ struct PinAnswered(Ipv4Addr, bool);
 
 /// The actor. The lookup client starts with the actor, on its arbiter.
 pub struct MappingActor {
-    cache: MappingCache,
+    cache: SharedCache,
     pins: PinTable,
     client: LookupClient,
     database: Arc<PathBuf>,
@@ -68,21 +69,23 @@ pub struct MappingActor {
 impl std::fmt::Debug for MappingActor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MappingActor")
-            .field("cached", &self.cache.len())
+            .field("cached", &self.cache.read(MappingCache::len))
             .finish_non_exhaustive()
     }
 }
 
 impl MappingActor {
     /// Must be called on the arbiter the actor will run on (the client task starts there).
+    /// `cache` is shared with the [`crate::handle::MappingHandle`]s, which read it directly.
     #[must_use]
     pub fn new(
         s: &crate::config::Settings,
+        cache: SharedCache,
         client: LookupClient,
         metrics: crate::handle::MetricsHandle,
     ) -> Self {
         Self {
-            cache: MappingCache::new(s.mapping_cache_ttl, s.mapping_cache_entries),
+            cache,
             pins: PinTable::default(),
             client,
             database: Arc::new(s.database.clone()),
@@ -110,7 +113,7 @@ impl Handler<Resolve> for MappingActor {
     type Result = ResponseActFuture<Self, Result<Option<Ipv6Addr>, MapError>>;
 
     fn handle(&mut self, Resolve(dummy): Resolve, _: &mut Context<Self>) -> Self::Result {
-        if let Some(v6) = self.cache.get(dummy, Instant::now()) {
+        if let Some(v6) = self.cache.read(|c| c.get(dummy, Instant::now())) {
             return Box::pin(fut::ready(Ok(Some(v6))));
         }
         let client = self.client.clone();
@@ -138,8 +141,8 @@ impl Handler<Resolve> for MappingActor {
         };
         Box::pin(ask.into_actor(self).map(move |r, act, _| {
             match &r {
-                Ok(Some(v6)) => act.cache.insert(dummy, *v6, Instant::now()),
-                Ok(None) => act.cache.remove(dummy),
+                Ok(Some(v6)) => act.cache.write(|c| c.insert(dummy, *v6, Instant::now())),
+                Ok(None) => act.cache.write(|c| c.remove(dummy)),
                 Err(_) => {}
             }
             r
@@ -151,7 +154,7 @@ impl Handler<PeerDummy> for MappingActor {
     type Result = ResponseActFuture<Self, Result<Ipv4Addr, MapError>>;
 
     fn handle(&mut self, PeerDummy(v6): PeerDummy, _: &mut Context<Self>) -> Self::Result {
-        if let Some(d) = self.cache.peer(v6, Instant::now()) {
+        if let Some(d) = self.cache.read(|c| c.peer(v6, Instant::now())) {
             return Box::pin(fut::ready(Ok(d)));
         }
         let client = self.client.clone();
@@ -165,7 +168,7 @@ impl Handler<PeerDummy> for MappingActor {
         };
         Box::pin(ask.into_actor(self).map(move |r, act, _| {
             if let Ok(d) = &r {
-                act.cache.insert_peer(v6, *d, Instant::now());
+                act.cache.write(|c| c.insert_peer(v6, *d, Instant::now()));
             }
             r
         }))

@@ -1,16 +1,12 @@
-//! The metrics actor: owns the counters; other actors record events with `try_send` (a full
-//! mailbox drops a count rather than slowing the data path), and the HTTP endpoint asks it to
-//! render.
+//! The metrics actor: renders the counters and gauges for the HTTP endpoint. The counters
+//! themselves ([`SharedMetrics`]) are recorded in place by whichever thread sees the event,
+//! under a short lock: a message per event would wake the control arbiter's thread two or
+//! three times for every connect.
 
 use actix::prelude::*;
 
 use crate::limits::Limits;
-use crate::metrics::{Event, Metrics};
-
-/// Count one event.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub struct Record(pub Event);
+use crate::metrics::SharedMetrics;
 
 /// The Prometheus text of every counter and gauge.
 #[derive(Debug, Message)]
@@ -20,35 +16,19 @@ pub struct Render;
 /// The actor.
 #[derive(Debug)]
 pub struct MetricsActor {
-    metrics: Metrics,
+    metrics: SharedMetrics,
     limits: Limits,
 }
 
 impl MetricsActor {
     #[must_use]
-    pub fn new(limits: Limits) -> Self {
-        Self {
-            metrics: Metrics::default(),
-            limits,
-        }
+    pub fn new(metrics: SharedMetrics, limits: Limits) -> Self {
+        Self { metrics, limits }
     }
 }
 
 impl Actor for MetricsActor {
     type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Context<Self>) {
-        // Bursts of events (1,000 connections closing at once) must not be dropped lightly.
-        ctx.set_mailbox_capacity(65_536);
-    }
-}
-
-impl Handler<Record> for MetricsActor {
-    type Result = ();
-
-    fn handle(&mut self, Record(e): Record, _: &mut Context<Self>) {
-        self.metrics.record(e);
-    }
 }
 
 impl Handler<Render> for MetricsActor {

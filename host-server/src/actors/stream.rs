@@ -10,13 +10,14 @@ use crate::session::{self, Next};
 /// The actor.
 #[derive(Debug)]
 pub struct StreamActor {
-    stream: Option<std::os::unix::net::UnixStream>,
+    stream: Option<tokio::net::UnixStream>,
     shared: Shared,
 }
 
 impl StreamActor {
     #[must_use]
-    pub(crate) fn new(stream: std::os::unix::net::UnixStream, shared: Shared) -> Self {
+    /// `stream` must belong to the runtime of the arbiter the actor starts on.
+    pub(crate) fn new(stream: tokio::net::UnixStream, shared: Shared) -> Self {
         Self {
             stream: Some(stream),
             shared,
@@ -28,20 +29,12 @@ impl Actor for StreamActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        let Some(std) = self.stream.take() else {
+        let Some(stream) = self.stream.take() else {
             ctx.stop();
             return;
         };
         let shared = self.shared.clone();
-        let run = async move {
-            match tokio::net::UnixStream::from_std(std) {
-                Ok(s) => session::serve(s, shared).await,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot register a host.sock stream");
-                    Next::Closed
-                }
-            }
-        };
+        let run = session::serve(stream, shared);
         ctx.spawn(run.into_actor(self).map(|next, _, ctx| {
             if let Next::Listen(parts) = next {
                 ListenerActor::new(*parts).start();

@@ -173,16 +173,64 @@ fn outsource_connect(fd: c_int, entry: Entry, dest: SocketAddrV4) -> c_int {
                 0
             }
         }
+        other => unexpected(&other),
+    }
+}
+
+/// Any answer but the one the call waited for: a refusal's errno, EPROTO for the wrong kind of
+/// frame (a descriptor passed with it is closed), or the transport's error.
+pub(crate) fn unexpected(answer: &Result<(ToGuest, Option<c_int>), Errno>) -> c_int {
+    match answer {
         Ok((ToGuest::Failed(e), passed)) => {
-            close_opt(passed);
-            set_errno(e)
+            close_opt(*passed);
+            set_errno(*e)
         }
         Ok((_, passed)) => {
-            close_opt(passed);
+            close_opt(*passed);
             set_errno(Errno::EPROTO)
         }
-        Err(e) => set_errno(e),
+        Err(e) => set_errno(*e),
     }
+}
+
+/// Makes `conn`, an accepted connection, the program's: close-on-exec and non-blocking as
+/// accept4's `flags` ask, the peer written to the caller's `addr`, the AF_INET view recorded.
+///
+/// # Safety
+/// `conn` is ours; `addr`/`len` follow accept4(2)'s contract.
+pub(crate) unsafe fn install_accepted(
+    conn: c_int,
+    flags: c_int,
+    peer: SocketAddrV4,
+    local: SocketAddrV4,
+    addr: *mut sockaddr,
+    len: *mut socklen_t,
+) -> c_int {
+    // SAFETY: fcntl on our own fd; the caller's out pointers.
+    unsafe {
+        if flags & libc::SOCK_CLOEXEC == 0 {
+            real::fcntl(conn, libc::F_SETFD, 0);
+        }
+        let fl = real::fcntl(conn, libc::F_GETFL, 0).max(0);
+        let fl = if flags & libc::SOCK_NONBLOCK != 0 {
+            fl | libc::O_NONBLOCK
+        } else {
+            fl & !libc::O_NONBLOCK
+        };
+        real::fcntl(conn, libc::F_SETFL, usize::try_from(fl).unwrap_or(0));
+        write_v4(peer, addr, len);
+    }
+    table::set(
+        conn,
+        Entry {
+            kind: Kind::Outsourced,
+            local: Some(local),
+            peer: Some(peer),
+            local_only: false,
+            options: 0,
+        },
+    );
+    conn
 }
 
 fn close_opt(fd: Option<c_int>) {
@@ -325,15 +373,7 @@ pub unsafe extern "C" fn listen(fd: c_int, backlog: c_int) -> c_int {
             );
             0
         }
-        Ok((ToGuest::Failed(e), passed)) => {
-            close_opt(passed);
-            set_errno(e)
-        }
-        Ok((_, passed)) => {
-            close_opt(passed);
-            set_errno(Errno::EPROTO)
-        }
-        Err(e) => set_errno(e),
+        other => unexpected(&other),
     }
 }
 
@@ -364,43 +404,12 @@ pub unsafe extern "C" fn accept4(
     }
     match recv_frame(fd, rflags) {
         Ok((ToGuest::Inbound { peer, local }, Some(conn))) => {
-            // SAFETY: fcntl on the fd just received, which we own.
-            unsafe {
-                if flags & libc::SOCK_CLOEXEC == 0 {
-                    real::fcntl(conn, libc::F_SETFD, 0);
-                }
-                let fl = real::fcntl(conn, libc::F_GETFL, 0).max(0);
-                let fl = if flags & libc::SOCK_NONBLOCK != 0 {
-                    fl | libc::O_NONBLOCK
-                } else {
-                    fl & !libc::O_NONBLOCK
-                };
-                real::fcntl(conn, libc::F_SETFL, usize::try_from(fl).unwrap_or(0));
-                write_v4(peer, addr, len);
-            }
-            table::set(
-                conn,
-                Entry {
-                    kind: Kind::Outsourced,
-                    local: Some(local),
-                    peer: Some(peer),
-                    local_only: false,
-                    options: 0,
-                },
-            );
-            conn
-        }
-        Ok((ToGuest::Failed(e), passed)) => {
-            close_opt(passed);
-            set_errno(e)
-        }
-        Ok((_, passed)) => {
-            close_opt(passed);
-            set_errno(Errno::EPROTO)
+            // SAFETY: the fd just received is ours; the caller's out pointers.
+            unsafe { install_accepted(conn, flags, peer, local, addr, len) }
         }
         // host-server closed the listen stream: the listener is gone.
         Err(Errno::EPROTO) => set_errno(Errno::ECONNABORTED),
-        Err(e) => set_errno(e),
+        other => unexpected(&other),
     }
 }
 

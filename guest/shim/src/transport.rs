@@ -184,21 +184,7 @@ impl Stream {
     }
 
     fn with_answer_timeout(self) -> Self {
-        let fd = self.0;
-        let tv = libc::timeval {
-            tv_sec: ANSWER_TIMEOUT_SECS,
-            tv_usec: 0,
-        };
-        // SAFETY: setsockopt with a valid timeval of the right size.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                std::ptr::from_ref(&tv).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            );
-        }
+        set_receive_timeout(self.0, ANSWER_TIMEOUT_SECS);
         self
     }
 
@@ -247,8 +233,13 @@ pub fn vsock_addr(cid: u32, port: u32) -> libc::sockaddr_vm {
 /// Clears the answer timeout on a stream that becomes a program's socket: its reads must
 /// block as long as the program asks.
 pub fn clear_answer_timeout(fd: c_int) {
+    set_receive_timeout(fd, 0);
+}
+
+/// SO_RCVTIMEO of `secs` seconds on `fd` (0: none).
+fn set_receive_timeout(fd: c_int, secs: libc::time_t) {
     let tv = libc::timeval {
-        tv_sec: 0,
+        tv_sec: secs,
         tv_usec: 0,
     };
     // SAFETY: setsockopt with a valid timeval of the right size.

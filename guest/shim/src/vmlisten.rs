@@ -11,9 +11,8 @@ use libc::{c_int, sockaddr, socklen_t};
 use shared_proto::outsource::ListenRequest;
 use shared_proto::{Errno, ToGuest, ToHost};
 
-use crate::interpose::{replace_fd, set_errno, Flags};
+use crate::interpose::{install_accepted, replace_fd, set_errno, Flags};
 use crate::real;
-use crate::sockaddr::write_v4;
 use crate::table::{self, Entry, Kind};
 use crate::transport::{self, recv_frame, Stream};
 
@@ -160,28 +159,8 @@ pub(crate) unsafe fn accept4(
         match recv_frame(conn, 0) {
             Ok((ToGuest::Inbound { peer, local }, None)) => {
                 transport::clear_answer_timeout(conn);
-                // SAFETY: fcntl on the fd we just accepted; the caller's out pointers.
-                unsafe {
-                    if flags & libc::SOCK_CLOEXEC == 0 {
-                        real::fcntl(conn, libc::F_SETFD, 0);
-                    }
-                    if flags & libc::SOCK_NONBLOCK != 0 {
-                        let fl = real::fcntl(conn, libc::F_GETFL, 0).max(0) | libc::O_NONBLOCK;
-                        real::fcntl(conn, libc::F_SETFL, usize::try_from(fl).unwrap_or(0));
-                    }
-                    write_v4(peer, addr, len);
-                }
-                table::set(
-                    conn,
-                    Entry {
-                        kind: Kind::Outsourced,
-                        local: Some(local),
-                        peer: Some(peer),
-                        local_only: false,
-                        options: 0,
-                    },
-                );
-                return conn;
+                // SAFETY: `conn` is ours; the caller's out pointers.
+                return unsafe { install_accepted(conn, flags, peer, local, addr, len) };
             }
             other => {
                 // Not an inbound stream from host-server: drop it and wait for the next.

@@ -10,7 +10,8 @@
 //! - memory: host-server's resident memory per idle relayed TCP connection, with
 //!   [`IDLE_CONNECTIONS`] open at once (goal ≤ 16 KiB each).
 //!
-//! Usage: `outsock-bench [ROUNDS] [SECONDS]` (defaults 5 and 5), as root.
+//! Usage: `outsock-bench [ROUNDS] [SECONDS] [PARTS]` (defaults 5, 5 and
+//! `throughput,latency,memory`), as root; PARTS picks which measurements run.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -44,6 +45,15 @@ fn main() -> Result<()> {
     let idle = raise_nofile()?;
     let rounds: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(5);
     let secs: u32 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(5);
+    let parts = args
+        .get(3)
+        .map_or("throughput,latency,memory", String::as_str);
+    let wanted = |part: &str| parts.split(',').any(|p| p == part);
+    for p in parts.split(',') {
+        if !["throughput", "latency", "memory"].contains(&p) {
+            bail!("unknown part {p:?}: PARTS is a comma-separated list of throughput, latency, memory");
+        }
+    }
     // One identity (this bench, by uid) holds every idle connection: lift its socket limit.
     let mut s = Stack::start(
         "bench",
@@ -59,6 +69,22 @@ fn main() -> Result<()> {
     s.world.adopt(server);
     std::thread::sleep(Duration::from_millis(500));
 
+    if wanted("throughput") {
+        throughput(&s, rounds, secs)?;
+    }
+    if wanted("latency") {
+        latency(&s, rounds)?;
+    }
+    if wanted("memory") {
+        println!("\nmemory: host-server RSS with {idle} idle relayed TCP connections");
+        idle_memory(&s, idle)?;
+    }
+    s.stop_host();
+    Ok(())
+}
+
+/// iperf3 -4 through outsock vs iperf3 -6 native, rounds alternating.
+fn throughput(s: &Stack, rounds: usize, secs: u32) -> Result<()> {
     println!("throughput: iperf3 -4 through outsock vs iperf3 -6 native, {rounds} rounds of {secs} s, alternating");
     let (mut native, mut outsock) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
@@ -88,7 +114,11 @@ fn main() -> Result<()> {
         outsock.push(iperf_gbps(&mut o)?);
     }
     report("Gbit/s", &mut native, &mut outsock, true);
+    Ok(())
+}
 
+/// Connect + first byte through outsock vs native, batches alternating.
+fn latency(s: &Stack, rounds: usize) -> Result<()> {
     println!("\nlatency: connect + first byte to the echo server, {rounds} batches of {PROBES_PER_BATCH}, alternating");
     let me = std::env::current_exe()?;
     let (mut native, mut outsock) = (Vec::new(), Vec::new());
@@ -109,9 +139,6 @@ fn main() -> Result<()> {
             o - n
         );
     }
-    println!("\nmemory: host-server RSS with {idle} idle relayed TCP connections");
-    idle_memory(&s, idle)?;
-    s.stop_host();
     Ok(())
 }
 

@@ -428,8 +428,27 @@ fn finished_groups(args: &Args) -> (Vec<String>, Vec<&'static str>) {
     (kept, done)
 }
 
+/// How often the driver shows it is alive (see [`start_heartbeat`]).
+const HEARTBEAT: Duration = Duration::from_secs(10);
+
+/// Rewrites `heartbeat` next to the results file every [`HEARTBEAT`]: the results folder is a
+/// 9p share of the host's, so `vmm/lab/run` sees the file's time move while the lab VM runs,
+/// and a lab VM frozen by the emulation (no console output, no timer: seen in CI) shows as a
+/// heartbeat that stopped. A slow test keeps the heartbeat going.
+fn start_heartbeat(results: &std::path::Path) {
+    let path = results.with_file_name("heartbeat");
+    let start = Instant::now();
+    let _ = std::thread::Builder::new()
+        .name("heartbeat".into())
+        .spawn(move || loop {
+            let _ = std::fs::write(&path, format!("{}\n", start.elapsed().as_secs()));
+            std::thread::sleep(HEARTBEAT);
+        });
+}
+
 fn main() {
     let args = Args::parse();
+    start_heartbeat(&args.results);
     if let Some(dir) = &args.bin_dir {
         // Read by testworld::stack::bin_dir; set before any thread starts.
         std::env::set_var("OUTSOCK_BIN_DIR", dir);
@@ -456,7 +475,7 @@ fn main() {
     };
     if d.args.resume {
         d.info(&format!(
-            "the lab VM was booted again after a crash; groups already finished: {}",
+            "the lab VM was booted again after it crashed or froze; groups already finished: {}",
             if done.is_empty() {
                 "none".to_owned()
             } else {

@@ -2,7 +2,9 @@
 //! allocate memory, create the VM and irqchip, load the kernel, initramfs and command line,
 //! write the ACPI tables and the zero page, attach the devices (in VM mode the vsock device,
 //! whose muxer binds the VM's own socket here), configure the vCPUs, and start the event thread
-//! and one thread per vCPU. When it returns the guest is running: `main` tells systemd.
+//! and one thread per vCPU. Every thread it starts installs its seccomp filter before it runs
+//! (`crate::seccomp`), so setup needs no allow-list and the guest never runs unconfined. When
+//! it returns the guest is running: `main` filters itself and tells systemd.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -31,6 +33,7 @@ use crate::devices::virtio::{IrqLine, VirtioDevice};
 use crate::devices::{Bus, BusDevice};
 use crate::event_loop::{self, ConsoleInput, Subscriber, Watchdog};
 use crate::host_check;
+use crate::seccomp::{Filters, Role};
 use crate::vm_exit::{ExitReason, ExitSignal};
 use crate::vstate::{memory, vm::Vm};
 
@@ -109,8 +112,8 @@ fn read_file(path: &Path) -> Result<Vec<u8>, BuildError> {
     })
 }
 
-/// Builds the VM described by `cfg` and starts it.
-pub fn build_and_boot(cfg: &VmConfig) -> Result<RunningVm, BuildError> {
+/// Builds the VM described by `cfg` and starts it, each thread confined by `filters`.
+pub fn build_and_boot(cfg: &VmConfig, filters: &Filters) -> Result<RunningVm, BuildError> {
     // 1. The host must have hardware KVM; a PVM /dev/kvm cannot boot this kernel.
     let host = host_check::probe(&host_check::HostPaths::default());
     if let Some(msg) = host_check::unusable_message(&host) {
@@ -226,7 +229,7 @@ pub fn build_and_boot(cfg: &VmConfig) -> Result<RunningVm, BuildError> {
         })?;
         sinks.push(Box::new(f));
     }
-    let (console, console_writer) = Console::spawn(sinks, console::DEFAULT_CAPACITY)?;
+    let (console, console_writer) = Console::spawn(sinks, console::DEFAULT_CAPACITY, filters)?;
     let serial_irq = EventFd::new(libc::EFD_NONBLOCK)?;
     vm.register_irqfd(&serial_irq, layout::COM1_GSI)?;
     let serial = Arc::new(Mutex::new(SerialDevice::new(
@@ -305,7 +308,8 @@ pub fn build_and_boot(cfg: &VmConfig) -> Result<RunningVm, BuildError> {
         vcpus.push(vcpu);
     }
 
-    // 11. The event thread (console input, vsock, systemd's watchdog) and one thread per vCPU.
+    // 11. The event thread (console input, vsock, systemd's watchdog) and one thread per vCPU,
+    //     each filtered before its first epoll_wait or KVM_RUN.
     if cfg.stdin {
         subscribers.push(Box::new(ConsoleInput::new(ConsoleInput::stdin()?, serial)?));
     }
@@ -318,12 +322,13 @@ pub fn build_and_boot(cfg: &VmConfig) -> Result<RunningVm, BuildError> {
             socket.to_string_lossy().into_owned(),
         )?));
     }
-    event_loop::spawn(subscribers)?;
+    event_loop::spawn(subscribers, filters)?;
     for vcpu in vcpus {
         let (pio, mmio, exit, trace) = (pio.clone(), mmio.clone(), exit.clone(), cfg.trace_io);
-        std::thread::Builder::new()
-            .name(format!("vcpu{}", vcpu.index()))
-            .spawn(move || vcpu.run(&pio, &mmio, &exit, trace))?;
+        let name = format!("vcpu{}", vcpu.index());
+        filters.spawn(Role::Vcpu, name, move || {
+            vcpu.run(&pio, &mmio, &exit, trace);
+        })?;
     }
 
     Ok(RunningVm {

@@ -62,6 +62,9 @@ pub struct VmConfig {
     pub vsock_socket: Option<PathBuf>,
     /// The guest's vsock context id (3 or more).
     pub cid: u32,
+    /// Confine every VMM thread to its system-call allow-list (`crate::seccomp`); off only
+    /// to debug.
+    pub seccomp: bool,
 }
 
 impl Default for VmConfig {
@@ -81,6 +84,7 @@ impl Default for VmConfig {
             host_socket: None,
             vsock_socket: None,
             cid: 3,
+            seccomp: true,
         }
     }
 }
@@ -143,13 +147,13 @@ impl VmConfig {
 /// (e.g. OUTSOCK_VMM_MEM_MIB=512), then these flags. Exit status: 0 guest powered off,
 /// 1 VMM error (including no usable hardware KVM), 2 usage error, 3 guest rebooted
 /// (with --on-reboot exit), 4 guest crashed (triple fault, KVM internal error),
-/// 5 guest kernel panicked.
+/// 5 guest kernel panicked, 6 the VMM made a system call its seccomp filter forbids.
 #[derive(Debug, Parser, Default)]
 #[command(name = "outsock-vmm", version)]
 pub struct Cli {
     /// TOML file with any of the keys below (kernel, initramfs, cmdline, extra_cmdline,
     /// mem_mib, vcpus, name, serial_log, stdin, on_reboot, trace_io, host_socket,
-    /// vsock_socket, cid).
+    /// vsock_socket, cid, seccomp).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// The kernel bzImage.
@@ -195,6 +199,9 @@ pub struct Cli {
     /// The guest's vsock CID [default: 3].
     #[arg(long)]
     pub cid: Option<u32>,
+    /// Debug aid: run without the seccomp filters (every thread may make any system call).
+    #[arg(long)]
+    pub no_seccomp: bool,
 }
 
 /// Merges the file, the environment (`env`: name → value, normally `std::env::vars()`) and
@@ -235,6 +242,9 @@ pub fn load(cli: &Cli, env: HashMap<String, String>) -> Result<VmConfig, ConfigE
     }
     if cli.no_stdin {
         b = b.set_override("stdin", false)?;
+    }
+    if cli.no_seccomp {
+        b = b.set_override("seccomp", false)?;
     }
     let cfg: VmConfig = b.build()?.try_deserialize()?;
     cfg.validate()
@@ -296,6 +306,7 @@ mod tests {
             (256, 1, OnReboot::Exit)
         );
         assert!(!cfg.stdin);
+        assert!(cfg.seccomp, "the filters are on unless turned off");
         assert_eq!(
             cfg.full_cmdline(),
             format!("{DEFAULT_CMDLINE} -- \"uname -r\"")
@@ -322,6 +333,32 @@ mod tests {
             "the default follows --name, as host-server's [vms.web] expects"
         );
         assert_eq!(cfg.cid, 3);
+        assert!(cfg.seccomp);
+    }
+
+    #[test]
+    fn seccomp_turns_off_by_flag_env_or_file() {
+        let kernel = || Cli {
+            kernel: Some("/k".into()),
+            ..Default::default()
+        };
+        let flag = Cli {
+            no_seccomp: true,
+            ..kernel()
+        };
+        assert!(!load(&flag, HashMap::new()).expect("valid").seccomp);
+        let by_env = load(&kernel(), env(&[("OUTSOCK_VMM_SECCOMP", "false")])).expect("valid");
+        assert!(!by_env.seccomp);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("vm.toml");
+        std::fs::write(&file, "seccomp = false\n").expect("write");
+        let by_file = Cli {
+            config: Some(file),
+            ..kernel()
+        };
+        assert!(!load(&by_file, HashMap::new()).expect("valid").seccomp);
+        let on = load(&kernel(), env(&[("OUTSOCK_VMM_SECCOMP", "true")])).expect("valid");
+        assert!(on.seccomp);
     }
 
     #[test]

@@ -16,6 +16,7 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
 use crate::devices::serial::SerialDevice;
+use crate::seccomp::{Filters, Role};
 
 /// A subscriber of the device event loop.
 pub type Subscriber = Box<dyn MutEventSubscriber + Send>;
@@ -151,21 +152,23 @@ impl MutEventSubscriber for Watchdog {
     }
 }
 
-/// Starts the event thread with `subscribers`; it runs until the process exits.
-pub fn spawn(subscribers: Vec<Subscriber>) -> io::Result<std::thread::JoinHandle<()>> {
+/// Starts the event thread with `subscribers`, confined by `filters`' event-loop list; it runs
+/// until the process exits.
+pub fn spawn(
+    subscribers: Vec<Subscriber>,
+    filters: &Filters,
+) -> io::Result<std::thread::JoinHandle<()>> {
     let mut manager: EventManager<Subscriber> =
         EventManager::new().map_err(|e| io::Error::other(format!("epoll: {e:?}")))?;
     for s in subscribers {
         manager.add_subscriber(s);
     }
-    std::thread::Builder::new()
-        .name("event-loop".into())
-        .spawn(move || loop {
-            if manager.run().is_err() {
-                // EINTR and similar: go on; a broken epoll fd cannot happen while we own it.
-                continue;
-            }
-        })
+    filters.spawn(Role::EventLoop, "event-loop".into(), move || loop {
+        if manager.run().is_err() {
+            // EINTR and similar: go on; a broken epoll fd cannot happen while we own it.
+            continue;
+        }
+    })
 }
 
 #[cfg(test)]
@@ -189,7 +192,7 @@ mod tests {
             path.to_string_lossy().into_owned(),
         )
         .expect("watchdog");
-        let _t = spawn(vec![Box::new(dog)]).expect("spawn");
+        let _t = spawn(vec![Box::new(dog)], &Filters::disabled()).expect("spawn");
         let started = Instant::now();
         for _ in 0..3 {
             let mut buf = [0u8; 32];
@@ -202,7 +205,7 @@ mod tests {
 
     #[test]
     fn input_reaches_the_uart_fifo() {
-        let (_console, writer) = Console::spawn(vec![], 64).expect("console");
+        let (_console, writer) = Console::spawn(vec![], 64, &Filters::disabled()).expect("console");
         let serial = Arc::new(Mutex::new(SerialDevice::new(
             EventFd::new(libc::EFD_NONBLOCK).expect("eventfd"),
             EventFd::new(libc::EFD_NONBLOCK).expect("eventfd"),
@@ -211,7 +214,7 @@ mod tests {
         let (mut tx, rx) = UnixStream::pair().expect("socketpair");
         let input = File::from(std::os::fd::OwnedFd::from(rx));
         let sub = ConsoleInput::new(input, serial.clone()).expect("subscriber");
-        let _t = spawn(vec![Box::new(sub)]).expect("spawn");
+        let _t = spawn(vec![Box::new(sub)], &Filters::disabled()).expect("spawn");
         tx.write_all(b"hi\n").expect("write");
         let deadline = Instant::now() + Duration::from_secs(5);
         let mut got = Vec::new();

@@ -5,13 +5,15 @@
 //! Code map (after Firecracker, see shared/STYLE.md):
 //! - [`arch::x86_64`]: memory layout, zero page and e820, CPUID normalisation, MSRs, boot
 //!   registers, ACPI tables. Pure, unit-tested without KVM.
-//! - [`vstate`]: the VM and vCPUs; the only KVM callers and, with [`signals`], the only
-//!   `unsafe` code.
+//! - [`vstate`]: the VM and vCPUs; the only KVM callers and, with [`signals`] and
+//!   [`seccomp`], the only `unsafe` code.
 //! - [`devices`]: port I/O and MMIO buses, the 8250 UART with its non-blocking console, the
 //!   i8042 reset line, the ACPI sleep/reset register, pvpanic, and virtio-mmio with the
 //!   virtio-vsock device (`devices::virtio::vsock`).
 //! - [`event_loop`]: the device event thread (console input, vsock, systemd's watchdog).
 //! - [`signals`]: SIGTERM/SIGINT/SIGHUP end the VM like a guest power-off would.
+//! - [`seccomp`]: one system-call allow-list per thread role, installed by each thread before
+//!   it runs guest-facing code; a violation ends the process with status 6.
 //! - [`builder`]: the boot sequence.
 //! - [`vm_exit`]: why the VM ended, and the process exit status for it.
 //! - [`config`], [`host_check`]: settings, and whether this host can run a VM at all.
@@ -22,6 +24,7 @@ pub mod config;
 pub mod devices;
 pub mod event_loop;
 pub mod host_check;
+pub mod seccomp;
 pub mod signals;
 pub mod vm_exit;
 pub mod vstate;

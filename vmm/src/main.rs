@@ -1,7 +1,9 @@
 //! The `outsock-vmm` binary: parse settings, boot the VM, wait for it to end, and exit with a
 //! status that says why (see `outsock_vmm::vm_exit::code`). Under systemd (`Type=notify`) it
 //! sends `READY=1` once the guest runs and `STOPPING=1` when it ends; the event loop sends the
-//! watchdog keep-alives.
+//! watchdog keep-alives. Every thread runs under its seccomp filter (`outsock_vmm::seccomp`);
+//! this one too once the VM started, unless it must re-execute itself (`on_reboot =
+//! "restart"`).
 
 use std::io::IsTerminal;
 use std::os::unix::process::CommandExt;
@@ -9,6 +11,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use outsock_vmm::config::{self, Cli, OnReboot};
+use outsock_vmm::seccomp::{Filters, Role};
 use outsock_vmm::vm_exit::{code, ExitReason};
 use outsock_vmm::{builder, signals};
 use vmm_sys_util::terminal::Terminal;
@@ -40,7 +43,23 @@ fn main() -> ExitCode {
         }
     };
 
-    let vm = match builder::build_and_boot(&cfg) {
+    // Compiled (and the SIGSYS handler installed) before any thread starts; each thread
+    // installs its own list as it starts.
+    let filters = if cfg.seccomp {
+        match Filters::new() {
+            Ok(f) => f,
+            Err(e) => {
+                restore();
+                eprintln!("outsock-vmm[{name}]: {}", error_chain(&e));
+                return ExitCode::from(code::VMM_ERROR as u8);
+            }
+        }
+    } else {
+        eprintln!("outsock-vmm[{name}]: seccomp is off: the VMM's threads are not confined");
+        Filters::disabled()
+    };
+
+    let vm = match builder::build_and_boot(&cfg, &filters) {
         Ok(vm) => vm,
         Err(e) => {
             restore();
@@ -51,8 +70,18 @@ fn main() -> ExitCode {
     };
     // The vCPU threads run and, in VM mode, the VM's vsock socket listens (bound while the
     // device was built): host-server may CONNECT to the guest from now on.
-    if let Err(e) = signals::stop_on_signals(vm.exit_signal()) {
+    if let Err(e) = signals::stop_on_signals(vm.exit_signal(), &filters) {
         eprintln!("outsock-vmm[{name}]: cannot handle stop signals: {e}");
+    }
+    // This thread last, now that it started every thread. A filter survives execve, so a
+    // thread that must re-execute the VMM (restart in place) cannot have one.
+    if cfg.on_reboot != OnReboot::Restart {
+        if let Err(e) = filters.apply(Role::Main) {
+            restore();
+            eprintln!("outsock-vmm[{name}]: {}", error_chain(&e));
+            sd_notify(&name, "STOPPING=1");
+            return ExitCode::from(code::VMM_ERROR as u8);
+        }
     }
     sd_notify(&name, "READY=1");
     let (reason, dropped) = vm.wait();

@@ -14,6 +14,7 @@ use vmm_sys_util::signal::{
     block_signal, register_signal_handler, unblock_signal, Error as SignalError,
 };
 
+use crate::seccomp::{Filters, Role};
 use crate::vm_exit::{ExitReason, ExitSignal};
 
 /// The signals that stop the VM.
@@ -50,11 +51,12 @@ pub fn block_in_this_thread() -> io::Result<()> {
     Ok(())
 }
 
-/// Starts the waiter thread: the first stop signal reports [`ExitReason::Stopped`] to `exit`.
+/// Starts the waiter thread, confined by `filters`' stop-signals list: the first stop signal
+/// reports [`ExitReason::Stopped`] to `exit`.
 ///
 /// # Errors
 /// When the eventfd, the handlers or the thread cannot be set up.
-pub fn stop_on_signals(exit: Arc<ExitSignal>) -> io::Result<()> {
+pub fn stop_on_signals(exit: Arc<ExitSignal>, filters: &Filters) -> io::Result<()> {
     let wake = EventFd::new(0)?;
     let waiter_end = wake.try_clone()?;
     WAKE.set(wake)
@@ -62,24 +64,22 @@ pub fn stop_on_signals(exit: Arc<ExitSignal>) -> io::Result<()> {
     for sig in STOP_SIGNALS {
         register_signal_handler(sig, on_stop_signal).map_err(errno_to_io)?;
     }
-    std::thread::Builder::new()
-        .name("stop-signals".into())
-        .spawn(move || {
-            // The only thread that takes these signals.
-            for sig in STOP_SIGNALS {
-                let _ = unblock_signal(sig);
+    filters.spawn(Role::StopSignals, "stop-signals".into(), move || {
+        // The only thread that takes these signals.
+        for sig in STOP_SIGNALS {
+            let _ = unblock_signal(sig);
+        }
+        loop {
+            match waiter_end.read() {
+                Ok(_) => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return,
             }
-            loop {
-                match waiter_end.read() {
-                    Ok(_) => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(_) => return,
-                }
-            }
-            exit.signal(ExitReason::Stopped {
-                signal: RECEIVED.load(Ordering::SeqCst),
-            });
-        })?;
+        }
+        exit.signal(ExitReason::Stopped {
+            signal: RECEIVED.load(Ordering::SeqCst),
+        });
+    })?;
     Ok(())
 }
 
@@ -115,7 +115,7 @@ mod tests {
     #[test]
     fn a_stop_signal_ends_the_vm() {
         let exit = Arc::new(ExitSignal::new());
-        stop_on_signals(Arc::clone(&exit)).expect("handlers");
+        stop_on_signals(Arc::clone(&exit), &Filters::disabled()).expect("handlers");
         // The handler is process-wide now, so the signal cannot kill the test process; the
         // waiter thread turns it into an exit reason.
         // SAFETY: kill(2) to this process with a signal that now has our handler.
@@ -126,6 +126,9 @@ mod tests {
                 signal: libc::SIGHUP
             })
         );
-        assert!(stop_on_signals(exit).is_err(), "one waiter per process");
+        assert!(
+            stop_on_signals(exit, &Filters::disabled()).is_err(),
+            "one waiter per process"
+        );
     }
 }

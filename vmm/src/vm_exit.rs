@@ -20,6 +20,10 @@ pub mod code {
     pub const GUEST_CRASH: i32 = 4;
     /// The guest kernel panicked (reported through the pvpanic device).
     pub const GUEST_PANIC: i32 = 5;
+    /// A VMM thread made a system call its seccomp filter does not allow; the line on stderr
+    /// names the call and the thread (`crate::seccomp`). Not an [`super::ExitReason`]: the
+    /// SIGSYS handler ends the process at once.
+    pub const SECCOMP_VIOLATION: i32 = 6;
 }
 
 /// What ended the VM.

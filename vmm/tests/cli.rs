@@ -26,6 +26,8 @@ fn help_describes_flags_and_exit_statuses() {
         "--serial-log",
         "OUTSOCK_VMM_",
         "5 guest kernel panicked",
+        "6 the VMM made a system call its seccomp filter forbids",
+        "--no-seccomp",
     ] {
         assert!(text.contains(needle), "--help lacks {needle}:\n{text}");
     }

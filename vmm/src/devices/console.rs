@@ -9,6 +9,8 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::seccomp::{Filters, Role};
+
 /// Default queue bound: 1 MiB of console output.
 pub const DEFAULT_CAPACITY: usize = 1 << 20;
 
@@ -65,10 +67,12 @@ pub struct Console {
 }
 
 impl Console {
-    /// Starts the drain thread writing to each of `sinks` (stdout, a log file, a test buffer).
+    /// Starts the drain thread writing to each of `sinks` (stdout, a log file, a test buffer),
+    /// confined by `filters`' console list.
     pub fn spawn(
         sinks: Vec<Box<dyn Write + Send>>,
         capacity: usize,
+        filters: &Filters,
     ) -> io::Result<(Console, ConsoleWriter)> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
@@ -76,9 +80,9 @@ impl Console {
             capacity,
         });
         let drain_shared = Arc::clone(&shared);
-        let thread = std::thread::Builder::new()
-            .name("console".into())
-            .spawn(move || drain(&drain_shared, sinks))?;
+        let thread = filters.spawn(Role::Console, "console".into(), move || {
+            drain(&drain_shared, sinks);
+        })?;
         let writer = ConsoleWriter {
             shared: Arc::clone(&shared),
         };
@@ -198,8 +202,12 @@ mod tests {
     #[test]
     fn copies_to_every_sink() {
         let (a, b) = (Buf::default(), Buf::default());
-        let (console, mut w) =
-            Console::spawn(vec![Box::new(a.clone()), Box::new(b.clone())], 1024).expect("spawn");
+        let (console, mut w) = Console::spawn(
+            vec![Box::new(a.clone()), Box::new(b.clone())],
+            1024,
+            &Filters::disabled(),
+        )
+        .expect("spawn");
         w.write_all(b"hello ").expect("write");
         w.write_all(b"world").expect("write");
         assert_eq!(console.flush_and_stop(Duration::from_secs(5)), 0);
@@ -210,8 +218,12 @@ mod tests {
     #[test]
     fn a_stuck_reader_never_blocks_the_writer() {
         let gate = Arc::new((Mutex::new(false), Condvar::new()));
-        let (console, mut w) =
-            Console::spawn(vec![Box::new(Stuck(gate.clone()))], 16).expect("spawn");
+        let (console, mut w) = Console::spawn(
+            vec![Box::new(Stuck(gate.clone()))],
+            16,
+            &Filters::disabled(),
+        )
+        .expect("spawn");
         let start = Instant::now();
         for _ in 0..1000 {
             w.write_all(b"0123456789").expect("write never fails");

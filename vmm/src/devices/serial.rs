@@ -90,6 +90,7 @@ impl BusDevice for SerialDevice {
 mod tests {
     use super::*;
     use crate::devices::console::Console;
+    use crate::seccomp::Filters;
     use std::io::Write;
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
@@ -118,7 +119,8 @@ mod tests {
     #[test]
     fn transmits_to_console_and_interrupts() {
         let out = Buf::default();
-        let (console, writer) = Console::spawn(vec![Box::new(out.clone())], 1024).expect("spawn");
+        let (console, writer) =
+            Console::spawn(vec![Box::new(out.clone())], 1024, &Filters::disabled()).expect("spawn");
         let irq = efd();
         let irq_probe = irq.try_clone().expect("clone");
         let mut dev = SerialDevice::new(irq, efd(), writer);
@@ -137,7 +139,7 @@ mod tests {
 
     #[test]
     fn receives_input_and_reports_empty_fifo() {
-        let (_console, writer) = Console::spawn(vec![], 16).expect("spawn");
+        let (_console, writer) = Console::spawn(vec![], 16, &Filters::disabled()).expect("spawn");
         let empty = efd();
         let empty_probe = empty.try_clone().expect("clone");
         let mut dev = SerialDevice::new(efd(), empty, writer);

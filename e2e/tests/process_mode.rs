@@ -129,6 +129,15 @@ fn netcat_traditional_client_and_server() {
     );
     assert_eq!(ok(&s, &out, "nc client"), "hello through outsock\n");
 
+    // UDP client by name: the datagram goes to the IPv6 UDP echo server and comes back.
+    let out = run(
+        &s,
+        "nc",
+        &["-u", "-q", "3", "-w", "10", zone::ECHO, "7"],
+        b"a datagram through outsock\n",
+    );
+    assert_eq!(ok(&s, &out, "nc -u client"), "a datagram through outsock\n");
+
     // Server: `nc -l -p 8080` in legacy, an IPv6 client in world.
     let mut server = s.legacy("timeout").unwrap();
     server

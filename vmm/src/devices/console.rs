@@ -168,11 +168,12 @@ fn drain(shared: &Shared, mut sinks: Vec<Box<dyn Write + Send>>) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
+    /// A console sink that keeps what it was given (the serial tests use it too).
     #[derive(Clone, Default)]
-    struct Buf(Arc<Mutex<Vec<u8>>>);
+    pub(crate) struct Buf(pub(crate) Arc<Mutex<Vec<u8>>>);
     impl Write for Buf {
         fn write(&mut self, b: &[u8]) -> io::Result<usize> {
             self.0.lock().expect("lock").extend_from_slice(b);

@@ -89,23 +89,10 @@ impl BusDevice for SerialDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::devices::console::tests::Buf;
     use crate::devices::console::Console;
     use crate::seccomp::Filters;
-    use std::io::Write;
-    use std::sync::{Arc, Mutex};
     use std::time::Duration;
-
-    #[derive(Clone, Default)]
-    struct Buf(Arc<Mutex<Vec<u8>>>);
-    impl Write for Buf {
-        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-            self.0.lock().expect("lock").extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
 
     fn efd() -> EventFd {
         EventFd::new(libc::EFD_NONBLOCK).expect("eventfd")

@@ -340,6 +340,23 @@ srv.close()
 print("closed", flush=True)
 "#;
 
+#[test]
+fn connected_udp_gets_a_host_socket_with_native_errors() {
+    let Some(s) = stack("py-udp-connected") else {
+        return;
+    };
+    let out = run(
+        &s,
+        "python3",
+        &["-c", programs::PY_UDP_CONNECTED, zone::ECHO, zone::V6ONLY],
+        b"",
+    );
+    assert_eq!(
+        ok(&s, &out, "python connected UDP"),
+        programs::PY_UDP_CONNECTED_OUTPUT
+    );
+}
+
 /// Options set before connect reach the host's socket (which the program's fd becomes); options
 /// never set keep the host socket's defaults.
 const PY_OPTIONS: &str = r#"

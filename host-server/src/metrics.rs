@@ -28,6 +28,8 @@ pub enum Event {
     InboundDropped,
     UdpOut,
     UdpIn,
+    /// A connected UDP socket was made and handed to a process.
+    UdpConnected,
     DnsQuery,
     /// A dummy was resolved from the SQLite file because dns-cache was down.
     LookupFallback,
@@ -103,6 +105,7 @@ impl Metrics {
             Event::UdpIn => {
                 self.add(&format!("{P}_udp_datagrams_total{{direction=\"down\"}}"), 1);
             }
+            Event::UdpConnected => self.add(&format!("{P}_udp_connected_total"), 1),
             Event::DnsQuery => self.add(&format!("{P}_dns_queries_total"), 1),
             Event::LookupFallback => self.add(&format!("{P}_lookup_fallbacks_total"), 1),
         }

@@ -207,7 +207,7 @@ async fn pass_connecting(req: Request, dest: SocketAddrV4, target: SocketAddr, s
     send_answer_with_fd(&req.stream, &answer, sock.as_fd(), shared).await;
 }
 
-async fn send_answer_with_fd(
+pub(crate) async fn send_answer_with_fd(
     stream: &UnixStream,
     answer: &ToGuest,
     fd: std::os::fd::BorrowedFd<'_>,

@@ -133,6 +133,10 @@ pub(crate) async fn serve(mut stream: UnixStream, shared: Shared) -> Next {
             crate::udp::associate(req, &u, &shared).await;
             Next::Closed
         }
+        ToHost::UdpConnect(u) => {
+            crate::udp::connect_passed(req, &u, &shared).await;
+            Next::Closed
+        }
         // The opening only yields requests.
         ToHost::Hello(_) | ToHost::Datagram(_) => Next::Closed,
     }

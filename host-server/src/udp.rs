@@ -7,8 +7,9 @@
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::AsFd;
 
-use shared_proto::outsource::{Datagram, ToHost, UdpRequest};
+use shared_proto::outsource::{Datagram, ToHost, UdpConnectRequest, UdpRequest};
 use shared_proto::{Errno, ToGuest};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio::net::UdpSocket;
@@ -87,6 +88,53 @@ fn open_socket(shared: &Shared, identity: &Identity, req: &UdpRequest) -> Result
         UdpSocket::from_std(sock.into())
     };
     make().map_err(|e| crate::errno::bind_errno(&e))
+}
+
+/// Process mode, a connected UDP socket: bound as an association's would be, connected to the
+/// destination's IPv6 address (or, with egress, the real IPv4 one), and handed to the process
+/// with the answer. host-server keeps nothing: the program's datagrams, and the kernel's errors
+/// for them (ECONNREFUSED after an ICMP port unreachable), are its own socket's.
+pub(crate) async fn connect_passed(req: Request, u: &UdpConnectRequest, shared: &Shared) {
+    if !matches!(req.identity, Identity::Process { .. }) {
+        // Through a VMM the descriptor would land in the VMM: guests use associations.
+        return req.refuse(Errno::EOPNOTSUPP).await;
+    }
+    let target = match shared.router.route(u.dest) {
+        Route::Unreachable => return req.refuse(Errno::ENETUNREACH).await,
+        // dns-cache answers the guest DNS address: only an association carries that.
+        Route::GuestDns => return req.refuse(Errno::EOPNOTSUPP).await,
+        Route::Ipv4(sa) => SocketAddrV6::new(sa.ip().to_ipv6_mapped(), sa.port(), 0, 0),
+        Route::Dummy(d) => match shared.mapping.resolve(d).await {
+            Ok(Some(v6)) => SocketAddrV6::new(v6, u.dest.port(), 0, 0),
+            _ => return req.refuse(Errno::EHOSTUNREACH).await,
+        },
+    };
+    let sock = match open_socket(shared, &req.identity, &UdpRequest { bind: u.bind }) {
+        Ok(s) => s,
+        Err(errno) => return req.refuse(errno).await,
+    };
+    if let Err(e) = sock.connect(target).await {
+        return req.refuse(crate::errno::connect_errno(&e)).await;
+    }
+    let port = sock.local_addr().map_or(0, |a| a.port());
+    let guest_port = if u.bind.port() == 0 {
+        port
+    } else {
+        u.bind.port()
+    };
+    let answer = ToGuest::Connected {
+        local: SocketAddrV4::new(*u.bind.ip(), guest_port),
+        peer: u.dest,
+        fd_passed: true,
+        in_progress: false,
+    };
+    let Ok(std) = sock.into_std() else { return };
+    // The program's socket blocks unless it says otherwise (the shim applies its flags).
+    if std.set_nonblocking(false).is_err() {
+        return;
+    }
+    shared.metrics.record(Event::UdpConnected);
+    crate::outbound::send_answer_with_fd(&req.stream, &answer, std.as_fd(), shared).await;
 }
 
 /// Runs one association to its end.

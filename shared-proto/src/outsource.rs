@@ -1,8 +1,8 @@
 //! The outsourcing protocol: what flows on one outsourced socket's stream.
 //!
 //! A stream carries exactly one socket. It opens with an optional [`ToHost::Hello`] (written by
-//! the VMM, never by a guest), then one request ([`ToHost::Connect`], [`ToHost::Listen`] or
-//! [`ToHost::Udp`]) and one answer from host-server. What follows depends on the request:
+//! the VMM, never by a guest), then one request ([`ToHost::Connect`], [`ToHost::Listen`],
+//! [`ToHost::Udp`] or [`ToHost::UdpConnect`]) and one answer from host-server. What follows depends on the request:
 //!
 //! - TCP connect, relayed: the raw bytes of the TCP connection, both ways; half-close is a
 //!   `shutdown(SHUT_WR)` of the stream.
@@ -14,6 +14,9 @@
 //!   the host's listener.
 //! - UDP: [`Datagram`] frames both ways; the address is the destination going out and the source
 //!   coming in, always as the guest sees it (dummy IPv4 for IPv6 peers).
+//! - Connected UDP in process mode ([`ToHost::UdpConnect`]): the answer is
+//!   [`ToGuest::Connected`] with a connected host UDP socket attached (SCM_RIGHTS), as for a TCP
+//!   connect with `pass_fd`; the stream then closes.
 
 use std::net::SocketAddrV4;
 
@@ -62,6 +65,14 @@ pub struct UdpRequest {
     pub bind: SocketAddrV4,
 }
 
+/// Process mode: a UDP socket bound to `bind` (port 0: any) and connected to `dest`, handed to
+/// the process itself (SCM_RIGHTS), so its datagrams never pass through host-server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UdpConnectRequest {
+    pub bind: SocketAddrV4,
+    pub dest: SocketAddrV4,
+}
+
 /// One UDP datagram with the address it goes to (outbound) or came from (inbound).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Datagram {
@@ -77,6 +88,7 @@ pub enum ToHost {
     Listen(ListenRequest),
     Udp(UdpRequest),
     Datagram(Datagram),
+    UdpConnect(UdpConnectRequest),
 }
 
 /// Frames that travel towards the guest (or the process).
@@ -115,6 +127,7 @@ mod kind {
     pub const LISTEN: u8 = 3;
     pub const UDP: u8 = 4;
     pub const DATAGRAM: u8 = 5;
+    pub const UDP_CONNECT: u8 = 6;
     pub const CONNECTED: u8 = 16;
     pub const LISTENING: u8 = 17;
     pub const ASSOCIATED: u8 = 18;
@@ -144,6 +157,7 @@ impl Message for ToHost {
             Self::Listen(_) => kind::LISTEN,
             Self::Udp(_) => kind::UDP,
             Self::Datagram(_) => kind::DATAGRAM,
+            Self::UdpConnect(_) => kind::UDP_CONNECT,
         }
     }
 
@@ -167,6 +181,10 @@ impl Message for ToHost {
             }
             Self::Udp(u) => w.sockv4(u.bind),
             Self::Datagram(d) => write_datagram(w, d),
+            Self::UdpConnect(u) => {
+                w.sockv4(u.bind);
+                w.sockv4(u.dest);
+            }
         }
     }
 
@@ -190,6 +208,10 @@ impl Message for ToHost {
             }),
             kind::UDP => Self::Udp(UdpRequest { bind: r.sockv4()? }),
             kind::DATAGRAM => Self::Datagram(read_datagram(r)?),
+            kind::UDP_CONNECT => Self::UdpConnect(UdpConnectRequest {
+                bind: r.sockv4()?,
+                dest: r.sockv4()?,
+            }),
             other => {
                 return Err(ProtoError::UnknownKind {
                     family: Self::FAMILY,

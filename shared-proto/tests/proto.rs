@@ -12,7 +12,8 @@ use shared_proto::lookup::{
     LookupResponse, MappingInfo,
 };
 use shared_proto::outsource::{
-    ConnectRequest, Datagram, ListenRequest, ToGuest, ToHost, UdpRequest, VmHello,
+    ConnectRequest, Datagram, ListenRequest, ToGuest, ToHost, UdpConnectRequest, UdpRequest,
+    VmHello,
 };
 use shared_proto::{decode, decode_exact, to_vec, Errno, Message, ProtoError};
 
@@ -61,6 +62,8 @@ fn to_host() -> impl Strategy<Value = ToHost> {
             }
         ),
         sockv4().prop_map(|bind| ToHost::Udp(UdpRequest { bind })),
+        (sockv4(), sockv4())
+            .prop_map(|(bind, dest)| ToHost::UdpConnect(UdpConnectRequest { bind, dest })),
         datagram().prop_map(ToHost::Datagram),
     ]
 }

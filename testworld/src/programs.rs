@@ -38,3 +38,45 @@ print(u.recv(64).decode())
 /// What [`PY_CLIENTS`] prints when every client got its echo.
 pub const PY_CLIENTS_OUTPUT: &str =
     "blocking True 7 True\nasyncio\nudp-unconnected True\nudp-connected\n";
+
+/// python3, process mode: a connected UDP socket by name (argv[1]; argv[2] names another
+/// address with an echo server). It becomes a host UDP socket passed to the program: the
+/// addresses it reports are the dummies, an ICMP port unreachable comes back as ECONNREFUSED
+/// as on a native socket, a send to another address keeps the peer as its default, and
+/// connecting again reaches the new peer. It prints [`PY_UDP_CONNECTED_OUTPUT`].
+pub const PY_UDP_CONNECTED: &str = r#"
+import socket, sys
+addr, other = socket.gethostbyname(sys.argv[1]), socket.gethostbyname(sys.argv[2])
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.settimeout(10)
+u.connect((addr, 7))
+print(u.getpeername() == (addr, 7), u.getsockname()[1] != 0, u.family == socket.AF_INET)
+u.send(b"connected")
+data, src = u.recvfrom(64)
+print(data.decode(), src == (addr, 7))
+u.sendto(b"to-the-peer", (addr, 7))
+data, anc, flags, src = u.recvmsg(64)
+print(data.decode(), src == (addr, 7))
+r = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+r.settimeout(5)
+r.connect((addr, 9))
+r.send(b"nobody listens")
+try:
+    r.recv(64)
+    print("answered")
+except ConnectionRefusedError:
+    print("refused")
+except socket.timeout:
+    print("timeout")
+u.sendto(b"elsewhere", (other, 7))
+u.send(b"still-the-peer")
+print(u.recv(64).decode())
+u.connect((other, 7))
+u.send(b"reconnected")
+data, src = u.recvfrom(64)
+print(data.decode(), src == (other, 7))
+"#;
+
+/// What [`PY_UDP_CONNECTED`] prints when everything behaved as on a native socket.
+pub const PY_UDP_CONNECTED_OUTPUT: &str =
+    "True True True\nconnected True\nto-the-peer True\nrefused\nstill-the-peer\nreconnected True\n";

@@ -97,7 +97,7 @@ fn option_bit(level: c_int, name: c_int) -> Option<u16> {
 }
 
 /// Copies the options in `set` (bits of [`COPIED_OPTIONS`]) from `from` to `to`.
-fn copy_options(from: c_int, to: c_int, set: u16) {
+pub(crate) fn copy_options(from: c_int, to: c_int, set: u16) {
     for (i, &(level, name, size, halve)) in COPIED_OPTIONS.iter().enumerate() {
         if set & (1 << i) == 0 {
             continue;
@@ -268,7 +268,7 @@ pub unsafe extern "C" fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_
 #[no_mangle]
 pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
     let entry = table::get(fd);
-    if matches!(entry.kind, Kind::InetDgram | Kind::Udp) {
+    if matches!(entry.kind, Kind::InetDgram | Kind::Udp | Kind::UdpPassed) {
         // SAFETY: the caller's addr/len, passed on.
         if let Some(rc) = unsafe { crate::udp::connect(fd, entry, addr, len) } {
             return rc;
@@ -308,10 +308,12 @@ pub unsafe extern "C" fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) 
                 );
             }
             Some(a) => {
+                let bound = if a.port() == 0 { 0 } else { table::BOUND };
                 table::set(
                     fd,
                     Entry {
                         local: Some(a),
+                        options: entry.options | bound,
                         ..entry
                     },
                 );
@@ -431,7 +433,7 @@ pub unsafe extern "C" fn accept(fd: c_int, addr: *mut sockaddr, len: *mut sockle
 pub unsafe extern "C" fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
     let e = table::get(fd);
     let view = match e.kind {
-        Kind::Outsourced | Kind::Listener | Kind::Udp => Some(
+        Kind::Outsourced | Kind::Listener | Kind::Udp | Kind::UdpPassed => Some(
             e.local
                 .unwrap_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)),
         ),
@@ -457,7 +459,7 @@ pub unsafe extern "C" fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut s
 pub unsafe extern "C" fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
     let e = table::get(fd);
     match (e.kind, e.peer) {
-        (Kind::Outsourced | Kind::Udp, Some(p)) => {
+        (Kind::Outsourced | Kind::Udp | Kind::UdpPassed, Some(p)) => {
             // SAFETY: the caller's out pointers.
             unsafe { write_v4(p, addr, len) };
             0
@@ -519,15 +521,23 @@ pub unsafe extern "C" fn getsockopt(
             _ => put_int(val, len, 0),
         };
     }
-    if level == libc::SOL_SOCKET && matches!(kind, Kind::Outsourced | Kind::Listener | Kind::Udp) {
+    if level == libc::SOL_SOCKET
+        && matches!(
+            kind,
+            Kind::Outsourced | Kind::Listener | Kind::Udp | Kind::UdpPassed
+        )
+    {
+        let dgram = matches!(kind, Kind::Udp | Kind::UdpPassed);
+        // The host's own socket (connected TCP, connected UDP) has the real pending error.
+        let own_socket = matches!(kind, Kind::Outsourced | Kind::UdpPassed);
         match name {
             libc::SO_DOMAIN => return put_int(val, len, libc::AF_INET),
-            libc::SO_TYPE if kind == Kind::Udp => return put_int(val, len, libc::SOCK_DGRAM),
+            libc::SO_TYPE if dgram => return put_int(val, len, libc::SOCK_DGRAM),
             libc::SO_TYPE => return put_int(val, len, libc::SOCK_STREAM),
-            libc::SO_PROTOCOL if kind == Kind::Udp => return put_int(val, len, libc::IPPROTO_UDP),
+            libc::SO_PROTOCOL if dgram => return put_int(val, len, libc::IPPROTO_UDP),
             libc::SO_PROTOCOL => return put_int(val, len, libc::IPPROTO_TCP),
             libc::SO_ACCEPTCONN => return put_int(val, len, c_int::from(kind == Kind::Listener)),
-            libc::SO_ERROR if kind != Kind::Outsourced => return put_int(val, len, 0),
+            libc::SO_ERROR if !own_socket => return put_int(val, len, 0),
             _ => {}
         }
     }
@@ -562,7 +572,7 @@ pub unsafe extern "C" fn setsockopt(
     }
     // SAFETY: forwarded arguments.
     let rc = unsafe { real::setsockopt(fd, level, name, val, len) };
-    if rc == 0 && entry.kind == Kind::InetStream {
+    if rc == 0 && matches!(entry.kind, Kind::InetStream | Kind::InetDgram) {
         if let Some(bit) = option_bit(level, name) {
             table::set(
                 fd,

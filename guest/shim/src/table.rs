@@ -27,6 +27,9 @@ pub enum Kind {
     Listener = 4,
     /// A UDP association: the fd is the stream carrying framed datagrams.
     Udp = 5,
+    /// A connected UDP socket in process mode: the fd is the host's own UDP socket, connected
+    /// to the peer's IPv6 address (passed by host-server); only addresses are translated.
+    UdpPassed = 6,
 }
 
 impl Kind {
@@ -37,6 +40,7 @@ impl Kind {
             3 => Self::Outsourced,
             4 => Self::Listener,
             5 => Self::Udp,
+            6 => Self::UdpPassed,
             _ => Self::Untracked,
         }
     }
@@ -73,6 +77,9 @@ impl Entry {
 const PRESENT: u64 = 1 << 48;
 /// The option bits that fit in word 1.
 pub const OPTIONS_MASK: u16 = 0x7fff;
+/// In [`Entry::options`]: the program bound the socket to a port of its own choosing (kept
+/// when a connected UDP socket is made again for another peer).
+pub const BOUND: u16 = 1 << 14;
 
 fn pack_addr(a: Option<SocketAddrV4>) -> u64 {
     a.map_or(0, |a| {

@@ -2,16 +2,27 @@
 //! socket to a non-loopback address, the shim opens a UDP association with host-server and
 //! puts the association's stream on the program's fd. From then on each datagram is one
 //! `Datagram` frame with its IPv4 address; `poll`/`epoll` readiness is the stream's own.
+//!
+//! In process mode a `connect` to a non-loopback address instead asks host-server for a host
+//! UDP socket connected to the peer's IPv6 address and puts that on the program's fd
+//! ([`Kind::UdpPassed`]): its datagrams are the kernel's, never framed, and errors such as
+//! ECONNREFUSED after an ICMP port unreachable reach the program as they would natively. Only
+//! addresses are translated: the source of every datagram received is the connected peer, shown
+//! as its dummy IPv4. Connecting such a socket again (or to AF_UNSPEC) first gives the host
+//! socket back — a placeholder AF_INET socket takes the fd number, freeing the port — and then
+//! proceeds as for a fresh socket bound where the program bound it; a send to another address
+//! turns it into an association the same way. The guest DNS address (answered by dns-cache)
+//! and VM guests (no descriptor can cross into a VM) always use associations.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use libc::{c_int, c_void, iovec, msghdr, sockaddr, socklen_t};
-use shared_proto::outsource::{Datagram, UdpRequest};
+use shared_proto::outsource::{Datagram, UdpConnectRequest, UdpRequest};
 use shared_proto::{to_vec, Errno, ToGuest, ToHost};
 
 use crate::sockaddr::{is_local, read_v4, write_v4};
 use crate::table::{self, Entry, Kind};
-use crate::transport::{recv_frame, Stream};
+use crate::transport::{self, recv_frame, Stream};
 use crate::{interpose, real};
 
 /// Opens the association for `fd` and installs it; returns the new entry.
@@ -155,25 +166,147 @@ fn sending_entry(fd: c_int, to: Option<SocketAddrV4>) -> Option<Result<Entry, Er
     }
 }
 
-/// `connect(2)` on a datagram socket: associate (if off loopback) and remember the peer.
-/// `None`: not ours, use the real call.
+/// `connect(2)` on a datagram socket: in process mode a passed, connected host socket (see the
+/// module docs); otherwise associate (if off loopback) and remember the peer. `None`: not ours,
+/// use the real call.
 ///
 /// # Safety
 /// `addr` is null or valid for `len` bytes.
 pub unsafe fn connect(fd: c_int, e: Entry, addr: *const sockaddr, len: socklen_t) -> Option<c_int> {
+    if e.kind == Kind::UdpPassed {
+        let fresh = match release(fd, e) {
+            Ok(f) => f,
+            Err(err) => return Some(interpose::set_errno(err)),
+        };
+        // SAFETY: the caller's addr/len, passed on.
+        return unsafe { connect(fd, fresh, addr, len) };
+    }
     // SAFETY: the caller's addr/len.
     let to = unsafe { read_v4(addr, len) };
     let e = match (e.kind, to) {
         (Kind::Udp, _) => e,
-        (Kind::InetDgram, Some(a)) if !e.local_only && !is_local(a) => match associate(fd, e) {
-            Ok(e) => e,
-            Err(err) => return Some(interpose::set_errno(err)),
-        },
+        (Kind::InetDgram, Some(a)) if !e.local_only && !is_local(a) => {
+            if transport::vsock_port().is_none() {
+                if let Some(rc) = connect_passed(fd, e, a) {
+                    return Some(rc);
+                }
+            }
+            match associate(fd, e) {
+                Ok(e) => e,
+                Err(err) => return Some(interpose::set_errno(err)),
+            }
+        }
         _ => return None,
     };
     // AF_UNSPEC (or anything not AF_INET) dissolves the association's default peer.
     table::set(fd, Entry { peer: to, ..e });
     Some(0)
+}
+
+/// Asks host-server for a UDP socket connected to `dest` and installs it on `fd`. `None`: the
+/// destination needs an association (host-server answered EOPNOTSUPP: the guest DNS address).
+fn connect_passed(fd: c_int, e: Entry, dest: SocketAddrV4) -> Option<c_int> {
+    let flags = interpose::flags_of(fd);
+    let stream = match Stream::open() {
+        Ok(s) => s,
+        Err(err) => return Some(interpose::set_errno(err)),
+    };
+    let bind = e
+        .local
+        .unwrap_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
+    let answer = stream
+        .send(&ToHost::UdpConnect(UdpConnectRequest { bind, dest }))
+        .and_then(|()| stream.recv());
+    match answer {
+        Ok((ToGuest::Connected { local, .. }, Some(host_fd))) => {
+            interpose::copy_options(fd, host_fd, e.options);
+            if let Err(err) = interpose::replace_fd(host_fd, fd, &flags) {
+                return Some(interpose::set_errno(err));
+            }
+            table::set(
+                fd,
+                Entry {
+                    kind: Kind::UdpPassed,
+                    local: Some(local),
+                    peer: Some(dest),
+                    ..e
+                },
+            );
+            Some(0)
+        }
+        Ok((ToGuest::Failed(Errno::EOPNOTSUPP), None)) => None,
+        other => Some(interpose::unexpected(&other)),
+    }
+}
+
+/// Gives a passed UDP socket back: a fresh AF_INET datagram socket takes `fd`'s number (dup3
+/// closes the host socket, freeing its port), recorded as bound where the program bound it.
+fn release(fd: c_int, e: Entry) -> Result<Entry, Errno> {
+    let flags = interpose::flags_of(fd);
+    // SAFETY: plain socket(2) call.
+    let placeholder =
+        unsafe { real::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if placeholder < 0 {
+        let err = std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EMFILE);
+        return Err(Errno(u16::try_from(err).unwrap_or(24)));
+    }
+    table::clear(placeholder);
+    interpose::replace_fd(placeholder, fd, &flags)?;
+    let fresh = Entry {
+        kind: Kind::InetDgram,
+        // An ephemeral port was host-server's choice: the next socket gets its own.
+        local: e.local.filter(|_| e.options & table::BOUND != 0),
+        peer: None,
+        local_only: false,
+        options: e.options,
+    };
+    table::set(fd, fresh);
+    Ok(fresh)
+}
+
+/// A send to another address than the peer on a passed UDP socket: it becomes an association
+/// (as if unconnected) that keeps the peer as its default destination.
+fn demote(fd: c_int, e: Entry) -> Result<Entry, Errno> {
+    let fresh = release(fd, e)?;
+    let assoc = associate(fd, fresh)?;
+    let assoc = Entry {
+        peer: e.peer,
+        ..assoc
+    };
+    table::set(fd, assoc);
+    Ok(assoc)
+}
+
+/// What a send on a passed UDP socket does with its address.
+enum PassedSend {
+    /// The real call without an address (none given, or the peer itself).
+    Native,
+    /// Another destination: through the association the socket became.
+    Associated(Entry),
+}
+
+fn passed_send(fd: c_int, e: Entry, to: Option<SocketAddrV4>) -> Result<PassedSend, Errno> {
+    match to {
+        Some(a) if Some(a) != e.peer => demote(fd, e).map(PassedSend::Associated),
+        _ => Ok(PassedSend::Native),
+    }
+}
+
+/// Writes the peer as the source of a datagram the kernel received on a passed socket, in
+/// place of its IPv6 address, into the caller's `addr` of `want` bytes.
+///
+/// # Safety
+/// `addr` is null or valid for `want` bytes; `len` is null or valid.
+unsafe fn write_peer(e: Entry, addr: *mut sockaddr, len: *mut socklen_t, want: socklen_t) {
+    if let (Some(p), false, false) = (e.peer, addr.is_null(), len.is_null()) {
+        // SAFETY: per the function's contract; `want` is what the caller made room for.
+        unsafe {
+            *len = want;
+            write_v4(p, addr, len);
+        }
+    }
 }
 
 /// # Safety
@@ -187,7 +320,8 @@ pub unsafe extern "C" fn sendto(
     addr: *const sockaddr,
     alen: socklen_t,
 ) -> isize {
-    if table::get(fd).kind == Kind::Outsourced {
+    let e = table::get(fd);
+    if e.kind == Kind::Outsourced {
         // A connected stream ignores the address on Linux TCP, but a relayed connection's fd is
         // a Unix stream, which would fail with EISCONN: drop the address, as TCP would.
         // SAFETY: forwarded arguments without the address.
@@ -195,6 +329,20 @@ pub unsafe extern "C" fn sendto(
     }
     // SAFETY: the caller's addr/alen.
     let to = unsafe { read_v4(addr, alen) };
+    if e.kind == Kind::UdpPassed {
+        return match passed_send(fd, e, to) {
+            // SAFETY: forwarded arguments without the (peer's) address.
+            Ok(PassedSend::Native) => unsafe {
+                real_sendto(fd, buf, len, flags, std::ptr::null(), 0)
+            },
+            Ok(PassedSend::Associated(a)) => {
+                // SAFETY: the caller's buffer of `len` bytes.
+                let data = unsafe { slice(buf.cast(), len) };
+                send_on(fd, a, data, to)
+            }
+            Err(err) => errno_isize(err),
+        };
+    }
     match sending_entry(fd, to) {
         None => {
             // SAFETY: forwarded arguments.
@@ -229,6 +377,17 @@ pub unsafe extern "C" fn recvfrom(
     alen: *mut socklen_t,
 ) -> isize {
     let e = table::get(fd);
+    if e.kind == Kind::UdpPassed {
+        // SAFETY: the caller's length slot (or null).
+        let want = if alen.is_null() { 0 } else { unsafe { *alen } };
+        // SAFETY: forwarded arguments; the kernel writes an IPv6 source, replaced below.
+        let n = unsafe { real_recvfrom(fd, buf, len, flags, addr, alen) };
+        if n >= 0 {
+            // SAFETY: the caller's out pointers, with the room they gave.
+            unsafe { write_peer(e, addr, alen, want) };
+        }
+        return n;
+    }
     if e.kind != Kind::Udp {
         // SAFETY: forwarded arguments.
         return unsafe { real_recvfrom(fd, buf, len, flags, addr, alen) };
@@ -277,16 +436,27 @@ pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) ->
     let Some(m) = (unsafe { msg.as_ref() }) else {
         return errno_isize(Errno(libc::EFAULT as u16));
     };
-    if table::get(fd).kind == Kind::Outsourced && !m.msg_name.is_null() {
-        // As in `sendto`: a connected stream takes no address.
+    let e = table::get(fd);
+    // SAFETY: msg_name/msg_namelen from a valid msghdr.
+    let to = unsafe { read_v4(m.msg_name.cast(), m.msg_namelen) };
+    let native = match e.kind {
+        Kind::Outsourced => true,
+        Kind::UdpPassed => match passed_send(fd, e, to) {
+            Ok(PassedSend::Native) => true,
+            // The socket is an association now: sent below, as on one.
+            Ok(PassedSend::Associated(_)) => false,
+            Err(err) => return errno_isize(err),
+        },
+        _ => false,
+    };
+    if native {
+        // As in `sendto`: a connected socket here takes no address.
         let mut copy = *m;
         copy.msg_name = std::ptr::null_mut();
         copy.msg_namelen = 0;
         // SAFETY: the caller's msghdr with the address removed.
         return unsafe { real_sendmsg(fd, &copy, flags) };
     }
-    // SAFETY: msg_name/msg_namelen from a valid msghdr.
-    let to = unsafe { read_v4(m.msg_name.cast(), m.msg_namelen) };
     match sending_entry(fd, to) {
         None => {
             // SAFETY: forwarded arguments.
@@ -310,6 +480,18 @@ pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) ->
 #[no_mangle]
 pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> isize {
     let e = table::get(fd);
+    if e.kind == Kind::UdpPassed {
+        // SAFETY: msg is valid per the contract (or null, for the kernel to refuse).
+        let want = unsafe { msg.as_ref() }.map_or(0, |m| m.msg_namelen);
+        // SAFETY: forwarded arguments; the kernel writes an IPv6 source, replaced below.
+        let n = unsafe { real_recvmsg(fd, msg, flags) };
+        // SAFETY: as above.
+        if let (true, Some(m)) = (n >= 0, unsafe { msg.as_mut() }) {
+            // SAFETY: msg_name holds `want` bytes (or is null).
+            unsafe { write_peer(e, m.msg_name.cast(), &mut m.msg_namelen, want) };
+        }
+        return n;
+    }
     if e.kind != Kind::Udp {
         // SAFETY: forwarded arguments.
         return unsafe { real_recvmsg(fd, msg, flags) };
@@ -446,7 +628,24 @@ pub unsafe extern "C" fn recvmmsg(
     flags: c_int,
     timeout: *mut libc::timespec,
 ) -> c_int {
-    if table::get(fd).kind != Kind::Udp {
+    let e = table::get(fd);
+    if e.kind == Kind::UdpPassed && !msgs.is_null() {
+        // SAFETY: msgs holds n entries per the contract.
+        let entries = unsafe { std::slice::from_raw_parts_mut(msgs, n as usize) };
+        let want: Vec<socklen_t> = entries.iter().map(|m| m.msg_hdr.msg_namelen).collect();
+        // SAFETY: forwarded arguments; the kernel writes IPv6 sources, replaced below.
+        let got = unsafe { crate::real::recvmmsg(fd, msgs, n, flags, timeout) };
+        for (m, w) in entries
+            .iter_mut()
+            .zip(want)
+            .take(usize::try_from(got).unwrap_or(0))
+        {
+            // SAFETY: each entry's msg_name holds `w` bytes (or is null).
+            unsafe { write_peer(e, m.msg_hdr.msg_name.cast(), &mut m.msg_hdr.msg_namelen, w) };
+        }
+        return got;
+    }
+    if e.kind != Kind::Udp {
         // SAFETY: forwarded arguments.
         return unsafe { crate::real::recvmmsg(fd, msgs, n, flags, timeout) };
     }
@@ -482,7 +681,7 @@ pub unsafe extern "C" fn sendmmsg(
     flags: c_int,
 ) -> c_int {
     let e = table::get(fd);
-    if !matches!(e.kind, Kind::Udp | Kind::InetDgram) {
+    if !matches!(e.kind, Kind::Udp | Kind::InetDgram | Kind::UdpPassed) {
         // SAFETY: forwarded arguments.
         return unsafe { crate::real::sendmmsg(fd, msgs, n, flags) };
     }

@@ -62,6 +62,9 @@ pub struct VmConfig {
     pub vsock_socket: Option<PathBuf>,
     /// The guest's vsock context id (3 or more).
     pub cid: u32,
+    /// On a stop signal the guest is asked to shut down (Ctrl+Alt+Del) and gets this long to
+    /// power off before it is stopped hard; 0 stops it hard at once.
+    pub stop_timeout_secs: u64,
 }
 
 impl Default for VmConfig {
@@ -81,6 +84,7 @@ impl Default for VmConfig {
             host_socket: None,
             vsock_socket: None,
             cid: 3,
+            stop_timeout_secs: 10,
         }
     }
 }
@@ -126,6 +130,11 @@ impl VmConfig {
         Ok(self)
     }
 
+    /// How long the guest gets to power off after a stop signal.
+    pub fn stop_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.stop_timeout_secs)
+    }
+
     /// The VM's own vsock socket path, when the VM has a vsock device.
     pub fn vsock_socket_path(&self) -> Option<PathBuf> {
         self.host_socket.as_ref()?;
@@ -149,7 +158,7 @@ impl VmConfig {
 pub struct Cli {
     /// TOML file with any of the keys below (kernel, initramfs, cmdline, extra_cmdline,
     /// mem_mib, vcpus, name, serial_log, stdin, on_reboot, trace_io, host_socket,
-    /// vsock_socket, cid).
+    /// vsock_socket, cid, stop_timeout_secs).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// The kernel bzImage.
@@ -195,6 +204,10 @@ pub struct Cli {
     /// The guest's vsock CID [default: 3].
     #[arg(long)]
     pub cid: Option<u32>,
+    /// Seconds the guest gets to power off after SIGTERM/SIGINT/SIGHUP before it is stopped
+    /// hard; 0: at once [default: 10].
+    #[arg(long, value_name = "SECS")]
+    pub stop_timeout_secs: Option<u64>,
 }
 
 /// Merges the file, the environment (`env`: name → value, normally `std::env::vars()`) and
@@ -223,6 +236,7 @@ pub fn load(cli: &Cli, env: HashMap<String, String>) -> Result<VmConfig, ConfigE
         .set_override_option("host_socket", cli.host_socket.as_ref().map(path_str))?
         .set_override_option("vsock_socket", cli.vsock_socket.as_ref().map(path_str))?
         .set_override_option("cid", cli.cid.map(u64::from))?
+        .set_override_option("stop_timeout_secs", cli.stop_timeout_secs)?
         .set_override_option(
             "on_reboot",
             cli.on_reboot.map(|r| match r {
@@ -296,6 +310,7 @@ mod tests {
             (256, 1, OnReboot::Exit)
         );
         assert!(!cfg.stdin);
+        assert_eq!(cfg.stop_timeout(), std::time::Duration::from_secs(10));
         assert_eq!(
             cfg.full_cmdline(),
             format!("{DEFAULT_CMDLINE} -- \"uname -r\"")
@@ -322,6 +337,7 @@ mod tests {
             "the default follows --name, as host-server's [vms.web] expects"
         );
         assert_eq!(cfg.cid, 3);
+        assert_eq!(cfg.stop_timeout_secs, 10);
     }
 
     #[test]

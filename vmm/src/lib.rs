@@ -8,10 +8,11 @@
 //! - [`vstate`]: the VM and vCPUs; the only KVM callers and, with [`signals`], the only
 //!   `unsafe` code.
 //! - [`devices`]: port I/O and MMIO buses, the 8250 UART with its non-blocking console, the
-//!   i8042 reset line, the ACPI sleep/reset register, pvpanic, and virtio-mmio with the
-//!   virtio-vsock device (`devices::virtio::vsock`).
+//!   i8042 keyboard controller (reset line, Ctrl+Alt+Del), the ACPI sleep/reset register,
+//!   pvpanic, and virtio-mmio with the virtio-vsock device (`devices::virtio::vsock`).
 //! - [`event_loop`]: the device event thread (console input, vsock, systemd's watchdog).
-//! - [`signals`]: SIGTERM/SIGINT/SIGHUP end the VM like a guest power-off would.
+//! - [`signals`]: SIGTERM/SIGINT/SIGHUP end the VM like a guest power-off would;
+//!   [`graceful_stop`] first asks the guest to shut down (Ctrl+Alt+Del) within a timeout.
 //! - [`builder`]: the boot sequence.
 //! - [`vm_exit`]: why the VM ended, and the process exit status for it.
 //! - [`config`], [`host_check`]: settings, and whether this host can run a VM at all.
@@ -21,6 +22,7 @@ pub mod builder;
 pub mod config;
 pub mod devices;
 pub mod event_loop;
+pub mod graceful_stop;
 pub mod host_check;
 pub mod signals;
 pub mod vm_exit;

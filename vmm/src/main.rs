@@ -51,7 +51,8 @@ fn main() -> ExitCode {
     };
     // The vCPU threads run and, in VM mode, the VM's vsock socket listens (bound while the
     // device was built): host-server may CONNECT to the guest from now on.
-    if let Err(e) = signals::stop_on_signals(vm.exit_signal()) {
+    let graceful = vm.graceful_stop(&name, cfg.stop_timeout());
+    if let Err(e) = signals::stop_on_signals_gracefully(vm.exit_signal(), graceful) {
         eprintln!("outsock-vmm[{name}]: cannot handle stop signals: {e}");
     }
     sd_notify(&name, "READY=1");

@@ -26,7 +26,7 @@ pub const PANIC: &[&str] = &["panic"];
 /// Tests of the `bad-kernel` group.
 pub const BAD_KERNEL: &[&str] = &["bad-kernel-rejected"];
 /// Tests of the `stop` group.
-pub const STOP: &[&str] = &["stop-graceful", "stop-timeout", "stop-twice"];
+pub const STOP: &[&str] = &["stop-graceful", "stop-timeout", "stop-twice", "stop-shell"];
 
 /// Kernel log lines that must not appear (XSAVE, TSC, IRQ and ACPI trouble).
 const BAD_KLOG: &[&str] = &[
@@ -293,7 +293,8 @@ pub fn stop(d: &mut Driver) {
         "stop-graceful",
         &["--stop-timeout-secs", "20"],
         Some(
-            "trap 'echo GOT-$((6*7))-TERM; exit 0' TERM; echo STOP-READY-$((6*7)); \
+            "dmesg | grep -v 'ommand line' | grep -e i8042 -e serio | sed 's/^/KBD-LOG /'; \
+             trap 'echo GOT-$((6*7))-TERM; exit 0' TERM; echo STOP-READY-$((6*7)); \
              while :; do sleep 1; done",
         ),
         RunOpts {
@@ -302,6 +303,15 @@ pub fn stop(d: &mut Driver) {
         },
     );
     let after = stop_took(&run, "STOP-READY-42");
+    // How the guest's kernel found the keyboard, for the record (its input device line).
+    let keyboard = run
+        .lines
+        .iter()
+        .find(|(_, l)| l.starts_with("KBD-LOG") && l.contains("keyboard as"))
+        .and_then(|(_, l)| l.split("input: ").nth(1))
+        .unwrap_or("no kernel log line about it")
+        .trim()
+        .to_owned();
     let ok = run.has("GOT-42-TERM")
         && run.has("OUTSOCK-INIT: stop requested")
         && run.has("OUTSOCK-INIT: exit=0")
@@ -312,7 +322,8 @@ pub fn stop(d: &mut Driver) {
         "stop-graceful",
         ok,
         &format!(
-            "SIGTERM with --stop-timeout-secs 20 -> {}, {}, {}; VMM {} {} after the SIGTERM",
+            "keyboard: {keyboard}; SIGTERM with --stop-timeout-secs 20 -> {}, {}, {}; VMM {} {} \
+             after the SIGTERM",
             seen(&run, "GOT-42-TERM", "the command's TERM trap ran"),
             seen(&run, "OUTSOCK-INIT: stop requested", "/init saw the stop"),
             seen(&run, "OUTSOCK-INIT: exit=0", "/init exit=0"),
@@ -378,6 +389,37 @@ pub fn stop(d: &mut Driver) {
             "a guest that ignores the stop, --stop-timeout-secs {timeout}, a second SIGTERM \
              {} s after the first: VMM {} {} after the first",
             again.as_secs(),
+            run.status_text(),
+            after.map_or("?".into(), |t| format!("{} ms", t.as_millis())),
+        ),
+    );
+    stop_shell(d);
+}
+
+/// The interactive shell keeps the kernel's Ctrl-Alt-Del reboot: a stop reboots the guest at
+/// once, and the VMM counts that reboot as the stop.
+fn stop_shell(d: &mut Driver) {
+    let run = d.run_with(
+        "stop-shell",
+        &["--stop-timeout-secs", "20"],
+        None,
+        RunOpts {
+            input: Some("echo SHELL-$((6*7))\n"),
+            stop_when: Some(("SHELL-42", 1)),
+            ..RunOpts::default()
+        },
+    );
+    let after = stop_took(&run, "SHELL-42");
+    let ok = run.signal == Some(libc::SIGTERM)
+        && run.stderr.contains("Ctrl+Alt+Del")
+        && run.has("Restarting system")
+        && after.is_some_and(|t| t < Duration::from_secs(15));
+    d.report(
+        "stop-shell",
+        ok,
+        &format!(
+            "no command (shell on the console), SIGTERM -> {}; VMM {} {} after the SIGTERM",
+            seen(&run, "Restarting system", "the kernel rebooted"),
             run.status_text(),
             after.map_or("?".into(), |t| format!("{} ms", t.as_millis())),
         ),

@@ -173,6 +173,28 @@ mod tests {
     use std::time::Duration;
 
     #[test]
+    fn the_waiter_wakes_on_a_write_or_at_its_timeout() {
+        let wake = EventFd::new(0).expect("eventfd");
+        let started = std::time::Instant::now();
+        assert_eq!(
+            wait_for_wake(&wake, Some(Duration::from_millis(50))),
+            Some(false)
+        );
+        assert!(started.elapsed() >= Duration::from_millis(50));
+        wake.write(1).expect("write");
+        assert_eq!(
+            wait_for_wake(&wake, Some(Duration::from_secs(5))),
+            Some(true)
+        );
+        wake.write(1).expect("write");
+        assert_eq!(wait_for_wake(&wake, None), Some(true), "consumed each time");
+        assert_eq!(
+            wait_for_wake(&wake, Some(Duration::from_millis(1))),
+            Some(false)
+        );
+    }
+
+    #[test]
     fn a_stop_signal_ends_the_vm() {
         let exit = Arc::new(ExitSignal::new());
         stop_on_signals(Arc::clone(&exit)).expect("handlers");

@@ -38,7 +38,8 @@ struct Args {
     results: PathBuf,
     #[arg(long)]
     logs: PathBuf,
-    /// Run only these comma-separated test groups: boot, reboot, console, panic, bad-kernel, vm.
+    /// Run only these comma-separated test groups: boot, reboot, console, panic, bad-kernel,
+    /// stop, vm.
     #[arg(long)]
     only: Option<String>,
     /// Where outsock-dns-cache and outsock-host-server are (the `vm` group's test world).
@@ -114,8 +115,11 @@ type LineHook<'a> = dyn FnMut(&str) -> Option<String> + 'a;
 #[derive(Default)]
 struct RunOpts<'a> {
     /// End the run once this many console lines contain the text: SIGTERM (the way systemd
-    /// stops a unit), then SIGKILL if the VMM is still there 10 s later.
+    /// stops a unit), then SIGKILL if the VMM is still there 30 s later (the VMM's stop
+    /// timeout is 10 s by default, systemd's TimeoutStopSec in our unit 20 s).
     stop_when: Option<(&'a str, usize)>,
+    /// With `stop_when`: a second SIGTERM this long after the first.
+    stop_again_after: Option<Duration>,
     /// Typed into the console (stdin) once /init has started.
     input: Option<&'a str>,
     /// Extra environment for the VMM.
@@ -290,7 +294,7 @@ impl Driver {
                     .filter(|(_, l)| l.contains(needle))
                     .count();
                 if matched >= count {
-                    let st = terminate(&mut child);
+                    let st = terminate(&mut child, opts.stop_again_after);
                     run.status = st.and_then(|s| s.code());
                     run.signal = st.and_then(|s| s.signal());
                     break;
@@ -368,15 +372,25 @@ fn type_into(stdin: Option<&mut ChildStdin>, text: &str) {
     }
 }
 
-/// Stops the VMM as systemd would: SIGTERM, then SIGKILL after 10 s.
-fn terminate(child: &mut Child) -> Option<ExitStatus> {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let deadline = Instant::now() + Duration::from_secs(10);
+/// Stops the VMM as systemd would: SIGTERM (again after `again_after`, if given), then SIGKILL
+/// after 30 s.
+fn terminate(child: &mut Child, again_after: Option<Duration>) -> Option<ExitStatus> {
+    let sigterm = |child: &Child| {
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+    };
+    sigterm(child);
+    let started = Instant::now();
+    let mut again = again_after;
+    let deadline = started + Duration::from_secs(30);
     while Instant::now() < deadline {
         if let Ok(Some(st)) = child.try_wait() {
             return Some(st);
+        }
+        if again.is_some_and(|a| started.elapsed() >= a) {
+            sigterm(child);
+            again = None;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -399,6 +413,7 @@ fn groups() -> Vec<Group> {
             machine_tests::BAD_KERNEL,
             machine_tests::bad_kernel,
         ),
+        ("stop", machine_tests::STOP, machine_tests::stop),
         ("vm", &vm_e2e::NAMES, vm_e2e::run),
     ]
 }

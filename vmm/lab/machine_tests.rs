@@ -1,6 +1,10 @@
 //! The lab's machine-level groups: boot (1 and 2 vCPUs, a clean kernel log, power-off),
-//! reboot (exit, restart in place, and systemd's notifications), console input, panic, and a
-//! rejected kernel. Each is one or two VMM runs on the guest image; see lab/README.md.
+//! reboot (exit, restart in place, and systemd's notifications), console input, panic, a
+//! rejected kernel, and stop (SIGTERM shuts the guest down gracefully, or stops it at the stop
+//! timeout or a second SIGTERM). Each is one or two VMM runs on the guest image; see
+//! lab/README.md.
+
+use std::time::Duration;
 
 use crate::sd_notify::{self, Notify};
 use crate::{Driver, RunOpts};
@@ -21,6 +25,8 @@ pub const CONSOLE: &[&str] = &["console-input"];
 pub const PANIC: &[&str] = &["panic"];
 /// Tests of the `bad-kernel` group.
 pub const BAD_KERNEL: &[&str] = &["bad-kernel-rejected"];
+/// Tests of the `stop` group.
+pub const STOP: &[&str] = &["stop-graceful", "stop-timeout", "stop-twice", "stop-shell"];
 
 /// Kernel log lines that must not appear (XSAVE, TSC, IRQ and ACPI trouble).
 const BAD_KLOG: &[&str] = &[
@@ -264,4 +270,174 @@ pub fn bad_kernel(d: &mut Driver) {
             run.status_text()
         ),
     );
+}
+
+/// The stop timeout of the `stop-timeout` run, and the one `stop-twice` never reaches.
+const SHORT_STOP_TIMEOUT_S: u64 = 3;
+const LONG_STOP_TIMEOUT_S: u64 = 60;
+
+/// A guest command that ignores a stop: the kernel's Ctrl-Alt-Del signal goes to the command's
+/// own shell (`cad_pid`), which as a background job of /init ignores SIGINT, so PID 1 never
+/// learns of it and the guest does not power off. It then prints `marker-42`.
+fn ignoring_guest(marker: &str) -> String {
+    format!("echo $$ > /proc/sys/kernel/cad_pid; echo {marker}-$((6*7)); while :; do sleep 1; done")
+}
+
+/// SIGTERM → Ctrl+Alt+Del → /init stops the command (SIGTERM) and powers off → the VMM ends by
+/// SIGTERM, long before its stop timeout; then a guest that ignores the stop is stopped at the
+/// timeout, and at a second SIGTERM.
+pub fn stop(d: &mut Driver) {
+    // The markers are computed in the guest, so the kernel command line (which holds the
+    // command) never matches them.
+    let run = d.run_with(
+        "stop-graceful",
+        &["--stop-timeout-secs", "20"],
+        Some(
+            "dmesg | grep -v 'ommand line' | grep -e i8042 -e serio | sed 's/^/KBD-LOG /'; \
+             trap 'echo GOT-$((6*7))-TERM; exit 0' TERM; echo STOP-READY-$((6*7)); \
+             while :; do sleep 1; done",
+        ),
+        RunOpts {
+            stop_when: Some(("STOP-READY-42", 1)),
+            ..RunOpts::default()
+        },
+    );
+    let after = stop_took(&run, "STOP-READY-42");
+    // How the guest's kernel found the keyboard, for the record (its input device line).
+    let keyboard = run
+        .lines
+        .iter()
+        .find(|(_, l)| l.starts_with("KBD-LOG") && l.contains("keyboard as"))
+        .and_then(|(_, l)| l.split("input: ").nth(1))
+        .unwrap_or("no kernel log line about it")
+        .trim()
+        .to_owned();
+    let ok = run.has("GOT-42-TERM")
+        && run.has("OUTSOCK-INIT: stop requested")
+        && run.has("OUTSOCK-INIT: exit=0")
+        && run.signal == Some(libc::SIGTERM)
+        && run.stderr.contains("Ctrl+Alt+Del")
+        && after.is_some_and(|t| t < Duration::from_secs(15));
+    d.report(
+        "stop-graceful",
+        ok,
+        &format!(
+            "keyboard: {keyboard}; SIGTERM with --stop-timeout-secs 20 -> {}, {}, {}; VMM {} {} \
+             after the SIGTERM",
+            seen(&run, "GOT-42-TERM", "the command's TERM trap ran"),
+            seen(&run, "OUTSOCK-INIT: stop requested", "/init saw the stop"),
+            seen(&run, "OUTSOCK-INIT: exit=0", "/init exit=0"),
+            run.status_text(),
+            after.map_or("?".into(), |t| format!("{} ms", t.as_millis())),
+        ),
+    );
+
+    let timeout = SHORT_STOP_TIMEOUT_S.to_string();
+    let run = d.run_with(
+        "stop-timeout",
+        &["--stop-timeout-secs", &timeout],
+        Some(&ignoring_guest("IGNORE-READY")),
+        RunOpts {
+            stop_when: Some(("IGNORE-READY-42", 1)),
+            ..RunOpts::default()
+        },
+    );
+    let after = stop_took(&run, "IGNORE-READY-42");
+    let ok = !run.has("OUTSOCK-INIT: stop requested")
+        && run.signal == Some(libc::SIGTERM)
+        && run.stderr.contains("did not power off")
+        && after.is_some_and(|t| {
+            t >= Duration::from_secs(SHORT_STOP_TIMEOUT_S)
+                && t < Duration::from_secs(SHORT_STOP_TIMEOUT_S + 10)
+        });
+    d.report(
+        "stop-timeout",
+        ok,
+        &format!(
+            "a guest that ignores the stop, --stop-timeout-secs {timeout}: VMM {} {} after the \
+             SIGTERM{}",
+            run.status_text(),
+            after.map_or("?".into(), |t| format!("{} ms", t.as_millis())),
+            if run.stderr.contains("did not power off") {
+                ", said the guest did not power off"
+            } else {
+                ", no timeout message"
+            },
+        ),
+    );
+
+    let timeout = LONG_STOP_TIMEOUT_S.to_string();
+    let again = Duration::from_secs(2);
+    let run = d.run_with(
+        "stop-twice",
+        &["--stop-timeout-secs", &timeout],
+        Some(&ignoring_guest("TWICE-READY")),
+        RunOpts {
+            stop_when: Some(("TWICE-READY-42", 1)),
+            stop_again_after: Some(again),
+            ..RunOpts::default()
+        },
+    );
+    let after = stop_took(&run, "TWICE-READY-42");
+    let ok = run.signal == Some(libc::SIGTERM)
+        && run.stderr.contains("again")
+        && after.is_some_and(|t| t >= again && t < again + Duration::from_secs(10));
+    d.report(
+        "stop-twice",
+        ok,
+        &format!(
+            "a guest that ignores the stop, --stop-timeout-secs {timeout}, a second SIGTERM \
+             {} s after the first: VMM {} {} after the first",
+            again.as_secs(),
+            run.status_text(),
+            after.map_or("?".into(), |t| format!("{} ms", t.as_millis())),
+        ),
+    );
+    stop_shell(d);
+}
+
+/// The interactive shell keeps the kernel's Ctrl-Alt-Del reboot: a stop reboots the guest at
+/// once, and the VMM counts that reboot as the stop.
+fn stop_shell(d: &mut Driver) {
+    let run = d.run_with(
+        "stop-shell",
+        &["--stop-timeout-secs", "20"],
+        None,
+        RunOpts {
+            input: Some("echo SHELL-$((6*7))\n"),
+            stop_when: Some(("SHELL-42", 1)),
+            ..RunOpts::default()
+        },
+    );
+    let after = stop_took(&run, "SHELL-42");
+    let ok = run.signal == Some(libc::SIGTERM)
+        && run.stderr.contains("Ctrl+Alt+Del")
+        && run.has("Restarting system")
+        && after.is_some_and(|t| t < Duration::from_secs(15));
+    d.report(
+        "stop-shell",
+        ok,
+        &format!(
+            "no command (shell on the console), SIGTERM -> {}; VMM {} {} after the SIGTERM",
+            seen(&run, "Restarting system", "the kernel rebooted"),
+            run.status_text(),
+            after.map_or("?".into(), |t| format!("{} ms", t.as_millis())),
+        ),
+    );
+}
+
+/// From the console line with `marker` (the driver sends SIGTERM within ~20 ms of it) to the
+/// end of the VMM.
+fn stop_took(run: &crate::Run, marker: &str) -> Option<Duration> {
+    run.first(marker)
+        .map(|(t, _)| run.took.saturating_sub(t))
+        .filter(|_| !run.timed_out)
+}
+
+fn seen(run: &crate::Run, needle: &str, what: &str) -> String {
+    if run.has(needle) {
+        what.to_owned()
+    } else {
+        format!("no `{needle}`")
+    }
 }

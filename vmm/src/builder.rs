@@ -32,6 +32,7 @@ use crate::devices::virtio::vsock::{Muxer, MuxerConfig, VsockDevice};
 use crate::devices::virtio::{IrqLine, VirtioDevice};
 use crate::devices::{Bus, BusDevice};
 use crate::event_loop::{self, ConsoleInput, Subscriber, Watchdog};
+use crate::graceful_stop::GracefulStop;
 use crate::host_check;
 use crate::seccomp::{Filters, Role};
 use crate::vm_exit::{ExitReason, ExitSignal};
@@ -86,6 +87,7 @@ pub enum BuildError {
 pub struct RunningVm {
     exit: Arc<ExitSignal>,
     console: Console,
+    keyboard: Arc<Mutex<I8042>>,
     // Kept alive for as long as the vCPUs run (KVM holds its host addresses).
     _memory: GuestMemoryMmap,
     _vm: Vm,
@@ -95,6 +97,19 @@ impl RunningVm {
     /// The channel that ends the VM: whatever reports a reason on it first stops it.
     pub fn exit_signal(&self) -> Arc<ExitSignal> {
         Arc::clone(&self.exit)
+    }
+
+    /// What asks this guest to shut down on a stop signal (see `graceful_stop`), or `None`
+    /// when `stop_timeout` is zero: the VM then stops at once.
+    pub fn graceful_stop(&self, name: &str, stop_timeout: Duration) -> Option<GracefulStop> {
+        (!stop_timeout.is_zero()).then(|| {
+            GracefulStop::new(
+                name.to_owned(),
+                Arc::clone(&self.keyboard),
+                Arc::clone(&self.exit),
+                stop_timeout,
+            )
+        })
     }
 
     /// Blocks until the VM ends, flushes the console (bounded), and says why it ended.
@@ -219,7 +234,7 @@ pub fn build_and_boot(cfg: &VmConfig, filters: &Filters) -> Result<RunningVm, Bu
         mem.write_slice(&bytes, GuestAddress(addr))?;
     }
 
-    // 9. Devices: console + COM1 (IRQ 4), i8042 reset, ACPI sleep/reset port, pvpanic.
+    // 9. Devices: console + COM1 (IRQ 4), i8042 keyboard controller (IRQ 1), ACPI sleep/reset port, pvpanic.
     let exit = Arc::new(ExitSignal::new());
     let mut sinks: Vec<Box<dyn Write + Send>> = vec![Box::new(std::io::stdout())];
     if let Some(path) = &cfg.serial_log {
@@ -243,7 +258,10 @@ pub fn build_and_boot(cfg: &VmConfig, filters: &Filters) -> Result<RunningVm, Bu
         u64::from(layout::COM1_PORT),
         u64::from(layout::COM1_PORT_LEN),
     )?;
-    let i8042: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(I8042::new(exit.clone())));
+    let keyboard_irq = EventFd::new(libc::EFD_NONBLOCK)?;
+    vm.register_irqfd(&keyboard_irq, layout::I8042_GSI)?;
+    let keyboard = Arc::new(Mutex::new(I8042::new(keyboard_irq, exit.clone())));
+    let i8042: Arc<Mutex<dyn BusDevice>> = keyboard.clone();
     pio.insert(
         i8042,
         u64::from(layout::I8042_PORT),
@@ -334,6 +352,7 @@ pub fn build_and_boot(cfg: &VmConfig, filters: &Filters) -> Result<RunningVm, Bu
     Ok(RunningVm {
         exit,
         console,
+        keyboard,
         _memory: mem,
         _vm: vm,
     })

@@ -65,6 +65,9 @@ pub struct VmConfig {
     /// Confine every VMM thread to its system-call allow-list (`crate::seccomp`); off only
     /// to debug.
     pub seccomp: bool,
+    /// On a stop signal the guest is asked to shut down (Ctrl+Alt+Del) and gets this long to
+    /// power off before it is stopped hard; 0 stops it hard at once.
+    pub stop_timeout_secs: u64,
 }
 
 impl Default for VmConfig {
@@ -85,6 +88,7 @@ impl Default for VmConfig {
             vsock_socket: None,
             cid: 3,
             seccomp: true,
+            stop_timeout_secs: 10,
         }
     }
 }
@@ -130,6 +134,11 @@ impl VmConfig {
         Ok(self)
     }
 
+    /// How long the guest gets to power off after a stop signal.
+    pub fn stop_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.stop_timeout_secs)
+    }
+
     /// The VM's own vsock socket path, when the VM has a vsock device.
     pub fn vsock_socket_path(&self) -> Option<PathBuf> {
         self.host_socket.as_ref()?;
@@ -153,7 +162,7 @@ impl VmConfig {
 pub struct Cli {
     /// TOML file with any of the keys below (kernel, initramfs, cmdline, extra_cmdline,
     /// mem_mib, vcpus, name, serial_log, stdin, on_reboot, trace_io, host_socket,
-    /// vsock_socket, cid, seccomp).
+    /// vsock_socket, cid, seccomp, stop_timeout_secs).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// The kernel bzImage.
@@ -202,6 +211,10 @@ pub struct Cli {
     /// Debug aid: run without the seccomp filters (every thread may make any system call).
     #[arg(long)]
     pub no_seccomp: bool,
+    /// Seconds the guest gets to power off after SIGTERM/SIGINT/SIGHUP before it is stopped
+    /// hard; 0: at once [default: 10].
+    #[arg(long, value_name = "SECS")]
+    pub stop_timeout_secs: Option<u64>,
 }
 
 /// Merges the file, the environment (`env`: name → value, normally `std::env::vars()`) and
@@ -230,6 +243,7 @@ pub fn load(cli: &Cli, env: HashMap<String, String>) -> Result<VmConfig, ConfigE
         .set_override_option("host_socket", cli.host_socket.as_ref().map(path_str))?
         .set_override_option("vsock_socket", cli.vsock_socket.as_ref().map(path_str))?
         .set_override_option("cid", cli.cid.map(u64::from))?
+        .set_override_option("stop_timeout_secs", cli.stop_timeout_secs)?
         .set_override_option(
             "on_reboot",
             cli.on_reboot.map(|r| match r {
@@ -307,6 +321,7 @@ mod tests {
         );
         assert!(!cfg.stdin);
         assert!(cfg.seccomp, "the filters are on unless turned off");
+        assert_eq!(cfg.stop_timeout(), std::time::Duration::from_secs(10));
         assert_eq!(
             cfg.full_cmdline(),
             format!("{DEFAULT_CMDLINE} -- \"uname -r\"")
@@ -334,6 +349,7 @@ mod tests {
         );
         assert_eq!(cfg.cid, 3);
         assert!(cfg.seccomp);
+        assert_eq!(cfg.stop_timeout_secs, 10);
     }
 
     #[test]

@@ -8,10 +8,11 @@
 //! - [`vstate`]: the VM and vCPUs; the only KVM callers and, with [`signals`] and
 //!   [`seccomp`], the only `unsafe` code.
 //! - [`devices`]: port I/O and MMIO buses, the 8250 UART with its non-blocking console, the
-//!   i8042 reset line, the ACPI sleep/reset register, pvpanic, and virtio-mmio with the
-//!   virtio-vsock device (`devices::virtio::vsock`).
+//!   i8042 keyboard controller (reset line, Ctrl+Alt+Del), the ACPI sleep/reset register,
+//!   pvpanic, and virtio-mmio with the virtio-vsock device (`devices::virtio::vsock`).
 //! - [`event_loop`]: the device event thread (console input, vsock, systemd's watchdog).
-//! - [`signals`]: SIGTERM/SIGINT/SIGHUP end the VM like a guest power-off would.
+//! - [`signals`]: SIGTERM/SIGINT/SIGHUP end the VM like a guest power-off would;
+//!   [`graceful_stop`] first asks the guest to shut down (Ctrl+Alt+Del) within a timeout.
 //! - [`seccomp`]: one system-call allow-list per thread role, installed by each thread before
 //!   it runs guest-facing code; a violation ends the process with status 6.
 //! - [`builder`]: the boot sequence.
@@ -23,6 +24,7 @@ pub mod builder;
 pub mod config;
 pub mod devices;
 pub mod event_loop;
+pub mod graceful_stop;
 pub mod host_check;
 pub mod seccomp;
 pub mod signals;

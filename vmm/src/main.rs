@@ -70,7 +70,8 @@ fn main() -> ExitCode {
     };
     // The vCPU threads run and, in VM mode, the VM's vsock socket listens (bound while the
     // device was built): host-server may CONNECT to the guest from now on.
-    if let Err(e) = signals::stop_on_signals(vm.exit_signal(), &filters) {
+    let graceful = vm.graceful_stop(&name, cfg.stop_timeout());
+    if let Err(e) = signals::stop_on_signals_gracefully(vm.exit_signal(), graceful, &filters) {
         eprintln!("outsock-vmm[{name}]: cannot handle stop signals: {e}");
     }
     // This thread last, now that it started every thread. A filter survives execve, so a

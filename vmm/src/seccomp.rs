@@ -32,8 +32,8 @@
 //! event loop — `epoll_wait`/`epoll_ctl`, `read` (stdin, eventfds, timers), the vsock
 //! muxer's Unix sockets (`accept4` on the VM's socket, `socket`+`connect` to host-server, data
 //! by std's `recvfrom`/`sendto`, `shutdown`, std's `ioctl(FIONBIO)`), `timerfd_settime`, and
-//! systemd's watchdog datagram (`socket`+`sendto`); stop-signal waiter — `read` of its
-//! eventfd; main — the `STOPPING=1` datagram, `ioctl(TCGETS/TCSETS)` to restore the terminal,
+//! systemd's watchdog datagram (`socket`+`sendto`); stop-signal waiter — `poll` and `read`
+//! of its eventfd (the graceful stop's timeout); main — the `STOPPING=1` datagram, `ioctl(TCGETS/TCSETS)` to restore the terminal,
 //! and `rt_sigaction`+`kill` to end by the stop signal. Arguments are checked where that is
 //! cheap and exact: `socket` only `AF_UNIX` stream (event loop) or datagram (watchdog,
 //! sd_notify); `ioctl` only the request numbers above; `mmap`/`mprotect` never with
@@ -401,8 +401,10 @@ pub fn allow_list(role: Role, pid: u32) -> AllowList {
             // Writes and waits only (every thread's list).
         }
         Role::StopSignals => {
-            // Its eventfd, written by the signal handler.
-            l.any(&[libc::SYS_read]);
+            // Its eventfd, written by the signal handler, waited for with poll (with the
+            // graceful stop's timeout after the first signal). Pressing Ctrl+Alt+Del writes
+            // the keyboard's irqfd and a line to stderr (write, allowed to every thread).
+            l.any(&[libc::SYS_read, libc::SYS_poll]);
         }
         Role::Main => {
             // STOPPING=1 to systemd.

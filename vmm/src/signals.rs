@@ -4,8 +4,13 @@
 //! like any other end of the VM, so the main thread flushes the console and tells systemd
 //! `STOPPING=1` before [`die_by`] ends the process by the same signal: the parent (systemd, a
 //! shell) sees the stop it asked for, which systemd counts as a clean exit.
+//!
+//! With a [`GracefulStop`] the first signal asks the guest to shut down instead, and only the
+//! stop timeout or a second signal ends the VM here; the guest's own power-off usually comes
+//! first and is reported as the same stop.
 
 use std::io;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -14,6 +19,7 @@ use vmm_sys_util::signal::{
     block_signal, register_signal_handler, unblock_signal, Error as SignalError,
 };
 
+use crate::graceful_stop::GracefulStop;
 use crate::seccomp::{Filters, Role};
 use crate::vm_exit::{ExitReason, ExitSignal};
 
@@ -57,6 +63,19 @@ pub fn block_in_this_thread() -> io::Result<()> {
 /// # Errors
 /// When the eventfd, the handlers or the thread cannot be set up.
 pub fn stop_on_signals(exit: Arc<ExitSignal>, filters: &Filters) -> io::Result<()> {
+    stop_on_signals_gracefully(exit, None, filters)
+}
+
+/// Like [`stop_on_signals`], but with `graceful` the first stop signal asks the guest to shut
+/// down; the stop timeout or a second signal reports [`ExitReason::Stopped`].
+///
+/// # Errors
+/// When the eventfd, the handlers or the thread cannot be set up.
+pub fn stop_on_signals_gracefully(
+    exit: Arc<ExitSignal>,
+    graceful: Option<GracefulStop>,
+    filters: &Filters,
+) -> io::Result<()> {
     let wake = EventFd::new(0)?;
     let waiter_end = wake.try_clone()?;
     WAKE.set(wake)
@@ -69,18 +88,60 @@ pub fn stop_on_signals(exit: Arc<ExitSignal>, filters: &Filters) -> io::Result<(
         for sig in STOP_SIGNALS {
             let _ = unblock_signal(sig);
         }
-        loop {
-            match waiter_end.read() {
-                Ok(_) => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return,
+        if wait_for_wake(&waiter_end, None) != Some(true) {
+            return;
+        }
+        let signal = RECEIVED.load(Ordering::SeqCst);
+        if let Some(stop) = graceful {
+            if stop.begin(signal) {
+                match wait_for_wake(&waiter_end, Some(stop.timeout())) {
+                    Some(true) => stop.interrupted(RECEIVED.load(Ordering::SeqCst)),
+                    Some(false) => stop.timed_out(),
+                    None => return,
+                }
             }
         }
-        exit.signal(ExitReason::Stopped {
-            signal: RECEIVED.load(Ordering::SeqCst),
-        });
+        exit.signal(ExitReason::Stopped { signal });
     })?;
     Ok(())
+}
+
+/// Waits until the handler writes `wake` (then consumes it: `Some(true)`) or `timeout` passes
+/// (`Some(false)`); `None` when the eventfd is broken.
+fn wait_for_wake(wake: &EventFd, timeout: Option<std::time::Duration>) -> Option<bool> {
+    let deadline = timeout.map(|t| std::time::Instant::now() + t);
+    loop {
+        let ms = match deadline {
+            None => -1,
+            Some(d) => {
+                let left = d.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    return Some(false);
+                }
+                i32::try_from(left.as_millis().max(1)).unwrap_or(i32::MAX)
+            }
+        };
+        let mut pfd = libc::pollfd {
+            fd: wake.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll(2) on one valid pollfd that lives across the call.
+        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if n < 0 {
+            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return None;
+        }
+        if n > 0 {
+            return match wake.read() {
+                Ok(_) => Some(true),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => None,
+            };
+        }
+    }
 }
 
 /// Ends the process by `signal` with its default action (termination). Call from a thread
@@ -111,6 +172,28 @@ pub fn name(signal: libc::c_int) -> &'static str {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn the_waiter_wakes_on_a_write_or_at_its_timeout() {
+        let wake = EventFd::new(0).expect("eventfd");
+        let started = std::time::Instant::now();
+        assert_eq!(
+            wait_for_wake(&wake, Some(Duration::from_millis(50))),
+            Some(false)
+        );
+        assert!(started.elapsed() >= Duration::from_millis(50));
+        wake.write(1).expect("write");
+        assert_eq!(
+            wait_for_wake(&wake, Some(Duration::from_secs(5))),
+            Some(true)
+        );
+        wake.write(1).expect("write");
+        assert_eq!(wait_for_wake(&wake, None), Some(true), "consumed each time");
+        assert_eq!(
+            wait_for_wake(&wake, Some(Duration::from_millis(1))),
+            Some(false)
+        );
+    }
 
     #[test]
     fn a_stop_signal_ends_the_vm() {

@@ -3,6 +3,7 @@
 //! waiting on it, turns it into the process exit status.
 
 use std::fmt;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
@@ -111,6 +112,9 @@ impl fmt::Display for ExitReason {
 pub struct ExitSignal {
     reason: Mutex<Option<ExitReason>>,
     cond: Condvar,
+    /// The stop signal the guest was asked to shut down for (0: none); see
+    /// [`ExitSignal::stop_requested`].
+    stop_signal: AtomicI32,
 }
 
 impl ExitSignal {
@@ -118,8 +122,23 @@ impl ExitSignal {
         Self::default()
     }
 
+    /// Records that the VMM asked the guest to shut down for `signal` (a graceful stop, see
+    /// `crate::graceful_stop`): from now on the guest's power-off or reboot is reported as
+    /// [`ExitReason::Stopped`] by that signal, the end that was asked for (and a reboot does
+    /// not restart the VM). Crashes and panics keep their own reason.
+    pub fn stop_requested(&self, signal: i32) {
+        self.stop_signal.store(signal, Ordering::SeqCst);
+    }
+
     /// Reports `reason` unless another reason was reported first.
     pub fn signal(&self, reason: ExitReason) {
+        let stop = self.stop_signal.load(Ordering::SeqCst);
+        let reason = match reason {
+            ExitReason::PowerOff | ExitReason::Reboot if stop != 0 => {
+                ExitReason::Stopped { signal: stop }
+            }
+            other => other,
+        };
         let mut guard = self
             .reason
             .lock()
@@ -187,6 +206,25 @@ mod tests {
             s.wait_timeout(Duration::from_millis(1)),
             Some(ExitReason::PowerOff)
         );
+    }
+
+    #[test]
+    fn after_a_stop_request_poweroff_and_reboot_are_the_stop() {
+        for end in [ExitReason::PowerOff, ExitReason::Reboot] {
+            let s = ExitSignal::new();
+            s.stop_requested(libc::SIGTERM);
+            s.signal(end);
+            assert_eq!(
+                s.wait(),
+                ExitReason::Stopped {
+                    signal: libc::SIGTERM
+                }
+            );
+        }
+        let s = ExitSignal::new();
+        s.stop_requested(libc::SIGINT);
+        s.signal(ExitReason::GuestPanic);
+        assert_eq!(s.wait(), ExitReason::GuestPanic, "a panic is not a stop");
     }
 
     #[test]

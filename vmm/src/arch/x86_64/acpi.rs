@@ -6,8 +6,9 @@
 //!   reset registers are one I/O port ([`layout::ACPI_PM_PORT`]) so that guest poweroff and
 //!   reboot reach the VMM.
 //! - MADT: one IOAPIC and one enabled local APIC per vCPU (APIC id = ACPI uid = vCPU index).
-//! - DSDT: COM1 (`PNP0501`, IRQ 4), the pvpanic register (`QEMU0001`), one `LNRO0005` node per
-//!   virtio-mmio device, and `_S5_` (the soft-off sleep type).
+//! - DSDT: COM1 (`PNP0501`, IRQ 4), the i8042 keyboard controller (`PNP0303`, ports 0x60 and
+//!   0x64, IRQ 1), the pvpanic register (`QEMU0001`), one `LNRO0005` node per virtio-mmio
+//!   device, and `_S5_` (the soft-off sleep type).
 //!
 //! Building is pure: the result is a list of (guest address, bytes) that `builder` writes.
 
@@ -27,8 +28,8 @@ use super::layout;
 const OEM_ID: [u8; 6] = *b"OUTSCK";
 const OEM_REVISION: u32 = 1;
 /// IA-PC boot architecture flags: VGA not present (bit 2), CMOS RTC not present (bit 5).
-/// The 8042 bit stays clear: the i8042 driver then only probes a `PNP0303` node, which is
-/// deliberately absent (only the controller's reset command is emulated).
+/// The 8042 bit stays clear: Linux's i8042 driver then probes only because of the `PNP0303`
+/// node, and takes its IRQ from there (see `devices::i8042`).
 const IAPC_BOOT_ARCH: u16 = (1 << 2) | (1 << 5);
 /// `_S5_` sleep type value and what the guest writes to the sleep control register for it:
 /// SLP_TYP in bits 2–4, SLP_EN in bit 5.
@@ -123,6 +124,22 @@ pub fn dsdt_aml(cfg: &AcpiConfig) -> Vec<u8> {
             &aml::Name::new("_UID".into(), &aml::ZERO),
             &aml::Name::new("_DDN".into(), &"COM1"),
             &aml::Name::new("_CRS".into(), &com1_crs),
+        ],
+    )
+    .to_aml_bytes(&mut body);
+
+    // The keyboard controller: data port, then command port, each one byte, then IRQ 1 (the
+    // order i8042_pnp_kbd_probe reads them in). No PS/2 mouse node: the driver skips the aux
+    // port.
+    let kbd_data = aml::IO::new(layout::I8042_PORT, layout::I8042_PORT, 1, 1);
+    let kbd_cmd = aml::IO::new(layout::I8042_COMMAND_PORT, layout::I8042_COMMAND_PORT, 1, 1);
+    let kbd_irq = aml::Interrupt::new(true, true, false, false, layout::I8042_GSI);
+    let kbd_crs = aml::ResourceTemplate::new(vec![&kbd_data, &kbd_cmd, &kbd_irq]);
+    aml::Device::new(
+        "_SB_.PS2_".into(),
+        vec![
+            &aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0303")),
+            &aml::Name::new("_CRS".into(), &kbd_crs),
         ],
     )
     .to_aml_bytes(&mut body);
@@ -360,6 +377,7 @@ mod tests {
         let aml = dsdt_aml(&config(1));
         let has = |needle: &[u8]| aml.windows(needle.len()).any(|w| w == needle);
         assert!(has(b"COM1"));
+        assert!(has(b"PS2_"));
         assert!(has(b"LNRO0005"));
         assert!(has(b"QEMU0001"));
         assert!(has(b"_S5_"));
@@ -413,6 +431,8 @@ mod tests {
             if name == "dsdt" {
                 for needle in [
                     "PNP0501",
+                    "PNP0303",
+                    "0x0064",
                     "LNRO0005",
                     "QEMU0001",
                     "_S5_",

@@ -50,9 +50,11 @@ pub const KVM_IDENTITY_MAP_ADDRESS: u64 = 0xfffb_c000;
 pub const COM1_PORT: u16 = 0x3f8;
 pub const COM1_PORT_LEN: u16 = 8;
 pub const COM1_GSI: u32 = 4;
-/// i8042 controller (only the "pulse reset line" command is emulated).
+/// i8042 keyboard controller: data port 0x60, status/command port 0x64 (one bus range), IRQ 1.
 pub const I8042_PORT: u16 = 0x60;
 pub const I8042_PORT_LEN: u16 = 5;
+pub const I8042_COMMAND_PORT: u16 = 0x64;
+pub const I8042_GSI: u32 = 1;
 /// ACPI sleep control/status and reset register (hardware-reduced ACPI), as cloud-hypervisor.
 pub const ACPI_PM_PORT: u16 = 0x600;
 /// GSIs for virtio-mmio devices start here (0–4 stay legacy), up to the IOAPIC's 23.

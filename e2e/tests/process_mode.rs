@@ -357,6 +357,30 @@ fn connected_udp_gets_a_host_socket_with_native_errors() {
     );
 }
 
+/// A blocking connect waits on the program's own socket (passed while its handshake is under
+/// way) and reports the kernel's outcome: refused at a closed port, connected with no error.
+const PY_BLOCKING_CONNECT: &str = r#"
+import socket, struct, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+try:
+    s.connect((sys.argv[1], 9))
+    print("connected")
+except ConnectionRefusedError:
+    print("refused")
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.connect((sys.argv[1], 7))
+print(s.getpeername()[1], s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
+"#;
+
+#[test]
+fn blocking_connect_reports_the_kernels_outcome() {
+    let Some(s) = stack("py-blocking") else {
+        return;
+    };
+    let out = run(&s, "python3", &["-c", PY_BLOCKING_CONNECT, zone::ECHO], b"");
+    assert_eq!(ok(&s, &out, "python blocking connect"), "refused\n7 0\n");
+}
+
 /// Options set before connect reach the host's socket (which the program's fd becomes); options
 /// never set keep the host socket's defaults.
 const PY_OPTIONS: &str = r#"

@@ -11,7 +11,8 @@
 //!   [`IDLE_CONNECTIONS`] open at once (goal ≤ 16 KiB each).
 //!
 //! Usage: `outsock-bench [ROUNDS] [SECONDS] [PARTS]` (defaults 5, 5 and
-//! `throughput,latency,memory`), as root; PARTS picks which measurements run.
+//! `throughput,latency,memory`), as root; PARTS picks which measurements run (also
+//! `latency-blocking`: the same probe with a blocking connect).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -34,12 +35,11 @@ fn main() -> Result<()> {
     if args.get(1).map(String::as_str) == Some("sink") {
         return sink(args.get(2).context("sink needs ADDR")?);
     }
-    if args.get(1).map(String::as_str) == Some("probe") {
+    if let Some(mode @ ("probe" | "probe-blocking")) = args.get(1).map(String::as_str) {
         return probe(
             args.get(2).context("probe needs HOST:PORT")?,
-            args.get(3)
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(PROBES_PER_BATCH),
+            PROBES_PER_BATCH,
+            mode == "probe-blocking",
         );
     }
     let idle = raise_nofile()?;
@@ -50,8 +50,8 @@ fn main() -> Result<()> {
         .map_or("throughput,latency,memory", String::as_str);
     let wanted = |part: &str| parts.split(',').any(|p| p == part);
     for p in parts.split(',') {
-        if !["throughput", "latency", "memory"].contains(&p) {
-            bail!("unknown part {p:?}: PARTS is a comma-separated list of throughput, latency, memory");
+        if !["throughput", "latency", "latency-blocking", "memory"].contains(&p) {
+            bail!("unknown part {p:?}: PARTS is a comma-separated list of throughput, latency, latency-blocking, memory");
         }
     }
     // One identity (this bench, by uid) holds every idle connection: lift its socket limit.
@@ -73,7 +73,10 @@ fn main() -> Result<()> {
         throughput(&s, rounds, secs)?;
     }
     if wanted("latency") {
-        latency(&s, rounds)?;
+        latency(&s, rounds, false)?;
+    }
+    if wanted("latency-blocking") {
+        latency(&s, rounds, true)?;
     }
     if wanted("memory") {
         println!("\nmemory: host-server RSS with {idle} idle relayed TCP connections");
@@ -117,17 +120,24 @@ fn throughput(s: &Stack, rounds: usize, secs: u32) -> Result<()> {
     Ok(())
 }
 
-/// Connect + first byte through outsock vs native, batches alternating.
-fn latency(s: &Stack, rounds: usize) -> Result<()> {
-    println!("\nlatency: connect + first byte to the echo server, {rounds} batches of {PROBES_PER_BATCH}, alternating");
+/// Connect + first byte through outsock vs native, batches alternating; the connect is
+/// non-blocking with a poll (as `connect_timeout`, curl, python with a timeout do), or with
+/// `blocking` a plain blocking connect (netcat, python without a timeout).
+fn latency(s: &Stack, rounds: usize, blocking: bool) -> Result<()> {
+    let (how, mode) = if blocking {
+        ("blocking connect", "probe-blocking")
+    } else {
+        ("non-blocking connect", "probe")
+    };
+    println!("\nlatency ({how}): connect + first byte to the echo server, {rounds} batches of {PROBES_PER_BATCH}, alternating");
     let me = std::env::current_exe()?;
     let (mut native, mut outsock) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
         let mut n = s.world.host().command(&me);
-        n.args(["probe", &format!("[{}]:{}", addr::ECHO, addr::ECHO_PORT)]);
+        n.args([mode, &format!("[{}]:{}", addr::ECHO, addr::ECHO_PORT)]);
         native.extend(probe_output(&mut n)?);
         let mut o = s.legacy(&me.display().to_string())?;
-        o.args(["probe", &format!("{}:{}", zone::ECHO, addr::ECHO_PORT)]);
+        o.args([mode, &format!("{}:{}", zone::ECHO, addr::ECHO_PORT)]);
         outsock.extend(probe_output(&mut o)?);
     }
     native.sort_by(f64::total_cmp);
@@ -265,12 +275,16 @@ fn idle_memory(s: &Stack, count: usize) -> Result<()> {
 
 /// Connects `n` times to `target`, each time writing one byte and waiting for its echo; prints
 /// the microseconds from connect() to the first byte back, one per line.
-fn probe(target: &str, n: usize) -> Result<()> {
+fn probe(target: &str, n: usize, blocking: bool) -> Result<()> {
     let addr: SocketAddr = target.to_socket_addrs()?.next().context("no address")?;
     let mut out = String::new();
     for _ in 0..n {
         let t = Instant::now();
-        let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        let mut c = if blocking {
+            TcpStream::connect(addr)?
+        } else {
+            TcpStream::connect_timeout(&addr, Duration::from_secs(5))?
+        };
         c.set_nodelay(true)?;
         c.write_all(b"x")?;
         let mut b = [0u8; 1];

@@ -125,11 +125,15 @@ fn outsource_connect(fd: c_int, entry: Entry, dest: SocketAddrV4) -> c_int {
         Ok(s) => s,
         Err(e) => return set_errno(e),
     };
-    // In a VM there is no descriptor to pass: host-server relays over the vsock stream.
+    // In a VM there is no descriptor to pass: host-server relays over the vsock stream. In
+    // process mode the socket always comes back while its connect is under way, and a blocking
+    // connect waits for it here, on the program's own socket: the handshake overlaps the
+    // hand-over, and its end wakes the program directly instead of host-server first.
+    let pass_fd = transport::vsock_port().is_none();
     let req = ToHost::Connect(ConnectRequest {
         dest,
-        pass_fd: transport::vsock_port().is_none(),
-        nonblocking,
+        pass_fd,
+        nonblocking: nonblocking || pass_fd,
     });
     let answer = stream.send(&req).and_then(|()| stream.recv());
     match answer {
@@ -167,14 +171,88 @@ fn outsource_connect(fd: c_int, entry: Entry, dest: SocketAddrV4) -> c_int {
                     ..entry
                 },
             );
-            if in_progress {
-                set_errno(Errno::EINPROGRESS)
-            } else {
-                0
+            match (in_progress, nonblocking) {
+                (false, _) => 0,
+                (true, true) => set_errno(Errno::EINPROGRESS),
+                (true, false) => finish_blocking_connect(fd),
             }
         }
         other => unexpected(&other),
     }
+}
+
+/// A blocking connect whose socket came back under way: waits until it is writable, as the
+/// kernel's own blocking connect would, and reports its outcome (SO_ERROR). SO_SNDTIMEO bounds
+/// the wait as it bounds a native connect (then EINPROGRESS); signals do not end it.
+fn finish_blocking_connect(fd: c_int) -> c_int {
+    let mut tv = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 0,
+    };
+    let mut len = std::mem::size_of::<libc::timeval>() as socklen_t;
+    // SAFETY: getsockopt into a timeval of the size given.
+    let rc = unsafe {
+        real::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDTIMEO,
+            std::ptr::from_mut(&mut tv).cast(),
+            &mut len,
+        )
+    };
+    let limit_ms = if rc == 0 && (tv.tv_sec > 0 || tv.tv_usec > 0) {
+        tv.tv_sec * 1000 + tv.tv_usec / 1000
+    } else {
+        -1
+    };
+    let start = std::time::Instant::now();
+    loop {
+        let timeout = if limit_ms < 0 {
+            -1
+        } else {
+            let spent = i64::try_from(start.elapsed().as_millis()).unwrap_or(i64::MAX);
+            if spent >= limit_ms {
+                return set_errno(Errno::EINPROGRESS);
+            }
+            c_int::try_from(limit_ms - spent).unwrap_or(c_int::MAX)
+        };
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let n = unsafe { libc::poll(&mut p, 1, timeout) };
+        if n > 0 {
+            break;
+        }
+        if n < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return set_errno(Errno(u16::try_from(errno_now()).unwrap_or(5)));
+        }
+    }
+    let mut err: c_int = 0;
+    let mut len = std::mem::size_of::<c_int>() as socklen_t;
+    // SAFETY: getsockopt into an int of the size given.
+    let rc = unsafe {
+        real::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            std::ptr::from_mut(&mut err).cast(),
+            &mut len,
+        )
+    };
+    match (rc, err) {
+        (0, 0) => 0,
+        (0, e) => set_errno(Errno(u16::try_from(e).unwrap_or(5))),
+        _ => set_errno(Errno(u16::try_from(errno_now()).unwrap_or(5))),
+    }
+}
+
+fn errno_now() -> c_int {
+    std::io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
 }
 
 /// Any answer but the one the call waited for: a refusal's errno, EPROTO for the wrong kind of

@@ -99,15 +99,11 @@ pub(crate) async fn connect_passed(req: Request, u: &UdpConnectRequest, shared: 
         // Through a VMM the descriptor would land in the VMM: guests use associations.
         return req.refuse(Errno::EOPNOTSUPP).await;
     }
-    let target = match shared.router.route(u.dest) {
-        Route::Unreachable => return req.refuse(Errno::ENETUNREACH).await,
+    let target = match udp_target(u.dest, shared).await {
+        Ok(Some(t)) => t,
         // dns-cache answers the guest DNS address: only an association carries that.
-        Route::GuestDns => return req.refuse(Errno::EOPNOTSUPP).await,
-        Route::Ipv4(sa) => SocketAddrV6::new(sa.ip().to_ipv6_mapped(), sa.port(), 0, 0),
-        Route::Dummy(d) => match shared.mapping.resolve(d).await {
-            Ok(Some(v6)) => SocketAddrV6::new(v6, u.dest.port(), 0, 0),
-            _ => return req.refuse(Errno::EHOSTUNREACH).await,
-        },
+        Ok(None) => return req.refuse(Errno::EOPNOTSUPP).await,
+        Err(errno) => return req.refuse(errno).await,
     };
     let sock = match open_socket(shared, &req.identity, &UdpRequest { bind: u.bind }) {
         Ok(s) => s,
@@ -135,6 +131,26 @@ pub(crate) async fn connect_passed(req: Request, u: &UdpConnectRequest, shared: 
     }
     shared.metrics.record(Event::UdpConnected);
     crate::outbound::send_answer_with_fd(&req.stream, &answer, std.as_fd(), shared).await;
+}
+
+/// Where a datagram to the guest-visible `dest` goes on a host socket: the IPv6 address behind
+/// a dummy, or (with egress) the IPv4-mapped address; `Ok(None)` for the guest DNS address,
+/// which dns-cache answers; the errno a native send would meet otherwise.
+async fn udp_target(dest: SocketAddrV4, shared: &Shared) -> Result<Option<SocketAddrV6>, Errno> {
+    match shared.router.route(dest) {
+        Route::Unreachable => Err(Errno::ENETUNREACH),
+        Route::GuestDns => Ok(None),
+        Route::Ipv4(sa) => Ok(Some(SocketAddrV6::new(
+            sa.ip().to_ipv6_mapped(),
+            sa.port(),
+            0,
+            0,
+        ))),
+        Route::Dummy(d) => match shared.mapping.resolve(d).await {
+            Ok(Some(v6)) => Ok(Some(SocketAddrV6::new(v6, dest.port(), 0, 0))),
+            _ => Err(Errno::EHOSTUNREACH),
+        },
+    }
 }
 
 /// Runs one association to its end.
@@ -227,24 +243,18 @@ async fn send_out(
     peers: &mut PeerTable,
     shared: &Shared,
 ) -> Option<Datagram> {
-    let target: SocketAddr = match shared.router.route(d.addr) {
-        // A native sendto would fail with ENETUNREACH; a datagram socket has no way to report
-        // it per packet here, so the datagram is dropped, as the network would.
-        Route::Unreachable => return None,
-        Route::GuestDns => {
+    let target = match udp_target(d.addr, shared).await {
+        Ok(Some(t)) => SocketAddr::V6(t),
+        Ok(None) => {
             let answer = shared.mapping.dns_query(false, d.payload).await.ok()?;
             return Some(Datagram {
                 addr: d.addr,
                 payload: answer,
             });
         }
-        Route::Ipv4(sa) => {
-            SocketAddr::V6(SocketAddrV6::new(sa.ip().to_ipv6_mapped(), sa.port(), 0, 0))
-        }
-        Route::Dummy(dummy) => {
-            let v6 = shared.mapping.resolve(dummy).await.ok()??;
-            SocketAddr::V6(SocketAddrV6::new(v6, d.addr.port(), 0, 0))
-        }
+        // A native sendto would fail (ENETUNREACH, EHOSTUNREACH); a datagram socket has no way
+        // to report it per packet here, so the datagram is dropped, as the network would.
+        Err(_) => return None,
     };
     peers.learn(target, d.addr);
     if let Err(e) = sock.send_to(&d.payload, target).await {

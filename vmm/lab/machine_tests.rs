@@ -328,7 +328,7 @@ pub fn stop(d: &mut Driver) {
             seen(&run, "OUTSOCK-INIT: stop requested", "/init saw the stop"),
             seen(&run, "OUTSOCK-INIT: exit=0", "/init exit=0"),
             run.status_text(),
-            after.map_or("?".into(), |t| format!("{} ms", t.as_millis())),
+            ms(after),
         ),
     );
 
@@ -357,7 +357,7 @@ pub fn stop(d: &mut Driver) {
             "a guest that ignores the stop, --stop-timeout-secs {timeout}: VMM {} {} after the \
              SIGTERM{}",
             run.status_text(),
-            after.map_or("?".into(), |t| format!("{} ms", t.as_millis())),
+            ms(after),
             if run.stderr.contains("did not power off") {
                 ", said the guest did not power off"
             } else {
@@ -390,7 +390,7 @@ pub fn stop(d: &mut Driver) {
              {} s after the first: VMM {} {} after the first",
             again.as_secs(),
             run.status_text(),
-            after.map_or("?".into(), |t| format!("{} ms", t.as_millis())),
+            ms(after),
         ),
     );
     stop_shell(d);
@@ -421,13 +421,18 @@ fn stop_shell(d: &mut Driver) {
             "no command (shell on the console), SIGTERM -> {}; VMM {} {} after the SIGTERM",
             seen(&run, "Restarting system", "the kernel rebooted"),
             run.status_text(),
-            after.map_or("?".into(), |t| format!("{} ms", t.as_millis())),
+            ms(after),
         ),
     );
 }
 
 /// From the console line with `marker` (the driver sends SIGTERM within ~20 ms of it) to the
 /// end of the VMM.
+/// "N ms", or "?" when the stop was not timed.
+fn ms(took: Option<Duration>) -> String {
+    took.map_or("?".into(), |t| format!("{} ms", t.as_millis()))
+}
+
 fn stop_took(run: &crate::Run, marker: &str) -> Option<Duration> {
     run.first(marker)
         .map(|(t, _)| run.took.saturating_sub(t))

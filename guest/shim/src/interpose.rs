@@ -185,25 +185,13 @@ fn outsource_connect(fd: c_int, entry: Entry, dest: SocketAddrV4) -> c_int {
 /// kernel's own blocking connect would, and reports its outcome (SO_ERROR). SO_SNDTIMEO bounds
 /// the wait as it bounds a native connect (then EINPROGRESS); signals do not end it.
 fn finish_blocking_connect(fd: c_int) -> c_int {
-    let mut tv = libc::timeval {
+    let zero = libc::timeval {
         tv_sec: 0,
         tv_usec: 0,
     };
-    let mut len = std::mem::size_of::<libc::timeval>() as socklen_t;
-    // SAFETY: getsockopt into a timeval of the size given.
-    let rc = unsafe {
-        real::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_SNDTIMEO,
-            std::ptr::from_mut(&mut tv).cast(),
-            &mut len,
-        )
-    };
-    let limit_ms = if rc == 0 && (tv.tv_sec > 0 || tv.tv_usec > 0) {
-        tv.tv_sec * 1000 + tv.tv_usec / 1000
-    } else {
-        -1
+    let limit_ms = match socket_option(fd, libc::SO_SNDTIMEO, zero) {
+        Some(tv) if tv.tv_sec > 0 || tv.tv_usec > 0 => tv.tv_sec * 1000 + tv.tv_usec / 1000,
+        _ => -1,
     };
     let start = std::time::Instant::now();
     loop {
@@ -226,33 +214,33 @@ fn finish_blocking_connect(fd: c_int) -> c_int {
         if n > 0 {
             break;
         }
-        if n < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-            return set_errno(Errno(u16::try_from(errno_now()).unwrap_or(5)));
+        // 0: the time ran out (checked above); EINTR: a signal, which a connect waits through.
+        if n < 0 && transport::last_errno() != Errno::EINTR {
+            return set_errno(transport::last_errno());
         }
     }
-    let mut err: c_int = 0;
-    let mut len = std::mem::size_of::<c_int>() as socklen_t;
-    // SAFETY: getsockopt into an int of the size given.
+    match socket_option(fd, libc::SO_ERROR, 0 as c_int) {
+        Some(0) => 0,
+        Some(e) => set_errno(Errno(u16::try_from(e).unwrap_or(5))),
+        None => set_errno(transport::last_errno()),
+    }
+}
+
+/// A SOL_SOCKET option of `fd` read into a value shaped like `init`; `None` if getsockopt failed.
+fn socket_option<T: Copy>(fd: c_int, name: c_int, init: T) -> Option<T> {
+    let mut v = init;
+    let mut len = std::mem::size_of::<T>() as socklen_t;
+    // SAFETY: getsockopt into a `T` of the size given.
     let rc = unsafe {
         real::getsockopt(
             fd,
             libc::SOL_SOCKET,
-            libc::SO_ERROR,
-            std::ptr::from_mut(&mut err).cast(),
+            name,
+            std::ptr::from_mut(&mut v).cast(),
             &mut len,
         )
     };
-    match (rc, err) {
-        (0, 0) => 0,
-        (0, e) => set_errno(Errno(u16::try_from(e).unwrap_or(5))),
-        _ => set_errno(Errno(u16::try_from(errno_now()).unwrap_or(5))),
-    }
-}
-
-fn errno_now() -> c_int {
-    std::io::Error::last_os_error()
-        .raw_os_error()
-        .unwrap_or(libc::EIO)
+    (rc == 0).then_some(v)
 }
 
 /// Any answer but the one the call waited for: a refusal's errno, EPROTO for the wrong kind of

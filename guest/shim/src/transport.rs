@@ -96,6 +96,12 @@ fn errno() -> c_int {
         .unwrap_or(libc::EIO)
 }
 
+/// The calling thread's errno, as the protocol's [`Errno`].
+#[must_use]
+pub fn last_errno() -> Errno {
+    Errno(u16::try_from(errno()).unwrap_or(5))
+}
+
 fn socket_path() -> Vec<u8> {
     // SAFETY: getenv with a NUL-terminated literal; the result is copied at once.
     let p = unsafe { libc::getenv(c"OUTSOCK_SOCKET".as_ptr()) };
@@ -135,7 +141,7 @@ impl Stream {
         // SAFETY: plain socket(2) call.
         let fd = unsafe { real::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
         if fd < 0 {
-            return Err(Errno(u16::try_from(errno()).unwrap_or(5)));
+            return Err(last_errno());
         }
         // A stale entry for this fd number (closed behind our back, e.g. by close_range)
         // must not make our own calls on it look like a program's socket.

@@ -247,10 +247,7 @@ fn release(fd: c_int, e: Entry) -> Result<Entry, Errno> {
     let placeholder =
         unsafe { real::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if placeholder < 0 {
-        let err = std::io::Error::last_os_error()
-            .raw_os_error()
-            .unwrap_or(libc::EMFILE);
-        return Err(Errno(u16::try_from(err).unwrap_or(24)));
+        return Err(transport::last_errno());
     }
     table::clear(placeholder);
     interpose::replace_fd(placeholder, fd, &flags)?;

@@ -14,21 +14,10 @@ use shared_proto::{Errno, ToGuest, ToHost};
 use crate::interpose::{install_accepted, replace_fd, set_errno, Flags};
 use crate::real;
 use crate::table::{self, Entry, Kind};
-use crate::transport::{self, recv_frame, Stream};
+use crate::transport::{self, last_errno, recv_frame, Stream};
 
 /// How long an accepted stream may take to deliver its `Inbound` frame.
 const INBOUND_TIMEOUT_SECS: libc::time_t = 10;
-
-fn last_errno() -> Errno {
-    Errno(
-        u16::try_from(
-            std::io::Error::last_os_error()
-                .raw_os_error()
-                .unwrap_or(libc::EIO),
-        )
-        .unwrap_or(5),
-    )
-}
 
 /// A vsock listener on a port the kernel picks; returns (fd, port).
 fn vsock_listener(backlog: c_int) -> Result<(c_int, u32), Errno> {

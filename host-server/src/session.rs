@@ -1,6 +1,7 @@
 //! One host.sock stream from accept to close: identify the peer, read the request under the
-//! request timeout, apply the socket limit, and dispatch to outbound TCP, a guest listener, or a
-//! UDP association. Refusals are answered with a `Failed(errno)` frame before the stream closes.
+//! request timeout, apply the socket limit, and dispatch to outbound TCP, a guest listener, a
+//! UDP association, or a connected UDP socket handed to a process. Refusals are answered with a
+//! `Failed(errno)` frame before the stream closes.
 
 use shared_proto::outsource::ToHost;
 use shared_proto::{Errno, ToGuest};

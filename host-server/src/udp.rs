@@ -4,6 +4,10 @@
 //! dummy the guest used for it (learned from its sends), else the peer's source-pool dummy. The
 //! guest DNS address on port 53 is answered by dns-cache. An association with no traffic either
 //! way for the idle timeout closes.
+//!
+//! A process's connected UDP socket (`UdpConnect`) is not an association: host-server makes a
+//! host UDP socket connected to the peer's IPv6 address, hands it over with SCM_RIGHTS and keeps
+//! nothing (`connect_passed`).
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};

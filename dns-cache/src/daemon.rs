@@ -1,7 +1,7 @@
 //! Start-up and shutdown of the whole service: checks, database, tables, listeners, dns.sock,
 //! metrics, and a clean stop on SIGTERM or SIGINT (pending mapping changes are written first).
 //!
-//! Under systemd ([`crate::notify`]): `READY=1` once everything listens, `WATCHDOG=1` from the
+//! Under systemd ([`outsock_notify`]): `READY=1` once everything listens, `WATCHDOG=1` from the
 //! main loop every half watchdog period (withheld if the database writer has died, so systemd
 //! restarts a service that can no longer commit mappings), `STOPPING=1` when a stop begins.
 
@@ -12,13 +12,14 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::cache::AnswerCache;
 use crate::clock::SystemClock;
 use crate::config::Settings;
+use crate::frontend::Frontend;
 use crate::lookup::{self, LookupService};
 use crate::mapping::{Direction, MappingTable};
 use crate::metrics::{self, Metrics};
 use crate::persist::{Mappings, PersistError};
 use crate::pool::{self, PoolError};
 use crate::resolve::{Resolver, ResolverConfig};
-use crate::server::{self, Frontend};
+use crate::server;
 use crate::store::{Store, StoreError};
 use crate::upstream::UdpTcpUpstream;
 use outsock_notify::Notifier;

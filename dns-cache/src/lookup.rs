@@ -18,15 +18,17 @@ use shared_proto::lookup::{
     Counter, Direction as WireDirection, ListQuery, LookupErrorCode, LookupOp, LookupReply,
     LookupRequest, LookupResponse, MappingInfo,
 };
+use shared_proto::reader::{Fill, FrameReader, ReadError, ReadSome};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::OwnedReadHalf;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, Semaphore};
 
+use crate::frontend::Frontend;
 use crate::mapping::{Direction, Mapping, MappingError};
 use crate::persist::PersistError;
 use crate::pins::{PinError, PinLeases};
 use crate::resolve::Resolver;
-use crate::server::Frontend;
 
 /// Requests one connection may have in flight.
 const IN_FLIGHT_PER_CONNECTION: usize = 64;
@@ -34,6 +36,17 @@ const IN_FLIGHT_PER_CONNECTION: usize = 64;
 const MAX_CONNECTIONS: usize = 256;
 /// Most entries in one `List` page, so a page always fits in a frame (names are bounded).
 const MAX_PAGE: usize = 100;
+/// The most one read of a connection takes in (pipelined requests are buffered).
+const READ_CHUNK: usize = 64 * 1024;
+
+/// A connection's read half as shared-proto's frame reader reads it.
+struct TokioRead<'r>(&'r mut OwnedReadHalf);
+
+impl ReadSome for TokioRead<'_> {
+    async fn read_some(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read(buf).await
+    }
+}
 
 /// Why dns.sock could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -285,43 +298,38 @@ async fn connection(stream: UnixStream, service: Arc<LookupService>) {
         }
     });
     let in_flight = Arc::new(Semaphore::new(IN_FLIGHT_PER_CONNECTION));
-    let mut buf: Vec<u8> = Vec::with_capacity(4096);
-    let mut chunk = vec![0u8; 64 * 1024];
-    'read: loop {
-        loop {
-            match shared_proto::frame::decode::<LookupRequest>(&buf) {
-                Ok(Some((req, used))) => {
-                    buf.drain(..used);
-                    let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
-                        break 'read;
-                    };
-                    let service = Arc::clone(&service);
-                    let leases = Arc::clone(&leases);
-                    let tx = tx.clone();
-                    tokio::spawn(async move {
-                        let reply = service.handle(req.op, &leases).await;
-                        let resp = LookupResponse { id: req.id, reply };
-                        match shared_proto::frame::to_vec(&resp) {
-                            Ok(frame) => {
-                                let _ = tx.send(frame).await;
-                            }
-                            Err(error) => tracing::error!(%error, "cannot encode a dns.sock reply"),
-                        }
-                        drop(permit);
-                    });
-                }
-                Ok(None) => break,
-                Err(error) => {
-                    // The stream is out of sync; nothing after this can be trusted.
-                    tracing::debug!(%error, "closing dns.sock connection after a bad frame");
-                    break 'read;
-                }
+    let mut reader = FrameReader::new(Fill::Greedy { chunk: READ_CHUNK });
+    loop {
+        let req = match reader
+            .read::<LookupRequest, _>(&mut TokioRead(&mut rd))
+            .await
+        {
+            Ok(req) => req,
+            Err(ReadError::Proto(error)) => {
+                // The stream is out of sync; nothing after this can be trusted.
+                tracing::debug!(%error, "closing dns.sock connection after a bad frame");
+                break;
             }
-        }
-        match rd.read(&mut chunk).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => buf.extend_from_slice(chunk.get(..n).unwrap_or_default()),
-        }
+            // The end of the stream (between frames or inside one) or a failed read.
+            Err(ReadError::Closed | ReadError::ClosedMidFrame | ReadError::Io(_)) => break,
+        };
+        let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
+            break;
+        };
+        let service = Arc::clone(&service);
+        let leases = Arc::clone(&leases);
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let reply = service.handle(req.op, &leases).await;
+            let resp = LookupResponse { id: req.id, reply };
+            match shared_proto::frame::to_vec(&resp) {
+                Ok(frame) => {
+                    let _ = tx.send(frame).await;
+                }
+                Err(error) => tracing::error!(%error, "cannot encode a dns.sock reply"),
+            }
+            drop(permit);
+        });
     }
     // The client has gone (or broke the framing): its pins end here, not when the last reply
     // is written. A Pin still in flight is refused after this (`PinError::Closed`).
@@ -335,4 +343,164 @@ async fn connection(stream: UnixStream, service: Arc<LookupService>) {
     drop(tx);
     // Replies still being computed are delivered before the connection closes.
     let _ = writer.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use hickory_proto::op::Message;
+    use shared_proto::frame::{decode, to_vec};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::cache::AnswerCache;
+    use crate::clock::SystemClock;
+    use crate::mapping::MappingTable;
+    use crate::metrics::Metrics;
+    use crate::persist::Mappings;
+    use crate::resolve::ResolverConfig;
+    use crate::store::Store;
+    use crate::upstream::{Upstream, UpstreamError, UpstreamQuery};
+
+    const LIMIT: Duration = Duration::from_secs(5);
+
+    /// No upstream at all: these tests never resolve a name.
+    #[derive(Debug)]
+    struct NoUpstream;
+
+    #[async_trait::async_trait]
+    impl Upstream for NoUpstream {
+        async fn query(&self, _: &UpstreamQuery) -> Result<Message, UpstreamError> {
+            Err(UpstreamError::NoServers)
+        }
+    }
+
+    fn service() -> Arc<LookupService> {
+        let grace = Duration::from_secs(60);
+        let mappings = Mappings::start(
+            Store::open_in_memory().unwrap(),
+            MappingTable::new(
+                "10.170.160.0/20".parse().unwrap(),
+                Direction::Synthesised,
+                grace,
+            ),
+            MappingTable::new(
+                "172.21.112.0/20".parse().unwrap(),
+                Direction::InboundPeer,
+                grace,
+            ),
+            Arc::new(SystemClock),
+        )
+        .unwrap();
+        let resolver = Arc::new(Resolver::new(
+            ResolverConfig {
+                ipv4_egress: false,
+                max_ttl: 600,
+                pass_through: Vec::new(),
+                never_synthesise: Vec::new(),
+            },
+            Arc::new(NoUpstream),
+            AnswerCache::new(100, 600, 60),
+            mappings,
+            Arc::new(Metrics::default()),
+        ));
+        Arc::new(LookupService::new(
+            Arc::new(Frontend::new(resolver, 1232, 100)),
+            grace,
+        ))
+    }
+
+    fn pins(service: &LookupService, dummy: Ipv4Addr) -> Option<u32> {
+        service
+            .resolver
+            .mappings()
+            .with_table(Direction::InboundPeer, |t| t.get(dummy).map(|m| m.pins))
+    }
+
+    fn request(id: u32, op: LookupOp) -> Vec<u8> {
+        to_vec(&LookupRequest { id, op }).unwrap()
+    }
+
+    /// The next response, or `None` once the server has closed the connection.
+    async fn response(s: &mut UnixStream, buf: &mut Vec<u8>) -> Option<LookupResponse> {
+        loop {
+            if let Some((r, used)) = decode::<LookupResponse>(buf).unwrap() {
+                buf.drain(..used);
+                return Some(r);
+            }
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout(LIMIT, s.read(&mut chunk))
+                .await
+                .unwrap()
+                .unwrap();
+            if n == 0 {
+                return None;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Takes a dummy for an inbound peer and pins it on a new connection.
+    async fn pinned(
+        service: &Arc<LookupService>,
+    ) -> (UnixStream, tokio::task::JoinHandle<()>, Ipv4Addr) {
+        let (mut client, server) = UnixStream::pair().unwrap();
+        let task = tokio::spawn(connection(server, Arc::clone(service)));
+        let mut buf = Vec::new();
+        // A request that arrives in pieces, cut inside the header and inside the body.
+        let v6 = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 7);
+        let peer = request(1, LookupOp::PeerDummy { v6 });
+        for piece in [&peer[..3], &peer[3..10], &peer[10..]] {
+            client.write_all(piece).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let r = response(&mut client, &mut buf).await.unwrap();
+        let LookupReply::Dummy { dummy } = r.reply else {
+            panic!("{r:?}");
+        };
+        assert_eq!(r.id, 1);
+        // Two requests in one write: both are answered.
+        let mut both = request(2, LookupOp::Pin { dummy });
+        both.extend_from_slice(&request(3, LookupOp::Stats));
+        client.write_all(&both).await.unwrap();
+        let mut ids = Vec::new();
+        for _ in 0..2 {
+            let r = response(&mut client, &mut buf).await.unwrap();
+            if r.id == 2 {
+                assert_eq!(r.reply, LookupReply::Pinned { pins: 1 });
+            } else {
+                assert!(matches!(r.reply, LookupReply::Stats(_)), "{r:?}");
+            }
+            ids.push(r.id);
+        }
+        ids.sort_unstable();
+        assert_eq!(ids, [2, 3]);
+        assert_eq!(pins(service, dummy), Some(1));
+        (client, task, dummy)
+    }
+
+    #[tokio::test]
+    async fn split_and_pipelined_requests_are_answered_and_eof_gives_pins_back() {
+        let service = service();
+        let (mut client, task, dummy) = pinned(&service).await;
+        // The client goes away in the middle of a frame.
+        client
+            .write_all(&request(4, LookupOp::Flush)[..5])
+            .await
+            .unwrap();
+        drop(client);
+        tokio::time::timeout(LIMIT, task).await.unwrap().unwrap();
+        assert_eq!(pins(&service, dummy), Some(0));
+    }
+
+    #[tokio::test]
+    async fn a_bad_frame_closes_the_connection_and_gives_pins_back() {
+        let service = service();
+        let (mut client, task, dummy) = pinned(&service).await;
+        client.write_all(b"XXXXXXXXXXXX").await.unwrap();
+        tokio::time::timeout(LIMIT, task).await.unwrap().unwrap();
+        assert_eq!(pins(&service, dummy), Some(0));
+        assert!(response(&mut client, &mut Vec::new()).await.is_none());
+    }
 }

@@ -1,6 +1,8 @@
 //! The `outsock-dns-cache` binary: parses the command line, reads the settings and runs the
 //! service from the library.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -18,7 +18,7 @@ use hickory_proto::rr::RecordType;
 
 use crate::mapping::Direction;
 use crate::persist::Mappings;
-use crate::resolve::Reuse;
+use crate::reuse::Reuse;
 
 /// Upper bounds (seconds) of the upstream latency histogram buckets.
 const LATENCY_BUCKETS: [f64; 8] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0];

@@ -7,7 +7,7 @@
 //! distinct question, and every other copy of that question costs a hash look-up, a copy and
 //! three patches (id, RD bit, the question's letter case).
 //!
-//! Why a replay is the answer a full resolve would give (see [`crate::resolve::Reuse`]):
+//! Why a replay is the answer a full resolve would give (see [`crate::reuse::Reuse`]):
 //! - it is kept only until the end of the current second of age of the upstream data it came
 //!   from, so its TTLs are the ones a resolve would compute, and it never outlives that data;
 //! - the key holds everything of the request that the answer depends on: the question (case
@@ -25,7 +25,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use crate::clock::UnixMillis;
 use crate::packet::{QueryView, MAX_NAME, QUESTION_AT, RD_BIT};
-use crate::resolve::Reuse;
+use crate::reuse::Reuse;
 
 /// Largest key: the name, type, class, flags and the EDNS size.
 const MAX_KEY: usize = MAX_NAME + 7;

@@ -1,12 +1,13 @@
 //! The rules of DESIGN.md §5 (RFC 6535 ENR and RFC 6147 where it applies): what to answer for
 //! one question, given the upstream resolvers, the answer cache and the mapping tables.
 //!
-//! Independent of the transport: the hickory server glue and the dns.sock `DnsQuery` request
-//! both turn a query into a [`Question`] and the returned [`Answer`] into a message.
+//! Independent of the transport: [`crate::answer`] (behind the UDP listeners, the dns.sock
+//! `DnsQuery` request and the hickory-server glue for TCP) turns a query into a [`Question`] and
+//! the returned [`Answer`] into a message.
 //!
-//! An answer also says how long the very same answer may be replayed ([`Reuse`]): until the
-//! end of the current second of age of the upstream data it was built from, so a replay has
-//! exactly the TTLs a fresh resolve would give. [`crate::replies`] keeps the encoded message for
+//! An answer also says how long the very same answer may be replayed ([`Reuse`], defined in
+//! [`crate::reuse`]): until the end of the current second of age of the upstream data it was
+//! built from, so a replay has exactly the TTLs a fresh resolve would give. [`crate::replies`] keeps the encoded message for
 //! that long; a synthesised answer's mapping is protected for that extra time as well, so an
 //! address in a replayed answer is never one that was recycled in between.
 
@@ -23,6 +24,7 @@ use crate::clock::UnixMillis;
 use crate::mapping::{Allocation, Direction, MappingError};
 use crate::metrics::{Metrics, QueryKind};
 use crate::persist::{Mappings, PersistError};
+use crate::reuse::Reuse;
 use crate::upstream::{Upstream, UpstreamError, UpstreamQuery};
 
 /// The settings the rules depend on.
@@ -79,19 +81,6 @@ impl Answer {
             reuse: None,
         }
     }
-}
-
-/// How long an answer may be replayed, and what a replay counts in the metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Reuse {
-    /// The first instant at which the answer must be resolved again.
-    pub until: UnixMillis,
-    /// Answer-cache look-ups it took (a replay counts them as hits).
-    pub cache_lookups: u8,
-    /// It is a synthesised A answer.
-    pub synthesised: bool,
-    /// It was passed through from upstream.
-    pub passed_through: bool,
 }
 
 /// What one resolve depended on, collected on the way.
@@ -823,13 +812,13 @@ mod tests {
         let mut query = Message::new(0x1234, MessageType::Query, OpCode::Query);
         query.add_query(Query::query(n("big.test."), RecordType::A));
         let bytes = query.to_vec().unwrap();
-        let udp = crate::server::answer_packet(&r, &bytes, false, 1232)
+        let udp = crate::answer::answer_packet(&r, &bytes, false, 1232)
             .await
             .unwrap();
         assert!(udp.len() <= 512);
         let udp = Message::from_vec(&udp).unwrap();
         assert!(udp.metadata.truncation);
-        let tcp = crate::server::answer_packet(&r, &bytes, true, 1232)
+        let tcp = crate::answer::answer_packet(&r, &bytes, true, 1232)
             .await
             .unwrap();
         let tcp = Message::from_vec(&tcp).unwrap();
@@ -838,13 +827,13 @@ mod tests {
         // Garbage after a valid header gets FORMERR with the same id.
         let mut bad = bytes[..12].to_vec();
         bad.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1]);
-        let formerr = crate::server::answer_packet(&r, &bad, false, 1232)
+        let formerr = crate::answer::answer_packet(&r, &bad, false, 1232)
             .await
             .unwrap();
         let formerr = Message::from_vec(&formerr).unwrap();
         assert_eq!(formerr.metadata.id, 0x1234);
         assert_eq!(formerr.metadata.response_code, ResponseCode::FormErr);
-        assert!(crate::server::answer_packet(&r, &bytes[..5], false, 1232)
+        assert!(crate::answer::answer_packet(&r, &bytes[..5], false, 1232)
             .await
             .is_none());
     }
@@ -886,7 +875,8 @@ mod tests {
 
     #[tokio::test]
     async fn replays_are_the_answers_a_resolve_gives_for_the_rest_of_the_second() {
-        use crate::server::{answer_packet, Frontend};
+        use crate::answer::answer_packet;
+        use crate::frontend::Frontend;
         use std::sync::atomic::Ordering::Relaxed;
         let (r, fake, clock) = resolver_with_clock(world(), false, "10.170.160.0/20");
         let r = Arc::new(r);

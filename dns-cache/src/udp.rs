@@ -5,7 +5,7 @@
 //! On the hot path nothing is spawned, nothing is sent through a channel and nothing is
 //! allocated: one `recvmmsg` for up to [`crate::mmsg::BATCH`] queries, [`Frontend::replay`] for each, one
 //! `sendmmsg` for the replies ([`crate::mmsg`]). The loop gives the runtime back after
-//! [`ROUNDS`] batches so that TCP, dns.sock and the metrics page are served under a flood too.
+//! `ROUNDS` batches so that TCP, dns.sock and the metrics page are served under a flood too.
 
 use std::io::ErrorKind;
 use std::net::{IpAddr, SocketAddr};
@@ -16,9 +16,9 @@ use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::Semaphore;
 
+use crate::frontend::Frontend;
 use crate::metrics::Metrics;
 use crate::mmsg::{RecvBatch, SendBatch};
-use crate::server::Frontend;
 
 /// Batches read before the loop yields to other tasks.
 const ROUNDS: usize = 4;
@@ -74,7 +74,7 @@ pub async fn serve(socket: UdpSocket, frontend: Arc<Frontend>) {
                     tx.push(&out, peer);
                     continue;
                 }
-                // Never answered (see `answer_packet`): not worth a task.
+                // Never answered (see `crate::answer::answer_packet`): not worth a task.
                 if packet.len() < 12 || packet.get(2).is_some_and(|b| b & 0x80 != 0) {
                     continue;
                 }

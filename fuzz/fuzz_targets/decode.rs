@@ -1,5 +1,6 @@
 //! Fuzzes every frame decoder of shared-proto: arbitrary bytes must give a message or a typed
 //! error, never a panic, and a message that decodes must re-encode to the bytes it came from.
+#![forbid(unsafe_code)]
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

@@ -1,15 +1,31 @@
 //! Reading and writing shared-proto frames on a host.sock stream.
 //!
-//! The reader buffers at most one frame (the protocol's hard limit bounds it) and keeps whatever
-//! follows the frame: a client may pipeline its request and its first data bytes, and those bytes
-//! belong to the TCP connection, so [`FrameReader::into_leftover`] hands them on.
+//! The reader (shared-proto's [`reader`], with this stream's errors) buffers at most one frame
+//! (the protocol's hard limit bounds it) and keeps whatever follows the frame: a client may
+//! pipeline its request and its first data bytes, and those bytes belong to the TCP connection,
+//! so [`FrameReader::into_leftover`] hands them on. [`TokioRead`] (also used by the dns.sock
+//! client, [`crate::lookup`]) lets shared-proto's reader read a tokio stream.
 
 use std::io;
 
 use shared_proto::frame::{self, Message};
+use shared_proto::reader::{self, Fill, ReadError, ReadSome};
 use shared_proto::{ProtoError, ToGuest};
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// The most one read asks the stream for.
+const MAX_READ: usize = 16 * 1024;
+
+/// A tokio stream as shared-proto's reader reads it (one `read` per call).
+#[derive(Debug)]
+pub(crate) struct TokioRead<'r, R: ?Sized>(pub &'r mut R);
+
+impl<R: AsyncRead + Unpin + ?Sized> ReadSome for TokioRead<'_, R> {
+    async fn read_some(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf).await
+    }
+}
 
 /// Why a frame could not be read.
 #[derive(Debug, Error)]
@@ -22,10 +38,30 @@ pub enum FrameError {
     Proto(#[from] ProtoError),
 }
 
-/// Buffered frame reader over any byte stream.
-#[derive(Debug, Default)]
-pub struct FrameReader {
-    buf: Vec<u8>,
+impl From<ReadError> for FrameError {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::Io(e) => Self::Io(e),
+            ReadError::Closed => Self::Closed,
+            // A frame cut short by the end of the stream is a malformed one.
+            ReadError::ClosedMidFrame => Self::Proto(ProtoError::Truncated),
+            ReadError::Proto(e) => Self::Proto(e),
+        }
+    }
+}
+
+/// Buffered frame reader over any byte stream: shared-proto's reader, reading no further than
+/// the frame in progress needs (or its header), so that never more than one frame's worth is
+/// buffered, whatever the peer sends.
+#[derive(Debug)]
+pub struct FrameReader(reader::FrameReader);
+
+impl Default for FrameReader {
+    fn default() -> Self {
+        Self(reader::FrameReader::new(Fill::WithinFrame {
+            max: MAX_READ,
+        }))
+    }
 }
 
 impl FrameReader {
@@ -43,36 +79,13 @@ impl FrameReader {
         &mut self,
         rd: &mut R,
     ) -> Result<M, FrameError> {
-        loop {
-            if let Some((msg, used)) = frame::decode::<M>(&self.buf)? {
-                self.buf.drain(..used);
-                return Ok(msg);
-            }
-            // Read no further than the frame in progress needs (or its header): never more
-            // than one frame's worth is buffered, whatever the peer sends.
-            let want = match frame::frame_len(&self.buf)? {
-                Some(total) => total - self.buf.len(),
-                None => frame::HEADER_LEN - self.buf.len(),
-            }
-            .max(1);
-            // A separate chunk keeps this cancel-safe: nothing enters `buf` until it was read.
-            let mut chunk = vec![0u8; want.min(16 * 1024)];
-            let n = rd.read(&mut chunk).await?;
-            self.buf.extend_from_slice(&chunk[..n]);
-            if n == 0 {
-                return Err(if self.buf.is_empty() {
-                    FrameError::Closed
-                } else {
-                    FrameError::Proto(ProtoError::Truncated)
-                });
-            }
-        }
+        Ok(self.0.read(&mut TokioRead(rd)).await?)
     }
 
     /// Bytes received after the last frame.
     #[must_use]
     pub fn into_leftover(self) -> Vec<u8> {
-        self.buf
+        self.0.into_leftover()
     }
 }
 

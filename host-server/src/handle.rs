@@ -1,8 +1,9 @@
-//! The public, `Addr`-free API: handle types with async methods over the actors, and the server's
-//! start-up, drain and shutdown.
+//! The public, `Addr`-free API: the server's start-up (which wires the actors together), drain
+//! and shutdown, and [`run`] for the binary. The handle types it gives out ([`MappingHandle`],
+//! [`MetricsHandle`]) live next to their actors and are re-exported here.
 
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -12,15 +13,19 @@ use actix::prelude::*;
 use thiserror::Error;
 use tokio::sync::watch;
 
+pub use crate::actors::mapping::{MappingHandle, PinGuard};
+pub use crate::actors::metrics::MetricsHandle;
+
 use crate::actors::acceptor::{Acceptor, Drain};
-use crate::actors::mapping::{self, MapError, MappingActor};
-use crate::actors::metrics::{MetricsActor, Render};
+use crate::actors::mapping::MappingActor;
+use crate::actors::metrics::MetricsActor;
 use crate::config::Settings;
+use crate::context::Shared;
 use crate::dest::Router;
 use crate::limits::Limits;
 use crate::lookup::LookupClient;
 use crate::mapping::{MappingCache, SharedCache};
-use crate::metrics::{Event, SharedMetrics};
+use crate::metrics::SharedMetrics;
 
 /// Why the server could not start.
 #[derive(Debug, Error)]
@@ -39,111 +44,6 @@ pub enum ServerError {
     },
     #[error("the actor system failed")]
     System(#[source] io::Error),
-}
-
-/// Asks the mapping actor (dummy ↔ IPv6, pins, guest DNS).
-#[derive(Debug, Clone)]
-pub struct MappingHandle {
-    addr: Addr<MappingActor>,
-    cache: SharedCache,
-}
-
-impl MappingHandle {
-    /// The IPv6 address behind a dummy, `None` when no mapping has it.
-    ///
-    /// # Errors
-    /// [`MapError`] when neither dns-cache nor the database can answer.
-    pub async fn resolve(&self, dummy: Ipv4Addr) -> Result<Option<Ipv6Addr>, MapError> {
-        // A fresh cached answer needs no message: the actor is on another thread.
-        if let Some(v6) = self.cache.read(|c| c.get(dummy, Instant::now())) {
-            return Ok(Some(v6));
-        }
-        self.addr
-            .send(mapping::Resolve(dummy))
-            .await
-            .map_err(|_| MapError::Stopped)?
-    }
-
-    /// The source-pool dummy that stands for inbound peer `v6`.
-    ///
-    /// # Errors
-    /// [`MapError`] when dns-cache cannot allocate one (down, or the pool is exhausted).
-    pub async fn peer_dummy(&self, v6: Ipv6Addr) -> Result<Ipv4Addr, MapError> {
-        if let Some(d) = self.cache.read(|c| c.peer(v6, Instant::now())) {
-            return Ok(d);
-        }
-        self.addr
-            .send(mapping::PeerDummy(v6))
-            .await
-            .map_err(|_| MapError::Stopped)?
-    }
-
-    /// Pins `dummy` until the returned guard drops.
-    #[must_use]
-    pub fn pin(&self, dummy: Ipv4Addr) -> PinGuard {
-        // do_send: every connection sends at most one Pin and one Unpin, so the mailbox is
-        // bounded by the socket limits, and an Unpin must never be lost to a full mailbox.
-        self.addr.do_send(mapping::Pin(dummy));
-        PinGuard {
-            addr: self.addr.clone(),
-            dummy,
-        }
-    }
-
-    /// Answers a guest's DNS message through dns-cache.
-    ///
-    /// # Errors
-    /// [`MapError`] when dns-cache cannot answer.
-    pub async fn dns_query(&self, tcp: bool, packet: Vec<u8>) -> Result<Vec<u8>, MapError> {
-        self.addr
-            .send(mapping::DnsQuery { tcp, packet })
-            .await
-            .map_err(|_| MapError::Stopped)?
-    }
-}
-
-/// Holds a pin on a dummy; dropping it unpins.
-#[derive(Debug)]
-pub struct PinGuard {
-    addr: Addr<MappingActor>,
-    dummy: Ipv4Addr,
-}
-
-impl Drop for PinGuard {
-    fn drop(&mut self) {
-        self.addr.do_send(mapping::Unpin(self.dummy));
-    }
-}
-
-/// Records events and renders the metrics text.
-#[derive(Debug, Clone)]
-pub struct MetricsHandle {
-    addr: Addr<MetricsActor>,
-    counters: SharedMetrics,
-}
-
-impl MetricsHandle {
-    /// Counts `e`, on the caller's thread.
-    pub fn record(&self, e: Event) {
-        self.counters.record(e);
-    }
-
-    /// The Prometheus text.
-    pub async fn render(&self) -> String {
-        self.addr.send(Render).await.unwrap_or_default()
-    }
-}
-
-/// What every session needs: settings, the plain routing rules, the handles, and the limits.
-#[derive(Debug, Clone)]
-pub(crate) struct Shared {
-    pub settings: Arc<Settings>,
-    pub router: Router,
-    pub mapping: MappingHandle,
-    pub metrics: MetricsHandle,
-    pub limits: Limits,
-    /// Becomes `true` on SIGTERM: listeners close, the acceptor stops.
-    pub draining: watch::Receiver<bool>,
 }
 
 /// A running server.
@@ -165,29 +65,28 @@ pub struct ServerHandle {
 /// [`ServerError`] when host.sock or the metrics address cannot be bound.
 pub async fn start(settings: Settings) -> Result<ServerHandle, ServerError> {
     let settings = Arc::new(settings);
-    let listener = bind_socket(&settings.socket, settings.socket_mode).map_err(|source| {
-        ServerError::Socket {
-            path: settings.socket.display().to_string(),
-            source,
-        }
-    })?;
+    let socket_error = |source| ServerError::Socket {
+        path: settings.socket.display().to_string(),
+        source,
+    };
+    let listener = bind_socket(&settings.socket, settings.socket_mode).map_err(socket_error)?;
     let limits = Limits::new(&settings.limits);
     let control = Arbiter::new();
     let counters = SharedMetrics::default();
-    let metrics = MetricsHandle {
-        addr: MetricsActor::start_in_arbiter(&control.handle(), {
+    let metrics = MetricsHandle::new(
+        MetricsActor::start_in_arbiter(&control.handle(), {
             let limits = limits.clone();
             let counters = counters.clone();
             move |_| MetricsActor::new(counters, limits)
         }),
         counters,
-    };
+    );
     let cache = SharedCache::new(MappingCache::new(
         settings.mapping_cache_ttl,
         settings.mapping_cache_entries,
     ));
-    let mapping = MappingHandle {
-        addr: MappingActor::start_in_arbiter(&control.handle(), {
+    let mapping = MappingHandle::new(
+        MappingActor::start_in_arbiter(&control.handle(), {
             let s = Arc::clone(&settings);
             let metrics = metrics.clone();
             let cache = cache.clone();
@@ -198,7 +97,7 @@ pub async fn start(settings: Settings) -> Result<ServerHandle, ServerError> {
             }
         }),
         cache,
-    };
+    );
     let metrics_addr = match settings.metrics_listen {
         Some(addr) => Some(
             crate::metrics_http::serve(addr, metrics.clone())
@@ -224,10 +123,7 @@ pub async fn start(settings: Settings) -> Result<ServerHandle, ServerError> {
     let workers: Vec<Arbiter> = (0..settings.workers).map(|_| Arbiter::new()).collect();
     let mut acceptors = Vec::with_capacity(workers.len());
     for worker in &workers {
-        let l = listener.try_clone().map_err(|source| ServerError::Socket {
-            path: settings.socket.display().to_string(),
-            source,
-        })?;
+        let l = listener.try_clone().map_err(socket_error)?;
         let shared = shared.clone();
         acceptors.push(Acceptor::start_in_arbiter(&worker.handle(), move |_| {
             Acceptor::new(l, shared)

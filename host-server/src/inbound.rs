@@ -18,13 +18,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UnixStream};
 
 use crate::config::Settings;
+use crate::context::{Request, Shared};
 use crate::errno::bind_errno;
-use crate::handle::Shared;
 use crate::identity::Identity;
 use crate::limits::{Permit, Resource};
 use crate::metrics::Event;
 use crate::ratelimit::LogLimit;
-use crate::session::Request;
 
 /// Where a listen request binds, decided from the settings alone.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -17,11 +17,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use shared_proto::lookup::{LookupOp, LookupReply, LookupRequest, LookupResponse};
+use shared_proto::reader::{Fill, FrameReader, ReadError};
 use shared_proto::{frame, ProtoError};
 use thiserror::Error;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
+
+use crate::framed::TokioRead;
 
 /// Requests waiting for the stream task; callers beyond this wait (backpressure).
 const QUEUE: usize = 1024;
@@ -29,6 +32,8 @@ const QUEUE: usize = 1024;
 const MAX_IN_FLIGHT: usize = 4096;
 /// How often to try to reach dns-cache again while pins wait to be re-established.
 const REPIN_RETRY: Duration = Duration::from_secs(1);
+/// The most one read of the stream takes in (answers that arrive together are buffered).
+const READ_CHUNK: usize = 4096;
 
 /// Remote pins this client holds, per dummy (normally 1: the mapping actor pins once per dummy).
 type Held = HashMap<Ipv4Addr, u32>;
@@ -172,7 +177,7 @@ async fn serve(
     let (mut rd, mut wr) = stream.into_split();
     let mut pending: HashMap<u32, Waiter> = HashMap::new();
     let mut next_id: u32 = 0;
-    let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    let mut reader = FrameReader::new(Fill::Greedy { chunk: READ_CHUNK });
     let mut out = Vec::new();
     for (&dummy, &count) in held.iter() {
         for _ in 0..count {
@@ -228,7 +233,7 @@ async fn serve(
                 Some(p) => queued = Some(p),
                 None => return false,
             },
-            r = read_frame(&mut rd, &mut buf) => match r {
+            r = read_frame(&mut rd, &mut reader) => match r {
                 Ok(resp) => match pending.remove(&resp.id) {
                     Some(Waiter::Caller { reply, pin }) => {
                         if let (Some(dummy), LookupReply::Pinned { .. }) = (pin, &resp.reply) {
@@ -258,33 +263,19 @@ async fn serve(
     true
 }
 
-/// Reads the next response frame, keeping any extra bytes in `buf`. Cancel-safe: bytes read are
-/// kept in `buf` across calls.
+/// Reads the next response frame, keeping any extra bytes in `reader`. Cancel-safe: bytes read
+/// are kept in `reader` across calls.
 async fn read_frame(
     rd: &mut tokio::net::unix::OwnedReadHalf,
-    buf: &mut Vec<u8>,
+    reader: &mut FrameReader,
 ) -> Result<LookupResponse, LookupError> {
-    loop {
-        match frame::decode::<LookupResponse>(buf) {
-            Ok(Some((msg, used))) => {
-                buf.drain(..used);
-                return Ok(msg);
-            }
-            Ok(None) => {}
-            Err(e) => return Err(LookupError::Protocol(e)),
+    reader.read(&mut TokioRead(rd)).await.map_err(|e| match e {
+        ReadError::Proto(e) => LookupError::Protocol(e),
+        ReadError::Io(e) => LookupError::Unavailable(e),
+        ReadError::Closed | ReadError::ClosedMidFrame => {
+            LookupError::Unavailable(io::Error::from(io::ErrorKind::UnexpectedEof))
         }
-        let mut chunk = [0u8; 4096];
-        let n = rd
-            .read(&mut chunk)
-            .await
-            .map_err(LookupError::Unavailable)?;
-        if n == 0 {
-            return Err(LookupError::Unavailable(io::Error::from(
-                io::ErrorKind::UnexpectedEof,
-            )));
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
+    })
 }
 
 #[cfg(test)]
@@ -292,6 +283,7 @@ pub(crate) mod tests {
     use super::*;
     use shared_proto::lookup::{Direction, MappingInfo};
     use std::net::{Ipv4Addr, Ipv6Addr};
+    use tokio::io::AsyncReadExt;
     use tokio::net::UnixListener;
 
     /// A tiny dns-cache stand-in: answers Resolve from `table`, PeerDummy with 172.21.112.x,

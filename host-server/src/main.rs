@@ -1,5 +1,7 @@
 //! The `outsock-host-server` binary: parse the command line, load settings, run the server.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -68,20 +70,19 @@ fn chain(e: &anyhow::Error) -> String {
 /// cap host-server near 500 connections: raise the soft limit to the hard one. systemd's
 /// LimitNOFILE= sets the hard limit.
 fn raise_fd_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes one rlimit struct through a valid, exclusive pointer.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return;
-    }
-    if lim.rlim_cur < lim.rlim_max {
-        lim.rlim_cur = lim.rlim_max;
-        // SAFETY: setrlimit reads one valid rlimit struct; raising the soft limit up to the
-        // hard limit needs no privilege.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
-            tracing::warn!(error = %std::io::Error::last_os_error(), "cannot raise the descriptor limit");
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let lim = getrlimit(Resource::Nofile);
+    // `None` is RLIM_INFINITY, the largest limit of all.
+    let soft = lim.current.unwrap_or(u64::MAX);
+    let hard = lim.maximum.unwrap_or(u64::MAX);
+    if soft < hard {
+        let raised = Rlimit {
+            current: lim.maximum,
+            maximum: lim.maximum,
+        };
+        // Raising the soft limit up to the hard limit needs no privilege.
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            tracing::warn!(error = %std::io::Error::from(e), "cannot raise the descriptor limit");
         }
     }
 }

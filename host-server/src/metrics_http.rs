@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use crate::handle::MetricsHandle;
+use crate::actors::metrics::MetricsHandle;
 
 /// Binds `addr` and serves metrics on the current runtime; returns the bound address.
 ///

@@ -1,5 +1,6 @@
 //! Outbound TCP: the guest connects to an IPv4 address; host-server connects over IPv6 (or, with
-//! egress, IPv4) and relays, or hands the socket itself to a process with SCM_RIGHTS.
+//! egress, IPv4) and relays, or hands the socket itself to a process with SCM_RIGHTS (through
+//! `handover`). A connect to the guest DNS address is answered by `dns_tcp` instead.
 //!
 //! Errors are reported as the errno a native connect would set: the kernel's own error from the
 //! IPv6 connect (ECONNREFUSED, ENETUNREACH, EHOSTUNREACH, ...), ETIMEDOUT when the configured
@@ -10,20 +11,20 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::AsFd;
 
 use shared_proto::outsource::ConnectRequest;
-use shared_proto::{frame, Errno, ToGuest};
+use shared_proto::{Errno, ToGuest};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
-use tokio::io::AsyncReadExt;
 use tokio::net::{TcpSocket, TcpStream, UnixStream};
 
+use crate::context::{Request, Shared};
 use crate::dest::Route;
+use crate::dns_tcp::dns_over_tcp;
 use crate::errno::connect_errno;
-use crate::handle::Shared;
+use crate::handover::send_answer_with_fd;
 use crate::identity::Identity;
 use crate::limits::Resource;
 use crate::metrics::Event;
 use crate::ratelimit::LogLimit;
 use crate::relay::{self, RelayError};
-use crate::session::Request;
 
 fn errno_name(e: Errno) -> &'static str {
     e.name().unwrap_or("other")
@@ -205,86 +206,4 @@ async fn pass_connecting(req: Request, dest: SocketAddrV4, target: SocketAddr, s
         "ok"
     }));
     send_answer_with_fd(&req.stream, &answer, sock.as_fd(), shared).await;
-}
-
-pub(crate) async fn send_answer_with_fd(
-    stream: &UnixStream,
-    answer: &ToGuest,
-    fd: std::os::fd::BorrowedFd<'_>,
-    shared: &Shared,
-) {
-    let Ok(bytes) = frame::to_vec(answer) else {
-        return;
-    };
-    match crate::fdpass::send_with_fd(stream, &bytes, fd).await {
-        Ok(()) => shared.metrics.record(Event::FdPassed),
-        Err(e) => tracing::debug!(error = %e, "could not pass the socket"),
-    }
-}
-
-/// TCP to the guest DNS address: DNS messages with two-byte length prefixes (RFC 1035 §4.2.2),
-/// each answered by dns-cache.
-async fn dns_over_tcp(req: Request, dest: SocketAddrV4, shared: &Shared) {
-    let Request {
-        mut stream,
-        leftover,
-        permit,
-        ..
-    } = req;
-    shared.metrics.record(Event::Connect("ok"));
-    let answer = ToGuest::Connected {
-        local: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
-        peer: dest,
-        fd_passed: false,
-        in_progress: false,
-    };
-    if crate::framed::write_frame(&mut stream, &answer)
-        .await
-        .is_err()
-    {
-        return;
-    }
-    let mut buf = leftover;
-    let idle = shared.settings.udp_idle_timeout;
-    loop {
-        let Some(query) = next_dns_message(&mut stream, &mut buf, idle).await else {
-            break;
-        };
-        let Ok(reply) = shared.mapping.dns_query(true, query).await else {
-            break;
-        };
-        let Ok(len) = u16::try_from(reply.len()) else {
-            break;
-        };
-        let mut out = Vec::with_capacity(2 + reply.len());
-        out.extend_from_slice(&len.to_be_bytes());
-        out.extend_from_slice(&reply);
-        if relay::write_all(&stream, &out).await.is_err() {
-            break;
-        }
-    }
-    drop(permit);
-}
-
-/// The next length-prefixed DNS message, or `None` at end of stream, error, or idleness.
-async fn next_dns_message(
-    stream: &mut UnixStream,
-    buf: &mut Vec<u8>,
-    idle: std::time::Duration,
-) -> Option<Vec<u8>> {
-    loop {
-        if buf.len() >= 2 {
-            let len = usize::from(u16::from_be_bytes([buf[0], buf[1]]));
-            if buf.len() >= 2 + len {
-                let msg = buf[2..2 + len].to_vec();
-                buf.drain(..2 + len);
-                return Some(msg);
-            }
-        }
-        let mut chunk = [0u8; 4096];
-        match tokio::time::timeout(idle, stream.read(&mut chunk)).await {
-            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
-            _ => return None,
-        }
-    }
 }

@@ -4,15 +4,14 @@
 //! `Failed(errno)` frame before the stream closes.
 
 use shared_proto::outsource::ToHost;
-use shared_proto::{Errno, ToGuest};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use shared_proto::Errno;
 use tokio::net::UnixStream;
 
-use crate::framed::{write_frame, FrameError, FrameReader};
-use crate::handle::Shared;
-use crate::identity::{Identity, Opened, Opening, PeerCred};
+use crate::context::{refuse, Request, Shared};
+use crate::framed::{FrameError, FrameReader};
+use crate::identity::{Opened, Opening, PeerCred};
 use crate::inbound::ListenerParts;
-use crate::limits::{Permit, Resource};
+use crate::limits::Resource;
 use crate::metrics::Event;
 use crate::ratelimit::LogLimit;
 
@@ -23,51 +22,6 @@ pub(crate) enum Next {
     Closed,
     /// A guest listener: the listen actor takes over.
     Listen(Box<ListenerParts>),
-}
-
-/// A stream whose request is known, with everything its handler needs.
-#[derive(Debug)]
-pub(crate) struct Request {
-    pub stream: UnixStream,
-    pub identity: Identity,
-    /// Bytes that arrived after the request frame.
-    pub leftover: Vec<u8>,
-    /// This stream's slot in the identity's socket limit.
-    pub permit: Permit,
-}
-
-impl Request {
-    /// Gives the socket slot back, then answers `errno` and closes: once the peer reads the
-    /// refusal, the slot is already free for its next request.
-    pub(crate) async fn refuse(self, errno: Errno) {
-        let Request {
-            mut stream, permit, ..
-        } = self;
-        drop(permit);
-        refuse(&mut stream, errno).await;
-    }
-}
-
-/// Answers `errno` and closes (best effort: the peer may already be gone). The close is
-/// graceful: after the answer, host-server shuts its side and discards what the peer still
-/// sends (bounded in bytes and time), because closing a Unix stream with unread input makes the
-/// peer's next read fail with ECONNRESET instead of delivering the answer and end of stream.
-pub(crate) async fn refuse(stream: &mut UnixStream, errno: Errno) {
-    if write_frame(stream, &ToGuest::Failed(errno)).await.is_err() {
-        return;
-    }
-    let _ = stream.shutdown().await;
-    let drain = async {
-        let mut sink = [0u8; 4096];
-        let mut left: usize = 256 * 1024;
-        while left > 0 {
-            match stream.read(&mut sink).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => left = left.saturating_sub(n),
-            }
-        }
-    };
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), drain).await;
 }
 
 /// Serves one stream.

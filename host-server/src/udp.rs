@@ -18,12 +18,12 @@ use shared_proto::{Errno, ToGuest};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio::net::UdpSocket;
 
+use crate::context::{Request, Shared};
 use crate::dest::Route;
 use crate::framed::{write_frame, FrameError, FrameReader};
-use crate::handle::Shared;
+use crate::handover::send_answer_with_fd;
 use crate::identity::{late_frame_error, Identity};
 use crate::metrics::Event;
-use crate::session::Request;
 
 /// Largest datagram read from the host socket (the IPv6 maximum without jumbograms).
 const MAX_DATAGRAM: usize = 65_535;
@@ -94,6 +94,14 @@ fn open_socket(shared: &Shared, identity: &Identity, req: &UdpRequest) -> Result
     make().map_err(|e| crate::errno::bind_errno(&e))
 }
 
+/// The guest-visible local address of `sock`, bound for `bind`: the address the guest asked
+/// for, and its port, or the host socket's real port when the guest asked for any (port 0).
+fn guest_local(sock: &UdpSocket, bind: SocketAddrV4) -> SocketAddrV4 {
+    let port = sock.local_addr().map_or(0, |a| a.port());
+    let guest_port = if bind.port() == 0 { port } else { bind.port() };
+    SocketAddrV4::new(*bind.ip(), guest_port)
+}
+
 /// Process mode, a connected UDP socket: bound as an association's would be, connected to the
 /// destination's IPv6 address (or, with egress, the real IPv4 one), and handed to the process
 /// with the answer. host-server keeps nothing: the program's datagrams, and the kernel's errors
@@ -116,14 +124,8 @@ pub(crate) async fn connect_passed(req: Request, u: &UdpConnectRequest, shared: 
     if let Err(e) = sock.connect(target).await {
         return req.refuse(crate::errno::connect_errno(&e)).await;
     }
-    let port = sock.local_addr().map_or(0, |a| a.port());
-    let guest_port = if u.bind.port() == 0 {
-        port
-    } else {
-        u.bind.port()
-    };
     let answer = ToGuest::Connected {
-        local: SocketAddrV4::new(*u.bind.ip(), guest_port),
+        local: guest_local(&sock, u.bind),
         peer: u.dest,
         fd_passed: true,
         in_progress: false,
@@ -134,7 +136,7 @@ pub(crate) async fn connect_passed(req: Request, u: &UdpConnectRequest, shared: 
         return;
     }
     shared.metrics.record(Event::UdpConnected);
-    crate::outbound::send_answer_with_fd(&req.stream, &answer, std.as_fd(), shared).await;
+    send_answer_with_fd(&req.stream, &answer, std.as_fd(), shared).await;
 }
 
 /// Where a datagram to the guest-visible `dest` goes on a host socket: the IPv6 address behind
@@ -169,13 +171,7 @@ pub(crate) async fn associate(req: Request, u: &UdpRequest, shared: &Shared) {
         leftover,
         permit,
     } = req;
-    let port = sock.local_addr().map_or(0, |a| a.port());
-    let guest_port = if u.bind.port() == 0 {
-        port
-    } else {
-        u.bind.port()
-    };
-    let local = SocketAddrV4::new(*u.bind.ip(), guest_port);
+    let local = guest_local(&sock, u.bind);
     if write_frame(&mut stream, &ToGuest::Associated { local })
         .await
         .is_err()

@@ -9,6 +9,8 @@
 //!
 //! [`Notifier`] keeps one socket for a daemon's lifetime; [`notify`] is the one-shot form.
 
+#![forbid(unsafe_code)]
+
 use std::ffi::OsStr;
 use std::io;
 use std::os::linux::net::SocketAddrExt;

@@ -6,6 +6,8 @@
 //!   mapping table, asked over `dns.sock`.
 //! - `outsock health [--dns-socket …] [--host-socket …]` checks that the daemons answer.
 
+#![forbid(unsafe_code)]
+
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;

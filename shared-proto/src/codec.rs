@@ -6,7 +6,7 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4};
 
-use crate::frame::ProtoError;
+use crate::error::ProtoError;
 
 /// Longest string field (a DNS name is at most 253 characters; VM names are shorter still).
 pub const MAX_STRING: usize = 1024;

@@ -7,46 +7,17 @@
 //!  +------+------+------+--------------+----------------------+
 //! ```
 //!
+//! (The header's constants are defined in [`crate::header`].)
+//!
 //! The length is big-endian and never above [`MAX_BODY`]; a peer that announces more is cut off
 //! before its body is read. [`decode`] follows the mini-redis pattern: `Ok(None)` means "not a
 //! whole frame yet, read more", and every malformed input is a typed [`ProtoError`].
 
-use thiserror::Error;
-
 use crate::codec::{Reader, Writer};
-
-/// The two bytes that open every frame ("OS").
-pub const MAGIC: [u8; 2] = *b"OS";
-/// The protocol version this crate speaks.
-pub const VERSION: u8 = 1;
-/// Header length in bytes.
-pub const HEADER_LEN: usize = 8;
-/// Hard limit on a frame body: one maximum-size UDP datagram or DNS message plus its addresses
-/// fits with room to spare, and a misbehaving peer can make a reader buffer no more than this.
-pub const MAX_BODY: usize = 256 * 1024;
-
-/// What went wrong while decoding (or, for size, encoding) a frame.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-pub enum ProtoError {
-    #[error("frame does not start with the outsock magic (got {0:#06x})")]
-    BadMagic(u16),
-    #[error("protocol version {0} is not supported (this build speaks {VERSION})")]
-    UnsupportedVersion(u8),
-    #[error("frame body of {len} bytes exceeds the limit of {MAX_BODY}")]
-    TooLarge { len: usize },
-    #[error("unknown {family} message kind {kind}")]
-    UnknownKind { family: &'static str, kind: u8 },
-    #[error("message body ends early")]
-    Truncated,
-    #[error("message body has {count} unexpected trailing bytes")]
-    TrailingBytes { count: usize },
-    #[error("field {field} has invalid value {value}")]
-    BadValue { field: &'static str, value: u64 },
-    #[error("field {field} is {len} bytes long, over its limit")]
-    TooLong { field: &'static str, len: usize },
-    #[error("string field is not valid UTF-8")]
-    BadUtf8,
-}
+// The header's constants and the error type live below the framer; they are re-exported here so
+// that `frame::HEADER_LEN`, `frame::ProtoError` and the like keep working.
+pub use crate::error::ProtoError;
+pub use crate::header::{HEADER_LEN, MAGIC, MAX_BODY, VERSION};
 
 /// A message family that can be framed: each channel direction has one enum implementing this.
 pub trait Message: Sized {

@@ -8,7 +8,8 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::codec::{Reader, Writer};
-use crate::frame::{Message, ProtoError};
+use crate::error::ProtoError;
+use crate::frame::Message;
 
 /// Which way a mapping was made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

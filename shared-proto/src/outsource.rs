@@ -22,7 +22,8 @@ use std::net::SocketAddrV4;
 
 use crate::codec::{Reader, Writer};
 use crate::errno::Errno;
-use crate::frame::{Message, ProtoError};
+use crate::error::ProtoError;
+use crate::frame::Message;
 
 /// Written by the VMM before any guest byte: names the VM a bridged stream comes from, so that a
 /// guest can never speak for another VM.

@@ -16,7 +16,12 @@
 //! a later run deletes the leftovers of a crashed one. All traffic stays inside namespaces this
 //! crate created.
 
+#![deny(unsafe_code)]
+
+mod cmd;
+#[allow(unsafe_code)] // kill(2) of a daemon's process group
 mod daemon;
+#[allow(unsafe_code)] // setns(2) into a namespace, kill(2) of its holder
 mod netns;
 mod world;
 
@@ -28,8 +33,6 @@ pub mod zone;
 pub use daemon::Daemon;
 pub use netns::Netns;
 pub use world::{big_file_byte, World, BIG_FILE_LEN, INDEX_BODY};
-
-pub(crate) use world::sh;
 
 /// Whether end-to-end tests can run here; prints why not when they can't. The test world needs
 /// root (namespaces), `ip`, `dnsmasq`, `dig` and `python3`.
@@ -53,6 +56,7 @@ pub fn skip_unless_root(test: &str) -> bool {
     }
 }
 
+#[allow(unsafe_code)] // geteuid(2)
 fn missing_prerequisite() -> Option<String> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {

@@ -9,8 +9,8 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 
+use crate::cmd::sh;
 use crate::daemon::Daemon;
-use crate::sh;
 
 /// A named network namespace (`/run/netns/NAME`), deleted on drop together with every process
 /// still inside it.

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::{addr, Daemon, World};
+use crate::addr;
+use crate::daemon::Daemon;
+use crate::world::World;
 
 /// The guest DNS address (first address of dns-cache's default destination pool).
 pub const GUEST_DNS: Ipv4Addr = Ipv4Addr::new(10, 170, 160, 1);

@@ -1,10 +1,11 @@
 //! Builds and starts a VM. [`build_and_boot`] reads as the boot sequence: check the host,
 //! allocate memory, create the VM and irqchip, load the kernel, initramfs and command line,
-//! write the ACPI tables and the zero page, attach the devices (in VM mode the vsock device,
-//! whose muxer binds the VM's own socket here), configure the vCPUs, and start the event thread
-//! and one thread per vCPU. Every thread it starts installs its seccomp filter before it runs
-//! (`crate::seccomp`), so setup needs no allow-list and the guest never runs unconfined. When
-//! it returns the guest is running: `main` filters itself and tells systemd.
+//! write the ACPI tables and the zero page, attach the devices (`attach_devices`; in VM mode
+//! the vsock device, `attach_vsock`, whose muxer binds the VM's own socket here), configure
+//! the vCPUs, and start the event thread and one thread per vCPU. Every thread it starts
+//! installs its seccomp filter before it runs (`crate::seccomp`), so setup needs no allow-list
+//! and the guest never runs unconfined. When it returns the guest is running: `main` filters
+//! itself and tells systemd.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -21,14 +22,13 @@ use crate::arch::x86_64::acpi::{self, AcpiConfig, MmioDeviceDesc};
 use crate::arch::x86_64::boot_params::{self, BootParamsConfig, SetupHeader};
 use crate::arch::x86_64::{cpuid, layout, regs};
 use crate::config::VmConfig;
-use crate::devices::acpi_pm::AcpiPmDevice;
 use crate::devices::console::{self, Console};
-use crate::devices::i8042::I8042;
-use crate::devices::pvpanic::PvPanic;
-use crate::devices::serial::SerialDevice;
+use crate::devices::legacy::acpi_pm::AcpiPmDevice;
+use crate::devices::legacy::i8042::I8042;
+use crate::devices::legacy::pvpanic::PvPanic;
+use crate::devices::legacy::serial::SerialDevice;
 use crate::devices::virtio::mmio::{MmioTransport, QUEUE_NOTIFY_OFFSET};
-use crate::devices::virtio::vsock::device::VsockHandler;
-use crate::devices::virtio::vsock::{Muxer, MuxerConfig, VsockDevice};
+use crate::devices::virtio::vsock::{Muxer, MuxerConfig, VsockDevice, VsockHandler};
 use crate::devices::virtio::{IrqLine, VirtioDevice};
 use crate::devices::{Bus, BusDevice};
 use crate::event_loop::{self, ConsoleInput, Subscriber, Watchdog};
@@ -234,7 +234,85 @@ pub fn build_and_boot(cfg: &VmConfig, filters: &Filters) -> Result<RunningVm, Bu
         mem.write_slice(&bytes, GuestAddress(addr))?;
     }
 
-    // 9. Devices: console + COM1 (IRQ 4), i8042 keyboard controller (IRQ 1), ACPI sleep/reset port, pvpanic.
+    // 9. Devices: console + COM1 (IRQ 4), i8042 keyboard controller (IRQ 1), ACPI sleep/reset
+    //    port, pvpanic, and in VM mode virtio-vsock.
+    let Devices {
+        exit,
+        console,
+        serial,
+        keyboard,
+        pio,
+        mmio,
+        mut subscribers,
+    } = attach_devices(cfg, &vm, &mem, vsock_socket, filters)?;
+
+    // 10. vCPUs: normalised CPUID, MSRs, registers (boot vCPU only), LAPIC LINT pins.
+    let supported = vm.supported_cpuid()?;
+    let mut vcpus = Vec::with_capacity(usize::from(cfg.vcpus));
+    for index in 0..cfg.vcpus {
+        let vcpu = vm.create_vcpu(index)?;
+        let mut leaves = supported.clone();
+        cpuid::normalize(&mut leaves, index, cfg.vcpus);
+        vcpu.configure(&leaves, (index == 0).then_some(entry))?;
+        vcpus.push(vcpu);
+    }
+
+    // 11. The event thread (console input, vsock, systemd's watchdog) and one thread per vCPU,
+    //     each filtered before its first epoll_wait or KVM_RUN.
+    if cfg.stdin {
+        subscribers.push(Box::new(ConsoleInput::new(ConsoleInput::stdin()?, serial)?));
+    }
+    if let (Some(interval), Some(socket)) = (
+        outsock_notify::watchdog_interval(),
+        std::env::var_os("NOTIFY_SOCKET"),
+    ) {
+        subscribers.push(Box::new(Watchdog::new(
+            interval,
+            socket.to_string_lossy().into_owned(),
+        )?));
+    }
+    event_loop::spawn(subscribers, filters)?;
+    for vcpu in vcpus {
+        let (pio, mmio, exit, trace) = (pio.clone(), mmio.clone(), exit.clone(), cfg.trace_io);
+        let name = format!("vcpu{}", vcpu.index());
+        filters.spawn(Role::Vcpu, name, move || {
+            vcpu.run(&pio, &mmio, &exit, trace);
+        })?;
+    }
+
+    Ok(RunningVm {
+        exit,
+        console,
+        keyboard,
+        _memory: mem,
+        _vm: vm,
+    })
+}
+
+/// The devices of a VM, on its buses, and the event-loop subscribers that drive them.
+struct Devices {
+    /// The channel the devices (and the vCPUs) report the end of the VM on.
+    exit: Arc<ExitSignal>,
+    console: Console,
+    /// COM1, for the console input subscriber.
+    serial: Arc<Mutex<SerialDevice>>,
+    /// The i8042, for a graceful stop's Ctrl+Alt+Del.
+    keyboard: Arc<Mutex<I8042>>,
+    pio: Arc<Bus>,
+    mmio: Arc<Bus>,
+    subscribers: Vec<Subscriber>,
+}
+
+/// Step 9 of [`build_and_boot`]: starts the console (its drain thread filtered by `filters`),
+/// puts COM1, the i8042, the ACPI sleep/reset port and pvpanic on the buses with their irqfds,
+/// and, in VM mode (`vsock_socket`), the virtio-vsock device ([`attach_vsock`]).
+fn attach_devices(
+    cfg: &VmConfig,
+    vm: &Vm,
+    mem: &GuestMemoryMmap,
+    vsock_socket: Option<PathBuf>,
+    filters: &Filters,
+) -> Result<Devices, BuildError> {
     let exit = Arc::new(ExitSignal::new());
     let mut sinks: Vec<Box<dyn Write + Send>> = vec![Box::new(std::io::stdout())];
     if let Some(path) = &cfg.serial_log {
@@ -278,82 +356,69 @@ pub fn build_and_boot(cfg: &VmConfig, filters: &Filters) -> Result<RunningVm, Bu
     )?;
     let mut subscribers: Vec<Subscriber> = Vec::new();
     if let (Some(host_socket), Some(listen_socket)) = (&cfg.host_socket, vsock_socket) {
-        // virtio-vsock at the first virtio-mmio window: ioeventfds on QueueNotify (one per
-        // queue, matched on the queue index), an irqfd on its GSI.
-        let base = layout::VIRTIO_MMIO_START;
-        let irq_evt = EventFd::new(libc::EFD_NONBLOCK)?;
-        vm.register_irqfd(&irq_evt, layout::GSI_VIRTIO_START)?;
-        let mut queue_evts = Vec::new();
-        for index in 0..3u32 {
-            let evt = EventFd::new(libc::EFD_NONBLOCK)?;
-            vm.register_ioevent(&evt, base + QUEUE_NOTIFY_OFFSET, index)?;
-            queue_evts.push(evt);
-        }
-        let muxer = Muxer::new(MuxerConfig {
-            vm: cfg.name.clone(),
-            cid: u64::from(cfg.cid),
-            host_socket: host_socket.clone(),
-            listen_socket: Some(listen_socket),
-        })?;
-        let irq = IrqLine::new(irq_evt);
-        let irq_status = irq.status();
-        let device = Arc::new(Mutex::new(VsockDevice::new(
-            u64::from(cfg.cid),
-            mem.clone(),
-            irq,
-            muxer,
-        )));
-        let kicks = queue_evts
-            .iter()
-            .map(EventFd::try_clone)
-            .collect::<Result<Vec<_>, _>>()?;
-        let as_virtio: Arc<Mutex<dyn VirtioDevice>> = device.clone();
-        let transport: Arc<Mutex<dyn BusDevice>> =
-            Arc::new(Mutex::new(MmioTransport::new(as_virtio, irq_status, kicks)));
-        mmio.insert(transport, base, u64::from(layout::VIRTIO_MMIO_SIZE))?;
-        subscribers.push(Box::new(VsockHandler::new(device, queue_evts)));
+        subscribers.push(attach_vsock(
+            cfg,
+            vm,
+            mem,
+            host_socket,
+            listen_socket,
+            &mut mmio,
+        )?);
     }
-    let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
-
-    // 10. vCPUs: normalised CPUID, MSRs, registers (boot vCPU only), LAPIC LINT pins.
-    let supported = vm.supported_cpuid()?;
-    let mut vcpus = Vec::with_capacity(usize::from(cfg.vcpus));
-    for index in 0..cfg.vcpus {
-        let vcpu = vm.create_vcpu(index)?;
-        let mut leaves = supported.clone();
-        cpuid::normalize(&mut leaves, index, cfg.vcpus);
-        vcpu.configure(&leaves, (index == 0).then_some(entry))?;
-        vcpus.push(vcpu);
-    }
-
-    // 11. The event thread (console input, vsock, systemd's watchdog) and one thread per vCPU,
-    //     each filtered before its first epoll_wait or KVM_RUN.
-    if cfg.stdin {
-        subscribers.push(Box::new(ConsoleInput::new(ConsoleInput::stdin()?, serial)?));
-    }
-    if let (Some(interval), Some(socket)) = (
-        outsock_notify::watchdog_interval(),
-        std::env::var_os("NOTIFY_SOCKET"),
-    ) {
-        subscribers.push(Box::new(Watchdog::new(
-            interval,
-            socket.to_string_lossy().into_owned(),
-        )?));
-    }
-    event_loop::spawn(subscribers, filters)?;
-    for vcpu in vcpus {
-        let (pio, mmio, exit, trace) = (pio.clone(), mmio.clone(), exit.clone(), cfg.trace_io);
-        let name = format!("vcpu{}", vcpu.index());
-        filters.spawn(Role::Vcpu, name, move || {
-            vcpu.run(&pio, &mmio, &exit, trace);
-        })?;
-    }
-
-    Ok(RunningVm {
+    Ok(Devices {
         exit,
         console,
+        serial,
         keyboard,
-        _memory: mem,
-        _vm: vm,
+        pio: Arc::new(pio),
+        mmio: Arc::new(mmio),
+        subscribers,
     })
+}
+
+/// virtio-vsock at the first virtio-mmio window, bridged to `host_socket`, with the VM's own
+/// socket bound at `listen_socket` (the muxer binds it here); returns its event-loop
+/// subscriber.
+fn attach_vsock(
+    cfg: &VmConfig,
+    vm: &Vm,
+    mem: &GuestMemoryMmap,
+    host_socket: &Path,
+    listen_socket: PathBuf,
+    mmio: &mut Bus,
+) -> Result<Subscriber, BuildError> {
+    // Ioeventfds on QueueNotify (one per queue, matched on the queue index), an irqfd on its
+    // GSI.
+    let base = layout::VIRTIO_MMIO_START;
+    let irq_evt = EventFd::new(libc::EFD_NONBLOCK)?;
+    vm.register_irqfd(&irq_evt, layout::GSI_VIRTIO_START)?;
+    let mut queue_evts = Vec::new();
+    for index in 0..3u32 {
+        let evt = EventFd::new(libc::EFD_NONBLOCK)?;
+        vm.register_ioevent(&evt, base + QUEUE_NOTIFY_OFFSET, index)?;
+        queue_evts.push(evt);
+    }
+    let muxer = Muxer::new(MuxerConfig {
+        vm: cfg.name.clone(),
+        cid: u64::from(cfg.cid),
+        host_socket: host_socket.to_path_buf(),
+        listen_socket: Some(listen_socket),
+    })?;
+    let irq = IrqLine::new(irq_evt);
+    let irq_status = irq.status();
+    let device = Arc::new(Mutex::new(VsockDevice::new(
+        u64::from(cfg.cid),
+        mem.clone(),
+        irq,
+        muxer,
+    )));
+    let kicks = queue_evts
+        .iter()
+        .map(EventFd::try_clone)
+        .collect::<Result<Vec<_>, _>>()?;
+    let as_virtio: Arc<Mutex<dyn VirtioDevice>> = device.clone();
+    let transport: Arc<Mutex<dyn BusDevice>> =
+        Arc::new(Mutex::new(MmioTransport::new(as_virtio, irq_status, kicks)));
+    mmio.insert(transport, base, u64::from(layout::VIRTIO_MMIO_SIZE))?;
+    Ok(Box::new(VsockHandler::new(device, queue_evts)))
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
-use crate::devices::serial::SerialDevice;
+use crate::devices::legacy::serial::SerialDevice;
 use crate::seccomp::{Filters, Role};
 
 /// A subscriber of the device event loop.

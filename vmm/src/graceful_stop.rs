@@ -1,5 +1,5 @@
 //! A graceful stop: on the first stop signal (systemd's `systemctl stop`) the VMM presses
-//! Ctrl+Alt+Del on the guest's keyboard ([`crate::devices::i8042`]), as Firecracker's
+//! Ctrl+Alt+Del on the guest's keyboard ([`crate::devices::legacy::i8042`]), as Firecracker's
 //! `SendCtrlAltDel` does. Linux turns that into SIGINT for PID 1 when PID 1 disabled the
 //! kernel's own Ctrl-Alt-Del reboot (`/proc/sys/kernel/ctrl-alt-del` = 0; the guest image's
 //! /init does, then sends SIGTERM to its programs and powers off), and into an immediate
@@ -11,8 +11,8 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use crate::devices::i8042::I8042;
-use crate::signals;
+use crate::devices::legacy::i8042::I8042;
+use crate::stop_signal;
 use crate::vm_exit::ExitSignal;
 
 /// What the stop-signal thread needs to ask the guest to shut down.
@@ -54,7 +54,7 @@ impl GracefulStop {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .ctrl_alt_del();
-        let sig = signals::name(signal);
+        let sig = stop_signal::name(signal);
         if pressed {
             eprintln!(
                 "outsock-vmm[{}]: {sig}: pressed Ctrl+Alt+Del for the guest to shut down; \
@@ -86,7 +86,7 @@ impl GracefulStop {
         eprintln!(
             "outsock-vmm[{}]: {} again: stopping the guest now",
             self.name,
-            signals::name(signal)
+            stop_signal::name(signal)
         );
     }
 }

@@ -5,6 +5,8 @@
 //! this one too once the VM started, unless it must re-execute itself (`on_reboot =
 //! "restart"`).
 
+#![deny(unsafe_code)]
+
 use std::io::IsTerminal;
 use std::os::unix::process::CommandExt;
 use std::process::ExitCode;

@@ -57,7 +57,7 @@ use seccompiler::{
 use vmm_sys_util::ioctl::{ioctl_expr, _IOC_NONE};
 use vmm_sys_util::signal::register_signal_handler;
 
-use crate::signals::STOP_SIGNALS;
+use crate::stop_signal::STOP_SIGNALS;
 use crate::vm_exit::code;
 
 /// `KVM_RUN`: `_IO(KVMIO, 0x80)`, as kvm-ioctls issues it.

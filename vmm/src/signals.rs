@@ -21,10 +21,8 @@ use vmm_sys_util::signal::{
 
 use crate::graceful_stop::GracefulStop;
 use crate::seccomp::{Filters, Role};
+use crate::stop_signal::STOP_SIGNALS;
 use crate::vm_exit::{ExitReason, ExitSignal};
-
-/// The signals that stop the VM.
-pub const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
 
 static WAKE: OnceLock<EventFd> = OnceLock::new();
 static RECEIVED: AtomicI32 = AtomicI32::new(0);
@@ -156,16 +154,6 @@ pub fn die_by(signal: libc::c_int) -> ! {
     let _ = unblock_signal(signal);
     // Not reached unless the signal could not be delivered: end the shell's way.
     std::process::exit(128 + signal)
-}
-
-/// The conventional name of a stop signal, for messages.
-pub fn name(signal: libc::c_int) -> &'static str {
-    match signal {
-        libc::SIGTERM => "SIGTERM",
-        libc::SIGINT => "SIGINT",
-        libc::SIGHUP => "SIGHUP",
-        _ => "a signal",
-    }
 }
 
 #[cfg(test)]

@@ -101,7 +101,7 @@ impl fmt::Display for ExitReason {
                 write!(f, "vCPU {vcpu}: KVM_RUN failed: {error}")
             }
             ExitReason::Stopped { signal } => {
-                write!(f, "stopped by {}", crate::signals::name(*signal))
+                write!(f, "stopped by {}", crate::stop_signal::name(*signal))
             }
         }
     }

@@ -14,6 +14,8 @@
 //! `throughput,latency,memory`), as root; PARTS picks which measurements run (also
 //! `latency-blocking`: the same probe with a blocking connect).
 
+#![deny(unsafe_code)]
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::process::{Command, Stdio};
@@ -154,6 +156,7 @@ fn latency(s: &Stack, rounds: usize, blocking: bool) -> Result<()> {
 
 /// Raises the soft descriptor limit to the hard one (children inherit it) and says how many
 /// idle connections fit: host-server holds two descriptors per relayed connection.
+#[allow(unsafe_code)] // getrlimit(2)/setrlimit(2)
 fn raise_nofile() -> Result<usize> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,

@@ -2,6 +2,8 @@
 //! test world (nothing leaves the namespaces it creates). Run it through `scripts/demo`, which
 //! installs the packages and builds first.
 
+#![forbid(unsafe_code)]
+
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};

@@ -9,12 +9,16 @@
 //!
 //! Settings: `--listen ADDR` (127.0.0.1:53), `--vsock-port N` and `--dns ADDR:PORT`, which
 //! default to `transport=vsock:N` and `dns=ADDR` in /etc/outsock/shim.conf (port 53).
+//!
+//! No `unsafe`: the vsock streams to the host come from socket2.
+
+#![forbid(unsafe_code)]
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::OwnedFd;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -22,6 +26,7 @@ use std::time::{Duration, Instant};
 use shared_proto::frame::{frame_len, HEADER_LEN};
 use shared_proto::outsource::{ConnectRequest, Datagram, UdpRequest};
 use shared_proto::{decode_exact, to_vec, ToGuest, ToHost};
+use socket2::{Domain, SockAddr, SockRef, Socket, Type};
 
 const CONFIG_FILE: &str = "/etc/outsock/shim.conf";
 const HOST_CID: u32 = 2;
@@ -73,24 +78,10 @@ fn settings() -> Result<Settings, String> {
 
 /// A stream to host-server: AF_VSOCK to the host, bridged by the VMM.
 fn open_stream(port: u32) -> io::Result<File> {
-    // SAFETY: plain socket(2) call.
-    let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a new fd we own.
-    let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
-    // SAFETY: sockaddr_vm is plain data; zeroed is valid.
-    let mut addr: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
-    addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
-    addr.svm_cid = HOST_CID;
-    addr.svm_port = port;
-    let len = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
-    // SAFETY: a valid sockaddr_vm of `len` bytes.
-    if unsafe { libc::connect(fd, std::ptr::from_ref(&addr).cast(), len) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(file)
+    // socket2 makes it close-on-exec, as std does for its own sockets.
+    let sock = Socket::new(Domain::VSOCK, Type::STREAM, None)?;
+    sock.connect(&SockAddr::vsock(HOST_CID, port))?;
+    Ok(File::from(OwnedFd::from(sock)))
 }
 
 fn send(w: &mut File, msg: &ToHost) -> io::Result<()> {
@@ -110,8 +101,7 @@ fn recv(r: &mut File) -> io::Result<ToGuest> {
 }
 
 fn shutdown_write(f: &File) {
-    // SAFETY: shutdown(2) on an fd we own.
-    unsafe { libc::shutdown(f.as_raw_fd(), libc::SHUT_WR) };
+    let _ = SockRef::from(f).shutdown(Shutdown::Write);
 }
 
 type Pending = Arc<Mutex<HashMap<u16, (SocketAddr, Instant)>>>;
@@ -215,7 +205,7 @@ fn serve_tcp_client(s: Settings, client: TcpStream) -> io::Result<()> {
     });
     let mut down_to = client;
     let _ = io::copy(&mut stream, &mut down_to);
-    let _ = down_to.shutdown(std::net::Shutdown::Write);
+    let _ = down_to.shutdown(Shutdown::Write);
     let _ = up.join();
     Ok(())
 }

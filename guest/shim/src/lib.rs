@@ -4,10 +4,10 @@
 //!
 //! - TCP connect to a non-loopback IPv4 address asks host-server, which connects over IPv6 and
 //!   passes the socket back (SCM_RIGHTS); it replaces the program's fd, so the data path is the
-//!   kernel's own (`interpose`).
+//!   kernel's own (`interpose`, `connect`).
 //! - listen makes host-server listen on the host's IPv6 address; accept receives each
-//!   connection's socket with the peer's dummy IPv4 address.
-//! - UDP sockets become associations with host-server carrying framed datagrams (`udp`).
+//!   connection's socket with the peer's dummy IPv4 address (`listen`).
+//! - UDP sockets become associations with host-server carrying framed datagrams (`udp`, `dgram`).
 //! - getaddrinfo and gethostbyname answer from dns-cache (`resolve`), because glibc's own
 //!   resolver makes its socket calls where no preload sees them.
 //! - Loopback, AF_INET6, AF_UNIX and everything else pass through untouched.
@@ -20,13 +20,50 @@
 //!
 //! State lives in a lock-free fd table (`table`), so nothing can deadlock after fork. When
 //! host-server is unreachable, calls fail with ENETUNREACH and one line on stderr says why.
+//!
+//! Modules, by layer (imports point down only):
+//!
+//! - The exported libc replacements: `interpose` (socket, connect, bind, listen, accept, …),
+//!   `udp` (the datagram calls), `resolve` (getaddrinfo, gethostbyname, …).
+//! - The work of one outsourcing call: `connect` (TCP), `listen` and `vmlisten` (listeners in
+//!   process mode and in a VM), `dgram` (UDP associations and passed UDP sockets).
+//! - Plain helpers: `fd` (errno, installing descriptors), `sockopt` (options carried over),
+//!   `transport` (the stream to host-server), `table` (per-fd state), `sockaddr`, `dns` (DNS
+//!   messages), `real` (libc's own functions).
+//!
+//! Almost all of it is FFI, so `unsafe` is allowed module by module: only `table` and `dns`
+//! are safe code.
 
-pub mod dns;
+#![deny(unsafe_code)]
+
+// The exported libc replacements.
+#[allow(unsafe_code)]
 pub mod interpose;
-mod real;
+#[allow(unsafe_code)]
 pub mod resolve;
-mod sockaddr;
-pub mod table;
-pub mod transport;
+#[allow(unsafe_code)]
 pub mod udp;
+
+// The work of one outsourcing call.
+#[allow(unsafe_code)]
+mod connect;
+#[allow(unsafe_code)]
+mod dgram;
+#[allow(unsafe_code)]
+mod listen;
+#[allow(unsafe_code)]
 mod vmlisten;
+
+// Plain helpers.
+pub mod dns;
+#[allow(unsafe_code)]
+mod fd;
+#[allow(unsafe_code)]
+mod real;
+#[allow(unsafe_code)]
+mod sockaddr;
+#[allow(unsafe_code)]
+mod sockopt;
+pub mod table;
+#[allow(unsafe_code)]
+pub mod transport;

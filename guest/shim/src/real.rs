@@ -83,3 +83,26 @@ real_fns! {
     res_search: fn(dname: *const c_char, class: c_int, ty: c_int, answer: *mut u8, anslen: c_int) -> c_int;
     getaddrinfo: fn(node: *const c_char, service: *const c_char, hints: *const libc::addrinfo, res: *mut *mut libc::addrinfo) -> c_int;
 }
+
+/// libc's own `sendmsg`, `recvmsg` and `close` for `outsock-fdpass`, which would otherwise call
+/// the symbols of those names — ours, once this library is preloaded.
+#[derive(Debug, Clone, Copy)]
+pub struct Real;
+
+// SAFETY: each method is libc's function of the same name, found with dlsym(RTLD_NEXT).
+unsafe impl outsock_fdpass::Sys for Real {
+    unsafe fn sendmsg(fd: c_int, msg: *const libc::msghdr, flags: c_int) -> isize {
+        // SAFETY: forwarded from our caller, who upholds sendmsg(2)'s contract.
+        unsafe { sendmsg(fd, msg, flags) }
+    }
+
+    unsafe fn recvmsg(fd: c_int, msg: *mut libc::msghdr, flags: c_int) -> isize {
+        // SAFETY: forwarded from our caller, who upholds recvmsg(2)'s contract.
+        unsafe { recvmsg(fd, msg, flags) }
+    }
+
+    unsafe fn close(fd: c_int) -> c_int {
+        // SAFETY: forwarded from our caller, who owns `fd`.
+        unsafe { close(fd) }
+    }
+}

@@ -57,7 +57,7 @@ pub struct Entry {
     /// Whether the program bound the socket to a loopback address: then it stays local.
     pub local_only: bool,
     /// Which of the copied socket options the program set before connect (one bit each, see
-    /// `crate::interpose`): only those are carried over to the host's socket.
+    /// `crate::sockopt`): only those are carried over to the host's socket.
     pub options: u16,
 }
 

@@ -8,12 +8,15 @@
 //! environment, through /etc/ld.so.preload, find it too), else Unix. The value is `unix` or
 //! `vsock:<port>`.
 //!
-//! Everything here uses the real libc calls (never our interposed ones).
+//! Everything here uses the real libc calls (never our interposed ones); descriptors passed
+//! with an answer are received by the shared `outsock-fdpass` crate, given [`real::Real`] (libc's
+//! own recvmsg and close).
 
 use std::ffi::CStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use libc::{c_int, c_void};
+use outsock_fdpass::recvmsg_fd;
 use shared_proto::frame::{frame_len, HEADER_LEN};
 use shared_proto::{decode_exact, to_vec, Errno, ToGuest, ToHost};
 
@@ -242,8 +245,9 @@ pub fn clear_answer_timeout(fd: c_int) {
     set_receive_timeout(fd, 0);
 }
 
-/// SO_RCVTIMEO of `secs` seconds on `fd` (0: none).
-fn set_receive_timeout(fd: c_int, secs: libc::time_t) {
+/// SO_RCVTIMEO of `secs` seconds on `fd` (0: none): how long a read for an answer (or a VM
+/// listener's Inbound frame) may wait.
+pub(crate) fn set_receive_timeout(fd: c_int, secs: libc::time_t) {
     let tv = libc::timeval {
         tv_sec: secs,
         tv_usec: 0,
@@ -287,9 +291,10 @@ fn write_all(fd: c_int, mut buf: &[u8]) -> Result<(), Errno> {
     Ok(())
 }
 
-/// Reads one frame from `fd` with any SCM_RIGHTS descriptor. `flags` may hold
-/// `MSG_CMSG_CLOEXEC`, and `MSG_DONTWAIT` for the first read only (a non-blocking accept): once
-/// a frame has begun, the rest is read to the end.
+/// Reads one frame from `fd` with any SCM_RIGHTS descriptor (received by `outsock-fdpass`,
+/// through libc's own `recvmsg` and `close`). `flags` may hold `MSG_CMSG_CLOEXEC`, and
+/// `MSG_DONTWAIT` for the first read only (a non-blocking accept): once a frame has begun, the
+/// rest is read to the end. A second descriptor is closed.
 ///
 /// # Errors
 /// EAGAIN when non-blocking and nothing is there; EPROTO on garbage or early close.
@@ -308,59 +313,35 @@ pub fn recv_frame(fd: c_int, flags: c_int) -> Result<(ToGuest, Option<c_int>), E
                 .map_err(|_| close_passed(passed, Errno::EPROTO))?;
             return Ok((msg, passed));
         }
-        let mut chunk = vec![0u8; want - buf.len()];
-        let mut iov = libc::iovec {
-            iov_base: chunk.as_mut_ptr().cast(),
-            iov_len: chunk.len(),
-        };
-        let mut cbuf = [0u64; 8]; // Aligned space for one SCM_RIGHTS header and fd.
-                                  // SAFETY: msghdr is plain data; zeroed is valid before we fill it.
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = cbuf.as_mut_ptr().cast();
-        msg.msg_controllen = std::mem::size_of_val(&cbuf);
         let rflags = if first {
             flags
         } else {
             flags & !libc::MSG_DONTWAIT
         };
-        // SAFETY: msg points at live buffers of the sizes given.
-        let n = unsafe { real::recvmsg(fd, &mut msg, rflags) };
-        if n < 0 {
-            let e = errno();
-            if e == libc::EINTR {
-                continue;
+        // Read straight into the frame's missing bytes; the length goes back to what arrived.
+        let have = buf.len();
+        buf.resize(want, 0);
+        let got = recvmsg_fd::<real::Real>(fd, &mut buf[have..], rflags, &mut passed);
+        buf.truncate(have + got.as_ref().map_or(0, |&n| n));
+        let n = match got {
+            Ok(n) => n,
+            Err(err) => {
+                let e = err.raw_os_error().unwrap_or(libc::EIO);
+                if e == libc::EINTR {
+                    continue;
+                }
+                let e = if e == libc::EAGAIN && !first {
+                    libc::ETIMEDOUT
+                } else {
+                    e
+                };
+                return Err(close_passed(passed, Errno(u16::try_from(e).unwrap_or(5))));
             }
-            let e = if e == libc::EAGAIN && !first {
-                libc::ETIMEDOUT
-            } else {
-                e
-            };
-            return Err(close_passed(passed, Errno(u16::try_from(e).unwrap_or(5))));
-        }
+        };
         if n == 0 {
             return Err(close_passed(passed, Errno::EPROTO));
         }
         first = false;
-        // SAFETY: walking the control messages the kernel wrote into `msg`.
-        unsafe {
-            let mut c = libc::CMSG_FIRSTHDR(&msg);
-            while !c.is_null() {
-                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                    let fd_in: c_int = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
-                    match passed {
-                        None => passed = Some(fd_in),
-                        // More than one fd per frame is a protocol error; don't leak it.
-                        Some(_) => {
-                            real::close(fd_in);
-                        }
-                    }
-                }
-                c = libc::CMSG_NXTHDR(&msg, c);
-            }
-        }
-        buf.extend_from_slice(&chunk[..usize::try_from(n).unwrap_or(0)]);
     }
 }
 

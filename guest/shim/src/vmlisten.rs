@@ -4,6 +4,9 @@
 //! its own, on a free port it names in the listen request: that socket *becomes* the program's
 //! listening fd (poll, epoll and non-blocking accept work unchanged), and the request's stream
 //! is kept aside as the listener's companion — closing it closes the host's listener.
+//!
+//! Called by `interpose::listen` and `interpose::accept4` in a VM; in process mode `listen`
+//! does this instead.
 
 use std::net::SocketAddrV4;
 
@@ -11,10 +14,10 @@ use libc::{c_int, sockaddr, socklen_t};
 use shared_proto::outsource::ListenRequest;
 use shared_proto::{Errno, ToGuest, ToHost};
 
-use crate::interpose::{install_accepted, replace_fd, set_errno, Flags};
+use crate::fd::{install_accepted, replace_fd, set_errno, Flags};
 use crate::real;
 use crate::table::{self, Entry, Kind};
-use crate::transport::{self, last_errno, recv_frame, Stream};
+use crate::transport::{self, last_errno, recv_frame, set_receive_timeout, Stream};
 
 /// How long an accepted stream may take to deliver its `Inbound` frame.
 const INBOUND_TIMEOUT_SECS: libc::time_t = 10;
@@ -131,20 +134,7 @@ pub(crate) unsafe fn accept4(
             return conn;
         }
         table::clear(conn);
-        let tv = libc::timeval {
-            tv_sec: INBOUND_TIMEOUT_SECS,
-            tv_usec: 0,
-        };
-        // SAFETY: setsockopt with a valid timeval.
-        unsafe {
-            libc::setsockopt(
-                conn,
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                std::ptr::from_ref(&tv).cast(),
-                std::mem::size_of::<libc::timeval>() as socklen_t,
-            );
-        }
+        set_receive_timeout(conn, INBOUND_TIMEOUT_SECS);
         match recv_frame(conn, 0) {
             Ok((ToGuest::Inbound { peer, local }, None)) => {
                 transport::clear_answer_timeout(conn);

@@ -14,7 +14,7 @@ use actix::prelude::*;
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::actors::stream::StreamActor;
-use crate::handle::Shared;
+use crate::context::Shared;
 
 /// Stop accepting; the socket file goes away.
 #[derive(Debug, Message)]

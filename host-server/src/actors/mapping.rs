@@ -1,6 +1,7 @@
 //! The mapping actor: the only writer of the dummy ↔ IPv6 cache (which sessions read directly,
 //! see [`SharedCache`]), owns the local pin counts, asks dns-cache on a miss, and falls back to
-//! the SQLite file (on the blocking pool) when dns-cache is down.
+//! the SQLite file (on the blocking pool) when dns-cache is down. [`MappingHandle`] is how the
+//! rest of the crate asks it: it answers from the cache without a message when it can.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
@@ -11,6 +12,7 @@ use actix::prelude::*;
 use shared_proto::lookup::{LookupOp, LookupReply};
 use thiserror::Error;
 
+use crate::actors::metrics::MetricsHandle;
 use crate::fallback;
 use crate::lookup::{LookupClient, LookupError};
 use crate::mapping::{MappingCache, PinAction, PinTable, SharedCache};
@@ -63,7 +65,7 @@ pub struct MappingActor {
     client: LookupClient,
     database: Arc<PathBuf>,
     timeout: Duration,
-    metrics: crate::handle::MetricsHandle,
+    metrics: MetricsHandle,
 }
 
 impl std::fmt::Debug for MappingActor {
@@ -76,13 +78,13 @@ impl std::fmt::Debug for MappingActor {
 
 impl MappingActor {
     /// Must be called on the arbiter the actor will run on (the client task starts there).
-    /// `cache` is shared with the [`crate::handle::MappingHandle`]s, which read it directly.
+    /// `cache` is shared with the [`MappingHandle`]s, which read it directly.
     #[must_use]
     pub fn new(
         s: &crate::config::Settings,
         cache: SharedCache,
         client: LookupClient,
-        metrics: crate::handle::MetricsHandle,
+        metrics: MetricsHandle,
     ) -> Self {
         Self {
             cache,
@@ -241,5 +243,85 @@ impl Handler<DnsQuery> for MappingActor {
                 other => Err(MapError::Unexpected(Box::new(other))),
             }
         })
+    }
+}
+
+/// Asks the mapping actor (dummy ↔ IPv6, pins, guest DNS).
+#[derive(Debug, Clone)]
+pub struct MappingHandle {
+    addr: Addr<MappingActor>,
+    cache: SharedCache,
+}
+
+impl MappingHandle {
+    /// The handle of a started actor; `cache` is the one the actor writes.
+    #[must_use]
+    pub(crate) fn new(addr: Addr<MappingActor>, cache: SharedCache) -> Self {
+        Self { addr, cache }
+    }
+
+    /// The IPv6 address behind a dummy, `None` when no mapping has it.
+    ///
+    /// # Errors
+    /// [`MapError`] when neither dns-cache nor the database can answer.
+    pub async fn resolve(&self, dummy: Ipv4Addr) -> Result<Option<Ipv6Addr>, MapError> {
+        // A fresh cached answer needs no message: the actor is on another thread.
+        if let Some(v6) = self.cache.read(|c| c.get(dummy, Instant::now())) {
+            return Ok(Some(v6));
+        }
+        self.addr
+            .send(Resolve(dummy))
+            .await
+            .map_err(|_| MapError::Stopped)?
+    }
+
+    /// The source-pool dummy that stands for inbound peer `v6`.
+    ///
+    /// # Errors
+    /// [`MapError`] when dns-cache cannot allocate one (down, or the pool is exhausted).
+    pub async fn peer_dummy(&self, v6: Ipv6Addr) -> Result<Ipv4Addr, MapError> {
+        if let Some(d) = self.cache.read(|c| c.peer(v6, Instant::now())) {
+            return Ok(d);
+        }
+        self.addr
+            .send(PeerDummy(v6))
+            .await
+            .map_err(|_| MapError::Stopped)?
+    }
+
+    /// Pins `dummy` until the returned guard drops.
+    #[must_use]
+    pub fn pin(&self, dummy: Ipv4Addr) -> PinGuard {
+        // do_send: every connection sends at most one Pin and one Unpin, so the mailbox is
+        // bounded by the socket limits, and an Unpin must never be lost to a full mailbox.
+        self.addr.do_send(Pin(dummy));
+        PinGuard {
+            addr: self.addr.clone(),
+            dummy,
+        }
+    }
+
+    /// Answers a guest's DNS message through dns-cache.
+    ///
+    /// # Errors
+    /// [`MapError`] when dns-cache cannot answer.
+    pub async fn dns_query(&self, tcp: bool, packet: Vec<u8>) -> Result<Vec<u8>, MapError> {
+        self.addr
+            .send(DnsQuery { tcp, packet })
+            .await
+            .map_err(|_| MapError::Stopped)?
+    }
+}
+
+/// Holds a pin on a dummy; dropping it unpins.
+#[derive(Debug)]
+pub struct PinGuard {
+    addr: Addr<MappingActor>,
+    dummy: Ipv4Addr,
+}
+
+impl Drop for PinGuard {
+    fn drop(&mut self) {
+        self.addr.do_send(Unpin(self.dummy));
     }
 }

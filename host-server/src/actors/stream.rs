@@ -4,7 +4,7 @@
 use actix::prelude::*;
 
 use crate::actors::listener::ListenerActor;
-use crate::handle::Shared;
+use crate::context::Shared;
 use crate::session::{self, Next};
 
 /// The actor.

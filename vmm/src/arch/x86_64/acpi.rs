@@ -29,7 +29,7 @@ const OEM_ID: [u8; 6] = *b"OUTSCK";
 const OEM_REVISION: u32 = 1;
 /// IA-PC boot architecture flags: VGA not present (bit 2), CMOS RTC not present (bit 5).
 /// The 8042 bit stays clear: Linux's i8042 driver then probes only because of the `PNP0303`
-/// node, and takes its IRQ from there (see `devices::i8042`).
+/// node, and takes its IRQ from there (see `devices::legacy::i8042`).
 const IAPC_BOOT_ARCH: u16 = (1 << 2) | (1 << 5);
 /// `_S5_` sleep type value and what the guest writes to the sleep control register for it:
 /// SLP_TYP in bits 2–4, SLP_EN in bit 5.

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use vmm_sys_util::epoll::EventSet;
 
+use super::defs::HOST_CID;
 use super::packet::{op, Header, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM};
-use super::HOST_CID;
 
 /// Guest bytes we accept before they are written to the Unix stream; also our `buf_alloc`.
 pub const TX_BUF_SIZE: u32 = 256 * 1024;

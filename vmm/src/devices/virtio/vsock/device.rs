@@ -1,5 +1,5 @@
 //! The virtio-vsock device: moves packets between the guest's descriptor chains and the
-//! [`Muxer`], and its event-loop glue.
+//! [`Muxer`]. The event thread drives it through [`super::handler::VsockHandler`].
 //!
 //! TX (guest→host) chains are always consumed: a packet is parsed with virtio-vsock's
 //! `VsockPacket`, copied out and handed to the muxer; a chain that does not parse is returned
@@ -7,18 +7,13 @@
 //! chains are filled only while the muxer has something to say; a chain it cannot use now is
 //! put back.
 
-use std::os::fd::{AsRawFd, RawFd};
-use std::sync::{Arc, Mutex, PoisonError};
-
-use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use virtio_vsock::packet::{VsockPacket, PKT_HEADER_SIZE};
 use vm_memory::{Bytes, GuestMemoryMmap};
-use vmm_sys_util::eventfd::EventFd;
 
+use super::defs::{DEVICE_ID, QUEUE_SIZE, RX_QUEUE, TX_QUEUE};
 use super::muxer::Muxer;
 use super::packet::{Header, MAX_PKT_DATA};
-use super::{DEVICE_ID, QUEUE_SIZE, RX_QUEUE, TX_QUEUE};
 use crate::devices::virtio::{ActivateError, IrqLine, VirtioDevice, VIRTIO_F_VERSION_1};
 
 /// See the module documentation.
@@ -184,64 +179,5 @@ impl VirtioDevice for VsockDevice {
     fn reset(&mut self) {
         self.queues.clear();
         self.muxer.reset();
-    }
-}
-
-/// The event-loop subscriber: queue notifications (ioeventfds) and backend readiness.
-#[derive(Debug)]
-pub struct VsockHandler {
-    device: Arc<Mutex<VsockDevice>>,
-    queue_evts: Vec<EventFd>,
-    backend: RawFd,
-}
-
-impl VsockHandler {
-    /// `queue_evts` are the RX, TX and event queue notifiers, in order.
-    pub fn new(device: Arc<Mutex<VsockDevice>>, queue_evts: Vec<EventFd>) -> Self {
-        let backend = device
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .muxer()
-            .epoll_fd();
-        Self {
-            device,
-            queue_evts,
-            backend,
-        }
-    }
-}
-
-impl MutEventSubscriber for VsockHandler {
-    fn init(&mut self, ops: &mut EventOps) {
-        for evt in &self.queue_evts {
-            let _ = ops.add(Events::new(evt, EventSet::IN));
-        }
-        let _ = ops.add(Events::new_raw(self.backend, EventSet::IN));
-    }
-
-    fn process(&mut self, events: Events, _ops: &mut EventOps) {
-        let fd = events.fd();
-        let mut dev = self.device.lock().unwrap_or_else(PoisonError::into_inner);
-        let used = if fd == self.backend {
-            dev.process_backend()
-        } else if let Some(i) = self.queue_evts.iter().position(|e| e.as_raw_fd() == fd) {
-            let _ = self.queue_evts[i].read();
-            if !dev.is_active() {
-                return;
-            }
-            match i {
-                RX_QUEUE => dev.process_rx(),
-                TX_QUEUE => {
-                    let tx = dev.process_tx();
-                    dev.process_rx() | tx
-                }
-                _ => false,
-            }
-        } else {
-            false
-        };
-        if used {
-            dev.signal_used();
-        }
     }
 }

@@ -15,10 +15,10 @@ use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::defs::{QUEUE_SIZE, RX_QUEUE, TX_QUEUE};
 use super::device::VsockDevice;
 use super::muxer::{Muxer, MuxerConfig};
 use super::packet::Header;
-use super::{QUEUE_SIZE, RX_QUEUE, TX_QUEUE};
 use crate::devices::virtio::{IrqLine, VirtioDevice};
 
 const MEM_SIZE: usize = 16 << 20;

@@ -7,29 +7,27 @@
 //! - a host process connects to the VM's own Unix socket and writes `CONNECT <port>\n`; once the
 //!   guest accepts on that port the VMM answers `OK <host port>\n` and the stream is bridged.
 //!
-//! Layers: [`packet`] (the 44-byte header as plain data), [`connection`] (one bridged stream:
+//! Layers, each importing only those before it: [`defs`] (the shared constants, re-exported
+//! here), [`packet`] (the 44-byte header as plain data), [`connection`] (one bridged stream:
 //! state, credit, bounded buffers), [`muxer`] (routing, the listener, the RX work queue, the
-//! backend epoll), [`device`] (descriptor chains in guest memory ↔ the muxer). Everything but
-//! the event glue is unit-tested on plain memory and socket pairs.
+//! backend epoll), [`device`] (descriptor chains in guest memory ↔ the muxer), [`handler`]
+//! (the event-loop subscriber: queue kicks and backend readiness into the device). Everything
+//! but the event glue is unit-tested on plain memory and socket pairs (`tests.rs`, with the
+//! fake guest driver of `fuzz.rs`).
 
 pub mod connection;
+pub mod defs;
 pub mod device;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzz;
+pub mod handler;
 pub mod muxer;
 pub mod packet;
 
+pub use defs::{DEVICE_ID, EVT_QUEUE, HOST_CID, QUEUE_SIZE, RX_QUEUE, TX_QUEUE};
 pub use device::VsockDevice;
+pub use handler::VsockHandler;
 pub use muxer::{Muxer, MuxerConfig};
 
-/// virtio device id of vsock.
-pub const DEVICE_ID: u32 = 19;
-/// The host's CID.
-pub const HOST_CID: u64 = 2;
-/// Queue order: guest RX (host→guest), guest TX (guest→host), events.
-pub const RX_QUEUE: usize = 0;
-pub const TX_QUEUE: usize = 1;
-pub const EVT_QUEUE: usize = 2;
-pub const QUEUE_SIZE: u16 = 256;
 #[cfg(test)]
 mod tests;

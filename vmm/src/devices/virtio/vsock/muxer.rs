@@ -20,8 +20,8 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::timerfd::TimerFd;
 
 use super::connection::{Connection, TIMEOUT};
+use super::defs::HOST_CID;
 use super::packet::{op, Header, TYPE_STREAM};
-use super::HOST_CID;
 
 /// Connections at once (Firecracker's limit); further requests get RST.
 pub const MAX_CONNECTIONS: usize = 1023;

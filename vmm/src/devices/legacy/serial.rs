@@ -1,6 +1,6 @@
 //! COM1: vm-superio's 16550A model on ports 0x3f8–0x3ff, IRQ 4 through an irqfd.
-//! Output goes to the non-blocking [`super::console`]; input is fed by the event loop from
-//! stdin, which pauses while the UART's FIFO is full and resumes on `in_buffer_empty`.
+//! Output goes to the non-blocking [`crate::devices::console`]; input is fed by the event loop
+//! from stdin, which pauses while the UART's FIFO is full and resumes on `in_buffer_empty`.
 
 use std::io;
 
@@ -8,8 +8,8 @@ use vm_superio::serial::SerialEvents;
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::bus::BusDevice;
-use super::console::ConsoleWriter;
+use crate::devices::bus::BusDevice;
+use crate::devices::console::ConsoleWriter;
 
 /// Raises the UART's interrupt by signalling an eventfd registered as a KVM irqfd.
 #[derive(Debug)]

@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use super::bus::BusDevice;
 use crate::arch::x86_64::acpi::{RESET_VALUE, SLEEP_CONTROL_S5};
+use crate::devices::bus::BusDevice;
 use crate::vm_exit::{ExitReason, ExitSignal};
 
 #[derive(Debug)]

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::bus::BusDevice;
+use crate::devices::bus::BusDevice;
 use crate::vm_exit::{ExitReason, ExitSignal};
 
 const PVPANIC_PANICKED: u8 = 1 << 0;

@@ -39,7 +39,7 @@ use std::sync::Arc;
 
 use vmm_sys_util::eventfd::EventFd;
 
-use super::bus::BusDevice;
+use crate::devices::bus::BusDevice;
 use crate::vm_exit::{ExitReason, ExitSignal};
 
 /// Port offsets on the bus (base 0x60).

@@ -1,0 +1,213 @@
+//! The `SCM_RIGHTS` control messages themselves: one descriptor out with [`sendmsg_fd`], at
+//! most one kept on the way in with [`recvmsg_fd`]. Buffers live on the stack.
+
+use std::io;
+use std::mem;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::ptr;
+
+use libc::{c_int, c_uint};
+
+use crate::sys::{Libc, Sys};
+
+/// Control-message room, in `u64`s so that it is aligned for `cmsghdr`: 64 bytes hold one
+/// header with a dozen descriptors, far more than a correct peer sends (one).
+type Control = [u64; 8];
+
+/// The size of one descriptor in an `SCM_RIGHTS` payload.
+const FD_LEN: c_uint = mem::size_of::<c_int>() as c_uint;
+
+// SAFETY: CMSG_SPACE is a pure size computation.
+/// `CMSG_SPACE(sizeof(int))`: the control length of a message carrying one descriptor.
+const ONE_FD_SPACE: usize = unsafe { libc::CMSG_SPACE(FD_LEN) } as usize;
+
+const _: () = assert!(ONE_FD_SPACE <= mem::size_of::<Control>());
+
+/// One `sendmsg` on `sock` whose data is `data` and whose control message is one `SCM_RIGHTS`
+/// carrying `fd`; returns how many bytes of `data` went (the descriptor went with the first).
+/// `flags` are sendmsg's (`MSG_NOSIGNAL`, `MSG_DONTWAIT`, …). The caller keeps `fd` open until
+/// this returns and closes its own copy when it likes.
+///
+/// # Errors
+/// `sendmsg`'s error; the descriptor has not been sent then.
+pub fn sendmsg_fd<S: Sys>(sock: RawFd, data: &[u8], fd: RawFd, flags: c_int) -> io::Result<usize> {
+    let mut control: Control = [0; 8];
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr().cast_mut().cast(),
+        iov_len: data.len(),
+    };
+    // SAFETY: msghdr is plain old data; all-zero is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = ONE_FD_SPACE;
+    // SAFETY: msg_control points at ONE_FD_SPACE writable, aligned bytes, enough for one cmsghdr
+    // with an int payload, so CMSG_FIRSTHDR is non-null and CMSG_DATA lies inside the buffer.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(FD_LEN) as usize;
+        ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), fd);
+    }
+    // SAFETY: `msg` points at `iov` (over `data`, only read by the kernel) and `control`, both
+    // alive for the call.
+    let n = unsafe { S::sendmsg(sock, &msg, flags) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n.unsigned_abs())
+}
+
+/// One `recvmsg` on `sock` into `buf`, with `flags` (`MSG_CMSG_CLOEXEC`, `MSG_DONTWAIT`, …);
+/// returns the byte count (0: the peer closed). A descriptor that arrives is stored in `passed`
+/// if that is empty, and becomes the caller's; every other one is closed at once, so that a
+/// peer sending more than one (or one per read of a frame) cannot make the caller leak.
+///
+/// # Errors
+/// `recvmsg`'s error (its errno intact); no descriptor has been received then.
+pub fn recvmsg_fd<S: Sys>(
+    sock: RawFd,
+    buf: &mut [u8],
+    flags: c_int,
+    passed: &mut Option<RawFd>,
+) -> io::Result<usize> {
+    let mut control: Control = [0; 8];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: msghdr is plain old data; all-zero is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = mem::size_of::<Control>();
+    // SAFETY: `msg` points at `buf` and `control`, writable for the lengths given and alive for
+    // the call.
+    let n = unsafe { S::recvmsg(sock, &mut msg, flags) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel filled `control` and set msg_controllen; the CMSG_* walk stays inside
+    // it, and each SCM_RIGHTS payload holds (cmsg_len - CMSG_LEN(0)) / sizeof(int) descriptors
+    // that now belong to this process: each is handed to the caller or closed, exactly once.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let bytes = ((*cmsg).cmsg_len as usize).saturating_sub(libc::CMSG_LEN(0) as usize);
+                let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+                for i in 0..bytes / mem::size_of::<RawFd>() {
+                    let fd = ptr::read_unaligned(data.add(i));
+                    if passed.is_none() {
+                        *passed = Some(fd);
+                    } else {
+                        S::close(fd);
+                    }
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    Ok(n.unsigned_abs())
+}
+
+/// [`recvmsg_fd`] for an ordinary program (libc's calls): receives up to `buf.len()` bytes and
+/// at most one descriptor, close-on-exec, owned. Blocks unless `sock` is non-blocking.
+///
+/// # Errors
+/// When `recvmsg` fails.
+pub fn recv_with_fd(sock: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<OwnedFd>)> {
+    let mut passed = None;
+    let n = recvmsg_fd::<Libc>(sock, buf, libc::MSG_CMSG_CLOEXEC, &mut passed)?;
+    // SAFETY: a descriptor just received is open, and nothing else owns it.
+    let fd = passed.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
+    Ok((n, fd))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::io::{Read, Write};
+    use std::os::fd::{AsRawFd, IntoRawFd};
+    use std::os::unix::net::UnixStream;
+
+    use super::*;
+
+    thread_local! {
+        static CLOSED: Cell<usize> = const { Cell::new(0) };
+    }
+
+    /// libc, counting the descriptors closed for us.
+    struct Counting;
+
+    // SAFETY: libc's functions, with a counter beside close.
+    unsafe impl Sys for Counting {
+        unsafe fn sendmsg(fd: c_int, msg: *const libc::msghdr, flags: c_int) -> isize {
+            // SAFETY: forwarded.
+            unsafe { Libc::sendmsg(fd, msg, flags) }
+        }
+        unsafe fn recvmsg(fd: c_int, msg: *mut libc::msghdr, flags: c_int) -> isize {
+            // SAFETY: forwarded.
+            unsafe { Libc::recvmsg(fd, msg, flags) }
+        }
+        unsafe fn close(fd: c_int) -> c_int {
+            CLOSED.with(|c| c.set(c.get() + 1));
+            // SAFETY: forwarded.
+            unsafe { Libc::close(fd) }
+        }
+    }
+
+    #[test]
+    fn descriptor_travels_with_the_data() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (mut p, q) = UnixStream::pair().unwrap();
+        let sent = sendmsg_fd::<Libc>(a.as_raw_fd(), b"frame", q.as_raw_fd(), libc::MSG_NOSIGNAL);
+        assert_eq!(sent.unwrap(), 5);
+        drop(q);
+        let mut buf = [0u8; 16];
+        let (n, fd) = recv_with_fd(b.as_raw_fd(), &mut buf).unwrap();
+        assert_eq!(&buf[..n], b"frame");
+        let fd = fd.expect("a descriptor came with the data");
+        // SAFETY: F_GETFD on an open descriptor.
+        let fd_flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) };
+        assert_ne!(fd_flags & libc::FD_CLOEXEC, 0, "received close-on-exec");
+        let mut got = UnixStream::from(fd);
+        p.write_all(b"through it").unwrap();
+        let mut r = [0u8; 10];
+        got.read_exact(&mut r).unwrap();
+        assert_eq!(&r, b"through it");
+    }
+
+    #[test]
+    fn a_second_descriptor_is_closed_not_leaked() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (_p, q) = UnixStream::pair().unwrap();
+        sendmsg_fd::<Libc>(a.as_raw_fd(), b"x", q.as_raw_fd(), 0).unwrap();
+        let mut buf = [0u8; 4];
+        let held = UnixStream::pair().unwrap().0.into_raw_fd();
+        let mut passed = Some(held);
+        CLOSED.with(|c| c.set(0));
+        let n = recvmsg_fd::<Counting>(b.as_raw_fd(), &mut buf, 0, &mut passed).unwrap();
+        assert_eq!(n, 1);
+        assert_eq!(passed, Some(held), "the slot keeps the first descriptor");
+        assert_eq!(CLOSED.with(Cell::get), 1, "the new one was closed");
+        // SAFETY: our own descriptor.
+        drop(unsafe { OwnedFd::from_raw_fd(held) });
+    }
+
+    #[test]
+    fn no_descriptor_no_slot_change() {
+        let (mut a, b) = UnixStream::pair().unwrap();
+        a.write_all(b"plain").unwrap();
+        let mut buf = [0u8; 8];
+        let mut passed = None;
+        let n = recvmsg_fd::<Libc>(b.as_raw_fd(), &mut buf, 0, &mut passed).unwrap();
+        assert_eq!((&buf[..n], passed), (&b"plain"[..], None));
+        b.set_nonblocking(true).unwrap();
+        let e = recvmsg_fd::<Libc>(b.as_raw_fd(), &mut buf, 0, &mut passed).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EAGAIN));
+    }
+}

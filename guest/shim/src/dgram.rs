@@ -1,0 +1,287 @@
+//! The per-call logic of outsourced UDP, under the exported calls of `udp` (and
+//! `interpose::connect`): opening an association and putting it on the program's fd, one
+//! `Datagram` frame per send and per receive, and in process mode the passed, connected host
+//! socket — asking for it, giving it back, and turning it into an association when the program
+//! sends elsewhere. `udp`'s module documentation tells the whole story.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use libc::{c_int, sockaddr, socklen_t};
+use shared_proto::outsource::{Datagram, UdpConnectRequest, UdpRequest};
+use shared_proto::{to_vec, Errno, ToGuest, ToHost};
+
+use crate::fd::{errno_isize, flags_of, replace_fd, set_errno, unexpected};
+use crate::real;
+use crate::sockaddr::{is_local, read_v4};
+use crate::sockopt::copy_options;
+use crate::table::{self, Entry, Kind};
+use crate::transport::{self, recv_frame, Stream};
+
+/// Opens the association for `fd` and installs it; returns the new entry.
+pub(crate) fn associate(fd: c_int, entry: Entry) -> Result<Entry, Errno> {
+    let flags = flags_of(fd);
+    let stream = Stream::open()?;
+    let bind = entry
+        .local
+        .unwrap_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
+    stream.send(&ToHost::Udp(UdpRequest { bind }))?;
+    let local = match stream.recv()? {
+        (ToGuest::Associated { local }, None) => local,
+        (ToGuest::Failed(e), None) => return Err(e),
+        (_, passed) => {
+            if let Some(p) = passed {
+                // SAFETY: an fd we were passed and do not use.
+                unsafe { real::close(p) };
+            }
+            return Err(Errno::EPROTO);
+        }
+    };
+    transport::clear_answer_timeout(stream.fd());
+    replace_fd(stream.into_raw(), fd, &flags)?;
+    let e = Entry {
+        kind: Kind::Udp,
+        local: Some(local),
+        ..entry
+    };
+    table::set(fd, e);
+    Ok(e)
+}
+
+/// Writes one whole frame, waiting for room even on a non-blocking fd: a half-written frame
+/// would corrupt the stream, and a datagram is small.
+fn write_frame(fd: c_int, bytes: &[u8]) -> Result<(), Errno> {
+    let mut off = 0;
+    while off < bytes.len() {
+        let rest = &bytes[off..];
+        // SAFETY: `rest` is valid for its length.
+        let n = unsafe {
+            real::sendto(
+                fd,
+                rest.as_ptr().cast(),
+                rest.len(),
+                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+                std::ptr::null(),
+                0,
+            )
+        };
+        if n >= 0 {
+            off += usize::try_from(n).unwrap_or(0);
+            continue;
+        }
+        let e = std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO);
+        match e {
+            libc::EINTR => {}
+            libc::EAGAIN => {
+                let mut p = libc::pollfd {
+                    fd,
+                    events: libc::POLLOUT,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd.
+                unsafe { libc::poll(&mut p, 1, 1000) };
+            }
+            e => return Err(Errno(u16::try_from(e).unwrap_or(5))),
+        }
+    }
+    Ok(())
+}
+
+/// Sends `data` on the associated `fd` to `to` (or the connected peer).
+pub(crate) fn send_on(fd: c_int, e: Entry, data: &[u8], to: Option<SocketAddrV4>) -> isize {
+    let Some(dest) = to.or(e.peer) else {
+        return errno_isize(Errno(libc::EDESTADDRREQ as u16));
+    };
+    if is_local(dest) {
+        // The fd is now host-server's stream; loopback from it would need a second socket.
+        return errno_isize(Errno::ENETUNREACH);
+    }
+    let Ok(frame) = to_vec(&ToHost::Datagram(Datagram {
+        addr: dest,
+        payload: data.to_vec(),
+    })) else {
+        return errno_isize(Errno::EMSGSIZE);
+    };
+    match write_frame(fd, &frame) {
+        Ok(()) => isize::try_from(data.len()).unwrap_or(isize::MAX),
+        Err(e) => errno_isize(e),
+    }
+}
+
+/// Receives one datagram on the associated `fd`: its payload and source.
+pub(crate) fn recv_on(fd: c_int, e: Entry, flags: c_int) -> Result<(Vec<u8>, SocketAddrV4), Errno> {
+    // SAFETY: F_GETFL query on the program's fd.
+    let status = unsafe { real::fcntl(fd, libc::F_GETFL, 0) };
+    let rflags = if flags & libc::MSG_DONTWAIT != 0 || status & libc::O_NONBLOCK != 0 {
+        libc::MSG_DONTWAIT
+    } else {
+        0
+    };
+    loop {
+        match recv_frame(fd, rflags)? {
+            (ToGuest::Datagram(d), None) => {
+                // A connected UDP socket only hears from its peer, as in the kernel.
+                if e.peer.is_some_and(|p| p != d.addr) {
+                    continue;
+                }
+                return Ok((d.payload, d.addr));
+            }
+            (ToGuest::Failed(err), None) => return Err(err),
+            (_, passed) => {
+                if let Some(p) = passed {
+                    // SAFETY: an fd we were passed and do not use.
+                    unsafe { real::close(p) };
+                }
+                return Err(Errno::EPROTO);
+            }
+        }
+    }
+}
+
+/// The entry to send with, associating first if the socket is still a plain AF_INET one that
+/// sends off loopback. `None`: not ours, use the real call.
+pub(crate) fn sending_entry(fd: c_int, to: Option<SocketAddrV4>) -> Option<Result<Entry, Errno>> {
+    let e = table::get(fd);
+    match e.kind {
+        Kind::Udp => Some(Ok(e)),
+        Kind::InetDgram if !e.local_only && to.is_some_and(|a| !is_local(a)) => {
+            Some(associate(fd, e))
+        }
+        _ => None,
+    }
+}
+
+/// `connect(2)` on a datagram socket: in process mode a passed, connected host socket (see
+/// `udp`'s module docs); otherwise associate (if off loopback) and remember the peer. `None`: not ours,
+/// use the real call.
+///
+/// # Safety
+/// `addr` is null or valid for `len` bytes.
+pub(crate) unsafe fn connect(
+    fd: c_int,
+    e: Entry,
+    addr: *const sockaddr,
+    len: socklen_t,
+) -> Option<c_int> {
+    if e.kind == Kind::UdpPassed {
+        let fresh = match release(fd, e) {
+            Ok(f) => f,
+            Err(err) => return Some(set_errno(err)),
+        };
+        // SAFETY: the caller's addr/len, passed on.
+        return unsafe { connect(fd, fresh, addr, len) };
+    }
+    // SAFETY: the caller's addr/len.
+    let to = unsafe { read_v4(addr, len) };
+    let e = match (e.kind, to) {
+        (Kind::Udp, _) => e,
+        (Kind::InetDgram, Some(a)) if !e.local_only && !is_local(a) => {
+            if transport::vsock_port().is_none() {
+                if let Some(rc) = connect_passed(fd, e, a) {
+                    return Some(rc);
+                }
+            }
+            match associate(fd, e) {
+                Ok(e) => e,
+                Err(err) => return Some(set_errno(err)),
+            }
+        }
+        _ => return None,
+    };
+    // AF_UNSPEC (or anything not AF_INET) dissolves the association's default peer.
+    table::set(fd, Entry { peer: to, ..e });
+    Some(0)
+}
+
+/// Asks host-server for a UDP socket connected to `dest` and installs it on `fd`. `None`: the
+/// destination needs an association (host-server answered EOPNOTSUPP: the guest DNS address).
+fn connect_passed(fd: c_int, e: Entry, dest: SocketAddrV4) -> Option<c_int> {
+    let flags = flags_of(fd);
+    let stream = match Stream::open() {
+        Ok(s) => s,
+        Err(err) => return Some(set_errno(err)),
+    };
+    let bind = e
+        .local
+        .unwrap_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
+    let answer = stream
+        .send(&ToHost::UdpConnect(UdpConnectRequest { bind, dest }))
+        .and_then(|()| stream.recv());
+    match answer {
+        Ok((ToGuest::Connected { local, .. }, Some(host_fd))) => {
+            copy_options(fd, host_fd, e.options);
+            if let Err(err) = replace_fd(host_fd, fd, &flags) {
+                return Some(set_errno(err));
+            }
+            table::set(
+                fd,
+                Entry {
+                    kind: Kind::UdpPassed,
+                    local: Some(local),
+                    peer: Some(dest),
+                    ..e
+                },
+            );
+            Some(0)
+        }
+        Ok((ToGuest::Failed(Errno::EOPNOTSUPP), None)) => None,
+        other => Some(unexpected(&other)),
+    }
+}
+
+/// Gives a passed UDP socket back: a fresh AF_INET datagram socket takes `fd`'s number (dup3
+/// closes the host socket, freeing its port), recorded as bound where the program bound it.
+fn release(fd: c_int, e: Entry) -> Result<Entry, Errno> {
+    let flags = flags_of(fd);
+    // SAFETY: plain socket(2) call.
+    let placeholder =
+        unsafe { real::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if placeholder < 0 {
+        return Err(transport::last_errno());
+    }
+    table::clear(placeholder);
+    replace_fd(placeholder, fd, &flags)?;
+    let fresh = Entry {
+        kind: Kind::InetDgram,
+        // An ephemeral port was host-server's choice: the next socket gets its own.
+        local: e.local.filter(|_| e.options & table::BOUND != 0),
+        peer: None,
+        local_only: false,
+        options: e.options,
+    };
+    table::set(fd, fresh);
+    Ok(fresh)
+}
+
+/// A send to another address than the peer on a passed UDP socket: it becomes an association
+/// (as if unconnected) that keeps the peer as its default destination.
+fn demote(fd: c_int, e: Entry) -> Result<Entry, Errno> {
+    let fresh = release(fd, e)?;
+    let assoc = associate(fd, fresh)?;
+    let assoc = Entry {
+        peer: e.peer,
+        ..assoc
+    };
+    table::set(fd, assoc);
+    Ok(assoc)
+}
+
+/// What a send on a passed UDP socket does with its address.
+pub(crate) enum PassedSend {
+    /// The real call without an address (none given, or the peer itself).
+    Native,
+    /// Another destination: through the association the socket became.
+    Associated(Entry),
+}
+
+pub(crate) fn passed_send(
+    fd: c_int,
+    e: Entry,
+    to: Option<SocketAddrV4>,
+) -> Result<PassedSend, Errno> {
+    match to {
+        Some(a) if Some(a) != e.peer => demote(fd, e).map(PassedSend::Associated),
+        _ => Ok(PassedSend::Native),
+    }
+}

@@ -1,0 +1,28 @@
+//! Handing a host socket to a process: the answer frame and the socket travel in one message
+//! (SCM_RIGHTS, see `fdpass`), so the process gets the descriptor with its answer. Shared by
+//! outbound TCP (a socket connected or still connecting) and connected UDP.
+
+use std::os::fd::BorrowedFd;
+
+use shared_proto::{frame, ToGuest};
+use tokio::net::UnixStream;
+
+use crate::context::Shared;
+use crate::metrics::Event;
+
+/// Sends `answer` with `fd` attached and counts the pass; a failure is only logged (the peer is
+/// gone or its stream broken, and nobody is left to tell).
+pub(crate) async fn send_answer_with_fd(
+    stream: &UnixStream,
+    answer: &ToGuest,
+    fd: BorrowedFd<'_>,
+    shared: &Shared,
+) {
+    let Ok(bytes) = frame::to_vec(answer) else {
+        return;
+    };
+    match crate::fdpass::send_with_fd(stream, &bytes, fd).await {
+        Ok(()) => shared.metrics.record(Event::FdPassed),
+        Err(e) => tracing::debug!(error = %e, "could not pass the socket"),
+    }
+}

@@ -28,6 +28,7 @@ mod world;
 pub mod addr;
 pub mod programs;
 pub mod stack;
+pub mod users;
 pub mod zone;
 
 pub use daemon::Daemon;

@@ -14,7 +14,7 @@
 //! `throughput,latency,memory`), as root; PARTS picks which measurements run (also
 //! `latency-blocking`: the same probe with a blocking connect).
 
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -156,23 +156,20 @@ fn latency(s: &Stack, rounds: usize, blocking: bool) -> Result<()> {
 
 /// Raises the soft descriptor limit to the hard one (children inherit it) and says how many
 /// idle connections fit: host-server holds two descriptors per relayed connection.
-#[allow(unsafe_code)] // getrlimit(2)/setrlimit(2)
 fn raise_nofile() -> Result<usize> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit with a valid struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            bail!("getrlimit: {}", std::io::Error::last_os_error());
-        }
-        lim.rlim_cur = lim.rlim_max;
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-            bail!("setrlimit: {}", std::io::Error::last_os_error());
-        }
-    }
-    let fit = usize::try_from(lim.rlim_max)
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let lim = getrlimit(Resource::Nofile);
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: lim.maximum,
+            maximum: lim.maximum,
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("setrlimit: {}", std::io::Error::from(e)))?;
+    // `None` is RLIM_INFINITY.
+    let max = lim.maximum.unwrap_or(u64::MAX);
+    let fit = usize::try_from(max)
         .unwrap_or(usize::MAX)
         .saturating_sub(1024)
         / 2;

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hickory_proto::rr::Name;
+use outsock_policy::{DestinationSettings, Ipv4Net, Rules};
 use serde::Deserialize;
 
 use crate::pool::Ipv4Prefix;
@@ -19,7 +20,14 @@ use crate::store::Durability;
 pub const ENV_PREFIX: &str = "OUTSOCK_DNS";
 
 /// Keys that hold lists, parsed from comma-separated environment values.
-const LIST_KEYS: [&str; 4] = ["listen", "upstreams", "pass_through", "never_synthesise"];
+const LIST_KEYS: [&str; 6] = [
+    "listen",
+    "upstreams",
+    "pass_through",
+    "never_synthesise",
+    "destinations.deny",
+    "destinations.allow",
+];
 
 /// Why the settings could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +76,7 @@ struct Raw {
     cache_max_ttl: u32,
     negative_ttl_max: u32,
     edns_payload: u16,
+    destinations: DestinationSettings,
 }
 
 impl Default for Raw {
@@ -93,6 +102,7 @@ impl Default for Raw {
             cache_max_ttl: 86_400,
             negative_ttl_max: 300,
             edns_payload: 1232,
+            destinations: DestinationSettings::default(),
         }
     }
 }
@@ -140,6 +150,18 @@ pub struct Settings {
     pub negative_ttl_max: u32,
     /// EDNS UDP payload size we advertise.
     pub edns_payload: u16,
+    /// `[destinations]`: the operator's deny/allow prefixes of the destination policy.
+    pub destinations: Rules,
+}
+
+impl Settings {
+    /// The two pools as the destination policy's prefixes (never destinations themselves).
+    pub fn pools(&self) -> Vec<Ipv4Net> {
+        [self.destination_pool, self.source_pool]
+            .iter()
+            .filter_map(|p| Ipv4Net::new(p.network(), p.prefix_len()).ok())
+            .collect()
+    }
 }
 
 impl Settings {
@@ -245,6 +267,14 @@ impl Settings {
                 })
                 .collect::<Result<Vec<_>, _>>()
         };
+        let pools: Vec<Ipv4Net> = [destination_pool, source_pool]
+            .iter()
+            .filter_map(|p| Ipv4Net::new(p.network(), p.prefix_len()).ok())
+            .collect();
+        let destinations = raw
+            .destinations
+            .check(&pools)
+            .map_err(|e| invalid(e.key, e.message))?;
         if raw.cache_entries == 0 {
             return Err(invalid("cache_entries", "must be at least 1"));
         }
@@ -272,6 +302,7 @@ impl Settings {
             cache_max_ttl: raw.cache_max_ttl,
             negative_ttl_max: raw.negative_ttl_max,
             edns_payload: raw.edns_payload,
+            destinations,
         })
     }
 }
@@ -287,6 +318,21 @@ mod tests {
         assert_eq!(s.destination_pool.to_string(), "10.170.160.0/20");
         assert_eq!(s.lookup_socket_mode, 0o660);
         assert!(!s.ipv4_egress);
+    }
+
+    #[test]
+    fn destinations_deny_and_allow() {
+        let s = Settings::from_toml(
+            "upstreams = [\"[::1]:53\"]\n[destinations]\ndeny = [\"::/0\", \"198.51.100.0/24\"]\n\
+             allow = [\"2001:db8:1::/48\"]",
+        )
+        .unwrap();
+        assert!(s.destinations.denies_v6("2001:db8:2::1".parse().unwrap()));
+        assert!(!s.destinations.denies_v6("2001:db8:1::1".parse().unwrap()));
+        assert!(s.destinations.denies_v4("198.51.100.1".parse().unwrap()));
+        assert_eq!(s.pools().len(), 2);
+        let s = Settings::from_toml("upstreams = [\"[::1]:53\"]").unwrap();
+        assert!(s.destinations.is_empty());
     }
 
     #[test]
@@ -318,6 +364,18 @@ mod tests {
             (
                 "upstreams = [\"[::1]:53\"]\npass_through = [\"a..b\"]",
                 "pass_through",
+            ),
+            (
+                "upstreams = [\"[::1]:53\"]\n[destinations]\ndeny = [\"fd00::1/8\"]",
+                "destinations.deny",
+            ),
+            (
+                "upstreams = [\"[::1]:53\"]\n[destinations]\ndeny = [\"::/0\"]\nallow = [\"::1/128\"]",
+                "destinations.allow",
+            ),
+            (
+                "upstreams = [\"[::1]:53\"]\n[destinations]\nallow = [\"2001:db8::/32\"]",
+                "destinations.allow",
             ),
         ];
         for (toml, key) in cases {

@@ -55,6 +55,9 @@ pub enum DaemonError {
     /// Signal handling could not be installed.
     #[error("cannot install signal handlers")]
     Signals(#[source] std::io::Error),
+    /// The host's addresses (for the destination policy) could not be read.
+    #[error("cannot start the destination policy")]
+    Policy(#[source] outsock_policy::HostError),
 }
 
 /// Checks the pools against each other and the host's routes.
@@ -85,12 +88,18 @@ pub async fn run(s: Settings) -> Result<(), DaemonError> {
         Arc::new(SystemClock),
     )?;
     let metrics = Arc::new(Metrics::default());
+    let policy = outsock_policy::Policy::new(
+        s.destinations.clone(),
+        s.pools(),
+        outsock_policy::HostAddresses::watch().map_err(DaemonError::Policy)?,
+    );
     let resolver = Arc::new(Resolver::new(
         ResolverConfig {
             ipv4_egress: s.ipv4_egress,
             max_ttl: s.max_ttl,
             pass_through: s.pass_through.clone(),
             never_synthesise: s.never_synthesise.clone(),
+            policy,
         },
         Arc::new(UdpTcpUpstream::new(s.upstreams.clone(), s.upstream_timeout)),
         AnswerCache::new(s.cache_entries, s.cache_max_ttl, s.negative_ttl_max),

@@ -399,6 +399,11 @@ mod tests {
                 max_ttl: 600,
                 pass_through: Vec::new(),
                 never_synthesise: Vec::new(),
+                policy: outsock_policy::Policy::new(
+                    outsock_policy::Rules::default(),
+                    Vec::new(),
+                    outsock_policy::HostAddresses::fixed([]),
+                ),
             },
             Arc::new(NoUpstream),
             AnswerCache::new(100, 600, 60),

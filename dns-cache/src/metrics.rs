@@ -66,6 +66,9 @@ pub struct Metrics {
     pub replayed: AtomicU64,
     /// UDP queries dropped because too many were already waiting on upstream or the database.
     pub udp_dropped: AtomicU64,
+    /// Upstream addresses (AAAA, or A passed through) the destination policy refused, by
+    /// `outsock_policy::Reason::index`.
+    pub refused: [AtomicU64; outsock_policy::Reason::ALL.len()],
     /// Upstream latency histogram: counts per bucket (cumulative at render time), plus +Inf.
     upstream_buckets: [AtomicU64; 9],
     upstream_sum_us: AtomicU64,
@@ -231,6 +234,21 @@ impl Metrics {
             "udp_dropped_total",
             "UDP queries dropped because too many were already waiting.",
             &[("", get(&self.udp_dropped))],
+        );
+        let labels: Vec<(String, u64)> = outsock_policy::Reason::ALL
+            .iter()
+            .map(|r| {
+                (
+                    format!("{{reason=\"{}\"}}", r.as_str()),
+                    self.refused.get(r.index()).map_or(0, get),
+                )
+            })
+            .collect();
+        let series: Vec<(&str, u64)> = labels.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+        counter(
+            "refused_addresses_total",
+            "Upstream addresses never handed to a guest (destination policy), by reason.",
+            &series,
         );
 
         let _ = writeln!(s, "# HELP outsock_dns_pool_used Mappings in each pool.");

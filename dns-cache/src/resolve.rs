@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::rdata::{A, PTR};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
+use outsock_policy::{LogLimit, Policy};
 
 use crate::cache::{aged, AnswerCache, CacheKey, Cached};
 use crate::clock::UnixMillis;
@@ -38,6 +39,9 @@ pub struct ResolverConfig {
     pub pass_through: Vec<Name>,
     /// Names (and their subdomains) for which no dummy is ever synthesised.
     pub never_synthesise: Vec<Name>,
+    /// Which addresses may be handed to a guest: no dummy is synthesised for a refused AAAA,
+    /// and a refused A is dropped from a pass-through answer.
+    pub policy: Policy,
 }
 
 /// One question from a client.
@@ -241,6 +245,44 @@ impl Resolver {
         answer
     }
 
+    /// Whether the destination policy lets `addr` (from an upstream answer for `name`) reach a
+    /// guest; a refusal is counted and logged (rate-limited).
+    fn admits(&self, name: &Name, addr: IpAddr) -> bool {
+        let Err(reason) = self.cfg.policy.check(addr) else {
+            return true;
+        };
+        if let Some(c) = self.metrics.refused.get(reason.index()) {
+            Metrics::inc(c);
+        }
+        static LOG: LogLimit = LogLimit::new();
+        if LOG.allow() {
+            tracing::warn!(
+                %name,
+                address = %addr,
+                reason = reason.as_str(),
+                "refused address in an upstream answer (destination policy)"
+            );
+        }
+        false
+    }
+
+    /// Drops the A records the policy refuses from a passed-through answer (which is then no
+    /// longer upstream's data, so loses AD); whether any A record is left.
+    fn admit_a(&self, name: &Name, answer: &mut Answer) -> bool {
+        let before = answer.answers.len();
+        answer.answers.retain(|r| match &r.data {
+            RData::A(a) => self.admits(name, IpAddr::V4(a.0)),
+            _ => true,
+        });
+        if answer.answers.len() != before {
+            answer.authentic_data = false;
+        }
+        answer
+            .answers
+            .iter()
+            .any(|r| r.record_type() == RecordType::A)
+    }
+
     fn matches(list: &[Name], name: &Name) -> bool {
         list.iter().any(|zone| zone.zone_of(name))
     }
@@ -308,8 +350,15 @@ impl Resolver {
 
     async fn resolve_a(&self, q: &Question, trace: &mut Trace) -> Result<Answer, ResolveError> {
         // RFC 6147 §5.5: a validating client (CD and DO) gets the real answer, never ours.
-        if Self::matches(&self.cfg.pass_through, &q.name) || (q.dnssec_ok && q.checking_disabled) {
+        // A validating client gets upstream's data untouched (host-server still refuses the
+        // addresses); a pass-through name loses the A records the policy refuses.
+        if q.dnssec_ok && q.checking_disabled {
             return self.forward(q, trace).await;
+        }
+        if Self::matches(&self.cfg.pass_through, &q.name) {
+            let mut answer = self.forward(q, trace).await?;
+            self.admit_a(&q.name, &mut answer);
+            return Ok(answer);
         }
         if self.cfg.ipv4_egress {
             let a = self
@@ -326,9 +375,13 @@ impl Resolver {
                 .await?;
             match a.rcode {
                 ResponseCode::NoError if a.answers_of(RecordType::A).next().is_some() => {
-                    Metrics::inc(&self.metrics.passed_through);
-                    trace.passed_through = true;
-                    return Ok(self.pass(&a, u32::MAX));
+                    let mut answer = self.pass(&a, u32::MAX);
+                    if self.admit_a(&q.name, &mut answer) {
+                        Metrics::inc(&self.metrics.passed_through);
+                        trace.passed_through = true;
+                        return Ok(answer);
+                    }
+                    // Every A record refused: as if the name had none; synthesise from AAAA.
                 }
                 ResponseCode::NXDomain => return Ok(self.pass(&a, u32::MAX)),
                 ResponseCode::NoError => {}
@@ -380,6 +433,12 @@ impl Resolver {
             })
             .collect();
         if records.is_empty() || Self::matches(&self.cfg.never_synthesise, &q.name) {
+            return Ok(negative(ResponseCode::NoError));
+        }
+        // RFC 6147 §5.1.4: no dummy for an excluded address; all excluded is NODATA.
+        let mut records = records;
+        records.retain(|(_, v6, _)| self.admits(&q.name, IpAddr::V6(*v6)));
+        if records.is_empty() {
             return Ok(negative(ResponseCode::NoError));
         }
         let qname = q.name.to_lowercase().to_ascii();
@@ -646,6 +705,7 @@ mod tests {
                 max_ttl: 600,
                 pass_through: vec![n("pass.test.")],
                 never_synthesise: vec![n("never.test.")],
+                policy: test_policy(),
             },
             fake.clone(),
             AnswerCache::new(1000, 86_400, 300),
@@ -653,6 +713,23 @@ mod tests {
             Arc::new(Metrics::default()),
         );
         (r, fake, clock)
+    }
+
+    /// The default policy, with `2001:db8::abcd` standing for the host's own address and
+    /// `2001:db8:dead::/48` (and 198.51.100.0/24) denied by the operator.
+    fn test_policy() -> Policy {
+        let pools = vec![
+            "10.170.160.0/20".parse().unwrap(),
+            "172.21.112.0/20".parse().unwrap(),
+        ];
+        let rules = outsock_policy::DestinationSettings {
+            deny: vec!["2001:db8:dead::/48".into(), "198.51.100.0/24".into()],
+            allow: Vec::new(),
+        }
+        .check(&pools)
+        .unwrap();
+        let host = outsock_policy::HostAddresses::fixed(["2001:db8::abcd".parse().unwrap()]);
+        Policy::new(rules, pools, host)
     }
 
     fn resolver() -> (Resolver, Arc<Fake>) {
@@ -759,6 +836,128 @@ mod tests {
         assert_eq!(a_records(&a), vec![Ipv4Addr::new(203, 0, 113, 10)]);
         let a = on.resolve(&q("v6only.test.", RecordType::A)).await;
         assert_eq!(a_records(&a), vec![Ipv4Addr::new(10, 170, 160, 2)]);
+    }
+
+    #[tokio::test]
+    async fn excluded_aaaa_get_no_dummy_and_all_excluded_is_nodata() {
+        let mut f = world();
+        let excluded = [
+            ("loop.test.", "::1", "loopback"),
+            ("unspec.test.", "::", "unspecified"),
+            ("ll.test.", "fe80::1", "link_local"),
+            ("mcast.test.", "ff02::1", "multicast"),
+            ("mapped.test.", "::ffff:203.0.113.5", "ipv4_mapped"),
+            ("compat.test.", "::203.0.113.5", "ipv4_mapped"),
+            ("self.test.", "2001:db8::abcd", "host_address"),
+            ("denied.test.", "2001:db8:dead::1", "denied"),
+        ];
+        for (name, v6, _) in excluded {
+            f.add(name, 300, RData::AAAA(AAAA(v6.parse().unwrap())));
+        }
+        f.add(
+            "mixed.test.",
+            300,
+            RData::AAAA(AAAA("::1".parse().unwrap())),
+        );
+        f.add(
+            "mixed.test.",
+            300,
+            RData::AAAA(AAAA("fd00:64::80".parse().unwrap())),
+        );
+        let (r, _) = resolver_with(f, false, "10.170.160.0/20");
+        for (name, v6, reason) in excluded {
+            let a = r.resolve(&q(name, RecordType::A)).await;
+            assert_eq!(
+                (a.rcode, a_records(&a)),
+                (ResponseCode::NoError, vec![]),
+                "{name} {v6}"
+            );
+            let page = r.metrics().render(r.mappings());
+            assert!(
+                !page.contains(&format!(
+                    "outsock_dns_refused_addresses_total{{reason=\"{reason}\"}} 0\n"
+                )),
+                "{reason}: {page}"
+            );
+        }
+        // No mapping was made for any of them.
+        assert_eq!(
+            r.mappings().with_table(Direction::Synthesised, |t| t.len()),
+            0
+        );
+        // A name with one excluded and one allowed address gets one dummy.
+        let a = r.resolve(&q("mixed.test.", RecordType::A)).await;
+        assert_eq!(a_records(&a).len(), 1);
+        let a = r.resolve(&q("v6only.test.", RecordType::A)).await;
+        assert_eq!(a_records(&a).len(), 1);
+    }
+
+    #[tokio::test]
+    async fn ipv4_egress_drops_excluded_a_records() {
+        let mut f = world();
+        f.add("lo4.test.", 300, RData::A(A("127.0.0.1".parse().unwrap())));
+        f.add(
+            "ll4.test.",
+            300,
+            RData::A(A("169.254.1.1".parse().unwrap())),
+        );
+        f.add(
+            "pool4.test.",
+            300,
+            RData::A(A("10.170.160.9".parse().unwrap())),
+        );
+        f.add(
+            "deny4.test.",
+            300,
+            RData::A(A("198.51.100.7".parse().unwrap())),
+        );
+        f.add(
+            "both4.test.",
+            300,
+            RData::A(A("127.0.0.1".parse().unwrap())),
+        );
+        f.add(
+            "both4.test.",
+            300,
+            RData::A(A("203.0.113.9".parse().unwrap())),
+        );
+        // Every A refused, but an AAAA: synthesised as if there were no A.
+        f.add(
+            "fallback.test.",
+            300,
+            RData::A(A("127.0.0.1".parse().unwrap())),
+        );
+        f.add(
+            "fallback.test.",
+            300,
+            RData::AAAA(AAAA("2001:db8::7".parse().unwrap())),
+        );
+        f.add("pass.test.", 300, RData::A(A("127.0.0.1".parse().unwrap())));
+        let (r, _) = resolver_with(f, true, "10.170.160.0/20");
+        for name in ["lo4.test.", "ll4.test.", "pool4.test.", "deny4.test."] {
+            let a = r.resolve(&q(name, RecordType::A)).await;
+            assert_eq!(
+                (a.rcode, a_records(&a)),
+                (ResponseCode::NoError, vec![]),
+                "{name}"
+            );
+        }
+        let a = r.resolve(&q("both4.test.", RecordType::A)).await;
+        assert_eq!(a_records(&a), vec![Ipv4Addr::new(203, 0, 113, 9)]);
+        let a = r.resolve(&q("fallback.test.", RecordType::A)).await;
+        assert_eq!(a_records(&a), vec![Ipv4Addr::new(10, 170, 160, 2)]);
+        // A pass-through name loses the refused A records too.
+        let a = r.resolve(&q("pass.test.", RecordType::A)).await;
+        assert!(a_records(&a).is_empty());
+        let page = r.metrics().render(r.mappings());
+        assert!(
+            page.contains("outsock_dns_refused_addresses_total{reason=\"loopback\"} 4\n"),
+            "{page}"
+        );
+        assert!(
+            page.contains("outsock_dns_refused_addresses_total{reason=\"pool\"} 1\n"),
+            "{page}"
+        );
     }
 
     #[tokio::test]

@@ -15,6 +15,7 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::dest::Ipv4Net;
+use outsock_policy::{DestinationSettings, Rules};
 
 /// Why the settings could not be loaded.
 #[derive(Debug, Error)]
@@ -104,6 +105,7 @@ struct Raw {
     listen: ListenSettings,
     limits: LimitSettings,
     vms: BTreeMap<String, VmSettings>,
+    destinations: DestinationSettings,
 }
 
 impl Default for Raw {
@@ -133,6 +135,7 @@ impl Default for Raw {
             listen: ListenSettings::default(),
             limits: LimitSettings::default(),
             vms: BTreeMap::new(),
+            destinations: DestinationSettings::default(),
         }
     }
 }
@@ -169,6 +172,8 @@ pub struct Settings {
     pub port_map: BTreeMap<u16, u16>,
     pub limits: LimitSettings,
     pub vms: BTreeMap<String, VmSettings>,
+    /// `[destinations]`: the operator's deny/allow prefixes of the destination policy.
+    pub destinations: Rules,
 }
 
 impl Default for Settings {
@@ -208,6 +213,8 @@ impl Settings {
                 .list_separator(",")
                 .with_list_parse_key("vmm_uids")
                 .with_list_parse_key("listen.allowed_ports")
+                .with_list_parse_key("destinations.deny")
+                .with_list_parse_key("destinations.allow")
                 .source(env),
         );
         let raw: Raw = b.build()?.try_deserialize()?;
@@ -273,6 +280,10 @@ impl Raw {
                 "must lie inside destination_pool (it is reserved there)",
             ));
         }
+        let destinations = self
+            .destinations
+            .check(&[destination_pool, source_pool])
+            .map_err(|e| invalid(e.key, e.message))?;
         let metrics_listen = match self.metrics_listen.trim() {
             "" => None,
             s => Some(s.parse().map_err(|_| {
@@ -352,6 +363,7 @@ impl Raw {
             port_map,
             limits: self.limits,
             vms: self.vms,
+            destinations,
         })
     }
 }
@@ -410,6 +422,38 @@ mod tests {
     }
 
     #[test]
+    fn destinations_from_file_and_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("h.toml");
+        std::fs::write(
+            &f,
+            "[destinations]\ndeny = [\"::/0\"]\nallow = [\"2001:db8:1::/48\"]\n",
+        )
+        .unwrap();
+        let s = Settings::load_with_env(Some(&f), env(&[])).unwrap();
+        assert!(s.destinations.denies_v6("2001:db8:2::1".parse().unwrap()));
+        assert!(!s.destinations.denies_v6("2001:db8:1::1".parse().unwrap()));
+        let s = Settings::load_with_env(
+            None,
+            env(&[(
+                "OUTSOCK_HOST_DESTINATIONS__DENY",
+                "fd00:bad::/32,198.51.100.0/24",
+            )]),
+        )
+        .unwrap();
+        assert!(s.destinations.denies_v6("fd00:bad::1".parse().unwrap()));
+        assert!(s.destinations.denies_v4("198.51.100.9".parse().unwrap()));
+        // An allow over a pool is nonsense.
+        std::fs::write(
+            &f,
+            "[destinations]\ndeny = [\"10.0.0.0/8\"]\nallow = [\"10.170.0.0/16\"]\n",
+        )
+        .unwrap();
+        let err = Settings::load_with_env(Some(&f), env(&[])).unwrap_err();
+        assert!(err.to_string().contains("destinations.allow"), "{err}");
+    }
+
+    #[test]
     fn bad_values_name_their_key() {
         let cases: &[(&str, &str, &str)] = &[
             ("OUTSOCK_HOST_SOCKET_MODE", "0666", "socket_mode"),
@@ -431,6 +475,16 @@ mod tests {
                 "OUTSOCK_HOST_CONNECT_TIMEOUT_MS",
                 "soon",
                 "connect_timeout_ms",
+            ),
+            (
+                "OUTSOCK_HOST_DESTINATIONS__DENY",
+                "2001:db8::1/64",
+                "destinations.deny",
+            ),
+            (
+                "OUTSOCK_HOST_DESTINATIONS__ALLOW",
+                "fe80::/64",
+                "destinations.allow",
             ),
         ];
         for (k, v, key) in cases {

@@ -1,10 +1,14 @@
 //! What every request handler takes: [`Shared`], the server-wide state each session gets a
 //! clone of, and [`Request`], one host.sock stream whose request is known; with [`refuse`],
-//! which answers an errno and closes the stream gracefully. They live below the handlers
-//! (`session`, `outbound`, `inbound`, `udp`) so that the handlers never need to import one
-//! another for them.
+//! which answers an errno and closes the stream gracefully; and [`admit`], the destination
+//! policy's verdict as every handler applies it (EACCES, a counter, a rate-limited log line).
+//! They live below the handlers (`session`, `outbound`, `inbound`, `udp`) so that the handlers
+//! never need to import one another for them.
 
+use std::net::IpAddr;
 use std::sync::Arc;
+
+use outsock_policy::Policy;
 
 use shared_proto::{Errno, ToGuest};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -18,12 +22,16 @@ use crate::dest::Router;
 use crate::framed::write_frame;
 use crate::identity::Identity;
 use crate::limits::{Limits, Permit};
+use crate::metrics::Event;
+use crate::ratelimit::LogLimit;
 
 /// What every session needs: settings, the plain routing rules, the handles, and the limits.
 #[derive(Debug, Clone)]
 pub(crate) struct Shared {
     pub settings: Arc<Settings>,
     pub router: Router,
+    /// Which addresses may be reached at all (shared with dns-cache's rules).
+    pub policy: Policy,
     pub mapping: MappingHandle,
     pub metrics: MetricsHandle,
     pub limits: Limits,
@@ -74,4 +82,40 @@ pub(crate) async fn refuse(stream: &mut UnixStream, errno: Errno) {
         }
     };
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), drain).await;
+}
+
+/// What a refused destination was for, in the log line.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Use {
+    Connect,
+    Send,
+    Reply,
+}
+
+/// Asks the destination policy about `addr` for `identity`: `Ok` to go ahead; otherwise EACCES
+/// for the program, one count in `outsock_host_refused_destinations_total{reason}` and a
+/// rate-limited log line naming the identity.
+pub(crate) fn admit(
+    shared: &Shared,
+    identity: &Identity,
+    addr: IpAddr,
+    what: Use,
+) -> Result<(), Errno> {
+    let Err(reason) = shared.policy.check(addr) else {
+        return Ok(());
+    };
+    shared
+        .metrics
+        .record(Event::RefusedDestination(reason.as_str()));
+    static LOG: LogLimit = LogLimit::new();
+    if LOG.allow() {
+        tracing::warn!(
+            %identity,
+            destination = %addr,
+            reason = reason.as_str(),
+            what = ?what,
+            "refused destination (destination policy)"
+        );
+    }
+    Err(Errno::EACCES)
 }

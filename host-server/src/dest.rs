@@ -1,74 +1,12 @@
 //! Where an outsourced IPv4 destination really goes: a dummy address (look it up), the guest DNS
 //! address (answered by dns-cache), a real IPv4 address (only with IPv4 egress), or nowhere.
+//! Whether the address behind it may be reached is the destination policy's question
+//! (`outsock_policy::Policy`, asked by `context::admit`), not this module's.
 
-use std::fmt;
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::str::FromStr;
 
-use thiserror::Error;
-
-/// A malformed `a.b.c.d/len` prefix.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-pub enum DestError {
-    #[error("expected an IPv4 prefix such as 10.170.160.0/20, got {0:?}")]
-    BadPrefix(String),
-    #[error("prefix {0} has bits set after its length")]
-    HostBits(String),
-}
-
-/// An IPv4 prefix.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Ipv4Net {
-    addr: Ipv4Addr,
-    len: u8,
-}
-
-impl Ipv4Net {
-    fn mask(self) -> u32 {
-        if self.len == 0 {
-            0
-        } else {
-            u32::MAX << (32 - u32::from(self.len))
-        }
-    }
-
-    /// Whether `a` lies inside this prefix.
-    #[must_use]
-    pub fn contains(self, a: Ipv4Addr) -> bool {
-        u32::from(a) & self.mask() == u32::from(self.addr)
-    }
-
-    /// Whether the two prefixes share an address.
-    #[must_use]
-    pub fn overlaps(self, other: Self) -> bool {
-        self.contains(other.addr) || other.contains(self.addr)
-    }
-}
-
-impl FromStr for Ipv4Net {
-    type Err = DestError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || DestError::BadPrefix(s.to_owned());
-        let (a, l) = s.split_once('/').ok_or_else(bad)?;
-        let addr: Ipv4Addr = a.parse().map_err(|_| bad())?;
-        let len: u8 = l.parse().map_err(|_| bad())?;
-        if len > 32 {
-            return Err(bad());
-        }
-        let net = Self { addr, len };
-        if u32::from(addr) & !net.mask() != 0 {
-            return Err(DestError::HostBits(s.to_owned()));
-        }
-        Ok(net)
-    }
-}
-
-impl fmt::Display for Ipv4Net {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.len)
-    }
-}
+/// The IPv4 prefix type of the pools (shared with the destination policy).
+pub use outsock_policy::Ipv4Net;
 
 /// The decision for one destination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,20 +73,6 @@ mod tests {
 
     fn sa(s: &str) -> SocketAddrV4 {
         s.parse().unwrap()
-    }
-
-    #[test]
-    fn prefixes_parse_and_contain() {
-        let n: Ipv4Net = "10.170.160.0/20".parse().unwrap();
-        assert!(n.contains(Ipv4Addr::new(10, 170, 175, 255)));
-        assert!(!n.contains(Ipv4Addr::new(10, 170, 176, 0)));
-        assert!("10.170.160.1/20".parse::<Ipv4Net>().is_err());
-        assert!("10.0.0.0/33".parse::<Ipv4Net>().is_err());
-        assert!("nonsense".parse::<Ipv4Net>().is_err());
-        let all: Ipv4Net = "0.0.0.0/0".parse().unwrap();
-        assert!(all.contains(Ipv4Addr::BROADCAST));
-        assert!(all.overlaps(n));
-        assert!(!n.overlaps("172.21.112.0/20".parse().unwrap()));
     }
 
     #[test]

@@ -44,6 +44,8 @@ pub enum ServerError {
     },
     #[error("the actor system failed")]
     System(#[source] io::Error),
+    #[error("cannot start the destination policy")]
+    Policy(#[source] outsock_policy::HostError),
 }
 
 /// A running server.
@@ -106,8 +108,14 @@ pub async fn start(settings: Settings) -> Result<ServerHandle, ServerError> {
         ),
         None => None,
     };
+    let policy = outsock_policy::Policy::new(
+        settings.destinations.clone(),
+        vec![settings.destination_pool, settings.source_pool],
+        outsock_policy::HostAddresses::watch().map_err(ServerError::Policy)?,
+    );
     let (drain_tx, draining) = watch::channel(false);
     let shared = Shared {
+        policy,
         router: Router {
             destination_pool: settings.destination_pool,
             source_pool: settings.source_pool,

@@ -33,6 +33,9 @@ pub enum Event {
     DnsQuery,
     /// A dummy was resolved from the SQLite file because dns-cache was down.
     LookupFallback,
+    /// The destination policy refused an address (connect, send, or a reply's source); the
+    /// reason (`outsock_policy::Reason::as_str`).
+    RefusedDestination(&'static str),
 }
 
 /// Every counter, by its Prometheus series name.
@@ -108,6 +111,10 @@ impl Metrics {
             Event::UdpConnected => self.add(&format!("{P}_udp_connected_total"), 1),
             Event::DnsQuery => self.add(&format!("{P}_dns_queries_total"), 1),
             Event::LookupFallback => self.add(&format!("{P}_lookup_fallbacks_total"), 1),
+            Event::RefusedDestination(reason) => self.add(
+                &format!("{P}_refused_destinations_total{{reason=\"{reason}\"}}"),
+                1,
+            ),
         }
     }
 
@@ -152,6 +159,7 @@ mod tests {
         m.record(Event::Connect("ok"));
         m.record(Event::Connect("ECONNREFUSED"));
         m.record(Event::Relayed { up: 10, down: 20 });
+        m.record(Event::RefusedDestination("loopback"));
         let text = m.render(&[("open_sockets", 3)]);
         assert!(text.contains("# TYPE outsock_host_connects_total counter\n"));
         assert_eq!(
@@ -165,5 +173,6 @@ mod tests {
             text.contains("# TYPE outsock_host_open_sockets gauge\noutsock_host_open_sockets 3\n")
         );
         assert_eq!(m.get("outsock_host_connects_total{result=\"ok\"}"), 2);
+        assert!(text.contains("outsock_host_refused_destinations_total{reason=\"loopback\"} 1\n"));
     }
 }

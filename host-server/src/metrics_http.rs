@@ -16,7 +16,19 @@ use crate::actors::metrics::MetricsHandle;
 /// # Errors
 /// When `addr` cannot be bound.
 pub async fn serve(addr: SocketAddr, metrics: MetricsHandle) -> io::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr).await?;
+    // IPV6_V6ONLY like every IPv6 socket of host-server: `[::]:PORT` means IPv6 only.
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM.nonblocking(),
+        Some(socket2::Protocol::TCP),
+    )?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(true)?;
+    }
+    sock.set_reuse_address(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(128)?;
+    let listener = TcpListener::from_std(sock.into())?;
     let local = listener.local_addr()?;
     actix_rt::spawn(async move {
         loop {

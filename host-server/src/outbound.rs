@@ -5,7 +5,8 @@
 //! Errors are reported as the errno a native connect would set: the kernel's own error from the
 //! IPv6 connect (ECONNREFUSED, ENETUNREACH, EHOSTUNREACH, ...), ETIMEDOUT when the configured
 //! connect timeout passes first, EHOSTUNREACH for a dummy that maps to nothing, ENETUNREACH for
-//! a real IPv4 address without egress.
+//! a real IPv4 address without egress, EACCES for an address the destination policy refuses
+//! (checked before any socket exists). Every IPv6 socket made here is IPV6_V6ONLY.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::AsFd;
@@ -15,7 +16,7 @@ use shared_proto::{Errno, ToGuest};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio::net::{TcpSocket, TcpStream, UnixStream};
 
-use crate::context::{Request, Shared};
+use crate::context::{admit, Request, Shared, Use};
 use crate::dest::Route;
 use crate::dns_tcp::dns_over_tcp;
 use crate::errno::connect_errno;
@@ -56,6 +57,9 @@ pub(crate) async fn connect(req: Request, c: ConnectRequest, shared: &Shared) {
             }
         },
     };
+    if let Err(errno) = admit(shared, &req.identity, target.ip(), Use::Connect) {
+        return fail(req, errno, shared).await;
+    }
     let pending = match shared
         .limits
         .acquire(&req.identity, Resource::PendingConnect)
@@ -70,13 +74,7 @@ pub(crate) async fn connect(req: Request, c: ConnectRequest, shared: &Shared) {
         drop(pending);
         return pass_connecting(req, c.dest, target, shared).await;
     }
-    let attempt = async {
-        let sock = match target {
-            SocketAddr::V4(_) => TcpSocket::new_v4()?,
-            SocketAddr::V6(_) => TcpSocket::new_v6()?,
-        };
-        sock.connect(target).await
-    };
+    let attempt = async { tcp_socket(target)?.connect(target).await };
     let result = tokio::select! {
         r = tokio::time::timeout(shared.settings.connect_timeout, attempt) => r,
         () = guest_gone(&req.stream) => {
@@ -130,6 +128,20 @@ pub(crate) async fn connect(req: Request, c: ConnectRequest, shared: &Shared) {
     drop(req.permit);
 }
 
+/// A non-blocking TCP socket for `target`; an IPv6 one is IPV6_V6ONLY, so that no address can
+/// make it leave over IPv4.
+fn tcp_socket(target: SocketAddr) -> std::io::Result<TcpSocket> {
+    let sock = Socket::new(
+        Domain::for_address(target),
+        Type::STREAM.nonblocking(),
+        Some(Protocol::TCP),
+    )?;
+    if target.is_ipv6() {
+        sock.set_only_v6(true)?;
+    }
+    Ok(TcpSocket::from_std_stream(sock.into()))
+}
+
 /// Resolves when the guest closes its stream; pends forever once it has sent data (pipelined
 /// bytes for the connection), since those must stay unread until the connection exists.
 async fn guest_gone(stream: &UnixStream) {
@@ -177,6 +189,9 @@ async fn pass_connecting(req: Request, dest: SocketAddrV4, target: SocketAddr, s
             Type::STREAM.nonblocking(),
             Some(Protocol::TCP),
         )?;
+        if target.is_ipv6() {
+            sock.set_only_v6(true)?;
+        }
         match sock.connect(&SockAddr::from(target)) {
             Ok(()) => Ok((sock, false)),
             Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok((sock, true)),

@@ -8,17 +8,25 @@
 //! A process's connected UDP socket (`UdpConnect`) is not an association: host-server makes a
 //! host UDP socket connected to the peer's IPv6 address, hands it over with SCM_RIGHTS and keeps
 //! nothing (`connect_passed`).
+//!
+//! The destination policy (`context::admit`) is asked before every send and before a connected
+//! socket is made: a refused destination is EACCES for `UdpConnect`, and a dropped datagram
+//! (counted and logged, never silently) for an association, whose sends have no answer to carry
+//! an errno. A reply whose source the policy refuses is dropped the same way. Every IPv6 socket
+//! is IPV6_V6ONLY; with IPv4 egress an association gets a second, IPv4 socket for real IPv4
+//! peers, so no IPv4-mapped address is ever used.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::AsFd;
+use std::task::Poll;
 
 use shared_proto::outsource::{Datagram, ToHost, UdpConnectRequest, UdpRequest};
 use shared_proto::{Errno, ToGuest};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio::net::UdpSocket;
 
-use crate::context::{Request, Shared};
+use crate::context::{admit, Request, Shared, Use};
 use crate::dest::Route;
 use crate::framed::{write_frame, FrameError, FrameReader};
 use crate::handover::send_answer_with_fd;
@@ -68,7 +76,19 @@ impl PeerTable {
     }
 }
 
-fn open_socket(shared: &Shared, identity: &Identity, req: &UdpRequest) -> Result<UdpSocket, Errno> {
+/// Which family of host socket to make.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Family {
+    V6,
+    V4,
+}
+
+fn open_socket(
+    shared: &Shared,
+    identity: &Identity,
+    req: &UdpRequest,
+    family: Family,
+) -> Result<UdpSocket, Errno> {
     let s = &shared.settings;
     let port = req.bind.port();
     let addr = if port == 0 {
@@ -85,10 +105,25 @@ fn open_socket(shared: &Shared, identity: &Identity, req: &UdpRequest) -> Result
     };
     let host_port = if port == 0 { 0 } else { s.host_port(port) };
     let make = || -> std::io::Result<UdpSocket> {
-        let sock = Socket::new(Domain::IPV6, Type::DGRAM.nonblocking(), Some(Protocol::UDP))?;
-        // With IPv4 egress the same socket also reaches real IPv4 peers (as ::ffff:a.b.c.d).
-        sock.set_only_v6(!s.ipv4_egress)?;
-        sock.bind(&SockAddr::from(SocketAddrV6::new(addr, host_port, 0, 0)))?;
+        let sock = match family {
+            Family::V6 => {
+                let sock =
+                    Socket::new(Domain::IPV6, Type::DGRAM.nonblocking(), Some(Protocol::UDP))?;
+                // Never IPv4 through an IPv4-mapped address: egress has its own socket.
+                sock.set_only_v6(true)?;
+                sock.bind(&SockAddr::from(SocketAddrV6::new(addr, host_port, 0, 0)))?;
+                sock
+            }
+            Family::V4 => {
+                let sock =
+                    Socket::new(Domain::IPV4, Type::DGRAM.nonblocking(), Some(Protocol::UDP))?;
+                sock.bind(&SockAddr::from(SocketAddrV4::new(
+                    Ipv4Addr::UNSPECIFIED,
+                    host_port,
+                )))?;
+                sock
+            }
+        };
         UdpSocket::from_std(sock.into())
     };
     make().map_err(|e| crate::errno::bind_errno(&e))
@@ -117,7 +152,15 @@ pub(crate) async fn connect_passed(req: Request, u: &UdpConnectRequest, shared: 
         Ok(None) => return req.refuse(Errno::EOPNOTSUPP).await,
         Err(errno) => return req.refuse(errno).await,
     };
-    let sock = match open_socket(shared, &req.identity, &UdpRequest { bind: u.bind }) {
+    if let Err(errno) = admit(shared, &req.identity, target.ip(), Use::Connect) {
+        return req.refuse(errno).await;
+    }
+    let family = if target.is_ipv4() {
+        Family::V4
+    } else {
+        Family::V6
+    };
+    let sock = match open_socket(shared, &req.identity, &UdpRequest { bind: u.bind }, family) {
         Ok(s) => s,
         Err(errno) => return req.refuse(errno).await,
     };
@@ -140,20 +183,20 @@ pub(crate) async fn connect_passed(req: Request, u: &UdpConnectRequest, shared: 
 }
 
 /// Where a datagram to the guest-visible `dest` goes on a host socket: the IPv6 address behind
-/// a dummy, or (with egress) the IPv4-mapped address; `Ok(None)` for the guest DNS address,
+/// a dummy, or (with egress) the real IPv4 address; `Ok(None)` for the guest DNS address,
 /// which dns-cache answers; the errno a native send would meet otherwise.
-async fn udp_target(dest: SocketAddrV4, shared: &Shared) -> Result<Option<SocketAddrV6>, Errno> {
+async fn udp_target(dest: SocketAddrV4, shared: &Shared) -> Result<Option<SocketAddr>, Errno> {
     match shared.router.route(dest) {
         Route::Unreachable => Err(Errno::ENETUNREACH),
         Route::GuestDns => Ok(None),
-        Route::Ipv4(sa) => Ok(Some(SocketAddrV6::new(
-            sa.ip().to_ipv6_mapped(),
-            sa.port(),
-            0,
-            0,
-        ))),
+        Route::Ipv4(sa) => Ok(Some(SocketAddr::V4(sa))),
         Route::Dummy(d) => match shared.mapping.resolve(d).await {
-            Ok(Some(v6)) => Ok(Some(SocketAddrV6::new(v6, dest.port(), 0, 0))),
+            Ok(Some(v6)) => Ok(Some(SocketAddr::V6(SocketAddrV6::new(
+                v6,
+                dest.port(),
+                0,
+                0,
+            )))),
             _ => Err(Errno::EHOSTUNREACH),
         },
     }
@@ -161,9 +204,22 @@ async fn udp_target(dest: SocketAddrV4, shared: &Shared) -> Result<Option<Socket
 
 /// Runs one association to its end.
 pub(crate) async fn associate(req: Request, u: &UdpRequest, shared: &Shared) {
-    let sock = match open_socket(shared, &req.identity, u) {
+    let sock = match open_socket(shared, &req.identity, u, Family::V6) {
         Ok(s) => s,
         Err(errno) => return req.refuse(errno).await,
+    };
+    // With egress, real IPv4 peers get their own socket (the IPv6 one is IPV6_V6ONLY).
+    let sock4 = if shared.settings.ipv4_egress {
+        match open_socket(shared, &req.identity, u, Family::V4) {
+            Ok(s) => Some(s),
+            Err(errno) => return req.refuse(errno).await,
+        }
+    } else {
+        None
+    };
+    let sockets = Sockets {
+        v6: sock,
+        v4: sock4,
     };
     let Request {
         mut stream,
@@ -171,7 +227,7 @@ pub(crate) async fn associate(req: Request, u: &UdpRequest, shared: &Shared) {
         leftover,
         permit,
     } = req;
-    let local = guest_local(&sock, u.bind);
+    let local = guest_local(&sockets.v6, u.bind);
     if write_frame(&mut stream, &ToGuest::Associated { local })
         .await
         .is_err()
@@ -210,14 +266,17 @@ pub(crate) async fn associate(req: Request, u: &UdpRequest, shared: &Shared) {
                     Err(_) => break,
                 };
                 shared.metrics.record(Event::UdpOut);
-                if let Some(reply) = send_out(&sock, d, &mut peers, shared).await {
+                if let Some(reply) = send_out(&sockets, d, &mut peers, &identity, shared).await {
                     if write_frame(&mut wr, &ToGuest::Datagram(reply)).await.is_err() {
                         break;
                     }
                 }
             }
-            r = sock.recv_from(&mut buf) => {
+            r = sockets.recv_from(&mut buf) => {
                 let Ok((n, from)) = r else { continue };
+                if admit(shared, &identity, from.ip(), Use::Reply).is_err() {
+                    continue;
+                }
                 let Some(source) = guest_source(from, &mut peers, shared).await else {
                     continue;
                 };
@@ -236,15 +295,39 @@ pub(crate) async fn associate(req: Request, u: &UdpRequest, shared: &Shared) {
     drop(permit);
 }
 
+/// An association's host sockets: IPv6 always, IPv4 with egress.
+#[derive(Debug)]
+struct Sockets {
+    v6: UdpSocket,
+    v4: Option<UdpSocket>,
+}
+
+impl Sockets {
+    /// The next datagram on either socket.
+    async fn recv_from(&self, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr)> {
+        std::future::poll_fn(|cx| {
+            for s in std::iter::once(&self.v6).chain(self.v4.as_ref()) {
+                let mut rb = tokio::io::ReadBuf::new(&mut *buf);
+                if let Poll::Ready(r) = s.poll_recv_from(cx, &mut rb) {
+                    return Poll::Ready(r.map(|from| (rb.filled().len(), from)));
+                }
+            }
+            Poll::Pending
+        })
+        .await
+    }
+}
+
 /// Sends one guest datagram; returns an immediate reply for the guest (guest DNS).
 async fn send_out(
-    sock: &UdpSocket,
+    sockets: &Sockets,
     d: Datagram,
     peers: &mut PeerTable,
+    identity: &Identity,
     shared: &Shared,
 ) -> Option<Datagram> {
     let target = match udp_target(d.addr, shared).await {
-        Ok(Some(t)) => SocketAddr::V6(t),
+        Ok(Some(t)) => t,
         Ok(None) => {
             let answer = shared.mapping.dns_query(false, d.payload).await.ok()?;
             return Some(Datagram {
@@ -255,6 +338,12 @@ async fn send_out(
         // A native sendto would fail (ENETUNREACH, EHOSTUNREACH); a datagram socket has no way
         // to report it per packet here, so the datagram is dropped, as the network would.
         Err(_) => return None,
+    };
+    // Refused: counted and logged by `admit`; the datagram goes nowhere.
+    admit(shared, identity, target.ip(), Use::Send).ok()?;
+    let sock = match target {
+        SocketAddr::V6(_) => &sockets.v6,
+        SocketAddr::V4(_) => sockets.v4.as_ref()?,
     };
     peers.learn(target, d.addr);
     if let Err(e) = sock.send_to(&d.payload, target).await {

@@ -2,7 +2,7 @@
 //! `host` and `world`) or TEST-NET-3 (203.0.113.0/24, DNS data only): nothing here can reach, or
 //! be confused with, a real network.
 
-use std::net::Ipv6Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 const fn ula(last: u16) -> Ipv6Addr {
     Ipv6Addr::new(0xfd00, 0x64, 0, 0, 0, 0, 0, last)
@@ -34,3 +34,15 @@ pub const ECHO_PORT: u16 = 7;
 pub const CLOSED_PORT: u16 = 9;
 /// HTTP port in `world`.
 pub const HTTP_PORT: u16 = 80;
+/// An address in `world` inside the prefix the destination-policy tests deny
+/// ([`DENIED_PREFIX`]): reachable, but refused by policy.
+pub const DENIED: Ipv6Addr = ula(0xde1);
+/// The prefix the destination-policy tests put in `[destinations] deny`.
+pub const DENIED_PREFIX: &str = "fd00:64::de0/124";
+/// IPv4 on the veth, for the IPv4-egress tests only (added by the test that needs it; TEST-NET-3):
+/// the `host` end.
+pub const HOST_V4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+/// The `world` end (also `dual.outsock.test`'s A record, [`crate::zone::DUAL_A`]).
+pub const WORLD_V4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+/// Their prefix length.
+pub const V4_PREFIX_LEN: u8 = 24;

@@ -41,6 +41,21 @@ pub const TXT_DATA: &str = "outsock test zone";
 /// A name under the zone that does not exist: NXDOMAIN.
 pub const MISSING: &str = "missing.outsock.test";
 
+/// Names whose only address the destination policy refuses (dns-cache answers NODATA):
+/// AAAA `::1`, `fe80::1`, `::ffff:203.0.113.5`, the host's own address, an address in the tests'
+/// deny prefix; A `127.0.0.1`, `169.254.1.1`, the host's IPv4 address (IPv4-egress tests).
+pub const LOOPBACK_AAAA: &str = "loopback.outsock.test";
+pub const LINK_LOCAL_AAAA: &str = "link-local.outsock.test";
+pub const LINK_LOCAL_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+pub const MAPPED_AAAA: &str = "mapped.outsock.test";
+pub const MAPPED_V6: Ipv6Addr = Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0xcb00, 0x7105);
+pub const SELF_AAAA: &str = "self.outsock.test";
+pub const DENIED_AAAA: &str = "denied.outsock.test";
+pub const LOOPBACK_A: &str = "loopback4.outsock.test";
+pub const LINK_LOCAL_A: &str = "link-local4.outsock.test";
+pub const LINK_LOCAL_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+pub const SELF_A: &str = "self4.outsock.test";
+
 /// World addresses that are named in the zone and must exist on world's interface.
 #[must_use]
 pub fn world_addresses() -> Vec<Ipv6Addr> {
@@ -53,6 +68,7 @@ pub fn world_addresses() -> Vec<Ipv6Addr> {
         DUAL_AAAA,
         SHORT_TTL_AAAA,
         LONG_TTL_AAAA,
+        addr::DENIED,
     ];
     v.extend(MULTI_AAAA);
     v
@@ -91,5 +107,13 @@ pub fn dnsmasq_conf(log_file: &str) -> String {
         "host-record={LONG_TTL},{LONG_TTL_AAAA},{LONG_TTL_SECS}"
     ));
     line(format!("txt-record={TXT},\"{TXT_DATA}\""));
+    line(format!("host-record={LOOPBACK_AAAA},::1,60"));
+    line(format!("host-record={LINK_LOCAL_AAAA},{LINK_LOCAL_V6},60"));
+    line(format!("host-record={MAPPED_AAAA},{MAPPED_V6},60"));
+    line(format!("host-record={SELF_AAAA},{},60", addr::HOST));
+    line(format!("host-record={DENIED_AAAA},{},60", addr::DENIED));
+    line(format!("host-record={LOOPBACK_A},127.0.0.1,60"));
+    line(format!("host-record={LINK_LOCAL_A},{LINK_LOCAL_V4},60"));
+    line(format!("host-record={SELF_A},{},60", addr::HOST_V4));
     c
 }

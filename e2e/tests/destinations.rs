@@ -5,7 +5,8 @@
 //! starts) are refused by host-server with EACCES, by TCP and by UDP, for an unmodified python3
 //! in `legacy`; and a sentinel service bound on the `host` namespace's own addresses (`[::]`,
 //! so `[::1]` too) is never reached. With IPv4 egress the same rules hold on IPv4, while a real
-//! A record is passed through and reached over IPv4 inside the test world.
+//! A record is passed through and reached over IPv4 inside the test world, and an address the
+//! host gains while the daemons run is refused at once (followed over netlink).
 
 // Test code throughout; helpers outside #[test] functions unwrap too.
 #![allow(clippy::unwrap_used)]
@@ -446,10 +447,18 @@ fn ipv4_egress_passes_real_a_and_applies_the_same_policy() {
     for name in [zone::LOOPBACK_A, zone::LINK_LOCAL_A, zone::SELF_A] {
         assert_nodata(&s, name);
     }
+    // An address the host gains while the daemons run is refused too (netlink, not a restart).
+    let late = Ipv4Addr::new(203, 0, 113, 2);
+    s.world
+        .host()
+        .ip(&["addr", "add", &format!("{late}/{plen}"), "dev", "h0"])
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
     // Direct connects and sends to refused IPv4 addresses.
     let targets = vec![
         format!("{}:{SENTINEL_PORT}", zone::LINK_LOCAL_V4),
         format!("{}:{SENTINEL_PORT}", addr::HOST_V4),
+        format!("{late}:{SENTINEL_PORT}"),
     ];
     let lines = probe(&s, &targets);
     for (line, t) in lines.iter().zip(&targets) {
@@ -460,10 +469,10 @@ fn ipv4_egress_passes_real_a_and_applies_the_same_policy() {
     assert_eq!(std::fs::read_to_string(&hits).unwrap(), "", "{}", s.logs());
     assert_sentinel_works(&s, &hits);
     let page = metrics(&s, "[::1]:9641");
-    for reason in ["link_local", "host_address"] {
+    for (reason, n) in [("link_local", 3), ("host_address", 6)] {
         assert!(
             page.contains(&format!(
-                "outsock_host_refused_destinations_total{{reason=\"{reason}\"}} 3\n"
+                "outsock_host_refused_destinations_total{{reason=\"{reason}\"}} {n}\n"
             )),
             "{reason}:\n{page}"
         );

@@ -66,6 +66,9 @@ pub struct Metrics {
     pub replayed: AtomicU64,
     /// UDP queries dropped because too many were already waiting on upstream or the database.
     pub udp_dropped: AtomicU64,
+    /// dns.sock requests refused by the peer's SO_PEERCRED uid: look-ups, operators' (List,
+    /// Stats), admins' (Flush).
+    pub lookup_refused: [AtomicU64; 3],
     /// Upstream latency histogram: counts per bucket (cumulative at render time), plus +Inf.
     upstream_buckets: [AtomicU64; 9],
     upstream_sum_us: AtomicU64,
@@ -231,6 +234,15 @@ impl Metrics {
             "udp_dropped_total",
             "UDP queries dropped because too many were already waiting.",
             &[("", get(&self.udp_dropped))],
+        );
+        counter(
+            "lookup_refused_total",
+            "dns.sock requests refused because the peer's uid may not make them, by class.",
+            &[
+                ("{class=\"lookup\"}", get(&self.lookup_refused[0])),
+                ("{class=\"operator\"}", get(&self.lookup_refused[1])),
+                ("{class=\"admin\"}", get(&self.lookup_refused[2])),
+            ],
         );
 
         let _ = writeln!(s, "# HELP outsock_dns_pool_used Mappings in each pool.");

@@ -19,6 +19,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod accounts;
 pub mod actors;
 pub mod config;
 mod context;

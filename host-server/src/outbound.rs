@@ -2,6 +2,9 @@
 //! egress, IPv4) and relays, or hands the socket itself to a process with SCM_RIGHTS (through
 //! `handover`). A connect to the guest DNS address is answered by `dns_tcp` instead.
 //!
+//! A VM's connection is bound to the VM's own address before it connects, so that the IPv6
+//! network sees which VM it was.
+//!
 //! Errors are reported as the errno a native connect would set: the kernel's own error from the
 //! IPv6 connect (ECONNREFUSED, ENETUNREACH, EHOSTUNREACH, ...), ETIMEDOUT when the configured
 //! connect timeout passes first, EHOSTUNREACH for a dummy that maps to nothing, ENETUNREACH for
@@ -70,11 +73,15 @@ pub(crate) async fn connect(req: Request, c: ConnectRequest, shared: &Shared) {
         drop(pending);
         return pass_connecting(req, c.dest, target, shared).await;
     }
+    let source = vm_source(&req.identity, target, shared);
     let attempt = async {
         let sock = match target {
             SocketAddr::V4(_) => TcpSocket::new_v4()?,
             SocketAddr::V6(_) => TcpSocket::new_v6()?,
         };
+        if let Some(a) = source {
+            sock.bind(SocketAddr::V6(SocketAddrV6::new(a, 0, 0, 0)))?;
+        }
         sock.connect(target).await
     };
     let result = tokio::select! {
@@ -128,6 +135,20 @@ pub(crate) async fn connect(req: Request, c: ConnectRequest, shared: &Shared) {
         Err(RelayError::Io(e)) => tracing::debug!(dest = %c.dest, error = %e, "relay ended"),
     }
     drop(req.permit);
+}
+
+/// The address a VM's connection to `target` leaves from: the VM's own (`[vms.NAME] address`),
+/// so that the IPv6 network sees which VM it was; `None` for processes (the kernel chooses) and
+/// for IPv4 egress.
+fn vm_source(
+    identity: &Identity,
+    target: SocketAddr,
+    shared: &Shared,
+) -> Option<std::net::Ipv6Addr> {
+    match (identity, target) {
+        (Identity::Vm(name), SocketAddr::V6(_)) => shared.settings.vms.get(name).map(|v| v.address),
+        _ => None,
+    }
 }
 
 /// Resolves when the guest closes its stream; pends forever once it has sent data (pipelined

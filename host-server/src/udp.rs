@@ -71,17 +71,23 @@ impl PeerTable {
 fn open_socket(shared: &Shared, identity: &Identity, req: &UdpRequest) -> Result<UdpSocket, Errno> {
     let s = &shared.settings;
     let port = req.bind.port();
+    // A VM's datagrams always leave from its own address (so the network sees which VM sent
+    // them); with IPv4 egress its socket must also reach IPv4 peers, so it binds `::` then.
+    let vm_address = match identity {
+        Identity::Vm(name) => Some(s.vms.get(name).map(|v| v.address).ok_or(Errno::EPERM)?),
+        Identity::Process { .. } => None,
+    };
     let addr = if port == 0 {
-        Ipv6Addr::UNSPECIFIED
+        match vm_address {
+            Some(a) if !s.ipv4_egress => a,
+            _ => Ipv6Addr::UNSPECIFIED,
+        }
     } else {
         // A fixed port is a UDP server: the same allow-list and addresses as TCP listeners.
-        if !s.allowed_ports.contains(&port) {
+        if !s.allowed_ports_for(identity).contains(&port) {
             return Err(Errno::EACCES);
         }
-        match identity {
-            Identity::Vm(name) => s.vms.get(name).map(|v| v.address).ok_or(Errno::EPERM)?,
-            Identity::Process { .. } => s.listen_default_address,
-        }
+        vm_address.unwrap_or(s.listen_default_address)
     };
     let host_port = if port == 0 { 0 } else { s.host_port(port) };
     let make = || -> std::io::Result<UdpSocket> {

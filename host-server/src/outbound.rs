@@ -3,7 +3,8 @@
 //! `handover`). A connect to the guest DNS address is answered by `dns_tcp` instead.
 //!
 //! A VM's connection is bound to the VM's own address before it connects, so that the IPv6
-//! network sees which VM it was.
+//! network sees which VM it was; a process's to `listen.default_address` when that is set to
+//! one address.
 //!
 //! Errors are reported as the errno a native connect would set: the kernel's own error from the
 //! IPv6 connect (ECONNREFUSED, ENETUNREACH, EHOSTUNREACH, ...), ETIMEDOUT when the configured
@@ -73,7 +74,7 @@ pub(crate) async fn connect(req: Request, c: ConnectRequest, shared: &Shared) {
         drop(pending);
         return pass_connecting(req, c.dest, target, shared).await;
     }
-    let source = vm_source(&req.identity, target, shared);
+    let source = source_address(&req.identity, target, shared);
     let attempt = async {
         let sock = match target {
             SocketAddr::V4(_) => TcpSocket::new_v4()?,
@@ -137,17 +138,23 @@ pub(crate) async fn connect(req: Request, c: ConnectRequest, shared: &Shared) {
     drop(req.permit);
 }
 
-/// The address a VM's connection to `target` leaves from: the VM's own (`[vms.NAME] address`),
-/// so that the IPv6 network sees which VM it was; `None` for processes (the kernel chooses) and
-/// for IPv4 egress.
-fn vm_source(
+/// The address a connection to `target` leaves from: a VM's own (`[vms.NAME] address`), so
+/// that the IPv6 network sees which VM it was; a process's `listen.default_address` when that
+/// is one address (so a process never leaves from a VM's address); `None` (the kernel chooses)
+/// for a process with the default `::`, and for IPv4 egress.
+fn source_address(
     identity: &Identity,
     target: SocketAddr,
     shared: &Shared,
 ) -> Option<std::net::Ipv6Addr> {
-    match (identity, target) {
-        (Identity::Vm(name), SocketAddr::V6(_)) => shared.settings.vms.get(name).map(|v| v.address),
-        _ => None,
+    let SocketAddr::V6(_) = target else {
+        return None;
+    };
+    match identity {
+        Identity::Vm(name) => shared.settings.vms.get(name).map(|v| v.address),
+        Identity::Process { .. } => {
+            Some(shared.settings.listen_default_address).filter(|a| !a.is_unspecified())
+        }
     }
 }
 
@@ -192,12 +199,16 @@ async fn pass_connected(req: Request, answer: &ToGuest, tcp: TcpStream, shared: 
 /// Starts a non-blocking connect and hands the socket over while it is still connecting: the
 /// program learns the outcome through poll and SO_ERROR, exactly as with its own socket.
 async fn pass_connecting(req: Request, dest: SocketAddrV4, target: SocketAddr, shared: &Shared) {
+    let source = source_address(&req.identity, target, shared);
     let started = (|| {
         let sock = Socket::new(
             Domain::for_address(target),
             Type::STREAM.nonblocking(),
             Some(Protocol::TCP),
         )?;
+        if let Some(a) = source {
+            sock.bind(&SockAddr::from(SocketAddrV6::new(a, 0, 0, 0)))?;
+        }
         match sock.connect(&SockAddr::from(target)) {
             Ok(()) => Ok((sock, false)),
             Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok((sock, true)),

@@ -71,16 +71,19 @@ impl PeerTable {
 fn open_socket(shared: &Shared, identity: &Identity, req: &UdpRequest) -> Result<UdpSocket, Errno> {
     let s = &shared.settings;
     let port = req.bind.port();
-    // A VM's datagrams always leave from its own address (so the network sees which VM sent
-    // them); with IPv4 egress its socket must also reach IPv4 peers, so it binds `::` then.
+    // A VM's datagrams leave from its own address (so the network sees which VM sent them), a
+    // process's from `listen.default_address`; with IPv4 egress the socket must also reach
+    // IPv4 peers, so it binds `::` then.
     let vm_address = match identity {
         Identity::Vm(name) => Some(s.vms.get(name).map(|v| v.address).ok_or(Errno::EPERM)?),
         Identity::Process { .. } => None,
     };
     let addr = if port == 0 {
         match vm_address {
-            Some(a) if !s.ipv4_egress => a,
-            _ => Ipv6Addr::UNSPECIFIED,
+            _ if s.ipv4_egress => Ipv6Addr::UNSPECIFIED,
+            Some(a) => a,
+            // A process's datagrams leave from the default address when it is one address.
+            None => s.listen_default_address,
         }
     } else {
         // A fixed port is a UDP server: the same allow-list and addresses as TCP listeners.

@@ -290,17 +290,13 @@ impl Settings {
             || self.process_gids.contains(&gid)
     }
 
-    /// The guest ports `identity` may listen on: its VM's own list, or `listen.allowed_ports`.
+    /// The guest ports a VM (`Some(name)`) or a process (`None`) may listen on: the VM's own
+    /// list, or `listen.allowed_ports`.
     #[must_use]
-    pub fn allowed_ports_for(&self, identity: &crate::identity::Identity) -> &[u16] {
-        match identity {
-            crate::identity::Identity::Vm(name) => self
-                .vms
-                .get(name)
-                .and_then(|v| v.allowed_ports.as_deref())
-                .unwrap_or(&self.allowed_ports),
-            crate::identity::Identity::Process { .. } => &self.allowed_ports,
-        }
+    pub fn allowed_ports_for(&self, vm: Option<&str>) -> &[u16] {
+        vm.and_then(|name| self.vms.get(name))
+            .and_then(|v| v.allowed_ports.as_deref())
+            .unwrap_or(&self.allowed_ports)
     }
 
     /// The host port for guest port `port`.
@@ -582,10 +578,8 @@ mod tests {
         assert!(!s.is_vmm(1000));
         assert!(s.may_use_host_socket(1000, 5) && s.may_use_host_socket(107, 5));
         assert!(s.may_use_host_socket(0, 0) && !s.may_use_host_socket(1002, 1002));
-        let vm = crate::identity::Identity::Vm("web".into());
-        let other = crate::identity::Identity::Process { uid: 1000 };
-        assert_eq!(s.allowed_ports_for(&vm), [8080]);
-        assert_eq!(s.allowed_ports_for(&other), [80]);
+        assert_eq!(s.allowed_ports_for(Some("web")), [8080]);
+        assert_eq!(s.allowed_ports_for(None), [80]);
         let l = s.vms["web"].limits.clone().unwrap();
         assert_eq!((l.max_sockets, l.max_listeners), (9, 64));
         assert_eq!(s.host_port(80), 8080);

@@ -34,6 +34,17 @@ pub enum Identity {
     Process { uid: u32 },
 }
 
+impl Identity {
+    /// The VM's name, for a VM.
+    #[must_use]
+    pub fn vm_name(&self) -> Option<&str> {
+        match self {
+            Self::Vm(name) => Some(name),
+            Self::Process { .. } => None,
+        }
+    }
+}
+
 impl std::fmt::Display for Identity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

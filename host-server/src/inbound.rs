@@ -55,7 +55,7 @@ pub enum Delivery {
 /// The errno the guest's `listen` (or `bind`) reports.
 pub fn plan(s: &Settings, identity: &Identity, req: &ListenRequest) -> Result<ListenPlan, Errno> {
     let port = req.addr.port();
-    if !s.allowed_ports_for(identity).contains(&port) {
+    if !s.allowed_ports_for(identity.vm_name()).contains(&port) {
         return Err(Errno::EACCES);
     }
     let (address, delivery) = match identity {

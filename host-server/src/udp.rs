@@ -87,7 +87,7 @@ fn open_socket(shared: &Shared, identity: &Identity, req: &UdpRequest) -> Result
         }
     } else {
         // A fixed port is a UDP server: the same allow-list and addresses as TCP listeners.
-        if !s.allowed_ports_for(identity).contains(&port) {
+        if !s.allowed_ports_for(identity.vm_name()).contains(&port) {
             return Err(Errno::EACCES);
         }
         vm_address.unwrap_or(s.listen_default_address)

@@ -20,13 +20,16 @@ use crate::store::Durability;
 pub const ENV_PREFIX: &str = "OUTSOCK_DNS";
 
 /// Keys that hold lists, parsed from comma-separated environment values.
-const LIST_KEYS: [&str; 6] = [
+const LIST_KEYS: [&str; 9] = [
     "listen",
     "upstreams",
     "pass_through",
     "never_synthesise",
     "destinations.deny",
     "destinations.allow",
+    "lookup_uids",
+    "operator_uids",
+    "admin_uids",
 ];
 
 /// Why the settings could not be read.
@@ -63,6 +66,9 @@ struct Raw {
     durability: Durability,
     lookup_socket: PathBuf,
     lookup_socket_mode: String,
+    lookup_uids: Vec<u32>,
+    operator_uids: Vec<u32>,
+    admin_uids: Vec<u32>,
     metrics: String,
     ipv4_egress: bool,
     max_ttl: u32,
@@ -89,6 +95,9 @@ impl Default for Raw {
             durability: Durability::ProcessCrash,
             lookup_socket: "/run/outsock/dns.sock".into(),
             lookup_socket_mode: "0660".into(),
+            lookup_uids: Vec::new(),
+            operator_uids: Vec::new(),
+            admin_uids: Vec::new(),
             metrics: "127.0.0.1:9153".into(),
             ipv4_egress: false,
             max_ttl: 600,
@@ -124,6 +133,8 @@ pub struct Settings {
     pub lookup_socket: PathBuf,
     /// dns.sock permission bits.
     pub lookup_socket_mode: u32,
+    /// Who may do what on dns.sock, by the peer's SO_PEERCRED uid.
+    pub access: crate::lookup::Access,
     /// Metrics address; `None` when switched off.
     pub metrics: Option<SocketAddr>,
     /// The host has IPv4 egress: real A records pass through.
@@ -289,6 +300,12 @@ impl Settings {
             durability: raw.durability,
             lookup_socket: raw.lookup_socket,
             lookup_socket_mode,
+            access: crate::lookup::Access {
+                lookup_uids: raw.lookup_uids,
+                operator_uids: raw.operator_uids,
+                admin_uids: raw.admin_uids,
+                own_uid: crate::lookup::own_uid(),
+            },
             metrics,
             ipv4_egress: raw.ipv4_egress,
             max_ttl: raw.max_ttl,
@@ -318,6 +335,20 @@ mod tests {
         assert_eq!(s.destination_pool.to_string(), "10.170.160.0/20");
         assert_eq!(s.lookup_socket_mode, 0o660);
         assert!(!s.ipv4_egress);
+        assert!(s.access.lookup_uids.is_empty() && s.access.admin_uids.is_empty());
+        let s = Settings::from_toml(
+            "upstreams = [\"[fd00:64::53]:53\"]\nlookup_uids = [990]\noperator_uids = [1000]\n\
+             admin_uids = [1001]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                s.access.lookup_uids,
+                s.access.operator_uids,
+                s.access.admin_uids
+            ),
+            (vec![990], vec![1000], vec![1001])
+        );
     }
 
     #[test]

@@ -110,7 +110,8 @@ pub async fn run(s: Settings) -> Result<(), DaemonError> {
     let frontend = Arc::new(Frontend::new(resolver, s.edns_payload, REPLY_CACHE_ENTRIES));
     let dns = server::start(&s.listen, &frontend).await?;
     let lookup_listener = lookup::bind(&s.lookup_socket, s.lookup_socket_mode)?;
-    let service = Arc::new(LookupService::new(Arc::clone(&frontend), s.grace));
+    let service =
+        Arc::new(LookupService::new(Arc::clone(&frontend), s.grace).with_access(s.access.clone()));
     let lookup_task = tokio::spawn(lookup::serve(lookup_listener, service));
     let metrics_task = match s.metrics {
         Some(addr) => {

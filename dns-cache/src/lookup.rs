@@ -5,6 +5,13 @@
 //! while a Resolve for a connect is answered at once) and answered with their ids, up to a fixed
 //! number in flight per connection, so one client cannot make us queue without bound.
 //!
+//! Who may ask what is decided by the kernel's SO_PEERCRED uid of the connection, never by the
+//! socket file's group ([`Access`]): look-ups (Resolve, PeerDummy, Pin, Unpin, DnsQuery) for
+//! host-server's uid (`lookup_uids`), List and Stats for operators (`operator_uids`, and the
+//! admins), Flush for `admin_uids`; root and dns-cache's own uid (the shipped units run both
+//! daemons as `outsock`) may do everything. A refused request gets an `Error` reply with
+//! [`LookupErrorCode::Forbidden`] naming the operation and the setting, and is counted.
+//!
 //! `Pin`/`Unpin` are leases of the connection that sends them ([`crate::pins`]): a connection
 //! can only give back pins it took, and when it ends (EOF, an error, host-server killed) every
 //! pin it still holds is given back. A client that reconnects pins again what it still uses.
@@ -62,12 +69,102 @@ pub enum LookupError {
     },
 }
 
+/// Who may do what on dns.sock, by the peer's SO_PEERCRED uid.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Access {
+    /// May Resolve, PeerDummy, Pin, Unpin and DnsQuery (host-server's uid).
+    pub lookup_uids: Vec<u32>,
+    /// May List and Stats.
+    pub operator_uids: Vec<u32>,
+    /// May Flush (and List and Stats).
+    pub admin_uids: Vec<u32>,
+    /// dns-cache's own uid, which (with root) may do everything.
+    pub own_uid: u32,
+}
+
+/// Which list an operation needs its caller in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpClass {
+    Lookup,
+    Operator,
+    Admin,
+}
+
+impl OpClass {
+    /// The class of `op`.
+    #[must_use]
+    pub fn of(op: &LookupOp) -> Self {
+        match op {
+            LookupOp::Resolve { .. }
+            | LookupOp::PeerDummy { .. }
+            | LookupOp::Pin { .. }
+            | LookupOp::Unpin { .. }
+            | LookupOp::DnsQuery { .. } => Self::Lookup,
+            LookupOp::List(_) | LookupOp::Stats => Self::Operator,
+            LookupOp::Flush => Self::Admin,
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Self::Lookup => 0,
+            Self::Operator => 1,
+            Self::Admin => 2,
+        }
+    }
+
+    fn setting(self) -> &'static str {
+        match self {
+            Self::Lookup => "lookup_uids",
+            Self::Operator => "operator_uids or admin_uids",
+            Self::Admin => "admin_uids",
+        }
+    }
+}
+
+impl Access {
+    /// Whether a peer with `uid` may make requests of `class`.
+    #[must_use]
+    pub fn allows(&self, uid: u32, class: OpClass) -> bool {
+        uid == 0
+            || uid == self.own_uid
+            || match class {
+                OpClass::Lookup => self.lookup_uids.contains(&uid),
+                OpClass::Operator => {
+                    self.operator_uids.contains(&uid) || self.admin_uids.contains(&uid)
+                }
+                OpClass::Admin => self.admin_uids.contains(&uid),
+            }
+    }
+}
+
+/// The uid this process runs as (the owner of `/proc/self`), or root's when it cannot be read.
+#[must_use]
+pub fn own_uid() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").map_or(0, |m| m.uid())
+}
+
+fn op_name(op: &LookupOp) -> &'static str {
+    match op {
+        LookupOp::Resolve { .. } => "Resolve",
+        LookupOp::PeerDummy { .. } => "PeerDummy",
+        LookupOp::Pin { .. } => "Pin",
+        LookupOp::Unpin { .. } => "Unpin",
+        LookupOp::List(_) => "List",
+        LookupOp::Flush => "Flush",
+        LookupOp::Stats => "Stats",
+        LookupOp::DnsQuery { .. } => "DnsQuery",
+    }
+}
+
 /// The look-up operations over the resolver's mapping tables.
 #[derive(Debug)]
 pub struct LookupService {
     frontend: Arc<Frontend>,
     resolver: Arc<Resolver>,
     grace: Duration,
+    access: Access,
 }
 
 fn wire_direction(d: Direction) -> WireDirection {
@@ -92,6 +189,48 @@ impl LookupService {
             resolver: Arc::clone(frontend.resolver()),
             frontend,
             grace,
+            access: Access {
+                own_uid: own_uid(),
+                ..Access::default()
+            },
+        }
+    }
+
+    /// The same service, admitting peers by `access`.
+    #[must_use]
+    pub fn with_access(mut self, access: Access) -> Self {
+        self.access = access;
+        self
+    }
+
+    /// `op` from a peer with `uid`: performed, or refused with `Forbidden` when the peer's uid
+    /// may not make it (counted in `outsock_dns_lookup_refused_total`).
+    pub async fn handle_from(
+        &self,
+        uid: Option<u32>,
+        op: LookupOp,
+        pins: &PinLeases,
+    ) -> LookupReply {
+        let class = OpClass::of(&op);
+        match uid {
+            Some(uid) if self.access.allows(uid, class) => self.handle(op, pins).await,
+            _ => {
+                use std::sync::atomic::Ordering::Relaxed;
+                self.resolver.metrics().lookup_refused[class.index()].fetch_add(1, Relaxed);
+                let who = uid.map_or_else(
+                    || "a peer without credentials".to_owned(),
+                    |u| format!("uid {u}"),
+                );
+                tracing::debug!(%who, op = op_name(&op), "dns.sock request refused");
+                error(
+                    LookupErrorCode::Forbidden,
+                    &format!(
+                        "{who} may not {} on dns.sock (dns-cache setting {})",
+                        op_name(&op),
+                        class.setting()
+                    ),
+                )
+            }
         }
     }
 
@@ -287,6 +426,8 @@ pub async fn serve(listener: UnixListener, service: Arc<LookupService>) {
 }
 
 async fn connection(stream: UnixStream, service: Arc<LookupService>) {
+    // The kernel recorded the peer's credentials at connect time; no peer can forge them.
+    let uid = stream.peer_cred().ok().map(|c| c.uid());
     let leases = Arc::new(service.leases());
     let (mut rd, mut wr) = stream.into_split();
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(IN_FLIGHT_PER_CONNECTION);
@@ -320,7 +461,7 @@ async fn connection(stream: UnixStream, service: Arc<LookupService>) {
         let leases = Arc::clone(&leases);
         let tx = tx.clone();
         tokio::spawn(async move {
-            let reply = service.handle(req.op, &leases).await;
+            let reply = service.handle_from(uid, req.op, &leases).await;
             let resp = LookupResponse { id: req.id, reply };
             match shared_proto::frame::to_vec(&resp) {
                 Ok(frame) => {
@@ -497,6 +638,77 @@ mod tests {
         drop(client);
         tokio::time::timeout(LIMIT, task).await.unwrap().unwrap();
         assert_eq!(pins(&service, dummy), Some(0));
+    }
+
+    #[tokio::test]
+    async fn operations_are_refused_by_uid() {
+        let svc = service();
+        let s = LookupService::new(Arc::clone(&svc.frontend), svc.grace).with_access(Access {
+            lookup_uids: vec![990],
+            operator_uids: vec![1000],
+            admin_uids: vec![1001],
+            own_uid: 991,
+        });
+        let leases = s.leases();
+        let forbidden = |r: &LookupReply| {
+            matches!(
+                r,
+                LookupReply::Error {
+                    code: LookupErrorCode::Forbidden,
+                    ..
+                }
+            )
+        };
+        let list = || LookupOp::List(ListQuery::default());
+        let pin = || LookupOp::Pin {
+            dummy: Ipv4Addr::new(172, 21, 112, 9),
+        };
+        // host-server's uid: look-ups, not List or Flush.
+        assert!(!forbidden(&s.handle_from(Some(990), pin(), &leases).await));
+        assert!(forbidden(&s.handle_from(Some(990), list(), &leases).await));
+        assert!(forbidden(
+            &s.handle_from(Some(990), LookupOp::Flush, &leases).await
+        ));
+        // An operator: List and Stats, not Pin or Flush.
+        assert!(!forbidden(
+            &s.handle_from(Some(1000), list(), &leases).await
+        ));
+        assert!(!forbidden(
+            &s.handle_from(Some(1000), LookupOp::Stats, &leases).await
+        ));
+        assert!(forbidden(&s.handle_from(Some(1000), pin(), &leases).await));
+        let r = s.handle_from(Some(1000), LookupOp::Flush, &leases).await;
+        let LookupReply::Error { message, .. } = &r else {
+            panic!("{r:?}")
+        };
+        assert!(
+            message.contains("uid 1000") && message.contains("admin_uids"),
+            "{message}"
+        );
+        // An admin: Flush and List.
+        assert!(!forbidden(
+            &s.handle_from(Some(1001), LookupOp::Flush, &leases).await
+        ));
+        assert!(!forbidden(
+            &s.handle_from(Some(1001), list(), &leases).await
+        ));
+        // Root and dns-cache's own uid: everything; an outsider or no credentials: nothing.
+        for uid in [0, 991] {
+            assert!(!forbidden(
+                &s.handle_from(Some(uid), LookupOp::Flush, &leases).await
+            ));
+        }
+        for uid in [Some(4242), None] {
+            assert!(forbidden(
+                &s.handle_from(uid, LookupOp::Stats, &leases).await
+            ));
+            assert!(forbidden(&s.handle_from(uid, pin(), &leases).await));
+        }
+        let m = s.resolver.metrics();
+        assert_eq!(
+            m.lookup_refused[2].load(std::sync::atomic::Ordering::Relaxed),
+            2
+        );
     }
 
     #[tokio::test]

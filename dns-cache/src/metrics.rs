@@ -69,6 +69,9 @@ pub struct Metrics {
     /// Upstream addresses (AAAA, or A passed through) the destination policy refused, by
     /// `outsock_policy::Reason::index`.
     pub refused: [AtomicU64; outsock_policy::Reason::ALL.len()],
+    /// dns.sock requests refused by the peer's SO_PEERCRED uid: look-ups, operators' (List,
+    /// Stats), admins' (Flush).
+    pub lookup_refused: [AtomicU64; 3],
     /// Upstream latency histogram: counts per bucket (cumulative at render time), plus +Inf.
     upstream_buckets: [AtomicU64; 9],
     upstream_sum_us: AtomicU64,
@@ -249,6 +252,15 @@ impl Metrics {
             "refused_addresses_total",
             "Upstream addresses never handed to a guest (destination policy), by reason.",
             &series,
+        );
+        counter(
+            "lookup_refused_total",
+            "dns.sock requests refused because the peer's uid may not make them, by class.",
+            &[
+                ("{class=\"lookup\"}", get(&self.lookup_refused[0])),
+                ("{class=\"operator\"}", get(&self.lookup_refused[1])),
+                ("{class=\"admin\"}", get(&self.lookup_refused[2])),
+            ],
         );
 
         let _ = writeln!(s, "# HELP outsock_dns_pool_used Mappings in each pool.");

@@ -6,7 +6,7 @@
 //! `OUTSOCK_HOST_LIMITS__MAX_SOCKETS=64`, `OUTSOCK_HOST_LISTEN__ALLOWED_PORTS=80,8080`.
 //! deploy/host-server.example.toml documents every key.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -14,6 +14,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 
+use crate::accounts::{Account, Accounts};
 use crate::dest::Ipv4Net;
 use outsock_policy::{DestinationSettings, Rules};
 
@@ -67,14 +68,56 @@ pub struct ListenSettings {
     pub port_map: BTreeMap<String, u16>,
 }
 
-/// One VM: where its host→guest streams go and which IPv6 address its servers get.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
+/// One VM: where its host→guest streams go, which IPv6 address is its own, which uid its VMM
+/// runs as, and what may override the global listen ports and limits for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmSettings {
     /// The VM's Unix socket (hybrid vsock), e.g. /run/outsock/vm-NAME.vsock.
     pub socket: PathBuf,
-    /// The host IPv6 address this VM's listeners bind.
+    /// The host IPv6 address that is this VM's: its listeners bind it, and its outbound
+    /// connections and datagrams leave from it.
     pub address: Ipv6Addr,
+    /// The uid its VMM runs as: only a peer with this uid may name this VM in a hello.
+    pub vmm_uid: u32,
+    /// Guest ports this VM may listen on, instead of `listen.allowed_ports`.
+    pub allowed_ports: Option<Vec<u16>>,
+    /// This VM's limits (`[vms.NAME.limits]`, unset keys taken from `[limits]`).
+    pub limits: Option<LimitSettings>,
+}
+
+impl VmSettings {
+    /// A VM with its socket, address and VMM uid, and the global ports and limits.
+    #[must_use]
+    pub fn new(socket: impl Into<PathBuf>, address: Ipv6Addr, vmm_uid: u32) -> Self {
+        Self {
+            socket: socket.into(),
+            address,
+            vmm_uid,
+            allowed_ports: None,
+            limits: None,
+        }
+    }
+}
+
+/// `[vms.NAME]` as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVm {
+    socket: PathBuf,
+    address: Ipv6Addr,
+    vmm_uid: Option<u32>,
+    vmm_user: Option<String>,
+    allowed_ports: Option<Vec<u16>>,
+    limits: Option<RawVmLimits>,
+}
+
+/// `[vms.NAME.limits]` as written: each key unset falls back to `[limits]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawVmLimits {
+    max_sockets: Option<u32>,
+    max_listeners: Option<u32>,
+    max_pending_connects: Option<u32>,
 }
 
 /// The raw shape of the settings, as deserialised.
@@ -85,7 +128,10 @@ struct Raw {
     socket_mode: String,
     dns_socket: PathBuf,
     database: PathBuf,
-    vmm_uids: Vec<u32>,
+    /// Replaced by `[vms.NAME] vmm_uid`/`vmm_user`: present means start-up stops and says so.
+    vmm_uids: Option<serde::de::IgnoredAny>,
+    process_uids: Vec<Account>,
+    process_gids: Vec<Account>,
     workers: usize,
     connect_timeout_ms: u64,
     lookup_timeout_ms: u64,
@@ -104,7 +150,7 @@ struct Raw {
     metrics_listen: String,
     listen: ListenSettings,
     limits: LimitSettings,
-    vms: BTreeMap<String, VmSettings>,
+    vms: BTreeMap<String, RawVm>,
     destinations: DestinationSettings,
 }
 
@@ -115,7 +161,9 @@ impl Default for Raw {
             socket_mode: "0660".into(),
             dns_socket: "/run/outsock/dns.sock".into(),
             database: "/var/lib/outsock/mappings.sqlite3".into(),
-            vmm_uids: Vec::new(),
+            vmm_uids: None,
+            process_uids: Vec::new(),
+            process_gids: Vec::new(),
             workers: 2,
             connect_timeout_ms: 10_000,
             lookup_timeout_ms: 1_000,
@@ -147,9 +195,12 @@ pub struct Settings {
     pub socket_mode: u32,
     pub dns_socket: PathBuf,
     pub database: PathBuf,
-    /// Peers whose SO_PEERCRED uid is listed here are VMMs: they must open every stream with a
-    /// hello naming a configured VM, and only they may send one.
-    pub vmm_uids: Vec<u32>,
+    /// Process-mode users: peers with these SO_PEERCRED uids (named ones resolved, and the
+    /// members of `process_gids` as /etc/passwd and /etc/group list them at start-up) may use
+    /// host.sock without a hello. Root always may.
+    pub process_uids: BTreeSet<u32>,
+    /// Peers whose SO_PEERCRED gid is one of these are process-mode users too.
+    pub process_gids: BTreeSet<u32>,
     pub workers: usize,
     pub connect_timeout: Duration,
     pub lookup_timeout: Duration,
@@ -179,7 +230,7 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Raw::default()
-            .check()
+            .check(&Accounts::default())
             .expect("the built-in defaults are valid")
     }
 }
@@ -211,14 +262,48 @@ impl Settings {
                 .separator("__")
                 .try_parsing(true)
                 .list_separator(",")
-                .with_list_parse_key("vmm_uids")
+                .with_list_parse_key("process_uids")
+                .with_list_parse_key("process_gids")
                 .with_list_parse_key("listen.allowed_ports")
                 .with_list_parse_key("destinations.deny")
                 .with_list_parse_key("destinations.allow")
                 .source(env),
         );
         let raw: Raw = b.build()?.try_deserialize()?;
-        raw.check()
+        raw.check(&Accounts::system())
+    }
+
+    /// The VMs whose VMM runs as `uid` (a peer with this uid must open with a hello naming one).
+    pub fn vms_of_vmm(&self, uid: u32) -> impl Iterator<Item = &str> {
+        self.vms
+            .iter()
+            .filter(move |(_, v)| v.vmm_uid == uid)
+            .map(|(n, _)| n.as_str())
+    }
+
+    /// Whether a peer with `uid` is a VMM of some configured VM.
+    #[must_use]
+    pub fn is_vmm(&self, uid: u32) -> bool {
+        self.vms_of_vmm(uid).next().is_some()
+    }
+
+    /// Whether a peer with these credentials may open a stream on host.sock at all: a VMM, root,
+    /// or a process-mode user.
+    #[must_use]
+    pub fn may_use_host_socket(&self, uid: u32, gid: u32) -> bool {
+        uid == 0
+            || self.is_vmm(uid)
+            || self.process_uids.contains(&uid)
+            || self.process_gids.contains(&gid)
+    }
+
+    /// The guest ports a VM (`Some(name)`) or a process (`None`) may listen on: the VM's own
+    /// list, or `listen.allowed_ports`.
+    #[must_use]
+    pub fn allowed_ports_for(&self, vm: Option<&str>) -> &[u16] {
+        vm.and_then(|name| self.vms.get(name))
+            .and_then(|v| v.allowed_ports.as_deref())
+            .unwrap_or(&self.allowed_ports)
     }
 
     /// The host port for guest port `port`.
@@ -229,7 +314,14 @@ impl Settings {
 }
 
 impl Raw {
-    fn check(self) -> Result<Settings, ConfigError> {
+    fn check(self, accounts: &Accounts) -> Result<Settings, ConfigError> {
+        if self.vmm_uids.is_some() {
+            return Err(invalid(
+                "vmm_uids",
+                "was removed: it let any VMM claim any VM; give each VM its VMM's user as \
+                 `[vms.NAME] vmm_user = \"outsock-vmm-NAME\"` (or `vmm_uid = N`) instead",
+            ));
+        }
         let socket_mode = u32::from_str_radix(self.socket_mode.trim_start_matches("0o"), 8)
             .ok()
             .filter(|m| *m <= 0o777)
@@ -309,7 +401,9 @@ impl Raw {
             }
             port_map.insert(g, *host);
         }
-        for (name, vm) in &self.vms {
+        let default_address = self.listen.default_address.unwrap_or(Ipv6Addr::UNSPECIFIED);
+        let mut vms = BTreeMap::new();
+        for (name, vm) in self.vms {
             if name.is_empty() || name.len() > 64 {
                 return Err(invalid(
                     &format!("vms.{name}"),
@@ -322,6 +416,83 @@ impl Raw {
                     "expected one unicast IPv6 address of this host",
                 ));
             }
+            if vm.address == default_address {
+                return Err(invalid(
+                    "listen.default_address",
+                    format!("is VM {name}'s address; process-mode listeners never bind a VM's"),
+                ));
+            }
+            let vmm_uid = match (vm.vmm_uid, &vm.vmm_user) {
+                (Some(uid), None) => uid,
+                (None, Some(user)) => {
+                    accounts.uid(&Account::Name(user.clone())).ok_or_else(|| {
+                        invalid(
+                            &format!("vms.{name}.vmm_user"),
+                            format!("no user {user:?} in /etc/passwd"),
+                        )
+                    })?
+                }
+                (Some(_), Some(_)) => {
+                    return Err(invalid(
+                        &format!("vms.{name}.vmm_user"),
+                        "give vmm_uid or vmm_user, not both",
+                    ))
+                }
+                (None, None) => {
+                    return Err(invalid(
+                        &format!("vms.{name}.vmm_user"),
+                        "every VM needs the user its VMM runs as (vmm_user, or vmm_uid): only \
+                         that user may name the VM in a hello",
+                    ))
+                }
+            };
+            let limits = vm.limits.map(|l| LimitSettings {
+                max_sockets: l.max_sockets.unwrap_or(self.limits.max_sockets),
+                max_listeners: l.max_listeners.unwrap_or(self.limits.max_listeners),
+                max_pending_connects: l
+                    .max_pending_connects
+                    .unwrap_or(self.limits.max_pending_connects),
+            });
+            if let Some(l) = &limits {
+                for (key, v) in [
+                    ("max_sockets", l.max_sockets),
+                    ("max_listeners", l.max_listeners),
+                    ("max_pending_connects", l.max_pending_connects),
+                ] {
+                    if v == 0 {
+                        return Err(invalid(
+                            &format!("vms.{name}.limits.{key}"),
+                            "must be above zero",
+                        ));
+                    }
+                }
+            }
+            vms.insert(
+                name,
+                VmSettings {
+                    socket: vm.socket,
+                    address: vm.address,
+                    vmm_uid,
+                    allowed_ports: vm.allowed_ports,
+                    limits,
+                },
+            );
+        }
+        let mut process_uids = BTreeSet::new();
+        for a in &self.process_uids {
+            process_uids.insert(
+                accounts.uid(a).ok_or_else(|| {
+                    invalid("process_uids", format!("no user {a} in /etc/passwd"))
+                })?,
+            );
+        }
+        let mut process_gids = BTreeSet::new();
+        for a in &self.process_gids {
+            let gid = accounts
+                .gid(a)
+                .ok_or_else(|| invalid("process_gids", format!("no group {a} in /etc/group")))?;
+            process_gids.insert(gid);
+            process_uids.extend(accounts.members(gid));
         }
         for (key, v) in [
             ("limits.max_sockets", self.limits.max_sockets),
@@ -340,7 +511,8 @@ impl Raw {
             socket_mode,
             dns_socket: self.dns_socket,
             database: self.database,
-            vmm_uids: self.vmm_uids,
+            process_uids,
+            process_gids,
             workers: self.workers,
             connect_timeout: Duration::from_millis(self.connect_timeout_ms),
             lookup_timeout: Duration::from_millis(self.lookup_timeout_ms),
@@ -358,11 +530,11 @@ impl Raw {
             source_pool,
             guest_dns: self.guest_dns,
             metrics_listen,
-            listen_default_address: self.listen.default_address.unwrap_or(Ipv6Addr::UNSPECIFIED),
+            listen_default_address: default_address,
             allowed_ports: self.listen.allowed_ports,
             port_map,
             limits: self.limits,
-            vms: self.vms,
+            vms,
             destinations,
         })
     }
@@ -399,20 +571,29 @@ mod tests {
         std::fs::write(
             &f,
             "connect_timeout_ms = 500\n[listen]\nallowed_ports = [80]\n[listen.port_map]\n80 = 8080\n\
-             [vms.web]\nsocket = \"/run/outsock/vm-web.vsock\"\naddress = \"fd00:64::101\"\n",
+             [vms.web]\nsocket = \"/run/outsock/vm-web.vsock\"\naddress = \"fd00:64::101\"\n\
+             vmm_uid = 107\nallowed_ports = [8080]\n[vms.web.limits]\nmax_sockets = 9\n",
         )
         .unwrap();
         let s = Settings::load_with_env(
             Some(&f),
             env(&[
                 ("OUTSOCK_HOST_LIMITS__MAX_SOCKETS", "7"),
-                ("OUTSOCK_HOST_VMM_UIDS", "0,107"),
+                ("OUTSOCK_HOST_PROCESS_UIDS", "1000,1001"),
             ]),
         )
         .unwrap();
         assert_eq!(s.connect_timeout, Duration::from_millis(500));
         assert_eq!(s.limits.max_sockets, 7);
-        assert_eq!(s.vmm_uids, [0, 107]);
+        assert_eq!(s.process_uids, BTreeSet::from([1000, 1001]));
+        assert!(s.is_vmm(107));
+        assert!(!s.is_vmm(1000));
+        assert!(s.may_use_host_socket(1000, 5) && s.may_use_host_socket(107, 5));
+        assert!(s.may_use_host_socket(0, 0) && !s.may_use_host_socket(1002, 1002));
+        assert_eq!(s.allowed_ports_for(Some("web")), [8080]);
+        assert_eq!(s.allowed_ports_for(None), [80]);
+        let l = s.vms["web"].limits.clone().unwrap();
+        assert_eq!((l.max_sockets, l.max_listeners), (9, 64));
         assert_eq!(s.host_port(80), 8080);
         assert_eq!(s.host_port(81), 81);
         assert_eq!(
@@ -495,5 +676,62 @@ mod tests {
             };
             assert!(text.contains(key), "{k}={v}: {text}");
         }
+    }
+
+    fn from_text(text: &str, accounts: &Accounts) -> Result<Settings, ConfigError> {
+        let raw: Raw = config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Toml))
+            .build()?
+            .try_deserialize()?;
+        raw.check(accounts)
+    }
+
+    #[test]
+    fn access_keys() {
+        let accounts = Accounts::from_text(
+            "vmweb:x:990:990::/:/sbin/nologin\nalice:x:1000:1000::/:/bin/sh\n\
+             bob:x:1001:1001::/:/bin/sh\n",
+            "vmweb:x:990:\nusers:x:100:bob\n",
+        );
+        let vm = "[vms.web]\nsocket = \"/run/outsock/vm-web.vsock\"\naddress = \"fd00:64::101\"\n";
+        // The old global list stops start-up, pointing at the new key.
+        let e = from_text("vmm_uids = [107]\n", &accounts)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("vmm_uids") && e.contains("vmm_user"), "{e}");
+        // Every VM names its VMM's user.
+        let e = from_text(vm, &accounts).unwrap_err().to_string();
+        assert!(e.contains("vms.web.vmm_user"), "{e}");
+        let e = from_text(&format!("{vm}vmm_user = \"ghost\"\n"), &accounts)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ghost"), "{e}");
+        let s = from_text(
+            &format!("process_uids = [\"alice\", 4000]\nprocess_gids = [\"users\"]\n{vm}vmm_user = \"vmweb\"\n"),
+            &accounts,
+        )
+        .unwrap();
+        assert_eq!(s.vms["web"].vmm_uid, 990);
+        assert_eq!(s.vms_of_vmm(990).collect::<Vec<_>>(), ["web"]);
+        // alice by name, 4000 by number, bob as a member of `users`.
+        assert_eq!(s.process_uids, BTreeSet::from([1000, 1001, 4000]));
+        assert_eq!(s.process_gids, BTreeSet::from([100]));
+        assert!(s.may_use_host_socket(5000, 100));
+        assert!(!s.may_use_host_socket(5000, 5000));
+        // A process-mode listener never binds a VM's address.
+        let e = from_text(
+            &format!("[listen]\ndefault_address = \"fd00:64::101\"\n{vm}vmm_uid = 1\n"),
+            &accounts,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("listen.default_address"), "{e}");
+        let e = from_text(
+            &format!("{vm}vmm_uid = 1\n[vms.web.limits]\nmax_listeners = 0\n"),
+            &accounts,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("vms.web.limits.max_listeners"), "{e}");
     }
 }

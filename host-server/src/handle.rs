@@ -72,7 +72,14 @@ pub async fn start(settings: Settings) -> Result<ServerHandle, ServerError> {
         source,
     };
     let listener = bind_socket(&settings.socket, settings.socket_mode).map_err(socket_error)?;
-    let limits = Limits::new(&settings.limits);
+    let limits = Limits::with_overrides(
+        &settings.limits,
+        settings.vms.iter().filter_map(|(name, vm)| {
+            vm.limits
+                .as_ref()
+                .map(|l| (crate::identity::Identity::Vm(name.clone()), l))
+        }),
+    );
     let control = Arbiter::new();
     let counters = SharedMetrics::default();
     let metrics = MetricsHandle::new(

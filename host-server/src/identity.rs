@@ -1,10 +1,13 @@
 //! Who is on the other end of a host.sock stream, and the rules for the frames that open it.
 //!
-//! How host-server knows a peer is a VMM: its SO_PEERCRED uid is in the configured `vmm_uids`.
-//! The kernel fills SO_PEERCRED at connect time, so no peer can forge it. A VMM peer must open
-//! every stream with exactly one hello naming a configured VM (the VMM writes it before any guest
-//! byte); every other peer is a process, identified by its uid (limits) and pid (logs), and may
-//! not send a hello at all. A second hello, or a hello after the request, is refused.
+//! How host-server knows a peer is a VMM: its SO_PEERCRED uid is the `vmm_uid` of a configured
+//! VM (`[vms.NAME] vmm_uid`/`vmm_user`). The kernel fills SO_PEERCRED at connect time, so no peer
+//! can forge it. A VMM peer must open every stream with exactly one hello naming a VM whose
+//! `vmm_uid` is its own (the VMM writes it before any guest byte): each VMM runs as its own user
+//! and can claim only its own VM. Every other peer is a process, identified by its uid (limits)
+//! and pid (logs), and may not send a hello at all. A second hello, or a hello after the
+//! request, is refused. Which peers may open a stream at all is decided before this, by
+//! [`crate::config::Settings::may_use_host_socket`] (refused with EACCES).
 
 use std::collections::BTreeMap;
 
@@ -31,6 +34,17 @@ pub enum Identity {
     Process { uid: u32 },
 }
 
+impl Identity {
+    /// The VM's name, for a VM.
+    #[must_use]
+    pub fn vm_name(&self) -> Option<&str> {
+        match self {
+            Self::Vm(name) => Some(name),
+            Self::Process { .. } => None,
+        }
+    }
+}
+
 impl std::fmt::Display for Identity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -51,6 +65,8 @@ pub enum IdentityError {
     VmmWithoutHello { uid: u32 },
     #[error("hello names VM {0:?}, which is not configured")]
     UnknownVm(String),
+    #[error("VMM uid {uid} may not claim VM {vm:?}: that VM's vmm_uid is another user")]
+    NotItsVm { uid: u32, vm: String },
     #[error("the stream must open with a request, not a datagram")]
     DataFirst,
 }
@@ -60,9 +76,10 @@ impl IdentityError {
     #[must_use]
     pub fn errno(&self) -> Errno {
         match self {
-            Self::HelloFromProcess { .. } | Self::VmmWithoutHello { .. } | Self::UnknownVm(_) => {
-                Errno::EPERM
-            }
+            Self::HelloFromProcess { .. }
+            | Self::VmmWithoutHello { .. }
+            | Self::UnknownVm(_)
+            | Self::NotItsVm { .. } => Errno::EPERM,
             Self::SecondHello | Self::DataFirst => Errno::EPROTO,
         }
     }
@@ -86,12 +103,12 @@ pub struct Opening<'a> {
 }
 
 impl<'a> Opening<'a> {
-    /// `vmm_uids` and `vms` from the settings.
+    /// `vms` from the settings: a peer is a VMM when its uid is some VM's `vmm_uid`.
     #[must_use]
-    pub fn new(cred: PeerCred, vmm_uids: &[u32], vms: &'a BTreeMap<String, VmSettings>) -> Self {
+    pub fn new(cred: PeerCred, vms: &'a BTreeMap<String, VmSettings>) -> Self {
         Self {
             cred,
-            is_vmm: vmm_uids.contains(&cred.uid),
+            is_vmm: vms.values().any(|v| v.vmm_uid == cred.uid),
             vms,
             hello: None,
         }
@@ -110,8 +127,15 @@ impl<'a> Opening<'a> {
                 if self.hello.is_some() {
                     return Err(IdentityError::SecondHello);
                 }
-                if !self.vms.contains_key(&h.vm) {
-                    return Err(IdentityError::UnknownVm(h.vm));
+                match self.vms.get(&h.vm) {
+                    None => return Err(IdentityError::UnknownVm(h.vm)),
+                    Some(vm) if vm.vmm_uid != self.cred.uid => {
+                        return Err(IdentityError::NotItsVm {
+                            uid: self.cred.uid,
+                            vm: h.vm,
+                        })
+                    }
+                    Some(_) => {}
                 }
                 self.hello = Some(h);
                 Ok(None)
@@ -175,19 +199,30 @@ mod tests {
     }
 
     fn vms() -> BTreeMap<String, VmSettings> {
-        BTreeMap::from([(
-            "web".to_owned(),
-            VmSettings {
-                socket: "/run/outsock/vm-web.vsock".into(),
-                address: "fd00:64::101".parse().unwrap(),
-            },
-        )])
+        BTreeMap::from([
+            (
+                "web".to_owned(),
+                VmSettings::new(
+                    "/run/outsock/vm-web.vsock",
+                    "fd00:64::101".parse().unwrap(),
+                    107,
+                ),
+            ),
+            (
+                "db".to_owned(),
+                VmSettings::new(
+                    "/run/outsock/vm-db.vsock",
+                    "fd00:64::102".parse().unwrap(),
+                    108,
+                ),
+            ),
+        ])
     }
 
     #[test]
     fn process_is_identified_by_uid() {
         let vms = vms();
-        let mut o = Opening::new(cred(1000), &[107], &vms);
+        let mut o = Opening::new(cred(1000), &vms);
         let opened = o.feed(connect()).unwrap().unwrap();
         assert_eq!(opened.identity, Identity::Process { uid: 1000 });
         assert_eq!(opened.hello, None);
@@ -196,7 +231,7 @@ mod tests {
     #[test]
     fn vmm_names_the_vm() {
         let vms = vms();
-        let mut o = Opening::new(cred(107), &[107], &vms);
+        let mut o = Opening::new(cred(107), &vms);
         assert_eq!(o.feed(hello("web")), Ok(None));
         let opened = o.feed(connect()).unwrap().unwrap();
         assert_eq!(opened.identity, Identity::Vm("web".into()));
@@ -205,28 +240,42 @@ mod tests {
     #[test]
     fn refusals() {
         let vms = vms();
-        let mut o = Opening::new(cred(1000), &[107], &vms);
+        let mut o = Opening::new(cred(1000), &vms);
         let e = o.feed(hello("web")).unwrap_err();
         assert_eq!(e, IdentityError::HelloFromProcess { uid: 1000 });
         assert_eq!(e.errno(), Errno::EPERM);
 
-        let mut o = Opening::new(cred(107), &[107], &vms);
+        let mut o = Opening::new(cred(107), &vms);
         o.feed(hello("web")).unwrap();
         assert_eq!(o.feed(hello("web")), Err(IdentityError::SecondHello));
 
-        let mut o = Opening::new(cred(107), &[107], &vms);
+        let mut o = Opening::new(cred(107), &vms);
         assert_eq!(
             o.feed(hello("other")),
             Err(IdentityError::UnknownVm("other".into()))
         );
 
-        let mut o = Opening::new(cred(107), &[107], &vms);
+        let mut o = Opening::new(cred(107), &vms);
         assert_eq!(
             o.feed(connect()),
             Err(IdentityError::VmmWithoutHello { uid: 107 })
         );
 
-        let mut o = Opening::new(cred(1000), &[], &vms);
+        // VMM of web (107) cannot claim db; db's own VMM (108) can.
+        let mut o = Opening::new(cred(107), &vms);
+        let e = o.feed(hello("db")).unwrap_err();
+        assert_eq!(
+            e,
+            IdentityError::NotItsVm {
+                uid: 107,
+                vm: "db".into()
+            }
+        );
+        assert_eq!(e.errno(), Errno::EPERM);
+        let mut o = Opening::new(cred(108), &vms);
+        assert_eq!(o.feed(hello("db")), Ok(None));
+
+        let mut o = Opening::new(cred(1000), &vms);
         let d = ToHost::Datagram(Datagram {
             addr: "10.170.160.2:53".parse().unwrap(),
             payload: vec![1],

@@ -46,14 +46,16 @@ pub enum Delivery {
     },
 }
 
-/// Applies the listen rules: allow-listed ports only (EACCES), the identity's address, the port
-/// map; a process must ask for descriptor passing and a VM must name a vsock port (EINVAL).
+/// Applies the listen rules: allow-listed ports only (EACCES; a VM's own `allowed_ports` replace
+/// the global list for it), the identity's address (a process binds `listen.default_address`,
+/// never a VM's: the settings refuse a default address that is a VM's), the port map; a process
+/// must ask for descriptor passing and a VM must name a vsock port (EINVAL).
 ///
 /// # Errors
 /// The errno the guest's `listen` (or `bind`) reports.
 pub fn plan(s: &Settings, identity: &Identity, req: &ListenRequest) -> Result<ListenPlan, Errno> {
     let port = req.addr.port();
-    if !s.allowed_ports.contains(&port) {
+    if !s.allowed_ports_for(identity.vm_name()).contains(&port) {
         return Err(Errno::EACCES);
     }
     let (address, delivery) = match identity {
@@ -339,11 +341,19 @@ mod tests {
         s.port_map.insert(80, 8081);
         s.vms.insert(
             "web".into(),
-            VmSettings {
-                socket: "/run/outsock/vm-web.vsock".into(),
-                address: "fd00:64::101".parse().unwrap(),
-            },
+            VmSettings::new(
+                "/run/outsock/vm-web.vsock",
+                "fd00:64::101".parse().unwrap(),
+                107,
+            ),
         );
+        let mut own = VmSettings::new(
+            "/run/outsock/vm-db.vsock",
+            "fd00:64::102".parse().unwrap(),
+            108,
+        );
+        own.allowed_ports = Some(vec![5432]);
+        s.vms.insert("db".into(), own);
         s
     }
 
@@ -381,5 +391,17 @@ mod tests {
             plan(&s, &Identity::Vm("gone".into()), &req(80, false, 1)),
             Err(Errno::EPERM)
         );
+    }
+
+    #[test]
+    fn a_vms_own_ports_replace_the_global_list() {
+        let s = settings();
+        let db = Identity::Vm("db".into());
+        let p = plan(&s, &db, &req(5432, false, 5432)).unwrap();
+        assert_eq!(p.bind, "[fd00:64::102]:5432".parse().unwrap());
+        assert_eq!(plan(&s, &db, &req(8080, false, 1)), Err(Errno::EACCES));
+        // Others keep the global list.
+        let proc_ = Identity::Process { uid: 1000 };
+        assert_eq!(plan(&s, &proc_, &req(5432, true, 0)), Err(Errno::EACCES));
     }
 }

@@ -10,7 +10,8 @@
 //!   [`inbound`] and [`udp`], with `dns_tcp` and `handover` beneath them and `context` (the
 //!   state every handler takes) under all of them;
 //! - the service actors with their handles: [`actors::mapping`] and [`actors::metrics`];
-//! - plain logic tested without actix — [`config`], [`identity`] (who a peer is), [`dest`]
+//! - plain logic tested without actix — [`config`], [`accounts`] (names in the access
+//!   settings), [`identity`] (who a peer is), [`dest`]
 //!   (where an IPv4 destination goes), [`limits`], [`mapping`] (cache and pins), [`relay`],
 //!   [`framed`], [`fdpass`] (SCM_RIGHTS), [`metrics`], [`errno`], [`ratelimit`]; and the I/O
 //!   clients [`lookup`] (dns.sock) and [`fallback`] (the SQLite file, read-only).
@@ -19,6 +20,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod accounts;
 pub mod actors;
 pub mod config;
 mod context;

@@ -47,6 +47,8 @@ impl Resource {
 #[derive(Debug)]
 struct Table {
     max: [u32; 3],
+    /// Identities with limits of their own (`[vms.NAME.limits]`).
+    own: HashMap<Identity, [u32; 3]>,
     used: HashMap<Identity, [u32; 3]>,
 }
 
@@ -70,9 +72,25 @@ impl Limits {
         Self {
             table: Arc::new(Mutex::new(Table {
                 max: [s.max_sockets, s.max_listeners, s.max_pending_connects],
+                own: HashMap::new(),
                 used: HashMap::new(),
             })),
         }
+    }
+
+    /// As [`Self::new`], with limits of their own for some identities (a VM's
+    /// `[vms.NAME.limits]`), which replace `s` for them.
+    #[must_use]
+    pub fn with_overrides<'a>(
+        s: &LimitSettings,
+        own: impl IntoIterator<Item = (Identity, &'a LimitSettings)>,
+    ) -> Self {
+        let l = Self::new(s);
+        lock(&l.table).own = own
+            .into_iter()
+            .map(|(i, s)| (i, [s.max_sockets, s.max_listeners, s.max_pending_connects]))
+            .collect();
+        l
     }
 
     /// Takes a slot of `resource` for `identity`, or says which errno refuses it.
@@ -81,7 +99,7 @@ impl Limits {
     /// The resource's errno when the identity holds its maximum.
     pub fn acquire(&self, identity: &Identity, resource: Resource) -> Result<Permit, Errno> {
         let mut t = lock(&self.table);
-        let max = t.max[resource.index()];
+        let max = t.own.get(identity).unwrap_or(&t.max)[resource.index()];
         let used = t.used.entry(identity.clone()).or_default();
         if used[resource.index()] >= max {
             return Err(resource.errno());
@@ -169,6 +187,22 @@ mod tests {
             l.acquire(&a, Resource::PendingConnect).unwrap_err(),
             Errno::EAGAIN
         );
+    }
+
+    #[test]
+    fn an_identity_with_its_own_limits() {
+        let global = LimitSettings::default();
+        let small = LimitSettings {
+            max_sockets: 1,
+            ..LimitSettings::default()
+        };
+        let vm = Identity::Vm("small".into());
+        let l = Limits::with_overrides(&global, [(vm.clone(), &small)]);
+        let _p = l.acquire(&vm, Resource::Socket).unwrap();
+        assert_eq!(l.acquire(&vm, Resource::Socket).unwrap_err(), Errno::EMFILE);
+        let other = Identity::Vm("big".into());
+        let _a = l.acquire(&other, Resource::Socket).unwrap();
+        let _b = l.acquire(&other, Resource::Socket).unwrap();
     }
 
     #[test]

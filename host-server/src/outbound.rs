@@ -2,6 +2,10 @@
 //! egress, IPv4) and relays, or hands the socket itself to a process with SCM_RIGHTS (through
 //! `handover`). A connect to the guest DNS address is answered by `dns_tcp` instead.
 //!
+//! A VM's connection is bound to the VM's own address before it connects, so that the IPv6
+//! network sees which VM it was; a process's to `listen.default_address` when that is set to
+//! one address.
+//!
 //! Errors are reported as the errno a native connect would set: the kernel's own error from the
 //! IPv6 connect (ECONNREFUSED, ENETUNREACH, EHOSTUNREACH, ...), ETIMEDOUT when the configured
 //! connect timeout passes first, EHOSTUNREACH for a dummy that maps to nothing, ENETUNREACH for
@@ -74,7 +78,14 @@ pub(crate) async fn connect(req: Request, c: ConnectRequest, shared: &Shared) {
         drop(pending);
         return pass_connecting(req, c.dest, target, shared).await;
     }
-    let attempt = async { tcp_socket(target)?.connect(target).await };
+    let source = source_address(&req.identity, target, shared);
+    let attempt = async {
+        let sock = tcp_socket(target)?;
+        if let Some(a) = source {
+            sock.bind(SocketAddr::V6(SocketAddrV6::new(a, 0, 0, 0)))?;
+        }
+        sock.connect(target).await
+    };
     let result = tokio::select! {
         r = tokio::time::timeout(shared.settings.connect_timeout, attempt) => r,
         () = guest_gone(&req.stream) => {
@@ -142,6 +153,26 @@ fn tcp_socket(target: SocketAddr) -> std::io::Result<TcpSocket> {
     Ok(TcpSocket::from_std_stream(sock.into()))
 }
 
+/// The address a connection to `target` leaves from: a VM's own (`[vms.NAME] address`), so
+/// that the IPv6 network sees which VM it was; a process's `listen.default_address` when that
+/// is one address (so a process never leaves from a VM's address); `None` (the kernel chooses)
+/// for a process with the default `::`, and for IPv4 egress.
+fn source_address(
+    identity: &Identity,
+    target: SocketAddr,
+    shared: &Shared,
+) -> Option<std::net::Ipv6Addr> {
+    let SocketAddr::V6(_) = target else {
+        return None;
+    };
+    match identity {
+        Identity::Vm(name) => shared.settings.vms.get(name).map(|v| v.address),
+        Identity::Process { .. } => {
+            Some(shared.settings.listen_default_address).filter(|a| !a.is_unspecified())
+        }
+    }
+}
+
 /// Resolves when the guest closes its stream; pends forever once it has sent data (pipelined
 /// bytes for the connection), since those must stay unread until the connection exists.
 async fn guest_gone(stream: &UnixStream) {
@@ -183,6 +214,7 @@ async fn pass_connected(req: Request, answer: &ToGuest, tcp: TcpStream, shared: 
 /// Starts a non-blocking connect and hands the socket over while it is still connecting: the
 /// program learns the outcome through poll and SO_ERROR, exactly as with its own socket.
 async fn pass_connecting(req: Request, dest: SocketAddrV4, target: SocketAddr, shared: &Shared) {
+    let source = source_address(&req.identity, target, shared);
     let started = (|| {
         let sock = Socket::new(
             Domain::for_address(target),
@@ -191,6 +223,9 @@ async fn pass_connecting(req: Request, dest: SocketAddrV4, target: SocketAddr, s
         )?;
         if target.is_ipv6() {
             sock.set_only_v6(true)?;
+        }
+        if let Some(a) = source {
+            sock.bind(&SockAddr::from(SocketAddrV6::new(a, 0, 0, 0)))?;
         }
         match sock.connect(&SockAddr::from(target)) {
             Ok(()) => Ok((sock, false)),

@@ -1,4 +1,6 @@
-//! One host.sock stream from accept to close: identify the peer, read the request under the
+//! One host.sock stream from accept to close: admit the peer by SO_PEERCRED (VMMs, root and the
+//! process-mode users; anyone else gets `Failed(EACCES)` before a byte is read), identify it,
+//! read the request under the
 //! request timeout, apply the socket limit, and dispatch to outbound TCP, a guest listener, a
 //! UDP association, or a connected UDP socket handed to a process. Refusals are answered with a
 //! `Failed(errno)` frame before the stream closes.
@@ -38,6 +40,20 @@ pub(crate) async fn serve(mut stream: UnixStream, shared: Shared) -> Next {
             return Next::Closed;
         }
     };
+    if !shared.settings.may_use_host_socket(cred.uid, cred.gid) {
+        static LOG: LogLimit = LogLimit::new();
+        if LOG.allow() {
+            tracing::info!(
+                uid = cred.uid,
+                gid = cred.gid,
+                pid = ?cred.pid,
+                "host.sock peer refused: not a VMM, root or a process-mode user (process_uids, process_gids)"
+            );
+        }
+        shared.metrics.record(Event::StreamRefused("forbidden"));
+        refuse(&mut stream, Errno::EACCES).await;
+        return Next::Closed;
+    }
     let mut reader = FrameReader::new();
     let opened = tokio::time::timeout(
         shared.settings.request_timeout,
@@ -104,7 +120,7 @@ async fn open(
     cred: PeerCred,
     shared: &Shared,
 ) -> Result<Opened, Errno> {
-    let mut opening = Opening::new(cred, &shared.settings.vmm_uids, &shared.settings.vms);
+    let mut opening = Opening::new(cred, &shared.settings.vms);
     loop {
         let frame: ToHost = match reader.read(stream).await {
             Ok(f) => f,

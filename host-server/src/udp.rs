@@ -17,7 +17,7 @@
 //! peers, so no IPv4-mapped address is ever used.
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::AsFd;
 use std::task::Poll;
 
@@ -91,17 +91,25 @@ fn open_socket(
 ) -> Result<UdpSocket, Errno> {
     let s = &shared.settings;
     let port = req.bind.port();
+    // A VM's datagrams leave from its own address (so the network sees which VM sent them), a
+    // process's from `listen.default_address`. IPv4 egress has a socket of its own (Family::V4),
+    // so the IPv6 socket binds the identity's address with or without it.
+    let vm_address = match identity {
+        Identity::Vm(name) => Some(s.vms.get(name).map(|v| v.address).ok_or(Errno::EPERM)?),
+        Identity::Process { .. } => None,
+    };
     let addr = if port == 0 {
-        Ipv6Addr::UNSPECIFIED
+        match vm_address {
+            Some(a) => a,
+            // A process's datagrams leave from the default address when it is one address.
+            None => s.listen_default_address,
+        }
     } else {
         // A fixed port is a UDP server: the same allow-list and addresses as TCP listeners.
-        if !s.allowed_ports.contains(&port) {
+        if !s.allowed_ports_for(identity.vm_name()).contains(&port) {
             return Err(Errno::EACCES);
         }
-        match identity {
-            Identity::Vm(name) => s.vms.get(name).map(|v| v.address).ok_or(Errno::EPERM)?,
-            Identity::Process { .. } => s.listen_default_address,
-        }
+        vm_address.unwrap_or(s.listen_default_address)
     };
     let host_port = if port == 0 { 0 } else { s.host_port(port) };
     let make = || -> std::io::Result<UdpSocket> {

@@ -116,6 +116,9 @@ pub enum LookupErrorCode {
     Invalid,
     /// dns-cache failed internally (e.g. the database); the message says how.
     Internal,
+    /// The peer's SO_PEERCRED uid may not perform this operation (dns-cache's `lookup_uids`,
+    /// `operator_uids`, `admin_uids`); the message names the operation and the setting.
+    Forbidden,
 }
 
 impl LookupErrorCode {
@@ -124,6 +127,7 @@ impl LookupErrorCode {
             Self::PoolExhausted => 1,
             Self::Invalid => 2,
             Self::Internal => 3,
+            Self::Forbidden => 4,
         }
     }
 
@@ -132,6 +136,7 @@ impl LookupErrorCode {
             1 => Ok(Self::PoolExhausted),
             2 => Ok(Self::Invalid),
             3 => Ok(Self::Internal),
+            4 => Ok(Self::Forbidden),
             other => Err(ProtoError::BadValue {
                 field: "error code",
                 value: u64::from(other),

@@ -139,6 +139,7 @@ fn lookup_response() -> impl Strategy<Value = LookupResponse> {
         Just(LookupErrorCode::PoolExhausted),
         Just(LookupErrorCode::Invalid),
         Just(LookupErrorCode::Internal),
+        Just(LookupErrorCode::Forbidden),
     ];
     let reply = prop_oneof![
         mapping().prop_map(LookupReply::Resolved),

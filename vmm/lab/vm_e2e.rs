@@ -176,7 +176,7 @@ pub fn run(d: &mut Driver) {
 
 fn attempt(d: &Driver) -> anyhow::Result<Attempt> {
     let extra = format!(
-        "vmm_uids = [0]\n[listen]\nallowed_ports = [{HTTPD_PORT}, {NC_PORT}]\n[vms.vm0]\nsocket = \"{VM_SOCKET}\"\naddress = \"{}\"\n",
+        "[listen]\nallowed_ports = [{HTTPD_PORT}, {NC_PORT}]\n[vms.vm0]\nsocket = \"{VM_SOCKET}\"\naddress = \"{}\"\nvmm_uid = 0\n",
         addr::HOST_VMS[0]
     );
     let mut stack = Stack::start("labvm", &extra)?;

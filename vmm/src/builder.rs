@@ -403,6 +403,7 @@ fn attach_vsock(
         cid: u64::from(cfg.cid),
         host_socket: host_socket.to_path_buf(),
         listen_socket: Some(listen_socket),
+        peer_uids: cfg.vsock_peer_uids_resolved(host_socket),
     })?;
     let irq = IrqLine::new(irq_evt);
     let irq_status = irq.status();

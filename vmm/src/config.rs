@@ -62,6 +62,9 @@ pub struct VmConfig {
     pub vsock_socket: Option<PathBuf>,
     /// The guest's vsock context id (3 or more).
     pub cid: u32,
+    /// Uids (SO_PEERCRED) that may `CONNECT` on the VM's socket, besides root, the VMM's own
+    /// uid and the owner of `host_socket` (host-server's uid) at start-up. Others are refused.
+    pub vsock_peer_uids: Vec<u32>,
     /// Confine every VMM thread to its system-call allow-list (`crate::seccomp`); off only
     /// to debug.
     pub seccomp: bool,
@@ -87,6 +90,7 @@ impl Default for VmConfig {
             host_socket: None,
             vsock_socket: None,
             cid: 3,
+            vsock_peer_uids: Vec::new(),
             seccomp: true,
             stop_timeout_secs: 10,
         }
@@ -137,6 +141,20 @@ impl VmConfig {
     /// How long the guest gets to power off after a stop signal.
     pub fn stop_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.stop_timeout_secs)
+    }
+
+    /// Who may `CONNECT` on the VM's socket: root, this process's uid, the owner of
+    /// `host_socket` (the uid host-server runs as; it made that socket), and `vsock_peer_uids`.
+    pub fn vsock_peer_uids_resolved(&self, host_socket: &std::path::Path) -> Vec<u32> {
+        use std::os::unix::fs::MetadataExt;
+        let mut uids = vec![0, rustix::process::getuid().as_raw()];
+        if let Ok(m) = std::fs::metadata(host_socket) {
+            uids.push(m.uid());
+        }
+        uids.extend(&self.vsock_peer_uids);
+        uids.sort_unstable();
+        uids.dedup();
+        uids
     }
 
     /// The VM's own vsock socket path, when the VM has a vsock device.
@@ -228,6 +246,8 @@ pub fn load(cli: &Cli, env: HashMap<String, String>) -> Result<VmConfig, ConfigE
         config::Environment::with_prefix("OUTSOCK_VMM")
             .prefix_separator("_")
             .try_parsing(true)
+            .list_separator(",")
+            .with_list_parse_key("vsock_peer_uids")
             .source(Some(env.into_iter().collect())),
     );
     let path_str = |p: &PathBuf| p.to_string_lossy().into_owned();
@@ -409,5 +429,29 @@ mod tests {
             load(&cli, env(&[("OUTSOCK_VMM_BOGUS", "1")])),
             Err(ConfigError::Load(_))
         ));
+    }
+
+    #[test]
+    fn vsock_peers_are_root_this_uid_host_servers_and_the_listed_ones() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let host = dir.path().join("host.sock");
+        let _l = std::os::unix::net::UnixListener::bind(&host).expect("bind");
+        let owner = std::fs::metadata(&host).expect("stat").uid();
+        let cfg = load(
+            &Cli {
+                kernel: Some("/k".into()),
+                ..Default::default()
+            },
+            env(&[("OUTSOCK_VMM_VSOCK_PEER_UIDS", "4242,4243")]),
+        )
+        .expect("valid");
+        assert_eq!(cfg.vsock_peer_uids, [4242, 4243]);
+        let uids = cfg.vsock_peer_uids_resolved(&host);
+        let me = rustix::process::getuid().as_raw();
+        for uid in [0, me, owner, 4242, 4243] {
+            assert!(uids.contains(&uid), "{uid} missing from {uids:?}");
+        }
+        assert!(!uids.contains(&4244));
     }
 }

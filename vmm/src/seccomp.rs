@@ -378,6 +378,14 @@ pub fn allow_list(role: Role, pid: u32) -> AllowList {
             // vsock: host connections on the VM's socket, guest connections to host-server
             // (made non-blocking by std's set_nonblocking, FIONBIO), half-closes.
             l.any(&[libc::SYS_accept4, libc::SYS_connect, libc::SYS_shutdown]);
+            // SO_PEERCRED of each peer on the VM's socket: who may CONNECT (muxer).
+            l.when(
+                libc::SYS_getsockopt,
+                &[
+                    Arg::Eq(1, libc::SOL_SOCKET as u64),
+                    Arg::Eq(2, libc::SO_PEERCRED as u64),
+                ],
+            );
             l.when(
                 libc::SYS_socket,
                 &[

@@ -233,6 +233,8 @@ pub fn activated_device(
         cid,
         host_socket: host_socket.to_path_buf(),
         listen_socket: listen_socket.map(Path::to_path_buf),
+        // The fuzzer's host side connects as this process.
+        peer_uids: vec![rustix::process::getuid().as_raw()],
     })
     .expect("muxer");
     let irq = IrqLine::new(EventFd::new(libc::EFD_NONBLOCK).expect("eventfd"));

@@ -7,6 +7,13 @@
 //! keys of connections with something to tell the guest, served round-robin so that one busy
 //! stream cannot starve the others; RSTs for packets that match no connection wait in a small
 //! bounded queue of their own.
+//!
+//! Who may `CONNECT` on the VM's socket is decided by the kernel's SO_PEERCRED of each peer,
+//! against [`MuxerConfig::peer_uids`] (host-server's uid, root, the VMM's own): any other peer's
+//! stream is closed at once, without reading its line and without an `OK` (the hybrid-vsock
+//! refusal), and counted ([`Muxer::refused_peers`]). The socket file itself is mode 0660, so
+//! only the VMM's user and group can connect to it at all; no process reaches a guest's vsock
+//! listeners past host-server's `allowed_ports`.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{ErrorKind, Read};
@@ -44,7 +51,13 @@ pub struct MuxerConfig {
     pub host_socket: PathBuf,
     /// The VM's own socket, where host processes `CONNECT` to guest ports.
     pub listen_socket: Option<PathBuf>,
+    /// The uids (SO_PEERCRED) that may connect to `listen_socket`; every other peer is refused.
+    pub peer_uids: Vec<u32>,
 }
+
+/// The VM socket's permission bits: the VMM's user and group (host-server's, in the shipped
+/// units), nobody else.
+pub const LISTEN_SOCKET_MODE: u32 = 0o660;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MuxerError {
@@ -81,6 +94,7 @@ pub struct Muxer {
     rxq: VecDeque<Key>,
     orphan_rsts: VecDeque<Header>,
     next_port: u32,
+    refused_peers: u64,
 }
 
 impl Muxer {
@@ -102,10 +116,19 @@ impl Muxer {
         let listener = match &cfg.listen_socket {
             Some(path) => {
                 let _ = std::fs::remove_file(path);
-                let l = UnixListener::bind(path).map_err(|source| MuxerError::Listen {
+                let listen_error = |source| MuxerError::Listen {
                     path: path.clone(),
                     source,
-                })?;
+                };
+                let l = UnixListener::bind(path).map_err(listen_error)?;
+                {
+                    use std::os::unix::fs::PermissionsExt;
+                    std::fs::set_permissions(
+                        path,
+                        std::fs::Permissions::from_mode(LISTEN_SOCKET_MODE),
+                    )
+                    .map_err(listen_error)?;
+                }
                 l.set_nonblocking(true).map_err(MuxerError::Setup)?;
                 epoll
                     .ctl(
@@ -130,7 +153,22 @@ impl Muxer {
             rxq: VecDeque::new(),
             orphan_rsts: VecDeque::new(),
             next_port: LOCAL_PORT_FIRST,
+            refused_peers: 0,
         })
+    }
+
+    /// Peers refused on the VM's socket because of their SO_PEERCRED uid.
+    pub fn refused_peers(&self) -> u64 {
+        self.refused_peers
+    }
+
+    /// Whether the peer of `stream` may `CONNECT`: its uid is in `peer_uids`.
+    fn admits(&self, stream: &UnixStream) -> Option<u32> {
+        let uid = rustix::net::sockopt::socket_peercred(stream)
+            .ok()?
+            .uid
+            .as_raw();
+        self.cfg.peer_uids.contains(&uid).then_some(uid)
     }
 
     /// The epoll fd to watch from the event loop: readable when a backend event is waiting.
@@ -380,6 +418,20 @@ impl Muxer {
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(_) => return,
             };
+            if self.admits(&stream).is_none() {
+                // The hybrid-vsock refusal: the stream closes without an OK line.
+                self.refused_peers += 1;
+                if self.refused_peers <= 10 || self.refused_peers.is_power_of_two() {
+                    let uid = rustix::net::sockopt::socket_peercred(&stream)
+                        .map_or_else(|_| "unknown".to_owned(), |c| c.uid.as_raw().to_string());
+                    eprintln!(
+                        "outsock-vmm: refused a CONNECT on the VM's socket from uid {uid} (not \
+                         in vsock_peer_uids, host-server's or root; {} refused so far)",
+                        self.refused_peers
+                    );
+                }
+                continue;
+            }
             if self.handshakes.len() >= MAX_HANDSHAKES || stream.set_nonblocking(true).is_err() {
                 continue; // Dropped: the host process sees the stream close.
             }

@@ -462,3 +462,65 @@ fn fuzz_corpus_and_random_chains_replay_without_panic() {
         fuzz_one(&input);
     }
 }
+
+/// A muxer with the VM's socket in `dir`, admitting only `peer_uids`.
+fn muxer_admitting(dir: &std::path::Path, peer_uids: Vec<u32>) -> super::muxer::Muxer {
+    super::muxer::Muxer::new(super::muxer::MuxerConfig {
+        vm: "vm0".into(),
+        cid: CID,
+        host_socket: dir.join("host.sock"),
+        listen_socket: Some(dir.join("vm0.vsock")),
+        peer_uids,
+    })
+    .expect("muxer")
+}
+
+/// Runs the muxer until `s` reads EOF (true) or 2 s pass (false: still open).
+fn closed_by(m: &mut super::muxer::Muxer, s: &mut UnixStream) -> bool {
+    s.set_nonblocking(true).expect("nonblocking");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        m.process_events();
+        let mut b = [0u8; 16];
+        match s.read(&mut b) {
+            Ok(0) => return true,
+            Ok(n) => panic!("the muxer wrote {:?}", &b[..n]),
+            Err(_) => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+    false
+}
+
+#[test]
+fn the_vm_socket_is_0660_and_admits_peers_by_so_peercred() {
+    use std::os::unix::fs::PermissionsExt;
+    let me = rustix::process::getuid().as_raw();
+    let dir = tempfile::tempdir().expect("temp dir");
+    // Not admitted: the stream closes without an OK and without its line being read.
+    let mut m = muxer_admitting(dir.path(), vec![me.wrapping_add(4242)]);
+    let path = dir.path().join("vm0.vsock");
+    let mode = std::fs::metadata(&path)
+        .expect("socket file")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o660, "{mode:o}");
+    let mut s = UnixStream::connect(&path).expect("connect");
+    s.write_all(b"CONNECT 5000\n").expect("write");
+    assert!(
+        closed_by(&mut m, &mut s),
+        "a refused peer's stream must close"
+    );
+    assert_eq!(m.refused_peers(), 1);
+    assert_eq!(m.connection_count(), 0);
+    // Admitted: the muxer keeps the stream and waits for the guest (no EOF).
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut m = muxer_admitting(dir.path(), vec![me]);
+    let mut s = UnixStream::connect(dir.path().join("vm0.vsock")).expect("connect");
+    s.write_all(b"CONNECT 5000\n").expect("write");
+    assert!(
+        !closed_by(&mut m, &mut s),
+        "an admitted peer's stream stays open"
+    );
+    assert_eq!(m.refused_peers(), 0);
+    assert_eq!(m.connection_count(), 1);
+}

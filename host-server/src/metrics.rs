@@ -33,6 +33,9 @@ pub enum Event {
     DnsQuery,
     /// A dummy was resolved from the SQLite file because dns-cache was down.
     LookupFallback,
+    /// An accept on host.sock failed; `"descriptors"` (EMFILE/ENFILE/ENOBUFS/ENOMEM: the
+    /// acceptor backs off) or `"other"`.
+    AcceptFailed(&'static str),
 }
 
 /// Every counter, by its Prometheus series name.
@@ -108,6 +111,9 @@ impl Metrics {
             Event::UdpConnected => self.add(&format!("{P}_udp_connected_total"), 1),
             Event::DnsQuery => self.add(&format!("{P}_dns_queries_total"), 1),
             Event::LookupFallback => self.add(&format!("{P}_lookup_fallbacks_total"), 1),
+            Event::AcceptFailed(why) => {
+                self.add(&format!("{P}_accept_errors_total{{reason=\"{why}\"}}"), 1);
+            }
         }
     }
 

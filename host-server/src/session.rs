@@ -1,9 +1,11 @@
-//! One host.sock stream from accept to close: identify the peer, read the request under the
-//! request timeout, apply the socket limit, and dispatch to outbound TCP, a guest listener, a
+//! One host.sock stream from accept to close: identify the peer, count it among its uid's
+//! streams awaiting their request (`limits.max_awaiting_request`; beyond it the stream is
+//! answered EAGAIN and closed at once), read the request under the request timeout, apply the
+//! socket limit, and dispatch to outbound TCP, a guest listener, a
 //! UDP association, or a connected UDP socket handed to a process. Refusals are answered with a
 //! `Failed(errno)` frame before the stream closes.
 
-use shared_proto::outsource::ToHost;
+use shared_proto::outsource::{ToGuest, ToHost};
 use shared_proto::Errno;
 use tokio::net::UnixStream;
 
@@ -38,12 +40,29 @@ pub(crate) async fn serve(mut stream: UnixStream, shared: Shared) -> Next {
             return Next::Closed;
         }
     };
+    let Some(awaiting) = shared.limits.awaiting_request(cred.uid) else {
+        shared
+            .metrics
+            .record(Event::StreamRefused("awaiting_request_limit"));
+        static LOG: LogLimit = LogLimit::new();
+        if LOG.allow() {
+            tracing::info!(
+                uid = cred.uid,
+                pid = ?cred.pid,
+                "too many streams awaiting their request; refusing"
+            );
+        }
+        refuse_now(&stream, Errno::EAGAIN);
+        return Next::Closed;
+    };
     let mut reader = FrameReader::new();
     let opened = tokio::time::timeout(
         shared.settings.request_timeout,
         open(&mut stream, &mut reader, cred, &shared),
     )
     .await;
+    // The request has been read (or the stream failed): it no longer counts as awaiting.
+    drop(awaiting);
     let Opened {
         identity, request, ..
     } = match opened {
@@ -94,6 +113,14 @@ pub(crate) async fn serve(mut stream: UnixStream, shared: Shared) -> Next {
         }
         // The opening only yields requests.
         ToHost::Hello(_) | ToHost::Datagram(_) => Next::Closed,
+    }
+}
+
+/// Answers `errno` if the socket takes it without waiting, then the caller drops the stream: a
+/// flood of streams must cost no more than its accept.
+fn refuse_now(stream: &UnixStream, errno: Errno) {
+    if let Ok(bytes) = shared_proto::frame::to_vec(&ToGuest::Failed(errno)) {
+        let _ = stream.try_write(&bytes);
     }
 }
 

@@ -210,7 +210,7 @@ pub(crate) async fn associate(req: Request, u: &UdpRequest, shared: &Shared) {
                     Err(_) => break,
                 };
                 shared.metrics.record(Event::UdpOut);
-                if let Some(reply) = send_out(&sock, d, &mut peers, shared).await {
+                if let Some(reply) = send_out(&sock, d, &mut peers, &identity, shared).await {
                     if write_frame(&mut wr, &ToGuest::Datagram(reply)).await.is_err() {
                         break;
                     }
@@ -241,12 +241,17 @@ async fn send_out(
     sock: &UdpSocket,
     d: Datagram,
     peers: &mut PeerTable,
+    identity: &Identity,
     shared: &Shared,
 ) -> Option<Datagram> {
     let target = match udp_target(d.addr, shared).await {
         Ok(Some(t)) => SocketAddr::V6(t),
         Ok(None) => {
-            let answer = shared.mapping.dns_query(false, d.payload).await.ok()?;
+            let answer = shared
+                .mapping
+                .dns_query(identity, false, d.payload)
+                .await
+                .ok()?;
             return Some(Datagram {
                 addr: d.addr,
                 payload: answer,

@@ -1,11 +1,12 @@
 //! Streams that have not sent their request yet, counted per peer uid (SO_PEERCRED), so that one
 //! user cannot hold the server's descriptors with streams that never say anything: a stream
-//! counts from accept until its request is read (or it closes, or `request_timeout` ends it);
-//! beyond `limits.max_awaiting_request` for one uid a new stream is refused at once.
+//! still silent after `session::AWAITING_GRACE` counts until its request is read (or it closes,
+//! or `request_timeout` ends it); beyond `limits.max_awaiting_request` for one uid such a
+//! stream is refused at once.
 //!
-//! The per-connect cost is a read lock of the uid table (one atomic, uncontended), one
-//! `fetch_add` and, when the guard drops, one `fetch_sub`: no allocation once a uid has been
-//! seen. The table grows by one small entry per uid ever seen and forgets idle uids when it
+//! The cost, paid only by streams slow to send their request, is a read lock of the uid table
+//! (one atomic, uncontended), one `fetch_add` and, when the guard drops, one `fetch_sub`: no
+//! allocation once a uid has been seen. The table grows by one small entry per uid ever seen and forgets idle uids when it
 //! grows past [`FORGET_ABOVE`] entries.
 
 use std::collections::HashMap;

@@ -42,9 +42,9 @@ pub struct LimitSettings {
     pub max_listeners: u32,
     /// TCP connects under way at once: refused with EAGAIN.
     pub max_pending_connects: u32,
-    /// Streams of one peer uid accepted but still without their request (counted from accept
-    /// until the request is read; `request_timeout_ms` bounds how long each waits). Beyond it
-    /// a new stream is answered `Failed(EAGAIN)` and closed at once.
+    /// Streams of one peer uid still without their request 250 ms after accept (counted from
+    /// then until the request is read; `request_timeout_ms` bounds how long each waits). Beyond
+    /// it such a stream is answered `Failed(EAGAIN)` and closed at once.
     pub max_awaiting_request: u32,
 }
 

@@ -13,6 +13,7 @@ use hickory_proto::rr::Name;
 use outsock_policy::{DestinationSettings, Ipv4Net, Rules};
 use serde::Deserialize;
 
+use crate::clients::{AllowList, ClientNet};
 use crate::pool::Ipv4Prefix;
 use crate::store::Durability;
 
@@ -20,7 +21,7 @@ use crate::store::Durability;
 pub const ENV_PREFIX: &str = "OUTSOCK_DNS";
 
 /// Keys that hold lists, parsed from comma-separated environment values.
-const LIST_KEYS: [&str; 9] = [
+const LIST_KEYS: [&str; 10] = [
     "listen",
     "upstreams",
     "pass_through",
@@ -30,6 +31,7 @@ const LIST_KEYS: [&str; 9] = [
     "lookup_uids",
     "operator_uids",
     "admin_uids",
+    "allow_clients",
 ];
 
 /// Why the settings could not be read.
@@ -83,6 +85,11 @@ struct Raw {
     negative_ttl_max: u32,
     edns_payload: u16,
     destinations: DestinationSettings,
+    allow_clients: Vec<String>,
+    metrics_public: bool,
+    source_dummies_per_64: usize,
+    dummy_quota_per_minute: u32,
+    lookup_in_flight_per_tenant: usize,
 }
 
 impl Default for Raw {
@@ -112,6 +119,11 @@ impl Default for Raw {
             negative_ttl_max: 300,
             edns_payload: 1232,
             destinations: DestinationSettings::default(),
+            allow_clients: Vec::new(),
+            metrics_public: false,
+            source_dummies_per_64: 64,
+            dummy_quota_per_minute: 256,
+            lookup_in_flight_per_tenant: 64,
         }
     }
 }
@@ -163,6 +175,14 @@ pub struct Settings {
     pub edns_payload: u16,
     /// `[destinations]`: the operator's deny/allow prefixes of the destination policy.
     pub destinations: Rules,
+    /// Who the DNS listeners answer besides loopback (required for a non-loopback `listen`).
+    pub allow_clients: AllowList,
+    /// Most source-pool dummies one remote /64 holds.
+    pub source_dummies_per_64: usize,
+    /// New destination dummies per tenant and minute.
+    pub dummy_quota_per_minute: u32,
+    /// dns.sock look-ups of one tenant under way at once on one connection.
+    pub lookup_in_flight_per_tenant: usize,
 }
 
 impl Settings {
@@ -214,6 +234,24 @@ impl Settings {
                 .collect::<Result<Vec<_>, _>>()
         };
         let listen = addrs("listen", &raw.listen)?;
+        let allow_clients = raw
+            .allow_clients
+            .iter()
+            .map(|s| s.parse::<ClientNet>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| invalid("allow_clients", e.to_string()))?;
+        if allow_clients.is_empty() {
+            if let Some(open) = listen.iter().find(|a| !a.ip().is_loopback()) {
+                return Err(invalid(
+                    "allow_clients",
+                    format!(
+                        "`listen` has the non-loopback address {open}: name the clients it may \
+                         answer (allow_clients = [\"PREFIX\", ...]) so that dns-cache is not an \
+                         open resolver"
+                    ),
+                ));
+            }
+        }
         let upstreams = addrs("upstreams", &raw.upstreams)?;
         if upstreams.is_empty() {
             return Err(invalid(
@@ -248,10 +286,11 @@ impl Settings {
                 let a: SocketAddr = s
                     .parse()
                     .map_err(|_| invalid("metrics", format!("`{s}` is not an address:port")))?;
-                if !a.ip().is_loopback() {
+                if !a.ip().is_loopback() && !raw.metrics_public {
                     return Err(invalid(
                         "metrics",
-                        "must be a loopback address (metrics are local)",
+                        "must be a loopback address (metrics are local) unless \
+                         `metrics_public = true` says otherwise",
                     ));
                 }
                 Some(a)
@@ -292,6 +331,18 @@ impl Settings {
         if raw.edns_payload < 512 {
             return Err(invalid("edns_payload", "must be at least 512"));
         }
+        if raw.source_dummies_per_64 == 0 {
+            return Err(invalid("source_dummies_per_64", "must be at least 1"));
+        }
+        if raw.dummy_quota_per_minute == 0 {
+            return Err(invalid("dummy_quota_per_minute", "must be at least 1"));
+        }
+        if !(1..=4096).contains(&raw.lookup_in_flight_per_tenant) {
+            return Err(invalid(
+                "lookup_in_flight_per_tenant",
+                "must be between 1 and 4096",
+            ));
+        }
         Ok(Self {
             listen,
             upstreams,
@@ -320,6 +371,10 @@ impl Settings {
             negative_ttl_max: raw.negative_ttl_max,
             edns_payload: raw.edns_payload,
             destinations,
+            allow_clients: AllowList::new(allow_clients),
+            source_dummies_per_64: raw.source_dummies_per_64,
+            dummy_quota_per_minute: raw.dummy_quota_per_minute,
+            lookup_in_flight_per_tenant: raw.lookup_in_flight_per_tenant,
         })
     }
 }
@@ -335,6 +390,10 @@ mod tests {
         assert_eq!(s.destination_pool.to_string(), "10.170.160.0/20");
         assert_eq!(s.lookup_socket_mode, 0o660);
         assert!(!s.ipv4_egress);
+        assert_eq!(s.allow_clients, AllowList::default());
+        assert_eq!(s.source_dummies_per_64, 64);
+        assert_eq!(s.dummy_quota_per_minute, 256);
+        assert_eq!(s.lookup_in_flight_per_tenant, 64);
         assert!(s.access.lookup_uids.is_empty() && s.access.admin_uids.is_empty());
         let s = Settings::from_toml(
             "upstreams = [\"[fd00:64::53]:53\"]\nlookup_uids = [990]\noperator_uids = [1000]\n\
@@ -364,6 +423,38 @@ mod tests {
         assert_eq!(s.pools().len(), 2);
         let s = Settings::from_toml("upstreams = [\"[::1]:53\"]").unwrap();
         assert!(s.destinations.is_empty());
+    }
+
+    #[test]
+    fn open_listeners_and_public_metrics_need_saying_so() {
+        let up = "upstreams = [\"[::1]:53\"]\n";
+        for (toml, key) in [
+            ("listen = [\"[::]:53\"]", "allow_clients"),
+            (
+                "listen = [\"[::1]:53\", \"[fd00:64::1]:53\"]",
+                "allow_clients",
+            ),
+            (
+                "listen = [\"[fd00:64::1]:53\"]\nallow_clients = [\"fd00:64::/129\"]",
+                "allow_clients",
+            ),
+            ("metrics = \"[::]:9153\"", "metrics_public"),
+            ("source_dummies_per_64 = 0", "source_dummies_per_64"),
+            ("dummy_quota_per_minute = 0", "dummy_quota_per_minute"),
+        ] {
+            let err = Settings::from_toml(&format!("{up}{toml}"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{toml:?} gave {err:?}");
+        }
+        let s = Settings::from_toml(&format!(
+            "{up}listen = [\"[fd00:64::1]:53\"]\nallow_clients = [\"fd00:64::/64\"]\n\
+             metrics = \"[::]:9153\"\nmetrics_public = true"
+        ))
+        .unwrap();
+        assert!(s.allow_clients.allows("fd00:64::2".parse().unwrap()));
+        assert!(!s.allow_clients.allows("fd00:65::2".parse().unwrap()));
+        assert_eq!(s.metrics, Some("[::]:9153".parse().unwrap()));
     }
 
     #[test]

@@ -18,6 +18,7 @@ use crate::mapping::{Direction, MappingTable};
 use crate::metrics::{self, Metrics};
 use crate::persist::{Mappings, PersistError};
 use crate::pool::{self, PoolError};
+use crate::quota::DummyQuota;
 use crate::resolve::{Resolver, ResolverConfig};
 use crate::server;
 use crate::store::{Store, StoreError};
@@ -84,7 +85,8 @@ pub async fn run(s: Settings) -> Result<(), DaemonError> {
     let mappings = Mappings::start(
         store,
         MappingTable::new(s.destination_pool, Direction::Synthesised, s.grace),
-        MappingTable::new(s.source_pool, Direction::InboundPeer, s.grace),
+        MappingTable::new(s.source_pool, Direction::InboundPeer, s.grace)
+            .with_prefix_cap(s.source_dummies_per_64),
         Arc::new(SystemClock),
     )?;
     let metrics = Arc::new(Metrics::default());
@@ -93,25 +95,37 @@ pub async fn run(s: Settings) -> Result<(), DaemonError> {
         s.pools(),
         outsock_policy::HostAddresses::watch().map_err(DaemonError::Policy)?,
     );
-    let resolver = Arc::new(Resolver::new(
-        ResolverConfig {
-            ipv4_egress: s.ipv4_egress,
-            max_ttl: s.max_ttl,
-            pass_through: s.pass_through.clone(),
-            never_synthesise: s.never_synthesise.clone(),
-            policy,
-        },
-        Arc::new(UdpTcpUpstream::new(s.upstreams.clone(), s.upstream_timeout)),
-        AnswerCache::new(s.cache_entries, s.cache_max_ttl, s.negative_ttl_max),
-        Arc::clone(&mappings),
-        Arc::clone(&metrics),
-    ));
+    let resolver = Arc::new(
+        Resolver::new(
+            ResolverConfig {
+                ipv4_egress: s.ipv4_egress,
+                max_ttl: s.max_ttl,
+                pass_through: s.pass_through.clone(),
+                never_synthesise: s.never_synthesise.clone(),
+                policy,
+            },
+            Arc::new(UdpTcpUpstream::new(s.upstreams.clone(), s.upstream_timeout)),
+            AnswerCache::new(s.cache_entries, s.cache_max_ttl, s.negative_ttl_max),
+            Arc::clone(&mappings),
+            Arc::clone(&metrics),
+        )
+        .with_quota(DummyQuota::new(s.dummy_quota_per_minute)),
+    );
 
     let frontend = Arc::new(Frontend::new(resolver, s.edns_payload, REPLY_CACHE_ENTRIES));
-    let dns = server::start(&s.listen, &frontend).await?;
+    // Loopback-only listeners reach only this host: no client check on their hot path.
+    let allow = s
+        .listen
+        .iter()
+        .any(|a| !a.ip().is_loopback())
+        .then(|| Arc::new(s.allow_clients.clone()));
+    let dns = server::start(&s.listen, &frontend, allow).await?;
     let lookup_listener = lookup::bind(&s.lookup_socket, s.lookup_socket_mode)?;
-    let service =
-        Arc::new(LookupService::new(Arc::clone(&frontend), s.grace).with_access(s.access.clone()));
+    let service = Arc::new(
+        LookupService::new(Arc::clone(&frontend), s.grace)
+            .with_access(s.access.clone())
+            .with_in_flight_per_tenant(s.lookup_in_flight_per_tenant),
+    );
     let lookup_task = tokio::spawn(lookup::serve(lookup_listener, service));
     let metrics_task = match s.metrics {
         Some(addr) => {

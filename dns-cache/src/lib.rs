@@ -6,7 +6,8 @@
 //! - base: [`clock`] (time, injectable), [`pool`] (prefixes and their checks), [`mapping`] (the
 //!   allocation policy, pure, with time passed in), [`reuse`] (how long an answer may be
 //!   replayed), [`packet`] (allocation-free query parsing), [`upstream`] (a small DNS client over
-//!   UDP with TCP retry), [`mmsg`] (batched datagram I/O, the only unsafe code);
+//!   UDP with TCP retry), [`mmsg`] (batched datagram I/O, the only unsafe code), [`clients`]
+//!   (who the DNS listeners answer: `allow_clients`), [`quota`] (new dummies per tenant);
 //! - storage: [`store`] (SQLite, applying `migrations/`), [`persist`] (the single writer thread
 //!   with group commit: all database writes go through it), [`pins`] (pins as leases of a
 //!   dns.sock connection);
@@ -24,6 +25,7 @@
 
 pub mod answer;
 pub mod cache;
+pub mod clients;
 pub mod clock;
 pub mod config;
 pub mod daemon;
@@ -38,6 +40,7 @@ pub mod packet;
 pub mod persist;
 pub mod pins;
 pub mod pool;
+pub mod quota;
 pub mod replies;
 pub mod resolve;
 pub mod reuse;

@@ -2,8 +2,20 @@
 //! `shared_proto::frame` frames over a Unix stream socket).
 //!
 //! Requests on one connection are handled concurrently (a guest DNS query may wait on upstream
-//! while a Resolve for a connect is answered at once) and answered with their ids, up to a fixed
-//! number in flight per connection, so one client cannot make us queue without bound.
+//! while a Resolve for a connect is answered at once) and answered with their ids.
+//!
+//! Fair across tenants: host-server sends every tenant's guest DNS on its one connection, each
+//! `DnsQueryAs` naming its tenant. Each tenant of a connection gets its own slots:
+//! `lookup_in_flight_per_tenant` look-ups under way at once, and up to [`TENANT_QUEUE_FACTOR`]
+//! times as many admitted (running or waiting for a slot); requests without a tenant (host-server's
+//! own Resolve, Pin, PeerDummy, and the older `DnsQuery`) share one bucket with
+//! [`OWN_BUCKET_FACTOR`] times the slots. The reader never waits for a slot, so one tenant's slow
+//! names cannot hold up another tenant's requests behind them on the stream; a request beyond
+//! its tenant's admitted bound (or beyond [`MAX_QUEUED_PER_CONNECTION`]) is answered at once
+//! with `Error { Busy }` and counted (`outsock_dns_lookup_busy_total`).
+//!
+//! Accepting backs off when descriptors run out (EMFILE, ENFILE): 5 ms doubling up to 1 s,
+//! counted in `outsock_dns_accept_errors_total`, logged at most once a second.
 //!
 //! Who may ask what is decided by the kernel's SO_PEERCRED uid of the connection, never by the
 //! socket file's group ([`Access`]): look-ups (Resolve, PeerDummy, Pin, Unpin, DnsQuery) for
@@ -16,6 +28,7 @@
 //! can only give back pins it took, and when it ends (EOF, an error, host-server killed) every
 //! pin it still holds is given back. A client that reconnects pins again what it still uses.
 
+use std::collections::HashMap;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
@@ -23,7 +36,7 @@ use std::time::Duration;
 
 use shared_proto::lookup::{
     Counter, Direction as WireDirection, ListQuery, LookupErrorCode, LookupOp, LookupReply,
-    LookupRequest, LookupResponse, MappingInfo,
+    LookupRequest, LookupResponse, MappingInfo, Tenant,
 };
 use shared_proto::reader::{Fill, FrameReader, ReadError, ReadSome};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -32,15 +45,28 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::frontend::Frontend;
-use crate::mapping::{Direction, Mapping, MappingError};
+use crate::mapping::{Allocation, Direction, Mapping, MappingError};
+use crate::metrics::Metrics;
 use crate::persist::PersistError;
 use crate::pins::{PinError, PinLeases};
 use crate::resolve::Resolver;
 
-/// Requests one connection may have in flight.
+/// Replies one connection may have waiting for its writer.
 const IN_FLIGHT_PER_CONNECTION: usize = 64;
+/// Requests one connection may have admitted (running or waiting for their tenant's slot).
+pub const MAX_QUEUED_PER_CONNECTION: usize = 4096;
+/// A tenant may have this many times its in-flight slots admitted on a connection.
+pub const TENANT_QUEUE_FACTOR: usize = 4;
+/// The requests without a tenant (host-server's own) get this many times a tenant's slots.
+pub const OWN_BUCKET_FACTOR: usize = 4;
+/// Default look-ups of one tenant under way at once (`lookup_in_flight_per_tenant`).
+pub const DEFAULT_IN_FLIGHT_PER_TENANT: usize = 64;
 /// Connections served at once.
 const MAX_CONNECTIONS: usize = 256;
+/// The first pause after a failed accept on dns.sock.
+const ACCEPT_BACKOFF_FIRST: Duration = Duration::from_millis(5);
+/// The longest pause.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Most entries in one `List` page, so a page always fits in a frame (names are bounded).
 const MAX_PAGE: usize = 100;
 /// The most one read of a connection takes in (pipelined requests are buffered).
@@ -99,7 +125,8 @@ impl OpClass {
             | LookupOp::PeerDummy { .. }
             | LookupOp::Pin { .. }
             | LookupOp::Unpin { .. }
-            | LookupOp::DnsQuery { .. } => Self::Lookup,
+            | LookupOp::DnsQuery { .. }
+            | LookupOp::DnsQueryAs { .. } => Self::Lookup,
             LookupOp::List(_) | LookupOp::Stats => Self::Operator,
             LookupOp::Flush => Self::Admin,
         }
@@ -155,6 +182,7 @@ fn op_name(op: &LookupOp) -> &'static str {
         LookupOp::Flush => "Flush",
         LookupOp::Stats => "Stats",
         LookupOp::DnsQuery { .. } => "DnsQuery",
+        LookupOp::DnsQueryAs { .. } => "DnsQueryAs",
     }
 }
 
@@ -165,6 +193,7 @@ pub struct LookupService {
     resolver: Arc<Resolver>,
     grace: Duration,
     access: Access,
+    in_flight_per_tenant: usize,
 }
 
 fn wire_direction(d: Direction) -> WireDirection {
@@ -189,6 +218,7 @@ impl LookupService {
             resolver: Arc::clone(frontend.resolver()),
             frontend,
             grace,
+            in_flight_per_tenant: DEFAULT_IN_FLIGHT_PER_TENANT,
             access: Access {
                 own_uid: own_uid(),
                 ..Access::default()
@@ -234,6 +264,13 @@ impl LookupService {
         }
     }
 
+    /// The same service with `n` look-ups per tenant under way at once on a connection.
+    #[must_use]
+    pub fn with_in_flight_per_tenant(mut self, n: usize) -> Self {
+        self.in_flight_per_tenant = n.max(1);
+        self
+    }
+
     fn info(&self, m: &Mapping) -> MappingInfo {
         let recyclable = m.expires.max(m.last_used.plus(self.grace));
         MappingInfo {
@@ -277,12 +314,29 @@ impl LookupService {
                 {
                     Ok(r) => r.first().map_or_else(
                         || error(LookupErrorCode::Internal, "no mapping returned"),
-                        |r| LookupReply::Dummy { dummy: r.v4 },
+                        |r| {
+                            let metrics = self.resolver.metrics();
+                            match r.allocation {
+                                Allocation::Fresh => Metrics::inc(&metrics.allocations),
+                                Allocation::Recycled { previous }
+                                    if u128::from(previous) >> 64 == u128::from(v6) >> 64 =>
+                                {
+                                    Metrics::inc(&metrics.prefix_reused);
+                                }
+                                Allocation::Recycled { .. } => Metrics::inc(&metrics.recycles),
+                                Allocation::Existing => {}
+                            }
+                            LookupReply::Dummy { dummy: r.v4 }
+                        },
                     ),
                     Err(PersistError::Mapping(MappingError::Exhausted(_))) => error(
                         LookupErrorCode::PoolExhausted,
                         "the source pool is exhausted",
                     ),
+                    Err(PersistError::Mapping(e @ MappingError::PrefixFull(_))) => {
+                        Metrics::inc(&self.resolver.metrics().prefix_full);
+                        error(LookupErrorCode::PoolExhausted, &e)
+                    }
                     Err(e) => error(LookupErrorCode::Internal, &e),
                 }
             }
@@ -305,15 +359,25 @@ impl LookupService {
                 entries: u64::try_from(self.frontend.clear_caches()).unwrap_or(u64::MAX),
             },
             LookupOp::Stats => LookupReply::Stats(self.stats()),
-            LookupOp::DnsQuery { tcp, packet } => {
-                let mut reply = Vec::new();
-                if !self.frontend.replay(&packet, tcp, &mut reply) {
-                    // An empty packet means "no answer" (input that is dropped, as on UDP).
-                    reply = self.frontend.answer(&packet, tcp).await.unwrap_or_default();
-                }
-                LookupReply::DnsAnswer { packet: reply }
+            LookupOp::DnsQuery { tcp, packet } => self.dns_query(&packet, tcp).await,
+            LookupOp::DnsQueryAs {
+                tenant,
+                tcp,
+                packet,
+            } => {
+                crate::quota::scope(Arc::from(tenant.to_string()), self.dns_query(&packet, tcp))
+                    .await
             }
         }
+    }
+
+    async fn dns_query(&self, packet: &[u8], tcp: bool) -> LookupReply {
+        let mut reply = Vec::new();
+        if !self.frontend.replay(packet, tcp, &mut reply) {
+            // An empty packet means "no answer" (input that is dropped, as on UDP).
+            reply = self.frontend.answer(packet, tcp).await.unwrap_or_default();
+        }
+        LookupReply::DnsAnswer { packet: reply }
     }
 
     fn list(&self, q: &ListQuery) -> LookupReply {
@@ -352,6 +416,11 @@ impl LookupService {
             ("recycles", &m.recycles),
             ("pool_exhausted", &m.exhausted),
             ("upstream_errors", &m.upstream_errors),
+            ("refused_clients", &m.refused_clients),
+            ("quota_refused", &m.quota_refused),
+            ("prefix_reused", &m.prefix_reused),
+            ("prefix_full", &m.prefix_full),
+            ("lookup_busy", &m.lookup_busy),
         ]
         .into_iter()
         .map(|(name, c)| Counter {
@@ -405,15 +474,27 @@ pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, LookupError> {
 /// Accepts connections on dns.sock until the task is dropped.
 pub async fn serve(listener: UnixListener, service: Arc<LookupService>) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut backoff = ACCEPT_BACKOFF_FIRST;
+    let mut last_log: Option<std::time::Instant> = None;
     loop {
         let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
             return;
         };
         let stream = match listener.accept().await {
-            Ok((s, _)) => s,
+            Ok((s, _)) => {
+                backoff = ACCEPT_BACKOFF_FIRST;
+                s
+            }
             Err(error) => {
-                tracing::warn!(%error, "dns.sock accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                Metrics::inc(&service.resolver.metrics().accept_errors);
+                if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                    last_log = Some(std::time::Instant::now());
+                    tracing::warn!(%error, pause = ?backoff, "dns.sock accept failed");
+                }
+                // Out of descriptors the connection stays queued and accept fails again at
+                // once: pause, longer each time, instead of spinning.
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
                 continue;
             }
         };
@@ -438,7 +519,8 @@ async fn connection(stream: UnixStream, service: Arc<LookupService>) {
             }
         }
     });
-    let in_flight = Arc::new(Semaphore::new(IN_FLIGHT_PER_CONNECTION));
+    let queued = Arc::new(Semaphore::new(MAX_QUEUED_PER_CONNECTION));
+    let mut tenants = TenantSlots::new(service.in_flight_per_tenant);
     let mut reader = FrameReader::new(Fill::Greedy { chunk: READ_CHUNK });
     loop {
         let req = match reader
@@ -454,13 +536,39 @@ async fn connection(stream: UnixStream, service: Arc<LookupService>) {
             // The end of the stream (between frames or inside one) or a failed read.
             Err(ReadError::Closed | ReadError::ClosedMidFrame | ReadError::Io(_)) => break,
         };
-        let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
-            break;
+        let tenant = match &req.op {
+            LookupOp::DnsQueryAs { tenant, .. } => Some(tenant),
+            _ => None,
+        };
+        let (running, admitted) = tenants.of(tenant);
+        let admitted = Arc::clone(&queued)
+            .try_acquire_owned()
+            .ok()
+            .zip(admitted.try_acquire_owned().ok());
+        let Some(admitted) = admitted else {
+            Metrics::inc(&service.resolver.metrics().lookup_busy);
+            let resp = LookupResponse {
+                id: req.id,
+                reply: error(
+                    LookupErrorCode::Busy,
+                    "too many look-ups of this tenant in flight",
+                ),
+            };
+            if let Ok(frame) = shared_proto::frame::to_vec(&resp) {
+                if tx.send(frame).await.is_err() {
+                    break;
+                }
+            }
+            continue;
         };
         let service = Arc::clone(&service);
         let leases = Arc::clone(&leases);
         let tx = tx.clone();
         tokio::spawn(async move {
+            // Waits for its tenant's slot here, never in the reader.
+            let Ok(permit) = running.acquire_owned().await else {
+                return;
+            };
             let reply = service.handle_from(uid, req.op, &leases).await;
             let resp = LookupResponse { id: req.id, reply };
             match shared_proto::frame::to_vec(&resp) {
@@ -470,6 +578,7 @@ async fn connection(stream: UnixStream, service: Arc<LookupService>) {
                 Err(error) => tracing::error!(%error, "cannot encode a dns.sock reply"),
             }
             drop(permit);
+            drop(admitted);
         });
     }
     // The client has gone (or broke the framing): its pins end here, not when the last reply
@@ -484,6 +593,50 @@ async fn connection(stream: UnixStream, service: Arc<LookupService>) {
     drop(tx);
     // Replies still being computed are delivered before the connection closes.
     let _ = writer.await;
+}
+
+/// One connection's slots per tenant: (running, admitted) semaphores.
+struct TenantSlots {
+    per_tenant: usize,
+    own: (Arc<Semaphore>, Arc<Semaphore>),
+    by_tenant: HashMap<Tenant, (Arc<Semaphore>, Arc<Semaphore>)>,
+}
+
+/// Past this many tenants on one connection, idle tenants' slots are forgotten.
+const FORGET_TENANTS_ABOVE: usize = 1024;
+
+impl TenantSlots {
+    fn new(per_tenant: usize) -> Self {
+        let own = per_tenant * OWN_BUCKET_FACTOR;
+        Self {
+            per_tenant,
+            own: (
+                Arc::new(Semaphore::new(own)),
+                Arc::new(Semaphore::new(own * TENANT_QUEUE_FACTOR)),
+            ),
+            by_tenant: HashMap::new(),
+        }
+    }
+
+    /// The (running, admitted) semaphores of `tenant` (`None`: host-server's own requests).
+    fn of(&mut self, tenant: Option<&Tenant>) -> (Arc<Semaphore>, Arc<Semaphore>) {
+        let Some(tenant) = tenant else {
+            return (Arc::clone(&self.own.0), Arc::clone(&self.own.1));
+        };
+        if !self.by_tenant.contains_key(tenant) && self.by_tenant.len() >= FORGET_TENANTS_ABOVE {
+            let full = self.per_tenant * TENANT_QUEUE_FACTOR;
+            self.by_tenant
+                .retain(|_, (_, admitted)| admitted.available_permits() < full);
+        }
+        let per_tenant = self.per_tenant;
+        let (running, admitted) = self.by_tenant.entry(tenant.clone()).or_insert_with(|| {
+            (
+                Arc::new(Semaphore::new(per_tenant)),
+                Arc::new(Semaphore::new(per_tenant * TENANT_QUEUE_FACTOR)),
+            )
+        });
+        (Arc::clone(running), Arc::clone(admitted))
+    }
 }
 
 #[cfg(test)]
@@ -517,7 +670,25 @@ mod tests {
         }
     }
 
+    /// Names under `slow.` take two seconds to fail; every other name fails at once.
+    #[derive(Debug)]
+    struct SlowZone;
+
+    #[async_trait::async_trait]
+    impl Upstream for SlowZone {
+        async fn query(&self, q: &UpstreamQuery) -> Result<Message, UpstreamError> {
+            if q.name.to_ascii().contains("slow.") {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            Err(UpstreamError::NoServers)
+        }
+    }
+
     fn service() -> Arc<LookupService> {
+        service_with(Arc::new(NoUpstream))
+    }
+
+    fn service_with(upstream: Arc<dyn Upstream>) -> Arc<LookupService> {
         let grace = Duration::from_secs(60);
         let mappings = Mappings::start(
             Store::open_in_memory().unwrap(),
@@ -546,7 +717,7 @@ mod tests {
                     outsock_policy::HostAddresses::fixed([]),
                 ),
             },
-            Arc::new(NoUpstream),
+            upstream,
             AnswerCache::new(100, 600, 60),
             mappings,
             Arc::new(Metrics::default()),
@@ -624,6 +795,79 @@ mod tests {
         assert_eq!(ids, [2, 3]);
         assert_eq!(pins(service, dummy), Some(1));
         (client, task, dummy)
+    }
+
+    fn guest_query(id: u16, name: &str) -> Vec<u8> {
+        let mut m = Message::query();
+        m.metadata.id = id;
+        m.add_query(hickory_proto::op::Query::query(
+            hickory_proto::rr::Name::from_ascii(name).unwrap(),
+            hickory_proto::rr::RecordType::A,
+        ));
+        m.to_vec().unwrap()
+    }
+
+    /// Tenant A floods the connection with names that take seconds; tenant B's look-up behind
+    /// them on the same stream is answered at once, and A's excess is answered Busy.
+    #[tokio::test]
+    async fn a_slow_tenant_does_not_hold_up_another() {
+        let service = service_with(Arc::new(SlowZone));
+        let (mut client, server) = UnixStream::pair().unwrap();
+        let _task = tokio::spawn(connection(server, Arc::clone(&service)));
+        let a = Tenant::Vm("a".into());
+        let b = Tenant::Uid(1000);
+        let flood = DEFAULT_IN_FLIGHT_PER_TENANT * TENANT_QUEUE_FACTOR + 10;
+        let mut bytes = Vec::new();
+        for i in 0..flood {
+            let id = u16::try_from(i).unwrap();
+            bytes.extend(request(
+                u32::from(id),
+                LookupOp::DnsQueryAs {
+                    tenant: a.clone(),
+                    tcp: false,
+                    packet: guest_query(id, &format!("n{i}.slow.test.")),
+                },
+            ));
+        }
+        client.write_all(&bytes).await.unwrap();
+        let start = std::time::Instant::now();
+        client
+            .write_all(&request(
+                99_999,
+                LookupOp::DnsQueryAs {
+                    tenant: b,
+                    tcp: false,
+                    packet: guest_query(7, "fast.test."),
+                },
+            ))
+            .await
+            .unwrap();
+        let mut buf = Vec::new();
+        let mut busy = 0;
+        loop {
+            let r = response(&mut client, &mut buf).await.unwrap();
+            if r.id == 99_999 {
+                assert!(matches!(r.reply, LookupReply::DnsAnswer { .. }), "{r:?}");
+                break;
+            }
+            assert!(
+                matches!(
+                    r.reply,
+                    LookupReply::Error {
+                        code: LookupErrorCode::Busy,
+                        ..
+                    }
+                ),
+                "{r:?}"
+            );
+            busy += 1;
+        }
+        assert!(
+            start.elapsed() < Duration::from_millis(500),
+            "tenant B waited {:?}",
+            start.elapsed()
+        );
+        assert_eq!(busy, 10);
     }
 
     #[tokio::test]

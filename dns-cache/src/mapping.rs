@@ -14,7 +14,12 @@
 //! - a mapping is protected until `max(expires, last_used + grace)` and while pinned;
 //! - only when no address was never used or freed does allocation recycle, taking the least
 //!   recently used unprotected mapping; if there is none, allocation fails (SERVFAIL upstream of
-//!   here), it never takes a live mapping.
+//!   here), it never takes a live mapping;
+//! - with a per-/64 cap ([`MappingTable::with_prefix_cap`], the source pool's
+//!   `source_dummies_per_64`), one remote /64 never holds more than the cap: a new address of a
+//!   /64 at its cap takes over the least recently used dummy *of that same /64* (grace or not,
+//!   since the /64 is one network spending its own share), never a pinned one and never another
+//!   /64's; when all of them are pinned, allocation fails ([`MappingError::PrefixFull`]).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
@@ -40,6 +45,9 @@ pub enum MappingError {
     /// Unpin without a matching pin.
     #[error("{0} is not pinned")]
     NotPinned(Ipv4Addr),
+    /// The remote /64 holds its cap of dummies and every one of them is pinned.
+    #[error("the {0}::/64 holds its cap of source dummies and all of them are pinned")]
+    PrefixFull(Ipv6Addr),
 }
 
 /// Which pool a mapping belongs to.
@@ -176,6 +184,18 @@ pub struct MappingTable {
     dirty: HashSet<u32>,
     touched: HashSet<u32>,
     seq: u64,
+    /// Most mappings one remote /64 may hold (`None`: no cap).
+    per_64_cap: Option<usize>,
+    /// With a cap: each /64's mappings by last use, like `lru`.
+    by_64: HashMap<u64, BTreeSet<(UnixMillis, u32)>>,
+}
+
+/// The /64 an address lies in (its upper 64 bits).
+fn net64(v6: Ipv6Addr) -> u64 {
+    // The shift leaves exactly 64 bits.
+    #[allow(clippy::cast_possible_truncation)]
+    let net = (u128::from(v6) >> 64) as u64;
+    net
 }
 
 impl MappingTable {
@@ -202,6 +222,50 @@ impl MappingTable {
             dirty: HashSet::new(),
             touched: HashSet::new(),
             seq: 0,
+            per_64_cap: None,
+            by_64: HashMap::new(),
+        }
+    }
+
+    /// Caps how many mappings one remote /64 may hold at `cap` (at least 1); see the module
+    /// documentation for what happens at the cap.
+    #[must_use]
+    pub fn with_prefix_cap(mut self, cap: usize) -> Self {
+        self.per_64_cap = Some(cap.max(1));
+        self.by_64.clear();
+        for (n, e) in &self.by_v4 {
+            self.by_64
+                .entry(net64(e.mapping.v6))
+                .or_default()
+                .insert((e.mapping.last_used, *n));
+        }
+        self
+    }
+
+    /// How many mappings the /64 of `v6` holds.
+    pub fn prefix_len(&self, v6: Ipv6Addr) -> usize {
+        match self.per_64_cap {
+            Some(_) => self.by_64.get(&net64(v6)).map_or(0, BTreeSet::len),
+            None => self
+                .by_v6
+                .keys()
+                .filter(|a| net64(**a) == net64(v6))
+                .count(),
+        }
+    }
+
+    fn index_64(&mut self, v6: Ipv6Addr, key: (UnixMillis, u32), insert: bool) {
+        if self.per_64_cap.is_none() {
+            return;
+        }
+        let net = net64(v6);
+        if insert {
+            self.by_64.entry(net).or_default().insert(key);
+        } else if let Some(set) = self.by_64.get_mut(&net) {
+            set.remove(&key);
+            if set.is_empty() {
+                self.by_64.remove(&net);
+            }
         }
     }
 
@@ -264,6 +328,7 @@ impl MappingTable {
             }
             self.by_v6.insert(m.v6, n);
             self.lru.insert((m.last_used, n));
+            self.index_64(m.v6, (m.last_used, n), true);
             self.by_v4.insert(
                 n,
                 Entry {
@@ -329,7 +394,15 @@ impl MappingTable {
                 durable_after: entry.must_commit,
             });
         }
-        let (n, allocation) = self.take_address(now)?;
+        let (n, allocation) = match self.prefix_victim(v6)? {
+            Some(victim) => {
+                let old = self
+                    .remove_n(victim)
+                    .expect("the victim came from the /64 index, which mirrors by_v4");
+                (victim, Allocation::Recycled { previous: old.v6 })
+            }
+            None => self.take_address(now)?,
+        };
         self.seq += 1;
         let mut names = Vec::new();
         if let Some(name) = name {
@@ -347,6 +420,7 @@ impl MappingTable {
         };
         self.by_v6.insert(v6, n);
         self.lru.insert((now, n));
+        self.index_64(v6, (now, n), true);
         self.by_v4.insert(
             n,
             Entry {
@@ -360,6 +434,22 @@ impl MappingTable {
             allocation,
             durable_after: self.seq,
         })
+    }
+
+    /// With a cap, and the /64 of the new address `v6` at it: the least recently used unpinned
+    /// mapping of that /64, to be taken over. `Ok(None)`: below the cap (or no cap).
+    fn prefix_victim(&self, v6: Ipv6Addr) -> Result<Option<u32>, MappingError> {
+        let Some(cap) = self.per_64_cap else {
+            return Ok(None);
+        };
+        let Some(set) = self.by_64.get(&net64(v6)).filter(|s| s.len() >= cap) else {
+            return Ok(None);
+        };
+        set.iter()
+            .map(|&(_, n)| n)
+            .find(|n| self.by_v4.get(n).is_some_and(|e| e.mapping.pins == 0))
+            .map(Some)
+            .ok_or_else(|| MappingError::PrefixFull(Ipv6Addr::from(u128::from(v6) >> 64 << 64)))
     }
 
     fn take_address(&mut self, now: UnixMillis) -> Result<(u32, Allocation), MappingError> {
@@ -393,6 +483,7 @@ impl MappingTable {
         let entry = self.by_v4.remove(&n)?;
         self.by_v6.remove(&entry.mapping.v6);
         self.lru.remove(&(entry.mapping.last_used, n));
+        self.index_64(entry.mapping.v6, (entry.mapping.last_used, n), false);
         self.dirty.insert(n);
         Some(entry.mapping)
     }
@@ -402,6 +493,12 @@ impl MappingTable {
             let m = &mut entry.mapping;
             if now > m.last_used {
                 self.lru.remove(&(m.last_used, n));
+                if self.per_64_cap.is_some() {
+                    if let Some(set) = self.by_64.get_mut(&net64(m.v6)) {
+                        set.remove(&(m.last_used, n));
+                        set.insert((now, n));
+                    }
+                }
                 m.last_used = now;
                 self.lru.insert((now, n));
             }
@@ -524,6 +621,18 @@ impl MappingTable {
         }
         for n in &self.free {
             assert!(!self.by_v4.contains_key(n));
+        }
+        if let Some(cap) = self.per_64_cap {
+            let indexed: usize = self.by_64.values().map(BTreeSet::len).sum();
+            assert_eq!(indexed, self.by_v4.len());
+            for (net, set) in &self.by_64 {
+                assert!(set.len() <= cap, "a /64 holds more than its cap");
+                for (last_used, n) in set {
+                    let m = &self.by_v4[n].mapping;
+                    assert_eq!(net64(m.v6), *net);
+                    assert_eq!(m.last_used, *last_used);
+                }
+            }
         }
     }
 }
@@ -697,6 +806,127 @@ mod tests {
         assert_eq!(t.flush(UnixMillis(1), false), 1);
         assert!(t.get(a).is_some() && t.get(b).is_none());
         t.check_invariants();
+    }
+
+    fn in64(net: u16, host: u16) -> Ipv6Addr {
+        Ipv6Addr::new(0xfd00, 0x65, 0, net, 0, 0, 0, host)
+    }
+
+    fn source_table(cap: usize) -> MappingTable {
+        MappingTable::new(
+            "172.21.112.0/24".parse().unwrap(),
+            Direction::InboundPeer,
+            GRACE,
+        )
+        .with_prefix_cap(cap)
+    }
+
+    #[test]
+    fn a_64_at_its_cap_reuses_its_own_least_recently_used_unpinned_dummy() {
+        let mut t = source_table(3);
+        let a: Vec<Ipv4Addr> = (1..=3)
+            .map(|i| {
+                t.map(in64(1, i), None, Duration::ZERO, UnixMillis(u64::from(i)))
+                    .unwrap()
+                    .v4
+            })
+            .collect();
+        // Another /64 has its own share.
+        let other = t
+            .map(in64(2, 1), None, Duration::ZERO, UnixMillis(0))
+            .unwrap();
+        // The oldest of /64 #1 is pinned by a live connection: the next oldest is reused,
+        // within its grace period, and the other /64's older dummy is left alone.
+        t.pin(a[0], UnixMillis(0)).unwrap();
+        let r = t
+            .map(in64(1, 9), None, Duration::ZERO, UnixMillis(10))
+            .unwrap();
+        assert_eq!(r.v4, a[1]);
+        assert_eq!(
+            r.allocation,
+            Allocation::Recycled {
+                previous: in64(1, 2)
+            }
+        );
+        assert_eq!(t.prefix_len(in64(1, 0)), 3);
+        assert_eq!(t.get(a[0]).unwrap().v6, in64(1, 1));
+        assert_eq!(t.get(other.v4).unwrap().v6, in64(2, 1));
+        // A known address is not a new one: no reuse.
+        assert_eq!(
+            t.map(in64(1, 3), None, Duration::ZERO, UnixMillis(11))
+                .unwrap()
+                .allocation,
+            Allocation::Existing
+        );
+        t.check_invariants();
+        // All pinned: refused, nothing taken.
+        for v4 in [a[1], a[2]] {
+            t.pin(v4, UnixMillis(12)).unwrap();
+        }
+        assert_eq!(
+            t.map(in64(1, 10), None, Duration::ZERO, UnixMillis(13)),
+            Err(MappingError::PrefixFull(in64(1, 0)))
+        );
+        assert_eq!(t.len(), 4);
+        t.check_invariants();
+    }
+
+    #[test]
+    fn the_cap_applies_to_loaded_rows_too() {
+        let mut t = source_table(2);
+        for i in 1..=2 {
+            t.map(in64(1, i), None, Duration::ZERO, UnixMillis(u64::from(i)))
+                .unwrap();
+        }
+        let rows = t.list();
+        let mut again = source_table(2);
+        assert!(again.load(rows).is_empty());
+        let r = again
+            .map(in64(1, 5), None, Duration::ZERO, UnixMillis(3))
+            .unwrap();
+        assert_eq!(
+            r.allocation,
+            Allocation::Recycled {
+                previous: in64(1, 1)
+            }
+        );
+        again.check_invariants();
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        /// Under any mix of new sources, pins and time, no /64 exceeds the cap, a reused dummy
+        /// was unpinned and of the same /64, and the table stays consistent.
+        #[test]
+        fn prefix_cap_properties(ops in proptest::collection::vec(
+            (0u16..3, 0u16..40, any::<bool>(), 0u32..5_000), 1..300)
+        ) {
+            let mut t = source_table(4);
+            let mut now = UnixMillis(1_000);
+            for (net, host, pin, advance) in ops {
+                now = now.plus(Duration::from_millis(u64::from(advance)));
+                let v6 = in64(net, host);
+                let before = t.list();
+                match t.map(v6, None, Duration::ZERO, now) {
+                    Ok(r) => {
+                        if let Allocation::Recycled { previous } = r.allocation {
+                            let victim = before.iter().find(|m| m.v6 == previous).unwrap();
+                            prop_assert_eq!(victim.pins, 0);
+                            prop_assert_eq!(net64(previous), net64(v6));
+                        }
+                        if pin {
+                            t.pin(r.v4, now).unwrap();
+                        }
+                    }
+                    Err(MappingError::PrefixFull(_)) => {
+                        prop_assert!(before.iter().filter(|m| net64(m.v6) == net64(v6)).all(|m| m.pins > 0));
+                    }
+                    Err(e) => prop_assert!(false, "{e}"),
+                }
+                t.check_invariants();
+            }
+        }
     }
 
     #[derive(Debug, Clone)]

@@ -72,6 +72,18 @@ pub struct Metrics {
     /// dns.sock requests refused by the peer's SO_PEERCRED uid: look-ups, operators' (List,
     /// Stats), admins' (Flush).
     pub lookup_refused: [AtomicU64; 3],
+    /// Queries REFUSED because the client is neither loopback nor in `allow_clients`.
+    pub refused_clients: AtomicU64,
+    /// Answers REFUSED because the tenant spent its quota of new dummies.
+    pub quota_refused: AtomicU64,
+    /// Source dummies taken over inside a /64 at its `source_dummies_per_64` cap.
+    pub prefix_reused: AtomicU64,
+    /// Source dummies refused because every dummy of the /64 at its cap was pinned.
+    pub prefix_full: AtomicU64,
+    /// dns.sock requests answered Busy: the tenant had too many queued on the connection.
+    pub lookup_busy: AtomicU64,
+    /// Accepts on dns.sock that failed (the listener backs off on EMFILE/ENFILE).
+    pub accept_errors: AtomicU64,
     /// Upstream latency histogram: counts per bucket (cumulative at render time), plus +Inf.
     upstream_buckets: [AtomicU64; 9],
     upstream_sum_us: AtomicU64,
@@ -261,6 +273,36 @@ impl Metrics {
                 ("{class=\"operator\"}", get(&self.lookup_refused[1])),
                 ("{class=\"admin\"}", get(&self.lookup_refused[2])),
             ],
+        );
+        counter(
+            "refused_clients_total",
+            "Queries refused: the client is not loopback and not in allow_clients.",
+            &[("", get(&self.refused_clients))],
+        );
+        counter(
+            "quota_refused_total",
+            "Answers refused: the tenant spent its dummy_quota_per_minute.",
+            &[("", get(&self.quota_refused))],
+        );
+        counter(
+            "prefix_reused_total",
+            "Source dummies taken over inside a /64 at its source_dummies_per_64 cap.",
+            &[("", get(&self.prefix_reused))],
+        );
+        counter(
+            "prefix_full_total",
+            "Source dummies refused: every dummy of the /64 at its cap is pinned.",
+            &[("", get(&self.prefix_full))],
+        );
+        counter(
+            "lookup_busy_total",
+            "dns.sock requests answered Busy: the tenant had too many queued.",
+            &[("", get(&self.lookup_busy))],
+        );
+        counter(
+            "accept_errors_total",
+            "Accepts on dns.sock that failed.",
+            &[("", get(&self.accept_errors))],
         );
 
         let _ = writeln!(s, "# HELP outsock_dns_pool_used Mappings in each pool.");

@@ -25,6 +25,7 @@ use crate::clock::UnixMillis;
 use crate::mapping::{Allocation, Direction, MappingError};
 use crate::metrics::{Metrics, QueryKind};
 use crate::persist::{Mappings, PersistError};
+use crate::quota::DummyQuota;
 use crate::reuse::Reuse;
 use crate::upstream::{Upstream, UpstreamError, UpstreamQuery};
 
@@ -153,6 +154,9 @@ pub enum ResolveError {
     /// No mapping could be made or committed.
     #[error(transparent)]
     Mapping(#[from] PersistError),
+    /// The tenant spent its quota of new dummies (REFUSED, for that tenant only).
+    #[error("{0} spent its quota of new dummies")]
+    Quota(Arc<str>),
 }
 
 /// The resolver: rules + cache + upstream + mappings.
@@ -163,6 +167,8 @@ pub struct Resolver {
     cache: Mutex<AnswerCache>,
     mappings: Arc<Mappings>,
     metrics: Arc<Metrics>,
+    /// New destination dummies per tenant ([`crate::quota`]); `None`: unlimited.
+    quota: Option<DummyQuota>,
 }
 
 impl Resolver {
@@ -180,7 +186,38 @@ impl Resolver {
             cache: Mutex::new(cache),
             mappings,
             metrics,
+            quota: None,
         }
+    }
+
+    /// The same resolver, charging new destination dummies to the tenant of the answering
+    /// task ([`crate::quota::scope`]).
+    #[must_use]
+    pub fn with_quota(mut self, quota: DummyQuota) -> Self {
+        self.quota = Some(quota);
+        self
+    }
+
+    /// Charges the new addresses among `addrs` to the current tenant's quota.
+    fn charge_new(&self, addrs: &[(Ipv6Addr, Option<&str>)]) -> Result<(), ResolveError> {
+        let (Some(quota), Some(tenant)) = (&self.quota, crate::quota::current()) else {
+            return Ok(());
+        };
+        let mut new: Vec<Ipv6Addr> = self.mappings.with_table(Direction::Synthesised, |t| {
+            addrs
+                .iter()
+                .map(|(v6, _)| *v6)
+                .filter(|v6| t.lookup_v6(*v6).is_none())
+                .collect()
+        });
+        new.sort_unstable();
+        new.dedup();
+        let n = u64::try_from(new.len()).unwrap_or(u64::MAX);
+        if n == 0 || quota.take(&tenant, n, self.mappings.now()) {
+            return Ok(());
+        }
+        Metrics::inc(&self.metrics.quota_refused);
+        Err(ResolveError::Quota(tenant))
     }
 
     /// The mapping tables.
@@ -237,6 +274,10 @@ impl Resolver {
                     error
                 {
                     Metrics::inc(&self.metrics.exhausted);
+                }
+                if let ResolveError::Quota(tenant) = &error {
+                    tracing::debug!(%tenant, name = %q.name, "quota of new dummies spent; REFUSED");
+                    return Answer::rcode(ResponseCode::Refused);
                 }
                 tracing::debug!(%error, name = %q.name, qtype = %q.qtype, "answering SERVFAIL");
                 Answer::rcode(ResponseCode::ServFail)
@@ -461,6 +502,7 @@ impl Resolver {
         // A replay of this answer, up to the end of the horizon, hands out the same TTL: the
         // mapping must outlive the last one too.
         let horizon = trace.horizon(self.mappings.now());
+        self.charge_new(&addrs)?;
         let results = self
             .mappings
             .map_durable(
@@ -769,6 +811,40 @@ mod tests {
         assert_eq!(a_records(&again), a_records(&a));
         // The second answer came from the cache.
         assert_eq!(fake.calls.load(Ordering::SeqCst), 1);
+    }
+
+    /// New dummies are charged to the answering task's tenant: beyond its quota it gets
+    /// REFUSED, another tenant and answers without new addresses are untouched.
+    #[tokio::test]
+    async fn quota_of_new_dummies_per_tenant() {
+        let (r, _, clock) = resolver_with_clock(world(), false, "10.170.160.0/20");
+        let r = r.with_quota(crate::quota::DummyQuota::new(3));
+        let a: Arc<str> = Arc::from("vm:a");
+        let b: Arc<str> = Arc::from("uid:1000");
+        let ask = |t: &Arc<str>, name: &'static str| {
+            let t = Arc::clone(t);
+            let r = &r;
+            async move { crate::quota::scope(t, r.resolve(&q(name, RecordType::A))).await }
+        };
+        // Three new addresses: the whole minute's quota.
+        assert_eq!(ask(&a, "multi.test.").await.rcode, ResponseCode::NoError);
+        let refused = ask(&a, "v6only.test.").await;
+        assert_eq!(refused.rcode, ResponseCode::Refused);
+        assert!(refused.reuse.is_none(), "a refusal must never be replayed");
+        assert_eq!(r.metrics().quota_refused.load(Ordering::SeqCst), 1);
+        // Known addresses cost nothing.
+        assert_eq!(ask(&a, "multi.test.").await.rcode, ResponseCode::NoError);
+        // Another tenant has its own quota; once it made the mapping, A may use it.
+        assert_eq!(ask(&b, "v6only.test.").await.rcode, ResponseCode::NoError);
+        assert_eq!(ask(&a, "v6only.test.").await.rcode, ResponseCode::NoError);
+        // Twenty seconds later A has one again.
+        clock.advance(Duration::from_secs(20));
+        assert_eq!(ask(&a, "long.test.").await.rcode, ResponseCode::NoError);
+        // Outside any tenant's scope nothing is charged.
+        assert_eq!(
+            r.resolve(&q("dual.test.", RecordType::A)).await.rcode,
+            ResponseCode::NoError
+        );
     }
 
     #[tokio::test]

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, UdpSocket};
 
+use crate::clients::AllowList;
 use crate::frontend::Frontend;
 use crate::tcp::Handler;
 
@@ -59,12 +60,16 @@ impl Listeners {
 }
 
 /// Binds UDP and TCP on every address and starts serving: UDP through [`crate::udp`], TCP
-/// through hickory-server.
+/// through hickory-server. With `allow`, every listener answers only the clients it allows
+/// (loopback always); `None` answers everyone, which only loopback listeners may do (the
+/// settings check that).
 pub async fn start(
     addrs: &[SocketAddr],
     frontend: &Arc<Frontend>,
+    allow: Option<Arc<AllowList>>,
 ) -> Result<Listeners, ServerError> {
-    let handler = Handler::new(Arc::clone(frontend.resolver()), frontend.payload());
+    let handler =
+        Handler::new(Arc::clone(frontend.resolver()), frontend.payload()).allowing(allow.clone());
     let mut tcp = hickory_server::Server::new(handler);
     let mut udp_tasks = Vec::new();
     for &addr in addrs {
@@ -77,7 +82,11 @@ pub async fn start(
             .await
             .map_err(|source| ServerError::Bind { addr, source })?;
         tracing::info!(udp = %tcp_addr, tcp = %tcp_addr, "DNS listening");
-        udp_tasks.push(tokio::spawn(crate::udp::serve(udp, Arc::clone(frontend))));
+        udp_tasks.push(tokio::spawn(crate::udp::serve(
+            udp,
+            Arc::clone(frontend),
+            allow.clone(),
+        )));
         // Requests on one connection are answered in turn, so a few queued responses suffice.
         tcp.register_listener(listener, TCP_IDLE, 32);
     }

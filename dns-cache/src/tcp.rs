@@ -2,6 +2,9 @@
 //! reply as the raw-packet path ([`crate::answer::reply`]). TCP carries few queries, so it stays
 //! on hickory-server, which does its framing and idle timeouts ([`crate::server`] registers the
 //! listeners).
+//!
+//! As on UDP, a client outside `allow_clients` ([`crate::clients`]) is answered REFUSED and
+//! counted, and new dummies are charged to the tenant `client:ADDRESS` ([`crate::quota`]).
 
 use std::sync::Arc;
 
@@ -11,6 +14,8 @@ use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseI
 use hickory_server::zone_handler::MessageResponseBuilder;
 
 use crate::answer::reply;
+use crate::clients::AllowList;
+use crate::metrics::Metrics;
 use crate::resolve::Resolver;
 
 /// hickory-server's request handler over the resolver.
@@ -18,12 +23,24 @@ use crate::resolve::Resolver;
 pub struct Handler {
     resolver: Arc<Resolver>,
     payload: u16,
+    allow: Option<Arc<AllowList>>,
 }
 
 impl Handler {
     /// A handler that advertises `payload` as its EDNS UDP size.
     pub fn new(resolver: Arc<Resolver>, payload: u16) -> Self {
-        Self { resolver, payload }
+        Self {
+            resolver,
+            payload,
+            allow: None,
+        }
+    }
+
+    /// The same handler answering only the clients `allow` allows (the others REFUSED).
+    #[must_use]
+    pub fn allowing(mut self, allow: Option<Arc<AllowList>>) -> Self {
+        self.allow = allow;
+        self
     }
 }
 
@@ -40,12 +57,34 @@ impl RequestHandler for Handler {
             .iter()
             .map(|q| q.original().clone())
             .collect();
-        let r = reply(
-            &self.resolver,
-            &request.metadata,
-            &queries,
-            request.edns.as_ref(),
-            self.payload,
+        let src = request.src();
+        if self.allow.as_deref().is_some_and(|a| !a.allows(src.ip())) {
+            Metrics::inc(&self.resolver.metrics().refused_clients);
+            let mut metadata = Metadata::response_from_request(&request.metadata);
+            metadata.response_code = ResponseCode::Refused;
+            let response =
+                MessageResponseBuilder::new(&request.queries, None).build_no_records(metadata);
+            return match response_handle.send_response(response).await {
+                Ok(info) => info,
+                Err(error) => {
+                    tracing::debug!(%error, "cannot send a DNS response");
+                    ResponseInfo::from(Header {
+                        metadata,
+                        counts: HeaderCounts::default(),
+                    })
+                }
+            };
+        }
+        let tenant: Arc<str> = Arc::from(format!("client:{}", src.ip()));
+        let r = crate::quota::scope(
+            tenant,
+            reply(
+                &self.resolver,
+                &request.metadata,
+                &queries,
+                request.edns.as_ref(),
+                self.payload,
+            ),
         )
         .await;
         let mut builder = MessageResponseBuilder::new(&request.queries, None);

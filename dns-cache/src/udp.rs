@@ -6,6 +6,11 @@
 //! allocated: one `recvmmsg` for up to [`crate::mmsg::BATCH`] queries, [`Frontend::replay`] for each, one
 //! `sendmmsg` for the replies ([`crate::mmsg`]). The loop gives the runtime back after
 //! `ROUNDS` batches so that TCP, dns.sock and the metrics page are served under a flood too.
+//!
+//! A listener on a non-loopback address checks each client against `allow_clients`
+//! ([`crate::clients`]) first: others get REFUSED (header and question only, never larger than
+//! the query) and are counted. A query that needs resolving is charged, for new dummies, to the
+//! tenant `client:ADDRESS` ([`crate::quota`]).
 
 use std::io::ErrorKind;
 use std::net::{IpAddr, SocketAddr};
@@ -16,6 +21,7 @@ use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::Semaphore;
 
+use crate::clients::{refused, AllowList};
 use crate::frontend::Frontend;
 use crate::metrics::Metrics;
 use crate::mmsg::{RecvBatch, SendBatch};
@@ -37,8 +43,9 @@ fn answerable(peer: SocketAddr) -> bool {
         }
 }
 
-/// Serves one UDP socket until the task is aborted or the socket fails.
-pub async fn serve(socket: UdpSocket, frontend: Arc<Frontend>) {
+/// Serves one UDP socket until the task is aborted or the socket fails; with `allow`, only
+/// clients it allows are answered (the others REFUSED).
+pub async fn serve(socket: UdpSocket, frontend: Arc<Frontend>, allow: Option<Arc<AllowList>>) {
     let socket = Arc::new(socket);
     let waiting = Arc::new(Semaphore::new(MAX_WAITING));
     let mut rx = RecvBatch::new();
@@ -70,6 +77,13 @@ pub async fn serve(socket: UdpSocket, frontend: Arc<Frontend>) {
                 if !answerable(peer) {
                     continue;
                 }
+                if allow.as_deref().is_some_and(|a| !a.allows(peer.ip())) {
+                    Metrics::inc(&frontend.resolver().metrics().refused_clients);
+                    if let Some(r) = refused(packet) {
+                        tx.push(&r, peer);
+                    }
+                    continue;
+                }
                 if frontend.replay(packet, false, &mut out) {
                     tx.push(&out, peer);
                     continue;
@@ -86,7 +100,9 @@ pub async fn serve(socket: UdpSocket, frontend: Arc<Frontend>) {
                 let socket = Arc::clone(&socket);
                 let frontend = Arc::clone(&frontend);
                 tokio::spawn(async move {
-                    if let Some(reply) = frontend.answer(&packet, false).await {
+                    let tenant: Arc<str> = Arc::from(format!("client:{}", peer.ip()));
+                    let answer = crate::quota::scope(tenant, frontend.answer(&packet, false));
+                    if let Some(reply) = answer.await {
                         send(&socket, &reply, peer).await;
                     }
                     drop(permit);

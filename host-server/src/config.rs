@@ -44,6 +44,10 @@ pub struct LimitSettings {
     pub max_listeners: u32,
     /// TCP connects under way at once: refused with EAGAIN.
     pub max_pending_connects: u32,
+    /// Streams of one peer uid still without their request 250 ms after accept (counted from
+    /// then until the request is read; `request_timeout_ms` bounds how long each waits). Beyond
+    /// it such a stream is answered `Failed(EAGAIN)` and closed at once.
+    pub max_awaiting_request: u32,
 }
 
 impl Default for LimitSettings {
@@ -52,6 +56,7 @@ impl Default for LimitSettings {
             max_sockets: 4096,
             max_listeners: 64,
             max_pending_connects: 256,
+            max_awaiting_request: 128,
         }
     }
 }
@@ -148,6 +153,7 @@ struct Raw {
     source_pool: String,
     guest_dns: Ipv4Addr,
     metrics_listen: String,
+    metrics_public: bool,
     listen: ListenSettings,
     limits: LimitSettings,
     vms: BTreeMap<String, RawVm>,
@@ -180,6 +186,7 @@ impl Default for Raw {
             source_pool: "172.21.112.0/20".into(),
             guest_dns: Ipv4Addr::new(10, 170, 160, 1),
             metrics_listen: "127.0.0.1:9641".into(),
+            metrics_public: false,
             listen: ListenSettings::default(),
             limits: LimitSettings::default(),
             vms: BTreeMap::new(),
@@ -376,7 +383,7 @@ impl Raw {
             .destinations
             .check(&[destination_pool, source_pool])
             .map_err(|e| invalid(e.key, e.message))?;
-        let metrics_listen = match self.metrics_listen.trim() {
+        let metrics_listen: Option<SocketAddr> = match self.metrics_listen.trim() {
             "" => None,
             s => Some(s.parse().map_err(|_| {
                 invalid(
@@ -385,6 +392,17 @@ impl Raw {
                 )
             })?),
         };
+        if let Some(a) = metrics_listen {
+            if !a.ip().is_loopback() && !self.metrics_public {
+                return Err(invalid(
+                    "metrics_listen",
+                    format!(
+                        "{a} is not a loopback address; metrics are local unless \
+                         `metrics_public = true` says otherwise"
+                    ),
+                ));
+            }
+        }
         let mut port_map = BTreeMap::new();
         for (guest, host) in &self.listen.port_map {
             let g: u16 = guest.parse().map_err(|_| {
@@ -452,6 +470,8 @@ impl Raw {
                 max_pending_connects: l
                     .max_pending_connects
                     .unwrap_or(self.limits.max_pending_connects),
+                // Counted per peer uid before any hello names a VM: global only.
+                max_awaiting_request: self.limits.max_awaiting_request,
             });
             if let Some(l) = &limits {
                 for (key, v) in [
@@ -500,6 +520,10 @@ impl Raw {
             (
                 "limits.max_pending_connects",
                 self.limits.max_pending_connects,
+            ),
+            (
+                "limits.max_awaiting_request",
+                self.limits.max_awaiting_request,
             ),
         ] {
             if v == 0 {
@@ -561,7 +585,25 @@ mod tests {
         assert_eq!(s.guest_dns, Ipv4Addr::new(10, 170, 160, 1));
         assert_eq!(s.destination_pool.to_string(), "10.170.160.0/20");
         assert!(!s.ipv4_egress);
+        assert_eq!(s.limits.max_awaiting_request, 128);
         assert_eq!(s, Settings::default());
+    }
+
+    #[test]
+    fn public_metrics_need_the_flag() {
+        let s = Settings::load_with_env(
+            None,
+            env(&[
+                ("OUTSOCK_HOST_METRICS_LISTEN", "[::]:9641"),
+                ("OUTSOCK_HOST_METRICS_PUBLIC", "true"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.metrics_listen, Some("[::]:9641".parse().unwrap()));
+        let s =
+            Settings::load_with_env(None, env(&[("OUTSOCK_HOST_METRICS_LISTEN", "[::1]:9641")]))
+                .unwrap();
+        assert_eq!(s.metrics_listen, Some("[::1]:9641".parse().unwrap()));
     }
 
     #[test]
@@ -647,6 +689,12 @@ mod tests {
             ("OUTSOCK_HOST_SOURCE_POOL", "10.170.160.0/24", "source_pool"),
             ("OUTSOCK_HOST_GUEST_DNS", "192.0.2.1", "guest_dns"),
             ("OUTSOCK_HOST_METRICS_LISTEN", "nonsense", "metrics_listen"),
+            ("OUTSOCK_HOST_METRICS_LISTEN", "[::]:9641", "metrics_public"),
+            (
+                "OUTSOCK_HOST_LIMITS__MAX_AWAITING_REQUEST",
+                "0",
+                "limits.max_awaiting_request",
+            ),
             (
                 "OUTSOCK_HOST_LIMITS__MAX_LISTENERS",
                 "0",

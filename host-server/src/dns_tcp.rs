@@ -18,7 +18,7 @@ pub(crate) async fn dns_over_tcp(req: Request, dest: SocketAddrV4, shared: &Shar
         mut stream,
         leftover,
         permit,
-        ..
+        identity,
     } = req;
     shared.metrics.record(Event::Connect("ok"));
     let answer = ToGuest::Connected {
@@ -39,7 +39,7 @@ pub(crate) async fn dns_over_tcp(req: Request, dest: SocketAddrV4, shared: &Shar
         let Some(query) = next_dns_message(&mut stream, &mut buf, idle).await else {
             break;
         };
-        let Ok(reply) = shared.mapping.dns_query(true, query).await else {
+        let Ok(reply) = shared.mapping.dns_query(&identity, true, query).await else {
             break;
         };
         let Ok(len) = u16::try_from(reply.len()) else {

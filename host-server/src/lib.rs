@@ -11,8 +11,9 @@
 //!   state every handler takes) under all of them;
 //! - the service actors with their handles: [`actors::mapping`] and [`actors::metrics`];
 //! - plain logic tested without actix — [`config`], [`accounts`] (names in the access
-//!   settings), [`identity`] (who a peer is), [`dest`]
-//!   (where an IPv4 destination goes), [`limits`], [`mapping`] (cache and pins), [`relay`],
+//!   settings), [`identity`] (who a peer is), [`dest`] (where an IPv4 destination goes),
+//!   [`limits`] (with [`awaiting`]: streams before their request), [`mapping`] (cache and
+//!   pins), [`relay`],
 //!   [`framed`], [`fdpass`] (SCM_RIGHTS), [`metrics`], [`errno`], [`ratelimit`]; and the I/O
 //!   clients [`lookup`] (dns.sock) and [`fallback`] (the SQLite file, read-only).
 //!
@@ -22,6 +23,7 @@
 
 pub mod accounts;
 pub mod actors;
+pub mod awaiting;
 pub mod config;
 mod context;
 pub mod dest;

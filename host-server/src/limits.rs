@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use shared_proto::Errno;
 
+use crate::awaiting::{Awaiting, AwaitingRequests};
 use crate::config::LimitSettings;
 use crate::identity::Identity;
 
@@ -56,6 +57,8 @@ struct Table {
 #[derive(Debug, Clone)]
 pub struct Limits {
     table: Arc<Mutex<Table>>,
+    /// Streams awaiting their request, per peer uid (before any identity is known).
+    awaiting: AwaitingRequests,
 }
 
 /// One admitted resource; dropping it frees the slot.
@@ -75,6 +78,7 @@ impl Limits {
                 own: HashMap::new(),
                 used: HashMap::new(),
             })),
+            awaiting: AwaitingRequests::new(s.max_awaiting_request),
         }
     }
 
@@ -91,6 +95,13 @@ impl Limits {
             .map(|(i, s)| (i, [s.max_sockets, s.max_listeners, s.max_pending_connects]))
             .collect();
         l
+    }
+
+    /// Counts a stream of peer uid `uid` that has not sent its request yet; `None` when the
+    /// uid already has `limits.max_awaiting_request` such streams (the stream is refused).
+    #[must_use]
+    pub fn awaiting_request(&self, uid: u32) -> Option<Awaiting> {
+        self.awaiting.enter(uid)
     }
 
     /// Takes a slot of `resource` for `identity`, or says which errno refuses it.
@@ -165,6 +176,7 @@ mod tests {
             max_sockets: 2,
             max_listeners: 1,
             max_pending_connects: 1,
+            ..LimitSettings::default()
         });
         let a = Identity::Process { uid: 1 };
         let b = Identity::Vm("web".into());

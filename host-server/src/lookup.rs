@@ -331,7 +331,10 @@ pub(crate) mod tests {
                                 pins = pins.saturating_sub(1);
                                 LookupReply::Pinned { pins }
                             }
-                            LookupOp::DnsQuery { packet, .. } => LookupReply::DnsAnswer { packet },
+                            LookupOp::DnsQuery { packet, .. }
+                            | LookupOp::DnsQueryAs { packet, .. } => {
+                                LookupReply::DnsAnswer { packet }
+                            }
                             _ => LookupReply::NotFound,
                         };
                         let out = frame::to_vec(&LookupResponse { id: req.id, reply }).unwrap();

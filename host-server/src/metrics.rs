@@ -36,6 +36,9 @@ pub enum Event {
     /// The destination policy refused an address (connect, send, or a reply's source); the
     /// reason (`outsock_policy::Reason::as_str`).
     RefusedDestination(&'static str),
+    /// An accept on host.sock failed; `"descriptors"` (EMFILE/ENFILE/ENOBUFS/ENOMEM: the
+    /// acceptor backs off) or `"other"`.
+    AcceptFailed(&'static str),
 }
 
 /// Every counter, by its Prometheus series name.
@@ -115,6 +118,9 @@ impl Metrics {
                 &format!("{P}_refused_destinations_total{{reason=\"{reason}\"}}"),
                 1,
             ),
+            Event::AcceptFailed(why) => {
+                self.add(&format!("{P}_accept_errors_total{{reason=\"{why}\"}}"), 1);
+            }
         }
     }
 

@@ -1,11 +1,15 @@
 //! One host.sock stream from accept to close: admit the peer by SO_PEERCRED (VMMs, root and the
 //! process-mode users; anyone else gets `Failed(EACCES)` before a byte is read), identify it,
-//! read the request under the
-//! request timeout, apply the socket limit, and dispatch to outbound TCP, a guest listener, a
-//! UDP association, or a connected UDP socket handed to a process. Refusals are answered with a
-//! `Failed(errno)` frame before the stream closes.
+//! read the request under the request timeout — a stream still silent after
+//! [`AWAITING_GRACE`] counts among its uid's streams awaiting their request
+//! (`limits.max_awaiting_request`; beyond it the stream is answered EAGAIN and closed at once) —
+//! apply the socket limit, and dispatch to outbound TCP, a guest listener, a UDP association, or
+//! a connected UDP socket handed to a process. Refusals are answered with a `Failed(errno)`
+//! frame before the stream closes.
 
-use shared_proto::outsource::ToHost;
+use std::time::Duration;
+
+use shared_proto::outsource::{ToGuest, ToHost};
 use shared_proto::Errno;
 use tokio::net::UnixStream;
 
@@ -55,20 +59,34 @@ pub(crate) async fn serve(mut stream: UnixStream, shared: Shared) -> Next {
         return Next::Closed;
     }
     let mut reader = FrameReader::new();
-    let opened = tokio::time::timeout(
-        shared.settings.request_timeout,
-        open(&mut stream, &mut reader, cred, &shared),
-    )
-    .await;
+    let opened = match read_request(&mut stream, &mut reader, cred, &shared).await {
+        Start::Read(r) => r,
+        Start::TimedOut => Err(None),
+        Start::OverCap => {
+            shared
+                .metrics
+                .record(Event::StreamRefused("awaiting_request_limit"));
+            static LOG: LogLimit = LogLimit::new();
+            if LOG.allow() {
+                tracing::info!(
+                    uid = cred.uid,
+                    pid = ?cred.pid,
+                    "too many streams awaiting their request; refusing"
+                );
+            }
+            refuse_now(&stream, Errno::EAGAIN);
+            return Next::Closed;
+        }
+    };
     let Opened {
         identity, request, ..
     } = match opened {
-        Ok(Ok(o)) => o,
-        Ok(Err(errno)) => {
+        Ok(o) => o,
+        Err(Some(errno)) => {
             refuse(&mut stream, errno).await;
             return Next::Closed;
         }
-        Err(_) => {
+        Err(None) => {
             shared
                 .metrics
                 .record(Event::StreamRefused("request_timeout"));
@@ -110,6 +128,65 @@ pub(crate) async fn serve(mut stream: UnixStream, shared: Shared) -> Next {
         }
         // The opening only yields requests.
         ToHost::Hello(_) | ToHost::Datagram(_) => Next::Closed,
+    }
+}
+
+/// How long a new stream may take to send its request before it counts among its uid's
+/// streams awaiting one. A client that sends its request with the connect (liboutsock, a VMM)
+/// never counts, so a burst of legitimate connects is never refused; a stream that is still
+/// silent after this is counted, or refused when its uid already has the cap.
+pub(crate) const AWAITING_GRACE: Duration = Duration::from_millis(250);
+
+/// How reading a stream's opening ended.
+enum Start {
+    /// The request, or the errno to refuse with.
+    Read(Result<Opened, Option<Errno>>),
+    /// No request within `request_timeout`.
+    TimedOut,
+    /// Still no request after [`AWAITING_GRACE`], and the uid has its cap of such streams.
+    OverCap,
+}
+
+/// Reads the opening under `request_timeout`, counting the stream among its uid's streams
+/// awaiting a request from [`AWAITING_GRACE`] on until the request is read (one timer per
+/// stream, as before; the count is taken only by streams that are slow to speak).
+async fn read_request(
+    stream: &mut UnixStream,
+    reader: &mut FrameReader,
+    cred: PeerCred,
+    shared: &Shared,
+) -> Start {
+    let timeout = shared.settings.request_timeout;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let opening = open(stream, reader, cred, shared);
+    tokio::pin!(opening);
+    let timer = tokio::time::sleep(AWAITING_GRACE.min(timeout));
+    tokio::pin!(timer);
+    // Held until the request is read: the stream counts as awaiting while this lives.
+    let mut awaiting = None;
+    loop {
+        tokio::select! {
+            biased;
+            r = &mut opening => return Start::Read(r.map_err(Some)),
+            () = &mut timer => {
+                if awaiting.is_some() || tokio::time::Instant::now() >= deadline {
+                    return Start::TimedOut;
+                }
+                match shared.limits.awaiting_request(cred.uid) {
+                    Some(a) => awaiting = Some(a),
+                    None => return Start::OverCap,
+                }
+                timer.as_mut().reset(deadline);
+            }
+        }
+    }
+}
+
+/// Answers `errno` if the socket takes it without waiting, then the caller drops the stream: a
+/// flood of streams must cost no more than its accept.
+fn refuse_now(stream: &UnixStream, errno: Errno) {
+    if let Ok(bytes) = shared_proto::frame::to_vec(&ToGuest::Failed(errno)) {
+        let _ = stream.try_write(&bytes);
     }
 }
 

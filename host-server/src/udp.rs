@@ -337,7 +337,11 @@ async fn send_out(
     let target = match udp_target(d.addr, shared).await {
         Ok(Some(t)) => t,
         Ok(None) => {
-            let answer = shared.mapping.dns_query(false, d.payload).await.ok()?;
+            let answer = shared
+                .mapping
+                .dns_query(identity, false, d.payload)
+                .await
+                .ok()?;
             return Some(Datagram {
                 addr: d.addr,
                 payload: answer,

@@ -4,6 +4,10 @@
 //! IPv4 address back to IPv6, to give an inbound IPv6 peer a dummy from the source pool, to pin a
 //! mapping while a connection uses it, and to answer guest DNS packets. Every request carries an
 //! id that its response repeats, so a client may pipeline requests on one stream.
+//!
+//! A guest's DNS packet travels as [`LookupOp::DnsQueryAs`], naming the [`Tenant`] (VM or
+//! uid) it came from, so that dns-cache can charge new dummies to that tenant's quota and keep
+//! look-ups fair across tenants; the older [`LookupOp::DnsQuery`] counts as one shared tenant.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -71,6 +75,49 @@ pub struct Counter {
     pub value: u64,
 }
 
+/// On whose behalf host-server asks: the identity host-server established for the stream (a
+/// VMM's hello, or SO_PEERCRED), never anything the guest said.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Tenant {
+    /// The guests of one VM, by its configured name.
+    Vm(String),
+    /// The processes of one user on the host (process mode).
+    Uid(u32),
+}
+
+impl std::fmt::Display for Tenant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Vm(name) => write!(f, "vm:{name}"),
+            Self::Uid(uid) => write!(f, "uid:{uid}"),
+        }
+    }
+}
+
+fn write_tenant(w: &mut Writer, t: &Tenant) {
+    match t {
+        Tenant::Vm(name) => {
+            w.u8(1);
+            w.string(name);
+        }
+        Tenant::Uid(uid) => {
+            w.u8(2);
+            w.u32(*uid);
+        }
+    }
+}
+
+fn read_tenant(r: &mut Reader<'_>) -> Result<Tenant, ProtoError> {
+    match r.u8()? {
+        1 => Ok(Tenant::Vm(r.string()?)),
+        2 => Ok(Tenant::Uid(r.u32()?)),
+        other => Err(ProtoError::BadValue {
+            field: "tenant",
+            value: u64::from(other),
+        }),
+    }
+}
+
 /// What host-server asks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LookupOp {
@@ -98,6 +145,13 @@ pub enum LookupOp {
         tcp: bool,
         packet: Vec<u8>,
     },
+    /// [`LookupOp::DnsQuery`] on behalf of `tenant`: new dummies count against its quota, and
+    /// its look-ups queue apart from other tenants'.
+    DnsQueryAs {
+        tenant: Tenant,
+        tcp: bool,
+        packet: Vec<u8>,
+    },
 }
 
 /// A request: an id chosen by the client and an operation.
@@ -119,6 +173,8 @@ pub enum LookupErrorCode {
     /// The peer's SO_PEERCRED uid may not perform this operation (dns-cache's `lookup_uids`,
     /// `operator_uids`, `admin_uids`); the message names the operation and the setting.
     Forbidden,
+    /// The tenant has too many look-ups queued on this connection; try again later.
+    Busy,
 }
 
 impl LookupErrorCode {
@@ -128,6 +184,7 @@ impl LookupErrorCode {
             Self::Invalid => 2,
             Self::Internal => 3,
             Self::Forbidden => 4,
+            Self::Busy => 5,
         }
     }
 
@@ -137,6 +194,7 @@ impl LookupErrorCode {
             2 => Ok(Self::Invalid),
             3 => Ok(Self::Internal),
             4 => Ok(Self::Forbidden),
+            5 => Ok(Self::Busy),
             other => Err(ProtoError::BadValue {
                 field: "error code",
                 value: u64::from(other),
@@ -196,6 +254,7 @@ mod kind {
     pub const FLUSH: u8 = 6;
     pub const STATS: u8 = 7;
     pub const DNS_QUERY: u8 = 8;
+    pub const DNS_QUERY_AS: u8 = 9;
 
     pub const RESOLVED: u8 = 32;
     pub const NOT_FOUND: u8 = 33;
@@ -269,6 +328,7 @@ impl Message for LookupRequest {
             LookupOp::Flush => kind::FLUSH,
             LookupOp::Stats => kind::STATS,
             LookupOp::DnsQuery { .. } => kind::DNS_QUERY,
+            LookupOp::DnsQueryAs { .. } => kind::DNS_QUERY_AS,
         }
     }
 
@@ -286,6 +346,15 @@ impl Message for LookupRequest {
             }
             LookupOp::Flush | LookupOp::Stats => {}
             LookupOp::DnsQuery { tcp, packet } => {
+                w.bool(*tcp);
+                w.bytes(packet);
+            }
+            LookupOp::DnsQueryAs {
+                tenant,
+                tcp,
+                packet,
+            } => {
+                write_tenant(w, tenant);
                 w.bool(*tcp);
                 w.bytes(packet);
             }
@@ -307,6 +376,11 @@ impl Message for LookupRequest {
             kind::FLUSH => LookupOp::Flush,
             kind::STATS => LookupOp::Stats,
             kind::DNS_QUERY => LookupOp::DnsQuery {
+                tcp: r.bool()?,
+                packet: r.bytes()?,
+            },
+            kind::DNS_QUERY_AS => LookupOp::DnsQueryAs {
+                tenant: read_tenant(r)?,
                 tcp: r.bool()?,
                 packet: r.bytes()?,
             },

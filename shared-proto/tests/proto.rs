@@ -9,7 +9,7 @@ use proptest::option;
 use proptest::prelude::*;
 use shared_proto::lookup::{
     Counter, Direction, ListQuery, LookupErrorCode, LookupOp, LookupReply, LookupRequest,
-    LookupResponse, MappingInfo,
+    LookupResponse, MappingInfo, Tenant,
 };
 use shared_proto::outsource::{
     ConnectRequest, Datagram, ListenRequest, ToGuest, ToHost, UdpConnectRequest, UdpRequest,
@@ -113,6 +113,13 @@ fn mapping() -> impl Strategy<Value = MappingInfo> {
         )
 }
 
+fn tenant() -> impl Strategy<Value = Tenant> {
+    prop_oneof![
+        name().prop_map(Tenant::Vm),
+        any::<u32>().prop_map(Tenant::Uid),
+    ]
+}
+
 fn lookup_request() -> impl Strategy<Value = LookupRequest> {
     let dummy = any::<u32>().prop_map(Ipv4Addr::from);
     let op = prop_oneof![
@@ -130,6 +137,13 @@ fn lookup_request() -> impl Strategy<Value = LookupRequest> {
         Just(LookupOp::Flush),
         Just(LookupOp::Stats),
         (any::<bool>(), payload()).prop_map(|(tcp, packet)| LookupOp::DnsQuery { tcp, packet }),
+        (tenant(), any::<bool>(), payload()).prop_map(|(tenant, tcp, packet)| {
+            LookupOp::DnsQueryAs {
+                tenant,
+                tcp,
+                packet,
+            }
+        }),
     ];
     (any::<u32>(), op).prop_map(|(id, op)| LookupRequest { id, op })
 }
@@ -140,6 +154,7 @@ fn lookup_response() -> impl Strategy<Value = LookupResponse> {
         Just(LookupErrorCode::Invalid),
         Just(LookupErrorCode::Internal),
         Just(LookupErrorCode::Forbidden),
+        Just(LookupErrorCode::Busy),
     ];
     let reply = prop_oneof![
         mapping().prop_map(LookupReply::Resolved),

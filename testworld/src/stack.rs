@@ -61,6 +61,7 @@ pub struct Stack {
     dns: Option<Daemon>,
     host: Option<Daemon>,
     host_extra: String,
+    dns_extra: String,
 }
 
 impl Stack {
@@ -70,12 +71,22 @@ impl Stack {
     /// # Errors
     /// When the world or a daemon does not come up.
     pub fn start(label: &str, host_extra: &str) -> Result<Self> {
+        Self::start_with(label, "", host_extra)
+    }
+
+    /// [`Stack::start`], with `dns_extra` appended to dns-cache's TOML config as well (e.g.
+    /// `source_dummies_per_64 = 16`).
+    ///
+    /// # Errors
+    /// When the world or a daemon does not come up.
+    pub fn start_with(label: &str, dns_extra: &str, host_extra: &str) -> Result<Self> {
         let world = World::start(label)?;
         let mut s = Self {
             world,
             dns: None,
             host: None,
             host_extra: host_extra.to_owned(),
+            dns_extra: dns_extra.to_owned(),
         };
         s.write_configs()?;
         s.start_dns()?;
@@ -89,10 +100,11 @@ impl Stack {
             w.path("dns-cache.toml"),
             format!(
                 "listen = [\"[::1]:53\"]\nupstreams = [\"[{dns}]:53\"]\nupstream_timeout_ms = 1000\n\
-                 database = \"{db}\"\nlookup_socket = \"{sock}\"\nmetrics = \"\"\n",
+                 database = \"{db}\"\nlookup_socket = \"{sock}\"\nmetrics = \"\"\n{extra}\n",
                 dns = addr::DNS,
                 db = self.db().display(),
                 sock = self.dns_sock().display(),
+                extra = self.dns_extra,
             ),
         )?;
         std::fs::write(

@@ -9,11 +9,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use shared_proto::lookup::{LookupOp, LookupReply};
+use shared_proto::lookup::{LookupOp, LookupReply, Tenant};
 use thiserror::Error;
 
 use crate::actors::metrics::MetricsHandle;
 use crate::fallback;
+use crate::identity::Identity;
 use crate::lookup::{LookupClient, LookupError};
 use crate::mapping::{MappingCache, PinAction, PinTable, SharedCache};
 use crate::metrics::Event;
@@ -217,10 +218,11 @@ impl Handler<Unpin> for MappingActor {
     }
 }
 
-/// A guest's raw DNS message for dns-cache.
+/// A guest's raw DNS message for dns-cache, on behalf of `tenant` (the stream's identity).
 #[derive(Debug, Message)]
 #[rtype(result = "Result<Vec<u8>, MapError>")]
 pub struct DnsQuery {
+    pub tenant: Tenant,
     pub tcp: bool,
     pub packet: Vec<u8>,
 }
@@ -233,7 +235,8 @@ impl Handler<DnsQuery> for MappingActor {
         let t = self.timeout;
         self.metrics.record(Event::DnsQuery);
         Box::pin(async move {
-            let op = LookupOp::DnsQuery {
+            let op = LookupOp::DnsQueryAs {
+                tenant: q.tenant,
                 tcp: q.tcp,
                 packet: q.packet,
             };
@@ -301,13 +304,27 @@ impl MappingHandle {
         }
     }
 
-    /// Answers a guest's DNS message through dns-cache.
+    /// Answers a guest's DNS message through dns-cache, on behalf of `identity`: its new
+    /// dummies count against that identity's quota and its look-ups queue apart from others'.
     ///
     /// # Errors
     /// [`MapError`] when dns-cache cannot answer.
-    pub async fn dns_query(&self, tcp: bool, packet: Vec<u8>) -> Result<Vec<u8>, MapError> {
+    pub async fn dns_query(
+        &self,
+        identity: &Identity,
+        tcp: bool,
+        packet: Vec<u8>,
+    ) -> Result<Vec<u8>, MapError> {
+        let tenant = match identity {
+            Identity::Vm(name) => Tenant::Vm(name.clone()),
+            Identity::Process { uid } => Tenant::Uid(*uid),
+        };
         self.addr
-            .send(DnsQuery { tcp, packet })
+            .send(DnsQuery {
+                tenant,
+                tcp,
+                packet,
+            })
             .await
             .map_err(|_| MapError::Stopped)?
     }

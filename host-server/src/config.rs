@@ -498,6 +498,18 @@ impl Raw {
                 },
             );
         }
+        if default_address.is_unspecified() {
+            if let Some(name) = vms.keys().next() {
+                return Err(invalid(
+                    "listen.default_address",
+                    format!(
+                        "VMs are configured ([vms.{name}]): set the host's own IPv6 address for \
+                         process-mode listeners, since `::` would take their ports on the VMs' \
+                         addresses too"
+                    ),
+                ));
+            }
+        }
         let mut process_uids = BTreeSet::new();
         for a in &self.process_uids {
             process_uids.insert(
@@ -612,7 +624,7 @@ mod tests {
         let f = dir.path().join("h.toml");
         std::fs::write(
             &f,
-            "connect_timeout_ms = 500\n[listen]\nallowed_ports = [80]\n[listen.port_map]\n80 = 8080\n\
+            "connect_timeout_ms = 500\n[listen]\ndefault_address = \"fd00:64::1\"\nallowed_ports = [80]\n[listen.port_map]\n80 = 8080\n\
              [vms.web]\nsocket = \"/run/outsock/vm-web.vsock\"\naddress = \"fd00:64::101\"\n\
              vmm_uid = 107\nallowed_ports = [8080]\n[vms.web.limits]\nmax_sockets = 9\n",
         )
@@ -741,7 +753,7 @@ mod tests {
              bob:x:1001:1001::/:/bin/sh\n",
             "vmweb:x:990:\nusers:x:100:bob\n",
         );
-        let vm = "[vms.web]\nsocket = \"/run/outsock/vm-web.vsock\"\naddress = \"fd00:64::101\"\n";
+        let vm = "[listen]\ndefault_address = \"fd00:64::1\"\n[vms.web]\nsocket = \"/run/outsock/vm-web.vsock\"\naddress = \"fd00:64::101\"\n";
         // The old global list stops start-up, pointing at the new key.
         let e = from_text("vmm_uids = [107]\n", &accounts)
             .unwrap_err()
@@ -767,12 +779,18 @@ mod tests {
         assert!(s.may_use_host_socket(5000, 100));
         assert!(!s.may_use_host_socket(5000, 5000));
         // A process-mode listener never binds a VM's address.
+        let web = "[vms.web]\nsocket = \"/run/outsock/vm-web.vsock\"\naddress = \"fd00:64::101\"\n";
         let e = from_text(
-            &format!("[listen]\ndefault_address = \"fd00:64::101\"\n{vm}vmm_uid = 1\n"),
+            &format!("[listen]\ndefault_address = \"fd00:64::101\"\n{web}vmm_uid = 1\n"),
             &accounts,
         )
         .unwrap_err()
         .to_string();
+        assert!(e.contains("listen.default_address"), "{e}");
+        // Nor `::`, which would take a port on the VMs' addresses too.
+        let e = from_text(&format!("{web}vmm_uid = 1\n"), &accounts)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("listen.default_address"), "{e}");
         let e = from_text(
             &format!("{vm}vmm_uid = 1\n[vms.web.limits]\nmax_listeners = 0\n"),

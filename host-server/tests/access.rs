@@ -1,4 +1,4 @@
-//! Who may use which socket, end to end with real users (DESIGN.md §11, docs/security-access.md):
+//! Who may use which socket, end to end with real users (DESIGN.md §11, docs/security.md, "Access"):
 //! the real outsock-dns-cache and outsock-host-server run as root in the test world's `host`
 //! namespace; peers run as users this test creates (`testworld::users`), each a small Python
 //! client started with `setpriv` in the `legacy` namespace, so the daemons see their uids in

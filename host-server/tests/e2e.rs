@@ -597,8 +597,9 @@ fn udp_echo_and_guest_dns() {
 fn inbound_process_and_vm_modes_and_hello_rules() {
     let vm_sock_path = "VM_SOCKET";
     let vm_cfg = format!(
-        "[listen]\nallowed_ports = [{LISTEN_PORT}]\n\
+        "[listen]\ndefault_address = \"{}\"\nallowed_ports = [{LISTEN_PORT}]\n\
          [vms.web]\nsocket = \"{vm_sock_path}\"\naddress = \"{}\"\nvmm_uid = 0\n",
+        addr::HOST,
         addr::HOST_VMS[0]
     );
     let proc_cfg = format!(

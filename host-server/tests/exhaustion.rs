@@ -114,13 +114,19 @@ fn streams_without_a_request_are_capped_per_uid() {
     if !testworld::skip_unless_root("streams_without_a_request_are_capped_per_uid") {
         return;
     }
-    let stack = Stack::start(
-        "hs-awaiting",
-        &format!("request_timeout_ms = 30000\n[limits]\nmax_awaiting_request = {CAP}\n"),
-    )
-    .unwrap();
     let flooder = TestUser::create("fld").unwrap();
     let other = TestUser::create("oth").unwrap();
+    // Both are process-mode users (host.sock admits them by SO_PEERCRED uid).
+    let stack = Stack::start(
+        "hs-awaiting",
+        &format!(
+            "request_timeout_ms = 30000\nprocess_uids = [{}, {}]\n\
+             [limits]\nmax_awaiting_request = {CAP}\n",
+            flooder.uid(),
+            other.uid()
+        ),
+    )
+    .unwrap();
     // The users reach host.sock: the world's directory is root's 0700, the socket root's 0660.
     std::fs::set_permissions(stack.world.dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(stack.host_sock(), std::fs::Permissions::from_mode(0o666)).unwrap();

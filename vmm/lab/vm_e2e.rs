@@ -176,7 +176,8 @@ pub fn run(d: &mut Driver) {
 
 fn attempt(d: &Driver) -> anyhow::Result<Attempt> {
     let extra = format!(
-        "[listen]\nallowed_ports = [{HTTPD_PORT}, {NC_PORT}]\n[vms.vm0]\nsocket = \"{VM_SOCKET}\"\naddress = \"{}\"\nvmm_uid = 0\n",
+        "[listen]\ndefault_address = \"{}\"\nallowed_ports = [{HTTPD_PORT}, {NC_PORT}]\n[vms.vm0]\nsocket = \"{VM_SOCKET}\"\naddress = \"{}\"\nvmm_uid = 0\n",
+        addr::HOST,
         addr::HOST_VMS[0]
     );
     let mut stack = Stack::start("labvm", &extra)?;

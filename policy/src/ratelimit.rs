@@ -1,6 +1,6 @@
-//! A per-call-site budget for log lines that a guest (or an upstream zone) can trigger at will,
-//! such as a refused destination: a few lines per second, the rest dropped (the counters still
-//! count every one). The same rule as host-server's `ratelimit`, here for dns-cache.
+//! A per-call-site budget for log lines that a guest, a remote peer or an upstream zone can
+//! trigger at will, such as a refused destination: a few lines per second, the rest dropped (the
+//! counters still count every one). Used by dns-cache and host-server (its `ratelimit` module).
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -118,6 +118,13 @@ pub unsafe extern "C" fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) 
 #[no_mangle]
 pub unsafe extern "C" fn listen(fd: c_int, backlog: c_int) -> c_int {
     let entry = table::get(fd);
+    if entry.kind == Kind::Listener && table::companion(fd).is_none() {
+        // Already listening (process mode): natively, a new backlog.
+        let addr = entry
+            .local
+            .unwrap_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
+        return listen::relisten(fd, addr, backlog);
+    }
     if entry.kind != Kind::InetStream || entry.local_only {
         // SAFETY: forwarded arguments.
         return unsafe { real::listen(fd, backlog) };

@@ -48,7 +48,8 @@ pub struct ListenPlan {
 /// How accepted connections reach the guest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Delivery {
-    /// Attach the accepted socket to an `Inbound` frame on the listen stream.
+    /// One packet per accepted connection on the packet channel: the `Inbound` frame with the
+    /// socket attached.
     PassFd,
     /// Open a stream to the VM's socket and connect to this guest vsock port.
     Vm {

@@ -31,7 +31,7 @@ use crate::transport::{last_errno, Stream};
 /// packet is truncated by the kernel and then fails to decode (EPROTO), never split.
 const MAX_PACKET: usize = 512;
 
-/// `listen(2)` in process mode: the program's `fd` becomes the listen stream.
+/// `listen(2)` in process mode: the program's `fd` becomes the listener's packet channel.
 pub(crate) fn listen(
     fd: c_int,
     entry: Entry,

@@ -517,6 +517,65 @@ mod tests {
         );
     }
 
+    /// Packets on the channel are whole and one per reader, however many readers share the
+    /// guest's end; a `Listen` packet is a new backlog, EOF the end of the listener.
+    #[tokio::test]
+    async fn packet_channel_gives_each_reader_whole_packets() {
+        const N: u16 = 400;
+        let (ours, theirs) = packet_channel().unwrap();
+        let theirs = std::sync::Arc::new(theirs);
+        let readers: Vec<_> = (0..4)
+            .map(|_| {
+                let theirs = std::sync::Arc::clone(&theirs);
+                std::thread::spawn(move || {
+                    let mut got = Vec::new();
+                    loop {
+                        let mut buf = [0u8; 512];
+                        let (n, fd) =
+                            outsock_fdpass::recv_with_fd(theirs.as_raw_fd(), &mut buf).unwrap();
+                        let Ok(ToGuest::Inbound { peer, .. }) =
+                            frame::decode_exact::<ToGuest>(&buf[..n])
+                        else {
+                            panic!("not one whole Inbound frame: {:?}", &buf[..n]);
+                        };
+                        assert!(fd.is_some(), "packet {peer} without its socket");
+                        if peer.port() == 0 {
+                            return got;
+                        }
+                        got.push(peer.port());
+                    }
+                })
+            })
+            .collect();
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let inbound = |port: u16| {
+            frame::to_vec(&ToGuest::Inbound {
+                peer: SocketAddrV4::new(Ipv4Addr::new(172, 21, 112, 1), port),
+                local: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 8080),
+            })
+            .unwrap()
+        };
+        for port in 1..=N {
+            send_packet(&ours, &inbound(port), &a).await.unwrap();
+        }
+        for _ in &readers {
+            send_packet(&ours, &inbound(0), &a).await.unwrap();
+        }
+        let mut all: Vec<u16> = readers
+            .into_iter()
+            .flat_map(|r| r.join().unwrap())
+            .collect();
+        all.sort_unstable();
+        assert_eq!(all, (1..=N).collect::<Vec<_>>());
+
+        let listen = frame::to_vec(&ToHost::Listen(req(8080, true, 0))).unwrap();
+        socket2::SockRef::from(&*theirs).send(&listen).unwrap();
+        let control = Control::Packets(ours);
+        assert!(matches!(guest_said(&control).await, GuestSaid::Backlog(16)));
+        drop(theirs);
+        assert!(matches!(guest_said(&control).await, GuestSaid::Closed));
+    }
+
     #[test]
     fn a_vms_own_ports_replace_the_global_list() {
         let s = settings();

@@ -2,19 +2,30 @@
 //! address, and every accepted IPv6 peer is delivered to the guest under a dummy IPv4 address
 //! from the source pool.
 //!
-//! Delivery: to a process, an `Inbound` frame on the listen stream with the accepted socket
-//! attached (SCM_RIGHTS, see `fdpass`); to a VM, a new stream on the VM's own Unix socket:
-//! `CONNECT <vsock_port>\n`, the VMM's `OK ...\n`, then the `Inbound` frame and the relayed bytes.
-//! Closing the listen stream closes the listener (accepted connections live on).
+//! Delivery: to a process, through a **packet channel** (see below); to a VM, a new stream on the
+//! VM's own Unix socket: `CONNECT <vsock_port>\n`, the VMM's `OK ...\n`, then the `Inbound` frame
+//! and the relayed bytes. Closing the listen stream (VM) or every copy of the guest's end of the
+//! packet channel (process) closes the listener; accepted connections live on.
+//!
+//! The packet channel (process mode): the `Listening` answer carries, attached (SCM_RIGHTS), one
+//! end of a fresh `AF_UNIX` `SOCK_SEQPACKET` socket pair; the shim makes it the program's
+//! listening fd and closes the request's stream. Invariant: **one accepted connection is one
+//! packet** — one `sendmsg` whose data is the whole `Inbound` frame and whose control message is
+//! the accepted socket. A seqpacket `recvmsg` returns exactly one whole packet, with its
+//! descriptor, to exactly one reader, so any number of processes (after fork) and threads may
+//! accept on the same fd, blocking or through epoll, and each connection reaches exactly one of
+//! them with its own peer address; no reader can ever see part of another's frame. The guest may
+//! send one kind of packet back: a `Listen` frame, whose backlog replaces the listener's (a
+//! second `listen(2)` on a listening socket); anything else closes the listener.
 
 use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::time::Duration;
 
 use shared_proto::outsource::ListenRequest;
-use shared_proto::{frame, hybrid, Errno, ToGuest};
-use socket2::{Domain, Protocol, SockAddr, Socket, Type};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use shared_proto::{frame, hybrid, Errno, ToGuest, ToHost};
+use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpStream, UnixStream};
 
 use crate::config::Settings;
@@ -37,7 +48,8 @@ pub struct ListenPlan {
 /// How accepted connections reach the guest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Delivery {
-    /// Attach the accepted socket to an `Inbound` frame on the listen stream.
+    /// One packet per accepted connection on the packet channel: the `Inbound` frame with the
+    /// socket attached.
     PassFd,
     /// Open a stream to the VM's socket and connect to this guest vsock port.
     Vm {
@@ -85,10 +97,25 @@ pub fn plan(s: &Settings, identity: &Identity, req: &ListenRequest) -> Result<Li
     })
 }
 
+/// Where the listener's life and its deliveries go: the listen stream (VM: deliveries go
+/// elsewhere, the stream only says when the guest closed the listener), or the host's end of the
+/// packet channel (process; see the module docs).
+#[derive(Debug)]
+pub(crate) enum Control {
+    Stream(UnixStream),
+    /// The seqpacket socket, registered with tokio through `UnixStream` (the registration does
+    /// not care about the socket type); used only through `async_io` with whole-packet
+    /// `sendmsg`/`recvmsg`, never through the stream's byte reads and writes.
+    Packets(UnixStream),
+}
+
+/// The largest packet the guest may send on the packet channel (a `Listen` frame is far less).
+const MAX_GUEST_PACKET: usize = 256;
+
 /// A listener ready to run: what the listener actor owns.
 #[derive(Debug)]
 pub(crate) struct ListenerParts {
-    pub stream: UnixStream,
+    pub control: Control,
     pub listener: TcpListener,
     pub identity: Identity,
     pub delivery: Delivery,
@@ -96,6 +123,18 @@ pub(crate) struct ListenerParts {
     pub local: SocketAddrV4,
     pub shared: Shared,
     pub permits: (Permit, Permit),
+}
+
+fn backlog_of(backlog: u32) -> i32 {
+    i32::try_from(backlog.clamp(1, 4096)).unwrap_or(128)
+}
+
+/// A `SOCK_SEQPACKET` pair: (host's end, non-blocking and registered with tokio; guest's end).
+fn packet_channel() -> std::io::Result<(UnixStream, Socket)> {
+    let (ours, theirs) = Socket::pair(Domain::UNIX, Type::SEQPACKET.cloexec(), None)?;
+    ours.set_nonblocking(true)?;
+    let ours = UnixStream::from_std(std::os::unix::net::UnixStream::from(ours))?;
+    Ok((ours, theirs))
 }
 
 fn bind(addr: SocketAddrV6, backlog: u32) -> std::io::Result<TcpListener> {
@@ -107,8 +146,7 @@ fn bind(addr: SocketAddrV6, backlog: u32) -> std::io::Result<TcpListener> {
     sock.set_only_v6(true)?;
     sock.set_reuse_address(true)?;
     sock.bind(&SockAddr::from(addr))?;
-    let backlog = i32::try_from(backlog.clamp(1, 4096)).unwrap_or(128);
-    sock.listen(backlog)?;
+    sock.listen(backlog_of(backlog))?;
     TcpListener::from_std(sock.into())
 }
 
@@ -151,16 +189,35 @@ pub(crate) async fn open(
         l.addr.port()
     };
     let local = SocketAddrV4::new(*l.addr.ip(), guest_port);
-    if crate::framed::write_frame(&mut req.stream, &ToGuest::Listening { local })
-        .await
-        .is_err()
-    {
-        return None;
-    }
+    let answer = ToGuest::Listening { local };
+    let control = if plan.delivery == Delivery::PassFd {
+        let (ours, theirs) = match packet_channel() {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot open a listener's packet channel");
+                req.refuse(Errno::ENOBUFS).await;
+                return None;
+            }
+        };
+        let bytes = frame::to_vec(&answer).ok()?;
+        // The guest's end travels with the answer; ours is the only other copy.
+        crate::fdpass::send_with_fd(&req.stream, &bytes, theirs.as_fd())
+            .await
+            .ok()?;
+        Control::Packets(ours)
+    } else {
+        if crate::framed::write_frame(&mut req.stream, &answer)
+            .await
+            .is_err()
+        {
+            return None;
+        }
+        Control::Stream(req.stream)
+    };
     shared.metrics.record(Event::ListenerOpened);
     tracing::info!(identity = %req.identity, bind = %plan.bind, "listening for a guest");
     Some(ListenerParts {
-        stream: req.stream,
+        control,
         listener,
         identity: req.identity,
         delivery: plan.delivery,
@@ -170,11 +227,55 @@ pub(crate) async fn open(
     })
 }
 
-/// Accepts until the listen stream closes (or says anything: the protocol has nothing more to
-/// say on it) or the server drains.
+/// Why the guest side of a listener spoke.
+enum GuestSaid {
+    /// Nothing yet (a spurious wake-up).
+    Nothing,
+    /// A new backlog (a second `listen(2)`).
+    Backlog(u32),
+    /// The listener is closed (EOF, an error, or anything the protocol does not allow).
+    Closed,
+}
+
+/// Waits until the guest's side of the listener says something.
+async fn guest_said(control: &Control) -> GuestSaid {
+    match control {
+        Control::Stream(stream) => {
+            let r = stream.readable().await;
+            let mut probe = [0u8; 1];
+            match stream.try_read(&mut probe) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && r.is_ok() => {
+                    GuestSaid::Nothing
+                }
+                // EOF, error, or stray bytes: the listen stream is over.
+                _ => GuestSaid::Closed,
+            }
+        }
+        Control::Packets(afd) => {
+            let mut buf = [0u8; MAX_GUEST_PACKET];
+            let got = afd
+                .async_io(Interest::READABLE, || {
+                    outsock_fdpass::recv_with_fd(afd.as_raw_fd(), &mut buf)
+                })
+                .await;
+            match got {
+                // A descriptor from the guest is dropped (closed) with the packet.
+                Ok((n, _fd)) if n > 0 => match shared_proto::decode_exact::<ToHost>(&buf[..n]) {
+                    Ok(ToHost::Listen(l)) => GuestSaid::Backlog(l.backlog),
+                    _ => GuestSaid::Closed,
+                },
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => GuestSaid::Nothing,
+                _ => GuestSaid::Closed,
+            }
+        }
+    }
+}
+
+/// Accepts until the guest closes its side of the listener (or says anything the protocol does
+/// not allow there) or the server drains.
 pub(crate) async fn run(parts: ListenerParts) {
     let ListenerParts {
-        stream,
+        control,
         listener,
         identity,
         delivery,
@@ -185,20 +286,19 @@ pub(crate) async fn run(parts: ListenerParts) {
     let mut draining = shared.draining.clone();
     loop {
         tokio::select! {
-            r = stream.readable() => {
-                let mut probe = [0u8; 1];
-                match stream.try_read(&mut probe) {
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    // EOF, error, or stray bytes: the listen stream is over.
-                    _ => break,
+            said = guest_said(&control) => match said {
+                GuestSaid::Nothing => {}
+                GuestSaid::Backlog(b) => {
+                    // Linux lets listen(2) on a listening socket change its backlog.
+                    if let Err(e) = SockRef::from(&listener).listen(backlog_of(b)) {
+                        tracing::debug!(error = %e, "cannot change a listener's backlog");
+                    }
                 }
-                if r.is_err() {
-                    break;
-                }
-            }
+                GuestSaid::Closed => break,
+            },
             a = listener.accept() => match a {
                 Ok((tcp, SocketAddr::V6(peer))) => {
-                    deliver(&stream, tcp, peer, local, &identity, &delivery, &shared).await;
+                    deliver(&control, tcp, peer, local, &identity, &delivery, &shared).await;
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -213,8 +313,28 @@ pub(crate) async fn run(parts: ListenerParts) {
     drop(permits);
 }
 
+/// Sends one packet: `data` with `fd` attached, in one `sendmsg` (see the module docs).
+async fn send_packet(afd: &UnixStream, data: &[u8], fd: &impl AsRawFd) -> std::io::Result<()> {
+    let raw = fd.as_raw_fd();
+    let sent = afd
+        .async_io(Interest::WRITABLE, || {
+            outsock_fdpass::sendmsg_fd::<outsock_fdpass::Libc>(
+                afd.as_raw_fd(),
+                data,
+                raw,
+                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+            )
+        })
+        .await?;
+    if sent == data.len() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other("short packet"))
+    }
+}
+
 async fn deliver(
-    stream: &UnixStream,
+    control: &Control,
     tcp: TcpStream,
     peer: SocketAddrV6,
     local: SocketAddrV4,
@@ -248,7 +368,11 @@ async fn deliver(
             if std.set_nonblocking(false).is_err() {
                 return;
             }
-            match crate::fdpass::send_with_fd(stream, &bytes, std.as_fd()).await {
+            let sent = match control {
+                Control::Packets(afd) => send_packet(afd, &bytes, &std).await,
+                Control::Stream(_) => Err(std::io::Error::other("no packet channel")),
+            };
+            match sent {
                 Ok(()) => shared.metrics.record(Event::InboundDelivered),
                 Err(e) => {
                     tracing::debug!(error = %e, "cannot pass inbound socket");
@@ -391,6 +515,65 @@ mod tests {
             plan(&s, &Identity::Vm("gone".into()), &req(80, false, 1)),
             Err(Errno::EPERM)
         );
+    }
+
+    /// Packets on the channel are whole and one per reader, however many readers share the
+    /// guest's end; a `Listen` packet is a new backlog, EOF the end of the listener.
+    #[tokio::test]
+    async fn packet_channel_gives_each_reader_whole_packets() {
+        const N: u16 = 400;
+        let (ours, theirs) = packet_channel().unwrap();
+        let theirs = std::sync::Arc::new(theirs);
+        let readers: Vec<_> = (0..4)
+            .map(|_| {
+                let theirs = std::sync::Arc::clone(&theirs);
+                std::thread::spawn(move || {
+                    let mut got = Vec::new();
+                    loop {
+                        let mut buf = [0u8; 512];
+                        let (n, fd) =
+                            outsock_fdpass::recv_with_fd(theirs.as_raw_fd(), &mut buf).unwrap();
+                        let Ok(ToGuest::Inbound { peer, .. }) =
+                            frame::decode_exact::<ToGuest>(&buf[..n])
+                        else {
+                            panic!("not one whole Inbound frame: {:?}", &buf[..n]);
+                        };
+                        assert!(fd.is_some(), "packet {peer} without its socket");
+                        if peer.port() == 0 {
+                            return got;
+                        }
+                        got.push(peer.port());
+                    }
+                })
+            })
+            .collect();
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let inbound = |port: u16| {
+            frame::to_vec(&ToGuest::Inbound {
+                peer: SocketAddrV4::new(Ipv4Addr::new(172, 21, 112, 1), port),
+                local: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 8080),
+            })
+            .unwrap()
+        };
+        for port in 1..=N {
+            send_packet(&ours, &inbound(port), &a).await.unwrap();
+        }
+        for _ in &readers {
+            send_packet(&ours, &inbound(0), &a).await.unwrap();
+        }
+        let mut all: Vec<u16> = readers
+            .into_iter()
+            .flat_map(|r| r.join().unwrap())
+            .collect();
+        all.sort_unstable();
+        assert_eq!(all, (1..=N).collect::<Vec<_>>());
+
+        let listen = frame::to_vec(&ToHost::Listen(req(8080, true, 0))).unwrap();
+        socket2::SockRef::from(&*theirs).send(&listen).unwrap();
+        let control = Control::Packets(ours);
+        assert!(matches!(guest_said(&control).await, GuestSaid::Backlog(16)));
+        drop(theirs);
+        assert!(matches!(guest_said(&control).await, GuestSaid::Closed));
     }
 
     #[test]

@@ -305,6 +305,25 @@ fn ask(sock: &Path, frames: &[ToHost]) -> (UnixStream, ToGuest) {
     (s, answer)
 }
 
+/// [`ask`] for an answer that may carry a descriptor (a process listener's packet channel).
+fn ask_fd(sock: &Path, frames: &[ToHost]) -> (UnixStream, ToGuest, Option<std::os::fd::OwnedFd>) {
+    let mut s = UnixStream::connect(sock).expect("connect host.sock");
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    for f in frames {
+        send(&mut s, f);
+    }
+    let (answer, fd) = read_frame_with_fd(&mut s);
+    (s, answer, fd)
+}
+
+/// Reads one packet from a process listener's packet channel: one whole `Inbound` frame and the
+/// accepted socket, in one `recvmsg`.
+fn read_packet(ch: &std::os::fd::OwnedFd) -> (ToGuest, Option<std::os::fd::OwnedFd>) {
+    let mut buf = [0u8; 512];
+    let (n, fd) = recv_with_fd(ch.as_raw_fd(), &mut buf).unwrap();
+    (frame::decode_exact(&buf[..n]).unwrap(), fd)
+}
+
 fn connect_errno(sock: &Path, dest: SocketAddrV4) -> Errno {
     match ask(sock, &[connect_req(dest, false, false)]).1 {
         ToGuest::Failed(e) => e,
@@ -622,10 +641,10 @@ fn inbound_process_and_vm_modes_and_hello_rules() {
 
     // -- process mode: the accepted socket arrives with the Inbound frame.
     let psock = rig.sock(0);
-    let (mut listen, answer) = in_legacy(&rig, {
+    let (stream, answer, listen) = in_legacy(&rig, {
         let psock = psock.clone();
         move || {
-            ask(
+            ask_fd(
                 &psock,
                 &[ToHost::Listen(ListenRequest {
                     addr: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, LISTEN_PORT),
@@ -661,7 +680,10 @@ fn inbound_process_and_vm_modes_and_hello_rules() {
         })
         .unwrap();
     let client_port = client.local_addr().unwrap().port();
-    let (inbound, fd) = read_frame_with_fd(&mut listen);
+    // The answer carried the packet channel; the request's stream has no more to say.
+    drop(stream);
+    let listen = listen.expect("packet channel attached to Listening");
+    let (inbound, fd) = read_packet(&listen);
     let ToGuest::Inbound { peer, local } = inbound else {
         panic!("{inbound:?}");
     };
@@ -678,7 +700,7 @@ fn inbound_process_and_vm_modes_and_hello_rules() {
     accepted.read_exact(&mut got).unwrap();
     assert_eq!(&got, b"hello guest server");
     drop((accepted, client));
-    // Closing the listen stream closes the IPv6 listener.
+    // Closing the packet channel closes the IPv6 listener.
     drop(listen);
     let refused = rig
         .world
@@ -697,7 +719,7 @@ fn inbound_process_and_vm_modes_and_hello_rules() {
             }
         })
         .unwrap();
-    assert!(refused, "the listener outlived its listen stream");
+    assert!(refused, "the listener outlived its packet channel");
 
     // A process may not send a hello.
     let hello = ToHost::Hello(VmHello {
@@ -939,7 +961,7 @@ fn limits_refuse_with_an_errno() {
     let (pending_refused, listener_refused, port_refused, socket_refused) =
         in_legacy(&rig, move || {
             let listen = |port: u16| {
-                ask(
+                ask_fd(
                     &sock,
                     &[ToHost::Listen(ListenRequest {
                         addr: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port),
@@ -958,11 +980,11 @@ fn limits_refuse_with_an_errno() {
             std::thread::sleep(Duration::from_millis(300));
             let pending_refused = connect_errno(&sock, SocketAddrV4::new(blackhole, 81));
             // Listeners: one allowed.
-            let (_l1, a1) = listen(LISTEN_PORT);
+            let (_l1, a1, _c1) = listen(LISTEN_PORT);
             assert!(matches!(a1, ToGuest::Listening { .. }), "{a1:?}");
-            let (_l2, a2) = listen(8081);
+            let (_l2, a2, _c2) = listen(8081);
             // A port off the allow-list.
-            let (_l3, a3) = listen(22);
+            let (_l3, a3, _c3) = listen(22);
             // Sockets: the hanging connect and the listener hold two of three.
             let (_third, a4) = ask(
                 &sock,

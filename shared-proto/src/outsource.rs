@@ -8,10 +8,16 @@
 //!   `shutdown(SHUT_WR)` of the stream.
 //! - TCP connect with `pass_fd`: the answer arrives together with the connected IPv6 socket
 //!   (SCM_RIGHTS on the Unix stream) and the stream then closes.
-//! - TCP listen: host-server sends one [`ToGuest::Inbound`] per accepted connection — with the
-//!   accepted socket attached in process mode, or, for a VM, as the first frame of a new
-//!   host→guest stream to the vsock port named in the request. Closing the listen stream closes
-//!   the host's listener.
+//! - TCP listen, process mode (`pass_fd`): the [`ToGuest::Listening`] answer carries one end of
+//!   an `AF_UNIX` `SOCK_SEQPACKET` pair (SCM_RIGHTS) and the stream then closes. On that pair,
+//!   host-server sends one packet per accepted connection: a whole [`ToGuest::Inbound`] frame
+//!   with the accepted socket attached, in one `sendmsg`, so that each packet reaches exactly one
+//!   of the processes and threads that share the listening fd. The guest may send a
+//!   [`ToHost::Listen`] packet back (a second `listen(2)`: its backlog replaces the listener's).
+//!   Closing every copy of the guest's end closes the host's listener.
+//! - TCP listen, VM: host-server sends one [`ToGuest::Inbound`] per accepted connection, as the
+//!   first frame of a new host→guest stream to the vsock port named in the request. Closing the
+//!   listen stream closes the host's listener.
 //! - UDP: [`Datagram`] frames both ways; the address is the destination going out and the source
 //!   coming in, always as the guest sees it (dummy IPv4 for IPv6 peers).
 //! - Connected UDP in process mode ([`ToHost::UdpConnect`]): the answer is

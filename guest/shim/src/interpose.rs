@@ -2,8 +2,8 @@
 //! AF_INET work to host-server, and otherwise calls the real function unchanged.
 //!
 //! How an outsourced socket keeps working with the program's own `read`, `write`, `poll`,
-//! `epoll` and `fcntl`: the descriptor host-server passes back (a connected IPv6 socket, or the
-//! listen stream) is `dup3`'d onto the program's own fd number, so the kernel object behind the
+//! `epoll` and `fcntl`: the descriptor host-server passes back (a connected IPv6 socket, or a
+//! listener's packet channel) is `dup3`'d onto the program's own fd number, so the kernel object behind the
 //! fd changes but the number does not. Only the calls that would reveal the change
 //! (getsockname, getpeername, getsockopt's SO_DOMAIN…) are answered from the table.
 //!
@@ -110,14 +110,22 @@ pub unsafe extern "C" fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) 
 }
 
 /// `listen(2)`: host-server listens on the host's IPv6 address for us; the program's fd becomes
-/// readable when a connection is waiting (the listen stream in process mode, see `listen`; a
-/// vsock listener in a VM, see `vmlisten`).
+/// readable when a connection is waiting (the packet channel in process mode, see `listen`; a
+/// vsock listener in a VM, see `vmlisten`). On a listening socket it changes the backlog, as
+/// natively: host-server's in process mode, the vsock listener's in a VM.
 ///
 /// # Safety
 /// Called by C with listen(2)'s contract.
 #[no_mangle]
 pub unsafe extern "C" fn listen(fd: c_int, backlog: c_int) -> c_int {
     let entry = table::get(fd);
+    if entry.kind == Kind::Listener && table::companion(fd).is_none() {
+        // Already listening (process mode): natively, a new backlog.
+        let addr = entry
+            .local
+            .unwrap_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
+        return listen::relisten(fd, addr, backlog);
+    }
     if entry.kind != Kind::InetStream || entry.local_only {
         // SAFETY: forwarded arguments.
         return unsafe { real::listen(fd, backlog) };

@@ -1,7 +1,17 @@
 //! Listening sockets in process mode, called by `interpose::listen` and `interpose::accept4`:
-//! host-server listens on the host's IPv6 address, and the request's stream takes the program's
-//! listening fd number (readable when a connection is waiting); each accept reads one `Inbound`
-//! frame with the connection's socket attached. Inside a VM, `vmlisten` does this instead.
+//! host-server listens on the host's IPv6 address and answers with one end of an `AF_UNIX`
+//! `SOCK_SEQPACKET` pair attached, which takes the program's listening fd number (readable when
+//! a connection is waiting); the request's stream is closed. Inside a VM, `vmlisten` does this
+//! instead.
+//!
+//! Invariant: **one accepted connection is one packet** — an `Inbound` frame with the
+//! connection's socket attached, sent by host-server in one `sendmsg`. Each accept is one
+//! `recvmsg`, which takes exactly one whole packet and its descriptor, atomically, or nothing.
+//! So the fd may be shared by any number of processes (inherited across fork) and threads,
+//! accepting concurrently, blocking or through poll/epoll, as with a kernel listener: each
+//! connection reaches exactly one of them, with its own peer address, and no reader ever sees
+//! a part of another's frame. A second `listen(2)` sends a `Listen` packet the other way, and
+//! host-server applies its backlog.
 
 use std::net::SocketAddrV4;
 
@@ -9,12 +19,19 @@ use libc::{c_int, sockaddr, socklen_t};
 use shared_proto::outsource::ListenRequest;
 use shared_proto::{Errno, ToGuest, ToHost};
 
+use outsock_fdpass::recvmsg_fd;
+use shared_proto::{decode_exact, to_vec};
+
 use crate::fd::{close_opt, install_accepted, replace_fd, set_errno, unexpected, Flags};
 use crate::real;
 use crate::table::{self, Entry, Kind};
-use crate::transport::{recv_frame, Stream};
+use crate::transport::{last_errno, Stream};
 
-/// `listen(2)` in process mode: the program's `fd` becomes the listen stream.
+/// Room for one packet from host-server; an `Inbound` frame is a few dozen bytes, and a larger
+/// packet is truncated by the kernel and then fails to decode (EPROTO), never split.
+const MAX_PACKET: usize = 512;
+
+/// `listen(2)` in process mode: the program's `fd` becomes the listener's packet channel.
 pub(crate) fn listen(
     fd: c_int,
     entry: Entry,
@@ -36,10 +53,10 @@ pub(crate) fn listen(
         .send(&ToHost::Listen(req))
         .and_then(|()| stream.recv());
     match answer {
-        Ok((ToGuest::Listening { local }, passed)) => {
-            close_opt(passed);
-            // The listen stream blocks on reads by default; the program's flags decide now.
-            if let Err(e) = replace_fd(stream.into_raw(), fd, flags) {
+        Ok((ToGuest::Listening { local }, Some(packets))) => {
+            // The packet channel blocks on reads by default; the program's flags decide now.
+            // The request's stream is done (dropped, closed).
+            if let Err(e) = replace_fd(packets, fd, flags) {
                 return set_errno(e);
             }
             table::set(
@@ -56,7 +73,37 @@ pub(crate) fn listen(
     }
 }
 
-/// `accept4(2)` on a process-mode listener: the next Inbound frame and its socket.
+/// `listen(2)` again on a process-mode listener: natively this changes the backlog, so ask
+/// host-server to (one `Listen` packet on the channel) and succeed.
+pub(crate) fn relisten(fd: c_int, addr: SocketAddrV4, backlog: c_int) -> c_int {
+    let req = ListenRequest {
+        addr,
+        backlog: u32::try_from(backlog.max(0)).unwrap_or(0),
+        pass_fd: true,
+        vsock_port: 0,
+    };
+    let Ok(bytes) = to_vec(&ToHost::Listen(req)) else {
+        return set_errno(Errno::EINVAL);
+    };
+    // SAFETY: one whole packet from a valid buffer; never blocks, never raises SIGPIPE.
+    let n = unsafe {
+        real::sendto(
+            fd,
+            bytes.as_ptr().cast(),
+            bytes.len(),
+            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+            std::ptr::null(),
+            0,
+        )
+    };
+    // A full channel only means connections are waiting; the backlog is a hint either way.
+    if n < 0 && last_errno() != Errno::EAGAIN {
+        return set_errno(last_errno());
+    }
+    0
+}
+
+/// `accept4(2)` on a process-mode listener: the next packet, its `Inbound` frame and socket.
 ///
 /// # Safety
 /// `addr`/`len` follow accept4(2)'s contract.
@@ -71,13 +118,28 @@ pub(crate) unsafe fn accept4(
     if unsafe { real::fcntl(fd, libc::F_GETFL, 0) } & libc::O_NONBLOCK != 0 {
         rflags |= libc::MSG_DONTWAIT;
     }
-    match recv_frame(fd, rflags) {
+    let mut buf = [0u8; MAX_PACKET];
+    let mut passed = None;
+    // One recvmsg: one whole packet or none (see the module docs).
+    let got = match recvmsg_fd::<real::Real>(fd, &mut buf, rflags, &mut passed) {
+        // host-server closed its end: the listener is gone.
+        Ok(0) => Err(Errno::ECONNABORTED),
+        Ok(n) => decode_exact::<ToGuest>(&buf[..n])
+            .map(|msg| (msg, passed))
+            .map_err(|_| Errno::EPROTO),
+        Err(e) => Err(Errno(
+            u16::try_from(e.raw_os_error().unwrap_or(libc::EIO)).unwrap_or(5),
+        )),
+    };
+    match got {
         Ok((ToGuest::Inbound { peer, local }, Some(conn))) => {
             // SAFETY: the fd just received is ours; the caller's out pointers.
             unsafe { install_accepted(conn, flags, peer, local, addr, len) }
         }
-        // host-server closed the listen stream: the listener is gone.
-        Err(Errno::EPROTO) => set_errno(Errno::ECONNABORTED),
+        Err(e) => {
+            close_opt(passed);
+            set_errno(e)
+        }
         other => unexpected(&other),
     }
 }

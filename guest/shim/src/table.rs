@@ -23,7 +23,7 @@ pub enum Kind {
     InetDgram = 2,
     /// Connected through host-server: the fd now *is* the host's IPv6 TCP socket.
     Outsourced = 3,
-    /// Listening through host-server: the fd is the listen stream; accept reads Inbound frames.
+    /// Listening through host-server: the fd is the packet channel (one Inbound per accept).
     Listener = 4,
     /// A UDP association: the fd is the stream carrying framed datagrams.
     Udp = 5,

@@ -1,5 +1,6 @@
-//! One actor per guest listener: owns the IPv6 listening socket and the listen stream, and runs
-//! the accept loop (`crate::inbound::run`) until the stream closes or the server drains.
+//! One actor per guest listener: owns the IPv6 listening socket and its control (a process's
+//! packet channel, a VM's listen stream), and runs the accept loop (`crate::inbound::run`) until
+//! the guest closes it or the server drains.
 
 use actix::prelude::*;
 

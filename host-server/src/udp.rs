@@ -3,7 +3,10 @@
 //! outbound, a dummy destination becomes its IPv6 address; inbound, the IPv6 source becomes the
 //! dummy the guest used for it (learned from its sends), else the peer's source-pool dummy. The
 //! guest DNS address on port 53 is answered by dns-cache. An association with no traffic either
-//! way for the idle timeout closes.
+//! way for the idle timeout closes, unless the guest bound it to a port of its own (a UDP
+//! server, whose `bind` opens the association at once): a server may stay quiet for as long as
+//! it likes, and its association lasts until the guest closes the socket. A server's replies
+//! leave from its bound port, and each IPv6 client shows as its source-pool dummy.
 //!
 //! A process's connected UDP socket (`UdpConnect`) is not an association: host-server makes a
 //! host UDP socket connected to the peer's IPv6 address, hands it over with SCM_RIGHTS and keeps
@@ -248,9 +251,9 @@ pub(crate) async fn associate(req: Request, u: &UdpRequest, shared: &Shared) {
     let mut pre = &leftover[..];
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut peers = PeerTable::new(1024);
-    let idle = shared.settings.udp_idle_timeout;
+    let idle = idle_limit(u, shared.settings.udp_idle_timeout);
     loop {
-        let deadline = tokio::time::Instant::now() + idle;
+        let deadline = idle.map(|d| tokio::time::Instant::now() + d);
         tokio::select! {
             f = async {
                 if pre.is_empty() {
@@ -294,13 +297,24 @@ pub(crate) async fn associate(req: Request, u: &UdpRequest, shared: &Shared) {
                     break;
                 }
             }
-            () = tokio::time::sleep_until(deadline) => {
+            () = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            } => {
                 tracing::debug!(%identity, "UDP association idle; closing");
                 break;
             }
         }
     }
     drop(permit);
+}
+
+/// How long an association may stay silent: `timeout` for a client (bound to any port), no
+/// limit for a server (bound to a port of its own), which closes with the guest's socket.
+fn idle_limit(u: &UdpRequest, timeout: std::time::Duration) -> Option<std::time::Duration> {
+    (u.bind.port() == 0).then_some(timeout)
 }
 
 /// An association's host sockets: IPv6 always, IPv4 with egress.
@@ -384,6 +398,19 @@ async fn guest_source(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_clients_close_when_idle() {
+        let t = std::time::Duration::from_secs(2);
+        let client = UdpRequest {
+            bind: "0.0.0.0:0".parse().unwrap(),
+        };
+        let server = UdpRequest {
+            bind: "0.0.0.0:5353".parse().unwrap(),
+        };
+        assert_eq!(idle_limit(&client, t), Some(t));
+        assert_eq!(idle_limit(&server, t), None);
+    }
 
     #[test]
     fn replies_come_from_the_address_the_guest_used() {

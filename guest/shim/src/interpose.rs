@@ -39,6 +39,13 @@ pub unsafe extern "C" fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_
             (libc::AF_INET, libc::SOCK_DGRAM) => Kind::InetDgram,
             _ => Kind::Untracked,
         };
+        if kind != Kind::Untracked && !table::fits(fd) {
+            // Beyond the table (fs.nr_open raised past 2^20): an untracked AF_INET socket
+            // would go out natively, so there is none, as if the descriptors ran out.
+            // SAFETY: the socket we just made.
+            unsafe { real::close(fd) };
+            return set_errno(Errno::EMFILE);
+        }
         table::set(fd, Entry::new(kind));
     }
     fd

@@ -122,6 +122,12 @@ fn slot(fd: i32) -> Option<&'static Slot> {
     usize::try_from(fd).ok().and_then(|i| TABLE.get(i))
 }
 
+/// Whether `fd` has a slot in the table (0 ≤ fd < [`MAX_FDS`]).
+#[must_use]
+pub fn fits(fd: i32) -> bool {
+    slot(fd).is_some()
+}
+
 /// The state of `fd` (untracked when out of range).
 #[must_use]
 pub fn get(fd: i32) -> Entry {
@@ -141,7 +147,8 @@ pub fn get(fd: i32) -> Entry {
     }
 }
 
-/// Records `e` for `fd`; fds beyond [`MAX_FDS`] are silently left untracked (and so native).
+/// Records `e` for `fd`; fds beyond [`MAX_FDS`] are left untracked (`interpose::socket` makes no
+/// AF_INET socket there, so none goes out natively).
 pub fn set(fd: i32, e: Entry) {
     let Some(s) = slot(fd) else { return };
     if e.kind != Kind::Untracked {
@@ -241,6 +248,7 @@ mod tests {
         set(last, e);
         assert_eq!(get(last), e);
         // Beyond the table: untracked, and never recorded.
+        assert!(fits(last) && !fits(last + 1) && !fits(-1));
         set(last + 1, e);
         assert_eq!(get(last + 1).kind, Kind::Untracked);
         clear(fd);

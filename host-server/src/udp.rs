@@ -3,7 +3,14 @@
 //! outbound, a dummy destination becomes its IPv6 address; inbound, the IPv6 source becomes the
 //! dummy the guest used for it (learned from its sends), else the peer's source-pool dummy. The
 //! guest DNS address on port 53 is answered by dns-cache. An association with no traffic either
-//! way for the idle timeout closes.
+//! way for the idle timeout closes, unless the guest bound it to a port of its own (a UDP
+//! server, whose `bind` opens the association at once): a server may stay quiet for as long as
+//! it likes, and its association lasts until the guest closes the socket. A server's replies
+//! leave from its bound port, and each IPv6 client shows as its source-pool dummy. A server
+//! socket on the unspecified address (`listen.default_address = "::"`) learns with
+//! IPV6_PKTINFO which host address each client wrote to and answers from that address, so a
+//! client (a connected socket in particular) hears the reply from where it sent, as from a
+//! native server.
 //!
 //! A process's connected UDP socket (`UdpConnect`) is not an association: host-server makes a
 //! host UDP socket connected to the peer's IPv6 address, hands it over with SCM_RIGHTS and keeps
@@ -17,9 +24,16 @@
 //! peers, so no IPv4-mapped address is ever used.
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::AsFd;
+use std::io::{IoSlice, IoSliceMut};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::{AsFd, AsRawFd};
 use std::task::Poll;
+
+use nix::sys::socket::{
+    recvmsg, sendmsg, setsockopt, sockopt, ControlMessage, ControlMessageOwned, MsgFlags,
+    SockaddrIn6,
+};
+use tokio::io::Interest;
 
 use shared_proto::outsource::{Datagram, ToHost, UdpConnectRequest, UdpRequest};
 use shared_proto::{Errno, ToGuest};
@@ -225,9 +239,14 @@ pub(crate) async fn associate(req: Request, u: &UdpRequest, shared: &Shared) {
     } else {
         None
     };
+    // A server on `::` answers each client from the address it wrote to.
+    let pktinfo = u.bind.port() != 0
+        && sock.local_addr().is_ok_and(|a| a.ip().is_unspecified())
+        && setsockopt(&sock, sockopt::Ipv6RecvPacketInfo, &true).is_ok();
     let sockets = Sockets {
         v6: sock,
         v4: sock4,
+        pktinfo,
     };
     let Request {
         mut stream,
@@ -248,9 +267,10 @@ pub(crate) async fn associate(req: Request, u: &UdpRequest, shared: &Shared) {
     let mut pre = &leftover[..];
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut peers = PeerTable::new(1024);
-    let idle = shared.settings.udp_idle_timeout;
+    let mut locals = LocalTable::new(1024);
+    let idle = idle_limit(u, shared.settings.udp_idle_timeout);
     loop {
-        let deadline = tokio::time::Instant::now() + idle;
+        let deadline = idle.map(|d| tokio::time::Instant::now() + d);
         tokio::select! {
             f = async {
                 if pre.is_empty() {
@@ -274,14 +294,18 @@ pub(crate) async fn associate(req: Request, u: &UdpRequest, shared: &Shared) {
                     Err(_) => break,
                 };
                 shared.metrics.record(Event::UdpOut);
-                if let Some(reply) = send_out(&sockets, d, &mut peers, &identity, shared).await {
+                let sent = send_out(&sockets, d, &mut peers, &locals, &identity, shared).await;
+                if let Some(reply) = sent {
                     if write_frame(&mut wr, &ToGuest::Datagram(reply)).await.is_err() {
                         break;
                     }
                 }
             }
             r = sockets.recv_from(&mut buf) => {
-                let Ok((n, from)) = r else { continue };
+                let Ok(Received { n, from, to }) = r else { continue };
+                if let Some(to) = to {
+                    locals.learn(from, to);
+                }
                 if admit(shared, &identity, from.ip(), Use::Reply).is_err() {
                     continue;
                 }
@@ -294,7 +318,12 @@ pub(crate) async fn associate(req: Request, u: &UdpRequest, shared: &Shared) {
                     break;
                 }
             }
-            () = tokio::time::sleep_until(deadline) => {
+            () = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            } => {
                 tracing::debug!(%identity, "UDP association idle; closing");
                 break;
             }
@@ -303,21 +332,57 @@ pub(crate) async fn associate(req: Request, u: &UdpRequest, shared: &Shared) {
     drop(permit);
 }
 
+/// How long an association may stay silent: `timeout` for a client (bound to any port), no
+/// limit for a server (bound to a port of its own), which closes with the guest's socket.
+fn idle_limit(u: &UdpRequest, timeout: std::time::Duration) -> Option<std::time::Duration> {
+    (u.bind.port() == 0).then_some(timeout)
+}
+
 /// An association's host sockets: IPv6 always, IPv4 with egress.
 #[derive(Debug)]
 struct Sockets {
     v6: UdpSocket,
     v4: Option<UdpSocket>,
+    /// The IPv6 socket is a server's on `::` and reports each datagram's local address.
+    pktinfo: bool,
+}
+
+/// One datagram read from a host socket.
+#[derive(Debug)]
+struct Received {
+    n: usize,
+    from: SocketAddr,
+    /// The host address it was sent to (a server on `::`, from IPV6_PKTINFO).
+    to: Option<Ipv6Addr>,
 }
 
 impl Sockets {
     /// The next datagram on either socket.
-    async fn recv_from(&self, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr)> {
+    async fn recv_from(&self, buf: &mut [u8]) -> std::io::Result<Received> {
         std::future::poll_fn(|cx| {
-            for s in std::iter::once(&self.v6).chain(self.v4.as_ref()) {
+            if self.pktinfo {
+                while let Poll::Ready(ready) = self.v6.poll_recv_ready(cx) {
+                    if let Err(e) = ready {
+                        return Poll::Ready(Err(e));
+                    }
+                    match self
+                        .v6
+                        .try_io(Interest::READABLE, || recv_with_pktinfo(&self.v6, buf))
+                    {
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        r => return Poll::Ready(r),
+                    }
+                }
+            }
+            let plain = (!self.pktinfo).then_some(&self.v6);
+            for s in plain.into_iter().chain(self.v4.as_ref()) {
                 let mut rb = tokio::io::ReadBuf::new(&mut *buf);
                 if let Poll::Ready(r) = s.poll_recv_from(cx, &mut rb) {
-                    return Poll::Ready(r.map(|from| (rb.filled().len(), from)));
+                    return Poll::Ready(r.map(|from| Received {
+                        n: rb.filled().len(),
+                        from,
+                        to: None,
+                    }));
                 }
             }
             Poll::Pending
@@ -326,11 +391,98 @@ impl Sockets {
     }
 }
 
+/// recvmsg with the IPV6_PKTINFO control message: the datagram, its source and the local
+/// address it came to.
+fn recv_with_pktinfo(sock: &UdpSocket, buf: &mut [u8]) -> std::io::Result<Received> {
+    let mut iov = [IoSliceMut::new(buf)];
+    let mut control = nix::cmsg_space!(libc::in6_pktinfo);
+    let msg = recvmsg::<SockaddrIn6>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut control),
+        MsgFlags::empty(),
+    )?;
+    let to = msg.cmsgs()?.find_map(|c| match c {
+        ControlMessageOwned::Ipv6PacketInfo(info) => Some(Ipv6Addr::from(info.ipi6_addr.s6_addr)),
+        _ => None,
+    });
+    let from = msg
+        .address
+        .map(|a| SocketAddr::V6(SocketAddrV6::from(a)))
+        .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::InvalidData))?;
+    Ok(Received {
+        n: msg.bytes,
+        from,
+        to,
+    })
+}
+
+/// Sends `payload` to `target` from the local address `from` (IPV6_PKTINFO).
+async fn send_from(
+    sock: &UdpSocket,
+    payload: &[u8],
+    target: SocketAddrV6,
+    from: Ipv6Addr,
+) -> std::io::Result<usize> {
+    let info = libc::in6_pktinfo {
+        ipi6_addr: libc::in6_addr {
+            s6_addr: from.octets(),
+        },
+        ipi6_ifindex: 0,
+    };
+    let dest = SockaddrIn6::from(target);
+    sock.async_io(Interest::WRITABLE, || {
+        sendmsg(
+            sock.as_raw_fd(),
+            &[IoSlice::new(payload)],
+            &[ControlMessage::Ipv6PacketInfo(&info)],
+            MsgFlags::empty(),
+            Some(&dest),
+        )
+        .map_err(std::io::Error::from)
+    })
+    .await
+}
+
+/// Which host address each client of a server on `::` wrote to, so the reply leaves from it.
+/// Bounded like [`PeerTable`]: beyond `capacity` it starts over (a reply then leaves from the
+/// kernel's choice of address until the client writes again).
+#[derive(Debug)]
+pub struct LocalTable {
+    capacity: usize,
+    map: HashMap<SocketAddr, Ipv6Addr>,
+}
+
+impl LocalTable {
+    #[must_use]
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity: capacity.max(1),
+            map: HashMap::new(),
+        }
+    }
+
+    /// A datagram from `peer` came to the local address `to`.
+    pub fn learn(&mut self, peer: SocketAddr, to: Ipv6Addr) {
+        if self.map.len() >= self.capacity && !self.map.contains_key(&peer) {
+            self.map.clear();
+        }
+        self.map.insert(peer, to);
+    }
+
+    /// The local address to answer `peer` from, when known.
+    #[must_use]
+    pub fn local_for(&self, peer: SocketAddr) -> Option<Ipv6Addr> {
+        self.map.get(&peer).copied()
+    }
+}
+
 /// Sends one guest datagram; returns an immediate reply for the guest (guest DNS).
 async fn send_out(
     sockets: &Sockets,
     d: Datagram,
     peers: &mut PeerTable,
+    locals: &LocalTable,
     identity: &Identity,
     shared: &Shared,
 ) -> Option<Datagram> {
@@ -358,7 +510,13 @@ async fn send_out(
         SocketAddr::V4(_) => sockets.v4.as_ref()?,
     };
     peers.learn(target, d.addr);
-    if let Err(e) = sock.send_to(&d.payload, target).await {
+    let sent = match (target, locals.local_for(target)) {
+        (SocketAddr::V6(t), Some(from)) if sockets.pktinfo => {
+            send_from(sock, &d.payload, t, from).await
+        }
+        _ => sock.send_to(&d.payload, target).await,
+    };
+    if let Err(e) = sent {
         tracing::debug!(%target, error = %e, "UDP send failed");
     }
     None
@@ -384,6 +542,32 @@ async fn guest_source(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn servers_answer_from_the_address_written_to() {
+        let mut t = LocalTable::new(2);
+        let a: SocketAddr = "[fd00:64::c1]:4000".parse().unwrap();
+        let local: Ipv6Addr = "fd00:64::1".parse().unwrap();
+        t.learn(a, local);
+        assert_eq!(t.local_for(a), Some(local));
+        assert_eq!(t.local_for("[fd00:64::c1]:4001".parse().unwrap()), None);
+        t.learn("[fd00:64::c2]:1".parse().unwrap(), local);
+        t.learn("[fd00:64::c3]:1".parse().unwrap(), local);
+        assert_eq!(t.local_for(a), None);
+    }
+
+    #[test]
+    fn only_clients_close_when_idle() {
+        let t = std::time::Duration::from_secs(2);
+        let client = UdpRequest {
+            bind: "0.0.0.0:0".parse().unwrap(),
+        };
+        let server = UdpRequest {
+            bind: "0.0.0.0:5353".parse().unwrap(),
+        };
+        assert_eq!(idle_limit(&client, t), Some(t));
+        assert_eq!(idle_limit(&server, t), None);
+    }
 
     #[test]
     fn replies_come_from_the_address_the_guest_used() {

@@ -10,7 +10,8 @@ use shared_proto::outsource::ConnectRequest;
 use shared_proto::{Errno, ToGuest, ToHost};
 
 use crate::fd::{flags_of, replace_fd, set_errno, unexpected};
-use crate::sockopt::{copy_options, socket_option};
+use crate::real;
+use crate::sockopt::copy_options;
 use crate::table::{self, Entry, Kind};
 use crate::transport::{self, Stream};
 
@@ -79,47 +80,29 @@ pub(crate) fn outsource_connect(fd: c_int, entry: Entry, dest: SocketAddrV4) -> 
     }
 }
 
-/// A blocking connect whose socket came back under way: waits until it is writable, as the
-/// kernel's own blocking connect would, and reports its outcome (SO_ERROR). SO_SNDTIMEO bounds
-/// the wait as it bounds a native connect (then EINPROGRESS); signals do not end it.
+/// A blocking connect whose socket came back under way: the kernel's own blocking connect
+/// finishes it. connect(2) again on the program's (now IPv6, still connecting) socket waits for
+/// the handshake exactly as the first one would have: SO_SNDTIMEO bounds it, a signal whose
+/// handler has SA_RESTART restarts the wait, and one without it gives EINTR while the connect
+/// goes on in the background, so a later connect sees EALREADY (non-blocking), waits again
+/// (blocking) or EISCONN, all from the kernel. The address is never looked at while the socket
+/// is connecting; an AF_INET6 one keeps clear of AF_UNSPEC, which would disconnect it.
 fn finish_blocking_connect(fd: c_int) -> c_int {
-    let zero = libc::timeval {
-        tv_sec: 0,
-        tv_usec: 0,
-    };
-    let limit_ms = match socket_option(fd, libc::SO_SNDTIMEO, zero) {
-        Some(tv) if tv.tv_sec > 0 || tv.tv_usec > 0 => tv.tv_sec * 1000 + tv.tv_usec / 1000,
-        _ => -1,
-    };
-    let start = std::time::Instant::now();
-    loop {
-        let timeout = if limit_ms < 0 {
-            -1
-        } else {
-            let spent = i64::try_from(start.elapsed().as_millis()).unwrap_or(i64::MAX);
-            if spent >= limit_ms {
-                return set_errno(Errno::EINPROGRESS);
-            }
-            c_int::try_from(limit_ms - spent).unwrap_or(c_int::MAX)
-        };
-        let mut p = libc::pollfd {
-            fd,
-            events: libc::POLLOUT,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd.
-        let n = unsafe { libc::poll(&mut p, 1, timeout) };
-        if n > 0 {
-            break;
-        }
-        // 0: the time ran out (checked above); EINTR: a signal, which a connect waits through.
-        if n < 0 && transport::last_errno() != Errno::EINTR {
-            return set_errno(transport::last_errno());
-        }
+    // SAFETY: sockaddr_in6 is plain data; all-zero is a valid value.
+    let mut any: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+    any.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+    #[allow(clippy::cast_possible_truncation)] // 28 bytes.
+    let len = std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+    // SAFETY: a valid sockaddr_in6 of `len` bytes.
+    let rc = unsafe { real::connect(fd, std::ptr::from_ref(&any).cast(), len) };
+    if rc == 0 {
+        return 0;
     }
-    match socket_option(fd, libc::SO_ERROR, 0 as c_int) {
-        Some(0) => 0,
-        Some(e) => set_errno(Errno(u16::try_from(e).unwrap_or(5))),
-        None => set_errno(transport::last_errno()),
+    match transport::last_errno() {
+        // Done between the hand-over and this call.
+        e if e == Errno(libc::EISCONN as u16) => 0,
+        // SO_SNDTIMEO ran out: to the program this is still its first connect, which says so.
+        Errno::EALREADY => set_errno(Errno::EINPROGRESS),
+        e => set_errno(e),
     }
 }

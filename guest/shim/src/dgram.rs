@@ -7,8 +7,9 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use libc::{c_int, sockaddr, socklen_t};
+use shared_proto::frame::{frame_len, HEADER_LEN};
 use shared_proto::outsource::{Datagram, UdpConnectRequest, UdpRequest};
-use shared_proto::{to_vec, Errno, ToGuest, ToHost};
+use shared_proto::{decode_exact, to_vec, Errno, ToGuest, ToHost};
 
 use crate::fd::{errno_isize, flags_of, replace_fd, set_errno, unexpected};
 use crate::real;
@@ -45,6 +46,28 @@ pub(crate) fn associate(fd: c_int, entry: Entry) -> Result<Entry, Errno> {
     };
     table::set(fd, e);
     Ok(e)
+}
+
+/// `bind(2)` of a datagram socket to a port of its own (`e` records it): a UDP server, which may
+/// only ever receive, so its association (and host-server's socket on that port) opens now
+/// instead of at the first send. Returns what bind(2) returns: the association's errno when
+/// host-server refuses (EACCES for a port outside `allowed_ports`), with the socket left as it
+/// was.
+pub(crate) fn bind_server(fd: c_int, e: Entry) -> c_int {
+    match associate(fd, e) {
+        Ok(_) => 0,
+        Err(err) => {
+            table::set(
+                fd,
+                Entry {
+                    local: None,
+                    options: e.options & !table::BOUND,
+                    ..e
+                },
+            );
+            set_errno(err)
+        }
+    }
 }
 
 /// Writes one whole frame, waiting for room even on a non-blocking fd: a half-written frame
@@ -119,6 +142,15 @@ pub(crate) fn recv_on(fd: c_int, e: Entry, flags: c_int) -> Result<(Vec<u8>, Soc
         0
     };
     loop {
+        if flags & libc::MSG_PEEK != 0 {
+            let d = peek_datagram(fd, rflags)?;
+            if e.peer.is_some_and(|p| p != d.addr) {
+                // Not for a connected socket: consume it, as the kernel never queues it.
+                let _ = recv_frame(fd, rflags)?;
+                continue;
+            }
+            return Ok((d.payload, d.addr));
+        }
         match recv_frame(fd, rflags)? {
             (ToGuest::Datagram(d), None) => {
                 // A connected UDP socket only hears from its peer, as in the kernel.
@@ -135,6 +167,53 @@ pub(crate) fn recv_on(fd: c_int, e: Entry, flags: c_int) -> Result<(Vec<u8>, Soc
                 }
                 return Err(Errno::EPROTO);
             }
+        }
+    }
+}
+
+/// The next datagram on the associated `fd`, left in place (`MSG_PEEK`): its frame is peeked
+/// whole off the stream, so the next receive reads the same datagram. netcat's UDP server
+/// peeks the first datagram to learn whom to connect to.
+fn peek_datagram(fd: c_int, rflags: c_int) -> Result<Datagram, Errno> {
+    let mut want = HEADER_LEN;
+    let mut buf = vec![0u8; want];
+    loop {
+        buf.resize(want, 0);
+        // SAFETY: `buf` is valid for its length.
+        let n = unsafe {
+            real::recvfrom(
+                fd,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                rflags | libc::MSG_PEEK,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            )
+        };
+        match usize::try_from(n) {
+            Ok(0) => return Err(Errno::EPROTO),
+            Ok(n) if n < want => {
+                // The rest of the frame is on its way (host-server writes frames whole, so this
+                // is rare): peeking again at once would only spin.
+                std::thread::sleep(std::time::Duration::from_millis(1));
+                continue;
+            }
+            Ok(_) => {}
+            Err(_) => match transport::last_errno() {
+                Errno::EINTR => continue,
+                e => return Err(e),
+            },
+        }
+        match frame_len(&buf) {
+            Ok(Some(total)) if total > want => want = total,
+            Ok(Some(total)) => {
+                return match decode_exact::<ToGuest>(&buf[..total]) {
+                    Ok(ToGuest::Datagram(d)) => Ok(d),
+                    Ok(ToGuest::Failed(err)) => Err(err),
+                    _ => Err(Errno::EPROTO),
+                };
+            }
+            _ => return Err(Errno::EPROTO),
         }
     }
 }

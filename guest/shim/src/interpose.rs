@@ -39,6 +39,13 @@ pub unsafe extern "C" fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_
             (libc::AF_INET, libc::SOCK_DGRAM) => Kind::InetDgram,
             _ => Kind::Untracked,
         };
+        if kind != Kind::Untracked && !table::fits(fd) {
+            // Beyond the table (fs.nr_open raised past 2^20): an untracked AF_INET socket
+            // would go out natively, so there is none, as if the descriptors ran out.
+            // SAFETY: the socket we just made.
+            unsafe { real::close(fd) };
+            return set_errno(Errno::EMFILE);
+        }
         table::set(fd, Entry::new(kind));
     }
     fd
@@ -69,8 +76,9 @@ pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_
     unsafe { real::connect(fd, addr, len) }
 }
 
-/// `bind(2)`: a loopback bind is real and keeps the socket local; any other IPv4 bind is only
-/// recorded, and host-server binds for real on listen.
+/// `bind(2)`: a loopback bind is real and keeps the socket local; any other IPv4 bind of a
+/// stream socket is only recorded, and host-server binds for real on listen. A datagram socket
+/// bound to a port of its own is a UDP server: its association opens at once (`dgram`).
 ///
 /// # Safety
 /// Called by C with bind(2)'s contract.
@@ -92,14 +100,16 @@ pub unsafe extern "C" fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) 
             }
             Some(a) => {
                 let bound = if a.port() == 0 { 0 } else { table::BOUND };
-                table::set(
-                    fd,
-                    Entry {
-                        local: Some(a),
-                        options: entry.options | bound,
-                        ..entry
-                    },
-                );
+                let e = Entry {
+                    local: Some(a),
+                    options: entry.options | bound,
+                    ..entry
+                };
+                table::set(fd, e);
+                if entry.kind == Kind::InetDgram && a.port() != 0 {
+                    // A UDP server: host-server binds its port now, so it can receive at once.
+                    return dgram::bind_server(fd, e);
+                }
                 return 0;
             }
             None => {}

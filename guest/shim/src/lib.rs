@@ -24,7 +24,8 @@
 //! Modules, by layer (imports point down only):
 //!
 //! - The exported libc replacements: `interpose` (socket, connect, bind, listen, accept, …),
-//!   `udp` (the datagram calls), `resolve` (getaddrinfo, gethostbyname, …).
+//!   `udp` (the datagram calls), `resolve` (getaddrinfo, gethostbyname, …), `closerange`
+//!   (close_range, closefrom).
 //! - The work of one outsourcing call: `connect` (TCP), `listen` and `vmlisten` (listeners in
 //!   process mode and in a VM), `dgram` (UDP associations and passed UDP sockets).
 //! - Plain helpers: `fd` (errno, installing descriptors), `sockopt` (options carried over),
@@ -37,6 +38,8 @@
 #![deny(unsafe_code)]
 
 // The exported libc replacements.
+#[allow(unsafe_code)]
+pub mod closerange;
 #[allow(unsafe_code)]
 pub mod interpose;
 #[allow(unsafe_code)]

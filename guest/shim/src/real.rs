@@ -84,6 +84,69 @@ real_fns! {
     getaddrinfo: fn(node: *const c_char, service: *const c_char, hints: *const libc::addrinfo, res: *mut *mut libc::addrinfo) -> c_int;
 }
 
+/// Like [`lookup`], for a symbol older C libraries lack (close_range and closefrom came with
+/// glibc 2.34): 0 when there is none, so the caller falls back to the system call.
+fn lookup_optional(slot: &AtomicUsize, name: &'static [u8]) -> usize {
+    const MISSING: usize = usize::MAX;
+    match slot.load(Ordering::Relaxed) {
+        0 => {}
+        MISSING => return 0,
+        f => return f,
+    }
+    // SAFETY: as in `lookup`.
+    let found = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr().cast::<c_char>()) } as usize;
+    slot.store(if found == 0 { MISSING } else { found }, Ordering::Relaxed);
+    found
+}
+
+/// libc's own `close_range`, or the system call where libc has none.
+///
+/// # Safety
+/// The caller upholds close_range(2)'s contract (the fds in the range may be closed).
+pub unsafe fn close_range(first: libc::c_uint, last: libc::c_uint, flags: c_int) -> c_int {
+    static SLOT: AtomicUsize = AtomicUsize::new(0);
+    match lookup_optional(&SLOT, b"close_range\0") {
+        0 => {
+            // SAFETY: the raw system call with the caller's arguments.
+            let rc = unsafe { libc::syscall(libc::SYS_close_range, first, last, flags) };
+            c_int::try_from(rc).unwrap_or(-1)
+        }
+        f => {
+            // SAFETY: libc's close_range, whose C signature this is.
+            let f: unsafe extern "C" fn(libc::c_uint, libc::c_uint, c_int) -> c_int =
+                unsafe { std::mem::transmute(f) };
+            // SAFETY: forwarded from our caller.
+            unsafe { f(first, last, flags) }
+        }
+    }
+}
+
+/// libc's own `closefrom`, or close_range over the rest where libc has none.
+///
+/// # Safety
+/// The caller upholds closefrom(3)'s contract (every fd from `low` on may be closed).
+pub unsafe fn closefrom(low: c_int) {
+    static SLOT: AtomicUsize = AtomicUsize::new(0);
+    match lookup_optional(&SLOT, b"closefrom\0") {
+        0 => {
+            // SAFETY: as our caller's closefrom.
+            unsafe {
+                close_range(
+                    libc::c_uint::try_from(low).unwrap_or(0),
+                    libc::c_uint::MAX,
+                    0,
+                )
+            };
+        }
+        f => {
+            // SAFETY: libc's closefrom, whose C signature this is.
+            let f: unsafe extern "C" fn(c_int) = unsafe { std::mem::transmute(f) };
+            // SAFETY: forwarded from our caller.
+            unsafe { f(low) }
+        }
+    }
+}
+
 /// libc's own `sendmsg`, `recvmsg` and `close` for `outsock-fdpass`, which would otherwise call
 /// the symbols of those names — ours, once this library is preloaded.
 #[derive(Debug, Clone, Copy)]

@@ -56,20 +56,3 @@ pub(crate) fn copy_options(from: c_int, to: c_int, set: u16) {
         }
     }
 }
-
-/// A SOL_SOCKET option of `fd` read into a value shaped like `init`; `None` if getsockopt failed.
-pub(crate) fn socket_option<T: Copy>(fd: c_int, name: c_int, init: T) -> Option<T> {
-    let mut v = init;
-    let mut len = std::mem::size_of::<T>() as socklen_t;
-    // SAFETY: getsockopt into a `T` of the size given.
-    let rc = unsafe {
-        real::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            name,
-            std::ptr::from_mut(&mut v).cast(),
-            &mut len,
-        )
-    };
-    (rc == 0).then_some(v)
-}

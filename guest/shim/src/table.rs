@@ -4,12 +4,18 @@
 //! consulted on every interposed call. Each fd's state packs into two 64-bit words that are read
 //! and written whole; the fd number itself is the program's, so two threads racing on one fd
 //! is the program's own race, as it would be with the kernel.
+//!
+//! The table covers every fd Linux can hand out under its default `fs.nr_open` (2^20), so a
+//! program that raises RLIMIT_NOFILE keeps outsourcing on its high fds. It is all zeros until
+//! used (an empty slot and "no companion" are both 0), so it lives in `.bss`: untouched pages
+//! cost address space, not memory. A high-water mark bounds the scans of `close_range`.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering};
 
-/// Descriptors at or above this are never outsourced (and never tracked).
-pub const MAX_FDS: usize = 65_536;
+/// Descriptors at or above this are never outsourced (and never tracked): Linux's default
+/// `fs.nr_open`, the most RLIMIT_NOFILE can be raised to without changing the sysctl.
+pub const MAX_FDS: usize = 1 << 20;
 
 /// What an fd is, as far as the shim cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,9 +109,23 @@ struct Slot([AtomicU64; 2]);
 #[allow(clippy::declare_interior_mutable_const)] // Only used to initialise the static array.
 const EMPTY: Slot = Slot([AtomicU64::new(0), AtomicU64::new(0)]);
 static TABLE: [Slot; MAX_FDS] = [EMPTY; MAX_FDS];
+/// One above the highest fd ever recorded (as tracked, or with a companion).
+static HIGH: AtomicUsize = AtomicUsize::new(0);
+
+fn raise_high(fd: i32) {
+    if let Ok(i) = usize::try_from(fd) {
+        HIGH.fetch_max(i + 1, Ordering::AcqRel);
+    }
+}
 
 fn slot(fd: i32) -> Option<&'static Slot> {
     usize::try_from(fd).ok().and_then(|i| TABLE.get(i))
+}
+
+/// Whether `fd` has a slot in the table (0 ≤ fd < [`MAX_FDS`]).
+#[must_use]
+pub fn fits(fd: i32) -> bool {
+    slot(fd).is_some()
 }
 
 /// The state of `fd` (untracked when out of range).
@@ -127,9 +147,13 @@ pub fn get(fd: i32) -> Entry {
     }
 }
 
-/// Records `e` for `fd`; fds beyond [`MAX_FDS`] are silently left untracked (and so native).
+/// Records `e` for `fd`; fds beyond [`MAX_FDS`] are left untracked (`interpose::socket` makes no
+/// AF_INET socket there, so none goes out natively).
 pub fn set(fd: i32, e: Entry) {
     let Some(s) = slot(fd) else { return };
+    if e.kind != Kind::Untracked {
+        raise_high(fd);
+    }
     let w0 = (e.kind as u64) << 56 | u64::from(e.local_only) << 55 | pack_addr(e.local);
     let w1 = u64::from(e.options & OPTIONS_MASK) << 49 | pack_addr(e.peer);
     s.0[1].store(w1, Ordering::Release);
@@ -137,8 +161,9 @@ pub fn set(fd: i32, e: Entry) {
 }
 
 #[allow(clippy::declare_interior_mutable_const)] // Only used to initialise the static array.
-const NO_COMPANION: AtomicI32 = AtomicI32::new(-1);
-/// A VM listener's control stream to host-server, by the listener's fd (-1: none).
+const NO_COMPANION: AtomicI32 = AtomicI32::new(0);
+/// A VM listener's control stream to host-server, by the listener's fd, stored plus one (0:
+/// none), so that the array is all zeros.
 static COMPANIONS: [AtomicI32; MAX_FDS] = [NO_COMPANION; MAX_FDS];
 
 fn companion_slot(fd: i32) -> Option<&'static AtomicI32> {
@@ -148,7 +173,8 @@ fn companion_slot(fd: i32) -> Option<&'static AtomicI32> {
 /// Records `control` as `fd`'s companion stream.
 pub fn set_companion(fd: i32, control: i32) {
     if let Some(s) = companion_slot(fd) {
-        s.store(control, Ordering::Release);
+        raise_high(fd);
+        s.store(control.saturating_add(1), Ordering::Release);
     }
 }
 
@@ -156,19 +182,30 @@ pub fn set_companion(fd: i32, control: i32) {
 #[must_use]
 pub fn companion(fd: i32) -> Option<i32> {
     let c = companion_slot(fd)?.load(Ordering::Acquire);
-    (c >= 0).then_some(c)
+    (c > 0).then_some(c - 1)
 }
 
 /// Removes and returns `fd`'s companion stream.
 #[must_use]
 pub fn take_companion(fd: i32) -> Option<i32> {
-    let c = companion_slot(fd)?.swap(-1, Ordering::AcqRel);
-    (c >= 0).then_some(c)
+    let c = companion_slot(fd)?.swap(0, Ordering::AcqRel);
+    (c > 0).then_some(c - 1)
 }
 
 /// Forgets `fd` (it was closed).
 pub fn clear(fd: i32) {
     set(fd, Entry::new(Kind::Untracked));
+}
+
+/// The fds from `first` to `last` (inclusive) that have ever been tracked or had a companion:
+/// the part of a `close_range` the table must forget.
+#[must_use]
+pub fn tracked_range(first: u32, last: u32) -> std::ops::Range<i32> {
+    let high = HIGH.load(Ordering::Acquire).min(MAX_FDS);
+    let end = usize::try_from(last).map_or(high, |l| l.saturating_add(1).min(high));
+    let start = usize::try_from(first).unwrap_or(usize::MAX).min(end);
+    // Both are at most MAX_FDS, which fits an i32.
+    i32::try_from(start).unwrap_or(0)..i32::try_from(end).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -199,5 +236,46 @@ mod tests {
         assert_eq!(get(100), Entry::new(Kind::Untracked));
         assert_eq!(get(-1).kind, Kind::Untracked);
         assert_eq!(get(i32::MAX).kind, Kind::Untracked);
+    }
+
+    #[test]
+    fn high_fds_are_tracked() {
+        let fd = 69_001;
+        let e = Entry::new(Kind::InetStream);
+        set(fd, e);
+        assert_eq!(get(fd), e);
+        let last = i32::try_from(MAX_FDS - 1).unwrap();
+        set(last, e);
+        assert_eq!(get(last), e);
+        // Beyond the table: untracked, and never recorded.
+        assert!(fits(last) && !fits(last + 1) && !fits(-1));
+        set(last + 1, e);
+        assert_eq!(get(last + 1).kind, Kind::Untracked);
+        clear(fd);
+        clear(last);
+    }
+
+    #[test]
+    fn companions_are_stored_plus_one() {
+        assert_eq!(companion(200), None);
+        set_companion(200, 0);
+        assert_eq!(companion(200), Some(0));
+        assert_eq!(take_companion(200), Some(0));
+        assert_eq!(companion(200), None);
+    }
+
+    #[test]
+    fn close_range_scans_only_what_was_tracked() {
+        set(300, Entry::new(Kind::Udp));
+        let r = tracked_range(0, u32::MAX);
+        assert!(
+            r.start == 0 && r.end > 300 && r.end as usize <= MAX_FDS,
+            "{r:?}"
+        );
+        assert!(tracked_range(10, 5).is_empty());
+        assert_eq!(tracked_range(300, 300), 300..301);
+        let big = u32::try_from(MAX_FDS + 5).unwrap();
+        assert!(tracked_range(big, u32::MAX).is_empty());
+        clear(300);
     }
 }

@@ -219,12 +219,15 @@ impl Stream {
         write_all(self.0, &bytes)
     }
 
-    /// Reads one whole answer frame, and the descriptor passed with it, if any.
+    /// Reads one whole answer frame, and the descriptor passed with it, if any. The descriptor
+    /// arrives close-on-exec (`MSG_CMSG_CLOEXEC`), so a thread that execs while it is still
+    /// ours leaks nothing into the new program; `fd::replace_fd` then gives the program's fd
+    /// the program's own choice.
     ///
     /// # Errors
     /// EPROTO for a malformed frame or a peer that closed early, ETIMEDOUT when none came.
     pub fn recv(&self) -> Result<(ToGuest, Option<c_int>), Errno> {
-        recv_frame(self.0, 0)
+        recv_frame(self.0, libc::MSG_CMSG_CLOEXEC)
     }
 }
 
@@ -356,6 +359,34 @@ fn close_passed(passed: Option<c_int>, e: Errno) -> Errno {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn answers_bring_their_descriptor_close_on_exec() {
+        let mut pair = [0; 2];
+        // SAFETY: socketpair into a two-element array.
+        let rc =
+            unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, pair.as_mut_ptr()) };
+        assert_eq!(rc, 0);
+        let answer = to_vec(&ToGuest::Failed(Errno::EPERM)).unwrap();
+        // Any descriptor will do: pass our own end's duplicate, not close-on-exec.
+        // SAFETY: dup of an open fd.
+        let spare = unsafe { libc::dup(pair[1]) };
+        outsock_fdpass::sendmsg_fd::<outsock_fdpass::Libc>(pair[1], &answer, spare, 0).unwrap();
+        let stream = Stream(pair[0]);
+        let (msg, passed) = stream.recv().unwrap();
+        assert_eq!(msg, ToGuest::Failed(Errno::EPERM));
+        let passed = passed.unwrap();
+        // SAFETY: F_GETFD on the fd just received.
+        let fd_flags = unsafe { libc::fcntl(passed, libc::F_GETFD) };
+        assert_eq!(fd_flags & libc::FD_CLOEXEC, libc::FD_CLOEXEC);
+        // SAFETY: closing fds this test opened.
+        unsafe {
+            libc::close(passed);
+            libc::close(spare);
+            libc::close(pair[1]);
+        }
+        drop(stream);
+    }
 
     #[test]
     fn transport_settings_parse() {

@@ -1,0 +1,453 @@
+//! Process mode end to end, UDP servers and the shim's descriptor edge cases: unmodified
+//! programs in the test world's `legacy` namespace (nothing but `lo`) through `outsock run`,
+//! IPv6 clients in `world`.
+//!
+//! - A UDP server that only binds and receives (`nc -u -l`, python) hears an IPv6 client at
+//!   once, sees it as its source-pool dummy, replies from its bound port, and outlives the UDP
+//!   idle timeout (set to one second here).
+//! - C programs compiled here: connects on descriptors above 65,536, and `close_range` over
+//!   outsourced descriptors whose numbers are then reused.
+
+// Test code throughout; helpers outside #[test] functions unwrap too.
+#![allow(clippy::unwrap_used)]
+
+use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+
+use testworld::stack::Stack;
+use testworld::{addr, zone};
+
+/// A UDP server port in `allowed_ports`, and a short idle timeout to outlive.
+const CONFIG: &str = "udp_idle_timeout_secs = 1\n[listen]\nallowed_ports = [5353, 5354]\n";
+
+fn stack(label: &str) -> Option<Stack> {
+    if !testworld::skip_unless_root(label) {
+        return None;
+    }
+    Some(Stack::start(label, CONFIG).unwrap())
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Waits until host-server has a UDP socket on `port` in `host` (seen with `ss`).
+fn wait_udp_bound(s: &Stack, port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let out = s
+            .world
+            .host()
+            .command("ss")
+            .args(["-Hlun", &format!("sport = :{port}")])
+            .output()
+            .unwrap();
+        if text(&out.stdout).contains(&format!(":{port}")) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no UDP socket on port {port} after 15 s\n{}",
+            s.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// From [`addr::CLIENT`] in `world`: after waiting `wait`, sends each of `datagrams` to the
+/// host's UDP `port` from one socket and collects each reply with its source.
+fn world_udp_client(
+    s: &Stack,
+    port: u16,
+    wait: Duration,
+    datagrams: &'static [&'static [u8]],
+) -> Vec<(Vec<u8>, SocketAddr)> {
+    s.world
+        .world()
+        .run(move || {
+            let sock = UdpSocket::bind(SocketAddr::new(addr::CLIENT.into(), 0)).unwrap();
+            sock.set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let to = SocketAddr::new(addr::HOST.into(), port);
+            let mut replies = Vec::new();
+            for d in datagrams {
+                std::thread::sleep(wait);
+                sock.send_to(d, to).unwrap();
+                let mut buf = [0u8; 2048];
+                let (n, from) = sock.recv_from(&mut buf).unwrap();
+                replies.push((buf[..n].to_vec(), from));
+            }
+            replies
+        })
+        .unwrap()
+}
+
+/// The dummy IPv4 that `outsock mappings` lists for `v6`.
+fn dummy_for(s: &Stack, v6: std::net::Ipv6Addr) -> Option<Ipv4Addr> {
+    let json = s.mappings(&["--json"]).unwrap();
+    json.lines()
+        .find(|l| l.contains(&format!("\"ipv6\":\"{v6}\"")))
+        .and_then(|l| l.split("\"dummy\":\"").nth(1))
+        .and_then(|r| r.split('"').next())
+        .and_then(|d| d.parse().ok())
+}
+
+#[test]
+fn netcat_udp_server_hears_an_ipv6_client_and_replies_from_its_port() {
+    let Some(s) = stack("nc-udp-l") else { return };
+    let mut server = s.legacy("timeout").unwrap();
+    server
+        .args(["30", "nc", "-u", "-l", "-p", "5353", "-q", "2"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut server = server.spawn().unwrap();
+    // netcat sends its stdin to the first client once it has heard from it.
+    let mut stdin = server.stdin.take().unwrap();
+    stdin.write_all(b"pong\n").unwrap();
+    drop(stdin);
+    wait_udp_bound(&s, 5353);
+    // Quiet past the idle timeout first: a server's socket stays.
+    let replies = world_udp_client(&s, 5353, Duration::from_secs(3), &[b"ping\n"]);
+    let out = server.wait_with_output().unwrap();
+    // From the address and port the client wrote to (host-server's socket is on `::`).
+    assert_eq!(
+        replies,
+        vec![(b"pong\n".to_vec(), SocketAddr::new(addr::HOST.into(), 5353))],
+        "{}\n{}",
+        text(&out.stderr),
+        s.logs()
+    );
+    assert_eq!(text(&out.stdout), "ping\n", "{}", text(&out.stderr));
+}
+
+/// bind + recvfrom only; replies with what it received and whom from.
+const PY_UDP_SERVER: &str = r"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(('0.0.0.0', int(sys.argv[1])))
+print('bound', s.getsockname(), flush=True)
+for _ in range(2):
+    data, peer = s.recvfrom(2048)
+    s.sendto(b'reply:' + data + b' from ' + peer[0].encode(), peer)
+print('done', flush=True)
+";
+
+#[test]
+fn python_udp_server_outlives_the_idle_timeout_and_sees_source_dummies() {
+    let Some(s) = stack("py-udp-server") else {
+        return;
+    };
+    let mut server = s.legacy("timeout").unwrap();
+    server
+        .args(["30", "python3", "-c", PY_UDP_SERVER, "5354"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let server = server.spawn().unwrap();
+    wait_udp_bound(&s, 5354);
+    // Each datagram after 2.5 s of silence, well past the 1 s idle timeout.
+    let replies = world_udp_client(&s, 5354, Duration::from_millis(2500), &[b"one", b"two"]);
+    let out = server.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}\n{}", text(&out.stderr), s.logs());
+    assert_eq!(
+        text(&out.stdout),
+        "bound ('0.0.0.0', 5354)\ndone\n",
+        "{}",
+        text(&out.stderr)
+    );
+    let peer = dummy_for(&s, addr::CLIENT).expect("a source-pool dummy for the world client");
+    let from = SocketAddr::new(addr::HOST.into(), 5354);
+    assert_eq!(
+        replies,
+        vec![
+            (format!("reply:one from {peer}").into_bytes(), from),
+            (format!("reply:two from {peer}").into_bytes(), from),
+        ]
+    );
+}
+/// Builds `source` (C) with the system compiler into the test world's directory.
+fn compile(s: &Stack, name: &str, source: &str) -> PathBuf {
+    let dir = s.world.dir();
+    let c = dir.join(format!("{name}.c"));
+    std::fs::write(&c, source).unwrap();
+    let bin = dir.join(name);
+    let out = std::process::Command::new("cc")
+        .args(["-O1", "-Wall", "-o"])
+        .arg(&bin)
+        .arg(&c)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "cc {name}: {}", text(&out.stderr));
+    bin
+}
+
+/// Runs `bin args…` in `legacy` through outsock, bounded to 60 s.
+fn run_c(s: &Stack, bin: &Path, args: &[&str]) -> Output {
+    let mut cmd = s.legacy("timeout").unwrap();
+    cmd.arg("60").arg(bin).args(args);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd.output().unwrap()
+}
+
+/// Everything the C programs share: resolving a name to its dummy, a connected echo round trip,
+/// errno names.
+const C_COMMON: &str = r#"
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+static struct sockaddr_in lookup(const char *name, int port) {
+    struct addrinfo hints = {0}, *res;
+    hints.ai_family = AF_INET;
+    hints.ai_socktype = SOCK_STREAM;
+    int rc = getaddrinfo(name, NULL, &hints, &res);
+    if (rc) { fprintf(stderr, "getaddrinfo: %s\n", gai_strerror(rc)); exit(2); }
+    struct sockaddr_in a = *(struct sockaddr_in *)res->ai_addr;
+    a.sin_port = htons(port);
+    freeaddrinfo(res);
+    return a;
+}
+
+static const char *err(int e) {
+    switch (e) {
+    case 0: return "ok";
+    case EINTR: return "EINTR";
+    case EALREADY: return "EALREADY";
+    case EINPROGRESS: return "EINPROGRESS";
+    case EISCONN: return "EISCONN";
+    case ENOTSOCK: return "ENOTSOCK";
+    case ENETUNREACH: return "ENETUNREACH";
+    default: return strerror(e);
+    }
+}
+
+static void die(const char *what) { fprintf(stderr, "%s: %s\n", what, strerror(errno)); exit(1); }
+
+/// Sends `msg` on the connected `fd` and reads the echo back.
+static void echo(int fd, const char *msg) {
+    char buf[64] = {0};
+    if (write(fd, msg, strlen(msg)) != (ssize_t)strlen(msg)) die("write");
+    size_t got = 0;
+    while (got < strlen(msg)) {
+        ssize_t n = read(fd, buf + got, sizeof buf - 1 - got);
+        if (n <= 0) die("read");
+        got += n;
+    }
+    printf("echo %s\n", buf);
+}
+"#;
+
+/// Holds 70,000 descriptors and connects on fds above 69,000, by name and by dummy.
+const C_HIGH_FDS: &str = r#"
+int main(int argc, char **argv) {
+    // 70,000 descriptors; where the hard limit is lower and cannot be raised (no
+    // CAP_SYS_RESOURCE), as many as it allows, and the test says so.
+    int top = 70000;
+    struct rlimit rl = {80000, 80000};
+    if (setrlimit(RLIMIT_NOFILE, &rl)) {
+        if (getrlimit(RLIMIT_NOFILE, &rl)) die("getrlimit");
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl)) die("setrlimit");
+        if (rl.rlim_cur < 70010) top = (int)rl.rlim_cur - 10;
+    }
+    fprintf(stderr, "top %d\n", top);
+    int null = open("/dev/null", O_RDONLY);
+    if (null < 0) die("open");
+    for (int fd = null + 1; fd < top; fd++)
+        if (dup2(null, fd) < 0) die("dup2");
+    int high = top - 1000;
+    close(high + 1);
+    close(high + 2);
+    struct sockaddr_in by_name = lookup(argv[1], 7);
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    printf("high %d\n", s > high);
+    if (connect(s, (struct sockaddr *)&by_name, sizeof by_name)) die("connect by name");
+    echo(s, "by name");
+    struct sockaddr_in peer;
+    socklen_t len = sizeof peer;
+    if (getpeername(s, (struct sockaddr *)&peer, &len)) die("getpeername");
+    printf("peer %d %d %d\n", peer.sin_family == AF_INET,
+           peer.sin_addr.s_addr == by_name.sin_addr.s_addr, ntohs(peer.sin_port));
+    // The dummy itself, as a numeric address.
+    struct sockaddr_in by_dummy;
+    memset(&by_dummy, 0, sizeof by_dummy);
+    by_dummy.sin_family = AF_INET;
+    by_dummy.sin_port = htons(7);
+    inet_pton(AF_INET, inet_ntoa(by_name.sin_addr), &by_dummy.sin_addr);
+    int t = socket(AF_INET, SOCK_STREAM, 0);
+    printf("high %d\n", t > high);
+    if (connect(t, (struct sockaddr *)&by_dummy, sizeof by_dummy)) die("connect by dummy");
+    echo(t, "by dummy");
+    return 0;
+}
+"#;
+
+#[test]
+fn connects_on_descriptors_above_69000_are_outsourced() {
+    let Some(s) = stack("c-high-fds") else { return };
+    let bin = compile(&s, "high_fds", &format!("{C_COMMON}{C_HIGH_FDS}"));
+    let out = run_c(&s, &bin, &[zone::ECHO]);
+    assert!(out.status.success(), "{}\n{}", text(&out.stderr), s.logs());
+    let stderr = text(&out.stderr);
+    let top: usize = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("top "))
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    if top < 70_000 {
+        println!(
+            "NOTE: RLIMIT_NOFILE's hard limit is below 70,010 here and cannot be raised \
+             (no CAP_SYS_RESOURCE): held {top} descriptors and connected above {}",
+            top - 1000
+        );
+    }
+    assert_eq!(
+        text(&out.stdout),
+        "high 1\necho by name\npeer 1 1 7\nhigh 1\necho by dummy\n"
+    );
+}
+
+/// Outsourced sockets (two UDP associations, a connected TCP socket) closed with close_range,
+/// then their numbers reused by a pipe, a file and a socket; then the same with closefrom.
+const C_CLOSE_RANGE: &str = r#"
+static int associated_udp(struct sockaddr_in *to) {
+    int u = socket(AF_INET, SOCK_DGRAM, 0);
+    if (sendto(u, "u", 1, 0, (struct sockaddr *)to, sizeof *to) != 1) die("sendto");
+    char c;
+    if (recv(u, &c, 1, 0) != 1) die("recv");
+    return u;
+}
+
+int main(int argc, char **argv) {
+    struct sockaddr_in echo_addr = lookup(argv[1], 7);
+    int a = associated_udp(&echo_addr);
+    int b = socket(AF_INET, SOCK_STREAM, 0);
+    if (connect(b, (struct sockaddr *)&echo_addr, sizeof echo_addr)) die("connect");
+    int c = associated_udp(&echo_addr);
+    printf("consecutive %d\n", b == a + 1 && c == b + 1);
+    if (close_range(a, c, 0)) die("close_range");
+
+    // The numbers come back as a pipe and a file: they are what they are now.
+    int p[2];
+    if (pipe(p)) die("pipe");
+    int f = open("/dev/null", O_RDONLY);
+    printf("reused %d\n", p[0] == a && p[1] == b && f == c);
+    char buf[16] = {0};
+    if (write(p[1], "pipe data", 9) != 9) die("write pipe");
+    ssize_t n = read(p[0], buf, sizeof buf - 1);
+    printf("pipe %zd %s\n", n, n > 0 ? buf : err(errno));
+    struct sockaddr_in name;
+    socklen_t len = sizeof name;
+    int rc = getsockname(f, (struct sockaddr *)&name, &len);
+    printf("getsockname %s\n", rc == 0 ? "ok" : err(errno));
+    int domain;
+    len = sizeof domain;
+    rc = getsockopt(p[1], SOL_SOCKET, SO_DOMAIN, &domain, &len);
+    printf("SO_DOMAIN %s\n", rc == 0 ? "ok" : err(errno));
+    close(p[0]);
+    close(p[1]);
+    close(f);
+
+    // And as a socket again: outsourced afresh.
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    printf("socket again %d\n", s == a);
+    if (connect(s, (struct sockaddr *)&echo_addr, sizeof echo_addr)) die("connect again");
+    echo(s, "again");
+
+    // closefrom: glibc's calls close_range inside libc.
+    int d = associated_udp(&echo_addr);
+    closefrom(d);
+    f = open("/dev/null", O_RDONLY);
+    len = sizeof name;
+    rc = getsockname(f, (struct sockaddr *)&name, &len);
+    printf("closefrom %d %s %zd\n", f == d, rc == 0 ? "ok" : err(errno), read(f, buf, 1));
+    return 0;
+}
+"#;
+
+#[test]
+fn close_range_and_closefrom_forget_outsourced_descriptors() {
+    let Some(s) = stack("c-close-range") else {
+        return;
+    };
+    let bin = compile(&s, "close_range", &format!("{C_COMMON}{C_CLOSE_RANGE}"));
+    let out = run_c(&s, &bin, &[zone::ECHO]);
+    assert!(out.status.success(), "{}\n{}", text(&out.stderr), s.logs());
+    assert_eq!(
+        text(&out.stdout),
+        "consecutive 1\nreused 1\npipe 9 pipe data\ngetsockname ENOTSOCK\nSO_DOMAIN ENOTSOCK\n\
+         socket again 1\necho again\nclosefrom 1 ENOTSOCK 0\n"
+    );
+}
+
+/// A blocking connect that a signal (without SA_RESTART) interrupts: EINTR, and the connect
+/// goes on, so a non-blocking connect then says EALREADY.
+const C_EINTR: &str = r#"
+static void on_alarm(int sig) { (void)sig; }
+
+int main(int argc, char **argv) {
+    struct sockaddr_in to = lookup(argv[1], atoi(argv[2]));
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_alarm;
+    sigaction(SIGALRM, &sa, NULL);
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    alarm(1);
+    int rc = connect(s, (struct sockaddr *)&to, sizeof to);
+    printf("blocking %s\n", rc == 0 ? "ok" : err(errno));
+    fcntl(s, F_SETFL, fcntl(s, F_GETFL) | O_NONBLOCK);
+    rc = connect(s, (struct sockaddr *)&to, sizeof to);
+    printf("again %s\n", rc == 0 ? "ok" : err(errno));
+    return 0;
+}
+"#;
+
+/// A port in `world` whose listener's accept queue is full: SYNs go unanswered.
+const STALLED_PORT: u16 = 5399;
+
+#[test]
+fn a_signal_interrupts_a_blocking_connect_as_natively() {
+    let Some(s) = stack("c-eintr") else { return };
+    // In `world`: a listener with a full accept queue, so a connect stays under way.
+    let held = s
+        .world
+        .world()
+        .run(|| {
+            let l =
+                socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None).unwrap();
+            l.bind(&SocketAddr::new(std::net::Ipv6Addr::UNSPECIFIED.into(), STALLED_PORT).into())
+                .unwrap();
+            l.listen(0).unwrap();
+            let mut fill = vec![l];
+            for _ in 0..3 {
+                let c = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None)
+                    .unwrap();
+                c.set_nonblocking(true).unwrap();
+                let _ = c.connect(&SocketAddr::new(addr::ECHO.into(), STALLED_PORT).into());
+                fill.push(c);
+            }
+            std::thread::sleep(Duration::from_millis(300));
+            fill
+        })
+        .unwrap();
+    let bin = compile(&s, "eintr", &format!("{C_COMMON}{C_EINTR}"));
+    let out = run_c(&s, &bin, &[zone::ECHO, &STALLED_PORT.to_string()]);
+    drop(held);
+    assert!(out.status.success(), "{}\n{}", text(&out.stderr), s.logs());
+    assert_eq!(text(&out.stdout), "blocking EINTR\nagain EALREADY\n");
+}

@@ -2,3 +2,28 @@
 //! on top of `testworld::stack`.
 
 #![forbid(unsafe_code)]
+
+use testworld::stack::Stack;
+
+/// A test world with outsock's daemons and `config` added to host-server's settings, or `None`
+/// (after saying why) where the test world cannot run; with `OUTSOCK_E2E_REQUIRED=1` that is a
+/// failure instead.
+///
+/// # Panics
+/// When the world does not start.
+#[must_use]
+pub fn stack(label: &str, config: &str) -> Option<Stack> {
+    if !testworld::skip_unless_root(label) {
+        return None;
+    }
+    match Stack::start(label, config) {
+        Ok(s) => Some(s),
+        Err(e) => panic!("{label}: the test world did not start: {e:#}"),
+    }
+}
+
+/// A program's output as text, for messages and matching.
+#[must_use]
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}

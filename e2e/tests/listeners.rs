@@ -20,22 +20,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use outsock_e2e::{stack, text};
 use socket2::{Domain, Socket, Type};
 use testworld::addr;
 use testworld::stack::Stack;
 
 const PORTS: &str = "[listen]\nallowed_ports = [8080, 8085]\n";
-
-fn stack(label: &str) -> Option<Stack> {
-    if !testworld::skip_unless_root(label) {
-        return None;
-    }
-    Some(Stack::start(label, PORTS).unwrap())
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
 
 /// host-server's listener on TCP `port` in `host`, as `ss -Hltn` shows it (empty: none).
 fn ss_listener(s: &Stack, port: u16) -> String {
@@ -79,16 +69,6 @@ fn connect_from_client(port: u16) -> TcpStream {
     let t: TcpStream = sock.into();
     t.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
     t
-}
-
-/// The dummy IPv4 that `outsock mappings` lists for `v6`.
-fn dummy_for(s: &Stack, v6: std::net::Ipv6Addr) -> Option<Ipv4Addr> {
-    let json = s.mappings(&["--json"]).unwrap();
-    json.lines()
-        .find(|l| l.contains(&format!("\"ipv6\":\"{v6}\"")))
-        .and_then(|l| l.split("\"dummy\":\"").nth(1))
-        .and_then(|r| r.split('"').next())
-        .and_then(|d| d.parse().ok())
 }
 
 /// In the source pool (172.21.112.0/20).
@@ -168,7 +148,7 @@ http {
 
 #[test]
 fn nginx_master_and_two_workers_serve_every_request_with_its_peer() {
-    let Some(s) = stack("nginx-workers") else {
+    let Some(s) = stack("nginx-workers", PORTS) else {
         return;
     };
     let nginx = std::path::Path::new("/usr/sbin/nginx");
@@ -223,7 +203,7 @@ fn nginx_master_and_two_workers_serve_every_request_with_its_peer() {
         failures.len(),
         &failures[..failures.len().min(10)]
     );
-    let peer = dummy_for(&s, addr::CLIENT).unwrap();
+    let peer = s.dummy_for(addr::CLIENT).unwrap();
     assert!(in_source_pool(peer), "client dummy {peer} not in the pool");
     let lines: Vec<&str> = access.lines().collect();
     assert_eq!(lines.len(), TOTAL, "access log lines\n{context}");
@@ -278,7 +258,9 @@ while True:
 
 #[test]
 fn prefork_children_and_threads_each_get_their_own_connection() {
-    let Some(s) = stack("prefork") else { return };
+    let Some(s) = stack("prefork", PORTS) else {
+        return;
+    };
     let mut cmd = s.legacy("timeout").unwrap();
     cmd.args(["150", "python3", "-c", PY_PREFORK, "8085"])
         .stdout(Stdio::piped())
@@ -289,7 +271,7 @@ fn prefork_children_and_threads_each_get_their_own_connection() {
     wait_listener(&s, 8085, "backlog 128", |l| {
         l.split_whitespace().nth(2) == Some("128")
     });
-    let peer = dummy_for(&s, addr::CLIENT);
+    let peer = s.dummy_for(addr::CLIENT);
     const TOTAL: usize = 1200;
     let pids = Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
     let seen = Arc::clone(&pids);
@@ -335,7 +317,7 @@ fn prefork_children_and_threads_each_get_their_own_connection() {
         "{context}"
     );
     // Every reply named the client's own dummy (and its port, checked per reply).
-    let peer = peer.or_else(|| dummy_for(&s, addr::CLIENT)).unwrap();
+    let peer = peer.or_else(|| s.dummy_for(addr::CLIENT)).unwrap();
     let seen = pids.lock().unwrap();
     assert!(
         seen.iter().all(|(p, _)| *p == peer.to_string()),

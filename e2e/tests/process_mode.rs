@@ -12,18 +12,12 @@ use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpStream};
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
+use outsock_e2e::{stack, text};
 use socket2::{Domain, Socket, Type};
 use testworld::stack::Stack;
 use testworld::{addr, big_file_byte, programs, zone, BIG_FILE_LEN, INDEX_BODY};
 
 const PORTS: &str = "[listen]\nallowed_ports = [8080, 8081, 8082, 8083, 8084, 8085, 8086]\n";
-
-fn stack(label: &str) -> Option<Stack> {
-    if !testworld::skip_unless_root(label) {
-        return None;
-    }
-    Some(Stack::start(label, PORTS).unwrap())
-}
 
 /// Runs `program args…` in `legacy` through outsock, with `stdin`, bounded to 60 s.
 fn run(s: &Stack, program: &str, args: &[&str], stdin: &[u8]) -> Output {
@@ -37,10 +31,6 @@ fn run(s: &Stack, program: &str, args: &[&str], stdin: &[u8]) -> Output {
     input.write_all(stdin).unwrap();
     drop(input);
     child.wait_with_output().unwrap()
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 /// Asserts success and returns stdout.
@@ -107,19 +97,9 @@ fn connect_from_client(port: u16) -> TcpStream {
     sock.into()
 }
 
-/// The dummy IPv4 that `outsock mappings` lists for `v6`.
-fn dummy_for(s: &Stack, v6: std::net::Ipv6Addr) -> Option<Ipv4Addr> {
-    let json = s.mappings(&["--json"]).unwrap();
-    json.lines()
-        .find(|l| l.contains(&format!("\"ipv6\":\"{v6}\"")))
-        .and_then(|l| l.split("\"dummy\":\"").nth(1))
-        .and_then(|r| r.split('"').next())
-        .and_then(|d| d.parse().ok())
-}
-
 #[test]
 fn netcat_traditional_client_and_server() {
-    let Some(s) = stack("nc") else { return };
+    let Some(s) = stack("nc", PORTS) else { return };
     // Client by name to the IPv6 echo server.
     let out = run(
         &s,
@@ -154,7 +134,9 @@ fn netcat_traditional_client_and_server() {
 
 #[test]
 fn curl_and_wget_fetch_by_name() {
-    let Some(s) = stack("curl-wget") else { return };
+    let Some(s) = stack("curl-wget", PORTS) else {
+        return;
+    };
     let url = format!("http://{}/index.html", zone::V6ONLY);
     let out = run(&s, "curl", &["-4", "-sS", "-m", "20", &url], b"");
     assert_eq!(ok(&s, &out, "curl -4"), INDEX_BODY);
@@ -173,7 +155,7 @@ fn curl_and_wget_fetch_by_name() {
 
     // The name maps to a dummy that maps back to the server's IPv6 address.
     assert!(
-        dummy_for(&s, addr::HTTP).is_some(),
+        s.dummy_for(addr::HTTP).is_some(),
         "{}",
         s.mappings(&[]).unwrap()
     );
@@ -181,7 +163,9 @@ fn curl_and_wget_fetch_by_name() {
 
 #[test]
 fn busybox_wget_nc_and_httpd() {
-    let Some(s) = stack("busybox") else { return };
+    let Some(s) = stack("busybox", PORTS) else {
+        return;
+    };
     let url = format!("http://{}/index.html", zone::V6ONLY);
     let out = run(&s, "busybox", &["wget", "-O", "-", &url], b"");
     assert_eq!(ok(&s, &out, "busybox wget"), INDEX_BODY);
@@ -218,7 +202,9 @@ fn busybox_wget_nc_and_httpd() {
     httpd.kill().unwrap();
     let log = text(&httpd.wait_with_output().unwrap().stderr);
     // The server saw the IPv6 client as a dummy from the source pool.
-    let peer = dummy_for(&s, addr::CLIENT).expect("an inbound-peer mapping for the world client");
+    let peer = s
+        .dummy_for(addr::CLIENT)
+        .expect("an inbound-peer mapping for the world client");
     assert!(peer.to_string().starts_with("172.21."), "{peer}");
     assert!(
         log.contains(&peer.to_string()),
@@ -228,7 +214,9 @@ fn busybox_wget_nc_and_httpd() {
 
 #[test]
 fn iperf3_transfer_completes() {
-    let Some(mut s) = stack("iperf3") else { return };
+    let Some(mut s) = stack("iperf3", PORTS) else {
+        return;
+    };
     let mut server = s.world.world().command("iperf3");
     server
         .args(["-s", "-p", "5201"])
@@ -301,7 +289,9 @@ fn json_number(json: &str, object: &str, key: &str) -> u64 {
 
 #[test]
 fn python3_clients_tcp_asyncio_udp() {
-    let Some(s) = stack("py-clients") else { return };
+    let Some(s) = stack("py-clients", PORTS) else {
+        return;
+    };
     let out = run(
         &s,
         "python3",
@@ -342,7 +332,7 @@ print("closed", flush=True)
 
 #[test]
 fn connected_udp_gets_a_host_socket_with_native_errors() {
-    let Some(s) = stack("py-udp-connected") else {
+    let Some(s) = stack("py-udp-connected", PORTS) else {
         return;
     };
     let out = run(
@@ -374,7 +364,7 @@ print(s.getpeername()[1], s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
 
 #[test]
 fn blocking_connect_reports_the_kernels_outcome() {
-    let Some(s) = stack("py-blocking") else {
+    let Some(s) = stack("py-blocking", PORTS) else {
         return;
     };
     let out = run(&s, "python3", &["-c", PY_BLOCKING_CONNECT, zone::ECHO], b"");
@@ -406,7 +396,9 @@ probe(False)
 
 #[test]
 fn socket_options_set_before_connect_reach_the_host_socket() {
-    let Some(s) = stack("py-options") else { return };
+    let Some(s) = stack("py-options", PORTS) else {
+        return;
+    };
     let out = run(&s, "python3", &["-c", PY_OPTIONS, zone::ECHO], b"");
     let got = ok(&s, &out, "python options");
     let lines: Vec<&str> = got.lines().collect();
@@ -426,7 +418,9 @@ fn socket_options_set_before_connect_reach_the_host_socket() {
 
 #[test]
 fn python3_server_fork_thread_and_listener_close() {
-    let Some(s) = stack("py-server") else { return };
+    let Some(s) = stack("py-server", PORTS) else {
+        return;
+    };
     let mut server = s.legacy("timeout").unwrap();
     server
         .args(["30", "python3", "-c", PY_SERVER, "8082"])
@@ -438,7 +432,7 @@ fn python3_server_fork_thread_and_listener_close() {
     assert_eq!(world_client(&s, 8082, b"two"), b"thread:two");
     let out = server.wait_with_output().unwrap();
     let stdout = ok(&s, &out, "python server");
-    let peer = dummy_for(&s, addr::CLIENT).unwrap();
+    let peer = s.dummy_for(addr::CLIENT).unwrap();
     assert_eq!(
         stdout,
         format!("listening ('0.0.0.0', 8082) True True\npeers {peer} {peer} True\nclosed\n"),
@@ -451,7 +445,9 @@ fn python3_server_fork_thread_and_listener_close() {
 
 #[test]
 fn dup2_onto_stdio_with_nc_e() {
-    let Some(s) = stack("nc-e") else { return };
+    let Some(s) = stack("nc-e", PORTS) else {
+        return;
+    };
     // nc -e: the accepted connection is dup2'd onto cat's stdin and stdout.
     let mut server = s.legacy("timeout").unwrap();
     server
@@ -470,7 +466,9 @@ fn dup2_onto_stdio_with_nc_e() {
 
 #[test]
 fn inbound_peer_is_traced_back_to_its_ipv6_address() {
-    let Some(s) = stack("inbound") else { return };
+    let Some(s) = stack("inbound", PORTS) else {
+        return;
+    };
     let www = s.world.path("py-www");
     std::fs::create_dir_all(&www).unwrap();
     std::fs::write(www.join("page.txt"), "python http.server in legacy\n").unwrap();
@@ -530,7 +528,9 @@ print(libc.__res_query(b"missing.outsock.test", 1, 1, buf, 512))
 
 #[test]
 fn resolver_functions_answer_from_dns_cache() {
-    let Some(s) = stack("resolver") else { return };
+    let Some(s) = stack("resolver", PORTS) else {
+        return;
+    };
     let out = run(
         &s,
         "python3",
@@ -558,7 +558,9 @@ fn resolver_functions_answer_from_dns_cache() {
 /// system calls, which no LD_PRELOAD library can see; see guest/shim's docs.)
 #[test]
 fn kdig_with_its_own_dns_code() {
-    let Some(s) = stack("kdig") else { return };
+    let Some(s) = stack("kdig", PORTS) else {
+        return;
+    };
     let server = format!("@{}", testworld::stack::GUEST_DNS);
     let udp = run(
         &s,
@@ -573,7 +575,7 @@ fn kdig_with_its_own_dns_code() {
     got.sort();
     let mut want: Vec<Ipv4Addr> = zone::MULTI_AAAA
         .iter()
-        .map(|a| dummy_for(&s, *a).unwrap())
+        .map(|a| s.dummy_for(*a).unwrap())
         .collect();
     want.sort();
     assert_eq!(got, want);
@@ -585,13 +587,13 @@ fn kdig_with_its_own_dns_code() {
     );
     assert_eq!(
         ok(&s, &tcp, "kdig +tcp").trim(),
-        dummy_for(&s, addr::HTTP).unwrap().to_string()
+        s.dummy_for(addr::HTTP).unwrap().to_string()
     );
 }
 
 #[test]
 fn programs_fail_fast_when_host_server_is_stopped() {
-    let Some(mut s) = stack("stopped") else {
+    let Some(mut s) = stack("stopped", PORTS) else {
         return;
     };
     s.stop_host();

@@ -12,27 +12,17 @@
 #![allow(clippy::unwrap_used)]
 
 use std::io::Write;
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
+use outsock_e2e::{stack, text};
 use testworld::stack::Stack;
 use testworld::{addr, zone};
 
 /// A UDP server port in `allowed_ports`, and a short idle timeout to outlive.
 const CONFIG: &str = "udp_idle_timeout_secs = 1\n[listen]\nallowed_ports = [5353, 5354]\n";
-
-fn stack(label: &str) -> Option<Stack> {
-    if !testworld::skip_unless_root(label) {
-        return None;
-    }
-    Some(Stack::start(label, CONFIG).unwrap())
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
 
 /// Waits until host-server has a UDP socket on `port` in `host` (seen with `ss`).
 fn wait_udp_bound(s: &Stack, port: u16) {
@@ -85,19 +75,11 @@ fn world_udp_client(
         .unwrap()
 }
 
-/// The dummy IPv4 that `outsock mappings` lists for `v6`.
-fn dummy_for(s: &Stack, v6: std::net::Ipv6Addr) -> Option<Ipv4Addr> {
-    let json = s.mappings(&["--json"]).unwrap();
-    json.lines()
-        .find(|l| l.contains(&format!("\"ipv6\":\"{v6}\"")))
-        .and_then(|l| l.split("\"dummy\":\"").nth(1))
-        .and_then(|r| r.split('"').next())
-        .and_then(|d| d.parse().ok())
-}
-
 #[test]
 fn netcat_udp_server_hears_an_ipv6_client_and_replies_from_its_port() {
-    let Some(s) = stack("nc-udp-l") else { return };
+    let Some(s) = stack("nc-udp-l", CONFIG) else {
+        return;
+    };
     let mut server = s.legacy("timeout").unwrap();
     server
         .args(["30", "nc", "-u", "-l", "-p", "5353", "-q", "2"])
@@ -138,7 +120,7 @@ print('done', flush=True)
 
 #[test]
 fn python_udp_server_outlives_the_idle_timeout_and_sees_source_dummies() {
-    let Some(s) = stack("py-udp-server") else {
+    let Some(s) = stack("py-udp-server", CONFIG) else {
         return;
     };
     let mut server = s.legacy("timeout").unwrap();
@@ -158,7 +140,9 @@ fn python_udp_server_outlives_the_idle_timeout_and_sees_source_dummies() {
         "{}",
         text(&out.stderr)
     );
-    let peer = dummy_for(&s, addr::CLIENT).expect("a source-pool dummy for the world client");
+    let peer = s
+        .dummy_for(addr::CLIENT)
+        .expect("a source-pool dummy for the world client");
     let from = SocketAddr::new(addr::HOST.into(), 5354);
     assert_eq!(
         replies,
@@ -299,7 +283,9 @@ int main(int argc, char **argv) {
 
 #[test]
 fn connects_on_descriptors_above_69000_are_outsourced() {
-    let Some(s) = stack("c-high-fds") else { return };
+    let Some(s) = stack("c-high-fds", CONFIG) else {
+        return;
+    };
     let bin = compile(&s, "high_fds", &format!("{C_COMMON}{C_HIGH_FDS}"));
     let out = run_c(&s, &bin, &[zone::ECHO]);
     assert!(out.status.success(), "{}\n{}", text(&out.stderr), s.logs());
@@ -382,7 +368,7 @@ int main(int argc, char **argv) {
 
 #[test]
 fn close_range_and_closefrom_forget_outsourced_descriptors() {
-    let Some(s) = stack("c-close-range") else {
+    let Some(s) = stack("c-close-range", CONFIG) else {
         return;
     };
     let bin = compile(&s, "close_range", &format!("{C_COMMON}{C_CLOSE_RANGE}"));
@@ -422,7 +408,9 @@ const STALLED_PORT: u16 = 5399;
 
 #[test]
 fn a_signal_interrupts_a_blocking_connect_as_natively() {
-    let Some(s) = stack("c-eintr") else { return };
+    let Some(s) = stack("c-eintr", CONFIG) else {
+        return;
+    };
     // In `world`: a listener with a full accept queue, so a connect stays under way.
     let held = s
         .world

@@ -16,7 +16,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use shared_proto::lookup::{
     ListQuery, LookupErrorCode, LookupOp, LookupReply, LookupRequest, LookupResponse,
@@ -181,18 +181,8 @@ fn unhex(s: &str) -> Vec<u8> {
 }
 
 fn wait_for(path: &Path, d: &mut Daemon, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !path.exists() {
-        if let Ok(Some(status)) = d.try_status() {
-            panic!("{what} exited during start-up: {status}");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: {} did not appear",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    d.wait_until(Duration::from_secs(20), || path.exists())
+        .unwrap_or_else(|e| panic!("{what}: {e:#}"));
 }
 
 fn hello(vm: &str) -> ToHost {

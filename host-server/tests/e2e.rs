@@ -142,18 +142,8 @@ impl Rig {
     }
 
     fn wait_for(path: &Path, d: &mut Daemon, what: &str) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !path.exists() {
-            if let Ok(Some(status)) = d.try_status() {
-                panic!("{what} exited during start-up: {status}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{what}: {} did not appear",
-                path.display()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        d.wait_until(Duration::from_secs(20), || path.exists())
+            .unwrap_or_else(|e| panic!("{what}: {e:#}"));
     }
 
     fn launch_dns(&mut self) {

@@ -78,6 +78,27 @@ impl Daemon {
         child.wait().ok()
     }
 
+    /// Waits up to `limit` for `ready()` (a socket that accepts, a file that exists), polling
+    /// every 20 ms.
+    ///
+    /// # Errors
+    /// When the daemon exits first (with its status), or `ready()` is still false at `limit`.
+    pub fn wait_until(&mut self, limit: Duration, ready: impl Fn() -> bool) -> Result<()> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if ready() {
+                return Ok(());
+            }
+            if let Some(status) = self.try_status()? {
+                anyhow::bail!("{} exited ({status}) before it was ready", self.what);
+            }
+            if Instant::now() >= deadline {
+                anyhow::bail!("{} was not ready within {limit:?}", self.what);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Waits for it to exit on its own, up to `limit`.
     pub fn wait_timeout(&mut self, limit: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + limit;

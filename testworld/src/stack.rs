@@ -8,7 +8,7 @@
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
@@ -153,20 +153,16 @@ impl Stack {
     }
 
     fn wait_for_socket(path: &Path, d: &mut Daemon, what: &str, log: &Path) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                return Ok(());
-            }
-            if let Some(status) = d.try_status()? {
-                bail!(
-                    "{what} exited ({status}) before listening: {}",
-                    std::fs::read_to_string(log).unwrap_or_default()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        bail!("{what} did not listen on {} within 15 s", path.display())
+        d.wait_until(Duration::from_secs(15), || {
+            std::os::unix::net::UnixStream::connect(path).is_ok()
+        })
+        .with_context(|| {
+            format!(
+                "{what} did not listen on {}: {}",
+                path.display(),
+                std::fs::read_to_string(log).unwrap_or_default()
+            )
+        })
     }
 
     /// Starts (or restarts) dns-cache.
@@ -257,6 +253,18 @@ impl Stack {
             );
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The dummy IPv4 address dns-cache maps `v6` to, from `outsock mappings --json`; `None`
+    /// when there is none (or the table cannot be read).
+    #[must_use]
+    pub fn dummy_for(&self, v6: std::net::Ipv6Addr) -> Option<Ipv4Addr> {
+        let json = self.mappings(&["--json"]).ok()?;
+        json.lines()
+            .find(|l| l.contains(&format!("\"ipv6\":\"{v6}\"")))
+            .and_then(|l| l.split("\"dummy\":\"").nth(1))
+            .and_then(|r| r.split('"').next())
+            .and_then(|d| d.parse().ok())
     }
 
     /// The daemons' logs so far, for assertion messages.

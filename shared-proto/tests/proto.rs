@@ -12,8 +12,8 @@ use shared_proto::lookup::{
     LookupResponse, MappingInfo, Tenant,
 };
 use shared_proto::outsource::{
-    ConnectRequest, Datagram, ListenRequest, ToGuest, ToHost, UdpConnectRequest, UdpRequest,
-    VmHello,
+    ConnectRequest, Datagram, IcmpRequest, ListenRequest, ToGuest, ToHost, UdpConnectRequest,
+    UdpRequest, VmHello,
 };
 use shared_proto::{decode, decode_exact, to_vec, Errno, Message, ProtoError};
 
@@ -64,6 +64,7 @@ fn to_host() -> impl Strategy<Value = ToHost> {
         sockv4().prop_map(|bind| ToHost::Udp(UdpRequest { bind })),
         (sockv4(), sockv4())
             .prop_map(|(bind, dest)| ToHost::UdpConnect(UdpConnectRequest { bind, dest })),
+        (sockv4(), sockv4()).prop_map(|(bind, dest)| ToHost::Icmp(IcmpRequest { bind, dest })),
         datagram().prop_map(ToHost::Datagram),
     ]
 }

@@ -3,29 +3,55 @@
 //! `Datagram` frame per send and per receive, and in process mode the passed, connected host
 //! socket — asking for it, giving it back, and turning it into an association when the program
 //! sends elsewhere. `udp`'s module documentation tells the whole story.
+//!
+//! A ping socket (`socket(AF_INET, SOCK_DGRAM, IPPROTO_ICMP)`, [`table::ICMP`]) takes the same
+//! path with an `Icmp` association instead of a `Udp` one: its datagrams are ICMPv4 echo
+//! messages, which host-server translates to ICMPv6 echo. An ICMP association belongs to one
+//! destination (host-server checks the destination policy when it opens, so a refused one is
+//! the send's EACCES); a send to another destination opens a new association on the fd. As
+//! from the kernel's ping socket, anything but an echo request (type 8, code 0, a whole 8-byte
+//! header) is EINVAL, and a ping socket is never passed connected.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use libc::{c_int, sockaddr, socklen_t};
 use shared_proto::frame::{frame_len, HEADER_LEN};
-use shared_proto::outsource::{Datagram, UdpConnectRequest, UdpRequest};
+use shared_proto::outsource::{Datagram, IcmpRequest, UdpConnectRequest, UdpRequest};
 use shared_proto::{decode_exact, to_vec, Errno, ToGuest, ToHost};
 
 use crate::fd::{errno_isize, flags_of, replace_fd, set_errno, unexpected};
 use crate::real;
 use crate::sockaddr::{is_local, read_v4};
-use crate::sockopt::copy_options;
+use crate::sockopt::{copy_options, option_bit};
 use crate::table::{self, Entry, Kind};
-use crate::transport::{self, recv_frame, Stream};
+use crate::transport::{self, recv_datagram_frame, recv_frame, Stream};
 
 /// Opens the association for `fd` and installs it; returns the new entry.
 pub(crate) fn associate(fd: c_int, entry: Entry) -> Result<Entry, Errno> {
+    associate_to(fd, entry, entry.peer)
+}
+
+/// Whether `e` is a ping socket's.
+fn is_icmp(e: Entry) -> bool {
+    e.options & table::ICMP != 0
+}
+
+/// As [`associate`]; a ping socket's association is opened for `dest`, which becomes the
+/// entry's peer (port 0, as the kernel reports a ping reply's source).
+fn associate_to(fd: c_int, entry: Entry, dest: Option<SocketAddrV4>) -> Result<Entry, Errno> {
     let flags = flags_of(fd);
-    let stream = Stream::open()?;
     let bind = entry
         .local
         .unwrap_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
-    stream.send(&ToHost::Udp(UdpRequest { bind }))?;
+    let (request, peer) = if is_icmp(entry) {
+        let dest = dest.ok_or(Errno(libc::EDESTADDRREQ as u16))?;
+        let peer = SocketAddrV4::new(*dest.ip(), 0);
+        (ToHost::Icmp(IcmpRequest { bind, dest: peer }), Some(peer))
+    } else {
+        (ToHost::Udp(UdpRequest { bind }), entry.peer)
+    };
+    let stream = Stream::open()?;
+    stream.send(&request)?;
     let local = match stream.recv()? {
         (ToGuest::Associated { local }, None) => local,
         (ToGuest::Failed(e), None) => return Err(e),
@@ -38,10 +64,18 @@ pub(crate) fn associate(fd: c_int, entry: Entry) -> Result<Entry, Errno> {
         }
     };
     transport::clear_answer_timeout(stream.fd());
+    // The program's receive and send timeouts hold on the stream too (ping times its waits
+    // with SO_RCVTIMEO).
+    let timeouts = [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO]
+        .iter()
+        .filter_map(|&n| option_bit(libc::SOL_SOCKET, n))
+        .fold(0, |a, b| a | b);
+    copy_options(fd, stream.fd(), timeouts);
     replace_fd(stream.into_raw(), fd, &flags)?;
     let e = Entry {
         kind: Kind::Udp,
         local: Some(local),
+        peer,
         ..entry
     };
     table::set(fd, e);
@@ -120,6 +154,15 @@ pub(crate) fn send_on(fd: c_int, e: Entry, data: &[u8], to: Option<SocketAddrV4>
         // The fd is now host-server's stream; loopback from it would need a second socket.
         return errno_isize(Errno::ENETUNREACH);
     }
+    if is_icmp(e) {
+        if !is_echo_request(data) {
+            return errno_isize(Errno(libc::EINVAL as u16));
+        }
+        // A ping socket's association is its destination's: another opens a new one on `fd`.
+        if let Err(err) = icmp_for(fd, e, dest) {
+            return errno_isize(err);
+        }
+    }
     let Ok(frame) = to_vec(&ToHost::Datagram(Datagram {
         addr: dest,
         payload: data.to_vec(),
@@ -130,6 +173,26 @@ pub(crate) fn send_on(fd: c_int, e: Entry, data: &[u8], to: Option<SocketAddrV4>
         Ok(()) => isize::try_from(data.len()).unwrap_or(isize::MAX),
         Err(e) => errno_isize(e),
     }
+}
+
+/// Whether `msg` is what a ping socket sends: an ICMPv4 echo request (type 8, code 0) with its
+/// whole 8-byte header.
+fn is_echo_request(msg: &[u8]) -> bool {
+    msg.len() >= 8 && msg[0] == 8 && msg[1] == 0
+}
+
+/// The ping socket's association for `dest`: `e` itself when it is `dest`'s, else a new one on
+/// `fd` (the old stream closes with dup3).
+fn icmp_for(fd: c_int, e: Entry, dest: SocketAddrV4) -> Result<Entry, Errno> {
+    if e.peer.is_some_and(|p| p.ip() == dest.ip()) {
+        return Ok(e);
+    }
+    let fresh = Entry {
+        kind: Kind::InetDgram,
+        peer: None,
+        ..e
+    };
+    associate_to(fd, fresh, Some(dest))
 }
 
 /// Receives one datagram on the associated `fd`: its payload and source.
@@ -151,7 +214,7 @@ pub(crate) fn recv_on(fd: c_int, e: Entry, flags: c_int) -> Result<(Vec<u8>, Soc
             }
             return Ok((d.payload, d.addr));
         }
-        match recv_frame(fd, rflags)? {
+        match recv_datagram_frame(fd, rflags)? {
             (ToGuest::Datagram(d), None) => {
                 // A connected UDP socket only hears from its peer, as in the kernel.
                 if e.peer.is_some_and(|p| p != d.addr) {
@@ -225,7 +288,7 @@ pub(crate) fn sending_entry(fd: c_int, to: Option<SocketAddrV4>) -> Option<Resul
     match e.kind {
         Kind::Udp => Some(Ok(e)),
         Kind::InetDgram if !e.local_only && to.is_some_and(|a| !is_local(a)) => {
-            Some(associate(fd, e))
+            Some(associate_to(fd, e, to))
         }
         _ => None,
     }
@@ -254,22 +317,34 @@ pub(crate) unsafe fn connect(
     // SAFETY: the caller's addr/len.
     let to = unsafe { read_v4(addr, len) };
     let e = match (e.kind, to) {
+        (Kind::Udp, Some(a)) if is_icmp(e) && !is_local(a) => match icmp_for(fd, e, a) {
+            Ok(e) => e,
+            Err(err) => return Some(set_errno(err)),
+        },
         (Kind::Udp, _) => e,
         (Kind::InetDgram, Some(a)) if !e.local_only && !is_local(a) => {
-            if transport::vsock_port().is_none() {
+            if transport::vsock_port().is_none() && !is_icmp(e) {
                 if let Some(rc) = connect_passed(fd, e, a) {
                     return Some(rc);
                 }
             }
-            match associate(fd, e) {
+            match associate_to(fd, e, Some(a)) {
                 Ok(e) => e,
                 Err(err) => return Some(set_errno(err)),
             }
         }
         _ => return None,
     };
-    // AF_UNSPEC (or anything not AF_INET) dissolves the association's default peer.
-    table::set(fd, Entry { peer: to, ..e });
+    // AF_UNSPEC (or anything not AF_INET) dissolves the association's default peer. A ping
+    // socket's peer has port 0, the source its replies arrive from.
+    let peer = to.map(|a| {
+        if is_icmp(e) {
+            SocketAddrV4::new(*a.ip(), 0)
+        } else {
+            a
+        }
+    });
+    table::set(fd, Entry { peer, ..e });
     Some(0)
 }
 

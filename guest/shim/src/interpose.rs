@@ -30,10 +30,19 @@ use crate::{connect, dgram, listen, vmlisten};
 /// Called by C with socket(2)'s contract.
 #[no_mangle]
 pub unsafe extern "C" fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_int {
+    let base = ty & !(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC);
+    let ping =
+        domain == libc::AF_INET && base == libc::SOCK_DGRAM && protocol == libc::IPPROTO_ICMP;
     // SAFETY: forwarded arguments.
-    let fd = unsafe { real::socket(domain, ty, protocol) };
+    let mut fd = unsafe { real::socket(domain, ty, protocol) };
+    if fd < 0 && ping {
+        // A ping socket's echoes go through host-server, whose ping_group_range is the one that
+        // counts: where this namespace forbids ping sockets, a UDP socket stands in until the
+        // first send opens the ICMP association.
+        // SAFETY: plain socket(2) call.
+        fd = unsafe { real::socket(domain, ty, 0) };
+    }
     if fd >= 0 {
-        let base = ty & !(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC);
         let kind = match (domain, base) {
             (libc::AF_INET, libc::SOCK_STREAM) => Kind::InetStream,
             (libc::AF_INET, libc::SOCK_DGRAM) => Kind::InetDgram,
@@ -46,7 +55,11 @@ pub unsafe extern "C" fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_
             unsafe { real::close(fd) };
             return set_errno(Errno::EMFILE);
         }
-        table::set(fd, Entry::new(kind));
+        let mut e = Entry::new(kind);
+        if ping {
+            e.options |= table::ICMP;
+        }
+        table::set(fd, e);
     }
     fd
 }
@@ -106,7 +119,11 @@ pub unsafe extern "C" fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) 
                     ..entry
                 };
                 table::set(fd, e);
-                if entry.kind == Kind::InetDgram && a.port() != 0 {
+                // (A ping socket's port is its identifier, not a server's port.)
+                if entry.kind == Kind::InetDgram
+                    && a.port() != 0
+                    && entry.options & table::ICMP == 0
+                {
                     // A UDP server: host-server binds its port now, so it can receive at once.
                     return dgram::bind_server(fd, e);
                 }
@@ -294,7 +311,15 @@ pub unsafe extern "C" fn getsockopt(
             libc::SO_DOMAIN => return put_int(val, len, libc::AF_INET),
             libc::SO_TYPE if dgram => return put_int(val, len, libc::SOCK_DGRAM),
             libc::SO_TYPE => return put_int(val, len, libc::SOCK_STREAM),
-            libc::SO_PROTOCOL if dgram => return put_int(val, len, libc::IPPROTO_UDP),
+            libc::SO_PROTOCOL if dgram => {
+                let icmp = table::get(fd).options & table::ICMP != 0;
+                let p = if icmp {
+                    libc::IPPROTO_ICMP
+                } else {
+                    libc::IPPROTO_UDP
+                };
+                return put_int(val, len, p);
+            }
             libc::SO_PROTOCOL => return put_int(val, len, libc::IPPROTO_TCP),
             libc::SO_ACCEPTCONN => return put_int(val, len, c_int::from(kind == Kind::Listener)),
             libc::SO_ERROR if !own_socket => return put_int(val, len, 0),

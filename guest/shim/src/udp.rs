@@ -226,6 +226,10 @@ pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> i
         // SAFETY: forwarded arguments.
         return unsafe { real_recvmsg(fd, msg, flags) };
     }
+    if flags & libc::MSG_ERRQUEUE != 0 {
+        // An association reports no ICMP errors (ping asks after a failed send): none queued.
+        return errno_isize(Errno::EAGAIN);
+    }
     // SAFETY: msg is valid per the contract.
     let Some(m) = (unsafe { msg.as_mut() }) else {
         return errno_isize(Errno(libc::EFAULT as u16));

@@ -1,0 +1,118 @@
+//! ICMP echo, translated: the real iputils `ping` runs unmodified in the test world's `legacy`
+//! namespace (nothing but `lo`) through `outsock run`. Its ping socket
+//! (`socket(AF_INET, SOCK_DGRAM, IPPROTO_ICMP)`) becomes an ICMP association with host-server,
+//! which sends ICMPv6 echo requests from its own ping socket in `host` (the test world allows
+//! ping sockets there: `net.ipv4.ping_group_range`) and hands the replies back as ICMPv4 echo
+//! replies from the destination's dummy address.
+
+// Test code throughout; helpers outside #[test] functions unwrap too.
+#![allow(clippy::unwrap_used)]
+
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+
+use testworld::stack::Stack;
+use testworld::{addr, zone};
+
+fn stack(label: &str, host_extra: &str) -> Option<Stack> {
+    if !testworld::skip_unless_root(label) {
+        return None;
+    }
+    Some(Stack::start(label, host_extra).unwrap())
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Runs `ping ARGS…` in `legacy` through outsock, bounded to 30 s by `timeout`; with how long
+/// it took.
+fn ping(s: &Stack, args: &[&str]) -> (Output, Duration) {
+    let mut cmd = s.legacy("timeout").unwrap();
+    cmd.arg("30").arg("ping").args(args);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let start = Instant::now();
+    let out = cmd.output().unwrap();
+    (out, start.elapsed())
+}
+
+/// The address in ping's first line, `PING name (ADDRESS) 56(84) bytes of data.`
+fn target(stdout: &str) -> String {
+    let first = stdout.lines().next().unwrap_or_default();
+    let open = first.find('(').unwrap_or(0);
+    let close = first.find(')').unwrap_or(0);
+    first.get(open + 1..close).unwrap_or_default().to_owned()
+}
+
+#[test]
+fn ping_by_name_gets_every_echo_back_from_the_dummy() {
+    let Some(s) = stack("ping", "") else { return };
+    let (out, _) = ping(&s, &["-c", "3", "-i", "0.2", "-w", "10", zone::V6ONLY]);
+    let stdout = text(&out.stdout);
+    let why = format!("{stdout}\n{}\n{}", text(&out.stderr), s.logs());
+    assert!(out.status.success(), "ping failed ({}): {why}", out.status);
+    let dummy = target(&stdout);
+    assert!(dummy.starts_with("10.170.160."), "not a dummy: {why}");
+    assert!(
+        stdout.contains("3 packets transmitted, 3 received, 0% packet loss"),
+        "{why}"
+    );
+    let replies: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.contains(" bytes from "))
+        .collect();
+    assert_eq!(replies.len(), 3, "{why}");
+    for (i, line) in replies.iter().enumerate() {
+        assert!(
+            line.contains(&dummy),
+            "reply not from {dummy}: {line}\n{why}"
+        );
+        assert!(
+            line.contains(&format!("icmp_seq={}", i + 1)),
+            "sequence numbers kept: {line}\n{why}"
+        );
+        // 56 data bytes + the 8-byte header, checksum intact (ping flags a bad one).
+        assert!(line.starts_with("64 bytes from "), "{line}\n{why}");
+        assert!(!line.contains("BAD CHECKSUM"), "{line}\n{why}");
+        assert!(!line.contains("DUP!"), "{line}\n{why}");
+    }
+}
+
+#[test]
+fn an_unanswered_ping_reports_total_loss_within_its_deadline() {
+    let Some(s) = stack("ping-nohost", "") else {
+        return;
+    };
+    let (out, took) = ping(&s, &["-c", "3", "-i", "0.2", "-w", "3", zone::NO_HOST_AAAA]);
+    let stdout = text(&out.stdout);
+    let why = format!("{stdout}\n{}\n{}", text(&out.stderr), s.logs());
+    // iputils: exit status 1 when no reply arrived; never timeout's 124.
+    assert_eq!(out.status.code(), Some(1), "{why}");
+    assert!(stdout.contains("100% packet loss"), "{why}");
+    assert!(took < Duration::from_secs(8), "took {took:?}: {why}");
+}
+
+#[test]
+fn a_refused_destination_is_an_error_and_nothing_is_sent() {
+    // Only host-server refuses the prefix, so dns-cache still gives the name a dummy.
+    let deny = format!("\n[destinations]\ndeny = [\"{}\"]\n", addr::DENIED_PREFIX);
+    let Some(s) = stack("ping-denied", &deny) else {
+        return;
+    };
+    let (out, took) = ping(&s, &["-c", "2", "-i", "0.2", "-w", "5", zone::DENIED_AAAA]);
+    let stdout = text(&out.stdout);
+    let stderr = text(&out.stderr);
+    let why = format!("{stdout}\n{stderr}\n{}", s.logs());
+    // iputils first connects a UDP probe to learn its source address: host-server refuses it
+    // with EACCES, which iputils reports (as its broadcast hint) and exits 2 without sending.
+    assert_eq!(out.status.code(), Some(2), "{why}");
+    assert!(!stderr.trim().is_empty(), "{why}");
+    assert!(!stdout.contains(" bytes from "), "{why}");
+    assert!(took < Duration::from_secs(10), "took {took:?}: {why}");
+    assert!(
+        s.logs().contains("refused destination"),
+        "host-server logs the refusal: {why}"
+    );
+}

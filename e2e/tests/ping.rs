@@ -116,3 +116,98 @@ fn a_refused_destination_is_an_error_and_nothing_is_sent() {
         "host-server logs the refusal: {why}"
     );
 }
+
+/// A ping socket's details, from Python (`socket.socket(AF_INET, SOCK_DGRAM, IPPROTO_ICMP)`):
+/// a reply keeps the identifier, sequence number and data, comes from the dummy, carries its
+/// TTL when asked (`IP_RECVTTL`); another ICMP type is EINVAL, a refused destination EACCES.
+const PING_SOCKET_PY: &str = r#"
+import errno, socket, struct, sys
+ok_name, denied_name = sys.argv[1], sys.argv[2]
+IP_TTL, IP_RECVTTL = 2, 12  # Linux; Python names neither
+
+def csum(b):
+    if len(b) % 2: b += b"\0"
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    while s > 0xffff: s = (s & 0xffff) + (s >> 16)
+    return ~s & 0xffff
+
+def echo(ident, seq, data, kind=8):
+    m = struct.pack("!BBHHH", kind, 0, 0, ident, seq) + data
+    return m[:2] + struct.pack("!H", csum(m)) + m[4:]
+
+def err(f):
+    try:
+        f()
+        return "ok"
+    except OSError as e:
+        return errno.errorcode[e.errno]
+
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP)
+print("proto", s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL))
+s.setsockopt(socket.IPPROTO_IP, IP_RECVTTL, 1)
+s.settimeout(5)
+dummy = socket.gethostbyname(ok_name)
+s.sendto(echo(0x4242, 5, b"outsock ping"), (ok_name, 0))
+data, anc, flags, addr = s.recvmsg(1024, 64)
+t, code, c, ident, seq = struct.unpack("!BBHHH", data[:8])
+ttl = [struct.unpack("i", d)[0] for (l, ty, d) in anc if l == socket.IPPROTO_IP and ty == IP_TTL]
+print("reply", t, code, hex(ident), seq, data[8:].decode(), csum(data), addr[0] == dummy, ttl)
+print("timestamp", err(lambda: s.sendto(echo(1, 1, b"x" * 12, kind=13), (ok_name, 0))))
+print("short", err(lambda: s.sendto(b"\x08\x00", (ok_name, 0))))
+d = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP)
+print("denied", err(lambda: d.sendto(echo(7, 1, b"x"), (denied_name, 0))))
+"#;
+
+#[test]
+fn ping_sockets_keep_their_semantics() {
+    let deny = format!("\n[destinations]\ndeny = [\"{}\"]\n", addr::DENIED_PREFIX);
+    let Some(s) = stack("ping-socket", &deny) else {
+        return;
+    };
+    let mut cmd = s.legacy("timeout").unwrap();
+    cmd.args([
+        "30",
+        "python3",
+        "-c",
+        PING_SOCKET_PY,
+        zone::V6ONLY,
+        zone::DENIED_AAAA,
+    ]);
+    let out = cmd.output().unwrap();
+    let stdout = text(&out.stdout);
+    let why = format!("{stdout}\n{}\n{}", text(&out.stderr), s.logs());
+    assert!(out.status.success(), "{why}");
+    assert_eq!(
+        stdout,
+        "proto 1\n\
+         reply 0 0 0x4242 5 outsock ping 0 True [64]\n\
+         timestamp EINVAL\n\
+         short EINVAL\n\
+         denied EACCES\n",
+        "{why}"
+    );
+}
+
+/// busybox ping, as root, opens a raw ICMP socket: its replies begin with an IPv4 header.
+#[test]
+fn busybox_ping_on_a_raw_socket() {
+    let Some(s) = stack("ping-busybox", "") else {
+        return;
+    };
+    let mut cmd = s.legacy("timeout").unwrap();
+    cmd.args(["30", "busybox", "ping", "-c", "3", "-W", "5", zone::V6ONLY]);
+    let out = cmd.output().unwrap();
+    let stdout = text(&out.stdout);
+    let why = format!("{stdout}\n{}\n{}", text(&out.stderr), s.logs());
+    assert!(out.status.success(), "{why}");
+    assert!(
+        stdout.contains("3 packets transmitted, 3 packets received, 0% packet loss"),
+        "{why}"
+    );
+    let replies = stdout
+        .lines()
+        .filter(|l| l.contains(" bytes from 10.170.160."))
+        .count();
+    assert_eq!(replies, 3, "{why}");
+    assert!(stdout.contains("ttl=64"), "{why}");
+}

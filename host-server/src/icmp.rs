@@ -11,7 +11,9 @@
 //! sysctl. The kernel's ping socket computes the checksums and owns the identifier, so an echo
 //! request (type 8) goes out as type 128 with the guest's sequence number and data, and an echo
 //! reply (129) comes back as type 0 with the guest's identifier, the same sequence and data, and
-//! a fresh ICMPv4 checksum, from the destination's dummy address. Nothing waits or batches: a
+//! a fresh ICMPv4 checksum, from the destination's dummy address, in an `EchoReply` frame with
+//! the hop limit it arrived with (IPV6_RECVHOPLIMIT), the TTL the program's `IP_RECVTTL` (or a
+//! raw socket's IPv4 header) reports. Nothing waits or batches: a
 //! reply is written to the stream the moment it is read, so the round-trip time a program
 //! measures is the network's plus one local relay.
 //!
@@ -21,7 +23,14 @@
 //! type with EINVAL before it reaches the stream, as the kernel's ping socket does; a frame that
 //! is not an echo request anyway is dropped here.
 
+use std::io::IoSliceMut;
 use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::AsRawFd;
+
+use nix::sys::socket::{
+    recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, SockaddrStorage,
+};
+use tokio::io::Interest;
 
 use shared_proto::outsource::{Datagram, IcmpRequest, ToHost};
 use shared_proto::{Errno, ToGuest};
@@ -133,8 +142,14 @@ fn open_socket(
                 Some(Protocol::ICMPV4),
             )?
         };
-        // A datagram socket as far as tokio is concerned: sendto/recvfrom are all it uses.
-        UdpSocket::from_std(sock.into())
+        // A datagram socket as far as tokio is concerned: sendto/recvmsg are all it uses.
+        let sock = UdpSocket::from_std(sock.into())?;
+        if target.is_ipv6() {
+            setsockopt(&sock, sockopt::Ipv6RecvHopLimit, &true)?;
+        } else {
+            setsockopt(&sock, sockopt::Ipv4RecvTtl, &true)?;
+        }
+        Ok(sock)
     };
     made().map_err(|e| {
         if e.raw_os_error() == Some(libc::EACCES) {
@@ -228,15 +243,16 @@ pub(crate) async fn associate(req: Request, i: &IcmpRequest, shared: &Shared) {
                     tracing::debug!(%target, error = %e, "ICMP echo send failed");
                 }
             }
-            r = sock.recv_from(&mut buf) => {
-                let Ok((n, from)) = r else { continue };
-                if from.ip() != target.ip() {
+            r = sock.async_io(Interest::READABLE, || recv_with_ttl(&sock, &mut buf)) => {
+                let Ok((n, from, ttl)) = r else { continue };
+                if from.map(|a| a.ip()) != Some(target.ip()) {
                     continue;
                 }
                 let Some(reply) = reply_in(&buf[..n], v6, guest_id) else { continue };
                 shared.metrics.record(Event::UdpIn);
-                let d = Datagram { addr: source, payload: reply };
-                if write_frame(&mut wr, &ToGuest::Datagram(d)).await.is_err() {
+                let datagram = Datagram { addr: source, payload: reply };
+                let frame = ToGuest::EchoReply { datagram, ttl };
+                if write_frame(&mut wr, &frame).await.is_err() {
                     break;
                 }
             }
@@ -247,6 +263,39 @@ pub(crate) async fn associate(req: Request, i: &IcmpRequest, shared: &Shared) {
         }
     }
     drop(permit);
+}
+
+/// recvmsg with the hop limit (or TTL) control message: the message's length, its source and
+/// the hop limit it arrived with (64 if the kernel gave none).
+fn recv_with_ttl(
+    sock: &UdpSocket,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, Option<SocketAddr>, u8)> {
+    let mut iov = [IoSliceMut::new(buf)];
+    let mut control = nix::cmsg_space!(libc::c_int);
+    let msg = recvmsg::<SockaddrStorage>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut control),
+        MsgFlags::empty(),
+    )?;
+    let ttl = msg
+        .cmsgs()?
+        .find_map(|c| match c {
+            ControlMessageOwned::Ipv6HopLimit(h) => u8::try_from(h).ok(),
+            ControlMessageOwned::Ipv4Ttl(t) => u8::try_from(t).ok(),
+            _ => None,
+        })
+        .unwrap_or(64);
+    let from = msg.address.and_then(|a| {
+        a.as_sockaddr_in6()
+            .map(|a6| SocketAddr::V6(SocketAddrV6::from(*a6)))
+            .or_else(|| {
+                a.as_sockaddr_in()
+                    .map(|a4| SocketAddr::V4(SocketAddrV4::from(*a4)))
+            })
+    });
+    Ok((msg.bytes, from, ttl))
 }
 
 #[cfg(test)]

@@ -28,8 +28,9 @@
 //!   [`ToGuest::Associated`] (or `Failed`: EACCES for a refused destination), then [`Datagram`]
 //!   frames both ways as for UDP, whose payloads are ICMPv4 messages without an IP header, as a
 //!   Linux ping socket reads and writes them: echo requests (type 8) out, echo replies (type 0)
-//!   in. host-server translates them to and from ICMPv6 echo (128/129, RFC 7915). The
-//!   association belongs to its one destination.
+//!   in, each reply as an [`ToGuest::EchoReply`] that also carries the hop limit (TTL) it
+//!   arrived with. host-server translates them to and from ICMPv6 echo (128/129, RFC 7915).
+//!   The association belongs to its one destination.
 
 use std::net::SocketAddrV4;
 
@@ -144,6 +145,12 @@ pub enum ToGuest {
         local: SocketAddrV4,
     },
     Datagram(Datagram),
+    /// An ICMP echo reply on an ICMP association: the message (ICMPv4, header first) from
+    /// `datagram.addr`, with the hop limit (IPv6) or TTL (IPv4) it arrived with.
+    EchoReply {
+        datagram: Datagram,
+        ttl: u8,
+    },
 }
 
 mod kind {
@@ -159,6 +166,7 @@ mod kind {
     pub const ASSOCIATED: u8 = 18;
     pub const FAILED: u8 = 19;
     pub const INBOUND: u8 = 20;
+    pub const ECHO_REPLY: u8 = 21;
 }
 
 fn write_datagram(w: &mut Writer, d: &Datagram) {
@@ -268,6 +276,7 @@ impl Message for ToGuest {
             Self::Failed(_) => kind::FAILED,
             Self::Inbound { .. } => kind::INBOUND,
             Self::Datagram(_) => kind::DATAGRAM,
+            Self::EchoReply { .. } => kind::ECHO_REPLY,
         }
     }
 
@@ -291,11 +300,19 @@ impl Message for ToGuest {
                 w.sockv4(*local);
             }
             Self::Datagram(d) => write_datagram(w, d),
+            Self::EchoReply { datagram, ttl } => {
+                w.u8(*ttl);
+                write_datagram(w, datagram);
+            }
         }
     }
 
     fn decode_body(kind: u8, r: &mut Reader<'_>) -> Result<Self, ProtoError> {
         Ok(match kind {
+            kind::ECHO_REPLY => Self::EchoReply {
+                ttl: r.u8()?,
+                datagram: read_datagram(r)?,
+            },
             kind::CONNECTED => Self::Connected {
                 local: r.sockv4()?,
                 peer: r.sockv4()?,

@@ -84,6 +84,7 @@ fn to_guest() -> impl Strategy<Value = ToGuest> {
         any::<u16>().prop_map(|e| ToGuest::Failed(Errno(e))),
         (sockv4(), sockv4()).prop_map(|(peer, local)| ToGuest::Inbound { peer, local }),
         datagram().prop_map(ToGuest::Datagram),
+        (datagram(), any::<u8>()).prop_map(|(datagram, ttl)| ToGuest::EchoReply { datagram, ttl }),
     ]
 }
 

@@ -195,8 +195,58 @@ fn icmp_for(fd: c_int, e: Entry, dest: SocketAddrV4) -> Result<Entry, Errno> {
     associate_to(fd, fresh, Some(dest))
 }
 
-/// Receives one datagram on the associated `fd`: its payload and source.
-pub(crate) fn recv_on(fd: c_int, e: Entry, flags: c_int) -> Result<(Vec<u8>, SocketAddrV4), Errno> {
+/// One datagram received on an association.
+pub(crate) struct Received {
+    pub payload: Vec<u8>,
+    pub from: SocketAddrV4,
+    /// An ICMP echo reply's TTL (the hop limit it arrived with at the host).
+    pub ttl: Option<u8>,
+}
+
+/// Receives one datagram on the associated `fd`: its payload and source (a raw ICMP socket's
+/// payload with the IPv4 header a raw reader expects in front).
+pub(crate) fn recv_on(fd: c_int, e: Entry, flags: c_int) -> Result<Received, Errno> {
+    let (payload, from, ttl) = recv_message(fd, e, flags)?;
+    let payload = if e.options & table::RAW != 0 {
+        let to = e.local.map_or(Ipv4Addr::UNSPECIFIED, |a| *a.ip());
+        with_ipv4_header(&payload, *from.ip(), to, ttl.unwrap_or(64))
+    } else {
+        payload
+    };
+    Ok(Received { payload, from, ttl })
+}
+
+/// `icmp` with the 20-byte IPv4 header (no options) a raw ICMP socket's reader expects.
+fn with_ipv4_header(icmp: &[u8], from: Ipv4Addr, to: Ipv4Addr, ttl: u8) -> Vec<u8> {
+    let total = u16::try_from(icmp.len() + 20).unwrap_or(u16::MAX);
+    let mut h = vec![0x45, 0];
+    h.extend_from_slice(&total.to_be_bytes());
+    h.extend_from_slice(&[0, 0, 0x40, 0, ttl, libc::IPPROTO_ICMP as u8, 0, 0]);
+    h.extend_from_slice(&from.octets());
+    h.extend_from_slice(&to.octets());
+    let sum = inet_checksum(&h);
+    h[10..12].copy_from_slice(&sum.to_be_bytes());
+    h.extend_from_slice(icmp);
+    h
+}
+
+/// The Internet checksum (RFC 1071).
+fn inet_checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c.get(1).copied().unwrap_or(0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !u16::try_from(sum).unwrap_or(u16::MAX)
+}
+
+fn recv_message(
+    fd: c_int,
+    e: Entry,
+    flags: c_int,
+) -> Result<(Vec<u8>, SocketAddrV4, Option<u8>), Errno> {
     // SAFETY: F_GETFL query on the program's fd.
     let status = unsafe { real::fcntl(fd, libc::F_GETFL, 0) };
     let rflags = if flags & libc::MSG_DONTWAIT != 0 || status & libc::O_NONBLOCK != 0 {
@@ -206,22 +256,17 @@ pub(crate) fn recv_on(fd: c_int, e: Entry, flags: c_int) -> Result<(Vec<u8>, Soc
     };
     loop {
         if flags & libc::MSG_PEEK != 0 {
-            let d = peek_datagram(fd, rflags)?;
+            let (d, ttl) = peek_datagram(fd, rflags)?;
             if e.peer.is_some_and(|p| p != d.addr) {
                 // Not for a connected socket: consume it, as the kernel never queues it.
                 let _ = recv_frame(fd, rflags)?;
                 continue;
             }
-            return Ok((d.payload, d.addr));
+            return Ok((d.payload, d.addr, ttl));
         }
-        match recv_datagram_frame(fd, rflags)? {
-            (ToGuest::Datagram(d), None) => {
-                // A connected UDP socket only hears from its peer, as in the kernel.
-                if e.peer.is_some_and(|p| p != d.addr) {
-                    continue;
-                }
-                return Ok((d.payload, d.addr));
-            }
+        let (d, ttl) = match recv_datagram_frame(fd, rflags)? {
+            (ToGuest::Datagram(d), None) => (d, None),
+            (ToGuest::EchoReply { datagram, ttl }, None) => (datagram, Some(ttl)),
             (ToGuest::Failed(err), None) => return Err(err),
             (_, passed) => {
                 if let Some(p) = passed {
@@ -230,14 +275,19 @@ pub(crate) fn recv_on(fd: c_int, e: Entry, flags: c_int) -> Result<(Vec<u8>, Soc
                 }
                 return Err(Errno::EPROTO);
             }
+        };
+        // A connected UDP socket only hears from its peer, as in the kernel.
+        if e.peer.is_some_and(|p| p != d.addr) {
+            continue;
         }
+        return Ok((d.payload, d.addr, ttl));
     }
 }
 
 /// The next datagram on the associated `fd`, left in place (`MSG_PEEK`): its frame is peeked
 /// whole off the stream, so the next receive reads the same datagram. netcat's UDP server
 /// peeks the first datagram to learn whom to connect to.
-fn peek_datagram(fd: c_int, rflags: c_int) -> Result<Datagram, Errno> {
+fn peek_datagram(fd: c_int, rflags: c_int) -> Result<(Datagram, Option<u8>), Errno> {
     let mut want = HEADER_LEN;
     let mut buf = vec![0u8; want];
     loop {
@@ -271,7 +321,8 @@ fn peek_datagram(fd: c_int, rflags: c_int) -> Result<Datagram, Errno> {
             Ok(Some(total)) if total > want => want = total,
             Ok(Some(total)) => {
                 return match decode_exact::<ToGuest>(&buf[..total]) {
-                    Ok(ToGuest::Datagram(d)) => Ok(d),
+                    Ok(ToGuest::Datagram(d)) => Ok((d, None)),
+                    Ok(ToGuest::EchoReply { datagram, ttl }) => Ok((datagram, Some(ttl))),
                     Ok(ToGuest::Failed(err)) => Err(err),
                     _ => Err(Errno::EPROTO),
                 };

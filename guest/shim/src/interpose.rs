@@ -33,6 +33,8 @@ pub unsafe extern "C" fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_
     let base = ty & !(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC);
     let ping =
         domain == libc::AF_INET && base == libc::SOCK_DGRAM && protocol == libc::IPPROTO_ICMP;
+    // A raw ICMP socket (root's ping) takes the same path; its reads get an IPv4 header.
+    let raw = domain == libc::AF_INET && base == libc::SOCK_RAW && protocol == libc::IPPROTO_ICMP;
     // SAFETY: forwarded arguments.
     let mut fd = unsafe { real::socket(domain, ty, protocol) };
     if fd < 0 && ping {
@@ -46,6 +48,7 @@ pub unsafe extern "C" fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_
         let kind = match (domain, base) {
             (libc::AF_INET, libc::SOCK_STREAM) => Kind::InetStream,
             (libc::AF_INET, libc::SOCK_DGRAM) => Kind::InetDgram,
+            _ if raw => Kind::InetDgram,
             _ => Kind::Untracked,
         };
         if kind != Kind::Untracked && !table::fits(fd) {
@@ -56,8 +59,11 @@ pub unsafe extern "C" fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_
             return set_errno(Errno::EMFILE);
         }
         let mut e = Entry::new(kind);
-        if ping {
+        if ping || raw {
             e.options |= table::ICMP;
+        }
+        if raw {
+            e.options |= table::RAW;
         }
         table::set(fd, e);
     }
@@ -299,6 +305,14 @@ pub unsafe extern "C" fn getsockopt(
         };
     }
     if level == libc::SOL_SOCKET
+        && name == libc::SO_PROTOCOL
+        && kind == Kind::InetDgram
+        && table::get(fd).options & table::ICMP != 0
+    {
+        // A ping socket may have a UDP socket standing in for it (see `socket`).
+        return put_int(val, len, libc::IPPROTO_ICMP);
+    }
+    if level == libc::SOL_SOCKET
         && matches!(
             kind,
             Kind::Outsourced | Kind::Listener | Kind::Udp | Kind::UdpPassed
@@ -309,7 +323,15 @@ pub unsafe extern "C" fn getsockopt(
         let own_socket = matches!(kind, Kind::Outsourced | Kind::UdpPassed);
         match name {
             libc::SO_DOMAIN => return put_int(val, len, libc::AF_INET),
-            libc::SO_TYPE if dgram => return put_int(val, len, libc::SOCK_DGRAM),
+            libc::SO_TYPE if dgram => {
+                let raw = table::get(fd).options & table::RAW != 0;
+                let t = if raw {
+                    libc::SOCK_RAW
+                } else {
+                    libc::SOCK_DGRAM
+                };
+                return put_int(val, len, t);
+            }
             libc::SO_TYPE => return put_int(val, len, libc::SOCK_STREAM),
             libc::SO_PROTOCOL if dgram => {
                 let icmp = table::get(fd).options & table::ICMP != 0;
@@ -357,6 +379,24 @@ pub unsafe extern "C" fn setsockopt(
     }
     // SAFETY: forwarded arguments.
     let rc = unsafe { real::setsockopt(fd, level, name, val, len) };
+    if matches!(entry.kind, Kind::InetDgram | Kind::Udp)
+        && entry.options & table::ICMP != 0
+        && level == libc::IPPROTO_IP
+        && name == libc::IP_RECVTTL
+    {
+        // Replies come with their TTL from host-server: the shim writes IP_TTL (see `udp`).
+        let on = !val.is_null()
+            && len as usize >= std::mem::size_of::<c_int>()
+            // SAFETY: the caller's option value holds an int (checked above).
+            && unsafe { std::ptr::read_unaligned(val.cast::<c_int>()) } != 0;
+        let options = if on {
+            entry.options | table::RECVTTL
+        } else {
+            entry.options & !table::RECVTTL
+        };
+        table::set(fd, Entry { options, ..entry });
+        return 0;
+    }
     if rc == 0 && matches!(entry.kind, Kind::InetStream | Kind::InetDgram) {
         if let Some(bit) = option_bit(level, name) {
             table::set(

@@ -55,6 +55,12 @@ fn ping_by_name_gets_every_echo_back_from_the_dummy() {
     assert!(out.status.success(), "ping failed ({}): {why}", out.status);
     let dummy = target(&stdout);
     assert!(dummy.starts_with("10.170.160."), "not a dummy: {why}");
+    // getaddrinfo's AI_CANONNAME: ping's header names the host.
+    assert!(
+        stdout.starts_with(&format!("PING {} ({dummy})", zone::V6ONLY)),
+        "{why}"
+    );
+    assert!(!stdout.contains("ttl=0 "), "the reply's hop limit: {why}");
     assert!(
         stdout.contains("3 packets transmitted, 3 received, 0% packet loss"),
         "{why}"

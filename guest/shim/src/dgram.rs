@@ -10,7 +10,13 @@
 //! destination (host-server checks the destination policy when it opens, so a refused one is
 //! the send's EACCES); a send to another destination opens a new association on the fd. As
 //! from the kernel's ping socket, anything but an echo request (type 8, code 0, a whole 8-byte
-//! header) is EINVAL, and a ping socket is never passed connected.
+//! header) is EINVAL, and a ping socket is never passed connected. Where the program's
+//! namespace forbids ping sockets (`net.ipv4.ping_group_range`), `socket` makes a UDP socket
+//! stand in until the first send; host-server's namespace is the one whose sysctl counts. A
+//! raw ICMP socket (`SOCK_RAW`, root's ping, busybox's) is the same association, its reads
+//! given the IPv4 header a raw reader expects (source the dummy, TTL the reply's hop limit).
+//! The association's stream keeps the program's SO_RCVTIMEO/SO_SNDTIMEO (ping times its waits
+//! with them).
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 

@@ -14,6 +14,12 @@
 //! turns it into an association the same way. The guest DNS address (answered by dns-cache)
 //! and VM guests (no descriptor can cross into a VM) always use associations.
 //!
+//! Ping sockets and raw ICMP sockets use ICMP associations (`dgram` tells how); here their
+//! receives differ only in what comes with the message: a raw socket's reads begin with an
+//! IPv4 header, an `IP_RECVTTL` socket's `recvmsg` gets an `IP_TTL` control message with the
+//! reply's hop limit, and `MSG_ERRQUEUE` finds no queued errors (EAGAIN) on any association.
+//! A receive interrupted by a signal before a frame began is EINTR, as natively.
+//!
 //! This module is the exported calls; their per-call logic is `dgram`'s.
 
 use libc::{c_int, c_void, iovec, msghdr, sockaddr, socklen_t};

@@ -238,7 +238,7 @@ pub(crate) async fn associate(req: Request, i: &IcmpRequest, shared: &Shared) {
                 }
                 let Some((out, id)) = request_out(&d.payload, v6) else { continue };
                 guest_id = id;
-                shared.metrics.record(Event::UdpOut);
+                shared.metrics.record(Event::IcmpEchoOut);
                 if let Err(e) = sock.send_to(&out, target).await {
                     tracing::debug!(%target, error = %e, "ICMP echo send failed");
                 }
@@ -249,7 +249,7 @@ pub(crate) async fn associate(req: Request, i: &IcmpRequest, shared: &Shared) {
                     continue;
                 }
                 let Some(reply) = reply_in(&buf[..n], v6, guest_id) else { continue };
-                shared.metrics.record(Event::UdpIn);
+                shared.metrics.record(Event::IcmpEchoIn);
                 let datagram = Datagram { addr: source, payload: reply };
                 let frame = ToGuest::EchoReply { datagram, ttl };
                 if write_frame(&mut wr, &frame).await.is_err() {

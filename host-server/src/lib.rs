@@ -34,6 +34,7 @@ pub mod fdpass;
 pub mod framed;
 pub mod handle;
 mod handover;
+pub mod icmp;
 pub mod identity;
 pub mod inbound;
 pub mod limits;

@@ -30,6 +30,9 @@ pub enum Event {
     UdpIn,
     /// A connected UDP socket was made and handed to a process.
     UdpConnected,
+    /// An ICMP echo request sent for a guest (`up`) or an echo reply handed back (`down`).
+    IcmpEchoOut,
+    IcmpEchoIn,
     DnsQuery,
     /// A dummy was resolved from the SQLite file because dns-cache was down.
     LookupFallback,
@@ -112,6 +115,12 @@ impl Metrics {
                 self.add(&format!("{P}_udp_datagrams_total{{direction=\"down\"}}"), 1);
             }
             Event::UdpConnected => self.add(&format!("{P}_udp_connected_total"), 1),
+            Event::IcmpEchoOut => {
+                self.add(&format!("{P}_icmp_echo_total{{direction=\"up\"}}"), 1);
+            }
+            Event::IcmpEchoIn => {
+                self.add(&format!("{P}_icmp_echo_total{{direction=\"down\"}}"), 1);
+            }
             Event::DnsQuery => self.add(&format!("{P}_dns_queries_total"), 1),
             Event::LookupFallback => self.add(&format!("{P}_lookup_fallbacks_total"), 1),
             Event::RefusedDestination(reason) => self.add(

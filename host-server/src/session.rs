@@ -126,6 +126,10 @@ pub(crate) async fn serve(mut stream: UnixStream, shared: Shared) -> Next {
             crate::udp::connect_passed(req, &u, &shared).await;
             Next::Closed
         }
+        ToHost::Icmp(i) => {
+            crate::icmp::associate(req, &i, &shared).await;
+            Next::Closed
+        }
         // The opening only yields requests.
         ToHost::Hello(_) | ToHost::Datagram(_) => Next::Closed,
     }

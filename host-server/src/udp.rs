@@ -207,7 +207,10 @@ pub(crate) async fn connect_passed(req: Request, u: &UdpConnectRequest, shared: 
 /// Where a datagram to the guest-visible `dest` goes on a host socket: the IPv6 address behind
 /// a dummy, or (with egress) the real IPv4 address; `Ok(None)` for the guest DNS address,
 /// which dns-cache answers; the errno a native send would meet otherwise.
-async fn udp_target(dest: SocketAddrV4, shared: &Shared) -> Result<Option<SocketAddr>, Errno> {
+pub(crate) async fn udp_target(
+    dest: SocketAddrV4,
+    shared: &Shared,
+) -> Result<Option<SocketAddr>, Errno> {
     match shared.router.route(dest) {
         Route::Unreachable => Err(Errno::ENETUNREACH),
         Route::GuestDns => Ok(None),

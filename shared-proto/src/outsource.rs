@@ -2,7 +2,8 @@
 //!
 //! A stream carries exactly one socket. It opens with an optional [`ToHost::Hello`] (written by
 //! the VMM, never by a guest), then one request ([`ToHost::Connect`], [`ToHost::Listen`],
-//! [`ToHost::Udp`] or [`ToHost::UdpConnect`]) and one answer from host-server. What follows depends on the request:
+//! [`ToHost::Udp`], [`ToHost::UdpConnect`] or [`ToHost::Icmp`]) and one answer from host-server.
+//! What follows depends on the request:
 //!
 //! - TCP connect, relayed: the raw bytes of the TCP connection, both ways; half-close is a
 //!   `shutdown(SHUT_WR)` of the stream.
@@ -23,6 +24,13 @@
 //! - Connected UDP in process mode ([`ToHost::UdpConnect`]): the answer is
 //!   [`ToGuest::Connected`] with a connected host UDP socket attached (SCM_RIGHTS), as for a TCP
 //!   connect with `pass_fd`; the stream then closes.
+//! - ICMP echo ([`ToHost::Icmp`], a program's ping socket): answered with
+//!   [`ToGuest::Associated`] (or `Failed`: EACCES for a refused destination), then [`Datagram`]
+//!   frames both ways as for UDP, whose payloads are ICMPv4 messages without an IP header, as a
+//!   Linux ping socket reads and writes them: echo requests (type 8) out, echo replies (type 0)
+//!   in, each reply as an [`ToGuest::EchoReply`] that also carries the hop limit (TTL) it
+//!   arrived with. host-server translates them to and from ICMPv6 echo (128/129, RFC 7915).
+//!   The association belongs to its one destination.
 
 use std::net::SocketAddrV4;
 
@@ -80,6 +88,16 @@ pub struct UdpConnectRequest {
     pub dest: SocketAddrV4,
 }
 
+/// Open an ICMP echo association (a ping socket) to one IPv4 destination (a dummy, usually):
+/// host-server checks the destination before answering, so a refused one fails the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IcmpRequest {
+    /// The address the program bound (0.0.0.0:0 when it did not).
+    pub bind: SocketAddrV4,
+    /// Where the echo requests go (the port is ignored).
+    pub dest: SocketAddrV4,
+}
+
 /// One UDP datagram with the address it goes to (outbound) or came from (inbound).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Datagram {
@@ -96,6 +114,7 @@ pub enum ToHost {
     Udp(UdpRequest),
     Datagram(Datagram),
     UdpConnect(UdpConnectRequest),
+    Icmp(IcmpRequest),
 }
 
 /// Frames that travel towards the guest (or the process).
@@ -126,6 +145,12 @@ pub enum ToGuest {
         local: SocketAddrV4,
     },
     Datagram(Datagram),
+    /// An ICMP echo reply on an ICMP association: the message (ICMPv4, header first) from
+    /// `datagram.addr`, with the hop limit (IPv6) or TTL (IPv4) it arrived with.
+    EchoReply {
+        datagram: Datagram,
+        ttl: u8,
+    },
 }
 
 mod kind {
@@ -135,11 +160,13 @@ mod kind {
     pub const UDP: u8 = 4;
     pub const DATAGRAM: u8 = 5;
     pub const UDP_CONNECT: u8 = 6;
+    pub const ICMP: u8 = 7;
     pub const CONNECTED: u8 = 16;
     pub const LISTENING: u8 = 17;
     pub const ASSOCIATED: u8 = 18;
     pub const FAILED: u8 = 19;
     pub const INBOUND: u8 = 20;
+    pub const ECHO_REPLY: u8 = 21;
 }
 
 fn write_datagram(w: &mut Writer, d: &Datagram) {
@@ -165,6 +192,7 @@ impl Message for ToHost {
             Self::Udp(_) => kind::UDP,
             Self::Datagram(_) => kind::DATAGRAM,
             Self::UdpConnect(_) => kind::UDP_CONNECT,
+            Self::Icmp(_) => kind::ICMP,
         }
     }
 
@@ -191,6 +219,10 @@ impl Message for ToHost {
             Self::UdpConnect(u) => {
                 w.sockv4(u.bind);
                 w.sockv4(u.dest);
+            }
+            Self::Icmp(i) => {
+                w.sockv4(i.bind);
+                w.sockv4(i.dest);
             }
         }
     }
@@ -219,6 +251,10 @@ impl Message for ToHost {
                 bind: r.sockv4()?,
                 dest: r.sockv4()?,
             }),
+            kind::ICMP => Self::Icmp(IcmpRequest {
+                bind: r.sockv4()?,
+                dest: r.sockv4()?,
+            }),
             other => {
                 return Err(ProtoError::UnknownKind {
                     family: Self::FAMILY,
@@ -240,6 +276,7 @@ impl Message for ToGuest {
             Self::Failed(_) => kind::FAILED,
             Self::Inbound { .. } => kind::INBOUND,
             Self::Datagram(_) => kind::DATAGRAM,
+            Self::EchoReply { .. } => kind::ECHO_REPLY,
         }
     }
 
@@ -263,11 +300,19 @@ impl Message for ToGuest {
                 w.sockv4(*local);
             }
             Self::Datagram(d) => write_datagram(w, d),
+            Self::EchoReply { datagram, ttl } => {
+                w.u8(*ttl);
+                write_datagram(w, datagram);
+            }
         }
     }
 
     fn decode_body(kind: u8, r: &mut Reader<'_>) -> Result<Self, ProtoError> {
         Ok(match kind {
+            kind::ECHO_REPLY => Self::EchoReply {
+                ttl: r.u8()?,
+                datagram: read_datagram(r)?,
+            },
             kind::CONNECTED => Self::Connected {
                 local: r.sockv4()?,
                 peer: r.sockv4()?,

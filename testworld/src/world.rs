@@ -109,6 +109,14 @@ impl World {
         }
         self.host.ip(&["link", "set", "h0", "up"])?;
         self.world.ip(&["link", "set", "w0", "up"])?;
+        // host-server's ping sockets (ICMP echo, translated): a new namespace allows none
+        // ("1 0"); this range covers every group, IPv6 ping sockets included.
+        crate::cmd::sh(
+            self.host
+                .command("sysctl")
+                .args(["-qw", "net.ipv4.ping_group_range=0 2147483647"]),
+        )
+        .context("allowing ping sockets in host")?;
         Ok(())
     }
 

@@ -38,6 +38,9 @@ pub const LONG_TTL_SECS: u32 = 86_400;
 /// A TXT record (for "other types are forwarded").
 pub const TXT: &str = "txt.outsock.test";
 pub const TXT_DATA: &str = "outsock test zone";
+/// A name whose address ([`addr::NO_HOST`]) is on the world's link but nobody's: pings go
+/// unanswered.
+pub const NO_HOST_AAAA: &str = "nohost.outsock.test";
 /// A name under the zone that does not exist: NXDOMAIN.
 pub const MISSING: &str = "missing.outsock.test";
 
@@ -112,6 +115,7 @@ pub fn dnsmasq_conf(log_file: &str) -> String {
     line(format!("host-record={MAPPED_AAAA},{MAPPED_V6},60"));
     line(format!("host-record={SELF_AAAA},{},60", addr::HOST));
     line(format!("host-record={DENIED_AAAA},{},60", addr::DENIED));
+    line(format!("host-record={NO_HOST_AAAA},{},60", addr::NO_HOST));
     line(format!("host-record={LOOPBACK_A},127.0.0.1,60"));
     line(format!("host-record={LINK_LOCAL_A},{LINK_LOCAL_V4},60"));
     line(format!("host-record={SELF_A},{},60", addr::HOST_V4));

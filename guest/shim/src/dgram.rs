@@ -3,29 +3,61 @@
 //! `Datagram` frame per send and per receive, and in process mode the passed, connected host
 //! socket — asking for it, giving it back, and turning it into an association when the program
 //! sends elsewhere. `udp`'s module documentation tells the whole story.
+//!
+//! A ping socket (`socket(AF_INET, SOCK_DGRAM, IPPROTO_ICMP)`, [`table::ICMP`]) takes the same
+//! path with an `Icmp` association instead of a `Udp` one: its datagrams are ICMPv4 echo
+//! messages, which host-server translates to ICMPv6 echo. An ICMP association belongs to one
+//! destination (host-server checks the destination policy when it opens, so a refused one is
+//! the send's EACCES); a send to another destination opens a new association on the fd. As
+//! from the kernel's ping socket, anything but an echo request (type 8, code 0, a whole 8-byte
+//! header) is EINVAL, and a ping socket is never passed connected. Where the program's
+//! namespace forbids ping sockets (`net.ipv4.ping_group_range`), `socket` makes a UDP socket
+//! stand in until the first send; host-server's namespace is the one whose sysctl counts. A
+//! raw ICMP socket (`SOCK_RAW`, root's ping, busybox's) is the same association, its reads
+//! given the IPv4 header a raw reader expects (source the dummy, TTL the reply's hop limit).
+//! The association's stream keeps the program's SO_RCVTIMEO/SO_SNDTIMEO (ping times its waits
+//! with them).
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use libc::{c_int, sockaddr, socklen_t};
 use shared_proto::frame::{frame_len, HEADER_LEN};
-use shared_proto::outsource::{Datagram, UdpConnectRequest, UdpRequest};
+use shared_proto::outsource::{Datagram, IcmpRequest, UdpConnectRequest, UdpRequest};
 use shared_proto::{decode_exact, to_vec, Errno, ToGuest, ToHost};
 
 use crate::fd::{errno_isize, flags_of, replace_fd, set_errno, unexpected};
 use crate::real;
 use crate::sockaddr::{is_local, read_v4};
-use crate::sockopt::copy_options;
+use crate::sockopt::{copy_options, option_bit};
 use crate::table::{self, Entry, Kind};
-use crate::transport::{self, recv_frame, Stream};
+use crate::transport::{self, recv_datagram_frame, recv_frame, Stream};
 
 /// Opens the association for `fd` and installs it; returns the new entry.
 pub(crate) fn associate(fd: c_int, entry: Entry) -> Result<Entry, Errno> {
+    associate_to(fd, entry, entry.peer)
+}
+
+/// Whether `e` is a ping socket's.
+fn is_icmp(e: Entry) -> bool {
+    e.options & table::ICMP != 0
+}
+
+/// As [`associate`]; a ping socket's association is opened for `dest`, which becomes the
+/// entry's peer (port 0, as the kernel reports a ping reply's source).
+fn associate_to(fd: c_int, entry: Entry, dest: Option<SocketAddrV4>) -> Result<Entry, Errno> {
     let flags = flags_of(fd);
-    let stream = Stream::open()?;
     let bind = entry
         .local
         .unwrap_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
-    stream.send(&ToHost::Udp(UdpRequest { bind }))?;
+    let (request, peer) = if is_icmp(entry) {
+        let dest = dest.ok_or(Errno(libc::EDESTADDRREQ as u16))?;
+        let peer = SocketAddrV4::new(*dest.ip(), 0);
+        (ToHost::Icmp(IcmpRequest { bind, dest: peer }), Some(peer))
+    } else {
+        (ToHost::Udp(UdpRequest { bind }), entry.peer)
+    };
+    let stream = Stream::open()?;
+    stream.send(&request)?;
     let local = match stream.recv()? {
         (ToGuest::Associated { local }, None) => local,
         (ToGuest::Failed(e), None) => return Err(e),
@@ -38,10 +70,18 @@ pub(crate) fn associate(fd: c_int, entry: Entry) -> Result<Entry, Errno> {
         }
     };
     transport::clear_answer_timeout(stream.fd());
+    // The program's receive and send timeouts hold on the stream too (ping times its waits
+    // with SO_RCVTIMEO).
+    let timeouts = [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO]
+        .iter()
+        .filter_map(|&n| option_bit(libc::SOL_SOCKET, n))
+        .fold(0, |a, b| a | b);
+    copy_options(fd, stream.fd(), timeouts);
     replace_fd(stream.into_raw(), fd, &flags)?;
     let e = Entry {
         kind: Kind::Udp,
         local: Some(local),
+        peer,
         ..entry
     };
     table::set(fd, e);
@@ -120,6 +160,15 @@ pub(crate) fn send_on(fd: c_int, e: Entry, data: &[u8], to: Option<SocketAddrV4>
         // The fd is now host-server's stream; loopback from it would need a second socket.
         return errno_isize(Errno::ENETUNREACH);
     }
+    if is_icmp(e) {
+        if !is_echo_request(data) {
+            return errno_isize(Errno(libc::EINVAL as u16));
+        }
+        // A ping socket's association is its destination's: another opens a new one on `fd`.
+        if let Err(err) = icmp_for(fd, e, dest) {
+            return errno_isize(err);
+        }
+    }
     let Ok(frame) = to_vec(&ToHost::Datagram(Datagram {
         addr: dest,
         payload: data.to_vec(),
@@ -132,8 +181,78 @@ pub(crate) fn send_on(fd: c_int, e: Entry, data: &[u8], to: Option<SocketAddrV4>
     }
 }
 
-/// Receives one datagram on the associated `fd`: its payload and source.
-pub(crate) fn recv_on(fd: c_int, e: Entry, flags: c_int) -> Result<(Vec<u8>, SocketAddrV4), Errno> {
+/// Whether `msg` is what a ping socket sends: an ICMPv4 echo request (type 8, code 0) with its
+/// whole 8-byte header.
+fn is_echo_request(msg: &[u8]) -> bool {
+    msg.len() >= 8 && msg[0] == 8 && msg[1] == 0
+}
+
+/// The ping socket's association for `dest`: `e` itself when it is `dest`'s, else a new one on
+/// `fd` (the old stream closes with dup3).
+fn icmp_for(fd: c_int, e: Entry, dest: SocketAddrV4) -> Result<Entry, Errno> {
+    if e.peer.is_some_and(|p| p.ip() == dest.ip()) {
+        return Ok(e);
+    }
+    let fresh = Entry {
+        kind: Kind::InetDgram,
+        peer: None,
+        ..e
+    };
+    associate_to(fd, fresh, Some(dest))
+}
+
+/// One datagram received on an association.
+pub(crate) struct Received {
+    pub payload: Vec<u8>,
+    pub from: SocketAddrV4,
+    /// An ICMP echo reply's TTL (the hop limit it arrived with at the host).
+    pub ttl: Option<u8>,
+}
+
+/// Receives one datagram on the associated `fd`: its payload and source (a raw ICMP socket's
+/// payload with the IPv4 header a raw reader expects in front).
+pub(crate) fn recv_on(fd: c_int, e: Entry, flags: c_int) -> Result<Received, Errno> {
+    let (payload, from, ttl) = recv_message(fd, e, flags)?;
+    let payload = if e.options & table::RAW != 0 {
+        let to = e.local.map_or(Ipv4Addr::UNSPECIFIED, |a| *a.ip());
+        with_ipv4_header(&payload, *from.ip(), to, ttl.unwrap_or(64))
+    } else {
+        payload
+    };
+    Ok(Received { payload, from, ttl })
+}
+
+/// `icmp` with the 20-byte IPv4 header (no options) a raw ICMP socket's reader expects.
+fn with_ipv4_header(icmp: &[u8], from: Ipv4Addr, to: Ipv4Addr, ttl: u8) -> Vec<u8> {
+    let total = u16::try_from(icmp.len() + 20).unwrap_or(u16::MAX);
+    let mut h = vec![0x45, 0];
+    h.extend_from_slice(&total.to_be_bytes());
+    h.extend_from_slice(&[0, 0, 0x40, 0, ttl, libc::IPPROTO_ICMP as u8, 0, 0]);
+    h.extend_from_slice(&from.octets());
+    h.extend_from_slice(&to.octets());
+    let sum = inet_checksum(&h);
+    h[10..12].copy_from_slice(&sum.to_be_bytes());
+    h.extend_from_slice(icmp);
+    h
+}
+
+/// The Internet checksum (RFC 1071).
+fn inet_checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c.get(1).copied().unwrap_or(0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !u16::try_from(sum).unwrap_or(u16::MAX)
+}
+
+fn recv_message(
+    fd: c_int,
+    e: Entry,
+    flags: c_int,
+) -> Result<(Vec<u8>, SocketAddrV4, Option<u8>), Errno> {
     // SAFETY: F_GETFL query on the program's fd.
     let status = unsafe { real::fcntl(fd, libc::F_GETFL, 0) };
     let rflags = if flags & libc::MSG_DONTWAIT != 0 || status & libc::O_NONBLOCK != 0 {
@@ -143,22 +262,17 @@ pub(crate) fn recv_on(fd: c_int, e: Entry, flags: c_int) -> Result<(Vec<u8>, Soc
     };
     loop {
         if flags & libc::MSG_PEEK != 0 {
-            let d = peek_datagram(fd, rflags)?;
+            let (d, ttl) = peek_datagram(fd, rflags)?;
             if e.peer.is_some_and(|p| p != d.addr) {
                 // Not for a connected socket: consume it, as the kernel never queues it.
                 let _ = recv_frame(fd, rflags)?;
                 continue;
             }
-            return Ok((d.payload, d.addr));
+            return Ok((d.payload, d.addr, ttl));
         }
-        match recv_frame(fd, rflags)? {
-            (ToGuest::Datagram(d), None) => {
-                // A connected UDP socket only hears from its peer, as in the kernel.
-                if e.peer.is_some_and(|p| p != d.addr) {
-                    continue;
-                }
-                return Ok((d.payload, d.addr));
-            }
+        let (d, ttl) = match recv_datagram_frame(fd, rflags)? {
+            (ToGuest::Datagram(d), None) => (d, None),
+            (ToGuest::EchoReply { datagram, ttl }, None) => (datagram, Some(ttl)),
             (ToGuest::Failed(err), None) => return Err(err),
             (_, passed) => {
                 if let Some(p) = passed {
@@ -167,14 +281,19 @@ pub(crate) fn recv_on(fd: c_int, e: Entry, flags: c_int) -> Result<(Vec<u8>, Soc
                 }
                 return Err(Errno::EPROTO);
             }
+        };
+        // A connected UDP socket only hears from its peer, as in the kernel.
+        if e.peer.is_some_and(|p| p != d.addr) {
+            continue;
         }
+        return Ok((d.payload, d.addr, ttl));
     }
 }
 
 /// The next datagram on the associated `fd`, left in place (`MSG_PEEK`): its frame is peeked
 /// whole off the stream, so the next receive reads the same datagram. netcat's UDP server
 /// peeks the first datagram to learn whom to connect to.
-fn peek_datagram(fd: c_int, rflags: c_int) -> Result<Datagram, Errno> {
+fn peek_datagram(fd: c_int, rflags: c_int) -> Result<(Datagram, Option<u8>), Errno> {
     let mut want = HEADER_LEN;
     let mut buf = vec![0u8; want];
     loop {
@@ -208,7 +327,8 @@ fn peek_datagram(fd: c_int, rflags: c_int) -> Result<Datagram, Errno> {
             Ok(Some(total)) if total > want => want = total,
             Ok(Some(total)) => {
                 return match decode_exact::<ToGuest>(&buf[..total]) {
-                    Ok(ToGuest::Datagram(d)) => Ok(d),
+                    Ok(ToGuest::Datagram(d)) => Ok((d, None)),
+                    Ok(ToGuest::EchoReply { datagram, ttl }) => Ok((datagram, Some(ttl))),
                     Ok(ToGuest::Failed(err)) => Err(err),
                     _ => Err(Errno::EPROTO),
                 };
@@ -225,7 +345,7 @@ pub(crate) fn sending_entry(fd: c_int, to: Option<SocketAddrV4>) -> Option<Resul
     match e.kind {
         Kind::Udp => Some(Ok(e)),
         Kind::InetDgram if !e.local_only && to.is_some_and(|a| !is_local(a)) => {
-            Some(associate(fd, e))
+            Some(associate_to(fd, e, to))
         }
         _ => None,
     }
@@ -254,22 +374,34 @@ pub(crate) unsafe fn connect(
     // SAFETY: the caller's addr/len.
     let to = unsafe { read_v4(addr, len) };
     let e = match (e.kind, to) {
+        (Kind::Udp, Some(a)) if is_icmp(e) && !is_local(a) => match icmp_for(fd, e, a) {
+            Ok(e) => e,
+            Err(err) => return Some(set_errno(err)),
+        },
         (Kind::Udp, _) => e,
         (Kind::InetDgram, Some(a)) if !e.local_only && !is_local(a) => {
-            if transport::vsock_port().is_none() {
+            if transport::vsock_port().is_none() && !is_icmp(e) {
                 if let Some(rc) = connect_passed(fd, e, a) {
                     return Some(rc);
                 }
             }
-            match associate(fd, e) {
+            match associate_to(fd, e, Some(a)) {
                 Ok(e) => e,
                 Err(err) => return Some(set_errno(err)),
             }
         }
         _ => return None,
     };
-    // AF_UNSPEC (or anything not AF_INET) dissolves the association's default peer.
-    table::set(fd, Entry { peer: to, ..e });
+    // AF_UNSPEC (or anything not AF_INET) dissolves the association's default peer. A ping
+    // socket's peer has port 0, the source its replies arrive from.
+    let peer = to.map(|a| {
+        if is_icmp(e) {
+            SocketAddrV4::new(*a.ip(), 0)
+        } else {
+            a
+        }
+    });
+    table::set(fd, Entry { peer, ..e });
     Some(0)
 }
 

@@ -30,13 +30,25 @@ use crate::{connect, dgram, listen, vmlisten};
 /// Called by C with socket(2)'s contract.
 #[no_mangle]
 pub unsafe extern "C" fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_int {
+    let base = ty & !(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC);
+    let ping =
+        domain == libc::AF_INET && base == libc::SOCK_DGRAM && protocol == libc::IPPROTO_ICMP;
+    // A raw ICMP socket (root's ping) takes the same path; its reads get an IPv4 header.
+    let raw = domain == libc::AF_INET && base == libc::SOCK_RAW && protocol == libc::IPPROTO_ICMP;
     // SAFETY: forwarded arguments.
-    let fd = unsafe { real::socket(domain, ty, protocol) };
+    let mut fd = unsafe { real::socket(domain, ty, protocol) };
+    if fd < 0 && ping {
+        // A ping socket's echoes go through host-server, whose ping_group_range is the one that
+        // counts: where this namespace forbids ping sockets, a UDP socket stands in until the
+        // first send opens the ICMP association.
+        // SAFETY: plain socket(2) call.
+        fd = unsafe { real::socket(domain, ty, 0) };
+    }
     if fd >= 0 {
-        let base = ty & !(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC);
         let kind = match (domain, base) {
             (libc::AF_INET, libc::SOCK_STREAM) => Kind::InetStream,
             (libc::AF_INET, libc::SOCK_DGRAM) => Kind::InetDgram,
+            _ if raw => Kind::InetDgram,
             _ => Kind::Untracked,
         };
         if kind != Kind::Untracked && !table::fits(fd) {
@@ -46,7 +58,14 @@ pub unsafe extern "C" fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_
             unsafe { real::close(fd) };
             return set_errno(Errno::EMFILE);
         }
-        table::set(fd, Entry::new(kind));
+        let mut e = Entry::new(kind);
+        if ping || raw {
+            e.options |= table::ICMP;
+        }
+        if raw {
+            e.options |= table::RAW;
+        }
+        table::set(fd, e);
     }
     fd
 }
@@ -106,7 +125,11 @@ pub unsafe extern "C" fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) 
                     ..entry
                 };
                 table::set(fd, e);
-                if entry.kind == Kind::InetDgram && a.port() != 0 {
+                // (A ping socket's port is its identifier, not a server's port.)
+                if entry.kind == Kind::InetDgram
+                    && a.port() != 0
+                    && entry.options & table::ICMP == 0
+                {
                     // A UDP server: host-server binds its port now, so it can receive at once.
                     return dgram::bind_server(fd, e);
                 }
@@ -282,6 +305,14 @@ pub unsafe extern "C" fn getsockopt(
         };
     }
     if level == libc::SOL_SOCKET
+        && name == libc::SO_PROTOCOL
+        && kind == Kind::InetDgram
+        && table::get(fd).options & table::ICMP != 0
+    {
+        // A ping socket may have a UDP socket standing in for it (see `socket`).
+        return put_int(val, len, libc::IPPROTO_ICMP);
+    }
+    if level == libc::SOL_SOCKET
         && matches!(
             kind,
             Kind::Outsourced | Kind::Listener | Kind::Udp | Kind::UdpPassed
@@ -292,9 +323,25 @@ pub unsafe extern "C" fn getsockopt(
         let own_socket = matches!(kind, Kind::Outsourced | Kind::UdpPassed);
         match name {
             libc::SO_DOMAIN => return put_int(val, len, libc::AF_INET),
-            libc::SO_TYPE if dgram => return put_int(val, len, libc::SOCK_DGRAM),
+            libc::SO_TYPE if dgram => {
+                let raw = table::get(fd).options & table::RAW != 0;
+                let t = if raw {
+                    libc::SOCK_RAW
+                } else {
+                    libc::SOCK_DGRAM
+                };
+                return put_int(val, len, t);
+            }
             libc::SO_TYPE => return put_int(val, len, libc::SOCK_STREAM),
-            libc::SO_PROTOCOL if dgram => return put_int(val, len, libc::IPPROTO_UDP),
+            libc::SO_PROTOCOL if dgram => {
+                let icmp = table::get(fd).options & table::ICMP != 0;
+                let p = if icmp {
+                    libc::IPPROTO_ICMP
+                } else {
+                    libc::IPPROTO_UDP
+                };
+                return put_int(val, len, p);
+            }
             libc::SO_PROTOCOL => return put_int(val, len, libc::IPPROTO_TCP),
             libc::SO_ACCEPTCONN => return put_int(val, len, c_int::from(kind == Kind::Listener)),
             libc::SO_ERROR if !own_socket => return put_int(val, len, 0),
@@ -332,6 +379,24 @@ pub unsafe extern "C" fn setsockopt(
     }
     // SAFETY: forwarded arguments.
     let rc = unsafe { real::setsockopt(fd, level, name, val, len) };
+    if matches!(entry.kind, Kind::InetDgram | Kind::Udp)
+        && entry.options & table::ICMP != 0
+        && level == libc::IPPROTO_IP
+        && name == libc::IP_RECVTTL
+    {
+        // Replies come with their TTL from host-server: the shim writes IP_TTL (see `udp`).
+        let on = !val.is_null()
+            && len as usize >= std::mem::size_of::<c_int>()
+            // SAFETY: the caller's option value holds an int (checked above).
+            && unsafe { std::ptr::read_unaligned(val.cast::<c_int>()) } != 0;
+        let options = if on {
+            entry.options | table::RECVTTL
+        } else {
+            entry.options & !table::RECVTTL
+        };
+        table::set(fd, Entry { options, ..entry });
+        return 0;
+    }
     if rc == 0 && matches!(entry.kind, Kind::InetStream | Kind::InetDgram) {
         if let Some(bit) = option_bit(level, name) {
             table::set(

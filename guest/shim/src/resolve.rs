@@ -203,6 +203,14 @@ pub unsafe extern "C" fn getaddrinfo(
     if head.is_null() {
         return libc::EAI_NONAME;
     }
+    if h.is_some_and(|h| h.ai_flags & libc::AI_CANONNAME != 0) {
+        // The name as asked (ping prints it): the numeric expansion above had none. glibc's
+        // freeaddrinfo frees it with free(), so it is strdup's.
+        if let Ok(c) = CString::new(name) {
+            // SAFETY: `head` is the first node of our list; strdup copies a valid C string.
+            unsafe { (*head).ai_canonname = libc::strdup(c.as_ptr()) };
+        }
+    }
     // SAFETY: `res` is a valid out pointer per the contract.
     unsafe { *res = head };
     0

@@ -86,6 +86,15 @@ pub const OPTIONS_MASK: u16 = 0x7fff;
 /// In [`Entry::options`]: the program bound the socket to a port of its own choosing (kept
 /// when a connected UDP socket is made again for another peer).
 pub const BOUND: u16 = 1 << 14;
+/// In [`Entry::options`]: an ICMP echo ("ping") socket, `socket(AF_INET, SOCK_DGRAM,
+/// IPPROTO_ICMP)`: its association is an ICMP one (`dgram`).
+pub const ICMP: u16 = 1 << 13;
+/// In [`Entry::options`], with [`ICMP`]: a raw ICMP socket (`SOCK_RAW`), whose reads begin with
+/// an IPv4 header.
+pub const RAW: u16 = 1 << 12;
+/// In [`Entry::options`]: the program asked for `IP_RECVTTL` (an ICMP socket's replies carry
+/// their TTL in an `IP_TTL` control message).
+pub const RECVTTL: u16 = 1 << 11;
 
 fn pack_addr(a: Option<SocketAddrV4>) -> u64 {
     a.map_or(0, |a| {

@@ -302,6 +302,24 @@ fn write_all(fd: c_int, mut buf: &[u8]) -> Result<(), Errno> {
 /// # Errors
 /// EAGAIN when non-blocking and nothing is there; EPROTO on garbage or early close.
 pub fn recv_frame(fd: c_int, flags: c_int) -> Result<(ToGuest, Option<c_int>), Errno> {
+    recv_frame_with(fd, flags, false)
+}
+
+/// [`recv_frame`] for a program's own receive on an association: a signal that interrupts the
+/// wait before any byte of the frame arrived is EINTR, as a native recv would report it (ping's
+/// `-w` deadline is a SIGALRM without SA_RESTART). Once a frame has begun it is read whole.
+///
+/// # Errors
+/// As [`recv_frame`], and EINTR.
+pub fn recv_datagram_frame(fd: c_int, flags: c_int) -> Result<(ToGuest, Option<c_int>), Errno> {
+    recv_frame_with(fd, flags, true)
+}
+
+fn recv_frame_with(
+    fd: c_int,
+    flags: c_int,
+    interruptible: bool,
+) -> Result<(ToGuest, Option<c_int>), Errno> {
     let mut buf = Vec::with_capacity(64);
     let mut passed: Option<c_int> = None;
     let mut first = true;
@@ -331,6 +349,9 @@ pub fn recv_frame(fd: c_int, flags: c_int) -> Result<(ToGuest, Option<c_int>), E
             Err(err) => {
                 let e = err.raw_os_error().unwrap_or(libc::EIO);
                 if e == libc::EINTR {
+                    if interruptible && buf.is_empty() {
+                        return Err(Errno::EINTR);
+                    }
                     continue;
                 }
                 let e = if e == libc::EAGAIN && !first {

@@ -14,12 +14,18 @@
 //! turns it into an association the same way. The guest DNS address (answered by dns-cache)
 //! and VM guests (no descriptor can cross into a VM) always use associations.
 //!
+//! Ping sockets and raw ICMP sockets use ICMP associations (`dgram` tells how); here their
+//! receives differ only in what comes with the message: a raw socket's reads begin with an
+//! IPv4 header, an `IP_RECVTTL` socket's `recvmsg` gets an `IP_TTL` control message with the
+//! reply's hop limit, and `MSG_ERRQUEUE` finds no queued errors (EAGAIN) on any association.
+//! A receive interrupted by a signal before a frame began is EINTR, as natively.
+//!
 //! This module is the exported calls; their per-call logic is `dgram`'s.
 
 use libc::{c_int, c_void, iovec, msghdr, sockaddr, socklen_t};
 use shared_proto::Errno;
 
-use crate::dgram::{passed_send, recv_on, send_on, sending_entry, PassedSend};
+use crate::dgram::{passed_send, recv_on, send_on, sending_entry, PassedSend, Received};
 use crate::fd::{errno_isize, set_errno};
 use crate::sockaddr::{read_v4, write_v4};
 use crate::table::{self, Entry, Kind};
@@ -123,7 +129,7 @@ pub unsafe extern "C" fn recvfrom(
         return unsafe { real_recvfrom(fd, buf, len, flags, addr, alen) };
     }
     match recv_on(fd, e, flags) {
-        Ok((payload, from)) => {
+        Ok(Received { payload, from, .. }) => {
             let n = payload.len().min(len);
             // SAFETY: the caller's buffer holds `len` ≥ n bytes; the out address pointers are theirs.
             unsafe {
@@ -226,12 +232,16 @@ pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> i
         // SAFETY: forwarded arguments.
         return unsafe { real_recvmsg(fd, msg, flags) };
     }
+    if flags & libc::MSG_ERRQUEUE != 0 {
+        // An association reports no ICMP errors (ping asks after a failed send): none queued.
+        return errno_isize(Errno::EAGAIN);
+    }
     // SAFETY: msg is valid per the contract.
     let Some(m) = (unsafe { msg.as_mut() }) else {
         return errno_isize(Errno(libc::EFAULT as u16));
     };
     match recv_on(fd, e, flags) {
-        Ok((payload, from)) => {
+        Ok(Received { payload, from, ttl }) => {
             let mut off = 0;
             // SAFETY: the iovecs of a valid msghdr describe writable buffers.
             for iov in unsafe { iovs(m.msg_iov, m.msg_iovlen) } {
@@ -250,12 +260,14 @@ pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> i
             // SAFETY: msg_name holds msg_namelen bytes (or is null).
             unsafe { write_v4(from, m.msg_name.cast(), &mut nlen) };
             m.msg_namelen = if m.msg_name.is_null() { 0 } else { nlen };
-            m.msg_controllen = 0;
+            let ttl = ttl.filter(|_| e.options & table::RECVTTL != 0);
+            // SAFETY: msg_control holds msg_controllen bytes (or is null).
+            let ctrunc = unsafe { write_ttl(m, ttl) };
             m.msg_flags = if off < payload.len() {
                 libc::MSG_TRUNC
             } else {
                 0
-            };
+            } | ctrunc;
             let full = if flags & libc::MSG_TRUNC != 0 {
                 payload.len()
             } else {
@@ -265,6 +277,35 @@ pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> i
         }
         Err(err) => errno_isize(err),
     }
+}
+
+/// Writes an `IP_TTL` control message with `ttl` (an ICMP reply's, when the program asked for
+/// `IP_RECVTTL`) into `m`'s control buffer, or none; returns MSG_CTRUNC when it did not fit.
+///
+/// # Safety
+/// `m.msg_control` is null or valid for `m.msg_controllen` bytes.
+unsafe fn write_ttl(m: &mut msghdr, ttl: Option<u8>) -> c_int {
+    let Some(ttl) = ttl else {
+        m.msg_controllen = 0;
+        return 0;
+    };
+    let int = std::mem::size_of::<c_int>() as u32;
+    // SAFETY: CMSG_SPACE and CMSG_LEN are arithmetic.
+    let (space, clen) = unsafe { (libc::CMSG_SPACE(int) as usize, libc::CMSG_LEN(int) as usize) };
+    if m.msg_control.is_null() || m.msg_controllen < space {
+        m.msg_controllen = 0;
+        return libc::MSG_CTRUNC;
+    }
+    m.msg_controllen = space;
+    // SAFETY: the control buffer holds at least one header and an int (checked above).
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(m);
+        (*c).cmsg_level = libc::IPPROTO_IP;
+        (*c).cmsg_type = libc::IP_TTL;
+        (*c).cmsg_len = clen;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<c_int>(), c_int::from(ttl));
+    }
+    0
 }
 
 /// `read(2)`: on a UDP association, one datagram; otherwise the real read.

@@ -11,19 +11,9 @@
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
+use outsock_e2e::{stack, text};
 use testworld::stack::Stack;
 use testworld::{addr, zone};
-
-fn stack(label: &str, host_extra: &str) -> Option<Stack> {
-    if !testworld::skip_unless_root(label) {
-        return None;
-    }
-    Some(Stack::start(label, host_extra).unwrap())
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
 
 /// Runs `ping ARGS…` in `legacy` through outsock, bounded to 30 s by `timeout`; with how long
 /// it took.

@@ -1,11 +1,13 @@
 //! What every request handler takes: [`Shared`], the server-wide state each session gets a
 //! clone of, and [`Request`], one host.sock stream whose request is known; with [`refuse`],
 //! which answers an errno and closes the stream gracefully; and [`admit`], the destination
-//! policy's verdict as every handler applies it (EACCES, a counter, a rate-limited log line).
+//! policy's verdict as every handler applies it (EACCES, a counter, a rate-limited log line);
+//! and [`LocalTable`], where UDP servers' clients wrote to (`udp`'s, kept in [`Shared`] too).
 //! They live below the handlers (`session`, `outbound`, `inbound`, `udp`) so that the handlers
 //! never need to import one another for them.
 
-use std::net::IpAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 use outsock_policy::Policy;
@@ -37,6 +39,43 @@ pub(crate) struct Shared {
     pub limits: Limits,
     /// Becomes `true` on SIGTERM: listeners close, the acceptor stops.
     pub draining: watch::Receiver<bool>,
+    /// Which host address each client of a UDP server on `::` wrote to, learned by the
+    /// servers' associations: a server socket the program then connects to one client (passed,
+    /// see `udp::connect_passed`) is bound to that address, so its replies come from it.
+    pub udp_server_locals: Arc<std::sync::Mutex<LocalTable>>,
+}
+
+/// Which host address each client of a server on `::` wrote to, so the reply leaves from it.
+/// Bounded like [`PeerTable`](crate::udp::PeerTable): beyond `capacity` it starts over (a
+/// reply then leaves from the kernel's choice of address until the client writes again).
+#[derive(Debug)]
+pub struct LocalTable {
+    capacity: usize,
+    map: HashMap<SocketAddr, Ipv6Addr>,
+}
+
+impl LocalTable {
+    #[must_use]
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity: capacity.max(1),
+            map: HashMap::new(),
+        }
+    }
+
+    /// A datagram from `peer` came to the local address `to`.
+    pub fn learn(&mut self, peer: SocketAddr, to: Ipv6Addr) {
+        if self.map.len() >= self.capacity && !self.map.contains_key(&peer) {
+            self.map.clear();
+        }
+        self.map.insert(peer, to);
+    }
+
+    /// The local address to answer `peer` from, when known.
+    #[must_use]
+    pub fn local_for(&self, peer: SocketAddr) -> Option<Ipv6Addr> {
+        self.map.get(&peer).copied()
+    }
 }
 
 /// A stream whose request is known, with everything its handler needs.

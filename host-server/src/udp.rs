@@ -16,6 +16,14 @@
 //! host UDP socket connected to the peer's IPv6 address, hands it over with SCM_RIGHTS and keeps
 //! nothing (`connect_passed`).
 //!
+//! A UDP server's sockets (a port of its own) share the port (SO_REUSEADDR), as iperf3's do:
+//! `iperf3 -u -s` `connect`s its server socket to the client after the first datagram and binds
+//! the port again for the next client. The shim asks for that connect as a passed socket bound
+//! to the server's port; the kernel then gives the client's datagrams to it, not to the new
+//! listening socket. With `listen.default_address = "::"` it binds the host address the client
+//! last wrote to on a server's association ([`Shared::udp_server_locals`], learned with
+//! IPV6_PKTINFO), so the client hears the replies from where it sent.
+//!
 //! The destination policy (`context::admit`) is asked before every send and before a connected
 //! socket is made: a refused destination is EACCES for `UdpConnect`, and a dropped datagram
 //! (counted and logged, never silently) for an association, whose sends have no answer to carry
@@ -40,7 +48,7 @@ use shared_proto::{Errno, ToGuest};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio::net::UdpSocket;
 
-use crate::context::{admit, Request, Shared, Use};
+use crate::context::{admit, LocalTable, Request, Shared, Use};
 use crate::dest::Route;
 use crate::framed::{write_frame, FrameError, FrameReader};
 use crate::handover::send_answer_with_fd;
@@ -102,6 +110,7 @@ fn open_socket(
     identity: &Identity,
     req: &UdpRequest,
     family: Family,
+    local: Option<Ipv6Addr>,
 ) -> Result<UdpSocket, Errno> {
     let s = &shared.settings;
     let port = req.bind.port();
@@ -123,7 +132,7 @@ fn open_socket(
         if !s.allowed_ports_for(identity.vm_name()).contains(&port) {
             return Err(Errno::EACCES);
         }
-        vm_address.unwrap_or(s.listen_default_address)
+        vm_address.or(local).unwrap_or(s.listen_default_address)
     };
     let host_port = if port == 0 { 0 } else { s.host_port(port) };
     let make = || -> std::io::Result<UdpSocket> {
@@ -133,12 +142,14 @@ fn open_socket(
                     Socket::new(Domain::IPV6, Type::DGRAM.nonblocking(), Some(Protocol::UDP))?;
                 // Never IPv4 through an IPv4-mapped address: egress has its own socket.
                 sock.set_only_v6(true)?;
+                share_fixed_port(&sock, host_port)?;
                 sock.bind(&SockAddr::from(SocketAddrV6::new(addr, host_port, 0, 0)))?;
                 sock
             }
             Family::V4 => {
                 let sock =
                     Socket::new(Domain::IPV4, Type::DGRAM.nonblocking(), Some(Protocol::UDP))?;
+                share_fixed_port(&sock, host_port)?;
                 sock.bind(&SockAddr::from(SocketAddrV4::new(
                     Ipv4Addr::UNSPECIFIED,
                     host_port,
@@ -149,6 +160,17 @@ fn open_socket(
         UdpSocket::from_std(sock.into())
     };
     make().map_err(|e| crate::errno::bind_errno(&e))
+}
+
+/// A UDP server's sockets share their fixed port (SO_REUSEADDR, as iperf3 sets on its own):
+/// a server that `connect`s one socket to a client binds the port again for the next
+/// (iperf3 -u -s), and the kernel gives each client's datagrams to the socket connected to it.
+/// An ephemeral port (0) is never shared.
+fn share_fixed_port(sock: &Socket, host_port: u16) -> std::io::Result<()> {
+    if host_port != 0 {
+        sock.set_reuse_address(true)?;
+    }
+    Ok(())
 }
 
 /// The guest-visible local address of `sock`, bound for `bind`: the address the guest asked
@@ -182,7 +204,14 @@ pub(crate) async fn connect_passed(req: Request, u: &UdpConnectRequest, shared: 
     } else {
         Family::V6
     };
-    let sock = match open_socket(shared, &req.identity, &UdpRequest { bind: u.bind }, family) {
+    let local = server_local(
+        u.bind.port(),
+        shared.settings.listen_default_address,
+        target,
+        &shared.udp_server_locals,
+    );
+    let request = UdpRequest { bind: u.bind };
+    let sock = match open_socket(shared, &req.identity, &request, family, local) {
         Ok(s) => s,
         Err(errno) => return req.refuse(errno).await,
     };
@@ -202,6 +231,22 @@ pub(crate) async fn connect_passed(req: Request, u: &UdpConnectRequest, shared: 
     }
     shared.metrics.record(Event::UdpConnected);
     send_answer_with_fd(&req.stream, &answer, std.as_fd(), shared).await;
+}
+
+/// The address a passed UDP socket bound to the server port `port` and connected to `target`
+/// binds: where host-server's default address is `::`, the one `target` last wrote to on a
+/// server's association (learned in `locals`), so the replies come from where the client sent
+/// (a connected client drops others); `None`: the usual address.
+fn server_local(
+    port: u16,
+    default: Ipv6Addr,
+    target: SocketAddr,
+    locals: &std::sync::Mutex<LocalTable>,
+) -> Option<Ipv6Addr> {
+    if port == 0 || !default.is_unspecified() {
+        return None;
+    }
+    locals.lock().ok()?.local_for(target)
 }
 
 /// Where a datagram to the guest-visible `dest` goes on a host socket: the IPv6 address behind
@@ -229,13 +274,13 @@ pub(crate) async fn udp_target(
 
 /// Runs one association to its end.
 pub(crate) async fn associate(req: Request, u: &UdpRequest, shared: &Shared) {
-    let sock = match open_socket(shared, &req.identity, u, Family::V6) {
+    let sock = match open_socket(shared, &req.identity, u, Family::V6, None) {
         Ok(s) => s,
         Err(errno) => return req.refuse(errno).await,
     };
     // With egress, real IPv4 peers get their own socket (the IPv6 one is IPV6_V6ONLY).
     let sock4 = if shared.settings.ipv4_egress {
-        match open_socket(shared, &req.identity, u, Family::V4) {
+        match open_socket(shared, &req.identity, u, Family::V4, None) {
             Ok(s) => Some(s),
             Err(errno) => return req.refuse(errno).await,
         }
@@ -307,7 +352,12 @@ pub(crate) async fn associate(req: Request, u: &UdpRequest, shared: &Shared) {
             r = sockets.recv_from(&mut buf) => {
                 let Ok(Received { n, from, to }) = r else { continue };
                 if let Some(to) = to {
-                    locals.learn(from, to);
+                    if locals.local_for(from) != Some(to) {
+                        locals.learn(from, to);
+                        if let Ok(mut all) = shared.udp_server_locals.lock() {
+                            all.learn(from, to);
+                        }
+                    }
                 }
                 if admit(shared, &identity, from.ip(), Use::Reply).is_err() {
                     continue;
@@ -447,39 +497,6 @@ async fn send_from(
     .await
 }
 
-/// Which host address each client of a server on `::` wrote to, so the reply leaves from it.
-/// Bounded like [`PeerTable`]: beyond `capacity` it starts over (a reply then leaves from the
-/// kernel's choice of address until the client writes again).
-#[derive(Debug)]
-pub struct LocalTable {
-    capacity: usize,
-    map: HashMap<SocketAddr, Ipv6Addr>,
-}
-
-impl LocalTable {
-    #[must_use]
-    pub fn new(capacity: usize) -> Self {
-        Self {
-            capacity: capacity.max(1),
-            map: HashMap::new(),
-        }
-    }
-
-    /// A datagram from `peer` came to the local address `to`.
-    pub fn learn(&mut self, peer: SocketAddr, to: Ipv6Addr) {
-        if self.map.len() >= self.capacity && !self.map.contains_key(&peer) {
-            self.map.clear();
-        }
-        self.map.insert(peer, to);
-    }
-
-    /// The local address to answer `peer` from, when known.
-    #[must_use]
-    pub fn local_for(&self, peer: SocketAddr) -> Option<Ipv6Addr> {
-        self.map.get(&peer).copied()
-    }
-}
-
 /// Sends one guest datagram; returns an immediate reply for the guest (guest DNS).
 async fn send_out(
     sockets: &Sockets,
@@ -557,6 +574,39 @@ mod tests {
         t.learn("[fd00:64::c2]:1".parse().unwrap(), local);
         t.learn("[fd00:64::c3]:1".parse().unwrap(), local);
         assert_eq!(t.local_for(a), None);
+    }
+
+    #[test]
+    fn fixed_ports_are_shared_and_ephemeral_ones_are_not() {
+        let udp = || Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+        let loopback = |port| SockAddr::from(SocketAddrV6::new(Ipv6Addr::LOCALHOST, port, 0, 0));
+        let first = udp();
+        share_fixed_port(&first, 1).unwrap();
+        first.bind(&loopback(0)).unwrap();
+        let port = first.local_addr().unwrap().as_socket().unwrap().port();
+        // A server binding its port again (iperf3 -u -s) shares it.
+        let second = udp();
+        share_fixed_port(&second, port).unwrap();
+        second.bind(&loopback(port)).unwrap();
+        // A socket without a fixed port of its own does not.
+        let third = udp();
+        share_fixed_port(&third, 0).unwrap();
+        assert!(third.bind(&loopback(port)).is_err());
+    }
+
+    #[test]
+    fn connected_servers_bind_where_the_client_wrote() {
+        let client: SocketAddr = "[fd00:64::c1]:4000".parse().unwrap();
+        let host: Ipv6Addr = "fd00:64::1".parse().unwrap();
+        let locals = std::sync::Mutex::new(LocalTable::new(4));
+        locals.lock().unwrap().learn(client, host);
+        let any = Ipv6Addr::UNSPECIFIED;
+        assert_eq!(server_local(5201, any, client, &locals), Some(host));
+        // A client socket (port 0), a configured default address, an unknown client: as usual.
+        assert_eq!(server_local(0, any, client, &locals), None);
+        assert_eq!(server_local(5201, host, client, &locals), None);
+        let other: SocketAddr = "[fd00:64::c1]:4001".parse().unwrap();
+        assert_eq!(server_local(5201, any, other, &locals), None);
     }
 
     #[test]

@@ -378,6 +378,24 @@ pub(crate) unsafe fn connect(
             Ok(e) => e,
             Err(err) => return Some(set_errno(err)),
         },
+        // A UDP server connecting to one client (iperf3 -u -s): in process mode the same
+        // port, connected, on a passed host socket, so the kernel hands it that client's
+        // datagrams even while another socket of the program listens on the port. Not while
+        // a datagram waits on the association (netcat peeks the client's first one, connects,
+        // then reads it): it would be lost with the association, so that socket stays one.
+        (Kind::Udp, Some(a)) if server_connects_passed(e, a) && nothing_pending(fd) => {
+            let fresh = match release(fd, e) {
+                Ok(f) => f,
+                Err(err) => return Some(set_errno(err)),
+            };
+            if let Some(rc) = connect_passed(fd, fresh, a) {
+                return Some(rc);
+            }
+            match associate_to(fd, fresh, Some(a)) {
+                Ok(e) => e,
+                Err(err) => return Some(set_errno(err)),
+            }
+        }
         (Kind::Udp, _) => e,
         (Kind::InetDgram, Some(a)) if !e.local_only && !is_local(a) => {
             if transport::vsock_port().is_none() && !is_icmp(e) {
@@ -403,6 +421,27 @@ pub(crate) unsafe fn connect(
     });
     table::set(fd, Entry { peer, ..e });
     Some(0)
+}
+
+/// Whether `connect(dest)` on the association `e` becomes a passed, connected host socket: in
+/// process mode, for a UDP (not ping) socket the program bound to a port of its own.
+fn server_connects_passed(e: Entry, dest: SocketAddrV4) -> bool {
+    transport::vsock_port().is_none()
+        && !is_icmp(e)
+        && !is_local(dest)
+        && e.options & table::BOUND != 0
+        && e.local.is_some_and(|l| l.port() != 0)
+}
+
+/// Whether nothing waits to be read on the associated `fd` (no datagram, no end of stream).
+fn nothing_pending(fd: c_int) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no wait.
+    unsafe { libc::poll(&mut p, 1, 0) == 0 }
 }
 
 /// Asks host-server for a UDP socket connected to `dest` and installs it on `fd`. `None`: the
@@ -494,5 +533,54 @@ pub(crate) fn passed_send(
     match to {
         Some(a) if Some(a) != e.peer => demote(fd, e).map(PassedSend::Associated),
         _ => Ok(PassedSend::Native),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_bound_udp_server_connecting_off_loopback_is_passed() {
+        let client: SocketAddrV4 = "172.21.112.1:4000".parse().unwrap();
+        let server = Entry {
+            local: Some("0.0.0.0:5201".parse().unwrap()),
+            options: table::BOUND,
+            ..Entry::new(Kind::Udp)
+        };
+        assert!(server_connects_passed(server, client));
+        assert!(!server_connects_passed(
+            server,
+            "127.0.0.1:4000".parse().unwrap()
+        ));
+        // Bound to any port (a client's association), or a ping socket: as before.
+        let ephemeral = Entry {
+            local: Some("0.0.0.0:0".parse().unwrap()),
+            options: 0,
+            ..server
+        };
+        assert!(!server_connects_passed(ephemeral, client));
+        let ping = Entry {
+            options: table::BOUND | table::ICMP,
+            ..server
+        };
+        assert!(!server_connects_passed(ping, client));
+    }
+
+    #[test]
+    fn pending_data_is_seen_without_waiting() {
+        let mut fds = [0; 2];
+        // SAFETY: a plain socketpair into a valid array.
+        let rc = unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, fds.as_mut_ptr()) };
+        assert_eq!(rc, 0);
+        assert!(nothing_pending(fds[0]));
+        // SAFETY: one byte from a valid buffer.
+        assert_eq!(unsafe { libc::write(fds[1], b"x".as_ptr().cast(), 1) }, 1);
+        assert!(!nothing_pending(fds[0]));
+        // SAFETY: our own descriptors.
+        unsafe {
+            libc::close(fds[0]);
+            libc::close(fds[1]);
+        }
     }
 }

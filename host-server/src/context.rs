@@ -43,6 +43,8 @@ pub(crate) struct Shared {
     /// servers' associations: a server socket the program then connects to one client (passed,
     /// see `udp::connect_passed`) is bound to that address, so its replies come from it.
     pub udp_server_locals: Arc<std::sync::Mutex<LocalTable>>,
+    /// Who holds each UDP server port with associations (see [`PortHolders`]).
+    pub udp_server_ports: Arc<std::sync::Mutex<PortHolders>>,
 }
 
 /// Which host address each client of a server on `::` wrote to, so the reply leaves from it.
@@ -75,6 +77,42 @@ impl LocalTable {
     #[must_use]
     pub fn local_for(&self, peer: SocketAddr) -> Option<Ipv6Addr> {
         self.map.get(&peer).copied()
+    }
+}
+
+/// Which identity holds each UDP server port (host address and port) with associations, and
+/// how many: a server's sockets share their port (SO_REUSEADDR), but only one identity's, so
+/// another user's (or VM's) server on the same port is EADDRINUSE as natively, never a second
+/// socket that takes the first one's datagrams.
+#[derive(Debug, Default)]
+pub struct PortHolders {
+    map: HashMap<(Ipv6Addr, u16), (Identity, usize)>,
+}
+
+impl PortHolders {
+    /// Whether `who` may use `key`: no one holds it, or `who` does.
+    pub fn check(&self, key: (Ipv6Addr, u16), who: &Identity) -> Result<(), Errno> {
+        match self.map.get(&key) {
+            Some((holder, _)) if holder != who => Err(Errno::EADDRINUSE),
+            _ => Ok(()),
+        }
+    }
+
+    /// `who` holds `key` once more (after [`check`](Self::check)).
+    pub fn take(&mut self, key: (Ipv6Addr, u16), who: &Identity) -> Result<(), Errno> {
+        self.check(key, who)?;
+        self.map.entry(key).or_insert_with(|| (who.clone(), 0)).1 += 1;
+        Ok(())
+    }
+
+    /// One hold of `key` ends.
+    pub fn give_back(&mut self, key: (Ipv6Addr, u16)) {
+        if let Some((_, n)) = self.map.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                self.map.remove(&key);
+            }
+        }
     }
 }
 

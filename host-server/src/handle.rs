@@ -135,6 +135,7 @@ pub async fn start(settings: Settings) -> Result<ServerHandle, ServerError> {
         limits: limits.clone(),
         draining,
         udp_server_locals: Arc::new(std::sync::Mutex::new(crate::context::LocalTable::new(4096))),
+        udp_server_ports: Arc::default(),
     };
     let workers: Vec<Arbiter> = (0..settings.workers).map(|_| Arbiter::new()).collect();
     let mut acceptors = Vec::with_capacity(workers.len());

@@ -16,7 +16,9 @@
 //! host UDP socket connected to the peer's IPv6 address, hands it over with SCM_RIGHTS and keeps
 //! nothing (`connect_passed`).
 //!
-//! A UDP server's sockets (a port of its own) share the port (SO_REUSEADDR), as iperf3's do:
+//! A UDP server's sockets (a port of its own) share the port (SO_REUSEADDR), as iperf3's do,
+//! but only with its own identity's associations ([`Shared::udp_server_ports`]; another's is
+//! EADDRINUSE):
 //! `iperf3 -u -s` `connect`s its server socket to the client after the first datagram and binds
 //! the port again for the next client. The shim asks for that connect as a passed socket bound
 //! to the server's port; the kernel then gives the client's datagrams to it, not to the new
@@ -35,6 +37,7 @@ use std::collections::HashMap;
 use std::io::{IoSlice, IoSliceMut};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsFd, AsRawFd};
+use std::sync::{Arc, PoisonError};
 use std::task::Poll;
 
 use nix::sys::socket::{
@@ -48,7 +51,7 @@ use shared_proto::{Errno, ToGuest};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio::net::UdpSocket;
 
-use crate::context::{admit, LocalTable, Request, Shared, Use};
+use crate::context::{admit, LocalTable, PortHolders, Request, Shared, Use};
 use crate::dest::Route;
 use crate::framed::{write_frame, FrameError, FrameReader};
 use crate::handover::send_answer_with_fd;
@@ -210,6 +213,17 @@ pub(crate) async fn connect_passed(req: Request, u: &UdpConnectRequest, shared: 
         target,
         &shared.udp_server_locals,
     );
+    // Another identity's server port is not this one's to share.
+    if let Some(key) = server_port_key(shared, &req.identity, u.bind.port()) {
+        let held = shared
+            .udp_server_ports
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .check(key, &req.identity);
+        if let Err(errno) = held {
+            return req.refuse(errno).await;
+        }
+    }
     let request = UdpRequest { bind: u.bind };
     let sock = match open_socket(shared, &req.identity, &request, family, local) {
         Ok(s) => s,
@@ -272,10 +286,58 @@ pub(crate) async fn udp_target(
     }
 }
 
+/// The host address and port a UDP server of `identity` on guest port `port` binds, the key
+/// of [`Shared::udp_server_ports`]; `None` for port 0 (not a server).
+fn server_port_key(shared: &Shared, identity: &Identity, port: u16) -> Option<(Ipv6Addr, u16)> {
+    if port == 0 {
+        return None;
+    }
+    let s = &shared.settings;
+    let addr = match identity {
+        Identity::Vm(name) => s.vms.get(name)?.address,
+        Identity::Process { .. } => s.listen_default_address,
+    };
+    Some((addr, s.host_port(port)))
+}
+
+/// An association's hold on its server port, given back when the association ends.
+struct HeldPort {
+    holders: Arc<std::sync::Mutex<PortHolders>>,
+    key: (Ipv6Addr, u16),
+}
+
+impl HeldPort {
+    fn take(shared: &Shared, identity: &Identity, port: u16) -> Result<Option<Self>, Errno> {
+        let Some(key) = server_port_key(shared, identity, port) else {
+            return Ok(None);
+        };
+        let holders = Arc::clone(&shared.udp_server_ports);
+        holders
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take(key, identity)?;
+        Ok(Some(Self { holders, key }))
+    }
+}
+
+impl Drop for HeldPort {
+    fn drop(&mut self) {
+        self.holders
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .give_back(self.key);
+    }
+}
+
 /// Runs one association to its end.
 pub(crate) async fn associate(req: Request, u: &UdpRequest, shared: &Shared) {
     let sock = match open_socket(shared, &req.identity, u, Family::V6, None) {
         Ok(s) => s,
+        Err(errno) => return req.refuse(errno).await,
+    };
+    // Its server port shared with its own identity's sockets only.
+    let _held = match HeldPort::take(shared, &req.identity, u.bind.port()) {
+        Ok(h) => h,
         Err(errno) => return req.refuse(errno).await,
     };
     // With egress, real IPv4 peers get their own socket (the IPv6 one is IPV6_V6ONLY).
@@ -607,6 +669,27 @@ mod tests {
         assert_eq!(server_local(5201, host, client, &locals), None);
         let other: SocketAddr = "[fd00:64::c1]:4001".parse().unwrap();
         assert_eq!(server_local(5201, any, other, &locals), None);
+    }
+
+    #[test]
+    fn one_identity_at_a_time_shares_a_server_port() {
+        let key = (Ipv6Addr::UNSPECIFIED, 5201);
+        let alice = Identity::Process { uid: 1000 };
+        let bob = Identity::Process { uid: 1001 };
+        let mut h = PortHolders::default();
+        h.take(key, &alice).unwrap();
+        // iperf3 -u -s binding its port again: the same identity shares it.
+        h.take(key, &alice).unwrap();
+        assert_eq!(h.take(key, &bob), Err(Errno::EADDRINUSE));
+        assert_eq!(h.check(key, &bob), Err(Errno::EADDRINUSE));
+        // Another address, or port, is another key.
+        h.take((Ipv6Addr::LOCALHOST, 5201), &bob).unwrap();
+        h.take((Ipv6Addr::UNSPECIFIED, 5202), &bob).unwrap();
+        h.give_back(key);
+        assert_eq!(h.check(key, &bob), Err(Errno::EADDRINUSE));
+        h.give_back(key);
+        h.check(key, &bob).unwrap();
+        h.take(key, &bob).unwrap();
     }
 
     #[test]

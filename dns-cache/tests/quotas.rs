@@ -96,20 +96,6 @@ fn source_rows(db: &Path) -> (usize, usize) {
     )
 }
 
-fn read_frame(s: &mut UnixStream, buf: &mut Vec<u8>) -> Option<ToGuest> {
-    loop {
-        if let Ok(Some((f, used))) = frame::decode::<ToGuest>(buf) {
-            buf.drain(..used);
-            return Some(f);
-        }
-        let mut chunk = [0u8; 8192];
-        match s.read(&mut chunk) {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
-}
-
 #[test]
 fn a_flood_from_one_64_stays_within_its_cap_and_spares_pinned_dummies() {
     if !testworld::skip_unless_root("a_flood_from_one_64") {
@@ -154,14 +140,22 @@ fn a_flood_from_one_64_stays_within_its_cap_and_spares_pinned_dummies() {
             .unwrap(),
         )
         .unwrap();
-    let mut buf = Vec::new();
-    let answer = read_frame(&mut assoc, &mut buf).unwrap();
+    // A process's association answers with its packet channel attached: one datagram frame per
+    // packet from then on.
+    let mut head = [0u8; 4096];
+    let (n, channel) =
+        outsock_fdpass::recv_with_fd(std::os::fd::AsRawFd::as_raw_fd(&assoc), &mut head).unwrap();
+    let (answer, _) = frame::decode::<ToGuest>(&head[..n]).unwrap().unwrap();
     assert!(matches!(answer, ToGuest::Associated { .. }), "{answer:?}");
+    let channel = std::os::unix::net::UnixDatagram::from(channel.expect("a packet channel"));
     let (tx, rx) = mpsc::channel::<Ipv4Addr>();
-    let mut reader = assoc.try_clone().unwrap();
     std::thread::spawn(move || {
-        while let Some(f) = read_frame(&mut reader, &mut buf) {
-            if let ToGuest::Datagram(d) = f {
+        let mut packet = vec![0u8; 70_000];
+        while let Ok(n) = channel.recv(&mut packet) {
+            if n == 0 {
+                return;
+            }
+            if let Ok(Some((ToGuest::Datagram(d), _))) = frame::decode::<ToGuest>(&packet[..n]) {
                 if tx.send(*d.addr.ip()).is_err() {
                     return;
                 }

@@ -37,8 +37,9 @@ use shared_proto::{Errno, ToGuest};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio::net::UdpSocket;
 
+use crate::assoc::Channel;
 use crate::context::{admit, Request, Shared, Use};
-use crate::framed::{write_frame, FrameError, FrameReader};
+use crate::framed::FrameError;
 use crate::identity::{late_frame_error, Identity};
 use crate::metrics::Event;
 use crate::ratelimit::LogLimit;
@@ -187,7 +188,7 @@ pub(crate) async fn associate(req: Request, i: &IcmpRequest, shared: &Shared) {
     };
     let v6 = target.is_ipv6();
     let Request {
-        mut stream,
+        stream,
         identity,
         leftover,
         permit,
@@ -195,39 +196,29 @@ pub(crate) async fn associate(req: Request, i: &IcmpRequest, shared: &Shared) {
     // A ping socket's "port" is its identifier.
     let ident = sock.local_addr().map_or(0, |a| a.port());
     let local = SocketAddrV4::new(*i.bind.ip(), ident);
-    if write_frame(&mut stream, &ToGuest::Associated { local })
-        .await
-        .is_err()
-    {
+    // A process gets its datagrams one packet each (see `assoc`).
+    let packets = matches!(identity, Identity::Process { .. });
+    let answer = ToGuest::Associated { local };
+    let Some(mut channel) = Channel::open(stream, leftover, &answer, packets, shared).await else {
         return;
-    }
+    };
     let source = SocketAddrV4::new(*i.dest.ip(), 0);
-    let (mut rd, mut wr) = stream.split();
-    let mut reader = FrameReader::new();
-    let mut pre = &leftover[..];
     let mut buf = vec![0u8; MAX_MESSAGE];
     let mut guest_id = ident;
     let idle = shared.settings.udp_idle_timeout;
     loop {
         let deadline = tokio::time::Instant::now() + idle;
         tokio::select! {
-            f = async {
-                if pre.is_empty() {
-                    reader.read::<ToHost, _>(&mut rd).await
-                } else {
-                    let mut chained = tokio::io::AsyncReadExt::chain(&mut pre, &mut rd);
-                    reader.read::<ToHost, _>(&mut chained).await
-                }
-            } => {
+            f = channel.read() => {
                 let d = match f {
                     Ok(ToHost::Datagram(d)) => d,
                     Ok(other) => {
                         let errno = late_frame_error(&other).map_or(Errno::EPROTO, |e| e.errno());
-                        let _ = write_frame(&mut wr, &ToGuest::Failed(errno)).await;
+                        let _ = channel.write(&ToGuest::Failed(errno)).await;
                         break;
                     }
                     Err(FrameError::Proto(_)) => {
-                        let _ = write_frame(&mut wr, &ToGuest::Failed(Errno::EPROTO)).await;
+                        let _ = channel.write(&ToGuest::Failed(Errno::EPROTO)).await;
                         break;
                     }
                     Err(_) => break,
@@ -252,7 +243,7 @@ pub(crate) async fn associate(req: Request, i: &IcmpRequest, shared: &Shared) {
                 shared.metrics.record(Event::IcmpEchoIn);
                 let datagram = Datagram { addr: source, payload: reply };
                 let frame = ToGuest::EchoReply { datagram, ttl };
-                if write_frame(&mut wr, &frame).await.is_err() {
+                if channel.write(&frame).await.is_err() {
                     break;
                 }
             }

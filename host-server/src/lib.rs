@@ -23,6 +23,7 @@
 
 pub mod accounts;
 pub mod actors;
+mod assoc;
 pub mod awaiting;
 pub mod config;
 mod context;

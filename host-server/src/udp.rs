@@ -51,9 +51,10 @@ use shared_proto::{Errno, ToGuest};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio::net::UdpSocket;
 
+use crate::assoc::Channel;
 use crate::context::{admit, LocalTable, PortHolders, Request, Shared, Use};
 use crate::dest::Route;
-use crate::framed::{write_frame, FrameError, FrameReader};
+use crate::framed::FrameError;
 use crate::handover::send_answer_with_fd;
 use crate::identity::{late_frame_error, Identity};
 use crate::metrics::Event;
@@ -359,22 +360,18 @@ pub(crate) async fn associate(req: Request, u: &UdpRequest, shared: &Shared) {
         pktinfo,
     };
     let Request {
-        mut stream,
+        stream,
         identity,
         leftover,
         permit,
     } = req;
     let local = guest_local(&sockets.v6, u.bind);
-    if write_frame(&mut stream, &ToGuest::Associated { local })
-        .await
-        .is_err()
-    {
+    // A process gets its datagrams one packet each (see `assoc`).
+    let packets = matches!(identity, Identity::Process { .. });
+    let answer = ToGuest::Associated { local };
+    let Some(mut channel) = Channel::open(stream, leftover, &answer, packets, shared).await else {
         return;
-    }
-    let (mut rd, mut wr) = stream.split();
-    let mut reader = FrameReader::new();
-    // Anything pipelined after the request is the start of the frame stream.
-    let mut pre = &leftover[..];
+    };
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut peers = PeerTable::new(1024);
     let mut locals = LocalTable::new(1024);
@@ -382,23 +379,16 @@ pub(crate) async fn associate(req: Request, u: &UdpRequest, shared: &Shared) {
     loop {
         let deadline = idle.map(|d| tokio::time::Instant::now() + d);
         tokio::select! {
-            f = async {
-                if pre.is_empty() {
-                    reader.read::<ToHost, _>(&mut rd).await
-                } else {
-                    let mut chained = tokio::io::AsyncReadExt::chain(&mut pre, &mut rd);
-                    reader.read::<ToHost, _>(&mut chained).await
-                }
-            } => {
+            f = channel.read() => {
                 let d = match f {
                     Ok(ToHost::Datagram(d)) => d,
                     Ok(other) => {
                         let errno = late_frame_error(&other).map_or(Errno::EPROTO, |e| e.errno());
-                        let _ = write_frame(&mut wr, &ToGuest::Failed(errno)).await;
+                        let _ = channel.write(&ToGuest::Failed(errno)).await;
                         break;
                     }
                     Err(FrameError::Proto(_)) => {
-                        let _ = write_frame(&mut wr, &ToGuest::Failed(Errno::EPROTO)).await;
+                        let _ = channel.write(&ToGuest::Failed(Errno::EPROTO)).await;
                         break;
                     }
                     Err(_) => break,
@@ -406,7 +396,7 @@ pub(crate) async fn associate(req: Request, u: &UdpRequest, shared: &Shared) {
                 shared.metrics.record(Event::UdpOut);
                 let sent = send_out(&sockets, d, &mut peers, &locals, &identity, shared).await;
                 if let Some(reply) = sent {
-                    if write_frame(&mut wr, &ToGuest::Datagram(reply)).await.is_err() {
+                    if channel.write(&ToGuest::Datagram(reply)).await.is_err() {
                         break;
                     }
                 }
@@ -429,7 +419,7 @@ pub(crate) async fn associate(req: Request, u: &UdpRequest, shared: &Shared) {
                 };
                 shared.metrics.record(Event::UdpIn);
                 let d = Datagram { addr: source, payload: buf[..n].to_vec() };
-                if write_frame(&mut wr, &ToGuest::Datagram(d)).await.is_err() {
+                if channel.write(&ToGuest::Datagram(d)).await.is_err() {
                     break;
                 }
             }

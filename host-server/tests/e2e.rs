@@ -545,13 +545,17 @@ fn udp_echo_and_guest_dns() {
     let echo = rig.dummy(zone::ECHO);
     let v6only = rig.dummy(zone::V6ONLY);
     let (udp_back, dns_udp, dns_tcp) = in_legacy(&rig, move || {
-        let (mut s, answer) = ask(
+        // A process's association is a packet channel passed with the answer: one frame
+        // each way per packet.
+        let (_request, answer, ch) = ask_fd(
             &sock,
             &[ToHost::Udp(UdpRequest {
                 bind: "0.0.0.0:0".parse().unwrap(),
             })],
         );
         assert!(matches!(answer, ToGuest::Associated { .. }), "{answer:?}");
+        let ch = ch.expect("the association's packet channel");
+        let mut s = UnixStream::from(ch.try_clone().unwrap());
         // Echo: the reply comes from the dummy address the guest sent to.
         let dest = SocketAddrV4::new(echo, addr::ECHO_PORT);
         send(
@@ -561,7 +565,7 @@ fn udp_echo_and_guest_dns() {
                 payload: b"udp round trip".to_vec(),
             }),
         );
-        let udp_back = read_frame(&mut s);
+        let udp_back = Some(read_packet(&ch).0);
         // DNS through the guest DNS address, over UDP on the same association...
         let dns = SocketAddrV4::new(GUEST_DNS, 53);
         send(
@@ -571,7 +575,7 @@ fn udp_echo_and_guest_dns() {
                 payload: dns_query(0x1234, zone::V6ONLY),
             }),
         );
-        let dns_udp = read_frame(&mut s);
+        let dns_udp = Some(read_packet(&ch).0);
         // ...and over TCP.
         let (mut t, answer) = ask(&sock, &[connect_req(dns, false, false)]);
         assert!(matches!(answer, ToGuest::Connected { .. }), "{answer:?}");

@@ -15,8 +15,17 @@
 //! stand in until the first send; host-server's namespace is the one whose sysctl counts. A
 //! raw ICMP socket (`SOCK_RAW`, root's ping, busybox's) is the same association, its reads
 //! given the IPv4 header a raw reader expects (source the dummy, TTL the reply's hop limit).
-//! The association's stream keeps the program's SO_RCVTIMEO/SO_SNDTIMEO (ping times its waits
+//! The association's channel keeps the program's SO_RCVTIMEO/SO_SNDTIMEO (ping times its waits
 //! with them).
+//!
+//! Invariant: **each datagram reaches exactly one receiver, whole, and sends never
+//! interleave**, however many threads and processes share the program's fd. In process mode
+//! the association's channel is an `AF_UNIX` `SOCK_SEQPACKET` socket passed with the
+//! `Associated` answer: one frame is one packet, sent with one `send` and taken with one `recv`
+//! (whole or not at all, so a non-blocking EAGAIN never splits one). In a VM (vsock carries only
+//! streams) the association stays a stream of frames, and a thread reads or writes a frame only
+//! while it holds the fd's claim for that direction (`claim`), taken once a frame is there to
+//! read, never while waiting for one.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
@@ -25,12 +34,13 @@ use shared_proto::frame::{frame_len, HEADER_LEN};
 use shared_proto::outsource::{Datagram, IcmpRequest, UdpConnectRequest, UdpRequest};
 use shared_proto::{decode_exact, to_vec, Errno, ToGuest, ToHost};
 
+use crate::claim::{claim, Way};
 use crate::fd::{errno_isize, flags_of, replace_fd, set_errno, unexpected};
 use crate::real;
 use crate::sockaddr::{is_local, read_v4};
 use crate::sockopt::{copy_options, option_bit};
 use crate::table::{self, Entry, Kind};
-use crate::transport::{self, recv_datagram_frame, recv_frame, Stream};
+use crate::transport::{self, recv_datagram_frame, recv_packet, Stream};
 
 /// Opens the association for `fd` and installs it; returns the new entry.
 pub(crate) fn associate(fd: c_int, entry: Entry) -> Result<Entry, Errno> {
@@ -58,8 +68,9 @@ fn associate_to(fd: c_int, entry: Entry, dest: Option<SocketAddrV4>) -> Result<E
     };
     let stream = Stream::open()?;
     stream.send(&request)?;
-    let local = match stream.recv()? {
-        (ToGuest::Associated { local }, None) => local,
+    let (local, packets) = match stream.recv()? {
+        // A process's association: the packet channel comes with the answer.
+        (ToGuest::Associated { local }, packets) => (local, packets),
         (ToGuest::Failed(e), None) => return Err(e),
         (_, passed) => {
             if let Some(p) = passed {
@@ -69,15 +80,22 @@ fn associate_to(fd: c_int, entry: Entry, dest: Option<SocketAddrV4>) -> Result<E
             return Err(Errno::EPROTO);
         }
     };
-    transport::clear_answer_timeout(stream.fd());
-    // The program's receive and send timeouts hold on the stream too (ping times its waits
+    // The packet channel, else (a VM) the stream itself; the request's stream is done with.
+    let channel = match packets {
+        Some(p) => p,
+        None => {
+            transport::clear_answer_timeout(stream.fd());
+            stream.into_raw()
+        }
+    };
+    // The program's receive and send timeouts hold on the channel too (ping times its waits
     // with SO_RCVTIMEO).
     let timeouts = [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO]
         .iter()
         .filter_map(|&n| option_bit(libc::SOL_SOCKET, n))
         .fold(0, |a, b| a | b);
-    copy_options(fd, stream.fd(), timeouts);
-    replace_fd(stream.into_raw(), fd, &flags)?;
+    copy_options(fd, channel, timeouts);
+    replace_fd(channel, fd, &flags)?;
     let e = Entry {
         kind: Kind::Udp,
         local: Some(local),
@@ -110,8 +128,37 @@ pub(crate) fn bind_server(fd: c_int, e: Entry) -> c_int {
     }
 }
 
+/// Whether the association on `fd` is a packet channel (process mode), not a stream (a VM).
+fn is_packets(fd: c_int) -> bool {
+    let mut t: c_int = 0;
+    let mut len = std::mem::size_of::<c_int>() as socklen_t;
+    // SAFETY: getsockopt of an int into a valid int; libc's own, never our interposed one
+    // (which reports SOCK_DGRAM for an association, as the program expects).
+    let rc = unsafe {
+        real::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_TYPE,
+            std::ptr::from_mut(&mut t).cast(),
+            &mut len,
+        )
+    };
+    rc == 0 && t == libc::SOCK_SEQPACKET
+}
+
+/// Sends one frame on the association `fd`: on a packet channel one packet (atomic), on a
+/// stream under the fd's send claim.
+fn send_frame(fd: c_int, bytes: &[u8]) -> Result<(), Errno> {
+    if is_packets(fd) {
+        return write_frame(fd, bytes);
+    }
+    let _claim = claim(fd, Way::Send);
+    write_frame(fd, bytes)
+}
+
 /// Writes one whole frame, waiting for room even on a non-blocking fd: a half-written frame
-/// would corrupt the stream, and a datagram is small.
+/// would corrupt the stream, and a datagram is small. On a packet channel the one send takes
+/// the whole frame or nothing.
 fn write_frame(fd: c_int, bytes: &[u8]) -> Result<(), Errno> {
     let mut off = 0;
     while off < bytes.len() {
@@ -175,7 +222,7 @@ pub(crate) fn send_on(fd: c_int, e: Entry, data: &[u8], to: Option<SocketAddrV4>
     })) else {
         return errno_isize(Errno::EMSGSIZE);
     };
-    match write_frame(fd, &frame) {
+    match send_frame(fd, &frame) {
         Ok(()) => isize::try_from(data.len()).unwrap_or(isize::MAX),
         Err(e) => errno_isize(e),
     }
@@ -260,17 +307,22 @@ fn recv_message(
     } else {
         0
     };
+    let packets = is_packets(fd);
     loop {
         if flags & libc::MSG_PEEK != 0 {
-            let (d, ttl) = peek_datagram(fd, rflags)?;
+            let (d, ttl) = if packets {
+                datagram_of(recv_packet(fd, rflags | libc::MSG_PEEK)?)?
+            } else {
+                peek_datagram(fd, rflags)?
+            };
             if e.peer.is_some_and(|p| p != d.addr) {
                 // Not for a connected socket: consume it, as the kernel never queues it.
-                let _ = recv_frame(fd, rflags)?;
+                let _ = take_frame(fd, rflags, packets)?;
                 continue;
             }
             return Ok((d.payload, d.addr, ttl));
         }
-        let (d, ttl) = match recv_datagram_frame(fd, rflags)? {
+        let (d, ttl) = match take_frame(fd, rflags, packets)? {
             (ToGuest::Datagram(d), None) => (d, None),
             (ToGuest::EchoReply { datagram, ttl }, None) => (datagram, Some(ttl)),
             (ToGuest::Failed(err), None) => return Err(err),
@@ -287,6 +339,55 @@ fn recv_message(
             continue;
         }
         return Ok((d.payload, d.addr, ttl));
+    }
+}
+
+/// Takes the next frame off the association `fd`: one packet, or on a stream one whole frame
+/// read under the fd's receive claim. `rflags` holds `MSG_DONTWAIT` for a non-blocking receive.
+fn take_frame(fd: c_int, rflags: c_int, packets: bool) -> Result<(ToGuest, Option<c_int>), Errno> {
+    if packets {
+        return recv_packet(fd, rflags).map(|m| (m, None));
+    }
+    loop {
+        {
+            // Claimed only while a frame is there to read: a thread waiting for one holds
+            // nothing.
+            let _claim = claim(fd, Way::Recv);
+            match recv_datagram_frame(fd, libc::MSG_DONTWAIT) {
+                Err(Errno::EAGAIN) => {}
+                r => return r,
+            }
+        }
+        if rflags & libc::MSG_DONTWAIT != 0 {
+            return Err(Errno::EAGAIN);
+        }
+        // Wait, unclaimed, until something is there (the program's SO_RCVTIMEO and signals
+        // behave as on a native receive); another thread may take it first, then wait again.
+        let mut byte = 0u8;
+        // SAFETY: one byte of room in `byte`.
+        let n = unsafe {
+            real::recvfrom(
+                fd,
+                std::ptr::from_mut(&mut byte).cast(),
+                1,
+                libc::MSG_PEEK,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            return Err(transport::last_errno());
+        }
+    }
+}
+
+/// The datagram in a frame peeked off a packet channel (an ICMP reply with its TTL).
+fn datagram_of(m: ToGuest) -> Result<(Datagram, Option<u8>), Errno> {
+    match m {
+        ToGuest::Datagram(d) => Ok((d, None)),
+        ToGuest::EchoReply { datagram, ttl } => Ok((datagram, Some(ttl))),
+        ToGuest::Failed(err) => Err(err),
+        _ => Err(Errno::EPROTO),
     }
 }
 
@@ -345,7 +446,17 @@ pub(crate) fn sending_entry(fd: c_int, to: Option<SocketAddrV4>) -> Option<Resul
     match e.kind {
         Kind::Udp => Some(Ok(e)),
         Kind::InetDgram if !e.local_only && to.is_some_and(|a| !is_local(a)) => {
-            Some(associate_to(fd, e, to))
+            // Threads racing to the first send on one socket: one of them makes the
+            // association while the others wait, then find it. Two associations made at once
+            // would each replace the fd, and the replies to the first one's datagrams would
+            // arrive on a channel nobody reads any more.
+            let _first = claim(fd, Way::Send);
+            let e = table::get(fd);
+            match e.kind {
+                Kind::InetDgram => Some(associate_to(fd, e, to)),
+                Kind::Udp => Some(Ok(e)),
+                _ => None,
+            }
         }
         _ => None,
     }

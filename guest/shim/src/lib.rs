@@ -28,12 +28,13 @@
 //!   (close_range, closefrom).
 //! - The work of one outsourcing call: `connect` (TCP), `listen` and `vmlisten` (listeners in
 //!   process mode and in a VM), `dgram` (UDP associations and passed UDP sockets).
-//! - Plain helpers: `fd` (errno, installing descriptors), `sockopt` (options carried over),
+//! - Plain helpers: `claim` (one frame at a time on a shared stream), `fd` (errno, installing
+//!   descriptors), `sockopt` (options carried over),
 //!   `transport` (the stream to host-server), `table` (per-fd state), `sockaddr`, `dns` (DNS
 //!   messages), `real` (libc's own functions).
 //!
-//! Almost all of it is FFI, so `unsafe` is allowed module by module: only `table` and `dns`
-//! are safe code.
+//! Almost all of it is FFI, so `unsafe` is allowed module by module: only `table`, `claim`
+//! and `dns` are safe code.
 
 #![deny(unsafe_code)]
 
@@ -58,6 +59,7 @@ mod listen;
 mod vmlisten;
 
 // Plain helpers.
+mod claim;
 pub mod dns;
 #[allow(unsafe_code)]
 mod fd;

@@ -20,7 +20,7 @@ use shared_proto::{ToGuest, ToHost};
 
 use crate::dns::{self, Answer};
 use crate::real;
-use crate::transport::{recv_frame, Stream};
+use crate::transport::{recv_frame, recv_packet, Stream};
 
 /// The guest DNS address when `OUTSOCK_DNS` is not set: the first address of dns-cache's
 /// default destination pool, which host-server answers with dns-cache.
@@ -75,10 +75,12 @@ pub fn exchange(id: u16, query: &[u8]) -> Option<Vec<u8>> {
     let stream = Stream::open().ok()?;
     let bind = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0);
     stream.send(&ToHost::Udp(UdpRequest { bind })).ok()?;
-    match stream.recv() {
-        Ok((ToGuest::Associated { .. }, None)) => {}
+    // A process's association is a packet channel passed with the answer (one frame each).
+    let (stream, packets) = match stream.recv() {
+        Ok((ToGuest::Associated { .. }, None)) => (stream, false),
+        Ok((ToGuest::Associated { .. }, Some(p))) => (Stream::from_raw(p), true),
         _ => return None,
-    }
+    };
     let server = dns_server();
     for _ in 0..TRIES {
         let dg = ToHost::Datagram(Datagram {
@@ -95,7 +97,12 @@ pub fn exchange(id: u16, query: &[u8]) -> Option<Vec<u8>> {
         if unsafe { libc::poll(&mut pfd, 1, WAIT_MS) } <= 0 {
             continue;
         }
-        match recv_frame(stream.fd(), 0) {
+        let got = if packets {
+            recv_packet(stream.fd(), 0).map(|m| (m, None))
+        } else {
+            recv_frame(stream.fd(), 0)
+        };
+        match got {
             Ok((ToGuest::Datagram(d), None)) if d.addr == server => {
                 if dns::rcode(id, &d.payload).is_some() {
                     return Some(d.payload);

@@ -202,6 +202,12 @@ impl Stream {
         self.0
     }
 
+    /// Takes ownership of `fd` (a packet channel passed by host-server).
+    #[must_use]
+    pub fn from_raw(fd: c_int) -> Self {
+        Self(fd)
+    }
+
     /// Gives up ownership of the fd (it becomes the program's).
     #[must_use]
     pub fn into_raw(self) -> c_int {
@@ -367,6 +373,37 @@ fn recv_frame_with(
         }
         first = false;
     }
+}
+
+/// Room for one packet from host-server: a datagram of the IPv6 maximum with its frame. A larger
+/// packet would be truncated by the kernel and fails to decode (EPROTO), never split.
+const MAX_PACKET: usize = 65_535 + 1024;
+
+/// Receives one packet from a packet channel and decodes its frame. A signal before it came
+/// is EINTR, as natively; the end of the channel (host-server closed it) is EPROTO.
+pub fn recv_packet(fd: c_int, rflags: c_int) -> Result<ToGuest, Errno> {
+    let mut buf = vec![0u8; MAX_PACKET];
+    // SAFETY: `buf` is valid for its length.
+    let n = unsafe {
+        real::recvfrom(
+            fd,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            rflags | libc::MSG_TRUNC,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        )
+    };
+    let n = usize::try_from(n).map_err(|_| last_errno())?;
+    decode_packet(&buf, n)
+}
+
+/// The frame in a packet of `n` bytes (its real length, from `MSG_TRUNC`) read into `buf`.
+pub fn decode_packet(buf: &[u8], n: usize) -> Result<ToGuest, Errno> {
+    if n == 0 || n > buf.len() {
+        return Err(Errno::EPROTO);
+    }
+    decode_exact::<ToGuest>(&buf[..n]).map_err(|_| Errno::EPROTO)
 }
 
 fn close_passed(passed: Option<c_int>, e: Errno) -> Errno {

@@ -1,7 +1,10 @@
 //! Outsourced UDP. The first time a program sends from (or connects) an AF_INET datagram
 //! socket to a non-loopback address, the shim opens a UDP association with host-server and
-//! puts the association's stream on the program's fd. From then on each datagram is one
-//! `Datagram` frame with its IPv4 address; `poll`/`epoll` readiness is the stream's own.
+//! puts the association's channel on the program's fd (in process mode a `SOCK_SEQPACKET`
+//! socket, one datagram per packet; in a VM the stream). From then on each datagram is one
+//! `Datagram` frame with its IPv4 address; `poll`/`epoll` readiness is the channel's own. Any
+//! number of threads and processes may receive and send on it at once: each datagram reaches
+//! exactly one receiver, whole (`dgram` states the invariant).
 //!
 //! In process mode a `connect` to a non-loopback address instead asks host-server for a host
 //! UDP socket connected to the peer's IPv6 address and puts that on the program's fd

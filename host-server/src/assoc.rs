@@ -1,0 +1,190 @@
+//! The channel between an association (UDP, `udp::associate`; ICMP echo, `icmp::associate`) and
+//! its guest: one `Datagram` (or `EchoReply`) frame per datagram, either way.
+//!
+//! To a process the `Associated` answer carries, attached (SCM_RIGHTS), one end of a fresh
+//! `AF_UNIX` `SOCK_SEQPACKET` pair, which the shim makes the program's fd; the request's stream
+//! then closes. Invariant: **one datagram is one packet** — each frame is sent with one `send`
+//! and received with one `recv`, whole or not at all. So any number of threads and processes
+//! (after fork) may receive and send on the program's fd at once, blocking or not: each datagram
+//! reaches exactly one reader, whole, with its own source address, and sends never interleave.
+//! The association ends when every copy of the guest's end is closed (end of file here).
+//!
+//! A VM's association stays on its request stream (vsock through the VMM carries only streams):
+//! frames follow each other on it, and the shim keeps each frame whole by letting one thread at
+//! a time read or write a frame (`guest/shim/src/dgram.rs`).
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd};
+
+use nix::sys::socket::{recv, send, MsgFlags};
+use shared_proto::frame::{self, HEADER_LEN, MAX_BODY};
+use shared_proto::{decode_exact, ProtoError, ToGuest, ToHost};
+use socket2::{Domain, Socket, Type};
+use tokio::io::{AsyncReadExt, Interest};
+use tokio::net::UnixStream;
+
+use crate::context::Shared;
+use crate::framed::{write_frame, FrameError, FrameReader};
+use crate::handover::send_answer_with_fd;
+
+/// The largest packet the guest may send: a whole frame of the largest body.
+const MAX_PACKET: usize = HEADER_LEN + MAX_BODY;
+
+/// An association's channel to its guest (see the module docs).
+#[derive(Debug)]
+pub(crate) enum Channel {
+    /// A VM's request stream, with the bytes read after the request.
+    Stream {
+        stream: UnixStream,
+        reader: FrameReader,
+        pre: io::Cursor<Vec<u8>>,
+    },
+    /// The host's end of a process's packet channel, registered with tokio through `UnixStream`
+    /// and used only through `async_io` with whole-packet `send`/`recv`.
+    Packets { sock: UnixStream, buf: Vec<u8> },
+}
+
+/// A `SOCK_SEQPACKET` pair: (host's end, non-blocking and registered with tokio; guest's end).
+fn packet_channel() -> io::Result<(UnixStream, Socket)> {
+    let (ours, theirs) = Socket::pair(Domain::UNIX, Type::SEQPACKET.cloexec(), None)?;
+    ours.set_nonblocking(true)?;
+    let ours = UnixStream::from_std(std::os::unix::net::UnixStream::from(ours))?;
+    Ok((ours, theirs))
+}
+
+impl Channel {
+    /// Answers the association's request with `answer` (`Associated`) and returns the channel:
+    /// a packet channel passed with the answer when `packets` (a process), else the stream.
+    /// `None` when the guest is gone (or the channel could not be made; the guest is told).
+    pub(crate) async fn open(
+        mut stream: UnixStream,
+        leftover: Vec<u8>,
+        answer: &ToGuest,
+        packets: bool,
+        shared: &Shared,
+    ) -> Option<Self> {
+        if !packets {
+            write_frame(&mut stream, answer).await.ok()?;
+            return Some(Self::Stream {
+                stream,
+                reader: FrameReader::new(),
+                pre: io::Cursor::new(leftover),
+            });
+        }
+        if !leftover.is_empty() {
+            // The shim waits for the answer before its first datagram: nothing may follow.
+            crate::context::refuse(&mut stream, shared_proto::Errno::EPROTO).await;
+            return None;
+        }
+        let (ours, theirs) = match packet_channel() {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot open an association's packet channel");
+                crate::context::refuse(&mut stream, shared_proto::Errno::ENOBUFS).await;
+                return None;
+            }
+        };
+        send_answer_with_fd(&stream, answer, theirs.as_fd(), shared).await;
+        Some(Self::Packets {
+            sock: ours,
+            buf: vec![0; MAX_PACKET],
+        })
+    }
+
+    /// The guest's next frame. Cancel-safe: a stream's bytes stay buffered, and a packet is
+    /// taken whole or not at all.
+    ///
+    /// # Errors
+    /// [`FrameError::Closed`] when the guest closed its end; any other error means the channel
+    /// is broken or the guest sent garbage.
+    pub(crate) async fn read(&mut self) -> Result<ToHost, FrameError> {
+        match self {
+            Self::Stream {
+                stream,
+                reader,
+                pre,
+            } => {
+                if usize::try_from(pre.position()).unwrap_or(usize::MAX) >= pre.get_ref().len() {
+                    reader.read::<ToHost, _>(stream).await
+                } else {
+                    let mut chained = pre.chain(stream);
+                    reader.read::<ToHost, _>(&mut chained).await
+                }
+            }
+            Self::Packets { sock, buf } => {
+                let n = sock
+                    .async_io(Interest::READABLE, || {
+                        recv(sock.as_raw_fd(), buf, MsgFlags::MSG_TRUNC).map_err(io::Error::from)
+                    })
+                    .await?;
+                decode_packet(&buf[..], n)
+            }
+        }
+    }
+
+    /// Sends one frame to the guest: on a packet channel, one packet.
+    ///
+    /// # Errors
+    /// When the frame cannot be encoded or sent (the guest is gone).
+    pub(crate) async fn write(&mut self, msg: &ToGuest) -> io::Result<()> {
+        match self {
+            Self::Stream { stream, .. } => write_frame(stream, msg).await,
+            Self::Packets { sock, .. } => {
+                let bytes = frame::to_vec(msg).map_err(io::Error::other)?;
+                let n = sock
+                    .async_io(Interest::WRITABLE, || {
+                        send(sock.as_raw_fd(), &bytes, MsgFlags::MSG_NOSIGNAL)
+                            .map_err(io::Error::from)
+                    })
+                    .await?;
+                if n == bytes.len() {
+                    Ok(())
+                } else {
+                    Err(io::Error::from(io::ErrorKind::WriteZero))
+                }
+            }
+        }
+    }
+}
+
+/// The frame in a packet of `n` bytes (its real length: `recv` with `MSG_TRUNC`) read into
+/// `buf`: 0 bytes is the guest's end closing, a packet longer than `buf` or not exactly one
+/// frame is garbage.
+fn decode_packet(buf: &[u8], n: usize) -> Result<ToHost, FrameError> {
+    if n == 0 {
+        return Err(FrameError::Closed);
+    }
+    if n > buf.len() {
+        return Err(FrameError::Proto(ProtoError::TooLarge { len: n }));
+    }
+    Ok(decode_exact::<ToHost>(&buf[..n])?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared_proto::outsource::Datagram;
+
+    #[test]
+    fn a_packet_is_exactly_one_frame() {
+        let d = ToHost::Datagram(Datagram {
+            addr: "10.170.160.5:53".parse().unwrap(),
+            payload: b"query".to_vec(),
+        });
+        let bytes = shared_proto::to_vec(&d).unwrap();
+        let mut buf = vec![0u8; 64];
+        buf[..bytes.len()].copy_from_slice(&bytes);
+        assert_eq!(decode_packet(&buf, bytes.len()).unwrap(), d);
+        assert!(matches!(decode_packet(&buf, 0), Err(FrameError::Closed)));
+        // A packet cut short, or with anything after its frame, is garbage.
+        assert!(matches!(
+            decode_packet(&buf, bytes.len() - 1),
+            Err(FrameError::Proto(_))
+        ));
+        assert!(matches!(
+            decode_packet(&buf, bytes.len() + 1),
+            Err(FrameError::Proto(_))
+        ));
+        assert!(matches!(decode_packet(&buf, 65), Err(FrameError::Proto(_))));
+    }
+}

@@ -959,7 +959,9 @@ mod tests {
     async fn a_bad_frame_closes_the_connection_and_gives_pins_back() {
         let service = service();
         let (mut client, task, dummy) = pinned(&service).await;
-        client.write_all(b"XXXXXXXXXXXX").await.unwrap();
+        // A header whose magic is not "OS": the stream is out of sync and must be closed.
+        let not_a_frame = [b'X'; shared_proto::frame::HEADER_LEN + 4];
+        client.write_all(&not_a_frame).await.unwrap();
         tokio::time::timeout(LIMIT, task).await.unwrap().unwrap();
         assert_eq!(pins(&service, dummy), Some(0));
         assert!(response(&mut client, &mut Vec::new()).await.is_none());

@@ -3,6 +3,8 @@
 
 #![forbid(unsafe_code)]
 
+use std::time::{Duration, Instant};
+
 use testworld::stack::Stack;
 
 /// A test world with outsock's daemons and `config` added to host-server's settings, or `None`
@@ -26,4 +28,30 @@ pub fn stack(label: &str, config: &str) -> Option<Stack> {
 #[must_use]
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
+}
+
+/// Waits until host-server has a UDP socket on `port` in `host` (seen with `ss`).
+///
+/// # Panics
+/// When none appears within 15 s.
+pub fn wait_udp_bound(s: &Stack, port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let out = s
+            .world
+            .host()
+            .command("ss")
+            .args(["-Hlun", &format!("sport = :{port}")])
+            .output()
+            .expect("ss runs in the host namespace");
+        if text(&out.stdout).contains(&format!(":{port}")) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no UDP socket on port {port} after 15 s\n{}",
+            s.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

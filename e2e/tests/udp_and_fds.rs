@@ -15,37 +15,14 @@ use std::io::Write;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use outsock_e2e::{stack, text};
+use outsock_e2e::{stack, text, wait_udp_bound};
 use testworld::stack::Stack;
 use testworld::{addr, zone};
 
 /// A UDP server port in `allowed_ports`, and a short idle timeout to outlive.
 const CONFIG: &str = "udp_idle_timeout_secs = 1\n[listen]\nallowed_ports = [5353, 5354]\n";
-
-/// Waits until host-server has a UDP socket on `port` in `host` (seen with `ss`).
-fn wait_udp_bound(s: &Stack, port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let out = s
-            .world
-            .host()
-            .command("ss")
-            .args(["-Hlun", &format!("sport = :{port}")])
-            .output()
-            .unwrap();
-        if text(&out.stdout).contains(&format!(":{port}")) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no UDP socket on port {port} after 15 s\n{}",
-            s.logs()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// From [`addr::CLIENT`] in `world`: after waiting `wait`, sends each of `datagrams` to the
 /// host's UDP `port` from one socket and collects each reply with its source.

@@ -20,8 +20,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use outsock_e2e::{stack, text};
-use testworld::stack::Stack;
+use outsock_e2e::{stack, text, wait_udp_bound};
 use testworld::{addr, zone};
 
 const PORT: u16 = 5355;
@@ -55,29 +54,6 @@ print('bound', flush=True)
 done.wait()
 print('counts', ' '.join(map(str, counts)), flush=True)
 ";
-
-/// Waits until host-server has a UDP socket on `port` in `host` (seen with `ss`).
-fn wait_udp_bound(s: &Stack, port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let out = s
-            .world
-            .host()
-            .command("ss")
-            .args(["-Hlun", &format!("sport = :{port}")])
-            .output()
-            .unwrap();
-        if text(&out.stdout).contains(&format!(":{port}")) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no UDP socket on port {port} after 15 s\n{}",
-            s.logs()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// What went wrong on one client socket, if anything.
 type ClientResult = Result<usize, String>;

@@ -18,7 +18,8 @@ use std::os::fd::{AsFd, AsRawFd};
 
 use nix::sys::socket::{recv, send, MsgFlags};
 use shared_proto::frame::{self, HEADER_LEN, MAX_BODY};
-use shared_proto::{decode_exact, ProtoError, ToGuest, ToHost};
+use shared_proto::outsource::Datagram;
+use shared_proto::{decode_exact, Errno, ProtoError, ToGuest, ToHost};
 use socket2::{Domain, Socket, Type};
 use tokio::io::{AsyncReadExt, Interest};
 use tokio::net::UnixStream;
@@ -26,6 +27,7 @@ use tokio::net::UnixStream;
 use crate::context::Shared;
 use crate::framed::{write_frame, FrameError, FrameReader};
 use crate::handover::send_answer_with_fd;
+use crate::identity::late_frame_error;
 
 /// The largest packet the guest may send: a whole frame of the largest body.
 const MAX_PACKET: usize = HEADER_LEN + MAX_BODY;
@@ -120,6 +122,19 @@ impl Channel {
                 decode_packet(&buf[..], n)
             }
         }
+    }
+
+    /// The guest's next datagram. Anything else ends the association: a frame that does not
+    /// belong there (or a malformed one) is answered with its errno first; `None` either way.
+    pub(crate) async fn next_datagram(&mut self) -> Option<Datagram> {
+        let errno = match self.read().await {
+            Ok(ToHost::Datagram(d)) => return Some(d),
+            Ok(other) => late_frame_error(&other).map_or(Errno::EPROTO, |e| e.errno()),
+            Err(FrameError::Proto(_)) => Errno::EPROTO,
+            Err(_) => return None,
+        };
+        let _ = self.write(&ToGuest::Failed(errno)).await;
+        None
     }
 
     /// Sends one frame to the guest: on a packet channel, one packet.

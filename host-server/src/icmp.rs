@@ -32,15 +32,14 @@ use nix::sys::socket::{
 };
 use tokio::io::Interest;
 
-use shared_proto::outsource::{Datagram, IcmpRequest, ToHost};
+use shared_proto::outsource::{Datagram, IcmpRequest};
 use shared_proto::{Errno, ToGuest};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio::net::UdpSocket;
 
 use crate::assoc::Channel;
 use crate::context::{admit, Request, Shared, Use};
-use crate::framed::FrameError;
-use crate::identity::{late_frame_error, Identity};
+use crate::identity::Identity;
 use crate::metrics::Event;
 use crate::ratelimit::LogLimit;
 use crate::udp::udp_target;
@@ -209,20 +208,8 @@ pub(crate) async fn associate(req: Request, i: &IcmpRequest, shared: &Shared) {
     loop {
         let deadline = tokio::time::Instant::now() + idle;
         tokio::select! {
-            f = channel.read() => {
-                let d = match f {
-                    Ok(ToHost::Datagram(d)) => d,
-                    Ok(other) => {
-                        let errno = late_frame_error(&other).map_or(Errno::EPROTO, |e| e.errno());
-                        let _ = channel.write(&ToGuest::Failed(errno)).await;
-                        break;
-                    }
-                    Err(FrameError::Proto(_)) => {
-                        let _ = channel.write(&ToGuest::Failed(Errno::EPROTO)).await;
-                        break;
-                    }
-                    Err(_) => break,
-                };
+            f = channel.next_datagram() => {
+                let Some(d) = f else { break };
                 // The association is its destination's (the shim opens another for another).
                 if d.addr.ip() != i.dest.ip() {
                     continue;

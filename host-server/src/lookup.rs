@@ -510,7 +510,9 @@ pub(crate) mod tests {
             let (mut s, _) = listener.accept().await.unwrap();
             let mut b = [0u8; 64];
             let _ = s.read(&mut b).await;
-            s.write_all(b"XXXXXXXXXXXX").await.unwrap();
+            // A header whose magic is not "OS".
+            let not_a_frame = [b'X'; shared_proto::frame::HEADER_LEN + 4];
+            s.write_all(&not_a_frame).await.unwrap();
             tokio::time::sleep(Duration::from_secs(5)).await;
         });
         let c = LookupClient::spawn(path);

@@ -46,7 +46,7 @@ use nix::sys::socket::{
 };
 use tokio::io::Interest;
 
-use shared_proto::outsource::{Datagram, ToHost, UdpConnectRequest, UdpRequest};
+use shared_proto::outsource::{Datagram, UdpConnectRequest, UdpRequest};
 use shared_proto::{Errno, ToGuest};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio::net::UdpSocket;
@@ -54,9 +54,8 @@ use tokio::net::UdpSocket;
 use crate::assoc::Channel;
 use crate::context::{admit, LocalTable, PortHolders, Request, Shared, Use};
 use crate::dest::Route;
-use crate::framed::FrameError;
 use crate::handover::send_answer_with_fd;
-use crate::identity::{late_frame_error, Identity};
+use crate::identity::Identity;
 use crate::metrics::Event;
 
 /// Largest datagram read from the host socket (the IPv6 maximum without jumbograms).
@@ -379,20 +378,8 @@ pub(crate) async fn associate(req: Request, u: &UdpRequest, shared: &Shared) {
     loop {
         let deadline = idle.map(|d| tokio::time::Instant::now() + d);
         tokio::select! {
-            f = channel.read() => {
-                let d = match f {
-                    Ok(ToHost::Datagram(d)) => d,
-                    Ok(other) => {
-                        let errno = late_frame_error(&other).map_or(Errno::EPROTO, |e| e.errno());
-                        let _ = channel.write(&ToGuest::Failed(errno)).await;
-                        break;
-                    }
-                    Err(FrameError::Proto(_)) => {
-                        let _ = channel.write(&ToGuest::Failed(Errno::EPROTO)).await;
-                        break;
-                    }
-                    Err(_) => break,
-                };
+            f = channel.next_datagram() => {
+                let Some(d) = f else { break };
                 shared.metrics.record(Event::UdpOut);
                 let sent = send_out(&sockets, d, &mut peers, &locals, &identity, shared).await;
                 if let Some(reply) = sent {

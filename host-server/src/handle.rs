@@ -230,6 +230,14 @@ impl ServerHandle {
 pub fn run(settings: Settings) -> Result<(), ServerError> {
     let sys = actix_rt::System::new();
     sys.block_on(async move {
+        // Before host.sock exists: a stop asked for as soon as it appears is not lost (nor does
+        // SIGTERM's default action kill the process mid-start).
+        let mut term =
+            actix_rt::signal::unix::signal(actix_rt::signal::unix::SignalKind::terminate())
+                .map_err(ServerError::System)?;
+        let mut int =
+            actix_rt::signal::unix::signal(actix_rt::signal::unix::SignalKind::interrupt())
+                .map_err(ServerError::System)?;
         let server = start(settings).await?;
         match outsock_notify::notify("READY=1") {
             Ok(true) => tracing::info!("told systemd we are ready"),
@@ -248,12 +256,9 @@ pub fn run(settings: Settings) -> Result<(), ServerError> {
                 }
             });
         }
-        let mut term =
-            actix_rt::signal::unix::signal(actix_rt::signal::unix::SignalKind::terminate())
-                .map_err(ServerError::System)?;
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM: draining"),
-            _ = actix_rt::signal::ctrl_c() => tracing::info!("SIGINT: draining"),
+            _ = int.recv() => tracing::info!("SIGINT: draining"),
         }
         let _ = outsock_notify::notify("STOPPING=1");
         server.shutdown().await;

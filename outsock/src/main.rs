@@ -2,6 +2,8 @@
 //!
 //! - `outsock run [--socket PATH] [--dns ADDR] -- CMD ARGS…` runs an unmodified IPv4-only program
 //!   with liboutsock preloaded (process mode), so its AF_INET sockets go through host-server.
+//!   With `--supervise` it also runs under outsock-supervisor (seccomp user notification), so
+//!   static binaries, Go programs and raw system calls are outsourced too.
 //! - `outsock mappings [--json] [--direction …] [--name …] [--address …]` prints dns-cache's
 //!   mapping table, asked over `dns.sock`.
 //! - `outsock health [--dns-socket …] [--host-socket …]` checks that the daemons answer.
@@ -10,7 +12,7 @@
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, UNIX_EPOCH};
@@ -44,6 +46,11 @@ enum Cmd {
         /// liboutsock.so to preload (default: next to this executable).
         #[arg(long, env = "OUTSOCK_SHIM")]
         shim: Option<PathBuf>,
+        /// Also run the program under the seccomp supervisor, which outsources the system
+        /// calls of static binaries, Go programs and raw-syscall tools (Linux >= 5.14; falls
+        /// back to the preload alone, saying so, where unavailable).
+        #[arg(long)]
+        supervise: bool,
         /// The program and its arguments.
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
@@ -94,8 +101,9 @@ fn main() -> Result<()> {
             socket,
             dns,
             shim,
+            supervise,
             command,
-        } => run(&socket, dns.as_deref(), shim, &command),
+        } => run(&socket, dns.as_deref(), shim, supervise, &command),
         Cmd::Mappings {
             socket,
             direction,
@@ -114,6 +122,7 @@ fn run(
     socket: &PathBuf,
     dns: Option<&str>,
     shim: Option<PathBuf>,
+    supervise: bool,
     command: &[String],
 ) -> Result<()> {
     let shim = match shim {
@@ -136,6 +145,31 @@ fn run(
         .env("OUTSOCK_SOCKET", socket);
     if let Some(dns) = dns {
         cmd.env("OUTSOCK_DNS", dns);
+    }
+    if supervise {
+        let guest_dns = match dns {
+            Some(d) => d
+                .parse()
+                .with_context(|| format!("--dns {d}: not an IPv4 address and port"))?,
+            None => outsock_supervisor::DEFAULT_GUEST_DNS,
+        };
+        let opts = outsock_supervisor::Options {
+            host_socket: socket.clone(),
+            guest_dns,
+            resolv_conf: PathBuf::from("/etc/resolv.conf"),
+        };
+        match outsock_supervisor::run(&mut cmd, &opts) {
+            Ok(status) => std::process::exit(
+                status
+                    .code()
+                    .or_else(|| status.signal().map(|s| 128 + s))
+                    .unwrap_or(1),
+            ),
+            Err(outsock_supervisor::RunError::Unavailable) => eprintln!(
+                "outsock: seccomp user notification is unavailable; running with the preload only"
+            ),
+            Err(e) => return Err(e).with_context(|| format!("running {}", command[0])),
+        }
     }
     let err = cmd.exec();
     Err(err).with_context(|| format!("running {}", command[0]))

@@ -7,6 +7,8 @@
 //! - [`outsource`]: one outsourced socket per stream — the VMM's hello, TCP connect, TCP listen
 //!   with inbound connections, UDP associations with per-datagram addresses, errno failures.
 //! - [`lookup`]: host-server ↔ dns-cache look-ups on `dns.sock`.
+//! - [`translate`]: the translation's semantics shared by liboutsock and outsock-supervisor
+//!   (what is outsourced, `sockaddr_in` bytes, what a connect answer means).
 //! - [`hybrid`]: the `CONNECT <port>` / `OK <port>` handshake of hybrid vsock on a VM's socket.
 //!
 //! The crate does no I/O and has no unsafe code: transports (Unix sockets, vsock, SCM_RIGHTS)
@@ -30,6 +32,7 @@ pub mod hybrid;
 pub mod lookup;
 pub mod outsource;
 pub mod reader;
+pub mod translate;
 
 pub use errno::Errno;
 pub use error::ProtoError;

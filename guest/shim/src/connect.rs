@@ -6,8 +6,8 @@
 use std::net::SocketAddrV4;
 
 use libc::c_int;
-use shared_proto::outsource::ConnectRequest;
-use shared_proto::{Errno, ToGuest, ToHost};
+use shared_proto::translate::{connect_answer, connect_request, Connected};
+use shared_proto::Errno;
 
 use crate::fd::{flags_of, replace_fd, set_errno, unexpected};
 use crate::real;
@@ -29,22 +29,17 @@ pub(crate) fn outsource_connect(fd: c_int, entry: Entry, dest: SocketAddrV4) -> 
     // connect waits for it here, on the program's own socket: the handshake overlaps the
     // hand-over, and its end wakes the program directly instead of host-server first.
     let pass_fd = transport::vsock_port().is_none();
-    let req = ToHost::Connect(ConnectRequest {
-        dest,
-        pass_fd,
-        nonblocking: nonblocking || pass_fd,
-    });
-    let answer = stream.send(&req).and_then(|()| stream.recv());
-    match answer {
-        Ok((
-            ToGuest::Connected {
-                local,
-                peer,
-                in_progress,
-                ..
-            },
-            passed,
-        )) => {
+    let req = connect_request(dest, pass_fd, nonblocking || pass_fd);
+    let (msg, passed) = match stream.send(&req).and_then(|()| stream.recv()) {
+        Ok(answer) => answer,
+        Err(e) => return set_errno(e),
+    };
+    match connect_answer(&msg) {
+        Ok(Connected {
+            local,
+            peer,
+            in_progress,
+        }) => {
             // With a passed fd the program's fd becomes the host's IPv6 socket. Without one
             // (the guest DNS address, served by dns-cache) host-server relays: the stream itself
             // becomes the program's socket and carries the connection's bytes.
@@ -76,7 +71,7 @@ pub(crate) fn outsource_connect(fd: c_int, entry: Entry, dest: SocketAddrV4) -> 
                 (true, false) => finish_blocking_connect(fd),
             }
         }
-        other => unexpected(&other),
+        Err(_) => unexpected(&Ok((msg, passed))),
     }
 }
 

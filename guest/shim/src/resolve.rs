@@ -24,7 +24,7 @@ use crate::transport::{recv_frame, recv_packet, Stream};
 
 /// The guest DNS address when `OUTSOCK_DNS` is not set: the first address of dns-cache's
 /// default destination pool, which host-server answers with dns-cache.
-pub const DEFAULT_DNS: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 170, 160, 1), 53);
+pub const DEFAULT_DNS: SocketAddrV4 = shared_proto::translate::DEFAULT_GUEST_DNS;
 
 const TRIES: usize = 2;
 const WAIT_MS: c_int = 2500;

@@ -1,0 +1,297 @@
+//! `outsock run --supervise` end to end: programs that liboutsock cannot see into — Debian's
+//! busybox-static (static glibc, its own resolver) and a Go client built with CGO_ENABLED=0
+//! (raw system calls, Go's own resolver) — run unmodified in the test world's `legacy`
+//! namespace (nothing but `lo`, so a call that is not outsourced fails instead of leaking) and
+//! reach IPv6-only services by name through outsock-supervisor, host-server and dns-cache.
+//! Their resolvers ask the machine's /etc/resolv.conf nameserver, which the supervisor
+//! redirects to the guest DNS. A dynamic program still works with the preload under the
+//! supervisor, and a loopback connect stays on the program's own `lo`.
+
+// Test code throughout; helpers outside #[test] functions unwrap too.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddrV4, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use outsock_e2e::{stack, text};
+use testworld::stack::{artefact, Stack};
+use testworld::{zone, INDEX_BODY};
+
+/// Where scripts/install-deps leaves the busybox-static package (it conflicts with the
+/// installed busybox, so it is unpacked, never installed).
+const BUSYBOX_STATIC_DEB: &str = "/var/cache/outsock/busybox-static.deb";
+
+/// Fails where a missing prerequisite must not be skipped (CI), else says why and skips.
+fn skip(test: &str, why: &str) {
+    let required = std::env::var("OUTSOCK_E2E_REQUIRED").as_deref() == Ok("1")
+        || std::env::var("CI").as_deref() == Ok("true");
+    assert!(
+        !required,
+        "{test}: {why}, and CI / OUTSOCK_E2E_REQUIRED=1 forbid skipping"
+    );
+    println!("SKIP {test}: {why}");
+}
+
+/// Whether this kernel can supervise (seccomp user notification).
+fn can_supervise(test: &str) -> bool {
+    if outsock_supervisor::available() {
+        return true;
+    }
+    skip(test, "this kernel has no seccomp user notification");
+    false
+}
+
+/// Runs `program args…` in `legacy` through `outsock run --supervise`, bounded to 60 s.
+fn supervised(s: &Stack, program: &Path, args: &[&str]) -> Output {
+    let mut cmd = s.world.legacy().command("timeout");
+    cmd.arg("60")
+        .arg(artefact("outsock").unwrap())
+        .arg("run")
+        .arg("--supervise")
+        .arg("--socket")
+        .arg(s.host_sock())
+        .arg("--shim")
+        .arg(artefact("liboutsock.so").unwrap())
+        .arg("--")
+        .arg(program)
+        .args(args)
+        .stdin(Stdio::null());
+    let out = cmd.output().unwrap();
+    // For the test log (shown with --nocapture or on failure).
+    println!(
+        "{} {args:?}: {}\nstdout: {}\nstderr: {}",
+        program.display(),
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    out
+}
+
+fn ok(s: &Stack, out: &Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}): {}\n{}",
+        out.status,
+        text(&out.stderr),
+        s.logs()
+    );
+    text(&out.stdout)
+}
+
+/// Debian's static busybox, unpacked into `dir` (from install-deps' copy, else apt-get
+/// download), or `None` after [`skip`].
+fn busybox_static(test: &str, dir: &Path) -> Option<PathBuf> {
+    let deb = if Path::new(BUSYBOX_STATIC_DEB).is_file() {
+        PathBuf::from(BUSYBOX_STATIC_DEB)
+    } else {
+        let got = Command::new("apt-get")
+            .args(["download", "-q", "busybox-static"])
+            .current_dir(dir)
+            .output();
+        let found = std::fs::read_dir(dir).ok().and_then(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.path())
+                .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        });
+        match (got, found) {
+            (Ok(o), Some(p)) if o.status.success() => p,
+            _ => {
+                skip(
+                    test,
+                    "busybox-static could not be downloaded (scripts/install-deps)",
+                );
+                return None;
+            }
+        }
+    };
+    let root = dir.join("root");
+    let st = Command::new("dpkg")
+        .arg("-x")
+        .arg(&deb)
+        .arg(&root)
+        .status()
+        .unwrap();
+    assert!(st.success(), "dpkg -x {} failed", deb.display());
+    let bb = root.join("bin/busybox");
+    let file = text(&Command::new("file").arg(&bb).output().unwrap().stdout);
+    assert!(file.contains("statically linked"), "{file}");
+    Some(bb)
+}
+
+#[test]
+fn static_busybox_wget_by_name() {
+    let test = "static_busybox_wget_by_name";
+    if !can_supervise(test) {
+        return;
+    }
+    let Some(s) = stack("sup-bb", "") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let Some(bb) = busybox_static(test, dir.path()) else {
+        return;
+    };
+    let url = format!("http://{}/index.html", zone::V6ONLY);
+    let out = supervised(&s, &bb, &["wget", "-q", "-O", "-", &url]);
+    assert_eq!(ok(&s, &out, "busybox wget"), INDEX_BODY);
+
+    // Without the supervisor the same static program cannot see the name or the network:
+    // nothing in `legacy` leads anywhere, so it fails.
+    let mut plain = s.legacy("timeout").unwrap();
+    let plain = plain
+        .args(["20"])
+        .arg(&bb)
+        .args(["wget", "-q", "-O", "-", &url])
+        .output()
+        .unwrap();
+    assert!(
+        !plain.status.success(),
+        "busybox-static reached {url} without the supervisor: {}",
+        text(&plain.stdout)
+    );
+}
+
+#[test]
+fn static_loopback_connect_stays_local() {
+    let test = "static_loopback_connect_stays_local";
+    if !can_supervise(test) {
+        return;
+    }
+    let Some(s) = stack("sup-lo", "") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let Some(bb) = busybox_static(test, dir.path()) else {
+        return;
+    };
+    // A server on `legacy`'s own loopback, which host-server could never reach (it refuses
+    // loopback destinations, and lives in another namespace).
+    let listener = s
+        .world
+        .legacy()
+        .run(|| TcpListener::bind("127.0.0.1:0").unwrap())
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let (mut c, _) = listener.accept().unwrap();
+        let mut req = [0u8; 1024];
+        let _ = c.read(&mut req).unwrap();
+        c.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 6\r\n\r\nlocal\n")
+            .unwrap();
+    });
+    let url = format!("http://127.0.0.1:{port}/");
+    let out = supervised(&s, &bb, &["wget", "-q", "-O", "-", &url]);
+    assert_eq!(ok(&s, &out, "busybox wget to loopback"), "local\n");
+    server.join().unwrap();
+}
+
+const GO_CLIENT: &str = r#"package main
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"time"
+)
+
+func main() {
+	host := os.Args[1]
+	d := net.Dialer{Timeout: 20 * time.Second}
+	conn, err := d.Dial("tcp4", net.JoinHostPort(host, "80"))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "dial:", err)
+		os.Exit(2)
+	}
+	fmt.Fprintf(os.Stderr, "remote %s\nlocal %s\n", conn.RemoteAddr(), conn.LocalAddr())
+	fmt.Fprintf(conn, "GET /index.html HTTP/1.0\r\nHost: %s\r\n\r\n", host)
+	resp, err := io.ReadAll(conn)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "read:", err)
+		os.Exit(3)
+	}
+	fmt.Printf("remote %s\n%s", conn.RemoteAddr(), resp)
+}
+"#;
+
+/// The Go client built with CGO_ENABLED=0 (a static binary making raw system calls), or
+/// `None` after [`skip`].
+fn go_client(test: &str, dir: &Path) -> Option<PathBuf> {
+    if Command::new("go").arg("version").output().is_err() {
+        skip(
+            test,
+            "go is not installed (golang-go, scripts/install-deps)",
+        );
+        return None;
+    }
+    std::fs::write(dir.join("main.go"), GO_CLIENT).unwrap();
+    let bin = dir.join("client");
+    let out = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&bin)
+        .arg("main.go")
+        .current_dir(dir)
+        .env("CGO_ENABLED", "0")
+        .env("GOCACHE", dir.join("cache"))
+        .env("GOPATH", dir.join("gopath"))
+        .env("HOME", dir)
+        .env("GOFLAGS", "")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "go build: {}", text(&out.stderr));
+    let file = text(&Command::new("file").arg(&bin).output().unwrap().stdout);
+    assert!(file.contains("statically linked"), "{file}");
+    Some(bin)
+}
+
+#[test]
+fn go_client_dials_tcp4_by_name() {
+    let test = "go_client_dials_tcp4_by_name";
+    if !can_supervise(test) {
+        return;
+    }
+    let Some(s) = stack("sup-go", "") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let Some(bin) = go_client(test, dir.path()) else {
+        return;
+    };
+    let out = supervised(&s, &bin, &[zone::V6ONLY]);
+    let stdout = ok(&s, &out, "go client");
+    let first = stdout.lines().next().unwrap();
+    // The program sees AF_INET: its peer is the dummy IPv4 that dns-cache gave the name.
+    let remote: SocketAddrV4 = first
+        .strip_prefix("remote ")
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("not an IPv4 peer: {first}\n{}", text(&out.stderr)));
+    assert_eq!(remote.port(), 80);
+    let mapped = s
+        .mappings(&["--address", &remote.ip().to_string()])
+        .unwrap();
+    assert!(
+        mapped.contains(zone::V6ONLY),
+        "{remote} is not the dummy of {}: {mapped}",
+        zone::V6ONLY
+    );
+    assert!(stdout.ends_with(INDEX_BODY), "{stdout}");
+    assert!(stdout.contains("200 OK"), "{stdout}");
+}
+
+#[test]
+fn dynamic_program_still_works_under_the_supervisor() {
+    let test = "dynamic_program_still_works_under_the_supervisor";
+    if !can_supervise(test) {
+        return;
+    }
+    let Some(s) = stack("sup-dyn", "") else {
+        return;
+    };
+    let url = format!("http://{}/index.html", zone::V6ONLY);
+    let out = supervised(
+        &s,
+        Path::new("curl"),
+        &["-4", "-sS", "-m", "20", "-w", "\n%{remote_ip}\n", &url],
+    );
+    let stdout = ok(&s, &out, "curl -4");
+    assert!(stdout.starts_with(INDEX_BODY), "{stdout}");
+    let ip = stdout.trim_end().lines().last().unwrap();
+    assert!(ip.parse::<std::net::Ipv4Addr>().is_ok(), "{stdout}");
+}

@@ -1,0 +1,170 @@
+//! The translation's semantics, shared by both front ends (liboutsock, which sees libc calls,
+//! and outsock-supervisor, which sees system calls through seccomp user notification): which
+//! IPv4 destinations are outsourced, the `sockaddr_in` bytes a program reads and writes, and
+//! what host-server's answer to a connect means for the program.
+//!
+//! Pure functions over bytes and values: no I/O, no `unsafe`.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use crate::errno::Errno;
+use crate::outsource::{ConnectRequest, ToGuest, ToHost};
+
+/// The guest DNS address when none is configured: the first address of dns-cache's default
+/// destination pool, which host-server answers with dns-cache.
+pub const DEFAULT_GUEST_DNS: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 170, 160, 1), 53);
+
+/// `AF_INET` on Linux.
+pub const AF_INET: u16 = 2;
+/// The size of a `struct sockaddr_in`.
+pub const SOCKADDR_IN_LEN: usize = 16;
+
+/// Whether a program's socket call to `a` is outsourced to host-server: every IPv4 destination
+/// except loopback, which stays on the program's own `lo`.
+#[must_use]
+pub fn is_outsourced(a: SocketAddrV4) -> bool {
+    !a.ip().is_loopback()
+}
+
+/// The IPv4 address in a `struct sockaddr` of `bytes` (native byte order for the family, as
+/// the kernel reads it), if it is a well-formed `AF_INET` one.
+#[must_use]
+pub fn decode_sockaddr_in(bytes: &[u8]) -> Option<SocketAddrV4> {
+    if bytes.len() < SOCKADDR_IN_LEN {
+        return None;
+    }
+    if u16::from_ne_bytes([bytes[0], bytes[1]]) != AF_INET {
+        return None;
+    }
+    let port = u16::from_be_bytes([bytes[2], bytes[3]]);
+    let ip = Ipv4Addr::new(bytes[4], bytes[5], bytes[6], bytes[7]);
+    Some(SocketAddrV4::new(ip, port))
+}
+
+/// The family field of a `struct sockaddr` of `bytes`, if it has one.
+#[must_use]
+pub fn sockaddr_family(bytes: &[u8]) -> Option<u16> {
+    Some(u16::from_ne_bytes([*bytes.first()?, *bytes.get(1)?]))
+}
+
+/// `a` as the `struct sockaddr_in` the kernel writes (zero padding).
+#[must_use]
+pub fn encode_sockaddr_in(a: SocketAddrV4) -> [u8; SOCKADDR_IN_LEN] {
+    let mut b = [0u8; SOCKADDR_IN_LEN];
+    b[..2].copy_from_slice(&AF_INET.to_ne_bytes());
+    b[2..4].copy_from_slice(&a.port().to_be_bytes());
+    b[4..8].copy_from_slice(&a.ip().octets());
+    b
+}
+
+/// The request an outsourced TCP connect to `dest` sends. `pass_fd`: process mode (the socket
+/// comes back with SCM_RIGHTS); `nonblocking`: answer while the connect is under way.
+#[must_use]
+pub fn connect_request(dest: SocketAddrV4, pass_fd: bool, nonblocking: bool) -> ToHost {
+    ToHost::Connect(ConnectRequest {
+        dest,
+        pass_fd,
+        nonblocking,
+    })
+}
+
+/// What host-server's answer to a connect means for the program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Connected {
+    /// What getsockname must report.
+    pub local: SocketAddrV4,
+    /// What getpeername must report (the dummy the program connected to).
+    pub peer: SocketAddrV4,
+    /// The connect is still under way on the passed socket.
+    pub in_progress: bool,
+}
+
+/// Interprets host-server's answer to a connect: `Connected`, or the errno the program's
+/// connect fails with (`Failed` carries it; anything else is a protocol error, EPROTO).
+///
+/// # Errors
+/// The errno for the program.
+pub fn connect_answer(answer: &ToGuest) -> Result<Connected, Errno> {
+    match *answer {
+        ToGuest::Connected {
+            local,
+            peer,
+            in_progress,
+            ..
+        } => Ok(Connected {
+            local,
+            peer,
+            in_progress,
+        }),
+        ToGuest::Failed(e) => Err(e),
+        _ => Err(Errno::EPROTO),
+    }
+}
+
+/// The IPv4 nameservers of a resolv.conf's text (`nameserver A.B.C.D` lines; IPv6 ones and
+/// anything malformed are skipped).
+#[must_use]
+pub fn resolv_conf_nameservers(text: &str) -> Vec<Ipv4Addr> {
+    text.lines()
+        .filter_map(|l| {
+            let mut words = l.split('#').next().unwrap_or("").split_whitespace();
+            (words.next()? == "nameserver")
+                .then(|| words.next()?.parse().ok())
+                .flatten()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sockaddr_in_round_trips_and_rejects_other_families() {
+        let a = SocketAddrV4::new(Ipv4Addr::new(10, 170, 160, 2), 8080);
+        let b = encode_sockaddr_in(a);
+        assert_eq!(decode_sockaddr_in(&b), Some(a));
+        assert_eq!(decode_sockaddr_in(&b[..15]), None);
+        let mut v6 = b;
+        v6[..2].copy_from_slice(&10u16.to_ne_bytes());
+        assert_eq!(decode_sockaddr_in(&v6), None);
+        assert_eq!(sockaddr_family(&v6), Some(10));
+        assert_eq!(b[2..4], [0x1f, 0x90]);
+    }
+
+    #[test]
+    fn loopback_stays_local() {
+        assert!(!is_outsourced("127.0.0.1:80".parse().unwrap()));
+        assert!(!is_outsourced("127.5.0.1:80".parse().unwrap()));
+        assert!(is_outsourced("10.170.160.2:80".parse().unwrap()));
+    }
+
+    #[test]
+    fn answers_become_outcomes() {
+        let a: SocketAddrV4 = "10.0.0.1:1".parse().unwrap();
+        let ok = ToGuest::Connected {
+            local: a,
+            peer: a,
+            fd_passed: true,
+            in_progress: true,
+        };
+        assert!(connect_answer(&ok).unwrap().in_progress);
+        assert_eq!(
+            connect_answer(&ToGuest::Failed(Errno::EACCES)),
+            Err(Errno::EACCES)
+        );
+        assert_eq!(
+            connect_answer(&ToGuest::Listening { local: a }),
+            Err(Errno::EPROTO)
+        );
+    }
+
+    #[test]
+    fn nameservers_are_read() {
+        let t = "# x\nsearch a\nnameserver 10.255.255.53\nnameserver ::1\nnameserver 1.2.3.4 # c\n";
+        assert_eq!(
+            resolv_conf_nameservers(t),
+            vec![Ipv4Addr::new(10, 255, 255, 53), Ipv4Addr::new(1, 2, 3, 4)]
+        );
+    }
+}

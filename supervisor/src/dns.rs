@@ -1,0 +1,70 @@
+//! DNS for programs with their own resolver (static glibc, musl, Go): the program's UDP socket
+//! connected to a resolv.conf nameserver on port 53 has become one end of an `AF_UNIX`
+//! `SOCK_SEQPACKET` pair (one packet per datagram, and EOF when the program closes it); this
+//! relay carries each query as a [`Datagram`] to the guest DNS address through a host-server
+//! UDP association, whose packet channel brings the answers back, and writes each answer's
+//! payload to the pair. The program reads it with read/recv, or with recvfrom, which the
+//! supervisor answers with the nameserver's address (`serve`).
+
+use std::io::{Read, Write};
+use std::net::SocketAddrV4;
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+
+use shared_proto::outsource::Datagram;
+use shared_proto::{decode_exact, to_vec, ToGuest, ToHost};
+
+/// The largest packet either way: a DNS message over UDP, its frame header and address.
+const MAX_PACKET: usize = 70 * 1024;
+
+/// Starts the relay between `ours` (our end of the program's pair) and `channel` (the
+/// association's packet channel) for queries to `server` (the guest DNS address). Two threads,
+/// one per direction; both end when the program closes its end.
+pub fn spawn_relay(ours: OwnedFd, channel: OwnedFd, server: SocketAddrV4) {
+    // std's UnixStream over SOCK_SEQPACKET descriptors: each read is one packet, each write
+    // one packet, EOF is 0.
+    let prog = UnixStream::from(ours);
+    let chan = UnixStream::from(channel);
+    let (Ok(prog2), Ok(chan2)) = (prog.try_clone(), chan.try_clone()) else {
+        return;
+    };
+    std::thread::spawn(move || queries(prog, chan, server));
+    std::thread::spawn(move || answers(chan2, prog2));
+}
+
+fn queries(mut prog: UnixStream, mut chan: UnixStream, server: SocketAddrV4) {
+    let mut buf = vec![0u8; MAX_PACKET];
+    loop {
+        let n = match prog.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let frame = ToHost::Datagram(Datagram {
+            addr: server,
+            payload: buf[..n].to_vec(),
+        });
+        let Ok(bytes) = to_vec(&frame) else { continue };
+        if chan.write_all(&bytes).is_err() {
+            break;
+        }
+    }
+    // The program closed its socket: closing the association ends the other thread too.
+    let _ = chan.shutdown(std::net::Shutdown::Both);
+}
+
+fn answers(mut chan: UnixStream, mut prog: UnixStream) {
+    let mut buf = vec![0u8; MAX_PACKET];
+    loop {
+        let n = match chan.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if let Ok(ToGuest::Datagram(d)) = decode_exact::<ToGuest>(&buf[..n]) {
+            // A full pair holds this answer back until the program reads.
+            if prog.write(&d.payload).is_err() {
+                break;
+            }
+        }
+    }
+    let _ = prog.shutdown(std::net::Shutdown::Both);
+}

@@ -1,0 +1,102 @@
+//! The supervisor's client of host-server: one Unix stream per request (exactly as liboutsock
+//! opens one per socket in process mode), one request frame, one answer frame read to its last
+//! byte and no further (a relayed stream's later bytes belong to the program), with the
+//! descriptor host-server passes alongside (SCM_RIGHTS).
+
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use shared_proto::frame::{frame_len, HEADER_LEN};
+use shared_proto::{decode_exact, to_vec, Errno, ToGuest, ToHost};
+
+/// How long an answer may take (host-server's own connect timeout is shorter), as in the shim.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
+
+static WARNED: AtomicBool = AtomicBool::new(false);
+
+/// host-server at its socket path.
+#[derive(Debug, Clone)]
+pub struct HostServer {
+    path: PathBuf,
+}
+
+/// An answer: the stream it came on, the frame, and the descriptor passed with it.
+#[derive(Debug)]
+pub struct Answer {
+    pub stream: UnixStream,
+    pub msg: ToGuest,
+    pub passed: Option<OwnedFd>,
+}
+
+impl HostServer {
+    #[must_use]
+    pub fn new(path: PathBuf) -> Self {
+        Self { path }
+    }
+
+    /// Sends `req` on a new stream and reads the answer. Errors are what the program's call
+    /// fails with: ENETUNREACH when host-server is unreachable (one line on stderr, once, as
+    /// the shim says it), ETIMEDOUT when it does not answer, EPROTO for a garbled answer.
+    ///
+    /// # Errors
+    /// The errno for the program.
+    pub fn request(&self, req: &ToHost) -> Result<Answer, Errno> {
+        let stream = UnixStream::connect(&self.path).map_err(|e| {
+            if !WARNED.swap(true, Ordering::Relaxed) {
+                eprintln!(
+                    "outsock: host-server is unreachable at {}: {e}",
+                    self.path.display()
+                );
+            }
+            Errno::ENETUNREACH
+        })?;
+        let frame = to_vec(req).map_err(|_| Errno::EPROTO)?;
+        stream
+            .set_read_timeout(Some(ANSWER_TIMEOUT))
+            .map_err(|_| Errno::EPROTO)?;
+        (&stream).write_all(&frame).map_err(|_| Errno::EPROTO)?;
+        let mut buf = vec![0u8; HEADER_LEN];
+        let mut passed = None;
+        read_exact_with_fd(&stream, &mut buf, &mut passed)?;
+        let Ok(Some(total)) = frame_len(&buf) else {
+            return Err(Errno::EPROTO);
+        };
+        buf.resize(total, 0);
+        read_exact_with_fd(&stream, &mut buf[HEADER_LEN..], &mut passed)?;
+        let msg = decode_exact::<ToGuest>(&buf).map_err(|_| Errno::EPROTO)?;
+        // The answer timeout must not outlive the request: a relayed stream becomes the
+        // program's socket.
+        stream.set_read_timeout(None).map_err(|_| Errno::EPROTO)?;
+        Ok(Answer {
+            stream,
+            msg,
+            passed,
+        })
+    }
+}
+
+fn read_exact_with_fd(
+    stream: &UnixStream,
+    mut buf: &mut [u8],
+    passed: &mut Option<OwnedFd>,
+) -> Result<(), Errno> {
+    while !buf.is_empty() {
+        let (n, fd) =
+            outsock_fdpass::recv_with_fd(stream.as_raw_fd(), buf).map_err(|e| match e.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Errno::ETIMEDOUT,
+                _ => Errno::EPROTO,
+            })?;
+        if passed.is_none() {
+            *passed = fd;
+        }
+        if n == 0 {
+            return Err(Errno::EPROTO);
+        }
+        buf = &mut buf[n..];
+    }
+    Ok(())
+}

@@ -1,0 +1,121 @@
+//! outsock-supervisor: runs an unmodified program under a seccomp user-notification filter and
+//! outsources its AF_INET socket calls to host-server from outside the program. It is the
+//! second front end of the same translation as liboutsock: liboutsock sees the calls a
+//! dynamic program makes through glibc's symbols; the supervisor sees system calls, so static
+//! binaries (Debian's busybox-static), Go programs (CGO_ENABLED=0) and raw-syscall tools are
+//! translated too. What is outsourced, the `sockaddr_in` bytes and what host-server's answers
+//! mean are `shared_proto::translate`, shared by both.
+//!
+//! How it runs (`outsock run --supervise`, Linux >= 5.14 for ADDFD with SETFD):
+//!
+//! 1. [`run`] spawns the program; between fork and exec the child sets `PR_SET_NO_NEW_PRIVS`
+//!    (unless root), installs [`filter::program`] with `SECCOMP_FILTER_FLAG_NEW_LISTENER` and
+//!    passes the listener back over a socketpair. liboutsock stays preloaded for dynamic
+//!    programs: what it handles never reaches the kernel as an AF_INET non-loopback connect
+//!    (its sockets are IPv6 or Unix by then), so nothing is handled twice.
+//! 2. The filter notifies `socket(AF_INET)`, `connect`, `getsockname`, `getpeername` and
+//!    `recvfrom` with an address; everything else runs untouched at full speed.
+//! 3. `serve` answers each notification. A TCP connect to a non-loopback IPv4 address asks
+//!    host-server exactly as liboutsock does in process mode (`Connect` with `pass_fd`, the
+//!    answer while the connect is under way) and installs the passed IPv6 socket over the
+//!    program's descriptor (`SECCOMP_IOCTL_NOTIF_ADDFD` with `SETFD`, keeping its number,
+//!    blocking mode and close-on-exec flag). A non-blocking connect answers EINPROGRESS, as
+//!    the kernel would; a blocking one waits here for the handshake and answers 0 or its error.
+//!    A refusal is host-server's errno. getsockname/getpeername on such a socket answer the
+//!    AF_INET view host-server gave (the dummy peer, the local address).
+//! 4. DNS: programs with their own resolver read /etc/resolv.conf and send to its
+//!    nameservers. A UDP socket connected to one of them on port 53 becomes one end of an
+//!    `AF_UNIX` `SOCK_SEQPACKET` pair whose other end `dns` relays, one datagram per packet,
+//!    through a host-server UDP association to the guest DNS address (dns-cache, which
+//!    answers with dummy IPv4 addresses); recvfrom with an address on it is done here and
+//!    reports the nameserver, which glibc's and musl's resolvers check. A TCP connect to a
+//!    nameserver becomes host-server's relayed stream to the guest DNS address.
+//!
+//! Time-of-check to time-of-use: addresses are read from the program's memory with
+//! `process_vm_readv`, then `SECCOMP_IOCTL_NOTIF_ID_VALID` confirms the caller still waits
+//! (so the memory read was the caller's) before anything acts on it; an AF_INET call is then
+//! carried out here on a `pidfd_getfd` copy of the program's socket with the bytes already
+//! read (a loopback connect included), never continued for the kernel to read again. Calls on
+//! other families continue untouched: re-reading cannot make them ours. The supervisor
+//! translates; it is not a sandbox (io_uring, for one, bypasses seccomp) — host-server's
+//! destination policy is what confines.
+//!
+//! Not in this slice (the calls continue natively, which fails on an IPv6-only network):
+//! UDP other than DNS, listen/accept, `sendto`/`sendmsg` with an address, ICMP, `recvmsg`
+//! addresses on the DNS pair, the i386 ABI. Socket options set before an outsourced connect
+//! are not carried over. When the program itself exits the supervisor stops too; descendants
+//! still running then lose it (their notified calls fail with ENOSYS).
+//!
+//! Modules: [`filter`] (the BPF program, safe), `sys` (every syscall and ioctl; the only
+//! `unsafe`), `host` (the host-server client), `dns` (the resolver relay), `serve` (the loop).
+
+#![deny(unsafe_code)]
+
+mod dns;
+pub mod filter;
+mod host;
+mod serve;
+#[allow(unsafe_code)]
+mod sys;
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
+
+pub use shared_proto::translate::DEFAULT_GUEST_DNS;
+
+/// Why [`run`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The kernel has no seccomp user notification; nothing was started.
+    #[error("seccomp user notification is not available on this kernel")]
+    Unavailable,
+    #[error("starting the program under the filter failed")]
+    Spawn(#[source] io::Error),
+    #[error("waiting for the program failed")]
+    Wait(#[source] io::Error),
+}
+
+/// Where and how the supervisor reaches outsock.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// host-server's socket.
+    pub host_socket: PathBuf,
+    /// The guest DNS address (dns-cache through host-server).
+    pub guest_dns: SocketAddrV4,
+    /// The resolv.conf whose nameservers are redirected to the guest DNS.
+    pub resolv_conf: PathBuf,
+}
+
+/// Whether this kernel offers seccomp user notification.
+#[must_use]
+pub fn available() -> bool {
+    sys::user_notif_available()
+}
+
+/// The IPv4 nameservers of `path` (none when it cannot be read).
+#[must_use]
+pub fn nameservers(path: &Path) -> Vec<Ipv4Addr> {
+    std::fs::read_to_string(path)
+        .map(|t| shared_proto::translate::resolv_conf_nameservers(&t))
+        .unwrap_or_default()
+}
+
+/// Runs `cmd` under the supervisor until it exits; returns its status.
+///
+/// # Errors
+/// [`RunError::Unavailable`] before anything started; otherwise spawning or waiting failed.
+pub fn run(cmd: &mut Command, opts: &Options) -> Result<ExitStatus, RunError> {
+    if !available() {
+        return Err(RunError::Unavailable);
+    }
+    let (mut child, listener) = sys::spawn(cmd, filter::program()).map_err(RunError::Spawn)?;
+    let shared = serve::Shared::new(
+        sys::Listener::new(listener),
+        host::HostServer::new(opts.host_socket.clone()),
+        opts.guest_dns,
+        nameservers(&opts.resolv_conf),
+    );
+    serve::serve(shared, &mut child).map_err(RunError::Wait)
+}

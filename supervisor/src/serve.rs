@@ -1,0 +1,402 @@
+//! The notification loop and what each notified call becomes.
+//!
+//! - `connect` of an AF_INET socket to a non-loopback address: TCP goes to host-server
+//!   (`Connect` with `pass_fd`, as liboutsock asks) and the socket it passes back replaces the
+//!   program's descriptor (ADDFD with SETFD); UDP to a resolv.conf nameserver on port 53
+//!   becomes a relayed pair (`dns`), TCP to one a stream relayed to the guest DNS address.
+//!   Loopback and every other AF_INET connect is carried out here, on our copy of the
+//!   program's socket with the address bytes already read, so the kernel never reads the
+//!   program's memory again; other families continue untouched.
+//! - `getsockname`/`getpeername` of a socket made here answer its AF_INET view; others continue.
+//! - `recvfrom` with an address on a DNS pair is done here and reports the nameserver.
+//! - `socket(AF_INET, …)` continues (the hook for what later slices add).
+//!
+//! Sockets are known by identity (device and inode of the open file), never by descriptor
+//! number, so dup, fork and descriptor reuse cannot confuse them. Calls that may wait (connect,
+//! a DNS recvfrom) run on a thread of their own; the loop never waits for host-server.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::process::{Child, ExitStatus};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use shared_proto::outsource::UdpRequest;
+use shared_proto::translate::{
+    connect_answer, connect_request, decode_sockaddr_in, encode_sockaddr_in, is_outsourced,
+    sockaddr_family, AF_INET, SOCKADDR_IN_LEN,
+};
+use shared_proto::{Errno, ToGuest, ToHost};
+
+use crate::dns;
+use crate::host::HostServer;
+use crate::sys::{self, Listener, Notif};
+
+/// The largest address a program may pass (`sizeof(struct sockaddr_storage)`).
+const MAX_ADDR: u64 = 128;
+/// The most a DNS recvfrom reads (a UDP datagram).
+const MAX_DGRAM: usize = 65_536;
+
+/// What a notified call becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// The call returns this value.
+    Return(i64),
+    /// The call fails with this errno.
+    Fail(i32),
+    /// The kernel carries the call out as the program made it.
+    Continue,
+    /// The caller is no longer waiting (a signal, or it died): nothing to answer.
+    Gone,
+}
+
+fn errno(e: Errno) -> Outcome {
+    Outcome::Fail(i32::from(e.0))
+}
+
+fn io_fail(e: &io::Error) -> Outcome {
+    Outcome::Fail(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+/// How a socket made here looks to the program.
+#[derive(Debug, Clone, Copy)]
+struct View {
+    local: SocketAddrV4,
+    peer: SocketAddrV4,
+    /// A DNS pair: recvfrom is answered with `peer`.
+    dns: bool,
+}
+
+/// What every handler needs.
+#[derive(Debug)]
+pub struct Shared {
+    listener: Listener,
+    host: HostServer,
+    guest_dns: SocketAddrV4,
+    nameservers: Vec<Ipv4Addr>,
+    views: Mutex<HashMap<(u64, u64), View>>,
+}
+
+impl Shared {
+    #[must_use]
+    pub fn new(
+        listener: Listener,
+        host: HostServer,
+        guest_dns: SocketAddrV4,
+        nameservers: Vec<Ipv4Addr>,
+    ) -> Self {
+        Self {
+            listener,
+            host,
+            guest_dns,
+            nameservers,
+            views: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn record(&self, fd: RawFd, view: View) {
+        if let Ok(id) = sys::identity(fd) {
+            self.views
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(id, view);
+        }
+    }
+
+    fn view(&self, fd: RawFd) -> Option<View> {
+        let id = sys::identity(fd).ok()?;
+        self.views
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&id)
+            .copied()
+    }
+
+    fn is_nameserver(&self, a: SocketAddrV4) -> bool {
+        a.port() == 53 && self.nameservers.contains(a.ip())
+    }
+
+    fn finish(&self, n: &Notif, outcome: Outcome) {
+        // ENOENT: the caller went away meanwhile; nothing to do.
+        let _ = match outcome {
+            Outcome::Return(v) => self.listener.answer(n.id, v),
+            Outcome::Fail(e) => self.listener.fail(n.id, e),
+            Outcome::Continue => self.listener.allow(n.id),
+            Outcome::Gone => Ok(()),
+        };
+    }
+}
+
+/// Serves notifications until `child` exits (or no task uses the filter any more); returns
+/// the child's status.
+///
+/// # Errors
+/// When waiting for the child fails.
+pub fn serve(shared: Shared, child: &mut Child) -> io::Result<ExitStatus> {
+    let shared = Arc::new(shared);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        match shared.listener.wait(100) {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(_) => return child.wait(),
+        }
+        let Ok(n) = shared.listener.recv() else {
+            continue;
+        };
+        dispatch(&shared, n);
+    }
+}
+
+fn dispatch(shared: &Arc<Shared>, n: Notif) {
+    match n.nr {
+        libc::SYS_connect => {
+            let s = Arc::clone(shared);
+            std::thread::spawn(move || {
+                let outcome = connect(&s, &n);
+                s.finish(&n, outcome);
+            });
+        }
+        libc::SYS_getsockname | libc::SYS_getpeername => {
+            let outcome = name(shared, &n);
+            shared.finish(&n, outcome);
+        }
+        libc::SYS_recvfrom => recvfrom(shared, n),
+        _ => shared.finish(&n, Outcome::Continue),
+    }
+}
+
+#[allow(clippy::cast_possible_truncation)] // Descriptors are ints in the syscall ABI.
+fn fd_arg(n: &Notif) -> RawFd {
+    n.args[0] as RawFd
+}
+
+fn connect(s: &Shared, n: &Notif) -> Outcome {
+    let (fd, ptr, len) = (fd_arg(n), n.args[1], n.args[2] & 0xffff_ffff);
+    if ptr == 0 || len > MAX_ADDR {
+        // Nothing to read: the kernel gives the error a native call gets.
+        return Outcome::Continue;
+    }
+    #[allow(clippy::cast_possible_truncation)] // At most 128.
+    let Ok(bytes) = sys::read_mem(n.pid, ptr, len as usize) else {
+        return Outcome::Fail(libc::EFAULT);
+    };
+    if !s.listener.valid(n.id) {
+        return Outcome::Gone;
+    }
+    if sockaddr_family(&bytes) != Some(AF_INET) {
+        return Outcome::Continue;
+    }
+    let Some(dest) = decode_sockaddr_in(&bytes) else {
+        return Outcome::Fail(libc::EINVAL);
+    };
+    let copy = match sys::take_fd(n.pid, fd) {
+        Ok(c) => c,
+        Err(e) => return io_fail(&e),
+    };
+    let native = || match sys::connect_raw(copy.as_raw_fd(), &bytes) {
+        0 => Outcome::Return(0),
+        e => Outcome::Fail(e),
+    };
+    if !is_outsourced(dest) {
+        return native();
+    }
+    let ty = match sys::sockopt_int(copy.as_raw_fd(), libc::SOL_SOCKET, libc::SO_TYPE) {
+        Ok(t) => t,
+        Err(e) => return io_fail(&e),
+    };
+    let dns = s.is_nameserver(dest);
+    match ty {
+        libc::SOCK_STREAM => tcp(s, n, &copy, dest, dns),
+        libc::SOCK_DGRAM if dns => udp_dns(s, n, &copy, dest),
+        // Not outsourced in this slice: the native call (ENETUNREACH on an IPv6-only host).
+        _ => native(),
+    }
+}
+
+fn nonblocking(copy: &OwnedFd) -> bool {
+    sys::status_flags(copy.as_raw_fd()).is_ok_and(|f| f & libc::O_NONBLOCK != 0)
+}
+
+/// Whether the program's descriptor `fd` is close-on-exec (`/proc/PID/fdinfo`).
+fn cloexec(pid: u32, fd: RawFd) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("flags:"))
+                .and_then(|v| i64::from_str_radix(v.trim(), 8).ok())
+        })
+        .is_some_and(|f| f & i64::from(libc::O_CLOEXEC) != 0)
+}
+
+/// Makes `new` the program's descriptor `fd`, with the program's blocking mode and
+/// close-on-exec flag, if the caller still waits.
+fn install(s: &Shared, n: &Notif, new: &OwnedFd, nonblocking: bool) -> Result<(), Outcome> {
+    let fd = fd_arg(n);
+    sys::set_nonblocking(new.as_raw_fd(), nonblocking).map_err(|e| io_fail(&e))?;
+    let cloexec = cloexec(n.pid, fd);
+    if !s.listener.valid(n.id) {
+        return Err(Outcome::Gone);
+    }
+    s.listener
+        .install(n.id, new.as_raw_fd(), fd, cloexec)
+        .map_err(|e| io_fail(&e))
+}
+
+fn tcp(s: &Shared, n: &Notif, copy: &OwnedFd, dest: SocketAddrV4, dns: bool) -> Outcome {
+    let nonblocking = nonblocking(copy);
+    let target = if dns { s.guest_dns } else { dest };
+    // As liboutsock in process mode: the socket comes back while its connect is under way.
+    let answer = match s.host.request(&connect_request(target, true, true)) {
+        Ok(a) => a,
+        Err(e) => return errno(e),
+    };
+    let c = match connect_answer(&answer.msg) {
+        Ok(c) => c,
+        Err(e) => return errno(e),
+    };
+    // Without a passed socket (the guest DNS address) host-server relays on the stream itself.
+    let new: OwnedFd = answer.passed.unwrap_or_else(|| answer.stream.into());
+    if let Err(o) = install(s, n, &new, nonblocking) {
+        return o;
+    }
+    let peer = if dns { dest } else { c.peer };
+    s.record(
+        new.as_raw_fd(),
+        View {
+            local: c.local,
+            peer,
+            dns: false,
+        },
+    );
+    match (c.in_progress, nonblocking) {
+        (false, _) => Outcome::Return(0),
+        (true, true) => Outcome::Fail(libc::EINPROGRESS),
+        (true, false) => match sys::wait_connected(new.as_raw_fd()) {
+            0 => Outcome::Return(0),
+            e => Outcome::Fail(e),
+        },
+    }
+}
+
+fn udp_dns(s: &Shared, n: &Notif, copy: &OwnedFd, dest: SocketAddrV4) -> Outcome {
+    let nonblocking = nonblocking(copy);
+    let bind = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0);
+    let answer = match s.host.request(&ToHost::Udp(UdpRequest { bind })) {
+        Ok(a) => a,
+        Err(e) => return errno(e),
+    };
+    let local = match answer.msg {
+        ToGuest::Associated { local } => local,
+        ToGuest::Failed(e) => return errno(e),
+        _ => return Outcome::Fail(libc::EPROTO),
+    };
+    // In process mode the association's channel is a packet channel passed with the answer.
+    let Some(channel) = answer.passed else {
+        return Outcome::Fail(libc::EPROTO);
+    };
+    let (theirs, ours) = match sys::seqpacket_pair() {
+        Ok(p) => p,
+        Err(e) => return io_fail(&e),
+    };
+    if let Err(o) = install(s, n, &theirs, nonblocking) {
+        return o;
+    }
+    s.record(
+        theirs.as_raw_fd(),
+        View {
+            local,
+            peer: dest,
+            dns: true,
+        },
+    );
+    drop(theirs);
+    dns::spawn_relay(ours, channel, s.guest_dns);
+    Outcome::Return(0)
+}
+
+/// Writes `a` at the program's `addr`/`len` pointers as the kernel does (truncated to `*len`,
+/// `*len` set to the full size).
+fn write_sockaddr(s: &Shared, n: &Notif, addr: u64, len_ptr: u64, a: SocketAddrV4) -> Outcome {
+    if addr == 0 || len_ptr == 0 {
+        return Outcome::Fail(libc::EFAULT);
+    }
+    let Ok(len) = sys::read_mem(n.pid, len_ptr, 4) else {
+        return Outcome::Fail(libc::EFAULT);
+    };
+    let len = i32::from_ne_bytes([len[0], len[1], len[2], len[3]]);
+    let Ok(len) = usize::try_from(len) else {
+        return Outcome::Fail(libc::EINVAL);
+    };
+    if !s.listener.valid(n.id) {
+        return Outcome::Gone;
+    }
+    let bytes = encode_sockaddr_in(a);
+    #[allow(clippy::cast_possible_truncation)] // 16.
+    let full = (SOCKADDR_IN_LEN as u32).to_ne_bytes();
+    let wrote = sys::write_mem(n.pid, addr, &bytes[..len.min(SOCKADDR_IN_LEN)])
+        .and_then(|()| sys::write_mem(n.pid, len_ptr, &full));
+    match wrote {
+        Ok(()) => Outcome::Return(0),
+        Err(_) => Outcome::Fail(libc::EFAULT),
+    }
+}
+
+fn name(s: &Shared, n: &Notif) -> Outcome {
+    let Ok(copy) = sys::take_fd(n.pid, fd_arg(n)) else {
+        return Outcome::Continue;
+    };
+    let Some(view) = s.view(copy.as_raw_fd()) else {
+        return Outcome::Continue;
+    };
+    let a = if n.nr == libc::SYS_getpeername {
+        view.peer
+    } else {
+        view.local
+    };
+    write_sockaddr(s, n, n.args[1], n.args[2], a)
+}
+
+fn recvfrom(shared: &Arc<Shared>, n: Notif) {
+    let copy = sys::take_fd(n.pid, fd_arg(&n)).ok();
+    let view = copy.as_ref().and_then(|c| shared.view(c.as_raw_fd()));
+    let (Some(copy), Some(view)) = (copy, view) else {
+        shared.finish(&n, Outcome::Continue);
+        return;
+    };
+    if !view.dns {
+        shared.finish(&n, Outcome::Continue);
+        return;
+    }
+    // The read may wait (a blocking socket): on a thread of its own.
+    let s = Arc::clone(shared);
+    std::thread::spawn(move || {
+        let outcome = dns_recvfrom(&s, &n, &copy, view.peer);
+        s.finish(&n, outcome);
+    });
+}
+
+fn dns_recvfrom(s: &Shared, n: &Notif, copy: &OwnedFd, from: SocketAddrV4) -> Outcome {
+    let [_, buf, len, flags, addr, len_ptr] = n.args;
+    #[allow(clippy::cast_possible_truncation)] // Capped; flags are an int.
+    let (len, flags) = (len.min(MAX_DGRAM as u64) as usize, flags as i32);
+    let (data, full) = match sys::recv(copy.as_raw_fd(), len, flags) {
+        Ok(r) => r,
+        Err(e) => return Outcome::Fail(e),
+    };
+    // A caller gone now loses this answer, as a thread killed inside recvfrom would.
+    if !s.listener.valid(n.id) {
+        return Outcome::Gone;
+    }
+    if sys::write_mem(n.pid, buf, &data).is_err() {
+        return Outcome::Fail(libc::EFAULT);
+    }
+    match write_sockaddr(s, n, addr, len_ptr, from) {
+        Outcome::Return(_) => Outcome::Return(i64::try_from(full).unwrap_or(i64::MAX)),
+        other => other,
+    }
+}

@@ -1,0 +1,474 @@
+//! Every system call and ioctl of the supervisor that Rust's standard library does not wrap:
+//! installing the filter in the child (`spawn`), the notification ioctls (`Listener`), the
+//! target's memory (`process_vm_readv`/`process_vm_writev`) and descriptors (`pidfd_open`,
+//! `pidfd_getfd`), and a few socket calls on descriptors the supervisor holds.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command};
+
+use libc::c_int;
+
+fn cvt(rc: c_int) -> io::Result<c_int> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+/// Whether this kernel offers `SECCOMP_RET_USER_NOTIF` (Linux 5.0; ADDFD needs 5.9, SETFD 5.14).
+#[must_use]
+pub fn user_notif_available() -> bool {
+    let action: u32 = libc::SECCOMP_RET_USER_NOTIF;
+    // SAFETY: SECCOMP_GET_ACTION_AVAIL reads one u32 at the pointer, which is valid.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_GET_ACTION_AVAIL,
+            0,
+            std::ptr::from_ref(&action),
+        )
+    };
+    rc == 0
+}
+
+/// Spawns `cmd` under `filter`: the child sets `PR_SET_NO_NEW_PRIVS` (unless root), installs
+/// the filter with `SECCOMP_FILTER_FLAG_NEW_LISTENER` and passes the listener to us over a
+/// socketpair before it execs. Returns the child and the listener.
+///
+/// # Errors
+/// When the socketpair, the spawn (the filter included) or the hand-over fails.
+pub fn spawn(cmd: &mut Command, filter: Vec<libc::sock_filter>) -> io::Result<(Child, OwnedFd)> {
+    let (ours, theirs) = UnixStream::pair()?;
+    let theirs_fd = theirs.as_raw_fd();
+    // SAFETY: geteuid cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let len =
+        u16::try_from(filter.len()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let hook = move || -> io::Result<()> {
+        // Between fork and exec: only async-signal-safe calls, no allocation.
+        if !root {
+            // SAFETY: prctl with integer arguments.
+            cvt(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })?;
+        }
+        let prog = libc::sock_fprog {
+            len,
+            filter: filter.as_ptr().cast_mut(),
+        };
+        // SAFETY: `prog` points at `len` valid instructions that live for the call.
+        let listener = unsafe {
+            libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                libc::SECCOMP_FILTER_FLAG_NEW_LISTENER,
+                std::ptr::from_ref(&prog),
+            )
+        };
+        if listener < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        #[allow(clippy::cast_possible_truncation)] // A descriptor.
+        let listener = listener as RawFd;
+        let sent = outsock_fdpass::sendmsg_fd::<outsock_fdpass::Libc>(theirs_fd, b"L", listener, 0);
+        // SAFETY: our own descriptor, closed once; the program must not inherit it.
+        unsafe { libc::close(listener) };
+        sent.map(drop)
+    };
+    // SAFETY: the hook makes only async-signal-safe calls (prctl, seccomp, sendmsg, close) and
+    // allocates nothing.
+    unsafe { cmd.pre_exec(hook) };
+    let child = cmd.spawn()?;
+    drop(theirs);
+    let mut buf = [0u8; 1];
+    let (_, fd) = outsock_fdpass::recv_with_fd(ours.as_raw_fd(), &mut buf)?;
+    let fd = fd.ok_or_else(|| io::Error::other("the child passed no seccomp listener"))?;
+    Ok((child, fd))
+}
+
+/// One notification: which call, from which thread, with which arguments.
+#[derive(Debug, Clone, Copy)]
+pub struct Notif {
+    pub id: u64,
+    /// The calling thread's id (in our pid namespace).
+    pub pid: u32,
+    pub nr: i64,
+    pub args: [u64; 6],
+}
+
+/// The listener of the program's filter.
+#[derive(Debug)]
+pub struct Listener {
+    fd: OwnedFd,
+}
+
+impl Listener {
+    #[must_use]
+    pub fn new(fd: OwnedFd) -> Self {
+        Self { fd }
+    }
+
+    /// Waits up to `timeout_ms` for a notification: `Ok(true)` one is ready, `Ok(false)` none
+    /// yet, `Err` the listener is gone (POLLHUP: no task uses the filter any more).
+    ///
+    /// # Errors
+    /// When every task under the filter has exited, or poll fails.
+    pub fn wait(&self, timeout_ms: c_int) -> io::Result<bool> {
+        let mut pfd = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let n = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return if e.kind() == io::ErrorKind::Interrupted {
+                Ok(false)
+            } else {
+                Err(e)
+            };
+        }
+        if pfd.revents & libc::POLLIN != 0 {
+            return Ok(true);
+        }
+        if pfd.revents & (libc::POLLHUP | libc::POLLERR) != 0 {
+            return Err(io::Error::from_raw_os_error(libc::EPIPE));
+        }
+        Ok(false)
+    }
+
+    /// Receives one notification (ENOENT: its caller died before we took it).
+    ///
+    /// # Errors
+    /// The ioctl's error.
+    pub fn recv(&self) -> io::Result<Notif> {
+        // SAFETY: seccomp_notif is plain data; the kernel wants it zeroed.
+        let mut n: libc::seccomp_notif = unsafe { std::mem::zeroed() };
+        // SAFETY: NOTIF_RECV writes one seccomp_notif to a valid pointer.
+        cvt(unsafe {
+            libc::ioctl(
+                self.fd.as_raw_fd(),
+                libc::SECCOMP_IOCTL_NOTIF_RECV,
+                std::ptr::from_mut(&mut n),
+            )
+        })?;
+        Ok(Notif {
+            id: n.id,
+            pid: n.pid,
+            nr: i64::from(n.data.nr),
+            args: n.data.args,
+        })
+    }
+
+    /// Whether the notification is still alive (its caller still waits in the call).
+    #[must_use]
+    pub fn valid(&self, id: u64) -> bool {
+        let mut id = id;
+        // SAFETY: NOTIF_ID_VALID reads one u64 at a valid pointer.
+        let rc = unsafe {
+            libc::ioctl(
+                self.fd.as_raw_fd(),
+                libc::SECCOMP_IOCTL_NOTIF_ID_VALID,
+                std::ptr::from_mut(&mut id),
+            )
+        };
+        rc == 0
+    }
+
+    fn send(&self, id: u64, val: i64, error: i32, flags: u32) -> io::Result<()> {
+        let mut r = libc::seccomp_notif_resp {
+            id,
+            val,
+            error,
+            flags,
+        };
+        // SAFETY: NOTIF_SEND reads one seccomp_notif_resp at a valid pointer.
+        cvt(unsafe {
+            libc::ioctl(
+                self.fd.as_raw_fd(),
+                libc::SECCOMP_IOCTL_NOTIF_SEND,
+                std::ptr::from_mut(&mut r),
+            )
+        })
+        .map(drop)
+    }
+
+    /// Lets the call run in the kernel as the program made it.
+    ///
+    /// # Errors
+    /// ENOENT when the caller is gone.
+    #[allow(clippy::cast_possible_truncation)] // The flag is 1.
+    pub fn allow(&self, id: u64) -> io::Result<()> {
+        self.send(id, 0, 0, libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32)
+    }
+
+    /// The call returns `val`.
+    ///
+    /// # Errors
+    /// ENOENT when the caller is gone.
+    pub fn answer(&self, id: u64, val: i64) -> io::Result<()> {
+        self.send(id, val, 0, 0)
+    }
+
+    /// The call fails with `errno`.
+    ///
+    /// # Errors
+    /// ENOENT when the caller is gone.
+    pub fn fail(&self, id: u64, errno: i32) -> io::Result<()> {
+        self.send(id, 0, -errno, 0)
+    }
+
+    /// Installs `src` (ours) as the caller's descriptor `target` (replacing what is there, as
+    /// dup2 does), close-on-exec if `cloexec`.
+    ///
+    /// # Errors
+    /// The ioctl's error (ENOENT when the caller is gone).
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    pub fn install(&self, id: u64, src: RawFd, target: RawFd, cloexec: bool) -> io::Result<()> {
+        let mut a = libc::seccomp_notif_addfd {
+            id,
+            flags: libc::SECCOMP_ADDFD_FLAG_SETFD as u32,
+            srcfd: src as u32,
+            newfd: target as u32,
+            newfd_flags: if cloexec { libc::O_CLOEXEC as u32 } else { 0 },
+        };
+        // SAFETY: NOTIF_ADDFD reads one seccomp_notif_addfd at a valid pointer.
+        cvt(unsafe {
+            libc::ioctl(
+                self.fd.as_raw_fd(),
+                libc::SECCOMP_IOCTL_NOTIF_ADDFD,
+                std::ptr::from_mut(&mut a),
+            )
+        })
+        .map(drop)
+    }
+}
+
+/// Reads `len` bytes at `addr` in thread `pid`'s memory.
+///
+/// # Errors
+/// EFAULT for a short read; process_vm_readv's error otherwise.
+pub fn read_mem(pid: u32, addr: u64, len: usize) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; len];
+    if len == 0 {
+        return Ok(buf);
+    }
+    let local = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: len,
+    };
+    let remote = libc::iovec {
+        iov_base: addr as *mut libc::c_void,
+        iov_len: len,
+    };
+    #[allow(clippy::cast_possible_wrap)] // Thread ids fit pid_t.
+    // SAFETY: `local` covers `buf`; the remote side is checked by the kernel.
+    let n = unsafe { libc::process_vm_readv(pid as libc::pid_t, &local, 1, &remote, 1, 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if n.unsigned_abs() != len {
+        return Err(io::Error::from_raw_os_error(libc::EFAULT));
+    }
+    Ok(buf)
+}
+
+/// Writes `data` at `addr` in thread `pid`'s memory.
+///
+/// # Errors
+/// EFAULT for a short write; process_vm_writev's error otherwise.
+pub fn write_mem(pid: u32, addr: u64, data: &[u8]) -> io::Result<()> {
+    if data.is_empty() {
+        return Ok(());
+    }
+    let local = libc::iovec {
+        iov_base: data.as_ptr().cast_mut().cast(),
+        iov_len: data.len(),
+    };
+    let remote = libc::iovec {
+        iov_base: addr as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    #[allow(clippy::cast_possible_wrap)] // Thread ids fit pid_t.
+    // SAFETY: `local` covers `data`, only read; the remote side is checked by the kernel.
+    let n = unsafe { libc::process_vm_writev(pid as libc::pid_t, &local, 1, &remote, 1, 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if n.unsigned_abs() != data.len() {
+        return Err(io::Error::from_raw_os_error(libc::EFAULT));
+    }
+    Ok(())
+}
+
+/// `PIDFD_THREAD` (Linux 6.9): a pidfd for any thread, not only a thread-group leader.
+const PIDFD_THREAD: libc::c_uint = libc::O_EXCL as libc::c_uint;
+
+/// A copy of descriptor `fd` of thread `pid` (the same open file), close-on-exec.
+///
+/// # Errors
+/// pidfd_open's or pidfd_getfd's error (EBADF: no such descriptor).
+pub fn take_fd(pid: u32, fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open with integer arguments; the result is a new descriptor or -1.
+    let mut pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, PIDFD_THREAD) };
+    if pidfd < 0 {
+        // Older kernels: the thread-group leader's pidfd (the descriptor table is shared).
+        let tgid = thread_group(pid)?;
+        // SAFETY: as above.
+        pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, tgid, 0) };
+        if pidfd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    #[allow(clippy::cast_possible_truncation)] // A descriptor.
+    // SAFETY: a descriptor just returned to us, owned from here.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) };
+    // SAFETY: pidfd_getfd with integer arguments.
+    let got = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
+    if got < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    #[allow(clippy::cast_possible_truncation)] // A descriptor.
+    // SAFETY: a descriptor just returned to us, owned from here.
+    Ok(unsafe { OwnedFd::from_raw_fd(got as RawFd) })
+}
+
+fn thread_group(pid: u32) -> io::Result<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::ESRCH))
+}
+
+/// The identity of the file behind `fd`: (device, inode).
+///
+/// # Errors
+/// fstat's error.
+pub fn identity(fd: RawFd) -> io::Result<(u64, u64)> {
+    // SAFETY: stat is plain data.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat writes one stat to a valid pointer.
+    cvt(unsafe { libc::fstat(fd, &mut st) })?;
+    Ok((st.st_dev, st.st_ino))
+}
+
+/// An int socket option of `fd`.
+///
+/// # Errors
+/// getsockopt's error (ENOTSOCK for anything but a socket).
+pub fn sockopt_int(fd: RawFd, level: c_int, name: c_int) -> io::Result<c_int> {
+    let mut v: c_int = 0;
+    #[allow(clippy::cast_possible_truncation)] // 4 bytes.
+    let mut len = std::mem::size_of::<c_int>() as libc::socklen_t;
+    // SAFETY: an int-sized buffer and its length.
+    cvt(unsafe { libc::getsockopt(fd, level, name, std::ptr::from_mut(&mut v).cast(), &mut len) })?;
+    Ok(v)
+}
+
+/// The file status flags (`O_NONBLOCK`, …) of `fd`'s open file.
+///
+/// # Errors
+/// fcntl's error.
+pub fn status_flags(fd: RawFd) -> io::Result<c_int> {
+    // SAFETY: F_GETFL takes no pointer.
+    cvt(unsafe { libc::fcntl(fd, libc::F_GETFL) })
+}
+
+/// Makes `fd`'s open file non-blocking or blocking.
+///
+/// # Errors
+/// fcntl's error.
+pub fn set_nonblocking(fd: RawFd, on: bool) -> io::Result<()> {
+    let flags = status_flags(fd)?;
+    let flags = if on {
+        flags | libc::O_NONBLOCK
+    } else {
+        flags & !libc::O_NONBLOCK
+    };
+    // SAFETY: F_SETFL with an int.
+    cvt(unsafe { libc::fcntl(fd, libc::F_SETFL, flags) }).map(drop)
+}
+
+/// connect(2) on `fd` with the raw address bytes the program gave (already copied out of its
+/// memory, so the kernel never reads them again); returns 0 or the errno.
+#[must_use]
+pub fn connect_raw(fd: RawFd, addr: &[u8]) -> i32 {
+    let Ok(len) = libc::socklen_t::try_from(addr.len()) else {
+        return libc::EINVAL;
+    };
+    // SAFETY: `addr` holds `len` readable bytes; the kernel copies them.
+    let rc = unsafe { libc::connect(fd, addr.as_ptr().cast(), len) };
+    if rc == 0 {
+        0
+    } else {
+        io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO)
+    }
+}
+
+/// recv(2) of up to `len` bytes on `fd` with `flags`; the bytes or the errno.
+///
+/// # Errors
+/// The errno.
+pub fn recv(fd: RawFd, len: usize, flags: c_int) -> Result<(Vec<u8>, usize), i32> {
+    let mut buf = vec![0u8; len];
+    // SAFETY: `buf` has `len` writable bytes.
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), len, flags) };
+    if n < 0 {
+        return Err(io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO));
+    }
+    let n = n.unsigned_abs();
+    buf.truncate(n.min(len));
+    Ok((buf, n))
+}
+
+/// An `AF_UNIX` `SOCK_SEQPACKET` pair, close-on-exec.
+///
+/// # Errors
+/// socketpair's error.
+pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as c_int; 2];
+    // SAFETY: socketpair writes two descriptors into a valid array.
+    cvt(unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    })?;
+    // SAFETY: two descriptors just made, each owned once.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Waits until `fd` is writable (a connect under way has finished) and returns its
+/// `SO_ERROR` (0: connected).
+#[must_use]
+pub fn wait_connected(fd: RawFd) -> i32 {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: one valid pollfd.
+        let n = unsafe { libc::poll(&mut pfd, 1, -1) };
+        if n > 0 {
+            break;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return e.raw_os_error().unwrap_or(libc::EIO);
+        }
+    }
+    sockopt_int(fd, libc::SOL_SOCKET, libc::SO_ERROR)
+        .unwrap_or_else(|e| e.raw_os_error().unwrap_or(libc::EIO))
+}

@@ -187,6 +187,7 @@ fn static_loopback_connect_stays_local() {
 const GO_CLIENT: &str = r#"package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -197,6 +198,17 @@ import (
 func main() {
 	host := os.Args[1]
 	d := net.Dialer{Timeout: 20 * time.Second}
+	if len(os.Args) > 2 && os.Args[2] == "tcp-dns" {
+		// Go's own resolver over a stream: DNS over TCP to the resolv.conf nameserver.
+		d.Resolver = &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, _, address string) (net.Conn, error) {
+			var nd net.Dialer
+			c, err := nd.DialContext(ctx, "tcp4", address)
+			if err == nil {
+				fmt.Fprintf(os.Stderr, "dns over %s to %s\n", c.RemoteAddr().Network(), c.RemoteAddr())
+			}
+			return c, err
+		}}
+	}
 	conn, err := d.Dial("tcp4", net.JoinHostPort(host, "80"))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "dial:", err)
@@ -294,4 +306,35 @@ fn dynamic_program_still_works_under_the_supervisor() {
     assert!(stdout.starts_with(INDEX_BODY), "{stdout}");
     let ip = stdout.trim_end().lines().last().unwrap();
     assert!(ip.parse::<std::net::Ipv4Addr>().is_ok(), "{stdout}");
+}
+
+#[test]
+fn go_resolver_over_tcp() {
+    let test = "go_resolver_over_tcp";
+    if !can_supervise(test) {
+        return;
+    }
+    let Some(ns) = outsock_supervisor::nameservers(Path::new("/etc/resolv.conf"))
+        .first()
+        .copied()
+    else {
+        skip(test, "/etc/resolv.conf names no IPv4 nameserver");
+        return;
+    };
+    let Some(s) = stack("sup-gotcp", "") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let Some(bin) = go_client(test, dir.path()) else {
+        return;
+    };
+    let out = supervised(&s, &bin, &[zone::V6ONLY, "tcp-dns"]);
+    let stdout = ok(&s, &out, "go client, DNS over TCP");
+    // The program asked its nameserver over TCP, and saw that nameserver as its peer.
+    assert!(
+        text(&out.stderr).contains(&format!("dns over tcp to {ns}:53")),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(stdout.ends_with(INDEX_BODY), "{stdout}");
 }

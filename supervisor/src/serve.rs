@@ -153,13 +153,17 @@ pub fn serve(shared: Shared, child: &mut Child) -> io::Result<ExitStatus> {
 
 fn dispatch(shared: &Arc<Shared>, n: Notif) {
     match n.nr {
-        libc::SYS_connect => {
-            let s = Arc::clone(shared);
-            std::thread::spawn(move || {
-                let outcome = connect(&s, &n);
-                s.finish(&n, outcome);
-            });
-        }
+        libc::SYS_connect => match read_connect_addr(shared, &n) {
+            // An AF_INET address, validated: the rest may wait for host-server.
+            Ok(bytes) => {
+                let s = Arc::clone(shared);
+                std::thread::spawn(move || {
+                    let outcome = connect(&s, &n, &bytes);
+                    s.finish(&n, outcome);
+                });
+            }
+            Err(outcome) => shared.finish(&n, outcome),
+        },
         libc::SYS_getsockname | libc::SYS_getpeername => {
             let outcome = name(shared, &n);
             shared.finish(&n, outcome);
@@ -174,30 +178,38 @@ fn fd_arg(n: &Notif) -> RawFd {
     n.args[0] as RawFd
 }
 
-fn connect(s: &Shared, n: &Notif) -> Outcome {
-    let (fd, ptr, len) = (fd_arg(n), n.args[1], n.args[2] & 0xffff_ffff);
+/// The address of a connect, read from the caller's memory and validated (the caller still
+/// waits, so the bytes were its own) when it is AF_INET; otherwise what the call becomes at
+/// once (other families continue, a bad pointer fails).
+fn read_connect_addr(s: &Shared, n: &Notif) -> Result<Vec<u8>, Outcome> {
+    let (ptr, len) = (n.args[1], n.args[2] & 0xffff_ffff);
     if ptr == 0 || len > MAX_ADDR {
         // Nothing to read: the kernel gives the error a native call gets.
-        return Outcome::Continue;
+        return Err(Outcome::Continue);
     }
     #[allow(clippy::cast_possible_truncation)] // At most 128.
     let Ok(bytes) = sys::read_mem(n.pid, ptr, len as usize) else {
-        return Outcome::Fail(libc::EFAULT);
+        return Err(Outcome::Fail(libc::EFAULT));
     };
     if !s.listener.valid(n.id) {
-        return Outcome::Gone;
+        return Err(Outcome::Gone);
     }
     if sockaddr_family(&bytes) != Some(AF_INET) {
-        return Outcome::Continue;
+        return Err(Outcome::Continue);
     }
-    let Some(dest) = decode_sockaddr_in(&bytes) else {
+    Ok(bytes)
+}
+
+/// An AF_INET connect whose address `bytes` [`read_connect_addr`] read.
+fn connect(s: &Shared, n: &Notif, bytes: &[u8]) -> Outcome {
+    let Some(dest) = decode_sockaddr_in(bytes) else {
         return Outcome::Fail(libc::EINVAL);
     };
-    let copy = match sys::take_fd(n.pid, fd) {
+    let copy = match sys::take_fd(n.pid, fd_arg(n)) {
         Ok(c) => c,
         Err(e) => return io_fail(&e),
     };
-    let native = || match sys::connect_raw(copy.as_raw_fd(), &bytes) {
+    let native = || match sys::connect_raw(copy.as_raw_fd(), bytes) {
         0 => Outcome::Return(0),
         e => Outcome::Fail(e),
     };

@@ -15,9 +15,11 @@ use std::net::{SocketAddrV4, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use std::time::{Duration, Instant};
+
 use outsock_e2e::{stack, text};
 use testworld::stack::{artefact, Stack};
-use testworld::{zone, INDEX_BODY};
+use testworld::{addr, zone, INDEX_BODY};
 
 /// Where scripts/install-deps leaves the busybox-static package (it conflicts with the
 /// installed busybox, so it is unpacked, never installed).
@@ -43,10 +45,11 @@ fn can_supervise(test: &str) -> bool {
     false
 }
 
-/// Runs `program args…` in `legacy` through `outsock run --supervise`, bounded to 60 s.
-fn supervised(s: &Stack, program: &Path, args: &[&str]) -> Output {
-    let mut cmd = s.world.legacy().command("timeout");
-    cmd.arg("60")
+/// `outsock run --supervise -- program args…` in `legacy`, started through `wrapper` (its
+/// arguments first).
+fn supervised_command(s: &Stack, wrapper: &[&str], program: &Path, args: &[&str]) -> Command {
+    let mut cmd = s.world.legacy().command(wrapper[0]);
+    cmd.args(&wrapper[1..])
         .arg(artefact("outsock").unwrap())
         .arg("run")
         .arg("--supervise")
@@ -58,7 +61,14 @@ fn supervised(s: &Stack, program: &Path, args: &[&str]) -> Output {
         .arg(program)
         .args(args)
         .stdin(Stdio::null());
-    let out = cmd.output().unwrap();
+    cmd
+}
+
+/// Runs `program args…` in `legacy` through `outsock run --supervise`, bounded to 60 s.
+fn supervised(s: &Stack, program: &Path, args: &[&str]) -> Output {
+    let out = supervised_command(s, &["timeout", "60"], program, args)
+        .output()
+        .unwrap();
     // For the test log (shown with --nocapture or on failure).
     println!(
         "{} {args:?}: {}\nstdout: {}\nstderr: {}",
@@ -337,4 +347,64 @@ fn go_resolver_over_tcp() {
         text(&out.stderr)
     );
     assert!(stdout.ends_with(INDEX_BODY), "{stdout}");
+}
+
+#[test]
+fn host_server_refusal_reaches_the_static_program() {
+    let test = "host_server_refusal_reaches_the_static_program";
+    if !can_supervise(test) {
+        return;
+    }
+    // host-server refuses the prefix; dns-cache still gives the name a dummy.
+    let deny = format!("\n[destinations]\ndeny = [\"{}\"]\n", addr::DENIED_PREFIX);
+    let Some(s) = stack("sup-deny", &deny) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let Some(bin) = go_client(test, dir.path()) else {
+        return;
+    };
+    let out = supervised(&s, &bin, &[zone::DENIED_AAAA]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    // EACCES, host-server's answer, as the program's own connect error.
+    assert!(
+        text(&out.stderr).contains("connect: permission denied"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn sigterm_reaches_the_supervised_program() {
+    let test = "sigterm_reaches_the_supervised_program";
+    if !can_supervise(test) {
+        return;
+    }
+    let Some(s) = stack("sup-term", "") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let Some(bb) = busybox_static(test, dir.path()) else {
+        return;
+    };
+    // `ip netns exec` execs outsock, so the child's pid is outsock's.
+    let mut child = supervised_command(&s, &["env"], &bb, &["sleep", "30"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = rustix::process::Pid::from_raw(i32::try_from(child.id()).unwrap()).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "outsock run --supervise ignored SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // The program died of the forwarded SIGTERM, and outsock said so as a shell would.
+    assert_eq!(status.code(), Some(128 + 15), "{status}");
 }

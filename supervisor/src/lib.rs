@@ -40,6 +40,10 @@
 //! translates; it is not a sandbox (io_uring, for one, bypasses seccomp) — host-server's
 //! destination policy is what confines.
 //!
+//! SIGTERM and SIGHUP sent to the supervisor are passed on to the program, which it serves until
+//! the program exits; SIGINT and SIGQUIT do not stop it (a terminal sends them to the
+//! program's process group itself).
+//!
 //! Not in this slice (the calls continue natively, which fails on an IPv6-only network):
 //! UDP other than DNS, listen/accept, `sendto`/`sendmsg` with an address, ICMP, `recvmsg`
 //! addresses on the DNS pair, the i386 ABI. Socket options set before an outsourced connect
@@ -110,7 +114,10 @@ pub fn run(cmd: &mut Command, opts: &Options) -> Result<ExitStatus, RunError> {
     if !available() {
         return Err(RunError::Unavailable);
     }
+    sys::block_stop_signals().map_err(RunError::Spawn)?;
     let (mut child, listener) = sys::spawn(cmd, filter::program()).map_err(RunError::Spawn)?;
+    let pid = child.id();
+    std::thread::spawn(move || sys::forward_stop_signals(pid));
     let shared = serve::Shared::new(
         sys::Listener::new(listener),
         host::HostServer::new(opts.host_socket.clone()),

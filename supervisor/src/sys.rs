@@ -48,8 +48,15 @@ pub fn spawn(cmd: &mut Command, filter: Vec<libc::sock_filter>) -> io::Result<(C
     let root = unsafe { libc::geteuid() } == 0;
     let len =
         u16::try_from(filter.len()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let stops = stop_set();
     let hook = move || -> io::Result<()> {
-        // Between fork and exec: only async-signal-safe calls, no allocation.
+        // Between fork and exec: only async-signal-safe calls, no allocation. The program
+        // starts with the stop signals the supervisor blocks unblocked.
+        // SAFETY: a valid set; the old mask is not wanted.
+        let rc = unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &stops, std::ptr::null_mut()) };
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
         if !root {
             // SAFETY: prctl with integer arguments.
             cvt(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })?;
@@ -77,8 +84,8 @@ pub fn spawn(cmd: &mut Command, filter: Vec<libc::sock_filter>) -> io::Result<(C
         unsafe { libc::close(listener) };
         sent.map(drop)
     };
-    // SAFETY: the hook makes only async-signal-safe calls (prctl, seccomp, sendmsg, close) and
-    // allocates nothing.
+    // SAFETY: the hook makes only async-signal-safe calls (pthread_sigmask, prctl, seccomp,
+    // sendmsg, close) and allocates nothing.
     unsafe { cmd.pre_exec(hook) };
     let child = cmd.spawn()?;
     drop(theirs);
@@ -471,4 +478,58 @@ pub fn wait_connected(fd: RawFd) -> i32 {
     }
     sockopt_int(fd, libc::SOL_SOCKET, libc::SO_ERROR)
         .unwrap_or_else(|e| e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+/// The signals [`forward_stop_signals`] waits for: SIGTERM and SIGHUP are passed on to the
+/// program; SIGINT and SIGQUIT are only kept from stopping the supervisor (a terminal sends
+/// them to the program's process group itself, so passing them on would deliver them twice).
+const STOP_SIGNALS: [c_int; 4] = [libc::SIGTERM, libc::SIGHUP, libc::SIGINT, libc::SIGQUIT];
+
+fn stop_set() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data, initialised by sigemptyset before use.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid sigset_t and valid signal numbers.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        for s in STOP_SIGNALS {
+            libc::sigaddset(&mut set, s);
+        }
+    }
+    set
+}
+
+/// Blocks the stop signals in the calling thread (and so in every thread it starts later).
+/// Call before starting any thread; [`spawn`] unblocks them in the program.
+///
+/// # Errors
+/// pthread_sigmask's error.
+pub fn block_stop_signals() -> io::Result<()> {
+    let set = stop_set();
+    // SAFETY: a valid set; the old mask is not wanted.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    Ok(())
+}
+
+/// Waits for the stop signals [`block_stop_signals`] blocked, for ever, passing SIGTERM and
+/// SIGHUP on to process `pid`. Run on a thread of its own.
+pub fn forward_stop_signals(pid: u32) {
+    let set = stop_set();
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return;
+    };
+    loop {
+        let mut sig: c_int = 0;
+        // SAFETY: a valid set and a valid out pointer.
+        if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
+            return;
+        }
+        if sig == libc::SIGTERM || sig == libc::SIGHUP {
+            // SAFETY: kill with our child's pid (not reaped while this runs: the loop that
+            // reaps it ends the process) and a valid signal.
+            unsafe { libc::kill(pid, sig) };
+        }
+    }
 }

@@ -68,3 +68,53 @@ fn answers(mut chan: UnixStream, mut prog: UnixStream) {
     }
     let _ = prog.shutdown(std::net::Shutdown::Both);
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use crate::sys::seqpacket_pair;
+
+    use super::*;
+
+    #[test]
+    fn each_query_is_one_datagram_and_each_answer_one_packet() {
+        let server: SocketAddrV4 = "10.170.160.1:53".parse().unwrap();
+        let (prog, ours) = seqpacket_pair().unwrap();
+        let (host, channel) = seqpacket_pair().unwrap();
+        spawn_relay(ours, channel, server);
+        let mut prog = UnixStream::from(prog);
+        let mut host = UnixStream::from(host);
+
+        for q in [&b"first query"[..], b"second"] {
+            prog.write_all(q).unwrap();
+            let mut buf = vec![0u8; MAX_PACKET];
+            let n = host.read(&mut buf).unwrap();
+            assert_eq!(
+                decode_exact::<ToHost>(&buf[..n]).unwrap(),
+                ToHost::Datagram(Datagram {
+                    addr: server,
+                    payload: q.to_vec()
+                })
+            );
+        }
+        for a in [&b"an answer"[..], b"another"] {
+            let frame = to_vec(&ToGuest::Datagram(Datagram {
+                addr: server,
+                payload: a.to_vec(),
+            }))
+            .unwrap();
+            host.write_all(&frame).unwrap();
+        }
+        let mut buf = [0u8; 64];
+        let n = prog.read(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"an answer");
+        let n = prog.read(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"another");
+
+        // The program closes its socket: the association closes.
+        drop(prog);
+        let mut buf = [0u8; 16];
+        assert_eq!(host.read(&mut buf).unwrap(), 0);
+    }
+}

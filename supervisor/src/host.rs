@@ -100,3 +100,79 @@ fn read_exact_with_fd(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixListener;
+
+    use shared_proto::translate::connect_request;
+    use shared_proto::{decode, outsource::ConnectRequest};
+
+    use super::*;
+
+    #[test]
+    fn one_answer_frame_is_read_with_its_descriptor_and_no_further() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("host.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let dest = "10.170.160.2:80".parse().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut c, _) = listener.accept().unwrap();
+            let mut buf = Vec::new();
+            let req = loop {
+                let mut chunk = [0u8; 64];
+                let n = c.read(&mut chunk).unwrap();
+                buf.extend_from_slice(&chunk[..n]);
+                if let Some((m, _)) = decode::<ToHost>(&buf).unwrap() {
+                    break m;
+                }
+            };
+            let answer = to_vec(&ToGuest::Connected {
+                local: "10.0.0.1:4000".parse().unwrap(),
+                peer: dest,
+                fd_passed: true,
+                in_progress: true,
+            })
+            .unwrap();
+            let (passed, keep) = UnixStream::pair().unwrap();
+            outsock_fdpass::sendmsg_fd::<outsock_fdpass::Libc>(
+                c.as_raw_fd(),
+                &answer,
+                passed.as_raw_fd(),
+                0,
+            )
+            .unwrap();
+            c.write_all(b"data path").unwrap();
+            (req, keep)
+        });
+        let a = HostServer::new(path)
+            .request(&connect_request(dest, true, true))
+            .unwrap();
+        let (req, _keep) = server.join().unwrap();
+        assert_eq!(
+            req,
+            ToHost::Connect(ConnectRequest {
+                dest,
+                pass_fd: true,
+                nonblocking: true
+            })
+        );
+        assert!(matches!(a.msg, ToGuest::Connected { peer, .. } if peer == dest));
+        assert!(a.passed.is_some());
+        // What follows the frame is left for the program.
+        let mut rest = [0u8; 9];
+        (&a.stream).read_exact(&mut rest).unwrap();
+        assert_eq!(&rest, b"data path");
+    }
+
+    #[test]
+    fn an_unreachable_host_server_is_enetunreach() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = HostServer::new(dir.path().join("absent.sock"));
+        let r = h.request(&connect_request("10.0.0.2:80".parse().unwrap(), true, true));
+        assert_eq!(r.err(), Some(Errno::ENETUNREACH));
+    }
+}

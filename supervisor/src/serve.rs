@@ -31,7 +31,7 @@ use shared_proto::{Errno, ToGuest, ToHost};
 
 use crate::dns;
 use crate::host::HostServer;
-use crate::sys::{self, Listener, Notif};
+use crate::sys::{self, Listener, Notif, Ready};
 
 /// The largest address a program may pass (`sizeof(struct sockaddr_storage)`).
 const MAX_ADDR: u64 = 128;
@@ -135,14 +135,13 @@ impl Shared {
 /// When waiting for the child fails.
 pub fn serve(shared: Shared, child: &mut Child) -> io::Result<ExitStatus> {
     let shared = Arc::new(shared);
+    // The child is not reaped before this returns, so its pid still names it.
+    let exited = sys::pidfd(child.id())?;
     loop {
-        if let Some(status) = child.try_wait()? {
-            return Ok(status);
-        }
-        match shared.listener.wait(100) {
-            Ok(true) => {}
-            Ok(false) => continue,
-            Err(_) => return child.wait(),
+        match shared.listener.wait(&exited) {
+            Ok(Ready::Notif) => {}
+            Ok(Ready::None) => continue,
+            Ok(Ready::Exited) | Err(_) => return child.wait(),
         }
         let Ok(n) = shared.listener.recv() else {
             continue;

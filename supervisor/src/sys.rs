@@ -105,6 +105,29 @@ pub struct Notif {
     pub args: [u64; 6],
 }
 
+/// What [`Listener::wait`] saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ready {
+    Notif,
+    Exited,
+    None,
+}
+
+/// A pidfd of process `pid` (readable once it has exited).
+///
+/// # Errors
+/// pidfd_open's error.
+pub fn pidfd(pid: u32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open with integer arguments; the result is a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    #[allow(clippy::cast_possible_truncation)] // A descriptor.
+    // SAFETY: a descriptor just returned to us, owned from here.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
 /// The listener of the program's filter.
 #[derive(Debug)]
 pub struct Listener {
@@ -117,34 +140,45 @@ impl Listener {
         Self { fd }
     }
 
-    /// Waits up to `timeout_ms` for a notification: `Ok(true)` one is ready, `Ok(false)` none
-    /// yet, `Err` the listener is gone (POLLHUP: no task uses the filter any more).
+    /// Waits for a notification or for `child` (a pidfd) to exit, whichever comes first:
+    /// `Ok(Ready::Notif)` one is ready, `Ok(Ready::Exited)` the child exited, `Ok(Ready::None)`
+    /// interrupted, `Err` the listener is gone (POLLHUP: no task uses the filter any more).
     ///
     /// # Errors
     /// When every task under the filter has exited, or poll fails.
-    pub fn wait(&self, timeout_ms: c_int) -> io::Result<bool> {
-        let mut pfd = libc::pollfd {
-            fd: self.fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd.
-        let n = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+    pub fn wait(&self, child: &OwnedFd) -> io::Result<Ready> {
+        let mut pfds = [
+            libc::pollfd {
+                fd: self.fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: child.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: two valid pollfds.
+        let n = unsafe { libc::poll(pfds.as_mut_ptr(), 2, -1) };
         if n < 0 {
             let e = io::Error::last_os_error();
             return if e.kind() == io::ErrorKind::Interrupted {
-                Ok(false)
+                Ok(Ready::None)
             } else {
                 Err(e)
             };
         }
-        if pfd.revents & libc::POLLIN != 0 {
-            return Ok(true);
+        if pfds[1].revents != 0 {
+            return Ok(Ready::Exited);
         }
-        if pfd.revents & (libc::POLLHUP | libc::POLLERR) != 0 {
+        if pfds[0].revents & libc::POLLIN != 0 {
+            return Ok(Ready::Notif);
+        }
+        if pfds[0].revents & (libc::POLLHUP | libc::POLLERR) != 0 {
             return Err(io::Error::from_raw_os_error(libc::EPIPE));
         }
-        Ok(false)
+        Ok(Ready::None)
     }
 
     /// Receives one notification (ENOENT: its caller died before we took it).

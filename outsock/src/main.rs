@@ -166,7 +166,7 @@ fn run(
                     .unwrap_or(1),
             ),
             Err(outsock_supervisor::RunError::Unavailable) => eprintln!(
-                "outsock: seccomp user notification is unavailable; running with the preload only"
+                "outsock: seccomp user notification (Linux >= 5.14) is unavailable; running with the preload only"
             ),
             Err(e) => return Err(e).with_context(|| format!("running {}", command[0])),
         }

@@ -72,8 +72,8 @@ pub use shared_proto::translate::DEFAULT_GUEST_DNS;
 /// Why [`run`] failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    /// The kernel has no seccomp user notification; nothing was started.
-    #[error("seccomp user notification is not available on this kernel")]
+    /// The kernel lacks seccomp user notification with ADDFD/SETFD; nothing was started.
+    #[error("seccomp user notification with ADDFD/SETFD (Linux 5.14) is not available")]
     Unavailable,
     #[error("starting the program under the filter failed")]
     Spawn(#[source] io::Error),
@@ -92,10 +92,25 @@ pub struct Options {
     pub resolv_conf: PathBuf,
 }
 
-/// Whether this kernel offers seccomp user notification.
+/// Whether this kernel offers what the supervisor needs: seccomp user notification (5.0),
+/// checked with `SECCOMP_GET_ACTION_AVAIL`, and `SECCOMP_IOCTL_NOTIF_ADDFD` with
+/// `SECCOMP_ADDFD_FLAG_SETFD` (5.14), which nothing can probe without a notification, so the
+/// kernel's release says.
 #[must_use]
 pub fn available() -> bool {
-    sys::user_notif_available()
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    release_at_least(&release, (5, 14)) && sys::user_notif_available()
+}
+
+/// Whether a kernel release string (`6.18.0-1-amd64`) is at least `want` (major, minor).
+fn release_at_least(release: &str, want: (u32, u32)) -> bool {
+    let mut parts = release.trim().split(['.', '-']);
+    let major = parts.next().and_then(|p| p.parse::<u32>().ok());
+    let minor = parts.next().and_then(|p| p.parse::<u32>().ok());
+    match (major, minor) {
+        (Some(major), Some(minor)) => (major, minor) >= want,
+        _ => false,
+    }
 }
 
 /// The IPv4 nameservers of `path` (none when it cannot be read).
@@ -125,4 +140,18 @@ pub fn run(cmd: &mut Command, opts: &Options) -> Result<ExitStatus, RunError> {
         nameservers(&opts.resolv_conf),
     );
     serve::serve(shared, &mut child).map_err(RunError::Wait)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::release_at_least;
+
+    #[test]
+    fn kernel_releases_compare_by_major_and_minor() {
+        assert!(release_at_least("6.18.0-1-amd64\n", (5, 14)));
+        assert!(release_at_least("5.14.0", (5, 14)));
+        assert!(!release_at_least("5.10.0-28-cloud-amd64", (5, 14)));
+        assert!(!release_at_least("4.19.0", (5, 14)));
+        assert!(!release_at_least("garbage", (5, 14)));
+    }
 }

@@ -12,7 +12,8 @@
 //! - `socket(AF_INET, …)` continues (the hook for what later slices add).
 //!
 //! Sockets are known by identity (device and inode of the open file), never by descriptor
-//! number, so dup, fork and descriptor reuse cannot confuse them. Calls that may wait (connect,
+//! number, so dup, fork and descriptor reuse cannot confuse them; sockets nobody holds any more
+//! are swept from the table as it grows. Calls that may wait (connect,
 //! a DNS recvfrom) run on a thread of their own; the loop never waits for host-server.
 
 use std::collections::HashMap;
@@ -75,7 +76,66 @@ pub struct Shared {
     host: HostServer,
     guest_dns: SocketAddrV4,
     nameservers: Vec<Ipv4Addr>,
-    views: Mutex<HashMap<(u64, u64), View>>,
+    views: Mutex<Views>,
+}
+
+/// The sockets made here, by identity. The table is swept of sockets no process holds any
+/// more (so that it stays small, and a recycled inode number cannot inherit a stale view)
+/// whenever it has doubled since the last sweep.
+#[derive(Debug)]
+struct Views {
+    map: HashMap<(u64, u64), View>,
+    sweep_at: usize,
+}
+
+/// The smallest table that is swept.
+const SWEEP_MIN: usize = 1024;
+
+impl Views {
+    fn insert(&mut self, id: (u64, u64), view: View) {
+        self.map.insert(id, view);
+        if self.map.len() >= self.sweep_at {
+            let live = live_socket_inodes();
+            self.map.retain(|(_, ino), _| live.contains(ino));
+            self.sweep_at = (self.map.len() * 2).max(SWEEP_MIN);
+        }
+    }
+}
+
+/// The inodes of every socket some process holds (`socket:[N]` links under `/proc/*/fd` that
+/// we may read; the program runs as our user, or we are root).
+fn live_socket_inodes() -> std::collections::HashSet<u64> {
+    let mut live = std::collections::HashSet::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return live;
+    };
+    for p in procs.filter_map(Result::ok) {
+        if !p
+            .file_name()
+            .to_string_lossy()
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+        {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.filter_map(Result::ok) {
+            let Ok(target) = std::fs::read_link(fd.path()) else {
+                continue;
+            };
+            let target = target.to_string_lossy();
+            if let Some(ino) = target
+                .strip_prefix("socket:[")
+                .and_then(|t| t.strip_suffix(']'))
+                .and_then(|t| t.parse().ok())
+            {
+                live.insert(ino);
+            }
+        }
+    }
+    live
 }
 
 impl Shared {
@@ -91,7 +151,10 @@ impl Shared {
             host,
             guest_dns,
             nameservers,
-            views: Mutex::new(HashMap::new()),
+            views: Mutex::new(Views {
+                map: HashMap::new(),
+                sweep_at: SWEEP_MIN,
+            }),
         }
     }
 
@@ -109,6 +172,7 @@ impl Shared {
         self.views
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+            .map
             .get(&id)
             .copied()
     }
@@ -409,5 +473,38 @@ fn dns_recvfrom(s: &Shared, n: &Notif, copy: &OwnedFd, from: SocketAddrV4) -> Ou
     match write_sockaddr(s, n, addr, len_ptr, from) {
         Outcome::Return(_) => Outcome::Return(i64::try_from(full).unwrap_or(i64::MAX)),
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::os::unix::net::UnixStream;
+
+    use super::*;
+
+    #[test]
+    fn the_table_keeps_only_sockets_someone_holds() {
+        let a: SocketAddrV4 = "10.0.0.1:1".parse().unwrap();
+        let view = View {
+            local: a,
+            peer: a,
+            dns: false,
+        };
+        let (held, _other) = UnixStream::pair().unwrap();
+        let held_id = sys::identity(held.as_raw_fd()).unwrap();
+        let mut views = Views {
+            map: HashMap::new(),
+            sweep_at: SWEEP_MIN,
+        };
+        views.insert(held_id, view);
+        // Inode numbers no socket has: gone at the sweep the 1,024th entry starts.
+        for i in 1..SWEEP_MIN as u64 {
+            views.insert((held_id.0, u64::MAX - i), view);
+        }
+        assert_eq!(views.map.len(), 1);
+        assert!(views.map.contains_key(&held_id));
+        assert_eq!(views.sweep_at, SWEEP_MIN);
     }
 }

@@ -235,9 +235,122 @@ func main() {
 }
 "#;
 
+/// A raw-syscall client: socket, a non-blocking connect (EINPROGRESS), select for the
+/// handshake, a second connect (0: Linux reports the finished connect once) and a third
+/// (EISCONN), then getpeername and getsockname, all through Go's `syscall` package.
+const RAW_CLIENT: &str = r#"package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"syscall"
+)
+
+func main() {
+	ips, err := net.DefaultResolver.LookupIP(context.Background(), "ip4", os.Args[1])
+	if err != nil || len(ips) == 0 {
+		fmt.Fprintln(os.Stderr, "lookup:", err)
+		os.Exit(2)
+	}
+	var sa syscall.SockaddrInet4
+	copy(sa.Addr[:], ips[0].To4())
+	sa.Port = 80
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_NONBLOCK, 0)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "socket:", err)
+		os.Exit(3)
+	}
+	fmt.Printf("first connect: %v\n", syscall.Connect(fd, &sa))
+	var w syscall.FdSet
+	w.Bits[fd/64] |= 1 << (uint(fd) % 64)
+	tv := syscall.Timeval{Sec: 20}
+	if _, err := syscall.Select(fd+1, nil, &w, nil, &tv); err != nil {
+		fmt.Fprintln(os.Stderr, "select:", err)
+		os.Exit(4)
+	}
+	fmt.Printf("second connect: %v\n", syscall.Connect(fd, &sa))
+	fmt.Printf("third connect: %v\n", syscall.Connect(fd, &sa))
+	peer, _ := syscall.Getpeername(fd)
+	if p, ok := peer.(*syscall.SockaddrInet4); ok {
+		fmt.Printf("peer %v:%d (dummy %v)\n", net.IP(p.Addr[:]), p.Port, ips[0])
+	} else {
+		fmt.Printf("peer not AF_INET: %#v\n", peer)
+	}
+	local, _ := syscall.Getsockname(fd)
+	_, ok := local.(*syscall.SockaddrInet4)
+	fmt.Printf("local AF_INET: %v\n", ok)
+	req := "GET /index.html HTTP/1.0\r\n\r\n"
+	syscall.Write(fd, []byte(req))
+	buf := make([]byte, 4096)
+	var got []byte
+	for {
+		n, err := syscall.Read(fd, buf)
+		if err == syscall.EAGAIN {
+			var r syscall.FdSet
+			r.Bits[fd/64] |= 1 << (uint(fd) % 64)
+			tv := syscall.Timeval{Sec: 20}
+			syscall.Select(fd+1, &r, nil, nil, &tv)
+			continue
+		}
+		if n <= 0 {
+			break
+		}
+		got = append(got, buf[:n]...)
+	}
+	os.Stdout.Write(got)
+}
+"#;
+
+#[test]
+fn raw_syscalls_see_an_af_inet_socket() {
+    let test = "raw_syscalls_see_an_af_inet_socket";
+    if !can_supervise(test) {
+        return;
+    }
+    let Some(s) = stack("sup-raw", "") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let Some(bin) = go_build(test, dir.path(), RAW_CLIENT) else {
+        return;
+    };
+    let out = supervised(&s, &bin, &[zone::V6ONLY]);
+    let stdout = ok(&s, &out, "raw-syscall client");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines[0], "first connect: operation now in progress",
+        "{stdout}"
+    );
+    // Connects again on a socket made by the supervisor are the kernel's answers about it, not
+    // new connections (those would say EINPROGRESS again).
+    assert_eq!(lines[1], "second connect: <nil>", "{stdout}");
+    assert_eq!(
+        lines[2], "third connect: transport endpoint is already connected",
+        "{stdout}"
+    );
+    let peer = lines[3]
+        .strip_prefix("peer ")
+        .unwrap_or_else(|| panic!("{stdout}"));
+    let (addr, dummy) = peer.split_once(" (dummy ").unwrap();
+    assert_eq!(
+        addr,
+        format!("{}:80", dummy.trim_end_matches(')')),
+        "{stdout}"
+    );
+    assert_eq!(lines[4], "local AF_INET: true", "{stdout}");
+    assert!(stdout.ends_with(INDEX_BODY), "{stdout}");
+}
+
 /// The Go client built with CGO_ENABLED=0 (a static binary making raw system calls), or
 /// `None` after [`skip`].
 fn go_client(test: &str, dir: &Path) -> Option<PathBuf> {
+    go_build(test, dir, GO_CLIENT)
+}
+
+/// `source` built with CGO_ENABLED=0, or `None` after [`skip`].
+fn go_build(test: &str, dir: &Path, source: &str) -> Option<PathBuf> {
     if Command::new("go").arg("version").output().is_err() {
         skip(
             test,
@@ -245,7 +358,7 @@ fn go_client(test: &str, dir: &Path) -> Option<PathBuf> {
         );
         return None;
     }
-    std::fs::write(dir.join("main.go"), GO_CLIENT).unwrap();
+    std::fs::write(dir.join("main.go"), source).unwrap();
     let bin = dir.join("client");
     let out = Command::new("go")
         .args(["build", "-o"])

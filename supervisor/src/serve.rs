@@ -276,7 +276,9 @@ fn connect(s: &Shared, n: &Notif, bytes: &[u8]) -> Outcome {
         0 => Outcome::Return(0),
         e => Outcome::Fail(e),
     };
-    if !is_outsourced(dest) {
+    // Loopback stays local; and a socket made here is already connected or connecting, so a
+    // second connect gets what the kernel says about it (EISCONN, EALREADY), as natively.
+    if !is_outsourced(dest) || s.view(copy.as_raw_fd()).is_some() {
         return native();
     }
     let ty = match sys::sockopt_int(copy.as_raw_fd(), libc::SOL_SOCKET, libc::SO_TYPE) {

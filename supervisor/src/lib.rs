@@ -45,10 +45,15 @@
 //! program's process group itself).
 //!
 //! Not in this slice (the calls continue natively, which fails on an IPv6-only network):
-//! UDP other than DNS, listen/accept, `sendto`/`sendmsg` with an address, ICMP, `recvmsg`
-//! addresses on the DNS pair, the i386 ABI. Socket options set before an outsourced connect
-//! are not carried over. When the program itself exits the supervisor stops too; descendants
-//! still running then lose it (their notified calls fail with ENOSYS).
+//! UDP other than DNS, listen/accept, `sendto`/`sendmsg` with an address (so musl's resolver,
+//! which sends unconnected, is not served), `recvmsg` addresses on the DNS pair, ICMP, the
+//! i386 ABI. Socket options set before an outsourced connect are not carried over. When the
+//! program itself exits the supervisor stops too; descendants still running then lose it
+//! (their notified calls fail with ENOSYS).
+//!
+//! Cost: each notified call is a round trip to the supervisor (and `socket(AF_INET)` one that
+//! only continues); an outsourced connect or DNS read also starts a thread. The data path is
+//! untouched: reads and writes on a passed socket are the kernel's own.
 //!
 //! Modules: [`filter`] (the BPF program, safe), `sys` (every syscall and ioctl; the only
 //! `unsafe`), `host` (the host-server client), `dns` (the resolver relay), `serve` (the loop).

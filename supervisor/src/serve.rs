@@ -276,9 +276,18 @@ fn connect(s: &Shared, n: &Notif, bytes: &[u8]) -> Outcome {
         0 => Outcome::Return(0),
         e => Outcome::Fail(e),
     };
-    // Loopback stays local; and a socket made here is already connected or connecting, so a
-    // second connect gets what the kernel says about it (EISCONN, EALREADY), as natively.
-    if !is_outsourced(dest) || s.view(copy.as_raw_fd()).is_some() {
+    if let Some(view) = s.view(copy.as_raw_fd()) {
+        // A DNS pair connected again to a nameserver: the relay serves them all alike.
+        if view.dns && s.is_nameserver(dest) {
+            s.record(copy.as_raw_fd(), View { peer: dest, ..view });
+            return Outcome::Return(0);
+        }
+        // A TCP socket made here is already connected or connecting: another connect gets
+        // what the kernel says about it (0 once, then EISCONN; EALREADY), as natively.
+        return native();
+    }
+    // Loopback stays local.
+    if !is_outsourced(dest) {
         return native();
     }
     let ty = match sys::sockopt_int(copy.as_raw_fd(), libc::SOL_SOCKET, libc::SO_TYPE) {

@@ -6,7 +6,7 @@
 //! payload to the pair. The program reads it with read/recv, or with recvfrom, which the
 //! supervisor answers with the nameserver's address (`serve`).
 
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
 use std::net::SocketAddrV4;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
@@ -20,16 +20,23 @@ const MAX_PACKET: usize = 70 * 1024;
 /// Starts the relay between `ours` (our end of the program's pair) and `channel` (the
 /// association's packet channel) for queries to `server` (the guest DNS address). Two threads,
 /// one per direction; both end when the program closes its end.
-pub fn spawn_relay(ours: OwnedFd, channel: OwnedFd, server: SocketAddrV4) {
+///
+/// # Errors
+/// When a descriptor cannot be duplicated or a thread cannot start (then neither runs on).
+pub fn spawn_relay(ours: OwnedFd, channel: OwnedFd, server: SocketAddrV4) -> io::Result<()> {
     // std's UnixStream over SOCK_SEQPACKET descriptors: each read is one packet, each write
     // one packet, EOF is 0.
     let prog = UnixStream::from(ours);
     let chan = UnixStream::from(channel);
-    let (Ok(prog2), Ok(chan2)) = (prog.try_clone(), chan.try_clone()) else {
-        return;
-    };
-    std::thread::spawn(move || queries(prog, chan, server));
-    std::thread::spawn(move || answers(chan2, prog2));
+    let (prog2, chan2) = (prog.try_clone()?, chan.try_clone()?);
+    // If the second thread cannot start, shutting the association down ends the first.
+    let chan3 = chan.try_clone()?;
+    std::thread::Builder::new().spawn(move || queries(prog, chan, server))?;
+    if let Err(e) = std::thread::Builder::new().spawn(move || answers(chan2, prog2)) {
+        let _ = chan3.shutdown(std::net::Shutdown::Both);
+        return Err(e);
+    }
+    Ok(())
 }
 
 fn queries(mut prog: UnixStream, mut chan: UnixStream, server: SocketAddrV4) {
@@ -82,7 +89,7 @@ mod tests {
         let server: SocketAddrV4 = "10.170.160.1:53".parse().unwrap();
         let (prog, ours) = seqpacket_pair().unwrap();
         let (host, channel) = seqpacket_pair().unwrap();
-        spawn_relay(ours, channel, server);
+        spawn_relay(ours, channel, server).unwrap();
         let mut prog = UnixStream::from(prog);
         let mut host = UnixStream::from(host);
 

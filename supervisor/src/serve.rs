@@ -220,10 +220,7 @@ fn dispatch(shared: &Arc<Shared>, n: Notif) {
             // An AF_INET address, validated: the rest may wait for host-server.
             Ok(bytes) => {
                 let s = Arc::clone(shared);
-                std::thread::spawn(move || {
-                    let outcome = connect(&s, &n, &bytes);
-                    s.finish(&n, outcome);
-                });
+                on_thread(shared, n, move || connect(&s, &n, &bytes));
             }
             Err(outcome) => shared.finish(&n, outcome),
         },
@@ -389,6 +386,10 @@ fn udp_dns(s: &Shared, n: &Notif, copy: &OwnedFd, dest: SocketAddrV4) -> Outcome
         Ok(p) => p,
         Err(e) => return io_fail(&e),
     };
+    // The relay first: should the install fail, it sees the program's end close and ends.
+    if let Err(e) = dns::spawn_relay(ours, channel, s.guest_dns) {
+        return io_fail(&e);
+    }
     if let Err(o) = install(s, n, &theirs, nonblocking) {
         return o;
     }
@@ -401,7 +402,6 @@ fn udp_dns(s: &Shared, n: &Notif, copy: &OwnedFd, dest: SocketAddrV4) -> Outcome
         },
     );
     drop(theirs);
-    dns::spawn_relay(ours, channel, s.guest_dns);
     Outcome::Return(0)
 }
 
@@ -460,10 +460,20 @@ fn recvfrom(shared: &Arc<Shared>, n: Notif) {
     }
     // The read may wait (a blocking socket): on a thread of its own.
     let s = Arc::clone(shared);
-    std::thread::spawn(move || {
-        let outcome = dns_recvfrom(&s, &n, &copy, view.peer);
+    on_thread(shared, n, move || dns_recvfrom(&s, &n, &copy, view.peer));
+}
+
+/// Works out notification `n`'s outcome with `work` on a thread of its own and answers it
+/// there; where no thread can start, the call fails with EAGAIN.
+fn on_thread(shared: &Arc<Shared>, n: Notif, work: impl FnOnce() -> Outcome + Send + 'static) {
+    let s = Arc::clone(shared);
+    let started = std::thread::Builder::new().spawn(move || {
+        let outcome = work();
         s.finish(&n, outcome);
     });
+    if started.is_err() {
+        shared.finish(&n, Outcome::Fail(libc::EAGAIN));
+    }
 }
 
 fn dns_recvfrom(s: &Shared, n: &Notif, copy: &OwnedFd, from: SocketAddrV4) -> Outcome {

@@ -521,3 +521,103 @@ fn sigterm_reaches_the_supervised_program() {
     // The program died of the forwarded SIGTERM, and outsock said so as a shell would.
     assert_eq!(status.code(), Some(128 + 15), "{status}");
 }
+
+/// A resolver as musl's sends: an unconnected UDP socket, `sendto` the resolv.conf nameserver,
+/// `recvfrom` checking where the answer came from.
+const SENDTO_CLIENT: &str = r#"package main
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+	"syscall"
+)
+
+func nameserver() [4]byte {
+	data, _ := os.ReadFile("/etc/resolv.conf")
+	for _, l := range strings.Split(string(data), "\n") {
+		f := strings.Fields(l)
+		if len(f) >= 2 && f[0] == "nameserver" {
+			if ip := net.ParseIP(f[1]).To4(); ip != nil {
+				var a [4]byte
+				copy(a[:], ip)
+				return a
+			}
+		}
+	}
+	fmt.Fprintln(os.Stderr, "no IPv4 nameserver")
+	os.Exit(2)
+	return [4]byte{}
+}
+
+func main() {
+	ns := nameserver()
+	q := []byte{0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0}
+	for _, label := range strings.Split(os.Args[1], ".") {
+		q = append(q, byte(len(label)))
+		q = append(q, label...)
+	}
+	q = append(q, 0, 0, 1, 0, 1)
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_DGRAM, 0)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "socket:", err)
+		os.Exit(3)
+	}
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{}); err != nil {
+		fmt.Fprintln(os.Stderr, "bind:", err)
+		os.Exit(3)
+	}
+	if err := syscall.Sendto(fd, q, 0, &syscall.SockaddrInet4{Port: 53, Addr: ns}); err != nil {
+		fmt.Fprintln(os.Stderr, "sendto:", err)
+		os.Exit(4)
+	}
+	buf := make([]byte, 1500)
+	n, from, err := syscall.Recvfrom(fd, buf, 0)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "recvfrom:", err)
+		os.Exit(5)
+	}
+	f, ok := from.(*syscall.SockaddrInet4)
+	if !ok {
+		fmt.Printf("from not AF_INET: %#v\n", from)
+		os.Exit(6)
+	}
+	fmt.Printf("from %v:%d\n", net.IP(f.Addr[:]), f.Port)
+	fmt.Printf("id %#x answers %d\n", binary.BigEndian.Uint16(buf[0:2]), binary.BigEndian.Uint16(buf[6:8]))
+	// The one A record's address ends the answer.
+	fmt.Printf("a %v\n", net.IP(buf[n-4:n]))
+}
+"#;
+
+#[test]
+fn unconnected_sendto_a_nameserver_is_answered_by_the_guest_dns() {
+    let test = "unconnected_sendto_a_nameserver_is_answered_by_the_guest_dns";
+    if !can_supervise(test) {
+        return;
+    }
+    let Some(ns) = outsock_supervisor::nameservers(Path::new("/etc/resolv.conf"))
+        .first()
+        .copied()
+    else {
+        skip(test, "/etc/resolv.conf names no IPv4 nameserver");
+        return;
+    };
+    let Some(s) = stack("sup-sendto", "") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let Some(bin) = go_build(test, dir.path(), SENDTO_CLIENT) else {
+        return;
+    };
+    let out = supervised(&s, &bin, &[zone::V6ONLY]);
+    let stdout = ok(&s, &out, "sendto client");
+    let lines: Vec<&str> = stdout.lines().collect();
+    // The answer seems to come from the nameserver the program asked, as resolvers check.
+    assert_eq!(lines[0], format!("from {ns}:53"), "{stdout}");
+    assert_eq!(lines[1], "id 0x1234 answers 1", "{stdout}");
+    let a = lines[2].strip_prefix("a ").unwrap();
+    let mapped = s.mappings(&["--address", a]).unwrap();
+    assert!(mapped.contains(zone::V6ONLY), "{a}: {mapped}");
+}

@@ -3,9 +3,9 @@
 //!
 //! - A foreign architecture (the i386 ABI of an x86_64 program) is allowed: the supervisor
 //!   translates, it does not confine (see the crate docs).
-//! - `socket(AF_INET, …)`, `connect`, `getsockname`, `getpeername`, and `recvfrom` with a
-//!   non-null source address notify the supervisor; everything else is allowed. `recv` (a
-//!   `recvfrom` without an address) and `read` never reach the supervisor.
+//! - `socket(AF_INET, …)`, `connect`, `getsockname`, `getpeername`, and `recvfrom`/`sendto`
+//!   with a non-null address notify the supervisor; everything else is allowed. `recv`/`send`
+//!   (the same calls without an address), `read` and `write` never reach the supervisor.
 
 use libc::sock_filter;
 
@@ -47,12 +47,13 @@ fn jeq(k: u32, jt: u8, jf: u8) -> sock_filter {
 }
 
 /// The system calls the supervisor is notified of (x86_64 numbers), for the docs and tests.
-pub const NOTIFIED: [i64; 5] = [
+pub const NOTIFIED: [i64; 6] = [
     libc::SYS_socket,
     libc::SYS_connect,
     libc::SYS_getsockname,
     libc::SYS_getpeername,
     libc::SYS_recvfrom,
+    libc::SYS_sendto,
 ];
 
 /// The filter program. Jumps are relative and forward only; the comments give each
@@ -67,25 +68,26 @@ pub fn program() -> Vec<sock_filter> {
         jeq(AUDIT_ARCH_X86_64, 1, 0),            // 1: -> 3
         stmt(RET_K, allow),                      // 2
         stmt(LD_W_ABS, NR),                      // 3
-        jeq(libc::SYS_connect as u32, 5, 0),     // 4: -> 10
-        jeq(libc::SYS_getsockname as u32, 4, 0), // 5: -> 10
-        jeq(libc::SYS_getpeername as u32, 3, 0), // 6: -> 10
-        jeq(libc::SYS_socket as u32, 3, 0),      // 7: -> 11
-        jeq(libc::SYS_recvfrom as u32, 6, 0),    // 8: -> 15
-        stmt(RET_K, allow),                      // 9
-        stmt(RET_K, notify),                     // 10
+        jeq(libc::SYS_connect as u32, 6, 0),     // 4: -> 11
+        jeq(libc::SYS_getsockname as u32, 5, 0), // 5: -> 11
+        jeq(libc::SYS_getpeername as u32, 4, 0), // 6: -> 11
+        jeq(libc::SYS_socket as u32, 4, 0),      // 7: -> 12
+        jeq(libc::SYS_recvfrom as u32, 7, 0),    // 8: -> 16
+        jeq(libc::SYS_sendto as u32, 6, 0),      // 9: -> 16
+        stmt(RET_K, allow),                      // 10
+        stmt(RET_K, notify),                     // 11
         // socket: notify for AF_INET only.
-        stmt(LD_W_ABS, arg_lo(0)),       // 11
-        jeq(libc::AF_INET as u32, 0, 1), // 12: -> 13 / 14
-        stmt(RET_K, notify),             // 13
-        stmt(RET_K, allow),              // 14
-        // recvfrom: notify when src_addr (args[4]) is not null.
-        stmt(LD_W_ABS, arg_lo(4)), // 15
-        jeq(0, 0, 2),              // 16: -> 17 / 19
-        stmt(LD_W_ABS, arg_hi(4)), // 17
-        jeq(0, 1, 0),              // 18: -> 20 / 19
-        stmt(RET_K, notify),       // 19
-        stmt(RET_K, allow),        // 20
+        stmt(LD_W_ABS, arg_lo(0)),       // 12
+        jeq(libc::AF_INET as u32, 0, 1), // 13: -> 14 / 15
+        stmt(RET_K, notify),             // 14
+        stmt(RET_K, allow),              // 15
+        // recvfrom, sendto: notify when the address (args[4]) is not null.
+        stmt(LD_W_ABS, arg_lo(4)), // 16
+        jeq(0, 0, 2),              // 17: -> 18 / 20
+        stmt(LD_W_ABS, arg_hi(4)), // 18
+        jeq(0, 1, 0),              // 19: -> 21 / 20
+        stmt(RET_K, notify),       // 20
+        stmt(RET_K, allow),        // 21
     ]
 }
 
@@ -145,7 +147,10 @@ mod tests {
         assert_eq!(run(&p, x, rf, [3, 0, 0, 0, 0x7fff_0000, 0]), n);
         assert_eq!(run(&p, x, rf, [3, 0, 0, 0, 0x7f00_0000_0000, 0]), n);
         assert_eq!(run(&p, x, libc::SYS_read as u32, [3, 0, 0, 0, 0, 0]), a);
-        assert_eq!(run(&p, x, libc::SYS_sendto as u32, [3, 0, 0, 0, 1, 0]), a);
+        let st = libc::SYS_sendto as u32;
+        assert_eq!(run(&p, x, st, [3, 0, 0, 0, 0, 0]), a);
+        assert_eq!(run(&p, x, st, [3, 0, 0, 0, 0x7fff_0000, 16]), n);
+        assert_eq!(run(&p, x, libc::SYS_write as u32, [3, 0, 0, 0, 1, 0]), a);
         assert_eq!(run(&p, 0x4000_0003, libc::SYS_connect as u32, [0; 6]), a);
         assert!(NOTIFIED.contains(&libc::SYS_recvfrom));
     }

@@ -13,8 +13,8 @@
 //!    passes the listener back over a socketpair. liboutsock stays preloaded for dynamic
 //!    programs: what it handles never reaches the kernel as an AF_INET non-loopback connect
 //!    (its sockets are IPv6 or Unix by then), so nothing is handled twice.
-//! 2. The filter notifies `socket(AF_INET)`, `connect`, `getsockname`, `getpeername` and
-//!    `recvfrom` with an address; everything else runs untouched at full speed.
+//! 2. The filter notifies `socket(AF_INET)`, `connect`, `getsockname`, `getpeername`, and
+//!    `recvfrom`/`sendto` with an address; everything else runs untouched at full speed.
 //! 3. `serve` answers each notification. A TCP connect to a non-loopback IPv4 address asks
 //!    host-server exactly as liboutsock does in process mode (`Connect` with `pass_fd`, the
 //!    answer while the connect is under way) and installs the passed IPv6 socket over the
@@ -28,8 +28,9 @@
 //!    `AF_UNIX` `SOCK_SEQPACKET` pair whose other end `dns` relays, one datagram per packet,
 //!    through a host-server UDP association to the guest DNS address (dns-cache, which
 //!    answers with dummy IPv4 addresses); recvfrom with an address on it is done here and
-//!    reports the nameserver, which glibc's and musl's resolvers check. A TCP connect to a
-//!    nameserver becomes host-server's relayed stream to the guest DNS address.
+//!    reports the nameserver, which glibc's and musl's resolvers check. An unconnected UDP
+//!    socket's `sendto` a nameserver on port 53 (musl's resolver) makes it such a pair too. A
+//!    TCP connect to a nameserver becomes host-server's relayed stream to the guest DNS address.
 //!
 //! Time-of-check to time-of-use: addresses are read from the program's memory with
 //! `process_vm_readv`, then `SECCOMP_IOCTL_NOTIF_ID_VALID` confirms the caller still waits
@@ -45,9 +46,8 @@
 //! program's process group itself).
 //!
 //! Not in this slice (the calls continue natively, which fails on an IPv6-only network):
-//! UDP other than DNS, listen/accept, `sendto`/`sendmsg` with an address (so musl's resolver,
-//! which sends unconnected, is not served), `recvmsg` addresses on the DNS pair, ICMP, the
-//! i386 ABI. Socket options set before an outsourced connect are not carried over. When the
+//! UDP other than DNS, listen/accept, `sendmsg` with an address, `recvmsg` addresses on the
+//! DNS pair, ICMP, the i386 ABI. Socket options set before an outsourced connect are not carried over. When the
 //! program itself exits the supervisor stops too; descendants still running then lose it
 //! (their notified calls fail with ENOSYS).
 //!

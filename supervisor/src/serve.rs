@@ -9,6 +9,8 @@
 //!   program's memory again; other families continue untouched.
 //! - `getsockname`/`getpeername` of a socket made here answer its AF_INET view; others continue.
 //! - `recvfrom` with an address on a DNS pair is done here and reports the nameserver.
+//! - `sendto` with an AF_INET address: to a nameserver on port 53 from an unconnected UDP
+//!   socket it makes a DNS pair first; otherwise it is made here with the bytes already read.
 //! - `socket(AF_INET, …)` continues (the hook for what later slices add).
 //!
 //! Sockets are known by identity (device and inode of the open file), never by descriptor
@@ -229,6 +231,7 @@ fn dispatch(shared: &Arc<Shared>, n: Notif) {
             shared.finish(&n, outcome);
         }
         libc::SYS_recvfrom => recvfrom(shared, n),
+        libc::SYS_sendto => sendto(shared, n),
         _ => shared.finish(&n, Outcome::Continue),
     }
 }
@@ -367,32 +370,34 @@ fn tcp(s: &Shared, n: &Notif, copy: &OwnedFd, dest: SocketAddrV4, dns: bool) -> 
 }
 
 fn udp_dns(s: &Shared, n: &Notif, copy: &OwnedFd, dest: SocketAddrV4) -> Outcome {
+    match dns_pair(s, n, copy, dest) {
+        Ok(_) => Outcome::Return(0),
+        Err(o) => o,
+    }
+}
+
+/// Makes the program's UDP socket (`copy`) a DNS pair relayed to the guest DNS address, its
+/// peer `dest` (a nameserver); returns our copy of the program's (installed) end.
+fn dns_pair(s: &Shared, n: &Notif, copy: &OwnedFd, dest: SocketAddrV4) -> Result<OwnedFd, Outcome> {
     let nonblocking = nonblocking(copy);
     let bind = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0);
-    let answer = match s.host.request(&ToHost::Udp(UdpRequest { bind })) {
-        Ok(a) => a,
-        Err(e) => return errno(e),
-    };
+    let answer = s
+        .host
+        .request(&ToHost::Udp(UdpRequest { bind }))
+        .map_err(errno)?;
     let local = match answer.msg {
         ToGuest::Associated { local } => local,
-        ToGuest::Failed(e) => return errno(e),
-        _ => return Outcome::Fail(libc::EPROTO),
+        ToGuest::Failed(e) => return Err(errno(e)),
+        _ => return Err(Outcome::Fail(libc::EPROTO)),
     };
     // In process mode the association's channel is a packet channel passed with the answer.
     let Some(channel) = answer.passed else {
-        return Outcome::Fail(libc::EPROTO);
+        return Err(Outcome::Fail(libc::EPROTO));
     };
-    let (theirs, ours) = match sys::seqpacket_pair() {
-        Ok(p) => p,
-        Err(e) => return io_fail(&e),
-    };
+    let (theirs, ours) = sys::seqpacket_pair().map_err(|e| io_fail(&e))?;
     // The relay first: should the install fail, it sees the program's end close and ends.
-    if let Err(e) = dns::spawn_relay(ours, channel, s.guest_dns) {
-        return io_fail(&e);
-    }
-    if let Err(o) = install(s, n, &theirs, nonblocking) {
-        return o;
-    }
+    dns::spawn_relay(ours, channel, s.guest_dns).map_err(|e| io_fail(&e))?;
+    install(s, n, &theirs, nonblocking)?;
     s.record(
         theirs.as_raw_fd(),
         View {
@@ -401,8 +406,81 @@ fn udp_dns(s: &Shared, n: &Notif, copy: &OwnedFd, dest: SocketAddrV4) -> Outcome
             dns: true,
         },
     );
-    drop(theirs);
-    Outcome::Return(0)
+    Ok(theirs)
+}
+
+/// `sendto` with an address (`send` has none and never comes here). An AF_INET UDP socket
+/// that is not connected sending to a nameserver on port 53 (musl's resolver, for one)
+/// becomes a DNS pair, and so does every later datagram it sends to a nameserver; any other
+/// AF_INET sendto is made here with the bytes already read; other families continue.
+fn sendto(shared: &Arc<Shared>, n: Notif) {
+    let (ptr, len) = (n.args[4], n.args[5] & 0xffff_ffff);
+    if len > MAX_ADDR {
+        shared.finish(&n, Outcome::Continue);
+        return;
+    }
+    #[allow(clippy::cast_possible_truncation)] // At most 128.
+    let Ok(addr) = sys::read_mem(n.pid, ptr, len as usize) else {
+        shared.finish(&n, Outcome::Fail(libc::EFAULT));
+        return;
+    };
+    if !shared.listener.valid(n.id) {
+        return;
+    }
+    if sockaddr_family(&addr) != Some(AF_INET) {
+        shared.finish(&n, Outcome::Continue);
+        return;
+    }
+    // A datagram to a nameserver may need host-server: on a thread of its own.
+    let s = Arc::clone(shared);
+    on_thread(shared, n, move || send_datagram(&s, &n, &addr));
+}
+
+fn send_datagram(s: &Shared, n: &Notif, addr: &[u8]) -> Outcome {
+    let Some(dest) = decode_sockaddr_in(addr) else {
+        return Outcome::Fail(libc::EINVAL);
+    };
+    let [fd, buf, len, flags, _, _] = n.args;
+    #[allow(clippy::cast_possible_truncation)] // Capped; flags are an int.
+    let (fd, len, flags) = (
+        fd as RawFd,
+        len.min(MAX_DGRAM as u64) as usize,
+        flags as i32,
+    );
+    let Ok(data) = sys::read_mem(n.pid, buf, len) else {
+        return Outcome::Fail(libc::EFAULT);
+    };
+    if !s.listener.valid(n.id) {
+        return Outcome::Gone;
+    }
+    let copy = match sys::take_fd(n.pid, fd) {
+        Ok(c) => c,
+        Err(e) => return io_fail(&e),
+    };
+    let sent =
+        |target: &OwnedFd, to: &[u8]| match sys::send_to(target.as_raw_fd(), &data, flags, to) {
+            Ok(m) => Outcome::Return(i64::try_from(m).unwrap_or(i64::MAX)),
+            Err(e) => Outcome::Fail(e),
+        };
+    let nameserver = s.is_nameserver(dest);
+    match s.view(copy.as_raw_fd()) {
+        // A DNS pair: its datagrams all go to the guest DNS; elsewhere it cannot send.
+        Some(v) if v.dns && nameserver => return sent(&copy, &[]),
+        Some(v) if v.dns => return Outcome::Fail(libc::EISCONN),
+        _ => {}
+    }
+    let unconnected_udp = sys::sockopt_int(copy.as_raw_fd(), libc::SOL_SOCKET, libc::SO_TYPE)
+        .is_ok_and(|t| t == libc::SOCK_DGRAM)
+        && sys::peer_unset(copy.as_raw_fd());
+    if nameserver && unconnected_udp {
+        return match dns_pair(s, n, &copy, dest) {
+            Ok(theirs) => sent(&theirs, &[]),
+            Err(o) => o,
+        };
+    }
+    // Not outsourced in this slice (loopback stays local; elsewhere ENETUNREACH on an
+    // IPv6-only host), made with the bytes already read.
+    sent(&copy, addr)
 }
 
 /// Writes `a` at the program's `addr`/`len` pointers as the kernel does (truncated to `*len`,

@@ -567,3 +567,38 @@ pub fn forward_stop_signals(pid: u32) {
         }
     }
 }
+
+/// sendto(2) of `data` on `fd` with `flags`, to the raw address bytes `addr` (already copied
+/// out of the program's memory) or, when `addr` is empty, to the connected peer; the bytes sent
+/// or the errno.
+///
+/// # Errors
+/// The errno.
+pub fn send_to(fd: RawFd, data: &[u8], flags: c_int, addr: &[u8]) -> Result<usize, i32> {
+    let len = libc::socklen_t::try_from(addr.len()).map_err(|_| libc::EINVAL)?;
+    let ptr = if addr.is_empty() {
+        std::ptr::null()
+    } else {
+        addr.as_ptr().cast()
+    };
+    // SAFETY: `data` and `addr` are valid for reading for their lengths; the kernel copies them.
+    let n = unsafe { libc::sendto(fd, data.as_ptr().cast(), data.len(), flags, ptr, len) };
+    if n < 0 {
+        return Err(io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO));
+    }
+    Ok(n.unsigned_abs())
+}
+
+/// Whether socket `fd` has no peer (getpeername fails with ENOTCONN).
+#[must_use]
+pub fn peer_unset(fd: RawFd) -> bool {
+    // SAFETY: sockaddr_storage is plain data.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    #[allow(clippy::cast_possible_truncation)] // 128 bytes.
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: a buffer of `len` writable bytes and its length.
+    let rc = unsafe { libc::getpeername(fd, std::ptr::from_mut(&mut ss).cast(), &mut len) };
+    rc != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ENOTCONN)
+}

@@ -11,13 +11,14 @@
 #![allow(clippy::unwrap_used)]
 
 use std::io::{Read, Write};
-use std::net::{SocketAddrV4, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 
 use std::time::{Duration, Instant};
 
 use outsock_e2e::{stack, text};
+use socket2::{Domain, Socket, Type};
 use testworld::stack::{artefact, Stack};
 use testworld::{addr, zone, INDEX_BODY};
 
@@ -620,4 +621,394 @@ fn unconnected_sendto_a_nameserver_is_answered_by_the_guest_dns() {
     let a = lines[2].strip_prefix("a ").unwrap();
     let mapped = s.mappings(&["--address", a]).unwrap();
     assert!(mapped.contains(zone::V6ONLY), "{a}: {mapped}");
+}
+
+#[test]
+fn descendants_stay_supervised_after_the_program_exits() {
+    let test = "descendants_stay_supervised_after_the_program_exits";
+    if !can_supervise(test) {
+        return;
+    }
+    let Some(s) = stack("sup-desc", "") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let Some(bb) = busybox_static(test, dir.path()) else {
+        return;
+    };
+    // The shell exits at once; its background child fetches a second later, when the
+    // supervisor's own child is long gone (it used to stop then: ENOSYS for the orphan).
+    let url = format!("http://{}/index.html", zone::V6ONLY);
+    let bb_path = bb.display().to_string();
+    let script = format!("({bb_path} sleep 1; {bb_path} wget -q -O - {url}) &");
+    let started = Instant::now();
+    let out = supervised(&s, &bb, &["sh", "-c", &script]);
+    assert_eq!(ok(&s, &out, "sh with a background wget"), INDEX_BODY);
+    // outsock served until the orphan was done, and returned the shell's status (0).
+    assert!(started.elapsed() >= Duration::from_secs(1));
+}
+
+/// host-server may listen on these guest ports in the listener tests.
+const PORTS: &str = "[listen]\nallowed_ports = [8080, 8081, 8082]\n";
+
+/// Waits until host-server listens on TCP `port` in `host` (seen with `ss`).
+fn wait_listening(s: &Stack, port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = s
+            .world
+            .host()
+            .command("ss")
+            .args(["-Hltn", &format!("sport = :{port}")])
+            .output()
+            .unwrap();
+        if text(&out.stdout).contains(&format!(":{port}")) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nothing listens on port {port} after 20 s\n{}",
+            s.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A TCP connection from [`addr::CLIENT`] to the host's IPv6 address (call inside `world`).
+fn connect_from_client(port: u16) -> TcpStream {
+    let sock = Socket::new(Domain::IPV6, Type::STREAM, None).unwrap();
+    sock.bind(&SocketAddr::new(addr::CLIENT.into(), 0).into())
+        .unwrap();
+    sock.connect_timeout(
+        &SocketAddr::new(addr::HOST.into(), port).into(),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let t: TcpStream = sock.into();
+    t.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    t
+}
+
+/// Sends `data` from an IPv6 client in `world` to the host's `port` and reads the answer to
+/// its end.
+fn world_request(s: &Stack, port: u16, data: &'static [u8]) -> String {
+    s.world
+        .world()
+        .run(move || {
+            let mut c = connect_from_client(port);
+            c.write_all(data).unwrap();
+            let mut back = Vec::new();
+            c.read_to_end(&mut back).unwrap();
+            text(&back)
+        })
+        .unwrap()
+}
+
+/// Asserts that `peer` is the source-pool dummy dns-cache gave [`addr::CLIENT`]'s address.
+fn assert_client_dummy(s: &Stack, peer: Ipv4Addr) {
+    let table = s.mappings(&["--direction", "inbound-peer"]).unwrap();
+    let row = table
+        .lines()
+        .find(|l| l.starts_with(&format!("{peer} ")))
+        .unwrap_or_else(|| panic!("{peer} not in\n{table}"));
+    assert!(
+        row.contains(&addr::CLIENT.to_string()) && row.contains("inbound-peer"),
+        "{row}"
+    );
+}
+
+/// Asks `child` (a `timeout` wrapping outsock: it passes SIGTERM on) to stop, and waits.
+fn stop(child: Child) -> Output {
+    let pid = rustix::process::Pid::from_raw(i32::try_from(child.id()).unwrap()).unwrap();
+    let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    child.wait_with_output().unwrap()
+}
+
+/// A prefork server in raw system calls: the parent makes an AF_INET listener (socket, bind
+/// 0.0.0.0:8080, listen, getsockname) and starts two children that inherit it as fd 3 and
+/// accept on it (blocking `accept4` with SOCK_CLOEXEC), each connection answered with its
+/// line, the peer accept wrote and whether getpeername agrees. The parent interrupts the
+/// children's blocking accepts with SIGUSR1 every few milliseconds (restarted calls: a stale
+/// wait must never take a connection), and on SIGTERM kills them and exits.
+const PREFORK_SERVER: &str = r#"package main
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+)
+
+func inet4(sa syscall.Sockaddr) string {
+	if p, ok := sa.(*syscall.SockaddrInet4); ok {
+		return fmt.Sprintf("%v:%d", net.IP(p.Addr[:]), p.Port)
+	}
+	return fmt.Sprintf("not AF_INET: %#v", sa)
+}
+
+func serve(fd int, who string) {
+	signal.Ignore(syscall.SIGPIPE)
+	for {
+		nfd, sa, err := syscall.Accept4(fd, syscall.SOCK_CLOEXEC)
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, who, "accept:", err)
+			os.Exit(3)
+		}
+		peer := inet4(sa)
+		gp, _ := syscall.Getpeername(nfd)
+		f := os.NewFile(uintptr(nfd), "conn")
+		line, _ := bufio.NewReader(f).ReadString('\n')
+		fmt.Fprintf(f, "%s got %q from %s getpeername-agrees %v\n", who, line, peer, inet4(gp) == peer)
+		f.Close()
+	}
+}
+
+func main() {
+	if len(os.Args) > 1 {
+		serve(3, os.Args[1])
+	}
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "socket:", err)
+		os.Exit(2)
+	}
+	syscall.SetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1)
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Port: 8080}); err != nil {
+		fmt.Fprintln(os.Stderr, "bind:", err)
+		os.Exit(2)
+	}
+	if err := syscall.Listen(fd, 16); err != nil {
+		fmt.Fprintln(os.Stderr, "listen:", err)
+		os.Exit(2)
+	}
+	local, _ := syscall.Getsockname(fd)
+	fmt.Printf("listening %s\n", inet4(local))
+	l := os.NewFile(uintptr(fd), "listener")
+	var kids []*os.Process
+	for _, name := range []string{"child-1", "child-2"} {
+		p, err := os.StartProcess("/proc/self/exe", []string{os.Args[0], name},
+			&os.ProcAttr{Files: []*os.File{os.Stdin, os.Stdout, os.Stderr, l}})
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "start:", err)
+			os.Exit(2)
+		}
+		kids = append(kids, p)
+	}
+	stop := make(chan os.Signal, 1)
+	signal.Notify(stop, syscall.SIGTERM)
+	tick := time.NewTicker(5 * time.Millisecond)
+	for {
+		select {
+		case <-stop:
+			for _, k := range kids {
+				k.Kill()
+				k.Wait()
+			}
+			return
+		case <-tick.C:
+			for _, k := range kids {
+				k.Signal(syscall.SIGUSR1)
+			}
+		}
+	}
+}
+"#;
+
+#[test]
+fn prefork_children_accept_each_connection_once() {
+    let test = "prefork_children_accept_each_connection_once";
+    if !can_supervise(test) {
+        return;
+    }
+    let Some(s) = stack("sup-fork", PORTS) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let Some(bin) = go_build(test, dir.path(), PREFORK_SERVER) else {
+        return;
+    };
+    let mut server = supervised_command(&s, &["timeout", "90"], &bin, &[]);
+    server.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let server = server.spawn().unwrap();
+    wait_listening(&s, 8080);
+    const CLIENTS: usize = 12;
+    let replies = s
+        .world
+        .world()
+        .run(|| {
+            let clients: Vec<_> = (0..CLIENTS)
+                .map(|i| {
+                    std::thread::spawn(move || {
+                        let mut c = connect_from_client(8080);
+                        c.write_all(format!("hello {i}\n").as_bytes()).unwrap();
+                        let mut back = Vec::new();
+                        c.read_to_end(&mut back).unwrap();
+                        text(&back)
+                    })
+                })
+                .collect();
+            clients
+                .into_iter()
+                .map(|c| c.join().unwrap())
+                .collect::<Vec<_>>()
+        })
+        .unwrap();
+    let out = stop(server);
+    println!(
+        "prefork: {}\n{}\n{}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert_eq!(
+        text(&out.stdout).lines().next(),
+        Some("listening 0.0.0.0:8080")
+    );
+    println!("{replies:#?}");
+    let mut peer = None;
+    for (i, r) in replies.iter().enumerate() {
+        // Exactly one child answered each connection, with the client's own line.
+        let (who, rest) = r
+            .split_once(" got ")
+            .unwrap_or_else(|| panic!("client {i}: {r:?}\n{}", text(&out.stderr)));
+        assert!(who == "child-1" || who == "child-2", "client {i}: {r}");
+        let want = format!("\"hello {i}\\n\" from ");
+        assert!(rest.starts_with(&want), "client {i}: {r}");
+        assert!(
+            r.trim_end().ends_with("getpeername-agrees true"),
+            "client {i}: {r}"
+        );
+        let addr: SocketAddrV4 = rest[want.len()..]
+            .split_whitespace()
+            .next()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("client {i}: {r}"));
+        peer = Some(*addr.ip());
+    }
+    assert_client_dummy(&s, peer.unwrap());
+}
+
+#[test]
+fn static_httpd_serves_an_ipv6_client_and_logs_its_dummy() {
+    let test = "static_httpd_serves_an_ipv6_client_and_logs_its_dummy";
+    if !can_supervise(test) {
+        return;
+    }
+    let Some(s) = stack("sup-httpd", PORTS) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let Some(bb) = busybox_static(test, dir.path()) else {
+        return;
+    };
+    let www = dir.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("page.txt"), "static busybox httpd\n").unwrap();
+    let www = www.display().to_string();
+    // An AF_INET listener (`-p PORT` alone would make it AF_INET6, the kernel's own).
+    let mut server = supervised_command(
+        &s,
+        &["timeout", "60"],
+        &bb,
+        &["httpd", "-f", "-vv", "-p", "0.0.0.0:8081", "-h", &www],
+    );
+    server.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let server = server.spawn().unwrap();
+    wait_listening(&s, 8081);
+    let page = world_request(&s, 8081, b"GET /page.txt HTTP/1.0\r\n\r\n");
+    assert!(page.contains("200 OK"), "{page}");
+    assert!(page.ends_with("static busybox httpd\n"), "{page}");
+    let log = text(&stop(server).stderr);
+    println!("httpd log: {log}");
+    // Each log line starts with the peer, `IP:PORT:`; it is the client's source-pool dummy.
+    let peer: SocketAddrV4 = log
+        .lines()
+        .find_map(|l| {
+            l.split_whitespace()
+                .next()?
+                .trim_end_matches(':')
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no peer in the log: {log}"));
+    assert_client_dummy(&s, *peer.ip());
+}
+
+/// A Go server (CGO_ENABLED=0: raw accept4 on a non-blocking listener, epoll) on
+/// `net.Listen("tcp4", ":8082")`, answering one request with the peer it saw.
+const GO_SERVER: &str = r#"package main
+
+import (
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"time"
+)
+
+func main() {
+	l, err := net.Listen("tcp4", ":8082")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "listen:", err)
+		os.Exit(2)
+	}
+	fmt.Printf("listening %s\n", l.Addr())
+	done := make(chan string, 1)
+	go http.Serve(l, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "remote %s\n", r.RemoteAddr)
+		local := r.Context().Value(http.LocalAddrContextKey).(net.Addr)
+		select {
+		case done <- fmt.Sprintf("%s local %s", r.RemoteAddr, local):
+		default:
+		}
+	}))
+	fmt.Printf("served %s\n", <-done)
+	time.Sleep(500 * time.Millisecond)
+}
+"#;
+
+#[test]
+fn go_server_sees_the_ipv6_clients_dummy() {
+    let test = "go_server_sees_the_ipv6_clients_dummy";
+    if !can_supervise(test) {
+        return;
+    }
+    let Some(s) = stack("sup-gosrv", PORTS) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let Some(bin) = go_build(test, dir.path(), GO_SERVER) else {
+        return;
+    };
+    let mut server = supervised_command(&s, &["timeout", "60"], &bin, &[]);
+    server.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let server = server.spawn().unwrap();
+    wait_listening(&s, 8082);
+    let answer = world_request(&s, 8082, b"GET / HTTP/1.0\r\n\r\n");
+    let out = server.wait_with_output().unwrap();
+    let stdout = ok(&s, &out, "go server");
+    assert!(answer.contains("200 OK"), "{answer}");
+    let remote: SocketAddrV4 = answer
+        .lines()
+        .last()
+        .and_then(|l| l.strip_prefix("remote "))
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no IPv4 remote in {answer}"));
+    assert_client_dummy(&s, *remote.ip());
+    let lines: Vec<&str> = stdout.lines().collect();
+    // getsockname on the listener: the AF_INET address it bound.
+    assert_eq!(lines[0], "listening 0.0.0.0:8082", "{stdout}");
+    // The accepted connection's view is AF_INET both ways (getpeername, getsockname).
+    let served = lines[1]
+        .strip_prefix("served ")
+        .unwrap_or_else(|| panic!("{stdout}"));
+    let (peer, local) = served.split_once(" local ").unwrap();
+    assert_eq!(peer, remote.to_string(), "{stdout}");
+    assert!(local.parse::<SocketAddrV4>().is_ok(), "{stdout}");
 }

@@ -3,8 +3,9 @@
 //!
 //! - A foreign architecture (the i386 ABI of an x86_64 program) is allowed: the supervisor
 //!   translates, it does not confine (see the crate docs).
-//! - `socket(AF_INET, …)`, `connect`, `getsockname`, `getpeername`, and `recvfrom`/`sendto`
-//!   with a non-null address notify the supervisor; everything else is allowed. `recv`/`send`
+//! - `socket(AF_INET, …)`, `connect`, `getsockname`, `getpeername`, `bind`, `listen`, `accept`,
+//!   `accept4`, and `recvfrom`/`sendto` with a non-null address notify the supervisor;
+//!   everything else is allowed. `recv`/`send`
 //!   (the same calls without an address), `read` and `write` never reach the supervisor.
 
 use libc::sock_filter;
@@ -47,11 +48,15 @@ fn jeq(k: u32, jt: u8, jf: u8) -> sock_filter {
 }
 
 /// The system calls the supervisor is notified of (x86_64 numbers), for the docs and tests.
-pub const NOTIFIED: [i64; 6] = [
+pub const NOTIFIED: [i64; 10] = [
     libc::SYS_socket,
     libc::SYS_connect,
     libc::SYS_getsockname,
     libc::SYS_getpeername,
+    libc::SYS_bind,
+    libc::SYS_listen,
+    libc::SYS_accept,
+    libc::SYS_accept4,
     libc::SYS_recvfrom,
     libc::SYS_sendto,
 ];
@@ -68,26 +73,30 @@ pub fn program() -> Vec<sock_filter> {
         jeq(AUDIT_ARCH_X86_64, 1, 0),            // 1: -> 3
         stmt(RET_K, allow),                      // 2
         stmt(LD_W_ABS, NR),                      // 3
-        jeq(libc::SYS_connect as u32, 6, 0),     // 4: -> 11
-        jeq(libc::SYS_getsockname as u32, 5, 0), // 5: -> 11
-        jeq(libc::SYS_getpeername as u32, 4, 0), // 6: -> 11
-        jeq(libc::SYS_socket as u32, 4, 0),      // 7: -> 12
-        jeq(libc::SYS_recvfrom as u32, 7, 0),    // 8: -> 16
-        jeq(libc::SYS_sendto as u32, 6, 0),      // 9: -> 16
-        stmt(RET_K, allow),                      // 10
-        stmt(RET_K, notify),                     // 11
+        jeq(libc::SYS_connect as u32, 10, 0),    // 4: -> 15
+        jeq(libc::SYS_getsockname as u32, 9, 0), // 5: -> 15
+        jeq(libc::SYS_getpeername as u32, 8, 0), // 6: -> 15
+        jeq(libc::SYS_bind as u32, 7, 0),        // 7: -> 15
+        jeq(libc::SYS_listen as u32, 6, 0),      // 8: -> 15
+        jeq(libc::SYS_accept as u32, 5, 0),      // 9: -> 15
+        jeq(libc::SYS_accept4 as u32, 4, 0),     // 10: -> 15
+        jeq(libc::SYS_socket as u32, 4, 0),      // 11: -> 16
+        jeq(libc::SYS_recvfrom as u32, 7, 0),    // 12: -> 20
+        jeq(libc::SYS_sendto as u32, 6, 0),      // 13: -> 20
+        stmt(RET_K, allow),                      // 14
+        stmt(RET_K, notify),                     // 15
         // socket: notify for AF_INET only.
-        stmt(LD_W_ABS, arg_lo(0)),       // 12
-        jeq(libc::AF_INET as u32, 0, 1), // 13: -> 14 / 15
-        stmt(RET_K, notify),             // 14
-        stmt(RET_K, allow),              // 15
+        stmt(LD_W_ABS, arg_lo(0)),       // 16
+        jeq(libc::AF_INET as u32, 0, 1), // 17: -> 18 / 19
+        stmt(RET_K, notify),             // 18
+        stmt(RET_K, allow),              // 19
         // recvfrom, sendto: notify when the address (args[4]) is not null.
-        stmt(LD_W_ABS, arg_lo(4)), // 16
-        jeq(0, 0, 2),              // 17: -> 18 / 20
-        stmt(LD_W_ABS, arg_hi(4)), // 18
-        jeq(0, 1, 0),              // 19: -> 21 / 20
-        stmt(RET_K, notify),       // 20
-        stmt(RET_K, allow),        // 21
+        stmt(LD_W_ABS, arg_lo(4)), // 20
+        jeq(0, 0, 2),              // 21: -> 22 / 24
+        stmt(LD_W_ABS, arg_hi(4)), // 22
+        jeq(0, 1, 0),              // 23: -> 25 / 24
+        stmt(RET_K, notify),       // 24
+        stmt(RET_K, allow),        // 25
     ]
 }
 
@@ -139,6 +148,10 @@ mod tests {
             libc::SYS_connect,
             libc::SYS_getsockname,
             libc::SYS_getpeername,
+            libc::SYS_bind,
+            libc::SYS_listen,
+            libc::SYS_accept,
+            libc::SYS_accept4,
         ] {
             assert_eq!(run(&p, x, nr as u32, [3, 0, 0, 0, 0, 0]), n);
         }
@@ -147,6 +160,8 @@ mod tests {
         assert_eq!(run(&p, x, rf, [3, 0, 0, 0, 0x7fff_0000, 0]), n);
         assert_eq!(run(&p, x, rf, [3, 0, 0, 0, 0x7f00_0000_0000, 0]), n);
         assert_eq!(run(&p, x, libc::SYS_read as u32, [3, 0, 0, 0, 0, 0]), a);
+        assert_eq!(run(&p, x, libc::SYS_close as u32, [3, 0, 0, 0, 0, 0]), a);
+        assert_eq!(run(&p, x, libc::SYS_shutdown as u32, [3, 0, 0, 0, 0, 0]), a);
         let st = libc::SYS_sendto as u32;
         assert_eq!(run(&p, x, st, [3, 0, 0, 0, 0, 0]), a);
         assert_eq!(run(&p, x, st, [3, 0, 0, 0, 0x7fff_0000, 16]), n);

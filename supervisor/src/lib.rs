@@ -136,8 +136,14 @@ pub fn run(cmd: &mut Command, opts: &Options) -> Result<ExitStatus, RunError> {
     }
     sys::block_stop_signals().map_err(RunError::Spawn)?;
     let (mut child, listener) = sys::spawn(cmd, filter::program()).map_err(RunError::Spawn)?;
-    let pid = child.id();
-    std::thread::spawn(move || sys::forward_stop_signals(pid));
+    // The child is not reaped before this pidfd is open: it names the program for good.
+    let pidfd = sys::pidfd(child.id()).map_err(RunError::Spawn)?;
+    std::thread::spawn(move || {
+        // Only once the program is gone (its descendants still served) does a stop signal
+        // end the supervisor, as it would have ended the program.
+        let sig = sys::forward_stop_signals(&pidfd);
+        std::process::exit(128 + sig);
+    });
     let shared = serve::Shared::new(
         sys::Listener::new(listener),
         host::HostServer::new(opts.host_socket.clone()),

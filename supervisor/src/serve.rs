@@ -25,12 +25,12 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::process::{Child, ExitStatus};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use shared_proto::outsource::UdpRequest;
+use shared_proto::outsource::{ListenRequest, UdpRequest};
 use shared_proto::translate::{
     connect_answer, connect_request, decode_sockaddr_in, encode_sockaddr_in, is_outsourced,
     sockaddr_family, AF_INET, SOCKADDR_IN_LEN,
 };
-use shared_proto::{Errno, ToGuest, ToHost};
+use shared_proto::{decode_exact, to_vec, Errno, ToGuest, ToHost};
 
 use crate::dns;
 use crate::host::HostServer;
@@ -52,6 +52,8 @@ enum Outcome {
     Continue,
     /// The caller is no longer waiting (a signal, or it died): nothing to answer.
     Gone,
+    /// Already answered (ADDFD with SEND made a new descriptor the call's result).
+    Answered,
 }
 
 fn errno(e: Errno) -> Outcome {
@@ -62,13 +64,34 @@ fn io_fail(e: &io::Error) -> Outcome {
     Outcome::Fail(e.raw_os_error().unwrap_or(libc::EIO))
 }
 
-/// How a socket made here looks to the program.
+/// What a socket in the table is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A TCP socket made here: an outsourced connect's, or an accepted connection.
+    Stream,
+    /// A DNS pair: recvfrom is answered with `peer`.
+    Dns,
+    /// The program's own TCP socket, bound (recorded only) to a non-loopback `local`; host-server
+    /// binds on listen.
+    Bound,
+    /// A listener's packet channel, installed over the program's listening socket.
+    Listener,
+}
+
+/// How a socket looks to the program.
 #[derive(Debug, Clone, Copy)]
 struct View {
     local: SocketAddrV4,
     peer: SocketAddrV4,
-    /// A DNS pair: recvfrom is answered with `peer`.
-    dns: bool,
+    kind: Kind,
+}
+
+/// An accepted connection taken from a listener's packet channel.
+#[derive(Debug)]
+struct Accepted {
+    conn: OwnedFd,
+    peer: SocketAddrV4,
+    local: SocketAddrV4,
 }
 
 /// What every handler needs.
@@ -79,6 +102,9 @@ pub struct Shared {
     guest_dns: SocketAddrV4,
     nameservers: Vec<Ipv4Addr>,
     views: Mutex<Views>,
+    /// Connections taken from a listener (by its identity) for an accept whose caller left
+    /// before it got them (a signal): the next accept on that listener gets them first.
+    held: Mutex<HashMap<(u64, u64), Vec<Accepted>>>,
 }
 
 /// The sockets made here, by identity. The table is swept of sockets no process holds any
@@ -157,6 +183,7 @@ impl Shared {
                 map: HashMap::new(),
                 sweep_at: SWEEP_MIN,
             }),
+            held: Mutex::new(HashMap::new()),
         }
     }
 
@@ -189,30 +216,47 @@ impl Shared {
             Outcome::Return(v) => self.listener.answer(n.id, v),
             Outcome::Fail(e) => self.listener.fail(n.id, e),
             Outcome::Continue => self.listener.allow(n.id),
-            Outcome::Gone => Ok(()),
+            Outcome::Gone | Outcome::Answered => Ok(()),
         };
     }
 }
 
-/// Serves notifications until `child` exits (or no task uses the filter any more); returns
-/// the child's status.
+/// Serves notifications until no task uses the filter any more (the program and every
+/// descendant have exited and been reaped); returns the program's (`child`'s) status, taken
+/// when it exited.
 ///
 /// # Errors
 /// When waiting for the child fails.
 pub fn serve(shared: Shared, child: &mut Child) -> io::Result<ExitStatus> {
     let shared = Arc::new(shared);
-    // The child is not reaped before this returns, so its pid still names it.
+    // The child is not reaped before it has exited, so its pid still names it.
     let exited = sys::pidfd(child.id())?;
+    let mut status = None;
     loop {
-        match shared.listener.wait(&exited) {
+        // Once the program is reaped its pidfd stays readable: no longer watched.
+        let watch = if status.is_none() {
+            Some(&exited)
+        } else {
+            None
+        };
+        match shared.listener.wait(watch) {
             Ok(Ready::Notif) => {}
             Ok(Ready::None) => continue,
-            Ok(Ready::Exited) | Err(_) => return child.wait(),
+            // Reaped now: a zombie would keep the filter in use (no POLLHUP) for ever.
+            Ok(Ready::Exited) => {
+                status = Some(child.wait()?);
+                continue;
+            }
+            Err(_) => break,
         }
         let Ok(n) = shared.listener.recv() else {
             continue;
         };
         dispatch(&shared, n);
+    }
+    match status {
+        Some(s) => Ok(s),
+        None => child.wait(),
     }
 }
 
@@ -232,6 +276,15 @@ fn dispatch(shared: &Arc<Shared>, n: Notif) {
         }
         libc::SYS_recvfrom => recvfrom(shared, n),
         libc::SYS_sendto => sendto(shared, n),
+        libc::SYS_bind => match read_connect_addr(shared, &n) {
+            Ok(bytes) => {
+                let outcome = bind(shared, &n, &bytes);
+                shared.finish(&n, outcome);
+            }
+            Err(outcome) => shared.finish(&n, outcome),
+        },
+        libc::SYS_listen => listen(shared, n),
+        libc::SYS_accept | libc::SYS_accept4 => accept(shared, n),
         _ => shared.finish(&n, Outcome::Continue),
     }
 }
@@ -241,7 +294,7 @@ fn fd_arg(n: &Notif) -> RawFd {
     n.args[0] as RawFd
 }
 
-/// The address of a connect, read from the caller's memory and validated (the caller still
+/// The address of a connect or bind, read from the caller's memory and validated (the caller still
 /// waits, so the bytes were its own) when it is AF_INET; otherwise what the call becomes at
 /// once (other families continue, a bad pointer fails).
 fn read_connect_addr(s: &Shared, n: &Notif) -> Result<Vec<u8>, Outcome> {
@@ -276,9 +329,9 @@ fn connect(s: &Shared, n: &Notif, bytes: &[u8]) -> Outcome {
         0 => Outcome::Return(0),
         e => Outcome::Fail(e),
     };
-    if let Some(view) = s.view(copy.as_raw_fd()) {
+    if let Some(view) = s.view(copy.as_raw_fd()).filter(|v| v.kind != Kind::Bound) {
         // A DNS pair connected again to a nameserver: the relay serves them all alike.
-        if view.dns && s.is_nameserver(dest) {
+        if view.kind == Kind::Dns && s.is_nameserver(dest) {
             s.record(copy.as_raw_fd(), View { peer: dest, ..view });
             return Outcome::Return(0);
         }
@@ -356,7 +409,7 @@ fn tcp(s: &Shared, n: &Notif, copy: &OwnedFd, dest: SocketAddrV4, dns: bool) -> 
         View {
             local: c.local,
             peer,
-            dns: false,
+            kind: Kind::Stream,
         },
     );
     match (c.in_progress, nonblocking) {
@@ -403,7 +456,7 @@ fn dns_pair(s: &Shared, n: &Notif, copy: &OwnedFd, dest: SocketAddrV4) -> Result
         View {
             local,
             peer: dest,
-            dns: true,
+            kind: Kind::Dns,
         },
     );
     Ok(theirs)
@@ -465,8 +518,8 @@ fn send_datagram(s: &Shared, n: &Notif, addr: &[u8]) -> Outcome {
     let nameserver = s.is_nameserver(dest);
     match s.view(copy.as_raw_fd()) {
         // A DNS pair: its datagrams all go to the guest DNS; elsewhere it cannot send.
-        Some(v) if v.dns && nameserver => return sent(&copy, &[]),
-        Some(v) if v.dns => return Outcome::Fail(libc::EISCONN),
+        Some(v) if v.kind == Kind::Dns && nameserver => return sent(&copy, &[]),
+        Some(v) if v.kind == Kind::Dns => return Outcome::Fail(libc::EISCONN),
         _ => {}
     }
     let unconnected_udp = sys::sockopt_int(copy.as_raw_fd(), libc::SOL_SOCKET, libc::SO_TYPE)
@@ -517,10 +570,12 @@ fn name(s: &Shared, n: &Notif) -> Outcome {
     let Some(view) = s.view(copy.as_raw_fd()) else {
         return Outcome::Continue;
     };
-    let a = if n.nr == libc::SYS_getpeername {
-        view.peer
-    } else {
-        view.local
+    let a = match (n.nr == libc::SYS_getpeername, view.kind) {
+        (false, _) => view.local,
+        // Not connected: the kernel says so for the program's own bound socket.
+        (true, Kind::Bound) => return Outcome::Continue,
+        (true, Kind::Listener) => return Outcome::Fail(libc::ENOTCONN),
+        (true, _) => view.peer,
     };
     write_sockaddr(s, n, n.args[1], n.args[2], a)
 }
@@ -532,7 +587,7 @@ fn recvfrom(shared: &Arc<Shared>, n: Notif) {
         shared.finish(&n, Outcome::Continue);
         return;
     };
-    if !view.dns {
+    if view.kind != Kind::Dns {
         shared.finish(&n, Outcome::Continue);
         return;
     }
@@ -575,6 +630,283 @@ fn dns_recvfrom(s: &Shared, n: &Notif, copy: &OwnedFd, from: SocketAddrV4) -> Ou
     }
 }
 
+/// `bind` with an AF_INET address (`bytes`, read and validated): a TCP socket's non-loopback
+/// address is only recorded, as liboutsock does, and host-server binds for real on listen; a
+/// loopback bind, and any other socket's, is made here with the bytes already read.
+fn bind(s: &Shared, n: &Notif, bytes: &[u8]) -> Outcome {
+    let Some(addr) = decode_sockaddr_in(bytes) else {
+        return Outcome::Fail(libc::EINVAL);
+    };
+    let copy = match sys::take_fd(n.pid, fd_arg(n)) {
+        Ok(c) => c,
+        Err(e) => return io_fail(&e),
+    };
+    let native = || match sys::bind_raw(copy.as_raw_fd(), bytes) {
+        0 => Outcome::Return(0),
+        e => Outcome::Fail(e),
+    };
+    if !is_outsourced(addr) || !inet_stream(&copy) {
+        return native();
+    }
+    match s.view(copy.as_raw_fd()) {
+        // Bound (here) or made here already: natively a second bind fails.
+        Some(_) => Outcome::Fail(libc::EINVAL),
+        None if sys::local_port(copy.as_raw_fd()).is_ok_and(|p| p != 0) => {
+            Outcome::Fail(libc::EINVAL)
+        }
+        None => {
+            s.record(
+                copy.as_raw_fd(),
+                View {
+                    local: addr,
+                    peer: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
+                    kind: Kind::Bound,
+                },
+            );
+            Outcome::Return(0)
+        }
+    }
+}
+
+/// Whether `copy` is an AF_INET TCP socket.
+fn inet_stream(copy: &OwnedFd) -> bool {
+    let fd = copy.as_raw_fd();
+    sys::sockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN).is_ok_and(|d| d == libc::AF_INET)
+        && sys::sockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE)
+            .is_ok_and(|t| t == libc::SOCK_STREAM)
+}
+
+/// `listen`: an AF_INET TCP socket bound here (or not bound at all) becomes a listener of
+/// host-server's on the host's IPv6 address, as liboutsock's in process mode: `Listen` with
+/// `pass_fd`, and the packet channel of the answer installed over the program's descriptor
+/// (readable when a connection waits, so poll/epoll/select are the kernel's). On a listener
+/// already, a `Listen` packet on its channel changes host-server's backlog, as natively. A
+/// loopback-bound socket's listen, and every other, continues.
+fn listen(shared: &Arc<Shared>, n: Notif) {
+    let Ok(copy) = sys::take_fd(n.pid, fd_arg(&n)) else {
+        shared.finish(&n, Outcome::Continue);
+        return;
+    };
+    #[allow(clippy::cast_possible_truncation)] // An int in the syscall ABI.
+    let backlog = u32::try_from((n.args[1] as i32).max(0)).unwrap_or(0);
+    let addr = match shared.view(copy.as_raw_fd()) {
+        Some(v) if v.kind == Kind::Listener => {
+            let outcome = relisten(&copy, v.local, backlog);
+            shared.finish(&n, outcome);
+            return;
+        }
+        Some(v) if v.kind == Kind::Bound => v.local,
+        Some(_) => {
+            shared.finish(&n, Outcome::Continue);
+            return;
+        }
+        None if inet_stream(&copy) && sys::local_port(copy.as_raw_fd()).is_ok_and(|p| p == 0) => {
+            SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)
+        }
+        None => {
+            shared.finish(&n, Outcome::Continue);
+            return;
+        }
+    };
+    let s = Arc::clone(shared);
+    on_thread(shared, n, move || {
+        outsource_listen(&s, &n, &copy, addr, backlog)
+    });
+}
+
+fn listen_request(addr: SocketAddrV4, backlog: u32) -> ToHost {
+    ToHost::Listen(ListenRequest {
+        addr,
+        backlog,
+        pass_fd: true,
+        vsock_port: 0,
+    })
+}
+
+fn outsource_listen(
+    s: &Shared,
+    n: &Notif,
+    copy: &OwnedFd,
+    addr: SocketAddrV4,
+    backlog: u32,
+) -> Outcome {
+    let nonblocking = nonblocking(copy);
+    let answer = match s.host.request(&listen_request(addr, backlog)) {
+        Ok(a) => a,
+        Err(e) => return errno(e),
+    };
+    let local = match answer.msg {
+        ToGuest::Listening { local } => local,
+        ToGuest::Failed(e) => return errno(e),
+        _ => return Outcome::Fail(libc::EPROTO),
+    };
+    // The packet channel; the request's stream is done (dropped with `answer`).
+    let Some(channel) = answer.passed else {
+        return Outcome::Fail(libc::EPROTO);
+    };
+    if let Err(o) = install(s, n, &channel, nonblocking) {
+        return o;
+    }
+    s.record(
+        channel.as_raw_fd(),
+        View {
+            local,
+            peer: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
+            kind: Kind::Listener,
+        },
+    );
+    Outcome::Return(0)
+}
+
+/// A second `listen` on a listener: one `Listen` packet on its channel (host-server applies the
+/// backlog). A full channel only means connections wait; the backlog is a hint either way.
+fn relisten(channel: &OwnedFd, local: SocketAddrV4, backlog: u32) -> Outcome {
+    let Ok(bytes) = to_vec(&listen_request(local, backlog)) else {
+        return Outcome::Fail(libc::EINVAL);
+    };
+    match sys::send_to(
+        channel.as_raw_fd(),
+        &bytes,
+        libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+        &[],
+    ) {
+        Ok(_) | Err(libc::EAGAIN) => Outcome::Return(0),
+        Err(e) => Outcome::Fail(e),
+    }
+}
+
+/// Room for one packet from host-server (an `Inbound` frame is a few dozen bytes).
+const MAX_PACKET: usize = 512;
+/// How often a blocking accept checks that its caller still waits (a signal ends the wait).
+const ACCEPT_RECHECK_MS: i32 = 100;
+
+/// `accept`/`accept4` on a listener made here: the next connection of its packet channel
+/// (one packet, one connection: with any number of processes accepting on one inherited
+/// listener each connection reaches exactly one), added to the program as a new descriptor
+/// that is the call's result, its peer (the client's source-pool dummy) written at `addr`.
+/// A non-blocking listener answers EAGAIN when none waits; a blocking accept waits on a thread
+/// of its own. Other sockets' accepts continue.
+fn accept(shared: &Arc<Shared>, n: Notif) {
+    let copy = sys::take_fd(n.pid, fd_arg(&n)).ok();
+    let listener = copy.and_then(|c| {
+        let v = shared.view(c.as_raw_fd())?;
+        (v.kind == Kind::Listener).then_some(c)
+    });
+    let Some(copy) = listener else {
+        shared.finish(&n, Outcome::Continue);
+        return;
+    };
+    #[allow(clippy::cast_possible_truncation)] // An int in the syscall ABI.
+    let flags = if n.nr == libc::SYS_accept4 {
+        n.args[3] as i32
+    } else {
+        0
+    };
+    if flags & !(libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK) != 0 {
+        shared.finish(&n, Outcome::Fail(libc::EINVAL));
+        return;
+    }
+    if nonblocking(&copy) {
+        let outcome = match take_connection(shared, &copy) {
+            Ok(Some(a)) => deliver(shared, &n, &copy, a, flags),
+            Ok(None) => Outcome::Fail(libc::EAGAIN),
+            Err(e) => Outcome::Fail(e),
+        };
+        shared.finish(&n, outcome);
+        return;
+    }
+    let s = Arc::clone(shared);
+    on_thread(shared, n, move || loop {
+        // A caller interrupted by a signal (or gone) takes no connection.
+        if !s.listener.valid(n.id) {
+            return Outcome::Gone;
+        }
+        match take_connection(&s, &copy) {
+            Ok(Some(a)) => return deliver(&s, &n, &copy, a, flags),
+            Ok(None) => {
+                let _ = sys::wait_readable(copy.as_raw_fd(), ACCEPT_RECHECK_MS);
+            }
+            Err(e) => return Outcome::Fail(e),
+        }
+    });
+}
+
+/// The next connection of listener `channel`: one held back for it first, else one packet
+/// (`None`: none waits; an errno: the listener is gone or the packet is not a connection).
+fn take_connection(s: &Shared, channel: &OwnedFd) -> Result<Option<Accepted>, i32> {
+    if let Ok(id) = sys::identity(channel.as_raw_fd()) {
+        let mut held = s.held.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(a) = held.get_mut(&id).and_then(Vec::pop) {
+            return Ok(Some(a));
+        }
+    }
+    let mut buf = [0u8; MAX_PACKET];
+    let (len, passed) = match sys::recv_packet(channel.as_raw_fd(), &mut buf) {
+        Ok(r) => r,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+        Err(e) => return Err(e.raw_os_error().unwrap_or(libc::EIO)),
+    };
+    // host-server closed its end: the listener is gone.
+    if len == 0 {
+        return Err(libc::ECONNABORTED);
+    }
+    match (decode_exact::<ToGuest>(&buf[..len]), passed) {
+        (Ok(ToGuest::Inbound { peer, local }), Some(conn)) => {
+            Ok(Some(Accepted { conn, peer, local }))
+        }
+        _ => Err(libc::EPROTO),
+    }
+}
+
+/// Hands connection `a` to the accept `n` (flags `flags`): its peer written at `addr`/`addrlen`
+/// and the socket added as the call's result, each only while the caller still waits; a
+/// connection the caller left before getting is held back for the next accept on `channel`.
+fn deliver(s: &Shared, n: &Notif, channel: &OwnedFd, a: Accepted, flags: i32) -> Outcome {
+    let hold = |a: Accepted| {
+        if let Ok(id) = sys::identity(channel.as_raw_fd()) {
+            s.held
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(id)
+                .or_default()
+                .push(a);
+        }
+        Outcome::Gone
+    };
+    if let Err(e) = sys::set_nonblocking(a.conn.as_raw_fd(), flags & libc::SOCK_NONBLOCK != 0) {
+        return io_fail(&e);
+    }
+    let (addr, len_ptr) = (n.args[1], n.args[2]);
+    if addr != 0 {
+        match write_sockaddr(s, n, addr, len_ptr, a.peer) {
+            Outcome::Return(_) => {}
+            Outcome::Gone => return hold(a),
+            // Natively the connection is lost with the EFAULT too.
+            other => return other,
+        }
+    }
+    // Known before the program can ask: getsockname/getpeername answer its AF_INET view.
+    s.record(
+        a.conn.as_raw_fd(),
+        View {
+            local: a.local,
+            peer: a.peer,
+            kind: Kind::Stream,
+        },
+    );
+    if !s.listener.valid(n.id) {
+        return hold(a);
+    }
+    match s
+        .listener
+        .add_fd_answer(n.id, a.conn.as_raw_fd(), flags & libc::SOCK_CLOEXEC != 0)
+    {
+        Ok(_) => Outcome::Answered,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => hold(a),
+        Err(e) => io_fail(&e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -589,7 +921,7 @@ mod tests {
         let view = View {
             local: a,
             peer: a,
-            dns: false,
+            kind: Kind::Stream,
         };
         let (held, _other) = UnixStream::pair().unwrap();
         let held_id = sys::identity(held.as_raw_fd()).unwrap();

@@ -140,13 +140,14 @@ impl Listener {
         Self { fd }
     }
 
-    /// Waits for a notification or for `child` (a pidfd) to exit, whichever comes first:
-    /// `Ok(Ready::Notif)` one is ready, `Ok(Ready::Exited)` the child exited, `Ok(Ready::None)`
-    /// interrupted, `Err` the listener is gone (POLLHUP: no task uses the filter any more).
+    /// Waits for a notification or for `child` (a pidfd, while it is given) to exit,
+    /// whichever comes first: `Ok(Ready::Notif)` one is ready, `Ok(Ready::Exited)` the child
+    /// exited, `Ok(Ready::None)` interrupted, `Err` the listener is gone (POLLHUP: no task uses
+    /// the filter any more, which needs every one of them reaped).
     ///
     /// # Errors
     /// When every task under the filter has exited, or poll fails.
-    pub fn wait(&self, child: &OwnedFd) -> io::Result<Ready> {
+    pub fn wait(&self, child: Option<&OwnedFd>) -> io::Result<Ready> {
         let mut pfds = [
             libc::pollfd {
                 fd: self.fd.as_raw_fd(),
@@ -154,12 +155,12 @@ impl Listener {
                 revents: 0,
             },
             libc::pollfd {
-                fd: child.as_raw_fd(),
+                fd: child.map_or(-1, AsRawFd::as_raw_fd),
                 events: libc::POLLIN,
                 revents: 0,
             },
         ];
-        // SAFETY: two valid pollfds.
+        // SAFETY: two valid pollfds (a negative fd is ignored by poll).
         let n = unsafe { libc::poll(pfds.as_mut_ptr(), 2, -1) };
         if n < 0 {
             let e = io::Error::last_os_error();
@@ -285,6 +286,31 @@ impl Listener {
             )
         })
         .map(drop)
+    }
+
+    /// Adds `src` (ours) to the caller as a new descriptor, close-on-exec if `cloexec`, and
+    /// makes its number the call's result, atomically (`SECCOMP_ADDFD_FLAG_SEND`, Linux 5.14):
+    /// the call is answered by this. Returns the number.
+    ///
+    /// # Errors
+    /// The ioctl's error (ENOENT when the caller is gone; then nothing was added).
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    pub fn add_fd_answer(&self, id: u64, src: RawFd, cloexec: bool) -> io::Result<RawFd> {
+        let mut a = libc::seccomp_notif_addfd {
+            id,
+            flags: libc::SECCOMP_ADDFD_FLAG_SEND as u32,
+            srcfd: src as u32,
+            newfd: 0,
+            newfd_flags: if cloexec { libc::O_CLOEXEC as u32 } else { 0 },
+        };
+        // SAFETY: NOTIF_ADDFD reads one seccomp_notif_addfd at a valid pointer.
+        cvt(unsafe {
+            libc::ioctl(
+                self.fd.as_raw_fd(),
+                libc::SECCOMP_IOCTL_NOTIF_ADDFD,
+                std::ptr::from_mut(&mut a),
+            )
+        })
     }
 }
 
@@ -547,23 +573,33 @@ pub fn block_stop_signals() -> io::Result<()> {
     Ok(())
 }
 
-/// Waits for the stop signals [`block_stop_signals`] blocked, for ever, passing SIGTERM and
-/// SIGHUP on to process `pid`. Run on a thread of its own.
-pub fn forward_stop_signals(pid: u32) {
+/// Waits for the stop signals [`block_stop_signals`] blocked, passing SIGTERM and SIGHUP on to
+/// the process of `pidfd` (the program). Returns the first of them that arrives once that
+/// process is gone (reaped while its descendants are still served). Run on a thread of its own.
+#[must_use]
+pub fn forward_stop_signals(pidfd: &OwnedFd) -> c_int {
     let set = stop_set();
-    let Ok(pid) = libc::pid_t::try_from(pid) else {
-        return;
-    };
     loop {
         let mut sig: c_int = 0;
         // SAFETY: a valid set and a valid out pointer.
         if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
-            return;
+            continue;
         }
         if sig == libc::SIGTERM || sig == libc::SIGHUP {
-            // SAFETY: kill with our child's pid (not reaped while this runs: the loop that
-            // reaps it ends the process) and a valid signal.
-            unsafe { libc::kill(pid, sig) };
+            // SAFETY: pidfd_send_signal with our pidfd (never a recycled pid), a valid signal
+            // and no siginfo.
+            let rc = unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    pidfd.as_raw_fd(),
+                    sig,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0,
+                )
+            };
+            if rc != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
+                return sig;
+            }
         }
     }
 }
@@ -601,4 +637,69 @@ pub fn peer_unset(fd: RawFd) -> bool {
     // SAFETY: a buffer of `len` writable bytes and its length.
     let rc = unsafe { libc::getpeername(fd, std::ptr::from_mut(&mut ss).cast(), &mut len) };
     rc != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ENOTCONN)
+}
+
+/// bind(2) on `fd` with the raw address bytes the program gave (already copied out of its
+/// memory); returns 0 or the errno.
+#[must_use]
+pub fn bind_raw(fd: RawFd, addr: &[u8]) -> i32 {
+    let Ok(len) = libc::socklen_t::try_from(addr.len()) else {
+        return libc::EINVAL;
+    };
+    // SAFETY: `addr` holds `len` readable bytes; the kernel copies them.
+    let rc = unsafe { libc::bind(fd, addr.as_ptr().cast(), len) };
+    if rc == 0 {
+        0
+    } else {
+        io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO)
+    }
+}
+
+/// The local port of socket `fd` as the kernel has it (0: not bound).
+///
+/// # Errors
+/// getsockname's error.
+pub fn local_port(fd: RawFd) -> io::Result<u16> {
+    // SAFETY: sockaddr_storage is plain data.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    #[allow(clippy::cast_possible_truncation)] // 128 bytes.
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: a buffer of `len` writable bytes and its length.
+    cvt(unsafe { libc::getsockname(fd, std::ptr::from_mut(&mut ss).cast(), &mut len) })?;
+    // Both sockaddr_in and sockaddr_in6 keep the port, big endian, at bytes 2..4.
+    // SAFETY: sockaddr_storage is at least 4 bytes; any bytes are a valid u8 array.
+    let head: [u8; 4] = unsafe { std::ptr::read(std::ptr::from_ref(&ss).cast()) };
+    Ok(u16::from_be_bytes([head[2], head[3]]))
+}
+
+/// One non-blocking `recvmsg` of a whole packet on `fd` into `buf`, with the descriptor it
+/// carries (close-on-exec): the byte count (0: the peer closed) and the descriptor.
+///
+/// # Errors
+/// recvmsg's error (EAGAIN: no packet waits).
+pub fn recv_packet(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<OwnedFd>)> {
+    let mut passed = None;
+    let n = outsock_fdpass::recvmsg_fd::<outsock_fdpass::Libc>(
+        fd,
+        buf,
+        libc::MSG_CMSG_CLOEXEC | libc::MSG_DONTWAIT,
+        &mut passed,
+    )?;
+    // SAFETY: a descriptor just received, owned from here (recvmsg_fd closed any other).
+    Ok((n, passed.map(|p| unsafe { OwnedFd::from_raw_fd(p) })))
+}
+
+/// Waits up to `timeout_ms` for `fd` to be readable (or hung up); whether it is.
+#[must_use]
+pub fn wait_readable(fd: RawFd, timeout_ms: c_int) -> bool {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    let n = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+    n > 0
 }

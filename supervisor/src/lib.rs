@@ -13,8 +13,12 @@
 //!    passes the listener back over a socketpair. liboutsock stays preloaded for dynamic
 //!    programs: what it handles never reaches the kernel as an AF_INET non-loopback connect
 //!    (its sockets are IPv6 or Unix by then), so nothing is handled twice.
-//! 2. The filter notifies `socket(AF_INET)`, `connect`, `getsockname`, `getpeername`, and
-//!    `recvfrom`/`sendto` with an address; everything else runs untouched at full speed.
+//! 2. The filter notifies `socket(AF_INET)`, `connect`, `getsockname`, `getpeername`, `bind`,
+//!    `listen`, `accept`, `accept4`, and `recvfrom`/`sendto` with an address; everything else
+//!    runs untouched at full speed. The filter is inherited: every descendant (fork, exec,
+//!    daemons that double-fork) is served too, and [`run`] serves until no task uses the
+//!    filter any more (the listener reports POLLHUP once the last one has exited and been
+//!    reaped), while returning the program's own exit status, taken when it exited.
 //! 3. `serve` answers each notification. A TCP connect to a non-loopback IPv4 address asks
 //!    host-server exactly as liboutsock does in process mode (`Connect` with `pass_fd`, the
 //!    answer while the connect is under way) and installs the passed IPv6 socket over the
@@ -23,7 +27,26 @@
 //!    the kernel would; a blocking one waits here for the handshake and answers 0 or its error.
 //!    A refusal is host-server's errno. getsockname/getpeername on such a socket answer the
 //!    AF_INET view host-server gave (the dummy peer, the local address).
-//! 4. DNS: programs with their own resolver read /etc/resolv.conf and send to its
+//! 4. Listeners (TCP servers), exactly as liboutsock's in process mode: `bind` of an AF_INET
+//!    TCP socket to a non-loopback address is only recorded (a loopback bind, and any UDP
+//!    bind, is made here with the bytes already read). `listen` then asks host-server
+//!    (`Listen` with `pass_fd`; its `allowed_ports` rule and its errno apply) to listen on the
+//!    host's IPv6 address, and installs the `SOCK_SEQPACKET` packet channel of the answer over
+//!    the program's descriptor (ADDFD with SETFD): poll, epoll and select on it are the
+//!    kernel's (readable when a connection waits). `accept`/`accept4` on it take one packet —
+//!    one `Inbound` frame with the accepted IPv6 socket — so any number of processes
+//!    accepting on one inherited listener (prefork) each get whole connections, each reaching
+//!    exactly one of them. The socket is added to the program as a new descriptor that is the
+//!    call's result (ADDFD with `SECCOMP_ADDFD_FLAG_SEND`; `SOCK_CLOEXEC`/`SOCK_NONBLOCK`
+//!    honoured), and the peer — the client's source-pool dummy — is written at `addr`, both
+//!    only after `SECCOMP_IOCTL_NOTIF_ID_VALID` says the caller still waits. A non-blocking
+//!    listener answers EAGAIN when none waits; a blocking accept waits on a thread, checking
+//!    every 100 ms that its caller still waits (a signal ends the call; a restarted call is a
+//!    new notification), and a connection taken for a caller that left meanwhile is held for
+//!    the next accept on that listener. getsockname on the listener answers the AF_INET
+//!    address it listens on; getsockname/getpeername on an accepted socket answer AF_INET. A
+//!    second `listen` sends host-server a new backlog.
+//! 5. DNS: programs with their own resolver read /etc/resolv.conf and send to its
 //!    nameservers. A UDP socket connected to one of them on port 53 becomes one end of an
 //!    `AF_UNIX` `SOCK_SEQPACKET` pair whose other end `dns` relays, one datagram per packet,
 //!    through a host-server UDP association to the guest DNS address (dns-cache, which
@@ -41,18 +64,25 @@
 //! translates; it is not a sandbox (io_uring, for one, bypasses seccomp) — host-server's
 //! destination policy is what confines.
 //!
-//! SIGTERM and SIGHUP sent to the supervisor are passed on to the program, which it serves until
-//! the program exits; SIGINT and SIGQUIT do not stop it (a terminal sends them to the
-//! program's process group itself).
+//! SIGTERM and SIGHUP sent to the supervisor are passed on to the program; once the program has
+//! exited (its descendants still served) they end the supervisor itself (128 + the signal), and
+//! its descendants' notified calls then fail with ENOSYS. SIGINT and SIGQUIT do not stop it (a
+//! terminal sends them to the program's process group itself).
 //!
 //! Not in this slice (the calls continue natively, which fails on an IPv6-only network):
-//! UDP other than DNS, listen/accept, `sendmsg` with an address, `recvmsg` addresses on the
-//! DNS pair, ICMP, the i386 ABI. Socket options set before an outsourced connect are not carried over. When the
-//! program itself exits the supervisor stops too; descendants still running then lose it
-//! (their notified calls fail with ENOSYS).
+//! UDP other than DNS (UDP servers included), `sendmsg` with an address, `recvmsg` addresses
+//! on the DNS pair, ICMP, the i386 ABI, AF_INET6 sockets (busybox's `nc -l` and `httpd -p
+//! PORT` listen on AF_INET6 when the kernel has IPv6: `httpd -p 0.0.0.0:PORT` is AF_INET).
+//! Socket options set before an outsourced connect or listen are not carried over, and
+//! `getsockopt` is the kernel's: on a listener it describes the packet channel (`AF_UNIX`,
+//! `SOCK_SEQPACKET`), on an accepted socket the IPv6 one. An epoll registration made on a
+//! socket before its `listen` stays with the replaced socket, as with liboutsock. A
+//! connection taken for a blocking accept whose caller left and held for the next accept
+//! makes no descriptor readable (a poller sees the next one only).
 //!
 //! Cost: each notified call is a round trip to the supervisor (and `socket(AF_INET)` one that
-//! only continues); an outsourced connect or DNS read also starts a thread. The data path is
+//! only continues; every `bind` is notified, AF_UNIX ones included); an outsourced connect,
+//! listen, blocking accept or DNS read also starts a thread. The data path is
 //! untouched: reads and writes on a passed socket are the kernel's own.
 //!
 //! Modules: [`filter`] (the BPF program, safe), `sys` (every syscall and ioctl; the only
@@ -126,7 +156,8 @@ pub fn nameservers(path: &Path) -> Vec<Ipv4Addr> {
         .unwrap_or_default()
 }
 
-/// Runs `cmd` under the supervisor until it exits; returns its status.
+/// Runs `cmd` under the supervisor until no task uses the filter any more (it and every
+/// descendant have exited); returns `cmd`'s status.
 ///
 /// # Errors
 /// [`RunError::Unavailable`] before anything started; otherwise spawning or waiting failed.

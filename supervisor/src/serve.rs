@@ -11,12 +11,18 @@
 //! - `recvfrom` with an address on a DNS pair is done here and reports the nameserver.
 //! - `sendto` with an AF_INET address: to a nameserver on port 53 from an unconnected UDP
 //!   socket it makes a DNS pair first; otherwise it is made here with the bytes already read.
+//! - `bind` of an AF_INET TCP socket to a non-loopback address is recorded; `listen` on it (or
+//!   on one never bound) asks host-server to listen and installs the packet channel over the
+//!   program's descriptor; `accept`/`accept4` on that take one connection per packet and add
+//!   it as the call's result (ADDFD with SEND). Other binds are made here with the bytes
+//!   already read (AF_INET) or continue; other listens and accepts continue.
 //! - `socket(AF_INET, …)` continues (the hook for what later slices add).
 //!
 //! Sockets are known by identity (device and inode of the open file), never by descriptor
 //! number, so dup, fork and descriptor reuse cannot confuse them; sockets nobody holds any more
-//! are swept from the table as it grows. Calls that may wait (connect,
-//! a DNS recvfrom) run on a thread of their own; the loop never waits for host-server.
+//! are swept from the table as it grows. Calls that may wait (connect, listen, a blocking
+//! accept, a DNS recvfrom) run on a thread of their own; the loop never waits for host-server.
+//! The loop runs until no task uses the filter: the program's exit only reaps it.
 
 use std::collections::HashMap;
 use std::io;
@@ -696,14 +702,12 @@ fn listen(shared: &Arc<Shared>, n: Notif) {
             return;
         }
         Some(v) if v.kind == Kind::Bound => v.local,
-        Some(_) => {
-            shared.finish(&n, Outcome::Continue);
-            return;
-        }
+        // Not bound at all: as liboutsock, host-server picks (port 0).
         None if inet_stream(&copy) && sys::local_port(copy.as_raw_fd()).is_ok_and(|p| p == 0) => {
             SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)
         }
-        None => {
+        // Made here otherwise, bound natively (loopback), another family: the kernel's.
+        _ => {
             shared.finish(&n, Outcome::Continue);
             return;
         }

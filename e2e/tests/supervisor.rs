@@ -1012,3 +1012,146 @@ fn go_server_sees_the_ipv6_clients_dummy() {
     assert_eq!(peer, remote.to_string(), "{stdout}");
     assert!(local.parse::<SocketAddrV4>().is_ok(), "{stdout}");
 }
+
+/// A static C server in plain libc calls: getsockname on the listener, a blocking accept that
+/// a signal without SA_RESTART interrupts, a non-blocking accept with nothing waiting, a second
+/// listen, poll for readiness, accept4 with SOCK_NONBLOCK|SOCK_CLOEXEC, getpeername.
+const C_SERVER: &str = r#"
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+static void on_alarm(int sig) { (void)sig; }
+
+int main(void) {
+    setvbuf(stdout, NULL, _IONBF, 0);
+    int l = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(8080) };
+    if (bind(l, (struct sockaddr *)&a, sizeof a) || listen(l, 8)) {
+        perror("bind/listen");
+        return 2;
+    }
+    struct sockaddr_in got;
+    socklen_t len = sizeof got;
+    getsockname(l, (struct sockaddr *)&got, &len);
+    printf("listening %s:%d family %d\n", inet_ntoa(got.sin_addr), ntohs(got.sin_port), got.sin_family);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_alarm;
+    sigaction(SIGALRM, &sa, NULL);
+    alarm(1);
+    int r = accept(l, NULL, NULL);
+    printf("interrupted accept: %d %s\n", r, r < 0 ? strerror(errno) : "");
+    fcntl(l, F_SETFL, fcntl(l, F_GETFL) | O_NONBLOCK);
+    r = accept4(l, NULL, NULL, SOCK_NONBLOCK);
+    printf("non-blocking accept: %d %s\n", r, r < 0 ? strerror(errno) : "");
+    printf("listen again: %d\n", listen(l, 16));
+    printf("ready\n");
+    struct pollfd p = { .fd = l, .events = POLLIN };
+    r = poll(&p, 1, 20000);
+    printf("poll: %d readable %d\n", r, !!(p.revents & POLLIN));
+    struct sockaddr_in peer;
+    len = sizeof peer;
+    int c = accept4(l, (struct sockaddr *)&peer, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (c < 0) {
+        perror("accept4");
+        return 3;
+    }
+    printf("accepted %s:%d len %d nonblock %d cloexec %d\n", inet_ntoa(peer.sin_addr),
+           ntohs(peer.sin_port), (int)len, !!(fcntl(c, F_GETFL) & O_NONBLOCK),
+           !!(fcntl(c, F_GETFD) & FD_CLOEXEC));
+    struct sockaddr_in gp;
+    len = sizeof gp;
+    getpeername(c, (struct sockaddr *)&gp, &len);
+    printf("getpeername %s:%d family %d\n", inet_ntoa(gp.sin_addr), ntohs(gp.sin_port), gp.sin_family);
+    fcntl(c, F_SETFL, 0);
+    const char msg[] = "hello from a static C server\n";
+    if (write(c, msg, sizeof msg - 1) < 0) {
+        perror("write");
+        return 4;
+    }
+    close(c);
+    return 0;
+}
+"#;
+
+#[test]
+fn static_c_server_accept_semantics() {
+    let test = "static_c_server_accept_semantics";
+    if !can_supervise(test) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("server.c"), C_SERVER).unwrap();
+    let bin = dir.path().join("server");
+    let built = Command::new("cc")
+        .args(["-static", "-O1", "-o"])
+        .arg(&bin)
+        .arg(dir.path().join("server.c"))
+        .output();
+    match built {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => panic!("cc -static: {}", text(&o.stderr)),
+        Err(e) => {
+            skip(test, &format!("no C compiler: {e}"));
+            return;
+        }
+    }
+    let Some(s) = stack("sup-csrv", PORTS) else {
+        return;
+    };
+    let mut server = supervised_command(&s, &["timeout", "60"], &bin, &[]);
+    server.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut server = server.spawn().unwrap();
+    let mut stdout = std::io::BufReader::new(server.stdout.take().unwrap());
+    let mut lines = Vec::new();
+    loop {
+        let mut line = String::new();
+        if std::io::BufRead::read_line(&mut stdout, &mut line).unwrap() == 0 {
+            break;
+        }
+        let ready = line == "ready\n";
+        lines.push(line);
+        if ready {
+            break;
+        }
+    }
+    assert_eq!(
+        lines.last().map(String::as_str),
+        Some("ready\n"),
+        "{lines:?}\n{}",
+        s.logs()
+    );
+    let answer = world_request(&s, 8080, b"");
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    let out = server.wait_with_output().unwrap();
+    println!("{lines:?}\n{rest}\n{}", text(&out.stderr));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(answer, "hello from a static C server\n");
+    assert_eq!(lines[0], "listening 0.0.0.0:8080 family 2\n");
+    // The signal ends the supervised wait as it ends a native one.
+    assert_eq!(lines[1], "interrupted accept: -1 Interrupted system call\n");
+    assert_eq!(
+        lines[2],
+        "non-blocking accept: -1 Resource temporarily unavailable\n"
+    );
+    assert_eq!(lines[3], "listen again: 0\n");
+    let rest: Vec<&str> = rest.lines().collect();
+    assert_eq!(rest[0], "poll: 1 readable 1", "{rest:?}");
+    let accepted = rest[1]
+        .strip_prefix("accepted ")
+        .unwrap_or_else(|| panic!("{rest:?}"));
+    let (peer, flags) = accepted.split_once(' ').unwrap();
+    assert_eq!(flags, "len 16 nonblock 1 cloexec 1", "{rest:?}");
+    assert_eq!(rest[2], format!("getpeername {peer} family 2"), "{rest:?}");
+    let peer: SocketAddrV4 = peer.parse().unwrap();
+    assert_client_dummy(&s, *peer.ip());
+}

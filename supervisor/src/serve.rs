@@ -917,7 +917,63 @@ mod tests {
 
     use std::os::unix::net::UnixStream;
 
+    use shared_proto::translate::DEFAULT_GUEST_DNS;
+
     use super::*;
+
+    #[test]
+    fn each_packet_is_one_connection_and_a_held_one_comes_first() {
+        let (listener_fd, _keep) = UnixStream::pair().unwrap();
+        let s = Shared::new(
+            Listener::new(listener_fd.into()),
+            HostServer::new("/nonexistent".into()),
+            DEFAULT_GUEST_DNS,
+            Vec::new(),
+        );
+        let (guest, host) = sys::seqpacket_pair().unwrap();
+        assert_eq!(take_connection(&s, &guest).unwrap().map(|a| a.peer), None);
+        let peer: SocketAddrV4 = "172.21.112.1:4000".parse().unwrap();
+        let local: SocketAddrV4 = "0.0.0.0:8080".parse().unwrap();
+        let frame = to_vec(&ToGuest::Inbound { peer, local }).unwrap();
+        let (conn, _other) = UnixStream::pair().unwrap();
+        for _ in 0..2 {
+            outsock_fdpass::sendmsg_fd::<outsock_fdpass::Libc>(
+                host.as_raw_fd(),
+                &frame,
+                conn.as_raw_fd(),
+                0,
+            )
+            .unwrap();
+        }
+        let first = take_connection(&s, &guest).unwrap().unwrap();
+        assert_eq!((first.peer, first.local), (peer, local));
+        assert_eq!(
+            sys::identity(first.conn.as_raw_fd()).unwrap(),
+            sys::identity(conn.as_raw_fd()).unwrap()
+        );
+        // A connection held back for the listener is given before the next packet.
+        let held_peer: SocketAddrV4 = "172.21.112.9:9".parse().unwrap();
+        s.held
+            .lock()
+            .unwrap()
+            .entry(sys::identity(guest.as_raw_fd()).unwrap())
+            .or_default()
+            .push(Accepted {
+                peer: held_peer,
+                ..first
+            });
+        assert_eq!(
+            take_connection(&s, &guest).unwrap().unwrap().peer,
+            held_peer
+        );
+        assert_eq!(take_connection(&s, &guest).unwrap().unwrap().peer, peer);
+        assert_eq!(take_connection(&s, &guest).unwrap().map(|a| a.peer), None);
+        // A frame without a socket is no connection; host-server gone ends the listener.
+        sys::send_to(host.as_raw_fd(), &frame, 0, &[]).unwrap();
+        assert_eq!(take_connection(&s, &guest).err(), Some(libc::EPROTO));
+        drop(host);
+        assert_eq!(take_connection(&s, &guest).err(), Some(libc::ECONNABORTED));
+    }
 
     #[test]
     fn the_table_keeps_only_sockets_someone_holds() {

@@ -1,5 +1,6 @@
-//! `run` without a network: the program runs under the filter (its /proc status says so) and
-//! its exit status comes back. Nothing here makes a network call.
+//! `run` without a network: the program runs under the filter (its /proc status says so), its
+//! exit status comes back, and `run` returns only once its descendants are gone too. Nothing
+//! here makes a network call.
 
 #![allow(clippy::unwrap_used)]
 
@@ -33,4 +34,26 @@ fn the_program_runs_filtered_and_its_status_comes_back() {
     // Mode 2 is SECCOMP_MODE_FILTER.
     assert!(seen.contains("Seccomp:\t2"), "{seen}");
     assert!(seen.contains("Seccomp_filters:\t1"), "{seen}");
+}
+
+#[test]
+fn run_serves_until_the_last_descendant_is_gone_and_returns_the_programs_status() {
+    if !outsock_supervisor::available() {
+        println!("SKIP: no seccomp user notification on this kernel");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let done = dir.path().join("done");
+    let mut cmd = Command::new("sh");
+    // The shell exits at once with 3; its background child (filtered too) works on.
+    cmd.arg("-c").arg(format!(
+        "(sleep 1; grep -c '^Seccomp:.2' /proc/self/status > {}) & exit 3",
+        done.display()
+    ));
+    let started = std::time::Instant::now();
+    let status = outsock_supervisor::run(&mut cmd, &opts()).unwrap();
+    assert_eq!(status.code(), Some(3));
+    assert!(started.elapsed() >= std::time::Duration::from_secs(1));
+    // The descendant had finished, under the filter, when run returned.
+    assert_eq!(std::fs::read_to_string(&done).unwrap(), "1\n");
 }

@@ -1155,3 +1155,88 @@ fn static_c_server_accept_semantics() {
     let peer: SocketAddrV4 = peer.parse().unwrap();
     assert_client_dummy(&s, *peer.ip());
 }
+
+/// `net.Listen("tcp4", ARG)`: prints the listener's address or the error.
+const GO_LISTEN: &str = r#"package main
+
+import (
+	"fmt"
+	"net"
+	"os"
+)
+
+func main() {
+	l, err := net.Listen("tcp4", os.Args[1])
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	fmt.Println(l.Addr())
+}
+"#;
+
+#[test]
+fn a_port_host_server_does_not_allow_is_eacces() {
+    let test = "a_port_host_server_does_not_allow_is_eacces";
+    if !can_supervise(test) {
+        return;
+    }
+    let Some(s) = stack("sup-lport", PORTS) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let Some(bin) = go_build(test, dir.path(), GO_LISTEN) else {
+        return;
+    };
+    // 8089 is not in allowed_ports: host-server's EACCES is the program's listen error.
+    let out = supervised(&s, &bin, &[":8089"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("listen: permission denied"),
+        "{}",
+        text(&out.stderr)
+    );
+    // An allowed one listens (and closes again at exit).
+    let out = supervised(&s, &bin, &[":8080"]);
+    assert_eq!(ok(&s, &out, "listen on 8080"), "0.0.0.0:8080\n");
+}
+
+#[test]
+fn sigterm_ends_the_supervisor_once_the_program_is_gone() {
+    let test = "sigterm_ends_the_supervisor_once_the_program_is_gone";
+    if !can_supervise(test) {
+        return;
+    }
+    let Some(s) = stack("sup-term2", "") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let Some(bb) = busybox_static(test, dir.path()) else {
+        return;
+    };
+    // The shell exits at once; its background sleep keeps the supervisor serving.
+    let script = format!("{} sleep 5 >/dev/null 2>&1 &", bb.display());
+    let mut child = supervised_command(&s, &["env"], &bb, &["sh", "-c", &script])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "outsock did not wait for the background sleep"
+    );
+    let pid = rustix::process::Pid::from_raw(i32::try_from(child.id()).unwrap()).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "outsock run --supervise ignored SIGTERM with only descendants left"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(128 + 15), "{status}");
+}

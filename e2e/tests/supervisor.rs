@@ -5,7 +5,10 @@
 //! reach IPv6-only services by name through outsock-supervisor, host-server and dns-cache.
 //! Their resolvers ask the machine's /etc/resolv.conf nameserver, which the supervisor
 //! redirects to the guest DNS. A dynamic program still works with the preload under the
-//! supervisor, and a loopback connect stays on the program's own `lo`.
+//! supervisor, and a loopback connect stays on the program's own `lo`. Descendants stay
+//! served after the program exits. Static servers (busybox httpd, Go, raw-syscall prefork
+//! children, C) listen through host-server on the host's IPv6 address, allowed ports only
+//! (`PORTS`), and IPv6 clients in `world` reach them, seen as their source-pool dummies.
 
 // Test code throughout; helpers outside #[test] functions unwrap too.
 #![allow(clippy::unwrap_used)]

@@ -47,8 +47,10 @@ enum Cmd {
         #[arg(long, env = "OUTSOCK_SHIM")]
         shim: Option<PathBuf>,
         /// Also run the program under the seccomp supervisor, which outsources the system
-        /// calls of static binaries, Go programs and raw-syscall tools (Linux >= 5.14; falls
-        /// back to the preload alone, saying so, where unavailable).
+        /// calls of static binaries, Go programs and raw-syscall tools, clients and servers,
+        /// for the program and its descendants (Linux >= 5.14; falls back to the preload
+        /// alone, saying so, where unavailable). Returns the program's status once the last
+        /// descendant has exited too.
         #[arg(long)]
         supervise: bool,
         /// The program and its arguments.

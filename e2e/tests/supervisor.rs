@@ -1243,3 +1243,66 @@ fn sigterm_ends_the_supervisor_once_the_program_is_gone() {
     };
     assert_eq!(status.code(), Some(128 + 15), "{status}");
 }
+
+#[test]
+fn a_daemonized_static_httpd_stays_served() {
+    let test = "a_daemonized_static_httpd_stays_served";
+    if !can_supervise(test) {
+        return;
+    }
+    let Some(s) = stack("sup-daemon", PORTS) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let Some(bb) = busybox_static(test, dir.path()) else {
+        return;
+    };
+    let www = dir.path().join("www-daemon");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("page.txt"), "daemonized busybox httpd\n").unwrap();
+    let www = www.display().to_string();
+    // Without -f httpd forks into the background and the program itself exits 0 at once.
+    let mut server = supervised_command(
+        &s,
+        &["env"],
+        &bb,
+        &["httpd", "-p", "0.0.0.0:8081", "-h", &www],
+    );
+    let mut server = server
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_listening(&s, 8081);
+    let page = world_request(&s, 8081, b"GET /page.txt HTTP/1.0\r\n\r\n");
+    assert!(page.ends_with("daemonized busybox httpd\n"), "{page}");
+    assert!(
+        server.try_wait().unwrap().is_none(),
+        "outsock stopped serving while the daemon runs"
+    );
+    // The daemon: the process whose command line names our directory. Once it is gone,
+    // outsock returns the program's own status (0).
+    let daemons: Vec<i32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| text(&c).contains(&www) && text(&c).contains("httpd"))
+                && i64::from(*pid) != i64::from(server.id())
+        })
+        .collect();
+    assert!(!daemons.is_empty(), "no httpd daemon found");
+    for pid in daemons {
+        let pid = rustix::process::Pid::from_raw(pid).unwrap();
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(st) = server.try_wait().unwrap() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "outsock outlived the daemon");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0), "{status}");
+}

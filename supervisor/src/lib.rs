@@ -172,8 +172,9 @@ pub fn run(cmd: &mut Command, opts: &Options) -> Result<ExitStatus, RunError> {
     std::thread::spawn(move || {
         // Only once the program is gone (its descendants still served) does a stop signal
         // end the supervisor, as it would have ended the program.
-        let sig = sys::forward_stop_signals(&pidfd);
-        std::process::exit(128 + sig);
+        if let Some(sig) = sys::forward_stop_signals(&pidfd) {
+            std::process::exit(128 + sig);
+        }
     });
     let shared = serve::Shared::new(
         sys::Listener::new(listener),

@@ -575,15 +575,16 @@ pub fn block_stop_signals() -> io::Result<()> {
 
 /// Waits for the stop signals [`block_stop_signals`] blocked, passing SIGTERM and SIGHUP on to
 /// the process of `pidfd` (the program). Returns the first of them that arrives once that
-/// process is gone (reaped while its descendants are still served). Run on a thread of its own.
+/// process is gone (reaped while its descendants are still served); `None` if sigwait fails.
+/// Run on a thread of its own.
 #[must_use]
-pub fn forward_stop_signals(pidfd: &OwnedFd) -> c_int {
+pub fn forward_stop_signals(pidfd: &OwnedFd) -> Option<c_int> {
     let set = stop_set();
     loop {
         let mut sig: c_int = 0;
         // SAFETY: a valid set and a valid out pointer.
         if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
-            continue;
+            return None;
         }
         if sig == libc::SIGTERM || sig == libc::SIGHUP {
             // SAFETY: pidfd_send_signal with our pidfd (never a recycled pid), a valid signal
@@ -598,7 +599,7 @@ pub fn forward_stop_signals(pidfd: &OwnedFd) -> c_int {
                 )
             };
             if rc != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
-                return sig;
+                return Some(sig);
             }
         }
     }

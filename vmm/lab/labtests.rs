@@ -178,9 +178,14 @@ impl Driver {
 
     /// Keeps the console log of a run that is about to be repeated.
     fn keep_crashed_log(&self, name: &str) {
+        self.keep_crashed_log_as(name, &format!("{name}-crashed"));
+    }
+
+    /// Keeps `name`'s console as `kept`.log.
+    fn keep_crashed_log_as(&self, name: &str, kept: &str) {
         let _ = std::fs::rename(
             self.args.logs.join(format!("{name}.log")),
-            self.args.logs.join(format!("{name}-crashed.log")),
+            self.args.logs.join(format!("{kept}.log")),
         );
     }
 

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use outsock_e2e::{stack, text, wait_udp_bound};
 use testworld::stack::Stack;
-use testworld::{addr, zone};
+use testworld::{addr, programs, zone};
 
 /// A UDP server port in `allowed_ports`, and a short idle timeout to outlive.
 const CONFIG: &str = "udp_idle_timeout_secs = 1\n[listen]\nallowed_ports = [5353, 5354]\n";
@@ -129,20 +129,10 @@ fn python_udp_server_outlives_the_idle_timeout_and_sees_source_dummies() {
         ]
     );
 }
-/// Builds `source` (C) with the system compiler into the test world's directory.
-fn compile(s: &Stack, name: &str, source: &str) -> PathBuf {
-    let dir = s.world.dir();
-    let c = dir.join(format!("{name}.c"));
-    std::fs::write(&c, source).unwrap();
-    let bin = dir.join(name);
-    let out = std::process::Command::new("cc")
-        .args(["-O1", "-Wall", "-o"])
-        .arg(&bin)
-        .arg(&c)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "cc {name}: {}", text(&out.stderr));
-    bin
+
+/// Builds the C `parts` with the system compiler into the test world's directory.
+fn compile(s: &Stack, name: &str, parts: &[&str]) -> PathBuf {
+    programs::build_c(s.world.dir(), name, parts).unwrap()
 }
 
 /// Runs `bin args…` in `legacy` through outsock, bounded to 60 s.
@@ -155,115 +145,12 @@ fn run_c(s: &Stack, bin: &Path, args: &[&str]) -> Output {
     cmd.output().unwrap()
 }
 
-/// Everything the C programs share: resolving a name to its dummy, a connected echo round trip,
-/// errno names.
-const C_COMMON: &str = r#"
-#define _GNU_SOURCE
-#include <arpa/inet.h>
-#include <errno.h>
-#include <fcntl.h>
-#include <netdb.h>
-#include <netinet/in.h>
-#include <signal.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/resource.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
-static struct sockaddr_in lookup(const char *name, int port) {
-    struct addrinfo hints = {0}, *res;
-    hints.ai_family = AF_INET;
-    hints.ai_socktype = SOCK_STREAM;
-    int rc = getaddrinfo(name, NULL, &hints, &res);
-    if (rc) { fprintf(stderr, "getaddrinfo: %s\n", gai_strerror(rc)); exit(2); }
-    struct sockaddr_in a = *(struct sockaddr_in *)res->ai_addr;
-    a.sin_port = htons(port);
-    freeaddrinfo(res);
-    return a;
-}
-
-static const char *err(int e) {
-    switch (e) {
-    case 0: return "ok";
-    case EINTR: return "EINTR";
-    case EALREADY: return "EALREADY";
-    case EINPROGRESS: return "EINPROGRESS";
-    case EISCONN: return "EISCONN";
-    case ENOTSOCK: return "ENOTSOCK";
-    case ENETUNREACH: return "ENETUNREACH";
-    default: return strerror(e);
-    }
-}
-
-static void die(const char *what) { fprintf(stderr, "%s: %s\n", what, strerror(errno)); exit(1); }
-
-/// Sends `msg` on the connected `fd` and reads the echo back.
-static void echo(int fd, const char *msg) {
-    char buf[64] = {0};
-    if (write(fd, msg, strlen(msg)) != (ssize_t)strlen(msg)) die("write");
-    size_t got = 0;
-    while (got < strlen(msg)) {
-        ssize_t n = read(fd, buf + got, sizeof buf - 1 - got);
-        if (n <= 0) die("read");
-        got += n;
-    }
-    printf("echo %s\n", buf);
-}
-"#;
-
-/// Holds 70,000 descriptors and connects on fds above 69,000, by name and by dummy.
-const C_HIGH_FDS: &str = r#"
-int main(int argc, char **argv) {
-    // 70,000 descriptors; where the hard limit is lower and cannot be raised (no
-    // CAP_SYS_RESOURCE), as many as it allows, and the test says so.
-    int top = 70000;
-    struct rlimit rl = {80000, 80000};
-    if (setrlimit(RLIMIT_NOFILE, &rl)) {
-        if (getrlimit(RLIMIT_NOFILE, &rl)) die("getrlimit");
-        rl.rlim_cur = rl.rlim_max;
-        if (setrlimit(RLIMIT_NOFILE, &rl)) die("setrlimit");
-        if (rl.rlim_cur < 70010) top = (int)rl.rlim_cur - 10;
-    }
-    fprintf(stderr, "top %d\n", top);
-    int null = open("/dev/null", O_RDONLY);
-    if (null < 0) die("open");
-    for (int fd = null + 1; fd < top; fd++)
-        if (dup2(null, fd) < 0) die("dup2");
-    int high = top - 1000;
-    close(high + 1);
-    close(high + 2);
-    struct sockaddr_in by_name = lookup(argv[1], 7);
-    int s = socket(AF_INET, SOCK_STREAM, 0);
-    printf("high %d\n", s > high);
-    if (connect(s, (struct sockaddr *)&by_name, sizeof by_name)) die("connect by name");
-    echo(s, "by name");
-    struct sockaddr_in peer;
-    socklen_t len = sizeof peer;
-    if (getpeername(s, (struct sockaddr *)&peer, &len)) die("getpeername");
-    printf("peer %d %d %d\n", peer.sin_family == AF_INET,
-           peer.sin_addr.s_addr == by_name.sin_addr.s_addr, ntohs(peer.sin_port));
-    // The dummy itself, as a numeric address.
-    struct sockaddr_in by_dummy;
-    memset(&by_dummy, 0, sizeof by_dummy);
-    by_dummy.sin_family = AF_INET;
-    by_dummy.sin_port = htons(7);
-    inet_pton(AF_INET, inet_ntoa(by_name.sin_addr), &by_dummy.sin_addr);
-    int t = socket(AF_INET, SOCK_STREAM, 0);
-    printf("high %d\n", t > high);
-    if (connect(t, (struct sockaddr *)&by_dummy, sizeof by_dummy)) die("connect by dummy");
-    echo(t, "by dummy");
-    return 0;
-}
-"#;
-
 #[test]
 fn connects_on_descriptors_above_69000_are_outsourced() {
     let Some(s) = stack("c-high-fds", CONFIG) else {
         return;
     };
-    let bin = compile(&s, "high_fds", &format!("{C_COMMON}{C_HIGH_FDS}"));
+    let bin = compile(&s, "high_fds", &[programs::C_COMMON, programs::C_HIGH_FDS]);
     let out = run_c(&s, &bin, &[zone::ECHO]);
     assert!(out.status.success(), "{}\n{}", text(&out.stderr), s.logs());
     let stderr = text(&out.stderr);
@@ -279,87 +166,27 @@ fn connects_on_descriptors_above_69000_are_outsourced() {
             top - 1000
         );
     }
-    assert_eq!(
-        text(&out.stdout),
-        "high 1\necho by name\npeer 1 1 7\nhigh 1\necho by dummy\n"
-    );
+    assert_eq!(text(&out.stdout), programs::C_HIGH_FDS_OUTPUT);
 }
-
-/// Outsourced sockets (two UDP associations, a connected TCP socket) closed with close_range,
-/// then their numbers reused by a pipe, a file and a socket; then the same with closefrom.
-const C_CLOSE_RANGE: &str = r#"
-static int associated_udp(struct sockaddr_in *to) {
-    int u = socket(AF_INET, SOCK_DGRAM, 0);
-    if (sendto(u, "u", 1, 0, (struct sockaddr *)to, sizeof *to) != 1) die("sendto");
-    char c;
-    if (recv(u, &c, 1, 0) != 1) die("recv");
-    return u;
-}
-
-int main(int argc, char **argv) {
-    struct sockaddr_in echo_addr = lookup(argv[1], 7);
-    int a = associated_udp(&echo_addr);
-    int b = socket(AF_INET, SOCK_STREAM, 0);
-    if (connect(b, (struct sockaddr *)&echo_addr, sizeof echo_addr)) die("connect");
-    int c = associated_udp(&echo_addr);
-    printf("consecutive %d\n", b == a + 1 && c == b + 1);
-    if (close_range(a, c, 0)) die("close_range");
-
-    // The numbers come back as a pipe and a file: they are what they are now.
-    int p[2];
-    if (pipe(p)) die("pipe");
-    int f = open("/dev/null", O_RDONLY);
-    printf("reused %d\n", p[0] == a && p[1] == b && f == c);
-    char buf[16] = {0};
-    if (write(p[1], "pipe data", 9) != 9) die("write pipe");
-    ssize_t n = read(p[0], buf, sizeof buf - 1);
-    printf("pipe %zd %s\n", n, n > 0 ? buf : err(errno));
-    struct sockaddr_in name;
-    socklen_t len = sizeof name;
-    int rc = getsockname(f, (struct sockaddr *)&name, &len);
-    printf("getsockname %s\n", rc == 0 ? "ok" : err(errno));
-    int domain;
-    len = sizeof domain;
-    rc = getsockopt(p[1], SOL_SOCKET, SO_DOMAIN, &domain, &len);
-    printf("SO_DOMAIN %s\n", rc == 0 ? "ok" : err(errno));
-    close(p[0]);
-    close(p[1]);
-    close(f);
-
-    // And as a socket again: outsourced afresh.
-    int s = socket(AF_INET, SOCK_STREAM, 0);
-    printf("socket again %d\n", s == a);
-    if (connect(s, (struct sockaddr *)&echo_addr, sizeof echo_addr)) die("connect again");
-    echo(s, "again");
-
-    // closefrom: glibc's calls close_range inside libc.
-    int d = associated_udp(&echo_addr);
-    closefrom(d);
-    f = open("/dev/null", O_RDONLY);
-    len = sizeof name;
-    rc = getsockname(f, (struct sockaddr *)&name, &len);
-    printf("closefrom %d %s %zd\n", f == d, rc == 0 ? "ok" : err(errno), read(f, buf, 1));
-    return 0;
-}
-"#;
 
 #[test]
 fn close_range_and_closefrom_forget_outsourced_descriptors() {
     let Some(s) = stack("c-close-range", CONFIG) else {
         return;
     };
-    let bin = compile(&s, "close_range", &format!("{C_COMMON}{C_CLOSE_RANGE}"));
+    let bin = compile(
+        &s,
+        "close_range",
+        &[programs::C_COMMON, programs::C_CLOSE_RANGE],
+    );
     let out = run_c(&s, &bin, &[zone::ECHO]);
     assert!(out.status.success(), "{}\n{}", text(&out.stderr), s.logs());
-    assert_eq!(
-        text(&out.stdout),
-        "consecutive 1\nreused 1\npipe 9 pipe data\ngetsockname ENOTSOCK\nSO_DOMAIN ENOTSOCK\n\
-         socket again 1\necho again\nclosefrom 1 ENOTSOCK 0\n"
-    );
+    assert_eq!(text(&out.stdout), programs::C_CLOSE_RANGE_OUTPUT);
 }
 
-/// A blocking connect that a signal (without SA_RESTART) interrupts: EINTR, and the connect
-/// goes on, so a non-blocking connect then says EALREADY.
+/// C, with [`programs::C_COMMON`] in front: a blocking connect that a signal (without
+/// SA_RESTART) interrupts: EINTR, and the connect goes on, so a non-blocking connect then says
+/// EALREADY.
 const C_EINTR: &str = r#"
 static void on_alarm(int sig) { (void)sig; }
 
@@ -410,7 +237,7 @@ fn a_signal_interrupts_a_blocking_connect_as_natively() {
             fill
         })
         .unwrap();
-    let bin = compile(&s, "eintr", &format!("{C_COMMON}{C_EINTR}"));
+    let bin = compile(&s, "eintr", &[programs::C_COMMON, C_EINTR]);
     let out = run_c(&s, &bin, &[zone::ECHO, &STALLED_PORT.to_string()]);
     drop(held);
     assert!(out.status.success(), "{}\n{}", text(&out.stderr), s.logs());

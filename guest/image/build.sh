@@ -11,7 +11,8 @@
 # /etc/ld.so.preload, /etc/outsock/shim.conf (transport=vsock:1024), the DNS forwarder that
 # /init starts on 127.0.0.1:53, resolv.conf naming 127.0.0.1, and the legacy programs in
 # GUEST_PROGRAMS below with their shared libraries, copied from this machine's installed
-# Debian packages (netcat-traditional, curl, wget, busybox, iperf3, knot-dnsutils), and python3
+# Debian packages (netcat-traditional, curl, wget, busybox, iperf3, knot-dnsutils, nginx: its
+# binary only, run with a configuration of its own, no mime.types), and python3
 # with its standard library (less the parts no program here imports: tests, Tk, IDLE, the
 # static library; see copy_python) and the extension modules' libraries.
 # Debug aid: OUTSOCK_GUEST_EXTRA="/usr/bin/strace ..." adds more programs the same way.
@@ -71,7 +72,7 @@ kdeb=$(fetch "$kpkg")
 bbdeb=$(fetch busybox-static)
 
 # 3. Hash the inputs.
-GUEST_PROGRAMS="/usr/bin/nc.traditional /usr/bin/curl /usr/bin/wget /usr/bin/busybox /usr/bin/iperf3 /usr/bin/kdig"
+GUEST_PROGRAMS="/usr/bin/nc.traditional /usr/bin/curl /usr/bin/wget /usr/bin/busybox /usr/bin/iperf3 /usr/bin/kdig /usr/sbin/nginx"
 # python3: the interpreter and its standard library folder (from python3.11-minimal,
 # libpython3.11-minimal and libpython3.11-stdlib); the packages' versions go into the hash.
 PYTHON=/usr/bin/python3.11

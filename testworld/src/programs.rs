@@ -1,6 +1,11 @@
 //! Test programs that both modes run unmodified against the world: in process mode in the
 //! `legacy` namespace (e2e), in VM mode inside the guest (the lab's `vm` group).
 
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
 /// python3 clients by name, with argv[1] naming the world's echo server: a blocking TCP client
 /// through the resolver (checks the socket is AF_INET and has addresses), an asyncio client
 /// (non-blocking connect), and a UDP client, unconnected then connected. It prints
@@ -80,3 +85,49 @@ print(data.decode(), src == (other, 7))
 /// What [`PY_UDP_CONNECTED`] prints when everything behaved as on a native socket.
 pub const PY_UDP_CONNECTED_OUTPUT: &str =
     "True True True\nconnected True\nto-the-peer True\nrefused\nstill-the-peer\nreconnected True\n";
+
+/// C, shared by the C programs below and compiled in front of each (see [`build_c`]): resolving
+/// a name to its dummy (`lookup`), a connected echo round trip (`echo`), errno names (`err`).
+pub const C_COMMON: &str = include_str!("../c/common.c");
+
+/// C, with [`C_COMMON`] in front: holds 70,000 descriptors (raising RLIMIT_NOFILE to 80,000;
+/// where that cannot be raised, as many as the hard limit allows, and it says how many on
+/// stderr as `top N`) and connects on fds above 69,000 to the echo server named by argv[1],
+/// by name and by its dummy. It prints [`C_HIGH_FDS_OUTPUT`].
+pub const C_HIGH_FDS: &str = include_str!("../c/high_fds.c");
+
+/// What [`C_HIGH_FDS`] prints when both connects were outsourced above fd 69,000 (or the
+/// lower top) and echoed.
+pub const C_HIGH_FDS_OUTPUT: &str = "high 1\necho by name\npeer 1 1 7\nhigh 1\necho by dummy\n";
+
+/// C, with [`C_COMMON`] in front: outsourced sockets (two UDP associations and a connected TCP
+/// socket to the echo server named by argv[1]) closed with `close_range`, their numbers then
+/// reused by a pipe, a file and a socket that must behave natively; then the same with
+/// `closefrom`. It prints [`C_CLOSE_RANGE_OUTPUT`].
+pub const C_CLOSE_RANGE: &str = include_str!("../c/close_range.c");
+
+/// What [`C_CLOSE_RANGE`] prints when the reused numbers behaved natively.
+pub const C_CLOSE_RANGE_OUTPUT: &str = "consecutive 1\nreused 1\npipe 9 pipe data\n\
+    getsockname ENOTSOCK\nSO_DOMAIN ENOTSOCK\nsocket again 1\necho again\nclosefrom 1 ENOTSOCK 0\n";
+
+/// Compiles the C `parts` (concatenated, e.g. [`C_COMMON`] then [`C_HIGH_FDS`]) with the
+/// system's `cc -O1 -Wall` into `dir/name` (dynamically linked: liboutsock reaches a program
+/// through the dynamic loader). Returns the binary's path.
+///
+/// # Errors
+/// When the source cannot be written or `cc` fails (its messages are in the error).
+pub fn build_c(dir: &Path, name: &str, parts: &[&str]) -> Result<PathBuf> {
+    let c = dir.join(format!("{name}.c"));
+    std::fs::write(&c, parts.concat()).with_context(|| format!("writing {}", c.display()))?;
+    let bin = dir.join(name);
+    let out = Command::new("cc")
+        .args(["-O1", "-Wall", "-o"])
+        .arg(&bin)
+        .arg(&c)
+        .output()
+        .context("running cc")?;
+    if !out.status.success() {
+        bail!("cc {name}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(bin)
+}

@@ -131,6 +131,8 @@ struct RunOpts<'a> {
     on_line: Option<&'a mut LineHook<'a>>,
     /// The run's limit, when not `--run-timeout`.
     timeout: Option<Duration>,
+    /// The console log's name (`<log_name>.log`), when not the run's name.
+    log_name: Option<&'a str>,
 }
 
 struct Driver {
@@ -163,9 +165,10 @@ impl Driver {
     fn run_with(&self, name: &str, extra: &[&str], cmd: Option<&str>, mut opts: RunOpts) -> Run {
         let run = self.run_once(name, extra, cmd, &mut opts);
         if self.args.retry_guest_crash && run.guest_crashed() && opts.on_line.is_none() {
-            self.keep_crashed_log(name);
+            let log = opts.log_name.unwrap_or(name);
+            self.keep_crashed_log(log);
             self.note(&format!(
-                "{name}: the guest crashed ({}; console in {name}-crashed.log); running it again",
+                "{log}: the guest crashed ({}; console in {log}-crashed.log); running it again",
                 run.stderr.lines().last().unwrap_or("no message").trim()
             ));
             return self.run_once(name, extra, cmd, &mut opts);
@@ -175,9 +178,14 @@ impl Driver {
 
     /// Keeps the console log of a run that is about to be repeated.
     fn keep_crashed_log(&self, name: &str) {
+        self.keep_crashed_log_as(name, &format!("{name}-crashed"));
+    }
+
+    /// Keeps `name`'s console as `kept`.log.
+    fn keep_crashed_log_as(&self, name: &str, kept: &str) {
         let _ = std::fs::rename(
             self.args.logs.join(format!("{name}.log")),
-            self.args.logs.join(format!("{name}-crashed.log")),
+            self.args.logs.join(format!("{kept}.log")),
         );
     }
 
@@ -318,7 +326,10 @@ impl Driver {
             std::thread::sleep(Duration::from_millis(300));
             run.notify = n.events_since(started);
         }
-        let log = self.args.logs.join(format!("{name}.log"));
+        let log = self
+            .args
+            .logs
+            .join(format!("{}.log", opts.log_name.unwrap_or(name)));
         let notify_log: String = run
             .notify
             .iter()

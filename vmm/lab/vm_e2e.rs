@@ -5,11 +5,14 @@
 //! The guest fetches its test script from the world's HTTP server (so the script is not
 //! bound by the 2 KiB kernel command line) and runs, unmodified: outbound clients by name
 //! (curl, wget, busybox wget, netcat over TCP and UDP, kdig over UDP and TCP, python3 clients
-//! over TCP, asyncio and UDP, a 4 MiB file with its md5, `iperf3 -4` of 100 MiB); inbound servers (busybox httpd, `nc -l -p`) reached by an
-//! IPv6 client in `world`; and a host-server restart while the VM runs. Each step prints a
-//! marker line that is read back from the console; where the driver must act (run the world
-//! client, restart host-server) the guest prints a marker and waits for the driver to type
-//! `go` on its console.
+//! over TCP, asyncio and UDP, a 4 MiB file with its md5, `iperf3 -4` of 100 MiB); C programs
+//! compiled by the driver (connects on descriptors above 69,000; `close_range` and `closefrom`
+//! over outsourced descriptors whose numbers are then reused); inbound servers (busybox httpd,
+//! `nc -l -p`; and, in a second run of the guest after the first, nginx with a master and two
+//! workers under 5,000 requests, 64 at a time) reached by IPv6 clients in `world`; and a
+//! host-server restart while the VM runs. Each step prints a marker line that is read back from
+//! the console; where the driver must act (run the world client, restart host-server) the guest
+//! prints a marker and waits for the driver to type `go` on its console.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -24,7 +27,7 @@ use crate::vm_world::{self, IPERF_PORT, WHOAMI_PORT};
 use crate::{Driver, Run, RunOpts};
 
 /// The checks this group reports, in order.
-pub const NAMES: [&str; 14] = [
+pub const NAMES: [&str; 16] = [
     "vm-boot",
     "vm-curl",
     "vm-wget",
@@ -33,10 +36,12 @@ pub const NAMES: [&str; 14] = [
     "vm-udp",
     "vm-kdig",
     "vm-python3",
+    "vm-high-fds",
     "vm-big-md5",
     "vm-iperf3",
     "vm-inbound-httpd",
     "vm-inbound-nc",
+    "vm-inbound-nginx",
     "vm-restart",
     "vm-run",
 ];
@@ -46,8 +51,38 @@ const HTTPD_PORT: u16 = 8080;
 const NC_PORT: u16 = 8081;
 /// Bytes `iperf3 -4 -n` sends.
 const IPERF_BYTES: u64 = 100 * 1024 * 1024;
-/// The whole VM run's limit.
+/// The nginx check's requests from `world`, and how many at a time (issue 13).
+const NGINX_REQUESTS: usize = 5_000;
+const NGINX_PARALLEL: usize = 64;
+/// Requests not started this long after the first count as failed (the load took about 30 s
+/// in the lab).
+const NGINX_LOAD_LIMIT: Duration = Duration::from_secs(180);
+/// The main VM run's limit.
 const RUN_LIMIT: Duration = Duration::from_secs(300);
+/// The nginx run's limit (the load's included; the run took about 45 s in the lab).
+const NGINX_RUN_LIMIT: Duration = Duration::from_secs(300);
+/// What nginx answers every request with.
+const NGINX_BODY: &str = "served\n";
+/// The guest's nginx: a master and two workers (as root: the guest image has no other user
+/// worth switching to), its pid, logs and client body files under /tmp/nginx, each request's
+/// peer address, status and worker pid in the access log. The guest script makes
+/// /var/lib/nginx, where the build puts its other temporary folders.
+const NGINX_CONF: &str = "\
+user root;
+worker_processes 2;
+pid /tmp/nginx/nginx.pid;
+error_log /tmp/nginx/error.log warn;
+events { worker_connections 1024; }
+http {
+    log_format peers '$remote_addr $status $pid';
+    access_log /tmp/nginx/access.log peers;
+    client_body_temp_path /tmp/nginx/body;
+    server {
+        listen 8080;
+        location / { return 200 \"served\\n\"; }
+    }
+}
+";
 
 /// The guest's test script. Full program paths: the image's static busybox sh runs its own
 /// applets (wget, nc) before anything on PATH. Debian's dynamic busybox is built without
@@ -65,6 +100,12 @@ A=$(kdig +short +timeout=5 @$DNS $V6 A); echo KDIG-RC=$? KDIG-UDP=$A
 A=$(kdig +short +tcp +timeout=5 @$DNS $ECHO A); echo KDIGTCP-RC=$? KDIG-TCP=$A
 curl -4 -sS -m 30 -o /tmp/py-clients.py http://$V6/py-clients.py
 python3 /tmp/py-clients.py $ECHO > /tmp/py.out 2>&1; echo PY-RC=$?; sed 's/^/PY /' /tmp/py.out
+echo HIGHFD-START
+for p in high_fds close_range; do curl -4 -sS -m 30 -o /tmp/$p http://$V6/$p && chmod 755 /tmp/$p; done
+timeout 120 /tmp/high_fds $ECHO >/tmp/hf.out 2>/tmp/hf.err; echo HIGHFD-RC=$?
+sed 's/^/HIGHFD /' /tmp/hf.out; sed 's/^/HIGHFD-ERR /' /tmp/hf.err
+timeout 60 /tmp/close_range $ECHO >/tmp/cr.out 2>/tmp/cr.err; echo CLOSERANGE-RC=$?
+sed 's/^/CLOSERANGE /' /tmp/cr.out; sed 's/^/CLOSERANGE-ERR /' /tmp/cr.err
 echo BIG-MD5=$(/usr/bin/wget -4 -q -T 60 -O - http://$V6/big.bin | md5sum)
 iperf3 -4 -c $V6 -p {iperf_port} -n {iperf_bytes} -J > /tmp/iperf.json; echo IPERF-RC=$?
 awk '/"sum_sent"/ {{ s = 1 }} /"sum_received"/ {{ r = 1 }}
@@ -79,7 +120,7 @@ read -t 90 GO; echo INBOUND-GO=$GO
 sed 's/^/HTTPD-LOG /' /tmp/httpd.log
 echo NC-IN-DATA=$(cat /tmp/nc-in.out)
 sed 's/^/NC-IN-LOG /' /tmp/nc-in.err
-kill $H $N 2>/dev/null
+kill $H $N 2>/dev/null; wait $H $N 2>/dev/null
 for n in $V6 $ECHO {multi}; do kdig +short +timeout=5 @$DNS $n A; done > /tmp/dummies
 for d in $(cat /tmp/dummies); do echo BEFORE $d $(/usr/bin/nc.traditional -w 10 $d {whoami} </dev/null); done
 echo RESTART-NOW
@@ -101,6 +142,30 @@ echo E2E-DONE
     )
 }
 
+/// The guest script of the nginx run (a VM of its own, after the main one: see [`nginx_run`]).
+fn nginx_script() -> String {
+    format!(
+        r#"V6={v6}
+mkdir -p /tmp/nginx /var/lib/nginx; curl -4 -sS -m 30 -o /tmp/nginx/nginx.conf http://$V6/nginx.conf
+/usr/sbin/nginx -p /tmp/nginx -e /tmp/nginx/error.log -c /tmp/nginx/nginx.conf -g 'daemon off;' </dev/null >/tmp/nginx/out 2>&1 & X=$!
+workers() {{ grep -l 'nginx: worke[r] process' /proc/[0-9]*/cmdline 2>/dev/null | wc -l; }}
+i=0; while [ $i -lt 120 ] && [ $(workers) -lt 2 ]; do sleep 0.5; i=$((i + 1)); done
+echo NGINX-PROCESSES master=$(grep -l 'nginx: maste[r] process' /proc/[0-9]*/cmdline 2>/dev/null | wc -l) workers=$(workers)
+echo NGINX-READY
+read -t 300 GO; echo NGINX-GO=$GO
+kill -QUIT $X; wait $X; echo NGINX-EXIT=$?
+sed 's/^/NGINX-OUT /' /tmp/nginx/out
+awk '{{ print $1, $2 }}' /tmp/nginx/access.log | sort | uniq -c | sed 's/^ */NGINX-ACCESS /'
+awk '{{ print $3 }}' /tmp/nginx/access.log | sort | uniq -c | sed 's/^ */NGINX-PID /'
+echo NGINX-ACCEPT-ERRORS=$(grep -c 'accept4() failed' /tmp/nginx/error.log)
+echo NGINX-BAD-LINES=$(grep -cE 'failed \(|\[alert\]|\[crit\]|\[emerg\]' /tmp/nginx/error.log)
+grep -E 'accept4|failed \(|\[alert\]|\[crit\]|\[emerg\]' /tmp/nginx/error.log | head -20 | sed 's/^/NGINX-ERRLOG /'
+echo NGINX-DONE
+"#,
+        v6 = zone::V6ONLY,
+    )
+}
+
 /// What the driver saw while the guest waited for it.
 #[derive(Debug)]
 struct Interaction {
@@ -116,20 +181,35 @@ struct Interaction {
 
 impl Default for Interaction {
     fn default() -> Self {
-        let not_run = || Err("the guest never asked for it".to_owned());
+        fn not_run<T>() -> Result<T, String> {
+            Err("the guest never asked for it".to_owned())
+        }
         Self {
             page: not_run(),
             nc: not_run(),
             client_dummy: None,
-            restart: Err("the guest never asked for it".to_owned()),
+            restart: not_run(),
         }
     }
 }
 
-/// One attempt at the group: a fresh world, one VM run.
+/// What the driver saw of the nginx run.
+#[derive(Debug)]
+struct NginxSeen {
+    /// Whether host-server's listener on the port (httpd's, in the main run) was gone before.
+    port_free: Result<(), String>,
+    /// The world's requests to the guest's nginx.
+    load: Result<vm_world::Load, String>,
+    /// The client's dummy, from dns-cache's mappings after the load.
+    dummy: Option<Ipv4Addr>,
+}
+
+/// One attempt at the group: a fresh world, the main VM run, the nginx run.
 struct Attempt {
     run: Run,
     seen: Interaction,
+    /// The nginx run; none when the main run's guest crashed and the group runs again.
+    nginx: Option<(Run, NginxSeen)>,
     mappings: Vec<(Ipv4Addr, Ipv6Addr)>,
     /// `vmm/vm-run -- curl …` against the same host-server: its status and output.
     vm_run: Result<(Option<i32>, String), String>,
@@ -138,7 +218,7 @@ struct Attempt {
 /// Runs the group; reports every check in [`NAMES`]. With `--retry-guest-crash` a guest crash
 /// (emulation trouble in the lab) gets one more attempt in a fresh world.
 pub fn run(d: &mut Driver) {
-    let mut attempt = attempt(d);
+    let mut attempt = attempt(d, d.args.retry_guest_crash);
     if let Ok(a) = &attempt {
         if d.args.retry_guest_crash && a.run.guest_crashed() {
             d.keep_crashed_log("vm0");
@@ -146,12 +226,12 @@ pub fn run(d: &mut Driver) {
                 "vm0: the guest crashed ({}; console in vm0-crashed.log); running the group again",
                 a.run.stderr.lines().last().unwrap_or("no message").trim()
             ));
-            attempt = self::attempt(d);
+            attempt = self::attempt(d, false);
         }
     }
     match attempt {
         Ok(a) => {
-            judge(d, &a.run, &a.seen, &a.mappings);
+            judge(d, &a.run, &a.seen, &a.mappings, a.nginx.as_ref());
             let ok = matches!(&a.vm_run, Ok((Some(0), out)) if out.contains(INDEX_BODY.trim()));
             d.report(
                 "vm-run",
@@ -174,7 +254,9 @@ pub fn run(d: &mut Driver) {
     }
 }
 
-fn attempt(d: &Driver) -> anyhow::Result<Attempt> {
+/// A fresh world and the group's VM runs. With `retry_on_crash`, a crash of the main run's
+/// guest ends the attempt there (the group runs again).
+fn attempt(d: &Driver, retry_on_crash: bool) -> anyhow::Result<Attempt> {
     let extra = format!(
         "[listen]\ndefault_address = \"{}\"\nallowed_ports = [{HTTPD_PORT}, {NC_PORT}]\n[vms.vm0]\nsocket = \"{VM_SOCKET}\"\naddress = \"{}\"\nvmm_uid = 0\n",
         addr::HOST,
@@ -186,6 +268,21 @@ fn attempt(d: &Driver) -> anyhow::Result<Attempt> {
     std::fs::write(
         stack.world.path("www").join("py-clients.py"),
         programs::PY_CLIENTS,
+    )?;
+    std::fs::write(stack.world.path("www").join("nginx.conf"), NGINX_CONF)?;
+    std::fs::write(stack.world.path("www").join("vm-nginx.sh"), nginx_script())?;
+    // Compiled here, on the build machine's glibc (the one the guest image carries), served
+    // like the script.
+    let www = stack.world.path("www");
+    programs::build_c(
+        &www,
+        "high_fds",
+        &[programs::C_COMMON, programs::C_HIGH_FDS],
+    )?;
+    programs::build_c(
+        &www,
+        "close_range",
+        &[programs::C_COMMON, programs::C_CLOSE_RANGE],
     )?;
     let host_sock = stack.host_sock().to_string_lossy().into_owned();
     // Not in the results folder: a 9p share cannot hold a socket.
@@ -231,6 +328,20 @@ fn attempt(d: &Driver) -> anyhow::Result<Attempt> {
         },
     );
     let mappings = vm_world::mappings(&stack).unwrap_or_default();
+    if retry_on_crash && run.guest_crashed() {
+        let _ = std::fs::write(
+            Path::new(&d.args.logs).join("vm-e2e-daemons.log"),
+            stack.logs(),
+        );
+        return Ok(Attempt {
+            run,
+            seen,
+            nginx: None,
+            mappings,
+            vm_run: Err("not run: the group runs again".to_owned()),
+        });
+    }
+    let nginx = nginx_run(d, &stack, &host_sock);
     let vm_run = vm_run(d, &host_sock);
     let _ = std::fs::write(
         Path::new(&d.args.logs).join("vm-e2e-daemons.log"),
@@ -239,10 +350,79 @@ fn attempt(d: &Driver) -> anyhow::Result<Attempt> {
     Ok(Attempt {
         run,
         seen,
+        nginx: Some(nginx),
         mappings,
         vm_run,
     })
 }
+
+/// nginx in a VM of its own (named vm0 too: host-server knows that one), after the main run,
+/// so that a guest crash under its load (QEMU's emulated SVM; see README.md) repeats only this
+/// run. The console goes to `vm0-nginx.log`.
+fn nginx_run(d: &Driver, stack: &Stack, host_sock: &str) -> (Run, NginxSeen) {
+    let once = || {
+        // nginx listens on httpd's port: host-server's listener must be gone first.
+        let mut seen = NginxSeen {
+            port_free: vm_world::wait_not_listening(
+                stack.world.host(),
+                HTTPD_PORT,
+                Duration::from_secs(30),
+            )
+            .map_err(|e| format!("{e:#}")),
+            load: Err("the guest never asked for it".to_owned()),
+            dummy: None,
+        };
+        let mut on_line = |line: &str| -> Option<String> {
+            (line.trim() == "NGINX-READY").then(|| {
+                nginx_load(stack, &mut seen);
+                "go\n".to_owned()
+            })
+        };
+        let run = d.run_with(
+            "vm0",
+            &[
+                "--host-socket",
+                host_sock,
+                "--vsock-socket",
+                VM_SOCKET,
+                "--mem-mib",
+                "512",
+            ],
+            Some(&format!(
+                "curl -4 -sS -m 60 -o /tmp/nginx.sh http://{}/vm-nginx.sh; echo FETCH-RC=$?; sh /tmp/nginx.sh",
+                zone::V6ONLY
+            )),
+            RunOpts {
+                on_line: Some(&mut on_line),
+                timeout: Some(NGINX_RUN_LIMIT),
+                log_name: Some("vm0-nginx"),
+                ..RunOpts::default()
+            },
+        );
+        (run, seen)
+    };
+    // Its load crashed the emulated guest in 3 of 8 tries here (a triple fault, nothing on the
+    // console first): with `--retry-guest-crash` a crash is run again, up to NGINX_TRIES runs
+    // in all, each crashed console kept. Any other failure is a failure at once.
+    let mut tries = 1;
+    loop {
+        let run = once();
+        if !(d.args.retry_guest_crash && run.0.guest_crashed() && tries < NGINX_TRIES) {
+            return run;
+        }
+        let kept = format!("vm0-nginx-crashed-{tries}");
+        d.keep_crashed_log_as("vm0-nginx", &kept);
+        d.note(&format!(
+            "vm0-nginx: the guest crashed ({}; console in {kept}.log); running it again ({} of {NGINX_TRIES})",
+            run.0.stderr.lines().last().unwrap_or("no message").trim(),
+            tries + 1
+        ));
+        tries += 1;
+    }
+}
+
+/// Runs of the nginx VM at most, when the emulated guest crashes under the load.
+const NGINX_TRIES: u32 = 3;
 
 /// `vmm/vm-run --name vm0 … -- curl -4 …`: one program in a fresh VM, as a user would run it.
 fn vm_run(d: &Driver, host_sock: &str) -> Result<(Option<i32>, String), String> {
@@ -303,6 +483,27 @@ fn inbound(stack: &Stack, seen: &mut Interaction) {
         .map(|(d, _)| d);
 }
 
+/// The world's requests to the guest's nginx, while it waits.
+fn nginx_load(stack: &Stack, seen: &mut NginxSeen) {
+    seen.load = vm_world::wait_listening(stack.world.host(), HTTPD_PORT, Duration::from_secs(30))
+        .and_then(|()| {
+            vm_world::http_load(
+                stack,
+                addr::HOST_VMS[0],
+                HTTPD_PORT,
+                (NGINX_REQUESTS, NGINX_PARALLEL),
+                NGINX_BODY,
+                NGINX_LOAD_LIMIT,
+            )
+        })
+        .map_err(|e| format!("{e:#}"));
+    seen.dummy = vm_world::mappings(stack)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|(_, v6)| *v6 == addr::CLIENT)
+        .map(|(d, _)| d);
+}
+
 fn md5_of(bytes: &[u8]) -> String {
     let dir = std::env::temp_dir().join("outsock-lab-md5");
     let _ = std::fs::create_dir_all(&dir);
@@ -349,7 +550,13 @@ fn reached(run: &Run, tag: &str) -> BTreeMap<Ipv4Addr, String> {
 }
 
 #[allow(clippy::too_many_lines)] // One check after another, each a few lines.
-fn judge(d: &mut Driver, run: &Run, seen: &Interaction, mappings: &[(Ipv4Addr, Ipv6Addr)]) {
+fn judge(
+    d: &mut Driver,
+    run: &Run,
+    seen: &Interaction,
+    mappings: &[(Ipv4Addr, Ipv6Addr)],
+    nginx_seen: Option<&(Run, NginxSeen)>,
+) {
     let marker = |m: &str| {
         run.lines
             .iter()
@@ -417,13 +624,16 @@ fn judge(d: &mut Driver, run: &Run, seen: &Interaction, mappings: &[(Ipv4Addr, I
             && !tcp.is_empty(),
         &format!("kdig @{GUEST_DNS} (through host-server to dns-cache): over UDP {udp:?}, over TCP {tcp:?}"),
     );
+    // The lines a guest step printed through `sed 's/^/PREFIX /'`, without the prefix.
+    let output_of = |prefix: &str| -> String {
+        run.lines
+            .iter()
+            .filter_map(|(_, l)| l.trim_end().strip_prefix(prefix))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    };
     let py_rc = rc_of("PY-RC=");
-    let py_out: String = run
-        .lines
-        .iter()
-        .filter_map(|(_, l)| l.trim_end().strip_prefix("PY "))
-        .map(|l| format!("{l}\n"))
-        .collect();
+    let py_out = output_of("PY ");
     d.report(
         "vm-python3",
         py_rc.as_deref() == Some("0") && py_out == programs::PY_CLIENTS_OUTPUT,
@@ -431,6 +641,7 @@ fn judge(d: &mut Driver, run: &Run, seen: &Interaction, mappings: &[(Ipv4Addr, I
             "python3 clients by name (blocking TCP, asyncio, UDP unconnected and connected): exit {py_rc:?}, output {py_out:?}"
         ),
     );
+    high_fds(d, run);
     let want: Vec<u8> = (0..BIG_FILE_LEN).map(big_file_byte).collect();
     let want_md5 = md5_of(&want);
     let got_md5 = marker("BIG-MD5=")
@@ -502,6 +713,10 @@ fn judge(d: &mut Driver, run: &Run, seen: &Interaction, mappings: &[(Ipv4Addr, I
             log_has("NC-IN-LOG"),
         ),
     );
+    match nginx_seen {
+        Some((run, seen)) => nginx(d, run, seen),
+        None => d.report("vm-inbound-nginx", false, "the nginx run did not happen"),
+    }
 
     // Restart: every dummy resolved before reaches the same IPv6 after, and that IPv6 is the
     // one dns-cache maps it to; new connections (by name) and a new UDP association work.
@@ -537,6 +752,127 @@ fn judge(d: &mut Driver, run: &Run, seen: &Interaction, mappings: &[(Ipv4Addr, I
             expected.len(),
             rc_of("CURL-AFTER-RC="),
             marker("KDIG-AFTER-RC="),
+        ),
+    );
+}
+
+/// Whether the C programs passed: connects on descriptors above 69,000 (the guest's root may
+/// raise RLIMIT_NOFILE, so all 70,000 must be held), then `close_range` and `closefrom`.
+fn high_fds(d: &mut Driver, run: &Run) {
+    let output_of = |prefix: &str| -> String {
+        run.lines
+            .iter()
+            .filter_map(|(_, l)| l.trim_end().strip_prefix(prefix))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    };
+    let rc_of = |m: &str| {
+        run.lines.iter().find_map(|(_, l)| {
+            l.trim()
+                .strip_prefix(m)
+                .and_then(|v| v.split_whitespace().next().map(str::to_owned))
+        })
+    };
+    let (hf_rc, hf_out, hf_err) = (
+        rc_of("HIGHFD-RC="),
+        output_of("HIGHFD "),
+        output_of("HIGHFD-ERR "),
+    );
+    let (cr_rc, cr_out, cr_err) = (
+        rc_of("CLOSERANGE-RC="),
+        output_of("CLOSERANGE "),
+        output_of("CLOSERANGE-ERR "),
+    );
+    let took = match (run.first("HIGHFD-START"), run.first("CLOSERANGE-RC=")) {
+        (Some((a, _)), Some((b, _))) => format!("{:.1} s", b.saturating_sub(a).as_secs_f64()),
+        _ => "-".to_owned(),
+    };
+    d.report(
+        "vm-high-fds",
+        hf_rc.as_deref() == Some("0")
+            && hf_err == "top 70000\n"
+            && hf_out == programs::C_HIGH_FDS_OUTPUT
+            && cr_rc.as_deref() == Some("0")
+            && cr_out == programs::C_CLOSE_RANGE_OUTPUT,
+        &format!(
+            "C, 70,000 descriptors held (stderr {hf_err:?}, want \"top 70000\\n\"), connects above fd 69,000 to the echo server by name and by dummy: exit {hf_rc:?}, output {hf_out:?}; close_range/closefrom over two UDP associations and a TCP socket, numbers reused by a pipe, a file and a socket: exit {cr_rc:?}, output {cr_out:?}{}; {took} for both",
+            if cr_err.is_empty() { String::new() } else { format!(", stderr {cr_err:?}") },
+        ),
+    );
+}
+
+/// Whether nginx (a master and two workers) in the guest served every request of the world
+/// client, each logged with the client's source-pool dummy, and logged no accept errors.
+fn nginx(d: &mut Driver, run: &Run, seen: &NginxSeen) {
+    let marker = |m: &str| {
+        run.lines
+            .iter()
+            .find_map(|(_, l)| l.trim().strip_prefix(m).map(|v| v.trim().to_owned()))
+    };
+    let fields = |prefix: &str| -> Vec<Vec<String>> {
+        run.lines
+            .iter()
+            .filter_map(|(_, l)| l.trim().strip_prefix(prefix))
+            .map(|l| l.split_whitespace().map(str::to_owned).collect())
+            .collect()
+    };
+    let dummy = seen
+        .dummy
+        .filter(|a| in_pool(*a, Ipv4Addr::new(172, 21, 112, 0)));
+    // `uniq -c` of (peer address, status): one line, every request, the dummy, 200.
+    let access = fields("NGINX-ACCESS ");
+    let access_ok = dummy.is_some_and(|a| {
+        access
+            == [vec![
+                NGINX_REQUESTS.to_string(),
+                a.to_string(),
+                "200".to_owned(),
+            ]]
+    });
+    let per_worker: Vec<String> = fields("NGINX-PID ")
+        .into_iter()
+        .filter_map(|f| f.first().cloned())
+        .collect();
+    let processes = marker("NGINX-PROCESSES").unwrap_or_default();
+    let accept_errors = marker("NGINX-ACCEPT-ERRORS=").unwrap_or_default();
+    let bad_lines = marker("NGINX-BAD-LINES=").unwrap_or_default();
+    let errlog: Vec<String> = fields("NGINX-ERRLOG ")
+        .into_iter()
+        .take(3)
+        .map(|f| f.join(" "))
+        .collect();
+    let load_ok = seen
+        .load
+        .as_ref()
+        .is_ok_and(|l| l.ok == NGINX_REQUESTS && l.failed == 0);
+    let load = match &seen.load {
+        Ok(l) => format!(
+            "{}/{NGINX_REQUESTS} answered 200 ({NGINX_PARALLEL} at a time) in {:.1} s ({:.0} requests/s), {} failed{}",
+            l.ok,
+            l.took.as_secs_f64(),
+            l.ok as f64 / l.took.as_secs_f64().max(0.001),
+            l.failed,
+            if l.failures.is_empty() { String::new() } else { format!(", e.g. {:?}", l.failures) },
+        ),
+        Err(e) => e.clone(),
+    };
+    d.report(
+        "vm-inbound-nginx",
+        seen.port_free.is_ok()
+            && run.has("NGINX-DONE")
+            && processes == "master=1 workers=2"
+            && load_ok
+            && access_ok
+            && accept_errors == "0"
+            && bad_lines == "0",
+        &format!(
+            "world client [{}] -> [{}]:{HTTPD_PORT} -> nginx in a guest of its own ({processes}; VMM {}){}: {load}; access log (count, peer, status): {access:?}, want [{NGINX_REQUESTS}, the client's dummy {}, 200]; requests per worker {per_worker:?}; error log: {accept_errors:?} accept4() failures, {bad_lines:?} failed/alert/crit/emerg lines{}",
+            addr::CLIENT,
+            addr::HOST_VMS[0],
+            run.status_text(),
+            seen.port_free.as_ref().err().map_or(String::new(), |e| format!(" (httpd's listener: {e})")),
+            dummy.map_or("none".to_owned(), |a| a.to_string()),
+            if errlog.is_empty() { String::new() } else { format!(", e.g. {errlog:?}") },
         ),
     );
 }

@@ -1,10 +1,13 @@
 //! The test world's side of the `vm` group: the extra servers it needs in `world` (iperf3, and
-//! a "whoami" server that answers with the IPv6 address it was reached on), an IPv6 client in
-//! `world` for the inbound checks, and reading dns-cache's mappings.
+//! a "whoami" server that answers with the IPv6 address it was reached on), IPv6 clients in
+//! `world` for the inbound checks (one exchange, and many HTTP requests in parallel), and
+//! reading dns-cache's mappings.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpStream};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -40,6 +43,21 @@ fn listening(ns: &Netns, port: u16) -> bool {
         .args(["-Hltn", &format!("sport = :{port}")])
         .output()
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(&format!(":{port}")))
+}
+
+/// Waits up to `limit` until nothing listens on TCP `port` in `ns` any more.
+pub fn wait_not_listening(ns: &Netns, port: u16, limit: Duration) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    while listening(ns, port) {
+        if Instant::now() > deadline {
+            bail!(
+                "port {port} in {} still has a listener after {limit:?}",
+                ns.name()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
 }
 
 /// Waits up to `limit` for a TCP listener on `port` in `ns`.
@@ -79,19 +97,26 @@ pub fn start_servers(stack: &mut Stack) -> Result<()> {
     Ok(())
 }
 
+/// A TCP connection from [`addr::CLIENT`] to `[to]:port` (call inside `world`), with
+/// `read_timeout` on its reads.
+fn connect_from_client(to: Ipv6Addr, port: u16, read_timeout: Duration) -> Result<TcpStream> {
+    let sock = Socket::new(Domain::IPV6, Type::STREAM, None)?;
+    sock.bind(&SocketAddr::new(addr::CLIENT.into(), 0).into())?;
+    sock.connect_timeout(
+        &SocketAddr::new(to.into(), port).into(),
+        Duration::from_secs(30),
+    )
+    .with_context(|| format!("connecting to [{to}]:{port}"))?;
+    let c: TcpStream = sock.into();
+    c.set_read_timeout(Some(read_timeout))?;
+    Ok(c)
+}
+
 /// An IPv6 client in `world`, bound to [`addr::CLIENT`] so the host sees a known peer: sends
 /// `data` to `[to]:port`, half-closes, and returns everything that comes back.
 pub fn world_client(stack: &Stack, to: Ipv6Addr, port: u16, data: Vec<u8>) -> Result<Vec<u8>> {
     stack.world.world().run(move || -> Result<Vec<u8>> {
-        let sock = Socket::new(Domain::IPV6, Type::STREAM, None)?;
-        sock.bind(&SocketAddr::new(addr::CLIENT.into(), 0).into())?;
-        sock.connect_timeout(
-            &SocketAddr::new(to.into(), port).into(),
-            Duration::from_secs(10),
-        )
-        .with_context(|| format!("connecting to [{to}]:{port}"))?;
-        let mut c: TcpStream = sock.into();
-        c.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let mut c = connect_from_client(to, port, Duration::from_secs(30))?;
         c.write_all(&data)?;
         c.shutdown(Shutdown::Write)?;
         let mut back = Vec::new();
@@ -99,6 +124,93 @@ pub fn world_client(stack: &Stack, to: Ipv6Addr, port: u16, data: Vec<u8>) -> Re
             .context("reading the guest server's answer")?;
         Ok(back)
     })?
+}
+
+/// What [`http_load`] saw.
+#[derive(Debug, Default)]
+pub struct Load {
+    /// Requests answered `200` with the body asked for.
+    pub ok: usize,
+    /// What went wrong with the first failed requests (at most [`Load::KEPT`]).
+    pub failures: Vec<String>,
+    /// How many requests failed.
+    pub failed: usize,
+    /// From the first connect to the last answer.
+    pub took: Duration,
+}
+
+impl Load {
+    /// How many failure descriptions are kept.
+    pub const KEPT: usize = 10;
+}
+
+/// `total` HTTP/1.0 requests (`GET /rN`, one per connection) from [`addr::CLIENT`] in `world`
+/// to `[to]:port`, `parallel` at a time: each answer must be `HTTP/1.1 200` ending in `body`.
+/// Requests not started within `limit` count as failed.
+pub fn http_load(
+    stack: &Stack,
+    to: Ipv6Addr,
+    port: u16,
+    (total, parallel): (usize, usize),
+    body: &'static str,
+    limit: Duration,
+) -> Result<Load> {
+    stack.world.world().run(move || {
+        let started = Instant::now();
+        let next = Arc::new(AtomicUsize::new(0));
+        let ok = Arc::new(AtomicUsize::new(0));
+        let failures = Arc::new(Mutex::new((0usize, Vec::new())));
+        let exchange = move |i: usize| -> Result<()> {
+            let mut c = connect_from_client(to, port, Duration::from_secs(60))?;
+            c.write_all(format!("GET /r{i} HTTP/1.0\r\nHost: vm0\r\n\r\n").as_bytes())
+                .context("write")?;
+            let mut back = String::new();
+            c.read_to_string(&mut back).context("read")?;
+            if back.starts_with("HTTP/1.1 200 ") && back.ends_with(body) {
+                Ok(())
+            } else {
+                bail!("answer {back:?}")
+            }
+        };
+        let workers: Vec<_> = (0..parallel)
+            .map(|_| {
+                let (next, ok, failures) = (next.clone(), ok.clone(), failures.clone());
+                std::thread::spawn(move || loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= total {
+                        break;
+                    }
+                    let outcome = if started.elapsed() > limit {
+                        Err(anyhow::anyhow!("not started: past the {limit:?} bound"))
+                    } else {
+                        exchange(i)
+                    };
+                    match outcome {
+                        Ok(()) => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            let mut f = failures.lock().expect("lock");
+                            f.0 += 1;
+                            if f.1.len() < Load::KEPT {
+                                f.1.push(format!("request {i}: {e:#}"));
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            let _ = w.join();
+        }
+        let (failed, failures) = std::mem::take(&mut *failures.lock().expect("lock"));
+        Load {
+            ok: ok.load(Ordering::Relaxed),
+            failures,
+            failed,
+            took: started.elapsed(),
+        }
+    })
 }
 
 /// dns-cache's mappings as (dummy, IPv6) pairs, from `outsock mappings --json`.

@@ -176,8 +176,8 @@ fn nginx_master_and_two_workers_serve_every_request_with_its_peer() {
     let server = cmd.spawn().unwrap();
     wait_listener(&s, 8080, "host-server's listener", |l| l.contains(":8080"));
 
-    const TOTAL: usize = 2048;
-    let failures = load(&s, 8080, TOTAL, 32, |i, mut c| {
+    const TOTAL: usize = 5000;
+    let failures = load(&s, 8080, TOTAL, 64, |i, mut c| {
         let req = format!("GET /r{i} HTTP/1.0\r\nHost: host\r\n\r\n");
         if let Err(e) = c.write_all(req.as_bytes()) {
             return Some(format!("request {i}: write: {e}"));
@@ -272,7 +272,7 @@ fn prefork_children_and_threads_each_get_their_own_connection() {
         l.split_whitespace().nth(2) == Some("128")
     });
     let peer = s.dummy_for(addr::CLIENT);
-    const TOTAL: usize = 1200;
+    const TOTAL: usize = 2000;
     let pids = Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
     let seen = Arc::clone(&pids);
     let failures = load(&s, 8085, TOTAL, 32, move |i, mut c| {
@@ -330,7 +330,7 @@ fn prefork_children_and_threads_each_get_their_own_connection() {
         .len();
     assert!(
         served_by >= 2,
-        "only {served_by} process served 1,200 connections\n{context}"
+        "only {served_by} process served 2,000 connections\n{context}"
     );
     // The children died with the parent: the listener closed.
     wait_listener(&s, 8085, "closed listener", str::is_empty);

@@ -98,3 +98,41 @@ fn bind_dig_over_udp_and_tcp_to_the_guest_dns_and_the_resolv_conf_nameserver() {
         );
     }
 }
+
+/// A resolver's way without `connect`: an unconnected UDP socket `sendto` the nameserver and
+/// `recvfrom`, which must report the nameserver as the source (the shim remembers which
+/// nameserver the socket asked).
+const PY_SENDTO: &str = r#"
+import socket, struct, sys
+ns, name = sys.argv[1], sys.argv[2]
+q = struct.pack(">HHHHHH", 0x4f53, 0x0100, 1, 0, 0, 0)
+q += b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0"
+q += struct.pack(">HH", 1, 1)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(10)
+s.sendto(q, (ns, 53))
+data, src = s.recvfrom(4096)
+assert data[:2] == q[:2], data
+# One A record, the message's last four bytes.
+print(src[0], src[1], socket.inet_ntoa(data[-4:]))
+"#;
+
+#[test]
+fn unconnected_sendto_the_resolv_conf_nameserver_is_answered_from_it() {
+    let Some(s) = stack("dig-sendto", "") else {
+        return;
+    };
+    let _conf = NetnsResolvConf::create(&s, &format!("nameserver {NAMESERVER}\n"));
+    let mut cmd = s.legacy("timeout").unwrap();
+    cmd.args(["60", "python3", "-c", PY_SENDTO, NAMESERVER, zone::V6ONLY]);
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "python sendto failed ({}): {}\n{}",
+        out.status,
+        text(&out.stderr),
+        s.logs()
+    );
+    let dummy = s.dummy_for(addr::HTTP).unwrap();
+    assert_eq!(text(&out.stdout).trim(), format!("{NAMESERVER} 53 {dummy}"));
+}

@@ -84,6 +84,18 @@ real_fns! {
     getaddrinfo: fn(node: *const c_char, service: *const c_char, hints: *const libc::addrinfo, res: *mut *mut libc::addrinfo) -> c_int;
 }
 
+/// libc's `syscall`, once looked up.
+#[cfg(target_arch = "x86_64")]
+static SYSCALL: AtomicUsize = AtomicUsize::new(0);
+
+/// Looks libc's `syscall` up now (when the library is loaded): programs call syscall(3) from
+/// signal handlers (`gettid`, `tgkill`), where a first `dlsym` could deadlock on the dynamic
+/// linker's lock.
+#[cfg(target_arch = "x86_64")]
+pub fn resolve_syscall() {
+    lookup(&SYSCALL, b"syscall\0");
+}
+
 /// libc's own `syscall(3)` with six arguments (the kernel's most), found with
 /// `dlsym(RTLD_NEXT)`: the symbol `syscall` itself is the shim's (`crate::syscall`).
 ///
@@ -106,8 +118,7 @@ pub unsafe fn syscall(
     a5: c_long,
     a6: c_long,
 ) -> c_long {
-    static SLOT: AtomicUsize = AtomicUsize::new(0);
-    let f = lookup(&SLOT, b"syscall\0");
+    let f = lookup(&SYSCALL, b"syscall\0");
     // SAFETY: `f` is libc's `syscall`; with integer arguments only, calling it through this
     // fixed signature passes them exactly as a variadic call would (see above).
     let f: unsafe extern "C" fn(c_long, c_long, c_long, c_long, c_long, c_long, c_long) -> c_long =

@@ -52,6 +52,16 @@ pub unsafe extern "C" fn syscall(
     }
 }
 
+/// Runs when the library is loaded (before the program's `main`): libc's `syscall` is looked
+/// up then, never first inside a signal handler.
+extern "C" fn at_load() {
+    real::resolve_syscall();
+}
+
+#[used]
+#[link_section = ".init_array"]
+static AT_LOAD: extern "C" fn() = at_load;
+
 /// The low 32 bits of an argument register, as the kernel reads an `int`.
 #[allow(clippy::cast_possible_truncation)] // The truncation is the kernel's own.
 fn int(a: c_long) -> c_int {

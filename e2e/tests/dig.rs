@@ -26,8 +26,12 @@ struct NetnsResolvConf(PathBuf);
 impl NetnsResolvConf {
     fn create(s: &Stack, text: &str) -> Self {
         let dir = PathBuf::from("/etc/netns").join(s.world.legacy().name());
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("resolv.conf"), text).unwrap();
+        // Another test's drop may remove an empty /etc/netns between the two steps: again.
+        let made = (0..5).any(|_| {
+            std::fs::create_dir_all(&dir).is_ok()
+                && std::fs::write(dir.join("resolv.conf"), text).is_ok()
+        });
+        assert!(made, "cannot write {}/resolv.conf", dir.display());
         Self(dir)
     }
 }

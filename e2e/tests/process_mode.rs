@@ -554,8 +554,7 @@ fn resolver_functions_answer_from_dns_cache() {
 }
 
 /// kdig (Knot) builds its own DNS packets and sends them over UDP and TCP sockets itself.
-/// (BIND's dig is not used: its libuv sends and receives with raw `sendmmsg`/`recvmmsg`
-/// system calls, which no LD_PRELOAD library can see; see guest/shim's docs.)
+/// (BIND's dig, whose libuv sends and receives through `syscall(3)`, is tests/dig.rs.)
 #[test]
 fn kdig_with_its_own_dns_code() {
     let Some(s) = stack("kdig", PORTS) else {

@@ -1,7 +1,9 @@
 //! An outsourced TCP connect, called by `interpose::connect` for a non-loopback IPv4
 //! destination: host-server connects over IPv6 and either passes the socket back (process mode)
 //! or relays over the request's own stream (a VM, or the guest DNS address), which then takes
-//! the program's fd number; a blocking connect waits here for the handshake.
+//! the program's fd number; a blocking connect waits here for the handshake. A connect to a
+//! resolv.conf nameserver on port 53 goes to the guest DNS address instead (DNS over TCP,
+//! relayed to dns-cache), and getpeername still reports the nameserver (`nameserver`).
 
 use std::net::SocketAddrV4;
 
@@ -10,6 +12,7 @@ use shared_proto::translate::{connect_answer, connect_request, Connected};
 use shared_proto::Errno;
 
 use crate::fd::{flags_of, replace_fd, set_errno, unexpected};
+use crate::nameserver;
 use crate::real;
 use crate::sockopt::copy_options;
 use crate::table::{self, Entry, Kind};
@@ -29,7 +32,8 @@ pub(crate) fn outsource_connect(fd: c_int, entry: Entry, dest: SocketAddrV4) -> 
     // connect waits for it here, on the program's own socket: the handshake overlaps the
     // hand-over, and its end wakes the program directly instead of host-server first.
     let pass_fd = transport::vsock_port().is_none();
-    let req = connect_request(dest, pass_fd, nonblocking || pass_fd);
+    let wire = nameserver::redirect(dest);
+    let req = connect_request(wire, pass_fd, nonblocking || pass_fd);
     let (msg, passed) = match stream.send(&req).and_then(|()| stream.recv()) {
         Ok(answer) => answer,
         Err(e) => return set_errno(e),
@@ -61,7 +65,8 @@ pub(crate) fn outsource_connect(fd: c_int, entry: Entry, dest: SocketAddrV4) -> 
                 Entry {
                     kind: Kind::Outsourced,
                     local: Some(local),
-                    peer: Some(peer),
+                    // The program connected to the nameserver, not to the guest DNS.
+                    peer: Some(if wire == dest { peer } else { dest }),
                     ..entry
                 },
             );

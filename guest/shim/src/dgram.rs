@@ -36,6 +36,7 @@ use shared_proto::{decode_exact, to_vec, Errno, ToGuest, ToHost};
 
 use crate::claim::{claim, Way};
 use crate::fd::{errno_isize, flags_of, replace_fd, set_errno, unexpected};
+use crate::nameserver;
 use crate::real;
 use crate::sockaddr::{is_local, read_v4};
 use crate::sockopt::{copy_options, option_bit};
@@ -216,8 +217,17 @@ pub(crate) fn send_on(fd: c_int, e: Entry, data: &[u8], to: Option<SocketAddrV4>
             return errno_isize(err);
         }
     }
+    // A resolv.conf nameserver's DNS goes to the guest DNS address; the socket remembers
+    // which nameserver it asked, so that the replies seem to come from it.
+    let asked = if is_icmp(e) {
+        None
+    } else {
+        nameserver::index(dest)
+    };
+    let wire = asked.map_or(dest, |_| nameserver::guest_dns());
+    remember_nameserver(fd, asked);
     let Ok(frame) = to_vec(&ToHost::Datagram(Datagram {
-        addr: dest,
+        addr: wire,
         payload: data.to_vec(),
     })) else {
         return errno_isize(Errno::EMSGSIZE);
@@ -225,6 +235,16 @@ pub(crate) fn send_on(fd: c_int, e: Entry, data: &[u8], to: Option<SocketAddrV4>
     match send_frame(fd, &frame) {
         Ok(()) => isize::try_from(data.len()).unwrap_or(isize::MAX),
         Err(e) => errno_isize(e),
+    }
+}
+
+/// Records on `fd` which resolv.conf nameserver (index) it last sent to, if any: replies from
+/// the guest DNS address are shown as coming from it (see `crate::nameserver`).
+fn remember_nameserver(fd: c_int, asked: Option<u8>) {
+    let e = table::get(fd);
+    let n = asked.map_or(0, |i| i.saturating_add(1).min(table::MAX_NAMESERVER));
+    if e.nameserver != n && e.kind != Kind::Untracked {
+        table::set(fd, Entry { nameserver: n, ..e });
     }
 }
 
@@ -310,11 +330,12 @@ fn recv_message(
     let packets = is_packets(fd);
     loop {
         if flags & libc::MSG_PEEK != 0 {
-            let (d, ttl) = if packets {
+            let (mut d, ttl) = if packets {
                 datagram_of(recv_packet(fd, rflags | libc::MSG_PEEK)?)?
             } else {
                 peek_datagram(fd, rflags)?
             };
+            d.addr = nameserver::shown_source(d.addr, table::get(fd).nameserver);
             if e.peer.is_some_and(|p| p != d.addr) {
                 // Not for a connected socket: consume it, as the kernel never queues it.
                 let _ = take_frame(fd, rflags, packets)?;
@@ -322,7 +343,7 @@ fn recv_message(
             }
             return Ok((d.payload, d.addr, ttl));
         }
-        let (d, ttl) = match take_frame(fd, rflags, packets)? {
+        let (mut d, ttl) = match take_frame(fd, rflags, packets)? {
             (ToGuest::Datagram(d), None) => (d, None),
             (ToGuest::EchoReply { datagram, ttl }, None) => (datagram, Some(ttl)),
             (ToGuest::Failed(err), None) => return Err(err),
@@ -334,6 +355,8 @@ fn recv_message(
                 return Err(Errno::EPROTO);
             }
         };
+        // A reply to a nameserver's redirected query comes from that nameserver.
+        d.addr = nameserver::shown_source(d.addr, table::get(fd).nameserver);
         // A connected UDP socket only hears from its peer, as in the kernel.
         if e.peer.is_some_and(|p| p != d.addr) {
             continue;
@@ -509,7 +532,9 @@ pub(crate) unsafe fn connect(
         }
         (Kind::Udp, _) => e,
         (Kind::InetDgram, Some(a)) if !e.local_only && !is_local(a) => {
-            if transport::vsock_port().is_none() && !is_icmp(e) {
+            // A resolv.conf nameserver is the guest DNS address, which needs an association.
+            let dns = !is_icmp(e) && nameserver::index(a).is_some();
+            if transport::vsock_port().is_none() && !is_icmp(e) && !dns {
                 if let Some(rc) = connect_passed(fd, e, a) {
                     return Some(rc);
                 }
@@ -530,16 +555,29 @@ pub(crate) unsafe fn connect(
             a
         }
     });
-    table::set(fd, Entry { peer, ..e });
+    let asked = match to {
+        Some(a) if !is_icmp(e) => nameserver::index(a).map_or(0, |i| i.saturating_add(1)),
+        _ => e.nameserver,
+    };
+    table::set(
+        fd,
+        Entry {
+            peer,
+            nameserver: asked.min(table::MAX_NAMESERVER),
+            ..e
+        },
+    );
     Some(0)
 }
 
 /// Whether `connect(dest)` on the association `e` becomes a passed, connected host socket: in
-/// process mode, for a UDP (not ping) socket the program bound to a port of its own.
+/// process mode, for a UDP (not ping) socket the program bound to a port of its own, to anything
+/// but a resolv.conf nameserver (whose DNS goes to the guest DNS address, on an association).
 fn server_connects_passed(e: Entry, dest: SocketAddrV4) -> bool {
     transport::vsock_port().is_none()
         && !is_icmp(e)
         && !is_local(dest)
+        && nameserver::index(dest).is_none()
         && e.options & table::BOUND != 0
         && e.local.is_some_and(|l| l.port() != 0)
 }
@@ -610,6 +648,7 @@ fn release(fd: c_int, e: Entry) -> Result<Entry, Errno> {
         peer: None,
         local_only: false,
         options: e.options,
+        nameserver: 0,
     };
     table::set(fd, fresh);
     Ok(fresh)

@@ -120,6 +120,7 @@ pub(crate) unsafe fn install_accepted(
             peer: Some(peer),
             local_only: false,
             options: 0,
+            nameserver: 0,
         },
     );
     conn

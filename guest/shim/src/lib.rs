@@ -10,6 +10,11 @@
 //! - UDP sockets become associations with host-server carrying framed datagrams (`udp`, `dgram`).
 //! - getaddrinfo and gethostbyname answer from dns-cache (`resolve`), because glibc's own
 //!   resolver makes its socket calls where no preload sees them.
+//! - Programs with their own DNS code (BIND's dig, kdig) send to the nameservers of
+//!   /etc/resolv.conf: UDP and TCP to one of them on port 53 go to the guest DNS address
+//!   instead, and the replies seem to come from the nameserver asked (`nameserver`).
+//! - `syscall(3)` with the number of a call the shim interposes (libuv's
+//!   `syscall(__NR_recvmmsg, …)`) is the shim's own call (`syscall`, x86-64).
 //! - Loopback, AF_INET6, AF_UNIX and everything else pass through untouched.
 //!
 //! Inside a VM (`transport=vsock:<port>`, see `transport`) every stream is an AF_VSOCK stream
@@ -25,16 +30,17 @@
 //!
 //! - The exported libc replacements: `interpose` (socket, connect, bind, listen, accept, …),
 //!   `udp` (the datagram calls), `resolve` (getaddrinfo, gethostbyname, …), `closerange`
-//!   (close_range, closefrom).
+//!   (close_range, closefrom), `syscall` (syscall(3), dispatching to the others).
 //! - The work of one outsourcing call: `connect` (TCP), `listen` and `vmlisten` (listeners in
 //!   process mode and in a VM), `dgram` (UDP associations and passed UDP sockets).
 //! - Plain helpers: `claim` (one frame at a time on a shared stream), `fd` (errno, installing
 //!   descriptors), `sockopt` (options carried over),
 //!   `transport` (the stream to host-server), `table` (per-fd state), `sockaddr`, `dns` (DNS
-//!   messages), `real` (libc's own functions).
+//!   messages), `nameserver` (the guest DNS address, resolv.conf's nameservers), `real`
+//!   (libc's own functions).
 //!
-//! Almost all of it is FFI, so `unsafe` is allowed module by module: only `table`, `claim`
-//! and `dns` are safe code.
+//! Almost all of it is FFI, so `unsafe` is allowed module by module: only `table`, `claim`,
+//! `nameserver` and `dns` are safe code.
 
 #![deny(unsafe_code)]
 
@@ -45,6 +51,8 @@ pub mod closerange;
 pub mod interpose;
 #[allow(unsafe_code)]
 pub mod resolve;
+#[allow(unsafe_code)]
+pub mod syscall;
 #[allow(unsafe_code)]
 pub mod udp;
 
@@ -63,6 +71,7 @@ mod claim;
 pub mod dns;
 #[allow(unsafe_code)]
 mod fd;
+pub mod nameserver;
 #[allow(unsafe_code)]
 mod real;
 #[allow(unsafe_code)]

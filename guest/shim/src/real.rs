@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use libc::{c_char, c_int, c_void, sockaddr, socklen_t};
+use libc::{c_char, c_int, c_long, c_void, sockaddr, socklen_t};
 
 /// Resolves `name` (NUL-terminated) once and caches it in `slot`.
 fn lookup(slot: &AtomicUsize, name: &'static [u8]) -> usize {
@@ -84,6 +84,67 @@ real_fns! {
     getaddrinfo: fn(node: *const c_char, service: *const c_char, hints: *const libc::addrinfo, res: *mut *mut libc::addrinfo) -> c_int;
 }
 
+/// libc's `syscall`, once looked up.
+#[cfg(target_arch = "x86_64")]
+static SYSCALL: AtomicUsize = AtomicUsize::new(0);
+
+/// Looks libc's `syscall` up now (when the library is loaded): programs call syscall(3) from
+/// signal handlers (`gettid`, `tgkill`), where a first `dlsym` could deadlock on the dynamic
+/// linker's lock.
+#[cfg(target_arch = "x86_64")]
+pub fn resolve_syscall() {
+    lookup(&SYSCALL, b"syscall\0");
+}
+
+/// libc's own `syscall(3)` with six arguments (the kernel's most), found with
+/// `dlsym(RTLD_NEXT)`: the symbol `syscall` itself is the shim's (`crate::syscall`).
+///
+/// It is declared with seven fixed `long` parameters although C declares it
+/// `long syscall(long, ...)`: on x86-64 (System V) integer and pointer arguments take rdi, rsi,
+/// rdx, rcx, r8 and r9 in order whether variadic or not, and a variadic callee only
+/// additionally reads al (the count of vector registers, which no system-call argument uses);
+/// glibc's syscall moves exactly those six registers (and the number) into the kernel's. Elsewhere the shim does not
+/// interpose `syscall` and this is libc's variadic function called directly.
+///
+/// # Safety
+/// The caller upholds the system call's contract for its arguments.
+#[cfg(target_arch = "x86_64")]
+pub unsafe fn syscall(
+    n: c_long,
+    a1: c_long,
+    a2: c_long,
+    a3: c_long,
+    a4: c_long,
+    a5: c_long,
+    a6: c_long,
+) -> c_long {
+    let f = lookup(&SYSCALL, b"syscall\0");
+    // SAFETY: `f` is libc's `syscall`; with integer arguments only, calling it through this
+    // fixed signature passes them exactly as a variadic call would (see above).
+    let f: unsafe extern "C" fn(c_long, c_long, c_long, c_long, c_long, c_long, c_long) -> c_long =
+        unsafe { std::mem::transmute(f) };
+    // SAFETY: forwarded from our caller.
+    unsafe { f(n, a1, a2, a3, a4, a5, a6) }
+}
+
+/// libc's own `syscall(3)`, where the shim does not interpose it (see the x86-64 version).
+///
+/// # Safety
+/// The caller upholds the system call's contract for its arguments.
+#[cfg(not(target_arch = "x86_64"))]
+pub unsafe fn syscall(
+    n: c_long,
+    a1: c_long,
+    a2: c_long,
+    a3: c_long,
+    a4: c_long,
+    a5: c_long,
+    a6: c_long,
+) -> c_long {
+    // SAFETY: forwarded from our caller.
+    unsafe { libc::syscall(n, a1, a2, a3, a4, a5, a6) }
+}
+
 /// Like [`lookup`], for a symbol older C libraries lack (close_range and closefrom came with
 /// glibc 2.34): 0 when there is none, so the caller falls back to the system call.
 fn lookup_optional(slot: &AtomicUsize, name: &'static [u8]) -> usize {
@@ -107,8 +168,19 @@ pub unsafe fn close_range(first: libc::c_uint, last: libc::c_uint, flags: c_int)
     static SLOT: AtomicUsize = AtomicUsize::new(0);
     match lookup_optional(&SLOT, b"close_range\0") {
         0 => {
-            // SAFETY: the raw system call with the caller's arguments.
-            let rc = unsafe { libc::syscall(libc::SYS_close_range, first, last, flags) };
+            // SAFETY: the raw system call with the caller's arguments (libc's syscall: the
+            // symbol `syscall` is ours once this library is preloaded).
+            let rc = unsafe {
+                syscall(
+                    libc::SYS_close_range,
+                    c_long::from(first),
+                    c_long::from(last),
+                    c_long::from(flags),
+                    0,
+                    0,
+                    0,
+                )
+            };
             c_int::try_from(rc).unwrap_or(-1)
         }
         f => {

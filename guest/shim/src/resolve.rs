@@ -29,13 +29,6 @@ pub const DEFAULT_DNS: SocketAddrV4 = shared_proto::translate::DEFAULT_GUEST_DNS
 const TRIES: usize = 2;
 const WAIT_MS: c_int = 2500;
 
-fn dns_server() -> SocketAddrV4 {
-    std::env::var("OUTSOCK_DNS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(DEFAULT_DNS)
-}
-
 /// Whether `name` is in /etc/hosts (then the real resolver answers it, with no network).
 fn in_hosts_file(name: &str) -> bool {
     let Ok(text) = std::fs::read_to_string("/etc/hosts") else {
@@ -81,7 +74,7 @@ pub fn exchange(id: u16, query: &[u8]) -> Option<Vec<u8>> {
         Ok((ToGuest::Associated { .. }, Some(p))) => (Stream::from_raw(p), true),
         _ => return None,
     };
-    let server = dns_server();
+    let server = crate::nameserver::guest_dns();
     for _ in 0..TRIES {
         let dg = ToHost::Datagram(Datagram {
             addr: server,

@@ -65,6 +65,10 @@ pub struct Entry {
     /// Which of the copied socket options the program set before connect (one bit each, see
     /// `crate::sockopt`): only those are carried over to the host's socket.
     pub options: u16,
+    /// The resolv.conf nameserver this UDP socket last sent to (or connected to), redirected
+    /// to the guest DNS address: its index plus one (0: none); replies from the guest DNS
+    /// address show it as their source (`crate::nameserver`). At most [`MAX_NAMESERVER`].
+    pub nameserver: u8,
 }
 
 impl Entry {
@@ -76,6 +80,7 @@ impl Entry {
             peer: None,
             local_only: false,
             options: 0,
+            nameserver: 0,
         }
     }
 }
@@ -111,7 +116,11 @@ fn unpack_addr(v: u64) -> Option<SocketAddrV4> {
     Some(SocketAddrV4::new(Ipv4Addr::from(ip), port))
 }
 
-/// word 0: kind (bits 56..64), local-only (bit 55), local address (bits 0..49).
+/// The largest [`Entry::nameserver`] the table keeps (6 bits).
+pub const MAX_NAMESERVER: u8 = 63;
+
+/// word 0: kind (bits 56..64), local-only (bit 55), nameserver (bits 49..55), local address
+/// (bits 0..49).
 /// word 1: options set (bits 49..64), peer address (bits 0..49).
 struct Slot([AtomicU64; 2]);
 
@@ -153,6 +162,7 @@ pub fn get(fd: i32) -> Entry {
         peer: unpack_addr(w1 & ((1 << 49) - 1)),
         local_only: w0 & (1 << 55) != 0,
         options: (w1 >> 49) as u16 & OPTIONS_MASK,
+        nameserver: (w0 >> 49) as u8 & MAX_NAMESERVER,
     }
 }
 
@@ -163,7 +173,10 @@ pub fn set(fd: i32, e: Entry) {
     if e.kind != Kind::Untracked {
         raise_high(fd);
     }
-    let w0 = (e.kind as u64) << 56 | u64::from(e.local_only) << 55 | pack_addr(e.local);
+    let w0 = (e.kind as u64) << 56
+        | u64::from(e.local_only) << 55
+        | u64::from(e.nameserver & MAX_NAMESERVER) << 49
+        | pack_addr(e.local);
     let w1 = u64::from(e.options & OPTIONS_MASK) << 49 | pack_addr(e.peer);
     s.0[1].store(w1, Ordering::Release);
     s.0[0].store(w0, Ordering::Release);
@@ -229,6 +242,7 @@ mod tests {
             peer: Some("10.170.160.7:80".parse().unwrap()),
             local_only: true,
             options: OPTIONS_MASK,
+            nameserver: MAX_NAMESERVER,
         };
         set(100, e);
         assert_eq!(get(100), e);
@@ -238,6 +252,7 @@ mod tests {
             peer: None,
             local_only: false,
             options: 0b101,
+            nameserver: 3,
         };
         set(101, e);
         assert_eq!(get(101), e);

@@ -15,7 +15,9 @@
 //! socket back — a placeholder AF_INET socket takes the fd number, freeing the port — and then
 //! proceeds as for a fresh socket bound where the program bound it; a send to another address
 //! turns it into an association the same way. The guest DNS address (answered by dns-cache)
-//! and VM guests (no descriptor can cross into a VM) always use associations.
+//! and VM guests (no descriptor can cross into a VM) always use associations, and so does a
+//! socket sending to a resolv.conf nameserver on port 53: its datagrams go to the guest DNS
+//! address, and the replies show the nameserver as their source (`crate::nameserver`).
 //!
 //! Ping sockets and raw ICMP sockets use ICMP associations (`dgram` tells how); here their
 //! receives differ only in what comes with the message: a raw socket's reads begin with an
@@ -389,8 +391,15 @@ pub unsafe extern "C" fn shutdown(fd: c_int, how: c_int) -> c_int {
     0
 }
 
-/// `recvmmsg(2)` (libuv and BIND's dig batch their receives): on a UDP association, fills the
-/// vector one datagram at a time; the first call may block as recvmsg would, later ones don't.
+/// `recvmmsg(2)` (libuv and BIND's dig batch their receives, through `syscall(3)`, see
+/// `crate::syscall`): on a UDP association, fills the vector one datagram at a time; the
+/// first receive may block as recvmsg would, later ones don't, so it returns what is there
+/// once one datagram has arrived. That is the kernel's behaviour for a non-blocking socket or
+/// with `MSG_WAITFORONE` (libuv's sockets are non-blocking); on a blocking socket without it
+/// the kernel would wait for the whole vector. `timeout` is not looked at (the kernel only
+/// checks it after each datagram, and it does not bound the first wait either). As in the
+/// kernel, an error after some datagrams returns those; the error itself is not kept for the
+/// next call.
 ///
 /// # Safety
 /// Called by C with recvmmsg(2)'s contract.

@@ -1,0 +1,142 @@
+//! BIND's `dig` (Debian's bind9-dnsutils) through `outsock run`, unmodified, in the test
+//! world's `legacy` namespace (nothing but `lo`): over UDP and TCP, both to the guest DNS
+//! address named on the command line and to the nameserver of `legacy`'s /etc/resolv.conf,
+//! which is not the guest DNS address and does not exist anywhere (liboutsock sends its
+//! queries to the guest DNS address and shows the replies as coming from it, which dig
+//! checks). dig's libuv sends and receives UDP with `syscall(__NR_sendmmsg/__NR_recvmmsg)`,
+//! which liboutsock's `syscall` interposition carries onto the association.
+
+// Test code throughout; helpers outside #[test] functions unwrap too.
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::process::Output;
+
+use outsock_e2e::{stack, text};
+use testworld::stack::{Stack, GUEST_DNS};
+use testworld::{addr, zone};
+
+/// A nameserver address that is not the guest DNS address and that nothing answers.
+const NAMESERVER: &str = "10.53.0.53";
+
+/// `legacy`'s own /etc/resolv.conf: `ip netns exec` bind-mounts the files of
+/// /etc/netns/NAME/ over /etc for the programs it runs. Removed on drop.
+struct NetnsResolvConf(PathBuf);
+
+impl NetnsResolvConf {
+    fn create(s: &Stack, text: &str) -> Self {
+        let dir = PathBuf::from("/etc/netns").join(s.world.legacy().name());
+        // Another test's drop may remove an empty /etc/netns between the two steps: again.
+        let made = (0..5).any(|_| {
+            std::fs::create_dir_all(&dir).is_ok()
+                && std::fs::write(dir.join("resolv.conf"), text).is_ok()
+        });
+        assert!(made, "cannot write {}/resolv.conf", dir.display());
+        Self(dir)
+    }
+}
+
+impl Drop for NetnsResolvConf {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+        // /etc/netns itself only when no other world left a directory there.
+        let _ = std::fs::remove_dir("/etc/netns");
+    }
+}
+
+/// Runs `dig ARGS… +short` in `legacy` through outsock, bounded to 60 s.
+fn dig(s: &Stack, args: &[&str]) -> Output {
+    let mut cmd = s.legacy("timeout").unwrap();
+    cmd.args(["60", "dig", "+time=3", "+tries=2", "+short"])
+        .args(args);
+    cmd.output().unwrap()
+}
+
+#[test]
+fn bind_dig_over_udp_and_tcp_to_the_guest_dns_and_the_resolv_conf_nameserver() {
+    let Some(s) = stack("dig", "") else {
+        return;
+    };
+    let _conf = NetnsResolvConf::create(&s, &format!("nameserver {NAMESERVER}\n"));
+    // The programs in `legacy` see that resolv.conf.
+    let cat = s
+        .world
+        .legacy()
+        .command("cat")
+        .arg("/etc/resolv.conf")
+        .output()
+        .unwrap();
+    assert!(
+        text(&cat.stdout).contains(NAMESERVER),
+        "{}",
+        text(&cat.stdout)
+    );
+
+    let guest = format!("@{GUEST_DNS}");
+    for (what, args) in [
+        ("dig @guest-dns", vec![guest.as_str(), "A", zone::V6ONLY]),
+        (
+            "dig @guest-dns +tcp",
+            vec![guest.as_str(), "+tcp", "A", zone::V6ONLY],
+        ),
+        ("dig (resolv.conf)", vec!["A", zone::V6ONLY]),
+        ("dig +tcp (resolv.conf)", vec!["+tcp", "A", zone::V6ONLY]),
+    ] {
+        let out = dig(&s, &args);
+        let stdout = text(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{what} failed ({}): {stdout}\n{}\n{}",
+            out.status,
+            text(&out.stderr),
+            s.logs()
+        );
+        // dns-cache's dummy for the IPv6-only HTTP server, and nothing else (dig prints its
+        // warnings, such as a reply from an unexpected source, on stdout too).
+        let dummy = s.dummy_for(addr::HTTP).unwrap();
+        assert_eq!(
+            stdout.trim(),
+            dummy.to_string(),
+            "{what}: {stdout}\n{}",
+            text(&out.stderr)
+        );
+    }
+}
+
+/// A resolver's way without `connect`: an unconnected UDP socket `sendto` the nameserver and
+/// `recvfrom`, which must report the nameserver as the source (the shim remembers which
+/// nameserver the socket asked).
+const PY_SENDTO: &str = r#"
+import socket, struct, sys
+ns, name = sys.argv[1], sys.argv[2]
+q = struct.pack(">HHHHHH", 0x4f53, 0x0100, 1, 0, 0, 0)
+q += b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0"
+q += struct.pack(">HH", 1, 1)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(10)
+s.sendto(q, (ns, 53))
+data, src = s.recvfrom(4096)
+assert data[:2] == q[:2], data
+# One A record, the message's last four bytes.
+print(src[0], src[1], socket.inet_ntoa(data[-4:]))
+"#;
+
+#[test]
+fn unconnected_sendto_the_resolv_conf_nameserver_is_answered_from_it() {
+    let Some(s) = stack("dig-sendto", "") else {
+        return;
+    };
+    let _conf = NetnsResolvConf::create(&s, &format!("nameserver {NAMESERVER}\n"));
+    let mut cmd = s.legacy("timeout").unwrap();
+    cmd.args(["60", "python3", "-c", PY_SENDTO, NAMESERVER, zone::V6ONLY]);
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "python sendto failed ({}): {}\n{}",
+        out.status,
+        text(&out.stderr),
+        s.logs()
+    );
+    let dummy = s.dummy_for(addr::HTTP).unwrap();
+    assert_eq!(text(&out.stdout).trim(), format!("{NAMESERVER} 53 {dummy}"));
+}

@@ -16,7 +16,6 @@
 //!   program's descriptor; `accept`/`accept4` on that take one connection per packet and add
 //!   it as the call's result (ADDFD with SEND). Other binds are made here with the bytes
 //!   already read (AF_INET) or continue; other listens and accepts continue.
-//! - `socket(AF_INET, …)` continues (the hook for what later slices add).
 //!
 //! Sockets are known by identity (device and inode of the open file), never by descriptor
 //! number, so dup, fork and descriptor reuse cannot confuse them; sockets nobody holds any more
@@ -212,6 +211,14 @@ impl Shared {
             .copied()
     }
 
+    fn views_empty(&self) -> bool {
+        self.views
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .map
+            .is_empty()
+    }
+
     fn is_nameserver(&self, a: SocketAddrV4) -> bool {
         a.port() == 53 && self.nameservers.contains(a.ip())
     }
@@ -303,23 +310,29 @@ fn fd_arg(n: &Notif) -> RawFd {
 /// The address of a connect or bind, read from the caller's memory and validated (the caller still
 /// waits, so the bytes were its own) when it is AF_INET; otherwise what the call becomes at
 /// once (other families continue, a bad pointer fails).
+///
+/// The fast path — every connect and bind of another family (a dynamic program's connect to
+/// host.sock under liboutsock) — reads into the stack and continues: one process_vm_readv and
+/// the answer, no allocation and no validity check (continuing acts on nothing we read).
 fn read_connect_addr(s: &Shared, n: &Notif) -> Result<Vec<u8>, Outcome> {
     let (ptr, len) = (n.args[1], n.args[2] & 0xffff_ffff);
     if ptr == 0 || len > MAX_ADDR {
         // Nothing to read: the kernel gives the error a native call gets.
         return Err(Outcome::Continue);
     }
+    let mut buf = [0u8; MAX_ADDR as usize];
     #[allow(clippy::cast_possible_truncation)] // At most 128.
-    let Ok(bytes) = sys::read_mem(n.pid, ptr, len as usize) else {
+    let bytes = &mut buf[..len as usize];
+    if sys::read_into(n.pid, ptr, bytes).is_err() {
         return Err(Outcome::Fail(libc::EFAULT));
-    };
+    }
+    if sockaddr_family(bytes) != Some(AF_INET) {
+        return Err(Outcome::Continue);
+    }
     if !s.listener.valid(n.id) {
         return Err(Outcome::Gone);
     }
-    if sockaddr_family(&bytes) != Some(AF_INET) {
-        return Err(Outcome::Continue);
-    }
-    Ok(bytes)
+    Ok(bytes.to_vec())
 }
 
 /// An AF_INET connect whose address `bytes` [`read_connect_addr`] read.
@@ -570,6 +583,11 @@ fn write_sockaddr(s: &Shared, n: &Notif, addr: u64, len_ptr: u64, a: SocketAddrV
 }
 
 fn name(s: &Shared, n: &Notif) -> Outcome {
+    // The fast path: nothing made here yet (a dynamic program under liboutsock, whose
+    // outsourced sockets the preload answers for), nothing to look up.
+    if s.views_empty() {
+        return Outcome::Continue;
+    }
     let Ok(copy) = sys::take_fd(n.pid, fd_arg(n)) else {
         return Outcome::Continue;
     };

@@ -601,10 +601,7 @@ fn sigterm_reaches_the_supervised_program() {
         if let Some(st) = child.try_wait().unwrap() {
             break st;
         }
-        assert!(
-            Instant::now() < deadline,
-            "outsock run --supervise ignored SIGTERM"
-        );
+        assert!(Instant::now() < deadline, "outsock run ignored SIGTERM");
         std::thread::sleep(Duration::from_millis(50));
     };
     // The program died of the forwarded SIGTERM, and outsock said so as a shell would.
@@ -1322,7 +1319,7 @@ fn sigterm_ends_the_supervisor_once_the_program_is_gone() {
         }
         assert!(
             Instant::now() < deadline,
-            "outsock run --supervise ignored SIGTERM with only descendants left"
+            "outsock run ignored SIGTERM with only descendants left"
         );
         std::thread::sleep(Duration::from_millis(50));
     };

@@ -89,8 +89,7 @@ func main() {
 			check(err)
 			_, err = io.ReadFull(c, b)
 			check(err)
-			fmt.Fprintf(out, "%.1f
-", float64(time.Since(t).Nanoseconds())/1e3)
+			fmt.Fprintf(out, "%.1f\n", float64(time.Since(t).Nanoseconds())/1e3)
 			c.Close()
 		}
 	case "bulk":
@@ -108,8 +107,7 @@ func main() {
 		ack := make([]byte, 8)
 		_, err = io.ReadFull(c, ack)
 		check(err)
-		fmt.Fprintf(out, "%.3f
-", float64(sent)*8/time.Since(t).Seconds()/1e9)
+		fmt.Fprintf(out, "%.3f\n", float64(sent)*8/time.Since(t).Seconds()/1e9)
 	}
 }
 "#;

@@ -86,11 +86,13 @@
 //! for getsockname/getpeername while nothing was made here, nothing) and the CONTINUE answer,
 //! on the loop's own thread; a dynamic program under liboutsock pays one such round trip per
 //! connect (the preload's connect to host.sock). An outsourced connect, listen, blocking
-//! accept or DNS read also starts a thread. The data path is untouched: reads and writes on a
+//! accept or DNS read also runs on a worker thread (an idle one, kept for 10 s, when there
+//! is one). The data path is untouched: reads and writes on a
 //! passed socket are the kernel's own.
 //!
 //! Modules: [`filter`] (the BPF program, safe), `sys` (every syscall and ioctl; the only
-//! `unsafe`), `host` (the host-server client), `dns` (the resolver relay), `serve` (the loop).
+//! `unsafe`), `host` (the host-server client), `dns` (the resolver relay), `workers` (the
+//! threads calls that may wait run on), `serve` (the loop).
 
 #![deny(unsafe_code)]
 
@@ -100,6 +102,7 @@ mod host;
 mod serve;
 #[allow(unsafe_code)]
 mod sys;
+mod workers;
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -185,11 +188,8 @@ pub fn run(cmd: &mut Command, opts: &Options) -> Result<ExitStatus, RunError> {
             std::process::exit(128 + sig);
         }
     });
-    let listener = sys::Listener::new(listener);
-    // Best effort: the notified round trip is shorter with it (Linux >= 6.6).
-    let _ = listener.sync_wake_up();
     let shared = serve::Shared::new(
-        listener,
+        sys::Listener::new(listener),
         host::HostServer::new(opts.host_socket.clone()),
         opts.guest_dns,
         nameservers(&opts.resolv_conf),

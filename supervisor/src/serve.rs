@@ -20,7 +20,8 @@
 //! Sockets are known by identity (device and inode of the open file), never by descriptor
 //! number, so dup, fork and descriptor reuse cannot confuse them; sockets nobody holds any more
 //! are swept from the table as it grows. Calls that may wait (connect, listen, a blocking
-//! accept, a DNS recvfrom) run on a thread of their own; the loop never waits for host-server.
+//! accept, a DNS recvfrom) run on a worker thread (`workers`: an idle one when there is one);
+//! the loop never waits for host-server.
 //! The loop runs until no task uses the filter: the program's exit only reaps it.
 
 use std::collections::HashMap;
@@ -40,6 +41,7 @@ use shared_proto::{decode_exact, to_vec, Errno, ToGuest, ToHost};
 use crate::dns;
 use crate::host::HostServer;
 use crate::sys::{self, Listener, Notif, Ready};
+use crate::workers::Workers;
 
 /// The largest address a program may pass (`sizeof(struct sockaddr_storage)`).
 const MAX_ADDR: u64 = 128;
@@ -107,6 +109,8 @@ pub struct Shared {
     guest_dns: SocketAddrV4,
     nameservers: Vec<Ipv4Addr>,
     views: Mutex<Views>,
+    /// The threads the calls that may wait run on.
+    workers: Arc<Workers>,
     /// Connections taken from a listener (by its identity) for an accept whose caller left
     /// before it got them (a signal): the next accept on that listener gets them first.
     held: Mutex<HashMap<(u64, u64), Vec<Accepted>>>,
@@ -189,6 +193,7 @@ impl Shared {
                 sweep_at: SWEEP_MIN,
             }),
             held: Mutex::new(HashMap::new()),
+            workers: Arc::new(Workers::default()),
         }
     }
 
@@ -624,11 +629,11 @@ fn recvfrom(shared: &Arc<Shared>, n: Notif) {
 /// there; where no thread can start, the call fails with EAGAIN.
 fn on_thread(shared: &Arc<Shared>, n: Notif, work: impl FnOnce() -> Outcome + Send + 'static) {
     let s = Arc::clone(shared);
-    let started = std::thread::Builder::new().spawn(move || {
+    let job = Box::new(move || {
         let outcome = work();
         s.finish(&n, outcome);
     });
-    if started.is_err() {
+    if shared.workers.run(job).is_err() {
         shared.finish(&n, Outcome::Fail(libc::EAGAIN));
     }
 }

@@ -3,9 +3,10 @@
 //!
 //! - throughput: `iperf3 -4` through outsock (from `legacy`) vs `iperf3 -6` natively (from
 //!   `host`), to the same iperf3 server in `world`, rounds alternating; outsock both as
-//!   `outsock run` runs it by default (liboutsock under the supervisor) and `--shim-only`;
-//! - latency: connect + first byte of an echo, p50/p99, through outsock (default and
-//!   `--shim-only`) vs native, alternating batches; the client is this same binary
+//!   `outsock run` runs it by default (liboutsock under the supervisor), `--shim-only` and
+//!   `--supervisor-only` (the supervisor translating the dynamic program, no preload);
+//! - latency: connect + first byte of an echo, p50/p99, through outsock (the same three ways)
+//!   vs native, alternating batches; the client is this same binary
 //!   (`outsock-bench probe …`, dynamic: liboutsock's in-process path does the work);
 //! - static: a Go client built here with CGO_ENABLED=0 (static, raw system calls, so only the
 //!   supervisor can translate it; skipped, saying why, without `go`): connect + first byte
@@ -13,6 +14,11 @@
 //!   bulk transfer of [`BULK_BYTES`] over one TCP connection to a sink in `world` that reads
 //!   everything and answers once, under `outsock run` vs the same program natively over IPv6
 //!   from `host`, alternating;
+//!
+//! - notify: what one notified call that only continues costs — the supervisor's fast path, which
+//!   a dynamic program pays once per connect (liboutsock's connect to host.sock): p50 of a
+//!   connect of an AF_UNIX socket to a path that does not exist, under `outsock run
+//!   --supervisor-only` vs `--shim-only` (no filter), in `legacy`;
 //!
 //! - memory: host-server's resident memory per idle relayed TCP connection, with
 //!   [`IDLE_CONNECTIONS`] open at once (goal ≤ 16 KiB each).
@@ -43,9 +49,10 @@ const DRAIN_PORT: u16 = 9001;
 /// Bytes per static bulk transfer (one TCP connection).
 const BULK_BYTES: u64 = 1 << 30;
 /// What the dynamic client runs under, besides native: `outsock run`'s flags.
-const OUTSOCK_MODES: [(&str, &[&str]); 2] = [
+const OUTSOCK_MODES: [(&str, &[&str]); 3] = [
     ("outsock (supervisor + shim, the default)", &[]),
     ("outsock (--shim-only)", &["--shim-only"]),
+    ("outsock (--supervisor-only)", &["--supervisor-only"]),
 ];
 
 /// The static client (`go build` with CGO_ENABLED=0): `probe NETWORK HOST:PORT N` prints N
@@ -117,6 +124,9 @@ fn main() -> Result<()> {
     if args.get(1).map(String::as_str) == Some("sink") {
         return sink(args.get(2).context("sink needs ADDR")?);
     }
+    if args.get(1).map(String::as_str) == Some("unix-connect") {
+        return unix_connect(PROBES_PER_BATCH * 10);
+    }
     if args.get(1).map(String::as_str) == Some("drain") {
         return drain(args.get(2).context("drain needs ADDR")?);
     }
@@ -132,7 +142,7 @@ fn main() -> Result<()> {
     let secs: u32 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(5);
     let parts = args
         .get(3)
-        .map_or("throughput,latency,static,memory", String::as_str);
+        .map_or("throughput,latency,static,notify,memory", String::as_str);
     let wanted = |part: &str| parts.split(',').any(|p| p == part);
     for p in parts.split(',') {
         if ![
@@ -140,11 +150,12 @@ fn main() -> Result<()> {
             "latency",
             "latency-blocking",
             "static",
+            "notify",
             "memory",
         ]
         .contains(&p)
         {
-            bail!("unknown part {p:?}: PARTS is a comma-separated list of throughput, latency, latency-blocking, static, memory");
+            bail!("unknown part {p:?}: PARTS is a comma-separated list of throughput, latency, latency-blocking, static, notify, memory");
         }
     }
     // One identity (this bench, by uid) holds every idle connection: lift its socket limit.
@@ -173,6 +184,9 @@ fn main() -> Result<()> {
     }
     if wanted("static") {
         static_client(&s, rounds)?;
+    }
+    if wanted("notify") {
+        notify_cost(&s, rounds)?;
     }
     if wanted("memory") {
         println!("\nmemory: host-server RSS with {idle} idle relayed TCP connections");
@@ -260,6 +274,50 @@ fn latency_report(runs: &mut [(&str, Vec<f64>)]) {
             println!("       {name} {o:.1} µs, difference {:+.1} µs", o - base);
         }
     }
+}
+
+/// One notified call that only continues (the supervisor's fast path) vs the same call with no
+/// filter, batches alternating.
+fn notify_cost(s: &Stack, rounds: usize) -> Result<()> {
+    let calls = PROBES_PER_BATCH * 10;
+    println!(
+        "\nnotify: connect(AF_UNIX) to a missing path, {rounds} batches of {calls}, alternating"
+    );
+    if !outsock_supervisor::available() {
+        println!("  skipped: seccomp user notification is unavailable on this kernel");
+        return Ok(());
+    }
+    let me = std::env::current_exe()?.display().to_string();
+    let mut runs: Vec<(&str, Vec<f64>)> = vec![
+        ("no filter (--shim-only)", Vec::new()),
+        ("notified (--supervisor-only)", Vec::new()),
+    ];
+    for _ in 0..rounds {
+        for (i, flags) in [["--shim-only"], ["--supervisor-only"]].iter().enumerate() {
+            let mut c = s.legacy_with(flags, &me)?;
+            c.arg("unix-connect");
+            runs[i].1.extend(probe_output(&mut c)?);
+        }
+    }
+    latency_report(&mut runs);
+    Ok(())
+}
+
+/// Connects an AF_UNIX socket to a path that does not exist `n` times; prints each call's µs.
+fn unix_connect(n: usize) -> Result<()> {
+    let path = std::path::Path::new("/nonexistent/outsock-bench.sock");
+    let mut out = String::new();
+    for _ in 0..n {
+        let t = Instant::now();
+        let r = std::os::unix::net::UnixStream::connect(path);
+        let us = t.elapsed().as_secs_f64() * 1e6;
+        if r.is_ok() {
+            bail!("{} exists", path.display());
+        }
+        out.push_str(&format!("{us:.2}\n"));
+    }
+    print!("{out}");
+    Ok(())
 }
 
 /// The Go client: connect + first byte and bulk throughput under `outsock run` (the supervisor

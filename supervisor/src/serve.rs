@@ -4,9 +4,10 @@
 //!   (`Connect` with `pass_fd`, as liboutsock asks) and the socket it passes back replaces the
 //!   program's descriptor (ADDFD with SETFD); UDP to a resolv.conf nameserver on port 53
 //!   becomes a relayed pair (`dns`), TCP to one a stream relayed to the guest DNS address.
-//!   Loopback and every other AF_INET connect is carried out here, on our copy of the
-//!   program's socket with the address bytes already read, so the kernel never reads the
-//!   program's memory again; other families continue untouched.
+//!   Loopback, a socket that is not AF_INET any more (liboutsock's outsourced one: its later
+//!   connects are the kernel's to answer), and every other AF_INET connect is carried out
+//!   here, on our copy of the program's socket with the address bytes already read, so the
+//!   kernel never reads the program's memory again; other families continue untouched.
 //! - `getsockname`/`getpeername` of a socket made here answer its AF_INET view; others continue.
 //! - `recvfrom` with an address on a DNS pair is done here and reports the nameserver.
 //! - `sendto` with an AF_INET address: to a nameserver on port 53 from an unconnected UDP
@@ -207,7 +208,10 @@ impl Shared {
     }
 
     fn view(&self, fd: RawFd) -> Option<View> {
-        let id = sys::identity(fd).ok()?;
+        self.view_by_id(sys::identity(fd).ok()?)
+    }
+
+    fn view_by_id(&self, id: (u64, u64)) -> Option<View> {
         self.views
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -363,8 +367,10 @@ fn connect(s: &Shared, n: &Notif, bytes: &[u8]) -> Outcome {
         // what the kernel says about it (0 once, then EISCONN; EALREADY), as natively.
         return native();
     }
-    // Loopback stays local.
-    if !is_outsourced(dest) {
+    // Loopback stays local; so does a socket that is not AF_INET (any more): liboutsock's,
+    // already outsourced and replaced by its IPv6 socket, whose later connects it leaves to
+    // the kernel (EALREADY, EISCONN) — translating them again would start a second connect.
+    if !is_outsourced(dest) || !domain_is_inet(&copy) {
         return native();
     }
     let ty = match sys::sockopt_int(copy.as_raw_fd(), libc::SOL_SOCKET, libc::SO_TYPE) {
@@ -548,6 +554,7 @@ fn send_datagram(s: &Shared, n: &Notif, addr: &[u8]) -> Outcome {
     }
     let unconnected_udp = sys::sockopt_int(copy.as_raw_fd(), libc::SOL_SOCKET, libc::SO_TYPE)
         .is_ok_and(|t| t == libc::SOCK_DGRAM)
+        && domain_is_inet(&copy)
         && sys::peer_unset(copy.as_raw_fd());
     if nameserver && unconnected_udp {
         return match dns_pair(s, n, &copy, dest) {
@@ -593,10 +600,11 @@ fn name(s: &Shared, n: &Notif) -> Outcome {
     if s.views_empty() {
         return Outcome::Continue;
     }
-    let Ok(copy) = sys::take_fd(n.pid, fd_arg(n)) else {
+    // Its identity only, in one stat: no descriptor copied.
+    let Ok(id) = sys::identity_of(n.pid, fd_arg(n)) else {
         return Outcome::Continue;
     };
-    let Some(view) = s.view(copy.as_raw_fd()) else {
+    let Some(view) = s.view_by_id(id) else {
         return Outcome::Continue;
     };
     let a = match (n.nr == libc::SYS_getpeername, view.kind) {
@@ -698,6 +706,11 @@ fn bind(s: &Shared, n: &Notif, bytes: &[u8]) -> Outcome {
 }
 
 /// Whether `copy` is an AF_INET TCP socket.
+fn domain_is_inet(copy: &OwnedFd) -> bool {
+    sys::sockopt_int(copy.as_raw_fd(), libc::SOL_SOCKET, libc::SO_DOMAIN)
+        .is_ok_and(|d| d == libc::AF_INET)
+}
+
 fn inet_stream(copy: &OwnedFd) -> bool {
     let fd = copy.as_raw_fd();
     sys::sockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN).is_ok_and(|d| d == libc::AF_INET)

@@ -38,6 +38,12 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Run a program in process mode: liboutsock preloaded, under the seccomp supervisor.
+    ///
+    /// The preload translates dynamic programs in-process; the supervisor (seccomp user
+    /// notification, Linux >= 5.14) translates static binaries, Go programs and raw system
+    /// calls, clients and servers, for the program and its descendants, and returns the
+    /// program's status once the last descendant has exited too. Where the supervisor is
+    /// unavailable it says so in one line and runs with the preload only.
     Run {
         /// host-server's socket.
         #[arg(long, env = "OUTSOCK_SOCKET", default_value = "/run/outsock/host.sock")]

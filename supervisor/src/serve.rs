@@ -1034,4 +1034,16 @@ mod tests {
         assert!(views.map.contains_key(&held_id));
         assert_eq!(views.sweep_at, SWEEP_MIN);
     }
+
+    #[test]
+    fn a_descriptor_is_known_by_its_proc_link_as_by_a_copy() {
+        // What name() looks up (one stat of /proc/PID/fd/FD) is what record() stored (fstat
+        // of a copy): the same open file.
+        let (held, _other) = UnixStream::pair().unwrap();
+        let fd = held.as_raw_fd();
+        let copy = sys::take_fd(std::process::id(), fd).unwrap();
+        let want = sys::identity(copy.as_raw_fd()).unwrap();
+        assert_eq!(sys::identity_of(std::process::id(), fd).unwrap(), want);
+        assert!(sys::identity_of(std::process::id(), 1_000_000).is_err());
+    }
 }

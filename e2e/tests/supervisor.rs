@@ -1,4 +1,4 @@
-//! `outsock run --supervise` end to end: programs that liboutsock cannot see into — Debian's
+//! `outsock run` (liboutsock under the supervisor, the default) end to end: programs that liboutsock cannot see into — Debian's
 //! busybox-static (static glibc, its own resolver) and a Go client built with CGO_ENABLED=0
 //! (raw system calls, Go's own resolver) — run unmodified in the test world's `legacy`
 //! namespace (nothing but `lo`, so a call that is not outsourced fails instead of leaking) and
@@ -9,6 +9,9 @@
 //! served after the program exits. Static servers (busybox httpd, Go, raw-syscall prefork
 //! children, C) listen through host-server on the host's IPv6 address, allowed ports only
 //! (`PORTS`), and IPv6 clients in `world` reach them, seen as their source-pool dummies.
+//! `--shim-only` leaves a static program untranslated, `--supervisor-only` translates a
+//! dynamic one with no preload, and where a filter with a listener is already in place (an
+//! `outsock run` inside another) it says so in one line and runs with the preload alone.
 
 // Test code throughout; helpers outside #[test] functions unwrap too.
 #![allow(clippy::unwrap_used)]
@@ -49,14 +52,25 @@ fn can_supervise(test: &str) -> bool {
     false
 }
 
-/// `outsock run --supervise -- program args…` in `legacy`, started through `wrapper` (its
-/// arguments first).
+/// `outsock run -- program args…` in `legacy`, started through `wrapper` (its arguments
+/// first).
 fn supervised_command(s: &Stack, wrapper: &[&str], program: &Path, args: &[&str]) -> Command {
+    run_command(s, wrapper, &[], program, args)
+}
+
+/// `outsock run FLAGS… -- program args…` in `legacy`, started through `wrapper`.
+fn run_command(
+    s: &Stack,
+    wrapper: &[&str],
+    flags: &[&str],
+    program: &Path,
+    args: &[&str],
+) -> Command {
     let mut cmd = s.world.legacy().command(wrapper[0]);
     cmd.args(&wrapper[1..])
         .arg(artefact("outsock").unwrap())
         .arg("run")
-        .arg("--supervise")
+        .args(flags)
         .arg("--socket")
         .arg(s.host_sock())
         .arg("--shim")
@@ -68,9 +82,14 @@ fn supervised_command(s: &Stack, wrapper: &[&str], program: &Path, args: &[&str]
     cmd
 }
 
-/// Runs `program args…` in `legacy` through `outsock run --supervise`, bounded to 60 s.
+/// Runs `program args…` in `legacy` through `outsock run`, bounded to 60 s.
 fn supervised(s: &Stack, program: &Path, args: &[&str]) -> Output {
-    let out = supervised_command(s, &["timeout", "60"], program, args)
+    run_with(s, &[], program, args)
+}
+
+/// Runs `program args…` in `legacy` through `outsock run FLAGS…`, bounded to 60 s.
+fn run_with(s: &Stack, flags: &[&str], program: &Path, args: &[&str]) -> Output {
+    let out = run_command(s, &["timeout", "60"], flags, program, args)
         .output()
         .unwrap();
     // For the test log (shown with --nocapture or on failure).
@@ -150,19 +169,85 @@ fn static_busybox_wget_by_name() {
     let out = supervised(&s, &bb, &["wget", "-q", "-O", "-", &url]);
     assert_eq!(ok(&s, &out, "busybox wget"), INDEX_BODY);
 
-    // Without the supervisor the same static program cannot see the name or the network:
-    // nothing in `legacy` leads anywhere, so it fails.
-    let mut plain = s.legacy("timeout").unwrap();
-    let plain = plain
-        .args(["20"])
-        .arg(&bb)
-        .args(["wget", "-q", "-O", "-", &url])
-        .output()
-        .unwrap();
+    // `--shim-only` (no supervisor): the same static program cannot see the name or the
+    // network, since nothing in `legacy` leads anywhere, so it fails.
+    let plain = run_with(&s, &["--shim-only"], &bb, &["wget", "-q", "-O", "-", &url]);
     assert!(
         !plain.status.success(),
-        "busybox-static reached {url} without the supervisor: {}",
+        "busybox-static reached {url} with --shim-only: {}",
         text(&plain.stdout)
+    );
+    assert!(!text(&plain.stdout).contains(INDEX_BODY));
+
+    // `--supervise`, the old spelling of the default, still works.
+    let old = run_with(&s, &["--supervise"], &bb, &["wget", "-q", "-O", "-", &url]);
+    assert_eq!(ok(&s, &old, "busybox wget (--supervise)"), INDEX_BODY);
+}
+
+#[test]
+fn supervisor_only_serves_a_dynamic_program_without_the_preload() {
+    let test = "supervisor_only_serves_a_dynamic_program_without_the_preload";
+    if !can_supervise(test) {
+        return;
+    }
+    let Some(s) = stack("sup-only", "") else {
+        return;
+    };
+    // curl -4 by name with no LD_PRELOAD: glibc's resolver asks resolv.conf's nameserver over
+    // UDP (the supervisor's DNS pair) and its connect is the supervisor's outsourced one.
+    let url = format!("http://{}/index.html", zone::V6ONLY);
+    let out = run_with(
+        &s,
+        &["--supervisor-only"],
+        Path::new("/bin/sh"),
+        &[
+            "-c",
+            &format!("echo \"preload=$LD_PRELOAD\" >&2; exec curl -4 -sS -m 20 -w '\n%{{remote_ip}}\n' {url}"),
+        ],
+    );
+    let stdout = ok(&s, &out, "curl -4 --supervisor-only");
+    assert!(
+        text(&out.stderr).contains("preload=\n"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(stdout.starts_with(INDEX_BODY), "{stdout}");
+    let ip: Ipv4Addr = stdout.trim_end().lines().last().unwrap().parse().unwrap();
+    let mapped = s.mappings(&["--address", &ip.to_string()]).unwrap();
+    assert!(mapped.contains(zone::V6ONLY), "{ip}: {mapped}");
+}
+
+#[test]
+fn a_second_filter_with_a_listener_falls_back_to_the_preload_in_one_line() {
+    let test = "a_second_filter_with_a_listener_falls_back_to_the_preload_in_one_line";
+    if !can_supervise(test) {
+        return;
+    }
+    let Some(s) = stack("sup-nested", "") else {
+        return;
+    };
+    // `outsock run` inside `outsock run`: the inner one cannot add a second listener (EBUSY),
+    // says so in one line and runs curl with the preload, which needs no supervisor.
+    let url = format!("http://{}/index.html", zone::V6ONLY);
+    let inner = artefact("outsock").unwrap();
+    let host_sock = s.host_sock().display().to_string();
+    let shim = artefact("liboutsock.so").unwrap().display().to_string();
+    let out = supervised(
+        &s,
+        &inner,
+        &[
+            "run", "--socket", &host_sock, "--shim", &shim, "--", "curl", "-4", "-sS", "-m", "20",
+            &url,
+        ],
+    );
+    let stdout = ok(&s, &out, "nested outsock run curl -4");
+    assert_eq!(stdout, INDEX_BODY);
+    let stderr = text(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("seccomp user notification is unavailable")
+            && stderr.contains("preload only"),
+        "{stderr}"
     );
 }
 
@@ -516,10 +601,7 @@ fn sigterm_reaches_the_supervised_program() {
         if let Some(st) = child.try_wait().unwrap() {
             break st;
         }
-        assert!(
-            Instant::now() < deadline,
-            "outsock run --supervise ignored SIGTERM"
-        );
+        assert!(Instant::now() < deadline, "outsock run ignored SIGTERM");
         std::thread::sleep(Duration::from_millis(50));
     };
     // The program died of the forwarded SIGTERM, and outsock said so as a shell would.
@@ -1237,7 +1319,7 @@ fn sigterm_ends_the_supervisor_once_the_program_is_gone() {
         }
         assert!(
             Instant::now() < deadline,
-            "outsock run --supervise ignored SIGTERM with only descendants left"
+            "outsock run ignored SIGTERM with only descendants left"
         );
         std::thread::sleep(Duration::from_millis(50));
     };

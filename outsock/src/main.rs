@@ -1,9 +1,11 @@
 //! `outsock`: the operator's and user's command.
 //!
 //! - `outsock run [--socket PATH] [--dns ADDR] -- CMD ARGS…` runs an unmodified IPv4-only program
-//!   with liboutsock preloaded (process mode), so its AF_INET sockets go through host-server.
-//!   With `--supervise` it also runs under outsock-supervisor (seccomp user notification), so
-//!   static binaries, Go programs and raw system calls are outsourced too.
+//!   (process mode) with liboutsock preloaded and under outsock-supervisor (seccomp user
+//!   notification), so the AF_INET sockets of dynamic programs (the preload's in-process fast
+//!   path), static binaries, Go programs and raw system calls all go through host-server.
+//!   Where the kernel cannot supervise, it says so in one line and runs with the preload only.
+//!   `--shim-only` and `--supervisor-only` (no LD_PRELOAD) pick one front end, for debugging.
 //! - `outsock mappings [--json] [--direction …] [--name …] [--address …]` prints dns-cache's
 //!   mapping table, asked over `dns.sock`.
 //! - `outsock health [--dns-socket …] [--host-socket …]` checks that the daemons answer.
@@ -35,7 +37,13 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Run a program with liboutsock preloaded (process mode).
+    /// Run a program in process mode: liboutsock preloaded, under the seccomp supervisor.
+    ///
+    /// The preload translates dynamic programs in-process; the supervisor (seccomp user
+    /// notification, Linux >= 5.14) translates static binaries, Go programs and raw system
+    /// calls, clients and servers, for the program and its descendants, and returns the
+    /// program's status once the last descendant has exited too. Where the supervisor is
+    /// unavailable it says so in one line and runs with the preload only.
     Run {
         /// host-server's socket.
         #[arg(long, env = "OUTSOCK_SOCKET", default_value = "/run/outsock/host.sock")]
@@ -46,12 +54,16 @@ enum Cmd {
         /// liboutsock.so to preload (default: next to this executable).
         #[arg(long, env = "OUTSOCK_SHIM")]
         shim: Option<PathBuf>,
-        /// Also run the program under the seccomp supervisor, which outsources the system
-        /// calls of static binaries, Go programs and raw-syscall tools, clients and servers,
-        /// for the program and its descendants (Linux >= 5.14; falls back to the preload
-        /// alone, saying so, where unavailable). Returns the program's status once the last
-        /// descendant has exited too.
+        /// Only the preload, no supervisor (debugging): static binaries and Go programs are
+        /// not outsourced.
+        #[arg(long, conflicts_with = "supervisor_only")]
+        shim_only: bool,
+        /// Only the supervisor, no LD_PRELOAD (debugging): every call is translated at the
+        /// system-call boundary, dynamic programs' too.
         #[arg(long)]
+        supervisor_only: bool,
+        /// The default (preload and supervisor), kept for older scripts.
+        #[arg(long, hide = true, conflicts_with_all = ["shim_only", "supervisor_only"])]
         supervise: bool,
         /// The program and its arguments.
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
@@ -103,9 +115,20 @@ fn main() -> Result<()> {
             socket,
             dns,
             shim,
-            supervise,
+            shim_only,
+            supervisor_only,
+            supervise: _,
             command,
-        } => run(&socket, dns.as_deref(), shim, supervise, &command),
+        } => {
+            let mode = if shim_only {
+                Mode::ShimOnly
+            } else if supervisor_only {
+                Mode::SupervisorOnly
+            } else {
+                Mode::Both
+            };
+            run(&socket, dns.as_deref(), shim, mode, &command)
+        }
         Cmd::Mappings {
             socket,
             direction,
@@ -120,35 +143,47 @@ fn main() -> Result<()> {
     }
 }
 
+/// Which front ends `outsock run` uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// liboutsock preloaded, under the supervisor (the default).
+    Both,
+    /// liboutsock only.
+    ShimOnly,
+    /// The supervisor only, no LD_PRELOAD.
+    SupervisorOnly,
+}
+
 fn run(
     socket: &PathBuf,
     dns: Option<&str>,
     shim: Option<PathBuf>,
-    supervise: bool,
+    mode: Mode,
     command: &[String],
 ) -> Result<()> {
-    let shim = match shim {
-        Some(p) => p,
-        None => std::env::current_exe()?.with_file_name("liboutsock.so"),
-    };
-    if !shim.is_file() {
-        bail!(
-            "{} not found: build it with `cargo build -p outsock-shim` or pass --shim",
-            shim.display()
-        );
-    }
-    let preload = match std::env::var("LD_PRELOAD") {
-        Ok(old) if !old.is_empty() => format!("{}:{old}", shim.display()),
-        _ => shim.display().to_string(),
-    };
     let mut cmd = Command::new(&command[0]);
-    cmd.args(&command[1..])
-        .env("LD_PRELOAD", preload)
-        .env("OUTSOCK_SOCKET", socket);
+    cmd.args(&command[1..]).env("OUTSOCK_SOCKET", socket);
+    if mode != Mode::SupervisorOnly {
+        let shim = match shim {
+            Some(p) => p,
+            None => std::env::current_exe()?.with_file_name("liboutsock.so"),
+        };
+        if !shim.is_file() {
+            bail!(
+                "{} not found: build it with `cargo build -p outsock-shim` or pass --shim",
+                shim.display()
+            );
+        }
+        let preload = match std::env::var("LD_PRELOAD") {
+            Ok(old) if !old.is_empty() => format!("{}:{old}", shim.display()),
+            _ => shim.display().to_string(),
+        };
+        cmd.env("LD_PRELOAD", preload);
+    }
     if let Some(dns) = dns {
         cmd.env("OUTSOCK_DNS", dns);
     }
-    if supervise {
+    if mode != Mode::ShimOnly {
         let guest_dns = match dns {
             Some(d) => d
                 .parse()
@@ -167,8 +202,11 @@ fn run(
                     .or_else(|| status.signal().map(|s| 128 + s))
                     .unwrap_or(1),
             ),
+            Err(outsock_supervisor::RunError::Unavailable) if mode == Mode::SupervisorOnly => {
+                bail!("seccomp user notification is unavailable (Linux < 5.14, or a seccomp filter forbids it), and --supervisor-only needs it")
+            }
             Err(outsock_supervisor::RunError::Unavailable) => eprintln!(
-                "outsock: seccomp user notification (Linux >= 5.14) is unavailable; running with the preload only"
+                "outsock: seccomp user notification is unavailable (Linux < 5.14, or a seccomp filter forbids it); running with the preload only (dynamic programs)"
             ),
             Err(e) => return Err(e).with_context(|| format!("running {}", command[0])),
         }

@@ -6,15 +6,15 @@
 //! translated too. What is outsourced, the `sockaddr_in` bytes and what host-server's answers
 //! mean are `shared_proto::translate`, shared by both.
 //!
-//! How it runs (`outsock run --supervise`, Linux >= 5.14 for ADDFD with SETFD):
+//! How it runs (`outsock run`, by default; Linux >= 5.14 for ADDFD with SETFD):
 //!
 //! 1. [`run`] spawns the program; between fork and exec the child sets `PR_SET_NO_NEW_PRIVS`
 //!    (unless root), installs [`filter::program`] with `SECCOMP_FILTER_FLAG_NEW_LISTENER` and
 //!    passes the listener back over a socketpair. liboutsock stays preloaded for dynamic
 //!    programs: what it handles never reaches the kernel as an AF_INET non-loopback connect
 //!    (its sockets are IPv6 or Unix by then), so nothing is handled twice.
-//! 2. The filter notifies `socket(AF_INET)`, `connect`, `getsockname`, `getpeername`, `bind`,
-//!    `listen`, `accept`, `accept4`, and `recvfrom`/`sendto` with an address; everything else
+//! 2. The filter notifies `connect`, `getsockname`, `getpeername`, `bind`, `listen`, `accept`,
+//!    `accept4`, and `recvfrom`/`sendto` with an address; everything else (`socket` included)
 //!    runs untouched at full speed. The filter is inherited: every descendant (fork, exec,
 //!    daemons that double-fork) is served too, and [`run`] serves until no task uses the
 //!    filter any more (the listener reports POLLHUP once the last one has exited and been
@@ -80,13 +80,19 @@
 //! connection taken for a blocking accept whose caller left and held for the next accept
 //! makes no descriptor readable (a poller sees the next one only).
 //!
-//! Cost: each notified call is a round trip to the supervisor (and `socket(AF_INET)` one that
-//! only continues; every `bind` is notified, AF_UNIX ones included); an outsourced connect,
-//! listen, blocking accept or DNS read also starts a thread. The data path is
-//! untouched: reads and writes on a passed socket are the kernel's own.
+//! Cost: each notified call is a round trip to the supervisor (every `connect` and `bind` is
+//! notified, AF_UNIX ones included: BPF cannot read the address behind the pointer). Calls that
+//! only continue take the fast path: one process_vm_readv of the address into the stack (or,
+//! for getsockname/getpeername while nothing was made here, nothing) and the CONTINUE answer,
+//! on the loop's own thread; a dynamic program under liboutsock pays one such round trip per
+//! connect (the preload's connect to host.sock). An outsourced connect, listen, blocking
+//! accept or DNS read also runs on a worker thread (an idle one, kept for 10 s, when there
+//! is one). The data path is untouched: reads and writes on a
+//! passed socket are the kernel's own.
 //!
 //! Modules: [`filter`] (the BPF program, safe), `sys` (every syscall and ioctl; the only
-//! `unsafe`), `host` (the host-server client), `dns` (the resolver relay), `serve` (the loop).
+//! `unsafe`), `host` (the host-server client), `dns` (the resolver relay), `workers` (the
+//! threads calls that may wait run on), `serve` (the loop).
 
 #![deny(unsafe_code)]
 
@@ -96,6 +102,7 @@ mod host;
 mod serve;
 #[allow(unsafe_code)]
 mod sys;
+mod workers;
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -107,7 +114,8 @@ pub use shared_proto::translate::DEFAULT_GUEST_DNS;
 /// Why [`run`] failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    /// The kernel lacks seccomp user notification with ADDFD/SETFD; nothing was started.
+    /// The kernel lacks seccomp user notification with ADDFD/SETFD, or a filter this process
+    /// runs under forbids another listener; nothing was started.
     #[error("seccomp user notification with ADDFD/SETFD (Linux 5.14) is not available")]
     Unavailable,
     #[error("starting the program under the filter failed")]
@@ -130,11 +138,15 @@ pub struct Options {
 /// Whether this kernel offers what the supervisor needs: seccomp user notification (5.0),
 /// checked with `SECCOMP_GET_ACTION_AVAIL`, and `SECCOMP_IOCTL_NOTIF_ADDFD` with
 /// `SECCOMP_ADDFD_FLAG_SETFD` (5.14), which nothing can probe without a notification, so the
-/// kernel's release says.
+/// kernel's release says; and that this process may install a filter with a listener (not
+/// where a filter it runs under already has one, or forbids `seccomp`), tried on a throwaway
+/// thread.
 #[must_use]
 pub fn available() -> bool {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    release_at_least(&release, (5, 14)) && sys::user_notif_available()
+    release_at_least(&release, (5, 14))
+        && sys::user_notif_available()
+        && sys::listener_installable()
 }
 
 /// Whether a kernel release string (`6.18.0-1-amd64`) is at least `want` (major, minor).
@@ -176,8 +188,12 @@ pub fn run(cmd: &mut Command, opts: &Options) -> Result<ExitStatus, RunError> {
             std::process::exit(128 + sig);
         }
     });
+    let listener = sys::Listener::new(listener);
+    // Best effort (Linux >= 6.6): without it the notified round trip is sometimes ten times
+    // longer, when the wake-up goes to an idle CPU (ARCHITECTURE.md).
+    let _ = listener.sync_wake_up();
     let shared = serve::Shared::new(
-        sys::Listener::new(listener),
+        listener,
         host::HostServer::new(opts.host_socket.clone()),
         opts.guest_dns,
         nameservers(&opts.resolv_conf),

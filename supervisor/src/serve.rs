@@ -4,9 +4,10 @@
 //!   (`Connect` with `pass_fd`, as liboutsock asks) and the socket it passes back replaces the
 //!   program's descriptor (ADDFD with SETFD); UDP to a resolv.conf nameserver on port 53
 //!   becomes a relayed pair (`dns`), TCP to one a stream relayed to the guest DNS address.
-//!   Loopback and every other AF_INET connect is carried out here, on our copy of the
-//!   program's socket with the address bytes already read, so the kernel never reads the
-//!   program's memory again; other families continue untouched.
+//!   Loopback, a socket that is not AF_INET any more (liboutsock's outsourced one: its later
+//!   connects are the kernel's to answer), and every other AF_INET connect is carried out
+//!   here, on our copy of the program's socket with the address bytes already read, so the
+//!   kernel never reads the program's memory again; other families continue untouched.
 //! - `getsockname`/`getpeername` of a socket made here answer its AF_INET view; others continue.
 //! - `recvfrom` with an address on a DNS pair is done here and reports the nameserver.
 //! - `sendto` with an AF_INET address: to a nameserver on port 53 from an unconnected UDP
@@ -16,12 +17,12 @@
 //!   program's descriptor; `accept`/`accept4` on that take one connection per packet and add
 //!   it as the call's result (ADDFD with SEND). Other binds are made here with the bytes
 //!   already read (AF_INET) or continue; other listens and accepts continue.
-//! - `socket(AF_INET, …)` continues (the hook for what later slices add).
 //!
 //! Sockets are known by identity (device and inode of the open file), never by descriptor
 //! number, so dup, fork and descriptor reuse cannot confuse them; sockets nobody holds any more
 //! are swept from the table as it grows. Calls that may wait (connect, listen, a blocking
-//! accept, a DNS recvfrom) run on a thread of their own; the loop never waits for host-server.
+//! accept, a DNS recvfrom) run on a worker thread (`workers`: an idle one when there is one);
+//! the loop never waits for host-server.
 //! The loop runs until no task uses the filter: the program's exit only reaps it.
 
 use std::collections::HashMap;
@@ -41,6 +42,7 @@ use shared_proto::{decode_exact, to_vec, Errno, ToGuest, ToHost};
 use crate::dns;
 use crate::host::HostServer;
 use crate::sys::{self, Listener, Notif, Ready};
+use crate::workers::Workers;
 
 /// The largest address a program may pass (`sizeof(struct sockaddr_storage)`).
 const MAX_ADDR: u64 = 128;
@@ -108,6 +110,8 @@ pub struct Shared {
     guest_dns: SocketAddrV4,
     nameservers: Vec<Ipv4Addr>,
     views: Mutex<Views>,
+    /// The threads the calls that may wait run on.
+    workers: Arc<Workers>,
     /// Connections taken from a listener (by its identity) for an accept whose caller left
     /// before it got them (a signal): the next accept on that listener gets them first.
     held: Mutex<HashMap<(u64, u64), Vec<Accepted>>>,
@@ -190,6 +194,7 @@ impl Shared {
                 sweep_at: SWEEP_MIN,
             }),
             held: Mutex::new(HashMap::new()),
+            workers: Arc::new(Workers::default()),
         }
     }
 
@@ -203,13 +208,24 @@ impl Shared {
     }
 
     fn view(&self, fd: RawFd) -> Option<View> {
-        let id = sys::identity(fd).ok()?;
+        self.view_by_id(sys::identity(fd).ok()?)
+    }
+
+    fn view_by_id(&self, id: (u64, u64)) -> Option<View> {
         self.views
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .map
             .get(&id)
             .copied()
+    }
+
+    fn views_empty(&self) -> bool {
+        self.views
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .map
+            .is_empty()
     }
 
     fn is_nameserver(&self, a: SocketAddrV4) -> bool {
@@ -303,23 +319,29 @@ fn fd_arg(n: &Notif) -> RawFd {
 /// The address of a connect or bind, read from the caller's memory and validated (the caller still
 /// waits, so the bytes were its own) when it is AF_INET; otherwise what the call becomes at
 /// once (other families continue, a bad pointer fails).
+///
+/// The fast path — every connect and bind of another family (a dynamic program's connect to
+/// host.sock under liboutsock) — reads into the stack and continues: one process_vm_readv and
+/// the answer, no allocation and no validity check (continuing acts on nothing we read).
 fn read_connect_addr(s: &Shared, n: &Notif) -> Result<Vec<u8>, Outcome> {
     let (ptr, len) = (n.args[1], n.args[2] & 0xffff_ffff);
     if ptr == 0 || len > MAX_ADDR {
         // Nothing to read: the kernel gives the error a native call gets.
         return Err(Outcome::Continue);
     }
+    let mut buf = [0u8; MAX_ADDR as usize];
     #[allow(clippy::cast_possible_truncation)] // At most 128.
-    let Ok(bytes) = sys::read_mem(n.pid, ptr, len as usize) else {
+    let bytes = &mut buf[..len as usize];
+    if sys::read_into(n.pid, ptr, bytes).is_err() {
         return Err(Outcome::Fail(libc::EFAULT));
-    };
+    }
+    if sockaddr_family(bytes) != Some(AF_INET) {
+        return Err(Outcome::Continue);
+    }
     if !s.listener.valid(n.id) {
         return Err(Outcome::Gone);
     }
-    if sockaddr_family(&bytes) != Some(AF_INET) {
-        return Err(Outcome::Continue);
-    }
-    Ok(bytes)
+    Ok(bytes.to_vec())
 }
 
 /// An AF_INET connect whose address `bytes` [`read_connect_addr`] read.
@@ -345,8 +367,10 @@ fn connect(s: &Shared, n: &Notif, bytes: &[u8]) -> Outcome {
         // what the kernel says about it (0 once, then EISCONN; EALREADY), as natively.
         return native();
     }
-    // Loopback stays local.
-    if !is_outsourced(dest) {
+    // Loopback stays local; so does a socket that is not AF_INET (any more): liboutsock's,
+    // already outsourced and replaced by its IPv6 socket, whose later connects it leaves to
+    // the kernel (EALREADY, EISCONN) — translating them again would start a second connect.
+    if !is_outsourced(dest) || !domain_is_inet(&copy) {
         return native();
     }
     let ty = match sys::sockopt_int(copy.as_raw_fd(), libc::SOL_SOCKET, libc::SO_TYPE) {
@@ -530,6 +554,7 @@ fn send_datagram(s: &Shared, n: &Notif, addr: &[u8]) -> Outcome {
     }
     let unconnected_udp = sys::sockopt_int(copy.as_raw_fd(), libc::SOL_SOCKET, libc::SO_TYPE)
         .is_ok_and(|t| t == libc::SOCK_DGRAM)
+        && domain_is_inet(&copy)
         && sys::peer_unset(copy.as_raw_fd());
     if nameserver && unconnected_udp {
         return match dns_pair(s, n, &copy, dest) {
@@ -570,10 +595,16 @@ fn write_sockaddr(s: &Shared, n: &Notif, addr: u64, len_ptr: u64, a: SocketAddrV
 }
 
 fn name(s: &Shared, n: &Notif) -> Outcome {
-    let Ok(copy) = sys::take_fd(n.pid, fd_arg(n)) else {
+    // The fast path: nothing made here yet (a dynamic program under liboutsock, whose
+    // outsourced sockets the preload answers for), nothing to look up.
+    if s.views_empty() {
+        return Outcome::Continue;
+    }
+    // Its identity only, in one stat: no descriptor copied.
+    let Ok(id) = sys::identity_of(n.pid, fd_arg(n)) else {
         return Outcome::Continue;
     };
-    let Some(view) = s.view(copy.as_raw_fd()) else {
+    let Some(view) = s.view_by_id(id) else {
         return Outcome::Continue;
     };
     let a = match (n.nr == libc::SYS_getpeername, view.kind) {
@@ -606,11 +637,11 @@ fn recvfrom(shared: &Arc<Shared>, n: Notif) {
 /// there; where no thread can start, the call fails with EAGAIN.
 fn on_thread(shared: &Arc<Shared>, n: Notif, work: impl FnOnce() -> Outcome + Send + 'static) {
     let s = Arc::clone(shared);
-    let started = std::thread::Builder::new().spawn(move || {
+    let job = Box::new(move || {
         let outcome = work();
         s.finish(&n, outcome);
     });
-    if started.is_err() {
+    if shared.workers.run(job).is_err() {
         shared.finish(&n, Outcome::Fail(libc::EAGAIN));
     }
 }
@@ -675,6 +706,11 @@ fn bind(s: &Shared, n: &Notif, bytes: &[u8]) -> Outcome {
 }
 
 /// Whether `copy` is an AF_INET TCP socket.
+fn domain_is_inet(copy: &OwnedFd) -> bool {
+    sys::sockopt_int(copy.as_raw_fd(), libc::SOL_SOCKET, libc::SO_DOMAIN)
+        .is_ok_and(|d| d == libc::AF_INET)
+}
+
 fn inet_stream(copy: &OwnedFd) -> bool {
     let fd = copy.as_raw_fd();
     sys::sockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN).is_ok_and(|d| d == libc::AF_INET)
@@ -997,5 +1033,17 @@ mod tests {
         assert_eq!(views.map.len(), 1);
         assert!(views.map.contains_key(&held_id));
         assert_eq!(views.sweep_at, SWEEP_MIN);
+    }
+
+    #[test]
+    fn a_descriptor_is_known_by_its_proc_link_as_by_a_copy() {
+        // What name() looks up (one stat of /proc/PID/fd/FD) is what record() stored (fstat
+        // of a copy): the same open file.
+        let (held, _other) = UnixStream::pair().unwrap();
+        let fd = held.as_raw_fd();
+        let copy = sys::take_fd(std::process::id(), fd).unwrap();
+        let want = sys::identity(copy.as_raw_fd()).unwrap();
+        assert_eq!(sys::identity_of(std::process::id(), fd).unwrap(), want);
+        assert!(sys::identity_of(std::process::id(), 1_000_000).is_err());
     }
 }

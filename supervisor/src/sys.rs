@@ -35,7 +35,53 @@ pub fn user_notif_available() -> bool {
     rc == 0
 }
 
-/// Spawns `cmd` under `filter`: the child sets `PR_SET_NO_NEW_PRIVS` (unless root), installs
+/// Whether this process may install a filter with a listener: tried on a throwaway thread
+/// (a filter installed without TSYNC binds only the thread that installs it, and ends with it),
+/// with an allow-everything filter. Fails where a filter we run under already has a listener
+/// (EBUSY: a supervised program running `outsock run` again) or forbids `seccomp` (a
+/// container's profile).
+#[must_use]
+pub fn listener_installable() -> bool {
+    std::thread::spawn(|| {
+        let allow = [libc::sock_filter {
+            code: (libc::BPF_RET | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 0,
+            k: libc::SECCOMP_RET_ALLOW,
+        }];
+        let prog = libc::sock_fprog {
+            len: 1,
+            filter: allow.as_ptr().cast_mut(),
+        };
+        // SAFETY: prctl with integer arguments; no_new_privs binds this thread only.
+        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+            return false;
+        }
+        // SAFETY: `prog` points at one valid instruction that lives for the call.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                libc::SECCOMP_FILTER_FLAG_NEW_LISTENER,
+                std::ptr::from_ref(&prog),
+            )
+        };
+        if fd < 0 {
+            return false;
+        }
+        #[allow(clippy::cast_possible_truncation)] // A descriptor.
+        // SAFETY: the listener just returned to us, closed once.
+        unsafe {
+            libc::close(fd as RawFd);
+        }
+        true
+    })
+    .join()
+    .unwrap_or(false)
+}
+
+/// Spawns `cmd` under `filter`: the child asks for SIGKILL when the spawning thread dies
+/// (`PR_SET_PDEATHSIG`), sets `PR_SET_NO_NEW_PRIVS` (unless root), installs
 /// the filter with `SECCOMP_FILTER_FLAG_NEW_LISTENER` and passes the listener to us over a
 /// socketpair before it execs. Returns the child and the listener.
 ///
@@ -57,6 +103,10 @@ pub fn spawn(cmd: &mut Command, filter: Vec<libc::sock_filter>) -> io::Result<(C
         if rc != 0 {
             return Err(io::Error::from_raw_os_error(rc));
         }
+        // The program dies with the supervisor (SIGKILL included), as it would with
+        // `outsock run` exec'ing it: left alone its notified calls could only fail.
+        // SAFETY: prctl with integer arguments.
+        cvt(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) })?;
         if !root {
             // SAFETY: prctl with integer arguments.
             cvt(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })?;
@@ -128,6 +178,9 @@ pub fn pidfd(pid: u32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
+/// `SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP` (not in the libc crate).
+const SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP: libc::c_ulong = 1;
+
 /// The listener of the program's filter.
 #[derive(Debug)]
 pub struct Listener {
@@ -138,6 +191,22 @@ impl Listener {
     #[must_use]
     pub fn new(fd: OwnedFd) -> Self {
         Self { fd }
+    }
+
+    /// Asks for synchronous wake-ups (`SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP`, Linux 6.6): the
+    /// supervisor is woken on the notifying thread's CPU and the program on ours when
+    /// answered, a direct hand-over instead of a wake-up of another (perhaps idle) CPU. Older
+    /// kernels refuse it (EINVAL); the round trip is then the scheduler's.
+    pub fn sync_wake_up(&self) -> bool {
+        // SAFETY: NOTIF_SET_FLAGS takes the flags as its integer argument.
+        let rc = unsafe {
+            libc::ioctl(
+                self.fd.as_raw_fd(),
+                libc::SECCOMP_IOCTL_NOTIF_SET_FLAGS,
+                SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP,
+            )
+        };
+        rc == 0
     }
 
     /// Waits for a notification or for `child` (a pidfd, while it is given) to exit,
@@ -320,8 +389,18 @@ impl Listener {
 /// EFAULT for a short read; process_vm_readv's error otherwise.
 pub fn read_mem(pid: u32, addr: u64, len: usize) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; len];
+    read_into(pid, addr, &mut buf)?;
+    Ok(buf)
+}
+
+/// Fills `buf` from `addr` in thread `pid`'s memory (no allocation: the fast path's read).
+///
+/// # Errors
+/// EFAULT for a short read; process_vm_readv's error otherwise.
+pub fn read_into(pid: u32, addr: u64, buf: &mut [u8]) -> io::Result<()> {
+    let len = buf.len();
     if len == 0 {
-        return Ok(buf);
+        return Ok(());
     }
     let local = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
@@ -340,7 +419,7 @@ pub fn read_mem(pid: u32, addr: u64, len: usize) -> io::Result<Vec<u8>> {
     if n.unsigned_abs() != len {
         return Err(io::Error::from_raw_os_error(libc::EFAULT));
     }
-    Ok(buf)
+    Ok(())
 }
 
 /// Writes `data` at `addr` in thread `pid`'s memory.
@@ -422,6 +501,18 @@ pub fn identity(fd: RawFd) -> io::Result<(u64, u64)> {
     // SAFETY: fstat writes one stat to a valid pointer.
     cvt(unsafe { libc::fstat(fd, &mut st) })?;
     Ok((st.st_dev, st.st_ino))
+}
+
+/// The identity of thread `pid`'s descriptor `fd` (device, inode of the open file), from
+/// `/proc/PID/fd/FD` in one `stat`: cheaper than copying the descriptor when only its
+/// identity is wanted (getsockname/getpeername).
+///
+/// # Errors
+/// stat's error (ENOENT: no such descriptor or thread).
+pub fn identity_of(pid: u32, fd: RawFd) -> io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(format!("/proc/{pid}/fd/{fd}"))?;
+    Ok((m.dev(), m.ino()))
 }
 
 /// An int socket option of `fd`.

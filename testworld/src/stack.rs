@@ -218,14 +218,24 @@ impl Stack {
         }
     }
 
-    /// A command that runs `program` unmodified in `legacy` (nothing but `lo`) with liboutsock
-    /// preloaded by `outsock run`, talking to this stack's host-server.
+    /// A command that runs `program` unmodified in `legacy` (nothing but `lo`) through
+    /// `outsock run` as users run it — liboutsock preloaded, under the seccomp supervisor
+    /// where the kernel has it — talking to this stack's host-server.
     ///
     /// # Errors
     /// When `outsock` or liboutsock is not built.
     pub fn legacy(&self, program: &str) -> Result<Command> {
+        self.legacy_with(&[], program)
+    }
+
+    /// [`Stack::legacy`] with `outsock run` flags (`--shim-only`, `--supervisor-only`) first.
+    ///
+    /// # Errors
+    /// When `outsock` or liboutsock is not built.
+    pub fn legacy_with(&self, flags: &[&str], program: &str) -> Result<Command> {
         let mut cmd = self.world.legacy().command(artefact("outsock")?);
         cmd.arg("run")
+            .args(flags)
             .arg("--socket")
             .arg(self.host_sock())
             .arg("--shim")

@@ -2,16 +2,29 @@
 //! (DESIGN.md §10). Not a test: it prints figures.
 //!
 //! - throughput: `iperf3 -4` through outsock (from `legacy`) vs `iperf3 -6` natively (from
-//!   `host`), to the same iperf3 server in `world`, rounds alternating;
-//! - latency: connect + first byte of an echo, p50/p99, through outsock vs native, alternating
-//!   batches; the client is this same binary (`outsock-bench probe …`), preloaded with
-//!   liboutsock for the outsock side.
+//!   `host`), to the same iperf3 server in `world`, rounds alternating; outsock both as
+//!   `outsock run` runs it by default (liboutsock under the supervisor), `--shim-only` and
+//!   `--supervisor-only` (the supervisor translating the dynamic program, no preload);
+//! - latency: connect + first byte of an echo, p50/p99, through outsock (the same three ways)
+//!   vs native, alternating batches; the client is this same binary
+//!   (`outsock-bench probe …`, dynamic: liboutsock's in-process path does the work);
+//! - static: a Go client built here with CGO_ENABLED=0 (static, raw system calls, so only the
+//!   supervisor can translate it; skipped, saying why, without `go`): connect + first byte
+//!   p50/p99 to the echo server by name (resolved once, through the supervisor's DNS) and a
+//!   bulk transfer of [`BULK_BYTES`] over one TCP connection to a sink in `world` that reads
+//!   everything and answers once, under `outsock run` vs the same program natively over IPv6
+//!   from `host`, alternating;
+//!
+//! - notify: what one notified call that only continues costs — the supervisor's fast path, which
+//!   a dynamic program pays once per connect (liboutsock's connect to host.sock): p50 of a
+//!   connect of an AF_UNIX socket to a path that does not exist, under `outsock run
+//!   --supervisor-only` vs `--shim-only` (no filter), in `legacy`;
 //!
 //! - memory: host-server's resident memory per idle relayed TCP connection, with
 //!   [`IDLE_CONNECTIONS`] open at once (goal ≤ 16 KiB each).
 //!
 //! Usage: `outsock-bench [ROUNDS] [SECONDS] [PARTS]` (defaults 5, 5 and
-//! `throughput,latency,memory`), as root; PARTS picks which measurements run (also
+//! `throughput,latency,static,memory`), as root; PARTS picks which measurements run (also
 //! `latency-blocking`: the same probe with a blocking connect).
 
 #![forbid(unsafe_code)]
@@ -31,11 +44,91 @@ const PROBES_PER_BATCH: usize = 500;
 const IDLE_CONNECTIONS: usize = 10_000;
 /// The port of the sink in `world` that accepts and holds those connections.
 const SINK_PORT: u16 = 9000;
+/// The port of the drain in `world` that the static bulk transfer writes to.
+const DRAIN_PORT: u16 = 9001;
+/// Bytes per static bulk transfer (one TCP connection).
+const BULK_BYTES: u64 = 1 << 30;
+/// What the dynamic client runs under, besides native: `outsock run`'s flags.
+const OUTSOCK_MODES: [(&str, &[&str]); 3] = [
+    ("outsock (supervisor + shim, the default)", &[]),
+    ("outsock (--shim-only)", &["--shim-only"]),
+    ("outsock (--supervisor-only)", &["--supervisor-only"]),
+];
+
+/// The static client (`go build` with CGO_ENABLED=0): `probe NETWORK HOST:PORT N` prints N
+/// connect + first byte times in µs; `bulk NETWORK HOST:PORT BYTES` writes BYTES, half-closes,
+/// waits for the sink's 8-byte answer and prints Gbit/s. The address is resolved once.
+const GO_CLIENT: &str = r#"package main
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strconv"
+	"time"
+)
+
+func check(err error) {
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+}
+
+func main() {
+	mode, network, target := os.Args[1], os.Args[2], os.Args[3]
+	n, err := strconv.ParseInt(os.Args[4], 10, 64)
+	check(err)
+	addr, err := net.ResolveTCPAddr(network, target)
+	check(err)
+	out := bufio.NewWriter(os.Stdout)
+	defer out.Flush()
+	switch mode {
+	case "probe":
+		b := []byte{'x'}
+		for i := int64(0); i < n; i++ {
+			t := time.Now()
+			c, err := net.DialTCP(network, nil, addr)
+			check(err)
+			_, err = c.Write(b)
+			check(err)
+			_, err = io.ReadFull(c, b)
+			check(err)
+			fmt.Fprintf(out, "%.1f\n", float64(time.Since(t).Nanoseconds())/1e3)
+			c.Close()
+		}
+	case "bulk":
+		c, err := net.DialTCP(network, nil, addr)
+		check(err)
+		buf := make([]byte, 256*1024)
+		t := time.Now()
+		var sent int64
+		for sent < n {
+			w, err := c.Write(buf)
+			check(err)
+			sent += int64(w)
+		}
+		check(c.CloseWrite())
+		ack := make([]byte, 8)
+		_, err = io.ReadFull(c, ack)
+		check(err)
+		fmt.Fprintf(out, "%.3f\n", float64(sent)*8/time.Since(t).Seconds()/1e9)
+	}
+}
+"#;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("sink") {
         return sink(args.get(2).context("sink needs ADDR")?);
+    }
+    if args.get(1).map(String::as_str) == Some("unix-connect") {
+        return unix_connect(PROBES_PER_BATCH * 10);
+    }
+    if args.get(1).map(String::as_str) == Some("drain") {
+        return drain(args.get(2).context("drain needs ADDR")?);
     }
     if let Some(mode @ ("probe" | "probe-blocking")) = args.get(1).map(String::as_str) {
         return probe(
@@ -49,11 +142,20 @@ fn main() -> Result<()> {
     let secs: u32 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(5);
     let parts = args
         .get(3)
-        .map_or("throughput,latency,memory", String::as_str);
+        .map_or("throughput,latency,static,notify,memory", String::as_str);
     let wanted = |part: &str| parts.split(',').any(|p| p == part);
     for p in parts.split(',') {
-        if !["throughput", "latency", "latency-blocking", "memory"].contains(&p) {
-            bail!("unknown part {p:?}: PARTS is a comma-separated list of throughput, latency, latency-blocking, memory");
+        if ![
+            "throughput",
+            "latency",
+            "latency-blocking",
+            "static",
+            "notify",
+            "memory",
+        ]
+        .contains(&p)
+        {
+            bail!("unknown part {p:?}: PARTS is a comma-separated list of throughput, latency, latency-blocking, static, notify, memory");
         }
     }
     // One identity (this bench, by uid) holds every idle connection: lift its socket limit.
@@ -80,6 +182,12 @@ fn main() -> Result<()> {
     if wanted("latency-blocking") {
         latency(&s, rounds, true)?;
     }
+    if wanted("static") {
+        static_client(&s, rounds)?;
+    }
+    if wanted("notify") {
+        notify_cost(&s, rounds)?;
+    }
     if wanted("memory") {
         println!("\nmemory: host-server RSS with {idle} idle relayed TCP connections");
         idle_memory(&s, idle)?;
@@ -88,10 +196,12 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-/// iperf3 -4 through outsock vs iperf3 -6 native, rounds alternating.
+/// iperf3 -4 through outsock (each of [`OUTSOCK_MODES`]) vs iperf3 -6 native, rounds
+/// alternating.
 fn throughput(s: &Stack, rounds: usize, secs: u32) -> Result<()> {
     println!("throughput: iperf3 -4 through outsock vs iperf3 -6 native, {rounds} rounds of {secs} s, alternating");
-    let (mut native, mut outsock) = (Vec::new(), Vec::new());
+    let mut runs: Vec<(&str, Vec<f64>)> = vec![("native", Vec::new())];
+    runs.extend(OUTSOCK_MODES.iter().map(|(name, _)| (*name, Vec::new())));
     for _ in 0..rounds {
         let mut n = s.world.host().command("iperf3");
         n.args([
@@ -104,21 +214,23 @@ fn throughput(s: &Stack, rounds: usize, secs: u32) -> Result<()> {
             &secs.to_string(),
             "-J",
         ]);
-        native.push(iperf_gbps(&mut n)?);
-        let mut o = s.legacy("iperf3")?;
-        o.args([
-            "-4",
-            "-c",
-            zone::ECHO,
-            "-p",
-            "5201",
-            "-t",
-            &secs.to_string(),
-            "-J",
-        ]);
-        outsock.push(iperf_gbps(&mut o)?);
+        runs[0].1.push(iperf_gbps(&mut n)?);
+        for (i, (_, flags)) in OUTSOCK_MODES.iter().enumerate() {
+            let mut o = s.legacy_with(flags, "iperf3")?;
+            o.args([
+                "-4",
+                "-c",
+                zone::ECHO,
+                "-p",
+                "5201",
+                "-t",
+                &secs.to_string(),
+                "-J",
+            ]);
+            runs[i + 1].1.push(iperf_gbps(&mut o)?);
+        }
     }
-    report("Gbit/s", &mut native, &mut outsock, true);
+    report("Gbit/s", &mut runs, true);
     Ok(())
 }
 
@@ -133,23 +245,206 @@ fn latency(s: &Stack, rounds: usize, blocking: bool) -> Result<()> {
     };
     println!("\nlatency ({how}): connect + first byte to the echo server, {rounds} batches of {PROBES_PER_BATCH}, alternating");
     let me = std::env::current_exe()?;
-    let (mut native, mut outsock) = (Vec::new(), Vec::new());
+    let mut runs: Vec<(&str, Vec<f64>)> = vec![("native", Vec::new())];
+    runs.extend(OUTSOCK_MODES.iter().map(|(name, _)| (*name, Vec::new())));
     for _ in 0..rounds {
         let mut n = s.world.host().command(&me);
         n.args([mode, &format!("[{}]:{}", addr::ECHO, addr::ECHO_PORT)]);
-        native.extend(probe_output(&mut n)?);
-        let mut o = s.legacy(&me.display().to_string())?;
-        o.args([mode, &format!("{}:{}", zone::ECHO, addr::ECHO_PORT)]);
-        outsock.extend(probe_output(&mut o)?);
+        runs[0].1.extend(probe_output(&mut n)?);
+        for (i, (_, flags)) in OUTSOCK_MODES.iter().enumerate() {
+            let mut o = s.legacy_with(flags, &me.display().to_string())?;
+            o.args([mode, &format!("{}:{}", zone::ECHO, addr::ECHO_PORT)]);
+            runs[i + 1].1.extend(probe_output(&mut o)?);
+        }
     }
-    native.sort_by(f64::total_cmp);
-    outsock.sort_by(f64::total_cmp);
+    latency_report(&mut runs);
+    Ok(())
+}
+
+/// p50 and p99 of each run, and each one's difference to the first (native).
+fn latency_report(runs: &mut [(&str, Vec<f64>)]) {
+    for (_, v) in runs.iter_mut() {
+        v.sort_by(f64::total_cmp);
+    }
     for (label, q) in [("p50", 0.50), ("p99", 0.99)] {
-        let (n, o) = (quantile(&native, q), quantile(&outsock, q));
-        println!(
-            "  {label}: native {n:.1} µs, outsock {o:.1} µs, difference {:+.1} µs",
-            o - n
-        );
+        let base = quantile(&runs[0].1, q);
+        println!("  {label}: {} {base:.1} µs", runs[0].0);
+        for (name, v) in &runs[1..] {
+            let o = quantile(v, q);
+            println!("       {name} {o:.1} µs, difference {:+.1} µs", o - base);
+        }
+    }
+}
+
+/// One notified call that only continues (the supervisor's fast path) vs the same call with no
+/// filter, batches alternating.
+fn notify_cost(s: &Stack, rounds: usize) -> Result<()> {
+    let calls = PROBES_PER_BATCH * 10;
+    println!(
+        "\nnotify: connect(AF_UNIX) to a missing path, {rounds} batches of {calls}, alternating"
+    );
+    if !outsock_supervisor::available() {
+        println!("  skipped: seccomp user notification is unavailable on this kernel");
+        return Ok(());
+    }
+    let me = std::env::current_exe()?.display().to_string();
+    let mut runs: Vec<(&str, Vec<f64>)> = vec![
+        ("no filter (--shim-only)", Vec::new()),
+        ("notified (--supervisor-only)", Vec::new()),
+    ];
+    for _ in 0..rounds {
+        for (i, flags) in [["--shim-only"], ["--supervisor-only"]].iter().enumerate() {
+            let mut c = s.legacy_with(flags, &me)?;
+            c.arg("unix-connect");
+            runs[i].1.extend(probe_output(&mut c)?);
+        }
+    }
+    latency_report(&mut runs);
+    Ok(())
+}
+
+/// Connects an AF_UNIX socket to a path that does not exist `n` times; prints each call's µs.
+fn unix_connect(n: usize) -> Result<()> {
+    let path = std::path::Path::new("/nonexistent/outsock-bench.sock");
+    let mut out = String::new();
+    for _ in 0..n {
+        let t = Instant::now();
+        let r = std::os::unix::net::UnixStream::connect(path);
+        let us = t.elapsed().as_secs_f64() * 1e6;
+        if r.is_ok() {
+            bail!("{} exists", path.display());
+        }
+        out.push_str(&format!("{us:.2}\n"));
+    }
+    print!("{out}");
+    Ok(())
+}
+
+/// The Go client: connect + first byte and bulk throughput under `outsock run` (the supervisor
+/// translates it; liboutsock cannot load into a static binary) vs natively over IPv6.
+fn static_client(s: &Stack, rounds: usize) -> Result<()> {
+    println!("\nstatic: a CGO_ENABLED=0 Go client under `outsock run` vs the same client native over IPv6");
+    if !outsock_supervisor::available() {
+        println!("  skipped: seccomp user notification is unavailable on this kernel");
+        return Ok(());
+    }
+    let dir = std::env::temp_dir().join(format!("outsock-bench-go-{}", std::process::id()));
+    let built = go_build(&dir);
+    let bin = match built {
+        Ok(Some(bin)) => bin,
+        Ok(None) => {
+            println!("  skipped: go is not installed (golang-go, scripts/install-deps)");
+            let _ = std::fs::remove_dir_all(&dir);
+            return Ok(());
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+    };
+    let result = static_runs(s, rounds, &bin);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn static_runs(s: &Stack, rounds: usize, bin: &std::path::Path) -> Result<()> {
+    let prog = bin.display().to_string();
+    let count = PROBES_PER_BATCH.to_string();
+    println!("  latency: connect + first byte to the echo server, {rounds} batches of {PROBES_PER_BATCH}, alternating");
+    let mut runs: Vec<(&str, Vec<f64>)> = vec![
+        ("native (tcp6)", Vec::new()),
+        ("outsock (tcp4 by name)", Vec::new()),
+    ];
+    let native_echo = format!("[{}]:{}", addr::ECHO, addr::ECHO_PORT);
+    let by_name_echo = format!("{}:{}", zone::ECHO, addr::ECHO_PORT);
+    for _ in 0..rounds {
+        let mut n = s.world.host().command(bin);
+        n.args(["probe", "tcp6", &native_echo, &count]);
+        runs[0].1.extend(probe_output(&mut n)?);
+        let mut o = s.legacy(&prog)?;
+        o.args(["probe", "tcp4", &by_name_echo, &count]);
+        runs[1].1.extend(probe_output(&mut o)?);
+    }
+    latency_report(&mut runs);
+
+    let mut drain = s.world.world().command(std::env::current_exe()?);
+    drain
+        .arg("drain")
+        .arg(SocketAddr::new(addr::ECHO.into(), DRAIN_PORT).to_string());
+    drain.stdout(Stdio::piped());
+    let mut drain = s.world.world().spawn("drain", drain)?;
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(drain.take_stdout().context("drain stdout")?),
+        &mut line,
+    )?;
+    if line.trim() != "ready" {
+        bail!("the drain did not start");
+    }
+    let mib = BULK_BYTES >> 20;
+    println!("  throughput: {mib} MiB over one TCP connection to a drain in world, {rounds} rounds, alternating");
+    let bytes = BULK_BYTES.to_string();
+    let mut runs: Vec<(&str, Vec<f64>)> = vec![("native", Vec::new()), ("outsock", Vec::new())];
+    let native_drain = format!("[{}]:{DRAIN_PORT}", addr::ECHO);
+    let by_name_drain = format!("{}:{DRAIN_PORT}", zone::ECHO);
+    for _ in 0..rounds {
+        let mut n = s.world.host().command(bin);
+        n.args(["bulk", "tcp6", &native_drain, &bytes]);
+        runs[0].1.extend(probe_output(&mut n)?);
+        let mut o = s.legacy(&prog)?;
+        o.args(["bulk", "tcp4", &by_name_drain, &bytes]);
+        runs[1].1.extend(probe_output(&mut o)?);
+    }
+    report("Gbit/s", &mut runs, true);
+    drop(drain);
+    Ok(())
+}
+
+/// Builds [`GO_CLIENT`] in `dir` with CGO_ENABLED=0, as the e2e tests build theirs; `None`
+/// when `go` is missing.
+fn go_build(dir: &std::path::Path) -> Result<Option<std::path::PathBuf>> {
+    if Command::new("go").arg("version").output().is_err() {
+        return Ok(None);
+    }
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join("main.go"), GO_CLIENT)?;
+    let bin = dir.join("client");
+    let out = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&bin)
+        .arg("main.go")
+        .current_dir(dir)
+        .env("CGO_ENABLED", "0")
+        .env("GOCACHE", dir.join("cache"))
+        .env("GOPATH", dir.join("gopath"))
+        .env("HOME", dir)
+        .env("GOFLAGS", "")
+        .output()?;
+    if !out.status.success() {
+        bail!("go build: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(Some(bin))
+}
+
+/// The drain (run inside `world`): reads each connection to its end, then answers with the
+/// byte count (8 bytes, big endian); prints "ready".
+fn drain(at: &str) -> Result<()> {
+    let l = std::net::TcpListener::bind(at)?;
+    println!("ready");
+    std::io::stdout().flush()?;
+    for c in l.incoming().flatten() {
+        std::thread::spawn(move || {
+            let mut c = c;
+            let mut buf = vec![0u8; 256 * 1024];
+            let mut total: u64 = 0;
+            loop {
+                match c.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => total += n as u64,
+                }
+            }
+            let _ = c.write_all(&total.to_be_bytes());
+        });
     }
     Ok(())
 }
@@ -342,26 +637,30 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
     sorted[i]
 }
 
-fn report(unit: &str, native: &mut [f64], outsock: &mut [f64], higher_is_better: bool) {
-    native.sort_by(f64::total_cmp);
-    outsock.sort_by(f64::total_cmp);
-    let line = |name: &str, v: &[f64]| {
+/// min/median/max of each run, and each one's ratio of medians to the first (native).
+fn report(unit: &str, runs: &mut [(&str, Vec<f64>)], higher_is_better: bool) {
+    for (_, v) in runs.iter_mut() {
+        v.sort_by(f64::total_cmp);
+    }
+    for (name, v) in runs.iter() {
         println!(
-            "  {name:8} min {:.2}  median {:.2}  max {:.2} {unit}",
+            "  {name:42} min {:.2}  median {:.2}  max {:.2} {unit}",
             v[0],
             quantile(v, 0.5),
             v[v.len() - 1]
         );
-    };
-    line("native", native);
-    line("outsock", outsock);
-    let ratio = quantile(outsock, 0.5) / quantile(native, 0.5);
-    println!(
-        "  ratio of medians (outsock / native): {ratio:.3}{}",
-        if higher_is_better {
-            "  (goal ≥ 0.95)"
-        } else {
-            ""
-        }
-    );
+    }
+    let base = quantile(&runs[0].1, 0.5);
+    for (name, v) in &runs[1..] {
+        let ratio = quantile(v, 0.5) / base;
+        println!(
+            "  ratio of medians ({name} / {}): {ratio:.3}{}",
+            runs[0].0,
+            if higher_is_better {
+                "  (goal ≥ 0.95)"
+            } else {
+                ""
+            }
+        );
+    }
 }

@@ -14,62 +14,17 @@
 #![allow(clippy::unwrap_used)]
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, TcpStream};
 use std::process::{Child, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use outsock_e2e::{stack, text};
-use socket2::{Domain, Socket, Type};
+use outsock_e2e::{connect_from_client, stack, text, wait_tcp_listener};
 use testworld::addr;
 use testworld::stack::Stack;
 
 const PORTS: &str = "[listen]\nallowed_ports = [8080, 8085]\n";
-
-/// host-server's listener on TCP `port` in `host`, as `ss -Hltn` shows it (empty: none).
-fn ss_listener(s: &Stack, port: u16) -> String {
-    let out = s
-        .world
-        .host()
-        .command("ss")
-        .args(["-Hltn", &format!("sport = :{port}")])
-        .output()
-        .unwrap();
-    text(&out.stdout)
-}
-
-/// Waits until `ok` holds for host-server's listener line on `port`.
-fn wait_listener(s: &Stack, port: u16, what: &str, ok: impl Fn(&str) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let line = ss_listener(s, port);
-        if ok(&line) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "port {port}: {what} not seen after 15 s (ss: {line:?})\n{}",
-            s.logs()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// A TCP connection from [`addr::CLIENT`] to the host's IPv6 address (call inside `world`).
-fn connect_from_client(port: u16) -> TcpStream {
-    let sock = Socket::new(Domain::IPV6, Type::STREAM, None).unwrap();
-    sock.bind(&SocketAddr::new(addr::CLIENT.into(), 0).into())
-        .unwrap();
-    sock.connect_timeout(
-        &SocketAddr::new(addr::HOST.into(), port).into(),
-        Duration::from_secs(5),
-    )
-    .unwrap();
-    let t: TcpStream = sock.into();
-    t.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
-    t
-}
 
 /// In the source pool (172.21.112.0/20).
 fn in_source_pool(a: Ipv4Addr) -> bool {
@@ -174,7 +129,7 @@ fn nginx_master_and_two_workers_serve_every_request_with_its_peer() {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let server = cmd.spawn().unwrap();
-    wait_listener(&s, 8080, "host-server's listener", |l| l.contains(":8080"));
+    wait_tcp_listener(&s, 8080, "host-server's listener", |l| l.contains(":8080"));
 
     const TOTAL: usize = 5000;
     let failures = load(&s, 8080, TOTAL, 64, |i, mut c| {
@@ -268,7 +223,7 @@ fn prefork_children_and_threads_each_get_their_own_connection() {
     let server = cmd.spawn().unwrap();
     // listen(128) after listen(8) succeeded, and host-server's listener took the new backlog
     // (`ss` shows a listener's backlog as its Send-Q).
-    wait_listener(&s, 8085, "backlog 128", |l| {
+    wait_tcp_listener(&s, 8085, "backlog 128", |l| {
         l.split_whitespace().nth(2) == Some("128")
     });
     let peer = s.dummy_for(addr::CLIENT);
@@ -333,5 +288,5 @@ fn prefork_children_and_threads_each_get_their_own_connection() {
         "only {served_by} process served 2,000 connections\n{context}"
     );
     // The children died with the parent: the listener closed.
-    wait_listener(&s, 8085, "closed listener", str::is_empty);
+    wait_tcp_listener(&s, 8085, "closed listener", str::is_empty);
 }

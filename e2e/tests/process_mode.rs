@@ -8,12 +8,11 @@
 #![allow(clippy::unwrap_used)]
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, Shutdown};
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use outsock_e2e::{stack, text};
-use socket2::{Domain, Socket, Type};
+use outsock_e2e::{connect_from_client, stack, text, wait_listening};
 use testworld::stack::Stack;
 use testworld::{addr, big_file_byte, programs, zone, BIG_FILE_LEN, INDEX_BODY};
 
@@ -45,29 +44,6 @@ fn ok(s: &Stack, out: &Output, what: &str) -> String {
     text(&out.stdout)
 }
 
-/// Waits until host-server listens on TCP `port` in `host` (seen with `ss`).
-fn wait_listening(s: &Stack, port: u16, want: bool) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let out = s
-            .world
-            .host()
-            .command("ss")
-            .args(["-Hltn", &format!("sport = :{port}")])
-            .output()
-            .unwrap();
-        if text(&out.stdout).contains(&format!(":{port}")) == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "port {port} listening != {want} after 15 s\n{}",
-            s.logs()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// An IPv6 client in `world`, bound to [`addr::CLIENT`] so the host sees a known peer, that
 /// sends `data` to the host's `port`, half-closes and returns what came back.
 fn world_client(s: &Stack, port: u16, data: &'static [u8]) -> Vec<u8> {
@@ -82,19 +58,6 @@ fn world_client(s: &Stack, port: u16, data: &'static [u8]) -> Vec<u8> {
             back
         })
         .unwrap()
-}
-
-/// A TCP connection from [`addr::CLIENT`] to the host's IPv6 address (call inside `world`).
-fn connect_from_client(port: u16) -> TcpStream {
-    let sock = Socket::new(Domain::IPV6, Type::STREAM, None).unwrap();
-    sock.bind(&SocketAddr::new(addr::CLIENT.into(), 0).into())
-        .unwrap();
-    sock.connect_timeout(
-        &SocketAddr::new(addr::HOST.into(), port).into(),
-        Duration::from_secs(5),
-    )
-    .unwrap();
-    sock.into()
 }
 
 #[test]

@@ -17,14 +17,13 @@
 #![allow(clippy::unwrap_used)]
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
 use std::time::{Duration, Instant};
 
-use outsock_e2e::{stack, text};
-use socket2::{Domain, Socket, Type};
+use outsock_e2e::{connect_from_client, stack, text, wait_listening};
 use testworld::stack::{artefact, Stack};
 use testworld::{addr, zone, INDEX_BODY};
 
@@ -440,28 +439,13 @@ fn go_client(test: &str, dir: &Path) -> Option<PathBuf> {
 
 /// `source` built with CGO_ENABLED=0, or `None` after [`skip`].
 fn go_build(test: &str, dir: &Path, source: &str) -> Option<PathBuf> {
-    if Command::new("go").arg("version").output().is_err() {
+    let Some(bin) = testworld::programs::build_go(dir, "client", source).unwrap() else {
         skip(
             test,
             "go is not installed (golang-go, scripts/install-deps)",
         );
         return None;
-    }
-    std::fs::write(dir.join("main.go"), source).unwrap();
-    let bin = dir.join("client");
-    let out = Command::new("go")
-        .args(["build", "-o"])
-        .arg(&bin)
-        .arg("main.go")
-        .current_dir(dir)
-        .env("CGO_ENABLED", "0")
-        .env("GOCACHE", dir.join("cache"))
-        .env("GOPATH", dir.join("gopath"))
-        .env("HOME", dir)
-        .env("GOFLAGS", "")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "go build: {}", text(&out.stderr));
+    };
     let file = text(&Command::new("file").arg(&bin).output().unwrap().stdout);
     assert!(file.contains("statically linked"), "{file}");
     Some(bin)
@@ -736,44 +720,6 @@ fn descendants_stay_supervised_after_the_program_exits() {
 /// host-server may listen on these guest ports in the listener tests.
 const PORTS: &str = "[listen]\nallowed_ports = [8080, 8081, 8082]\n";
 
-/// Waits until host-server listens on TCP `port` in `host` (seen with `ss`).
-fn wait_listening(s: &Stack, port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let out = s
-            .world
-            .host()
-            .command("ss")
-            .args(["-Hltn", &format!("sport = :{port}")])
-            .output()
-            .unwrap();
-        if text(&out.stdout).contains(&format!(":{port}")) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "nothing listens on port {port} after 20 s\n{}",
-            s.logs()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// A TCP connection from [`addr::CLIENT`] to the host's IPv6 address (call inside `world`).
-fn connect_from_client(port: u16) -> TcpStream {
-    let sock = Socket::new(Domain::IPV6, Type::STREAM, None).unwrap();
-    sock.bind(&SocketAddr::new(addr::CLIENT.into(), 0).into())
-        .unwrap();
-    sock.connect_timeout(
-        &SocketAddr::new(addr::HOST.into(), port).into(),
-        Duration::from_secs(5),
-    )
-    .unwrap();
-    let t: TcpStream = sock.into();
-    t.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
-    t
-}
-
 /// Sends `data` from an IPv6 client in `world` to the host's `port` and reads the answer to
 /// its end.
 fn world_request(s: &Stack, port: u16, data: &'static [u8]) -> String {
@@ -921,7 +867,7 @@ fn prefork_children_accept_each_connection_once() {
     let mut server = supervised_command(&s, &["timeout", "90"], &bin, &[]);
     server.stdout(Stdio::piped()).stderr(Stdio::piped());
     let server = server.spawn().unwrap();
-    wait_listening(&s, 8080);
+    wait_listening(&s, 8080, true);
     const CLIENTS: usize = 12;
     let replies = s
         .world
@@ -1005,7 +951,7 @@ fn static_httpd_serves_an_ipv6_client_and_logs_its_dummy() {
     );
     server.stdout(Stdio::piped()).stderr(Stdio::piped());
     let server = server.spawn().unwrap();
-    wait_listening(&s, 8081);
+    wait_listening(&s, 8081, true);
     let page = world_request(&s, 8081, b"GET /page.txt HTTP/1.0\r\n\r\n");
     assert!(page.contains("200 OK"), "{page}");
     assert!(page.ends_with("static busybox httpd\n"), "{page}");
@@ -1074,7 +1020,7 @@ fn go_server_sees_the_ipv6_clients_dummy() {
     let mut server = supervised_command(&s, &["timeout", "60"], &bin, &[]);
     server.stdout(Stdio::piped()).stderr(Stdio::piped());
     let server = server.spawn().unwrap();
-    wait_listening(&s, 8082);
+    wait_listening(&s, 8082, true);
     let answer = world_request(&s, 8082, b"GET / HTTP/1.0\r\n\r\n");
     let out = server.wait_with_output().unwrap();
     let stdout = ok(&s, &out, "go server");
@@ -1355,7 +1301,7 @@ fn a_daemonized_static_httpd_stays_served() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    wait_listening(&s, 8081);
+    wait_listening(&s, 8081, true);
     let page = world_request(&s, 8081, b"GET /page.txt HTTP/1.0\r\n\r\n");
     assert!(page.ends_with("daemonized busybox httpd\n"), "{page}");
     assert!(

@@ -131,3 +131,35 @@ pub fn build_c(dir: &Path, name: &str, parts: &[&str]) -> Result<PathBuf> {
     }
     Ok(bin)
 }
+
+/// Builds the Go program `source` (one `main.go`, standard library only) with Debian's
+/// golang-go and `CGO_ENABLED=0` — a static binary making raw system calls — into `dir/name`,
+/// with its build cache and GOPATH under `dir`. `None` when `go` is not installed.
+///
+/// # Errors
+/// When the source cannot be written or `go build` fails (its messages are in the error).
+pub fn build_go(dir: &Path, name: &str, source: &str) -> Result<Option<PathBuf>> {
+    if Command::new("go").arg("version").output().is_err() {
+        return Ok(None);
+    }
+    let src = dir.join(format!("{name}-src"));
+    std::fs::create_dir_all(&src).with_context(|| format!("creating {}", src.display()))?;
+    std::fs::write(src.join("main.go"), source).context("writing main.go")?;
+    let bin = dir.join(name);
+    let out = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&bin)
+        .arg("main.go")
+        .current_dir(&src)
+        .env("CGO_ENABLED", "0")
+        .env("GOCACHE", dir.join("go-cache"))
+        .env("GOPATH", dir.join("gopath"))
+        .env("HOME", dir)
+        .env("GOFLAGS", "")
+        .output()
+        .context("running go build")?;
+    if !out.status.success() {
+        bail!("go build {name}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(Some(bin))
+}

@@ -329,7 +329,7 @@ fn static_client(s: &Stack, rounds: usize) -> Result<()> {
         return Ok(());
     }
     let dir = std::env::temp_dir().join(format!("outsock-bench-go-{}", std::process::id()));
-    let built = go_build(&dir);
+    let built = testworld::programs::build_go(&dir, "client", GO_CLIENT);
     let bin = match built {
         Ok(Some(bin)) => bin,
         Ok(None) => {
@@ -398,32 +398,6 @@ fn static_runs(s: &Stack, rounds: usize, bin: &std::path::Path) -> Result<()> {
     report("Gbit/s", &mut runs, true);
     drop(drain);
     Ok(())
-}
-
-/// Builds [`GO_CLIENT`] in `dir` with CGO_ENABLED=0, as the e2e tests build theirs; `None`
-/// when `go` is missing.
-fn go_build(dir: &std::path::Path) -> Result<Option<std::path::PathBuf>> {
-    if Command::new("go").arg("version").output().is_err() {
-        return Ok(None);
-    }
-    std::fs::create_dir_all(dir)?;
-    std::fs::write(dir.join("main.go"), GO_CLIENT)?;
-    let bin = dir.join("client");
-    let out = Command::new("go")
-        .args(["build", "-o"])
-        .arg(&bin)
-        .arg("main.go")
-        .current_dir(dir)
-        .env("CGO_ENABLED", "0")
-        .env("GOCACHE", dir.join("cache"))
-        .env("GOPATH", dir.join("gopath"))
-        .env("HOME", dir)
-        .env("GOFLAGS", "")
-        .output()?;
-    if !out.status.success() {
-        bail!("go build: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(Some(bin))
 }
 
 /// The drain (run inside `world`): reads each connection to its end, then answers with the

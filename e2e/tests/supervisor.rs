@@ -183,6 +183,37 @@ fn static_busybox_wget_by_name() {
     assert_eq!(ok(&s, &old, "busybox wget (--supervise)"), INDEX_BODY);
 }
 
+/// busybox-static's `nc` client to the world's TCP echo server by name: the line comes back.
+#[test]
+fn static_busybox_nc_client_by_name() {
+    let test = "static_busybox_nc_client_by_name";
+    if !can_supervise(test) {
+        return;
+    }
+    let Some(s) = stack("sup-bb-nc", "") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let Some(bb) = busybox_static(test, dir.path()) else {
+        return;
+    };
+    // The shell feeds the line; the connect is the static nc's own.
+    let script = format!(
+        "printf 'static nc line\\n' | {} nc -w 10 {} {}",
+        bb.display(),
+        zone::ECHO,
+        addr::ECHO_PORT
+    );
+    let out = supervised(&s, Path::new("/bin/sh"), &["-c", &script]);
+    assert_eq!(ok(&s, &out, "busybox nc"), "static nc line\n");
+    // Without the supervisor the static nc reaches nothing.
+    let plain = run_with(&s, &["--shim-only"], Path::new("/bin/sh"), &["-c", &script]);
+    assert!(
+        !text(&plain.stdout).contains("static nc line"),
+        "busybox-static nc was echoed with --shim-only"
+    );
+}
+
 #[test]
 fn supervisor_only_serves_a_dynamic_program_without_the_preload() {
     let test = "supervisor_only_serves_a_dynamic_program_without_the_preload";

@@ -96,6 +96,7 @@ mod host;
 mod serve;
 #[allow(unsafe_code)]
 mod sys;
+pub mod transport;
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -176,11 +177,19 @@ pub fn run(cmd: &mut Command, opts: &Options) -> Result<ExitStatus, RunError> {
             std::process::exit(128 + sig);
         }
     });
+    // Inside a VM (liboutsock's transport setting) host-server is reached over vsock, and the
+    // guest's resolv.conf names its loopback forwarder, which resolvers reach natively.
+    let vsock = transport::vsock_port();
+    let nameservers = if vsock.is_some() {
+        Vec::new()
+    } else {
+        nameservers(&opts.resolv_conf)
+    };
     let shared = serve::Shared::new(
         sys::Listener::new(listener),
-        host::HostServer::new(opts.host_socket.clone()),
+        host::HostServer::new(opts.host_socket.clone()).over_vsock(vsock),
         opts.guest_dns,
-        nameservers(&opts.resolv_conf),
+        nameservers,
     );
     serve::serve(shared, &mut child).map_err(RunError::Wait)
 }

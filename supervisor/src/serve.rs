@@ -395,8 +395,12 @@ fn install(s: &Shared, n: &Notif, new: &OwnedFd, nonblocking: bool) -> Result<()
 fn tcp(s: &Shared, n: &Notif, copy: &OwnedFd, dest: SocketAddrV4, dns: bool) -> Outcome {
     let nonblocking = nonblocking(copy);
     let target = if dns { s.guest_dns } else { dest };
-    // As liboutsock in process mode: the socket comes back while its connect is under way.
-    let answer = match s.host.request(&connect_request(target, true, true)) {
+    // As liboutsock: in process mode the socket comes back while its connect is under way;
+    // inside a VM host-server relays on the request's stream, answering a blocking connect
+    // once it is made.
+    let pass_fd = s.host.passes_fds();
+    let req = connect_request(target, pass_fd, nonblocking || pass_fd);
+    let answer = match s.host.request(&req) {
         Ok(a) => a,
         Err(e) => return errno(e),
     };
@@ -651,7 +655,8 @@ fn bind(s: &Shared, n: &Notif, bytes: &[u8]) -> Outcome {
         0 => Outcome::Return(0),
         e => Outcome::Fail(e),
     };
-    if !is_outsourced(addr) || !inet_stream(&copy) {
+    // Inside a VM listeners stay the kernel's (see `transport`).
+    if !is_outsourced(addr) || !inet_stream(&copy) || !s.host.passes_fds() {
         return native();
     }
     match s.view(copy.as_raw_fd()) {
@@ -703,7 +708,10 @@ fn listen(shared: &Arc<Shared>, n: Notif) {
         }
         Some(v) if v.kind == Kind::Bound => v.local,
         // Not bound at all: as liboutsock, host-server picks (port 0).
-        None if inet_stream(&copy) && sys::local_port(copy.as_raw_fd()).is_ok_and(|p| p == 0) => {
+        None if shared.host.passes_fds()
+            && inet_stream(&copy)
+            && sys::local_port(copy.as_raw_fd()).is_ok_and(|p| p == 0) =>
+        {
             SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)
         }
         // Made here otherwise, bound natively (loopback), another family: the kernel's.

@@ -704,3 +704,28 @@ pub fn wait_readable(fd: RawFd, timeout_ms: c_int) -> bool {
     let n = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
     n > 0
 }
+
+/// An `AF_VSOCK` stream connected to `cid:port`, close-on-exec (the transport inside a VM).
+///
+/// # Errors
+/// socket's or connect's error.
+pub fn vsock_connect(cid: u32, port: u32) -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2) call; the result is a new descriptor or -1.
+    let fd =
+        cvt(unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) })?;
+    // SAFETY: a descriptor just made, owned from here.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: sockaddr_vm is plain data; all-zero is a valid value.
+    let mut a: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
+    #[allow(clippy::cast_possible_truncation)] // AF_VSOCK fits sa_family_t.
+    {
+        a.svm_family = libc::AF_VSOCK as libc::sa_family_t;
+    }
+    a.svm_cid = cid;
+    a.svm_port = port;
+    #[allow(clippy::cast_possible_truncation)] // 16 bytes.
+    let len = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
+    // SAFETY: a valid sockaddr_vm of `len` bytes; the kernel copies it.
+    cvt(unsafe { libc::connect(fd.as_raw_fd(), std::ptr::from_ref(&a).cast(), len) })?;
+    Ok(fd)
+}

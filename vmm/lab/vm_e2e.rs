@@ -4,7 +4,8 @@
 //!
 //! The guest fetches its test script from the world's HTTP server (so the script is not
 //! bound by the 2 KiB kernel command line) and runs, unmodified: outbound clients by name
-//! (curl, wget, busybox wget, netcat over TCP and UDP, kdig over UDP and TCP, python3 clients
+//! (curl, wget, busybox wget, busybox-static wget and a CGO_ENABLED=0 Go client through /init's
+//! seccomp supervisor, netcat over TCP and UDP, kdig over UDP and TCP, python3 clients
 //! over TCP, asyncio and UDP, a 4 MiB file with its md5, `iperf3 -4` of 100 MiB); C programs
 //! compiled by the driver (connects on descriptors above 69,000; `close_range` and `closefrom`
 //! over outsourced descriptors whose numbers are then reused); inbound servers (busybox httpd,
@@ -27,11 +28,13 @@ use crate::vm_world::{self, IPERF_PORT, WHOAMI_PORT};
 use crate::{Driver, Run, RunOpts};
 
 /// The checks this group reports, in order.
-pub const NAMES: [&str; 16] = [
+pub const NAMES: [&str; 18] = [
     "vm-boot",
     "vm-curl",
     "vm-wget",
     "vm-busybox-wget",
+    "vm-static-wget",
+    "vm-go-client",
     "vm-nc",
     "vm-udp",
     "vm-kdig",
@@ -46,6 +49,8 @@ pub const NAMES: [&str; 16] = [
     "vm-run",
 ];
 const VM_SOCKET: &str = "/tmp/outsock-lab-vm0.vsock";
+/// The Go client `run` builds from `go-client.go` into the binaries' folder (`--bin-dir`).
+const GO_CLIENT: &str = "lab-go-client";
 /// Guest ports the inbound checks listen on (host-server's allow-list).
 const HTTPD_PORT: u16 = 8080;
 const NC_PORT: u16 = 8081;
@@ -94,6 +99,10 @@ fn guest_script() -> String {
 curl -4 -sS -m 30 http://$V6/index.html; echo CURL-RC=$?
 /usr/bin/wget -4 -q -T 30 -O - http://$V6/index.html; echo WGET-RC=$?
 timeout 30 /usr/local/bin/busybox wget -q -O - http://$V6/index.html; echo BBWGET-RC=$?
+timeout 30 /bin/busybox wget -q -O - http://$V6/index.html; echo STATICWGET-RC=$?
+curl -4 -sS -m 30 -o /tmp/go-client http://$V6/go-client && chmod 755 /tmp/go-client
+timeout 60 /tmp/go-client $V6 >/tmp/go.out 2>/tmp/go.err; echo GO-RC=$?
+sed 's/^/GO /' /tmp/go.out; sed 's/^/GO-ERR /' /tmp/go.err
 echo via-netcat | /usr/bin/nc.traditional -q 3 -w 20 $ECHO 7; echo NC-RC=$?
 echo via-udp | /usr/bin/nc.traditional -u -q 3 -w 10 $ECHO 7; echo NCU-RC=$?
 A=$(kdig +short +timeout=5 @$DNS $V6 A); echo KDIG-RC=$? KDIG-UDP=$A
@@ -284,6 +293,11 @@ fn attempt(d: &Driver, retry_on_crash: bool) -> anyhow::Result<Attempt> {
         "close_range",
         &[programs::C_COMMON, programs::C_CLOSE_RANGE],
     )?;
+    // Built by `run` (CGO_ENABLED=0) next to the guest binaries; a missing one fails
+    // vm-go-client (the guest's fetch fails).
+    if let Some(bins) = &d.args.bin_dir {
+        let _ = std::fs::copy(bins.join(GO_CLIENT), www.join("go-client"));
+    }
     let host_sock = stack.host_sock().to_string_lossy().into_owned();
     // Not in the results folder: a 9p share cannot hold a socket.
     let notify = Notify::bind(
@@ -595,9 +609,10 @@ fn judge(
         d.report(
             name,
             rc.as_deref() == Some("0"),
-            &format!("{what}: exit {rc:?}; index bodies on the console: {bodies}/3"),
+            &format!("{what}: exit {rc:?}; index bodies on the console: {bodies}"),
         );
     }
+    static_clients(d, run, mappings);
     let nc_rc = rc_of("NC-RC=");
     d.report(
         "vm-nc",
@@ -873,6 +888,71 @@ fn nginx(d: &mut Driver, run: &Run, seen: &NginxSeen) {
             seen.port_free.as_ref().err().map_or(String::new(), |e| format!(" (httpd's listener: {e})")),
             dummy.map_or("none".to_owned(), |a| a.to_string()),
             if errlog.is_empty() { String::new() } else { format!(", e.g. {errlog:?}") },
+        ),
+    );
+}
+
+/// The static programs /init's supervisor outsources over vsock: Debian's busybox-static (the
+/// image's /bin/busybox: static glibc, its own resolver asking the loopback forwarder) and the
+/// Go client (CGO_ENABLED=0), both by name. The guest has no network device, so a connect not
+/// outsourced fails (ENETUNREACH); the Go client's RemoteAddr must be the dummy IPv4 that
+/// dns-cache maps to the name's IPv6 address.
+fn static_clients(d: &mut Driver, run: &Run, mappings: &[(Ipv4Addr, Ipv6Addr)]) {
+    let rc_of = |m: &str| {
+        run.lines.iter().find_map(|(_, l)| {
+            l.trim()
+                .strip_prefix(m)
+                .and_then(|v| v.split_whitespace().next().map(str::to_owned))
+        })
+    };
+    let supervised = run.has("OUTSOCK-INIT: supervisor on");
+    let rc = rc_of("STATICWGET-RC=");
+    d.report(
+        "vm-static-wget",
+        supervised && rc.as_deref() == Some("0"),
+        &format!(
+            "busybox-static wget (the image's /bin/busybox) by name under /init's supervisor ({}): exit {rc:?}",
+            if supervised { "on" } else { "NOT on" }
+        ),
+    );
+    let out: Vec<&str> = run
+        .lines
+        .iter()
+        .filter_map(|(_, l)| l.trim_end().strip_prefix("GO "))
+        .collect();
+    let errs: Vec<&str> = run
+        .lines
+        .iter()
+        .filter_map(|(_, l)| l.trim_end().strip_prefix("GO-ERR "))
+        .collect();
+    let remote = out
+        .iter()
+        .find_map(|l| l.strip_prefix("remote "))
+        .and_then(|a| a.trim().parse::<std::net::SocketAddrV4>().ok());
+    let mapped = remote.and_then(|r| {
+        mappings
+            .iter()
+            .find(|(m, _)| m == r.ip())
+            .map(|(_, v6)| *v6)
+    });
+    let go_rc = rc_of("GO-RC=");
+    let body = out.iter().any(|l| l.contains(INDEX_BODY.trim()));
+    d.report(
+        "vm-go-client",
+        supervised
+            && go_rc.as_deref() == Some("0")
+            && remote.is_some_and(|r| r.port() == 80 && in_pool(*r.ip(), Ipv4Addr::new(10, 170, 160, 0)))
+            && mapped == Some(addr::HTTP)
+            && body
+            && out.iter().any(|l| l.contains(" 200 ")),
+        &format!(
+            "Go client (CGO_ENABLED=0) dials {} over tcp4 by name: exit {go_rc:?}, RemoteAddr {} (dns-cache maps it to {}; want {}), page {}{}",
+            zone::V6ONLY,
+            remote.map_or("none".to_owned(), |r| r.to_string()),
+            mapped.map_or("nothing".to_owned(), |a| a.to_string()),
+            addr::HTTP,
+            if body { "printed" } else { "missing" },
+            if errs.is_empty() { String::new() } else { format!(", stderr {errs:?}") },
         ),
     );
 }

@@ -97,15 +97,7 @@ impl HostServer {
             .set_read_timeout(Some(ANSWER_TIMEOUT))
             .map_err(|_| Errno::EPROTO)?;
         (&stream).write_all(&frame).map_err(|_| Errno::EPROTO)?;
-        let mut buf = vec![0u8; HEADER_LEN];
-        let mut passed = None;
-        read_exact_with_fd(&stream, &mut buf, &mut passed)?;
-        let Ok(Some(total)) = frame_len(&buf) else {
-            return Err(Errno::EPROTO);
-        };
-        buf.resize(total, 0);
-        read_exact_with_fd(&stream, &mut buf[HEADER_LEN..], &mut passed)?;
-        let msg = decode_exact::<ToGuest>(&buf).map_err(|_| Errno::EPROTO)?;
+        let (msg, passed) = read_frame(&stream)?;
         // The answer timeout must not outlive the request: a relayed stream becomes the
         // program's socket.
         stream.set_read_timeout(None).map_err(|_| Errno::EPROTO)?;
@@ -115,6 +107,24 @@ impl HostServer {
             passed,
         })
     }
+}
+
+/// Reads one whole frame from `stream` and no byte further, with the descriptor passed
+/// alongside, if any (a VM listener's inbound stream begins with its `Inbound` frame too).
+///
+/// # Errors
+/// ETIMEDOUT when the read timed out, EPROTO for a garbled frame or an early end.
+pub fn read_frame(stream: &UnixStream) -> Result<(ToGuest, Option<OwnedFd>), Errno> {
+    let mut buf = vec![0u8; HEADER_LEN];
+    let mut passed = None;
+    read_exact_with_fd(stream, &mut buf, &mut passed)?;
+    let Ok(Some(total)) = frame_len(&buf) else {
+        return Err(Errno::EPROTO);
+    };
+    buf.resize(total, 0);
+    read_exact_with_fd(stream, &mut buf[HEADER_LEN..], &mut passed)?;
+    let msg = decode_exact::<ToGuest>(&buf).map_err(|_| Errno::EPROTO)?;
+    Ok((msg, passed))
 }
 
 fn read_exact_with_fd(

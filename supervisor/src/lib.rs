@@ -54,6 +54,24 @@
 //!    reports the nameserver, which glibc's and musl's resolvers check. An unconnected UDP
 //!    socket's `sendto` a nameserver on port 53 (musl's resolver) makes it such a pair too. A
 //!    TCP connect to a nameserver becomes host-server's relayed stream to the guest DNS address.
+//! 6. Inside a VM (the guest image's /init runs the workload under `outsock run --supervise`):
+//!    the transport is liboutsock's setting ([`transport`]: `OUTSOCK_TRANSPORT`, else
+//!    `transport=vsock:<port>` in /etc/outsock/shim.conf), and each request is an `AF_VSOCK`
+//!    stream to the host that the VMM bridges to host-server. A TCP connect sends `Connect`
+//!    without `pass_fd` (blocking unless the program's socket is non-blocking, as liboutsock
+//!    asks), and the request's vsock stream, which host-server relays, is installed over the
+//!    program's descriptor (ADDFD with SETFD); getsockname/getpeername answer its AF_INET view.
+//!    The guest's resolv.conf names the loopback DNS forwarder, which resolvers reach natively
+//!    (loopback connects are carried out here), so no nameserver is redirected. Listeners are
+//!    liboutsock's VM listeners (`vmlisten`): `listen` makes a vsock listener of our own on a
+//!    port the kernel picks, names it in `Listen` (no `pass_fd`), installs it over the
+//!    program's descriptor and keeps the request's stream (host-server's listener lives as
+//!    long as it); each accepted connection is an inbound vsock stream whose `Inbound` frame
+//!    (the client's source-pool dummy) is read here before the stream is added as the
+//!    accept's result. `getsockopt`/`setsockopt` are not notified: TCP-level options on a
+//!    vsock stand-in fail with ENOPROTOOPT where liboutsock answers them (Go and busybox
+//!    ignore those errors); a listener's companion stream is kept until the supervisor ends,
+//!    even after the program closed the listener.
 //!
 //! Time-of-check to time-of-use: addresses are read from the program's memory with
 //! `process_vm_readv`, then `SECCOMP_IOCTL_NOTIF_ID_VALID` confirms the caller still waits
@@ -86,7 +104,8 @@
 //! untouched: reads and writes on a passed socket are the kernel's own.
 //!
 //! Modules: [`filter`] (the BPF program, safe), `sys` (every syscall and ioctl; the only
-//! `unsafe`), `host` (the host-server client), `dns` (the resolver relay), `serve` (the loop).
+//! `unsafe`), `host` (the host-server client), `dns` (the resolver relay), [`transport`] (Unix
+//! or vsock, as liboutsock chooses), `vmlisten` (listeners inside a VM), `serve` (the loop).
 
 #![deny(unsafe_code)]
 
@@ -97,6 +116,7 @@ mod serve;
 #[allow(unsafe_code)]
 mod sys;
 pub mod transport;
+mod vmlisten;
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};

@@ -41,6 +41,7 @@ use shared_proto::{decode_exact, to_vec, Errno, ToGuest, ToHost};
 use crate::dns;
 use crate::host::HostServer;
 use crate::sys::{self, Listener, Notif, Ready};
+use crate::vmlisten;
 
 /// The largest address a program may pass (`sizeof(struct sockaddr_storage)`).
 const MAX_ADDR: u64 = 128;
@@ -111,6 +112,8 @@ pub struct Shared {
     /// Connections taken from a listener (by its identity) for an accept whose caller left
     /// before it got them (a signal): the next accept on that listener gets them first.
     held: Mutex<HashMap<(u64, u64), Vec<Accepted>>>,
+    /// Inside a VM: the companion streams of the listeners made here.
+    companions: vmlisten::Companions,
 }
 
 /// The sockets made here, by identity. The table is swept of sockets no process holds any
@@ -190,6 +193,7 @@ impl Shared {
                 sweep_at: SWEEP_MIN,
             }),
             held: Mutex::new(HashMap::new()),
+            companions: vmlisten::Companions::default(),
         }
     }
 
@@ -655,8 +659,7 @@ fn bind(s: &Shared, n: &Notif, bytes: &[u8]) -> Outcome {
         0 => Outcome::Return(0),
         e => Outcome::Fail(e),
     };
-    // Inside a VM listeners stay the kernel's (see `transport`).
-    if !is_outsourced(addr) || !inet_stream(&copy) || !s.host.passes_fds() {
+    if !is_outsourced(addr) || !inet_stream(&copy) {
         return native();
     }
     match s.view(copy.as_raw_fd()) {
@@ -701,6 +704,11 @@ fn listen(shared: &Arc<Shared>, n: Notif) {
     #[allow(clippy::cast_possible_truncation)] // An int in the syscall ABI.
     let backlog = u32::try_from((n.args[1] as i32).max(0)).unwrap_or(0);
     let addr = match shared.view(copy.as_raw_fd()) {
+        // Inside a VM the listener is a vsock listener: the kernel's listen sets its backlog.
+        Some(v) if v.kind == Kind::Listener && !shared.host.passes_fds() => {
+            shared.finish(&n, Outcome::Continue);
+            return;
+        }
         Some(v) if v.kind == Kind::Listener => {
             let outcome = relisten(&copy, v.local, backlog);
             shared.finish(&n, outcome);
@@ -708,10 +716,7 @@ fn listen(shared: &Arc<Shared>, n: Notif) {
         }
         Some(v) if v.kind == Kind::Bound => v.local,
         // Not bound at all: as liboutsock, host-server picks (port 0).
-        None if shared.host.passes_fds()
-            && inet_stream(&copy)
-            && sys::local_port(copy.as_raw_fd()).is_ok_and(|p| p == 0) =>
-        {
+        None if inet_stream(&copy) && sys::local_port(copy.as_raw_fd()).is_ok_and(|p| p == 0) => {
             SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)
         }
         // Made here otherwise, bound natively (loopback), another family: the kernel's.
@@ -743,6 +748,9 @@ fn outsource_listen(
     backlog: u32,
 ) -> Outcome {
     let nonblocking = nonblocking(copy);
+    if !s.host.passes_fds() {
+        return vm_listen(s, n, nonblocking, addr, backlog);
+    }
     let answer = match s.host.request(&listen_request(addr, backlog)) {
         Ok(a) => a,
         Err(e) => return errno(e),
@@ -767,6 +775,36 @@ fn outsource_listen(
             kind: Kind::Listener,
         },
     );
+    Outcome::Return(0)
+}
+
+/// `listen` inside a VM (`vmlisten`): a vsock listener of our own installed over the program's
+/// descriptor, its companion kept.
+fn vm_listen(
+    s: &Shared,
+    n: &Notif,
+    nonblocking: bool,
+    addr: SocketAddrV4,
+    backlog: u32,
+) -> Outcome {
+    let l = match vmlisten::listen(&s.host, addr, backlog) {
+        Ok(l) => l,
+        Err(e) => return errno(e),
+    };
+    if let Err(o) = install(s, n, &l.listener, nonblocking) {
+        return o;
+    }
+    s.record(
+        l.listener.as_raw_fd(),
+        View {
+            local: l.local,
+            peer: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
+            kind: Kind::Listener,
+        },
+    );
+    if let Ok(id) = sys::identity(l.listener.as_raw_fd()) {
+        s.companions.keep(id, l);
+    }
     Outcome::Return(0)
 }
 
@@ -851,6 +889,10 @@ fn take_connection(s: &Shared, channel: &OwnedFd) -> Result<Option<Accepted>, i3
         if let Some(a) = held.get_mut(&id).and_then(Vec::pop) {
             return Ok(Some(a));
         }
+    }
+    if !s.host.passes_fds() {
+        let a = vmlisten::take(channel)?;
+        return Ok(a.map(|(conn, peer, local)| Accepted { conn, peer, local }));
     }
     let mut buf = [0u8; MAX_PACKET];
     let (len, passed) = match sys::recv_packet(channel.as_raw_fd(), &mut buf) {

@@ -7,9 +7,8 @@
 //! the VMM bridges to host-server; host-server cannot pass a descriptor over it, so a TCP
 //! connect is relayed on that stream, which itself becomes the program's socket (as
 //! liboutsock does in a VM). The guest's DNS is the forwarder on 127.0.0.1:53, a loopback
-//! nameserver that every resolver reaches natively, so no nameserver is redirected there, and
-//! listeners keep the kernel's calls (liboutsock's VM listeners are a vsock listener of their
-//! own; the supervisor does not make those yet).
+//! nameserver that every resolver reaches natively, so no nameserver is redirected there; and
+//! listeners are vsock listeners of their own, as liboutsock's in a VM (`vmlisten`).
 
 /// The guest image's shim settings (`key=value` lines; `#` comments).
 pub const CONFIG_FILE: &str = "/etc/outsock/shim.conf";

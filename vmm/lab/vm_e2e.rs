@@ -28,7 +28,7 @@ use crate::vm_world::{self, IPERF_PORT, WHOAMI_PORT};
 use crate::{Driver, Run, RunOpts};
 
 /// The checks this group reports, in order.
-pub const NAMES: [&str; 18] = [
+pub const NAMES: [&str; 19] = [
     "vm-boot",
     "vm-curl",
     "vm-wget",
@@ -44,6 +44,7 @@ pub const NAMES: [&str; 18] = [
     "vm-iperf3",
     "vm-inbound-httpd",
     "vm-inbound-nc",
+    "vm-inbound-static-httpd",
     "vm-inbound-nginx",
     "vm-restart",
     "vm-run",
@@ -54,6 +55,8 @@ const GO_CLIENT: &str = "lab-go-client";
 /// Guest ports the inbound checks listen on (host-server's allow-list).
 const HTTPD_PORT: u16 = 8080;
 const NC_PORT: u16 = 8081;
+/// The port busybox-static's httpd listens on under /init's supervisor.
+const STATIC_HTTPD_PORT: u16 = 8082;
 /// Bytes `iperf3 -4 -n` sends.
 const IPERF_BYTES: u64 = 100 * 1024 * 1024;
 /// The nginx check's requests from `world`, and how many at a time (issue 13).
@@ -124,12 +127,14 @@ awk '/"sum_sent"/ {{ s = 1 }} /"sum_received"/ {{ r = 1 }}
      /"error"/ {{ print "IPERF-ERROR " $0 }}' /tmp/iperf.json
 /usr/local/bin/busybox httpd -f -vv -p 0.0.0.0:{httpd_port} -h /www 2>/tmp/httpd.log & H=$!
 /usr/bin/nc.traditional -n -v -l -p {nc_port} </dev/null >/tmp/nc-in.out 2>/tmp/nc-in.err & N=$!
+/bin/busybox httpd -f -vv -p 0.0.0.0:{static_httpd_port} -h /www 2>/tmp/shttpd.log & S=$!
 echo INBOUND-READY
 read -t 90 GO; echo INBOUND-GO=$GO
 sed 's/^/HTTPD-LOG /' /tmp/httpd.log
 echo NC-IN-DATA=$(cat /tmp/nc-in.out)
 sed 's/^/NC-IN-LOG /' /tmp/nc-in.err
-kill $H $N 2>/dev/null; wait $H $N 2>/dev/null
+sed 's/^/SHTTPD-LOG /' /tmp/shttpd.log
+kill $H $N $S 2>/dev/null; wait $H $N $S 2>/dev/null
 for n in $V6 $ECHO {multi}; do kdig +short +timeout=5 @$DNS $n A; done > /tmp/dummies
 for d in $(cat /tmp/dummies); do echo BEFORE $d $(/usr/bin/nc.traditional -w 10 $d {whoami} </dev/null); done
 echo RESTART-NOW
@@ -147,6 +152,7 @@ echo E2E-DONE
         iperf_bytes = IPERF_BYTES,
         httpd_port = HTTPD_PORT,
         nc_port = NC_PORT,
+        static_httpd_port = STATIC_HTTPD_PORT,
         whoami = WHOAMI_PORT,
     )
 }
@@ -182,6 +188,8 @@ struct Interaction {
     page: Result<String, String>,
     /// What the guest's `nc -l` sent back to the world client (nothing), or the error.
     nc: Result<String, String>,
+    /// The world client's page from busybox-static's httpd, or why there is none.
+    static_page: Result<String, String>,
     /// The client's dummy, from dns-cache's mappings after the inbound connections.
     client_dummy: Option<Ipv4Addr>,
     /// How the host-server restart went.
@@ -196,6 +204,7 @@ impl Default for Interaction {
         Self {
             page: not_run(),
             nc: not_run(),
+            static_page: not_run(),
             client_dummy: None,
             restart: not_run(),
         }
@@ -267,7 +276,7 @@ pub fn run(d: &mut Driver) {
 /// guest ends the attempt there (the group runs again).
 fn attempt(d: &Driver, retry_on_crash: bool) -> anyhow::Result<Attempt> {
     let extra = format!(
-        "[listen]\ndefault_address = \"{}\"\nallowed_ports = [{HTTPD_PORT}, {NC_PORT}]\n[vms.vm0]\nsocket = \"{VM_SOCKET}\"\naddress = \"{}\"\nvmm_uid = 0\n",
+        "[listen]\ndefault_address = \"{}\"\nallowed_ports = [{HTTPD_PORT}, {NC_PORT}, {STATIC_HTTPD_PORT}]\n[vms.vm0]\nsocket = \"{VM_SOCKET}\"\naddress = \"{}\"\nvmm_uid = 0\n",
         addr::HOST,
         addr::HOST_VMS[0]
     );
@@ -468,7 +477,7 @@ fn vm_run(d: &Driver, host_sock: &str) -> Result<(Option<i32>, String), String> 
 /// The world's side of the inbound checks, while the guest's servers wait.
 fn inbound(stack: &Stack, seen: &mut Interaction) {
     let host = stack.world.host();
-    for port in [HTTPD_PORT, NC_PORT] {
+    for port in [HTTPD_PORT, NC_PORT, STATIC_HTTPD_PORT] {
         if let Err(e) = vm_world::wait_listening(host, port, Duration::from_secs(20)) {
             seen.page = Err(format!("{e:#}"));
             return;
@@ -489,6 +498,12 @@ fn inbound(stack: &Stack, seen: &mut Interaction) {
         addr::HOST_VMS[0],
         NC_PORT,
         b"from-the-world\n".to_vec(),
+    ));
+    seen.static_page = text(vm_world::world_client(
+        stack,
+        addr::HOST_VMS[0],
+        STATIC_HTTPD_PORT,
+        b"GET /index.html HTTP/1.0\r\n\r\n".to_vec(),
     ));
     seen.client_dummy = vm_world::mappings(stack)
         .unwrap_or_default()
@@ -726,6 +741,25 @@ fn judge(
             addr::HOST_VMS[0],
             seen.nc.as_ref().map_or_else(Clone::clone, |_| "client done".to_owned()),
             log_has("NC-IN-LOG"),
+        ),
+    );
+    let static_ok = seen
+        .static_page
+        .as_ref()
+        .is_ok_and(|p| p.contains(" 200 ") && p.contains("hello from the guest"));
+    d.report(
+        "vm-inbound-static-httpd",
+        run.has("OUTSOCK-INIT: supervisor on") && static_ok && log_has("SHTTPD-LOG"),
+        &format!(
+            "world client [{}] -> [{}]:{STATIC_HTTPD_PORT} -> busybox-static httpd -p 0.0.0.0:{STATIC_HTTPD_PORT} (AF_INET) in the guest, under /init's supervisor: {}; client's dummy {dummy_text} in its log: {}",
+            addr::CLIENT,
+            addr::HOST_VMS[0],
+            match &seen.static_page {
+                Ok(_) if static_ok => "page served".to_owned(),
+                Ok(p) => format!("unexpected answer {:?}", p.chars().take(120).collect::<String>()),
+                Err(e) => e.clone(),
+            },
+            log_has("SHTTPD-LOG"),
         ),
     );
     match nginx_seen {

@@ -70,8 +70,8 @@
 //!    (the client's source-pool dummy) is read here before the stream is added as the
 //!    accept's result. `getsockopt`/`setsockopt` are not notified: TCP-level options on a
 //!    vsock stand-in fail with ENOPROTOOPT where liboutsock answers them (Go and busybox
-//!    ignore those errors); a listener's companion stream is kept until the supervisor ends,
-//!    even after the program closed the listener.
+//!    ignore those errors). A listener's companion stream is closed at the next listen after
+//!    no process holds the listener any more (or when the supervisor ends), not at once.
 //!
 //! Time-of-check to time-of-use: addresses are read from the program's memory with
 //! `process_vm_readv`, then `SECCOMP_IOCTL_NOTIF_ID_VALID` confirms the caller still waits

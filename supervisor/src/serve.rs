@@ -787,9 +787,20 @@ fn vm_listen(
     addr: SocketAddrV4,
     backlog: u32,
 ) -> Outcome {
-    let l = match vmlisten::listen(&s.host, addr, backlog) {
-        Ok(l) => l,
-        Err(e) => return errno(e),
+    // Listeners closed since the last listen close host-server's listeners first (their ports
+    // may be what this one wants); host-server closes them on its own time, so a port still
+    // in use then is asked for again, for up to a second.
+    let swept = s.companions.sweep(&vmlisten::held_by_others());
+    let mut tries = if swept > 0 { 10 } else { 1 };
+    let l = loop {
+        tries -= 1;
+        match vmlisten::listen(&s.host, addr, backlog) {
+            Ok(l) => break l,
+            Err(e) if e.0 == Errno::EADDRINUSE.0 && tries > 0 => {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Err(e) => return errno(e),
+        }
     };
     if let Err(o) = install(s, n, &l.listener, nonblocking) {
         return o;

@@ -8,7 +8,7 @@
 //! closes host-server's listener. An accept takes one vsock stream and its `Inbound` frame
 //! (the client's source-pool dummy, the local address) and hands the stream to the program.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddrV4;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -24,8 +24,9 @@ use crate::sys;
 /// How long an accepted stream may take to deliver its `Inbound` frame (as liboutsock).
 const INBOUND_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The companions of the listeners made here, by the listener's identity. A companion lives
-/// as long as the supervisor (host-server's listener closes when the supervisor ends).
+/// The companions of the listeners made here, by the listener's identity. A companion is
+/// closed (and with it host-server's listener) at the next listen made here after no process
+/// holds its listener any more, or when the supervisor ends.
 #[derive(Debug, Default)]
 pub struct Companions(Mutex<HashMap<(u64, u64), UnixStream>>);
 
@@ -70,6 +71,51 @@ impl Companions {
             .unwrap_or_else(PoisonError::into_inner)
             .insert(id, l.companion);
     }
+
+    /// Closes the companions of listeners whose socket inode is not in `live` (the sockets
+    /// some process holds), so that host-server closes those listeners and their ports can be
+    /// listened on again. Returns how many it closed.
+    pub fn sweep(&self, live: &HashSet<u64>) -> usize {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let before = map.len();
+        map.retain(|(_, ino), _| live.contains(ino));
+        before - map.len()
+    }
+}
+
+/// The inodes of the sockets that processes other than this one hold (`socket:[N]` links
+/// under `/proc/*/fd`): a listener only the supervisor still holds (a blocking accept's copy,
+/// for up to its recheck interval after the program died) counts as closed.
+#[must_use]
+pub fn held_by_others() -> HashSet<u64> {
+    let me = std::process::id().to_string();
+    let mut live = HashSet::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return live;
+    };
+    for p in procs.filter_map(Result::ok) {
+        let name = p.file_name().to_string_lossy().into_owned();
+        if name == me || !name.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.filter_map(Result::ok) {
+            let Ok(target) = std::fs::read_link(fd.path()) else {
+                continue;
+            };
+            if let Some(ino) = target
+                .to_string_lossy()
+                .strip_prefix("socket:[")
+                .and_then(|t| t.strip_suffix(']'))
+                .and_then(|t| t.parse().ok())
+            {
+                live.insert(ino);
+            }
+        }
+    }
+    live
 }
 
 /// The next connection waiting on vsock listener `listener` (`None`: none waits), after its
@@ -138,5 +184,32 @@ mod tests {
         let mut buf = [0u8; 1];
         assert_eq!(junk.read(&mut buf).unwrap(), 0);
         assert!(take(&listener).unwrap().is_none());
+    }
+
+    #[test]
+    fn sockets_only_we_hold_do_not_count() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let (_, ino) = sys::identity(a.as_raw_fd()).unwrap();
+        assert!(!held_by_others().contains(&ino));
+    }
+
+    #[test]
+    fn companions_of_listeners_nobody_holds_are_closed() {
+        let c = Companions::default();
+        let (kept, mut kept_host) = UnixStream::pair().unwrap();
+        let (gone, mut gone_host) = UnixStream::pair().unwrap();
+        let listening = |companion| Listening {
+            listener: OwnedFd::from(UnixStream::pair().unwrap().0),
+            local: "0.0.0.0:8082".parse().unwrap(),
+            companion,
+        };
+        c.keep((1, 10), listening(kept));
+        c.keep((1, 20), listening(gone));
+        assert_eq!(c.sweep(&HashSet::from([10])), 1);
+        let mut buf = [0u8; 1];
+        // host-server sees the swept companion's end, and only that one.
+        assert_eq!(gone_host.read(&mut buf).unwrap(), 0);
+        kept_host.set_nonblocking(true).unwrap();
+        assert!(kept_host.read(&mut buf).is_err());
     }
 }

@@ -135,6 +135,9 @@ echo NC-IN-DATA=$(cat /tmp/nc-in.out)
 sed 's/^/NC-IN-LOG /' /tmp/nc-in.err
 sed 's/^/SHTTPD-LOG /' /tmp/shttpd.log
 kill $H $N $S 2>/dev/null; wait $H $N $S 2>/dev/null
+/bin/busybox httpd -f -p 0.0.0.0:{static_httpd_port} -h /www 2>/tmp/shttpd2.log & S=$!
+sleep 3; if kill -0 $S 2>/dev/null; then echo RELISTEN=alive; else echo RELISTEN=gone; sed 's/^/RELISTEN-LOG /' /tmp/shttpd2.log; fi
+kill $S 2>/dev/null; wait $S 2>/dev/null
 for n in $V6 $ECHO {multi}; do kdig +short +timeout=5 @$DNS $n A; done > /tmp/dummies
 for d in $(cat /tmp/dummies); do echo BEFORE $d $(/usr/bin/nc.traditional -w 10 $d {whoami} </dev/null); done
 echo RESTART-NOW
@@ -749,9 +752,12 @@ fn judge(
         .is_ok_and(|p| p.contains(" 200 ") && p.contains("hello from the guest"));
     d.report(
         "vm-inbound-static-httpd",
-        run.has("OUTSOCK-INIT: supervisor on") && static_ok && log_has("SHTTPD-LOG"),
+        run.has("OUTSOCK-INIT: supervisor on")
+            && static_ok
+            && log_has("SHTTPD-LOG")
+            && line_is("RELISTEN=alive"),
         &format!(
-            "world client [{}] -> [{}]:{STATIC_HTTPD_PORT} -> busybox-static httpd -p 0.0.0.0:{STATIC_HTTPD_PORT} (AF_INET) in the guest, under /init's supervisor: {}; client's dummy {dummy_text} in its log: {}",
+            "world client [{}] -> [{}]:{STATIC_HTTPD_PORT} -> busybox-static httpd -p 0.0.0.0:{STATIC_HTTPD_PORT} (AF_INET) in the guest, under /init's supervisor: {}; client's dummy {dummy_text} in its log: {}; a second httpd on the port once the first was killed: {}",
             addr::CLIENT,
             addr::HOST_VMS[0],
             match &seen.static_page {
@@ -760,6 +766,14 @@ fn judge(
                 Err(e) => e.clone(),
             },
             log_has("SHTTPD-LOG"),
+            marker("RELISTEN=").map_or_else(
+                || "no marker".to_owned(),
+                |v| format!("{v} {:?}", run
+                    .lines
+                    .iter()
+                    .filter_map(|(_, l)| l.trim().strip_prefix("RELISTEN-LOG "))
+                    .collect::<Vec<_>>())
+            ),
         ),
     );
     match nginx_seen {

@@ -6,10 +6,11 @@
 #
 # Usage: guest/image/build.sh [--quiet]
 #
-# VM mode (outsock): with OUTSOCK_GUEST_BINS=<dir> holding liboutsock.so and
-# outsock-dns-forwarder (a cargo target folder), the image also carries liboutsock.so in
-# /etc/ld.so.preload, /etc/outsock/shim.conf (transport=vsock:1024), the DNS forwarder that
-# /init starts on 127.0.0.1:53, resolv.conf naming 127.0.0.1, and the legacy programs in
+# VM mode (outsock): with OUTSOCK_GUEST_BINS=<dir> holding liboutsock.so,
+# outsock-dns-forwarder and the outsock CLI (a cargo target folder), the image also carries
+# liboutsock.so in /etc/ld.so.preload, /etc/outsock/shim.conf (transport=vsock:1024), the DNS
+# forwarder that /init starts on 127.0.0.1:53, /usr/bin/outsock (stripped), under whose
+# seccomp supervisor /init runs the workload, resolv.conf naming 127.0.0.1, and the legacy programs in
 # GUEST_PROGRAMS below with their shared libraries, copied from this machine's installed
 # Debian packages (netcat-traditional, curl, wget, busybox, iperf3, knot-dnsutils, nginx: its
 # binary only, run with a configuration of its own, no mime.types), and python3
@@ -82,7 +83,7 @@ bins=${OUTSOCK_GUEST_BINS:-}
 # Debug aid: more programs of this machine (with their libraries), e.g. /usr/bin/strace.
 extra=${OUTSOCK_GUEST_EXTRA:-}
 if [ -n "$bins" ]; then
-    for f in "$bins/liboutsock.so" "$bins/outsock-dns-forwarder" $GUEST_PROGRAMS $PYTHON "$PYLIB/socket.py"; do
+    for f in "$bins/liboutsock.so" "$bins/outsock-dns-forwarder" "$bins/outsock" $GUEST_PROGRAMS $PYTHON "$PYLIB/socket.py"; do
         [ -f "$f" ] || die "$f is missing (VM mode needs it: cargo build, apt-get install the program)"
     done
 fi
@@ -91,7 +92,7 @@ for f in $extra; do
     [ -f "$f" ] || die "OUTSOCK_GUEST_EXTRA: $f is missing"
 done
 hash=$( { sha256sum "$0" "$here/init" "$here/modules.list"; basename "$kdeb"; basename "$bbdeb";
-          [ -z "$bins" ] || sha256sum "$bins/liboutsock.so" "$bins/outsock-dns-forwarder" $GUEST_PROGRAMS;
+          [ -z "$bins" ] || sha256sum "$bins/liboutsock.so" "$bins/outsock-dns-forwarder" "$bins/outsock" $GUEST_PROGRAMS;
           [ -z "$bins" ] || dpkg-query -W $PYTHON_PACKAGES;
           [ -z "$extra" ] || sha256sum $extra; } \
     | sha256sum | cut -c1-16)
@@ -180,6 +181,12 @@ else
         install -D -m 755 "$bins/outsock-dns-forwarder" "$r/usr/sbin/outsock-dns-forwarder"
         rm -f "$r$bins/outsock-dns-forwarder"
         install -D -m 755 "$bins/liboutsock.so" "$r/usr/lib/liboutsock.so"
+        # The seccomp supervisor (`outsock run --supervise`), which /init runs the workload
+        # under; stripped (the debug build is 17 MB with its symbols).
+        install -D -m 755 -s "$bins/outsock" "$r/usr/bin/outsock"
+        for lib in $(ldd "$bins/outsock" | grep -o '/[^ ]*' | sort -u); do
+            [ -e "$r$lib" ] || { mkdir -p "$r$(dirname "$lib")"; cp -L "$lib" "$r$lib"; }
+        done
         for lib in $(ldd "$bins/liboutsock.so" | grep -o '/[^ ]*' | sort -u); do
             [ -e "$r$lib" ] || { mkdir -p "$r$(dirname "$lib")"; cp -L "$lib" "$r$lib"; }
         done

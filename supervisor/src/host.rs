@@ -1,7 +1,9 @@
-//! The supervisor's client of host-server: one Unix stream per request (exactly as liboutsock
-//! opens one per socket in process mode), one request frame, one answer frame read to its last
-//! byte and no further (a relayed stream's later bytes belong to the program), with the
-//! descriptor host-server passes alongside (SCM_RIGHTS).
+//! The supervisor's client of host-server: one stream per request (exactly as liboutsock opens
+//! one per socket), one request frame, one answer frame read to its last byte and no further (a
+//! relayed stream's later bytes belong to the program), with the descriptor host-server passes
+//! alongside (SCM_RIGHTS). The stream is a Unix stream to host-server's socket (process mode)
+//! or, inside a VM, an `AF_VSOCK` stream to the host that the VMM bridges to host-server
+//! ([`HostServer::over_vsock`]); over vsock nothing is passed, so connects are relayed.
 
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -22,6 +24,8 @@ static WARNED: AtomicBool = AtomicBool::new(false);
 #[derive(Debug, Clone)]
 pub struct HostServer {
     path: PathBuf,
+    /// Inside a VM: the host's vsock port instead of `path`.
+    vsock: Option<u32>,
 }
 
 /// An answer: the stream it came on, the frame, and the descriptor passed with it.
@@ -35,7 +39,41 @@ pub struct Answer {
 impl HostServer {
     #[must_use]
     pub fn new(path: PathBuf) -> Self {
-        Self { path }
+        Self { path, vsock: None }
+    }
+
+    /// The same host-server reached over vsock `port` of the host (inside a VM), when given.
+    #[must_use]
+    pub fn over_vsock(self, port: Option<u32>) -> Self {
+        Self {
+            vsock: port,
+            ..self
+        }
+    }
+
+    /// Whether host-server can pass descriptors back (process mode): inside a VM it relays on
+    /// the request's stream instead.
+    #[must_use]
+    pub fn passes_fds(&self) -> bool {
+        self.vsock.is_none()
+    }
+
+    /// A new stream to host-server. A vsock stream is held as a `UnixStream` too: only the
+    /// family-independent calls (read, write, SO_RCVTIMEO, recvmsg) are made on it.
+    fn open(&self) -> io::Result<UnixStream> {
+        match self.vsock {
+            Some(port) => {
+                crate::sys::vsock_connect(crate::transport::HOST_CID, port).map(UnixStream::from)
+            }
+            None => UnixStream::connect(&self.path),
+        }
+    }
+
+    fn place(&self) -> String {
+        match self.vsock {
+            Some(port) => format!("vsock port {port} of the host"),
+            None => self.path.display().to_string(),
+        }
     }
 
     /// Sends `req` on a new stream and reads the answer. Errors are what the program's call
@@ -45,11 +83,11 @@ impl HostServer {
     /// # Errors
     /// The errno for the program.
     pub fn request(&self, req: &ToHost) -> Result<Answer, Errno> {
-        let stream = UnixStream::connect(&self.path).map_err(|e| {
+        let stream = self.open().map_err(|e| {
             if !WARNED.swap(true, Ordering::Relaxed) {
                 eprintln!(
                     "outsock: host-server is unreachable at {}: {e}",
-                    self.path.display()
+                    self.place()
                 );
             }
             Errno::ENETUNREACH
@@ -59,15 +97,7 @@ impl HostServer {
             .set_read_timeout(Some(ANSWER_TIMEOUT))
             .map_err(|_| Errno::EPROTO)?;
         (&stream).write_all(&frame).map_err(|_| Errno::EPROTO)?;
-        let mut buf = vec![0u8; HEADER_LEN];
-        let mut passed = None;
-        read_exact_with_fd(&stream, &mut buf, &mut passed)?;
-        let Ok(Some(total)) = frame_len(&buf) else {
-            return Err(Errno::EPROTO);
-        };
-        buf.resize(total, 0);
-        read_exact_with_fd(&stream, &mut buf[HEADER_LEN..], &mut passed)?;
-        let msg = decode_exact::<ToGuest>(&buf).map_err(|_| Errno::EPROTO)?;
+        let (msg, passed) = read_frame(&stream)?;
         // The answer timeout must not outlive the request: a relayed stream becomes the
         // program's socket.
         stream.set_read_timeout(None).map_err(|_| Errno::EPROTO)?;
@@ -77,6 +107,24 @@ impl HostServer {
             passed,
         })
     }
+}
+
+/// Reads one whole frame from `stream` and no byte further, with the descriptor passed
+/// alongside, if any (a VM listener's inbound stream begins with its `Inbound` frame too).
+///
+/// # Errors
+/// ETIMEDOUT when the read timed out, EPROTO for a garbled frame or an early end.
+pub fn read_frame(stream: &UnixStream) -> Result<(ToGuest, Option<OwnedFd>), Errno> {
+    let mut buf = vec![0u8; HEADER_LEN];
+    let mut passed = None;
+    read_exact_with_fd(stream, &mut buf, &mut passed)?;
+    let Ok(Some(total)) = frame_len(&buf) else {
+        return Err(Errno::EPROTO);
+    };
+    buf.resize(total, 0);
+    read_exact_with_fd(stream, &mut buf[HEADER_LEN..], &mut passed)?;
+    let msg = decode_exact::<ToGuest>(&buf).map_err(|_| Errno::EPROTO)?;
+    Ok((msg, passed))
 }
 
 fn read_exact_with_fd(

@@ -54,6 +54,24 @@
 //!    reports the nameserver, which glibc's and musl's resolvers check. An unconnected UDP
 //!    socket's `sendto` a nameserver on port 53 (musl's resolver) makes it such a pair too. A
 //!    TCP connect to a nameserver becomes host-server's relayed stream to the guest DNS address.
+//! 6. Inside a VM (the guest image's /init runs the workload under `outsock run --supervise`):
+//!    the transport is liboutsock's setting ([`transport`]: `OUTSOCK_TRANSPORT`, else
+//!    `transport=vsock:<port>` in /etc/outsock/shim.conf), and each request is an `AF_VSOCK`
+//!    stream to the host that the VMM bridges to host-server. A TCP connect sends `Connect`
+//!    without `pass_fd` (blocking unless the program's socket is non-blocking, as liboutsock
+//!    asks), and the request's vsock stream, which host-server relays, is installed over the
+//!    program's descriptor (ADDFD with SETFD); getsockname/getpeername answer its AF_INET view.
+//!    The guest's resolv.conf names the loopback DNS forwarder, which resolvers reach natively
+//!    (loopback connects are carried out here), so no nameserver is redirected. Listeners are
+//!    liboutsock's VM listeners (`vmlisten`): `listen` makes a vsock listener of our own on a
+//!    port the kernel picks, names it in `Listen` (no `pass_fd`), installs it over the
+//!    program's descriptor and keeps the request's stream (host-server's listener lives as
+//!    long as it); each accepted connection is an inbound vsock stream whose `Inbound` frame
+//!    (the client's source-pool dummy) is read here before the stream is added as the
+//!    accept's result. `getsockopt`/`setsockopt` are not notified: TCP-level options on a
+//!    vsock stand-in fail with ENOPROTOOPT where liboutsock answers them (Go and busybox
+//!    ignore those errors). A listener's companion stream is closed at the next listen after
+//!    no process holds the listener any more (or when the supervisor ends), not at once.
 //!
 //! Time-of-check to time-of-use: addresses are read from the program's memory with
 //! `process_vm_readv`, then `SECCOMP_IOCTL_NOTIF_ID_VALID` confirms the caller still waits
@@ -92,7 +110,8 @@
 //!
 //! Modules: [`filter`] (the BPF program, safe), `sys` (every syscall and ioctl; the only
 //! `unsafe`), `host` (the host-server client), `dns` (the resolver relay), `workers` (the
-//! threads calls that may wait run on), `serve` (the loop).
+//! threads calls that may wait run on), [`transport`] (Unix or vsock, as liboutsock chooses),
+//! `vmlisten` (listeners inside a VM), `serve` (the loop).
 
 #![deny(unsafe_code)]
 
@@ -102,6 +121,8 @@ mod host;
 mod serve;
 #[allow(unsafe_code)]
 mod sys;
+pub mod transport;
+mod vmlisten;
 mod workers;
 
 use std::io;
@@ -192,11 +213,19 @@ pub fn run(cmd: &mut Command, opts: &Options) -> Result<ExitStatus, RunError> {
     // Best effort (Linux >= 6.6): without it the notified round trip is sometimes ten times
     // longer, when the wake-up goes to an idle CPU (ARCHITECTURE.md).
     let _ = listener.sync_wake_up();
+    // Inside a VM (liboutsock's transport setting) host-server is reached over vsock, and the
+    // guest's resolv.conf names its loopback forwarder, which resolvers reach natively.
+    let vsock = transport::vsock_port();
+    let nameservers = if vsock.is_some() {
+        Vec::new()
+    } else {
+        nameservers(&opts.resolv_conf)
+    };
     let shared = serve::Shared::new(
         listener,
-        host::HostServer::new(opts.host_socket.clone()),
+        host::HostServer::new(opts.host_socket.clone()).over_vsock(vsock),
         opts.guest_dns,
-        nameservers(&opts.resolv_conf),
+        nameservers,
     );
     serve::serve(shared, &mut child).map_err(RunError::Wait)
 }

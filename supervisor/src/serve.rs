@@ -42,6 +42,7 @@ use shared_proto::{decode_exact, to_vec, Errno, ToGuest, ToHost};
 use crate::dns;
 use crate::host::HostServer;
 use crate::sys::{self, Listener, Notif, Ready};
+use crate::vmlisten;
 use crate::workers::Workers;
 
 /// The largest address a program may pass (`sizeof(struct sockaddr_storage)`).
@@ -115,6 +116,8 @@ pub struct Shared {
     /// Connections taken from a listener (by its identity) for an accept whose caller left
     /// before it got them (a signal): the next accept on that listener gets them first.
     held: Mutex<HashMap<(u64, u64), Vec<Accepted>>>,
+    /// Inside a VM: the companion streams of the listeners made here.
+    companions: vmlisten::Companions,
 }
 
 /// The sockets made here, by identity. The table is swept of sockets no process holds any
@@ -195,6 +198,7 @@ impl Shared {
             }),
             held: Mutex::new(HashMap::new()),
             workers: Arc::new(Workers::default()),
+            companions: vmlisten::Companions::default(),
         }
     }
 
@@ -419,8 +423,12 @@ fn install(s: &Shared, n: &Notif, new: &OwnedFd, nonblocking: bool) -> Result<()
 fn tcp(s: &Shared, n: &Notif, copy: &OwnedFd, dest: SocketAddrV4, dns: bool) -> Outcome {
     let nonblocking = nonblocking(copy);
     let target = if dns { s.guest_dns } else { dest };
-    // As liboutsock in process mode: the socket comes back while its connect is under way.
-    let answer = match s.host.request(&connect_request(target, true, true)) {
+    // As liboutsock: in process mode the socket comes back while its connect is under way;
+    // inside a VM host-server relays on the request's stream, answering a blocking connect
+    // once it is made.
+    let pass_fd = s.host.passes_fds();
+    let req = connect_request(target, pass_fd, nonblocking || pass_fd);
+    let answer = match s.host.request(&req) {
         Ok(a) => a,
         Err(e) => return errno(e),
     };
@@ -732,6 +740,11 @@ fn listen(shared: &Arc<Shared>, n: Notif) {
     #[allow(clippy::cast_possible_truncation)] // An int in the syscall ABI.
     let backlog = u32::try_from((n.args[1] as i32).max(0)).unwrap_or(0);
     let addr = match shared.view(copy.as_raw_fd()) {
+        // Inside a VM the listener is a vsock listener: the kernel's listen sets its backlog.
+        Some(v) if v.kind == Kind::Listener && !shared.host.passes_fds() => {
+            shared.finish(&n, Outcome::Continue);
+            return;
+        }
         Some(v) if v.kind == Kind::Listener => {
             let outcome = relisten(&copy, v.local, backlog);
             shared.finish(&n, outcome);
@@ -771,6 +784,9 @@ fn outsource_listen(
     backlog: u32,
 ) -> Outcome {
     let nonblocking = nonblocking(copy);
+    if !s.host.passes_fds() {
+        return vm_listen(s, n, nonblocking, addr, backlog);
+    }
     let answer = match s.host.request(&listen_request(addr, backlog)) {
         Ok(a) => a,
         Err(e) => return errno(e),
@@ -795,6 +811,47 @@ fn outsource_listen(
             kind: Kind::Listener,
         },
     );
+    Outcome::Return(0)
+}
+
+/// `listen` inside a VM (`vmlisten`): a vsock listener of our own installed over the program's
+/// descriptor, its companion kept.
+fn vm_listen(
+    s: &Shared,
+    n: &Notif,
+    nonblocking: bool,
+    addr: SocketAddrV4,
+    backlog: u32,
+) -> Outcome {
+    // Listeners closed since the last listen close host-server's listeners first (their ports
+    // may be what this one wants); host-server closes them on its own time, so a port still
+    // in use then is asked for again, for up to a second.
+    let swept = s.companions.sweep(&vmlisten::held_by_others());
+    let mut tries = if swept > 0 { 10 } else { 1 };
+    let l = loop {
+        tries -= 1;
+        match vmlisten::listen(&s.host, addr, backlog) {
+            Ok(l) => break l,
+            Err(e) if e.0 == Errno::EADDRINUSE.0 && tries > 0 => {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Err(e) => return errno(e),
+        }
+    };
+    if let Err(o) = install(s, n, &l.listener, nonblocking) {
+        return o;
+    }
+    s.record(
+        l.listener.as_raw_fd(),
+        View {
+            local: l.local,
+            peer: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
+            kind: Kind::Listener,
+        },
+    );
+    if let Ok(id) = sys::identity(l.listener.as_raw_fd()) {
+        s.companions.keep(id, l);
+    }
     Outcome::Return(0)
 }
 
@@ -879,6 +936,10 @@ fn take_connection(s: &Shared, channel: &OwnedFd) -> Result<Option<Accepted>, i3
         if let Some(a) = held.get_mut(&id).and_then(Vec::pop) {
             return Ok(Some(a));
         }
+    }
+    if !s.host.passes_fds() {
+        let a = vmlisten::take(channel)?;
+        return Ok(a.map(|(conn, peer, local)| Accepted { conn, peer, local }));
     }
     let mut buf = [0u8; MAX_PACKET];
     let (len, passed) = match sys::recv_packet(channel.as_raw_fd(), &mut buf) {

@@ -795,3 +795,90 @@ pub fn wait_readable(fd: RawFd, timeout_ms: c_int) -> bool {
     let n = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
     n > 0
 }
+
+/// An `AF_VSOCK` stream connected to `cid:port`, close-on-exec (the transport inside a VM).
+///
+/// # Errors
+/// socket's or connect's error.
+pub fn vsock_connect(cid: u32, port: u32) -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2) call; the result is a new descriptor or -1.
+    let fd =
+        cvt(unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) })?;
+    // SAFETY: a descriptor just made, owned from here.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: sockaddr_vm is plain data; all-zero is a valid value.
+    let mut a: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
+    #[allow(clippy::cast_possible_truncation)] // AF_VSOCK fits sa_family_t.
+    {
+        a.svm_family = libc::AF_VSOCK as libc::sa_family_t;
+    }
+    a.svm_cid = cid;
+    a.svm_port = port;
+    #[allow(clippy::cast_possible_truncation)] // 16 bytes.
+    let len = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
+    // SAFETY: a valid sockaddr_vm of `len` bytes; the kernel copies it.
+    cvt(unsafe { libc::connect(fd.as_raw_fd(), std::ptr::from_ref(&a).cast(), len) })?;
+    Ok(fd)
+}
+
+/// A vsock listener on a port the kernel picks (any CID), close-on-exec, listening with
+/// `backlog` (at least 16); returns it and its port.
+///
+/// # Errors
+/// socket's, bind's, listen's or getsockname's error.
+pub fn vsock_listener(backlog: c_int) -> io::Result<(OwnedFd, u32)> {
+    // SAFETY: plain socket(2) call; the result is a new descriptor or -1.
+    let fd =
+        cvt(unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) })?;
+    // SAFETY: a descriptor just made, owned from here.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: sockaddr_vm is plain data; all-zero is a valid value.
+    let mut a: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
+    #[allow(clippy::cast_possible_truncation)] // AF_VSOCK fits sa_family_t.
+    {
+        a.svm_family = libc::AF_VSOCK as libc::sa_family_t;
+    }
+    a.svm_cid = libc::VMADDR_CID_ANY;
+    a.svm_port = libc::VMADDR_PORT_ANY;
+    #[allow(clippy::cast_possible_truncation)] // 16 bytes.
+    let mut len = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
+    // SAFETY: a valid sockaddr_vm of `len` bytes; the kernel copies it.
+    cvt(unsafe { libc::bind(fd.as_raw_fd(), std::ptr::from_ref(&a).cast(), len) })?;
+    // SAFETY: listen with integer arguments.
+    cvt(unsafe { libc::listen(fd.as_raw_fd(), backlog.max(16)) })?;
+    // SAFETY: a buffer of `len` writable bytes and its length.
+    cvt(unsafe { libc::getsockname(fd.as_raw_fd(), std::ptr::from_mut(&mut a).cast(), &mut len) })?;
+    Ok((fd, a.svm_port))
+}
+
+/// accept4(2) on listener `fd`, close-on-exec, if a connection waits now (`None`: none does).
+/// The listener is the program's open file, whose blocking mode is the program's: a
+/// connection another acceptor takes between the check and the accept makes a blocking
+/// listener's accept wait for the next one.
+///
+/// # Errors
+/// accept4's error.
+pub fn accept_ready(fd: RawFd) -> io::Result<Option<OwnedFd>> {
+    if !wait_readable(fd, 0) {
+        return Ok(None);
+    }
+    // SAFETY: accept4 without an address; the result is a new descriptor or -1.
+    let c = unsafe {
+        libc::accept4(
+            fd,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_CLOEXEC,
+        )
+    };
+    if c < 0 {
+        let e = io::Error::last_os_error();
+        return if e.kind() == io::ErrorKind::WouldBlock {
+            Ok(None)
+        } else {
+            Err(e)
+        };
+    }
+    // SAFETY: a descriptor just accepted, owned from here.
+    Ok(Some(unsafe { OwnedFd::from_raw_fd(c) }))
+}

@@ -4,7 +4,8 @@
 //!
 //! The guest fetches its test script from the world's HTTP server (so the script is not
 //! bound by the 2 KiB kernel command line) and runs, unmodified: outbound clients by name
-//! (curl, wget, busybox wget, netcat over TCP and UDP, kdig over UDP and TCP, python3 clients
+//! (curl, wget, busybox wget, busybox-static wget and a CGO_ENABLED=0 Go client through /init's
+//! seccomp supervisor, netcat over TCP and UDP, kdig over UDP and TCP, python3 clients
 //! over TCP, asyncio and UDP, a 4 MiB file with its md5, `iperf3 -4` of 100 MiB); C programs
 //! compiled by the driver (connects on descriptors above 69,000; `close_range` and `closefrom`
 //! over outsourced descriptors whose numbers are then reused); inbound servers (busybox httpd,
@@ -27,11 +28,13 @@ use crate::vm_world::{self, IPERF_PORT, WHOAMI_PORT};
 use crate::{Driver, Run, RunOpts};
 
 /// The checks this group reports, in order.
-pub const NAMES: [&str; 16] = [
+pub const NAMES: [&str; 19] = [
     "vm-boot",
     "vm-curl",
     "vm-wget",
     "vm-busybox-wget",
+    "vm-static-wget",
+    "vm-go-client",
     "vm-nc",
     "vm-udp",
     "vm-kdig",
@@ -41,14 +44,19 @@ pub const NAMES: [&str; 16] = [
     "vm-iperf3",
     "vm-inbound-httpd",
     "vm-inbound-nc",
+    "vm-inbound-static-httpd",
     "vm-inbound-nginx",
     "vm-restart",
     "vm-run",
 ];
 const VM_SOCKET: &str = "/tmp/outsock-lab-vm0.vsock";
+/// The Go client `run` builds from `go-client.go` into the binaries' folder (`--bin-dir`).
+const GO_CLIENT: &str = "lab-go-client";
 /// Guest ports the inbound checks listen on (host-server's allow-list).
 const HTTPD_PORT: u16 = 8080;
 const NC_PORT: u16 = 8081;
+/// The port busybox-static's httpd listens on under /init's supervisor.
+const STATIC_HTTPD_PORT: u16 = 8082;
 /// Bytes `iperf3 -4 -n` sends.
 const IPERF_BYTES: u64 = 100 * 1024 * 1024;
 /// The nginx check's requests from `world`, and how many at a time (issue 13).
@@ -94,6 +102,10 @@ fn guest_script() -> String {
 curl -4 -sS -m 30 http://$V6/index.html; echo CURL-RC=$?
 /usr/bin/wget -4 -q -T 30 -O - http://$V6/index.html; echo WGET-RC=$?
 timeout 30 /usr/local/bin/busybox wget -q -O - http://$V6/index.html; echo BBWGET-RC=$?
+timeout 30 /bin/busybox wget -q -O - http://$V6/index.html; echo STATICWGET-RC=$?
+curl -4 -sS -m 30 -o /tmp/go-client http://$V6/go-client && chmod 755 /tmp/go-client
+timeout 60 /tmp/go-client $V6 >/tmp/go.out 2>/tmp/go.err; echo GO-RC=$?
+sed 's/^/GO /' /tmp/go.out; sed 's/^/GO-ERR /' /tmp/go.err
 echo via-netcat | /usr/bin/nc.traditional -q 3 -w 20 $ECHO 7; echo NC-RC=$?
 echo via-udp | /usr/bin/nc.traditional -u -q 3 -w 10 $ECHO 7; echo NCU-RC=$?
 A=$(kdig +short +timeout=5 @$DNS $V6 A); echo KDIG-RC=$? KDIG-UDP=$A
@@ -115,12 +127,17 @@ awk '/"sum_sent"/ {{ s = 1 }} /"sum_received"/ {{ r = 1 }}
      /"error"/ {{ print "IPERF-ERROR " $0 }}' /tmp/iperf.json
 /usr/local/bin/busybox httpd -f -vv -p 0.0.0.0:{httpd_port} -h /www 2>/tmp/httpd.log & H=$!
 /usr/bin/nc.traditional -n -v -l -p {nc_port} </dev/null >/tmp/nc-in.out 2>/tmp/nc-in.err & N=$!
+/bin/busybox httpd -f -vv -p 0.0.0.0:{static_httpd_port} -h /www 2>/tmp/shttpd.log & S=$!
 echo INBOUND-READY
 read -t 90 GO; echo INBOUND-GO=$GO
 sed 's/^/HTTPD-LOG /' /tmp/httpd.log
 echo NC-IN-DATA=$(cat /tmp/nc-in.out)
 sed 's/^/NC-IN-LOG /' /tmp/nc-in.err
-kill $H $N 2>/dev/null; wait $H $N 2>/dev/null
+sed 's/^/SHTTPD-LOG /' /tmp/shttpd.log
+kill $H $N $S 2>/dev/null; wait $H $N $S 2>/dev/null
+/bin/busybox httpd -f -p 0.0.0.0:{static_httpd_port} -h /www 2>/tmp/shttpd2.log & S=$!
+sleep 3; if kill -0 $S 2>/dev/null; then echo RELISTEN=alive; else echo RELISTEN=gone; sed 's/^/RELISTEN-LOG /' /tmp/shttpd2.log; fi
+kill $S 2>/dev/null; wait $S 2>/dev/null
 for n in $V6 $ECHO {multi}; do kdig +short +timeout=5 @$DNS $n A; done > /tmp/dummies
 for d in $(cat /tmp/dummies); do echo BEFORE $d $(/usr/bin/nc.traditional -w 10 $d {whoami} </dev/null); done
 echo RESTART-NOW
@@ -138,6 +155,7 @@ echo E2E-DONE
         iperf_bytes = IPERF_BYTES,
         httpd_port = HTTPD_PORT,
         nc_port = NC_PORT,
+        static_httpd_port = STATIC_HTTPD_PORT,
         whoami = WHOAMI_PORT,
     )
 }
@@ -173,6 +191,8 @@ struct Interaction {
     page: Result<String, String>,
     /// What the guest's `nc -l` sent back to the world client (nothing), or the error.
     nc: Result<String, String>,
+    /// The world client's page from busybox-static's httpd, or why there is none.
+    static_page: Result<String, String>,
     /// The client's dummy, from dns-cache's mappings after the inbound connections.
     client_dummy: Option<Ipv4Addr>,
     /// How the host-server restart went.
@@ -187,6 +207,7 @@ impl Default for Interaction {
         Self {
             page: not_run(),
             nc: not_run(),
+            static_page: not_run(),
             client_dummy: None,
             restart: not_run(),
         }
@@ -258,7 +279,7 @@ pub fn run(d: &mut Driver) {
 /// guest ends the attempt there (the group runs again).
 fn attempt(d: &Driver, retry_on_crash: bool) -> anyhow::Result<Attempt> {
     let extra = format!(
-        "[listen]\ndefault_address = \"{}\"\nallowed_ports = [{HTTPD_PORT}, {NC_PORT}]\n[vms.vm0]\nsocket = \"{VM_SOCKET}\"\naddress = \"{}\"\nvmm_uid = 0\n",
+        "[listen]\ndefault_address = \"{}\"\nallowed_ports = [{HTTPD_PORT}, {NC_PORT}, {STATIC_HTTPD_PORT}]\n[vms.vm0]\nsocket = \"{VM_SOCKET}\"\naddress = \"{}\"\nvmm_uid = 0\n",
         addr::HOST,
         addr::HOST_VMS[0]
     );
@@ -284,6 +305,11 @@ fn attempt(d: &Driver, retry_on_crash: bool) -> anyhow::Result<Attempt> {
         "close_range",
         &[programs::C_COMMON, programs::C_CLOSE_RANGE],
     )?;
+    // Built by `run` (CGO_ENABLED=0) next to the guest binaries; a missing one fails
+    // vm-go-client (the guest's fetch fails).
+    if let Some(bins) = &d.args.bin_dir {
+        let _ = std::fs::copy(bins.join(GO_CLIENT), www.join("go-client"));
+    }
     let host_sock = stack.host_sock().to_string_lossy().into_owned();
     // Not in the results folder: a 9p share cannot hold a socket.
     let notify = Notify::bind(
@@ -454,7 +480,7 @@ fn vm_run(d: &Driver, host_sock: &str) -> Result<(Option<i32>, String), String> 
 /// The world's side of the inbound checks, while the guest's servers wait.
 fn inbound(stack: &Stack, seen: &mut Interaction) {
     let host = stack.world.host();
-    for port in [HTTPD_PORT, NC_PORT] {
+    for port in [HTTPD_PORT, NC_PORT, STATIC_HTTPD_PORT] {
         if let Err(e) = vm_world::wait_listening(host, port, Duration::from_secs(20)) {
             seen.page = Err(format!("{e:#}"));
             return;
@@ -475,6 +501,12 @@ fn inbound(stack: &Stack, seen: &mut Interaction) {
         addr::HOST_VMS[0],
         NC_PORT,
         b"from-the-world\n".to_vec(),
+    ));
+    seen.static_page = text(vm_world::world_client(
+        stack,
+        addr::HOST_VMS[0],
+        STATIC_HTTPD_PORT,
+        b"GET /index.html HTTP/1.0\r\n\r\n".to_vec(),
     ));
     seen.client_dummy = vm_world::mappings(stack)
         .unwrap_or_default()
@@ -595,9 +627,10 @@ fn judge(
         d.report(
             name,
             rc.as_deref() == Some("0"),
-            &format!("{what}: exit {rc:?}; index bodies on the console: {bodies}/3"),
+            &format!("{what}: exit {rc:?}; index bodies on the console: {bodies}"),
         );
     }
+    static_clients(d, run, mappings);
     let nc_rc = rc_of("NC-RC=");
     d.report(
         "vm-nc",
@@ -711,6 +744,36 @@ fn judge(
             addr::HOST_VMS[0],
             seen.nc.as_ref().map_or_else(Clone::clone, |_| "client done".to_owned()),
             log_has("NC-IN-LOG"),
+        ),
+    );
+    let static_ok = seen
+        .static_page
+        .as_ref()
+        .is_ok_and(|p| p.contains(" 200 ") && p.contains("hello from the guest"));
+    d.report(
+        "vm-inbound-static-httpd",
+        run.has("OUTSOCK-INIT: supervisor on")
+            && static_ok
+            && log_has("SHTTPD-LOG")
+            && line_is("RELISTEN=alive"),
+        &format!(
+            "world client [{}] -> [{}]:{STATIC_HTTPD_PORT} -> busybox-static httpd -p 0.0.0.0:{STATIC_HTTPD_PORT} (AF_INET) in the guest, under /init's supervisor: {}; client's dummy {dummy_text} in its log: {}; a second httpd on the port once the first was killed: {}",
+            addr::CLIENT,
+            addr::HOST_VMS[0],
+            match &seen.static_page {
+                Ok(_) if static_ok => "page served".to_owned(),
+                Ok(p) => format!("unexpected answer {:?}", p.chars().take(120).collect::<String>()),
+                Err(e) => e.clone(),
+            },
+            log_has("SHTTPD-LOG"),
+            marker("RELISTEN=").map_or_else(
+                || "no marker".to_owned(),
+                |v| format!("{v} {:?}", run
+                    .lines
+                    .iter()
+                    .filter_map(|(_, l)| l.trim().strip_prefix("RELISTEN-LOG "))
+                    .collect::<Vec<_>>())
+            ),
         ),
     );
     match nginx_seen {
@@ -873,6 +936,71 @@ fn nginx(d: &mut Driver, run: &Run, seen: &NginxSeen) {
             seen.port_free.as_ref().err().map_or(String::new(), |e| format!(" (httpd's listener: {e})")),
             dummy.map_or("none".to_owned(), |a| a.to_string()),
             if errlog.is_empty() { String::new() } else { format!(", e.g. {errlog:?}") },
+        ),
+    );
+}
+
+/// The static programs /init's supervisor outsources over vsock: Debian's busybox-static (the
+/// image's /bin/busybox: static glibc, its own resolver asking the loopback forwarder) and the
+/// Go client (CGO_ENABLED=0), both by name. The guest has no network device, so a connect not
+/// outsourced fails (ENETUNREACH); the Go client's RemoteAddr must be the dummy IPv4 that
+/// dns-cache maps to the name's IPv6 address.
+fn static_clients(d: &mut Driver, run: &Run, mappings: &[(Ipv4Addr, Ipv6Addr)]) {
+    let rc_of = |m: &str| {
+        run.lines.iter().find_map(|(_, l)| {
+            l.trim()
+                .strip_prefix(m)
+                .and_then(|v| v.split_whitespace().next().map(str::to_owned))
+        })
+    };
+    let supervised = run.has("OUTSOCK-INIT: supervisor on");
+    let rc = rc_of("STATICWGET-RC=");
+    d.report(
+        "vm-static-wget",
+        supervised && rc.as_deref() == Some("0"),
+        &format!(
+            "busybox-static wget (the image's /bin/busybox) by name under /init's supervisor ({}): exit {rc:?}",
+            if supervised { "on" } else { "NOT on" }
+        ),
+    );
+    let out: Vec<&str> = run
+        .lines
+        .iter()
+        .filter_map(|(_, l)| l.trim_end().strip_prefix("GO "))
+        .collect();
+    let errs: Vec<&str> = run
+        .lines
+        .iter()
+        .filter_map(|(_, l)| l.trim_end().strip_prefix("GO-ERR "))
+        .collect();
+    let remote = out
+        .iter()
+        .find_map(|l| l.strip_prefix("remote "))
+        .and_then(|a| a.trim().parse::<std::net::SocketAddrV4>().ok());
+    let mapped = remote.and_then(|r| {
+        mappings
+            .iter()
+            .find(|(m, _)| m == r.ip())
+            .map(|(_, v6)| *v6)
+    });
+    let go_rc = rc_of("GO-RC=");
+    let body = out.iter().any(|l| l.contains(INDEX_BODY.trim()));
+    d.report(
+        "vm-go-client",
+        supervised
+            && go_rc.as_deref() == Some("0")
+            && remote.is_some_and(|r| r.port() == 80 && in_pool(*r.ip(), Ipv4Addr::new(10, 170, 160, 0)))
+            && mapped == Some(addr::HTTP)
+            && body
+            && out.iter().any(|l| l.contains(" 200 ")),
+        &format!(
+            "Go client (CGO_ENABLED=0) dials {} over tcp4 by name: exit {go_rc:?}, RemoteAddr {} (dns-cache maps it to {}; want {}), page {}{}",
+            zone::V6ONLY,
+            remote.map_or("none".to_owned(), |r| r.to_string()),
+            mapped.map_or("nothing".to_owned(), |a| a.to_string()),
+            addr::HTTP,
+            if body { "printed" } else { "missing" },
+            if errs.is_empty() { String::new() } else { format!(", stderr {errs:?}") },
         ),
     );
 }

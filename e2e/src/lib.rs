@@ -6,9 +6,11 @@
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
+use std::process::Stdio;
+
 use socket2::{Domain, Socket, Type};
-use testworld::addr;
 use testworld::stack::Stack;
+use testworld::{addr, Netns};
 
 /// A test world with outsock's daemons and `config` added to host-server's settings, or `None`
 /// (after saying why) where the test world cannot run; with `OUTSOCK_E2E_REQUIRED=1` that is a
@@ -33,66 +35,64 @@ pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-/// Waits until host-server has a UDP socket on `port` in `host` (seen with `ss`).
+/// The sockets on `port` in namespace `ns` as `ss FLAGS` lists them (`-Hltn`: TCP listeners,
+/// `-Hlun`: UDP sockets); empty when none.
 ///
 /// # Panics
-/// When none appears within 15 s.
-pub fn wait_udp_bound(s: &Stack, port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let out = s
-            .world
-            .host()
-            .command("ss")
-            .args(["-Hlun", &format!("sport = :{port}")])
-            .output()
-            .expect("ss runs in the host namespace");
-        if text(&out.stdout).contains(&format!(":{port}")) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no UDP socket on port {port} after 15 s\n{}",
-            s.logs()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// host-server's listener on TCP `port` in `host`, as `ss -Hltn` shows it (empty: none).
-///
-/// # Panics
-/// When `ss` cannot run in the host namespace.
+/// When `ss` cannot run there.
 #[must_use]
-pub fn tcp_listener_line(s: &Stack, port: u16) -> String {
-    let out = s
-        .world
-        .host()
+pub fn ss_line(ns: &Netns, flags: &str, port: u16) -> String {
+    let out = ns
         .command("ss")
-        .args(["-Hltn", &format!("sport = :{port}")])
+        .args([flags, &format!("sport = :{port}")])
         .output()
-        .expect("ss runs in the host namespace");
+        .expect("ss runs in the namespace");
     text(&out.stdout)
 }
 
-/// Waits until `ok` holds for host-server's listener line on `port` ([`tcp_listener_line`]).
+/// Waits until `ok` holds for [`ss_line`]`(ns, flags, port)`.
 ///
 /// # Panics
-/// When it does not within 20 s, naming `what`.
-pub fn wait_tcp_listener(s: &Stack, port: u16, what: &str, ok: impl Fn(&str) -> bool) {
+/// When it does not within 20 s, naming `what`, with the stack's logs.
+pub fn wait_ss(
+    s: &Stack,
+    ns: &Netns,
+    flags: &str,
+    port: u16,
+    what: &str,
+    ok: impl Fn(&str) -> bool,
+) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let line = tcp_listener_line(s, port);
+        let line = ss_line(ns, flags, port);
         if ok(&line) {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "port {port}: {what} not seen after 20 s (ss: {line:?})\n{}",
+            "port {port}: {what} not seen after 20 s (ss {flags}: {line:?})\n{}",
             s.logs()
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Waits until host-server has a UDP socket on `port` in `host`.
+///
+/// # Panics
+/// As [`wait_ss`].
+pub fn wait_udp_bound(s: &Stack, port: u16) {
+    wait_ss(s, s.world.host(), "-Hlun", port, "a UDP socket", |l| {
+        l.contains(&format!(":{port}"))
+    });
+}
+
+/// Waits until `ok` holds for host-server's TCP listener line on `port` in `host`.
+///
+/// # Panics
+/// As [`wait_ss`].
+pub fn wait_tcp_listener(s: &Stack, port: u16, what: &str, ok: impl Fn(&str) -> bool) {
+    wait_ss(s, s.world.host(), "-Hltn", port, what, ok);
 }
 
 /// Waits until host-server listens on TCP `port` in `host` (`want`), or no longer does.
@@ -123,4 +123,32 @@ pub fn connect_from_client(port: u16) -> TcpStream {
     t.set_read_timeout(Some(Duration::from_secs(30)))
         .expect("set a read timeout");
     t
+}
+
+/// Starts `iperf3 -s -p PORT EXTRA…` in `world` (stopped with the world) and waits until it
+/// listens.
+///
+/// # Panics
+/// When it cannot start or does not listen within 20 s.
+pub fn world_iperf3_server(s: &mut Stack, port: u16, extra: &[&str]) {
+    let mut server = s.world.world().command("iperf3");
+    server
+        .args(["-s", "-p", &port.to_string()])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let server = s
+        .world
+        .world()
+        .spawn("iperf3 server", server)
+        .expect("iperf3 starts in world");
+    s.world.adopt(server);
+    wait_ss(
+        s,
+        s.world.world(),
+        "-Hltn",
+        port,
+        "the world's iperf3 server",
+        |l| l.contains(&format!(":{port}")),
+    );
 }

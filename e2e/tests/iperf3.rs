@@ -82,14 +82,7 @@ fn legacy_server(s: &Stack) -> Child {
     let mut child = cmd.spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let out = s
-            .world
-            .host()
-            .command("ss")
-            .args(["-Hltn", &format!("sport = :{PORT}")])
-            .output()
-            .unwrap();
-        if text(&out.stdout).contains(&format!(":{PORT}")) {
+        if outsock_e2e::ss_line(s.world.host(), "-Hltn", PORT).contains(&format!(":{PORT}")) {
             return child;
         }
         if Instant::now() >= deadline {
@@ -141,28 +134,7 @@ fn against_legacy_server(s: &Stack, args: &[&str]) -> String {
 /// `::` answers a client's first datagram from whichever address the route to the client
 /// prefers, and a connected client drops that (natively too).
 fn world_server(s: &mut Stack) {
-    let mut server = s.world.world().command("iperf3");
-    server
-        .args(["-s", "-p", &PORT.to_string(), "-B", &addr::ECHO.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let server = s.world.world().spawn("iperf3 server", server).unwrap();
-    s.world.adopt(server);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !text(
-        &s.world
-            .world()
-            .command("ss")
-            .args(["-Hltn", &format!("sport = :{PORT}")])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .contains(&format!(":{PORT}"))
-    {
-        assert!(Instant::now() < deadline, "iperf3 server did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    outsock_e2e::world_iperf3_server(s, PORT, &["-B", &addr::ECHO.to_string()]);
 }
 
 /// The TCP report's byte counts: all of `-n` sent (at most one 128 KiB block more), and the

@@ -180,29 +180,7 @@ fn iperf3_transfer_completes() {
     let Some(mut s) = stack("iperf3", PORTS) else {
         return;
     };
-    let mut server = s.world.world().command("iperf3");
-    server
-        .args(["-s", "-p", "5201"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let server = s.world.world().spawn("iperf3 server", server).unwrap();
-    s.world.adopt(server);
-    // Wait until the server listens (inside world).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !text(
-        &s.world
-            .world()
-            .command("ss")
-            .args(["-Hltn", "sport = :5201"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .contains("5201")
-    {
-        assert!(Instant::now() < deadline, "iperf3 server did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    outsock_e2e::world_iperf3_server(&mut s, 5201, &[]);
     let bytes = 32 * 1024 * 1024;
     let out = run(
         &s,

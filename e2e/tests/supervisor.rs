@@ -24,6 +24,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use outsock_e2e::{connect_from_client, stack, text, wait_listening};
+use tempfile::TempDir;
 use testworld::stack::{artefact, Stack};
 use testworld::{addr, zone, INDEX_BODY};
 
@@ -153,15 +154,39 @@ fn busybox_static(test: &str, dir: &Path) -> Option<PathBuf> {
     Some(bb)
 }
 
+/// The test world with `config` and Debian's busybox-static in a temporary folder, or `None`
+/// (after [`skip`]) where supervision, the world or the binary is unavailable.
+fn busybox_world(test: &str, label: &str, config: &str) -> Option<(Stack, TempDir, PathBuf)> {
+    if !can_supervise(test) {
+        return None;
+    }
+    let s = stack(label, config)?;
+    let dir = tempfile::tempdir().unwrap();
+    let bb = busybox_static(test, dir.path())?;
+    Some((s, dir, bb))
+}
+
+/// The test world with `config` and the Go program `source` built in a temporary folder, or
+/// `None` (after [`skip`]) where supervision, the world or `go` is unavailable.
+fn go_world(
+    test: &str,
+    label: &str,
+    config: &str,
+    source: &str,
+) -> Option<(Stack, TempDir, PathBuf)> {
+    if !can_supervise(test) {
+        return None;
+    }
+    let s = stack(label, config)?;
+    let dir = tempfile::tempdir().unwrap();
+    let bin = go_build(test, dir.path(), source)?;
+    Some((s, dir, bin))
+}
+
 #[test]
 fn static_busybox_wget_by_name() {
     let test = "static_busybox_wget_by_name";
-    if !can_supervise(test) {
-        return;
-    }
-    let Some(s) = stack("sup-bb", "") else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let Some(bb) = busybox_static(test, dir.path()) else {
+    let Some((s, _dir, bb)) = busybox_world(test, "sup-bb", "") else {
         return;
     };
     let url = format!("http://{}/index.html", zone::V6ONLY);
@@ -187,14 +212,7 @@ fn static_busybox_wget_by_name() {
 #[test]
 fn static_busybox_nc_client_by_name() {
     let test = "static_busybox_nc_client_by_name";
-    if !can_supervise(test) {
-        return;
-    }
-    let Some(s) = stack("sup-bb-nc", "") else {
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let Some(bb) = busybox_static(test, dir.path()) else {
+    let Some((s, _dir, bb)) = busybox_world(test, "sup-bb-nc", "") else {
         return;
     };
     // The shell feeds the line; the connect is the static nc's own.
@@ -284,12 +302,7 @@ fn a_second_filter_with_a_listener_falls_back_to_the_preload_in_one_line() {
 #[test]
 fn static_loopback_connect_stays_local() {
     let test = "static_loopback_connect_stays_local";
-    if !can_supervise(test) {
-        return;
-    }
-    let Some(s) = stack("sup-lo", "") else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let Some(bb) = busybox_static(test, dir.path()) else {
+    let Some((s, _dir, bb)) = busybox_world(test, "sup-lo", "") else {
         return;
     };
     // A server on `legacy`'s own loopback, which host-server could never reach (it refuses
@@ -425,14 +438,7 @@ func main() {
 #[test]
 fn raw_syscalls_see_an_af_inet_socket() {
     let test = "raw_syscalls_see_an_af_inet_socket";
-    if !can_supervise(test) {
-        return;
-    }
-    let Some(s) = stack("sup-raw", "") else {
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let Some(bin) = go_build(test, dir.path(), RAW_CLIENT) else {
+    let Some((s, _dir, bin)) = go_world(test, "sup-raw", "", RAW_CLIENT) else {
         return;
     };
     let out = supervised(&s, &bin, &[zone::V6ONLY]);
@@ -485,12 +491,7 @@ fn go_build(test: &str, dir: &Path, source: &str) -> Option<PathBuf> {
 #[test]
 fn go_client_dials_tcp4_by_name() {
     let test = "go_client_dials_tcp4_by_name";
-    if !can_supervise(test) {
-        return;
-    }
-    let Some(s) = stack("sup-go", "") else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let Some(bin) = go_client(test, dir.path()) else {
+    let Some((s, _dir, bin)) = go_world(test, "sup-go", "", GO_CLIENT) else {
         return;
     };
     let out = supervised(&s, &bin, &[zone::V6ONLY]);
@@ -594,14 +595,7 @@ fn host_server_refusal_reaches_the_static_program() {
 #[test]
 fn sigterm_reaches_the_supervised_program() {
     let test = "sigterm_reaches_the_supervised_program";
-    if !can_supervise(test) {
-        return;
-    }
-    let Some(s) = stack("sup-term", "") else {
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let Some(bb) = busybox_static(test, dir.path()) else {
+    let Some((s, _dir, bb)) = busybox_world(test, "sup-term", "") else {
         return;
     };
     // `ip netns exec` execs outsock, so the child's pid is outsock's.
@@ -726,14 +720,7 @@ fn unconnected_sendto_a_nameserver_is_answered_by_the_guest_dns() {
 #[test]
 fn descendants_stay_supervised_after_the_program_exits() {
     let test = "descendants_stay_supervised_after_the_program_exits";
-    if !can_supervise(test) {
-        return;
-    }
-    let Some(s) = stack("sup-desc", "") else {
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let Some(bb) = busybox_static(test, dir.path()) else {
+    let Some((s, _dir, bb)) = busybox_world(test, "sup-desc", "") else {
         return;
     };
     // The shell exits at once; its background child fetches a second later, when the
@@ -885,14 +872,7 @@ func main() {
 #[test]
 fn prefork_children_accept_each_connection_once() {
     let test = "prefork_children_accept_each_connection_once";
-    if !can_supervise(test) {
-        return;
-    }
-    let Some(s) = stack("sup-fork", PORTS) else {
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let Some(bin) = go_build(test, dir.path(), PREFORK_SERVER) else {
+    let Some((s, _dir, bin)) = go_world(test, "sup-fork", PORTS, PREFORK_SERVER) else {
         return;
     };
     let mut server = supervised_command(&s, &["timeout", "90"], &bin, &[]);
@@ -959,14 +939,7 @@ fn prefork_children_accept_each_connection_once() {
 #[test]
 fn static_httpd_serves_an_ipv6_client_and_logs_its_dummy() {
     let test = "static_httpd_serves_an_ipv6_client_and_logs_its_dummy";
-    if !can_supervise(test) {
-        return;
-    }
-    let Some(s) = stack("sup-httpd", PORTS) else {
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let Some(bb) = busybox_static(test, dir.path()) else {
+    let Some((s, dir, bb)) = busybox_world(test, "sup-httpd", PORTS) else {
         return;
     };
     let www = dir.path().join("www");
@@ -1038,14 +1011,7 @@ func main() {
 #[test]
 fn go_server_sees_the_ipv6_clients_dummy() {
     let test = "go_server_sees_the_ipv6_clients_dummy";
-    if !can_supervise(test) {
-        return;
-    }
-    let Some(s) = stack("sup-gosrv", PORTS) else {
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let Some(bin) = go_build(test, dir.path(), GO_SERVER) else {
+    let Some((s, _dir, bin)) = go_world(test, "sup-gosrv", PORTS, GO_SERVER) else {
         return;
     };
     let mut server = supervised_command(&s, &["timeout", "60"], &bin, &[]);
@@ -1240,14 +1206,7 @@ func main() {
 #[test]
 fn a_port_host_server_does_not_allow_is_eacces() {
     let test = "a_port_host_server_does_not_allow_is_eacces";
-    if !can_supervise(test) {
-        return;
-    }
-    let Some(s) = stack("sup-lport", PORTS) else {
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let Some(bin) = go_build(test, dir.path(), GO_LISTEN) else {
+    let Some((s, _dir, bin)) = go_world(test, "sup-lport", PORTS, GO_LISTEN) else {
         return;
     };
     // 8089 is not in allowed_ports: host-server's EACCES is the program's listen error.
@@ -1266,14 +1225,7 @@ fn a_port_host_server_does_not_allow_is_eacces() {
 #[test]
 fn sigterm_ends_the_supervisor_once_the_program_is_gone() {
     let test = "sigterm_ends_the_supervisor_once_the_program_is_gone";
-    if !can_supervise(test) {
-        return;
-    }
-    let Some(s) = stack("sup-term2", "") else {
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let Some(bb) = busybox_static(test, dir.path()) else {
+    let Some((s, _dir, bb)) = busybox_world(test, "sup-term2", "") else {
         return;
     };
     // The shell exits at once; its background sleep keeps the supervisor serving.
@@ -1306,14 +1258,7 @@ fn sigterm_ends_the_supervisor_once_the_program_is_gone() {
 #[test]
 fn a_daemonized_static_httpd_stays_served() {
     let test = "a_daemonized_static_httpd_stays_served";
-    if !can_supervise(test) {
-        return;
-    }
-    let Some(s) = stack("sup-daemon", PORTS) else {
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let Some(bb) = busybox_static(test, dir.path()) else {
+    let Some((s, dir, bb)) = busybox_world(test, "sup-daemon", PORTS) else {
         return;
     };
     let www = dir.path().join("www-daemon");

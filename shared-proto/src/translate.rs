@@ -1,7 +1,8 @@
 //! The translation's semantics, shared by both front ends (liboutsock, which sees libc calls,
 //! and outsock-supervisor, which sees system calls through seccomp user notification): which
 //! IPv4 destinations are outsourced, the `sockaddr_in` bytes a program reads and writes, and
-//! what host-server's answer to a connect means for the program.
+//! what host-server's answer to a connect means for the program, and which stream reaches
+//! host-server (the guest image's `transport=` setting).
 //!
 //! Pure functions over bytes and values: no I/O, no `unsafe`.
 
@@ -115,6 +116,44 @@ pub fn resolv_conf_nameservers(text: &str) -> Vec<Ipv4Addr> {
         .collect()
 }
 
+/// The guest image's settings for liboutsock and the supervisor (`key=value` lines, `#`
+/// comments).
+pub const GUEST_CONFIG_FILE: &str = "/etc/outsock/shim.conf";
+
+/// The host's vsock CID, which a guest's requests to host-server go to.
+pub const HOST_CID: u32 = 2;
+
+/// Parses a transport value: `Some(None)` Unix, `Some(Some(port))` vsock, `None` invalid.
+#[must_use]
+pub fn parse_transport(v: &str) -> Option<Option<u32>> {
+    let v = v.trim();
+    if v == "unix" {
+        return Some(None);
+    }
+    let port = v.strip_prefix("vsock:")?.parse().ok()?;
+    Some(Some(port))
+}
+
+/// The value of `key` in a settings file's text ([`GUEST_CONFIG_FILE`]'s format).
+#[must_use]
+pub fn config_value<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    text.lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .filter_map(|l| l.split_once('='))
+        .find(|(k, _)| k.trim() == key)
+        .map(|(_, v)| v.trim())
+}
+
+/// The vsock port host-server is reached on: `env` (`OUTSOCK_TRANSPORT`'s value) first, else
+/// `transport=` in `config` ([`GUEST_CONFIG_FILE`]'s text); `None`: a Unix stream (process
+/// mode), also for an invalid value.
+#[must_use]
+pub fn choose_transport(env: Option<&str>, config: Option<&str>) -> Option<u32> {
+    env.or_else(|| config.and_then(|t| config_value(t, "transport")))
+        .and_then(parse_transport)
+        .flatten()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,5 +205,21 @@ mod tests {
             resolv_conf_nameservers(t),
             vec![Ipv4Addr::new(10, 255, 255, 53), Ipv4Addr::new(1, 2, 3, 4)]
         );
+    }
+
+    #[test]
+    fn transport_is_chosen_from_the_environment_then_the_image_settings() {
+        assert_eq!(parse_transport("unix"), Some(None));
+        assert_eq!(parse_transport(" vsock:1024 "), Some(Some(1024)));
+        assert_eq!(parse_transport("vsock:x"), None);
+        assert_eq!(parse_transport("tcp"), None);
+        let image = "# guest image\ntransport = vsock:1024  # host-server\ndns=10.170.160.1\n";
+        assert_eq!(config_value(image, "dns"), Some("10.170.160.1"));
+        assert_eq!(config_value(image, "missing"), None);
+        assert_eq!(choose_transport(None, Some(image)), Some(1024));
+        assert_eq!(choose_transport(Some("unix"), Some(image)), None);
+        assert_eq!(choose_transport(Some("vsock:5"), None), Some(5));
+        assert_eq!(choose_transport(None, None), None);
+        assert_eq!(choose_transport(None, Some("transport=tcp\n")), None);
     }
 }

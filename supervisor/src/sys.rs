@@ -556,12 +556,22 @@ pub fn set_nonblocking(fd: RawFd, on: bool) -> io::Result<()> {
 /// memory, so the kernel never reads them again); returns 0 or the errno.
 #[must_use]
 pub fn connect_raw(fd: RawFd, addr: &[u8]) -> i32 {
+    with_raw_addr(addr, |a, len| {
+        // SAFETY: `a` points at `len` readable bytes; the kernel copies them.
+        unsafe { libc::connect(fd, a, len) }
+    })
+}
+
+/// Runs `call` (connect or bind) on `addr`'s bytes: 0, or the errno it set (EINVAL for an
+/// address longer than a socklen_t).
+fn with_raw_addr(
+    addr: &[u8],
+    call: impl FnOnce(*const libc::sockaddr, libc::socklen_t) -> libc::c_int,
+) -> i32 {
     let Ok(len) = libc::socklen_t::try_from(addr.len()) else {
         return libc::EINVAL;
     };
-    // SAFETY: `addr` holds `len` readable bytes; the kernel copies them.
-    let rc = unsafe { libc::connect(fd, addr.as_ptr().cast(), len) };
-    if rc == 0 {
+    if call(addr.as_ptr().cast(), len) == 0 {
         0
     } else {
         io::Error::last_os_error()
@@ -735,18 +745,10 @@ pub fn peer_unset(fd: RawFd) -> bool {
 /// memory); returns 0 or the errno.
 #[must_use]
 pub fn bind_raw(fd: RawFd, addr: &[u8]) -> i32 {
-    let Ok(len) = libc::socklen_t::try_from(addr.len()) else {
-        return libc::EINVAL;
-    };
-    // SAFETY: `addr` holds `len` readable bytes; the kernel copies them.
-    let rc = unsafe { libc::bind(fd, addr.as_ptr().cast(), len) };
-    if rc == 0 {
-        0
-    } else {
-        io::Error::last_os_error()
-            .raw_os_error()
-            .unwrap_or(libc::EIO)
-    }
+    with_raw_addr(addr, |a, len| {
+        // SAFETY: `a` points at `len` readable bytes; the kernel copies them.
+        unsafe { libc::bind(fd, a, len) }
+    })
 }
 
 /// The local port of socket `fd` as the kernel has it (0: not bound).

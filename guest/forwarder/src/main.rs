@@ -25,11 +25,12 @@ use std::time::{Duration, Instant};
 
 use shared_proto::frame::{frame_len, HEADER_LEN};
 use shared_proto::outsource::{ConnectRequest, Datagram, UdpRequest};
+use shared_proto::translate::{
+    config_value, parse_transport, DEFAULT_GUEST_DNS, GUEST_CONFIG_FILE, HOST_CID,
+};
 use shared_proto::{decode_exact, to_vec, ToGuest, ToHost};
 use socket2::{Domain, SockAddr, SockRef, Socket, Type};
 
-const CONFIG_FILE: &str = "/etc/outsock/shim.conf";
-const HOST_CID: u32 = 2;
 /// Queries older than this are forgotten (the client has given up).
 const QUERY_TTL: Duration = Duration::from_secs(15);
 const MAX_PENDING: usize = 4096;
@@ -42,23 +43,18 @@ struct Settings {
 }
 
 fn settings() -> Result<Settings, String> {
-    let file = std::fs::read_to_string(CONFIG_FILE).unwrap_or_default();
-    let value = |key: &str| {
-        file.lines()
-            .map(|l| l.split('#').next().unwrap_or("").trim())
-            .filter_map(|l| l.split_once('='))
-            .find(|(k, _)| k.trim() == key)
-            .map(|(_, v)| v.trim().to_owned())
-    };
+    let file = std::fs::read_to_string(GUEST_CONFIG_FILE).unwrap_or_default();
+    let value = |key: &str| config_value(&file, key);
     let mut s = Settings {
         listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 53)),
         vsock_port: value("transport")
-            .and_then(|t| t.strip_prefix("vsock:").and_then(|p| p.parse().ok()))
+            .and_then(parse_transport)
+            .flatten()
             .unwrap_or(1024),
         dns: SocketAddrV4::new(
             value("dns")
                 .and_then(|d| d.parse().ok())
-                .unwrap_or(Ipv4Addr::new(10, 170, 160, 1)),
+                .unwrap_or(*DEFAULT_GUEST_DNS.ip()),
             53,
         ),
     };

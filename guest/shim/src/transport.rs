@@ -4,9 +4,10 @@
 //! The transport is a Unix stream to host-server (process mode) or, inside a VM, an AF_VSOCK
 //! stream to the host (CID 2), which the VMM bridges to host-server after writing the VM's
 //! hello. Which one is chosen once per process ([`vsock_port`]): `OUTSOCK_TRANSPORT` in the
-//! environment, else `transport=` in [`CONFIG_FILE`] (so daemons started without our
-//! environment, through /etc/ld.so.preload, find it too), else Unix. The value is `unix` or
-//! `vsock:<port>`.
+//! environment, else `transport=` in the guest image's settings file (so daemons started
+//! without our environment, through /etc/ld.so.preload, find it too), else Unix. The value is
+//! `unix` or `vsock:<port>`; the rule is `shared_proto::translate::choose_transport`, which the
+//! supervisor uses too.
 //!
 //! Everything here uses the real libc calls (never our interposed ones); descriptors passed
 //! with an answer are received by the shared `outsock-fdpass` crate, given [`real::Real`] (libc's
@@ -18,6 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use libc::{c_int, c_void};
 use outsock_fdpass::recvmsg_fd;
 use shared_proto::frame::{frame_len, HEADER_LEN};
+use shared_proto::translate::{choose_transport, GUEST_CONFIG_FILE, HOST_CID};
 use shared_proto::{decode_exact, to_vec, Errno, ToGuest, ToHost};
 
 use crate::real;
@@ -31,50 +33,17 @@ const ANSWER_TIMEOUT_SECS: libc::time_t = 60;
 
 static WARNED: AtomicBool = AtomicBool::new(false);
 
-/// The guest image's shim settings (`key=value` lines; `#` comments).
-pub const CONFIG_FILE: &str = "/etc/outsock/shim.conf";
-/// The host's vsock CID.
-const HOST_CID: u32 = 2;
-
 /// 0: not read yet; 1: Unix; `2 << 32 | port`: vsock.
 static TRANSPORT: AtomicU64 = AtomicU64::new(0);
-
-/// Parses a transport value: `Some(None)` Unix, `Some(Some(port))` vsock, `None` invalid.
-#[must_use]
-pub fn parse_transport(v: &str) -> Option<Option<u32>> {
-    let v = v.trim();
-    if v == "unix" {
-        return Some(None);
-    }
-    let port = v.strip_prefix("vsock:")?.parse().ok()?;
-    Some(Some(port))
-}
-
-/// The value of `key` in a config file's text.
-#[must_use]
-pub fn config_value<'a>(text: &'a str, key: &str) -> Option<&'a str> {
-    text.lines()
-        .map(|l| l.split('#').next().unwrap_or("").trim())
-        .filter_map(|l| l.split_once('='))
-        .find(|(k, _)| k.trim() == key)
-        .map(|(_, v)| v.trim())
-}
 
 /// The vsock port host-server is reached on, or `None` in process mode (Unix socket).
 #[must_use]
 pub fn vsock_port() -> Option<u32> {
     let mut v = TRANSPORT.load(Ordering::Relaxed);
     if v == 0 {
-        let from_env = std::env::var("OUTSOCK_TRANSPORT").ok();
-        let from_file = || {
-            std::fs::read_to_string(CONFIG_FILE)
-                .ok()
-                .and_then(|t| config_value(&t, "transport").map(str::to_owned))
-        };
-        let chosen = from_env
-            .or_else(from_file)
-            .and_then(|t| parse_transport(&t))
-            .flatten();
+        let env = std::env::var("OUTSOCK_TRANSPORT").ok();
+        let config = std::fs::read_to_string(GUEST_CONFIG_FILE).ok();
+        let chosen = choose_transport(env.as_deref(), config.as_deref());
         v = chosen.map_or(1, |port| 2 << 32 | u64::from(port));
         TRANSPORT.store(v, Ordering::Relaxed);
     }
@@ -444,17 +413,5 @@ mod tests {
             libc::close(pair[1]);
         }
         drop(stream);
-    }
-
-    #[test]
-    fn transport_settings_parse() {
-        assert_eq!(parse_transport("unix"), Some(None));
-        assert_eq!(parse_transport(" vsock:1024 "), Some(Some(1024)));
-        assert_eq!(parse_transport("vsock:x"), None);
-        assert_eq!(parse_transport("tcp"), None);
-        let text = "# guest image\ntransport = vsock:1024  # host-server\ndns=10.170.160.1\n";
-        assert_eq!(config_value(text, "transport"), Some("vsock:1024"));
-        assert_eq!(config_value(text, "dns"), Some("10.170.160.1"));
-        assert_eq!(config_value(text, "missing"), None);
     }
 }

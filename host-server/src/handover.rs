@@ -10,19 +10,25 @@ use tokio::net::UnixStream;
 use crate::context::Shared;
 use crate::metrics::Event;
 
-/// Sends `answer` with `fd` attached and counts the pass; a failure is only logged (the peer is
-/// gone or its stream broken, and nobody is left to tell).
+/// Sends `answer` with `fd` attached and counts the pass; returns whether it went. A failure is
+/// only logged (the peer is gone or its stream broken, and nobody is left to tell).
 pub(crate) async fn send_answer_with_fd(
     stream: &UnixStream,
     answer: &ToGuest,
     fd: BorrowedFd<'_>,
     shared: &Shared,
-) {
+) -> bool {
     let Ok(bytes) = frame::to_vec(answer) else {
-        return;
+        return false;
     };
     match crate::fdpass::send_with_fd(stream, &bytes, fd).await {
-        Ok(()) => shared.metrics.record(Event::FdPassed),
-        Err(e) => tracing::debug!(error = %e, "could not pass the socket"),
+        Ok(()) => {
+            shared.metrics.record(Event::FdPassed);
+            true
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "could not pass the socket");
+            false
+        }
     }
 }

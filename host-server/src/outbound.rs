@@ -40,36 +40,51 @@ async fn fail(req: Request, errno: Errno, shared: &Shared) {
     req.refuse(errno).await;
 }
 
-/// Handles one connect request to the end of its connection.
-pub(crate) async fn connect(req: Request, c: ConnectRequest, shared: &Shared) {
+/// [`fail`], for [`connect`]: the refusal closes the stream.
+async fn fail_closed(req: Request, errno: Errno, shared: &Shared) -> Option<UnixStream> {
+    fail(req, errno, shared).await;
+    None
+}
+
+/// Handles one connect request to the end of its connection. Returns the stream when it may
+/// carry the process's next request: after a socket passed while connecting (see
+/// [`crate::session`]).
+pub(crate) async fn connect(
+    req: Request,
+    c: ConnectRequest,
+    shared: &Shared,
+) -> Option<UnixStream> {
     let (target, dummy) = match shared.router.route(c.dest) {
-        Route::Unreachable => return fail(req, Errno::ENETUNREACH, shared).await,
-        Route::GuestDns => return dns_over_tcp(req, c.dest, shared).await,
+        Route::Unreachable => return fail_closed(req, Errno::ENETUNREACH, shared).await,
+        Route::GuestDns => {
+            dns_over_tcp(req, c.dest, shared).await;
+            return None;
+        }
         Route::Ipv4(sa) => (SocketAddr::V4(sa), None),
         Route::Dummy(d) => match shared.mapping.resolve(d).await {
             Ok(Some(v6)) => (
                 SocketAddr::V6(SocketAddrV6::new(v6, c.dest.port(), 0, 0)),
                 Some(d),
             ),
-            Ok(None) => return fail(req, Errno::EHOSTUNREACH, shared).await,
+            Ok(None) => return fail_closed(req, Errno::EHOSTUNREACH, shared).await,
             Err(e) => {
                 static LOG: LogLimit = LogLimit::new();
                 if LOG.allow() {
                     tracing::warn!(dummy = %d, error = %e, "cannot resolve dummy");
                 }
-                return fail(req, Errno::EHOSTUNREACH, shared).await;
+                return fail_closed(req, Errno::EHOSTUNREACH, shared).await;
             }
         },
     };
     if let Err(errno) = admit(shared, &req.identity, target.ip(), Use::Connect) {
-        return fail(req, errno, shared).await;
+        return fail_closed(req, errno, shared).await;
     }
     let pending = match shared
         .limits
         .acquire(&req.identity, Resource::PendingConnect)
     {
         Ok(p) => p,
-        Err(errno) => return fail(req, errno, shared).await,
+        Err(errno) => return fail_closed(req, errno, shared).await,
     };
     // Passing the socket only makes sense to a process on this host: through a VMM the
     // descriptor would land in the VMM, not in the guest.
@@ -91,14 +106,14 @@ pub(crate) async fn connect(req: Request, c: ConnectRequest, shared: &Shared) {
         () = guest_gone(&req.stream) => {
             // Nobody is left to tell: give the pending slot back now, not at the timeout.
             shared.metrics.record(Event::Connect("abandoned"));
-            return;
+            return None;
         }
     };
     drop(pending);
     let tcp = match result {
         Ok(Ok(tcp)) => tcp,
-        Ok(Err(e)) => return fail(req, connect_errno(&e), shared).await,
-        Err(_) => return fail(req, Errno::ETIMEDOUT, shared).await,
+        Ok(Err(e)) => return fail_closed(req, connect_errno(&e), shared).await,
+        Err(_) => return fail_closed(req, Errno::ETIMEDOUT, shared).await,
     };
     shared.metrics.record(Event::Connect("ok"));
     let local = guest_local(&tcp);
@@ -109,14 +124,15 @@ pub(crate) async fn connect(req: Request, c: ConnectRequest, shared: &Shared) {
         in_progress: false,
     };
     if pass_fd {
-        return pass_connected(req, &answer, tcp, shared).await;
+        pass_connected(req, &answer, tcp, shared).await;
+        return None;
     }
     let mut stream = req.stream;
     if crate::framed::write_frame(&mut stream, &answer)
         .await
         .is_err()
     {
-        return;
+        return None;
     }
     let _pin = dummy.map(|d| shared.mapping.pin(d));
     let s = &shared.settings;
@@ -137,6 +153,7 @@ pub(crate) async fn connect(req: Request, c: ConnectRequest, shared: &Shared) {
         Err(RelayError::Io(e)) => tracing::debug!(dest = %c.dest, error = %e, "relay ended"),
     }
     drop(req.permit);
+    None
 }
 
 /// A non-blocking TCP socket for `target`; an IPv6 one is IPV6_V6ONLY, so that no address can
@@ -213,7 +230,14 @@ async fn pass_connected(req: Request, answer: &ToGuest, tcp: TcpStream, shared: 
 
 /// Starts a non-blocking connect and hands the socket over while it is still connecting: the
 /// program learns the outcome through poll and SO_ERROR, exactly as with its own socket.
-async fn pass_connecting(req: Request, dest: SocketAddrV4, target: SocketAddr, shared: &Shared) {
+/// Returns the stream, once the socket went over on it and nothing followed the request, for
+/// the process's next request.
+async fn pass_connecting(
+    req: Request,
+    dest: SocketAddrV4,
+    target: SocketAddr,
+    shared: &Shared,
+) -> Option<UnixStream> {
     let source = source_address(&req.identity, target, shared);
     let started = (|| {
         let sock = Socket::new(
@@ -236,7 +260,7 @@ async fn pass_connecting(req: Request, dest: SocketAddrV4, target: SocketAddr, s
     let (sock, in_progress) = match started {
         Ok(s) => s,
         Err(e) => {
-            return fail(req, connect_errno(&e), shared).await;
+            return fail_closed(req, connect_errno(&e), shared).await;
         }
     };
     let port = sock
@@ -255,5 +279,15 @@ async fn pass_connecting(req: Request, dest: SocketAddrV4, target: SocketAddr, s
     } else {
         "ok"
     }));
-    send_answer_with_fd(&req.stream, &answer, sock.as_fd(), shared).await;
+    let passed = send_answer_with_fd(&req.stream, &answer, sock.as_fd(), shared).await;
+    let Request {
+        stream,
+        leftover,
+        permit,
+        ..
+    } = req;
+    drop(permit);
+    // Bytes after the request would be a next request read ahead: not taken up; the stream
+    // ends and the client asks again on a new one.
+    (passed && leftover.is_empty()).then_some(stream)
 }

@@ -6,6 +6,15 @@
 //! apply the socket limit, and dispatch to outbound TCP, a guest listener, a UDP association, or
 //! a connected UDP socket handed to a process. Refusals are answered with a `Failed(errno)`
 //! frame before the stream closes.
+//!
+//! A process's stream whose connect was answered with the socket passed while connecting
+//! (`Connect` with `pass_fd` and `nonblocking`) stays open for the process's next request, read
+//! and admitted exactly as a new stream's first one (identity, the awaiting cap, the request
+//! timeout, the socket limit), so a client may keep one stream for many connects and skip a
+//! stream's set-up per socket. Such a stream that stays idle past the request timeout, or is
+//! over the awaiting cap, is closed without an answer (its client has no request waiting; it
+//! opens a new stream). A client that closes its stream after the answer (liboutsock) changes
+//! nothing.
 
 use std::time::Duration;
 
@@ -58,8 +67,42 @@ pub(crate) async fn serve(mut stream: UnixStream, shared: Shared) -> Next {
         refuse(&mut stream, Errno::EACCES).await;
         return Next::Closed;
     }
+    // Whether this stream has carried a request before (see the module docs).
+    let mut again = false;
+    loop {
+        match serve_request(stream, cred, &shared, again).await {
+            Served::Next(s) => {
+                stream = s;
+                again = true;
+            }
+            Served::Done(next) => return next,
+        }
+    }
+}
+
+/// How one request on a stream ended.
+enum Served {
+    /// The stream may carry another request.
+    Next(UnixStream),
+    /// What the stream became.
+    Done(Next),
+}
+
+/// Reads, admits and carries out one request on `stream`; `again` when it carried one before.
+#[allow(clippy::too_many_lines)]
+async fn serve_request(
+    mut stream: UnixStream,
+    cred: PeerCred,
+    shared: &Shared,
+    again: bool,
+) -> Served {
     let mut reader = FrameReader::new();
-    let opened = match read_request(&mut stream, &mut reader, cred, &shared).await {
+    let opened = match read_request(&mut stream, &mut reader, cred, shared).await {
+        // A kept stream that its client closed, or that stays idle, ends quietly: its client
+        // waits for no answer.
+        Start::Read(Err(Some(Errno::ECONNRESET))) | Start::TimedOut | Start::OverCap if again => {
+            return Served::Done(Next::Closed)
+        }
         Start::Read(r) => r,
         Start::TimedOut => Err(None),
         Start::OverCap => {
@@ -75,7 +118,7 @@ pub(crate) async fn serve(mut stream: UnixStream, shared: Shared) -> Next {
                 );
             }
             refuse_now(&stream, Errno::EAGAIN);
-            return Next::Closed;
+            return Served::Done(Next::Closed);
         }
     };
     let Opened {
@@ -84,14 +127,14 @@ pub(crate) async fn serve(mut stream: UnixStream, shared: Shared) -> Next {
         Ok(o) => o,
         Err(Some(errno)) => {
             refuse(&mut stream, errno).await;
-            return Next::Closed;
+            return Served::Done(Next::Closed);
         }
         Err(None) => {
             shared
                 .metrics
                 .record(Event::StreamRefused("request_timeout"));
             refuse(&mut stream, Errno::ETIMEDOUT).await;
-            return Next::Closed;
+            return Served::Done(Next::Closed);
         }
     };
     let permit = match shared.limits.acquire(&identity, Resource::Socket) {
@@ -100,7 +143,7 @@ pub(crate) async fn serve(mut stream: UnixStream, shared: Shared) -> Next {
             tracing::debug!(%identity, %errno, "socket limit reached");
             shared.metrics.record(Event::StreamRefused("socket_limit"));
             refuse(&mut stream, errno).await;
-            return Next::Closed;
+            return Served::Done(Next::Closed);
         }
     };
     let req = Request {
@@ -109,30 +152,31 @@ pub(crate) async fn serve(mut stream: UnixStream, shared: Shared) -> Next {
         leftover: reader.into_leftover(),
         permit,
     };
-    match request {
-        ToHost::Connect(c) => {
-            crate::outbound::connect(req, c, &shared).await;
-            Next::Closed
-        }
-        ToHost::Listen(l) => match crate::inbound::open(req, &l, &shared).await {
+    let next = match request {
+        ToHost::Connect(c) => match crate::outbound::connect(req, c, shared).await {
+            Some(kept) => return Served::Next(kept),
+            None => Next::Closed,
+        },
+        ToHost::Listen(l) => match crate::inbound::open(req, &l, shared).await {
             Some(parts) => Next::Listen(Box::new(parts)),
             None => Next::Closed,
         },
         ToHost::Udp(u) => {
-            crate::udp::associate(req, &u, &shared).await;
+            crate::udp::associate(req, &u, shared).await;
             Next::Closed
         }
         ToHost::UdpConnect(u) => {
-            crate::udp::connect_passed(req, &u, &shared).await;
+            crate::udp::connect_passed(req, &u, shared).await;
             Next::Closed
         }
         ToHost::Icmp(i) => {
-            crate::icmp::associate(req, &i, &shared).await;
+            crate::icmp::associate(req, &i, shared).await;
             Next::Closed
         }
         // The opening only yields requests.
         ToHost::Hello(_) | ToHost::Datagram(_) => Next::Closed,
-    }
+    };
+    Served::Done(next)
 }
 
 /// How long a new stream may take to send its request before it counts among its uid's

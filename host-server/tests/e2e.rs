@@ -536,6 +536,98 @@ fn outbound_tcp_relay_fd_passing_and_errnos() {
     assert!(text.contains("outsock_host_fds_passed_total 2"), "{text}");
 }
 
+/// A process's stream that brought a socket passed while connecting carries the next request
+/// (many connects on one stream, each socket working); any other answer ends the stream, and
+/// so does an idle kept stream after the request timeout — without an answer, since its client
+/// asked nothing.
+#[test]
+fn a_kept_stream_carries_connects_until_idle() {
+    let Some(rig) = Rig::start("hs-kept", &["request_timeout_ms = 1500"]) else {
+        return;
+    };
+    let sock = rig.sock(0);
+    let dest = SocketAddrV4::new(rig.dummy(zone::ECHO), addr::ECHO_PORT);
+    let closed = SocketAddrV4::new(rig.dummy(zone::ECHO), addr::CLOSED_PORT);
+    let (echoes, after_blocking, after_idle, idle_for) = in_legacy(&rig, move || {
+        let echo_on = |fd: Option<std::os::fd::OwnedFd>, line: &[u8]| {
+            let tcp = TcpStream::from(fd.expect("a passed descriptor"));
+            tcp.set_nonblocking(false).unwrap();
+            (&tcp).write_all(line).unwrap();
+            tcp.shutdown(Shutdown::Write).unwrap();
+            let mut got = Vec::new();
+            (&tcp).read_to_end(&mut got).unwrap();
+            got
+        };
+        // Five connects on one stream, each answered with its socket.
+        let mut s = UnixStream::connect(&sock).unwrap();
+        let mut echoes = Vec::new();
+        for i in 0..5u8 {
+            send(&mut s, &connect_req(dest, true, true));
+            let (answer, fd) = read_frame_with_fd(&mut s);
+            assert!(
+                matches!(
+                    answer,
+                    ToGuest::Connected {
+                        fd_passed: true,
+                        ..
+                    }
+                ),
+                "connect {i} on the kept stream: {answer:?}"
+            );
+            echoes.push(echo_on(fd, &[b'0' + i]));
+        }
+        // A blocking pass (answered once connected) ends the stream after its answer.
+        send(&mut s, &connect_req(dest, true, false));
+        let (answer, fd) = read_frame_with_fd(&mut s);
+        assert!(matches!(answer, ToGuest::Connected { .. }), "{answer:?}");
+        echoes.push(echo_on(fd, b"b"));
+        let mut rest = Vec::new();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let after_blocking = s.read_to_end(&mut rest).map(|_| rest);
+        // A refusal ends its stream too: the stream that carried a connect before
+        // gets ECONNREFUSED, then its end.
+        let mut s = UnixStream::connect(&sock).unwrap();
+        send(&mut s, &connect_req(dest, true, true));
+        let (_, fd) = read_frame_with_fd(&mut s);
+        echoes.push(echo_on(fd, b"r"));
+        send(&mut s, &connect_req(closed, true, false));
+        assert_eq!(
+            read_frame(&mut s),
+            Some(ToGuest::Failed(Errno::ECONNREFUSED))
+        );
+        assert_eq!(
+            read_frame(&mut s),
+            None,
+            "the stream goes on after a refusal"
+        );
+        // An idle kept stream ends quietly after the request timeout.
+        let mut s = UnixStream::connect(&sock).unwrap();
+        send(&mut s, &connect_req(dest, true, true));
+        let (_, fd) = read_frame_with_fd(&mut s);
+        echoes.push(echo_on(fd, b"i"));
+        let t = Instant::now();
+        let mut rest = Vec::new();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let after_idle = s.read_to_end(&mut rest).map(|_| rest);
+        (echoes, after_blocking, after_idle, t.elapsed())
+    });
+    let want: Vec<Vec<u8>> = [b"0", b"1", b"2", b"3", b"4", b"b", b"r", b"i"]
+        .iter()
+        .map(|l| l.to_vec())
+        .collect();
+    assert_eq!(echoes, want);
+    assert_eq!(
+        after_blocking.unwrap(),
+        b"",
+        "bytes after the blocking pass"
+    );
+    assert_eq!(after_idle.unwrap(), b"", "an answer on an idle kept stream");
+    assert!(
+        idle_for >= Duration::from_millis(1000) && idle_for < Duration::from_secs(8),
+        "the idle kept stream ended after {idle_for:?}"
+    );
+}
+
 #[test]
 fn udp_echo_and_guest_dns() {
     let Some(rig) = Rig::start("hs-udp", &[""]) else {

@@ -1,15 +1,24 @@
-//! The supervisor's client of host-server: one stream per request (exactly as liboutsock opens
-//! one per socket), one request frame, one answer frame read to its last byte and no further (a
-//! relayed stream's later bytes belong to the program), with the descriptor host-server passes
-//! alongside (SCM_RIGHTS). The stream is a Unix stream to host-server's socket (process mode)
-//! or, inside a VM, an `AF_VSOCK` stream to the host that the VMM bridges to host-server
-//! ([`HostServer::over_vsock`]); over vsock nothing is passed, so connects are relayed.
+//! The supervisor's client of host-server: one request frame on a stream, one answer frame read
+//! to its last byte and no further (a relayed stream's later bytes belong to the program), with
+//! the descriptor host-server passes alongside (SCM_RIGHTS). The stream is a Unix stream to
+//! host-server's socket (process mode) or, inside a VM, an `AF_VSOCK` stream to the host that
+//! the VMM bridges to host-server ([`HostServer::over_vsock`]); over vsock nothing is passed, so
+//! connects are relayed.
+//!
+//! In process mode a stream on which host-server passed a socket while connecting stays open
+//! for the next request (host-server keeps such a stream, see its `session`): up to [`KEPT`]
+//! of them wait here, so a connect costs no new stream, accept and credentials check. A kept
+//! stream host-server has closed meanwhile (idle past its request timeout, or restarted) is
+//! seen readable and dropped before use, and one that ends before any byte of the answer —
+//! host-server closed it as the request went — is asked again on a new stream (host-server
+//! reads nothing from a stream it closes idle, so the request was not carried out).
 
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use shared_proto::frame::{frame_len, HEADER_LEN};
@@ -20,12 +29,17 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 
 static WARNED: AtomicBool = AtomicBool::new(false);
 
+/// The most streams kept for later requests.
+const KEPT: usize = 2;
+
 /// host-server at its socket path.
 #[derive(Debug, Clone)]
 pub struct HostServer {
     path: PathBuf,
     /// Inside a VM: the host's vsock port instead of `path`.
     vsock: Option<u32>,
+    /// Streams host-server keeps open for a next request (process mode).
+    kept: Arc<Mutex<Vec<UnixStream>>>,
 }
 
 /// An answer: the stream it came on, the frame, and the descriptor passed with it.
@@ -39,7 +53,11 @@ pub struct Answer {
 impl HostServer {
     #[must_use]
     pub fn new(path: PathBuf) -> Self {
-        Self { path, vsock: None }
+        Self {
+            path,
+            vsock: None,
+            kept: Arc::default(),
+        }
     }
 
     /// The same host-server reached over vsock `port` of the host (inside a VM), when given.
@@ -83,6 +101,38 @@ impl HostServer {
     /// # Errors
     /// The errno for the program.
     pub fn request(&self, req: &ToHost) -> Result<Answer, Errno> {
+        self.send(req)?.answer(self)
+    }
+
+    /// Keeps `stream` for a later request: one on which host-server passed a socket while
+    /// connecting (it keeps its end open), the answer read to its end.
+    pub fn keep(&self, stream: UnixStream) {
+        let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
+        if kept.len() < KEPT {
+            kept.push(stream);
+        }
+    }
+
+    /// A kept stream with `frame` written on it, if one is still open.
+    fn reuse(&self, frame: &[u8]) -> Option<UnixStream> {
+        loop {
+            let stream = self
+                .kept
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .pop()?;
+            // Anything to read on a stream between requests is its end (or garbage): dropped.
+            if crate::sys::wait_readable(stream.as_raw_fd(), 0) {
+                continue;
+            }
+            if (&stream).write_all(frame).is_ok() {
+                return Some(stream);
+            }
+        }
+    }
+
+    /// A new stream with `frame` written on it.
+    fn fresh(&self, frame: &[u8]) -> Result<UnixStream, Errno> {
         let stream = self.open().map_err(|e| {
             if !WARNED.swap(true, Ordering::Relaxed) {
                 eprintln!(
@@ -92,20 +142,119 @@ impl HostServer {
             }
             Errno::ENETUNREACH
         })?;
-        let frame = to_vec(req).map_err(|_| Errno::EPROTO)?;
         stream
             .set_read_timeout(Some(ANSWER_TIMEOUT))
             .map_err(|_| Errno::EPROTO)?;
-        (&stream).write_all(&frame).map_err(|_| Errno::EPROTO)?;
-        let (msg, passed) = read_frame(&stream)?;
-        // The answer timeout must not outlive the request: a relayed stream becomes the
-        // program's socket.
-        stream.set_read_timeout(None).map_err(|_| Errno::EPROTO)?;
+        (&stream).write_all(frame).map_err(|_| Errno::EPROTO)?;
+        Ok(stream)
+    }
+
+    /// Sends `req` on a new stream; the answer is read by [`Pending::answer`]. Errors as for
+    /// [`HostServer::request`].
+    ///
+    /// # Errors
+    /// The errno for the program.
+    pub fn send(&self, req: &ToHost) -> Result<Pending, Errno> {
+        let frame = to_vec(req).map_err(|_| Errno::EPROTO)?;
+        if self.passes_fds() {
+            if let Some(stream) = self.reuse(&frame) {
+                return Ok(Pending {
+                    stream,
+                    again: Some(frame),
+                });
+            }
+        }
+        Ok(Pending {
+            stream: self.fresh(&frame)?,
+            again: None,
+        })
+    }
+}
+
+/// A request sent, its answer not read yet.
+#[derive(Debug)]
+pub struct Pending {
+    stream: UnixStream,
+    /// On a kept stream: the request, to ask again on a new stream if the kept one ends first.
+    again: Option<Vec<u8>>,
+}
+
+impl Pending {
+    /// Whether the answer has begun to arrive (or the stream ended) within `ms` milliseconds.
+    #[must_use]
+    pub fn ready_within(&self, ms: i32) -> bool {
+        crate::sys::wait_readable(self.stream.as_raw_fd(), ms)
+    }
+
+    /// Reads the answer (waiting for it up to the answer timeout).
+    ///
+    /// # Errors
+    /// As for [`HostServer::request`].
+    pub fn answer(self, host: &HostServer) -> Result<Answer, Errno> {
+        let (stream, (msg, passed)) = match (read_answer(&self.stream), self.again) {
+            (Ok(a), _) => (self.stream, a),
+            (Err(End::Closed), Some(frame)) => {
+                let stream = host.fresh(&frame)?;
+                let a = read_answer(&stream).map_err(End::errno)?;
+                (stream, a)
+            }
+            (Err(e), _) => return Err(e.errno()),
+        };
+        // The answer timeout must not outlive the request on a stream that becomes the
+        // program's socket (relayed); one that only brought a socket may be kept, timeout and all.
+        if passed.is_none() {
+            stream.set_read_timeout(None).map_err(|_| Errno::EPROTO)?;
+        }
         Ok(Answer {
             stream,
             msg,
             passed,
         })
+    }
+}
+
+/// How reading an answer failed.
+enum End {
+    /// The stream ended (or was reset) before the answer's first byte.
+    Closed,
+    /// Any other failure: the errno for the program.
+    Failed(Errno),
+}
+
+impl End {
+    fn errno(self) -> Errno {
+        match self {
+            End::Closed => Errno::EPROTO,
+            End::Failed(e) => e,
+        }
+    }
+}
+
+/// [`read_frame`], telling an end before the first byte apart.
+fn read_answer(stream: &UnixStream) -> Result<(ToGuest, Option<OwnedFd>), End> {
+    let mut first = [0u8; 1];
+    let mut passed = match outsock_fdpass::recv_with_fd(stream.as_raw_fd(), &mut first) {
+        Ok((0, _)) => return Err(End::Closed),
+        Ok((_, fd)) => fd,
+        Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Err(End::Closed),
+        Err(e) => return Err(End::Failed(recv_errno(&e))),
+    };
+    let mut buf = vec![0u8; HEADER_LEN];
+    buf[0] = first[0];
+    read_exact_with_fd(stream, &mut buf[1..], &mut passed).map_err(End::Failed)?;
+    let Ok(Some(total)) = frame_len(&buf) else {
+        return Err(End::Failed(Errno::EPROTO));
+    };
+    buf.resize(total, 0);
+    read_exact_with_fd(stream, &mut buf[HEADER_LEN..], &mut passed).map_err(End::Failed)?;
+    let msg = decode_exact::<ToGuest>(&buf).map_err(|_| End::Failed(Errno::EPROTO))?;
+    Ok((msg, passed))
+}
+
+fn recv_errno(e: &io::Error) -> Errno {
+    match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Errno::ETIMEDOUT,
+        _ => Errno::EPROTO,
     }
 }
 
@@ -115,16 +264,7 @@ impl HostServer {
 /// # Errors
 /// ETIMEDOUT when the read timed out, EPROTO for a garbled frame or an early end.
 pub fn read_frame(stream: &UnixStream) -> Result<(ToGuest, Option<OwnedFd>), Errno> {
-    let mut buf = vec![0u8; HEADER_LEN];
-    let mut passed = None;
-    read_exact_with_fd(stream, &mut buf, &mut passed)?;
-    let Ok(Some(total)) = frame_len(&buf) else {
-        return Err(Errno::EPROTO);
-    };
-    buf.resize(total, 0);
-    read_exact_with_fd(stream, &mut buf[HEADER_LEN..], &mut passed)?;
-    let msg = decode_exact::<ToGuest>(&buf).map_err(|_| Errno::EPROTO)?;
-    Ok((msg, passed))
+    read_answer(stream).map_err(End::errno)
 }
 
 fn read_exact_with_fd(
@@ -134,10 +274,7 @@ fn read_exact_with_fd(
 ) -> Result<(), Errno> {
     while !buf.is_empty() {
         let (n, fd) =
-            outsock_fdpass::recv_with_fd(stream.as_raw_fd(), buf).map_err(|e| match e.kind() {
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Errno::ETIMEDOUT,
-                _ => Errno::EPROTO,
-            })?;
+            outsock_fdpass::recv_with_fd(stream.as_raw_fd(), buf).map_err(|e| recv_errno(&e))?;
         if passed.is_none() {
             *passed = fd;
         }
@@ -214,6 +351,85 @@ mod tests {
         let mut rest = [0u8; 9];
         (&a.stream).read_exact(&mut rest).unwrap();
         assert_eq!(&rest, b"data path");
+    }
+
+    /// Answers `req` on `c` with a `Connected` frame and a descriptor.
+    fn answer_with_fd(c: &UnixStream, dest: std::net::SocketAddrV4) -> UnixStream {
+        let answer = to_vec(&ToGuest::Connected {
+            local: "0.0.0.0:4000".parse().unwrap(),
+            peer: dest,
+            fd_passed: true,
+            in_progress: true,
+        })
+        .unwrap();
+        let (passed, keep) = UnixStream::pair().unwrap();
+        outsock_fdpass::sendmsg_fd::<outsock_fdpass::Libc>(
+            c.as_raw_fd(),
+            &answer,
+            passed.as_raw_fd(),
+            0,
+        )
+        .unwrap();
+        keep
+    }
+
+    fn read_request(c: &mut UnixStream) -> ToHost {
+        let mut buf = Vec::new();
+        loop {
+            let mut chunk = [0u8; 64];
+            let n = c.read(&mut chunk).unwrap();
+            assert!(n > 0, "the stream ended before a request");
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some((m, _)) = decode::<ToHost>(&buf).unwrap() {
+                return m;
+            }
+        }
+    }
+
+    /// A kept stream is used again; one that ended meanwhile is dropped unused, and one that
+    /// ends before the answer's first byte has its request asked again on a new stream.
+    #[test]
+    fn kept_streams_are_reused_and_a_closed_one_is_asked_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("host.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let dest = "10.170.160.2:80".parse().unwrap();
+        let server = std::thread::spawn(move || {
+            let mut keep = Vec::new();
+            // Stream 1: two requests answered, then it is closed unasked.
+            let (mut c, _) = listener.accept().unwrap();
+            for _ in 0..2 {
+                read_request(&mut c);
+                keep.push(answer_with_fd(&c, dest));
+            }
+            drop(c);
+            // Stream 2 (new, since 1 ended): answered; then it reads the next request and
+            // closes without answering, as a host-server gone at that moment.
+            let (mut c, _) = listener.accept().unwrap();
+            read_request(&mut c);
+            keep.push(answer_with_fd(&c, dest));
+            read_request(&mut c);
+            drop(c);
+            // Stream 3: the same request, asked again.
+            let (mut c, _) = listener.accept().unwrap();
+            let again = read_request(&mut c);
+            keep.push(answer_with_fd(&c, dest));
+            (again, keep)
+        });
+        let h = HostServer::new(path);
+        let ask = || {
+            let a = h.request(&connect_request(dest, true, true)).unwrap();
+            assert!(a.passed.is_some());
+            h.keep(a.stream);
+        };
+        ask();
+        ask();
+        // Stream 1 has ended by now: wait until that shows, then the next ask opens stream 2.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        ask();
+        ask();
+        let (again, _keep) = server.join().unwrap();
+        assert_eq!(again, connect_request(dest, true, true));
     }
 
     #[test]

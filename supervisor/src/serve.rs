@@ -61,8 +61,12 @@ enum Outcome {
     Continue,
     /// The caller is no longer waiting (a signal, or it died): nothing to answer.
     Gone,
-    /// Already answered (ADDFD with SEND made a new descriptor the call's result).
+    /// Already answered (ADDFD with SEND made a new descriptor the call's result), or handed
+    /// to a worker thread that answers it.
     Answered,
+    /// On the loop thread: a step that may wait comes next, and nothing was done yet; the call
+    /// starts again on a worker thread.
+    Defer,
 }
 
 fn errno(e: Errno) -> Outcome {
@@ -243,6 +247,8 @@ impl Shared {
             Outcome::Fail(e) => self.listener.fail(n.id, e),
             Outcome::Continue => self.listener.allow(n.id),
             Outcome::Gone | Outcome::Answered => Ok(()),
+            // Never left for the loop to answer; should it be, the caller is not left waiting.
+            Outcome::Defer => self.listener.fail(n.id, libc::EAGAIN),
         };
     }
 }
@@ -289,11 +295,14 @@ pub fn serve(shared: Shared, child: &mut Child) -> io::Result<ExitStatus> {
 fn dispatch(shared: &Arc<Shared>, n: Notif) {
     match n.nr {
         libc::SYS_connect => match read_connect_addr(shared, &n) {
-            // An AF_INET address, validated: the rest may wait for host-server.
-            Ok(bytes) => {
-                let s = Arc::clone(shared);
-                on_thread(shared, n, move || connect(&s, &n, &bytes));
-            }
+            // An AF_INET address, validated: made here on the loop unless a step may wait.
+            Ok(bytes) => match connect(shared, &n, &bytes, On::Loop) {
+                Outcome::Defer => {
+                    let s = Arc::clone(shared);
+                    on_thread(shared, n, move || connect(&s, &n, &bytes, On::Worker));
+                }
+                outcome => shared.finish(&n, outcome),
+            },
             Err(outcome) => shared.finish(&n, outcome),
         },
         libc::SYS_getsockname | libc::SYS_getpeername => {
@@ -348,8 +357,25 @@ fn read_connect_addr(s: &Shared, n: &Notif) -> Result<Vec<u8>, Outcome> {
     Ok(bytes.to_vec())
 }
 
+/// Where a call is being worked out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum On {
+    /// The notification loop: nothing here may wait (for host-server beyond [`INLINE_WAIT_MS`],
+    /// for the network, for a peer); such a step is [`Outcome::Defer`]red before it starts, or
+    /// handed to a worker once under way.
+    Loop,
+    /// A worker thread: anything may wait.
+    Worker,
+}
+
+/// How long the loop waits for host-server's answer to a connect before it hands the rest to
+/// a worker. In process mode host-server answers without waiting for the network (the socket
+/// comes back while its connect is under way), so the answer is normally there in well under
+/// this, and the connect costs no hop to another thread.
+const INLINE_WAIT_MS: i32 = 2;
+
 /// An AF_INET connect whose address `bytes` [`read_connect_addr`] read.
-fn connect(s: &Shared, n: &Notif, bytes: &[u8]) -> Outcome {
+fn connect(s: &Arc<Shared>, n: &Notif, bytes: &[u8], on: On) -> Outcome {
     let Some(dest) = decode_sockaddr_in(bytes) else {
         return Outcome::Fail(libc::EINVAL);
     };
@@ -357,9 +383,15 @@ fn connect(s: &Shared, n: &Notif, bytes: &[u8]) -> Outcome {
         Ok(c) => c,
         Err(e) => return io_fail(&e),
     };
-    let native = || match sys::connect_raw(copy.as_raw_fd(), bytes) {
-        0 => Outcome::Return(0),
-        e => Outcome::Fail(e),
+    // A blocking native connect may wait (a full backlog): not on the loop.
+    let native = || {
+        if on == On::Loop && !nonblocking(&copy) {
+            return Outcome::Defer;
+        }
+        match sys::connect_raw(copy.as_raw_fd(), bytes) {
+            0 => Outcome::Return(0),
+            e => Outcome::Fail(e),
+        }
     };
     if let Some(view) = s.view(copy.as_raw_fd()).filter(|v| v.kind != Kind::Bound) {
         // A DNS pair connected again to a nameserver: the relay serves them all alike.
@@ -383,7 +415,9 @@ fn connect(s: &Shared, n: &Notif, bytes: &[u8]) -> Outcome {
     };
     let dns = s.is_nameserver(dest);
     match ty {
-        libc::SOCK_STREAM => tcp(s, n, &copy, dest, dns),
+        libc::SOCK_STREAM => tcp(s, n, copy, dest, dns, on),
+        // An association is asked for and answered in one go: on a worker.
+        libc::SOCK_DGRAM if dns && on == On::Loop => Outcome::Defer,
         libc::SOCK_DGRAM if dns => udp_dns(s, n, &copy, dest),
         // Not outsourced in this slice: the native call (ENETUNREACH on an IPv6-only host).
         _ => native(),
@@ -409,9 +443,20 @@ fn cloexec(pid: u32, fd: RawFd) -> bool {
 /// Makes `new` the program's descriptor `fd`, with the program's blocking mode and
 /// close-on-exec flag, if the caller still waits.
 fn install(s: &Shared, n: &Notif, new: &OwnedFd, nonblocking: bool) -> Result<(), Outcome> {
+    install_with(s, n, new, nonblocking, cloexec(n.pid, fd_arg(n)))
+}
+
+/// [`install`] with the close-on-exec flag already read (`/proc/PID/fdinfo`, read while
+/// host-server works on the request).
+fn install_with(
+    s: &Shared,
+    n: &Notif,
+    new: &OwnedFd,
+    nonblocking: bool,
+    cloexec: bool,
+) -> Result<(), Outcome> {
     let fd = fd_arg(n);
     sys::set_nonblocking(new.as_raw_fd(), nonblocking).map_err(|e| io_fail(&e))?;
-    let cloexec = cloexec(n.pid, fd);
     if !s.listener.valid(n.id) {
         return Err(Outcome::Gone);
     }
@@ -420,15 +465,53 @@ fn install(s: &Shared, n: &Notif, new: &OwnedFd, nonblocking: bool) -> Result<()
         .map_err(|e| io_fail(&e))
 }
 
-fn tcp(s: &Shared, n: &Notif, copy: &OwnedFd, dest: SocketAddrV4, dns: bool) -> Outcome {
-    let nonblocking = nonblocking(copy);
-    let target = if dns { s.guest_dns } else { dest };
+fn tcp(
+    s: &Arc<Shared>,
+    n: &Notif,
+    copy: OwnedFd,
+    dest: SocketAddrV4,
+    dns: bool,
+    on: On,
+) -> Outcome {
     // As liboutsock: in process mode the socket comes back while its connect is under way;
     // inside a VM host-server relays on the request's stream, answering a blocking connect
-    // once it is made.
+    // once it is made (so there it is asked from a worker).
     let pass_fd = s.host.passes_fds();
+    if on == On::Loop && !pass_fd {
+        return Outcome::Defer;
+    }
+    let nonblocking = nonblocking(&copy);
+    let target = if dns { s.guest_dns } else { dest };
     let req = connect_request(target, pass_fd, nonblocking || pass_fd);
-    let answer = match s.host.request(&req) {
+    let pending = match s.host.send(&req) {
+        Ok(p) => p,
+        Err(e) => return errno(e),
+    };
+    let cloexec = cloexec(n.pid, fd_arg(n));
+    if on == On::Loop && !pending.ready_within(INLINE_WAIT_MS) {
+        // host-server is slow today: the rest on a worker, the loop goes on.
+        let (s2, n2) = (Arc::clone(s), *n);
+        let later = move || tcp_answer(&s2, &n2, &copy, pending, dest, dns, cloexec, On::Worker);
+        on_thread(s, *n, later);
+        return Outcome::Answered;
+    }
+    tcp_answer(s, n, &copy, pending, dest, dns, cloexec, on)
+}
+
+/// The rest of [`tcp`]: host-server's answer, the socket installed, the outcome.
+#[allow(clippy::too_many_arguments)]
+fn tcp_answer(
+    s: &Arc<Shared>,
+    n: &Notif,
+    copy: &OwnedFd,
+    pending: crate::host::Pending,
+    dest: SocketAddrV4,
+    dns: bool,
+    cloexec: bool,
+    on: On,
+) -> Outcome {
+    let nonblocking = nonblocking(copy);
+    let answer = match pending.answer(&s.host) {
         Ok(a) => a,
         Err(e) => return errno(e),
     };
@@ -437,8 +520,15 @@ fn tcp(s: &Shared, n: &Notif, copy: &OwnedFd, dest: SocketAddrV4, dns: bool) -> 
         Err(e) => return errno(e),
     };
     // Without a passed socket (the guest DNS address) host-server relays on the stream itself.
-    let new: OwnedFd = answer.passed.unwrap_or_else(|| answer.stream.into());
-    if let Err(o) = install(s, n, &new, nonblocking) {
+    let new: OwnedFd = match answer.passed {
+        // host-server keeps the stream that brought a socket, for the next connect.
+        Some(passed) => {
+            s.host.keep(answer.stream);
+            passed
+        }
+        None => answer.stream.into(),
+    };
+    if let Err(o) = install_with(s, n, &new, nonblocking, cloexec) {
         return o;
     }
     let peer = if dns { dest } else { c.peer };
@@ -450,13 +540,19 @@ fn tcp(s: &Shared, n: &Notif, copy: &OwnedFd, dest: SocketAddrV4, dns: bool) -> 
             kind: Kind::Stream,
         },
     );
-    match (c.in_progress, nonblocking) {
-        (false, _) => Outcome::Return(0),
-        (true, true) => Outcome::Fail(libc::EINPROGRESS),
-        (true, false) => match sys::wait_connected(new.as_raw_fd()) {
-            0 => Outcome::Return(0),
-            e => Outcome::Fail(e),
-        },
+    let wait = move || match sys::wait_connected(new.as_raw_fd()) {
+        0 => Outcome::Return(0),
+        e => Outcome::Fail(e),
+    };
+    match (c.in_progress, nonblocking, on) {
+        (false, _, _) => Outcome::Return(0),
+        (true, true, _) => Outcome::Fail(libc::EINPROGRESS),
+        (true, false, On::Worker) => wait(),
+        // A blocking connect answers once the network has: on a worker.
+        (true, false, On::Loop) => {
+            on_thread(s, *n, wait);
+            Outcome::Answered
+        }
     }
 }
 

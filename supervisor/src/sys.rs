@@ -542,12 +542,15 @@ pub fn status_flags(fd: RawFd) -> io::Result<c_int> {
 /// # Errors
 /// fcntl's error.
 pub fn set_nonblocking(fd: RawFd, on: bool) -> io::Result<()> {
-    let flags = status_flags(fd)?;
+    let was = status_flags(fd)?;
     let flags = if on {
-        flags | libc::O_NONBLOCK
+        was | libc::O_NONBLOCK
     } else {
-        flags & !libc::O_NONBLOCK
+        was & !libc::O_NONBLOCK
     };
+    if flags == was {
+        return Ok(());
+    }
     // SAFETY: F_SETFL with an int.
     cvt(unsafe { libc::fcntl(fd, libc::F_SETFL, flags) }).map(drop)
 }

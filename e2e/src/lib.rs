@@ -152,3 +152,49 @@ pub fn world_iperf3_server(s: &mut Stack, port: u16, extra: &[&str]) {
         |l| l.contains(&format!(":{port}")),
     );
 }
+
+/// A Python probe (argument: the echo server's name): one socket with options set before its
+/// connect (TCP_NODELAY, SO_RCVBUF 24576, SO_RCVTIMEO 7 s, TCP_KEEPIDLE 33), one without; each
+/// prints the four values read back after connecting, then echoes a byte. See
+/// [`check_socket_options`].
+pub const PY_SOCKET_OPTIONS: &str = r#"
+import socket, struct, sys
+def probe(set_options):
+    c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if set_options:
+        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 24576)
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 7, 0))
+        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 33)
+    c.connect((sys.argv[1], 7))
+    print(c.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0,
+          c.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
+          struct.unpack("ll", c.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16))[0],
+          c.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE))
+    c.sendall(b"x")
+    assert c.recv(1) == b"x"
+    c.close()
+probe(True)
+probe(False)
+"#;
+
+/// Checks [`PY_SOCKET_OPTIONS`]' output: the options set before the connect are the host
+/// socket's, and the socket that set none has the host's defaults.
+///
+/// # Panics
+/// When they are not.
+pub fn check_socket_options(got: &str) {
+    let lines: Vec<&str> = got.lines().collect();
+    // Linux doubles SO_RCVBUF on set: 24576 reads back as 49152, natively and here.
+    assert_eq!(lines.first(), Some(&"True 49152 7 33"), "{got}");
+    let unset: Vec<&str> = lines.get(1).map_or(vec![], |l| l.split(' ').collect());
+    assert_eq!(unset.len(), 4, "{got}");
+    assert_eq!(unset[0], "False", "{got}");
+    assert_ne!(
+        unset[1], "49152",
+        "an unset SO_RCVBUF keeps the default: {got}"
+    );
+    assert_eq!(unset[2], "0", "{got}");
+    // The host's default keepalive idle time (7200 s), not the first socket's 33.
+    assert_eq!(unset[3], "7200", "{got}");
+}

@@ -12,7 +12,9 @@ use std::net::{Ipv4Addr, Shutdown};
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use outsock_e2e::{connect_from_client, stack, text, wait_listening};
+use outsock_e2e::{
+    check_socket_options, connect_from_client, stack, text, wait_listening, PY_SOCKET_OPTIONS,
+};
 use testworld::stack::Stack;
 use testworld::{addr, big_file_byte, programs, zone, BIG_FILE_LEN, INDEX_BODY};
 
@@ -314,47 +316,14 @@ fn blocking_connect_reports_the_kernels_outcome() {
 
 /// Options set before connect reach the host's socket (which the program's fd becomes); options
 /// never set keep the host socket's defaults.
-const PY_OPTIONS: &str = r#"
-import socket, struct, sys
-def probe(set_options):
-    c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    if set_options:
-        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 24576)
-        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 7, 0))
-        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 33)
-    c.connect((sys.argv[1], 7))
-    print(c.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0,
-          c.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
-          struct.unpack("ll", c.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16))[0],
-          c.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE))
-    c.sendall(b"x")
-    assert c.recv(1) == b"x"
-    c.close()
-probe(True)
-probe(False)
-"#;
 
 #[test]
 fn socket_options_set_before_connect_reach_the_host_socket() {
     let Some(s) = stack("py-options", PORTS) else {
         return;
     };
-    let out = run(&s, "python3", &["-c", PY_OPTIONS, zone::ECHO], b"");
-    let got = ok(&s, &out, "python options");
-    let lines: Vec<&str> = got.lines().collect();
-    // Linux doubles SO_RCVBUF on set: 24576 reads back as 49152, natively and here.
-    assert_eq!(lines.first(), Some(&"True 49152 7 33"), "{got}");
-    let unset: Vec<&str> = lines.get(1).map_or(vec![], |l| l.split(' ').collect());
-    assert_eq!(unset.len(), 4, "{got}");
-    assert_eq!(unset[0], "False", "{got}");
-    assert_ne!(
-        unset[1], "49152",
-        "an unset SO_RCVBUF keeps the default: {got}"
-    );
-    assert_eq!(unset[2], "0", "{got}");
-    // The host's default keepalive idle time (7200 s), not the first socket's 33.
-    assert_eq!(unset[3], "7200", "{got}");
+    let out = run(&s, "python3", &["-c", PY_SOCKET_OPTIONS, zone::ECHO], b"");
+    check_socket_options(&ok(&s, &out, "python options"));
 }
 
 #[test]

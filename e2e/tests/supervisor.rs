@@ -23,7 +23,9 @@ use std::process::{Child, Command, Output, Stdio};
 
 use std::time::{Duration, Instant};
 
-use outsock_e2e::{connect_from_client, stack, text, wait_listening};
+use outsock_e2e::{
+    check_socket_options, connect_from_client, stack, text, wait_listening, PY_SOCKET_OPTIONS,
+};
 use tempfile::TempDir;
 use testworld::stack::{artefact, Stack};
 use testworld::{addr, zone, INDEX_BODY};
@@ -230,6 +232,27 @@ fn static_busybox_nc_client_by_name() {
         !text(&plain.stdout).contains("static nc line"),
         "busybox-static nc was echoed with --shim-only"
     );
+}
+
+/// The socket options a program sets before its connect reach the host's socket under the
+/// supervisor too (no preload: it sees no setsockopt, only the socket), and a socket that set
+/// none keeps the host's defaults — the process-mode test's probe, unchanged.
+#[test]
+fn supervisor_carries_socket_options_set_before_connect() {
+    let test = "supervisor_carries_socket_options_set_before_connect";
+    if !can_supervise(test) {
+        return;
+    }
+    let Some(s) = stack("sup-opts", "") else {
+        return;
+    };
+    let out = run_with(
+        &s,
+        &["--supervisor-only"],
+        Path::new("/usr/bin/python3"),
+        &["-c", PY_SOCKET_OPTIONS, zone::ECHO],
+    );
+    check_socket_options(&ok(&s, &out, "python options --supervisor-only"));
 }
 
 #[test]

@@ -1,8 +1,9 @@
 //! The translation's semantics, shared by both front ends (liboutsock, which sees libc calls,
 //! and outsock-supervisor, which sees system calls through seccomp user notification): which
 //! IPv4 destinations are outsourced, the `sockaddr_in` bytes a program reads and writes, and
-//! what host-server's answer to a connect means for the program, and which stream reaches
-//! host-server (the guest image's `transport=` setting).
+//! what host-server's answer to a connect means for the program, which stream reaches
+//! host-server (the guest image's `transport=` setting), and which socket options an outsourced
+//! socket carries over from the program's own.
 //!
 //! Pure functions over bytes and values: no I/O, no `unsafe`.
 
@@ -154,6 +155,60 @@ pub fn choose_transport(env: Option<&str>, config: Option<&str>) -> Option<u32> 
         .flatten()
 }
 
+/// A socket option an outsourced TCP socket carries from the program's socket to the host's
+/// when the program set it before the connect: an option it never touched keeps the host
+/// socket's default (so, e.g., buffer auto-tuning stays on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CarriedOption {
+    /// `SOL_SOCKET`, `IPPROTO_TCP`.
+    pub level: i32,
+    pub name: i32,
+    /// The value's size in bytes.
+    pub size: usize,
+    /// The kernel reports SO_RCVBUF and SO_SNDBUF doubled: the value read is halved before it
+    /// is set again.
+    pub halve: bool,
+}
+
+const INT: usize = std::mem::size_of::<libc::c_int>();
+const TIMEVAL: usize = std::mem::size_of::<libc::timeval>();
+const LINGER: usize = std::mem::size_of::<libc::linger>();
+
+const fn carried(level: i32, name: i32, size: usize, halve: bool) -> CarriedOption {
+    CarriedOption {
+        level,
+        name,
+        size,
+        halve,
+    }
+}
+
+/// The options carried over (liboutsock marks the ones the program sets; the supervisor, which
+/// sees no `setsockopt`, takes those whose value differs from a fresh socket's).
+pub const CARRIED_OPTIONS: [CarriedOption; 10] = [
+    carried(libc::IPPROTO_TCP, libc::TCP_NODELAY, INT, false),
+    carried(libc::SOL_SOCKET, libc::SO_KEEPALIVE, INT, false),
+    carried(libc::SOL_SOCKET, libc::SO_RCVTIMEO, TIMEVAL, false),
+    carried(libc::SOL_SOCKET, libc::SO_SNDTIMEO, TIMEVAL, false),
+    carried(libc::SOL_SOCKET, libc::SO_RCVBUF, INT, true),
+    carried(libc::SOL_SOCKET, libc::SO_SNDBUF, INT, true),
+    carried(libc::SOL_SOCKET, libc::SO_LINGER, LINGER, false),
+    carried(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, INT, false),
+    carried(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, INT, false),
+    carried(libc::IPPROTO_TCP, libc::TCP_KEEPCNT, INT, false),
+];
+
+/// The value to set on the host's socket for option `o` read as `value` from the program's.
+#[must_use]
+pub fn carried_value(o: CarriedOption, value: &[u8]) -> Vec<u8> {
+    let mut v = value.to_vec();
+    if o.halve && v.len() == INT {
+        let n = i32::from_ne_bytes([v[0], v[1], v[2], v[3]]) / 2;
+        v.copy_from_slice(&n.to_ne_bytes());
+    }
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,5 +276,25 @@ mod tests {
         assert_eq!(choose_transport(Some("vsock:5"), None), Some(5));
         assert_eq!(choose_transport(None, None), None);
         assert_eq!(choose_transport(None, Some("transport=tcp\n")), None);
+    }
+
+    #[test]
+    fn carried_buffer_sizes_are_halved_and_others_kept() {
+        let rcvbuf = CARRIED_OPTIONS
+            .iter()
+            .find(|o| o.name == libc::SO_RCVBUF && o.level == libc::SOL_SOCKET)
+            .copied()
+            .unwrap();
+        assert_eq!(
+            carried_value(rcvbuf, &49152i32.to_ne_bytes()),
+            24576i32.to_ne_bytes()
+        );
+        let nodelay = CARRIED_OPTIONS[0];
+        assert_eq!(
+            carried_value(nodelay, &1i32.to_ne_bytes()),
+            1i32.to_ne_bytes()
+        );
+        let linger = [1u8, 0, 0, 0, 5, 0, 0, 0];
+        assert_eq!(carried_value(CARRIED_OPTIONS[6], &linger), linger);
     }
 }

@@ -2,7 +2,10 @@
 //!
 //! - `connect` of an AF_INET socket to a non-loopback address: TCP goes to host-server
 //!   (`Connect` with `pass_fd`, as liboutsock asks) and the socket it passes back replaces the
-//!   program's descriptor (ADDFD with SETFD); UDP to a resolv.conf nameserver on port 53
+//!   program's descriptor (ADDFD with SETFD), with the descriptor's close-on-exec flag, the
+//!   program's blocking mode and the options of the shared rule that the program set (those
+//!   that differ from a fresh socket's: it sees no setsockopt); in process mode on the loop's
+//!   thread (see [`On`]); UDP to a resolv.conf nameserver on port 53
 //!   becomes a relayed pair (`dns`), TCP to one a stream relayed to the guest DNS address.
 //!   Loopback, a socket that is not AF_INET any more (liboutsock's outsourced one: its later
 //!   connects are the kernel's to answer), and every other AF_INET connect is carried out
@@ -34,8 +37,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use shared_proto::outsource::{ListenRequest, UdpRequest};
 use shared_proto::translate::{
-    connect_answer, connect_request, decode_sockaddr_in, encode_sockaddr_in, is_outsourced,
-    sockaddr_family, AF_INET, SOCKADDR_IN_LEN,
+    carried_value, connect_answer, connect_request, decode_sockaddr_in, encode_sockaddr_in,
+    is_outsourced, sockaddr_family, CarriedOption, AF_INET, CARRIED_OPTIONS, SOCKADDR_IN_LEN,
 };
 use shared_proto::{decode_exact, to_vec, Errno, ToGuest, ToHost};
 
@@ -487,15 +490,53 @@ fn tcp(
         Ok(p) => p,
         Err(e) => return errno(e),
     };
-    let cloexec = cloexec(n.pid, fd_arg(n));
+    // While host-server works: what the program's socket carries over.
+    let carried = Carried {
+        cloexec: cloexec(n.pid, fd_arg(n)),
+        options: set_options(&copy),
+    };
     if on == On::Loop && !pending.ready_within(INLINE_WAIT_MS) {
         // host-server is slow today: the rest on a worker, the loop goes on.
         let (s2, n2) = (Arc::clone(s), *n);
-        let later = move || tcp_answer(&s2, &n2, &copy, pending, dest, dns, cloexec, On::Worker);
+        let later = move || tcp_answer(&s2, &n2, &copy, pending, dest, dns, &carried, On::Worker);
         on_thread(s, *n, later);
         return Outcome::Answered;
     }
-    tcp_answer(s, n, &copy, pending, dest, dns, cloexec, on)
+    tcp_answer(s, n, &copy, pending, dest, dns, &carried, on)
+}
+
+/// What an outsourced socket takes over from the program's: its descriptor's close-on-exec
+/// flag and the options the program set.
+#[derive(Debug)]
+struct Carried {
+    cloexec: bool,
+    options: Vec<(CarriedOption, Vec<u8>)>,
+}
+
+/// The options of the shared rule ([`CARRIED_OPTIONS`]) that the program set on `copy`: those
+/// whose value differs from a fresh socket's (the supervisor sees no `setsockopt`), with the
+/// value to set on the host's socket. A value set equal to the default is not told apart, and
+/// need not be (SO_RCVBUF/SO_SNDBUF read back doubled, so those always are).
+fn set_options(copy: &OwnedFd) -> Vec<(CarriedOption, Vec<u8>)> {
+    static DEFAULTS: std::sync::OnceLock<Vec<Option<Vec<u8>>>> = std::sync::OnceLock::new();
+    let defaults = DEFAULTS.get_or_init(|| {
+        let fresh = sys::tcp_socket(libc::AF_INET).ok();
+        CARRIED_OPTIONS
+            .iter()
+            .map(|o| {
+                let fd = fresh.as_ref()?.as_raw_fd();
+                sys::sockopt_bytes(fd, o.level, o.name, o.size).ok()
+            })
+            .collect()
+    });
+    CARRIED_OPTIONS
+        .iter()
+        .zip(defaults)
+        .filter_map(|(o, default)| {
+            let now = sys::sockopt_bytes(copy.as_raw_fd(), o.level, o.name, o.size).ok()?;
+            (default.as_ref() != Some(&now)).then(|| (*o, carried_value(*o, &now)))
+        })
+        .collect()
 }
 
 /// The rest of [`tcp`]: host-server's answer, the socket installed, the outcome.
@@ -507,7 +548,7 @@ fn tcp_answer(
     pending: crate::host::Pending,
     dest: SocketAddrV4,
     dns: bool,
-    cloexec: bool,
+    carried: &Carried,
     on: On,
 ) -> Outcome {
     let nonblocking = nonblocking(copy);
@@ -528,7 +569,11 @@ fn tcp_answer(
         }
         None => answer.stream.into(),
     };
-    if let Err(o) = install_with(s, n, &new, nonblocking, cloexec) {
+    // As liboutsock: an option the host's socket refuses is left at its default.
+    for (o, v) in &carried.options {
+        let _ = sys::set_sockopt_bytes(new.as_raw_fd(), o.level, o.name, v);
+    }
+    if let Err(o) = install_with(s, n, &new, nonblocking, carried.cloexec) {
         return o;
     }
     let peer = if dns { dest } else { c.peer };

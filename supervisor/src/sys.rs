@@ -528,6 +528,41 @@ pub fn sockopt_int(fd: RawFd, level: c_int, name: c_int) -> io::Result<c_int> {
     Ok(v)
 }
 
+/// Socket option `level`/`name` of `fd`, up to `size` bytes (at most 32).
+///
+/// # Errors
+/// getsockopt's error.
+pub fn sockopt_bytes(fd: RawFd, level: c_int, name: c_int, size: usize) -> io::Result<Vec<u8>> {
+    let mut buf = [0u8; 32];
+    #[allow(clippy::cast_possible_truncation)] // At most 32.
+    let mut len = size.min(buf.len()) as libc::socklen_t;
+    // SAFETY: a 32-byte buffer and a length no larger.
+    cvt(unsafe { libc::getsockopt(fd, level, name, buf.as_mut_ptr().cast(), &mut len) })?;
+    Ok(buf[..len as usize].to_vec())
+}
+
+/// Sets socket option `level`/`name` of `fd` to `value`.
+///
+/// # Errors
+/// setsockopt's error.
+pub fn set_sockopt_bytes(fd: RawFd, level: c_int, name: c_int, value: &[u8]) -> io::Result<()> {
+    #[allow(clippy::cast_possible_truncation)] // An option value, a few bytes.
+    let len = value.len() as libc::socklen_t;
+    // SAFETY: `value` is `len` readable bytes; the kernel copies them.
+    cvt(unsafe { libc::setsockopt(fd, level, name, value.as_ptr().cast(), len) }).map(drop)
+}
+
+/// A new TCP socket of `domain` (close-on-exec), to read defaults from.
+///
+/// # Errors
+/// socket's error.
+pub fn tcp_socket(domain: c_int) -> io::Result<OwnedFd> {
+    // SAFETY: socket with integer arguments; the result is a new descriptor or -1.
+    let fd = cvt(unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) })?;
+    // SAFETY: a descriptor just returned to us, owned from here.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// The file status flags (`O_NONBLOCK`, …) of `fd`'s open file.
 ///
 /// # Errors

@@ -1,58 +1,37 @@
-//! Socket options at the hand-over of an outsourced socket: which options the program set
-//! before connect are carried to the host's socket (one bit each in [`crate::table::Entry`]),
-//! and reading one SOL_SOCKET option back.
+//! Socket options at the hand-over of an outsourced socket: the options of the shared rule
+//! (`shared_proto::translate::CARRIED_OPTIONS`) that the program set before connect (its
+//! `setsockopt` marks one bit each in [`crate::table::Entry`]) are carried to the host's socket;
+//! an option never touched costs the connect no call.
 
 use libc::{c_int, socklen_t};
 
-use crate::real;
+use shared_proto::translate::{carried_value, CARRIED_OPTIONS};
 
-/// The socket options carried from the program's socket to the host's socket after an
-/// outsourced connect, when the program set them (its `setsockopt` marks the bit): an option it
-/// never touched keeps the host socket's default, so the connect costs no extra calls and, e.g.,
-/// buffer auto-tuning stays on. (level, name, value size, halve): the kernel reports SO_RCVBUF
-/// and SO_SNDBUF doubled, so the value read is halved before it is set again.
-const COPIED_OPTIONS: [(c_int, c_int, usize, bool); 10] = [
-    (libc::IPPROTO_TCP, libc::TCP_NODELAY, INT, false),
-    (libc::SOL_SOCKET, libc::SO_KEEPALIVE, INT, false),
-    (libc::SOL_SOCKET, libc::SO_RCVTIMEO, TIMEVAL, false),
-    (libc::SOL_SOCKET, libc::SO_SNDTIMEO, TIMEVAL, false),
-    (libc::SOL_SOCKET, libc::SO_RCVBUF, INT, true),
-    (libc::SOL_SOCKET, libc::SO_SNDBUF, INT, true),
-    (libc::SOL_SOCKET, libc::SO_LINGER, LINGER, false),
-    (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, INT, false),
-    (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, INT, false),
-    (libc::IPPROTO_TCP, libc::TCP_KEEPCNT, INT, false),
-];
-const INT: usize = std::mem::size_of::<c_int>();
-const TIMEVAL: usize = std::mem::size_of::<libc::timeval>();
-const LINGER: usize = std::mem::size_of::<libc::linger>();
+use crate::real;
 
 /// The bit of `(level, name)` in [`crate::table::Entry::options`], if it is a copied option.
 pub(crate) fn option_bit(level: c_int, name: c_int) -> Option<u16> {
-    COPIED_OPTIONS
+    CARRIED_OPTIONS
         .iter()
-        .position(|&(l, n, _, _)| l == level && n == name)
+        .position(|o| o.level == level && o.name == name)
         .map(|i| 1 << i)
 }
 
-/// Copies the options in `set` (bits of [`COPIED_OPTIONS`]) from `from` to `to`.
+/// Copies the options in `set` (bits of [`CARRIED_OPTIONS`]) from `from` to `to`.
 pub(crate) fn copy_options(from: c_int, to: c_int, set: u16) {
-    for (i, &(level, name, size, halve)) in COPIED_OPTIONS.iter().enumerate() {
+    for (i, o) in CARRIED_OPTIONS.iter().enumerate() {
         if set & (1 << i) == 0 {
             continue;
         }
         let mut buf = [0u8; 32];
-        let mut len = size as socklen_t;
+        let mut len = o.size as socklen_t;
         // SAFETY: buf is larger than any option read here; len says how much.
         unsafe {
-            if real::getsockopt(from, level, name, buf.as_mut_ptr().cast(), &mut len) != 0 {
+            if real::getsockopt(from, o.level, o.name, buf.as_mut_ptr().cast(), &mut len) != 0 {
                 continue;
             }
-            if halve && len as usize == INT {
-                let v = c_int::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) / 2;
-                buf[..INT].copy_from_slice(&v.to_ne_bytes());
-            }
-            libc::setsockopt(to, level, name, buf.as_ptr().cast(), len);
+            let v = carried_value(*o, &buf[..len as usize]);
+            libc::setsockopt(to, o.level, o.name, v.as_ptr().cast(), v.len() as socklen_t);
         }
     }
 }

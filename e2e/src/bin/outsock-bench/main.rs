@@ -20,14 +20,19 @@
 //!   connect of an AF_UNIX socket to a path that does not exist, under `outsock run
 //!   --supervisor-only` vs `--shim-only` (no filter), in `legacy`;
 //!
+//! - connrate: one connection per request at 1, 8 and 32 concurrent clients, outbound and
+//!   inbound, native vs outsock (see `connrate`);
+//!
 //! - memory: host-server's resident memory per idle relayed TCP connection, with
 //!   [`IDLE_CONNECTIONS`] open at once (goal ≤ 16 KiB each).
 //!
 //! Usage: `outsock-bench [ROUNDS] [SECONDS] [PARTS]` (defaults 5, 5 and
-//! `throughput,latency,static,memory`), as root; PARTS picks which measurements run (also
+//! `throughput,latency,static,notify,connrate,memory`), as root; PARTS picks which measurements run (also
 //! `latency-blocking`: the same probe with a blocking connect).
 
 #![forbid(unsafe_code)]
+
+mod connrate;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -127,6 +132,13 @@ fn main() -> Result<()> {
     if args.get(1).map(String::as_str) == Some("unix-connect") {
         return unix_connect(PROBES_PER_BATCH * 10);
     }
+    if args.get(1).map(String::as_str) == Some("rr-server") {
+        return connrate::rr_server(args.get(2).context("rr-server needs ADDR")?);
+    }
+    if args.get(1).map(String::as_str) == Some("rr-client") {
+        let arg = |i: usize| args.get(i).context("rr-client needs HOST:PORT CONCURRENCY MILLIS");
+        return connrate::rr_client(arg(2)?, arg(3)?.parse()?, arg(4)?.parse()?);
+    }
     if args.get(1).map(String::as_str) == Some("drain") {
         return drain(args.get(2).context("drain needs ADDR")?);
     }
@@ -142,7 +154,7 @@ fn main() -> Result<()> {
     let secs: u32 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(5);
     let parts = args
         .get(3)
-        .map_or("throughput,latency,static,notify,memory", String::as_str);
+        .map_or("throughput,latency,static,notify,connrate,memory", String::as_str);
     let wanted = |part: &str| parts.split(',').any(|p| p == part);
     for p in parts.split(',') {
         if ![
@@ -151,17 +163,21 @@ fn main() -> Result<()> {
             "latency-blocking",
             "static",
             "notify",
+            "connrate",
             "memory",
         ]
         .contains(&p)
         {
-            bail!("unknown part {p:?}: PARTS is a comma-separated list of throughput, latency, latency-blocking, static, notify, memory");
+            bail!("unknown part {p:?}: PARTS is a comma-separated list of throughput, latency, latency-blocking, static, notify, connrate, memory");
         }
     }
     // One identity (this bench, by uid) holds every idle connection: lift its socket limit.
     let mut s = Stack::start(
         "bench",
-        "[limits]\nmax_sockets = 20000\nmax_pending_connects = 20000\n",
+        &format!(
+            "[listen]\nallowed_ports = [{}]\n[limits]\nmax_sockets = 20000\nmax_pending_connects = 20000\n",
+            connrate::INBOUND_PORT
+        ),
     )
     .context("starting the test world")?;
     let mut server = s.world.world().command("iperf3");
@@ -187,6 +203,9 @@ fn main() -> Result<()> {
     }
     if wanted("notify") {
         notify_cost(&s, rounds)?;
+    }
+    if wanted("connrate") {
+        connrate::connrate(&s, rounds, secs)?;
     }
     if wanted("memory") {
         println!("\nmemory: host-server RSS with {idle} idle relayed TCP connections");

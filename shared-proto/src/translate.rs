@@ -115,6 +115,19 @@ pub fn dual_stack_listener(bound: SocketAddrV6, v6only: bool) -> Option<SocketAd
     is_outsourced(a).then_some(a)
 }
 
+/// Whether a TCP AF_INET6 socket's bind to `a` is recorded, as an AF_INET bind to a
+/// non-loopback address is (host-server binds at listen), and as which IPv4 address: a
+/// v4-mapped `::ffff:a.b.c.d` that is outsourced (not loopback, not `0.0.0.0`: the program's
+/// own namespace has no such address, so the kernel would refuse it). Every other address
+/// (`::`, the v4-mapped wildcard, loopback, IPv6) is the kernel's to bind; a listen decides
+/// later ([`dual_stack_listener`]).
+#[must_use]
+pub fn dual_stack_bind(a: SocketAddrV6) -> Option<SocketAddrV4> {
+    let ip = a.ip().to_ipv4_mapped()?;
+    let v4 = SocketAddrV4::new(ip, a.port());
+    (is_outsourced(v4) && !ip.is_unspecified()).then_some(v4)
+}
+
 /// How IPv4 address `a` looks on a dual-stack socket: v4-mapped, `::ffff:a.b.c.d` (a peer, an
 /// accepted connection's local address).
 #[must_use]
@@ -290,6 +303,17 @@ mod tests {
         assert_eq!(l("[::ffff:127.0.0.1]:8080", false), None);
         assert_eq!(l("[2001:db8::1]:8080", false), None);
         assert_eq!(l("[fe80::1]:8080", false), None);
+
+        let b = |s: &str| dual_stack_bind(s.parse().unwrap());
+        assert_eq!(
+            b("[::ffff:10.1.2.3]:80"),
+            Some("10.1.2.3:80".parse().unwrap())
+        );
+        assert_eq!(b("[::ffff:0.0.0.0]:80"), None);
+        assert_eq!(b("[::ffff:127.0.0.1]:80"), None);
+        assert_eq!(b("[::]:80"), None);
+        assert_eq!(b("[::1]:80"), None);
+        assert_eq!(b("[2001:db8::1]:80"), None);
 
         let dummy: SocketAddrV4 = "10.170.112.1:4000".parse().unwrap();
         assert_eq!(

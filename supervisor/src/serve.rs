@@ -34,9 +34,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use shared_proto::outsource::{ListenRequest, UdpRequest};
 use shared_proto::translate::{
-    connect_answer, connect_request, decode_sockaddr_in, decode_sockaddr_in6, dual_stack_listener,
-    dual_stack_name, encode_sockaddr_in, encode_sockaddr_in6, is_outsourced, sockaddr_family,
-    v4_mapped, AF_INET,
+    connect_answer, connect_request, decode_sockaddr_in, decode_sockaddr_in6, dual_stack_bind,
+    dual_stack_listener, dual_stack_name, encode_sockaddr_in, encode_sockaddr_in6, is_outsourced,
+    sockaddr_family, v4_mapped, AF_INET,
 };
 use shared_proto::{decode_exact, to_vec, Errno, ToGuest, ToHost};
 
@@ -337,7 +337,7 @@ fn dispatch(shared: &Arc<Shared>, n: Notif) {
         }
         libc::SYS_recvfrom => recvfrom(shared, n),
         libc::SYS_sendto => sendto(shared, n),
-        libc::SYS_bind => match read_connect_addr(shared, &n) {
+        libc::SYS_bind => match read_bind_addr(shared, &n) {
             Ok(bytes) => {
                 let outcome = bind(shared, &n, &bytes);
                 shared.finish(&n, outcome);
@@ -363,6 +363,21 @@ fn fd_arg(n: &Notif) -> RawFd {
 /// host.sock under liboutsock) — reads into the stack and continues: one process_vm_readv and
 /// the answer, no allocation and no validity check (continuing acts on nothing we read).
 fn read_connect_addr(s: &Shared, n: &Notif) -> Result<Vec<u8>, Outcome> {
+    read_addr(s, n, |b| sockaddr_family(b) == Some(AF_INET))
+}
+
+/// The address of a bind, as [`read_connect_addr`] reads a connect's: an AF_INET one, or an
+/// AF_INET6 one that may be recorded ([`dual_stack_bind`]); other binds continue.
+fn read_bind_addr(s: &Shared, n: &Notif) -> Result<Vec<u8>, Outcome> {
+    read_addr(s, n, |b| {
+        sockaddr_family(b) == Some(AF_INET)
+            || decode_sockaddr_in6(b).and_then(dual_stack_bind).is_some()
+    })
+}
+
+/// The address of a connect or bind, read into the stack; validated and copied where `take`
+/// wants it, otherwise the call continues.
+fn read_addr(s: &Shared, n: &Notif, take: impl Fn(&[u8]) -> bool) -> Result<Vec<u8>, Outcome> {
     let (ptr, len) = (n.args[1], n.args[2] & 0xffff_ffff);
     if ptr == 0 || len > MAX_ADDR {
         // Nothing to read: the kernel gives the error a native call gets.
@@ -374,7 +389,7 @@ fn read_connect_addr(s: &Shared, n: &Notif) -> Result<Vec<u8>, Outcome> {
     if sys::read_into(n.pid, ptr, bytes).is_err() {
         return Err(Outcome::Fail(libc::EFAULT));
     }
-    if sockaddr_family(bytes) != Some(AF_INET) {
+    if !take(bytes) {
         return Err(Outcome::Continue);
     }
     if !s.listener.valid(n.id) {
@@ -744,11 +759,10 @@ fn dns_recvfrom(s: &Shared, n: &Notif, copy: &OwnedFd, from: SocketAddrV4) -> Ou
 
 /// `bind` with an AF_INET address (`bytes`, read and validated): a TCP socket's non-loopback
 /// address is only recorded, as liboutsock does, and host-server binds for real on listen; a
-/// loopback bind, and any other socket's, is made here with the bytes already read.
+/// loopback bind, and any other socket's, is made here with the bytes already read. The same
+/// for a v4-mapped AF_INET6 address ([`dual_stack_bind`]) on a dual-stack TCP socket, recorded
+/// as its IPv4 address and shown v4-mapped.
 fn bind(s: &Shared, n: &Notif, bytes: &[u8]) -> Outcome {
-    let Some(addr) = decode_sockaddr_in(bytes) else {
-        return Outcome::Fail(libc::EINVAL);
-    };
     let copy = match sys::take_fd(n.pid, fd_arg(n)) {
         Ok(c) => c,
         Err(e) => return io_fail(&e),
@@ -757,9 +771,22 @@ fn bind(s: &Shared, n: &Notif, bytes: &[u8]) -> Outcome {
         0 => Outcome::Return(0),
         e => Outcome::Fail(e),
     };
-    if !is_outsourced(addr) || !inet_stream(&copy) {
-        return native();
-    }
+    // An AF_INET6 address that read_bind_addr took: v4-mapped, recorded on a dual-stack TCP
+    // socket (a V6ONLY one, or another kind, gets the kernel's answer).
+    let (addr, v6) = if sockaddr_family(bytes) == Some(AF_INET) {
+        let Some(addr) = decode_sockaddr_in(bytes) else {
+            return Outcome::Fail(libc::EINVAL);
+        };
+        if !is_outsourced(addr) || !inet_stream(&copy) {
+            return native();
+        }
+        (addr, false)
+    } else {
+        match decode_sockaddr_in6(bytes).and_then(dual_stack_bind) {
+            Some(addr) if dual_stack_socket(&copy) => (addr, true),
+            _ => return native(),
+        }
+    };
     match s.view(copy.as_raw_fd()) {
         // Bound (here) or made here already: natively a second bind fails.
         Some(_) => Outcome::Fail(libc::EINVAL),
@@ -767,13 +794,14 @@ fn bind(s: &Shared, n: &Notif, bytes: &[u8]) -> Outcome {
             Outcome::Fail(libc::EINVAL)
         }
         None => {
-            s.record(
+            s.record_as(
                 copy.as_raw_fd(),
                 View {
                     local: addr,
                     peer: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
                     kind: Kind::Bound,
                 },
+                v6,
             );
             Outcome::Return(0)
         }
@@ -817,7 +845,10 @@ fn listen(shared: &Arc<Shared>, n: Notif) {
             shared.finish(&n, outcome);
             return;
         }
-        Some(v) if v.kind == Kind::Bound => (v.local, false),
+        Some(v) if v.kind == Kind::Bound => (
+            v.local,
+            sys::identity(copy.as_raw_fd()).is_ok_and(|id| shared.is_v6(id)),
+        ),
         // Not bound at all: as liboutsock, host-server picks (port 0).
         None if inet_stream(&copy) && sys::local_port(copy.as_raw_fd()).is_ok_and(|p| p == 0) => {
             (SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0), false)
@@ -847,17 +878,23 @@ fn listen(shared: &Arc<Shared>, n: Notif) {
 /// IPV6_V6ONLY and the address the kernel bound it to, `[::]:0` if never bound).
 fn dual_stack(copy: &OwnedFd) -> Option<SocketAddrV4> {
     let fd = copy.as_raw_fd();
-    let int = |level, name| sys::sockopt_int(fd, level, name).ok();
-    if int(libc::SOL_SOCKET, libc::SO_DOMAIN)? != libc::AF_INET6
-        || int(libc::SOL_SOCKET, libc::SO_TYPE)? != libc::SOCK_STREAM
-        || int(libc::SOL_SOCKET, libc::SO_PROTOCOL)? != libc::IPPROTO_TCP
-        || int(libc::SOL_SOCKET, libc::SO_ACCEPTCONN)? != 0
+    if !dual_stack_socket(copy)
+        || sys::sockopt_int(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN).ok()? != 0
     {
         return None;
     }
-    let v6only = int(libc::IPPROTO_IPV6, libc::IPV6_V6ONLY)? != 0;
     let bound = decode_sockaddr_in6(&sys::local_addr(fd).ok()?)?;
-    dual_stack_listener(bound, v6only)
+    dual_stack_listener(bound, false)
+}
+
+/// Whether `copy` is a TCP AF_INET6 socket with IPV6_V6ONLY off.
+fn dual_stack_socket(copy: &OwnedFd) -> bool {
+    let fd = copy.as_raw_fd();
+    let is = |level, name, want| sys::sockopt_int(fd, level, name).is_ok_and(|v| v == want);
+    is(libc::SOL_SOCKET, libc::SO_DOMAIN, libc::AF_INET6)
+        && is(libc::SOL_SOCKET, libc::SO_TYPE, libc::SOCK_STREAM)
+        && is(libc::SOL_SOCKET, libc::SO_PROTOCOL, libc::IPPROTO_TCP)
+        && is(libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 0)
 }
 
 fn listen_request(addr: SocketAddrV4, backlog: u32) -> ToHost {

@@ -946,7 +946,8 @@ fn static_httpd_serves_an_ipv6_client_and_logs_its_dummy() {
     std::fs::create_dir_all(&www).unwrap();
     std::fs::write(www.join("page.txt"), "static busybox httpd\n").unwrap();
     let www = www.display().to_string();
-    // An AF_INET listener (`-p PORT` alone would make it AF_INET6, the kernel's own).
+    // An AF_INET listener (`-p PORT` alone makes a dual-stack AF_INET6 one: see
+    // static_httpd_on_a_port_alone_serves_a_world_client_v4_mapped).
     let mut server = supervised_command(
         &s,
         &["timeout", "60"],

@@ -17,6 +17,13 @@
 //!   program's descriptor; `accept`/`accept4` on that take one connection per packet and add
 //!   it as the call's result (ADDFD with SEND). Other binds are made here with the bytes
 //!   already read (AF_INET) or continue; other listens and accepts continue.
+//! - A dual-stack listener (a TCP AF_INET6 socket with IPV6_V6ONLY off, as busybox's `nc -l`
+//!   and `httpd -p PORT` make) is outsourced as the AF_INET listener it stands for
+//!   (`translate::dual_stack_listener`): `[::]:PORT` (bound by the kernel, or never bound) is
+//!   0.0.0.0:PORT, decided at `listen` from our copy of the socket; a bind to a v4-mapped
+//!   `::ffff:a.b.c.d` is recorded as a.b.c.d (`translate::dual_stack_bind`). The program sees
+//!   AF_INET6 throughout: the listener named `[::]:PORT`, accepted peers and names v4-mapped
+//!   (`sockaddr_in6`, 28 bytes). V6ONLY sockets and `::1` stay the kernel's.
 //!
 //! Sockets are known by identity (device and inode of the open file), never by descriptor
 //! number, so dup, fork and descriptor reuse cannot confuse them; sockets nobody holds any more

@@ -969,7 +969,8 @@ fn static_httpd_serves_an_ipv6_client_and_logs_its_dummy() {
     std::fs::create_dir_all(&www).unwrap();
     std::fs::write(www.join("page.txt"), "static busybox httpd\n").unwrap();
     let www = www.display().to_string();
-    // An AF_INET listener (`-p PORT` alone would make it AF_INET6, the kernel's own).
+    // An AF_INET listener (`-p PORT` alone makes a dual-stack AF_INET6 one: see
+    // static_httpd_on_a_port_alone_serves_a_world_client_v4_mapped).
     let mut server = supervised_command(
         &s,
         &["timeout", "60"],
@@ -1332,4 +1333,306 @@ fn a_daemonized_static_httpd_stays_served() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(status.code(), Some(0), "{status}");
+}
+
+/// The IPv4 address in `a`, an `IP:PORT` or `[IP]:PORT` of the peer as a program printed it:
+/// it must be v4-mapped (`[::ffff:a.b.c.d]:PORT`), as natively on a dual-stack socket.
+fn v4_mapped_peer(a: &str) -> Ipv4Addr {
+    let a: std::net::SocketAddrV6 = a
+        .parse()
+        .unwrap_or_else(|e| panic!("{a:?} is not an IPv6 socket address: {e}"));
+    a.ip()
+        .to_ipv4_mapped()
+        .unwrap_or_else(|| panic!("{a} is not v4-mapped"))
+}
+
+#[test]
+fn static_nc_listens_dual_stack_and_answers_a_world_client() {
+    let test = "static_nc_listens_dual_stack_and_answers_a_world_client";
+    let Some((s, _dir, bb)) = busybox_world(test, "sup-ncl", PORTS) else {
+        return;
+    };
+    // `nc -l -p PORT` makes an AF_INET6 socket on [::]:PORT (dual stack); what it reads
+    // from the peer goes to stdout, its stdin to the peer.
+    let script = format!(
+        "echo 'answer from busybox nc' | {} nc -l -p 8080",
+        bb.display()
+    );
+    let mut server = supervised_command(&s, &["timeout", "60"], &bb, &["sh", "-c", &script]);
+    server.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let server = server.spawn().unwrap();
+    wait_listening(&s, 8080, true);
+    let reply = s
+        .world
+        .world()
+        .run(|| {
+            let mut c = connect_from_client(8080);
+            c.write_all(b"line from the world\n").unwrap();
+            let mut r = std::io::BufReader::new(c);
+            let mut line = String::new();
+            std::io::BufRead::read_line(&mut r, &mut line).unwrap();
+            line
+        })
+        .unwrap();
+    let out = server.wait_with_output().unwrap();
+    let got = ok(&s, &out, "nc -l");
+    assert_eq!(reply, "answer from busybox nc\n");
+    assert_eq!(got, "line from the world\n");
+}
+
+#[test]
+fn static_httpd_on_a_port_alone_serves_a_world_client_v4_mapped() {
+    let test = "static_httpd_on_a_port_alone_serves_a_world_client_v4_mapped";
+    let Some((s, dir, bb)) = busybox_world(test, "sup-httpd6", PORTS) else {
+        return;
+    };
+    let www = dir.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("page.txt"), "dual-stack busybox httpd\n").unwrap();
+    let www = www.display().to_string();
+    // `-p PORT` alone: an AF_INET6 listener on [::]:PORT.
+    let mut server = supervised_command(
+        &s,
+        &["timeout", "60"],
+        &bb,
+        &["httpd", "-f", "-vv", "-p", "8081", "-h", &www],
+    );
+    server.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let server = server.spawn().unwrap();
+    wait_listening(&s, 8081, true);
+    let page = world_request(&s, 8081, b"GET /page.txt HTTP/1.0\r\n\r\n");
+    assert!(page.contains("200 OK"), "{page}");
+    assert!(page.ends_with("dual-stack busybox httpd\n"), "{page}");
+    let log = text(&stop(server).stderr);
+    println!("httpd log: {log}");
+    // Each log line starts with the peer: the client's dummy, v4-mapped.
+    let peer = log
+        .lines()
+        .find_map(|l| {
+            let first = l.split_whitespace().next()?.trim_end_matches(':');
+            first.starts_with('[').then(|| first.to_owned())
+        })
+        .unwrap_or_else(|| panic!("no IPv6 peer in the log: {log}"));
+    assert_client_dummy(&s, v4_mapped_peer(&peer));
+}
+
+/// `server MODE PORT` in plain libc calls: an AF_INET6 listener on `[::]:PORT` with
+/// IPV6_V6ONLY off (`dual`) or on (`v6only`), on `[::1]:PORT` (`loopback`), or on the
+/// v4-mapped `[::ffff:192.0.2.1]:PORT` (`mapped`: an address `legacy` does not have); prints its
+/// getsockname, then accepts one connection and prints what accept, getpeername (also into a
+/// sockaddr_in's 16 bytes) and getsockname say, and answers its line.
+const C_SERVER6: &str = r#"
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+static void show(const char *what, struct sockaddr_in6 *a, socklen_t len) {
+    char ip[INET6_ADDRSTRLEN] = "?";
+    inet_ntop(AF_INET6, &a->sin6_addr, ip, sizeof ip);
+    printf("%s [%s]:%d family %d len %d\n", what, ip, ntohs(a->sin6_port), a->sin6_family, (int)len);
+}
+
+int main(int argc, char **argv) {
+    setvbuf(stdout, NULL, _IONBF, 0);
+    if (argc != 3) return 1;
+    int one = 1, off = 0;
+    int l = socket(AF_INET6, SOCK_STREAM, 0);
+    setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    setsockopt(l, IPPROTO_IPV6, IPV6_V6ONLY, strcmp(argv[1], "v6only") ? &off : &one, sizeof one);
+    struct sockaddr_in6 a = { .sin6_family = AF_INET6, .sin6_port = htons(atoi(argv[2])) };
+    a.sin6_addr = strcmp(argv[1], "loopback") ? in6addr_any : in6addr_loopback;
+    if (!strcmp(argv[1], "mapped")) inet_pton(AF_INET6, "::ffff:192.0.2.1", &a.sin6_addr);
+    if (bind(l, (struct sockaddr *)&a, sizeof a) || listen(l, 8)) {
+        perror("bind/listen");
+        return 2;
+    }
+    struct sockaddr_in6 got;
+    socklen_t len = sizeof got;
+    getsockname(l, (struct sockaddr *)&got, &len);
+    show("listening", &got, len);
+    len = sizeof got;
+    int c = accept(l, (struct sockaddr *)&got, &len);
+    if (c < 0) {
+        perror("accept");
+        return 3;
+    }
+    show("accepted", &got, len);
+    len = sizeof got;
+    getpeername(c, (struct sockaddr *)&got, &len);
+    show("getpeername", &got, len);
+    struct sockaddr_in6 short_;
+    memset(&short_, 0, sizeof short_);
+    len = 16;
+    getpeername(c, (struct sockaddr *)&short_, &len);
+    printf("short getpeername len %d port %d zero tail %d\n", (int)len, ntohs(short_.sin6_port),
+           short_.sin6_addr.s6_addr[8] == 0 && short_.sin6_addr.s6_addr[15] == 0);
+    len = sizeof got;
+    getsockname(c, (struct sockaddr *)&got, &len);
+    show("getsockname", &got, len);
+    char line[128] = "";
+    ssize_t n = read(c, line, sizeof line - 1);
+    char reply[160];
+    int m = snprintf(reply, sizeof reply, "echo: %.*s", n > 0 ? (int)n : 0, line);
+    if (write(c, reply, m) < 0) return 4;
+    close(c);
+    return 0;
+}
+"#;
+
+/// [`C_SERVER6`] built (dynamically linked) into `dir`, or `None` after [`skip`].
+fn c_server6(test: &str, dir: &Path) -> Option<PathBuf> {
+    match testworld::programs::build_c(dir, "server6", &[C_SERVER6]) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            skip(test, &format!("no C compiler: {e:#}"));
+            None
+        }
+    }
+}
+
+/// Starts `outsock run -- server MODE PORT` and returns it with its first line (what it
+/// listens on).
+fn start_server6(s: &Stack, bin: &Path, mode: &str, port: u16) -> (Child, String) {
+    let port = port.to_string();
+    let mut server = supervised_command(s, &["timeout", "60"], bin, &[mode, &port]);
+    server.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut server = server.spawn().unwrap();
+    let mut stdout = std::io::BufReader::new(server.stdout.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut first).unwrap();
+    // The rest of its output, for wait_with_output.
+    server.stdout = Some(stdout.into_inner());
+    (server, first)
+}
+
+#[test]
+fn dynamic_dual_stack_listener_under_the_default_run() {
+    let test = "dynamic_dual_stack_listener_under_the_default_run";
+    if !can_supervise(test) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let Some(bin) = c_server6(test, dir.path()) else {
+        return;
+    };
+    let Some(s) = stack("sup-dual6", PORTS) else {
+        return;
+    };
+    // liboutsock leaves AF_INET6 to the kernel, so the supervisor outsources the listen.
+    let (server, first) = start_server6(&s, &bin, "dual", 8082);
+    assert_eq!(
+        first,
+        "listening [::]:8082 family 10 len 28\n",
+        "{}",
+        s.logs()
+    );
+    wait_listening(&s, 8082, true);
+    let answer = world_request(&s, 8082, b"hi dual stack\n");
+    let out = server.wait_with_output().unwrap();
+    let stdout = ok(&s, &out, "server6 dual");
+    println!("{stdout}");
+    assert_eq!(answer, "echo: hi dual stack\n");
+    let lines: Vec<&str> = stdout.lines().collect();
+    let field = |i: usize, what: &str| -> String {
+        let l = lines.get(i).copied().unwrap_or("");
+        let rest = l
+            .strip_prefix(what)
+            .unwrap_or_else(|| panic!("line {i} {l:?} is not {what}: {stdout}"));
+        assert!(rest.ends_with(" family 10 len 28"), "{l}");
+        rest.split_whitespace().next().unwrap().to_owned()
+    };
+    // accept and getpeername agree: the client's dummy, v4-mapped, once (no double mapping).
+    let peer = field(0, "accepted ");
+    assert_eq!(field(1, "getpeername "), peer, "{stdout}");
+    let port: u16 = peer.rsplit(':').next().unwrap().parse().unwrap();
+    // Truncated to 16 bytes as the kernel truncates, the full length reported.
+    assert_eq!(
+        lines[2],
+        format!("short getpeername len 28 port {port} zero tail 1")
+    );
+    let local = field(3, "getsockname ");
+    assert!(
+        local.starts_with("[::ffff:") && local.ends_with("]:8082"),
+        "{local}"
+    );
+    assert_client_dummy(&s, v4_mapped_peer(&peer));
+
+    // Bound to a v4-mapped address `legacy` does not have (natively EADDRNOTAVAIL): recorded
+    // as an AF_INET bind is, outsourced at listen, named as it was bound.
+    let (server, first) = start_server6(&s, &bin, "mapped", 8080);
+    assert_eq!(
+        first,
+        "listening [::ffff:192.0.2.1]:8080 family 10 len 28\n",
+        "{}",
+        s.logs()
+    );
+    wait_listening(&s, 8080, true);
+    let answer = world_request(&s, 8080, b"hi mapped\n");
+    let out = server.wait_with_output().unwrap();
+    let stdout = ok(&s, &out, "server6 mapped");
+    assert_eq!(answer, "echo: hi mapped\n");
+    let peer = stdout.lines().next().unwrap_or("");
+    assert!(peer.starts_with("accepted [::ffff:"), "{stdout}");
+}
+
+#[test]
+fn v6only_and_loopback_ipv6_listeners_stay_local() {
+    let test = "v6only_and_loopback_ipv6_listeners_stay_local";
+    if !can_supervise(test) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let Some(bin) = c_server6(test, dir.path()) else {
+        return;
+    };
+    let Some(s) = stack("sup-v6only", PORTS) else {
+        return;
+    };
+    for (mode, port) in [("v6only", 8080), ("loopback", 8081)] {
+        let (server, first) = start_server6(&s, &bin, mode, port);
+        let bound = if mode == "loopback" { "::1" } else { "::" };
+        assert_eq!(
+            first,
+            format!("listening [{bound}]:{port} family 10 len 28\n"),
+            "{mode}: {}",
+            s.logs()
+        );
+        // host-server does not listen for it; a world client is refused.
+        wait_listening(&s, port, false);
+        let from_world = s
+            .world
+            .world()
+            .run(move || {
+                std::net::TcpStream::connect_timeout(
+                    &std::net::SocketAddr::new(addr::HOST.into(), port),
+                    Duration::from_secs(2),
+                )
+                .map(|_| ())
+                .map_err(|e| e.kind())
+            })
+            .unwrap();
+        assert!(from_world.is_err(), "{mode}: the world reached it");
+        // Inside the legacy namespace it is the kernel's own listener.
+        let answer = s
+            .world
+            .legacy()
+            .run(move || {
+                let mut c = std::net::TcpStream::connect(("::1", port)).unwrap();
+                c.write_all(b"hi local\n").unwrap();
+                let mut back = String::new();
+                c.read_to_string(&mut back).unwrap();
+                back
+            })
+            .unwrap();
+        let out = server.wait_with_output().unwrap();
+        let stdout = ok(&s, &out, mode);
+        println!("{mode}: {stdout}");
+        assert_eq!(answer, "echo: hi local\n", "{mode}");
+        // The peer is the kernel's ::1, not a dummy.
+        assert!(stdout.starts_with("accepted [::1]:"), "{mode}: {stdout}");
+    }
 }

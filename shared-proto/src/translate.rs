@@ -1,13 +1,14 @@
 //! The translation's semantics, shared by both front ends (liboutsock, which sees libc calls,
 //! and outsock-supervisor, which sees system calls through seccomp user notification): which
-//! IPv4 destinations are outsourced, the `sockaddr_in` bytes a program reads and writes, and
-//! what host-server's answer to a connect means for the program, which stream reaches
-//! host-server (the guest image's `transport=` setting), and which socket options an outsourced
-//! socket carries over from the program's own.
+//! IPv4 destinations are outsourced, the `sockaddr_in` bytes a program reads and writes (and the
+//! `sockaddr_in6` ones of a dual-stack listener: which AF_INET6 listener is outsourced as an
+//! IPv4 one, and its IPv4 view shown v4-mapped), what host-server's answer to a connect means
+//! for the program, which stream reaches host-server (the guest image's `transport=`
+//! setting), and which socket options an outsourced socket carries over from the program's own.
 //!
 //! Pure functions over bytes and values: no I/O, no `unsafe`.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
 
 use crate::errno::Errno;
 use crate::outsource::{ConnectRequest, ToGuest, ToHost};
@@ -20,6 +21,12 @@ pub const DEFAULT_GUEST_DNS: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 
 pub const AF_INET: u16 = 2;
 /// The size of a `struct sockaddr_in`.
 pub const SOCKADDR_IN_LEN: usize = 16;
+/// `AF_INET6` on Linux.
+pub const AF_INET6: u16 = 10;
+/// The size of a `struct sockaddr_in6`.
+pub const SOCKADDR_IN6_LEN: usize = 28;
+/// The smallest `sockaddr_in6` the kernel takes (RFC 2133's, without `sin6_scope_id`).
+const SOCKADDR_IN6_MIN: usize = 24;
 
 /// Whether a program's socket call to `a` is outsourced to host-server: every IPv4 destination
 /// except loopback, which stays on the program's own `lo`.
@@ -57,6 +64,86 @@ pub fn encode_sockaddr_in(a: SocketAddrV4) -> [u8; SOCKADDR_IN_LEN] {
     b[2..4].copy_from_slice(&a.port().to_be_bytes());
     b[4..8].copy_from_slice(&a.ip().octets());
     b
+}
+
+/// The IPv6 address in a `struct sockaddr` of `bytes`, if it is a well-formed `AF_INET6` one
+/// (24 bytes at least, as the kernel takes it; the scope id 0 when absent).
+#[must_use]
+pub fn decode_sockaddr_in6(bytes: &[u8]) -> Option<SocketAddrV6> {
+    if bytes.len() < SOCKADDR_IN6_MIN || sockaddr_family(bytes)? != AF_INET6 {
+        return None;
+    }
+    let port = u16::from_be_bytes([bytes[2], bytes[3]]);
+    let flow = u32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
+    let ip: [u8; 16] = bytes[8..24].try_into().ok()?;
+    let scope = match bytes.get(24..28) {
+        Some(s) => u32::from_ne_bytes(s.try_into().ok()?),
+        None => 0,
+    };
+    Some(SocketAddrV6::new(Ipv6Addr::from(ip), port, flow, scope))
+}
+
+/// `a` as the `struct sockaddr_in6` the kernel writes (flow label big endian, scope id in
+/// native order).
+#[must_use]
+pub fn encode_sockaddr_in6(a: SocketAddrV6) -> [u8; SOCKADDR_IN6_LEN] {
+    let mut b = [0u8; SOCKADDR_IN6_LEN];
+    b[..2].copy_from_slice(&AF_INET6.to_ne_bytes());
+    b[2..4].copy_from_slice(&a.port().to_be_bytes());
+    b[4..8].copy_from_slice(&a.flowinfo().to_be_bytes());
+    b[8..24].copy_from_slice(&a.ip().octets());
+    b[24..].copy_from_slice(&a.scope_id().to_ne_bytes());
+    b
+}
+
+/// Whether a program's TCP AF_INET6 socket bound to `bound` (`[::]:0` if never bound) that
+/// listens is a dual-stack listener outsourced as the IPv4 listener this returns: with
+/// IPV6_V6ONLY off, the wildcard `::` is `0.0.0.0`, a v4-mapped `::ffff:a.b.c.d` is
+/// `a.b.c.d` where that is outsourced (not loopback); the same port. A V6ONLY socket, `::1`
+/// and every other IPv6 address stay native (`None`).
+#[must_use]
+pub fn dual_stack_listener(bound: SocketAddrV6, v6only: bool) -> Option<SocketAddrV4> {
+    if v6only {
+        return None;
+    }
+    let ip = if bound.ip().is_unspecified() {
+        Ipv4Addr::UNSPECIFIED
+    } else {
+        bound.ip().to_ipv4_mapped()?
+    };
+    let a = SocketAddrV4::new(ip, bound.port());
+    is_outsourced(a).then_some(a)
+}
+
+/// Whether a TCP AF_INET6 socket's bind to `a` is recorded, as an AF_INET bind to a
+/// non-loopback address is (host-server binds at listen), and as which IPv4 address: a
+/// v4-mapped `::ffff:a.b.c.d` that is outsourced (not loopback, not `0.0.0.0`: the program's
+/// own namespace has no such address, so the kernel would refuse it). Every other address
+/// (`::`, the v4-mapped wildcard, loopback, IPv6) is the kernel's to bind; a listen decides
+/// later ([`dual_stack_listener`]).
+#[must_use]
+pub fn dual_stack_bind(a: SocketAddrV6) -> Option<SocketAddrV4> {
+    let ip = a.ip().to_ipv4_mapped()?;
+    let v4 = SocketAddrV4::new(ip, a.port());
+    (is_outsourced(v4) && !ip.is_unspecified()).then_some(v4)
+}
+
+/// How IPv4 address `a` looks on a dual-stack socket: v4-mapped, `::ffff:a.b.c.d` (a peer, an
+/// accepted connection's local address).
+#[must_use]
+pub fn v4_mapped(a: SocketAddrV4) -> SocketAddrV6 {
+    SocketAddrV6::new(a.ip().to_ipv6_mapped(), a.port(), 0, 0)
+}
+
+/// The name of a dual-stack listener whose IPv4 view is `a`: the wildcard `::` for `0.0.0.0`
+/// (what it was bound to), else v4-mapped.
+#[must_use]
+pub fn dual_stack_name(a: SocketAddrV4) -> SocketAddrV6 {
+    if a.ip().is_unspecified() {
+        SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, a.port(), 0, 0)
+    } else {
+        v4_mapped(a)
+    }
 }
 
 /// The request an outsourced TCP connect to `dest` sends. `pass_fd`: process mode (the socket
@@ -224,6 +311,76 @@ mod tests {
         assert_eq!(decode_sockaddr_in(&v6), None);
         assert_eq!(sockaddr_family(&v6), Some(10));
         assert_eq!(b[2..4], [0x1f, 0x90]);
+    }
+
+    #[test]
+    fn sockaddr_in6_round_trips_and_rejects_other_families() {
+        let a: SocketAddrV6 = "[::ffff:10.170.160.2]:8080".parse().unwrap();
+        let b = encode_sockaddr_in6(a);
+        assert_eq!(b.len(), 28);
+        assert_eq!(sockaddr_family(&b), Some(AF_INET6));
+        assert_eq!(b[2..4], [0x1f, 0x90]);
+        assert_eq!(b[8..24], a.ip().octets());
+        assert_eq!(decode_sockaddr_in6(&b), Some(a));
+        let scoped = SocketAddrV6::new("fe80::1".parse().unwrap(), 1, 0x0001_2345, 3);
+        assert_eq!(
+            decode_sockaddr_in6(&encode_sockaddr_in6(scoped)),
+            Some(scoped)
+        );
+        // RFC 2133's 24 bytes are taken (no scope id); fewer, or AF_INET, are not.
+        let short = decode_sockaddr_in6(&b[..24]).unwrap();
+        assert_eq!(
+            (short.ip(), short.port(), short.scope_id()),
+            (a.ip(), 8080, 0)
+        );
+        assert_eq!(decode_sockaddr_in6(&b[..23]), None);
+        let v4 = encode_sockaddr_in("10.0.0.1:1".parse().unwrap());
+        assert_eq!(decode_sockaddr_in6(&[&v4[..], &[0u8; 12]].concat()), None);
+    }
+
+    #[test]
+    fn dual_stack_listeners_are_ipv4_ones_shown_v4_mapped() {
+        let l = |s: &str, v6only| dual_stack_listener(s.parse().unwrap(), v6only);
+        assert_eq!(l("[::]:8080", false), Some("0.0.0.0:8080".parse().unwrap()));
+        assert_eq!(l("[::]:0", false), Some("0.0.0.0:0".parse().unwrap()));
+        assert_eq!(
+            l("[::ffff:10.1.2.3]:80", false),
+            Some("10.1.2.3:80".parse().unwrap())
+        );
+        assert_eq!(
+            l("[::ffff:0.0.0.0]:80", false),
+            Some("0.0.0.0:80".parse().unwrap())
+        );
+        // V6ONLY, loopback (both kinds) and real IPv6 addresses stay native.
+        assert_eq!(l("[::]:8080", true), None);
+        assert_eq!(l("[::1]:8080", false), None);
+        assert_eq!(l("[::ffff:127.0.0.1]:8080", false), None);
+        assert_eq!(l("[2001:db8::1]:8080", false), None);
+        assert_eq!(l("[fe80::1]:8080", false), None);
+
+        let b = |s: &str| dual_stack_bind(s.parse().unwrap());
+        assert_eq!(
+            b("[::ffff:10.1.2.3]:80"),
+            Some("10.1.2.3:80".parse().unwrap())
+        );
+        assert_eq!(b("[::ffff:0.0.0.0]:80"), None);
+        assert_eq!(b("[::ffff:127.0.0.1]:80"), None);
+        assert_eq!(b("[::]:80"), None);
+        assert_eq!(b("[::1]:80"), None);
+        assert_eq!(b("[2001:db8::1]:80"), None);
+
+        let dummy: SocketAddrV4 = "10.170.112.1:4000".parse().unwrap();
+        assert_eq!(
+            v4_mapped(dummy),
+            "[::ffff:10.170.112.1]:4000"
+                .parse::<SocketAddrV6>()
+                .unwrap()
+        );
+        assert_eq!(
+            dual_stack_name("0.0.0.0:8080".parse().unwrap()),
+            "[::]:8080".parse::<SocketAddrV6>().unwrap()
+        );
+        assert_eq!(dual_stack_name(dummy), v4_mapped(dummy));
     }
 
     #[test]

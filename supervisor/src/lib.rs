@@ -89,8 +89,8 @@
 //!
 //! Not in this slice (the calls continue natively, which fails on an IPv6-only network):
 //! UDP other than DNS (UDP servers included), `sendmsg` with an address, `recvmsg` addresses
-//! on the DNS pair, ICMP, the i386 ABI, AF_INET6 sockets (busybox's `nc -l` and `httpd -p
-//! PORT` listen on AF_INET6 when the kernel has IPv6: `httpd -p 0.0.0.0:PORT` is AF_INET).
+//! on the DNS pair, ICMP, the i386 ABI, AF_INET6 sockets other than dual-stack TCP listeners
+//! (those are outsourced as AF_INET ones: `serve`).
 //! Socket options set before an outsourced connect or listen are not carried over, and
 //! `getsockopt` is the kernel's: on a listener it describes the packet channel (`AF_UNIX`,
 //! `SOCK_SEQPACKET`), on an accepted socket the IPv6 one. An epoll registration made on a

@@ -20,6 +20,13 @@
 //!   program's descriptor; `accept`/`accept4` on that take one connection per packet and add
 //!   it as the call's result (ADDFD with SEND). Other binds are made here with the bytes
 //!   already read (AF_INET) or continue; other listens and accepts continue.
+//! - A dual-stack listener (a TCP AF_INET6 socket with IPV6_V6ONLY off, as busybox's `nc -l`
+//!   and `httpd -p PORT` make) is outsourced as the AF_INET listener it stands for
+//!   (`translate::dual_stack_listener`): `[::]:PORT` (bound by the kernel, or never bound) is
+//!   0.0.0.0:PORT, decided at `listen` from our copy of the socket; a bind to a v4-mapped
+//!   `::ffff:a.b.c.d` is recorded as a.b.c.d (`translate::dual_stack_bind`). The program sees
+//!   AF_INET6 throughout: the listener named `[::]:PORT`, accepted peers and names v4-mapped
+//!   (`sockaddr_in6`, 28 bytes). V6ONLY sockets and `::1` stay the kernel's.
 //!
 //! Sockets are known by identity (device and inode of the open file), never by descriptor
 //! number, so dup, fork and descriptor reuse cannot confuse them; sockets nobody holds any more
@@ -30,15 +37,17 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::process::{Child, ExitStatus};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use shared_proto::outsource::{ListenRequest, UdpRequest};
 use shared_proto::translate::{
-    carried_value, connect_answer, connect_request, decode_sockaddr_in, encode_sockaddr_in,
-    is_outsourced, sockaddr_family, CarriedOption, AF_INET, CARRIED_OPTIONS, SOCKADDR_IN_LEN,
+    carried_value, connect_answer, connect_request, decode_sockaddr_in, decode_sockaddr_in6,
+    dual_stack_bind, dual_stack_listener, dual_stack_name, encode_sockaddr_in,
+    encode_sockaddr_in6, is_outsourced, sockaddr_family, v4_mapped, CarriedOption, AF_INET,
+    CARRIED_OPTIONS,
 };
 use shared_proto::{decode_exact, to_vec, Errno, ToGuest, ToHost};
 
@@ -133,6 +142,9 @@ pub struct Shared {
 #[derive(Debug)]
 struct Views {
     map: HashMap<(u64, u64), View>,
+    /// Those of `map` the program sees as AF_INET6: a dual-stack listener (named as
+    /// [`dual_stack_name`] says) and its accepted connections (v4-mapped).
+    v6: std::collections::HashSet<(u64, u64)>,
     sweep_at: usize,
 }
 
@@ -141,10 +153,21 @@ const SWEEP_MIN: usize = 1024;
 
 impl Views {
     fn insert(&mut self, id: (u64, u64), view: View) {
+        self.insert_as(id, view, false);
+    }
+
+    /// Inserts `view`, seen as AF_INET6 by the program if `v6`.
+    fn insert_as(&mut self, id: (u64, u64), view: View, v6: bool) {
         self.map.insert(id, view);
+        if v6 {
+            self.v6.insert(id);
+        } else {
+            self.v6.remove(&id);
+        }
         if self.map.len() >= self.sweep_at {
             let live = live_socket_inodes();
             self.map.retain(|(_, ino), _| live.contains(ino));
+            self.v6.retain(|(_, ino)| live.contains(ino));
             self.sweep_at = (self.map.len() * 2).max(SWEEP_MIN);
         }
     }
@@ -201,6 +224,7 @@ impl Shared {
             nameservers,
             views: Mutex::new(Views {
                 map: HashMap::new(),
+                v6: std::collections::HashSet::new(),
                 sweep_at: SWEEP_MIN,
             }),
             held: Mutex::new(HashMap::new()),
@@ -216,6 +240,25 @@ impl Shared {
                 .unwrap_or_else(PoisonError::into_inner)
                 .insert(id, view);
         }
+    }
+
+    /// Records `view` for `fd`, a socket the program sees as AF_INET6 if `v6`.
+    fn record_as(&self, fd: RawFd, view: View, v6: bool) {
+        if let Ok(id) = sys::identity(fd) {
+            self.views
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert_as(id, view, v6);
+        }
+    }
+
+    /// Whether the socket whose identity is `id` is one the program sees as AF_INET6.
+    fn is_v6(&self, id: (u64, u64)) -> bool {
+        self.views
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .v6
+            .contains(&id)
     }
 
     fn view(&self, fd: RawFd) -> Option<View> {
@@ -314,7 +357,7 @@ fn dispatch(shared: &Arc<Shared>, n: Notif) {
         }
         libc::SYS_recvfrom => recvfrom(shared, n),
         libc::SYS_sendto => sendto(shared, n),
-        libc::SYS_bind => match read_connect_addr(shared, &n) {
+        libc::SYS_bind => match read_bind_addr(shared, &n) {
             Ok(bytes) => {
                 let outcome = bind(shared, &n, &bytes);
                 shared.finish(&n, outcome);
@@ -340,6 +383,21 @@ fn fd_arg(n: &Notif) -> RawFd {
 /// host.sock under liboutsock) — reads into the stack and continues: one process_vm_readv and
 /// the answer, no allocation and no validity check (continuing acts on nothing we read).
 fn read_connect_addr(s: &Shared, n: &Notif) -> Result<Vec<u8>, Outcome> {
+    read_addr(s, n, |b| sockaddr_family(b) == Some(AF_INET))
+}
+
+/// The address of a bind, as [`read_connect_addr`] reads a connect's: an AF_INET one, or an
+/// AF_INET6 one that may be recorded ([`dual_stack_bind`]); other binds continue.
+fn read_bind_addr(s: &Shared, n: &Notif) -> Result<Vec<u8>, Outcome> {
+    read_addr(s, n, |b| {
+        sockaddr_family(b) == Some(AF_INET)
+            || decode_sockaddr_in6(b).and_then(dual_stack_bind).is_some()
+    })
+}
+
+/// The address of a connect or bind, read into the stack; validated and copied where `take`
+/// wants it, otherwise the call continues.
+fn read_addr(s: &Shared, n: &Notif, take: impl Fn(&[u8]) -> bool) -> Result<Vec<u8>, Outcome> {
     let (ptr, len) = (n.args[1], n.args[2] & 0xffff_ffff);
     if ptr == 0 || len > MAX_ADDR {
         // Nothing to read: the kernel gives the error a native call gets.
@@ -351,7 +409,7 @@ fn read_connect_addr(s: &Shared, n: &Notif) -> Result<Vec<u8>, Outcome> {
     if sys::read_into(n.pid, ptr, bytes).is_err() {
         return Err(Outcome::Fail(libc::EFAULT));
     }
-    if sockaddr_family(bytes) != Some(AF_INET) {
+    if !take(bytes) {
         return Err(Outcome::Continue);
     }
     if !s.listener.valid(n.id) {
@@ -719,6 +777,33 @@ fn send_datagram(s: &Shared, n: &Notif, addr: &[u8]) -> Outcome {
 /// Writes `a` at the program's `addr`/`len` pointers as the kernel does (truncated to `*len`,
 /// `*len` set to the full size).
 fn write_sockaddr(s: &Shared, n: &Notif, addr: u64, len_ptr: u64, a: SocketAddrV4) -> Outcome {
+    write_addr(s, n, addr, len_ptr, &encode_sockaddr_in(a))
+}
+
+/// Writes `a` as [`write_sockaddr`] does, or, on a socket the program sees as AF_INET6 (`v6`),
+/// as the v4-mapped `sockaddr_in6` of a dual-stack socket.
+fn write_view(
+    s: &Shared,
+    n: &Notif,
+    addr: u64,
+    len_ptr: u64,
+    a: SocketAddrV4,
+    v6: bool,
+) -> Outcome {
+    if v6 {
+        write_sockaddr_in6(s, n, addr, len_ptr, v4_mapped(a))
+    } else {
+        write_sockaddr(s, n, addr, len_ptr, a)
+    }
+}
+
+fn write_sockaddr_in6(s: &Shared, n: &Notif, addr: u64, len_ptr: u64, a: SocketAddrV6) -> Outcome {
+    write_addr(s, n, addr, len_ptr, &encode_sockaddr_in6(a))
+}
+
+/// Writes the address `bytes` at the program's `addr`/`len` pointers as the kernel does
+/// (truncated to `*len`, `*len` set to the full size).
+fn write_addr(s: &Shared, n: &Notif, addr: u64, len_ptr: u64, bytes: &[u8]) -> Outcome {
     if addr == 0 || len_ptr == 0 {
         return Outcome::Fail(libc::EFAULT);
     }
@@ -732,10 +817,9 @@ fn write_sockaddr(s: &Shared, n: &Notif, addr: u64, len_ptr: u64, a: SocketAddrV
     if !s.listener.valid(n.id) {
         return Outcome::Gone;
     }
-    let bytes = encode_sockaddr_in(a);
-    #[allow(clippy::cast_possible_truncation)] // 16.
-    let full = (SOCKADDR_IN_LEN as u32).to_ne_bytes();
-    let wrote = sys::write_mem(n.pid, addr, &bytes[..len.min(SOCKADDR_IN_LEN)])
+    #[allow(clippy::cast_possible_truncation)] // 16 or 28.
+    let full = (bytes.len() as u32).to_ne_bytes();
+    let wrote = sys::write_mem(n.pid, addr, &bytes[..len.min(bytes.len())])
         .and_then(|()| sys::write_mem(n.pid, len_ptr, &full));
     match wrote {
         Ok(()) => Outcome::Return(0),
@@ -763,7 +847,13 @@ fn name(s: &Shared, n: &Notif) -> Outcome {
         (true, Kind::Listener) => return Outcome::Fail(libc::ENOTCONN),
         (true, _) => view.peer,
     };
-    write_sockaddr(s, n, n.args[1], n.args[2], a)
+    match (s.is_v6(id), view.kind) {
+        // A dual-stack listener is named by what it was bound to (`[::]:PORT`).
+        (true, Kind::Listener) => {
+            write_sockaddr_in6(s, n, n.args[1], n.args[2], dual_stack_name(a))
+        }
+        (v6, _) => write_view(s, n, n.args[1], n.args[2], a, v6),
+    }
 }
 
 fn recvfrom(shared: &Arc<Shared>, n: Notif) {
@@ -818,11 +908,10 @@ fn dns_recvfrom(s: &Shared, n: &Notif, copy: &OwnedFd, from: SocketAddrV4) -> Ou
 
 /// `bind` with an AF_INET address (`bytes`, read and validated): a TCP socket's non-loopback
 /// address is only recorded, as liboutsock does, and host-server binds for real on listen; a
-/// loopback bind, and any other socket's, is made here with the bytes already read.
+/// loopback bind, and any other socket's, is made here with the bytes already read. The same
+/// for a v4-mapped AF_INET6 address ([`dual_stack_bind`]) on a dual-stack TCP socket, recorded
+/// as its IPv4 address and shown v4-mapped.
 fn bind(s: &Shared, n: &Notif, bytes: &[u8]) -> Outcome {
-    let Some(addr) = decode_sockaddr_in(bytes) else {
-        return Outcome::Fail(libc::EINVAL);
-    };
     let copy = match sys::take_fd(n.pid, fd_arg(n)) {
         Ok(c) => c,
         Err(e) => return io_fail(&e),
@@ -831,9 +920,22 @@ fn bind(s: &Shared, n: &Notif, bytes: &[u8]) -> Outcome {
         0 => Outcome::Return(0),
         e => Outcome::Fail(e),
     };
-    if !is_outsourced(addr) || !inet_stream(&copy) {
-        return native();
-    }
+    // An AF_INET6 address that read_bind_addr took: v4-mapped, recorded on a dual-stack TCP
+    // socket (a V6ONLY one, or another kind, gets the kernel's answer).
+    let (addr, v6) = if sockaddr_family(bytes) == Some(AF_INET) {
+        let Some(addr) = decode_sockaddr_in(bytes) else {
+            return Outcome::Fail(libc::EINVAL);
+        };
+        if !is_outsourced(addr) || !inet_stream(&copy) {
+            return native();
+        }
+        (addr, false)
+    } else {
+        match decode_sockaddr_in6(bytes).and_then(dual_stack_bind) {
+            Some(addr) if dual_stack_socket(&copy) => (addr, true),
+            _ => return native(),
+        }
+    };
     match s.view(copy.as_raw_fd()) {
         // Bound (here) or made here already: natively a second bind fails.
         Some(_) => Outcome::Fail(libc::EINVAL),
@@ -841,13 +943,14 @@ fn bind(s: &Shared, n: &Notif, bytes: &[u8]) -> Outcome {
             Outcome::Fail(libc::EINVAL)
         }
         None => {
-            s.record(
+            s.record_as(
                 copy.as_raw_fd(),
                 View {
                     local: addr,
                     peer: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
                     kind: Kind::Bound,
                 },
+                v6,
             );
             Outcome::Return(0)
         }
@@ -880,7 +983,7 @@ fn listen(shared: &Arc<Shared>, n: Notif) {
     };
     #[allow(clippy::cast_possible_truncation)] // An int in the syscall ABI.
     let backlog = u32::try_from((n.args[1] as i32).max(0)).unwrap_or(0);
-    let addr = match shared.view(copy.as_raw_fd()) {
+    let (addr, v6) = match shared.view(copy.as_raw_fd()) {
         // Inside a VM the listener is a vsock listener: the kernel's listen sets its backlog.
         Some(v) if v.kind == Kind::Listener && !shared.host.passes_fds() => {
             shared.finish(&n, Outcome::Continue);
@@ -891,21 +994,56 @@ fn listen(shared: &Arc<Shared>, n: Notif) {
             shared.finish(&n, outcome);
             return;
         }
-        Some(v) if v.kind == Kind::Bound => v.local,
+        Some(v) if v.kind == Kind::Bound => (
+            v.local,
+            sys::identity(copy.as_raw_fd()).is_ok_and(|id| shared.is_v6(id)),
+        ),
         // Not bound at all: as liboutsock, host-server picks (port 0).
         None if inet_stream(&copy) && sys::local_port(copy.as_raw_fd()).is_ok_and(|p| p == 0) => {
-            SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)
+            (SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0), false)
         }
+        // A dual-stack AF_INET6 listener: the IPv4 one it stands for, shown as AF_INET6.
+        None => match dual_stack(&copy) {
+            Some(a) => (a, true),
+            None => {
+                shared.finish(&n, Outcome::Continue);
+                return;
+            }
+        },
         // Made here otherwise, bound natively (loopback), another family: the kernel's.
-        _ => {
+        Some(_) => {
             shared.finish(&n, Outcome::Continue);
             return;
         }
     };
     let s = Arc::clone(shared);
     on_thread(shared, n, move || {
-        outsource_listen(&s, &n, &copy, addr, backlog)
+        outsource_listen(&s, &n, &copy, addr, backlog, v6)
     });
+}
+
+/// The IPv4 listener that a `listen` on `copy` is outsourced as when `copy` is a dual-stack
+/// TCP AF_INET6 socket that does not listen yet ([`dual_stack_listener`] decides from its
+/// IPV6_V6ONLY and the address the kernel bound it to, `[::]:0` if never bound).
+fn dual_stack(copy: &OwnedFd) -> Option<SocketAddrV4> {
+    let fd = copy.as_raw_fd();
+    if !dual_stack_socket(copy)
+        || sys::sockopt_int(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN).ok()? != 0
+    {
+        return None;
+    }
+    let bound = decode_sockaddr_in6(&sys::local_addr(fd).ok()?)?;
+    dual_stack_listener(bound, false)
+}
+
+/// Whether `copy` is a TCP AF_INET6 socket with IPV6_V6ONLY off.
+fn dual_stack_socket(copy: &OwnedFd) -> bool {
+    let fd = copy.as_raw_fd();
+    let is = |level, name, want| sys::sockopt_int(fd, level, name).is_ok_and(|v| v == want);
+    is(libc::SOL_SOCKET, libc::SO_DOMAIN, libc::AF_INET6)
+        && is(libc::SOL_SOCKET, libc::SO_TYPE, libc::SOCK_STREAM)
+        && is(libc::SOL_SOCKET, libc::SO_PROTOCOL, libc::IPPROTO_TCP)
+        && is(libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 0)
 }
 
 fn listen_request(addr: SocketAddrV4, backlog: u32) -> ToHost {
@@ -923,10 +1061,11 @@ fn outsource_listen(
     copy: &OwnedFd,
     addr: SocketAddrV4,
     backlog: u32,
+    v6: bool,
 ) -> Outcome {
     let nonblocking = nonblocking(copy);
     if !s.host.passes_fds() {
-        return vm_listen(s, n, nonblocking, addr, backlog);
+        return vm_listen(s, n, nonblocking, addr, backlog, v6);
     }
     let answer = match s.host.request(&listen_request(addr, backlog)) {
         Ok(a) => a,
@@ -944,13 +1083,14 @@ fn outsource_listen(
     if let Err(o) = install(s, n, &channel, nonblocking) {
         return o;
     }
-    s.record(
+    s.record_as(
         channel.as_raw_fd(),
         View {
             local,
             peer: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
             kind: Kind::Listener,
         },
+        v6,
     );
     Outcome::Return(0)
 }
@@ -963,6 +1103,7 @@ fn vm_listen(
     nonblocking: bool,
     addr: SocketAddrV4,
     backlog: u32,
+    v6: bool,
 ) -> Outcome {
     // Listeners closed since the last listen close host-server's listeners first (their ports
     // may be what this one wants); host-server closes them on its own time, so a port still
@@ -982,13 +1123,14 @@ fn vm_listen(
     if let Err(o) = install(s, n, &l.listener, nonblocking) {
         return o;
     }
-    s.record(
+    s.record_as(
         l.listener.as_raw_fd(),
         View {
             local: l.local,
             peer: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
             kind: Kind::Listener,
         },
+        v6,
     );
     if let Ok(id) = sys::identity(l.listener.as_raw_fd()) {
         s.companions.keep(id, l);
@@ -1034,6 +1176,7 @@ fn accept(shared: &Arc<Shared>, n: Notif) {
         shared.finish(&n, Outcome::Continue);
         return;
     };
+    let v6 = sys::identity(copy.as_raw_fd()).is_ok_and(|id| shared.is_v6(id));
     #[allow(clippy::cast_possible_truncation)] // An int in the syscall ABI.
     let flags = if n.nr == libc::SYS_accept4 {
         n.args[3] as i32
@@ -1046,7 +1189,7 @@ fn accept(shared: &Arc<Shared>, n: Notif) {
     }
     if nonblocking(&copy) {
         let outcome = match take_connection(shared, &copy) {
-            Ok(Some(a)) => deliver(shared, &n, &copy, a, flags),
+            Ok(Some(a)) => deliver(shared, &n, &copy, a, flags, v6),
             Ok(None) => Outcome::Fail(libc::EAGAIN),
             Err(e) => Outcome::Fail(e),
         };
@@ -1060,7 +1203,7 @@ fn accept(shared: &Arc<Shared>, n: Notif) {
             return Outcome::Gone;
         }
         match take_connection(&s, &copy) {
-            Ok(Some(a)) => return deliver(&s, &n, &copy, a, flags),
+            Ok(Some(a)) => return deliver(&s, &n, &copy, a, flags, v6),
             Ok(None) => {
                 let _ = sys::wait_readable(copy.as_raw_fd(), ACCEPT_RECHECK_MS);
             }
@@ -1101,9 +1244,10 @@ fn take_connection(s: &Shared, channel: &OwnedFd) -> Result<Option<Accepted>, i3
 }
 
 /// Hands connection `a` to the accept `n` (flags `flags`): its peer written at `addr`/`addrlen`
-/// and the socket added as the call's result, each only while the caller still waits; a
-/// connection the caller left before getting is held back for the next accept on `channel`.
-fn deliver(s: &Shared, n: &Notif, channel: &OwnedFd, a: Accepted, flags: i32) -> Outcome {
+/// (v4-mapped AF_INET6 from a dual-stack listener, `v6`) and the socket added as the call's
+/// result, each only while the caller still waits; a connection the caller left before getting
+/// is held back for the next accept on `channel`.
+fn deliver(s: &Shared, n: &Notif, channel: &OwnedFd, a: Accepted, flags: i32, v6: bool) -> Outcome {
     let hold = |a: Accepted| {
         if let Ok(id) = sys::identity(channel.as_raw_fd()) {
             s.held
@@ -1120,7 +1264,7 @@ fn deliver(s: &Shared, n: &Notif, channel: &OwnedFd, a: Accepted, flags: i32) ->
     }
     let (addr, len_ptr) = (n.args[1], n.args[2]);
     if addr != 0 {
-        match write_sockaddr(s, n, addr, len_ptr, a.peer) {
+        match write_view(s, n, addr, len_ptr, a.peer, v6) {
             Outcome::Return(_) => {}
             Outcome::Gone => return hold(a),
             // Natively the connection is lost with the EFAULT too.
@@ -1128,13 +1272,14 @@ fn deliver(s: &Shared, n: &Notif, channel: &OwnedFd, a: Accepted, flags: i32) ->
         }
     }
     // Known before the program can ask: getsockname/getpeername answer its AF_INET view.
-    s.record(
+    s.record_as(
         a.conn.as_raw_fd(),
         View {
             local: a.local,
             peer: a.peer,
             kind: Kind::Stream,
         },
+        v6,
     );
     if !s.listener.valid(n.id) {
         return hold(a);
@@ -1225,15 +1370,20 @@ mod tests {
         let held_id = sys::identity(held.as_raw_fd()).unwrap();
         let mut views = Views {
             map: HashMap::new(),
+            v6: std::collections::HashSet::new(),
             sweep_at: SWEEP_MIN,
         };
-        views.insert(held_id, view);
+        views.insert_as(held_id, view, true);
         // Inode numbers no socket has: gone at the sweep the 1,024th entry starts.
         for i in 1..SWEEP_MIN as u64 {
-            views.insert((held_id.0, u64::MAX - i), view);
+            views.insert_as((held_id.0, u64::MAX - i), view, i % 2 == 0);
         }
         assert_eq!(views.map.len(), 1);
         assert!(views.map.contains_key(&held_id));
+        assert_eq!(views.v6.iter().collect::<Vec<_>>(), [&held_id]);
+        // Recorded again as an AF_INET socket, it is one.
+        views.insert(held_id, view);
+        assert!(views.v6.is_empty());
         assert_eq!(views.sweep_at, SWEEP_MIN);
     }
 

@@ -806,6 +806,23 @@ pub fn local_port(fd: RawFd) -> io::Result<u16> {
     Ok(u16::from_be_bytes([head[2], head[3]]))
 }
 
+/// The local address of socket `fd` as the kernel has it: getsockname's bytes.
+///
+/// # Errors
+/// getsockname's error.
+pub fn local_addr(fd: RawFd) -> io::Result<Vec<u8>> {
+    // SAFETY: sockaddr_storage is plain data.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::sockaddr_storage>();
+    #[allow(clippy::cast_possible_truncation)] // 128 bytes.
+    let mut len = size as libc::socklen_t;
+    // SAFETY: a buffer of `len` writable bytes and its length.
+    cvt(unsafe { libc::getsockname(fd, std::ptr::from_mut(&mut ss).cast(), &mut len) })?;
+    // SAFETY: sockaddr_storage is `size` bytes of plain data.
+    let bytes: [u8; 128] = unsafe { std::ptr::read(std::ptr::from_ref(&ss).cast()) };
+    Ok(bytes[..(len as usize).min(size)].to_vec())
+}
+
 /// One non-blocking `recvmsg` of a whole packet on `fd` into `buf`, with the descriptor it
 /// carries (close-on-exec): the byte count (0: the peer closed) and the descriptor.
 ///

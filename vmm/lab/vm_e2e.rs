@@ -127,7 +127,7 @@ awk '/"sum_sent"/ {{ s = 1 }} /"sum_received"/ {{ r = 1 }}
      /"error"/ {{ print "IPERF-ERROR " $0 }}' /tmp/iperf.json
 /usr/local/bin/busybox httpd -f -vv -p 0.0.0.0:{httpd_port} -h /www 2>/tmp/httpd.log & H=$!
 /usr/bin/nc.traditional -n -v -l -p {nc_port} </dev/null >/tmp/nc-in.out 2>/tmp/nc-in.err & N=$!
-/bin/busybox httpd -f -vv -p 0.0.0.0:{static_httpd_port} -h /www 2>/tmp/shttpd.log & S=$!
+/bin/busybox httpd -f -vv -p {static_httpd_port} -h /www 2>/tmp/shttpd.log & S=$!
 echo INBOUND-READY
 read -t 90 GO; echo INBOUND-GO=$GO
 sed 's/^/HTTPD-LOG /' /tmp/httpd.log
@@ -135,7 +135,7 @@ echo NC-IN-DATA=$(cat /tmp/nc-in.out)
 sed 's/^/NC-IN-LOG /' /tmp/nc-in.err
 sed 's/^/SHTTPD-LOG /' /tmp/shttpd.log
 kill $H $N $S 2>/dev/null; wait $H $N $S 2>/dev/null
-/bin/busybox httpd -f -p 0.0.0.0:{static_httpd_port} -h /www 2>/tmp/shttpd2.log & S=$!
+/bin/busybox httpd -f -p {static_httpd_port} -h /www 2>/tmp/shttpd2.log & S=$!
 sleep 3; if kill -0 $S 2>/dev/null; then echo RELISTEN=alive; else echo RELISTEN=gone; sed 's/^/RELISTEN-LOG /' /tmp/shttpd2.log; fi
 kill $S 2>/dev/null; wait $S 2>/dev/null
 for n in $V6 $ECHO {multi}; do kdig +short +timeout=5 @$DNS $n A; done > /tmp/dummies
@@ -716,6 +716,14 @@ fn judge(
             })
         })
     };
+    // busybox-static httpd on a dual-stack AF_INET6 listener logs "[::ffff:IP]:PORT: …".
+    let log_has_mapped = |prefix: &str| {
+        dummy.is_some_and(|a| {
+            run.lines
+                .iter()
+                .any(|(_, l)| l.trim().starts_with(prefix) && l.contains(&format!("[::ffff:{a}]:")))
+        })
+    };
     let page_ok = seen
         .page
         .as_ref()
@@ -754,10 +762,10 @@ fn judge(
         "vm-inbound-static-httpd",
         run.has("OUTSOCK-INIT: supervisor on")
             && static_ok
-            && log_has("SHTTPD-LOG")
+            && log_has_mapped("SHTTPD-LOG")
             && line_is("RELISTEN=alive"),
         &format!(
-            "world client [{}] -> [{}]:{STATIC_HTTPD_PORT} -> busybox-static httpd -p 0.0.0.0:{STATIC_HTTPD_PORT} (AF_INET) in the guest, under /init's supervisor: {}; client's dummy {dummy_text} in its log: {}; a second httpd on the port once the first was killed: {}",
+            "world client [{}] -> [{}]:{STATIC_HTTPD_PORT} -> busybox-static httpd -p {STATIC_HTTPD_PORT} (AF_INET6 on [::], dual stack) in the guest, under /init's supervisor: {}; client's dummy {dummy_text} in its log, v4-mapped: {}; a second httpd on the port once the first was killed: {}",
             addr::CLIENT,
             addr::HOST_VMS[0],
             match &seen.static_page {
@@ -765,7 +773,7 @@ fn judge(
                 Ok(p) => format!("unexpected answer {:?}", p.chars().take(120).collect::<String>()),
                 Err(e) => e.clone(),
             },
-            log_has("SHTTPD-LOG"),
+            log_has_mapped("SHTTPD-LOG"),
             marker("RELISTEN=").map_or_else(
                 || "no marker".to_owned(),
                 |v| format!("{v} {:?}", run

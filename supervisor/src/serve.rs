@@ -45,9 +45,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use shared_proto::outsource::{ListenRequest, UdpRequest};
 use shared_proto::translate::{
     carried_value, connect_answer, connect_request, decode_sockaddr_in, decode_sockaddr_in6,
-    dual_stack_bind, dual_stack_listener, dual_stack_name, encode_sockaddr_in,
-    encode_sockaddr_in6, is_outsourced, sockaddr_family, v4_mapped, CarriedOption, AF_INET,
-    CARRIED_OPTIONS,
+    dual_stack_bind, dual_stack_listener, dual_stack_name, encode_sockaddr_in, encode_sockaddr_in6,
+    is_outsourced, sockaddr_family, v4_mapped, CarriedOption, AF_INET, CARRIED_OPTIONS,
 };
 use shared_proto::{decode_exact, to_vec, Errno, ToGuest, ToHost};
 

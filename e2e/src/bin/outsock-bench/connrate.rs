@@ -58,7 +58,7 @@ pub fn rr_server(at: &str) -> Result<()> {
 }
 
 /// `rr-client HOST:PORT CONCURRENCY MILLIS`: CONCURRENCY threads, each connecting, writing one
-/// byte, reading it back and closing, again and again for MILLIS ms. Prints one line:
+/// byte, reading it back, waiting for the server's close and closing, again and again for MILLIS ms. Prints one line:
 /// `connections seconds`, then each connection's connect + first byte in µs.
 pub fn rr_client(target: &str, conc: usize, millis: u64) -> Result<()> {
     let addr: SocketAddr = target.to_socket_addrs()?.next().context("no address")?;
@@ -77,7 +77,14 @@ pub fn rr_client(target: &str, conc: usize, millis: u64) -> Result<()> {
                         c.set_nodelay(true)?;
                         c.write_all(b"x")?;
                         let mut b = [0u8; 1];
-                        c.read_exact(&mut b)
+                        c.read_exact(&mut b)?;
+                        // The server closes first, so TIME_WAIT stays on its side: thousands
+                        // of connections a second would otherwise use up the client's
+                        // ephemeral ports (and host-server's, which connects for outsock).
+                        match c.read(&mut b)? {
+                            0 => Ok(()),
+                            _ => Err(std::io::Error::other("more than one byte back")),
+                        }
                     })();
                     if let Err(e) = one {
                         failed.store(true, Ordering::Relaxed);
@@ -91,7 +98,10 @@ pub fn rr_client(target: &str, conc: usize, millis: u64) -> Result<()> {
         .collect();
     let mut all = Vec::new();
     for t in threads {
-        all.extend(t.join().map_err(|_| anyhow::anyhow!("a client thread panicked"))??);
+        all.extend(
+            t.join()
+                .map_err(|_| anyhow::anyhow!("a client thread panicked"))??,
+        );
     }
     let secs = start.elapsed().as_secs_f64();
     let mut out = format!("{} {secs:.3}\n", all.len());
@@ -284,8 +294,10 @@ pub fn connrate(s: &Stack, rounds: usize, secs: u32) -> Result<()> {
     println!("\nconnrate inbound: one connection per request from world to a server, native (in host, IPv6) vs outsock (in legacy, behind host-server's listener), {rounds} rounds of {millis} ms, alternating");
     let native_at = SocketAddr::new(addr::HOST.into(), NATIVE_INBOUND_PORT).to_string();
     let outsock_at = SocketAddr::new(addr::HOST.into(), INBOUND_PORT).to_string();
-    let mut native_server =
-        start_server(s.world.host().command(&me), &format!("[::]:{NATIVE_INBOUND_PORT}"))?;
+    let mut native_server = start_server(
+        s.world.host().command(&me),
+        &format!("[::]:{NATIVE_INBOUND_PORT}"),
+    )?;
     let legacy_server = s
         .legacy(&me)
         .and_then(|c| start_server(c, &format!("0.0.0.0:{INBOUND_PORT}")));
@@ -306,7 +318,12 @@ pub fn connrate(s: &Stack, rounds: usize, secs: u32) -> Result<()> {
                 native.push(client_run(s, n, None, Program::Server(native_server.id()))?);
                 let mut o = s.world.world().command(&me);
                 o.args(["rr-client", &outsock_at, &conc.to_string(), &millis]);
-                outsock.push(client_run(s, o, host_pid, Program::Server(legacy_server.id()))?);
+                outsock.push(client_run(
+                    s,
+                    o,
+                    host_pid,
+                    Program::Server(legacy_server.id()),
+                )?);
             }
             print_figures(conc, &native, &outsock);
         }

@@ -136,7 +136,10 @@ fn main() -> Result<()> {
         return connrate::rr_server(args.get(2).context("rr-server needs ADDR")?);
     }
     if args.get(1).map(String::as_str) == Some("rr-client") {
-        let arg = |i: usize| args.get(i).context("rr-client needs HOST:PORT CONCURRENCY MILLIS");
+        let arg = |i: usize| {
+            args.get(i)
+                .context("rr-client needs HOST:PORT CONCURRENCY MILLIS")
+        };
         return connrate::rr_client(arg(2)?, arg(3)?.parse()?, arg(4)?.parse()?);
     }
     if args.get(1).map(String::as_str) == Some("drain") {
@@ -152,9 +155,10 @@ fn main() -> Result<()> {
     let idle = raise_nofile()?;
     let rounds: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(5);
     let secs: u32 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(5);
-    let parts = args
-        .get(3)
-        .map_or("throughput,latency,static,notify,connrate,memory", String::as_str);
+    let parts = args.get(3).map_or(
+        "throughput,latency,static,notify,connrate,memory",
+        String::as_str,
+    );
     let wanted = |part: &str| parts.split(',').any(|p| p == part);
     for p in parts.split(',') {
         if ![

@@ -544,3 +544,69 @@ fn programs_fail_fast_when_host_server_is_stopped() {
         );
     }
 }
+
+/// liboutsock keeps the stream of a connect whose socket host-server passed, for the next
+/// connect (one per process, within a second of its last use): the program sees one extra
+/// socket, the same across connects; a forked child opens its own; one the program closed
+/// behind the shim's back (closerange) is forgotten — the file that takes its number is left
+/// alone — and an old one is replaced.
+const PY_KEPT: &str = r#"
+import os, socket, sys, time
+def sockets():
+    out = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            t = os.readlink("/proc/self/fd/" + fd)
+        except OSError:
+            continue
+        if t.startswith("socket:"):
+            out.add(t)
+    return out
+def echo(tag):
+    c = socket.create_connection((sys.argv[1], 7), timeout=10)
+    c.sendall(tag)
+    assert c.recv(16) == tag
+    c.close()
+seen = []
+for i in range(3):
+    echo(b"k%d" % i)
+    seen.append(sockets())
+print("reused", len(seen[0]) == 1 and seen[0] == seen[1] == seen[2])
+pid = os.fork()
+if pid == 0:
+    echo(b"child")
+    mine = sockets()
+    os._exit(0 if len(mine) == 1 and mine != seen[0] else 3)
+_, status = os.waitpid(pid, 0)
+print("child", os.waitstatus_to_exitcode(status))
+os.closerange(3, 4096)
+with open(sys.argv[2], "w") as f:
+    f.write("untouched")
+fds = [os.open(sys.argv[2], os.O_RDONLY) for _ in range(4)]
+echo(b"after")
+print("file", all(os.pread(fd, 32, 0) == b"untouched" for fd in fds))
+before = sockets()
+time.sleep(1.5)
+echo(b"old")
+after = sockets()
+print("renewed", len(after) == 1 and after != before)
+"#;
+
+#[test]
+fn liboutsock_keeps_one_stream_per_process_for_its_connects() {
+    let Some(s) = stack("py-kept", PORTS) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("kept-probe.txt");
+    let out = run(
+        &s,
+        "python3",
+        &["-c", PY_KEPT, zone::ECHO, &file.display().to_string()],
+        b"",
+    );
+    assert_eq!(
+        ok(&s, &out, "python kept stream"),
+        "reused True\nchild 0\nfile True\nrenewed True\n"
+    );
+}

@@ -23,7 +23,7 @@ use crate::transport::{self, Stream};
 pub(crate) fn outsource_connect(fd: c_int, entry: Entry, dest: SocketAddrV4) -> c_int {
     let flags = flags_of(fd);
     let nonblocking = flags.status & libc::O_NONBLOCK != 0;
-    let stream = match Stream::open() {
+    let (mut stream, kept) = match Stream::open_for_connect() {
         Ok(s) => s,
         Err(e) => return set_errno(e),
     };
@@ -34,8 +34,21 @@ pub(crate) fn outsource_connect(fd: c_int, entry: Entry, dest: SocketAddrV4) -> 
     let pass_fd = transport::vsock_port().is_none();
     let wire = nameserver::redirect(dest);
     let req = connect_request(wire, pass_fd, nonblocking || pass_fd);
-    let (msg, passed) = match stream.send(&req).and_then(|()| stream.recv()) {
+    let ask = |s: &Stream| s.send(&req).and_then(|()| s.recv());
+    let (msg, passed) = match ask(&stream) {
         Ok(answer) => answer,
+        // A kept stream host-server closed as the request went (its request timeout): the
+        // request was not read; asked again on a new stream.
+        Err(Errno::EPIPE | Errno::EPROTO | Errno::ECONNRESET) if kept => {
+            stream = match Stream::open() {
+                Ok(s) => s,
+                Err(e) => return set_errno(e),
+            };
+            match ask(&stream) {
+                Ok(answer) => answer,
+                Err(e) => return set_errno(e),
+            }
+        }
         Err(e) => return set_errno(e),
     };
     match connect_answer(&msg) {
@@ -50,7 +63,10 @@ pub(crate) fn outsource_connect(fd: c_int, entry: Entry, dest: SocketAddrV4) -> 
             let installed = match passed {
                 Some(host_fd) => {
                     copy_options(fd, host_fd, entry.options);
-                    replace_fd(host_fd, fd, &flags)
+                    let r = replace_fd(host_fd, fd, &flags);
+                    // host-server keeps the stream that brought a socket while connecting.
+                    stream.keep();
+                    r
                 }
                 None => {
                     transport::clear_answer_timeout(stream.fd());

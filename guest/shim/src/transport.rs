@@ -12,7 +12,18 @@
 //! Everything here uses the real libc calls (never our interposed ones); descriptors passed
 //! with an answer are received by the shared `outsock-fdpass` crate, given [`real::Real`] (libc's
 //! own recvmsg and close).
+//!
+//! In process mode the stream of a connect whose socket host-server passed while connecting is
+//! kept for the process's next connect (host-server keeps its end; see its `session`): one per
+//! process, reused within [`KEEP_FOR_MS`] of its last answer (host-server closes an idle one only
+//! after its request timeout, seconds), so a connect in a busy program costs no stream set-up,
+//! accept or credentials check. The kept descriptor is the program's too: it sits at the
+//! highest number the descriptor limit allows (so the program's own descriptors are numbered as
+//! natively), and before reuse it is checked to be still ours — the same socket (device and inode) in the same process (a forked
+//! child closes its inherited copy and opens its own) — and still quiet (host-server restarted:
+//! its end is readable); one the program closed or reused is forgotten, never touched.
 
+use std::cell::UnsafeCell;
 use std::ffi::CStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -54,6 +65,71 @@ pub fn vsock_port() -> Option<u32> {
 /// An open stream to host-server, closed on drop unless handed over with [`Stream::into_raw`].
 #[derive(Debug)]
 pub struct Stream(c_int);
+
+/// How long after its last answer a kept stream is used again; an older one is closed instead.
+pub const KEEP_FOR_MS: u64 = 1_000;
+
+/// The kept stream (`fd` < 0: none) and what proves it is still ours.
+#[derive(Clone, Copy)]
+struct Kept {
+    fd: c_int,
+    pid: libc::pid_t,
+    dev: u64,
+    ino: u64,
+    at_ms: u64,
+}
+
+/// [`Kept`] behind a try-lock that is held for a copy only (no call while held): a thread that
+/// finds it taken, or a child forked while it was, opens a new stream instead of waiting.
+struct KeptSlot {
+    busy: AtomicBool,
+    kept: UnsafeCell<Kept>,
+}
+
+// SAFETY: `kept` is only read or written by the thread that set `busy`.
+unsafe impl Sync for KeptSlot {}
+
+static KEPT: KeptSlot = KeptSlot {
+    busy: AtomicBool::new(false),
+    kept: UnsafeCell::new(Kept {
+        fd: -1,
+        pid: 0,
+        dev: 0,
+        ino: 0,
+        at_ms: 0,
+    }),
+};
+
+impl KeptSlot {
+    /// Runs `f` on the slot if no other thread holds it.
+    fn with<T>(&self, f: impl FnOnce(&mut Kept) -> T) -> Option<T> {
+        if self.busy.swap(true, Ordering::Acquire) {
+            return None;
+        }
+        // SAFETY: `busy` is ours until the store below.
+        let r = f(unsafe { &mut *self.kept.get() });
+        self.busy.store(false, Ordering::Release);
+        Some(r)
+    }
+}
+
+/// The device and inode of `fd`'s open file.
+fn identity(fd: c_int) -> Option<(u64, u64)> {
+    // SAFETY: stat is plain data; fstat fills it or fails.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid stat buffer.
+    (unsafe { libc::fstat(fd, &mut st) } == 0).then_some((st.st_dev, st.st_ino))
+}
+
+/// CLOCK_MONOTONIC_COARSE in milliseconds (a vDSO read).
+fn now_ms() -> u64 {
+    // SAFETY: timespec is plain data.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1000
+        + u64::try_from(ts.tv_nsec).unwrap_or(0) / 1_000_000
+}
 
 impl Drop for Stream {
     fn drop(&mut self) {
@@ -100,6 +176,100 @@ fn warn_unreachable(path: &[u8], err: c_int) {
 }
 
 impl Stream {
+    /// The kept stream for a connect (process mode), if there is one still ours and fresh
+    /// (see the module docs), else a new one. `true` with a kept one: its request may meet a
+    /// stream host-server has just closed, and is then asked again on a new one.
+    ///
+    /// # Errors
+    /// As [`Stream::open`].
+    pub fn open_for_connect() -> Result<(Self, bool), Errno> {
+        if vsock_port().is_none() {
+            if let Some(s) = Self::take_kept() {
+                return Ok((s, true));
+            }
+        }
+        Self::open().map(|s| (s, false))
+    }
+
+    fn take_kept() -> Option<Self> {
+        let k = KEPT.with(|k| {
+            let taken = *k;
+            k.fd = -1;
+            taken
+        })?;
+        if k.fd < 0 {
+            return None;
+        }
+        // The program closed it, or put another file on its number: not ours, not touched.
+        if identity(k.fd) != Some((k.dev, k.ino)) {
+            return None;
+        }
+        let stream = Self(k.fd);
+        // SAFETY: getpid has no arguments.
+        let same_process = unsafe { libc::getpid() } == k.pid;
+        // A forked child's copy of its parent's stream (closed here, on drop), an old one, or
+        // one host-server has closed (readable: its end).
+        if !same_process || now_ms().saturating_sub(k.at_ms) > KEEP_FOR_MS || readable(k.fd) {
+            return None;
+        }
+        Some(stream)
+    }
+
+    /// Keeps this stream for the process's next connect (one that brought a socket passed while
+    /// connecting, its answer read to the end); closed if another is kept already.
+    pub fn keep(self) {
+        // Moved to the highest descriptor the process may have, so that the program's next
+        // socket or file gets the number it would get natively; where that slot is taken, not
+        // kept.
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: a valid rlimit buffer.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+            return;
+        }
+        let Ok(top) = c_int::try_from(lim.rlim_cur.saturating_sub(1)) else {
+            return;
+        };
+        if self.0 != top {
+            // SAFETY: fcntl on our own descriptor; the result is a new one or -1.
+            let high = unsafe { libc::fcntl(self.0, libc::F_DUPFD_CLOEXEC, top) };
+            if high != top {
+                if high >= 0 {
+                    // SAFETY: the duplicate just made, ours.
+                    unsafe { real::close(high) };
+                }
+                return;
+            }
+            crate::table::clear(high);
+            // The old number closes as `self` drops.
+            return Self(high).keep();
+        }
+        let Some((dev, ino)) = identity(self.0) else {
+            return;
+        };
+        // SAFETY: getpid has no arguments.
+        let pid = unsafe { libc::getpid() };
+        let fd = self.0;
+        let kept = KEPT.with(|k| {
+            if k.fd >= 0 {
+                return false;
+            }
+            *k = Kept {
+                fd,
+                pid,
+                dev,
+                ino,
+                at_ms: now_ms(),
+            };
+            true
+        });
+        if kept == Some(true) {
+            std::mem::forget(self);
+        }
+    }
+
     /// Connects to host-server. When it is unreachable the caller gets ENETUNREACH: to the
     /// program, outsourcing being down is the network being down.
     ///
@@ -204,6 +374,17 @@ impl Stream {
     pub fn recv(&self) -> Result<(ToGuest, Option<c_int>), Errno> {
         recv_frame(self.0, libc::MSG_CMSG_CLOEXEC)
     }
+}
+
+/// Whether `fd` has something to read (or its end) right now.
+fn readable(fd: c_int) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    unsafe { libc::poll(&mut p, 1, 0) > 0 }
 }
 
 /// A `sockaddr_vm` for `cid:port`.

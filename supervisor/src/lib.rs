@@ -111,7 +111,8 @@
 //! Modules: [`filter`] (the BPF program, safe), `sys` (every syscall and ioctl; the only
 //! `unsafe`), `host` (the host-server client), `dns` (the resolver relay), `workers` (the
 //! threads calls that may wait run on), [`transport`] (Unix or vsock, as liboutsock chooses),
-//! `vmlisten` (listeners inside a VM), `serve` (the loop).
+//! `vmlisten` (listeners inside a VM), `udp` (UDP associations and connected UDP), `serve`
+//! (the loop).
 
 #![deny(unsafe_code)]
 
@@ -122,6 +123,7 @@ mod serve;
 #[allow(unsafe_code)]
 mod sys;
 pub mod transport;
+mod udp;
 mod vmlisten;
 mod workers;
 

@@ -42,6 +42,7 @@ use shared_proto::{decode_exact, to_vec, Errno, ToGuest, ToHost};
 use crate::dns;
 use crate::host::HostServer;
 use crate::sys::{self, Listener, Notif, Ready};
+use crate::udp;
 use crate::vmlisten;
 use crate::workers::Workers;
 
@@ -85,6 +86,11 @@ enum Kind {
     Bound,
     /// A listener's packet channel, installed over the program's listening socket.
     Listener,
+    /// A connected UDP socket of host-server's: recvfrom is answered with `peer`.
+    UdpConnected,
+    /// The program's end of a UDP association (`udp`): recvfrom reports the sender's name,
+    /// sendto is framed here.
+    Udp,
 }
 
 /// How a socket looks to the program.
@@ -118,6 +124,8 @@ pub struct Shared {
     held: Mutex<HashMap<(u64, u64), Vec<Accepted>>>,
     /// Inside a VM: the companion streams of the listeners made here.
     companions: vmlisten::Companions,
+    /// The UDP associations made here.
+    assocs: Arc<udp::Assocs>,
 }
 
 /// The sockets made here, by identity. The table is swept of sockets no process holds any
@@ -199,6 +207,7 @@ impl Shared {
             held: Mutex::new(HashMap::new()),
             workers: Arc::new(Workers::default()),
             companions: vmlisten::Companions::default(),
+            assocs: Arc::new(udp::Assocs::default()),
         }
     }
 
@@ -303,9 +312,10 @@ fn dispatch(shared: &Arc<Shared>, n: Notif) {
         libc::SYS_recvfrom => recvfrom(shared, n),
         libc::SYS_sendto => sendto(shared, n),
         libc::SYS_bind => match read_connect_addr(shared, &n) {
+            // A UDP bind may ask host-server for an association: on a thread.
             Ok(bytes) => {
-                let outcome = bind(shared, &n, &bytes);
-                shared.finish(&n, outcome);
+                let s = Arc::clone(shared);
+                on_thread(shared, n, move || bind(&s, &n, &bytes));
             }
             Err(outcome) => shared.finish(&n, outcome),
         },
@@ -367,6 +377,11 @@ fn connect(s: &Shared, n: &Notif, bytes: &[u8]) -> Outcome {
             s.record(copy.as_raw_fd(), View { peer: dest, ..view });
             return Outcome::Return(0);
         }
+        // UDP made here connecting (again) off loopback: as for a fresh socket, its association
+        // closed first.
+        if matches!(view.kind, Kind::Udp | Kind::UdpConnected) && is_outsourced(dest) {
+            return udp_connect(s, n, &copy, dest, view.kind);
+        }
         // A TCP socket made here is already connected or connecting: another connect gets
         // what the kernel says about it (0 once, then EISCONN; EALREADY), as natively.
         return native();
@@ -385,7 +400,11 @@ fn connect(s: &Shared, n: &Notif, bytes: &[u8]) -> Outcome {
     match ty {
         libc::SOCK_STREAM => tcp(s, n, &copy, dest, dns),
         libc::SOCK_DGRAM if dns => udp_dns(s, n, &copy, dest),
-        // Not outsourced in this slice: the native call (ENETUNREACH on an IPv6-only host).
+        libc::SOCK_DGRAM if s.host.passes_fds() && is_udp(&copy) => {
+            udp_connect(s, n, &copy, dest, Kind::Bound)
+        }
+        // Not outsourced (a ping socket; UDP inside a VM): the native call (ENETUNREACH on an
+        // IPv6-only host).
         _ => native(),
     }
 }
@@ -457,6 +476,104 @@ fn tcp(s: &Shared, n: &Notif, copy: &OwnedFd, dest: SocketAddrV4, dns: bool) -> 
             0 => Outcome::Return(0),
             e => Outcome::Fail(e),
         },
+    }
+}
+
+/// Whether `copy` is an AF_INET UDP socket (not a ping socket).
+fn is_udp(copy: &OwnedFd) -> bool {
+    let fd = copy.as_raw_fd();
+    domain_is_inet(copy)
+        && sys::sockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE)
+            .is_ok_and(|t| t == libc::SOCK_DGRAM)
+        && sys::sockopt_int(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL)
+            .is_ok_and(|p| p == libc::IPPROTO_UDP)
+}
+
+/// `connect` of a UDP socket (`was`: what it is here, `Kind::Bound` for the program's own)
+/// to the non-loopback `dest`: host-server's connected UDP socket replaces the program's
+/// descriptor (`udp::connect`); an association of ours closes first, and a port the program
+/// bound for it is kept (asked for again while host-server is still closing it). A nameserver
+/// on port 53 is a DNS pair; a destination host-server only reaches by association (the guest
+/// DNS address) a DNS pair to it.
+fn udp_connect(s: &Shared, n: &Notif, copy: &OwnedFd, dest: SocketAddrV4, was: Kind) -> Outcome {
+    let mut bind = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0);
+    if was == Kind::Udp {
+        if let Ok(id) = sys::identity(copy.as_raw_fd()) {
+            if let Some(a) = s.assocs.get(id) {
+                bind = a.bound.unwrap_or(bind);
+            }
+            s.assocs.close(id);
+        }
+    }
+    if s.is_nameserver(dest) {
+        return udp_dns(s, n, copy, dest);
+    }
+    let nonblocking = nonblocking(copy);
+    let mut tries = if bind.port() == 0 { 1 } else { 10 };
+    let got = loop {
+        tries -= 1;
+        match udp::connect(&s.host, bind, dest) {
+            Err(e) if e == Errno::EADDRINUSE && tries > 0 => {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            r => break r,
+        }
+    };
+    let (new, local) = match got {
+        Ok(Some(c)) => c,
+        Ok(None) => return udp_dns(s, n, copy, dest),
+        Err(e) => return errno(e),
+    };
+    if let Err(o) = install(s, n, &new, nonblocking) {
+        return o;
+    }
+    s.record(
+        new.as_raw_fd(),
+        View {
+            local,
+            peer: dest,
+            kind: Kind::UdpConnected,
+        },
+    );
+    Outcome::Return(0)
+}
+
+/// Makes the program's UDP socket (`copy`) the program's end of a new association bound to
+/// `bind` (`bound`: by the program); returns our copy of it, installed and recorded.
+fn associate(
+    s: &Shared,
+    n: &Notif,
+    copy: &OwnedFd,
+    bind: SocketAddrV4,
+    bound: bool,
+) -> Result<OwnedFd, Outcome> {
+    let nonblocking = nonblocking(copy);
+    let o = udp::open(&s.host, &s.assocs, s.guest_dns, bind, bound).map_err(errno)?;
+    // Should the install fail, the relay finds the end gone and closes the association.
+    install(s, n, &o.end, nonblocking)?;
+    s.record(
+        o.end.as_raw_fd(),
+        View {
+            local: o.local,
+            peer: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
+            kind: Kind::Udp,
+        },
+    );
+    Ok(o.end)
+}
+
+/// `data` sent to `dest` on the association whose program's end is `end`.
+fn assoc_send(s: &Shared, end: &OwnedFd, dest: SocketAddrV4, data: &[u8]) -> Outcome {
+    let assoc = sys::identity(end.as_raw_fd())
+        .ok()
+        .and_then(|id| s.assocs.get(id));
+    let Some(assoc) = assoc else {
+        // Its relay has ended (host-server closed it).
+        return Outcome::Fail(libc::ENETUNREACH);
+    };
+    match udp::send(&assoc, dest, s.is_nameserver(dest), data) {
+        Ok(m) => Outcome::Return(i64::try_from(m).unwrap_or(i64::MAX)),
+        Err(e) => Outcome::Fail(e),
     }
 }
 
@@ -532,6 +649,7 @@ fn send_datagram(s: &Shared, n: &Notif, addr: &[u8]) -> Outcome {
         return Outcome::Fail(libc::EINVAL);
     };
     let [fd, buf, len, flags, _, _] = n.args;
+    let oversize = len > udp::MAX_PAYLOAD as u64;
     #[allow(clippy::cast_possible_truncation)] // Capped; flags are an int.
     let (fd, len, flags) = (
         fd as RawFd,
@@ -558,6 +676,18 @@ fn send_datagram(s: &Shared, n: &Notif, addr: &[u8]) -> Outcome {
         // A DNS pair: its datagrams all go to the guest DNS; elsewhere it cannot send.
         Some(v) if v.kind == Kind::Dns && nameserver => return sent(&copy, &[]),
         Some(v) if v.kind == Kind::Dns => return Outcome::Fail(libc::EISCONN),
+        Some(v) if v.kind == Kind::Udp && oversize => return Outcome::Fail(libc::EMSGSIZE),
+        Some(v) if v.kind == Kind::Udp => return assoc_send(s, &copy, dest, &data),
+        // To its peer: the kernel's, on the connected socket.
+        Some(v) if v.kind == Kind::UdpConnected && dest == v.peer => return sent(&copy, &[]),
+        // Elsewhere (allowed natively): as liboutsock, it becomes an association.
+        Some(v) if v.kind == Kind::UdpConnected && is_outsourced(dest) && !oversize => {
+            let unbound = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0);
+            return match associate(s, n, &copy, unbound, false) {
+                Ok(end) => assoc_send(s, &end, dest, &data),
+                Err(o) => o,
+            };
+        }
         _ => {}
     }
     let unconnected_udp = sys::sockopt_int(copy.as_raw_fd(), libc::SOL_SOCKET, libc::SO_TYPE)
@@ -570,8 +700,23 @@ fn send_datagram(s: &Shared, n: &Notif, addr: &[u8]) -> Outcome {
             Err(o) => o,
         };
     }
-    // Not outsourced in this slice (loopback stays local; elsewhere ENETUNREACH on an
-    // IPv6-only host), made with the bytes already read.
+    // The first datagram off loopback of a UDP socket that is not bound (its own bind made
+    // an association already, or was to loopback): an association.
+    if unconnected_udp
+        && !oversize
+        && is_outsourced(dest)
+        && s.host.passes_fds()
+        && is_udp(&copy)
+        && sys::local_port(copy.as_raw_fd()).is_ok_and(|p| p == 0)
+    {
+        let unbound = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0);
+        return match associate(s, n, &copy, unbound, false) {
+            Ok(end) => assoc_send(s, &end, dest, &data),
+            Err(o) => o,
+        };
+    }
+    // Not outsourced (loopback stays local; elsewhere ENETUNREACH on an IPv6-only host),
+    // made with the bytes already read.
     sent(&copy, addr)
 }
 
@@ -619,7 +764,7 @@ fn name(s: &Shared, n: &Notif) -> Outcome {
         (false, _) => view.local,
         // Not connected: the kernel says so for the program's own bound socket.
         (true, Kind::Bound) => return Outcome::Continue,
-        (true, Kind::Listener) => return Outcome::Fail(libc::ENOTCONN),
+        (true, Kind::Listener | Kind::Udp) => return Outcome::Fail(libc::ENOTCONN),
         (true, _) => view.peer,
     };
     write_sockaddr(s, n, n.args[1], n.args[2], a)
@@ -632,13 +777,37 @@ fn recvfrom(shared: &Arc<Shared>, n: Notif) {
         shared.finish(&n, Outcome::Continue);
         return;
     };
-    if view.kind != Kind::Dns {
+    if !matches!(view.kind, Kind::Dns | Kind::Udp | Kind::UdpConnected) {
         shared.finish(&n, Outcome::Continue);
         return;
     }
-    // The read may wait (a blocking socket): on a thread of its own.
+    #[allow(clippy::cast_possible_truncation)] // An int in the syscall ABI.
+    let flags = n.args[3] as i32;
+    if flags & libc::MSG_DONTWAIT != 0 || nonblocking(&copy) {
+        let outcome = receive(shared, &n, &copy, view, flags | libc::MSG_DONTWAIT);
+        shared.finish(&n, outcome);
+        return;
+    }
+    // A blocking read waits on a thread of its own, giving up when the caller has left (a
+    // signal), and after the socket's SO_RCVTIMEO (EAGAIN) as natively.
     let s = Arc::clone(shared);
-    on_thread(shared, n, move || dns_recvfrom(&s, &n, &copy, view.peer));
+    on_thread(shared, n, move || {
+        let deadline =
+            sys::receive_timeout(copy.as_raw_fd()).map(|t| std::time::Instant::now() + t);
+        loop {
+            if !s.listener.valid(n.id) {
+                return Outcome::Gone;
+            }
+            match receive(&s, &n, &copy, view, flags | libc::MSG_DONTWAIT) {
+                Outcome::Fail(libc::EAGAIN) => {}
+                other => return other,
+            }
+            if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                return Outcome::Fail(libc::EAGAIN);
+            }
+            let _ = sys::wait_readable(copy.as_raw_fd(), ACCEPT_RECHECK_MS);
+        }
+    });
 }
 
 /// Works out notification `n`'s outcome with `work` on a thread of its own and answers it
@@ -654,11 +823,21 @@ fn on_thread(shared: &Arc<Shared>, n: Notif, work: impl FnOnce() -> Outcome + Se
     }
 }
 
-fn dns_recvfrom(s: &Shared, n: &Notif, copy: &OwnedFd, from: SocketAddrV4) -> Outcome {
-    let [_, buf, len, flags, addr, len_ptr] = n.args;
-    #[allow(clippy::cast_possible_truncation)] // Capped; flags are an int.
-    let (len, flags) = (len.min(MAX_DGRAM as u64) as usize, flags as i32);
-    let (data, full) = match sys::recv(copy.as_raw_fd(), len, flags) {
+/// One recvfrom with an address carried out here on our `copy` of the program's socket (a
+/// DNS pair, an association's end, a connected UDP socket of host-server's) with `flags`: the
+/// payload and the AF_INET source (the sender's name on an association, else the peer)
+/// written into the program's memory, as the kernel would have.
+fn receive(s: &Shared, n: &Notif, copy: &OwnedFd, view: View, flags: i32) -> Outcome {
+    let [_, buf, len, _, addr, len_ptr] = n.args;
+    #[allow(clippy::cast_possible_truncation)] // Capped.
+    let len = len.min(MAX_DGRAM as u64) as usize;
+    let got = if view.kind == Kind::Udp {
+        sys::recv_from_name(copy.as_raw_fd(), len, flags)
+            .map(|(d, full, name)| (d, full, udp::source_of(&name)))
+    } else {
+        sys::recv(copy.as_raw_fd(), len, flags).map(|(d, full)| (d, full, view.peer))
+    };
+    let (data, full, from) = match got {
         Ok(r) => r,
         Err(e) => return Outcome::Fail(e),
     };
@@ -690,6 +869,21 @@ fn bind(s: &Shared, n: &Notif, bytes: &[u8]) -> Outcome {
         0 => Outcome::Return(0),
         e => Outcome::Fail(e),
     };
+    if is_outsourced(addr)
+        && s.host.passes_fds()
+        && is_udp(&copy)
+        && s.view(copy.as_raw_fd()).is_none()
+    {
+        // Natively a second bind fails.
+        if sys::local_port(copy.as_raw_fd()).map_or(true, |p| p != 0) {
+            return Outcome::Fail(libc::EINVAL);
+        }
+        // A UDP socket: host-server's association, bound now (`udp` says why even port 0).
+        return match associate(s, n, &copy, addr, addr.port() != 0) {
+            Ok(_) => Outcome::Return(0),
+            Err(o) => o,
+        };
+    }
     if !is_outsourced(addr) || !inet_stream(&copy) {
         return native();
     }

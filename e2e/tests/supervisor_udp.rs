@@ -1,0 +1,353 @@
+//! UDP under the supervisor, process mode: a Go program built here with CGO_ENABLED=0 (raw
+//! system calls, its own resolver) runs unmodified in the test world's `legacy` namespace
+//! (nothing but `lo`, so a datagram not outsourced fails instead of leaking) through
+//! `outsock run`, and:
+//! - dials `udp4` by name to the world's UDP echo (a connected socket of host-server's in its
+//!   descriptor): Write/Read round trip, and ReadFrom reports the name's dummy IPv4;
+//! - on an unconnected `ListenPacket("udp4", ":0")` socket (an association) sends WriteTo the
+//!   dummy and hears the echo back with ReadFrom, from the dummy;
+//! - serves UDP on `:5353` (an association bound where host-server listens) to an IPv6 client
+//!   in `world`, which gets its echo from the host's port; the server saw the client as its
+//!   source-pool dummy;
+//! - keeps loopback UDP on its own `lo` (a 127.0.0.1 echo round trip, not outsourced).
+
+// Test code throughout; helpers outside #[test] functions unwrap too.
+#![allow(clippy::unwrap_used)]
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use outsock_e2e::{stack, text, wait_udp_bound};
+use tempfile::TempDir;
+use testworld::stack::{artefact, Stack};
+use testworld::{addr, zone};
+
+/// The UDP server's port, allowed at host-server.
+const PORT: u16 = 5353;
+const CONFIG: &str = "[listen]\nallowed_ports = [5353]\n";
+
+/// One Go program, its mode in the first argument.
+const GO_UDP: &str = r#"package main
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"time"
+)
+
+func fail(what string, err error) {
+	fmt.Fprintln(os.Stderr, what+":", err)
+	os.Exit(2)
+}
+
+func main() {
+	switch os.Args[1] {
+	case "dial":
+		// Connected, by name: the kernel's Write/Read; ReadFrom with the peer's address.
+		c, err := net.Dial("udp4", net.JoinHostPort(os.Args[2], "7"))
+		if err != nil {
+			fail("dial", err)
+		}
+		c.SetDeadline(time.Now().Add(20 * time.Second))
+		fmt.Printf("remote %s\n", c.RemoteAddr())
+		if _, err := c.Write([]byte("hello connected")); err != nil {
+			fail("write", err)
+		}
+		buf := make([]byte, 2048)
+		n, err := c.Read(buf)
+		if err != nil {
+			fail("read", err)
+		}
+		fmt.Printf("read %s\n", buf[:n])
+		if _, err := c.Write([]byte("again")); err != nil {
+			fail("write", err)
+		}
+		n, from, err := c.(*net.UDPConn).ReadFrom(buf)
+		if err != nil {
+			fail("readfrom", err)
+		}
+		fmt.Printf("readfrom %s %s\n", from, buf[:n])
+	case "unconnected":
+		// An association: WriteTo the name's dummy, ReadFrom it.
+		to, err := net.ResolveUDPAddr("udp4", net.JoinHostPort(os.Args[2], "7"))
+		if err != nil {
+			fail("resolve", err)
+		}
+		pc, err := net.ListenPacket("udp4", ":0")
+		if err != nil {
+			fail("listen", err)
+		}
+		pc.SetDeadline(time.Now().Add(20 * time.Second))
+		fmt.Printf("to %s\n", to)
+		fmt.Printf("local %s\n", pc.LocalAddr())
+		for _, m := range []string{"first", "second"} {
+			if _, err := pc.WriteTo([]byte(m), to); err != nil {
+				fail("writeto", err)
+			}
+			buf := make([]byte, 2048)
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				fail("readfrom", err)
+			}
+			fmt.Printf("readfrom %s %s\n", from, buf[:n])
+		}
+	case "server":
+		pc, err := net.ListenPacket("udp4", ":"+os.Args[2])
+		if err != nil {
+			fail("listen", err)
+		}
+		pc.SetDeadline(time.Now().Add(30 * time.Second))
+		fmt.Printf("listening %s\n", pc.LocalAddr())
+		buf := make([]byte, 2048)
+		n, from, err := pc.ReadFrom(buf)
+		if err != nil {
+			fail("readfrom", err)
+		}
+		fmt.Printf("from %s %s\n", from, buf[:n])
+		if _, err := pc.WriteTo(append([]byte("echo "), buf[:n]...), from); err != nil {
+			fail("writeto", err)
+		}
+	case "loopback":
+		srv, err := net.ListenPacket("udp4", "127.0.0.1:0")
+		if err != nil {
+			fail("listen", err)
+		}
+		go func() {
+			buf := make([]byte, 2048)
+			for {
+				n, from, err := srv.ReadFrom(buf)
+				if err != nil {
+					return
+				}
+				srv.WriteTo(buf[:n], from)
+			}
+		}()
+		c, err := net.Dial("udp4", srv.LocalAddr().String())
+		if err != nil {
+			fail("dial", err)
+		}
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		c.Write([]byte("local"))
+		buf := make([]byte, 2048)
+		n, from, err := c.(*net.UDPConn).ReadFrom(buf)
+		if err != nil {
+			fail("readfrom", err)
+		}
+		fmt.Printf("server %s\nreadfrom %s %s\n", srv.LocalAddr(), from, buf[:n])
+	}
+}
+"#;
+
+/// Fails where a missing prerequisite must not be skipped (CI), else says why and skips.
+fn skip(test: &str, why: &str) {
+    let required = std::env::var("OUTSOCK_E2E_REQUIRED").as_deref() == Ok("1")
+        || std::env::var("CI").as_deref() == Ok("true");
+    assert!(
+        !required,
+        "{test}: {why}, and CI / OUTSOCK_E2E_REQUIRED=1 forbid skipping"
+    );
+    println!("SKIP {test}: {why}");
+}
+
+/// The test world with `config` and [`GO_UDP`] built in a temporary folder, or `None` (after
+/// [`skip`]) where supervision, the world or `go` is unavailable.
+fn go_world(test: &str, label: &str, config: &str) -> Option<(Stack, TempDir, PathBuf)> {
+    if !outsock_supervisor::available() {
+        skip(test, "this kernel has no seccomp user notification");
+        return None;
+    }
+    let s = stack(label, config)?;
+    let dir = tempfile::tempdir().unwrap();
+    let Some(bin) = testworld::programs::build_go(dir.path(), "udp", GO_UDP).unwrap() else {
+        skip(
+            test,
+            "go is not installed (golang-go, scripts/install-deps)",
+        );
+        return None;
+    };
+    let file = text(&Command::new("file").arg(&bin).output().unwrap().stdout);
+    assert!(file.contains("statically linked"), "{file}");
+    Some((s, dir, bin))
+}
+
+/// `timeout 60 outsock run FLAGS… -- program args…` in `legacy`.
+fn command(s: &Stack, flags: &[&str], program: &Path, args: &[&str]) -> Command {
+    let mut cmd = s.world.legacy().command("timeout");
+    cmd.arg("60")
+        .arg(artefact("outsock").unwrap())
+        .arg("run")
+        .args(flags)
+        .arg("--socket")
+        .arg(s.host_sock())
+        .arg("--shim")
+        .arg(artefact("liboutsock.so").unwrap())
+        .arg("--")
+        .arg(program)
+        .args(args)
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// Runs `program args…` through `outsock run FLAGS…` and logs what it said.
+fn run(s: &Stack, flags: &[&str], program: &Path, args: &[&str]) -> Output {
+    let out = command(s, flags, program, args).output().unwrap();
+    println!(
+        "{args:?}: {}\nstdout: {}\nstderr: {}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    out
+}
+
+fn ok(s: &Stack, out: &Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}): {}\n{}",
+        out.status,
+        text(&out.stderr),
+        s.logs()
+    );
+    text(&out.stdout)
+}
+
+/// The value after `key ` on the line that starts with it.
+fn field<'a>(stdout: &'a str, key: &str) -> &'a str {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("no {key} line in {stdout}"))
+}
+
+/// Asserts that `a` is the dummy dns-cache gave [`zone::ECHO`], on the echo port.
+fn assert_echo_dummy(s: &Stack, a: SocketAddrV4) {
+    assert_eq!(a.port(), addr::ECHO_PORT);
+    let mapped = s.mappings(&["--address", &a.ip().to_string()]).unwrap();
+    assert!(
+        mapped.contains(zone::ECHO),
+        "{a} is not the dummy of {}: {mapped}",
+        zone::ECHO
+    );
+}
+
+#[test]
+fn go_udp4_dial_by_name_round_trip_and_readfrom_the_dummy() {
+    let test = "go_udp4_dial_by_name_round_trip_and_readfrom_the_dummy";
+    let Some((s, _dir, bin)) = go_world(test, "sup-udp-dial", "") else {
+        return;
+    };
+    let out = run(&s, &[], &bin, &["dial", zone::ECHO]);
+    let stdout = ok(&s, &out, "go udp dial");
+    let remote: SocketAddrV4 = field(&stdout, "remote").parse().unwrap();
+    assert_echo_dummy(&s, remote);
+    assert_eq!(field(&stdout, "read"), "hello connected", "{stdout}");
+    assert_eq!(
+        field(&stdout, "readfrom"),
+        format!("{remote} again"),
+        "{stdout}"
+    );
+
+    // `--shim-only`: the static program's connect to the same dummy is not outsourced, and
+    // `legacy` has no route.
+    let ip = remote.ip().to_string();
+    let plain = run(&s, &["--shim-only"], &bin, &["dial", &ip]);
+    assert!(!plain.status.success(), "{}", text(&plain.stdout));
+    assert!(
+        text(&plain.stderr).contains("network is unreachable"),
+        "{}",
+        text(&plain.stderr)
+    );
+}
+
+#[test]
+fn go_unconnected_udp4_writeto_the_dummy_hears_it_back() {
+    let test = "go_unconnected_udp4_writeto_the_dummy_hears_it_back";
+    let Some((s, _dir, bin)) = go_world(test, "sup-udp-unc", "") else {
+        return;
+    };
+    let out = run(&s, &[], &bin, &["unconnected", zone::ECHO]);
+    let stdout = ok(&s, &out, "go unconnected udp");
+    let to: SocketAddrV4 = field(&stdout, "to").parse().unwrap();
+    assert_echo_dummy(&s, to);
+    // getsockname: the AF_INET view of the association (host-server's port).
+    let local: SocketAddrV4 = field(&stdout, "local").parse().unwrap();
+    assert_ne!(local.port(), 0, "{stdout}");
+    let got: Vec<&str> = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("readfrom "))
+        .collect();
+    assert_eq!(
+        got,
+        vec![format!("{to} first"), format!("{to} second")],
+        "{stdout}"
+    );
+}
+
+#[test]
+fn go_udp4_server_answers_an_ipv6_client_seen_as_its_dummy() {
+    let test = "go_udp4_server_answers_an_ipv6_client_seen_as_its_dummy";
+    let Some((s, _dir, bin)) = go_world(test, "sup-udp-srv", CONFIG) else {
+        return;
+    };
+    let port = PORT.to_string();
+    let mut server = command(&s, &[], &bin, &["server", &port]);
+    server.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let server = server.spawn().unwrap();
+    wait_udp_bound(&s, PORT);
+    let reply = s
+        .world
+        .world()
+        .run(move || {
+            let sock = UdpSocket::bind(SocketAddr::new(addr::CLIENT.into(), 0)).unwrap();
+            sock.set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            sock.send_to(b"ping", SocketAddr::new(addr::HOST.into(), PORT))
+                .unwrap();
+            let mut buf = [0u8; 2048];
+            let (n, from) = sock.recv_from(&mut buf).unwrap();
+            (buf[..n].to_vec(), from)
+        })
+        .unwrap();
+    let out = server.wait_with_output().unwrap();
+    println!("server: {}\n{}", text(&out.stdout), text(&out.stderr));
+    let stdout = ok(&s, &out, "go udp server");
+    assert_eq!(
+        reply,
+        (
+            b"echo ping".to_vec(),
+            SocketAddr::new(addr::HOST.into(), PORT)
+        ),
+        "{stdout}"
+    );
+    assert_eq!(field(&stdout, "listening"), "0.0.0.0:5353", "{stdout}");
+    let (from, payload) = field(&stdout, "from").split_once(' ').unwrap();
+    assert_eq!(payload, "ping");
+    let from: SocketAddrV4 = from.parse().unwrap();
+    // The IPv6 client as the program sees it: its source-pool dummy.
+    let table = s.mappings(&["--direction", "inbound-peer"]).unwrap();
+    let row = table
+        .lines()
+        .find(|l| l.starts_with(&format!("{} ", from.ip())))
+        .unwrap_or_else(|| panic!("{from} not in\n{table}"));
+    assert!(row.contains(&addr::CLIENT.to_string()), "{row}");
+}
+
+#[test]
+fn static_loopback_udp_stays_local() {
+    let test = "static_loopback_udp_stays_local";
+    let Some((s, _dir, bin)) = go_world(test, "sup-udp-lo", "") else {
+        return;
+    };
+    let out = run(&s, &[], &bin, &["loopback"]);
+    let stdout = ok(&s, &out, "go loopback udp");
+    let server: SocketAddrV4 = field(&stdout, "server").parse().unwrap();
+    assert_eq!(*server.ip(), Ipv4Addr::LOCALHOST);
+    assert_eq!(
+        field(&stdout, "readfrom"),
+        format!("{server} local"),
+        "{stdout}"
+    );
+}

@@ -116,7 +116,6 @@
 
 #![deny(unsafe_code)]
 
-mod dns;
 pub mod filter;
 mod host;
 mod serve;

@@ -32,14 +32,13 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::process::{Child, ExitStatus};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use shared_proto::outsource::{ListenRequest, UdpRequest};
+use shared_proto::outsource::ListenRequest;
 use shared_proto::translate::{
     connect_answer, connect_request, decode_sockaddr_in, encode_sockaddr_in, is_outsourced,
     sockaddr_family, AF_INET, SOCKADDR_IN_LEN,
 };
 use shared_proto::{decode_exact, to_vec, Errno, ToGuest, ToHost};
 
-use crate::dns;
 use crate::host::HostServer;
 use crate::sys::{self, Listener, Notif, Ready};
 use crate::udp;
@@ -79,8 +78,6 @@ fn io_fail(e: &io::Error) -> Outcome {
 enum Kind {
     /// A TCP socket made here: an outsourced connect's, or an accepted connection.
     Stream,
-    /// A DNS pair: recvfrom is answered with `peer`.
-    Dns,
     /// The program's own TCP socket, bound (recorded only) to a non-loopback `local`; host-server
     /// binds on listen.
     Bound,
@@ -372,11 +369,6 @@ fn connect(s: &Shared, n: &Notif, bytes: &[u8]) -> Outcome {
         e => Outcome::Fail(e),
     };
     if let Some(view) = s.view(copy.as_raw_fd()).filter(|v| v.kind != Kind::Bound) {
-        // A DNS pair connected again to a nameserver: the relay serves them all alike.
-        if view.kind == Kind::Dns && s.is_nameserver(dest) {
-            s.record(copy.as_raw_fd(), View { peer: dest, ..view });
-            return Outcome::Return(0);
-        }
         // UDP made here connecting (again) off loopback: as for a fresh socket, its association
         // closed first.
         if matches!(view.kind, Kind::Udp | Kind::UdpConnected) && is_outsourced(dest) {
@@ -497,6 +489,23 @@ fn is_udp(copy: &OwnedFd) -> bool {
 /// DNS address) a DNS pair to it.
 fn udp_connect(s: &Shared, n: &Notif, copy: &OwnedFd, dest: SocketAddrV4, was: Kind) -> Outcome {
     let mut bind = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0);
+    // An association connecting to a nameserver stays one (its DNS goes to the guest DNS).
+    if was == Kind::Udp && s.is_nameserver(dest) {
+        let assoc = sys::identity(copy.as_raw_fd())
+            .ok()
+            .and_then(|id| s.assocs.get(id));
+        if let Some(assoc) = assoc {
+            return match udp::connect_end(&assoc, copy, dest, true) {
+                Ok(()) => {
+                    if let Some(v) = s.view(copy.as_raw_fd()) {
+                        s.record(copy.as_raw_fd(), View { peer: dest, ..v });
+                    }
+                    Outcome::Return(0)
+                }
+                Err(e) => Outcome::Fail(e),
+            };
+        }
+    }
     if was == Kind::Udp {
         if let Ok(id) = sys::identity(copy.as_raw_fd()) {
             if let Some(a) = s.assocs.get(id) {
@@ -546,7 +555,7 @@ fn associate(
     copy: &OwnedFd,
     bind: SocketAddrV4,
     bound: bool,
-) -> Result<OwnedFd, Outcome> {
+) -> Result<(OwnedFd, Arc<udp::Assoc>), Outcome> {
     let nonblocking = nonblocking(copy);
     let o = udp::open(&s.host, &s.assocs, s.guest_dns, bind, bound).map_err(errno)?;
     // Should the install fail, the relay finds the end gone and closes the association.
@@ -559,7 +568,7 @@ fn associate(
             kind: Kind::Udp,
         },
     );
-    Ok(o.end)
+    Ok((o.end, o.assoc))
 }
 
 /// `data` sent to `dest` on the association whose program's end is `end`.
@@ -571,7 +580,11 @@ fn assoc_send(s: &Shared, end: &OwnedFd, dest: SocketAddrV4, data: &[u8]) -> Out
         // Its relay has ended (host-server closed it).
         return Outcome::Fail(libc::ENETUNREACH);
     };
-    match udp::send(&assoc, dest, s.is_nameserver(dest), data) {
+    send_on(s, &assoc, dest, data)
+}
+
+fn send_on(s: &Shared, assoc: &udp::Assoc, dest: SocketAddrV4, data: &[u8]) -> Outcome {
+    match udp::send(assoc, dest, s.is_nameserver(dest), data) {
         Ok(m) => Outcome::Return(i64::try_from(m).unwrap_or(i64::MAX)),
         Err(e) => Outcome::Fail(e),
     }
@@ -584,37 +597,17 @@ fn udp_dns(s: &Shared, n: &Notif, copy: &OwnedFd, dest: SocketAddrV4) -> Outcome
     }
 }
 
-/// Makes the program's UDP socket (`copy`) a DNS pair relayed to the guest DNS address, its
-/// peer `dest` (a nameserver); returns our copy of the program's (installed) end.
+/// Makes the program's UDP socket (`copy`) an association whose end is connected to `dest`
+/// (a nameserver, or the guest DNS address itself: DNS, which goes to the guest DNS address);
+/// returns our copy of the program's (installed) end.
 fn dns_pair(s: &Shared, n: &Notif, copy: &OwnedFd, dest: SocketAddrV4) -> Result<OwnedFd, Outcome> {
-    let nonblocking = nonblocking(copy);
-    let bind = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0);
-    let answer = s
-        .host
-        .request(&ToHost::Udp(UdpRequest { bind }))
-        .map_err(errno)?;
-    let local = match answer.msg {
-        ToGuest::Associated { local } => local,
-        ToGuest::Failed(e) => return Err(errno(e)),
-        _ => return Err(Outcome::Fail(libc::EPROTO)),
-    };
-    // In process mode the association's channel is a packet channel passed with the answer.
-    let Some(channel) = answer.passed else {
-        return Err(Outcome::Fail(libc::EPROTO));
-    };
-    let (theirs, ours) = sys::seqpacket_pair().map_err(|e| io_fail(&e))?;
-    // The relay first: should the install fail, it sees the program's end close and ends.
-    dns::spawn_relay(ours, channel, s.guest_dns).map_err(|e| io_fail(&e))?;
-    install(s, n, &theirs, nonblocking)?;
-    s.record(
-        theirs.as_raw_fd(),
-        View {
-            local,
-            peer: dest,
-            kind: Kind::Dns,
-        },
-    );
-    Ok(theirs)
+    let unbound = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0);
+    let (end, assoc) = associate(s, n, copy, unbound, false)?;
+    udp::connect_end(&assoc, &end, dest, s.is_nameserver(dest)).map_err(Outcome::Fail)?;
+    if let Some(v) = s.view(end.as_raw_fd()) {
+        s.record(end.as_raw_fd(), View { peer: dest, ..v });
+    }
+    Ok(end)
 }
 
 /// `sendto` with an address (`send` has none and never comes here). An AF_INET UDP socket
@@ -673,9 +666,6 @@ fn send_datagram(s: &Shared, n: &Notif, addr: &[u8]) -> Outcome {
         };
     let nameserver = s.is_nameserver(dest);
     match s.view(copy.as_raw_fd()) {
-        // A DNS pair: its datagrams all go to the guest DNS; elsewhere it cannot send.
-        Some(v) if v.kind == Kind::Dns && nameserver => return sent(&copy, &[]),
-        Some(v) if v.kind == Kind::Dns => return Outcome::Fail(libc::EISCONN),
         Some(v) if v.kind == Kind::Udp && oversize => return Outcome::Fail(libc::EMSGSIZE),
         Some(v) if v.kind == Kind::Udp => return assoc_send(s, &copy, dest, &data),
         // To its peer: the kernel's, on the connected socket.
@@ -684,7 +674,7 @@ fn send_datagram(s: &Shared, n: &Notif, addr: &[u8]) -> Outcome {
         Some(v) if v.kind == Kind::UdpConnected && is_outsourced(dest) && !oversize => {
             let unbound = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0);
             return match associate(s, n, &copy, unbound, false) {
-                Ok(end) => assoc_send(s, &end, dest, &data),
+                Ok((_, assoc)) => send_on(s, &assoc, dest, &data),
                 Err(o) => o,
             };
         }
@@ -694,24 +684,19 @@ fn send_datagram(s: &Shared, n: &Notif, addr: &[u8]) -> Outcome {
         .is_ok_and(|t| t == libc::SOCK_DGRAM)
         && domain_is_inet(&copy)
         && sys::peer_unset(copy.as_raw_fd());
-    if nameserver && unconnected_udp {
-        return match dns_pair(s, n, &copy, dest) {
-            Ok(theirs) => sent(&theirs, &[]),
-            Err(o) => o,
-        };
-    }
-    // The first datagram off loopback of a UDP socket that is not bound (its own bind made
-    // an association already, or was to loopback): an association.
+    // The first datagram off loopback (or to a nameserver, whose DNS goes to the guest DNS
+    // address) of a UDP socket that is not bound (its own bind made an association already, or
+    // was to loopback): an association.
     if unconnected_udp
         && !oversize
-        && is_outsourced(dest)
-        && s.host.passes_fds()
+        && (is_outsourced(dest) || nameserver)
+        && (s.host.passes_fds() || nameserver)
         && is_udp(&copy)
         && sys::local_port(copy.as_raw_fd()).is_ok_and(|p| p == 0)
     {
         let unbound = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0);
         return match associate(s, n, &copy, unbound, false) {
-            Ok(end) => assoc_send(s, &end, dest, &data),
+            Ok((_, assoc)) => send_on(s, &assoc, dest, &data),
             Err(o) => o,
         };
     }
@@ -764,7 +749,8 @@ fn name(s: &Shared, n: &Notif) -> Outcome {
         (false, _) => view.local,
         // Not connected: the kernel says so for the program's own bound socket.
         (true, Kind::Bound) => return Outcome::Continue,
-        (true, Kind::Listener | Kind::Udp) => return Outcome::Fail(libc::ENOTCONN),
+        (true, Kind::Listener) => return Outcome::Fail(libc::ENOTCONN),
+        (true, Kind::Udp) if view.peer.port() == 0 => return Outcome::Fail(libc::ENOTCONN),
         (true, _) => view.peer,
     };
     write_sockaddr(s, n, n.args[1], n.args[2], a)
@@ -777,7 +763,7 @@ fn recvfrom(shared: &Arc<Shared>, n: Notif) {
         shared.finish(&n, Outcome::Continue);
         return;
     };
-    if !matches!(view.kind, Kind::Dns | Kind::Udp | Kind::UdpConnected) {
+    if !matches!(view.kind, Kind::Udp | Kind::UdpConnected) {
         shared.finish(&n, Outcome::Continue);
         return;
     }

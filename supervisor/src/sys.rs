@@ -598,10 +598,12 @@ pub fn recv(fd: RawFd, len: usize, flags: c_int) -> Result<(Vec<u8>, usize), i32
     Ok((buf, n))
 }
 
-/// An `AF_UNIX` `SOCK_SEQPACKET` pair, close-on-exec.
+/// An `AF_UNIX` `SOCK_SEQPACKET` pair, close-on-exec (host-server's side of a channel, in
+/// tests).
 ///
 /// # Errors
 /// socketpair's error.
+#[cfg(test)]
 pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as c_int; 2];
     // SAFETY: socketpair writes two descriptors into a valid array.
@@ -1045,4 +1047,21 @@ pub fn wait_writable(fd: RawFd, timeout_ms: c_int) {
 pub fn shutdown(fd: RawFd) {
     // SAFETY: shutdown of a descriptor the caller holds.
     unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+}
+
+/// connect(2) of the `AF_UNIX` datagram socket `fd` to the abstract address `name`; 0 or the
+/// errno.
+#[must_use]
+pub fn connect_name(fd: RawFd, name: &[u8]) -> i32 {
+    let Ok((a, len)) = abstract_addr(name) else {
+        return libc::ENAMETOOLONG;
+    };
+    // SAFETY: `a` is a valid sockaddr_un of `len` bytes.
+    if unsafe { libc::connect(fd, std::ptr::from_ref(&a).cast(), len) } == 0 {
+        0
+    } else {
+        io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO)
+    }
 }

@@ -36,10 +36,10 @@
 //! another address becomes an association that has no default peer any more. Inside a VM
 //! (no descriptor crosses into it) UDP other than DNS stays native.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use shared_proto::outsource::{Datagram, UdpConnectRequest, UdpRequest};
@@ -71,8 +71,51 @@ pub struct Assoc {
     guest_dns: SocketAddrV4,
     /// The resolv.conf nameserver the program asked last: the guest DNS's replies show it.
     asked: Mutex<Option<SocketAddrV4>>,
+    /// The per-peer sockets, by the source they stand for.
+    peers: Mutex<Peers>,
+    /// Set when the association has closed (the writers' sockets are shut down then).
+    closed: AtomicBool,
     /// Whether the program bound a port of its own (a server): a connect keeps that port.
     pub bound: Option<SocketAddrV4>,
+}
+
+/// The per-peer sockets of an association; those the program's end is (or was) connected to
+/// have a writer thread and stay.
+#[derive(Debug, Default)]
+struct Peers {
+    map: HashMap<SocketAddrV4, Arc<OwnedFd>>,
+    written: HashSet<SocketAddrV4>,
+}
+
+impl Assoc {
+    /// The per-peer socket standing for `from`, made now if needed (the cache emptied of all
+    /// but the connected ones when full).
+    fn peer_socket(&self, from: SocketAddrV4) -> std::io::Result<Arc<OwnedFd>> {
+        let mut p = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(s) = p.map.get(&from) {
+            return Ok(Arc::clone(s));
+        }
+        if p.map.len() >= MAX_PEERS {
+            let Peers { map, written } = &mut *p;
+            map.retain(|a, _| written.contains(a));
+        }
+        let sock = Arc::new(sys::unix_dgram_bound(
+            format!("{}{from}", self.prefix).as_bytes(),
+        )?);
+        p.map.insert(from, Arc::clone(&sock));
+        Ok(sock)
+    }
+
+    /// Marks the association closed and shuts down its channel and every per-peer socket, so
+    /// that the relay and the writers end.
+    fn shut(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        sys::shutdown(self.channel.as_raw_fd());
+        let p = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
+        for s in p.map.values() {
+            sys::shutdown(s.as_raw_fd());
+        }
+    }
 }
 
 /// The associations made here, by the identity of the program's end.
@@ -99,7 +142,7 @@ impl Assocs {
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&id);
         if let Some(a) = a {
-            sys::shutdown(a.channel.as_raw_fd());
+            a.shut();
         }
     }
 }
@@ -109,6 +152,7 @@ impl Assocs {
 pub struct Opened {
     pub end: OwnedFd,
     pub local: SocketAddrV4,
+    pub assoc: Arc<Assoc>,
 }
 
 /// Opens an association bound to `bind` (`bound`: the program chose the port) and starts
@@ -145,6 +189,8 @@ pub fn open(
         prefix,
         guest_dns,
         asked: Mutex::new(None),
+        peers: Mutex::new(Peers::default()),
+        closed: AtomicBool::new(false),
         bound: bound.then_some(bind),
     });
     assocs
@@ -160,7 +206,7 @@ pub fn open(
         assocs.close(id);
         return Err(io_errno(&e));
     }
-    Ok(Opened { end, local })
+    Ok(Opened { end, local, assoc })
 }
 
 fn io_errno(e: &std::io::Error) -> Errno {
@@ -176,7 +222,6 @@ fn io_errno(e: &std::io::Error) -> Errno {
 fn relay(assoc: &Assoc, assocs: &Assocs, id: (u64, u64)) {
     let fd = assoc.channel.as_raw_fd();
     let mut buf = vec![0u8; MAX_FRAME];
-    let mut peers: HashMap<SocketAddrV4, OwnedFd> = HashMap::new();
     loop {
         if !sys::wait_readable(fd, PROBE_MS) {
             if sys::name_bound(&assoc.name) {
@@ -202,29 +247,84 @@ fn relay(assoc: &Assoc, assocs: &Assocs, id: (u64, u64)) {
         } else {
             d.addr
         };
-        if peers.len() >= MAX_PEERS && !peers.contains_key(&from) {
-            peers.clear();
-        }
-        let sock = match peers.entry(from) {
-            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-            std::collections::hash_map::Entry::Vacant(v) => {
-                let Ok(s) = sys::unix_dgram_bound(format!("{}{from}", assoc.prefix).as_bytes())
-                else {
-                    continue;
-                };
-                v.insert(s)
-            }
+        let Ok(sock) = assoc.peer_socket(from) else {
+            continue;
         };
         // Blocking: a full program's end holds the relay (and host-server's channel) back.
-        match sys::send_to_name(sock.as_raw_fd(), &d.payload, 0, &assoc.name) {
-            Ok(_) => {}
-            // The program's end is gone.
-            Err(libc::ECONNREFUSED | libc::ENOENT) => break,
-            Err(_) => {}
+        // EPERM: the end is connected to another peer, which alone it hears from (as a
+        // connected UDP socket); the datagram is dropped.
+        let sent = sys::send_to_name(sock.as_raw_fd(), &d.payload, 0, &assoc.name);
+        // ECONNREFUSED: the program's end is gone.
+        if let Err(libc::ECONNREFUSED | libc::ENOENT) = sent {
+            break;
         }
     }
     assocs.close(id);
-    sys::shutdown(fd);
+    assoc.shut();
+}
+
+/// Connects the association's program's end (`end`, our copy) to `peer`: its write/send go
+/// to the per-peer socket standing for `peer`, whose writer frames them to `peer`
+/// (`nameserver`: a resolv.conf nameserver, so to the guest DNS address), and it hears from
+/// `peer` alone, as a connected UDP socket.
+///
+/// # Errors
+/// The per-peer socket's, the writer thread's or the connect's error.
+pub fn connect_end(
+    assoc: &Arc<Assoc>,
+    end: &OwnedFd,
+    peer: SocketAddrV4,
+    nameserver: bool,
+) -> Result<(), i32> {
+    let sock = assoc.peer_socket(peer).map_err(|e| raw(&e))?;
+    let first = assoc
+        .peers
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .written
+        .insert(peer);
+    if first {
+        let (a, w) = (Arc::clone(assoc), Arc::clone(&sock));
+        let started = std::thread::Builder::new()
+            .name("outsock-udp-w".into())
+            .spawn(move || writer(&a, &w, peer, nameserver));
+        if let Err(e) = started {
+            assoc
+                .peers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .written
+                .remove(&peer);
+            return Err(raw(&e));
+        }
+    }
+    match sys::connect_name(
+        end.as_raw_fd(),
+        format!("{}{peer}", assoc.prefix).as_bytes(),
+    ) {
+        0 => Ok(()),
+        e => Err(e),
+    }
+}
+
+fn raw(e: &std::io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(libc::EIO)
+}
+
+/// What the program's connected end writes to `sock`, each datagram sent to `peer`, until the
+/// association closes.
+fn writer(assoc: &Assoc, sock: &OwnedFd, peer: SocketAddrV4, nameserver: bool) {
+    loop {
+        match sys::recv(sock.as_raw_fd(), MAX_PAYLOAD + 1, 0) {
+            Ok(_) if assoc.closed.load(Ordering::SeqCst) => break,
+            // A write error belongs to no call of the program's any more: as a datagram lost.
+            Ok((data, _)) => {
+                let _ = send(assoc, peer, nameserver, &data);
+            }
+            Err(libc::EINTR) => {}
+            Err(_) => break,
+        }
+    }
 }
 
 /// Sends `data` to `dest` on `assoc` (`nameserver`: `dest` is a resolv.conf nameserver on
@@ -242,7 +342,7 @@ pub fn send(
     if data.len() > MAX_PAYLOAD {
         return Err(libc::EMSGSIZE);
     }
-    if !is_outsourced(dest) {
+    if !is_outsourced(dest) && !nameserver {
         return Err(libc::ENETUNREACH);
     }
     let wire = if nameserver {
@@ -334,6 +434,8 @@ mod tests {
             prefix: "outsock-udp/test.relay/".into(),
             guest_dns: dns,
             asked: Mutex::new(None),
+            peers: Mutex::new(Peers::default()),
+            closed: AtomicBool::new(false),
             bound: None,
         });
         assocs.map.lock().unwrap().insert(id, Arc::clone(&assoc));
@@ -377,5 +479,61 @@ mod tests {
         t.join().unwrap();
         assert!(assocs.get(id).is_none());
         assert_eq!(sys::recv(chan_host.as_raw_fd(), 8, 0).map(|r| r.1), Ok(0));
+    }
+
+    #[test]
+    fn a_connected_end_writes_to_its_peer_and_hears_it_alone() {
+        let (chan_host, channel) = sys::seqpacket_pair().unwrap();
+        let assocs = Arc::new(Assocs::default());
+        let name = b"outsock-udp/test.connected/p".to_vec();
+        let end = sys::unix_dgram_bound(&name).unwrap();
+        let id = sys::identity(end.as_raw_fd()).unwrap();
+        let dns: SocketAddrV4 = "10.170.160.1:53".parse().unwrap();
+        let assoc = Arc::new(Assoc {
+            channel,
+            name,
+            prefix: "outsock-udp/test.connected/".into(),
+            guest_dns: dns,
+            asked: Mutex::new(None),
+            peers: Mutex::new(Peers::default()),
+            closed: AtomicBool::new(false),
+            bound: None,
+        });
+        assocs.map.lock().unwrap().insert(id, Arc::clone(&assoc));
+        let (a, all) = (Arc::clone(&assoc), Arc::clone(&assocs));
+        let relay = std::thread::spawn(move || relay(&a, &all, id));
+
+        // Connected to a nameserver: a plain write is a query to the guest DNS.
+        let ns: SocketAddrV4 = "192.168.1.1:53".parse().unwrap();
+        connect_end(&assoc, &end, ns, true).unwrap();
+        assert_eq!(sys::send_to(end.as_raw_fd(), b"query", 0, &[]), Ok(5));
+        let (frame, _, _) = sys::recv_from_name(chan_host.as_raw_fd(), MAX_FRAME, 0).unwrap();
+        assert_eq!(
+            decode_exact::<ToHost>(&frame).unwrap(),
+            ToHost::Datagram(Datagram {
+                addr: dns,
+                payload: b"query".to_vec()
+            })
+        );
+        // Another source's datagram is dropped; the guest DNS's answer comes from `ns`.
+        for (addr, payload) in [
+            ("172.21.112.1:53".parse().unwrap(), &b"stray"[..]),
+            (dns, b"answer"),
+        ] {
+            let f = to_vec(&ToGuest::Datagram(Datagram {
+                addr,
+                payload: payload.to_vec(),
+            }))
+            .unwrap();
+            sys::send_to(chan_host.as_raw_fd(), &f, 0, &[]).unwrap();
+        }
+        let (p, _, sender) = sys::recv_from_name(end.as_raw_fd(), 64, 0).unwrap();
+        assert_eq!((p.as_slice(), source_of(&sender)), (&b"answer"[..], ns));
+
+        // host-server closes the association: the relay and the writer end.
+        drop(chan_host);
+        relay.join().unwrap();
+        assert!(assocs.get(id).is_none());
+        assert!(assoc.closed.load(Ordering::SeqCst));
     }
 }

@@ -361,7 +361,8 @@ fn static_loopback_udp_stays_local() {
 /// (poll, MSG_PEEK with a short address length, MSG_TRUNC, an empty non-blocking receive, a
 /// blocking receive a signal interrupts without losing a datagram, SO_RCVTIMEO,
 /// getsockname/getpeername, an oversized datagram) and a connected one (getpeername,
-/// send/recv, recvfrom, an interrupted recvfrom).
+/// send/recv, recvfrom, an interrupted recvfrom, a sendto elsewhere after which it still
+/// hears its peer alone).
 const C_UDP: &str = r#"
 #include <arpa/inet.h>
 #include <errno.h>
@@ -455,6 +456,22 @@ int main(int argc, char **argv) {
     alarm(1);
     n = recvfrom(c, buf, sizeof buf, 0, (struct sockaddr *)&from, &len);
     printf("cinterrupted %ld %s\n", n, err(n));
+    /* Natively a connected UDP socket may send elsewhere, and still hears its peer alone. */
+    rc = getaddrinfo(argv[2], "7", &hints, &ai);
+    if (rc) {
+        fprintf(stderr, "getaddrinfo: %s\n", gai_strerror(rc));
+        return 2;
+    }
+    n = sendto(c, "elsewhere", 9, 0, ai->ai_addr, ai->ai_addrlen);
+    printf("csendto-other %ld %s\n", n, err(n));
+    n = send(c, "still", 5, 0);
+    len = sizeof from;
+    n = recvfrom(c, buf, sizeof buf, 0, (struct sockaddr *)&from, &len);
+    printf("cstill %ld %.*s from %s:%d\n", n, (int)(n > 0 ? n : 0), buf,
+           inet_ntoa(from.sin_addr), ntohs(from.sin_port));
+    len = sizeof from;
+    rc = getpeername(c, (struct sockaddr *)&from, &len);
+    printf("cpeer-after %s:%d\n", inet_ntoa(from.sin_addr), ntohs(from.sin_port));
     return 0;
 }
 "#;
@@ -481,6 +498,9 @@ fn c_udp_expected(to: &str) -> Vec<String> {
         "crecv 4 conn".into(),
         format!("crecvfrom 5 conn2 from {to}"),
         "cinterrupted -1 Interrupted system call".into(),
+        "csendto-other 9 ok".into(),
+        format!("cstill 5 still from {to}"),
+        format!("cpeer-after {to}"),
     ]
     .into()
 }
@@ -499,7 +519,7 @@ fn udp_semantics_of_a_c_program_under_the_supervisor_alone_and_with_the_preload(
     // The supervisor alone (no preload: the dynamic program is translated as a static one
     // is), then the default (liboutsock in process, the supervisor beside it): the same lines.
     for flags in [&["--supervisor-only"][..], &[]] {
-        let out = run(&s, flags, &bin, &[zone::ECHO]);
+        let out = run(&s, flags, &bin, &[zone::ECHO, zone::V6ONLY]);
         let stdout = ok(&s, &out, "C udp semantics");
         let to = field(&stdout, "to").to_string();
         assert_echo_dummy(&s, to.parse().unwrap());

@@ -670,13 +670,27 @@ fn send_datagram(s: &Shared, n: &Notif, addr: &[u8]) -> Outcome {
         Some(v) if v.kind == Kind::Udp => return assoc_send(s, &copy, dest, &data),
         // To its peer: the kernel's, on the connected socket.
         Some(v) if v.kind == Kind::UdpConnected && dest == v.peer => return sent(&copy, &[]),
-        // Elsewhere (allowed natively): as liboutsock, it becomes an association.
+        // Elsewhere (allowed natively): as liboutsock, it becomes an association, its end
+        // still connected to the peer (write goes there; only the peer is heard, as natively).
         Some(v) if v.kind == Kind::UdpConnected && is_outsourced(dest) && !oversize => {
             let unbound = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0);
-            return match associate(s, n, &copy, unbound, false) {
-                Ok((_, assoc)) => send_on(s, &assoc, dest, &data),
-                Err(o) => o,
+            let (end, assoc) = match associate(s, n, &copy, unbound, false) {
+                Ok(a) => a,
+                Err(o) => return o,
             };
+            if let Err(e) = udp::connect_end(&assoc, &end, v.peer, false) {
+                return Outcome::Fail(e);
+            }
+            if let Some(now) = s.view(end.as_raw_fd()) {
+                s.record(
+                    end.as_raw_fd(),
+                    View {
+                        peer: v.peer,
+                        ..now
+                    },
+                );
+            }
+            return send_on(s, &assoc, dest, &data);
         }
         _ => {}
     }

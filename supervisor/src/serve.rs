@@ -2,16 +2,28 @@
 //!
 //! - `connect` of an AF_INET socket to a non-loopback address: TCP goes to host-server
 //!   (`Connect` with `pass_fd`, as liboutsock asks) and the socket it passes back replaces the
-//!   program's descriptor (ADDFD with SETFD); UDP to a resolv.conf nameserver on port 53
-//!   becomes a relayed pair (`dns`), TCP to one a stream relayed to the guest DNS address.
+//!   program's descriptor (ADDFD with SETFD); UDP gets host-server's connected UDP socket the
+//!   same way (`udp::connect`), except to a resolv.conf nameserver on port 53 or the guest DNS
+//!   address, where it becomes an association whose end is connected to that peer
+//!   (`udp::connect_end`: DNS goes to the guest DNS address); TCP to a nameserver becomes a
+//!   stream relayed to the guest DNS address. UDP made here connecting again is made afresh
+//!   (an association closed first, a port the program bound kept).
 //!   Loopback, a socket that is not AF_INET any more (liboutsock's outsourced one: its later
 //!   connects are the kernel's to answer), and every other AF_INET connect is carried out
 //!   here, on our copy of the program's socket with the address bytes already read, so the
 //!   kernel never reads the program's memory again; other families continue untouched.
 //! - `getsockname`/`getpeername` of a socket made here answer its AF_INET view; others continue.
-//! - `recvfrom` with an address on a DNS pair is done here and reports the nameserver.
-//! - `sendto` with an AF_INET address: to a nameserver on port 53 from an unconnected UDP
-//!   socket it makes a DNS pair first; otherwise it is made here with the bytes already read.
+//! - `recvfrom` with an address on UDP made here is carried out here, on our copy (a
+//!   non-blocking one on the loop's thread; a blocking one on a worker that gives up when the
+//!   caller has left and after SO_RCVTIMEO), and reports the AF_INET source: the sender's name
+//!   on an association, the peer on a connected socket.
+//! - `sendto` with an AF_INET address: on an association it is framed onto the association; on
+//!   a connected socket of host-server's, to its peer it is the kernel's, elsewhere the socket
+//!   becomes an association whose end stays connected to the peer; the first off loopback (or
+//!   to a nameserver) of an unbound UDP socket opens an association; otherwise it is made here
+//!   with the bytes already read.
+//! - `bind` of an AF_INET UDP socket to a non-loopback address (port 0 too) opens an
+//!   association bound there (host-server receives on that port at once).
 //! - `bind` of an AF_INET TCP socket to a non-loopback address is recorded; `listen` on it (or
 //!   on one never bound) asks host-server to listen and installs the packet channel over the
 //!   program's descriptor; `accept`/`accept4` on that take one connection per packet and add
@@ -20,9 +32,9 @@
 //!
 //! Sockets are known by identity (device and inode of the open file), never by descriptor
 //! number, so dup, fork and descriptor reuse cannot confuse them; sockets nobody holds any more
-//! are swept from the table as it grows. Calls that may wait (connect, listen, a blocking
-//! accept, a DNS recvfrom) run on a worker thread (`workers`: an idle one when there is one);
-//! the loop never waits for host-server.
+//! are swept from the table as it grows. Calls that may wait (connect, bind, listen, a
+//! blocking accept, a blocking UDP recvfrom, sendto) run on a worker thread (`workers`: an
+//! idle one when there is one); the loop never waits for host-server.
 //! The loop runs until no task uses the filter: the program's exit only reaps it.
 
 use std::collections::HashMap;
@@ -610,10 +622,9 @@ fn dns_pair(s: &Shared, n: &Notif, copy: &OwnedFd, dest: SocketAddrV4) -> Result
     Ok(end)
 }
 
-/// `sendto` with an address (`send` has none and never comes here). An AF_INET UDP socket
-/// that is not connected sending to a nameserver on port 53 (musl's resolver, for one)
-/// becomes a DNS pair, and so does every later datagram it sends to a nameserver; any other
-/// AF_INET sendto is made here with the bytes already read; other families continue.
+/// `sendto` with an address (`send` has none and never comes here): an AF_INET address is
+/// [`send_datagram`]'s, on a thread of its own (it may open an association); other families
+/// continue.
 fn sendto(shared: &Arc<Shared>, n: Notif) {
     let (ptr, len) = (n.args[4], n.args[5] & 0xffff_ffff);
     if len > MAX_ADDR {
@@ -637,6 +648,10 @@ fn sendto(shared: &Arc<Shared>, n: Notif) {
     on_thread(shared, n, move || send_datagram(&s, &n, &addr));
 }
 
+/// A sendto to the AF_INET `addr`: on UDP made here as the module docs say (an unconnected
+/// UDP socket sending to a nameserver on port 53, musl's resolver for one, opens an
+/// association whose DNS goes to the guest DNS address); otherwise made here with the bytes
+/// already read.
 fn send_datagram(s: &Shared, n: &Notif, addr: &[u8]) -> Outcome {
     let Some(dest) = decode_sockaddr_in(addr) else {
         return Outcome::Fail(libc::EINVAL);

@@ -23,18 +23,28 @@
 //! - A bind happens at `bind` even for port 0 (liboutsock waits for the first send): a Go
 //!   program registers its descriptor with epoll right after bind, and a descriptor replaced
 //!   later would leave epoll watching the old socket.
-//! - DNS: a `sendto` from an association to a resolv.conf nameserver on port 53 goes to the
-//!   guest DNS address, and that address's replies are shown as coming from the nameserver
-//!   asked last (liboutsock's rule). A socket *connected* to a nameserver (or sending to one
-//!   before anything else) is still `dns`'s pair, whose read/write need a connected end.
+//! - **A connected end** (`connect_end`): an association whose program's end is connected to
+//!   the per-peer socket standing for a peer, so the program's plain write/send go to that
+//!   socket, where a writer thread frames them to the peer, and the end hears from that peer
+//!   alone (the kernel refuses the others' sends: EPERM, dropped), as a connected UDP socket.
+//!   It serves what host-server's connected socket cannot: DNS (below), and a connected socket
+//!   that sent elsewhere (natively allowed; liboutsock makes it an association too).
+//! - DNS, liboutsock's rule in one relay: a datagram to a resolv.conf nameserver on port 53
+//!   goes to the guest DNS address, whose replies are shown as coming from the nameserver
+//!   asked last. A socket connected to a nameserver (glibc's, Go's resolver), or to the guest
+//!   DNS address itself (host-server answers `UdpConnect` to it with EOPNOTSUPP), is a
+//!   connected end; an unconnected one sending to a nameserver (musl's) an association.
 //!
 //! Gaps (documented, not translated): `sendmsg`/`recvmsg`/`sendmmsg`/`recvmmsg` are not
 //! notified (BPF cannot see `msg_name`; notifying them would cost every caller), so on an
 //! association they fail as on an unconnected `AF_UNIX` socket (`sendmsg` with an AF_INET
-//! name: EINVAL) and `recvmsg` reports no AF_INET name; `send`/`write` without an address on
-//! an association fail with ENOTCONN (natively EDESTADDRREQ); a connected socket sending to
-//! another address becomes an association that has no default peer any more. Inside a VM
-//! (no descriptor crosses into it) UDP other than DNS stays native.
+//! name: EINVAL) and `recvmsg` reports an `AF_UNIX` name (BIND `dig`, which receives with
+//! `recvmmsg`, aborts under `--supervisor-only`; with the preload it works); `send`/`write`
+//! without an address on an unconnected association fail with ENOTCONN (natively
+//! EDESTADDRREQ); a `connect(AF_UNSPEC)` disconnects the socket but getpeername still answers
+//! the old peer; `getsockopt(SO_DOMAIN)` is `AF_UNIX` on an association. Inside a VM (no
+//! descriptor crosses into it) UDP, DNS included, stays native: the guest's resolv.conf names
+//! its loopback forwarder.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddrV4};

@@ -8,7 +8,7 @@
 //!   dummy and hears the echo back with ReadFrom, from the dummy;
 //! - serves UDP on `:5353` (an association bound where host-server listens) to an IPv6 client
 //!   in `world`, which gets its echo from the host's port; the server saw the client as its
-//!   source-pool dummy;
+//!   source-pool dummy; a port host-server does not allow is EACCES at bind;
 //! - keeps loopback UDP on its own `lo` (a 127.0.0.1 echo round trip, not outsourced).
 //!
 //! A C program checks the finer semantics (poll, MSG_PEEK, MSG_TRUNC, a short address length,
@@ -338,6 +338,15 @@ fn go_udp4_server_answers_an_ipv6_client_seen_as_its_dummy() {
         .find(|l| l.starts_with(&format!("{} ", from.ip())))
         .unwrap_or_else(|| panic!("{from} not in\n{table}"));
     assert!(row.contains(&addr::CLIENT.to_string()), "{row}");
+
+    // A port host-server does not allow: the bind fails as liboutsock's does (EACCES).
+    let refused = run(&s, &[], &bin, &["server", "5354"]);
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused.stderr).contains("bind: permission denied"),
+        "{}",
+        text(&refused.stderr)
+    );
 }
 
 #[test]
@@ -472,6 +481,24 @@ int main(int argc, char **argv) {
     len = sizeof from;
     rc = getpeername(c, (struct sockaddr *)&from, &len);
     printf("cpeer-after %s:%d\n", inet_ntoa(from.sin_addr), ntohs(from.sin_port));
+
+    /* A timeout set before the socket is outsourced still holds; nothing answers on port 9. */
+    struct sockaddr_in closed = to;
+    closed.sin_port = htons(9);
+    int t = socket(AF_INET, SOCK_DGRAM, 0);
+    setsockopt(t, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    n = sendto(t, "x", 1, 0, (struct sockaddr *)&closed, sizeof closed);
+    len = sizeof from;
+    n = recvfrom(t, buf, sizeof buf, 0, (struct sockaddr *)&from, &len);
+    printf("carried-timeout %ld %s\n", n, err(n));
+    /* A connected socket learns of the ICMP port unreachable, as natively. */
+    int r = socket(AF_INET, SOCK_DGRAM, 0);
+    struct timeval two = { 2, 0 };
+    setsockopt(r, SOL_SOCKET, SO_RCVTIMEO, &two, sizeof two);
+    connect(r, (struct sockaddr *)&closed, sizeof closed);
+    send(r, "x", 1, 0);
+    n = recv(r, buf, sizeof buf, 0);
+    printf("refused %ld %s\n", n, err(n));
     return 0;
 }
 "#;
@@ -501,6 +528,8 @@ fn c_udp_expected(to: &str) -> Vec<String> {
         "csendto-other 9 ok".into(),
         format!("cstill 5 still from {to}"),
         format!("cpeer-after {to}"),
+        "carried-timeout -1 Resource temporarily unavailable".into(),
+        "refused -1 Connection refused".into(),
     ]
     .into()
 }

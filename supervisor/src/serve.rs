@@ -545,6 +545,7 @@ fn udp_connect(s: &Shared, n: &Notif, copy: &OwnedFd, dest: SocketAddrV4, was: K
         Ok(None) => return udp_dns(s, n, copy, dest),
         Err(e) => return errno(e),
     };
+    sys::copy_timeouts(copy.as_raw_fd(), new.as_raw_fd());
     if let Err(o) = install(s, n, &new, nonblocking) {
         return o;
     }
@@ -570,6 +571,8 @@ fn associate(
 ) -> Result<(OwnedFd, Arc<udp::Assoc>), Outcome> {
     let nonblocking = nonblocking(copy);
     let o = udp::open(&s.host, &s.assocs, s.guest_dns, bind, bound).map_err(errno)?;
+    // The program's timeouts hold on its new socket (a resolver times its waits with them).
+    sys::copy_timeouts(copy.as_raw_fd(), o.end.as_raw_fd());
     // Should the install fail, the relay finds the end gone and closes the association.
     install(s, n, &o.end, nonblocking)?;
     s.record(
@@ -683,7 +686,11 @@ fn send_datagram(s: &Shared, n: &Notif, addr: &[u8]) -> Outcome {
     match s.view(copy.as_raw_fd()) {
         Some(v) if v.kind == Kind::Udp && oversize => return Outcome::Fail(libc::EMSGSIZE),
         Some(v) if v.kind == Kind::Udp => return assoc_send(s, &copy, dest, &data),
-        // To its peer: the kernel's, on the connected socket.
+        // To its peer: the kernel's, on the connected socket (IPv6 would carry a few bytes more
+        // than an IPv4 datagram may).
+        Some(v) if v.kind == Kind::UdpConnected && oversize => {
+            return Outcome::Fail(libc::EMSGSIZE)
+        }
         Some(v) if v.kind == Kind::UdpConnected && dest == v.peer => return sent(&copy, &[]),
         // Elsewhere (allowed natively): as liboutsock, it becomes an association, its end
         // still connected to the peer (write goes there; only the peer is heard, as natively).

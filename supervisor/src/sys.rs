@@ -1065,3 +1065,34 @@ pub fn connect_name(fd: RawFd, name: &[u8]) -> i32 {
             .unwrap_or(libc::EIO)
     }
 }
+
+/// Copies the receive and send timeouts (SO_RCVTIMEO, SO_SNDTIMEO) of socket `from` to socket
+/// `to` (errors ignored: a timeout is a hint the program set, not a condition of the call).
+pub fn copy_timeouts(from: RawFd, to: RawFd) {
+    for opt in [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO] {
+        // SAFETY: timeval is plain data.
+        let mut tv: libc::timeval = unsafe { std::mem::zeroed() };
+        #[allow(clippy::cast_possible_truncation)] // 16 bytes.
+        let mut len = std::mem::size_of::<libc::timeval>() as libc::socklen_t;
+        // SAFETY: a timeval of `len` writable bytes and its length; then the same to set.
+        unsafe {
+            if libc::getsockopt(
+                from,
+                libc::SOL_SOCKET,
+                opt,
+                std::ptr::from_mut(&mut tv).cast(),
+                &mut len,
+            ) == 0
+                && (tv.tv_sec != 0 || tv.tv_usec != 0)
+            {
+                libc::setsockopt(
+                    to,
+                    libc::SOL_SOCKET,
+                    opt,
+                    std::ptr::from_ref(&tv).cast(),
+                    len,
+                );
+            }
+        }
+    }
+}

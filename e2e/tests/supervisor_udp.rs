@@ -371,7 +371,8 @@ fn static_loopback_udp_stays_local() {
 /// blocking receive a signal interrupts without losing a datagram, SO_RCVTIMEO,
 /// getsockname/getpeername, an oversized datagram) and a connected one (getpeername,
 /// send/recv, recvfrom, an interrupted recvfrom, a sendto elsewhere after which it still
-/// hears its peer alone).
+/// hears its peer alone, ECONNREFUSED); a timeout set before the socket is outsourced; a
+/// server's bound socket connecting to one client keeps its port.
 const C_UDP: &str = r#"
 #include <arpa/inet.h>
 #include <errno.h>
@@ -499,6 +500,20 @@ int main(int argc, char **argv) {
     send(r, "x", 1, 0);
     n = recv(r, buf, sizeof buf, 0);
     printf("refused %ld %s\n", n, err(n));
+    /* A UDP server's socket (bound to its port) connecting to one client keeps its port. */
+    int b = socket(AF_INET, SOCK_DGRAM, 0);
+    struct sockaddr_in any = { .sin_family = AF_INET, .sin_port = htons(5353) };
+    rc = bind(b, (struct sockaddr *)&any, sizeof any);
+    printf("bind %d %s\n", rc, err(rc));
+    rc = connect(b, (struct sockaddr *)&to, sizeof to);
+    printf("bconnect %d %s\n", rc, err(rc));
+    len = sizeof from;
+    getsockname(b, (struct sockaddr *)&from, &len);
+    printf("bport %d\n", ntohs(from.sin_port));
+    setsockopt(b, SOL_SOCKET, SO_RCVTIMEO, &two, sizeof two);
+    send(b, "bound", 5, 0);
+    n = recv(b, buf, sizeof buf, 0);
+    printf("brecv %ld %.*s\n", n, (int)(n > 0 ? n : 0), buf);
     return 0;
 }
 "#;
@@ -530,6 +545,10 @@ fn c_udp_expected(to: &str) -> Vec<String> {
         format!("cpeer-after {to}"),
         "carried-timeout -1 Resource temporarily unavailable".into(),
         "refused -1 Connection refused".into(),
+        "bind 0 ok".into(),
+        "bconnect 0 ok".into(),
+        "bport 5353".into(),
+        "brecv 5 bound".into(),
     ]
     .into()
 }
@@ -541,7 +560,7 @@ fn udp_semantics_of_a_c_program_under_the_supervisor_alone_and_with_the_preload(
         skip(test, "this kernel has no seccomp user notification");
         return;
     }
-    let Some(s) = stack("sup-udp-c", "") else {
+    let Some(s) = stack("sup-udp-c", CONFIG) else {
         return;
     };
     let bin = testworld::programs::build_c(s.world.dir(), "udp_semantics", &[C_UDP]).unwrap();

@@ -518,14 +518,32 @@ fn udp_connect(s: &Shared, n: &Notif, copy: &OwnedFd, dest: SocketAddrV4, was: K
             };
         }
     }
-    if was == Kind::Udp {
-        if let Ok(id) = sys::identity(copy.as_raw_fd()) {
-            if let Some(a) = s.assocs.get(id) {
-                bind = a.bound.unwrap_or(bind);
-            }
+    // The association this socket is: closed before host-server is asked for the port the
+    // program bound, else once the socket has been replaced (a failed connect leaves it be).
+    let old = (was == Kind::Udp)
+        .then(|| sys::identity(copy.as_raw_fd()).ok())
+        .flatten();
+    if let Some(id) = old {
+        bind = s.assocs.get(id).and_then(|a| a.bound).unwrap_or(bind);
+        if bind.port() != 0 {
             s.assocs.close(id);
         }
     }
+    let outcome = udp_connect_afresh(s, n, copy, dest, bind);
+    if let (Some(id), Outcome::Return(_)) = (old, outcome) {
+        s.assocs.close(id);
+    }
+    outcome
+}
+
+/// [`udp_connect`] once any association of the socket is dealt with: bound to `bind`.
+fn udp_connect_afresh(
+    s: &Shared,
+    n: &Notif,
+    copy: &OwnedFd,
+    dest: SocketAddrV4,
+    bind: SocketAddrV4,
+) -> Outcome {
     if s.is_nameserver(dest) {
         return udp_dns(s, n, copy, dest);
     }

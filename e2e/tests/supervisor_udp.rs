@@ -371,7 +371,7 @@ fn static_loopback_udp_stays_local() {
 /// blocking receive a signal interrupts without losing a datagram, SO_RCVTIMEO,
 /// getsockname/getpeername, an oversized datagram) and a connected one (getpeername,
 /// send/recv, recvfrom, an interrupted recvfrom, a sendto elsewhere after which it still
-/// hears its peer alone, ECONNREFUSED); a timeout set before the socket is outsourced; a
+/// hears its peer alone, ECONNREFUSED, connect(AF_UNSPEC)); a timeout set before the socket is outsourced; a
 /// server's bound socket connecting to one client keeps its port.
 const C_UDP: &str = r#"
 #include <arpa/inet.h>
@@ -482,6 +482,24 @@ int main(int argc, char **argv) {
     len = sizeof from;
     rc = getpeername(c, (struct sockaddr *)&from, &len);
     printf("cpeer-after %s:%d\n", inet_ntoa(from.sin_addr), ntohs(from.sin_port));
+    /* connect(AF_UNSPEC) disconnects: that one, and a freshly connected one, which can then
+       send anywhere and hear anyone. */
+    struct sockaddr unspec = { .sa_family = AF_UNSPEC };
+    rc = connect(c, &unspec, sizeof unspec);
+    len = sizeof from;
+    int rc2 = getpeername(c, (struct sockaddr *)&from, &len);
+    printf("cunspec %d %s, getpeername %d %s\n", rc, err(rc), rc2, err(rc2));
+    int d = socket(AF_INET, SOCK_DGRAM, 0);
+    connect(d, (struct sockaddr *)&to, sizeof to);
+    rc = connect(d, &unspec, sizeof unspec);
+    len = sizeof from;
+    rc2 = getpeername(d, (struct sockaddr *)&from, &len);
+    printf("dunspec %d %s, getpeername %d %s\n", rc, err(rc), rc2, err(rc2));
+    n = sendto(d, "re", 2, 0, (struct sockaddr *)&to, sizeof to);
+    len = sizeof from;
+    n = recvfrom(d, buf, sizeof buf, 0, (struct sockaddr *)&from, &len);
+    printf("dagain %ld %.*s from %s:%d\n", n, (int)(n > 0 ? n : 0), buf,
+           inet_ntoa(from.sin_addr), ntohs(from.sin_port));
 
     /* A timeout set before the socket is outsourced still holds; nothing answers on port 9. */
     struct sockaddr_in closed = to;
@@ -543,6 +561,9 @@ fn c_udp_expected(to: &str) -> Vec<String> {
         "csendto-other 9 ok".into(),
         format!("cstill 5 still from {to}"),
         format!("cpeer-after {to}"),
+        "cunspec 0 ok, getpeername -1 Transport endpoint is not connected".into(),
+        "dunspec 0 ok, getpeername -1 Transport endpoint is not connected".into(),
+        format!("dagain 2 re from {to}"),
         "carried-timeout -1 Resource temporarily unavailable".into(),
         "refused -1 Connection refused".into(),
         "bind 0 ok".into(),

@@ -7,7 +7,9 @@
 //!   address, where it becomes an association whose end is connected to that peer
 //!   (`udp::connect_end`: DNS goes to the guest DNS address); TCP to a nameserver becomes a
 //!   stream relayed to the guest DNS address. UDP made here connecting again is made afresh
-//!   (an association closed first, a port the program bound kept).
+//!   (an association closed first, a port the program bound kept); `connect(AF_UNSPEC)` on
+//!   it disconnects (a connected socket of host-server's is given back for a fresh UDP
+//!   socket, as liboutsock does).
 //!   Loopback, a socket that is not AF_INET any more (liboutsock's outsourced one: its later
 //!   connects are the kernel's to answer), and every other AF_INET connect is carried out
 //!   here, on our copy of the program's socket with the address bytes already read, so the
@@ -59,8 +61,11 @@ use crate::workers::Workers;
 
 /// The largest address a program may pass (`sizeof(struct sockaddr_storage)`).
 const MAX_ADDR: u64 = 128;
-/// The most a DNS recvfrom reads (a UDP datagram).
+/// The most a UDP recvfrom reads (a UDP datagram).
 const MAX_DGRAM: usize = 65_536;
+/// `sa_family` of a disconnecting connect.
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // 0.
+const AF_UNSPEC: u16 = libc::AF_UNSPEC as u16;
 
 /// What a notified call becomes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -306,7 +311,7 @@ pub fn serve(shared: Shared, child: &mut Child) -> io::Result<ExitStatus> {
 
 fn dispatch(shared: &Arc<Shared>, n: Notif) {
     match n.nr {
-        libc::SYS_connect => match read_connect_addr(shared, &n) {
+        libc::SYS_connect => match read_connect_addr(shared, &n, true) {
             // An AF_INET address, validated: the rest may wait for host-server.
             Ok(bytes) => {
                 let s = Arc::clone(shared);
@@ -320,7 +325,7 @@ fn dispatch(shared: &Arc<Shared>, n: Notif) {
         }
         libc::SYS_recvfrom => recvfrom(shared, n),
         libc::SYS_sendto => sendto(shared, n),
-        libc::SYS_bind => match read_connect_addr(shared, &n) {
+        libc::SYS_bind => match read_connect_addr(shared, &n, false) {
             // A UDP bind may ask host-server for an association: on a thread.
             Ok(bytes) => {
                 let s = Arc::clone(shared);
@@ -346,7 +351,8 @@ fn fd_arg(n: &Notif) -> RawFd {
 /// The fast path — every connect and bind of another family (a dynamic program's connect to
 /// host.sock under liboutsock) — reads into the stack and continues: one process_vm_readv and
 /// the answer, no allocation and no validity check (continuing acts on nothing we read).
-fn read_connect_addr(s: &Shared, n: &Notif) -> Result<Vec<u8>, Outcome> {
+/// A connect's AF_UNSPEC (`unspec`: a disconnect) is read too: UDP made here answers it.
+fn read_connect_addr(s: &Shared, n: &Notif, unspec: bool) -> Result<Vec<u8>, Outcome> {
     let (ptr, len) = (n.args[1], n.args[2] & 0xffff_ffff);
     if ptr == 0 || len > MAX_ADDR {
         // Nothing to read: the kernel gives the error a native call gets.
@@ -358,8 +364,10 @@ fn read_connect_addr(s: &Shared, n: &Notif) -> Result<Vec<u8>, Outcome> {
     if sys::read_into(n.pid, ptr, bytes).is_err() {
         return Err(Outcome::Fail(libc::EFAULT));
     }
-    if sockaddr_family(bytes) != Some(AF_INET) {
-        return Err(Outcome::Continue);
+    match sockaddr_family(bytes) {
+        Some(AF_INET) => {}
+        Some(AF_UNSPEC) if unspec => {}
+        _ => return Err(Outcome::Continue),
     }
     if !s.listener.valid(n.id) {
         return Err(Outcome::Gone);
@@ -367,8 +375,11 @@ fn read_connect_addr(s: &Shared, n: &Notif) -> Result<Vec<u8>, Outcome> {
     Ok(bytes.to_vec())
 }
 
-/// An AF_INET connect whose address `bytes` [`read_connect_addr`] read.
+/// An AF_INET (or AF_UNSPEC) connect whose address `bytes` [`read_connect_addr`] read.
 fn connect(s: &Shared, n: &Notif, bytes: &[u8]) -> Outcome {
+    if sockaddr_family(bytes) == Some(AF_UNSPEC) {
+        return disconnect(s, n, bytes);
+    }
     let Some(dest) = decode_sockaddr_in(bytes) else {
         return Outcome::Fail(libc::EINVAL);
     };
@@ -411,6 +422,38 @@ fn connect(s: &Shared, n: &Notif, bytes: &[u8]) -> Outcome {
         // IPv6-only host).
         _ => native(),
     }
+}
+
+/// `connect(AF_UNSPEC)`, carried out here with the bytes read: a connected UDP socket of
+/// host-server's is given back as liboutsock does (a fresh, unbound AF_INET UDP socket takes
+/// the descriptor, so the next datagram off loopback opens an association); an association's
+/// end is disconnected from its peer; anything else is the kernel's.
+fn disconnect(s: &Shared, n: &Notif, bytes: &[u8]) -> Outcome {
+    let copy = match sys::take_fd(n.pid, fd_arg(n)) {
+        Ok(c) => c,
+        Err(e) => return io_fail(&e),
+    };
+    let view = s.view(copy.as_raw_fd());
+    if view.is_some_and(|v| v.kind == Kind::UdpConnected) {
+        let fresh = match sys::udp_socket() {
+            Ok(f) => f,
+            Err(e) => return io_fail(&e),
+        };
+        sys::copy_timeouts(copy.as_raw_fd(), fresh.as_raw_fd());
+        return match install(s, n, &fresh, nonblocking(&copy)) {
+            Ok(()) => Outcome::Return(0),
+            Err(o) => o,
+        };
+    }
+    let rc = sys::connect_raw(copy.as_raw_fd(), bytes);
+    if rc != 0 {
+        return Outcome::Fail(rc);
+    }
+    if let Some(v) = view.filter(|v| v.kind == Kind::Udp) {
+        let nobody = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0);
+        s.record(copy.as_raw_fd(), View { peer: nobody, ..v });
+    }
+    Outcome::Return(0)
 }
 
 fn nonblocking(copy: &OwnedFd) -> bool {

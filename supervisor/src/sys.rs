@@ -1096,3 +1096,14 @@ pub fn copy_timeouts(from: RawFd, to: RawFd) {
         }
     }
 }
+
+/// A fresh AF_INET UDP socket, close-on-exec.
+///
+/// # Errors
+/// socket's error.
+pub fn udp_socket() -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2).
+    let fd = cvt(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
+    // SAFETY: a descriptor just made, owned from here.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}

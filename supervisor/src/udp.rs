@@ -41,8 +41,8 @@
 //! name: EINVAL) and `recvmsg` reports an `AF_UNIX` name (BIND `dig`, which receives with
 //! `recvmmsg`, aborts under `--supervisor-only`; with the preload it works); `send`/`write`
 //! without an address on an unconnected association fail with ENOTCONN (natively
-//! EDESTADDRREQ); a `connect(AF_UNSPEC)` disconnects the socket but getpeername still answers
-//! the old peer; `getsockopt(SO_DOMAIN)` is `AF_UNIX` on an association. Inside a VM (no
+//! EDESTADDRREQ); `getsockopt(SO_DOMAIN)` is `AF_UNIX` on an association; a connected socket
+//! given back by `connect(AF_UNSPEC)` does not keep a port the program bound. Inside a VM (no
 //! descriptor crosses into it) UDP, DNS included, stays native: the guest's resolv.conf names
 //! its loopback forwarder.
 

@@ -539,9 +539,9 @@ fn is_udp(copy: &OwnedFd) -> bool {
 /// `connect` of a UDP socket (`was`: what it is here, `Kind::Bound` for the program's own)
 /// to the non-loopback `dest`: host-server's connected UDP socket replaces the program's
 /// descriptor (`udp::connect`); an association of ours closes first, and a port the program
-/// bound for it is kept (asked for again while host-server is still closing it). A nameserver
-/// on port 53 is a DNS pair; a destination host-server only reaches by association (the guest
-/// DNS address) a DNS pair to it.
+/// bound for it is kept (asked for again while host-server is still closing it). To a
+/// nameserver on port 53, or a destination host-server only reaches by association (the guest
+/// DNS address), it is an association whose end is connected to it (`dns_pair`).
 fn udp_connect(s: &Shared, n: &Notif, copy: &OwnedFd, dest: SocketAddrV4, was: Kind) -> Outcome {
     let mut bind = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0);
     // An association connecting to a nameserver stays one (its DNS goes to the guest DNS).
@@ -906,9 +906,9 @@ fn on_thread(shared: &Arc<Shared>, n: Notif, work: impl FnOnce() -> Outcome + Se
     }
 }
 
-/// One recvfrom with an address carried out here on our `copy` of the program's socket (a
-/// DNS pair, an association's end, a connected UDP socket of host-server's) with `flags`: the
-/// payload and the AF_INET source (the sender's name on an association, else the peer)
+/// One recvfrom with an address carried out here on our `copy` of the program's socket (an
+/// association's end, connected or not; a connected UDP socket of host-server's) with `flags`:
+/// the payload and the AF_INET source (the sender's name on an association, else the peer)
 /// written into the program's memory, as the kernel would have.
 fn receive(s: &Shared, n: &Notif, copy: &OwnedFd, view: View, flags: i32) -> Outcome {
     let [_, buf, len, _, addr, len_ptr] = n.args;

@@ -28,8 +28,8 @@
 //!    A refusal is host-server's errno. getsockname/getpeername on such a socket answer the
 //!    AF_INET view host-server gave (the dummy peer, the local address).
 //! 4. Listeners (TCP servers), exactly as liboutsock's in process mode: `bind` of an AF_INET
-//!    TCP socket to a non-loopback address is only recorded (a loopback bind, and any UDP
-//!    bind, is made here with the bytes already read). `listen` then asks host-server
+//!    TCP socket to a non-loopback address is only recorded (a loopback bind is made here with
+//!    the bytes already read; a UDP bind is item 5's). `listen` then asks host-server
 //!    (`Listen` with `pass_fd`; its `allowed_ports` rule and its errno apply) to listen on the
 //!    host's IPv6 address, and installs the `SOCK_SEQPACKET` packet channel of the answer over
 //!    the program's descriptor (ADDFD with SETFD): poll, epoll and select on it are the
@@ -46,14 +46,18 @@
 //!    the next accept on that listener. getsockname on the listener answers the AF_INET
 //!    address it listens on; getsockname/getpeername on an accepted socket answer AF_INET. A
 //!    second `listen` sends host-server a new backlog.
-//! 5. DNS: programs with their own resolver read /etc/resolv.conf and send to its
-//!    nameservers. A UDP socket connected to one of them on port 53 becomes one end of an
-//!    `AF_UNIX` `SOCK_SEQPACKET` pair whose other end `dns` relays, one datagram per packet,
-//!    through a host-server UDP association to the guest DNS address (dns-cache, which
-//!    answers with dummy IPv4 addresses); recvfrom with an address on it is done here and
-//!    reports the nameserver, which glibc's and musl's resolvers check. An unconnected UDP
-//!    socket's `sendto` a nameserver on port 53 (musl's resolver) makes it such a pair too. A
-//!    TCP connect to a nameserver becomes host-server's relayed stream to the guest DNS address.
+//! 5. UDP (`udp` tells how), as liboutsock in process mode: a `connect` off loopback installs
+//!    host-server's connected host UDP socket (`UdpConnect`); a `bind` off loopback, or the
+//!    first `sendto` off loopback, opens an association and installs its `AF_UNIX` datagram
+//!    *program's end*, to which a relay delivers each datagram from a per-peer socket named
+//!    after its IPv4 source; `recvfrom` with an address on either is carried out here and
+//!    reports the AF_INET source, `sendto` on an association is framed here. DNS: programs with
+//!    their own resolver read /etc/resolv.conf and send to its nameservers; datagrams to one of
+//!    them on port 53 go to the guest DNS address (dns-cache, which answers with dummy IPv4
+//!    addresses) on an association, and its replies show the nameserver asked, which glibc's
+//!    and musl's resolvers check; a socket connected to one is an association whose end is
+//!    connected to the nameserver. A TCP connect to a nameserver becomes host-server's relayed
+//!    stream to the guest DNS address.
 //! 6. Inside a VM (the guest image's /init runs the workload under `outsock run --supervise`):
 //!    the transport is liboutsock's setting ([`transport`]: `OUTSOCK_TRANSPORT`, else
 //!    `transport=vsock:<port>` in /etc/outsock/shim.conf), and each request is an `AF_VSOCK`
@@ -88,11 +92,12 @@
 //! terminal sends them to the program's process group itself).
 //!
 //! Not in this slice (the calls continue natively, which fails on an IPv6-only network):
-//! UDP other than DNS (UDP servers included), `sendmsg` with an address, `recvmsg` addresses
-//! on the DNS pair, ICMP, the i386 ABI, AF_INET6 sockets other than dual-stack TCP listeners
+//! `sendmsg`/`sendmmsg` with an address and `recvmsg`/`recvmmsg` addresses on UDP made here
+//! (not notified: `udp` lists the consequences; BIND `dig` needs the preload), UDP and DNS
+//! inside a VM, ICMP, the i386 ABI, AF_INET6 sockets other than dual-stack TCP listeners
 //! (those are outsourced as AF_INET ones: `serve`).
-//! Socket options set before an outsourced connect or listen are not carried over, and
-//! `getsockopt` is the kernel's: on a listener it describes the packet channel (`AF_UNIX`,
+//! Socket options set before an outsourced listen are not carried over (before a connect they
+//! are: `serve`), and `getsockopt` is the kernel's: on a listener it describes the packet channel (`AF_UNIX`,
 //! `SOCK_SEQPACKET`), on an accepted socket the IPv6 one. An epoll registration made on a
 //! socket before its `listen` stays with the replaced socket, as with liboutsock. A
 //! connection taken for a blocking accept whose caller left and held for the next accept
@@ -103,25 +108,26 @@
 //! only continue take the fast path: one process_vm_readv of the address into the stack (or,
 //! for getsockname/getpeername while nothing was made here, nothing) and the CONTINUE answer,
 //! on the loop's own thread; a dynamic program under liboutsock pays one such round trip per
-//! connect (the preload's connect to host.sock). An outsourced connect, listen, blocking
-//! accept or DNS read also runs on a worker thread (an idle one, kept for 10 s, when there
+//! connect (the preload's connect to host.sock). An outsourced connect, bind, listen,
+//! blocking accept or blocking UDP recvfrom also runs on a worker thread (an idle one, kept for 10 s, when there
 //! is one). The data path is untouched: reads and writes on a
 //! passed socket are the kernel's own.
 //!
 //! Modules: [`filter`] (the BPF program, safe), `sys` (every syscall and ioctl; the only
-//! `unsafe`), `host` (the host-server client), `dns` (the resolver relay), `workers` (the
+//! `unsafe`), `host` (the host-server client), `workers` (the
 //! threads calls that may wait run on), [`transport`] (Unix or vsock, as liboutsock chooses),
-//! `vmlisten` (listeners inside a VM), `serve` (the loop).
+//! `vmlisten` (listeners inside a VM), `udp` (UDP associations and connected UDP), `serve`
+//! (the loop).
 
 #![deny(unsafe_code)]
 
-mod dns;
 pub mod filter;
 mod host;
 mod serve;
 #[allow(unsafe_code)]
 mod sys;
 pub mod transport;
+mod udp;
 mod vmlisten;
 mod workers;
 

@@ -5,16 +5,30 @@
 //!   program's descriptor (ADDFD with SETFD), with the descriptor's close-on-exec flag, the
 //!   program's blocking mode and the options of the shared rule that the program set (those
 //!   that differ from a fresh socket's: it sees no setsockopt); in process mode on the loop's
-//!   thread (see [`On`]); UDP to a resolv.conf nameserver on port 53
-//!   becomes a relayed pair (`dns`), TCP to one a stream relayed to the guest DNS address.
+//!   thread (see [`On`]). UDP gets host-server's connected UDP socket the
+//!   same way (`udp::connect`), except to a resolv.conf nameserver on port 53 or the guest DNS
+//!   address, where it becomes an association whose end is connected to that peer
+//!   (`udp::connect_end`: DNS goes to the guest DNS address); TCP to a nameserver becomes a
+//!   stream relayed to the guest DNS address. UDP made here connecting again is made afresh
+//!   (an association closed first, a port the program bound kept); `connect(AF_UNSPEC)` on
+//!   it disconnects (a connected socket of host-server's is given back for a fresh UDP
+//!   socket, as liboutsock does).
 //!   Loopback, a socket that is not AF_INET any more (liboutsock's outsourced one: its later
 //!   connects are the kernel's to answer), and every other AF_INET connect is carried out
 //!   here, on our copy of the program's socket with the address bytes already read, so the
 //!   kernel never reads the program's memory again; other families continue untouched.
 //! - `getsockname`/`getpeername` of a socket made here answer its AF_INET view; others continue.
-//! - `recvfrom` with an address on a DNS pair is done here and reports the nameserver.
-//! - `sendto` with an AF_INET address: to a nameserver on port 53 from an unconnected UDP
-//!   socket it makes a DNS pair first; otherwise it is made here with the bytes already read.
+//! - `recvfrom` with an address on UDP made here is carried out here, on our copy (a
+//!   non-blocking one on the loop's thread; a blocking one on a worker that gives up when the
+//!   caller has left and after SO_RCVTIMEO), and reports the AF_INET source: the sender's name
+//!   on an association, the peer on a connected socket.
+//! - `sendto` with an AF_INET address: on an association it is framed onto the association; on
+//!   a connected socket of host-server's, to its peer it is the kernel's, elsewhere the socket
+//!   becomes an association whose end stays connected to the peer; the first off loopback (or
+//!   to a nameserver) of an unbound UDP socket opens an association; otherwise it is made here
+//!   with the bytes already read.
+//! - `bind` of an AF_INET UDP socket to a non-loopback address (port 0 too) opens an
+//!   association bound there (host-server receives on that port at once).
 //! - `bind` of an AF_INET TCP socket to a non-loopback address is recorded; `listen` on it (or
 //!   on one never bound) asks host-server to listen and installs the packet channel over the
 //!   program's descriptor; `accept`/`accept4` on that take one connection per packet and add
@@ -30,9 +44,9 @@
 //!
 //! Sockets are known by identity (device and inode of the open file), never by descriptor
 //! number, so dup, fork and descriptor reuse cannot confuse them; sockets nobody holds any more
-//! are swept from the table as it grows. Calls that may wait (connect, listen, a blocking
-//! accept, a DNS recvfrom) run on a worker thread (`workers`: an idle one when there is one);
-//! the loop never waits for host-server.
+//! are swept from the table as it grows. Calls that may wait (connect, bind, listen, a
+//! blocking accept, a blocking UDP recvfrom, sendto) run on a worker thread (`workers`: an
+//! idle one when there is one); the loop never waits for host-server.
 //! The loop runs until no task uses the filter: the program's exit only reaps it.
 
 use std::collections::HashMap;
@@ -42,7 +56,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::process::{Child, ExitStatus};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use shared_proto::outsource::{ListenRequest, UdpRequest};
+use shared_proto::outsource::ListenRequest;
 use shared_proto::translate::{
     carried_value, connect_answer, connect_request, decode_sockaddr_in, decode_sockaddr_in6,
     dual_stack_bind, dual_stack_listener, dual_stack_name, encode_sockaddr_in, encode_sockaddr_in6,
@@ -50,16 +64,19 @@ use shared_proto::translate::{
 };
 use shared_proto::{decode_exact, to_vec, Errno, ToGuest, ToHost};
 
-use crate::dns;
 use crate::host::HostServer;
 use crate::sys::{self, Listener, Notif, Ready};
+use crate::udp;
 use crate::vmlisten;
 use crate::workers::Workers;
 
 /// The largest address a program may pass (`sizeof(struct sockaddr_storage)`).
 const MAX_ADDR: u64 = 128;
-/// The most a DNS recvfrom reads (a UDP datagram).
+/// The most a UDP recvfrom reads (a UDP datagram).
 const MAX_DGRAM: usize = 65_536;
+/// `sa_family` of a disconnecting connect.
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // 0.
+const AF_UNSPEC: u16 = libc::AF_UNSPEC as u16;
 
 /// What a notified call becomes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,13 +110,16 @@ fn io_fail(e: &io::Error) -> Outcome {
 enum Kind {
     /// A TCP socket made here: an outsourced connect's, or an accepted connection.
     Stream,
-    /// A DNS pair: recvfrom is answered with `peer`.
-    Dns,
     /// The program's own TCP socket, bound (recorded only) to a non-loopback `local`; host-server
     /// binds on listen.
     Bound,
     /// A listener's packet channel, installed over the program's listening socket.
     Listener,
+    /// A connected UDP socket of host-server's: recvfrom is answered with `peer`.
+    UdpConnected,
+    /// The program's end of a UDP association (`udp`): recvfrom reports the sender's name,
+    /// sendto is framed here.
+    Udp,
 }
 
 /// How a socket looks to the program.
@@ -133,6 +153,8 @@ pub struct Shared {
     held: Mutex<HashMap<(u64, u64), Vec<Accepted>>>,
     /// Inside a VM: the companion streams of the listeners made here.
     companions: vmlisten::Companions,
+    /// The UDP associations made here.
+    assocs: Arc<udp::Assocs>,
 }
 
 /// The sockets made here, by identity. The table is swept of sockets no process holds any
@@ -229,6 +251,7 @@ impl Shared {
             held: Mutex::new(HashMap::new()),
             workers: Arc::new(Workers::default()),
             companions: vmlisten::Companions::default(),
+            assocs: Arc::new(udp::Assocs::default()),
         }
     }
 
@@ -339,7 +362,7 @@ pub fn serve(shared: Shared, child: &mut Child) -> io::Result<ExitStatus> {
 
 fn dispatch(shared: &Arc<Shared>, n: Notif) {
     match n.nr {
-        libc::SYS_connect => match read_connect_addr(shared, &n) {
+        libc::SYS_connect => match read_connect_addr(shared, &n, true) {
             // An AF_INET address, validated: made here on the loop unless a step may wait.
             Ok(bytes) => match connect(shared, &n, &bytes, On::Loop) {
                 Outcome::Defer => {
@@ -357,9 +380,10 @@ fn dispatch(shared: &Arc<Shared>, n: Notif) {
         libc::SYS_recvfrom => recvfrom(shared, n),
         libc::SYS_sendto => sendto(shared, n),
         libc::SYS_bind => match read_bind_addr(shared, &n) {
+            // A UDP bind may ask host-server for an association: on a thread.
             Ok(bytes) => {
-                let outcome = bind(shared, &n, &bytes);
-                shared.finish(&n, outcome);
+                let s = Arc::clone(shared);
+                on_thread(shared, n, move || bind(&s, &n, &bytes));
             }
             Err(outcome) => shared.finish(&n, outcome),
         },
@@ -381,8 +405,13 @@ fn fd_arg(n: &Notif) -> RawFd {
 /// The fast path — every connect and bind of another family (a dynamic program's connect to
 /// host.sock under liboutsock) — reads into the stack and continues: one process_vm_readv and
 /// the answer, no allocation and no validity check (continuing acts on nothing we read).
-fn read_connect_addr(s: &Shared, n: &Notif) -> Result<Vec<u8>, Outcome> {
-    read_addr(s, n, |b| sockaddr_family(b) == Some(AF_INET))
+/// A connect's AF_UNSPEC (`unspec`: a disconnect) is read too: UDP made here answers it.
+fn read_connect_addr(s: &Shared, n: &Notif, unspec: bool) -> Result<Vec<u8>, Outcome> {
+    read_addr(s, n, |b| match sockaddr_family(b) {
+        Some(AF_INET) => true,
+        Some(AF_UNSPEC) => unspec,
+        _ => false,
+    })
 }
 
 /// The address of a bind, as [`read_connect_addr`] reads a connect's: an AF_INET one, or an
@@ -434,8 +463,15 @@ enum On {
 /// this, and the connect costs no hop to another thread.
 const INLINE_WAIT_MS: i32 = 2;
 
-/// An AF_INET connect whose address `bytes` [`read_connect_addr`] read.
+/// An AF_INET (or AF_UNSPEC) connect whose address `bytes` [`read_connect_addr`] read.
 fn connect(s: &Arc<Shared>, n: &Notif, bytes: &[u8], on: On) -> Outcome {
+    if sockaddr_family(bytes) == Some(AF_UNSPEC) {
+        // A disconnect may give a socket back to host-server: on a worker.
+        if on == On::Loop {
+            return Outcome::Defer;
+        }
+        return disconnect(s, n, bytes);
+    }
     let Some(dest) = decode_sockaddr_in(bytes) else {
         return Outcome::Fail(libc::EINVAL);
     };
@@ -454,10 +490,14 @@ fn connect(s: &Arc<Shared>, n: &Notif, bytes: &[u8], on: On) -> Outcome {
         }
     };
     if let Some(view) = s.view(copy.as_raw_fd()).filter(|v| v.kind != Kind::Bound) {
-        // A DNS pair connected again to a nameserver: the relay serves them all alike.
-        if view.kind == Kind::Dns && s.is_nameserver(dest) {
-            s.record(copy.as_raw_fd(), View { peer: dest, ..view });
-            return Outcome::Return(0);
+        // UDP made here connecting (again) off loopback: as for a fresh socket, its association
+        // closed first.
+        if matches!(view.kind, Kind::Udp | Kind::UdpConnected) && is_outsourced(dest) {
+            // host-server is asked, and an association may close first: on a worker.
+            if on == On::Loop {
+                return Outcome::Defer;
+            }
+            return udp_connect(s, n, &copy, dest, view.kind);
         }
         // A TCP socket made here is already connected or connecting: another connect gets
         // what the kernel says about it (0 once, then EISCONN; EALREADY), as natively.
@@ -476,12 +516,48 @@ fn connect(s: &Arc<Shared>, n: &Notif, bytes: &[u8], on: On) -> Outcome {
     let dns = s.is_nameserver(dest);
     match ty {
         libc::SOCK_STREAM => tcp(s, n, copy, dest, dns, on),
-        // An association is asked for and answered in one go: on a worker.
-        libc::SOCK_DGRAM if dns && on == On::Loop => Outcome::Defer,
+        // UDP's requests are asked and answered in one go, and may wait: on a worker.
+        libc::SOCK_DGRAM if on == On::Loop => Outcome::Defer,
         libc::SOCK_DGRAM if dns => udp_dns(s, n, &copy, dest),
-        // Not outsourced in this slice: the native call (ENETUNREACH on an IPv6-only host).
+        libc::SOCK_DGRAM if s.host.passes_fds() && is_udp(&copy) => {
+            udp_connect(s, n, &copy, dest, Kind::Bound)
+        }
+        // Not outsourced (a ping socket; UDP inside a VM): the native call (ENETUNREACH on an
+        // IPv6-only host).
         _ => native(),
     }
+}
+
+/// `connect(AF_UNSPEC)`, carried out here with the bytes read: a connected UDP socket of
+/// host-server's is given back as liboutsock does (a fresh, unbound AF_INET UDP socket takes
+/// the descriptor, so the next datagram off loopback opens an association); an association's
+/// end is disconnected from its peer; anything else is the kernel's.
+fn disconnect(s: &Shared, n: &Notif, bytes: &[u8]) -> Outcome {
+    let copy = match sys::take_fd(n.pid, fd_arg(n)) {
+        Ok(c) => c,
+        Err(e) => return io_fail(&e),
+    };
+    let view = s.view(copy.as_raw_fd());
+    if view.is_some_and(|v| v.kind == Kind::UdpConnected) {
+        let fresh = match sys::udp_socket() {
+            Ok(f) => f,
+            Err(e) => return io_fail(&e),
+        };
+        sys::copy_timeouts(copy.as_raw_fd(), fresh.as_raw_fd());
+        return match install(s, n, &fresh, nonblocking(&copy)) {
+            Ok(()) => Outcome::Return(0),
+            Err(o) => o,
+        };
+    }
+    let rc = sys::connect_raw(copy.as_raw_fd(), bytes);
+    if rc != 0 {
+        return Outcome::Fail(rc);
+    }
+    if let Some(v) = view.filter(|v| v.kind == Kind::Udp) {
+        let nobody = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0);
+        s.record(copy.as_raw_fd(), View { peer: nobody, ..v });
+    }
+    Outcome::Return(0)
 }
 
 fn nonblocking(copy: &OwnedFd) -> bool {
@@ -658,6 +734,146 @@ fn tcp_answer(
     }
 }
 
+/// Whether `copy` is an AF_INET UDP socket (not a ping socket).
+fn is_udp(copy: &OwnedFd) -> bool {
+    let fd = copy.as_raw_fd();
+    domain_is_inet(copy)
+        && sys::sockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE)
+            .is_ok_and(|t| t == libc::SOCK_DGRAM)
+        && sys::sockopt_int(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL)
+            .is_ok_and(|p| p == libc::IPPROTO_UDP)
+}
+
+/// `connect` of a UDP socket (`was`: what it is here, `Kind::Bound` for the program's own)
+/// to the non-loopback `dest`: host-server's connected UDP socket replaces the program's
+/// descriptor (`udp::connect`); an association of ours closes first, and a port the program
+/// bound for it is kept (asked for again while host-server is still closing it). To a
+/// nameserver on port 53, or a destination host-server only reaches by association (the guest
+/// DNS address), it is an association whose end is connected to it (`dns_pair`).
+fn udp_connect(s: &Shared, n: &Notif, copy: &OwnedFd, dest: SocketAddrV4, was: Kind) -> Outcome {
+    let mut bind = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0);
+    // An association connecting to a nameserver stays one (its DNS goes to the guest DNS).
+    if was == Kind::Udp && s.is_nameserver(dest) {
+        let assoc = sys::identity(copy.as_raw_fd())
+            .ok()
+            .and_then(|id| s.assocs.get(id));
+        if let Some(assoc) = assoc {
+            return match udp::connect_end(&assoc, copy, dest, true) {
+                Ok(()) => {
+                    if let Some(v) = s.view(copy.as_raw_fd()) {
+                        s.record(copy.as_raw_fd(), View { peer: dest, ..v });
+                    }
+                    Outcome::Return(0)
+                }
+                Err(e) => Outcome::Fail(e),
+            };
+        }
+    }
+    // The association this socket is: closed before host-server is asked for the port the
+    // program bound, else once the socket has been replaced (a failed connect leaves it be).
+    let old = (was == Kind::Udp)
+        .then(|| sys::identity(copy.as_raw_fd()).ok())
+        .flatten();
+    if let Some(id) = old {
+        bind = s.assocs.get(id).and_then(|a| a.bound).unwrap_or(bind);
+        if bind.port() != 0 {
+            s.assocs.close(id);
+        }
+    }
+    let outcome = udp_connect_afresh(s, n, copy, dest, bind);
+    if let (Some(id), Outcome::Return(_)) = (old, outcome) {
+        s.assocs.close(id);
+    }
+    outcome
+}
+
+/// [`udp_connect`] once any association of the socket is dealt with: bound to `bind`.
+fn udp_connect_afresh(
+    s: &Shared,
+    n: &Notif,
+    copy: &OwnedFd,
+    dest: SocketAddrV4,
+    bind: SocketAddrV4,
+) -> Outcome {
+    if s.is_nameserver(dest) {
+        return udp_dns(s, n, copy, dest);
+    }
+    let nonblocking = nonblocking(copy);
+    let mut tries = if bind.port() == 0 { 1 } else { 10 };
+    let got = loop {
+        tries -= 1;
+        match udp::connect(&s.host, bind, dest) {
+            Err(e) if e == Errno::EADDRINUSE && tries > 0 => {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            r => break r,
+        }
+    };
+    let (new, local) = match got {
+        Ok(Some(c)) => c,
+        Ok(None) => return udp_dns(s, n, copy, dest),
+        Err(e) => return errno(e),
+    };
+    sys::copy_timeouts(copy.as_raw_fd(), new.as_raw_fd());
+    if let Err(o) = install(s, n, &new, nonblocking) {
+        return o;
+    }
+    s.record(
+        new.as_raw_fd(),
+        View {
+            local,
+            peer: dest,
+            kind: Kind::UdpConnected,
+        },
+    );
+    Outcome::Return(0)
+}
+
+/// Makes the program's UDP socket (`copy`) the program's end of a new association bound to
+/// `bind` (`bound`: by the program); returns our copy of it, installed and recorded.
+fn associate(
+    s: &Shared,
+    n: &Notif,
+    copy: &OwnedFd,
+    bind: SocketAddrV4,
+    bound: bool,
+) -> Result<(OwnedFd, Arc<udp::Assoc>), Outcome> {
+    let nonblocking = nonblocking(copy);
+    let o = udp::open(&s.host, &s.assocs, s.guest_dns, bind, bound).map_err(errno)?;
+    // The program's timeouts hold on its new socket (a resolver times its waits with them).
+    sys::copy_timeouts(copy.as_raw_fd(), o.end.as_raw_fd());
+    // Should the install fail, the relay finds the end gone and closes the association.
+    install(s, n, &o.end, nonblocking)?;
+    s.record(
+        o.end.as_raw_fd(),
+        View {
+            local: o.local,
+            peer: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
+            kind: Kind::Udp,
+        },
+    );
+    Ok((o.end, o.assoc))
+}
+
+/// `data` sent to `dest` on the association whose program's end is `end`.
+fn assoc_send(s: &Shared, end: &OwnedFd, dest: SocketAddrV4, data: &[u8]) -> Outcome {
+    let assoc = sys::identity(end.as_raw_fd())
+        .ok()
+        .and_then(|id| s.assocs.get(id));
+    let Some(assoc) = assoc else {
+        // Its relay has ended (host-server closed it).
+        return Outcome::Fail(libc::ENETUNREACH);
+    };
+    send_on(s, &assoc, dest, data)
+}
+
+fn send_on(s: &Shared, assoc: &udp::Assoc, dest: SocketAddrV4, data: &[u8]) -> Outcome {
+    match udp::send(assoc, dest, s.is_nameserver(dest), data) {
+        Ok(m) => Outcome::Return(i64::try_from(m).unwrap_or(i64::MAX)),
+        Err(e) => Outcome::Fail(e),
+    }
+}
+
 fn udp_dns(s: &Shared, n: &Notif, copy: &OwnedFd, dest: SocketAddrV4) -> Outcome {
     match dns_pair(s, n, copy, dest) {
         Ok(_) => Outcome::Return(0),
@@ -665,43 +881,22 @@ fn udp_dns(s: &Shared, n: &Notif, copy: &OwnedFd, dest: SocketAddrV4) -> Outcome
     }
 }
 
-/// Makes the program's UDP socket (`copy`) a DNS pair relayed to the guest DNS address, its
-/// peer `dest` (a nameserver); returns our copy of the program's (installed) end.
+/// Makes the program's UDP socket (`copy`) an association whose end is connected to `dest`
+/// (a nameserver, or the guest DNS address itself: DNS, which goes to the guest DNS address);
+/// returns our copy of the program's (installed) end.
 fn dns_pair(s: &Shared, n: &Notif, copy: &OwnedFd, dest: SocketAddrV4) -> Result<OwnedFd, Outcome> {
-    let nonblocking = nonblocking(copy);
-    let bind = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0);
-    let answer = s
-        .host
-        .request(&ToHost::Udp(UdpRequest { bind }))
-        .map_err(errno)?;
-    let local = match answer.msg {
-        ToGuest::Associated { local } => local,
-        ToGuest::Failed(e) => return Err(errno(e)),
-        _ => return Err(Outcome::Fail(libc::EPROTO)),
-    };
-    // In process mode the association's channel is a packet channel passed with the answer.
-    let Some(channel) = answer.passed else {
-        return Err(Outcome::Fail(libc::EPROTO));
-    };
-    let (theirs, ours) = sys::seqpacket_pair().map_err(|e| io_fail(&e))?;
-    // The relay first: should the install fail, it sees the program's end close and ends.
-    dns::spawn_relay(ours, channel, s.guest_dns).map_err(|e| io_fail(&e))?;
-    install(s, n, &theirs, nonblocking)?;
-    s.record(
-        theirs.as_raw_fd(),
-        View {
-            local,
-            peer: dest,
-            kind: Kind::Dns,
-        },
-    );
-    Ok(theirs)
+    let unbound = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0);
+    let (end, assoc) = associate(s, n, copy, unbound, false)?;
+    udp::connect_end(&assoc, &end, dest, s.is_nameserver(dest)).map_err(Outcome::Fail)?;
+    if let Some(v) = s.view(end.as_raw_fd()) {
+        s.record(end.as_raw_fd(), View { peer: dest, ..v });
+    }
+    Ok(end)
 }
 
-/// `sendto` with an address (`send` has none and never comes here). An AF_INET UDP socket
-/// that is not connected sending to a nameserver on port 53 (musl's resolver, for one)
-/// becomes a DNS pair, and so does every later datagram it sends to a nameserver; any other
-/// AF_INET sendto is made here with the bytes already read; other families continue.
+/// `sendto` with an address (`send` has none and never comes here): an AF_INET address is
+/// [`send_datagram`]'s, on a thread of its own (it may open an association); other families
+/// continue.
 fn sendto(shared: &Arc<Shared>, n: Notif) {
     let (ptr, len) = (n.args[4], n.args[5] & 0xffff_ffff);
     if len > MAX_ADDR {
@@ -725,11 +920,16 @@ fn sendto(shared: &Arc<Shared>, n: Notif) {
     on_thread(shared, n, move || send_datagram(&s, &n, &addr));
 }
 
+/// A sendto to the AF_INET `addr`: on UDP made here as the module docs say (an unconnected
+/// UDP socket sending to a nameserver on port 53, musl's resolver for one, opens an
+/// association whose DNS goes to the guest DNS address); otherwise made here with the bytes
+/// already read.
 fn send_datagram(s: &Shared, n: &Notif, addr: &[u8]) -> Outcome {
     let Some(dest) = decode_sockaddr_in(addr) else {
         return Outcome::Fail(libc::EINVAL);
     };
     let [fd, buf, len, flags, _, _] = n.args;
+    let oversize = len > udp::MAX_PAYLOAD as u64;
     #[allow(clippy::cast_possible_truncation)] // Capped; flags are an int.
     let (fd, len, flags) = (
         fd as RawFd,
@@ -753,23 +953,60 @@ fn send_datagram(s: &Shared, n: &Notif, addr: &[u8]) -> Outcome {
         };
     let nameserver = s.is_nameserver(dest);
     match s.view(copy.as_raw_fd()) {
-        // A DNS pair: its datagrams all go to the guest DNS; elsewhere it cannot send.
-        Some(v) if v.kind == Kind::Dns && nameserver => return sent(&copy, &[]),
-        Some(v) if v.kind == Kind::Dns => return Outcome::Fail(libc::EISCONN),
+        Some(v) if v.kind == Kind::Udp && oversize => return Outcome::Fail(libc::EMSGSIZE),
+        Some(v) if v.kind == Kind::Udp => return assoc_send(s, &copy, dest, &data),
+        // To its peer: the kernel's, on the connected socket (IPv6 would carry a few bytes more
+        // than an IPv4 datagram may).
+        Some(v) if v.kind == Kind::UdpConnected && oversize => {
+            return Outcome::Fail(libc::EMSGSIZE)
+        }
+        Some(v) if v.kind == Kind::UdpConnected && dest == v.peer => return sent(&copy, &[]),
+        // Elsewhere (allowed natively): as liboutsock, it becomes an association, its end
+        // still connected to the peer (write goes there; only the peer is heard, as natively).
+        Some(v) if v.kind == Kind::UdpConnected && is_outsourced(dest) && !oversize => {
+            let unbound = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0);
+            let (end, assoc) = match associate(s, n, &copy, unbound, false) {
+                Ok(a) => a,
+                Err(o) => return o,
+            };
+            if let Err(e) = udp::connect_end(&assoc, &end, v.peer, false) {
+                return Outcome::Fail(e);
+            }
+            if let Some(now) = s.view(end.as_raw_fd()) {
+                s.record(
+                    end.as_raw_fd(),
+                    View {
+                        peer: v.peer,
+                        ..now
+                    },
+                );
+            }
+            return send_on(s, &assoc, dest, &data);
+        }
         _ => {}
     }
     let unconnected_udp = sys::sockopt_int(copy.as_raw_fd(), libc::SOL_SOCKET, libc::SO_TYPE)
         .is_ok_and(|t| t == libc::SOCK_DGRAM)
         && domain_is_inet(&copy)
         && sys::peer_unset(copy.as_raw_fd());
-    if nameserver && unconnected_udp {
-        return match dns_pair(s, n, &copy, dest) {
-            Ok(theirs) => sent(&theirs, &[]),
+    // The first datagram off loopback (or to a nameserver, whose DNS goes to the guest DNS
+    // address) of a UDP socket that is not bound (its own bind made an association already, or
+    // was to loopback): an association.
+    if unconnected_udp
+        && !oversize
+        && (is_outsourced(dest) || nameserver)
+        && (s.host.passes_fds() || nameserver)
+        && is_udp(&copy)
+        && sys::local_port(copy.as_raw_fd()).is_ok_and(|p| p == 0)
+    {
+        let unbound = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0);
+        return match associate(s, n, &copy, unbound, false) {
+            Ok((_, assoc)) => send_on(s, &assoc, dest, &data),
             Err(o) => o,
         };
     }
-    // Not outsourced in this slice (loopback stays local; elsewhere ENETUNREACH on an
-    // IPv6-only host), made with the bytes already read.
+    // Not outsourced (loopback stays local; elsewhere ENETUNREACH on an IPv6-only host),
+    // made with the bytes already read.
     sent(&copy, addr)
 }
 
@@ -844,6 +1081,7 @@ fn name(s: &Shared, n: &Notif) -> Outcome {
         // Not connected: the kernel says so for the program's own bound socket.
         (true, Kind::Bound) => return Outcome::Continue,
         (true, Kind::Listener) => return Outcome::Fail(libc::ENOTCONN),
+        (true, Kind::Udp) if view.peer.port() == 0 => return Outcome::Fail(libc::ENOTCONN),
         (true, _) => view.peer,
     };
     match (s.is_v6(id), view.kind) {
@@ -862,13 +1100,37 @@ fn recvfrom(shared: &Arc<Shared>, n: Notif) {
         shared.finish(&n, Outcome::Continue);
         return;
     };
-    if view.kind != Kind::Dns {
+    if !matches!(view.kind, Kind::Udp | Kind::UdpConnected) {
         shared.finish(&n, Outcome::Continue);
         return;
     }
-    // The read may wait (a blocking socket): on a thread of its own.
+    #[allow(clippy::cast_possible_truncation)] // An int in the syscall ABI.
+    let flags = n.args[3] as i32;
+    if flags & libc::MSG_DONTWAIT != 0 || nonblocking(&copy) {
+        let outcome = receive(shared, &n, &copy, view, flags | libc::MSG_DONTWAIT);
+        shared.finish(&n, outcome);
+        return;
+    }
+    // A blocking read waits on a thread of its own, giving up when the caller has left (a
+    // signal), and after the socket's SO_RCVTIMEO (EAGAIN) as natively.
     let s = Arc::clone(shared);
-    on_thread(shared, n, move || dns_recvfrom(&s, &n, &copy, view.peer));
+    on_thread(shared, n, move || {
+        let deadline =
+            sys::receive_timeout(copy.as_raw_fd()).map(|t| std::time::Instant::now() + t);
+        loop {
+            if !s.listener.valid(n.id) {
+                return Outcome::Gone;
+            }
+            match receive(&s, &n, &copy, view, flags | libc::MSG_DONTWAIT) {
+                Outcome::Fail(libc::EAGAIN) => {}
+                other => return other,
+            }
+            if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                return Outcome::Fail(libc::EAGAIN);
+            }
+            let _ = sys::wait_readable(copy.as_raw_fd(), ACCEPT_RECHECK_MS);
+        }
+    });
 }
 
 /// Works out notification `n`'s outcome with `work` on a thread of its own and answers it
@@ -884,11 +1146,21 @@ fn on_thread(shared: &Arc<Shared>, n: Notif, work: impl FnOnce() -> Outcome + Se
     }
 }
 
-fn dns_recvfrom(s: &Shared, n: &Notif, copy: &OwnedFd, from: SocketAddrV4) -> Outcome {
-    let [_, buf, len, flags, addr, len_ptr] = n.args;
-    #[allow(clippy::cast_possible_truncation)] // Capped; flags are an int.
-    let (len, flags) = (len.min(MAX_DGRAM as u64) as usize, flags as i32);
-    let (data, full) = match sys::recv(copy.as_raw_fd(), len, flags) {
+/// One recvfrom with an address carried out here on our `copy` of the program's socket (an
+/// association's end, connected or not; a connected UDP socket of host-server's) with `flags`:
+/// the payload and the AF_INET source (the sender's name on an association, else the peer)
+/// written into the program's memory, as the kernel would have.
+fn receive(s: &Shared, n: &Notif, copy: &OwnedFd, view: View, flags: i32) -> Outcome {
+    let [_, buf, len, _, addr, len_ptr] = n.args;
+    #[allow(clippy::cast_possible_truncation)] // Capped.
+    let len = len.min(MAX_DGRAM as u64) as usize;
+    let got = if view.kind == Kind::Udp {
+        sys::recv_from_name(copy.as_raw_fd(), len, flags)
+            .map(|(d, full, name)| (d, full, udp::source_of(&name)))
+    } else {
+        sys::recv(copy.as_raw_fd(), len, flags).map(|(d, full)| (d, full, view.peer))
+    };
+    let (data, full, from) = match got {
         Ok(r) => r,
         Err(e) => return Outcome::Fail(e),
     };
@@ -925,6 +1197,21 @@ fn bind(s: &Shared, n: &Notif, bytes: &[u8]) -> Outcome {
         let Some(addr) = decode_sockaddr_in(bytes) else {
             return Outcome::Fail(libc::EINVAL);
         };
+        if is_outsourced(addr)
+            && s.host.passes_fds()
+            && is_udp(&copy)
+            && s.view(copy.as_raw_fd()).is_none()
+        {
+            // Natively a second bind fails.
+            if sys::local_port(copy.as_raw_fd()).map_or(true, |p| p != 0) {
+                return Outcome::Fail(libc::EINVAL);
+            }
+            // A UDP socket: host-server's association, bound now (`udp` says why even port 0).
+            return match associate(s, n, &copy, addr, addr.port() != 0) {
+                Ok(_) => Outcome::Return(0),
+                Err(o) => o,
+            };
+        }
         if !is_outsourced(addr) || !inet_stream(&copy) {
             return native();
         }

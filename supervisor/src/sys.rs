@@ -636,10 +636,12 @@ pub fn recv(fd: RawFd, len: usize, flags: c_int) -> Result<(Vec<u8>, usize), i32
     Ok((buf, n))
 }
 
-/// An `AF_UNIX` `SOCK_SEQPACKET` pair, close-on-exec.
+/// An `AF_UNIX` `SOCK_SEQPACKET` pair, close-on-exec (host-server's side of a channel, in
+/// tests).
 ///
 /// # Errors
 /// socketpair's error.
+#[cfg(test)]
 pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as c_int; 2];
     // SAFETY: socketpair writes two descriptors into a valid array.
@@ -938,4 +940,225 @@ pub fn accept_ready(fd: RawFd) -> io::Result<Option<OwnedFd>> {
     }
     // SAFETY: a descriptor just accepted, owned from here.
     Ok(Some(unsafe { OwnedFd::from_raw_fd(c) }))
+}
+
+/// An abstract `AF_UNIX` address (`name` without the leading NUL) and its length.
+fn abstract_addr(name: &[u8]) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> {
+    // SAFETY: sockaddr_un is plain data.
+    let mut a: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if name.len() + 1 > a.sun_path.len() {
+        return Err(io::Error::from_raw_os_error(libc::ENAMETOOLONG));
+    }
+    #[allow(clippy::cast_possible_truncation)] // AF_UNIX is 1.
+    {
+        a.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    }
+    for (d, s) in a.sun_path[1..].iter_mut().zip(name) {
+        *d = libc::c_char::from_ne_bytes([*s]);
+    }
+    let len = std::mem::size_of::<libc::sa_family_t>() + 1 + name.len();
+    #[allow(clippy::cast_possible_truncation)] // At most 110.
+    Ok((a, len as libc::socklen_t))
+}
+
+/// A close-on-exec `AF_UNIX` `SOCK_DGRAM` socket bound to the abstract address `name`.
+///
+/// # Errors
+/// socket's or bind's error (EADDRINUSE: the name is taken).
+pub fn unix_dgram_bound(name: &[u8]) -> io::Result<OwnedFd> {
+    let (a, len) = abstract_addr(name)?;
+    // SAFETY: plain socket(2).
+    let fd = cvt(unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
+    // SAFETY: a descriptor just made, owned from here.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: `a` is a valid sockaddr_un of `len` bytes.
+    cvt(unsafe { libc::bind(fd.as_raw_fd(), std::ptr::from_ref(&a).cast(), len) })?;
+    Ok(fd)
+}
+
+/// One datagram `data` from `fd` to the abstract address `name`, with `flags`; the bytes
+/// sent or the errno (ECONNREFUSED: nobody holds the name any more).
+///
+/// # Errors
+/// The errno.
+pub fn send_to_name(fd: RawFd, data: &[u8], flags: c_int, name: &[u8]) -> Result<usize, i32> {
+    let (a, len) = abstract_addr(name).map_err(|_| libc::ENAMETOOLONG)?;
+    // SAFETY: `a` has `len` bytes of a valid address; the slice is valid for its length.
+    let addr =
+        unsafe { std::slice::from_raw_parts(std::ptr::from_ref(&a).cast::<u8>(), len as usize) };
+    send_to(fd, data, flags, addr)
+}
+
+/// Whether some socket is bound to the abstract datagram address `name` (a connect to it
+/// succeeds).
+#[must_use]
+pub fn name_bound(name: &[u8]) -> bool {
+    let Ok((a, len)) = abstract_addr(name) else {
+        return false;
+    };
+    // SAFETY: plain socket(2).
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        // Cannot tell: assume it is.
+        return true;
+    }
+    // SAFETY: a descriptor just made, owned from here.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: `a` is a valid sockaddr_un of `len` bytes.
+    let rc = unsafe { libc::connect(fd.as_raw_fd(), std::ptr::from_ref(&a).cast(), len) };
+    rc == 0
+        || !matches!(
+            io::Error::last_os_error().raw_os_error(),
+            Some(libc::ECONNREFUSED | libc::ENOENT)
+        )
+}
+
+/// recvfrom(2) of up to `len` bytes on the `AF_UNIX` datagram socket `fd` with `flags`: the
+/// bytes, the length the call returned (MSG_TRUNC: the datagram's) and the sender's abstract
+/// name (without the leading NUL; empty for an unnamed sender); or the errno.
+///
+/// # Errors
+/// The errno.
+pub fn recv_from_name(
+    fd: RawFd,
+    len: usize,
+    flags: c_int,
+) -> Result<(Vec<u8>, usize, Vec<u8>), i32> {
+    let mut buf = vec![0u8; len];
+    // SAFETY: sockaddr_un is plain data.
+    let mut a: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    #[allow(clippy::cast_possible_truncation)] // 110 bytes.
+    let mut alen = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    // SAFETY: `buf` has `len` writable bytes; `a` has `alen`.
+    let n = unsafe {
+        libc::recvfrom(
+            fd,
+            buf.as_mut_ptr().cast(),
+            len,
+            flags,
+            std::ptr::from_mut(&mut a).cast(),
+            &mut alen,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO));
+    }
+    let n = n.unsigned_abs();
+    buf.truncate(n.min(len));
+    let path_len = (alen as usize)
+        .saturating_sub(std::mem::size_of::<libc::sa_family_t>())
+        .min(a.sun_path.len());
+    let name = if path_len > 1 && a.sun_path[0] == 0 {
+        a.sun_path[1..path_len]
+            .iter()
+            .map(|c| c.to_ne_bytes()[0])
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Ok((buf, n, name))
+}
+
+/// The receive timeout (SO_RCVTIMEO) of socket `fd`; `None` when it has none.
+#[must_use]
+pub fn receive_timeout(fd: RawFd) -> Option<std::time::Duration> {
+    // SAFETY: timeval is plain data.
+    let mut tv: libc::timeval = unsafe { std::mem::zeroed() };
+    #[allow(clippy::cast_possible_truncation)] // 16 bytes.
+    let mut len = std::mem::size_of::<libc::timeval>() as libc::socklen_t;
+    // SAFETY: a timeval of `len` writable bytes and its length.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            std::ptr::from_mut(&mut tv).cast(),
+            &mut len,
+        )
+    };
+    let (s, us) = (
+        u64::try_from(tv.tv_sec).ok()?,
+        u32::try_from(tv.tv_usec).ok()?,
+    );
+    (rc == 0 && (s > 0 || us > 0)).then(|| {
+        std::time::Duration::from_secs(s) + std::time::Duration::from_micros(u64::from(us))
+    })
+}
+
+/// Waits up to `timeout_ms` for `fd` to be writable.
+pub fn wait_writable(fd: RawFd, timeout_ms: c_int) {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+}
+
+/// shutdown(2) of both directions of socket `fd` (errors ignored: it may be closed already).
+pub fn shutdown(fd: RawFd) {
+    // SAFETY: shutdown of a descriptor the caller holds.
+    unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+}
+
+/// connect(2) of the `AF_UNIX` datagram socket `fd` to the abstract address `name`; 0 or the
+/// errno.
+#[must_use]
+pub fn connect_name(fd: RawFd, name: &[u8]) -> i32 {
+    let Ok((a, len)) = abstract_addr(name) else {
+        return libc::ENAMETOOLONG;
+    };
+    // SAFETY: `a` is a valid sockaddr_un of `len` bytes.
+    if unsafe { libc::connect(fd, std::ptr::from_ref(&a).cast(), len) } == 0 {
+        0
+    } else {
+        io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO)
+    }
+}
+
+/// Copies the receive and send timeouts (SO_RCVTIMEO, SO_SNDTIMEO) of socket `from` to socket
+/// `to` (errors ignored: a timeout is a hint the program set, not a condition of the call).
+pub fn copy_timeouts(from: RawFd, to: RawFd) {
+    for opt in [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO] {
+        // SAFETY: timeval is plain data.
+        let mut tv: libc::timeval = unsafe { std::mem::zeroed() };
+        #[allow(clippy::cast_possible_truncation)] // 16 bytes.
+        let mut len = std::mem::size_of::<libc::timeval>() as libc::socklen_t;
+        // SAFETY: a timeval of `len` writable bytes and its length; then the same to set.
+        unsafe {
+            if libc::getsockopt(
+                from,
+                libc::SOL_SOCKET,
+                opt,
+                std::ptr::from_mut(&mut tv).cast(),
+                &mut len,
+            ) == 0
+                && (tv.tv_sec != 0 || tv.tv_usec != 0)
+            {
+                libc::setsockopt(
+                    to,
+                    libc::SOL_SOCKET,
+                    opt,
+                    std::ptr::from_ref(&tv).cast(),
+                    len,
+                );
+            }
+        }
+    }
+}
+
+/// A fresh AF_INET UDP socket, close-on-exec.
+///
+/// # Errors
+/// socket's error.
+pub fn udp_socket() -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2).
+    let fd = cvt(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
+    // SAFETY: a descriptor just made, owned from here.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }

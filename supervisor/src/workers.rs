@@ -1,8 +1,8 @@
 //! A cache of worker threads for the notified calls that may wait (an outsourced connect,
-//! listen, a blocking accept, a DNS read): each job runs on an idle worker when there is one,
-//! else on a new thread, which then stays for the next job for [`IDLE_FOR`]. The notification
-//! loop hands a job over without starting a thread (a channel send), so a connect pays no
-//! thread creation; the number of threads still grows with the calls waiting at once (a
+//! listen, a blocking accept, a blocking UDP read): each job runs on an idle worker when there
+//! is one, else on a new thread, which then stays for the next job for [`IDLE_FOR`]. The
+//! notification loop hands a job over without starting a thread (a channel send), so a connect
+//! pays no thread creation; the number of threads still grows with the calls waiting at once (a
 //! blocking accept may wait for ever), never limited to a fixed pool that could starve.
 
 use std::io;

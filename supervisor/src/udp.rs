@@ -1,0 +1,549 @@
+//! UDP for programs the preload cannot see into (process mode), translated as liboutsock does
+//! (`guest/shim/src/udp.rs` tells the whole story; only the front end differs).
+//!
+//! - **Connected** (`connect` to a non-loopback address): host-server's connected host UDP
+//!   socket (`UdpConnect`) replaces the program's descriptor, so send/write/recv/read are the
+//!   kernel's, ICMP errors included; only a notified `recvfrom` with an address is carried
+//!   out here (on our copy of the socket), reporting the peer's dummy IPv4.
+//! - **Unconnected** (`bind` to a non-loopback address, port 0 included, or the first
+//!   `sendto` to a non-loopback address): a host-server association (`Udp`). The program must
+//!   keep plain recv/read/poll/epoll on its descriptor without seeing frames, so its
+//!   descriptor becomes an `AF_UNIX` `SOCK_DGRAM` socket (the *program's end*) bound to an
+//!   abstract name of ours. A relay thread per association reads host-server's `Datagram`
+//!   frames and sends each payload to the program's end *from a per-peer socket whose abstract
+//!   name ends in the IPv4 source* (`…/203.0.113.7:53`; a bounded cache of them, emptied when
+//!   full): a notified `recvfrom` with an address receives on our copy and reports the
+//!   sender's name as the AF_INET source; a plain `recv` gets the payload alone. A `sendto`
+//!   with an AF_INET address is framed and written to the association's channel here.
+//!   Delivery blocks while the program's end is full (backpressure up to host-server, as on
+//!   liboutsock's channel). A local process could send to the program's end under a made-up
+//!   name: no worse than spoofing a native UDP source. The relay ends when host-server
+//!   closes the channel or when no process holds the program's end any more (its name is
+//!   gone: probed each second while idle), and closes the association with it.
+//! - A bind happens at `bind` even for port 0 (liboutsock waits for the first send): a Go
+//!   program registers its descriptor with epoll right after bind, and a descriptor replaced
+//!   later would leave epoll watching the old socket.
+//! - **A connected end** (`connect_end`): an association whose program's end is connected to
+//!   the per-peer socket standing for a peer, so the program's plain write/send go to that
+//!   socket, where a writer thread frames them to the peer, and the end hears from that peer
+//!   alone (the kernel refuses the others' sends: EPERM, dropped), as a connected UDP socket.
+//!   It serves what host-server's connected socket cannot: DNS (below), and a connected socket
+//!   that sent elsewhere (natively allowed; liboutsock makes it an association too).
+//! - DNS, liboutsock's rule in one relay: a datagram to a resolv.conf nameserver on port 53
+//!   goes to the guest DNS address, whose replies are shown as coming from the nameserver
+//!   asked last. A socket connected to a nameserver (glibc's, Go's resolver), or to the guest
+//!   DNS address itself (host-server answers `UdpConnect` to it with EOPNOTSUPP), is a
+//!   connected end; an unconnected one sending to a nameserver (musl's) an association.
+//!
+//! Gaps (documented, not translated): `sendmsg`/`recvmsg`/`sendmmsg`/`recvmmsg` are not
+//! notified (BPF cannot see `msg_name`; notifying them would cost every caller), so on an
+//! association they fail as on an unconnected `AF_UNIX` socket (`sendmsg` with an AF_INET
+//! name: EINVAL) and `recvmsg` reports an `AF_UNIX` name (BIND `dig`, which receives with
+//! `recvmmsg`, aborts under `--supervisor-only`; with the preload it works); `send`/`write`
+//! without an address on an unconnected association fail with ENOTCONN (natively
+//! EDESTADDRREQ); `getsockopt(SO_DOMAIN)` is `AF_UNIX` on an association; a connected socket
+//! given back by `connect(AF_UNSPEC)` does not keep a port the program bound. Inside a VM (no
+//! descriptor crosses into it) UDP, DNS included, stays native: the guest's resolv.conf names
+//! its loopback forwarder.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use shared_proto::outsource::{Datagram, UdpConnectRequest, UdpRequest};
+use shared_proto::translate::is_outsourced;
+use shared_proto::{decode_exact, to_vec, Errno, ToGuest, ToHost};
+
+use crate::host::HostServer;
+use crate::sys;
+
+/// The largest UDP payload over IPv4: natively a larger send is EMSGSIZE.
+pub const MAX_PAYLOAD: usize = 65_507;
+/// Room for one frame from host-server (a datagram, its header and address).
+const MAX_FRAME: usize = 70 * 1024;
+/// The most per-peer sockets a relay keeps.
+const MAX_PEERS: usize = 256;
+/// How often an idle relay checks that the program still holds its end.
+const PROBE_MS: i32 = 1000;
+/// Every abstract name of ours starts with this.
+const NAME_PREFIX: &str = "outsock-udp/";
+
+/// One association: host-server's packet channel and what the relay needs.
+#[derive(Debug)]
+pub struct Assoc {
+    channel: OwnedFd,
+    /// The program's end's abstract name (without the leading NUL).
+    name: Vec<u8>,
+    /// The per-peer sockets' names start with this.
+    prefix: String,
+    guest_dns: SocketAddrV4,
+    /// The resolv.conf nameserver the program asked last: the guest DNS's replies show it.
+    asked: Mutex<Option<SocketAddrV4>>,
+    /// The per-peer sockets, by the source they stand for.
+    peers: Mutex<Peers>,
+    /// Set when the association has closed (the writers' sockets are shut down then).
+    closed: AtomicBool,
+    /// Whether the program bound a port of its own (a server): a connect keeps that port.
+    pub bound: Option<SocketAddrV4>,
+}
+
+/// The per-peer sockets of an association; those the program's end is (or was) connected to
+/// have a writer thread and stay.
+#[derive(Debug, Default)]
+struct Peers {
+    map: HashMap<SocketAddrV4, Arc<OwnedFd>>,
+    written: HashSet<SocketAddrV4>,
+}
+
+impl Assoc {
+    /// The per-peer socket standing for `from`, made now if needed (the cache emptied of all
+    /// but the connected ones when full).
+    fn peer_socket(&self, from: SocketAddrV4) -> std::io::Result<Arc<OwnedFd>> {
+        let mut p = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(s) = p.map.get(&from) {
+            return Ok(Arc::clone(s));
+        }
+        if p.map.len() >= MAX_PEERS {
+            let Peers { map, written } = &mut *p;
+            map.retain(|a, _| written.contains(a));
+        }
+        let sock = Arc::new(sys::unix_dgram_bound(
+            format!("{}{from}", self.prefix).as_bytes(),
+        )?);
+        p.map.insert(from, Arc::clone(&sock));
+        Ok(sock)
+    }
+
+    /// Marks the association closed and shuts down its channel and every per-peer socket, so
+    /// that the relay and the writers end.
+    fn shut(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        sys::shutdown(self.channel.as_raw_fd());
+        let p = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
+        for s in p.map.values() {
+            sys::shutdown(s.as_raw_fd());
+        }
+    }
+}
+
+/// The associations made here, by the identity of the program's end.
+#[derive(Debug, Default)]
+pub struct Assocs {
+    map: Mutex<HashMap<(u64, u64), Arc<Assoc>>>,
+}
+
+impl Assocs {
+    /// The association whose program's end has identity `id`.
+    pub fn get(&self, id: (u64, u64)) -> Option<Arc<Assoc>> {
+        self.map
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&id)
+            .cloned()
+    }
+
+    /// Forgets the association of `id` and closes it at host-server (its relay ends).
+    pub fn close(&self, id: (u64, u64)) {
+        let a = self
+            .map
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
+        if let Some(a) = a {
+            a.shut();
+        }
+    }
+}
+
+/// An association just opened: the program's end (to install), and host-server's view of it.
+#[derive(Debug)]
+pub struct Opened {
+    pub end: OwnedFd,
+    pub local: SocketAddrV4,
+    pub assoc: Arc<Assoc>,
+}
+
+/// Opens an association bound to `bind` (`bound`: the program chose the port) and starts
+/// its relay; the program's end is known to `assocs` from here on.
+///
+/// # Errors
+/// What the program's call fails with: host-server's answer, or EAGAIN/EMFILE here.
+pub fn open(
+    host: &HostServer,
+    assocs: &Arc<Assocs>,
+    guest_dns: SocketAddrV4,
+    bind: SocketAddrV4,
+    bound: bool,
+) -> Result<Opened, Errno> {
+    let answer = host.request(&ToHost::Udp(UdpRequest { bind }))?;
+    let local = match answer.msg {
+        ToGuest::Associated { local } => local,
+        ToGuest::Failed(e) => return Err(e),
+        _ => return Err(Errno::EPROTO),
+    };
+    let channel = answer.passed.ok_or(Errno::EPROTO)?;
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let prefix = format!(
+        "{NAME_PREFIX}{}.{}/",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    let name = format!("{prefix}p").into_bytes();
+    let end = sys::unix_dgram_bound(&name).map_err(|e| io_errno(&e))?;
+    let id = sys::identity(end.as_raw_fd()).map_err(|e| io_errno(&e))?;
+    let assoc = Arc::new(Assoc {
+        channel,
+        name,
+        prefix,
+        guest_dns,
+        asked: Mutex::new(None),
+        peers: Mutex::new(Peers::default()),
+        closed: AtomicBool::new(false),
+        bound: bound.then_some(bind),
+    });
+    assocs
+        .map
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(id, Arc::clone(&assoc));
+    let (a, all) = (Arc::clone(&assoc), Arc::clone(assocs));
+    let started = std::thread::Builder::new()
+        .name("outsock-udp".into())
+        .spawn(move || relay(&a, &all, id));
+    if let Err(e) = started {
+        assocs.close(id);
+        return Err(io_errno(&e));
+    }
+    Ok(Opened { end, local, assoc })
+}
+
+fn io_errno(e: &std::io::Error) -> Errno {
+    Errno(
+        e.raw_os_error()
+            .and_then(|v| u16::try_from(v).ok())
+            .unwrap_or(Errno::EPROTO.0),
+    )
+}
+
+/// The relay of `assoc`: each datagram from host-server to the program's end, from its
+/// source's per-peer socket, until either side is gone.
+fn relay(assoc: &Assoc, assocs: &Assocs, id: (u64, u64)) {
+    let fd = assoc.channel.as_raw_fd();
+    let mut buf = vec![0u8; MAX_FRAME];
+    loop {
+        if !sys::wait_readable(fd, PROBE_MS) {
+            if sys::name_bound(&assoc.name) {
+                continue;
+            }
+            break;
+        }
+        let n = match sys::recv_packet(fd, &mut buf) {
+            Ok((0, _)) => break,
+            Ok((n, _)) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(_) => break,
+        };
+        let Ok(ToGuest::Datagram(d)) = decode_exact::<ToGuest>(&buf[..n]) else {
+            continue;
+        };
+        let from = if d.addr == assoc.guest_dns {
+            assoc
+                .asked
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .unwrap_or(d.addr)
+        } else {
+            d.addr
+        };
+        let Ok(sock) = assoc.peer_socket(from) else {
+            continue;
+        };
+        // Blocking: a full program's end holds the relay (and host-server's channel) back.
+        // EPERM: the end is connected to another peer, which alone it hears from (as a
+        // connected UDP socket); the datagram is dropped.
+        let sent = sys::send_to_name(sock.as_raw_fd(), &d.payload, 0, &assoc.name);
+        // ECONNREFUSED: the program's end is gone.
+        if let Err(libc::ECONNREFUSED | libc::ENOENT) = sent {
+            break;
+        }
+    }
+    assocs.close(id);
+    assoc.shut();
+}
+
+/// Connects the association's program's end (`end`, our copy) to `peer`: its write/send go
+/// to the per-peer socket standing for `peer`, whose writer frames them to `peer`
+/// (`nameserver`: a resolv.conf nameserver, so to the guest DNS address), and it hears from
+/// `peer` alone, as a connected UDP socket.
+///
+/// # Errors
+/// The per-peer socket's, the writer thread's or the connect's error.
+pub fn connect_end(
+    assoc: &Arc<Assoc>,
+    end: &OwnedFd,
+    peer: SocketAddrV4,
+    nameserver: bool,
+) -> Result<(), i32> {
+    let sock = assoc.peer_socket(peer).map_err(|e| raw(&e))?;
+    let first = assoc
+        .peers
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .written
+        .insert(peer);
+    if first {
+        let (a, w) = (Arc::clone(assoc), Arc::clone(&sock));
+        let started = std::thread::Builder::new()
+            .name("outsock-udp-w".into())
+            .spawn(move || writer(&a, &w, peer, nameserver));
+        if let Err(e) = started {
+            assoc
+                .peers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .written
+                .remove(&peer);
+            return Err(raw(&e));
+        }
+    }
+    match sys::connect_name(
+        end.as_raw_fd(),
+        format!("{}{peer}", assoc.prefix).as_bytes(),
+    ) {
+        0 => Ok(()),
+        e => Err(e),
+    }
+}
+
+fn raw(e: &std::io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(libc::EIO)
+}
+
+/// What the program's connected end writes to `sock`, each datagram sent to `peer`, until the
+/// association closes.
+fn writer(assoc: &Assoc, sock: &OwnedFd, peer: SocketAddrV4, nameserver: bool) {
+    loop {
+        match sys::recv(sock.as_raw_fd(), MAX_PAYLOAD + 1, 0) {
+            Ok(_) if assoc.closed.load(Ordering::SeqCst) => break,
+            // A write error belongs to no call of the program's any more: as a datagram lost.
+            Ok((data, _)) => {
+                let _ = send(assoc, peer, nameserver, &data);
+            }
+            Err(libc::EINTR) => {}
+            Err(_) => break,
+        }
+    }
+}
+
+/// Sends `data` to `dest` on `assoc` (`nameserver`: `dest` is a resolv.conf nameserver on
+/// port 53, so it goes to the guest DNS address); the bytes sent or the errno.
+///
+/// # Errors
+/// EMSGSIZE for more than a UDP datagram holds, ENETUNREACH for loopback (the association
+/// is host-server's), the channel's error.
+pub fn send(
+    assoc: &Assoc,
+    dest: SocketAddrV4,
+    nameserver: bool,
+    data: &[u8],
+) -> Result<usize, i32> {
+    if data.len() > MAX_PAYLOAD {
+        return Err(libc::EMSGSIZE);
+    }
+    if !is_outsourced(dest) && !nameserver {
+        return Err(libc::ENETUNREACH);
+    }
+    let wire = if nameserver {
+        *assoc.asked.lock().unwrap_or_else(PoisonError::into_inner) = Some(dest);
+        assoc.guest_dns
+    } else {
+        dest
+    };
+    let frame = to_vec(&ToHost::Datagram(Datagram {
+        addr: wire,
+        payload: data.to_vec(),
+    }))
+    .map_err(|_| libc::EMSGSIZE)?;
+    // One packet, whole or not at all; a full channel is waited for (a datagram is small).
+    loop {
+        match sys::send_to(
+            assoc.channel.as_raw_fd(),
+            &frame,
+            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+            &[],
+        ) {
+            Ok(_) => return Ok(data.len()),
+            Err(libc::EAGAIN) => sys::wait_writable(assoc.channel.as_raw_fd(), 1000),
+            Err(libc::EINTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The AF_INET source a sender's abstract `name` stands for (0.0.0.0:0 for a sender not ours).
+#[must_use]
+pub fn source_of(name: &[u8]) -> SocketAddrV4 {
+    std::str::from_utf8(name)
+        .ok()
+        .filter(|n| n.starts_with(NAME_PREFIX))
+        .and_then(|n| n.rsplit('/').next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))
+}
+
+/// Asks host-server for a UDP socket bound to `bind` and connected to `dest`: the socket and
+/// the local address to report; `None` when `dest` needs an association (the guest DNS
+/// address).
+///
+/// # Errors
+/// host-server's answer.
+pub fn connect(
+    host: &HostServer,
+    bind: SocketAddrV4,
+    dest: SocketAddrV4,
+) -> Result<Option<(OwnedFd, SocketAddrV4)>, Errno> {
+    let answer = host.request(&ToHost::UdpConnect(UdpConnectRequest { bind, dest }))?;
+    match (answer.msg, answer.passed) {
+        (ToGuest::Connected { local, .. }, Some(fd)) => Ok(Some((fd, local))),
+        (ToGuest::Failed(e), _) if e == Errno::EOPNOTSUPP => Ok(None),
+        (ToGuest::Failed(e), _) => Err(e),
+        _ => Err(Errno::EPROTO),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn a_peer_sockets_name_is_its_source() {
+        let a: SocketAddrV4 = "172.21.112.9:5353".parse().unwrap();
+        let name = format!("{NAME_PREFIX}12.3/{a}");
+        assert_eq!(source_of(name.as_bytes()), a);
+        let nobody = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0);
+        assert_eq!(source_of(b"someone/1.2.3.4:5"), nobody);
+        assert_eq!(source_of(b""), nobody);
+        assert_eq!(source_of(format!("{NAME_PREFIX}12.3/p").as_bytes()), nobody);
+    }
+
+    #[test]
+    fn the_relay_delivers_each_datagram_from_its_sources_name_and_ends_with_the_program() {
+        let (chan_host, channel) = sys::seqpacket_pair().unwrap();
+        let assocs = Arc::new(Assocs::default());
+        let name = b"outsock-udp/test.relay/p".to_vec();
+        let end = sys::unix_dgram_bound(&name).unwrap();
+        let id = sys::identity(end.as_raw_fd()).unwrap();
+        let dns: SocketAddrV4 = "10.170.160.1:53".parse().unwrap();
+        let assoc = Arc::new(Assoc {
+            channel,
+            name,
+            prefix: "outsock-udp/test.relay/".into(),
+            guest_dns: dns,
+            asked: Mutex::new(None),
+            peers: Mutex::new(Peers::default()),
+            closed: AtomicBool::new(false),
+            bound: None,
+        });
+        assocs.map.lock().unwrap().insert(id, Arc::clone(&assoc));
+        let (a, all) = (Arc::clone(&assoc), Arc::clone(&assocs));
+        let t = std::thread::spawn(move || relay(&a, &all, id));
+
+        let from: SocketAddrV4 = "172.21.112.1:4000".parse().unwrap();
+        let ns: SocketAddrV4 = "192.168.1.1:53".parse().unwrap();
+        // A send to a nameserver goes to the guest DNS; its reply comes from the nameserver.
+        assert_eq!(send(&assoc, ns, true, b"q").unwrap(), 1);
+        let (frame, _, _) = sys::recv_from_name(chan_host.as_raw_fd(), MAX_FRAME, 0).unwrap();
+        assert_eq!(
+            decode_exact::<ToHost>(&frame).unwrap(),
+            ToHost::Datagram(Datagram {
+                addr: dns,
+                payload: b"q".to_vec()
+            })
+        );
+        assert_eq!(
+            send(&assoc, "127.0.0.1:7".parse().unwrap(), false, b"x"),
+            Err(libc::ENETUNREACH)
+        );
+        for (addr, payload) in [(from, &b"one"[..]), (dns, b"two")] {
+            let f = to_vec(&ToGuest::Datagram(Datagram {
+                addr,
+                payload: payload.to_vec(),
+            }))
+            .unwrap();
+            sys::send_to(chan_host.as_raw_fd(), &f, 0, &[]).unwrap();
+        }
+        let (p, full, sender) = sys::recv_from_name(end.as_raw_fd(), 2, libc::MSG_TRUNC).unwrap();
+        assert_eq!(
+            (p.as_slice(), full, source_of(&sender)),
+            (&b"on"[..], 3, from)
+        );
+        let (p, _, sender) = sys::recv_from_name(end.as_raw_fd(), 64, 0).unwrap();
+        assert_eq!((p.as_slice(), source_of(&sender)), (&b"two"[..], ns));
+
+        // The program closes its end: the relay ends within a probe and closes the association.
+        drop(end);
+        t.join().unwrap();
+        assert!(assocs.get(id).is_none());
+        assert_eq!(sys::recv(chan_host.as_raw_fd(), 8, 0).map(|r| r.1), Ok(0));
+    }
+
+    #[test]
+    fn a_connected_end_writes_to_its_peer_and_hears_it_alone() {
+        let (chan_host, channel) = sys::seqpacket_pair().unwrap();
+        let assocs = Arc::new(Assocs::default());
+        let name = b"outsock-udp/test.connected/p".to_vec();
+        let end = sys::unix_dgram_bound(&name).unwrap();
+        let id = sys::identity(end.as_raw_fd()).unwrap();
+        let dns: SocketAddrV4 = "10.170.160.1:53".parse().unwrap();
+        let assoc = Arc::new(Assoc {
+            channel,
+            name,
+            prefix: "outsock-udp/test.connected/".into(),
+            guest_dns: dns,
+            asked: Mutex::new(None),
+            peers: Mutex::new(Peers::default()),
+            closed: AtomicBool::new(false),
+            bound: None,
+        });
+        assocs.map.lock().unwrap().insert(id, Arc::clone(&assoc));
+        let (a, all) = (Arc::clone(&assoc), Arc::clone(&assocs));
+        let relay = std::thread::spawn(move || relay(&a, &all, id));
+
+        // Connected to a nameserver: a plain write is a query to the guest DNS.
+        let ns: SocketAddrV4 = "192.168.1.1:53".parse().unwrap();
+        connect_end(&assoc, &end, ns, true).unwrap();
+        assert_eq!(sys::send_to(end.as_raw_fd(), b"query", 0, &[]), Ok(5));
+        let (frame, _, _) = sys::recv_from_name(chan_host.as_raw_fd(), MAX_FRAME, 0).unwrap();
+        assert_eq!(
+            decode_exact::<ToHost>(&frame).unwrap(),
+            ToHost::Datagram(Datagram {
+                addr: dns,
+                payload: b"query".to_vec()
+            })
+        );
+        // Another source's datagram is dropped; the guest DNS's answer comes from `ns`.
+        for (addr, payload) in [
+            ("172.21.112.1:53".parse().unwrap(), &b"stray"[..]),
+            (dns, b"answer"),
+        ] {
+            let f = to_vec(&ToGuest::Datagram(Datagram {
+                addr,
+                payload: payload.to_vec(),
+            }))
+            .unwrap();
+            sys::send_to(chan_host.as_raw_fd(), &f, 0, &[]).unwrap();
+        }
+        let (p, _, sender) = sys::recv_from_name(end.as_raw_fd(), 64, 0).unwrap();
+        assert_eq!((p.as_slice(), source_of(&sender)), (&b"answer"[..], ns));
+
+        // host-server closes the association: the relay and the writer end.
+        drop(chan_host);
+        relay.join().unwrap();
+        assert!(assocs.get(id).is_none());
+        assert!(assoc.closed.load(Ordering::SeqCst));
+    }
+}

@@ -242,6 +242,10 @@ pub fn choose_transport(env: Option<&str>, config: Option<&str>) -> Option<u32> 
         .flatten()
 }
 
+/// The largest UDP payload over IPv4 (65,535 less the IPv4 and UDP headers): natively a larger
+/// datagram is EMSGSIZE, and so it is when outsourced, whichever front end frames it.
+pub const MAX_UDP_PAYLOAD: usize = 65_507;
+
 /// A socket option an outsourced TCP socket carries from the program's socket to the host's
 /// when the program set it before the connect: an option it never touched keeps the host
 /// socket's default (so, e.g., buffer auto-tuning stays on).

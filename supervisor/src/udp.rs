@@ -60,7 +60,7 @@ use crate::host::HostServer;
 use crate::sys;
 
 /// The largest UDP payload over IPv4: natively a larger send is EMSGSIZE.
-pub const MAX_PAYLOAD: usize = 65_507;
+pub use shared_proto::translate::MAX_UDP_PAYLOAD as MAX_PAYLOAD;
 /// Room for one frame from host-server (a datagram, its header and address).
 const MAX_FRAME: usize = 70 * 1024;
 /// The most per-peer sockets a relay keeps.

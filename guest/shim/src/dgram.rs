@@ -208,6 +208,9 @@ pub(crate) fn send_on(fd: c_int, e: Entry, data: &[u8], to: Option<SocketAddrV4>
         // The fd is now host-server's stream; loopback from it would need a second socket.
         return errno_isize(Errno::ENETUNREACH);
     }
+    if !is_icmp(e) && data.len() > shared_proto::translate::MAX_UDP_PAYLOAD {
+        return errno_isize(Errno::EMSGSIZE);
+    }
     if is_icmp(e) {
         if !is_echo_request(data) {
             return errno_isize(Errno(libc::EINVAL as u16));

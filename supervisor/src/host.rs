@@ -232,8 +232,20 @@ impl End {
 
 /// [`read_frame`], telling an end before the first byte apart.
 fn read_answer(stream: &UnixStream) -> Result<(ToGuest, Option<OwnedFd>), End> {
+    read_answer_fd(stream.as_raw_fd())
+}
+
+/// [`read_frame`] on a stream held as a bare descriptor (an association's channel in a VM).
+///
+/// # Errors
+/// As [`read_frame`].
+pub fn read_frame_fd(fd: std::os::fd::RawFd) -> Result<(ToGuest, Option<OwnedFd>), Errno> {
+    read_answer_fd(fd).map_err(End::errno)
+}
+
+fn read_answer_fd(fd: std::os::fd::RawFd) -> Result<(ToGuest, Option<OwnedFd>), End> {
     let mut first = [0u8; 1];
-    let mut passed = match outsock_fdpass::recv_with_fd(stream.as_raw_fd(), &mut first) {
+    let mut passed = match outsock_fdpass::recv_with_fd(fd, &mut first) {
         Ok((0, _)) => return Err(End::Closed),
         Ok((_, fd)) => fd,
         Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Err(End::Closed),
@@ -241,12 +253,12 @@ fn read_answer(stream: &UnixStream) -> Result<(ToGuest, Option<OwnedFd>), End> {
     };
     let mut buf = vec![0u8; HEADER_LEN];
     buf[0] = first[0];
-    read_exact_with_fd(stream, &mut buf[1..], &mut passed).map_err(End::Failed)?;
+    read_exact_with_fd(fd, &mut buf[1..], &mut passed).map_err(End::Failed)?;
     let Ok(Some(total)) = frame_len(&buf) else {
         return Err(End::Failed(Errno::EPROTO));
     };
     buf.resize(total, 0);
-    read_exact_with_fd(stream, &mut buf[HEADER_LEN..], &mut passed).map_err(End::Failed)?;
+    read_exact_with_fd(fd, &mut buf[HEADER_LEN..], &mut passed).map_err(End::Failed)?;
     let msg = decode_exact::<ToGuest>(&buf).map_err(|_| End::Failed(Errno::EPROTO))?;
     Ok((msg, passed))
 }
@@ -268,13 +280,12 @@ pub fn read_frame(stream: &UnixStream) -> Result<(ToGuest, Option<OwnedFd>), Err
 }
 
 fn read_exact_with_fd(
-    stream: &UnixStream,
+    fd: std::os::fd::RawFd,
     mut buf: &mut [u8],
     passed: &mut Option<OwnedFd>,
 ) -> Result<(), Errno> {
     while !buf.is_empty() {
-        let (n, fd) =
-            outsock_fdpass::recv_with_fd(stream.as_raw_fd(), buf).map_err(|e| recv_errno(&e))?;
+        let (n, fd) = outsock_fdpass::recv_with_fd(fd, buf).map_err(|e| recv_errno(&e))?;
         if passed.is_none() {
             *passed = fd;
         }

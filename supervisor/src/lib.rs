@@ -93,8 +93,7 @@
 //!
 //! Not in this slice (the calls continue natively, which fails on an IPv6-only network):
 //! `sendmsg`/`sendmmsg` with an address and `recvmsg`/`recvmmsg` addresses on UDP made here
-//! (not notified: `udp` lists the consequences; BIND `dig` needs the preload), UDP and DNS
-//! inside a VM, ICMP, the i386 ABI, AF_INET6 sockets other than dual-stack TCP listeners
+//! (not notified: `udp` lists the consequences; BIND `dig` needs the preload), ICMP, the i386 ABI, AF_INET6 sockets other than dual-stack TCP listeners
 //! (those are outsourced as AF_INET ones: `serve`).
 //! Socket options set before an outsourced listen are not carried over (before a connect they
 //! are: `serve`), and `getsockopt` is the kernel's: on a listener it describes the packet channel (`AF_UNIX`,

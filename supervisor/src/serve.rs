@@ -519,11 +519,8 @@ fn connect(s: &Arc<Shared>, n: &Notif, bytes: &[u8], on: On) -> Outcome {
         // UDP's requests are asked and answered in one go, and may wait: on a worker.
         libc::SOCK_DGRAM if on == On::Loop => Outcome::Defer,
         libc::SOCK_DGRAM if dns => udp_dns(s, n, &copy, dest),
-        libc::SOCK_DGRAM if s.host.passes_fds() && is_udp(&copy) => {
-            udp_connect(s, n, &copy, dest, Kind::Bound)
-        }
-        // Not outsourced (a ping socket; UDP inside a VM): the native call (ENETUNREACH on an
-        // IPv6-only host).
+        libc::SOCK_DGRAM if is_udp(&copy) => udp_connect(s, n, &copy, dest, Kind::Bound),
+        // Not outsourced (a ping socket): the native call (ENETUNREACH on an IPv6-only host).
         _ => native(),
     }
 }
@@ -795,7 +792,8 @@ fn udp_connect_afresh(
     dest: SocketAddrV4,
     bind: SocketAddrV4,
 ) -> Outcome {
-    if s.is_nameserver(dest) {
+    // Inside a VM there is no host socket to pass: an association connected to `dest`.
+    if s.is_nameserver(dest) || !s.host.passes_fds() {
         return udp_dns(s, n, copy, dest);
     }
     let nonblocking = nonblocking(copy);
@@ -995,7 +993,6 @@ fn send_datagram(s: &Shared, n: &Notif, addr: &[u8]) -> Outcome {
     if unconnected_udp
         && !oversize
         && (is_outsourced(dest) || nameserver)
-        && (s.host.passes_fds() || nameserver)
         && is_udp(&copy)
         && sys::local_port(copy.as_raw_fd()).is_ok_and(|p| p == 0)
     {
@@ -1197,11 +1194,7 @@ fn bind(s: &Shared, n: &Notif, bytes: &[u8]) -> Outcome {
         let Some(addr) = decode_sockaddr_in(bytes) else {
             return Outcome::Fail(libc::EINVAL);
         };
-        if is_outsourced(addr)
-            && s.host.passes_fds()
-            && is_udp(&copy)
-            && s.view(copy.as_raw_fd()).is_none()
-        {
+        if is_outsourced(addr) && is_udp(&copy) && s.view(copy.as_raw_fd()).is_none() {
             // Natively a second bind fails.
             if sys::local_port(copy.as_raw_fd()).map_or(true, |p| p != 0) {
                 return Outcome::Fail(libc::EINVAL);

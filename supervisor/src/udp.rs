@@ -42,9 +42,12 @@
 //! `recvmmsg`, aborts under `--supervisor-only`; with the preload it works); `send`/`write`
 //! without an address on an unconnected association fail with ENOTCONN (natively
 //! EDESTADDRREQ); `getsockopt(SO_DOMAIN)` is `AF_UNIX` on an association; a connected socket
-//! given back by `connect(AF_UNSPEC)` does not keep a port the program bound. Inside a VM (no
-//! descriptor crosses into it) UDP, DNS included, stays native: the guest's resolv.conf names
-//! its loopback forwarder.
+//! given back by `connect(AF_UNSPEC)` does not keep a port the program bound.
+//!
+//! Inside a VM no descriptor crosses into the guest: an association's channel is its request's
+//! vsock stream, frames one after another (written whole under a lock, read whole by the
+//! relay), and a connect makes an association whose end is connected to the peer (there is no
+//! host socket to pass), as liboutsock does there.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -70,10 +73,15 @@ const PROBE_MS: i32 = 1000;
 /// Every abstract name of ours starts with this.
 const NAME_PREFIX: &str = "outsock-udp/";
 
-/// One association: host-server's packet channel and what the relay needs.
+/// One association: host-server's channel and what the relay needs.
 #[derive(Debug)]
 pub struct Assoc {
+    /// A packet channel (process mode: one frame a packet), or inside a VM the request's vsock
+    /// stream carrying frames one after another (`framed`).
     channel: OwnedFd,
+    framed: bool,
+    /// Held while a frame is written on a framed channel, so that frames never interleave.
+    writing: Mutex<()>,
     /// The program's end's abstract name (without the leading NUL).
     name: Vec<u8>,
     /// The per-peer sockets' names start with this.
@@ -183,7 +191,13 @@ pub fn open(
         ToGuest::Failed(e) => return Err(e),
         _ => return Err(Errno::EPROTO),
     };
-    let channel = answer.passed.ok_or(Errno::EPROTO)?;
+    // Process mode: the packet channel passed with the answer; inside a VM (nothing passed)
+    // the request's stream itself carries the frames.
+    let (channel, framed) = match answer.passed {
+        Some(c) => (c, false),
+        None if !host.passes_fds() => (OwnedFd::from(answer.stream), true),
+        None => return Err(Errno::EPROTO),
+    };
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let prefix = format!(
         "{NAME_PREFIX}{}.{}/",
@@ -195,6 +209,8 @@ pub fn open(
     let id = sys::identity(end.as_raw_fd()).map_err(|e| io_errno(&e))?;
     let assoc = Arc::new(Assoc {
         channel,
+        framed,
+        writing: Mutex::new(()),
         name,
         prefix,
         guest_dns,
@@ -239,13 +255,25 @@ fn relay(assoc: &Assoc, assocs: &Assocs, id: (u64, u64)) {
             }
             break;
         }
-        let n = match sys::recv_packet(fd, &mut buf) {
-            Ok((0, _)) => break,
-            Ok((n, _)) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            Err(_) => break,
+        let frame = if assoc.framed {
+            // A frame begun is read to its end.
+            match crate::host::read_frame_fd(fd) {
+                Ok((f, _)) => f,
+                Err(_) => break,
+            }
+        } else {
+            let n = match sys::recv_packet(fd, &mut buf) {
+                Ok((0, _)) => break,
+                Ok((n, _)) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(_) => break,
+            };
+            match decode_exact::<ToGuest>(&buf[..n]) {
+                Ok(f) => f,
+                Err(_) => continue,
+            }
         };
-        let Ok(ToGuest::Datagram(d)) = decode_exact::<ToGuest>(&buf[..n]) else {
+        let ToGuest::Datagram(d) = frame else {
             continue;
         };
         let from = if d.addr == assoc.guest_dns {
@@ -366,6 +394,19 @@ pub fn send(
         payload: data.to_vec(),
     }))
     .map_err(|_| libc::EMSGSIZE)?;
+    if assoc.framed {
+        // The whole frame under the lock, however many writes the stream takes.
+        let _one = assoc.writing.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut rest = &frame[..];
+        while !rest.is_empty() {
+            match sys::send_to(assoc.channel.as_raw_fd(), rest, libc::MSG_NOSIGNAL, &[]) {
+                Ok(n) => rest = &rest[n..],
+                Err(libc::EINTR) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        return Ok(data.len());
+    }
     // One packet, whole or not at all; a full channel is waited for (a datagram is small).
     loop {
         match sys::send_to(
@@ -432,16 +473,33 @@ mod tests {
 
     #[test]
     fn the_relay_delivers_each_datagram_from_its_sources_name_and_ends_with_the_program() {
-        let (chan_host, channel) = sys::seqpacket_pair().unwrap();
+        relay_case(false);
+    }
+
+    /// The same over a stream of frames, as an association's channel is inside a VM.
+    #[test]
+    fn a_framed_relay_over_a_stream_does_the_same() {
+        relay_case(true);
+    }
+
+    fn relay_case(framed: bool) {
+        let (chan_host, channel) = if framed {
+            let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+            (OwnedFd::from(a), OwnedFd::from(b))
+        } else {
+            sys::seqpacket_pair().unwrap()
+        };
         let assocs = Arc::new(Assocs::default());
-        let name = b"outsock-udp/test.relay/p".to_vec();
+        let name = format!("outsock-udp/test.relay{framed}/p").into_bytes();
         let end = sys::unix_dgram_bound(&name).unwrap();
         let id = sys::identity(end.as_raw_fd()).unwrap();
         let dns: SocketAddrV4 = "10.170.160.1:53".parse().unwrap();
         let assoc = Arc::new(Assoc {
             channel,
+            framed,
+            writing: Mutex::new(()),
             name,
-            prefix: "outsock-udp/test.relay/".into(),
+            prefix: format!("outsock-udp/test.relay{framed}/"),
             guest_dns: dns,
             asked: Mutex::new(None),
             peers: Mutex::new(Peers::default()),
@@ -501,6 +559,8 @@ mod tests {
         let dns: SocketAddrV4 = "10.170.160.1:53".parse().unwrap();
         let assoc = Arc::new(Assoc {
             channel,
+            framed: false,
+            writing: Mutex::new(()),
             name,
             prefix: "outsock-udp/test.connected/".into(),
             guest_dns: dns,

@@ -92,35 +92,48 @@ pub fn vsock_may_answer(get: bool, level: i32, name: i32) -> bool {
     }
 }
 
-/// The bytes a `getsockopt` answered by the rule writes at `optval`; their length is what it
-/// writes at `optlen`.
+/// What a `getsockopt` answered by the rule writes at `optval` ([`Reply::bytes`]); their
+/// length is what it writes at `optlen`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Reply {
-    buf: [u8; TCP_INFO_LEN],
+    /// The value as an int; every byte past the int's is 0.
+    value: i32,
     len: usize,
 }
 
 impl Reply {
-    fn int(v: i32, len: usize) -> Self {
-        let mut buf = [0; TCP_INFO_LEN];
-        buf[..4].copy_from_slice(&v.to_ne_bytes());
+    fn int(value: i32, len: usize) -> Self {
         Self {
-            buf,
+            value,
             len: len.min(4),
         }
     }
 
     fn zeroed(len: usize) -> Self {
         Self {
-            buf: [0; TCP_INFO_LEN],
+            value: 0,
             len: len.min(TCP_INFO_LEN),
         }
     }
 
-    /// What is written at `optval` (possibly nothing).
+    /// How many bytes are written at `optval`: what is written at `optlen`.
     #[must_use]
-    pub fn bytes(&self) -> &[u8] {
-        &self.buf[..self.len]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is written at `optval`.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The bytes written at `optval`, laid out in `buf`.
+    #[must_use]
+    pub fn bytes<'a>(&self, buf: &'a mut [u8; TCP_INFO_LEN]) -> &'a [u8] {
+        buf.fill(0);
+        buf[..4].copy_from_slice(&self.value.to_ne_bytes());
+        &buf[..self.len]
     }
 }
 
@@ -228,7 +241,8 @@ mod tests {
         let Get::Reply(r) = r else {
             panic!("no reply: {r:?}");
         };
-        let b = r.bytes();
+        let mut buf = [0; TCP_INFO_LEN];
+        let b = r.bytes(&mut buf);
         let mut four = [0u8; 4];
         four[..b.len().min(4)].copy_from_slice(&b[..b.len().min(4)]);
         (i32::from_ne_bytes(four), b.len())
@@ -287,16 +301,17 @@ mod tests {
         let Get::Reply(info) = get(IPPROTO_TCP, TCP_INFO, CONN, 1000) else {
             panic!("TCP_INFO not answered");
         };
-        assert_eq!(info.bytes(), &[0u8; TCP_INFO_LEN][..]);
+        let mut buf = [0xff; TCP_INFO_LEN];
+        assert_eq!(info.bytes(&mut buf), &[0u8; TCP_INFO_LEN][..]);
         let Get::Reply(info) = get(IPPROTO_TCP, TCP_INFO, CONN, 104) else {
             panic!("TCP_INFO not answered");
         };
-        assert_eq!(info.bytes().len(), 104);
+        assert_eq!(info.len(), 104);
         // IP: no options; a short length gets one byte; a negative one is EINVAL.
         let Get::Reply(opts) = get(IPPROTO_IP, IP_OPTIONS, CONN, 40) else {
             panic!("IP_OPTIONS not answered");
         };
-        assert!(opts.bytes().is_empty());
+        assert!(opts.is_empty());
         assert_eq!(int(get(IPPROTO_IP, IP_TTL, CONN, 1)), (64, 1));
         assert_eq!(int(get(IPPROTO_IP, IP_TTL, CONN, 3)), (64, 1));
         assert_eq!(get(IPPROTO_IP, IP_TTL, CONN, -4), Get::Fail(Errno::EINVAL));

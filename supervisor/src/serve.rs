@@ -10,6 +10,9 @@
 //!   kernel never reads the program's memory again; other families continue untouched.
 //! - `getsockname`/`getpeername` of a socket made here answer its AF_INET view; others continue.
 //! - `recvfrom` with an address on a DNS pair is done here and reports the nameserver.
+//! - `getsockopt`/`setsockopt` (notified inside a VM only, at the levels a vsock stand-in cannot
+//!   answer) on a connection or listener made here answer by the shared rule (`sockopt`);
+//!   others continue.
 //! - `sendto` with an AF_INET address: to a nameserver on port 53 from an unconnected UDP
 //!   socket it makes a DNS pair first; otherwise it is made here with the bytes already read.
 //! - `bind` of an AF_INET TCP socket to a non-loopback address is recorded; `listen` on it (or
@@ -33,6 +36,7 @@ use std::process::{Child, ExitStatus};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use shared_proto::outsource::{ListenRequest, UdpRequest};
+use shared_proto::sockopt::StandIn;
 use shared_proto::translate::{
     connect_answer, connect_request, decode_sockaddr_in, encode_sockaddr_in, is_outsourced,
     sockaddr_family, AF_INET, SOCKADDR_IN_LEN,
@@ -41,6 +45,7 @@ use shared_proto::{decode_exact, to_vec, Errno, ToGuest, ToHost};
 
 use crate::dns;
 use crate::host::HostServer;
+use crate::sockopt;
 use crate::sys::{self, Listener, Notif, Ready};
 use crate::vmlisten;
 use crate::workers::Workers;
@@ -52,7 +57,7 @@ const MAX_DGRAM: usize = 65_536;
 
 /// What a notified call becomes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Outcome {
+pub(crate) enum Outcome {
     /// The call returns this value.
     Return(i64),
     /// The call fails with this errno.
@@ -311,8 +316,35 @@ fn dispatch(shared: &Arc<Shared>, n: Notif) {
         },
         libc::SYS_listen => listen(shared, n),
         libc::SYS_accept | libc::SYS_accept4 => accept(shared, n),
+        // Notified inside a VM only, for the options a vsock stand-in cannot answer.
+        libc::SYS_getsockopt | libc::SYS_setsockopt => {
+            let outcome = match stand_in(shared, &n) {
+                Some(s) => sockopt::answer(&shared.listener, &n, s),
+                None => Outcome::Continue,
+            };
+            shared.finish(&n, outcome);
+        }
         _ => shared.finish(&n, Outcome::Continue),
     }
+}
+
+/// What stands in for the program's TCP socket that notification `n` names, when it is one
+/// made here (a connection or a listener); `None` for any other socket. Its identity only,
+/// in one stat, and nothing at all while nothing was made here.
+fn stand_in(s: &Shared, n: &Notif) -> Option<StandIn> {
+    if s.views_empty() {
+        return None;
+    }
+    let view = s.view_by_id(sys::identity_of(n.pid, fd_arg(n)).ok()?)?;
+    let listener = match view.kind {
+        Kind::Stream => false,
+        Kind::Listener => true,
+        Kind::Dns | Kind::Bound => return None,
+    };
+    Some(StandIn {
+        listener,
+        vsock: !s.host.passes_fds(),
+    })
 }
 
 #[allow(clippy::cast_possible_truncation)] // Descriptors are ints in the syscall ABI.

@@ -293,7 +293,8 @@ pub unsafe extern "C" fn getsockopt(
             Get::Kernel => {}
             Get::Fail(e) => return set_errno(e),
             Get::Reply(r) => {
-                let bytes = r.bytes();
+                let mut buf = [0; sockopt::TCP_INFO_LEN];
+                let bytes = r.bytes(&mut buf);
                 if val.is_null() && !bytes.is_empty() {
                     return set_errno(Errno(libc::EFAULT as u16));
                 }

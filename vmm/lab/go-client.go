@@ -4,8 +4,8 @@
 // unmodified under /init's supervisor. It dials os.Args[1] port 80 over tcp4 by name, prints
 // the connection's RemoteAddr and LocalAddr, sets TCP options as Go programs do
 // (SetNoDelay, SetKeepAlive, SetKeepAlivePeriod: IPPROTO_TCP and SOL_SOCKET setsockopt) and
-// reads two back (TCP_NODELAY, SO_DOMAIN: getsockopt through syscall.RawConn), printing each
-// error or value on one "sockopts" line, then sends an HTTP/1.0 GET of /index.html and prints
+// reads some back (TCP_NODELAY, SO_DOMAIN, TCP_INFO, IP_TOS, IP_TTL: getsockopt through
+// syscall.RawConn), printing each error or value on one "sockopts" line, then sends an HTTP/1.0 GET of /index.html and prints
 // the answer.
 package main
 
@@ -16,6 +16,7 @@ import (
 	"os"
 	"syscall"
 	"time"
+	"unsafe"
 )
 
 func main() {
@@ -45,11 +46,28 @@ func sockopts(c *net.TCPConn) string {
 	if err != nil {
 		return out + fmt.Sprintf(" SyscallConn=%v", err)
 	}
-	var nodelay, domain int
-	var nerr, derr error
+	var nodelay, domain, tos, ttl int
+	var nerr, derr, ierr, toserr, ttlerr error
 	cerr := raw.Control(func(fd uintptr) {
 		nodelay, nerr = syscall.GetsockoptInt(int(fd), syscall.IPPROTO_TCP, syscall.TCP_NODELAY)
 		domain, derr = syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_DOMAIN)
+		ierr = tcpInfo(fd)
+		tos, toserr = syscall.GetsockoptInt(int(fd), syscall.IPPROTO_IP, syscall.IP_TOS)
+		ttl, ttlerr = syscall.GetsockoptInt(int(fd), syscall.IPPROTO_IP, syscall.IP_TTL)
 	})
-	return out + fmt.Sprintf(" Control=%v TCP_NODELAY=%d/%v SO_DOMAIN=%d/%v", cerr, nodelay, nerr, domain, derr)
+	return out + fmt.Sprintf(" Control=%v TCP_NODELAY=%d/%v SO_DOMAIN=%d/%v TCP_INFO=%v IP_TOS=%d/%v IP_TTL=%d/%v",
+		cerr, nodelay, nerr, domain, derr, ierr, tos, toserr, ttl, ttlerr)
+}
+
+// tcpInfo reads TCP_INFO into a buffer larger than struct tcp_info (the standard library has
+// no wrapper for it): the error, if any.
+func tcpInfo(fd uintptr) error {
+	var buf [512]byte
+	n := uint32(len(buf))
+	_, _, e := syscall.Syscall6(syscall.SYS_GETSOCKOPT, fd, syscall.IPPROTO_TCP, syscall.TCP_INFO,
+		uintptr(unsafe.Pointer(&buf[0])), uintptr(unsafe.Pointer(&n)), 0)
+	if e != 0 {
+		return e
+	}
+	return nil
 }

@@ -103,14 +103,15 @@
 //! makes no descriptor readable (a poller sees the next one only).
 //!
 //! Cost: each notified call is a round trip to the supervisor (every `connect` and `bind` is
-//! notified, AF_UNIX ones included: BPF cannot read the address behind the pointer). Calls that
-//! only continue take the fast path: one process_vm_readv of the address into the stack (or,
-//! for getsockname/getpeername while nothing was made here, nothing) and the CONTINUE answer,
-//! on the loop's own thread; a dynamic program under liboutsock pays one such round trip per
-//! connect (the preload's connect to host.sock). An outsourced connect, listen, blocking
-//! accept or DNS read also runs on a worker thread (an idle one, kept for 10 s, when there
-//! is one). The data path is untouched: reads and writes on a
-//! passed socket are the kernel's own.
+//! notified, AF_UNIX ones included: BPF cannot read the address behind the pointer; inside a
+//! VM also every TCP- and IP-level socket option, on any socket: a Go dial sets a few). Calls
+//! that only continue take the fast path: one process_vm_readv of the address into the stack
+//! (or, for getsockname/getpeername and socket options while nothing was made here, nothing)
+//! and the CONTINUE answer, on the loop's own thread; a dynamic program under liboutsock pays
+//! one such round trip per connect (the preload's connect to host.sock). An outsourced
+//! connect, listen, blocking accept or DNS read also runs on a worker thread (an idle one,
+//! kept for 10 s, when there is one). The data path is untouched: reads and writes on a passed
+//! socket are the kernel's own.
 //!
 //! Modules: [`filter`] (the BPF program, safe), `sys` (every syscall and ioctl; the only
 //! `unsafe`), `host` (the host-server client), `dns` (the resolver relay), `workers` (the

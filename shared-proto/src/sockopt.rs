@@ -317,6 +317,31 @@ mod tests {
         assert_eq!(get(IPPROTO_IP, IP_TTL, CONN, -4), Get::Fail(Errno::EINVAL));
     }
 
+    proptest::proptest! {
+        /// Whatever a program passes, the rule never writes past the caller's buffer (a
+        /// non-negative `optlen`), nor more than the largest option, and never panics.
+        #[test]
+        fn a_reply_fits_the_callers_buffer(
+            level in proptest::prop_oneof![0..8i32, proptest::prelude::any::<i32>()],
+            name in proptest::prop_oneof![0..64i32, proptest::prelude::any::<i32>()],
+            optlen in proptest::prelude::any::<i32>(),
+            listener in proptest::prelude::any::<bool>(),
+            vsock in proptest::prelude::any::<bool>(),
+        ) {
+            let s = StandIn { listener, vsock };
+            if let Get::Reply(r) = get(level, name, s, optlen) {
+                proptest::prop_assert!(r.len() <= TCP_INFO_LEN);
+                if let Ok(max) = usize::try_from(optlen) {
+                    proptest::prop_assert!(r.len() <= max);
+                }
+                let mut buf = [0xff; TCP_INFO_LEN];
+                proptest::prop_assert_eq!(r.bytes(&mut buf).len(), r.len());
+            }
+            #[allow(clippy::cast_sign_loss)] // Any u32.
+            let _ = set(level, name, s, optlen as u32);
+        }
+    }
+
     #[test]
     fn the_filter_lets_through_what_the_rule_may_answer() {
         for (level, name) in [

@@ -12,8 +12,9 @@
 # forwarder that /init starts on 127.0.0.1:53, /usr/bin/outsock (stripped), under whose
 # seccomp supervisor /init runs the workload, resolv.conf naming 127.0.0.1, and the legacy programs in
 # GUEST_PROGRAMS below with their shared libraries, copied from this machine's installed
-# Debian packages (netcat-traditional, curl, wget, busybox, iperf3, knot-dnsutils, nginx: its
-# binary only, run with a configuration of its own, no mime.types), and python3
+# Debian packages (netcat-traditional, curl, wget, busybox, iperf3, knot-dnsutils,
+# bind9-dnsutils' dig, nginx: its binary only, run with a configuration of its own, no
+# mime.types), and python3
 # with its standard library (less the parts no program here imports: tests, Tk, IDLE, the
 # static library; see copy_python) and the extension modules' libraries.
 # Debug aid: OUTSOCK_GUEST_EXTRA="/usr/bin/strace ..." adds more programs the same way.
@@ -73,7 +74,7 @@ kdeb=$(fetch "$kpkg")
 bbdeb=$(fetch busybox-static)
 
 # 3. Hash the inputs.
-GUEST_PROGRAMS="/usr/bin/nc.traditional /usr/bin/curl /usr/bin/wget /usr/bin/busybox /usr/bin/iperf3 /usr/bin/kdig /usr/sbin/nginx"
+GUEST_PROGRAMS="/usr/bin/nc.traditional /usr/bin/curl /usr/bin/wget /usr/bin/busybox /usr/bin/iperf3 /usr/bin/kdig /usr/bin/dig /usr/sbin/nginx"
 # python3: the interpreter and its standard library folder (from python3.11-minimal,
 # libpython3.11-minimal and libpython3.11-stdlib); the packages' versions go into the hash.
 PYTHON=/usr/bin/python3.11
@@ -167,10 +168,27 @@ else
             done
         done
     }
+    # dig's libxml2 links ICU, whose data library (31 MB of locale and conversion tables, a
+    # third more image) dig never opens: libxml2 asks ICU only to convert a document in a
+    # character set it lacks itself, and dig parses no XML. An empty library of the same name
+    # exporting the same symbol stands in for it (ICU answers an error if it is ever asked).
+    stub_icudata() {
+        local r=$1 lib sym
+        for lib in "$r"/lib/x86_64-linux-gnu/libicudata.so.*; do
+            [ -f "$lib" ] || continue
+            sym=$(nm -D --defined-only "$lib" | awk '$2 == "R" && $3 ~ /^icudt[0-9]+_dat$/ {print $3}')
+            [ -n "$sym" ] || die "no icudt*_dat symbol in $lib"
+            printf 'const char %s[32] __attribute__((aligned(16))) = {0};\n' "$sym" \
+                | cc -shared -fPIC -x c -Wl,-soname,"$(basename "$lib")" -o "$lib.stub" - \
+                || die "building the stand-in for $lib failed (needs cc)"
+            mv "$lib.stub" "$lib"
+        done
+    }
     add_extra_files() {
         local r=$1 p
         [ -n "$bins" ] || return 0
         for p in $GUEST_PROGRAMS; do copy_with_libs "$r" "$p"; done
+        stub_icudata "$r"
         copy_python "$r"
         # The dynamic busybox (Debian `busybox`) is the "busybox" on PATH: LD_PRELOAD cannot
         # reach the static one /init runs on.

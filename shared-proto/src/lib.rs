@@ -9,6 +9,8 @@
 //! - [`lookup`]: host-server ↔ dns-cache look-ups on `dns.sock`.
 //! - [`translate`]: the translation's semantics shared by liboutsock and outsock-supervisor
 //!   (what is outsourced, `sockaddr_in` bytes, what a connect answer means).
+//! - [`sockopt`]: how `getsockopt`/`setsockopt` answer on a stand-in for a program's TCP socket
+//!   (host-server's IPv6 socket, or a vsock stream in a VM), shared by both front ends.
 //! - [`hybrid`]: the `CONNECT <port>` / `OK <port>` handshake of hybrid vsock on a VM's socket.
 //!
 //! The crate does no I/O and has no unsafe code: transports (Unix sockets, vsock, SCM_RIGHTS)
@@ -18,8 +20,8 @@
 //!
 //! Imports point one way: [`header`] and [`error`] at the bottom, then [`codec`], [`frame`], the
 //! message families ([`outsource`], [`lookup`]) and [`reader`]; [`errno`] and [`hybrid`] stand
-//! alone. The items re-exported below are the crate's paths for users; no module inside the
-//! crate names them through the root.
+//! alone; [`sockopt`] uses [`errno`] and [`translate`]. The items re-exported below are the
+//! crate's paths for users; no module inside the crate names them through the root.
 
 #![forbid(unsafe_code)]
 
@@ -32,6 +34,7 @@ pub mod hybrid;
 pub mod lookup;
 pub mod outsource;
 pub mod reader;
+pub mod sockopt;
 pub mod translate;
 
 pub use errno::Errno;

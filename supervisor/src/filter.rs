@@ -1,13 +1,18 @@
 //! The seccomp filter the supervised program runs under: a classic BPF program, built by hand
 //! because seccompiler has no `SECCOMP_RET_USER_NOTIF` action.
 //!
+//! - The program is assembled from instructions with symbolic jumps (`assemble`), so the
+//!   variants share their code and no offset is counted by hand.
 //! - A foreign architecture (the i386 ABI of an x86_64 program) is allowed: the supervisor
 //!   translates, it does not confine (see the crate docs).
 //! - `connect`, `getsockname`, `getpeername`, `bind`, `listen`, `accept`, `accept4`, and
 //!   `recvfrom`/`sendto` with a non-null address notify the supervisor; everything else is
 //!   allowed. `socket` is not notified (nothing is done at creation: what a socket becomes is
 //!   decided when it connects, binds or listens), nor are `recv`/`send` (the same calls without
-//!   an address), `read` and `write`. What BPF cannot decide — whether a connect's address is
+//!   an address), `read` and `write`. Inside a VM ([`Transport::Vsock`]) `getsockopt` and
+//!   `setsockopt` notify too at the levels a vsock stand-in cannot answer (`IPPROTO_TCP`,
+//!   `IPPROTO_IP`; `getsockopt`'s `SO_DOMAIN`/`SO_PROTOCOL`), read from the arguments; in
+//!   process mode they never do. What BPF cannot decide — whether a connect's address is
 //!   AF_INET (behind a pointer), or a descriptor is one the supervisor made — the supervisor
 //!   decides on its fast path, without allocating or a second ioctl.
 
@@ -50,7 +55,8 @@ fn jeq(k: u32, jt: u8, jf: u8) -> sock_filter {
     }
 }
 
-/// The system calls the supervisor is notified of (x86_64 numbers), for the docs and tests.
+/// The system calls the supervisor is notified of (x86_64 numbers), for the docs and tests;
+/// inside a VM also [`NOTIFIED_IN_VM`], for some options.
 pub const NOTIFIED: [i64; 9] = [
     libc::SYS_connect,
     libc::SYS_getsockname,
@@ -63,37 +69,163 @@ pub const NOTIFIED: [i64; 9] = [
     libc::SYS_sendto,
 ];
 
-/// The filter program. Jumps are relative and forward only; the comments give each
-/// instruction's index.
+/// Inside a VM: `getsockopt`/`setsockopt` at the levels a vsock stand-in cannot answer
+/// (`shared_proto::sockopt::vsock_may_answer`: `IPPROTO_TCP`, `IPPROTO_IP`, and `getsockopt`'s
+/// `SO_DOMAIN`/`SO_PROTOCOL`). In process mode a stand-in is host-server's TCP socket, which
+/// answers them itself: no notification there (each costs a round trip).
+pub const NOTIFIED_IN_VM: [i64; 2] = [libc::SYS_getsockopt, libc::SYS_setsockopt];
+
+/// Which stream reaches host-server, as far as the filter cares (see [`crate::transport`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// Process mode: host-server passes real sockets.
+    Unix,
+    /// Inside a VM: outsourced sockets are vsock streams standing in for TCP sockets.
+    Vsock,
+}
+
+impl Transport {
+    /// The transport of a vsock port setting ([`crate::transport::vsock_port`]).
+    #[must_use]
+    pub fn of(vsock_port: Option<u32>) -> Self {
+        if vsock_port.is_some() {
+            Self::Vsock
+        } else {
+            Self::Unix
+        }
+    }
+}
+
+/// A place in the program a jump goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Label {
+    /// The next instruction.
+    Next,
+    Nr,
+    Allow,
+    Notify,
+    /// recvfrom/sendto: the address argument.
+    Addr,
+    AddrNotify,
+    AddrAllow,
+    Get,
+    GetName,
+    Set,
+    OptNotify,
+    OptAllow,
+}
+
+/// An instruction with symbolic jumps, or where a label is.
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    Ld(u32),
+    /// Jump to the first label if the accumulator equals k, else to the second.
+    Jeq(u32, Label, Label),
+    Ret(u32),
+    Here(Label),
+}
+
+/// Resolves the labels: each appears once, every jump goes forward by less than 256.
+fn assemble(ops: &[Op]) -> Vec<sock_filter> {
+    let mut at = Vec::new();
+    let mut pc = 0usize;
+    for op in ops {
+        match op {
+            Op::Here(l) => at.push((*l, pc)),
+            _ => pc += 1,
+        }
+    }
+    let target = |l: Label, pc: usize| -> u8 {
+        if l == Label::Next {
+            return 0;
+        }
+        let to = at
+            .iter()
+            .find(|(m, _)| *m == l)
+            .map(|&(_, t)| t)
+            .expect("every label jumped to is placed");
+        u8::try_from(to - pc - 1).expect("jumps are forward and short")
+    };
+    let mut out = Vec::with_capacity(pc);
+    for op in ops {
+        let pc = out.len();
+        match *op {
+            Op::Ld(k) => out.push(stmt(LD_W_ABS, k)),
+            Op::Jeq(k, t, f) => out.push(jeq(k, target(t, pc), target(f, pc))),
+            Op::Ret(k) => out.push(stmt(RET_K, k)),
+            Op::Here(_) => {}
+        }
+    }
+    out
+}
+
+/// The filter program for `transport`. Jumps are relative and forward only.
 #[must_use]
-#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // Syscall numbers < 2^32.
-pub fn program() -> Vec<sock_filter> {
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // Syscall numbers, levels < 2^31.
+pub fn program(transport: Transport) -> Vec<sock_filter> {
+    use shared_proto::sockopt::{IPPROTO_IP, IPPROTO_TCP, SOL_SOCKET, SO_DOMAIN, SO_PROTOCOL};
+    use Label::{
+        Addr, AddrAllow, AddrNotify, Allow, Get, GetName, Next, Notify, Nr, OptAllow, OptNotify,
+        Set,
+    };
     let notify = libc::SECCOMP_RET_USER_NOTIF;
     let allow = libc::SECCOMP_RET_ALLOW;
-    vec![
-        stmt(LD_W_ABS, ARCH),                    // 0
-        jeq(AUDIT_ARCH_X86_64, 1, 0),            // 1: -> 3
-        stmt(RET_K, allow),                      // 2
-        stmt(LD_W_ABS, NR),                      // 3
-        jeq(libc::SYS_connect as u32, 9, 0),     // 4: -> 14
-        jeq(libc::SYS_getsockname as u32, 8, 0), // 5: -> 14
-        jeq(libc::SYS_getpeername as u32, 7, 0), // 6: -> 14
-        jeq(libc::SYS_bind as u32, 6, 0),        // 7: -> 14
-        jeq(libc::SYS_listen as u32, 5, 0),      // 8: -> 14
-        jeq(libc::SYS_accept as u32, 4, 0),      // 9: -> 14
-        jeq(libc::SYS_accept4 as u32, 3, 0),     // 10: -> 14
-        jeq(libc::SYS_recvfrom as u32, 3, 0),    // 11: -> 15
-        jeq(libc::SYS_sendto as u32, 2, 0),      // 12: -> 15
-        stmt(RET_K, allow),                      // 13
-        stmt(RET_K, notify),                     // 14
+    let mut ops = vec![
+        Op::Ld(ARCH),
+        Op::Jeq(AUDIT_ARCH_X86_64, Nr, Next),
+        Op::Ret(allow),
+        Op::Here(Nr),
+        Op::Ld(NR),
+    ];
+    for nr in &NOTIFIED[..7] {
+        ops.push(Op::Jeq(*nr as u32, Notify, Next));
+    }
+    ops.push(Op::Jeq(libc::SYS_recvfrom as u32, Addr, Next));
+    ops.push(Op::Jeq(libc::SYS_sendto as u32, Addr, Next));
+    let vsock = transport == Transport::Vsock;
+    if vsock {
+        ops.push(Op::Jeq(libc::SYS_getsockopt as u32, Get, Next));
+        ops.push(Op::Jeq(libc::SYS_setsockopt as u32, Set, Next));
+    }
+    ops.extend([
+        Op::Here(Allow),
+        Op::Ret(allow),
+        Op::Here(Notify),
+        Op::Ret(notify),
         // recvfrom, sendto: notify when the address (args[4]) is not null.
-        stmt(LD_W_ABS, arg_lo(4)), // 15
-        jeq(0, 0, 2),              // 16: -> 17 / 19
-        stmt(LD_W_ABS, arg_hi(4)), // 17
-        jeq(0, 1, 0),              // 18: -> 20 / 19
-        stmt(RET_K, notify),       // 19
-        stmt(RET_K, allow),        // 20
-    ]
+        Op::Here(Addr),
+        Op::Ld(arg_lo(4)),
+        Op::Jeq(0, Next, AddrNotify),
+        Op::Ld(arg_hi(4)),
+        Op::Jeq(0, AddrAllow, AddrNotify),
+        Op::Here(AddrNotify),
+        Op::Ret(notify),
+        Op::Here(AddrAllow),
+        Op::Ret(allow),
+    ]);
+    if vsock {
+        // The level (args[1]) and name (args[2]) are ints: the kernel reads the low 32 bits.
+        ops.extend([
+            Op::Here(Get),
+            Op::Ld(arg_lo(1)),
+            Op::Jeq(IPPROTO_TCP as u32, OptNotify, Next),
+            Op::Jeq(IPPROTO_IP as u32, OptNotify, Next),
+            Op::Jeq(SOL_SOCKET as u32, GetName, OptAllow),
+            Op::Here(GetName),
+            Op::Ld(arg_lo(2)),
+            Op::Jeq(SO_DOMAIN as u32, OptNotify, Next),
+            Op::Jeq(SO_PROTOCOL as u32, OptNotify, OptAllow),
+            Op::Here(Set),
+            Op::Ld(arg_lo(1)),
+            Op::Jeq(IPPROTO_TCP as u32, OptNotify, Next),
+            Op::Jeq(IPPROTO_IP as u32, OptNotify, OptAllow),
+            Op::Here(OptNotify),
+            Op::Ret(notify),
+            Op::Here(OptAllow),
+            Op::Ret(allow),
+        ]);
+    }
+    assemble(&ops)
 }
 
 #[cfg(test)]
@@ -126,20 +258,16 @@ mod tests {
         }
     }
 
-    #[test]
+    /// The calls both variants notify alike, checked on `p`.
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-    fn notifies_exactly_the_calls_it_should() {
-        let p = program();
+    fn common_calls(p: &[sock_filter]) {
         let n = libc::SECCOMP_RET_USER_NOTIF;
         let a = libc::SECCOMP_RET_ALLOW;
         let x = AUDIT_ARCH_X86_64;
         let inet = libc::AF_INET as u64;
-        assert_eq!(
-            run(&p, x, libc::SYS_socket as u32, [inet, 1, 0, 0, 0, 0]),
-            a
-        );
-        assert_eq!(run(&p, x, libc::SYS_socket as u32, [10, 1, 0, 0, 0, 0]), a);
-        assert_eq!(run(&p, x, libc::SYS_socket as u32, [1, 1, 0, 0, 0, 0]), a);
+        assert_eq!(run(p, x, libc::SYS_socket as u32, [inet, 1, 0, 0, 0, 0]), a);
+        assert_eq!(run(p, x, libc::SYS_socket as u32, [10, 1, 0, 0, 0, 0]), a);
+        assert_eq!(run(p, x, libc::SYS_socket as u32, [1, 1, 0, 0, 0, 0]), a);
         for nr in [
             libc::SYS_connect,
             libc::SYS_getsockname,
@@ -149,23 +277,82 @@ mod tests {
             libc::SYS_accept,
             libc::SYS_accept4,
         ] {
-            assert_eq!(run(&p, x, nr as u32, [3, 0, 0, 0, 0, 0]), n);
+            assert_eq!(run(p, x, nr as u32, [3, 0, 0, 0, 0, 0]), n);
         }
         let rf = libc::SYS_recvfrom as u32;
-        assert_eq!(run(&p, x, rf, [3, 0, 0, 0, 0, 0]), a);
-        assert_eq!(run(&p, x, rf, [3, 0, 0, 0, 0x7fff_0000, 0]), n);
-        assert_eq!(run(&p, x, rf, [3, 0, 0, 0, 0x7f00_0000_0000, 0]), n);
-        assert_eq!(run(&p, x, libc::SYS_read as u32, [3, 0, 0, 0, 0, 0]), a);
-        assert_eq!(run(&p, x, libc::SYS_close as u32, [3, 0, 0, 0, 0, 0]), a);
-        assert_eq!(run(&p, x, libc::SYS_shutdown as u32, [3, 0, 0, 0, 0, 0]), a);
+        assert_eq!(run(p, x, rf, [3, 0, 0, 0, 0, 0]), a);
+        assert_eq!(run(p, x, rf, [3, 0, 0, 0, 0x7fff_0000, 0]), n);
+        assert_eq!(run(p, x, rf, [3, 0, 0, 0, 0x7f00_0000_0000, 0]), n);
+        assert_eq!(run(p, x, libc::SYS_read as u32, [3, 0, 0, 0, 0, 0]), a);
+        assert_eq!(run(p, x, libc::SYS_close as u32, [3, 0, 0, 0, 0, 0]), a);
+        assert_eq!(run(p, x, libc::SYS_shutdown as u32, [3, 0, 0, 0, 0, 0]), a);
         let st = libc::SYS_sendto as u32;
-        assert_eq!(run(&p, x, st, [3, 0, 0, 0, 0, 0]), a);
-        assert_eq!(run(&p, x, st, [3, 0, 0, 0, 0x7fff_0000, 16]), n);
-        assert_eq!(run(&p, x, libc::SYS_write as u32, [3, 0, 0, 0, 1, 0]), a);
-        assert_eq!(run(&p, 0x4000_0003, libc::SYS_connect as u32, [0; 6]), a);
+        assert_eq!(run(p, x, st, [3, 0, 0, 0, 0, 0]), a);
+        assert_eq!(run(p, x, st, [3, 0, 0, 0, 0x7fff_0000, 16]), n);
+        assert_eq!(run(p, x, libc::SYS_write as u32, [3, 0, 0, 0, 1, 0]), a);
+        assert_eq!(run(p, 0x4000_0003, libc::SYS_connect as u32, [0; 6]), a);
         assert!(NOTIFIED.contains(&libc::SYS_recvfrom));
         for nr in NOTIFIED {
-            assert_eq!(run(&p, x, nr as u32, [3, 0, 0, 0, 1, 0]), n, "{nr}");
+            assert_eq!(run(p, x, nr as u32, [3, 0, 0, 0, 1, 0]), n, "{nr}");
         }
+        // Every other system call is allowed.
+        for nr in 0..460 {
+            if !NOTIFIED.contains(&nr) && !NOTIFIED_IN_VM.contains(&nr) {
+                assert_eq!(run(p, x, nr as u32, [3, 6, 1, 1, 1, 4]), a, "{nr}");
+            }
+        }
+    }
+
+    /// The levels and names tried: every small one, and ints whose high argument bits are set
+    /// (the kernel reads an int).
+    fn levels_and_names() -> impl Iterator<Item = (u64, u64)> {
+        let levels = (0..300u64).chain([0xffff_ffff, 0x1_0000_0006, 0x1_0000_0001]);
+        levels.flat_map(|l| (0..70u64).chain([0x1_0000_0027]).map(move |n| (l, n)))
+    }
+
+    #[test]
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    fn notifies_exactly_the_calls_it_should() {
+        // Process mode: the program of before the VM variant, instruction for instruction.
+        let p = program(Transport::Unix);
+        let (n, a) = (libc::SECCOMP_RET_USER_NOTIF, libc::SECCOMP_RET_ALLOW);
+        let mut before = vec![stmt(LD_W_ABS, ARCH), jeq(AUDIT_ARCH_X86_64, 1, 0)];
+        before.extend([stmt(RET_K, a), stmt(LD_W_ABS, NR)]);
+        for (nr, jt) in NOTIFIED.iter().zip([9, 8, 7, 6, 5, 4, 3, 3, 2]) {
+            before.push(jeq(*nr as u32, jt, 0));
+        }
+        before.extend([stmt(RET_K, a), stmt(RET_K, n), stmt(LD_W_ABS, arg_lo(4))]);
+        before.extend([jeq(0, 0, 2), stmt(LD_W_ABS, arg_hi(4)), jeq(0, 1, 0)]);
+        before.extend([stmt(RET_K, n), stmt(RET_K, a)]);
+        let same = |x: &sock_filter, y: &sock_filter| {
+            (x.code, x.jt, x.jf, x.k) == (y.code, y.jt, y.jf, y.k)
+        };
+        assert_eq!(p.len(), before.len());
+        assert!(p.iter().zip(&before).all(|(x, y)| same(x, y)));
+        common_calls(&p);
+        for nr in NOTIFIED_IN_VM {
+            for (level, name) in levels_and_names() {
+                let args = [3, level, name, 0x7fff_0000, 0x7fff_0100, 0];
+                assert_eq!(run(&p, AUDIT_ARCH_X86_64, nr as u32, args), a);
+            }
+        }
+
+        // Inside a VM: the same, and the options the shared rule may answer.
+        let p = program(Transport::Vsock);
+        common_calls(&p);
+        for nr in NOTIFIED_IN_VM {
+            let get = nr == libc::SYS_getsockopt;
+            for (level, name) in levels_and_names() {
+                let args = [3, level, name, 0x7fff_0000, 0x7fff_0100, 0];
+                let want = shared_proto::sockopt::vsock_may_answer(get, level as i32, name as i32);
+                let got = run(&p, AUDIT_ARCH_X86_64, nr as u32, args);
+                assert_eq!(got, if want { n } else { a }, "{nr} {level} {name}");
+            }
+        }
+        let x86 = libc::SYS_getsockopt as u32;
+        assert_eq!(run(&p, AUDIT_ARCH_X86_64, x86, [3, 6, 1, 0, 0, 0]), n);
+        assert_eq!(run(&p, AUDIT_ARCH_X86_64, x86, [3, 1, 39, 0, 0, 0]), n);
+        assert_eq!(run(&p, AUDIT_ARCH_X86_64, x86, [3, 1, 4, 0, 0, 0]), a);
+        assert_eq!(run(&p, 0x4000_0003, x86, [3, 6, 1, 0, 0, 0]), a);
     }
 }

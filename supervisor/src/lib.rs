@@ -14,8 +14,8 @@
 //!    programs: what it handles never reaches the kernel as an AF_INET non-loopback connect
 //!    (its sockets are IPv6 or Unix by then), so nothing is handled twice.
 //! 2. The filter notifies `connect`, `getsockname`, `getpeername`, `bind`, `listen`, `accept`,
-//!    `accept4`, and `recvfrom`/`sendto` with an address; everything else (`socket` included)
-//!    runs untouched at full speed. The filter is inherited: every descendant (fork, exec,
+//!    `accept4`, and `recvfrom`/`sendto` with an address (inside a VM some socket options
+//!    too, see 6); everything else (`socket` included) runs untouched at full speed. The filter is inherited: every descendant (fork, exec,
 //!    daemons that double-fork) is served too, and [`run`] serves until no task uses the
 //!    filter any more (the listener reports POLLHUP once the last one has exited and been
 //!    reaped), while returning the program's own exit status, taken when it exited.
@@ -72,9 +72,13 @@
 //!    program's descriptor and keeps the request's stream (host-server's listener lives as
 //!    long as it); each accepted connection is an inbound vsock stream whose `Inbound` frame
 //!    (the client's source-pool dummy) is read here before the stream is added as the
-//!    accept's result. `getsockopt`/`setsockopt` are not notified: TCP-level options on a
-//!    vsock stand-in fail with ENOPROTOOPT where liboutsock answers them (Go and busybox
-//!    ignore those errors). A listener's companion stream is closed at the next listen after
+//!    accept's result. The filter also notifies `getsockopt`/`setsockopt` at the levels a
+//!    vsock stand-in cannot answer (`IPPROTO_TCP`, `IPPROTO_IP`, and `SO_DOMAIN`/`SO_PROTOCOL`):
+//!    on a connection or listener made here they answer by liboutsock's rule
+//!    (`shared_proto::sockopt`, in `sockopt`: TCP and IP options set are accepted with no
+//!    effect, read ones answer as an idle AF_INET connection's), on any other socket they
+//!    continue. In process mode they are never notified (a passed socket is a real TCP
+//!    socket). A listener's companion stream is closed at the next listen after
 //!    no process holds the listener any more (or when the supervisor ends), not at once.
 //!
 //! Time-of-check to time-of-use: addresses are read from the program's memory with
@@ -93,36 +97,40 @@
 //!
 //! Not in this slice (the calls continue natively, which fails on an IPv6-only network):
 //! `sendmsg`/`sendmmsg` with an address and `recvmsg`/`recvmmsg` addresses on UDP made here
-//! (not notified: `udp` lists the consequences; BIND `dig` needs the preload), ICMP, the i386 ABI, AF_INET6 sockets other than dual-stack TCP listeners
-//! (those are outsourced as AF_INET ones: `serve`).
-//! Socket options set before an outsourced listen are not carried over (before a connect they
-//! are: `serve`), and `getsockopt` is the kernel's: on a listener it describes the packet channel (`AF_UNIX`,
-//! `SOCK_SEQPACKET`), on an accepted socket the IPv6 one. An epoll registration made on a
+//! (not notified: `udp` lists the consequences; BIND `dig` needs the preload), ICMP, the i386
+//! ABI, AF_INET6 sockets other than dual-stack TCP listeners (those are outsourced as AF_INET
+//! ones: `serve`). Socket options set before an outsourced listen are not carried over (before
+//! a connect they are: `serve`), and in process mode `getsockopt` is the kernel's: on a
+//! listener it describes the packet channel (`AF_UNIX`, `SOCK_SEQPACKET`), on an accepted
+//! socket the IPv6 one. An epoll registration made on a
 //! socket before its `listen` stays with the replaced socket, as with liboutsock. A
 //! connection taken for a blocking accept whose caller left and held for the next accept
 //! makes no descriptor readable (a poller sees the next one only).
 //!
 //! Cost: each notified call is a round trip to the supervisor (every `connect` and `bind` is
-//! notified, AF_UNIX ones included: BPF cannot read the address behind the pointer). Calls that
-//! only continue take the fast path: one process_vm_readv of the address into the stack (or,
-//! for getsockname/getpeername while nothing was made here, nothing) and the CONTINUE answer,
-//! on the loop's own thread; a dynamic program under liboutsock pays one such round trip per
-//! connect (the preload's connect to host.sock). An outsourced connect, bind, listen,
-//! blocking accept or blocking UDP recvfrom also runs on a worker thread (an idle one, kept for 10 s, when there
-//! is one). The data path is untouched: reads and writes on a
-//! passed socket are the kernel's own.
+//! notified, AF_UNIX ones included: BPF cannot read the address behind the pointer; inside a
+//! VM also every TCP- and IP-level socket option, on any socket: a Go dial sets a few). Calls
+//! that only continue take the fast path: one process_vm_readv of the address into the stack
+//! (or, for getsockname/getpeername and socket options while nothing was made here, nothing)
+//! and the CONTINUE answer, on the loop's own thread; a dynamic program under liboutsock pays
+//! one such round trip per connect (the preload's connect to host.sock, none when its kept
+//! stream serves). A process-mode TCP connect is made on the loop's thread too; a bind, listen,
+//! a VM's connect, a blocking accept or a blocking UDP recvfrom runs on a worker thread (an
+//! idle one, kept for 10 s, when there is one). The data path is untouched: reads and writes on
+//! a passed socket are the kernel's own.
 //!
 //! Modules: [`filter`] (the BPF program, safe), `sys` (every syscall and ioctl; the only
 //! `unsafe`), `host` (the host-server client), `workers` (the
 //! threads calls that may wait run on), [`transport`] (Unix or vsock, as liboutsock chooses),
-//! `vmlisten` (listeners inside a VM), `udp` (UDP associations and connected UDP), `serve`
-//! (the loop).
+//! `vmlisten` (listeners inside a VM), `udp` (UDP associations and connected UDP), `sockopt`
+//! (options on a vsock stand-in), `serve` (the loop).
 
 #![deny(unsafe_code)]
 
 pub mod filter;
 mod host;
 mod serve;
+mod sockopt;
 #[allow(unsafe_code)]
 mod sys;
 pub mod transport;
@@ -204,7 +212,11 @@ pub fn run(cmd: &mut Command, opts: &Options) -> Result<ExitStatus, RunError> {
         return Err(RunError::Unavailable);
     }
     sys::block_stop_signals().map_err(RunError::Spawn)?;
-    let (mut child, listener) = sys::spawn(cmd, filter::program()).map_err(RunError::Spawn)?;
+    // Inside a VM (liboutsock's transport setting) host-server is reached over vsock, and the
+    // guest's resolv.conf names its loopback forwarder, which resolvers reach natively.
+    let vsock = transport::vsock_port();
+    let filter = filter::program(filter::Transport::of(vsock));
+    let (mut child, listener) = sys::spawn(cmd, filter).map_err(RunError::Spawn)?;
     // The child is not reaped before this pidfd is open: it names the program for good.
     let pidfd = sys::pidfd(child.id()).map_err(RunError::Spawn)?;
     std::thread::spawn(move || {
@@ -218,9 +230,6 @@ pub fn run(cmd: &mut Command, opts: &Options) -> Result<ExitStatus, RunError> {
     // Best effort (Linux >= 6.6): without it the notified round trip is sometimes ten times
     // longer, when the wake-up goes to an idle CPU (ARCHITECTURE.md).
     let _ = listener.sync_wake_up();
-    // Inside a VM (liboutsock's transport setting) host-server is reached over vsock, and the
-    // guest's resolv.conf names its loopback forwarder, which resolvers reach natively.
-    let vsock = transport::vsock_port();
     let nameservers = if vsock.is_some() {
         Vec::new()
     } else {

@@ -22,6 +22,9 @@
 //!   non-blocking one on the loop's thread; a blocking one on a worker that gives up when the
 //!   caller has left and after SO_RCVTIMEO), and reports the AF_INET source: the sender's name
 //!   on an association, the peer on a connected socket.
+//! - `getsockopt`/`setsockopt` (notified inside a VM only, at the levels a vsock stand-in cannot
+//!   answer) on a connection or listener made here answer by the shared rule (`sockopt`);
+//!   others continue.
 //! - `sendto` with an AF_INET address: on an association it is framed onto the association; on
 //!   a connected socket of host-server's, to its peer it is the kernel's, elsewhere the socket
 //!   becomes an association whose end stays connected to the peer; the first off loopback (or
@@ -57,6 +60,7 @@ use std::process::{Child, ExitStatus};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use shared_proto::outsource::ListenRequest;
+use shared_proto::sockopt::StandIn;
 use shared_proto::translate::{
     carried_value, connect_answer, connect_request, decode_sockaddr_in, decode_sockaddr_in6,
     dual_stack_bind, dual_stack_listener, dual_stack_name, encode_sockaddr_in, encode_sockaddr_in6,
@@ -65,6 +69,7 @@ use shared_proto::translate::{
 use shared_proto::{decode_exact, to_vec, Errno, ToGuest, ToHost};
 
 use crate::host::HostServer;
+use crate::sockopt;
 use crate::sys::{self, Listener, Notif, Ready};
 use crate::udp;
 use crate::vmlisten;
@@ -80,7 +85,7 @@ const AF_UNSPEC: u16 = libc::AF_UNSPEC as u16;
 
 /// What a notified call becomes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Outcome {
+pub(crate) enum Outcome {
     /// The call returns this value.
     Return(i64),
     /// The call fails with this errno.
@@ -389,8 +394,35 @@ fn dispatch(shared: &Arc<Shared>, n: Notif) {
         },
         libc::SYS_listen => listen(shared, n),
         libc::SYS_accept | libc::SYS_accept4 => accept(shared, n),
+        // Notified inside a VM only, for the options a vsock stand-in cannot answer.
+        libc::SYS_getsockopt | libc::SYS_setsockopt => {
+            let outcome = match stand_in(shared, &n) {
+                Some(s) => sockopt::answer(&shared.listener, &n, s),
+                None => Outcome::Continue,
+            };
+            shared.finish(&n, outcome);
+        }
         _ => shared.finish(&n, Outcome::Continue),
     }
+}
+
+/// What stands in for the program's TCP socket that notification `n` names, when it is one
+/// made here (a connection or a listener); `None` for any other socket. Its identity only,
+/// in one stat, and nothing at all while nothing was made here.
+fn stand_in(s: &Shared, n: &Notif) -> Option<StandIn> {
+    if s.views_empty() {
+        return None;
+    }
+    let view = s.view_by_id(sys::identity_of(n.pid, fd_arg(n)).ok()?)?;
+    let listener = match view.kind {
+        Kind::Stream => false,
+        Kind::Listener => true,
+        Kind::Bound | Kind::UdpConnected | Kind::Udp => return None,
+    };
+    Some(StandIn {
+        listener,
+        vsock: !s.host.passes_fds(),
+    })
 }
 
 #[allow(clippy::cast_possible_truncation)] // Descriptors are ints in the syscall ABI.

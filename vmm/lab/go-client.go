@@ -2,7 +2,10 @@
 // machine with CGO_ENABLED=0 (a static binary: raw system calls, Go's own resolver reading
 // /etc/resolv.conf), the driver serves it from the world's web server, and the guest runs it
 // unmodified under /init's supervisor. It dials os.Args[1] port 80 over tcp4 by name, prints
-// the connection's RemoteAddr and LocalAddr, sends an HTTP/1.0 GET of /index.html and prints
+// the connection's RemoteAddr and LocalAddr, sets TCP options as Go programs do
+// (SetNoDelay, SetKeepAlive, SetKeepAlivePeriod: IPPROTO_TCP and SOL_SOCKET setsockopt) and
+// reads some back (TCP_NODELAY, SO_DOMAIN, TCP_INFO, IP_TOS, IP_TTL: getsockopt through
+// syscall.RawConn), printing each error or value on one "sockopts" line, then sends an HTTP/1.0 GET of /index.html and prints
 // the answer.
 package main
 
@@ -11,7 +14,9 @@ import (
 	"io"
 	"net"
 	"os"
+	"syscall"
 	"time"
+	"unsafe"
 )
 
 func main() {
@@ -23,6 +28,7 @@ func main() {
 		os.Exit(2)
 	}
 	fmt.Printf("remote %s\nlocal %s\n", conn.RemoteAddr(), conn.LocalAddr())
+	fmt.Printf("sockopts %s\n", sockopts(conn.(*net.TCPConn)))
 	fmt.Fprintf(conn, "GET /index.html HTTP/1.0\r\nHost: %s\r\n\r\n", host)
 	resp, err := io.ReadAll(conn)
 	if err != nil {
@@ -30,4 +36,38 @@ func main() {
 		os.Exit(3)
 	}
 	fmt.Printf("%s", resp)
+}
+
+// sockopts sets and reads back options on c; it returns what each call answered.
+func sockopts(c *net.TCPConn) string {
+	out := fmt.Sprintf("SetNoDelay(false)=%v SetKeepAlive(true)=%v SetKeepAlivePeriod(20s)=%v",
+		c.SetNoDelay(false), c.SetKeepAlive(true), c.SetKeepAlivePeriod(20*time.Second))
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return out + fmt.Sprintf(" SyscallConn=%v", err)
+	}
+	var nodelay, domain, tos, ttl int
+	var nerr, derr, ierr, toserr, ttlerr error
+	cerr := raw.Control(func(fd uintptr) {
+		nodelay, nerr = syscall.GetsockoptInt(int(fd), syscall.IPPROTO_TCP, syscall.TCP_NODELAY)
+		domain, derr = syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_DOMAIN)
+		ierr = tcpInfo(fd)
+		tos, toserr = syscall.GetsockoptInt(int(fd), syscall.IPPROTO_IP, syscall.IP_TOS)
+		ttl, ttlerr = syscall.GetsockoptInt(int(fd), syscall.IPPROTO_IP, syscall.IP_TTL)
+	})
+	return out + fmt.Sprintf(" Control=%v TCP_NODELAY=%d/%v SO_DOMAIN=%d/%v TCP_INFO=%v IP_TOS=%d/%v IP_TTL=%d/%v",
+		cerr, nodelay, nerr, domain, derr, ierr, tos, toserr, ttl, ttlerr)
+}
+
+// tcpInfo reads TCP_INFO into a buffer larger than struct tcp_info (the standard library has
+// no wrapper for it): the error, if any.
+func tcpInfo(fd uintptr) error {
+	var buf [512]byte
+	n := uint32(len(buf))
+	_, _, e := syscall.Syscall6(syscall.SYS_GETSOCKOPT, fd, syscall.IPPROTO_TCP, syscall.TCP_INFO,
+		uintptr(unsafe.Pointer(&buf[0])), uintptr(unsafe.Pointer(&n)), 0)
+	if e != 0 {
+		return e
+	}
+	return nil
 }

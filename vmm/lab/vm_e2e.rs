@@ -5,7 +5,8 @@
 //! The guest fetches its test script from the world's HTTP server (so the script is not
 //! bound by the 2 KiB kernel command line) and runs, unmodified: outbound clients by name
 //! (curl, wget, busybox wget, busybox-static wget and a CGO_ENABLED=0 Go client through /init's
-//! seccomp supervisor, netcat over TCP and UDP, kdig over UDP and TCP, python3 clients
+//! seccomp supervisor, netcat over TCP and UDP, kdig over UDP and TCP, BIND's dig at the
+//! guest DNS address and through resolv.conf over UDP and TCP, python3 clients
 //! over TCP, asyncio and UDP, a 4 MiB file with its md5, `iperf3 -4` of 100 MiB); C programs
 //! compiled by the driver (connects on descriptors above 69,000; `close_range` and `closefrom`
 //! over outsourced descriptors whose numbers are then reused); inbound servers (busybox httpd,
@@ -28,7 +29,7 @@ use crate::vm_world::{self, IPERF_PORT, WHOAMI_PORT};
 use crate::{Driver, Run, RunOpts};
 
 /// The checks this group reports, in order.
-pub const NAMES: [&str; 19] = [
+pub const NAMES: [&str; 20] = [
     "vm-boot",
     "vm-curl",
     "vm-wget",
@@ -38,6 +39,7 @@ pub const NAMES: [&str; 19] = [
     "vm-nc",
     "vm-udp",
     "vm-kdig",
+    "vm-dig",
     "vm-python3",
     "vm-high-fds",
     "vm-big-md5",
@@ -52,6 +54,11 @@ pub const NAMES: [&str; 19] = [
 const VM_SOCKET: &str = "/tmp/outsock-lab-vm0.vsock";
 /// The Go client `run` builds from `go-client.go` into the binaries' folder (`--bin-dir`).
 const GO_CLIENT: &str = "lab-go-client";
+/// What the Go client's socket options print on a native AF_INET TCP socket (checked in a
+/// namespace of loopback only): no error; TCP_NODELAY as set (off), SO_DOMAIN AF_INET, IP_TOS
+/// 0 and IP_TTL 64. A vsock stand-in answering for itself gives ENOPROTOOPT and AF_VSOCK (40):
+/// seen in the lab with the supervisor's option notifications turned off.
+const GO_SOCKOPTS: &str = "SetNoDelay(false)=<nil> SetKeepAlive(true)=<nil> SetKeepAlivePeriod(20s)=<nil> Control=<nil> TCP_NODELAY=0/<nil> SO_DOMAIN=2/<nil> TCP_INFO=<nil> IP_TOS=0/<nil> IP_TTL=64/<nil>";
 /// Guest ports the inbound checks listen on (host-server's allow-list).
 const HTTPD_PORT: u16 = 8080;
 const NC_PORT: u16 = 8081;
@@ -110,6 +117,10 @@ echo via-netcat | /usr/bin/nc.traditional -q 3 -w 20 $ECHO 7; echo NC-RC=$?
 echo via-udp | /usr/bin/nc.traditional -u -q 3 -w 10 $ECHO 7; echo NCU-RC=$?
 A=$(kdig +short +timeout=5 @$DNS $V6 A); echo KDIG-RC=$? KDIG-UDP=$A
 A=$(kdig +short +tcp +timeout=5 @$DNS $ECHO A); echo KDIGTCP-RC=$? KDIG-TCP=$A
+A=$(dig +short +time=5 +tries=2 @$DNS $V6 A); echo DIG-AT-RC=$? DIG-AT=$A
+A=$(dig +short +tcp +time=5 +tries=2 @$DNS $V6 A); echo DIG-AT-TCP-RC=$? DIG-AT-TCP=$A
+A=$(dig +short +time=5 +tries=2 $V6 A); echo DIG-CONF-RC=$? DIG-CONF=$A
+A=$(dig +short +tcp +time=5 +tries=2 $V6 A); echo DIG-CONF-TCP-RC=$? DIG-CONF-TCP=$A
 curl -4 -sS -m 30 -o /tmp/py-clients.py http://$V6/py-clients.py
 python3 /tmp/py-clients.py $ECHO > /tmp/py.out 2>&1; echo PY-RC=$?; sed 's/^/PY /' /tmp/py.out
 echo HIGHFD-START
@@ -657,6 +668,7 @@ fn judge(
             && !tcp.is_empty(),
         &format!("kdig @{GUEST_DNS} (through host-server to dns-cache): over UDP {udp:?}, over TCP {tcp:?}"),
     );
+    bind_dig(d, run, mappings);
     // The lines a guest step printed through `sed 's/^/PREFIX /'`, without the prefix.
     let output_of = |prefix: &str| -> String {
         run.lines
@@ -993,22 +1005,66 @@ fn static_clients(d: &mut Driver, run: &Run, mappings: &[(Ipv4Addr, Ipv6Addr)]) 
     });
     let go_rc = rc_of("GO-RC=");
     let body = out.iter().any(|l| l.contains(INDEX_BODY.trim()));
+    let sockopts = out
+        .iter()
+        .find_map(|l| l.strip_prefix("sockopts "))
+        .unwrap_or("none printed");
     d.report(
         "vm-go-client",
         supervised
             && go_rc.as_deref() == Some("0")
+            && sockopts == GO_SOCKOPTS
             && remote.is_some_and(|r| r.port() == 80 && in_pool(*r.ip(), Ipv4Addr::new(10, 170, 160, 0)))
             && mapped == Some(addr::HTTP)
             && body
             && out.iter().any(|l| l.contains(" 200 ")),
         &format!(
-            "Go client (CGO_ENABLED=0) dials {} over tcp4 by name: exit {go_rc:?}, RemoteAddr {} (dns-cache maps it to {}; want {}), page {}{}",
+            "Go client (CGO_ENABLED=0) dials {} over tcp4 by name: exit {go_rc:?}, RemoteAddr {} (dns-cache maps it to {}; want {}), page {}; socket options: {sockopts:?} (want {GO_SOCKOPTS:?}){}",
             zone::V6ONLY,
             remote.map_or("none".to_owned(), |r| r.to_string()),
             mapped.map_or("nothing".to_owned(), |a| a.to_string()),
             addr::HTTP,
             if body { "printed" } else { "missing" },
             if errs.is_empty() { String::new() } else { format!(", stderr {errs:?}") },
+        ),
+    );
+}
+
+/// BIND's dig in the guest (dynamic: liboutsock preloaded, under /init's supervisor; libuv makes
+/// raw `sendmmsg`/`recvmmsg` system calls): at the guest DNS address and through resolv.conf
+/// (the loopback forwarder), each over UDP and over TCP. Every answer must be the one dummy
+/// IPv4 that dns-cache maps to the server's IPv6 address.
+fn bind_dig(d: &mut Driver, run: &Run, mappings: &[(Ipv4Addr, Ipv6Addr)]) {
+    let mut ok = true;
+    let mut seen = Vec::new();
+    for (what, m) in [
+        ("@guest-dns UDP", "DIG-AT-RC="),
+        ("@guest-dns TCP", "DIG-AT-TCP-RC="),
+        ("resolv.conf UDP", "DIG-CONF-RC="),
+        ("resolv.conf TCP", "DIG-CONF-TCP-RC="),
+    ] {
+        let line = run
+            .lines
+            .iter()
+            .find_map(|(_, l)| l.trim().strip_prefix(m).map(str::to_owned))
+            .unwrap_or_default();
+        let rc = line.split_whitespace().next().unwrap_or("none").to_owned();
+        let got = dummies(&line);
+        let mapped: Vec<Option<Ipv6Addr>> = got
+            .iter()
+            .map(|a| mappings.iter().find(|(m, _)| m == a).map(|(_, v6)| *v6))
+            .collect();
+        ok &= rc == "0" && got.len() == 1 && mapped == [Some(addr::HTTP)];
+        seen.push(format!("{what}: exit {rc}, {got:?} -> {mapped:?}"));
+    }
+    d.report(
+        "vm-dig",
+        ok,
+        &format!(
+            "dig {} A (want the dummy dns-cache maps to {}): {}",
+            zone::V6ONLY,
+            addr::HTTP,
+            seen.join("; ")
         ),
     );
 }

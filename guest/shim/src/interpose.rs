@@ -13,6 +13,7 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use libc::{c_int, c_void, sockaddr, socklen_t};
+use shared_proto::sockopt::{self, Get, Set, StandIn};
 use shared_proto::Errno;
 
 use crate::fd::{flags_of, set_errno};
@@ -266,8 +267,10 @@ fn put_int(val: *mut c_void, len: *mut socklen_t, v: c_int) -> c_int {
     0
 }
 
-/// `getsockopt(2)`: the options that would show an outsourced socket is not what the program
-/// made (its domain, type, listening state) answer as for the AF_INET socket.
+/// `getsockopt(2)`: on an outsourced TCP socket (or listener) the options that would show it
+/// is not what the program made (its domain, type, listening state; in a VM its TCP and IP
+/// options) answer as for the AF_INET socket, by the rule both front ends share
+/// (`shared_proto::sockopt`); a UDP association's answer as a UDP (or ICMP) socket's.
 ///
 /// # Safety
 /// Called by C with getsockopt(2)'s contract.
@@ -280,29 +283,30 @@ pub unsafe extern "C" fn getsockopt(
     len: *mut socklen_t,
 ) -> c_int {
     let kind = table::get(fd).kind;
-    if is_vm_stand_in(kind, level) {
-        // The fd is a vsock stream standing in for a TCP socket: answer as TCP would.
-        return match name {
-            // No IP options on the connection (netcat -v prints any it is given).
-            libc::IP_OPTIONS if level == libc::IPPROTO_IP => {
-                if len.is_null() {
+    if matches!(kind, Kind::Outsourced | Kind::Listener) {
+        if len.is_null() {
+            return set_errno(Errno(libc::EFAULT as u16));
+        }
+        // SAFETY: the caller's length slot (not null), read as the kernel reads it: an int.
+        let optlen = unsafe { std::ptr::read_unaligned(len.cast::<c_int>()) };
+        match sockopt::get(level, name, stand_in(kind), optlen) {
+            Get::Kernel => {}
+            Get::Fail(e) => return set_errno(e),
+            Get::Reply(r) => {
+                let mut buf = [0; sockopt::TCP_INFO_LEN];
+                let bytes = r.bytes(&mut buf);
+                if val.is_null() && !bytes.is_empty() {
                     return set_errno(Errno(libc::EFAULT as u16));
                 }
-                // SAFETY: the caller's length slot.
-                unsafe { *len = 0 };
-                0
-            }
-            libc::TCP_MAXSEG => put_int(val, len, 1448),
-            libc::TCP_INFO if level == libc::IPPROTO_TCP => {
-                if val.is_null() || len.is_null() {
-                    return set_errno(Errno(libc::EFAULT as u16));
+                // SAFETY: the caller's buffer of *len bytes; the reply is at most that long
+                // (or an int's worth, as the kernel writes one).
+                unsafe {
+                    std::ptr::copy_nonoverlapping(bytes.as_ptr(), val.cast::<u8>(), bytes.len());
+                    *len = bytes.len() as socklen_t;
                 }
-                // SAFETY: the caller's buffer of *len bytes; zeroed, as for an idle socket.
-                unsafe { std::ptr::write_bytes(val.cast::<u8>(), 0, *len as usize) };
-                0
+                return 0;
             }
-            _ => put_int(val, len, 0),
-        };
+        }
     }
     if level == libc::SOL_SOCKET
         && name == libc::SO_PROTOCOL
@@ -312,18 +316,12 @@ pub unsafe extern "C" fn getsockopt(
         // A ping socket may have a UDP socket standing in for it (see `socket`).
         return put_int(val, len, libc::IPPROTO_ICMP);
     }
-    if level == libc::SOL_SOCKET
-        && matches!(
-            kind,
-            Kind::Outsourced | Kind::Listener | Kind::Udp | Kind::UdpPassed
-        )
-    {
-        let dgram = matches!(kind, Kind::Udp | Kind::UdpPassed);
-        // The host's own socket (connected TCP, connected UDP) has the real pending error.
-        let own_socket = matches!(kind, Kind::Outsourced | Kind::UdpPassed);
+    if level == libc::SOL_SOCKET && matches!(kind, Kind::Udp | Kind::UdpPassed) {
+        // The host's own socket (connected UDP) has the real pending error.
+        let own_socket = kind == Kind::UdpPassed;
         match name {
             libc::SO_DOMAIN => return put_int(val, len, libc::AF_INET),
-            libc::SO_TYPE if dgram => {
+            libc::SO_TYPE => {
                 let raw = table::get(fd).options & table::RAW != 0;
                 let t = if raw {
                     libc::SOCK_RAW
@@ -332,8 +330,7 @@ pub unsafe extern "C" fn getsockopt(
                 };
                 return put_int(val, len, t);
             }
-            libc::SO_TYPE => return put_int(val, len, libc::SOCK_STREAM),
-            libc::SO_PROTOCOL if dgram => {
+            libc::SO_PROTOCOL => {
                 let icmp = table::get(fd).options & table::ICMP != 0;
                 let p = if icmp {
                     libc::IPPROTO_ICMP
@@ -342,8 +339,6 @@ pub unsafe extern "C" fn getsockopt(
                 };
                 return put_int(val, len, p);
             }
-            libc::SO_PROTOCOL => return put_int(val, len, libc::IPPROTO_TCP),
-            libc::SO_ACCEPTCONN => return put_int(val, len, c_int::from(kind == Kind::Listener)),
             libc::SO_ERROR if !own_socket => return put_int(val, len, 0),
             _ => {}
         }
@@ -352,16 +347,18 @@ pub unsafe extern "C" fn getsockopt(
     unsafe { real::getsockopt(fd, level, name, val, len) }
 }
 
-/// Whether `level` options on a socket of `kind` must be answered by the shim: in a VM an
-/// outsourced socket is a vsock stream, which has no TCP or IP options.
-fn is_vm_stand_in(kind: Kind, level: c_int) -> bool {
-    matches!(kind, Kind::Outsourced | Kind::Listener)
-        && (level == libc::IPPROTO_TCP || level == libc::IPPROTO_IP)
-        && transport::vsock_port().is_some()
+/// What stands in for an outsourced TCP socket (`Outsourced`) or listener: host-server's IPv6
+/// socket or packet channel in process mode, a vsock stream or listener in a VM.
+fn stand_in(kind: Kind) -> StandIn {
+    StandIn {
+        listener: kind == Kind::Listener,
+        vsock: transport::vsock_port().is_some(),
+    }
 }
 
 /// `setsockopt(2)`: in a VM, TCP and IP options on an outsourced socket are accepted and have
-/// no effect (the host's socket is host-server's); everything else is real.
+/// no effect (the host's socket is host-server's; `shared_proto::sockopt`); everything else
+/// is real.
 ///
 /// # Safety
 /// Called by C with setsockopt(2)'s contract.
@@ -374,8 +371,15 @@ pub unsafe extern "C" fn setsockopt(
     len: socklen_t,
 ) -> c_int {
     let entry = table::get(fd);
-    if is_vm_stand_in(entry.kind, level) {
-        return 0;
+    if matches!(entry.kind, Kind::Outsourced | Kind::Listener) {
+        match sockopt::set(level, name, stand_in(entry.kind), len) {
+            Set::Kernel => {}
+            Set::Accept if val.is_null() && len > 0 => {
+                return set_errno(Errno(libc::EFAULT as u16));
+            }
+            Set::Accept => return 0,
+            Set::Fail(e) => return set_errno(e),
+        }
     }
     // SAFETY: forwarded arguments.
     let rc = unsafe { real::setsockopt(fd, level, name, val, len) };

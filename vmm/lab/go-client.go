@@ -6,7 +6,8 @@
 // (SetNoDelay, SetKeepAlive, SetKeepAlivePeriod: IPPROTO_TCP and SOL_SOCKET setsockopt) and
 // reads some back (TCP_NODELAY, SO_DOMAIN, TCP_INFO, IP_TOS, IP_TTL: getsockopt through
 // syscall.RawConn), printing each error or value on one "sockopts" line, then sends an HTTP/1.0 GET of /index.html and prints
-// the answer.
+// the answer. Given a second name (the UDP echo server's), it then exchanges datagrams with its
+// port 7 over a connected and an unconnected UDP socket (see udp).
 package main
 
 import (
@@ -36,6 +37,56 @@ func main() {
 		os.Exit(3)
 	}
 	fmt.Printf("%s", resp)
+	if len(os.Args) > 2 {
+		udp(os.Args[2])
+	}
+}
+
+// udp exchanges a datagram with the UDP echo server at name port 7 twice: over a connected
+// socket (Dial "udp4": Write, Read, and the RemoteAddr) and over an unconnected one
+// (ListenPacket "udp4" ":0", WriteTo the address resolved, ReadFrom: the source). It prints
+// "udp dial <echo> <remote>" and "udp writeto <echo> <source>", or "udp error ...".
+func udp(name string) {
+	c, err := net.DialTimeout("udp4", net.JoinHostPort(name, "7"), 30*time.Second)
+	if err != nil {
+		fmt.Printf("udp error dial %v\n", err)
+		return
+	}
+	defer c.Close()
+	buf := make([]byte, 64)
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	if _, err := c.Write([]byte("via-go-udp")); err != nil {
+		fmt.Printf("udp error write %v\n", err)
+		return
+	}
+	n, err := c.Read(buf)
+	if err != nil {
+		fmt.Printf("udp error read %v\n", err)
+		return
+	}
+	fmt.Printf("udp dial %s %s\n", buf[:n], c.RemoteAddr())
+	to, err := net.ResolveUDPAddr("udp4", net.JoinHostPort(name, "7"))
+	if err != nil {
+		fmt.Printf("udp error resolve %v\n", err)
+		return
+	}
+	p, err := net.ListenPacket("udp4", ":0")
+	if err != nil {
+		fmt.Printf("udp error listen %v\n", err)
+		return
+	}
+	defer p.Close()
+	p.SetDeadline(time.Now().Add(20 * time.Second))
+	if _, err := p.WriteTo([]byte("via-go-writeto"), to); err != nil {
+		fmt.Printf("udp error writeto %v\n", err)
+		return
+	}
+	n, from, err := p.ReadFrom(buf)
+	if err != nil {
+		fmt.Printf("udp error readfrom %v\n", err)
+		return
+	}
+	fmt.Printf("udp writeto %s %s\n", buf[:n], from)
 }
 
 // sockopts sets and reads back options on c; it returns what each call answered.

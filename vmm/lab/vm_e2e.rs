@@ -29,13 +29,14 @@ use crate::vm_world::{self, IPERF_PORT, WHOAMI_PORT};
 use crate::{Driver, Run, RunOpts};
 
 /// The checks this group reports, in order.
-pub const NAMES: [&str; 20] = [
+pub const NAMES: [&str; 21] = [
     "vm-boot",
     "vm-curl",
     "vm-wget",
     "vm-busybox-wget",
     "vm-static-wget",
     "vm-go-client",
+    "vm-go-udp",
     "vm-nc",
     "vm-udp",
     "vm-kdig",
@@ -111,7 +112,7 @@ curl -4 -sS -m 30 http://$V6/index.html; echo CURL-RC=$?
 timeout 30 /usr/local/bin/busybox wget -q -O - http://$V6/index.html; echo BBWGET-RC=$?
 timeout 30 /bin/busybox wget -q -O - http://$V6/index.html; echo STATICWGET-RC=$?
 curl -4 -sS -m 30 -o /tmp/go-client http://$V6/go-client && chmod 755 /tmp/go-client
-timeout 60 /tmp/go-client $V6 >/tmp/go.out 2>/tmp/go.err; echo GO-RC=$?
+timeout 90 /tmp/go-client $V6 $ECHO >/tmp/go.out 2>/tmp/go.err; echo GO-RC=$?
 sed 's/^/GO /' /tmp/go.out; sed 's/^/GO-ERR /' /tmp/go.err
 echo via-netcat | /usr/bin/nc.traditional -q 3 -w 20 $ECHO 7; echo NC-RC=$?
 echo via-udp | /usr/bin/nc.traditional -u -q 3 -w 10 $ECHO 7; echo NCU-RC=$?
@@ -1026,6 +1027,37 @@ fn static_clients(d: &mut Driver, run: &Run, mappings: &[(Ipv4Addr, Ipv6Addr)]) 
             addr::HTTP,
             if body { "printed" } else { "missing" },
             if errs.is_empty() { String::new() } else { format!(", stderr {errs:?}") },
+        ),
+    );
+    // The same client's UDP exchanges with the world's echo server (port 7), by name: both
+    // echoed, and each peer shown as the dummy dns-cache maps to the echo server's address.
+    let udp_line = |what: &str| {
+        out.iter()
+            .find_map(|l| l.strip_prefix(&format!("udp {what} ")))
+            .unwrap_or("")
+            .to_owned()
+    };
+    let udp_ok = |line: &str, echo: &str| {
+        let mut f = line.split_whitespace();
+        let peer = f
+            .nth(1)
+            .and_then(|a| a.parse::<std::net::SocketAddrV4>().ok());
+        line.starts_with(echo)
+            && peer.is_some_and(|p| {
+                p.port() == 7
+                    && mappings.iter().any(|(m, v6)| m == p.ip() && *v6 == addr::ECHO)
+            })
+    };
+    let (dial, writeto) = (udp_line("dial"), udp_line("writeto"));
+    let udp_errs: Vec<&str> = out.iter().copied().filter(|l| l.starts_with("udp error")).collect();
+    d.report(
+        "vm-go-udp",
+        supervised && udp_ok(&dial, "via-go-udp") && udp_ok(&writeto, "via-go-writeto"),
+        &format!(
+            "the Go client's UDP to {}:7 by name under the supervisor (associations over vsock): connected {dial:?}, unconnected {writeto:?} (each: the echo, then the peer, the dummy for {}){}",
+            zone::ECHO,
+            addr::ECHO,
+            if udp_errs.is_empty() { String::new() } else { format!(", {udp_errs:?}") },
         ),
     );
 }

@@ -6,7 +6,7 @@
 // (SetNoDelay, SetKeepAlive, SetKeepAlivePeriod: IPPROTO_TCP and SOL_SOCKET setsockopt) and
 // reads some back (TCP_NODELAY, SO_DOMAIN, TCP_INFO, IP_TOS, IP_TTL: getsockopt through
 // syscall.RawConn), printing each error or value on one "sockopts" line, then sends an HTTP/1.0 GET of /index.html and prints
-// the answer. Given a second name (the UDP echo server's), it then exchanges datagrams with its
+// the answer (`go-client serve PORT` instead runs a tcp4 server: see serve). Given a second name (the UDP echo server's), it then exchanges datagrams with its
 // port 7 over a connected and an unconnected UDP socket (see udp).
 package main
 
@@ -21,6 +21,10 @@ import (
 )
 
 func main() {
+	if os.Args[1] == "serve" {
+		serve(os.Args[2])
+		return
+	}
 	host := os.Args[1]
 	d := net.Dialer{Timeout: 30 * time.Second}
 	conn, err := d.Dial("tcp4", net.JoinHostPort(host, "80"))
@@ -121,4 +125,26 @@ func tcpInfo(fd uintptr) error {
 		return e
 	}
 	return nil
+}
+
+// serve listens on tcp4 port (":port"), prints "listening", takes one connection, reads it to
+// its end, prints "peer <RemoteAddr>", answers "go-served" and exits.
+func serve(port string) {
+	l, err := net.Listen("tcp4", ":"+port)
+	if err != nil {
+		fmt.Printf("serve error listen %v\n", err)
+		os.Exit(2)
+	}
+	fmt.Println("listening")
+	c, err := l.Accept()
+	if err != nil {
+		fmt.Printf("serve error accept %v\n", err)
+		os.Exit(3)
+	}
+	if _, err := io.ReadAll(c); err != nil {
+		fmt.Printf("serve error read %v\n", err)
+	}
+	fmt.Printf("peer %s\n", c.RemoteAddr())
+	fmt.Fprintln(c, "go-served")
+	c.Close()
 }

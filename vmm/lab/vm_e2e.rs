@@ -29,7 +29,7 @@ use crate::vm_world::{self, IPERF_PORT, WHOAMI_PORT};
 use crate::{Driver, Run, RunOpts};
 
 /// The checks this group reports, in order.
-pub const NAMES: [&str; 21] = [
+pub const NAMES: [&str; 24] = [
     "vm-boot",
     "vm-curl",
     "vm-wget",
@@ -38,6 +38,7 @@ pub const NAMES: [&str; 21] = [
     "vm-go-client",
     "vm-go-udp",
     "vm-nc",
+    "vm-static-nc",
     "vm-udp",
     "vm-kdig",
     "vm-dig",
@@ -48,6 +49,8 @@ pub const NAMES: [&str; 21] = [
     "vm-inbound-httpd",
     "vm-inbound-nc",
     "vm-inbound-static-httpd",
+    "vm-inbound-static-nc",
+    "vm-inbound-go-server",
     "vm-inbound-nginx",
     "vm-restart",
     "vm-run",
@@ -65,6 +68,10 @@ const HTTPD_PORT: u16 = 8080;
 const NC_PORT: u16 = 8081;
 /// The port busybox-static's httpd listens on under /init's supervisor.
 const STATIC_HTTPD_PORT: u16 = 8082;
+/// busybox-static's `nc -l` in the guest (dual stack, under the supervisor).
+const STATIC_NC_PORT: u16 = 8083;
+/// The Go client's tcp4 server mode in the guest (under the supervisor).
+const GO_SERVER_PORT: u16 = 8084;
 /// Bytes `iperf3 -4 -n` sends.
 const IPERF_BYTES: u64 = 100 * 1024 * 1024;
 /// The nginx check's requests from `world`, and how many at a time (issue 13).
@@ -115,6 +122,7 @@ curl -4 -sS -m 30 -o /tmp/go-client http://$V6/go-client && chmod 755 /tmp/go-cl
 timeout 90 /tmp/go-client $V6 $ECHO >/tmp/go.out 2>/tmp/go.err; echo GO-RC=$?
 sed 's/^/GO /' /tmp/go.out; sed 's/^/GO-ERR /' /tmp/go.err
 echo via-netcat | /usr/bin/nc.traditional -q 3 -w 20 $ECHO 7; echo NC-RC=$?
+echo SNC-OUT=$(echo via-static-nc | timeout 20 /bin/busybox nc -w 3 $ECHO 7)
 echo via-udp | /usr/bin/nc.traditional -u -q 3 -w 10 $ECHO 7; echo NCU-RC=$?
 A=$(kdig +short +timeout=5 @$DNS $V6 A); echo KDIG-RC=$? KDIG-UDP=$A
 A=$(kdig +short +tcp +timeout=5 @$DNS $ECHO A); echo KDIGTCP-RC=$? KDIG-TCP=$A
@@ -140,13 +148,18 @@ awk '/"sum_sent"/ {{ s = 1 }} /"sum_received"/ {{ r = 1 }}
 /usr/local/bin/busybox httpd -f -vv -p 0.0.0.0:{httpd_port} -h /www 2>/tmp/httpd.log & H=$!
 /usr/bin/nc.traditional -n -v -l -p {nc_port} </dev/null >/tmp/nc-in.out 2>/tmp/nc-in.err & N=$!
 /bin/busybox httpd -f -vv -p {static_httpd_port} -h /www 2>/tmp/shttpd.log & S=$!
+/bin/busybox nc -l -p {static_nc_port} </dev/null >/tmp/snc-in.out 2>/tmp/snc-in.err & SN=$!
+/tmp/go-client serve {go_server_port} >/tmp/gosrv.out 2>&1 & G=$!
 echo INBOUND-READY
 read -t 90 GO; echo INBOUND-GO=$GO
 sed 's/^/HTTPD-LOG /' /tmp/httpd.log
 echo NC-IN-DATA=$(cat /tmp/nc-in.out)
 sed 's/^/NC-IN-LOG /' /tmp/nc-in.err
 sed 's/^/SHTTPD-LOG /' /tmp/shttpd.log
-kill $H $N $S 2>/dev/null; wait $H $N $S 2>/dev/null
+echo SNC-IN-DATA=$(cat /tmp/snc-in.out)
+sed 's/^/SNC-IN-ERR /' /tmp/snc-in.err
+sed 's/^/GOSRV /' /tmp/gosrv.out
+kill $H $N $S $SN $G 2>/dev/null; wait $H $N $S $SN $G 2>/dev/null
 /bin/busybox httpd -f -p {static_httpd_port} -h /www 2>/tmp/shttpd2.log & S=$!
 sleep 3; if kill -0 $S 2>/dev/null; then echo RELISTEN=alive; else echo RELISTEN=gone; sed 's/^/RELISTEN-LOG /' /tmp/shttpd2.log; fi
 kill $S 2>/dev/null; wait $S 2>/dev/null
@@ -168,6 +181,8 @@ echo E2E-DONE
         httpd_port = HTTPD_PORT,
         nc_port = NC_PORT,
         static_httpd_port = STATIC_HTTPD_PORT,
+        static_nc_port = STATIC_NC_PORT,
+        go_server_port = GO_SERVER_PORT,
         whoami = WHOAMI_PORT,
     )
 }
@@ -205,6 +220,10 @@ struct Interaction {
     nc: Result<String, String>,
     /// The world client's page from busybox-static's httpd, or why there is none.
     static_page: Result<String, String>,
+    /// What busybox-static's `nc -l` sent back (nothing), or the error.
+    static_nc: Result<String, String>,
+    /// The Go server's answer, or the error.
+    go_server: Result<String, String>,
     /// The client's dummy, from dns-cache's mappings after the inbound connections.
     client_dummy: Option<Ipv4Addr>,
     /// How the host-server restart went.
@@ -220,6 +239,8 @@ impl Default for Interaction {
             page: not_run(),
             nc: not_run(),
             static_page: not_run(),
+            static_nc: not_run(),
+            go_server: not_run(),
             client_dummy: None,
             restart: not_run(),
         }
@@ -291,7 +312,7 @@ pub fn run(d: &mut Driver) {
 /// guest ends the attempt there (the group runs again).
 fn attempt(d: &Driver, retry_on_crash: bool) -> anyhow::Result<Attempt> {
     let extra = format!(
-        "[listen]\ndefault_address = \"{}\"\nallowed_ports = [{HTTPD_PORT}, {NC_PORT}, {STATIC_HTTPD_PORT}]\n[vms.vm0]\nsocket = \"{VM_SOCKET}\"\naddress = \"{}\"\nvmm_uid = 0\n",
+        "[listen]\ndefault_address = \"{}\"\nallowed_ports = [{HTTPD_PORT}, {NC_PORT}, {STATIC_HTTPD_PORT}, {STATIC_NC_PORT}, {GO_SERVER_PORT}]\n[vms.vm0]\nsocket = \"{VM_SOCKET}\"\naddress = \"{}\"\nvmm_uid = 0\n",
         addr::HOST,
         addr::HOST_VMS[0]
     );
@@ -492,7 +513,13 @@ fn vm_run(d: &Driver, host_sock: &str) -> Result<(Option<i32>, String), String> 
 /// The world's side of the inbound checks, while the guest's servers wait.
 fn inbound(stack: &Stack, seen: &mut Interaction) {
     let host = stack.world.host();
-    for port in [HTTPD_PORT, NC_PORT, STATIC_HTTPD_PORT] {
+    for port in [
+        HTTPD_PORT,
+        NC_PORT,
+        STATIC_HTTPD_PORT,
+        STATIC_NC_PORT,
+        GO_SERVER_PORT,
+    ] {
         if let Err(e) = vm_world::wait_listening(host, port, Duration::from_secs(20)) {
             seen.page = Err(format!("{e:#}"));
             return;
@@ -519,6 +546,18 @@ fn inbound(stack: &Stack, seen: &mut Interaction) {
         addr::HOST_VMS[0],
         STATIC_HTTPD_PORT,
         b"GET /index.html HTTP/1.0\r\n\r\n".to_vec(),
+    ));
+    seen.static_nc = text(vm_world::world_client(
+        stack,
+        addr::HOST_VMS[0],
+        STATIC_NC_PORT,
+        b"from-the-world-static\n".to_vec(),
+    ));
+    seen.go_server = text(vm_world::world_client(
+        stack,
+        addr::HOST_VMS[0],
+        GO_SERVER_PORT,
+        b"to-the-go-server\n".to_vec(),
     ));
     seen.client_dummy = vm_world::mappings(stack)
         .unwrap_or_default()
@@ -649,6 +688,12 @@ fn judge(
         // The piped line goes to the server; the one on the console is its echo.
         nc_rc.as_deref() == Some("0") && line_is("via-netcat"),
         &format!("netcat-traditional to the IPv6-only TCP echo server by name: exit {nc_rc:?}"),
+    );
+    let snc = marker("SNC-OUT=").unwrap_or_default();
+    d.report(
+        "vm-static-nc",
+        snc == "via-static-nc",
+        &format!("busybox-static nc (the image's /bin/busybox, under /init's supervisor) to the IPv6-only TCP echo server by name: echoed {snc:?}"),
     );
     let ncu_rc = rc_of("NCU-RC=");
     d.report(
@@ -795,6 +840,48 @@ fn judge(
                     .filter_map(|(_, l)| l.trim().strip_prefix("RELISTEN-LOG "))
                     .collect::<Vec<_>>())
             ),
+        ),
+    );
+    let snc_data = marker("SNC-IN-DATA=").unwrap_or_default();
+    d.report(
+        "vm-inbound-static-nc",
+        run.has("OUTSOCK-INIT: supervisor on")
+            && seen.static_nc.is_ok()
+            && snc_data == "from-the-world-static",
+        &format!(
+            "world client -> [{}]:{STATIC_NC_PORT} -> busybox-static nc -l -p {STATIC_NC_PORT} (AF_INET6 on [::], dual stack) in the guest, under /init's supervisor: received {snc_data:?} ({}){}",
+            addr::HOST_VMS[0],
+            seen.static_nc.as_ref().map_or_else(Clone::clone, |_| "client done".to_owned()),
+            {
+                let errs: Vec<&str> = run
+                    .lines
+                    .iter()
+                    .filter_map(|(_, l)| l.trim().strip_prefix("SNC-IN-ERR "))
+                    .collect();
+                if errs.is_empty() { String::new() } else { format!(", stderr {errs:?}") }
+            },
+        ),
+    );
+    let go_peer = marker("GOSRV peer ").and_then(|p| p.parse::<std::net::SocketAddrV4>().ok());
+    let go_answer_ok = seen
+        .go_server
+        .as_ref()
+        .is_ok_and(|a| a.trim() == "go-served");
+    d.report(
+        "vm-inbound-go-server",
+        run.has("OUTSOCK-INIT: supervisor on")
+            && go_answer_ok
+            && go_peer.is_some_and(|p| Some(*p.ip()) == seen.client_dummy),
+        &format!(
+            "world client [{}] -> [{}]:{GO_SERVER_PORT} -> a Go tcp4 server (CGO_ENABLED=0) in the guest, under /init's supervisor: answer {:?}; the peer it saw {} (want the client's dummy {dummy_text}); its output {:?}",
+            addr::CLIENT,
+            addr::HOST_VMS[0],
+            seen.go_server,
+            go_peer.map_or("none".to_owned(), |p| p.to_string()),
+            run.lines
+                .iter()
+                .filter_map(|(_, l)| l.trim().strip_prefix("GOSRV "))
+                .collect::<Vec<_>>(),
         ),
     );
     match nginx_seen {
@@ -1045,11 +1132,17 @@ fn static_clients(d: &mut Driver, run: &Run, mappings: &[(Ipv4Addr, Ipv6Addr)]) 
         line.starts_with(echo)
             && peer.is_some_and(|p| {
                 p.port() == 7
-                    && mappings.iter().any(|(m, v6)| m == p.ip() && *v6 == addr::ECHO)
+                    && mappings
+                        .iter()
+                        .any(|(m, v6)| m == p.ip() && *v6 == addr::ECHO)
             })
     };
     let (dial, writeto) = (udp_line("dial"), udp_line("writeto"));
-    let udp_errs: Vec<&str> = out.iter().copied().filter(|l| l.starts_with("udp error")).collect();
+    let udp_errs: Vec<&str> = out
+        .iter()
+        .copied()
+        .filter(|l| l.starts_with("udp error"))
+        .collect();
     d.report(
         "vm-go-udp",
         supervised && udp_ok(&dial, "via-go-udp") && udp_ok(&writeto, "via-go-writeto"),

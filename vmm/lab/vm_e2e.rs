@@ -480,8 +480,10 @@ fn nginx_run(d: &Driver, stack: &Stack, host_sock: &str) -> (Run, NginxSeen) {
     }
 }
 
-/// Runs of the nginx VM at most, when the emulated guest crashes under the load.
-const NGINX_TRIES: u32 = 3;
+/// Runs of the nginx VM at most, when the emulated guest crashes under the load (in the lab
+/// here 6 of 13 runs over two sessions crashed; with six runs a failed check from emulation
+/// alone is about 1 in 100, and the six fit the lab's time bound).
+const NGINX_TRIES: u32 = 6;
 
 /// `vmm/vm-run --name vm0 … -- curl -4 …`: one program in a fresh VM, as a user would run it.
 fn vm_run(d: &Driver, host_sock: &str) -> Result<(Option<i32>, String), String> {

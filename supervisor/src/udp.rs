@@ -55,7 +55,8 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use shared_proto::outsource::{Datagram, UdpConnectRequest, UdpRequest};
+use shared_proto::icmp::{is_echo_request, with_ipv4_header};
+use shared_proto::outsource::{Datagram, IcmpRequest, UdpConnectRequest, UdpRequest};
 use shared_proto::translate::is_outsourced;
 use shared_proto::{decode_exact, to_vec, Errno, ToGuest, ToHost};
 
@@ -72,6 +73,21 @@ const MAX_PEERS: usize = 256;
 const PROBE_MS: i32 = 1000;
 /// Every abstract name of ours starts with this.
 const NAME_PREFIX: &str = "outsock-udp/";
+/// The largest ICMP message a ping or raw socket sends (an IPv4 packet's 65535 bytes less the
+/// 20-byte header); natively a larger send is EMSGSIZE.
+pub const MAX_ICMP: usize = 65_515;
+
+/// What an association carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Carries {
+    Udp,
+    /// ICMP echo to the one destination `dest` (a ping socket's, or with `raw` a raw ICMP
+    /// socket's, whose reads begin with an IPv4 header).
+    Icmp {
+        dest: Ipv4Addr,
+        raw: bool,
+    },
+}
 
 /// One association: host-server's channel and what the relay needs.
 #[derive(Debug)]
@@ -95,6 +111,10 @@ pub struct Assoc {
     closed: AtomicBool,
     /// Whether the program bound a port of its own (a server): a connect keeps that port.
     pub bound: Option<SocketAddrV4>,
+    /// UDP, or ICMP echo to one destination.
+    pub carries: Carries,
+    /// host-server's view of the association's local address (a raw reader's destination).
+    local: SocketAddrV4,
 }
 
 /// The per-peer sockets of an association; those the program's end is (or was) connected to
@@ -173,8 +193,9 @@ pub struct Opened {
     pub assoc: Arc<Assoc>,
 }
 
-/// Opens an association bound to `bind` (`bound`: the program chose the port) and starts
-/// its relay; the program's end is known to `assocs` from here on.
+/// Opens an association bound to `bind` (`bound`: the program chose the port) that carries
+/// `carries` (UDP, or ICMP echo to one destination: an `Icmp` request) and starts its relay;
+/// the program's end is known to `assocs` from here on.
 ///
 /// # Errors
 /// What the program's call fails with: host-server's answer, or EAGAIN/EMFILE here.
@@ -184,8 +205,16 @@ pub fn open(
     guest_dns: SocketAddrV4,
     bind: SocketAddrV4,
     bound: bool,
+    carries: Carries,
 ) -> Result<Opened, Errno> {
-    let answer = host.request(&ToHost::Udp(UdpRequest { bind }))?;
+    let request = match carries {
+        Carries::Udp => ToHost::Udp(UdpRequest { bind }),
+        Carries::Icmp { dest, .. } => ToHost::Icmp(IcmpRequest {
+            bind,
+            dest: SocketAddrV4::new(dest, 0),
+        }),
+    };
+    let answer = host.request(&request)?;
     let local = match answer.msg {
         ToGuest::Associated { local } => local,
         ToGuest::Failed(e) => return Err(e),
@@ -218,6 +247,8 @@ pub fn open(
         peers: Mutex::new(Peers::default()),
         closed: AtomicBool::new(false),
         bound: bound.then_some(bind),
+        carries,
+        local,
     });
     assocs
         .map
@@ -273,8 +304,10 @@ fn relay(assoc: &Assoc, assocs: &Assocs, id: (u64, u64)) {
                 Err(_) => continue,
             }
         };
-        let ToGuest::Datagram(d) = frame else {
-            continue;
+        let (d, ttl) = match frame {
+            ToGuest::Datagram(d) => (d, None),
+            ToGuest::EchoReply { datagram, ttl } => (datagram, Some(ttl)),
+            _ => continue,
         };
         let from = if d.addr == assoc.guest_dns {
             assoc
@@ -288,10 +321,18 @@ fn relay(assoc: &Assoc, assocs: &Assocs, id: (u64, u64)) {
         let Ok(sock) = assoc.peer_socket(from) else {
             continue;
         };
+        // A raw ICMP socket reads the IPv4 header too (the program's end is ours: it is put
+        // in front here, by the rule liboutsock's reads follow).
+        let payload = match assoc.carries {
+            Carries::Icmp { raw: true, .. } => {
+                with_ipv4_header(&d.payload, *from.ip(), *assoc.local.ip(), ttl.unwrap_or(64))
+            }
+            _ => d.payload,
+        };
         // Blocking: a full program's end holds the relay (and host-server's channel) back.
         // EPERM: the end is connected to another peer, which alone it hears from (as a
         // connected UDP socket); the datagram is dropped.
-        let sent = sys::send_to_name(sock.as_raw_fd(), &d.payload, 0, &assoc.name);
+        let sent = sys::send_to_name(sock.as_raw_fd(), &payload, 0, &assoc.name);
         // ECONNREFUSED: the program's end is gone.
         if let Err(libc::ECONNREFUSED | libc::ENOENT) = sent {
             break;
@@ -353,7 +394,7 @@ fn raw(e: &std::io::Error) -> i32 {
 /// association closes.
 fn writer(assoc: &Assoc, sock: &OwnedFd, peer: SocketAddrV4, nameserver: bool) {
     loop {
-        match sys::recv(sock.as_raw_fd(), MAX_PAYLOAD + 1, 0) {
+        match sys::recv(sock.as_raw_fd(), MAX_ICMP + 1, 0) {
             Ok(_) if assoc.closed.load(Ordering::SeqCst) => break,
             // A write error belongs to no call of the program's any more: as a datagram lost.
             Ok((data, _)) => {
@@ -368,16 +409,25 @@ fn writer(assoc: &Assoc, sock: &OwnedFd, peer: SocketAddrV4, nameserver: bool) {
 /// Sends `data` to `dest` on `assoc` (`nameserver`: `dest` is a resolv.conf nameserver on
 /// port 53, so it goes to the guest DNS address); the bytes sent or the errno.
 ///
+/// On an ICMP association `data` is an echo request to its destination (EINVAL otherwise,
+/// as from the kernel's ping socket; liboutsock's rule for a raw socket too).
+///
 /// # Errors
-/// EMSGSIZE for more than a UDP datagram holds, ENETUNREACH for loopback (the association
-/// is host-server's), the channel's error.
+/// EMSGSIZE for more than a UDP datagram (an ICMP message) holds, EINVAL for anything but an
+/// echo request on ICMP, ENETUNREACH for loopback (the association is host-server's), the
+/// channel's error.
 pub fn send(
     assoc: &Assoc,
     dest: SocketAddrV4,
     nameserver: bool,
     data: &[u8],
 ) -> Result<usize, i32> {
-    if data.len() > MAX_PAYLOAD {
+    let (max, nameserver) = match assoc.carries {
+        Carries::Udp => (MAX_PAYLOAD, nameserver),
+        Carries::Icmp { .. } if !is_echo_request(data) => return Err(libc::EINVAL),
+        Carries::Icmp { .. } => (MAX_ICMP, false),
+    };
+    if data.len() > max {
         return Err(libc::EMSGSIZE);
     }
     if !is_outsourced(dest) && !nameserver {
@@ -505,6 +555,8 @@ mod tests {
             peers: Mutex::new(Peers::default()),
             closed: AtomicBool::new(false),
             bound: None,
+            carries: Carries::Udp,
+            local: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
         });
         assocs.map.lock().unwrap().insert(id, Arc::clone(&assoc));
         let (a, all) = (Arc::clone(&assoc), Arc::clone(&assocs));
@@ -549,6 +601,82 @@ mod tests {
         assert_eq!(sys::recv(chan_host.as_raw_fd(), 8, 0).map(|r| r.1), Ok(0));
     }
 
+    /// An ICMP association: only echo requests go out; a raw socket's end reads each echo
+    /// reply behind the IPv4 header (source the dummy, TTL the reply's), from the dummy, port 0.
+    #[test]
+    fn an_icmp_relay_gives_a_raw_reader_the_ipv4_header() {
+        let (chan_host, channel) = sys::seqpacket_pair().unwrap();
+        let assocs = Arc::new(Assocs::default());
+        let name = b"outsock-udp/test.icmp/p".to_vec();
+        let end = sys::unix_dgram_bound(&name).unwrap();
+        let id = sys::identity(end.as_raw_fd()).unwrap();
+        let dummy = Ipv4Addr::new(10, 170, 160, 7);
+        let local = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 4242);
+        let assoc = Arc::new(Assoc {
+            channel,
+            framed: false,
+            writing: Mutex::new(()),
+            name,
+            prefix: "outsock-udp/test.icmp/".into(),
+            guest_dns: "10.170.160.1:53".parse().unwrap(),
+            asked: Mutex::new(None),
+            peers: Mutex::new(Peers::default()),
+            closed: AtomicBool::new(false),
+            bound: None,
+            carries: Carries::Icmp {
+                dest: dummy,
+                raw: true,
+            },
+            local,
+        });
+        assocs.map.lock().unwrap().insert(id, Arc::clone(&assoc));
+        let (a, all) = (Arc::clone(&assoc), Arc::clone(&assocs));
+        let relay = std::thread::spawn(move || relay(&a, &all, id));
+
+        let to = SocketAddrV4::new(dummy, 0);
+        let request = [8u8, 0, 0, 0, 0x12, 0x34, 0, 1, b'p'];
+        assert_eq!(send(&assoc, to, false, &request), Ok(9));
+        let (frame, _, _) = sys::recv_from_name(chan_host.as_raw_fd(), MAX_FRAME, 0).unwrap();
+        assert_eq!(
+            decode_exact::<ToHost>(&frame).unwrap(),
+            ToHost::Datagram(Datagram {
+                addr: to,
+                payload: request.to_vec()
+            })
+        );
+        // A reply, a timestamp request: not a ping socket's to send.
+        assert_eq!(
+            send(&assoc, to, false, &[0, 0, 0, 0, 0, 1, 0, 1]),
+            Err(libc::EINVAL)
+        );
+        assert_eq!(send(&assoc, to, false, &[13, 0, 0, 0]), Err(libc::EINVAL));
+        let mut big = vec![0u8; MAX_ICMP + 1];
+        big[0] = 8;
+        assert_eq!(send(&assoc, to, false, &big), Err(libc::EMSGSIZE));
+
+        let reply = vec![0u8, 0, 0xab, 0xcd, 0x12, 0x34, 0, 1, b'p'];
+        let f = to_vec(&ToGuest::EchoReply {
+            datagram: Datagram {
+                addr: to,
+                payload: reply.clone(),
+            },
+            ttl: 61,
+        })
+        .unwrap();
+        sys::send_to(chan_host.as_raw_fd(), &f, 0, &[]).unwrap();
+        let (p, _, sender) = sys::recv_from_name(end.as_raw_fd(), 128, 0).unwrap();
+        assert_eq!(source_of(&sender), to);
+        assert_eq!(p, with_ipv4_header(&reply, dummy, *local.ip(), 61));
+        assert_eq!(
+            (p[8], &p[12..16], &p[20..]),
+            (61, &dummy.octets()[..], &reply[..])
+        );
+
+        drop(chan_host);
+        relay.join().unwrap();
+        assert!(assocs.get(id).is_none());
+    }
+
     #[test]
     fn a_connected_end_writes_to_its_peer_and_hears_it_alone() {
         let (chan_host, channel) = sys::seqpacket_pair().unwrap();
@@ -568,6 +696,8 @@ mod tests {
             peers: Mutex::new(Peers::default()),
             closed: AtomicBool::new(false),
             bound: None,
+            carries: Carries::Udp,
+            local: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
         });
         assocs.map.lock().unwrap().insert(id, Arc::clone(&assoc));
         let (a, all) = (Arc::clone(&assoc), Arc::clone(&assocs));

@@ -25,6 +25,10 @@
 //! - `getsockopt`/`setsockopt` (notified inside a VM only, at the levels a vsock stand-in cannot
 //!   answer) on a connection or listener made here answer by the shared rule (`sockopt`);
 //!   others continue.
+//! - `sendto` with an AF_INET address on a ping or raw ICMP socket (or its association's end)
+//!   off loopback: an echo request (else EINVAL) on the ICMP association for that destination,
+//!   opened now if the socket has none for it (`udp` tells ICMP's story); `connect` of one
+//!   opens the association with its end connected to the destination (port 0).
 //! - `sendto` with an AF_INET address: on an association it is framed onto the association; on
 //!   a connected socket of host-server's, to its peer it is the kernel's, elsewhere the socket
 //!   becomes an association whose end stays connected to the peer; the first off loopback (or

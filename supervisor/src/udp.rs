@@ -1,5 +1,5 @@
-//! UDP for programs the preload cannot see into (process mode), translated as liboutsock does
-//! (`guest/shim/src/udp.rs` tells the whole story; only the front end differs).
+//! UDP (and ICMP echo) for programs the preload cannot see into (process mode), translated as
+//! liboutsock does (`guest/shim/src/udp.rs` tells the whole story; only the front end differs).
 //!
 //! - **Connected** (`connect` to a non-loopback address): host-server's connected host UDP
 //!   socket (`UdpConnect`) replaces the program's descriptor, so send/write/recv/read are the
@@ -35,6 +35,18 @@
 //!   DNS address itself (host-server answers `UdpConnect` to it with EOPNOTSUPP), is a
 //!   connected end; an unconnected one sending to a nameserver (musl's) an association.
 //!
+//! - **ICMP echo** ([`Carries::Icmp`]): a ping socket (`SOCK_DGRAM, IPPROTO_ICMP`) or a raw
+//!   ICMP socket (`SOCK_RAW`, root's busybox `ping`) of the program's sending off loopback
+//!   (`sendto`, or `connect`: then a connected end) becomes the end of an `Icmp` association
+//!   for that one destination, as liboutsock's (`guest/shim/src/dgram.rs`); a send to
+//!   another destination opens a new association over the descriptor (the old one closes).
+//!   Only echo requests are sent (`shared_proto::icmp::is_echo_request`; EINVAL otherwise, a
+//!   raw socket's too, liboutsock's rule); host-server translates them to ICMPv6 echo, and its
+//!   `EchoReply` frames reach the end from the destination's dummy, port 0, a raw socket's
+//!   behind the IPv4 header a raw reader expects (`shared_proto::icmp::with_ipv4_header`:
+//!   source the dummy, TTL the reply's hop limit), put in front by the relay. The identifier
+//!   is host-server's to keep: replies carry the program's own.
+//!
 //! Gaps (documented, not translated): `sendmsg`/`recvmsg`/`sendmmsg`/`recvmmsg` are not
 //! notified (BPF cannot see `msg_name`; notifying them would cost every caller), so on an
 //! association they fail as on an unconnected `AF_UNIX` socket (`sendmsg` with an AF_INET
@@ -42,7 +54,14 @@
 //! `recvmmsg`, aborts under `--supervisor-only`; with the preload it works); `send`/`write`
 //! without an address on an unconnected association fail with ENOTCONN (natively
 //! EDESTADDRREQ); `getsockopt(SO_DOMAIN)` is `AF_UNIX` on an association; a connected socket
-//! given back by `connect(AF_UNSPEC)` does not keep a port the program bound.
+//! given back by `connect(AF_UNSPEC)` does not keep a port the program bound. ICMP: `socket`
+//! is not notified, so where the program's namespace forbids ping sockets
+//! (`net.ipv4.ping_group_range`) a ping socket fails with the kernel's EACCES (liboutsock lets
+//! a UDP socket stand in); a raw socket hears only its destination's echo replies (natively
+//! every ICMP message the host gets); a non-echo message written on a connected ICMP end
+//! (plain `write`/`send`) is dropped, not EINVAL; `IP_RECVTTL`'s control message needs
+//! `recvmsg` (not notified); options other than the timeouts set before the first send stay
+//! with the replaced socket, and a `bind` of an ICMP socket is the kernel's.
 //!
 //! Inside a VM no descriptor crosses into the guest: an association's channel is its request's
 //! vsock stream, frames one after another (written whole under a lock, read whole by the

@@ -12,7 +12,7 @@
 //!   natively.
 //! - An unanswered destination reports total loss within ping's deadline.
 //! - A static C program on a ping socket (sendto/recvfrom, poll, epoll, connect + send/recv,
-//!   getpeername), as root and as an unprivileged user, where the legacy namespace's
+//!   getpeername; another destination, then the first again), as root and as an unprivileged user, where the legacy namespace's
 //!   `net.ipv4.ping_group_range` allows ping sockets (a new namespace allows none, not even
 //!   root's: the test widens it there, as an administrator would for unprivileged ping): the
 //!   reply comes from the dummy (port 0), with its sequence number and data; another ICMP type
@@ -215,7 +215,13 @@ const C_PING: &str = r#"
 #include <arpa/inet.h>
 
 static int s;
-static struct sockaddr_in dummy;
+static struct sockaddr_in dummy, other;
+
+static struct sockaddr_in resolve(const char *name) {
+    struct addrinfo hints = {.ai_family = AF_INET, .ai_socktype = SOCK_DGRAM}, *ai;
+    if (getaddrinfo(name, NULL, &hints, &ai)) { printf("resolve %s failed\n", name); exit(1); }
+    return *(struct sockaddr_in *)ai->ai_addr;
+}
 
 static void echo(unsigned char *m, int type, int seq) {
     memset(m, 0, 16);
@@ -227,24 +233,24 @@ static void echo(unsigned char *m, int type, int seq) {
 
 static const char *err(long r) { return r < 0 ? strerror(errno) : "ok"; }
 
-/* One reply: its type, code, sequence, data and whether it came from the dummy, port 0. */
-static void reply(const char *how) {
+/* One reply: its type, code, sequence, data and whether it came from `want`, port 0. */
+static void reply(const char *how, const struct sockaddr_in *want) {
     unsigned char b[256];
     struct sockaddr_in from;
     socklen_t len = sizeof from;
     memset(&from, 0xff, sizeof from);
     long n = recvfrom(s, b, sizeof b, 0, (struct sockaddr *)&from, &len);
     if (n < 16) { printf("%s recvfrom %ld %s\n", how, n, err(n)); return; }
-    printf("%s reply %d %d seq %d %.8s from dummy %d port %d len %d\n", how, b[0], b[1],
-           b[6] << 8 | b[7], (char *)b + 8, from.sin_addr.s_addr == dummy.sin_addr.s_addr,
+    printf("%s reply %d %d seq %d %.8s from expected %d port %d len %d\n", how, b[0], b[1],
+           b[6] << 8 | b[7], (char *)b + 8, from.sin_addr.s_addr == want->sin_addr.s_addr,
            ntohs(from.sin_port), (int)len);
 }
 
 int main(int argc, char **argv) {
-    struct addrinfo hints = {.ai_family = AF_INET, .ai_socktype = SOCK_DGRAM}, *ai;
-    if (getaddrinfo(argv[1], NULL, &hints, &ai)) { puts("resolve failed"); return 1; }
-    dummy = *(struct sockaddr_in *)ai->ai_addr;
+    dummy = resolve(argv[1]);
+    other = resolve(argv[2]);
     printf("dummy %s\n", strncmp(inet_ntoa(dummy.sin_addr), "10.170.160.", 11) ? "no" : "yes");
+    printf("other %s\n", dummy.sin_addr.s_addr != other.sin_addr.s_addr ? "yes" : "no");
     s = socket(AF_INET, SOCK_DGRAM, IPPROTO_ICMP);
     if (s < 0) { printf("socket %s\n", strerror(errno)); return 1; }
     unsigned char m[16];
@@ -253,7 +259,7 @@ int main(int argc, char **argv) {
     struct pollfd p = {.fd = s, .events = POLLIN};
     int ready = poll(&p, 1, 5000);
     printf("poll %d %d\n", ready, p.revents & POLLIN);
-    reply("poll");
+    reply("poll", &dummy);
     echo(m, 13, 2);
     printf("timestamp %s\n", err(sendto(s, m, 16, 0, (struct sockaddr *)&dummy, sizeof dummy)));
     echo(m, 8, 2);
@@ -264,7 +270,14 @@ int main(int argc, char **argv) {
     echo(m, 8, 3);
     printf("sendto %ld\n", (long)sendto(s, m, 16, 0, (struct sockaddr *)&dummy, sizeof dummy));
     printf("epoll %d\n", epoll_wait(ep, &got, 1, 5000));
-    reply("epoll");
+    reply("epoll", &dummy);
+    /* Another destination (its own association), then the first again. */
+    echo(m, 8, 5);
+    printf("sendto %ld\n", (long)sendto(s, m, 16, 0, (struct sockaddr *)&other, sizeof other));
+    reply("other", &other);
+    echo(m, 8, 6);
+    printf("sendto %ld\n", (long)sendto(s, m, 16, 0, (struct sockaddr *)&dummy, sizeof dummy));
+    reply("again", &dummy);
     printf("connect %s\n", err(connect(s, (struct sockaddr *)&dummy, sizeof dummy)));
     echo(m, 8, 4);
     printf("send %ld\n", (long)send(s, m, 16, 0));
@@ -301,7 +314,7 @@ fn a_static_c_program_keeps_a_ping_sockets_semantics_as_root_and_unprivileged() 
     assert!(cc.status.success(), "cc: {}", text(&cc.stderr));
     allow_ping_sockets(&s);
     for unprivileged in [false, true] {
-        let (out, _) = run(&s, unprivileged, &bin, &[zone::V6ONLY]);
+        let (out, _) = run(&s, unprivileged, &bin, &[zone::V6ONLY, zone::ECHO]);
         let stdout = text(&out.stdout);
         let why = format!(
             "unprivileged {unprivileged}: {stdout}\n{}\n{}",
@@ -312,14 +325,19 @@ fn a_static_c_program_keeps_a_ping_sockets_semantics_as_root_and_unprivileged() 
         assert_eq!(
             stdout,
             "dummy yes\n\
+             other yes\n\
              sendto 16\n\
              poll 1 1\n\
-             poll reply 0 0 seq 1 outsock! from dummy 1 port 0 len 16\n\
+             poll reply 0 0 seq 1 outsock! from expected 1 port 0 len 16\n\
              timestamp Invalid argument\n\
              short Invalid argument\n\
              sendto 16\n\
              epoll 1\n\
-             epoll reply 0 0 seq 3 outsock! from dummy 1 port 0 len 16\n\
+             epoll reply 0 0 seq 3 outsock! from expected 1 port 0 len 16\n\
+             sendto 16\n\
+             other reply 0 0 seq 5 outsock! from expected 1 port 0 len 16\n\
+             sendto 16\n\
+             again reply 0 0 seq 6 outsock! from expected 1 port 0 len 16\n\
              connect ok\n\
              send 16\n\
              poll 1\n\

@@ -61,7 +61,9 @@
 //! every ICMP message the host gets); a non-echo message written on a connected ICMP end
 //! (plain `write`/`send`) is dropped, not EINVAL; `IP_RECVTTL`'s control message needs
 //! `recvmsg` (not notified); options other than the timeouts set before the first send stay
-//! with the replaced socket, and a `bind` of an ICMP socket is the kernel's.
+//! with the replaced socket, and a `bind` of an ICMP socket is the kernel's; an epoll
+//! registration stays with the end it was made on, so after a send to another destination
+//! (a new end over the descriptor) epoll no longer reports it (poll does), as with liboutsock.
 //!
 //! Inside a VM no descriptor crosses into the guest: an association's channel is its request's
 //! vsock stream, frames one after another (written whole under a lock, read whole by the

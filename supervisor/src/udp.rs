@@ -626,19 +626,34 @@ mod tests {
     /// reply behind the IPv4 header (source the dummy, TTL the reply's), from the dummy, port 0.
     #[test]
     fn an_icmp_relay_gives_a_raw_reader_the_ipv4_header() {
-        let (chan_host, channel) = sys::seqpacket_pair().unwrap();
+        icmp_case(false);
+    }
+
+    /// The same over a stream of frames, as inside a VM.
+    #[test]
+    fn a_framed_icmp_relay_does_the_same() {
+        icmp_case(true);
+    }
+
+    fn icmp_case(framed: bool) {
+        let (chan_host, channel) = if framed {
+            let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+            (OwnedFd::from(a), OwnedFd::from(b))
+        } else {
+            sys::seqpacket_pair().unwrap()
+        };
         let assocs = Arc::new(Assocs::default());
-        let name = b"outsock-udp/test.icmp/p".to_vec();
+        let name = format!("outsock-udp/test.icmp{framed}/p").into_bytes();
         let end = sys::unix_dgram_bound(&name).unwrap();
         let id = sys::identity(end.as_raw_fd()).unwrap();
         let dummy = Ipv4Addr::new(10, 170, 160, 7);
         let local = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 4242);
         let assoc = Arc::new(Assoc {
             channel,
-            framed: false,
+            framed,
             writing: Mutex::new(()),
             name,
-            prefix: "outsock-udp/test.icmp/".into(),
+            prefix: format!("outsock-udp/test.icmp{framed}/"),
             guest_dns: "10.170.160.1:53".parse().unwrap(),
             asked: Mutex::new(None),
             peers: Mutex::new(Peers::default()),

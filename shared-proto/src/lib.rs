@@ -11,6 +11,8 @@
 //!   (what is outsourced, `sockaddr_in` bytes, what a connect answer means).
 //! - [`sockopt`]: how `getsockopt`/`setsockopt` answer on a stand-in for a program's TCP socket
 //!   (host-server's IPv6 socket, or a vsock stream in a VM), shared by both front ends.
+//! - [`icmp`]: ICMP echo as a ping or raw ICMP socket sees it (which messages may be sent, the
+//!   IPv4 header a raw reader gets), shared by both front ends.
 //! - [`hybrid`]: the `CONNECT <port>` / `OK <port>` handshake of hybrid vsock on a VM's socket.
 //!
 //! The crate does no I/O and has no unsafe code: transports (Unix sockets, vsock, SCM_RIGHTS)
@@ -19,8 +21,8 @@
 //! stream, so the crate depends on no runtime or I/O library.
 //!
 //! Imports point one way: [`header`] and [`error`] at the bottom, then [`codec`], [`frame`], the
-//! message families ([`outsource`], [`lookup`]) and [`reader`]; [`errno`] and [`hybrid`] stand
-//! alone; [`sockopt`] uses [`errno`] and [`translate`]. The items re-exported below are the
+//! message families ([`outsource`], [`lookup`]) and [`reader`]; [`errno`], [`hybrid`] and
+//! [`icmp`] stand alone; [`sockopt`] uses [`errno`] and [`translate`]. The items re-exported below are the
 //! crate's paths for users; no module inside the crate names them through the root.
 
 #![forbid(unsafe_code)]
@@ -31,6 +33,7 @@ pub mod error;
 pub mod frame;
 pub mod header;
 pub mod hybrid;
+pub mod icmp;
 pub mod lookup;
 pub mod outsource;
 pub mod reader;

@@ -57,7 +57,10 @@
 //!    addresses) on an association, and its replies show the nameserver asked, which glibc's
 //!    and musl's resolvers check; a socket connected to one is an association whose end is
 //!    connected to the nameserver. A TCP connect to a nameserver becomes host-server's relayed
-//!    stream to the guest DNS address.
+//!    stream to the guest DNS address. ICMP echo (static busybox `ping`): a ping socket's or
+//!    raw ICMP socket's first `sendto` (or `connect`) off loopback opens an `Icmp` association
+//!    for that destination, its end installed the same way; echo requests only (EINVAL
+//!    otherwise), and a raw socket reads each reply behind an IPv4 header (`udp` tells how).
 //! 6. Inside a VM (the guest image's /init runs the workload under `outsock run --supervise`):
 //!    the transport is liboutsock's setting ([`transport`]: `OUTSOCK_TRANSPORT`, else
 //!    `transport=vsock:<port>` in /etc/outsock/shim.conf), and each request is an `AF_VSOCK`
@@ -97,10 +100,11 @@
 //!
 //! Not in this slice (the calls continue natively, which fails on an IPv6-only network):
 //! `sendmsg`/`sendmmsg` with an address and `recvmsg`/`recvmmsg` addresses on UDP made here
-//! (not notified: `udp` lists the consequences; BIND `dig` needs the preload), ICMP, the i386
-//! ABI, AF_INET6 sockets other than dual-stack TCP listeners (those are outsourced as AF_INET
-//! ones: `serve`). Socket options set before an outsourced listen are not carried over (before
-//! a connect they are: `serve`), and in process mode `getsockopt` is the kernel's: on a
+//! (not notified: `udp` lists the consequences; BIND `dig` and iputils `ping`, which use them,
+//! need the preload; ICMP's own gaps are in `udp` too), the i386 ABI, AF_INET6 sockets other
+//! than dual-stack TCP listeners (those are outsourced as AF_INET ones: `serve`). Socket
+//! options set before an outsourced listen are not carried over (before a connect they are:
+//! `serve`), and in process mode `getsockopt` is the kernel's: on a
 //! listener it describes the packet channel (`AF_UNIX`, `SOCK_SEQPACKET`), on an accepted
 //! socket the IPv6 one. An epoll registration made on a
 //! socket before its `listen` stays with the replaced socket, as with liboutsock. A

@@ -25,6 +25,10 @@
 //! - `getsockopt`/`setsockopt` (notified inside a VM only, at the levels a vsock stand-in cannot
 //!   answer) on a connection or listener made here answer by the shared rule (`sockopt`);
 //!   others continue.
+//! - `sendto` with an AF_INET address on a ping or raw ICMP socket (or its association's end)
+//!   off loopback: an echo request (else EINVAL) on the ICMP association for that destination,
+//!   opened now if the socket has none for it (`udp` tells ICMP's story); `connect` of one
+//!   opens the association with its end connected to the destination (port 0).
 //! - `sendto` with an AF_INET address: on an association it is framed onto the association; on
 //!   a connected socket of host-server's, to its peer it is the kernel's, elsewhere the socket
 //!   becomes an association whose end stays connected to the peer; the first off loopback (or
@@ -59,6 +63,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::process::{Child, ExitStatus};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use shared_proto::icmp::is_echo_request;
 use shared_proto::outsource::ListenRequest;
 use shared_proto::sockopt::StandIn;
 use shared_proto::translate::{
@@ -71,7 +76,7 @@ use shared_proto::{decode_exact, to_vec, Errno, ToGuest, ToHost};
 use crate::host::HostServer;
 use crate::sockopt;
 use crate::sys::{self, Listener, Notif, Ready};
-use crate::udp;
+use crate::udp::{self, Carries};
 use crate::vmlisten;
 use crate::workers::Workers;
 
@@ -522,6 +527,15 @@ fn connect(s: &Arc<Shared>, n: &Notif, bytes: &[u8], on: On) -> Outcome {
         }
     };
     if let Some(view) = s.view(copy.as_raw_fd()).filter(|v| v.kind != Kind::Bound) {
+        // An ICMP association connecting off loopback: a new one for that destination.
+        if view.kind == Kind::Udp && is_outsourced(dest) {
+            if let Some(Carries::Icmp { raw, .. }) = assoc_of(s, &copy).map(|a| a.carries) {
+                if on == On::Loop {
+                    return Outcome::Defer;
+                }
+                return icmp_connect(s, n, &copy, raw, dest);
+            }
+        }
         // UDP made here connecting (again) off loopback: as for a fresh socket, its association
         // closed first.
         if matches!(view.kind, Kind::Udp | Kind::UdpConnected) && is_outsourced(dest) {
@@ -552,8 +566,122 @@ fn connect(s: &Arc<Shared>, n: &Notif, bytes: &[u8], on: On) -> Outcome {
         libc::SOCK_DGRAM if on == On::Loop => Outcome::Defer,
         libc::SOCK_DGRAM if dns => udp_dns(s, n, &copy, dest),
         libc::SOCK_DGRAM if is_udp(&copy) => udp_connect(s, n, &copy, dest, Kind::Bound),
-        // Not outsourced (a ping socket): the native call (ENETUNREACH on an IPv6-only host).
+        // A ping or raw ICMP socket: an ICMP association for `dest`, its end connected.
+        libc::SOCK_DGRAM | libc::SOCK_RAW if on == On::Loop && icmp_socket(&copy).is_some() => {
+            Outcome::Defer
+        }
+        libc::SOCK_DGRAM | libc::SOCK_RAW => match icmp_socket(&copy) {
+            Some(raw) => icmp_connect(s, n, &copy, raw, dest),
+            None => native(),
+        },
+        // Not outsourced: the native call (ENETUNREACH on an IPv6-only host).
         _ => native(),
+    }
+}
+
+/// Whether `copy` is an AF_INET ICMP socket: `Some(false)` a ping socket
+/// (`SOCK_DGRAM, IPPROTO_ICMP`), `Some(true)` a raw one (`SOCK_RAW, IPPROTO_ICMP`).
+fn icmp_socket(copy: &OwnedFd) -> Option<bool> {
+    let fd = copy.as_raw_fd();
+    if !domain_is_inet(copy)
+        || sys::sockopt_int(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL).ok()? != libc::IPPROTO_ICMP
+    {
+        return None;
+    }
+    match sys::sockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE).ok()? {
+        libc::SOCK_DGRAM => Some(false),
+        libc::SOCK_RAW => Some(true),
+        _ => None,
+    }
+}
+
+/// The association whose program's end `end` (our copy) is, while its relay runs.
+fn assoc_of(s: &Shared, end: &OwnedFd) -> Option<Arc<udp::Assoc>> {
+    sys::identity(end.as_raw_fd())
+        .ok()
+        .and_then(|id| s.assocs.get(id))
+}
+
+/// Makes the program's ICMP socket (`copy`: a ping or, `raw`, a raw ICMP socket, or the end
+/// of an ICMP association of ours, which closes once replaced) the end of a new ICMP
+/// association for `dest`; returns our copy of the installed end.
+fn icmp_associate(
+    s: &Shared,
+    n: &Notif,
+    copy: &OwnedFd,
+    raw: bool,
+    dest: SocketAddrV4,
+) -> Result<(OwnedFd, Arc<udp::Assoc>), Outcome> {
+    let old = s
+        .view(copy.as_raw_fd())
+        .filter(|v| v.kind == Kind::Udp)
+        .and_then(|_| sys::identity(copy.as_raw_fd()).ok());
+    let unbound = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0);
+    let carries = Carries::Icmp {
+        dest: *dest.ip(),
+        raw,
+    };
+    let opened = associate(s, n, copy, unbound, false, carries)?;
+    if let Some(id) = old {
+        s.assocs.close(id);
+    }
+    Ok(opened)
+}
+
+/// `connect` of an ICMP socket (or association end) to the non-loopback `dest`: an ICMP
+/// association for `dest` whose end is connected to it (plain send/write/recv/read there, as
+/// on a connected ping socket; replies come from `dest`, port 0).
+fn icmp_connect(s: &Shared, n: &Notif, copy: &OwnedFd, raw: bool, dest: SocketAddrV4) -> Outcome {
+    let (end, assoc) = match icmp_associate(s, n, copy, raw, dest) {
+        Ok(a) => a,
+        Err(o) => return o,
+    };
+    let peer = SocketAddrV4::new(*dest.ip(), 0);
+    if let Err(e) = udp::connect_end(&assoc, &end, peer, false) {
+        return Outcome::Fail(e);
+    }
+    if let Some(v) = s.view(end.as_raw_fd()) {
+        s.record(end.as_raw_fd(), View { peer, ..v });
+    }
+    Outcome::Return(0)
+}
+
+/// A sendto to `dest` on an ICMP socket (`raw`: a raw one) or on the end of its ICMP
+/// association (`assoc`): loopback from a socket of the program's own is the kernel's (with
+/// the bytes already read); otherwise an echo request (anything else is EINVAL, liboutsock's
+/// rule) goes on the association for `dest`, opened now when the socket has none for it (a
+/// send to another destination opens a new one, as liboutsock does).
+#[allow(clippy::too_many_arguments)]
+fn icmp_send(
+    s: &Shared,
+    n: &Notif,
+    copy: &OwnedFd,
+    raw: bool,
+    assoc: Option<Arc<udp::Assoc>>,
+    dest: SocketAddrV4,
+    data: &[u8],
+    native: impl FnOnce() -> Outcome,
+) -> Outcome {
+    if !is_outsourced(dest) {
+        return if assoc.is_some() {
+            Outcome::Fail(libc::ENETUNREACH)
+        } else {
+            native()
+        };
+    }
+    if !is_echo_request(data) {
+        return Outcome::Fail(libc::EINVAL);
+    }
+    let theirs = Carries::Icmp {
+        dest: *dest.ip(),
+        raw,
+    };
+    if let Some(a) = assoc.filter(|a| a.carries == theirs) {
+        return send_on(s, &a, dest, data);
+    }
+    match icmp_associate(s, n, copy, raw, dest) {
+        Ok((_, a)) => send_on(s, &a, dest, data),
+        Err(o) => o,
     }
 }
 
@@ -859,17 +987,19 @@ fn udp_connect_afresh(
     Outcome::Return(0)
 }
 
-/// Makes the program's UDP socket (`copy`) the program's end of a new association bound to
-/// `bind` (`bound`: by the program); returns our copy of it, installed and recorded.
+/// Makes the program's UDP (or ICMP: `carries`) socket `copy` the program's end of a new
+/// association bound to `bind` (`bound`: by the program); returns our copy of it, installed
+/// and recorded.
 fn associate(
     s: &Shared,
     n: &Notif,
     copy: &OwnedFd,
     bind: SocketAddrV4,
     bound: bool,
+    carries: Carries,
 ) -> Result<(OwnedFd, Arc<udp::Assoc>), Outcome> {
     let nonblocking = nonblocking(copy);
-    let o = udp::open(&s.host, &s.assocs, s.guest_dns, bind, bound).map_err(errno)?;
+    let o = udp::open(&s.host, &s.assocs, s.guest_dns, bind, bound, carries).map_err(errno)?;
     // The program's timeouts hold on its new socket (a resolver times its waits with them).
     sys::copy_timeouts(copy.as_raw_fd(), o.end.as_raw_fd());
     // Should the install fail, the relay finds the end gone and closes the association.
@@ -916,7 +1046,7 @@ fn udp_dns(s: &Shared, n: &Notif, copy: &OwnedFd, dest: SocketAddrV4) -> Outcome
 /// returns our copy of the program's (installed) end.
 fn dns_pair(s: &Shared, n: &Notif, copy: &OwnedFd, dest: SocketAddrV4) -> Result<OwnedFd, Outcome> {
     let unbound = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0);
-    let (end, assoc) = associate(s, n, copy, unbound, false)?;
+    let (end, assoc) = associate(s, n, copy, unbound, false, Carries::Udp)?;
     udp::connect_end(&assoc, &end, dest, s.is_nameserver(dest)).map_err(Outcome::Fail)?;
     if let Some(v) = s.view(end.as_raw_fd()) {
         s.record(end.as_raw_fd(), View { peer: dest, ..v });
@@ -981,8 +1111,21 @@ fn send_datagram(s: &Shared, n: &Notif, addr: &[u8]) -> Outcome {
             Ok(m) => Outcome::Return(i64::try_from(m).unwrap_or(i64::MAX)),
             Err(e) => Outcome::Fail(e),
         };
+    // A ping or raw ICMP socket, or the end of its association: ICMP echo.
+    let view = s.view(copy.as_raw_fd());
+    let icmp = match view {
+        Some(v) if v.kind == Kind::Udp => assoc_of(s, &copy).and_then(|a| match a.carries {
+            Carries::Icmp { raw, .. } => Some((raw, Some(a))),
+            Carries::Udp => None,
+        }),
+        Some(_) => None,
+        None => icmp_socket(&copy).map(|raw| (raw, None)),
+    };
+    if let Some((raw, assoc)) = icmp {
+        return icmp_send(s, n, &copy, raw, assoc, dest, &data, || sent(&copy, addr));
+    }
     let nameserver = s.is_nameserver(dest);
-    match s.view(copy.as_raw_fd()) {
+    match view {
         Some(v) if v.kind == Kind::Udp && oversize => return Outcome::Fail(libc::EMSGSIZE),
         Some(v) if v.kind == Kind::Udp => return assoc_send(s, &copy, dest, &data),
         // To its peer: the kernel's, on the connected socket (IPv6 would carry a few bytes more
@@ -995,7 +1138,7 @@ fn send_datagram(s: &Shared, n: &Notif, addr: &[u8]) -> Outcome {
         // still connected to the peer (write goes there; only the peer is heard, as natively).
         Some(v) if v.kind == Kind::UdpConnected && is_outsourced(dest) && !oversize => {
             let unbound = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0);
-            let (end, assoc) = match associate(s, n, &copy, unbound, false) {
+            let (end, assoc) = match associate(s, n, &copy, unbound, false, Carries::Udp) {
                 Ok(a) => a,
                 Err(o) => return o,
             };
@@ -1029,7 +1172,7 @@ fn send_datagram(s: &Shared, n: &Notif, addr: &[u8]) -> Outcome {
         && sys::local_port(copy.as_raw_fd()).is_ok_and(|p| p == 0)
     {
         let unbound = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0);
-        return match associate(s, n, &copy, unbound, false) {
+        return match associate(s, n, &copy, unbound, false, Carries::Udp) {
             Ok((_, assoc)) => send_on(s, &assoc, dest, &data),
             Err(o) => o,
         };
@@ -1110,7 +1253,10 @@ fn name(s: &Shared, n: &Notif) -> Outcome {
         // Not connected: the kernel says so for the program's own bound socket.
         (true, Kind::Bound) => return Outcome::Continue,
         (true, Kind::Listener) => return Outcome::Fail(libc::ENOTCONN),
-        (true, Kind::Udp) if view.peer.port() == 0 => return Outcome::Fail(libc::ENOTCONN),
+        // (A connected ICMP end's peer has port 0.)
+        (true, Kind::Udp) if view.peer.ip().is_unspecified() => {
+            return Outcome::Fail(libc::ENOTCONN)
+        }
         (true, _) => view.peer,
     };
     match (s.is_v6(id), view.kind) {
@@ -1232,7 +1378,7 @@ fn bind(s: &Shared, n: &Notif, bytes: &[u8]) -> Outcome {
                 return Outcome::Fail(libc::EINVAL);
             }
             // A UDP socket: host-server's association, bound now (`udp` says why even port 0).
-            return match associate(s, n, &copy, addr, addr.port() != 0) {
+            return match associate(s, n, &copy, addr, addr.port() != 0, Carries::Udp) {
                 Ok(_) => Outcome::Return(0),
                 Err(o) => o,
             };

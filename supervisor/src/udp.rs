@@ -1,5 +1,5 @@
-//! UDP for programs the preload cannot see into (process mode), translated as liboutsock does
-//! (`guest/shim/src/udp.rs` tells the whole story; only the front end differs).
+//! UDP (and ICMP echo) for programs the preload cannot see into (process mode), translated as
+//! liboutsock does (`guest/shim/src/udp.rs` tells the whole story; only the front end differs).
 //!
 //! - **Connected** (`connect` to a non-loopback address): host-server's connected host UDP
 //!   socket (`UdpConnect`) replaces the program's descriptor, so send/write/recv/read are the
@@ -35,6 +35,18 @@
 //!   DNS address itself (host-server answers `UdpConnect` to it with EOPNOTSUPP), is a
 //!   connected end; an unconnected one sending to a nameserver (musl's) an association.
 //!
+//! - **ICMP echo** ([`Carries::Icmp`]): a ping socket (`SOCK_DGRAM, IPPROTO_ICMP`) or a raw
+//!   ICMP socket (`SOCK_RAW`, root's busybox `ping`) of the program's sending off loopback
+//!   (`sendto`, or `connect`: then a connected end) becomes the end of an `Icmp` association
+//!   for that one destination, as liboutsock's (`guest/shim/src/dgram.rs`); a send to
+//!   another destination opens a new association over the descriptor (the old one closes).
+//!   Only echo requests are sent (`shared_proto::icmp::is_echo_request`; EINVAL otherwise, a
+//!   raw socket's too, liboutsock's rule); host-server translates them to ICMPv6 echo, and its
+//!   `EchoReply` frames reach the end from the destination's dummy, port 0, a raw socket's
+//!   behind the IPv4 header a raw reader expects (`shared_proto::icmp::with_ipv4_header`:
+//!   source the dummy, TTL the reply's hop limit), put in front by the relay. The identifier
+//!   is host-server's to keep: replies carry the program's own.
+//!
 //! Gaps (documented, not translated): `sendmsg`/`recvmsg`/`sendmmsg`/`recvmmsg` are not
 //! notified (BPF cannot see `msg_name`; notifying them would cost every caller), so on an
 //! association they fail as on an unconnected `AF_UNIX` socket (`sendmsg` with an AF_INET
@@ -42,7 +54,16 @@
 //! `recvmmsg`, aborts under `--supervisor-only`; with the preload it works); `send`/`write`
 //! without an address on an unconnected association fail with ENOTCONN (natively
 //! EDESTADDRREQ); `getsockopt(SO_DOMAIN)` is `AF_UNIX` on an association; a connected socket
-//! given back by `connect(AF_UNSPEC)` does not keep a port the program bound.
+//! given back by `connect(AF_UNSPEC)` does not keep a port the program bound. ICMP: `socket`
+//! is not notified, so where the program's namespace forbids ping sockets
+//! (`net.ipv4.ping_group_range`) a ping socket fails with the kernel's EACCES (liboutsock lets
+//! a UDP socket stand in); a raw socket hears only its destination's echo replies (natively
+//! every ICMP message the host gets); a non-echo message written on a connected ICMP end
+//! (plain `write`/`send`) is dropped, not EINVAL; `IP_RECVTTL`'s control message needs
+//! `recvmsg` (not notified); options other than the timeouts set before the first send stay
+//! with the replaced socket, and a `bind` of an ICMP socket is the kernel's; an epoll
+//! registration stays with the end it was made on, so after a send to another destination
+//! (a new end over the descriptor) epoll no longer reports it (poll does), as with liboutsock.
 //!
 //! Inside a VM no descriptor crosses into the guest: an association's channel is its request's
 //! vsock stream, frames one after another (written whole under a lock, read whole by the
@@ -55,7 +76,8 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use shared_proto::outsource::{Datagram, UdpConnectRequest, UdpRequest};
+use shared_proto::icmp::{is_echo_request, with_ipv4_header};
+use shared_proto::outsource::{Datagram, IcmpRequest, UdpConnectRequest, UdpRequest};
 use shared_proto::translate::is_outsourced;
 use shared_proto::{decode_exact, to_vec, Errno, ToGuest, ToHost};
 
@@ -72,6 +94,21 @@ const MAX_PEERS: usize = 256;
 const PROBE_MS: i32 = 1000;
 /// Every abstract name of ours starts with this.
 const NAME_PREFIX: &str = "outsock-udp/";
+/// The largest ICMP message a ping or raw socket sends (an IPv4 packet's 65535 bytes less the
+/// 20-byte header); natively a larger send is EMSGSIZE.
+pub const MAX_ICMP: usize = 65_515;
+
+/// What an association carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Carries {
+    Udp,
+    /// ICMP echo to the one destination `dest` (a ping socket's, or with `raw` a raw ICMP
+    /// socket's, whose reads begin with an IPv4 header).
+    Icmp {
+        dest: Ipv4Addr,
+        raw: bool,
+    },
+}
 
 /// One association: host-server's channel and what the relay needs.
 #[derive(Debug)]
@@ -95,6 +132,10 @@ pub struct Assoc {
     closed: AtomicBool,
     /// Whether the program bound a port of its own (a server): a connect keeps that port.
     pub bound: Option<SocketAddrV4>,
+    /// UDP, or ICMP echo to one destination.
+    pub carries: Carries,
+    /// host-server's view of the association's local address (a raw reader's destination).
+    local: SocketAddrV4,
 }
 
 /// The per-peer sockets of an association; those the program's end is (or was) connected to
@@ -173,8 +214,9 @@ pub struct Opened {
     pub assoc: Arc<Assoc>,
 }
 
-/// Opens an association bound to `bind` (`bound`: the program chose the port) and starts
-/// its relay; the program's end is known to `assocs` from here on.
+/// Opens an association bound to `bind` (`bound`: the program chose the port) that carries
+/// `carries` (UDP, or ICMP echo to one destination: an `Icmp` request) and starts its relay;
+/// the program's end is known to `assocs` from here on.
 ///
 /// # Errors
 /// What the program's call fails with: host-server's answer, or EAGAIN/EMFILE here.
@@ -184,8 +226,16 @@ pub fn open(
     guest_dns: SocketAddrV4,
     bind: SocketAddrV4,
     bound: bool,
+    carries: Carries,
 ) -> Result<Opened, Errno> {
-    let answer = host.request(&ToHost::Udp(UdpRequest { bind }))?;
+    let request = match carries {
+        Carries::Udp => ToHost::Udp(UdpRequest { bind }),
+        Carries::Icmp { dest, .. } => ToHost::Icmp(IcmpRequest {
+            bind,
+            dest: SocketAddrV4::new(dest, 0),
+        }),
+    };
+    let answer = host.request(&request)?;
     let local = match answer.msg {
         ToGuest::Associated { local } => local,
         ToGuest::Failed(e) => return Err(e),
@@ -218,6 +268,8 @@ pub fn open(
         peers: Mutex::new(Peers::default()),
         closed: AtomicBool::new(false),
         bound: bound.then_some(bind),
+        carries,
+        local,
     });
     assocs
         .map
@@ -273,8 +325,10 @@ fn relay(assoc: &Assoc, assocs: &Assocs, id: (u64, u64)) {
                 Err(_) => continue,
             }
         };
-        let ToGuest::Datagram(d) = frame else {
-            continue;
+        let (d, ttl) = match frame {
+            ToGuest::Datagram(d) => (d, None),
+            ToGuest::EchoReply { datagram, ttl } => (datagram, Some(ttl)),
+            _ => continue,
         };
         let from = if d.addr == assoc.guest_dns {
             assoc
@@ -288,10 +342,18 @@ fn relay(assoc: &Assoc, assocs: &Assocs, id: (u64, u64)) {
         let Ok(sock) = assoc.peer_socket(from) else {
             continue;
         };
+        // A raw ICMP socket reads the IPv4 header too (the program's end is ours: it is put
+        // in front here, by the rule liboutsock's reads follow).
+        let payload = match assoc.carries {
+            Carries::Icmp { raw: true, .. } => {
+                with_ipv4_header(&d.payload, *from.ip(), *assoc.local.ip(), ttl.unwrap_or(64))
+            }
+            _ => d.payload,
+        };
         // Blocking: a full program's end holds the relay (and host-server's channel) back.
         // EPERM: the end is connected to another peer, which alone it hears from (as a
         // connected UDP socket); the datagram is dropped.
-        let sent = sys::send_to_name(sock.as_raw_fd(), &d.payload, 0, &assoc.name);
+        let sent = sys::send_to_name(sock.as_raw_fd(), &payload, 0, &assoc.name);
         // ECONNREFUSED: the program's end is gone.
         if let Err(libc::ECONNREFUSED | libc::ENOENT) = sent {
             break;
@@ -353,7 +415,7 @@ fn raw(e: &std::io::Error) -> i32 {
 /// association closes.
 fn writer(assoc: &Assoc, sock: &OwnedFd, peer: SocketAddrV4, nameserver: bool) {
     loop {
-        match sys::recv(sock.as_raw_fd(), MAX_PAYLOAD + 1, 0) {
+        match sys::recv(sock.as_raw_fd(), MAX_ICMP + 1, 0) {
             Ok(_) if assoc.closed.load(Ordering::SeqCst) => break,
             // A write error belongs to no call of the program's any more: as a datagram lost.
             Ok((data, _)) => {
@@ -368,16 +430,25 @@ fn writer(assoc: &Assoc, sock: &OwnedFd, peer: SocketAddrV4, nameserver: bool) {
 /// Sends `data` to `dest` on `assoc` (`nameserver`: `dest` is a resolv.conf nameserver on
 /// port 53, so it goes to the guest DNS address); the bytes sent or the errno.
 ///
+/// On an ICMP association `data` is an echo request to its destination (EINVAL otherwise,
+/// as from the kernel's ping socket; liboutsock's rule for a raw socket too).
+///
 /// # Errors
-/// EMSGSIZE for more than a UDP datagram holds, ENETUNREACH for loopback (the association
-/// is host-server's), the channel's error.
+/// EMSGSIZE for more than a UDP datagram (an ICMP message) holds, EINVAL for anything but an
+/// echo request on ICMP, ENETUNREACH for loopback (the association is host-server's), the
+/// channel's error.
 pub fn send(
     assoc: &Assoc,
     dest: SocketAddrV4,
     nameserver: bool,
     data: &[u8],
 ) -> Result<usize, i32> {
-    if data.len() > MAX_PAYLOAD {
+    let (max, nameserver) = match assoc.carries {
+        Carries::Udp => (MAX_PAYLOAD, nameserver),
+        Carries::Icmp { .. } if !is_echo_request(data) => return Err(libc::EINVAL),
+        Carries::Icmp { .. } => (MAX_ICMP, false),
+    };
+    if data.len() > max {
         return Err(libc::EMSGSIZE);
     }
     if !is_outsourced(dest) && !nameserver {
@@ -505,6 +576,8 @@ mod tests {
             peers: Mutex::new(Peers::default()),
             closed: AtomicBool::new(false),
             bound: None,
+            carries: Carries::Udp,
+            local: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
         });
         assocs.map.lock().unwrap().insert(id, Arc::clone(&assoc));
         let (a, all) = (Arc::clone(&assoc), Arc::clone(&assocs));
@@ -549,6 +622,97 @@ mod tests {
         assert_eq!(sys::recv(chan_host.as_raw_fd(), 8, 0).map(|r| r.1), Ok(0));
     }
 
+    /// An ICMP association: only echo requests go out; a raw socket's end reads each echo
+    /// reply behind the IPv4 header (source the dummy, TTL the reply's), from the dummy, port 0.
+    #[test]
+    fn an_icmp_relay_gives_a_raw_reader_the_ipv4_header() {
+        icmp_case(false);
+    }
+
+    /// The same over a stream of frames, as inside a VM.
+    #[test]
+    fn a_framed_icmp_relay_does_the_same() {
+        icmp_case(true);
+    }
+
+    fn icmp_case(framed: bool) {
+        let (chan_host, channel) = if framed {
+            let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+            (OwnedFd::from(a), OwnedFd::from(b))
+        } else {
+            sys::seqpacket_pair().unwrap()
+        };
+        let assocs = Arc::new(Assocs::default());
+        let name = format!("outsock-udp/test.icmp{framed}/p").into_bytes();
+        let end = sys::unix_dgram_bound(&name).unwrap();
+        let id = sys::identity(end.as_raw_fd()).unwrap();
+        let dummy = Ipv4Addr::new(10, 170, 160, 7);
+        let local = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 4242);
+        let assoc = Arc::new(Assoc {
+            channel,
+            framed,
+            writing: Mutex::new(()),
+            name,
+            prefix: format!("outsock-udp/test.icmp{framed}/"),
+            guest_dns: "10.170.160.1:53".parse().unwrap(),
+            asked: Mutex::new(None),
+            peers: Mutex::new(Peers::default()),
+            closed: AtomicBool::new(false),
+            bound: None,
+            carries: Carries::Icmp {
+                dest: dummy,
+                raw: true,
+            },
+            local,
+        });
+        assocs.map.lock().unwrap().insert(id, Arc::clone(&assoc));
+        let (a, all) = (Arc::clone(&assoc), Arc::clone(&assocs));
+        let relay = std::thread::spawn(move || relay(&a, &all, id));
+
+        let to = SocketAddrV4::new(dummy, 0);
+        let request = [8u8, 0, 0, 0, 0x12, 0x34, 0, 1, b'p'];
+        assert_eq!(send(&assoc, to, false, &request), Ok(9));
+        let (frame, _, _) = sys::recv_from_name(chan_host.as_raw_fd(), MAX_FRAME, 0).unwrap();
+        assert_eq!(
+            decode_exact::<ToHost>(&frame).unwrap(),
+            ToHost::Datagram(Datagram {
+                addr: to,
+                payload: request.to_vec()
+            })
+        );
+        // A reply, a timestamp request: not a ping socket's to send.
+        assert_eq!(
+            send(&assoc, to, false, &[0, 0, 0, 0, 0, 1, 0, 1]),
+            Err(libc::EINVAL)
+        );
+        assert_eq!(send(&assoc, to, false, &[13, 0, 0, 0]), Err(libc::EINVAL));
+        let mut big = vec![0u8; MAX_ICMP + 1];
+        big[0] = 8;
+        assert_eq!(send(&assoc, to, false, &big), Err(libc::EMSGSIZE));
+
+        let reply = vec![0u8, 0, 0xab, 0xcd, 0x12, 0x34, 0, 1, b'p'];
+        let f = to_vec(&ToGuest::EchoReply {
+            datagram: Datagram {
+                addr: to,
+                payload: reply.clone(),
+            },
+            ttl: 61,
+        })
+        .unwrap();
+        sys::send_to(chan_host.as_raw_fd(), &f, 0, &[]).unwrap();
+        let (p, _, sender) = sys::recv_from_name(end.as_raw_fd(), 128, 0).unwrap();
+        assert_eq!(source_of(&sender), to);
+        assert_eq!(p, with_ipv4_header(&reply, dummy, *local.ip(), 61));
+        assert_eq!(
+            (p[8], &p[12..16], &p[20..]),
+            (61, &dummy.octets()[..], &reply[..])
+        );
+
+        drop(chan_host);
+        relay.join().unwrap();
+        assert!(assocs.get(id).is_none());
+    }
+
     #[test]
     fn a_connected_end_writes_to_its_peer_and_hears_it_alone() {
         let (chan_host, channel) = sys::seqpacket_pair().unwrap();
@@ -568,6 +732,8 @@ mod tests {
             peers: Mutex::new(Peers::default()),
             closed: AtomicBool::new(false),
             bound: None,
+            carries: Carries::Udp,
+            local: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
         });
         assocs.map.lock().unwrap().insert(id, Arc::clone(&assoc));
         let (a, all) = (Arc::clone(&assoc), Arc::clone(&assocs));

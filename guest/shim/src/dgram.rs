@@ -31,6 +31,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use libc::{c_int, sockaddr, socklen_t};
 use shared_proto::frame::{frame_len, HEADER_LEN};
+use shared_proto::icmp::{is_echo_request, with_ipv4_header};
 use shared_proto::outsource::{Datagram, IcmpRequest, UdpConnectRequest, UdpRequest};
 use shared_proto::{decode_exact, to_vec, Errno, ToGuest, ToHost};
 
@@ -251,12 +252,6 @@ fn remember_nameserver(fd: c_int, asked: Option<u8>) {
     }
 }
 
-/// Whether `msg` is what a ping socket sends: an ICMPv4 echo request (type 8, code 0) with its
-/// whole 8-byte header.
-fn is_echo_request(msg: &[u8]) -> bool {
-    msg.len() >= 8 && msg[0] == 8 && msg[1] == 0
-}
-
 /// The ping socket's association for `dest`: `e` itself when it is `dest`'s, else a new one on
 /// `fd` (the old stream closes with dup3).
 fn icmp_for(fd: c_int, e: Entry, dest: SocketAddrV4) -> Result<Entry, Errno> {
@@ -290,32 +285,6 @@ pub(crate) fn recv_on(fd: c_int, e: Entry, flags: c_int) -> Result<Received, Err
         payload
     };
     Ok(Received { payload, from, ttl })
-}
-
-/// `icmp` with the 20-byte IPv4 header (no options) a raw ICMP socket's reader expects.
-fn with_ipv4_header(icmp: &[u8], from: Ipv4Addr, to: Ipv4Addr, ttl: u8) -> Vec<u8> {
-    let total = u16::try_from(icmp.len() + 20).unwrap_or(u16::MAX);
-    let mut h = vec![0x45, 0];
-    h.extend_from_slice(&total.to_be_bytes());
-    h.extend_from_slice(&[0, 0, 0x40, 0, ttl, libc::IPPROTO_ICMP as u8, 0, 0]);
-    h.extend_from_slice(&from.octets());
-    h.extend_from_slice(&to.octets());
-    let sum = inet_checksum(&h);
-    h[10..12].copy_from_slice(&sum.to_be_bytes());
-    h.extend_from_slice(icmp);
-    h
-}
-
-/// The Internet checksum (RFC 1071).
-fn inet_checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = data
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], c.get(1).copied().unwrap_or(0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !u16::try_from(sum).unwrap_or(u16::MAX)
 }
 
 fn recv_message(

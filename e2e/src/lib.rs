@@ -198,3 +198,78 @@ pub fn check_socket_options(got: &str) {
     // The host's default keepalive idle time (7200 s), not the first socket's 33.
     assert_eq!(unset[3], "7200", "{got}");
 }
+
+/// Where scripts/install-deps leaves Debian's busybox-static package (it conflicts with the
+/// installed busybox, so it is unpacked, never installed).
+pub const BUSYBOX_STATIC_DEB: &str = "/var/cache/outsock/busybox-static.deb";
+
+/// Fails where a missing prerequisite must not be skipped (CI, or `OUTSOCK_E2E_REQUIRED=1`),
+/// else says why and skips.
+///
+/// # Panics
+/// Under CI: a test that cannot run fails.
+pub fn skip(test: &str, why: &str) {
+    let required = std::env::var("OUTSOCK_E2E_REQUIRED").as_deref() == Ok("1")
+        || std::env::var("CI").as_deref() == Ok("true");
+    assert!(
+        !required,
+        "{test}: {why}, and CI / OUTSOCK_E2E_REQUIRED=1 forbid skipping"
+    );
+    println!("SKIP {test}: {why}");
+}
+
+/// Asserts that `out` (of `what`) succeeded, showing its output and the daemons' logs if not;
+/// returns its stdout.
+///
+/// # Panics
+/// When it did not succeed.
+pub fn ok(s: &Stack, out: &std::process::Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}): {}\n{}\n{}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr),
+        s.logs()
+    );
+    text(&out.stdout)
+}
+
+/// The address in a ping's first line: `PING name (ADDRESS) …` (iputils and busybox alike).
+#[must_use]
+pub fn ping_target(stdout: &str) -> String {
+    let first = stdout.lines().next().unwrap_or_default();
+    let open = first.find('(').unwrap_or(0);
+    let close = first.find(')').unwrap_or(0);
+    first.get(open + 1..close).unwrap_or_default().to_owned()
+}
+
+/// `outsock run FLAGS… -- program args…` in `legacy`, started through `wrapper` (a program and
+/// its arguments first, e.g. `timeout 60`), with the stack's host.sock and liboutsock, stdin
+/// empty.
+///
+/// # Panics
+/// When the `outsock` binary or liboutsock is not built.
+pub fn outsock_run(
+    s: &Stack,
+    wrapper: &[&str],
+    flags: &[&str],
+    program: &std::path::Path,
+    args: &[&str],
+) -> std::process::Command {
+    use testworld::stack::artefact;
+    let mut cmd = s.world.legacy().command(wrapper[0]);
+    cmd.args(&wrapper[1..])
+        .arg(artefact("outsock").expect("the outsock binary"))
+        .arg("run")
+        .args(flags)
+        .arg("--socket")
+        .arg(s.host_sock())
+        .arg("--shim")
+        .arg(artefact("liboutsock.so").expect("liboutsock"))
+        .arg("--")
+        .arg(program)
+        .args(args)
+        .stdin(std::process::Stdio::null());
+    cmd
+}

@@ -17,10 +17,10 @@
 // Test code throughout; helpers outside #[test] functions unwrap too.
 #![allow(clippy::unwrap_used)]
 
-use std::process::{Child, Output, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use outsock_e2e::{stack, text};
+use outsock_e2e::{ok, stack, text};
 use testworld::stack::Stack;
 use testworld::{addr, zone};
 
@@ -36,19 +36,6 @@ const UDP_RATE: &str = "50M";
 const UDP_SECS: &str = "3";
 /// The most UDP loss (in percent of the datagrams sent) a test accepts.
 const MAX_LOSS_PERCENT: f64 = 5.0;
-
-/// Asserts `out` succeeded and returns its stdout.
-fn ok(s: &Stack, out: &Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}): {}\n{}\n{}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr),
-        s.logs()
-    );
-    text(&out.stdout)
-}
 
 /// The number at `path` (object keys, outermost first) in iperf3's JSON report: each key is
 /// looked for after the previous one, which is enough for iperf3's fixed layout.

@@ -11,7 +11,7 @@
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use outsock_e2e::{stack, text};
+use outsock_e2e::{ping_target as target, stack, text};
 use testworld::stack::Stack;
 use testworld::{addr, zone};
 
@@ -26,14 +26,6 @@ fn ping(s: &Stack, args: &[&str]) -> (Output, Duration) {
     let start = Instant::now();
     let out = cmd.output().unwrap();
     (out, start.elapsed())
-}
-
-/// The address in ping's first line, `PING name (ADDRESS) 56(84) bytes of data.`
-fn target(stdout: &str) -> String {
-    let first = stdout.lines().next().unwrap_or_default();
-    let open = first.find('(').unwrap_or(0);
-    let close = first.find(')').unwrap_or(0);
-    first.get(open + 1..close).unwrap_or_default().to_owned()
 }
 
 #[test]

@@ -13,7 +13,7 @@ use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use outsock_e2e::{
-    check_socket_options, connect_from_client, stack, text, wait_listening, PY_SOCKET_OPTIONS,
+    check_socket_options, connect_from_client, ok, stack, text, wait_listening, PY_SOCKET_OPTIONS,
 };
 use testworld::stack::Stack;
 use testworld::{addr, big_file_byte, programs, zone, BIG_FILE_LEN, INDEX_BODY};
@@ -32,18 +32,6 @@ fn run(s: &Stack, program: &str, args: &[&str], stdin: &[u8]) -> Output {
     input.write_all(stdin).unwrap();
     drop(input);
     child.wait_with_output().unwrap()
-}
-
-/// Asserts success and returns stdout.
-fn ok(s: &Stack, out: &Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}): {}\n{}",
-        out.status,
-        text(&out.stderr),
-        s.logs()
-    );
-    text(&out.stdout)
 }
 
 /// An IPv6 client in `world`, bound to [`addr::CLIENT`] so the host sees a known peer, that

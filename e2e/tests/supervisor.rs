@@ -24,26 +24,12 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use outsock_e2e::{
-    check_socket_options, connect_from_client, stack, text, wait_listening, PY_SOCKET_OPTIONS,
+    check_socket_options, connect_from_client, ok, outsock_run, skip, stack, text, wait_listening,
+    BUSYBOX_STATIC_DEB, PY_SOCKET_OPTIONS,
 };
 use tempfile::TempDir;
 use testworld::stack::{artefact, Stack};
 use testworld::{addr, zone, INDEX_BODY};
-
-/// Where scripts/install-deps leaves the busybox-static package (it conflicts with the
-/// installed busybox, so it is unpacked, never installed).
-const BUSYBOX_STATIC_DEB: &str = "/var/cache/outsock/busybox-static.deb";
-
-/// Fails where a missing prerequisite must not be skipped (CI), else says why and skips.
-fn skip(test: &str, why: &str) {
-    let required = std::env::var("OUTSOCK_E2E_REQUIRED").as_deref() == Ok("1")
-        || std::env::var("CI").as_deref() == Ok("true");
-    assert!(
-        !required,
-        "{test}: {why}, and CI / OUTSOCK_E2E_REQUIRED=1 forbid skipping"
-    );
-    println!("SKIP {test}: {why}");
-}
 
 /// Whether this kernel can supervise (seccomp user notification).
 fn can_supervise(test: &str) -> bool {
@@ -57,31 +43,7 @@ fn can_supervise(test: &str) -> bool {
 /// `outsock run -- program args…` in `legacy`, started through `wrapper` (its arguments
 /// first).
 fn supervised_command(s: &Stack, wrapper: &[&str], program: &Path, args: &[&str]) -> Command {
-    run_command(s, wrapper, &[], program, args)
-}
-
-/// `outsock run FLAGS… -- program args…` in `legacy`, started through `wrapper`.
-fn run_command(
-    s: &Stack,
-    wrapper: &[&str],
-    flags: &[&str],
-    program: &Path,
-    args: &[&str],
-) -> Command {
-    let mut cmd = s.world.legacy().command(wrapper[0]);
-    cmd.args(&wrapper[1..])
-        .arg(artefact("outsock").unwrap())
-        .arg("run")
-        .args(flags)
-        .arg("--socket")
-        .arg(s.host_sock())
-        .arg("--shim")
-        .arg(artefact("liboutsock.so").unwrap())
-        .arg("--")
-        .arg(program)
-        .args(args)
-        .stdin(Stdio::null());
-    cmd
+    outsock_run(s, wrapper, &[], program, args)
 }
 
 /// Runs `program args…` in `legacy` through `outsock run`, bounded to 60 s.
@@ -91,7 +53,7 @@ fn supervised(s: &Stack, program: &Path, args: &[&str]) -> Output {
 
 /// Runs `program args…` in `legacy` through `outsock run FLAGS…`, bounded to 60 s.
 fn run_with(s: &Stack, flags: &[&str], program: &Path, args: &[&str]) -> Output {
-    let out = run_command(s, &["timeout", "60"], flags, program, args)
+    let out = outsock_run(s, &["timeout", "60"], flags, program, args)
         .output()
         .unwrap();
     // For the test log (shown with --nocapture or on failure).
@@ -103,17 +65,6 @@ fn run_with(s: &Stack, flags: &[&str], program: &Path, args: &[&str]) -> Output 
         text(&out.stderr)
     );
     out
-}
-
-fn ok(s: &Stack, out: &Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}): {}\n{}",
-        out.status,
-        text(&out.stderr),
-        s.logs()
-    );
-    text(&out.stdout)
 }
 
 /// Debian's static busybox, unpacked into `dir` (from install-deps' copy, else apt-get

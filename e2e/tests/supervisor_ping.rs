@@ -26,28 +26,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use outsock_e2e::{stack, text};
+use outsock_e2e::{ping_target as target, skip, stack, text, BUSYBOX_STATIC_DEB};
 use tempfile::TempDir;
 use testworld::stack::Stack;
 use testworld::zone;
 
-/// Where scripts/install-deps leaves the busybox-static package (it conflicts with the
-/// installed busybox, so it is unpacked, never installed).
-const BUSYBOX_STATIC_DEB: &str = "/var/cache/outsock/busybox-static.deb";
-
 /// The user an unprivileged ping runs as (nobody).
 const NOBODY: &str = "65534";
-
-/// Fails where a missing prerequisite must not be skipped (CI), else says why and skips.
-fn skip(test: &str, why: &str) {
-    let required = std::env::var("OUTSOCK_E2E_REQUIRED").as_deref() == Ok("1")
-        || std::env::var("CI").as_deref() == Ok("true");
-    assert!(
-        !required,
-        "{test}: {why}, and CI / OUTSOCK_E2E_REQUIRED=1 forbid skipping"
-    );
-    println!("SKIP {test}: {why}");
-}
 
 /// The test world and a temporary folder (readable by everyone: an unprivileged program runs
 /// from it), or `None` (after [`skip`]) where supervision or the world is unavailable.
@@ -119,14 +104,6 @@ fn run(s: &Stack, unprivileged: bool, program: &Path, args: &[&str]) -> (Output,
     let start = Instant::now();
     let out = cmd.output().unwrap();
     (out, start.elapsed())
-}
-
-/// The address in busybox ping's first line, `PING name (ADDRESS): 56 data bytes`.
-fn target(stdout: &str) -> String {
-    let first = stdout.lines().next().unwrap_or_default();
-    let open = first.find('(').unwrap_or(0);
-    let close = first.find(')').unwrap_or(0);
-    first.get(open + 1..close).unwrap_or_default().to_owned()
 }
 
 /// busybox ping's three echoes to [`zone::V6ONLY`] all came back, from its dummy.

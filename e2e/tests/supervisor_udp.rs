@@ -24,9 +24,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use outsock_e2e::{stack, text, wait_udp_bound};
+use outsock_e2e::{ok, outsock_run, skip, stack, text, wait_udp_bound};
 use tempfile::TempDir;
-use testworld::stack::{artefact, Stack};
+use testworld::stack::Stack;
 use testworld::{addr, zone};
 
 /// The UDP server's port, allowed at host-server.
@@ -146,17 +146,6 @@ func main() {
 }
 "#;
 
-/// Fails where a missing prerequisite must not be skipped (CI), else says why and skips.
-fn skip(test: &str, why: &str) {
-    let required = std::env::var("OUTSOCK_E2E_REQUIRED").as_deref() == Ok("1")
-        || std::env::var("CI").as_deref() == Ok("true");
-    assert!(
-        !required,
-        "{test}: {why}, and CI / OUTSOCK_E2E_REQUIRED=1 forbid skipping"
-    );
-    println!("SKIP {test}: {why}");
-}
-
 /// The test world with `config` and [`GO_UDP`] built in a temporary folder, or `None` (after
 /// [`skip`]) where supervision, the world or `go` is unavailable.
 fn go_world(test: &str, label: &str, config: &str) -> Option<(Stack, TempDir, PathBuf)> {
@@ -178,27 +167,11 @@ fn go_world(test: &str, label: &str, config: &str) -> Option<(Stack, TempDir, Pa
     Some((s, dir, bin))
 }
 
-/// `timeout 60 outsock run FLAGS… -- program args…` in `legacy`.
-fn command(s: &Stack, flags: &[&str], program: &Path, args: &[&str]) -> Command {
-    let mut cmd = s.world.legacy().command("timeout");
-    cmd.arg("60")
-        .arg(artefact("outsock").unwrap())
-        .arg("run")
-        .args(flags)
-        .arg("--socket")
-        .arg(s.host_sock())
-        .arg("--shim")
-        .arg(artefact("liboutsock.so").unwrap())
-        .arg("--")
-        .arg(program)
-        .args(args)
-        .stdin(Stdio::null());
-    cmd
-}
-
 /// Runs `program args…` through `outsock run FLAGS…` and logs what it said.
 fn run(s: &Stack, flags: &[&str], program: &Path, args: &[&str]) -> Output {
-    let out = command(s, flags, program, args).output().unwrap();
+    let out = outsock_run(s, &["timeout", "60"], flags, program, args)
+        .output()
+        .unwrap();
     println!(
         "{args:?}: {}\nstdout: {}\nstderr: {}",
         out.status,
@@ -206,17 +179,6 @@ fn run(s: &Stack, flags: &[&str], program: &Path, args: &[&str]) -> Output {
         text(&out.stderr)
     );
     out
-}
-
-fn ok(s: &Stack, out: &Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}): {}\n{}",
-        out.status,
-        text(&out.stderr),
-        s.logs()
-    );
-    text(&out.stdout)
 }
 
 /// The value after `key ` on the line that starts with it.
@@ -298,7 +260,7 @@ fn go_udp4_server_answers_an_ipv6_client_seen_as_its_dummy() {
         return;
     };
     let port = PORT.to_string();
-    let mut server = command(&s, &[], &bin, &["server", &port]);
+    let mut server = outsock_run(&s, &["timeout", "60"], &[], &bin, &["server", &port]);
     server.stdout(Stdio::piped()).stderr(Stdio::piped());
     let server = server.spawn().unwrap();
     wait_udp_bound(&s, PORT);

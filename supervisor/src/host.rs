@@ -317,30 +317,8 @@ mod tests {
         let dest = "10.170.160.2:80".parse().unwrap();
         let server = std::thread::spawn(move || {
             let (mut c, _) = listener.accept().unwrap();
-            let mut buf = Vec::new();
-            let req = loop {
-                let mut chunk = [0u8; 64];
-                let n = c.read(&mut chunk).unwrap();
-                buf.extend_from_slice(&chunk[..n]);
-                if let Some((m, _)) = decode::<ToHost>(&buf).unwrap() {
-                    break m;
-                }
-            };
-            let answer = to_vec(&ToGuest::Connected {
-                local: "10.0.0.1:4000".parse().unwrap(),
-                peer: dest,
-                fd_passed: true,
-                in_progress: true,
-            })
-            .unwrap();
-            let (passed, keep) = UnixStream::pair().unwrap();
-            outsock_fdpass::sendmsg_fd::<outsock_fdpass::Libc>(
-                c.as_raw_fd(),
-                &answer,
-                passed.as_raw_fd(),
-                0,
-            )
-            .unwrap();
+            let req = read_request(&mut c);
+            let keep = answer_with_fd(&c, dest);
             c.write_all(b"data path").unwrap();
             (req, keep)
         });

@@ -553,17 +553,34 @@ mod tests {
         relay_case(true);
     }
 
-    fn relay_case(framed: bool) {
+    /// A channel (host-server's side, ours: packets, or with `framed` a stream), the table, and
+    /// a program's end bound to a name of `label`'s, with its identity.
+    #[allow(clippy::type_complexity)]
+    fn test_parts(
+        framed: bool,
+        label: &str,
+    ) -> (OwnedFd, OwnedFd, Arc<Assocs>, Vec<u8>, OwnedFd, (u64, u64)) {
         let (chan_host, channel) = if framed {
             let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
             (OwnedFd::from(a), OwnedFd::from(b))
         } else {
             sys::seqpacket_pair().unwrap()
         };
-        let assocs = Arc::new(Assocs::default());
-        let name = format!("outsock-udp/test.relay{framed}/p").into_bytes();
+        let name = format!("outsock-udp/test.{label}{framed}/p").into_bytes();
         let end = sys::unix_dgram_bound(&name).unwrap();
         let id = sys::identity(end.as_raw_fd()).unwrap();
+        (
+            chan_host,
+            channel,
+            Arc::new(Assocs::default()),
+            name,
+            end,
+            id,
+        )
+    }
+
+    fn relay_case(framed: bool) {
+        let (chan_host, channel, assocs, name, end, id) = test_parts(framed, "relay");
         let dns: SocketAddrV4 = "10.170.160.1:53".parse().unwrap();
         let assoc = Arc::new(Assoc {
             channel,
@@ -636,16 +653,7 @@ mod tests {
     }
 
     fn icmp_case(framed: bool) {
-        let (chan_host, channel) = if framed {
-            let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
-            (OwnedFd::from(a), OwnedFd::from(b))
-        } else {
-            sys::seqpacket_pair().unwrap()
-        };
-        let assocs = Arc::new(Assocs::default());
-        let name = format!("outsock-udp/test.icmp{framed}/p").into_bytes();
-        let end = sys::unix_dgram_bound(&name).unwrap();
-        let id = sys::identity(end.as_raw_fd()).unwrap();
+        let (chan_host, channel, assocs, name, end, id) = test_parts(framed, "icmp");
         let dummy = Ipv4Addr::new(10, 170, 160, 7);
         let local = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 4242);
         let assoc = Arc::new(Assoc {

@@ -273,3 +273,18 @@ pub fn outsock_run(
         .stdin(std::process::Stdio::null());
     cmd
 }
+
+/// The `q` quantile (0 to 1) of `sorted` (nearest rank; NaN when empty).
+#[must_use]
+pub fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss
+    )]
+    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[i]
+}

@@ -124,7 +124,7 @@
 //! a passed socket are the kernel's own.
 //!
 //! Modules: [`filter`] (the BPF program, safe), `sys` (every syscall and ioctl; the only
-//! `unsafe`), `host` (the host-server client), `workers` (the
+//! `unsafe`), `host` (the host-server client), `outcome` (what a notified call becomes), `workers` (the
 //! threads calls that may wait run on), [`transport`] (Unix or vsock, as liboutsock chooses),
 //! `vmlisten` (listeners inside a VM), `udp` (UDP associations and connected UDP), `sockopt`
 //! (options on a vsock stand-in), `serve` (the loop).
@@ -133,6 +133,7 @@
 
 pub mod filter;
 mod host;
+mod outcome;
 mod serve;
 mod sockopt;
 #[allow(unsafe_code)]

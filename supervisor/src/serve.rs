@@ -74,6 +74,7 @@ use shared_proto::translate::{
 use shared_proto::{decode_exact, to_vec, Errno, ToGuest, ToHost};
 
 use crate::host::HostServer;
+use crate::outcome::Outcome;
 use crate::sockopt;
 use crate::sys::{self, Listener, Notif, Ready};
 use crate::udp::{self, Carries};
@@ -87,25 +88,6 @@ const MAX_DGRAM: usize = 65_536;
 /// `sa_family` of a disconnecting connect.
 #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // 0.
 const AF_UNSPEC: u16 = libc::AF_UNSPEC as u16;
-
-/// What a notified call becomes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Outcome {
-    /// The call returns this value.
-    Return(i64),
-    /// The call fails with this errno.
-    Fail(i32),
-    /// The kernel carries the call out as the program made it.
-    Continue,
-    /// The caller is no longer waiting (a signal, or it died): nothing to answer.
-    Gone,
-    /// Already answered (ADDFD with SEND made a new descriptor the call's result), or handed
-    /// to a worker thread that answers it.
-    Answered,
-    /// On the loop thread: a step that may wait comes next, and nothing was done yet; the call
-    /// starts again on a worker thread.
-    Defer,
-}
 
 fn errno(e: Errno) -> Outcome {
     Outcome::Fail(i32::from(e.0))

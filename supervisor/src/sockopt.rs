@@ -11,7 +11,7 @@
 
 use shared_proto::sockopt::{self, Get, Reply, Set, StandIn};
 
-use crate::serve::Outcome;
+use crate::outcome::Outcome;
 use crate::sys::{self, Listener, Notif};
 
 /// The answer to `getsockopt`/`setsockopt` notification `n` on `stand_in`, a socket made here.

@@ -219,13 +219,16 @@ fn client_run(s: &Stack, mut cmd: Command, host_pid: Option<u32>, program: Progr
 fn print_figures(conc: usize, native: &[Run], outsock: &[Run]) {
     let med = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
-        crate::quantile(v, 0.5)
+        outsock_e2e::quantile(v, 0.5)
     };
     let rate = |r: &[Run]| med(&mut r.iter().map(|r| r.rate).collect());
     let times = |r: &[Run]| {
         let mut all: Vec<f64> = r.iter().flat_map(|r| r.times.iter().copied()).collect();
         all.sort_by(f64::total_cmp);
-        (crate::quantile(&all, 0.5), crate::quantile(&all, 0.99))
+        (
+            outsock_e2e::quantile(&all, 0.5),
+            outsock_e2e::quantile(&all, 0.99),
+        )
     };
     let (nr, or) = (rate(native), rate(outsock));
     let ((n50, n99), (o50, o99)) = (times(native), times(outsock));

@@ -40,6 +40,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use outsock_e2e::quantile;
 use testworld::stack::Stack;
 use testworld::{addr, zone};
 
@@ -619,19 +620,6 @@ fn iperf_gbps(cmd: &mut Command) -> Result<f64> {
         .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == 'e' || *c == '+')
         .collect();
     Ok(num.parse::<f64>()? / 1e9)
-}
-
-fn quantile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    #[allow(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        clippy::cast_precision_loss
-    )]
-    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
-    sorted[i]
 }
 
 /// min/median/max of each run, and each one's ratio of medians to the first (native).

@@ -910,32 +910,45 @@ fn prefork_children_accept_each_connection_once() {
     assert_client_dummy(&s, peer.unwrap());
 }
 
+/// busybox-static `httpd -f -vv -p LISTEN` under the supervisor serves `body` (a page in
+/// `dir`) to a world client on port 8081; returns httpd's log once it is stopped.
+fn httpd_serves(s: &Stack, dir: &Path, bb: &Path, listen: &str, body: &str) -> String {
+    let www = dir.join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("page.txt"), body).unwrap();
+    let www = www.display().to_string();
+    let mut server = supervised_command(
+        s,
+        &["timeout", "60"],
+        bb,
+        &["httpd", "-f", "-vv", "-p", listen, "-h", &www],
+    );
+    server.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let server = server.spawn().unwrap();
+    wait_listening(s, 8081, true);
+    let page = world_request(s, 8081, b"GET /page.txt HTTP/1.0\r\n\r\n");
+    assert!(page.contains("200 OK"), "{page}");
+    assert!(page.ends_with(body), "{page}");
+    let log = text(&stop(server).stderr);
+    println!("httpd log: {log}");
+    log
+}
+
 #[test]
 fn static_httpd_serves_an_ipv6_client_and_logs_its_dummy() {
     let test = "static_httpd_serves_an_ipv6_client_and_logs_its_dummy";
     let Some((s, dir, bb)) = busybox_world(test, "sup-httpd", PORTS) else {
         return;
     };
-    let www = dir.path().join("www");
-    std::fs::create_dir_all(&www).unwrap();
-    std::fs::write(www.join("page.txt"), "static busybox httpd\n").unwrap();
-    let www = www.display().to_string();
     // An AF_INET listener (`-p PORT` alone makes a dual-stack AF_INET6 one: see
     // static_httpd_on_a_port_alone_serves_a_world_client_v4_mapped).
-    let mut server = supervised_command(
+    let log = httpd_serves(
         &s,
-        &["timeout", "60"],
+        dir.path(),
         &bb,
-        &["httpd", "-f", "-vv", "-p", "0.0.0.0:8081", "-h", &www],
+        "0.0.0.0:8081",
+        "static busybox httpd\n",
     );
-    server.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let server = server.spawn().unwrap();
-    wait_listening(&s, 8081, true);
-    let page = world_request(&s, 8081, b"GET /page.txt HTTP/1.0\r\n\r\n");
-    assert!(page.contains("200 OK"), "{page}");
-    assert!(page.ends_with("static busybox httpd\n"), "{page}");
-    let log = text(&stop(server).stderr);
-    println!("httpd log: {log}");
     // Each log line starts with the peer, `IP:PORT:`; it is the client's source-pool dummy.
     let peer: SocketAddrV4 = log
         .lines()
@@ -1337,25 +1350,8 @@ fn static_httpd_on_a_port_alone_serves_a_world_client_v4_mapped() {
     let Some((s, dir, bb)) = busybox_world(test, "sup-httpd6", PORTS) else {
         return;
     };
-    let www = dir.path().join("www");
-    std::fs::create_dir_all(&www).unwrap();
-    std::fs::write(www.join("page.txt"), "dual-stack busybox httpd\n").unwrap();
-    let www = www.display().to_string();
     // `-p PORT` alone: an AF_INET6 listener on [::]:PORT.
-    let mut server = supervised_command(
-        &s,
-        &["timeout", "60"],
-        &bb,
-        &["httpd", "-f", "-vv", "-p", "8081", "-h", &www],
-    );
-    server.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let server = server.spawn().unwrap();
-    wait_listening(&s, 8081, true);
-    let page = world_request(&s, 8081, b"GET /page.txt HTTP/1.0\r\n\r\n");
-    assert!(page.contains("200 OK"), "{page}");
-    assert!(page.ends_with("dual-stack busybox httpd\n"), "{page}");
-    let log = text(&stop(server).stderr);
-    println!("httpd log: {log}");
+    let log = httpd_serves(&s, dir.path(), &bb, "8081", "dual-stack busybox httpd\n");
     // Each log line starts with the peer: the client's dummy, v4-mapped.
     let peer = log
         .lines()

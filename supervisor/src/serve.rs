@@ -178,48 +178,12 @@ impl Views {
             self.v6.remove(&id);
         }
         if self.map.len() >= self.sweep_at {
-            let live = live_socket_inodes();
+            let live = sys::socket_inodes(false);
             self.map.retain(|(_, ino), _| live.contains(ino));
             self.v6.retain(|(_, ino)| live.contains(ino));
             self.sweep_at = (self.map.len() * 2).max(SWEEP_MIN);
         }
     }
-}
-
-/// The inodes of every socket some process holds (`socket:[N]` links under `/proc/*/fd` that
-/// we may read; the program runs as our user, or we are root).
-fn live_socket_inodes() -> std::collections::HashSet<u64> {
-    let mut live = std::collections::HashSet::new();
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return live;
-    };
-    for p in procs.filter_map(Result::ok) {
-        if !p
-            .file_name()
-            .to_string_lossy()
-            .bytes()
-            .all(|b| b.is_ascii_digit())
-        {
-            continue;
-        }
-        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
-            continue;
-        };
-        for fd in fds.filter_map(Result::ok) {
-            let Ok(target) = std::fs::read_link(fd.path()) else {
-                continue;
-            };
-            let target = target.to_string_lossy();
-            if let Some(ino) = target
-                .strip_prefix("socket:[")
-                .and_then(|t| t.strip_suffix(']'))
-                .and_then(|t| t.parse().ok())
-            {
-                live.insert(ino);
-            }
-        }
-    }
-    live
 }
 
 impl Shared {

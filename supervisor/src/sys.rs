@@ -57,27 +57,36 @@ pub fn listener_installable() -> bool {
         if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
             return false;
         }
-        // SAFETY: `prog` points at one valid instruction that lives for the call.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_seccomp,
-                libc::SECCOMP_SET_MODE_FILTER,
-                libc::SECCOMP_FILTER_FLAG_NEW_LISTENER,
-                std::ptr::from_ref(&prog),
-            )
-        };
-        if fd < 0 {
+        let Ok(fd) = install_with_listener(&prog) else {
             return false;
-        }
-        #[allow(clippy::cast_possible_truncation)] // A descriptor.
+        };
         // SAFETY: the listener just returned to us, closed once.
         unsafe {
-            libc::close(fd as RawFd);
+            libc::close(fd);
         }
         true
     })
     .join()
     .unwrap_or(false)
+}
+
+/// Installs `prog` on the calling thread with `SECCOMP_FILTER_FLAG_NEW_LISTENER`; the
+/// listener's descriptor. Async-signal-safe (one system call): used between fork and exec too.
+fn install_with_listener(prog: &libc::sock_fprog) -> io::Result<RawFd> {
+    // SAFETY: `prog` points at valid instructions that live for the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            libc::SECCOMP_FILTER_FLAG_NEW_LISTENER,
+            std::ptr::from_ref(prog),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    #[allow(clippy::cast_possible_truncation)] // A descriptor.
+    Ok(fd as RawFd)
 }
 
 /// Spawns `cmd` under `filter`: the child asks for SIGKILL when the spawning thread dies
@@ -115,20 +124,7 @@ pub fn spawn(cmd: &mut Command, filter: Vec<libc::sock_filter>) -> io::Result<(C
             len,
             filter: filter.as_ptr().cast_mut(),
         };
-        // SAFETY: `prog` points at `len` valid instructions that live for the call.
-        let listener = unsafe {
-            libc::syscall(
-                libc::SYS_seccomp,
-                libc::SECCOMP_SET_MODE_FILTER,
-                libc::SECCOMP_FILTER_FLAG_NEW_LISTENER,
-                std::ptr::from_ref(&prog),
-            )
-        };
-        if listener < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        #[allow(clippy::cast_possible_truncation)] // A descriptor.
-        let listener = listener as RawFd;
+        let listener = install_with_listener(&prog)?;
         let sent = outsock_fdpass::sendmsg_fd::<outsock_fdpass::Libc>(theirs_fd, b"L", listener, 0);
         // SAFETY: our own descriptor, closed once; the program must not inherit it.
         unsafe { libc::close(listener) };
@@ -1161,4 +1157,39 @@ pub fn udp_socket() -> io::Result<OwnedFd> {
     let fd = cvt(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
     // SAFETY: a descriptor just made, owned from here.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The inodes of the sockets processes hold (`socket:[N]` links under `/proc/*/fd` that we may
+/// read: the program runs as our user, or we are root), this process's own left out with
+/// `skip_self`.
+#[must_use]
+pub fn socket_inodes(skip_self: bool) -> std::collections::HashSet<u64> {
+    let me = std::process::id().to_string();
+    let mut live = std::collections::HashSet::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return live;
+    };
+    for p in procs.filter_map(Result::ok) {
+        let name = p.file_name().to_string_lossy().into_owned();
+        if (skip_self && name == me) || !name.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.filter_map(Result::ok) {
+            let Ok(target) = std::fs::read_link(fd.path()) else {
+                continue;
+            };
+            if let Some(ino) = target
+                .to_string_lossy()
+                .strip_prefix("socket:[")
+                .and_then(|t| t.strip_suffix(']'))
+                .and_then(|t| t.parse().ok())
+            {
+                live.insert(ino);
+            }
+        }
+    }
+    live
 }

@@ -138,6 +138,37 @@ pub struct Assoc {
     local: SocketAddrV4,
 }
 
+impl Assoc {
+    /// An association over `channel` (`framed`: a stream of frames), its program's end bound
+    /// to `name`, its per-peer sockets named under `prefix`; nothing asked, no peer yet.
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        channel: OwnedFd,
+        framed: bool,
+        name: Vec<u8>,
+        prefix: String,
+        guest_dns: SocketAddrV4,
+        bound: Option<SocketAddrV4>,
+        carries: Carries,
+        local: SocketAddrV4,
+    ) -> Self {
+        Self {
+            channel,
+            framed,
+            writing: Mutex::new(()),
+            name,
+            prefix,
+            guest_dns,
+            asked: Mutex::new(None),
+            peers: Mutex::new(Peers::default()),
+            closed: AtomicBool::new(false),
+            bound,
+            carries,
+            local,
+        }
+    }
+}
+
 /// The per-peer sockets of an association; those the program's end is (or was) connected to
 /// have a writer thread and stay.
 #[derive(Debug, Default)]
@@ -257,20 +288,16 @@ pub fn open(
     let name = format!("{prefix}p").into_bytes();
     let end = sys::unix_dgram_bound(&name).map_err(|e| io_errno(&e))?;
     let id = sys::identity(end.as_raw_fd()).map_err(|e| io_errno(&e))?;
-    let assoc = Arc::new(Assoc {
+    let assoc = Arc::new(Assoc::new(
         channel,
         framed,
-        writing: Mutex::new(()),
         name,
         prefix,
         guest_dns,
-        asked: Mutex::new(None),
-        peers: Mutex::new(Peers::default()),
-        closed: AtomicBool::new(false),
-        bound: bound.then_some(bind),
+        bound.then_some(bind),
         carries,
         local,
-    });
+    ));
     assocs
         .map
         .lock()
@@ -582,20 +609,16 @@ mod tests {
     fn relay_case(framed: bool) {
         let (chan_host, channel, assocs, name, end, id) = test_parts(framed, "relay");
         let dns: SocketAddrV4 = "10.170.160.1:53".parse().unwrap();
-        let assoc = Arc::new(Assoc {
+        let assoc = Arc::new(Assoc::new(
             channel,
             framed,
-            writing: Mutex::new(()),
             name,
-            prefix: format!("outsock-udp/test.relay{framed}/"),
-            guest_dns: dns,
-            asked: Mutex::new(None),
-            peers: Mutex::new(Peers::default()),
-            closed: AtomicBool::new(false),
-            bound: None,
-            carries: Carries::Udp,
-            local: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
-        });
+            format!("outsock-udp/test.relay{framed}/"),
+            dns,
+            None,
+            Carries::Udp,
+            SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
+        ));
         assocs.map.lock().unwrap().insert(id, Arc::clone(&assoc));
         let (a, all) = (Arc::clone(&assoc), Arc::clone(&assocs));
         let t = std::thread::spawn(move || relay(&a, &all, id));
@@ -656,23 +679,19 @@ mod tests {
         let (chan_host, channel, assocs, name, end, id) = test_parts(framed, "icmp");
         let dummy = Ipv4Addr::new(10, 170, 160, 7);
         let local = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 4242);
-        let assoc = Arc::new(Assoc {
+        let assoc = Arc::new(Assoc::new(
             channel,
             framed,
-            writing: Mutex::new(()),
             name,
-            prefix: format!("outsock-udp/test.icmp{framed}/"),
-            guest_dns: "10.170.160.1:53".parse().unwrap(),
-            asked: Mutex::new(None),
-            peers: Mutex::new(Peers::default()),
-            closed: AtomicBool::new(false),
-            bound: None,
-            carries: Carries::Icmp {
+            format!("outsock-udp/test.icmp{framed}/"),
+            "10.170.160.1:53".parse().unwrap(),
+            None,
+            Carries::Icmp {
                 dest: dummy,
                 raw: true,
             },
             local,
-        });
+        ));
         assocs.map.lock().unwrap().insert(id, Arc::clone(&assoc));
         let (a, all) = (Arc::clone(&assoc), Arc::clone(&assocs));
         let relay = std::thread::spawn(move || relay(&a, &all, id));
@@ -729,20 +748,16 @@ mod tests {
         let end = sys::unix_dgram_bound(&name).unwrap();
         let id = sys::identity(end.as_raw_fd()).unwrap();
         let dns: SocketAddrV4 = "10.170.160.1:53".parse().unwrap();
-        let assoc = Arc::new(Assoc {
+        let assoc = Arc::new(Assoc::new(
             channel,
-            framed: false,
-            writing: Mutex::new(()),
+            false,
             name,
-            prefix: "outsock-udp/test.connected/".into(),
-            guest_dns: dns,
-            asked: Mutex::new(None),
-            peers: Mutex::new(Peers::default()),
-            closed: AtomicBool::new(false),
-            bound: None,
-            carries: Carries::Udp,
-            local: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
-        });
+            "outsock-udp/test.connected/".into(),
+            dns,
+            None,
+            Carries::Udp,
+            SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
+        ));
         assocs.map.lock().unwrap().insert(id, Arc::clone(&assoc));
         let (a, all) = (Arc::clone(&assoc), Arc::clone(&assocs));
         let relay = std::thread::spawn(move || relay(&a, &all, id));

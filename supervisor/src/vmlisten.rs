@@ -88,34 +88,7 @@ impl Companions {
 /// for up to its recheck interval after the program died) counts as closed.
 #[must_use]
 pub fn held_by_others() -> HashSet<u64> {
-    let me = std::process::id().to_string();
-    let mut live = HashSet::new();
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return live;
-    };
-    for p in procs.filter_map(Result::ok) {
-        let name = p.file_name().to_string_lossy().into_owned();
-        if name == me || !name.bytes().all(|b| b.is_ascii_digit()) {
-            continue;
-        }
-        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
-            continue;
-        };
-        for fd in fds.filter_map(Result::ok) {
-            let Ok(target) = std::fs::read_link(fd.path()) else {
-                continue;
-            };
-            if let Some(ino) = target
-                .to_string_lossy()
-                .strip_prefix("socket:[")
-                .and_then(|t| t.strip_suffix(']'))
-                .and_then(|t| t.parse().ok())
-            {
-                live.insert(ino);
-            }
-        }
-    }
-    live
+    sys::socket_inodes(true)
 }
 
 /// The next connection waiting on vsock listener `listener` (`None`: none waits), after its

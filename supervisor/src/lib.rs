@@ -134,6 +134,7 @@
 pub mod filter;
 mod host;
 mod outcome;
+mod pnet;
 mod serve;
 mod sockopt;
 #[allow(unsafe_code)]

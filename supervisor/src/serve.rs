@@ -195,6 +195,7 @@ impl Shared {
         nameservers: Vec<Ipv4Addr>,
     ) -> Self {
         Self {
+            assocs: Arc::new(udp::Assocs::new(nameservers.clone())),
             listener,
             host,
             guest_dns,
@@ -207,7 +208,6 @@ impl Shared {
             held: Mutex::new(HashMap::new()),
             workers: Arc::new(Workers::default()),
             companions: vmlisten::Companions::default(),
-            assocs: Arc::new(udp::Assocs::default()),
         }
     }
 
@@ -606,6 +606,7 @@ fn icmp_send(
     assoc: Option<Arc<udp::Assoc>>,
     dest: SocketAddrV4,
     data: &[u8],
+    flags: i32,
     native: impl FnOnce() -> Outcome,
 ) -> Outcome {
     if !is_outsourced(dest) {
@@ -623,10 +624,10 @@ fn icmp_send(
         raw,
     };
     if let Some(a) = assoc.filter(|a| a.carries == theirs) {
-        return send_on(s, &a, dest, data);
+        return send_on(s, &a, copy, dest, data, flags);
     }
     match icmp_associate(s, n, copy, raw, dest) {
-        Ok((_, a)) => send_on(s, &a, dest, data),
+        Ok((end, a)) => send_on(s, &a, &end, dest, data, flags),
         Err(o) => o,
     }
 }
@@ -962,7 +963,7 @@ fn associate(
 }
 
 /// `data` sent to `dest` on the association whose program's end is `end`.
-fn assoc_send(s: &Shared, end: &OwnedFd, dest: SocketAddrV4, data: &[u8]) -> Outcome {
+fn assoc_send(s: &Shared, end: &OwnedFd, dest: SocketAddrV4, data: &[u8], flags: i32) -> Outcome {
     let assoc = sys::identity(end.as_raw_fd())
         .ok()
         .and_then(|id| s.assocs.get(id));
@@ -970,10 +971,30 @@ fn assoc_send(s: &Shared, end: &OwnedFd, dest: SocketAddrV4, data: &[u8]) -> Out
         // Its relay has ended (host-server closed it).
         return Outcome::Fail(libc::ENETUNREACH);
     };
-    send_on(s, &assoc, dest, data)
+    send_on(s, &assoc, end, dest, data, flags)
 }
 
-fn send_on(s: &Shared, assoc: &udp::Assoc, dest: SocketAddrV4, data: &[u8]) -> Outcome {
+/// `data` sent to `dest` on `assoc`, whose program's end is `end` (our copy): on an end in
+/// the private network by the kernel's send on it with `flags` (the datagram leaves through
+/// the TUN device, a ping socket's identifier set by the kernel), loopback excepted (the
+/// association is host-server's); on an `AF_UNIX` end framed here.
+fn send_on(
+    s: &Shared,
+    assoc: &udp::Assoc,
+    end: &OwnedFd,
+    dest: SocketAddrV4,
+    data: &[u8],
+    flags: i32,
+) -> Outcome {
+    if assoc.is_private() {
+        if !is_outsourced(dest) {
+            return Outcome::Fail(libc::ENETUNREACH);
+        }
+        return match sys::send_to(end.as_raw_fd(), data, flags, &encode_sockaddr_in(dest)) {
+            Ok(m) => Outcome::Return(i64::try_from(m).unwrap_or(i64::MAX)),
+            Err(e) => Outcome::Fail(e),
+        };
+    }
     match udp::send(assoc, dest, s.is_nameserver(dest), data) {
         Ok(m) => Outcome::Return(i64::try_from(m).unwrap_or(i64::MAX)),
         Err(e) => Outcome::Fail(e),
@@ -1068,12 +1089,14 @@ fn send_datagram(s: &Shared, n: &Notif, addr: &[u8]) -> Outcome {
         None => icmp_socket(&copy).map(|raw| (raw, None)),
     };
     if let Some((raw, assoc)) = icmp {
-        return icmp_send(s, n, &copy, raw, assoc, dest, &data, || sent(&copy, addr));
+        return icmp_send(s, n, &copy, raw, assoc, dest, &data, flags, || {
+            sent(&copy, addr)
+        });
     }
     let nameserver = s.is_nameserver(dest);
     match view {
         Some(v) if v.kind == Kind::Udp && oversize => return Outcome::Fail(libc::EMSGSIZE),
-        Some(v) if v.kind == Kind::Udp => return assoc_send(s, &copy, dest, &data),
+        Some(v) if v.kind == Kind::Udp => return assoc_send(s, &copy, dest, &data, flags),
         // To its peer: the kernel's, on the connected socket (IPv6 would carry a few bytes more
         // than an IPv4 datagram may).
         Some(v) if v.kind == Kind::UdpConnected && oversize => {
@@ -1100,7 +1123,7 @@ fn send_datagram(s: &Shared, n: &Notif, addr: &[u8]) -> Outcome {
                     },
                 );
             }
-            return send_on(s, &assoc, dest, &data);
+            return send_on(s, &assoc, &end, dest, &data, flags);
         }
         _ => {}
     }
@@ -1119,7 +1142,7 @@ fn send_datagram(s: &Shared, n: &Notif, addr: &[u8]) -> Outcome {
     {
         let unbound = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0);
         return match associate(s, n, &copy, unbound, false, Carries::Udp) {
-            Ok((_, assoc)) => send_on(s, &assoc, dest, &data),
+            Ok((end, assoc)) => send_on(s, &assoc, &end, dest, &data, flags),
             Err(o) => o,
         };
     }
@@ -1221,7 +1244,10 @@ fn recvfrom(shared: &Arc<Shared>, n: Notif) {
         shared.finish(&n, Outcome::Continue);
         return;
     };
-    if !matches!(view.kind, Kind::Udp | Kind::UdpConnected) {
+    // An end in the private network is a real AF_INET socket: the kernel's recvfrom.
+    if !matches!(view.kind, Kind::Udp | Kind::UdpConnected)
+        || (view.kind == Kind::Udp && assoc_of(shared, &copy).is_some_and(|a| a.is_private()))
+    {
         shared.finish(&n, Outcome::Continue);
         return;
     }

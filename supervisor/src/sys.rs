@@ -1193,3 +1193,395 @@ pub fn socket_inodes(skip_self: bool) -> std::collections::HashSet<u64> {
     }
     live
 }
+
+/// The private network's first address and prefix length (`198.18.0.0/16`, the benchmarking
+/// range, which no nameserver or destination uses): each association's end is bound to one of
+/// its addresses there.
+pub const PNET_POOL: ([u8; 4], u8) = ([198, 18, 0, 0], 16);
+/// The private network's TUN device.
+const PNET_TUN: &[u8] = b"outsock0";
+
+/// The private network (`pnet`): a helper process in a network namespace of its own (and a
+/// user namespace, so that no privilege is needed), where `PNET_POOL` is local on `lo`, every
+/// other IPv4 destination is routed to the TUN device `outsock0` (MTU 65535: no datagram is
+/// fragmented), and ping sockets are allowed to the helper's group. It makes sockets there on
+/// request ([`pnet_socket`]); the supervisor reads and writes the TUN device.
+#[derive(Debug)]
+pub struct Pnet {
+    /// The request channel to the helper (one request at a time: held under a lock by the caller).
+    pub chan: OwnedFd,
+    /// The TUN device (IFF_NO_PI: one IPv4 packet a read or write).
+    pub tun: OwnedFd,
+}
+
+/// Starts the private network's helper: fork, and in the child a new user + network namespace
+/// (a network namespace alone where user namespaces are refused to root), set up as [`Pnet`]
+/// says, which answers socket requests until the supervisor is gone (its channel closes, or
+/// the parent-death signal). The child runs only system calls on memory prepared before the
+/// fork (no allocation, no lock: the supervisor is multi-threaded).
+///
+/// # Errors
+/// socketpair's or fork's error, or the child's (no TUN device, namespaces refused, …) as
+/// its errno.
+pub fn pnet_start() -> io::Result<Pnet> {
+    let mut pair = [0 as c_int; 2];
+    // SAFETY: `pair` has room for two descriptors.
+    cvt(unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            pair.as_mut_ptr(),
+        )
+    })?;
+    // SAFETY: descriptors just made, owned from here.
+    let (ours, theirs) = unsafe { (OwnedFd::from_raw_fd(pair[0]), OwnedFd::from_raw_fd(pair[1])) };
+    // Everything the child writes, prepared here.
+    // SAFETY: plain getters.
+    let (uid, gid, parent) = unsafe { (libc::getuid(), libc::getgid(), libc::getpid()) };
+    let uid_map = format!("{uid} {uid} 1\n");
+    let gid_map = format!("{gid} {gid} 1\n");
+    let ping = format!("{gid} {gid}\n");
+    // SAFETY: fork(2); the child below calls only async-signal-safe functions and never
+    // returns.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        let fd = theirs.as_raw_fd();
+        let status = pnet_child_setup(
+            fd,
+            parent,
+            uid_map.as_bytes(),
+            gid_map.as_bytes(),
+            ping.as_bytes(),
+        );
+        pnet_child_serve(fd, status);
+    }
+    drop(theirs);
+    let mut buf = [0u8; 4];
+    let got = if wait_readable(ours.as_raw_fd(), 5000) {
+        recv_with_fd_blocking(ours.as_raw_fd(), &mut buf)
+    } else {
+        Err(io::Error::from_raw_os_error(libc::ETIMEDOUT))
+    };
+    let fail = |e: io::Error| {
+        // SAFETY: the child is ours; it ends once its channel closes (or is killed now).
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            libc::waitpid(pid, std::ptr::null_mut(), 0);
+        }
+        Err(e)
+    };
+    match got {
+        Ok((4, Some(tun))) if buf == [0; 4] => Ok(Pnet { chan: ours, tun }),
+        Ok((4, _)) => fail(io::Error::from_raw_os_error(i32::from_ne_bytes(buf))),
+        Ok(_) => fail(io::Error::from_raw_os_error(libc::EPROTO)),
+        Err(e) => fail(e),
+    }
+}
+
+/// A socket of `domain`, `ty`, `proto` made in the private network by its helper (`chan`,
+/// used by one caller at a time), close-on-exec.
+///
+/// # Errors
+/// The helper's socket(2) error, or EPIPE when it is gone.
+pub fn pnet_socket(chan: &OwnedFd, domain: c_int, ty: c_int, proto: c_int) -> io::Result<OwnedFd> {
+    let mut req = [0u8; 12];
+    req[..4].copy_from_slice(&domain.to_ne_bytes());
+    req[4..8].copy_from_slice(&ty.to_ne_bytes());
+    req[8..].copy_from_slice(&proto.to_ne_bytes());
+    send_to(chan.as_raw_fd(), &req, libc::MSG_NOSIGNAL, &[])
+        .map_err(io::Error::from_raw_os_error)?;
+    let mut buf = [0u8; 4];
+    match recv_with_fd_blocking(chan.as_raw_fd(), &mut buf)? {
+        (4, Some(s)) if buf == [0; 4] => Ok(s),
+        (4, _) => Err(io::Error::from_raw_os_error(i32::from_ne_bytes(buf))),
+        _ => Err(io::Error::from_raw_os_error(libc::EPIPE)),
+    }
+}
+
+fn recv_with_fd_blocking(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<OwnedFd>)> {
+    let mut passed = None;
+    let n = outsock_fdpass::recvmsg_fd::<outsock_fdpass::Libc>(
+        fd,
+        buf,
+        libc::MSG_CMSG_CLOEXEC,
+        &mut passed,
+    )?;
+    // SAFETY: a descriptor just received, owned from here.
+    Ok((n, passed.map(|p| unsafe { OwnedFd::from_raw_fd(p) })))
+}
+
+/// The child's errno.
+fn child_errno() -> c_int {
+    // SAFETY: the thread's errno location.
+    unsafe { *libc::__errno_location() }
+}
+
+/// Writes `data` to the file at `path`; the errno on failure.
+fn child_write_file(path: &std::ffi::CStr, data: &[u8]) -> Result<(), c_int> {
+    // SAFETY: `path` is NUL-terminated; `data` is valid for its length.
+    unsafe {
+        let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return Err(child_errno());
+        }
+        let n = libc::write(fd, data.as_ptr().cast(), data.len());
+        let e = child_errno();
+        libc::close(fd);
+        if n < 0 {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// An `ifreq` naming `name`.
+fn child_ifreq(name: &[u8]) -> libc::ifreq {
+    // SAFETY: ifreq is plain data.
+    let mut r: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in r
+        .ifr_name
+        .iter_mut()
+        .zip(name.iter().take(libc::IFNAMSIZ - 1))
+    {
+        *d = libc::c_char::from_ne_bytes([*s]);
+    }
+    r
+}
+
+/// Brings the interface `name` up (with `mtu`, if any) through the control socket `ctl`;
+/// its index.
+fn child_link_up(ctl: c_int, name: &[u8], mtu: Option<c_int>) -> Result<c_int, c_int> {
+    let mut r = child_ifreq(name);
+    // SAFETY: `r` is a valid ifreq for each ioctl, which reads or writes its union.
+    unsafe {
+        if let Some(m) = mtu {
+            r.ifr_ifru.ifru_mtu = m;
+            if libc::ioctl(ctl, libc::SIOCSIFMTU, &mut r) < 0 {
+                return Err(child_errno());
+            }
+        }
+        if libc::ioctl(ctl, libc::SIOCGIFFLAGS, &mut r) < 0 {
+            return Err(child_errno());
+        }
+        #[allow(clippy::cast_possible_truncation)] // IFF_UP fits a short.
+        {
+            r.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        }
+        if libc::ioctl(ctl, libc::SIOCSIFFLAGS, &mut r) < 0 {
+            return Err(child_errno());
+        }
+        if libc::ioctl(ctl, libc::SIOCGIFINDEX, &mut r) < 0 {
+            return Err(child_errno());
+        }
+        Ok(r.ifr_ifru.ifru_ifindex)
+    }
+}
+
+/// Adds an IPv4 route through rtnetlink socket `nl`: to `dst`/`len` out of interface `oif`,
+/// local (`RTN_LOCAL` in the local table) or not (a link route in the main table).
+fn child_route(nl: c_int, dst: [u8; 4], len: u8, oif: c_int, local: bool) -> Result<(), c_int> {
+    let mut m = [0u8; 44];
+    let total: u32 = if len == 0 { 36 } else { 44 };
+    m[..4].copy_from_slice(&total.to_ne_bytes());
+    m[4..6].copy_from_slice(&libc::RTM_NEWROUTE.to_ne_bytes());
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // Small flags.
+    let flags =
+        (libc::NLM_F_REQUEST | libc::NLM_F_ACK | libc::NLM_F_CREATE | libc::NLM_F_EXCL) as u16;
+    m[6..8].copy_from_slice(&flags.to_ne_bytes());
+    m[8..12].copy_from_slice(&1u32.to_ne_bytes());
+    // struct rtmsg
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // AF_INET.
+    {
+        m[16] = libc::AF_INET as u8;
+    }
+    m[17] = len;
+    m[20] = if local {
+        libc::RT_TABLE_LOCAL
+    } else {
+        libc::RT_TABLE_MAIN
+    };
+    m[21] = libc::RTPROT_BOOT;
+    m[22] = if local {
+        libc::RT_SCOPE_HOST
+    } else {
+        libc::RT_SCOPE_LINK
+    };
+    m[23] = if local {
+        libc::RTN_LOCAL
+    } else {
+        libc::RTN_UNICAST
+    };
+    // RTA_OIF
+    m[28..30].copy_from_slice(&8u16.to_ne_bytes());
+    m[30..32].copy_from_slice(&libc::RTA_OIF.to_ne_bytes());
+    m[32..36].copy_from_slice(&oif.to_ne_bytes());
+    if len != 0 {
+        m[36..38].copy_from_slice(&8u16.to_ne_bytes());
+        m[38..40].copy_from_slice(&libc::RTA_DST.to_ne_bytes());
+        m[40..44].copy_from_slice(&dst);
+    }
+    let mut ack = [0u8; 256];
+    // SAFETY: `m` and `ack` are valid for their lengths.
+    unsafe {
+        if libc::send(nl, m.as_ptr().cast(), total as usize, 0) < 0 {
+            return Err(child_errno());
+        }
+        let n = libc::recv(nl, ack.as_mut_ptr().cast(), ack.len(), 0);
+        if n < 0 {
+            return Err(child_errno());
+        }
+        if n < 20 {
+            return Err(libc::EPROTO);
+        }
+    }
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // NLMSG_ERROR = 2.
+    let is_error = u16::from_ne_bytes([ack[4], ack[5]]) == libc::NLMSG_ERROR as u16;
+    let code = i32::from_ne_bytes([ack[16], ack[17], ack[18], ack[19]]);
+    if is_error && code != 0 {
+        return Err(-code);
+    }
+    Ok(())
+}
+
+/// The child's set-up of the private network ([`pnet_start`]): the TUN device, or the errno.
+fn pnet_child_setup(
+    chan: c_int,
+    parent: libc::pid_t,
+    uid_map: &[u8],
+    gid_map: &[u8],
+    ping: &[u8],
+) -> Result<c_int, c_int> {
+    // SAFETY: system calls on the child's own state; no memory but locals and prepared slices.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        if libc::getppid() != parent {
+            libc::_exit(0);
+        }
+        // Nothing of the supervisor's but the channel stays open here.
+        #[allow(clippy::cast_sign_loss)] // A descriptor.
+        let c = chan as libc::c_uint;
+        if c > 0 {
+            libc::close_range(0, c - 1, 0);
+        }
+        libc::close_range(c + 1, libc::c_uint::MAX, 0);
+        if libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET) == 0 {
+            child_write_file(c"/proc/self/setgroups", b"deny")?;
+            child_write_file(c"/proc/self/uid_map", uid_map)?;
+            child_write_file(c"/proc/self/gid_map", gid_map)?;
+        } else if libc::unshare(libc::CLONE_NEWNET) != 0 {
+            return Err(child_errno());
+        }
+        // Ping sockets for the helper's group (it alone makes sockets here).
+        child_write_file(c"/proc/sys/net/ipv4/ping_group_range", ping)?;
+        let ctl = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if ctl < 0 {
+            return Err(child_errno());
+        }
+        let lo = child_link_up(ctl, b"lo", None)?;
+        let tun = libc::open(
+            c"/dev/net/tun".as_ptr(),
+            libc::O_RDWR | libc::O_CLOEXEC,
+        );
+        if tun < 0 {
+            return Err(child_errno());
+        }
+        let mut r = child_ifreq(PNET_TUN);
+        #[allow(clippy::cast_possible_truncation)] // Both fit a short.
+        {
+            r.ifr_ifru.ifru_flags = (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short;
+        }
+        if libc::ioctl(tun, libc::TUNSETIFF, &mut r) < 0 {
+            return Err(child_errno());
+        }
+        let oif = child_link_up(ctl, PNET_TUN, Some(65535))?;
+        let nl = libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        );
+        if nl < 0 {
+            return Err(child_errno());
+        }
+        child_route(nl, PNET_POOL.0, PNET_POOL.1, lo, true)?;
+        child_route(nl, [0; 4], 0, oif, false)?;
+        libc::close(nl);
+        libc::close(ctl);
+        Ok(tun)
+    }
+}
+
+/// The child's life after set-up: reports `status` (the TUN device passed, or the errno), then
+/// makes a socket for each 12-byte request until the channel closes.
+fn pnet_child_serve(chan: c_int, status: Result<c_int, c_int>) -> ! {
+    type Fdpass = outsock_fdpass::Libc;
+    let reply = |r: Result<c_int, c_int>| match r {
+        Ok(fd) => {
+            let sent = outsock_fdpass::sendmsg_fd::<Fdpass>(chan, &[0; 4], fd, libc::MSG_NOSIGNAL);
+            // SAFETY: our descriptor, sent (or not) now.
+            unsafe { libc::close(fd) };
+            sent.is_ok()
+        }
+        // SAFETY: four bytes on the channel.
+        Err(e) => unsafe {
+            libc::send(chan, e.to_ne_bytes().as_ptr().cast(), 4, libc::MSG_NOSIGNAL) == 4
+        },
+    };
+    if !reply(status) || status.is_err() {
+        // SAFETY: ends the child.
+        unsafe { libc::_exit(1) };
+    }
+    loop {
+        let mut req = [0u8; 12];
+        // SAFETY: `req` has 12 writable bytes.
+        let n = unsafe { libc::recv(chan, req.as_mut_ptr().cast(), 12, 0) };
+        if n < 0 && child_errno() == libc::EINTR {
+            continue;
+        }
+        if n != 12 {
+            // SAFETY: ends the child (its supervisor is gone, or spoke nonsense).
+            unsafe { libc::_exit(0) };
+        }
+        let int = |i: usize| c_int::from_ne_bytes([req[i], req[i + 1], req[i + 2], req[i + 3]]);
+        // SAFETY: plain socket(2).
+        let fd = unsafe { libc::socket(int(0), int(4) | libc::SOCK_CLOEXEC, int(8)) };
+        let r = if fd < 0 { Err(child_errno()) } else { Ok(fd) };
+        if !reply(r) {
+            // SAFETY: ends the child.
+            unsafe { libc::_exit(0) };
+        }
+    }
+}
+
+/// write(2) of `data` to `fd`: the bytes written or the errno.
+///
+/// # Errors
+/// The errno.
+pub fn write_fd(fd: RawFd, data: &[u8]) -> Result<usize, i32> {
+    // SAFETY: `data` is valid for its length.
+    let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
+    if n < 0 {
+        return Err(io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO));
+    }
+    Ok(n.unsigned_abs())
+}
+
+/// read(2) of one packet into `buf`: its length or the errno.
+///
+/// # Errors
+/// The errno.
+pub fn read_fd(fd: RawFd, buf: &mut [u8]) -> Result<usize, i32> {
+    // SAFETY: `buf` is writable for its length.
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        return Err(io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO));
+    }
+    Ok(n.unsigned_abs())
+}

@@ -74,14 +74,15 @@ use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use shared_proto::icmp::{is_echo_request, with_ipv4_header};
 use shared_proto::outsource::{Datagram, IcmpRequest, UdpConnectRequest, UdpRequest};
-use shared_proto::translate::is_outsourced;
+use shared_proto::translate::{encode_sockaddr_in, is_outsourced};
 use shared_proto::{decode_exact, to_vec, Errno, ToGuest, ToHost};
 
 use crate::host::HostServer;
+use crate::pnet::{self, Private, Sent};
 use crate::sys;
 
 /// The largest UDP payload over IPv4: natively a larger send is EMSGSIZE.
@@ -110,6 +111,26 @@ pub enum Carries {
     },
 }
 
+/// The program's end of an association, and what delivers to it.
+#[derive(Debug)]
+enum End {
+    /// A real `AF_INET` socket in the private network (`pnet`), bound to `addr` there (its
+    /// `port`: a UDP port, a ping socket's identifier, 0 for a raw socket): datagrams from
+    /// host-server go into the TUN device as IPv4 packets to it.
+    Private {
+        pnet: Arc<Private>,
+        addr: Ipv4Addr,
+        port: u16,
+    },
+    /// An `AF_UNIX` datagram socket bound to the abstract `name` (without the leading NUL),
+    /// fed from per-peer sockets named under `prefix`.
+    Named {
+        name: Vec<u8>,
+        prefix: String,
+        peers: Mutex<Peers>,
+    },
+}
+
 /// One association: host-server's channel and what the relay needs.
 #[derive(Debug)]
 pub struct Assoc {
@@ -119,15 +140,11 @@ pub struct Assoc {
     framed: bool,
     /// Held while a frame is written on a framed channel, so that frames never interleave.
     writing: Mutex<()>,
-    /// The program's end's abstract name (without the leading NUL).
-    name: Vec<u8>,
-    /// The per-peer sockets' names start with this.
-    prefix: String,
+    /// The program's end.
+    end: End,
     guest_dns: SocketAddrV4,
     /// The resolv.conf nameserver the program asked last: the guest DNS's replies show it.
     asked: Mutex<Option<SocketAddrV4>>,
-    /// The per-peer sockets, by the source they stand for.
-    peers: Mutex<Peers>,
     /// Set when the association has closed (the writers' sockets are shut down then).
     closed: AtomicBool,
     /// Whether the program bound a port of its own (a server): a connect keeps that port.
@@ -141,6 +158,7 @@ pub struct Assoc {
 impl Assoc {
     /// An association over `channel` (`framed`: a stream of frames), its program's end bound
     /// to `name`, its per-peer sockets named under `prefix`; nothing asked, no peer yet.
+    #[cfg(test)]
     #[allow(clippy::too_many_arguments)]
     fn new(
         channel: OwnedFd,
@@ -152,15 +170,31 @@ impl Assoc {
         carries: Carries,
         local: SocketAddrV4,
     ) -> Self {
+        let end = End::Named {
+            name,
+            prefix,
+            peers: Mutex::new(Peers::default()),
+        };
+        Self::with_end(channel, framed, end, guest_dns, bound, carries, local)
+    }
+
+    /// An association over `channel` whose program's end is `end`.
+    fn with_end(
+        channel: OwnedFd,
+        framed: bool,
+        end: End,
+        guest_dns: SocketAddrV4,
+        bound: Option<SocketAddrV4>,
+        carries: Carries,
+        local: SocketAddrV4,
+    ) -> Self {
         Self {
             channel,
             framed,
             writing: Mutex::new(()),
-            name,
-            prefix,
+            end,
             guest_dns,
             asked: Mutex::new(None),
-            peers: Mutex::new(Peers::default()),
             closed: AtomicBool::new(false),
             bound,
             carries,
@@ -181,7 +215,10 @@ impl Assoc {
     /// The per-peer socket standing for `from`, made now if needed (the cache emptied of all
     /// but the connected ones when full).
     fn peer_socket(&self, from: SocketAddrV4) -> std::io::Result<Arc<OwnedFd>> {
-        let mut p = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
+        let End::Named { prefix, peers, .. } = &self.end else {
+            return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+        };
+        let mut p = peers.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(s) = p.map.get(&from) {
             return Ok(Arc::clone(s));
         }
@@ -189,9 +226,7 @@ impl Assoc {
             let Peers { map, written } = &mut *p;
             map.retain(|a, _| written.contains(a));
         }
-        let sock = Arc::new(sys::unix_dgram_bound(
-            format!("{}{from}", self.prefix).as_bytes(),
-        )?);
+        let sock = Arc::new(sys::unix_dgram_bound(format!("{prefix}{from}").as_bytes())?);
         p.map.insert(from, Arc::clone(&sock));
         Ok(sock)
     }
@@ -199,11 +234,33 @@ impl Assoc {
     /// Marks the association closed and shuts down its channel and every per-peer socket, so
     /// that the relay and the writers end.
     fn shut(&self) {
-        self.closed.store(true, Ordering::SeqCst);
+        if self.closed.swap(true, Ordering::SeqCst) {
+            return;
+        }
         sys::shutdown(self.channel.as_raw_fd());
-        let p = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
-        for s in p.map.values() {
-            sys::shutdown(s.as_raw_fd());
+        match &self.end {
+            End::Named { peers, .. } => {
+                let p = peers.lock().unwrap_or_else(PoisonError::into_inner);
+                for s in p.map.values() {
+                    sys::shutdown(s.as_raw_fd());
+                }
+            }
+            End::Private { pnet, addr, .. } => pnet.give_back(*addr),
+        }
+    }
+
+    /// Whether this association's end is a real socket in the private network (every call
+    /// on it is the kernel's).
+    #[must_use]
+    pub fn is_private(&self) -> bool {
+        matches!(self.end, End::Private { .. })
+    }
+
+    /// Whether a process still holds the program's end (`id`, its identity).
+    fn end_held(&self, id: (u64, u64)) -> bool {
+        match &self.end {
+            End::Named { name, .. } => sys::name_bound(name),
+            End::Private { .. } => live_sockets().contains(&id.1),
         }
     }
 }
@@ -212,9 +269,57 @@ impl Assoc {
 #[derive(Debug, Default)]
 pub struct Assocs {
     map: Mutex<HashMap<(u64, u64), Arc<Assoc>>>,
+    /// Those whose end is in the private network, by the end's address there.
+    by_addr: Mutex<HashMap<Ipv4Addr, Arc<Assoc>>>,
+    /// The private network, once asked for (`None`: not to be had here).
+    private: OnceLock<Option<Arc<Private>>>,
+    /// The resolv.conf nameservers (process mode): DNS to them goes to the guest DNS.
+    nameservers: Vec<Ipv4Addr>,
 }
 
 impl Assocs {
+    /// No association yet; DNS to `nameservers` (port 53) goes to the guest DNS.
+    #[must_use]
+    pub fn new(nameservers: Vec<Ipv4Addr>) -> Self {
+        Self {
+            nameservers,
+            ..Self::default()
+        }
+    }
+
+    /// The private network, started (with its reader) at the first call; `None` where it
+    /// cannot be had (said once on stderr) or is turned off (`OUTSOCK_PRIVATE_NET=off`, for
+    /// debugging): ends are then `AF_UNIX` ones.
+    fn private(self: &Arc<Self>) -> Option<Arc<Private>> {
+        self.private
+            .get_or_init(|| {
+                if std::env::var_os("OUTSOCK_PRIVATE_NET").is_some_and(|v| v == "off") {
+                    return None;
+                }
+                let pnet = match Private::start() {
+                    Ok(p) => Arc::new(p),
+                    Err(e) => {
+                        eprintln!(
+                            "outsock: no private network for UDP and ICMP ({e}): sendmsg and \
+                             recvmsg addresses on them are not translated"
+                        );
+                        return None;
+                    }
+                };
+                let (all, p) = (Arc::clone(self), Arc::clone(&pnet));
+                std::thread::Builder::new()
+                    .name("outsock-pnet".into())
+                    .spawn(move || read_private(&all, &p))
+                    .ok()
+                    .map(|_| pnet)
+            })
+            .clone()
+    }
+
+    fn is_nameserver(&self, a: SocketAddrV4) -> bool {
+        a.port() == 53 && self.nameservers.contains(a.ip())
+    }
+
     /// The association whose program's end has identity `id`.
     pub fn get(&self, id: (u64, u64)) -> Option<Arc<Assoc>> {
         self.map
@@ -232,7 +337,70 @@ impl Assocs {
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&id);
         if let Some(a) = a {
+            if let End::Private { addr, .. } = &a.end {
+                let mut by = self.by_addr.lock().unwrap_or_else(PoisonError::into_inner);
+                if by.get(addr).is_some_and(|b| Arc::ptr_eq(b, &a)) {
+                    by.remove(addr);
+                }
+            }
             a.shut();
+        }
+    }
+}
+
+/// The inodes of the sockets some process holds, read from /proc at most once a second (the
+/// relays of idle private ends ask each second).
+fn live_sockets() -> Arc<std::collections::HashSet<u64>> {
+    static LIVE: Mutex<Option<(std::time::Instant, Arc<std::collections::HashSet<u64>>)>> =
+        Mutex::new(None);
+    let mut l = LIVE.lock().unwrap_or_else(PoisonError::into_inner);
+    match &*l {
+        Some((at, set)) if at.elapsed() < std::time::Duration::from_millis(900) => Arc::clone(set),
+        _ => {
+            let set = Arc::new(sys::socket_inodes(false));
+            *l = Some((std::time::Instant::now(), Arc::clone(&set)));
+            set
+        }
+    }
+}
+
+/// The private network's reader: each packet a program's end sent, framed to host-server on
+/// the association the packet's source address names (a UDP datagram to a nameserver going to
+/// the guest DNS, an echo request on an ICMP association to its destination); anything else is
+/// dropped, as a datagram lost (the supervisor's `sendto` path has answered the errors a
+/// program can be told synchronously).
+fn read_private(assocs: &Assocs, pnet: &Private) {
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let n = match sys::read_fd(pnet.tun.as_raw_fd(), &mut buf) {
+            Ok(n) => n,
+            Err(libc::EINTR | libc::EAGAIN) => continue,
+            Err(_) => return,
+        };
+        let Some(sent) = pnet::parse(&buf[..n]) else {
+            continue;
+        };
+        let source = match sent {
+            Sent::Udp { from, .. } => *from.ip(),
+            Sent::Icmp { from, .. } => from,
+        };
+        let assoc = assocs
+            .by_addr
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&source)
+            .cloned();
+        let Some(assoc) = assoc else {
+            continue;
+        };
+        match (sent, assoc.carries) {
+            (Sent::Udp { to, payload, .. }, Carries::Udp) => {
+                let _ = send(&assoc, to, assocs.is_nameserver(to), payload);
+            }
+            (Sent::Icmp { to, message, .. }, Carries::Icmp { dest, .. }) if to == dest => {
+                let _ = send(&assoc, SocketAddrV4::new(to, 0), false, message);
+            }
+            _ => {}
         }
     }
 }
@@ -279,20 +447,19 @@ pub fn open(
         None if !host.passes_fds() => (OwnedFd::from(answer.stream), true),
         None => return Err(Errno::EPROTO),
     };
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let prefix = format!(
-        "{NAME_PREFIX}{}.{}/",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    );
-    let name = format!("{prefix}p").into_bytes();
-    let end = sys::unix_dgram_bound(&name).map_err(|e| io_errno(&e))?;
-    let id = sys::identity(end.as_raw_fd()).map_err(|e| io_errno(&e))?;
-    let assoc = Arc::new(Assoc::new(
+    let (fd, end) = match assocs.private() {
+        Some(pnet) => private_end(pnet, carries, local)?,
+        None => named_end()?,
+    };
+    let id = sys::identity(fd.as_raw_fd()).map_err(|e| io_errno(&e))?;
+    let private = match &end {
+        End::Private { addr, .. } => Some(*addr),
+        End::Named { .. } => None,
+    };
+    let assoc = Arc::new(Assoc::with_end(
         channel,
         framed,
-        name,
-        prefix,
+        end,
         guest_dns,
         bound.then_some(bind),
         carries,
@@ -303,6 +470,13 @@ pub fn open(
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .insert(id, Arc::clone(&assoc));
+    if let Some(addr) = private {
+        assocs
+            .by_addr
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(addr, Arc::clone(&assoc));
+    }
     let (a, all) = (Arc::clone(&assoc), Arc::clone(assocs));
     let started = std::thread::Builder::new()
         .name("outsock-udp".into())
@@ -311,7 +485,66 @@ pub fn open(
         assocs.close(id);
         return Err(io_errno(&e));
     }
-    Ok(Opened { end, local, assoc })
+    Ok(Opened {
+        end: fd,
+        local,
+        assoc,
+    })
+}
+
+/// A program's end in the private network for an association carrying `carries` whose
+/// host-server side is `local`: a UDP socket bound to a pool address and host-server's port,
+/// or a ping (raw) ICMP socket bound to a pool address.
+fn private_end(
+    pnet: Arc<Private>,
+    carries: Carries,
+    local: SocketAddrV4,
+) -> Result<(OwnedFd, End), Errno> {
+    let (ty, proto, port) = match carries {
+        Carries::Udp => (libc::SOCK_DGRAM, libc::IPPROTO_UDP, local.port()),
+        Carries::Icmp { raw: false, .. } => (libc::SOCK_DGRAM, libc::IPPROTO_ICMP, 0),
+        Carries::Icmp { raw: true, .. } => (libc::SOCK_RAW, libc::IPPROTO_ICMP, 0),
+    };
+    let addr = pnet
+        .take()
+        .map_err(|e| Errno(u16::try_from(e).unwrap_or(5)))?;
+    let made = pnet.socket(ty, proto).and_then(|fd| {
+        match sys::bind_raw(
+            fd.as_raw_fd(),
+            &encode_sockaddr_in(SocketAddrV4::new(addr, port)),
+        ) {
+            0 => Ok(fd),
+            e => Err(std::io::Error::from_raw_os_error(e)),
+        }
+    });
+    let fd = match made {
+        Ok(fd) => fd,
+        Err(e) => {
+            pnet.give_back(addr);
+            return Err(io_errno(&e));
+        }
+    };
+    // A ping socket's identifier is the kernel's choice.
+    let port = sys::local_port(fd.as_raw_fd()).unwrap_or(port);
+    Ok((fd, End::Private { pnet, addr, port }))
+}
+
+/// An `AF_UNIX` program's end bound to a name of its own.
+fn named_end() -> Result<(OwnedFd, End), Errno> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let prefix = format!(
+        "{NAME_PREFIX}{}.{}/",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    let name = format!("{prefix}p").into_bytes();
+    let fd = sys::unix_dgram_bound(&name).map_err(|e| io_errno(&e))?;
+    let end = End::Named {
+        name,
+        prefix,
+        peers: Mutex::new(Peers::default()),
+    };
+    Ok((fd, end))
 }
 
 fn io_errno(e: &std::io::Error) -> Errno {
@@ -329,7 +562,7 @@ fn relay(assoc: &Assoc, assocs: &Assocs, id: (u64, u64)) {
     let mut buf = vec![0u8; MAX_FRAME];
     loop {
         if !sys::wait_readable(fd, PROBE_MS) {
-            if sys::name_bound(&assoc.name) {
+            if assoc.end_held(id) {
                 continue;
             }
             break;
@@ -366,7 +599,23 @@ fn relay(assoc: &Assoc, assocs: &Assocs, id: (u64, u64)) {
         } else {
             d.addr
         };
+        if let End::Private { pnet, addr, port } = &assoc.end {
+            // Into the TUN device: the kernel delivers it to the end (or drops it, as a full
+            // socket's datagram).
+            let to = SocketAddrV4::new(*addr, *port);
+            let packet = match assoc.carries {
+                Carries::Udp => pnet::udp_packet(from, to, &d.payload),
+                Carries::Icmp { .. } => {
+                    pnet::icmp_packet(*from.ip(), *addr, ttl.unwrap_or(64), &d.payload)
+                }
+            };
+            pnet.deliver(&packet);
+            continue;
+        }
         let Ok(sock) = assoc.peer_socket(from) else {
+            continue;
+        };
+        let End::Named { name, .. } = &assoc.end else {
             continue;
         };
         // A raw ICMP socket reads the IPv4 header too (the program's end is ours: it is put
@@ -380,7 +629,7 @@ fn relay(assoc: &Assoc, assocs: &Assocs, id: (u64, u64)) {
         // Blocking: a full program's end holds the relay (and host-server's channel) back.
         // EPERM: the end is connected to another peer, which alone it hears from (as a
         // connected UDP socket); the datagram is dropped.
-        let sent = sys::send_to_name(sock.as_raw_fd(), &payload, 0, &assoc.name);
+        let sent = sys::send_to_name(sock.as_raw_fd(), &payload, 0, name);
         // ECONNREFUSED: the program's end is gone.
         if let Err(libc::ECONNREFUSED | libc::ENOENT) = sent {
             break;
@@ -403,9 +652,18 @@ pub fn connect_end(
     peer: SocketAddrV4,
     nameserver: bool,
 ) -> Result<(), i32> {
+    let (prefix, peers) = match &assoc.end {
+        // A real socket: the kernel's connect (its sends leave through the TUN device).
+        End::Private { .. } => {
+            return match sys::connect_raw(end.as_raw_fd(), &encode_sockaddr_in(peer)) {
+                0 => Ok(()),
+                e => Err(e),
+            };
+        }
+        End::Named { prefix, peers, .. } => (prefix, peers),
+    };
     let sock = assoc.peer_socket(peer).map_err(|e| raw(&e))?;
-    let first = assoc
-        .peers
+    let first = peers
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .written
@@ -416,8 +674,7 @@ pub fn connect_end(
             .name("outsock-udp-w".into())
             .spawn(move || writer(&a, &w, peer, nameserver));
         if let Err(e) = started {
-            assoc
-                .peers
+            peers
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .written
@@ -425,10 +682,7 @@ pub fn connect_end(
             return Err(raw(&e));
         }
     }
-    match sys::connect_name(
-        end.as_raw_fd(),
-        format!("{}{peer}", assoc.prefix).as_bytes(),
-    ) {
+    match sys::connect_name(end.as_raw_fd(), format!("{prefix}{peer}").as_bytes()) {
         0 => Ok(()),
         e => Err(e),
     }

@@ -18,7 +18,12 @@ use testworld::{addr, zone};
 /// Runs `ping ARGS…` in `legacy` through outsock, bounded to 30 s by `timeout`; with how long
 /// it took.
 fn ping(s: &Stack, args: &[&str]) -> (Output, Duration) {
-    let mut cmd = s.legacy("timeout").unwrap();
+    ping_with(s, &[], args)
+}
+
+/// [`ping`] through `outsock run FLAGS…`.
+fn ping_with(s: &Stack, flags: &[&str], args: &[&str]) -> (Output, Duration) {
+    let mut cmd = s.legacy_with(flags, "timeout").unwrap();
     cmd.arg("30").arg("ping").args(args);
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -30,8 +35,20 @@ fn ping(s: &Stack, args: &[&str]) -> (Output, Duration) {
 
 #[test]
 fn ping_by_name_gets_every_echo_back_from_the_dummy() {
-    let Some(s) = stack("ping", "") else { return };
-    let (out, _) = ping(&s, &["-c", "3", "-i", "0.2", "-w", "10", zone::V6ONLY]);
+    ping_by_name_case("ping", &[]);
+}
+
+/// The same with the supervisor alone: iputils sends with `sendto` and receives with
+/// `recvmsg`, which are the kernel's own on an association's end in the supervisor's private
+/// network.
+#[test]
+fn iputils_ping_under_the_supervisor_alone_gets_every_echo_back() {
+    ping_by_name_case("ping-sup", &["--supervisor-only"]);
+}
+
+fn ping_by_name_case(label: &str, flags: &[&str]) {
+    let Some(s) = stack(label, "") else { return };
+    let (out, _) = ping_with(&s, flags, &["-c", "3", "-i", "0.2", "-w", "10", zone::V6ONLY]);
     let stdout = text(&out.stdout);
     let why = format!("{stdout}\n{}\n{}", text(&out.stderr), s.logs());
     assert!(out.status.success(), "ping failed ({}): {why}", out.status);

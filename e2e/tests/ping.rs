@@ -48,7 +48,11 @@ fn iputils_ping_under_the_supervisor_alone_gets_every_echo_back() {
 
 fn ping_by_name_case(label: &str, flags: &[&str]) {
     let Some(s) = stack(label, "") else { return };
-    let (out, _) = ping_with(&s, flags, &["-c", "3", "-i", "0.2", "-w", "10", zone::V6ONLY]);
+    let (out, _) = ping_with(
+        &s,
+        flags,
+        &["-c", "3", "-i", "0.2", "-w", "10", zone::V6ONLY],
+    );
     let stdout = text(&out.stdout);
     let why = format!("{stdout}\n{}\n{}", text(&out.stderr), s.logs());
     assert!(out.status.success(), "ping failed ({}): {why}", out.status);

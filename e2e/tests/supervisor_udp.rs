@@ -48,6 +48,12 @@ func fail(what string, err error) {
 	os.Exit(2)
 }
 
+func atoi(s string) int {
+	n := 0
+	fmt.Sscan(s, &n)
+	return n
+}
+
 func main() {
 	switch os.Args[1] {
 	case "dial":
@@ -114,6 +120,25 @@ func main() {
 		fmt.Printf("from %s %s\n", from, buf[:n])
 		if _, err := pc.WriteTo(append([]byte("echo "), buf[:n]...), from); err != nil {
 			fail("writeto", err)
+		}
+	case "msgserver":
+		// As a DNS server does: recvmsg and sendmsg with the peer's address (ReadMsgUDP,
+		// WriteMsgUDP), no recvfrom or sendto at all.
+		pc, err := net.ListenUDP("udp4", &net.UDPAddr{Port: atoi(os.Args[2])})
+		if err != nil {
+			fail("listen", err)
+		}
+		pc.SetDeadline(time.Now().Add(30 * time.Second))
+		fmt.Printf("listening %s\n", pc.LocalAddr())
+		buf := make([]byte, 2048)
+		oob := make([]byte, 512)
+		n, _, _, from, err := pc.ReadMsgUDP(buf, oob)
+		if err != nil {
+			fail("readmsg", err)
+		}
+		fmt.Printf("from %s %s\n", from, buf[:n])
+		if _, _, err := pc.WriteMsgUDP(append([]byte("echo "), buf[:n]...), nil, from); err != nil {
+			fail("writemsg", err)
 		}
 	case "loopback":
 		srv, err := net.ListenPacket("udp4", "127.0.0.1:0")
@@ -256,11 +281,36 @@ fn go_unconnected_udp4_writeto_the_dummy_hears_it_back() {
 #[test]
 fn go_udp4_server_answers_an_ipv6_client_seen_as_its_dummy() {
     let test = "go_udp4_server_answers_an_ipv6_client_seen_as_its_dummy";
-    let Some((s, _dir, bin)) = go_world(test, "sup-udp-srv", CONFIG) else {
+    let Some(s) = server_case(test, "sup-udp-srv", "server") else {
         return;
     };
+    // A port host-server does not allow: the bind fails as liboutsock's does (EACCES).
+    let bin = s.1.path().join("udp");
+    let refused = run(&s.0, &[], &bin, &["server", "5354"]);
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused.stderr).contains("bind: permission denied"),
+        "{}",
+        text(&refused.stderr)
+    );
+}
+
+/// The same server receiving with `recvmsg` and answering with `sendmsg` (Go's ReadMsgUDP and
+/// WriteMsgUDP, as DNS servers do): the kernel's own calls on the association's end in the
+/// supervisor's private network, addresses and all.
+#[test]
+fn go_udp4_server_with_recvmsg_and_sendmsg_answers_an_ipv6_client() {
+    let test = "go_udp4_server_with_recvmsg_and_sendmsg_answers_an_ipv6_client";
+    let _ = server_case(test, "sup-udp-msg", "msgserver");
+}
+
+/// Runs the Go program as a UDP server in `mode` on [`PORT`], has a world client send it
+/// `ping` over IPv6, and checks the echo and what the server saw (the client's source-pool
+/// dummy); the world and the program's folder, or `None` after a skip.
+fn server_case(test: &str, label: &str, mode: &str) -> Option<(Stack, TempDir)> {
+    let (s, dir, bin) = go_world(test, label, CONFIG)?;
     let port = PORT.to_string();
-    let mut server = outsock_run(&s, &["timeout", "60"], &[], &bin, &["server", &port]);
+    let mut server = outsock_run(&s, &["timeout", "60"], &[], &bin, &[mode, &port]);
     server.stdout(Stdio::piped()).stderr(Stdio::piped());
     let server = server.spawn().unwrap();
     wait_udp_bound(&s, PORT);
@@ -300,15 +350,7 @@ fn go_udp4_server_answers_an_ipv6_client_seen_as_its_dummy() {
         .find(|l| l.starts_with(&format!("{} ", from.ip())))
         .unwrap_or_else(|| panic!("{from} not in\n{table}"));
     assert!(row.contains(&addr::CLIENT.to_string()), "{row}");
-
-    // A port host-server does not allow: the bind fails as liboutsock's does (EACCES).
-    let refused = run(&s, &[], &bin, &["server", "5354"]);
-    assert!(!refused.status.success());
-    assert!(
-        text(&refused.stderr).contains("bind: permission denied"),
-        "{}",
-        text(&refused.stderr)
-    );
+    Some((s, dir))
 }
 
 #[test]
@@ -548,14 +590,29 @@ fn udp_semantics_of_a_c_program_under_the_supervisor_alone_and_with_the_preload(
     };
     let bin = testworld::programs::build_c(s.world.dir(), "udp_semantics", &[C_UDP]).unwrap();
     // The supervisor alone (no preload: the dynamic program is translated as a static one
-    // is), then the default (liboutsock in process, the supervisor beside it): the same lines.
-    for flags in [&["--supervisor-only"][..], &[]] {
-        let out = run(&s, flags, &bin, &[zone::ECHO, zone::V6ONLY]);
+    // is), then the default (liboutsock in process, the supervisor beside it), then the
+    // supervisor alone without its private network (`AF_UNIX` ends, where no TUN device or
+    // namespace can be had): the same lines.
+    for (flags, private) in [
+        (&["--supervisor-only"][..], "on"),
+        (&[], "on"),
+        (&["--supervisor-only"][..], "off"),
+    ] {
+        let out = outsock_run(
+            &s,
+            &["timeout", "60"],
+            flags,
+            &bin,
+            &[zone::ECHO, zone::V6ONLY],
+        )
+        .env("OUTSOCK_PRIVATE_NET", private)
+        .output()
+        .unwrap();
         let stdout = ok(&s, &out, "C udp semantics");
         let to = field(&stdout, "to").to_string();
         assert_echo_dummy(&s, to.parse().unwrap());
         let want = c_udp_expected(&to);
         let got: Vec<&str> = stdout.lines().collect();
-        assert_eq!(got, want, "{flags:?}:\n{stdout}");
+        assert_eq!(got, want, "{flags:?}, private network {private}:\n{stdout}");
     }
 }

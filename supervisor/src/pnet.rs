@@ -265,6 +265,105 @@ mod tests {
         assert!(matches!(parse(&p), Some(Sent::Icmp { message, .. }) if message.len() == 11));
     }
 
+    /// The next packet from the TUN device that parses, within 5 s.
+    fn next_sent(pnet: &Private, buf: &mut [u8]) -> usize {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            assert!(std::time::Instant::now() < deadline, "nothing came out");
+            if !sys::wait_readable(pnet.tun.as_raw_fd(), 500) {
+                continue;
+            }
+            let n = sys::read_fd(pnet.tun.as_raw_fd(), buf).unwrap();
+            if parse(&buf[..n]).is_some() {
+                return n;
+            }
+        }
+    }
+
+    /// The real thing: a helper in namespaces of its own, its TUN device, a UDP socket and a
+    /// ping socket made there, what they send read from the device and what is written into
+    /// it received by them (`recvfrom`, the kernel's), from the source the packet names.
+    #[test]
+    fn a_private_networks_sockets_send_through_the_tun_device_and_hear_what_is_written() {
+        let pnet = match Private::start() {
+            Ok(p) => p,
+            Err(e) => {
+                let why = format!("no private network here ({e}): /dev/net/tun and namespaces");
+                assert!(std::env::var_os("CI").is_none(), "{why}");
+                eprintln!("skipped: {why}");
+                return;
+            }
+        };
+        let mut buf = vec![0u8; 65_536];
+        let a = pnet.take().unwrap();
+        let b = pnet.take().unwrap();
+        assert_ne!(a, b);
+        let peer: SocketAddrV4 = "10.170.0.9:53".parse().unwrap();
+
+        let udp = pnet.socket(libc::SOCK_DGRAM, libc::IPPROTO_UDP).unwrap();
+        let me = SocketAddrV4::new(a, 40_000);
+        assert_eq!(
+            sys::bind_raw(
+                udp.as_raw_fd(),
+                &shared_proto::translate::encode_sockaddr_in(me)
+            ),
+            0
+        );
+        let to = shared_proto::translate::encode_sockaddr_in(peer);
+        assert_eq!(sys::send_to(udp.as_raw_fd(), b"query", 0, &to), Ok(5));
+        let n = next_sent(&pnet, &mut buf);
+        assert_eq!(
+            parse(&buf[..n]),
+            Some(Sent::Udp {
+                from: me,
+                to: peer,
+                payload: b"query"
+            })
+        );
+        pnet.deliver(&udp_packet(peer, me, b"answer"));
+        assert!(sys::wait_readable(udp.as_raw_fd(), 5000));
+        let mut got = [0u8; 64];
+        let sock = std::net::UdpSocket::from(udp);
+        let (len, from) = sock.recv_from(&mut got).unwrap();
+        assert_eq!(&got[..len], b"answer");
+        assert_eq!(from, std::net::SocketAddr::V4(peer));
+
+        // A ping socket: the kernel sets its identifier; a reply carrying it reaches it.
+        let ping = pnet.socket(libc::SOCK_DGRAM, libc::IPPROTO_ICMP).unwrap();
+        let me = SocketAddrV4::new(b, 0);
+        assert_eq!(
+            sys::bind_raw(
+                ping.as_raw_fd(),
+                &shared_proto::translate::encode_sockaddr_in(me)
+            ),
+            0
+        );
+        let ident = sys::local_port(ping.as_raw_fd()).unwrap();
+        let echo = [8u8, 0, 0, 0, 0, 0, 0, 1, b'p', b'i', b'n', b'g'];
+        let dest = shared_proto::translate::encode_sockaddr_in(SocketAddrV4::new(*peer.ip(), 0));
+        assert_eq!(sys::send_to(ping.as_raw_fd(), &echo, 0, &dest), Ok(12));
+        let n = next_sent(&pnet, &mut buf);
+        let Some(Sent::Icmp { from, to, message }) = parse(&buf[..n]) else {
+            panic!("not ICMP: {:?}", &buf[..n]);
+        };
+        assert_eq!((from, to), (b, *peer.ip()));
+        assert_eq!(
+            &message[4..6],
+            &ident.to_be_bytes(),
+            "the kernel's identifier"
+        );
+        let mut reply = message.to_vec();
+        reply[0] = 0;
+        pnet.deliver(&icmp_packet(*peer.ip(), b, 61, &reply));
+        assert!(sys::wait_readable(ping.as_raw_fd(), 5000));
+        let sock = std::net::UdpSocket::from(ping);
+        let (len, from) = sock.recv_from(&mut got).unwrap();
+        assert_eq!(&got[..len][8..], b"ping");
+        assert_eq!(from.ip(), std::net::IpAddr::V4(*peer.ip()));
+        pnet.give_back(a);
+        assert_eq!(pnet.take().map(|c| c == a), Ok(false), "not at once again");
+    }
+
     #[test]
     fn fragments_truncations_and_other_protocols_are_not_read() {
         let from: SocketAddrV4 = "198.18.0.2:1000".parse().unwrap();

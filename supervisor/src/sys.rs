@@ -1482,10 +1482,7 @@ fn pnet_child_setup(
             return Err(child_errno());
         }
         let lo = child_link_up(ctl, b"lo", None)?;
-        let tun = libc::open(
-            c"/dev/net/tun".as_ptr(),
-            libc::O_RDWR | libc::O_CLOEXEC,
-        );
+        let tun = libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
         if tun < 0 {
             return Err(child_errno());
         }

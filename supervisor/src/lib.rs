@@ -48,10 +48,14 @@
 //!    second `listen` sends host-server a new backlog.
 //! 5. UDP (`udp` tells how), as liboutsock in process mode: a `connect` off loopback installs
 //!    host-server's connected host UDP socket (`UdpConnect`); a `bind` off loopback, or the
-//!    first `sendto` off loopback, opens an association and installs its `AF_UNIX` datagram
-//!    *program's end*, to which a relay delivers each datagram from a per-peer socket named
-//!    after its IPv4 source; `recvfrom` with an address on either is carried out here and
-//!    reports the AF_INET source, `sendto` on an association is framed here. DNS: programs with
+//!    first `sendto` off loopback, opens an association and installs its *program's end*: a
+//!    real `AF_INET` socket in the supervisor's private network (`pnet`: a helper process in
+//!    a user + network namespace of its own, whose TUN device the supervisor reads and
+//!    writes), so `recvmsg`/`recvmmsg`/`sendmsg`/`sendmmsg` and every option are the kernel's
+//!    own; where that cannot be had, an `AF_UNIX` datagram socket to which a relay delivers
+//!    each datagram from a per-peer socket named after its IPv4 source (`recvfrom` carried out
+//!    here, `sendto` framed here). On host-server's connected socket `recvfrom` with an
+//!    address is carried out here and reports the dummy peer. DNS: programs with
 //!    their own resolver read /etc/resolv.conf and send to its nameservers; datagrams to one of
 //!    them on port 53 go to the guest DNS address (dns-cache, which answers with dummy IPv4
 //!    addresses) on an association, and its replies show the nameserver asked, which glibc's
@@ -99,9 +103,9 @@
 //! terminal sends them to the program's process group itself).
 //!
 //! Not in this slice (the calls continue natively, which fails on an IPv6-only network):
-//! `sendmsg`/`sendmmsg` with an address and `recvmsg`/`recvmmsg` addresses on UDP made here
-//! (not notified: `udp` lists the consequences; BIND `dig` and iputils `ping`, which use them,
-//! need the preload; ICMP's own gaps are in `udp` too), the i386 ABI, AF_INET6 sockets other
+//! without the private network, `sendmsg`/`sendmmsg` with an address and `recvmsg`/`recvmmsg`
+//! addresses on UDP made here (not notified: `udp` lists the consequences and ICMP's own
+//! gaps), the i386 ABI, AF_INET6 sockets other
 //! than dual-stack TCP listeners (those are outsourced as AF_INET ones: `serve`). Socket
 //! options set before an outsourced listen are not carried over (before a connect they are:
 //! `serve`), and in process mode `getsockopt` is the kernel's: on a
@@ -124,7 +128,8 @@
 //! a passed socket are the kernel's own.
 //!
 //! Modules: [`filter`] (the BPF program, safe), `sys` (every syscall and ioctl; the only
-//! `unsafe`), `host` (the host-server client), `outcome` (what a notified call becomes), `workers` (the
+//! `unsafe`; the private network's helper), `pnet` (the private network: packets, pool
+//! addresses), `host` (the host-server client), `outcome` (what a notified call becomes), `workers` (the
 //! threads calls that may wait run on), [`transport`] (Unix or vsock, as liboutsock chooses),
 //! `vmlisten` (listeners inside a VM), `udp` (UDP associations and connected UDP), `sockopt`
 //! (options on a vsock stand-in), `serve` (the loop).

@@ -7,9 +7,24 @@
 //!   out here (on our copy of the socket), reporting the peer's dummy IPv4.
 //! - **Unconnected** (`bind` to a non-loopback address, port 0 included, or the first
 //!   `sendto` to a non-loopback address): a host-server association (`Udp`). The program must
-//!   keep plain recv/read/poll/epoll on its descriptor without seeing frames, so its
-//!   descriptor becomes an `AF_UNIX` `SOCK_DGRAM` socket (the *program's end*) bound to an
-//!   abstract name of ours. A relay thread per association reads host-server's `Datagram`
+//!   keep every call on its descriptor without seeing frames, so its descriptor becomes the
+//!   association's *program's end*: where the supervisor's private network can be had
+//!   (`pnet`: a helper in a user + network namespace of its own, a TUN device), a real
+//!   `AF_INET` socket of the program's kind made there and bound to a pool address of its own
+//!   (and host-server's port), so `recvmsg`/`recvmmsg`/`sendmsg`/`sendmmsg`, `IP_PKTINFO`,
+//!   `SO_DOMAIN`, `MSG_TRUNC`, poll and epoll are the kernel's own, nothing notified. A
+//!   relay thread per association reads host-server's frames and writes each datagram into
+//!   the TUN device as an IPv4 packet from its source (the peer's dummy, or the nameserver
+//!   asked) to the end's address; what the program sends comes out of the TUN device, where
+//!   one reader thread (`read_private`) frames it on the association its source address
+//!   names. A notified `sendto` is made here with the bytes read, on our copy of the end (a
+//!   loopback destination is ENETUNREACH: the association is host-server's); `recvfrom`
+//!   continues. A full end drops a datagram, as natively. An end's relay ends when host-server
+//!   closes the channel or no process holds the end any more (its inode gone from /proc,
+//!   looked at once a second while idle). *Without the private network* (no
+//!   `/dev/net/tun`, namespaces refused, or `OUTSOCK_PRIVATE_NET=off`), the program's end is
+//!   an `AF_UNIX` `SOCK_DGRAM` socket bound to an abstract name of ours (said once on
+//!   stderr): the relay reads host-server's `Datagram`
 //!   frames and sends each payload to the program's end *from a per-peer socket whose abstract
 //!   name ends in the IPv4 source* (`…/203.0.113.7:53`; a bounded cache of them, emptied when
 //!   full): a notified `recvfrom` with an address receives on our copy and reports the
@@ -24,7 +39,9 @@
 //!   program registers its descriptor with epoll right after bind, and a descriptor replaced
 //!   later would leave epoll watching the old socket.
 //! - **A connected end** (`connect_end`): an association whose program's end is connected to
-//!   the per-peer socket standing for a peer, so the program's plain write/send go to that
+//!   a peer: in the private network by the kernel's own connect (its sends leave through the
+//!   TUN device and it hears that peer alone, natively); an `AF_UNIX` end is connected to
+//!   the per-peer socket standing for the peer, so the program's plain write/send go to that
 //!   socket, where a writer thread frames them to the peer, and the end hears from that peer
 //!   alone (the kernel refuses the others' sends: EPERM, dropped), as a connected UDP socket.
 //!   It serves what host-server's connected socket cannot: DNS (below), and a connected socket
@@ -42,25 +59,33 @@
 //!   another destination opens a new association over the descriptor (the old one closes).
 //!   Only echo requests are sent (`shared_proto::icmp::is_echo_request`; EINVAL otherwise, a
 //!   raw socket's too, liboutsock's rule); host-server translates them to ICMPv6 echo, and its
-//!   `EchoReply` frames reach the end from the destination's dummy, port 0, a raw socket's
-//!   behind the IPv4 header a raw reader expects (`shared_proto::icmp::with_ipv4_header`:
-//!   source the dummy, TTL the reply's hop limit), put in front by the relay. The identifier
-//!   is host-server's to keep: replies carry the program's own.
+//!   `EchoReply` frames reach the end from the destination's dummy (TTL the reply's hop
+//!   limit): into the TUN device as an IPv4 packet (a private ping end's identifier is the
+//!   kernel's, set as the request leaves, and comes back in the reply; a raw end reads the
+//!   kernel's header), or on an `AF_UNIX` end from port 0, a raw socket's behind the IPv4
+//!   header a raw reader expects (`shared_proto::icmp::with_ipv4_header`), put in front by
+//!   the relay. The identifier is host-server's to keep: replies carry the program's own.
 //!
-//! Gaps (documented, not translated): `sendmsg`/`recvmsg`/`sendmmsg`/`recvmmsg` are not
-//! notified (BPF cannot see `msg_name`; notifying them would cost every caller), so on an
-//! association they fail as on an unconnected `AF_UNIX` socket (`sendmsg` with an AF_INET
-//! name: EINVAL) and `recvmsg` reports an `AF_UNIX` name (BIND `dig`, which receives with
-//! `recvmmsg`, aborts under `--supervisor-only`; with the preload it works); `send`/`write`
-//! without an address on an unconnected association fail with ENOTCONN (natively
-//! EDESTADDRREQ); `getsockopt(SO_DOMAIN)` is `AF_UNIX` on an association; a connected socket
+//! Gaps (documented, not translated). With the private network: a datagram a program sends
+//! with `sendmsg`/`sendmmsg` (not notified) to an address nothing outsources (loopback is
+//! the private network's own) is dropped rather than refused, and its errors (host-server's
+//! channel gone) are lost as a datagram would be; a raw ICMP end hears only replies to its
+//! destination; an ICMP end sending elsewhere with `sendmsg` is not heard (its association is
+//! for one destination; `sendto` opens another). Without it: `sendmsg`/`recvmsg`/
+//! `sendmmsg`/`recvmmsg` are not notified (BPF cannot see `msg_name`; notifying them would
+//! cost every caller), so on an association they fail as on an unconnected `AF_UNIX` socket
+//! (`sendmsg` with an AF_INET name: EINVAL) and `recvmsg` reports an `AF_UNIX` name (BIND
+//! `dig`, which receives with `recvmmsg`, aborts under `--supervisor-only`; with the preload
+//! it works); `send`/`write` without an address on an unconnected association fail with
+//! ENOTCONN (natively EDESTADDRREQ); `getsockopt(SO_DOMAIN)` is `AF_UNIX` on an association.
+//! Either way: a connected socket
 //! given back by `connect(AF_UNSPEC)` does not keep a port the program bound. ICMP: `socket`
 //! is not notified, so where the program's namespace forbids ping sockets
 //! (`net.ipv4.ping_group_range`) a ping socket fails with the kernel's EACCES (liboutsock lets
 //! a UDP socket stand in); a raw socket hears only its destination's echo replies (natively
 //! every ICMP message the host gets); a non-echo message written on a connected ICMP end
-//! (plain `write`/`send`) is dropped, not EINVAL; `IP_RECVTTL`'s control message needs
-//! `recvmsg` (not notified); options other than the timeouts set before the first send stay
+//! (plain `write`/`send`) is dropped, not EINVAL; on an `AF_UNIX` end `IP_RECVTTL`'s control
+//! message needs `recvmsg` (not notified); options other than the timeouts set before the first send stay
 //! with the replaced socket, and a `bind` of an ICMP socket is the kernel's; an epoll
 //! registration stays with the end it was made on, so after a send to another destination
 //! (a new end over the descriptor) epoll no longer reports it (poll does), as with liboutsock.

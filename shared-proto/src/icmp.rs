@@ -21,16 +21,24 @@ pub fn is_echo_request(msg: &[u8]) -> bool {
 /// socket's reader expects: from `from` to `to`, with the reply's `ttl`.
 #[must_use]
 pub fn with_ipv4_header(icmp: &[u8], from: Ipv4Addr, to: Ipv4Addr, ttl: u8) -> Vec<u8> {
-    let total = u16::try_from(icmp.len() + 20).unwrap_or(u16::MAX);
-    let mut h = Vec::with_capacity(20 + icmp.len());
+    let mut h = ipv4_header(PROTO_ICMP, from, to, ttl, icmp.len());
+    h.extend_from_slice(icmp);
+    h
+}
+
+/// A 20-byte IPv4 header (no options, don't-fragment, checksummed) for `len` bytes of
+/// protocol `proto` from `from` to `to` with `ttl`, in a vector with room for the `len` bytes.
+#[must_use]
+pub fn ipv4_header(proto: u8, from: Ipv4Addr, to: Ipv4Addr, ttl: u8, len: usize) -> Vec<u8> {
+    let total = u16::try_from(len + 20).unwrap_or(u16::MAX);
+    let mut h = Vec::with_capacity(20 + len);
     h.extend_from_slice(&[0x45, 0]);
     h.extend_from_slice(&total.to_be_bytes());
-    h.extend_from_slice(&[0, 0, 0x40, 0, ttl, PROTO_ICMP, 0, 0]);
+    h.extend_from_slice(&[0, 0, 0x40, 0, ttl, proto, 0, 0]);
     h.extend_from_slice(&from.octets());
     h.extend_from_slice(&to.octets());
     let sum = inet_checksum(&h);
     h[10..12].copy_from_slice(&sum.to_be_bytes());
-    h.extend_from_slice(icmp);
     h
 }
 

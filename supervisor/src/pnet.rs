@@ -25,7 +25,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::{Mutex, PoisonError};
 
-use shared_proto::icmp::inet_checksum;
+use shared_proto::icmp::{inet_checksum, ipv4_header};
 
 use crate::sys;
 
@@ -161,20 +161,6 @@ pub fn parse(packet: &[u8]) -> Option<Sent<'_>> {
         }),
         _ => None,
     }
-}
-
-/// An IPv4 header for `len` bytes of `proto` from `from` to `to` with `ttl`, checksummed.
-fn ipv4_header(proto: u8, from: Ipv4Addr, to: Ipv4Addr, ttl: u8, len: usize) -> Vec<u8> {
-    let total = u16::try_from(len + 20).unwrap_or(u16::MAX);
-    let mut p = Vec::with_capacity(20 + len);
-    p.extend_from_slice(&[0x45, 0]);
-    p.extend_from_slice(&total.to_be_bytes());
-    p.extend_from_slice(&[0, 0, 0x40, 0, ttl, proto, 0, 0]);
-    p.extend_from_slice(&from.octets());
-    p.extend_from_slice(&to.octets());
-    let sum = inet_checksum(&p);
-    p[10..12].copy_from_slice(&sum.to_be_bytes());
-    p
 }
 
 /// The IPv4 packet carrying the UDP datagram `payload` from `from` to `to` (checksummed, as a

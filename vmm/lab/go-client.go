@@ -48,8 +48,9 @@ func main() {
 
 // udp exchanges a datagram with the UDP echo server at name port 7 twice: over a connected
 // socket (Dial "udp4": Write, Read, and the RemoteAddr) and over an unconnected one
-// (ListenPacket "udp4" ":0", WriteTo the address resolved, ReadFrom: the source). It prints
-// "udp dial <echo> <remote>" and "udp writeto <echo> <source>", or "udp error ...".
+// (ListenPacket "udp4" ":0", WriteTo the address resolved, ReadFrom: the source; then
+// WriteMsgUDP/ReadMsgUDP). It prints "udp dial <echo> <remote>", "udp writeto <echo> <source>"
+// and "udp msg <echo> <source>", or "udp error ...".
 func udp(name string) {
 	c, err := net.DialTimeout("udp4", net.JoinHostPort(name, "7"), 30*time.Second)
 	if err != nil {
@@ -91,6 +92,20 @@ func udp(name string) {
 		return
 	}
 	fmt.Printf("udp writeto %s %s\n", buf[:n], from)
+	// The same socket with sendmsg and recvmsg (WriteMsgUDP, ReadMsgUDP), as DNS servers do:
+	// not notified, the kernel's own on the association's end in the private network.
+	u := p.(*net.UDPConn)
+	if _, _, err := u.WriteMsgUDP([]byte("via-go-msg"), nil, to); err != nil {
+		fmt.Printf("udp error writemsg %v\n", err)
+		return
+	}
+	oob := make([]byte, 64)
+	n, _, _, src, err := u.ReadMsgUDP(buf, oob)
+	if err != nil {
+		fmt.Printf("udp error readmsg %v\n", err)
+		return
+	}
+	fmt.Printf("udp msg %s %s\n", buf[:n], src)
 }
 
 // sockopts sets and reads back options on c; it returns what each call answered.

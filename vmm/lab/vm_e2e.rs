@@ -1139,7 +1139,7 @@ fn static_clients(d: &mut Driver, run: &Run, mappings: &[(Ipv4Addr, Ipv6Addr)]) 
                         .any(|(m, v6)| m == p.ip() && *v6 == addr::ECHO)
             })
     };
-    let (dial, writeto) = (udp_line("dial"), udp_line("writeto"));
+    let (dial, writeto, msg) = (udp_line("dial"), udp_line("writeto"), udp_line("msg"));
     let udp_errs: Vec<&str> = out
         .iter()
         .copied()
@@ -1147,9 +1147,12 @@ fn static_clients(d: &mut Driver, run: &Run, mappings: &[(Ipv4Addr, Ipv6Addr)]) 
         .collect();
     d.report(
         "vm-go-udp",
-        supervised && udp_ok(&dial, "via-go-udp") && udp_ok(&writeto, "via-go-writeto"),
+        supervised
+            && udp_ok(&dial, "via-go-udp")
+            && udp_ok(&writeto, "via-go-writeto")
+            && udp_ok(&msg, "via-go-msg"),
         &format!(
-            "the Go client's UDP to {}:7 by name under the supervisor (associations over vsock): connected {dial:?}, unconnected {writeto:?} (each: the echo, then the peer, the dummy for {}){}",
+            "the Go client's UDP to {}:7 by name under the supervisor (associations over vsock): connected {dial:?}, unconnected {writeto:?}, the same with sendmsg/recvmsg (the private network's end) {msg:?} (each: the echo, then the peer, the dummy for {}){}",
             zone::ECHO,
             addr::ECHO,
             if udp_errs.is_empty() { String::new() } else { format!(", {udp_errs:?}") },

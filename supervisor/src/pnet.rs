@@ -271,7 +271,8 @@ mod tests {
     /// it received by them (`recvfrom`, the kernel's), from the source the packet names.
     #[test]
     fn a_private_networks_sockets_send_through_the_tun_device_and_hear_what_is_written() {
-        let pnet = match Private::start() {
+        // Started on a thread that ends at once, as a worker thread may: the helper lives on.
+        let pnet = match std::thread::spawn(Private::start).join().unwrap() {
             Ok(p) => p,
             Err(e) => {
                 let why = format!("no private network here ({e}): /dev/net/tun and namespaces");

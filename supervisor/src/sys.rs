@@ -1216,8 +1216,8 @@ pub struct Pnet {
 
 /// Starts the private network's helper: fork, and in the child a new user + network namespace
 /// (a network namespace alone where user namespaces are refused to root), set up as [`Pnet`]
-/// says, which answers socket requests until the supervisor is gone (its channel closes, or
-/// the parent-death signal). The child runs only system calls on memory prepared before the
+/// says, which answers socket requests until the supervisor is gone (its channel closes; no
+/// parent-death signal, which would come when the *thread* that forked ends, a worker's). The child runs only system calls on memory prepared before the
 /// fork (no allocation, no lock: the supervisor is multi-threaded).
 ///
 /// # Errors
@@ -1238,7 +1238,7 @@ pub fn pnet_start() -> io::Result<Pnet> {
     let (ours, theirs) = unsafe { (OwnedFd::from_raw_fd(pair[0]), OwnedFd::from_raw_fd(pair[1])) };
     // Everything the child writes, prepared here.
     // SAFETY: plain getters.
-    let (uid, gid, parent) = unsafe { (libc::getuid(), libc::getgid(), libc::getpid()) };
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
     let uid_map = format!("{uid} {uid} 1\n");
     let gid_map = format!("{gid} {gid} 1\n");
     let ping = format!("{gid} {gid}\n");
@@ -1250,13 +1250,7 @@ pub fn pnet_start() -> io::Result<Pnet> {
     }
     if pid == 0 {
         let fd = theirs.as_raw_fd();
-        let status = pnet_child_setup(
-            fd,
-            parent,
-            uid_map.as_bytes(),
-            gid_map.as_bytes(),
-            ping.as_bytes(),
-        );
+        let status = pnet_child_setup(fd, uid_map.as_bytes(), gid_map.as_bytes(), ping.as_bytes());
         pnet_child_serve(fd, status);
     }
     drop(theirs);
@@ -1450,17 +1444,12 @@ fn child_route(nl: c_int, dst: [u8; 4], len: u8, oif: c_int, local: bool) -> Res
 /// The child's set-up of the private network ([`pnet_start`]): the TUN device, or the errno.
 fn pnet_child_setup(
     chan: c_int,
-    parent: libc::pid_t,
     uid_map: &[u8],
     gid_map: &[u8],
     ping: &[u8],
 ) -> Result<c_int, c_int> {
     // SAFETY: system calls on the child's own state; no memory but locals and prepared slices.
     unsafe {
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-        if libc::getppid() != parent {
-            libc::_exit(0);
-        }
         // Nothing of the supervisor's but the channel stays open here.
         #[allow(clippy::cast_sign_loss)] // A descriptor.
         let c = chan as libc::c_uint;

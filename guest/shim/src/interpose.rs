@@ -289,7 +289,7 @@ pub unsafe extern "C" fn getsockopt(
         }
         // SAFETY: the caller's length slot (not null), read as the kernel reads it: an int.
         let optlen = unsafe { std::ptr::read_unaligned(len.cast::<c_int>()) };
-        match sockopt::get(level, name, stand_in(kind), optlen) {
+        match sockopt::get(level, name, stand_in(kind), optlen, None) {
             Get::Kernel => {}
             Get::Fail(e) => return set_errno(e),
             Get::Reply(r) => {
@@ -353,6 +353,7 @@ fn stand_in(kind: Kind) -> StandIn {
     StandIn {
         listener: kind == Kind::Listener,
         vsock: transport::vsock_port().is_some(),
+        v6: false,
     }
 }
 

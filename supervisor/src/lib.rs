@@ -91,8 +91,9 @@
 //!    TCP_MAXSEG, the keepalive ones, TCP_SYNCNT, TCP_USER_TIMEOUT, TCP_NOTSENT_LOWAT, IP_TOS,
 //!    IP_TTL — kept per stand-in, by identity, and forgotten as the view table forgets a socket
 //!    nobody holds; a read answers it as Linux reads it back, else as an idle AF_INET
-//!    connection's), on any other socket they continue. A listener's companion stream is closed at the next listen after
-//!    no process holds the listener any more (or when the supervisor ends), not at once.
+//!    connection's), on any other socket they continue. A listener's companion stream is
+//!    closed at the next listen after no process holds the listener any more (or when the
+//!    supervisor ends), not at once.
 //!
 //! Time-of-check to time-of-use: addresses are read from the program's memory with
 //! `process_vm_readv`, then `SECCOMP_IOCTL_NOTIF_ID_VALID` confirms the caller still waits

@@ -9,10 +9,12 @@
 //!   `recvfrom`/`sendto` with a non-null address notify the supervisor; everything else is
 //!   allowed. `socket` is not notified (nothing is done at creation: what a socket becomes is
 //!   decided when it connects, binds or listens), nor are `recv`/`send` (the same calls without
-//!   an address), `read` and `write`. Inside a VM ([`Transport::Vsock`]) `getsockopt` and
-//!   `setsockopt` notify too at the levels a vsock stand-in cannot answer (`IPPROTO_TCP`,
-//!   `IPPROTO_IP`; `getsockopt`'s `SO_DOMAIN`/`SO_PROTOCOL`), read from the arguments; in
-//!   process mode they never do. What BPF cannot decide — whether a connect's address is
+//!   an address), `read` and `write`. Socket options notify only where a stand-in may answer
+//!   wrongly (`shared_proto::sockopt::may_answer`, decided on the level and name arguments,
+//!   plain ints): in process mode `getsockopt` at `SOL_SOCKET` of `SO_DOMAIN`, `SO_TYPE`,
+//!   `SO_PROTOCOL` and `SO_ACCEPTCONN` only (every other `getsockopt`, and `setsockopt`, runs
+//!   untouched); inside a VM ([`Transport::Vsock`]) `getsockopt` and `setsockopt` at
+//!   `IPPROTO_TCP` and `IPPROTO_IP`, and `getsockopt`'s `SO_DOMAIN`/`SO_PROTOCOL`. What BPF cannot decide — whether a connect's address is
 //!   AF_INET (behind a pointer), or a descriptor is one the supervisor made — the supervisor
 //!   decides on its fast path, without allocating or a second ioctl.
 
@@ -56,7 +58,7 @@ fn jeq(k: u32, jt: u8, jf: u8) -> sock_filter {
 }
 
 /// The system calls the supervisor is notified of (x86_64 numbers), for the docs and tests;
-/// inside a VM also [`NOTIFIED_IN_VM`], for some options.
+/// also [`NOTIFIED_OPTIONS`], for some options.
 pub const NOTIFIED: [i64; 9] = [
     libc::SYS_connect,
     libc::SYS_getsockname,
@@ -69,11 +71,11 @@ pub const NOTIFIED: [i64; 9] = [
     libc::SYS_sendto,
 ];
 
-/// Inside a VM: `getsockopt`/`setsockopt` at the levels a vsock stand-in cannot answer
-/// (`shared_proto::sockopt::vsock_may_answer`: `IPPROTO_TCP`, `IPPROTO_IP`, and `getsockopt`'s
-/// `SO_DOMAIN`/`SO_PROTOCOL`). In process mode a stand-in is host-server's TCP socket, which
-/// answers them itself: no notification there (each costs a round trip).
-pub const NOTIFIED_IN_VM: [i64; 2] = [libc::SYS_getsockopt, libc::SYS_setsockopt];
+/// `getsockopt` (and, inside a VM, `setsockopt`) for the options a stand-in may answer wrongly
+/// (`shared_proto::sockopt::may_answer`): in process mode the four `SOL_SOCKET` reads a packet
+/// channel or an IPv6 socket answers differently; inside a VM also the `IPPROTO_TCP` and
+/// `IPPROTO_IP` options a vsock stand-in lacks. Nothing else (each costs a round trip).
+pub const NOTIFIED_OPTIONS: [i64; 2] = [libc::SYS_getsockopt, libc::SYS_setsockopt];
 
 /// Which stream reaches host-server, as far as the filter cares (see [`crate::transport`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,7 +165,9 @@ fn assemble(ops: &[Op]) -> Vec<sock_filter> {
 #[must_use]
 #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // Syscall numbers, levels < 2^31.
 pub fn program(transport: Transport) -> Vec<sock_filter> {
-    use shared_proto::sockopt::{IPPROTO_IP, IPPROTO_TCP, SOL_SOCKET, SO_DOMAIN, SO_PROTOCOL};
+    use shared_proto::sockopt::{
+        IPPROTO_IP, IPPROTO_TCP, SOL_SOCKET, SO_ACCEPTCONN, SO_DOMAIN, SO_PROTOCOL, SO_TYPE,
+    };
     use Label::{
         Addr, AddrAllow, AddrNotify, Allow, Get, GetName, Next, Notify, Nr, OptAllow, OptNotify,
         Set,
@@ -183,8 +187,8 @@ pub fn program(transport: Transport) -> Vec<sock_filter> {
     ops.push(Op::Jeq(libc::SYS_recvfrom as u32, Addr, Next));
     ops.push(Op::Jeq(libc::SYS_sendto as u32, Addr, Next));
     let vsock = transport == Transport::Vsock;
+    ops.push(Op::Jeq(libc::SYS_getsockopt as u32, Get, Next));
     if vsock {
-        ops.push(Op::Jeq(libc::SYS_getsockopt as u32, Get, Next));
         ops.push(Op::Jeq(libc::SYS_setsockopt as u32, Set, Next));
     }
     ops.extend([
@@ -219,12 +223,26 @@ pub fn program(transport: Transport) -> Vec<sock_filter> {
             Op::Ld(arg_lo(1)),
             Op::Jeq(IPPROTO_TCP as u32, OptNotify, Next),
             Op::Jeq(IPPROTO_IP as u32, OptNotify, OptAllow),
-            Op::Here(OptNotify),
-            Op::Ret(notify),
-            Op::Here(OptAllow),
-            Op::Ret(allow),
+        ]);
+    } else {
+        // Process mode: getsockopt at SOL_SOCKET of the four names a channel answers wrongly.
+        ops.extend([
+            Op::Here(Get),
+            Op::Ld(arg_lo(1)),
+            Op::Jeq(SOL_SOCKET as u32, Next, OptAllow),
+            Op::Ld(arg_lo(2)),
+            Op::Jeq(SO_DOMAIN as u32, OptNotify, Next),
+            Op::Jeq(SO_TYPE as u32, OptNotify, Next),
+            Op::Jeq(SO_PROTOCOL as u32, OptNotify, Next),
+            Op::Jeq(SO_ACCEPTCONN as u32, OptNotify, OptAllow),
         ]);
     }
+    ops.extend([
+        Op::Here(OptNotify),
+        Op::Ret(notify),
+        Op::Here(OptAllow),
+        Op::Ret(allow),
+    ]);
     assemble(&ops)
 }
 
@@ -297,7 +315,7 @@ mod tests {
         }
         // Every other system call is allowed.
         for nr in 0..460 {
-            if !NOTIFIED.contains(&nr) && !NOTIFIED_IN_VM.contains(&nr) {
+            if !NOTIFIED.contains(&nr) && !NOTIFIED_OPTIONS.contains(&nr) {
                 assert_eq!(run(p, x, nr as u32, [3, 6, 1, 1, 1, 4]), a, "{nr}");
             }
         }
@@ -313,46 +331,43 @@ mod tests {
     #[test]
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     fn notifies_exactly_the_calls_it_should() {
-        // Process mode: the program of before the VM variant, instruction for instruction.
-        let p = program(Transport::Unix);
         let (n, a) = (libc::SECCOMP_RET_USER_NOTIF, libc::SECCOMP_RET_ALLOW);
-        let mut before = vec![stmt(LD_W_ABS, ARCH), jeq(AUDIT_ARCH_X86_64, 1, 0)];
-        before.extend([stmt(RET_K, a), stmt(LD_W_ABS, NR)]);
-        for (nr, jt) in NOTIFIED.iter().zip([9, 8, 7, 6, 5, 4, 3, 3, 2]) {
-            before.push(jeq(*nr as u32, jt, 0));
-        }
-        before.extend([stmt(RET_K, a), stmt(RET_K, n), stmt(LD_W_ABS, arg_lo(4))]);
-        before.extend([jeq(0, 0, 2), stmt(LD_W_ABS, arg_hi(4)), jeq(0, 1, 0)]);
-        before.extend([stmt(RET_K, n), stmt(RET_K, a)]);
-        let same = |x: &sock_filter, y: &sock_filter| {
-            (x.code, x.jt, x.jf, x.k) == (y.code, y.jt, y.jf, y.k)
-        };
-        assert_eq!(p.len(), before.len());
-        assert!(p.iter().zip(&before).all(|(x, y)| same(x, y)));
-        common_calls(&p);
-        for nr in NOTIFIED_IN_VM {
-            for (level, name) in levels_and_names() {
-                let args = [3, level, name, 0x7fff_0000, 0x7fff_0100, 0];
-                assert_eq!(run(&p, AUDIT_ARCH_X86_64, nr as u32, args), a);
+        for (transport, vsock) in [(Transport::Unix, false), (Transport::Vsock, true)] {
+            let p = program(transport);
+            common_calls(&p);
+            // The options the shared rule may answer in this setting, and nothing else.
+            for nr in NOTIFIED_OPTIONS {
+                let get = nr == libc::SYS_getsockopt;
+                for (level, name) in levels_and_names() {
+                    let args = [3, level, name, 0x7fff_0000, 0x7fff_0100, 0];
+                    let want =
+                        shared_proto::sockopt::may_answer(vsock, get, level as i32, name as i32);
+                    let got = run(&p, AUDIT_ARCH_X86_64, nr as u32, args);
+                    assert_eq!(got, if want { n } else { a }, "{vsock} {nr} {level} {name}");
+                }
             }
         }
-
-        // Inside a VM: the same, and the options the shared rule may answer.
-        let p = program(Transport::Vsock);
-        common_calls(&p);
-        for nr in NOTIFIED_IN_VM {
-            let get = nr == libc::SYS_getsockopt;
-            for (level, name) in levels_and_names() {
-                let args = [3, level, name, 0x7fff_0000, 0x7fff_0100, 0];
-                let want = shared_proto::sockopt::vsock_may_answer(get, level as i32, name as i32);
-                let got = run(&p, AUDIT_ARCH_X86_64, nr as u32, args);
-                assert_eq!(got, if want { n } else { a }, "{nr} {level} {name}");
-            }
+        let (unix, vm) = (program(Transport::Unix), program(Transport::Vsock));
+        let get = libc::SYS_getsockopt as u32;
+        let set = libc::SYS_setsockopt as u32;
+        let x = AUDIT_ARCH_X86_64;
+        // Process mode: SO_DOMAIN, SO_TYPE, SO_PROTOCOL, SO_ACCEPTCONN reads only.
+        for name in [39, 3, 38, 30] {
+            assert_eq!(run(&unix, x, get, [3, 1, name, 0, 0, 0]), n);
+            assert_eq!(run(&unix, x, set, [3, 1, name, 0, 0, 0]), a);
         }
-        let x86 = libc::SYS_getsockopt as u32;
-        assert_eq!(run(&p, AUDIT_ARCH_X86_64, x86, [3, 6, 1, 0, 0, 0]), n);
-        assert_eq!(run(&p, AUDIT_ARCH_X86_64, x86, [3, 1, 39, 0, 0, 0]), n);
-        assert_eq!(run(&p, AUDIT_ARCH_X86_64, x86, [3, 1, 4, 0, 0, 0]), a);
-        assert_eq!(run(&p, 0x4000_0003, x86, [3, 6, 1, 0, 0, 0]), a);
+        assert_eq!(run(&unix, x, get, [3, 1, 4, 0, 0, 0]), a); // SO_ERROR
+        assert_eq!(run(&unix, x, get, [3, 6, 1, 0, 0, 0]), a); // TCP_NODELAY
+        assert_eq!(run(&unix, x, get, [3, 0x1_0000_0001, 39, 0, 0, 0]), n);
+        assert_eq!(run(&unix, x, get, [3, 0x1_0000_0006, 39, 0, 0, 0]), a);
+        // Inside a VM: TCP and IP options both ways, SO_DOMAIN/SO_PROTOCOL reads.
+        assert_eq!(run(&vm, x, get, [3, 6, 1, 0, 0, 0]), n);
+        assert_eq!(run(&vm, x, set, [3, 6, 1, 0, 0, 0]), n);
+        assert_eq!(run(&vm, x, get, [3, 1, 39, 0, 0, 0]), n);
+        assert_eq!(run(&vm, x, get, [3, 1, 3, 0, 0, 0]), a); // SO_TYPE: the stream's
+        assert_eq!(run(&vm, x, get, [3, 1, 4, 0, 0, 0]), a);
+        for p in [&unix, &vm] {
+            assert_eq!(run(p, 0x4000_0003, get, [3, 1, 39, 0, 0, 0]), a);
+        }
     }
 }

@@ -14,8 +14,10 @@
 //!    programs: what it handles never reaches the kernel as an AF_INET non-loopback connect
 //!    (its sockets are IPv6 or Unix by then), so nothing is handled twice.
 //! 2. The filter notifies `connect`, `getsockname`, `getpeername`, `bind`, `listen`, `accept`,
-//!    `accept4`, and `recvfrom`/`sendto` with an address (inside a VM some socket options
-//!    too, see 6); everything else (`socket` included) runs untouched at full speed. The filter is inherited: every descendant (fork, exec,
+//!    `accept4`, `recvfrom`/`sendto` with an address, and the socket options a stand-in may
+//!    answer wrongly (`getsockopt` of `SO_DOMAIN`, `SO_TYPE`, `SO_PROTOCOL` and
+//!    `SO_ACCEPTCONN`; inside a VM more, see 6); everything else (`socket` included) runs
+//!    untouched at full speed. The filter is inherited: every descendant (fork, exec,
 //!    daemons that double-fork) is served too, and [`run`] serves until no task uses the
 //!    filter any more (the listener reports POLLHUP once the last one has exited and been
 //!    reaped), while returning the program's own exit status, taken when it exited.
@@ -45,7 +47,13 @@
 //!    new notification), and a connection taken for a caller that left meanwhile is held for
 //!    the next accept on that listener. getsockname on the listener answers the AF_INET
 //!    address it listens on; getsockname/getpeername on an accepted socket answer AF_INET. A
-//!    second `listen` sends host-server a new backlog.
+//!    second `listen` sends host-server a new backlog. `getsockopt` of `SO_DOMAIN`, `SO_TYPE`,
+//!    `SO_PROTOCOL` or `SO_ACCEPTCONN` on the listener (the channel would say `AF_UNIX`,
+//!    `SOCK_SEQPACKET`, 0, 0) or on a connection made or accepted here (host-server's IPv6
+//!    socket would say `AF_INET6`) answers as the program's own socket would
+//!    (`shared_proto::sockopt`, as liboutsock; `AF_INET6` on a dual-stack listener), in
+//!    `sockopt`; the filter notifies only those four reads (level and name are plain
+//!    integers), and on any other socket they continue.
 //! 5. UDP (`udp` tells how), as liboutsock in process mode: a `connect` off loopback installs
 //!    host-server's connected host UDP socket (`UdpConnect`); a `bind` off loopback, or the
 //!    first `sendto` off loopback, opens an association and installs its *program's end*: a
@@ -82,11 +90,14 @@
 //!    accept's result. The filter also notifies `getsockopt`/`setsockopt` at the levels a
 //!    vsock stand-in cannot answer (`IPPROTO_TCP`, `IPPROTO_IP`, and `SO_DOMAIN`/`SO_PROTOCOL`):
 //!    on a connection or listener made here they answer by liboutsock's rule
-//!    (`shared_proto::sockopt`, in `sockopt`: TCP and IP options set are accepted with no
-//!    effect, read ones answer as an idle AF_INET connection's), on any other socket they
-//!    continue. In process mode they are never notified (a passed socket is a real TCP
-//!    socket). A listener's companion stream is closed at the next listen after
-//!    no process holds the listener any more (or when the supervisor ends), not at once.
+//!    (`shared_proto::sockopt`, in `sockopt`: a TCP or IP option set is checked as Linux
+//!    checks it, and its value — for the options the rule remembers: TCP_NODELAY, TCP_CORK,
+//!    TCP_MAXSEG, the keepalive ones, TCP_SYNCNT, TCP_USER_TIMEOUT, TCP_NOTSENT_LOWAT, IP_TOS,
+//!    IP_TTL — kept per stand-in, by identity, and forgotten as the view table forgets a socket
+//!    nobody holds; a read answers it as Linux reads it back, else as an idle AF_INET
+//!    connection's), on any other socket they continue. A listener's companion stream is
+//!    closed at the next listen after no process holds the listener any more (or when the
+//!    supervisor ends), not at once.
 //!
 //! Time-of-check to time-of-use: addresses are read from the program's memory with
 //! `process_vm_readv`, then `SECCOMP_IOCTL_NOTIF_ID_VALID` confirms the caller still waits
@@ -108,16 +119,23 @@
 //! gaps), the i386 ABI, AF_INET6 sockets other
 //! than dual-stack TCP listeners (those are outsourced as AF_INET ones: `serve`). Socket
 //! options set before an outsourced listen are not carried over (before a connect they are:
-//! `serve`), and in process mode `getsockopt` is the kernel's: on a
-//! listener it describes the packet channel (`AF_UNIX`, `SOCK_SEQPACKET`), on an accepted
-//! socket the IPv6 one. An epoll registration made on a
+//! `serve`). In process mode, options on a listener other than the four of 4 are the packet
+//! channel's: `SOL_SOCKET` ones that any socket has set and read back as natively
+//! (`SO_REUSEADDR` after `listen`, `SO_KEEPALIVE`, `SO_ERROR` 0), but `SO_RCVBUF`/`SO_SNDBUF`
+//! read the channel's sizes, `SO_REUSEPORT` set fails with EOPNOTSUPP, and so do
+//! `IPPROTO_TCP`/`IPPROTO_IP` options (`TCP_DEFER_ACCEPT`, `TCP_FASTOPEN` or `TCP_NODELAY`
+//! set after `listen`: answering them would notify every TCP setsockopt, a round trip for
+//! each Go dial); UDP sockets made here read their stand-in's `SO_DOMAIN`/`SO_TYPE`/
+//! `SO_PROTOCOL` (host-server's IPv6 UDP socket, an association's `AF_UNIX` end), where
+//! liboutsock answers AF_INET. An epoll registration made on a
 //! socket before its `listen` stays with the replaced socket, as with liboutsock. A
 //! connection taken for a blocking accept whose caller left and held for the next accept
 //! makes no descriptor readable (a poller sees the next one only).
 //!
 //! Cost: each notified call is a round trip to the supervisor (every `connect` and `bind` is
 //! notified, AF_UNIX ones included: BPF cannot read the address behind the pointer; inside a
-//! VM also every TCP- and IP-level socket option, on any socket: a Go dial sets a few). Calls
+//! VM also every TCP- and IP-level socket option, on any socket: a Go dial sets a few; in
+//! process mode only the four `getsockopt` reads of 4, on any socket). Calls
 //! that only continue take the fast path: one process_vm_readv of the address into the stack
 //! (or, for getsockname/getpeername and socket options while nothing was made here, nothing)
 //! and the CONTINUE answer, on the loop's own thread; a dynamic program under liboutsock pays
@@ -132,7 +150,7 @@
 //! addresses), `host` (the host-server client), `outcome` (what a notified call becomes), `workers` (the
 //! threads calls that may wait run on), [`transport`] (Unix or vsock, as liboutsock chooses),
 //! `vmlisten` (listeners inside a VM), `udp` (UDP associations and connected UDP), `sockopt`
-//! (options on a vsock stand-in), `serve` (the loop).
+//! (options on a stand-in, and a VM's option values kept), `serve` (the loop).
 
 #![deny(unsafe_code)]
 

@@ -22,9 +22,10 @@
 //!   non-blocking one on the loop's thread; a blocking one on a worker that gives up when the
 //!   caller has left and after SO_RCVTIMEO), and reports the AF_INET source: the sender's name
 //!   on an association, the peer on a connected socket.
-//! - `getsockopt`/`setsockopt` (notified inside a VM only, at the levels a vsock stand-in cannot
-//!   answer) on a connection or listener made here answer by the shared rule (`sockopt`);
-//!   others continue.
+//! - `getsockopt`/`setsockopt` (notified only for the options a stand-in may answer wrongly:
+//!   in process mode reading a channel's or an IPv6 socket's domain, type, protocol and
+//!   listening state; inside a VM also TCP and IP options, whose values set are kept) on a
+//!   connection or listener made here answer by the shared rule (`sockopt`); others continue.
 //! - `sendto` with an AF_INET address on a ping or raw ICMP socket (or its association's end)
 //!   off loopback: an echo request (else EINVAL) on the ICMP association for that destination,
 //!   opened now if the socket has none for it (`udp` tells ICMP's story); `connect` of one
@@ -147,6 +148,8 @@ pub struct Shared {
     companions: vmlisten::Companions,
     /// The UDP associations made here.
     assocs: Arc<udp::Assocs>,
+    /// Inside a VM: the TCP and IP option values set on the stand-ins made here.
+    options: sockopt::Memory,
 }
 
 /// The sockets made here, by identity. The table is swept of sockets no process holds any
@@ -208,11 +211,13 @@ impl Shared {
             held: Mutex::new(HashMap::new()),
             workers: Arc::new(Workers::default()),
             companions: vmlisten::Companions::default(),
+            options: sockopt::Memory::default(),
         }
     }
 
     fn record(&self, fd: RawFd, view: View) {
         if let Ok(id) = sys::identity(fd) {
+            self.options.forget(id);
             self.views
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -223,6 +228,7 @@ impl Shared {
     /// Records `view` for `fd`, a socket the program sees as AF_INET6 if `v6`.
     fn record_as(&self, fd: RawFd, view: View, v6: bool) {
         if let Ok(id) = sys::identity(fd) {
+            self.options.forget(id);
             self.views
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -345,10 +351,10 @@ fn dispatch(shared: &Arc<Shared>, n: Notif) {
         },
         libc::SYS_listen => listen(shared, n),
         libc::SYS_accept | libc::SYS_accept4 => accept(shared, n),
-        // Notified inside a VM only, for the options a vsock stand-in cannot answer.
+        // Only the options a stand-in may answer wrongly (`sockopt::may_answer`).
         libc::SYS_getsockopt | libc::SYS_setsockopt => {
             let outcome = match stand_in(shared, &n) {
-                Some(s) => sockopt::answer(&shared.listener, &n, s),
+                Some((id, s)) => sockopt::answer(&shared.listener, &n, s, &shared.options, id),
                 None => Outcome::Continue,
             };
             shared.finish(&n, outcome);
@@ -357,23 +363,26 @@ fn dispatch(shared: &Arc<Shared>, n: Notif) {
     }
 }
 
-/// What stands in for the program's TCP socket that notification `n` names, when it is one
-/// made here (a connection or a listener); `None` for any other socket. Its identity only,
-/// in one stat, and nothing at all while nothing was made here.
-fn stand_in(s: &Shared, n: &Notif) -> Option<StandIn> {
+/// What stands in for the program's TCP socket that notification `n` names, and its identity,
+/// when it is one made here (a connection or a listener); `None` for any other socket. Its
+/// identity only, in one stat, and nothing at all while nothing was made here.
+fn stand_in(s: &Shared, n: &Notif) -> Option<((u64, u64), StandIn)> {
     if s.views_empty() {
         return None;
     }
-    let view = s.view_by_id(sys::identity_of(n.pid, fd_arg(n)).ok()?)?;
+    let id = sys::identity_of(n.pid, fd_arg(n)).ok()?;
+    let view = s.view_by_id(id)?;
     let listener = match view.kind {
         Kind::Stream => false,
         Kind::Listener => true,
         Kind::Bound | Kind::UdpConnected | Kind::Udp => return None,
     };
-    Some(StandIn {
+    let stand_in = StandIn {
         listener,
         vsock: !s.host.passes_fds(),
-    })
+        v6: s.is_v6(id),
+    };
+    Some((id, stand_in))
 }
 
 #[allow(clippy::cast_possible_truncation)] // Descriptors are ints in the syscall ABI.

@@ -4,7 +4,7 @@
 // unmodified under /init's supervisor. It dials os.Args[1] port 80 over tcp4 by name, prints
 // the connection's RemoteAddr and LocalAddr, sets TCP options as Go programs do
 // (SetNoDelay, SetKeepAlive, SetKeepAlivePeriod: IPPROTO_TCP and SOL_SOCKET setsockopt) and
-// reads some back (TCP_NODELAY, SO_DOMAIN, TCP_INFO, IP_TOS, IP_TTL: getsockopt through
+// reads some back (TCP_NODELAY, TCP_KEEPIDLE, SO_DOMAIN, TCP_INFO, IP_TOS, IP_TTL: getsockopt through
 // syscall.RawConn), printing each error or value on one "sockopts" line, then sends an HTTP/1.0 GET of /index.html and prints
 // the answer (`go-client serve PORT` instead runs a tcp4 server: see serve). Given a second name (the UDP echo server's), it then exchanges datagrams with its
 // port 7 over a connected and an unconnected UDP socket (see udp).
@@ -116,17 +116,18 @@ func sockopts(c *net.TCPConn) string {
 	if err != nil {
 		return out + fmt.Sprintf(" SyscallConn=%v", err)
 	}
-	var nodelay, domain, tos, ttl int
-	var nerr, derr, ierr, toserr, ttlerr error
+	var nodelay, idle, domain, tos, ttl int
+	var nerr, kerr, derr, ierr, toserr, ttlerr error
 	cerr := raw.Control(func(fd uintptr) {
 		nodelay, nerr = syscall.GetsockoptInt(int(fd), syscall.IPPROTO_TCP, syscall.TCP_NODELAY)
+		idle, kerr = syscall.GetsockoptInt(int(fd), syscall.IPPROTO_TCP, syscall.TCP_KEEPIDLE)
 		domain, derr = syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_DOMAIN)
 		ierr = tcpInfo(fd)
 		tos, toserr = syscall.GetsockoptInt(int(fd), syscall.IPPROTO_IP, syscall.IP_TOS)
 		ttl, ttlerr = syscall.GetsockoptInt(int(fd), syscall.IPPROTO_IP, syscall.IP_TTL)
 	})
-	return out + fmt.Sprintf(" Control=%v TCP_NODELAY=%d/%v SO_DOMAIN=%d/%v TCP_INFO=%v IP_TOS=%d/%v IP_TTL=%d/%v",
-		cerr, nodelay, nerr, domain, derr, ierr, tos, toserr, ttl, ttlerr)
+	return out + fmt.Sprintf(" Control=%v TCP_NODELAY=%d/%v TCP_KEEPIDLE=%d/%v SO_DOMAIN=%d/%v TCP_INFO=%v IP_TOS=%d/%v IP_TTL=%d/%v",
+		cerr, nodelay, nerr, idle, kerr, domain, derr, ierr, tos, toserr, ttl, ttlerr)
 }
 
 // tcpInfo reads TCP_INFO into a buffer larger than struct tcp_info (the standard library has

@@ -59,10 +59,11 @@ const VM_SOCKET: &str = "/tmp/outsock-lab-vm0.vsock";
 /// The Go client `run` builds from `go-client.go` into the binaries' folder (`--bin-dir`).
 const GO_CLIENT: &str = "lab-go-client";
 /// What the Go client's socket options print on a native AF_INET TCP socket (checked in a
-/// namespace of loopback only): no error; TCP_NODELAY as set (off), SO_DOMAIN AF_INET, IP_TOS
-/// 0 and IP_TTL 64. A vsock stand-in answering for itself gives ENOPROTOOPT and AF_VSOCK (40):
-/// seen in the lab with the supervisor's option notifications turned off.
-const GO_SOCKOPTS: &str = "SetNoDelay(false)=<nil> SetKeepAlive(true)=<nil> SetKeepAlivePeriod(20s)=<nil> Control=<nil> TCP_NODELAY=0/<nil> SO_DOMAIN=2/<nil> TCP_INFO=<nil> IP_TOS=0/<nil> IP_TTL=64/<nil>";
+/// namespace of loopback only): no error; TCP_NODELAY as set (off, after Go's dial set it on),
+/// TCP_KEEPIDLE as SetKeepAlivePeriod set it (20 s; an idle socket reads 7200), SO_DOMAIN
+/// AF_INET, IP_TOS 0 and IP_TTL 64. A vsock stand-in answering for itself gives ENOPROTOOPT and
+/// AF_VSOCK (40): seen in the lab with the supervisor's option notifications turned off.
+const GO_SOCKOPTS: &str = "SetNoDelay(false)=<nil> SetKeepAlive(true)=<nil> SetKeepAlivePeriod(20s)=<nil> Control=<nil> TCP_NODELAY=0/<nil> TCP_KEEPIDLE=20/<nil> SO_DOMAIN=2/<nil> TCP_INFO=<nil> IP_TOS=0/<nil> IP_TTL=64/<nil>";
 /// Guest ports the inbound checks listen on (host-server's allow-list).
 const HTTPD_PORT: u16 = 8080;
 const NC_PORT: u16 = 8081;

@@ -130,28 +130,18 @@ pub(crate) fn bind_server(fd: c_int, e: Entry) -> c_int {
     }
 }
 
-/// Whether the association on `fd` is a packet channel (process mode), not a stream (a VM).
-fn is_packets(fd: c_int) -> bool {
-    let mut t: c_int = 0;
-    let mut len = std::mem::size_of::<c_int>() as socklen_t;
-    // SAFETY: getsockopt of an int into a valid int; libc's own, never our interposed one
-    // (which reports SOCK_DGRAM for an association, as the program expects).
-    let rc = unsafe {
-        real::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_TYPE,
-            std::ptr::from_mut(&mut t).cast(),
-            &mut len,
-        )
-    };
-    rc == 0 && t == libc::SOCK_SEQPACKET
+/// Whether associations are packet channels (process mode), not streams (a VM):
+/// host-server gives a process a packet channel and a VM a stream, so the transport says,
+/// with no system call (a `getsockopt(SO_TYPE)` here, once per datagram, would be a round
+/// trip to the supervisor, which answers that read for the sockets it made).
+fn is_packets() -> bool {
+    transport::vsock_port().is_none()
 }
 
 /// Sends one frame on the association `fd`: on a packet channel one packet (atomic), on a
 /// stream under the fd's send claim.
 fn send_frame(fd: c_int, bytes: &[u8]) -> Result<(), Errno> {
-    if is_packets(fd) {
+    if is_packets() {
         return write_frame(fd, bytes);
     }
     let _claim = claim(fd, Way::Send);
@@ -299,7 +289,7 @@ fn recv_message(
     } else {
         0
     };
-    let packets = is_packets(fd);
+    let packets = is_packets();
     loop {
         if flags & libc::MSG_PEEK != 0 {
             let (mut d, ttl) = if packets {

@@ -289,7 +289,8 @@ pub unsafe extern "C" fn getsockopt(
         }
         // SAFETY: the caller's length slot (not null), read as the kernel reads it: an int.
         let optlen = unsafe { std::ptr::read_unaligned(len.cast::<c_int>()) };
-        match sockopt::get(level, name, stand_in(kind), optlen) {
+        let set = crate::sockopt::kept(fd, level, name);
+        match sockopt::get(level, name, stand_in(kind), optlen, set) {
             Get::Kernel => {}
             Get::Fail(e) => return set_errno(e),
             Get::Reply(r) => {
@@ -353,12 +354,14 @@ fn stand_in(kind: Kind) -> StandIn {
     StandIn {
         listener: kind == Kind::Listener,
         vsock: transport::vsock_port().is_some(),
+        v6: false,
     }
 }
 
-/// `setsockopt(2)`: in a VM, TCP and IP options on an outsourced socket are accepted and have
-/// no effect (the host's socket is host-server's; `shared_proto::sockopt`); everything else
-/// is real.
+/// `setsockopt(2)`: in a VM, TCP and IP options on an outsourced socket are checked and
+/// accepted by the shared rule (`shared_proto::sockopt`: the host's socket is host-server's),
+/// and the values it remembers are kept for `getsockopt` to read back (`crate::sockopt`);
+/// everything else is real.
 ///
 /// # Safety
 /// Called by C with setsockopt(2)'s contract.
@@ -377,7 +380,24 @@ pub unsafe extern "C" fn setsockopt(
             Set::Accept if val.is_null() && len > 0 => {
                 return set_errno(Errno(libc::EFAULT as u16));
             }
-            Set::Accept => return 0,
+            Set::Accept => {
+                // As the kernel copies it in: at most an int's worth.
+                let mut value = [0u8; 4];
+                let n = (len as usize).min(value.len());
+                if n > 0 {
+                    // SAFETY: the caller's option value of `len` bytes (not null, checked).
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(val.cast::<u8>(), value.as_mut_ptr(), n);
+                    }
+                }
+                return match sockopt::read_back(level, name, &value[..n]) {
+                    Ok(v) => {
+                        crate::sockopt::keep(fd, level, name, v);
+                        0
+                    }
+                    Err(e) => set_errno(e),
+                };
+            }
             Set::Fail(e) => return set_errno(e),
         }
     }
@@ -441,6 +461,7 @@ pub unsafe extern "C" fn dup(fd: c_int) -> c_int {
     let n = unsafe { real::dup(fd) };
     if n >= 0 {
         table::set(n, table::get(fd));
+        crate::sockopt::copy_kept(fd, n);
     }
     n
 }
@@ -455,6 +476,7 @@ pub unsafe extern "C" fn dup2(fd: c_int, to: c_int) -> c_int {
     let n = unsafe { real::dup2(fd, to) };
     if n >= 0 && fd != to {
         table::set(to, table::get(fd));
+        crate::sockopt::copy_kept(fd, to);
     }
     n
 }
@@ -469,6 +491,7 @@ pub unsafe extern "C" fn dup3(fd: c_int, to: c_int, flags: c_int) -> c_int {
     let n = unsafe { real::dup3(fd, to, flags) };
     if n >= 0 {
         table::set(to, table::get(fd));
+        crate::sockopt::copy_kept(fd, to);
     }
     n
 }
@@ -480,6 +503,7 @@ fn fcntl_common(fd: c_int, cmd: c_int, arg: usize) -> c_int {
     let n = unsafe { real::fcntl(fd, cmd, arg) };
     if n >= 0 && (cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC) {
         table::set(n, table::get(fd));
+        crate::sockopt::copy_kept(fd, n);
     }
     n
 }

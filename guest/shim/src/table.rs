@@ -216,6 +216,7 @@ pub fn take_companion(fd: i32) -> Option<i32> {
 
 /// Forgets `fd` (it was closed).
 pub fn clear(fd: i32) {
+    crate::sockopt::forget(fd);
     set(fd, Entry::new(Kind::Untracked));
 }
 

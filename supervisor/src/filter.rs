@@ -7,8 +7,10 @@
 //!   translates, it does not confine (see the crate docs).
 //! - `connect`, `getsockname`, `getpeername`, `bind`, `listen`, `accept`, `accept4`, and
 //!   `recvfrom`/`sendto` with a non-null address notify the supervisor; everything else is
-//!   allowed. `socket` is not notified (nothing is done at creation: what a socket becomes is
-//!   decided when it connects, binds or listens), nor are `recv`/`send` (the same calls without
+//!   allowed. `socket` is notified only for an `AF_INET` ICMP socket (a ping socket the
+//!   program's namespace forbids it gets a stand-in from the private network; the rest
+//!   continue): otherwise nothing is done at creation, what a socket becomes is decided when it
+//!   connects, binds or listens. Nor are `recv`/`send` (the same calls without
 //!   an address), `read` and `write`. Socket options notify only where a stand-in may answer
 //!   wrongly (`shared_proto::sockopt::may_answer`, decided on the level and name arguments,
 //!   plain ints): in process mode `getsockopt` at `SOL_SOCKET` of `SO_DOMAIN`, `SO_TYPE`,
@@ -115,6 +117,10 @@ enum Label {
     Set,
     OptNotify,
     OptAllow,
+    /// socket: the domain and protocol.
+    Sock,
+    SockNotify,
+    SockAllow,
 }
 
 /// An instruction with symbolic jumps, or where a label is.
@@ -170,7 +176,7 @@ pub fn program(transport: Transport) -> Vec<sock_filter> {
     };
     use Label::{
         Addr, AddrAllow, AddrNotify, Allow, Get, GetName, Next, Notify, Nr, OptAllow, OptNotify,
-        Set,
+        Set, Sock, SockAllow, SockNotify,
     };
     let notify = libc::SECCOMP_RET_USER_NOTIF;
     let allow = libc::SECCOMP_RET_ALLOW;
@@ -186,6 +192,7 @@ pub fn program(transport: Transport) -> Vec<sock_filter> {
     }
     ops.push(Op::Jeq(libc::SYS_recvfrom as u32, Addr, Next));
     ops.push(Op::Jeq(libc::SYS_sendto as u32, Addr, Next));
+    ops.push(Op::Jeq(libc::SYS_socket as u32, Sock, Next));
     let vsock = transport == Transport::Vsock;
     ops.push(Op::Jeq(libc::SYS_getsockopt as u32, Get, Next));
     if vsock {
@@ -205,6 +212,16 @@ pub fn program(transport: Transport) -> Vec<sock_filter> {
         Op::Here(AddrNotify),
         Op::Ret(notify),
         Op::Here(AddrAllow),
+        Op::Ret(allow),
+        // socket: notify an AF_INET ICMP one (args[0], args[2]: ints).
+        Op::Here(Sock),
+        Op::Ld(arg_lo(0)),
+        Op::Jeq(libc::AF_INET as u32, Next, SockAllow),
+        Op::Ld(arg_lo(2)),
+        Op::Jeq(libc::IPPROTO_ICMP as u32, SockNotify, SockAllow),
+        Op::Here(SockNotify),
+        Op::Ret(notify),
+        Op::Here(SockAllow),
         Op::Ret(allow),
     ]);
     if vsock {
@@ -286,6 +303,14 @@ mod tests {
         assert_eq!(run(p, x, libc::SYS_socket as u32, [inet, 1, 0, 0, 0, 0]), a);
         assert_eq!(run(p, x, libc::SYS_socket as u32, [10, 1, 0, 0, 0, 0]), a);
         assert_eq!(run(p, x, libc::SYS_socket as u32, [1, 1, 0, 0, 0, 0]), a);
+        // An ICMP socket of AF_INET (ping or raw) notifies; nothing else does.
+        let sock = libc::SYS_socket as u32;
+        assert_eq!(run(p, x, sock, [inet, 2, 1, 0, 0, 0]), n);
+        assert_eq!(run(p, x, sock, [inet, 0x80802, 1, 0, 0, 0]), n);
+        assert_eq!(run(p, x, sock, [inet, 3, 1, 0, 0, 0]), n);
+        assert_eq!(run(p, x, sock, [inet, 2, 17, 0, 0, 0]), a);
+        assert_eq!(run(p, x, sock, [10, 2, 58, 0, 0, 0]), a);
+        assert_eq!(run(p, x, sock, [10, 2, 1, 0, 0, 0]), a);
         for nr in [
             libc::SYS_connect,
             libc::SYS_getsockname,

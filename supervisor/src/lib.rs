@@ -16,8 +16,9 @@
 //! 2. The filter notifies `connect`, `getsockname`, `getpeername`, `bind`, `listen`, `accept`,
 //!    `accept4`, `recvfrom`/`sendto` with an address, and the socket options a stand-in may
 //!    answer wrongly (`getsockopt` of `SO_DOMAIN`, `SO_TYPE`, `SO_PROTOCOL` and
-//!    `SO_ACCEPTCONN`; inside a VM more, see 6); everything else (`socket` included) runs
-//!    untouched at full speed. The filter is inherited: every descendant (fork, exec,
+//!    `SO_ACCEPTCONN`; inside a VM more, see 6), and `socket` for an AF_INET ICMP socket (a
+//!    ping socket the program's namespace forbids is made in the private network, see 5);
+//!    everything else runs untouched at full speed. The filter is inherited: every descendant (fork, exec,
 //!    daemons that double-fork) is served too, and [`run`] serves until no task uses the
 //!    filter any more (the listener reports POLLHUP once the last one has exited and been
 //!    reaped), while returning the program's own exit status, taken when it exited.

@@ -340,6 +340,11 @@ fn dispatch(shared: &Arc<Shared>, n: Notif) {
             shared.finish(&n, outcome);
         }
         libc::SYS_recvfrom => recvfrom(shared, n),
+        // Notified for AF_INET ICMP sockets only.
+        libc::SYS_socket => {
+            let outcome = ping_socket(shared, &n);
+            shared.finish(&n, outcome);
+        }
         libc::SYS_sendto => sendto(shared, n),
         libc::SYS_bind => match read_bind_addr(shared, &n) {
             // A UDP bind may ask host-server for an association: on a thread.
@@ -638,6 +643,34 @@ fn icmp_send(
     match icmp_associate(s, n, copy, raw, dest) {
         Ok((end, a)) => send_on(s, &a, &end, dest, data, flags),
         Err(o) => o,
+    }
+}
+
+/// `socket(AF_INET, type, IPPROTO_ICMP)`: a ping socket the program's groups may not open in
+/// its namespace (`ping_group_range`) is made in the private network instead
+/// (`udp::ping_stand_in`) and becomes the call's result, with the program's `SOCK_NONBLOCK`
+/// and `SOCK_CLOEXEC`; anything else (a raw socket, one the kernel allows) is the kernel's.
+fn ping_socket(s: &Shared, n: &Notif) -> Outcome {
+    #[allow(clippy::cast_possible_truncation)] // An int in the syscall ABI.
+    let ty = n.args[1] as i32;
+    if ty & 0xf != libc::SOCK_DGRAM {
+        return Outcome::Continue;
+    }
+    let sock = match udp::ping_stand_in(&s.assocs, n.pid) {
+        None => return Outcome::Continue,
+        Some(Ok(sock)) => sock,
+        Some(Err(e)) => return io_fail(&e),
+    };
+    if let Err(e) = sys::set_nonblocking(sock.as_raw_fd(), ty & libc::SOCK_NONBLOCK != 0) {
+        return io_fail(&e);
+    }
+    match s
+        .listener
+        .add_fd_answer(n.id, sock.as_raw_fd(), ty & libc::SOCK_CLOEXEC != 0)
+    {
+        Ok(_) => Outcome::Answered,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Outcome::Gone,
+        Err(e) => io_fail(&e),
     }
 }
 
@@ -956,8 +989,12 @@ fn associate(
 ) -> Result<(OwnedFd, Arc<udp::Assoc>), Outcome> {
     let nonblocking = nonblocking(copy);
     let o = udp::open(&s.host, &s.assocs, s.guest_dns, bind, bound, carries).map_err(errno)?;
-    // The program's timeouts hold on its new socket (a resolver times its waits with them).
+    // The program's timeouts hold on its new socket (a resolver times its waits with them),
+    // and on a real socket in the private network its other options too.
     sys::copy_timeouts(copy.as_raw_fd(), o.end.as_raw_fd());
+    if o.assoc.is_private() {
+        udp::carry_options(copy, &o.end);
+    }
     // Should the install fail, the relay finds the end gone and closes the association.
     install(s, n, &o.end, nonblocking)?;
     s.record(

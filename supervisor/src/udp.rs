@@ -79,14 +79,17 @@
 //! it works); `send`/`write` without an address on an unconnected association fail with
 //! ENOTCONN (natively EDESTADDRREQ); `getsockopt(SO_DOMAIN)` is `AF_UNIX` on an association.
 //! Either way: a connected socket
-//! given back by `connect(AF_UNSPEC)` does not keep a port the program bound. ICMP: `socket`
-//! is not notified, so where the program's namespace forbids ping sockets
-//! (`net.ipv4.ping_group_range`) a ping socket fails with the kernel's EACCES (liboutsock lets
-//! a UDP socket stand in); a raw socket hears only its destination's echo replies (natively
-//! every ICMP message the host gets); a non-echo message written on a connected ICMP end
-//! (plain `write`/`send`) is dropped, not EINVAL; on an `AF_UNIX` end `IP_RECVTTL`'s control
-//! message needs `recvmsg` (not notified); options other than the timeouts set before the first send stay
-//! with the replaced socket, and a `bind` of an ICMP socket is the kernel's; an epoll
+//! given back by `connect(AF_UNSPEC)` does not keep a port the program bound. ICMP: where the
+//! program's namespace forbids ping sockets (`net.ipv4.ping_group_range`; a new namespace
+//! forbids every group), `socket` (notified for AF_INET ICMP only) gets a ping socket made in
+//! the private network ([`ping_stand_in`]; without it, the kernel's EACCES); a raw socket hears
+//! only its destination's echo replies (natively every ICMP message the host gets); a
+//! non-echo message written on a connected ICMP end (plain `write`/`send`) is dropped, not
+//! EINVAL; on an `AF_UNIX` end `IP_RECVTTL`'s control message needs `recvmsg` (not notified).
+//! Options set before the socket became an end: carried to a private end ([`CARRIED`]: the
+//! `int` ones a UDP or ICMP program sets, and the timeouts); on an `AF_UNIX` end only the
+//! timeouts, the others stay with the replaced socket. A `bind` of an ICMP socket is the
+//! kernel's; an epoll
 //! registration stays with the end it was made on, so after a send to another destination
 //! (a new end over the descriptor) epoll no longer reports it (poll does), as with liboutsock.
 //!
@@ -800,6 +803,99 @@ pub fn send(
     }
 }
 
+/// The `int` options a program may have set on its UDP or ICMP socket before it became an
+/// association's end (a bind, the first send), carried to an end in the private network —
+/// a real socket of the same kind, which takes them as the program's would (the timeouts are
+/// `sys::copy_timeouts`'): iputils `ping`'s `IP_RECVTTL` and `ICMP_FILTER`, a DNS server's
+/// `IP_PKTINFO`, buffer sizes, timestamps.
+const CARRIED: [(i32, i32); 20] = [
+    (libc::SOL_SOCKET, libc::SO_BROADCAST),
+    (libc::SOL_SOCKET, libc::SO_RCVBUF),
+    (libc::SOL_SOCKET, libc::SO_SNDBUF),
+    (libc::SOL_SOCKET, libc::SO_RCVLOWAT),
+    (libc::SOL_SOCKET, libc::SO_PRIORITY),
+    (libc::SOL_SOCKET, libc::SO_TIMESTAMP),
+    (libc::SOL_SOCKET, libc::SO_TIMESTAMPNS),
+    (libc::SOL_SOCKET, libc::SO_RXQ_OVFL),
+    (libc::SOL_SOCKET, libc::SO_REUSEADDR),
+    (libc::SOL_SOCKET, libc::SO_REUSEPORT),
+    (libc::IPPROTO_IP, libc::IP_TOS),
+    (libc::IPPROTO_IP, libc::IP_TTL),
+    (libc::IPPROTO_IP, libc::IP_RECVTTL),
+    (libc::IPPROTO_IP, libc::IP_RECVTOS),
+    (libc::IPPROTO_IP, libc::IP_PKTINFO),
+    (libc::IPPROTO_IP, libc::IP_RECVERR),
+    (libc::IPPROTO_IP, libc::IP_MTU_DISCOVER),
+    (libc::IPPROTO_IP, libc::IP_RECVORIGDSTADDR),
+    (libc::IPPROTO_IP, libc::IP_MULTICAST_TTL),
+    // SOL_RAW's ICMP_FILTER (a raw ICMP socket's; a 32-bit mask).
+    (255, 1),
+];
+
+/// Carries the options of [`CARRIED`] the program set on `from` (its socket) to `to` (an end in
+/// the private network), each where it differs; one that cannot be read or set is left.
+pub fn carry_options(from: &OwnedFd, to: &OwnedFd) {
+    for (level, name) in CARRIED {
+        let Ok(v) = sys::sockopt_int(from.as_raw_fd(), level, name) else {
+            continue;
+        };
+        if sys::sockopt_int(to.as_raw_fd(), level, name).is_ok_and(|w| w == v) {
+            continue;
+        }
+        // The kernel doubles a buffer size set (and reports the doubled one).
+        let set = if level == libc::SOL_SOCKET && matches!(name, libc::SO_RCVBUF | libc::SO_SNDBUF)
+        {
+            v / 2
+        } else {
+            v
+        };
+        let _ = sys::set_sockopt_bytes(to.as_raw_fd(), level, name, &set.to_ne_bytes());
+    }
+}
+
+/// A ping socket (`SOCK_DGRAM`, `IPPROTO_ICMP`) for process `pid`, made in the private network,
+/// where its namespace's `net.ipv4.ping_group_range` forbids the program's groups one (a new
+/// namespace forbids every group, root's too): `None` where the kernel would make it (or no
+/// private network can be had: the kernel's EACCES then).
+///
+/// The socket stands in until its first send off loopback (then it becomes an association's
+/// end, as the program's own would); to loopback it pings the private network's own `lo`,
+/// which answers as the program's would.
+pub fn ping_stand_in(assocs: &Arc<Assocs>, pid: u32) -> Option<std::io::Result<OwnedFd>> {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ping_group_range").ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    if ping_allowed(&range, &status) {
+        return None;
+    }
+    let pnet = assocs.private()?;
+    Some(pnet.socket(libc::SOCK_DGRAM, libc::IPPROTO_ICMP))
+}
+
+/// Whether a process whose /proc status is `status` may open a ping socket where
+/// `ping_group_range` reads `range`: its effective group or a supplementary one in the range,
+/// as the kernel checks.
+fn ping_allowed(range: &str, status: &str) -> bool {
+    let mut r = range
+        .split_whitespace()
+        .filter_map(|v| v.parse::<u32>().ok());
+    let (Some(low), Some(high)) = (r.next(), r.next()) else {
+        return false;
+    };
+    let field = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap_or("")
+            .split_whitespace()
+            .filter_map(|v| v.parse::<u32>().ok())
+            .collect::<Vec<u32>>()
+    };
+    let egid = field("Gid:").get(1).copied();
+    egid.into_iter()
+        .chain(field("Groups:"))
+        .any(|g| low <= g && g <= high)
+}
+
 /// The AF_INET source a sender's abstract `name` stands for (0.0.0.0:0 for a sender not ours).
 #[must_use]
 pub fn source_of(name: &[u8]) -> SocketAddrV4 {
@@ -836,6 +932,21 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[test]
+    fn ping_sockets_are_allowed_by_the_effective_or_a_supplementary_group() {
+        let status = "Name:\tping\nUid:\t65534\t65534\t65534\t65534\nGid:\t100\t65534\t100\t65534\nGroups:\t27 44 \n";
+        // A new namespace's range allows nobody, root included.
+        assert!(!ping_allowed("1\t0\n", status));
+        assert!(ping_allowed("0\t2147483647\n", status));
+        // The effective group (second field), not the real one.
+        assert!(ping_allowed("65534 65534", status));
+        assert!(!ping_allowed("100 100", status));
+        // A supplementary group.
+        assert!(ping_allowed("40 50", status));
+        assert!(!ping_allowed("garbage", status));
+        assert!(!ping_allowed("0 10", "Gid:\t0\n"));
+    }
 
     #[test]
     fn a_peer_sockets_name_is_its_source() {

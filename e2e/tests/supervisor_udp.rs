@@ -461,6 +461,14 @@ int main(int argc, char **argv) {
     n = send(c, "conn", 4, 0);
     n = recv(c, buf, sizeof buf, 0);
     printf("crecv %ld %.*s\n", n, (int)(n > 0 ? n : 0), buf);
+    int dom = -1, typ = -1, pro = -1;
+    socklen_t ol = sizeof dom;
+    getsockopt(c, SOL_SOCKET, SO_DOMAIN, &dom, &ol);
+    ol = sizeof typ;
+    getsockopt(c, SOL_SOCKET, SO_TYPE, &typ, &ol);
+    ol = sizeof pro;
+    getsockopt(c, SOL_SOCKET, SO_PROTOCOL, &pro, &ol);
+    printf("copts domain %d type %d protocol %d\n", dom, typ, pro);
     n = send(c, "conn2", 5, 0);
     len = sizeof from;
     memset(&from, 0, sizeof from);
@@ -560,6 +568,8 @@ fn c_udp_expected(to: &str) -> Vec<String> {
         "connect 0 ok".into(),
         format!("cpeer {ip}:7 family 2"),
         "crecv 4 conn".into(),
+        // As natively: AF_INET, SOCK_DGRAM, IPPROTO_UDP (not host-server's IPv6 socket's).
+        "copts domain 2 type 2 protocol 17".into(),
         format!("crecvfrom 5 conn2 from {to}"),
         "cinterrupted -1 Interrupted system call".into(),
         "csendto-other 9 ok".into(),

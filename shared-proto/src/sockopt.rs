@@ -37,6 +37,10 @@ pub const SO_ACCEPTCONN: i32 = 30;
 pub const SO_PROTOCOL: i32 = 38;
 pub const SO_DOMAIN: i32 = 39;
 pub const SOCK_STREAM: i32 = 1;
+/// `SOCK_DGRAM`.
+pub const SOCK_DGRAM: i32 = 2;
+/// `IPPROTO_UDP`.
+pub const IPPROTO_UDP: i32 = 17;
 
 pub const IP_TOS: i32 = 1;
 pub const IP_TTL: i32 = 2;
@@ -103,7 +107,7 @@ const TCP_INT_OPTIONS: [i32; 14] = [
     25, // TCP_NOTSENT_LOWAT
 ];
 
-/// What stands in for the program's TCP socket.
+/// What stands in for the program's TCP socket (or, with `udp`, its connected UDP socket).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StandIn {
     /// A listener (else a connection).
@@ -113,6 +117,9 @@ pub struct StandIn {
     /// The program made an `AF_INET6` socket: a dual-stack listener (outsourced as the AF_INET
     /// one it stands for) or a connection accepted on one.
     pub v6: bool,
+    /// A connected UDP socket: host-server's IPv6 one, passed in process mode (`SOCK_DGRAM`,
+    /// `IPPROTO_UDP`; its options are the kernel's own).
+    pub udp: bool,
 }
 
 /// Whether a `getsockopt` (`get`) or `setsockopt` at (`level`, `name`) may need the rule:
@@ -196,6 +203,8 @@ pub fn get(level: i32, name: i32, stand_in: StandIn, optlen: i32, set: Option<i3
     let value = match (level, name) {
         (SOL_SOCKET, SO_DOMAIN) if stand_in.v6 => i32::from(AF_INET6),
         (SOL_SOCKET, SO_DOMAIN) => i32::from(AF_INET),
+        (SOL_SOCKET, SO_TYPE) if stand_in.udp => SOCK_DGRAM,
+        (SOL_SOCKET, SO_PROTOCOL) if stand_in.udp => IPPROTO_UDP,
         (SOL_SOCKET, SO_TYPE) => SOCK_STREAM,
         (SOL_SOCKET, SO_PROTOCOL) => IPPROTO_TCP,
         (SOL_SOCKET, SO_ACCEPTCONN) => i32::from(stand_in.listener),
@@ -346,21 +355,25 @@ mod tests {
         listener: false,
         vsock: true,
         v6: false,
+        udp: false,
     };
     const LISTENER: StandIn = StandIn {
         listener: true,
         vsock: true,
         v6: false,
+        udp: false,
     };
     const PASSED: StandIn = StandIn {
         listener: false,
         vsock: false,
         v6: false,
+        udp: false,
     };
     const CHANNEL: StandIn = StandIn {
         listener: true,
         vsock: false,
         v6: false,
+        udp: false,
     };
 
     fn int(r: Get) -> (i32, usize) {
@@ -608,7 +621,12 @@ mod tests {
             set in proptest::option::of(proptest::prelude::any::<i32>()),
             value in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..8),
         ) {
-            let s = StandIn { listener, vsock, v6 };
+            let s = StandIn {
+                listener,
+                vsock,
+                v6,
+                udp: false,
+            };
             if let Get::Reply(r) = get(level, name, s, optlen, set) {
                 proptest::prop_assert!(r.len() <= TCP_INFO_LEN);
                 if let Ok(max) = usize::try_from(optlen) {

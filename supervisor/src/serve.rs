@@ -377,15 +377,19 @@ fn stand_in(s: &Shared, n: &Notif) -> Option<((u64, u64), StandIn)> {
     }
     let id = sys::identity_of(n.pid, fd_arg(n)).ok()?;
     let view = s.view_by_id(id)?;
-    let listener = match view.kind {
-        Kind::Stream => false,
-        Kind::Listener => true,
-        Kind::Bound | Kind::UdpConnected | Kind::Udp => return None,
+    let (listener, udp) = match view.kind {
+        Kind::Stream => (false, false),
+        Kind::Listener => (true, false),
+        // host-server's IPv6 UDP socket (an association's end is a real AF_INET socket in the
+        // private network, or an AF_UNIX one: the kernel's answer either way).
+        Kind::UdpConnected => (false, true),
+        Kind::Bound | Kind::Udp => return None,
     };
     let stand_in = StandIn {
         listener,
         vsock: !s.host.passes_fds(),
         v6: s.is_v6(id),
+        udp,
     };
     Some((id, stand_in))
 }

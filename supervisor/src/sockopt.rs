@@ -221,11 +221,13 @@ mod tests {
         listener: false,
         vsock: true,
         v6: false,
+        udp: false,
     };
     const CHANNEL: StandIn = StandIn {
         listener: true,
         vsock: false,
         v6: false,
+        udp: false,
     };
     const ID: Id = (1, u64::MAX);
 

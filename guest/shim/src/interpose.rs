@@ -355,6 +355,7 @@ fn stand_in(kind: Kind) -> StandIn {
         listener: kind == Kind::Listener,
         vsock: transport::vsock_port().is_some(),
         v6: false,
+        udp: false,
     }
 }
 

@@ -4,7 +4,9 @@
 //! - In process mode the stand-in is host-server's IPv6 TCP socket (a connection made or
 //!   accepted here) or a listener's `AF_UNIX` `SOCK_SEQPACKET` packet channel: reading
 //!   `SO_DOMAIN`, `SO_TYPE`, `SO_PROTOCOL` or `SO_ACCEPTCONN` answers as for the program's
-//!   AF_INET (or dual-stack AF_INET6) TCP socket. Nothing else is notified there.
+//!   AF_INET (or dual-stack AF_INET6) TCP socket; on host-server's connected IPv6 UDP socket,
+//!   as for an AF_INET UDP one (an association's end in the private network is a real AF_INET
+//!   socket: the kernel answers). Nothing else is notified there.
 //! - Inside a VM it is a vsock stream (or vsock listener): `AF_VSOCK` has no TCP or IP
 //!   options (ENOPROTOOPT) and reports its own domain, so those options answer by the rule:
 //!   a value set is checked as Linux checks it and kept ([`Memory`], for the options of

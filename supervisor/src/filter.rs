@@ -3,8 +3,13 @@
 //!
 //! - The program is assembled from instructions with symbolic jumps (`assemble`), so the
 //!   variants share their code and no offset is counted by hand.
-//! - A foreign architecture (the i386 ABI of an x86_64 program) is allowed: the supervisor
-//!   translates, it does not confine (see the crate docs).
+//! - The i386 ABI (a 32-bit program, or `int 0x80` in a 64-bit one: `AUDIT_ARCH_I386`) is
+//!   notified for the same calls by their i386 numbers ([`i386`]), and for `socketcall(2)`,
+//!   whose arguments are in memory, by its call number alone (args\[0\]): every `connect`,
+//!   `bind`, ..., `sendto` and `recvfrom` through it notifies, with or without an address; its
+//!   `send`, `recv`, `socket` and the rest do not. Any other architecture (x32, disabled in
+//!   these kernels, is `AUDIT_ARCH_X86_64` with high numbers, none of them notified) is
+//!   allowed: the supervisor translates, it does not confine (see the crate docs).
 //! - `connect`, `getsockname`, `getpeername`, `bind`, `listen`, `accept`, `accept4`, and
 //!   `recvfrom`/`sendto` with a non-null address notify the supervisor; everything else is
 //!   allowed. `socket` is not notified (nothing is done at creation: what a socket becomes is
@@ -19,7 +24,52 @@
 use libc::sock_filter;
 
 /// `AUDIT_ARCH_X86_64`.
-const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+pub const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+/// `AUDIT_ARCH_I386`: the i386 ABI (`int 0x80`, a 32-bit program).
+pub const AUDIT_ARCH_I386: u32 = 0x4000_0003;
+
+/// The i386 numbers of the calls the supervisor is notified of (arch/x86/entry/syscalls/
+/// syscall_32.tbl; direct socket calls since Linux 4.3), and `socketcall(2)`'s call numbers
+/// (`SYS_CONNECT`... in linux/net.h). There is no direct `accept` on i386: only through
+/// `socketcall`.
+pub mod i386 {
+    pub const SOCKETCALL: i64 = 102;
+    pub const BIND: i64 = 361;
+    pub const CONNECT: i64 = 362;
+    pub const LISTEN: i64 = 363;
+    pub const ACCEPT4: i64 = 364;
+    pub const GETSOCKNAME: i64 = 367;
+    pub const GETPEERNAME: i64 = 368;
+    pub const SENDTO: i64 = 369;
+    pub const RECVFROM: i64 = 371;
+
+    /// `socketcall`'s call numbers that notify, each with its x86_64 system call and the
+    /// number of arguments the kernel reads from the array (`nargs` in net/socket.c).
+    pub const SOCKETCALLS: [(u32, i64, usize); 9] = [
+        (2, libc::SYS_bind, 3),
+        (3, libc::SYS_connect, 3),
+        (4, libc::SYS_listen, 2),
+        (5, libc::SYS_accept, 3),
+        (6, libc::SYS_getsockname, 3),
+        (7, libc::SYS_getpeername, 3),
+        (11, libc::SYS_sendto, 6),
+        (12, libc::SYS_recvfrom, 6),
+        (18, libc::SYS_accept4, 4),
+    ];
+
+    /// The direct i386 calls that notify, with their x86_64 system call (the same arguments
+    /// in the same order). `recvfrom` and `sendto` notify only with an address.
+    pub const DIRECT: [(i64, i64); 8] = [
+        (CONNECT, libc::SYS_connect),
+        (GETSOCKNAME, libc::SYS_getsockname),
+        (GETPEERNAME, libc::SYS_getpeername),
+        (BIND, libc::SYS_bind),
+        (LISTEN, libc::SYS_listen),
+        (ACCEPT4, libc::SYS_accept4),
+        (RECVFROM, libc::SYS_recvfrom),
+        (SENDTO, libc::SYS_sendto),
+    ];
+}
 
 // Offsets into `struct seccomp_data`.
 const NR: u32 = 0;
@@ -113,6 +163,12 @@ enum Label {
     Set,
     OptNotify,
     OptAllow,
+    /// The i386 ABI's part, and its own returns.
+    I386,
+    I386Addr,
+    I386Socketcall,
+    I386Allow,
+    I386Notify,
 }
 
 /// An instruction with symbolic jumps, or where a label is.
@@ -165,15 +221,15 @@ fn assemble(ops: &[Op]) -> Vec<sock_filter> {
 pub fn program(transport: Transport) -> Vec<sock_filter> {
     use shared_proto::sockopt::{IPPROTO_IP, IPPROTO_TCP, SOL_SOCKET, SO_DOMAIN, SO_PROTOCOL};
     use Label::{
-        Addr, AddrAllow, AddrNotify, Allow, Get, GetName, Next, Notify, Nr, OptAllow, OptNotify,
-        Set,
+        Addr, AddrAllow, AddrNotify, Allow, Get, GetName, I386Addr, I386Allow, I386Notify,
+        I386Socketcall, Next, Notify, Nr, OptAllow, OptNotify, Set, I386,
     };
     let notify = libc::SECCOMP_RET_USER_NOTIF;
     let allow = libc::SECCOMP_RET_ALLOW;
     let mut ops = vec![
         Op::Ld(ARCH),
         Op::Jeq(AUDIT_ARCH_X86_64, Nr, Next),
-        Op::Ret(allow),
+        Op::Jeq(AUDIT_ARCH_I386, I386, Allow),
         Op::Here(Nr),
         Op::Ld(NR),
     ];
@@ -225,6 +281,31 @@ pub fn program(transport: Transport) -> Vec<sock_filter> {
             Op::Ret(allow),
         ]);
     }
+    // The i386 ABI, after everything x86_64 runs (whose instructions stay as they were). A
+    // pointer is 32 bits: the high half of args[4] is not looked at (the kernel does not).
+    ops.extend([Op::Here(I386), Op::Ld(NR)]);
+    for (nr, _) in &i386::DIRECT[..6] {
+        ops.push(Op::Jeq(*nr as u32, I386Notify, Next));
+    }
+    ops.extend([
+        Op::Jeq(i386::RECVFROM as u32, I386Addr, Next),
+        Op::Jeq(i386::SENDTO as u32, I386Addr, Next),
+        Op::Jeq(i386::SOCKETCALL as u32, I386Socketcall, I386Allow),
+        Op::Here(I386Addr),
+        Op::Ld(arg_lo(4)),
+        Op::Jeq(0, I386Allow, I386Notify),
+        Op::Here(I386Socketcall),
+        Op::Ld(arg_lo(0)),
+    ]);
+    for (call, _, _) in &i386::SOCKETCALLS {
+        ops.push(Op::Jeq(*call, I386Notify, Next));
+    }
+    ops.extend([
+        Op::Here(I386Allow),
+        Op::Ret(allow),
+        Op::Here(I386Notify),
+        Op::Ret(notify),
+    ]);
     assemble(&ops)
 }
 
@@ -303,6 +384,47 @@ mod tests {
         }
     }
 
+    /// The i386 ABI, alike in both variants: the direct calls, `socketcall` by its call number,
+    /// nothing else; no other architecture.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    fn i386_calls(p: &[sock_filter]) {
+        let (n, a) = (libc::SECCOMP_RET_USER_NOTIF, libc::SECCOMP_RET_ALLOW);
+        let x = AUDIT_ARCH_I386;
+        let direct = |nr: i64| i386::DIRECT.iter().any(|(d, _)| *d == nr);
+        for nr in 0..460i64 {
+            let want = if direct(nr) || nr == i386::SOCKETCALL {
+                n
+            } else {
+                a
+            };
+            // args[0] 3 is SYS_CONNECT for socketcall; args[4] an address.
+            assert_eq!(run(p, x, nr as u32, [3, 6, 1, 1, 1, 4]), want, "{nr}");
+            // Nothing at all for another architecture (aarch64's numbers are others').
+            assert_eq!(
+                run(p, 0xc000_00b7, nr as u32, [3, 6, 1, 1, 1, 4]),
+                a,
+                "{nr}"
+            );
+        }
+        for nr in [i386::RECVFROM, i386::SENDTO] {
+            let nr = nr as u32;
+            assert_eq!(run(p, x, nr, [3, 0x0804_0000, 16, 0, 0, 0]), a);
+            assert_eq!(run(p, x, nr, [3, 0x0804_0000, 16, 0, 0xffff_e000, 16]), n);
+            // A 32-bit pointer: the high half (which the kernel ignores) is not looked at.
+            assert_eq!(run(p, x, nr, [3, 0, 0, 0, 0x1_0000_0000, 16]), a);
+        }
+        let sc = i386::SOCKETCALL as u32;
+        for call in 0..=21u32 {
+            let listed = i386::SOCKETCALLS.iter().any(|(c, _, _)| *c == call);
+            let want = if listed { n } else { a };
+            let args = [u64::from(call), 0xffff_d000, 0, 0, 0, 0];
+            assert_eq!(run(p, x, sc, args), want, "socketcall {call}");
+        }
+        // The x86_64 numbers mean other calls on i386 (42 is pipe there, 49 is umask).
+        assert_eq!(run(p, x, libc::SYS_connect as u32, [3, 0, 0, 0, 0, 0]), a);
+        assert_eq!(run(p, x, libc::SYS_bind as u32, [3, 0, 0, 0, 0, 0]), a);
+    }
+
     /// The levels and names tried: every small one, and ints whose high argument bits are set
     /// (the kernel reads an int).
     fn levels_and_names() -> impl Iterator<Item = (u64, u64)> {
@@ -316,20 +438,23 @@ mod tests {
         // Process mode: the program of before the VM variant, instruction for instruction.
         let p = program(Transport::Unix);
         let (n, a) = (libc::SECCOMP_RET_USER_NOTIF, libc::SECCOMP_RET_ALLOW);
+        // (But for the third, which sent every other architecture to `allow` and now sends
+        // i386 to its part, after the rest, and the others to the same `allow`.)
         let mut before = vec![stmt(LD_W_ABS, ARCH), jeq(AUDIT_ARCH_X86_64, 1, 0)];
-        before.extend([stmt(RET_K, a), stmt(LD_W_ABS, NR)]);
+        before.extend([jeq(AUDIT_ARCH_I386, 18, 10), stmt(LD_W_ABS, NR)]);
         for (nr, jt) in NOTIFIED.iter().zip([9, 8, 7, 6, 5, 4, 3, 3, 2]) {
             before.push(jeq(*nr as u32, jt, 0));
         }
         before.extend([stmt(RET_K, a), stmt(RET_K, n), stmt(LD_W_ABS, arg_lo(4))]);
         before.extend([jeq(0, 0, 2), stmt(LD_W_ABS, arg_hi(4)), jeq(0, 1, 0)]);
         before.extend([stmt(RET_K, n), stmt(RET_K, a)]);
-        let same = |x: &sock_filter, y: &sock_filter| {
-            (x.code, x.jt, x.jf, x.k) == (y.code, y.jt, y.jf, y.k)
-        };
-        assert_eq!(p.len(), before.len());
-        assert!(p.iter().zip(&before).all(|(x, y)| same(x, y)));
+        assert!(p.len() > before.len());
+        for (i, (x, y)) in p.iter().zip(&before).enumerate() {
+            let (x, y) = ((x.code, x.jt, x.jf, x.k), (y.code, y.jt, y.jf, y.k));
+            assert_eq!(x, y, "instruction {i}");
+        }
         common_calls(&p);
+        i386_calls(&p);
         for nr in NOTIFIED_IN_VM {
             for (level, name) in levels_and_names() {
                 let args = [3, level, name, 0x7fff_0000, 0x7fff_0100, 0];
@@ -340,6 +465,7 @@ mod tests {
         // Inside a VM: the same, and the options the shared rule may answer.
         let p = program(Transport::Vsock);
         common_calls(&p);
+        i386_calls(&p);
         for nr in NOTIFIED_IN_VM {
             let get = nr == libc::SYS_getsockopt;
             for (level, name) in levels_and_names() {

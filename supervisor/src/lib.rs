@@ -131,6 +131,7 @@
 
 #![deny(unsafe_code)]
 
+mod abi;
 pub mod filter;
 mod host;
 mod outcome;

@@ -73,6 +73,7 @@ use shared_proto::translate::{
 };
 use shared_proto::{decode_exact, to_vec, Errno, ToGuest, ToHost};
 
+use crate::abi;
 use crate::host::HostServer;
 use crate::outcome::Outcome;
 use crate::sockopt;
@@ -305,10 +306,14 @@ pub fn serve(shared: Shared, child: &mut Child) -> io::Result<ExitStatus> {
             }
             Err(_) => break,
         }
-        let Ok(n) = shared.listener.recv() else {
+        let Ok((n, arch)) = shared.listener.recv_arch() else {
             continue;
         };
-        dispatch(&shared, n);
+        // The i386 ABI's calls as the x86_64 ones (`abi`).
+        match abi::decode(&n, arch) {
+            Ok(call) => dispatch(&shared, call),
+            Err(outcome) => shared.finish(&n, outcome),
+        }
     }
     match status {
         Some(s) => Ok(s),

@@ -15,7 +15,12 @@
 //!    (its sockets are IPv6 or Unix by then), so nothing is handled twice.
 //! 2. The filter notifies `connect`, `getsockname`, `getpeername`, `bind`, `listen`, `accept`,
 //!    `accept4`, and `recvfrom`/`sendto` with an address (inside a VM some socket options
-//!    too, see 6); everything else (`socket` included) runs untouched at full speed. The filter is inherited: every descendant (fork, exec,
+//!    too, see 6); everything else (`socket` included) runs untouched at full speed. The
+//!    i386 ABI (a legacy 32-bit program, or `int $0x80`) is notified for the same calls, by
+//!    their direct i386 numbers and through `socketcall(2)` (Debian's i386 glibc makes every
+//!    socket call that way, as old binaries do), and `abi` maps each onto the x86_64 call
+//!    before anything below sees it, so all of it serves 32-bit programs too (but for their
+//!    socket options inside a VM: see below). The filter is inherited: every descendant (fork, exec,
 //!    daemons that double-fork) is served too, and [`run`] serves until no task uses the
 //!    filter any more (the listener reports POLLHUP once the last one has exited and been
 //!    reaped), while returning the program's own exit status, taken when it exited.
@@ -101,8 +106,11 @@
 //! Not in this slice (the calls continue natively, which fails on an IPv6-only network):
 //! `sendmsg`/`sendmmsg` with an address and `recvmsg`/`recvmmsg` addresses on UDP made here
 //! (not notified: `udp` lists the consequences; BIND `dig` and iputils `ping`, which use them,
-//! need the preload; ICMP's own gaps are in `udp` too), the i386 ABI, AF_INET6 sockets other
-//! than dual-stack TCP listeners (those are outsourced as AF_INET ones: `serve`). Socket
+//! need the preload; ICMP's own gaps are in `udp` too), AF_INET6 sockets other
+//! than dual-stack TCP listeners (those are outsourced as AF_INET ones: `serve`). Of the i386
+//! ABI, what the x86_64 one leaves out, and inside a VM its `getsockopt`/`setsockopt` (not
+//! notified: on a vsock stand-in a 32-bit program's TCP- and IP-level options are the vsock
+//! socket's answers). Socket
 //! options set before an outsourced listen are not carried over (before a connect they are:
 //! `serve`), and in process mode `getsockopt` is the kernel's: on a
 //! listener it describes the packet channel (`AF_UNIX`, `SOCK_SEQPACKET`), on an accepted
@@ -113,7 +121,9 @@
 //!
 //! Cost: each notified call is a round trip to the supervisor (every `connect` and `bind` is
 //! notified, AF_UNIX ones included: BPF cannot read the address behind the pointer; inside a
-//! VM also every TCP- and IP-level socket option, on any socket: a Go dial sets a few). Calls
+//! VM also every TCP- and IP-level socket option, on any socket: a Go dial sets a few; through
+//! i386 `socketcall`, every `sendto` and `recvfrom`, with an address or not, and one more
+//! process_vm_readv, of its arguments). Calls
 //! that only continue take the fast path: one process_vm_readv of the address into the stack
 //! (or, for getsockname/getpeername and socket options while nothing was made here, nothing)
 //! and the CONTINUE answer, on the loop's own thread; a dynamic program under liboutsock pays
@@ -123,8 +133,8 @@
 //! idle one, kept for 10 s, when there is one). The data path is untouched: reads and writes on
 //! a passed socket are the kernel's own.
 //!
-//! Modules: [`filter`] (the BPF program, safe), `sys` (every syscall and ioctl; the only
-//! `unsafe`), `host` (the host-server client), `outcome` (what a notified call becomes), `workers` (the
+//! Modules: [`filter`] (the BPF program, safe), `abi` (an i386 notification as the x86_64
+//! call), `sys` (every syscall and ioctl; the only `unsafe`), `host` (the host-server client), `outcome` (what a notified call becomes), `workers` (the
 //! threads calls that may wait run on), [`transport`] (Unix or vsock, as liboutsock chooses),
 //! `vmlisten` (listeners inside a VM), `udp` (UDP associations and connected UDP), `sockopt`
 //! (options on a vsock stand-in), `serve` (the loop).

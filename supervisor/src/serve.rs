@@ -54,7 +54,9 @@
 //! are swept from the table as it grows. Calls that may wait (connect, bind, listen, a
 //! blocking accept, a blocking UDP recvfrom, sendto) run on a worker thread (`workers`: an
 //! idle one when there is one); the loop never waits for host-server.
-//! The loop runs until no task uses the filter: the program's exit only reaps it.
+//! The loop runs until no task uses the filter: the program's exit only reaps it. Each
+//! notification is first decoded by `abi` (an i386 call as the x86_64 one), so all of the
+//! above serves the i386 ABI alike.
 
 use std::collections::HashMap;
 use std::io;

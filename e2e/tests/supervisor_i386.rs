@@ -11,6 +11,9 @@
 //!   the dummy it got, seeing that dummy as its peer (getpeername) and an AF_INET local name.
 //! - A server (bind 0.0.0.0:8080, listen, getsockname, accept, getpeername) listens through
 //!   host-server and is reached by an IPv6 world client, seen as its source-pool dummy.
+//! - A UDP server (bind, getsockname, recvfrom, sendto) answers a world client, which it sees
+//!   as its dummy and which hears the answer from the host's address.
+//! - Bad pointers (socketcall's argument array, a connect's address) are EFAULT, as natively.
 //! - Nothing escapes: under `--shim-only` (no supervisor) the same connect to the dummy is
 //!   "Network is unreachable", and under the supervisor a connect to an unmapped dummy is
 //!   host-server's "No route to host", not the kernel's answer.
@@ -21,21 +24,23 @@
 // Test code throughout; helpers outside #[test] functions unwrap too.
 #![allow(clippy::unwrap_used)]
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 use outsock_e2e::{
-    assert_client_dummy, ok, outsock_run, skip, stack, text, wait_listening, world_request,
+    assert_client_dummy, ok, outsock_run, skip, stack, text, wait_listening, wait_udp_bound,
+    world_request,
 };
 use tempfile::TempDir;
 use testworld::stack::{Stack, GUEST_DNS};
 use testworld::{addr, zone, INDEX_BODY};
 
 /// The legacy program (see its comment): `probe`, `client MODE NAMESERVER NAME|ADDRESS`,
-/// `server MODE PORT`.
-const C_I386: &str = r#"/* A legacy program in the i386 ABI: `probe`, `client MODE NAMESERVER NAME` and
- * `server MODE PORT`, whose socket calls are all i386 system calls made by hand: MODE `direct`
+/// `server MODE PORT`, `udp-server MODE PORT`, `fault MODE`.
+const C_I386: &str = r#"/* A legacy program in the i386 ABI: `probe`, `client MODE NAMESERVER NAME|ADDRESS`,
+ * `server MODE PORT`, `udp-server MODE PORT` and `fault MODE`, whose socket calls are all i386 system calls made by hand: MODE `direct`
  * (the direct socket calls of Linux >= 4.3), `socketcall` (socketcall(2), what glibc's i386
  * socket functions make on Debian and what old binaries make) or, built for x86_64, `int80`
  * (socketcall through `int $0x80` from a 64-bit program). Every buffer is static: below 4 GiB
@@ -211,6 +216,45 @@ static int server(int port) {
     return 0;
 }
 
+static int udp_server(int port) {
+    long u = net(SYS_SOCKET, NR_SOCKET, AF_INET, SOCK_DGRAM, 0, 0, 0, 0);
+    any.sin_family = AF_INET;
+    any.sin_port = htons(port);
+    long r = net(SYS_BIND, NR_BIND, u, P(&any), sizeof any, 0, 0, 0);
+    if (r < 0) {
+        printf("bind %s\n", err(r));
+        return 2;
+    }
+    len = sizeof local;
+    r = net(SYS_GETSOCKNAME, NR_GETSOCKNAME, u, P(&local), P(&len), 0, 0, 0);
+    printf("listening %s family %d %s\n", show(&local), local.sin_family, err(r));
+    memcpy(answer, "echo ", 5);
+    len = sizeof from;
+    r = net(SYS_RECVFROM, NR_RECVFROM, u, P(answer + 5), sizeof answer - 5, 0, P(&from), P(&len));
+    if (r < 0) {
+        printf("recvfrom %s\n", err(r));
+        return 3;
+    }
+    printf("from %s family %d len %u payload %.*s\n", show(&from), from.sin_family, len, (int)r,
+           answer + 5);
+    r = net(SYS_SENDTO, NR_SENDTO, u, P(answer), r + 5, 0, P(&from), sizeof from);
+    printf("sendto %ld %s\n", r, err(r));
+    return r < 0 ? 4 : 0;
+}
+
+/* Bad pointers: socketcall's argument array (socketcall only), a connect's address. */
+static int fault(void) {
+    long r;
+    if (!direct) {
+        r = sys32(NR_SOCKETCALL, SYS_CONNECT, 0x10, 0, 0, 0, 0);
+        printf("arguments %s\n", err(r));
+    }
+    long t = net(SYS_SOCKET, NR_SOCKET, AF_INET, SOCK_STREAM, 0, 0, 0, 0);
+    r = net(SYS_CONNECT, NR_CONNECT, t, 0x10, sizeof dst, 0, 0, 0);
+    printf("address %s\n", err(r));
+    return 0;
+}
+
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IONBF, 0);
     if (argc == 2 && !strcmp(argv[1], "probe")) {
@@ -228,12 +272,19 @@ int main(int argc, char **argv) {
         return client(argv[3], argv[4]);
     if (!strcmp(argv[1], "server") && argc == 4)
         return server(atoi(argv[3]));
+    if (!strcmp(argv[1], "udp-server") && argc == 4)
+        return udp_server(atoi(argv[3]));
+    if (!strcmp(argv[1], "fault") && argc == 3)
+        return fault();
     return 64;
 }
 "#;
 
-/// host-server may listen on this port.
-const CONFIG: &str = "[listen]\nallowed_ports = [8080]\n";
+/// host-server may listen on these ports: TCP 8080, UDP from [`UDP_PORT`] on (one per run).
+const CONFIG: &str = "[listen]\nallowed_ports = [8080, 5350, 5351, 5352, 5353, 5354, 5355]\n";
+
+/// The UDP server's first port.
+const UDP_PORT: u16 = 5350;
 
 /// The two builds: i386 (`-m32`), and x86_64 (its calls through `int $0x80`).
 struct Programs {
@@ -406,6 +457,79 @@ fn i386_servers_listen_through_host_server_and_see_the_world_clients_dummy() {
             assert_client_dummy(&s, *peer.ip());
             // host-server's listener goes with the program's: the next run listens afresh.
             wait_listening(&s, 8080, false);
+        }
+    }
+}
+
+#[test]
+fn i386_udp_servers_answer_a_world_client_seen_as_its_dummy() {
+    let test = "i386_udp_servers_answer_a_world_client_seen_as_its_dummy";
+    let Some((s, _dir, programs)) = world(test, "i386-udp", CONFIG) else {
+        return;
+    };
+    let mut port = UDP_PORT;
+    for flags in RUNS {
+        for (bin, mode) in programs.each() {
+            let what = format!("{mode} udp server {flags:?}");
+            let args = ["udp-server", mode, &port.to_string()];
+            let mut server = outsock_run(&s, &["timeout", "60"], flags, bin, &args);
+            server.stdout(Stdio::piped()).stderr(Stdio::piped());
+            let server = server.spawn().unwrap();
+            wait_udp_bound(&s, port);
+            let reply = s
+                .world
+                .world()
+                .run(move || {
+                    let sock = UdpSocket::bind(SocketAddr::new(addr::CLIENT.into(), 0)).unwrap();
+                    sock.set_read_timeout(Some(Duration::from_secs(10)))
+                        .unwrap();
+                    sock.send_to(b"ping", SocketAddr::new(addr::HOST.into(), port))
+                        .unwrap();
+                    let mut buf = [0u8; 2048];
+                    let (n, from) = sock.recv_from(&mut buf).unwrap();
+                    (buf[..n].to_vec(), from)
+                })
+                .unwrap();
+            let out = server.wait_with_output().unwrap();
+            let stdout = ok(&s, &out, &what);
+            println!("{what}: {stdout}");
+            let host = SocketAddr::new(addr::HOST.into(), port);
+            assert_eq!(reply, (b"echo ping".to_vec(), host), "{what}: {stdout}");
+            let lines: Vec<&str> = stdout.lines().collect();
+            assert_eq!(
+                lines[0],
+                format!("listening 0.0.0.0:{port} family 2 ok"),
+                "{what}: {stdout}"
+            );
+            let from = lines[1]
+                .strip_prefix("from ")
+                .and_then(|l| l.strip_suffix(" family 2 len 16 payload ping"))
+                .unwrap_or_else(|| panic!("{what}: {stdout}"));
+            let from: SocketAddrV4 = from.parse().unwrap();
+            assert_client_dummy(&s, *from.ip());
+            assert_eq!(lines[2], "sendto 9 ok", "{what}: {stdout}");
+            port += 1;
+        }
+    }
+}
+
+#[test]
+fn i386_bad_pointers_fail_as_natively() {
+    let test = "i386_bad_pointers_fail_as_natively";
+    let Some((s, _dir, programs)) = world(test, "i386-flt", "") else {
+        return;
+    };
+    for (bin, mode) in programs.each() {
+        let native = run(&s, &["--shim-only"], bin, &["fault", mode]);
+        let want = if mode == "direct" {
+            "address Bad address\n"
+        } else {
+            "arguments Bad address\naddress Bad address\n"
+        };
+        assert_eq!(text(&native.stdout), want, "{mode} --shim-only");
+        for flags in RUNS {
+            let out = run(&s, flags, bin, &["fault", mode]);
+            assert_eq!(text(&out.stdout), want, "{mode} {flags:?}");
         }
     }
 }

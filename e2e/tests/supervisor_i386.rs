@@ -40,10 +40,11 @@ use testworld::{addr, zone, INDEX_BODY};
 /// The legacy program (see its comment): `probe`, `client MODE NAMESERVER NAME|ADDRESS`,
 /// `server MODE PORT`, `udp-server MODE PORT`, `fault MODE`.
 const C_I386: &str = r#"/* A legacy program in the i386 ABI: `probe`, `client MODE NAMESERVER NAME|ADDRESS`,
- * `server MODE PORT`, `udp-server MODE PORT` and `fault MODE`, whose socket calls are all i386 system calls made by hand: MODE `direct`
- * (the direct socket calls of Linux >= 4.3), `socketcall` (socketcall(2), what glibc's i386
- * socket functions make on Debian and what old binaries make) or, built for x86_64, `int80`
- * (socketcall through `int $0x80` from a 64-bit program). Every buffer is static: below 4 GiB
+ * `server MODE PORT`, `udp-server MODE PORT` and `fault MODE`, whose socket calls are i386
+ * system calls: MODE `direct` (the direct socket calls of Linux >= 4.3, made by hand),
+ * `socketcall` (socketcall(2) by hand, what old binaries make), `libc` (glibc's functions,
+ * which make socketcall on Debian: its i386 glibc is built for older kernels) or, built for
+ * x86_64, `int80` (socketcall through `int $0x80` from a 64-bit program). Every buffer is static: below 4 GiB
  * in a static binary, so a 32-bit pointer reaches it from either build. */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -62,7 +63,7 @@ enum {
     NR_SENDTO = 369, NR_RECVFROM = 371,
 };
 
-static int direct;
+static int direct, libc;
 
 /* One i386 system call; -errno on failure, as the kernel answers. */
 static long sys32(long nr, long a, long b, long c, long d, long e, long f) {
@@ -82,8 +83,29 @@ static long sys32(long nr, long a, long b, long c, long d, long e, long f) {
 
 static uint32_t args[6];
 
+/* glibc's function for socket call `call`; -errno on failure. */
+static long by_libc(int call, long a, long b, long c, long d, long e, long f) {
+    long r = -1;
+    switch (call) {
+    case SYS_SOCKET: r = socket(a, b, c); break;
+    case SYS_BIND: r = bind(a, (void *)b, c); break;
+    case SYS_CONNECT: r = connect(a, (void *)b, c); break;
+    case SYS_LISTEN: r = listen(a, b); break;
+    case SYS_ACCEPT: r = accept(a, (void *)b, (void *)c); break;
+    case SYS_GETSOCKNAME: r = getsockname(a, (void *)b, (void *)c); break;
+    case SYS_GETPEERNAME: r = getpeername(a, (void *)b, (void *)c); break;
+    case SYS_SENDTO: r = sendto(a, (void *)b, c, d, (void *)e, f); break;
+    case SYS_RECVFROM: r = recvfrom(a, (void *)b, c, d, (void *)e, (void *)f); break;
+    case SYS_SETSOCKOPT: r = setsockopt(a, b, c, (void *)d, e); break;
+    default: errno = ENOSYS;
+    }
+    return r < 0 ? -errno : r;
+}
+
 /* Socket call `call` (linux/net.h), or its direct i386 number `nr`. */
 static long net(int call, long nr, long a, long b, long c, long d, long e, long f) {
+    if (libc)
+        return by_libc(call, a, b, c, d, e, f);
     if (direct)
         return sys32(nr, a, b, c, d, e, f);
     uint32_t v[6] = {a, b, c, d, e, f};
@@ -264,8 +286,9 @@ int main(int argc, char **argv) {
     if (argc < 3)
         return 64;
     direct = !strcmp(argv[2], "direct");
+    libc = !strcmp(argv[2], "libc");
 #ifdef __x86_64__
-    if (direct) /* int $0x80 here passes five arguments: socketcall only. */
+    if (direct || libc) /* int $0x80 here passes five arguments: socketcall only. */
         return 64;
 #endif
     if (!strcmp(argv[1], "client") && argc == 5)
@@ -281,36 +304,39 @@ int main(int argc, char **argv) {
 "#;
 
 /// host-server may listen on these ports: TCP 8080, UDP from [`UDP_PORT`] on (one per run).
-const CONFIG: &str = "[listen]\nallowed_ports = [8080, 5350, 5351, 5352, 5353, 5354, 5355]\n";
+const CONFIG: &str = "[listen]\nallowed_ports = [8080, 5350, 5351, 5352, 5353, 5354, 5355, 5356, 5357, 5358, 5359]\n";
 
 /// The UDP server's first port.
 const UDP_PORT: u16 = 5350;
 
-/// The two builds: i386 (`-m32`), and x86_64 (its calls through `int $0x80`).
+/// The builds: i386 (`-m32`) static and dynamic, and x86_64 (its calls through `int $0x80`).
 struct Programs {
     i386: PathBuf,
+    i386_dynamic: PathBuf,
     x86_64: PathBuf,
 }
 
 impl Programs {
     /// Each way a program here makes i386 socket calls: the binary and its MODE.
-    fn each(&self) -> [(&Path, &'static str); 3] {
+    fn each(&self) -> [(&Path, &'static str); 5] {
         [
             (&self.i386, "direct"),
             (&self.i386, "socketcall"),
+            (&self.i386, "libc"),
+            (&self.i386_dynamic, "libc"),
             (&self.x86_64, "int80"),
         ]
     }
 }
 
-/// `cc FLAGS -static` of [`C_I386`] into `dir/name`, or `None` after [`skip`].
+/// `cc FLAGS` of [`C_I386`] into `dir/name`, or `None` after [`skip`].
 fn build(test: &str, dir: &Path, name: &str, flags: &[&str]) -> Option<PathBuf> {
     let src = dir.join("i386.c");
     std::fs::write(&src, C_I386).unwrap();
     let bin = dir.join(name);
     let out = Command::new("cc")
         .args(flags)
-        .args(["-static", "-O1", "-Wall", "-Werror", "-o"])
+        .args(["-O1", "-Wall", "-Werror", "-o"])
         .arg(&bin)
         .arg(&src)
         .output();
@@ -320,7 +346,7 @@ fn build(test: &str, dir: &Path, name: &str, flags: &[&str]) -> Option<PathBuf> 
             skip(
                 test,
                 &format!(
-                    "cc {flags:?} -static failed (gcc-multilib: scripts/install-deps): {}",
+                    "cc {flags:?} failed (gcc-multilib: scripts/install-deps): {}",
                     text(&o.stderr)
                 ),
             );
@@ -341,11 +367,13 @@ fn world(test: &str, label: &str, config: &str) -> Option<(Stack, TempDir, Progr
         return None;
     }
     let dir = tempfile::tempdir().unwrap();
-    let i386 = build(test, dir.path(), "legacy32", &["-m32"])?;
-    let x86_64 = build(test, dir.path(), "legacy64", &["-no-pie"])?;
+    let i386 = build(test, dir.path(), "legacy32", &["-m32", "-static"])?;
+    let i386_dynamic = build(test, dir.path(), "legacy32-dynamic", &["-m32"])?;
+    let x86_64 = build(test, dir.path(), "legacy64", &["-static", "-no-pie"])?;
     let s = stack(label, config)?;
     // A trivial run first (in `legacy`, like everything here): does this kernel run i386?
-    for (bin, want) in [(&i386, "32-bit\n"), (&x86_64, "64-bit\n")] {
+    let bits = [(&i386, "32"), (&i386_dynamic, "32"), (&x86_64, "64")];
+    for (bin, want) in bits.map(|(b, n)| (b, format!("{n}-bit\n"))) {
         let out = s.world.legacy().command(bin).arg("probe").output();
         match out {
             Ok(o) if text(&o.stdout) == want => {}
@@ -359,7 +387,12 @@ fn world(test: &str, label: &str, config: &str) -> Option<(Stack, TempDir, Progr
             }
         }
     }
-    Some((s, dir, Programs { i386, x86_64 }))
+    let programs = Programs {
+        i386,
+        i386_dynamic,
+        x86_64,
+    };
+    Some((s, dir, programs))
 }
 
 /// Runs `program args…` in `legacy` through `outsock run FLAGS…`, bounded to 60 s.
@@ -390,7 +423,7 @@ fn i386_clients_resolve_and_fetch_from_an_ipv6_only_server_by_its_dummy() {
     let ns = GUEST_DNS.to_string();
     for flags in RUNS {
         for (bin, mode) in programs.each() {
-            let what = format!("{mode} client {flags:?}");
+            let what = format!("{} {mode} client {flags:?}", bin.display());
             let out = run(&s, flags, bin, &["client", mode, &ns, zone::V6ONLY]);
             let stdout = ok(&s, &out, &what);
             let lines: Vec<&str> = stdout.lines().collect();
@@ -423,7 +456,7 @@ fn i386_servers_listen_through_host_server_and_see_the_world_clients_dummy() {
     };
     for flags in RUNS {
         for (bin, mode) in programs.each() {
-            let what = format!("{mode} server {flags:?}");
+            let what = format!("{} {mode} server {flags:?}", bin.display());
             let mut server = outsock_run(
                 &s,
                 &["timeout", "60"],
@@ -470,7 +503,7 @@ fn i386_udp_servers_answer_a_world_client_seen_as_its_dummy() {
     let mut port = UDP_PORT;
     for flags in RUNS {
         for (bin, mode) in programs.each() {
-            let what = format!("{mode} udp server {flags:?}");
+            let what = format!("{} {mode} udp server {flags:?}", bin.display());
             let args = ["udp-server", mode, &port.to_string()];
             let mut server = outsock_run(&s, &["timeout", "60"], flags, bin, &args);
             server.stdout(Stdio::piped()).stderr(Stdio::piped());

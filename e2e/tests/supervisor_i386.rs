@@ -6,6 +6,8 @@
 //! unmodified in the test world's `legacy` namespace (nothing but `lo`: a call not
 //! outsourced fails instead of leaking).
 //!
+//! - A dynamic 32-bit program is run without the (64-bit) preload, which ld.so would refuse
+//!   with an error line: the supervisor alone serves it.
 //! - A client resolves the IPv6-only server's name by its own query to the guest DNS address
 //!   (sendto/recvfrom with an address: the answer from 10.170.160.1:53) and fetches a page from
 //!   the dummy it got, seeing that dummy as its peer (getpeername) and an AF_INET local name.
@@ -426,6 +428,9 @@ fn i386_clients_resolve_and_fetch_from_an_ipv6_only_server_by_its_dummy() {
             let what = format!("{} {mode} client {flags:?}", bin.display());
             let out = run(&s, flags, bin, &["client", mode, &ns, zone::V6ONLY]);
             let stdout = ok(&s, &out, &what);
+            // The 64-bit preload is not offered to a 32-bit program (ld.so would complain).
+            let stderr = text(&out.stderr);
+            assert!(!stderr.contains("ld.so"), "{what}: {stderr}");
             let lines: Vec<&str> = stdout.lines().collect();
             assert_eq!(lines[0], "sendto ok", "{what}: {stdout}");
             // recvfrom's source: the nameserver asked (sockaddr_in, 16 bytes).

@@ -17,6 +17,10 @@
 //! - The structures the handlers read and write are the same bytes on i386: `sockaddr_in`,
 //!   `sockaddr_in6`, `socklen_t` (a u32). Those whose layout differs (`msghdr`, `mmsghdr`) belong
 //!   to calls that are not notified, on either ABI.
+//! - Inside a VM the socket options are notified on i386 too (direct ones at the levels a
+//!   vsock stand-in cannot answer, every one through `socketcall`): mapped the same way onto
+//!   `getsockopt`/`setsockopt`, whose answers (ints, `tcp_info`) are the same bytes on i386;
+//!   other levels (`SOL_SOCKET`'s `timeval`s among them) continue, as on x86_64.
 //! - Any other architecture continues (the filter notifies none).
 
 use crate::filter::{i386, AUDIT_ARCH_I386, AUDIT_ARCH_X86_64};
@@ -44,6 +48,7 @@ fn i386_call(
     if n.nr != i386::SOCKETCALL {
         let (_, nr) = i386::DIRECT
             .iter()
+            .chain(&i386::OPTIONS)
             .find(|(d, _)| *d == n.nr)
             .ok_or(Outcome::Continue)?;
         return Ok(Notif {
@@ -56,6 +61,7 @@ fn i386_call(
     let call = args[0] as u32;
     let (_, nr, count) = i386::SOCKETCALLS
         .iter()
+        .chain(&i386::SOCKETCALL_OPTIONS)
         .find(|(c, _, _)| *c == call)
         .ok_or(Outcome::Continue)?;
     let mut buf = [0u8; 24];
@@ -108,9 +114,10 @@ mod tests {
         let n = notif(i386::ACCEPT4, [0xffff_ffff, 0, 0, 0x80000, 0, 0]);
         let got = i386_call(&n, never).unwrap();
         assert_eq!((got.nr, got.args[0] as i32), (libc::SYS_accept4, -1));
-        for (d, x) in i386::DIRECT {
+        for (d, x) in i386::DIRECT.into_iter().chain(i386::OPTIONS) {
             assert_eq!(i386_call(&notif(d, [0; 6]), never).unwrap().nr, x);
         }
+        assert_eq!(i386::OPTIONS[0], (365, libc::SYS_getsockopt));
         // Not a call of ours (the filter does not notify it): continued.
         let got = i386_call(&notif(libc::SYS_connect, [0; 6]), never);
         assert_eq!(got.unwrap_err(), Outcome::Continue);
@@ -133,7 +140,10 @@ mod tests {
         assert_eq!(got.nr, libc::SYS_connect);
         assert_eq!(got.args, [5, 0x0804_a000, 16, 0, 0, 0]);
         // accept (5) is accept, listen (4) reads two values, accept4 (18) four.
-        for (call, nr, count) in i386::SOCKETCALLS {
+        for (call, nr, count) in i386::SOCKETCALLS
+            .into_iter()
+            .chain(i386::SOCKETCALL_OPTIONS)
+        {
             let mem = array(&[3, 1, 2, 3, 4, 5][..count]);
             let n = notif(i386::SOCKETCALL, [u64::from(call), 0x1000, 0, 0, 0, 0]);
             let got = i386_call(&n, |_, buf| {
@@ -146,6 +156,7 @@ mod tests {
             assert_eq!(got.args[..count], [3u64, 1, 2, 3, 4, 5][..count], "{call}");
         }
         assert_eq!(i386::SOCKETCALLS[3], (5, libc::SYS_accept, 3));
+        assert_eq!(i386::SOCKETCALL_OPTIONS[1], (15, libc::SYS_getsockopt, 5));
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //!   notified for the same calls by their i386 numbers ([`i386`]), and for `socketcall(2)`,
 //!   whose arguments are in memory, by its call number alone (args\[0\]): every `connect`,
 //!   `bind`, ..., `sendto` and `recvfrom` through it notifies, with or without an address; its
-//!   `send`, `recv`, `socket` and the rest do not. Any other architecture (x32, disabled in
+//!   `send`, `recv`, `socket` and the rest do not. Inside a VM its options too, as x86_64's
+//!   (direct ones by level and name; through `socketcall` every one). Any other architecture (x32, disabled in
 //!   these kernels, is `AUDIT_ARCH_X86_64` with high numbers, none of them notified) is
 //!   allowed: the supervisor translates, it does not confine (see the crate docs).
 //! - `connect`, `getsockname`, `getpeername`, `bind`, `listen`, `accept`, `accept4`, and
@@ -38,6 +39,8 @@ pub mod i386 {
     pub const CONNECT: i64 = 362;
     pub const LISTEN: i64 = 363;
     pub const ACCEPT4: i64 = 364;
+    pub const GETSOCKOPT: i64 = 365;
+    pub const SETSOCKOPT: i64 = 366;
     pub const GETSOCKNAME: i64 = 367;
     pub const GETPEERNAME: i64 = 368;
     pub const SENDTO: i64 = 369;
@@ -55,6 +58,18 @@ pub mod i386 {
         (11, libc::SYS_sendto, 6),
         (12, libc::SYS_recvfrom, 6),
         (18, libc::SYS_accept4, 4),
+    ];
+
+    /// Inside a VM: `socketcall`'s option calls (`SYS_SETSOCKOPT`, `SYS_GETSOCKOPT`), which
+    /// notify whatever their level, as [`SOCKETCALLS`] lists calls.
+    pub const SOCKETCALL_OPTIONS: [(u32, i64, usize); 2] =
+        [(14, libc::SYS_setsockopt, 5), (15, libc::SYS_getsockopt, 5)];
+
+    /// Inside a VM: the direct option calls, at the levels the x86_64 ones notify, with their
+    /// x86_64 system call.
+    pub const OPTIONS: [(i64, i64); 2] = [
+        (GETSOCKOPT, libc::SYS_getsockopt),
+        (SETSOCKOPT, libc::SYS_setsockopt),
     ];
 
     /// The direct i386 calls that notify, with their x86_64 system call (the same arguments
@@ -169,6 +184,11 @@ enum Label {
     I386Socketcall,
     I386Allow,
     I386Notify,
+    I386Get,
+    I386GetName,
+    I386Set,
+    I386OptNotify,
+    I386OptAllow,
 }
 
 /// An instruction with symbolic jumps, or where a label is.
@@ -219,10 +239,10 @@ fn assemble(ops: &[Op]) -> Vec<sock_filter> {
 #[must_use]
 #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // Syscall numbers, levels < 2^31.
 pub fn program(transport: Transport) -> Vec<sock_filter> {
-    use shared_proto::sockopt::{IPPROTO_IP, IPPROTO_TCP, SOL_SOCKET, SO_DOMAIN, SO_PROTOCOL};
     use Label::{
-        Addr, AddrAllow, AddrNotify, Allow, Get, GetName, I386Addr, I386Allow, I386Notify,
-        I386Socketcall, Next, Notify, Nr, OptAllow, OptNotify, Set, I386,
+        Addr, AddrAllow, AddrNotify, Allow, Get, GetName, I386Addr, I386Allow, I386Get,
+        I386GetName, I386Notify, I386OptAllow, I386OptNotify, I386Set, I386Socketcall, Next,
+        Notify, Nr, OptAllow, OptNotify, Set, I386,
     };
     let notify = libc::SECCOMP_RET_USER_NOTIF;
     let allow = libc::SECCOMP_RET_ALLOW;
@@ -260,26 +280,7 @@ pub fn program(transport: Transport) -> Vec<sock_filter> {
         Op::Ret(allow),
     ]);
     if vsock {
-        // The level (args[1]) and name (args[2]) are ints: the kernel reads the low 32 bits.
-        ops.extend([
-            Op::Here(Get),
-            Op::Ld(arg_lo(1)),
-            Op::Jeq(IPPROTO_TCP as u32, OptNotify, Next),
-            Op::Jeq(IPPROTO_IP as u32, OptNotify, Next),
-            Op::Jeq(SOL_SOCKET as u32, GetName, OptAllow),
-            Op::Here(GetName),
-            Op::Ld(arg_lo(2)),
-            Op::Jeq(SO_DOMAIN as u32, OptNotify, Next),
-            Op::Jeq(SO_PROTOCOL as u32, OptNotify, OptAllow),
-            Op::Here(Set),
-            Op::Ld(arg_lo(1)),
-            Op::Jeq(IPPROTO_TCP as u32, OptNotify, Next),
-            Op::Jeq(IPPROTO_IP as u32, OptNotify, OptAllow),
-            Op::Here(OptNotify),
-            Op::Ret(notify),
-            Op::Here(OptAllow),
-            Op::Ret(allow),
-        ]);
+        ops.extend(options([Get, GetName, Set, OptNotify, OptAllow]));
     }
     // The i386 ABI, after everything x86_64 runs (whose instructions stay as they were). A
     // pointer is 32 bits: the high half of args[4] is not looked at (the kernel does not).
@@ -290,6 +291,12 @@ pub fn program(transport: Transport) -> Vec<sock_filter> {
     ops.extend([
         Op::Jeq(i386::RECVFROM as u32, I386Addr, Next),
         Op::Jeq(i386::SENDTO as u32, I386Addr, Next),
+    ]);
+    if vsock {
+        ops.push(Op::Jeq(i386::GETSOCKOPT as u32, I386Get, Next));
+        ops.push(Op::Jeq(i386::SETSOCKOPT as u32, I386Set, Next));
+    }
+    ops.extend([
         Op::Jeq(i386::SOCKETCALL as u32, I386Socketcall, I386Allow),
         Op::Here(I386Addr),
         Op::Ld(arg_lo(4)),
@@ -300,13 +307,57 @@ pub fn program(transport: Transport) -> Vec<sock_filter> {
     for (call, _, _) in &i386::SOCKETCALLS {
         ops.push(Op::Jeq(*call, I386Notify, Next));
     }
+    if vsock {
+        // Through socketcall the level is in memory: every option call notifies.
+        for (call, _, _) in &i386::SOCKETCALL_OPTIONS {
+            ops.push(Op::Jeq(*call, I386Notify, Next));
+        }
+    }
     ops.extend([
         Op::Here(I386Allow),
         Op::Ret(allow),
         Op::Here(I386Notify),
         Op::Ret(notify),
     ]);
+    if vsock {
+        ops.extend(options([
+            I386Get,
+            I386GetName,
+            I386Set,
+            I386OptNotify,
+            I386OptAllow,
+        ]));
+    }
     assemble(&ops)
+}
+
+/// Inside a VM, `getsockopt` (at the first label) and `setsockopt` (at the third) notify at
+/// the levels a vsock stand-in cannot answer: the labels are where they start (`get`,
+/// `get_name`, `set`) and their own returns (`notify`, `allow`). The level (args\[1\]) and name
+/// (args\[2\]) are ints: the kernel reads the low 32 bits, on either ABI.
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // Levels, names < 2^31.
+fn options([get, get_name, set, notify, allow]: [Label; 5]) -> [Op; 17] {
+    use shared_proto::sockopt::{IPPROTO_IP, IPPROTO_TCP, SOL_SOCKET, SO_DOMAIN, SO_PROTOCOL};
+    use Label::Next;
+    [
+        Op::Here(get),
+        Op::Ld(arg_lo(1)),
+        Op::Jeq(IPPROTO_TCP as u32, notify, Next),
+        Op::Jeq(IPPROTO_IP as u32, notify, Next),
+        Op::Jeq(SOL_SOCKET as u32, get_name, allow),
+        Op::Here(get_name),
+        Op::Ld(arg_lo(2)),
+        Op::Jeq(SO_DOMAIN as u32, notify, Next),
+        Op::Jeq(SO_PROTOCOL as u32, notify, allow),
+        Op::Here(set),
+        Op::Ld(arg_lo(1)),
+        Op::Jeq(IPPROTO_TCP as u32, notify, Next),
+        Op::Jeq(IPPROTO_IP as u32, notify, allow),
+        Op::Here(notify),
+        Op::Ret(libc::SECCOMP_RET_USER_NOTIF),
+        Op::Here(allow),
+        Op::Ret(libc::SECCOMP_RET_ALLOW),
+    ]
 }
 
 #[cfg(test)]
@@ -384,15 +435,18 @@ mod tests {
         }
     }
 
-    /// The i386 ABI, alike in both variants: the direct calls, `socketcall` by its call number,
-    /// nothing else; no other architecture.
+    /// The i386 ABI: the direct calls, `socketcall` by its call number, nothing else; no other
+    /// architecture. Inside a VM (`vsock`) the options too, as on x86_64, and through
+    /// `socketcall` all of them.
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-    fn i386_calls(p: &[sock_filter]) {
+    fn i386_calls(p: &[sock_filter], vsock: bool) {
         let (n, a) = (libc::SECCOMP_RET_USER_NOTIF, libc::SECCOMP_RET_ALLOW);
         let x = AUDIT_ARCH_I386;
         let direct = |nr: i64| i386::DIRECT.iter().any(|(d, _)| *d == nr);
+        let option = |nr: i64| vsock && i386::OPTIONS.iter().any(|(o, _)| *o == nr);
         for nr in 0..460i64 {
-            let want = if direct(nr) || nr == i386::SOCKETCALL {
+            // (Level 6 is IPPROTO_TCP, which a vsock stand-in cannot answer.)
+            let want = if direct(nr) || option(nr) || nr == i386::SOCKETCALL {
                 n
             } else {
                 a
@@ -415,7 +469,8 @@ mod tests {
         }
         let sc = i386::SOCKETCALL as u32;
         for call in 0..=21u32 {
-            let listed = i386::SOCKETCALLS.iter().any(|(c, _, _)| *c == call);
+            let listed = i386::SOCKETCALLS.iter().any(|(c, _, _)| *c == call)
+                || (vsock && i386::SOCKETCALL_OPTIONS.iter().any(|(c, _, _)| *c == call));
             let want = if listed { n } else { a };
             let args = [u64::from(call), 0xffff_d000, 0, 0, 0, 0];
             assert_eq!(run(p, x, sc, args), want, "socketcall {call}");
@@ -423,6 +478,17 @@ mod tests {
         // The x86_64 numbers mean other calls on i386 (42 is pipe there, 49 is umask).
         assert_eq!(run(p, x, libc::SYS_connect as u32, [3, 0, 0, 0, 0, 0]), a);
         assert_eq!(run(p, x, libc::SYS_bind as u32, [3, 0, 0, 0, 0, 0]), a);
+        // The direct option calls by the shared rule, level and name read from the arguments.
+        for (nr, x86) in i386::OPTIONS {
+            let get = x86 == libc::SYS_getsockopt;
+            for (level, name) in levels_and_names() {
+                let args = [3, level, name, 0xffd0_0000, 0xffd0_0100, 0];
+                let want = vsock
+                    && shared_proto::sockopt::vsock_may_answer(get, level as i32, name as i32);
+                let got = run(p, x, nr as u32, args);
+                assert_eq!(got, if want { n } else { a }, "{nr} {level} {name}");
+            }
+        }
     }
 
     /// The levels and names tried: every small one, and ints whose high argument bits are set
@@ -454,7 +520,7 @@ mod tests {
             assert_eq!(x, y, "instruction {i}");
         }
         common_calls(&p);
-        i386_calls(&p);
+        i386_calls(&p, false);
         for nr in NOTIFIED_IN_VM {
             for (level, name) in levels_and_names() {
                 let args = [3, level, name, 0x7fff_0000, 0x7fff_0100, 0];
@@ -465,7 +531,7 @@ mod tests {
         // Inside a VM: the same, and the options the shared rule may answer.
         let p = program(Transport::Vsock);
         common_calls(&p);
-        i386_calls(&p);
+        i386_calls(&p, true);
         for nr in NOTIFIED_IN_VM {
             let get = nr == libc::SYS_getsockopt;
             for (level, name) in levels_and_names() {

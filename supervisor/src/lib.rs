@@ -19,8 +19,7 @@
 //!    i386 ABI (a legacy 32-bit program, or `int $0x80`) is notified for the same calls, by
 //!    their direct i386 numbers and through `socketcall(2)` (Debian's i386 glibc makes every
 //!    socket call that way, as old binaries do), and `abi` maps each onto the x86_64 call
-//!    before anything below sees it, so all of it serves 32-bit programs too (but for their
-//!    socket options inside a VM: see below). The filter is inherited: every descendant (fork, exec,
+//!    before anything below sees it, so all of it serves 32-bit programs too. The filter is inherited: every descendant (fork, exec,
 //!    daemons that double-fork) is served too, and [`run`] serves until no task uses the
 //!    filter any more (the listener reports POLLHUP once the last one has exited and been
 //!    reaped), while returning the program's own exit status, taken when it exited.
@@ -81,7 +80,8 @@
 //!    long as it); each accepted connection is an inbound vsock stream whose `Inbound` frame
 //!    (the client's source-pool dummy) is read here before the stream is added as the
 //!    accept's result. The filter also notifies `getsockopt`/`setsockopt` at the levels a
-//!    vsock stand-in cannot answer (`IPPROTO_TCP`, `IPPROTO_IP`, and `SO_DOMAIN`/`SO_PROTOCOL`):
+//!    vsock stand-in cannot answer (`IPPROTO_TCP`, `IPPROTO_IP`, and `SO_DOMAIN`/`SO_PROTOCOL`;
+//!    through i386 `socketcall`, whose level BPF cannot see, every option call):
 //!    on a connection or listener made here they answer by liboutsock's rule
 //!    (`shared_proto::sockopt`, in `sockopt`: TCP and IP options set are accepted with no
 //!    effect, read ones answer as an idle AF_INET connection's), on any other socket they
@@ -108,9 +108,7 @@
 //! (not notified: `udp` lists the consequences; BIND `dig` and iputils `ping`, which use them,
 //! need the preload; ICMP's own gaps are in `udp` too), AF_INET6 sockets other
 //! than dual-stack TCP listeners (those are outsourced as AF_INET ones: `serve`). Of the i386
-//! ABI, what the x86_64 one leaves out, and inside a VM its `getsockopt`/`setsockopt` (not
-//! notified: on a vsock stand-in a 32-bit program's TCP- and IP-level options are the vsock
-//! socket's answers). Socket
+//! ABI, what the x86_64 one leaves out. Socket
 //! options set before an outsourced listen are not carried over (before a connect they are:
 //! `serve`), and in process mode `getsockopt` is the kernel's: on a
 //! listener it describes the packet channel (`AF_UNIX`, `SOCK_SEQPACKET`), on an accepted
@@ -122,8 +120,8 @@
 //! Cost: each notified call is a round trip to the supervisor (every `connect` and `bind` is
 //! notified, AF_UNIX ones included: BPF cannot read the address behind the pointer; inside a
 //! VM also every TCP- and IP-level socket option, on any socket: a Go dial sets a few; through
-//! i386 `socketcall`, every `sendto` and `recvfrom`, with an address or not, and one more
-//! process_vm_readv, of its arguments). Calls
+//! i386 `socketcall`, every `sendto` and `recvfrom`, with an address or not, inside a VM every
+//! socket option, and one more process_vm_readv, of its arguments). Calls
 //! that only continue take the fast path: one process_vm_readv of the address into the stack
 //! (or, for getsockname/getpeername and socket options while nothing was made here, nothing)
 //! and the CONTINUE answer, on the loop's own thread; a dynamic program under liboutsock pays

@@ -41,13 +41,15 @@ use testworld::{addr, zone, INDEX_BODY};
 
 /// The legacy program (see its comment): `probe`, `client MODE NAMESERVER NAME|ADDRESS`,
 /// `server MODE PORT`, `udp-server MODE PORT`, `fault MODE`.
-const C_I386: &str = r#"/* A legacy program in the i386 ABI: `probe`, `client MODE NAMESERVER NAME|ADDRESS`,
+const C_I386: &str = r#"
+/* A legacy program in the i386 ABI: `probe`, `client MODE NAMESERVER NAME|ADDRESS`,
  * `server MODE PORT`, `udp-server MODE PORT` and `fault MODE`, whose socket calls are i386
  * system calls: MODE `direct` (the direct socket calls of Linux >= 4.3, made by hand),
  * `socketcall` (socketcall(2) by hand, what old binaries make), `libc` (glibc's functions,
  * which make socketcall on Debian: its i386 glibc is built for older kernels) or, built for
- * x86_64, `int80` (socketcall through `int $0x80` from a 64-bit program). Every buffer is static: below 4 GiB
- * in a static binary, so a 32-bit pointer reaches it from either build. */
+ * x86_64, `int80` (socketcall through `int $0x80` from a 64-bit program). Every buffer is
+ * static: below 4 GiB in a static binary, so a 32-bit pointer reaches it from either build
+ * (and from the dynamic i386 one). */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <linux/net.h>
@@ -306,7 +308,8 @@ int main(int argc, char **argv) {
 "#;
 
 /// host-server may listen on these ports: TCP 8080, UDP from [`UDP_PORT`] on (one per run).
-const CONFIG: &str = "[listen]\nallowed_ports = [8080, 5350, 5351, 5352, 5353, 5354, 5355, 5356, 5357, 5358, 5359]\n";
+const CONFIG: &str =
+    "[listen]\nallowed_ports = [8080, 5350, 5351, 5352, 5353, 5354, 5355, 5356, 5357, 5358, 5359]\n";
 
 /// The UDP server's first port.
 const UDP_PORT: u16 = 5350;

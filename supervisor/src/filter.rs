@@ -8,9 +8,10 @@
 //!   whose arguments are in memory, by its call number alone (args\[0\]): every `connect`,
 //!   `bind`, ..., `sendto` and `recvfrom` through it notifies, with or without an address; its
 //!   `send`, `recv`, `socket` and the rest do not. Inside a VM its options too, as x86_64's
-//!   (direct ones by level and name; through `socketcall` every one). Any other architecture (x32, disabled in
-//!   these kernels, is `AUDIT_ARCH_X86_64` with high numbers, none of them notified) is
-//!   allowed: the supervisor translates, it does not confine (see the crate docs).
+//!   (direct ones by level and name; through `socketcall` every one). Any other architecture
+//!   is allowed (x32, disabled in these kernels, is `AUDIT_ARCH_X86_64` with numbers above
+//!   2^30, none of them notified): the supervisor translates, it does not confine (see the
+//!   crate docs).
 //! - `connect`, `getsockname`, `getpeername`, `bind`, `listen`, `accept`, `accept4`, and
 //!   `recvfrom`/`sendto` with a non-null address notify the supervisor; everything else is
 //!   allowed. `socket` is not notified (nothing is done at creation: what a socket becomes is

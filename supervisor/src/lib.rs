@@ -19,7 +19,8 @@
 //!    i386 ABI (a legacy 32-bit program, or `int $0x80`) is notified for the same calls, by
 //!    their direct i386 numbers and through `socketcall(2)` (Debian's i386 glibc makes every
 //!    socket call that way, as old binaries do), and `abi` maps each onto the x86_64 call
-//!    before anything below sees it, so all of it serves 32-bit programs too. The filter is inherited: every descendant (fork, exec,
+//!    before anything below sees it, so all of it serves 32-bit programs too. The filter is
+//!    inherited: every descendant (fork, exec,
 //!    daemons that double-fork) is served too, and [`run`] serves until no task uses the
 //!    filter any more (the listener reports POLLHUP once the last one has exited and been
 //!    reaped), while returning the program's own exit status, taken when it exited.
@@ -132,8 +133,9 @@
 //! a passed socket are the kernel's own.
 //!
 //! Modules: [`filter`] (the BPF program, safe), `abi` (an i386 notification as the x86_64
-//! call), `sys` (every syscall and ioctl; the only `unsafe`), `host` (the host-server client), `outcome` (what a notified call becomes), `workers` (the
-//! threads calls that may wait run on), [`transport`] (Unix or vsock, as liboutsock chooses),
+//! call), `sys` (every syscall and ioctl; the only `unsafe`), `host` (the host-server client),
+//! `outcome` (what a notified call becomes), `workers` (the threads calls that may wait run
+//! on), [`transport`] (Unix or vsock, as liboutsock chooses),
 //! `vmlisten` (listeners inside a VM), `udp` (UDP associations and connected UDP), `sockopt`
 //! (options on a vsock stand-in), `serve` (the loop).
 

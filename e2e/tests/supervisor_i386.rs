@@ -1,8 +1,8 @@
 //! The i386 ABI under `outsock run` (by default, and `--supervisor-only`): a legacy 32-bit
-//! program — a static C program built here with `cc -m32 -static` (gcc-multilib) — makes its
-//! socket calls as i386 system calls, by the direct socket calls of Linux >= 4.3 or through
-//! `socketcall(2)` (what Debian's i386 glibc makes for every socket function, and what old
-//! binaries make), and a 64-bit static program makes them through `int $0x80`. They run
+//! program — a C program built here with `cc -m32` (gcc-multilib), static and dynamic — makes
+//! its socket calls as i386 system calls, by the direct socket calls of Linux >= 4.3 or
+//! through `socketcall(2)` (by hand, and as Debian's i386 glibc makes every socket function,
+//! as old binaries do), and a 64-bit static program makes them through `int $0x80`. They run
 //! unmodified in the test world's `legacy` namespace (nothing but `lo`: a call not
 //! outsourced fails instead of leaking).
 //!
@@ -415,8 +415,7 @@ fn run(s: &Stack, flags: &[&str], program: &Path, args: &[&str]) -> Output {
     out
 }
 
-/// The flags of the runs each test makes: the default (the preload too) and the supervisor
-/// alone.
+/// The flags of the runs each test makes: the default run and the supervisor alone.
 const RUNS: [&[&str]; 2] = [&[], &["--supervisor-only"]];
 
 #[test]

@@ -125,6 +125,44 @@ pub fn connect_from_client(port: u16) -> TcpStream {
     t
 }
 
+/// Sends `data` from an IPv6 client in `world` to the host's `port` and reads the answer to
+/// its end.
+///
+/// # Panics
+/// When the client cannot connect, send or read.
+#[must_use]
+pub fn world_request(s: &Stack, port: u16, data: &'static [u8]) -> String {
+    use std::io::{Read, Write};
+    s.world
+        .world()
+        .run(move || {
+            let mut c = connect_from_client(port);
+            c.write_all(data).expect("send the request");
+            let mut back = Vec::new();
+            c.read_to_end(&mut back).expect("read the answer");
+            text(&back)
+        })
+        .expect("the world client runs")
+}
+
+/// Asserts that `peer` is the source-pool dummy dns-cache gave [`addr::CLIENT`]'s address.
+///
+/// # Panics
+/// When it is not, or the mappings cannot be read.
+pub fn assert_client_dummy(s: &Stack, peer: std::net::Ipv4Addr) {
+    let table = s
+        .mappings(&["--direction", "inbound-peer"])
+        .expect("outsock mappings");
+    let row = table
+        .lines()
+        .find(|l| l.starts_with(&format!("{peer} ")))
+        .unwrap_or_else(|| panic!("{peer} not in\n{table}"));
+    assert!(
+        row.contains(&addr::CLIENT.to_string()) && row.contains("inbound-peer"),
+        "{row}"
+    );
+}
+
 /// Starts `iperf3 -s -p PORT EXTRA…` in `world` (stopped with the world) and waits until it
 /// listens.
 ///

@@ -24,8 +24,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use outsock_e2e::{
-    check_socket_options, connect_from_client, ok, outsock_run, skip, stack, text, wait_listening,
-    BUSYBOX_STATIC_DEB, PY_SOCKET_OPTIONS,
+    assert_client_dummy, check_socket_options, connect_from_client, ok, outsock_run, skip, stack,
+    text, wait_listening, world_request, BUSYBOX_STATIC_DEB, PY_SOCKET_OPTIONS,
 };
 use tempfile::TempDir;
 use testworld::stack::{artefact, Stack};
@@ -711,34 +711,6 @@ fn descendants_stay_supervised_after_the_program_exits() {
 
 /// host-server may listen on these guest ports in the listener tests.
 const PORTS: &str = "[listen]\nallowed_ports = [8080, 8081, 8082]\n";
-
-/// Sends `data` from an IPv6 client in `world` to the host's `port` and reads the answer to
-/// its end.
-fn world_request(s: &Stack, port: u16, data: &'static [u8]) -> String {
-    s.world
-        .world()
-        .run(move || {
-            let mut c = connect_from_client(port);
-            c.write_all(data).unwrap();
-            let mut back = Vec::new();
-            c.read_to_end(&mut back).unwrap();
-            text(&back)
-        })
-        .unwrap()
-}
-
-/// Asserts that `peer` is the source-pool dummy dns-cache gave [`addr::CLIENT`]'s address.
-fn assert_client_dummy(s: &Stack, peer: Ipv4Addr) {
-    let table = s.mappings(&["--direction", "inbound-peer"]).unwrap();
-    let row = table
-        .lines()
-        .find(|l| l.starts_with(&format!("{peer} ")))
-        .unwrap_or_else(|| panic!("{peer} not in\n{table}"));
-    assert!(
-        row.contains(&addr::CLIENT.to_string()) && row.contains("inbound-peer"),
-        "{row}"
-    );
-}
 
 /// Asks `child` (a `timeout` wrapping outsock: it passes SIGTERM on) to stop, and waits.
 fn stop(child: Child) -> Output {

@@ -6,6 +6,9 @@
 //!   path), static binaries, Go programs and raw system calls all go through host-server.
 //!   Where the kernel cannot supervise, it says so in one line and runs with the preload only.
 //!   `--shim-only` and `--supervisor-only` (no LD_PRELOAD) pick one front end, for debugging.
+//!   A 32-bit program (an ELFCLASS32 file) is run by default without the preload, which is
+//!   64-bit (ld.so would refuse it with an error line at each start): the supervisor serves
+//!   its i386 calls alone. A 32-bit program started by a 64-bit one still gets that line.
 //! - `outsock mappings [--json] [--direction …] [--name …] [--address …]` prints dns-cache's
 //!   mapping table, asked over `dns.sock`.
 //! - `outsock health [--dns-socket …] [--host-socket …]` checks that the daemons answer.
@@ -163,7 +166,13 @@ fn run(
 ) -> Result<()> {
     let mut cmd = Command::new(&command[0]);
     cmd.args(&command[1..]).env("OUTSOCK_SOCKET", socket);
-    if mode != Mode::SupervisorOnly {
+    // The preload is 64-bit: a 32-bit program is the supervisor's alone (unless shim-only).
+    let preload = match mode {
+        Mode::Both => !is_elf32(&command[0]),
+        Mode::ShimOnly => true,
+        Mode::SupervisorOnly => false,
+    };
+    if preload {
         let shim = match shim {
             Some(p) => p,
             None => std::env::current_exe()?.with_file_name("liboutsock.so"),
@@ -394,10 +403,48 @@ fn to_json(m: &MappingInfo) -> String {
     )
 }
 
+/// Whether `program` — a path, or a name looked up on PATH as `Command` does — is a 32-bit
+/// ELF file (`ELFCLASS32`). Anything unreadable is not.
+fn is_elf32(program: &str) -> bool {
+    let elf32 = |p: &std::path::Path| {
+        let mut head = [0u8; 5];
+        std::fs::File::open(p)
+            .and_then(|mut f| f.read_exact(&mut head))
+            .is_ok_and(|()| head == *b"\x7fELF\x01")
+    };
+    if program.contains('/') {
+        return elf32(std::path::Path::new(program));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+        .is_some_and(|p| elf32(&p))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::net::Ipv4Addr;
+
+    #[test]
+    fn knows_a_32_bit_program() {
+        let dir = std::env::temp_dir().join(format!("outsock-elf32-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |name: &str, bytes: &[u8]| {
+            let p = dir.join(name);
+            std::fs::write(&p, bytes).unwrap();
+            p.display().to_string()
+        };
+        assert!(is_elf32(&write("old", b"\x7fELF\x01\x01\x01\0")));
+        assert!(!is_elf32(&write("new", b"\x7fELF\x02\x01\x01\0")));
+        assert!(!is_elf32(&write("script", b"#!/bin/sh\n")));
+        assert!(!is_elf32(&write("short", b"\x7fEL")));
+        assert!(!is_elf32(&dir.join("none").display().to_string()));
+        std::fs::remove_dir_all(&dir).unwrap();
+        // A name on PATH: this machine's `sh` is 64-bit.
+        assert!(!is_elf32("sh"));
+    }
 
     #[test]
     fn formats_times_and_json() {

@@ -3,8 +3,16 @@
 //!
 //! - The program is assembled from instructions with symbolic jumps (`assemble`), so the
 //!   variants share their code and no offset is counted by hand.
-//! - A foreign architecture (the i386 ABI of an x86_64 program) is allowed: the supervisor
-//!   translates, it does not confine (see the crate docs).
+//! - The i386 ABI (a 32-bit program, or `int 0x80` in a 64-bit one: `AUDIT_ARCH_I386`) is
+//!   notified for the same calls by their i386 numbers ([`i386`]), and for `socketcall(2)`,
+//!   whose arguments are in memory, by its call number alone (args\[0\]): every `connect`,
+//!   `bind`, ..., `sendto` and `recvfrom` through it notifies, with or without an address; its
+//!   `send`, `recv`, `socket` and the rest do not. Its options as x86_64's (direct ones by
+//!   level and name; through `socketcall` every `getsockopt`, and inside a VM every
+//!   `setsockopt` too). Its `socket` is not notified (a 32-bit ping socket the namespace
+//!   forbids gets the kernel's EACCES). Any other architecture is allowed (x32, disabled in
+//!   these kernels, is `AUDIT_ARCH_X86_64` with numbers above 2^30, none of them notified):
+//!   the supervisor translates, it does not confine (see the crate docs).
 //! - `connect`, `getsockname`, `getpeername`, `bind`, `listen`, `accept`, `accept4`, and
 //!   `recvfrom`/`sendto` with a non-null address notify the supervisor; everything else is
 //!   allowed. `socket` is notified only for an `AF_INET` ICMP socket (a ping socket the
@@ -23,7 +31,66 @@
 use libc::sock_filter;
 
 /// `AUDIT_ARCH_X86_64`.
-const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+pub const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+/// `AUDIT_ARCH_I386`: the i386 ABI (`int 0x80`, a 32-bit program).
+pub const AUDIT_ARCH_I386: u32 = 0x4000_0003;
+
+/// The i386 numbers of the calls the supervisor is notified of (arch/x86/entry/syscalls/
+/// syscall_32.tbl; direct socket calls since Linux 4.3), and `socketcall(2)`'s call numbers
+/// (`SYS_CONNECT`... in linux/net.h). There is no direct `accept` on i386: only through
+/// `socketcall`.
+pub mod i386 {
+    pub const SOCKETCALL: i64 = 102;
+    pub const BIND: i64 = 361;
+    pub const CONNECT: i64 = 362;
+    pub const LISTEN: i64 = 363;
+    pub const ACCEPT4: i64 = 364;
+    pub const GETSOCKOPT: i64 = 365;
+    pub const SETSOCKOPT: i64 = 366;
+    pub const GETSOCKNAME: i64 = 367;
+    pub const GETPEERNAME: i64 = 368;
+    pub const SENDTO: i64 = 369;
+    pub const RECVFROM: i64 = 371;
+
+    /// `socketcall`'s call numbers that notify, each with its x86_64 system call and the
+    /// number of arguments the kernel reads from the array (`nargs` in net/socket.c).
+    pub const SOCKETCALLS: [(u32, i64, usize); 9] = [
+        (2, libc::SYS_bind, 3),
+        (3, libc::SYS_connect, 3),
+        (4, libc::SYS_listen, 2),
+        (5, libc::SYS_accept, 3),
+        (6, libc::SYS_getsockname, 3),
+        (7, libc::SYS_getpeername, 3),
+        (11, libc::SYS_sendto, 6),
+        (12, libc::SYS_recvfrom, 6),
+        (18, libc::SYS_accept4, 4),
+    ];
+
+    /// `socketcall`'s option calls (`SYS_SETSOCKOPT`, `SYS_GETSOCKOPT`), which notify whatever
+    /// their level (`SYS_SETSOCKOPT` inside a VM only), as [`SOCKETCALLS`] lists calls.
+    pub const SOCKETCALL_OPTIONS: [(u32, i64, usize); 2] =
+        [(14, libc::SYS_setsockopt, 5), (15, libc::SYS_getsockopt, 5)];
+
+    /// The direct option calls, at the levels the x86_64 ones notify (`setsockopt` inside a VM
+    /// only), with their x86_64 system call.
+    pub const OPTIONS: [(i64, i64); 2] = [
+        (GETSOCKOPT, libc::SYS_getsockopt),
+        (SETSOCKOPT, libc::SYS_setsockopt),
+    ];
+
+    /// The direct i386 calls that notify, with their x86_64 system call (the same arguments
+    /// in the same order). `recvfrom` and `sendto` notify only with an address.
+    pub const DIRECT: [(i64, i64); 8] = [
+        (CONNECT, libc::SYS_connect),
+        (GETSOCKNAME, libc::SYS_getsockname),
+        (GETPEERNAME, libc::SYS_getpeername),
+        (BIND, libc::SYS_bind),
+        (LISTEN, libc::SYS_listen),
+        (ACCEPT4, libc::SYS_accept4),
+        (RECVFROM, libc::SYS_recvfrom),
+        (SENDTO, libc::SYS_sendto),
+    ];
+}
 
 // Offsets into `struct seccomp_data`.
 const NR: u32 = 0;
@@ -121,6 +188,17 @@ enum Label {
     Sock,
     SockNotify,
     SockAllow,
+    /// The i386 ABI's part, and its own returns.
+    I386,
+    I386Addr,
+    I386Socketcall,
+    I386Allow,
+    I386Notify,
+    I386Get,
+    I386GetName,
+    I386Set,
+    I386OptNotify,
+    I386OptAllow,
 }
 
 /// An instruction with symbolic jumps, or where a label is.
@@ -169,21 +247,19 @@ fn assemble(ops: &[Op]) -> Vec<sock_filter> {
 
 /// The filter program for `transport`. Jumps are relative and forward only.
 #[must_use]
-#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // Syscall numbers, levels < 2^31.
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // Syscall numbers < 2^31.
 pub fn program(transport: Transport) -> Vec<sock_filter> {
-    use shared_proto::sockopt::{
-        IPPROTO_IP, IPPROTO_TCP, SOL_SOCKET, SO_ACCEPTCONN, SO_DOMAIN, SO_PROTOCOL, SO_TYPE,
-    };
     use Label::{
-        Addr, AddrAllow, AddrNotify, Allow, Get, GetName, Next, Notify, Nr, OptAllow, OptNotify,
-        Set, Sock, SockAllow, SockNotify,
+        Addr, AddrAllow, AddrNotify, Allow, Get, GetName, I386Addr, I386Allow, I386Get,
+        I386GetName, I386Notify, I386OptAllow, I386OptNotify, I386Set, I386Socketcall, Next,
+        Notify, Nr, OptAllow, OptNotify, Set, Sock, SockAllow, SockNotify, I386,
     };
     let notify = libc::SECCOMP_RET_USER_NOTIF;
     let allow = libc::SECCOMP_RET_ALLOW;
     let mut ops = vec![
         Op::Ld(ARCH),
         Op::Jeq(AUDIT_ARCH_X86_64, Nr, Next),
-        Op::Ret(allow),
+        Op::Jeq(AUDIT_ARCH_I386, I386, Allow),
         Op::Here(Nr),
         Op::Ld(NR),
     ];
@@ -224,43 +300,98 @@ pub fn program(transport: Transport) -> Vec<sock_filter> {
         Op::Here(SockAllow),
         Op::Ret(allow),
     ]);
-    if vsock {
-        // The level (args[1]) and name (args[2]) are ints: the kernel reads the low 32 bits.
-        ops.extend([
-            Op::Here(Get),
-            Op::Ld(arg_lo(1)),
-            Op::Jeq(IPPROTO_TCP as u32, OptNotify, Next),
-            Op::Jeq(IPPROTO_IP as u32, OptNotify, Next),
-            Op::Jeq(SOL_SOCKET as u32, GetName, OptAllow),
-            Op::Here(GetName),
-            Op::Ld(arg_lo(2)),
-            Op::Jeq(SO_DOMAIN as u32, OptNotify, Next),
-            Op::Jeq(SO_PROTOCOL as u32, OptNotify, OptAllow),
-            Op::Here(Set),
-            Op::Ld(arg_lo(1)),
-            Op::Jeq(IPPROTO_TCP as u32, OptNotify, Next),
-            Op::Jeq(IPPROTO_IP as u32, OptNotify, OptAllow),
-        ]);
-    } else {
-        // Process mode: getsockopt at SOL_SOCKET of the four names a channel answers wrongly.
-        ops.extend([
-            Op::Here(Get),
-            Op::Ld(arg_lo(1)),
-            Op::Jeq(SOL_SOCKET as u32, Next, OptAllow),
-            Op::Ld(arg_lo(2)),
-            Op::Jeq(SO_DOMAIN as u32, OptNotify, Next),
-            Op::Jeq(SO_TYPE as u32, OptNotify, Next),
-            Op::Jeq(SO_PROTOCOL as u32, OptNotify, Next),
-            Op::Jeq(SO_ACCEPTCONN as u32, OptNotify, OptAllow),
-        ]);
+    ops.extend(options(vsock, [Get, GetName, Set, OptNotify, OptAllow]));
+    // The i386 ABI, after everything x86_64 runs. A pointer is 32 bits: the high half of
+    // args[4] is not looked at (the kernel does not).
+    ops.extend([Op::Here(I386), Op::Ld(NR)]);
+    for (nr, _) in &i386::DIRECT[..6] {
+        ops.push(Op::Jeq(*nr as u32, I386Notify, Next));
     }
     ops.extend([
-        Op::Here(OptNotify),
-        Op::Ret(notify),
-        Op::Here(OptAllow),
-        Op::Ret(allow),
+        Op::Jeq(i386::RECVFROM as u32, I386Addr, Next),
+        Op::Jeq(i386::SENDTO as u32, I386Addr, Next),
+        Op::Jeq(i386::GETSOCKOPT as u32, I386Get, Next),
     ]);
+    if vsock {
+        ops.push(Op::Jeq(i386::SETSOCKOPT as u32, I386Set, Next));
+    }
+    ops.extend([
+        Op::Jeq(i386::SOCKETCALL as u32, I386Socketcall, I386Allow),
+        Op::Here(I386Addr),
+        Op::Ld(arg_lo(4)),
+        Op::Jeq(0, I386Allow, I386Notify),
+        Op::Here(I386Socketcall),
+        Op::Ld(arg_lo(0)),
+    ]);
+    for (call, x86, _) in i386::SOCKETCALLS.iter().chain(&i386::SOCKETCALL_OPTIONS) {
+        // Through socketcall the level is in memory: every getsockopt notifies (inside a VM
+        // every setsockopt too).
+        if vsock || *x86 != libc::SYS_setsockopt {
+            ops.push(Op::Jeq(*call, I386Notify, Next));
+        }
+    }
+    ops.extend([
+        Op::Here(I386Allow),
+        Op::Ret(allow),
+        Op::Here(I386Notify),
+        Op::Ret(notify),
+    ]);
+    ops.extend(options(
+        vsock,
+        [I386Get, I386GetName, I386Set, I386OptNotify, I386OptAllow],
+    ));
     assemble(&ops)
+}
+
+/// `getsockopt` (from the first label) and, inside a VM (`vsock`), `setsockopt` (from the
+/// third) notify for the options the shared rule may answer (`shared_proto::sockopt::
+/// may_answer`): in process mode `getsockopt` at `SOL_SOCKET` of the four names a channel or an
+/// IPv6 socket answers wrongly; inside a VM also every `IPPROTO_TCP` and `IPPROTO_IP` option, as
+/// a vsock stand-in has none. The labels are where they start (`get`, `get_name`, `set`) and
+/// their own returns (`notify`, `allow`). The level (args\[1\]) and name (args\[2\]) are ints:
+/// the kernel reads the low 32 bits, on either ABI.
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // Levels, names < 2^31.
+fn options(vsock: bool, [get, get_name, set, notify, allow]: [Label; 5]) -> Vec<Op> {
+    use shared_proto::sockopt::{
+        IPPROTO_IP, IPPROTO_TCP, SOL_SOCKET, SO_ACCEPTCONN, SO_DOMAIN, SO_PROTOCOL, SO_TYPE,
+    };
+    use Label::Next;
+    let mut ops = if vsock {
+        vec![
+            Op::Here(get),
+            Op::Ld(arg_lo(1)),
+            Op::Jeq(IPPROTO_TCP as u32, notify, Next),
+            Op::Jeq(IPPROTO_IP as u32, notify, Next),
+            Op::Jeq(SOL_SOCKET as u32, get_name, allow),
+            Op::Here(get_name),
+            Op::Ld(arg_lo(2)),
+            Op::Jeq(SO_DOMAIN as u32, notify, Next),
+            Op::Jeq(SO_PROTOCOL as u32, notify, allow),
+            Op::Here(set),
+            Op::Ld(arg_lo(1)),
+            Op::Jeq(IPPROTO_TCP as u32, notify, Next),
+            Op::Jeq(IPPROTO_IP as u32, notify, allow),
+        ]
+    } else {
+        vec![
+            Op::Here(get),
+            Op::Ld(arg_lo(1)),
+            Op::Jeq(SOL_SOCKET as u32, get_name, allow),
+            Op::Here(get_name),
+            Op::Ld(arg_lo(2)),
+            Op::Jeq(SO_DOMAIN as u32, notify, Next),
+            Op::Jeq(SO_TYPE as u32, notify, Next),
+            Op::Jeq(SO_PROTOCOL as u32, notify, Next),
+            Op::Jeq(SO_ACCEPTCONN as u32, notify, allow),
+        ]
+    };
+    ops.extend([
+        Op::Here(notify),
+        Op::Ret(libc::SECCOMP_RET_USER_NOTIF),
+        Op::Here(allow),
+        Op::Ret(libc::SECCOMP_RET_ALLOW),
+    ]);
+    ops
 }
 
 #[cfg(test)]
@@ -346,6 +477,66 @@ mod tests {
         }
     }
 
+    /// The i386 ABI: the direct calls, `socketcall` by its call number, nothing else; no other
+    /// architecture. Its options as x86_64's (`vsock`: inside a VM), and through `socketcall`
+    /// every `getsockopt` (inside a VM every `setsockopt` too).
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    fn i386_calls(p: &[sock_filter], vsock: bool) {
+        let (n, a) = (libc::SECCOMP_RET_USER_NOTIF, libc::SECCOMP_RET_ALLOW);
+        let x = AUDIT_ARCH_I386;
+        let direct = |nr: i64| i386::DIRECT.iter().any(|(d, _)| *d == nr);
+        for nr in 0..460i64 {
+            // Level 6 (IPPROTO_TCP) name 1: an option a vsock stand-in cannot answer, which
+            // process mode lets through.
+            let want = if direct(nr)
+                || nr == i386::SOCKETCALL
+                || (vsock && i386::OPTIONS.iter().any(|(o, _)| *o == nr))
+            {
+                n
+            } else {
+                a
+            };
+            // args[0] 3 is SYS_CONNECT for socketcall; args[4] an address.
+            assert_eq!(run(p, x, nr as u32, [3, 6, 1, 1, 1, 4]), want, "{nr}");
+            // Nothing at all for another architecture (aarch64's numbers are others').
+            assert_eq!(
+                run(p, 0xc000_00b7, nr as u32, [3, 6, 1, 1, 1, 4]),
+                a,
+                "{nr}"
+            );
+        }
+        for nr in [i386::RECVFROM, i386::SENDTO] {
+            let nr = nr as u32;
+            assert_eq!(run(p, x, nr, [3, 0x0804_0000, 16, 0, 0, 0]), a);
+            assert_eq!(run(p, x, nr, [3, 0x0804_0000, 16, 0, 0xffff_e000, 16]), n);
+            // A 32-bit pointer: the high half (which the kernel ignores) is not looked at.
+            assert_eq!(run(p, x, nr, [3, 0, 0, 0, 0x1_0000_0000, 16]), a);
+        }
+        let sc = i386::SOCKETCALL as u32;
+        for call in 0..=21u32 {
+            let listed = i386::SOCKETCALLS.iter().any(|(c, _, _)| *c == call)
+                || i386::SOCKETCALL_OPTIONS
+                    .iter()
+                    .any(|(c, x86, _)| *c == call && (vsock || *x86 == libc::SYS_getsockopt));
+            let want = if listed { n } else { a };
+            let args = [u64::from(call), 0xffff_d000, 0, 0, 0, 0];
+            assert_eq!(run(p, x, sc, args), want, "socketcall {call}");
+        }
+        // The x86_64 numbers mean other calls on i386 (42 is pipe there, 49 is umask).
+        assert_eq!(run(p, x, libc::SYS_connect as u32, [3, 0, 0, 0, 0, 0]), a);
+        assert_eq!(run(p, x, libc::SYS_bind as u32, [3, 0, 0, 0, 0, 0]), a);
+        // The direct option calls by the shared rule, level and name read from the arguments.
+        for (nr, x86) in i386::OPTIONS {
+            let get = x86 == libc::SYS_getsockopt;
+            for (level, name) in levels_and_names() {
+                let args = [3, level, name, 0xffd0_0000, 0xffd0_0100, 0];
+                let want = shared_proto::sockopt::may_answer(vsock, get, level as i32, name as i32);
+                let got = run(p, x, nr as u32, args);
+                assert_eq!(got, if want { n } else { a }, "{nr} {level} {name}");
+            }
+        }
+    }
+
     /// The levels and names tried: every small one, and ints whose high argument bits are set
     /// (the kernel reads an int).
     fn levels_and_names() -> impl Iterator<Item = (u64, u64)> {
@@ -360,6 +551,7 @@ mod tests {
         for (transport, vsock) in [(Transport::Unix, false), (Transport::Vsock, true)] {
             let p = program(transport);
             common_calls(&p);
+            i386_calls(&p, vsock);
             // The options the shared rule may answer in this setting, and nothing else.
             for nr in NOTIFIED_OPTIONS {
                 let get = nr == libc::SYS_getsockopt;

@@ -18,7 +18,11 @@
 //!    answer wrongly (`getsockopt` of `SO_DOMAIN`, `SO_TYPE`, `SO_PROTOCOL` and
 //!    `SO_ACCEPTCONN`; inside a VM more, see 6), and `socket` for an AF_INET ICMP socket (a
 //!    ping socket the program's namespace forbids is made in the private network, see 5);
-//!    everything else runs untouched at full speed. The filter is inherited: every descendant (fork, exec,
+//!    everything else runs untouched at full speed. The i386 ABI (a legacy 32-bit program, or
+//!    `int $0x80`) is notified for the same calls, by their direct i386 numbers and through
+//!    `socketcall(2)` (Debian's i386 glibc makes every socket call that way, as old binaries
+//!    do), and `abi` maps each onto the x86_64 call before anything below sees it, so all of it
+//!    serves 32-bit programs too (but their `socket`). The filter is inherited: every descendant (fork, exec,
 //!    daemons that double-fork) is served too, and [`run`] serves until no task uses the
 //!    filter any more (the listener reports POLLHUP once the last one has exited and been
 //!    reaped), while returning the program's own exit status, taken when it exited.
@@ -89,7 +93,8 @@
 //!    long as it); each accepted connection is an inbound vsock stream whose `Inbound` frame
 //!    (the client's source-pool dummy) is read here before the stream is added as the
 //!    accept's result. The filter also notifies `getsockopt`/`setsockopt` at the levels a
-//!    vsock stand-in cannot answer (`IPPROTO_TCP`, `IPPROTO_IP`, and `SO_DOMAIN`/`SO_PROTOCOL`):
+//!    vsock stand-in cannot answer (`IPPROTO_TCP`, `IPPROTO_IP`, and `SO_DOMAIN`/`SO_PROTOCOL`;
+//!    through i386 `socketcall`, whose level BPF cannot see, every option call):
 //!    on a connection or listener made here they answer by liboutsock's rule
 //!    (`shared_proto::sockopt`, in `sockopt`: a TCP or IP option set is checked as Linux
 //!    checks it, and its value — for the options the rule remembers: TCP_NODELAY, TCP_CORK,
@@ -117,8 +122,9 @@
 //! Not in this slice (the calls continue natively, which fails on an IPv6-only network):
 //! without the private network, `sendmsg`/`sendmmsg` with an address and `recvmsg`/`recvmmsg`
 //! addresses on UDP made here (not notified: `udp` lists the consequences and ICMP's own
-//! gaps), the i386 ABI, AF_INET6 sockets other
-//! than dual-stack TCP listeners (those are outsourced as AF_INET ones: `serve`). Socket
+//! gaps), AF_INET6 sockets other
+//! than dual-stack TCP listeners (those are outsourced as AF_INET ones: `serve`). Of the i386
+//! ABI, what the x86_64 one leaves out, and a ping socket its namespace forbids. Socket
 //! options set before an outsourced listen are not carried over (before a connect they are:
 //! `serve`). In process mode, options on a listener other than the four of 4 are the packet
 //! channel's: `SOL_SOCKET` ones that any socket has set and read back as natively
@@ -136,7 +142,10 @@
 //! Cost: each notified call is a round trip to the supervisor (every `connect` and `bind` is
 //! notified, AF_UNIX ones included: BPF cannot read the address behind the pointer; inside a
 //! VM also every TCP- and IP-level socket option, on any socket: a Go dial sets a few; in
-//! process mode only the four `getsockopt` reads of 4, on any socket). Calls
+//! process mode only the four `getsockopt` reads of 4, on any socket; through i386
+//! `socketcall`, every `sendto` and `recvfrom`, with an address or not, and every
+//! `getsockopt` (inside a VM every socket option), and one more process_vm_readv, of its
+//! arguments). Calls
 //! that only continue take the fast path: one process_vm_readv of the address into the stack
 //! (or, for getsockname/getpeername and socket options while nothing was made here, nothing)
 //! and the CONTINUE answer, on the loop's own thread; a dynamic program under liboutsock pays
@@ -146,15 +155,17 @@
 //! idle one, kept for 10 s, when there is one). The data path is untouched: reads and writes on
 //! a passed socket are the kernel's own.
 //!
-//! Modules: [`filter`] (the BPF program, safe), `sys` (every syscall and ioctl; the only
-//! `unsafe`; the private network's helper), `pnet` (the private network: packets, pool
-//! addresses), `host` (the host-server client), `outcome` (what a notified call becomes), `workers` (the
-//! threads calls that may wait run on), [`transport`] (Unix or vsock, as liboutsock chooses),
+//! Modules: [`filter`] (the BPF program, safe), `abi` (an i386 notification as the x86_64
+//! call), `sys` (every syscall and ioctl; the only `unsafe`; the private network's helper),
+//! `pnet` (the private network: packets, pool addresses), `host` (the host-server client),
+//! `outcome` (what a notified call becomes), `workers` (the threads calls that may wait run
+//! on), [`transport`] (Unix or vsock, as liboutsock chooses),
 //! `vmlisten` (listeners inside a VM), `udp` (UDP associations and connected UDP), `sockopt`
 //! (options on a stand-in, and a VM's option values kept), `serve` (the loop).
 
 #![deny(unsafe_code)]
 
+mod abi;
 pub mod filter;
 mod host;
 mod outcome;

@@ -55,7 +55,9 @@
 //! are swept from the table as it grows. Calls that may wait (connect, bind, listen, a
 //! blocking accept, a blocking UDP recvfrom, sendto) run on a worker thread (`workers`: an
 //! idle one when there is one); the loop never waits for host-server.
-//! The loop runs until no task uses the filter: the program's exit only reaps it.
+//! The loop runs until no task uses the filter: the program's exit only reaps it. Each
+//! notification is first decoded by `abi` (an i386 call as the x86_64 one), so all of the
+//! above serves the i386 ABI alike.
 
 use std::collections::HashMap;
 use std::io;
@@ -74,6 +76,7 @@ use shared_proto::translate::{
 };
 use shared_proto::{decode_exact, to_vec, Errno, ToGuest, ToHost};
 
+use crate::abi;
 use crate::host::HostServer;
 use crate::outcome::Outcome;
 use crate::sockopt;
@@ -311,10 +314,14 @@ pub fn serve(shared: Shared, child: &mut Child) -> io::Result<ExitStatus> {
             }
             Err(_) => break,
         }
-        let Ok(n) = shared.listener.recv() else {
+        let Ok((n, arch)) = shared.listener.recv_arch() else {
             continue;
         };
-        dispatch(&shared, n);
+        // The i386 ABI's calls as the x86_64 ones (`abi`).
+        match abi::decode(&n, arch) {
+            Ok(call) => dispatch(&shared, call),
+            Err(outcome) => shared.finish(&n, outcome),
+        }
     }
     match status {
         Some(s) => Ok(s),

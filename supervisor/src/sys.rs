@@ -247,11 +247,12 @@ impl Listener {
         Ok(Ready::None)
     }
 
-    /// Receives one notification (ENOENT: its caller died before we took it).
+    /// Receives one notification and the architecture (`AUDIT_ARCH_*`) of its call (ENOENT:
+    /// its caller died before we took it).
     ///
     /// # Errors
     /// The ioctl's error.
-    pub fn recv(&self) -> io::Result<Notif> {
+    pub fn recv_arch(&self) -> io::Result<(Notif, u32)> {
         // SAFETY: seccomp_notif is plain data; the kernel wants it zeroed.
         let mut n: libc::seccomp_notif = unsafe { std::mem::zeroed() };
         // SAFETY: NOTIF_RECV writes one seccomp_notif to a valid pointer.
@@ -262,12 +263,13 @@ impl Listener {
                 std::ptr::from_mut(&mut n),
             )
         })?;
-        Ok(Notif {
+        let notif = Notif {
             id: n.id,
             pid: n.pid,
             nr: i64::from(n.data.nr),
             args: n.data.args,
-        })
+        };
+        Ok((notif, n.data.arch))
     }
 
     /// Whether the notification is still alive (its caller still waits in the call).

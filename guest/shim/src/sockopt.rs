@@ -19,7 +19,11 @@ use shared_proto::sockopt::REMEMBERED;
 use shared_proto::translate::{carried_value, CARRIED_OPTIONS};
 
 use crate::real;
-use crate::table::MAX_FDS;
+
+/// The descriptors a slot can name: its 20 descriptor bits (as many as `crate::table` covers;
+/// its tests check the two agree). Not imported from there: the table forgets a closed
+/// descriptor's values here, so this module must not depend on it.
+pub(crate) const MAX_FDS: usize = 1 << 20;
 
 /// How many option values liboutsock keeps, over all descriptors.
 pub(crate) const KEPT_SLOTS: usize = 256;

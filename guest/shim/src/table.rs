@@ -236,6 +236,11 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_option_memory_covers_every_descriptor_the_table_does() {
+        assert_eq!(crate::sockopt::MAX_FDS, MAX_FDS);
+    }
+
+    #[test]
     fn entries_round_trip() {
         let e = Entry {
             kind: Kind::Listener,

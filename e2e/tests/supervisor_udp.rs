@@ -140,6 +140,21 @@ func main() {
 		if _, _, err := pc.WriteMsgUDP(append([]byte("echo "), buf[:n]...), nil, from); err != nil {
 			fail("writemsg", err)
 		}
+	case "fire":
+		// One datagram with sendmsg (WriteMsgUDP), and the program is gone at once.
+		to, err := net.ResolveUDPAddr("udp4", net.JoinHostPort(os.Args[2], os.Args[3]))
+		if err != nil {
+			fail("resolve", err)
+		}
+		pc, err := net.ListenUDP("udp4", nil)
+		if err != nil {
+			fail("listen", err)
+		}
+		if _, _, err := pc.WriteMsgUDP([]byte("last words"), nil, to); err != nil {
+			fail("writemsg", err)
+		}
+		fmt.Printf("to %s\n", to)
+		os.Exit(0)
 	case "loopback":
 		srv, err := net.ListenPacket("udp4", "127.0.0.1:0")
 		if err != nil {
@@ -351,6 +366,41 @@ fn server_case(test: &str, label: &str, mode: &str) -> Option<(Stack, TempDir)> 
         .unwrap_or_else(|| panic!("{from} not in\n{table}"));
     assert!(row.contains(&addr::CLIENT.to_string()), "{row}");
     Some((s, dir))
+}
+
+/// A datagram sent with `sendmsg` (not notified: it leaves through the private network's TUN
+/// device) by a program that exits at once still reaches the world: the supervisor carries
+/// what its sockets sent before it ends.
+#[test]
+fn a_datagram_sent_with_sendmsg_just_before_exit_still_arrives() {
+    let test = "a_datagram_sent_with_sendmsg_just_before_exit_still_arrives";
+    let Some((s, _dir, bin)) = go_world(test, "sup-udp-fire", "") else {
+        return;
+    };
+    let sink = s
+        .world
+        .world()
+        .run(|| UdpSocket::bind(SocketAddr::new(addr::ECHO.into(), 9999)).unwrap())
+        .unwrap();
+    sink.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    for round in 0..5 {
+        let out = run(
+            &s,
+            &["--supervisor-only"],
+            &bin,
+            &["fire", zone::ECHO, "9999"],
+        );
+        let stdout = ok(&s, &out, "go fire");
+        let mut buf = [0u8; 64];
+        let got = sink.recv_from(&mut buf);
+        assert!(
+            got.is_ok(),
+            "round {round}: nothing arrived ({got:?}): {stdout}"
+        );
+        let (n, _) = got.unwrap();
+        assert_eq!(&buf[..n], b"last words", "round {round}");
+    }
 }
 
 #[test]

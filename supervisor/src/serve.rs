@@ -323,6 +323,9 @@ pub fn serve(shared: Shared, child: &mut Child) -> io::Result<ExitStatus> {
             Err(outcome) => shared.finish(&n, outcome),
         }
     }
+    // What the program's last sends left in the private network reaches host-server before
+    // the supervisor (and its reader) ends.
+    shared.assocs.settle();
     match status {
         Some(s) => Ok(s),
         None => child.wait(),
@@ -1031,10 +1034,11 @@ fn assoc_send(s: &Shared, end: &OwnedFd, dest: SocketAddrV4, data: &[u8], flags:
     send_on(s, &assoc, end, dest, data, flags)
 }
 
-/// `data` sent to `dest` on `assoc`, whose program's end is `end` (our copy): on an end in
-/// the private network by the kernel's send on it with `flags` (the datagram leaves through
-/// the TUN device, a ping socket's identifier set by the kernel), loopback excepted (the
-/// association is host-server's); on an `AF_UNIX` end framed here.
+/// `data` sent to `dest` on `assoc`, whose program's end is `end` (our copy): framed here, at
+/// once (its errors the call's, and nothing left in flight should the program exit next);
+/// on an ICMP end in the private network by the kernel's send on it with `flags` instead (a
+/// ping socket's identifier is the kernel's to set), loopback excepted (the association is
+/// host-server's).
 fn send_on(
     s: &Shared,
     assoc: &udp::Assoc,
@@ -1043,7 +1047,8 @@ fn send_on(
     data: &[u8],
     flags: i32,
 ) -> Outcome {
-    if assoc.is_private() {
+    // ICMP: the kernel's send on the end (a ping socket's identifier is the kernel's).
+    if assoc.is_private() && assoc.carries != Carries::Udp {
         if !is_outsourced(dest) {
             return Outcome::Fail(libc::ENETUNREACH);
         }

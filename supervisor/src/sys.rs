@@ -853,6 +853,34 @@ pub fn wait_readable(fd: RawFd, timeout_ms: c_int) -> bool {
     n > 0
 }
 
+/// Waits up to `timeout_ms` (-1: for ever) for `a` or `b` to be readable (or hung up):
+/// whether each is.
+#[must_use]
+pub fn wait_readable_either(a: RawFd, b: RawFd, timeout_ms: c_int) -> (bool, bool) {
+    let mut pfd = [a, b].map(|fd| libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    });
+    // SAFETY: two valid pollfds.
+    let n = unsafe { libc::poll(pfd.as_mut_ptr(), 2, timeout_ms) };
+    if n <= 0 {
+        return (false, false);
+    }
+    (pfd[0].revents != 0, pfd[1].revents != 0)
+}
+
+/// A close-on-exec eventfd (a wake-up between threads).
+///
+/// # Errors
+/// eventfd's error.
+pub fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: plain eventfd(2).
+    let fd = cvt(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) })?;
+    // SAFETY: a descriptor just made, owned from here.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// An `AF_VSOCK` stream connected to `cid:port`, close-on-exec (the transport inside a VM).
 ///
 /// # Errors

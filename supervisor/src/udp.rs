@@ -17,9 +17,11 @@
 //!   the TUN device as an IPv4 packet from its source (the peer's dummy, or the nameserver
 //!   asked) to the end's address; what the program sends comes out of the TUN device, where
 //!   one reader thread (`read_private`) frames it on the association its source address
-//!   names. A notified `sendto` is made here with the bytes read, on our copy of the end (a
-//!   loopback destination is ENETUNREACH: the association is host-server's); `recvfrom`
-//!   continues. A full end drops a datagram, as natively. An end's relay ends when host-server
+//!   names; before the supervisor ends, that reader carries whatever is still in the device
+//!   ([`Assocs::settle`]: a program that sends and exits loses nothing). A notified `sendto`
+//!   is framed here at once, its errors the call's (an ICMP one is the kernel's send on our
+//!   copy of the end, whose identifier the kernel sets; a loopback destination is
+//!   ENETUNREACH: the association is host-server's); `recvfrom` continues. A full end drops a datagram, as natively. An end's relay ends when host-server
 //!   closes the channel or no process holds the end any more (its inode gone from /proc,
 //!   looked at once a second while idle). *Without the private network* (no
 //!   `/dev/net/tun`, namespaces refused, or `OUTSOCK_PRIVATE_NET=off`), the program's end is
@@ -303,6 +305,10 @@ pub struct Assocs {
     private: OnceLock<Option<Arc<Private>>>,
     /// The resolv.conf nameservers (process mode): DNS to them goes to the guest DNS.
     nameservers: Vec<Ipv4Addr>,
+    /// Written by [`Assocs::settle`]: the private network's reader ends once nothing more is
+    /// there to read, and says so on `drained`.
+    closing: OnceLock<OwnedFd>,
+    drained: (Mutex<bool>, std::sync::Condvar),
 }
 
 impl Assocs {
@@ -334,10 +340,20 @@ impl Assocs {
                         return None;
                     }
                 };
+                let Ok(wake) = sys::eventfd() else {
+                    return None;
+                };
+                let closing = wake.as_raw_fd();
+                let _ = self.closing.set(wake);
                 let (all, p) = (Arc::clone(self), Arc::clone(&pnet));
                 std::thread::Builder::new()
                     .name("outsock-pnet".into())
-                    .spawn(move || read_private(&all, &p))
+                    .spawn(move || {
+                        read_private(&all, &p, closing);
+                        let (done, cv) = &all.drained;
+                        *done.lock().unwrap_or_else(PoisonError::into_inner) = true;
+                        cv.notify_all();
+                    })
                     .ok()
                     .map(|_| pnet)
             })
@@ -346,6 +362,24 @@ impl Assocs {
 
     fn is_nameserver(&self, a: SocketAddrV4) -> bool {
         a.port() == 53 && self.nameservers.contains(a.ip())
+    }
+
+    /// Waits (a second at the most) until the private network's reader has carried every
+    /// packet the program's sockets sent there: before the supervisor ends, so that a program
+    /// that sends and exits (a `sendmsg`, never notified) loses nothing.
+    pub fn settle(&self) {
+        let Some(Some(_)) = self.private.get() else {
+            return;
+        };
+        let Some(wake) = self.closing.get() else {
+            return;
+        };
+        let _ = sys::write_fd(wake.as_raw_fd(), &1u64.to_ne_bytes());
+        let (done, cv) = &self.drained;
+        let done = done.lock().unwrap_or_else(PoisonError::into_inner);
+        let _ = cv
+            .wait_timeout_while(done, std::time::Duration::from_secs(1), |d| !*d)
+            .unwrap_or_else(PoisonError::into_inner);
     }
 
     /// The association whose program's end has identity `id`.
@@ -396,11 +430,23 @@ fn live_sockets() -> Arc<std::collections::HashSet<u64>> {
 /// the association the packet's source address names (a UDP datagram to a nameserver going to
 /// the guest DNS, an echo request on an ICMP association to its destination); anything else is
 /// dropped, as a datagram lost (the supervisor's `sendto` path has answered the errors a
-/// program can be told synchronously).
-fn read_private(assocs: &Assocs, pnet: &Private) {
+/// program can be told synchronously). It ends once `closing` is readable and the device has
+/// stayed empty for 20 ms ([`Assocs::settle`]).
+fn read_private(assocs: &Assocs, pnet: &Private, closing: std::os::fd::RawFd) {
     let mut buf = vec![0u8; 65_536];
+    let tun = pnet.tun.as_raw_fd();
+    let mut ending = false;
     loop {
-        let n = match sys::read_fd(pnet.tun.as_raw_fd(), &mut buf) {
+        // Once asked to end: whatever is still there, then (nothing for 20 ms) the end.
+        let (ready, asked) = sys::wait_readable_either(tun, closing, if ending { 20 } else { -1 });
+        ending |= asked;
+        if !ready {
+            if ending {
+                return;
+            }
+            continue;
+        }
+        let n = match sys::read_fd(tun, &mut buf) {
             Ok(n) => n,
             Err(libc::EINTR | libc::EAGAIN) => continue,
             Err(_) => return,

@@ -534,7 +534,7 @@ fn programs_fail_fast_when_host_server_is_stopped() {
 }
 
 /// liboutsock keeps the stream of a connect whose socket host-server passed, for the next
-/// connect (one per process, within a second of its last use): the program sees one extra
+/// connect (one for a program that connects from one thread at a time, used within a second): the program sees one extra
 /// socket, the same across connects; a forked child opens its own; one the program closed
 /// behind the shim's back (closerange) is forgotten — the file that takes its number is left
 /// alone — and an old one is replaced.
@@ -596,5 +596,62 @@ fn liboutsock_keeps_one_stream_per_process_for_its_connects() {
     assert_eq!(
         ok(&s, &out, "python kept stream"),
         "reused True\nchild 0\nfile True\nrenewed True\n"
+    );
+}
+
+/// liboutsock keeps a stream for each thread connecting at the same moment (up to its slots):
+/// a burst of six threads leaves several kept streams, at most one per thread (six threads
+/// released together connect at once: all six are kept here), the next burst takes them up
+/// again instead of opening new ones, and once they are too old to be used the next connect
+/// closes them all — the program is left with the one stream it used.
+const PY_KEPT_THREADS: &str = r#"
+import os, socket, sys, threading, time
+def sockets():
+    out = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            t = os.readlink("/proc/self/fd/" + fd)
+        except OSError:
+            continue
+        if t.startswith("socket:"):
+            out.add(t)
+    return out
+def echo(tag):
+    c = socket.create_connection((sys.argv[1], 7), timeout=10)
+    c.sendall(tag)
+    assert c.recv(16) == tag
+    c.close()
+def burst(n):
+    gate = threading.Barrier(n)
+    def one(i):
+        gate.wait()
+        for k in range(3):
+            echo(b"t%d.%d" % (i, k))
+    ts = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+burst(6)
+first = sockets()
+burst(6)
+second = sockets()
+print("several", 2 <= len(first) <= 6 and 1 <= len(second) <= 6)
+print("reused", len(first & second) >= 1)
+time.sleep(1.5)
+echo(b"old")
+after = sockets()
+print("renewed", len(after) == 1 and not (after & (first | second)))
+"#;
+
+#[test]
+fn liboutsock_keeps_a_stream_per_concurrent_thread() {
+    let Some(s) = stack("py-kept-threads", PORTS) else {
+        return;
+    };
+    let out = run(&s, "python3", &["-c", PY_KEPT_THREADS, zone::ECHO], b"");
+    assert_eq!(
+        ok(&s, &out, "python kept streams, threads"),
+        "several True\nreused True\nrenewed True\n"
     );
 }

@@ -18,8 +18,8 @@
 //! send one kind of packet back: a `Listen` frame, whose backlog replaces the listener's (a
 //! second `listen(2)` on a listening socket); anything else closes the listener.
 
-use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::{AsFd, AsRawFd};
+use std::net::{SocketAddrV4, SocketAddrV6};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::Duration;
 
 use shared_proto::outsource::ListenRequest;
@@ -271,8 +271,16 @@ async fn guest_said(control: &Control) -> GuestSaid {
     }
 }
 
+/// The most connections taken from the listener's queue at one wake-up before the guest's side
+/// and the drain are looked at again.
+const ACCEPT_BATCH: usize = 64;
+
 /// Accepts until the guest closes its side of the listener (or says anything the protocol does
-/// not allow there) or the server drains.
+/// not allow there) or the server drains. Each wake-up takes every connection waiting (up to
+/// [`ACCEPT_BATCH`]) until the queue is empty: under a burst of connects one wake-up delivers
+/// several. The listener is registered for readability only, and its connections are accepted
+/// straight from the kernel in blocking mode (what a process is handed) without a tokio
+/// registration of their own, which a passed socket would only have to undo.
 pub(crate) async fn run(parts: ListenerParts) {
     let ListenerParts {
         control,
@@ -283,6 +291,19 @@ pub(crate) async fn run(parts: ListenerParts) {
         shared,
         permits,
     } = parts;
+    // Registered for readiness through a `UnixStream`, as the packet channel is (the
+    // registration does not care about the socket type); only `readable` and `try_io` are used.
+    let listener = match listener
+        .into_std()
+        .and_then(|l| UnixStream::from_std(std::os::unix::net::UnixStream::from(OwnedFd::from(l))))
+    {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot register a guest listener");
+            drop(permits);
+            return;
+        }
+    };
     let mut draining = shared.draining.clone();
     loop {
         tokio::select! {
@@ -296,14 +317,30 @@ pub(crate) async fn run(parts: ListenerParts) {
                 }
                 GuestSaid::Closed => break,
             },
-            a = listener.accept() => match a {
-                Ok((tcp, SocketAddr::V6(peer))) => {
-                    deliver(&control, tcp, peer, local, &identity, &delivery, &shared).await;
+            ready = listener.readable() => {
+                if ready.is_err() {
+                    break;
                 }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::debug!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                for _ in 0..ACCEPT_BATCH {
+                    // accept4 with SOCK_CLOEXEC: a blocking socket, whatever the listener's mode.
+                    let accepted = listener
+                        .try_io(Interest::READABLE, || SockRef::from(&listener).accept());
+                    match accepted {
+                        Ok((tcp, peer)) => {
+                            if let Some(peer) = peer.as_socket_ipv6() {
+                                let tcp = std::net::TcpStream::from(tcp);
+                                deliver(&control, tcp, peer, local, &identity, &delivery, &shared)
+                                    .await;
+                            }
+                        }
+                        // The queue is empty; `try_io` cleared the readiness.
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            break;
+                        }
+                    }
                 }
             },
             _ = draining.changed() => break,
@@ -333,9 +370,10 @@ async fn send_packet(afd: &UnixStream, data: &[u8], fd: &impl AsRawFd) -> std::i
     }
 }
 
+/// Delivers one accepted connection (`tcp`, in blocking mode) to the guest.
 async fn deliver(
     control: &Control,
-    tcp: TcpStream,
+    tcp: std::net::TcpStream,
     peer: SocketAddrV6,
     local: SocketAddrV4,
     identity: &Identity,
@@ -364,12 +402,8 @@ async fn deliver(
             let Ok(bytes) = frame::to_vec(&inbound) else {
                 return;
             };
-            let Ok(std) = tcp.into_std() else { return };
-            if std.set_nonblocking(false).is_err() {
-                return;
-            }
             let sent = match control {
-                Control::Packets(afd) => send_packet(afd, &bytes, &std).await,
+                Control::Packets(afd) => send_packet(afd, &bytes, &tcp).await,
                 Control::Stream(_) => Err(std::io::Error::other("no packet channel")),
             };
             match sent {
@@ -382,6 +416,13 @@ async fn deliver(
         }
         Delivery::Vm { socket, vsock_port } => {
             let Ok(permit) = shared.limits.acquire(identity, Resource::Socket) else {
+                shared.metrics.record(Event::InboundDropped);
+                return;
+            };
+            let Ok(tcp) = tcp
+                .set_nonblocking(true)
+                .and_then(|()| TcpStream::from_std(tcp))
+            else {
                 shared.metrics.record(Event::InboundDropped);
                 return;
             };

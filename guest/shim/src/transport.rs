@@ -14,14 +14,19 @@
 //! own recvmsg and close).
 //!
 //! In process mode the stream of a connect whose socket host-server passed while connecting is
-//! kept for the process's next connect (host-server keeps its end; see its `session`): one per
-//! process, reused within [`KEEP_FOR_MS`] of its last answer (host-server closes an idle one only
-//! after its request timeout, seconds), so a connect in a busy program costs no stream set-up,
-//! accept or credentials check. The kept descriptor is the program's too: it sits at the
-//! highest number the descriptor limit allows (so the program's own descriptors are numbered as
-//! natively), and before reuse it is checked to be still ours — the same socket (device and inode) in the same process (a forked
-//! child closes its inherited copy and opens its own) — and still quiet (host-server restarted:
-//! its end is readable); one the program closed or reused is forgotten, never touched.
+//! kept for the process's next connect (host-server keeps its end; see its `session`): up to
+//! [`KEPT_STREAMS`] per process, one for each thread connecting at the same moment (a program
+//! that connects from one thread at a time keeps one), each reused within [`KEEP_FOR_MS`] of its
+//! last answer (host-server closes an idle one only after its request timeout, seconds), so a
+//! connect in a busy program — threaded ones included — costs no stream set-up, accept or
+//! credentials check. Kept descriptors are the program's too: they sit at the highest numbers
+//! the descriptor limit allows (slot `i` at the limit − 1 − `i`, so the program's own
+//! descriptors are numbered as natively), and before reuse each is checked to be still ours —
+//! the same socket (device and inode) in the same process (a forked child closes its inherited
+//! copy and opens its own) — and still quiet (host-server restarted: its end is readable); one
+//! the program closed or reused is forgotten, never touched. Keeping a stream closes the other
+//! slots' streams that are too old to be reused, so a burst of threads leaves none behind for
+//! long.
 
 use std::cell::UnsafeCell;
 use std::ffi::CStr;
@@ -69,7 +74,11 @@ pub struct Stream(c_int);
 /// How long after its last answer a kept stream is used again; an older one is closed instead.
 pub const KEEP_FOR_MS: u64 = 1_000;
 
-/// The kept stream (`fd` < 0: none) and what proves it is still ours.
+/// How many streams a process keeps at most: as many threads may connect at once without
+/// opening a stream.
+pub const KEPT_STREAMS: usize = 32;
+
+/// A kept stream (`fd` < 0: none) and what proves it is still ours.
 #[derive(Clone, Copy)]
 struct Kept {
     fd: c_int,
@@ -79,8 +88,19 @@ struct Kept {
     at_ms: u64,
 }
 
-/// [`Kept`] behind a try-lock that is held for a copy only (no call while held): a thread that
-/// finds it taken, or a child forked while it was, opens a new stream instead of waiting.
+impl Kept {
+    const NONE: Kept = Kept {
+        fd: -1,
+        pid: 0,
+        dev: 0,
+        ino: 0,
+        at_ms: 0,
+    };
+}
+
+/// One [`Kept`] behind a try-lock: a thread that finds it taken (another thread is taking or
+/// filling it, or a child was forked while one was) passes it by instead of waiting, so no
+/// caller ever blocks on it, signal handlers and forked children included.
 struct KeptSlot {
     busy: AtomicBool,
     kept: UnsafeCell<Kept>,
@@ -88,17 +108,6 @@ struct KeptSlot {
 
 // SAFETY: `kept` is only read or written by the thread that set `busy`.
 unsafe impl Sync for KeptSlot {}
-
-static KEPT: KeptSlot = KeptSlot {
-    busy: AtomicBool::new(false),
-    kept: UnsafeCell::new(Kept {
-        fd: -1,
-        pid: 0,
-        dev: 0,
-        ino: 0,
-        at_ms: 0,
-    }),
-};
 
 impl KeptSlot {
     /// Runs `f` on the slot if no other thread holds it.
@@ -111,7 +120,20 @@ impl KeptSlot {
         self.busy.store(false, Ordering::Release);
         Some(r)
     }
+
+    /// Empties the slot, returning what it held (`None`: held by another thread, or empty).
+    fn take(&self) -> Option<Kept> {
+        self.with(|k| std::mem::replace(k, Kept::NONE))
+            .filter(|k| k.fd >= 0)
+    }
 }
+
+static KEPT: [KeptSlot; KEPT_STREAMS] = [const {
+    KeptSlot {
+        busy: AtomicBool::new(false),
+        kept: UnsafeCell::new(Kept::NONE),
+    }
+}; KEPT_STREAMS];
 
 /// The device and inode of `fd`'s open file.
 fn identity(fd: c_int) -> Option<(u64, u64)> {
@@ -192,14 +214,14 @@ impl Stream {
     }
 
     fn take_kept() -> Option<Self> {
-        let k = KEPT.with(|k| {
-            let taken = *k;
-            k.fd = -1;
-            taken
-        })?;
-        if k.fd < 0 {
-            return None;
-        }
+        KEPT.iter()
+            .filter_map(KeptSlot::take)
+            .find_map(|k| Self::still_ours(k, now_ms()))
+    }
+
+    /// The stream in `k`, if it is still ours, this process's and fresh; otherwise it is
+    /// closed (ours) or forgotten (the program's now).
+    fn still_ours(k: Kept, now: u64) -> Option<Self> {
         // The program closed it, or put another file on its number: not ours, not touched.
         if identity(k.fd) != Some((k.dev, k.ino)) {
             return None;
@@ -209,18 +231,18 @@ impl Stream {
         let same_process = unsafe { libc::getpid() } == k.pid;
         // A forked child's copy of its parent's stream (closed here, on drop), an old one, or
         // one host-server has closed (readable: its end).
-        if !same_process || now_ms().saturating_sub(k.at_ms) > KEEP_FOR_MS || readable(k.fd) {
+        if !same_process || now.saturating_sub(k.at_ms) > KEEP_FOR_MS || readable(k.fd) {
             return None;
         }
         Some(stream)
     }
 
     /// Keeps this stream for the process's next connect (one that brought a socket passed while
-    /// connecting, its answer read to the end); closed if another is kept already.
+    /// connecting, its answer read to the end); closed if every slot is full.
     pub fn keep(self) {
-        // Moved to the highest descriptor the process may have, so that the program's next
-        // socket or file gets the number it would get natively; where that slot is taken, not
-        // kept.
+        // Moved to a slot's number among the highest descriptors the process may have, so that
+        // the program's next socket or file gets the number it would get natively; where that
+        // number is taken, not kept.
         let mut lim = libc::rlimit {
             rlim_cur: 0,
             rlim_max: 0,
@@ -232,41 +254,96 @@ impl Stream {
         let Ok(top) = c_int::try_from(lim.rlim_cur.saturating_sub(1)) else {
             return;
         };
-        if self.0 != top {
-            // SAFETY: fcntl on our own descriptor; the result is a new one or -1.
-            let high = unsafe { libc::fcntl(self.0, libc::F_DUPFD_CLOEXEC, top) };
-            if high != top {
-                if high >= 0 {
-                    // SAFETY: the duplicate just made, ours.
-                    unsafe { real::close(high) };
-                }
-                return;
-            }
-            crate::table::clear(high);
-            // The old number closes as `self` drops.
-            return Self(high).keep();
+        let now = now_ms();
+        // Already on a slot's number (a kept stream used again): back into that slot.
+        let own = usize::try_from(top - self.0)
+            .ok()
+            .filter(|&i| i < KEPT_STREAMS);
+        let stream = match own {
+            Some(i) => KEPT[i].with(|k| self.fill(k, now)).flatten(),
+            None => self.into_free_slot(top, now),
+        };
+        if stream.is_none() {
+            Self::close_old(now);
+        }
+    }
+
+    /// Puts this stream (already on its slot's number) into `k` if `k` is empty; returns it
+    /// otherwise, or when its identity cannot be read.
+    fn fill(self, k: &mut Kept, now: u64) -> Option<Self> {
+        if k.fd >= 0 {
+            return Some(self);
         }
         let Some((dev, ino)) = identity(self.0) else {
-            return;
+            return Some(self);
         };
-        // SAFETY: getpid has no arguments.
-        let pid = unsafe { libc::getpid() };
-        let fd = self.0;
-        let kept = KEPT.with(|k| {
-            if k.fd >= 0 {
-                return false;
+        *k = Kept {
+            fd: self.into_raw(),
+            // SAFETY: getpid has no arguments.
+            pid: unsafe { libc::getpid() },
+            dev,
+            ino,
+            at_ms: now,
+        };
+        None
+    }
+
+    /// Moves this stream into the first empty slot, onto that slot's number; returns it when
+    /// none is empty or the empty one's number is the program's.
+    fn into_free_slot(self, top: c_int, now: u64) -> Option<Self> {
+        for (i, slot) in KEPT.iter().enumerate() {
+            #[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)] // i < 32.
+            let number = top - i as c_int;
+            if number <= self.0 {
+                // Below our own number: the program has every number above; keep none.
+                return Some(self);
             }
-            *k = Kept {
-                fd,
-                pid,
-                dev,
-                ino,
-                at_ms: now_ms(),
-            };
-            true
-        });
-        if kept == Some(true) {
-            std::mem::forget(self);
+            // The slot stays held across the fcntl, so that no other thread fills it
+            // meanwhile; the try-lock makes them pass it by, never wait.
+            let done = slot.with(|k| {
+                if k.fd >= 0 {
+                    return None;
+                }
+                // SAFETY: fcntl on our own descriptor; the result is a new one or -1.
+                let high = unsafe { libc::fcntl(self.0, libc::F_DUPFD_CLOEXEC, number) };
+                if high != number {
+                    if high >= 0 {
+                        // SAFETY: the duplicate just made, ours.
+                        unsafe { real::close(high) };
+                    }
+                    return Some(false);
+                }
+                crate::table::clear(high);
+                // The old number closes as `self` drops; a failed fill closes the new one.
+                Some(Self(high).fill(k, now).is_none())
+            });
+            // Otherwise taken, or full: the next slot.
+            if let Some(Some(kept)) = done {
+                return (!kept).then_some(self);
+            }
+        }
+        Some(self)
+    }
+
+    /// Closes the kept streams too old to be used again (after a burst of threads, the slots
+    /// nobody takes any more), checking that each is still ours first.
+    fn close_old(now: u64) {
+        for slot in &KEPT {
+            let old = slot
+                .with(|k| {
+                    if k.fd >= 0 && now.saturating_sub(k.at_ms) > KEEP_FOR_MS {
+                        Some(std::mem::replace(k, Kept::NONE))
+                    } else {
+                        None
+                    }
+                })
+                .flatten();
+            if let Some(k) = old {
+                if identity(k.fd) == Some((k.dev, k.ino)) {
+                    // SAFETY: still our stream (same device and inode).
+                    unsafe { real::close(k.fd) };
+                }
+            }
         }
     }
 
@@ -372,7 +449,32 @@ impl Stream {
     /// # Errors
     /// EPROTO for a malformed frame or a peer that closed early, ETIMEDOUT when none came.
     pub fn recv(&self) -> Result<(ToGuest, Option<c_int>), Errno> {
+        wait_answer(self.0)?;
         recv_frame(self.0, libc::MSG_CMSG_CLOEXEC)
+    }
+}
+
+/// Waits in poll(2) until `fd` has something to read (or its end), at most the answer timeout
+/// (ETIMEDOUT). Not in recvmsg: a thread asleep in a Unix stream's recvmsg is woken whenever its
+/// peer reads what this side sent (the socket's write-space wake-up shares the wait queue), so
+/// host-server reading the request would wake it once for nothing before the answer; poll only
+/// wakes for POLLIN, sparing a wake-up (two context switches) per request.
+fn wait_answer(fd: c_int) -> Result<(), Errno> {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    #[allow(clippy::cast_possible_truncation)] // 60,000 ms.
+    let ms = (ANSWER_TIMEOUT_SECS * 1000) as c_int;
+    loop {
+        // SAFETY: one valid pollfd.
+        match unsafe { libc::poll(&mut p, 1, ms) } {
+            0 => return Err(Errno::ETIMEDOUT),
+            n if n > 0 => return Ok(()),
+            _ if errno() == libc::EINTR => {}
+            _ => return Err(last_errno()),
+        }
     }
 }
 

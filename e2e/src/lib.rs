@@ -125,6 +125,31 @@ pub fn connect_from_client(port: u16) -> TcpStream {
     t
 }
 
+/// A UDP client at [`addr::CLIENT`] in `world` sends `ping` to the host's IPv6 address on
+/// `port` and waits (10 s) for one datagram back: its payload and source.
+///
+/// # Panics
+/// When nothing comes back in time, or the client cannot bind or send.
+#[must_use]
+pub fn world_udp_ping(s: &Stack, port: u16) -> (Vec<u8>, SocketAddr) {
+    s.world
+        .world()
+        .run(move || {
+            let sock = std::net::UdpSocket::bind(SocketAddr::new(addr::CLIENT.into(), 0))
+                .expect("bind the world client");
+            sock.set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("a read timeout");
+            sock.send_to(b"ping", SocketAddr::new(addr::HOST.into(), port))
+                .expect("send the ping");
+            let mut buf = [0u8; 2048];
+            let (n, from) = sock
+                .recv_from(&mut buf)
+                .expect("a datagram back within 10 s");
+            (buf[..n].to_vec(), from)
+        })
+        .expect("the world client runs")
+}
+
 /// Sends `data` from an IPv6 client in `world` to the host's `port` and reads the answer to
 /// its end.
 ///

@@ -26,14 +26,13 @@
 // Test code throughout; helpers outside #[test] functions unwrap too.
 #![allow(clippy::unwrap_used)]
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::Duration;
 
 use outsock_e2e::{
     assert_client_dummy, ok, outsock_run, skip, stack, text, wait_listening, wait_udp_bound,
-    world_request,
+    world_request, world_udp_ping,
 };
 use tempfile::TempDir;
 use testworld::stack::{Stack, GUEST_DNS};
@@ -516,20 +515,7 @@ fn i386_udp_servers_answer_a_world_client_seen_as_its_dummy() {
             server.stdout(Stdio::piped()).stderr(Stdio::piped());
             let server = server.spawn().unwrap();
             wait_udp_bound(&s, port);
-            let reply = s
-                .world
-                .world()
-                .run(move || {
-                    let sock = UdpSocket::bind(SocketAddr::new(addr::CLIENT.into(), 0)).unwrap();
-                    sock.set_read_timeout(Some(Duration::from_secs(10)))
-                        .unwrap();
-                    sock.send_to(b"ping", SocketAddr::new(addr::HOST.into(), port))
-                        .unwrap();
-                    let mut buf = [0u8; 2048];
-                    let (n, from) = sock.recv_from(&mut buf).unwrap();
-                    (buf[..n].to_vec(), from)
-                })
-                .unwrap();
+            let reply = world_udp_ping(&s, port);
             let out = server.wait_with_output().unwrap();
             let stdout = ok(&s, &out, &what);
             println!("{what}: {stdout}");

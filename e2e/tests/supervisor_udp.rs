@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use outsock_e2e::{ok, outsock_run, skip, stack, text, wait_udp_bound};
+use outsock_e2e::{ok, outsock_run, skip, stack, text, wait_udp_bound, world_udp_ping};
 use tempfile::TempDir;
 use testworld::stack::Stack;
 use testworld::{addr, zone};
@@ -329,20 +329,7 @@ fn server_case(test: &str, label: &str, mode: &str) -> Option<(Stack, TempDir)> 
     server.stdout(Stdio::piped()).stderr(Stdio::piped());
     let server = server.spawn().unwrap();
     wait_udp_bound(&s, PORT);
-    let reply = s
-        .world
-        .world()
-        .run(move || {
-            let sock = UdpSocket::bind(SocketAddr::new(addr::CLIENT.into(), 0)).unwrap();
-            sock.set_read_timeout(Some(Duration::from_secs(10)))
-                .unwrap();
-            sock.send_to(b"ping", SocketAddr::new(addr::HOST.into(), PORT))
-                .unwrap();
-            let mut buf = [0u8; 2048];
-            let (n, from) = sock.recv_from(&mut buf).unwrap();
-            (buf[..n].to_vec(), from)
-        })
-        .unwrap();
+    let reply = world_udp_ping(&s, PORT);
     let out = server.wait_with_output().unwrap();
     println!("server: {}\n{}", text(&out.stdout), text(&out.stderr));
     let stdout = ok(&s, &out, "go udp server");

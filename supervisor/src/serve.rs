@@ -1300,19 +1300,22 @@ fn name(s: &Shared, n: &Notif) -> Outcome {
 }
 
 fn recvfrom(shared: &Arc<Shared>, n: Notif) {
-    let copy = sys::take_fd(n.pid, fd_arg(&n)).ok();
-    let view = copy.as_ref().and_then(|c| shared.view(c.as_raw_fd()));
-    let (Some(copy), Some(view)) = (copy, view) else {
+    // Looked up by identity (one stat, no descriptor copied): most recvfroms continue — on
+    // the program's own sockets, and on an end in the private network, a real AF_INET socket.
+    let view = (!shared.views_empty())
+        .then(|| sys::identity_of(n.pid, fd_arg(&n)).ok())
+        .flatten()
+        .and_then(|id| Some((id, shared.view_by_id(id)?)));
+    let ours = view.filter(|&(id, v)| match v.kind {
+        Kind::UdpConnected => true,
+        Kind::Udp => !shared.assocs.get(id).is_some_and(|a| a.is_private()),
+        _ => false,
+    });
+    let copy = ours.and_then(|_| sys::take_fd(n.pid, fd_arg(&n)).ok());
+    let (Some((_, view)), Some(copy)) = (ours, copy) else {
         shared.finish(&n, Outcome::Continue);
         return;
     };
-    // An end in the private network is a real AF_INET socket: the kernel's recvfrom.
-    if !matches!(view.kind, Kind::Udp | Kind::UdpConnected)
-        || (view.kind == Kind::Udp && assoc_of(shared, &copy).is_some_and(|a| a.is_private()))
-    {
-        shared.finish(&n, Outcome::Continue);
-        return;
-    }
     #[allow(clippy::cast_possible_truncation)] // An int in the syscall ABI.
     let flags = n.args[3] as i32;
     if flags & libc::MSG_DONTWAIT != 0 || nonblocking(&copy) {

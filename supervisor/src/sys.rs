@@ -634,12 +634,11 @@ pub fn recv(fd: RawFd, len: usize, flags: c_int) -> Result<(Vec<u8>, usize), i32
     Ok((buf, n))
 }
 
-/// An `AF_UNIX` `SOCK_SEQPACKET` pair, close-on-exec (host-server's side of a channel, in
-/// tests).
+/// An `AF_UNIX` `SOCK_SEQPACKET` pair, close-on-exec (the private network's helper channel;
+/// host-server's side of a channel, in tests).
 ///
 /// # Errors
 /// socketpair's error.
-#[cfg(test)]
 pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as c_int; 2];
     // SAFETY: socketpair writes two descriptors into a valid array.
@@ -1247,25 +1246,15 @@ pub struct Pnet {
 /// Starts the private network's helper: fork, and in the child a new user + network namespace
 /// (a network namespace alone where user namespaces are refused to root), set up as [`Pnet`]
 /// says, which answers socket requests until the supervisor is gone (its channel closes; no
-/// parent-death signal, which would come when the *thread* that forked ends, a worker's). The child runs only system calls on memory prepared before the
-/// fork (no allocation, no lock: the supervisor is multi-threaded).
+/// parent-death signal, which would come when the *thread* that forked ends, a worker's).
+/// The child runs only system calls on memory prepared before the fork (no allocation, no
+/// lock: the supervisor is multi-threaded).
 ///
 /// # Errors
 /// socketpair's or fork's error, or the child's (no TUN device, namespaces refused, …) as
 /// its errno.
 pub fn pnet_start() -> io::Result<Pnet> {
-    let mut pair = [0 as c_int; 2];
-    // SAFETY: `pair` has room for two descriptors.
-    cvt(unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
-            0,
-            pair.as_mut_ptr(),
-        )
-    })?;
-    // SAFETY: descriptors just made, owned from here.
-    let (ours, theirs) = unsafe { (OwnedFd::from_raw_fd(pair[0]), OwnedFd::from_raw_fd(pair[1])) };
+    let (ours, theirs) = seqpacket_pair()?;
     // Everything the child writes, prepared here.
     // SAFETY: plain getters.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };

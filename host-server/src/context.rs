@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use outsock_policy::Policy;
 
@@ -45,6 +45,37 @@ pub(crate) struct Shared {
     pub udp_server_locals: Arc<std::sync::Mutex<LocalTable>>,
     /// Who holds each UDP server port with associations (see [`PortHolders`]).
     pub udp_server_ports: Arc<std::sync::Mutex<PortHolders>>,
+    /// The CID of each VM's latest hello (for `outsock vm ls`).
+    pub vm_cids: Cids,
+}
+
+/// The CID each VM's latest hello carried, by VM name.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Cids(Arc<Mutex<HashMap<String, u32>>>);
+
+impl Cids {
+    /// Notes a hello's CID (one map look-up when it is unchanged, as on every stream but a
+    /// VM's first).
+    pub(crate) fn saw(&self, vm: &str, cid: u32) {
+        let mut m = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match m.get_mut(vm) {
+            Some(c) => *c = cid,
+            None => {
+                m.insert(vm.to_owned(), cid);
+            }
+        }
+    }
+
+    pub(crate) fn get(&self, vm: &str) -> u32 {
+        let m = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        m.get(vm).copied().unwrap_or(0)
+    }
 }
 
 /// Which host address each client of a server on `::` wrote to, so the reply leaves from it.

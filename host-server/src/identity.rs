@@ -144,6 +144,11 @@ impl<'a> Opening<'a> {
             request => {
                 let identity = match (&self.hello, self.is_vmm) {
                     (Some(h), _) => Identity::Vm(h.vm.clone()),
+                    // A VMM's user (root, where VMMs run as root) may ask for the VM list
+                    // without a hello: it asks as a user, for no guest, and gets no socket.
+                    (None, true) if matches!(request, ToHost::ListVms) => {
+                        Identity::Process { uid: self.cred.uid }
+                    }
                     (None, true) => {
                         return Err(IdentityError::VmmWithoutHello { uid: self.cred.uid })
                     }
@@ -260,6 +265,15 @@ mod tests {
             o.feed(connect()),
             Err(IdentityError::VmmWithoutHello { uid: 107 })
         );
+        // ...but may ask for the VM list as a user; after a hello the list is asked by the
+        // VM (its guest), which `vms` refuses.
+        let mut o = Opening::new(cred(107), &vms);
+        let opened = o.feed(ToHost::ListVms).unwrap().unwrap();
+        assert_eq!(opened.identity, Identity::Process { uid: 107 });
+        let mut o = Opening::new(cred(107), &vms);
+        o.feed(hello("web")).unwrap();
+        let opened = o.feed(ToHost::ListVms).unwrap().unwrap();
+        assert_eq!(opened.identity, Identity::Vm("web".into()));
 
         // VMM of web (107) cannot claim db; db's own VMM (108) can.
         let mut o = Opening::new(cred(107), &vms);

@@ -7,7 +7,7 @@
 //!   [`handle::run`] (which also speaks systemd's readiness and watchdog protocol through the
 //!   `outsock-notify` crate); the acceptor, stream and listener [`actors`]; `metrics_http`;
 //! - the per-request work: `session` (one host.sock stream), which dispatches to `outbound`,
-//!   [`inbound`] and [`udp`], with `dns_tcp` and `handover` beneath them and `context` (the
+//!   [`inbound`], [`udp`] and `vms` (`outsock vm ls`), with `dns_tcp` and `handover` beneath them and `context` (the
 //!   state every handler takes) under all of them;
 //! - the service actors with their handles: [`actors::mapping`] and [`actors::metrics`];
 //! - plain logic tested without actix — [`config`], [`accounts`] (names in the access
@@ -48,6 +48,7 @@ pub mod ratelimit;
 pub mod relay;
 mod session;
 pub mod udp;
+mod vms;
 
 pub use config::Settings;
 pub use handle::{run, start, MappingHandle, MetricsHandle, ServerHandle};

@@ -122,7 +122,9 @@ async fn serve_request(
         }
     };
     let Opened {
-        identity, request, ..
+        identity,
+        request,
+        hello,
     } = match opened {
         Ok(o) => o,
         Err(Some(errno)) => {
@@ -137,6 +139,9 @@ async fn serve_request(
             return Served::Done(Next::Closed);
         }
     };
+    if let Some(h) = &hello {
+        shared.vm_cids.saw(&h.vm, h.cid);
+    }
     let permit = match shared.limits.acquire(&identity, Resource::Socket) {
         Ok(p) => p,
         Err(errno) => {
@@ -171,6 +176,10 @@ async fn serve_request(
         }
         ToHost::Icmp(i) => {
             crate::icmp::associate(req, &i, shared).await;
+            Next::Closed
+        }
+        ToHost::ListVms => {
+            crate::vms::list(req, shared).await;
             Next::Closed
         }
         // The opening only yields requests.

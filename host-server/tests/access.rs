@@ -21,7 +21,7 @@ use std::time::Duration;
 use shared_proto::lookup::{
     ListQuery, LookupErrorCode, LookupOp, LookupReply, LookupRequest, LookupResponse,
 };
-use shared_proto::outsource::{ConnectRequest, ListenRequest, ToGuest, ToHost, VmHello};
+use shared_proto::outsource::{ConnectRequest, ListenRequest, ToGuest, ToHost, VmHello, VmList};
 use shared_proto::{frame, Errno};
 use testworld::users::TestUser;
 use testworld::{addr, zone, Daemon, World};
@@ -445,6 +445,42 @@ fn sockets_admit_peers_by_so_peercred_and_vms_keep_their_identity() {
         &["talk", vm_a_path.to_str().unwrap(), &hex(b"CONNECT 22\n")],
     );
     assert_eq!(line, "connect:EACCES");
+
+    // ---- the VM list (`outsock vm ls`) ---------------------------------------------------
+    // Only root and host-server's own user (root here) may list: it names every tenant.
+    for (who, frames) in [
+        (&proc1, vec![ToHost::ListVms]),
+        (&vmm_a, vec![ToHost::ListVms]),
+        (&vmm_a, vec![hello("a"), ToHost::ListVms]),
+    ] {
+        let (a, _) = rig.host(who, &frames);
+        assert_eq!(
+            a,
+            ToGuest::Failed(Errno::EACCES),
+            "{} {frames:?}",
+            who.name()
+        );
+    }
+    let mut s = std::os::unix::net::UnixStream::connect(rig.host_sock()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(&frame::to_vec(&ToHost::ListVms).unwrap())
+        .unwrap();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).unwrap();
+    let VmList(vms) = frame::decode_exact::<VmList>(&got).unwrap();
+    let names: Vec<&str> = vms.iter().map(|v| v.name.as_str()).collect();
+    assert_eq!(names, ["a", "b"]);
+    // a's socket answers (the stand-in this test holds: its pid); b has no VMM. Both VMs'
+    // hellos above carried CID 3.
+    let (a, b) = (&vms[0], &vms[1]);
+    assert!(a.running && a.vmm_pid == std::process::id(), "{a:?}");
+    assert!(!b.running && b.vmm_pid == 0, "{b:?}");
+    assert_eq!((a.cid, b.cid), (3, 3));
+    assert_eq!(
+        (a.address, b.address),
+        (addr::HOST_VMS[0], addr::HOST_VMS[1])
+    );
+    assert_eq!(a.socket, vm_a_path.display().to_string());
     drop(vm_a);
 
     // ---- counted -----------------------------------------------------------------------

@@ -12,6 +12,9 @@
 //! - `outsock mappings [--json] [--direction …] [--name …] [--address …]` prints dns-cache's
 //!   mapping table, asked over `dns.sock`.
 //! - `outsock health [--dns-socket …] [--host-socket …]` checks that the daemons answer.
+//! - `outsock vm run [--name …] [--kernel … --initramfs …] -- CMD ARGS…` runs one program in a
+//!   fresh VM and exits with its status; `outsock vm ls [--json]` lists host-server's VMs
+//!   (see [`vm`]).
 
 #![forbid(unsafe_code)]
 
@@ -23,6 +26,8 @@ use std::process::Command;
 use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
+
+mod vm;
 use clap::{Parser, Subcommand, ValueEnum};
 use shared_proto::lookup::{Direction, ListQuery, MappingInfo};
 use shared_proto::{decode, to_vec, LookupOp, LookupReply, LookupRequest, LookupResponse};
@@ -94,6 +99,11 @@ enum Cmd {
         #[arg(long)]
         address: Option<std::net::IpAddr>,
     },
+    /// VM mode: one program in a fresh VM, and the VMs host-server knows.
+    Vm {
+        #[command(subcommand)]
+        command: VmCmd,
+    },
     /// Check that the daemons answer (for container health checks and scripts): exit 0 when
     /// every socket given answers.
     Health {
@@ -103,6 +113,53 @@ enum Cmd {
         /// host-server's socket: must accept a connection.
         #[arg(long)]
         host_socket: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum VmCmd {
+    /// Run one program in a fresh VM (outsock-vmm against the running daemons): its output on
+    /// stdout, this terminal's input to the guest console, and its exit status (125 when the VM
+    /// ended without running it).
+    Run {
+        /// The VM's name: host-server's `[vms.NAME]`.
+        #[arg(long, default_value = "vm0")]
+        name: String,
+        /// host-server's socket.
+        #[arg(long, env = "OUTSOCK_SOCKET", default_value = "/run/outsock/host.sock")]
+        host_socket: PathBuf,
+        /// The VM's own socket (host-server's `[vms.NAME] socket`; default
+        /// /run/outsock/vm-NAME.vsock).
+        #[arg(long)]
+        vsock_socket: Option<PathBuf>,
+        /// The guest's vsock CID.
+        #[arg(long, default_value_t = 3)]
+        cid: u32,
+        /// Guest memory, MiB.
+        #[arg(long, default_value_t = 512)]
+        mem_mib: u32,
+        /// The guest kernel (with --initramfs; default: guest/image/build.sh builds the image).
+        #[arg(long, requires = "initramfs")]
+        kernel: Option<PathBuf>,
+        /// The guest initramfs (with --kernel).
+        #[arg(long, requires = "kernel")]
+        initramfs: Option<PathBuf>,
+        /// outsock-vmm (default: next to this executable).
+        #[arg(long, env = "OUTSOCK_VMM")]
+        vmm: Option<PathBuf>,
+        /// The program and its arguments, run in the guest.
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
+    /// List the VMs host-server is configured for: running or not, the VMM's pid, the guest's
+    /// CID, the sockets and listeners each holds (root or host-server's user).
+    Ls {
+        /// host-server's socket.
+        #[arg(long, env = "OUTSOCK_SOCKET", default_value = "/run/outsock/host.sock")]
+        socket: PathBuf,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -143,6 +200,36 @@ fn main() -> Result<()> {
             dns_socket,
             host_socket,
         } => health(dns_socket.as_ref(), host_socket.as_ref()),
+        Cmd::Vm {
+            command:
+                VmCmd::Run {
+                    name,
+                    host_socket,
+                    vsock_socket,
+                    cid,
+                    mem_mib,
+                    kernel,
+                    initramfs,
+                    vmm,
+                    command,
+                },
+        } => {
+            let status = vm::run(&vm::RunArgs {
+                name,
+                host_socket,
+                vsock_socket,
+                cid,
+                mem_mib,
+                kernel,
+                initramfs,
+                vmm,
+                command,
+            })?;
+            std::process::exit(status)
+        }
+        Cmd::Vm {
+            command: VmCmd::Ls { socket, json },
+        } => vm::ls(&socket, json),
     }
 }
 

@@ -31,8 +31,11 @@
 //!   in, each reply as an [`ToGuest::EchoReply`] that also carries the hop limit (TTL) it
 //!   arrived with. host-server translates them to and from ICMPv6 echo (128/129, RFC 7915).
 //!   The association belongs to its one destination.
+//! - [`ToHost::ListVms`] (an operator's `outsock vm ls`, never a guest's): answered with one
+//!   [`VmList`] frame, or `Failed(EACCES)` for anyone but root and host-server's own user; the
+//!   stream then closes.
 
-use std::net::SocketAddrV4;
+use std::net::{Ipv6Addr, SocketAddrV4};
 
 use crate::codec::{Reader, Writer};
 use crate::errno::Errno;
@@ -115,6 +118,8 @@ pub enum ToHost {
     Datagram(Datagram),
     UdpConnect(UdpConnectRequest),
     Icmp(IcmpRequest),
+    /// Which VMs host-server is configured for, and which of them run (see [`VmList`]).
+    ListVms,
 }
 
 /// Frames that travel towards the guest (or the process).
@@ -161,6 +166,7 @@ mod kind {
     pub const DATAGRAM: u8 = 5;
     pub const UDP_CONNECT: u8 = 6;
     pub const ICMP: u8 = 7;
+    pub const LIST_VMS: u8 = 8;
     pub const CONNECTED: u8 = 16;
     pub const LISTENING: u8 = 17;
     pub const ASSOCIATED: u8 = 18;
@@ -193,6 +199,7 @@ impl Message for ToHost {
             Self::Datagram(_) => kind::DATAGRAM,
             Self::UdpConnect(_) => kind::UDP_CONNECT,
             Self::Icmp(_) => kind::ICMP,
+            Self::ListVms => kind::LIST_VMS,
         }
     }
 
@@ -224,6 +231,7 @@ impl Message for ToHost {
                 w.sockv4(i.bind);
                 w.sockv4(i.dest);
             }
+            Self::ListVms => {}
         }
     }
 
@@ -255,6 +263,7 @@ impl Message for ToHost {
                 bind: r.sockv4()?,
                 dest: r.sockv4()?,
             }),
+            kind::LIST_VMS => Self::ListVms,
             other => {
                 return Err(ProtoError::UnknownKind {
                     family: Self::FAMILY,
@@ -334,5 +343,78 @@ impl Message for ToGuest {
                 })
             }
         })
+    }
+}
+
+/// One configured VM as host-server sees it (an entry of [`VmList`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmStatus {
+    /// The `[vms.NAME]` name.
+    pub name: String,
+    /// The VM's own IPv6 address (its listeners and outbound traffic).
+    pub address: Ipv6Addr,
+    /// Its VMM's socket (hybrid vsock).
+    pub socket: String,
+    /// Whether a VMM accepted a connection on that socket just now.
+    pub running: bool,
+    /// The VMM's pid (SO_PEERCRED of that connection); 0 when not running or unknown.
+    pub vmm_pid: u32,
+    /// The guest's vsock CID from the VMM's latest hello; 0 before any.
+    pub cid: u32,
+    /// host.sock streams the VM holds now (its sockets), and its listeners.
+    pub sockets: u32,
+    pub listeners: u32,
+}
+
+/// host-server's answer to [`ToHost::ListVms`]: every configured VM, by name.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct VmList(pub Vec<VmStatus>);
+
+/// A [`VmStatus`] takes at least this many bytes on the wire (empty strings).
+const VM_STATUS_MIN_LEN: usize = 2 + 16 + 2 + 1 + 4 * 4;
+
+impl Message for VmList {
+    const FAMILY: &'static str = "vm-list";
+
+    fn kind(&self) -> u8 {
+        1
+    }
+
+    fn encode_body(&self, w: &mut Writer) {
+        w.count(self.0.len());
+        for v in &self.0 {
+            w.string(&v.name);
+            w.ipv6(v.address);
+            w.string(&v.socket);
+            w.bool(v.running);
+            w.u32(v.vmm_pid);
+            w.u32(v.cid);
+            w.u32(v.sockets);
+            w.u32(v.listeners);
+        }
+    }
+
+    fn decode_body(kind: u8, r: &mut Reader<'_>) -> Result<Self, ProtoError> {
+        if kind != 1 {
+            return Err(ProtoError::UnknownKind {
+                family: Self::FAMILY,
+                kind,
+            });
+        }
+        let n = r.count(VM_STATUS_MIN_LEN)?;
+        let mut vms = Vec::with_capacity(n);
+        for _ in 0..n {
+            vms.push(VmStatus {
+                name: r.string()?,
+                address: r.ipv6()?,
+                socket: r.string()?,
+                running: r.bool()?,
+                vmm_pid: r.u32()?,
+                cid: r.u32()?,
+                sockets: r.u32()?,
+                listeners: r.u32()?,
+            });
+        }
+        Ok(Self(vms))
     }
 }

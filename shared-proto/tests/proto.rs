@@ -13,7 +13,7 @@ use shared_proto::lookup::{
 };
 use shared_proto::outsource::{
     ConnectRequest, Datagram, IcmpRequest, ListenRequest, ToGuest, ToHost, UdpConnectRequest,
-    UdpRequest, VmHello,
+    UdpRequest, VmHello, VmList, VmStatus,
 };
 use shared_proto::{decode, decode_exact, to_vec, Errno, Message, ProtoError};
 
@@ -66,7 +66,34 @@ fn to_host() -> impl Strategy<Value = ToHost> {
             .prop_map(|(bind, dest)| ToHost::UdpConnect(UdpConnectRequest { bind, dest })),
         (sockv4(), sockv4()).prop_map(|(bind, dest)| ToHost::Icmp(IcmpRequest { bind, dest })),
         datagram().prop_map(ToHost::Datagram),
+        Just(ToHost::ListVms),
     ]
+}
+
+fn vm_list() -> impl Strategy<Value = VmList> {
+    vec(
+        (
+            name(),
+            ipv6(),
+            name(),
+            any::<bool>(),
+            any::<(u32, u32, u32, u32)>(),
+        )
+            .prop_map(
+                |(name, address, socket, running, (vmm_pid, cid, sockets, listeners))| VmStatus {
+                    name,
+                    address,
+                    socket,
+                    running,
+                    vmm_pid,
+                    cid,
+                    sockets,
+                    listeners,
+                },
+            ),
+        0..8,
+    )
+    .prop_map(VmList)
 }
 
 fn to_guest() -> impl Strategy<Value = ToGuest> {
@@ -210,6 +237,9 @@ proptest! {
     fn to_guest_round_trips(msg in to_guest()) { check_family(&msg)?; }
 
     #[test]
+    fn vm_list_round_trips(msg in vm_list()) { check_family(&msg)?; }
+
+    #[test]
     fn lookup_request_round_trips(msg in lookup_request()) { check_family(&msg)?; }
 
     #[test]
@@ -245,6 +275,7 @@ proptest! {
 fn decode_all_families(bytes: &[u8]) {
     let _ = decode::<ToHost>(bytes);
     let _ = decode::<ToGuest>(bytes);
+    let _ = decode::<VmList>(bytes);
     let _ = decode::<LookupRequest>(bytes);
     let _ = decode::<LookupResponse>(bytes);
 }

@@ -128,8 +128,8 @@ enum VmCmd {
         /// host-server's socket.
         #[arg(long, env = "OUTSOCK_SOCKET", default_value = "/run/outsock/host.sock")]
         host_socket: PathBuf,
-        /// The VM's own socket (host-server's `[vms.NAME] socket`; default
-        /// /run/outsock/vm-NAME.vsock).
+        /// The VM's own socket (default: host-server's `[vms.NAME] socket` when it tells
+        /// this user, else /run/outsock/vm-NAME.vsock).
         #[arg(long)]
         vsock_socket: Option<PathBuf>,
         /// The guest's vsock CID.

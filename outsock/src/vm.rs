@@ -217,10 +217,10 @@ fn filter_console(from: impl Read, out: &mut impl Write, err: &mut impl Write) -
 pub fn run(args: &RunArgs) -> Result<i32> {
     let (kernel, initramfs) = image(args)?;
     let vmm = vmm_binary(args)?;
-    let vsock = args
-        .vsock_socket
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(format!("/run/outsock/vm-{}.vsock", args.name)));
+    let vsock = match &args.vsock_socket {
+        Some(p) => p.clone(),
+        None => vsock_socket(&args.host_socket, &args.name),
+    };
     let mut child = Command::new(&vmm)
         .arg("--name")
         .arg(&args.name)
@@ -251,6 +251,18 @@ pub fn run(args: &RunArgs) -> Result<i32> {
             NOT_RUN
         }
     })
+}
+
+/// The VM's socket as host-server has it configured (`[vms.NAME] socket`), when host-server
+/// tells (root, host-server's user); else outsock-vmm's default, /run/outsock/vm-NAME.vsock.
+fn vsock_socket(host_socket: &Path, name: &str) -> PathBuf {
+    list(host_socket)
+        .ok()
+        .and_then(|vms| vms.into_iter().find(|v| v.name == name))
+        .map_or_else(
+            || PathBuf::from(format!("/run/outsock/vm-{name}.vsock")),
+            |v| PathBuf::from(v.socket),
+        )
 }
 
 /// Asks host-server for its VMs.

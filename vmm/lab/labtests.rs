@@ -45,9 +45,10 @@ struct Args {
     /// Where outsock-dns-cache and outsock-host-server are (the `vm` group's test world).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
-    /// `vmm/vm-run`, which the `vm` group also checks (after its own run).
+    /// The `outsock` CLI: the `vm` group also checks `outsock vm run` and `outsock vm ls`
+    /// (after its own run).
     #[arg(long)]
-    vm_run: Option<PathBuf>,
+    outsock: Option<PathBuf>,
     /// Per-run limit in seconds.
     #[arg(long, default_value_t = 150)]
     run_timeout: u64,

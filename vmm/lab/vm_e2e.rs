@@ -266,7 +266,7 @@ struct Attempt {
     /// The nginx run; none when the main run's guest crashed and the group runs again.
     nginx: Option<(Run, NginxSeen)>,
     mappings: Vec<(Ipv4Addr, Ipv6Addr)>,
-    /// `vmm/vm-run -- curl …` against the same host-server: its status and output.
+    /// `outsock vm run -- curl …` against the same host-server: its status and output.
     vm_run: Result<(Option<i32>, String), String>,
 }
 
@@ -293,7 +293,7 @@ pub fn run(d: &mut Driver) {
                 ok,
                 &match &a.vm_run {
                     Ok((status, out)) => format!(
-                        "vmm/vm-run -- curl -4 http://{}/index.html: exit {status:?}, page {}; see vm-run.log",
+                        "outsock vm run -- curl -4 http://{}/index.html: exit {status:?}, page {}; outsock vm ls showed vm0 running, then stopped; see vm-run.log",
                         zone::V6ONLY,
                         if out.contains(INDEX_BODY.trim()) { "printed" } else { "missing" }
                     ),
@@ -486,27 +486,86 @@ fn nginx_run(d: &Driver, stack: &Stack, host_sock: &str) -> (Run, NginxSeen) {
 /// alone is about 1 in 100, and the six fit the lab's time bound).
 const NGINX_TRIES: u32 = 6;
 
-/// `vmm/vm-run --name vm0 … -- curl -4 …`: one program in a fresh VM, as a user would run it.
+/// `outsock vm run --name vm0 … -- curl -4 …`: one program in a fresh VM, as a user would run
+/// it; `outsock vm ls` asked while it runs (vm0 running, its VMM's pid) and after (stopped).
+/// Returns the run's status and stdout, or what went wrong.
 fn vm_run(d: &Driver, host_sock: &str) -> Result<(Option<i32>, String), String> {
-    let script = d.args.vm_run.as_ref().ok_or("no --vm-run given")?;
-    let mut cmd = std::process::Command::new(script);
-    cmd.args(["--name", "vm0", "--host-socket", host_sock])
-        .args(["--vsock-socket", VM_SOCKET, "--"])
+    let outsock = d.args.outsock.as_ref().ok_or("no --outsock given")?;
+    let vm0 = |json: &str| {
+        json.lines()
+            .find(|l| l.contains("\"name\":\"vm0\""))
+            .map(str::to_owned)
+    };
+    let ls = || -> Result<String, String> {
+        let out = std::process::Command::new(outsock)
+            .args(["vm", "ls", "--json", "--socket", host_sock])
+            .output()
+            .map_err(|e| format!("cannot run outsock vm ls: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "outsock vm ls: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let mut cmd = std::process::Command::new(outsock);
+    cmd.args(["vm", "run", "--name", "vm0", "--host-socket", host_sock])
+        .args(["--vsock-socket", VM_SOCKET, "--vmm"])
+        .arg(&d.args.vmm)
+        .arg("--")
         .args(["curl", "-4", "-sS", "-m", "30"])
         .arg(format!("http://{}/index.html", zone::V6ONLY))
-        .env("OUTSOCK_VMM", &d.args.vmm);
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
     if let Some(bins) = &d.args.bin_dir {
         cmd.env("OUTSOCK_GUEST_BINS", bins);
     }
-    let out = cmd
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+    let child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot run {} vm run: {e}", outsock.display()))?;
+    // While it runs: vm0 shows as running, with its VMM's pid.
+    let pid = child.id();
+    let mut during = None;
+    let until = std::time::Instant::now() + Duration::from_secs(120);
+    while during.is_none() && std::time::Instant::now() < until {
+        let alive =
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "));
+        if !alive {
+            break;
+        }
+        if let Some(line) = vm0(&ls()?) {
+            if line.contains("\"running\":true") && !line.contains("\"vmm_pid\":0,") {
+                during = Some(line);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("waiting for outsock vm run: {e}"))?;
+    let after = ls()?;
     let text = format!(
-        "{}\n--- stderr ---\n{}",
+        "{}\n--- stderr ---\n{}\n--- vm ls while running ---\n{}\n--- vm ls after ---\n{after}",
         String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        String::from_utf8_lossy(&out.stderr),
+        during.as_deref().unwrap_or("(vm0 never showed as running)"),
     );
     let _ = std::fs::write(d.args.logs.join("vm-run.log"), &text);
+    if during.is_none() {
+        return Err(
+            "outsock vm ls never showed vm0 running with its VMM's pid; see vm-run.log".into(),
+        );
+    }
+    match vm0(&after) {
+        Some(l) if l.contains("\"running\":false") => {}
+        other => {
+            return Err(format!(
+                "after the run, outsock vm ls shows vm0 as {other:?}, not stopped; see vm-run.log"
+            ))
+        }
+    }
     Ok((
         out.status.code(),
         String::from_utf8_lossy(&out.stdout).into_owned(),

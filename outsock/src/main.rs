@@ -27,8 +27,11 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 
+mod json;
 mod vm;
+
 use clap::{Parser, Subcommand, ValueEnum};
+use json::json_str;
 use shared_proto::lookup::{Direction, ListQuery, MappingInfo};
 use shared_proto::{decode, to_vec, LookupOp, LookupReply, LookupRequest, LookupResponse};
 
@@ -147,6 +150,9 @@ enum VmCmd {
         /// outsock-vmm (default: next to this executable).
         #[arg(long, env = "OUTSOCK_VMM")]
         vmm: Option<PathBuf>,
+        /// Serve the VMM's counters (Prometheus text) on this Unix socket while it runs.
+        #[arg(long)]
+        metrics_socket: Option<PathBuf>,
         /// The program and its arguments, run in the guest.
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
@@ -211,6 +217,7 @@ fn main() -> Result<()> {
                     kernel,
                     initramfs,
                     vmm,
+                    metrics_socket,
                     command,
                 },
         } => {
@@ -223,6 +230,7 @@ fn main() -> Result<()> {
                 kernel,
                 initramfs,
                 vmm,
+                metrics_socket,
                 command,
             })?;
             std::process::exit(status)
@@ -459,20 +467,6 @@ fn time(secs: u64) -> String {
         rem % 3600 / 60,
         rem % 60
     )
-}
-
-fn json_str(s: &str) -> String {
-    let mut o = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => o.push_str("\\\""),
-            '\\' => o.push_str("\\\\"),
-            c if (c as u32) < 0x20 => o.push_str(&format!("\\u{:04x}", c as u32)),
-            c => o.push(c),
-        }
-    }
-    o.push('"');
-    o
 }
 
 fn to_json(m: &MappingInfo) -> String {

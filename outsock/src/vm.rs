@@ -34,6 +34,7 @@ pub struct RunArgs {
     pub kernel: Option<PathBuf>,
     pub initramfs: Option<PathBuf>,
     pub vmm: Option<PathBuf>,
+    pub metrics_socket: Option<PathBuf>,
     pub command: Vec<String>,
 }
 
@@ -221,7 +222,11 @@ pub fn run(args: &RunArgs) -> Result<i32> {
         Some(p) => p.clone(),
         None => vsock_socket(&args.host_socket, &args.name),
     };
-    let mut child = Command::new(&vmm)
+    let mut cmd = Command::new(&vmm);
+    if let Some(m) = &args.metrics_socket {
+        cmd.arg("--metrics-socket").arg(m);
+    }
+    let mut child = cmd
         .arg("--name")
         .arg(&args.name)
         .arg("--kernel")
@@ -291,12 +296,12 @@ pub fn ls(socket: &Path, json: bool) -> Result<()> {
         for v in &vms {
             println!(
                 "{{\"name\":{},\"running\":{},\"vmm_pid\":{},\"cid\":{},\"address\":\"{}\",\"socket\":{},\"sockets\":{},\"listeners\":{}}}",
-                crate::json_str(&v.name),
+                crate::json::json_str(&v.name),
                 v.running,
                 v.vmm_pid,
                 v.cid,
                 v.address,
-                crate::json_str(&v.socket),
+                crate::json::json_str(&v.socket),
                 v.sockets,
                 v.listeners
             );

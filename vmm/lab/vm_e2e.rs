@@ -56,6 +56,8 @@ pub const NAMES: [&str; 24] = [
     "vm-run",
 ];
 const VM_SOCKET: &str = "/tmp/outsock-lab-vm0.vsock";
+/// The `outsock vm run` VM's metrics socket.
+const METRICS_SOCKET: &str = "/tmp/outsock-lab-vm0.metrics";
 /// The Go client `run` builds from `go-client.go` into the binaries' folder (`--bin-dir`).
 const GO_CLIENT: &str = "lab-go-client";
 /// What the Go client's socket options print on a native AF_INET TCP socket (checked in a
@@ -293,7 +295,7 @@ pub fn run(d: &mut Driver) {
                 ok,
                 &match &a.vm_run {
                     Ok((status, out)) => format!(
-                        "outsock vm run -- curl -4 http://{}/index.html: exit {status:?}, page {}; outsock vm ls showed vm0 running, then stopped; see vm-run.log",
+                        "outsock vm run -- curl -4 http://{}/index.html: exit {status:?}, page {}; outsock vm ls showed vm0 running, then stopped; its metrics socket answered; see vm-run.log",
                         zone::V6ONLY,
                         if out.contains(INDEX_BODY.trim()) { "printed" } else { "missing" }
                     ),
@@ -511,7 +513,13 @@ fn vm_run(d: &Driver, host_sock: &str) -> Result<(Option<i32>, String), String> 
     };
     let mut cmd = std::process::Command::new(outsock);
     cmd.args(["vm", "run", "--name", "vm0", "--host-socket", host_sock])
-        .args(["--vsock-socket", VM_SOCKET, "--vmm"])
+        .args([
+            "--vsock-socket",
+            VM_SOCKET,
+            "--metrics-socket",
+            METRICS_SOCKET,
+            "--vmm",
+        ])
         .arg(&d.args.vmm)
         .arg("--")
         .args(["curl", "-4", "-sS", "-m", "30"])
@@ -528,6 +536,7 @@ fn vm_run(d: &Driver, host_sock: &str) -> Result<(Option<i32>, String), String> 
     // While it runs: vm0 shows as running, with its VMM's pid.
     let pid = child.id();
     let mut during = None;
+    let mut metrics = String::new();
     let until = std::time::Instant::now() + Duration::from_secs(120);
     while during.is_none() && std::time::Instant::now() < until {
         let alive =
@@ -538,6 +547,7 @@ fn vm_run(d: &Driver, host_sock: &str) -> Result<(Option<i32>, String), String> 
         if let Some(line) = vm0(&ls()?) {
             if line.contains("\"running\":true") && !line.contains("\"vmm_pid\":0,") {
                 during = Some(line);
+                metrics = scrape(METRICS_SOCKET);
             }
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -547,7 +557,7 @@ fn vm_run(d: &Driver, host_sock: &str) -> Result<(Option<i32>, String), String> 
         .map_err(|e| format!("waiting for outsock vm run: {e}"))?;
     let after = ls()?;
     let text = format!(
-        "{}\n--- stderr ---\n{}\n--- vm ls while running ---\n{}\n--- vm ls after ---\n{after}",
+        "{}\n--- stderr ---\n{}\n--- vm ls while running ---\n{}\n--- vm ls after ---\n{after}\n--- the VMM's metrics while running ---\n{metrics}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
         during.as_deref().unwrap_or("(vm0 never showed as running)"),
@@ -557,6 +567,16 @@ fn vm_run(d: &Driver, host_sock: &str) -> Result<(Option<i32>, String), String> 
         return Err(
             "outsock vm ls never showed vm0 running with its VMM's pid; see vm-run.log".into(),
         );
+    }
+    // The VMM's counters, scraped while it ran: the guest had left to the VMM by then.
+    let io_out = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("outsock_vmm_exits_total{vm=\"vm0\",kind=\"io_out\"} "))
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if !metrics.starts_with("HTTP/1.0 200 OK") || !matches!(io_out, Some(n) if n > 0) {
+        return Err(format!(
+            "the VMM's metrics socket did not answer with its exit counts (io_out {io_out:?}); see vm-run.log"
+        ));
     }
     match vm0(&after) {
         Some(l) if l.contains("\"running\":false") => {}
@@ -570,6 +590,19 @@ fn vm_run(d: &Driver, host_sock: &str) -> Result<(Option<i32>, String), String> 
         out.status.code(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
     ))
+}
+
+/// One scrape of a VMM's metrics socket: the whole HTTP answer, or the error.
+fn scrape(path: &str) -> String {
+    let once = || -> std::io::Result<String> {
+        let mut s = std::os::unix::net::UnixStream::connect(path)?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        std::io::Write::write_all(&mut s, b"GET /metrics HTTP/1.0\r\n\r\n")?;
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut s, &mut text)?;
+        Ok(text)
+    };
+    once().unwrap_or_else(|e| format!("(scrape failed: {e})"))
 }
 
 /// The world's side of the inbound checks, while the guest's servers wait.

@@ -34,6 +34,7 @@ use crate::devices::{Bus, BusDevice};
 use crate::event_loop::{self, ConsoleInput, Subscriber, Watchdog};
 use crate::graceful_stop::GracefulStop;
 use crate::host_check;
+use crate::metrics::MetricsServer;
 use crate::seccomp::{Filters, Role};
 use crate::vm_exit::{ExitReason, ExitSignal};
 use crate::vstate::{memory, vm::Vm};
@@ -80,6 +81,12 @@ pub enum BuildError {
     Vsock(#[from] crate::devices::virtio::vsock::muxer::MuxerError),
     #[error("cannot set up an eventfd, a thread or the console")]
     Io(#[from] std::io::Error),
+    #[error("cannot listen on the metrics socket {}", path.display())]
+    MetricsSocket {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A running VM. Dropping it does not stop the vCPU threads: the process ends instead.
@@ -355,15 +362,18 @@ fn attach_devices(
         u64::from(layout::PVPANIC_MMIO_SIZE),
     )?;
     let mut subscribers: Vec<Subscriber> = Vec::new();
+    let mut open_connections = None;
     if let (Some(host_socket), Some(listen_socket)) = (&cfg.host_socket, vsock_socket) {
-        subscribers.push(attach_vsock(
-            cfg,
-            vm,
-            mem,
-            host_socket,
-            listen_socket,
-            &mut mmio,
-        )?);
+        let (handler, open) = attach_vsock(cfg, vm, mem, host_socket, listen_socket, &mut mmio)?;
+        subscribers.push(handler);
+        open_connections = Some(open);
+    }
+    if let Some(path) = &cfg.metrics_socket {
+        subscribers.push(Box::new(MetricsServer::new(
+            bind_metrics_socket(path)?,
+            cfg.name.clone(),
+            open_connections,
+        )?));
     }
     Ok(Devices {
         exit,
@@ -376,9 +386,30 @@ fn attach_devices(
     })
 }
 
+/// The VM's metrics socket at `path` (mode 0660, as the VM's own socket), replacing a stale
+/// file nobody answers on.
+fn bind_metrics_socket(path: &Path) -> Result<std::os::unix::net::UnixListener, BuildError> {
+    use std::os::unix::fs::PermissionsExt;
+    let bind = || {
+        if path.exists() && std::os::unix::net::UnixStream::connect(path).is_err() {
+            std::fs::remove_file(path)?;
+        }
+        let l = std::os::unix::net::UnixListener::bind(path)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+        Ok(l)
+    };
+    bind().map_err(|source| BuildError::MetricsSocket {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// The vsock connections open now, read from the device (for the metrics gauge).
+type OpenConnections = Box<dyn Fn() -> u64 + Send>;
+
 /// virtio-vsock at the first virtio-mmio window, bridged to `host_socket`, with the VM's own
 /// socket bound at `listen_socket` (the muxer binds it here); returns its event-loop
-/// subscriber.
+/// subscriber and a reader of its open connections.
 fn attach_vsock(
     cfg: &VmConfig,
     vm: &Vm,
@@ -386,7 +417,7 @@ fn attach_vsock(
     host_socket: &Path,
     listen_socket: PathBuf,
     mmio: &mut Bus,
-) -> Result<Subscriber, BuildError> {
+) -> Result<(Subscriber, OpenConnections), BuildError> {
     // Ioeventfds on QueueNotify (one per queue, matched on the queue index), an irqfd on its
     // GSI.
     let base = layout::VIRTIO_MMIO_START;
@@ -421,5 +452,12 @@ fn attach_vsock(
     let transport: Arc<Mutex<dyn BusDevice>> =
         Arc::new(Mutex::new(MmioTransport::new(as_virtio, irq_status, kicks)));
     mmio.insert(transport, base, u64::from(layout::VIRTIO_MMIO_SIZE))?;
-    Ok(Box::new(VsockHandler::new(device, queue_evts)))
+    let gauge = Arc::clone(&device);
+    let open: OpenConnections = Box::new(move || {
+        let d = gauge
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        d.muxer().connection_count() as u64
+    });
+    Ok((Box::new(VsockHandler::new(device, queue_evts)), open))
 }

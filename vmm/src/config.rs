@@ -62,6 +62,9 @@ pub struct VmConfig {
     pub vsock_socket: Option<PathBuf>,
     /// The guest's vsock context id (3 or more).
     pub cid: u32,
+    /// Serve the VMM's counters (Prometheus text, `crate::metrics`) on this Unix socket,
+    /// e.g. `/run/outsock/vm-NAME.metrics`; unset: no metrics socket.
+    pub metrics_socket: Option<PathBuf>,
     /// Uids (SO_PEERCRED) that may `CONNECT` on the VM's socket, besides root, the VMM's own
     /// uid and the owner of `host_socket` (host-server's uid) at start-up. Others are refused.
     pub vsock_peer_uids: Vec<u32>,
@@ -90,6 +93,7 @@ impl Default for VmConfig {
             host_socket: None,
             vsock_socket: None,
             cid: 3,
+            metrics_socket: None,
             vsock_peer_uids: Vec::new(),
             seccomp: true,
             stop_timeout_secs: 10,
@@ -226,6 +230,9 @@ pub struct Cli {
     /// The guest's vsock CID [default: 3].
     #[arg(long)]
     pub cid: Option<u32>,
+    /// Serve the VMM's counters in Prometheus text on this Unix socket [default: none].
+    #[arg(long, value_name = "PATH")]
+    pub metrics_socket: Option<PathBuf>,
     /// Debug aid: run without the seccomp filters (every thread may make any system call).
     #[arg(long)]
     pub no_seccomp: bool,
@@ -263,6 +270,7 @@ pub fn load(cli: &Cli, env: HashMap<String, String>) -> Result<VmConfig, ConfigE
         .set_override_option("host_socket", cli.host_socket.as_ref().map(path_str))?
         .set_override_option("vsock_socket", cli.vsock_socket.as_ref().map(path_str))?
         .set_override_option("cid", cli.cid.map(u64::from))?
+        .set_override_option("metrics_socket", cli.metrics_socket.as_ref().map(path_str))?
         .set_override_option("stop_timeout_secs", cli.stop_timeout_secs)?
         .set_override_option(
             "on_reboot",

@@ -8,7 +8,8 @@
 //! - [`arch::x86_64`]: memory layout, zero page and e820, CPUID normalisation, MSRs, boot
 //!   registers, ACPI tables. Pure, unit-tested without KVM.
 //! - [`stop_signal`]: which signals stop the VM, and their names. [`vm_exit`]: why the VM
-//!   ended, the channel that reports it, and the process exit status for it.
+//!   ended, the channel that reports it, and the process exit status for it. [`metrics`]: the
+//!   VMM's counters and the subscriber that serves them on the VM's metrics socket.
 //! - [`seccomp`]: one system-call allow-list per thread role, installed by each thread before
 //!   it runs guest-facing code; a violation ends the process with status 6.
 //! - [`devices`]: port I/O and MMIO buses and the serial console's output queue; the legacy
@@ -35,6 +36,7 @@ pub mod devices;
 pub mod event_loop;
 pub mod graceful_stop;
 pub mod host_check;
+pub mod metrics;
 #[allow(unsafe_code)]
 pub mod seccomp;
 #[allow(unsafe_code)]

@@ -7,6 +7,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 
 use crate::arch::x86_64::{cpuid, msr, regs};
 use crate::devices::Bus;
+use crate::metrics::{Exit, METRICS};
 use crate::vm_exit::{ExitReason, ExitSignal};
 
 #[derive(Debug, thiserror::Error)]
@@ -132,12 +133,14 @@ impl Vcpu {
             }
             let reason = match self.fd.run() {
                 Ok(VcpuExit::IoIn(port, data)) => {
+                    METRICS.exit(Exit::IoIn);
                     if !pio.read(u64::from(port), data) {
                         data.fill(0);
                     }
                     continue;
                 }
                 Ok(VcpuExit::IoOut(port, data)) => {
+                    METRICS.exit(Exit::IoOut);
                     if !pio.write(u64::from(port), data) && trace_io {
                         eprintln!(
                             "outsock-vmm: vCPU {vcpu}: unhandled OUT port {port:#x} <- {data:x?}"
@@ -146,12 +149,14 @@ impl Vcpu {
                     continue;
                 }
                 Ok(VcpuExit::MmioRead(addr, data)) => {
+                    METRICS.exit(Exit::MmioRead);
                     if !mmio.read(addr, data) {
                         data.fill(0);
                     }
                     continue;
                 }
                 Ok(VcpuExit::MmioWrite(addr, data)) => {
+                    METRICS.exit(Exit::MmioWrite);
                     if !mmio.write(addr, data) && trace_io {
                         eprintln!(
                             "outsock-vmm: vCPU {vcpu}: unhandled MMIO write {addr:#x} <- {data:x?}"
@@ -159,7 +164,10 @@ impl Vcpu {
                     }
                     continue;
                 }
-                Ok(VcpuExit::Intr) => continue,
+                Ok(VcpuExit::Intr) => {
+                    METRICS.exit(Exit::Intr);
+                    continue;
+                }
                 Ok(VcpuExit::Shutdown) => ExitReason::TripleFault { vcpu },
                 Ok(VcpuExit::FailEntry(reason, _cpu)) => ExitReason::FailEntry { vcpu, reason },
                 Ok(VcpuExit::InternalError) => {
@@ -188,6 +196,7 @@ impl Vcpu {
                     error: e.to_string(),
                 },
             };
+            METRICS.exit(Exit::Other);
             exit.signal(reason);
             return;
         }

@@ -18,6 +18,7 @@ use vmm_sys_util::epoll::EventSet;
 
 use super::defs::HOST_CID;
 use super::packet::{op, Header, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM};
+use crate::metrics::{Metrics, METRICS};
 
 /// Guest bytes we accept before they are written to the Unix stream; also our `buf_alloc`.
 pub const TX_BUF_SIZE: u32 = 256 * 1024;
@@ -311,6 +312,7 @@ impl Connection {
                 Ok(n) => {
                     self.tx_buf.drain(..n);
                     self.fwd_cnt += Wrapping(n as u32);
+                    Metrics::add(&METRICS.vsock_tx_bytes, n as u64);
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
@@ -398,6 +400,7 @@ impl Connection {
                         }
                         Ok(n) => {
                             self.rx_cnt += Wrapping(n as u32);
+                            Metrics::add(&METRICS.vsock_rx_bytes, n as u64);
                             let mut h = self.header(op::RW);
                             h.len = n as u32;
                             return Some(h);

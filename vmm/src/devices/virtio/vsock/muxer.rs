@@ -29,6 +29,7 @@ use vmm_sys_util::timerfd::TimerFd;
 use super::connection::{Connection, TIMEOUT};
 use super::defs::HOST_CID;
 use super::packet::{op, Header, TYPE_STREAM};
+use crate::metrics::{Metrics, METRICS};
 
 /// Connections at once (Firecracker's limit); further requests get RST.
 pub const MAX_CONNECTIONS: usize = 1023;
@@ -266,6 +267,7 @@ impl Muxer {
         conn.send_pkt(hdr, &[]);
         self.by_fd.insert(conn.stream().as_raw_fd(), key);
         self.conns.insert(key, conn);
+        Metrics::add(&METRICS.vsock_guest_connections, 1);
         self.update(key);
     }
 
@@ -421,6 +423,7 @@ impl Muxer {
             if self.admits(&stream).is_none() {
                 // The hybrid-vsock refusal: the stream closes without an OK line.
                 self.refused_peers += 1;
+                Metrics::add(&METRICS.refused_peers, 1);
                 if self.refused_peers <= 10 || self.refused_peers.is_power_of_two() {
                     let uid = rustix::net::sockopt::socket_peercred(&stream)
                         .map_or_else(|_| "unknown".to_owned(), |c| c.uid.as_raw().to_string());
@@ -507,6 +510,7 @@ impl Muxer {
         let conn = Connection::local_init(h.stream, self.cfg.cid, local, port);
         self.by_fd.insert(fd, key);
         self.conns.insert(key, conn);
+        Metrics::add(&METRICS.vsock_host_connections, 1);
         self.update(key);
     }
 

@@ -80,6 +80,7 @@ struct Raw {
     route_table: String,
     pass_through: Vec<String>,
     never_synthesise: Vec<String>,
+    ipv6_literal_suffix: String,
     cache_entries: usize,
     cache_max_ttl: u32,
     negative_ttl_max: u32,
@@ -114,6 +115,7 @@ impl Default for Raw {
             route_table: "/proc/net/route".into(),
             pass_through: Vec::new(),
             never_synthesise: Vec::new(),
+            ipv6_literal_suffix: "ipv6.outsock.".into(),
             cache_entries: 100_000,
             cache_max_ttl: 86_400,
             negative_ttl_max: 300,
@@ -165,6 +167,9 @@ pub struct Settings {
     pub pass_through: Vec<Name>,
     /// Names never synthesised.
     pub never_synthesise: Vec<Name>,
+    /// The zone of IPv6 literal names (`2001-db8--10.<suffix>` answers the dummy for
+    /// 2001:db8::10); `None` when switched off (an empty setting).
+    pub ipv6_literal_suffix: Option<Name>,
     /// Answer cache size.
     pub cache_entries: usize,
     /// Longest time an upstream answer is cached, seconds.
@@ -366,6 +371,19 @@ impl Settings {
             route_table: raw.route_table,
             pass_through: names("pass_through", &raw.pass_through)?,
             never_synthesise: names("never_synthesise", &raw.never_synthesise)?,
+            ipv6_literal_suffix: match raw.ipv6_literal_suffix.trim() {
+                "" => None,
+                s => {
+                    let n = names("ipv6_literal_suffix", &[s.to_owned()])?.remove(0);
+                    if n.is_root() {
+                        return Err(invalid(
+                            "ipv6_literal_suffix",
+                            "the root cannot hold literal names: give a zone of its own, e.g. ipv6.outsock.",
+                        ));
+                    }
+                    Some(n)
+                }
+            },
             cache_entries: raw.cache_entries,
             cache_max_ttl: raw.cache_max_ttl,
             negative_ttl_max: raw.negative_ttl_max,

@@ -102,6 +102,7 @@ pub async fn run(s: Settings) -> Result<(), DaemonError> {
                 max_ttl: s.max_ttl,
                 pass_through: s.pass_through.clone(),
                 never_synthesise: s.never_synthesise.clone(),
+                ipv6_literal_suffix: s.ipv6_literal_suffix.clone(),
                 policy,
             },
             Arc::new(UdpTcpUpstream::new(s.upstreams.clone(), s.upstream_timeout)),

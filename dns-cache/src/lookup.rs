@@ -711,6 +711,7 @@ mod tests {
                 max_ttl: 600,
                 pass_through: Vec::new(),
                 never_synthesise: Vec::new(),
+                ipv6_literal_suffix: None,
                 policy: outsock_policy::Policy::new(
                     outsock_policy::Rules::default(),
                     Vec::new(),

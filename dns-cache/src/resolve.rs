@@ -40,6 +40,8 @@ pub struct ResolverConfig {
     pub pass_through: Vec<Name>,
     /// Names (and their subdomains) for which no dummy is ever synthesised.
     pub never_synthesise: Vec<Name>,
+    /// The zone of IPv6 literal names ([`literal_v6`]); `None`: none.
+    pub ipv6_literal_suffix: Option<Name>,
     /// Which addresses may be handed to a guest: no dummy is synthesised for a refused AAAA,
     /// and a refused A is dropped from a pass-through answer.
     pub policy: Policy,
@@ -390,6 +392,11 @@ impl Resolver {
     }
 
     async fn resolve_a(&self, q: &Question, trace: &mut Trace) -> Result<Answer, ResolveError> {
+        if let Some(zone) = &self.cfg.ipv6_literal_suffix {
+            if zone.zone_of(&q.name) {
+                return self.resolve_literal(q, zone, trace).await;
+            }
+        }
         // RFC 6147 §5.5: a validating client (CD and DO) gets the real answer, never ours.
         // A validating client gets upstream's data untouched (host-server still refuses the
         // addresses); a pass-through name loses the A records the policy refuses.
@@ -532,6 +539,56 @@ impl Resolver {
         })
     }
 
+    /// An A question for a name in the IPv6 literal zone: the dummy for the address the name
+    /// spells ([`literal_v6`]), mapped as any synthesised address (the name remembered for
+    /// PTR, the TTL `max_ttl`), never asked upstream. A name that spells no address is
+    /// NXDOMAIN; an address the destination policy refuses gets no record (NODATA), as a refused
+    /// AAAA does.
+    async fn resolve_literal(
+        &self,
+        q: &Question,
+        zone: &Name,
+        trace: &mut Trace,
+    ) -> Result<Answer, ResolveError> {
+        // The answer allocates: resolve it every time, as names are remembered on the way.
+        trace.replayable = false;
+        let Some(v6) = literal_v6(&q.name, zone) else {
+            return Ok(Answer::rcode(ResponseCode::NXDomain));
+        };
+        if !self.admits(&q.name, IpAddr::V6(v6)) {
+            return Ok(Answer::rcode(ResponseCode::NoError));
+        }
+        let name = q.name.to_lowercase().to_ascii();
+        let addrs = [(v6, Some(name.as_str()))];
+        self.charge_new(&addrs)?;
+        let ttl = self.cfg.max_ttl;
+        let results = self
+            .mappings
+            .map_durable(
+                Direction::Synthesised,
+                &addrs,
+                Duration::from_secs(u64::from(ttl)),
+            )
+            .await?;
+        let Some(r) = results.first() else {
+            return Err(ResolveError::UpstreamRcode(ResponseCode::ServFail));
+        };
+        match r.allocation {
+            Allocation::Fresh => Metrics::inc(&self.metrics.allocations),
+            Allocation::Recycled { .. } => Metrics::inc(&self.metrics.recycles),
+            Allocation::Existing => {}
+        }
+        Metrics::inc(&self.metrics.synthesised);
+        trace.synthesised = true;
+        Ok(Answer {
+            rcode: ResponseCode::NoError,
+            answers: vec![Record::from_rdata(q.name.clone(), ttl, RData::A(A(r.v4)))],
+            authorities: Vec::new(),
+            authentic_data: false,
+            reuse: None,
+        })
+    }
+
     async fn resolve_ptr(&self, q: &Question, trace: &mut Trace) -> Result<Answer, ResolveError> {
         let Some(v4) = in_addr_arpa(&q.name) else {
             return self.forward(q, trace).await;
@@ -590,6 +647,25 @@ impl Resolver {
             .retain(|r| r.record_type() == RecordType::PTR);
         Ok(answer)
     }
+}
+
+/// The IPv6 address a literal name spells: one label right under `zone`, the address with a
+/// dash for each colon (`2001-db8--10.ipv6.outsock.` is 2001:db8::10, as ipv6-literal.net
+/// writes them); case does not matter. `None` for the zone itself, deeper names, zone indexes
+/// (`s` suffixes) and anything that is not an address.
+#[must_use]
+pub fn literal_v6(name: &Name, zone: &Name) -> Option<Ipv6Addr> {
+    if !zone.zone_of(name) || name.num_labels() != zone.num_labels() + 1 {
+        return None;
+    }
+    let label = name.iter().next()?;
+    let text = std::str::from_utf8(label).ok()?;
+    // Only hex digits and dashes: nothing else may reach the address parser (a dotted IPv4
+    // tail, a zone index).
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+        return None;
+    }
+    text.replace('-', ":").parse().ok()
 }
 
 /// The IPv4 address of a full `d.c.b.a.in-addr.arpa.` name.
@@ -747,6 +823,7 @@ mod tests {
                 max_ttl: 600,
                 pass_through: vec![n("pass.test.")],
                 never_synthesise: vec![n("never.test.")],
+                ipv6_literal_suffix: Some(n("ipv6.outsock.")),
                 policy: test_policy(),
             },
             fake.clone(),
@@ -811,6 +888,77 @@ mod tests {
         assert_eq!(a_records(&again), a_records(&a));
         // The second answer came from the cache.
         assert_eq!(fake.calls.load(Ordering::SeqCst), 1);
+    }
+
+    /// IPv6 literal names: the dummy for the address the name spells, never asked upstream,
+    /// the name given back for PTR; malformed names NXDOMAIN, refused addresses NODATA.
+    #[tokio::test]
+    async fn ipv6_literal_names() {
+        let (r, fake) = resolver_with(world(), false, "10.170.160.0/20");
+        let a = r
+            .resolve(&q("2001-DB8--10.ipv6.outsock.", RecordType::A))
+            .await;
+        assert_eq!(a.rcode, ResponseCode::NoError);
+        let dummy = a_records(&a);
+        assert_eq!(dummy.len(), 1);
+        assert_eq!(a.answers[0].ttl, 600);
+        let m = r
+            .mappings()
+            .with_table(Direction::Synthesised, |t| t.get(dummy[0]).cloned())
+            .unwrap();
+        assert_eq!(m.v6, "2001:db8::10".parse::<Ipv6Addr>().unwrap());
+        // The same address by another spelling: the same dummy.
+        let again = r
+            .resolve(&q("2001-0db8-0-0-0-0-0-10.ipv6.outsock.", RecordType::A))
+            .await;
+        assert_eq!(a_records(&again), dummy);
+        let ptr = r.resolve(&q(&arpa(dummy[0]), RecordType::PTR)).await;
+        let names: Vec<String> = ptr
+            .answers
+            .iter()
+            .filter_map(|rec| match &rec.data {
+                RData::PTR(p) => Some(p.0.to_ascii()),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            names.contains(&"2001-db8--10.ipv6.outsock.".to_owned()),
+            "{names:?}"
+        );
+        // Names as they come off the wire: labels may start with a dash (`--1` is ::1), which
+        // Name::from_ascii would refuse.
+        let wire = |name: &str| {
+            let mut n =
+                Name::from_labels(name.split('.').filter(|l| !l.is_empty()).map(str::as_bytes))
+                    .unwrap();
+            n.set_fqdn(true);
+            Question {
+                name: n,
+                ..q("x.", RecordType::A)
+            }
+        };
+        for bad in [
+            "ipv6.outsock.",
+            "zz--1.ipv6.outsock.",
+            "1-2-3.ipv6.outsock.",
+            "a.2001-db8--10.ipv6.outsock.",
+            "fe80--1s1.ipv6.outsock.",
+            "--ffff-192.0.2.1.ipv6.outsock.",
+        ] {
+            let a = r.resolve(&wire(bad)).await;
+            assert_eq!(a.rcode, ResponseCode::NXDomain, "{bad}");
+        }
+        // Loopback and a denied prefix: the policy holds, no record.
+        for refused in ["--1.ipv6.outsock.", "2001-db8-dead--1.ipv6.outsock."] {
+            let a = r.resolve(&wire(refused)).await;
+            assert_eq!(a.rcode, ResponseCode::NoError, "{refused}");
+            assert!(a_records(&a).is_empty(), "{refused}");
+        }
+        assert_eq!(
+            fake.calls.load(Ordering::SeqCst),
+            0,
+            "nothing went upstream"
+        );
     }
 
     /// New dummies are charged to the answering task's tenant: beyond its quota it gets

@@ -29,6 +29,13 @@ pub fn stack(label: &str, config: &str) -> Option<Stack> {
     }
 }
 
+/// The IPv6 literal name of `v6` in dns-cache's default `ipv6_literal_suffix`
+/// (`fd00:64::80` → `fd00-64--80.ipv6.outsock`).
+#[must_use]
+pub fn ipv6_literal_name(v6: std::net::Ipv6Addr) -> String {
+    format!("{}.ipv6.outsock", v6.to_string().replace(':', "-"))
+}
+
 /// A program's output as text, for messages and matching.
 #[must_use]
 pub fn text(b: &[u8]) -> String {

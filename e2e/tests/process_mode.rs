@@ -85,6 +85,47 @@ fn netcat_traditional_client_and_server() {
     assert!(back.is_empty());
 }
 
+/// An IPv6 literal name (`fd00-64--80.ipv6.outsock`, dns-cache's `ipv6_literal_suffix`):
+/// curl reaches the server it spells with no zone anywhere, `dig -x` on the dummy gives the
+/// name back, and a name that spells no address does not resolve.
+#[test]
+fn curl_by_an_ipv6_literal_name_and_dig_x_gives_it_back() {
+    let Some(s) = stack("literal", "") else {
+        return;
+    };
+    let name = outsock_e2e::ipv6_literal_name(addr::HTTP);
+    let url = format!("http://{name}/index.html");
+    let out = run(
+        &s,
+        "curl",
+        &["-4", "-sS", "-m", "20", "-w", "\n%{remote_ip}\n", &url],
+        b"",
+    );
+    let stdout = ok(&s, &out, "curl -4 by a literal name");
+    assert!(stdout.starts_with(INDEX_BODY), "{stdout}");
+    let dummy: Ipv4Addr = stdout.trim_end().lines().last().unwrap().parse().unwrap();
+    let mapped = s.mappings(&["--address", &dummy.to_string()]).unwrap();
+    assert!(
+        mapped.contains(&addr::HTTP.to_string()) && mapped.contains(&name),
+        "{dummy} is not {name}'s dummy: {mapped}"
+    );
+    let out = run(
+        &s,
+        "dig",
+        &["+time=3", "+tries=2", "+short", "-x", &dummy.to_string()],
+        b"",
+    );
+    assert_eq!(ok(&s, &out, "dig -x").trim(), format!("{name}."));
+    // Not an address: NXDOMAIN, which curl reports as a name it could not resolve (6).
+    let out = run(
+        &s,
+        "curl",
+        &["-4", "-sS", "-m", "20", "http://fd00-64-zz.ipv6.outsock/"],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(6), "{}", text(&out.stderr));
+}
+
 #[test]
 fn curl_and_wget_fetch_by_name() {
     let Some(s) = stack("curl-wget", PORTS) else {

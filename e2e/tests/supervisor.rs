@@ -489,6 +489,33 @@ fn go_client_dials_tcp4_by_name() {
     assert!(stdout.contains("200 OK"), "{stdout}");
 }
 
+/// The static Go client by an IPv6 literal name (`fd00-64--80.ipv6.outsock`): Go's own
+/// resolver asks dns-cache, which answers the dummy for the address the name spells.
+#[test]
+fn go_client_dials_an_ipv6_literal_name() {
+    let test = "go_client_dials_an_ipv6_literal_name";
+    let Some((s, _dir, bin)) = go_world(test, "sup-go-lit", "", GO_CLIENT) else {
+        return;
+    };
+    let name = outsock_e2e::ipv6_literal_name(addr::HTTP);
+    let out = supervised(&s, &bin, &[&name]);
+    let stdout = ok(&s, &out, "go client");
+    let first = stdout.lines().next().unwrap();
+    let remote: SocketAddrV4 = first
+        .strip_prefix("remote ")
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("not an IPv4 peer: {first}\n{}", text(&out.stderr)));
+    let mapped = s
+        .mappings(&["--address", &remote.ip().to_string()])
+        .unwrap();
+    assert!(
+        mapped.contains(&addr::HTTP.to_string()),
+        "{remote} is not the dummy of {}: {mapped}",
+        addr::HTTP
+    );
+    assert!(stdout.ends_with(INDEX_BODY), "{stdout}");
+}
+
 #[test]
 fn dynamic_program_still_works_under_the_supervisor() {
     let test = "dynamic_program_still_works_under_the_supervisor";

@@ -5,7 +5,7 @@
 //! Lists in the environment are comma-separated (`OUTSOCK_DNS_UPSTREAMS=[2001:db8::53]:53,...`).
 //! deploy/dns-cache.example.toml documents every key.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -91,6 +91,30 @@ struct Raw {
     source_dummies_per_64: usize,
     dummy_quota_per_minute: u32,
     lookup_in_flight_per_tenant: usize,
+    /// `[static]`: dummy IPv4 = IPv6, or = { ipv6 = "…", names = ["…"] }.
+    #[serde(rename = "static")]
+    statics: std::collections::BTreeMap<String, RawStatic>,
+}
+
+/// One `[static]` entry as written.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawStatic {
+    Address(String),
+    Full {
+        ipv6: String,
+        #[serde(default)]
+        names: Vec<String>,
+    },
+}
+
+/// One static mapping of the settings: an operator's fixed pair (RFC 7757's explicit address
+/// mapping), with names for PTR.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaticMapping {
+    pub v4: Ipv4Addr,
+    pub v6: Ipv6Addr,
+    pub names: Vec<String>,
 }
 
 impl Default for Raw {
@@ -126,6 +150,7 @@ impl Default for Raw {
             source_dummies_per_64: 64,
             dummy_quota_per_minute: 256,
             lookup_in_flight_per_tenant: 64,
+            statics: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -188,6 +213,8 @@ pub struct Settings {
     pub dummy_quota_per_minute: u32,
     /// dns.sock look-ups of one tenant under way at once on one connection.
     pub lookup_in_flight_per_tenant: usize,
+    /// `[static]`: the static mappings, by dummy address.
+    pub statics: Vec<StaticMapping>,
 }
 
 impl Settings {
@@ -342,6 +369,7 @@ impl Settings {
         if raw.dummy_quota_per_minute == 0 {
             return Err(invalid("dummy_quota_per_minute", "must be at least 1"));
         }
+        let statics = check_statics(&raw.statics, &destination_pool, &destinations, &pools)?;
         if !(1..=4096).contains(&raw.lookup_in_flight_per_tenant) {
             return Err(invalid(
                 "lookup_in_flight_per_tenant",
@@ -393,8 +421,81 @@ impl Settings {
             source_dummies_per_64: raw.source_dummies_per_64,
             dummy_quota_per_minute: raw.dummy_quota_per_minute,
             lookup_in_flight_per_tenant: raw.lookup_in_flight_per_tenant,
+            statics,
         })
     }
+}
+
+/// Checks `[static]`: each key a dummy of the destination pool (not its guest DNS address),
+/// each value an IPv6 address the destination policy admits (its rules and built-in
+/// exclusions; the host's own addresses are checked again at every connect), no IPv6 address
+/// twice, names that are domain names.
+fn check_statics(
+    raw: &std::collections::BTreeMap<String, RawStatic>,
+    pool: &Ipv4Prefix,
+    rules: &Rules,
+    pools: &[Ipv4Net],
+) -> Result<Vec<StaticMapping>, SettingsError> {
+    const KEY: &str = "static";
+    let policy = outsock_policy::Policy::new(
+        rules.clone(),
+        pools.to_vec(),
+        outsock_policy::HostAddresses::fixed([]),
+    );
+    let mut out: Vec<StaticMapping> = Vec::with_capacity(raw.len());
+    for (key, value) in raw {
+        let v4: Ipv4Addr = key
+            .trim()
+            .parse()
+            .map_err(|_| invalid(KEY, format!("`{key}` is not an IPv4 address")))?;
+        if v4 <= pool.first_usable() || v4 > pool.last_usable() {
+            return Err(invalid(
+                KEY,
+                format!(
+                    "{v4} is not a dummy of destination_pool {}/{} (nor may it be the guest DNS address {})",
+                    pool.network(),
+                    pool.prefix_len(),
+                    pool.first_usable()
+                ),
+            ));
+        }
+        let (v6, names) = match value {
+            RawStatic::Address(a) => (a, &[][..]),
+            RawStatic::Full { ipv6, names } => (ipv6, &names[..]),
+        };
+        let v6: Ipv6Addr = v6
+            .trim()
+            .parse()
+            .map_err(|_| invalid(KEY, format!("{v4} = `{v6}`: not an IPv6 address")))?;
+        if let Err(reason) = policy.check_v6(v6) {
+            return Err(invalid(
+                KEY,
+                format!(
+                    "{v4} = {v6}: the destination policy refuses that address ({})",
+                    reason.as_str()
+                ),
+            ));
+        }
+        if let Some(other) = out.iter().find(|m| m.v6 == v6) {
+            return Err(invalid(
+                KEY,
+                format!("{v6} is given twice, to {} and to {v4}", other.v4),
+            ));
+        }
+        let mut checked = Vec::with_capacity(names.len());
+        for n in names {
+            let mut name = Name::from_ascii(n.trim())
+                .map_err(|e| invalid(KEY, format!("{v4}: `{n}` is not a domain name: {e}")))?;
+            name.set_fqdn(true);
+            checked.push(name.to_lowercase().to_ascii());
+        }
+        out.push(StaticMapping {
+            v4,
+            v6,
+            names: checked,
+        });
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -530,5 +631,52 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("max_ttl"), "{err}");
+    }
+
+    #[test]
+    fn static_mappings_are_read_and_checked() {
+        let up = "upstreams = [\"[::1]:53\"]\n[static]\n";
+        let s = Settings::from_toml(&format!(
+            "{up}\"10.170.175.10\" = \"2001:db8::10\"\n\
+             \"10.170.175.11\" = {{ ipv6 = \"2001:db8::11\", names = [\"DB.example\"] }}\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            s.statics,
+            [
+                StaticMapping {
+                    v4: "10.170.175.10".parse().unwrap(),
+                    v6: "2001:db8::10".parse().unwrap(),
+                    names: vec![],
+                },
+                StaticMapping {
+                    v4: "10.170.175.11".parse().unwrap(),
+                    v6: "2001:db8::11".parse().unwrap(),
+                    names: vec!["db.example.".into()],
+                },
+            ]
+        );
+        for (entry, says) in [
+            ("\"10.170.175.10\" = \"not-v6\"", "not an IPv6 address"),
+            ("\"x\" = \"2001:db8::10\"", "not an IPv4 address"),
+            ("\"10.170.160.1\" = \"2001:db8::10\"", "guest DNS address"),
+            (
+                "\"10.0.0.5\" = \"2001:db8::10\"",
+                "not a dummy of destination_pool",
+            ),
+            ("\"10.170.175.10\" = \"::1\"", "destination policy refuses"),
+            (
+                "\"10.170.175.10\" = \"2001:db8::10\"\n\"10.170.175.11\" = \"2001:db8::10\"",
+                "given twice",
+            ),
+        ] {
+            let err = Settings::from_toml(&format!("{up}{entry}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("static") && err.contains(says),
+                "{entry}: {err}"
+            );
+        }
     }
 }

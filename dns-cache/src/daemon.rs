@@ -44,6 +44,9 @@ pub enum DaemonError {
     /// The mapping tables could not be loaded.
     #[error("cannot load the mappings")]
     Persist(#[from] PersistError),
+    /// A static mapping of `[static]` could not be set (it conflicts with a live mapping).
+    #[error("cannot set the static mappings of [static]")]
+    Static(#[source] PersistError),
     /// DNS listeners.
     #[error(transparent)]
     Server(#[from] server::ServerError),
@@ -89,6 +92,23 @@ pub async fn run(s: Settings) -> Result<(), DaemonError> {
             .with_prefix_cap(s.source_dummies_per_64),
         Arc::new(SystemClock),
     )?;
+    let mut changed = 0usize;
+    for m in &s.statics {
+        if mappings
+            .set_static(m.v4, m.v6, &m.names)
+            .await
+            .map_err(DaemonError::Static)?
+        {
+            changed += 1;
+        }
+    }
+    if !s.statics.is_empty() {
+        tracing::info!(
+            statics = s.statics.len(),
+            changed,
+            "static mappings of [static] in place"
+        );
+    }
     let metrics = Arc::new(Metrics::default());
     let policy = outsock_policy::Policy::new(
         s.destinations.clone(),

@@ -277,7 +277,11 @@ impl LookupService {
             dummy: m.v4,
             v6: m.v6,
             names: m.names.clone(),
-            direction: wire_direction(m.direction),
+            direction: if m.fixed {
+                WireDirection::Static
+            } else {
+                wire_direction(m.direction)
+            },
             created: m.created.0 / 1000,
             last_used: m.last_used.0 / 1000,
             expires: recyclable.0 / 1000,
@@ -384,9 +388,15 @@ impl LookupService {
         let mappings = self.resolver.mappings();
         let mut all = Vec::new();
         for d in [Direction::Synthesised, Direction::InboundPeer] {
-            if q.direction.is_none_or(|w| w == wire_direction(d)) {
-                all.extend(mappings.with_table(d, |t| t.list()));
-            }
+            let rows = mappings.with_table(d, |t| t.list());
+            all.extend(rows.into_iter().filter(|m| {
+                let shown = if m.fixed {
+                    WireDirection::Static
+                } else {
+                    wire_direction(m.direction)
+                };
+                q.direction.is_none_or(|w| w == shown)
+            }));
         }
         let total = u32::try_from(all.len()).unwrap_or(u32::MAX);
         let limit = usize::try_from(q.limit).unwrap_or(MAX_PAGE).min(MAX_PAGE);

@@ -48,6 +48,18 @@ pub enum MappingError {
     /// The remote /64 holds its cap of dummies and every one of them is pinned.
     #[error("the {0}::/64 holds its cap of source dummies and all of them are pinned")]
     PrefixFull(Ipv6Addr),
+    /// A static mapping cannot be set: the address is not one this pool hands out.
+    #[error("static mapping {v4} = {v6}: {v4} is not an address of the destination pool (or it is the guest DNS address)")]
+    StaticOutsidePool { v4: Ipv4Addr, v6: Ipv6Addr },
+    /// A static mapping cannot be set: a live mapping holds the dummy or the IPv6 address.
+    #[error("static mapping {v4} = {v6} conflicts with the live mapping {held_v4} = {held_v6}{}; nothing was remapped", if *held_static { " (static)" } else { "" })]
+    StaticConflict {
+        v4: Ipv4Addr,
+        v6: Ipv6Addr,
+        held_v4: Ipv4Addr,
+        held_v6: Ipv6Addr,
+        held_static: bool,
+    },
 }
 
 /// Which pool a mapping belongs to.
@@ -107,6 +119,9 @@ pub struct Mapping {
     /// Pins held by live dns.sock connections (host-server pins a dummy while a connection
     /// through it is open). Leases, not a stored fact: reset to 0 at start (see [`crate::pins`]).
     pub pins: u32,
+    /// A static mapping (`[static]` in the settings): an operator's fixed pair, never
+    /// recycled, expired or flushed.
+    pub fixed: bool,
 }
 
 /// How an address was obtained.
@@ -327,8 +342,10 @@ impl MappingTable {
                 self.dirty.insert(n);
             }
             self.by_v6.insert(m.v6, n);
-            self.lru.insert((m.last_used, n));
-            self.index_64(m.v6, (m.last_used, n), true);
+            if !m.fixed {
+                self.lru.insert((m.last_used, n));
+                self.index_64(m.v6, (m.last_used, n), true);
+            }
             self.by_v4.insert(
                 n,
                 Entry {
@@ -417,6 +434,7 @@ impl MappingTable {
             last_used: now,
             expires: now.plus(ttl),
             pins: 0,
+            fixed: false,
         };
         self.by_v6.insert(v6, n);
         self.lru.insert((now, n));
@@ -453,13 +471,19 @@ impl MappingTable {
     }
 
     fn take_address(&mut self, now: UnixMillis) -> Result<(u32, Allocation), MappingError> {
-        if let Some(n) = self.free.pop() {
-            return Ok((n, Allocation::Fresh));
+        while let Some(n) = self.free.pop() {
+            // A static mapping may have taken a freed address since.
+            if !self.by_v4.contains_key(&n) {
+                return Ok((n, Allocation::Fresh));
+            }
         }
-        if self.next_fresh <= self.last {
+        while self.next_fresh <= self.last {
             let n = self.next_fresh;
             self.next_fresh += 1;
-            return Ok((n, Allocation::Fresh));
+            // Static mappings sit anywhere in the pool: never handed out again.
+            if !self.by_v4.contains_key(&n) {
+                return Ok((n, Allocation::Fresh));
+            }
         }
         let victim = self
             .lru
@@ -491,7 +515,9 @@ impl MappingTable {
     fn touch_n(&mut self, n: u32, now: UnixMillis, expires: Option<UnixMillis>) {
         if let Some(entry) = self.by_v4.get_mut(&n) {
             let m = &mut entry.mapping;
-            if now > m.last_used {
+            if now > m.last_used && m.fixed {
+                m.last_used = now;
+            } else if now > m.last_used {
                 self.lru.remove(&(m.last_used, n));
                 if self.per_64_cap.is_some() {
                     if let Some(set) = self.by_64.get_mut(&net64(m.v6)) {
@@ -517,6 +543,110 @@ impl MappingTable {
         }
         self.touch_n(n, now, None);
         Ok(())
+    }
+
+    /// Whether the mapping of `n` is protected now: pinned, or within its TTL or grace.
+    fn live(&self, e: &Entry, now: UnixMillis) -> bool {
+        e.mapping.fixed
+            || e.mapping.pins > 0
+            || e.mapping.expires > now
+            || e.mapping.last_used.plus(self.grace) > now
+    }
+
+    /// Sets the static mapping `v4` = `v6` (names remembered for PTR). Already set: only its
+    /// names are brought up to date. A dynamic mapping of the same pair becomes static; one
+    /// that holds `v4` or `v6` otherwise is taken over only when it is no longer protected
+    /// (unpinned, past its TTL and grace), else [`MappingError::StaticConflict`] names it and
+    /// nothing changes. Returns whether anything changed.
+    pub fn set_static(
+        &mut self,
+        v4: Ipv4Addr,
+        v6: Ipv6Addr,
+        names: &[String],
+        now: UnixMillis,
+    ) -> Result<bool, MappingError> {
+        let n = u32::from(v4);
+        if !self.owns(v4) || Some(v4) == self.reserved {
+            return Err(MappingError::StaticOutsidePool { v4, v6 });
+        }
+        let conflict = |e: &Entry| MappingError::StaticConflict {
+            v4,
+            v6,
+            held_v4: e.mapping.v4,
+            held_v6: e.mapping.v6,
+            held_static: e.mapping.fixed,
+        };
+        let mut victims = Vec::new();
+        if let Some(e) = self.by_v4.get(&n) {
+            if e.mapping.v6 != v6 {
+                if self.live(e, now) {
+                    return Err(conflict(e));
+                }
+                victims.push(n);
+            }
+        }
+        if let Some(&m) = self.by_v6.get(&v6) {
+            if m != n {
+                let e = &self.by_v4[&m];
+                if self.live(e, now) {
+                    return Err(conflict(e));
+                }
+                victims.push(m);
+            }
+        }
+        for m in victims {
+            self.remove_n(m);
+            if m != n {
+                self.free.push(m);
+            }
+        }
+        if let Some(e) = self.by_v4.get_mut(&n) {
+            // The same pair, already mapped.
+            let m = &mut e.mapping;
+            let mut changed = false;
+            if !m.fixed {
+                m.fixed = true;
+                self.lru.remove(&(m.last_used, n));
+                if self.per_64_cap.is_some() {
+                    if let Some(set) = self.by_64.get_mut(&net64(v6)) {
+                        set.remove(&(m.last_used, n));
+                    }
+                }
+                changed = true;
+            }
+            for name in names {
+                changed |= remember_name(&mut m.names, name);
+            }
+            if changed {
+                self.dirty.insert(n);
+            }
+            return Ok(changed);
+        }
+        self.seq += 1;
+        let mut kept = Vec::new();
+        for name in names {
+            remember_name(&mut kept, name);
+        }
+        self.by_v6.insert(v6, n);
+        self.by_v4.insert(
+            n,
+            Entry {
+                mapping: Mapping {
+                    v4,
+                    v6,
+                    direction: self.direction,
+                    names: kept,
+                    created: now,
+                    last_used: now,
+                    expires: now,
+                    pins: 0,
+                    fixed: true,
+                },
+                must_commit: self.seq,
+            },
+        );
+        self.dirty.insert(n);
+        Ok(true)
     }
 
     /// Adds a pin (an open connection) to `v4`; returns the new pin count. Callers go through
@@ -557,6 +687,7 @@ impl MappingTable {
             .iter()
             .filter(|(_, e)| {
                 e.mapping.pins == 0
+                    && !e.mapping.fixed
                     && (!only_idle
                         || (e.mapping.expires <= now
                             && e.mapping.last_used.plus(self.grace) <= now))
@@ -612,10 +743,14 @@ impl MappingTable {
     #[cfg(test)]
     fn check_invariants(&self) {
         assert_eq!(self.by_v4.len(), self.by_v6.len());
-        assert_eq!(self.by_v4.len(), self.lru.len());
+        let dynamic = self.by_v4.values().filter(|e| !e.mapping.fixed).count();
+        assert_eq!(dynamic, self.lru.len());
         for (n, e) in &self.by_v4 {
             assert_eq!(self.by_v6.get(&e.mapping.v6), Some(n));
-            assert!(self.lru.contains(&(e.mapping.last_used, *n)));
+            assert_eq!(
+                self.lru.contains(&(e.mapping.last_used, *n)),
+                !e.mapping.fixed
+            );
             assert!(self.owns(e.mapping.v4));
             assert_ne!(Some(e.mapping.v4), self.reserved);
         }
@@ -664,6 +799,85 @@ mod tests {
             Direction::Synthesised,
             GRACE,
         )
+    }
+
+    /// Static mappings: set anywhere in the pool, skipped by fresh allocation, never recycled
+    /// (a full pool fails rather than take one), never flushed, kept by a reload; a live
+    /// mapping in the way is a conflict that changes nothing, a dead one is taken over.
+    #[test]
+    fn static_mappings_are_never_recycled_and_conflicts_change_nothing() {
+        let a = |last: u8| Ipv4Addr::new(10, 170, 160, last);
+        let mut t = small_table();
+        let now = UnixMillis(1_000_000);
+        // Outside the pool, or the guest DNS address: refused.
+        for bad in [a(1), a(7), Ipv4Addr::new(10, 0, 0, 5)] {
+            assert!(matches!(
+                t.set_static(bad, v6(1), &[], now),
+                Err(MappingError::StaticOutsidePool { .. })
+            ));
+        }
+        assert_eq!(
+            t.set_static(a(3), v6(100), &["db.example.".into()], now),
+            Ok(true)
+        );
+        // Again: nothing changes.
+        assert_eq!(
+            t.set_static(a(3), v6(100), &["db.example.".into()], now),
+            Ok(false)
+        );
+        t.check_invariants();
+        // Fresh allocation skips .3: the four other addresses, then the pool is full.
+        let got: Vec<Ipv4Addr> = (1..=4)
+            .map(|i| t.map(v6(i), None, Duration::ZERO, now).unwrap().v4)
+            .collect();
+        assert_eq!(got, [a(2), a(4), a(5), a(6)]);
+        // Long after every TTL and grace: recycling takes dynamic ones, never the static.
+        let later = now.plus(GRACE * 10);
+        for i in 5..=8 {
+            let r = t.map(v6(i), None, Duration::ZERO, later).unwrap();
+            assert_ne!(r.v4, a(3), "a static mapping was recycled");
+        }
+        assert_eq!(t.get(a(3)).unwrap().v6, v6(100));
+        // A live dynamic mapping in the way: a conflict naming it, nothing remapped.
+        let live = t.lookup_v6(v6(8)).unwrap();
+        let e = t.set_static(live, v6(200), &[], later).unwrap_err();
+        assert!(e.to_string().contains(&live.to_string()), "{e}");
+        assert_eq!(t.get(live).unwrap().v6, v6(8));
+        let e = t.set_static(a(3), v6(8), &[], later).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                MappingError::StaticConflict {
+                    held_static: true,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        let e = t.set_static(a(3), v6(100), &[], later);
+        assert_eq!(e, Ok(false));
+        // The same pair as a live dynamic mapping: it becomes static.
+        assert_eq!(t.set_static(live, v6(8), &[], later), Ok(true));
+        assert!(t.get(live).unwrap().fixed);
+        // A dynamic mapping past its TTL and grace is taken over.
+        let much_later = later.plus(GRACE * 10);
+        let dead = t.lookup_v6(v6(7)).unwrap();
+        assert_eq!(t.set_static(dead, v6(300), &[], much_later), Ok(true));
+        assert_eq!(t.lookup_v6(v6(7)), None);
+        t.check_invariants();
+        // Flush keeps statics.
+        t.flush(much_later, false);
+        assert_eq!(t.get(a(3)).unwrap().v6, v6(100));
+        assert_eq!(t.get(dead).unwrap().v6, v6(300));
+        assert_eq!(t.len(), 3);
+        // Stored and loaded again: still static, still outside the LRU.
+        let rows = t.list();
+        let mut again = small_table();
+        assert!(again.load(rows).is_empty());
+        again.check_invariants();
+        assert!(again.get(a(3)).unwrap().fixed);
+        assert!(again.map(v6(400), None, Duration::ZERO, much_later).is_ok());
+        assert_ne!(again.lookup_v6(v6(400)), Some(a(3)));
     }
 
     #[test]
@@ -764,6 +978,7 @@ mod tests {
             last_used: UnixMillis(0),
             expires: UnixMillis(0),
             pins: 0,
+            fixed: false,
         };
         let pinned = Mapping {
             pins: 3,

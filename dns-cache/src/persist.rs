@@ -174,6 +174,28 @@ impl Mappings {
         Ok(results)
     }
 
+    /// Sets the static mapping `v4` = `v6` in the destination table
+    /// ([`MappingTable::set_static`]) and waits until it is committed; whether anything
+    /// changed.
+    pub async fn set_static(
+        &self,
+        v4: Ipv4Addr,
+        v6: Ipv6Addr,
+        names: &[String],
+    ) -> Result<bool, PersistError> {
+        let now = self.clock.now();
+        let (changed, seq) = {
+            let mut t = lock(self.table(Direction::Synthesised));
+            let changed = t.set_static(v4, v6, names, now)?;
+            (changed, t.durable_after(v4))
+        };
+        if changed {
+            self.nudge();
+        }
+        self.wait_durable(Direction::Synthesised, seq).await?;
+        Ok(changed)
+    }
+
     /// Waits until change number `seq` of the `direction` table is committed.
     pub async fn wait_durable(&self, direction: Direction, seq: u64) -> Result<(), PersistError> {
         let i = slot(direction);

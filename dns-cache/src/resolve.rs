@@ -606,10 +606,17 @@ impl Resolver {
         let Some(m) = self.mappings.with_table(direction, |t| t.get(v4).cloned()) else {
             return Ok(Answer::rcode(ResponseCode::NXDomain));
         };
-        if !m.names.is_empty() {
+        // A static mapping without names: its IPv6 literal name, where there is one.
+        let literal = match (&self.cfg.ipv6_literal_suffix, m.fixed && m.names.is_empty()) {
+            (Some(zone), true) => literal_name(m.v6, zone),
+            _ => None,
+        };
+        if !m.names.is_empty() || literal.is_some() {
             let answers = m
                 .names
                 .iter()
+                .cloned()
+                .chain(literal)
                 .filter_map(|n| Name::from_ascii(n).ok())
                 .map(|n| Record::from_rdata(q.name.clone(), self.cfg.max_ttl, RData::PTR(PTR(n))))
                 .collect();
@@ -666,6 +673,15 @@ pub fn literal_v6(name: &Name, zone: &Name) -> Option<Ipv6Addr> {
         return None;
     }
     text.replace('-', ":").parse().ok()
+}
+
+/// The literal name of `v6` under `zone` (the inverse of [`literal_v6`]).
+fn literal_name(v6: Ipv6Addr, zone: &Name) -> Option<String> {
+    Some(format!(
+        "{}.{}",
+        v6.to_string().replace(':', "-"),
+        zone.to_lowercase().to_ascii()
+    ))
 }
 
 /// The IPv4 address of a full `d.c.b.a.in-addr.arpa.` name.

@@ -19,7 +19,10 @@ use crate::clock::UnixMillis;
 use crate::mapping::{Direction, Mapping, Touch};
 
 /// The numbered migrations, in order. Forward-only: a released file never changes.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/0001_mappings.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/0001_mappings.sql")),
+    (2, include_str!("../../migrations/0002_static_mappings.sql")),
+];
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -145,8 +148,10 @@ impl Store {
             }
         }
         let mut stmt = self.conn.prepare(
-            "SELECT ipv4, ipv6, direction, created_ms, last_used_ms, expires_ms, pins
-             FROM mappings ORDER BY ipv4",
+            "SELECT m.ipv4, m.ipv6, m.direction, m.created_ms, m.last_used_ms, m.expires_ms,
+                    m.pins, s.ipv4 IS NOT NULL
+             FROM mappings m LEFT JOIN static_mappings s ON s.ipv4 = m.ipv4
+             ORDER BY m.ipv4",
         )?;
         let raw = stmt.query_map([], |r| {
             Ok((
@@ -157,11 +162,12 @@ impl Store {
                 r.get::<_, i64>(4)?,
                 r.get::<_, i64>(5)?,
                 r.get::<_, i64>(6)?,
+                r.get::<_, bool>(7)?,
             ))
         })?;
         let mut out = Vec::new();
         for row in raw {
-            let (n, v6, dir, created, last_used, expires, pins) = row?;
+            let (n, v6, dir, created, last_used, expires, pins, fixed) = row?;
             let n = u32::try_from(n).map_err(|_| StoreError::CorruptRow {
                 ipv4: Ipv4Addr::UNSPECIFIED,
                 reason: format!("ipv4 value {n} is not a 32-bit address"),
@@ -182,6 +188,7 @@ impl Store {
                 last_used: UnixMillis::from_i64(last_used),
                 expires: UnixMillis::from_i64(expires),
                 pins: u32::try_from(pins).unwrap_or(0),
+                fixed,
             });
         }
         Ok(out)
@@ -246,6 +253,10 @@ impl Store {
                      expires_ms = excluded.expires_ms, pins = excluded.pins",
             )?;
             let mut clear_names = tx.prepare_cached("DELETE FROM mapping_names WHERE ipv4 = ?1")?;
+            let mut set_static =
+                tx.prepare_cached("INSERT OR IGNORE INTO static_mappings (ipv4) VALUES (?1)")?;
+            let mut clear_static =
+                tx.prepare_cached("DELETE FROM static_mappings WHERE ipv4 = ?1")?;
             let mut add_name = tx.prepare_cached(
                 "INSERT OR IGNORE INTO mapping_names (ipv4, name) VALUES (?1, ?2)",
             )?;
@@ -265,6 +276,11 @@ impl Store {
                 clear_names.execute(params![n])?;
                 for name in &m.names {
                     add_name.execute(params![n, name])?;
+                }
+                if m.fixed {
+                    set_static.execute(params![n])?;
+                } else {
+                    clear_static.execute(params![n])?;
                 }
             }
         }
@@ -301,6 +317,7 @@ mod tests {
             last_used: UnixMillis(1_700_000_001_500),
             expires: UnixMillis(1_700_000_600_000),
             pins: 2,
+            fixed: false,
         }
     }
 
@@ -309,10 +326,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.sqlite3");
         let s = Store::open(&path, Durability::ProcessCrash).unwrap();
-        assert_eq!(s.schema_version().unwrap(), 1);
+        assert_eq!(s.schema_version().unwrap(), 2);
         drop(s);
         let s = Store::open(&path, Durability::PowerLoss).unwrap();
-        assert_eq!(s.schema_version().unwrap(), 1);
+        assert_eq!(s.schema_version().unwrap(), 2);
         let mode: String = s
             .conn
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
@@ -363,6 +380,60 @@ mod tests {
                 "2",
             ]
         );
+    }
+
+    /// A static mapping round-trips and the view says so; turned dynamic again, its marker
+    /// goes. A database of step 1 (with a mapping and its names) moves to step 2 intact.
+    #[test]
+    fn static_mappings_round_trip_and_step_1_databases_migrate_intact() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join("v1.sqlite3");
+        {
+            let c = Connection::open(&old).unwrap();
+            c.execute_batch(MIGRATIONS[0].1).unwrap();
+            c.execute_batch(
+                "CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at TEXT);
+                 INSERT INTO schema_version (version) VALUES (1);
+                 INSERT INTO mappings VALUES (178954242, '2001:db8::1', 'synthesised', 1, 2, 3, 0);
+                 INSERT INTO mapping_names (ipv4, name) VALUES (178954242, 'kept.test.');",
+            )
+            .unwrap();
+        }
+        let mut s = Store::open(&old, Durability::ProcessCrash).unwrap();
+        assert_eq!(s.schema_version().unwrap(), 2);
+        let rows = s.load_all().unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].names, ["kept.test."]);
+        assert!(!rows[0].fixed);
+
+        let fixed = Mapping {
+            fixed: true,
+            ..mapping([10, 170, 175, 10], "2001:db8::10", &["db.example."])
+        };
+        s.write_batch(std::slice::from_ref(&fixed), &[]).unwrap();
+        let row = s
+            .view_row(Ipv4Addr::new(10, 170, 175, 10))
+            .unwrap()
+            .unwrap();
+        assert_eq!(row[3], "static");
+        assert!(s.load_all().unwrap().contains(&fixed));
+        let dynamic = Mapping {
+            fixed: false,
+            ..fixed.clone()
+        };
+        s.write_batch(std::slice::from_ref(&dynamic), &[]).unwrap();
+        let row = s
+            .view_row(Ipv4Addr::new(10, 170, 175, 10))
+            .unwrap()
+            .unwrap();
+        assert_eq!(row[3], "synthesised");
+        // Deleting the mapping takes its marker along.
+        s.write_batch(&[], &[fixed.v4]).unwrap();
+        let markers: i64 = s
+            .conn
+            .query_row("SELECT count(*) FROM static_mappings", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(markers, 0);
     }
 
     #[test]

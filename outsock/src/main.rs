@@ -173,6 +173,7 @@ enum VmCmd {
 enum Dir {
     Synthesised,
     InboundPeer,
+    Static,
 }
 
 fn main() -> Result<()> {
@@ -387,6 +388,7 @@ fn mappings(socket: &PathBuf, direction: Option<Dir>, json: bool, filter: &Filte
     let direction = direction.map(|d| match d {
         Dir::Synthesised => Direction::Synthesised,
         Dir::InboundPeer => Direction::InboundPeer,
+        Dir::Static => Direction::Static,
     });
     let mut all = Vec::new();
     let mut id = 0;
@@ -443,6 +445,7 @@ fn dir_name(d: Direction) -> &'static str {
     match d {
         Direction::Synthesised => "synthesised",
         Direction::InboundPeer => "inbound-peer",
+        Direction::Static => "static",
     }
 }
 

@@ -22,6 +22,8 @@ pub enum Direction {
     Synthesised,
     /// A dummy from the source pool, standing for an IPv6 peer that connected in.
     InboundPeer,
+    /// A static mapping of the destination pool: an operator's fixed pair (`[static]`).
+    Static,
 }
 
 impl Direction {
@@ -29,6 +31,7 @@ impl Direction {
         match self {
             Self::Synthesised => 1,
             Self::InboundPeer => 2,
+            Self::Static => 3,
         }
     }
 
@@ -36,6 +39,7 @@ impl Direction {
         match v {
             1 => Ok(Self::Synthesised),
             2 => Ok(Self::InboundPeer),
+            3 => Ok(Self::Static),
             other => Err(ProtoError::BadValue {
                 field: "direction",
                 value: u64::from(other),

@@ -116,7 +116,11 @@ fn to_guest() -> impl Strategy<Value = ToGuest> {
 }
 
 fn direction() -> impl Strategy<Value = Direction> {
-    prop_oneof![Just(Direction::Synthesised), Just(Direction::InboundPeer)]
+    prop_oneof![
+        Just(Direction::Synthesised),
+        Just(Direction::InboundPeer),
+        Just(Direction::Static)
+    ]
 }
 
 fn mapping() -> impl Strategy<Value = MappingInfo> {

@@ -144,6 +144,7 @@ pub async fn run(s: Settings) -> Result<(), DaemonError> {
     let lookup_listener = lookup::bind(&s.lookup_socket, s.lookup_socket_mode)?;
     let service = Arc::new(
         LookupService::new(Arc::clone(&frontend), s.grace)
+            .with_configured_statics(s.statics.iter().map(|m| m.v4).collect())
             .with_access(s.access.clone())
             .with_in_flight_per_tenant(s.lookup_in_flight_per_tenant),
     );

@@ -29,6 +29,7 @@
 //! pin it still holds is given back. A client that reconnects pins again what it still uses.
 
 use std::collections::HashMap;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
@@ -127,8 +128,10 @@ impl OpClass {
             | LookupOp::Unpin { .. }
             | LookupOp::DnsQuery { .. }
             | LookupOp::DnsQueryAs { .. } => Self::Lookup,
-            LookupOp::List(_) | LookupOp::Stats => Self::Operator,
-            LookupOp::Flush => Self::Admin,
+            LookupOp::List(_) | LookupOp::Stats | LookupOp::Show { .. } => Self::Operator,
+            LookupOp::Flush | LookupOp::StaticSet { .. } | LookupOp::StaticRemove { .. } => {
+                Self::Admin
+            }
         }
     }
 
@@ -183,6 +186,9 @@ fn op_name(op: &LookupOp) -> &'static str {
         LookupOp::Stats => "Stats",
         LookupOp::DnsQuery { .. } => "DnsQuery",
         LookupOp::DnsQueryAs { .. } => "DnsQueryAs",
+        LookupOp::StaticSet { .. } => "StaticSet",
+        LookupOp::StaticRemove { .. } => "StaticRemove",
+        LookupOp::Show { .. } => "Show",
     }
 }
 
@@ -194,6 +200,9 @@ pub struct LookupService {
     grace: Duration,
     access: Access,
     in_flight_per_tenant: usize,
+    /// The dummies `[static]` of the settings sets: changed only there (a live change would
+    /// be undone, or collide, at the next start).
+    configured_statics: Vec<Ipv4Addr>,
 }
 
 fn wire_direction(d: Direction) -> WireDirection {
@@ -223,7 +232,26 @@ impl LookupService {
                 own_uid: own_uid(),
                 ..Access::default()
             },
+            configured_statics: Vec::new(),
         }
+    }
+
+    /// The same service, with the dummies of the settings' `[static]`, which `StaticSet` and
+    /// `StaticRemove` leave alone.
+    #[must_use]
+    pub fn with_configured_statics(mut self, dummies: Vec<Ipv4Addr>) -> Self {
+        self.configured_statics = dummies;
+        self
+    }
+
+    /// A refusal for a live change of a dummy that `[static]` in the settings sets.
+    fn configured(dummy: Ipv4Addr) -> LookupReply {
+        error(
+            LookupErrorCode::Invalid,
+            &format!(
+                "{dummy} is set by [static] in dns-cache's settings: change it there (a live change would be undone at the next start)"
+            ),
+        )
     }
 
     /// The same service, admitting peers by `access`.
@@ -372,6 +400,54 @@ impl LookupService {
                 crate::quota::scope(Arc::from(tenant.to_string()), self.dns_query(&packet, tcp))
                     .await
             }
+            LookupOp::StaticSet { dummy, .. } | LookupOp::StaticRemove { dummy, .. }
+                if self.configured_statics.contains(&dummy) =>
+            {
+                Self::configured(dummy)
+            }
+            LookupOp::StaticSet { dummy, v6, names } => self.static_set(dummy, v6, &names).await,
+            LookupOp::StaticRemove { dummy, force } => {
+                let r = mappings.with_table(Direction::Synthesised, |t| {
+                    t.remove_static(dummy, force).map(|pins| (pins, t.seq()))
+                });
+                match r {
+                    Ok((pins, seq)) => {
+                        if let Err(e) = mappings.wait_durable(Direction::Synthesised, seq).await {
+                            return error(LookupErrorCode::Internal, &e);
+                        }
+                        tracing::info!(%dummy, pins, "static mapping removed over dns.sock");
+                        LookupReply::Pinned { pins }
+                    }
+                    Err(e) => error(LookupErrorCode::Invalid, &e),
+                }
+            }
+            LookupOp::Show { v6, allocate } => {
+                if let Some(d) = mappings.with_table(Direction::Synthesised, |t| t.lookup_v6(v6)) {
+                    return LookupReply::Dummy { dummy: d };
+                }
+                if !allocate {
+                    return LookupReply::NotFound;
+                }
+                if let Some(reason) = self.resolver.refuses(v6) {
+                    return error(
+                        LookupErrorCode::Invalid,
+                        &format!("the destination policy refuses {v6} ({reason})"),
+                    );
+                }
+                match mappings
+                    .map_durable(Direction::Synthesised, &[(v6, None)], Duration::ZERO)
+                    .await
+                {
+                    Ok(r) => r.first().map_or_else(
+                        || error(LookupErrorCode::Internal, "no mapping returned"),
+                        |r| LookupReply::Dummy { dummy: r.v4 },
+                    ),
+                    Err(PersistError::Mapping(e @ MappingError::Exhausted(_))) => {
+                        error(LookupErrorCode::PoolExhausted, &e)
+                    }
+                    Err(e) => error(LookupErrorCode::Internal, &e),
+                }
+            }
         }
     }
 
@@ -382,6 +458,45 @@ impl LookupService {
             reply = self.frontend.answer(packet, tcp).await.unwrap_or_default();
         }
         LookupReply::DnsAnswer { packet: reply }
+    }
+
+    /// `StaticSet`: the destination policy first, then the table's own checks (pool,
+    /// conflicts with live mappings); persisted before the answer.
+    async fn static_set(&self, dummy: Ipv4Addr, v6: Ipv6Addr, names: &[String]) -> LookupReply {
+        if let Some(reason) = self.resolver.refuses(v6) {
+            return error(
+                LookupErrorCode::Invalid,
+                &format!("the destination policy refuses {v6} ({reason})"),
+            );
+        }
+        let mut checked = Vec::with_capacity(names.len());
+        for n in names {
+            match hickory_proto::rr::Name::from_ascii(n.trim()) {
+                Ok(mut name) => {
+                    name.set_fqdn(true);
+                    checked.push(name.to_lowercase().to_ascii());
+                }
+                Err(e) => {
+                    return error(
+                        LookupErrorCode::Invalid,
+                        &format!("`{n}` is not a domain name: {e}"),
+                    )
+                }
+            }
+        }
+        let mappings = self.resolver.mappings();
+        match mappings.set_static(dummy, v6, &checked).await {
+            Ok(_) => {
+                tracing::info!(%dummy, %v6, "static mapping set over dns.sock");
+                mappings
+                    .with_table(Direction::Synthesised, |t| t.get(dummy).cloned())
+                    .map_or(LookupReply::NotFound, |m| {
+                        LookupReply::Resolved(self.info(&m))
+                    })
+            }
+            Err(PersistError::Mapping(e)) => error(LookupErrorCode::Invalid, &e),
+            Err(e) => error(LookupErrorCode::Internal, &e),
+        }
     }
 
     fn list(&self, q: &ListQuery) -> LookupReply {
@@ -940,6 +1055,28 @@ mod tests {
             message.contains("uid 1000") && message.contains("admin_uids"),
             "{message}"
         );
+        // Static mappings are an admin's; showing a dummy is an operator's.
+        let set = || LookupOp::StaticSet {
+            dummy: "10.170.160.9".parse().unwrap(),
+            v6: "2001:db8::99".parse().unwrap(),
+            names: vec![],
+        };
+        let remove = || LookupOp::StaticRemove {
+            dummy: "10.170.160.9".parse().unwrap(),
+            force: false,
+        };
+        let show = LookupOp::Show {
+            v6: "2001:db8::99".parse().unwrap(),
+            allocate: false,
+        };
+        assert!(forbidden(&s.handle_from(Some(1000), set(), &leases).await));
+        assert!(forbidden(
+            &s.handle_from(Some(1000), remove(), &leases).await
+        ));
+        assert!(!forbidden(
+            &s.handle_from(Some(1000), show.clone(), &leases).await
+        ));
+        assert!(forbidden(&s.handle_from(Some(990), show, &leases).await));
         // An admin: Flush and List.
         assert!(!forbidden(
             &s.handle_from(Some(1001), LookupOp::Flush, &leases).await
@@ -960,9 +1097,11 @@ mod tests {
             assert!(forbidden(&s.handle_from(uid, pin(), &leases).await));
         }
         let m = s.resolver.metrics();
+        // Flush by the host-server uid and by an operator, StaticSet and StaticRemove by an
+        // operator.
         assert_eq!(
             m.lookup_refused[2].load(std::sync::atomic::Ordering::Relaxed),
-            2
+            4
         );
     }
 

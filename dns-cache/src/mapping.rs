@@ -48,6 +48,12 @@ pub enum MappingError {
     /// The remote /64 holds its cap of dummies and every one of them is pinned.
     #[error("the {0}::/64 holds its cap of source dummies and all of them are pinned")]
     PrefixFull(Ipv6Addr),
+    /// Not a static mapping (for a removal).
+    #[error("{0} is not a static mapping")]
+    NotStatic(Ipv4Addr),
+    /// A static mapping in use by open connections, removed only when forced.
+    #[error("{v4} is in use by {pins} open connection(s); force the removal to take it anyway")]
+    StaticInUse { v4: Ipv4Addr, pins: u32 },
     /// A static mapping cannot be set: the address is not one this pool hands out.
     #[error("static mapping {v4} = {v6}: {v4} is not an address of the destination pool (or it is the guest DNS address)")]
     StaticOutsidePool { v4: Ipv4Addr, v6: Ipv6Addr },
@@ -649,6 +655,28 @@ impl MappingTable {
         Ok(true)
     }
 
+    /// The number of the latest change that hands out or takes back an address.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Removes the static mapping of `v4`; one with pins (open connections) only with
+    /// `force`. Returns the pins it had; the address becomes free for allocation.
+    pub fn remove_static(&mut self, v4: Ipv4Addr, force: bool) -> Result<u32, MappingError> {
+        let n = u32::from(v4);
+        let pins = match self.by_v4.get(&n) {
+            Some(e) if e.mapping.fixed => e.mapping.pins,
+            _ => return Err(MappingError::NotStatic(v4)),
+        };
+        if pins > 0 && !force {
+            return Err(MappingError::StaticInUse { v4, pins });
+        }
+        self.seq += 1;
+        self.remove_n(n);
+        self.free.push(n);
+        Ok(pins)
+    }
+
     /// Adds a pin (an open connection) to `v4`; returns the new pin count. Callers go through
     /// [`crate::pins::PinLeases`], which remembers whose pin it is.
     pub fn pin(&mut self, v4: Ipv4Addr, now: UnixMillis) -> Result<u32, MappingError> {
@@ -865,6 +893,19 @@ mod tests {
         assert_eq!(t.set_static(dead, v6(300), &[], much_later), Ok(true));
         assert_eq!(t.lookup_v6(v6(7)), None);
         t.check_invariants();
+        // In use (pinned): removed only when forced; not static: never.
+        assert_eq!(t.pin(dead, much_later), Ok(1));
+        assert_eq!(
+            t.remove_static(dead, false),
+            Err(MappingError::StaticInUse { v4: dead, pins: 1 })
+        );
+        assert_eq!(
+            t.remove_static(a(9), true),
+            Err(MappingError::NotStatic(a(9)))
+        );
+        assert_eq!(t.remove_static(dead, true), Ok(1));
+        assert_eq!(t.get(dead), None);
+        assert_eq!(t.set_static(dead, v6(300), &[], much_later), Ok(true));
         // Flush keeps statics.
         t.flush(much_later, false);
         assert_eq!(t.get(a(3)).unwrap().v6, v6(100));

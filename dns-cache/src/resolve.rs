@@ -288,6 +288,17 @@ impl Resolver {
         answer
     }
 
+    /// Why the destination policy refuses `v6` as a destination, if it does (for an
+    /// operator's static mapping or allocation; not counted as an upstream refusal).
+    #[must_use]
+    pub fn refuses(&self, v6: Ipv6Addr) -> Option<&'static str> {
+        self.cfg
+            .policy
+            .check(IpAddr::V6(v6))
+            .err()
+            .map(outsock_policy::Reason::as_str)
+    }
+
     /// Whether the destination policy lets `addr` (from an upstream answer for `name`) reach a
     /// guest; a refusal is counted and logged (rate-limited).
     fn admits(&self, name: &Name, addr: IpAddr) -> bool {

@@ -104,4 +104,70 @@ fn a_static_mapping_is_reached_by_its_literal_and_kept_and_conflicts_stop_the_st
     s.start_dns().unwrap();
     assert_eq!(s.dummy_for(addr::HTTP), Some(live));
     echo_by_literal(&s);
+
+    // Live changes by an operator (root here), persisted at once. One that [static] sets is
+    // changed there only.
+    let err = s.mappings(&["remove", STATIC]).unwrap_err().to_string();
+    assert!(err.contains("[static]"), "{err}");
+    let added_at = "10.170.175.20";
+    let added = s
+        .mappings(&[
+            "add",
+            added_at,
+            &addr::DNS.to_string(),
+            "--name",
+            "ns.static.test",
+        ])
+        .unwrap();
+    assert!(added.contains(added_at), "{added}");
+    // The world's DNS server by its new static dummy, over TCP.
+    let at = format!("@{added_at}");
+    let out = run(
+        &s,
+        "dig",
+        &[
+            "+tcp",
+            "+time=3",
+            "+tries=2",
+            "+short",
+            &at,
+            zone::V6ONLY,
+            "AAAA",
+        ],
+        b"",
+    );
+    assert_eq!(ok(&s, &out, "dig @static").trim(), addr::HTTP.to_string());
+    // PTR of a static dummy: its name.
+    let out = run(
+        &s,
+        "dig",
+        &["+time=3", "+tries=2", "+short", "-x", added_at],
+        b"",
+    );
+    assert_eq!(ok(&s, &out, "dig -x").trim(), "ns.static.test.");
+    // A live mapping in the way of an add: refused, naming it.
+    let err = s
+        .mappings(&["add", &live.to_string(), &addr::NO_HOST.to_string()])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("conflicts with the live mapping"), "{err}");
+    // `show`: the dummy of an address, made only on request.
+    let shown = s.mappings(&["show", &addr::ECHO.to_string()]).unwrap();
+    assert_eq!(shown.trim(), STATIC);
+    assert!(s.mappings(&["show", &addr::NO_HOST.to_string()]).is_err());
+    let made = s
+        .mappings(&["show", "--allocate", &addr::NO_HOST.to_string()])
+        .unwrap();
+    assert!(made.trim().parse::<std::net::Ipv4Addr>().is_ok(), "{made}");
+    // Kept across a restart; removed, persisted: gone after the next one.
+    s.stop_dns();
+    s.start_dns().unwrap();
+    let row = s.mappings(&["--address", added_at]).unwrap();
+    assert!(row.contains("static"), "{row}");
+    let removed = s.mappings(&["remove", added_at]).unwrap();
+    assert!(removed.contains("removed"), "{removed}");
+    s.stop_dns();
+    s.start_dns().unwrap();
+    let row = s.mappings(&["--address", added_at]).unwrap();
+    assert!(!row.contains(&addr::DNS.to_string()), "{row}");
 }

@@ -10,7 +10,9 @@
 //!   64-bit (ld.so would refuse it with an error line at each start): the supervisor serves
 //!   its i386 calls alone. A 32-bit program started by a 64-bit one still gets that line.
 //! - `outsock mappings [--json] [--direction …] [--name …] [--address …]` prints dns-cache's
-//!   mapping table, asked over `dns.sock`.
+//!   mapping table, asked over `dns.sock`; `outsock mappings add DUMMY IPV6 [--name …]`,
+//!   `remove DUMMY [--force]` and `show IPV6 [--allocate]` set, remove and query static
+//!   mappings and dummies.
 //! - `outsock health [--dns-socket …] [--host-socket …]` checks that the daemons answer.
 //! - `outsock vm run [--name …] [--kernel … --initramfs …] -- CMD ARGS…` runs one program in a
 //!   fresh VM and exits with its status; `outsock vm ls [--json]` lists host-server's VMs
@@ -101,6 +103,9 @@ enum Cmd {
         /// Only the mapping with this dummy IPv4 or IPv6 address.
         #[arg(long)]
         address: Option<std::net::IpAddr>,
+        /// Change or query one mapping instead of listing them.
+        #[command(subcommand)]
+        action: Option<MappingsCmd>,
     },
     /// VM mode: one program in a fresh VM, and the VMs host-server knows.
     Vm {
@@ -116,6 +121,32 @@ enum Cmd {
         /// host-server's socket: must accept a connection.
         #[arg(long)]
         host_socket: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum MappingsCmd {
+    /// Set a static mapping: DUMMY (in the destination pool) always stands for IPV6, never
+    /// recycled; persisted before this returns (dns-cache's admins).
+    Add {
+        dummy: std::net::Ipv4Addr,
+        ipv6: std::net::Ipv6Addr,
+        /// A name for PTR answers (repeatable).
+        #[arg(long = "name")]
+        names: Vec<String>,
+    },
+    /// Remove a static mapping; one in use by open connections only with --force.
+    Remove {
+        dummy: std::net::Ipv4Addr,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print the dummy IPv4 that stands for IPV6 (with --allocate, make one if there is none,
+    /// as a DNS answer would), for scripts that write configurations.
+    Show {
+        ipv6: std::net::Ipv6Addr,
+        #[arg(long)]
+        allocate: bool,
     },
 }
 
@@ -198,10 +229,16 @@ fn main() -> Result<()> {
         }
         Cmd::Mappings {
             socket,
+            action: Some(action),
+            ..
+        } => mapping_action(&socket, action),
+        Cmd::Mappings {
+            socket,
             direction,
             json,
             name,
             address,
+            action: None,
         } => mappings(&socket, direction, json, &Filter { name, address }),
         Cmd::Health {
             dns_socket,
@@ -336,6 +373,39 @@ fn ask(stream: &mut UnixStream, id: u32, op: LookupOp) -> Result<LookupReply> {
             bail!("dns-cache closed the look-up stream");
         }
         buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// `outsock mappings add|remove|show`: one request to dns-cache, its answer printed.
+fn mapping_action(socket: &PathBuf, action: MappingsCmd) -> Result<()> {
+    let mut stream = UnixStream::connect(socket)
+        .with_context(|| format!("connecting to dns-cache at {}", socket.display()))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let op = match action {
+        MappingsCmd::Add { dummy, ipv6, names } => LookupOp::StaticSet {
+            dummy,
+            v6: ipv6,
+            names,
+        },
+        MappingsCmd::Remove { dummy, force } => LookupOp::StaticRemove { dummy, force },
+        MappingsCmd::Show { ipv6, allocate } => LookupOp::Show { v6: ipv6, allocate },
+    };
+    match ask(&mut stream, 1, op)? {
+        LookupReply::Resolved(m) => {
+            println!("{} = {} (static)", m.dummy, m.v6);
+            Ok(())
+        }
+        LookupReply::Pinned { pins } => {
+            println!("removed ({pins} open connection(s) used it)");
+            Ok(())
+        }
+        LookupReply::Dummy { dummy } => {
+            println!("{dummy}");
+            Ok(())
+        }
+        LookupReply::NotFound => bail!("no mapping (give --allocate to make one)"),
+        LookupReply::Error { message, .. } => bail!("dns-cache: {message}"),
+        other => bail!("unexpected answer from dns-cache: {other:?}"),
     }
 }
 

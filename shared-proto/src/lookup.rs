@@ -156,6 +156,25 @@ pub enum LookupOp {
         tcp: bool,
         packet: Vec<u8>,
     },
+    /// Sets the static mapping `dummy` = `v6` (with `names` for PTR), persisted before the
+    /// answer ([`LookupReply::Resolved`]). Admins only.
+    StaticSet {
+        dummy: Ipv4Addr,
+        v6: Ipv6Addr,
+        names: Vec<String>,
+    },
+    /// Removes the static mapping of `dummy`; one in use by open connections (pinned) only
+    /// with `force`. Answered [`LookupReply::Pinned`] with the pins it had. Admins only.
+    StaticRemove {
+        dummy: Ipv4Addr,
+        force: bool,
+    },
+    /// The destination dummy of `v6` ([`LookupReply::Dummy`], or `NotFound`); with `allocate`,
+    /// one is made if there is none, as a DNS answer would. Operators.
+    Show {
+        v6: Ipv6Addr,
+        allocate: bool,
+    },
 }
 
 /// A request: an id chosen by the client and an operation.
@@ -259,6 +278,9 @@ mod kind {
     pub const STATS: u8 = 7;
     pub const DNS_QUERY: u8 = 8;
     pub const DNS_QUERY_AS: u8 = 9;
+    pub const STATIC_SET: u8 = 10;
+    pub const STATIC_REMOVE: u8 = 11;
+    pub const SHOW: u8 = 12;
 
     pub const RESOLVED: u8 = 32;
     pub const NOT_FOUND: u8 = 33;
@@ -333,6 +355,9 @@ impl Message for LookupRequest {
             LookupOp::Stats => kind::STATS,
             LookupOp::DnsQuery { .. } => kind::DNS_QUERY,
             LookupOp::DnsQueryAs { .. } => kind::DNS_QUERY_AS,
+            LookupOp::StaticSet { .. } => kind::STATIC_SET,
+            LookupOp::StaticRemove { .. } => kind::STATIC_REMOVE,
+            LookupOp::Show { .. } => kind::SHOW,
         }
     }
 
@@ -362,6 +387,22 @@ impl Message for LookupRequest {
                 w.bool(*tcp);
                 w.bytes(packet);
             }
+            LookupOp::StaticSet { dummy, v6, names } => {
+                w.ipv4(*dummy);
+                w.ipv6(*v6);
+                w.count(names.len());
+                for n in names {
+                    w.string(n);
+                }
+            }
+            LookupOp::StaticRemove { dummy, force } => {
+                w.ipv4(*dummy);
+                w.bool(*force);
+            }
+            LookupOp::Show { v6, allocate } => {
+                w.ipv6(*v6);
+                w.bool(*allocate);
+            }
         }
     }
 
@@ -387,6 +428,24 @@ impl Message for LookupRequest {
                 tenant: read_tenant(r)?,
                 tcp: r.bool()?,
                 packet: r.bytes()?,
+            },
+            kind::STATIC_SET => {
+                let dummy = r.ipv4()?;
+                let v6 = r.ipv6()?;
+                let n = r.count(2)?;
+                let mut names = Vec::with_capacity(n);
+                for _ in 0..n {
+                    names.push(r.string()?);
+                }
+                LookupOp::StaticSet { dummy, v6, names }
+            }
+            kind::STATIC_REMOVE => LookupOp::StaticRemove {
+                dummy: r.ipv4()?,
+                force: r.bool()?,
+            },
+            kind::SHOW => LookupOp::Show {
+                v6: r.ipv6()?,
+                allocate: r.bool()?,
             },
             other => {
                 return Err(ProtoError::UnknownKind {

@@ -159,7 +159,11 @@ fn lookup_request() -> impl Strategy<Value = LookupRequest> {
         dummy.clone().prop_map(|dummy| LookupOp::Resolve { dummy }),
         ipv6().prop_map(|v6| LookupOp::PeerDummy { v6 }),
         dummy.clone().prop_map(|dummy| LookupOp::Pin { dummy }),
-        dummy.prop_map(|dummy| LookupOp::Unpin { dummy }),
+        dummy.clone().prop_map(|dummy| LookupOp::Unpin { dummy }),
+        (dummy.clone(), ipv6(), vec(name(), 0..4))
+            .prop_map(|(dummy, v6, names)| LookupOp::StaticSet { dummy, v6, names }),
+        (dummy, any::<bool>()).prop_map(|(dummy, force)| LookupOp::StaticRemove { dummy, force }),
+        (ipv6(), any::<bool>()).prop_map(|(v6, allocate)| LookupOp::Show { v6, allocate }),
         (option::of(direction()), any::<u32>(), any::<u32>()).prop_map(
             |(direction, offset, limit)| LookupOp::List(ListQuery {
                 direction,

@@ -215,6 +215,9 @@ pub struct Settings {
     pub lookup_in_flight_per_tenant: usize,
     /// `[static]`: the static mappings, by dummy address.
     pub statics: Vec<StaticMapping>,
+    /// Where these settings were read from (the file, and whether it had to exist), for a
+    /// reload on SIGHUP; `None` for settings that were not read from a file.
+    pub source: Option<(PathBuf, bool)>,
 }
 
 impl Settings {
@@ -243,7 +246,9 @@ impl Settings {
             env = env.with_list_parse_key(key);
         }
         let raw: Raw = b.add_source(env).build()?.try_deserialize()?;
-        Self::check(raw)
+        let mut s = Self::check(raw)?;
+        s.source = file.map(|f| (f.to_path_buf(), required));
+        Ok(s)
     }
 
     /// Parses settings from TOML text alone; for tests.
@@ -422,6 +427,7 @@ impl Settings {
             dummy_quota_per_minute: raw.dummy_quota_per_minute,
             lookup_in_flight_per_tenant: raw.lookup_in_flight_per_tenant,
             statics,
+            source: None,
         })
     }
 }

@@ -11,7 +11,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::cache::AnswerCache;
 use crate::clock::SystemClock;
-use crate::config::Settings;
+use crate::config::{Settings, StaticMapping};
 use crate::frontend::Frontend;
 use crate::lookup::{self, LookupService};
 use crate::mapping::{Direction, MappingTable};
@@ -70,7 +70,57 @@ pub fn check_pools(s: &Settings) -> Result<(), PoolError> {
     pool::check_pools(&s.destination_pool, &s.source_pool, &routes)
 }
 
-/// Runs the service until SIGTERM or SIGINT.
+/// Sets the static mappings of `[static]`; the first that cannot be set (a conflict with a
+/// live mapping) is the error, the ones before it stay set.
+async fn apply_statics(mappings: &Mappings, statics: &[StaticMapping]) -> Result<(), DaemonError> {
+    let mut changed = 0usize;
+    for m in statics {
+        if mappings
+            .set_static(m.v4, m.v6, &m.names)
+            .await
+            .map_err(DaemonError::Static)?
+        {
+            changed += 1;
+        }
+    }
+    if !statics.is_empty() {
+        tracing::info!(
+            statics = statics.len(),
+            changed,
+            "static mappings of [static] in place"
+        );
+    }
+    Ok(())
+}
+
+/// SIGHUP: reads the settings file again and applies its `[static]` (new entries and new
+/// names; a conflict is logged and changes nothing more); every other setting needs a
+/// restart, and a changed one is said so once.
+async fn reload(s: &Settings, mappings: &Mappings, service: &LookupService) {
+    let Some((file, required)) = &s.source else {
+        tracing::warn!("SIGHUP: the settings were not read from a file; nothing to reload");
+        return;
+    };
+    let new = match Settings::load(Some(file), *required) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::error!(file = %file.display(), error = %e, "SIGHUP: the settings file is invalid; nothing changed");
+            return;
+        }
+    };
+    if let Err(e) = apply_statics(mappings, &new.statics).await {
+        let msg = anyhow::Error::from(e)
+            .chain()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(": ");
+        tracing::error!("SIGHUP: {msg}");
+    }
+    service.set_configured_statics(new.statics.iter().map(|m| m.v4).collect());
+    tracing::info!(file = %file.display(), "SIGHUP: [static] reloaded (other settings take effect at the next start)");
+}
+
+/// Runs the service until SIGTERM or SIGINT; SIGHUP reloads `[static]`.
 pub async fn run(s: Settings) -> Result<(), DaemonError> {
     let notifier = Notifier::from_env().unwrap_or_else(|error| {
         tracing::warn!(%error, "not sending systemd notifications");
@@ -79,6 +129,7 @@ pub async fn run(s: Settings) -> Result<(), DaemonError> {
     // Before anything can take long: a stop asked for during start-up is not lost.
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+    let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
     check_pools(&s)?;
     if let Some(dir) = s.database.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
@@ -92,23 +143,7 @@ pub async fn run(s: Settings) -> Result<(), DaemonError> {
             .with_prefix_cap(s.source_dummies_per_64),
         Arc::new(SystemClock),
     )?;
-    let mut changed = 0usize;
-    for m in &s.statics {
-        if mappings
-            .set_static(m.v4, m.v6, &m.names)
-            .await
-            .map_err(DaemonError::Static)?
-        {
-            changed += 1;
-        }
-    }
-    if !s.statics.is_empty() {
-        tracing::info!(
-            statics = s.statics.len(),
-            changed,
-            "static mappings of [static] in place"
-        );
-    }
+    apply_statics(&mappings, &s.statics).await?;
     let metrics = Arc::new(Metrics::default());
     let policy = outsock_policy::Policy::new(
         s.destinations.clone(),
@@ -148,7 +183,7 @@ pub async fn run(s: Settings) -> Result<(), DaemonError> {
             .with_access(s.access.clone())
             .with_in_flight_per_tenant(s.lookup_in_flight_per_tenant),
     );
-    let lookup_task = tokio::spawn(lookup::serve(lookup_listener, service));
+    let lookup_task = tokio::spawn(lookup::serve(lookup_listener, Arc::clone(&service)));
     let metrics_task = match s.metrics {
         Some(addr) => {
             let l = metrics::bind(addr).await?;
@@ -193,6 +228,7 @@ pub async fn run(s: Settings) -> Result<(), DaemonError> {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
+            _ = hup.recv() => reload(&s, &mappings, &service).await,
             () = tick => {
                 // This runs on the thread that answers DNS: a stuck loop stops the pings.
                 if !mappings.writer_alive() {

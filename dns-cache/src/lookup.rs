@@ -201,8 +201,8 @@ pub struct LookupService {
     access: Access,
     in_flight_per_tenant: usize,
     /// The dummies `[static]` of the settings sets: changed only there (a live change would
-    /// be undone, or collide, at the next start).
-    configured_statics: Vec<Ipv4Addr>,
+    /// be undone, or collide, at the next start). Replaced by a reload.
+    configured_statics: std::sync::RwLock<Vec<Ipv4Addr>>,
 }
 
 fn wire_direction(d: Direction) -> WireDirection {
@@ -232,16 +232,31 @@ impl LookupService {
                 own_uid: own_uid(),
                 ..Access::default()
             },
-            configured_statics: Vec::new(),
+            configured_statics: std::sync::RwLock::default(),
         }
     }
 
     /// The same service, with the dummies of the settings' `[static]`, which `StaticSet` and
     /// `StaticRemove` leave alone.
     #[must_use]
-    pub fn with_configured_statics(mut self, dummies: Vec<Ipv4Addr>) -> Self {
-        self.configured_statics = dummies;
+    pub fn with_configured_statics(self, dummies: Vec<Ipv4Addr>) -> Self {
+        self.set_configured_statics(dummies);
         self
+    }
+
+    /// Replaces the dummies of `[static]` (after a reload).
+    pub fn set_configured_statics(&self, dummies: Vec<Ipv4Addr>) {
+        *self
+            .configured_statics
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = dummies;
+    }
+
+    fn is_configured(&self, dummy: Ipv4Addr) -> bool {
+        self.configured_statics
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(&dummy)
     }
 
     /// A refusal for a live change of a dummy that `[static]` in the settings sets.
@@ -401,7 +416,7 @@ impl LookupService {
                     .await
             }
             LookupOp::StaticSet { dummy, .. } | LookupOp::StaticRemove { dummy, .. }
-                if self.configured_statics.contains(&dummy) =>
+                if self.is_configured(dummy) =>
             {
                 Self::configured(dummy)
             }

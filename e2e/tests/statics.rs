@@ -2,7 +2,8 @@
 //! IPv4 for an IPv6-only host, for legacy configurations that hold an address, not a name.
 //! Reached by its IPv4 literal in process mode (no DNS on the way), kept across restarts of
 //! both daemons, answered for the host's name too, shown as `static`; a static entry that
-//! collides with a live mapping stops dns-cache's start with a message naming both.
+//! collides with a live mapping stops dns-cache's start with a message naming both. Live
+//! changes with `outsock mappings add/remove/show`, and `[static]` applied again on SIGHUP.
 
 // Test code throughout; helpers outside #[test] functions unwrap too.
 #![allow(clippy::unwrap_used)]
@@ -159,6 +160,58 @@ fn a_static_mapping_is_reached_by_its_literal_and_kept_and_conflicts_stop_the_st
         .mappings(&["show", "--allocate", &addr::NO_HOST.to_string()])
         .unwrap();
     assert!(made.trim().parse::<std::net::Ipv4Addr>().is_ok(), "{made}");
+    // SIGHUP: a new [static] entry is applied without a restart; one that conflicts is
+    // logged and changes nothing, and dns-cache keeps answering.
+    let reloaded = "10.170.175.30";
+    let cfg_text = std::fs::read_to_string(&cfg).unwrap();
+    // NO_HOST has a live dynamic dummy (`show --allocate` above): one address, one dummy,
+    // so this entry conflicts.
+    std::fs::write(
+        &cfg,
+        format!("{cfg_text}\"{reloaded}\" = \"{}\"\n", addr::NO_HOST),
+    )
+    .unwrap();
+    let hup = || {
+        let status = std::process::Command::new("kill")
+            .args(["-HUP", &s.dns_pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    hup();
+    let log = s.world.path("dns-cache.log");
+    let seen = (0..50).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("SIGHUP: [static] reloaded"))
+    });
+    assert!(seen, "no reload in the log");
+    let text_log = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text_log.contains(&format!("static mapping {reloaded} = {}", addr::NO_HOST))
+            && text_log.contains("conflicts with the live mapping"),
+        "{text_log}"
+    );
+    // Fixed in the file: the reload applies it.
+    std::fs::write(
+        &cfg,
+        format!("{cfg_text}\"{reloaded}\" = \"fd00:64::d02\"\n"),
+    )
+    .unwrap();
+    let before = text_log.matches("SIGHUP: [static] reloaded").count();
+    hup();
+    let seen = (0..50).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        std::fs::read_to_string(&log)
+            .is_ok_and(|l| l.matches("SIGHUP: [static] reloaded").count() > before)
+    });
+    assert!(seen, "no second reload in the log");
+    let row = s.mappings(&["--address", reloaded]).unwrap();
+    assert!(
+        row.contains("static") && row.contains("fd00:64::d02"),
+        "{row}"
+    );
+    std::fs::write(&cfg, cfg_text).unwrap();
+
     // Kept across a restart; removed, persisted: gone after the next one.
     s.stop_dns();
     s.start_dns().unwrap();

@@ -203,6 +203,12 @@ impl Stack {
         self.host.as_ref().map_or(0, Daemon::pid)
     }
 
+    /// dns-cache's process id (0 when stopped), e.g. to send it SIGHUP.
+    #[must_use]
+    pub fn dns_pid(&self) -> u32 {
+        self.dns.as_ref().map_or(0, Daemon::pid)
+    }
+
     /// Stops host-server (SIGTERM, then SIGKILL).
     pub fn stop_host(&mut self) {
         if let Some(mut d) = self.host.take() {

@@ -224,3 +224,58 @@ fn a_static_mapping_is_reached_by_its_literal_and_kept_and_conflicts_stop_the_st
     let row = s.mappings(&["--address", added_at]).unwrap();
     assert!(!row.contains(&addr::DNS.to_string()), "{row}");
 }
+
+/// A pool under exhaustion pressure never recycles a static mapping: a /28 destination pool
+/// (12 dynamic dummies besides the static one and the guest DNS address), TTL 1 s and no
+/// grace, and 48 different IPv6 literal names asked in batches: the dummies go round, never
+/// onto the static one, which still reaches the echo server.
+#[test]
+fn a_pool_under_pressure_never_recycles_a_static_mapping() {
+    if !testworld::skip_unless_root("statics-pressure") {
+        return;
+    }
+    let fixed = "10.170.160.14";
+    let dns_extra = format!(
+        "destination_pool = \"10.170.160.0/28\"\nmax_ttl = 1\ngrace_secs = 0\n\
+         dummy_quota_per_minute = 10000\n[static]\n\"{fixed}\" = \"{}\"\n",
+        addr::ECHO
+    );
+    let s = match Stack::start_with("statics-pressure", &dns_extra, "") {
+        Ok(s) => s,
+        Err(e) => panic!("statics-pressure: the test world did not start: {e:#}"),
+    };
+    let mut answered = std::collections::BTreeMap::new();
+    for batch in 0..4u16 {
+        let names: Vec<String> = (0..12u16)
+            .map(|i| {
+                let v6 = std::net::Ipv6Addr::new(0xfd00, 0x64, 0, 0, 0, 0, 0x1000, batch * 16 + i);
+                outsock_e2e::ipv6_literal_name(v6)
+            })
+            .collect();
+        let mut args = vec!["+time=3", "+tries=2", "+short"];
+        args.extend(names.iter().map(String::as_str));
+        let out = run(&s, "dig", &args, b"");
+        for (name, line) in names.iter().zip(ok(&s, &out, "dig").lines()) {
+            answered.insert(name.clone(), line.trim().to_owned());
+        }
+        // Past every TTL (1 s, no grace): the next batch recycles these.
+        std::thread::sleep(std::time::Duration::from_millis(1200));
+    }
+    assert_eq!(answered.len(), 48, "{answered:?}");
+    let dummies: std::collections::BTreeSet<&String> = answered.values().collect();
+    assert!(
+        dummies.len() <= 12,
+        "more dummies than the pool holds: {dummies:?}"
+    );
+    assert!(
+        !dummies.contains(&fixed.to_owned()),
+        "the static dummy was handed out: {answered:?}"
+    );
+    let row = s.mappings(&["--address", fixed]).unwrap();
+    assert!(
+        row.contains("static") && row.contains(&addr::ECHO.to_string()),
+        "{row}"
+    );
+    let out = run(&s, "nc", &["-q", "5", fixed, "7"], b"still static\n");
+    assert_eq!(ok(&s, &out, "nc to the static dummy"), "still static\n");
+}

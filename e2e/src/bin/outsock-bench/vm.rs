@@ -13,9 +13,15 @@
 //!
 //! Against native IPv6 from `host` to the same servers, rounds alternating: guest→IPv6 (a
 //! drain that reads to the end) and IPv6→guest (a source that writes until the reader goes)
-//! throughput for SECONDS each, connect + first byte p50/p99 to the echo server, and the CPU
-//! per GB moved of the VMM's event thread (where every device byte is handled: schedstat of
-//! that thread) and of host-server (utime + stime).
+//! throughput for SECONDS each, connect + first byte p50/p99 to the echo server, the CPU per
+//! GB moved of the VMM's event thread (where every device byte is handled: schedstat of that
+//! thread) and of host-server (utime + stime), and connrate's measure with one client (one
+//! connection per request to a request/response server, SECONDS / 2 each: connections per
+//! second, their p50/p99, CPU per connection). The guest runs one connection at a time, so
+//! connrate's 8 and 32 clients are not measured here.
+//!
+//! The guest is indifferent to what host-server does with the connection (relay it over the
+//! stream, or hand the IPv6 socket to the VMM): it only sees its vsock stream.
 //!
 //! Not measured: the guest kernel's own costs and the VM exits of a kick or an interrupt
 //! (here an eventfd write each); the simulated guest's copies into and out of guest memory run
@@ -56,9 +62,10 @@ const CID: u64 = 3;
 const HOST_PORT: u32 = 1024;
 /// The VM's name in host-server's settings.
 const VM: &str = "vm0";
-/// The drain (guest→IPv6) and source (IPv6→guest) in `world`.
+/// The drain (guest→IPv6), source (IPv6→guest) and request/response server in `world`.
 const DRAIN_PORT: u16 = 9011;
 const SOURCE_PORT: u16 = 9012;
+const RR_PORT: u16 = 9013;
 /// Connect + first byte probes per batch.
 const PROBES: usize = 300;
 /// Linux's per-socket receive buffer (VIRTIO_VSOCK_DEFAULT_BUF_SIZE): our `buf_alloc`.
@@ -707,6 +714,43 @@ fn guest_probes(vmm: &mut Vmm, dest: SocketAddrV4, n: usize) -> Result<Vec<f64>>
     Ok(out)
 }
 
+/// One connection per request for `secs`, as connrate's client does with one thread: connect,
+/// one byte each way, the server's close, close. Returns (connections, seconds, each one's µs,
+/// VMM event thread ns, host-server ns).
+fn guest_rr(
+    vmm: &mut Vmm,
+    host_pid: u32,
+    dest: SocketAddrV4,
+    secs: f64,
+) -> Result<(usize, f64, Vec<f64>, u64, u64)> {
+    let (c0, h0) = (vmm.cpu_ns(), process_cpu_ns(host_pid));
+    let g = &mut vmm.guest;
+    let mut times = Vec::new();
+    let start = Instant::now();
+    while start.elapsed().as_secs_f64() < secs {
+        let t = Instant::now();
+        let port = g.tcp_connect(dest)?;
+        g.write(port, b"x")?;
+        let b = g.read_exact(port, 1)?;
+        if b != b"x" {
+            bail!("the server answered {b:?}");
+        }
+        if g.read(port, None, 1)? != 0 {
+            bail!("more than one byte back");
+        }
+        g.close(port)?;
+        times.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    Ok((
+        times.len(),
+        elapsed,
+        times,
+        vmm.cpu_ns() - c0,
+        process_cpu_ns(host_pid) - h0,
+    ))
+}
+
 /// The host-server settings the vm part's world needs: this VMM (the bench's uid) as `vm0`.
 pub fn host_settings(world_dir: &std::path::Path) -> String {
     format!(
@@ -770,6 +814,7 @@ pub fn vm(rounds: usize, secs: u32) -> Result<()> {
 fn run(s: &Stack, rounds: usize, secs: f64) -> Result<()> {
     let drain = spawn_server(s, "drain", DRAIN_PORT)?;
     let source = spawn_server(s, "source", SOURCE_PORT)?;
+    let rr = spawn_server(s, "rr-server", RR_PORT)?;
     let dummy = peer_dummy(s, addr::ECHO)?;
     let host_pid = s.host_pid();
     let mut vmm = Vmm::start(&s.host_sock())?;
@@ -778,6 +823,10 @@ fn run(s: &Stack, rounds: usize, secs: f64) -> Result<()> {
     let mut up: (Vec<f64>, Vec<Bulk>) = (Vec::new(), Vec::new());
     let mut down: (Vec<f64>, Vec<Bulk>) = (Vec::new(), Vec::new());
     let mut lat: (Vec<f64>, Vec<f64>) = (Vec::new(), Vec::new());
+    // Connection rate, one client: (rate, times) native; (rate, times, VMM ns, host ns per
+    // connection) vm.
+    let mut rate: (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) = Default::default();
+    let mut rate_times: (Vec<f64>, Vec<f64>) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
         up.0.push(native_bulk(s, "up", DRAIN_PORT, secs)?);
         up.1.push(guest_up(
@@ -812,6 +861,47 @@ fn run(s: &Stack, rounds: usize, secs: f64) -> Result<()> {
             SocketAddrV4::new(dummy, addr::ECHO_PORT),
             PROBES,
         )?);
+        let mut n = s.world.host().command(&me);
+        n.args([
+            "rr-client",
+            &SocketAddr::new(addr::ECHO.into(), RR_PORT).to_string(),
+            "1",
+            &((secs * 500.0) as u64).to_string(),
+        ]);
+        let out = n.output()?;
+        if !out.status.success() {
+            bail!("rr-client: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut lines = text.lines();
+        let head: Vec<f64> = lines
+            .next()
+            .context("no summary line")?
+            .split(' ')
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        let [count, took] = head[..] else {
+            bail!("bad rr-client summary line");
+        };
+        rate.0.push(count / took);
+        rate_times
+            .0
+            .extend(lines.filter_map(|l| l.parse::<f64>().ok()));
+        let (count, took, times, vmm_ns, host_ns) = guest_rr(
+            &mut vmm,
+            host_pid,
+            SocketAddrV4::new(dummy, RR_PORT),
+            secs / 2.0,
+        )?;
+        #[allow(clippy::cast_precision_loss)]
+        let count = count.max(1) as f64;
+        rate.1.push(count / took);
+        #[allow(clippy::cast_precision_loss)]
+        {
+            rate.2.push(vmm_ns as f64 / 1e3 / count);
+            rate.3.push(host_ns as f64 / 1e3 / count);
+        }
+        rate_times.1.extend(times);
     }
     for (what, (native, guest)) in [("guest→IPv6", &mut up), ("IPv6→guest", &mut down)] {
         bulk_report(what, native, guest);
@@ -832,8 +922,31 @@ fn run(s: &Stack, rounds: usize, secs: f64) -> Result<()> {
             }
         );
     }
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        quantile(v, 0.5)
+    };
+    let (nr, vr) = (med(&mut rate.0), med(&mut rate.1));
+    println!("  connection rate, one client (connect, one byte each way, close; a request/response server in world):");
+    println!(
+        "    native {nr:.0} conn/s, vm (simulated guest) {vr:.0} conn/s, ratio {:.3}",
+        vr / nr
+    );
+    for v in [&mut rate_times.0, &mut rate_times.1] {
+        v.sort_by(f64::total_cmp);
+    }
+    println!(
+        "    per connection p50 {:.1} → {:.1} µs, p99 {:.1} → {:.1} µs; CPU per connection: VMM event thread {:.1} µs, host-server {:.1} µs",
+        quantile(&rate_times.0, 0.5),
+        quantile(&rate_times.1, 0.5),
+        quantile(&rate_times.0, 0.99),
+        quantile(&rate_times.1, 0.99),
+        med(&mut rate.2),
+        med(&mut rate.3)
+    );
     drop(drain);
     drop(source);
+    drop(rr);
     Ok(())
 }
 

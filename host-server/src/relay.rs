@@ -419,4 +419,24 @@ mod tests {
         assert_eq!(moved.unwrap(), Moved { up: 10, down: 4 });
         assert_eq!(pipes(), base, "a finished relay holds no pipe");
     }
+
+    #[tokio::test]
+    async fn idle_timeout_ends_a_relay_that_holds_a_pipe() {
+        let _serial = SERIAL.lock().await;
+        let (app, guest) = UnixStream::pair().unwrap();
+        let (host, mut server) = tcp_pair().await;
+        let (_app_r, mut app_w) = app.into_split();
+        let idle = Duration::from_millis(300);
+        let peers = async {
+            app_w.write_all(b"hi").await.unwrap();
+            let mut got = [0u8; 2];
+            server.read_exact(&mut got).await.unwrap();
+        };
+        let t0 = Instant::now();
+        let (r, ()) = tokio::join!(relay(&guest, &host, b"", 1024, Some(idle)), peers);
+        assert!(matches!(r, Err(RelayError::Idle(_))), "{r:?}");
+        // Quiet for the idle timeout after the data, well before PIPE_KEEP.
+        assert!(t0.elapsed() < PIPE_KEEP, "{:?}", t0.elapsed());
+        assert!(t0.elapsed() >= idle);
+    }
 }

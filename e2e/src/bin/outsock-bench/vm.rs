@@ -541,6 +541,12 @@ impl Guest {
     /// connection.
     fn tcp_connect(&mut self, dest: SocketAddrV4) -> Result<u32> {
         let port = self.open()?;
+        self.tcp_request(port, dest)?;
+        Ok(port)
+    }
+
+    /// The connect request on the open stream `port`, and its answer.
+    fn tcp_request(&mut self, port: u32, dest: SocketAddrV4) -> Result<()> {
         let req = to_vec(&connect_request(dest, false, false))?;
         self.write(port, &req)?;
         let head = self.read_exact(port, shared_proto::frame::HEADER_LEN)?;
@@ -553,7 +559,7 @@ impl Guest {
             let _ = self.close(port);
             bail!("connect to {dest} failed: {e:?}");
         }
-        Ok(port)
+        Ok(())
     }
 }
 
@@ -704,21 +710,32 @@ fn guest_down(vmm: &mut Vmm, host_pid: u32, dest: SocketAddrV4, secs: f64) -> Re
     })
 }
 
-fn guest_probes(vmm: &mut Vmm, dest: SocketAddrV4, n: usize) -> Result<Vec<f64>> {
+/// Connect + first byte `n` times: each one's total µs, and its phases (the vsock stream
+/// open: REQUEST to RESPONSE; the connect request to host-server's answer; the byte's echo).
+fn guest_probes(vmm: &mut Vmm, dest: SocketAddrV4, n: usize) -> Result<(Vec<f64>, [Vec<f64>; 3])> {
     let g = &mut vmm.guest;
     let mut out = Vec::with_capacity(n);
+    let mut phases: [Vec<f64>; 3] = Default::default();
+    let us = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e6;
     for _ in 0..n {
         let t = Instant::now();
-        let port = g.tcp_connect(dest)?;
+        let port = g.open()?;
+        let opened = Instant::now();
+        g.tcp_request(port, dest)?;
+        let answered = Instant::now();
         g.write(port, b"x")?;
         let b = g.read_exact(port, 1)?;
-        out.push(t.elapsed().as_secs_f64() * 1e6);
+        let done = Instant::now();
+        out.push(us(t, done));
+        phases[0].push(us(t, opened));
+        phases[1].push(us(opened, answered));
+        phases[2].push(us(answered, done));
         if b != b"x" {
             bail!("the echo answered {b:?}");
         }
         g.close(port)?;
     }
-    Ok(out)
+    Ok((out, phases))
 }
 
 /// One connection per request for `secs`, as connrate's client does with one thread: connect,
@@ -830,6 +847,7 @@ fn run(s: &Stack, rounds: usize, secs: f64) -> Result<()> {
     let mut up: (Vec<f64>, Vec<Bulk>) = (Vec::new(), Vec::new());
     let mut down: (Vec<f64>, Vec<Bulk>) = (Vec::new(), Vec::new());
     let mut lat: (Vec<f64>, Vec<f64>) = (Vec::new(), Vec::new());
+    let mut phases: [Vec<f64>; 3] = Default::default();
     // Connection rate, one client: (rate, times) native; (rate, times, VMM ns, host ns per
     // connection) vm.
     let mut rate: (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) = Default::default();
@@ -863,11 +881,12 @@ fn run(s: &Stack, rounds: usize, secs: f64) -> Result<()> {
                 .lines()
                 .filter_map(|l| l.parse::<f64>().ok()),
         );
-        lat.1.extend(guest_probes(
-            &mut vmm,
-            SocketAddrV4::new(dummy, addr::ECHO_PORT),
-            PROBES,
-        )?);
+        let (all, parts) =
+            guest_probes(&mut vmm, SocketAddrV4::new(dummy, addr::ECHO_PORT), PROBES)?;
+        lat.1.extend(all);
+        for (into, from) in phases.iter_mut().zip(parts) {
+            into.extend(from);
+        }
         let mut n = s.world.host().command(&me);
         n.args([
             "rr-client",
@@ -929,6 +948,15 @@ fn run(s: &Stack, rounds: usize, secs: f64) -> Result<()> {
             }
         );
     }
+    let mut p50 = [0.0; 3];
+    for (p, v) in p50.iter_mut().zip(&mut phases) {
+        v.sort_by(f64::total_cmp);
+        *p = quantile(v, 0.5);
+    }
+    println!(
+        "    the guest's p50 by phase: vsock stream open {:.1} µs, connect request to answer {:.1} µs, first byte's echo {:.1} µs",
+        p50[0], p50[1], p50[2]
+    );
     let med = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
         quantile(v, 0.5)

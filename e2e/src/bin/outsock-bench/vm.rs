@@ -15,10 +15,10 @@
 //! drain that reads to the end) and IPv6→guest (a source that writes until the reader goes)
 //! throughput for SECONDS each, connect + first byte p50/p99 to the echo server, the CPU per
 //! GB moved of the VMM's event thread (where every device byte is handled: schedstat of that
-//! thread) and of host-server (utime + stime), and connrate's measure with one client (one
-//! connection per request to a request/response server, SECONDS / 2 each: connections per
-//! second, their p50/p99, CPU per connection). The guest runs one connection at a time, so
-//! connrate's 8 and 32 clients are not measured here.
+//! thread) and of host-server (utime + stime), and connrate's measure at 1, 8 and 32 clients
+//! (one connection per request to a request/response server, SECONDS / 2 each: connections per
+//! second, their p50/p99, CPU per connection), the guest's clients all served by its one driver
+//! loop as a guest kernel serves its programs' sockets.
 //!
 //! The guest is indifferent to what host-server does with the connection (relay it over the
 //! stream, or hand the IPv6 socket to the VMM): it only sees its vsock stream.
@@ -66,6 +66,20 @@ const VM: &str = "vm0";
 const DRAIN_PORT: u16 = 9011;
 const SOURCE_PORT: u16 = 9012;
 const RR_PORT: u16 = 9013;
+/// Concurrent request/response clients, as connrate's.
+const RR_CLIENTS: [usize; 3] = [1, 8, 32];
+
+/// One concurrency's connection-rate runs: rates and times, native and vm, and the vm runs'
+/// CPU per connection (µs).
+#[derive(Debug, Default)]
+struct Rate {
+    native: Vec<f64>,
+    vm: Vec<f64>,
+    native_times: Vec<f64>,
+    vm_times: Vec<f64>,
+    vmm_us: Vec<f64>,
+    host_us: Vec<f64>,
+}
 /// Connect + first byte probes per batch.
 const PROBES: usize = 300;
 /// Linux's per-socket receive buffer (VIRTIO_VSOCK_DEFAULT_BUF_SIZE): our `buf_alloc`.
@@ -442,10 +456,7 @@ impl Guest {
 
     /// connect(2) to the host (CID 2, [`HOST_PORT`]): a new guest port, REQUEST, RESPONSE.
     fn open(&mut self) -> Result<u32> {
-        let port = self.next_port;
-        self.next_port = if port >= 60_000 { 50_000 } else { port + 1 };
-        self.conns.insert(port, Conn::new());
-        self.control(port, op::REQUEST, 0)?;
+        let port = self.start_open()?;
         let deadline = Instant::now() + STALL;
         loop {
             match self.conn(port)?.st {
@@ -457,6 +468,39 @@ impl Guest {
                 St::Connecting => self.pump(deadline)?,
             }
         }
+    }
+
+    /// A non-blocking connect(2): the REQUEST goes out; the stream's state tells the rest.
+    fn start_open(&mut self) -> Result<u32> {
+        let mut port = self.next_port;
+        while self.conns.contains_key(&port) {
+            port = if port >= 60_000 { 50_000 } else { port + 1 };
+        }
+        self.next_port = if port >= 60_000 { 50_000 } else { port + 1 };
+        self.conns.insert(port, Conn::new());
+        self.control(port, op::REQUEST, 0)?;
+        Ok(port)
+    }
+
+    /// The whole answer frame, if it is in (it is then consumed).
+    fn try_answer(&mut self, port: u32) -> Result<Option<ToGuest>> {
+        let c = self.conn(port)?;
+        let (a, b) = c.rx.as_slices();
+        let head: Vec<u8> = a
+            .iter()
+            .chain(b)
+            .take(shared_proto::frame::HEADER_LEN)
+            .copied()
+            .collect();
+        let Some(len) = frame_len(&head)? else {
+            return Ok(None);
+        };
+        if c.rx.len() < len {
+            return Ok(None);
+        }
+        let frame: Vec<u8> = c.rx.drain(..len).collect();
+        c.fwd_cnt += Wrapping(len as u32);
+        Ok(Some(decode_exact(&frame)?))
     }
 
     /// write(2) of all of `data`, within the host's credit.
@@ -671,14 +715,19 @@ fn guest_up(vmm: &mut Vmm, host_pid: u32, dest: SocketAddrV4, secs: f64) -> Resu
     let port = g.tcp_connect(dest)?;
     let buf = vec![0x5au8; 256 * 1024];
     let t = Instant::now();
+    let mut sent = 0u64;
     while t.elapsed().as_secs_f64() < secs {
         g.write(port, &buf)?;
+        sent += buf.len() as u64;
     }
     g.shutdown_write(port)?;
     let ack = g.read_exact(port, 8)?;
     let elapsed = t.elapsed();
     g.close(port)?;
     let got = u64::from_be_bytes(ack.try_into().map_err(|_| anyhow::anyhow!("8 bytes"))?);
+    if got != sent {
+        bail!("the guest sent {sent} bytes, the drain got {got}");
+    }
     Ok(Bulk {
         gbps: gbps(got, elapsed),
         bytes: got,
@@ -738,32 +787,96 @@ fn guest_probes(vmm: &mut Vmm, dest: SocketAddrV4, n: usize) -> Result<(Vec<f64>
     Ok((out, phases))
 }
 
-/// One connection per request for `secs`, as connrate's client does with one thread: connect,
-/// one byte each way, the server's close, close. Returns (connections, seconds, each one's µs,
-/// VMM event thread ns, host-server ns).
-fn guest_rr(
+/// Where one of [`guest_rr_clients`]' clients stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rr {
+    Opening,
+    Asking,
+    Echo,
+    Closing,
+}
+
+/// connrate's measure with `clients` connections at once through the one guest: each client
+/// connects, sends one byte, reads it back and the server's close, closes, and starts again,
+/// for `secs`; the driver serves them all from one loop, as a guest kernel would. Returns
+/// (connections, seconds, each one's µs, VMM event thread ns, host-server ns).
+fn guest_rr_clients(
     vmm: &mut Vmm,
     host_pid: u32,
     dest: SocketAddrV4,
+    clients: usize,
     secs: f64,
 ) -> Result<(usize, f64, Vec<f64>, u64, u64)> {
     let (c0, h0) = (vmm.cpu_ns(), process_cpu_ns(host_pid));
     let g = &mut vmm.guest;
-    let mut times = Vec::new();
+    let req = to_vec(&connect_request(dest, false, false))?;
     let start = Instant::now();
-    while start.elapsed().as_secs_f64() < secs {
-        let t = Instant::now();
-        let port = g.tcp_connect(dest)?;
-        g.write(port, b"x")?;
-        let b = g.read_exact(port, 1)?;
-        if b != b"x" {
-            bail!("the server answered {b:?}");
+    let mut times = Vec::new();
+    let mut live: Vec<(u32, Rr, Instant)> = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        live.push((g.start_open()?, Rr::Opening, Instant::now()));
+    }
+    let mut last_progress = Instant::now();
+    while !live.is_empty() {
+        g.pump(Instant::now() + STALL)?;
+        let mut i = 0;
+        'clients: while i < live.len() {
+            loop {
+                let (port, state, t) = live[i];
+                let c = g.conn(port)?;
+                if c.st == St::Reset {
+                    bail!("a request/response stream was reset ({state:?})");
+                }
+                let next = match state {
+                    Rr::Opening if c.st == St::Established => {
+                        g.write(port, &req)?;
+                        Some(Rr::Asking)
+                    }
+                    Rr::Asking => match g.try_answer(port)? {
+                        Some(a) => {
+                            if let Err(e) = connect_answer(&a) {
+                                bail!("connect to {dest} failed: {e:?}");
+                            }
+                            g.write(port, b"x")?;
+                            Some(Rr::Echo)
+                        }
+                        None => None,
+                    },
+                    Rr::Echo if !c.rx.is_empty() => {
+                        if g.read_exact(port, 1)? != b"x" {
+                            bail!("the server's byte was not ours");
+                        }
+                        Some(Rr::Closing)
+                    }
+                    Rr::Closing if c.peer_shut & SHUTDOWN_SEND != 0 || !c.rx.is_empty() => {
+                        if g.read(port, None, 1)? != 0 {
+                            bail!("more than one byte back");
+                        }
+                        g.close(port)?;
+                        times.push(t.elapsed().as_secs_f64() * 1e6);
+                        if start.elapsed().as_secs_f64() < secs {
+                            live[i] = (g.start_open()?, Rr::Opening, Instant::now());
+                        } else {
+                            live.swap_remove(i);
+                            last_progress = Instant::now();
+                            continue 'clients;
+                        }
+                        last_progress = Instant::now();
+                        // A new connection: nothing more for it until the device answers.
+                        break;
+                    }
+                    _ => None,
+                };
+                // Several steps may be ready at once (the echo and the close in one batch).
+                let Some(n) = next else { break };
+                live[i].1 = n;
+                last_progress = Instant::now();
+            }
+            i += 1;
         }
-        if g.read(port, None, 1)? != 0 {
-            bail!("more than one byte back");
+        if last_progress.elapsed() > STALL {
+            bail!("request/response clients stalled: {live:?}");
         }
-        g.close(port)?;
-        times.push(t.elapsed().as_secs_f64() * 1e6);
     }
     let elapsed = start.elapsed().as_secs_f64();
     Ok((
@@ -848,10 +961,7 @@ fn run(s: &Stack, rounds: usize, secs: f64) -> Result<()> {
     let mut down: (Vec<f64>, Vec<Bulk>) = (Vec::new(), Vec::new());
     let mut lat: (Vec<f64>, Vec<f64>) = (Vec::new(), Vec::new());
     let mut phases: [Vec<f64>; 3] = Default::default();
-    // Connection rate, one client: (rate, times) native; (rate, times, VMM ns, host ns per
-    // connection) vm.
-    let mut rate: (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) = Default::default();
-    let mut rate_times: (Vec<f64>, Vec<f64>) = (Vec::new(), Vec::new());
+    let mut rates: Vec<Rate> = RR_CLIENTS.iter().map(|_| Rate::default()).collect();
     for _ in 0..rounds {
         up.0.push(native_bulk(s, "up", DRAIN_PORT, secs)?);
         up.1.push(guest_up(
@@ -887,47 +997,50 @@ fn run(s: &Stack, rounds: usize, secs: f64) -> Result<()> {
         for (into, from) in phases.iter_mut().zip(parts) {
             into.extend(from);
         }
-        let mut n = s.world.host().command(&me);
-        n.args([
-            "rr-client",
-            &SocketAddr::new(addr::ECHO.into(), RR_PORT).to_string(),
-            "1",
-            &((secs * 500.0) as u64).to_string(),
-        ]);
-        let out = n.output()?;
-        if !out.status.success() {
-            bail!("rr-client: {}", String::from_utf8_lossy(&out.stderr));
+        for (k, clients) in RR_CLIENTS.iter().enumerate() {
+            let mut n = s.world.host().command(&me);
+            n.args([
+                "rr-client",
+                &SocketAddr::new(addr::ECHO.into(), RR_PORT).to_string(),
+                &clients.to_string(),
+                &((secs * 500.0) as u64).to_string(),
+            ]);
+            let out = n.output()?;
+            if !out.status.success() {
+                bail!("rr-client: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            let text = String::from_utf8_lossy(&out.stdout);
+            let mut lines = text.lines();
+            let head: Vec<f64> = lines
+                .next()
+                .context("no summary line")?
+                .split(' ')
+                .filter_map(|v| v.parse().ok())
+                .collect();
+            let [count, took] = head[..] else {
+                bail!("bad rr-client summary line");
+            };
+            let r = &mut rates[k];
+            r.native.push(count / took);
+            r.native_times
+                .extend(lines.filter_map(|l| l.parse::<f64>().ok()));
+            let (count, took, times, vmm_ns, host_ns) = guest_rr_clients(
+                &mut vmm,
+                host_pid,
+                SocketAddrV4::new(dummy, RR_PORT),
+                *clients,
+                secs / 2.0,
+            )?;
+            #[allow(clippy::cast_precision_loss)]
+            let count = count.max(1) as f64;
+            r.vm.push(count / took);
+            #[allow(clippy::cast_precision_loss)]
+            {
+                r.vmm_us.push(vmm_ns as f64 / 1e3 / count);
+                r.host_us.push(host_ns as f64 / 1e3 / count);
+            }
+            r.vm_times.extend(times);
         }
-        let text = String::from_utf8_lossy(&out.stdout);
-        let mut lines = text.lines();
-        let head: Vec<f64> = lines
-            .next()
-            .context("no summary line")?
-            .split(' ')
-            .filter_map(|v| v.parse().ok())
-            .collect();
-        let [count, took] = head[..] else {
-            bail!("bad rr-client summary line");
-        };
-        rate.0.push(count / took);
-        rate_times
-            .0
-            .extend(lines.filter_map(|l| l.parse::<f64>().ok()));
-        let (count, took, times, vmm_ns, host_ns) = guest_rr(
-            &mut vmm,
-            host_pid,
-            SocketAddrV4::new(dummy, RR_PORT),
-            secs / 2.0,
-        )?;
-        #[allow(clippy::cast_precision_loss)]
-        let count = count.max(1) as f64;
-        rate.1.push(count / took);
-        #[allow(clippy::cast_precision_loss)]
-        {
-            rate.2.push(vmm_ns as f64 / 1e3 / count);
-            rate.3.push(host_ns as f64 / 1e3 / count);
-        }
-        rate_times.1.extend(times);
     }
     for (what, (native, guest)) in [("guest→IPv6", &mut up), ("IPv6→guest", &mut down)] {
         bulk_report(what, native, guest);
@@ -961,24 +1074,26 @@ fn run(s: &Stack, rounds: usize, secs: f64) -> Result<()> {
         v.sort_by(f64::total_cmp);
         quantile(v, 0.5)
     };
-    let (nr, vr) = (med(&mut rate.0), med(&mut rate.1));
-    println!("  connection rate, one client (connect, one byte each way, close; a request/response server in world):");
-    println!(
-        "    native {nr:.0} conn/s, vm (simulated guest) {vr:.0} conn/s, ratio {:.3}",
-        vr / nr
-    );
-    for v in [&mut rate_times.0, &mut rate_times.1] {
-        v.sort_by(f64::total_cmp);
+    println!("  connection rate (connrate's: connect, one byte each way, the server's close, close, again; a request/response server in world; SECONDS / 2 a run):");
+    for (clients, r) in RR_CLIENTS.iter().zip(&mut rates) {
+        let (nr, vr) = (med(&mut r.native), med(&mut r.vm));
+        for v in [&mut r.native_times, &mut r.vm_times] {
+            v.sort_by(f64::total_cmp);
+        }
+        println!(
+            "    {clients:>2} clients: native {nr:.0} conn/s, vm (simulated guest) {vr:.0} conn/s, ratio {:.3}",
+            vr / nr
+        );
+        println!(
+            "                per connection p50 {:.1} → {:.1} µs, p99 {:.1} → {:.1} µs; CPU per connection: VMM event thread {:.1} µs, host-server {:.1} µs",
+            quantile(&r.native_times, 0.5),
+            quantile(&r.vm_times, 0.5),
+            quantile(&r.native_times, 0.99),
+            quantile(&r.vm_times, 0.99),
+            med(&mut r.vmm_us),
+            med(&mut r.host_us)
+        );
     }
-    println!(
-        "    per connection p50 {:.1} → {:.1} µs, p99 {:.1} → {:.1} µs; CPU per connection: VMM event thread {:.1} µs, host-server {:.1} µs",
-        quantile(&rate_times.0, 0.5),
-        quantile(&rate_times.1, 0.5),
-        quantile(&rate_times.0, 0.99),
-        quantile(&rate_times.1, 0.99),
-        med(&mut rate.2),
-        med(&mut rate.3)
-    );
     drop(drain);
     drop(source);
     drop(rr);

@@ -6,7 +6,8 @@
 //! destination socket. Where splice refuses the pair (EINVAL), the direction falls back to
 //! copying through a buffer. Either way it takes at most one buffer's worth (the pipe is sized
 //! to the relay buffer with `F_SETPIPE_SZ`) and writes all of it before reading again, so a slow
-//! receiver stops the sender through the sockets' own flow control (no queue grows). Pipes and
+//! receiver stops the sender through the sockets' own flow control (no queue grows); a burst
+//! for which no pipe can be made (descriptors exhausted) is copied too. Pipes and
 //! buffers exist only while a direction is moving data: a pipe is made on a direction's first
 //! data and closed after [`PIPE_KEEP`] without any, a buffer lives for one burst, so an idle
 //! connection holds neither, which keeps idle relayed connections cheap (DESIGN.md §10). End of
@@ -160,11 +161,13 @@ impl<R: RelayIo, W: RelayIo> Direction<'_, R, W> {
         let mut splicing = true;
         loop {
             self.wait_readable(&mut pipe).await?;
-            if splicing {
-                let p = match pipe.take() {
-                    Some(p) => p,
-                    None => Pipe::new(self.buf_size)?,
-                };
+            // Without a pipe (descriptors exhausted, say) this burst is copied.
+            let p = match pipe.take() {
+                Some(p) => Some(p),
+                None if splicing => Pipe::new(self.buf_size).ok(),
+                None => None,
+            };
+            if let Some(p) = p {
                 match self.splice_burst(&p, &mut moved).await? {
                     Burst::Drained => {
                         pipe = Some(p);

@@ -1,6 +1,8 @@
 //! Benchmark: host-server's relay and fd passing against native IPv6, in one run, inside the
 //! test world (DESIGN.md §10). Throughput of a bulk download and connect + first byte latency,
-//! each mode run in turn for several rounds; prints min/median/max and ratios to native.
+//! each mode run in turn for several rounds; prints min/median/max and ratios to native, and
+//! host-server's CPU time (utime + stime) per GB of the downloads (what the relay's splice
+//! saves shows here even where the shared machine blurs the throughput).
 //!
 //! Run through `host-server/bench/run.sh` (builds the release binaries first). Needs root (the
 //! test world). Nothing leaves the world's namespaces.
@@ -153,6 +155,20 @@ fn latencies(mode: Mode, sock: &Path, dummy: SocketAddrV4) -> Vec<Duration> {
     v
 }
 
+/// A process's CPU time so far (utime + stime, 10 ms ticks), seconds.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let f: Vec<f64> = stat
+        .rsplit_once(')')
+        .map(|(_, r)| {
+            r.split_whitespace()
+                .map(|x| x.parse().unwrap_or(0.0))
+                .collect()
+        })
+        .unwrap_or_default();
+    (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / 100.0
+}
+
 fn stats(v: &mut [f64]) -> (f64, f64, f64) {
     v.sort_by(f64::total_cmp);
     (v[0], v[v.len() / 2], v[v.len() - 1])
@@ -197,7 +213,8 @@ fn main() {
     cmd.arg("--config")
         .arg(world.path("host.toml"))
         .env("RUST_LOG", "warn");
-    let _host = world.host().spawn("host-server", cmd).unwrap();
+    let host = world.host().spawn("host-server", cmd).unwrap();
+    let host_pid = host.pid();
     wait_for(&host_sock);
     serve(&world);
     let out = world.dig("::1", &["+short", zone::ECHO, "A"]).unwrap();
@@ -206,6 +223,7 @@ fn main() {
     let modes = [Mode::Native, Mode::Relay, Mode::FdPass];
     let mut tput: Vec<Vec<f64>> = vec![Vec::new(); 3];
     let mut lat: Vec<Vec<Duration>> = vec![Vec::new(); 3];
+    let mut host_cpu = [0.0f64; 3];
     for _ in 0..ROUNDS {
         for (i, m) in modes.iter().enumerate() {
             let (sock, m) = (host_sock.clone(), *m);
@@ -215,13 +233,16 @@ fn main() {
             } else {
                 world.legacy()
             };
-            let (t, l) = ns
-                .run(move || (throughput(m, &sock, dummy), latencies(m, &sock, dummy)))
-                .unwrap();
+            let before = cpu_secs(host_pid);
+            let s2 = sock.clone();
+            let t = ns.run(move || throughput(m, &s2, dummy)).unwrap();
+            host_cpu[i] += cpu_secs(host_pid) - before;
+            let l = ns.run(move || latencies(m, &sock, dummy)).unwrap();
             tput[i].push(t);
             lat[i].extend(l);
         }
     }
+    let gb = (ROUNDS * BULK) as f64 / 1e9;
     println!("outsock host-server bench: {ROUNDS} rounds, {} MiB downloads, {LATENCY_SAMPLES} connects per round", BULK >> 20);
     let (_, native_med, _) = stats(&mut tput[0].clone());
     let mut native_lat = lat[0].clone();
@@ -233,12 +254,13 @@ fn main() {
         let (p50, p99) = (pct(&lat[i], 50), pct(&lat[i], 99));
         println!(
             "{m:?}: throughput MB/s min {min:.0} median {med:.0} max {max:.0} (ratio {:.2}); \
-             connect+first byte p50 {:?} (+{:?}) p99 {:?} (+{:?})",
+             connect+first byte p50 {:?} (+{:?}) p99 {:?} (+{:?}); host-server CPU {:.3} s/GB",
             med / native_med,
             p50,
             p50.saturating_sub(pct(&native_lat, 50)),
             p99,
             p99.saturating_sub(pct(&native_lat, 99)),
+            host_cpu[i] / gb,
         );
     }
 }

@@ -26,13 +26,19 @@
 //! - memory: host-server's resident memory per idle relayed TCP connection, with
 //!   [`IDLE_CONNECTIONS`] open at once (goal ≤ 16 KiB each).
 //!
+//! - vm: the VM data path without KVM — the real vsock device and the VMM's event loop in this
+//!   process, driven by a simulated guest, through host-server to IPv6 servers in `world` — vs
+//!   native IPv6, both directions, connect + first byte, and CPU per GB (see `vm`; its own test
+//!   world, since host-server must take this process for a VMM there).
+//!
 //! Usage: `outsock-bench [ROUNDS] [SECONDS] [PARTS]` (defaults 5, 5 and
-//! `throughput,latency,static,notify,connrate,memory`), as root; PARTS picks which measurements run (also
+//! `throughput,latency,static,notify,connrate,memory,vm`), as root; PARTS picks which measurements run (also
 //! `latency-blocking`: the same probe with a blocking connect).
 
 #![forbid(unsafe_code)]
 
 mod connrate;
+mod vm;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -143,6 +149,13 @@ fn main() -> Result<()> {
         };
         return connrate::rr_client(arg(2)?, arg(3)?.parse()?, arg(4)?.parse()?);
     }
+    if args.get(1).map(String::as_str) == Some("source") {
+        return vm::source(args.get(2).context("source needs ADDR")?);
+    }
+    if args.get(1).map(String::as_str) == Some("vm-native") {
+        let arg = |i: usize| args.get(i).context("vm-native needs up|down ADDR SECONDS");
+        return vm::native(arg(2)?, arg(3)?, arg(4)?.parse()?);
+    }
     if args.get(1).map(String::as_str) == Some("drain") {
         return drain(args.get(2).context("drain needs ADDR")?);
     }
@@ -157,7 +170,7 @@ fn main() -> Result<()> {
     let rounds: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(5);
     let secs: u32 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(5);
     let parts = args.get(3).map_or(
-        "throughput,latency,static,notify,connrate,memory",
+        "throughput,latency,static,notify,connrate,memory,vm",
         String::as_str,
     );
     let wanted = |part: &str| parts.split(',').any(|p| p == part);
@@ -170,11 +183,18 @@ fn main() -> Result<()> {
             "notify",
             "connrate",
             "memory",
+            "vm",
         ]
         .contains(&p)
         {
-            bail!("unknown part {p:?}: PARTS is a comma-separated list of throughput, latency, latency-blocking, static, notify, connrate, memory");
+            bail!("unknown part {p:?}: PARTS is a comma-separated list of throughput, latency, latency-blocking, static, notify, connrate, memory, vm");
         }
+    }
+    if wanted("vm") {
+        vm::vm(rounds, secs)?;
+    }
+    if parts.split(',').all(|p| p == "vm") {
+        return Ok(());
     }
     // One identity (this bench, by uid) holds every idle connection: lift its socket limit.
     let mut s = Stack::start(
@@ -497,7 +517,6 @@ fn rss_kib(pid: u32) -> Result<u64> {
 /// Opens `count` relayed connections (no fd passing, so host-server holds both ends) to a sink
 /// in `world` that accepts and keeps them, then reads host-server's RSS.
 fn idle_memory(s: &Stack, count: usize) -> Result<()> {
-    use shared_proto::lookup::{LookupOp, LookupReply, LookupRequest, LookupResponse};
     use shared_proto::outsource::ConnectRequest;
     use shared_proto::{decode, to_vec, ToGuest, ToHost};
     use std::io::BufRead;
@@ -514,24 +533,7 @@ fn idle_memory(s: &Stack, count: usize) -> Result<()> {
         bail!("the sink did not start");
     }
 
-    // A dummy for the sink's address: an inbound-peer dummy stands for any IPv6 address.
-    let mut dns = UnixStream::connect(s.dns_sock())?;
-    dns.write_all(&to_vec(&LookupRequest {
-        id: 1,
-        op: LookupOp::PeerDummy { v6: addr::ECHO },
-    })?)?;
-    let mut buf = vec![0u8; 4096];
-    let n = dns.read(&mut buf)?;
-    let dummy = match decode::<LookupResponse>(&buf[..n])? {
-        Some((
-            LookupResponse {
-                reply: LookupReply::Dummy { dummy },
-                ..
-            },
-            _,
-        )) => dummy,
-        other => bail!("no dummy for the sink: {other:?}"),
-    };
+    let dummy = vm::peer_dummy(s, addr::ECHO)?;
 
     let pid = s.host_pid();
     std::thread::sleep(Duration::from_millis(300));

@@ -1,6 +1,7 @@
-//! A fake guest driver on plain memory, for the unit tests and the fuzz target: it lays out
-//! three split queues (with virtio-queue's `MockSplitQueue`), writes descriptor chains and
-//! avail entries the way a driver would — or any way at all — and reads the used rings back.
+//! A fake guest driver on plain memory, for the unit tests, the fuzz target and the bench's
+//! simulated guest (e2e's `outsock-bench … vm`, where the device runs on another thread): it
+//! lays out three split queues, writes descriptor chains and avail entries the way a driver
+//! would — or any way at all — and reads the used rings back.
 //!
 //! [`fuzz_one`] is the fuzz target's body (vmm/fuzz, cargo-fuzz): it turns arbitrary bytes into
 //! descriptor chains, well-formed and not, and runs the device over them; the only property is
@@ -9,9 +10,9 @@
 use std::collections::HashMap;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
+use std::sync::atomic::Ordering;
 
-use virtio_queue::mock::MockSplitQueue;
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -23,6 +24,13 @@ use crate::devices::virtio::{IrqLine, VirtioDevice};
 
 const MEM_SIZE: usize = 16 << 20;
 const QUEUE_BASES: [u64; 3] = [0, 0x1_0000, 0x2_0000];
+/// Each queue's rings inside its 64 KiB: the descriptor table (16 bytes × 256), the avail ring
+/// (4 + 2 × 256 + 2 bytes) and the used ring (4 + 8 × 256 + 2 bytes), each with room to spare.
+/// (virtio-queue's `MockSplitQueue` places the used ring only 2 × 128 bytes after the avail
+/// ring's entries start, so that avail slots 128–255 of a 256-entry queue would overwrite it.)
+const DESC_OFFSET: u64 = 0;
+const AVAIL_OFFSET: u64 = 0x1000;
+const USED_OFFSET: u64 = 0x2000;
 const BUF_START: u64 = 0x10_0000;
 const VRING_DESC_F_NEXT: u16 = 1;
 const VRING_DESC_F_WRITE: u16 = 2;
@@ -57,16 +65,14 @@ impl FakeGuest {
     pub fn new() -> Self {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)])
             .expect("16 MiB of anonymous memory");
-        let rings = QUEUE_BASES.map(|base| {
-            let m = MockSplitQueue::create(&mem, GuestAddress(base), QUEUE_SIZE);
-            Ring {
-                desc: m.desc_table_addr().0,
-                avail: m.avail_addr().0,
-                used: m.used_addr().0,
-                next_desc: 0,
-                avail_idx: 0,
-                used_seen: 0,
-            }
+        // Fresh anonymous memory is zero: every ring starts empty, its flags clear.
+        let rings = QUEUE_BASES.map(|base| Ring {
+            desc: base + DESC_OFFSET,
+            avail: base + AVAIL_OFFSET,
+            used: base + USED_OFFSET,
+            next_desc: 0,
+            avail_idx: 0,
+            used_seen: 0,
         });
         Self {
             mem,
@@ -76,14 +82,23 @@ impl FakeGuest {
         }
     }
 
-    /// The three queues as the driver configured them.
+    /// The three queues as the driver configured them (size, ring addresses, ready), as the
+    /// transport hands them to the device.
     pub fn queues(&self) -> Vec<Queue> {
-        QUEUE_BASES
+        self.rings
             .iter()
-            .map(|&base| {
-                MockSplitQueue::create(&self.mem, GuestAddress(base), QUEUE_SIZE)
-                    .create_queue::<Queue>()
-                    .expect("a valid mock queue")
+            .map(|r| {
+                let mut q = Queue::new(QUEUE_SIZE).expect("a power of two");
+                q.set_size(QUEUE_SIZE);
+                let split = |a: u64| (Some(a as u32), Some((a >> 32) as u32));
+                let (lo, hi) = split(r.desc);
+                q.set_desc_table_address(lo, hi);
+                let (lo, hi) = split(r.avail);
+                q.set_avail_ring_address(lo, hi);
+                let (lo, hi) = split(r.used);
+                q.set_used_ring_address(lo, hi);
+                q.set_ready(true);
+                q
             })
             .collect()
     }
@@ -120,8 +135,10 @@ impl FakeGuest {
             .expect("avail ring in memory");
         r.avail_idx = r.avail_idx.wrapping_add(1);
         let idx = r.avail_idx;
+        // One atomic store after the slot, as a driver's barrier and write: a device on
+        // another thread (the bench's event loop) must never see a torn or early index.
         self.mem
-            .write_obj(idx, GuestAddress(r.avail + 2))
+            .store(idx, GuestAddress(r.avail + 2), Ordering::Release)
             .expect("avail ring in memory");
     }
 
@@ -178,9 +195,10 @@ impl FakeGuest {
     /// New used-ring entries of queue `q`: (head, length).
     pub fn used(&mut self, q: usize) -> Vec<(u32, u32)> {
         let r = &mut self.rings[q];
+        // One atomic load (the device may be adding entries on another thread).
         let idx: u16 = self
             .mem
-            .read_obj(GuestAddress(r.used + 2))
+            .load(GuestAddress(r.used + 2), Ordering::Acquire)
             .expect("used ring in memory");
         let mut out = Vec::new();
         while r.used_seen != idx {

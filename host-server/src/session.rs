@@ -4,7 +4,9 @@
 //! [`AWAITING_GRACE`] counts among its uid's streams awaiting their request
 //! (`limits.max_awaiting_request`; beyond it the stream is answered EAGAIN and closed at once) —
 //! apply the socket limit, and dispatch to outbound TCP, a guest listener, a UDP association, or
-//! a connected UDP socket handed to a process. Refusals are answered with a `Failed(errno)`
+//! a connected UDP socket handed to a process. A VMM's hello that says it takes sockets
+//! (`VmHello::takes_sockets`) lets outbound TCP hand the VMM the connected socket (see
+//! [`crate::outbound`]). Refusals are answered with a `Failed(errno)`
 //! frame before the stream closes.
 //!
 //! A process's stream whose connect was answered with the socket passed while connecting
@@ -122,7 +124,9 @@ async fn serve_request(
         }
     };
     let Opened {
-        identity, request, ..
+        identity,
+        request,
+        hello,
     } = match opened {
         Ok(o) => o,
         Err(Some(errno)) => {
@@ -146,6 +150,8 @@ async fn serve_request(
             return Served::Done(Next::Closed);
         }
     };
+    // A VMM that takes sockets gets its guest's connected socket with the answer.
+    let vmm_takes = hello.is_some_and(|h| h.takes_sockets);
     let req = Request {
         stream,
         identity,
@@ -153,7 +159,7 @@ async fn serve_request(
         permit,
     };
     let next = match request {
-        ToHost::Connect(c) => match crate::outbound::connect(req, c, shared).await {
+        ToHost::Connect(c) => match crate::outbound::connect(req, c, vmm_takes, shared).await {
             Some(kept) => return Served::Next(kept),
             None => Next::Closed,
         },

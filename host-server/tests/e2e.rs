@@ -812,6 +812,7 @@ fn inbound_process_and_vm_modes_and_hello_rules() {
         vm: "web".into(),
         cid: 3,
         port: 1024,
+        takes_sockets: false,
     });
     let refusal = in_legacy(&rig, {
         let psock = psock.clone();

@@ -7,12 +7,30 @@
 //! buffer is bounded by construction and overflowing it means the guest ignored credit: RST.
 //! In the other direction we read from the Unix stream only as much as the guest's advertised
 //! credit allows, and stop polling the stream while it is exhausted.
+//!
+//! **A passed socket** (a guest connection to host-server through a muxer that takes sockets,
+//! [`Connection::peer_init`] with `take_sockets`): the hello says so, and the connection
+//! forwards only the guest's first frame (the request, its length read from the frame header)
+//! and holds every later guest byte (bounded by credit, as always) until host-server's answer
+//! has arrived. The answer is read with `recvmsg` and never past its end, so that a socket
+//! attached to it (SCM_RIGHTS on its first byte) is seen before anything else; the answer's
+//! bytes go to the guest as they are. With a socket attached, once the whole answer is in, the
+//! connection swaps its stream: the passed socket becomes the data stream (the held bytes and
+//! every later guest byte go to it, what it reads goes to the guest, half-closes apply to it)
+//! and the host.sock stream is kept, unread, as the control stream that host-server waits on:
+//! it closes when the connection is dropped, whichever side ended it. Without one, the
+//! connection goes on relaying through host.sock. What may be attached is checked: one socket
+//! of type `SOCK_STREAM` with the answer's first bytes; anything else (another type, a
+//! descriptor on a later read) is closed and the connection reset.
 
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
 use std::num::Wrapping;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
+
+use shared_proto::frame::{frame_len, HEADER_LEN};
 
 use vmm_sys_util::epoll::EventSet;
 
@@ -37,6 +55,49 @@ pub enum State {
     Established,
     /// Being torn down: only an RST (if pending) is left to send.
     Closed,
+}
+
+/// Which of the guest's buffered bytes may go to the stream yet (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gate {
+    /// All of them.
+    Open,
+    /// None until the guest's first frame header is in: its length says where the request
+    /// ends.
+    Header,
+    /// This many more (the rest of the request); then none until the answer arrived.
+    Request(usize),
+}
+
+/// Reading host-server's answer on a connection that may get a socket.
+#[derive(Debug, Default)]
+struct Answer {
+    /// The answer's header as far as it has arrived.
+    head: Vec<u8>,
+    /// Body bytes still to come, once the header is in.
+    left: Option<usize>,
+    /// The socket that came with the answer, checked, waiting for the answer's end.
+    socket: Option<OwnedFd>,
+}
+
+impl Answer {
+    /// How many bytes the next read may take without passing the answer's end.
+    fn room(&self) -> usize {
+        self.left.unwrap_or(HEADER_LEN - self.head.len())
+    }
+
+    fn complete(&self) -> bool {
+        self.left == Some(0)
+    }
+}
+
+/// Why a descriptor that came with the answer was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Not on the answer's first bytes, or a second one.
+    Unexpected,
+    /// Not a socket, or not `SOCK_STREAM`.
+    NotAStreamSocket,
 }
 
 mod pending {
@@ -79,21 +140,39 @@ pub struct Connection {
     pub(super) queued: bool,
     /// What the muxer's epoll watches for this stream (None: not registered).
     pub(super) registered: Option<EventSet>,
+    /// Which buffered guest bytes may go to the stream.
+    gate: Gate,
+    /// While host-server's answer is awaited on a connection that may get a socket.
+    answer: Option<Answer>,
+    /// After a swap to a passed socket: the host.sock stream, open until the connection ends.
+    control: Option<UnixStream>,
+    /// The stream that was swapped out, until the muxer has moved its epoll registration.
+    swapped_from: Option<RawFd>,
+    /// A descriptor that came with the answer and was refused (for tests and logs).
+    refused: Option<Refused>,
 }
 
 impl Connection {
     /// A guest connection to the host: the host side is connected, RESPONSE goes out next,
     /// and `prefix` (the VM hello) precedes the guest's bytes.
+    ///
+    /// With `take_sockets` (the hello said so), host-server may answer with the connection's
+    /// socket attached; see the module docs.
     pub fn peer_init(
         stream: UnixStream,
         peer_cid: u64,
         local_port: u32,
         peer_port: u32,
         prefix: Vec<u8>,
+        take_sockets: bool,
     ) -> Self {
         let mut c = Self::new(stream, State::PeerInit, peer_cid, local_port, peer_port);
         c.prefix = prefix;
         c.pending = pending::RESPONSE;
+        if take_sockets {
+            c.gate = Gate::Header;
+            c.answer = Some(Answer::default());
+        }
         c
     }
 
@@ -135,11 +214,38 @@ impl Connection {
             expiry: None,
             queued: false,
             registered: None,
+            gate: Gate::Open,
+            answer: None,
+            control: None,
+            swapped_from: None,
+            refused: None,
         }
     }
 
+    /// The data stream: the host.sock stream, or the passed socket once it came.
     pub fn stream(&self) -> &UnixStream {
         &self.stream
+    }
+
+    /// Whether the connection is bridged to a socket host-server passed.
+    pub fn is_passed(&self) -> bool {
+        self.control.is_some()
+    }
+
+    /// The host.sock stream kept open beside a passed socket.
+    pub fn control(&self) -> Option<&UnixStream> {
+        self.control.as_ref()
+    }
+
+    /// Why a descriptor that came with host-server's answer was refused, if one was.
+    pub fn refused(&self) -> Option<Refused> {
+        self.refused
+    }
+
+    /// The fd of the stream this connection swapped out for a passed socket, once: the muxer
+    /// takes it out of its epoll and its fd map.
+    pub(super) fn take_swapped_from(&mut self) -> Option<RawFd> {
+        self.swapped_from.take()
     }
 
     pub fn state(&self) -> State {
@@ -306,11 +412,19 @@ impl Connection {
             }
         }
         while !self.tx_buf.is_empty() {
+            let allowed = self.writable();
+            if allowed == 0 {
+                break;
+            }
             let (front, _) = self.tx_buf.as_slices();
+            let front = &front[..front.len().min(allowed)];
             match self.stream.write(front) {
                 Ok(n) => {
                     self.tx_buf.drain(..n);
                     self.fwd_cnt += Wrapping(n as u32);
+                    if let Gate::Request(left) = &mut self.gate {
+                        *left -= n;
+                    }
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
@@ -320,7 +434,8 @@ impl Connection {
         if (self.fwd_cnt - self.last_fwd_cnt_sent).0 >= CREDIT_UPDATE_AFTER {
             self.pending |= pending::CREDIT_UPDATE;
         }
-        if !self.tx_buf.is_empty() {
+        if !self.tx_buf.is_empty() || self.gate != Gate::Open {
+            // A half-close waits for the held bytes, and for the stream they go to.
             return;
         }
         if self.peer_shut & SHUTDOWN_SEND != 0 && !self.write_shut {
@@ -331,6 +446,90 @@ impl Connection {
         if self.peer_shut == both || (self.peer_shut & SHUTDOWN_SEND != 0 && self.local_eof) {
             self.reset();
         }
+    }
+
+    /// How many of the buffered guest bytes may be written now (see [`Gate`]).
+    fn writable(&mut self) -> usize {
+        if self.gate == Gate::Header {
+            if self.tx_buf.len() < HEADER_LEN {
+                return 0;
+            }
+            let head: Vec<u8> = self.tx_buf.iter().take(HEADER_LEN).copied().collect();
+            self.gate = match frame_len(&head) {
+                Ok(Some(total)) => Gate::Request(total),
+                // Not a frame: host-server will refuse it; nothing is held back.
+                _ => Gate::Open,
+            };
+        }
+        match self.gate {
+            Gate::Open => self.tx_buf.len(),
+            Gate::Header => 0,
+            Gate::Request(left) => left.min(self.tx_buf.len()),
+        }
+    }
+
+    /// Reads host-server's answer (never past its end) with whatever descriptor comes with it.
+    fn read_answer(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let Some(answer) = self.answer.as_mut() else {
+            return self.stream.read(buf);
+        };
+        let max = buf.len().min(answer.room());
+        let (n, fd) = outsock_fdpass::recv_with_fd(self.stream.as_raw_fd(), &mut buf[..max])?;
+        if let Some(fd) = fd {
+            let refusal = if !answer.head.is_empty() || answer.socket.is_some() {
+                Some(Refused::Unexpected)
+            } else if rustix::net::sockopt::socket_type(&fd).ok()
+                != Some(rustix::net::SocketType::STREAM)
+            {
+                Some(Refused::NotAStreamSocket)
+            } else {
+                answer.socket = Some(fd);
+                None
+            };
+            if let Some(r) = refusal {
+                // The descriptor (if not kept above) closes here.
+                self.refused = Some(r);
+                return Err(ErrorKind::InvalidData.into());
+            }
+        }
+        let got = &buf[..n];
+        match answer.left.as_mut() {
+            Some(left) => *left -= n,
+            None => {
+                answer.head.extend_from_slice(got);
+                if answer.head.len() == HEADER_LEN {
+                    match frame_len(&answer.head) {
+                        Ok(Some(total)) => answer.left = Some(total - HEADER_LEN),
+                        // Not a frame: no socket is taken; the stream is relayed.
+                        _ => answer.left = Some(0),
+                    }
+                }
+            }
+        }
+        if n > 0 && answer.complete() {
+            self.answer_done()?;
+        }
+        Ok(n)
+    }
+
+    /// The whole answer is in: swap to the socket that came with it, if one did, and let the
+    /// held guest bytes go.
+    fn answer_done(&mut self) -> std::io::Result<()> {
+        let Some(answer) = self.answer.take() else {
+            return Ok(());
+        };
+        if let Some(fd) = answer.socket {
+            let socket = UnixStream::from(fd);
+            socket.set_nonblocking(true)?;
+            let control = std::mem::replace(&mut self.stream, socket);
+            self.swapped_from = Some(control.as_raw_fd());
+            self.control = Some(control);
+            // Whatever the peer sent already is picked up at once.
+            self.want_rw = true;
+        }
+        self.gate = Gate::Open;
+        self.flush();
+        Ok(())
     }
 
     fn header(&self, op: u16) -> Header {
@@ -390,7 +589,7 @@ impl Connection {
             } else {
                 let max = buf.len().min(credit as usize);
                 if max > 0 {
-                    match self.stream.read(&mut buf[..max]) {
+                    match self.read_answer(&mut buf[..max]) {
                         Ok(0) => {
                             self.local_eof = true;
                             self.want_rw = false;

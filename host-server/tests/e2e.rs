@@ -1117,3 +1117,135 @@ fn limits_refuse_with_an_errno() {
     assert_eq!(port_refused, ToGuest::Failed(Errno::EACCES));
     assert_eq!(socket_refused, ToGuest::Failed(Errno::EMFILE));
 }
+
+/// A VMM whose hello says it takes sockets gets its guest's connected IPv6 socket with the
+/// answer (which still says `fd_passed: false`: the guest sees a relayed stream), leaving from
+/// the VM's own address; the connection's socket permit is held until the VMM closes the
+/// stream (its control stream), not when the socket went over. A VMM without the flag is
+/// relayed as before.
+#[test]
+fn a_vmm_that_takes_sockets_gets_the_socket_and_holds_the_permit_until_the_control_closes() {
+    let Some(mut rig) = Rig::start("hs-vmpass", &[""]) else {
+        return;
+    };
+    let vm_socket = rig.world.path("vm-web.vsock");
+    std::fs::write(
+        &rig.host_cfgs[0],
+        std::fs::read_to_string(&rig.host_cfgs[0]).unwrap()
+            + &format!(
+                "[listen]\ndefault_address = \"{}\"\n\
+                 [vms.web]\nsocket = \"{}\"\naddress = \"{}\"\nvmm_uid = 0\n\
+                 [vms.web.limits]\nmax_sockets = 1\n",
+                addr::HOST,
+                vm_socket.display(),
+                addr::HOST_VMS[0]
+            ),
+    )
+    .unwrap();
+    assert!(rig.stop_host(0));
+    rig.launch_host(0);
+    let sock = rig.sock(0);
+    let dest = SocketAddrV4::new(rig.dummy(zone::ECHO), addr::ECHO_PORT);
+    let hello = |takes_sockets| {
+        ToHost::Hello(VmHello {
+            vm: "web".into(),
+            cid: 3,
+            port: 1024,
+            takes_sockets,
+        })
+    };
+    let (answer, local, echoed, second_while_held, second_after, relayed) = in_legacy(&rig, {
+        let sock = sock.clone();
+        move || {
+            let mut control = UnixStream::connect(&sock).unwrap();
+            control
+                .set_read_timeout(Some(Duration::from_secs(20)))
+                .unwrap();
+            send(&mut control, &hello(true));
+            send(&mut control, &connect_req(dest, false, false));
+            let (answer, fd) = read_frame_with_fd(&mut control);
+            let tcp = TcpStream::from(fd.expect("the socket came with the answer"));
+            tcp.set_nonblocking(false).unwrap();
+            let local = tcp.local_addr().unwrap();
+            (&tcp).write_all(b"bridged by the vmm").unwrap();
+            let mut echoed = [0u8; 18];
+            (&tcp).read_exact(&mut echoed).unwrap();
+            // The socket may end while the control stream is open: the permit stays taken.
+            drop(tcp);
+            let ask_again = || ask(&sock, &[hello(true), connect_req(dest, false, false)]).1;
+            let second_while_held = ask_again();
+            // The VMM closes the control stream: the permit comes back.
+            drop(control);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let second_after = loop {
+                let a = ask_again();
+                if !matches!(a, ToGuest::Failed(Errno::EMFILE)) || Instant::now() > deadline {
+                    break a;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            };
+            // A VMM without the flag: no descriptor, the bytes are relayed (once the last
+            // connection's control stream, closed above, has given its permit back).
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let (old, relayed_answer, relayed_fd) = loop {
+                let mut old = UnixStream::connect(&sock).unwrap();
+                old.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                send(&mut old, &hello(false));
+                send(&mut old, &connect_req(dest, false, false));
+                let (a, fd) = read_frame_with_fd(&mut old);
+                if a != ToGuest::Failed(Errno::EMFILE) || Instant::now() > deadline {
+                    break (old, a, fd);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            };
+            assert!(
+                relayed_fd.is_none(),
+                "a socket passed to a VMM without the flag"
+            );
+            assert!(
+                matches!(relayed_answer, ToGuest::Connected { .. }),
+                "{relayed_answer:?}"
+            );
+            let relayed = echo_through(old, b"through the relay".to_vec());
+            (
+                answer,
+                local,
+                echoed,
+                second_while_held,
+                second_after,
+                relayed,
+            )
+        }
+    });
+    match answer {
+        ToGuest::Connected {
+            peer,
+            fd_passed,
+            in_progress,
+            ..
+        } => {
+            assert_eq!(peer, dest);
+            assert!(
+                !fd_passed && !in_progress,
+                "the guest must see a relayed stream"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        local.ip(),
+        std::net::IpAddr::V6(addr::HOST_VMS[0]),
+        "leaves from the VM's own address"
+    );
+    assert_eq!(&echoed, b"bridged by the vmm");
+    assert_eq!(
+        second_while_held,
+        ToGuest::Failed(Errno::EMFILE),
+        "the permit was given back before the control stream closed"
+    );
+    assert!(
+        matches!(second_after, ToGuest::Connected { .. }),
+        "the permit never came back: {second_after:?}"
+    );
+    assert_eq!(relayed, b"through the relay");
+}

@@ -22,6 +22,12 @@
 //! connection goes on relaying through host.sock. What may be attached is checked: one socket
 //! of type `SOCK_STREAM` with the answer's first bytes; anything else (another type, a
 //! descriptor on a later read) is closed and the connection reset.
+//!
+//! **One copy each way** (the data path of a passed socket, and of the relay's Unix stream
+//! too): a guest RW packet whose bytes can go at once ([`Connection::send_direct`]: nothing
+//! buffered before them) is written to the stream straight from guest memory, and only what
+//! the stream does not take is copied into the buffer; a packet for the guest is read from the
+//! stream straight into the guest's RX buffer ([`RxBuf`] over guest memory).
 
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
@@ -31,6 +37,8 @@ use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use shared_proto::frame::{frame_len, HEADER_LEN};
+use vm_memory::bitmap::BitmapSlice;
+use vm_memory::{Bytes, ReadVolatile, VolatileMemoryError, VolatileSlice, WriteVolatile};
 
 use vmm_sys_util::epoll::EventSet;
 
@@ -88,6 +96,63 @@ impl Answer {
 
     fn complete(&self) -> bool {
         self.left == Some(0)
+    }
+}
+
+/// Where a packet for the guest puts its payload: the guest's RX buffer itself (a
+/// [`VolatileSlice`] of guest memory: the read from the stream is the only copy), or plain bytes.
+pub trait RxBuf {
+    /// Room for payload.
+    fn room(&self) -> usize;
+    /// One read from `stream` into the first `max` bytes.
+    ///
+    /// # Errors
+    /// The read's error.
+    fn read_from(&mut self, stream: &UnixStream, max: usize) -> std::io::Result<usize>;
+    /// Copies `bytes` to the start.
+    ///
+    /// # Errors
+    /// When `bytes` does not fit.
+    fn put(&mut self, bytes: &[u8]) -> std::io::Result<()>;
+}
+
+impl RxBuf for [u8] {
+    fn room(&self) -> usize {
+        self.len()
+    }
+
+    fn read_from(&mut self, mut stream: &UnixStream, max: usize) -> std::io::Result<usize> {
+        stream.read(&mut self[..max])
+    }
+
+    fn put(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.get_mut(..bytes.len())
+            .ok_or_else(|| std::io::Error::from(ErrorKind::InvalidInput))?
+            .copy_from_slice(bytes);
+        Ok(())
+    }
+}
+
+impl<B: BitmapSlice> RxBuf for VolatileSlice<'_, B> {
+    fn room(&self) -> usize {
+        self.len()
+    }
+
+    fn read_from(&mut self, mut stream: &UnixStream, max: usize) -> std::io::Result<usize> {
+        let mut part = self.subslice(0, max).map_err(io_error)?;
+        stream.read_volatile(&mut part).map_err(io_error)
+    }
+
+    fn put(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.write_slice(bytes, 0).map_err(io_error)
+    }
+}
+
+/// vm-memory's error as the I/O error it carries (or as one).
+fn io_error(e: VolatileMemoryError) -> std::io::Error {
+    match e {
+        VolatileMemoryError::IOError(e) => e,
+        other => std::io::Error::other(other),
     }
 }
 
@@ -352,11 +417,7 @@ impl Connection {
             self.pending = 0;
             return;
         }
-        self.peer_buf_alloc = hdr.buf_alloc;
-        self.peer_fwd_cnt = Wrapping(hdr.fwd_cnt);
-        if self.peer_credit() > 0 {
-            self.credit_requested = false;
-        }
+        self.take_credit(hdr);
         match (self.state, hdr.op) {
             (State::LocalInit, op::RESPONSE) => {
                 self.state = State::Established;
@@ -381,6 +442,57 @@ impl Connection {
             (State::Established, op::CREDIT_REQUEST) => self.pending |= pending::CREDIT_UPDATE,
             _ => self.reset(),
         }
+    }
+
+    /// The guest's credit, as every header it sends carries it.
+    fn take_credit(&mut self, hdr: &Header) {
+        self.peer_buf_alloc = hdr.buf_alloc;
+        self.peer_fwd_cnt = Wrapping(hdr.fwd_cnt);
+        if self.peer_credit() > 0 {
+            self.credit_requested = false;
+        }
+    }
+
+    /// A guest RW packet whose payload is still in guest memory: written to the stream straight
+    /// from there when nothing waits before it (one copy); whatever the stream does not take
+    /// now is buffered as usual. Returns false, having done nothing, when the packet must go
+    /// through [`Self::send_pkt`] instead (any other packet or state).
+    pub fn send_direct<B: BitmapSlice>(
+        &mut self,
+        hdr: &Header,
+        data: &VolatileSlice<'_, B>,
+    ) -> bool {
+        if self.state != State::Established
+            || hdr.op != op::RW
+            || !self.tx_buf.is_empty()
+            || !self.prefix.is_empty()
+            || self.gate != Gate::Open
+            || self.peer_shut & SHUTDOWN_SEND != 0
+            || data.len() > TX_BUF_SIZE as usize
+        {
+            return false;
+        }
+        self.take_credit(hdr);
+        let mut stream = &self.stream;
+        let written = match stream.write_volatile(data).map_err(io_error) {
+            Ok(n) => n,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => 0,
+            Err(_) => {
+                self.reset();
+                return true;
+            }
+        };
+        self.fwd_cnt += Wrapping(written as u32);
+        if written < data.len() {
+            let mut rest = vec![0u8; data.len() - written];
+            if data.read_slice(&mut rest, written).is_err() {
+                self.reset();
+                return true;
+            }
+            self.tx_buf.extend(rest);
+        }
+        self.flush();
+        true
     }
 
     fn push_data(&mut self, data: &[u8]) {
@@ -468,13 +580,21 @@ impl Connection {
         }
     }
 
-    /// Reads host-server's answer (never past its end) with whatever descriptor comes with it.
-    fn read_answer(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+    /// Reads up to `max` bytes for the guest into `buf`: from the stream, or while host-server's
+    /// answer is awaited, the answer (never past its end) with whatever descriptor comes with
+    /// it.
+    fn read_for_guest<T: RxBuf + ?Sized>(
+        &mut self,
+        buf: &mut T,
+        max: usize,
+    ) -> std::io::Result<usize> {
         let Some(answer) = self.answer.as_mut() else {
-            return self.stream.read(buf);
+            return buf.read_from(&self.stream, max);
         };
-        let max = buf.len().min(answer.room());
-        let (n, fd) = outsock_fdpass::recv_with_fd(self.stream.as_raw_fd(), &mut buf[..max])?;
+        // The answer is a few bytes; it goes through this buffer (recvmsg takes plain memory).
+        let mut bytes = [0u8; 256];
+        let max = max.min(answer.room()).min(bytes.len());
+        let (n, fd) = outsock_fdpass::recv_with_fd(self.stream.as_raw_fd(), &mut bytes[..max])?;
         if let Some(fd) = fd {
             let refusal = if !answer.head.is_empty() || answer.socket.is_some() {
                 Some(Refused::Unexpected)
@@ -492,7 +612,8 @@ impl Connection {
                 return Err(ErrorKind::InvalidData.into());
             }
         }
-        let got = &buf[..n];
+        let got = &bytes[..n];
+        buf.put(got)?;
         match answer.left.as_mut() {
             Some(left) => *left -= n,
             None => {
@@ -549,7 +670,7 @@ impl Connection {
 
     /// The next packet for the guest, its payload (if any) in `buf[..len]`; `None` when there
     /// is nothing to send now.
-    pub fn recv_pkt(&mut self, buf: &mut [u8]) -> Option<Header> {
+    pub fn recv_pkt<T: RxBuf + ?Sized>(&mut self, buf: &mut T) -> Option<Header> {
         let h = self.next_pkt(buf)?;
         // Every header carries our credit: the guest's view is fresh again.
         self.last_fwd_cnt_sent = Wrapping(h.fwd_cnt);
@@ -563,7 +684,7 @@ impl Connection {
         had
     }
 
-    fn next_pkt(&mut self, buf: &mut [u8]) -> Option<Header> {
+    fn next_pkt<T: RxBuf + ?Sized>(&mut self, buf: &mut T) -> Option<Header> {
         if self.take(pending::RST) {
             self.pending = 0;
             return Some(self.header(op::RST));
@@ -587,9 +708,9 @@ impl Connection {
                     return Some(self.header(op::CREDIT_REQUEST));
                 }
             } else {
-                let max = buf.len().min(credit as usize);
+                let max = buf.room().min(credit as usize);
                 if max > 0 {
-                    match self.read_answer(&mut buf[..max]) {
+                    match self.read_for_guest(buf, max) {
                         Ok(0) => {
                             self.local_eof = true;
                             self.want_rw = false;

@@ -31,7 +31,10 @@ use shared_proto::outsource::{ToHost, VmHello};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::timerfd::TimerFd;
 
-use super::connection::{Connection, TIMEOUT};
+use vm_memory::bitmap::BitmapSlice;
+use vm_memory::VolatileSlice;
+
+use super::connection::{Connection, RxBuf, TIMEOUT};
 use super::defs::HOST_CID;
 use super::packet::{op, Header, TYPE_STREAM};
 
@@ -265,6 +268,28 @@ impl Muxer {
         }
     }
 
+    /// A guest RW packet whose payload is still in guest memory: written straight to its
+    /// connection's stream when it can be (see [`Connection::send_direct`]). Returns false,
+    /// having done nothing, when the caller must copy it out and use [`Self::send_pkt`].
+    pub fn send_direct<B: BitmapSlice>(
+        &mut self,
+        hdr: &Header,
+        data: &VolatileSlice<'_, B>,
+    ) -> bool {
+        if hdr.src_cid != self.cfg.cid || hdr.dst_cid != HOST_CID || hdr.type_ != TYPE_STREAM {
+            return false;
+        }
+        let key = (hdr.dst_port, hdr.src_port);
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return false;
+        };
+        if !conn.send_direct(hdr, data) {
+            return false;
+        }
+        self.update(key);
+        true
+    }
+
     /// A guest connection to CID 2 port P: a new stream to host-server, the hello first.
     fn guest_connect(&mut self, hdr: &Header) {
         if self.conns.len() >= MAX_CONNECTIONS {
@@ -299,7 +324,7 @@ impl Muxer {
     }
 
     /// The next packet for the guest, payload in `buf[..len]`.
-    pub fn recv_pkt(&mut self, buf: &mut [u8]) -> Option<Header> {
+    pub fn recv_pkt<T: RxBuf + ?Sized>(&mut self, buf: &mut T) -> Option<Header> {
         if let Some(h) = self.orphan_rsts.pop_front() {
             return Some(h);
         }

@@ -933,3 +933,78 @@ fn a_bogus_descriptor_is_refused_with_rst() {
         assert_eq!(rig.dev.muxer().passed_sockets(), 0, "{what}");
     }
 }
+
+/// The one-copy data path on its own: guest bytes written to the stream straight from guest
+/// memory while nothing is buffered (the rest buffered when the stream is full, and later
+/// packets then queue behind it), and the stream's bytes read straight into guest memory.
+#[test]
+fn payloads_move_between_guest_memory_and_the_stream_directly() {
+    use super::connection::Connection;
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).expect("memory");
+    let (vmm_end, mut host) = UnixStream::pair().expect("pair");
+    vmm_end.set_nonblocking(true).expect("nonblocking");
+    host.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut c = Connection::peer_init(vmm_end, CID, HOST_PORT, GUEST_PORT, Vec::new(), false);
+    let hdr = Header {
+        src_cid: CID,
+        dst_cid: 2,
+        src_port: GUEST_PORT,
+        dst_port: HOST_PORT,
+        type_: TYPE_STREAM,
+        op: op::REQUEST,
+        buf_alloc: 1 << 20,
+        ..Header::default()
+    };
+    let mut scratch = [0u8; 64];
+    c.send_pkt(&hdr, &[]);
+    assert_eq!(
+        c.recv_pkt(&mut scratch[..]).expect("response").op,
+        op::RESPONSE
+    );
+    let rw = Header { op: op::RW, ..hdr };
+    // Guest → stream.
+    mem.write_slice(b"from guest memory", GuestAddress(0x1000))
+        .expect("write");
+    let data = mem.get_slice(GuestAddress(0x1000), 17).expect("slice");
+    assert!(
+        c.send_direct(&rw, &data),
+        "an RW packet with nothing buffered goes directly"
+    );
+    assert_eq!(c.tx_buffered(), 0);
+    let mut b = [0u8; 17];
+    host.read_exact(&mut b).expect("read");
+    assert_eq!(&b, b"from guest memory");
+    // Fill the socket: what does not fit is buffered, and the next packet is not direct.
+    let big = mem
+        .get_slice(GuestAddress(0x10000), 128 * 1024)
+        .expect("slice");
+    let mut direct = 0;
+    while c.tx_buffered() == 0 {
+        assert!(c.send_direct(&rw, &big));
+        direct += 1;
+        assert!(direct < 64, "the socket never filled");
+    }
+    assert!(
+        !c.send_direct(&rw, &data),
+        "behind buffered bytes: the copy path"
+    );
+    // Stream → guest memory.
+    let mut drained = vec![0u8; direct * 128 * 1024 - c.tx_buffered()];
+    host.read_exact(&mut drained).expect("drain");
+    host.write_all(b"to guest memory").expect("write");
+    let mut rx = mem.get_slice(GuestAddress(0x8000), 4096).expect("slice");
+    c.notify(vmm_sys_util::epoll::EventSet::IN);
+    let h = loop {
+        let h = c.recv_pkt(&mut rx).expect("a packet");
+        if h.op == op::RW {
+            break h;
+        }
+    };
+    assert_eq!(h.len, 15);
+    let mut got = [0u8; 15];
+    mem.read_slice(&mut got, GuestAddress(0x8000))
+        .expect("read");
+    assert_eq!(&got, b"to guest memory");
+}

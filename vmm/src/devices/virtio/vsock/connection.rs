@@ -1,5 +1,6 @@
 //! One bridged vsock stream: the guest side (ports, credit, the packets it still owes the
-//! guest) and the host side (a non-blocking Unix stream with a bounded outgoing buffer).
+//! guest) and the host side (a non-blocking Unix stream, or the socket host-server passed,
+//! with a bounded outgoing buffer).
 //!
 //! Credit (virtio 1.2 §5.10.6.3): every header we send advertises `buf_alloc` =
 //! [`TX_BUF_SIZE`] and `fwd_cnt` = guest bytes actually written to the Unix stream. A guest

@@ -287,7 +287,7 @@ async fn hand_to_vmm(
 
 /// Resolves when the VMM closes a connection's control stream (EOF or an error): the guest
 /// connection has ended. Anything the VMM sends on it is read and ignored.
-async fn control_closed(stream: &UnixStream) {
+pub(crate) async fn control_closed(stream: &UnixStream) {
     let mut buf = [0u8; 64];
     loop {
         if stream.readable().await.is_err() {

@@ -5,8 +5,8 @@
 //! (`limits.max_awaiting_request`; beyond it the stream is answered EAGAIN and closed at once) —
 //! apply the socket limit, and dispatch to outbound TCP, a guest listener, a UDP association, or
 //! a connected UDP socket handed to a process. A VMM's hello that says it takes sockets
-//! (`VmHello::takes_sockets`) lets outbound TCP hand the VMM the connected socket (see
-//! [`crate::outbound`]). Refusals are answered with a `Failed(errno)`
+//! (`VmHello::takes_sockets`) lets outbound TCP hand the VMM the connected socket, and a guest
+//! listener hand it each accepted one (see [`crate::outbound`], [`crate::inbound`]). Refusals are answered with a `Failed(errno)`
 //! frame before the stream closes.
 //!
 //! A process's stream whose connect was answered with the socket passed while connecting
@@ -163,7 +163,7 @@ async fn serve_request(
             Some(kept) => return Served::Next(kept),
             None => Next::Closed,
         },
-        ToHost::Listen(l) => match crate::inbound::open(req, &l, shared).await {
+        ToHost::Listen(l) => match crate::inbound::open(req, &l, vmm_takes, shared).await {
             Some(parts) => Next::Listen(Box::new(parts)),
             None => Next::Closed,
         },

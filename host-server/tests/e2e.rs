@@ -1249,3 +1249,120 @@ fn a_vmm_that_takes_sockets_gets_the_socket_and_holds_the_permit_until_the_contr
     );
     assert_eq!(relayed, b"through the relay");
 }
+
+/// A VM listener whose listen stream said its VMM takes sockets: each accepted IPv6 connection
+/// reaches the VM's socket as the `Inbound` frame with the accepted socket attached, and holds
+/// its socket permit until the VMM closes that stream (its control stream).
+#[test]
+fn a_vm_listener_hands_accepted_sockets_to_a_vmm_that_takes_them() {
+    let Some(mut rig) = Rig::start("hs-vmpass-in", &[""]) else {
+        return;
+    };
+    let vm_socket = rig.world.path("vm-web.vsock");
+    std::fs::write(
+        &rig.host_cfgs[0],
+        std::fs::read_to_string(&rig.host_cfgs[0]).unwrap()
+            + &format!(
+                "[listen]\ndefault_address = \"{}\"\nallowed_ports = [{LISTEN_PORT}]\n\
+                 [vms.web]\nsocket = \"{}\"\naddress = \"{}\"\nvmm_uid = 0\n\
+                 [vms.web.limits]\nmax_sockets = 2\n",
+                addr::HOST,
+                vm_socket.display(),
+                addr::HOST_VMS[0]
+            ),
+    )
+    .unwrap();
+    assert!(rig.stop_host(0));
+    rig.launch_host(0);
+    let sock = rig.sock(0);
+    let vm_listener = std::os::unix::net::UnixListener::bind(&vm_socket).unwrap();
+    // The listener holds one of the VM's two socket permits.
+    let (_listen, answer) = in_legacy(&rig, move || {
+        ask(
+            &sock,
+            &[
+                ToHost::Hello(VmHello {
+                    vm: "web".into(),
+                    cid: 3,
+                    port: 1024,
+                    takes_sockets: true,
+                }),
+                ToHost::Listen(ListenRequest {
+                    addr: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, LISTEN_PORT),
+                    backlog: 16,
+                    pass_fd: false,
+                    vsock_port: 5000,
+                }),
+            ],
+        )
+    });
+    assert!(matches!(answer, ToGuest::Listening { .. }), "{answer:?}");
+    let dial = |rig: &Rig, text: &'static [u8]| {
+        rig.world
+            .world()
+            .run(move || {
+                let mut t = TcpStream::connect_timeout(
+                    &SocketAddr::new(addr::HOST_VMS[0].into(), LISTEN_PORT),
+                    Duration::from_secs(5),
+                )
+                .unwrap();
+                t.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                t.write_all(text).unwrap();
+                t
+            })
+            .unwrap()
+    };
+    // The fake VMM: the hybrid handshake, then the frame with the socket.
+    let take = |l: &std::os::unix::net::UnixListener| {
+        let (mut s, _) = l.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut line = Vec::new();
+        let mut b = [0u8; 1];
+        while line.last() != Some(&b'\n') {
+            s.read_exact(&mut b).unwrap();
+            line.push(b[0]);
+        }
+        assert_eq!(line, b"CONNECT 5000\n");
+        s.write_all(b"OK 1073741824\n").unwrap();
+        let (frame, fd) = read_frame_with_fd(&mut s);
+        (s, frame, fd)
+    };
+    let mut client = dial(&rig, b"to a vmm");
+    let (control, inbound, fd) = take(&vm_listener);
+    assert!(
+        matches!(inbound, ToGuest::Inbound { local, .. } if local.port() == LISTEN_PORT),
+        "{inbound:?}"
+    );
+    let mut accepted = TcpStream::from(fd.expect("the accepted socket came with the frame"));
+    accepted.set_nonblocking(false).unwrap();
+    accepted
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut got = [0u8; 8];
+    accepted.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"to a vmm");
+    accepted.write_all(b"answered").unwrap();
+    let mut back = [0u8; 8];
+    client.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"answered");
+    drop((accepted, client));
+    // Both permits are taken while the control stream is open: the next connection is dropped
+    // without reaching the VM's socket.
+    vm_listener.set_nonblocking(true).unwrap();
+    let mut refused = dial(&rig, b"x");
+    let mut rest = Vec::new();
+    let _ = refused.read_to_end(&mut rest);
+    assert!(rest.is_empty());
+    assert!(
+        vm_listener.accept().is_err(),
+        "delivered although the permit was held"
+    );
+    vm_listener.set_nonblocking(false).unwrap();
+    // The VMM closes the control stream: the permit comes back.
+    drop(control);
+    std::thread::sleep(Duration::from_millis(300));
+    let _again = dial(&rig, b"again");
+    let (_c2, inbound, fd) = take(&vm_listener);
+    assert!(matches!(inbound, ToGuest::Inbound { .. }), "{inbound:?}");
+    assert!(fd.is_some());
+}

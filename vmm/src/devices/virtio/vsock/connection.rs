@@ -251,6 +251,16 @@ impl Connection {
         c
     }
 
+    /// A host connection whose first frame from the host side (host-server's `Inbound`) may
+    /// bring the accepted socket: read as an answer is (see the module docs), without holding
+    /// any guest bytes (the guest reads that frame before it says anything, and one that does
+    /// not only garbles its own connection).
+    #[must_use]
+    pub fn taking_a_socket(mut self) -> Self {
+        self.answer = Some(Answer::default());
+        self
+    }
+
     fn new(
         stream: UnixStream,
         state: State,

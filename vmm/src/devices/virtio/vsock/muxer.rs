@@ -573,7 +573,10 @@ impl Muxer {
             return;
         };
         let key = (local, port);
-        let conn = Connection::local_init(h.stream, self.cfg.cid, local, port);
+        let mut conn = Connection::local_init(h.stream, self.cfg.cid, local, port);
+        if self.cfg.take_sockets {
+            conn = conn.taking_a_socket();
+        }
         self.by_fd.insert(fd, key);
         self.conns.insert(key, conn);
         self.update(key);

@@ -1008,3 +1008,99 @@ fn payloads_move_between_guest_memory_and_the_stream_directly() {
         .expect("read");
     assert_eq!(&got, b"to guest memory");
 }
+
+/// Inbound (#14): host-server's stream on the VM's socket brings the accepted socket with the
+/// `Inbound` frame; the guest gets the frame, then the connection runs over the socket, and
+/// the stream closes when the connection ends. A host client that sends no frame is bridged
+/// as before.
+#[test]
+fn an_inbound_connection_takes_the_accepted_socket() {
+    use std::os::fd::AsFd;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let host = UnixListener::bind(dir.path().join("host.sock")).expect("bind host.sock");
+    let guest = FakeGuest::new();
+    let vm_sock = dir.path().join("vm0.vsock");
+    let dev = super::fuzz::activated_device_with(
+        &guest,
+        CID,
+        &dir.path().join("host.sock"),
+        Some(&vm_sock),
+        true,
+    );
+    let mut rig = Rig {
+        guest,
+        dev,
+        host,
+        dir,
+    };
+    let accept = |rig: &mut Rig, h: &mut UnixStream| -> Header {
+        h.write_all(b"CONNECT 5000\n").expect("write");
+        let req = rig.recv(1);
+        assert_eq!(req[0].0.op, op::REQUEST);
+        let resp = Header {
+            src_cid: CID,
+            dst_cid: 2,
+            src_port: 5000,
+            dst_port: req[0].0.src_port,
+            type_: TYPE_STREAM,
+            op: op::RESPONSE,
+            buf_alloc: 64 * 1024,
+            ..Header::default()
+        };
+        rig.send(resp, &[]);
+        let local = req[0].0.src_port;
+        let mut line = vec![0u8; format!("OK {local}\n").len()];
+        h.read_exact(&mut line).expect("OK line");
+        assert_eq!(line, format!("OK {local}\n").as_bytes());
+        resp
+    };
+    let mut control = UnixStream::connect(&vm_sock).expect("connect");
+    control
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let resp = accept(&mut rig, &mut control);
+    let inbound = shared_proto::to_vec(&shared_proto::ToGuest::Inbound {
+        peer: "172.21.112.1:40000".parse().expect("addr"),
+        local: "0.0.0.0:8080".parse().expect("addr"),
+    })
+    .expect("frame");
+    let (mine, mut peer) = tcp_pair();
+    answer_with(&control, &inbound, mine.as_fd());
+    drop(mine);
+    assert_eq!(recv_bytes(&mut rig, inbound.len()), inbound);
+    assert_eq!(rig.dev.muxer().passed_sockets(), 1);
+    peer.write_all(b"from the world").expect("write");
+    assert_eq!(recv_bytes(&mut rig, 14), b"from the world");
+    rig.send(Header { op: op::RW, ..resp }, b"from the guest");
+    let mut b = [0u8; 14];
+    peer.read_exact(&mut b).expect("read");
+    assert_eq!(&b, b"from the guest");
+    assert!(silent(&control), "nothing on the control stream");
+    rig.send(
+        Header {
+            op: op::RST,
+            ..resp
+        },
+        &[],
+    );
+    assert_eq!(rig.dev.muxer().connection_count(), 0);
+    let mut rest = Vec::new();
+    let _ = peer.read_to_end(&mut rest);
+    assert!(closes(&mut rig, &mut control), "control stream closed");
+
+    // A raw client (no frame): its bytes reach the guest as they are, a few at a time at
+    // first, and nothing is held.
+    let mut raw = UnixStream::connect(&vm_sock).expect("connect");
+    raw.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let resp = accept(&mut rig, &mut raw);
+    rig.send(Header { op: op::RW, ..resp }, b"banner");
+    let mut b = [0u8; 6];
+    raw.read_exact(&mut b).expect("the guest speaks first");
+    assert_eq!(&b, b"banner");
+    raw.write_all(b"hi").expect("write");
+    assert_eq!(recv_bytes(&mut rig, 2), b"hi");
+    raw.write_all(b"not a frame at all").expect("write");
+    assert_eq!(recv_bytes(&mut rig, 18), b"not a frame at all");
+    assert_eq!(rig.dev.muxer().passed_sockets(), 1);
+}

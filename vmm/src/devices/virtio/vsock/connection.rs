@@ -22,7 +22,10 @@
 //! it closes when the connection is dropped, whichever side ended it. Without one, the
 //! connection goes on relaying through host.sock. What may be attached is checked: one socket
 //! of type `SOCK_STREAM` with the answer's first bytes; anything else (another type, a
-//! descriptor on a later read) is closed and the connection reset.
+//! descriptor on a later read) is closed and the connection reset. A host connection on the
+//! VM's socket may get its socket the same way ([`Connection::taking_a_socket`]: host-server's
+//! `Inbound` frame is read as an answer), but holds no guest bytes: a host client that sends
+//! no frame is bridged exactly as before.
 //!
 //! **One copy each way** (the data path of a passed socket, and of the relay's Unix stream
 //! too): a guest RW packet whose bytes can go at once ([`Connection::send_direct`]: nothing

@@ -9,7 +9,8 @@
 //!   way) while the Unix stream stays open, unread, until the connection ends, so that
 //!   host-server knows when to give back its pins and limits (see [`connection`]);
 //! - a host process connects to the VM's own Unix socket and writes `CONNECT <port>\n`; once the
-//!   guest accepts on that port the VMM answers `OK <host port>\n` and the stream is bridged.
+//!   guest accepts on that port the VMM answers `OK <host port>\n` and the stream is bridged
+//!   (host-server's first frame, `Inbound`, may bring the accepted socket, as above).
 //!
 //! Layers, each importing only those before it: [`defs`] (the shared constants, re-exported
 //! here), [`packet`] (the 44-byte header as plain data), [`connection`] (one bridged stream:

@@ -192,6 +192,7 @@ mod tests {
             vm: vm.into(),
             cid: 3,
             port: 1024,
+            takes_sockets: false,
         })
     }
 

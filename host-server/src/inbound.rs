@@ -7,6 +7,12 @@
 //! and the relayed bytes. Closing the listen stream (VM) or every copy of the guest's end of the
 //! packet channel (process) closes the listener; accepted connections live on.
 //!
+//! A VM whose listen stream opened with a hello that says its VMM takes sockets
+//! (`VmHello::takes_sockets`) gets the accepted socket itself: the `Inbound` frame goes with the
+//! socket attached (SCM_RIGHTS, on the frame's first byte), the VMM bridges the guest's
+//! connection to it, and the stream to the VM's socket stays open as the connection's control
+//! stream: its socket permit and its dummy's pin are held until the VMM closes it.
+//!
 //! The packet channel (process mode): the `Listening` answer carries, attached (SCM_RIGHTS), one
 //! end of a fresh `AF_UNIX` `SOCK_SEQPACKET` socket pair; the shim makes it the program's
 //! listening fd and closes the request's stream. Invariant: **one accepted connection is one
@@ -123,6 +129,8 @@ pub(crate) struct ListenerParts {
     pub local: SocketAddrV4,
     pub shared: Shared,
     pub permits: (Permit, Permit),
+    /// A VM's VMM takes the accepted sockets (its hello said so).
+    pub takes_sockets: bool,
 }
 
 fn backlog_of(backlog: u32) -> i32 {
@@ -154,6 +162,7 @@ fn bind(addr: SocketAddrV6, backlog: u32) -> std::io::Result<TcpListener> {
 pub(crate) async fn open(
     mut req: Request,
     l: &ListenRequest,
+    vmm_takes: bool,
     shared: &Shared,
 ) -> Option<ListenerParts> {
     let plan = match plan(&shared.settings, &req.identity, l) {
@@ -216,6 +225,7 @@ pub(crate) async fn open(
     };
     shared.metrics.record(Event::ListenerOpened);
     tracing::info!(identity = %req.identity, bind = %plan.bind, "listening for a guest");
+    let takes_sockets = vmm_takes && matches!(req.identity, Identity::Vm(_));
     Some(ListenerParts {
         control,
         listener,
@@ -224,6 +234,7 @@ pub(crate) async fn open(
         local,
         shared: shared.clone(),
         permits: (req.permit, listener_permit),
+        takes_sockets,
     })
 }
 
@@ -290,6 +301,7 @@ pub(crate) async fn run(parts: ListenerParts) {
         local,
         shared,
         permits,
+        takes_sockets,
     } = parts;
     // Registered for readiness through a `UnixStream`, as the packet channel is (the
     // registration does not care about the socket type); only `readable` and `try_io` are used.
@@ -329,7 +341,16 @@ pub(crate) async fn run(parts: ListenerParts) {
                         Ok((tcp, peer)) => {
                             if let Some(peer) = peer.as_socket_ipv6() {
                                 let tcp = std::net::TcpStream::from(tcp);
-                                deliver(&control, tcp, peer, local, &identity, &delivery, &shared)
+                                deliver(
+                                    &control,
+                                    tcp,
+                                    peer,
+                                    local,
+                                    &identity,
+                                    &delivery,
+                                    takes_sockets,
+                                    &shared,
+                                )
                                     .await;
                             }
                         }
@@ -370,7 +391,9 @@ async fn send_packet(afd: &UnixStream, data: &[u8], fd: &impl AsRawFd) -> std::i
     }
 }
 
-/// Delivers one accepted connection (`tcp`, in blocking mode) to the guest.
+/// Delivers one accepted connection (`tcp`, in blocking mode) to the guest; to a VM whose VMM
+/// `takes_sockets`, the socket itself.
+#[allow(clippy::too_many_arguments)]
 async fn deliver(
     control: &Control,
     tcp: std::net::TcpStream,
@@ -378,6 +401,7 @@ async fn deliver(
     local: SocketAddrV4,
     identity: &Identity,
     delivery: &Delivery,
+    takes_sockets: bool,
     shared: &Shared,
 ) {
     let dummy = match shared.mapping.peer_dummy(*peer.ip()).await {
@@ -432,8 +456,24 @@ async fn deliver(
             // Each connection runs on its own task: it outlives the listener, as an accepted
             // socket outlives a closed listening socket.
             actix_rt::spawn(async move {
-                match to_vm(&socket, port, &inbound, &shared).await {
-                    Ok(vm) => {
+                let delivered = to_vm(
+                    &socket,
+                    port,
+                    &inbound,
+                    takes_sockets.then_some(&tcp),
+                    &shared,
+                );
+                match delivered.await {
+                    Ok((vm, true)) => {
+                        // The VMM has the socket; ours closes. The connection ends when the
+                        // VMM closes the control stream.
+                        shared.metrics.record(Event::InboundDelivered);
+                        shared.metrics.record(Event::FdPassed);
+                        let _pin = shared.mapping.pin(dummy);
+                        drop(tcp);
+                        crate::outbound::control_closed(&vm).await;
+                    }
+                    Ok((vm, false)) => {
                         shared.metrics.record(Event::InboundDelivered);
                         let _pin = shared.mapping.pin(dummy);
                         let s = &shared.settings;
@@ -461,13 +501,15 @@ async fn deliver(
     }
 }
 
-/// Opens a host→guest stream on the VM's socket (hybrid vsock) and sends the `Inbound` frame.
+/// Opens a host→guest stream on the VM's socket (hybrid vsock) and sends the `Inbound` frame,
+/// with `pass` attached when given. Returns the stream and whether the socket went with it.
 async fn to_vm(
     socket: &std::path::Path,
     port: u32,
     inbound: &ToGuest,
+    pass: Option<&TcpStream>,
     shared: &Shared,
-) -> std::io::Result<UnixStream> {
+) -> std::io::Result<(UnixStream, bool)> {
     let t = shared.settings.vm_connect_timeout;
     let work = async {
         let mut s = UnixStream::connect(socket).await?;
@@ -483,8 +525,12 @@ async fn to_vm(
         }
         hybrid::parse_ok(&line).map_err(std::io::Error::other)?;
         let bytes = frame::to_vec(inbound).map_err(std::io::Error::other)?;
+        if let Some(tcp) = pass {
+            crate::fdpass::send_with_fd(&s, &bytes, tcp.as_fd()).await?;
+            return Ok((s, true));
+        }
         s.write_all(&bytes).await?;
-        Ok(s)
+        Ok((s, false))
     };
     tokio::time::timeout(t, work)
         .await

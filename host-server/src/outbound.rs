@@ -2,6 +2,14 @@
 //! egress, IPv4) and relays, or hands the socket itself to a process with SCM_RIGHTS (through
 //! `handover`). A connect to the guest DNS address is answered by `dns_tcp` instead.
 //!
+//! A VM's connection through a VMM that takes sockets (its hello's `takes_sockets`) is not
+//! relayed: once connected, the socket goes to the VMM with the answer (SCM_RIGHTS; the answer
+//! still says `fd_passed: false`, since the guest sees a relayed stream), and the VMM bridges
+//! the guest's vsock connection to it. The stream stays open as the connection's control
+//! stream: the connection's permit (socket limit) and its mapping pin are held until the VMM
+//! closes it, when the guest connection ends. Should the VMM have sent guest bytes after the
+//! request (it does not), or the pass fail, the connection is relayed as before.
+//!
 //! A VM's connection is bound to the VM's own address before it connects, so that the IPv6
 //! network sees which VM it was; a process's to `listen.default_address` when that is set to
 //! one address.
@@ -52,6 +60,7 @@ async fn fail_closed(req: Request, errno: Errno, shared: &Shared) -> Option<Unix
 pub(crate) async fn connect(
     req: Request,
     c: ConnectRequest,
+    vmm_takes: bool,
     shared: &Shared,
 ) -> Option<UnixStream> {
     let (target, dummy) = match shared.router.route(c.dest) {
@@ -127,6 +136,20 @@ pub(crate) async fn connect(
         pass_connected(req, &answer, tcp, shared).await;
         return None;
     }
+    let _pin = dummy.map(|d| shared.mapping.pin(d));
+    let tcp = if vmm_takes && matches!(req.identity, Identity::Vm(_)) && req.leftover.is_empty() {
+        match hand_to_vmm(&req.stream, &answer, tcp, shared).await {
+            Handed::Passed => {
+                control_closed(&req.stream).await;
+                drop(req.permit);
+                return None;
+            }
+            Handed::Failed => return None,
+            Handed::Kept(tcp) => tcp,
+        }
+    } else {
+        tcp
+    };
     let mut stream = req.stream;
     if crate::framed::write_frame(&mut stream, &answer)
         .await
@@ -134,7 +157,6 @@ pub(crate) async fn connect(
     {
         return None;
     }
-    let _pin = dummy.map(|d| shared.mapping.pin(d));
     let s = &shared.settings;
     match relay::relay(
         &stream,
@@ -226,6 +248,58 @@ async fn pass_connected(req: Request, answer: &ToGuest, tcp: TcpStream, shared: 
         return;
     }
     send_answer_with_fd(&req.stream, answer, std.as_fd(), shared).await;
+}
+
+/// How handing a connection's socket to its VMM went.
+enum Handed {
+    /// The answer and the socket went over.
+    Passed,
+    /// The stream broke: nobody is left to tell.
+    Failed,
+    /// Nothing went (the socket could not be taken out of the runtime): relay it.
+    Kept(TcpStream),
+}
+
+/// Sends the answer with the connected socket attached to a VMM that takes sockets.
+async fn hand_to_vmm(
+    stream: &UnixStream,
+    answer: &ToGuest,
+    tcp: TcpStream,
+    shared: &Shared,
+) -> Handed {
+    // Deregistered from the runtime, still non-blocking: the VMM polls it itself.
+    let std = match tcp.into_std() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot take the socket out of the runtime");
+            return Handed::Failed;
+        }
+    };
+    if send_answer_with_fd(stream, answer, std.as_fd(), shared).await {
+        Handed::Passed
+    } else {
+        match TcpStream::from_std(std) {
+            Ok(tcp) => Handed::Kept(tcp),
+            Err(_) => Handed::Failed,
+        }
+    }
+}
+
+/// Resolves when the VMM closes a connection's control stream (EOF or an error): the guest
+/// connection has ended. Anything the VMM sends on it is read and ignored.
+pub(crate) async fn control_closed(stream: &UnixStream) {
+    let mut buf = [0u8; 64];
+    loop {
+        if stream.readable().await.is_err() {
+            return;
+        }
+        match stream.try_read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
+        }
+    }
 }
 
 /// Starts a non-blocking connect and hands the socket over while it is still connecting: the

@@ -4,7 +4,9 @@
 //! [`AWAITING_GRACE`] counts among its uid's streams awaiting their request
 //! (`limits.max_awaiting_request`; beyond it the stream is answered EAGAIN and closed at once) —
 //! apply the socket limit, and dispatch to outbound TCP, a guest listener, a UDP association, or
-//! a connected UDP socket handed to a process. Refusals are answered with a `Failed(errno)`
+//! a connected UDP socket handed to a process. A VMM's hello that says it takes sockets
+//! (`VmHello::takes_sockets`) lets outbound TCP hand the VMM the connected socket, and a guest
+//! listener hand it each accepted one (see [`crate::outbound`], [`crate::inbound`]). Refusals are answered with a `Failed(errno)`
 //! frame before the stream closes.
 //!
 //! A process's stream whose connect was answered with the socket passed while connecting
@@ -151,6 +153,8 @@ async fn serve_request(
             return Served::Done(Next::Closed);
         }
     };
+    // A VMM that takes sockets gets its guest's connected socket with the answer.
+    let vmm_takes = hello.is_some_and(|h| h.takes_sockets);
     let req = Request {
         stream,
         identity,
@@ -158,11 +162,11 @@ async fn serve_request(
         permit,
     };
     let next = match request {
-        ToHost::Connect(c) => match crate::outbound::connect(req, c, shared).await {
+        ToHost::Connect(c) => match crate::outbound::connect(req, c, vmm_takes, shared).await {
             Some(kept) => return Served::Next(kept),
             None => Next::Closed,
         },
-        ToHost::Listen(l) => match crate::inbound::open(req, &l, shared).await {
+        ToHost::Listen(l) => match crate::inbound::open(req, &l, vmm_takes, shared).await {
             Some(parts) => Next::Listen(Box::new(parts)),
             None => Next::Closed,
         },

@@ -190,6 +190,7 @@ fn hello(vm: &str) -> ToHost {
         vm: vm.into(),
         cid: 3,
         port: 1024,
+        takes_sockets: false,
     })
 }
 

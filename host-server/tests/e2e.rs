@@ -812,6 +812,7 @@ fn inbound_process_and_vm_modes_and_hello_rules() {
         vm: "web".into(),
         cid: 3,
         port: 1024,
+        takes_sockets: false,
     });
     let refusal = in_legacy(&rig, {
         let psock = psock.clone();
@@ -1115,4 +1116,253 @@ fn limits_refuse_with_an_errno() {
     assert_eq!(listener_refused, ToGuest::Failed(Errno::ENOBUFS));
     assert_eq!(port_refused, ToGuest::Failed(Errno::EACCES));
     assert_eq!(socket_refused, ToGuest::Failed(Errno::EMFILE));
+}
+
+/// A VMM whose hello says it takes sockets gets its guest's connected IPv6 socket with the
+/// answer (which still says `fd_passed: false`: the guest sees a relayed stream), leaving from
+/// the VM's own address; the connection's socket permit is held until the VMM closes the
+/// stream (its control stream), not when the socket went over. A VMM without the flag is
+/// relayed as before.
+#[test]
+fn a_vmm_that_takes_sockets_gets_the_socket_and_holds_the_permit_until_the_control_closes() {
+    let Some(mut rig) = Rig::start("hs-vmpass", &[""]) else {
+        return;
+    };
+    let vm_socket = rig.world.path("vm-web.vsock");
+    std::fs::write(
+        &rig.host_cfgs[0],
+        std::fs::read_to_string(&rig.host_cfgs[0]).unwrap()
+            + &format!(
+                "[listen]\ndefault_address = \"{}\"\n\
+                 [vms.web]\nsocket = \"{}\"\naddress = \"{}\"\nvmm_uid = 0\n\
+                 [vms.web.limits]\nmax_sockets = 1\n",
+                addr::HOST,
+                vm_socket.display(),
+                addr::HOST_VMS[0]
+            ),
+    )
+    .unwrap();
+    assert!(rig.stop_host(0));
+    rig.launch_host(0);
+    let sock = rig.sock(0);
+    let dest = SocketAddrV4::new(rig.dummy(zone::ECHO), addr::ECHO_PORT);
+    let hello = |takes_sockets| {
+        ToHost::Hello(VmHello {
+            vm: "web".into(),
+            cid: 3,
+            port: 1024,
+            takes_sockets,
+        })
+    };
+    let (answer, local, echoed, second_while_held, second_after, relayed) = in_legacy(&rig, {
+        let sock = sock.clone();
+        move || {
+            let mut control = UnixStream::connect(&sock).unwrap();
+            control
+                .set_read_timeout(Some(Duration::from_secs(20)))
+                .unwrap();
+            send(&mut control, &hello(true));
+            send(&mut control, &connect_req(dest, false, false));
+            let (answer, fd) = read_frame_with_fd(&mut control);
+            let tcp = TcpStream::from(fd.expect("the socket came with the answer"));
+            tcp.set_nonblocking(false).unwrap();
+            let local = tcp.local_addr().unwrap();
+            (&tcp).write_all(b"bridged by the vmm").unwrap();
+            let mut echoed = [0u8; 18];
+            (&tcp).read_exact(&mut echoed).unwrap();
+            // The socket may end while the control stream is open: the permit stays taken.
+            drop(tcp);
+            let ask_again = || ask(&sock, &[hello(true), connect_req(dest, false, false)]).1;
+            let second_while_held = ask_again();
+            // The VMM closes the control stream: the permit comes back.
+            drop(control);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let second_after = loop {
+                let a = ask_again();
+                if !matches!(a, ToGuest::Failed(Errno::EMFILE)) || Instant::now() > deadline {
+                    break a;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            };
+            // A VMM without the flag: no descriptor, the bytes are relayed (once the last
+            // connection's control stream, closed above, has given its permit back).
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let (old, relayed_answer, relayed_fd) = loop {
+                let mut old = UnixStream::connect(&sock).unwrap();
+                old.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                send(&mut old, &hello(false));
+                send(&mut old, &connect_req(dest, false, false));
+                let (a, fd) = read_frame_with_fd(&mut old);
+                if a != ToGuest::Failed(Errno::EMFILE) || Instant::now() > deadline {
+                    break (old, a, fd);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            };
+            assert!(
+                relayed_fd.is_none(),
+                "a socket passed to a VMM without the flag"
+            );
+            assert!(
+                matches!(relayed_answer, ToGuest::Connected { .. }),
+                "{relayed_answer:?}"
+            );
+            let relayed = echo_through(old, b"through the relay".to_vec());
+            (
+                answer,
+                local,
+                echoed,
+                second_while_held,
+                second_after,
+                relayed,
+            )
+        }
+    });
+    match answer {
+        ToGuest::Connected {
+            peer,
+            fd_passed,
+            in_progress,
+            ..
+        } => {
+            assert_eq!(peer, dest);
+            assert!(
+                !fd_passed && !in_progress,
+                "the guest must see a relayed stream"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        local.ip(),
+        std::net::IpAddr::V6(addr::HOST_VMS[0]),
+        "leaves from the VM's own address"
+    );
+    assert_eq!(&echoed, b"bridged by the vmm");
+    assert_eq!(
+        second_while_held,
+        ToGuest::Failed(Errno::EMFILE),
+        "the permit was given back before the control stream closed"
+    );
+    assert!(
+        matches!(second_after, ToGuest::Connected { .. }),
+        "the permit never came back: {second_after:?}"
+    );
+    assert_eq!(relayed, b"through the relay");
+}
+
+/// A VM listener whose listen stream said its VMM takes sockets: each accepted IPv6 connection
+/// reaches the VM's socket as the `Inbound` frame with the accepted socket attached, and holds
+/// its socket permit until the VMM closes that stream (its control stream).
+#[test]
+fn a_vm_listener_hands_accepted_sockets_to_a_vmm_that_takes_them() {
+    let Some(mut rig) = Rig::start("hs-vmpass-in", &[""]) else {
+        return;
+    };
+    let vm_socket = rig.world.path("vm-web.vsock");
+    std::fs::write(
+        &rig.host_cfgs[0],
+        std::fs::read_to_string(&rig.host_cfgs[0]).unwrap()
+            + &format!(
+                "[listen]\ndefault_address = \"{}\"\nallowed_ports = [{LISTEN_PORT}]\n\
+                 [vms.web]\nsocket = \"{}\"\naddress = \"{}\"\nvmm_uid = 0\n\
+                 [vms.web.limits]\nmax_sockets = 2\n",
+                addr::HOST,
+                vm_socket.display(),
+                addr::HOST_VMS[0]
+            ),
+    )
+    .unwrap();
+    assert!(rig.stop_host(0));
+    rig.launch_host(0);
+    let sock = rig.sock(0);
+    let vm_listener = std::os::unix::net::UnixListener::bind(&vm_socket).unwrap();
+    // The listener holds one of the VM's two socket permits.
+    let (_listen, answer) = in_legacy(&rig, move || {
+        ask(
+            &sock,
+            &[
+                ToHost::Hello(VmHello {
+                    vm: "web".into(),
+                    cid: 3,
+                    port: 1024,
+                    takes_sockets: true,
+                }),
+                ToHost::Listen(ListenRequest {
+                    addr: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, LISTEN_PORT),
+                    backlog: 16,
+                    pass_fd: false,
+                    vsock_port: 5000,
+                }),
+            ],
+        )
+    });
+    assert!(matches!(answer, ToGuest::Listening { .. }), "{answer:?}");
+    let dial = |rig: &Rig, text: &'static [u8]| {
+        rig.world
+            .world()
+            .run(move || {
+                let mut t = TcpStream::connect_timeout(
+                    &SocketAddr::new(addr::HOST_VMS[0].into(), LISTEN_PORT),
+                    Duration::from_secs(5),
+                )
+                .unwrap();
+                t.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                t.write_all(text).unwrap();
+                t
+            })
+            .unwrap()
+    };
+    // The fake VMM: the hybrid handshake, then the frame with the socket.
+    let take = |l: &std::os::unix::net::UnixListener| {
+        let (mut s, _) = l.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut line = Vec::new();
+        let mut b = [0u8; 1];
+        while line.last() != Some(&b'\n') {
+            s.read_exact(&mut b).unwrap();
+            line.push(b[0]);
+        }
+        assert_eq!(line, b"CONNECT 5000\n");
+        s.write_all(b"OK 1073741824\n").unwrap();
+        let (frame, fd) = read_frame_with_fd(&mut s);
+        (s, frame, fd)
+    };
+    let mut client = dial(&rig, b"to a vmm");
+    let (control, inbound, fd) = take(&vm_listener);
+    assert!(
+        matches!(inbound, ToGuest::Inbound { local, .. } if local.port() == LISTEN_PORT),
+        "{inbound:?}"
+    );
+    let mut accepted = TcpStream::from(fd.expect("the accepted socket came with the frame"));
+    accepted.set_nonblocking(false).unwrap();
+    accepted
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut got = [0u8; 8];
+    accepted.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"to a vmm");
+    accepted.write_all(b"answered").unwrap();
+    let mut back = [0u8; 8];
+    client.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"answered");
+    drop((accepted, client));
+    // Both permits are taken while the control stream is open: the next connection is dropped
+    // without reaching the VM's socket.
+    vm_listener.set_nonblocking(true).unwrap();
+    let mut refused = dial(&rig, b"x");
+    let mut rest = Vec::new();
+    let _ = refused.read_to_end(&mut rest);
+    assert!(rest.is_empty());
+    assert!(
+        vm_listener.accept().is_err(),
+        "delivered although the permit was held"
+    );
+    vm_listener.set_nonblocking(false).unwrap();
+    // The VMM closes the control stream: the permit comes back.
+    drop(control);
+    std::thread::sleep(Duration::from_millis(300));
+    let _again = dial(&rig, b"again");
+    let (_c2, inbound, fd) = take(&vm_listener);
+    assert!(matches!(inbound, ToGuest::Inbound { .. }), "{inbound:?}");
+    assert!(fd.is_some());
 }

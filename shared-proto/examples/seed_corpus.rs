@@ -42,6 +42,7 @@ fn main() -> std::io::Result<()> {
             vm: "vm0".into(),
             cid: 3,
             port: 1024,
+            takes_sockets: false,
         }),
         ToHost::Connect(ConnectRequest {
             dest,

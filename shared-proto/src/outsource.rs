@@ -9,6 +9,16 @@
 //!   `shutdown(SHUT_WR)` of the stream.
 //! - TCP connect with `pass_fd`: the answer arrives together with the connected IPv6 socket
 //!   (SCM_RIGHTS on the Unix stream) and the stream then closes.
+//! - TCP connect from a VMM whose hello says [`VmHello::takes_sockets`]: the guest's protocol is
+//!   the relayed one (its `pass_fd` is false and the answer says `fd_passed: false`), but
+//!   host-server may attach the connected socket to the answer (SCM_RIGHTS on the answer's
+//!   first byte, as for `pass_fd`). The VMM then forwards the answer to the guest and bridges
+//!   the guest's connection to that socket itself; the stream carries nothing more and stays
+//!   open as the connection's *control stream*: the VMM closes it when the guest connection
+//!   ends, and host-server holds the connection's pins and limits until then. Such a VMM sends
+//!   no guest byte after the request until the answer arrived (so nothing pipelined reaches
+//!   host-server once the socket went over). Without the socket attached, the connection is
+//!   relayed as above.
 //! - TCP listen, process mode (`pass_fd`): the [`ToGuest::Listening`] answer carries one end of
 //!   an `AF_UNIX` `SOCK_SEQPACKET` pair (SCM_RIGHTS) and the stream then closes. On that pair,
 //!   host-server sends one packet per accepted connection: a whole [`ToGuest::Inbound`] frame
@@ -52,6 +62,15 @@ pub struct VmHello {
     pub cid: u32,
     /// The vsock port the guest connected to on the host (CID 2).
     pub port: u32,
+    /// The VMM can take a guest connection's host socket (see the module docs). Encoded as bit
+    /// 0 of a flags byte after `port`; a hello without that byte (an older VMM) means false, and
+    /// unknown bits are ignored, so either side may be the older one.
+    pub takes_sockets: bool,
+}
+
+/// [`VmHello`]'s flag bits.
+mod hello_flags {
+    pub const TAKES_SOCKETS: u8 = 1;
 }
 
 /// Open a TCP connection to an IPv4 address (a dummy for an IPv6 host, usually).
@@ -209,6 +228,11 @@ impl Message for ToHost {
                 w.string(&h.vm);
                 w.u32(h.cid);
                 w.u32(h.port);
+                w.u8(if h.takes_sockets {
+                    hello_flags::TAKES_SOCKETS
+                } else {
+                    0
+                });
             }
             Self::Connect(c) => {
                 w.sockv4(c.dest);
@@ -241,6 +265,12 @@ impl Message for ToHost {
                 vm: r.string()?,
                 cid: r.u32()?,
                 port: r.u32()?,
+                // An older VMM's hello ends after the port.
+                takes_sockets: match r.u8() {
+                    Ok(flags) => flags & hello_flags::TAKES_SOCKETS != 0,
+                    Err(ProtoError::Truncated) => false,
+                    Err(e) => return Err(e),
+                },
             }),
             kind::CONNECT => Self::Connect(ConnectRequest {
                 dest: r.sockv4()?,
@@ -416,5 +446,60 @@ impl Message for VmList {
             });
         }
         Ok(Self(vms))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame;
+
+    fn hello(takes_sockets: bool) -> ToHost {
+        ToHost::Hello(VmHello {
+            vm: "vm0".into(),
+            cid: 3,
+            port: 1024,
+            takes_sockets,
+        })
+    }
+
+    #[test]
+    fn a_hello_round_trips_with_and_without_the_socket_flag() {
+        for takes in [false, true] {
+            let bytes = frame::to_vec(&hello(takes)).unwrap();
+            assert_eq!(frame::decode_exact::<ToHost>(&bytes).unwrap(), hello(takes));
+            // The flags byte is the body's last.
+            assert_eq!(bytes.last(), Some(&u8::from(takes)));
+        }
+    }
+
+    /// An older VMM's hello (no flags byte): read as one that takes no sockets, so host-server
+    /// relays its connections.
+    #[test]
+    fn an_older_vmms_hello_takes_no_sockets() {
+        let mut w = Writer::new();
+        w.string("vm0");
+        w.u32(3);
+        w.u32(1024);
+        let body = w.into_inner();
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&frame::MAGIC);
+        bytes.push(frame::VERSION);
+        bytes.push(kind::HELLO);
+        bytes.extend_from_slice(&u32::try_from(body.len()).unwrap().to_be_bytes());
+        bytes.extend_from_slice(&body);
+        assert_eq!(frame::decode_exact::<ToHost>(&bytes).unwrap(), hello(false));
+        // Unknown flag bits are ignored; a second byte after the flags is still garbage.
+        let mut newer = bytes.clone();
+        newer[7] += 1;
+        newer.push(0x81);
+        assert_eq!(frame::decode_exact::<ToHost>(&newer).unwrap(), hello(true));
+        let mut longer = bytes;
+        longer[7] += 2;
+        longer.extend_from_slice(&[0, 0]);
+        assert!(matches!(
+            frame::decode_exact::<ToHost>(&longer),
+            Err(ProtoError::TrailingBytes { count: 1 })
+        ));
     }
 }

@@ -39,11 +39,14 @@ fn datagram() -> impl Strategy<Value = Datagram> {
 
 fn to_host() -> impl Strategy<Value = ToHost> {
     prop_oneof![
-        (name(), any::<u32>(), any::<u32>()).prop_map(|(vm, cid, port)| ToHost::Hello(VmHello {
-            vm,
-            cid,
-            port
-        })),
+        (name(), any::<u32>(), any::<u32>(), any::<bool>()).prop_map(
+            |(vm, cid, port, takes_sockets)| ToHost::Hello(VmHello {
+                vm,
+                cid,
+                port,
+                takes_sockets,
+            })
+        ),
         (sockv4(), any::<bool>(), any::<bool>()).prop_map(|(dest, pass_fd, nonblocking)| {
             ToHost::Connect(ConnectRequest {
                 dest,

@@ -435,6 +435,8 @@ fn attach_vsock(
         host_socket: host_socket.to_path_buf(),
         listen_socket: Some(listen_socket),
         peer_uids: cfg.vsock_peer_uids_resolved(host_socket),
+        // Outbound guest connections are bridged to the socket host-server passes (#14).
+        take_sockets: true,
     })?;
     let irq = IrqLine::new(irq_evt);
     let irq_status = irq.status();

@@ -31,7 +31,9 @@
 //! `epoll_ctl` (a driver reset of the vsock device, an MMIO write, drops its connections);
 //! event loop — `epoll_wait`/`epoll_ctl`, `read` (stdin, eventfds, timers), the vsock
 //! muxer's Unix sockets (`accept4` on the VM's socket, `socket`+`connect` to host-server, data
-//! by std's `recvfrom`/`sendto`, `shutdown`, std's `ioctl(FIONBIO)`), `timerfd_settime`, and
+//! by std's `recvfrom`/`sendto`, `shutdown`, std's `ioctl(FIONBIO)`), the sockets host-server
+//! passes (`recvmsg` with SCM_RIGHTS, `getsockopt(SO_TYPE)` to check them, then the same data
+//! calls; never created here), `timerfd_settime`, and
 //! systemd's watchdog datagram (`socket`+`sendto`); stop-signal waiter — `poll` and `read`
 //! of its eventfd (the graceful stop's timeout); main — the `STOPPING=1` datagram, `ioctl(TCGETS/TCSETS)` to restore the terminal,
 //! and `rt_sigaction`+`kill` to end by the stop signal. Arguments are checked where that is
@@ -384,6 +386,18 @@ pub fn allow_list(role: Role, pid: u32) -> AllowList {
                 &[
                     Arg::Eq(1, libc::SOL_SOCKET as u64),
                     Arg::Eq(2, libc::SO_PEERCRED as u64),
+                ],
+            );
+            // Sockets host-server passes with an answer (vsock connection): received with
+            // recvmsg (SCM_RIGHTS), checked to be SOCK_STREAM (SO_TYPE), then read, written
+            // and shut down like the Unix streams above (recvfrom, sendto, shutdown, FIONBIO).
+            // The VMM never creates such a socket: `socket` stays AF_UNIX only.
+            l.any(&[libc::SYS_recvmsg]);
+            l.when(
+                libc::SYS_getsockopt,
+                &[
+                    Arg::Eq(1, libc::SOL_SOCKET as u64),
+                    Arg::Eq(2, libc::SO_TYPE as u64),
                 ],
             );
             l.when(

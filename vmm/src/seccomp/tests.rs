@@ -4,6 +4,7 @@
 //! call).
 
 use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Output};
@@ -224,6 +225,52 @@ fn the_event_loop_speaks_unix_sockets_only() {
     assert!(!allowed(r, libc::SYS_listen, &[]));
 }
 
+/// The sockets host-server passes (vsock connections bridged to them): received and checked
+/// (recvmsg, SO_TYPE), used (the data calls above), never made or reconfigured here.
+#[test]
+fn the_event_loop_takes_passed_sockets_but_never_makes_one() {
+    let r = Role::EventLoop;
+    let sol_socket = libc::SOL_SOCKET as u64;
+    assert!(allowed(r, libc::SYS_recvmsg, &[]));
+    assert!(allowed(
+        r,
+        libc::SYS_getsockopt,
+        &[5, sol_socket, libc::SO_TYPE as u64]
+    ));
+    assert!(allowed(
+        r,
+        libc::SYS_getsockopt,
+        &[5, sol_socket, libc::SO_PEERCRED as u64]
+    ));
+    for (level, name) in [
+        (sol_socket, libc::SO_RCVBUF as u64),
+        (sol_socket, libc::SO_ERROR as u64),
+        (libc::IPPROTO_TCP as u64, libc::TCP_INFO as u64),
+    ] {
+        assert!(!allowed(r, libc::SYS_getsockopt, &[5, level, name]));
+    }
+    for family in [AF_INET, AF_INET6] {
+        for ty in [STREAM, DGRAM, STREAM | CLOEXEC] {
+            assert!(
+                !allowed(r, libc::SYS_socket, &[family, ty]),
+                "{family} {ty}"
+            );
+        }
+    }
+    for nr in [
+        libc::SYS_setsockopt,
+        libc::SYS_sendmsg,
+        libc::SYS_bind,
+        libc::SYS_socketpair,
+    ] {
+        assert!(!allowed(r, nr, &[]), "{nr}");
+    }
+    // No other thread receives sockets.
+    for other in [Role::Vcpu, Role::Console, Role::StopSignals, Role::Main] {
+        assert!(!allowed(other, libc::SYS_recvmsg, &[]), "{}", other.name());
+    }
+}
+
 #[test]
 fn the_console_and_the_signal_waiter_only_write_and_read() {
     assert!(!allowed(Role::Console, libc::SYS_read, &[]));
@@ -358,6 +405,20 @@ fn event_loop_calls(filters: &Filters) {
     listener.set_nonblocking(true).expect("nonblocking");
     let mut timer = vmm_sys_util::timerfd::TimerFd::new().expect("timerfd");
     let irq = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
+    let (answers, host_server) = UnixStream::pair().expect("socketpair");
+    let (passed, mut passed_peer) = UnixStream::pair().expect("socketpair");
+    {
+        use std::os::fd::AsFd;
+        let sent = outsock_fdpass::sendmsg_fd::<outsock_fdpass::Libc>(
+            host_server.as_raw_fd(),
+            b"answer",
+            passed.as_fd().as_raw_fd(),
+            0,
+        )
+        .expect("sendmsg");
+        assert_eq!(sent, 6);
+    }
+    drop(passed);
 
     filters.apply(Role::EventLoop).expect("install");
     use std::io::{Read, Write};
@@ -373,6 +434,31 @@ fn event_loop_calls(filters: &Filters) {
     assert_eq!(&buf, b"hello");
     out.shutdown(std::net::Shutdown::Write).expect("shutdown");
     drop((out, inbound));
+    // A socket passed as host-server passes it (made before the filter, as host-server makes
+    // it in its own process): received with the answer, checked, then data both ways.
+    let mut got = [0u8; 6];
+    let (n, fd) = outsock_fdpass::recv_with_fd(answers.as_raw_fd(), &mut got).expect("recvmsg");
+    assert_eq!(&got[..n], b"answer");
+    let fd = fd.expect("a socket came with the answer");
+    assert_eq!(
+        rustix::net::sockopt::socket_type(&fd).expect("SO_TYPE"),
+        rustix::net::SocketType::STREAM
+    );
+    let mut bridged = UnixStream::from(fd);
+    bridged.set_nonblocking(true).expect("FIONBIO");
+    bridged.write_all(b"to the world").expect("write");
+    let mut there = [0u8; 12];
+    passed_peer.read_exact(&mut there).expect("read");
+    assert_eq!(&there, b"to the world");
+    passed_peer.write_all(b"back").expect("write");
+    let mut back = [0u8; 4];
+    bridged.set_nonblocking(false).expect("FIONBIO");
+    bridged.read_exact(&mut back).expect("read");
+    assert_eq!(&back, b"back");
+    bridged
+        .shutdown(std::net::Shutdown::Write)
+        .expect("shutdown");
+    drop((bridged, answers, host_server, passed_peer));
     // Timers, eventfds, the watchdog's datagram, growing memory.
     timer
         .reset(std::time::Duration::from_millis(500), None)

@@ -1,5 +1,6 @@
 //! One bridged vsock stream: the guest side (ports, credit, the packets it still owes the
-//! guest) and the host side (a non-blocking Unix stream with a bounded outgoing buffer).
+//! guest) and the host side (a non-blocking Unix stream, or the socket host-server passed,
+//! with a bounded outgoing buffer).
 //!
 //! Credit (virtio 1.2 §5.10.6.3): every header we send advertises `buf_alloc` =
 //! [`TX_BUF_SIZE`] and `fwd_cnt` = guest bytes actually written to the Unix stream. A guest
@@ -7,12 +8,41 @@
 //! buffer is bounded by construction and overflowing it means the guest ignored credit: RST.
 //! In the other direction we read from the Unix stream only as much as the guest's advertised
 //! credit allows, and stop polling the stream while it is exhausted.
+//!
+//! **A passed socket** (a guest connection to host-server through a muxer that takes sockets,
+//! [`Connection::peer_init`] with `take_sockets`): the hello says so, and the connection
+//! forwards only the guest's first frame (the request, its length read from the frame header)
+//! and holds every later guest byte (bounded by credit, as always) until host-server's answer
+//! has arrived. The answer is read with `recvmsg` and never past its end, so that a socket
+//! attached to it (SCM_RIGHTS on its first byte) is seen before anything else; the answer's
+//! bytes go to the guest as they are. With a socket attached, once the whole answer is in, the
+//! connection swaps its stream: the passed socket becomes the data stream (the held bytes and
+//! every later guest byte go to it, what it reads goes to the guest, half-closes apply to it)
+//! and the host.sock stream is kept, unread, as the control stream that host-server waits on:
+//! it closes when the connection is dropped, whichever side ended it. Without one, the
+//! connection goes on relaying through host.sock. What may be attached is checked: one socket
+//! of type `SOCK_STREAM` with the answer's first bytes; anything else (another type, a
+//! descriptor on a later read) is closed and the connection reset. A host connection on the
+//! VM's socket may get its socket the same way ([`Connection::taking_a_socket`]: host-server's
+//! `Inbound` frame is read as an answer), but holds no guest bytes: a host client that sends
+//! no frame is bridged exactly as before.
+//!
+//! **One copy each way** (the data path of a passed socket, and of the relay's Unix stream
+//! too): a guest RW packet whose bytes can go at once ([`Connection::send_direct`]: nothing
+//! buffered before them) is written to the stream straight from guest memory, and only what
+//! the stream does not take is copied into the buffer; a packet for the guest is read from the
+//! stream straight into the guest's RX buffer ([`RxBuf`] over guest memory).
 
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
 use std::num::Wrapping;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
+
+use shared_proto::frame::{frame_len, HEADER_LEN};
+use vm_memory::bitmap::BitmapSlice;
+use vm_memory::{Bytes, ReadVolatile, VolatileMemoryError, VolatileSlice, WriteVolatile};
 
 use vmm_sys_util::epoll::EventSet;
 
@@ -38,6 +68,106 @@ pub enum State {
     Established,
     /// Being torn down: only an RST (if pending) is left to send.
     Closed,
+}
+
+/// Which of the guest's buffered bytes may go to the stream yet (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gate {
+    /// All of them.
+    Open,
+    /// None until the guest's first frame header is in: its length says where the request
+    /// ends.
+    Header,
+    /// This many more (the rest of the request); then none until the answer arrived.
+    Request(usize),
+}
+
+/// Reading host-server's answer on a connection that may get a socket.
+#[derive(Debug, Default)]
+struct Answer {
+    /// The answer's header as far as it has arrived.
+    head: Vec<u8>,
+    /// Body bytes still to come, once the header is in.
+    left: Option<usize>,
+    /// The socket that came with the answer, checked, waiting for the answer's end.
+    socket: Option<OwnedFd>,
+}
+
+impl Answer {
+    /// How many bytes the next read may take without passing the answer's end.
+    fn room(&self) -> usize {
+        self.left.unwrap_or(HEADER_LEN - self.head.len())
+    }
+
+    fn complete(&self) -> bool {
+        self.left == Some(0)
+    }
+}
+
+/// Where a packet for the guest puts its payload: the guest's RX buffer itself (a
+/// [`VolatileSlice`] of guest memory: the read from the stream is the only copy), or plain bytes.
+pub trait RxBuf {
+    /// Room for payload.
+    fn room(&self) -> usize;
+    /// One read from `stream` into the first `max` bytes.
+    ///
+    /// # Errors
+    /// The read's error.
+    fn read_from(&mut self, stream: &UnixStream, max: usize) -> std::io::Result<usize>;
+    /// Copies `bytes` to the start.
+    ///
+    /// # Errors
+    /// When `bytes` does not fit.
+    fn put(&mut self, bytes: &[u8]) -> std::io::Result<()>;
+}
+
+impl RxBuf for [u8] {
+    fn room(&self) -> usize {
+        self.len()
+    }
+
+    fn read_from(&mut self, mut stream: &UnixStream, max: usize) -> std::io::Result<usize> {
+        stream.read(&mut self[..max])
+    }
+
+    fn put(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.get_mut(..bytes.len())
+            .ok_or_else(|| std::io::Error::from(ErrorKind::InvalidInput))?
+            .copy_from_slice(bytes);
+        Ok(())
+    }
+}
+
+impl<B: BitmapSlice> RxBuf for VolatileSlice<'_, B> {
+    fn room(&self) -> usize {
+        self.len()
+    }
+
+    fn read_from(&mut self, mut stream: &UnixStream, max: usize) -> std::io::Result<usize> {
+        let mut part = self.subslice(0, max).map_err(io_error)?;
+        stream.read_volatile(&mut part).map_err(io_error)
+    }
+
+    fn put(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.write_slice(bytes, 0).map_err(io_error)
+    }
+}
+
+/// vm-memory's error as the I/O error it carries (or as one).
+fn io_error(e: VolatileMemoryError) -> std::io::Error {
+    match e {
+        VolatileMemoryError::IOError(e) => e,
+        other => std::io::Error::other(other),
+    }
+}
+
+/// Why a descriptor that came with the answer was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Not on the answer's first bytes, or a second one.
+    Unexpected,
+    /// Not a socket, or not `SOCK_STREAM`.
+    NotAStreamSocket,
 }
 
 mod pending {
@@ -80,21 +210,39 @@ pub struct Connection {
     pub(super) queued: bool,
     /// What the muxer's epoll watches for this stream (None: not registered).
     pub(super) registered: Option<EventSet>,
+    /// Which buffered guest bytes may go to the stream.
+    gate: Gate,
+    /// While host-server's answer is awaited on a connection that may get a socket.
+    answer: Option<Answer>,
+    /// After a swap to a passed socket: the host.sock stream, open until the connection ends.
+    control: Option<UnixStream>,
+    /// The stream that was swapped out, until the muxer has moved its epoll registration.
+    swapped_from: Option<RawFd>,
+    /// A descriptor that came with the answer and was refused (for tests and logs).
+    refused: Option<Refused>,
 }
 
 impl Connection {
     /// A guest connection to the host: the host side is connected, RESPONSE goes out next,
     /// and `prefix` (the VM hello) precedes the guest's bytes.
+    ///
+    /// With `take_sockets` (the hello said so), host-server may answer with the connection's
+    /// socket attached; see the module docs.
     pub fn peer_init(
         stream: UnixStream,
         peer_cid: u64,
         local_port: u32,
         peer_port: u32,
         prefix: Vec<u8>,
+        take_sockets: bool,
     ) -> Self {
         let mut c = Self::new(stream, State::PeerInit, peer_cid, local_port, peer_port);
         c.prefix = prefix;
         c.pending = pending::RESPONSE;
+        if take_sockets {
+            c.gate = Gate::Header;
+            c.answer = Some(Answer::default());
+        }
         c
     }
 
@@ -105,6 +253,16 @@ impl Connection {
         c.pending = pending::REQUEST;
         c.expiry = Some(Instant::now() + TIMEOUT);
         c
+    }
+
+    /// A host connection whose first frame from the host side (host-server's `Inbound`) may
+    /// bring the accepted socket: read as an answer is (see the module docs), without holding
+    /// any guest bytes (the guest reads that frame before it says anything, and one that does
+    /// not only garbles its own connection).
+    #[must_use]
+    pub fn taking_a_socket(mut self) -> Self {
+        self.answer = Some(Answer::default());
+        self
     }
 
     fn new(
@@ -136,11 +294,38 @@ impl Connection {
             expiry: None,
             queued: false,
             registered: None,
+            gate: Gate::Open,
+            answer: None,
+            control: None,
+            swapped_from: None,
+            refused: None,
         }
     }
 
+    /// The data stream: the host.sock stream, or the passed socket once it came.
     pub fn stream(&self) -> &UnixStream {
         &self.stream
+    }
+
+    /// Whether the connection is bridged to a socket host-server passed.
+    pub fn is_passed(&self) -> bool {
+        self.control.is_some()
+    }
+
+    /// The host.sock stream kept open beside a passed socket.
+    pub fn control(&self) -> Option<&UnixStream> {
+        self.control.as_ref()
+    }
+
+    /// Why a descriptor that came with host-server's answer was refused, if one was.
+    pub fn refused(&self) -> Option<Refused> {
+        self.refused
+    }
+
+    /// The fd of the stream this connection swapped out for a passed socket, once: the muxer
+    /// takes it out of its epoll and its fd map.
+    pub(super) fn take_swapped_from(&mut self) -> Option<RawFd> {
+        self.swapped_from.take()
     }
 
     pub fn state(&self) -> State {
@@ -247,11 +432,7 @@ impl Connection {
             self.pending = 0;
             return;
         }
-        self.peer_buf_alloc = hdr.buf_alloc;
-        self.peer_fwd_cnt = Wrapping(hdr.fwd_cnt);
-        if self.peer_credit() > 0 {
-            self.credit_requested = false;
-        }
+        self.take_credit(hdr);
         match (self.state, hdr.op) {
             (State::LocalInit, op::RESPONSE) => {
                 self.state = State::Established;
@@ -276,6 +457,58 @@ impl Connection {
             (State::Established, op::CREDIT_REQUEST) => self.pending |= pending::CREDIT_UPDATE,
             _ => self.reset(),
         }
+    }
+
+    /// The guest's credit, as every header it sends carries it.
+    fn take_credit(&mut self, hdr: &Header) {
+        self.peer_buf_alloc = hdr.buf_alloc;
+        self.peer_fwd_cnt = Wrapping(hdr.fwd_cnt);
+        if self.peer_credit() > 0 {
+            self.credit_requested = false;
+        }
+    }
+
+    /// A guest RW packet whose payload is still in guest memory: written to the stream straight
+    /// from there when nothing waits before it (one copy); whatever the stream does not take
+    /// now is buffered as usual. Returns false, having done nothing, when the packet must go
+    /// through [`Self::send_pkt`] instead (any other packet or state).
+    pub fn send_direct<B: BitmapSlice>(
+        &mut self,
+        hdr: &Header,
+        data: &VolatileSlice<'_, B>,
+    ) -> bool {
+        if self.state != State::Established
+            || hdr.op != op::RW
+            || !self.tx_buf.is_empty()
+            || !self.prefix.is_empty()
+            || self.gate != Gate::Open
+            || self.peer_shut & SHUTDOWN_SEND != 0
+            || data.len() > TX_BUF_SIZE as usize
+        {
+            return false;
+        }
+        self.take_credit(hdr);
+        let mut stream = &self.stream;
+        let written = match stream.write_volatile(data).map_err(io_error) {
+            Ok(n) => n,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => 0,
+            Err(_) => {
+                self.reset();
+                return true;
+            }
+        };
+        self.fwd_cnt += Wrapping(written as u32);
+        Metrics::add(&METRICS.vsock_tx_bytes, written as u64);
+        if written < data.len() {
+            let mut rest = vec![0u8; data.len() - written];
+            if data.read_slice(&mut rest, written).is_err() {
+                self.reset();
+                return true;
+            }
+            self.tx_buf.extend(rest);
+        }
+        self.flush();
+        true
     }
 
     fn push_data(&mut self, data: &[u8]) {
@@ -307,12 +540,20 @@ impl Connection {
             }
         }
         while !self.tx_buf.is_empty() {
+            let allowed = self.writable();
+            if allowed == 0 {
+                break;
+            }
             let (front, _) = self.tx_buf.as_slices();
+            let front = &front[..front.len().min(allowed)];
             match self.stream.write(front) {
                 Ok(n) => {
                     self.tx_buf.drain(..n);
                     self.fwd_cnt += Wrapping(n as u32);
                     Metrics::add(&METRICS.vsock_tx_bytes, n as u64);
+                    if let Gate::Request(left) = &mut self.gate {
+                        *left -= n;
+                    }
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
@@ -322,7 +563,8 @@ impl Connection {
         if (self.fwd_cnt - self.last_fwd_cnt_sent).0 >= CREDIT_UPDATE_AFTER {
             self.pending |= pending::CREDIT_UPDATE;
         }
-        if !self.tx_buf.is_empty() {
+        if !self.tx_buf.is_empty() || self.gate != Gate::Open {
+            // A half-close waits for the held bytes, and for the stream they go to.
             return;
         }
         if self.peer_shut & SHUTDOWN_SEND != 0 && !self.write_shut {
@@ -333,6 +575,99 @@ impl Connection {
         if self.peer_shut == both || (self.peer_shut & SHUTDOWN_SEND != 0 && self.local_eof) {
             self.reset();
         }
+    }
+
+    /// How many of the buffered guest bytes may be written now (see [`Gate`]).
+    fn writable(&mut self) -> usize {
+        if self.gate == Gate::Header {
+            if self.tx_buf.len() < HEADER_LEN {
+                return 0;
+            }
+            let head: Vec<u8> = self.tx_buf.iter().take(HEADER_LEN).copied().collect();
+            self.gate = match frame_len(&head) {
+                Ok(Some(total)) => Gate::Request(total),
+                // Not a frame: host-server will refuse it; nothing is held back.
+                _ => Gate::Open,
+            };
+        }
+        match self.gate {
+            Gate::Open => self.tx_buf.len(),
+            Gate::Header => 0,
+            Gate::Request(left) => left.min(self.tx_buf.len()),
+        }
+    }
+
+    /// Reads up to `max` bytes for the guest into `buf`: from the stream, or while host-server's
+    /// answer is awaited, the answer (never past its end) with whatever descriptor comes with
+    /// it.
+    fn read_for_guest<T: RxBuf + ?Sized>(
+        &mut self,
+        buf: &mut T,
+        max: usize,
+    ) -> std::io::Result<usize> {
+        let Some(answer) = self.answer.as_mut() else {
+            return buf.read_from(&self.stream, max);
+        };
+        // The answer is a few bytes; it goes through this buffer (recvmsg takes plain memory).
+        let mut bytes = [0u8; 256];
+        let max = max.min(answer.room()).min(bytes.len());
+        let (n, fd) = outsock_fdpass::recv_with_fd(self.stream.as_raw_fd(), &mut bytes[..max])?;
+        if let Some(fd) = fd {
+            let refusal = if !answer.head.is_empty() || answer.socket.is_some() {
+                Some(Refused::Unexpected)
+            } else if rustix::net::sockopt::socket_type(&fd).ok()
+                != Some(rustix::net::SocketType::STREAM)
+            {
+                Some(Refused::NotAStreamSocket)
+            } else {
+                answer.socket = Some(fd);
+                None
+            };
+            if let Some(r) = refusal {
+                // The descriptor (if not kept above) closes here.
+                self.refused = Some(r);
+                return Err(ErrorKind::InvalidData.into());
+            }
+        }
+        let got = &bytes[..n];
+        buf.put(got)?;
+        match answer.left.as_mut() {
+            Some(left) => *left -= n,
+            None => {
+                answer.head.extend_from_slice(got);
+                if answer.head.len() == HEADER_LEN {
+                    match frame_len(&answer.head) {
+                        Ok(Some(total)) => answer.left = Some(total - HEADER_LEN),
+                        // Not a frame: no socket is taken; the stream is relayed.
+                        _ => answer.left = Some(0),
+                    }
+                }
+            }
+        }
+        if n > 0 && answer.complete() {
+            self.answer_done()?;
+        }
+        Ok(n)
+    }
+
+    /// The whole answer is in: swap to the socket that came with it, if one did, and let the
+    /// held guest bytes go.
+    fn answer_done(&mut self) -> std::io::Result<()> {
+        let Some(answer) = self.answer.take() else {
+            return Ok(());
+        };
+        if let Some(fd) = answer.socket {
+            let socket = UnixStream::from(fd);
+            socket.set_nonblocking(true)?;
+            let control = std::mem::replace(&mut self.stream, socket);
+            self.swapped_from = Some(control.as_raw_fd());
+            self.control = Some(control);
+            // Whatever the peer sent already is picked up at once.
+            self.want_rw = true;
+        }
+        self.gate = Gate::Open;
+        self.flush();
+        Ok(())
     }
 
     fn header(&self, op: u16) -> Header {
@@ -352,7 +687,7 @@ impl Connection {
 
     /// The next packet for the guest, its payload (if any) in `buf[..len]`; `None` when there
     /// is nothing to send now.
-    pub fn recv_pkt(&mut self, buf: &mut [u8]) -> Option<Header> {
+    pub fn recv_pkt<T: RxBuf + ?Sized>(&mut self, buf: &mut T) -> Option<Header> {
         let h = self.next_pkt(buf)?;
         // Every header carries our credit: the guest's view is fresh again.
         self.last_fwd_cnt_sent = Wrapping(h.fwd_cnt);
@@ -366,7 +701,7 @@ impl Connection {
         had
     }
 
-    fn next_pkt(&mut self, buf: &mut [u8]) -> Option<Header> {
+    fn next_pkt<T: RxBuf + ?Sized>(&mut self, buf: &mut T) -> Option<Header> {
         if self.take(pending::RST) {
             self.pending = 0;
             return Some(self.header(op::RST));
@@ -390,9 +725,9 @@ impl Connection {
                     return Some(self.header(op::CREDIT_REQUEST));
                 }
             } else {
-                let max = buf.len().min(credit as usize);
+                let max = buf.room().min(credit as usize);
                 if max > 0 {
-                    match self.stream.read(&mut buf[..max]) {
+                    match self.read_for_guest(buf, max) {
                         Ok(0) => {
                             self.local_eof = true;
                             self.want_rw = false;

@@ -2,10 +2,12 @@
 //! [`Muxer`]. The event thread drives it through [`super::handler::VsockHandler`].
 //!
 //! TX (guest→host) chains are always consumed: a packet is parsed with virtio-vsock's
-//! `VsockPacket`, copied out and handed to the muxer; a chain that does not parse is returned
-//! unused (the guest driver never builds one; a hostile guest only loses its own packet). RX
-//! chains are filled only while the muxer has something to say; a chain it cannot use now is
-//! put back.
+//! `VsockPacket`; its payload is written by the muxer straight from guest memory to the
+//! connection's stream when it can go at once (`Muxer::send_direct`), otherwise copied out and
+//! handed to the muxer; a chain that does not parse is returned unused (the guest driver never
+//! builds one; a hostile guest only loses its own packet). RX chains are filled only while the
+//! muxer has something to say, the payload read from the stream straight into the chain's
+//! data buffer; a chain it cannot use now is put back.
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use virtio_vsock::packet::{VsockPacket, PKT_HEADER_SIZE};
@@ -25,7 +27,6 @@ pub struct VsockDevice {
     queues: Vec<Queue>,
     irq: IrqLine,
     muxer: Muxer,
-    rx_buf: Vec<u8>,
     tx_buf: Vec<u8>,
 }
 
@@ -37,7 +38,6 @@ impl VsockDevice {
             queues: Vec::new(),
             irq,
             muxer,
-            rx_buf: vec![0; MAX_PKT_DATA as usize],
             tx_buf: Vec::with_capacity(MAX_PKT_DATA as usize),
         }
     }
@@ -60,6 +60,15 @@ impl VsockDevice {
             let head = chain.head_index();
             if let Ok(pkt) = VsockPacket::from_tx_virtq_chain(&self.mem, &mut chain, MAX_PKT_DATA) {
                 let hdr = Header::from_packet(&pkt);
+                // Straight from guest memory to the stream where it can go at once.
+                if pkt
+                    .data_slice()
+                    .is_some_and(|data| self.muxer.send_direct(&hdr, data))
+                {
+                    let _ = q.add_used(&self.mem, head, 0);
+                    used = true;
+                    continue;
+                }
                 self.tx_buf.clear();
                 if let Some(data) = pkt.data_slice() {
                     self.tx_buf.resize(data.len(), 0);
@@ -89,22 +98,19 @@ impl VsockDevice {
             let head = chain.head_index();
             let len = match VsockPacket::from_rx_virtq_chain(&self.mem, &mut chain, MAX_PKT_DATA) {
                 Ok(mut pkt) => {
-                    let cap = pkt.data_slice().map_or(0, vm_memory::VolatileSlice::len);
-                    let cap = cap.min(self.rx_buf.len());
-                    let Some(mut h) = self.muxer.recv_pkt(&mut self.rx_buf[..cap]) else {
+                    // The payload is read straight into the guest's buffer.
+                    let data = pkt
+                        .data_slice()
+                        .and_then(|d| d.subslice(0, d.len().min(MAX_PKT_DATA as usize)).ok());
+                    let h = match data {
+                        Some(mut d) => self.muxer.recv_pkt(&mut d),
+                        None => self.muxer.recv_pkt(&mut [][..]),
+                    };
+                    let Some(h) = h else {
                         // Nothing after all: the chain goes back for later.
                         q.go_to_previous_position();
                         break;
                     };
-                    if h.len > 0 {
-                        let data = &self.rx_buf[..h.len as usize];
-                        if pkt
-                            .data_slice()
-                            .is_none_or(|d| d.write_slice(data, 0).is_err())
-                        {
-                            h.len = 0;
-                        }
-                    }
                     h.write_to(&mut pkt);
                     PKT_HEADER_SIZE as u32 + h.len
                 }

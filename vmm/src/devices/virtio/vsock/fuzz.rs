@@ -246,6 +246,17 @@ pub fn activated_device(
     host_socket: &Path,
     listen_socket: Option<&Path>,
 ) -> VsockDevice {
+    activated_device_with(guest, cid, host_socket, listen_socket, false)
+}
+
+/// [`activated_device`] whose muxer takes sockets (`MuxerConfig::take_sockets`) when asked.
+pub fn activated_device_with(
+    guest: &FakeGuest,
+    cid: u64,
+    host_socket: &Path,
+    listen_socket: Option<&Path>,
+    take_sockets: bool,
+) -> VsockDevice {
     let muxer = Muxer::new(MuxerConfig {
         vm: "vm0".into(),
         cid,
@@ -253,6 +264,7 @@ pub fn activated_device(
         listen_socket: listen_socket.map(Path::to_path_buf),
         // The fuzzer's host side connects as this process.
         peer_uids: vec![rustix::process::getuid().as_raw()],
+        take_sockets,
     })
     .expect("muxer");
     let irq = IrqLine::new(EventFd::new(libc::EFD_NONBLOCK).expect("eventfd"));

@@ -3,9 +3,14 @@
 //!
 //! - a guest connection to CID 2 port P becomes a new Unix stream to host-server's socket, on
 //!   which the VMM first writes a `VmHello { vm, cid, port: P }` frame — before any guest byte,
-//!   so a guest can never speak for another VM;
+//!   so a guest can never speak for another VM; the hello says the VMM takes sockets, and
+//!   when host-server answers an outbound connect with the connected IPv6 socket attached
+//!   (SCM_RIGHTS), the guest connection is bridged straight to that socket (one copy each
+//!   way) while the Unix stream stays open, unread, until the connection ends, so that
+//!   host-server knows when to give back its pins and limits (see [`connection`]);
 //! - a host process connects to the VM's own Unix socket and writes `CONNECT <port>\n`; once the
-//!   guest accepts on that port the VMM answers `OK <host port>\n` and the stream is bridged.
+//!   guest accepts on that port the VMM answers `OK <host port>\n` and the stream is bridged
+//!   (host-server's first frame, `Inbound`, may bring the accepted socket, as above).
 //!
 //! Layers, each importing only those before it: [`defs`] (the shared constants, re-exported
 //! here), [`packet`] (the 44-byte header as plain data), [`connection`] (one bridged stream:

@@ -8,6 +8,11 @@
 //! stream cannot starve the others; RSTs for packets that match no connection wait in a small
 //! bounded queue of their own.
 //!
+//! With [`MuxerConfig::take_sockets`], each hello tells host-server that this VMM takes the
+//! sockets of guest connections: a connection whose answer brings one is bridged straight to it
+//! (see [`super::connection`]), and its host.sock stream stays open, unwatched, until the
+//! connection ends.
+//!
 //! Who may `CONNECT` on the VM's socket is decided by the kernel's SO_PEERCRED of each peer,
 //! against [`MuxerConfig::peer_uids`] (host-server's uid, root, the VMM's own): any other peer's
 //! stream is closed at once, without reading its line and without an `OK` (the hybrid-vsock
@@ -26,7 +31,10 @@ use shared_proto::outsource::{ToHost, VmHello};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::timerfd::TimerFd;
 
-use super::connection::{Connection, TIMEOUT};
+use vm_memory::bitmap::BitmapSlice;
+use vm_memory::VolatileSlice;
+
+use super::connection::{Connection, RxBuf, TIMEOUT};
 use super::defs::HOST_CID;
 use super::packet::{op, Header, TYPE_STREAM};
 use crate::metrics::{Metrics, METRICS};
@@ -54,6 +62,9 @@ pub struct MuxerConfig {
     pub listen_socket: Option<PathBuf>,
     /// The uids (SO_PEERCRED) that may connect to `listen_socket`; every other peer is refused.
     pub peer_uids: Vec<u32>,
+    /// Tell host-server (in each hello) that this VMM takes the sockets of guest connections,
+    /// and bridge a connection to the socket when one comes (see `connection`'s docs).
+    pub take_sockets: bool,
 }
 
 /// The VM socket's permission bits: the VMM's user and group (host-server's, in the shipped
@@ -96,6 +107,8 @@ pub struct Muxer {
     orphan_rsts: VecDeque<Header>,
     next_port: u32,
     refused_peers: u64,
+    passed_sockets: u64,
+    refused_sockets: u64,
 }
 
 impl Muxer {
@@ -155,12 +168,24 @@ impl Muxer {
             orphan_rsts: VecDeque::new(),
             next_port: LOCAL_PORT_FIRST,
             refused_peers: 0,
+            passed_sockets: 0,
+            refused_sockets: 0,
         })
     }
 
     /// Peers refused on the VM's socket because of their SO_PEERCRED uid.
     pub fn refused_peers(&self) -> u64 {
         self.refused_peers
+    }
+
+    /// Guest connections bridged to a socket host-server passed.
+    pub fn passed_sockets(&self) -> u64 {
+        self.passed_sockets
+    }
+
+    /// Descriptors host-server attached that were refused (their connections reset).
+    pub fn refused_sockets(&self) -> u64 {
+        self.refused_sockets
     }
 
     /// Whether the peer of `stream` may `CONNECT`: its uid is in `peer_uids`.
@@ -244,6 +269,28 @@ impl Muxer {
         }
     }
 
+    /// A guest RW packet whose payload is still in guest memory: written straight to its
+    /// connection's stream when it can be (see [`Connection::send_direct`]). Returns false,
+    /// having done nothing, when the caller must copy it out and use [`Self::send_pkt`].
+    pub fn send_direct<B: BitmapSlice>(
+        &mut self,
+        hdr: &Header,
+        data: &VolatileSlice<'_, B>,
+    ) -> bool {
+        if hdr.src_cid != self.cfg.cid || hdr.dst_cid != HOST_CID || hdr.type_ != TYPE_STREAM {
+            return false;
+        }
+        let key = (hdr.dst_port, hdr.src_port);
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return false;
+        };
+        if !conn.send_direct(hdr, data) {
+            return false;
+        }
+        self.update(key);
+        true
+    }
+
     /// A guest connection to CID 2 port P: a new stream to host-server, the hello first.
     fn guest_connect(&mut self, hdr: &Header) {
         if self.conns.len() >= MAX_CONNECTIONS {
@@ -253,6 +300,7 @@ impl Muxer {
             vm: self.cfg.vm.clone(),
             cid: self.cfg.cid as u32,
             port: hdr.dst_port,
+            takes_sockets: self.cfg.take_sockets,
         })) else {
             return self.orphan_rst(hdr);
         };
@@ -262,8 +310,14 @@ impl Muxer {
             _ => return self.orphan_rst(hdr),
         };
         let key = (hdr.dst_port, hdr.src_port);
-        let mut conn =
-            Connection::peer_init(stream, self.cfg.cid, hdr.dst_port, hdr.src_port, port_hello);
+        let mut conn = Connection::peer_init(
+            stream,
+            self.cfg.cid,
+            hdr.dst_port,
+            hdr.src_port,
+            port_hello,
+            self.cfg.take_sockets,
+        );
         conn.send_pkt(hdr, &[]);
         self.by_fd.insert(conn.stream().as_raw_fd(), key);
         self.conns.insert(key, conn);
@@ -272,7 +326,7 @@ impl Muxer {
     }
 
     /// The next packet for the guest, payload in `buf[..len]`.
-    pub fn recv_pkt(&mut self, buf: &mut [u8]) -> Option<Header> {
+    pub fn recv_pkt<T: RxBuf + ?Sized>(&mut self, buf: &mut T) -> Option<Header> {
         if let Some(h) = self.orphan_rsts.pop_front() {
             return Some(h);
         }
@@ -302,6 +356,9 @@ impl Muxer {
             return;
         };
         if conn.is_done() {
+            if conn.refused().is_some() {
+                self.refused_sockets += 1;
+            }
             let fd = conn.stream().as_raw_fd();
             if conn.registered.is_some() {
                 let _ = self
@@ -311,6 +368,19 @@ impl Muxer {
             self.by_fd.remove(&fd);
             self.conns.remove(&key);
             return;
+        }
+        if let Some(old) = conn.take_swapped_from() {
+            // Bridged to a passed socket now: the host.sock stream (kept open as the control
+            // stream) is no longer watched; the socket is, from here on.
+            if conn.registered.take().is_some() {
+                let _ = self
+                    .epoll
+                    .ctl(ControlOperation::Delete, old, EpollEvent::default());
+            }
+            self.by_fd.remove(&old);
+            self.by_fd.insert(conn.stream().as_raw_fd(), key);
+            self.passed_sockets += 1;
+            Metrics::add(&METRICS.passed_sockets, 1);
         }
         let fd = conn.stream().as_raw_fd();
         let want = conn.interest();
@@ -507,7 +577,10 @@ impl Muxer {
             return;
         };
         let key = (local, port);
-        let conn = Connection::local_init(h.stream, self.cfg.cid, local, port);
+        let mut conn = Connection::local_init(h.stream, self.cfg.cid, local, port);
+        if self.cfg.take_sockets {
+            conn = conn.taking_a_socket();
+        }
         self.by_fd.insert(fd, key);
         self.conns.insert(key, conn);
         Metrics::add(&METRICS.vsock_host_connections, 1);

@@ -102,7 +102,8 @@ impl Rig {
             ToHost::Hello(VmHello {
                 vm: "vm0".into(),
                 cid: CID as u32,
-                port: HOST_PORT
+                port: HOST_PORT,
+                takes_sockets: false,
             })
         );
         s
@@ -471,6 +472,7 @@ fn muxer_admitting(dir: &std::path::Path, peer_uids: Vec<u32>) -> super::muxer::
         host_socket: dir.join("host.sock"),
         listen_socket: Some(dir.join("vm0.vsock")),
         peer_uids,
+        take_sockets: false,
     })
     .expect("muxer")
 }
@@ -523,4 +525,582 @@ fn the_vm_socket_is_0660_and_admits_peers_by_so_peercred() {
     );
     assert_eq!(m.refused_peers(), 0);
     assert_eq!(m.connection_count(), 1);
+}
+
+// ---- a socket passed by host-server (#14): the connection bridged straight to it ----------
+
+/// A guest connection through a muxer that takes sockets, played up to host-server's answer:
+/// the test plays host-server on `control` and the IPv6 peer on `peer` (a loopback TCP pair).
+struct Passed {
+    rig: Rig,
+    control: UnixStream,
+    peer: std::net::TcpStream,
+}
+
+fn request_frame() -> Vec<u8> {
+    shared_proto::to_vec(&ToHost::Connect(shared_proto::outsource::ConnectRequest {
+        dest: "10.170.160.9:80".parse().expect("addr"),
+        pass_fd: false,
+        nonblocking: false,
+    }))
+    .expect("frame")
+}
+
+fn connected_frame() -> Vec<u8> {
+    shared_proto::to_vec(&shared_proto::ToGuest::Connected {
+        local: "0.0.0.0:40123".parse().expect("addr"),
+        peer: "10.170.160.9:80".parse().expect("addr"),
+        fd_passed: false,
+        in_progress: false,
+    })
+    .expect("frame")
+}
+
+/// A connected TCP pair on loopback: (the end to pass, the peer's end).
+fn tcp_pair() -> (std::net::TcpStream, std::net::TcpStream) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    let a = std::net::TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
+    let (b, _) = l.accept().expect("accept");
+    b.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    (a, b)
+}
+
+/// Sends `frame` on host-server's end with `fd` attached, as host-server's handover does.
+fn answer_with(control: &UnixStream, frame: &[u8], fd: std::os::fd::BorrowedFd<'_>) {
+    use std::os::fd::AsRawFd;
+    let sent = outsock_fdpass::sendmsg_fd::<outsock_fdpass::Libc>(
+        control.as_raw_fd(),
+        frame,
+        fd.as_raw_fd(),
+        libc::MSG_NOSIGNAL,
+    )
+    .expect("sendmsg");
+    assert_eq!(sent, frame.len());
+}
+
+/// Whether `s` has nothing to read now (and is not closed).
+fn silent(s: &UnixStream) -> bool {
+    s.set_nonblocking(true).expect("nonblocking");
+    let r = (&*s).read(&mut [0u8; 64]);
+    s.set_nonblocking(false).expect("blocking");
+    matches!(r, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
+
+/// Reads `s` until EOF (true) or 3 s (false), running the device meanwhile.
+fn closes(rig: &mut Rig, s: &mut UnixStream) -> bool {
+    s.set_nonblocking(true).expect("nonblocking");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        match s.read(&mut [0u8; 64]) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return true,
+        }
+        rig.dev.process_backend();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    false
+}
+
+/// The payloads of the RW packets the guest gets until `n` bytes came (or 5 s passed).
+fn recv_bytes(rig: &mut Rig, n: usize) -> Vec<u8> {
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while got.len() < n && Instant::now() < deadline {
+        for (h, d) in rig.recv(1) {
+            assert_eq!(h.op, op::RW, "{h:?}");
+            got.extend(d);
+        }
+    }
+    got
+}
+
+impl Passed {
+    /// Connects, sends the request and `pipelined` guest bytes after it, checks that only the
+    /// hello and the request reached host-server, then answers with a loopback TCP socket.
+    fn open(pipelined: &[u8]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let host = UnixListener::bind(dir.path().join("host.sock")).expect("bind host.sock");
+        let guest = FakeGuest::new();
+        let dev = super::fuzz::activated_device_with(
+            &guest,
+            CID,
+            &dir.path().join("host.sock"),
+            None,
+            true,
+        );
+        let mut rig = Rig {
+            guest,
+            dev,
+            host,
+            dir,
+        };
+        rig.send(rig.hdr(op::REQUEST), &[]);
+        let (mut control, _) = rig.host.accept().expect("the VMM connected to host.sock");
+        control
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        assert_eq!(rig.recv(1)[0].0.op, op::RESPONSE);
+        // The request in two pieces, the header split, then pipelined bytes.
+        let req = request_frame();
+        rig.send(rig.hdr(op::RW), &req[..5]);
+        let mut rest = req[5..].to_vec();
+        rest.extend_from_slice(pipelined);
+        rig.send(rig.hdr(op::RW), &rest);
+        assert_eq!(
+            read_frame(&mut control),
+            ToHost::Hello(VmHello {
+                vm: "vm0".into(),
+                cid: CID as u32,
+                port: HOST_PORT,
+                takes_sockets: true,
+            })
+        );
+        assert!(matches!(read_frame(&mut control), ToHost::Connect(_)));
+        rig.dev.process_backend();
+        assert!(
+            silent(&control),
+            "pipelined guest bytes went to host-server before the answer"
+        );
+        let (mine, peer) = tcp_pair();
+        {
+            use std::os::fd::AsFd;
+            answer_with(&control, &connected_frame(), mine.as_fd());
+        }
+        drop(mine);
+        // The guest gets the answer as it is (its header and its body are read apart, so
+        // that nothing past the answer is read on host.sock).
+        assert_eq!(
+            recv_bytes(&mut rig, connected_frame().len()),
+            connected_frame()
+        );
+        let conn = rig
+            .dev
+            .muxer()
+            .connection(HOST_PORT, GUEST_PORT)
+            .expect("connection");
+        assert!(conn.is_passed(), "bridged to the passed socket");
+        assert_eq!(rig.dev.muxer().passed_sockets(), 1);
+        Self { rig, control, peer }
+    }
+}
+
+#[test]
+fn a_passed_socket_carries_pipelined_bytes_and_data_both_ways() {
+    let Passed {
+        mut rig,
+        mut control,
+        mut peer,
+    } = Passed::open(b"GET / HTTP/1.0\r\n\r\n");
+    // The held bytes went to the socket, not to host-server.
+    let mut b = [0u8; 18];
+    peer.read_exact(&mut b)
+        .expect("pipelined bytes at the peer");
+    assert_eq!(&b, b"GET / HTTP/1.0\r\n\r\n");
+    rig.send(rig.hdr(op::RW), b" and more");
+    let mut b = [0u8; 9];
+    peer.read_exact(&mut b).expect("guest bytes at the peer");
+    assert_eq!(&b, b" and more");
+    peer.write_all(b"HTTP/1.0 200 OK\r\n").expect("write");
+    let got = rig.recv(1);
+    assert_eq!(got[0].0.op, op::RW);
+    assert_eq!(got[0].1, b"HTTP/1.0 200 OK\r\n");
+    // fwd_cnt counts every guest byte written anywhere (request and data), not the hello.
+    assert_eq!(got[0].0.fwd_cnt as usize, request_frame().len() + 18 + 9);
+    assert!(
+        silent(&control),
+        "nothing of the data on the control stream"
+    );
+
+    // The peer closes: the guest hears SHUTDOWN; the guest closes too: RST, and the
+    // control stream closes (host-server gives back its pin and permit then).
+    peer.shutdown(std::net::Shutdown::Write).expect("shutdown");
+    let got = rig.recv(1);
+    assert_eq!((got[0].0.op, got[0].0.flags), (op::SHUTDOWN, SHUTDOWN_SEND));
+    assert!(
+        !closes(&mut rig, &mut control),
+        "the control stream stays open while the guest's side is open"
+    );
+    rig.send(
+        Header {
+            flags: SHUTDOWN_SEND,
+            ..rig.hdr(op::SHUTDOWN)
+        },
+        &[],
+    );
+    let got = rig.recv(1);
+    assert_eq!(got[0].0.op, op::RST);
+    assert_eq!(rig.dev.muxer().connection_count(), 0);
+    let mut rest = Vec::new();
+    peer.read_to_end(&mut rest).expect("the peer reads EOF");
+    assert!(rest.is_empty());
+    assert!(closes(&mut rig, &mut control), "control stream closed");
+}
+
+#[test]
+fn a_guest_half_close_reaches_the_passed_socket_and_credit_holds() {
+    let Passed {
+        mut rig,
+        mut control,
+        mut peer,
+    } = Passed::open(&[]);
+    // Guest → peer, far more than TX_BUF_SIZE, in chunks the credit allows: fwd_cnt grows
+    // as the socket takes the bytes, and every byte arrives in order.
+    let total = 3 * TX_BUF_SIZE as usize;
+    let reader = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        peer.read_to_end(&mut got).expect("read to EOF");
+        (got, peer)
+    });
+    let data: Vec<u8> = (0..total).map(|i| (i % 251) as u8).collect();
+    let mut sent = 0usize;
+    let mut acked = 0usize;
+    while sent < total {
+        // Credit: at most TX_BUF_SIZE unacknowledged bytes.
+        if sent - acked + 4096 > TX_BUF_SIZE as usize {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                rig.send(rig.hdr(op::CREDIT_REQUEST), &[]);
+                let got = rig.recv(1);
+                if let Some(h) = got.iter().find(|p| p.0.op == op::CREDIT_UPDATE) {
+                    acked = h.0.fwd_cnt as usize - request_frame().len();
+                }
+                if sent - acked + 4096 <= TX_BUF_SIZE as usize {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "credit never came back");
+            }
+        }
+        rig.send(rig.hdr(op::RW), &data[sent..sent + 4096]);
+        sent += 4096;
+    }
+    rig.send(
+        Header {
+            flags: SHUTDOWN_SEND,
+            ..rig.hdr(op::SHUTDOWN)
+        },
+        &[],
+    );
+    // The half-close is applied once the buffer is written: the peer reads EOF.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !reader.is_finished() && Instant::now() < deadline {
+        rig.dev.process_backend();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let (got, mut peer) = reader.join().expect("reader");
+    assert_eq!(got.len(), total);
+    assert!(got == data, "bytes arrive in order");
+    // Peer → guest with a guest that has 100 bytes of buffer (and has consumed the answer):
+    // credit stops the reads.
+    let answered = connected_frame().len() as u32;
+    rig.send(
+        Header {
+            buf_alloc: 100,
+            fwd_cnt: answered,
+            ..rig.hdr(op::CREDIT_UPDATE)
+        },
+        &[],
+    );
+    peer.write_all(&[7u8; 300]).expect("write");
+    let got = rig.recv(2);
+    assert_eq!((got[0].0.op, got[0].1.len()), (op::RW, 100));
+    assert_eq!(got[1].0.op, op::CREDIT_REQUEST);
+    assert!(rig.recv(1).is_empty(), "nothing beyond the guest's credit");
+    rig.send(
+        Header {
+            buf_alloc: 100,
+            fwd_cnt: answered + 100,
+            ..rig.hdr(op::CREDIT_UPDATE)
+        },
+        &[],
+    );
+    let got = rig.recv(1);
+    assert_eq!((got[0].0.op, got[0].1.len()), (op::RW, 100));
+    // The guest resets: socket and control stream close.
+    rig.send(rig.hdr(op::RST), &[]);
+    assert_eq!(rig.dev.muxer().connection_count(), 0);
+    let mut rest = Vec::new();
+    let _ = peer.read_to_end(&mut rest);
+    assert!(closes(&mut rig, &mut control), "control stream closed");
+}
+
+#[test]
+fn without_a_socket_the_held_bytes_are_relayed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let host = UnixListener::bind(dir.path().join("host.sock")).expect("bind host.sock");
+    let guest = FakeGuest::new();
+    let dev =
+        super::fuzz::activated_device_with(&guest, CID, &dir.path().join("host.sock"), None, true);
+    let mut rig = Rig {
+        guest,
+        dev,
+        host,
+        dir,
+    };
+    rig.send(rig.hdr(op::REQUEST), &[]);
+    let (mut control, _) = rig.host.accept().expect("accept");
+    control
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    assert_eq!(rig.recv(1)[0].0.op, op::RESPONSE);
+    let mut req = request_frame();
+    req.extend_from_slice(b"pipelined");
+    rig.send(rig.hdr(op::RW), &req);
+    assert!(matches!(read_frame(&mut control), ToHost::Hello(_)));
+    assert!(matches!(read_frame(&mut control), ToHost::Connect(_)));
+    rig.dev.process_backend();
+    assert!(silent(&control), "held until the answer");
+    // An answer without a socket (an older host-server, or one that relays): relayed.
+    control.write_all(&connected_frame()).expect("answer");
+    control.write_all(b"from the relay").expect("relayed data");
+    let mut want = connected_frame();
+    want.extend_from_slice(b"from the relay");
+    assert_eq!(recv_bytes(&mut rig, want.len()), want);
+    let mut b = [0u8; 9];
+    control.read_exact(&mut b).expect("the held bytes follow");
+    assert_eq!(&b, b"pipelined");
+    assert!(!rig
+        .dev
+        .muxer()
+        .connection(HOST_PORT, GUEST_PORT)
+        .expect("connection")
+        .is_passed());
+}
+
+/// What host-server might attach that the VMM must refuse: the connection is reset (RST),
+/// the descriptor closed, and the control stream closes; the VMM carries on.
+#[test]
+fn a_bogus_descriptor_is_refused_with_rst() {
+    use super::connection::Refused;
+    use std::os::fd::AsFd;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let host = UnixListener::bind(dir.path().join("host.sock")).expect("bind host.sock");
+    let guest = FakeGuest::new();
+    let dev =
+        super::fuzz::activated_device_with(&guest, CID, &dir.path().join("host.sock"), None, true);
+    let mut rig = Rig {
+        guest,
+        dev,
+        host,
+        dir,
+    };
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    let (pipe_r, _pipe_w) = std::io::pipe().expect("pipe");
+    let (mine, _peer) = tcp_pair();
+    let cases: [(&str, std::os::fd::BorrowedFd<'_>, Refused); 3] = [
+        ("a datagram socket", udp.as_fd(), Refused::NotAStreamSocket),
+        ("a pipe", pipe_r.as_fd(), Refused::NotAStreamSocket),
+        (
+            "a socket on the answer's body",
+            mine.as_fd(),
+            Refused::Unexpected,
+        ),
+    ];
+    for (i, (what, fd, why)) in cases.into_iter().enumerate() {
+        rig.send(rig.hdr(op::REQUEST), &[]);
+        let (mut control, _) = rig.host.accept().expect("accept");
+        control
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        assert_eq!(rig.recv(1)[0].0.op, op::RESPONSE, "{what}");
+        rig.send(rig.hdr(op::RW), &request_frame());
+        assert!(matches!(read_frame(&mut control), ToHost::Hello(_)));
+        assert!(matches!(read_frame(&mut control), ToHost::Connect(_)));
+        let answer = connected_frame();
+        if why == Refused::Unexpected {
+            // The header alone first, then the body with the descriptor.
+            control.write_all(&answer[..8]).expect("header");
+            assert_eq!(rig.recv(1)[0].1, &answer[..8], "{what}");
+            answer_with(&control, &answer[8..], fd);
+        } else {
+            answer_with(&control, &answer, fd);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut ops = Vec::new();
+        while !ops.contains(&op::RST) && Instant::now() < deadline {
+            ops.extend(rig.recv(1).iter().map(|p| p.0.op));
+        }
+        assert_eq!(ops.last(), Some(&op::RST), "{what}: {ops:?}");
+        assert!(
+            !ops.contains(&op::RW),
+            "{what}: no answer bytes delivered with a refused descriptor"
+        );
+        assert_eq!(rig.dev.muxer().connection_count(), 0, "{what}");
+        assert!(closes(&mut rig, &mut control), "{what}: control closed");
+        assert_eq!(rig.dev.muxer().refused_sockets(), i as u64 + 1, "{what}");
+        assert_eq!(rig.dev.muxer().passed_sockets(), 0, "{what}");
+    }
+}
+
+/// The one-copy data path on its own: guest bytes written to the stream straight from guest
+/// memory while nothing is buffered (the rest buffered when the stream is full, and later
+/// packets then queue behind it), and the stream's bytes read straight into guest memory.
+#[test]
+fn payloads_move_between_guest_memory_and_the_stream_directly() {
+    use super::connection::Connection;
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).expect("memory");
+    let (vmm_end, mut host) = UnixStream::pair().expect("pair");
+    vmm_end.set_nonblocking(true).expect("nonblocking");
+    host.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut c = Connection::peer_init(vmm_end, CID, HOST_PORT, GUEST_PORT, Vec::new(), false);
+    let hdr = Header {
+        src_cid: CID,
+        dst_cid: 2,
+        src_port: GUEST_PORT,
+        dst_port: HOST_PORT,
+        type_: TYPE_STREAM,
+        op: op::REQUEST,
+        buf_alloc: 1 << 20,
+        ..Header::default()
+    };
+    let mut scratch = [0u8; 64];
+    c.send_pkt(&hdr, &[]);
+    assert_eq!(
+        c.recv_pkt(&mut scratch[..]).expect("response").op,
+        op::RESPONSE
+    );
+    let rw = Header { op: op::RW, ..hdr };
+    // Guest → stream.
+    mem.write_slice(b"from guest memory", GuestAddress(0x1000))
+        .expect("write");
+    let data = mem.get_slice(GuestAddress(0x1000), 17).expect("slice");
+    assert!(
+        c.send_direct(&rw, &data),
+        "an RW packet with nothing buffered goes directly"
+    );
+    assert_eq!(c.tx_buffered(), 0);
+    let mut b = [0u8; 17];
+    host.read_exact(&mut b).expect("read");
+    assert_eq!(&b, b"from guest memory");
+    // Fill the socket: what does not fit is buffered, and the next packet is not direct.
+    let big = mem
+        .get_slice(GuestAddress(0x10000), 128 * 1024)
+        .expect("slice");
+    let mut direct = 0;
+    while c.tx_buffered() == 0 {
+        assert!(c.send_direct(&rw, &big));
+        direct += 1;
+        assert!(direct < 64, "the socket never filled");
+    }
+    assert!(
+        !c.send_direct(&rw, &data),
+        "behind buffered bytes: the copy path"
+    );
+    // Stream → guest memory.
+    let mut drained = vec![0u8; direct * 128 * 1024 - c.tx_buffered()];
+    host.read_exact(&mut drained).expect("drain");
+    host.write_all(b"to guest memory").expect("write");
+    let mut rx = mem.get_slice(GuestAddress(0x8000), 4096).expect("slice");
+    c.notify(vmm_sys_util::epoll::EventSet::IN);
+    let h = loop {
+        let h = c.recv_pkt(&mut rx).expect("a packet");
+        if h.op == op::RW {
+            break h;
+        }
+    };
+    assert_eq!(h.len, 15);
+    let mut got = [0u8; 15];
+    mem.read_slice(&mut got, GuestAddress(0x8000))
+        .expect("read");
+    assert_eq!(&got, b"to guest memory");
+}
+
+/// Inbound (#14): host-server's stream on the VM's socket brings the accepted socket with the
+/// `Inbound` frame; the guest gets the frame, then the connection runs over the socket, and
+/// the stream closes when the connection ends. A host client that sends no frame is bridged
+/// as before.
+#[test]
+fn an_inbound_connection_takes_the_accepted_socket() {
+    use std::os::fd::AsFd;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let host = UnixListener::bind(dir.path().join("host.sock")).expect("bind host.sock");
+    let guest = FakeGuest::new();
+    let vm_sock = dir.path().join("vm0.vsock");
+    let dev = super::fuzz::activated_device_with(
+        &guest,
+        CID,
+        &dir.path().join("host.sock"),
+        Some(&vm_sock),
+        true,
+    );
+    let mut rig = Rig {
+        guest,
+        dev,
+        host,
+        dir,
+    };
+    let accept = |rig: &mut Rig, h: &mut UnixStream| -> Header {
+        h.write_all(b"CONNECT 5000\n").expect("write");
+        let req = rig.recv(1);
+        assert_eq!(req[0].0.op, op::REQUEST);
+        let resp = Header {
+            src_cid: CID,
+            dst_cid: 2,
+            src_port: 5000,
+            dst_port: req[0].0.src_port,
+            type_: TYPE_STREAM,
+            op: op::RESPONSE,
+            buf_alloc: 64 * 1024,
+            ..Header::default()
+        };
+        rig.send(resp, &[]);
+        let local = req[0].0.src_port;
+        let mut line = vec![0u8; format!("OK {local}\n").len()];
+        h.read_exact(&mut line).expect("OK line");
+        assert_eq!(line, format!("OK {local}\n").as_bytes());
+        resp
+    };
+    let mut control = UnixStream::connect(&vm_sock).expect("connect");
+    control
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let resp = accept(&mut rig, &mut control);
+    let inbound = shared_proto::to_vec(&shared_proto::ToGuest::Inbound {
+        peer: "172.21.112.1:40000".parse().expect("addr"),
+        local: "0.0.0.0:8080".parse().expect("addr"),
+    })
+    .expect("frame");
+    let (mine, mut peer) = tcp_pair();
+    answer_with(&control, &inbound, mine.as_fd());
+    drop(mine);
+    assert_eq!(recv_bytes(&mut rig, inbound.len()), inbound);
+    assert_eq!(rig.dev.muxer().passed_sockets(), 1);
+    peer.write_all(b"from the world").expect("write");
+    assert_eq!(recv_bytes(&mut rig, 14), b"from the world");
+    rig.send(Header { op: op::RW, ..resp }, b"from the guest");
+    let mut b = [0u8; 14];
+    peer.read_exact(&mut b).expect("read");
+    assert_eq!(&b, b"from the guest");
+    assert!(silent(&control), "nothing on the control stream");
+    rig.send(
+        Header {
+            op: op::RST,
+            ..resp
+        },
+        &[],
+    );
+    assert_eq!(rig.dev.muxer().connection_count(), 0);
+    let mut rest = Vec::new();
+    let _ = peer.read_to_end(&mut rest);
+    assert!(closes(&mut rig, &mut control), "control stream closed");
+
+    // A raw client (no frame): its bytes reach the guest as they are, a few at a time at
+    // first, and nothing is held.
+    let mut raw = UnixStream::connect(&vm_sock).expect("connect");
+    raw.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let resp = accept(&mut rig, &mut raw);
+    rig.send(Header { op: op::RW, ..resp }, b"banner");
+    let mut b = [0u8; 6];
+    raw.read_exact(&mut b).expect("the guest speaks first");
+    assert_eq!(&b, b"banner");
+    raw.write_all(b"hi").expect("write");
+    assert_eq!(recv_bytes(&mut rig, 2), b"hi");
+    raw.write_all(b"not a frame at all").expect("write");
+    assert_eq!(recv_bytes(&mut rig, 18), b"not a frame at all");
+    assert_eq!(rig.dev.muxer().passed_sockets(), 1);
 }

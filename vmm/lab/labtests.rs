@@ -19,6 +19,7 @@ use clap::Parser;
 mod machine_tests;
 mod sd_notify;
 mod vm_e2e;
+mod vm_plural;
 mod vm_world;
 
 use sd_notify::Notify;
@@ -39,7 +40,7 @@ struct Args {
     #[arg(long)]
     logs: PathBuf,
     /// Run only these comma-separated test groups: boot, reboot, console, panic, bad-kernel,
-    /// stop, vm.
+    /// stop, vm (with plural), plural.
     #[arg(long)]
     only: Option<String>,
     /// Where outsock-dns-cache and outsock-host-server are (the `vm` group's test world).
@@ -427,6 +428,7 @@ fn groups() -> Vec<Group> {
         ),
         ("stop", machine_tests::STOP, machine_tests::stop),
         ("vm", &vm_e2e::NAMES, vm_e2e::run),
+        ("plural", &vm_plural::NAMES, vm_plural::run),
     ]
 }
 
@@ -515,7 +517,13 @@ fn main() {
     }
     let total = Instant::now();
     let only = d.args.only.clone().unwrap_or_default();
-    let want = |group: &str| only.is_empty() || only.split(',').any(|g| g == group);
+    // `vm` includes `plural` (the two-VM checks); `plural` alone runs only those.
+    let want = |group: &str| {
+        only.is_empty()
+            || only
+                .split(',')
+                .any(|g| g == group || (g == "vm" && group == "plural"))
+    };
     for (name, _, run) in groups() {
         if want(name) && !done.contains(&name) {
             run(&mut d);

@@ -1,5 +1,6 @@
-//! The test world's side of the `vm` group: the extra servers it needs in `world` (iperf3, and
-//! a "whoami" server that answers with the IPv6 address it was reached on), IPv6 clients in
+//! The test world's side of the `vm` and `plural` groups: the extra servers they need in
+//! `world` (iperf3, a "whoami" server that answers with the IPv6 address it was reached on,
+//! and a "peer" server that answers with the address it was reached from), IPv6 clients in
 //! `world` for the inbound checks (one exchange, and many HTTP requests in parallel), and
 //! reading dns-cache's mappings.
 
@@ -20,6 +21,8 @@ use testworld::Netns;
 pub const IPERF_PORT: u16 = 5201;
 /// The whoami server's port in `world`.
 pub const WHOAMI_PORT: u16 = 7777;
+/// The peer server's port in `world`.
+pub const PEER_PORT: u16 = 7778;
 
 /// Answers every connection with the local address it arrived on (one line), then closes.
 const WHOAMI: &str = r#"
@@ -32,6 +35,22 @@ while True:
     c, _ = s.accept()
     try:
         c.sendall((c.getsockname()[0] + "\n").encode())
+    except OSError:
+        pass
+    c.close()
+"#;
+
+/// Answers every connection with the peer's address (one line), then closes.
+const PEER: &str = r#"
+import socket
+s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("::", int(__import__("sys").argv[1])))
+s.listen(64)
+while True:
+    c, peer = s.accept()
+    try:
+        c.sendall((peer[0] + "\n").encode())
     except OSError:
         pass
     c.close()
@@ -75,7 +94,8 @@ pub fn wait_listening(ns: &Netns, port: u16, limit: Duration) -> Result<()> {
     Ok(())
 }
 
-/// Starts iperf3's server and the whoami server in `world`; they stop with the world.
+/// Starts iperf3's server, the whoami and the peer server in `world`; they stop with the
+/// world.
 pub fn start_servers(stack: &mut Stack) -> Result<()> {
     let mut iperf = stack.world.world().command("iperf3");
     iperf
@@ -91,7 +111,13 @@ pub fn start_servers(stack: &mut Stack) -> Result<()> {
         .stderr(Stdio::null());
     let d = stack.world.world().spawn("whoami server", whoami)?;
     stack.world.adopt(d);
-    for port in [IPERF_PORT, WHOAMI_PORT] {
+    let mut peer = stack.world.world().command("python3");
+    peer.args(["-c", PEER, &PEER_PORT.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let d = stack.world.world().spawn("peer server", peer)?;
+    stack.world.adopt(d);
+    for port in [IPERF_PORT, WHOAMI_PORT, PEER_PORT] {
         wait_listening(stack.world.world(), port, Duration::from_secs(15))?;
     }
     Ok(())

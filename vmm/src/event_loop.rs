@@ -233,4 +233,104 @@ mod tests {
         }
         assert_eq!(got, b"hi\n");
     }
+
+    /// Reads what reached the UART's receive FIFO within `limit`.
+    fn uart_input(serial: &Mutex<SerialDevice>, n: usize, limit: Duration) -> Vec<u8> {
+        let deadline = Instant::now() + limit;
+        let mut got = Vec::new();
+        while got.len() < n && Instant::now() < deadline {
+            let mut s = serial.lock().expect("lock");
+            let mut lsr = [0u8];
+            s.read(5, &mut lsr);
+            if lsr[0] & 1 != 0 {
+                let mut b = [0u8];
+                s.read(0, &mut b);
+                got.push(b[0]);
+            } else {
+                drop(s);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        got
+    }
+
+    /// host-server stalled (SIGSTOPped: its listen backlog full, nothing accepts): the guest's
+    /// connects to it must not stop the event thread, which also serves the console. A
+    /// blocking connect to a full backlog waits until an accept: this test then times out.
+    #[test]
+    fn a_stalled_host_server_does_not_stop_the_console() {
+        use crate::devices::virtio::vsock::fuzz::{activated_device, FakeGuest};
+        use crate::devices::virtio::vsock::packet::{op, Header, TYPE_STREAM};
+        use crate::devices::virtio::vsock::{VsockHandler, TX_QUEUE};
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        let host_sock = dir.path().join("host.sock");
+        let host = std::os::unix::net::UnixListener::bind(&host_sock).expect("bind");
+        rustix::net::listen(&host, 0).expect("listen(0): one waiting connection");
+        let mut guest = FakeGuest::new();
+        let dev = Arc::new(Mutex::new(activated_device(&guest, 3, &host_sock, None)));
+        let evts: Vec<EventFd> = (0..3)
+            .map(|_| EventFd::new(libc::EFD_NONBLOCK).expect("eventfd"))
+            .collect();
+        let kick_tx = evts[TX_QUEUE].try_clone().expect("clone");
+        let vsock = VsockHandler::new(dev.clone(), evts);
+
+        let (_console, writer) = Console::spawn(vec![], 64, &Filters::disabled()).expect("console");
+        let serial = Arc::new(Mutex::new(SerialDevice::new(
+            EventFd::new(libc::EFD_NONBLOCK).expect("eventfd"),
+            EventFd::new(libc::EFD_NONBLOCK).expect("eventfd"),
+            writer,
+        )));
+        let (mut typing, rx) = UnixStream::pair().expect("socketpair");
+        let input = ConsoleInput::new(File::from(std::os::fd::OwnedFd::from(rx)), serial.clone())
+            .expect("subscriber");
+        let _t =
+            spawn(vec![Box::new(vsock), Box::new(input)], &Filters::disabled()).expect("spawn");
+
+        // Three guest connects: the first fills the backlog, the others find it full.
+        for port in 40_000..40_003 {
+            let h = Header {
+                src_cid: 3,
+                dst_cid: 2,
+                src_port: port,
+                dst_port: 1024,
+                type_: TYPE_STREAM,
+                op: op::REQUEST,
+                buf_alloc: 64 * 1024,
+                ..Header::default()
+            };
+            // The device lock keeps the event thread off the rings while the guest writes.
+            let d = dev.lock().expect("lock");
+            guest.send(&h, &[]);
+            drop(d);
+            kick_tx.write(1).expect("kick");
+        }
+        typing.write_all(b"typed\n").expect("write");
+        assert_eq!(
+            uart_input(&serial, 6, Duration::from_secs(5)),
+            b"typed\n",
+            "the console must answer while host-server does not accept"
+        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let pending = loop {
+            let n = dev.lock().expect("lock").muxer().connecting_count();
+            if n == 2 || Instant::now() > deadline {
+                break n;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        assert_eq!(pending, 2, "two connects wait for host-server's backlog");
+        // host-server comes back: the waiting connects complete on their own.
+        let mut accepted = 0;
+        host.set_nonblocking(true).expect("nonblocking");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while accepted < 3 && Instant::now() < deadline {
+            match host.accept() {
+                Ok(_) => accepted += 1,
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+        assert_eq!(accepted, 3, "every guest connect reached host-server");
+        assert_eq!(dev.lock().expect("lock").muxer().connecting_count(), 0);
+    }
 }

@@ -378,7 +378,7 @@ pub fn allow_list(role: Role, pid: u32) -> AllowList {
             // send(2, MSG_NOSIGNAL), i.e. recvfrom and sendto.
             l.any(&[libc::SYS_recvfrom, libc::SYS_sendto]);
             // vsock: host connections on the VM's socket, guest connections to host-server
-            // (made non-blocking by std's set_nonblocking, FIONBIO), half-closes.
+            // (a non-blocking connect: EAGAIN on a full backlog is retried later), half-closes.
             l.any(&[libc::SYS_accept4, libc::SYS_connect, libc::SYS_shutdown]);
             // SO_PEERCRED of each peer on the VM's socket: who may CONNECT (muxer).
             l.when(

@@ -8,6 +8,10 @@
 //! builds one; a hostile guest only loses its own packet). RX chains are filled only while the
 //! muxer has something to say, the payload read from the stream straight into the chain's
 //! data buffer; a chain it cannot use now is put back.
+//!
+//! Each call handles at most [`CHAINS_PER_EVENT`] chains of a queue, so a guest that refills a
+//! queue as fast as it is served cannot keep the event thread (and the console, and other
+//! devices) to itself; [`VsockDevice::take_leftover`] tells the handler to come back.
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use virtio_vsock::packet::{VsockPacket, PKT_HEADER_SIZE};
@@ -17,6 +21,9 @@ use super::defs::{DEVICE_ID, QUEUE_SIZE, RX_QUEUE, TX_QUEUE};
 use super::muxer::Muxer;
 use super::packet::{Header, MAX_PKT_DATA};
 use crate::devices::virtio::{ActivateError, IrqLine, VirtioDevice, VIRTIO_F_VERSION_1};
+
+/// Chains of one queue handled per call; the rest wait for the handler's next round.
+pub const CHAINS_PER_EVENT: usize = QUEUE_SIZE as usize;
 
 /// See the module documentation.
 #[derive(Debug)]
@@ -28,6 +35,8 @@ pub struct VsockDevice {
     irq: IrqLine,
     muxer: Muxer,
     tx_buf: Vec<u8>,
+    /// A call stopped at [`CHAINS_PER_EVENT`] with chains left: (TX, RX).
+    leftover: (bool, bool),
 }
 
 impl VsockDevice {
@@ -39,6 +48,7 @@ impl VsockDevice {
             irq,
             muxer,
             tx_buf: Vec::with_capacity(MAX_PKT_DATA as usize),
+            leftover: (false, false),
         }
     }
 
@@ -50,13 +60,25 @@ impl VsockDevice {
         !self.queues.is_empty()
     }
 
+    /// Whether TX and RX work was left for later by the per-call budget (and forgets it).
+    pub fn take_leftover(&mut self) -> (bool, bool) {
+        std::mem::take(&mut self.leftover)
+    }
+
     /// Consumes every TX chain; true if the used ring changed.
     pub fn process_tx(&mut self) -> bool {
         let Some(q) = self.queues.get_mut(TX_QUEUE) else {
             return false;
         };
         let mut used = false;
+        let mut budget = CHAINS_PER_EVENT;
         while let Some(mut chain) = q.pop_descriptor_chain(&self.mem) {
+            if budget == 0 {
+                q.go_to_previous_position();
+                self.leftover.0 = true;
+                break;
+            }
+            budget -= 1;
             let head = chain.head_index();
             if let Ok(pkt) = VsockPacket::from_tx_virtq_chain(&self.mem, &mut chain, MAX_PKT_DATA) {
                 let hdr = Header::from_packet(&pkt);
@@ -91,7 +113,13 @@ impl VsockDevice {
             return false;
         };
         let mut used = false;
+        let mut budget = CHAINS_PER_EVENT;
         while self.muxer.has_pending_rx() {
+            if budget == 0 {
+                self.leftover.1 = true;
+                break;
+            }
+            budget -= 1;
             let Some(mut chain) = q.pop_descriptor_chain(&self.mem) else {
                 break;
             };

@@ -1,6 +1,8 @@
 //! The virtio-vsock device's event-loop subscriber: the guest's queue notifications
 //! (ioeventfds on QueueNotify) and the muxer's backend readiness (its epoll fd) become calls
 //! into [`VsockDevice`] on the event thread, followed by an interrupt when a used ring changed.
+//! Work the device left for later (its per-call budget) is picked up by kicking the queue's
+//! own eventfd again, so the event loop serves its other subscribers (the console) first.
 //! Kept apart from the device so that the device's packet processing reads without the
 //! event-manager glue (and is unit-tested without it).
 
@@ -68,6 +70,12 @@ impl MutEventSubscriber for VsockHandler {
         };
         if used {
             dev.signal_used();
+        }
+        let (tx, rx) = dev.take_leftover();
+        for (left, q) in [(tx, TX_QUEUE), (rx, RX_QUEUE)] {
+            if left {
+                let _ = self.queue_evts[q].write(1);
+            }
         }
     }
 }

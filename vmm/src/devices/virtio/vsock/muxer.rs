@@ -13,6 +13,16 @@
 //! (see [`super::connection`]), and its host.sock stream stays open, unwatched, until the
 //! connection ends.
 //!
+//! The muxer never blocks on host-server. Its connect to host.sock is non-blocking: when
+//! host-server's listen backlog is full (it is stopped, restarting or overloaded) a Unix
+//! stream connect answers EAGAIN, and the guest connection waits in a bounded set of pending
+//! connects, retried on a timer of its own with a growing back-off, until the connect succeeds
+//! (then RESPONSE, and the hello goes out first as always) or [`CONNECT_TIMEOUT`] passes (RST,
+//! as when host-server is down). Every event's work is bounded: at most
+//! [`ACCEPTS_PER_EVENT`] accepts on the VM's socket and [`RETRIES_PER_TICK`] connect attempts
+//! per wake-up (what is left stays readable or due, and the event loop comes back after its
+//! other subscribers: the console, other guests' connections).
+//!
 //! Who may `CONNECT` on the VM's socket is decided by the kernel's SO_PEERCRED of each peer,
 //! against [`MuxerConfig::peer_uids`] (host-server's uid, root, the VMM's own): any other peer's
 //! stream is closed at once, without reading its line and without an `OK` (the hybrid-vsock
@@ -22,7 +32,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{ErrorKind, Read};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -45,6 +55,19 @@ pub const MAX_CONNECTIONS: usize = 1023;
 pub const MAX_HANDSHAKES: usize = 64;
 /// RSTs for unroutable packets waiting for RX buffers; more are dropped.
 pub const MAX_ORPHAN_RSTS: usize = 256;
+/// Guest connects waiting for room in host-server's listen backlog; more get RST at once.
+pub const MAX_CONNECTING: usize = 256;
+/// How long a guest connect may wait for host-server's backlog before the guest gets RST (the
+/// guest kernel's own connect timeout is 2 s too).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Accepts on the VM's socket per wake-up; more wait for the next (the socket stays readable).
+pub const ACCEPTS_PER_EVENT: usize = 64;
+/// Connect attempts per retry tick; the rest are tried at the next tick.
+pub const RETRIES_PER_TICK: usize = 64;
+/// The retry timer's period, and the first and longest wait between two connect attempts.
+const RETRY_TICK: Duration = Duration::from_millis(5);
+const RETRY_FIRST: Duration = Duration::from_millis(5);
+const RETRY_MAX: Duration = Duration::from_millis(160);
 /// Host-side ports of host-initiated connections: [2^30, 2^31), as Firecracker.
 const LOCAL_PORT_FIRST: u32 = 1 << 30;
 const LOCAL_PORT_LAST: u32 = (1 << 31) - 1;
@@ -92,6 +115,57 @@ struct Handshake {
     deadline: Instant,
 }
 
+/// A guest connect that host-server's full backlog refused (EAGAIN): the socket, tried again
+/// from the retry timer.
+#[derive(Debug)]
+struct Connecting {
+    fd: OwnedFd,
+    /// The guest's REQUEST (or its latest credit update): answered with RST when it fails.
+    request: Header,
+    hello: Vec<u8>,
+    deadline: Instant,
+    next_try: Instant,
+    backoff: Duration,
+}
+
+/// How one connect attempt to host.sock went.
+enum Dial {
+    Connected(UnixStream),
+    /// host-server's backlog is full (EAGAIN), or the connect is in progress.
+    Pending(OwnedFd),
+    Failed,
+}
+
+/// One non-blocking connect of `fd` (a fresh socket when `None`) to `path`.
+fn dial(path: &std::path::Path, fd: Option<OwnedFd>) -> Dial {
+    use rustix::io::Errno;
+    use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+    let fd = match fd {
+        Some(fd) => fd,
+        None => match rustix::net::socket_with(
+            AddressFamily::UNIX,
+            SocketType::STREAM,
+            SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+            None,
+        ) {
+            Ok(fd) => fd,
+            Err(_) => return Dial::Failed,
+        },
+    };
+    let Ok(addr) = SocketAddrUnix::new(path) else {
+        return Dial::Failed;
+    };
+    loop {
+        return match rustix::net::connect(&fd, &addr) {
+            // EISCONN: an earlier attempt that was in progress completed.
+            Ok(()) | Err(Errno::ISCONN) => Dial::Connected(UnixStream::from(fd)),
+            Err(Errno::INTR) => continue,
+            Err(Errno::AGAIN | Errno::INPROGRESS | Errno::ALREADY) => Dial::Pending(fd),
+            Err(_) => Dial::Failed,
+        };
+    }
+}
+
 /// See the module documentation.
 #[derive(Debug)]
 pub struct Muxer {
@@ -103,6 +177,9 @@ pub struct Muxer {
     conns: HashMap<Key, Connection>,
     by_fd: HashMap<RawFd, Key>,
     handshakes: HashMap<RawFd, Handshake>,
+    connecting: HashMap<Key, Connecting>,
+    retry_timer: TimerFd,
+    retry_armed: bool,
     rxq: VecDeque<Key>,
     orphan_rsts: VecDeque<Header>,
     next_port: u32,
@@ -125,6 +202,15 @@ impl Muxer {
                 ControlOperation::Add,
                 timer.as_raw_fd(),
                 EpollEvent::new(EventSet::IN, timer.as_raw_fd() as u64),
+            )
+            .map_err(MuxerError::Setup)?;
+        let retry_timer = TimerFd::new()
+            .map_err(|e| MuxerError::Setup(std::io::Error::from_raw_os_error(e.errno())))?;
+        epoll
+            .ctl(
+                ControlOperation::Add,
+                retry_timer.as_raw_fd(),
+                EpollEvent::new(EventSet::IN, retry_timer.as_raw_fd() as u64),
             )
             .map_err(MuxerError::Setup)?;
         let listener = match &cfg.listen_socket {
@@ -164,6 +250,9 @@ impl Muxer {
             conns: HashMap::new(),
             by_fd: HashMap::new(),
             handshakes: HashMap::new(),
+            connecting: HashMap::new(),
+            retry_timer,
+            retry_armed: false,
             rxq: VecDeque::new(),
             orphan_rsts: VecDeque::new(),
             next_port: LOCAL_PORT_FIRST,
@@ -206,6 +295,11 @@ impl Muxer {
         self.conns.len()
     }
 
+    /// Guest connects waiting for room in host-server's listen backlog.
+    pub fn connecting_count(&self) -> usize {
+        self.connecting.len()
+    }
+
     /// The connection between host port `local` and guest port `peer`, if any.
     pub fn connection(&self, local: u32, peer: u32) -> Option<&Connection> {
         self.conns.get(&(local, peer))
@@ -232,6 +326,8 @@ impl Muxer {
                 .epoll
                 .ctl(ControlOperation::Delete, fd, EpollEvent::default());
         }
+        self.connecting.clear();
+        self.disarm_retry();
         self.by_fd.clear();
         self.rxq.clear();
         self.orphan_rsts.clear();
@@ -260,6 +356,21 @@ impl Muxer {
         if let Some(conn) = self.conns.get_mut(&key) {
             conn.send_pkt(hdr, data);
             self.update(key);
+            return;
+        }
+        if let Some(c) = self.connecting.get_mut(&key) {
+            match hdr.op {
+                // The guest's credit, kept for the connection.
+                op::REQUEST | op::CREDIT_UPDATE => c.request = *hdr,
+                op::RST => {
+                    self.connecting.remove(&key);
+                }
+                // Nothing else is valid before RESPONSE (Connection resets it too).
+                _ => {
+                    self.connecting.remove(&key);
+                    self.orphan_rst(hdr);
+                }
+            }
             return;
         }
         match hdr.op {
@@ -293,7 +404,7 @@ impl Muxer {
 
     /// A guest connection to CID 2 port P: a new stream to host-server, the hello first.
     fn guest_connect(&mut self, hdr: &Header) {
-        if self.conns.len() >= MAX_CONNECTIONS {
+        if self.conns.len() + self.connecting.len() >= MAX_CONNECTIONS {
             return self.orphan_rst(hdr);
         }
         let Ok(port_hello) = shared_proto::to_vec(&ToHost::Hello(VmHello {
@@ -304,25 +415,93 @@ impl Muxer {
         })) else {
             return self.orphan_rst(hdr);
         };
-        // host-server accepts continuously, so a Unix connect does not wait in practice.
-        let stream = match UnixStream::connect(&self.cfg.host_socket) {
-            Ok(s) if s.set_nonblocking(true).is_ok() => s,
-            _ => return self.orphan_rst(hdr),
-        };
         let key = (hdr.dst_port, hdr.src_port);
+        // Non-blocking: a full backlog (host-server stopped or slow) must not stop the event
+        // loop, which also serves the console and every other connection.
+        match dial(&self.cfg.host_socket, None) {
+            Dial::Connected(stream) => self.connected(key, stream, hdr, port_hello),
+            Dial::Pending(fd) if self.connecting.len() < MAX_CONNECTING => {
+                let now = Instant::now();
+                self.connecting.insert(
+                    key,
+                    Connecting {
+                        fd,
+                        request: *hdr,
+                        hello: port_hello,
+                        deadline: now + CONNECT_TIMEOUT,
+                        next_try: now + RETRY_FIRST,
+                        backoff: RETRY_FIRST,
+                    },
+                );
+                self.arm_retry();
+            }
+            Dial::Pending(_) | Dial::Failed => self.orphan_rst(hdr),
+        }
+    }
+
+    /// The connect to host.sock for guest connection `key` succeeded: RESPONSE goes out next.
+    fn connected(&mut self, key: Key, stream: UnixStream, request: &Header, hello: Vec<u8>) {
         let mut conn = Connection::peer_init(
             stream,
             self.cfg.cid,
-            hdr.dst_port,
-            hdr.src_port,
-            port_hello,
+            key.0,
+            key.1,
+            hello,
             self.cfg.take_sockets,
         );
-        conn.send_pkt(hdr, &[]);
+        conn.send_pkt(request, &[]);
         self.by_fd.insert(conn.stream().as_raw_fd(), key);
         self.conns.insert(key, conn);
         Metrics::add(&METRICS.vsock_guest_connections, 1);
         self.update(key);
+    }
+
+    /// Tries the pending connects that are due (at most [`RETRIES_PER_TICK`]); those past
+    /// their deadline get RST.
+    pub fn retry_connects(&mut self, now: Instant) {
+        let due: Vec<Key> = self
+            .connecting
+            .iter()
+            .filter(|(_, c)| c.next_try <= now || c.deadline <= now)
+            .map(|(k, _)| *k)
+            .take(RETRIES_PER_TICK)
+            .collect();
+        for key in due {
+            let Some(c) = self.connecting.remove(&key) else {
+                continue;
+            };
+            match dial(&self.cfg.host_socket, Some(c.fd)) {
+                Dial::Connected(stream) => self.connected(key, stream, &c.request, c.hello),
+                Dial::Pending(fd) if c.deadline > now => {
+                    let backoff = (c.backoff * 2).min(RETRY_MAX);
+                    self.connecting.insert(
+                        key,
+                        Connecting {
+                            fd,
+                            next_try: now + backoff,
+                            backoff,
+                            ..c
+                        },
+                    );
+                }
+                Dial::Pending(_) | Dial::Failed => self.orphan_rst(&c.request),
+            }
+        }
+        if self.connecting.is_empty() {
+            self.disarm_retry();
+        }
+    }
+
+    fn arm_retry(&mut self) {
+        if !self.retry_armed {
+            self.retry_armed = self.retry_timer.reset(RETRY_TICK, Some(RETRY_TICK)).is_ok();
+        }
+    }
+
+    fn disarm_retry(&mut self) {
+        if self.retry_armed {
+            self.retry_armed = self.retry_timer.clear().is_err();
+        }
     }
 
     /// The next packet for the guest, payload in `buf[..len]`.
@@ -440,6 +619,9 @@ impl Muxer {
         if fd == self.timer.as_raw_fd() {
             let _ = self.timer.wait();
             self.tick(Instant::now());
+        } else if fd == self.retry_timer.as_raw_fd() {
+            let _ = self.retry_timer.wait();
+            self.retry_connects(Instant::now());
         } else if self.listener.as_ref().is_some_and(|l| l.as_raw_fd() == fd) {
             self.accept_all();
         } else if self.handshakes.contains_key(&fd) {
@@ -480,8 +662,10 @@ impl Muxer {
         }
     }
 
+    /// Accepts at most [`ACCEPTS_PER_EVENT`] host connections; the socket stays readable for
+    /// the rest.
     fn accept_all(&mut self) {
-        loop {
+        for _ in 0..ACCEPTS_PER_EVENT {
             let Some(listener) = &self.listener else {
                 return;
             };

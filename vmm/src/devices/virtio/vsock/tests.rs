@@ -617,6 +617,28 @@ fn recv_bytes(rig: &mut Rig, n: usize) -> Vec<u8> {
     got
 }
 
+/// The guest's header for a connection from guest port `port` to HOST_PORT.
+fn hdr_from(rig: &Rig, port: u32, op: u16) -> Header {
+    Header {
+        src_port: port,
+        ..rig.hdr(op)
+    }
+}
+
+/// Runs the backend until a packet of `op` for guest port `port` arrives (other packets are
+/// returned too) or `limit` passes.
+fn recv_until(rig: &mut Rig, port: u32, op: u16, limit: Duration) -> Vec<(Header, Vec<u8>)> {
+    let mut got = Vec::new();
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        got.extend(rig.recv(1));
+        if got.iter().any(|(h, _)| h.dst_port == port && h.op == op) {
+            break;
+        }
+    }
+    got
+}
+
 impl Passed {
     /// Connects, sends the request and `pipelined` guest bytes after it, checks that only the
     /// hello and the request reached host-server, then answers with a loopback TCP socket.
@@ -1103,4 +1125,109 @@ fn an_inbound_connection_takes_the_accepted_socket() {
     raw.write_all(b"not a frame at all").expect("write");
     assert_eq!(recv_bytes(&mut rig, 18), b"not a frame at all");
     assert_eq!(rig.dev.muxer().passed_sockets(), 1);
+}
+
+#[test]
+fn a_host_server_that_does_not_accept_never_blocks_the_device() {
+    let mut rig = Rig::new();
+    // host-server stalled: its listen backlog holds one waiting connection (listen(0)), and
+    // nothing accepts after the first connection.
+    rustix::net::listen(&rig.host, 0).expect("listen(0)");
+    let mut a = rig.connect();
+    // B fills the backlog: the kernel completes its connect without an accept.
+    rig.send(hdr_from(&rig, GUEST_PORT + 1, op::REQUEST), &[]);
+    let got = recv_until(
+        &mut rig,
+        GUEST_PORT + 1,
+        op::RESPONSE,
+        Duration::from_secs(5),
+    );
+    assert!(
+        got.iter()
+            .any(|(h, _)| h.dst_port == GUEST_PORT + 1 && h.op == op::RESPONSE),
+        "{got:?}"
+    );
+    // C finds the backlog full: a blocking connect would wait here forever.
+    let started = Instant::now();
+    rig.send(hdr_from(&rig, GUEST_PORT + 2, op::REQUEST), &[]);
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "the guest's connect took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(rig.dev.muxer().connecting_count(), 1);
+    // The established connection keeps working both ways meanwhile.
+    rig.send(rig.hdr(op::RW), b"still here");
+    let mut b = [0u8; 10];
+    a.read_exact(&mut b)
+        .expect("guest bytes while host.sock is full");
+    assert_eq!(&b, b"still here");
+    a.write_all(b"and back").expect("write");
+    let got = rig.recv(1);
+    assert_eq!((got[0].0.op, got[0].0.dst_port), (op::RW, GUEST_PORT));
+    assert_eq!(got[0].1, b"and back");
+    // Nobody makes room: C gets RST once its connect deadline passed, not before.
+    let got = recv_until(&mut rig, GUEST_PORT + 2, op::RST, Duration::from_secs(5));
+    let waited = started.elapsed();
+    assert!(
+        got.iter()
+            .any(|(h, _)| h.dst_port == GUEST_PORT + 2 && h.op == op::RST),
+        "{got:?}"
+    );
+    assert!(
+        waited >= super::muxer::CONNECT_TIMEOUT - Duration::from_millis(100),
+        "RST after {waited:?}"
+    );
+    assert_eq!(rig.dev.muxer().connecting_count(), 0);
+    // D waits too; then host-server accepts B (room again): D connects by itself, RESPONSE,
+    // and its hello is the first thing host-server reads.
+    rig.send(hdr_from(&rig, GUEST_PORT + 3, op::REQUEST), &[]);
+    assert_eq!(rig.dev.muxer().connecting_count(), 1);
+    let (mut b_host, _) = rig.host.accept().expect("B");
+    b_host
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    assert!(matches!(read_frame(&mut b_host), ToHost::Hello(_)));
+    let got = recv_until(
+        &mut rig,
+        GUEST_PORT + 3,
+        op::RESPONSE,
+        Duration::from_secs(5),
+    );
+    assert!(
+        got.iter()
+            .any(|(h, _)| h.dst_port == GUEST_PORT + 3 && h.op == op::RESPONSE),
+        "{got:?}"
+    );
+    assert_eq!(rig.dev.muxer().connecting_count(), 0);
+    let (mut d_host, _) = rig.host.accept().expect("D");
+    d_host
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    assert!(matches!(read_frame(&mut d_host), ToHost::Hello(_)));
+    rig.send(hdr_from(&rig, GUEST_PORT + 3, op::RW), b"d");
+    let mut one = [0u8; 1];
+    d_host.read_exact(&mut one).expect("D's byte");
+    assert_eq!(&one, b"d");
+}
+
+#[test]
+fn a_guest_rst_cancels_a_pending_connect() {
+    let mut rig = Rig::new();
+    rustix::net::listen(&rig.host, 0).expect("listen(0)");
+    let _a = rig.connect();
+    // B fills the backlog (never accepted), C waits.
+    rig.send(hdr_from(&rig, GUEST_PORT + 1, op::REQUEST), &[]);
+    assert_eq!(rig.dev.muxer().connecting_count(), 0);
+    let _ = recv_until(
+        &mut rig,
+        GUEST_PORT + 1,
+        op::RESPONSE,
+        Duration::from_secs(5),
+    );
+    rig.send(hdr_from(&rig, GUEST_PORT + 2, op::REQUEST), &[]);
+    assert_eq!(rig.dev.muxer().connecting_count(), 1);
+    rig.send(hdr_from(&rig, GUEST_PORT + 2, op::RST), &[]);
+    assert_eq!(rig.dev.muxer().connecting_count(), 0);
+    assert!(rig.recv(1).is_empty(), "no answer to an RST");
 }

@@ -986,6 +986,30 @@ mod tests {
             0,
             "nothing went upstream"
         );
+        // A static mapping: its configured names for PTR, or without any its literal name.
+        let named: Ipv4Addr = "10.170.175.10".parse().unwrap();
+        let bare: Ipv4Addr = "10.170.175.11".parse().unwrap();
+        let v6 = |s: &str| s.parse::<Ipv6Addr>().unwrap();
+        r.mappings()
+            .set_static(named, v6("2001:db8::20"), &["db.example.".into()])
+            .await
+            .unwrap();
+        r.mappings()
+            .set_static(bare, v6("2001:db8::21"), &[])
+            .await
+            .unwrap();
+        for (dummy, want) in [(named, "db.example."), (bare, "2001-db8--21.ipv6.outsock.")] {
+            let ptr = r.resolve(&q(&arpa(dummy), RecordType::PTR)).await;
+            let names: Vec<String> = ptr
+                .answers
+                .iter()
+                .filter_map(|rec| match &rec.data {
+                    RData::PTR(p) => Some(p.0.to_ascii()),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(names, [want], "{dummy}");
+        }
     }
 
     /// New dummies are charged to the answering task's tenant: beyond its quota it gets

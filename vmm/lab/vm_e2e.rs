@@ -29,7 +29,7 @@ use crate::vm_world::{self, IPERF_PORT, WHOAMI_PORT};
 use crate::{Driver, Run, RunOpts};
 
 /// The checks this group reports, in order.
-pub const NAMES: [&str; 24] = [
+pub const NAMES: [&str; 25] = [
     "vm-boot",
     "vm-curl",
     "vm-wget",
@@ -39,6 +39,7 @@ pub const NAMES: [&str; 24] = [
     "vm-go-udp",
     "vm-nc",
     "vm-static-nc",
+    "vm-static-mapping",
     "vm-udp",
     "vm-kdig",
     "vm-dig",
@@ -56,6 +57,9 @@ pub const NAMES: [&str; 24] = [
     "vm-run",
 ];
 const VM_SOCKET: &str = "/tmp/outsock-lab-vm0.vsock";
+/// A static mapping of dns-cache's `[static]` (issue #19): the echo server's fixed dummy,
+/// which the guest reaches by its IPv4 literal, no name looked up.
+const STATIC_DUMMY: &str = "10.170.175.10";
 /// The `outsock vm run` VM's metrics socket.
 const METRICS_SOCKET: &str = "/tmp/outsock-lab-vm0.metrics";
 /// The Go client `run` builds from `go-client.go` into the binaries' folder (`--bin-dir`).
@@ -126,6 +130,7 @@ timeout 90 /tmp/go-client $V6 $ECHO >/tmp/go.out 2>/tmp/go.err; echo GO-RC=$?
 sed 's/^/GO /' /tmp/go.out; sed 's/^/GO-ERR /' /tmp/go.err
 echo via-netcat | /usr/bin/nc.traditional -q 3 -w 20 $ECHO 7; echo NC-RC=$?
 echo SNC-OUT=$(echo via-static-nc | timeout 20 /bin/busybox nc -w 3 $ECHO 7)
+echo via-static-mapping | /usr/bin/nc.traditional -q 3 -w 20 {static_dummy} 7; echo SMAP-RC=$?
 echo via-udp | /usr/bin/nc.traditional -u -q 3 -w 10 $ECHO 7; echo NCU-RC=$?
 A=$(kdig +short +timeout=5 @$DNS $V6 A); echo KDIG-RC=$? KDIG-UDP=$A
 A=$(kdig +short +tcp +timeout=5 @$DNS $ECHO A); echo KDIGTCP-RC=$? KDIG-TCP=$A
@@ -177,6 +182,7 @@ echo E2E-DONE
 "#,
         v6 = zone::V6ONLY,
         echo = zone::ECHO,
+        static_dummy = STATIC_DUMMY,
         multi = zone::MULTI,
         dns = GUEST_DNS,
         iperf_port = IPERF_PORT,
@@ -319,7 +325,8 @@ fn attempt(d: &Driver, retry_on_crash: bool) -> anyhow::Result<Attempt> {
         addr::HOST,
         addr::HOST_VMS[0]
     );
-    let mut stack = Stack::start("labvm", &extra)?;
+    let statics = format!("[static]\n\"{STATIC_DUMMY}\" = \"{}\"\n", addr::ECHO);
+    let mut stack = Stack::start_with("labvm", &statics, &extra)?;
     vm_world::start_servers(&mut stack)?;
     std::fs::write(stack.world.path("www").join("vm-e2e.sh"), guest_script())?;
     std::fs::write(
@@ -789,6 +796,14 @@ fn judge(
         "vm-static-nc",
         snc == "via-static-nc",
         &format!("busybox-static nc (the image's /bin/busybox, under /init's supervisor) to the IPv6-only TCP echo server by name: echoed {snc:?}"),
+    );
+    let smap_rc = rc_of("SMAP-RC=");
+    d.report(
+        "vm-static-mapping",
+        smap_rc.as_deref() == Some("0") && line_is("via-static-mapping"),
+        &format!(
+            "netcat-traditional to {STATIC_DUMMY}, the echo server's static mapping in dns-cache's [static], by its IPv4 literal: exit {smap_rc:?}"
+        ),
     );
     let ncu_rc = rc_of("NCU-RC=");
     d.report(

@@ -544,14 +544,20 @@ fn vm_run(d: &Driver, host_sock: &str) -> Result<(Option<i32>, String), String> 
     let pid = child.id();
     let mut during = None;
     let mut metrics = String::new();
-    let until = std::time::Instant::now() + Duration::from_secs(120);
+    // `vm run` builds (or finds in its cache) the guest image first: under the lab's emulation
+    // that alone may take minutes. Polled until it ends (the lab's own bound applies).
+    let until = std::time::Instant::now() + Duration::from_secs(600);
+    let started = std::time::Instant::now();
+    let (mut polls, mut last) = (0u32, String::new());
     while during.is_none() && std::time::Instant::now() < until {
         let alive =
             std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "));
         if !alive {
             break;
         }
+        polls += 1;
         if let Some(line) = vm0(&ls()?) {
+            last.clone_from(&line);
             if line.contains("\"running\":true") && !line.contains("\"vmm_pid\":0,") {
                 during = Some(line);
                 metrics = scrape(METRICS_SOCKET);
@@ -567,7 +573,10 @@ fn vm_run(d: &Driver, host_sock: &str) -> Result<(Option<i32>, String), String> 
         "{}\n--- stderr ---\n{}\n--- vm ls while running ---\n{}\n--- vm ls after ---\n{after}\n--- the VMM's metrics while running ---\n{metrics}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
-        during.as_deref().unwrap_or("(vm0 never showed as running)"),
+        during.clone().unwrap_or_else(|| format!(
+            "(vm0 never showed as running: {polls} polls in {:.1} s, the last {last})",
+            started.elapsed().as_secs_f64()
+        )),
     );
     let _ = std::fs::write(d.args.logs.join("vm-run.log"), &text);
     if during.is_none() {

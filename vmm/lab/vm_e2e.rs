@@ -301,7 +301,7 @@ pub fn run(d: &mut Driver) {
                 ok,
                 &match &a.vm_run {
                     Ok((status, out)) => format!(
-                        "outsock vm run -- curl -4 http://{}/index.html: exit {status:?}, page {}; outsock vm ls showed vm0 running, then stopped; its metrics socket answered; see vm-run.log",
+                        "outsock vm run -- curl -4 http://{}/index.html: exit {status:?}, page {}; outsock vm ls showed vm0 running, then stopped; its metrics socket counted exits, guest vsock connections and passed sockets; see vm-run.log",
                         zone::V6ONLY,
                         if out.contains(INDEX_BODY.trim()) { "printed" } else { "missing" }
                     ),
@@ -531,6 +531,8 @@ fn vm_run(d: &Driver, host_sock: &str) -> Result<(Option<i32>, String), String> 
         .arg("--")
         .args(["curl", "-4", "-sS", "-m", "30"])
         .arg(format!("http://{}/index.html", zone::V6ONLY))
+        // /init runs the words with `sh -c`: a moment after curl for the metrics scrapes.
+        .args(["&&", "sleep", "3"])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
@@ -549,21 +551,31 @@ fn vm_run(d: &Driver, host_sock: &str) -> Result<(Option<i32>, String), String> 
     let until = std::time::Instant::now() + Duration::from_secs(600);
     let started = std::time::Instant::now();
     let (mut polls, mut last) = (0u32, String::new());
-    while during.is_none() && std::time::Instant::now() < until {
-        let alive =
-            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "));
-        if !alive {
-            break;
-        }
+    let counter = |text: &str, series: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    let alive =
+        || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "));
+    while during.is_none() && std::time::Instant::now() < until && alive() {
         polls += 1;
         if let Some(line) = vm0(&ls()?) {
             last.clone_from(&line);
             if line.contains("\"running\":true") && !line.contains("\"vmm_pid\":0,") {
                 during = Some(line);
-                metrics = scrape(METRICS_SOCKET);
             }
         }
         std::thread::sleep(Duration::from_millis(200));
+    }
+    // The VMM's counters, scraped until the VM ends (they only grow): the last answer, once
+    // the guest's curl went through a socket host-server passed to the VMM.
+    while during.is_some() && std::time::Instant::now() < until && alive() {
+        let text = scrape(METRICS_SOCKET);
+        if text.starts_with("HTTP/1.0 200 OK") {
+            metrics = text;
+        }
+        std::thread::sleep(Duration::from_millis(300));
     }
     let out = child
         .wait_with_output()
@@ -584,14 +596,21 @@ fn vm_run(d: &Driver, host_sock: &str) -> Result<(Option<i32>, String), String> 
             "outsock vm ls never showed vm0 running with its VMM's pid; see vm-run.log".into(),
         );
     }
-    // The VMM's counters, scraped while it ran: the guest had left to the VMM by then.
-    let io_out = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("outsock_vmm_exits_total{vm=\"vm0\",kind=\"io_out\"} "))
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    if !metrics.starts_with("HTTP/1.0 200 OK") || !matches!(io_out, Some(n) if n > 0) {
+    let io_out = counter(
+        &metrics,
+        "outsock_vmm_exits_total{vm=\"vm0\",kind=\"io_out\"} ",
+    );
+    let passed = counter(&metrics, "outsock_vmm_passed_sockets_total{vm=\"vm0\"} ");
+    let guest = counter(
+        &metrics,
+        "outsock_vmm_vsock_connections_total{vm=\"vm0\",by=\"guest\"} ",
+    );
+    if !matches!(io_out, Some(n) if n > 0)
+        || !matches!(passed, Some(n) if n > 0)
+        || !matches!(guest, Some(n) if n > 0)
+    {
         return Err(format!(
-            "the VMM's metrics socket did not answer with its exit counts (io_out {io_out:?}); see vm-run.log"
+            "the VMM's metrics while it ran: exits io_out {io_out:?}, guest vsock connections {guest:?}, passed sockets {passed:?} (want each > 0); see vm-run.log"
         ));
     }
     match vm0(&after) {

@@ -892,6 +892,16 @@ mod tests {
         }
     }
 
+    fn ptr_names(a: &Answer) -> Vec<String> {
+        a.answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::PTR(p) => Some(p.0.to_ascii()),
+                _ => None,
+            })
+            .collect()
+    }
+
     fn a_records(a: &Answer) -> Vec<Ipv4Addr> {
         a.answers
             .iter()
@@ -940,14 +950,7 @@ mod tests {
             .await;
         assert_eq!(a_records(&again), dummy);
         let ptr = r.resolve(&q(&arpa(dummy[0]), RecordType::PTR)).await;
-        let names: Vec<String> = ptr
-            .answers
-            .iter()
-            .filter_map(|rec| match &rec.data {
-                RData::PTR(p) => Some(p.0.to_ascii()),
-                _ => None,
-            })
-            .collect();
+        let names = ptr_names(&ptr);
         assert!(
             names.contains(&"2001-db8--10.ipv6.outsock.".to_owned()),
             "{names:?}"
@@ -1000,14 +1003,7 @@ mod tests {
             .unwrap();
         for (dummy, want) in [(named, "db.example."), (bare, "2001-db8--21.ipv6.outsock.")] {
             let ptr = r.resolve(&q(&arpa(dummy), RecordType::PTR)).await;
-            let names: Vec<String> = ptr
-                .answers
-                .iter()
-                .filter_map(|rec| match &rec.data {
-                    RData::PTR(p) => Some(p.0.to_ascii()),
-                    _ => None,
-                })
-                .collect();
+            let names = ptr_names(&ptr);
             assert_eq!(names, [want], "{dummy}");
         }
     }
@@ -1063,14 +1059,7 @@ mod tests {
         assert_eq!(a.answers[1].name, n("v6only.test."));
         let v4 = a_records(&a)[0];
         let ptr = r.resolve(&q(&arpa(v4), RecordType::PTR)).await;
-        let names: Vec<String> = ptr
-            .answers
-            .iter()
-            .filter_map(|r| match &r.data {
-                RData::PTR(p) => Some(p.0.to_ascii()),
-                _ => None,
-            })
-            .collect();
+        let names = ptr_names(&ptr);
         assert_eq!(names, vec!["v6only.test.", "alias.test."]);
     }
 

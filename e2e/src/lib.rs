@@ -29,6 +29,25 @@ pub fn stack(label: &str, config: &str) -> Option<Stack> {
     }
 }
 
+/// Runs `program args…` in `legacy` through `outsock run` with `stdin`, bounded to 60 s.
+///
+/// # Panics
+/// When the program cannot be started.
+#[must_use]
+pub fn run_legacy(s: &Stack, program: &str, args: &[&str], stdin: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    let mut cmd = s.legacy("timeout").expect("outsock run");
+    cmd.arg("60").arg(program).args(args);
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn the program");
+    let mut input = child.stdin.take().expect("stdin");
+    input.write_all(stdin).expect("write stdin");
+    drop(input);
+    child.wait_with_output().expect("wait for the program")
+}
+
 /// The IPv6 literal name of `v6` in dns-cache's default `ipv6_literal_suffix`
 /// (`fd00:64::80` → `fd00-64--80.ipv6.outsock`).
 #[must_use]

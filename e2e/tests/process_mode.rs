@@ -9,7 +9,7 @@
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, Shutdown};
-use std::process::{Output, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use outsock_e2e::{
@@ -20,19 +20,7 @@ use testworld::{addr, big_file_byte, programs, zone, BIG_FILE_LEN, INDEX_BODY};
 
 const PORTS: &str = "[listen]\nallowed_ports = [8080, 8081, 8082, 8083, 8084, 8085, 8086]\n";
 
-/// Runs `program args…` in `legacy` through outsock, with `stdin`, bounded to 60 s.
-fn run(s: &Stack, program: &str, args: &[&str], stdin: &[u8]) -> Output {
-    let mut cmd = s.legacy("timeout").unwrap();
-    cmd.arg("60").arg(program).args(args);
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    let mut input = child.stdin.take().unwrap();
-    input.write_all(stdin).unwrap();
-    drop(input);
-    child.wait_with_output().unwrap()
-}
+use outsock_e2e::run_legacy as run;
 
 /// An IPv6 client in `world`, bound to [`addr::CLIENT`] so the host sees a known peer, that
 /// sends `data` to the host's `port`, half-closes and returns what came back.

@@ -8,26 +8,13 @@
 // Test code throughout; helpers outside #[test] functions unwrap too.
 #![allow(clippy::unwrap_used)]
 
-use std::io::Write;
-use std::process::{Output, Stdio};
-
 use outsock_e2e::{ok, text};
 use testworld::stack::Stack;
 use testworld::{addr, zone, INDEX_BODY};
 
 const STATIC: &str = "10.170.175.10";
 
-/// Runs `program args…` in `legacy` through outsock with `stdin`, bounded to 60 s.
-fn run(s: &Stack, program: &str, args: &[&str], stdin: &[u8]) -> Output {
-    let mut cmd = s.legacy("timeout").unwrap();
-    cmd.arg("60").arg(program).args(args);
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    child.stdin.take().unwrap().write_all(stdin).unwrap();
-    child.wait_with_output().unwrap()
-}
+use outsock_e2e::run_legacy as run;
 
 fn echo_by_literal(s: &Stack) {
     let out = run(s, "nc", &["-q", "5", STATIC, "7"], b"to a static mapping\n");

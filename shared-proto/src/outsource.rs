@@ -62,9 +62,11 @@ pub struct VmHello {
     pub cid: u32,
     /// The vsock port the guest connected to on the host (CID 2).
     pub port: u32,
-    /// The VMM can take a guest connection's host socket (see the module docs). Encoded as bit
-    /// 0 of a flags byte after `port`; a hello without that byte (an older VMM) means false, and
-    /// unknown bits are ignored, so either side may be the older one.
+    /// The VMM can take a guest connection's host socket (see the module docs). Encoded as a
+    /// flags byte after `port` holding bit 0, present only when true: a hello without it (an
+    /// older VMM, or one that takes none) means false and is the older hello byte for byte, so
+    /// an older host-server reads it. Any other flags byte (0, unknown bits) is refused: one
+    /// hello has one encoding.
     pub takes_sockets: bool,
 }
 
@@ -228,11 +230,9 @@ impl Message for ToHost {
                 w.string(&h.vm);
                 w.u32(h.cid);
                 w.u32(h.port);
-                w.u8(if h.takes_sockets {
-                    hello_flags::TAKES_SOCKETS
-                } else {
-                    0
-                });
+                if h.takes_sockets {
+                    w.u8(hello_flags::TAKES_SOCKETS);
+                }
             }
             Self::Connect(c) => {
                 w.sockv4(c.dest);
@@ -265,9 +265,15 @@ impl Message for ToHost {
                 vm: r.string()?,
                 cid: r.u32()?,
                 port: r.u32()?,
-                // An older VMM's hello ends after the port.
+                // A hello that takes no sockets (an older VMM's) ends after the port.
                 takes_sockets: match r.u8() {
-                    Ok(flags) => flags & hello_flags::TAKES_SOCKETS != 0,
+                    Ok(hello_flags::TAKES_SOCKETS) => true,
+                    Ok(other) => {
+                        return Err(ProtoError::BadValue {
+                            field: "hello flags",
+                            value: u64::from(other),
+                        })
+                    }
                     Err(ProtoError::Truncated) => false,
                     Err(e) => return Err(e),
                 },
@@ -468,9 +474,12 @@ mod tests {
         for takes in [false, true] {
             let bytes = frame::to_vec(&hello(takes)).unwrap();
             assert_eq!(frame::decode_exact::<ToHost>(&bytes).unwrap(), hello(takes));
-            // The flags byte is the body's last.
-            assert_eq!(bytes.last(), Some(&u8::from(takes)));
         }
+        // Only a hello that takes sockets has the flags byte, as the body's last.
+        let with = frame::to_vec(&hello(true)).unwrap();
+        let without = frame::to_vec(&hello(false)).unwrap();
+        assert_eq!(with.len(), without.len() + 1);
+        assert_eq!(with.last(), Some(&1));
     }
 
     /// An older VMM's hello (no flags byte): read as one that takes no sockets, so host-server
@@ -489,14 +498,25 @@ mod tests {
         bytes.extend_from_slice(&u32::try_from(body.len()).unwrap().to_be_bytes());
         bytes.extend_from_slice(&body);
         assert_eq!(frame::decode_exact::<ToHost>(&bytes).unwrap(), hello(false));
-        // Unknown flag bits are ignored; a second byte after the flags is still garbage.
-        let mut newer = bytes.clone();
-        newer[7] += 1;
-        newer.push(0x81);
-        assert_eq!(frame::decode_exact::<ToHost>(&newer).unwrap(), hello(true));
+        // It is exactly what a hello that takes no sockets encodes to.
+        assert_eq!(frame::to_vec(&hello(false)).unwrap(), bytes);
+        // Any other flags byte is refused (one encoding per hello: decoding and encoding
+        // again gives the same bytes); a second byte after the flags is garbage.
+        for flags in [0u8, 0x81, 2] {
+            let mut other = bytes.clone();
+            other[7] += 1;
+            other.push(flags);
+            assert_eq!(
+                frame::decode_exact::<ToHost>(&other),
+                Err(ProtoError::BadValue {
+                    field: "hello flags",
+                    value: u64::from(flags)
+                })
+            );
+        }
         let mut longer = bytes;
         longer[7] += 2;
-        longer.extend_from_slice(&[0, 0]);
+        longer.extend_from_slice(&[1, 0]);
         assert!(matches!(
             frame::decode_exact::<ToHost>(&longer),
             Err(ProtoError::TrailingBytes { count: 1 })

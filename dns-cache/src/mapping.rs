@@ -762,6 +762,12 @@ impl MappingTable {
         self.dirty.extend(addrs.into_iter().map(u32::from));
     }
 
+    /// Marks every entry dirty: the next batch writes the whole table again (after the
+    /// database was reopened following a fault).
+    pub fn mark_all_dirty(&mut self) {
+        self.dirty.extend(self.by_v4.keys().copied());
+    }
+
     /// Puts entries back into the touched set after a failed write.
     pub fn mark_touched(&mut self, addrs: impl IntoIterator<Item = Ipv4Addr>) {
         self.touched.extend(addrs.into_iter().map(u32::from));

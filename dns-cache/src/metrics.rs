@@ -19,6 +19,7 @@ use hickory_proto::rr::RecordType;
 use crate::mapping::Direction;
 use crate::persist::Mappings;
 use crate::reuse::Reuse;
+use crate::store::Fault;
 
 /// Upper bounds (seconds) of the upstream latency histogram buckets.
 const LATENCY_BUCKETS: [f64; 8] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0];
@@ -304,6 +305,48 @@ impl Metrics {
             "Accepts on dns.sock that failed.",
             &[("", get(&self.accept_errors))],
         );
+
+        let h = mappings.health();
+        let failures: Vec<(String, u64)> = Fault::ALL
+            .iter()
+            .map(|f| {
+                (
+                    format!("{{fault=\"{}\"}}", f.as_str()),
+                    get(&h.failures[f.index()]),
+                )
+            })
+            .collect();
+        let failures: Vec<(&str, u64)> = failures.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+        counter(
+            "db_write_failures_total",
+            "Mapping database writes that failed (and were retried), by kind of fault.",
+            &failures,
+        );
+        counter(
+            "db_uncommitted_refused_total",
+            "Answers refused (SERVFAIL) because their new mapping could not be committed in time.",
+            &[("", get(&h.uncommitted_refused))],
+        );
+        counter(
+            "db_reopens_total",
+            "Fresh connections to the mapping database opened after faults.",
+            &[("", get(&h.reopens))],
+        );
+        let failing = h.failing.load(Ordering::Relaxed);
+        let _ = writeln!(
+            s,
+            "# HELP outsock_dns_db_writes_failing 1 while writes to the mapping database fail, with the kind of fault."
+        );
+        let _ = writeln!(s, "# TYPE outsock_dns_db_writes_failing gauge");
+        for f in Fault::ALL {
+            let on = failing && h.fault.load(Ordering::Relaxed) == f.index();
+            let _ = writeln!(
+                s,
+                "outsock_dns_db_writes_failing{{fault=\"{}\"}} {}",
+                f.as_str(),
+                u8::from(on)
+            );
+        }
 
         let _ = writeln!(s, "# HELP outsock_dns_pool_used Mappings in each pool.");
         let _ = writeln!(s, "# TYPE outsock_dns_pool_used gauge");

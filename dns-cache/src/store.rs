@@ -11,9 +11,10 @@
 //! batch for hosts that want that guarantee too.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
 
 use crate::clock::UnixMillis;
 use crate::mapping::{Direction, Mapping, Touch};
@@ -28,7 +29,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// SQLite reported an error.
-    #[error("database error")]
+    #[error(transparent)]
     Sqlite(#[from] rusqlite::Error),
     /// The file was written by a newer dns-cache.
     #[error("the database has schema version {found}, newer than the {known} this program knows")]
@@ -37,6 +38,15 @@ pub enum StoreError {
         found: i64,
         /// Highest version this program knows.
         known: i64,
+    },
+    /// The file at start is not an intact mapping database. It is left exactly as it is:
+    /// recreating it would lose every mapping a guest may still hold.
+    #[error("{path} is not an intact mapping database ({detail}); it was left untouched: restore a backup, or move it away to start with no mappings")]
+    Corrupt {
+        /// The database file.
+        path: PathBuf,
+        /// What SQLite found.
+        detail: String,
     },
     /// A row holds something this program never writes.
     #[error("row for {ipv4} is corrupt: {reason}")]
@@ -59,25 +69,183 @@ pub enum Durability {
     PowerLoss,
 }
 
+/// What kind of storage fault a failed write met, for the log and the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The file system is full (`SQLITE_FULL`).
+    Full,
+    /// The file or its file system is read-only (`SQLITE_READONLY`).
+    ReadOnly,
+    /// Another process holds the write lock (`SQLITE_BUSY`/`SQLITE_LOCKED`).
+    Locked,
+    /// The operating system failed a read or write (`SQLITE_IOERR`, `SQLITE_CANTOPEN`).
+    Io,
+    /// SQLite found the file damaged (`SQLITE_CORRUPT`, `SQLITE_NOTADB`).
+    Corrupt,
+    /// Anything else.
+    Other,
+}
+
+impl Fault {
+    /// Every kind, in the order of [`Fault::index`].
+    pub const ALL: [Fault; 6] = [
+        Fault::Full,
+        Fault::ReadOnly,
+        Fault::Locked,
+        Fault::Io,
+        Fault::Corrupt,
+        Fault::Other,
+    ];
+
+    /// Classifies a store error.
+    #[must_use]
+    pub fn of(e: &StoreError) -> Self {
+        let StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _)) = e else {
+            return match e {
+                StoreError::Corrupt { .. } | StoreError::CorruptRow { .. } => Fault::Corrupt,
+                _ => Fault::Other,
+            };
+        };
+        match f.code {
+            ErrorCode::DiskFull => Fault::Full,
+            ErrorCode::ReadOnly => Fault::ReadOnly,
+            ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => Fault::Locked,
+            ErrorCode::SystemIoFailure | ErrorCode::CannotOpen => Fault::Io,
+            ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase => Fault::Corrupt,
+            _ => Fault::Other,
+        }
+    }
+
+    /// The metric label and log word.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fault::Full => "disk_full",
+            Fault::ReadOnly => "read_only",
+            Fault::Locked => "locked",
+            Fault::Io => "io_error",
+            Fault::Corrupt => "corrupt",
+            Fault::Other => "other",
+        }
+    }
+
+    /// This kind's position in [`Fault::ALL`].
+    #[must_use]
+    pub fn index(self) -> usize {
+        Fault::ALL.iter().position(|f| *f == self).unwrap_or(5)
+    }
+
+    /// What an operator can do about it, for the log line.
+    #[must_use]
+    pub fn hint(self) -> &'static str {
+        match self {
+            Fault::Full => "free space on the database's file system",
+            Fault::ReadOnly => {
+                "the database's file system went read-only: repair and mount it again at the same path"
+            }
+            Fault::Locked => {
+                "another process holds the database's write lock (an open sqlite3 transaction?)"
+            }
+            Fault::Io => "the disk fails reads or writes",
+            Fault::Corrupt => "the database file is damaged",
+            Fault::Other => "see the error",
+        }
+    }
+}
+
+/// How long a write waits for another process's lock before it fails and is retried.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// An open mapping database.
 #[derive(Debug)]
 pub struct Store {
     conn: Connection,
+    /// Where it was opened from, for [`Store::reopen`] (none in memory).
+    path: Option<PathBuf>,
+    durability: Durability,
 }
 
 impl Store {
-    /// Opens (creating if needed) the database at `path` and applies pending migrations.
+    /// Opens (creating if needed) the database at `path` and applies pending migrations. A file
+    /// that is not an intact database is refused ([`StoreError::Corrupt`]), never recreated.
     pub fn open(path: &Path, durability: Durability) -> Result<Self, StoreError> {
-        let conn = Connection::open(path)?;
-        Self::setup(conn, durability)
+        Self::open_with(path, durability, OpenFlags::default())
+    }
+
+    fn open_with(
+        path: &Path,
+        durability: Durability,
+        flags: OpenFlags,
+    ) -> Result<Self, StoreError> {
+        let conn = Connection::open_with_flags(path, flags)?;
+        // SQLite falls back to a read-only connection where the file cannot be opened for
+        // writing (a read-only file system); that is a fault here, not a database.
+        if conn.is_readonly(rusqlite::MAIN_DB)? {
+            return Err(StoreError::Sqlite(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_READONLY),
+                Some(format!("{} can only be opened read-only", path.display())),
+            )));
+        }
+        Self::setup(conn, Some(path.to_path_buf()), durability).map_err(|e| {
+            // SQLite's own word that the file is damaged, or is no database at all.
+            if matches!(e, StoreError::Sqlite(_)) && Fault::of(&e) == Fault::Corrupt {
+                StoreError::Corrupt {
+                    path: path.to_path_buf(),
+                    detail: e.to_string(),
+                }
+            } else {
+                e
+            }
+        })
     }
 
     /// An in-memory database, for tests.
     pub fn open_in_memory() -> Result<Self, StoreError> {
-        Self::setup(Connection::open_in_memory()?, Durability::ProcessCrash)
+        Self::setup(
+            Connection::open_in_memory()?,
+            None,
+            Durability::ProcessCrash,
+        )
     }
 
-    fn setup(conn: Connection, durability: Durability) -> Result<Self, StoreError> {
+    /// Opens the database at `path` only if the file exists: after a storage fault, a file
+    /// system not mounted back yet shows the empty directory beneath it, and a new file there
+    /// would take the writes.
+    pub fn open_existing(path: &Path, durability: Durability) -> Result<Self, StoreError> {
+        Self::open_with(
+            path,
+            durability,
+            OpenFlags::default() - OpenFlags::SQLITE_OPEN_CREATE,
+        )
+    }
+
+    /// Where this database was opened from, and how durably (none in memory).
+    #[must_use]
+    pub fn location(&self) -> Option<(PathBuf, Durability)> {
+        self.path.clone().map(|p| (p, self.durability))
+    }
+
+    /// SQLite's quick integrity check; a damaged file is [`StoreError::Corrupt`].
+    fn check_intact(&mut self) -> Result<(), StoreError> {
+        let path = self.path.clone().unwrap_or_default();
+        let verdict: Result<String, _> = self
+            .conn
+            .query_row("PRAGMA quick_check(1)", [], |r| r.get::<_, String>(0));
+        match verdict {
+            Ok(v) if v == "ok" => Ok(()),
+            Ok(v) => Err(StoreError::Corrupt { path, detail: v }),
+            Err(e) => Err(StoreError::Corrupt {
+                path,
+                detail: e.to_string(),
+            }),
+        }
+    }
+
+    fn setup(
+        conn: Connection,
+        path: Option<PathBuf>,
+        durability: Durability,
+    ) -> Result<Self, StoreError> {
         // host-server may read while we write; WAL lets readers proceed during a write.
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(
@@ -89,8 +257,16 @@ impl Store {
             },
         )?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        let mut store = Self { conn };
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        let mut store = Self {
+            conn,
+            path,
+            durability,
+        };
+        if store.path.is_some() {
+            // Before anything is written: a damaged file must not be migrated over.
+            store.check_intact()?;
+        }
         store.migrate()?;
         Ok(store)
     }

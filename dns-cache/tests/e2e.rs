@@ -10,185 +10,15 @@
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
-use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use shared_proto::lookup::{ListQuery, LookupOp, LookupReply, LookupRequest, LookupResponse};
+use shared_proto::lookup::{ListQuery, LookupOp, LookupReply};
 use testworld::{addr, skip_unless_root, zone, Daemon, World};
 
-const DESTINATION_POOL: &str = "10.170.160.0/20";
-
-/// One running dns-cache in a world.
-struct Cache {
-    world: World,
-    daemon: Option<Daemon>,
-    config: PathBuf,
-    db: PathBuf,
-    sock: PathBuf,
-    /// Extra environment for the daemon.
-    env: Vec<(String, String)>,
-}
-
-impl Cache {
-    /// Starts a world and dns-cache with the default settings plus `extra` TOML lines.
-    fn start(label: &str, extra: &str) -> Cache {
-        Self::start_with(
-            World::start(label).expect("test world"),
-            &format!("[{}]:53", addr::DNS),
-            extra,
-            Vec::new(),
-        )
-    }
-
-    /// Starts dns-cache in `world` asking `upstream`, with `extra` TOML lines and `env` in its
-    /// environment.
-    fn start_with(world: World, upstream: &str, extra: &str, env: Vec<(String, String)>) -> Cache {
-        let db = world.path("mappings.sqlite3");
-        let sock = world.path("dns.sock");
-        let config = world.path("dns-cache.toml");
-        let toml = format!(
-            "listen = [\"[::1]:53\"]\n\
-             upstreams = [\"{upstream}\"]\n\
-             upstream_timeout_ms = 1000\n\
-             database = \"{db}\"\n\
-             lookup_socket = \"{sock}\"\n\
-             metrics = \"[::1]:9153\"\n\
-             {extra}\n",
-            db = db.display(),
-            sock = sock.display(),
-        );
-        std::fs::write(&config, toml).expect("write config");
-        let mut c = Cache {
-            world,
-            daemon: None,
-            config,
-            db,
-            sock,
-            env,
-        };
-        c.launch();
-        c
-    }
-
-    fn launch(&mut self) {
-        let _ = std::fs::remove_file(&self.sock);
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_outsock-dns-cache"));
-        cmd.arg("--config").arg(&self.config);
-        cmd.env("RUST_LOG", "warn");
-        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
-        let d = self
-            .world
-            .host()
-            .spawn("outsock-dns-cache", cmd)
-            .expect("spawn");
-        self.daemon = Some(d);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while !self.sock.exists() {
-            if let Some(d) = self.daemon.as_mut() {
-                if let Ok(Some(status)) = d.try_status() {
-                    panic!("outsock-dns-cache exited during start-up: {status}");
-                }
-            }
-            assert!(Instant::now() < deadline, "dns.sock did not appear");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// `dig @::1 ARGS` in the host namespace; full output.
-    fn dig(&self, args: &[&str]) -> String {
-        self.world.dig("::1", args).expect("dig")
-    }
-
-    /// The addresses of `dig +short NAME TYPE` (lines that parse as IPv4).
-    fn a(&self, name: &str) -> Vec<Ipv4Addr> {
-        self.dig(&["+short", name, "A"])
-            .lines()
-            .filter_map(|l| l.trim().parse().ok())
-            .collect()
-    }
-
-    fn lookup(&self, op: LookupOp) -> LookupReply {
-        lookup(&self.sock, op)
-    }
-}
-
-/// One request on a fresh dns.sock connection, closed afterwards.
-fn lookup(sock: &std::path::Path, op: LookupOp) -> LookupReply {
-    Conn::open(sock).call(op)
-}
-
-/// A dns.sock connection kept open across requests (pins are leases of their connection).
-struct Conn {
-    stream: UnixStream,
-    next_id: u32,
-}
-
-impl Conn {
-    fn open(sock: &std::path::Path) -> Conn {
-        let stream = UnixStream::connect(sock).expect("connect dns.sock");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        Conn { stream, next_id: 1 }
-    }
-
-    fn call(&mut self, op: LookupOp) -> LookupReply {
-        let id = self.next_id;
-        self.next_id += 1;
-        let frame = shared_proto::frame::to_vec(&LookupRequest { id, op }).unwrap();
-        self.stream.write_all(&frame).unwrap();
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 65536];
-        loop {
-            if let Some((resp, _)) = shared_proto::frame::decode::<LookupResponse>(&buf).unwrap() {
-                assert_eq!(resp.id, id);
-                return resp.reply;
-            }
-            let n = self.stream.read(&mut chunk).expect("read dns.sock");
-            assert!(n > 0, "dns.sock closed without a reply");
-            buf.extend_from_slice(&chunk[..n]);
-        }
-    }
-}
-
-fn in_pool(a: Ipv4Addr) -> bool {
-    let p: Vec<&str> = DESTINATION_POOL.split('/').collect();
-    let base = u32::from(p[0].parse::<Ipv4Addr>().unwrap());
-    let len: u32 = p[1].parse().unwrap();
-    u32::from(a) >> (32 - len) == base >> (32 - len)
-}
-
-fn status(out: &str) -> &str {
-    out.split("status: ")
-        .nth(1)
-        .and_then(|s| s.split(',').next())
-        .unwrap_or("NO ANSWER")
-}
-
-fn flags(out: &str) -> String {
-    out.split("flags:")
-        .nth(1)
-        .and_then(|s| s.split(';').next())
-        .unwrap_or("")
-        .to_owned()
-}
-
-fn resolve(c: &Cache, dummy: Ipv4Addr) -> Ipv6Addr {
-    match c.lookup(LookupOp::Resolve { dummy }) {
-        LookupReply::Resolved(m) => m.v6,
-        other => panic!("Resolve({dummy}) gave {other:?}"),
-    }
-}
-
-macro_rules! world_test {
-    ($name:ident) => {
-        if !skip_unless_root(stringify!($name)) {
-            return;
-        }
-    };
-}
+mod common;
+use common::*;
 
 #[test]
 fn synthesises_a_dummy_a_from_aaaa() {
@@ -580,18 +410,6 @@ fn listed_pins(c: &Cache) -> Vec<(Ipv4Addr, u32)> {
 }
 
 /// Polls `f` every 50 ms until it holds or `limit` passes.
-fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 #[test]
 fn pins_end_with_the_connection_that_took_them() {

@@ -37,12 +37,16 @@ fn sh(cmd: &str) -> std::process::Output {
     out
 }
 
-/// A file system mounted for the test, lazily unmounted when dropped.
-struct Mounted(PathBuf);
+/// A file system mounted for the test, lazily unmounted when dropped; then the world's folder
+/// (which the world could not remove while this was mounted in it) is removed, if given.
+struct Mounted(PathBuf, Option<PathBuf>);
 
 impl Drop for Mounted {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        if let Some(dir) = &self.1 {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
@@ -193,7 +197,7 @@ fn a_full_file_system_refuses_new_mappings_until_space_is_freed() {
         "mount -t tmpfs -o size=2m outsock-test {}",
         dir.display()
     ));
-    let _mount = Mounted(dir.clone());
+    let _mount = Mounted(dir.clone(), Some(world.dir().to_path_buf()));
     let c = cache_at(world, &dir);
     let old = c.a(zone::V6ONLY)[0];
 
@@ -237,7 +241,7 @@ fn a_file_system_gone_read_only_is_survived_and_a_remount_recovers() {
         "mount --bind {0} {0} && mount --make-shared {0}",
         above.display()
     ));
-    let _above = Mounted(above.clone());
+    let _above = Mounted(above.clone(), Some(world.dir().to_path_buf()));
     let dir = above.join("dbfs");
     std::fs::create_dir_all(&dir).unwrap();
     sh(&format!(
@@ -250,7 +254,7 @@ fn a_file_system_gone_read_only_is_survived_and_a_remount_recovers() {
         dir.display()
     );
     sh(&mount);
-    let _mount = Mounted(dir.clone());
+    let _mount = Mounted(dir.clone(), None);
     let c = cache_at(world, &dir);
     let old = c.a(zone::V6ONLY)[0];
     // What was committed is on the disk before the disk fails.

@@ -836,7 +836,7 @@ fn judge(
     let ncu_rc = rc_of("NCU-RC=");
     d.report(
         "vm-udp",
-        line_is("via-udp"),
+        ncu_rc.as_deref() == Some("0") && line_is("via-udp"),
         &format!(
             "netcat-traditional -u to the IPv6-only UDP echo server by name: echo {}, exit {ncu_rc:?}",
             if line_is("via-udp") { "came back" } else { "missing" }

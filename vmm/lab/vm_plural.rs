@@ -7,8 +7,10 @@
 //!   connection with the address it saw;
 //! - each one's listener receives only its own inbound traffic: both guests listen on the same
 //!   port, and a world client sends each VM's address a line of its own;
-//! - stopping one (SIGTERM to vm1's VMM, as systemd stops a unit) leaves the other untouched:
-//!   vm0 connects by name again afterwards, from its own address;
+//! - killing one (SIGKILL to vm1's VMM while its guest holds a TCP connection to the world,
+//!   as a crash would) ends that connection at once on the network side — the passed socket
+//!   died with the VMM, host-server keeps nothing of it — and leaves the other untouched: vm0
+//!   connects by name again afterwards, from its own address;
 //! - host-server stalled (SIGSTOP for 5 s, and its listen backlog filled by the driver, so that
 //!   a connect to host.sock would block: what a stopped host-server under load looks like)
 //!   never freezes the VMM: the guest starts a `curl` (its connects to host.sock cannot
@@ -49,6 +51,10 @@ const VMS: [&str; 2] = ["vm0", "vm1"];
 const INBOUND_PORT: u16 = 8081;
 /// vm0's vsock echo listener (python3, AF_VSOCK), reached through the VM's socket.
 const VSOCK_PORT: u32 = 9000;
+/// The world's port where vm1 holds a connection when its VMM is killed.
+const HOLD_PORT: u16 = 9101;
+/// How soon the world must see that connection end after the kill.
+const HOLD_ENDS_WITHIN: Duration = Duration::from_secs(5);
 /// How long host-server stays stopped.
 const STALL: Duration = Duration::from_secs(5);
 
@@ -67,7 +73,7 @@ echo PL-SOURCE=$(/usr/bin/nc.traditional -w 10 $V6 {peer} </dev/null)
 echo PL-LISTENING
 read -t 120 GO; echo PL-INBOUND=$(cat /tmp/nc-in.out)
 kill $N 2>/dev/null; wait $N 2>/dev/null
-if [ "$VM" != vm0 ]; then echo PL-IDLE; sleep 600; exit 0; fi
+if [ "$VM" != vm0 ]; then (sleep 600 | /usr/bin/nc.traditional $V6 {hold} >/dev/null 2>&1) & echo PL-IDLE; sleep 600; exit 0; fi
 read -t 120 GO; echo PL-OTHER-STOPPED=$GO
 curl -4 -sS -m 30 -o /dev/null http://$V6/index.html; echo PL-AFTER-STOP-RC=$?
 echo PL-AFTER-STOP-SOURCE=$(/usr/bin/nc.traditional -w 10 $V6 {peer} </dev/null)
@@ -86,6 +92,7 @@ echo PL-DONE
 "#,
         v6 = zone::V6ONLY,
         peer = PEER_PORT,
+        hold = HOLD_PORT,
         inbound = INBOUND_PORT,
         vsock = VSOCK_PORT,
     )
@@ -203,8 +210,17 @@ impl Vm {
 
     /// SIGTERM, as systemd stops a unit; waits up to `limit` for the VMM to end (then kills).
     fn stop(&mut self, limit: Duration) -> Option<ExitStatus> {
+        self.signal("-TERM", limit)
+    }
+
+    /// SIGKILL, as a crash ends it; waits up to `limit` for the VMM to be reaped.
+    fn kill(&mut self, limit: Duration) -> Option<ExitStatus> {
+        self.signal("-KILL", limit)
+    }
+
+    fn signal(&mut self, sig: &str, limit: Duration) -> Option<ExitStatus> {
         let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args([sig, &self.child.id().to_string()])
             .status();
         let deadline = Instant::now() + limit;
         while !self.ended() && Instant::now() < deadline {
@@ -277,9 +293,44 @@ fn listening_on(ns: &Netns, a: Ipv6Addr, port: u16) -> bool {
 struct Seen {
     /// The world client's lines to each VM's address: the error, if one failed.
     inbound: Vec<Result<(), String>>,
-    /// vm1's VMM after SIGTERM.
+    /// vm1's VMM after SIGKILL.
     vm1_stop: Option<String>,
+    /// vm1's held connection, as the world's end saw it.
+    hold: Hold,
     stall: Stall,
+}
+
+/// vm1's connection held across the kill of its VMM.
+#[derive(Default, Debug)]
+struct Hold {
+    /// The address it came from (vm1's own).
+    source: Option<Ipv6Addr>,
+    /// How long after the kill the world saw it end (EOF or reset).
+    ended_after: Option<Duration>,
+    error: Option<String>,
+}
+
+/// A server in `world` on [`HOLD_PORT`]: accepts one connection and reports its source, then
+/// when it ends.
+fn hold_server(stack: &Stack) -> Result<std::sync::mpsc::Receiver<(Option<Ipv6Addr>, Instant)>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let listener = stack.world.world().run(|| {
+        std::net::TcpListener::bind(("::", HOLD_PORT)).context("binding the hold server")
+    })??;
+    std::thread::spawn(move || {
+        let Ok((mut c, peer)) = listener.accept() else {
+            return;
+        };
+        let source = match peer.ip() {
+            std::net::IpAddr::V6(a) => Some(a),
+            std::net::IpAddr::V4(_) => None,
+        };
+        let _ = tx.send((source, Instant::now()));
+        let mut buf = [0u8; 4096];
+        while matches!(c.read(&mut buf), Ok(n) if n > 0) {}
+        let _ = tx.send((source, Instant::now()));
+    });
+    Ok(rx)
 }
 
 /// What happened while host-server was stopped.
@@ -392,9 +443,26 @@ fn scenario(stack: &mut Stack, vms: &mut [Vm; 2], seen: &mut Seen) -> Result<()>
     for vm in vms.iter_mut() {
         vm.wait_for("PL-INBOUND=", Duration::from_secs(60));
     }
-    // Stop vm1 as systemd would; vm0 goes on.
+    // Kill vm1's VMM while its guest holds a connection to the world; vm0 goes on.
+    let held = hold_server(stack)?;
     vms[1].wait_for("PL-IDLE", Duration::from_secs(30));
-    vms[1].stop(Duration::from_secs(30));
+    match held.recv_timeout(Duration::from_secs(30)) {
+        Ok((source, _)) => {
+            seen.hold.source = source;
+            let killed = Instant::now();
+            vms[1].kill(Duration::from_secs(30));
+            match held.recv_timeout(HOLD_ENDS_WITHIN) {
+                Ok((_, ended)) => {
+                    seen.hold.ended_after = Some(ended.saturating_duration_since(killed));
+                }
+                Err(_) => seen.hold.error = Some("still open after the kill".into()),
+            }
+        }
+        Err(_) => {
+            seen.hold.error = Some("vm1's connection never reached the world".into());
+            vms[1].kill(Duration::from_secs(30));
+        }
+    }
     seen.vm1_stop = Some(vms[1].status_text());
     let vm0 = &mut vms[0];
     vm0.type_line("go");
@@ -596,14 +664,22 @@ fn judge(d: &mut Driver, vms: &[Vm; 2], seen: &Seen) {
     // Stopping vm1 leaves vm0 untouched.
     let after_rc = marker(&vms[0], "PL-AFTER-STOP-RC=");
     let after_src = marker(&vms[0], "PL-AFTER-STOP-SOURCE=");
+    let h = &seen.hold;
     d.report(
         "vms-stop-one",
         seen.vm1_stop.as_deref().is_some_and(|s| s != "running")
+            && h.error.is_none()
+            && h.source == Some(addr::HOST_VMS[1])
+            && h.ended_after.is_some_and(|t| t <= HOLD_ENDS_WITHIN)
             && after_rc == "0"
             && after_src == addr::HOST_VMS[0].to_string(),
         &format!(
-            "vm1's VMM after SIGTERM: {}; then vm0: curl by name exit {after_rc}, source {after_src} (want {})",
+            "vm1's VMM after SIGKILL: {}; its guest's connection to the world (from {:?}, want {}) ended {:?} after the kill{}; then vm0: curl by name exit {after_rc}, source {after_src} (want {})",
             seen.vm1_stop.as_deref().unwrap_or("not stopped"),
+            h.source,
+            addr::HOST_VMS[1],
+            h.ended_after,
+            h.error.as_ref().map_or(String::new(), |e| format!(" ({e})")),
             addr::HOST_VMS[0]
         ),
     );

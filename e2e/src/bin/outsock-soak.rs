@@ -64,11 +64,12 @@ fn main() -> Result<()> {
             client(secs, seed)
         }
         Some("vmm") => {
-            let usage = "vmm HOST_SOCK DUMMY:PORT SECS";
+            let usage = "vmm HOST_SOCK DUMMY:PORT SECS [--first]";
             vmm(
                 Path::new(arg(2).context(usage)?),
                 arg(3).context(usage)?.parse()?,
                 arg(4).context(usage)?.parse()?,
+                arg(5) == Some("--first"),
             )
         }
         minutes => soak(minutes.map_or(Ok(30), str::parse)?),
@@ -162,17 +163,27 @@ fn udp_echo(i: u32) -> Result<()> {
 }
 
 /// The VMM stand-in (in `host`): for `secs`, one relayed connection after another to `dest`
-/// (a dummy address), each echoing [`ECHO_BYTES`]. Prints its counts.
-fn vmm(host_sock: &Path, dest: SocketAddrV4, secs: u64) -> Result<()> {
-    let end = Instant::now() + Duration::from_secs(secs);
+/// (a dummy address), each echoing [`ECHO_BYTES`]; after a failure it waits 20 ms, as a
+/// guest's retry would. Prints its counts; with `first`, also `first_ok_ms N` (since its start)
+/// as soon as its first connection was served (the chaos test's measure of a restart).
+fn vmm(host_sock: &Path, dest: SocketAddrV4, secs: u64, first: bool) -> Result<()> {
+    let start = Instant::now();
+    let end = start + Duration::from_secs(secs);
     let (mut ok, mut errors) = (0u64, 0u64);
     let payload: Vec<u8> = (0..ECHO_BYTES).map(|b| (b % 241) as u8).collect();
     while Instant::now() < end {
         match vm_connection(host_sock, dest, &payload) {
-            Ok(()) => ok += 1,
+            Ok(()) => {
+                if first && ok == 0 {
+                    println!("first_ok_ms {}", start.elapsed().as_millis());
+                    std::io::stdout().flush()?;
+                }
+                ok += 1;
+            }
             Err(e) => {
                 errors += 1;
                 eprintln!("vm connection: {e:#}");
+                std::thread::sleep(Duration::from_millis(20));
             }
         }
     }

@@ -300,7 +300,11 @@ mod tests {
         ];
         assert_eq!(t.users(D1), 1);
         let b = [t.unpin(D1)];
-        assert_eq!(net(&a) + net(&b), 0, "Pins granted and Unpins sent must balance");
+        assert_eq!(
+            net(&a) + net(&b),
+            0,
+            "Pins granted and Unpins sent must balance"
+        );
         assert_eq!(t.users(D1), 0);
 
         // The same with the last user gone before the answer: the answer undoes it.

@@ -113,7 +113,10 @@ fn client(secs: u64, seed: u32) -> Result<()> {
                 eprintln!("udp: {e:#}");
             }
         }
-        match (fresh_name(i).as_str(), 80).to_socket_addrs().map(Iterator::count) {
+        match (fresh_name(i).as_str(), 80)
+            .to_socket_addrs()
+            .map(Iterator::count)
+        {
             Ok(n) if n > 0 => dns += 1,
             Ok(_) => {
                 errors += 1;
@@ -328,7 +331,9 @@ fn keep_running(
         };
         let stdout = String::from_utf8_lossy(&out.stdout);
         let words: Vec<&str> = stdout.split_whitespace().collect();
-        let mut t = totals.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut t = totals
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for pair in words.chunks(2) {
             if let [k, v] = pair {
                 let v: u64 = v.parse().unwrap_or(0);
@@ -519,7 +524,9 @@ mod tests {
 
     #[test]
     fn slope_of_a_line_and_of_a_constant() {
-        let line: Vec<(f64, f64)> = (0..10).map(|i| (f64::from(i), 3.0 * f64::from(i) + 1.0)).collect();
+        let line: Vec<(f64, f64)> = (0..10)
+            .map(|i| (f64::from(i), 3.0 * f64::from(i) + 1.0))
+            .collect();
         assert!((slope(&line) - 3.0).abs() < 1e-9);
         let flat: Vec<(f64, f64)> = (0..10).map(|i| (f64::from(i), 5.0)).collect();
         assert!(slope(&flat).abs() < 1e-9);

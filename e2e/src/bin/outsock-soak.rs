@@ -11,8 +11,8 @@
 //! connection on a fresh host.sock stream, as a VMM that takes no sockets opens them — the
 //! connection's bytes relayed over that stream by host-server).
 //!
-//! Every [`SAMPLE_SECS`] it samples each daemon's VmRSS and open descriptors (`/proc/PID`) and
-//! the mapping database's size (the file plus its `-wal`), prints each sample, and at the end
+//! Every [`SAMPLE_SECS`] it samples each daemon's VmRSS and open descriptors (`/proc/PID`), the
+//! mapping database's size (the file plus its `-wal`) and the table's pins in all, prints each sample, and at the end
 //! the least-squares slope per hour of each series over the whole run and over its second half
 //! (after the working set is in), with the verdict "flat" when no second-half slope grows
 //! beyond its bound in [`BOUNDS`].
@@ -52,7 +52,14 @@ const VM: &str = "vm0";
 /// moves by a few tens with the connections in flight at a sample, so ±40/h over 15 minutes
 /// is noise (a leak of one descriptor per connection would be thousands an hour); the
 /// database: ±256 KiB/h once the working set is in (a leaked row per look-up would be MiBs).
-const BOUNDS: [(&str, f64); 3] = [("RSS KiB", 2048.0), ("fds", 40.0), ("DB KiB", 256.0)];
+/// Pins: a few are held by the connections open at a sample; ±10/h is noise, a pin left per
+/// connection would be hundreds of thousands.
+const BOUNDS: [(&str, f64); 4] = [
+    ("RSS KiB", 2048.0),
+    ("fds", 40.0),
+    ("DB KiB", 256.0),
+    ("pins", 10.0),
+];
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -264,6 +271,8 @@ struct Sample {
     rss_kib: [f64; 2],
     fds: [f64; 2],
     db_kib: f64,
+    /// The sum of the mapping table's pins (`outsock mappings --json`).
+    pins: f64,
 }
 
 fn rss_kib(pid: u32) -> f64 {
@@ -426,7 +435,7 @@ fn soak(minutes: u64) -> Result<()> {
                 });
             });
         }
-        println!("  t(s)  dns RSS KiB  host RSS KiB  dns fds  host fds  DB+WAL KiB");
+        println!("  t(s)  dns RSS KiB  host RSS KiB  dns fds  host fds  DB+WAL KiB  pins");
         while Instant::now() < end {
             std::thread::sleep(Duration::from_secs(SAMPLE_SECS));
             let (d, h) = (s.dns_pid(), s.host_pid());
@@ -435,10 +444,17 @@ fn soak(minutes: u64) -> Result<()> {
                 rss_kib: [rss_kib(d), rss_kib(h)],
                 fds: [fd_count(d), fd_count(h)],
                 db_kib: file_kib(&s.db()) + file_kib(&s.world.path("mappings.sqlite3-wal")),
+                pins: pins(&s),
             };
             println!(
-                "  {:5.0} {:12.0} {:13.0} {:8.0} {:9.0} {:11.0}",
-                smp.t_s, smp.rss_kib[0], smp.rss_kib[1], smp.fds[0], smp.fds[1], smp.db_kib
+                "  {:5.0} {:12.0} {:13.0} {:8.0} {:9.0} {:11.0} {:5.0}",
+                smp.t_s,
+                smp.rss_kib[0],
+                smp.rss_kib[1],
+                smp.fds[0],
+                smp.fds[1],
+                smp.db_kib,
+                smp.pins
             );
             let _ = std::io::stdout().flush();
             samples.push(smp);
@@ -472,6 +488,21 @@ fn soak(minutes: u64) -> Result<()> {
     Ok(())
 }
 
+/// The sum of the pins column as `outsock mappings --json` shows it (NaN when unreadable).
+fn pins(s: &Stack) -> f64 {
+    s.mappings(&["--json"]).map_or(f64::NAN, |j| {
+        j.lines()
+            .filter_map(|l| {
+                l.split("\"pins\":")
+                    .nth(1)?
+                    .trim_end_matches('}')
+                    .parse::<f64>()
+                    .ok()
+            })
+            .sum()
+    })
+}
+
 fn mapping_rows(s: &Stack) -> usize {
     s.mappings(&["--json"]).map_or(0, |j| j.lines().count())
 }
@@ -480,12 +511,13 @@ fn mapping_rows(s: &Stack) -> usize {
 /// second-half slope is within [`BOUNDS`].
 fn report(samples: &[Sample]) -> bool {
     type Pick = fn(&Sample) -> f64;
-    let series: [(&str, &str, Pick); 5] = [
+    let series: [(&str, &str, Pick); 6] = [
         ("dns-cache RSS", "RSS KiB", |x| x.rss_kib[0]),
         ("host-server RSS", "RSS KiB", |x| x.rss_kib[1]),
         ("dns-cache fds", "fds", |x| x.fds[0]),
         ("host-server fds", "fds", |x| x.fds[1]),
         ("database + WAL", "DB KiB", |x| x.db_kib),
+        ("pins", "pins", |x| x.pins),
     ];
     let half = samples.len() / 2;
     println!("\nslopes per hour (least squares): whole run | second half (bound)");

@@ -728,14 +728,19 @@ fn kill_9_of_each_daemon_under_load_keeps_mappings_loses_nothing_silently_and_le
             c[0], c[1], c[2], c[3]
         );
     }
-    let mut errors: BTreeMap<String, usize> = BTreeMap::new();
+    // The errors the programs saw, by kind and exit status, with one example each.
+    let mut errors: BTreeMap<String, (usize, &str)> = BTreeMap::new();
     for (kind, v) in &outcomes {
         if let Verdict::Failed(why) = v {
-            *errors.entry(format!("{kind:?} {why}")).or_default() += 1;
+            let status = why.split(':').next().unwrap_or_default();
+            let e = errors
+                .entry(format!("{kind:?} {status}"))
+                .or_insert((0, why));
+            e.0 += 1;
         }
     }
-    for (why, n) in errors.iter().take(15) {
-        println!("chaos:   failed ×{n}: {why}");
+    for (what, (n, example)) in &errors {
+        println!("chaos:   failed ×{n}: {what} (e.g. {example})");
     }
     assert!(
         bad.is_empty(),

@@ -134,6 +134,10 @@ pub enum PinAction {
 struct PinState {
     users: u32,
     remote: bool,
+    /// A Pin was sent and its answer has not come: the entry stays (even with no user) until it
+    /// does, so that a new first user does not send a second Pin, which dns-cache would count
+    /// as a second pin that one Unpin never gives back.
+    pending: bool,
 }
 
 /// Local pin counts per dummy.
@@ -147,7 +151,8 @@ impl PinTable {
     pub fn pin(&mut self, dummy: Ipv4Addr) -> PinAction {
         let st = self.pins.entry(dummy).or_default();
         st.users += 1;
-        if st.users == 1 {
+        if st.users == 1 && !st.remote && !st.pending {
+            st.pending = true;
             PinAction::Pin
         } else {
             PinAction::None
@@ -159,8 +164,17 @@ impl PinTable {
     pub fn remote_pinned(&mut self, dummy: Ipv4Addr, ok: bool) -> PinAction {
         match self.pins.get_mut(&dummy) {
             Some(st) => {
-                st.remote = ok;
-                PinAction::None
+                st.pending = false;
+                if st.users > 0 {
+                    st.remote = ok;
+                    return PinAction::None;
+                }
+                self.pins.remove(&dummy);
+                if ok {
+                    PinAction::Unpin
+                } else {
+                    PinAction::None
+                }
             }
             None if ok => PinAction::Unpin,
             None => PinAction::None,
@@ -173,7 +187,8 @@ impl PinTable {
             return PinAction::None;
         };
         st.users = st.users.saturating_sub(1);
-        if st.users > 0 {
+        if st.users > 0 || st.pending {
+            // Still used, or the Pin's answer decides (see `remote_pinned`).
             return PinAction::None;
         }
         let remote = st.remote;
@@ -254,5 +269,57 @@ mod tests {
         assert_eq!(t.unpin(D2), PinAction::None);
         // The Pin answer arrives after the last user left: undo it.
         assert_eq!(t.remote_pinned(D2, true), PinAction::Unpin);
+        assert_eq!(t.users(D2), 0);
+    }
+
+    /// Connections to one dummy that open and close faster than dns-cache answers a Pin (the
+    /// chaos test's churn found it: pins left on the echo server's dummy with nothing open): a
+    /// new first user while the Pin is in flight sends no second Pin, so every Pin that
+    /// dns-cache granted is given back by exactly one Unpin.
+    #[test]
+    fn a_pin_in_flight_is_never_doubled_by_churn() {
+        /// Pins dns-cache granted minus Unpins sent, after each action.
+        fn net(actions: &[PinAction]) -> i32 {
+            actions
+                .iter()
+                .map(|a| match a {
+                    PinAction::Pin => 1,
+                    PinAction::Unpin => -1,
+                    PinAction::None => 0,
+                })
+                .sum()
+        }
+        let mut t = PinTable::default();
+        let a = [
+            t.pin(D1),
+            t.unpin(D1),
+            t.pin(D1),
+            t.unpin(D1),
+            t.pin(D1),
+            t.remote_pinned(D1, true),
+        ];
+        assert_eq!(t.users(D1), 1);
+        let b = [t.unpin(D1)];
+        assert_eq!(
+            net(&a) + net(&b),
+            0,
+            "Pins granted and Unpins sent must balance"
+        );
+        assert_eq!(t.users(D1), 0);
+
+        // The same with the last user gone before the answer: the answer undoes it.
+        let c = [
+            t.pin(D2),
+            t.unpin(D2),
+            t.pin(D2),
+            t.unpin(D2),
+            t.remote_pinned(D2, true),
+        ];
+        assert_eq!(net(&c), 0);
+        // A failed Pin with a user left: the next first user tries again.
+        t.pin(D1);
+        t.remote_pinned(D1, false);
+        t.unpin(D1);
+        assert_eq!(t.pin(D1), PinAction::Pin);
     }
 }

@@ -152,3 +152,62 @@ fn unconnected_sendto_the_resolv_conf_nameserver_is_answered_from_it() {
     let dummy = s.dummy_for(addr::HTTP).unwrap();
     assert_eq!(text(&out.stdout).trim(), format!("{NAMESERVER} 53 {dummy}"));
 }
+
+/// dns-cache down (a restart under way): host-server answers a program's query SERVFAIL itself,
+/// over UDP and TCP, so the resolver moves on at once instead of waiting out its timeout for
+/// an answer that never comes; after dns-cache is back the same query is answered.
+#[test]
+fn with_dns_cache_down_a_query_is_servfail_at_once() {
+    let Some(mut s) = stack("dig-down", "") else {
+        return;
+    };
+    let guest = format!("@{GUEST_DNS}");
+    // Warm: host-server's dns.sock connection is up.
+    assert!(dig(&s, &[], &[guest.as_str(), "A", zone::V6ONLY])
+        .status
+        .success());
+    s.stop_dns();
+    for extra in [None, Some("+tcp")] {
+        let mut cmd = s.legacy("timeout").unwrap();
+        cmd.args([
+            "30",
+            "dig",
+            "+time=5",
+            "+tries=1",
+            guest.as_str(),
+            "A",
+            zone::ECHO,
+        ]);
+        if let Some(e) = extra {
+            cmd.arg(e);
+        }
+        let t = std::time::Instant::now();
+        let out = cmd.output().unwrap();
+        let took = t.elapsed();
+        let stdout = text(&out.stdout);
+        assert!(
+            stdout.contains("status: SERVFAIL"),
+            "{extra:?}: {stdout}\n{}",
+            text(&out.stderr)
+        );
+        assert!(
+            took < std::time::Duration::from_secs(3),
+            "{extra:?}: SERVFAIL after {took:?} (dig's timeout is 5 s)"
+        );
+    }
+    s.start_dns().unwrap();
+    let mut answered = false;
+    for _ in 0..50 {
+        let out = dig(&s, &[], &[guest.as_str(), "A", zone::ECHO]);
+        if out.status.success() && !text(&out.stdout).trim().is_empty() {
+            answered = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(
+        answered,
+        "answered again once dns-cache is back\n{}",
+        s.logs()
+    );
+}

@@ -39,8 +39,17 @@ pub(crate) async fn dns_over_tcp(req: Request, dest: SocketAddrV4, shared: &Shar
         let Some(query) = next_dns_message(&mut stream, &mut buf, idle).await else {
             break;
         };
-        let Ok(reply) = shared.mapping.dns_query(&identity, true, query).await else {
-            break;
+        let reply = match shared
+            .mapping
+            .dns_query(&identity, true, query.clone())
+            .await
+        {
+            Ok(r) => r,
+            // dns-cache unreachable or busy: SERVFAIL, and the stream stays for the next.
+            Err(_) => match crate::servfail::servfail(&query) {
+                Some(r) => r,
+                None => break,
+            },
         };
         let Ok(len) = u16::try_from(reply.len()) else {
             break;

@@ -46,6 +46,7 @@ mod metrics_http;
 mod outbound;
 pub mod ratelimit;
 pub mod relay;
+mod servfail;
 mod session;
 pub mod udp;
 mod vms;

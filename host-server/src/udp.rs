@@ -548,11 +548,15 @@ async fn send_out(
     let target = match udp_target(d.addr, shared).await {
         Ok(Some(t)) => t,
         Ok(None) => {
-            let answer = shared
+            // dns-cache unreachable or busy: SERVFAIL now, not a resolver's timeout.
+            let answer = match shared
                 .mapping
-                .dns_query(identity, false, d.payload)
+                .dns_query(identity, false, d.payload.clone())
                 .await
-                .ok()?;
+            {
+                Ok(a) => a,
+                Err(_) => crate::servfail::servfail(&d.payload)?,
+            };
             return Some(Datagram {
                 addr: d.addr,
                 payload: answer,

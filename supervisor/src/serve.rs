@@ -1546,6 +1546,7 @@ fn listen_request(addr: SocketAddrV4, backlog: u32) -> ToHost {
         backlog,
         pass_fd: true,
         vsock_port: 0,
+        channel: false,
     })
 }
 

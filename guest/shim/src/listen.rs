@@ -48,6 +48,7 @@ pub(crate) fn listen(
         backlog: u32::try_from(backlog.max(0)).unwrap_or(0),
         pass_fd: true,
         vsock_port: 0,
+        channel: false,
     };
     let answer = stream
         .send(&ToHost::Listen(req))
@@ -81,6 +82,7 @@ pub(crate) fn relisten(fd: c_int, addr: SocketAddrV4, backlog: c_int) -> c_int {
         backlog: u32::try_from(backlog.max(0)).unwrap_or(0),
         pass_fd: true,
         vsock_port: 0,
+        channel: false,
     };
     let Ok(bytes) = to_vec(&ToHost::Listen(req)) else {
         return set_errno(Errno::EINVAL);

@@ -110,6 +110,13 @@ pub struct ListenRequest {
     pub channel: bool,
 }
 
+/// The environment variable in which `outsock run`'s supervisor names its keeper's abstract
+/// Unix socket (without the leading NUL) to the programs it serves: liboutsock hands each
+/// listener it makes over to it (one packet: the `Listen` frame with the host's end of the
+/// channel attached), and the keeper registers the listener again whenever host-server comes
+/// back.
+pub const KEEPER_ENV: &str = "OUTSOCK_KEEPER";
+
 /// [`ListenRequest`]'s flag bits.
 mod listen_flags {
     pub const CHANNEL: u8 = 1;

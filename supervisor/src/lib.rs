@@ -168,6 +168,7 @@
 mod abi;
 pub mod filter;
 mod host;
+mod keeper;
 mod outcome;
 mod pnet;
 mod serve;
@@ -257,6 +258,19 @@ pub fn run(cmd: &mut Command, opts: &Options) -> Result<ExitStatus, RunError> {
     // guest's resolv.conf names its loopback forwarder, which resolvers reach natively.
     let vsock = transport::vsock_port();
     let filter = filter::program(filter::Transport::of(vsock));
+    // Process mode: the keeper holds every listener across host-server restarts; the programs
+    // served (and only they: the variable goes to the program, whose descendants are all
+    // served here) learn its socket's name, for liboutsock's listeners. A nested `outsock
+    // run` names its own.
+    let keeper = if vsock.is_none() {
+        keeper::Keeper::start(opts.host_socket.clone()).ok()
+    } else {
+        None
+    };
+    match &keeper {
+        Some(k) => cmd.env(shared_proto::outsource::KEEPER_ENV, k.name()),
+        None => cmd.env_remove(shared_proto::outsource::KEEPER_ENV),
+    };
     let (mut child, listener) = sys::spawn(cmd, filter).map_err(RunError::Spawn)?;
     // The child is not reaped before this pidfd is open: it names the program for good.
     let pidfd = sys::pidfd(child.id()).map_err(RunError::Spawn)?;
@@ -281,7 +295,8 @@ pub fn run(cmd: &mut Command, opts: &Options) -> Result<ExitStatus, RunError> {
         host::HostServer::new(opts.host_socket.clone()).over_vsock(vsock),
         opts.guest_dns,
         nameservers,
-    );
+    )
+    .with_keeper(keeper);
     serve::serve(shared, &mut child).map_err(RunError::Wait)
 }
 

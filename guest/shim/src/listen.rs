@@ -16,7 +16,7 @@
 use std::net::SocketAddrV4;
 
 use libc::{c_int, sockaddr, socklen_t};
-use shared_proto::outsource::ListenRequest;
+use shared_proto::outsource::{ListenRequest, KEEPER_ENV};
 use shared_proto::{Errno, ToGuest, ToHost};
 
 use outsock_fdpass::recvmsg_fd;
@@ -31,7 +31,11 @@ use crate::transport::{last_errno, Stream};
 /// packet is truncated by the kernel and then fails to decode (EPROTO), never split.
 const MAX_PACKET: usize = 512;
 
-/// `listen(2)` in process mode: the program's `fd` becomes the listener's packet channel.
+/// `listen(2)` in process mode: the program's `fd` becomes the listener's packet channel. With
+/// a keeper (`OUTSOCK_KEEPER`, set by `outsock run`'s supervisor) the channel is made here, its
+/// host's end brought with the request and then handed to the keeper, which registers it again
+/// whenever host-server comes back (see the supervisor's `keeper`); without one, host-server
+/// makes the channel.
 pub(crate) fn listen(
     fd: c_int,
     entry: Entry,
@@ -39,6 +43,7 @@ pub(crate) fn listen(
     backlog: c_int,
     flags: &Flags,
 ) -> c_int {
+    let keeper = std::env::var_os(KEEPER_ENV).filter(|k| !k.is_empty());
     let stream = match Stream::open() {
         Ok(s) => s,
         Err(e) => return set_errno(e),
@@ -48,30 +53,125 @@ pub(crate) fn listen(
         backlog: u32::try_from(backlog.max(0)).unwrap_or(0),
         pass_fd: true,
         vsock_port: 0,
-        channel: false,
+        channel: keeper.is_some(),
     };
-    let answer = stream
-        .send(&ToHost::Listen(req))
-        .and_then(|()| stream.recv());
-    match answer {
-        Ok((ToGuest::Listening { local }, Some(packets))) => {
+    let Some(keeper) = keeper else {
+        let answer = stream
+            .send(&ToHost::Listen(req))
+            .and_then(|()| stream.recv());
+        return match answer {
             // The packet channel blocks on reads by default; the program's flags decide now.
             // The request's stream is done (dropped, closed).
-            if let Err(e) = replace_fd(packets, fd, flags) {
-                return set_errno(e);
-            }
-            table::set(
-                fd,
-                Entry {
-                    kind: Kind::Listener,
-                    local: Some(local),
-                    ..entry
-                },
-            );
-            0
+            Ok((ToGuest::Listening { local }, Some(packets))) => installed(fd, packets, entry, local, flags),
+            other => unexpected(&other),
+        };
+    };
+    let Ok(bytes) = to_vec(&ToHost::Listen(req)) else {
+        return set_errno(Errno::EINVAL);
+    };
+    let (ours, host_end) = match seqpacket_pair() {
+        Ok(p) => p,
+        Err(e) => return set_errno(e),
+    };
+    let answer = stream
+        .send_with_fd(&bytes, host_end.0)
+        .and_then(|()| stream.recv());
+    match answer {
+        Ok((ToGuest::Listening { local }, None)) => {
+            // The keeper gets the host's end and the request; this process keeps none of it
+            // (host-server holds the request's stream until the listener ends).
+            hand_over(keeper.as_encoded_bytes(), &bytes, host_end.0);
+            drop(host_end);
+            installed(fd, ours.into_raw(), entry, local, flags)
         }
         other => unexpected(&other),
     }
+}
+
+/// Puts the packet channel `packets` in place of the program's listening `fd`.
+fn installed(fd: c_int, packets: c_int, entry: Entry, local: SocketAddrV4, flags: &Flags) -> c_int {
+    if let Err(e) = replace_fd(packets, fd, flags) {
+        return set_errno(e);
+    }
+    table::set(
+        fd,
+        Entry {
+            kind: Kind::Listener,
+            local: Some(local),
+            ..entry
+        },
+    );
+    0
+}
+
+/// A descriptor of ours, closed when dropped.
+struct Owned(c_int);
+
+impl Owned {
+    fn into_raw(self) -> c_int {
+        let fd = self.0;
+        std::mem::forget(self);
+        fd
+    }
+}
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        // SAFETY: ours to close.
+        unsafe { real::close(self.0) };
+    }
+}
+
+/// A close-on-exec `AF_UNIX` `SOCK_SEQPACKET` pair: (the program's end, the host's end).
+fn seqpacket_pair() -> Result<(Owned, Owned), Errno> {
+    let mut fds = [0 as c_int; 2];
+    // SAFETY: socketpair writes two descriptors into a valid array.
+    let rc = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    if rc != 0 {
+        return Err(last_errno());
+    }
+    // Stale entries for these numbers (closed behind our back) must not make them look like a
+    // program's sockets.
+    table::clear(fds[0]);
+    table::clear(fds[1]);
+    Ok((Owned(fds[0]), Owned(fds[1])))
+}
+
+/// Hands a listener over to the keeper at abstract socket `name`: one packet, the `Listen`
+/// frame `bytes` with the host's end `host_end` attached. Best effort: without the keeper the
+/// listener works until host-server restarts.
+fn hand_over(name: &[u8], bytes: &[u8], host_end: c_int) {
+    // SAFETY: plain socket(2) call.
+    let fd = unsafe { real::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return;
+    }
+    table::clear(fd);
+    let conn = Owned(fd);
+    // SAFETY: sockaddr_un is plain data; zeroed is a valid value.
+    let mut sun: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    sun.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    // An abstract name: a NUL, then the name (not NUL-terminated).
+    if name.len() + 1 > sun.sun_path.len() {
+        return;
+    }
+    for (d, s) in sun.sun_path[1..].iter_mut().zip(name) {
+        *d = *s as libc::c_char;
+    }
+    #[allow(clippy::cast_possible_truncation)] // At most 110 bytes.
+    let len = (std::mem::size_of::<libc::sa_family_t>() + 1 + name.len()) as socklen_t;
+    // SAFETY: `sun` is a valid sockaddr_un of at least `len` bytes.
+    if unsafe { real::connect(conn.0, std::ptr::from_ref(&sun).cast(), len) } != 0 {
+        return;
+    }
+    let _ = outsock_fdpass::sendmsg_fd::<real::Real>(conn.0, bytes, host_end, libc::MSG_NOSIGNAL);
 }
 
 /// `listen(2)` again on a process-mode listener: natively this changes the backlog, so ask

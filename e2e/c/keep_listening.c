@@ -1,0 +1,58 @@
+/* A plain TCP server on 0.0.0.0:PORT (argv[1]) for the listener-restart tests: serves
+ * "static\n" to each connection, blocking in accept(); an accept error is printed and
+ * accept is called again at once (a listener that stays broken would spin here, which the
+ * test measures). With "refusal" as argv[2] it instead waits for a line on stdin, then
+ * reports: poll(POLLIN) on the listener (up to 10 s), accept's result and errno, and poll
+ * again (1 s): what a listener whose re-registration was refused looks like. */
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+int main(int argc, char **argv) {
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a;
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_port = htons((unsigned short)atoi(argv[1]));
+    if (bind(s, (struct sockaddr *)&a, sizeof a) != 0 || listen(s, 16) != 0) {
+        perror("listen");
+        return 1;
+    }
+    printf("listening\n");
+    fflush(stdout);
+    if (argc > 2 && strcmp(argv[2], "refusal") == 0) {
+        char line[16];
+        if (!fgets(line, sizeof line, stdin))
+            return 1;
+        struct pollfd p = {s, POLLIN, 0};
+        int n = poll(&p, 1, 10000);
+        printf("poll %d %d\n", n, (p.revents & POLLIN) != 0);
+        int c = accept(s, NULL, NULL);
+        printf("accept %d errno %d\n", c < 0 ? -1 : 0, c < 0 ? errno : 0);
+        p.revents = 0;
+        n = poll(&p, 1, 1000);
+        printf("poll again %d\n", n);
+        fflush(stdout);
+        return 0;
+    }
+    for (;;) {
+        int c = accept(s, NULL, NULL);
+        if (c < 0) {
+            fprintf(stderr, "accept: %s\n", strerror(errno));
+            continue;
+        }
+        char buf[512];
+        ssize_t got = read(c, buf, sizeof buf);
+        (void)got;
+        const char *r = "HTTP/1.0 200 OK\r\n\r\nstatic\n";
+        ssize_t put = write(c, r, strlen(r));
+        (void)put;
+        close(c);
+    }
+}

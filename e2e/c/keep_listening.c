@@ -3,7 +3,10 @@
  * accept is called again at once (a listener that stays broken would spin here, which the
  * test measures). With "refusal" as argv[2] it instead waits for a line on stdin, then
  * reports: poll(POLLIN) on the listener (up to 10 s), accept's result and errno, and poll
- * again (1 s): what a listener whose re-registration was refused looks like. */
+ * again (1 s): what a listener whose re-registration was refused looks like. With "closefrom"
+ * it closes every descriptor above the listener (closefrom(3), as daemons do), waits for a
+ * line, and reports poll(POLLIN) on the listener over 1 s: 0 while nothing waits. */
+#define _GNU_SOURCE
 #include <errno.h>
 #include <poll.h>
 #include <stdio.h>
@@ -26,6 +29,19 @@ int main(int argc, char **argv) {
     }
     printf("listening\n");
     fflush(stdout);
+    if (argc > 2 && strcmp(argv[2], "closefrom") == 0) {
+        closefrom(s + 1);
+        printf("closed from %d\n", s + 1);
+        fflush(stdout);
+        char line[16];
+        if (!fgets(line, sizeof line, stdin))
+            return 1;
+        struct pollfd p = {s, POLLIN, 0};
+        int n = poll(&p, 1, 1000);
+        printf("poll %d\n", n);
+        fflush(stdout);
+        return 0;
+    }
     if (argc > 2 && strcmp(argv[2], "refusal") == 0) {
         char line[16];
         if (!fgets(line, sizeof line, stdin))

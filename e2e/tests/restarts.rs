@@ -183,10 +183,7 @@ fn servers_keep_their_listeners_across_a_kill_9_of_host_server_without_spinning(
         skip(test, "nginx is not installed (scripts/install-deps)");
         return;
     }
-    let Some(mut s) = stack(
-        "ls-kill",
-        "[listen]\nallowed_ports = [8080, 8086, 8087]\n",
-    ) else {
+    let Some(mut s) = stack("ls-kill", "[listen]\nallowed_ports = [8080, 8086, 8087]\n") else {
         return;
     };
     let dir = s.world.path("servers");
@@ -258,7 +255,10 @@ fn servers_keep_their_listeners_across_a_kill_9_of_host_server_without_spinning(
     let hz = f64::from(u32::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap());
     for ((what, pid), b) in watched.iter().zip(before) {
         let used = (cpu_ticks(*pid) - b) as f64 / hz / secs;
-        println!("{what} (pid {pid}) used {:.2} % of a CPU while host-server was away", used * 100.0);
+        println!(
+            "{what} (pid {pid}) used {:.2} % of a CPU while host-server was away",
+            used * 100.0
+        );
         assert!(
             used < 0.01,
             "{what} (pid {pid}) used {:.1} % of a CPU while host-server was away",
@@ -321,7 +321,8 @@ fn a_refused_reregistration_fails_one_accept_with_einval_and_goes_quiet() {
         servers.push((child, out, port));
     }
     s.kill_host();
-    s.set_host_extra("[listen]\nallowed_ports = [8080]\n").unwrap();
+    s.set_host_extra("[listen]\nallowed_ports = [8080]\n")
+        .unwrap();
     s.start_host().unwrap();
     for (mut child, mut out, port) in servers {
         child.stdin.take().unwrap().write_all(b"go\n").unwrap();
@@ -329,16 +330,87 @@ fn a_refused_reregistration_fails_one_accept_with_einval_and_goes_quiet() {
         out.read_to_string(&mut rest).unwrap();
         let status = child.wait().unwrap();
         let mut err = String::new();
-        child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
-        let context = format!("port {port}: {status}\nstdout:\n{rest}\nstderr:\n{err}\n{}", s.logs());
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        let context = format!(
+            "port {port}: {status}\nstdout:\n{rest}\nstderr:\n{err}\n{}",
+            s.logs()
+        );
         assert_eq!(
             rest, "poll 1 1\naccept -1 errno 22\npoll again 0\n",
             "{context}"
         );
         assert!(
-            err.contains(&format!("host-server refused listener 0.0.0.0:{port} again (EACCES)")),
+            err.contains(&format!(
+                "host-server refused listener 0.0.0.0:{port} again (EACCES)"
+            )),
             "{context}"
         );
         assert_eq!(err.matches("refused listener").count(), 1, "{context}");
     }
+}
+
+/// Without a keeper (`--shim-only`: no supervisor) liboutsock keeps a hidden copy of the
+/// channel's host end, so a listener never reads EOF while host-server is away (no spin), even
+/// after the program closed every descriptor above it (closefrom); it is not taken back after
+/// a restart (docs/reliability-listen.md). A python asyncio server stays idle too.
+#[test]
+fn without_a_keeper_a_listener_goes_quiet_instead_of_spinning() {
+    let Some(mut s) = stack("ls-shim", "[listen]\nallowed_ports = [8086, 8088]\n") else {
+        return;
+    };
+    let dir = s.world.path("servers");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (dynamic, _) = c_servers(&dir);
+    let mut c = s.legacy_with(&["--shim-only"], "timeout").unwrap();
+    c.arg("60")
+        .arg(&dynamic)
+        .arg(REFUSED_DYNAMIC.to_string())
+        .arg("closefrom")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut c = c.spawn().unwrap();
+    let mut c_out = ready(&mut c, "closed from");
+    let mut python = s.legacy_with(&["--shim-only"], "timeout").unwrap();
+    python
+        .args(["60", "python3", "-c", PY_ASYNCIO, &PY_PORT.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut python = python.spawn().unwrap();
+    let _py_out = ready(&mut python, "serving");
+    serves_within(&s, PY_PORT, "python\n", Duration::from_secs(10));
+    let py = pids_of(&s, "python3 -c");
+    assert_eq!(py.len(), 1, "python: {py:?}");
+    s.kill_host();
+    std::thread::sleep(Duration::from_millis(300));
+    let before = cpu_ticks(py[0]);
+    let t = Instant::now();
+    c.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let mut rest = String::new();
+    c_out.read_to_string(&mut rest).unwrap();
+    std::thread::sleep(Duration::from_secs(3).saturating_sub(t.elapsed()));
+    // SAFETY: sysconf(3) has no preconditions.
+    let hz = f64::from(u32::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap());
+    let used = (cpu_ticks(py[0]) - before) as f64 / hz / t.elapsed().as_secs_f64();
+    let py_out = stop(python);
+    println!(
+        "python asyncio (--shim-only) used {:.2} % of a CPU while host-server was away",
+        used * 100.0
+    );
+    assert!(
+        used < 0.01,
+        "python asyncio used {:.1} % of a CPU: {}",
+        used * 100.0,
+        text(&py_out.stderr)
+    );
+    assert_eq!(
+        rest, "poll 0\n",
+        "the listener read its end after closefrom"
+    );
+    c.wait().unwrap();
 }

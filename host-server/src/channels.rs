@@ -19,15 +19,12 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio::net::UnixStream;
 use tokio::sync::watch;
 
-use crate::identity::Identity;
-
 /// A channel's identity: its socket's device and inode.
 pub(crate) type Key = (u64, u64);
 
 /// A live listener as a re-registration sees it.
 #[derive(Debug)]
 struct Live {
-    identity: Identity,
     local: SocketAddrV4,
     generation: u64,
     /// Changes (its sender dropped) when the listener ends.
@@ -47,13 +44,13 @@ pub(crate) struct Channels(Arc<Mutex<Map>>);
 /// What a request's channel names.
 #[derive(Debug)]
 pub(crate) enum Found {
-    /// A live listener of the same identity: answer it again.
+    /// A live listener: answer it again. Whoever brings the channel holds the listener (its
+    /// owner passed it on: the keeper may run as another user, root, than the program), so the
+    /// identity is not compared.
     Live {
         local: SocketAddrV4,
         ended: watch::Receiver<()>,
     },
-    /// A live listener of another identity: refused.
-    Other,
     /// None: open one.
     None,
 }
@@ -87,32 +84,25 @@ pub(crate) struct Locked<'a> {
 }
 
 impl Locked<'_> {
-    /// What `key` names for `identity`.
-    pub(crate) fn find(&self, key: Key, identity: &Identity) -> Found {
+    /// What `key` names.
+    pub(crate) fn find(&self, key: Key) -> Found {
         match self.map.live.get(&key) {
-            Some(l) if &l.identity == identity => Found::Live {
+            Some(l) => Found::Live {
                 local: l.local,
                 ended: l.ended.clone(),
             },
-            Some(_) => Found::Other,
             None => Found::None,
         }
     }
 
     /// Enters a new listener for `key`.
-    pub(crate) fn register(
-        &mut self,
-        key: Key,
-        identity: Identity,
-        local: SocketAddrV4,
-    ) -> Registration {
+    pub(crate) fn register(&mut self, key: Key, local: SocketAddrV4) -> Registration {
         let (alive, ended) = watch::channel(());
         self.map.next_generation += 1;
         let generation = self.map.next_generation;
         self.map.live.insert(
             key,
             Live {
-                identity,
                 local,
                 generation,
                 ended,
@@ -193,10 +183,6 @@ mod tests {
 
     use super::*;
 
-    fn process(uid: u32) -> Identity {
-        Identity::Process { uid }
-    }
-
     #[test]
     fn only_a_packet_channel_has_a_key_and_each_has_its_own() {
         let (a, b) = Socket::pair(Domain::UNIX, Type::SEQPACKET, None).unwrap();
@@ -216,28 +202,20 @@ mod tests {
         let ch = Channels::default();
         let key = (1, 2);
         let local: SocketAddrV4 = "0.0.0.0:8080".parse().unwrap();
-        assert!(matches!(ch.locked().find(key, &process(1000)), Found::None));
-        let reg = ch.locked().register(key, process(1000), local);
-        let Found::Live {
-            local: l,
-            ended,
-        } = ch.locked().find(key, &process(1000))
-        else {
+        assert!(matches!(ch.locked().find(key), Found::None));
+        let reg = ch.locked().register(key, local);
+        let Found::Live { local: l, ended } = ch.locked().find(key) else {
             panic!("not found");
         };
         assert_eq!(l, local);
-        assert!(matches!(
-            ch.locked().find(key, &process(1001)),
-            Found::Other
-        ));
         assert_eq!(ch.len(), 1);
         drop(reg);
         assert_eq!(ch.len(), 0);
         // The re-registration's holder learns that the listener ended.
         assert!(ended.has_changed().is_err());
         // A newer registration of the same channel is not removed by an older one's end.
-        let old = ch.locked().register(key, process(1000), local);
-        let new = ch.locked().register(key, process(1000), local);
+        let old = ch.locked().register(key, local);
+        let new = ch.locked().register(key, local);
         drop(old);
         assert_eq!(ch.len(), 1);
         drop(new);

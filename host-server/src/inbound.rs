@@ -23,6 +23,13 @@
 //! them with its own peer address; no reader can ever see part of another's frame. The guest may
 //! send one kind of packet back: a `Listen` frame, whose backlog replaces the listener's (a
 //! second `listen(2)` on a listening socket); anything else closes the listener.
+//!
+//! A requester may make the channel itself (`ListenRequest::channel`): its host's end comes
+//! attached to the request (anything but an `AF_UNIX` `SOCK_SEQPACKET` socket, or none, is
+//! EINVAL), the answer carries no descriptor, and the request's stream stays open until the
+//! listener ends (the requester's sign that host-server is still there). A request bringing a
+//! live listener's channel is answered again without opening anything (see `channels`): this
+//! is how the supervisor's keeper takes a listener back after host-server restarted.
 
 use std::net::{SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -189,10 +196,8 @@ fn open_now(
 ) -> Opened {
     let mut locked = key.map(|k| (k, shared.channels.locked()));
     if let Some((k, map)) = &locked {
-        match map.find(*k, identity) {
-            Found::Live { local, ended } => return Opened::Again { local, ended },
-            Found::Other => return Opened::Refused(Errno::EACCES),
-            Found::None => {}
+        if let Found::Live { local, ended } = map.find(*k) {
+            return Opened::Again { local, ended };
         }
     }
     let permit = match shared.limits.acquire(identity, Resource::Listener) {
@@ -216,9 +221,7 @@ fn open_now(
         l.addr.port()
     };
     let local = SocketAddrV4::new(*l.addr.ip(), guest_port);
-    let registration = locked
-        .as_mut()
-        .map(|(k, map)| map.register(*k, identity.clone(), local));
+    let registration = locked.as_mut().map(|(k, map)| map.register(*k, local));
     Opened::Bound {
         listener,
         permit,

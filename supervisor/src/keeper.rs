@@ -198,14 +198,15 @@ fn run(host: &std::path::Path, listener: &UnixListener, wake: &OwnedFd, rx: &mps
 /// nothing more on it).
 fn ended(stream: &UnixStream) -> bool {
     let mut b = [0u8; 1];
-    match sys::recv_packet(stream.as_raw_fd(), &mut b) {
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
-        _ => true,
-    }
+    !matches!(
+        sys::recv_packet(stream.as_raw_fd(), &mut b),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock
+    )
 }
 
 /// A listener liboutsock hands over on the keeper's socket: one `Listen` frame that brings
-/// its channel, from a peer of our uid or root; anything else is dropped.
+/// its channel, from a peer of our uid or root, acknowledged with one byte; anything else is
+/// dropped unanswered (liboutsock then keeps a copy itself).
 fn handed_over(conn: &UnixStream) -> Option<Kept> {
     let uid = sys::peer_uid(conn.as_raw_fd()).ok()?;
     if uid != 0 && uid != sys::euid() {
@@ -219,7 +220,12 @@ fn handed_over(conn: &UnixStream) -> Option<Kept> {
     match decode_exact::<ToHost>(buf.get(..n)?) {
         Ok(ToHost::Listen(req)) if req.channel && req.pass_fd => {
             let ty = sys::sockopt_int(channel.as_raw_fd(), libc::SOL_SOCKET, libc::SO_TYPE).ok()?;
-            (ty == libc::SOCK_SEQPACKET).then(|| Kept::new(channel, req, None))
+            if ty != libc::SOCK_SEQPACKET {
+                return None;
+            }
+            // Taken: liboutsock keeps no copy of its own then.
+            (&*conn).write_all(&[1]).ok()?;
+            Some(Kept::new(channel, req, None))
         }
         _ => None,
     }
@@ -294,9 +300,14 @@ fn register_once(host: &std::path::Path, channel: &OwnedFd, req: &ListenRequest)
         }
         // Refusals that pass (host-server starting up, a limit of the moment): later.
         Ok((ToGuest::Failed(e), _))
-            if [Errno::EAGAIN, Errno::ETIMEDOUT, Errno::ENOBUFS, Errno::EMFILE]
-                .iter()
-                .any(|t| t.0 == e.0) =>
+            if [
+                Errno::EAGAIN,
+                Errno::ETIMEDOUT,
+                Errno::ENOBUFS,
+                Errno::EMFILE,
+            ]
+            .iter()
+            .any(|t| t.0 == e.0) =>
         {
             Registered::Later
         }

@@ -38,7 +38,8 @@
 //!    TCP socket to a non-loopback address is only recorded (a loopback bind is made here with
 //!    the bytes already read; a UDP bind is item 5's). `listen` then asks host-server
 //!    (`Listen` with `pass_fd`; its `allowed_ports` rule and its errno apply) to listen on the
-//!    host's IPv6 address, and installs the `SOCK_SEQPACKET` packet channel of the answer over
+//!    host's IPv6 address, and installs the `SOCK_SEQPACKET` packet channel (made here, its
+//!    host's end brought with the request and then kept by `keeper`) over
 //!    the program's descriptor (ADDFD with SETFD): poll, epoll and select on it are the
 //!    kernel's (readable when a connection waits). `accept`/`accept4` on it take one packet —
 //!    one `Inbound` frame with the accepted IPv6 socket — so any number of processes
@@ -161,7 +162,9 @@
 //! `outcome` (what a notified call becomes), `workers` (the threads calls that may wait run
 //! on), [`transport`] (Unix or vsock, as liboutsock chooses),
 //! `vmlisten` (listeners inside a VM), `udp` (UDP associations and connected UDP), `sockopt`
-//! (options on a stand-in, and a VM's option values kept), `serve` (the loop).
+//! (options on a stand-in, and a VM's option values kept), `keeper` (process-mode listeners,
+//! its own and liboutsock's, registered again when host-server comes back), `serve` (the
+//! loop).
 
 #![deny(unsafe_code)]
 

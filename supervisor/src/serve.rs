@@ -1567,7 +1567,11 @@ fn listen_req(addr: SocketAddrV4, backlog: u32, channel: bool) -> ListenRequest 
 /// With a keeper, the channel is made here and its host's end brought with the request, and
 /// the keeper gets a copy of that end, the request and its stream (see `keeper`); without
 /// one, host-server makes the channel.
-fn ask_listen(s: &Shared, addr: SocketAddrV4, backlog: u32) -> Result<(OwnedFd, SocketAddrV4), Outcome> {
+fn ask_listen(
+    s: &Shared,
+    addr: SocketAddrV4,
+    backlog: u32,
+) -> Result<(OwnedFd, SocketAddrV4), Outcome> {
     let answered = |answer: Result<crate::host::Answer, Errno>| match answer {
         Ok(a) => match a.msg {
             ToGuest::Listening { local } => Ok((local, a.stream, a.passed)),
@@ -1579,7 +1583,9 @@ fn ask_listen(s: &Shared, addr: SocketAddrV4, backlog: u32) -> Result<(OwnedFd, 
     let Some(keeper) = &s.keeper else {
         // The packet channel comes with the answer; the request's stream is done.
         let (local, _stream, passed) = answered(s.host.request(&listen_request(addr, backlog)))?;
-        return passed.map(|p| (p, local)).ok_or(Outcome::Fail(libc::EPROTO));
+        return passed
+            .map(|p| (p, local))
+            .ok_or(Outcome::Fail(libc::EPROTO));
     };
     let (ours, host_end) = sys::seqpacket_pair().map_err(|e| io_fail(&e))?;
     let req = listen_req(addr, backlog, true);

@@ -448,7 +448,9 @@ impl Stream {
     /// The send's errno.
     pub fn send_with_fd(&self, bytes: &[u8], fd: c_int) -> Result<(), Errno> {
         let n = outsock_fdpass::sendmsg_fd::<real::Real>(self.0, bytes, fd, libc::MSG_NOSIGNAL)
-            .map_err(|e| Errno(u16::try_from(e.raw_os_error().unwrap_or(libc::EIO)).unwrap_or(5)))?;
+            .map_err(|e| {
+                Errno(u16::try_from(e.raw_os_error().unwrap_or(libc::EIO)).unwrap_or(5))
+            })?;
         write_all(self.0, &bytes[n..])
     }
 

@@ -5,7 +5,9 @@
  * reports: poll(POLLIN) on the listener (up to 10 s), accept's result and errno, and poll
  * again (1 s): what a listener whose re-registration was refused looks like. With "closefrom"
  * it closes every descriptor above the listener (closefrom(3), as daemons do), waits for a
- * line, and reports poll(POLLIN) on the listener over 1 s: 0 while nothing waits. */
+ * line, and reports poll(POLLIN) on the listener over 1 s: 0 while nothing waits. With "udp"
+ * it is a UDP server on that port instead, answering each datagram with "udp " and the
+ * datagram (blocking in recvfrom; an error is printed and recvfrom called again at once). */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <poll.h>
@@ -17,12 +19,36 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
+static int udp_server(struct sockaddr_in *a) {
+    int s = socket(AF_INET, SOCK_DGRAM, 0);
+    if (bind(s, (struct sockaddr *)a, sizeof *a) != 0) {
+        perror("bind");
+        return 1;
+    }
+    printf("bound\n");
+    fflush(stdout);
+    for (;;) {
+        char buf[512];
+        struct sockaddr_in from;
+        socklen_t len = sizeof from;
+        ssize_t n = recvfrom(s, buf + 4, sizeof buf - 4, 0, (struct sockaddr *)&from, &len);
+        if (n < 0) {
+            fprintf(stderr, "recvfrom: %s\n", strerror(errno));
+            continue;
+        }
+        memcpy(buf, "udp ", 4);
+        sendto(s, buf, (size_t)n + 4, 0, (struct sockaddr *)&from, len);
+    }
+}
+
 int main(int argc, char **argv) {
-    int s = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in a;
     memset(&a, 0, sizeof a);
     a.sin_family = AF_INET;
     a.sin_port = htons((unsigned short)atoi(argv[1]));
+    if (argc > 2 && strcmp(argv[2], "udp") == 0)
+        return udp_server(&a);
+    int s = socket(AF_INET, SOCK_STREAM, 0);
     if (bind(s, (struct sockaddr *)&a, sizeof a) != 0 || listen(s, 16) != 0) {
         perror("listen");
         return 1;

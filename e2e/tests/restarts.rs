@@ -414,3 +414,86 @@ fn without_a_keeper_a_listener_goes_quiet_instead_of_spinning() {
     );
     c.wait().unwrap();
 }
+
+/// One UDP exchange from the world client to the host's `port` (500 ms to answer): the answer,
+/// or `None`.
+fn udp_exchange(s: &Stack, port: u16) -> Option<Vec<u8>> {
+    s.world
+        .world()
+        .run(move || {
+            let sock = std::net::UdpSocket::bind(SocketAddr::new(addr::CLIENT.into(), 0)).unwrap();
+            sock.set_read_timeout(Some(Duration::from_millis(500)))
+                .unwrap();
+            sock.send_to(b"ping", SocketAddr::new(addr::HOST.into(), port))
+                .ok()?;
+            let mut buf = [0u8; 512];
+            let (n, _) = sock.recv_from(&mut buf).ok()?;
+            Some(buf[..n].to_vec())
+        })
+        .unwrap()
+}
+
+/// A static UDP server (the supervisor's association, a port of its own) stays quiet while
+/// host-server is away (< 1 % CPU) and hears world clients on the same port again once it is
+/// back: the supervisor opens the association again and puts the new channel in place.
+#[test]
+fn a_static_udp_servers_association_is_opened_again_after_host_server_restarts() {
+    let test = "a_static_udp_servers_association_is_opened_again_after_host_server_restarts";
+    if !can_supervise(test) {
+        return;
+    }
+    let Some(mut s) = stack("ls-udp", "[listen]\nallowed_ports = [5300]\n") else {
+        return;
+    };
+    let dir = s.world.path("servers");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (_, stat) = c_servers(&dir);
+    let mut server = s.legacy("timeout").unwrap();
+    server
+        .arg("60")
+        .arg(&stat)
+        .args(["5300", "udp"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut server = server.spawn().unwrap();
+    let _out = ready(&mut server, "bound");
+    outsock_e2e::wait_udp_bound(&s, 5300);
+    assert_eq!(udp_exchange(&s, 5300).as_deref(), Some(&b"udp ping"[..]));
+    let pid = pids_of(&s, "keep_listening_static");
+    assert_eq!(pid.len(), 1, "{pid:?}");
+    s.kill_host();
+    std::thread::sleep(Duration::from_millis(300));
+    let before = cpu_ticks(pid[0]);
+    let t = Instant::now();
+    std::thread::sleep(Duration::from_secs(2));
+    // SAFETY: sysconf(3) has no preconditions.
+    let hz = f64::from(u32::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap());
+    let used = (cpu_ticks(pid[0]) - before) as f64 / hz / t.elapsed().as_secs_f64();
+    assert!(
+        used < 0.01,
+        "the UDP server used {:.1} % of a CPU",
+        used * 100.0
+    );
+    s.start_host().unwrap();
+    let t = Instant::now();
+    loop {
+        if udp_exchange(&s, 5300).as_deref() == Some(&b"udp ping"[..]) {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "no answer on 5300 since host-server came back\n{}",
+            s.logs()
+        );
+    }
+    println!(
+        "UDP port 5300 answered again {:?} after host-server was back",
+        t.elapsed()
+    );
+    let out = stop(server);
+    assert!(
+        !text(&out.stderr).contains("recvfrom:"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -1640,3 +1640,14 @@ pub fn peer_uid(fd: RawFd) -> io::Result<u32> {
     })?;
     Ok(cred.uid)
 }
+
+/// Puts the socket `from` in place of descriptor `to` (dup3, close-on-exec): every holder of
+/// `to`'s number uses `from`'s socket from now on.
+///
+/// # Errors
+/// dup3's error.
+pub fn dup_onto(from: RawFd, to: RawFd) -> io::Result<()> {
+    // SAFETY: dup3 on two descriptors we own; `to` stays ours, with the new socket.
+    cvt(unsafe { libc::dup3(from, to, libc::O_CLOEXEC) })?;
+    Ok(())
+}

@@ -47,6 +47,8 @@ pub(crate) struct Shared {
     pub udp_server_ports: Arc<std::sync::Mutex<PortHolders>>,
     /// The CID of each VM's latest hello (for `outsock vm ls`).
     pub vm_cids: Cids,
+    /// Process-mode listeners whose requester made the channel, by channel.
+    pub channels: crate::channels::Channels,
 }
 
 /// The CID each VM's latest hello carried, by VM name.
@@ -156,6 +158,8 @@ pub(crate) struct Request {
     pub leftover: Vec<u8>,
     /// This stream's slot in the identity's socket limit.
     pub permit: Permit,
+    /// The descriptor that came with the request (a listen request's packet channel), if any.
+    pub passed: Option<std::os::fd::OwnedFd>,
 }
 
 impl Request {

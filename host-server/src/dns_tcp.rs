@@ -19,6 +19,7 @@ pub(crate) async fn dns_over_tcp(req: Request, dest: SocketAddrV4, shared: &Shar
         leftover,
         permit,
         identity,
+        ..
     } = req;
     shared.metrics.record(Event::Connect("ok"));
     let answer = ToGuest::Connected {

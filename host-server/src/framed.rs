@@ -11,8 +11,11 @@ use std::io;
 use shared_proto::frame::{self, Message};
 use shared_proto::reader::{self, Fill, ReadError, ReadSome};
 use shared_proto::{ProtoError, ToGuest};
+use std::os::fd::{AsRawFd, OwnedFd};
 use thiserror::Error;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
+use tokio::net::UnixStream;
 
 /// The most one read asks the stream for.
 const MAX_READ: usize = 16 * 1024;
@@ -24,6 +27,27 @@ pub(crate) struct TokioRead<'r, R: ?Sized>(pub &'r mut R);
 impl<R: AsyncRead + Unpin + ?Sized> ReadSome for TokioRead<'_, R> {
     async fn read_some(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.0.read(buf).await
+    }
+}
+
+/// A host.sock stream read with `recvmsg`, keeping a descriptor that comes with the bytes.
+struct RecvFd<'r> {
+    stream: &'r UnixStream,
+    passed: &'r mut Option<OwnedFd>,
+}
+
+impl ReadSome for RecvFd<'_> {
+    async fn read_some(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let stream = self.stream;
+        let (n, fd) = stream
+            .async_io(Interest::READABLE, || {
+                outsock_fdpass::recv_with_fd(stream.as_raw_fd(), buf)
+            })
+            .await?;
+        if fd.is_some() {
+            *self.passed = fd;
+        }
+        Ok(n)
     }
 }
 
@@ -80,6 +104,20 @@ impl FrameReader {
         rd: &mut R,
     ) -> Result<M, FrameError> {
         Ok(self.0.read(&mut TokioRead(rd)).await?)
+    }
+
+    /// [`FrameReader::read`] on a host.sock stream, with `recvmsg`: a descriptor that arrives
+    /// with the bytes read (a listen request's packet channel) is kept in `passed` (the latest
+    /// one; any other is closed).
+    ///
+    /// # Errors
+    /// As for [`FrameReader::read`].
+    pub async fn read_with_fd<M: Message>(
+        &mut self,
+        stream: &UnixStream,
+        passed: &mut Option<OwnedFd>,
+    ) -> Result<M, FrameError> {
+        Ok(self.0.read(&mut RecvFd { stream, passed }).await?)
     }
 
     /// Bytes received after the last frame.

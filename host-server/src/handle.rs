@@ -137,6 +137,7 @@ pub async fn start(settings: Settings) -> Result<ServerHandle, ServerError> {
         udp_server_locals: Arc::new(std::sync::Mutex::new(crate::context::LocalTable::new(4096))),
         udp_server_ports: Arc::default(),
         vm_cids: crate::context::Cids::default(),
+        channels: crate::channels::Channels::default(),
     };
     let workers: Vec<Arbiter> = (0..settings.workers).map(|_| Arbiter::new()).collect();
     let mut acceptors = Vec::with_capacity(workers.len());

@@ -191,6 +191,7 @@ pub(crate) async fn associate(req: Request, i: &IcmpRequest, shared: &Shared) {
         identity,
         leftover,
         permit,
+        ..
     } = req;
     // A ping socket's "port" is its identifier.
     let ident = sock.local_addr().map_or(0, |a| a.port());

@@ -23,6 +23,13 @@
 //! them with its own peer address; no reader can ever see part of another's frame. The guest may
 //! send one kind of packet back: a `Listen` frame, whose backlog replaces the listener's (a
 //! second `listen(2)` on a listening socket); anything else closes the listener.
+//!
+//! A requester may make the channel itself (`ListenRequest::channel`): its host's end comes
+//! attached to the request (anything but an `AF_UNIX` `SOCK_SEQPACKET` socket, or none, is
+//! EINVAL), the answer carries no descriptor, and the request's stream stays open until the
+//! listener ends (the requester's sign that host-server is still there). A request bringing a
+//! live listener's channel is answered again without opening anything (see `channels`): this
+//! is how the supervisor's keeper takes a listener back after host-server restarted.
 
 use std::net::{SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -34,6 +41,7 @@ use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpStream, UnixStream};
 
+use crate::channels::{self, Found, Registration};
 use crate::config::Settings;
 use crate::context::{Request, Shared};
 use crate::errno::bind_errno;
@@ -131,6 +139,9 @@ pub(crate) struct ListenerParts {
     pub permits: (Permit, Permit),
     /// A VM's VMM takes the accepted sockets (its hello said so).
     pub takes_sockets: bool,
+    /// When the requester made the channel: the request's stream, held open while the
+    /// listener lives, and the listener's entry among the channels (see `channels`).
+    pub kept: (Option<UnixStream>, Option<Registration>),
 }
 
 fn backlog_of(backlog: u32) -> i32 {
@@ -158,7 +169,70 @@ fn bind(addr: SocketAddrV6, backlog: u32) -> std::io::Result<TcpListener> {
     TcpListener::from_std(sock.into())
 }
 
-/// Opens the listener for a listen request and answers it; `None` when refused.
+/// How a listen request's listener was opened (or not), decided without waiting.
+enum Opened {
+    /// The request's channel is a live listener's: answered again (see `channels`).
+    Again {
+        local: SocketAddrV4,
+        ended: tokio::sync::watch::Receiver<()>,
+    },
+    Refused(Errno),
+    Bound {
+        listener: TcpListener,
+        permit: Permit,
+        local: SocketAddrV4,
+        registration: Option<Registration>,
+    },
+}
+
+/// The listener for `l` (with its channel's `key` when the requester made the channel),
+/// looked up, bound and entered under one lock of the channels' map (see `channels`).
+fn open_now(
+    shared: &Shared,
+    identity: &Identity,
+    l: &ListenRequest,
+    plan: &ListenPlan,
+    key: Option<channels::Key>,
+) -> Opened {
+    let mut locked = key.map(|k| (k, shared.channels.locked()));
+    if let Some((k, map)) = &locked {
+        if let Found::Live { local, ended } = map.find(*k) {
+            return Opened::Again { local, ended };
+        }
+    }
+    let permit = match shared.limits.acquire(identity, Resource::Listener) {
+        Ok(p) => p,
+        Err(errno) => return Opened::Refused(errno),
+    };
+    let listener = match bind(plan.bind, l.backlog) {
+        Ok(x) => x,
+        Err(e) => {
+            static LOG: LogLimit = LogLimit::new();
+            if LOG.allow() {
+                tracing::info!(bind = %plan.bind, error = %e, "cannot listen for a guest");
+            }
+            return Opened::Refused(bind_errno(&e));
+        }
+    };
+    let port = listener.local_addr().map_or(0, |a| a.port());
+    let guest_port = if l.addr.port() == 0 {
+        port
+    } else {
+        l.addr.port()
+    };
+    let local = SocketAddrV4::new(*l.addr.ip(), guest_port);
+    let registration = locked.as_mut().map(|(k, map)| map.register(*k, local));
+    Opened::Bound {
+        listener,
+        permit,
+        local,
+        registration,
+    }
+}
+
+/// Opens the listener for a listen request and answers it; `None` when refused (or when the
+/// request registers a live listener's channel again: answered, its stream held, see
+/// `channels`).
 pub(crate) async fn open(
     mut req: Request,
     l: &ListenRequest,
@@ -172,56 +246,104 @@ pub(crate) async fn open(
             return None;
         }
     };
-    let listener_permit = match shared.limits.acquire(&req.identity, Resource::Listener) {
-        Ok(p) => p,
-        Err(errno) => {
+    // The requester's own channel: the host's end of an AF_UNIX SOCK_SEQPACKET pair, in
+    // process mode only (anything else is EINVAL, and the descriptor is closed).
+    let passed = req.passed.take();
+    let channel = if l.channel {
+        let fd = passed.filter(|_| plan.delivery == Delivery::PassFd);
+        match fd.and_then(|fd| channels::channel_key(fd.as_fd()).map(|k| (k, fd))) {
+            Some(c) => Some(c),
+            None => {
+                req.refuse(Errno::EINVAL).await;
+                return None;
+            }
+        }
+    } else {
+        None
+    };
+    let (listener, listener_permit, local, registration) = match open_now(
+        shared,
+        &req.identity,
+        l,
+        &plan,
+        channel.as_ref().map(|c| c.0),
+    ) {
+        Opened::Bound {
+            listener,
+            permit,
+            local,
+            registration,
+        } => (listener, permit, local, registration),
+        Opened::Refused(errno) => {
             req.refuse(errno).await;
             return None;
         }
-    };
-    let listener = match bind(plan.bind, l.backlog) {
-        Ok(x) => x,
-        Err(e) => {
-            static LOG: LogLimit = LogLimit::new();
-            if LOG.allow() {
-                tracing::info!(bind = %plan.bind, error = %e, "cannot listen for a guest");
+        Opened::Again { local, ended } => {
+            let Request {
+                mut stream, permit, ..
+            } = req;
+            drop(permit);
+            let answer = ToGuest::Listening { local };
+            if crate::framed::write_frame(&mut stream, &answer)
+                .await
+                .is_ok()
+            {
+                tracing::debug!(%local, "a listener's channel registered again");
+                channels::hold(stream, ended).await;
             }
-            drop(listener_permit);
-            req.refuse(bind_errno(&e)).await;
             return None;
         }
     };
-    let port = listener.local_addr().map_or(0, |a| a.port());
-    let guest_port = if l.addr.port() == 0 {
-        port
-    } else {
-        l.addr.port()
-    };
-    let local = SocketAddrV4::new(*l.addr.ip(), guest_port);
     let answer = ToGuest::Listening { local };
-    let control = if plan.delivery == Delivery::PassFd {
-        let (ours, theirs) = match packet_channel() {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot open a listener's packet channel");
-                req.refuse(Errno::ENOBUFS).await;
+    let (control, kept) = match (plan.delivery == Delivery::PassFd, channel) {
+        (true, Some((_, fd))) => {
+            // The requester's channel: ours now; the answer goes without a descriptor, and
+            // the stream stays open while the listener lives (the requester's sign).
+            let ours = std::os::unix::net::UnixStream::from(fd);
+            let ours = match ours
+                .set_nonblocking(true)
+                .and_then(|()| UnixStream::from_std(ours))
+            {
+                Ok(o) => o,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot take a listener's packet channel");
+                    req.refuse(Errno::ENOBUFS).await;
+                    return None;
+                }
+            };
+            if crate::framed::write_frame(&mut req.stream, &answer)
+                .await
+                .is_err()
+            {
                 return None;
             }
-        };
-        let bytes = frame::to_vec(&answer).ok()?;
-        // The guest's end travels with the answer; ours is the only other copy.
-        crate::fdpass::send_with_fd(&req.stream, &bytes, theirs.as_fd())
-            .await
-            .ok()?;
-        Control::Packets(ours)
-    } else {
-        if crate::framed::write_frame(&mut req.stream, &answer)
-            .await
-            .is_err()
-        {
-            return None;
+            (Control::Packets(ours), Some(req.stream))
         }
-        Control::Stream(req.stream)
+        (true, None) => {
+            let (ours, theirs) = match packet_channel() {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot open a listener's packet channel");
+                    req.refuse(Errno::ENOBUFS).await;
+                    return None;
+                }
+            };
+            let bytes = frame::to_vec(&answer).ok()?;
+            // The guest's end travels with the answer; ours is the only other copy.
+            crate::fdpass::send_with_fd(&req.stream, &bytes, theirs.as_fd())
+                .await
+                .ok()?;
+            (Control::Packets(ours), None)
+        }
+        (false, _) => {
+            if crate::framed::write_frame(&mut req.stream, &answer)
+                .await
+                .is_err()
+            {
+                return None;
+            }
+            (Control::Stream(req.stream), None)
+        }
     };
     shared.metrics.record(Event::ListenerOpened);
     tracing::info!(identity = %req.identity, bind = %plan.bind, "listening for a guest");
@@ -235,6 +357,7 @@ pub(crate) async fn open(
         shared: shared.clone(),
         permits: (req.permit, listener_permit),
         takes_sockets,
+        kept: (kept, registration),
     })
 }
 
@@ -302,6 +425,7 @@ pub(crate) async fn run(parts: ListenerParts) {
         shared,
         permits,
         takes_sockets,
+        kept,
     } = parts;
     // Registered for readiness through a `UnixStream`, as the packet channel is (the
     // registration does not care about the socket type); only `readable` and `try_io` are used.
@@ -368,6 +492,11 @@ pub(crate) async fn run(parts: ListenerParts) {
         }
     }
     tracing::info!(%identity, "guest listener closed");
+    // The requester's stream closes after the entry is gone: a registration it then sends
+    // opens a new listener.
+    let (stream, registration) = kept;
+    drop(registration);
+    drop(stream);
     drop(permits);
 }
 
@@ -574,6 +703,7 @@ mod tests {
             backlog: 16,
             pass_fd,
             vsock_port,
+            channel: false,
         }
     }
 

@@ -25,6 +25,7 @@ pub mod accounts;
 pub mod actors;
 mod assoc;
 pub mod awaiting;
+mod channels;
 pub mod config;
 mod context;
 pub mod dest;

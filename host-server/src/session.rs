@@ -18,6 +18,7 @@
 //! opens a new stream). A client that closes its stream after the answer (liboutsock) changes
 //! nothing.
 
+use std::os::fd::OwnedFd;
 use std::time::Duration;
 
 use shared_proto::outsource::{ToGuest, ToHost};
@@ -99,7 +100,8 @@ async fn serve_request(
     again: bool,
 ) -> Served {
     let mut reader = FrameReader::new();
-    let opened = match read_request(&mut stream, &mut reader, cred, shared).await {
+    let mut passed = None;
+    let opened = match read_request(&mut stream, &mut reader, &mut passed, cred, shared).await {
         // A kept stream that its client closed, or that stays idle, ends quietly: its client
         // waits for no answer.
         Start::Read(Err(Some(Errno::ECONNRESET))) | Start::TimedOut | Start::OverCap if again => {
@@ -160,6 +162,7 @@ async fn serve_request(
         identity,
         leftover: reader.into_leftover(),
         permit,
+        passed,
     };
     let next = match request {
         ToHost::Connect(c) => match crate::outbound::connect(req, c, vmm_takes, shared).await {
@@ -214,12 +217,13 @@ enum Start {
 async fn read_request(
     stream: &mut UnixStream,
     reader: &mut FrameReader,
+    passed: &mut Option<OwnedFd>,
     cred: PeerCred,
     shared: &Shared,
 ) -> Start {
     let timeout = shared.settings.request_timeout;
     let deadline = tokio::time::Instant::now() + timeout;
-    let opening = open(stream, reader, cred, shared);
+    let opening = open(stream, reader, passed, cred, shared);
     tokio::pin!(opening);
     let timer = tokio::time::sleep(AWAITING_GRACE.min(timeout));
     tokio::pin!(timer);
@@ -251,16 +255,18 @@ fn refuse_now(stream: &UnixStream, errno: Errno) {
     }
 }
 
-/// Reads frames until the request, applying the identity rules.
+/// Reads frames until the request, applying the identity rules; a descriptor that came with
+/// them is left in `passed` (the request's handler decides; dropped, closed, by any other).
 async fn open(
     stream: &mut UnixStream,
     reader: &mut FrameReader,
+    passed: &mut Option<OwnedFd>,
     cred: PeerCred,
     shared: &Shared,
 ) -> Result<Opened, Errno> {
     let mut opening = Opening::new(cred, &shared.settings.vms);
     loop {
-        let frame: ToHost = match reader.read(stream).await {
+        let frame: ToHost = match reader.read_with_fd(stream, passed).await {
             Ok(f) => f,
             Err(FrameError::Proto(e)) => {
                 tracing::debug!(uid = cred.uid, pid = ?cred.pid, error = %e, "malformed frame");

@@ -363,6 +363,7 @@ pub(crate) async fn associate(req: Request, u: &UdpRequest, shared: &Shared) {
         identity,
         leftover,
         permit,
+        ..
     } = req;
     let local = guest_local(&sockets.v6, u.bind);
     // A process gets its datagrams one packet each (see `assoc`).

@@ -208,6 +208,7 @@ fn listen(port: u16, vsock_port: u32) -> ToHost {
         backlog: 4,
         pass_fd: vsock_port == 0,
         vsock_port,
+        channel: false,
     })
 }
 

@@ -737,6 +737,7 @@ fn inbound_process_and_vm_modes_and_hello_rules() {
                     backlog: 16,
                     pass_fd: true,
                     vsock_port: 0,
+                    channel: false,
                 })],
             )
         }
@@ -857,6 +858,7 @@ fn inbound_process_and_vm_modes_and_hello_rules() {
                         backlog: 16,
                         pass_fd: false,
                         vsock_port: 5000,
+                        channel: false,
                     }),
                 ],
             )
@@ -1074,6 +1076,7 @@ fn limits_refuse_with_an_errno() {
                         backlog: 4,
                         pass_fd: true,
                         vsock_port: 0,
+                        channel: false,
                     })],
                 )
             };
@@ -1292,6 +1295,7 @@ fn a_vm_listener_hands_accepted_sockets_to_a_vmm_that_takes_them() {
                     backlog: 16,
                     pass_fd: false,
                     vsock_port: 5000,
+                    channel: false,
                 }),
             ],
         )
@@ -1365,4 +1369,140 @@ fn a_vm_listener_hands_accepted_sockets_to_a_vmm_that_takes_them() {
     let (_c2, inbound, fd) = take(&vm_listener);
     assert!(matches!(inbound, ToGuest::Inbound { .. }), "{inbound:?}");
     assert!(fd.is_some());
+}
+
+/// Sends a process-mode `Listen` whose requester made the channel, with `fd` attached to the
+/// frame (SCM_RIGHTS); returns the stream and the answer (which carries no descriptor).
+fn listen_with_channel(sock: &Path, fd: Option<std::os::fd::RawFd>) -> (UnixStream, ToGuest) {
+    let mut s = UnixStream::connect(sock).expect("connect host.sock");
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let bytes = frame::to_vec(&ToHost::Listen(ListenRequest {
+        addr: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, LISTEN_PORT),
+        backlog: 16,
+        pass_fd: true,
+        vsock_port: 0,
+        channel: true,
+    }))
+    .unwrap();
+    match fd {
+        Some(fd) => {
+            let n = outsock_fdpass::sendmsg_fd::<outsock_fdpass::Libc>(
+                s.as_raw_fd(),
+                &bytes,
+                fd,
+                libc::MSG_NOSIGNAL,
+            )
+            .unwrap();
+            s.write_all(&bytes[n..]).unwrap();
+        }
+        None => s.write_all(&bytes).unwrap(),
+    }
+    let (answer, passed) = read_frame_with_fd(&mut s);
+    assert!(passed.is_none(), "a descriptor came with {answer:?}");
+    (s, answer)
+}
+
+/// Whether `s` reads its end (EOF) within `limit`.
+fn ends_within(s: &mut UnixStream, limit: Duration) -> bool {
+    s.set_read_timeout(Some(limit)).unwrap();
+    let mut b = [0u8; 1];
+    matches!(s.read(&mut b), Ok(0))
+}
+
+/// The requester's own channel (`ListenRequest::channel`): host-server takes the attached end
+/// instead of making a pair and keeps the request's stream open while the listener lives; the
+/// same channel again is answered `Listening` with nothing new opened (its stream held too);
+/// anything but a packet channel, or none, is EINVAL; when the program's end closes, the
+/// listener ends and every held stream ends with it, and the same port listens again for a new
+/// channel.
+#[test]
+fn a_requesters_channel_is_taken_registered_again_and_held_while_the_listener_lives() {
+    let cfg = format!(
+        "[listen]\ndefault_address = \"{}\"\nallowed_ports = [{LISTEN_PORT}]\n",
+        addr::HOST
+    );
+    let Some(rig) = Rig::start("hs-channel", &[&cfg, "metrics_listen = \"\""]) else {
+        return;
+    };
+    let psock = rig.sock(0);
+    let (mut first, again, mut second, refused, none, a, b) = in_legacy(&rig, {
+        let psock = psock.clone();
+        move || {
+            let (a, b) =
+                socket2::Socket::pair(socket2::Domain::UNIX, socket2::Type::SEQPACKET, None)
+                    .unwrap();
+            let (first, answer) = listen_with_channel(&psock, Some(b.as_raw_fd()));
+            assert_eq!(
+                answer,
+                ToGuest::Listening {
+                    local: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, LISTEN_PORT)
+                }
+            );
+            let (second, again) = listen_with_channel(&psock, Some(b.as_raw_fd()));
+            let (s, _t) = UnixStream::pair().unwrap();
+            let refused = listen_with_channel(&psock, Some(s.as_raw_fd())).1;
+            let none = listen_with_channel(&psock, None).1;
+            (first, again, second, refused, none, a, b)
+        }
+    });
+    assert_eq!(
+        again,
+        ToGuest::Listening {
+            local: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, LISTEN_PORT)
+        }
+    );
+    assert_eq!(refused, ToGuest::Failed(Errno::EINVAL));
+    assert_eq!(none, ToGuest::Failed(Errno::EINVAL));
+    // Both requests' streams stay open while the listener lives.
+    assert!(!ends_within(&mut first, Duration::from_millis(300)));
+    assert!(!ends_within(&mut second, Duration::from_millis(10)));
+    // One listener, delivering on the requester's channel.
+    let connect = || {
+        rig.world
+            .world()
+            .run(|| {
+                TcpStream::connect_timeout(
+                    &SocketAddr::new(addr::HOST.into(), LISTEN_PORT),
+                    Duration::from_secs(5),
+                )
+                .map(|mut t| {
+                    t.write_all(b"over the channel").unwrap();
+                    t
+                })
+            })
+            .unwrap()
+    };
+    let client = connect().unwrap();
+    let a = std::os::fd::OwnedFd::from(a);
+    let (inbound, fd) = read_packet(&a);
+    assert!(
+        matches!(inbound, ToGuest::Inbound { local, .. } if local.port() == LISTEN_PORT),
+        "{inbound:?}"
+    );
+    let mut accepted = TcpStream::from(fd.expect("accepted socket attached"));
+    let mut got = [0u8; 16];
+    accepted.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"over the channel");
+    drop((accepted, client));
+    // The program's end closes (our copy of host-server's end does not keep it alive): the
+    // listener ends, and both held streams end with it.
+    drop(a);
+    assert!(ends_within(&mut first, Duration::from_secs(5)));
+    assert!(ends_within(&mut second, Duration::from_secs(5)));
+    drop(b);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while connect().is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the listener outlived its channel"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The port is free for a new channel.
+    let answer = in_legacy(&rig, move || {
+        let (_a, b) =
+            socket2::Socket::pair(socket2::Domain::UNIX, socket2::Type::SEQPACKET, None).unwrap();
+        listen_with_channel(&psock, Some(b.as_raw_fd())).1
+    });
+    assert!(matches!(answer, ToGuest::Listening { .. }), "{answer:?}");
 }

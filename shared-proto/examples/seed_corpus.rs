@@ -54,6 +54,7 @@ fn main() -> std::io::Result<()> {
             backlog: 128,
             pass_fd: false,
             vsock_port: 5000,
+            channel: false,
         }),
         ToHost::Udp(UdpRequest { bind: any }),
         ToHost::Datagram(datagram.clone()),

@@ -25,7 +25,11 @@
 //!   with the accepted socket attached, in one `sendmsg`, so that each packet reaches exactly one
 //!   of the processes and threads that share the listening fd. The guest may send a
 //!   [`ToHost::Listen`] packet back (a second `listen(2)`: its backlog replaces the listener's).
-//!   Closing every copy of the guest's end closes the host's listener.
+//!   Closing every copy of the guest's end closes the host's listener. A request that says
+//!   [`ListenRequest::channel`] brings the host's end of a pair the requester made instead
+//!   (attached to the request, SCM_RIGHTS); it is answered without a descriptor and the stream
+//!   stays open while the listener lives (host-server closes it when the listener ends: the
+//!   requester's sign that host-server went away, to register the same channel again).
 //! - TCP listen, VM: host-server sends one [`ToGuest::Inbound`] per accepted connection, as the
 //!   first frame of a new host→guest stream to the vsock port named in the request. Closing the
 //!   listen stream closes the host's listener.
@@ -96,6 +100,26 @@ pub struct ListenRequest {
     pub pass_fd: bool,
     /// VM mode: the guest vsock port where the shim accepts inbound streams (0 in process mode).
     pub vsock_port: u32,
+    /// Process mode: the requester made the packet channel and attaches its host end to this
+    /// frame (SCM_RIGHTS, on the frame's first byte); host-server uses it instead of making a
+    /// pair, answers `Listening` without a descriptor, and keeps the request's stream open for
+    /// as long as the listener lives. A request with the channel of a live listener is
+    /// answered `Listening` again (a re-registration). Encoded as a flags byte after
+    /// `vsock_port` holding bit 0, present only when true: a request without it is the older
+    /// request byte for byte. Any other flags byte is refused.
+    pub channel: bool,
+}
+
+/// The environment variable in which `outsock run`'s supervisor names its keeper's abstract
+/// Unix socket (without the leading NUL) to the programs it serves: liboutsock hands each
+/// listener it makes over to it (one packet: the `Listen` frame with the host's end of the
+/// channel attached), and the keeper registers the listener again whenever host-server comes
+/// back.
+pub const KEEPER_ENV: &str = "OUTSOCK_KEEPER";
+
+/// [`ListenRequest`]'s flag bits.
+mod listen_flags {
+    pub const CHANNEL: u8 = 1;
 }
 
 /// Open a UDP association bound to an IPv4 address (port 0: any).
@@ -244,6 +268,9 @@ impl Message for ToHost {
                 w.u32(l.backlog);
                 w.bool(l.pass_fd);
                 w.u32(l.vsock_port);
+                if l.channel {
+                    w.u8(listen_flags::CHANNEL);
+                }
             }
             Self::Udp(u) => w.sockv4(u.bind),
             Self::Datagram(d) => write_datagram(w, d),
@@ -288,6 +315,18 @@ impl Message for ToHost {
                 backlog: r.u32()?,
                 pass_fd: r.bool()?,
                 vsock_port: r.u32()?,
+                // An older request (no channel attached) ends after the vsock port.
+                channel: match r.u8() {
+                    Ok(listen_flags::CHANNEL) => true,
+                    Ok(other) => {
+                        return Err(ProtoError::BadValue {
+                            field: "listen flags",
+                            value: u64::from(other),
+                        })
+                    }
+                    Err(ProtoError::Truncated) => false,
+                    Err(e) => return Err(e),
+                },
             }),
             kind::UDP => Self::Udp(UdpRequest { bind: r.sockv4()? }),
             kind::DATAGRAM => Self::Datagram(read_datagram(r)?),
@@ -480,6 +519,55 @@ mod tests {
         let without = frame::to_vec(&hello(false)).unwrap();
         assert_eq!(with.len(), without.len() + 1);
         assert_eq!(with.last(), Some(&1));
+    }
+
+    fn listen(channel: bool) -> ToHost {
+        ToHost::Listen(ListenRequest {
+            addr: "0.0.0.0:8080".parse().unwrap(),
+            backlog: 511,
+            pass_fd: true,
+            vsock_port: 0,
+            channel,
+        })
+    }
+
+    /// A listen without a channel attached is the older request byte for byte; one with the
+    /// channel has the flags byte last; any other flags byte is refused.
+    #[test]
+    fn a_listen_round_trips_and_an_older_one_decodes_as_before() {
+        let mut w = Writer::new();
+        w.sockv4("0.0.0.0:8080".parse().unwrap());
+        w.u32(511);
+        w.bool(true);
+        w.u32(0);
+        let body = w.into_inner();
+        let mut older = Vec::new();
+        older.extend_from_slice(&frame::MAGIC);
+        older.push(frame::VERSION);
+        older.push(kind::LISTEN);
+        older.extend_from_slice(&u32::try_from(body.len()).unwrap().to_be_bytes());
+        older.extend_from_slice(&body);
+        assert_eq!(
+            frame::decode_exact::<ToHost>(&older).unwrap(),
+            listen(false)
+        );
+        assert_eq!(frame::to_vec(&listen(false)).unwrap(), older);
+        let with = frame::to_vec(&listen(true)).unwrap();
+        assert_eq!(frame::decode_exact::<ToHost>(&with).unwrap(), listen(true));
+        assert_eq!(with.len(), older.len() + 1);
+        assert_eq!(with.last(), Some(&1));
+        for flags in [0u8, 2, 0x81] {
+            let mut other = older.clone();
+            other[7] += 1;
+            other.push(flags);
+            assert_eq!(
+                frame::decode_exact::<ToHost>(&other),
+                Err(ProtoError::BadValue {
+                    field: "listen flags",
+                    value: u64::from(flags)
+                })
+            );
+        }
     }
 
     /// An older VMM's hello (no flags byte): read as one that takes no sockets, so host-server

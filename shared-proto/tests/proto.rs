@@ -61,6 +61,7 @@ fn to_host() -> impl Strategy<Value = ToHost> {
                     backlog,
                     pass_fd,
                     vsock_port,
+                    channel: false,
                 })
             }
         ),

@@ -149,6 +149,31 @@ impl HostServer {
         Ok(stream)
     }
 
+    /// [`HostServer::request`] on a new stream, with `fd` attached to the request (SCM_RIGHTS,
+    /// on its first byte): a listen request's packet channel.
+    ///
+    /// # Errors
+    /// As for [`HostServer::request`].
+    pub fn request_with_fd(&self, req: &ToHost, fd: std::os::fd::RawFd) -> Result<Answer, Errno> {
+        let frame = to_vec(req).map_err(|_| Errno::EPROTO)?;
+        let stream = self.fresh(&[])?;
+        let n = outsock_fdpass::sendmsg_fd::<outsock_fdpass::Libc>(
+            stream.as_raw_fd(),
+            &frame,
+            fd,
+            libc::MSG_NOSIGNAL,
+        )
+        .map_err(|_| Errno::EPROTO)?;
+        (&stream)
+            .write_all(&frame[n..])
+            .map_err(|_| Errno::EPROTO)?;
+        Pending {
+            stream,
+            again: None,
+        }
+        .answer(self)
+    }
+
     /// Sends `req` on a new stream; the answer is read by [`Pending::answer`]. Errors as for
     /// [`HostServer::request`].
     ///

@@ -38,7 +38,8 @@
 //!    TCP socket to a non-loopback address is only recorded (a loopback bind is made here with
 //!    the bytes already read; a UDP bind is item 5's). `listen` then asks host-server
 //!    (`Listen` with `pass_fd`; its `allowed_ports` rule and its errno apply) to listen on the
-//!    host's IPv6 address, and installs the `SOCK_SEQPACKET` packet channel of the answer over
+//!    host's IPv6 address, and installs the `SOCK_SEQPACKET` packet channel (made here, its
+//!    host's end brought with the request and then kept by `keeper`) over
 //!    the program's descriptor (ADDFD with SETFD): poll, epoll and select on it are the
 //!    kernel's (readable when a connection waits). `accept`/`accept4` on it take one packet —
 //!    one `Inbound` frame with the accepted IPv6 socket — so any number of processes
@@ -161,13 +162,16 @@
 //! `outcome` (what a notified call becomes), `workers` (the threads calls that may wait run
 //! on), [`transport`] (Unix or vsock, as liboutsock chooses),
 //! `vmlisten` (listeners inside a VM), `udp` (UDP associations and connected UDP), `sockopt`
-//! (options on a stand-in, and a VM's option values kept), `serve` (the loop).
+//! (options on a stand-in, and a VM's option values kept), `keeper` (process-mode listeners,
+//! its own and liboutsock's, registered again when host-server comes back), `serve` (the
+//! loop).
 
 #![deny(unsafe_code)]
 
 mod abi;
 pub mod filter;
 mod host;
+mod keeper;
 mod outcome;
 mod pnet;
 mod serve;
@@ -257,6 +261,19 @@ pub fn run(cmd: &mut Command, opts: &Options) -> Result<ExitStatus, RunError> {
     // guest's resolv.conf names its loopback forwarder, which resolvers reach natively.
     let vsock = transport::vsock_port();
     let filter = filter::program(filter::Transport::of(vsock));
+    // Process mode: the keeper holds every listener across host-server restarts; the programs
+    // served (and only they: the variable goes to the program, whose descendants are all
+    // served here) learn its socket's name, for liboutsock's listeners. A nested `outsock
+    // run` names its own.
+    let keeper = if vsock.is_none() {
+        keeper::Keeper::start(opts.host_socket.clone()).ok()
+    } else {
+        None
+    };
+    match &keeper {
+        Some(k) => cmd.env(shared_proto::outsource::KEEPER_ENV, k.name()),
+        None => cmd.env_remove(shared_proto::outsource::KEEPER_ENV),
+    };
     let (mut child, listener) = sys::spawn(cmd, filter).map_err(RunError::Spawn)?;
     // The child is not reaped before this pidfd is open: it names the program for good.
     let pidfd = sys::pidfd(child.id()).map_err(RunError::Spawn)?;
@@ -281,7 +298,8 @@ pub fn run(cmd: &mut Command, opts: &Options) -> Result<ExitStatus, RunError> {
         host::HostServer::new(opts.host_socket.clone()).over_vsock(vsock),
         opts.guest_dns,
         nameservers,
-    );
+    )
+    .with_keeper(keeper);
     serve::serve(shared, &mut child).map_err(RunError::Wait)
 }
 

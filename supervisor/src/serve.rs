@@ -153,6 +153,8 @@ pub struct Shared {
     assocs: Arc<udp::Assocs>,
     /// Inside a VM: the TCP and IP option values set on the stand-ins made here.
     options: sockopt::Memory,
+    /// Process mode: the keeper, which registers listeners again when host-server comes back.
+    keeper: Option<crate::keeper::Keeper>,
 }
 
 /// The sockets made here, by identity. The table is swept of sockets no process holds any
@@ -215,7 +217,14 @@ impl Shared {
             workers: Arc::new(Workers::default()),
             companions: vmlisten::Companions::default(),
             options: sockopt::Memory::default(),
+            keeper: None,
         }
+    }
+
+    /// The same, with `keeper` holding the listeners made here.
+    #[must_use]
+    pub fn with_keeper(self, keeper: Option<crate::keeper::Keeper>) -> Self {
+        Self { keeper, ..self }
     }
 
     fn record(&self, fd: RawFd, view: View) {
@@ -1541,12 +1550,51 @@ fn dual_stack_socket(copy: &OwnedFd) -> bool {
 }
 
 fn listen_request(addr: SocketAddrV4, backlog: u32) -> ToHost {
-    ToHost::Listen(ListenRequest {
+    ToHost::Listen(listen_req(addr, backlog, false))
+}
+
+fn listen_req(addr: SocketAddrV4, backlog: u32, channel: bool) -> ListenRequest {
+    ListenRequest {
         addr,
         backlog,
         pass_fd: true,
         vsock_port: 0,
-    })
+        channel,
+    }
+}
+
+/// Asks host-server to listen; the program's end of the packet channel and the local address.
+/// With a keeper, the channel is made here and its host's end brought with the request, and
+/// the keeper gets a copy of that end, the request and its stream (see `keeper`); without
+/// one, host-server makes the channel.
+fn ask_listen(
+    s: &Shared,
+    addr: SocketAddrV4,
+    backlog: u32,
+) -> Result<(OwnedFd, SocketAddrV4), Outcome> {
+    let answered = |answer: Result<crate::host::Answer, Errno>| match answer {
+        Ok(a) => match a.msg {
+            ToGuest::Listening { local } => Ok((local, a.stream, a.passed)),
+            ToGuest::Failed(e) => Err(errno(e)),
+            _ => Err(Outcome::Fail(libc::EPROTO)),
+        },
+        Err(e) => Err(errno(e)),
+    };
+    let Some(keeper) = &s.keeper else {
+        // The packet channel comes with the answer; the request's stream is done.
+        let (local, _stream, passed) = answered(s.host.request(&listen_request(addr, backlog)))?;
+        return passed
+            .map(|p| (p, local))
+            .ok_or(Outcome::Fail(libc::EPROTO));
+    };
+    let (ours, host_end) = sys::seqpacket_pair().map_err(|e| io_fail(&e))?;
+    let req = listen_req(addr, backlog, true);
+    let (local, stream, _) = answered(
+        s.host
+            .request_with_fd(&ToHost::Listen(req.clone()), host_end.as_raw_fd()),
+    )?;
+    keeper.keep(host_end, req, stream);
+    Ok((ours, local))
 }
 
 fn outsource_listen(
@@ -1561,18 +1609,9 @@ fn outsource_listen(
     if !s.host.passes_fds() {
         return vm_listen(s, n, nonblocking, addr, backlog, v6);
     }
-    let answer = match s.host.request(&listen_request(addr, backlog)) {
-        Ok(a) => a,
-        Err(e) => return errno(e),
-    };
-    let local = match answer.msg {
-        ToGuest::Listening { local } => local,
-        ToGuest::Failed(e) => return errno(e),
-        _ => return Outcome::Fail(libc::EPROTO),
-    };
-    // The packet channel; the request's stream is done (dropped with `answer`).
-    let Some(channel) = answer.passed else {
-        return Outcome::Fail(libc::EPROTO);
+    let (channel, local) = match ask_listen(s, addr, backlog) {
+        Ok(x) => x,
+        Err(o) => return o,
     };
     if let Err(o) = install(s, n, &channel, nonblocking) {
         return o;
@@ -1733,6 +1772,8 @@ fn take_connection(s: &Shared, channel: &OwnedFd) -> Result<Option<Accepted>, i3
         (Ok(ToGuest::Inbound { peer, local }), Some(conn)) => {
             Ok(Some(Accepted { conn, peer, local }))
         }
+        // The keeper's word that host-server refused the listener again (see `keeper`).
+        (Ok(ToGuest::Failed(e)), None) => Err(i32::from(e.0)),
         _ => Err(libc::EPROTO),
     }
 }

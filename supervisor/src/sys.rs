@@ -1590,3 +1590,64 @@ pub fn read_fd(fd: RawFd, buf: &mut [u8]) -> Result<usize, i32> {
     }
     Ok(n.unsigned_abs())
 }
+
+/// poll(2) on `fds` for up to `timeout_ms` (-1: for ever); how many have events (0 when
+/// interrupted by a signal).
+///
+/// # Errors
+/// poll's error but EINTR.
+pub fn poll(fds: &mut [libc::pollfd], timeout_ms: c_int) -> io::Result<usize> {
+    // SAFETY: `fds` is a valid, writable array of its length.
+    let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return if e.kind() == io::ErrorKind::Interrupted {
+            Ok(0)
+        } else {
+            Err(e)
+        };
+    }
+    Ok(n.unsigned_abs() as usize)
+}
+
+/// This process's effective uid.
+#[must_use]
+pub fn euid() -> u32 {
+    // SAFETY: geteuid(2) cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// The uid of the peer of Unix socket `fd` (SO_PEERCRED).
+///
+/// # Errors
+/// getsockopt's error.
+pub fn peer_uid(fd: RawFd) -> io::Result<u32> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` is writable for `len` bytes.
+    cvt(unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            std::ptr::addr_of_mut!(cred).cast(),
+            &mut len,
+        )
+    })?;
+    Ok(cred.uid)
+}
+
+/// Puts the socket `from` in place of descriptor `to` (dup3, close-on-exec): every holder of
+/// `to`'s number uses `from`'s socket from now on.
+///
+/// # Errors
+/// dup3's error.
+pub fn dup_onto(from: RawFd, to: RawFd) -> io::Result<()> {
+    // SAFETY: dup3 on two descriptors we own; `to` stays ours, with the new socket.
+    cvt(unsafe { libc::dup3(from, to, libc::O_CLOEXEC) })?;
+    Ok(())
+}

@@ -37,6 +37,12 @@
 //!   name: no worse than spoofing a native UDP source. The relay ends when host-server
 //!   closes the channel or when no process holds the program's end any more (its name is
 //!   gone: probed each second while idle), and closes the association with it.
+//! - A UDP server's association (bound to a port of its own, process mode) outlives
+//!   host-server: when its channel ends while the program still holds its end, the relay asks
+//!   host-server again for the same address and port, with backoff, and puts the new channel
+//!   over the old one's number ([`reopen`]); the program's end stays quiet meanwhile and what
+//!   it sends is dropped. A client's association (any port) closes idle by design and is not
+//!   opened again.
 //! - A bind happens at `bind` even for port 0 (liboutsock waits for the first send): a Go
 //!   program registers its descriptor with epoll right after bind, and a descriptor replaced
 //!   later would leave epoll watching the old socket.
@@ -183,6 +189,10 @@ pub struct Assoc {
     pub carries: Carries,
     /// host-server's view of the association's local address (a raw reader's destination).
     local: SocketAddrV4,
+    /// Process mode, a UDP server's (a port of its own): host-server, to open the association
+    /// again (same port) when its channel ends while the program still holds its end (see
+    /// [`reopen`]).
+    host: Option<HostServer>,
 }
 
 impl Assoc {
@@ -229,6 +239,7 @@ impl Assoc {
             bound,
             carries,
             local,
+            host: None,
         }
     }
 }
@@ -530,7 +541,7 @@ pub fn open(
         End::Private { addr, .. } => Some(*addr),
         End::Named { .. } => None,
     };
-    let assoc = Arc::new(Assoc::with_end(
+    let mut assoc = Assoc::with_end(
         channel,
         framed,
         end,
@@ -538,7 +549,13 @@ pub fn open(
         bound.then_some(bind),
         carries,
         local,
-    ));
+    );
+    // A server's (a port of its own): host-server never closes it idle, so its channel's end
+    // means host-server went away. A client's closes idle by design.
+    if !framed && matches!(carries, Carries::Udp) && bound && bind.port() != 0 {
+        assoc.host = Some(host.clone());
+    }
+    let assoc = Arc::new(assoc);
     assocs
         .map
         .lock()
@@ -649,10 +666,11 @@ fn relay(assoc: &Assoc, assocs: &Assocs, id: (u64, u64)) {
             }
         } else {
             let n = match sys::recv_packet(fd, &mut buf) {
-                Ok((0, _)) => break,
-                Ok((n, _)) => n,
+                Ok((n, _)) if n > 0 => n,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                Err(_) => break,
+                // host-server closed the channel: the association again if it went away.
+                _ if reopen(assoc, id) => continue,
+                _ => break,
             };
             match decode_exact::<ToGuest>(&buf[..n]) {
                 Ok(f) => f,
@@ -711,6 +729,55 @@ fn relay(assoc: &Assoc, assocs: &Assocs, id: (u64, u64)) {
     }
     assocs.close(id);
     assoc.shut();
+}
+
+/// The first wait before asking host-server again for an association it closed.
+const REOPEN_FIRST: std::time::Duration = std::time::Duration::from_millis(20);
+/// The longest wait between two tries.
+const REOPEN_LAST: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A UDP server's association (a port of its own, process mode) whose channel host-server
+/// closed while the program still holds its end: host-server went away, or restarted. Asks it
+/// again — the same address and port, with backoff ([`REOPEN_FIRST`] doubling to
+/// [`REOPEN_LAST`]) for as long as the end is held — and puts the new channel in place of the
+/// old one (`dup3` onto its number, so the relay and every sender use it from then on).
+/// Meanwhile the program's end stays quiet (nothing to read) and what it sends is dropped, as
+/// UDP may. Whether the association is open again; a refusal (the port taken meanwhile) is one
+/// line on stderr and the association's end.
+fn reopen(assoc: &Assoc, id: (u64, u64)) -> bool {
+    let (Some(host), Some(bind)) = (&assoc.host, assoc.bound) else {
+        return false;
+    };
+    let mut wait = REOPEN_FIRST;
+    loop {
+        if assoc.closed.load(Ordering::SeqCst) || !assoc.end_held(id) {
+            return false;
+        }
+        // Unreachable (host-server away), or no answer: later.
+        if let Ok(a) = host.request(&ToHost::Udp(UdpRequest { bind })) {
+            match (a.msg, a.passed) {
+                (ToGuest::Associated { .. }, Some(channel)) => {
+                    return sys::dup_onto(channel.as_raw_fd(), assoc.channel.as_raw_fd()).is_ok();
+                }
+                (ToGuest::Failed(e), _)
+                    if ![
+                        Errno::EAGAIN,
+                        Errno::ETIMEDOUT,
+                        Errno::ENOBUFS,
+                        Errno::EMFILE,
+                    ]
+                    .iter()
+                    .any(|t| t.0 == e.0) =>
+                {
+                    eprintln!("outsock: host-server refused UDP association {bind} again ({e})");
+                    return false;
+                }
+                _ => {}
+            }
+        }
+        std::thread::sleep(wait);
+        wait = (wait * 2).min(REOPEN_LAST);
+    }
 }
 
 /// Connects the association's program's end (`end`, our copy) to `peer`: its write/send go

@@ -51,6 +51,7 @@ pub fn listen(host: &HostServer, addr: SocketAddrV4, backlog: u32) -> Result<Lis
         backlog,
         pass_fd: false,
         vsock_port: port,
+        channel: false,
     }))?;
     match answer.msg {
         ToGuest::Listening { local } => Ok(Listening {

@@ -217,6 +217,24 @@ impl Stack {
         let _ = std::fs::remove_file(self.host_sock());
     }
 
+    /// Kills host-server with SIGKILL (a crash: nothing cleaned up, its socket file left
+    /// behind) and reaps it.
+    pub fn kill_host(&mut self) {
+        if let Some(mut d) = self.host.take() {
+            d.signal(libc::SIGKILL);
+            d.wait_timeout(Duration::from_secs(5));
+        }
+    }
+
+    /// Replaces what was appended to host-server's config (takes effect at its next start).
+    ///
+    /// # Errors
+    /// When the config cannot be written.
+    pub fn set_host_extra(&mut self, host_extra: &str) -> Result<()> {
+        host_extra.clone_into(&mut self.host_extra);
+        self.write_configs()
+    }
+
     /// Stops dns-cache (SIGTERM, then SIGKILL).
     pub fn stop_dns(&mut self) {
         if let Some(mut d) = self.dns.take() {

@@ -21,8 +21,29 @@ pub fn closes_now(first: c_uint, last: c_uint, flags: c_uint) -> bool {
 }
 
 /// Forgets every tracked fd from `first` to `last`; closes a VM listener's companion stream
-/// that lies outside the range (one inside it closes with the range).
-fn forget(first: c_uint, last: c_uint) {
+/// that lies outside the range (one inside it closes with the range). Returns the hidden host
+/// ends of the listeners closed (see `listen`), to close once the range is closed if nothing
+/// else holds the listener, and the hidden host ends inside the range whose listener lies
+/// outside it: those must survive the range (the program keeps that listener).
+fn forget(first: c_uint, last: c_uint) -> (Vec<c_int>, Vec<c_uint>) {
+    let inside = |fd: c_int| c_uint::try_from(fd).is_ok_and(|c| (first..=last).contains(&c));
+    let mut orphaned = Vec::new();
+    let mut keep = Vec::new();
+    for fd in table::tracked_range(0, c_uint::MAX) {
+        let Some(host_end) = table::kept(fd) else {
+            continue;
+        };
+        if inside(fd) {
+            let _ = table::take_kept(fd);
+            if !inside(host_end) {
+                orphaned.push(host_end);
+            }
+        } else if let Ok(h) = c_uint::try_from(host_end) {
+            if inside(host_end) {
+                keep.push(h);
+            }
+        }
+    }
     for fd in table::tracked_range(first, last) {
         if let Some(control) = table::take_companion(fd) {
             let inside = c_uint::try_from(control).is_ok_and(|c| (first..=last).contains(&c));
@@ -33,6 +54,37 @@ fn forget(first: c_uint, last: c_uint) {
         }
         table::clear(fd);
     }
+    keep.sort_unstable();
+    (orphaned, keep)
+}
+
+/// Closes `first..=last` but the numbers in `keep` (sorted), in pieces.
+fn close_around(first: c_uint, last: c_uint, keep: &[c_uint], flags: c_int) -> c_int {
+    let mut from = first;
+    let mut rc = 0;
+    for &k in keep {
+        if k > from {
+            // SAFETY: the program's own range, less the numbers that stay ours.
+            rc = unsafe { real::close_range(from, k - 1, flags) };
+        }
+        from = k.saturating_add(1);
+        if k == c_uint::MAX {
+            return rc;
+        }
+    }
+    if from <= last {
+        // SAFETY: as above.
+        rc = unsafe { real::close_range(from, last, flags) };
+    }
+    rc
+}
+
+/// Closes the hidden host ends of listeners closed with a range whose every copy is now gone
+/// (POLLHUP); one still held elsewhere (a child's copy) stays open, unnamed.
+fn close_orphans(orphaned: &[c_int]) {
+    for &h in orphaned {
+        crate::listen::close_hidden_if_done(h);
+    }
 }
 
 /// `close_range(2)`.
@@ -42,7 +94,16 @@ fn forget(first: c_uint, last: c_uint) {
 #[no_mangle]
 pub unsafe extern "C" fn close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int {
     if closes_now(first, last, c_uint::try_from(flags).unwrap_or(c_uint::MAX)) {
-        forget(first, last);
+        let (orphaned, keep) = forget(first, last);
+        if !keep.is_empty() {
+            let rc = close_around(first, last, &keep, flags);
+            close_orphans(&orphaned);
+            return rc;
+        }
+        // SAFETY: forwarded arguments.
+        let rc = unsafe { real::close_range(first, last, flags) };
+        close_orphans(&orphaned);
+        return rc;
     }
     // SAFETY: forwarded arguments.
     unsafe { real::close_range(first, last, flags) }
@@ -54,9 +115,15 @@ pub unsafe extern "C" fn close_range(first: c_uint, last: c_uint, flags: c_int) 
 /// Called by C with closefrom(3)'s contract.
 #[no_mangle]
 pub unsafe extern "C" fn closefrom(low: c_int) {
-    forget(c_uint::try_from(low).unwrap_or(0), c_uint::MAX);
-    // SAFETY: forwarded argument.
-    unsafe { real::closefrom(low) }
+    let first = c_uint::try_from(low).unwrap_or(0);
+    let (orphaned, keep) = forget(first, c_uint::MAX);
+    if keep.is_empty() {
+        // SAFETY: forwarded argument.
+        unsafe { real::closefrom(low) };
+    } else {
+        close_around(first, c_uint::MAX, &keep, 0);
+    }
+    close_orphans(&orphaned);
 }
 
 #[cfg(test)]

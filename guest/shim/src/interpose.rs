@@ -447,9 +447,15 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
         // SAFETY: the companion fd is ours.
         unsafe { real::close(control) };
     }
+    let host_end = table::take_kept(fd);
     table::clear(fd);
     // SAFETY: forwarded argument.
-    unsafe { real::close(fd) }
+    let rc = unsafe { real::close(fd) };
+    if let Some(h) = host_end {
+        // A listener's hidden host end goes with its last copy (see `listen`).
+        crate::listen::close_hidden_if_done(h);
+    }
+    rc
 }
 
 /// `dup(2)`: the copy shares the original's state.

@@ -214,6 +214,38 @@ pub fn take_companion(fd: i32) -> Option<i32> {
     (c > 0).then_some(c - 1)
 }
 
+#[allow(clippy::declare_interior_mutable_const)] // Only used to initialise the static array.
+const NOT_KEPT: AtomicI32 = AtomicI32::new(0);
+/// A process-mode listener's hidden copy of its channel's host end (kept where no keeper
+/// holds it: see `listen`), by the listener's fd, stored plus one (0: none).
+static KEPT: [AtomicI32; MAX_FDS] = [NOT_KEPT; MAX_FDS];
+
+fn kept_slot(fd: i32) -> Option<&'static AtomicI32> {
+    usize::try_from(fd).ok().and_then(|i| KEPT.get(i))
+}
+
+/// Records `host_end` as listener `fd`'s hidden copy of its channel's host end.
+pub fn set_kept(fd: i32, host_end: i32) {
+    if let Some(s) = kept_slot(fd) {
+        raise_high(fd);
+        s.store(host_end.saturating_add(1), Ordering::Release);
+    }
+}
+
+/// Listener `fd`'s hidden host end, if it has one.
+#[must_use]
+pub fn kept(fd: i32) -> Option<i32> {
+    let c = kept_slot(fd)?.load(Ordering::Acquire);
+    (c > 0).then_some(c - 1)
+}
+
+/// Removes and returns listener `fd`'s hidden host end.
+#[must_use]
+pub fn take_kept(fd: i32) -> Option<i32> {
+    let c = kept_slot(fd)?.swap(0, Ordering::AcqRel);
+    (c > 0).then_some(c - 1)
+}
+
 /// Forgets `fd` (it was closed).
 pub fn clear(fd: i32) {
     crate::sockopt::forget(fd);
@@ -287,6 +319,11 @@ mod tests {
 
     #[test]
     fn companions_are_stored_plus_one() {
+        assert_eq!(kept(201), None);
+        set_kept(201, 0);
+        assert_eq!(kept(201), Some(0));
+        assert_eq!(take_kept(201), Some(0));
+        assert_eq!(kept(201), None);
         assert_eq!(companion(200), None);
         set_companion(200, 0);
         assert_eq!(companion(200), Some(0));

@@ -441,6 +441,19 @@ impl Stream {
         write_all(self.0, &bytes)
     }
 
+    /// Sends one frame with `fd` attached to its first byte (SCM_RIGHTS): a listen request's
+    /// packet channel.
+    ///
+    /// # Errors
+    /// The send's errno.
+    pub fn send_with_fd(&self, bytes: &[u8], fd: c_int) -> Result<(), Errno> {
+        let n = outsock_fdpass::sendmsg_fd::<real::Real>(self.0, bytes, fd, libc::MSG_NOSIGNAL)
+            .map_err(|e| {
+                Errno(u16::try_from(e.raw_os_error().unwrap_or(libc::EIO)).unwrap_or(5))
+            })?;
+        write_all(self.0, &bytes[n..])
+    }
+
     /// Reads one whole answer frame, and the descriptor passed with it, if any. The descriptor
     /// arrives close-on-exec (`MSG_CMSG_CLOEXEC`), so a thread that execs while it is still
     /// ours leaks nothing into the new program; `fd::replace_fd` then gives the program's fd

@@ -76,6 +76,7 @@ pub(crate) fn listen(
         backlog: u32::try_from(backlog.max(0)).unwrap_or(0),
         pass_fd: false,
         vsock_port: port,
+        channel: false,
     };
     let answer = stream
         .send(&ToHost::Listen(req))

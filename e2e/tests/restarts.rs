@@ -357,7 +357,7 @@ fn a_refused_reregistration_fails_one_accept_with_einval_and_goes_quiet() {
 /// Without a keeper (`--shim-only`: no supervisor) liboutsock keeps a hidden copy of the
 /// channel's host end, so a listener never reads EOF while host-server is away (no spin), even
 /// after the program closed every descriptor above it (closefrom); it is not taken back after
-/// a restart (docs/reliability-listen.md). A python asyncio server stays idle too.
+/// a restart (docs/reliability.md). A python asyncio server stays idle too.
 #[test]
 fn without_a_keeper_a_listener_goes_quiet_instead_of_spinning() {
     let Some(mut s) = stack("ls-shim", "[listen]\nallowed_ports = [8086, 8088]\n") else {

@@ -18,15 +18,18 @@
 //! opens a new stream). A client that closes its stream after the answer (liboutsock) changes
 //! nothing.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use shared_proto::outsource::{ToGuest, ToHost};
 use shared_proto::Errno;
+use tokio::io::AsyncRead;
 use tokio::net::UnixStream;
 
+use crate::config::VmSettings;
 use crate::context::{refuse, Request, Shared};
 use crate::framed::{FrameError, FrameReader};
-use crate::identity::{Opened, Opening, PeerCred};
+use crate::identity::{IdentityError, Opened, Opening, PeerCred};
 use crate::inbound::ListenerParts;
 use crate::limits::Resource;
 use crate::metrics::Event;
@@ -258,28 +261,69 @@ async fn open(
     cred: PeerCred,
     shared: &Shared,
 ) -> Result<Opened, Errno> {
-    let mut opening = Opening::new(cred, &shared.settings.vms);
-    loop {
-        let frame: ToHost = match reader.read(stream).await {
-            Ok(f) => f,
-            Err(FrameError::Proto(e)) => {
-                tracing::debug!(uid = cred.uid, pid = ?cred.pid, error = %e, "malformed frame");
-                shared.metrics.record(Event::StreamRefused("protocol"));
-                return Err(Errno::EPROTO);
+    read_opening(stream, reader, cred, &shared.settings.vms)
+        .await
+        .map_err(|refusal| {
+            match &refusal {
+                Refusal::Protocol(e) => {
+                    tracing::debug!(uid = cred.uid, pid = ?cred.pid, error = %e, "malformed frame");
+                    shared.metrics.record(Event::StreamRefused("protocol"));
+                }
+                Refusal::Identity(e) => {
+                    static LOG: LogLimit = LogLimit::new();
+                    if LOG.allow() {
+                        tracing::info!(uid = cred.uid, pid = ?cred.pid, error = %e, "stream refused");
+                    }
+                    shared.metrics.record(Event::StreamRefused("identity"));
+                }
+                Refusal::Gone => {}
             }
-            Err(FrameError::Closed | FrameError::Io(_)) => return Err(Errno::ECONNRESET),
+            refusal.errno()
+        })
+}
+
+/// Why a stream's opening was refused.
+#[derive(Debug)]
+pub(crate) enum Refusal {
+    /// A malformed frame (EPROTO).
+    Protocol(shared_proto::ProtoError),
+    /// A frame against the identity rules (its errno).
+    Identity(IdentityError),
+    /// The peer closed the stream, or it failed (ECONNRESET).
+    Gone,
+}
+
+impl Refusal {
+    /// The errno the peer is told.
+    pub(crate) fn errno(&self) -> Errno {
+        match self {
+            Self::Protocol(_) => Errno::EPROTO,
+            Self::Identity(e) => e.errno(),
+            Self::Gone => Errno::ECONNRESET,
+        }
+    }
+}
+
+/// The frames of a stream's opening, read from `rd` until the request and judged by the
+/// identity rules for a peer with `cred` (`vms` from the settings): the parsing core of
+/// [`open`], without its metrics, and what the `host_session` fuzz target drives.
+pub(crate) async fn read_opening<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    reader: &mut FrameReader,
+    cred: PeerCred,
+    vms: &BTreeMap<String, VmSettings>,
+) -> Result<Opened, Refusal> {
+    let mut opening = Opening::new(cred, vms);
+    loop {
+        let frame: ToHost = match reader.read(rd).await {
+            Ok(f) => f,
+            Err(FrameError::Proto(e)) => return Err(Refusal::Protocol(e)),
+            Err(FrameError::Closed | FrameError::Io(_)) => return Err(Refusal::Gone),
         };
         match opening.feed(frame) {
             Ok(None) => {}
             Ok(Some(o)) => return Ok(o),
-            Err(e) => {
-                static LOG: LogLimit = LogLimit::new();
-                if LOG.allow() {
-                    tracing::info!(uid = cred.uid, pid = ?cred.pid, error = %e, "stream refused");
-                }
-                shared.metrics.record(Event::StreamRefused("identity"));
-                return Err(e.errno());
-            }
+            Err(e) => return Err(Refusal::Identity(e)),
         }
     }
 }

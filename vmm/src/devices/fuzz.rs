@@ -6,14 +6,13 @@
 //! Properties beyond "never panics": a read always fills its buffer, and a guest's reset or
 //! power-off through these ports only ever reports the end of the VM (nothing else happens).
 
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::x86_64::layout;
 use crate::devices::bus::{Bus, BusDevice};
-use crate::devices::console::Console;
+use crate::devices::console::{Console, ConsoleWriter};
 use crate::devices::legacy::acpi_pm::AcpiPmDevice;
 use crate::devices::legacy::i8042::I8042;
 use crate::devices::legacy::serial::SerialDevice;
@@ -30,11 +29,13 @@ fn efd() -> EventFd {
 /// picks one of the 8 UART ports, the 5 i8042 ports (0x60–0x64) or the ACPI port in turn; values
 /// above that address ports nobody holds.
 pub fn ports_one(data: &[u8]) {
-    let Ok((console, writer)) =
+    // One console (and its drain thread) for every input: the UART only ever writes to it.
+    static CONSOLE: OnceLock<(Console, ConsoleWriter)> = OnceLock::new();
+    let (console, writer) = CONSOLE.get_or_init(|| {
         Console::spawn(vec![Box::new(std::io::sink())], 4096, &Filters::disabled())
-    else {
-        return;
-    };
+            .expect("a console thread")
+    });
+    let writer = writer.clone();
     let exit = Arc::new(ExitSignal::new());
     let serial = Arc::new(Mutex::new(SerialDevice::new(efd(), efd(), writer)));
     let keyboard = Arc::new(Mutex::new(I8042::new(efd(), exit.clone())));
@@ -94,7 +95,7 @@ pub fn ports_one(data: &[u8]) {
         }
     }
     let _ = exit.is_signalled();
-    console.flush_and_stop(Duration::from_secs(5));
+    let _ = console.dropped();
 }
 
 #[cfg(test)]

@@ -513,6 +513,11 @@ pub fn fuzz_one(data: &[u8]) {
 /// Besides: the shared parsers take every piece, and a line they accept is the one the port
 /// would be written as, up to leading zeros.
 pub fn hybrid_one(data: &[u8]) {
+    let _ = hybrid_connections(data);
+}
+
+/// [`hybrid_one`], returning the most connections the muxer held at once.
+pub(crate) fn hybrid_connections(data: &[u8]) -> usize {
     use shared_proto::hybrid;
     use std::io::Write;
     let dir = std::env::temp_dir().join(format!("outsock-hybrid-fuzz-{}", std::process::id()));
@@ -526,6 +531,7 @@ pub fn hybrid_one(data: &[u8]) {
     driver_init(&mut transport, &guest);
     let lock = || dev.lock().unwrap_or_else(PoisonError::into_inner);
     let mut clients = Vec::new();
+    let mut most = 0;
     let mut rest = data;
     while let [close, len, tail @ ..] = rest {
         let (piece, next) = tail.split_at(usize::from(*len).min(tail.len()));
@@ -562,9 +568,12 @@ pub fn hybrid_one(data: &[u8]) {
         }
         clients.push(c);
         lock().process_backend();
+        most = most.max(lock().muxer().connection_count());
     }
     lock().process_backend();
+    most = most.max(lock().muxer().connection_count());
     drop(clients);
     lock().process_backend();
     mmio_write(&mut transport, 0x70, 0);
+    most
 }

@@ -452,6 +452,10 @@ fn hybrid_corpus_replays_without_panic() {
         n += 1;
     }
     assert!(n >= 3, "only {n} inputs in {}", corpus.display());
+    // The seeds reach the muxer's handshake: a good line opens a connection, garbage none.
+    let seed = |name: &str| std::fs::read(corpus.join(name)).expect("seed");
+    assert_eq!(super::fuzz::hybrid_connections(&seed("seed-connect")), 1);
+    assert_eq!(super::fuzz::hybrid_connections(&seed("seed-bad-verb")), 0);
 }
 
 #[test]

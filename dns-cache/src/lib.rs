@@ -18,6 +18,8 @@
 //!   cache);
 //! - front ends: [`udp`] (the UDP listener loop), [`tcp`] (hickory-server's handler), [`lookup`]
 //!   (dns.sock for host-server);
+//! - [`fuzz`] (tests and the `fuzzing` feature): the bodies of the fuzz targets over the parsers
+//!   above (fuzz/);
 //! - start-up: [`server`] (binds the DNS listeners), [`config`] (settings), [`daemon`] (the
 //!   whole service); systemd readiness and watchdog come from the shared `outsock-notify` crate.
 
@@ -30,6 +32,8 @@ pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod frontend;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzz;
 pub mod lookup;
 pub mod mapping;
 pub mod metrics;

@@ -138,7 +138,7 @@ fn encode_query(id: u16, q: &UpstreamQuery) -> Result<Vec<u8>, UpstreamError> {
 }
 
 /// Whether `m` answers query `id` for `q`.
-fn matches(m: &Message, id: u16, q: &UpstreamQuery) -> bool {
+pub(crate) fn matches(m: &Message, id: u16, q: &UpstreamQuery) -> bool {
     m.metadata.id == id
         && m.metadata.message_type == MessageType::Response
         && m.queries.len() == 1

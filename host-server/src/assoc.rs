@@ -30,7 +30,7 @@ use crate::handover::send_answer_with_fd;
 use crate::identity::late_frame_error;
 
 /// The largest packet the guest may send: a whole frame of the largest body.
-const MAX_PACKET: usize = HEADER_LEN + MAX_BODY;
+pub(crate) const MAX_PACKET: usize = HEADER_LEN + MAX_BODY;
 
 /// An association's channel to its guest (see the module docs).
 #[derive(Debug)]

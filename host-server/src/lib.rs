@@ -17,6 +17,9 @@
 //!   [`framed`], [`fdpass`] (SCM_RIGHTS), [`metrics`], [`errno`], [`ratelimit`]; and the I/O
 //!   clients [`lookup`] (dns.sock) and [`fallback`] (the SQLite file, read-only).
 //!
+//! [`fuzz`] (tests and the `fuzzing` feature) drives `session`'s opening and `assoc`'s channels
+//! with a client's arbitrary bytes for the `host_session` fuzz target (fuzz/).
+//!
 //! No `unsafe` in this crate: the SCM_RIGHTS calls behind [`fdpass`] live in `outsock-fdpass`.
 
 #![forbid(unsafe_code)]
@@ -34,6 +37,8 @@ pub mod errno;
 pub mod fallback;
 pub mod fdpass;
 pub mod framed;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzz;
 pub mod handle;
 mod handover;
 pub mod icmp;

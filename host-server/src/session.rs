@@ -18,6 +18,7 @@
 //! opens a new stream). A client that closes its stream after the answer (liboutsock) changes
 //! nothing.
 
+use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
 use std::time::Duration;
 
@@ -25,9 +26,10 @@ use shared_proto::outsource::{ToGuest, ToHost};
 use shared_proto::Errno;
 use tokio::net::UnixStream;
 
+use crate::config::VmSettings;
 use crate::context::{refuse, Request, Shared};
 use crate::framed::{FrameError, FrameReader};
-use crate::identity::{Opened, Opening, PeerCred};
+use crate::identity::{IdentityError, Opened, Opening, PeerCred};
 use crate::inbound::ListenerParts;
 use crate::limits::Resource;
 use crate::metrics::Event;
@@ -264,28 +266,72 @@ async fn open(
     cred: PeerCred,
     shared: &Shared,
 ) -> Result<Opened, Errno> {
-    let mut opening = Opening::new(cred, &shared.settings.vms);
+    read_opening(stream, reader, passed, cred, &shared.settings.vms)
+        .await
+        .map_err(|refusal| {
+            match &refusal {
+                Refusal::Protocol(e) => {
+                    tracing::debug!(uid = cred.uid, pid = ?cred.pid, error = %e, "malformed frame");
+                    shared.metrics.record(Event::StreamRefused("protocol"));
+                }
+                Refusal::Identity(e) => {
+                    static LOG: LogLimit = LogLimit::new();
+                    if LOG.allow() {
+                        tracing::info!(uid = cred.uid, pid = ?cred.pid, error = %e, "stream refused");
+                    }
+                    shared.metrics.record(Event::StreamRefused("identity"));
+                }
+                Refusal::Gone => {}
+            }
+            refusal.errno()
+        })
+}
+
+/// Why a stream's opening was refused.
+#[derive(Debug)]
+pub(crate) enum Refusal {
+    /// A malformed frame (EPROTO).
+    Protocol(shared_proto::ProtoError),
+    /// A frame against the identity rules (its errno).
+    Identity(IdentityError),
+    /// The peer closed the stream, or it failed (ECONNRESET).
+    Gone,
+}
+
+impl Refusal {
+    /// The errno the peer is told.
+    pub(crate) fn errno(&self) -> Errno {
+        match self {
+            Self::Protocol(_) => Errno::EPROTO,
+            Self::Identity(e) => e.errno(),
+            Self::Gone => Errno::ECONNRESET,
+        }
+    }
+}
+
+/// The frames of a stream's opening, read from `stream` until the request and judged by the
+/// identity rules for a peer with `cred` (`vms` from the settings): the parsing core of
+/// [`open`], without its metrics, and what the `host_session` fuzz target drives. A descriptor
+/// that came with the frames is left in `passed` (the request's handler decides; dropped,
+/// closed, by any other).
+pub(crate) async fn read_opening(
+    stream: &UnixStream,
+    reader: &mut FrameReader,
+    passed: &mut Option<OwnedFd>,
+    cred: PeerCred,
+    vms: &BTreeMap<String, VmSettings>,
+) -> Result<Opened, Refusal> {
+    let mut opening = Opening::new(cred, vms);
     loop {
         let frame: ToHost = match reader.read_with_fd(stream, passed).await {
             Ok(f) => f,
-            Err(FrameError::Proto(e)) => {
-                tracing::debug!(uid = cred.uid, pid = ?cred.pid, error = %e, "malformed frame");
-                shared.metrics.record(Event::StreamRefused("protocol"));
-                return Err(Errno::EPROTO);
-            }
-            Err(FrameError::Closed | FrameError::Io(_)) => return Err(Errno::ECONNRESET),
+            Err(FrameError::Proto(e)) => return Err(Refusal::Protocol(e)),
+            Err(FrameError::Closed | FrameError::Io(_)) => return Err(Refusal::Gone),
         };
         match opening.feed(frame) {
             Ok(None) => {}
             Ok(Some(o)) => return Ok(o),
-            Err(e) => {
-                static LOG: LogLimit = LogLimit::new();
-                if LOG.allow() {
-                    tracing::info!(uid = cred.uid, pid = ?cred.pid, error = %e, "stream refused");
-                }
-                shared.metrics.record(Event::StreamRefused("identity"));
-                return Err(e.errno());
-            }
+            Err(e) => return Err(Refusal::Identity(e)),
         }
     }
 }

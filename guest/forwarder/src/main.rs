@@ -10,30 +10,27 @@
 //! Settings: `--listen ADDR` (127.0.0.1:53), `--vsock-port N` and `--dns ADDR:PORT`, which
 //! default to `transport=vsock:N` and `dns=ADDR` in /etc/outsock/shim.conf (port 53).
 //!
-//! No `unsafe`: the vsock streams to the host come from socket2.
+//! What it reads from programs and from host-server is parsed in the library (`lib.rs`), which
+//! the fuzz target `guest_forwarder` drives. No `unsafe`: the vsock streams to the host come
+//! from socket2.
 
 #![forbid(unsafe_code)]
 
-use std::collections::HashMap;
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::OwnedFd;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use shared_proto::frame::{frame_len, HEADER_LEN};
-use shared_proto::outsource::{ConnectRequest, Datagram, UdpRequest};
+use outsock_dns_forwarder::{recv, Pending};
+use shared_proto::outsource::{ConnectRequest, UdpRequest};
 use shared_proto::translate::{
     config_value, parse_transport, DEFAULT_GUEST_DNS, GUEST_CONFIG_FILE, HOST_CID,
 };
-use shared_proto::{decode_exact, to_vec, ToGuest, ToHost};
+use shared_proto::{to_vec, ToGuest, ToHost};
 use socket2::{Domain, SockAddr, SockRef, Socket, Type};
-
-/// Queries older than this are forgotten (the client has given up).
-const QUERY_TTL: Duration = Duration::from_secs(15);
-const MAX_PENDING: usize = 4096;
 
 #[derive(Debug, Clone, Copy)]
 struct Settings {
@@ -85,48 +82,33 @@ fn send(w: &mut File, msg: &ToHost) -> io::Result<()> {
     w.write_all(&bytes)
 }
 
-fn recv(r: &mut File) -> io::Result<ToGuest> {
-    let mut buf = vec![0u8; HEADER_LEN];
-    r.read_exact(&mut buf)?;
-    let total = frame_len(&buf)
-        .map_err(|e| io::Error::other(e.to_string()))?
-        .ok_or_else(|| io::Error::other("short frame header"))?;
-    buf.resize(total, 0);
-    r.read_exact(&mut buf[HEADER_LEN..])?;
-    decode_exact(&buf).map_err(|e| io::Error::other(e.to_string()))
-}
-
 fn shutdown_write(f: &File) {
     let _ = SockRef::from(f).shutdown(Shutdown::Write);
 }
 
-type Pending = Arc<Mutex<HashMap<u16, (SocketAddr, Instant)>>>;
+type Shared = Arc<Mutex<Pending>>;
 
 /// The UDP side: one association, reopened whenever it breaks.
 fn serve_udp(s: Settings, udp: &UdpSocket) {
-    let pending: Pending = Arc::default();
+    let pending: Shared = Arc::default();
     let mut assoc: Option<File> = None;
     let mut buf = vec![0u8; 65535];
     loop {
         let Ok((n, client)) = udp.recv_from(&mut buf) else {
             continue;
         };
-        if n < 12 {
+        let Some(dg) = pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .query(
+                buf.get(..n).unwrap_or_default(),
+                client,
+                s.dns,
+                Instant::now(),
+            )
+        else {
             continue;
-        }
-        let id = u16::from_be_bytes([buf[0], buf[1]]);
-        {
-            let mut p = pending.lock().unwrap_or_else(PoisonError::into_inner);
-            if p.len() >= MAX_PENDING {
-                let now = Instant::now();
-                p.retain(|_, (_, t)| now.duration_since(*t) < QUERY_TTL);
-            }
-            p.insert(id, (client, Instant::now()));
-        }
-        let dg = ToHost::Datagram(Datagram {
-            addr: s.dns,
-            payload: buf[..n].to_vec(),
-        });
+        };
         // One retry with a fresh association: the old one may have died with host-server.
         for _ in 0..2 {
             if assoc.is_none() {
@@ -143,7 +125,7 @@ fn serve_udp(s: Settings, udp: &UdpSocket) {
     }
 }
 
-fn open_association(s: Settings, udp: &UdpSocket, pending: &Pending) -> io::Result<File> {
+fn open_association(s: Settings, udp: &UdpSocket, pending: &Shared) -> io::Result<File> {
     let mut stream = open_stream(s.vsock_port)?;
     send(
         &mut stream,
@@ -161,17 +143,12 @@ fn open_association(s: Settings, udp: &UdpSocket, pending: &Pending) -> io::Resu
     std::thread::spawn(move || {
         // Ends when the association closes; the next query opens a new one.
         while let Ok(msg) = recv(&mut reader) {
-            let ToGuest::Datagram(d) = msg else { continue };
-            if d.payload.len() < 2 {
-                continue;
-            }
-            let id = u16::from_be_bytes([d.payload[0], d.payload[1]]);
-            let client = pending
+            let reply = pending
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .remove(&id);
-            if let Some((client, _)) = client {
-                let _ = udp.send_to(&d.payload, client);
+                .reply(msg);
+            if let Some((payload, client)) = reply {
+                let _ = udp.send_to(&payload, client);
             }
         }
     });

@@ -8,10 +8,13 @@
 //! [`crate::vm_exit::ExitSignal`]. Nothing under `devices` imports `kvm-ioctls`, `vstate` or
 //! the VMM's control modules (`builder`, `event_loop`, `signals`, `graceful_stop`); the only
 //! crate modules they use are `arch` (ACPI constants), `vm_exit` (the exit channel) and
-//! `seccomp` (the console drain thread's filter), none of which imports a device.
+//! `seccomp` (the console drain thread's filter), none of which imports a device. [`fuzz`] (tests
+//! and the `fuzzing` feature) drives the port bus with a guest's arbitrary port I/O.
 
 pub mod bus;
 pub mod console;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzz;
 pub mod legacy;
 pub mod virtio;
 

@@ -3,14 +3,20 @@
 //! lays out three split queues, writes descriptor chains and avail entries the way a driver
 //! would — or any way at all — and reads the used rings back.
 //!
-//! [`fuzz_one`] is the fuzz target's body (vmm/fuzz, cargo-fuzz): it turns arbitrary bytes into
-//! descriptor chains, well-formed and not, and runs the device over them; the only property is
-//! that nothing panics or hangs. The corpus under vmm/fuzz/corpus is replayed by a unit test.
+//! [`fuzz_one`] is the `vsock_device` fuzz target's body (fuzz/, cargo-fuzz): the device sits
+//! behind its virtio-mmio transport, which the fake driver brings up with register writes as
+//! Linux does; then arbitrary bytes become descriptor chains, well-formed and not, host-side
+//! traffic, and raw MMIO reads and writes of any register (reset, re-negotiation, queue sizes and
+//! addresses anywhere), and the device runs over them; the only property is that nothing panics
+//! or hangs. [`hybrid_one`] (the `hybrid_lines` target) writes arbitrary bytes to the VM's
+//! socket as a host process's hybrid `CONNECT <port>` handshake, read by the muxer. The corpora
+//! under fuzz/corpus/{vsock_device,hybrid_lines} are replayed by unit tests.
 
 use std::collections::HashMap;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -20,7 +26,9 @@ use super::defs::{QUEUE_SIZE, RX_QUEUE, TX_QUEUE};
 use super::device::VsockDevice;
 use super::muxer::{Muxer, MuxerConfig};
 use super::packet::Header;
-use crate::devices::virtio::{IrqLine, VirtioDevice};
+use crate::devices::virtio::mmio::MmioTransport;
+use crate::devices::virtio::{status, IrqLine, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::devices::BusDevice;
 
 const MEM_SIZE: usize = 16 << 20;
 const QUEUE_BASES: [u64; 3] = [0, 0x1_0000, 0x2_0000];
@@ -295,7 +303,65 @@ impl Bytes2<'_> {
     }
 }
 
-/// The fuzz target's body: see the module documentation.
+/// A device on `guest`'s memory behind its MMIO transport, not started.
+fn device_behind_transport(
+    guest: &FakeGuest,
+    host_socket: &Path,
+    listen_socket: Option<&Path>,
+) -> (Arc<Mutex<VsockDevice>>, MmioTransport) {
+    let muxer = Muxer::new(MuxerConfig {
+        vm: "vm0".into(),
+        cid: 3,
+        host_socket: host_socket.to_path_buf(),
+        listen_socket: listen_socket.map(Path::to_path_buf),
+        peer_uids: vec![rustix::process::getuid().as_raw()],
+        take_sockets: false,
+    })
+    .expect("muxer");
+    let irq = IrqLine::new(EventFd::new(libc::EFD_NONBLOCK).expect("eventfd"));
+    let status = irq.status();
+    let dev = Arc::new(Mutex::new(VsockDevice::new(
+        3,
+        guest.mem.clone(),
+        irq,
+        muxer,
+    )));
+    let evts = (0..3)
+        .map(|_| EventFd::new(libc::EFD_NONBLOCK).expect("eventfd"))
+        .collect();
+    let transport = MmioTransport::new(dev.clone(), status, evts);
+    (dev, transport)
+}
+
+fn mmio_write(t: &mut MmioTransport, offset: u64, v: u32) {
+    t.write(offset, &v.to_le_bytes());
+}
+
+/// Brings the device up as Linux's virtio-mmio driver does, with `guest`'s rings.
+fn driver_init(t: &mut MmioTransport, guest: &FakeGuest) {
+    mmio_write(t, 0x70, 0);
+    let mut s = status::ACKNOWLEDGE;
+    mmio_write(t, 0x70, s);
+    s |= status::DRIVER;
+    mmio_write(t, 0x70, s);
+    mmio_write(t, 0x24, 1);
+    mmio_write(t, 0x20, (VIRTIO_F_VERSION_1 >> 32) as u32);
+    s |= status::FEATURES_OK;
+    mmio_write(t, 0x70, s);
+    for (i, r) in guest.rings.iter().enumerate() {
+        mmio_write(t, 0x30, i as u32);
+        mmio_write(t, 0x38, u32::from(QUEUE_SIZE));
+        for (off, a) in [(0x80, r.desc), (0x90, r.avail), (0xa0, r.used)] {
+            mmio_write(t, off, a as u32);
+            mmio_write(t, off + 4, (a >> 32) as u32);
+        }
+        mmio_write(t, 0x44, 1);
+    }
+    s |= status::DRIVER_OK;
+    mmio_write(t, 0x70, s);
+}
+
+/// The `vsock_device` target's body: see the module documentation.
 pub fn fuzz_one(data: &[u8]) {
     let dir = std::env::temp_dir().join(format!("outsock-vsock-fuzz-{}", std::process::id()));
     let _ = std::fs::create_dir_all(&dir);
@@ -306,7 +372,9 @@ pub fn fuzz_one(data: &[u8]) {
         let _ = l.set_nonblocking(true);
     }
     let mut guest = FakeGuest::new();
-    let mut dev = activated_device(&guest, 3, &host, None);
+    let (dev, mut transport) = device_behind_transport(&guest, &host, None);
+    driver_init(&mut transport, &guest);
+    let lock = || dev.lock().unwrap_or_else(PoisonError::into_inner);
     let mut accepted: Vec<UnixStream> = Vec::new();
     let mut input = Bytes2(data);
     let mut steps = 0;
@@ -315,7 +383,7 @@ pub fn fuzz_one(data: &[u8]) {
         if steps > 256 {
             break;
         }
-        match kind % 6 {
+        match kind % 8 {
             0 => {
                 // A raw chain: any addresses, lengths, flags and links.
                 let n = input.u8().unwrap_or(1) % 4 + 1;
@@ -335,7 +403,7 @@ pub fn fuzz_one(data: &[u8]) {
                     );
                 }
                 guest.publish(TX_QUEUE, head);
-                dev.process_tx();
+                lock().process_tx();
             }
             1 => {
                 // A well-formed chain with a header the guest made up.
@@ -363,13 +431,13 @@ pub fn fuzz_one(data: &[u8]) {
                     dlen as u32
                 };
                 guest.send(&h, &payload);
-                dev.process_tx();
+                lock().process_tx();
             }
             2 => {
                 let n = usize::from(input.u8().unwrap_or(1) % 8);
                 let len = u32::from(input.u16().unwrap_or(4096));
                 guest.post_rx(n, len);
-                dev.process_rx();
+                lock().process_rx();
             }
             3 => {
                 // A raw RX chain.
@@ -379,7 +447,7 @@ pub fn fuzz_one(data: &[u8]) {
                 let flags = input.u16().unwrap_or(0);
                 guest.write_desc(RX_QUEUE, head, addr, len, flags, head.wrapping_add(1));
                 guest.publish(RX_QUEUE, head);
-                dev.process_rx();
+                lock().process_rx();
             }
             4 => {
                 // host-server side: accept, write, or close.
@@ -399,12 +467,30 @@ pub fn fuzz_one(data: &[u8]) {
                         let _ = accepted[i].write(&[1u8; 300]);
                     }
                 }
-                dev.process_backend();
+                lock().process_backend();
             }
-            _ => {
-                dev.process_backend();
+            5 => {
+                lock().process_backend();
                 let _ = guest.recv();
                 let _ = guest.used(TX_QUEUE);
+            }
+            6 => {
+                // A register write of any width; offset 0x1ff: the driver starts over.
+                let offset = u64::from(input.u16().unwrap_or(0) & 0x1ff);
+                if offset == 0x1ff {
+                    driver_init(&mut transport, &guest);
+                    continue;
+                }
+                let width = 1usize << (input.u8().unwrap_or(2) % 4);
+                let v =
+                    u64::from(input.u32().unwrap_or(0)) | u64::from(input.u32().unwrap_or(0)) << 32;
+                transport.write(offset, &v.to_le_bytes()[..width]);
+            }
+            _ => {
+                let offset = u64::from(input.u16().unwrap_or(0) & 0x1ff);
+                let width = 1usize << (input.u8().unwrap_or(2) % 4);
+                let mut buf = [0u8; 8];
+                transport.read(offset, &mut buf[..width]);
             }
         }
         // Keep host-server's backlog empty so a connect never waits.
@@ -418,5 +504,76 @@ pub fn fuzz_one(data: &[u8]) {
             }
         }
     }
-    dev.reset();
+    mmio_write(&mut transport, 0x70, 0);
+}
+
+/// The `hybrid_lines` target's body: each length-prefixed (u8) piece of `data` is what one host
+/// process writes to the VM's socket (its hybrid `CONNECT <port>\n` line and more), with a
+/// byte before it saying whether it then closes its end; the muxer reads the handshakes.
+/// Besides: the shared parsers take every piece, and a line they accept is the one the port
+/// would be written as, up to leading zeros.
+pub fn hybrid_one(data: &[u8]) {
+    let _ = hybrid_connections(data);
+}
+
+/// [`hybrid_one`], returning the most connections the muxer held at once.
+pub(crate) fn hybrid_connections(data: &[u8]) -> usize {
+    use shared_proto::hybrid;
+    use std::io::Write;
+    let dir = std::env::temp_dir().join(format!("outsock-hybrid-fuzz-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    let host = dir.join("host.sock");
+    let vm = dir.join("vm.sock");
+    let _ = std::fs::remove_file(&host);
+    let _ = std::fs::remove_file(&vm);
+    let guest = FakeGuest::new();
+    let (dev, mut transport) = device_behind_transport(&guest, &host, Some(&vm));
+    driver_init(&mut transport, &guest);
+    let lock = || dev.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut clients = Vec::new();
+    let mut most = 0;
+    let mut rest = data;
+    while let [close, len, tail @ ..] = rest {
+        let (piece, next) = tail.split_at(usize::from(*len).min(tail.len()));
+        rest = next;
+        for (parse, verb) in [
+            (hybrid::parse_connect as fn(&[u8]) -> _, "CONNECT "),
+            (hybrid::parse_ok, "OK "),
+        ] {
+            if let Ok(port) = parse(piece) {
+                let digits = piece
+                    .strip_prefix(verb.as_bytes())
+                    .and_then(|d| d.strip_suffix(b"\n"))
+                    .expect("an accepted line has its verb and newline");
+                let trimmed: &[u8] = match digits.iter().position(|&b| b != b'0') {
+                    Some(i) => &digits[i..],
+                    None => b"0",
+                };
+                assert_eq!(trimmed, port.to_string().as_bytes());
+                assert_eq!(
+                    parse(hybrid::connect_line(port).as_bytes()).is_ok(),
+                    verb == "CONNECT "
+                );
+            }
+        }
+        if clients.len() >= 16 {
+            break;
+        }
+        let Ok(mut c) = UnixStream::connect(&vm) else {
+            break;
+        };
+        let _ = c.write_all(piece);
+        if close & 1 != 0 {
+            let _ = c.shutdown(std::net::Shutdown::Write);
+        }
+        clients.push(c);
+        lock().process_backend();
+        most = most.max(lock().muxer().connection_count());
+    }
+    lock().process_backend();
+    most = most.max(lock().muxer().connection_count());
+    drop(clients);
+    lock().process_backend();
+    mmio_write(&mut transport, 0x70, 0);
+    most
 }

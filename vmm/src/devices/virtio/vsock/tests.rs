@@ -438,9 +438,30 @@ fn malformed_packets_get_rst_or_are_dropped() {
     assert_eq!(rig.dev.muxer().connection_count(), 0);
 }
 
+/// fuzz/corpus/hybrid_lines replayed on stable.
+#[test]
+fn hybrid_corpus_replays_without_panic() {
+    let corpus =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/hybrid_lines");
+    let mut n = 0;
+    for f in std::fs::read_dir(&corpus)
+        .expect("corpus directory")
+        .flatten()
+    {
+        super::fuzz::hybrid_one(&std::fs::read(f.path()).expect("corpus file"));
+        n += 1;
+    }
+    assert!(n >= 3, "only {n} inputs in {}", corpus.display());
+    // The seeds reach the muxer's handshake: a good line opens a connection, garbage none.
+    let seed = |name: &str| std::fs::read(corpus.join(name)).expect("seed");
+    assert_eq!(super::fuzz::hybrid_connections(&seed("seed-connect")), 1);
+    assert_eq!(super::fuzz::hybrid_connections(&seed("seed-bad-verb")), 0);
+}
+
 #[test]
 fn fuzz_corpus_and_random_chains_replay_without_panic() {
-    let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/vsock_queues");
+    let corpus =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/vsock_device");
     let mut n = 0;
     if let Ok(dir) = std::fs::read_dir(&corpus) {
         for f in dir.flatten() {

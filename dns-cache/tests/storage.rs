@@ -341,8 +341,9 @@ fn a_write_lock_held_by_another_process_delays_only_new_mappings() {
     check_recovered(&c, old, zone::ECHO);
 }
 
-/// Starts dns-cache on `c`'s settings and expects it to refuse the database; its stderr.
-fn refused_start(c: &Cache) -> String {
+/// Starts dns-cache on `c`'s settings and expects it to refuse the database, naming it, and to
+/// leave the file as it was (`bytes`).
+fn refused_start(c: &Cache, bytes: &[u8]) {
     let out = c
         .world
         .host()
@@ -355,7 +356,13 @@ fn refused_start(c: &Cache) -> String {
         !out.status.success(),
         "dns-cache started on a damaged database"
     );
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&c.db.display().to_string()),
+        "names the file: {err}"
+    );
+    assert!(err.contains("not an intact mapping database"), "{err}");
+    assert_eq!(std::fs::read(&c.db).unwrap(), bytes, "left untouched");
 }
 
 #[test]
@@ -377,13 +384,7 @@ fn a_damaged_database_stops_start_up_naming_the_file_and_is_left_as_it_was() {
     // Not a database at all.
     let garbage: Vec<u8> = b"this is not a database. ".repeat(400);
     std::fs::write(&c.db, &garbage).unwrap();
-    let err = refused_start(&c);
-    assert!(
-        err.contains(&c.db.display().to_string()),
-        "names the file: {err}"
-    );
-    assert!(err.contains("not an intact mapping database"), "{err}");
-    assert_eq!(std::fs::read(&c.db).unwrap(), garbage, "left untouched");
+    refused_start(&c, &garbage);
 
     // A real database with mappings, then a damaged page.
     std::fs::remove_file(&c.db).unwrap();
@@ -399,11 +400,5 @@ fn a_damaged_database_stops_start_up_naming_the_file_and_is_left_as_it_was() {
         *b = 0xa5;
     }
     std::fs::write(&c.db, &bytes).unwrap();
-    let err = refused_start(&c);
-    assert!(
-        err.contains(&c.db.display().to_string()),
-        "names the file: {err}"
-    );
-    assert!(err.contains("not an intact mapping database"), "{err}");
-    assert_eq!(std::fs::read(&c.db).unwrap(), bytes, "left untouched");
+    refused_start(&c, &bytes);
 }

@@ -48,6 +48,51 @@ pub fn run_legacy(s: &Stack, program: &str, args: &[&str], stdin: &[u8]) -> std:
     child.wait_with_output().expect("wait for the program")
 }
 
+/// Replaces the first `from` by `to` in one of the stack's config files.
+///
+/// # Panics
+/// When the file cannot be read or written, or lacks `from`.
+pub fn edit(s: &Stack, file: &str, from: &str, to: &str) {
+    let p = s.world.path(file);
+    let t = std::fs::read_to_string(&p).expect("read the config file");
+    assert!(t.contains(from), "{file} lacks {from:?}");
+    std::fs::write(&p, t.replacen(from, to, 1)).expect("write the config file");
+}
+
+/// The Prometheus page a daemon serves at `addr` in `host` (its `metrics_listen`).
+///
+/// # Panics
+/// When nothing answers there.
+#[must_use]
+pub fn scrape(s: &Stack, addr: &'static str) -> String {
+    use std::io::{Read, Write};
+    s.world
+        .host()
+        .run(move || {
+            let mut c = TcpStream::connect(addr).expect("connect to the metrics address");
+            c.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
+                .expect("send the request");
+            let mut page = String::new();
+            c.read_to_string(&mut page).expect("read the page");
+            page
+        })
+        .expect("run in host")
+}
+
+/// The value of `series` (name and labels, as written) on a Prometheus page; 0 when absent.
+#[must_use]
+pub fn series(page: &str, series: &str) -> u64 {
+    page.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
 /// The IPv6 literal name of `v6` in dns-cache's default `ipv6_literal_suffix`
 /// (`fd00:64::80` → `fd00-64--80.ipv6.outsock`).
 #[must_use]

@@ -11,11 +11,12 @@
 // Test code throughout; helpers outside #[test] functions unwrap too.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, Ipv6Addr, TcpStream};
 use std::process::{Output, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use outsock_e2e::{edit, scrape};
 use testworld::stack::{Stack, GUEST_DNS};
 use testworld::{addr, zone};
 
@@ -134,32 +135,10 @@ fn assert_nodata(s: &Stack, name: &str) {
     );
 }
 
-/// Replaces `from` by `to` in one of the stack's config files.
-fn edit(s: &Stack, file: &str, from: &str, to: &str) {
-    let p = s.world.path(file);
-    let t = std::fs::read_to_string(&p).unwrap();
-    assert!(t.contains(from), "{file} lacks {from:?}");
-    std::fs::write(&p, t.replacen(from, to, 1)).unwrap();
-}
-
 fn append(s: &Stack, file: &str, more: &str) {
     let p = s.world.path(file);
     let t = std::fs::read_to_string(&p).unwrap();
     std::fs::write(&p, format!("{t}{more}")).unwrap();
-}
-
-/// The Prometheus page at `addr` in `host`.
-fn metrics(s: &Stack, addr: &'static str) -> String {
-    s.world
-        .host()
-        .run(move || {
-            let mut c = TcpStream::connect(addr).unwrap();
-            c.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-            let mut page = String::new();
-            c.read_to_string(&mut page).unwrap();
-            page
-        })
-        .unwrap()
 }
 
 /// Starts the sentinel in `host`; returns the file it writes hits to.
@@ -301,7 +280,7 @@ fn refused_destinations_get_nodata_and_eacces_and_nothing_reaches_the_host() {
     ] {
         assert_nodata(&s, name);
     }
-    let page = metrics(&s, "[::1]:9153");
+    let page = scrape(&s, "[::1]:9153");
     for reason in [
         "loopback",
         "link_local",
@@ -349,7 +328,7 @@ fn refused_destinations_get_nodata_and_eacces_and_nothing_reaches_the_host() {
     assert_eq!(std::fs::read_to_string(&hits).unwrap(), "", "{}", s.logs());
     assert_sentinel_works(&s, &hits);
 
-    let page = metrics(&s, "[::1]:9641");
+    let page = scrape(&s, "[::1]:9641");
     for (_, _, reason) in refused {
         // Two refusals (TCP, connected UDP) and one dropped datagram per address.
         assert!(
@@ -468,7 +447,7 @@ fn ipv4_egress_passes_real_a_and_applies_the_same_policy() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(std::fs::read_to_string(&hits).unwrap(), "", "{}", s.logs());
     assert_sentinel_works(&s, &hits);
-    let page = metrics(&s, "[::1]:9641");
+    let page = scrape(&s, "[::1]:9641");
     for (reason, n) in [("link_local", 3), ("host_address", 6)] {
         assert!(
             page.contains(&format!(

@@ -562,21 +562,25 @@ fn programs_fail_fast_when_host_server_is_stopped() {
     }
 }
 
-/// liboutsock keeps the stream of a connect whose socket host-server passed, for the next
-/// connect (one for a program that connects from one thread at a time, used within a second): the program sees one extra
-/// socket, the same across connects; a forked child opens its own; one the program closed
+/// liboutsock keeps the stream of a connect whose socket host-server passed or lent, for the
+/// next request (one for a program that connects from one thread at a time, used within a
+/// second): the program sees one extra Unix socket, the same across connects; a forked child opens its own; one the program closed
 /// behind the shim's back (closerange) is forgotten — the file that takes its number is left
 /// alone — and an old one is replaced.
 const PY_KEPT: &str = r#"
 import os, socket, sys, time
 def sockets():
+    # The process's Unix sockets (its streams to host-server); the spare sockets host-server
+    # lent are TCP ones of another namespace.
+    with open("/proc/net/unix") as f:
+        unix = {"socket:[%s]" % line.split()[6] for line in list(f)[1:]}
     out = set()
     for fd in os.listdir("/proc/self/fd"):
         try:
             t = os.readlink("/proc/self/fd/" + fd)
         except OSError:
             continue
-        if t.startswith("socket:"):
+        if t in unix:
             out.add(t)
     return out
 def echo(tag):
@@ -636,13 +640,17 @@ fn liboutsock_keeps_one_stream_per_process_for_its_connects() {
 const PY_KEPT_THREADS: &str = r#"
 import os, socket, sys, threading, time
 def sockets():
+    # The process's Unix sockets (its streams to host-server); the spare sockets host-server
+    # lent are TCP ones of another namespace.
+    with open("/proc/net/unix") as f:
+        unix = {"socket:[%s]" % line.split()[6] for line in list(f)[1:]}
     out = set()
     for fd in os.listdir("/proc/self/fd"):
         try:
             t = os.readlink("/proc/self/fd/" + fd)
         except OSError:
             continue
-        if t.startswith("socket:"):
+        if t in unix:
             out.add(t)
     return out
 def echo(tag):
@@ -682,5 +690,91 @@ fn liboutsock_keeps_a_stream_per_concurrent_thread() {
     assert_eq!(
         ok(&s, &out, "python kept streams, threads"),
         "several True\nreused True\nrenewed True\n"
+    );
+}
+
+/// Connects to the echo server by name again and again, then forks and connects from both
+/// processes at once; every echo must come back as sent.
+const PY_SHORT_CONNECTIONS: &str = r#"
+import os, socket, sys
+def one(tag):
+    c = socket.create_connection((sys.argv[1], 7), timeout=10)
+    c.sendall(tag.encode())
+    c.shutdown(socket.SHUT_WR)
+    got = b""
+    while True:
+        b = c.recv(64)
+        if not b:
+            break
+        got += b
+    c.close()
+    assert got == tag.encode(), (got, tag)
+for i in range(40):
+    one("first-%d" % i)
+pid = os.fork()
+who = "child" if pid == 0 else "parent"
+for i in range(20):
+    one("%s-%d-%d" % (who, os.getpid(), i))
+if pid == 0:
+    os._exit(0)
+_, status = os.waitpid(pid, 0)
+assert status == 0, status
+print("ok")
+"#;
+
+#[test]
+fn short_connections_are_made_on_lent_sockets_and_a_fork_gets_its_own() {
+    let Some(mut s) = stack("lent", "") else {
+        return;
+    };
+    s.stop_host();
+    outsock_e2e::edit(
+        &s,
+        "host-server.toml",
+        "metrics_listen = \"\"",
+        "metrics_listen = \"[::1]:9643\"",
+    );
+    s.start_host().unwrap();
+    let out = run(
+        &s,
+        "python3",
+        &["-c", PY_SHORT_CONNECTIONS, zone::ECHO],
+        b"",
+    );
+    assert_eq!(ok(&s, &out, "python3 short connections").trim(), "ok");
+    let page = outsock_e2e::scrape(&s, "[::1]:9643");
+    let lent = outsock_e2e::series(&page, "outsock_host_sockets_lent_total");
+    let routes = outsock_e2e::series(&page, "outsock_host_routes_lent_total");
+    // 80 connections, each on a lent socket: host-server connected none itself, and routed far
+    // fewer times than the program connected (routes and spares are kept).
+    assert!(lent >= 80, "{page}");
+    assert!((1..20).contains(&routes), "{page}");
+    assert!(!page.contains("outsock_host_connects_total"), "{page}");
+
+    // Switched off, host-server connects every one itself.
+    s.stop_host();
+    outsock_e2e::edit(
+        &s,
+        "host-server.toml",
+        "metrics_listen = \"[::1]:9643\"",
+        "metrics_listen = \"[::1]:9643\"\nlend_sockets = false",
+    );
+    s.start_host().unwrap();
+    let out = run(
+        &s,
+        "python3",
+        &["-c", PY_SHORT_CONNECTIONS, zone::ECHO],
+        b"",
+    );
+    assert_eq!(ok(&s, &out, "python3 without lending").trim(), "ok");
+    let page = outsock_e2e::scrape(&s, "[::1]:9643");
+    let connects =
+        outsock_e2e::series(&page, "outsock_host_connects_total{result=\"in_progress\"}")
+            + outsock_e2e::series(&page, "outsock_host_connects_total{result=\"ok\"}");
+    assert_eq!(connects, 80, "{page}");
+    assert_eq!(
+        outsock_e2e::series(&page, "outsock_host_sockets_lent_total"),
+        0,
+        "{page}"
     );
 }

@@ -149,6 +149,7 @@ struct Raw {
     mapping_cache_entries: usize,
     relay_buffer: usize,
     ipv4_egress: bool,
+    lend_sockets: bool,
     destination_pool: String,
     source_pool: String,
     guest_dns: Ipv4Addr,
@@ -182,6 +183,7 @@ impl Default for Raw {
             mapping_cache_entries: 65_536,
             relay_buffer: 16 * 1024,
             ipv4_egress: false,
+            lend_sockets: true,
             destination_pool: "10.170.160.0/20".into(),
             source_pool: "172.21.112.0/20".into(),
             guest_dns: Ipv4Addr::new(10, 170, 160, 1),
@@ -221,6 +223,10 @@ pub struct Settings {
     pub mapping_cache_entries: usize,
     pub relay_buffer: usize,
     pub ipv4_egress: bool,
+    /// Process mode: a program's TCP connect is made by the program itself, on a socket
+    /// host-server lends once it has routed the destination and checked the policy
+    /// (`ToHost::Lend`); `false`: host-server connects every one itself.
+    pub lend_sockets: bool,
     pub destination_pool: Ipv4Net,
     pub source_pool: Ipv4Net,
     pub guest_dns: Ipv4Addr,
@@ -562,6 +568,7 @@ impl Raw {
             mapping_cache_entries: self.mapping_cache_entries,
             relay_buffer: self.relay_buffer,
             ipv4_egress: self.ipv4_egress,
+            lend_sockets: self.lend_sockets,
             destination_pool,
             source_pool,
             guest_dns: self.guest_dns,

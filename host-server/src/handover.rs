@@ -32,3 +32,22 @@ pub(crate) async fn send_answer_with_fd(
         }
     }
 }
+
+/// Sends `answer` alone, whole, without closing the stream (which may carry the next request).
+pub(crate) async fn send_answer(stream: &UnixStream, answer: &ToGuest) -> bool {
+    let Ok(bytes) = frame::to_vec(answer) else {
+        return false;
+    };
+    let mut sent = 0;
+    while sent < bytes.len() {
+        if stream.writable().await.is_err() {
+            return false;
+        }
+        match stream.try_write(&bytes[sent..]) {
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return false,
+        }
+    }
+    true
+}

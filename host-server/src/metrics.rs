@@ -21,6 +21,9 @@ pub enum Event {
     },
     /// A connect handed its socket over with SCM_RIGHTS.
     FdPassed,
+    /// A process's destination routed for a connect it makes itself, with this many sockets
+    /// lent (`ToHost::Lend`).
+    Lent(u64),
     ListenerOpened,
     /// An inbound connection was delivered to a guest.
     InboundDelivered,
@@ -103,6 +106,10 @@ impl Metrics {
                 );
             }
             Event::FdPassed => self.add(&format!("{P}_fds_passed_total"), 1),
+            Event::Lent(sockets) => {
+                self.add(&format!("{P}_routes_lent_total"), 1);
+                self.add(&format!("{P}_sockets_lent_total"), sockets);
+            }
             Event::ListenerOpened => self.add(&format!("{P}_listeners_opened_total"), 1),
             Event::InboundDelivered => {
                 self.add(&format!("{P}_inbound_total{{result=\"delivered\"}}"), 1);

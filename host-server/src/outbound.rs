@@ -14,6 +14,12 @@
 //! network sees which VM it was; a process's to `listen.default_address` when that is set to
 //! one address.
 //!
+//! A process (process mode) may instead make its connects itself ([`lend`]): host-server routes
+//! the destination exactly as for a connect (the dummy's mapping, the destination policy) and
+//! answers with the IPv6 address and unconnected sockets of its own network for the process to
+//! connect, so a connection costs the process no round trip to host-server once the route and a
+//! socket are at hand.
+//!
 //! Errors are reported as the errno a native connect would set: the kernel's own error from the
 //! IPv6 connect (ECONNREFUSED, ENETUNREACH, EHOSTUNREACH, ...), ETIMEDOUT when the configured
 //! connect timeout passes first, EHOSTUNREACH for a dummy that maps to nothing, ENETUNREACH for
@@ -23,7 +29,7 @@
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::AsFd;
 
-use shared_proto::outsource::ConnectRequest;
+use shared_proto::outsource::{ConnectRequest, LendRequest};
 use shared_proto::{Errno, ToGuest};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio::net::{TcpSocket, TcpStream, UnixStream};
@@ -32,7 +38,7 @@ use crate::context::{admit, Request, Shared, Use};
 use crate::dest::Route;
 use crate::dns_tcp::dns_over_tcp;
 use crate::errno::connect_errno;
-use crate::handover::send_answer_with_fd;
+use crate::handover::{send_answer, send_answer_with_fd};
 use crate::identity::Identity;
 use crate::limits::Resource;
 use crate::metrics::Event;
@@ -364,4 +370,97 @@ async fn pass_connecting(
     // Bytes after the request would be a next request read ahead: not taken up; the stream
     // ends and the client asks again on a new one.
     (passed && leftover.is_empty()).then_some(stream)
+}
+
+/// How long a process may connect to a lent route again without asking (host-server's own
+/// mapping cache holds a dummy's address far longer).
+pub(crate) const ROUTE_VALID_MS: u32 = 1_000;
+
+/// A process's [`LendRequest`]: routes `dest` as [`connect`] does (mapping, destination policy)
+/// and answers [`ToGuest::Lent`] once per socket asked for, each with an unconnected IPv6 TCP
+/// socket attached (IPV6_V6ONLY, bound to the process's source address where one is set, its
+/// port left to the connect). EOPNOTSUPP where the connect must be host-server's: a VM (its
+/// sockets stay in its VMM), the guest DNS address, IPv4 egress, or lending switched off. Returns
+/// the stream for the process's next request when everything went over and nothing followed.
+pub(crate) async fn lend(req: Request, l: LendRequest, shared: &Shared) -> Option<UnixStream> {
+    // Not a connect's outcome: not counted as one.
+    if !shared.settings.lend_sockets || !matches!(req.identity, Identity::Process { .. }) {
+        req.refuse(Errno::EOPNOTSUPP).await;
+        return None;
+    }
+    let v6 = match shared.router.route(l.dest) {
+        Route::Unreachable => return fail_closed(req, Errno::ENETUNREACH, shared).await,
+        Route::GuestDns | Route::Ipv4(_) => {
+            req.refuse(Errno::EOPNOTSUPP).await;
+            return None;
+        }
+        Route::Dummy(d) => match shared.mapping.resolve(d).await {
+            Ok(Some(v6)) => v6,
+            Ok(None) => return fail_closed(req, Errno::EHOSTUNREACH, shared).await,
+            Err(e) => {
+                static LOG: LogLimit = LogLimit::new();
+                if LOG.allow() {
+                    tracing::warn!(dummy = %d, error = %e, "cannot resolve dummy");
+                }
+                return fail_closed(req, Errno::EHOSTUNREACH, shared).await;
+            }
+        },
+    };
+    let target = SocketAddrV6::new(v6, l.dest.port(), 0, 0);
+    if let Err(errno) = admit(
+        shared,
+        &req.identity,
+        target.ip().to_owned().into(),
+        Use::Connect,
+    ) {
+        return fail_closed(req, errno, shared).await;
+    }
+    let answer = ToGuest::Lent {
+        target,
+        valid_ms: ROUTE_VALID_MS,
+    };
+    let source = source_address(&req.identity, SocketAddr::V6(target), shared);
+    let mut lent = 0u64;
+    if l.sockets == 0 && !send_answer(&req.stream, &answer).await {
+        return None;
+    }
+    for _ in 0..l.sockets {
+        let sock = match lent_socket(source) {
+            Ok(s) => s,
+            // Fewer than asked: the stream ends here, and the process keeps what came.
+            Err(e) if lent > 0 => {
+                tracing::debug!(error = %e, lent, "could not make every socket to lend");
+                shared.metrics.record(Event::Lent(lent));
+                return None;
+            }
+            Err(e) => return fail_closed(req, connect_errno(&e), shared).await,
+        };
+        if !send_answer_with_fd(&req.stream, &answer, sock.as_fd(), shared).await {
+            shared.metrics.record(Event::Lent(lent));
+            return None;
+        }
+        lent += 1;
+    }
+    shared.metrics.record(Event::Lent(lent));
+    let Request {
+        stream,
+        leftover,
+        permit,
+        ..
+    } = req;
+    drop(permit);
+    leftover.is_empty().then_some(stream)
+}
+
+/// An unconnected IPv6 TCP socket to lend: IPV6_V6ONLY, blocking (the process sets its own
+/// flags), bound to `source` without a port (IP_BIND_ADDRESS_NO_PORT: the connect picks one,
+/// so an unused lent socket holds no port).
+fn lent_socket(source: Option<std::net::Ipv6Addr>) -> std::io::Result<Socket> {
+    let sock = Socket::new(Domain::IPV6, Type::STREAM, Some(Protocol::TCP))?;
+    sock.set_only_v6(true)?;
+    if let Some(a) = source {
+        nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::IpBindAddressNoPort, &true)?;
+        sock.bind(&SockAddr::from(SocketAddrV6::new(a, 0, 0, 0)))?;
+    }
+    Ok(sock)
 }

@@ -171,6 +171,10 @@ async fn serve_request(
             Some(kept) => return Served::Next(kept),
             None => Next::Closed,
         },
+        ToHost::Lend(l) => match crate::outbound::lend(req, l, shared).await {
+            Some(kept) => return Served::Next(kept),
+            None => Next::Closed,
+        },
         ToHost::Listen(l) => match crate::inbound::open(req, &l, vmm_takes, shared).await {
             Some(parts) => Next::Listen(Box::new(parts)),
             None => Next::Closed,

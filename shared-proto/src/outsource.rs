@@ -45,11 +45,20 @@
 //!   in, each reply as an [`ToGuest::EchoReply`] that also carries the hop limit (TTL) it
 //!   arrived with. host-server translates them to and from ICMPv6 echo (128/129, RFC 7915).
 //!   The association belongs to its one destination.
+//! - [`ToHost::Lend`] (process mode: a connect the process makes itself): host-server routes the
+//!   destination as for a connect (the dummy's mapping, the destination policy) and answers
+//!   [`ToGuest::Lent`] with the IPv6 address to connect to, once per socket asked for, each frame
+//!   with one unconnected IPv6 TCP socket of host-server's network attached (SCM_RIGHTS;
+//!   IPV6_V6ONLY, bound to the source address where one is set); or, when no socket is asked
+//!   for, one frame without. `Failed` refuses: EACCES, EHOSTUNREACH, ENETUNREACH as a connect
+//!   would, and EOPNOTSUPP for a destination only a [`ToHost::Connect`] reaches (the guest DNS
+//!   address, IPv4 egress) or a host-server that lends no sockets. The stream then carries the
+//!   process's next request, as after a connect whose socket was passed.
 //! - [`ToHost::ListVms`] (an operator's `outsock vm ls`, never a guest's): answered with one
 //!   [`VmList`] frame, or `Failed(EACCES)` for anyone but root and host-server's own user; the
 //!   stream then closes.
 
-use std::net::{Ipv6Addr, SocketAddrV4};
+use std::net::{Ipv6Addr, SocketAddrV4, SocketAddrV6};
 
 use crate::codec::{Reader, Writer};
 use crate::errno::Errno;
@@ -146,6 +155,17 @@ pub struct IcmpRequest {
     pub dest: SocketAddrV4,
 }
 
+/// Process mode: route `dest` (a TCP destination) for a connect the process makes itself, with
+/// `sockets` unconnected host sockets to make it on (at most [`MAX_LENT`]; 0: the route only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LendRequest {
+    pub dest: SocketAddrV4,
+    pub sockets: u8,
+}
+
+/// The most sockets one [`ToHost::Lend`] may ask for.
+pub const MAX_LENT: u8 = 32;
+
 /// One UDP datagram with the address it goes to (outbound) or came from (inbound).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Datagram {
@@ -165,6 +185,7 @@ pub enum ToHost {
     Icmp(IcmpRequest),
     /// Which VMs host-server is configured for, and which of them run (see [`VmList`]).
     ListVms,
+    Lend(LendRequest),
 }
 
 /// Frames that travel towards the guest (or the process).
@@ -201,6 +222,12 @@ pub enum ToGuest {
         datagram: Datagram,
         ttl: u8,
     },
+    /// [`ToHost::Lend`]'s answer: connect to `target`; the route may be used again for
+    /// `valid_ms` without asking.
+    Lent {
+        target: SocketAddrV6,
+        valid_ms: u32,
+    },
 }
 
 mod kind {
@@ -212,12 +239,14 @@ mod kind {
     pub const UDP_CONNECT: u8 = 6;
     pub const ICMP: u8 = 7;
     pub const LIST_VMS: u8 = 8;
+    pub const LEND: u8 = 9;
     pub const CONNECTED: u8 = 16;
     pub const LISTENING: u8 = 17;
     pub const ASSOCIATED: u8 = 18;
     pub const FAILED: u8 = 19;
     pub const INBOUND: u8 = 20;
     pub const ECHO_REPLY: u8 = 21;
+    pub const LENT: u8 = 22;
 }
 
 fn write_datagram(w: &mut Writer, d: &Datagram) {
@@ -245,6 +274,7 @@ impl Message for ToHost {
             Self::UdpConnect(_) => kind::UDP_CONNECT,
             Self::Icmp(_) => kind::ICMP,
             Self::ListVms => kind::LIST_VMS,
+            Self::Lend(_) => kind::LEND,
         }
     }
 
@@ -283,6 +313,10 @@ impl Message for ToHost {
                 w.sockv4(i.dest);
             }
             Self::ListVms => {}
+            Self::Lend(l) => {
+                w.sockv4(l.dest);
+                w.u8(l.sockets);
+            }
         }
     }
 
@@ -339,6 +373,18 @@ impl Message for ToHost {
                 dest: r.sockv4()?,
             }),
             kind::LIST_VMS => Self::ListVms,
+            kind::LEND => Self::Lend(LendRequest {
+                dest: r.sockv4()?,
+                sockets: match r.u8()? {
+                    n if n <= MAX_LENT => n,
+                    n => {
+                        return Err(ProtoError::BadValue {
+                            field: "sockets to lend",
+                            value: u64::from(n),
+                        })
+                    }
+                },
+            }),
             other => {
                 return Err(ProtoError::UnknownKind {
                     family: Self::FAMILY,
@@ -361,6 +407,7 @@ impl Message for ToGuest {
             Self::Inbound { .. } => kind::INBOUND,
             Self::Datagram(_) => kind::DATAGRAM,
             Self::EchoReply { .. } => kind::ECHO_REPLY,
+            Self::Lent { .. } => kind::LENT,
         }
     }
 
@@ -388,6 +435,11 @@ impl Message for ToGuest {
                 w.u8(*ttl);
                 write_datagram(w, datagram);
             }
+            Self::Lent { target, valid_ms } => {
+                w.ipv6(*target.ip());
+                w.u16(target.port());
+                w.u32(*valid_ms);
+            }
         }
     }
 
@@ -411,6 +463,10 @@ impl Message for ToGuest {
                 local: r.sockv4()?,
             },
             kind::DATAGRAM => Self::Datagram(read_datagram(r)?),
+            kind::LENT => Self::Lent {
+                target: SocketAddrV6::new(r.ipv6()?, r.u16()?, 0, 0),
+                valid_ms: r.u32()?,
+            },
             other => {
                 return Err(ProtoError::UnknownKind {
                     family: Self::FAMILY,

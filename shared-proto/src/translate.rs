@@ -146,6 +146,14 @@ pub fn dual_stack_name(a: SocketAddrV4) -> SocketAddrV6 {
     }
 }
 
+/// What liboutsock puts in an argument the kernel ignores (connect's and getsockname's fourth,
+/// args\[3\]) of a system call it makes after deciding the call itself, so that `outsock run`'s
+/// seccomp filter lets the call through instead of notifying the supervisor, which would only
+/// answer "continue" after a round trip: a connect to loopback or of another family, the
+/// connect of a socket host-server lent. A program that forges it gets its call untranslated,
+/// which it could have by other means too: the supervisor translates, it does not confine.
+pub const DECIDED_MARK: u64 = 0x6f75_7473_6f63_6b21;
+
 /// The request an outsourced TCP connect to `dest` sends. `pass_fd`: process mode (the socket
 /// comes back with SCM_RIGHTS); `nonblocking`: answer while the connect is under way.
 #[must_use]

@@ -12,8 +12,8 @@ use shared_proto::lookup::{
     LookupResponse, MappingInfo, Tenant,
 };
 use shared_proto::outsource::{
-    ConnectRequest, Datagram, IcmpRequest, ListenRequest, ToGuest, ToHost, UdpConnectRequest,
-    UdpRequest, VmHello, VmList, VmStatus,
+    ConnectRequest, Datagram, IcmpRequest, LendRequest, ListenRequest, ToGuest, ToHost,
+    UdpConnectRequest, UdpRequest, VmHello, VmList, VmStatus,
 };
 use shared_proto::{decode, decode_exact, to_vec, Errno, Message, ProtoError};
 
@@ -71,6 +71,8 @@ fn to_host() -> impl Strategy<Value = ToHost> {
         (sockv4(), sockv4()).prop_map(|(bind, dest)| ToHost::Icmp(IcmpRequest { bind, dest })),
         datagram().prop_map(ToHost::Datagram),
         Just(ToHost::ListVms),
+        (sockv4(), 0..=shared_proto::outsource::MAX_LENT)
+            .prop_map(|(dest, sockets)| ToHost::Lend(LendRequest { dest, sockets })),
     ]
 }
 
@@ -116,6 +118,10 @@ fn to_guest() -> impl Strategy<Value = ToGuest> {
         (sockv4(), sockv4()).prop_map(|(peer, local)| ToGuest::Inbound { peer, local }),
         datagram().prop_map(ToGuest::Datagram),
         (datagram(), any::<u8>()).prop_map(|(datagram, ttl)| ToGuest::EchoReply { datagram, ttl }),
+        (ipv6(), any::<u16>(), any::<u32>()).prop_map(|(ip, port, valid_ms)| ToGuest::Lent {
+            target: std::net::SocketAddrV6::new(ip, port, 0, 0),
+            valid_ms
+        }),
     ]
 }
 

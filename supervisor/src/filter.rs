@@ -15,7 +15,10 @@
 //!   the supervisor translates, it does not confine (see the crate docs).
 //! - `connect`, `getsockname`, `getpeername`, `bind`, `listen`, `accept`, `accept4`, and
 //!   `recvfrom`/`sendto` with a non-null address notify the supervisor; everything else is
-//!   allowed. `socket` is notified only for an `AF_INET` ICMP socket (a ping socket the
+//!   allowed. A `connect` or `getsockname` whose fourth argument (ignored by the kernel) is
+//!   liboutsock's mark (`shared_proto::translate::DECIDED_MARK`: a call the preload already
+//!   decided is the kernel's — loopback, another family, a socket host-server lent) is allowed
+//!   too, x86_64 only (the preload is 64-bit). `socket` is notified only for an `AF_INET` ICMP socket (a ping socket the
 //!   program's namespace forbids it gets a stand-in from the private network; the rest
 //!   continue): otherwise nothing is done at creation, what a socket becomes is decided when it
 //!   connects, binds or listens. Nor are `recv`/`send` (the same calls without
@@ -29,6 +32,7 @@
 //!   decides on its fast path, without allocating or a second ioctl.
 
 use libc::sock_filter;
+use shared_proto::translate::DECIDED_MARK;
 
 /// `AUDIT_ARCH_X86_64`.
 pub const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
@@ -175,6 +179,10 @@ enum Label {
     Nr,
     Allow,
     Notify,
+    /// connect/getsockname: liboutsock's mark in args\[3\].
+    Marked,
+    MarkedNotify,
+    MarkedAllow,
     /// recvfrom/sendto: the address argument.
     Addr,
     AddrNotify,
@@ -251,8 +259,9 @@ fn assemble(ops: &[Op]) -> Vec<sock_filter> {
 pub fn program(transport: Transport) -> Vec<sock_filter> {
     use Label::{
         Addr, AddrAllow, AddrNotify, Allow, Get, GetName, I386Addr, I386Allow, I386Get,
-        I386GetName, I386Notify, I386OptAllow, I386OptNotify, I386Set, I386Socketcall, Next,
-        Notify, Nr, OptAllow, OptNotify, Set, Sock, SockAllow, SockNotify, I386,
+        I386GetName, I386Notify, I386OptAllow, I386OptNotify, I386Set, I386Socketcall, Marked,
+        MarkedAllow, MarkedNotify, Next, Notify, Nr, OptAllow, OptNotify, Set, Sock, SockAllow,
+        SockNotify, I386,
     };
     let notify = libc::SECCOMP_RET_USER_NOTIF;
     let allow = libc::SECCOMP_RET_ALLOW;
@@ -263,7 +272,10 @@ pub fn program(transport: Transport) -> Vec<sock_filter> {
         Op::Here(Nr),
         Op::Ld(NR),
     ];
-    for nr in &NOTIFIED[..7] {
+    // connect and getsockname: liboutsock's own (marked) ones are allowed.
+    ops.push(Op::Jeq(libc::SYS_connect as u32, Marked, Next));
+    ops.push(Op::Jeq(libc::SYS_getsockname as u32, Marked, Next));
+    for nr in &NOTIFIED[2..7] {
         ops.push(Op::Jeq(*nr as u32, Notify, Next));
     }
     ops.push(Op::Jeq(libc::SYS_recvfrom as u32, Addr, Next));
@@ -279,6 +291,17 @@ pub fn program(transport: Transport) -> Vec<sock_filter> {
         Op::Ret(allow),
         Op::Here(Notify),
         Op::Ret(notify),
+        // connect, getsockname: allowed when args[3], which the kernel ignores, is liboutsock's
+        // mark (`shared_proto::translate::DECIDED_MARK`).
+        Op::Here(Marked),
+        Op::Ld(arg_lo(3)),
+        Op::Jeq(DECIDED_MARK as u32, Next, MarkedNotify),
+        Op::Ld(arg_hi(3)),
+        Op::Jeq((DECIDED_MARK >> 32) as u32, MarkedAllow, MarkedNotify),
+        Op::Here(MarkedNotify),
+        Op::Ret(notify),
+        Op::Here(MarkedAllow),
+        Op::Ret(allow),
         // recvfrom, sendto: notify when the address (args[4]) is not null.
         Op::Here(Addr),
         Op::Ld(arg_lo(4)),
@@ -453,6 +476,33 @@ mod tests {
         ] {
             assert_eq!(run(p, x, nr as u32, [3, 0, 0, 0, 0, 0]), n);
         }
+        // liboutsock's marked connect and getsockname go through; half a mark, the mark on
+        // another call, or on the i386 ABI does not.
+        let mark = shared_proto::translate::DECIDED_MARK;
+        for nr in [libc::SYS_connect, libc::SYS_getsockname] {
+            assert_eq!(run(p, x, nr as u32, [3, 9, 28, mark, 0, 0]), a);
+            assert_eq!(
+                run(p, x, nr as u32, [3, 9, 28, mark & 0xffff_ffff, 0, 0]),
+                n
+            );
+            assert_eq!(
+                run(p, x, nr as u32, [3, 9, 28, mark & !0xffff_ffff, 0, 0]),
+                n
+            );
+            assert_eq!(run(p, x, nr as u32, [3, 9, 28, 0, mark, 0]), n);
+        }
+        for nr in [libc::SYS_getpeername, libc::SYS_bind, libc::SYS_accept4] {
+            assert_eq!(run(p, x, nr as u32, [3, 9, 28, mark, mark, 0]), n);
+        }
+        assert_eq!(
+            run(
+                p,
+                AUDIT_ARCH_I386,
+                i386::CONNECT as u32,
+                [3, 9, 28, mark, 0, 0]
+            ),
+            n
+        );
         let rf = libc::SYS_recvfrom as u32;
         assert_eq!(run(p, x, rf, [3, 0, 0, 0, 0, 0]), a);
         assert_eq!(run(p, x, rf, [3, 0, 0, 0, 0x7fff_0000, 0]), n);

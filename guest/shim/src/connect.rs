@@ -1,5 +1,6 @@
 //! An outsourced TCP connect, called by `interpose::connect` for a non-loopback IPv4
-//! destination: host-server connects over IPv6 and either passes the socket back (process mode)
+//! destination that `lend` leaves to host-server (the guest DNS address, IPv4 egress, a VM,
+//! lending switched off): host-server connects over IPv6 and either passes the socket back (process mode)
 //! or relays over the request's own stream (a VM, or the guest DNS address), which then takes
 //! the program's fd number; a blocking connect waits here for the handshake. A connect to a
 //! resolv.conf nameserver on port 53 goes to the guest DNS address instead (DNS over TCP,
@@ -106,9 +107,9 @@ pub(crate) fn outsource_connect(fd: c_int, entry: Entry, dest: SocketAddrV4) -> 
 ///
 /// Most often the handshake is already over when the socket arrives (host-server's connect ran
 /// it): a socket that polls writable with no error or hang-up is connected, which the connect
-/// would only confirm (EISCONN, answered 0) — after a round trip through `outsock run`'s
-/// supervisor, which is notified of every connect(2). Only a socket still connecting, or one
-/// whose connect failed (its errno is the kernel's connect's), goes on to the connect.
+/// would only confirm (EISCONN, answered 0). Only a socket still connecting, or one whose
+/// connect failed (its errno is the kernel's connect's), goes on to the connect, made with the
+/// mark that keeps `outsock run`'s supervisor from being notified of it.
 fn finish_blocking_connect(fd: c_int) -> c_int {
     if connected_now(fd) {
         return 0;
@@ -119,7 +120,7 @@ fn finish_blocking_connect(fd: c_int) -> c_int {
     #[allow(clippy::cast_possible_truncation)] // 28 bytes.
     let len = std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
     // SAFETY: a valid sockaddr_in6 of `len` bytes.
-    let rc = unsafe { real::connect(fd, std::ptr::from_ref(&any).cast(), len) };
+    let rc = unsafe { real::decided_connect(fd, std::ptr::from_ref(&any).cast(), len) };
     if rc == 0 {
         return 0;
     }

@@ -22,7 +22,7 @@ use crate::sockaddr::{is_local, read_v4, write_v4};
 use crate::sockopt::option_bit;
 use crate::table::{self, Entry, Kind};
 use crate::transport;
-use crate::{connect, dgram, listen, vmlisten};
+use crate::{connect, dgram, lend, listen, vmlisten};
 
 /// `socket(2)`: AF_INET stream and datagram sockets are remembered; everything is created for real,
 /// so the program always holds a genuine fd for fcntl, setsockopt and the like.
@@ -88,12 +88,41 @@ pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_
         // SAFETY: the caller's addr/len.
         if let Some(dest) = unsafe { read_v4(addr, len) } {
             if !is_local(dest) {
+                if let Some(rc) = lend::connect(fd, entry, dest) {
+                    return rc;
+                }
                 return connect::outsource_connect(fd, entry, dest);
             }
         }
     }
+    // SAFETY: the caller's addr/len.
+    if unsafe { kernel_decides(addr, len) } {
+        // SAFETY: forwarded arguments.
+        return unsafe { real::decided_connect(fd, addr, len) };
+    }
     // SAFETY: forwarded arguments.
     unsafe { real::connect(fd, addr, len) }
+}
+
+/// Whether `outsock run`'s supervisor would only let a connect to `addr` through: an address
+/// of another family than AF_INET (AF_UNIX, AF_INET6, ...; not AF_UNSPEC, a disconnect it may
+/// act on) or a loopback AF_INET one. Such a connect skips its notification
+/// (`real::decided_connect`).
+///
+/// # Safety
+/// `addr`/`len` follow connect(2)'s contract.
+unsafe fn kernel_decides(addr: *const sockaddr, len: socklen_t) -> bool {
+    if addr.is_null() || (len as usize) < std::mem::size_of::<libc::sa_family_t>() {
+        return false;
+    }
+    // SAFETY: at least the family's bytes are readable.
+    let family = c_int::from(unsafe { std::ptr::read_unaligned(addr.cast::<libc::sa_family_t>()) });
+    match family {
+        libc::AF_UNSPEC => false,
+        // SAFETY: the caller's addr/len.
+        libc::AF_INET => unsafe { read_v4(addr, len) }.is_some_and(is_local),
+        _ => true,
+    }
 }
 
 /// `bind(2)`: a loopback bind is real and keeps the socket local; any other IPv4 bind of a

@@ -2,9 +2,12 @@
 //! process mode, /etc/ld.so.preload in the guest), it interposes libc so that the program's
 //! AF_INET sockets are carried out by host-server over IPv6 (DESIGN.md §7):
 //!
-//! - TCP connect to a non-loopback IPv4 address asks host-server, which connects over IPv6 and
-//!   passes the socket back (SCM_RIGHTS); it replaces the program's fd, so the data path is the
-//!   kernel's own (`interpose`, `connect`).
+//! - TCP connect to a non-loopback IPv4 address: host-server routes it (the dummy's IPv6
+//!   address, the destination policy) and lends unconnected IPv6 sockets of its network, which
+//!   the program connects itself, a route and the spares kept for its next connects (`lend`);
+//!   where host-server must connect (the guest DNS address, IPv4 egress, lending off) it
+//!   connects over IPv6 and passes the socket back (SCM_RIGHTS, `connect`). Either socket
+//!   replaces the program's fd, so the data path is the kernel's own (`interpose`).
 //! - listen makes host-server listen on the host's IPv6 address; accept receives each
 //!   connection's socket with the peer's dummy IPv4 address (`listen`).
 //! - UDP sockets become associations with host-server carrying framed datagrams (`udp`, `dgram`).
@@ -31,10 +34,11 @@
 //! - The exported libc replacements: `interpose` (socket, connect, bind, listen, accept, …),
 //!   `udp` (the datagram calls), `resolve` (getaddrinfo, gethostbyname, …), `closerange`
 //!   (close_range, closefrom), `syscall` (syscall(3), dispatching to the others).
-//! - The work of one outsourcing call: `connect` (TCP), `listen` and `vmlisten` (listeners in
+//! - The work of one outsourcing call: `lend` (a TCP connect on a lent socket), `connect` (TCP
+//!   through host-server), `listen` and `vmlisten` (listeners in
 //!   process mode and in a VM), `dgram` (UDP associations and passed UDP sockets).
 //! - Plain helpers: `claim` (one frame at a time on a shared stream), `fd` (errno, installing
-//!   descriptors), `sockopt` (options carried over),
+//!   descriptors), `sockopt` (options carried over), `slot` (a try-lock),
 //!   `transport` (the stream to host-server), `table` (per-fd state), `sockaddr`, `dns` (DNS
 //!   messages), `nameserver` (the guest DNS address, resolv.conf's nameservers), `real`
 //!   (libc's own functions).
@@ -62,6 +66,8 @@ mod connect;
 #[allow(unsafe_code)]
 mod dgram;
 #[allow(unsafe_code)]
+mod lend;
+#[allow(unsafe_code)]
 mod listen;
 #[allow(unsafe_code)]
 mod vmlisten;
@@ -74,6 +80,8 @@ mod fd;
 pub mod nameserver;
 #[allow(unsafe_code)]
 mod real;
+#[allow(unsafe_code)]
+mod slot;
 #[allow(unsafe_code)]
 mod sockaddr;
 #[allow(unsafe_code)]

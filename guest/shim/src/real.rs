@@ -145,6 +145,82 @@ pub unsafe fn syscall(
     unsafe { libc::syscall(n, a1, a2, a3, a4, a5, a6) }
 }
 
+/// connect(2) of `fd` to `addr` (`len` bytes), made with
+/// `shared_proto::translate::DECIDED_MARK` in its fourth argument, which the kernel ignores and
+/// `outsock run`'s seccomp filter lets through without notifying the supervisor: for a connect
+/// liboutsock has already decided is the kernel's (loopback, another family, a lent socket).
+/// Unlike libc's connect it is no pthread cancellation point.
+///
+/// # Safety
+/// `addr` points to `len` readable bytes.
+pub unsafe fn decided_connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+    #[allow(clippy::cast_possible_wrap)] // The mark's bits, as the register holds them.
+    // SAFETY: the caller's arguments; the fourth is ignored by the kernel.
+    let rc = unsafe {
+        syscall(
+            libc::SYS_connect,
+            c_long::from(fd),
+            addr as c_long,
+            c_long::from(len),
+            shared_proto::translate::DECIDED_MARK as c_long,
+            0,
+            0,
+        )
+    };
+    c_int::try_from(rc).unwrap_or(-1)
+}
+
+/// [`decided_connect`] to an IPv6 address.
+pub fn decided_connect_v6(fd: c_int, to: std::net::SocketAddrV6) -> c_int {
+    let sa = sockaddr_in6(to);
+    #[allow(clippy::cast_possible_truncation)] // 28 bytes.
+    let len = std::mem::size_of::<libc::sockaddr_in6>() as socklen_t;
+    // SAFETY: a valid sockaddr_in6 of `len` bytes.
+    unsafe { decided_connect(fd, std::ptr::from_ref(&sa).cast(), len) }
+}
+
+/// The local port of socket `fd` (0 if unknown), read with a getsockname(2) marked as
+/// [`decided_connect`]'s connect is.
+pub fn decided_local_port(fd: c_int) -> u16 {
+    // SAFETY: sockaddr_storage is plain data; all-zero is valid.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    #[allow(clippy::cast_possible_truncation)] // 128 bytes.
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as socklen_t;
+    #[allow(clippy::cast_possible_wrap)] // The mark's bits, as the register holds them.
+    // SAFETY: a valid buffer of `len` bytes and its length.
+    let rc = unsafe {
+        syscall(
+            libc::SYS_getsockname,
+            c_long::from(fd),
+            std::ptr::from_mut(&mut ss) as c_long,
+            std::ptr::from_mut(&mut len) as c_long,
+            shared_proto::translate::DECIDED_MARK as c_long,
+            0,
+            0,
+        )
+    };
+    if rc != 0 {
+        return 0;
+    }
+    let p = std::ptr::from_ref(&ss);
+    match c_int::from(ss.ss_family) {
+        // SAFETY: the kernel wrote a sockaddr_in6 (storage is large and aligned enough).
+        libc::AF_INET6 => u16::from_be(unsafe { (*p.cast::<libc::sockaddr_in6>()).sin6_port }),
+        // SAFETY: the kernel wrote a sockaddr_in.
+        libc::AF_INET => u16::from_be(unsafe { (*p.cast::<libc::sockaddr_in>()).sin_port }),
+        _ => 0,
+    }
+}
+
+fn sockaddr_in6(a: std::net::SocketAddrV6) -> libc::sockaddr_in6 {
+    // SAFETY: sockaddr_in6 is plain data; all-zero is valid.
+    let mut sa: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+    sa.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+    sa.sin6_port = a.port().to_be();
+    sa.sin6_addr.s6_addr = a.ip().octets();
+    sa
+}
+
 /// Like [`lookup`], for a symbol older C libraries lack (close_range and closefrom came with
 /// glibc 2.34): 0 when there is none, so the caller falls back to the system call.
 fn lookup_optional(slot: &AtomicUsize, name: &'static [u8]) -> usize {

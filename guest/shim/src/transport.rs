@@ -28,7 +28,6 @@
 //! slots' streams that are too old to be reused, so a burst of threads leaves none behind for
 //! long.
 
-use std::cell::UnsafeCell;
 use std::ffi::CStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -39,6 +38,7 @@ use shared_proto::translate::{choose_transport, GUEST_CONFIG_FILE, HOST_CID};
 use shared_proto::{decode_exact, to_vec, Errno, ToGuest, ToHost};
 
 use crate::real;
+use crate::slot::TrySlot;
 
 /// Where host-server listens when `OUTSOCK_SOCKET` is not set.
 pub const DEFAULT_SOCKET: &str = "/run/outsock/host.sock";
@@ -98,53 +98,41 @@ impl Kept {
     };
 }
 
-/// One [`Kept`] behind a try-lock: a thread that finds it taken (another thread is taking or
-/// filling it, or a child was forked while one was) passes it by instead of waiting, so no
-/// caller ever blocks on it, signal handlers and forked children included.
-struct KeptSlot {
-    busy: AtomicBool,
-    kept: UnsafeCell<Kept>,
+/// One [`Kept`] (see [`TrySlot`]).
+type KeptSlot = TrySlot<Kept>;
+
+/// Empties `slot`, returning what it held (`None`: held by another thread, or empty).
+fn take_kept(slot: &KeptSlot) -> Option<Kept> {
+    slot.with(|k| std::mem::replace(k, Kept::NONE))
+        .filter(|k| k.fd >= 0)
 }
 
-// SAFETY: `kept` is only read or written by the thread that set `busy`.
-unsafe impl Sync for KeptSlot {}
-
-impl KeptSlot {
-    /// Runs `f` on the slot if no other thread holds it.
-    fn with<T>(&self, f: impl FnOnce(&mut Kept) -> T) -> Option<T> {
-        if self.busy.swap(true, Ordering::Acquire) {
-            return None;
-        }
-        // SAFETY: `busy` is ours until the store below.
-        let r = f(unsafe { &mut *self.kept.get() });
-        self.busy.store(false, Ordering::Release);
-        Some(r)
-    }
-
-    /// Empties the slot, returning what it held (`None`: held by another thread, or empty).
-    fn take(&self) -> Option<Kept> {
-        self.with(|k| std::mem::replace(k, Kept::NONE))
-            .filter(|k| k.fd >= 0)
-    }
-}
-
-static KEPT: [KeptSlot; KEPT_STREAMS] = [const {
-    KeptSlot {
-        busy: AtomicBool::new(false),
-        kept: UnsafeCell::new(Kept::NONE),
-    }
-}; KEPT_STREAMS];
+static KEPT: [KeptSlot; KEPT_STREAMS] = [const { TrySlot::new(Kept::NONE) }; KEPT_STREAMS];
 
 /// The device and inode of `fd`'s open file.
-fn identity(fd: c_int) -> Option<(u64, u64)> {
+pub(crate) fn identity(fd: c_int) -> Option<(u64, u64)> {
     // SAFETY: stat is plain data; fstat fills it or fails.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: a valid stat buffer.
     (unsafe { libc::fstat(fd, &mut st) } == 0).then_some((st.st_dev, st.st_ino))
 }
 
+/// The highest descriptor number the process may have (its RLIMIT_NOFILE less one), or -1
+/// when that cannot be read: where kept streams and lent sockets sit, from the top down.
+pub(crate) fn top_fd() -> c_int {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a valid rlimit buffer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return -1;
+    }
+    c_int::try_from(lim.rlim_cur.saturating_sub(1)).unwrap_or(-1)
+}
+
 /// CLOCK_MONOTONIC_COARSE in milliseconds (a vDSO read).
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     // SAFETY: timespec is plain data.
     let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
     // SAFETY: a valid timespec.
@@ -215,7 +203,7 @@ impl Stream {
 
     fn take_kept() -> Option<Self> {
         KEPT.iter()
-            .filter_map(KeptSlot::take)
+            .filter_map(take_kept)
             .find_map(|k| Self::still_ours(k, now_ms()))
     }
 
@@ -243,17 +231,10 @@ impl Stream {
         // Moved to a slot's number among the highest descriptors the process may have, so that
         // the program's next socket or file gets the number it would get natively; where that
         // number is taken, not kept.
-        let mut lim = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: a valid rlimit buffer.
-        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        let top = top_fd();
+        if top < 0 {
             return;
         }
-        let Ok(top) = c_int::try_from(lim.rlim_cur.saturating_sub(1)) else {
-            return;
-        };
         let now = now_ms();
         // Already on a slot's number (a kept stream used again): back into that slot.
         let own = usize::try_from(top - self.0)

@@ -1,0 +1,414 @@
+//! A TCP connect the program makes itself, on a socket host-server lent (process mode): called
+//! by `interpose::connect` before `connect`'s round trip to host-server, it makes a short
+//! connection cost what it costs natively — one connect(2), plus a dup3 — where asking
+//! host-server each time costs two context switches and host-server's work.
+//!
+//! - **Routes.** `ToHost::Lend` asks host-server to route a destination as for a connect (the
+//!   dummy's IPv6 address; the destination policy; EACCES, EHOSTUNREACH, ENETUNREACH as a
+//!   connect gets them). The answer (`ToGuest::Lent`) says where to connect and for how long
+//!   that holds (a second): kept in [`ROUTES`], one slot per destination by hash. A destination
+//!   host-server must connect itself (the guest DNS address, IPv4 egress, lending switched off:
+//!   EOPNOTSUPP) is remembered as such for [`CONNECT_ROUTE_MS`], and goes through `connect`.
+//! - **Lent sockets.** Each `Lent` frame brings one unconnected IPv6 TCP socket of host-server's
+//!   network (IPV6_V6ONLY, bound to the source address host-server uses, if any). The process
+//!   asks for two at first and twice as many each time, up to `MAX_LENT`, one thread at a time
+//!   (others without a spare meanwhile ask for their one); once its batches are the largest, a
+//!   connect that leaves fewer than half of [`POOL`] spares asks for more after it is under
+//!   way. The spares wait in
+//!   [`SPARES`], each at the top of the descriptor range below the kept streams (so the
+//!   program's own descriptors are numbered as natively), close-on-exec, checked before use to
+//!   be still ours (same device and inode, same process: a forked child closes its copies).
+//! - **The connect.** The program's carried socket options are copied, its status flags set,
+//!   and the lent socket connected right where it lies; only once that connect succeeded, or is
+//!   under way (EINPROGRESS, EINTR), does it replace the program's descriptor (dup3), so a
+//!   refused connect leaves the program's socket as natively. The connect and getsockname are
+//!   made with `shared_proto::translate::DECIDED_MARK`, so `outsock run`'s supervisor is not
+//!   notified of them.
+//!
+//! The destination policy is host-server's, applied when it routes; a program that makes its
+//! own system calls could connect a lent socket elsewhere, as it could re-aim a passed one
+//! (README, Limitations). host-server's `lend_sockets = false` turns this off.
+
+use std::net::{SocketAddrV4, SocketAddrV6};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+
+use libc::c_int;
+use shared_proto::outsource::{LendRequest, MAX_LENT};
+use shared_proto::{Errno, ToGuest, ToHost};
+
+use crate::fd::{flags_of, replace_fd, set_errno};
+use crate::real;
+use crate::slot::TrySlot;
+use crate::sockopt::copy_options;
+use crate::table::{self, Entry, Kind};
+use crate::transport::{self, identity, now_ms, Stream, KEPT_STREAMS};
+
+/// Spare lent sockets a process keeps at most (twice the most one request asks for: a batch is
+/// asked for when half are left).
+pub const POOL: usize = 2 * MAX_LENT as usize;
+
+/// How long a destination host-server connects itself is remembered as such.
+const CONNECT_ROUTE_MS: u64 = 10_000;
+
+/// Route slots (by hash of the destination).
+const ROUTE_SLOTS: usize = 16;
+
+/// A cached route, read without locking (every connecting thread reads the same one):
+/// a sequence lock, odd while written; a reader that sees it change reads nothing.
+struct Route {
+    seq: AtomicU64,
+    /// [`key`] of the destination; 0: empty.
+    key: AtomicU64,
+    /// The IPv6 address's two halves.
+    hi: AtomicU64,
+    lo: AtomicU64,
+    /// Port (bits 48-63; 0: connect through host-server) and the CLOCK_MONOTONIC_COARSE ms the
+    /// route holds until (bits 0-47).
+    port_until: AtomicU64,
+}
+
+static ROUTES: [Route; ROUTE_SLOTS] = [const {
+    Route {
+        seq: AtomicU64::new(0),
+        key: AtomicU64::new(0),
+        hi: AtomicU64::new(0),
+        lo: AtomicU64::new(0),
+        port_until: AtomicU64::new(0),
+    }
+}; ROUTE_SLOTS];
+
+/// A spare lent socket (`fd` < 0: none) and what proves it is still ours.
+#[derive(Clone, Copy)]
+struct Spare {
+    fd: c_int,
+    pid: libc::pid_t,
+    dev: u64,
+    ino: u64,
+}
+
+static SPARES: [TrySlot<Spare>; POOL] = [const {
+    TrySlot::new(Spare {
+        fd: -1,
+        pid: 0,
+        dev: 0,
+        ino: 0,
+    })
+}; POOL];
+
+/// How many sockets the next request for a batch asks for (doubling up to [`MAX_LENT`]).
+static NEXT_BATCH: AtomicU8 = AtomicU8::new(2);
+
+/// Spare sockets held now (about: slots found stale are counted off when found).
+static SPARE_COUNT: AtomicUsize = AtomicUsize::new(0);
+
+/// Where the next search for a spare starts.
+static CURSOR: AtomicUsize = AtomicUsize::new(0);
+
+/// A thread is asking host-server for a batch of sockets.
+static REFILLING: AtomicBool = AtomicBool::new(false);
+
+fn key(dest: SocketAddrV4) -> u64 {
+    1 << 48 | u64::from(u32::from(*dest.ip())) << 16 | u64::from(dest.port())
+}
+
+fn route_slot(key: u64) -> &'static Route {
+    // A multiplicative hash; the slot count is a power of two.
+    #[allow(clippy::cast_possible_truncation)] // The top bits, below ROUTE_SLOTS.
+    let i = (key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 60) as usize % ROUTE_SLOTS;
+    &ROUTES[i]
+}
+
+const UNTIL_MASK: u64 = (1 << 48) - 1;
+
+/// The cached route to `dest`: `Some(Some(target))` connect there, `Some(None)` through
+/// host-server, `None` not known (or being written).
+fn cached(dest: SocketAddrV4, now: u64) -> Option<Option<SocketAddrV6>> {
+    let k = key(dest);
+    let r = route_slot(k);
+    let s1 = r.seq.load(Ordering::Acquire);
+    if s1 & 1 == 1 {
+        return None;
+    }
+    let (key, hi, lo, pu) = (
+        r.key.load(Ordering::Relaxed),
+        r.hi.load(Ordering::Relaxed),
+        r.lo.load(Ordering::Relaxed),
+        r.port_until.load(Ordering::Relaxed),
+    );
+    std::sync::atomic::fence(Ordering::Acquire);
+    if r.seq.load(Ordering::Relaxed) != s1 || key != k || now >= pu & UNTIL_MASK {
+        return None;
+    }
+    #[allow(clippy::cast_possible_truncation)] // The top 16 bits.
+    let port = (pu >> 48) as u16;
+    let ip = std::net::Ipv6Addr::from(u128::from(hi) << 64 | u128::from(lo));
+    Some((port != 0).then(|| SocketAddrV6::new(ip, port, 0, 0)))
+}
+
+fn remember(dest: SocketAddrV4, target: Option<SocketAddrV6>, until_ms: u64) {
+    let k = key(dest);
+    let r = route_slot(k);
+    let s = r.seq.load(Ordering::Relaxed);
+    // Another thread writing it: that one wins.
+    if s & 1 == 1
+        || r.seq
+            .compare_exchange(s, s + 1, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+    {
+        return;
+    }
+    let bits = target.map_or(0, |t| u128::from(*t.ip()));
+    #[allow(clippy::cast_possible_truncation)] // The halves.
+    {
+        r.hi.store((bits >> 64) as u64, Ordering::Relaxed);
+        r.lo.store(bits as u64, Ordering::Relaxed);
+    }
+    r.key.store(k, Ordering::Relaxed);
+    let port = target.map_or(0, |t| t.port());
+    r.port_until.store(
+        u64::from(port) << 48 | until_ms & UNTIL_MASK,
+        Ordering::Relaxed,
+    );
+    r.seq.store(s + 2, Ordering::Release);
+}
+
+/// Connects the program's `fd` (in state `entry`) to `dest` (a non-loopback IPv4 destination)
+/// on a lent socket. `None`: this connect goes through host-server (`connect`) instead.
+pub(crate) fn connect(fd: c_int, entry: Entry, dest: SocketAddrV4) -> Option<c_int> {
+    if transport::vsock_port().is_some() || crate::nameserver::redirect(dest) != dest {
+        return None;
+    }
+    let got = match cached(dest, now_ms()) {
+        Some(None) => return None,
+        Some(Some(target)) => take_spare().map(|s| (target, s)),
+        None => None,
+    };
+    let (target, sock) = match got {
+        Some(g) => g,
+        // With no spare, the first thread asks for a batch; others meanwhile for their one.
+        None => {
+            let batch = !REFILLING.swap(true, Ordering::Acquire);
+            let want = if batch {
+                NEXT_BATCH.load(Ordering::Relaxed).clamp(1, MAX_LENT)
+            } else {
+                1
+            };
+            let asked = ask(dest, want);
+            if batch {
+                if asked.is_ok() {
+                    NEXT_BATCH.store(want.saturating_mul(2).min(MAX_LENT), Ordering::Relaxed);
+                }
+                REFILLING.store(false, Ordering::Release);
+            }
+            match asked {
+                Ok(Some(g)) => g,
+                Ok(None) => return None,
+                Err(e) => return Some(set_errno(e)),
+            }
+        }
+    };
+    let rc = connect_on(fd, entry, dest, target, sock);
+    // A process that connects often (its batches have grown to the largest) gets its spares
+    // refilled ahead of need, by one thread at a time, once this connect is under way (its
+    // errno kept for the program).
+    if NEXT_BATCH.load(Ordering::Relaxed) == MAX_LENT
+        && SPARE_COUNT.load(Ordering::Relaxed) < POOL / 2
+        && !REFILLING.swap(true, Ordering::Acquire)
+    {
+        let errno = transport::last_errno();
+        if let Ok(Some((_, extra))) = ask(dest, MAX_LENT) {
+            keep_spare(extra);
+        }
+        REFILLING.store(false, Ordering::Release);
+        set_errno(errno);
+    }
+    Some(rc)
+}
+
+/// Connects lent socket `sock` (ours) to `target` as the program's `fd` would connect, and
+/// puts it in place of `fd` once the connect succeeded or is under way.
+fn connect_on(
+    fd: c_int,
+    entry: Entry,
+    dest: SocketAddrV4,
+    target: SocketAddrV6,
+    sock: c_int,
+) -> c_int {
+    let flags = flags_of(fd);
+    copy_options(fd, sock, entry.options);
+    // SAFETY: F_SETFL on our own socket, with the program's status flags (O_NONBLOCK).
+    unsafe {
+        real::fcntl(
+            sock,
+            libc::F_SETFL,
+            usize::try_from(flags.status).unwrap_or(0),
+        )
+    };
+    let rc = real::decided_connect_v6(sock, target);
+    let err = transport::last_errno();
+    if rc != 0 && !matches!(err, Errno::EINPROGRESS | Errno::EINTR) {
+        // Refused, unreachable, ...: the program's socket stays as it was, as natively.
+        // SAFETY: our own lent socket.
+        unsafe { real::close(sock) };
+        return set_errno(err);
+    }
+    let port = real::decided_local_port(sock);
+    if let Err(e) = replace_fd(sock, fd, &flags) {
+        return set_errno(e);
+    }
+    table::set(
+        fd,
+        Entry {
+            kind: Kind::Outsourced,
+            local: Some(SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, port)),
+            peer: Some(dest),
+            ..entry
+        },
+    );
+    if rc == 0 {
+        0
+    } else {
+        set_errno(err)
+    }
+}
+
+/// A spare lent socket that is still ours, if there is one; copies a forked child inherited
+/// are closed on the way, and ones the program closed or reused are forgotten.
+fn take_spare() -> Option<c_int> {
+    if SPARE_COUNT.load(Ordering::Relaxed) == 0 {
+        return None;
+    }
+    // SAFETY: getpid has no arguments.
+    let pid = unsafe { libc::getpid() };
+    // Threads start at different slots, so that they seldom meet on one.
+    let start = CURSOR.fetch_add(1, Ordering::Relaxed);
+    for k in 0..POOL {
+        let slot = &SPARES[(start + k) % POOL];
+        let taken = slot.with(|s| {
+            let held = *s;
+            s.fd = -1;
+            (held.fd >= 0).then_some(held)
+        });
+        let Some(s) = taken.flatten() else {
+            continue;
+        };
+        SPARE_COUNT.fetch_sub(1, Ordering::Relaxed);
+        if identity(s.fd) != Some((s.dev, s.ino)) {
+            continue;
+        }
+        if s.pid == pid {
+            return Some(s.fd);
+        }
+        // SAFETY: our socket (same device and inode), a copy from before a fork.
+        unsafe { real::close(s.fd) };
+    }
+    None
+}
+
+/// Asks host-server to route `dest` and lend sockets: the route and one socket for this
+/// connect (the others become spares); `None` when host-server must connect this one itself.
+///
+/// # Errors
+/// The routing's errno (EACCES, EHOSTUNREACH, ENETUNREACH), or the transport's.
+fn ask(dest: SocketAddrV4, want: u8) -> Result<Option<(SocketAddrV6, c_int)>, Errno> {
+    let req = ToHost::Lend(LendRequest {
+        dest,
+        sockets: want,
+    });
+    let (mut stream, kept) = Stream::open_for_connect()?;
+    let first = match stream.send(&req).and_then(|()| stream.recv()) {
+        // A kept stream host-server closed as the request went: asked again on a new one.
+        Err(Errno::EPIPE | Errno::EPROTO | Errno::ECONNRESET) if kept => {
+            stream = Stream::open()?;
+            stream.send(&req).and_then(|()| stream.recv())?
+        }
+        other => other?,
+    };
+    let (target, valid_ms, sock) = match first {
+        (ToGuest::Lent { target, valid_ms }, Some(sock)) => (target, valid_ms, sock),
+        (ToGuest::Failed(Errno::EOPNOTSUPP), None) => {
+            remember(dest, None, now_ms() + CONNECT_ROUTE_MS);
+            return Ok(None);
+        }
+        (ToGuest::Failed(e), None) => return Err(e),
+        (_, passed) => {
+            crate::fd::close_opt(passed);
+            return Err(Errno::EPROTO);
+        }
+    };
+    remember(dest, Some(target), now_ms() + u64::from(valid_ms));
+    let mut complete = true;
+    for _ in 1..want {
+        match stream.recv() {
+            Ok((ToGuest::Lent { .. }, Some(spare))) => keep_spare(spare),
+            Ok((_, passed)) => {
+                crate::fd::close_opt(passed);
+                complete = false;
+                break;
+            }
+            // host-server lent fewer than asked (it closed the stream): what came is kept.
+            Err(_) => {
+                complete = false;
+                break;
+            }
+        }
+    }
+    if complete {
+        stream.keep();
+    }
+    Ok(Some((target, sock)))
+}
+
+/// Puts a spare lent socket in a free slot, on that slot's number at the top of the range
+/// (below the kept streams); closes it where there is none.
+fn keep_spare(sock: c_int) {
+    let top = transport::top_fd();
+    // SAFETY: getpid has no arguments.
+    let pid = unsafe { libc::getpid() };
+    for (i, slot) in SPARES.iter().enumerate() {
+        #[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)] // < 64.
+        let number = top - (KEPT_STREAMS + i) as c_int;
+        if number <= sock {
+            break;
+        }
+        let placed = slot.with(|s| {
+            if s.fd >= 0 {
+                return false;
+            }
+            // SAFETY: fcntl on our own socket; the result is a new descriptor or -1.
+            let high = unsafe {
+                real::fcntl(
+                    sock,
+                    libc::F_DUPFD_CLOEXEC,
+                    usize::try_from(number).unwrap_or(0),
+                )
+            };
+            if high != number {
+                if high >= 0 {
+                    // SAFETY: the duplicate just made, ours.
+                    unsafe { real::close(high) };
+                }
+                return false;
+            }
+            table::clear(high);
+            let Some((dev, ino)) = identity(high) else {
+                // SAFETY: ours.
+                unsafe { real::close(high) };
+                return false;
+            };
+            *s = Spare {
+                fd: high,
+                pid,
+                dev,
+                ino,
+            };
+            SPARE_COUNT.fetch_add(1, Ordering::Relaxed);
+            true
+        });
+        if placed == Some(true) {
+            break;
+        }
+    }
+    // SAFETY: the number it came on, ours (its duplicate, if placed, stays).
+    unsafe { real::close(sock) };
+}

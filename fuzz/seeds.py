@@ -142,6 +142,8 @@ def datagram(ip, port, payload, kind=5):
 UDP_CONNECT = frame(6, sock("0.0.0.0", 0) + sock("10.170.160.9", 53))
 ICMP = frame(7, sock("0.0.0.0", 0) + sock("10.170.160.9", 0))
 LIST_VMS = frame(8, b"")
+LEND = frame(9, sock("10.170.160.7", 80) + b"\x04")
+LEND_TOO_MANY = frame(9, sock("10.170.160.7", 80) + b"\xff")
 DG = datagram("10.170.160.1", 53, queries["a"])
 
 
@@ -158,6 +160,9 @@ session = {
     "process-datagram-first": (0, [op(0, DG)]),
     "process-udp-packets": (0, [op(0, UDP), op(2, DG), op(2, DG[:-3]), op(2, CONNECT), op(2, b"")]),
     "process-list-vms": (0, [op(0, LIST_VMS)]),
+    "process-lend": (0, [op(0, LEND + LEND)]),
+    "process-lend-too-many": (0, [op(0, LEND_TOO_MANY)]),
+    "vmm-lend": (1, [op(0, hello(takes=1) + LEND)]),
     "vmm-connect": (1, [op(0, hello() + CONNECT)]),
     "vmm-hello-takes": (1, [op(0, hello(takes=1) + CONNECT_NB)]),
     "vmm-no-hello": (1, [op(0, CONNECT)]),

@@ -27,5 +27,5 @@ mod scm;
 #[allow(unsafe_code)]
 pub mod sys;
 
-pub use scm::{recv_with_fd, recvmsg_fd, sendmsg_fd};
+pub use scm::{recv_with_fd, recvmsg_fd, recvmsg_fds, sendmsg_fd, sendmsg_fds, MAX_FDS};
 pub use sys::{Libc, Sys};

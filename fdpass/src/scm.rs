@@ -1,5 +1,6 @@
-//! The `SCM_RIGHTS` control messages themselves: one descriptor out with [`sendmsg_fd`], at
-//! most one kept on the way in with [`recvmsg_fd`]. Buffers live on the stack.
+//! The `SCM_RIGHTS` control messages themselves: one descriptor out with [`sendmsg_fd`] (or up
+//! to [`MAX_FDS`] with [`sendmsg_fds`]), at most one kept on the way in with [`recvmsg_fd`] (or
+//! as many as the caller has room for with [`recvmsg_fds`]). Buffers live on the stack.
 
 use std::io;
 use std::mem;
@@ -10,9 +11,12 @@ use libc::{c_int, c_uint};
 
 use crate::sys::{Libc, Sys};
 
-/// Control-message room, in `u64`s so that it is aligned for `cmsghdr`: 64 bytes hold one
-/// header with a dozen descriptors, far more than a correct peer sends (one).
-type Control = [u64; 8];
+/// The most descriptors one message carries here.
+pub const MAX_FDS: usize = 32;
+
+/// Control-message room, in `u64`s so that it is aligned for `cmsghdr`: 192 bytes hold one
+/// header with [`MAX_FDS`] descriptors and more.
+type Control = [u64; 24];
 
 /// The size of one descriptor in an `SCM_RIGHTS` payload.
 const FD_LEN: c_uint = mem::size_of::<c_int>() as c_uint;
@@ -21,7 +25,11 @@ const FD_LEN: c_uint = mem::size_of::<c_int>() as c_uint;
 /// `CMSG_SPACE(sizeof(int))`: the control length of a message carrying one descriptor.
 const ONE_FD_SPACE: usize = unsafe { libc::CMSG_SPACE(FD_LEN) } as usize;
 
-const _: () = assert!(ONE_FD_SPACE <= mem::size_of::<Control>());
+// SAFETY: CMSG_SPACE is a pure size computation.
+const MAX_FDS_SPACE: usize = unsafe { libc::CMSG_SPACE(FD_LEN * MAX_FDS as c_uint) } as usize;
+
+const _: () = assert!(ONE_FD_SPACE <= MAX_FDS_SPACE);
+const _: () = assert!(MAX_FDS_SPACE <= mem::size_of::<Control>());
 
 /// One `sendmsg` on `sock` whose data is `data` and whose control message is one `SCM_RIGHTS`
 /// carrying `fd`; returns how many bytes of `data` went (the descriptor went with the first).
@@ -31,7 +39,26 @@ const _: () = assert!(ONE_FD_SPACE <= mem::size_of::<Control>());
 /// # Errors
 /// `sendmsg`'s error; the descriptor has not been sent then.
 pub fn sendmsg_fd<S: Sys>(sock: RawFd, data: &[u8], fd: RawFd, flags: c_int) -> io::Result<usize> {
-    let mut control: Control = [0; 8];
+    sendmsg_fds::<S>(sock, data, &[fd], flags)
+}
+
+/// [`sendmsg_fd`] with every descriptor of `fds` (1 to [`MAX_FDS`]) in the one `SCM_RIGHTS`.
+///
+/// # Errors
+/// `sendmsg`'s error (no descriptor has been sent then); EINVAL for no descriptor or more than
+/// [`MAX_FDS`].
+pub fn sendmsg_fds<S: Sys>(
+    sock: RawFd,
+    data: &[u8],
+    fds: &[RawFd],
+    flags: c_int,
+) -> io::Result<usize> {
+    if fds.is_empty() || fds.len() > MAX_FDS {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    #[allow(clippy::cast_possible_truncation)] // At most MAX_FDS descriptors.
+    let payload = FD_LEN * fds.len() as c_uint;
+    let mut control: Control = [0; 24];
     let mut iov = libc::iovec {
         iov_base: data.as_ptr().cast_mut().cast(),
         iov_len: data.len(),
@@ -41,15 +68,20 @@ pub fn sendmsg_fd<S: Sys>(sock: RawFd, data: &[u8], fd: RawFd, flags: c_int) -> 
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
     msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = ONE_FD_SPACE;
-    // SAFETY: msg_control points at ONE_FD_SPACE writable, aligned bytes, enough for one cmsghdr
-    // with an int payload, so CMSG_FIRSTHDR is non-null and CMSG_DATA lies inside the buffer.
+    // SAFETY: CMSG_SPACE is a pure size computation.
+    msg.msg_controllen = unsafe { libc::CMSG_SPACE(payload) } as usize;
+    // SAFETY: msg_control points at msg_controllen (<= MAX_FDS_SPACE) writable, aligned bytes,
+    // enough for one cmsghdr with `fds.len()` ints, so CMSG_FIRSTHDR is non-null and the ints
+    // written from CMSG_DATA lie inside the buffer.
     unsafe {
         let cmsg = libc::CMSG_FIRSTHDR(&msg);
         (*cmsg).cmsg_level = libc::SOL_SOCKET;
         (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(FD_LEN) as usize;
-        ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), fd);
+        (*cmsg).cmsg_len = libc::CMSG_LEN(payload) as usize;
+        let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+        for (i, fd) in fds.iter().enumerate() {
+            ptr::write_unaligned(data.add(i), *fd);
+        }
     }
     // SAFETY: `msg` points at `iov` (over `data`, only read by the kernel) and `control`, both
     // alive for the call.
@@ -73,7 +105,28 @@ pub fn recvmsg_fd<S: Sys>(
     flags: c_int,
     passed: &mut Option<RawFd>,
 ) -> io::Result<usize> {
-    let mut control: Control = [0; 8];
+    let mut room = [-1; 1];
+    let mut kept = usize::from(passed.is_some());
+    let n = recvmsg_fds::<S>(sock, buf, flags, &mut room, &mut kept)?;
+    if passed.is_none() && kept == 1 {
+        *passed = Some(room[0]);
+    }
+    Ok(n)
+}
+
+/// [`recvmsg_fd`] keeping up to `passed.len()` descriptors: those that arrive fill `passed`
+/// from index `*count` on (and `*count` grows); every one beyond its room is closed at once.
+///
+/// # Errors
+/// `recvmsg`'s error (its errno intact); no descriptor has been received then.
+pub fn recvmsg_fds<S: Sys>(
+    sock: RawFd,
+    buf: &mut [u8],
+    flags: c_int,
+    passed: &mut [RawFd],
+    count: &mut usize,
+) -> io::Result<usize> {
+    let mut control: Control = [0; 24];
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
@@ -101,8 +154,9 @@ pub fn recvmsg_fd<S: Sys>(
                 let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
                 for i in 0..bytes / mem::size_of::<RawFd>() {
                     let fd = ptr::read_unaligned(data.add(i));
-                    if passed.is_none() {
-                        *passed = Some(fd);
+                    if *count < passed.len() {
+                        passed[*count] = fd;
+                        *count += 1;
                     } else {
                         S::close(fd);
                     }
@@ -196,6 +250,42 @@ mod tests {
         assert_eq!(CLOSED.with(Cell::get), 1, "the new one was closed");
         // SAFETY: our own descriptor.
         drop(unsafe { OwnedFd::from_raw_fd(held) });
+    }
+
+    #[test]
+    fn many_descriptors_travel_in_one_message_and_extras_are_closed() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let pairs: Vec<_> = (0..5).map(|_| UnixStream::pair().unwrap()).collect();
+        let fds: Vec<RawFd> = pairs.iter().map(|(_, q)| q.as_raw_fd()).collect();
+        assert_eq!(
+            sendmsg_fds::<Libc>(a.as_raw_fd(), b"lent", &fds, 0).unwrap(),
+            4
+        );
+        assert_eq!(
+            sendmsg_fds::<Libc>(a.as_raw_fd(), b"x", &[], 0)
+                .unwrap_err()
+                .raw_os_error(),
+            Some(libc::EINVAL)
+        );
+        let mut buf = [0u8; 8];
+        let mut room = [-1; 3];
+        let mut count = 0;
+        CLOSED.with(|c| c.set(0));
+        let n = recvmsg_fds::<Counting>(b.as_raw_fd(), &mut buf, 0, &mut room, &mut count).unwrap();
+        assert_eq!((&buf[..n], count), (&b"lent"[..], 3));
+        assert_eq!(
+            CLOSED.with(Cell::get),
+            2,
+            "the two beyond the room were closed"
+        );
+        // Each kept one is a working copy of the socket sent in its place.
+        for (fd, (p, _)) in room.iter().zip(&pairs) {
+            // SAFETY: a descriptor just received, ours.
+            let mut got = UnixStream::from(unsafe { OwnedFd::from_raw_fd(*fd) });
+            got.write_all(b"k").unwrap();
+            let mut r = [0u8; 1];
+            (&*p).read_exact(&mut r).unwrap();
+        }
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //!
 //! Exactly how (the contract the shim relies on): host-server makes **one `sendmsg`** on the
 //! host.sock stream whose data is the whole answer frame (`Connected` or `Inbound`) and whose
-//! control message is one `SCM_RIGHTS` carrying exactly one descriptor. On a stream socket the
+//! control message is one `SCM_RIGHTS` carrying exactly one descriptor (a `Lent` answer: the
+//! sockets it counts, all in that one control message). On a stream socket the
 //! kernel attaches the descriptor to the first byte of that data, so a receiver that reads the
 //! frame header with `recvmsg` (and a control buffer of at least `CMSG_SPACE(sizeof(int))`) gets
 //! the descriptor with the header, before any later frame. Should `sendmsg` take only part of the
@@ -27,10 +28,29 @@ pub use outsock_fdpass::recv_with_fd;
 /// # Errors
 /// When the stream fails; the descriptor may then not have arrived.
 pub async fn send_with_fd(stream: &UnixStream, data: &[u8], fd: BorrowedFd<'_>) -> io::Result<()> {
-    let raw = fd.as_raw_fd();
+    send_with_fds(stream, data, &[fd]).await
+}
+
+/// [`send_with_fd`] with every descriptor of `fds` (1 to `outsock_fdpass::MAX_FDS`) attached.
+///
+/// # Errors
+/// As [`send_with_fd`]; EINVAL for no descriptor or too many.
+pub async fn send_with_fds(
+    stream: &UnixStream,
+    data: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<()> {
+    let mut raw = [0; outsock_fdpass::MAX_FDS];
+    if fds.is_empty() || fds.len() > raw.len() {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    for (r, fd) in raw.iter_mut().zip(fds) {
+        *r = fd.as_raw_fd();
+    }
+    let raw = &raw[..fds.len()];
     let sent = stream
         .async_io(Interest::WRITABLE, || {
-            outsock_fdpass::sendmsg_fd::<Libc>(
+            outsock_fdpass::sendmsg_fds::<Libc>(
                 stream.as_raw_fd(),
                 data,
                 raw,

@@ -33,6 +33,25 @@ pub(crate) async fn send_answer_with_fd(
     }
 }
 
+/// Sends `answer` with every socket of `fds` attached in one SCM_RIGHTS (a `Lent` answer);
+/// returns whether it went. Not counted as passes (the lending is counted by its caller).
+pub(crate) async fn send_answer_with_fds(
+    stream: &UnixStream,
+    answer: &ToGuest,
+    fds: &[BorrowedFd<'_>],
+) -> bool {
+    let Ok(bytes) = frame::to_vec(answer) else {
+        return false;
+    };
+    match crate::fdpass::send_with_fds(stream, &bytes, fds).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::debug!(error = %e, "could not lend the sockets");
+            false
+        }
+    }
+}
+
 /// Sends `answer` alone, whole, without closing the stream (which may carry the next request).
 pub(crate) async fn send_answer(stream: &UnixStream, answer: &ToGuest) -> bool {
     let Ok(bytes) = frame::to_vec(answer) else {

@@ -38,7 +38,7 @@ use crate::context::{admit, Request, Shared, Use};
 use crate::dest::Route;
 use crate::dns_tcp::dns_over_tcp;
 use crate::errno::connect_errno;
-use crate::handover::{send_answer, send_answer_with_fd};
+use crate::handover::{send_answer, send_answer_with_fd, send_answer_with_fds};
 use crate::identity::Identity;
 use crate::limits::Resource;
 use crate::metrics::Event;
@@ -377,8 +377,8 @@ async fn pass_connecting(
 pub(crate) const ROUTE_VALID_MS: u32 = 1_000;
 
 /// A process's [`LendRequest`]: routes `dest` as [`connect`] does (mapping, destination policy)
-/// and answers [`ToGuest::Lent`] once per socket asked for, each with an unconnected IPv6 TCP
-/// socket attached (IPV6_V6ONLY, bound to the process's source address where one is set, its
+/// and answers one [`ToGuest::Lent`] with the sockets asked for attached (fewer if not all
+/// could be made; the answer counts them): unconnected IPv6 TCP sockets (IPV6_V6ONLY, bound to the process's source address where one is set, its
 /// port left to the connect). EOPNOTSUPP where the connect must be host-server's: a VM (its
 /// sockets stay in its VMM), the guest DNS address, IPv4 egress, or lending switched off. Returns
 /// the stream for the process's next request when everything went over and nothing followed.
@@ -415,32 +415,35 @@ pub(crate) async fn lend(req: Request, l: LendRequest, shared: &Shared) -> Optio
     ) {
         return fail_closed(req, errno, shared).await;
     }
+    let source = source_address(&req.identity, SocketAddr::V6(target), shared);
+    let mut socks = Vec::with_capacity(usize::from(l.sockets));
+    for _ in 0..l.sockets {
+        match lent_socket(source) {
+            Ok(s) => socks.push(s),
+            // Fewer than asked: the answer says how many came.
+            Err(e) if !socks.is_empty() => {
+                tracing::debug!(error = %e, lent = socks.len(), "could not make every socket to lend");
+                break;
+            }
+            Err(e) => return fail_closed(req, connect_errno(&e), shared).await,
+        }
+    }
+    #[allow(clippy::cast_possible_truncation)] // At most MAX_LENT.
     let answer = ToGuest::Lent {
         target,
         valid_ms: ROUTE_VALID_MS,
+        sockets: socks.len() as u8,
     };
-    let source = source_address(&req.identity, SocketAddr::V6(target), shared);
-    let mut lent = 0u64;
-    if l.sockets == 0 && !send_answer(&req.stream, &answer).await {
+    let sent = if socks.is_empty() {
+        send_answer(&req.stream, &answer).await
+    } else {
+        let fds: Vec<_> = socks.iter().map(AsFd::as_fd).collect();
+        send_answer_with_fds(&req.stream, &answer, &fds).await
+    };
+    if !sent {
         return None;
     }
-    for _ in 0..l.sockets {
-        let sock = match lent_socket(source) {
-            Ok(s) => s,
-            // Fewer than asked: the stream ends here, and the process keeps what came.
-            Err(e) if lent > 0 => {
-                tracing::debug!(error = %e, lent, "could not make every socket to lend");
-                shared.metrics.record(Event::Lent(lent));
-                return None;
-            }
-            Err(e) => return fail_closed(req, connect_errno(&e), shared).await,
-        };
-        if !send_answer_with_fd(&req.stream, &answer, sock.as_fd(), shared).await {
-            shared.metrics.record(Event::Lent(lent));
-            return None;
-        }
-        lent += 1;
-    }
+    let lent = socks.len() as u64;
     shared.metrics.record(Event::Lent(lent));
     let Request {
         stream,

@@ -46,11 +46,11 @@
 //!   arrived with. host-server translates them to and from ICMPv6 echo (128/129, RFC 7915).
 //!   The association belongs to its one destination.
 //! - [`ToHost::Lend`] (process mode: a connect the process makes itself): host-server routes the
-//!   destination as for a connect (the dummy's mapping, the destination policy) and answers
-//!   [`ToGuest::Lent`] with the IPv6 address to connect to, once per socket asked for, each frame
-//!   with one unconnected IPv6 TCP socket of host-server's network attached (SCM_RIGHTS;
-//!   IPV6_V6ONLY, bound to the source address where one is set); or, when no socket is asked
-//!   for, one frame without. `Failed` refuses: EACCES, EHOSTUNREACH, ENETUNREACH as a connect
+//!   destination as for a connect (the dummy's mapping, the destination policy) and answers one
+//!   [`ToGuest::Lent`] with the IPv6 address to connect to and, attached to its first byte in
+//!   one SCM_RIGHTS, as many unconnected IPv6 TCP sockets of host-server's network as it says
+//!   (those asked for, or fewer if host-server could not make them all; IPV6_V6ONLY, bound to
+//!   the source address where one is set). `Failed` refuses: EACCES, EHOSTUNREACH, ENETUNREACH as a connect
 //!   would, and EOPNOTSUPP for a destination only a [`ToHost::Connect`] reaches (the guest DNS
 //!   address, IPv4 egress) or a host-server that lends no sockets. The stream then carries the
 //!   process's next request, as after a connect whose socket was passed.
@@ -163,7 +163,7 @@ pub struct LendRequest {
     pub sockets: u8,
 }
 
-/// The most sockets one [`ToHost::Lend`] may ask for.
+/// The most sockets one [`ToHost::Lend`] may ask for (they travel in one SCM_RIGHTS message).
 pub const MAX_LENT: u8 = 32;
 
 /// One UDP datagram with the address it goes to (outbound) or came from (inbound).
@@ -223,10 +223,11 @@ pub enum ToGuest {
         ttl: u8,
     },
     /// [`ToHost::Lend`]'s answer: connect to `target`; the route may be used again for
-    /// `valid_ms` without asking.
+    /// `valid_ms` without asking. `sockets` sockets come attached.
     Lent {
         target: SocketAddrV6,
         valid_ms: u32,
+        sockets: u8,
     },
 }
 
@@ -435,10 +436,15 @@ impl Message for ToGuest {
                 w.u8(*ttl);
                 write_datagram(w, datagram);
             }
-            Self::Lent { target, valid_ms } => {
+            Self::Lent {
+                target,
+                valid_ms,
+                sockets,
+            } => {
                 w.ipv6(*target.ip());
                 w.u16(target.port());
                 w.u32(*valid_ms);
+                w.u8(*sockets);
             }
         }
     }
@@ -466,6 +472,15 @@ impl Message for ToGuest {
             kind::LENT => Self::Lent {
                 target: SocketAddrV6::new(r.ipv6()?, r.u16()?, 0, 0),
                 valid_ms: r.u32()?,
+                sockets: match r.u8()? {
+                    n if n <= MAX_LENT => n,
+                    n => {
+                        return Err(ProtoError::BadValue {
+                            field: "sockets lent",
+                            value: u64::from(n),
+                        })
+                    }
+                },
             },
             other => {
                 return Err(ProtoError::UnknownKind {

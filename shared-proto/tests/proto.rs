@@ -118,10 +118,17 @@ fn to_guest() -> impl Strategy<Value = ToGuest> {
         (sockv4(), sockv4()).prop_map(|(peer, local)| ToGuest::Inbound { peer, local }),
         datagram().prop_map(ToGuest::Datagram),
         (datagram(), any::<u8>()).prop_map(|(datagram, ttl)| ToGuest::EchoReply { datagram, ttl }),
-        (ipv6(), any::<u16>(), any::<u32>()).prop_map(|(ip, port, valid_ms)| ToGuest::Lent {
-            target: std::net::SocketAddrV6::new(ip, port, 0, 0),
-            valid_ms
-        }),
+        (
+            ipv6(),
+            any::<u16>(),
+            any::<u32>(),
+            0..=shared_proto::outsource::MAX_LENT
+        )
+            .prop_map(|(ip, port, valid_ms, sockets)| ToGuest::Lent {
+                target: std::net::SocketAddrV6::new(ip, port, 0, 0),
+                valid_ms,
+                sockets
+            }),
     ]
 }
 

@@ -48,6 +48,21 @@ pub(crate) fn flags_of(fd: c_int) -> Flags {
 
 /// Puts `new` in place of the program's `fd`, keeping the program's flags; closes `new`.
 pub(crate) fn replace_fd(new: c_int, fd: c_int, flags: &Flags) -> Result<(), Errno> {
+    put_in_place(new, fd, flags)?;
+    // SAFETY: F_SETFL on the fd we just installed, with the program's own flags.
+    unsafe {
+        real::fcntl(
+            fd,
+            libc::F_SETFL,
+            usize::try_from(flags.status).unwrap_or(0),
+        )
+    };
+    Ok(())
+}
+
+/// [`replace_fd`] for a `new` that already has the program's status flags: only its
+/// close-on-exec bit is the program's choice.
+pub(crate) fn put_in_place(new: c_int, fd: c_int, flags: &Flags) -> Result<(), Errno> {
     // SAFETY: both fds are open; dup3 atomically replaces `fd` (the program's number).
     let rc = unsafe { real::dup3(new, fd, if flags.cloexec { libc::O_CLOEXEC } else { 0 }) };
     let err = std::io::Error::last_os_error()
@@ -58,14 +73,6 @@ pub(crate) fn replace_fd(new: c_int, fd: c_int, flags: &Flags) -> Result<(), Err
     if rc < 0 {
         return Err(Errno(u16::try_from(err).unwrap_or(9)));
     }
-    // SAFETY: F_SETFL on the fd we just installed, with the program's own flags.
-    unsafe {
-        real::fcntl(
-            fd,
-            libc::F_SETFL,
-            usize::try_from(flags.status).unwrap_or(0),
-        )
-    };
     Ok(())
 }
 

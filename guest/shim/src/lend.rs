@@ -36,7 +36,7 @@ use libc::c_int;
 use shared_proto::outsource::{LendRequest, MAX_LENT};
 use shared_proto::{Errno, ToGuest, ToHost};
 
-use crate::fd::{flags_of, replace_fd, set_errno};
+use crate::fd::{flags_of, put_in_place, set_errno};
 use crate::real;
 use crate::slot::TrySlot;
 use crate::sockopt::copy_options;
@@ -217,7 +217,8 @@ pub(crate) fn connect(fd: c_int, entry: Entry, dest: SocketAddrV4) -> Option<c_i
     {
         let errno = transport::last_errno();
         if let Ok(Some((_, extra))) = ask(dest, MAX_LENT) {
-            keep_spare(extra);
+            // SAFETY: getpid has no arguments.
+            keep_spare(extra, transport::top_fd(), unsafe { libc::getpid() });
         }
         REFILLING.store(false, Ordering::Release);
         set_errno(errno);
@@ -253,7 +254,8 @@ fn connect_on(
         return set_errno(err);
     }
     let port = real::decided_local_port(sock);
-    if let Err(e) = replace_fd(sock, fd, &flags) {
+    // Its status flags are the program's already (set before the connect).
+    if let Err(e) = put_in_place(sock, fd, &flags) {
         return set_errno(e);
     }
     table::set(
@@ -316,55 +318,55 @@ fn ask(dest: SocketAddrV4, want: u8) -> Result<Option<(SocketAddrV6, c_int)>, Er
         sockets: want,
     });
     let (mut stream, kept) = Stream::open_for_connect()?;
-    let first = match stream.send(&req).and_then(|()| stream.recv()) {
+    let mut room = [-1; MAX_LENT as usize];
+    let ask = |s: &Stream, room: &mut [c_int]| s.send(&req).and_then(|()| s.recv_fds(room));
+    let (answer, count) = match ask(&stream, &mut room) {
         // A kept stream host-server closed as the request went: asked again on a new one.
         Err(Errno::EPIPE | Errno::EPROTO | Errno::ECONNRESET) if kept => {
             stream = Stream::open()?;
-            stream.send(&req).and_then(|()| stream.recv())?
+            ask(&stream, &mut room)?
         }
         other => other?,
     };
-    let (target, valid_ms, sock) = match first {
-        (ToGuest::Lent { target, valid_ms }, Some(sock)) => (target, valid_ms, sock),
-        (ToGuest::Failed(Errno::EOPNOTSUPP), None) => {
-            remember(dest, None, now_ms() + CONNECT_ROUTE_MS);
-            return Ok(None);
-        }
-        (ToGuest::Failed(e), None) => return Err(e),
-        (_, passed) => {
-            crate::fd::close_opt(passed);
-            return Err(Errno::EPROTO);
+    let got = &room[..count];
+    let close_all = |fds: &[c_int]| {
+        for fd in fds {
+            // SAFETY: sockets passed to us, ours.
+            unsafe { real::close(*fd) };
         }
     };
-    remember(dest, Some(target), now_ms() + u64::from(valid_ms));
-    let mut complete = true;
-    for _ in 1..want {
-        match stream.recv() {
-            Ok((ToGuest::Lent { .. }, Some(spare))) => keep_spare(spare),
-            Ok((_, passed)) => {
-                crate::fd::close_opt(passed);
-                complete = false;
-                break;
+    match answer {
+        ToGuest::Lent {
+            target,
+            valid_ms,
+            sockets,
+        } if usize::from(sockets) == count && count >= 1 => {
+            remember(dest, Some(target), now_ms() + u64::from(valid_ms));
+            let top = transport::top_fd();
+            // SAFETY: getpid has no arguments.
+            let pid = unsafe { libc::getpid() };
+            for spare in &got[1..] {
+                keep_spare(*spare, top, pid);
             }
-            // host-server lent fewer than asked (it closed the stream): what came is kept.
-            Err(_) => {
-                complete = false;
-                break;
-            }
+            stream.keep();
+            Ok(Some((target, got[0])))
+        }
+        ToGuest::Failed(Errno::EOPNOTSUPP) if count == 0 => {
+            remember(dest, None, now_ms() + CONNECT_ROUTE_MS);
+            Ok(None)
+        }
+        ToGuest::Failed(e) if count == 0 => Err(e),
+        _ => {
+            close_all(got);
+            Err(Errno::EPROTO)
         }
     }
-    if complete {
-        stream.keep();
-    }
-    Ok(Some((target, sock)))
 }
 
 /// Puts a spare lent socket in a free slot, on that slot's number at the top of the range
-/// (below the kept streams); closes it where there is none.
-fn keep_spare(sock: c_int) {
-    let top = transport::top_fd();
-    // SAFETY: getpid has no arguments.
-    let pid = unsafe { libc::getpid() };
+/// (below the kept streams; `top` is [`transport::top_fd`]), for process `pid`; closes it where
+/// there is none.
+fn keep_spare(sock: c_int, top: c_int, pid: libc::pid_t) {
     for (i, slot) in SPARES.iter().enumerate() {
         #[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)] // < 64.
         let number = top - (KEPT_STREAMS + i) as c_int;

@@ -32,7 +32,7 @@ use std::ffi::CStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use libc::{c_int, c_void};
-use outsock_fdpass::recvmsg_fd;
+use outsock_fdpass::recvmsg_fds;
 use shared_proto::frame::{frame_len, HEADER_LEN};
 use shared_proto::translate::{choose_transport, GUEST_CONFIG_FILE, HOST_CID};
 use shared_proto::{decode_exact, to_vec, Errno, ToGuest, ToHost};
@@ -446,6 +446,18 @@ impl Stream {
         wait_answer(self.0)?;
         recv_frame(self.0, libc::MSG_CMSG_CLOEXEC)
     }
+
+    /// [`Stream::recv`] keeping up to `room.len()` descriptors attached to the answer (a
+    /// `Lent` answer's sockets); returns the answer and how many came.
+    ///
+    /// # Errors
+    /// As [`Stream::recv`]; every descriptor received is closed then.
+    pub fn recv_fds(&self, room: &mut [c_int]) -> Result<(ToGuest, usize), Errno> {
+        wait_answer(self.0)?;
+        let mut count = 0;
+        let msg = recv_frame_fds(self.0, libc::MSG_CMSG_CLOEXEC, false, room, &mut count)?;
+        Ok((msg, count))
+    }
 }
 
 /// Waits in poll(2) until `fd` has something to read (or its end), at most the answer timeout
@@ -572,19 +584,39 @@ fn recv_frame_with(
     flags: c_int,
     interruptible: bool,
 ) -> Result<(ToGuest, Option<c_int>), Errno> {
+    let mut room = [-1; 1];
+    let mut count = 0;
+    let msg = recv_frame_fds(fd, flags, interruptible, &mut room, &mut count)?;
+    Ok((msg, (count == 1).then_some(room[0])))
+}
+
+/// Reads one whole frame from `fd` and up to `room.len()` descriptors attached to it (more are
+/// closed), counted in `count`. On an error every descriptor received is closed.
+fn recv_frame_fds(
+    fd: c_int,
+    flags: c_int,
+    interruptible: bool,
+    room: &mut [c_int],
+    count: &mut usize,
+) -> Result<ToGuest, Errno> {
     let mut buf = Vec::with_capacity(64);
-    let mut passed: Option<c_int> = None;
     let mut first = true;
+    let fail = |room: &[c_int], e: Errno| {
+        for fd in room {
+            // SAFETY: descriptors passed to us, ours to close.
+            unsafe { real::close(*fd) };
+        }
+        e
+    };
     loop {
         let want = match frame_len(&buf) {
             Ok(Some(total)) => total,
             Ok(None) => HEADER_LEN,
-            Err(_) => return Err(close_passed(passed, Errno::EPROTO)),
+            Err(_) => return Err(fail(&room[..*count], Errno::EPROTO)),
         };
         if buf.len() >= want {
-            let msg = decode_exact::<ToGuest>(&buf[..want])
-                .map_err(|_| close_passed(passed, Errno::EPROTO))?;
-            return Ok((msg, passed));
+            return decode_exact::<ToGuest>(&buf[..want])
+                .map_err(|_| fail(&room[..*count], Errno::EPROTO));
         }
         let rflags = if first {
             flags
@@ -594,7 +626,7 @@ fn recv_frame_with(
         // Read straight into the frame's missing bytes; the length goes back to what arrived.
         let have = buf.len();
         buf.resize(want, 0);
-        let got = recvmsg_fd::<real::Real>(fd, &mut buf[have..], rflags, &mut passed);
+        let got = recvmsg_fds::<real::Real>(fd, &mut buf[have..], rflags, room, count);
         buf.truncate(have + got.as_ref().map_or(0, |&n| n));
         let n = match got {
             Ok(n) => n,
@@ -611,11 +643,11 @@ fn recv_frame_with(
                 } else {
                     e
                 };
-                return Err(close_passed(passed, Errno(u16::try_from(e).unwrap_or(5))));
+                return Err(fail(&room[..*count], Errno(u16::try_from(e).unwrap_or(5))));
             }
         };
         if n == 0 {
-            return Err(close_passed(passed, Errno::EPROTO));
+            return Err(fail(&room[..*count], Errno::EPROTO));
         }
         first = false;
     }
@@ -650,14 +682,6 @@ pub fn decode_packet(buf: &[u8], n: usize) -> Result<ToGuest, Errno> {
         return Err(Errno::EPROTO);
     }
     decode_exact::<ToGuest>(&buf[..n]).map_err(|_| Errno::EPROTO)
-}
-
-fn close_passed(passed: Option<c_int>, e: Errno) -> Errno {
-    if let Some(fd) = passed {
-        // SAFETY: the fd was passed to us and is ours to close.
-        unsafe { real::close(fd) };
-    }
-    e
 }
 
 #[cfg(test)]

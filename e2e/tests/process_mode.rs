@@ -722,27 +722,24 @@ assert status == 0, status
 print("ok")
 "#;
 
+/// Restarts host-server with `from` replaced by `to` in its settings, runs
+/// [`PY_SHORT_CONNECTIONS`] through outsock, and returns host-server's metrics page after it.
+fn short_connections(s: &mut Stack, from: &str, to: &str, what: &str) -> String {
+    s.stop_host();
+    outsock_e2e::edit(s, "host-server.toml", from, to);
+    s.start_host().unwrap();
+    let out = run(s, "python3", &["-c", PY_SHORT_CONNECTIONS, zone::ECHO], b"");
+    assert_eq!(ok(s, &out, what).trim(), "ok");
+    outsock_e2e::scrape(s, "[::1]:9643")
+}
+
 #[test]
 fn short_connections_are_made_on_lent_sockets_and_a_fork_gets_its_own() {
     let Some(mut s) = stack("lent", "") else {
         return;
     };
-    s.stop_host();
-    outsock_e2e::edit(
-        &s,
-        "host-server.toml",
-        "metrics_listen = \"\"",
-        "metrics_listen = \"[::1]:9643\"",
-    );
-    s.start_host().unwrap();
-    let out = run(
-        &s,
-        "python3",
-        &["-c", PY_SHORT_CONNECTIONS, zone::ECHO],
-        b"",
-    );
-    assert_eq!(ok(&s, &out, "python3 short connections").trim(), "ok");
-    let page = outsock_e2e::scrape(&s, "[::1]:9643");
+    let metrics = "metrics_listen = \"[::1]:9643\"";
+    let page = short_connections(&mut s, "metrics_listen = \"\"", metrics, "lent sockets");
     let lent = outsock_e2e::series(&page, "outsock_host_sockets_lent_total");
     let routes = outsock_e2e::series(&page, "outsock_host_routes_lent_total");
     // 80 connections, each on a lent socket: host-server connected none itself, and routed far
@@ -752,22 +749,8 @@ fn short_connections_are_made_on_lent_sockets_and_a_fork_gets_its_own() {
     assert!(!page.contains("outsock_host_connects_total"), "{page}");
 
     // Switched off, host-server connects every one itself.
-    s.stop_host();
-    outsock_e2e::edit(
-        &s,
-        "host-server.toml",
-        "metrics_listen = \"[::1]:9643\"",
-        "metrics_listen = \"[::1]:9643\"\nlend_sockets = false",
-    );
-    s.start_host().unwrap();
-    let out = run(
-        &s,
-        "python3",
-        &["-c", PY_SHORT_CONNECTIONS, zone::ECHO],
-        b"",
-    );
-    assert_eq!(ok(&s, &out, "python3 without lending").trim(), "ok");
-    let page = outsock_e2e::scrape(&s, "[::1]:9643");
+    let off = format!("{metrics}\nlend_sockets = false");
+    let page = short_connections(&mut s, metrics, &off, "without lending");
     let connects =
         outsock_e2e::series(&page, "outsock_host_connects_total{result=\"in_progress\"}")
             + outsock_e2e::series(&page, "outsock_host_connects_total{result=\"ok\"}");

@@ -76,19 +76,9 @@ pub(crate) async fn connect(
             return None;
         }
         Route::Ipv4(sa) => (SocketAddr::V4(sa), None),
-        Route::Dummy(d) => match shared.mapping.resolve(d).await {
-            Ok(Some(v6)) => (
-                SocketAddr::V6(SocketAddrV6::new(v6, c.dest.port(), 0, 0)),
-                Some(d),
-            ),
-            Ok(None) => return fail_closed(req, Errno::EHOSTUNREACH, shared).await,
-            Err(e) => {
-                static LOG: LogLimit = LogLimit::new();
-                if LOG.allow() {
-                    tracing::warn!(dummy = %d, error = %e, "cannot resolve dummy");
-                }
-                return fail_closed(req, Errno::EHOSTUNREACH, shared).await;
-            }
+        Route::Dummy(d) => match dummy_target(d, c.dest.port(), shared).await {
+            Ok(v6) => (SocketAddr::V6(v6), Some(d)),
+            Err(errno) => return fail_closed(req, errno, shared).await,
         },
     };
     if let Err(errno) = admit(shared, &req.identity, target.ip(), Use::Connect) {
@@ -182,6 +172,26 @@ pub(crate) async fn connect(
     }
     drop(req.permit);
     None
+}
+
+/// Where a connect to dummy `d` on `port` goes: its IPv6 address from the mapping, or
+/// EHOSTUNREACH for a dummy that maps to nothing (or cannot be resolved now: logged).
+async fn dummy_target(
+    d: std::net::Ipv4Addr,
+    port: u16,
+    shared: &Shared,
+) -> Result<SocketAddrV6, Errno> {
+    match shared.mapping.resolve(d).await {
+        Ok(Some(v6)) => Ok(SocketAddrV6::new(v6, port, 0, 0)),
+        Ok(None) => Err(Errno::EHOSTUNREACH),
+        Err(e) => {
+            static LOG: LogLimit = LogLimit::new();
+            if LOG.allow() {
+                tracing::warn!(dummy = %d, error = %e, "cannot resolve dummy");
+            }
+            Err(Errno::EHOSTUNREACH)
+        }
+    }
 }
 
 /// A non-blocking TCP socket for `target`; an IPv6 one is IPV6_V6ONLY, so that no address can
@@ -359,17 +369,10 @@ async fn pass_connecting(
     } else {
         "ok"
     }));
-    let passed = send_answer_with_fd(&req.stream, &answer, sock.as_fd(), shared).await;
-    let Request {
-        stream,
-        leftover,
-        permit,
-        ..
-    } = req;
-    drop(permit);
-    // Bytes after the request would be a next request read ahead: not taken up; the stream
-    // ends and the client asks again on a new one.
-    (passed && leftover.is_empty()).then_some(stream)
+    if !send_answer_with_fd(&req.stream, &answer, sock.as_fd(), shared).await {
+        return None;
+    }
+    next_request(req)
 }
 
 /// How long a process may connect to a lent route again without asking (host-server's own
@@ -388,25 +391,17 @@ pub(crate) async fn lend(req: Request, l: LendRequest, shared: &Shared) -> Optio
         req.refuse(Errno::EOPNOTSUPP).await;
         return None;
     }
-    let v6 = match shared.router.route(l.dest) {
+    let target = match shared.router.route(l.dest) {
         Route::Unreachable => return fail_closed(req, Errno::ENETUNREACH, shared).await,
         Route::GuestDns | Route::Ipv4(_) => {
             req.refuse(Errno::EOPNOTSUPP).await;
             return None;
         }
-        Route::Dummy(d) => match shared.mapping.resolve(d).await {
-            Ok(Some(v6)) => v6,
-            Ok(None) => return fail_closed(req, Errno::EHOSTUNREACH, shared).await,
-            Err(e) => {
-                static LOG: LogLimit = LogLimit::new();
-                if LOG.allow() {
-                    tracing::warn!(dummy = %d, error = %e, "cannot resolve dummy");
-                }
-                return fail_closed(req, Errno::EHOSTUNREACH, shared).await;
-            }
+        Route::Dummy(d) => match dummy_target(d, l.dest.port(), shared).await {
+            Ok(target) => target,
+            Err(errno) => return fail_closed(req, errno, shared).await,
         },
     };
-    let target = SocketAddrV6::new(v6, l.dest.port(), 0, 0);
     if let Err(errno) = admit(
         shared,
         &req.identity,
@@ -443,8 +438,14 @@ pub(crate) async fn lend(req: Request, l: LendRequest, shared: &Shared) -> Optio
     if !sent {
         return None;
     }
-    let lent = socks.len() as u64;
-    shared.metrics.record(Event::Lent(lent));
+    shared.metrics.record(Event::Lent(socks.len() as u64));
+    next_request(req)
+}
+
+/// The stream of a request that was answered in full, for the process's next request; its
+/// socket slot is given back. Bytes after the request would be a next request read ahead: not
+/// taken up; the stream then ends and the client asks again on a new one.
+fn next_request(req: Request) -> Option<UnixStream> {
     let Request {
         stream,
         leftover,

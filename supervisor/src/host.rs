@@ -322,6 +322,19 @@ fn read_exact_with_fd(
     Ok(())
 }
 
+/// Whether host-server's refusal `e` passes (host-server starting up, a limit of the moment), so
+/// that registering a listener or an association again is worth retrying later.
+pub(crate) fn passing(e: Errno) -> bool {
+    [
+        Errno::EAGAIN,
+        Errno::ETIMEDOUT,
+        Errno::ENOBUFS,
+        Errno::EMFILE,
+    ]
+    .iter()
+    .any(|t| t.0 == e.0)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

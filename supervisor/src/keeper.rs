@@ -299,18 +299,7 @@ fn register_once(host: &std::path::Path, channel: &OwnedFd, req: &ListenRequest)
             Registered::Yes(stream)
         }
         // Refusals that pass (host-server starting up, a limit of the moment): later.
-        Ok((ToGuest::Failed(e), _))
-            if [
-                Errno::EAGAIN,
-                Errno::ETIMEDOUT,
-                Errno::ENOBUFS,
-                Errno::EMFILE,
-            ]
-            .iter()
-            .any(|t| t.0 == e.0) =>
-        {
-            Registered::Later
-        }
+        Ok((ToGuest::Failed(e), _)) if crate::host::passing(e) => Registered::Later,
         Ok((ToGuest::Failed(e), _)) => Registered::Refused(e),
         _ => Registered::Later,
     }

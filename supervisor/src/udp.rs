@@ -759,16 +759,7 @@ fn reopen(assoc: &Assoc, id: (u64, u64)) -> bool {
                 (ToGuest::Associated { .. }, Some(channel)) => {
                     return sys::dup_onto(channel.as_raw_fd(), assoc.channel.as_raw_fd()).is_ok();
                 }
-                (ToGuest::Failed(e), _)
-                    if ![
-                        Errno::EAGAIN,
-                        Errno::ETIMEDOUT,
-                        Errno::ENOBUFS,
-                        Errno::EMFILE,
-                    ]
-                    .iter()
-                    .any(|t| t.0 == e.0) =>
-                {
+                (ToGuest::Failed(e), _) if !crate::host::passing(e) => {
                     eprintln!("outsock: host-server refused UDP association {bind} again ({e})");
                     return false;
                 }

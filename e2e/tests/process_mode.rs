@@ -693,8 +693,9 @@ fn liboutsock_keeps_a_stream_per_concurrent_thread() {
     );
 }
 
-/// Connects to the echo server by name again and again, then forks and connects from both
-/// processes at once; every echo must come back as sent.
+/// Connects to the echo server by name again and again, checks that a socket made then (a lent
+/// one standing in) looks and works as an AF_INET one on loopback, then forks and connects from
+/// both processes at once; every echo must come back as sent.
 const PY_SHORT_CONNECTIONS: &str = r#"
 import os, socket, sys
 def one(tag):
@@ -711,6 +712,22 @@ def one(tag):
     assert got == tag.encode(), (got, tag)
 for i in range(40):
     one("first-%d" % i)
+# A new socket now stands in with a lent one: still AF_INET to the program, and a loopback
+# server and client still work (each becomes an AF_INET socket of this namespace first).
+s = socket.socket()
+assert s.getsockname() == ("0.0.0.0", 0), s.getsockname()
+assert s.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN) == socket.AF_INET
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", 0))
+s.listen(1)
+assert s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR) == 1
+c = socket.create_connection(("127.0.0.1", s.getsockname()[1]), timeout=5)
+a, peer = s.accept()
+assert peer[0] == "127.0.0.1", peer
+a.sendall(b"lo")
+assert c.recv(2) == b"lo"
+for x in (a, c, s):
+    x.close()
 pid = os.fork()
 who = "child" if pid == 0 else "parent"
 for i in range(20):

@@ -12,11 +12,11 @@ use libc::{c_int, c_uint};
 use crate::sys::{Libc, Sys};
 
 /// The most descriptors one message carries here.
-pub const MAX_FDS: usize = 32;
+pub const MAX_FDS: usize = 64;
 
-/// Control-message room, in `u64`s so that it is aligned for `cmsghdr`: 192 bytes hold one
+/// Control-message room, in `u64`s so that it is aligned for `cmsghdr`: 320 bytes hold one
 /// header with [`MAX_FDS`] descriptors and more.
-type Control = [u64; 24];
+type Control = [u64; 40];
 
 /// The size of one descriptor in an `SCM_RIGHTS` payload.
 const FD_LEN: c_uint = mem::size_of::<c_int>() as c_uint;
@@ -58,7 +58,7 @@ pub fn sendmsg_fds<S: Sys>(
     }
     #[allow(clippy::cast_possible_truncation)] // At most MAX_FDS descriptors.
     let payload = FD_LEN * fds.len() as c_uint;
-    let mut control: Control = [0; 24];
+    let mut control: Control = [0; 40];
     let mut iov = libc::iovec {
         iov_base: data.as_ptr().cast_mut().cast(),
         iov_len: data.len(),
@@ -126,7 +126,7 @@ pub fn recvmsg_fds<S: Sys>(
     passed: &mut [RawFd],
     count: &mut usize,
 ) -> io::Result<usize> {
-    let mut control: Control = [0; 24];
+    let mut control: Control = [0; 40];
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),

@@ -164,7 +164,7 @@ pub struct LendRequest {
 }
 
 /// The most sockets one [`ToHost::Lend`] may ask for (they travel in one SCM_RIGHTS message).
-pub const MAX_LENT: u8 = 32;
+pub const MAX_LENT: u8 = 64;
 
 /// One UDP datagram with the address it goes to (outbound) or came from (inbound).
 #[derive(Debug, Clone, PartialEq, Eq)]

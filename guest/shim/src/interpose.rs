@@ -36,6 +36,18 @@ pub unsafe extern "C" fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_
         domain == libc::AF_INET && base == libc::SOCK_DGRAM && protocol == libc::IPPROTO_ICMP;
     // A raw ICMP socket (root's ping) takes the same path; its reads get an IPv4 header.
     let raw = domain == libc::AF_INET && base == libc::SOCK_RAW && protocol == libc::IPPROTO_ICMP;
+    if domain == libc::AF_INET
+        && base == libc::SOCK_STREAM
+        && matches!(protocol, 0 | libc::IPPROTO_TCP)
+    {
+        // A spare lent socket stands in from the start: its connect needs no other socket.
+        if let Some(fd) = lend::stand_in_socket(ty).filter(|&fd| table::fits(fd)) {
+            let mut e = Entry::new(Kind::InetStream);
+            e.options |= table::LENT;
+            table::set(fd, e);
+            return fd;
+        }
+    }
     // SAFETY: forwarded arguments.
     let mut fd = unsafe { real::socket(domain, ty, protocol) };
     if fd < 0 && ping {
@@ -94,6 +106,10 @@ pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_
                 return connect::outsource_connect(fd, entry, dest);
             }
         }
+    }
+    // What the kernel does next needs the AF_INET socket the program asked for.
+    if let Err(e) = lend::unlend(fd, entry) {
+        return set_errno(e);
     }
     // SAFETY: the caller's addr/len.
     if unsafe { kernel_decides(addr, len) } {
@@ -167,6 +183,10 @@ pub unsafe extern "C" fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) 
             }
             None => {}
         }
+    }
+    // A real bind needs the AF_INET socket the program asked for.
+    if let Err(e) = lend::unlend(fd, table::get(fd)) {
+        return set_errno(e);
     }
     // SAFETY: forwarded arguments.
     unsafe { real::bind(fd, addr, len) }
@@ -246,7 +266,17 @@ pub unsafe extern "C" fn accept(fd: c_int, addr: *mut sockaddr, len: *mut sockle
 pub unsafe extern "C" fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
     let e = table::get(fd);
     let view = match e.kind {
+        // A connection on a lent socket: its port, read when asked (`lend`).
+        Kind::Outsourced if e.local.is_none() => Some(SocketAddrV4::new(
+            Ipv4Addr::UNSPECIFIED,
+            real::decided_local_port(fd),
+        )),
         Kind::Outsourced | Kind::Listener | Kind::Udp | Kind::UdpPassed => Some(
+            e.local
+                .unwrap_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)),
+        ),
+        // A lent socket standing in has the AF_INET view of an unbound socket.
+        Kind::InetStream if !e.local_only && e.options & table::LENT != 0 => Some(
             e.local
                 .unwrap_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)),
         ),
@@ -311,8 +341,10 @@ pub unsafe extern "C" fn getsockopt(
     val: *mut c_void,
     len: *mut socklen_t,
 ) -> c_int {
-    let kind = table::get(fd).kind;
-    if matches!(kind, Kind::Outsourced | Kind::Listener) {
+    let entry = table::get(fd);
+    let kind = entry.kind;
+    let lent = kind == Kind::InetStream && entry.options & table::LENT != 0;
+    if matches!(kind, Kind::Outsourced | Kind::Listener) || lent {
         if len.is_null() {
             return set_errno(Errno(libc::EFAULT as u16));
         }

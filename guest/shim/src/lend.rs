@@ -18,11 +18,21 @@
 //!   [`SPARES`], each at the top of the descriptor range below the kept streams (so the
 //!   program's own descriptors are numbered as natively), close-on-exec, checked before use to
 //!   be still ours (same device and inode, same process: a forked child closes its copies).
-//! - **The connect.** The program's carried socket options are copied, its status flags set,
+//! - **Standing in from `socket()` on.** Once a process has spares, its next
+//!   `socket(AF_INET, SOCK_STREAM)` is a spare, moved to the lowest free descriptor (with the
+//!   flags asked for) and marked `table::LENT`: its connect is then one connect(2) on the
+//!   program's own descriptor — no AF_INET socket made and destroyed, no dup3. Options set
+//!   before connect are set on it directly; getsockname and the options a stand-in answers
+//!   (SO_DOMAIN) give the AF_INET view. Before anything only an AF_INET socket of the
+//!   program's network can do — a loopback bind or connect, a bind or connect of another
+//!   family — [`unlend`] puts a fresh AF_INET socket in its place (flags, carried options,
+//!   SO_REUSEADDR, SO_REUSEPORT, SO_PRIORITY and IP_TOS kept).
+//! - **The connect** (of an AF_INET socket). The program's carried socket options are copied, its status flags set,
 //!   and the lent socket connected right where it lies; only once that connect succeeded, or is
 //!   under way (EINPROGRESS, EINTR), does it replace the program's descriptor (dup3), so a
-//!   refused connect leaves the program's socket as natively. The connect and getsockname are
-//!   made with `shared_proto::translate::DECIDED_MARK`, so `outsock run`'s supervisor is not
+//!   refused connect leaves the program's socket as natively. Its local port is read when the
+//!   program asks (getsockname). The connect and that getsockname are made with
+//!   `shared_proto::translate::DECIDED_MARK`, so `outsock run`'s supervisor is not
 //!   notified of them.
 //!
 //! The destination policy is host-server's, applied when it routes; a program that makes its
@@ -94,6 +104,10 @@ static SPARES: [TrySlot<Spare>; POOL] = [const {
         ino: 0,
     })
 }; POOL];
+
+/// Which [`SPARES`] slots hold a socket, as a hint read without locking (set and cleared by
+/// the thread holding the slot).
+static FULL: [AtomicBool; POOL] = [const { AtomicBool::new(false) }; POOL];
 
 /// How many sockets the next request for a batch asks for (doubling up to [`MAX_LENT`]).
 static NEXT_BATCH: AtomicU8 = AtomicU8::new(2);
@@ -172,11 +186,94 @@ fn remember(dest: SocketAddrV4, target: Option<SocketAddrV6>, until_ms: u64) {
     r.seq.store(s + 2, Ordering::Release);
 }
 
+/// A spare lent socket to stand in for a new `socket(AF_INET, SOCK_STREAM)` of type flags `ty`
+/// (SOCK_NONBLOCK, SOCK_CLOEXEC), on the lowest free descriptor as socket(2) would give; `None`
+/// when there is no spare (the process then makes its AF_INET socket as usual).
+pub(crate) fn stand_in_socket(ty: c_int) -> Option<c_int> {
+    if SPARE_COUNT.load(Ordering::Relaxed) == 0 || transport::vsock_port().is_some() {
+        return None;
+    }
+    let spare = take_spare()?;
+    let cmd = if ty & libc::SOCK_CLOEXEC != 0 {
+        libc::F_DUPFD_CLOEXEC
+    } else {
+        libc::F_DUPFD
+    };
+    // SAFETY: fcntl on our own socket; the result is a new descriptor or -1.
+    let fd = unsafe { real::fcntl(spare, cmd, 0) };
+    // SAFETY: the spare's own number, ours (its duplicate, if made, is the program's now).
+    unsafe { real::close(spare) };
+    if fd < 0 {
+        return None;
+    }
+    if ty & libc::SOCK_NONBLOCK != 0 {
+        // SAFETY: F_SETFL on the descriptor just made (a lent socket's flags are O_RDWR).
+        unsafe {
+            real::fcntl(
+                fd,
+                libc::F_SETFL,
+                (libc::O_RDWR | libc::O_NONBLOCK) as usize,
+            )
+        };
+    }
+    Some(fd)
+}
+
+/// Makes the program's `fd` (in state `entry`, standing in with a lent socket) the AF_INET TCP
+/// socket it asked for, keeping its flags and carried options: for what only an AF_INET
+/// socket of the program's own network can do (a loopback bind or connect, a connect
+/// host-server makes). Returns the entry now, or the errno of making the socket.
+pub(crate) fn unlend(fd: c_int, entry: Entry) -> Result<Entry, Errno> {
+    if entry.kind != Kind::InetStream || entry.options & table::LENT == 0 {
+        return Ok(entry);
+    }
+    let flags = flags_of(fd);
+    // SAFETY: plain socket(2) call.
+    let own = unsafe { real::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if own < 0 {
+        return Err(transport::last_errno());
+    }
+    table::clear(own);
+    copy_options(fd, own, entry.options);
+    // Options a server sets before its bind, which the carried ones leave out.
+    for (level, name) in [
+        (libc::SOL_SOCKET, libc::SO_REUSEADDR),
+        (libc::SOL_SOCKET, libc::SO_REUSEPORT),
+        (libc::SOL_SOCKET, libc::SO_PRIORITY),
+        (libc::IPPROTO_IP, libc::IP_TOS),
+    ] {
+        let mut v: c_int = 0;
+        #[allow(clippy::cast_possible_truncation)] // An int's size.
+        let mut len = std::mem::size_of::<c_int>() as libc::socklen_t;
+        // SAFETY: an int buffer and its length; the lent socket is the program's fd.
+        let got = unsafe {
+            real::getsockopt(fd, level, name, std::ptr::from_mut(&mut v).cast(), &mut len)
+        };
+        if got == 0 && v != 0 {
+            // SAFETY: an int option on our own new socket.
+            unsafe {
+                libc::setsockopt(own, level, name, std::ptr::from_ref(&v).cast(), len);
+            }
+        }
+    }
+    crate::fd::replace_fd(own, fd, &flags)?;
+    let e = Entry {
+        options: entry.options & !table::LENT,
+        ..entry
+    };
+    table::set(fd, e);
+    Ok(e)
+}
+
 /// Connects the program's `fd` (in state `entry`) to `dest` (a non-loopback IPv4 destination)
-/// on a lent socket. `None`: this connect goes through host-server (`connect`) instead.
+/// on a lent socket: the one standing in for it already, or a spare. `None`: this connect goes
+/// through host-server (`connect`) instead.
 pub(crate) fn connect(fd: c_int, entry: Entry, dest: SocketAddrV4) -> Option<c_int> {
     if transport::vsock_port().is_some() || crate::nameserver::redirect(dest) != dest {
         return None;
+    }
+    if entry.options & table::LENT != 0 {
+        return connect_standing_in(fd, entry, dest);
     }
     let got = match cached(dest, now_ms()) {
         Some(None) => return None,
@@ -185,32 +282,77 @@ pub(crate) fn connect(fd: c_int, entry: Entry, dest: SocketAddrV4) -> Option<c_i
     };
     let (target, sock) = match got {
         Some(g) => g,
-        // With no spare, the first thread asks for a batch; others meanwhile for their one.
-        None => {
-            let batch = !REFILLING.swap(true, Ordering::Acquire);
-            let want = if batch {
-                NEXT_BATCH.load(Ordering::Relaxed).clamp(1, MAX_LENT)
-            } else {
-                1
-            };
-            let asked = ask(dest, want);
-            if batch {
-                if asked.is_ok() {
-                    NEXT_BATCH.store(want.saturating_mul(2).min(MAX_LENT), Ordering::Relaxed);
-                }
-                REFILLING.store(false, Ordering::Release);
-            }
-            match asked {
-                Ok(Some(g)) => g,
-                Ok(None) => return None,
-                Err(e) => return Some(set_errno(e)),
-            }
-        }
+        None => match ask_batch(dest) {
+            Ok(Some(g)) => g,
+            Ok(None) => return None,
+            Err(e) => return Some(set_errno(e)),
+        },
     };
     let rc = connect_on(fd, entry, dest, target, sock);
-    // A process that connects often (its batches have grown to the largest) gets its spares
-    // refilled ahead of need, by one thread at a time, once this connect is under way (its
-    // errno kept for the program).
+    refill_ahead(dest);
+    Some(rc)
+}
+
+/// [`connect`] of a program's `fd` that is a lent socket already (from `socket()` on): the
+/// route (kept, or asked for with a batch of spares), then the connect on `fd` itself.
+fn connect_standing_in(fd: c_int, entry: Entry, dest: SocketAddrV4) -> Option<c_int> {
+    let target = match cached(dest, now_ms()) {
+        Some(Some(target)) => target,
+        Some(None) => return None,
+        None => match ask_batch(dest) {
+            Ok(Some((target, sock))) => {
+                // SAFETY: getpid has no arguments.
+                keep_spare(sock, transport::top_fd(), unsafe { libc::getpid() });
+                target
+            }
+            Ok(None) => return None,
+            Err(e) => return Some(set_errno(e)),
+        },
+    };
+    let rc = real::decided_connect_v6(fd, target);
+    let err = transport::last_errno();
+    if rc != 0 && !matches!(err, Errno::EINPROGRESS | Errno::EINTR) {
+        // Refused, unreachable, ...: a TCP socket whose connect failed may connect again.
+        return Some(set_errno(err));
+    }
+    table::set(
+        fd,
+        Entry {
+            kind: Kind::Outsourced,
+            // Its port is read when the program asks (getsockname), not now.
+            local: None,
+            peer: Some(dest),
+            options: entry.options & !table::LENT,
+            ..entry
+        },
+    );
+    refill_ahead(dest);
+    Some(if rc == 0 { 0 } else { set_errno(err) })
+}
+
+/// [`ask`] for a connect that found no spare: the first thread asks for a batch (growing
+/// each time), the others meanwhile for their one socket.
+fn ask_batch(dest: SocketAddrV4) -> Result<Option<(SocketAddrV6, c_int)>, Errno> {
+    let batch = !REFILLING.swap(true, Ordering::Acquire);
+    let want = if batch {
+        NEXT_BATCH.load(Ordering::Relaxed).clamp(1, MAX_LENT)
+    } else {
+        1
+    };
+    let asked = ask(dest, want);
+    if batch {
+        if asked.is_ok() {
+            NEXT_BATCH.store(want.saturating_mul(2).min(MAX_LENT), Ordering::Relaxed);
+        }
+        REFILLING.store(false, Ordering::Release);
+    }
+    asked
+}
+
+/// A process that connects often (its batches have grown to the largest) gets its spares
+/// refilled ahead of need, by one thread at a time, once its connect is under way (the
+/// connect's errno kept for the program).
+fn refill_ahead(dest: SocketAddrV4) {
     if NEXT_BATCH.load(Ordering::Relaxed) == MAX_LENT
         && SPARE_COUNT.load(Ordering::Relaxed) < POOL / 2
         && !REFILLING.swap(true, Ordering::Acquire)
@@ -223,7 +365,6 @@ pub(crate) fn connect(fd: c_int, entry: Entry, dest: SocketAddrV4) -> Option<c_i
         REFILLING.store(false, Ordering::Release);
         set_errno(errno);
     }
-    Some(rc)
 }
 
 /// Connects lent socket `sock` (ours) to `target` as the program's `fd` would connect, and
@@ -253,7 +394,6 @@ fn connect_on(
         unsafe { real::close(sock) };
         return set_errno(err);
     }
-    let port = real::decided_local_port(sock);
     // Its status flags are the program's already (set before the connect).
     if let Err(e) = put_in_place(sock, fd, &flags) {
         return set_errno(e);
@@ -262,7 +402,8 @@ fn connect_on(
         fd,
         Entry {
             kind: Kind::Outsourced,
-            local: Some(SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, port)),
+            // Its port is read when the program asks (getsockname), not now.
+            local: None,
             peer: Some(dest),
             ..entry
         },
@@ -285,10 +426,15 @@ fn take_spare() -> Option<c_int> {
     // Threads start at different slots, so that they seldom meet on one.
     let start = CURSOR.fetch_add(1, Ordering::Relaxed);
     for k in 0..POOL {
-        let slot = &SPARES[(start + k) % POOL];
-        let taken = slot.with(|s| {
+        let i = (start + k) % POOL;
+        // Only slots that hold one are locked: a scan of empty ones writes nothing.
+        if !FULL[i].load(Ordering::Relaxed) {
+            continue;
+        }
+        let taken = SPARES[i].with(|s| {
             let held = *s;
             s.fd = -1;
+            FULL[i].store(false, Ordering::Relaxed);
             (held.fd >= 0).then_some(held)
         });
         let Some(s) = taken.flatten() else {
@@ -368,10 +514,13 @@ fn ask(dest: SocketAddrV4, want: u8) -> Result<Option<(SocketAddrV6, c_int)>, Er
 /// there is none.
 fn keep_spare(sock: c_int, top: c_int, pid: libc::pid_t) {
     for (i, slot) in SPARES.iter().enumerate() {
-        #[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)] // < 64.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)] // < 160.
         let number = top - (KEPT_STREAMS + i) as c_int;
         if number <= sock {
             break;
+        }
+        if FULL[i].load(Ordering::Relaxed) {
+            continue;
         }
         let placed = slot.with(|s| {
             if s.fd >= 0 {
@@ -404,6 +553,7 @@ fn keep_spare(sock: c_int, top: c_int, pid: libc::pid_t) {
                 dev,
                 ino,
             };
+            FULL[i].store(true, Ordering::Relaxed);
             SPARE_COUNT.fetch_add(1, Ordering::Relaxed);
             true
         });

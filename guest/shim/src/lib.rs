@@ -4,7 +4,8 @@
 //!
 //! - TCP connect to a non-loopback IPv4 address: host-server routes it (the dummy's IPv6
 //!   address, the destination policy) and lends unconnected IPv6 sockets of its network, which
-//!   the program connects itself, a route and the spares kept for its next connects (`lend`);
+//!   the program connects itself, a route and the spares kept for its next connects — a spare
+//!   stands in for the program's next TCP socket from `socket()` on (`lend`);
 //!   where host-server must connect (the guest DNS address, IPv4 egress, lending off) it
 //!   connects over IPv6 and passes the socket back (SCM_RIGHTS, `connect`). Either socket
 //!   replaces the program's fd, so the data path is the kernel's own (`interpose`).

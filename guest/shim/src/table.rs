@@ -97,6 +97,11 @@ pub const ICMP: u16 = 1 << 13;
 /// In [`Entry::options`], with [`ICMP`]: a raw ICMP socket (`SOCK_RAW`), whose reads begin with
 /// an IPv4 header.
 pub const RAW: u16 = 1 << 12;
+/// In [`Entry::options`], on an unconnected TCP socket ([`Kind::InetStream`]): the descriptor is
+/// a socket host-server lent (IPv6, of its network), standing in from `socket()` on for the
+/// AF_INET one the program asked for (`lend`); it becomes AF_INET again before anything only
+/// an AF_INET socket can do (a loopback bind or connect).
+pub const LENT: u16 = 1 << 10;
 /// In [`Entry::options`]: the program asked for `IP_RECVTTL` (an ICMP socket's replies carry
 /// their TTL in an `IP_TTL` control message).
 pub const RECVTTL: u16 = 1 << 11;

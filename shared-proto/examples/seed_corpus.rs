@@ -9,7 +9,7 @@ use shared_proto::lookup::{
     LookupResponse, MappingInfo,
 };
 use shared_proto::outsource::{
-    ConnectRequest, Datagram, LendRequest, ListenRequest, ToGuest, ToHost, UdpRequest, VmHello,
+    ConnectRequest, Datagram, ListenRequest, ToGuest, ToHost, UdpRequest, VmHello,
 };
 use shared_proto::{to_vec, Errno};
 
@@ -58,7 +58,6 @@ fn main() -> std::io::Result<()> {
         }),
         ToHost::Udp(UdpRequest { bind: any }),
         ToHost::Datagram(datagram.clone()),
-        ToHost::Lend(LendRequest { dest, sockets: 4 }),
     ];
     for m in &host {
         frames.push(to_vec(m).expect("small"));
@@ -78,11 +77,6 @@ fn main() -> std::io::Result<()> {
             local: any,
         },
         ToGuest::Datagram(datagram),
-        ToGuest::Lent {
-            target: std::net::SocketAddrV6::new(v6, 80, 0, 0),
-            valid_ms: 1000,
-            sockets: 4,
-        },
     ];
     for m in &guest {
         frames.push(to_vec(m).expect("small"));

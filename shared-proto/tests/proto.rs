@@ -382,6 +382,27 @@ fn fuzz_corpus_replays_without_panic() {
     );
 }
 
+/// The corpus' frames of a process's own connect (`lend-request`, `lent-answer`) are what the
+/// encoder writes today.
+#[test]
+fn lend_frames_match_their_corpus_seeds() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/decode");
+    let request = ToHost::Lend(LendRequest {
+        dest: SocketAddrV4::new(Ipv4Addr::new(10, 170, 160, 7), 80),
+        sockets: 4,
+    });
+    let answer = ToGuest::Lent {
+        target: std::net::SocketAddrV6::new("fd00:64::80".parse().unwrap(), 80, 0, 0),
+        valid_ms: 1000,
+        sockets: 4,
+    };
+    let seed = |n: &str| std::fs::read(dir.join(n)).unwrap();
+    assert_eq!(to_vec(&request).unwrap(), seed("lend-request"));
+    assert_eq!(to_vec(&answer).unwrap(), seed("lent-answer"));
+    assert_eq!(decode_exact::<ToHost>(&seed("lend-request")).unwrap(), request);
+    assert_eq!(decode_exact::<ToGuest>(&seed("lent-answer")).unwrap(), answer);
+}
+
 /// The corpus' ICMP frames (seed-032, seed-033) are what the encoder writes today.
 #[test]
 fn icmp_frames_match_their_corpus_seeds() {

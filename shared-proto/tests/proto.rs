@@ -399,8 +399,14 @@ fn lend_frames_match_their_corpus_seeds() {
     let seed = |n: &str| std::fs::read(dir.join(n)).unwrap();
     assert_eq!(to_vec(&request).unwrap(), seed("lend-request"));
     assert_eq!(to_vec(&answer).unwrap(), seed("lent-answer"));
-    assert_eq!(decode_exact::<ToHost>(&seed("lend-request")).unwrap(), request);
-    assert_eq!(decode_exact::<ToGuest>(&seed("lent-answer")).unwrap(), answer);
+    assert_eq!(
+        decode_exact::<ToHost>(&seed("lend-request")).unwrap(),
+        request
+    );
+    assert_eq!(
+        decode_exact::<ToGuest>(&seed("lent-answer")).unwrap(),
+        answer
+    );
 }
 
 /// The corpus' ICMP frames (seed-032, seed-033) are what the encoder writes today.

@@ -315,19 +315,24 @@ fn connect_standing_in(fd: c_int, entry: Entry, dest: SocketAddrV4) -> Option<c_
         // Refused, unreachable, ...: a TCP socket whose connect failed may connect again.
         return Some(set_errno(err));
     }
+    connected(fd, entry, dest);
+    refill_ahead(dest);
+    Some(if rc == 0 { 0 } else { set_errno(err) })
+}
+
+/// Records the program's `fd` (in state `entry`) as connected, or connecting, to `dest` on a
+/// lent socket; its port is read when the program asks (getsockname), not now.
+fn connected(fd: c_int, entry: Entry, dest: SocketAddrV4) {
     table::set(
         fd,
         Entry {
             kind: Kind::Outsourced,
-            // Its port is read when the program asks (getsockname), not now.
             local: None,
             peer: Some(dest),
             options: entry.options & !table::LENT,
             ..entry
         },
     );
-    refill_ahead(dest);
-    Some(if rc == 0 { 0 } else { set_errno(err) })
 }
 
 /// [`ask`] for a connect that found no spare: the first thread asks for a batch (growing
@@ -398,16 +403,7 @@ fn connect_on(
     if let Err(e) = put_in_place(sock, fd, &flags) {
         return set_errno(e);
     }
-    table::set(
-        fd,
-        Entry {
-            kind: Kind::Outsourced,
-            // Its port is read when the program asks (getsockname), not now.
-            local: None,
-            peer: Some(dest),
-            ..entry
-        },
-    );
+    connected(fd, entry, dest);
     if rc == 0 {
         0
     } else {

@@ -18,23 +18,16 @@ pub(crate) async fn send_answer_with_fd(
     fd: BorrowedFd<'_>,
     shared: &Shared,
 ) -> bool {
-    let Ok(bytes) = frame::to_vec(answer) else {
-        return false;
-    };
-    match crate::fdpass::send_with_fd(stream, &bytes, fd).await {
-        Ok(()) => {
-            shared.metrics.record(Event::FdPassed);
-            true
-        }
-        Err(e) => {
-            tracing::debug!(error = %e, "could not pass the socket");
-            false
-        }
+    let sent = send_answer_with_fds(stream, answer, &[fd]).await;
+    if sent {
+        shared.metrics.record(Event::FdPassed);
     }
+    sent
 }
 
-/// Sends `answer` with every socket of `fds` attached in one SCM_RIGHTS (a `Lent` answer);
-/// returns whether it went. Not counted as passes (the lending is counted by its caller).
+/// Sends `answer` with every socket of `fds` attached in one SCM_RIGHTS (one for a connect, a
+/// `Lent` answer's sockets); returns whether it went. Not counted: [`send_answer_with_fd`]
+/// counts a pass, a lending is counted by its caller.
 pub(crate) async fn send_answer_with_fds(
     stream: &UnixStream,
     answer: &ToGuest,
@@ -46,27 +39,8 @@ pub(crate) async fn send_answer_with_fds(
     match crate::fdpass::send_with_fds(stream, &bytes, fds).await {
         Ok(()) => true,
         Err(e) => {
-            tracing::debug!(error = %e, "could not lend the sockets");
+            tracing::debug!(error = %e, "could not pass the socket");
             false
         }
     }
-}
-
-/// Sends `answer` alone, whole, without closing the stream (which may carry the next request).
-pub(crate) async fn send_answer(stream: &UnixStream, answer: &ToGuest) -> bool {
-    let Ok(bytes) = frame::to_vec(answer) else {
-        return false;
-    };
-    let mut sent = 0;
-    while sent < bytes.len() {
-        if stream.writable().await.is_err() {
-            return false;
-        }
-        match stream.try_write(&bytes[sent..]) {
-            Ok(n) => sent += n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(_) => return false,
-        }
-    }
-    true
 }

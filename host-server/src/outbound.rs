@@ -38,7 +38,7 @@ use crate::context::{admit, Request, Shared, Use};
 use crate::dest::Route;
 use crate::dns_tcp::dns_over_tcp;
 use crate::errno::connect_errno;
-use crate::handover::{send_answer, send_answer_with_fd, send_answer_with_fds};
+use crate::handover::{send_answer_with_fd, send_answer_with_fds};
 use crate::identity::Identity;
 use crate::limits::Resource;
 use crate::metrics::Event;
@@ -385,7 +385,7 @@ pub(crate) const ROUTE_VALID_MS: u32 = 1_000;
 /// port left to the connect). EOPNOTSUPP where the connect must be host-server's: a VM (its
 /// sockets stay in its VMM), the guest DNS address, IPv4 egress, or lending switched off. Returns
 /// the stream for the process's next request when everything went over and nothing followed.
-pub(crate) async fn lend(req: Request, l: LendRequest, shared: &Shared) -> Option<UnixStream> {
+pub(crate) async fn lend(mut req: Request, l: LendRequest, shared: &Shared) -> Option<UnixStream> {
     // Not a connect's outcome: not counted as one.
     if !shared.settings.lend_sockets || !matches!(req.identity, Identity::Process { .. }) {
         req.refuse(Errno::EOPNOTSUPP).await;
@@ -430,7 +430,9 @@ pub(crate) async fn lend(req: Request, l: LendRequest, shared: &Shared) -> Optio
         sockets: socks.len() as u8,
     };
     let sent = if socks.is_empty() {
-        send_answer(&req.stream, &answer).await
+        crate::framed::write_frame(&mut req.stream, &answer)
+            .await
+            .is_ok()
     } else {
         let fds: Vec<_> = socks.iter().map(AsFd::as_fd).collect();
         send_answer_with_fds(&req.stream, &answer, &fds).await

@@ -51,7 +51,7 @@ use crate::real;
 use crate::slot::TrySlot;
 use crate::sockopt::copy_options;
 use crate::table::{self, Entry, Kind};
-use crate::transport::{self, identity, now_ms, Stream, KEPT_STREAMS};
+use crate::transport::{self, identity, now_ms, own_pid, Stream, KEPT_STREAMS};
 
 /// Spare lent sockets a process keeps at most (twice the most one request asks for: a batch is
 /// asked for when half are left).
@@ -301,8 +301,7 @@ fn connect_standing_in(fd: c_int, entry: Entry, dest: SocketAddrV4) -> Option<c_
         Some(None) => return None,
         None => match ask_batch(dest) {
             Ok(Some((target, sock))) => {
-                // SAFETY: getpid has no arguments.
-                keep_spare(sock, transport::top_fd(), unsafe { libc::getpid() });
+                keep_spares(&[sock], transport::top_fd(), own_pid());
                 target
             }
             Ok(None) => return None,
@@ -364,8 +363,7 @@ fn refill_ahead(dest: SocketAddrV4) {
     {
         let errno = transport::last_errno();
         if let Ok(Some((_, extra))) = ask(dest, MAX_LENT) {
-            // SAFETY: getpid has no arguments.
-            keep_spare(extra, transport::top_fd(), unsafe { libc::getpid() });
+            keep_spares(&[extra], transport::top_fd(), own_pid());
         }
         REFILLING.store(false, Ordering::Release);
         set_errno(errno);
@@ -417,8 +415,7 @@ fn take_spare() -> Option<c_int> {
     if SPARE_COUNT.load(Ordering::Relaxed) == 0 {
         return None;
     }
-    // SAFETY: getpid has no arguments.
-    let pid = unsafe { libc::getpid() };
+    let pid = own_pid();
     // Threads start at different slots, so that they seldom meet on one.
     let start = CURSOR.fetch_add(1, Ordering::Relaxed);
     for k in 0..POOL {
@@ -484,12 +481,7 @@ fn ask(dest: SocketAddrV4, want: u8) -> Result<Option<(SocketAddrV6, c_int)>, Er
             sockets,
         } if usize::from(sockets) == count && count >= 1 => {
             remember(dest, Some(target), now_ms() + u64::from(valid_ms));
-            let top = transport::top_fd();
-            // SAFETY: getpid has no arguments.
-            let pid = unsafe { libc::getpid() };
-            for spare in &got[1..] {
-                keep_spare(*spare, top, pid);
-            }
+            keep_spares(&got[1..], transport::top_fd(), own_pid());
             stream.keep();
             Ok(Some((target, got[0])))
         }
@@ -505,58 +497,98 @@ fn ask(dest: SocketAddrV4, want: u8) -> Result<Option<(SocketAddrV6, c_int)>, Er
     }
 }
 
-/// Puts a spare lent socket in a free slot, on that slot's number at the top of the range
-/// (below the kept streams; `top` is [`transport::top_fd`]), for process `pid`; closes it where
-/// there is none.
-fn keep_spare(sock: c_int, top: c_int, pid: libc::pid_t) {
-    for (i, slot) in SPARES.iter().enumerate() {
-        #[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)] // < 160.
-        let number = top - (KEPT_STREAMS + i) as c_int;
-        if number <= sock {
-            break;
-        }
-        if FULL[i].load(Ordering::Relaxed) {
-            continue;
-        }
-        let placed = slot.with(|s| {
-            if s.fd >= 0 {
-                return false;
+/// Puts spare lent sockets `socks` (ours, on the numbers they came on) in free slots, each on
+/// its slot's number at the top of the range (below the kept streams; `top` is
+/// [`transport::top_fd`]), for process `pid`; then closes the numbers they came on (those not
+/// placed are gone with them).
+fn keep_spares(socks: &[c_int], top: c_int, pid: libc::pid_t) {
+    let mut i = 0;
+    for &sock in socks {
+        while i < POOL {
+            #[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)] // < 160.
+            let number = top - (KEPT_STREAMS + i) as c_int;
+            if number <= sock {
+                // The program has every number above: no room for this one or the rest.
+                i = POOL;
+                break;
             }
-            // SAFETY: fcntl on our own socket; the result is a new descriptor or -1.
-            let high = unsafe {
-                real::fcntl(
-                    sock,
-                    libc::F_DUPFD_CLOEXEC,
-                    usize::try_from(number).unwrap_or(0),
-                )
-            };
-            if high != number {
-                if high >= 0 {
-                    // SAFETY: the duplicate just made, ours.
-                    unsafe { real::close(high) };
-                }
-                return false;
+            let placed = !FULL[i].load(Ordering::Relaxed)
+                && SPARES[i].with(|s| {
+                    let placed = s.fd < 0 && place(sock, number, pid, s);
+                    if placed {
+                        FULL[i].store(true, Ordering::Relaxed);
+                        SPARE_COUNT.fetch_add(1, Ordering::Relaxed);
+                    }
+                    placed
+                }) == Some(true);
+            i += 1;
+            if placed {
+                break;
             }
-            table::clear(high);
-            let Some((dev, ino)) = identity(high) else {
-                // SAFETY: ours.
-                unsafe { real::close(high) };
-                return false;
-            };
-            *s = Spare {
-                fd: high,
-                pid,
-                dev,
-                ino,
-            };
-            FULL[i].store(true, Ordering::Relaxed);
-            SPARE_COUNT.fetch_add(1, Ordering::Relaxed);
-            true
-        });
-        if placed == Some(true) {
-            break;
         }
     }
-    // SAFETY: the number it came on, ours (its duplicate, if placed, stays).
-    unsafe { real::close(sock) };
+    close_received(socks);
+}
+
+/// Duplicates `sock` onto `number` (which must be free) and fills slot `s` with it; false
+/// where the number is the program's or the duplicate's identity cannot be read.
+fn place(sock: c_int, number: c_int, pid: libc::pid_t, s: &mut Spare) -> bool {
+    // SAFETY: fcntl on our own socket; the result is a new descriptor or -1.
+    let high = unsafe {
+        real::fcntl(
+            sock,
+            libc::F_DUPFD_CLOEXEC,
+            usize::try_from(number).unwrap_or(0),
+        )
+    };
+    if high != number {
+        if high >= 0 {
+            // SAFETY: the duplicate just made, ours.
+            unsafe { real::close(high) };
+        }
+        return false;
+    }
+    table::clear(high);
+    let Some((dev, ino)) = identity(high) else {
+        // SAFETY: ours.
+        unsafe { real::close(high) };
+        return false;
+    };
+    *s = Spare {
+        fd: high,
+        pid,
+        dev,
+        ino,
+    };
+    true
+}
+
+/// Closes the numbers spares came on (ours): each run of consecutive numbers (a batch
+/// received at once is one or a few) with one close_range(2).
+fn close_received(socks: &[c_int]) {
+    let mut sorted = [-1; MAX_LENT as usize];
+    let n = socks.len().min(sorted.len());
+    sorted[..n].copy_from_slice(&socks[..n]);
+    let sorted = &mut sorted[..n];
+    sorted.sort_unstable();
+    let mut rest = &*sorted;
+    while let Some(&low) = rest.first() {
+        let len = rest
+            .iter()
+            .zip(low..)
+            .take_while(|(fd, want)| **fd == *want)
+            .count();
+        let high = rest[len - 1];
+        #[allow(clippy::cast_sign_loss)] // Descriptors are not negative.
+        // SAFETY: every number from `low` to `high` is one of ours (all in `socks`).
+        let closed = len > 1
+            && unsafe { real::close_range(low as libc::c_uint, high as libc::c_uint, 0) } == 0;
+        if !closed {
+            for &sock in &rest[..len] {
+                // SAFETY: ours.
+                unsafe { real::close(sock) };
+            }
+        }
+        rest = &rest[len..];
+    }
 }

@@ -29,7 +29,7 @@
 //! long.
 
 use std::ffi::CStr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU64, Ordering};
 
 use libc::{c_int, c_void};
 use outsock_fdpass::recvmsg_fds;
@@ -115,6 +115,80 @@ pub(crate) fn identity(fd: c_int) -> Option<(u64, u64)> {
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: a valid stat buffer.
     (unsafe { libc::fstat(fd, &mut st) } == 0).then_some((st.st_dev, st.st_ino))
+}
+
+/// The page [`own_pid`] keeps the process id in (null until first used).
+static PID_PAGE: AtomicPtr<AtomicI32> = AtomicPtr::new(std::ptr::null_mut());
+
+/// This process's id without a system call once read: kept in a page of its own that the
+/// kernel empties in a forked child (MADV_WIPEONFORK), however the child was made (fork,
+/// `_Fork`, a raw clone), so a child reads 0 and asks again. Where the kernel cannot do that
+/// (before 4.14), every call is a getpid(2). A child that shares its parent's memory (vfork,
+/// CLONE_VM) reads its parent's id, as it may only exec or exit.
+pub(crate) fn own_pid() -> libc::pid_t {
+    let mut page = PID_PAGE.load(Ordering::Acquire);
+    if page.is_null() {
+        page = pid_page();
+    }
+    // SAFETY: a page of ours that is never unmapped once published (or the fallback static).
+    let pid = unsafe { &*page };
+    match pid.load(Ordering::Relaxed) {
+        0 => {
+            // SAFETY: getpid has no arguments.
+            let now = unsafe { libc::getpid() };
+            if page != std::ptr::addr_of!(NO_WIPE).cast_mut() {
+                pid.store(now, Ordering::Relaxed);
+            }
+            now
+        }
+        known => known,
+    }
+}
+
+/// Where [`own_pid`] reads when the kernel has no MADV_WIPEONFORK: always 0 (never written).
+static NO_WIPE: AtomicI32 = AtomicI32::new(0);
+
+/// Maps and publishes [`PID_PAGE`] (or [`NO_WIPE`]); a thread that loses the race unmaps its
+/// own page and uses the winner's.
+fn pid_page() -> *mut AtomicI32 {
+    const PAGE: usize = 4096;
+    let fallback = std::ptr::addr_of!(NO_WIPE).cast_mut();
+    // SAFETY: a fresh private anonymous mapping; no existing memory is touched.
+    let mem = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            PAGE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    let mine = if mem == libc::MAP_FAILED {
+        fallback
+    // SAFETY: advice on the mapping just made.
+    } else if unsafe { libc::madvise(mem, PAGE, libc::MADV_WIPEONFORK) } != 0 {
+        // SAFETY: the mapping just made, not published.
+        unsafe { libc::munmap(mem, PAGE) };
+        fallback
+    } else {
+        mem.cast::<AtomicI32>()
+    };
+    match PID_PAGE.compare_exchange(
+        std::ptr::null_mut(),
+        mine,
+        Ordering::AcqRel,
+        Ordering::Acquire,
+    ) {
+        Ok(_) => mine,
+        Err(theirs) => {
+            if mine != fallback {
+                // SAFETY: our page, never published.
+                unsafe { libc::munmap(mine.cast(), PAGE) };
+            }
+            theirs
+        }
+    }
 }
 
 /// The highest descriptor number the process may have (its RLIMIT_NOFILE less one), or -1
@@ -215,8 +289,7 @@ impl Stream {
             return None;
         }
         let stream = Self(k.fd);
-        // SAFETY: getpid has no arguments.
-        let same_process = unsafe { libc::getpid() } == k.pid;
+        let same_process = own_pid() == k.pid;
         // A forked child's copy of its parent's stream (closed here, on drop), an old one, or
         // one host-server has closed (readable: its end).
         if !same_process || now.saturating_sub(k.at_ms) > KEEP_FOR_MS || readable(k.fd) {
@@ -260,8 +333,7 @@ impl Stream {
         };
         *k = Kept {
             fd: self.into_raw(),
-            // SAFETY: getpid has no arguments.
-            pid: unsafe { libc::getpid() },
+            pid: own_pid(),
             dev,
             ino,
             at_ms: now,
@@ -687,6 +759,32 @@ pub fn decode_packet(buf: &[u8], n: usize) -> Result<ToGuest, Errno> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn own_pid_is_the_childs_in_a_child_made_by_a_raw_fork() {
+        // SAFETY: getpid has no arguments.
+        assert_eq!(own_pid(), unsafe { libc::getpid() });
+        // A fork no C library hears of (no atfork handlers run): only the kernel knows.
+        // SAFETY: the child calls async-signal-safe functions only, then _exit.
+        let child = unsafe { libc::syscall(libc::SYS_fork) };
+        if child == 0 {
+            // SAFETY: getpid has no arguments; _exit ends the child.
+            let right = own_pid() == unsafe { libc::getpid() } && own_pid() != 0;
+            // SAFETY: ends the child without running the test harness's code.
+            unsafe { libc::_exit(if right { 0 } else { 1 }) };
+        }
+        assert!(child > 0, "fork failed");
+        let mut status = 0;
+        // SAFETY: waits for our own child.
+        let pid = unsafe { libc::waitpid(child as libc::pid_t, &mut status, 0) };
+        assert_eq!(pid, child as libc::pid_t);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "the child read its parent's id: {status:#x}"
+        );
+        // SAFETY: getpid has no arguments.
+        assert_eq!(own_pid(), unsafe { libc::getpid() }, "the parent's is kept");
+    }
 
     #[test]
     fn answers_bring_their_descriptor_close_on_exec() {

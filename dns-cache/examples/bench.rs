@@ -12,6 +12,10 @@
 //!    them), so every answer allocates a mapping and commits it to SQLite first;
 //! 4. the allocator and SQLite writer alone, in process (no DNS), as new mappings/s.
 //!
+//! Beside the cache-hit runs, the physical limit of a UDP server on this machine: a bare echo of
+//! this bench's own (`bench udp-echo PORT`: recvmmsg/sendmmsg in batches of 64, the query sent
+//! back with its QR bit set, nothing parsed), measured the same way.
+//!
 //! Prints min/median/max and ratios of medians, and for the cache-hit runs also each server's
 //! CPU time per answered query (from /proc/PID/stat), which a busy machine disturbs less than
 //! queries/s. Everything runs in the world's namespaces.
@@ -30,19 +34,84 @@ use outsock_dns_cache::clock::SystemClock;
 use outsock_dns_cache::mapping::{Direction, MappingTable};
 use outsock_dns_cache::persist::Mappings;
 use outsock_dns_cache::store::{Durability, Store};
-use testworld::{addr, zone, Daemon, World};
+use testworld::{addr, record, zone, Daemon, World};
 
 const CACHE_PORT: u16 = 5300;
 const UNBOUND_PORT: u16 = 5301;
 const MISS_CACHE_PORT: u16 = 5302;
 const BULK_PORT: u16 = 5353;
 const BULK_NAMES: u32 = 30_000;
+const ECHO_PORT: u16 = 5303;
+/// Datagrams per recvmmsg/sendmmsg of the bare echo.
+const ECHO_BATCH: usize = 64;
+
+/// `bench udp-echo PORT`: the bare UDP server on [::1]:PORT — batches of up to [`ECHO_BATCH`]
+/// datagrams in by recvmmsg(2), each sent back to its sender with the DNS header's QR bit set
+/// by one sendmmsg(2). Runs until killed.
+#[allow(unsafe_code)]
+fn udp_echo(port: u16) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let sock = std::net::UdpSocket::bind((Ipv6Addr::LOCALHOST, port))?;
+    let fd = sock.as_raw_fd();
+    let mut bufs = vec![[0u8; 512]; ECHO_BATCH];
+    // SAFETY: plain data, zeroed.
+    let mut addrs: Vec<libc::sockaddr_in6> = vec![unsafe { std::mem::zeroed() }; ECHO_BATCH];
+    let mut iovs: Vec<libc::iovec> = bufs
+        .iter_mut()
+        .map(|b| libc::iovec {
+            iov_base: b.as_mut_ptr().cast(),
+            iov_len: b.len(),
+        })
+        .collect();
+    // SAFETY: plain data, zeroed, then pointed at the buffers above (which outlive it).
+    let mut msgs: Vec<libc::mmsghdr> = vec![unsafe { std::mem::zeroed() }; ECHO_BATCH];
+    loop {
+        for (i, m) in msgs.iter_mut().enumerate() {
+            m.msg_hdr.msg_name = std::ptr::from_mut(&mut addrs[i]).cast();
+            #[allow(clippy::cast_possible_truncation)] // 28 bytes.
+            {
+                m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in6>() as u32;
+            }
+            m.msg_hdr.msg_iov = std::ptr::from_mut(&mut iovs[i]);
+            m.msg_hdr.msg_iovlen = 1;
+            m.msg_len = 0;
+        }
+        #[allow(clippy::cast_possible_truncation)] // 64.
+        // SAFETY: every header points at live buffers of the lengths given.
+        let n = unsafe {
+            libc::recvmmsg(
+                fd,
+                msgs.as_mut_ptr(),
+                ECHO_BATCH as u32,
+                libc::MSG_WAITFORONE,
+                std::ptr::null_mut(),
+            )
+        };
+        let Ok(n) = usize::try_from(n) else { continue };
+        for (i, m) in msgs.iter_mut().take(n).enumerate() {
+            bufs[i][2] |= 0x80;
+            iovs[i].iov_len = m.msg_len as usize;
+        }
+        #[allow(clippy::cast_possible_truncation)] // ≤ 64.
+        // SAFETY: the first n headers as recvmmsg filled them (names and lengths).
+        unsafe {
+            libc::sendmmsg(fd, msgs.as_mut_ptr(), n as u32, 0)
+        };
+        for v in &mut iovs {
+            v.iov_len = 512;
+        }
+    }
+}
 
 fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("udp-echo") {
+        return udp_echo(args.get(2).context("udp-echo PORT")?.parse()?);
+    }
     if !testworld::skip_unless_root("dns-cache bench") {
         return Ok(());
     }
-    let mut args = std::env::args().skip(1);
+    let mut args = args.into_iter().skip(1);
     let secs: u32 = args.next().map_or(Ok(5), |s| s.parse())?;
     let rounds: u32 = args.next().map_or(Ok(3), |s| s.parse())?;
     let bin = std::env::current_exe()?
@@ -63,6 +132,9 @@ fn main() -> Result<()> {
     let pass_filter = format!("pass_through = [\"{}\"]", zone::V4ONLY);
     let cache = start_cache(&world, &bin, "hit", CACHE_PORT, addr::DNS, 53, &pass_filter)?;
     let unbound = start_unbound(&world)?;
+    let mut echo_cmd = Command::new(std::env::current_exe()?);
+    echo_cmd.args(["udp-echo", &ECHO_PORT.to_string()]);
+    let echo = world.host().spawn("udp-echo", echo_cmd)?;
     let _bulk = start_bulk_dnsmasq(&world)?;
     let _miss = start_cache(
         &world,
@@ -91,6 +163,7 @@ fn main() -> Result<()> {
     dnsperf(&world, UNBOUND_PORT, &hits, 1, None)?;
     let (mut ours, mut theirs, mut syn, mut pas) = (vec![], vec![], vec![], vec![]);
     let (mut ours_cpu, mut theirs_cpu, mut syn_cpu, mut pas_cpu) = (vec![], vec![], vec![], vec![]);
+    let (mut bare, mut bare_cpu) = (vec![], vec![]);
     for _ in 0..rounds {
         let (run, cpu) = measured(&world, CACHE_PORT, &hits, secs, cache.pid())?;
         ours.push(run.qps);
@@ -104,6 +177,19 @@ fn main() -> Result<()> {
         let (run, cpu) = measured(&world, CACHE_PORT, &pass, secs, cache.pid())?;
         pas.push(run.qps);
         pas_cpu.push(cpu);
+        let (run, cpu) = measured(&world, ECHO_PORT, &hits, secs, echo.pid())?;
+        bare.push(run.qps);
+        bare_cpu.push(cpu);
+    }
+    for (name, qps, cpu) in [
+        ("outsock-dns-cache (cache hits)", &ours, &ours_cpu),
+        ("unbound num-threads=1 (cache hits)", &theirs, &theirs_cpu),
+        ("outsock-dns-cache (synthesised A)", &syn, &syn_cpu),
+        ("outsock-dns-cache (pass-through A)", &pas, &pas_cpu),
+        ("bare recvmmsg/sendmmsg echo", &bare, &bare_cpu),
+    ] {
+        record::figure("dns", &format!("qps: {name}"), "queries/s", median(qps));
+        record::figure("dns", &format!("CPU per query: {name}"), "µs", median(cpu));
     }
     report("cache hits, outsock-dns-cache (A, qps)", &ours);
     report("cache hits, unbound num-threads=1 (A, qps)", &theirs);
@@ -116,6 +202,8 @@ fn main() -> Result<()> {
         "cache hits, unbound num-threads=1 (CPU µs/query)",
         &theirs_cpu,
     );
+    report("bare recvmmsg/sendmmsg UDP echo (qps)", &bare);
+    report_us("bare recvmmsg/sendmmsg UDP echo (CPU µs/query)", &bare_cpu);
     println!(
         "ratio unbound/dns-cache CPU per query (median; above 1 = dns-cache cheaper): {:.2}",
         median(&theirs_cpu) / median(&ours_cpu)
@@ -148,6 +236,12 @@ fn main() -> Result<()> {
         "miss path over DNS: {} queries, {} NOERROR, {:.0} new mappings/s (rows {} -> {}; includes dnsmasq's time)",
         run.sent, run.noerror, run.qps, before, after
     );
+    record::figure(
+        "dns",
+        "new mappings/s over DNS (miss path)",
+        "mappings/s",
+        run.qps,
+    );
 
     // The allocator and the SQLite writer alone.
     let per_sec = tokio::runtime::Runtime::new()?
@@ -155,6 +249,7 @@ fn main() -> Result<()> {
     println!(
         "allocator + SQLite commit in process: {per_sec:.0} new mappings/s (64 concurrent askers)"
     );
+    record::figure("dns", "new mappings/s in process", "mappings/s", per_sec);
     Ok(())
 }
 

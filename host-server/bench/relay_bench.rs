@@ -4,6 +4,11 @@
 //! host-server's CPU time (utime + stime) per GB of the downloads (what the relay's splice
 //! saves shows here even where the shared machine blurs the throughput).
 //!
+//! The physical limit of a user-space relay is measured beside them: `Splice`, a bare relay of
+//! this bench's own (a process in `host` that accepts on a Unix socket, connects over IPv6 and
+//! moves bytes with splice(2) through a pipe each way; no protocol, no policy), which the
+//! relay's figures can be held against.
+//!
 //! Run through `host-server/bench/run.sh` (builds the release binaries first). Needs root (the
 //! test world). Nothing leaves the world's namespaces.
 
@@ -20,7 +25,7 @@ use std::time::{Duration, Instant};
 use outsock_host_server::fdpass::recv_with_fd;
 use shared_proto::frame;
 use shared_proto::outsource::{ConnectRequest, ToGuest, ToHost};
-use testworld::{addr, zone, World};
+use testworld::{addr, record, zone, World};
 
 const PORT: u16 = 5001;
 const BULK: usize = 256 * 1024 * 1024;
@@ -32,6 +37,8 @@ enum Mode {
     Native,
     Relay,
     FdPass,
+    /// The bare splice relay ([`splice_relay`]).
+    Splice,
 }
 
 fn sibling(name: &str) -> PathBuf {
@@ -99,6 +106,7 @@ fn open(mode: Mode, sock: &Path, dummy: SocketAddrV4) -> Box<dyn ReadWrite> {
         Mode::Native => {
             Box::new(TcpStream::connect(SocketAddr::new(addr::ECHO.into(), PORT)).unwrap())
         }
+        Mode::Splice => Box::new(UnixStream::connect(sock.with_file_name("splice.sock")).unwrap()),
         Mode::Relay | Mode::FdPass => {
             let mut s = UnixStream::connect(sock).unwrap();
             let req = ToHost::Connect(ConnectRequest {
@@ -174,7 +182,52 @@ fn stats(v: &mut [f64]) -> (f64, f64, f64) {
     (v[0], v[v.len() / 2], v[v.len() - 1])
 }
 
+/// `relay-bench splice-relay PATH`: the bare relay — accepts on the Unix socket PATH; per
+/// connection connects to the world's server over IPv6 and splices each direction through a
+/// pipe of its own, on two threads, until either side ends.
+fn splice_relay(path: &str) {
+    let l = std::os::unix::net::UnixListener::bind(path).unwrap();
+    for c in l.incoming() {
+        let Ok(c) = c else { continue };
+        let t = TcpStream::connect(SocketAddr::new(addr::ECHO.into(), PORT)).unwrap();
+        let (c2, t2) = (c.try_clone().unwrap(), t.try_clone().unwrap());
+        std::thread::spawn(move || {
+            splice_one_way(&c, &t);
+            let _ = t.shutdown(std::net::Shutdown::Write);
+        });
+        std::thread::spawn(move || {
+            splice_one_way(&t2, &c2);
+            let _ = c2.shutdown(std::net::Shutdown::Write);
+        });
+    }
+}
+
+/// Moves bytes from `src` to `dst` with splice(2) through a pipe until `src` ends.
+fn splice_one_way(src: &impl std::os::fd::AsFd, dst: &impl std::os::fd::AsFd) {
+    use rustix::pipe::{pipe, splice, SpliceFlags};
+    let (r, w) = pipe().unwrap();
+    let flags = SpliceFlags::MOVE;
+    loop {
+        let n = match splice(src, None, &w, None, 1 << 20, flags) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let mut left = n;
+        while left > 0 {
+            match splice(&r, None, dst, None, left, flags) {
+                Ok(0) | Err(_) => return,
+                Ok(m) => left -= m,
+            }
+        }
+    }
+}
+
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("splice-relay") {
+        splice_relay(&args[2]);
+        return;
+    }
     if !testworld::skip_unless_root("relay-bench") {
         return;
     }
@@ -220,10 +273,18 @@ fn main() {
     let out = world.dig("::1", &["+short", zone::ECHO, "A"]).unwrap();
     let dummy = SocketAddrV4::new(out.trim().parse().unwrap(), PORT);
 
-    let modes = [Mode::Native, Mode::Relay, Mode::FdPass];
-    let mut tput: Vec<Vec<f64>> = vec![Vec::new(); 3];
-    let mut lat: Vec<Vec<Duration>> = vec![Vec::new(); 3];
-    let mut host_cpu = [0.0f64; 3];
+    let splice_sock = host_sock.with_file_name("splice.sock");
+    let cmd = Command::new(std::env::current_exe().unwrap());
+    let mut cmd = cmd;
+    cmd.arg("splice-relay").arg(&splice_sock);
+    let splice = world.host().spawn("splice-relay", cmd).unwrap();
+    wait_for(&splice_sock);
+
+    let modes = [Mode::Native, Mode::Relay, Mode::FdPass, Mode::Splice];
+    let mut tput: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
+    let mut lat: Vec<Vec<Duration>> = vec![Vec::new(); modes.len()];
+    // host-server's CPU, or for Splice the bare relay's.
+    let mut relay_cpu = [0.0f64; 4];
     for _ in 0..ROUNDS {
         for (i, m) in modes.iter().enumerate() {
             let (sock, m) = (host_sock.clone(), *m);
@@ -233,10 +294,15 @@ fn main() {
             } else {
                 world.legacy()
             };
-            let before = cpu_secs(host_pid);
+            let relay_pid = if m == Mode::Splice {
+                splice.pid()
+            } else {
+                host_pid
+            };
+            let before = cpu_secs(relay_pid);
             let s2 = sock.clone();
             let t = ns.run(move || throughput(m, &s2, dummy)).unwrap();
-            host_cpu[i] += cpu_secs(host_pid) - before;
+            relay_cpu[i] += cpu_secs(relay_pid) - before;
             let l = ns.run(move || latencies(m, &sock, dummy)).unwrap();
             tput[i].push(t);
             lat[i].extend(l);
@@ -254,13 +320,29 @@ fn main() {
         let (p50, p99) = (pct(&lat[i], 50), pct(&lat[i], 99));
         println!(
             "{m:?}: throughput MB/s min {min:.0} median {med:.0} max {max:.0} (ratio {:.2}); \
-             connect+first byte p50 {:?} (+{:?}) p99 {:?} (+{:?}); host-server CPU {:.3} s/GB",
+             connect+first byte p50 {:?} (+{:?}) p99 {:?} (+{:?}); {} CPU {:.3} s/GB",
             med / native_med,
             p50,
             p50.saturating_sub(pct(&native_lat, 50)),
             p99,
             p99.saturating_sub(pct(&native_lat, 99)),
-            host_cpu[i] / gb,
+            if *m == Mode::Splice {
+                "the bare relay's"
+            } else {
+                "host-server"
+            },
+            relay_cpu[i] / gb,
         );
+        let name = format!("{m:?}");
+        record::figure("relay", &format!("median MB/s: {name}"), "MB/s", med);
+        record::figure("relay", &format!("ratio: {name}"), "×", med / native_med);
+        record::figure(
+            "relay",
+            &format!("CPU per GB: {name}"),
+            "s",
+            relay_cpu[i] / gb,
+        );
+        let micros: Vec<f64> = lat[i].iter().map(|d| d.as_secs_f64() * 1e6).collect();
+        record::samples("relay-latency", &name, "µs", &micros);
     }
 }

@@ -27,6 +27,7 @@ mod world;
 
 pub mod addr;
 pub mod programs;
+pub mod record;
 pub mod stack;
 pub mod users;
 pub mod zone;

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use testworld::stack::Stack;
-use testworld::{addr, zone};
+use testworld::{addr, record, zone};
 
 /// The request/response server in `world` (outbound).
 const RR_PORT: u16 = 9002;
@@ -215,8 +215,9 @@ fn client_run(s: &Stack, mut cmd: Command, host_pid: Option<u32>, program: Progr
     })
 }
 
-/// Prints one concurrency's figures: native runs vs outsock runs.
-fn print_figures(conc: usize, native: &[Run], outsock: &[Run]) {
+/// Prints one concurrency's figures: native runs vs outsock runs; records them
+/// (`testworld::record`) as `bench`'s.
+fn print_figures(bench: &str, conc: usize, native: &[Run], outsock: &[Run]) {
     let med = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
         outsock_e2e::quantile(v, 0.5)
@@ -248,6 +249,18 @@ fn print_figures(conc: usize, native: &[Run], outsock: &[Run]) {
         own(native),
         own(outsock)
     );
+    #[allow(clippy::cast_precision_loss)] // A client count.
+    let clients = conc as f64;
+    for (name, value, unit) in [
+        ("ratio", or / nr, "×"),
+        ("native conn/s", nr, "conn/s"),
+        ("outsock conn/s", or, "conn/s"),
+        ("p50 native", n50, "µs"),
+        ("p50 outsock", o50, "µs"),
+        ("host-server CPU per connection", host, "µs"),
+    ] {
+        record::figure(bench, &format!("{name} @{clients}"), unit, value);
+    }
 }
 
 /// Starts `rr-server AT` with `cmd` (this binary, in some namespace) and waits for its "ready".
@@ -286,7 +299,7 @@ pub fn connrate(s: &Stack, rounds: usize, secs: u32) -> Result<()> {
                 o.args(["rr-client", &by_name, &conc.to_string(), &millis]);
                 outsock.push(client_run(s, o, host_pid, Program::Client)?);
             }
-            print_figures(conc, &native, &outsock);
+            print_figures("connrate-outbound", conc, &native, &outsock);
         }
         Ok(())
     })();
@@ -328,7 +341,7 @@ pub fn connrate(s: &Stack, rounds: usize, secs: u32) -> Result<()> {
                     Program::Server(legacy_server.id()),
                 )?);
             }
-            print_figures(conc, &native, &outsock);
+            print_figures("connrate-inbound", conc, &native, &outsock);
         }
         Ok(())
     })();

@@ -48,7 +48,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use outsock_e2e::quantile;
 use testworld::stack::Stack;
-use testworld::{addr, zone};
+use testworld::{addr, record, zone};
 
 const PROBES_PER_BATCH: usize = 500;
 /// Idle relayed connections wanted for the memory measurement (DESIGN.md §10), fewer when the
@@ -274,7 +274,7 @@ fn throughput(s: &Stack, rounds: usize, secs: u32) -> Result<()> {
             runs[i + 1].1.push(iperf_gbps(&mut o)?);
         }
     }
-    report("Gbit/s", &mut runs, true);
+    report("throughput", "Gbit/s", &mut runs, true);
     Ok(())
 }
 
@@ -301,14 +301,23 @@ fn latency(s: &Stack, rounds: usize, blocking: bool) -> Result<()> {
             runs[i + 1].1.extend(probe_output(&mut o)?);
         }
     }
-    latency_report(&mut runs);
+    latency_report(
+        if blocking {
+            "latency-blocking"
+        } else {
+            "latency"
+        },
+        &mut runs,
+    );
     Ok(())
 }
 
-/// p50 and p99 of each run, and each one's difference to the first (native).
-fn latency_report(runs: &mut [(&str, Vec<f64>)]) {
-    for (_, v) in runs.iter_mut() {
+/// p50 and p99 of each run, and each one's difference to the first (native); every sample is
+/// recorded (`testworld::record`) as `bench`'s.
+fn latency_report(bench: &str, runs: &mut [(&str, Vec<f64>)]) {
+    for (name, v) in runs.iter_mut() {
         v.sort_by(f64::total_cmp);
+        record::samples(bench, name, "µs", v);
     }
     for (label, q) in [("p50", 0.50), ("p99", 0.99)] {
         let base = quantile(&runs[0].1, q);
@@ -343,7 +352,7 @@ fn notify_cost(s: &Stack, rounds: usize) -> Result<()> {
             runs[i].1.extend(probe_output(&mut c)?);
         }
     }
-    latency_report(&mut runs);
+    latency_report("notify", &mut runs);
     Ok(())
 }
 
@@ -409,7 +418,7 @@ fn static_runs(s: &Stack, rounds: usize, bin: &std::path::Path) -> Result<()> {
         o.args(["probe", "tcp4", &by_name_echo, &count]);
         runs[1].1.extend(probe_output(&mut o)?);
     }
-    latency_report(&mut runs);
+    latency_report("static-latency", &mut runs);
 
     let mut drain = s.world.world().command(std::env::current_exe()?);
     drain
@@ -439,7 +448,7 @@ fn static_runs(s: &Stack, rounds: usize, bin: &std::path::Path) -> Result<()> {
         o.args(["bulk", "tcp4", &by_name_drain, &bytes]);
         runs[1].1.extend(probe_output(&mut o)?);
     }
-    report("Gbit/s", &mut runs, true);
+    report("static-throughput", "Gbit/s", &mut runs, true);
     drop(drain);
     Ok(())
 }
@@ -563,6 +572,7 @@ fn idle_memory(s: &Stack, count: usize) -> Result<()> {
         streams.len()
     );
     println!("  per idle relayed connection: {per:.2} KiB  (goal ≤ 16 KiB; 10,000 open ≤ 160 MiB)");
+    record::figure("memory", "per idle relayed connection", "KiB", per);
     drop(streams);
     drop(sink);
     Ok(())
@@ -624,10 +634,12 @@ fn iperf_gbps(cmd: &mut Command) -> Result<f64> {
     Ok(num.parse::<f64>()? / 1e9)
 }
 
-/// min/median/max of each run, and each one's ratio of medians to the first (native).
-fn report(unit: &str, runs: &mut [(&str, Vec<f64>)], higher_is_better: bool) {
-    for (_, v) in runs.iter_mut() {
+/// min/median/max of each run, and each one's ratio of medians to the first (native); the
+/// medians and ratios are recorded (`testworld::record`) as `bench`'s.
+fn report(bench: &str, unit: &str, runs: &mut [(&str, Vec<f64>)], higher_is_better: bool) {
+    for (name, v) in runs.iter_mut() {
         v.sort_by(f64::total_cmp);
+        record::figure(bench, &format!("median: {name}"), unit, quantile(v, 0.5));
     }
     for (name, v) in runs.iter() {
         println!(
@@ -640,6 +652,7 @@ fn report(unit: &str, runs: &mut [(&str, Vec<f64>)], higher_is_better: bool) {
     let base = quantile(&runs[0].1, 0.5);
     for (name, v) in &runs[1..] {
         let ratio = quantile(v, 0.5) / base;
+        record::figure(bench, &format!("ratio: {name}"), "×", ratio);
         println!(
             "  ratio of medians ({name} / {}): {ratio:.3}{}",
             runs[0].0,

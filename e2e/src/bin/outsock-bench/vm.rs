@@ -50,8 +50,8 @@ use outsock_vmm::event_loop;
 use outsock_vmm::seccomp::Filters;
 use shared_proto::translate::{connect_answer, connect_request};
 use shared_proto::{decode_exact, frame_len, to_vec, ToGuest};
-use testworld::addr;
 use testworld::stack::Stack;
+use testworld::{addr, record};
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
@@ -1057,8 +1057,9 @@ fn run(s: &Stack, rounds: usize, secs: f64, take_sockets: bool) -> Result<()> {
         bulk_report(what, native, guest);
     }
     println!("  connect + first byte to the echo server (native: a blocking connect; the guest's is too):");
-    for v in [&mut lat.0, &mut lat.1] {
+    for (name, v) in [("native", &mut lat.0), ("vm (simulated guest)", &mut lat.1)] {
         v.sort_by(f64::total_cmp);
+        record::samples("vm-latency", name, "µs", v);
     }
     for (label, q) in [("p50", 0.50), ("p99", 0.99)] {
         let (n, g) = (quantile(&lat.0, q), quantile(&lat.1, q));
@@ -1094,6 +1095,13 @@ fn run(s: &Stack, rounds: usize, secs: f64, take_sockets: bool) -> Result<()> {
         println!(
             "    {clients:>2} clients: native {nr:.0} conn/s, vm (simulated guest) {vr:.0} conn/s, ratio {:.3}",
             vr / nr
+        );
+        #[allow(clippy::cast_precision_loss)] // A client count.
+        record::figure(
+            "vm-connrate",
+            &format!("ratio @{}", *clients as f64),
+            "×",
+            vr / nr,
         );
         println!(
             "                per connection p50 {:.1} → {:.1} µs, p99 {:.1} → {:.1} µs; CPU per connection: VMM event thread {:.1} µs, host-server {:.1} µs",
@@ -1135,6 +1143,20 @@ fn bulk_report(what: &str, native: &mut [f64], guest: &[Bulk]) {
     println!(
         "    ratio of medians (vm / native): {:.3}  (goal ≥ 0.9)",
         gm / nm
+    );
+    record::figure("vm-throughput", &format!("ratio: {what}"), "×", gm / nm);
+    record::figure(
+        "vm-throughput",
+        &format!("median native: {what}"),
+        "Gbit/s",
+        nm,
+    );
+    record::figure("vm-throughput", &format!("median vm: {what}"), "Gbit/s", gm);
+    record::figure(
+        "vm-cpu",
+        &format!("VMM event thread per GB: {what}"),
+        "s",
+        per_gb(vmm),
     );
     println!(
         "    CPU per GB moved: VMM event thread {:.3} s, host-server {:.3} s",

@@ -181,7 +181,7 @@ impl Default for Raw {
             drain_timeout_secs: 10,
             mapping_cache_secs: 60,
             mapping_cache_entries: 65_536,
-            relay_buffer: 16 * 1024,
+            relay_buffer: 64 * 1024,
             ipv4_egress: false,
             lend_sockets: true,
             destination_pool: "10.170.160.0/20".into(),

@@ -27,6 +27,9 @@ fn append(line: &str) {
     let Ok(path) = std::env::var(RECORD_ENV) else {
         return;
     };
+    if path.is_empty() {
+        return;
+    }
     // Tabs and newlines inside a name would break the line format.
     let line: String = line
         .split('\t')

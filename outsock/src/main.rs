@@ -23,7 +23,7 @@
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -64,7 +64,8 @@ enum Cmd {
         /// The guest DNS address (answered by dns-cache through host-server).
         #[arg(long, env = "OUTSOCK_DNS")]
         dns: Option<String>,
-        /// liboutsock.so to preload (default: next to this executable).
+        /// liboutsock.so to preload (default: next to this executable, else
+        /// ../lib/outsock/liboutsock.so from it, where deploy/README.md installs it).
         #[arg(long, env = "OUTSOCK_SHIM")]
         shim: Option<PathBuf>,
         /// Only the preload, no supervisor (debugging): static binaries and Go programs are
@@ -308,11 +309,12 @@ fn run(
     if preload {
         let shim = match shim {
             Some(p) => p,
-            None => std::env::current_exe()?.with_file_name("liboutsock.so"),
+            None => default_shim(&std::env::current_exe()?),
         };
         if !shim.is_file() {
             bail!(
-                "{} not found: build it with `cargo build -p outsock-shim` or pass --shim",
+                "{} not found: build it with `cargo build -p outsock-shim`, install it as \
+                 deploy/README.md says, or pass --shim",
                 shim.display()
             );
         }
@@ -557,6 +559,21 @@ fn to_json(m: &MappingInfo) -> String {
     )
 }
 
+/// Where `outsock run` finds liboutsock.so without --shim: next to the executable `exe` (a
+/// cargo build), else `../lib/outsock/liboutsock.so` from it (installed: /usr/bin/outsock and
+/// /usr/lib/outsock/liboutsock.so). The first that exists; the first if neither does.
+fn default_shim(exe: &Path) -> PathBuf {
+    let beside = exe.with_file_name("liboutsock.so");
+    let installed = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|prefix| prefix.join("lib/outsock/liboutsock.so"));
+    match installed {
+        Some(p) if !beside.is_file() && p.is_file() => p,
+        _ => beside,
+    }
+}
+
 /// Whether `program` — a path, or a name looked up on PATH as `Command` does — is a 32-bit
 /// ELF file (`ELFCLASS32`). Anything unreadable is not.
 fn is_elf32(program: &str) -> bool {
@@ -598,6 +615,23 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
         // A name on PATH: this machine's `sh` is 64-bit.
         assert!(!is_elf32("sh"));
+    }
+
+    #[test]
+    fn finds_the_shim_beside_or_installed() {
+        let dir = std::env::temp_dir().join(format!("outsock-shim-{}", std::process::id()));
+        let bin = dir.join("usr/bin");
+        let lib = dir.join("usr/lib/outsock");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::create_dir_all(&lib).unwrap();
+        let exe = bin.join("outsock");
+        // Neither: the one beside (named in the error).
+        assert_eq!(default_shim(&exe), bin.join("liboutsock.so"));
+        std::fs::write(lib.join("liboutsock.so"), b"").unwrap();
+        assert_eq!(default_shim(&exe), lib.join("liboutsock.so"));
+        std::fs::write(bin.join("liboutsock.so"), b"").unwrap();
+        assert_eq!(default_shim(&exe), bin.join("liboutsock.so"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

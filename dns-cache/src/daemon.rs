@@ -64,10 +64,12 @@ pub enum DaemonError {
     Policy(#[source] outsock_policy::HostError),
 }
 
-/// Checks the pools against each other and the host's routes.
+/// Checks the pools against each other and the routes and interface addresses of this network
+/// namespace.
 pub fn check_pools(s: &Settings) -> Result<(), PoolError> {
     let routes = pool::read_routes(&s.route_table)?;
-    pool::check_pools(&s.destination_pool, &s.source_pool, &routes)
+    let addrs = pool::read_addresses()?;
+    pool::check_pools(&s.destination_pool, &s.source_pool, &routes, &addrs)
 }
 
 /// Sets the static mappings of `[static]`; the first that cannot be set (a conflict with a

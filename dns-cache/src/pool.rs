@@ -2,8 +2,11 @@
 //! from the host's own IPv4 routes.
 //!
 //! A dummy address that is also a real destination would silently send a guest's traffic to the
-//! wrong place, so both pools are checked at start-up against each other and against
-//! `/proc/net/route` (DESIGN.md §5, RFC 6535 §4.4).
+//! wrong place, so both pools are checked at start-up against each other, against
+//! `/proc/net/route` and against the IPv4 addresses of this network namespace's interfaces
+//! (DESIGN.md §5, RFC 6535 §4.4). Containers are where this bites: Docker's default address
+//! pools (172.17.0.0/16 to 172.31.0.0/16, 192.168.0.0/16) include the default source pool, so
+//! the message says what to change.
 
 use std::fmt;
 use std::net::Ipv4Addr;
@@ -25,7 +28,10 @@ pub enum PoolError {
     #[error("the destination pool {0} and the source pool {1} overlap")]
     PoolsOverlap(Ipv4Prefix, Ipv4Prefix),
     /// A pool shares addresses with a route of this host.
-    #[error("the {which} pool {pool} overlaps the local route {route} on {iface}")]
+    #[error(
+        "the {which} pool {pool} overlaps the local route {route} on {iface}: {}",
+        remedy(route)
+    )]
     RouteOverlap {
         /// Which pool (destination or source).
         which: &'static str,
@@ -36,6 +42,24 @@ pub enum PoolError {
         /// The interface of that route.
         iface: String,
     },
+    /// A pool holds an address of one of this host's interfaces.
+    #[error(
+        "the {which} pool {pool} holds {addr}, an address of {iface}: {}",
+        remedy(&Ipv4Prefix { base: u32::from(*addr), len: 32 })
+    )]
+    AddressOverlap {
+        /// Which pool (destination or source).
+        which: &'static str,
+        /// The pool's prefix.
+        pool: Ipv4Prefix,
+        /// The interface address inside it.
+        addr: Ipv4Addr,
+        /// The interface.
+        iface: String,
+    },
+    /// The interface addresses could not be read.
+    #[error("cannot read the interface addresses (getifaddrs)")]
+    Addresses(#[source] nix::Error),
     /// The route table could not be read.
     #[error("cannot read the route table {path}")]
     Routes {
@@ -131,6 +155,24 @@ impl FromStr for Ipv4Prefix {
     }
 }
 
+/// What to do about a pool that overlaps `local`, for the error message: a local prefix inside
+/// Docker's default address pools most likely is a Docker network's.
+fn remedy(local: &Ipv4Prefix) -> &'static str {
+    const DOCKER_POOLS: [(u32, u8); 2] = [(0xac10_0000, 12), (0xc0a8_0000, 16)];
+    if DOCKER_POOLS
+        .iter()
+        .any(|&(net, len)| local.len >= len && local.base & mask(len) == net)
+    {
+        "a dummy there would be taken for a real address. This looks like a Docker network \
+         (Docker's default address pools are 172.17.0.0/16 to 172.31.0.0/16 and \
+         192.168.0.0/16): give the network explicit subnets off the pools (docker-compose: \
+         ipam config), or move destination_pool/source_pool (in host-server's settings too)"
+    } else {
+        "a dummy there would be taken for a real address. Give this network other subnets, \
+         or move destination_pool/source_pool (in host-server's settings too)"
+    }
+}
+
 trait SaturatingPrev {
     fn saturating_prev(self) -> Self;
 }
@@ -198,13 +240,38 @@ pub fn read_routes(path: &str) -> Result<Vec<Route>, PoolError> {
     }
 }
 
-/// Checks that the two pools do not overlap each other nor any non-default local route. The
-/// default route (length 0) covers everything and says nothing about local addresses, so it is
-/// left out.
+/// One IPv4 address of an interface of this network namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IfaceAddr {
+    /// Interface name.
+    pub iface: String,
+    /// The address.
+    pub addr: Ipv4Addr,
+}
+
+/// Reads the IPv4 addresses of this network namespace's interfaces. An address need not have a
+/// route of its own in the main table (`noprefixroute`, a /32), so routes alone can miss one.
+pub fn read_addresses() -> Result<Vec<IfaceAddr>, PoolError> {
+    Ok(nix::ifaddrs::getifaddrs()
+        .map_err(PoolError::Addresses)?
+        .filter_map(|ifa| {
+            let addr = ifa.address?.as_sockaddr_in()?.ip();
+            Some(IfaceAddr {
+                iface: ifa.interface_name,
+                addr,
+            })
+        })
+        .collect())
+}
+
+/// Checks that the two pools do not overlap each other, nor any non-default local route, nor
+/// any interface address. The default route (length 0) covers everything and says nothing
+/// about local addresses, so it is left out.
 pub fn check_pools(
     destination: &Ipv4Prefix,
     source: &Ipv4Prefix,
     routes: &[Route],
+    addrs: &[IfaceAddr],
 ) -> Result<(), PoolError> {
     if destination.overlaps(source) {
         return Err(PoolError::PoolsOverlap(*destination, *source));
@@ -222,6 +289,14 @@ pub fn check_pools(
                     iface: route.iface.clone(),
                 });
             }
+        }
+        if let Some(a) = addrs.iter().find(|a| pool.contains(a.addr)) {
+            return Err(PoolError::AddressOverlap {
+                which,
+                pool: *pool,
+                addr: a.addr,
+                iface: a.iface.clone(),
+            });
         }
     }
     Ok(())
@@ -297,17 +372,72 @@ eth1\t0000AA0A\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0\n";
         let src: Ipv4Prefix = "172.21.112.0/20".parse().unwrap();
         let routes = parse_routes(ROUTES);
         // The default route alone never conflicts.
-        assert!(check_pools(&dst, &src, &routes[..2]).is_ok());
+        assert!(check_pools(&dst, &src, &routes[..2], &[]).is_ok());
         assert!(matches!(
-            check_pools(&dst, &src, &routes),
+            check_pools(&dst, &src, &routes, &[]),
             Err(PoolError::RouteOverlap {
                 which: "destination",
                 ..
             })
         ));
         assert!(matches!(
-            check_pools(&dst, &dst, &[]),
+            check_pools(&dst, &dst, &[], &[]),
             Err(PoolError::PoolsOverlap(..))
         ));
+    }
+
+    #[test]
+    fn an_interface_address_inside_a_pool_is_named() {
+        let dst: Ipv4Prefix = "10.170.160.0/20".parse().unwrap();
+        let src: Ipv4Prefix = "172.21.112.0/20".parse().unwrap();
+        let lo = IfaceAddr {
+            iface: "lo".into(),
+            addr: Ipv4Addr::LOCALHOST,
+        };
+        let eth0 = IfaceAddr {
+            iface: "eth0".into(),
+            addr: Ipv4Addr::new(172, 21, 120, 9),
+        };
+        assert!(check_pools(&dst, &src, &[], std::slice::from_ref(&lo)).is_ok());
+        let err = check_pools(&dst, &src, &[], &[lo, eth0]).unwrap_err();
+        assert!(matches!(
+            err,
+            PoolError::AddressOverlap { which: "source", iface: ref i, .. } if i == "eth0"
+        ));
+        let msg = err.to_string();
+        assert!(msg
+            .starts_with("the source pool 172.21.112.0/20 holds 172.21.120.9, an address of eth0"));
+        assert!(msg.contains("Docker's default address pools"), "{msg}");
+    }
+
+    #[test]
+    fn a_docker_network_route_gets_the_docker_advice() {
+        let dst: Ipv4Prefix = "10.170.160.0/20".parse().unwrap();
+        let src: Ipv4Prefix = "172.21.112.0/20".parse().unwrap();
+        // A compose network Docker gave 172.21.0.0/16, as it does from its default pools.
+        let docker = Route {
+            iface: "eth0".into(),
+            network: Ipv4Addr::new(172, 21, 0, 0),
+            len: 16,
+        };
+        let msg = check_pools(&dst, &src, &[docker], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(msg.starts_with(
+            "the source pool 172.21.112.0/20 overlaps the local route 172.21.0.0/16 on eth0: "
+        ));
+        assert!(msg.contains("explicit subnets"), "{msg}");
+        // Elsewhere the advice does not mention Docker.
+        let other = Route {
+            iface: "eth1".into(),
+            network: Ipv4Addr::new(10, 170, 0, 0),
+            len: 16,
+        };
+        let msg = check_pools(&dst, &src, &[other], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(!msg.contains("Docker"), "{msg}");
+        // A wide route (10/8) that is no Docker network gets the plain advice too.
+        assert!(remedy(&"10.0.0.0/8".parse().unwrap()).starts_with("a dummy there"));
     }
 }

@@ -143,7 +143,9 @@ fn main() -> Result<()> {
         MISS_CACHE_PORT,
         addr::DNS,
         BULK_PORT,
-        "destination_pool = \"10.160.0.0/16\"",
+        // Every query a new dummy, from one client: its quota (256 a minute by default)
+        // would refuse all but the first few hundred.
+        "destination_pool = \"10.160.0.0/16\"\ndummy_quota_per_minute = 100000000",
     )?;
 
     // The dual-stack name is a cache hit for both: Unbound caches its real A, dns-cache its AAAA

@@ -315,7 +315,12 @@ fn main() -> Result<()> {
         ("vm-connrate", "VM outbound"),
     ] {
         for (name, v) in r.with_prefix(bench, "ratio @") {
-            bars.push((format!("{label}, {name} clients"), v));
+            // "32" or "32 (relay)".
+            let bar = match name.split_once(" (") {
+                Some((n, how)) => format!("{label}, {n} clients ({how}"),
+                None => format!("{label}, {name} clients"),
+            };
+            bars.push((bar, v));
         }
     }
     if !bars.is_empty() {

@@ -92,8 +92,10 @@ pub(crate) fn unexpected(answer: &Result<(ToGuest, Option<c_int>), Errno>) -> c_
     }
 }
 
-/// Makes `conn`, an accepted connection, the program's: close-on-exec and non-blocking as
-/// accept4's `flags` ask, the peer written to the caller's `addr`, the AF_INET view recorded.
+/// Makes `conn`, an accepted connection (close-on-exec and blocking, as host-server passes
+/// them and a VM listener's accept4 makes them), the program's: close-on-exec and non-blocking
+/// as accept4's `flags` ask (a system call only for what differs), the peer written to the
+/// caller's `addr`, the AF_INET view recorded.
 ///
 /// # Safety
 /// `conn` is ours; `addr`/`len` follow accept4(2)'s contract.
@@ -110,13 +112,15 @@ pub(crate) unsafe fn install_accepted(
         if flags & libc::SOCK_CLOEXEC == 0 {
             real::fcntl(conn, libc::F_SETFD, 0);
         }
-        let fl = real::fcntl(conn, libc::F_GETFL, 0).max(0);
-        let fl = if flags & libc::SOCK_NONBLOCK != 0 {
-            fl | libc::O_NONBLOCK
-        } else {
-            fl & !libc::O_NONBLOCK
-        };
-        real::fcntl(conn, libc::F_SETFL, usize::try_from(fl).unwrap_or(0));
+        // A socket's status flags are O_RDWR and O_NONBLOCK alone; `conn` came blocking.
+        if flags & libc::SOCK_NONBLOCK != 0 {
+            #[allow(clippy::cast_sign_loss)] // Two positive flags.
+            real::fcntl(
+                conn,
+                libc::F_SETFL,
+                (libc::O_RDWR | libc::O_NONBLOCK) as usize,
+            );
+        }
         write_v4(peer, addr, len);
     }
     table::set(

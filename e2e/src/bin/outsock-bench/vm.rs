@@ -952,6 +952,12 @@ pub fn vm(rounds: usize, secs: u32) -> Result<()> {
 }
 
 fn run(s: &Stack, rounds: usize, secs: f64, take_sockets: bool) -> Result<()> {
+    // How the recorded figures of this run are told apart.
+    let mode = if take_sockets {
+        "VMM takes the socket"
+    } else {
+        "relay"
+    };
     println!(
         "  {}:",
         if take_sockets {
@@ -1054,12 +1060,12 @@ fn run(s: &Stack, rounds: usize, secs: f64, take_sockets: bool) -> Result<()> {
         }
     }
     for (what, (native, guest)) in [("guest→IPv6", &mut up), ("IPv6→guest", &mut down)] {
-        bulk_report(what, native, guest);
+        bulk_report(&format!("{what} ({mode})"), native, guest);
     }
     println!("  connect + first byte to the echo server (native: a blocking connect; the guest's is too):");
     for (name, v) in [("native", &mut lat.0), ("vm (simulated guest)", &mut lat.1)] {
         v.sort_by(f64::total_cmp);
-        record::samples("vm-latency", name, "µs", v);
+        record::samples("vm-latency", &format!("{name}, {mode} run"), "µs", v);
     }
     for (label, q) in [("p50", 0.50), ("p99", 0.99)] {
         let (n, g) = (quantile(&lat.0, q), quantile(&lat.1, q));

@@ -265,15 +265,23 @@ pub(crate) unsafe fn accept4(
     len: *mut socklen_t,
     flags: c_int,
 ) -> c_int {
-    let mut rflags = libc::MSG_CMSG_CLOEXEC;
-    // SAFETY: F_GETFL query.
-    if unsafe { real::fcntl(fd, libc::F_GETFL, 0) } & libc::O_NONBLOCK != 0 {
-        rflags |= libc::MSG_DONTWAIT;
-    }
     let mut buf = [0u8; MAX_PACKET];
     let mut passed = None;
-    // One recvmsg: one whole packet or none (see the module docs).
-    let got = match recvmsg_fd::<real::Real>(fd, &mut buf, rflags, &mut passed) {
+    // One recvmsg: one whole packet or none (see the module docs). A connection waiting is
+    // taken without asking whether the listener blocks; only when none is does its mode
+    // decide between EAGAIN and waiting.
+    let mut received = recvmsg_fd::<real::Real>(
+        fd,
+        &mut buf,
+        libc::MSG_CMSG_CLOEXEC | libc::MSG_DONTWAIT,
+        &mut passed,
+    );
+    let empty = matches!(&received, Err(e) if e.raw_os_error() == Some(libc::EAGAIN));
+    // SAFETY: F_GETFL query.
+    if empty && unsafe { real::fcntl(fd, libc::F_GETFL, 0) } & libc::O_NONBLOCK == 0 {
+        received = recvmsg_fd::<real::Real>(fd, &mut buf, libc::MSG_CMSG_CLOEXEC, &mut passed);
+    }
+    let got = match received {
         // host-server closed its end: the listener is gone.
         Ok(0) => Err(Errno::ECONNABORTED),
         Ok(n) => decode_exact::<ToGuest>(&buf[..n])

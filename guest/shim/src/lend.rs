@@ -12,7 +12,9 @@
 //! - **Lent sockets.** Each `Lent` frame brings one unconnected IPv6 TCP socket of host-server's
 //!   network (IPV6_V6ONLY, bound to the source address host-server uses, if any). The process
 //!   asks for two at first and twice as many each time, up to `MAX_LENT`, one thread at a time
-//!   (others without a spare meanwhile ask for their one); once its batches are the largest, a
+//!   (others without a spare meanwhile wait for that batch, yielding, up to 2 ms, and only then
+//!   ask for their one: under many concurrent connects a round trip each would cost more than
+//!   the wait); once its batches are the largest, a
 //!   connect that leaves fewer than half of [`POOL`] spares asks for more after it is under
 //!   way. The spares wait in
 //!   [`SPARES`], each at the top of the descriptor range below the kept streams (so the
@@ -277,7 +279,7 @@ pub(crate) fn connect(fd: c_int, entry: Entry, dest: SocketAddrV4) -> Option<c_i
     }
     let got = match cached(dest, now_ms()) {
         Some(None) => return None,
-        Some(Some(target)) => take_spare().map(|s| (target, s)),
+        Some(Some(target)) => take_spare().or_else(spare_from_refill).map(|s| (target, s)),
         None => None,
     };
     let (target, sock) = match got {
@@ -332,6 +334,41 @@ fn connected(fd: c_int, entry: Entry, dest: SocketAddrV4) {
             ..entry
         },
     );
+}
+
+/// The longest a connect that found no spare waits for a refill under way.
+const REFILL_WAIT_NS: u64 = 2_000_000;
+
+/// A spare from the refill another thread has under way, if one is and it lands within
+/// [`REFILL_WAIT_NS`]: the waiting thread yields its CPU (to the refilling thread and
+/// host-server, on a busy machine the ones that must run) instead of asking host-server for a
+/// socket of its own, which under many concurrent connects would be a round trip for each.
+fn spare_from_refill() -> Option<c_int> {
+    if !REFILLING.load(Ordering::Acquire) {
+        return None;
+    }
+    let start = monotonic_ns();
+    loop {
+        // SAFETY: sched_yield has no arguments.
+        unsafe { libc::sched_yield() };
+        if let Some(s) = take_spare() {
+            return Some(s);
+        }
+        if !REFILLING.load(Ordering::Acquire)
+            || monotonic_ns().saturating_sub(start) > REFILL_WAIT_NS
+        {
+            return take_spare();
+        }
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds (a vDSO read).
+fn monotonic_ns() -> u64 {
+    // SAFETY: timespec is plain data.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
 }
 
 /// [`ask`] for a connect that found no spare: the first thread asks for a batch (growing

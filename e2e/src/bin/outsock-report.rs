@@ -218,6 +218,32 @@ fn cdf_chart(path: &Path, title: &str, series: &[&Samples]) -> Result<()> {
     Ok(())
 }
 
+/// A section of ratios to native: its bar chart (`plots/FILE.svg`, a line at 1) under
+/// `heading`; nothing where there are no bars.
+fn ratio_section(
+    md: &mut String,
+    plots: &Path,
+    (heading, file): (&str, &str),
+    title: &str,
+    bars: &[(String, f64)],
+) -> Result<()> {
+    if bars.is_empty() {
+        return Ok(());
+    }
+    bar_chart(
+        &plots.join(format!("{file}.svg")),
+        title,
+        "ratio of medians",
+        bars,
+        Some(1.0),
+    )?;
+    writeln!(
+        md,
+        "## {heading}\n\n![{file} ratios](benchmarks/{file}.svg)\n"
+    )?;
+    Ok(())
+}
+
 /// The machine the run was made on, from /proc and uname.
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
@@ -296,19 +322,13 @@ fn main() -> Result<()> {
             }
         }
     }
-    if !bars.is_empty() {
-        bar_chart(
-            &plots.join("throughput.svg"),
-            "Bulk throughput, ratio to native IPv6 (1 = native)",
-            "ratio of medians",
-            &bars,
-            Some(1.0),
-        )?;
-        writeln!(
-            md,
-            "## Throughput\n\n![throughput ratios](benchmarks/throughput.svg)\n"
-        )?;
-    }
+    ratio_section(
+        &mut md,
+        &plots,
+        ("Throughput", "throughput"),
+        "Bulk throughput, ratio to native IPv6 (1 = native)",
+        &bars,
+    )?;
 
     // Connection rate.
     let mut bars = Vec::new();
@@ -326,19 +346,13 @@ fn main() -> Result<()> {
             bars.push((bar, v));
         }
     }
-    if !bars.is_empty() {
-        bar_chart(
-            &plots.join("connrate.svg"),
-            "Connections per second (one per request), ratio to native",
-            "ratio of medians",
-            &bars,
-            Some(1.0),
-        )?;
-        writeln!(
-            md,
-            "## Connection rate\n\n![connection rate ratios](benchmarks/connrate.svg)\n"
-        )?;
-    }
+    ratio_section(
+        &mut md,
+        &plots,
+        ("Connection rate", "connrate"),
+        "Connections per second (one per request), ratio to native",
+        &bars,
+    )?;
 
     // Latency distributions.
     let mut benches: Vec<&str> = r.samples.iter().map(|s| s.bench.as_str()).collect();

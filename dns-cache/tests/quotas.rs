@@ -136,6 +136,7 @@ fn a_flood_from_one_64_stays_within_its_cap_and_spares_pinned_dummies() {
         .write_all(
             &frame::to_vec(&ToHost::Udp(UdpRequest {
                 bind: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, PORT),
+                channel: false,
             }))
             .unwrap(),
         )

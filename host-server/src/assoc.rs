@@ -7,14 +7,18 @@
 //! and received with one `recv`, whole or not at all. So any number of threads and processes
 //! (after fork) may receive and send on the program's fd at once, blocking or not: each datagram
 //! reaches exactly one reader, whole, with its own source address, and sends never interleave.
-//! The association ends when every copy of the guest's end is closed (end of file here).
+//! The association ends when every copy of the guest's end is closed (end of file here). A
+//! process's UDP server may bring the pair's host end itself (`UdpRequest::channel`, see
+//! `Channel::adopt`): then the answer goes without a descriptor and the request's stream
+//! stays open while the association lives, so the supervisor's keeper can tell a host-server
+//! that went away from an association that ended, and open it again on the same channel.
 //!
 //! A VM's association stays on its request stream (vsock through the VMM carries only streams):
 //! frames follow each other on it, and the shim keeps each frame whole by letting one thread at
 //! a time read or write a frame (`guest/shim/src/dgram.rs`).
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use nix::sys::socket::{recv, send, MsgFlags};
 use shared_proto::frame::{self, HEADER_LEN, MAX_BODY};
@@ -91,6 +95,45 @@ impl Channel {
             sock: ours,
             buf: vec![0; MAX_PACKET],
         })
+    }
+
+    /// Answers a request that brought its own packet channel (a process's UDP server,
+    /// `UdpRequest::channel`) with `answer`, without a descriptor: the channel is `host_end`,
+    /// the host's end of the pair the requester made. Returns the channel and the request's
+    /// stream, which the association holds open while it lives (see `UdpRequest::channel`).
+    /// `None` when the guest is gone, sent anything after the request, or the end cannot be
+    /// taken (the guest is told).
+    pub(crate) async fn adopt(
+        mut stream: UnixStream,
+        leftover: &[u8],
+        answer: &ToGuest,
+        host_end: OwnedFd,
+    ) -> Option<(Self, UnixStream)> {
+        if !leftover.is_empty() {
+            // The shim waits for the answer before its first datagram: nothing may follow.
+            crate::context::refuse(&mut stream, shared_proto::Errno::EPROTO).await;
+            return None;
+        }
+        let end = std::os::unix::net::UnixStream::from(host_end);
+        let sock = match end
+            .set_nonblocking(true)
+            .and_then(|()| UnixStream::from_std(end))
+        {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot take an association's packet channel");
+                crate::context::refuse(&mut stream, shared_proto::Errno::ENOBUFS).await;
+                return None;
+            }
+        };
+        write_frame(&mut stream, answer).await.ok()?;
+        Some((
+            Self::Packets {
+                sock,
+                buf: vec![0; MAX_PACKET],
+            },
+            stream,
+        ))
     }
 
     /// The guest's next frame. Cancel-safe: a stream's bytes stay buffered, and a packet is

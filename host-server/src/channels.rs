@@ -1,14 +1,15 @@
-//! Process-mode listeners known by their packet channel, for requesters that make the channel
-//! themselves (`ListenRequest::channel`): the host's end arrives attached to the request, and
-//! its identity (`st_dev`, `st_ino` of the socket) names the listener. A request whose channel
-//! is already a live listener's is a *re-registration* (a requester that lost sight of
-//! host-server, or hands the listener on to its keeper): it is answered `Listening` again with
-//! the listener's address, nothing new is opened, and its stream is held until the listener
-//! ends or the requester closes it.
+//! Process-mode listeners and UDP server associations known by their packet channel, for
+//! requesters that make the channel themselves (`ListenRequest::channel`,
+//! `UdpRequest::channel`): the host's end arrives attached to the request, and its identity
+//! (`st_dev`, `st_ino` of the socket) names the listener or association. A request whose
+//! channel is already a live one's, of the same use, is a *re-registration* (a requester that
+//! lost sight of host-server, or hands the channel on to its keeper): it is answered again
+//! (`Listening`, `Associated`) with the live one's address, nothing new is opened, and its
+//! stream is held until the live one ends or the requester closes it.
 //!
-//! Invariant: **one live listener per channel** — the map is checked and the new listener
-//! entered under one lock, with the bind in between (a plain system call), so two requests
-//! bringing the same channel at once never open two listeners.
+//! Invariant: **one live listener or association per channel** — the map is checked and the
+//! new one entered under one lock, with the bind in between (a plain system call), so two
+//! requests bringing the same channel at once never open two.
 
 use std::collections::HashMap;
 use std::net::SocketAddrV4;
@@ -22,9 +23,17 @@ use tokio::sync::watch;
 /// A channel's identity: its socket's device and inode.
 pub(crate) type Key = (u64, u64);
 
-/// A live listener as a re-registration sees it.
+/// What a channel serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Use {
+    Listener,
+    Udp,
+}
+
+/// A live listener or association as a re-registration sees it.
 #[derive(Debug)]
 struct Live {
+    what: Use,
     local: SocketAddrV4,
     generation: u64,
     /// Changes (its sender dropped) when the listener ends.
@@ -37,20 +46,23 @@ struct Map {
     next_generation: u64,
 }
 
-/// The live process-mode listeners whose requester made the channel, by channel.
+/// The live process-mode listeners and associations whose requester made the channel, by
+/// channel.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Channels(Arc<Mutex<Map>>);
 
 /// What a request's channel names.
 #[derive(Debug)]
 pub(crate) enum Found {
-    /// A live listener: answer it again. Whoever brings the channel holds the listener (its
+    /// A live one of the use asked: answer it again. Whoever brings the channel holds it (its
     /// owner passed it on: the keeper may run as another user, root, than the program), so the
     /// identity is not compared.
     Live {
         local: SocketAddrV4,
         ended: watch::Receiver<()>,
     },
+    /// A live one of another use (a listener's channel brought to a UDP request): refused.
+    Other,
     /// None: open one.
     None,
 }
@@ -84,25 +96,27 @@ pub(crate) struct Locked<'a> {
 }
 
 impl Locked<'_> {
-    /// What `key` names.
-    pub(crate) fn find(&self, key: Key) -> Found {
+    /// What `key` names, for a request of use `what`.
+    pub(crate) fn find(&self, key: Key, what: Use) -> Found {
         match self.map.live.get(&key) {
-            Some(l) => Found::Live {
+            Some(l) if l.what == what => Found::Live {
                 local: l.local,
                 ended: l.ended.clone(),
             },
+            Some(_) => Found::Other,
             None => Found::None,
         }
     }
 
-    /// Enters a new listener for `key`.
-    pub(crate) fn register(&mut self, key: Key, local: SocketAddrV4) -> Registration {
+    /// Enters a new listener or association (`what`) for `key`.
+    pub(crate) fn register(&mut self, key: Key, what: Use, local: SocketAddrV4) -> Registration {
         let (alive, ended) = watch::channel(());
         self.map.next_generation += 1;
         let generation = self.map.next_generation;
         self.map.live.insert(
             key,
             Live {
+                what,
                 local,
                 generation,
                 ended,
@@ -153,7 +167,7 @@ pub(crate) fn channel_key(fd: BorrowedFd<'_>) -> Option<Key> {
     Some((st.dev(), st.ino()))
 }
 
-/// Holds a re-registration's stream until the listener ends (`ended` changes or its sender
+/// Holds a re-registration's stream until the listener or association ends (`ended` changes or its sender
 /// goes) or the requester closes the stream (or sends anything: nothing may follow).
 pub(crate) async fn hold(stream: UnixStream, mut ended: watch::Receiver<()>) {
     let mut probe = [0u8; 1];
@@ -202,20 +216,22 @@ mod tests {
         let ch = Channels::default();
         let key = (1, 2);
         let local: SocketAddrV4 = "0.0.0.0:8080".parse().unwrap();
-        assert!(matches!(ch.locked().find(key), Found::None));
-        let reg = ch.locked().register(key, local);
-        let Found::Live { local: l, ended } = ch.locked().find(key) else {
+        assert!(matches!(ch.locked().find(key, Use::Listener), Found::None));
+        let reg = ch.locked().register(key, Use::Listener, local);
+        let Found::Live { local: l, ended } = ch.locked().find(key, Use::Listener) else {
             panic!("not found");
         };
         assert_eq!(l, local);
         assert_eq!(ch.len(), 1);
+        // A listener's channel brought to a UDP request names nothing to answer.
+        assert!(matches!(ch.locked().find(key, Use::Udp), Found::Other));
         drop(reg);
         assert_eq!(ch.len(), 0);
         // The re-registration's holder learns that the listener ended.
         assert!(ended.has_changed().is_err());
         // A newer registration of the same channel is not removed by an older one's end.
-        let old = ch.locked().register(key, local);
-        let new = ch.locked().register(key, local);
+        let old = ch.locked().register(key, Use::Udp, local);
+        let new = ch.locked().register(key, Use::Udp, local);
         drop(old);
         assert_eq!(ch.len(), 1);
         drop(new);

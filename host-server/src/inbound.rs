@@ -41,7 +41,7 @@ use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpStream, UnixStream};
 
-use crate::channels::{self, Found, Registration};
+use crate::channels::{self, Found, Registration, Use};
 use crate::config::Settings;
 use crate::context::{Request, Shared};
 use crate::errno::bind_errno;
@@ -196,8 +196,10 @@ fn open_now(
 ) -> Opened {
     let mut locked = key.map(|k| (k, shared.channels.locked()));
     if let Some((k, map)) = &locked {
-        if let Found::Live { local, ended } = map.find(*k) {
-            return Opened::Again { local, ended };
+        match map.find(*k, Use::Listener) {
+            Found::Live { local, ended } => return Opened::Again { local, ended },
+            Found::Other => return Opened::Refused(Errno::EINVAL),
+            Found::None => {}
         }
     }
     let permit = match shared.limits.acquire(identity, Resource::Listener) {
@@ -221,7 +223,9 @@ fn open_now(
         l.addr.port()
     };
     let local = SocketAddrV4::new(*l.addr.ip(), guest_port);
-    let registration = locked.as_mut().map(|(k, map)| map.register(*k, local));
+    let registration = locked
+        .as_mut()
+        .map(|(k, map)| map.register(*k, Use::Listener, local));
     Opened::Bound {
         listener,
         permit,

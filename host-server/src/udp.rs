@@ -52,6 +52,7 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio::net::UdpSocket;
 
 use crate::assoc::Channel;
+use crate::channels::{self, Found, Registration};
 use crate::context::{admit, LocalTable, PortHolders, Request, Shared, Use};
 use crate::dest::Route;
 use crate::handover::send_answer_with_fd;
@@ -224,7 +225,10 @@ pub(crate) async fn connect_passed(req: Request, u: &UdpConnectRequest, shared: 
             return req.refuse(errno).await;
         }
     }
-    let request = UdpRequest { bind: u.bind };
+    let request = UdpRequest {
+        bind: u.bind,
+        channel: false,
+    };
     let sock = match open_socket(shared, &req.identity, &request, family, local) {
         Ok(s) => s,
         Err(errno) => return req.refuse(errno).await,
@@ -329,22 +333,53 @@ impl Drop for HeldPort {
     }
 }
 
-/// Runs one association to its end.
-pub(crate) async fn associate(req: Request, u: &UdpRequest, shared: &Shared) {
-    let sock = match open_socket(shared, &req.identity, u, Family::V6, None) {
+/// An association's host sockets and hold on its port, opened; or what a request bringing a
+/// live association's channel gets instead.
+enum Opened {
+    Bound {
+        sockets: Sockets,
+        held: Option<HeldPort>,
+        local: SocketAddrV4,
+        registration: Option<Registration>,
+    },
+    /// The channel is a live association's: answered again (see `channels`).
+    Again {
+        local: SocketAddrV4,
+        ended: tokio::sync::watch::Receiver<()>,
+    },
+    Refused(Errno),
+}
+
+/// The association for `u` (with its channel's `key` when the requester made the channel),
+/// looked up, opened and entered under one lock of the channels' map (see `channels`).
+fn open_now(
+    shared: &Shared,
+    identity: &Identity,
+    u: &UdpRequest,
+    key: Option<channels::Key>,
+) -> Opened {
+    let mut locked = key.map(|k| (k, shared.channels.locked()));
+    if let Some((k, map)) = &locked {
+        match map.find(*k, channels::Use::Udp) {
+            Found::Live { local, ended } => return Opened::Again { local, ended },
+            Found::Other => return Opened::Refused(Errno::EINVAL),
+            Found::None => {}
+        }
+    }
+    let sock = match open_socket(shared, identity, u, Family::V6, None) {
         Ok(s) => s,
-        Err(errno) => return req.refuse(errno).await,
+        Err(errno) => return Opened::Refused(errno),
     };
     // Its server port shared with its own identity's sockets only.
-    let _held = match HeldPort::take(shared, &req.identity, u.bind.port()) {
+    let held = match HeldPort::take(shared, identity, u.bind.port()) {
         Ok(h) => h,
-        Err(errno) => return req.refuse(errno).await,
+        Err(errno) => return Opened::Refused(errno),
     };
     // With egress, real IPv4 peers get their own socket (the IPv6 one is IPV6_V6ONLY).
     let sock4 = if shared.settings.ipv4_egress {
-        match open_socket(shared, &req.identity, u, Family::V4, None) {
+        match open_socket(shared, identity, u, Family::V4, None) {
             Ok(s) => Some(s),
-            Err(errno) => return req.refuse(errno).await,
+            Err(errno) => return Opened::Refused(errno),
         }
     } else {
         None
@@ -353,11 +388,63 @@ pub(crate) async fn associate(req: Request, u: &UdpRequest, shared: &Shared) {
     let pktinfo = u.bind.port() != 0
         && sock.local_addr().is_ok_and(|a| a.ip().is_unspecified())
         && setsockopt(&sock, sockopt::Ipv6RecvPacketInfo, &true).is_ok();
-    let sockets = Sockets {
-        v6: sock,
-        v4: sock4,
-        pktinfo,
+    let local = guest_local(&sock, u.bind);
+    let registration = locked
+        .as_mut()
+        .map(|(k, map)| map.register(*k, channels::Use::Udp, local));
+    Opened::Bound {
+        sockets: Sockets {
+            v6: sock,
+            v4: sock4,
+            pktinfo,
+        },
+        held,
+        local,
+        registration,
+    }
+}
+
+/// Runs one association to its end.
+pub(crate) async fn associate(mut req: Request, u: &UdpRequest, shared: &Shared) {
+    // A process's datagrams come one packet each (see `assoc`).
+    let packets = matches!(req.identity, Identity::Process { .. });
+    // The requester's own channel (a process's UDP server, `UdpRequest::channel`): the host's
+    // end of an AF_UNIX SOCK_SEQPACKET pair; anything else is EINVAL, the descriptor closed.
+    let passed = req.passed.take();
+    let own = if u.channel {
+        let fd = passed.filter(|_| packets && u.bind.port() != 0);
+        match fd.and_then(|fd| channels::channel_key(fd.as_fd()).map(|k| (k, fd))) {
+            Some(c) => Some(c),
+            None => return req.refuse(Errno::EINVAL).await,
+        }
+    } else {
+        None
     };
+    let (sockets, _held, local, _registration) =
+        match open_now(shared, &req.identity, u, own.as_ref().map(|c| c.0)) {
+            Opened::Bound {
+                sockets,
+                held,
+                local,
+                registration,
+            } => (sockets, held, local, registration),
+            Opened::Refused(errno) => return req.refuse(errno).await,
+            Opened::Again { local, ended } => {
+                let Request {
+                    mut stream, permit, ..
+                } = req;
+                drop(permit);
+                let answer = ToGuest::Associated { local };
+                if crate::framed::write_frame(&mut stream, &answer)
+                    .await
+                    .is_ok()
+                {
+                    tracing::debug!(%local, "a UDP association's channel registered again");
+                    channels::hold(stream, ended).await;
+                }
+                return;
+            }
+        };
     let Request {
         stream,
         identity,
@@ -365,12 +452,18 @@ pub(crate) async fn associate(req: Request, u: &UdpRequest, shared: &Shared) {
         permit,
         ..
     } = req;
-    let local = guest_local(&sockets.v6, u.bind);
-    // A process gets its datagrams one packet each (see `assoc`).
-    let packets = matches!(identity, Identity::Process { .. });
     let answer = ToGuest::Associated { local };
-    let Some(mut channel) = Channel::open(stream, leftover, &answer, packets, shared).await else {
-        return;
+    // With the requester's channel, its stream stays open while the association lives (the
+    // requester's sign, when it ends first, that host-server went away).
+    let (mut channel, _kept) = match own {
+        Some((_, fd)) => match Channel::adopt(stream, &leftover, &answer, fd).await {
+            Some((c, kept)) => (c, Some(kept)),
+            None => return,
+        },
+        None => match Channel::open(stream, leftover, &answer, packets, shared).await {
+            Some(c) => (c, None),
+            None => return,
+        },
     };
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut peers = PeerTable::new(1024);
@@ -679,9 +772,11 @@ mod tests {
         let t = std::time::Duration::from_secs(2);
         let client = UdpRequest {
             bind: "0.0.0.0:0".parse().unwrap(),
+            channel: false,
         };
         let server = UdpRequest {
             bind: "0.0.0.0:5353".parse().unwrap(),
+            channel: false,
         };
         assert_eq!(idle_limit(&client, t), Some(t));
         assert_eq!(idle_limit(&server, t), None);

@@ -643,6 +643,7 @@ fn udp_echo_and_guest_dns() {
             &sock,
             &[ToHost::Udp(UdpRequest {
                 bind: "0.0.0.0:0".parse().unwrap(),
+                channel: false,
             })],
         );
         assert!(matches!(answer, ToGuest::Associated { .. }), "{answer:?}");
@@ -1102,6 +1103,7 @@ fn limits_refuse_with_an_errno() {
                     &sock,
                     &[ToHost::Udp(UdpRequest {
                         bind: "0.0.0.0:0".parse().unwrap(),
+                        channel: false,
                     })],
                 )
             };
@@ -1371,19 +1373,16 @@ fn a_vm_listener_hands_accepted_sockets_to_a_vmm_that_takes_them() {
     assert!(fd.is_some());
 }
 
-/// Sends a process-mode `Listen` whose requester made the channel, with `fd` attached to the
-/// frame (SCM_RIGHTS); returns the stream and the answer (which carries no descriptor).
-fn listen_with_channel(sock: &Path, fd: Option<std::os::fd::RawFd>) -> (UnixStream, ToGuest) {
+/// Sends `msg`, a request whose requester made the channel, with `fd` attached to the frame
+/// (SCM_RIGHTS); returns the stream and the answer (which carries no descriptor).
+fn with_channel(
+    sock: &Path,
+    msg: &ToHost,
+    fd: Option<std::os::fd::RawFd>,
+) -> (UnixStream, ToGuest) {
     let mut s = UnixStream::connect(sock).expect("connect host.sock");
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let bytes = frame::to_vec(&ToHost::Listen(ListenRequest {
-        addr: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, LISTEN_PORT),
-        backlog: 16,
-        pass_fd: true,
-        vsock_port: 0,
-        channel: true,
-    }))
-    .unwrap();
+    let bytes = frame::to_vec(msg).unwrap();
     match fd {
         Some(fd) => {
             let n = outsock_fdpass::sendmsg_fd::<outsock_fdpass::Libc>(
@@ -1400,6 +1399,19 @@ fn listen_with_channel(sock: &Path, fd: Option<std::os::fd::RawFd>) -> (UnixStre
     let (answer, passed) = read_frame_with_fd(&mut s);
     assert!(passed.is_none(), "a descriptor came with {answer:?}");
     (s, answer)
+}
+
+/// A process-mode `Listen` on [`LISTEN_PORT`] with the requester's channel; see
+/// [`with_channel`].
+fn listen_with_channel(sock: &Path, fd: Option<std::os::fd::RawFd>) -> (UnixStream, ToGuest) {
+    let req = ToHost::Listen(ListenRequest {
+        addr: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, LISTEN_PORT),
+        backlog: 16,
+        pass_fd: true,
+        vsock_port: 0,
+        channel: true,
+    });
+    with_channel(sock, &req, fd)
 }
 
 /// Whether `s` reads its end (EOF) within `limit`.
@@ -1505,4 +1517,110 @@ fn a_requesters_channel_is_taken_registered_again_and_held_while_the_listener_li
         listen_with_channel(&psock, Some(b.as_raw_fd())).1
     });
     assert!(matches!(answer, ToGuest::Listening { .. }), "{answer:?}");
+}
+
+/// A UDP server's own channel (`UdpRequest::channel`), as for a listener: host-server takes
+/// the attached end, answers `Associated` without a descriptor and holds the request's stream
+/// while the association lives; the same channel again is answered `Associated` with nothing
+/// new opened; a channel for port 0, another kind of socket, a listener's channel or none is
+/// EINVAL; datagrams go both ways on the requester's channel; when the program's end closes,
+/// the association ends and every held stream with it.
+#[test]
+fn a_udp_servers_channel_is_taken_registered_again_and_held_while_the_association_lives() {
+    const PORT: u16 = 5399;
+    let cfg = format!(
+        "[listen]\ndefault_address = \"{}\"\nallowed_ports = [{PORT}, {LISTEN_PORT}]\n",
+        addr::HOST
+    );
+    let Some(rig) = Rig::start("hs-udpchan", &[&cfg, "metrics_listen = \"\""]) else {
+        return;
+    };
+    let psock = rig.sock(0);
+    let udp = |port: u16| {
+        ToHost::Udp(UdpRequest {
+            bind: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port),
+            channel: true,
+        })
+    };
+    let (mut first, again, mut second, refused, a) = in_legacy(&rig, {
+        let psock = psock.clone();
+        move || {
+            let (a, b) =
+                socket2::Socket::pair(socket2::Domain::UNIX, socket2::Type::SEQPACKET, None)
+                    .unwrap();
+            let (first, answer) = with_channel(&psock, &udp(PORT), Some(b.as_raw_fd()));
+            assert_eq!(
+                answer,
+                ToGuest::Associated {
+                    local: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, PORT)
+                }
+            );
+            let (second, again) = with_channel(&psock, &udp(PORT), Some(b.as_raw_fd()));
+            let (s, _t) = UnixStream::pair().unwrap();
+            let (l, _m) =
+                socket2::Socket::pair(socket2::Domain::UNIX, socket2::Type::SEQPACKET, None)
+                    .unwrap();
+            let (_listening, answer) = listen_with_channel(&psock, Some(l.as_raw_fd()));
+            assert!(matches!(answer, ToGuest::Listening { .. }), "{answer:?}");
+            let refused = [
+                with_channel(&psock, &udp(0), Some(b.as_raw_fd())).1,
+                with_channel(&psock, &udp(PORT), Some(s.as_raw_fd())).1,
+                with_channel(&psock, &udp(PORT), Some(l.as_raw_fd())).1,
+                with_channel(&psock, &udp(PORT), None).1,
+            ];
+            drop(b);
+            (first, again, second, refused, a)
+        }
+    });
+    assert_eq!(
+        again,
+        ToGuest::Associated {
+            local: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, PORT)
+        }
+    );
+    assert_eq!(refused, [const { ToGuest::Failed(Errno::EINVAL) }; 4]);
+    // Both requests' streams stay open while the association lives.
+    assert!(!ends_within(&mut first, Duration::from_millis(300)));
+    assert!(!ends_within(&mut second, Duration::from_millis(10)));
+    // A world client's datagram arrives on the requester's channel, and the answer sent there
+    // reaches the client.
+    let a = std::os::fd::OwnedFd::from(a);
+    let client = rig
+        .world
+        .world()
+        .run(|| {
+            let c = std::net::UdpSocket::bind(SocketAddr::new(addr::CLIENT.into(), 0)).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            c.send_to(b"to the server", SocketAddr::new(addr::HOST.into(), PORT))
+                .unwrap();
+            c
+        })
+        .unwrap();
+    let (got, _) = read_packet(&a);
+    let ToGuest::Datagram(d) = got else {
+        panic!("{got:?}");
+    };
+    assert_eq!(d.payload, b"to the server");
+    let reply = frame::to_vec(&ToHost::Datagram(Datagram {
+        addr: d.addr,
+        payload: b"from the server".to_vec(),
+    }))
+    .unwrap();
+    // SAFETY: one packet from a valid buffer on our own socket.
+    let n = unsafe { libc::send(a.as_raw_fd(), reply.as_ptr().cast(), reply.len(), 0) };
+    assert_eq!(usize::try_from(n).unwrap(), reply.len());
+    let answer = rig
+        .world
+        .world()
+        .run(move || {
+            let mut buf = [0u8; 64];
+            let (n, _) = client.recv_from(&mut buf).unwrap();
+            buf[..n].to_vec()
+        })
+        .unwrap();
+    assert_eq!(answer, b"from the server");
+    // The program's end closes: the association ends, and both held streams with it.
+    drop(a);
+    assert!(ends_within(&mut first, Duration::from_secs(5)));
+    assert!(ends_within(&mut second, Duration::from_secs(5)));
 }

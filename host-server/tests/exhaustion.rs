@@ -95,6 +95,7 @@ fn as_user(stack: &Stack, user: &TestUser, script: &str, args: &[String]) -> Com
 fn udp_request() -> Vec<u8> {
     frame::to_vec(&ToHost::Udp(UdpRequest {
         bind: "0.0.0.0:0".parse().unwrap(),
+        channel: false,
     }))
     .unwrap()
 }

@@ -56,7 +56,10 @@ fn main() -> std::io::Result<()> {
             vsock_port: 5000,
             channel: false,
         }),
-        ToHost::Udp(UdpRequest { bind: any }),
+        ToHost::Udp(UdpRequest {
+            bind: any,
+            channel: false,
+        }),
         ToHost::Datagram(datagram.clone()),
     ];
     for m in &host {

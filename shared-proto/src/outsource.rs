@@ -135,6 +135,34 @@ mod listen_flags {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UdpRequest {
     pub bind: SocketAddrV4,
+    /// Process mode, a UDP server (a port of its own): the requester made the packet channel
+    /// and attaches its host end to this frame, as [`ListenRequest::channel`] does: host-server
+    /// uses it instead of making a pair, answers `Associated` without a descriptor, and keeps
+    /// the request's stream open for as long as the association lives; a request bringing the
+    /// channel of a live association is answered `Associated` again (a re-registration). So
+    /// the keeper can open the association again, on the same channel, after host-server
+    /// restarted. Encoded as a flags byte after `bind` holding bit 0, present only when true;
+    /// any other flags byte is refused.
+    pub channel: bool,
+}
+
+/// [`UdpRequest`]'s flag bits.
+mod udp_flags {
+    pub const CHANNEL: u8 = 1;
+}
+
+/// An optional flags byte that ends a body: absent (an older sender's body) is false, exactly
+/// `bit` is true, anything else is refused as a bad `field`.
+fn optional_flag(r: &mut Reader<'_>, field: &'static str, bit: u8) -> Result<bool, ProtoError> {
+    match r.u8() {
+        Ok(b) if b == bit => Ok(true),
+        Ok(other) => Err(ProtoError::BadValue {
+            field,
+            value: u64::from(other),
+        }),
+        Err(ProtoError::Truncated) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// Process mode: a UDP socket bound to `bind` (port 0: any) and connected to `dest`, handed to
@@ -303,7 +331,12 @@ impl Message for ToHost {
                     w.u8(listen_flags::CHANNEL);
                 }
             }
-            Self::Udp(u) => w.sockv4(u.bind),
+            Self::Udp(u) => {
+                w.sockv4(u.bind);
+                if u.channel {
+                    w.u8(udp_flags::CHANNEL);
+                }
+            }
             Self::Datagram(d) => write_datagram(w, d),
             Self::UdpConnect(u) => {
                 w.sockv4(u.bind);
@@ -328,17 +361,7 @@ impl Message for ToHost {
                 cid: r.u32()?,
                 port: r.u32()?,
                 // A hello that takes no sockets (an older VMM's) ends after the port.
-                takes_sockets: match r.u8() {
-                    Ok(hello_flags::TAKES_SOCKETS) => true,
-                    Ok(other) => {
-                        return Err(ProtoError::BadValue {
-                            field: "hello flags",
-                            value: u64::from(other),
-                        })
-                    }
-                    Err(ProtoError::Truncated) => false,
-                    Err(e) => return Err(e),
-                },
+                takes_sockets: optional_flag(r, "hello flags", hello_flags::TAKES_SOCKETS)?,
             }),
             kind::CONNECT => Self::Connect(ConnectRequest {
                 dest: r.sockv4()?,
@@ -351,19 +374,13 @@ impl Message for ToHost {
                 pass_fd: r.bool()?,
                 vsock_port: r.u32()?,
                 // An older request (no channel attached) ends after the vsock port.
-                channel: match r.u8() {
-                    Ok(listen_flags::CHANNEL) => true,
-                    Ok(other) => {
-                        return Err(ProtoError::BadValue {
-                            field: "listen flags",
-                            value: u64::from(other),
-                        })
-                    }
-                    Err(ProtoError::Truncated) => false,
-                    Err(e) => return Err(e),
-                },
+                channel: optional_flag(r, "listen flags", listen_flags::CHANNEL)?,
             }),
-            kind::UDP => Self::Udp(UdpRequest { bind: r.sockv4()? }),
+            kind::UDP => Self::Udp(UdpRequest {
+                bind: r.sockv4()?,
+                // An older request (no channel attached) ends after the address.
+                channel: optional_flag(r, "udp flags", udp_flags::CHANNEL)?,
+            }),
             kind::DATAGRAM => Self::Datagram(read_datagram(r)?),
             kind::UDP_CONNECT => Self::UdpConnect(UdpConnectRequest {
                 bind: r.sockv4()?,
@@ -635,6 +652,45 @@ mod tests {
                 frame::decode_exact::<ToHost>(&other),
                 Err(ProtoError::BadValue {
                     field: "listen flags",
+                    value: u64::from(flags)
+                })
+            );
+        }
+    }
+
+    /// A UDP request without a channel is the older request byte for byte; one with the channel
+    /// has the flags byte last; any other flags byte is refused.
+    #[test]
+    fn a_udp_request_round_trips_and_an_older_one_decodes_as_before() {
+        let udp = |channel| {
+            ToHost::Udp(UdpRequest {
+                bind: "0.0.0.0:5300".parse().unwrap(),
+                channel,
+            })
+        };
+        let mut w = Writer::new();
+        w.sockv4("0.0.0.0:5300".parse().unwrap());
+        let body = w.into_inner();
+        let mut older = Vec::new();
+        older.extend_from_slice(&frame::MAGIC);
+        older.push(frame::VERSION);
+        older.push(kind::UDP);
+        older.extend_from_slice(&u32::try_from(body.len()).unwrap().to_be_bytes());
+        older.extend_from_slice(&body);
+        assert_eq!(frame::decode_exact::<ToHost>(&older).unwrap(), udp(false));
+        assert_eq!(frame::to_vec(&udp(false)).unwrap(), older);
+        let with = frame::to_vec(&udp(true)).unwrap();
+        assert_eq!(frame::decode_exact::<ToHost>(&with).unwrap(), udp(true));
+        assert_eq!(with.len(), older.len() + 1);
+        assert_eq!(with.last(), Some(&1));
+        for flags in [0u8, 2, 0xff] {
+            let mut other = older.clone();
+            other[7] += 1;
+            other.push(flags);
+            assert_eq!(
+                frame::decode_exact::<ToHost>(&other),
+                Err(ProtoError::BadValue {
+                    field: "udp flags",
                     value: u64::from(flags)
                 })
             );

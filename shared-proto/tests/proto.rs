@@ -65,7 +65,8 @@ fn to_host() -> impl Strategy<Value = ToHost> {
                 })
             }
         ),
-        sockv4().prop_map(|bind| ToHost::Udp(UdpRequest { bind })),
+        (sockv4(), any::<bool>())
+            .prop_map(|(bind, channel)| ToHost::Udp(UdpRequest { bind, channel })),
         (sockv4(), sockv4())
             .prop_map(|(bind, dest)| ToHost::UdpConnect(UdpConnectRequest { bind, dest })),
         (sockv4(), sockv4()).prop_map(|(bind, dest)| ToHost::Icmp(IcmpRequest { bind, dest })),
@@ -328,9 +329,10 @@ fn header_errors_are_typed() {
     );
     // Bad magic is caught as soon as two bytes are in, before a whole header.
     assert_eq!(decode::<ToHost>(b"GE"), Err(ProtoError::BadMagic(0x4745)));
-    // A connect body with a trailing byte is rejected, not silently accepted.
+    // A body with a trailing byte is rejected, not silently accepted.
     let mut frame = to_vec(&ToHost::Udp(UdpRequest {
         bind: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
+        channel: true,
     }))
     .unwrap();
     frame[7] += 1;

@@ -1,29 +1,34 @@
-//! The keeper: process-mode listeners outlive host-server. One thread per supervisor holds, for
-//! every listener made here or by liboutsock in the programs it serves, a copy of the host's
-//! end of the listener's packet channel, the `Listen` request, and a stream on which that
-//! request was answered (host-server keeps such a stream open while the listener lives, see
-//! `ListenRequest::channel`).
+//! The keeper: process-mode listeners and UDP servers outlive host-server. One thread per
+//! supervisor holds, for every listener made here or by liboutsock in the programs it serves,
+//! and for every UDP server association liboutsock opens (a port of its own), a copy of the
+//! host's end of its packet channel, its request (`Listen` or `Udp`), and a stream on which
+//! that request was answered (host-server keeps such a stream open while the listener or
+//! association lives, see `ListenRequest::channel` and `UdpRequest::channel`).
 //!
 //! - That stream ends while the channel's other end is still open (no `POLLHUP` on ours: some
 //!   process still holds the program's end): host-server went away (a restart, a crash, an
 //!   upgrade). The keeper connects again with backoff ([`FIRST_RETRY`] doubling to
-//!   [`LAST_RETRY`], for as long as the listener lives) and sends the same request with the
-//!   same channel. Meanwhile the program's end never reads EOF — the keeper's copy keeps the
-//!   channel open —, so accept blocks or answers EAGAIN and epoll stays quiet: no spin.
+//!   [`LAST_RETRY`], for as long as the program's end lives) and sends the same request with
+//!   the same channel. Meanwhile the program's end never reads EOF — the keeper's copy keeps
+//!   the channel open —, so accept and recv block or answer EAGAIN and epoll stays quiet: no
+//!   spin. What the program sends meanwhile (a UDP server's datagrams) is read here and
+//!   dropped, as UDP may, so its sends never block on a full channel.
 //! - host-server refuses the request again (the port no longer allowed, taken): one line on
-//!   stderr naming the address and the errno, then one `Failed(EINVAL)` packet into the
-//!   channel — the next accept fails with EINVAL, as accept on a socket that is no longer
-//!   listening does natively — and the channel is kept open silently, so the listener is never
-//!   readable again.
-//! - `POLLHUP` on the channel (every copy of the program's end closed): the listener ended;
-//!   the keeper forgets it.
+//!   stderr naming the address and the errno, then one `Failed` packet into the channel — the
+//!   next accept fails with EINVAL, as accept on a socket that is no longer listening does
+//!   natively; the next receive of a UDP server fails with ENETDOWN, the network it was bound
+//!   to gone — and the channel is kept open silently (what the program sends still dropped),
+//!   so it is never readable again.
+//! - `POLLHUP` on the channel (every copy of the program's end closed): the listener or
+//!   association ended; the keeper forgets it.
 //!
 //! Listeners made by the supervisor are handed over in process ([`Keeper::keep`]); liboutsock
 //! hands its own over the keeper's abstract Unix socket, named to the program in
-//! `OUTSOCK_KEEPER` ([`shared_proto::outsource::KEEPER_ENV`]): one packet, the `Listen` frame
-//! with the channel attached. Only peers of the supervisor's own uid (or root) are heard; the
-//! keeper registers the channel with host-server at once, which answers it as a live
-//! listener's (and so gets the keeper its own stream).
+//! `OUTSOCK_KEEPER` ([`shared_proto::outsource::KEEPER_ENV`]): one packet, the `Listen` or
+//! `Udp` frame with the channel attached. Only peers of the supervisor's own uid (or root) are
+//! heard; the keeper registers the channel with host-server at once, which answers it as a
+//! live one's (and so gets the keeper its own stream). A static program's UDP server is the
+//! supervisor's own association, opened again by its relay (`udp::reopen`).
 
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -33,7 +38,9 @@ use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use shared_proto::outsource::ListenRequest;
+use std::net::SocketAddrV4;
+
+use shared_proto::outsource::{ListenRequest, UdpRequest};
 use shared_proto::{decode_exact, to_vec, Errno, ToGuest, ToHost};
 
 use crate::sys;
@@ -46,6 +53,49 @@ const LAST_RETRY: Duration = Duration::from_secs(1);
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 /// The errno an accept reports once host-server refused the listener again.
 const REFUSED_ACCEPT: Errno = Errno::EINVAL;
+/// The errno a UDP server's receive reports once host-server refused its association again.
+const REFUSED_RECV: Errno = Errno(libc::ENETDOWN as u16);
+
+/// What a kept channel serves: its request.
+#[derive(Debug, Clone)]
+enum Held {
+    Listen(ListenRequest),
+    Udp(UdpRequest),
+}
+
+impl Held {
+    fn frame(&self) -> ToHost {
+        match self {
+            Self::Listen(l) => ToHost::Listen(l.clone()),
+            Self::Udp(u) => ToHost::Udp(u.clone()),
+        }
+    }
+
+    fn addr(&self) -> SocketAddrV4 {
+        match self {
+            Self::Listen(l) => l.addr,
+            Self::Udp(u) => u.bind,
+        }
+    }
+
+    /// Whether `answer` registers it.
+    fn answered(&self, answer: &ToGuest) -> bool {
+        matches!(
+            (self, answer),
+            (Self::Listen(_), ToGuest::Listening { .. })
+                | (Self::Udp(_), ToGuest::Associated { .. })
+        )
+    }
+
+    /// What the program's next accept or receive reports once host-server refused it, and
+    /// the words for the log line: what it is, and the call that fails.
+    fn refused(&self) -> (Errno, &'static str, &'static str) {
+        match self {
+            Self::Listen(_) => (REFUSED_ACCEPT, "listener", "accept"),
+            Self::Udp(_) => (REFUSED_RECV, "UDP server", "a receive"),
+        }
+    }
+}
 
 /// A handle on the keeper's thread.
 #[derive(Debug)]
@@ -55,14 +105,14 @@ pub struct Keeper {
     name: String,
 }
 
-/// One listener the keeper holds.
+/// One listener or UDP server the keeper holds.
 #[derive(Debug)]
 struct Kept {
     /// The host's end of the packet channel.
     channel: OwnedFd,
-    req: ListenRequest,
-    /// The stream host-server holds open while it serves the listener; `None` while it is
-    /// away.
+    req: Held,
+    /// The stream host-server holds open while it serves the channel; `None` while it is
+    /// away, or once it refused.
     stream: Option<UnixStream>,
     /// When to register again (`None`: registered, or refused).
     retry_at: Option<Instant>,
@@ -70,7 +120,7 @@ struct Kept {
 }
 
 impl Kept {
-    fn new(channel: OwnedFd, req: ListenRequest, stream: Option<UnixStream>) -> Self {
+    fn new(channel: OwnedFd, req: Held, stream: Option<UnixStream>) -> Self {
         let retry_at = stream.is_none().then(Instant::now);
         Self {
             channel,
@@ -113,7 +163,11 @@ impl Keeper {
     /// Hands over a listener made here: a copy of the host's end of its channel, its request,
     /// and the stream it was answered on.
     pub fn keep(&self, channel: OwnedFd, req: ListenRequest, stream: UnixStream) {
-        if self.tx.send(Kept::new(channel, req, Some(stream))).is_ok() {
+        if self
+            .tx
+            .send(Kept::new(channel, Held::Listen(req), Some(stream)))
+            .is_ok()
+        {
             let _ = sys::write_fd(self.wake.as_raw_fd(), &1u64.to_ne_bytes());
         }
     }
@@ -137,8 +191,10 @@ fn run(host: &std::path::Path, listener: &UnixListener, wake: &OwnedFd, rx: &mps
         fds.push(pollfd(wake.as_raw_fd(), libc::POLLIN));
         fds.push(pollfd(listener.as_raw_fd(), libc::POLLIN));
         for k in &kept {
-            // No events asked: POLLHUP (every copy of the program's end closed) comes anyway.
-            fds.push(pollfd(k.channel.as_raw_fd(), 0));
+            // POLLHUP (every copy of the program's end closed) comes unasked; what the program
+            // sends is ours to read only while host-server does not serve the channel.
+            let events = if k.stream.is_none() { libc::POLLIN } else { 0 };
+            fds.push(pollfd(k.channel.as_raw_fd(), events));
             fds.push(pollfd(
                 k.stream.as_ref().map_or(-1, AsRawFd::as_raw_fd),
                 libc::POLLIN,
@@ -178,6 +234,9 @@ fn run(host: &std::path::Path, listener: &UnixListener, wake: &OwnedFd, rx: &mps
             if channel & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
                 return false;
             }
+            if channel & libc::POLLIN != 0 && k.stream.is_none() {
+                drain(&k.channel);
+            }
             if stream != 0 && k.stream.as_ref().is_some_and(ended) {
                 k.stream = None;
                 k.backoff = FIRST_RETRY;
@@ -194,6 +253,17 @@ fn run(host: &std::path::Path, listener: &UnixListener, wake: &OwnedFd, rx: &mps
     }
 }
 
+/// Drops what the program sent on a channel nobody serves (at most a bounded batch a wake-up:
+/// the rest makes the channel readable again).
+fn drain(channel: &OwnedFd) {
+    let mut buf = [0u8; 64];
+    for _ in 0..256 {
+        if sys::recv_packet(channel.as_raw_fd(), &mut buf).is_err() {
+            return;
+        }
+    }
+}
+
 /// Whether a kept stream has ended (anything readable on it is its end: host-server sends
 /// nothing more on it).
 fn ended(stream: &UnixStream) -> bool {
@@ -204,9 +274,9 @@ fn ended(stream: &UnixStream) -> bool {
     )
 }
 
-/// A listener liboutsock hands over on the keeper's socket: one `Listen` frame that brings
-/// its channel, from a peer of our uid or root, acknowledged with one byte; anything else is
-/// dropped unanswered (liboutsock then keeps a copy itself).
+/// A listener or UDP server liboutsock hands over on the keeper's socket: one `Listen` or
+/// `Udp` frame that brings its channel, from a peer of our uid or root, acknowledged with one
+/// byte; anything else is dropped unanswered (liboutsock then keeps a copy itself).
 fn handed_over(conn: &UnixStream) -> Option<Kept> {
     let uid = sys::peer_uid(conn.as_raw_fd()).ok()?;
     if uid != 0 && uid != sys::euid() {
@@ -217,18 +287,18 @@ fn handed_over(conn: &UnixStream) -> Option<Kept> {
     let mut buf = [0u8; 256];
     let (n, passed) = outsock_fdpass::recv_with_fd(conn.as_raw_fd(), &mut buf).ok()?;
     let channel = passed?;
-    match decode_exact::<ToHost>(buf.get(..n)?) {
-        Ok(ToHost::Listen(req)) if req.channel && req.pass_fd => {
-            let ty = sys::sockopt_int(channel.as_raw_fd(), libc::SOL_SOCKET, libc::SO_TYPE).ok()?;
-            if ty != libc::SOCK_SEQPACKET {
-                return None;
-            }
-            // Taken: liboutsock keeps no copy of its own then.
-            (&*conn).write_all(&[1]).ok()?;
-            Some(Kept::new(channel, req, None))
-        }
-        _ => None,
+    let req = match decode_exact::<ToHost>(buf.get(..n)?) {
+        Ok(ToHost::Listen(req)) if req.channel && req.pass_fd => Held::Listen(req),
+        Ok(ToHost::Udp(req)) if req.channel && req.bind.port() != 0 => Held::Udp(req),
+        _ => return None,
+    };
+    let ty = sys::sockopt_int(channel.as_raw_fd(), libc::SOL_SOCKET, libc::SO_TYPE).ok()?;
+    if ty != libc::SOCK_SEQPACKET {
+        return None;
     }
+    // Taken: liboutsock keeps no copy of its own then.
+    (&*conn).write_all(&[1]).ok()?;
+    Some(Kept::new(channel, req, None))
 }
 
 /// How one registration went.
@@ -249,12 +319,13 @@ fn register(host: &std::path::Path, k: &mut Kept) {
             k.backoff = FIRST_RETRY;
         }
         Registered::Refused(errno) => {
+            let (reported, what, call) = k.req.refused();
             eprintln!(
-                "outsock: host-server refused listener {} again ({errno}): accept on it fails \
-                 with {REFUSED_ACCEPT} once, then waits",
-                k.req.addr
+                "outsock: host-server refused {what} {} again ({errno}): {call} on it fails \
+                 with {reported} once, then waits",
+                k.req.addr()
             );
-            if let Ok(bytes) = to_vec(&ToGuest::Failed(REFUSED_ACCEPT)) {
+            if let Ok(bytes) = to_vec(&ToGuest::Failed(reported)) {
                 let _ = sys::send_to(
                     k.channel.as_raw_fd(),
                     &bytes,
@@ -271,8 +342,8 @@ fn register(host: &std::path::Path, k: &mut Kept) {
     }
 }
 
-fn register_once(host: &std::path::Path, channel: &OwnedFd, req: &ListenRequest) -> Registered {
-    let Ok(frame) = to_vec(&ToHost::Listen(req.clone())) else {
+fn register_once(host: &std::path::Path, channel: &OwnedFd, req: &Held) -> Registered {
+    let Ok(frame) = to_vec(&req.frame()) else {
         return Registered::Refused(Errno::EINVAL);
     };
     let Ok(stream) = UnixStream::connect(host) else {
@@ -292,7 +363,7 @@ fn register_once(host: &std::path::Path, channel: &OwnedFd, req: &ListenRequest)
         _ => return Registered::Later,
     }
     match crate::host::read_frame(&stream) {
-        Ok((ToGuest::Listening { .. }, _)) => {
+        Ok((answer, _)) if req.answered(&answer) => {
             if stream.set_nonblocking(true).is_err() {
                 return Registered::Later;
             }

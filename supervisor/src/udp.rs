@@ -513,7 +513,10 @@ pub fn open(
     carries: Carries,
 ) -> Result<Opened, Errno> {
     let request = match carries {
-        Carries::Udp => ToHost::Udp(UdpRequest { bind }),
+        Carries::Udp => ToHost::Udp(UdpRequest {
+            bind,
+            channel: false,
+        }),
         Carries::Icmp { dest, .. } => ToHost::Icmp(IcmpRequest {
             bind,
             dest: SocketAddrV4::new(dest, 0),
@@ -754,7 +757,10 @@ fn reopen(assoc: &Assoc, id: (u64, u64)) -> bool {
             return false;
         }
         // Unreachable (host-server away), or no answer: later.
-        if let Ok(a) = host.request(&ToHost::Udp(UdpRequest { bind })) {
+        if let Ok(a) = host.request(&ToHost::Udp(UdpRequest {
+            bind,
+            channel: false,
+        })) {
             match (a.msg, a.passed) {
                 (ToGuest::Associated { .. }, Some(channel)) => {
                     return sys::dup_onto(channel.as_raw_fd(), assoc.channel.as_raw_fd()).is_ok();

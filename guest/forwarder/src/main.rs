@@ -131,6 +131,7 @@ fn open_association(s: Settings, udp: &UdpSocket, pending: &Shared) -> io::Resul
         &mut stream,
         &ToHost::Udp(UdpRequest {
             bind: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
+            channel: false,
         }),
     )?;
     match recv(&mut stream)? {

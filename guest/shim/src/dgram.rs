@@ -2,7 +2,10 @@
 //! `interpose::connect`): opening an association and putting it on the program's fd, one
 //! `Datagram` frame per send and per receive, and in process mode the passed, connected host
 //! socket — asking for it, giving it back, and turning it into an association when the program
-//! sends elsewhere. `udp`'s module documentation tells the whole story.
+//! sends elsewhere. `udp`'s module documentation tells the whole story. A process's UDP server
+//! (a port of its own) makes its association's channel itself and hands the host's end to the
+//! supervisor's keeper (`open_server`, `keeper`), so its port outlives a host-server restart as
+//! a listener does.
 //!
 //! A ping socket (`socket(AF_INET, SOCK_DGRAM, IPPROTO_ICMP)`, [`table::ICMP`]) takes the same
 //! path with an `Icmp` association instead of a `Udp` one: its datagrams are ICMPv4 echo
@@ -37,6 +40,7 @@ use shared_proto::{decode_exact, to_vec, Errno, ToGuest, ToHost};
 
 use crate::claim::{claim, Way};
 use crate::fd::{errno_isize, flags_of, replace_fd, set_errno, unexpected};
+use crate::keeper::{self, seqpacket_pair, Owned};
 use crate::nameserver;
 use crate::real;
 use crate::sockaddr::{is_local, read_v4};
@@ -66,20 +70,33 @@ fn associate_to(fd: c_int, entry: Entry, dest: Option<SocketAddrV4>) -> Result<E
         let peer = SocketAddrV4::new(*dest.ip(), 0);
         (ToHost::Icmp(IcmpRequest { bind, dest: peer }), Some(peer))
     } else {
-        (ToHost::Udp(UdpRequest { bind }), entry.peer)
+        (
+            ToHost::Udp(UdpRequest {
+                bind,
+                channel: false,
+            }),
+            entry.peer,
+        )
     };
     let stream = Stream::open()?;
-    stream.send(&request)?;
-    let (local, packets) = match stream.recv()? {
-        // A process's association: the packet channel comes with the answer.
-        (ToGuest::Associated { local }, packets) => (local, packets),
-        (ToGuest::Failed(e), None) => return Err(e),
-        (_, passed) => {
-            if let Some(p) = passed {
-                // SAFETY: an fd we were passed and do not use.
-                unsafe { real::close(p) };
+    // A process's UDP server brings a channel of its own, which the keeper holds.
+    let server = matches!(request, ToHost::Udp(_)) && bind.port() != 0 && is_packets();
+    let (local, packets, hidden) = if server {
+        let (local, ours, hidden) = open_server(&stream, bind)?;
+        (local, Some(ours.into_raw()), hidden)
+    } else {
+        stream.send(&request)?;
+        match stream.recv()? {
+            // A process's association: the packet channel comes with the answer.
+            (ToGuest::Associated { local }, packets) => (local, packets, None),
+            (ToGuest::Failed(e), None) => return Err(e),
+            (_, passed) => {
+                if let Some(p) = passed {
+                    // SAFETY: an fd we were passed and do not use.
+                    unsafe { real::close(p) };
+                }
+                return Err(Errno::EPROTO);
             }
-            return Err(Errno::EPROTO);
         }
     };
     // The packet channel, else (a VM) the stream itself; the request's stream is done with.
@@ -98,6 +115,9 @@ fn associate_to(fd: c_int, entry: Entry, dest: Option<SocketAddrV4>) -> Result<E
         .fold(0, |a, b| a | b);
     copy_options(fd, channel, timeouts);
     replace_fd(channel, fd, &flags)?;
+    if let Some(h) = hidden {
+        table::set_kept(fd, h.into_raw());
+    }
     let e = Entry {
         kind: Kind::Udp,
         local: Some(local),
@@ -106,6 +126,41 @@ fn associate_to(fd: c_int, entry: Entry, dest: Option<SocketAddrV4>) -> Result<E
     };
     table::set(fd, e);
     Ok(e)
+}
+
+/// A process's UDP server association (a port of its own): its packet channel made here, the
+/// host's end brought with the request (`UdpRequest::channel`) and then given to the keeper,
+/// which opens the association again on the same channel whenever host-server comes back, as
+/// for a listener (see `keeper`). Returns the local address, the program's end and, where no
+/// keeper took it, the host's end to keep hidden in this process: the program's end then never
+/// reads EOF (a receive loop would spin on it), though the association is not opened again.
+fn open_server(
+    stream: &Stream,
+    bind: SocketAddrV4,
+) -> Result<(SocketAddrV4, Owned, Option<Owned>), Errno> {
+    let bytes = to_vec(&ToHost::Udp(UdpRequest {
+        bind,
+        channel: true,
+    }))
+    .map_err(|_| Errno::EINVAL)?;
+    let (ours, host_end) = seqpacket_pair()?;
+    stream.send_with_fd(&bytes, host_end.0)?;
+    match stream.recv()? {
+        (ToGuest::Associated { local }, None) => {
+            // The request's stream closes here; host-server holds it while the association
+            // lives.
+            let hidden = (!keeper::give(&bytes, &host_end)).then_some(host_end);
+            Ok((local, ours, hidden))
+        }
+        (ToGuest::Failed(e), None) => Err(e),
+        (_, passed) => {
+            if let Some(p) = passed {
+                // SAFETY: an fd we were passed and do not use.
+                unsafe { real::close(p) };
+            }
+            Err(Errno::EPROTO)
+        }
+    }
 }
 
 /// `bind(2)` of a datagram socket to a port of its own (`e` records it): a UDP server, which may

@@ -39,7 +39,8 @@
 //!   through host-server), `listen` and `vmlisten` (listeners in
 //!   process mode and in a VM), `dgram` (UDP associations and passed UDP sockets).
 //! - Plain helpers: `claim` (one frame at a time on a shared stream), `fd` (errno, installing
-//!   descriptors), `sockopt` (options carried over), `slot` (a try-lock),
+//!   descriptors), `keeper` (channels the supervisor's keeper holds across host-server
+//!   restarts), `sockopt` (options carried over), `slot` (a try-lock),
 //!   `transport` (the stream to host-server), `table` (per-fd state), `sockaddr`, `dns` (DNS
 //!   messages), `nameserver` (the guest DNS address, resolv.conf's nameservers), `real`
 //!   (libc's own functions).
@@ -78,6 +79,8 @@ mod claim;
 pub mod dns;
 #[allow(unsafe_code)]
 mod fd;
+#[allow(unsafe_code)]
+mod keeper;
 pub mod nameserver;
 #[allow(unsafe_code)]
 mod real;

@@ -19,13 +19,14 @@
 use std::net::SocketAddrV4;
 
 use libc::{c_int, sockaddr, socklen_t};
-use shared_proto::outsource::{ListenRequest, KEEPER_ENV};
+use shared_proto::outsource::ListenRequest;
 use shared_proto::{Errno, ToGuest, ToHost};
 
 use outsock_fdpass::recvmsg_fd;
 use shared_proto::{decode_exact, to_vec};
 
 use crate::fd::{close_opt, install_accepted, replace_fd, set_errno, unexpected, Flags};
+use crate::keeper::{self, seqpacket_pair};
 use crate::real;
 use crate::table::{self, Entry, Kind};
 use crate::transport::{last_errno, Stream};
@@ -72,9 +73,7 @@ pub(crate) fn listen(
     match answer {
         Ok((ToGuest::Listening { local }, None)) => {
             // The request's stream closes here; host-server holds it until the listener ends.
-            let keeper = std::env::var_os(KEEPER_ENV).filter(|k| !k.is_empty());
-            let handed =
-                keeper.is_some_and(|k| hand_over(k.as_encoded_bytes(), &bytes, host_end.0));
+            let handed = keeper::give(&bytes, &host_end);
             let rc = installed(fd, ours.into_raw(), entry, local, flags);
             if rc == 0 && !handed {
                 table::set_kept(fd, host_end.into_raw());
@@ -117,112 +116,6 @@ fn installed(fd: c_int, packets: c_int, entry: Entry, local: SocketAddrV4, flags
     );
     0
 }
-
-/// A descriptor of ours, closed when dropped.
-struct Owned(c_int);
-
-impl Owned {
-    fn into_raw(self) -> c_int {
-        let fd = self.0;
-        std::mem::forget(self);
-        fd
-    }
-}
-
-impl Drop for Owned {
-    fn drop(&mut self) {
-        // SAFETY: ours to close.
-        unsafe { real::close(self.0) };
-    }
-}
-
-/// A close-on-exec `AF_UNIX` `SOCK_SEQPACKET` pair: (the program's end, the host's end).
-fn seqpacket_pair() -> Result<(Owned, Owned), Errno> {
-    let mut fds = [0 as c_int; 2];
-    // SAFETY: socketpair writes two descriptors into a valid array.
-    let rc = unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    };
-    if rc != 0 {
-        return Err(last_errno());
-    }
-    // Stale entries for these numbers (closed behind our back) must not make them look like a
-    // program's sockets.
-    table::clear(fds[0]);
-    table::clear(fds[1]);
-    Ok((Owned(fds[0]), Owned(fds[1])))
-}
-
-/// Hands a listener over to the keeper at abstract socket `name`: one packet, the `Listen`
-/// frame `bytes` with the host's end `host_end` attached. Whether it went.
-fn hand_over(name: &[u8], bytes: &[u8], host_end: c_int) -> bool {
-    // SAFETY: plain socket(2) call.
-    let fd = unsafe { real::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return false;
-    }
-    table::clear(fd);
-    let conn = Owned(fd);
-    // SAFETY: sockaddr_un is plain data; zeroed is a valid value.
-    let mut sun: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    sun.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    // An abstract name: a NUL, then the name (not NUL-terminated).
-    if name.len() + 1 > sun.sun_path.len() {
-        return false;
-    }
-    for (d, s) in sun.sun_path[1..].iter_mut().zip(name) {
-        *d = *s as libc::c_char;
-    }
-    #[allow(clippy::cast_possible_truncation)] // At most 110 bytes.
-    let len = (std::mem::size_of::<libc::sa_family_t>() + 1 + name.len()) as socklen_t;
-    // SAFETY: `sun` is a valid sockaddr_un of at least `len` bytes.
-    if unsafe { real::connect(conn.0, std::ptr::from_ref(&sun).cast(), len) } != 0 {
-        return false;
-    }
-    // Only a keeper of our own uid (or root's) gets the channel: whoever holds its host's end
-    // could deliver connections to the program.
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    #[allow(clippy::cast_possible_truncation)] // 12 bytes.
-    let mut clen = std::mem::size_of::<libc::ucred>() as socklen_t;
-    // SAFETY: `cred` is writable for `clen` bytes.
-    let rc = unsafe {
-        real::getsockopt(
-            conn.0,
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            std::ptr::addr_of_mut!(cred).cast(),
-            &mut clen,
-        )
-    };
-    // SAFETY: geteuid(2) cannot fail.
-    if rc != 0 || (cred.uid != 0 && cred.uid != unsafe { libc::geteuid() }) {
-        return false;
-    }
-    if !outsock_fdpass::sendmsg_fd::<real::Real>(conn.0, bytes, host_end, libc::MSG_NOSIGNAL)
-        .is_ok_and(|n| n == bytes.len())
-    {
-        return false;
-    }
-    // The keeper's one-byte acknowledgement: it took the listener (it may refuse silently, e.g.
-    // a program that changed its uid before listening).
-    crate::transport::set_receive_timeout(conn.0, KEEPER_ACK_SECS);
-    let mut ack = 0u8;
-    // SAFETY: one byte into a valid buffer.
-    let n = unsafe { real::read(conn.0, std::ptr::from_mut(&mut ack).cast(), 1) };
-    n == 1 && ack == 1
-}
-
-/// How long the keeper may take to acknowledge a listener.
-const KEEPER_ACK_SECS: libc::time_t = 2;
 
 /// `listen(2)` again on a process-mode listener: natively this changes the backlog, so ask
 /// host-server to (one `Listen` packet on the channel) and succeed.

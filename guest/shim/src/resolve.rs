@@ -67,7 +67,12 @@ fn new_id() -> u16 {
 pub fn exchange(id: u16, query: &[u8]) -> Option<Vec<u8>> {
     let stream = Stream::open().ok()?;
     let bind = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0);
-    stream.send(&ToHost::Udp(UdpRequest { bind })).ok()?;
+    stream
+        .send(&ToHost::Udp(UdpRequest {
+            bind,
+            channel: false,
+        }))
+        .ok()?;
     // A process's association is a packet channel passed with the answer (one frame each).
     let (stream, packets) = match stream.recv() {
         Ok((ToGuest::Associated { .. }, None)) => (stream, false),

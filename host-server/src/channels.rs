@@ -167,6 +167,26 @@ pub(crate) fn channel_key(fd: BorrowedFd<'_>) -> Option<Key> {
     Some((st.dev(), st.ino()))
 }
 
+/// Serves a re-registration: gives its socket slot back, answers `answer` and holds the stream
+/// (see [`hold`]).
+pub(crate) async fn answer_again(
+    req: crate::context::Request,
+    answer: &shared_proto::ToGuest,
+    ended: watch::Receiver<()>,
+) {
+    let crate::context::Request {
+        mut stream, permit, ..
+    } = req;
+    drop(permit);
+    if crate::framed::write_frame(&mut stream, answer)
+        .await
+        .is_ok()
+    {
+        tracing::debug!(?answer, "a channel registered again");
+        hold(stream, ended).await;
+    }
+}
+
 /// Holds a re-registration's stream until the listener or association ends (`ended` changes or its sender
 /// goes) or the requester closes the stream (or sends anything: nothing may follow).
 pub(crate) async fn hold(stream: UnixStream, mut ended: watch::Receiver<()>) {

@@ -283,18 +283,7 @@ pub(crate) async fn open(
             return None;
         }
         Opened::Again { local, ended } => {
-            let Request {
-                mut stream, permit, ..
-            } = req;
-            drop(permit);
-            let answer = ToGuest::Listening { local };
-            if crate::framed::write_frame(&mut stream, &answer)
-                .await
-                .is_ok()
-            {
-                tracing::debug!(%local, "a listener's channel registered again");
-                channels::hold(stream, ended).await;
-            }
+            channels::answer_again(req, &ToGuest::Listening { local }, ended).await;
             return None;
         }
     };

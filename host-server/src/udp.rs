@@ -430,19 +430,7 @@ pub(crate) async fn associate(mut req: Request, u: &UdpRequest, shared: &Shared)
             } => (sockets, held, local, registration),
             Opened::Refused(errno) => return req.refuse(errno).await,
             Opened::Again { local, ended } => {
-                let Request {
-                    mut stream, permit, ..
-                } = req;
-                drop(permit);
-                let answer = ToGuest::Associated { local };
-                if crate::framed::write_frame(&mut stream, &answer)
-                    .await
-                    .is_ok()
-                {
-                    tracing::debug!(%local, "a UDP association's channel registered again");
-                    channels::hold(stream, ended).await;
-                }
-                return;
+                return channels::answer_again(req, &ToGuest::Associated { local }, ended).await;
             }
         };
     let Request {

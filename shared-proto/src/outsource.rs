@@ -619,6 +619,41 @@ mod tests {
         })
     }
 
+    /// A frame of `kind` with `body`, as an older sender writes it.
+    fn older_frame(kind: u8, body: &[u8]) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&frame::MAGIC);
+        bytes.push(frame::VERSION);
+        bytes.push(kind);
+        bytes.extend_from_slice(&u32::try_from(body.len()).unwrap().to_be_bytes());
+        bytes.extend_from_slice(body);
+        bytes
+    }
+
+    /// `older` (a request without its optional flags byte) decodes as `plain` and is what
+    /// `plain` encodes to; `flagged` is one byte longer, its flags byte 1 last; any other
+    /// flags byte is refused as a bad `field`.
+    fn check_optional_flag(older: &[u8], plain: &ToHost, flagged: &ToHost, field: &'static str) {
+        assert_eq!(&frame::decode_exact::<ToHost>(older).unwrap(), plain);
+        assert_eq!(frame::to_vec(plain).unwrap(), older);
+        let with = frame::to_vec(flagged).unwrap();
+        assert_eq!(&frame::decode_exact::<ToHost>(&with).unwrap(), flagged);
+        assert_eq!(with.len(), older.len() + 1);
+        assert_eq!(with.last(), Some(&1));
+        for flags in [0u8, 2, 0x81, 0xff] {
+            let mut other = older.to_vec();
+            other[7] += 1;
+            other.push(flags);
+            assert_eq!(
+                frame::decode_exact::<ToHost>(&other),
+                Err(ProtoError::BadValue {
+                    field,
+                    value: u64::from(flags)
+                })
+            );
+        }
+    }
+
     /// A listen without a channel attached is the older request byte for byte; one with the
     /// channel has the flags byte last; any other flags byte is refused.
     #[test]
@@ -628,34 +663,8 @@ mod tests {
         w.u32(511);
         w.bool(true);
         w.u32(0);
-        let body = w.into_inner();
-        let mut older = Vec::new();
-        older.extend_from_slice(&frame::MAGIC);
-        older.push(frame::VERSION);
-        older.push(kind::LISTEN);
-        older.extend_from_slice(&u32::try_from(body.len()).unwrap().to_be_bytes());
-        older.extend_from_slice(&body);
-        assert_eq!(
-            frame::decode_exact::<ToHost>(&older).unwrap(),
-            listen(false)
-        );
-        assert_eq!(frame::to_vec(&listen(false)).unwrap(), older);
-        let with = frame::to_vec(&listen(true)).unwrap();
-        assert_eq!(frame::decode_exact::<ToHost>(&with).unwrap(), listen(true));
-        assert_eq!(with.len(), older.len() + 1);
-        assert_eq!(with.last(), Some(&1));
-        for flags in [0u8, 2, 0x81] {
-            let mut other = older.clone();
-            other[7] += 1;
-            other.push(flags);
-            assert_eq!(
-                frame::decode_exact::<ToHost>(&other),
-                Err(ProtoError::BadValue {
-                    field: "listen flags",
-                    value: u64::from(flags)
-                })
-            );
-        }
+        let older = older_frame(kind::LISTEN, &w.into_inner());
+        check_optional_flag(&older, &listen(false), &listen(true), "listen flags");
     }
 
     /// A UDP request without a channel is the older request byte for byte; one with the channel
@@ -670,31 +679,8 @@ mod tests {
         };
         let mut w = Writer::new();
         w.sockv4("0.0.0.0:5300".parse().unwrap());
-        let body = w.into_inner();
-        let mut older = Vec::new();
-        older.extend_from_slice(&frame::MAGIC);
-        older.push(frame::VERSION);
-        older.push(kind::UDP);
-        older.extend_from_slice(&u32::try_from(body.len()).unwrap().to_be_bytes());
-        older.extend_from_slice(&body);
-        assert_eq!(frame::decode_exact::<ToHost>(&older).unwrap(), udp(false));
-        assert_eq!(frame::to_vec(&udp(false)).unwrap(), older);
-        let with = frame::to_vec(&udp(true)).unwrap();
-        assert_eq!(frame::decode_exact::<ToHost>(&with).unwrap(), udp(true));
-        assert_eq!(with.len(), older.len() + 1);
-        assert_eq!(with.last(), Some(&1));
-        for flags in [0u8, 2, 0xff] {
-            let mut other = older.clone();
-            other[7] += 1;
-            other.push(flags);
-            assert_eq!(
-                frame::decode_exact::<ToHost>(&other),
-                Err(ProtoError::BadValue {
-                    field: "udp flags",
-                    value: u64::from(flags)
-                })
-            );
-        }
+        let older = older_frame(kind::UDP, &w.into_inner());
+        check_optional_flag(&older, &udp(false), &udp(true), "udp flags");
     }
 
     /// An older VMM's hello (no flags byte): read as one that takes no sockets, so host-server
@@ -705,30 +691,11 @@ mod tests {
         w.string("vm0");
         w.u32(3);
         w.u32(1024);
-        let body = w.into_inner();
-        let mut bytes = Vec::new();
-        bytes.extend_from_slice(&frame::MAGIC);
-        bytes.push(frame::VERSION);
-        bytes.push(kind::HELLO);
-        bytes.extend_from_slice(&u32::try_from(body.len()).unwrap().to_be_bytes());
-        bytes.extend_from_slice(&body);
-        assert_eq!(frame::decode_exact::<ToHost>(&bytes).unwrap(), hello(false));
-        // It is exactly what a hello that takes no sockets encodes to.
-        assert_eq!(frame::to_vec(&hello(false)).unwrap(), bytes);
-        // Any other flags byte is refused (one encoding per hello: decoding and encoding
-        // again gives the same bytes); a second byte after the flags is garbage.
-        for flags in [0u8, 0x81, 2] {
-            let mut other = bytes.clone();
-            other[7] += 1;
-            other.push(flags);
-            assert_eq!(
-                frame::decode_exact::<ToHost>(&other),
-                Err(ProtoError::BadValue {
-                    field: "hello flags",
-                    value: u64::from(flags)
-                })
-            );
-        }
+        let bytes = older_frame(kind::HELLO, &w.into_inner());
+        // It is exactly what a hello that takes no sockets encodes to; any other flags byte
+        // is refused (one encoding per hello: decoding and encoding again gives the same
+        // bytes); a second byte after the flags is garbage.
+        check_optional_flag(&bytes, &hello(false), &hello(true), "hello flags");
         let mut longer = bytes;
         longer[7] += 2;
         longer.extend_from_slice(&[1, 0]);

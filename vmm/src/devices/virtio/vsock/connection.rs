@@ -36,7 +36,7 @@
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
 use std::num::Wrapping;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
@@ -150,6 +150,33 @@ impl<B: BitmapSlice> RxBuf for VolatileSlice<'_, B> {
 
     fn put(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.write_slice(bytes, 0).map_err(io_error)
+    }
+}
+
+/// Several RX buffers of guest memory in a row (a batch of the guest's RX chains): one
+/// vectored receive fills them in order (`iov`), so a connection's bytes for many of the
+/// guest's small RX buffers cost one system call; the device cuts the packet at the buffers'
+/// bounds, as it does what is put (a connect answer's few bytes).
+impl<B: BitmapSlice> RxBuf for [VolatileSlice<'_, B>] {
+    fn room(&self) -> usize {
+        self.iter().map(VolatileSlice::len).sum()
+    }
+
+    fn read_from(&mut self, stream: &UnixStream, max: usize) -> std::io::Result<usize> {
+        super::iov::recv_into(stream.as_fd(), self, max)
+    }
+
+    fn put(&mut self, mut bytes: &[u8]) -> std::io::Result<()> {
+        for b in self.iter_mut() {
+            let (now, rest) = bytes.split_at(b.len().min(bytes.len()));
+            b.put(now)?;
+            bytes = rest;
+        }
+        if bytes.is_empty() {
+            Ok(())
+        } else {
+            Err(std::io::Error::from(ErrorKind::InvalidInput))
+        }
     }
 }
 

@@ -6,24 +6,30 @@
 //! connection's stream when it can go at once (`Muxer::send_direct`), otherwise copied out and
 //! handed to the muxer; a chain that does not parse is returned unused (the guest driver never
 //! builds one; a hostile guest only loses its own packet). RX chains are filled only while the
-//! muxer has something to say, the payload read from the stream straight into the chain's
-//! data buffer; a chain it cannot use now is put back.
+//! muxer has something to say, the payload read from the stream straight into the chains' data
+//! buffers, up to [`RX_BATCH`] chains with one receive; chains it cannot use now are put back.
 //!
 //! Each call handles at most [`CHAINS_PER_EVENT`] chains of a queue, so a guest that refills a
 //! queue as fast as it is served cannot keep the event thread (and the console, and other
 //! devices) to itself; [`VsockDevice::take_leftover`] tells the handler to come back.
 
+use std::collections::VecDeque;
+
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use virtio_vsock::packet::{VsockPacket, PKT_HEADER_SIZE};
-use vm_memory::{Bytes, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestMemoryMmap, VolatileSlice};
 
 use super::defs::{DEVICE_ID, QUEUE_SIZE, RX_QUEUE, TX_QUEUE};
 use super::muxer::Muxer;
-use super::packet::{Header, MAX_PKT_DATA};
+use super::packet::{op, Header, MAX_PKT_DATA};
 use crate::devices::virtio::{ActivateError, IrqLine, VirtioDevice, VIRTIO_F_VERSION_1};
 
 /// Chains of one queue handled per call; the rest wait for the handler's next round.
 pub const CHAINS_PER_EVENT: usize = QUEUE_SIZE as usize;
+
+/// RX chains one read of a connection may fill: sixteen of Linux's 4 KiB RX buffers hold the
+/// largest packet, [`MAX_PKT_DATA`].
+pub const RX_BATCH: usize = 16;
 
 /// See the module documentation.
 #[derive(Debug)]
@@ -108,44 +114,92 @@ impl VsockDevice {
     }
 
     /// Fills RX chains while the muxer has packets; true if the used ring changed.
+    ///
+    /// Up to [`RX_BATCH`] chains are taken at a time and a connection's bytes are read into
+    /// all their data buffers with one receive (`RxBuf` over several slices): a packet that
+    /// fills more than the first chain is cut at the chains' bounds into several RW packets
+    /// with the same header but their lengths, in ring order, as if the connection had been
+    /// read once per chain. Chains taken and not filled go back to the ring at the end.
     pub fn process_rx(&mut self) -> bool {
-        let Some(q) = self.queues.get_mut(RX_QUEUE) else {
+        let Self {
+            queues,
+            mem,
+            muxer,
+            leftover,
+            ..
+        } = self;
+        let Some(q) = queues.get_mut(RX_QUEUE) else {
             return false;
         };
         let mut used = false;
         let mut budget = CHAINS_PER_EVENT;
-        while self.muxer.has_pending_rx() {
+        // Chains taken, not yet filled, in ring order: the head and the packet (`None`: the
+        // chain does not parse and is returned unused).
+        let mut taken = VecDeque::with_capacity(RX_BATCH);
+        while muxer.has_pending_rx() {
             if budget == 0 {
-                self.leftover.1 = true;
+                leftover.1 = true;
                 break;
             }
-            budget -= 1;
-            let Some(mut chain) = q.pop_descriptor_chain(&self.mem) else {
+            while taken.len() < RX_BATCH.min(budget) {
+                let Some(mut chain) = q.pop_descriptor_chain(&*mem) else {
+                    break;
+                };
+                let head = chain.head_index();
+                let pkt = VsockPacket::from_rx_virtq_chain(&*mem, &mut chain, MAX_PKT_DATA).ok();
+                taken.push_back((head, pkt));
+            }
+            let Some((head, first)) = taken.front() else {
                 break;
             };
-            let head = chain.head_index();
-            let len = match VsockPacket::from_rx_virtq_chain(&self.mem, &mut chain, MAX_PKT_DATA) {
-                Ok(mut pkt) => {
-                    // The payload is read straight into the guest's buffer.
-                    let data = pkt
-                        .data_slice()
-                        .and_then(|d| d.subslice(0, d.len().min(MAX_PKT_DATA as usize)).ok());
-                    let h = match data {
-                        Some(mut d) => self.muxer.recv_pkt(&mut d),
-                        None => self.muxer.recv_pkt(&mut [][..]),
-                    };
-                    let Some(h) = h else {
-                        // Nothing after all: the chain goes back for later.
-                        q.go_to_previous_position();
-                        break;
-                    };
-                    h.write_to(&mut pkt);
-                    PKT_HEADER_SIZE as u32 + h.len
-                }
-                Err(_) => 0,
+            if first.is_none() {
+                let _ = q.add_used(&*mem, *head, 0);
+                taken.pop_front();
+                budget -= 1;
+                used = true;
+                continue;
+            }
+            // The data buffers of the parsed chains in front, in ring order (none when the
+            // first chain has no data buffer: it can carry a header alone).
+            let mut bufs: Vec<_> = taken
+                .iter()
+                .map_while(|(_, p)| p.as_ref()?.data_slice())
+                .map_while(|d| d.subslice(0, d.len().min(MAX_PKT_DATA as usize)).ok())
+                .take_while(|d| !d.is_empty())
+                .collect();
+            let Some(h) = muxer.recv_pkt(&mut bufs[..]) else {
+                break;
             };
-            let _ = q.add_used(&self.mem, head, len);
-            used = true;
+            // The payload's bytes, chain by chain; a header alone goes in the first chain.
+            let mut left = if h.op == op::RW { h.len as usize } else { 0 };
+            let mut i = 0;
+            loop {
+                let room = bufs.get(i).map_or(0, VolatileSlice::len);
+                let len = room.min(left);
+                let Some((head, Some(mut pkt))) = taken.pop_front() else {
+                    break;
+                };
+                let mut part = h;
+                if h.op == op::RW {
+                    #[allow(clippy::cast_possible_truncation)] // At most MAX_PKT_DATA.
+                    {
+                        part.len = len as u32;
+                    }
+                }
+                part.write_to(&mut pkt);
+                let _ = q.add_used(&*mem, head, PKT_HEADER_SIZE as u32 + part.len);
+                budget = budget.saturating_sub(1);
+                used = true;
+                left -= len;
+                i += 1;
+                if left == 0 {
+                    break;
+                }
+            }
+        }
+        // Chains taken for a batch and not filled: back to the ring, for later.
+        for _ in 0..taken.len() {
+            q.go_to_previous_position();
         }
         used
     }

@@ -13,7 +13,8 @@
 //!   (host-server's first frame, `Inbound`, may bring the accepted socket, as above).
 //!
 //! Layers, each importing only those before it: [`defs`] (the shared constants, re-exported
-//! here), [`packet`] (the 44-byte header as plain data), [`connection`] (one bridged stream:
+//! here), [`packet`] (the 44-byte header as plain data), [`iov`] (one vectored receive into
+//! several guest buffers: the device's only `unsafe`), [`connection`] (one bridged stream:
 //! state, credit, bounded buffers), [`muxer`] (routing, the listener, the RX work queue, the
 //! backend epoll), [`device`] (descriptor chains in guest memory ↔ the muxer), [`handler`]
 //! (the event-loop subscriber: queue kicks and backend readiness into the device). Everything
@@ -26,6 +27,8 @@ pub mod device;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzz;
 pub mod handler;
+#[allow(unsafe_code)]
+pub mod iov;
 pub mod muxer;
 pub mod packet;
 

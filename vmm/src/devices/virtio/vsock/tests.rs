@@ -1252,3 +1252,54 @@ fn a_guest_rst_cancels_a_pending_connect() {
     assert_eq!(rig.dev.muxer().connecting_count(), 0);
     assert!(rig.recv(1).is_empty(), "no answer to an RST");
 }
+
+/// One read fills several RX chains: 10,000 bytes from the stream reach the guest as RW
+/// packets cut at its 4 KiB buffers' bounds (4096, 4096, 1808), in order, each with the
+/// connection's header; the chains the read did not fill go back to the ring and carry the
+/// next bytes.
+#[test]
+fn one_read_fills_several_rx_chains_cut_at_their_bounds() {
+    let mut r = Rig::new();
+    let mut s = r.connect();
+    r.guest.post_rx(8, 4096);
+    let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+    s.write_all(&data).expect("write");
+    let wait = |r: &mut Rig, bytes: usize| {
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while got
+            .iter()
+            .map(|(_, d): &(Header, Vec<u8>)| d.len())
+            .sum::<usize>()
+            < bytes
+        {
+            assert!(Instant::now() < deadline, "only {got:?}");
+            r.dev.process_backend();
+            got.extend(r.guest.recv().into_iter().filter(|(h, _)| h.op == op::RW));
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        got
+    };
+    let got = wait(&mut r, data.len());
+    let lens: Vec<u32> = got.iter().map(|(h, _)| h.len).collect();
+    assert_eq!(lens, [4096, 4096, 1808]);
+    for (h, d) in &got {
+        assert_eq!(h.len as usize, d.len());
+        assert_eq!(
+            (h.src_port, h.dst_port, h.dst_cid, h.buf_alloc),
+            (HOST_PORT, GUEST_PORT, CID, TX_BUF_SIZE)
+        );
+    }
+    let all: Vec<u8> = got.into_iter().flat_map(|(_, d)| d).collect();
+    assert_eq!(all, data);
+    assert_eq!(
+        r.guest.rx_outstanding(),
+        5,
+        "the other chains are still posted"
+    );
+    s.write_all(b"next").expect("write");
+    let next = wait(&mut r, 4);
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].1, b"next");
+    assert_eq!(r.guest.rx_outstanding(), 4);
+}

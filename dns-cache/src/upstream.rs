@@ -137,10 +137,14 @@ fn encode_query(id: u16, q: &UpstreamQuery) -> Result<Vec<u8>, UpstreamError> {
     m.to_vec().map_err(UpstreamError::Encode)
 }
 
-/// Whether `m` answers query `id` for `q`.
+/// Whether `m` answers query `id` for `q`: a response to a standard query. Any other opcode's
+/// message is someone else's (an UPDATE's records are read by UPDATE's rules, with empty RDATA
+/// allowed, and would make a reply to the guest that does not parse; found by the
+/// `dns_resolve` fuzz target).
 pub(crate) fn matches(m: &Message, id: u16, q: &UpstreamQuery) -> bool {
     m.metadata.id == id
         && m.metadata.message_type == MessageType::Response
+        && m.metadata.op_code == OpCode::Query
         && m.queries.len() == 1
         && m.queries[0].query_type() == q.qtype
         && m.queries[0].query_class() == q.qclass
@@ -213,6 +217,23 @@ mod tests {
             dnssec_ok: false,
             checking_disabled: false,
         }
+    }
+
+    /// Only a response to a standard query with our id and question matches: an UPDATE (or
+    /// any other opcode) carrying the same id and question is someone else's.
+    #[test]
+    fn only_a_query_response_with_our_id_and_question_matches() {
+        let mut m = Message::new(7, MessageType::Response, OpCode::Query);
+        m.add_query(Query::query(q().name, RecordType::AAAA));
+        assert!(matches(&m, 7, &q()));
+        assert!(!matches(&m, 8, &q()));
+        for op in [OpCode::Update, OpCode::Notify, OpCode::Status] {
+            m.metadata.op_code = op;
+            assert!(!matches(&m, 7, &q()), "{op:?}");
+        }
+        m.metadata.op_code = OpCode::Query;
+        m.metadata.message_type = MessageType::Query;
+        assert!(!matches(&m, 7, &q()));
     }
 
     /// A one-shot UDP server on loopback that answers after sending a stray datagram first.

@@ -57,6 +57,10 @@ pub struct Metrics {
     pub passed_sockets: AtomicU64,
     /// Peers refused at the VM's socket (SO_PEERCRED not admitted).
     pub refused_peers: AtomicU64,
+    /// Guest listeners registered with host-server again after it went away, and those it
+    /// refused then (see the vsock muxer's docs).
+    pub listeners_registered_again: AtomicU64,
+    pub listeners_refused_again: AtomicU64,
 }
 
 impl Metrics {
@@ -72,6 +76,8 @@ impl Metrics {
             vsock_rx_bytes: Self::ZERO,
             passed_sockets: Self::ZERO,
             refused_peers: Self::ZERO,
+            listeners_registered_again: Self::ZERO,
+            listeners_refused_again: Self::ZERO,
         }
     }
 
@@ -132,6 +138,20 @@ impl Metrics {
             "refused_peers_total",
             "Streams refused at the VM's socket (SO_PEERCRED not admitted).",
             &[(String::new(), get(&self.refused_peers))],
+        );
+        counter(
+            "listener_reregistrations_total",
+            "Guest listeners registered with host-server again after it went away, by outcome.",
+            &[
+                (
+                    ",outcome=\"listening\"".into(),
+                    get(&self.listeners_registered_again),
+                ),
+                (
+                    ",outcome=\"refused\"".into(),
+                    get(&self.listeners_refused_again),
+                ),
+            ],
         );
         if let Some(open) = open {
             let _ = writeln!(

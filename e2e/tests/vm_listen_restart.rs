@@ -73,7 +73,7 @@ fn hdr(src_port: u32, dst_port: u32, op: u16) -> Header {
 /// Pumps the device as the VMM's event loop does (every 2 ms), keeping RX buffers posted and
 /// answering each host→guest REQUEST to the vsock listener's port with RESPONSE (the guest
 /// kernel accepting it).
-fn pump(vm: Arc<Mutex<Vm>>, stop: Arc<std::sync::atomic::AtomicBool>) {
+fn pump(vm: &Mutex<Vm>, stop: &std::sync::atomic::AtomicBool) {
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
         {
             let mut vm = vm.lock().unwrap();
@@ -180,7 +180,7 @@ fn a_vm_listener_serves_again_after_host_server_is_killed_and_restarted() {
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let pumper = {
         let (vm, stop) = (Arc::clone(&vm), Arc::clone(&stop));
-        std::thread::spawn(move || pump(vm, stop))
+        std::thread::spawn(move || pump(&vm, &stop))
     };
 
     // The guest listens as liboutsock does in a VM: a companion stream to host-server, the

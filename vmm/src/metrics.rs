@@ -5,7 +5,8 @@
 //! One VMM process runs one VM, so the counters are one process-wide [`METRICS`] of relaxed
 //! atomics that the vCPU threads and the event loop bump where things happen: vCPU exits by
 //! kind, vsock connections opened by the guest and by host processes, bytes each way, host
-//! streams refused at the VM's socket. [`MetricsServer`] answers on the event loop's thread
+//! streams refused at the VM's socket, guest listeners registered again with host-server after
+//! it went away (and those it refused then). [`MetricsServer`] answers on the event loop's thread
 //! (no thread or system call of its own beyond what that thread's seccomp list already
 //! allows: `accept4`, `recvfrom`, `sendto`, `close`): each accepted stream gets the whole text
 //! in one HTTP/1.0 response and is closed; what the client sent is read (at most 4 KiB, never

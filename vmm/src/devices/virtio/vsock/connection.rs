@@ -27,6 +27,20 @@
 //! `Inbound` frame is read as an answer), but holds no guest bytes: a host client that sends
 //! no frame is bridged exactly as before.
 //!
+//! **A guest listener's companion** ([`Connection::is_companion`]): a guest connection's first
+//! frame is collected as it passes (at most 256 bytes; it is forwarded as always); when it is a
+//! `Listen` request, host-server's answer is read frame-wise as above (also without
+//! `take_sockets`) and, when it is `Listening`, the request's bytes are kept. When the host side
+//! then ends (EOF or an error on a read, EPIPE on a write, HUP from the muxer's epoll: no guest
+//! RX buffer is needed to notice) while the guest has not shut its end, the connection does not
+//! tell the guest: it stops watching the dead stream and asks the muxer to connect again
+//! ([`Connection::registering_again`]; the muxer's docs have the back-off). On the new stream
+//! the hello and the kept request go out first and the answer is read here, never past its
+//! end, never given to the guest. Guest bytes that arrive on the companion meanwhile are
+//! dropped (a guest sends nothing after its request there, and host-server would close a live
+//! listener on any), counted as forwarded so the guest's credit stays right; a guest SHUTDOWN
+//! meanwhile ends the companion with RST.
+//!
 //! **One copy each way** (the data path of a passed socket, and of the relay's Unix stream
 //! too): a guest RW packet whose bytes can go at once ([`Connection::send_direct`]: nothing
 //! buffered before them) is written to the stream straight from guest memory, and only what
@@ -513,13 +527,14 @@ impl Connection {
 
     /// The muxer connected to host.sock again for a lost companion: the hello (`hello`) and
     /// the guest's request go out first, and host-server's answer is read here. `backoff` is
-    /// the wait the muxer had reached, kept for a host side that ends again soon.
-    pub(super) fn rebind(&mut self, stream: UnixStream, hello: Vec<u8>, backoff: Duration) {
+    /// the wait the muxer had reached, kept for a host side that ends again soon. Returns
+    /// false (the stream dropped) when the connection is no longer waiting for one.
+    pub(super) fn rebind(&mut self, stream: UnixStream, hello: Vec<u8>, backoff: Duration) -> bool {
         let Some(c) = self.companion.as_mut() else {
-            return;
+            return false;
         };
         if c.phase != Phase::Lost || self.state != State::Established {
-            return;
+            return false;
         }
         c.phase = Phase::Answering(Vec::new());
         c.backoff = backoff;
@@ -528,6 +543,7 @@ impl Connection {
         self.stream = stream;
         self.write_shut = false;
         self.flush();
+        true
     }
 
     /// Reads host-server's answer to a re-registration, never past its end.

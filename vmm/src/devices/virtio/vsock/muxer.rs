@@ -23,6 +23,26 @@
 //! per wake-up (what is left stays readable or due, and the event loop comes back after its
 //! other subscribers: the console, other guests' connections).
 //!
+//! **Guest listeners outlive host-server.** A guest listener's *companion* (a guest→host
+//! stream whose first frame was a `Listen` that host-server answered `Listening`; host-server
+//! holds the stream while the listener lives, see [`super::connection`]) whose host side ends
+//! (EOF, ECONNRESET, EPIPE: host-server crashed, restarted, was upgraded) while the guest holds
+//! its end is not reset: the guest is told nothing, and this muxer connects to host.sock again
+//! with the same non-blocking `dial`, waiting [`REGISTER_FIRST_RETRY`] before the first try and
+//! doubling up to [`REGISTER_LAST_RETRY`] after each failed one, for as long as the guest keeps
+//! the companion open. The tries come from a one-shot timer of their own, set for the earliest
+//! one: while host-server is away the event loop wakes once per try, never on a period, and a
+//! try never blocks (a full backlog keeps the socket for the next). Once connected, the VMM's
+//! hello and the guest's `Listen` frame, byte for byte, go out again, and the connection reads
+//! host-server's answer itself (the guest had its `Listening` long ago): `Listening` and the
+//! companion is live again; `Failed(errno)` (the port taken, no longer allowed) or anything
+//! else and the guest's companion is reset as it was before this existed, so the guest's vsock
+//! listener stays quiet. Either outcome is counted (metrics
+//! `outsock_vmm_listener_reregistrations_total{outcome}`) and logged in one line naming the
+//! address, rate limited (the first ten, then every power of two). A guest that closes the
+//! companion (RST, SHUTDOWN) while a re-registration is pending cancels it. A host side that
+//! ends again soon (within [`REGISTER_LAST_RETRY`] of being registered) keeps the longer wait.
+//!
 //! Who may `CONNECT` on the VM's socket is decided by the kernel's SO_PEERCRED of each peer,
 //! against [`MuxerConfig::peer_uids`] (host-server's uid, root, the VMM's own): any other peer's
 //! stream is closed at once, without reading its line and without an `OK` (the hybrid-vsock
@@ -44,7 +64,8 @@ use vmm_sys_util::timerfd::TimerFd;
 use vm_memory::bitmap::BitmapSlice;
 use vm_memory::VolatileSlice;
 
-use super::connection::{Connection, Reregistered, RxBuf, State, REGISTER_LAST_RETRY, TIMEOUT};
+use super::connection::{Connection, Reregistered, RxBuf, State, TIMEOUT};
+pub use super::connection::{REGISTER_FIRST_RETRY, REGISTER_LAST_RETRY};
 use super::defs::HOST_CID;
 use super::packet::{op, Header, TYPE_STREAM};
 use crate::metrics::{Metrics, METRICS};
@@ -579,9 +600,11 @@ impl Muxer {
                     let Some(conn) = self.conns.get_mut(&key) else {
                         continue;
                     };
-                    self.by_fd.remove(&conn.stream().as_raw_fd());
-                    self.by_fd.insert(stream.as_raw_fd(), key);
-                    conn.rebind(stream, hello, r.backoff);
+                    let (old, new) = (conn.stream().as_raw_fd(), stream.as_raw_fd());
+                    if conn.rebind(stream, hello, r.backoff) {
+                        self.by_fd.remove(&old);
+                        self.by_fd.insert(new, key);
+                    }
                     self.update(key);
                 }
                 (dialed, _) => {

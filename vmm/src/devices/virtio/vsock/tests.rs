@@ -1561,3 +1561,47 @@ fn while_host_server_is_away_the_backend_wakes_up_with_backoff_not_a_spin() {
         t.elapsed()
     );
 }
+
+/// Set in the helper process of the test below.
+const VCPU_RESET_HELPER: &str = "OUTSOCK_VSOCK_VCPU_RESET_HELPER";
+const VCPU_RESET_OK: &str = "vcpu-reset-helper: the reset stayed inside the vCPU filter";
+
+#[test]
+fn a_device_reset_with_a_reregistration_pending_stays_inside_the_vcpu_filter() {
+    // A guest's driver resets the device by an MMIO write, on a vCPU thread, whose seccomp
+    // filter allows no timerfd call: run in a helper process (a violation ends it, exit 6).
+    if std::env::var_os(VCPU_RESET_HELPER).is_some() {
+        let (mut rig, control, _) = companion(true);
+        host_server_dies(&mut rig, control);
+        let _ = quiet_for(&mut rig, Duration::from_millis(50));
+        assert_eq!(rig.dev.muxer().redial_count(), 1, "a redial is pending");
+        let filters = crate::seccomp::Filters::new().expect("filters for this process");
+        filters
+            .apply(crate::seccomp::Role::Vcpu)
+            .expect("install the vCPU filter");
+        crate::devices::virtio::VirtioDevice::reset(&mut rig.dev);
+        println!("{VCPU_RESET_OK}");
+        std::process::exit(0);
+    }
+    let module = module_path!()
+        .split_once("::")
+        .map_or(module_path!(), |(_, m)| m);
+    let out = std::process::Command::new(std::env::current_exe().expect("the test binary"))
+        .args([
+            &format!(
+                "{module}::a_device_reset_with_a_reregistration_pending_stays_inside_the_vcpu_filter"
+            ),
+            "--exact",
+            "--nocapture",
+        ])
+        .env(VCPU_RESET_HELPER, "1")
+        .output()
+        .expect("run the helper");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(VCPU_RESET_OK),
+        "{}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

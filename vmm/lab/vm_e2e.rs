@@ -29,7 +29,7 @@ use crate::vm_world::{self, IPERF_PORT, WHOAMI_PORT};
 use crate::{Driver, Run, RunOpts};
 
 /// The checks this group reports, in order.
-pub const NAMES: [&str; 25] = [
+pub const NAMES: [&str; 26] = [
     "vm-boot",
     "vm-curl",
     "vm-wget",
@@ -53,6 +53,7 @@ pub const NAMES: [&str; 25] = [
     "vm-inbound-static-nc",
     "vm-inbound-go-server",
     "vm-inbound-nginx",
+    "vm-inbound-after-kill",
     "vm-restart",
     "vm-run",
 ];
@@ -171,6 +172,12 @@ kill $H $N $S $SN $G 2>/dev/null; wait $H $N $S $SN $G 2>/dev/null
 /bin/busybox httpd -f -p {static_httpd_port} -h /www 2>/tmp/shttpd2.log & S=$!
 sleep 3; if kill -0 $S 2>/dev/null; then echo RELISTEN=alive; else echo RELISTEN=gone; sed 's/^/RELISTEN-LOG /' /tmp/shttpd2.log; fi
 kill $S 2>/dev/null; wait $S 2>/dev/null
+/usr/bin/nc.traditional -n -l -p {nc_port} </dev/null >/tmp/nc-kill.out 2>/tmp/nc-kill.err & K=$!
+echo KILL-NOW
+read -t 120 GO; echo KILL-GO=$GO
+sleep 1; echo NC-KILL-DATA=$(cat /tmp/nc-kill.out)
+sed 's/^/NC-KILL-ERR /' /tmp/nc-kill.err
+kill $K 2>/dev/null; wait $K 2>/dev/null
 for n in $V6 $ECHO {multi}; do kdig +short +timeout=5 @$DNS $n A; done > /tmp/dummies
 for d in $(cat /tmp/dummies); do echo BEFORE $d $(/usr/bin/nc.traditional -w 10 $d {whoami} </dev/null); done
 echo RESTART-NOW
@@ -237,6 +244,9 @@ struct Interaction {
     client_dummy: Option<Ipv4Addr>,
     /// How the host-server restart went.
     restart: Result<(), String>,
+    /// The `kill -9` of host-server under the guest's `nc -l`, its restart, and the world
+    /// client's line to the same port after it (the VMM registered the listener again).
+    after_kill: Result<(), String>,
 }
 
 impl Default for Interaction {
@@ -252,6 +262,7 @@ impl Default for Interaction {
             go_server: not_run(),
             client_dummy: None,
             restart: not_run(),
+            after_kill: not_run(),
         }
     }
 }
@@ -364,6 +375,10 @@ fn attempt(d: &Driver, retry_on_crash: bool) -> anyhow::Result<Attempt> {
         match line.trim() {
             "INBOUND-READY" => {
                 inbound(&stack, &mut seen);
+                Some("go\n".into())
+            }
+            "KILL-NOW" => {
+                seen.after_kill = kill_and_reach(&mut stack);
                 Some("go\n".into())
             }
             "RESTART-NOW" => {
@@ -694,6 +709,29 @@ fn inbound(stack: &Stack, seen: &mut Interaction) {
         .into_iter()
         .find(|(_, v6)| *v6 == addr::CLIENT)
         .map(|(d, _)| d);
+}
+
+/// host-server killed (SIGKILL) and started again under the guest's `nc -l`: once the VMM
+/// registered the guest's listener again, a world client's line reaches it.
+fn kill_and_reach(stack: &mut Stack) -> Result<(), String> {
+    let host = stack.world.host();
+    vm_world::wait_listening(host, NC_PORT, Duration::from_secs(20))
+        .map_err(|e| format!("before the kill: {e:#}"))?;
+    stack.kill_host();
+    std::thread::sleep(Duration::from_secs(1));
+    stack
+        .start_host()
+        .map_err(|e| format!("host-server did not start again: {e:#}"))?;
+    vm_world::wait_listening(stack.world.host(), NC_PORT, Duration::from_secs(30))
+        .map_err(|e| format!("the guest's listener was not registered again: {e:#}"))?;
+    vm_world::world_client(
+        stack,
+        addr::HOST_VMS[0],
+        NC_PORT,
+        b"after-the-kill\n".to_vec(),
+    )
+    .map(drop)
+    .map_err(|e| format!("{e:#}"))
 }
 
 /// The world's requests to the guest's nginx, while it waits.
@@ -1049,6 +1087,15 @@ fn judge(
             .all(|(d, v6)| expected.contains(v6) && mapped(d).as_ref() == Some(v6));
     let after_ok = rc_of("CURL-AFTER-RC=").as_deref() == Some("0")
         && !dummies(&marker("KDIG-AFTER-RC=").unwrap_or_default()).is_empty();
+    let kill_data = marker("NC-KILL-DATA=").unwrap_or_default();
+    d.report(
+        "vm-inbound-after-kill",
+        seen.after_kill.is_ok() && kill_data == "after-the-kill",
+        &format!(
+            "nc -l -p {NC_PORT} in the guest; host-server killed (SIGKILL) and started again; the VMM registered the listener again ({}); the world client's line after it: received {kill_data:?}",
+            seen.after_kill.as_ref().map_or_else(Clone::clone, |()| "ok".to_owned()),
+        ),
+    );
     d.report(
         "vm-restart",
         seen.restart.is_ok() && consistent && after_ok,

@@ -5,7 +5,8 @@
 //! One VMM process runs one VM, so the counters are one process-wide [`METRICS`] of relaxed
 //! atomics that the vCPU threads and the event loop bump where things happen: vCPU exits by
 //! kind, vsock connections opened by the guest and by host processes, bytes each way, host
-//! streams refused at the VM's socket. [`MetricsServer`] answers on the event loop's thread
+//! streams refused at the VM's socket, guest listeners registered again with host-server after
+//! it went away (and those it refused then). [`MetricsServer`] answers on the event loop's thread
 //! (no thread or system call of its own beyond what that thread's seccomp list already
 //! allows: `accept4`, `recvfrom`, `sendto`, `close`): each accepted stream gets the whole text
 //! in one HTTP/1.0 response and is closed; what the client sent is read (at most 4 KiB, never
@@ -57,6 +58,10 @@ pub struct Metrics {
     pub passed_sockets: AtomicU64,
     /// Peers refused at the VM's socket (SO_PEERCRED not admitted).
     pub refused_peers: AtomicU64,
+    /// Guest listeners registered with host-server again after it went away, and those it
+    /// refused then (see the vsock muxer's docs).
+    pub listeners_registered_again: AtomicU64,
+    pub listeners_refused_again: AtomicU64,
 }
 
 impl Metrics {
@@ -72,6 +77,8 @@ impl Metrics {
             vsock_rx_bytes: Self::ZERO,
             passed_sockets: Self::ZERO,
             refused_peers: Self::ZERO,
+            listeners_registered_again: Self::ZERO,
+            listeners_refused_again: Self::ZERO,
         }
     }
 
@@ -132,6 +139,20 @@ impl Metrics {
             "refused_peers_total",
             "Streams refused at the VM's socket (SO_PEERCRED not admitted).",
             &[(String::new(), get(&self.refused_peers))],
+        );
+        counter(
+            "listener_reregistrations_total",
+            "Guest listeners registered with host-server again after it went away, by outcome.",
+            &[
+                (
+                    ",outcome=\"listening\"".into(),
+                    get(&self.listeners_registered_again),
+                ),
+                (
+                    ",outcome=\"refused\"".into(),
+                    get(&self.listeners_refused_again),
+                ),
+            ],
         );
         if let Some(open) = open {
             let _ = writeln!(

@@ -27,6 +27,20 @@
 //! `Inbound` frame is read as an answer), but holds no guest bytes: a host client that sends
 //! no frame is bridged exactly as before.
 //!
+//! **A guest listener's companion** ([`Connection::is_companion`]): a guest connection's first
+//! frame is collected as it passes (at most 256 bytes; it is forwarded as always); when it is a
+//! `Listen` request, host-server's answer is read frame-wise as above (also without
+//! `take_sockets`) and, when it is `Listening`, the request's bytes are kept. When the host side
+//! then ends (EOF or an error on a read, EPIPE on a write, HUP from the muxer's epoll: no guest
+//! RX buffer is needed to notice) while the guest has not shut its end, the connection does not
+//! tell the guest: it stops watching the dead stream and asks the muxer to connect again
+//! ([`Connection::registering_again`]; the muxer's docs have the back-off). On the new stream
+//! the hello and the kept request go out first and the answer is read here, never past its
+//! end, never given to the guest. Guest bytes that arrive on the companion meanwhile are
+//! dropped (a guest sends nothing after its request there, and host-server would close a live
+//! listener on any), counted as forwarded so the guest's credit stays right; a guest SHUTDOWN
+//! meanwhile ends the companion with RST.
+//!
 //! **One copy each way** (the data path of a passed socket, and of the relay's Unix stream
 //! too): a guest RW packet whose bytes can go at once ([`Connection::send_direct`]: nothing
 //! buffered before them) is written to the stream straight from guest memory, and only what
@@ -35,12 +49,14 @@
 
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
+use std::net::SocketAddrV4;
 use std::num::Wrapping;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use shared_proto::frame::{frame_len, HEADER_LEN};
+use shared_proto::{Errno, ToGuest, ToHost};
 use vm_memory::bitmap::BitmapSlice;
 use vm_memory::{Bytes, ReadVolatile, VolatileMemoryError, VolatileSlice, WriteVolatile};
 
@@ -57,6 +73,13 @@ pub const CREDIT_UPDATE_AFTER: u32 = TX_BUF_SIZE / 2;
 /// How long a host-initiated connection waits for the guest to accept, and a closing one for
 /// its buffer to drain, before it is reset.
 pub const TIMEOUT: Duration = Duration::from_secs(2);
+/// The first wait before a lost companion's host side is connected again, doubled after each
+/// failed try up to [`REGISTER_LAST_RETRY`] (the supervisor's keeper waits the same).
+pub const REGISTER_FIRST_RETRY: Duration = Duration::from_millis(20);
+pub const REGISTER_LAST_RETRY: Duration = Duration::from_secs(1);
+/// The largest first frame kept to tell a listen request (a `Listen` frame is a few dozen
+/// bytes), and the largest answer read on a re-registration.
+const MAX_KEPT_FRAME: usize = 256;
 
 /// Where the connection stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +114,9 @@ struct Answer {
     left: Option<usize>,
     /// The socket that came with the answer, checked, waiting for the answer's end.
     socket: Option<OwnedFd>,
+    /// The answer's body as far as it has arrived (kept up to [`MAX_KEPT_FRAME`] bytes, to tell
+    /// a listen request's `Listening`).
+    body: Vec<u8>,
 }
 
 impl Answer {
@@ -197,6 +223,40 @@ pub enum Refused {
     NotAStreamSocket,
 }
 
+/// A guest listener's companion stream (see the muxer's docs): the guest's `Listen` frame as it
+/// sent it, and where the listener's registration with host-server stands.
+#[derive(Debug)]
+struct Companion {
+    request: Vec<u8>,
+    addr: SocketAddrV4,
+    phase: Phase,
+    /// The wait before the next reconnect, should the host side end again soon.
+    backoff: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Phase {
+    /// The request went to host-server; its first answer is still on its way to the guest.
+    Asked,
+    /// host-server answered `Listening` (at this time) and holds the stream.
+    Live(Instant),
+    /// The host side ended: the muxer connects to host.sock again (the stream is dead).
+    Lost,
+    /// Connected again: the hello and the request go out, the answer is read here (the guest
+    /// has had its `Listening`); the bytes of it so far.
+    Answering(Vec<u8>),
+}
+
+/// What became of a re-registration, told once to the muxer (which logs it and counts it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reregistered {
+    /// host-server answered `Listening` again.
+    Listening(SocketAddrV4),
+    /// host-server refused it (the port taken, no longer allowed) with this errno, or answered
+    /// something else (`EPROTO`): the guest's companion stream is reset.
+    Refused(SocketAddrV4, Errno),
+}
+
 mod pending {
     pub const RST: u8 = 1;
     pub const REQUEST: u8 = 2;
@@ -247,6 +307,14 @@ pub struct Connection {
     swapped_from: Option<RawFd>,
     /// A descriptor that came with the answer and was refused (for tests and logs).
     refused: Option<Refused>,
+    /// A guest connection's first frame while it arrives, to tell a listen request.
+    first: Option<Vec<u8>>,
+    /// The connection is a guest listener's companion.
+    companion: Option<Companion>,
+    /// The host side of a companion ended: the muxer should connect again after this wait.
+    redial: Option<Duration>,
+    /// The outcome of a re-registration, for the muxer.
+    reregistered: Option<Reregistered>,
 }
 
 impl Connection {
@@ -266,6 +334,7 @@ impl Connection {
         let mut c = Self::new(stream, State::PeerInit, peer_cid, local_port, peer_port);
         c.prefix = prefix;
         c.pending = pending::RESPONSE;
+        c.first = Some(Vec::new());
         if take_sockets {
             c.gate = Gate::Header;
             c.answer = Some(Answer::default());
@@ -326,6 +395,10 @@ impl Connection {
             control: None,
             swapped_from: None,
             refused: None,
+            first: None,
+            companion: None,
+            redial: None,
+            reregistered: None,
         }
     }
 
@@ -366,6 +439,189 @@ impl Connection {
     /// Bytes of guest data buffered here.
     pub fn tx_buffered(&self) -> usize {
         self.tx_buf.len()
+    }
+
+    /// Whether the connection is a guest listener's companion: its first frame was a `Listen`
+    /// that host-server answered `Listening`.
+    pub fn is_companion(&self) -> bool {
+        self.companion
+            .as_ref()
+            .is_some_and(|c| c.phase != Phase::Asked)
+    }
+
+    /// Whether the companion's host side is being registered again (its stream ended; the
+    /// muxer connects again, or host-server's answer is awaited).
+    pub fn registering_again(&self) -> bool {
+        self.companion
+            .as_ref()
+            .is_some_and(|c| matches!(c.phase, Phase::Lost | Phase::Answering(_)))
+    }
+
+    /// Once after a companion's host side ended: how long the muxer waits before it connects
+    /// to host.sock again.
+    pub(super) fn take_redial(&mut self) -> Option<Duration> {
+        self.redial.take()
+    }
+
+    /// Once after a re-registration was answered: how it went.
+    pub(super) fn take_reregistered(&mut self) -> Option<Reregistered> {
+        self.reregistered.take()
+    }
+
+    /// Collects the first frame of a guest connection's bytes; a `Listen` request makes the
+    /// connection a companion candidate, whose answer is then read frame-wise (as a passed
+    /// socket's is) to see whether host-server said `Listening`.
+    fn note_guest_bytes(&mut self, mut bytes: &[u8]) {
+        while let Some(first) = self.first.as_mut() {
+            let want = match frame_len(first) {
+                Ok(Some(total)) if total <= MAX_KEPT_FRAME => total,
+                Ok(None) => HEADER_LEN,
+                // Not a frame, or too large for a listen request: nothing to keep.
+                _ => {
+                    self.first = None;
+                    return;
+                }
+            };
+            if first.len() == want {
+                let request = std::mem::take(first);
+                self.first = None;
+                if let Ok(ToHost::Listen(l)) = shared_proto::decode_exact::<ToHost>(&request) {
+                    self.companion = Some(Companion {
+                        request,
+                        addr: l.addr,
+                        phase: Phase::Asked,
+                        backoff: REGISTER_FIRST_RETRY / 2,
+                    });
+                    if self.answer.is_none() && self.rx_cnt.0 == 0 {
+                        self.answer = Some(Answer::default());
+                    }
+                }
+                return;
+            }
+            if bytes.is_empty() {
+                return;
+            }
+            let n = (want - first.len()).min(bytes.len());
+            first.extend_from_slice(&bytes[..n]);
+            bytes = &bytes[n..];
+        }
+    }
+
+    /// The host side ended (EOF, an error). A live companion whose guest has not shut it down
+    /// is kept, the guest told nothing, and the muxer asked to connect again; returns false for
+    /// anything else, which the caller ends as it always did.
+    fn host_lost(&mut self) -> bool {
+        if self.state != State::Established || self.peer_shut != 0 {
+            return false;
+        }
+        let Some(c) = self.companion.as_mut() else {
+            return false;
+        };
+        // A host side that ends soon after it was registered (host-server dying again, or
+        // closing what it just answered) waits longer each time: never a reconnect loop.
+        let soon = match &c.phase {
+            Phase::Live(since) => since.elapsed() < REGISTER_LAST_RETRY,
+            Phase::Answering(_) => true,
+            Phase::Asked | Phase::Lost => return false,
+        };
+        c.backoff = if soon {
+            (c.backoff * 2).min(REGISTER_LAST_RETRY)
+        } else {
+            REGISTER_FIRST_RETRY
+        };
+        c.phase = Phase::Lost;
+        self.redial = Some(c.backoff);
+        self.want_rw = false;
+        self.prefix.clear();
+        self.drop_guest_bytes();
+        true
+    }
+
+    /// Guest bytes on a companion whose host side is down are dropped (a guest sends nothing
+    /// after its request there; host-server would close the listener on any), counted as
+    /// forwarded so that the guest's credit stays right.
+    fn drop_guest_bytes(&mut self) {
+        self.fwd_cnt += Wrapping(self.tx_buf.len() as u32);
+        self.tx_buf.clear();
+    }
+
+    /// The host side failed: a companion is registered again, anything else is reset.
+    fn host_failed(&mut self) {
+        if !self.host_lost() {
+            self.reset();
+        }
+    }
+
+    /// The muxer connected to host.sock again for a lost companion: the hello (`hello`) and
+    /// the guest's request go out first, and host-server's answer is read here. `backoff` is
+    /// the wait the muxer had reached, kept for a host side that ends again soon. Returns
+    /// false (the stream dropped) when the connection is no longer waiting for one.
+    pub(super) fn rebind(&mut self, stream: UnixStream, hello: Vec<u8>, backoff: Duration) -> bool {
+        let Some(c) = self.companion.as_mut() else {
+            return false;
+        };
+        if c.phase != Phase::Lost || self.state != State::Established {
+            return false;
+        }
+        c.phase = Phase::Answering(Vec::new());
+        c.backoff = backoff;
+        self.prefix = hello;
+        self.prefix.extend_from_slice(&c.request);
+        self.stream = stream;
+        self.write_shut = false;
+        self.flush();
+        true
+    }
+
+    /// Reads host-server's answer to a re-registration, never past its end.
+    fn read_reregistration(&mut self) {
+        let mut b = [0u8; MAX_KEPT_FRAME];
+        loop {
+            let addr = match &self.companion {
+                Some(c) => c.addr,
+                None => return,
+            };
+            let Some(Companion {
+                phase: Phase::Answering(got),
+                ..
+            }) = self.companion.as_mut()
+            else {
+                return;
+            };
+            let want = match frame_len(got) {
+                Ok(Some(total)) if total <= MAX_KEPT_FRAME => total,
+                Ok(None) => HEADER_LEN,
+                _ => return self.refused_again(addr, Errno::EPROTO),
+            };
+            if got.len() == want {
+                let answer = shared_proto::decode_exact::<ToGuest>(got);
+                return match answer {
+                    Ok(ToGuest::Listening { .. }) => {
+                        if let Some(c) = self.companion.as_mut() {
+                            c.phase = Phase::Live(Instant::now());
+                        }
+                        self.reregistered = Some(Reregistered::Listening(addr));
+                    }
+                    Ok(ToGuest::Failed(errno)) => self.refused_again(addr, errno),
+                    _ => self.refused_again(addr, Errno::EPROTO),
+                };
+            }
+            match (&self.stream).read(&mut b[..want - got.len()]) {
+                Ok(0) => return self.host_failed(),
+                Ok(n) => got.extend_from_slice(&b[..n]),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => return self.host_failed(),
+            }
+        }
+    }
+
+    /// host-server refused the re-registration: the guest's companion is reset, as when its
+    /// host side ended before this existed (the guest's vsock listener then stays quiet).
+    fn refused_again(&mut self, addr: SocketAddrV4, errno: Errno) {
+        self.reregistered = Some(Reregistered::Refused(addr, errno));
+        self.companion = None;
+        self.reset();
     }
 
     /// Tears the connection down with an RST to the guest.
@@ -412,14 +668,26 @@ impl Connection {
         if self.state == State::Closed {
             return e;
         }
+        match self.companion.as_ref().map(|c| &c.phase) {
+            // The dead stream is not watched while the muxer connects again.
+            Some(Phase::Lost) => return e,
+            Some(Phase::Answering(_)) => {
+                e |= EventSet::IN;
+                if !self.prefix.is_empty() {
+                    e |= EventSet::OUT;
+                }
+                return e;
+            }
+            _ => {}
+        }
         if self.state == State::Established && !self.want_rw && !self.local_eof {
             e |= EventSet::IN;
         }
         if !self.prefix.is_empty() || !self.tx_buf.is_empty() {
             e |= EventSet::OUT;
         }
-        if self.state == State::LocalInit {
-            // Only to notice the host process giving up; HUP is always reported.
+        if self.state == State::LocalInit || self.is_companion() {
+            // Only to notice the host process (host-server) giving up; HUP is always reported.
             e |= EventSet::READ_HANG_UP;
         }
         e
@@ -435,6 +703,30 @@ impl Connection {
                 self.reset();
             }
             return;
+        }
+        // host-server went away: noticed here, without waiting for a guest RX buffer to read
+        // the EOF into (it never writes after `Listening`, so nothing is lost).
+        if self.is_companion()
+            && !self.registering_again()
+            && events.intersects(EventSet::HANG_UP | EventSet::READ_HANG_UP | EventSet::ERROR)
+            && self.host_lost()
+        {
+            return;
+        }
+        match self.companion.as_ref().map(|c| &c.phase) {
+            Some(Phase::Lost) => return,
+            Some(Phase::Answering(_)) => {
+                if events.intersects(EventSet::OUT) {
+                    self.flush();
+                }
+                if events.intersects(
+                    EventSet::IN | EventSet::HANG_UP | EventSet::READ_HANG_UP | EventSet::ERROR,
+                ) {
+                    self.read_reregistration();
+                }
+                return;
+            }
+            _ => {}
         }
         if events.intersects(EventSet::OUT) {
             self.flush();
@@ -468,6 +760,8 @@ impl Connection {
                 self.flush();
             }
             (State::Established, op::RW) => self.push_data(data),
+            // A guest that closes its companion while it is registered again cancels that.
+            (State::Established, op::SHUTDOWN) if self.registering_again() => self.reset(),
             (State::Established, op::SHUTDOWN) => {
                 self.peer_shut |= hdr.flags & (SHUTDOWN_RCV | SHUTDOWN_SEND);
                 self.flush();
@@ -511,16 +805,25 @@ impl Connection {
             || self.gate != Gate::Open
             || self.peer_shut & SHUTDOWN_SEND != 0
             || data.len() > TX_BUF_SIZE as usize
+            || self.registering_again()
         {
             return false;
         }
         self.take_credit(hdr);
+        if self.first.is_some() {
+            let mut head = vec![0u8; data.len().min(MAX_KEPT_FRAME)];
+            if data.read_slice(&mut head, 0).is_ok() {
+                self.note_guest_bytes(&head);
+            } else {
+                self.first = None;
+            }
+        }
         let mut stream = &self.stream;
         let written = match stream.write_volatile(data).map_err(io_error) {
             Ok(n) => n,
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => 0,
             Err(_) => {
-                self.reset();
+                self.host_failed();
                 return true;
             }
         };
@@ -549,13 +852,25 @@ impl Connection {
             self.reset();
             return;
         }
+        self.note_guest_bytes(data);
         self.tx_buf.extend(data);
+        if self.registering_again() {
+            self.drop_guest_bytes();
+        }
         self.flush();
     }
 
     /// Writes the prefix and buffered guest bytes; applies a pending half-close or close once
     /// the buffer is empty; asks for a credit update when the guest's view has gone stale.
     fn flush(&mut self) {
+        if self
+            .companion
+            .as_ref()
+            .is_some_and(|c| c.phase == Phase::Lost)
+        {
+            // Nothing goes to the dead stream; the muxer is connecting again.
+            return;
+        }
         while !self.prefix.is_empty() {
             match self.stream.write(&self.prefix) {
                 Ok(n) => {
@@ -563,7 +878,7 @@ impl Connection {
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(_) => return self.reset(),
+                Err(_) => return self.host_failed(),
             }
         }
         while !self.tx_buf.is_empty() {
@@ -584,7 +899,7 @@ impl Connection {
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(_) => return self.reset(),
+                Err(_) => return self.host_failed(),
             }
         }
         if (self.fwd_cnt - self.last_fwd_cnt_sent).0 >= CREDIT_UPDATE_AFTER {
@@ -659,7 +974,12 @@ impl Connection {
         let got = &bytes[..n];
         buf.put(got)?;
         match answer.left.as_mut() {
-            Some(left) => *left -= n,
+            Some(left) => {
+                *left -= n;
+                if answer.body.len() + n <= MAX_KEPT_FRAME {
+                    answer.body.extend_from_slice(got);
+                }
+            }
             None => {
                 answer.head.extend_from_slice(got);
                 if answer.head.len() == HEADER_LEN {
@@ -683,6 +1003,19 @@ impl Connection {
         let Some(answer) = self.answer.take() else {
             return Ok(());
         };
+        if let Some(c) = self.companion.as_mut() {
+            let mut frame = answer.head.clone();
+            frame.extend_from_slice(&answer.body);
+            let listening = matches!(
+                shared_proto::decode_exact::<ToGuest>(&frame),
+                Ok(ToGuest::Listening { .. })
+            );
+            if listening && answer.socket.is_none() && c.phase == Phase::Asked {
+                c.phase = Phase::Live(Instant::now());
+            } else {
+                self.companion = None;
+            }
+        }
         if let Some(fd) = answer.socket {
             let socket = UnixStream::from(fd);
             socket.set_nonblocking(true)?;
@@ -755,6 +1088,9 @@ impl Connection {
                 let max = buf.room().min(credit as usize);
                 if max > 0 {
                     match self.read_for_guest(buf, max) {
+                        // A companion's host side that ends is registered again, unseen by
+                        // the guest.
+                        Ok(0) if self.host_lost() => {}
                         Ok(0) => {
                             self.local_eof = true;
                             self.want_rw = false;
@@ -769,6 +1105,7 @@ impl Connection {
                         }
                         Err(e) if e.kind() == ErrorKind::WouldBlock => self.want_rw = false,
                         Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                        Err(_) if self.host_lost() => {}
                         Err(_) => {
                             self.reset();
                             self.pending = 0;

@@ -10,7 +10,11 @@
 //!   host-server knows when to give back its pins and limits (see [`connection`]);
 //! - a host process connects to the VM's own Unix socket and writes `CONNECT <port>\n`; once the
 //!   guest accepts on that port the VMM answers `OK <host port>\n` and the stream is bridged
-//!   (host-server's first frame, `Inbound`, may bring the accepted socket, as above).
+//!   (host-server's first frame, `Inbound`, may bring the accepted socket, as above);
+//! - a guest listener's companion stream (its `Listen` request's stream, which host-server
+//!   holds while the listener lives) outlives host-server: when its host side ends, the VMM
+//!   connects again with back-off and registers the same request again, unseen by the guest
+//!   (see [`muxer`]).
 //!
 //! Layers, each importing only those before it: [`defs`] (the shared constants, re-exported
 //! here), [`packet`] (the 44-byte header as plain data), [`iov`] (one vectored receive into

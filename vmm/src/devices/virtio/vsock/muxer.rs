@@ -23,6 +23,26 @@
 //! per wake-up (what is left stays readable or due, and the event loop comes back after its
 //! other subscribers: the console, other guests' connections).
 //!
+//! **Guest listeners outlive host-server.** A guest listener's *companion* (a guest→host
+//! stream whose first frame was a `Listen` that host-server answered `Listening`; host-server
+//! holds the stream while the listener lives, see [`super::connection`]) whose host side ends
+//! (EOF, ECONNRESET, EPIPE: host-server crashed, restarted, was upgraded) while the guest holds
+//! its end is not reset: the guest is told nothing, and this muxer connects to host.sock again
+//! with the same non-blocking `dial`, waiting [`REGISTER_FIRST_RETRY`] before the first try and
+//! doubling up to [`REGISTER_LAST_RETRY`] after each failed one, for as long as the guest keeps
+//! the companion open. The tries come from a one-shot timer of their own, set for the earliest
+//! one: while host-server is away the event loop wakes once per try, never on a period, and a
+//! try never blocks (a full backlog keeps the socket for the next). Once connected, the VMM's
+//! hello and the guest's `Listen` frame, byte for byte, go out again, and the connection reads
+//! host-server's answer itself (the guest had its `Listening` long ago): `Listening` and the
+//! companion is live again; `Failed(errno)` (the port taken, no longer allowed) or anything
+//! else and the guest's companion is reset as it was before this existed, so the guest's vsock
+//! listener stays quiet. Either outcome is counted (metrics
+//! `outsock_vmm_listener_reregistrations_total{outcome}`) and logged in one line naming the
+//! address, rate limited (the first ten, then every power of two). A guest that closes the
+//! companion (RST, SHUTDOWN) while a re-registration is pending cancels it. A host side that
+//! ends again soon (within [`REGISTER_LAST_RETRY`] of being registered) keeps the longer wait.
+//!
 //! Who may `CONNECT` on the VM's socket is decided by the kernel's SO_PEERCRED of each peer,
 //! against [`MuxerConfig::peer_uids`] (host-server's uid, root, the VMM's own): any other peer's
 //! stream is closed at once, without reading its line and without an `OK` (the hybrid-vsock
@@ -44,7 +64,8 @@ use vmm_sys_util::timerfd::TimerFd;
 use vm_memory::bitmap::BitmapSlice;
 use vm_memory::VolatileSlice;
 
-use super::connection::{Connection, RxBuf, TIMEOUT};
+use super::connection::{Connection, Reregistered, RxBuf, State, TIMEOUT};
+pub use super::connection::{REGISTER_FIRST_RETRY, REGISTER_LAST_RETRY};
 use super::defs::HOST_CID;
 use super::packet::{op, Header, TYPE_STREAM};
 use crate::metrics::{Metrics, METRICS};
@@ -128,6 +149,16 @@ struct Connecting {
     backoff: Duration,
 }
 
+/// A guest listener's companion whose host side ended: host.sock is connected again from the
+/// redial timer, with back-off, for as long as the guest keeps the companion open.
+#[derive(Debug)]
+struct Redial {
+    /// A connect that found host-server's backlog full, tried again on the same socket.
+    fd: Option<OwnedFd>,
+    next_try: Instant,
+    backoff: Duration,
+}
+
 /// How one connect attempt to host.sock went.
 enum Dial {
     Connected(UnixStream),
@@ -180,6 +211,11 @@ pub struct Muxer {
     connecting: HashMap<Key, Connecting>,
     retry_timer: TimerFd,
     retry_armed: bool,
+    redials: HashMap<Key, Redial>,
+    /// One-shot, at the earliest redial's time.
+    redial_timer: TimerFd,
+    reregistered: u64,
+    refused_again: u64,
     rxq: VecDeque<Key>,
     orphan_rsts: VecDeque<Header>,
     next_port: u32,
@@ -211,6 +247,15 @@ impl Muxer {
                 ControlOperation::Add,
                 retry_timer.as_raw_fd(),
                 EpollEvent::new(EventSet::IN, retry_timer.as_raw_fd() as u64),
+            )
+            .map_err(MuxerError::Setup)?;
+        let redial_timer = TimerFd::new()
+            .map_err(|e| MuxerError::Setup(std::io::Error::from_raw_os_error(e.errno())))?;
+        epoll
+            .ctl(
+                ControlOperation::Add,
+                redial_timer.as_raw_fd(),
+                EpollEvent::new(EventSet::IN, redial_timer.as_raw_fd() as u64),
             )
             .map_err(MuxerError::Setup)?;
         let listener = match &cfg.listen_socket {
@@ -253,6 +298,10 @@ impl Muxer {
             connecting: HashMap::new(),
             retry_timer,
             retry_armed: false,
+            redials: HashMap::new(),
+            redial_timer,
+            reregistered: 0,
+            refused_again: 0,
             rxq: VecDeque::new(),
             orphan_rsts: VecDeque::new(),
             next_port: LOCAL_PORT_FIRST,
@@ -275,6 +324,17 @@ impl Muxer {
     /// Descriptors host-server attached that were refused (their connections reset).
     pub fn refused_sockets(&self) -> u64 {
         self.refused_sockets
+    }
+
+    /// Guest listeners' companions whose host side is being connected again (waiting for the
+    /// redial timer or for host-server's backlog).
+    pub fn redial_count(&self) -> usize {
+        self.redials.len()
+    }
+
+    /// Guest listeners registered with host-server again, and those it refused then.
+    pub fn reregistrations(&self) -> (u64, u64) {
+        (self.reregistered, self.refused_again)
     }
 
     /// Whether the peer of `stream` may `CONNECT`: its uid is in `peer_uids`.
@@ -326,8 +386,12 @@ impl Muxer {
                 .epoll
                 .ctl(ControlOperation::Delete, fd, EpollEvent::default());
         }
+        // The timers are left as they are: this runs on a vCPU thread (the driver's MMIO write),
+        // whose seccomp filter allows no timerfd call (a `timerfd_settime` here ended the VMM
+        // with SIGSYS in the lab when a guest powered off). An armed one fires on the event
+        // thread, finds nothing due and disarms itself there.
         self.connecting.clear();
-        self.disarm_retry();
+        self.redials.clear();
         self.by_fd.clear();
         self.rxq.clear();
         self.orphan_rsts.clear();
@@ -402,17 +466,23 @@ impl Muxer {
         true
     }
 
+    /// The hello that opens every host.sock stream for guest port connections to `port`.
+    fn hello(&self, port: u32) -> Option<Vec<u8>> {
+        shared_proto::to_vec(&ToHost::Hello(VmHello {
+            vm: self.cfg.vm.clone(),
+            cid: self.cfg.cid as u32,
+            port,
+            takes_sockets: self.cfg.take_sockets,
+        }))
+        .ok()
+    }
+
     /// A guest connection to CID 2 port P: a new stream to host-server, the hello first.
     fn guest_connect(&mut self, hdr: &Header) {
         if self.conns.len() + self.connecting.len() >= MAX_CONNECTIONS {
             return self.orphan_rst(hdr);
         }
-        let Ok(port_hello) = shared_proto::to_vec(&ToHost::Hello(VmHello {
-            vm: self.cfg.vm.clone(),
-            cid: self.cfg.cid as u32,
-            port: hdr.dst_port,
-            takes_sockets: self.cfg.take_sockets,
-        })) else {
+        let Some(port_hello) = self.hello(hdr.dst_port) else {
             return self.orphan_rst(hdr);
         };
         let key = (hdr.dst_port, hdr.src_port);
@@ -504,6 +574,109 @@ impl Muxer {
         }
     }
 
+    /// Connects the companions whose wait is over (at most [`RETRIES_PER_TICK`]) to host.sock
+    /// again: on success the hello and the guest's `Listen` go out and the connection reads
+    /// host-server's answer itself; otherwise the wait doubles, up to [`REGISTER_LAST_RETRY`].
+    pub fn redial(&mut self, now: Instant) {
+        let due: Vec<Key> = self
+            .redials
+            .iter()
+            .filter(|(_, r)| r.next_try <= now)
+            .map(|(k, _)| *k)
+            .take(RETRIES_PER_TICK)
+            .collect();
+        for key in due {
+            let Some(r) = self.redials.remove(&key) else {
+                continue;
+            };
+            if !self
+                .conns
+                .get(&key)
+                .is_some_and(Connection::registering_again)
+            {
+                continue;
+            }
+            let hello = self.hello(key.0);
+            match (dial(&self.cfg.host_socket, r.fd), hello) {
+                (Dial::Connected(stream), Some(hello)) => {
+                    let Some(conn) = self.conns.get_mut(&key) else {
+                        continue;
+                    };
+                    let (old, new) = (conn.stream().as_raw_fd(), stream.as_raw_fd());
+                    if conn.rebind(stream, hello, r.backoff) {
+                        self.by_fd.remove(&old);
+                        self.by_fd.insert(new, key);
+                    }
+                    self.update(key);
+                }
+                (dialed, _) => {
+                    let fd = match dialed {
+                        Dial::Pending(fd) => Some(fd),
+                        _ => None,
+                    };
+                    let backoff = (r.backoff * 2).min(REGISTER_LAST_RETRY);
+                    self.redials.insert(
+                        key,
+                        Redial {
+                            fd,
+                            next_try: now + backoff,
+                            backoff,
+                        },
+                    );
+                }
+            }
+        }
+        self.arm_redial(now);
+    }
+
+    /// Arms the redial timer (one-shot) for the earliest redial, or clears it: the event loop
+    /// wakes once per try, never on a period while host-server is away.
+    fn arm_redial(&mut self, now: Instant) {
+        match self.redials.values().map(|r| r.next_try).min() {
+            Some(t) => {
+                // A zero timerfd value disarms it: wait at least a millisecond.
+                let wait = t
+                    .saturating_duration_since(now)
+                    .max(Duration::from_millis(1));
+                let _ = self.redial_timer.reset(wait, None);
+            }
+            None => {
+                let _ = self.redial_timer.clear();
+            }
+        }
+    }
+
+    /// What a connection's re-registration came to: counted, and told in a log line (rate
+    /// limited: the first ten, then every power of two, as a guest can make many).
+    fn log_reregistration(&mut self, what: Reregistered) {
+        match what {
+            Reregistered::Listening(addr) => {
+                self.reregistered += 1;
+                Metrics::add(&METRICS.listeners_registered_again, 1);
+                let n = self.reregistered;
+                if n <= 10 || n.is_power_of_two() {
+                    eprintln!(
+                        "outsock-vmm[{}]: host-server came back; the guest's listener on {addr} \
+                         is registered again ({n} so far)",
+                        self.cfg.vm
+                    );
+                }
+            }
+            Reregistered::Refused(addr, errno) => {
+                self.refused_again += 1;
+                Metrics::add(&METRICS.listeners_refused_again, 1);
+                let n = self.refused_again;
+                if n <= 10 || n.is_power_of_two() {
+                    eprintln!(
+                        "outsock-vmm[{}]: host-server refused to take back the guest's listener \
+                         on {addr} ({errno}); its companion stream is reset ({n} refused so far)",
+                        self.cfg.vm
+                    );
+                }
+            }
+        }
+    }
+
     /// The next packet for the guest, payload in `buf[..len]`.
     pub fn recv_pkt<T: RxBuf + ?Sized>(&mut self, buf: &mut T) -> Option<Header> {
         if let Some(h) = self.orphan_rsts.pop_front() {
@@ -531,6 +704,36 @@ impl Muxer {
     /// After anything happened to a connection: drop it when done, fix its epoll interest,
     /// queue it for RX, and arm the timer if it has a deadline.
     fn update(&mut self, key: Key) {
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
+        if let Some(what) = conn.take_reregistered() {
+            self.log_reregistration(what);
+        }
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
+        if let Some(wait) = conn.take_redial() {
+            let now = Instant::now();
+            self.redials.insert(
+                key,
+                Redial {
+                    fd: None,
+                    next_try: now + wait,
+                    backoff: wait,
+                },
+            );
+            self.arm_redial(now);
+        }
+        if self
+            .conns
+            .get(&key)
+            .is_some_and(|c| c.state() == State::Closed)
+            && self.redials.remove(&key).is_some()
+        {
+            // The guest closed its companion (or it was refused): no more tries.
+            self.arm_redial(Instant::now());
+        }
         let Some(conn) = self.conns.get_mut(&key) else {
             return;
         };
@@ -622,6 +825,11 @@ impl Muxer {
         } else if fd == self.retry_timer.as_raw_fd() {
             let _ = self.retry_timer.wait();
             self.retry_connects(Instant::now());
+        } else if fd == self.redial_timer.as_raw_fd() {
+            // Not read: `redial` always sets the timer again (or clears it), which resets its
+            // expiry count. A blocking read could wait here for the next expiry when another
+            // event of this batch re-armed it after epoll saw this one.
+            self.redial(Instant::now());
         } else if self.listener.as_ref().is_some_and(|l| l.as_raw_fd() == fd) {
             self.accept_all();
         } else if self.handshakes.contains_key(&fd) {

@@ -1303,3 +1303,356 @@ fn one_read_fills_several_rx_chains_cut_at_their_bounds() {
     assert_eq!(next[0].1, b"next");
     assert_eq!(r.guest.rx_outstanding(), 4);
 }
+
+// ---- a guest listener's companion outlives host-server (#15) ------------------------------
+
+fn listen_frame() -> Vec<u8> {
+    shared_proto::to_vec(&ToHost::Listen(shared_proto::outsource::ListenRequest {
+        addr: "0.0.0.0:8080".parse().expect("addr"),
+        backlog: 128,
+        pass_fd: false,
+        vsock_port: 51_000,
+        channel: false,
+    }))
+    .expect("frame")
+}
+
+fn listening_frame() -> Vec<u8> {
+    shared_proto::to_vec(&shared_proto::ToGuest::Listening {
+        local: "0.0.0.0:8080".parse().expect("addr"),
+    })
+    .expect("frame")
+}
+
+/// One whole frame's bytes as they came.
+fn read_raw_frame(s: &mut UnixStream) -> Vec<u8> {
+    let mut all = vec![0u8; shared_proto::frame::HEADER_LEN];
+    s.read_exact(&mut all).expect("frame header");
+    let total = shared_proto::frame::frame_len(&all)
+        .expect("valid header")
+        .expect("complete header");
+    all.resize(total, 0);
+    s.read_exact(&mut all[shared_proto::frame::HEADER_LEN..])
+        .expect("frame body");
+    all
+}
+
+/// A guest listener's companion, played up to host-server's `Listening`: the rig, host-server's
+/// end of the stream, and the request's bytes as host-server read them.
+fn companion(take_sockets: bool) -> (Rig, UnixStream, Vec<u8>) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let host = UnixListener::bind(dir.path().join("host.sock")).expect("bind host.sock");
+    let guest = FakeGuest::new();
+    let dev = super::fuzz::activated_device_with(
+        &guest,
+        CID,
+        &dir.path().join("host.sock"),
+        None,
+        take_sockets,
+    );
+    let mut rig = Rig {
+        guest,
+        dev,
+        host,
+        dir,
+    };
+    rig.send(rig.hdr(op::REQUEST), &[]);
+    let (mut control, _) = rig.host.accept().expect("the VMM connected to host.sock");
+    control
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    assert_eq!(rig.recv(1)[0].0.op, op::RESPONSE);
+    // The request in two pieces, as a guest kernel may split it.
+    let req = listen_frame();
+    rig.send(rig.hdr(op::RW), &req[..5]);
+    rig.send(rig.hdr(op::RW), &req[5..]);
+    assert!(matches!(read_frame(&mut control), ToHost::Hello(_)));
+    let got = read_raw_frame(&mut control);
+    assert_eq!(got, req);
+    control.write_all(&listening_frame()).expect("answer");
+    assert_eq!(
+        recv_bytes(&mut rig, listening_frame().len()),
+        listening_frame()
+    );
+    let conn = rig
+        .dev
+        .muxer()
+        .connection(HOST_PORT, GUEST_PORT)
+        .expect("connection");
+    assert!(conn.is_companion());
+    (rig, control, got)
+}
+
+/// Runs the backend for `d` with RX buffers posted, each call timed; returns what the guest
+/// got. A call that takes long means something blocked the event loop.
+fn quiet_for(rig: &mut Rig, d: Duration) -> Vec<(Header, Vec<u8>)> {
+    let mut got = Vec::new();
+    let end = Instant::now() + d;
+    while Instant::now() < end {
+        if rig.guest.rx_outstanding() < 8 {
+            rig.guest.post_rx(1, 4096);
+        }
+        let t = Instant::now();
+        rig.dev.process_backend();
+        assert!(
+            t.elapsed() < Duration::from_millis(100),
+            "the device blocked for {:?}",
+            t.elapsed()
+        );
+        got.extend(rig.guest.recv());
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    got
+}
+
+/// host-server dies: its end of the stream closes and its socket goes away.
+fn host_server_dies(rig: &mut Rig, control: UnixStream) {
+    drop(control);
+    let path = rig.dir.path().join("host.sock");
+    std::fs::remove_file(&path).expect("remove host.sock");
+    let gone = rig.dir.path().join("gone.sock");
+    let _ = std::fs::remove_file(&gone);
+    rig.host = UnixListener::bind(gone).expect("placeholder");
+}
+
+/// host-server comes back at the same path: waits (running the device) for the VMM's
+/// connection, returns it with the hello and the frame that followed it.
+fn host_server_returns(rig: &mut Rig) -> (UnixStream, ToHost, Vec<u8>) {
+    let path = rig.dir.path().join("host.sock");
+    rig.host = UnixListener::bind(&path).expect("bind host.sock again");
+    rig.host.set_nonblocking(true).expect("nonblocking");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut s = loop {
+        match rig.host.accept() {
+            Ok((s, _)) => break s,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => panic!("accept: {e}"),
+        }
+        assert!(Instant::now() < deadline, "the VMM did not connect again");
+        let t = Instant::now();
+        rig.dev.process_backend();
+        assert!(t.elapsed() < Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    s.set_nonblocking(false).expect("blocking");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    // The VMM writes as the stream becomes writable: run the device while reading.
+    rig.dev.process_backend();
+    let hello = read_frame(&mut s);
+    let request = read_raw_frame(&mut s);
+    (s, hello, request)
+}
+
+fn no_rst_nor_bytes(got: &[(Header, Vec<u8>)]) {
+    assert!(
+        got.iter().all(|(h, _)| h.op == op::CREDIT_UPDATE),
+        "the guest heard {got:?}"
+    );
+}
+
+#[test]
+fn a_companion_is_registered_again_when_host_server_comes_back() {
+    for take_sockets in [false, true] {
+        let (mut rig, control, request) = companion(take_sockets);
+        host_server_dies(&mut rig, control);
+        let got = quiet_for(&mut rig, Duration::from_millis(300));
+        no_rst_nor_bytes(&got);
+        assert_eq!(rig.dev.muxer().redial_count(), 1);
+        let conn = rig
+            .dev
+            .muxer()
+            .connection(HOST_PORT, GUEST_PORT)
+            .expect("the companion is kept");
+        assert!(conn.registering_again());
+        // Guest bytes meanwhile are dropped, never sent to the new host-server.
+        rig.send(rig.hdr(op::RW), b"stray");
+        let (mut again, hello, req_again) = host_server_returns(&mut rig);
+        assert_eq!(
+            hello,
+            ToHost::Hello(VmHello {
+                vm: "vm0".into(),
+                cid: CID as u32,
+                port: HOST_PORT,
+                takes_sockets: take_sockets,
+            })
+        );
+        assert_eq!(req_again, request, "the same Listen frame, byte for byte");
+        again.write_all(&listening_frame()).expect("answer");
+        let got = quiet_for(&mut rig, Duration::from_millis(200));
+        no_rst_nor_bytes(&got);
+        assert!(silent(&again), "nothing after the request");
+        assert_eq!(rig.dev.muxer().reregistrations(), (1, 0));
+        assert_eq!(rig.dev.muxer().redial_count(), 0);
+        let conn = rig
+            .dev
+            .muxer()
+            .connection(HOST_PORT, GUEST_PORT)
+            .expect("the companion");
+        assert!(conn.is_companion() && !conn.registering_again());
+        // It dies again with an unread byte in its queue (ECONNRESET on our read): the
+        // same again.
+        rig.send(rig.hdr(op::RW), b"x");
+        std::thread::sleep(Duration::from_millis(20));
+        host_server_dies(&mut rig, again);
+        let got = quiet_for(&mut rig, Duration::from_millis(100));
+        no_rst_nor_bytes(&got);
+        let (mut third, _, req3) = host_server_returns(&mut rig);
+        assert_eq!(req3, request);
+        third.write_all(&listening_frame()).expect("answer");
+        no_rst_nor_bytes(&quiet_for(&mut rig, Duration::from_millis(100)));
+        assert_eq!(rig.dev.muxer().reregistrations(), (2, 0));
+        // The guest closes its listener: host-server's end reads EOF, as before.
+        rig.send(rig.hdr(op::RST), &[]);
+        assert!(closes(&mut rig, &mut third));
+        assert_eq!(rig.dev.muxer().connection_count(), 0);
+    }
+}
+
+#[test]
+fn a_refused_reregistration_resets_the_companion() {
+    let (mut rig, control, _) = companion(true);
+    host_server_dies(&mut rig, control);
+    let (mut again, _, _) = host_server_returns(&mut rig);
+    let failed = shared_proto::to_vec(&shared_proto::ToGuest::Failed(
+        shared_proto::Errno::EADDRINUSE,
+    ))
+    .expect("frame");
+    again.write_all(&failed).expect("answer");
+    let got = recv_until(&mut rig, GUEST_PORT, op::RST, Duration::from_secs(5));
+    assert_eq!(
+        got.iter().map(|(h, _)| h.op).collect::<Vec<_>>(),
+        vec![op::RST],
+        "only an RST: {got:?}"
+    );
+    assert_eq!(rig.dev.muxer().reregistrations(), (0, 1));
+    assert_eq!(rig.dev.muxer().connection_count(), 0);
+    assert_eq!(rig.dev.muxer().redial_count(), 0);
+    assert!(closes(&mut rig, &mut again));
+}
+
+#[test]
+fn a_guest_close_cancels_a_pending_reregistration() {
+    // By RST: nothing more is said to the guest, and nobody connects.
+    let (mut rig, control, _) = companion(false);
+    host_server_dies(&mut rig, control);
+    no_rst_nor_bytes(&quiet_for(&mut rig, Duration::from_millis(50)));
+    assert_eq!(rig.dev.muxer().redial_count(), 1);
+    rig.send(rig.hdr(op::RST), &[]);
+    assert_eq!(rig.dev.muxer().redial_count(), 0);
+    assert_eq!(rig.dev.muxer().connection_count(), 0);
+    let path = rig.dir.path().join("host.sock");
+    rig.host = UnixListener::bind(&path).expect("bind host.sock again");
+    rig.host.set_nonblocking(true).expect("nonblocking");
+    assert!(quiet_for(&mut rig, Duration::from_millis(1500)).is_empty());
+    assert!(
+        rig.host.accept().is_err(),
+        "a cancelled companion connected"
+    );
+    // By SHUTDOWN: the guest gets its RST (the end of a close), nobody connects.
+    let (mut rig, control, _) = companion(true);
+    host_server_dies(&mut rig, control);
+    no_rst_nor_bytes(&quiet_for(&mut rig, Duration::from_millis(50)));
+    let mut shut = rig.hdr(op::SHUTDOWN);
+    shut.flags = SHUTDOWN_RCV | SHUTDOWN_SEND;
+    rig.send(shut, &[]);
+    let got = recv_until(&mut rig, GUEST_PORT, op::RST, Duration::from_secs(2));
+    assert!(got.iter().any(|(h, _)| h.op == op::RST), "{got:?}");
+    assert_eq!(rig.dev.muxer().redial_count(), 0);
+    assert_eq!(rig.dev.muxer().connection_count(), 0);
+    let path = rig.dir.path().join("host.sock");
+    rig.host = UnixListener::bind(&path).expect("bind host.sock again");
+    rig.host.set_nonblocking(true).expect("nonblocking");
+    assert!(quiet_for(&mut rig, Duration::from_millis(1500)).is_empty());
+    assert!(
+        rig.host.accept().is_err(),
+        "a cancelled companion connected"
+    );
+}
+
+#[test]
+fn while_host_server_is_away_the_backend_wakes_up_with_backoff_not_a_spin() {
+    let (mut rig, control, _) = companion(true);
+    host_server_dies(&mut rig, control);
+    // Counts the backend epoll's wake-ups for 2.5 s with no host.sock at all: tries at 20, 40,
+    // 80, ... ms, then one a second, not a wake-up per millisecond.
+    use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+    let epoll_fd = rig.dev.muxer().epoll_fd();
+    let outer = Epoll::new().expect("epoll");
+    outer
+        .ctl(
+            ControlOperation::Add,
+            epoll_fd,
+            EpollEvent::new(EventSet::IN, 0),
+        )
+        .expect("watch the backend");
+    let mut wakeups = 0;
+    let end = Instant::now() + Duration::from_millis(2500);
+    while Instant::now() < end {
+        let mut ev = [EpollEvent::default(); 1];
+        let n = outer.wait(100, &mut ev).unwrap_or(0);
+        if n > 0 {
+            wakeups += 1;
+            rig.dev.process_backend();
+        }
+        rig.guest.recv();
+    }
+    assert!(
+        (4..=12).contains(&wakeups),
+        "{wakeups} wake-ups in 2.5 s while host-server was away"
+    );
+    assert_eq!(rig.dev.muxer().redial_count(), 1);
+    // Still registered again as soon as it is back (within the 1 s back-off's reach).
+    let t = Instant::now();
+    let (_again, _, req) = host_server_returns(&mut rig);
+    assert_eq!(req, listen_frame());
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
+/// Set in the helper process of the test below.
+const VCPU_RESET_HELPER: &str = "OUTSOCK_VSOCK_VCPU_RESET_HELPER";
+const VCPU_RESET_OK: &str = "vcpu-reset-helper: the reset stayed inside the vCPU filter";
+
+#[test]
+fn a_device_reset_with_a_reregistration_pending_stays_inside_the_vcpu_filter() {
+    // A guest's driver resets the device by an MMIO write, on a vCPU thread, whose seccomp
+    // filter allows no timerfd call: run in a helper process (a violation ends it, exit 6).
+    if std::env::var_os(VCPU_RESET_HELPER).is_some() {
+        let (mut rig, control, _) = companion(true);
+        host_server_dies(&mut rig, control);
+        let _ = quiet_for(&mut rig, Duration::from_millis(50));
+        assert_eq!(rig.dev.muxer().redial_count(), 1, "a redial is pending");
+        let filters = crate::seccomp::Filters::new().expect("filters for this process");
+        filters
+            .apply(crate::seccomp::Role::Vcpu)
+            .expect("install the vCPU filter");
+        crate::devices::virtio::VirtioDevice::reset(&mut rig.dev);
+        println!("{VCPU_RESET_OK}");
+        std::process::exit(0);
+    }
+    let module = module_path!()
+        .split_once("::")
+        .map_or(module_path!(), |(_, m)| m);
+    let out = std::process::Command::new(std::env::current_exe().expect("the test binary"))
+        .args([
+            &format!(
+                "{module}::a_device_reset_with_a_reregistration_pending_stays_inside_the_vcpu_filter"
+            ),
+            "--exact",
+            "--nocapture",
+        ])
+        .env(VCPU_RESET_HELPER, "1")
+        .output()
+        .expect("run the helper");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(VCPU_RESET_OK),
+        "{}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

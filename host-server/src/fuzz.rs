@@ -35,7 +35,13 @@ const PROCESS_UID: u32 = 2000;
 /// At most this many bytes go into the stream (its buffer takes them without a reader).
 const MAX_STREAM: usize = 64 * 1024;
 
-fn vms() -> BTreeMap<String, VmSettings> {
+/// The VMs host-server knows: made once (they are configuration, read and never changed).
+fn vms() -> &'static BTreeMap<String, VmSettings> {
+    static VMS: std::sync::OnceLock<BTreeMap<String, VmSettings>> = std::sync::OnceLock::new();
+    VMS.get_or_init(vms_once)
+}
+
+fn vms_once() -> BTreeMap<String, VmSettings> {
     let mut vms = BTreeMap::new();
     for (i, name) in ["vm0", "vm1"].into_iter().enumerate() {
         let uid = VMM_UID + u32::try_from(i).unwrap_or(0);
@@ -155,7 +161,7 @@ fn run(who: u8, mut rest: &[u8]) {
             };
             let mut reader = FrameReader::new();
             let mut passed = None;
-            if let Ok(opened) = read_opening(&stream, &mut reader, &mut passed, cred, &vms).await {
+            if let Ok(opened) = read_opening(&stream, &mut reader, &mut passed, cred, vms).await {
                 assert!(!matches!(
                     opened.request,
                     ToHost::Hello(_) | ToHost::Datagram(_)

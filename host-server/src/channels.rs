@@ -167,17 +167,13 @@ pub(crate) fn channel_key(fd: BorrowedFd<'_>) -> Option<Key> {
     Some((st.dev(), st.ino()))
 }
 
-/// Serves a re-registration: gives its socket slot back, answers `answer` and holds the stream
-/// (see [`hold`]).
+/// Serves a re-registration (its socket slot already given back): answers `answer` on its
+/// `stream` and holds the stream (see [`hold`]).
 pub(crate) async fn answer_again(
-    req: crate::context::Request,
+    mut stream: UnixStream,
     answer: &shared_proto::ToGuest,
     ended: watch::Receiver<()>,
 ) {
-    let crate::context::Request {
-        mut stream, permit, ..
-    } = req;
-    drop(permit);
     if crate::framed::write_frame(&mut stream, answer)
         .await
         .is_ok()

@@ -283,7 +283,9 @@ pub(crate) async fn open(
             return None;
         }
         Opened::Again { local, ended } => {
-            channels::answer_again(req, &ToGuest::Listening { local }, ended).await;
+            let Request { stream, permit, .. } = req;
+            drop(permit);
+            channels::answer_again(stream, &ToGuest::Listening { local }, ended).await;
             return None;
         }
     };

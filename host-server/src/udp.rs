@@ -430,7 +430,10 @@ pub(crate) async fn associate(mut req: Request, u: &UdpRequest, shared: &Shared)
             } => (sockets, held, local, registration),
             Opened::Refused(errno) => return req.refuse(errno).await,
             Opened::Again { local, ended } => {
-                return channels::answer_again(req, &ToGuest::Associated { local }, ended).await;
+                let Request { stream, permit, .. } = req;
+                drop(permit);
+                let answer = ToGuest::Associated { local };
+                return channels::answer_again(stream, &answer, ended).await;
             }
         };
     let Request {

@@ -39,6 +39,37 @@ impl Rig {
         }
     }
 
+    /// A rig without a VM socket whose VMM says it takes sockets, or not.
+    fn without_vm_socket(take_sockets: bool) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let host = UnixListener::bind(dir.path().join("host.sock")).expect("bind host.sock");
+        let guest = FakeGuest::new();
+        let dev = super::fuzz::activated_device_with(
+            &guest,
+            CID,
+            &dir.path().join("host.sock"),
+            None,
+            take_sockets,
+        );
+        Self {
+            guest,
+            dev,
+            host,
+            dir,
+        }
+    }
+
+    /// The guest opens a stream to HOST_PORT: host-server's end (the hello unread), once the
+    /// guest has its RESPONSE.
+    fn open_stream(&mut self) -> UnixStream {
+        self.send(self.hdr(op::REQUEST), &[]);
+        let (s, _) = self.host.accept().expect("the VMM connected to host.sock");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        assert_eq!(self.recv(1)[0].0.op, op::RESPONSE);
+        s
+    }
+
     fn hdr(&self, op: u16) -> Header {
         Header {
             src_cid: CID,
@@ -664,28 +695,8 @@ impl Passed {
     /// Connects, sends the request and `pipelined` guest bytes after it, checks that only the
     /// hello and the request reached host-server, then answers with a loopback TCP socket.
     fn open(pipelined: &[u8]) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let host = UnixListener::bind(dir.path().join("host.sock")).expect("bind host.sock");
-        let guest = FakeGuest::new();
-        let dev = super::fuzz::activated_device_with(
-            &guest,
-            CID,
-            &dir.path().join("host.sock"),
-            None,
-            true,
-        );
-        let mut rig = Rig {
-            guest,
-            dev,
-            host,
-            dir,
-        };
-        rig.send(rig.hdr(op::REQUEST), &[]);
-        let (mut control, _) = rig.host.accept().expect("the VMM connected to host.sock");
-        control
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("timeout");
-        assert_eq!(rig.recv(1)[0].0.op, op::RESPONSE);
+        let mut rig = Rig::without_vm_socket(true);
+        let mut control = rig.open_stream();
         // The request in two pieces, the header split, then pipelined bytes.
         let req = request_frame();
         rig.send(rig.hdr(op::RW), &req[..5]);
@@ -1340,28 +1351,8 @@ fn read_raw_frame(s: &mut UnixStream) -> Vec<u8> {
 /// A guest listener's companion, played up to host-server's `Listening`: the rig, host-server's
 /// end of the stream, and the request's bytes as host-server read them.
 fn companion(take_sockets: bool) -> (Rig, UnixStream, Vec<u8>) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let host = UnixListener::bind(dir.path().join("host.sock")).expect("bind host.sock");
-    let guest = FakeGuest::new();
-    let dev = super::fuzz::activated_device_with(
-        &guest,
-        CID,
-        &dir.path().join("host.sock"),
-        None,
-        take_sockets,
-    );
-    let mut rig = Rig {
-        guest,
-        dev,
-        host,
-        dir,
-    };
-    rig.send(rig.hdr(op::REQUEST), &[]);
-    let (mut control, _) = rig.host.accept().expect("the VMM connected to host.sock");
-    control
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    assert_eq!(rig.recv(1)[0].0.op, op::RESPONSE);
+    let mut rig = Rig::without_vm_socket(take_sockets);
+    let mut control = rig.open_stream();
     // The request in two pieces, as a guest kernel may split it.
     let req = listen_frame();
     rig.send(rig.hdr(op::RW), &req[..5]);
@@ -1531,6 +1522,19 @@ fn a_refused_reregistration_resets_the_companion() {
     assert!(closes(&mut rig, &mut again));
 }
 
+/// host-server comes back (its socket bound again): for 1.5 s the guest hears nothing and
+/// nothing connects to it.
+fn nobody_connects_when_host_server_is_back(rig: &mut Rig) {
+    let path = rig.dir.path().join("host.sock");
+    rig.host = UnixListener::bind(&path).expect("bind host.sock again");
+    rig.host.set_nonblocking(true).expect("nonblocking");
+    assert!(quiet_for(rig, Duration::from_millis(1500)).is_empty());
+    assert!(
+        rig.host.accept().is_err(),
+        "a cancelled companion connected"
+    );
+}
+
 #[test]
 fn a_guest_close_cancels_a_pending_reregistration() {
     // By RST: nothing more is said to the guest, and nobody connects.
@@ -1541,14 +1545,7 @@ fn a_guest_close_cancels_a_pending_reregistration() {
     rig.send(rig.hdr(op::RST), &[]);
     assert_eq!(rig.dev.muxer().redial_count(), 0);
     assert_eq!(rig.dev.muxer().connection_count(), 0);
-    let path = rig.dir.path().join("host.sock");
-    rig.host = UnixListener::bind(&path).expect("bind host.sock again");
-    rig.host.set_nonblocking(true).expect("nonblocking");
-    assert!(quiet_for(&mut rig, Duration::from_millis(1500)).is_empty());
-    assert!(
-        rig.host.accept().is_err(),
-        "a cancelled companion connected"
-    );
+    nobody_connects_when_host_server_is_back(&mut rig);
     // By SHUTDOWN: the guest gets its RST (the end of a close), nobody connects.
     let (mut rig, control, _) = companion(true);
     host_server_dies(&mut rig, control);
@@ -1560,14 +1557,7 @@ fn a_guest_close_cancels_a_pending_reregistration() {
     assert!(got.iter().any(|(h, _)| h.op == op::RST), "{got:?}");
     assert_eq!(rig.dev.muxer().redial_count(), 0);
     assert_eq!(rig.dev.muxer().connection_count(), 0);
-    let path = rig.dir.path().join("host.sock");
-    rig.host = UnixListener::bind(&path).expect("bind host.sock again");
-    rig.host.set_nonblocking(true).expect("nonblocking");
-    assert!(quiet_for(&mut rig, Duration::from_millis(1500)).is_empty());
-    assert!(
-        rig.host.accept().is_err(),
-        "a cancelled companion connected"
-    );
+    nobody_connects_when_host_server_is_back(&mut rig);
 }
 
 #[test]

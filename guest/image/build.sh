@@ -92,8 +92,12 @@ for f in $extra; do
     case "$f" in /*) ;; *) die "OUTSOCK_GUEST_EXTRA: $f is not an absolute path" ;; esac
     [ -f "$f" ] || die "OUTSOCK_GUEST_EXTRA: $f is missing"
 done
-hash=$( { sha256sum "$0" "$here/init" "$here/modules.list"; basename "$kdeb"; basename "$bbdeb";
-          [ -z "$bins" ] || sha256sum "$bins/liboutsock.so" "$bins/outsock-dns-forwarder" "$bins/outsock" $GUEST_PROGRAMS;
+# The files' contents only, not the paths they were named by: `outsock vm run` runs this script
+# by another path (target/debug/../../guest/image/build.sh) than vmm/lab/run does, and the lab
+# must find the image built before it booted, not build it again under emulation (minutes).
+contents() { sha256sum "$@" | cut -d' ' -f1; }
+hash=$( { contents "$0" "$here/init" "$here/modules.list"; basename "$kdeb"; basename "$bbdeb";
+          [ -z "$bins" ] || contents "$bins/liboutsock.so" "$bins/outsock-dns-forwarder" "$bins/outsock" $GUEST_PROGRAMS;
           [ -z "$bins" ] || dpkg-query -W $PYTHON_PACKAGES;
           [ -z "$extra" ] || sha256sum $extra; } \
     | sha256sum | cut -c1-16)

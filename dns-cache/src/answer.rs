@@ -6,7 +6,8 @@
 //! opcodes, BADVERS for EDNS versions above 0, FORMERR unless there is exactly one question).
 //! [`answer_packet`] does the rest for raw packets as hickory-server would: FORMERR to a message
 //! whose header parses but whose body does not, nothing for anything shorter than a header or
-//! for a response, and UDP answers truncated to the EDNS size we put in the response.
+//! for a response, and UDP answers truncated to the EDNS size we put in the response (keeping
+//! OPT, RFC 6891 §7: the minimal reply when the records that fit leave no room for it).
 
 use hickory_proto::op::{Edns, Message, MessageType, Metadata, OpCode, Query, ResponseCode};
 use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
@@ -142,10 +143,23 @@ pub(crate) async fn answer_packet_reuse(
     if let Some(e) = r.edns {
         m.set_edns(e);
     }
+    let mut buf = encode(&m, limit)?;
+    // Records that do not fit are left out and TC is set by the encoder; and when the last
+    // record that fits leaves less than an OPT record's 11 bytes, the encoder leaves OPT out
+    // too. RFC 6891 §7: a truncated response to a query with OPT carries OPT. Then the reply
+    // is the minimal one the RFC names: header (TC), question, OPT. (The only additional
+    // record a reply of ours carries is OPT, so ARCOUNT 0 means it was left out.)
+    if m.edns.is_some() && buf.get(10..12) == Some(&[0, 0][..]) {
+        buf = encode(&m.truncate(), limit)?;
+    }
+    Some((buf, reuse))
+}
+
+/// `m` encoded in at most `limit` bytes (records that do not fit left out, TC set).
+fn encode(m: &Message, limit: u16) -> Option<Vec<u8>> {
     let mut buf = Vec::with_capacity(512);
     let mut enc = BinEncoder::new(&mut buf);
     enc.set_max_size(limit);
-    // Records that do not fit are left out and TC is set by the encoder.
     m.emit(&mut enc).ok()?;
-    Some((buf, reuse))
+    Some(buf)
 }

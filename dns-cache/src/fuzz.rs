@@ -262,15 +262,23 @@ fn resolve_reply(data: &[u8]) -> Option<Message> {
     );
     if !tcp {
         // The size the query allowed (RFC 6891 §6.2.3: its EDNS size, at most ours, at least
-        // 512); not the reply's OPT, which a truncated reply lacks (see `truncated_udp_replies`).
-        let limit = Message::from_vec(&packet)
-            .ok()
-            .and_then(|q| q.edns)
+        // 512), taken from the query: the harness once took it from the reply's OPT, which a
+        // truncated reply then lacked (see `truncated_udp_replies`).
+        let query_edns = Message::from_vec(&packet).ok().and_then(|q| q.edns);
+        let limit = query_edns
+            .as_ref()
             .map_or(512, |e| e.max_payload().clamp(512, PAYLOAD));
         assert!(
             reply.len() <= usize::from(limit),
             "a UDP reply fits the size its query allowed"
         );
+        // RFC 6891 §7: a reply to a query with OPT carries OPT, truncated or not.
+        if query_edns.is_some() {
+            assert!(
+                m.edns.is_some(),
+                "a reply to a query with OPT has OPT: {m:?}"
+            );
+        }
     }
     if !replayed && fe.replay(&packet, tcp, &mut out) {
         assert_eq!(
@@ -357,6 +365,10 @@ mod tests {
         let seed = std::fs::read(dir.join("regress-udp-591-truncated")).expect("seed");
         let m = resolve_reply(&seed).expect("a reply");
         assert!(m.metadata.truncation, "{m:?}");
+        // And OPT is kept (RFC 6891 §7): the records that fit left no room for it, so the
+        // reply is the minimal one, question and OPT.
+        assert!(m.edns.is_some(), "{m:?}");
+        assert_eq!((m.queries.len(), m.answers.len()), (1, 0), "{m:?}");
     }
 
     /// fuzz/corpus/dns_resolve replayed on stable.

@@ -28,6 +28,7 @@
 pub mod connection;
 pub mod defs;
 pub mod device;
+pub mod frames;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzz;
 pub mod handler;

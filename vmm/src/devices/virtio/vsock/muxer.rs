@@ -64,7 +64,7 @@ use vmm_sys_util::timerfd::TimerFd;
 use vm_memory::bitmap::BitmapSlice;
 use vm_memory::VolatileSlice;
 
-use super::connection::{Connection, Reregistered, RxBuf, State, TIMEOUT};
+use super::connection::{Connection, Kept, Reregistered, RxBuf, State, TIMEOUT};
 pub use super::connection::{REGISTER_FIRST_RETRY, REGISTER_LAST_RETRY};
 use super::defs::HOST_CID;
 use super::packet::{op, Header, TYPE_STREAM};
@@ -649,30 +649,39 @@ impl Muxer {
     /// What a connection's re-registration came to: counted, and told in a log line (rate
     /// limited: the first ten, then every power of two, as a guest can make many).
     fn log_reregistration(&mut self, what: Reregistered) {
+        let (kept, refused) = match what {
+            Reregistered::Again(kept, _) => (kept, false),
+            Reregistered::Refused(kept, _, _) => (kept, true),
+        };
+        let udp = kept == Kept::UdpServer;
+        METRICS.reregistered(udp, refused);
+        let n = if refused {
+            self.refused_again += 1;
+            self.refused_again
+        } else {
+            self.reregistered += 1;
+            self.reregistered
+        };
+        if n > 10 && !n.is_power_of_two() {
+            return;
+        }
+        let vm = &self.cfg.vm;
+        let thing = if udp { "UDP server" } else { "listener" };
         match what {
-            Reregistered::Listening(addr) => {
-                self.reregistered += 1;
-                Metrics::add(&METRICS.listeners_registered_again, 1);
-                let n = self.reregistered;
-                if n <= 10 || n.is_power_of_two() {
-                    eprintln!(
-                        "outsock-vmm[{}]: host-server came back; the guest's listener on {addr} \
-                         is registered again ({n} so far)",
-                        self.cfg.vm
-                    );
-                }
-            }
-            Reregistered::Refused(addr, errno) => {
-                self.refused_again += 1;
-                Metrics::add(&METRICS.listeners_refused_again, 1);
-                let n = self.refused_again;
-                if n <= 10 || n.is_power_of_two() {
-                    eprintln!(
-                        "outsock-vmm[{}]: host-server refused to take back the guest's listener \
-                         on {addr} ({errno}); its companion stream is reset ({n} refused so far)",
-                        self.cfg.vm
-                    );
-                }
+            Reregistered::Again(_, addr) => eprintln!(
+                "outsock-vmm[{vm}]: host-server came back; the guest's {thing} on {addr} is \
+                 registered again ({n} so far)"
+            ),
+            Reregistered::Refused(_, addr, errno) => {
+                let then = if udp {
+                    "its next receive fails with ENETDOWN, then stays quiet"
+                } else {
+                    "its companion stream is reset"
+                };
+                eprintln!(
+                    "outsock-vmm[{vm}]: host-server refused to take back the guest's {thing} on \
+                     {addr} ({errno}); {then} ({n} refused so far)"
+                );
             }
         }
     }

@@ -891,14 +891,19 @@ impl Connection {
             return;
         }
         // host-server went away: noticed here, without waiting for a guest RX buffer to read
-        // the EOF into (it never writes after `Listening`; a UDP server's frames host-server
-        // wrote before it died are lost, as UDP may lose them, and never split).
+        // the EOF into (it never writes after `Listening`; what it wrote to a UDP server before
+        // it died is staged here first, its whole frames for the guest).
         if self.is_companion()
             && !self.host_gone()
             && events.intersects(EventSet::HANG_UP | EventSet::READ_HANG_UP | EventSet::ERROR)
-            && self.host_lost()
         {
-            return;
+            let mut stream = &self.stream;
+            if let Some(u) = self.companion.as_mut().and_then(|c| c.udp.as_mut()) {
+                u.host.drain(|room| stream.read(room));
+            }
+            if self.host_lost() {
+                return;
+            }
         }
         match self.companion.as_ref().map(|c| &c.phase) {
             Some(Phase::Lost | Phase::Refused) => return,

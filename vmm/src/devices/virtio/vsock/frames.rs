@@ -85,9 +85,13 @@ impl FrameCursor {
 
 /// The most read from host-server in one go while no whole frame is staged.
 const READ_CHUNK: usize = 64 * 1024;
+/// The most staged when host-server's end hangs up with bytes unread (a Unix stream's queue
+/// holds far less).
+const MAX_DRAINED: usize = 1024 * 1024;
 
 /// Bytes read from host-server for the guest, given to it by whole frames only (see the module
-/// docs). At most a frame's maximum plus [`READ_CHUNK`] bytes are held.
+/// docs). At most a frame's maximum plus [`READ_CHUNK`] bytes are held while it lives, and
+/// [`MAX_DRAINED`] plus that once it hung up.
 #[derive(Debug, Default)]
 pub struct HostFrames {
     buf: Vec<u8>,
@@ -119,8 +123,29 @@ impl HostFrames {
         &mut self,
         read: impl FnOnce(&mut [u8]) -> std::io::Result<usize>,
     ) -> std::io::Result<usize> {
+        self.fill_with(self.room(), read)
+    }
+
+    /// host-server went away (its end hung up): what it wrote before is read to the end (at
+    /// most [`MAX_DRAINED`] bytes staged), through `read` as in [`Self::fill`], so that its
+    /// whole frames still reach the guest; then [`Self::cut`] drops an unfinished one.
+    pub fn drain(&mut self, mut read: impl FnMut(&mut [u8]) -> std::io::Result<usize>) {
+        while self.buf.len() < MAX_DRAINED {
+            match self.fill_with(READ_CHUNK, &mut read) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        self.cut();
+    }
+
+    fn fill_with(
+        &mut self,
+        room: usize,
+        read: impl FnOnce(&mut [u8]) -> std::io::Result<usize>,
+    ) -> std::io::Result<usize> {
         let have = self.buf.len();
-        self.buf.resize(have + self.room(), 0);
+        self.buf.resize(have + room, 0);
         let got = read(&mut self.buf[have..]);
         self.buf.truncate(have + got.as_ref().map_or(0, |&n| n));
         let n = got?;

@@ -41,6 +41,23 @@
 //! listener on any), counted as forwarded so the guest's credit stays right; a guest SHUTDOWN
 //! meanwhile ends the companion with RST.
 //!
+//! **A guest UDP server's companion** ([`Kept::UdpServer`]): the same for a first frame that
+//! is a `Udp` request bound to a port of its own (a client's port-0 association closes idle by
+//! design and is not kept) answered `Associated`; in a VM the association is the stream, and
+//! `Datagram` frames flow on it both ways, so its frames are counted ([`super::frames`]): the
+//! guest's as they arrive (its packets take the copying path, not [`Connection::send_direct`]),
+//! host-server's staged and given to the guest by whole frames only. When the host side ends
+//! (after the whole frames it wrote are staged), an unfinished frame of host-server's is
+//! dropped, the guest's buffered bytes are dropped, and after re-registration (`Associated` on
+//! the same port) the guest's bytes are relayed again from the next frame boundary. A refusal
+//! (or another port) puts one `Failed(ENETDOWN)` frame after the staged ones: liboutsock's next
+//! receive on the socket fails with ENETDOWN, as a process's does when the supervisor's keeper
+//! is refused; the stream then stays open and quiet (never readable again, no busy loop), the
+//! guest's sends dropped, until the guest closes it. Before this, the guest's stream read EOF
+//! (or was reset) when host-server went away: every receive failed with EPROTO and the fd stayed
+//! readable, so an event loop spun. A UDP association is never a passed socket (host-server
+//! answers `Udp` without one), so `take_sockets` only changes when the guest's bytes may go.
+//!
 //! **One copy each way** (the data path of a passed socket, and of the relay's Unix stream
 //! too): a guest RW packet whose bytes can go at once ([`Connection::send_direct`]: nothing
 //! buffered before them) is written to the stream straight from guest memory, and only what

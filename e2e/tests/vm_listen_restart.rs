@@ -1,4 +1,4 @@
-//! A VM's listener outlives host-server (#15): a simulated guest — the real virtio-vsock device,
+//! A VM's listener and UDP server outlive host-server (#15): a simulated guest — the real virtio-vsock device,
 //! its muxer and connections on plain vm-memory (outsock-vmm's `fuzzing` fake driver), pumped
 //! by a thread of this test as the VMM's event loop would — listens as liboutsock does in a VM
 //! (a `Listen` frame naming its vsock port on a guest→host stream kept as the listener's
@@ -8,6 +8,12 @@
 //! guest hears nothing on its companion meanwhile: no RST, no bytes), and a world client's
 //! connection reaches the same guest port again within seconds.
 //!
+//! The same guest's UDP server (a `Udp` request bound to a port of its own; in a VM the
+//! association is the stream itself, `Datagram` frames both ways) echoes a world client's
+//! datagrams; after host-server's `kill -9` and restart the VMM opens the association again on
+//! its own and a world client's datagrams are echoed again on the same port, while every byte
+//! the guest got on its stream still parses as whole frames and the stream was never reset.
+//!
 //! Traffic stays inside the test world: the client in `world`, host-server in `host`, the VMM's
 //! Unix sockets under the world's own directory.
 
@@ -15,16 +21,16 @@
 #![allow(clippy::unwrap_used)]
 
 use std::io::Write;
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use outsock_e2e::{stack, wait_tcp_listener};
+use outsock_e2e::{stack, wait_tcp_listener, wait_udp_bound};
 use outsock_vmm::devices::virtio::vsock::fuzz::FakeGuest;
 use outsock_vmm::devices::virtio::vsock::packet::{op, Header, TYPE_STREAM};
 use outsock_vmm::devices::virtio::vsock::{Muxer, MuxerConfig, VsockDevice, HOST_CID};
 use outsock_vmm::devices::virtio::{IrqLine, VirtioDevice, VIRTIO_F_VERSION_1};
-use shared_proto::outsource::ListenRequest;
+use shared_proto::outsource::{Datagram, ListenRequest, UdpRequest};
 use shared_proto::{ToGuest, ToHost};
 use socket2::{Domain, Socket, Type};
 use testworld::addr;
@@ -37,6 +43,7 @@ const HOST_PORT: u32 = 1024;
 const COMPANION_PORT: u32 = 50_000;
 const VSOCK_PORT: u32 = 51_000;
 const PORT: u16 = 8090;
+const UDP_PORT: u16 = 5390;
 
 /// The guest and its device, shared by the test and the pump thread.
 struct Vm {
@@ -44,6 +51,9 @@ struct Vm {
     dev: VsockDevice,
     /// Every packet the guest received, in order.
     got: Vec<(Header, Vec<u8>)>,
+    /// The companion stream's bytes not yet a whole frame, and the frames it brought.
+    partial: Vec<u8>,
+    frames: Vec<ToGuest>,
 }
 
 impl Vm {
@@ -70,9 +80,10 @@ fn hdr(src_port: u32, dst_port: u32, op: u16) -> Header {
     }
 }
 
-/// Pumps the device as the VMM's event loop does (every 2 ms), keeping RX buffers posted and
+/// Pumps the device as the VMM's event loop does (every 2 ms), keeping RX buffers posted,
 /// answering each host→guest REQUEST to the vsock listener's port with RESPONSE (the guest
-/// kernel accepting it).
+/// kernel accepting it), and reading the companion stream frame by frame as liboutsock does:
+/// each `Datagram` is echoed back to its sender (the guest's UDP echo server).
 fn pump(vm: &Mutex<Vm>, stop: &std::sync::atomic::AtomicBool) {
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
         {
@@ -82,14 +93,43 @@ fn pump(vm: &Mutex<Vm>, stop: &std::sync::atomic::AtomicBool) {
             }
             vm.dev.process_backend();
             let got = vm.guest.recv();
-            for (h, _) in &got {
+            for (h, d) in &got {
                 if h.op == op::REQUEST && h.dst_port == VSOCK_PORT {
                     vm.send(hdr(VSOCK_PORT, h.src_port, op::RESPONSE), &[]);
+                }
+                if h.op == op::RW && h.dst_port == COMPANION_PORT {
+                    vm.partial.extend_from_slice(d);
+                    vm.take_frames();
                 }
             }
             vm.got.extend(got);
         }
         std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+impl Vm {
+    /// Takes the whole frames off the companion stream; a `Datagram` is echoed. A byte stream
+    /// that is not frames (the guest's reader out of step) panics the pump, failing the test.
+    fn take_frames(&mut self) {
+        while let Some(total) = shared_proto::frame::frame_len(&self.partial)
+            .expect("the guest's stream is in step with its frames")
+        {
+            if self.partial.len() < total {
+                return;
+            }
+            let frame: Vec<u8> = self.partial.drain(..total).collect();
+            let m = shared_proto::decode_exact::<ToGuest>(&frame).expect("a whole frame");
+            if let ToGuest::Datagram(d) = &m {
+                let echo = shared_proto::to_vec(&ToHost::Datagram(Datagram {
+                    addr: d.addr,
+                    payload: d.payload.clone(),
+                }))
+                .unwrap();
+                self.send(hdr(COMPANION_PORT, HOST_PORT, op::RW), &echo);
+            }
+            self.frames.push(m);
+        }
     }
 }
 
@@ -143,85 +183,128 @@ fn client(s: &testworld::stack::Stack, line: &'static [u8]) -> TcpStream {
         .unwrap()
 }
 
+/// A test world whose host-server serves this process's VMM as `vm0`, the VMM's device with a
+/// simulated guest, and the thread that pumps it.
+struct Rig {
+    s: testworld::stack::Stack,
+    vm: Arc<Mutex<Vm>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    pumper: std::thread::JoinHandle<()>,
+    world_dir: std::path::PathBuf,
+}
+
+impl Rig {
+    fn start(label: &str) -> Option<Self> {
+        let world_dir =
+            std::env::temp_dir().join(format!("outsock-{label}-{}", std::process::id()));
+        std::fs::create_dir_all(&world_dir).unwrap();
+        let vm_socket = world_dir.join("vm0.vsock");
+        let settings = format!(
+            "[listen]\ndefault_address = \"{}\"\nallowed_ports = [{PORT}, {UDP_PORT}]\n[vms.vm0]\nsocket = \"{}\"\naddress = \"{}\"\nvmm_uid = {}\n",
+            addr::HOST,
+            vm_socket.display(),
+            addr::HOST_VMS[0],
+            rustix::process::getuid().as_raw()
+        );
+        let s = stack(label, &settings)?;
+        let guest = FakeGuest::new();
+        let muxer = Muxer::new(MuxerConfig {
+            vm: "vm0".into(),
+            cid: CID,
+            host_socket: s.host_sock(),
+            listen_socket: Some(vm_socket.clone()),
+            // host-server runs as this test's user (root).
+            peer_uids: vec![rustix::process::getuid().as_raw()],
+            take_sockets: true,
+        })
+        .unwrap();
+        let irq = IrqLine::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        let mut dev = VsockDevice::new(CID, guest.mem.clone(), irq, muxer);
+        dev.activate(VIRTIO_F_VERSION_1, guest.queues()).unwrap();
+        let vm = Arc::new(Mutex::new(Vm {
+            guest,
+            dev,
+            got: Vec::new(),
+            partial: Vec::new(),
+            frames: Vec::new(),
+        }));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let pumper = {
+            let (vm, stop) = (Arc::clone(&vm), Arc::clone(&stop));
+            std::thread::spawn(move || pump(&vm, &stop))
+        };
+        Some(Self {
+            s,
+            vm,
+            stop,
+            pumper,
+            world_dir,
+        })
+    }
+
+    /// The guest opens its companion stream and sends `request` on it; returns host-server's
+    /// answer.
+    fn ask(&self, request: &ToHost) -> ToGuest {
+        self.vm
+            .lock()
+            .unwrap()
+            .send(hdr(COMPANION_PORT, HOST_PORT, op::REQUEST), &[]);
+        assert!(wait_for(&self.vm, Duration::from_secs(5), |g| g
+            .iter()
+            .any(
+                |(h, _)| h.dst_port == COMPANION_PORT && h.op == op::RESPONSE
+            )));
+        let bytes = shared_proto::to_vec(request).unwrap();
+        self.vm
+            .lock()
+            .unwrap()
+            .send(hdr(COMPANION_PORT, HOST_PORT, op::RW), &bytes);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Some(m) = self.vm.lock().unwrap().frames.first() {
+                return m.clone();
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        panic!("no answer to {request:?}\n{}", self.s.logs());
+    }
+
+    fn finish(mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.pumper.join().unwrap();
+        self.s.stop_host();
+        let _ = std::fs::remove_dir_all(&self.world_dir);
+    }
+}
+
 #[test]
 fn a_vm_listener_serves_again_after_host_server_is_killed_and_restarted() {
-    let world_dir = std::env::temp_dir().join(format!("outsock-vmlisten-{}", std::process::id()));
-    std::fs::create_dir_all(&world_dir).unwrap();
-    let vm_socket = world_dir.join("vm0.vsock");
-    let settings = format!(
-        "[listen]\ndefault_address = \"{}\"\nallowed_ports = [{PORT}]\n[vms.vm0]\nsocket = \"{}\"\naddress = \"{}\"\nvmm_uid = {}\n",
-        addr::HOST,
-        vm_socket.display(),
-        addr::HOST_VMS[0],
-        rustix::process::getuid().as_raw()
-    );
-    let Some(mut s) = stack("vmlisten", &settings) else {
+    let Some(mut rig) = Rig::start("vmlisten") else {
         return;
     };
-    let guest = FakeGuest::new();
-    let muxer = Muxer::new(MuxerConfig {
-        vm: "vm0".into(),
-        cid: CID,
-        host_socket: s.host_sock(),
-        listen_socket: Some(vm_socket.clone()),
-        // host-server runs as this test's user (root).
-        peer_uids: vec![rustix::process::getuid().as_raw()],
-        take_sockets: true,
-    })
-    .unwrap();
-    let irq = IrqLine::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
-    let mut dev = VsockDevice::new(CID, guest.mem.clone(), irq, muxer);
-    dev.activate(VIRTIO_F_VERSION_1, guest.queues()).unwrap();
-    let vm = Arc::new(Mutex::new(Vm {
-        guest,
-        dev,
-        got: Vec::new(),
-    }));
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let pumper = {
-        let (vm, stop) = (Arc::clone(&vm), Arc::clone(&stop));
-        std::thread::spawn(move || pump(&vm, &stop))
-    };
+    let vm = Arc::clone(&rig.vm);
 
     // The guest listens as liboutsock does in a VM: a companion stream to host-server, the
     // `Listen` request naming its vsock port, host-server's `Listening`.
-    vm.lock()
-        .unwrap()
-        .send(hdr(COMPANION_PORT, HOST_PORT, op::REQUEST), &[]);
-    assert!(wait_for(&vm, Duration::from_secs(5), |g| g.iter().any(
-        |(h, _)| h.dst_port == COMPANION_PORT && h.op == op::RESPONSE
-    )));
-    let listen = shared_proto::to_vec(&ToHost::Listen(ListenRequest {
+    let answer = rig.ask(&ToHost::Listen(ListenRequest {
         addr: format!("0.0.0.0:{PORT}").parse().unwrap(),
         backlog: 16,
         pass_fd: false,
         vsock_port: VSOCK_PORT,
         channel: false,
-    }))
-    .unwrap();
-    vm.lock()
-        .unwrap()
-        .send(hdr(COMPANION_PORT, HOST_PORT, op::RW), &listen);
-    let answered = wait_for(&vm, Duration::from_secs(5), |g| {
-        companion_said(g).iter().any(|(o, _)| *o == op::RW)
-    });
-    assert!(answered, "no answer to Listen\n{}", s.logs());
-    let said = companion_said(&vm.lock().unwrap().got);
-    let answer: Vec<u8> = said.iter().flat_map(|(_, d)| d.clone()).collect();
+    }));
     assert!(
-        matches!(
-            shared_proto::decode_exact::<ToGuest>(&answer),
-            Ok(ToGuest::Listening { .. })
-        ),
-        "{said:?}\n{}",
-        s.logs()
+        matches!(answer, ToGuest::Listening { .. }),
+        "{answer:?}\n{}",
+        rig.s.logs()
     );
-    wait_tcp_listener(&s, PORT, "host-server's listener for vm0", |l| {
+    let s = &mut rig.s;
+    wait_tcp_listener(s, PORT, "host-server's listener for vm0", |l| {
         l.contains(&format!(":{PORT}"))
     });
 
     // A world client reaches the guest's listener.
-    let _first = client(&s, b"before the crash\n");
+    let _first = client(s, b"before the crash\n");
     let reached = wait_for(&vm, Duration::from_secs(10), |g| {
         inbound_bytes(g)
             .windows(17)
@@ -236,12 +319,12 @@ fn a_vm_listener_serves_again_after_host_server_is_killed_and_restarted() {
     let started = Instant::now();
     s.start_host().unwrap();
     wait_tcp_listener(
-        &s,
+        s,
         PORT,
         "host-server's listener for vm0, registered again",
         |l| l.contains(&format!(":{PORT}")),
     );
-    let _second = client(&s, b"after the restart\n");
+    let _second = client(s, b"after the restart\n");
     let reached = wait_for(&vm, Duration::from_secs(10), |g| {
         inbound_bytes(g)
             .windows(18)
@@ -269,8 +352,98 @@ fn a_vm_listener_serves_again_after_host_server_is_killed_and_restarted() {
         .connection(HOST_PORT, COMPANION_PORT)
         .is_some_and(|c| c.is_companion() && !c.registering_again()));
     drop(v);
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    pumper.join().unwrap();
-    s.stop_host();
-    let _ = std::fs::remove_dir_all(&world_dir);
+    rig.finish();
+}
+
+/// A world client sends `payload` to the VM's address and UDP port every 200 ms until the same
+/// bytes come back from there (true) or `limit` passes (false).
+fn echoed(s: &testworld::stack::Stack, payload: &'static [u8], limit: Duration) -> bool {
+    s.world
+        .world()
+        .run(move || {
+            let sock = Socket::new(Domain::IPV6, Type::DGRAM, None).unwrap();
+            sock.bind(&SocketAddr::new(addr::CLIENT.into(), 0).into())
+                .unwrap();
+            let sock: UdpSocket = sock.into();
+            sock.set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            let server = SocketAddr::new(addr::HOST_VMS[0].into(), UDP_PORT);
+            let deadline = Instant::now() + limit;
+            let mut buf = [0u8; 2048];
+            while Instant::now() < deadline {
+                sock.send_to(payload, server).unwrap();
+                if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                    if &buf[..n] == payload && from == server {
+                        return true;
+                    }
+                }
+            }
+            false
+        })
+        .unwrap()
+}
+
+#[test]
+fn a_vm_udp_server_echoes_again_after_host_server_is_killed_and_restarted() {
+    let Some(mut rig) = Rig::start("vmudp") else {
+        return;
+    };
+    // The guest's UDP server: its association bound to a port of its own.
+    let answer = rig.ask(&ToHost::Udp(UdpRequest {
+        bind: format!("0.0.0.0:{UDP_PORT}").parse().unwrap(),
+        channel: false,
+    }));
+    assert!(
+        matches!(answer, ToGuest::Associated { local } if local.port() == UDP_PORT),
+        "{answer:?}\n{}",
+        rig.s.logs()
+    );
+    wait_udp_bound(&rig.s, UDP_PORT);
+    assert!(
+        echoed(&rig.s, b"before the crash", Duration::from_secs(10)),
+        "no echo before the crash\n{}",
+        rig.s.logs()
+    );
+
+    // host-server dies as in a crash, and comes back.
+    rig.s.kill_host();
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    rig.s.start_host().unwrap();
+    wait_udp_bound(&rig.s, UDP_PORT);
+    assert!(
+        echoed(&rig.s, b"after the restart", Duration::from_secs(10)),
+        "no echo after the restart\n{}",
+        rig.s.logs()
+    );
+    let took = started.elapsed();
+    println!("a world client's datagram was echoed {took:?} after host-server was started again");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+
+    let v = rig.vm.lock().unwrap();
+    // The stream was never reset nor ended, and every byte on it parsed as whole frames (the
+    // pump reads it frame by frame): the answer, then datagrams only.
+    let ends: Vec<_> = v
+        .got
+        .iter()
+        .filter(|(h, _)| h.dst_port == COMPANION_PORT)
+        .filter(|(h, _)| h.op == op::RST || h.op == op::SHUTDOWN)
+        .collect();
+    assert!(ends.is_empty(), "{ends:?}");
+    assert!(v.partial.is_empty(), "left mid-frame: {:?}", v.partial);
+    assert!(
+        v.frames[1..]
+            .iter()
+            .all(|m| matches!(m, ToGuest::Datagram(_))),
+        "{:?}",
+        v.frames
+    );
+    assert_eq!(v.dev.muxer().reregistrations(), (1, 0));
+    assert!(v
+        .dev
+        .muxer()
+        .connection(HOST_PORT, COMPANION_PORT)
+        .is_some_and(|c| c.is_companion() && !c.registering_again()));
+    drop(v);
+    rig.finish();
 }

@@ -5,8 +5,8 @@
 //! One VMM process runs one VM, so the counters are one process-wide [`METRICS`] of relaxed
 //! atomics that the vCPU threads and the event loop bump where things happen: vCPU exits by
 //! kind, vsock connections opened by the guest and by host processes, bytes each way, host
-//! streams refused at the VM's socket, guest listeners registered again with host-server after
-//! it went away (and those it refused then). [`MetricsServer`] answers on the event loop's thread
+//! streams refused at the VM's socket, guest listeners and UDP servers registered again with
+//! host-server after it went away (and those it refused then). [`MetricsServer`] answers on the event loop's thread
 //! (no thread or system call of its own beyond what that thread's seccomp list already
 //! allows: `accept4`, `recvfrom`, `sendto`, `close`): each accepted stream gets the whole text
 //! in one HTTP/1.0 response and is closed; what the client sent is read (at most 4 KiB, never
@@ -58,11 +58,16 @@ pub struct Metrics {
     pub passed_sockets: AtomicU64,
     /// Peers refused at the VM's socket (SO_PEERCRED not admitted).
     pub refused_peers: AtomicU64,
-    /// Guest listeners registered with host-server again after it went away, and those it
-    /// refused then (see the vsock muxer's docs).
-    pub listeners_registered_again: AtomicU64,
-    pub listeners_refused_again: AtomicU64,
+    /// Guest listeners and UDP servers registered with host-server again after it went away,
+    /// and those it refused then (see the vsock muxer's docs), by [`REREGISTERED`]'s kinds and
+    /// outcomes.
+    reregistrations: [[AtomicU64; 2]; 2],
 }
+
+/// The kinds of companion registered again (the row of a re-registration counter), and the
+/// outcomes (the column).
+const REREGISTERED: ([&str; 2], [&str; 2]) =
+    (["listener", "udp_server"], ["registered", "refused"]);
 
 impl Metrics {
     #[allow(clippy::declare_interior_mutable_const)]
@@ -77,9 +82,15 @@ impl Metrics {
             vsock_rx_bytes: Self::ZERO,
             passed_sockets: Self::ZERO,
             refused_peers: Self::ZERO,
-            listeners_registered_again: Self::ZERO,
-            listeners_refused_again: Self::ZERO,
+            reregistrations: [[Self::ZERO; 2], [Self::ZERO; 2]],
         }
+    }
+
+    /// Counts one re-registration of a guest listener (or, `udp_server`, a UDP server's
+    /// association) that host-server took (or, `refused`, refused).
+    pub fn reregistered(&self, udp_server: bool, refused: bool) {
+        self.reregistrations[usize::from(udp_server)][usize::from(refused)]
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts one vCPU exit.
@@ -140,19 +151,21 @@ impl Metrics {
             "Streams refused at the VM's socket (SO_PEERCRED not admitted).",
             &[(String::new(), get(&self.refused_peers))],
         );
+        let (kinds, outcomes) = REREGISTERED;
+        let rows: Vec<(String, u64)> = kinds
+            .iter()
+            .zip(&self.reregistrations)
+            .flat_map(|(kind, row)| {
+                outcomes.iter().zip(row).map(move |(outcome, c)| {
+                    (format!(",kind=\"{kind}\",outcome=\"{outcome}\""), get(c))
+                })
+            })
+            .collect();
         counter(
-            "listener_reregistrations_total",
-            "Guest listeners registered with host-server again after it went away, by outcome.",
-            &[
-                (
-                    ",outcome=\"listening\"".into(),
-                    get(&self.listeners_registered_again),
-                ),
-                (
-                    ",outcome=\"refused\"".into(),
-                    get(&self.listeners_refused_again),
-                ),
-            ],
+            "reregistrations_total",
+            "Guest listeners and UDP servers registered with host-server again after it went \
+             away, by kind and outcome.",
+            &rows,
         );
         if let Some(open) = open {
             let _ = writeln!(

@@ -41,6 +41,23 @@
 //! listener on any), counted as forwarded so the guest's credit stays right; a guest SHUTDOWN
 //! meanwhile ends the companion with RST.
 //!
+//! **A guest UDP server's companion** ([`Kept::UdpServer`]): the same for a first frame that
+//! is a `Udp` request bound to a port of its own (a client's port-0 association closes idle by
+//! design and is not kept) answered `Associated`; in a VM the association is the stream, and
+//! `Datagram` frames flow on it both ways, so its frames are counted ([`super::frames`]): the
+//! guest's as they arrive (its packets take the copying path, not [`Connection::send_direct`]),
+//! host-server's staged and given to the guest by whole frames only. When the host side ends
+//! (after the whole frames it wrote are staged), an unfinished frame of host-server's is
+//! dropped, the guest's buffered bytes are dropped, and after re-registration (`Associated` on
+//! the same port) the guest's bytes are relayed again from the next frame boundary. A refusal
+//! (or another port) puts one `Failed(ENETDOWN)` frame after the staged ones: liboutsock's next
+//! receive on the socket fails with ENETDOWN, as a process's does when the supervisor's keeper
+//! is refused; the stream then stays open and quiet (never readable again, no busy loop), the
+//! guest's sends dropped, until the guest closes it. Before this, the guest's stream read EOF
+//! (or was reset) when host-server went away: every receive failed with EPROTO and the fd stayed
+//! readable, so an event loop spun. A UDP association is never a passed socket (host-server
+//! answers `Udp` without one), so `take_sockets` only changes when the guest's bytes may go.
+//!
 //! **One copy each way** (the data path of a passed socket, and of the relay's Unix stream
 //! too): a guest RW packet whose bytes can go at once ([`Connection::send_direct`]: nothing
 //! buffered before them) is written to the stream straight from guest memory, and only what
@@ -63,6 +80,7 @@ use vm_memory::{Bytes, ReadVolatile, VolatileMemoryError, VolatileSlice, WriteVo
 use vmm_sys_util::epoll::EventSet;
 
 use super::defs::HOST_CID;
+use super::frames::{FrameCursor, HostFrames};
 use super::packet::{op, Header, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM};
 use crate::metrics::{Metrics, METRICS};
 
@@ -77,8 +95,8 @@ pub const TIMEOUT: Duration = Duration::from_secs(2);
 /// failed try up to [`REGISTER_LAST_RETRY`] (the supervisor's keeper waits the same).
 pub const REGISTER_FIRST_RETRY: Duration = Duration::from_millis(20);
 pub const REGISTER_LAST_RETRY: Duration = Duration::from_secs(1);
-/// The largest first frame kept to tell a listen request (a `Listen` frame is a few dozen
-/// bytes), and the largest answer read on a re-registration.
+/// The largest first frame kept to tell a listen or UDP server request (a `Listen` or `Udp`
+/// frame is a few dozen bytes), and the largest answer read on a re-registration.
 const MAX_KEPT_FRAME: usize = 256;
 
 /// Where the connection stands.
@@ -206,6 +224,26 @@ impl<B: BitmapSlice> RxBuf for [VolatileSlice<'_, B>] {
     }
 }
 
+/// Reads a UDP server's frames from host-server's `stream` until at least one is whole, and
+/// gives the guest up to `max` bytes of whole frames (see [`super::frames`]). `Ok(0)` is
+/// host-server's EOF.
+fn read_whole_frames<T: RxBuf + ?Sized>(
+    u: &mut UdpFrames,
+    mut stream: &UnixStream,
+    buf: &mut T,
+    max: usize,
+) -> std::io::Result<usize> {
+    while u.host.ready() == 0 {
+        if u.host.fill(|room| stream.read(room))? == 0 {
+            return Ok(0);
+        }
+    }
+    let n = u.host.ready().min(max);
+    buf.put(u.host.peek(n))?;
+    u.host.consume(n);
+    Ok(n)
+}
+
 /// vm-memory's error as the I/O error it carries (or as one).
 fn io_error(e: VolatileMemoryError) -> std::io::Error {
     match e {
@@ -223,8 +261,18 @@ pub enum Refused {
     NotAStreamSocket,
 }
 
-/// A guest listener's companion stream (see the muxer's docs): the guest's `Listen` frame as it
-/// sent it, and where the listener's registration with host-server stands.
+/// What a companion stream keeps registered with host-server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kept {
+    /// A guest listener: `Listen`, answered `Listening`.
+    Listener,
+    /// A guest UDP server: `Udp` bound to a port of its own, answered `Associated`; the
+    /// association is the stream, `Datagram` frames flow on it both ways.
+    UdpServer,
+}
+
+/// A companion stream (see the muxer's docs): the guest's request frame as it sent it, and
+/// where its registration with host-server stands.
 #[derive(Debug)]
 struct Companion {
     request: Vec<u8>,
@@ -232,7 +280,37 @@ struct Companion {
     phase: Phase,
     /// The wait before the next reconnect, should the host side end again soon.
     backoff: Duration,
+    /// A UDP server's frame boundaries (`None`: a listener).
+    udp: Option<UdpFrames>,
 }
+
+impl Companion {
+    fn kept(&self) -> Kept {
+        if self.udp.is_some() {
+            Kept::UdpServer
+        } else {
+            Kept::Listener
+        }
+    }
+}
+
+/// A UDP server companion's frames (see [`super::frames`]).
+#[derive(Debug, Default)]
+struct UdpFrames {
+    /// Where the guest's stream stands, counted as its bytes arrive.
+    guest: FrameCursor,
+    /// Guest bytes are dropped up to the next frame boundary (host-server has the association
+    /// again, and the guest was in the middle of a frame).
+    skip: bool,
+    /// host-server's bytes, given to the guest by whole frames.
+    host: HostFrames,
+    /// The port host-server first answered with: a re-registration must give the same.
+    local_port: u16,
+}
+
+/// What a guest UDP server's next receive reports once host-server refused its association
+/// again: the network it was bound to is gone (as process mode's keeper reports it).
+const UDP_REFUSED: Errno = Errno::ENETDOWN;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Phase {
@@ -243,18 +321,23 @@ enum Phase {
     /// The host side ended: the muxer connects to host.sock again (the stream is dead).
     Lost,
     /// Connected again: the hello and the request go out, the answer is read here (the guest
-    /// has had its `Listening`); the bytes of it so far.
+    /// has had its first answer); the bytes of it so far.
     Answering(Vec<u8>),
+    /// A UDP server's association was refused again: the guest was given one `Failed` frame,
+    /// and the stream stays open and quiet (its host side dead, guest bytes dropped) until the
+    /// guest closes it.
+    Refused,
 }
 
 /// What became of a re-registration, told once to the muxer (which logs it and counts it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reregistered {
-    /// host-server answered `Listening` again.
-    Listening(SocketAddrV4),
+    /// host-server answered `Listening` (`Associated` on the same port) again.
+    Again(Kept, SocketAddrV4),
     /// host-server refused it (the port taken, no longer allowed) with this errno, or answered
-    /// something else (`EPROTO`): the guest's companion stream is reset.
-    Refused(SocketAddrV4, Errno),
+    /// something else (`EPROTO`): a listener's companion stream is reset, a UDP server's told
+    /// [`UDP_REFUSED`] once.
+    Refused(Kept, SocketAddrV4, Errno),
 }
 
 mod pending {
@@ -307,9 +390,10 @@ pub struct Connection {
     swapped_from: Option<RawFd>,
     /// A descriptor that came with the answer and was refused (for tests and logs).
     refused: Option<Refused>,
-    /// A guest connection's first frame while it arrives, to tell a listen request.
+    /// A guest connection's first frame while it arrives, to tell a listen or UDP server
+    /// request.
     first: Option<Vec<u8>>,
-    /// The connection is a guest listener's companion.
+    /// The connection is a guest listener's or UDP server's companion.
     companion: Option<Companion>,
     /// The host side of a companion ended: the muxer should connect again after this wait.
     redial: Option<Duration>,
@@ -441,12 +525,41 @@ impl Connection {
         self.tx_buf.len()
     }
 
-    /// Whether the connection is a guest listener's companion: its first frame was a `Listen`
-    /// that host-server answered `Listening`.
+    /// Whether the connection is a companion: its first frame was a `Listen` that host-server
+    /// answered `Listening`, or a UDP server's `Udp` answered `Associated`.
     pub fn is_companion(&self) -> bool {
         self.companion
             .as_ref()
             .is_some_and(|c| c.phase != Phase::Asked)
+    }
+
+    /// What the companion keeps registered, if the connection is one.
+    pub fn kept(&self) -> Option<Kept> {
+        self.companion
+            .as_ref()
+            .filter(|c| c.phase != Phase::Asked)
+            .map(Companion::kept)
+    }
+
+    /// Whether host-server refused a UDP server's association again (the stream is kept
+    /// quiet for the guest).
+    pub fn refused_for_good(&self) -> bool {
+        self.companion
+            .as_ref()
+            .is_some_and(|c| c.phase == Phase::Refused)
+    }
+
+    /// Whether a companion has no live host side: being registered again, or refused for good.
+    /// Guest bytes are dropped meanwhile.
+    fn host_gone(&self) -> bool {
+        self.companion
+            .as_ref()
+            .is_some_and(|c| matches!(c.phase, Phase::Lost | Phase::Answering(_) | Phase::Refused))
+    }
+
+    /// A UDP server companion's frames, once it is one or may become one.
+    fn udp(&mut self) -> Option<&mut UdpFrames> {
+        self.companion.as_mut().and_then(|c| c.udp.as_mut())
     }
 
     /// Whether the companion's host side is being registered again (its stream ended; the
@@ -468,43 +581,79 @@ impl Connection {
         self.reregistered.take()
     }
 
-    /// Collects the first frame of a guest connection's bytes; a `Listen` request makes the
-    /// connection a companion candidate, whose answer is then read frame-wise (as a passed
-    /// socket's is) to see whether host-server said `Listening`.
-    fn note_guest_bytes(&mut self, mut bytes: &[u8]) {
+    /// Notes guest bytes as they arrive: the first frame is collected to tell a companion's
+    /// request, and a UDP server's frames are counted from there. Returns how many leading
+    /// bytes are to be dropped (the rest of a frame the guest was in the middle of when its
+    /// association was lost), or `None` when the bytes are not frames and the connection was
+    /// reset.
+    fn note_guest_bytes(&mut self, bytes: &[u8]) -> Option<usize> {
+        let rest = self.note_first(bytes);
+        let Some(u) = self.udp() else {
+            return Some(0);
+        };
+        let skipped = if u.skip {
+            u.guest.to_boundary(rest).ok()
+        } else {
+            Some(0)
+        };
+        // (While skipping, `rest` ends before the boundary or right at it.)
+        u.skip &= !u.guest.at_boundary();
+        let counted = skipped.and_then(|n| u.guest.advance(&rest[n..]).ok().map(|()| n));
+        if counted.is_some() {
+            return counted;
+        }
+        // Not frames: host-server would end the association; so does the VMM.
+        self.companion = None;
+        self.reset();
+        None
+    }
+
+    /// Collects the first frame of a guest connection's bytes; a `Listen` request, or a `Udp`
+    /// one bound to a port of its own, makes the connection a companion candidate, whose answer
+    /// is then read frame-wise (as a passed socket's is) to see whether host-server said
+    /// `Listening` or `Associated`. Returns the bytes past the first frame.
+    fn note_first<'a>(&mut self, mut bytes: &'a [u8]) -> &'a [u8] {
         while let Some(first) = self.first.as_mut() {
             let want = match frame_len(first) {
                 Ok(Some(total)) if total <= MAX_KEPT_FRAME => total,
                 Ok(None) => HEADER_LEN,
-                // Not a frame, or too large for a listen request: nothing to keep.
+                // Not a frame, or too large for a request kept: nothing to keep.
                 _ => {
                     self.first = None;
-                    return;
+                    return &[];
                 }
             };
             if first.len() == want {
                 let request = std::mem::take(first);
                 self.first = None;
-                if let Ok(ToHost::Listen(l)) = shared_proto::decode_exact::<ToHost>(&request) {
-                    self.companion = Some(Companion {
-                        request,
-                        addr: l.addr,
-                        phase: Phase::Asked,
-                        backoff: REGISTER_FIRST_RETRY / 2,
-                    });
-                    if self.answer.is_none() && self.rx_cnt.0 == 0 {
-                        self.answer = Some(Answer::default());
+                let (addr, udp) = match shared_proto::decode_exact::<ToHost>(&request) {
+                    Ok(ToHost::Listen(l)) => (l.addr, None),
+                    // A client's association (port 0) closes when idle, by design: not kept.
+                    Ok(ToHost::Udp(u)) if u.bind.port() != 0 => {
+                        (u.bind, Some(UdpFrames::default()))
                     }
+                    _ => return &[],
+                };
+                self.companion = Some(Companion {
+                    request,
+                    addr,
+                    phase: Phase::Asked,
+                    backoff: REGISTER_FIRST_RETRY / 2,
+                    udp,
+                });
+                if self.answer.is_none() && self.rx_cnt.0 == 0 {
+                    self.answer = Some(Answer::default());
                 }
-                return;
+                return bytes;
             }
             if bytes.is_empty() {
-                return;
+                return bytes;
             }
             let n = (want - first.len()).min(bytes.len());
             first.extend_from_slice(&bytes[..n]);
             bytes = &bytes[n..];
         }
+        bytes
     }
 
     /// The host side ended (EOF, an error). A live companion whose guest has not shut it down
@@ -522,6 +671,8 @@ impl Connection {
         let soon = match &c.phase {
             Phase::Live(since) => since.elapsed() < REGISTER_LAST_RETRY,
             Phase::Answering(_) => true,
+            // Its host side is dead already; nothing more to do.
+            Phase::Refused => return true,
             Phase::Asked | Phase::Lost => return false,
         };
         c.backoff = if soon {
@@ -530,6 +681,10 @@ impl Connection {
             REGISTER_FIRST_RETRY
         };
         c.phase = Phase::Lost;
+        if let Some(u) = c.udp.as_mut() {
+            // A frame host-server had not finished never reaches the guest.
+            u.host.cut();
+        }
         self.redial = Some(c.backoff);
         self.want_rw = false;
         self.prefix.clear();
@@ -537,12 +692,21 @@ impl Connection {
         true
     }
 
-    /// Guest bytes on a companion whose host side is down are dropped (a guest sends nothing
-    /// after its request there; host-server would close the listener on any), counted as
-    /// forwarded so that the guest's credit stays right.
+    /// Guest bytes on a companion whose host side is down are dropped (a listener's guest sends
+    /// nothing after its request; a UDP server's datagrams are lost, as UDP may lose them),
+    /// counted as forwarded so that the guest's credit stays right. A UDP server's frame cursor
+    /// has seen them all as they arrived, so relaying resumes at a frame boundary.
     fn drop_guest_bytes(&mut self) {
-        self.fwd_cnt += Wrapping(self.tx_buf.len() as u32);
+        self.forwarded(self.tx_buf.len());
         self.tx_buf.clear();
+    }
+
+    /// `n` guest bytes are done with (written, or dropped): counted for the guest's credit.
+    fn forwarded(&mut self, n: usize) {
+        self.fwd_cnt += Wrapping(n as u32);
+        if (self.fwd_cnt - self.last_fwd_cnt_sent).0 >= CREDIT_UPDATE_AFTER {
+            self.pending |= pending::CREDIT_UPDATE;
+        }
     }
 
     /// The host side failed: a companion is registered again, anything else is reset.
@@ -577,8 +741,8 @@ impl Connection {
     fn read_reregistration(&mut self) {
         let mut b = [0u8; MAX_KEPT_FRAME];
         loop {
-            let addr = match &self.companion {
-                Some(c) => c.addr,
+            let (addr, kept) = match &self.companion {
+                Some(c) => (c.addr, c.kept()),
                 None => return,
             };
             let Some(Companion {
@@ -591,19 +755,18 @@ impl Connection {
             let want = match frame_len(got) {
                 Ok(Some(total)) if total <= MAX_KEPT_FRAME => total,
                 Ok(None) => HEADER_LEN,
-                _ => return self.refused_again(addr, Errno::EPROTO),
+                _ => return self.refused_again(Errno::EPROTO),
             };
             if got.len() == want {
                 let answer = shared_proto::decode_exact::<ToGuest>(got);
-                return match answer {
-                    Ok(ToGuest::Listening { .. }) => {
-                        if let Some(c) = self.companion.as_mut() {
-                            c.phase = Phase::Live(Instant::now());
-                        }
-                        self.reregistered = Some(Reregistered::Listening(addr));
+                let port = self.udp().map(|u| u.local_port);
+                return match (answer, port) {
+                    (Ok(ToGuest::Listening { .. }), None) => self.registered_again(addr, kept),
+                    (Ok(ToGuest::Associated { local }), Some(port)) if local.port() == port => {
+                        self.registered_again(addr, kept);
                     }
-                    Ok(ToGuest::Failed(errno)) => self.refused_again(addr, errno),
-                    _ => self.refused_again(addr, Errno::EPROTO),
+                    (Ok(ToGuest::Failed(errno)), _) => self.refused_again(errno),
+                    _ => self.refused_again(Errno::EPROTO),
                 };
             }
             match (&self.stream).read(&mut b[..want - got.len()]) {
@@ -616,12 +779,42 @@ impl Connection {
         }
     }
 
-    /// host-server refused the re-registration: the guest's companion is reset, as when its
-    /// host side ended before this existed (the guest's vsock listener then stays quiet).
-    fn refused_again(&mut self, addr: SocketAddrV4, errno: Errno) {
-        self.reregistered = Some(Reregistered::Refused(addr, errno));
-        self.companion = None;
-        self.reset();
+    /// host-server has the companion's registration again: relaying resumes (a UDP server's
+    /// guest bytes at the next frame boundary).
+    fn registered_again(&mut self, addr: SocketAddrV4, kept: Kept) {
+        let Some(c) = self.companion.as_mut() else {
+            return;
+        };
+        c.phase = Phase::Live(Instant::now());
+        if let Some(u) = c.udp.as_mut() {
+            u.skip = !u.guest.at_boundary();
+        }
+        self.reregistered = Some(Reregistered::Again(kept, addr));
+        // Whatever host-server sent after its answer is picked up by polling.
+        self.flush();
+    }
+
+    /// host-server refused the re-registration. A listener's companion is reset, as when its
+    /// host side ended before this existed (the guest's vsock listener then stays quiet). A UDP
+    /// server's guest is given one `Failed(ENETDOWN)` frame, so its next receive fails as a
+    /// process's does (see the muxer's docs), and its stream then stays open and quiet.
+    fn refused_again(&mut self, errno: Errno) {
+        let Some(c) = self.companion.as_mut() else {
+            return;
+        };
+        self.reregistered = Some(Reregistered::Refused(c.kept(), c.addr, errno));
+        let Some(u) = c.udp.as_mut() else {
+            self.companion = None;
+            return self.reset();
+        };
+        c.phase = Phase::Refused;
+        u.host.cut();
+        u.host.push_frame(
+            &shared_proto::to_vec(&ToGuest::Failed(UDP_REFUSED))
+                .expect("a Failed frame is a few bytes"),
+        );
+        self.prefix.clear();
+        self.drop_guest_bytes();
     }
 
     /// Tears the connection down with an RST to the guest.
@@ -652,7 +845,17 @@ impl Connection {
 
     /// Whether the connection has a packet for the guest.
     pub fn has_pending_rx(&self) -> bool {
-        self.pending != 0 || self.can_read()
+        self.pending != 0 || self.can_read() || self.staged() > 0
+    }
+
+    /// A UDP server's whole frames staged for the guest that its credit lets go now.
+    fn staged(&self) -> usize {
+        match self.companion.as_ref().and_then(|c| c.udp.as_ref()) {
+            Some(u) if self.state == State::Established => {
+                u.host.ready().min(self.peer_credit() as usize)
+            }
+            _ => 0,
+        }
     }
 
     fn can_read(&self) -> bool {
@@ -669,8 +872,8 @@ impl Connection {
             return e;
         }
         match self.companion.as_ref().map(|c| &c.phase) {
-            // The dead stream is not watched while the muxer connects again.
-            Some(Phase::Lost) => return e,
+            // The dead stream is not watched while the muxer connects again, nor once refused.
+            Some(Phase::Lost | Phase::Refused) => return e,
             Some(Phase::Answering(_)) => {
                 e |= EventSet::IN;
                 if !self.prefix.is_empty() {
@@ -705,16 +908,22 @@ impl Connection {
             return;
         }
         // host-server went away: noticed here, without waiting for a guest RX buffer to read
-        // the EOF into (it never writes after `Listening`, so nothing is lost).
+        // the EOF into (it never writes after `Listening`; what it wrote to a UDP server before
+        // it died is staged here first, its whole frames for the guest).
         if self.is_companion()
-            && !self.registering_again()
+            && !self.host_gone()
             && events.intersects(EventSet::HANG_UP | EventSet::READ_HANG_UP | EventSet::ERROR)
-            && self.host_lost()
         {
-            return;
+            let mut stream = &self.stream;
+            if let Some(u) = self.companion.as_mut().and_then(|c| c.udp.as_mut()) {
+                u.host.drain(|room| stream.read(room));
+            }
+            if self.host_lost() {
+                return;
+            }
         }
         match self.companion.as_ref().map(|c| &c.phase) {
-            Some(Phase::Lost) => return,
+            Some(Phase::Lost | Phase::Refused) => return,
             Some(Phase::Answering(_)) => {
                 if events.intersects(EventSet::OUT) {
                     self.flush();
@@ -761,7 +970,7 @@ impl Connection {
             }
             (State::Established, op::RW) => self.push_data(data),
             // A guest that closes its companion while it is registered again cancels that.
-            (State::Established, op::SHUTDOWN) if self.registering_again() => self.reset(),
+            (State::Established, op::SHUTDOWN) if self.host_gone() => self.reset(),
             (State::Established, op::SHUTDOWN) => {
                 self.peer_shut |= hdr.flags & (SHUTDOWN_RCV | SHUTDOWN_SEND);
                 self.flush();
@@ -805,17 +1014,22 @@ impl Connection {
             || self.gate != Gate::Open
             || self.peer_shut & SHUTDOWN_SEND != 0
             || data.len() > TX_BUF_SIZE as usize
-            || self.registering_again()
+            || self.host_gone()
+            // A UDP server's frames are counted on the copying path (and a first packet larger
+            // than a request kept, which may start a UDP server's first datagram, takes it).
+            || self.companion.as_ref().is_some_and(|c| c.udp.is_some())
+            || self.first.is_some() && data.len() > MAX_KEPT_FRAME
         {
             return false;
         }
         self.take_credit(hdr);
         if self.first.is_some() {
-            let mut head = vec![0u8; data.len().min(MAX_KEPT_FRAME)];
-            if data.read_slice(&mut head, 0).is_ok() {
-                self.note_guest_bytes(&head);
-            } else {
+            let mut head = vec![0u8; data.len()];
+            if data.read_slice(&mut head, 0).is_err() {
                 self.first = None;
+            } else if self.note_guest_bytes(&head) != Some(0) {
+                // Reset (not frames): nothing goes to the stream.
+                return true;
             }
         }
         let mut stream = &self.stream;
@@ -827,7 +1041,7 @@ impl Connection {
                 return true;
             }
         };
-        self.fwd_cnt += Wrapping(written as u32);
+        self.forwarded(written);
         Metrics::add(&METRICS.vsock_tx_bytes, written as u64);
         if written < data.len() {
             let mut rest = vec![0u8; data.len() - written];
@@ -852,9 +1066,12 @@ impl Connection {
             self.reset();
             return;
         }
-        self.note_guest_bytes(data);
-        self.tx_buf.extend(data);
-        if self.registering_again() {
+        let Some(skipped) = self.note_guest_bytes(data) else {
+            return;
+        };
+        self.forwarded(skipped);
+        self.tx_buf.extend(&data[skipped..]);
+        if self.host_gone() {
             self.drop_guest_bytes();
         }
         self.flush();
@@ -866,9 +1083,9 @@ impl Connection {
         if self
             .companion
             .as_ref()
-            .is_some_and(|c| c.phase == Phase::Lost)
+            .is_some_and(|c| matches!(c.phase, Phase::Lost | Phase::Refused))
         {
-            // Nothing goes to the dead stream; the muxer is connecting again.
+            // Nothing goes to the dead stream; the muxer is connecting again (or gave up).
             return;
         }
         while !self.prefix.is_empty() {
@@ -891,7 +1108,7 @@ impl Connection {
             match self.stream.write(front) {
                 Ok(n) => {
                     self.tx_buf.drain(..n);
-                    self.fwd_cnt += Wrapping(n as u32);
+                    self.forwarded(n);
                     Metrics::add(&METRICS.vsock_tx_bytes, n as u64);
                     if let Gate::Request(left) = &mut self.gate {
                         *left -= n;
@@ -901,9 +1118,6 @@ impl Connection {
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(_) => return self.host_failed(),
             }
-        }
-        if (self.fwd_cnt - self.last_fwd_cnt_sent).0 >= CREDIT_UPDATE_AFTER {
-            self.pending |= pending::CREDIT_UPDATE;
         }
         if !self.tx_buf.is_empty() || self.gate != Gate::Open {
             // A half-close waits for the held bytes, and for the stream they go to.
@@ -948,6 +1162,9 @@ impl Connection {
         max: usize,
     ) -> std::io::Result<usize> {
         let Some(answer) = self.answer.as_mut() else {
+            if let Some(u) = self.companion.as_mut().and_then(|c| c.udp.as_mut()) {
+                return read_whole_frames(u, &self.stream, buf, max);
+            }
             return buf.read_from(&self.stream, max);
         };
         // The answer is a few bytes; it goes through this buffer (recvmsg takes plain memory).
@@ -1006,11 +1223,15 @@ impl Connection {
         if let Some(c) = self.companion.as_mut() {
             let mut frame = answer.head.clone();
             frame.extend_from_slice(&answer.body);
-            let listening = matches!(
-                shared_proto::decode_exact::<ToGuest>(&frame),
-                Ok(ToGuest::Listening { .. })
-            );
-            if listening && answer.socket.is_none() && c.phase == Phase::Asked {
+            let registered = match (shared_proto::decode_exact::<ToGuest>(&frame), &mut c.udp) {
+                (Ok(ToGuest::Listening { .. }), None) => true,
+                (Ok(ToGuest::Associated { local }), Some(u)) => {
+                    u.local_port = local.port();
+                    true
+                }
+                _ => false,
+            };
+            if registered && answer.socket.is_none() && c.phase == Phase::Asked {
                 c.phase = Phase::Live(Instant::now());
             } else {
                 self.companion = None;
@@ -1055,6 +1276,15 @@ impl Connection {
         Some(h)
     }
 
+    /// The header of an RW packet of `n` bytes for the guest, counted as sent.
+    fn rw_header(&mut self, n: usize) -> Header {
+        self.rx_cnt += Wrapping(n as u32);
+        Metrics::add(&METRICS.vsock_rx_bytes, n as u64);
+        let mut h = self.header(op::RW);
+        h.len = n as u32;
+        h
+    }
+
     fn take(&mut self, bit: u8) -> bool {
         let had = self.pending & bit != 0;
         self.pending &= !bit;
@@ -1077,6 +1307,16 @@ impl Connection {
         if self.take(pending::CREDIT_REQUEST) {
             return Some(self.header(op::CREDIT_REQUEST));
         }
+        // A UDP server's whole frames go out whatever became of host-server since they came.
+        let staged = self.staged().min(buf.room());
+        if staged > 0 {
+            if let Some(u) = self.udp() {
+                if buf.put(u.host.peek(staged)).is_ok() {
+                    u.host.consume(staged);
+                    return Some(self.rw_header(staged));
+                }
+            }
+        }
         if self.state == State::Established && self.want_rw && !self.local_eof {
             let credit = self.peer_credit();
             if credit == 0 {
@@ -1096,13 +1336,7 @@ impl Connection {
                             self.want_rw = false;
                             self.pending |= pending::SHUTDOWN;
                         }
-                        Ok(n) => {
-                            self.rx_cnt += Wrapping(n as u32);
-                            Metrics::add(&METRICS.vsock_rx_bytes, n as u64);
-                            let mut h = self.header(op::RW);
-                            h.len = n as u32;
-                            return Some(h);
-                        }
+                        Ok(n) => return Some(self.rw_header(n)),
                         Err(e) if e.kind() == ErrorKind::WouldBlock => self.want_rw = false,
                         Err(e) if e.kind() == ErrorKind::Interrupted => {}
                         Err(_) if self.host_lost() => {}

@@ -12,13 +12,15 @@
 //!   guest accepts on that port the VMM answers `OK <host port>\n` and the stream is bridged
 //!   (host-server's first frame, `Inbound`, may bring the accepted socket, as above);
 //! - a guest listener's companion stream (its `Listen` request's stream, which host-server
-//!   holds while the listener lives) outlives host-server: when its host side ends, the VMM
-//!   connects again with back-off and registers the same request again, unseen by the guest
-//!   (see [`muxer`]).
+//!   holds while the listener lives), and a guest UDP server's (its association's stream),
+//!   outlive host-server: when its host side ends, the VMM connects again with back-off and
+//!   registers the same request again, unseen by the guest (see [`muxer`]); a UDP server's
+//!   frames are counted both ways so its stream is never left mid-frame (see [`frames`]).
 //!
 //! Layers, each importing only those before it: [`defs`] (the shared constants, re-exported
 //! here), [`packet`] (the 44-byte header as plain data), [`iov`] (one vectored receive into
-//! several guest buffers: the device's only `unsafe`), [`connection`] (one bridged stream:
+//! several guest buffers: the device's only `unsafe`), [`frames`] (frame boundaries on a UDP
+//! server's stream, plain data), [`connection`] (one bridged stream:
 //! state, credit, bounded buffers), [`muxer`] (routing, the listener, the RX work queue, the
 //! backend epoll), [`device`] (descriptor chains in guest memory ↔ the muxer), [`handler`]
 //! (the event-loop subscriber: queue kicks and backend readiness into the device). Everything
@@ -28,6 +30,7 @@
 pub mod connection;
 pub mod defs;
 pub mod device;
+pub mod frames;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzz;
 pub mod handler;

@@ -23,9 +23,10 @@
 //! per wake-up (what is left stays readable or due, and the event loop comes back after its
 //! other subscribers: the console, other guests' connections).
 //!
-//! **Guest listeners outlive host-server.** A guest listener's *companion* (a guest→host
-//! stream whose first frame was a `Listen` that host-server answered `Listening`; host-server
-//! holds the stream while the listener lives, see [`super::connection`]) whose host side ends
+//! **Guest listeners and UDP servers outlive host-server.** A *companion* (a guest→host stream
+//! whose first frame was a `Listen` that host-server answered `Listening`, or a UDP server's
+//! `Udp` bound to a port of its own answered `Associated`; host-server holds the stream while
+//! the listener or association lives, see [`super::connection`]) whose host side ends
 //! (EOF, ECONNRESET, EPIPE: host-server crashed, restarted, was upgraded) while the guest holds
 //! its end is not reset: the guest is told nothing, and this muxer connects to host.sock again
 //! with the same non-blocking `dial`, waiting [`REGISTER_FIRST_RETRY`] before the first try and
@@ -33,12 +34,14 @@
 //! the companion open. The tries come from a one-shot timer of their own, set for the earliest
 //! one: while host-server is away the event loop wakes once per try, never on a period, and a
 //! try never blocks (a full backlog keeps the socket for the next). Once connected, the VMM's
-//! hello and the guest's `Listen` frame, byte for byte, go out again, and the connection reads
-//! host-server's answer itself (the guest had its `Listening` long ago): `Listening` and the
-//! companion is live again; `Failed(errno)` (the port taken, no longer allowed) or anything
-//! else and the guest's companion is reset as it was before this existed, so the guest's vsock
-//! listener stays quiet. Either outcome is counted (metrics
-//! `outsock_vmm_listener_reregistrations_total{outcome}`) and logged in one line naming the
+//! hello and the guest's request frame, byte for byte, go out again, and the connection reads
+//! host-server's answer itself (the guest had its answer long ago): `Listening` (`Associated`
+//! on the same port) and the companion is live again; `Failed(errno)` (the port taken, no
+//! longer allowed) or anything else and a listener's companion is reset as it was before this
+//! existed, so the guest's vsock listener stays quiet, while a UDP server's guest is given one
+//! `Failed(ENETDOWN)` frame and its stream then stays open and quiet (see
+//! [`super::connection`]). Either outcome is counted (metrics
+//! `outsock_vmm_reregistrations_total{kind,outcome}`) and logged in one line naming the
 //! address, rate limited (the first ten, then every power of two). A guest that closes the
 //! companion (RST, SHUTDOWN) while a re-registration is pending cancels it. A host side that
 //! ends again soon (within [`REGISTER_LAST_RETRY`] of being registered) keeps the longer wait.
@@ -64,7 +67,7 @@ use vmm_sys_util::timerfd::TimerFd;
 use vm_memory::bitmap::BitmapSlice;
 use vm_memory::VolatileSlice;
 
-use super::connection::{Connection, Reregistered, RxBuf, State, TIMEOUT};
+use super::connection::{Connection, Kept, Reregistered, RxBuf, State, TIMEOUT};
 pub use super::connection::{REGISTER_FIRST_RETRY, REGISTER_LAST_RETRY};
 use super::defs::HOST_CID;
 use super::packet::{op, Header, TYPE_STREAM};
@@ -649,30 +652,39 @@ impl Muxer {
     /// What a connection's re-registration came to: counted, and told in a log line (rate
     /// limited: the first ten, then every power of two, as a guest can make many).
     fn log_reregistration(&mut self, what: Reregistered) {
+        let (kept, refused) = match what {
+            Reregistered::Again(kept, _) => (kept, false),
+            Reregistered::Refused(kept, _, _) => (kept, true),
+        };
+        let udp = kept == Kept::UdpServer;
+        METRICS.reregistered(udp, refused);
+        let n = if refused {
+            self.refused_again += 1;
+            self.refused_again
+        } else {
+            self.reregistered += 1;
+            self.reregistered
+        };
+        if n > 10 && !n.is_power_of_two() {
+            return;
+        }
+        let vm = &self.cfg.vm;
+        let thing = if udp { "UDP server" } else { "listener" };
         match what {
-            Reregistered::Listening(addr) => {
-                self.reregistered += 1;
-                Metrics::add(&METRICS.listeners_registered_again, 1);
-                let n = self.reregistered;
-                if n <= 10 || n.is_power_of_two() {
-                    eprintln!(
-                        "outsock-vmm[{}]: host-server came back; the guest's listener on {addr} \
-                         is registered again ({n} so far)",
-                        self.cfg.vm
-                    );
-                }
-            }
-            Reregistered::Refused(addr, errno) => {
-                self.refused_again += 1;
-                Metrics::add(&METRICS.listeners_refused_again, 1);
-                let n = self.refused_again;
-                if n <= 10 || n.is_power_of_two() {
-                    eprintln!(
-                        "outsock-vmm[{}]: host-server refused to take back the guest's listener \
-                         on {addr} ({errno}); its companion stream is reset ({n} refused so far)",
-                        self.cfg.vm
-                    );
-                }
+            Reregistered::Again(_, addr) => eprintln!(
+                "outsock-vmm[{vm}]: host-server came back; the guest's {thing} on {addr} is \
+                 registered again ({n} so far)"
+            ),
+            Reregistered::Refused(_, addr, errno) => {
+                let then = if udp {
+                    "its next receive fails with ENETDOWN, then stays quiet"
+                } else {
+                    "its companion stream is reset"
+                };
+                eprintln!(
+                    "outsock-vmm[{vm}]: host-server refused to take back the guest's {thing} on \
+                     {addr} ({errno}); {then} ({n} refused so far)"
+                );
             }
         }
     }

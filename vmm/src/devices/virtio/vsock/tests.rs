@@ -1351,26 +1351,28 @@ fn read_raw_frame(s: &mut UnixStream) -> Vec<u8> {
 /// A guest listener's companion, played up to host-server's `Listening`: the rig, host-server's
 /// end of the stream, and the request's bytes as host-server read them.
 fn companion(take_sockets: bool) -> (Rig, UnixStream, Vec<u8>) {
-    let mut rig = Rig::without_vm_socket(take_sockets);
-    let mut control = rig.open_stream();
-    // The request in two pieces, as a guest kernel may split it.
-    let req = listen_frame();
-    rig.send(rig.hdr(op::RW), &req[..5]);
-    rig.send(rig.hdr(op::RW), &req[5..]);
-    assert!(matches!(read_frame(&mut control), ToHost::Hello(_)));
-    let got = read_raw_frame(&mut control);
-    assert_eq!(got, req);
-    control.write_all(&listening_frame()).expect("answer");
-    assert_eq!(
-        recv_bytes(&mut rig, listening_frame().len()),
-        listening_frame()
-    );
+    let (rig, control, req) = companion_of(take_sockets, &listen_frame(), &listening_frame());
     let conn = rig
         .dev
         .muxer()
         .connection(HOST_PORT, GUEST_PORT)
         .expect("connection");
     assert!(conn.is_companion());
+    (rig, control, req)
+}
+
+/// A companion played up to host-server's answer (`answer` to the guest's `req`).
+fn companion_of(take_sockets: bool, req: &[u8], answer: &[u8]) -> (Rig, UnixStream, Vec<u8>) {
+    let mut rig = Rig::without_vm_socket(take_sockets);
+    let mut control = rig.open_stream();
+    // The request in two pieces, as a guest kernel may split it.
+    rig.send(rig.hdr(op::RW), &req[..5]);
+    rig.send(rig.hdr(op::RW), &req[5..]);
+    assert!(matches!(read_frame(&mut control), ToHost::Hello(_)));
+    let got = read_raw_frame(&mut control);
+    assert_eq!(got, req);
+    control.write_all(answer).expect("answer");
+    assert_eq!(recv_bytes(&mut rig, answer.len()), answer);
     (rig, control, got)
 }
 
@@ -1562,7 +1564,16 @@ fn a_guest_close_cancels_a_pending_reregistration() {
 
 #[test]
 fn while_host_server_is_away_the_backend_wakes_up_with_backoff_not_a_spin() {
-    let (mut rig, control, _) = companion(true);
+    for (req, answer) in [
+        (listen_frame(), listening_frame()),
+        (udp_frame(UDP_PORT), associated_frame(UDP_PORT)),
+    ] {
+        backs_off(&req, &answer);
+    }
+}
+
+fn backs_off(req: &[u8], answer: &[u8]) {
+    let (mut rig, control, _) = companion_of(true, req, answer);
     host_server_dies(&mut rig, control);
     // Counts the backend epoll's wake-ups for 2.5 s with no host.sock at all: tries at 20, 40,
     // 80, ... ms, then one a second, not a wake-up per millisecond.
@@ -1594,13 +1605,248 @@ fn while_host_server_is_away_the_backend_wakes_up_with_backoff_not_a_spin() {
     assert_eq!(rig.dev.muxer().redial_count(), 1);
     // Still registered again as soon as it is back (within the 1 s back-off's reach).
     let t = Instant::now();
-    let (_again, _, req) = host_server_returns(&mut rig);
-    assert_eq!(req, listen_frame());
+    let (_again, _, req_again) = host_server_returns(&mut rig);
+    assert_eq!(req_again, req);
     assert!(
         t.elapsed() < Duration::from_millis(1500),
         "{:?}",
         t.elapsed()
     );
+}
+
+// ---- a guest UDP server's companion outlives host-server (#15) ----------------------------
+
+const UDP_PORT: u16 = 5353;
+
+fn udp_frame(port: u16) -> Vec<u8> {
+    shared_proto::to_vec(&ToHost::Udp(shared_proto::outsource::UdpRequest {
+        bind: std::net::SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, port),
+        channel: false,
+    }))
+    .expect("frame")
+}
+
+fn associated_frame(port: u16) -> Vec<u8> {
+    shared_proto::to_vec(&shared_proto::ToGuest::Associated {
+        local: std::net::SocketAddrV4::new(std::net::Ipv4Addr::new(10, 0, 2, 15), port),
+    })
+    .expect("frame")
+}
+
+fn datagram(payload: &[u8]) -> shared_proto::outsource::Datagram {
+    shared_proto::outsource::Datagram {
+        addr: "192.0.2.7:4000".parse().expect("addr"),
+        payload: payload.to_vec(),
+    }
+}
+
+/// A datagram frame the guest sends.
+fn to_host(payload: &[u8]) -> Vec<u8> {
+    shared_proto::to_vec(&ToHost::Datagram(datagram(payload))).expect("frame")
+}
+
+/// A datagram frame host-server sends.
+fn to_guest(payload: &[u8]) -> Vec<u8> {
+    shared_proto::to_vec(&shared_proto::ToGuest::Datagram(datagram(payload))).expect("frame")
+}
+
+fn udp_companion(take_sockets: bool) -> (Rig, UnixStream, Vec<u8>) {
+    let (rig, control, req) = companion_of(
+        take_sockets,
+        &udp_frame(UDP_PORT),
+        &associated_frame(UDP_PORT),
+    );
+    let conn = rig
+        .dev
+        .muxer()
+        .connection(HOST_PORT, GUEST_PORT)
+        .expect("connection");
+    assert_eq!(conn.kept(), Some(super::connection::Kept::UdpServer));
+    (rig, control, req)
+}
+
+/// Datagrams go both ways on a live UDP companion: the guest's reach host-server's end whole,
+/// host-server's reach the guest whole.
+fn datagrams_flow(rig: &mut Rig, host: &mut UnixStream, tag: &[u8]) {
+    let out = to_host(tag);
+    rig.send(rig.hdr(op::RW), &out);
+    assert_eq!(read_raw_frame(host), out);
+    let back = to_guest(&[tag, b" back"].concat());
+    host.write_all(&back).expect("reply");
+    assert_eq!(recv_bytes(rig, back.len()), back);
+}
+
+#[test]
+fn a_udp_server_companion_is_registered_again_after_eof_and_after_econnreset() {
+    for take_sockets in [false, true] {
+        let (mut rig, mut control, request) = udp_companion(take_sockets);
+        datagrams_flow(&mut rig, &mut control, b"before");
+        // EOF: host-server's end closes with nothing unread.
+        host_server_dies(&mut rig, control);
+        no_rst_nor_bytes(&quiet_for(&mut rig, Duration::from_millis(200)));
+        assert_eq!(rig.dev.muxer().redial_count(), 1);
+        let (mut again, hello, req_again) = host_server_returns(&mut rig);
+        assert!(matches!(hello, ToHost::Hello(_)));
+        assert_eq!(req_again, request, "the same Udp frame, byte for byte");
+        again
+            .write_all(&associated_frame(UDP_PORT))
+            .expect("answer");
+        no_rst_nor_bytes(&quiet_for(&mut rig, Duration::from_millis(100)));
+        assert_eq!(rig.dev.muxer().reregistrations(), (1, 0));
+        datagrams_flow(&mut rig, &mut again, b"after eof");
+        // ECONNRESET: host-server dies with a datagram of the guest's unread.
+        rig.send(rig.hdr(op::RW), &to_host(b"unread"));
+        std::thread::sleep(Duration::from_millis(20));
+        host_server_dies(&mut rig, again);
+        no_rst_nor_bytes(&quiet_for(&mut rig, Duration::from_millis(100)));
+        let (mut third, _, req3) = host_server_returns(&mut rig);
+        assert_eq!(req3, request);
+        third
+            .write_all(&associated_frame(UDP_PORT))
+            .expect("answer");
+        no_rst_nor_bytes(&quiet_for(&mut rig, Duration::from_millis(100)));
+        assert_eq!(rig.dev.muxer().reregistrations(), (2, 0));
+        datagrams_flow(&mut rig, &mut third, b"after reset");
+        let conn = rig
+            .dev
+            .muxer()
+            .connection(HOST_PORT, GUEST_PORT)
+            .expect("the companion");
+        assert!(conn.is_companion() && !conn.registering_again());
+        // The guest closes its socket: host-server's end reads EOF.
+        rig.send(rig.hdr(op::RST), &[]);
+        assert!(closes(&mut rig, &mut third));
+        assert_eq!(rig.dev.muxer().connection_count(), 0);
+    }
+}
+
+#[test]
+fn a_guest_frame_cut_by_host_server_dying_is_dropped_whole() {
+    let (mut rig, mut control, _) = udp_companion(false);
+    // The guest is 10 bytes into a datagram when host-server dies.
+    let cut = to_host(b"cut in the middle by a crash");
+    rig.send(rig.hdr(op::RW), &cut[..10]);
+    assert_eq!(read_exact(&mut control, 10), cut[..10]);
+    host_server_dies(&mut rig, control);
+    // Meanwhile it sends the rest of it, a whole datagram, and the start of another: all
+    // dropped.
+    rig.send(rig.hdr(op::RW), &cut[10..20]);
+    rig.send(rig.hdr(op::RW), &cut[20..]);
+    let started = to_host(b"started while away");
+    rig.send(
+        rig.hdr(op::RW),
+        &[&to_host(b"while away")[..], &started[..7]].concat(),
+    );
+    let (mut again, _, _) = host_server_returns(&mut rig);
+    again
+        .write_all(&associated_frame(UDP_PORT))
+        .expect("answer");
+    no_rst_nor_bytes(&quiet_for(&mut rig, Duration::from_millis(100)));
+    // Then the rest of the one it had started, and a new one, in one packet: the new one is
+    // the first thing host-server reads.
+    let next = to_host(b"the next datagram");
+    rig.send(rig.hdr(op::RW), &[&started[7..], &next[..]].concat());
+    assert_eq!(read_raw_frame(&mut again), next);
+    assert!(silent(&again));
+    datagrams_flow(&mut rig, &mut again, b"in step");
+}
+
+/// Exactly `n` bytes from `s`.
+fn read_exact(s: &mut UnixStream, n: usize) -> Vec<u8> {
+    let mut b = vec![0u8; n];
+    s.read_exact(&mut b).expect("read");
+    b
+}
+
+#[test]
+fn a_host_frame_cut_by_host_server_dying_never_reaches_the_guest() {
+    let (mut rig, mut control, _) = udp_companion(true);
+    // A whole datagram larger than one RX buffer (given in pieces), then half of another.
+    let whole = to_guest(&[7u8; 10_000]);
+    let half = to_guest(b"never finished by host-server");
+    control
+        .write_all(&[&whole[..], &half[..12]].concat())
+        .expect("write");
+    std::thread::sleep(Duration::from_millis(20));
+    host_server_dies(&mut rig, control);
+    let mut got = Vec::new();
+    for (h, d) in quiet_for(&mut rig, Duration::from_millis(300)) {
+        assert!(matches!(h.op, op::RW | op::CREDIT_UPDATE), "{h:?}");
+        got.extend(d);
+    }
+    assert!(
+        got == whole,
+        "the whole datagram, and nothing of the cut one: {} bytes",
+        got.len()
+    );
+    let (mut again, _, _) = host_server_returns(&mut rig);
+    again
+        .write_all(&associated_frame(UDP_PORT))
+        .expect("answer");
+    let after = to_guest(b"after the restart");
+    again.write_all(&after).expect("write");
+    assert_eq!(
+        recv_bytes(&mut rig, after.len()),
+        after,
+        "the guest's reader is at a frame boundary"
+    );
+}
+
+#[test]
+fn a_refused_udp_server_fails_one_receive_with_enetdown_then_stays_quiet() {
+    let refused = shared_proto::to_vec(&shared_proto::ToGuest::Failed(
+        shared_proto::Errno::EADDRINUSE,
+    ))
+    .expect("frame");
+    // Refused, or given another port: the same for the guest.
+    for answer in [refused, associated_frame(UDP_PORT + 1)] {
+        let (mut rig, control, _) = udp_companion(true);
+        host_server_dies(&mut rig, control);
+        let (mut again, _, _) = host_server_returns(&mut rig);
+        again.write_all(&answer).expect("answer");
+        let enetdown = shared_proto::to_vec(&shared_proto::ToGuest::Failed(
+            shared_proto::Errno::ENETDOWN,
+        ))
+        .expect("frame");
+        assert_eq!(recv_bytes(&mut rig, enetdown.len()), enetdown);
+        assert_eq!(rig.dev.muxer().reregistrations(), (0, 1));
+        assert_eq!(rig.dev.muxer().redial_count(), 0);
+        let conn = rig
+            .dev
+            .muxer()
+            .connection(HOST_PORT, GUEST_PORT)
+            .expect("kept open");
+        assert!(conn.refused_for_good() && !conn.registering_again());
+        // The guest's sends are dropped, and it hears nothing more; nobody connects.
+        for _ in 0..3 {
+            rig.send(rig.hdr(op::RW), &to_host(&[1; 1000]));
+        }
+        assert!(quiet_for(&mut rig, Duration::from_millis(1500)).is_empty());
+        rig.host.set_nonblocking(true).expect("nonblocking");
+        assert!(rig.host.accept().is_err(), "a refused companion connected");
+        // Its close ends the connection.
+        rig.send(rig.hdr(op::RST), &[]);
+        assert_eq!(rig.dev.muxer().connection_count(), 0);
+        assert!(closes(&mut rig, &mut again));
+    }
+}
+
+#[test]
+fn a_client_association_on_port_0_is_not_kept() {
+    let (mut rig, control, _) = companion_of(false, &udp_frame(0), &associated_frame(40_123));
+    let conn = rig
+        .dev
+        .muxer()
+        .connection(HOST_PORT, GUEST_PORT)
+        .expect("connection");
+    assert!(!conn.is_companion());
+    host_server_dies(&mut rig, control);
+    let got = recv_until(&mut rig, GUEST_PORT, op::SHUTDOWN, Duration::from_secs(2));
+    assert!(
+        got.iter().any(|(h, _)| h.op == op::SHUTDOWN),
+        "the guest hears the end, as before: {got:?}"
+    );
+    assert_eq!(rig.dev.muxer().redial_count(), 0);
 }
 
 /// Set in the helper process of the test below.

@@ -70,6 +70,14 @@ impl Rig {
         s
     }
 
+    /// The guest's connection (GUEST_PORT to HOST_PORT), which must exist.
+    fn conn(&self) -> &super::connection::Connection {
+        self.dev
+            .muxer()
+            .connection(HOST_PORT, GUEST_PORT)
+            .expect("the guest's connection")
+    }
+
     fn hdr(&self, op: u16) -> Header {
         Header {
             src_cid: CID,
@@ -730,11 +738,7 @@ impl Passed {
             recv_bytes(&mut rig, connected_frame().len()),
             connected_frame()
         );
-        let conn = rig
-            .dev
-            .muxer()
-            .connection(HOST_PORT, GUEST_PORT)
-            .expect("connection");
+        let conn = rig.conn();
         assert!(conn.is_passed(), "bridged to the passed socket");
         assert_eq!(rig.dev.muxer().passed_sockets(), 1);
         Self { rig, control, peer }
@@ -915,12 +919,7 @@ fn without_a_socket_the_held_bytes_are_relayed() {
     let mut b = [0u8; 9];
     control.read_exact(&mut b).expect("the held bytes follow");
     assert_eq!(&b, b"pipelined");
-    assert!(!rig
-        .dev
-        .muxer()
-        .connection(HOST_PORT, GUEST_PORT)
-        .expect("connection")
-        .is_passed());
+    assert!(!rig.conn().is_passed());
 }
 
 /// What host-server might attach that the VMM must refuse: the connection is reset (RST),
@@ -1352,11 +1351,7 @@ fn read_raw_frame(s: &mut UnixStream) -> Vec<u8> {
 /// end of the stream, and the request's bytes as host-server read them.
 fn companion(take_sockets: bool) -> (Rig, UnixStream, Vec<u8>) {
     let (rig, control, req) = companion_of(take_sockets, &listen_frame(), &listening_frame());
-    let conn = rig
-        .dev
-        .muxer()
-        .connection(HOST_PORT, GUEST_PORT)
-        .expect("connection");
+    let conn = rig.conn();
     assert!(conn.is_companion());
     (rig, control, req)
 }
@@ -1477,11 +1472,7 @@ fn a_companion_is_registered_again_when_host_server_comes_back() {
         assert!(silent(&again), "nothing after the request");
         assert_eq!(rig.dev.muxer().reregistrations(), (1, 0));
         assert_eq!(rig.dev.muxer().redial_count(), 0);
-        let conn = rig
-            .dev
-            .muxer()
-            .connection(HOST_PORT, GUEST_PORT)
-            .expect("the companion");
+        let conn = rig.conn();
         assert!(conn.is_companion() && !conn.registering_again());
         // It dies again with an unread byte in its queue (ECONNRESET on our read): the
         // same again.
@@ -1656,11 +1647,7 @@ fn udp_companion(take_sockets: bool) -> (Rig, UnixStream, Vec<u8>) {
         &udp_frame(UDP_PORT),
         &associated_frame(UDP_PORT),
     );
-    let conn = rig
-        .dev
-        .muxer()
-        .connection(HOST_PORT, GUEST_PORT)
-        .expect("connection");
+    let conn = rig.conn();
     assert_eq!(conn.kept(), Some(super::connection::Kept::UdpServer));
     (rig, control, req)
 }
@@ -1707,11 +1694,7 @@ fn a_udp_server_companion_is_registered_again_after_eof_and_after_econnreset() {
         no_rst_nor_bytes(&quiet_for(&mut rig, Duration::from_millis(100)));
         assert_eq!(rig.dev.muxer().reregistrations(), (2, 0));
         datagrams_flow(&mut rig, &mut third, b"after reset");
-        let conn = rig
-            .dev
-            .muxer()
-            .connection(HOST_PORT, GUEST_PORT)
-            .expect("the companion");
+        let conn = rig.conn();
         assert!(conn.is_companion() && !conn.registering_again());
         // The guest closes its socket: host-server's end reads EOF.
         rig.send(rig.hdr(op::RST), &[]);
@@ -1811,11 +1794,7 @@ fn a_refused_udp_server_fails_one_receive_with_enetdown_then_stays_quiet() {
         assert_eq!(recv_bytes(&mut rig, enetdown.len()), enetdown);
         assert_eq!(rig.dev.muxer().reregistrations(), (0, 1));
         assert_eq!(rig.dev.muxer().redial_count(), 0);
-        let conn = rig
-            .dev
-            .muxer()
-            .connection(HOST_PORT, GUEST_PORT)
-            .expect("kept open");
+        let conn = rig.conn();
         assert!(conn.refused_for_good() && !conn.registering_again());
         // The guest's sends are dropped, and it hears nothing more; nobody connects.
         for _ in 0..3 {
@@ -1834,11 +1813,7 @@ fn a_refused_udp_server_fails_one_receive_with_enetdown_then_stays_quiet() {
 #[test]
 fn a_client_association_on_port_0_is_not_kept() {
     let (mut rig, control, _) = companion_of(false, &udp_frame(0), &associated_frame(40_123));
-    let conn = rig
-        .dev
-        .muxer()
-        .connection(HOST_PORT, GUEST_PORT)
-        .expect("connection");
+    let conn = rig.conn();
     assert!(!conn.is_companion());
     host_server_dies(&mut rig, control);
     let got = recv_until(&mut rig, GUEST_PORT, op::SHUTDOWN, Duration::from_secs(2));

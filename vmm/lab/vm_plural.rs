@@ -194,6 +194,11 @@ impl Vm {
         })
     }
 
+    /// Whether the guest crashed its vCPU (the VMM's exit 4).
+    fn crashed(&self) -> bool {
+        self.status.and_then(|s| s.code()) == Some(4)
+    }
+
     fn ended(&mut self) -> bool {
         if self.status.is_none() {
             self.status = self.child.try_wait().ok().flatten();
@@ -350,7 +355,27 @@ struct Stall {
 
 /// Runs the group; reports every check in [`NAMES`].
 pub fn run(d: &mut Driver) {
-    let outcome = attempt(d);
+    let mut outcome = attempt(d);
+    // The emulated lab now and then crashes a guest's vCPU (a triple fault early in boot, the
+    // VMM's exit 4): with `--retry-guest-crash` the group runs once more, as a single guest's
+    // run does, each crashed console kept.
+    let crashed: Vec<&'static str> = match &outcome {
+        Ok((vms, _)) if d.args.retry_guest_crash => {
+            vms.iter().filter(|v| v.crashed()).map(|v| v.name).collect()
+        }
+        _ => Vec::new(),
+    };
+    if !crashed.is_empty() {
+        for name in &crashed {
+            d.keep_crashed_log_as(&format!("{name}-plural"), &format!("{name}-plural-crashed"));
+        }
+        d.note(&format!(
+            "{}: the guest crashed (exit 4; console in <vm>-plural-crashed.log); running the two-VM group again",
+            crashed.join(", ")
+        ));
+        drop(outcome);
+        outcome = attempt(d);
+    }
     let (vms, seen) = match outcome {
         Ok(x) => x,
         Err(e) => {

@@ -29,7 +29,7 @@ use crate::vm_world::{self, IPERF_PORT, WHOAMI_PORT};
 use crate::{Driver, Run, RunOpts};
 
 /// The checks this group reports, in order.
-pub const NAMES: [&str; 26] = [
+pub const NAMES: [&str; 27] = [
     "vm-boot",
     "vm-curl",
     "vm-wget",
@@ -54,6 +54,7 @@ pub const NAMES: [&str; 26] = [
     "vm-inbound-go-server",
     "vm-inbound-nginx",
     "vm-inbound-after-kill",
+    "vm-udp-server-after-kill",
     "vm-restart",
     "vm-run",
 ];
@@ -80,6 +81,8 @@ const STATIC_HTTPD_PORT: u16 = 8082;
 const STATIC_NC_PORT: u16 = 8083;
 /// The Go client's tcp4 server mode in the guest (under the supervisor).
 const GO_SERVER_PORT: u16 = 8084;
+/// python3's UDP echo server in the guest, kept across host-server's kill -9.
+const UDP_SERVER_PORT: u16 = 8085;
 /// Bytes `iperf3 -4 -n` sends.
 const IPERF_BYTES: u64 = 100 * 1024 * 1024;
 /// The nginx check's requests from `world`, and how many at a time (issue 13).
@@ -173,11 +176,14 @@ kill $H $N $S $SN $G 2>/dev/null; wait $H $N $S $SN $G 2>/dev/null
 sleep 3; if kill -0 $S 2>/dev/null; then echo RELISTEN=alive; else echo RELISTEN=gone; sed 's/^/RELISTEN-LOG /' /tmp/shttpd2.log; fi
 kill $S 2>/dev/null; wait $S 2>/dev/null
 /usr/bin/nc.traditional -n -l -p {nc_port} </dev/null >/tmp/nc-kill.out 2>/tmp/nc-kill.err & K=$!
+python3 -c "import socket;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.bind(('0.0.0.0',{udp_server_port}));[s.sendto(*s.recvfrom(2048)) for _ in iter(int,1)]" 2>/tmp/udp-kill.err & U=$!
 echo KILL-NOW
 read -t 120 GO; echo KILL-GO=$GO
 sleep 1; echo NC-KILL-DATA=$(cat /tmp/nc-kill.out)
 sed 's/^/NC-KILL-ERR /' /tmp/nc-kill.err
-kill $K 2>/dev/null; wait $K 2>/dev/null
+if kill -0 $U 2>/dev/null; then echo UDP-KILL=alive; else echo UDP-KILL=gone; fi
+sed 's/^/UDP-KILL-ERR /' /tmp/udp-kill.err
+kill $K $U 2>/dev/null; wait $K $U 2>/dev/null
 for n in $V6 $ECHO {multi}; do kdig +short +timeout=5 @$DNS $n A; done > /tmp/dummies
 for d in $(cat /tmp/dummies); do echo BEFORE $d $(/usr/bin/nc.traditional -w 10 $d {whoami} </dev/null); done
 echo RESTART-NOW
@@ -199,6 +205,7 @@ echo E2E-DONE
         static_httpd_port = STATIC_HTTPD_PORT,
         static_nc_port = STATIC_NC_PORT,
         go_server_port = GO_SERVER_PORT,
+        udp_server_port = UDP_SERVER_PORT,
         whoami = WHOAMI_PORT,
     )
 }
@@ -247,6 +254,9 @@ struct Interaction {
     /// The `kill -9` of host-server under the guest's `nc -l`, its restart, and the world
     /// client's line to the same port after it (the VMM registered the listener again).
     after_kill: Result<(), String>,
+    /// The guest's UDP echo server across the same kill: echoed before it (ms from the first
+    /// datagram), and after the restart (ms from host-server's start).
+    udp_after_kill: Result<(u128, u128), String>,
 }
 
 impl Default for Interaction {
@@ -263,6 +273,7 @@ impl Default for Interaction {
             client_dummy: None,
             restart: not_run(),
             after_kill: not_run(),
+            udp_after_kill: not_run(),
         }
     }
 }
@@ -332,7 +343,7 @@ pub fn run(d: &mut Driver) {
 /// guest ends the attempt there (the group runs again).
 fn attempt(d: &Driver, retry_on_crash: bool) -> anyhow::Result<Attempt> {
     let extra = format!(
-        "[listen]\ndefault_address = \"{}\"\nallowed_ports = [{HTTPD_PORT}, {NC_PORT}, {STATIC_HTTPD_PORT}, {STATIC_NC_PORT}, {GO_SERVER_PORT}]\n[vms.vm0]\nsocket = \"{VM_SOCKET}\"\naddress = \"{}\"\nvmm_uid = 0\n",
+        "[listen]\ndefault_address = \"{}\"\nallowed_ports = [{HTTPD_PORT}, {NC_PORT}, {STATIC_HTTPD_PORT}, {STATIC_NC_PORT}, {GO_SERVER_PORT}, {UDP_SERVER_PORT}]\n[vms.vm0]\nsocket = \"{VM_SOCKET}\"\naddress = \"{}\"\nvmm_uid = 0\n",
         addr::HOST,
         addr::HOST_VMS[0]
     );
@@ -378,7 +389,7 @@ fn attempt(d: &Driver, retry_on_crash: bool) -> anyhow::Result<Attempt> {
                 Some("go\n".into())
             }
             "KILL-NOW" => {
-                seen.after_kill = kill_and_reach(&mut stack);
+                (seen.after_kill, seen.udp_after_kill) = kill_and_reach(&mut stack);
                 Some("go\n".into())
             }
             "RESTART-NOW" => {
@@ -713,25 +724,57 @@ fn inbound(stack: &Stack, seen: &mut Interaction) {
 
 /// host-server killed (SIGKILL) and started again under the guest's `nc -l`: once the VMM
 /// registered the guest's listener again, a world client's line reaches it.
-fn kill_and_reach(stack: &mut Stack) -> Result<(), String> {
+/// host-server killed with SIGKILL under the guest's `nc -l` and UDP echo server, and started
+/// again: the listener's result, and the UDP server's (echoed before, then after).
+type AfterKill = (Result<(), String>, Result<(u128, u128), String>);
+
+fn kill_and_reach(stack: &mut Stack) -> AfterKill {
     let host = stack.world.host();
-    vm_world::wait_listening(host, NC_PORT, Duration::from_secs(20))
-        .map_err(|e| format!("before the kill: {e:#}"))?;
-    stack.kill_host();
-    std::thread::sleep(Duration::from_secs(1));
-    stack
-        .start_host()
-        .map_err(|e| format!("host-server did not start again: {e:#}"))?;
-    vm_world::wait_listening(stack.world.host(), NC_PORT, Duration::from_secs(30))
-        .map_err(|e| format!("the guest's listener was not registered again: {e:#}"))?;
-    vm_world::world_client(
+    if let Err(e) = vm_world::wait_listening(host, NC_PORT, Duration::from_secs(20)) {
+        let e = format!("before the kill: {e:#}");
+        return (Err(e.clone()), Err(e));
+    }
+    let udp_before = vm_world::world_udp_echo(
         stack,
         addr::HOST_VMS[0],
-        NC_PORT,
-        b"after-the-kill\n".to_vec(),
-    )
-    .map(drop)
-    .map_err(|e| format!("{e:#}"))
+        UDP_SERVER_PORT,
+        b"before-the-kill",
+        Duration::from_secs(30),
+    );
+    stack.kill_host();
+    std::thread::sleep(Duration::from_secs(1));
+    let started = stack.start_host();
+    let restarted = std::time::Instant::now();
+    if let Err(e) = started {
+        let e = format!("host-server did not start again: {e:#}");
+        return (Err(e.clone()), Err(e));
+    }
+    let listener = vm_world::wait_listening(stack.world.host(), NC_PORT, Duration::from_secs(30))
+        .map_err(|e| format!("the guest's listener was not registered again: {e:#}"))
+        .and_then(|()| {
+            vm_world::world_client(
+                stack,
+                addr::HOST_VMS[0],
+                NC_PORT,
+                b"after-the-kill\n".to_vec(),
+            )
+            .map(drop)
+            .map_err(|e| format!("{e:#}"))
+        });
+    let udp = udp_before
+        .map_err(|e| format!("before the kill: {e:#}"))
+        .and_then(|before| {
+            vm_world::world_udp_echo(
+                stack,
+                addr::HOST_VMS[0],
+                UDP_SERVER_PORT,
+                b"after-the-kill",
+                Duration::from_secs(30),
+            )
+            .map_err(|e| format!("after the restart: {e:#}"))?;
+            Ok((before.as_millis(), restarted.elapsed().as_millis()))
+        });
+    (listener, udp)
 }
 
 /// The world's requests to the guest's nginx, while it waits.
@@ -1094,6 +1137,18 @@ fn judge(
         &format!(
             "nc -l -p {NC_PORT} in the guest; host-server killed (SIGKILL) and started again; the VMM registered the listener again ({}); the world client's line after it: received {kill_data:?}",
             seen.after_kill.as_ref().map_or_else(Clone::clone, |()| "ok".to_owned()),
+        ),
+    );
+    let udp_alive = marker("UDP-KILL=").unwrap_or_default();
+    d.report(
+        "vm-udp-server-after-kill",
+        seen.udp_after_kill.is_ok() && udp_alive == "alive",
+        &format!(
+            "python3's UDP echo server on port {UDP_SERVER_PORT} in the guest, across the same kill -9 and restart of host-server: {}; the server after it: {udp_alive:?} (want alive)",
+            seen.udp_after_kill.as_ref().map_or_else(
+                Clone::clone,
+                |(before, after)| format!("a world client's datagram echoed before the kill (after {before} ms) and after it (within {after} ms of the restart: the VMM associated the server again)")
+            ),
         ),
     );
     d.report(

@@ -152,6 +152,38 @@ pub fn world_client(stack: &Stack, to: Ipv6Addr, port: u16, data: Vec<u8>) -> Re
     })?
 }
 
+/// An IPv6 client in `world`, bound to [`addr::CLIENT`]: sends `payload` to the UDP server at
+/// `[to]:port` every 200 ms until the same bytes come back from there; how long that took, or
+/// an error after `limit`.
+pub fn world_udp_echo(
+    stack: &Stack,
+    to: Ipv6Addr,
+    port: u16,
+    payload: &'static [u8],
+    limit: Duration,
+) -> Result<Duration> {
+    stack.world.world().run(move || -> Result<Duration> {
+        let sock = Socket::new(Domain::IPV6, Type::DGRAM, None)?;
+        sock.bind(&SocketAddr::new(addr::CLIENT.into(), 0).into())?;
+        let sock: std::net::UdpSocket = sock.into();
+        sock.set_read_timeout(Some(Duration::from_millis(200)))?;
+        let server = SocketAddr::new(to.into(), port);
+        let start = Instant::now();
+        let mut buf = [0u8; 2048];
+        let mut sent = 0;
+        while start.elapsed() < limit {
+            sock.send_to(payload, server)?;
+            sent += 1;
+            while let Ok((n, from)) = sock.recv_from(&mut buf) {
+                if &buf[..n] == payload && from == server {
+                    return Ok(start.elapsed());
+                }
+            }
+        }
+        bail!("no echo from {server} to {sent} datagrams in {limit:?}")
+    })?
+}
+
 /// What [`http_load`] saw.
 #[derive(Debug, Default)]
 pub struct Load {

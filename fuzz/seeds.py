@@ -145,6 +145,9 @@ LIST_VMS = frame(8, b"")
 LEND = frame(9, sock("10.170.160.7", 80) + b"\x04")
 LEND_TOO_MANY = frame(9, sock("10.170.160.7", 80) + b"\xff")
 DG = datagram("10.170.160.1", 53, queries["a"])
+UDP_SERVER = frame(4, sock("0.0.0.0", 5353))
+ASSOCIATED = frame(18, sock("10.170.160.1", 5353))
+LISTENING = frame(17, sock("0.0.0.0", 8080))
 
 
 def op(tag, body):
@@ -257,9 +260,20 @@ def mr(off, width=2):
     return bytes([7]) + struct.pack("<HB", off, width)
 
 
-def pkt(op_, dlen=0, src_port=0, dst_port=0):
-    # 1: src_cid choice, src_port, dst_port, type (1 stream), op, flags, buf_alloc, fwd_cnt, dlen, len mode
-    return bytes([1, 0, src_port, dst_port, 1, op_, 0]) + struct.pack("<II", 65536, 0) + struct.pack("<H", dlen) + b"\x01"
+def pkt(op_, dlen=0, src_port=0, dst_port=0, payload=None):
+    # 1: src_cid choice, src_port, dst_port, type (1 stream), op, flags, buf_alloc, fwd_cnt, dlen,
+    # the payload (dlen bytes of the input), len mode
+    if payload is None:
+        payload = b"\x5a" * dlen
+    else:
+        dlen = len(payload)
+    return (bytes([1, 0, src_port, dst_port, 1, op_, 0]) + struct.pack("<II", 65536, 0)
+            + struct.pack("<H", dlen) + payload + b"\x01")
+
+
+def host_writes(data, pick=0):
+    # 4: accept what is pending, then the picked host-server stream gets `data` (1-256 bytes)
+    return bytes([4, pick, len(data) - 1]) + data
 
 
 vsock = {
@@ -267,7 +281,19 @@ vsock = {
     "mmio-registers": b"".join(mr(o) for o in (0x0, 0x4, 0x8, 0xc, 0x10, 0x34, 0x44, 0x60, 0x70, 0x100, 0x104)) + mr(0x100, 3) + mw(0x64, 1),
     "mmio-bad-queue": mw(0x70, 0) + mw(0x70, 1) + mw(0x70, 3) + mw(0x70, 11) + mw(0x30, 0) + mw(0x38, 3) + mw(0x80, 0xfff0) + mw(0x84, 0xffffffff) + mw(0x44, 1) + mw(0x70, 15) + mr(0x70) + pkt(1),
     "mmio-notify": mw(0x50, 1) + mw(0x50, 7) + mw(0x50, 1, 1) + mw(0x14, 1) + mr(0x10),
-    "connect-rw-shutdown": pkt(1) + bytes([4, 0]) + bytes([2, 4]) + struct.pack("<H", 4096) + pkt(5, 100) + pkt(3) + pkt(4) + bytes([5]),
+    "connect-rw-shutdown": pkt(1) + bytes([4, 0, 0]) + b"\x00" + bytes([2, 4]) + struct.pack("<H", 4096) + pkt(5, 100) + pkt(3) + pkt(4) + bytes([5]),
 }
+# Companions (the VMM keeps them across host-server restarts): a guest UDP server's `Udp` frame
+# answered `Associated`, then datagram frames both ways and host-server's stream closed (the
+# VMM dials again); a guest listener's `Listen` answered `Listening`, then closed (the frames
+# are shared-proto's, above).
+RX = bytes([2, 4]) + struct.pack("<H", 4096)
+vsock["udp-server-companion"] = (pkt(1) + RX + pkt(5, payload=UDP_SERVER) + host_writes(ASSOCIATED)
+                                 + bytes([5]) + pkt(5, payload=DG) + host_writes(DG) + bytes([5])
+                                 + host_writes(DG[:7], pick=0) + bytes([4, 0x80]) + bytes([5, 5])
+                                 + pkt(5, payload=DG[:9]) + bytes([5]))
+vsock["listener-companion"] = (pkt(1) + RX + pkt(5, payload=LISTEN) + host_writes(LISTENING)
+                               + bytes([5]) + bytes([4, 0x80]) + bytes([5, 5]))
 for name, b in vsock.items():
     put("vsock_device", name, b)
+

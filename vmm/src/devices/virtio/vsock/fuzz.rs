@@ -22,6 +22,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::connection::Kept;
 use super::defs::{QUEUE_SIZE, RX_QUEUE, TX_QUEUE};
 use super::device::VsockDevice;
 use super::muxer::{Muxer, MuxerConfig};
@@ -299,6 +300,12 @@ impl Bytes2<'_> {
         self.0 = rest;
         Some(b)
     }
+    /// Up to `n` bytes (fewer at the input's end).
+    fn take(&mut self, n: usize) -> &[u8] {
+        let (head, rest) = self.0.split_at(n.min(self.0.len()));
+        self.0 = rest;
+        head
+    }
     fn u16(&mut self) -> Option<u16> {
         Some(u16::from_le_bytes([self.u8()?, self.u8()?]))
     }
@@ -419,6 +426,13 @@ fn host_listener() -> (&'static Path, Option<&'static UnixListener>) {
 
 /// The `vsock_device` target's body: see the module documentation.
 pub fn fuzz_one(data: &[u8]) {
+    let _ = companions_after(data);
+}
+
+/// [`fuzz_one`], returning what the guest's connections kept with host-server were at the end
+/// (before the device's reset), and whether the muxer was connecting to host.sock again for
+/// any: the seeds' way of showing they reach companions.
+pub(crate) fn companions_after(data: &[u8]) -> (Vec<Kept>, bool) {
     let (host, listener) = host_listener();
     let mut guest = FakeGuest::new();
     let (dev, mut transport) = device_behind_transport(&guest, host, None);
@@ -473,7 +487,11 @@ pub fn fuzz_one(data: &[u8]) {
                     fwd_cnt: input.u32().unwrap_or(0),
                 };
                 let dlen = usize::from(input.u16().unwrap_or(0) % 2048);
-                let payload = vec![0x5a; dlen];
+                // The payload: the input's next bytes (so that it can be a guest request
+                // frame — a `Connect`, a `Listen`, a `Udp` that makes a companion — or
+                // datagram frames), padded to its length.
+                let mut payload = input.take(dlen).to_vec();
+                payload.resize(dlen, 0x5a);
                 h.len = if input.u8().unwrap_or(0) % 8 == 0 {
                     input.u32().unwrap_or(0)
                 } else {
@@ -513,7 +531,10 @@ pub fn fuzz_one(data: &[u8]) {
                         accepted.swap_remove(i);
                     } else {
                         use std::io::Write;
-                        let _ = accepted[i].write(&[1u8; 300]);
+                        // host-server's bytes: the input's next ones (an answer frame, a
+                        // passed-socket answer's header, datagram frames, garbage).
+                        let n = usize::from(input.u8().unwrap_or(0)) + 1;
+                        let _ = accepted[i].write(input.take(n));
                     }
                 }
                 lock().process_backend();
@@ -557,7 +578,18 @@ pub fn fuzz_one(data: &[u8]) {
             }
         }
     }
+    let kept = {
+        let d = lock();
+        let m = d.muxer();
+        // The guest ports and host ports the input can name (operation 1).
+        let kept = (1024..1026)
+            .flat_map(|host| (1000..1004).map(move |guest| (host, guest)))
+            .filter_map(|(host, guest)| m.connection(host, guest)?.kept())
+            .collect();
+        (kept, m.redial_count() > 0)
+    };
     mmio_write(&mut transport, 0x70, 0);
+    kept
 }
 
 /// The `hybrid_lines` target's body: each length-prefixed (u8) piece of `data` is what one host

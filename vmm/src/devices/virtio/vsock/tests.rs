@@ -498,6 +498,25 @@ fn hybrid_corpus_replays_without_panic() {
 }
 
 #[test]
+fn the_companion_seeds_reach_companions() {
+    // A UDP server's and a listener's companion, each kept when host-server's end closes (the
+    // VMM connects again, at once or 20 ms later); the plain connection seed keeps nothing.
+    use super::connection::Kept;
+    use super::fuzz::companions_after;
+    let corpus =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/vsock_device");
+    let seed = |name: &str| std::fs::read(corpus.join(name)).expect("seed");
+    let (kept, _) = companions_after(&seed("seed-udp-server-companion"));
+    assert_eq!(kept, [Kept::UdpServer]);
+    let (kept, _) = companions_after(&seed("seed-listener-companion"));
+    assert_eq!(kept, [Kept::Listener]);
+    assert_eq!(
+        companions_after(&seed("seed-connect-rw-shutdown")),
+        (vec![], false)
+    );
+}
+
+#[test]
 fn fuzz_corpus_and_random_chains_replay_without_panic() {
     let corpus =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/vsock_device");

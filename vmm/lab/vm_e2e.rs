@@ -676,7 +676,10 @@ fn inbound(stack: &Stack, seen: &mut Interaction) {
         STATIC_NC_PORT,
         GO_SERVER_PORT,
     ] {
-        if let Err(e) = vm_world::wait_listening(host, port, Duration::from_secs(20)) {
+        // 60 s, not 20: in one CI run on the loaded machine (the lab VM booted a third time
+        // after its own crashes) busybox-static's httpd under the guest's supervisor was not
+        // listening 20 s after the guest said it was ready; the same code passed the reruns.
+        if let Err(e) = vm_world::wait_listening(host, port, Duration::from_secs(60)) {
             seen.page = Err(format!("{e:#}"));
             return;
         }

@@ -6,11 +6,14 @@
 //! [`fuzz_one`] is the `vsock_device` fuzz target's body (fuzz/, cargo-fuzz): the device sits
 //! behind its virtio-mmio transport, which the fake driver brings up with register writes as
 //! Linux does; then arbitrary bytes become descriptor chains, well-formed and not, host-side
-//! traffic, and raw MMIO reads and writes of any register (reset, re-negotiation, queue sizes and
-//! addresses anywhere), and the device runs over them; the only property is that nothing panics
-//! or hangs. [`hybrid_one`] (the `hybrid_lines` target) writes arbitrary bytes to the VM's
-//! socket as a host process's hybrid `CONNECT <port>` handshake, read by the muxer. The corpora
-//! under fuzz/corpus/{vsock_device,hybrid_lines} are replayed by unit tests.
+//! traffic, and raw MMIO reads and writes of any register (reset, re-negotiation, queue sizes
+//! and addresses anywhere), and the device runs over them; the only property is that nothing
+//! panics or hangs. The guest's payloads and host-server's writes are the input's own bytes,
+//! so request frames, answers and datagrams cross the device, and the companions they make
+//! are reached (the companion seeds show it). [`hybrid_one`] (the `hybrid_lines` target)
+//! writes arbitrary bytes to the VM's socket as a host process's hybrid `CONNECT <port>`
+//! handshake, read by the muxer. The corpora under fuzz/corpus/{vsock_device,hybrid_lines} are
+//! replayed by unit tests.
 
 use std::collections::HashMap;
 use std::os::unix::net::{UnixListener, UnixStream};

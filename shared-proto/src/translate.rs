@@ -219,6 +219,20 @@ pub const GUEST_CONFIG_FILE: &str = "/etc/outsock/shim.conf";
 /// The host's vsock CID, which a guest's requests to host-server go to.
 pub const HOST_CID: u32 = 2;
 
+/// The receive buffer of every guest vsock stream to the host (and of the vsock listeners
+/// whose accepted streams carry inbound connections): its `buf_alloc`, the credit the VMM may
+/// use sending to the guest. With Linux's default, 256 KiB, the guest reports what it has
+/// read only after 192 KiB, so the VMM stops reading the IPv6 socket every 192 KiB until the
+/// guest has caught up; `outsock-bench`'s `vm` part moved about 1.5× as much IPv6→guest with
+/// 1 MiB. Set with [`VSOCK_BUFFER_OPTIONS`] before connect or listen, best effort.
+pub const VSOCK_BUFFER_SIZE: u64 = 1024 * 1024;
+
+/// `SO_VM_SOCKETS_BUFFER_MAX_SIZE` then `SO_VM_SOCKETS_BUFFER_SIZE` (`<linux/vm_sockets.h>`,
+/// level `AF_VSOCK`, an unsigned 64-bit value; libc does not name them): the maximum first,
+/// since the kernel clamps the size to it.
+pub const VSOCK_BUFFER_OPTIONS: [(libc::c_int, libc::c_int); 2] =
+    [(libc::AF_VSOCK, 2), (libc::AF_VSOCK, 0)];
+
 /// Parses a transport value: `Some(None)` Unix, `Some(Some(port))` vsock, `None` invalid.
 #[must_use]
 pub fn parse_transport(v: &str) -> Option<Option<u32>> {

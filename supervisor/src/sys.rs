@@ -880,7 +880,17 @@ pub fn eventfd() -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// An `AF_VSOCK` stream connected to `cid:port`, close-on-exec (the transport inside a VM).
+/// Gives vsock socket `fd` the receive buffer of `shared_proto::translate::VSOCK_BUFFER_SIZE`.
+/// Best effort: a kernel that refuses keeps its default, which only costs speed.
+fn size_vsock_buffer(fd: RawFd) {
+    let size = shared_proto::translate::VSOCK_BUFFER_SIZE.to_ne_bytes();
+    for (level, name) in shared_proto::translate::VSOCK_BUFFER_OPTIONS {
+        let _ = set_sockopt_bytes(fd, level, name, &size);
+    }
+}
+
+/// An `AF_VSOCK` stream connected to `cid:port`, close-on-exec, with the receive buffer of
+/// `shared_proto::translate::VSOCK_BUFFER_SIZE` (the transport inside a VM).
 ///
 /// # Errors
 /// socket's or connect's error.
@@ -890,6 +900,7 @@ pub fn vsock_connect(cid: u32, port: u32) -> io::Result<OwnedFd> {
         cvt(unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) })?;
     // SAFETY: a descriptor just made, owned from here.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    size_vsock_buffer(fd.as_raw_fd());
     // SAFETY: sockaddr_vm is plain data; all-zero is a valid value.
     let mut a: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
     #[allow(clippy::cast_possible_truncation)] // AF_VSOCK fits sa_family_t.
@@ -916,6 +927,7 @@ pub fn vsock_listener(backlog: c_int) -> io::Result<(OwnedFd, u32)> {
         cvt(unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) })?;
     // SAFETY: a descriptor just made, owned from here.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    size_vsock_buffer(fd.as_raw_fd());
     // SAFETY: sockaddr_vm is plain data; all-zero is a valid value.
     let mut a: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
     #[allow(clippy::cast_possible_truncation)] // AF_VSOCK fits sa_family_t.

@@ -450,6 +450,7 @@ impl Stream {
         }
         crate::table::clear(fd);
         let stream = Self(fd);
+        size_vsock_buffer(fd);
         let addr = vsock_addr(HOST_CID, port);
         let len = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
         // SAFETY: `addr` is a valid sockaddr_vm of `len` bytes.
@@ -565,6 +566,19 @@ fn readable(fd: c_int) -> bool {
     };
     // SAFETY: one valid pollfd.
     unsafe { libc::poll(&mut p, 1, 0) > 0 }
+}
+
+/// Gives vsock socket `fd` the receive buffer of `shared_proto::translate::VSOCK_BUFFER_SIZE`
+/// (the credit the VMM may use sending to this guest). Best effort: a kernel that refuses
+/// keeps its default, which only costs speed.
+pub fn size_vsock_buffer(fd: c_int) {
+    let size = shared_proto::translate::VSOCK_BUFFER_SIZE;
+    for (level, name) in shared_proto::translate::VSOCK_BUFFER_OPTIONS {
+        #[allow(clippy::cast_possible_truncation)] // 8 bytes.
+        let len = std::mem::size_of_val(&size) as libc::socklen_t;
+        // SAFETY: `size` is `len` readable bytes; the kernel copies them.
+        let _ = unsafe { real::setsockopt(fd, level, name, std::ptr::from_ref(&size).cast(), len) };
+    }
 }
 
 /// A `sockaddr_vm` for `cid:port`.

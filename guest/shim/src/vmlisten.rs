@@ -30,6 +30,7 @@ fn vsock_listener(backlog: c_int) -> Result<(c_int, u32), Errno> {
         return Err(last_errno());
     }
     table::clear(l);
+    transport::size_vsock_buffer(l);
     let addr = transport::vsock_addr(libc::VMADDR_CID_ANY, libc::VMADDR_PORT_ANY);
     let mut len = std::mem::size_of::<libc::sockaddr_vm>() as socklen_t;
     let mut bound = addr;

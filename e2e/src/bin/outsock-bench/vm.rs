@@ -5,8 +5,9 @@
 //! `outsock_vmm`'s `fuzzing` feature), kicks the queue eventfds as ioeventfds would, and waits for
 //! the device's interrupt eventfd. It speaks the guest protocol on each vsock stream exactly as
 //! liboutsock does in a VM (a `ToHost::Connect` frame without `pass_fd`, the answer, then the
-//! connection's bytes), with Linux's vsock credit rules (256 KiB `buf_alloc`, a credit update
-//! when the host's view of our free space drops under 64 KiB) and Linux 6.1's RX buffers (a
+//! connection's bytes), with Linux's vsock credit rules (the `buf_alloc` liboutsock asks for,
+//! `shared_proto::translate::VSOCK_BUFFER_SIZE`; a credit update when the host's view of our
+//! free space drops under 64 KiB) and Linux 6.1's RX buffers (a
 //! 44-byte header and 4 KiB of data each, 128 of them, refilled once half are used). The
 //! muxer's Unix streams go to the real host-server of a test world whose settings name this VMM
 //! (`[vms.vm0]`, the bench's uid), which connects over IPv6 to servers in `world`.
@@ -82,8 +83,10 @@ struct Rate {
 }
 /// Connect + first byte probes per batch.
 const PROBES: usize = 300;
-/// Linux's per-socket receive buffer (VIRTIO_VSOCK_DEFAULT_BUF_SIZE): our `buf_alloc`.
-const GUEST_BUF_ALLOC: u32 = 256 * 1024;
+/// The receive buffer liboutsock and the supervisor give each guest vsock stream
+/// (`SO_VM_SOCKETS_BUFFER_SIZE`): our `buf_alloc`.
+#[allow(clippy::cast_possible_truncation)] // 1 MiB.
+const GUEST_BUF_ALLOC: u32 = shared_proto::translate::VSOCK_BUFFER_SIZE as u32;
 /// Linux sends a credit update once the host's idea of its free space drops below one
 /// maximal packet.
 const CREDIT_LOW: u32 = 64 * 1024;

@@ -2,10 +2,15 @@
 //! guest) and the host side (a non-blocking Unix stream, or the socket host-server passed,
 //! with a bounded outgoing buffer).
 //!
-//! Credit (virtio 1.2 §5.10.6.3): every header we send advertises `buf_alloc` =
-//! [`TX_BUF_SIZE`] and `fwd_cnt` = guest bytes actually written to the Unix stream. A guest
-//! that respects it can never have more than [`TX_BUF_SIZE`] bytes unwritten here, so the
+//! Credit (virtio 1.2 §5.10.6.3): every header we send advertises `buf_alloc` = the
+//! connection's window and `fwd_cnt` = guest bytes actually written to the Unix stream. A
+//! guest that respects it can never have more than the window's bytes unwritten here, so the
 //! buffer is bounded by construction and overflowing it means the guest ignored credit: RST.
+//! The window starts at [`TX_BUF_SIZE`]; a connection that has moved that much asks for
+//! [`BULK_WINDOW`] ([`Connection::take_window_wish`]), which the muxer grants within a budget
+//! per VM ([`Connection::grow_window`]); a window never shrinks. A bulk sender needs the bigger
+//! one: with 256 KiB in flight the guest stops for a credit update every few packets, and the
+//! guest's copies and the VMM's writes take turns instead of overlapping.
 //! In the other direction we read from the Unix stream only as much as the guest's advertised
 //! credit allows, and stop polling the stream while it is exhausted.
 //!
@@ -84,9 +89,14 @@ use super::frames::{FrameCursor, HostFrames};
 use super::packet::{op, Header, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM};
 use crate::metrics::{Metrics, METRICS};
 
-/// Guest bytes we accept before they are written to the Unix stream; also our `buf_alloc`.
+/// Guest bytes we accept before they are written to the Unix stream; also our `buf_alloc`:
+/// every connection's window to start with.
 pub const TX_BUF_SIZE: u32 = 256 * 1024;
-/// Send a CREDIT_UPDATE once this many forwarded bytes are unknown to the guest.
+/// The window of a connection that has moved [`TX_BUF_SIZE`] bytes, when the muxer's budget
+/// allows (see the module docs).
+pub const BULK_WINDOW: u32 = 1024 * 1024;
+/// Send a CREDIT_UPDATE once this many forwarded bytes (or a quarter of the window, when that
+/// is more) are unknown to the guest.
 pub const CREDIT_UPDATE_AFTER: u32 = TX_BUF_SIZE / 2;
 /// How long a host-initiated connection waits for the guest to accept, and a closing one for
 /// its buffer to drain, before it is reset.
@@ -359,8 +369,13 @@ pub struct Connection {
     peer_port: u32,
     /// Written to the stream before any guest byte: the VM hello, or the `OK <port>` line.
     prefix: Vec<u8>,
-    /// Guest bytes not yet written to the stream (≤ TX_BUF_SIZE).
+    /// Guest bytes not yet written to the stream (≤ `window`).
     tx_buf: VecDeque<u8>,
+    /// Our `buf_alloc`: [`TX_BUF_SIZE`], or [`BULK_WINDOW`] once granted.
+    window: u32,
+    /// Bytes forwarded since the window last asked to grow, and whether it asks now.
+    since_wish: u32,
+    wishes: bool,
     fwd_cnt: Wrapping<u32>,
     last_fwd_cnt_sent: Wrapping<u32>,
     /// The guest's receive buffer and how much of it it has consumed.
@@ -372,6 +387,8 @@ pub struct Connection {
     /// The stream is readable (or may be) and the guest has not been given its data yet.
     want_rw: bool,
     credit_requested: bool,
+    /// `rx_cnt` when we last asked for the guest's credit (see [`Self::asks_early`]).
+    asked_at: Wrapping<u32>,
     local_eof: bool,
     write_shut: bool,
     peer_shut: u32,
@@ -460,6 +477,9 @@ impl Connection {
             peer_port,
             prefix: Vec::new(),
             tx_buf: VecDeque::new(),
+            window: TX_BUF_SIZE,
+            since_wish: 0,
+            wishes: false,
             fwd_cnt: Wrapping(0),
             last_fwd_cnt_sent: Wrapping(0),
             peer_buf_alloc: 0,
@@ -468,6 +488,7 @@ impl Connection {
             pending: 0,
             want_rw: false,
             credit_requested: false,
+            asked_at: Wrapping(0),
             local_eof: false,
             write_shut: false,
             peer_shut: 0,
@@ -704,7 +725,33 @@ impl Connection {
     /// `n` guest bytes are done with (written, or dropped): counted for the guest's credit.
     fn forwarded(&mut self, n: usize) {
         self.fwd_cnt += Wrapping(n as u32);
-        if (self.fwd_cnt - self.last_fwd_cnt_sent).0 >= CREDIT_UPDATE_AFTER {
+        if (self.fwd_cnt - self.last_fwd_cnt_sent).0 >= (self.window / 4).max(CREDIT_UPDATE_AFTER) {
+            self.pending |= pending::CREDIT_UPDATE;
+        }
+        if self.window < BULK_WINDOW {
+            self.since_wish = self.since_wish.saturating_add(n as u32);
+            if self.since_wish >= TX_BUF_SIZE {
+                self.since_wish = 0;
+                self.wishes = true;
+            }
+        }
+    }
+
+    /// Whether this connection asks for [`BULK_WINDOW`] now (asked once per [`TX_BUF_SIZE`]
+    /// bytes moved while it has the small one).
+    pub fn take_window_wish(&mut self) -> bool {
+        std::mem::take(&mut self.wishes)
+    }
+
+    /// Whether it has [`BULK_WINDOW`].
+    pub fn has_bulk_window(&self) -> bool {
+        self.window == BULK_WINDOW
+    }
+
+    /// Grants [`BULK_WINDOW`]; the guest learns it from a credit update sent at once.
+    pub fn grow_window(&mut self) {
+        self.window = BULK_WINDOW;
+        if self.state == State::Established {
             self.pending |= pending::CREDIT_UPDATE;
         }
     }
@@ -1013,7 +1060,7 @@ impl Connection {
             || !self.prefix.is_empty()
             || self.gate != Gate::Open
             || self.peer_shut & SHUTDOWN_SEND != 0
-            || data.len() > TX_BUF_SIZE as usize
+            || data.len() > self.window as usize
             || self.host_gone()
             // A UDP server's frames are counted on the copying path (and a first packet larger
             // than a request kept, which may start a UDP server's first datagram, takes it).
@@ -1061,7 +1108,7 @@ impl Connection {
             self.reset();
             return;
         }
-        if self.tx_buf.len() + data.len() > TX_BUF_SIZE as usize {
+        if self.tx_buf.len() + data.len() > self.window as usize {
             // More than the credit we gave: the guest ignored it.
             self.reset();
             return;
@@ -1261,7 +1308,7 @@ impl Connection {
             type_: TYPE_STREAM,
             op,
             flags: 0,
-            buf_alloc: TX_BUF_SIZE,
+            buf_alloc: self.window,
             fwd_cnt: self.fwd_cnt.0,
         }
     }
@@ -1274,6 +1321,19 @@ impl Connection {
         self.last_fwd_cnt_sent = Wrapping(h.fwd_cnt);
         self.pending &= !pending::CREDIT_UPDATE;
         Some(h)
+    }
+
+    /// Whether to ask the guest for its credit before it runs out: under half its buffer left
+    /// (none left: the request of [`Self::next_pkt`]'s own), and a quarter of it sent since we
+    /// last asked. Linux reports what its reader consumed
+    /// only once less than 64 KiB of its buffer would be left unreported, so without asking
+    /// we would read the socket to the last byte of credit and then wait for the report's
+    /// round trip; asked, the guest answers at once with what its reader has taken so far.
+    /// Never more than one request per quarter buffer of data: a guest whose reader has
+    /// stopped is asked no more once the credit is gone.
+    fn asks_early(&self, credit: u32) -> bool {
+        let quarter = self.peer_buf_alloc / 4;
+        credit > 0 && credit < 2 * quarter && (self.rx_cnt - self.asked_at).0 >= quarter
     }
 
     /// The header of an RW packet of `n` bytes for the guest, counted as sent.
@@ -1319,9 +1379,14 @@ impl Connection {
         }
         if self.state == State::Established && self.want_rw && !self.local_eof {
             let credit = self.peer_credit();
+            if self.asks_early(credit) {
+                self.asked_at = self.rx_cnt;
+                return Some(self.header(op::CREDIT_REQUEST));
+            }
             if credit == 0 {
                 if !self.credit_requested {
                     self.credit_requested = true;
+                    self.asked_at = self.rx_cnt;
                     return Some(self.header(op::CREDIT_REQUEST));
                 }
             } else {

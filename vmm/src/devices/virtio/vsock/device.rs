@@ -9,11 +9,17 @@
 //! muxer has something to say, the payload read from the stream straight into the chains' data
 //! buffers, up to [`RX_BATCH`] chains with one receive; chains it cannot use now are put back.
 //!
+//! What a TX packet gives the guest to hear (a credit update above all: the guest's sender
+//! may be waiting for it) goes into RX chains, with an interrupt, before the next TX chain is
+//! taken, not after the whole batch: the guest fills its next packets while this thread
+//! writes the rest of the batch.
+//!
 //! Each call handles at most [`CHAINS_PER_EVENT`] chains of a queue, so a guest that refills a
 //! queue as fast as it is served cannot keep the event thread (and the console, and other
 //! devices) to itself; [`VsockDevice::take_leftover`] tells the handler to come back.
 
 use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use virtio_vsock::packet::{VsockPacket, PKT_HEADER_SIZE};
@@ -73,12 +79,28 @@ impl VsockDevice {
 
     /// Consumes every TX chain; true if the used ring changed.
     pub fn process_tx(&mut self) -> bool {
-        let Some(q) = self.queues.get_mut(TX_QUEUE) else {
+        if self.queues.get(TX_QUEUE).is_none() {
             return false;
-        };
+        }
         let mut used = false;
         let mut budget = CHAINS_PER_EVENT;
-        while let Some(mut chain) = q.pop_descriptor_chain(&self.mem) {
+        loop {
+            if used
+                && self.muxer.has_pending_rx()
+                && self.queues[TX_QUEUE]
+                    .avail_idx(&self.mem, Ordering::Acquire)
+                    .is_ok_and(|a| a.0 != self.queues[TX_QUEUE].next_avail())
+                && self.process_rx()
+            {
+                // Early, with the TX chains used so far, since more follow (see the module
+                // docs).
+                self.signal_used();
+                used = false;
+            }
+            let q = &mut self.queues[TX_QUEUE];
+            let Some(mut chain) = q.pop_descriptor_chain(&self.mem) else {
+                break;
+            };
             if budget == 0 {
                 q.go_to_previous_position();
                 self.leftover.0 = true;

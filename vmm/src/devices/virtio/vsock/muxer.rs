@@ -75,6 +75,10 @@ use crate::metrics::{Metrics, METRICS};
 
 /// Connections at once (Firecracker's limit); further requests get RST.
 pub const MAX_CONNECTIONS: usize = 1023;
+/// Connections that may have [`BULK_WINDOW`](super::connection::BULK_WINDOW) at once: what a guest can make this VMM buffer
+/// stays within `MAX_CONNECTIONS × TX_BUF_SIZE` + this × (`BULK_WINDOW` − `TX_BUF_SIZE`),
+/// 256 MiB + 48 MiB, against 1 GiB if every connection could have it.
+pub const BULK_WINDOWS: usize = 64;
 /// Host connections still sending their `CONNECT` line.
 pub const MAX_HANDSHAKES: usize = 64;
 /// RSTs for unroutable packets waiting for RX buffers; more are dropped.
@@ -763,6 +767,17 @@ impl Muxer {
             self.conns.remove(&key);
             return;
         }
+        if conn.take_window_wish() {
+            let granted = self.conns.values().filter(|c| c.has_bulk_window()).count();
+            if granted < BULK_WINDOWS {
+                if let Some(conn) = self.conns.get_mut(&key) {
+                    conn.grow_window();
+                }
+            }
+        }
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
         if let Some(old) = conn.take_swapped_from() {
             // Bridged to a passed socket now: the host.sock stream (kept open as the control
             // stream) is no longer watched; the socket is, from here on.

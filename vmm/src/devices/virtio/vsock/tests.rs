@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use shared_proto::outsource::{ToHost, VmHello};
 
-use super::connection::{CREDIT_UPDATE_AFTER, TX_BUF_SIZE};
+use super::connection::{BULK_WINDOW, CREDIT_UPDATE_AFTER, TX_BUF_SIZE};
 use super::device::VsockDevice;
 use super::fuzz::{activated_device, fuzz_one, FakeGuest};
 use super::packet::{op, Header, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM};
@@ -287,6 +287,81 @@ fn credit_exhaustion_stops_reading_until_the_guest_updates() {
     );
     let got = rig.recv(1);
     assert_eq!((got[0].0.op, got[0].1.len()), (op::RW, 100));
+}
+
+#[test]
+fn the_guest_is_asked_for_credit_early_but_not_again_while_its_reader_stops() {
+    let mut rig = Rig::new();
+    let mut host = rig.connect();
+    // The guest has 1000 bytes of receive buffer.
+    let base = rig.hdr(op::CREDIT_UPDATE);
+    let update = |fwd_cnt| Header {
+        buf_alloc: 1000,
+        fwd_cnt,
+        ..base
+    };
+    rig.send(update(0), &[]);
+    // 600 bytes sent: 400 left (under half), a quarter or more sent since asking: asked now,
+    // with credit left.
+    host.write_all(&[7u8; 600]).expect("write");
+    let got = rig.recv(2);
+    assert_eq!((got[0].0.op, got[0].1.len()), (op::RW, 600));
+    assert_eq!(got[1].0.op, op::CREDIT_REQUEST);
+    // The guest's reader has taken nothing yet: the rest of the credit, then the one request
+    // for credit at zero.
+    rig.send(update(0), &[]);
+    host.write_all(&[7u8; 1000]).expect("write");
+    let got = rig.recv(2);
+    assert_eq!((got[0].0.op, got[0].1.len()), (op::RW, 400));
+    assert_eq!(got[1].0.op, op::CREDIT_REQUEST);
+    // Its reader has stopped: answers without progress are asked nothing more.
+    rig.send(update(0), &[]);
+    rig.send(update(0), &[]);
+    let more = rig.recv(1);
+    assert!(more.is_empty(), "{more:?}");
+    // It took 300 bytes: 300 more come (and, with half the buffer or more still unread, no
+    // early request).
+    rig.send(update(300), &[]);
+    let got = rig.recv(2);
+    assert_eq!((got[0].0.op, got[0].1.len()), (op::RW, 300));
+    assert_eq!(got[1].0.op, op::CREDIT_REQUEST, "at zero again");
+    assert_eq!(got.len(), 2);
+}
+
+#[test]
+fn a_connection_that_moved_a_window_gets_the_bulk_window() {
+    let mut rig = Rig::new();
+    let mut host = rig.connect();
+    let reader = std::thread::spawn(move || {
+        let mut total = 0usize;
+        let mut b = vec![0u8; 65536];
+        while total < TX_BUF_SIZE as usize {
+            total += host.read(&mut b).expect("read");
+        }
+        host
+    });
+    // Within the starting window's credit, as the guest would.
+    let chunk = vec![1u8; 32 * 1024];
+    let mut sent = 0;
+    let mut seen = Vec::new();
+    while sent < TX_BUF_SIZE as usize {
+        rig.send(rig.hdr(op::RW), &chunk);
+        sent += chunk.len();
+        seen.extend(rig.recv(1));
+    }
+    let _host = reader.join().expect("reader");
+    seen.extend(rig.recv(1));
+    let windows: Vec<u32> = seen.iter().map(|(h, _)| h.buf_alloc).collect();
+    assert_eq!(windows.first(), Some(&TX_BUF_SIZE), "{windows:?}");
+    assert_eq!(windows.last(), Some(&BULK_WINDOW), "{windows:?}");
+    assert!(rig.conn().has_bulk_window());
+    // The guest may now have BULK_WINDOW bytes unwritten here: more than the starting window
+    // is taken, not reset.
+    let chunk = vec![2u8; 64 * 1024];
+    for _ in 0..(TX_BUF_SIZE as usize / chunk.len() + 2) {
+        rig.send(rig.hdr(op::RW), &chunk);
+    }
+    assert!(rig.dev.muxer().connection(HOST_PORT, GUEST_PORT).is_some());
 }
 
 #[test]

@@ -793,8 +793,9 @@ fn kill_9_of_each_daemon_under_load_keeps_mappings_loses_nothing_silently_and_le
         db.len()
     );
 
-    // Idle again: descriptors back to the baseline, and no pin left (the database's pins
-    // column is written with dns-cache's next batch: waited for).
+    // Idle again: descriptors back to the baseline, and no pin left (host-server keeps a
+    // dummy's pin up to 7.5 s after its last connection, and the database's pins column is
+    // written with dns-cache's next batch: waited for).
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let (d, h) = (fds(s.dns_pid()), fds(s.host_pid()));

@@ -134,6 +134,8 @@ pub enum PinAction {
 struct PinState {
     users: u32,
     remote: bool,
+    /// No user since then, the remote pin kept for [`PinTable::new`]'s linger.
+    idle_since: Option<Instant>,
     /// A Pin was sent and its answer has not come: the entry stays (even with no user) until it
     /// does, so that a new first user does not send a second Pin, which dns-cache would count
     /// as a second pin that one Unpin never gives back.
@@ -141,16 +143,33 @@ struct PinState {
 }
 
 /// Local pin counts per dummy.
+///
+/// A remote pin whose last local user has gone is kept for the table's linger before its
+/// Unpin is due ([`PinTable::expire`]): a program that connects to one name again and again,
+/// one connection at a time, would otherwise cost dns-cache a Pin and an Unpin (and its
+/// database a pin count written twice) per connection. Keeping a mapping pinned a few seconds
+/// longer only delays its recycling.
 #[derive(Debug, Default)]
 pub struct PinTable {
     pins: HashMap<Ipv4Addr, PinState>,
+    linger: Duration,
 }
 
 impl PinTable {
+    /// A table whose remote pins outlive their last user by `linger`.
+    #[must_use]
+    pub fn new(linger: Duration) -> Self {
+        Self {
+            pins: HashMap::new(),
+            linger,
+        }
+    }
+
     /// One more connection uses `dummy`.
     pub fn pin(&mut self, dummy: Ipv4Addr) -> PinAction {
         let st = self.pins.entry(dummy).or_default();
         st.users += 1;
+        st.idle_since = None;
         if st.users == 1 && !st.remote && !st.pending {
             st.pending = true;
             PinAction::Pin
@@ -159,14 +178,21 @@ impl PinTable {
         }
     }
 
-    /// dns-cache confirmed (or, `false`, failed) the pin sent for `dummy`. If every user left
-    /// while the Pin was in flight, the answer is Unpin straight away.
-    pub fn remote_pinned(&mut self, dummy: Ipv4Addr, ok: bool) -> PinAction {
+    /// dns-cache confirmed (or, `false`, failed) the pin sent for `dummy`, at `now`. If every
+    /// user left while the Pin was in flight, the pin lingers from now (Unpin straight away
+    /// without a linger).
+    pub fn remote_pinned(&mut self, dummy: Ipv4Addr, ok: bool, now: Instant) -> PinAction {
+        let linger = self.linger;
         match self.pins.get_mut(&dummy) {
             Some(st) => {
                 st.pending = false;
                 if st.users > 0 {
                     st.remote = ok;
+                    return PinAction::None;
+                }
+                if ok && !linger.is_zero() {
+                    st.remote = true;
+                    st.idle_since = Some(now);
                     return PinAction::None;
                 }
                 self.pins.remove(&dummy);
@@ -181,14 +207,19 @@ impl PinTable {
         }
     }
 
-    /// A connection using `dummy` closed.
-    pub fn unpin(&mut self, dummy: Ipv4Addr) -> PinAction {
+    /// A connection using `dummy` closed, at `now`.
+    pub fn unpin(&mut self, dummy: Ipv4Addr, now: Instant) -> PinAction {
+        let linger = self.linger;
         let Some(st) = self.pins.get_mut(&dummy) else {
             return PinAction::None;
         };
         st.users = st.users.saturating_sub(1);
         if st.users > 0 || st.pending {
             // Still used, or the Pin's answer decides (see `remote_pinned`).
+            return PinAction::None;
+        }
+        if st.remote && !linger.is_zero() {
+            st.idle_since = Some(now);
             return PinAction::None;
         }
         let remote = st.remote;
@@ -198,6 +229,26 @@ impl PinTable {
         } else {
             PinAction::None
         }
+    }
+
+    /// The dummies whose remote pins have lingered unused for the linger at `now`: each is
+    /// forgotten here and is owed one Unpin.
+    pub fn expire(&mut self, now: Instant) -> Vec<Ipv4Addr> {
+        let linger = self.linger;
+        let due: Vec<Ipv4Addr> = self
+            .pins
+            .iter()
+            .filter(|(_, st)| {
+                st.users == 0
+                    && !st.pending
+                    && st.idle_since.is_some_and(|t| now.saturating_duration_since(t) >= linger)
+            })
+            .map(|(d, _)| *d)
+            .collect();
+        for d in &due {
+            self.pins.remove(d);
+        }
+        due
     }
 
     /// Local users of `dummy`.
@@ -214,6 +265,10 @@ mod tests {
     const D1: Ipv4Addr = Ipv4Addr::new(10, 170, 160, 2);
     const D2: Ipv4Addr = Ipv4Addr::new(10, 170, 160, 3);
     const V1: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x64, 0, 0, 0, 0, 0, 0xe);
+    /// Tables without a linger take no notice of the time.
+    fn now() -> Instant {
+        Instant::now()
+    }
 
     #[test]
     fn cache_expires_and_stays_bounded() {
@@ -250,25 +305,55 @@ mod tests {
         let mut t = PinTable::default();
         assert_eq!(t.pin(D1), PinAction::Pin);
         assert_eq!(t.pin(D1), PinAction::None);
-        assert_eq!(t.remote_pinned(D1, true), PinAction::None);
-        assert_eq!(t.unpin(D1), PinAction::None);
+        assert_eq!(t.remote_pinned(D1, true, now()), PinAction::None);
+        assert_eq!(t.unpin(D1, now()), PinAction::None);
         assert_eq!(t.users(D1), 1);
-        assert_eq!(t.unpin(D1), PinAction::Unpin);
-        assert_eq!(t.unpin(D1), PinAction::None);
+        assert_eq!(t.unpin(D1, now()), PinAction::Unpin);
+        assert_eq!(t.unpin(D1, now()), PinAction::None);
+    }
+
+    #[test]
+    fn a_pin_lingers_after_its_last_user_then_is_owed_one_unpin() {
+        let linger = Duration::from_secs(10);
+        let t0 = Instant::now();
+        let mut t = PinTable::new(linger);
+        assert_eq!(t.pin(D1), PinAction::Pin);
+        assert_eq!(t.remote_pinned(D1, true, t0), PinAction::None);
+        // The last user leaves: no Unpin yet.
+        assert_eq!(t.unpin(D1, t0), PinAction::None);
+        assert!(t.expire(t0 + linger / 2).is_empty());
+        // A new user within the linger takes the kept pin: no second Pin.
+        assert_eq!(t.pin(D1), PinAction::None);
+        assert_eq!(t.unpin(D1, t0 + linger / 2), PinAction::None);
+        // Not due until a whole linger after that last user.
+        assert!(t.expire(t0 + linger).is_empty());
+        assert_eq!(t.expire(t0 + linger / 2 + linger), vec![D1]);
+        assert!(t.expire(t0 + 3 * linger).is_empty(), "owed once");
+        // Forgotten: the next user pins again.
+        assert_eq!(t.pin(D1), PinAction::Pin);
+        // A Pin answered after its only user left lingers too; a failed one is simply gone.
+        assert_eq!(t.unpin(D1, t0), PinAction::None);
+        assert_eq!(t.remote_pinned(D1, true, t0), PinAction::None);
+        assert_eq!(t.expire(t0 + linger), vec![D1]);
+        assert_eq!(t.pin(D2), PinAction::Pin);
+        assert_eq!(t.unpin(D2, t0), PinAction::None);
+        assert_eq!(t.remote_pinned(D2, false, t0), PinAction::None);
+        assert!(t.expire(t0 + linger).is_empty());
+        assert_eq!(t.users(D2), 0);
     }
 
     #[test]
     fn failed_or_late_pins() {
         let mut t = PinTable::default();
         assert_eq!(t.pin(D1), PinAction::Pin);
-        assert_eq!(t.remote_pinned(D1, false), PinAction::None);
+        assert_eq!(t.remote_pinned(D1, false, now()), PinAction::None);
         // The remote pin never held, so nothing to undo.
-        assert_eq!(t.unpin(D1), PinAction::None);
+        assert_eq!(t.unpin(D1, now()), PinAction::None);
 
         assert_eq!(t.pin(D2), PinAction::Pin);
-        assert_eq!(t.unpin(D2), PinAction::None);
+        assert_eq!(t.unpin(D2, now()), PinAction::None);
         // The Pin answer arrives after the last user left: undo it.
-        assert_eq!(t.remote_pinned(D2, true), PinAction::Unpin);
+        assert_eq!(t.remote_pinned(D2, true, now()), PinAction::Unpin);
         assert_eq!(t.users(D2), 0);
     }
 
@@ -292,14 +377,14 @@ mod tests {
         let mut t = PinTable::default();
         let a = [
             t.pin(D1),
-            t.unpin(D1),
+            t.unpin(D1, now()),
             t.pin(D1),
-            t.unpin(D1),
+            t.unpin(D1, now()),
             t.pin(D1),
-            t.remote_pinned(D1, true),
+            t.remote_pinned(D1, true, now()),
         ];
         assert_eq!(t.users(D1), 1);
-        let b = [t.unpin(D1)];
+        let b = [t.unpin(D1, now())];
         assert_eq!(
             net(&a) + net(&b),
             0,
@@ -310,16 +395,16 @@ mod tests {
         // The same with the last user gone before the answer: the answer undoes it.
         let c = [
             t.pin(D2),
-            t.unpin(D2),
+            t.unpin(D2, now()),
             t.pin(D2),
-            t.unpin(D2),
-            t.remote_pinned(D2, true),
+            t.unpin(D2, now()),
+            t.remote_pinned(D2, true, now()),
         ];
         assert_eq!(net(&c), 0);
         // A failed Pin with a user left: the next first user tries again.
         t.pin(D1);
-        t.remote_pinned(D1, false);
-        t.unpin(D1);
+        t.remote_pinned(D1, false, now());
+        t.unpin(D1, now());
         assert_eq!(t.pin(D1), PinAction::Pin);
     }
 }

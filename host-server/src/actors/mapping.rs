@@ -89,7 +89,7 @@ impl MappingActor {
     ) -> Self {
         Self {
             cache,
-            pins: PinTable::default(),
+            pins: PinTable::new(PIN_LINGER),
             client,
             database: Arc::new(s.database.clone()),
             timeout: s.lookup_timeout,
@@ -108,8 +108,22 @@ impl MappingActor {
     }
 }
 
+/// How long a dummy's remote pin outlives its last connection (see [`PinTable`]), and how often
+/// the lingering ones are looked at: an Unpin goes out between one and one and a half lingers
+/// after the last connection closed.
+pub const PIN_LINGER: Duration = Duration::from_secs(5);
+const PIN_SWEEP: Duration = Duration::from_millis(2500);
+
 impl Actor for MappingActor {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.run_interval(PIN_SWEEP, |act, _| {
+            for dummy in act.pins.expire(Instant::now()) {
+                act.send_unpin(dummy);
+            }
+        });
+    }
 }
 
 impl Handler<Resolve> for MappingActor {
@@ -202,7 +216,7 @@ impl Handler<PinAnswered> for MappingActor {
     type Result = ();
 
     fn handle(&mut self, PinAnswered(dummy, ok): PinAnswered, _: &mut Context<Self>) {
-        if self.pins.remote_pinned(dummy, ok) == PinAction::Unpin {
+        if self.pins.remote_pinned(dummy, ok, Instant::now()) == PinAction::Unpin {
             self.send_unpin(dummy);
         }
     }
@@ -212,7 +226,7 @@ impl Handler<Unpin> for MappingActor {
     type Result = ();
 
     fn handle(&mut self, Unpin(dummy): Unpin, _: &mut Context<Self>) {
-        if self.pins.unpin(dummy) == PinAction::Unpin {
+        if self.pins.unpin(dummy, Instant::now()) == PinAction::Unpin {
             self.send_unpin(dummy);
         }
     }

@@ -17,7 +17,7 @@ pub use crate::actors::mapping::{MappingHandle, PinGuard};
 pub use crate::actors::metrics::MetricsHandle;
 
 use crate::actors::acceptor::{Acceptor, Drain};
-use crate::actors::mapping::MappingActor;
+use crate::actors::mapping::{shared_pins, MappingActor};
 use crate::actors::metrics::MetricsActor;
 use crate::config::Settings;
 use crate::context::Shared;
@@ -94,18 +94,21 @@ pub async fn start(settings: Settings) -> Result<ServerHandle, ServerError> {
         settings.mapping_cache_ttl,
         settings.mapping_cache_entries,
     ));
+    let pins = shared_pins();
     let mapping = MappingHandle::new(
         MappingActor::start_in_arbiter(&control.handle(), {
             let s = Arc::clone(&settings);
             let metrics = metrics.clone();
             let cache = cache.clone();
+            let pins = Arc::clone(&pins);
             // The closure runs on the control arbiter, so the client task lives there too.
             move |_| {
                 let client = LookupClient::spawn(s.dns_socket.clone());
-                MappingActor::new(&s, cache, client, metrics)
+                MappingActor::new(&s, cache, pins, client, metrics)
             }
         }),
         cache,
+        pins,
     );
     let metrics_addr = match settings.metrics_listen {
         Some(addr) => Some(

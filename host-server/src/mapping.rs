@@ -241,7 +241,9 @@ impl PinTable {
             .filter(|(_, st)| {
                 st.users == 0
                     && !st.pending
-                    && st.idle_since.is_some_and(|t| now.saturating_duration_since(t) >= linger)
+                    && st
+                        .idle_since
+                        .is_some_and(|t| now.saturating_duration_since(t) >= linger)
             })
             .map(|(d, _)| *d)
             .collect();

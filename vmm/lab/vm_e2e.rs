@@ -29,7 +29,7 @@ use crate::vm_world::{self, IPERF_PORT, WHOAMI_PORT};
 use crate::{Driver, Run, RunOpts};
 
 /// The checks this group reports, in order.
-pub const NAMES: [&str; 27] = [
+pub const NAMES: [&str; 28] = [
     "vm-boot",
     "vm-curl",
     "vm-wget",
@@ -44,6 +44,7 @@ pub const NAMES: [&str; 27] = [
     "vm-kdig",
     "vm-dig",
     "vm-python3",
+    "vm-vsock-buffer",
     "vm-high-fds",
     "vm-big-md5",
     "vm-iperf3",
@@ -144,6 +145,7 @@ A=$(dig +short +time=5 +tries=2 $V6 A); echo DIG-CONF-RC=$? DIG-CONF=$A
 A=$(dig +short +tcp +time=5 +tries=2 $V6 A); echo DIG-CONF-TCP-RC=$? DIG-CONF-TCP=$A
 curl -4 -sS -m 30 -o /tmp/py-clients.py http://$V6/py-clients.py
 python3 /tmp/py-clients.py $ECHO > /tmp/py.out 2>&1; echo PY-RC=$?; sed 's/^/PY /' /tmp/py.out
+echo VSOCKBUF=$(python3 -c "import socket,struct,sys;s=socket.create_connection((sys.argv[1],7));print(struct.unpack('Q',s.getsockopt(40,0,8))[0])" $ECHO 2>&1 | tail -1)
 echo HIGHFD-START
 for p in high_fds close_range; do curl -4 -sS -m 30 -o /tmp/$p http://$V6/$p && chmod 755 /tmp/$p; done
 timeout 120 /tmp/high_fds $ECHO >/tmp/hf.out 2>/tmp/hf.err; echo HIGHFD-RC=$?
@@ -952,6 +954,19 @@ fn judge(
         py_rc.as_deref() == Some("0") && py_out == programs::PY_CLIENTS_OUTPUT,
         &format!(
             "python3 clients by name (blocking TCP, asyncio, UDP unconnected and connected): exit {py_rc:?}, output {py_out:?}"
+        ),
+    );
+    // The program's connected socket is liboutsock's vsock stream: its receive buffer
+    // (SO_VM_SOCKETS_BUFFER_SIZE, level AF_VSOCK), the credit the VMM may use, is what
+    // liboutsock asked for, not Linux's 256 KiB.
+    let vsock_buf = marker("VSOCKBUF=");
+    d.report(
+        "vm-vsock-buffer",
+        vsock_buf.as_deref()
+            == Some(shared_proto::translate::VSOCK_BUFFER_SIZE.to_string().as_str()),
+        &format!(
+            "a python3 client's connected socket in the guest (a vsock stream) has a receive buffer of {vsock_buf:?} bytes (want {})",
+            shared_proto::translate::VSOCK_BUFFER_SIZE
         ),
     );
     high_fds(d, run);

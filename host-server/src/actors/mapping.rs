@@ -1,11 +1,14 @@
 //! The mapping actor: the only writer of the dummy ↔ IPv6 cache (which sessions read directly,
 //! see [`SharedCache`]), owns the local pin counts, asks dns-cache on a miss, and falls back to
 //! the SQLite file (on the blocking pool) when dns-cache is down. [`MappingHandle`] is how the
-//! rest of the crate asks it: it answers from the cache without a message when it can.
+//! rest of the crate asks it: it answers from the cache without a message when it can, and
+//! counts pins in the shared [`PinTable`] itself, messaging the actor only when dns-cache must
+//! be told (the first local user of a dummy; an Unpin comes from the actor's sweep once the
+//! pin has lingered unused): a connection costs the actor's thread no wake-up.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -44,15 +47,29 @@ pub struct Resolve(pub Ipv4Addr);
 #[rtype(result = "Result<Ipv4Addr, MapError>")]
 pub struct PeerDummy(pub Ipv6Addr);
 
-/// A connection starts using a dummy.
+/// A dummy's first local user: pin it with dns-cache.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct Pin(pub Ipv4Addr);
 
-/// A connection stopped using a dummy.
+/// A dummy's remote pin is no longer wanted: unpin it with dns-cache.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct Unpin(pub Ipv4Addr);
+
+/// The local pin counts, shared by the actor and every [`MappingHandle`].
+pub type SharedPins = Arc<Mutex<PinTable>>;
+
+/// A new [`SharedPins`] whose pins linger [`PIN_LINGER`].
+#[must_use]
+pub fn shared_pins() -> SharedPins {
+    Arc::new(Mutex::new(PinTable::new(PIN_LINGER)))
+}
+
+fn lock(pins: &SharedPins) -> MutexGuard<'_, PinTable> {
+    // Every PinTable method leaves it consistent before it could panic.
+    pins.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// Internal: dns-cache's answer to a Pin.
 #[derive(Debug, Message)]
@@ -62,7 +79,7 @@ struct PinAnswered(Ipv4Addr, bool);
 /// The actor. The lookup client starts with the actor, on its arbiter.
 pub struct MappingActor {
     cache: SharedCache,
-    pins: PinTable,
+    pins: SharedPins,
     client: LookupClient,
     database: Arc<PathBuf>,
     timeout: Duration,
@@ -84,12 +101,13 @@ impl MappingActor {
     pub fn new(
         s: &crate::config::Settings,
         cache: SharedCache,
+        pins: SharedPins,
         client: LookupClient,
         metrics: MetricsHandle,
     ) -> Self {
         Self {
             cache,
-            pins: PinTable::new(PIN_LINGER),
+            pins,
             client,
             database: Arc::new(s.database.clone()),
             timeout: s.lookup_timeout,
@@ -119,7 +137,8 @@ impl Actor for MappingActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.run_interval(PIN_SWEEP, |act, _| {
-            for dummy in act.pins.expire(Instant::now()) {
+            let due = lock(&act.pins).expire(Instant::now());
+            for dummy in due {
                 act.send_unpin(dummy);
             }
         });
@@ -196,9 +215,6 @@ impl Handler<Pin> for MappingActor {
     type Result = ();
 
     fn handle(&mut self, Pin(dummy): Pin, ctx: &mut Context<Self>) {
-        if self.pins.pin(dummy) != PinAction::Pin {
-            return;
-        }
         let client = self.client.clone();
         let t = self.timeout;
         let me = ctx.address();
@@ -216,7 +232,8 @@ impl Handler<PinAnswered> for MappingActor {
     type Result = ();
 
     fn handle(&mut self, PinAnswered(dummy, ok): PinAnswered, _: &mut Context<Self>) {
-        if self.pins.remote_pinned(dummy, ok, Instant::now()) == PinAction::Unpin {
+        let action = lock(&self.pins).remote_pinned(dummy, ok, Instant::now());
+        if action == PinAction::Unpin {
             self.send_unpin(dummy);
         }
     }
@@ -226,9 +243,7 @@ impl Handler<Unpin> for MappingActor {
     type Result = ();
 
     fn handle(&mut self, Unpin(dummy): Unpin, _: &mut Context<Self>) {
-        if self.pins.unpin(dummy, Instant::now()) == PinAction::Unpin {
-            self.send_unpin(dummy);
-        }
+        self.send_unpin(dummy);
     }
 }
 
@@ -268,13 +283,14 @@ impl Handler<DnsQuery> for MappingActor {
 pub struct MappingHandle {
     addr: Addr<MappingActor>,
     cache: SharedCache,
+    pins: SharedPins,
 }
 
 impl MappingHandle {
-    /// The handle of a started actor; `cache` is the one the actor writes.
+    /// The handle of a started actor; `cache` is the one the actor writes, `pins` the actor's.
     #[must_use]
-    pub(crate) fn new(addr: Addr<MappingActor>, cache: SharedCache) -> Self {
-        Self { addr, cache }
+    pub(crate) fn new(addr: Addr<MappingActor>, cache: SharedCache, pins: SharedPins) -> Self {
+        Self { addr, cache, pins }
     }
 
     /// The IPv6 address behind a dummy, `None` when no mapping has it.
@@ -309,11 +325,15 @@ impl MappingHandle {
     /// Pins `dummy` until the returned guard drops.
     #[must_use]
     pub fn pin(&self, dummy: Ipv4Addr) -> PinGuard {
-        // do_send: every connection sends at most one Pin and one Unpin, so the mailbox is
-        // bounded by the socket limits, and an Unpin must never be lost to a full mailbox.
-        self.addr.do_send(Pin(dummy));
+        // do_send: a Pin goes only for a dummy's first local user and an Unpin only for a pin
+        // nobody uses, so the mailbox is bounded by the socket limits, and an Unpin must never
+        // be lost to a full mailbox.
+        if lock(&self.pins).pin(dummy) == PinAction::Pin {
+            self.addr.do_send(Pin(dummy));
+        }
         PinGuard {
             addr: self.addr.clone(),
+            pins: Arc::clone(&self.pins),
             dummy,
         }
     }
@@ -348,11 +368,15 @@ impl MappingHandle {
 #[derive(Debug)]
 pub struct PinGuard {
     addr: Addr<MappingActor>,
+    pins: SharedPins,
     dummy: Ipv4Addr,
 }
 
 impl Drop for PinGuard {
     fn drop(&mut self) {
-        self.addr.do_send(Unpin(self.dummy));
+        // With the linger, the Unpin normally comes from the actor's sweep instead.
+        if lock(&self.pins).unpin(self.dummy, Instant::now()) == PinAction::Unpin {
+            self.addr.do_send(Unpin(self.dummy));
+        }
     }
 }

@@ -365,6 +365,82 @@ fn a_connection_that_moved_a_window_gets_the_bulk_window() {
 }
 
 #[test]
+fn bulk_windows_are_granted_within_the_vms_budget() {
+    use super::muxer::BULK_WINDOWS;
+    let mut rig = Rig::new();
+    let window = TX_BUF_SIZE as usize;
+    let chunk = vec![3u8; 32 * 1024];
+    let mut readers = Vec::new();
+    // Guest ports of the connections; each moves a starting window's worth to a host side
+    // that reads everything.
+    let ports: Vec<u32> = (0..=BULK_WINDOWS as u32)
+        .map(|i| GUEST_PORT + 1 + i)
+        .collect();
+    let hdr = |rig: &Rig, port: u32, op: u16| Header {
+        src_port: port,
+        ..rig.hdr(op)
+    };
+    for &port in &ports {
+        rig.send(hdr(&rig, port, op::REQUEST), &[]);
+        let (mut s, _) = rig.host.accept().expect("the VMM connected to host.sock");
+        // The RESPONSE, after the earlier connections' credit updates.
+        let mut responded = false;
+        for _ in 0..16 {
+            responded = rig
+                .recv(1)
+                .iter()
+                .any(|(h, _)| h.op == op::RESPONSE && h.dst_port == port);
+            if responded {
+                break;
+            }
+        }
+        assert!(responded, "no RESPONSE for {port}");
+        readers.push(std::thread::spawn(move || {
+            let mut b = vec![0u8; 65536];
+            while s.read(&mut b).is_ok_and(|n| n > 0) {}
+        }));
+        for _ in 0..window / chunk.len() {
+            rig.send(hdr(&rig, port, op::RW), &chunk);
+        }
+        // Whatever the stream did not take at once goes as its reader drains it.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while rig
+            .dev
+            .muxer()
+            .connection(HOST_PORT, port)
+            .is_some_and(|c| c.tx_buffered() > 0)
+            && Instant::now() < deadline
+        {
+            rig.dev.process_backend();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    // Every one of them asked; only BULK_WINDOWS were granted, in the order they asked.
+    let bulk = |rig: &Rig, port: u32| {
+        rig.dev
+            .muxer()
+            .connection(HOST_PORT, port)
+            .expect("open")
+            .has_bulk_window()
+    };
+    let granted: Vec<bool> = ports.iter().map(|&p| bulk(&rig, p)).collect();
+    assert_eq!(granted.iter().filter(|b| **b).count(), BULK_WINDOWS);
+    assert!(!granted[BULK_WINDOWS], "the last one over the budget");
+    // One bulk connection ends: the next window's worth the last one moves gets it one.
+    rig.send(hdr(&rig, ports[0], op::RST), &[]);
+    let last = ports[BULK_WINDOWS];
+    for _ in 0..window / chunk.len() {
+        rig.send(hdr(&rig, last, op::RW), &chunk);
+    }
+    assert!(bulk(&rig, last));
+    // The host sides close: the readers end.
+    crate::devices::virtio::VirtioDevice::reset(&mut rig.dev);
+    for r in readers {
+        r.join().expect("reader");
+    }
+}
+
+#[test]
 fn forwarded_guest_bytes_earn_a_credit_update() {
     let mut rig = Rig::new();
     let mut host = rig.connect();

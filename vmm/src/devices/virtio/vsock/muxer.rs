@@ -836,11 +836,13 @@ impl Muxer {
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(_) => return,
             };
-            if n == 0 {
-                return;
-            }
             for ev in &events[..n] {
                 self.dispatch(ev.fd(), ev.event_set());
+            }
+            if n < events.len() {
+                // Nothing else was ready: no second wait that would find nothing. What became
+                // ready since makes this epoll readable to the event loop's again.
+                return;
             }
         }
     }

@@ -1,7 +1,7 @@
 //! The mapping actor: the only writer of the dummy ↔ IPv6 cache (which sessions read directly,
-//! see [`SharedCache`]), owns the local pin counts, asks dns-cache on a miss, and falls back to
-//! the SQLite file (on the blocking pool) when dns-cache is down. [`MappingHandle`] is how the
-//! rest of the crate asks it: it answers from the cache without a message when it can, and
+//! see [`SharedCache`]), tells dns-cache the pins of the shared pin table, asks it on a miss,
+//! and falls back to the SQLite file (on the blocking pool) when dns-cache is down.
+//! [`MappingHandle`] is how the rest of the crate asks it: it answers from the cache without a message when it can, and
 //! counts pins in the shared [`PinTable`] itself, messaging the actor only when dns-cache must
 //! be told (the first local user of a dummy; an Unpin comes from the actor's sweep once the
 //! pin has lingered unused): a connection costs the actor's thread no wake-up.

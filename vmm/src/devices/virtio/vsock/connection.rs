@@ -373,8 +373,7 @@ pub struct Connection {
     tx_buf: VecDeque<u8>,
     /// Our `buf_alloc`: [`TX_BUF_SIZE`], or [`BULK_WINDOW`] once granted.
     window: u32,
-    /// Bytes forwarded since the window last asked to grow, and whether it asks now.
-    since_wish: u32,
+    /// It asks for [`BULK_WINDOW`] now (see [`Self::take_window_wish`]).
     wishes: bool,
     fwd_cnt: Wrapping<u32>,
     last_fwd_cnt_sent: Wrapping<u32>,
@@ -478,7 +477,6 @@ impl Connection {
             prefix: Vec::new(),
             tx_buf: VecDeque::new(),
             window: TX_BUF_SIZE,
-            since_wish: 0,
             wishes: false,
             fwd_cnt: Wrapping(0),
             last_fwd_cnt_sent: Wrapping(0),
@@ -724,16 +722,14 @@ impl Connection {
 
     /// `n` guest bytes are done with (written, or dropped): counted for the guest's credit.
     fn forwarded(&mut self, n: usize) {
+        let before = self.fwd_cnt.0 / TX_BUF_SIZE;
         self.fwd_cnt += Wrapping(n as u32);
         if (self.fwd_cnt - self.last_fwd_cnt_sent).0 >= (self.window / 4).max(CREDIT_UPDATE_AFTER) {
             self.pending |= pending::CREDIT_UPDATE;
         }
-        if self.window < BULK_WINDOW {
-            self.since_wish = self.since_wish.saturating_add(n as u32);
-            if self.since_wish >= TX_BUF_SIZE {
-                self.since_wish = 0;
-                self.wishes = true;
-            }
+        // Another TX_BUF_SIZE moved (2^32 is a multiple of it, so the wrap counts too).
+        if self.window < BULK_WINDOW && self.fwd_cnt.0 / TX_BUF_SIZE != before {
+            self.wishes = true;
         }
     }
 
@@ -1325,12 +1321,12 @@ impl Connection {
 
     /// Whether to ask the guest for its credit before it runs out: under half its buffer left
     /// (none left: the request of [`Self::next_pkt`]'s own), and a quarter of it sent since we
-    /// last asked. Linux reports what its reader consumed
-    /// only once less than 64 KiB of its buffer would be left unreported, so without asking
-    /// we would read the socket to the last byte of credit and then wait for the report's
-    /// round trip; asked, the guest answers at once with what its reader has taken so far.
-    /// Never more than one request per quarter buffer of data: a guest whose reader has
-    /// stopped is asked no more once the credit is gone.
+    /// last asked. Linux reports what its reader consumed only once less than 64 KiB of its
+    /// buffer would be left unreported, so without asking we would read the socket to the last
+    /// byte of credit and then wait for the report's round trip; asked, the guest answers at
+    /// once with what its reader has taken so far. Never more than one request per quarter
+    /// buffer of data: a guest whose reader has stopped is asked no more once the credit is
+    /// gone.
     fn asks_early(&self, credit: u32) -> bool {
         let quarter = self.peer_buf_alloc / 4;
         credit > 0 && credit < 2 * quarter && (self.rx_cnt - self.asked_at).0 >= quarter

@@ -75,9 +75,10 @@ use crate::metrics::{Metrics, METRICS};
 
 /// Connections at once (Firecracker's limit); further requests get RST.
 pub const MAX_CONNECTIONS: usize = 1023;
-/// Connections that may have [`BULK_WINDOW`](super::connection::BULK_WINDOW) at once: what a guest can make this VMM buffer
-/// stays within `MAX_CONNECTIONS × TX_BUF_SIZE` + this × (`BULK_WINDOW` − `TX_BUF_SIZE`),
-/// 256 MiB + 48 MiB, against 1 GiB if every connection could have it.
+/// Connections that may have [`BULK_WINDOW`](super::connection::BULK_WINDOW) at once: what a
+/// guest can make this VMM buffer stays within `MAX_CONNECTIONS × TX_BUF_SIZE` + this ×
+/// (`BULK_WINDOW` − `TX_BUF_SIZE`), 256 MiB + 48 MiB, against 1 GiB if every connection could
+/// have it.
 pub const BULK_WINDOWS: usize = 64;
 /// Host connections still sending their `CONNECT` line.
 pub const MAX_HANDSHAKES: usize = 64;

@@ -149,6 +149,18 @@ impl Rig {
     }
 }
 
+/// host-server's end read on a thread until at least `n` bytes came: the count and the stream.
+fn read_at_least(mut host: UnixStream, n: usize) -> std::thread::JoinHandle<(usize, UnixStream)> {
+    std::thread::spawn(move || {
+        let mut total = 0usize;
+        let mut b = vec![0u8; 65536];
+        while total < n {
+            total += host.read(&mut b).expect("read");
+        }
+        (total, host)
+    })
+}
+
 fn read_frame(s: &mut UnixStream) -> ToHost {
     let mut head = vec![0u8; shared_proto::frame::HEADER_LEN];
     s.read_exact(&mut head).expect("frame header");
@@ -331,15 +343,8 @@ fn the_guest_is_asked_for_credit_early_but_not_again_while_its_reader_stops() {
 #[test]
 fn a_connection_that_moved_a_window_gets_the_bulk_window() {
     let mut rig = Rig::new();
-    let mut host = rig.connect();
-    let reader = std::thread::spawn(move || {
-        let mut total = 0usize;
-        let mut b = vec![0u8; 65536];
-        while total < TX_BUF_SIZE as usize {
-            total += host.read(&mut b).expect("read");
-        }
-        host
-    });
+    let host = rig.connect();
+    let reader = read_at_least(host, TX_BUF_SIZE as usize);
     // Within the starting window's credit, as the guest would.
     let chunk = vec![1u8; 32 * 1024];
     let mut sent = 0;
@@ -349,7 +354,7 @@ fn a_connection_that_moved_a_window_gets_the_bulk_window() {
         sent += chunk.len();
         seen.extend(rig.recv(1));
     }
-    let _host = reader.join().expect("reader");
+    let (_, _host) = reader.join().expect("reader");
     seen.extend(rig.recv(1));
     let windows: Vec<u32> = seen.iter().map(|(h, _)| h.buf_alloc).collect();
     assert_eq!(windows.first(), Some(&TX_BUF_SIZE), "{windows:?}");
@@ -445,15 +450,8 @@ fn bulk_windows_are_granted_within_the_vms_budget() {
 #[test]
 fn forwarded_guest_bytes_earn_a_credit_update() {
     let mut rig = Rig::new();
-    let mut host = rig.connect();
-    let reader = std::thread::spawn(move || {
-        let mut total = 0usize;
-        let mut b = vec![0u8; 65536];
-        while total < CREDIT_UPDATE_AFTER as usize {
-            total += host.read(&mut b).expect("read");
-        }
-        (total, host)
-    });
+    let host = rig.connect();
+    let reader = read_at_least(host, CREDIT_UPDATE_AFTER as usize);
     let chunk = vec![1u8; 32 * 1024];
     let mut sent = 0;
     while sent < CREDIT_UPDATE_AFTER as usize {

@@ -161,10 +161,12 @@ fn run(who: u8, mut rest: &[u8]) {
             };
             let mut reader = FrameReader::new();
             let mut passed = None;
-            if let Ok(opened) = read_opening(&stream, &mut reader, &mut passed, cred, vms).await {
+            if let Ok(opened) =
+                read_opening(&stream, &mut reader, &mut passed, cred, None, vms).await
+            {
                 assert!(!matches!(
                     opened.request,
-                    ToHost::Hello(_) | ToHost::Datagram(_)
+                    ToHost::Hello(_) | ToHost::Datagram(_) | ToHost::Ended
                 ));
                 match (&opened.identity, &opened.hello) {
                     (Identity::Vm(name), Some(h)) => {

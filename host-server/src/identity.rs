@@ -67,7 +67,7 @@ pub enum IdentityError {
     UnknownVm(String),
     #[error("VMM uid {uid} may not claim VM {vm:?}: that VM's vmm_uid is another user")]
     NotItsVm { uid: u32, vm: String },
-    #[error("the stream must open with a request, not a datagram")]
+    #[error("the stream must open with a request, not a datagram or an end")]
     DataFirst,
 }
 
@@ -114,6 +114,16 @@ impl<'a> Opening<'a> {
         }
     }
 
+    /// The opening of a kept stream's next request: the stream opened with `hello` (accepted
+    /// then), so the request is made under it, and another hello is a second one.
+    #[must_use]
+    pub fn resumed(cred: PeerCred, vms: &'a BTreeMap<String, VmSettings>, hello: VmHello) -> Self {
+        Self {
+            hello: Some(hello),
+            ..Self::new(cred, vms)
+        }
+    }
+
     /// Takes the next frame. `Ok(None)`: a hello was accepted, read the request next.
     ///
     /// # Errors
@@ -140,7 +150,8 @@ impl<'a> Opening<'a> {
                 self.hello = Some(h);
                 Ok(None)
             }
-            ToHost::Datagram(_) => Err(IdentityError::DataFirst),
+            // An end belongs to a connection, and a stream that opens has none.
+            ToHost::Datagram(_) | ToHost::Ended => Err(IdentityError::DataFirst),
             request => {
                 let identity = match (&self.hello, self.is_vmm) {
                     (Some(h), _) => Identity::Vm(h.vm.clone()),

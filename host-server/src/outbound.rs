@@ -7,7 +7,10 @@
 //! still says `fd_passed: false`, since the guest sees a relayed stream), and the VMM bridges
 //! the guest's vsock connection to it. The stream stays open as the connection's control
 //! stream: the connection's permit (socket limit) and its mapping pin are held until the VMM
-//! closes it, when the guest connection ends. Should the VMM have sent guest bytes after the
+//! closes it, or says [`ToHost::Ended`] on it, when the guest connection ends. After `Ended`
+//! the permit and pin are given back, the VMM is answered [`ToGuest::Released`], and the stream
+//! carries the VM's next request (a VMM keeps such streams for its next guest connects, as
+//! liboutsock keeps a process's). Should the VMM have sent guest bytes after the
 //! request (it does not), or the pass fail, the connection is relayed as before.
 //!
 //! A VM's connection is bound to the VM's own address before it connects, so that the IPv6
@@ -29,7 +32,7 @@
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::AsFd;
 
-use shared_proto::outsource::{ConnectRequest, LendRequest};
+use shared_proto::outsource::{ConnectRequest, LendRequest, ToHost};
 use shared_proto::{Errno, ToGuest};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio::net::{TcpSocket, TcpStream, UnixStream};
@@ -132,13 +135,17 @@ pub(crate) async fn connect(
         pass_connected(req, &answer, tcp, shared).await;
         return None;
     }
-    let _pin = dummy.map(|d| shared.mapping.pin(d));
+    let pin = dummy.map(|d| shared.mapping.pin(d));
     let tcp = if vmm_takes && matches!(req.identity, Identity::Vm(_)) && req.leftover.is_empty() {
         match hand_to_vmm(&req.stream, &answer, tcp, shared).await {
             Handed::Passed => {
-                control_closed(&req.stream).await;
+                let end = control_end(&req.stream).await;
                 drop(req.permit);
-                return None;
+                drop(pin);
+                return match end {
+                    ControlEnd::Closed => None,
+                    ControlEnd::Ended => released(req.stream).await,
+                };
             }
             Handed::Failed => return None,
             Handed::Kept(tcp) => tcp,
@@ -301,8 +308,44 @@ async fn hand_to_vmm(
     }
 }
 
+/// How a VM connection's control stream said that the connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ControlEnd {
+    /// The VMM closed it (EOF, an error), or sent something other than [`ToHost::Ended`]: the
+    /// stream closes.
+    Closed,
+    /// [`ToHost::Ended`]: the stream carries the VM's next request once it is answered
+    /// [`ToGuest::Released`].
+    Ended,
+}
+
+/// Resolves when the guest connection of an outbound control stream ends: the VMM closes the
+/// stream, or sends [`ToHost::Ended`] on it (and nothing after it: the VMM's next request waits
+/// for our [`ToGuest::Released`]). A descriptor sent along is closed.
+pub(crate) async fn control_end(stream: &UnixStream) -> ControlEnd {
+    let mut reader = crate::framed::FrameReader::new();
+    let mut passed = None;
+    match reader.read_with_fd::<ToHost>(stream, &mut passed).await {
+        Ok(ToHost::Ended) if passed.is_none() && reader.into_leftover().is_empty() => {
+            ControlEnd::Ended
+        }
+        _ => ControlEnd::Closed,
+    }
+}
+
+/// Answers [`ToHost::Ended`] once the connection's pins and limits are given back: the stream
+/// then awaits the VM's next request (see [`crate::session`]).
+async fn released(mut stream: UnixStream) -> Option<UnixStream> {
+    crate::framed::write_frame(&mut stream, &ToGuest::Released)
+        .await
+        .ok()
+        .map(|()| stream)
+}
+
 /// Resolves when the VMM closes a connection's control stream (EOF or an error): the guest
-/// connection has ended. Anything the VMM sends on it is read and ignored.
+/// connection has ended. Anything the VMM sends on it is read and ignored (an inbound
+/// connection's control stream is host-server's own connection to the VMM's socket, which the
+/// VMM never keeps).
 pub(crate) async fn control_closed(stream: &UnixStream) {
     let mut buf = [0u8; 64];
     loop {

@@ -16,13 +16,15 @@
 //! stream's set-up per socket. Such a stream that stays idle past the request timeout, or is
 //! over the awaiting cap, is closed without an answer (its client has no request waiting; it
 //! opens a new stream). A client that closes its stream after the answer (liboutsock) changes
-//! nothing.
+//! nothing. A VMM's control stream (a guest connection whose socket went to the VMM) that
+//! says [`ToHost::Ended`] is kept the same way, and its next request is made under the hello it
+//! opened with (a second hello is refused, as on any stream).
 
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
 use std::time::Duration;
 
-use shared_proto::outsource::{ToGuest, ToHost};
+use shared_proto::outsource::{ToGuest, ToHost, VmHello};
 use shared_proto::Errno;
 use tokio::net::UnixStream;
 
@@ -72,13 +74,14 @@ pub(crate) async fn serve(mut stream: UnixStream, shared: Shared) -> Next {
         refuse(&mut stream, Errno::EACCES).await;
         return Next::Closed;
     }
-    // Whether this stream has carried a request before (see the module docs).
-    let mut again = false;
+    // Whether this stream has carried a request before (see the module docs), and the hello
+    // it opened with: a kept VMM stream's next request is made under it.
+    let mut again = None;
     loop {
         match serve_request(stream, cred, &shared, again).await {
-            Served::Next(s) => {
+            Served::Next(s, hello) => {
                 stream = s;
-                again = true;
+                again = Some(hello);
             }
             Served::Done(next) => return next,
         }
@@ -87,23 +90,34 @@ pub(crate) async fn serve(mut stream: UnixStream, shared: Shared) -> Next {
 
 /// How one request on a stream ended.
 enum Served {
-    /// The stream may carry another request.
-    Next(UnixStream),
+    /// The stream may carry another request, under the hello it opened with.
+    Next(UnixStream, Option<VmHello>),
     /// What the stream became.
     Done(Next),
 }
 
-/// Reads, admits and carries out one request on `stream`; `again` when it carried one before.
+/// Reads, admits and carries out one request on `stream`; `again` when it carried one before,
+/// with the hello it opened with.
 #[allow(clippy::too_many_lines)]
 async fn serve_request(
     mut stream: UnixStream,
     cred: PeerCred,
     shared: &Shared,
-    again: bool,
+    again: Option<Option<VmHello>>,
 ) -> Served {
     let mut reader = FrameReader::new();
     let mut passed = None;
-    let opened = match read_request(&mut stream, &mut reader, &mut passed, cred, shared).await {
+    let kept_hello = again.clone().flatten();
+    let again = again.is_some();
+    let opening = read_request(
+        &mut stream,
+        &mut reader,
+        &mut passed,
+        cred,
+        kept_hello,
+        shared,
+    );
+    let opened = match opening.await {
         // A kept stream that its client closed, or that stays idle, ends quietly: its client
         // waits for no answer.
         Start::Read(Err(Some(Errno::ECONNRESET))) | Start::TimedOut | Start::OverCap if again => {
@@ -158,7 +172,7 @@ async fn serve_request(
         }
     };
     // A VMM that takes sockets gets its guest's connected socket with the answer.
-    let vmm_takes = hello.is_some_and(|h| h.takes_sockets);
+    let vmm_takes = hello.as_ref().is_some_and(|h| h.takes_sockets);
     let req = Request {
         stream,
         identity,
@@ -168,11 +182,11 @@ async fn serve_request(
     };
     let next = match request {
         ToHost::Connect(c) => match crate::outbound::connect(req, c, vmm_takes, shared).await {
-            Some(kept) => return Served::Next(kept),
+            Some(kept) => return Served::Next(kept, hello),
             None => Next::Closed,
         },
         ToHost::Lend(l) => match crate::outbound::lend(req, l, shared).await {
-            Some(kept) => return Served::Next(kept),
+            Some(kept) => return Served::Next(kept, hello),
             None => Next::Closed,
         },
         ToHost::Listen(l) => match crate::inbound::open(req, &l, vmm_takes, shared).await {
@@ -196,7 +210,7 @@ async fn serve_request(
             Next::Closed
         }
         // The opening only yields requests.
-        ToHost::Hello(_) | ToHost::Datagram(_) => Next::Closed,
+        ToHost::Hello(_) | ToHost::Datagram(_) | ToHost::Ended => Next::Closed,
     };
     Served::Done(next)
 }
@@ -225,11 +239,12 @@ async fn read_request(
     reader: &mut FrameReader,
     passed: &mut Option<OwnedFd>,
     cred: PeerCred,
+    hello: Option<VmHello>,
     shared: &Shared,
 ) -> Start {
     let timeout = shared.settings.request_timeout;
     let deadline = tokio::time::Instant::now() + timeout;
-    let opening = open(stream, reader, passed, cred, shared);
+    let opening = open(stream, reader, passed, cred, hello, shared);
     tokio::pin!(opening);
     let timer = tokio::time::sleep(AWAITING_GRACE.min(timeout));
     tokio::pin!(timer);
@@ -268,9 +283,10 @@ async fn open(
     reader: &mut FrameReader,
     passed: &mut Option<OwnedFd>,
     cred: PeerCred,
+    hello: Option<VmHello>,
     shared: &Shared,
 ) -> Result<Opened, Errno> {
-    read_opening(stream, reader, passed, cred, &shared.settings.vms)
+    read_opening(stream, reader, passed, cred, hello, &shared.settings.vms)
         .await
         .map_err(|refusal| {
             match &refusal {
@@ -314,18 +330,22 @@ impl Refusal {
 }
 
 /// The frames of a stream's opening, read from `stream` until the request and judged by the
-/// identity rules for a peer with `cred` (`vms` from the settings): the parsing core of
-/// [`open`], without its metrics, and what the `host_session` fuzz target drives. A descriptor
-/// that came with the frames is left in `passed` (the request's handler decides; dropped,
-/// closed, by any other).
+/// identity rules for a peer with `cred` (`vms` from the settings; `hello`, a kept VMM stream's
+/// own from its first opening): the parsing core of [`open`], without its metrics, and what
+/// the `host_session` fuzz target drives. A descriptor that came with the frames is left in
+/// `passed` (the request's handler decides; dropped, closed, by any other).
 pub(crate) async fn read_opening(
     stream: &UnixStream,
     reader: &mut FrameReader,
     passed: &mut Option<OwnedFd>,
     cred: PeerCred,
+    hello: Option<VmHello>,
     vms: &BTreeMap<String, VmSettings>,
 ) -> Result<Opened, Refusal> {
-    let mut opening = Opening::new(cred, vms);
+    let mut opening = match hello {
+        Some(h) => Opening::resumed(cred, vms, h),
+        None => Opening::new(cred, vms),
+    };
     loop {
         let frame: ToHost = match reader.read_with_fd(stream, passed).await {
             Ok(f) => f,

@@ -1255,6 +1255,119 @@ fn a_vmm_that_takes_sockets_gets_the_socket_and_holds_the_permit_until_the_contr
     assert_eq!(relayed, b"through the relay");
 }
 
+/// A VMM's control stream that says `Ended` (instead of closing) gives the connection's permit
+/// back, is answered `Released`, and carries the VM's next connect under its first hello: the
+/// VM's limit of one socket admits it, its socket comes the same way, and the stream can end
+/// and be used again any number of times. A second hello on it is refused, as on any stream,
+/// and a control stream that sends anything but `Ended` is closed (its permit back too).
+#[test]
+fn a_vmm_control_stream_that_says_ended_carries_the_vms_next_connect() {
+    let Some(mut rig) = Rig::start("hs-vmkeep", &[""]) else {
+        return;
+    };
+    let vm_socket = rig.world.path("vm-web.vsock");
+    std::fs::write(
+        &rig.host_cfgs[0],
+        std::fs::read_to_string(&rig.host_cfgs[0]).unwrap()
+            + &format!(
+                "[listen]\ndefault_address = \"{}\"\n\
+                 [vms.web]\nsocket = \"{}\"\naddress = \"{}\"\nvmm_uid = 0\n\
+                 [vms.web.limits]\nmax_sockets = 1\n",
+                addr::HOST,
+                vm_socket.display(),
+                addr::HOST_VMS[0]
+            ),
+    )
+    .unwrap();
+    assert!(rig.stop_host(0));
+    rig.launch_host(0);
+    let sock = rig.sock(0);
+    let dest = SocketAddrV4::new(rig.dummy(zone::ECHO), addr::ECHO_PORT);
+    let hello = ToHost::Hello(VmHello {
+        vm: "web".into(),
+        cid: 3,
+        port: 1024,
+        takes_sockets: true,
+    });
+    let (rounds, second_hello, after_garbage) = in_legacy(&rig, move || {
+        let mut control = UnixStream::connect(&sock).unwrap();
+        control
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        send(&mut control, &hello);
+        let mut rounds = Vec::new();
+        for round in 0..3u8 {
+            // The first connect after the hello, then each one after the last `Released`:
+            // with max_sockets = 1, each is admitted only if `Ended` gave the permit back.
+            send(&mut control, &connect_req(dest, false, false));
+            let (answer, fd) = read_frame_with_fd(&mut control);
+            let tcp = TcpStream::from(fd.expect("the socket came with the answer"));
+            tcp.set_nonblocking(false).unwrap();
+            let text = [b'k', b'e', b'p', b't', b'0' + round];
+            (&tcp).write_all(&text).unwrap();
+            let mut echoed = [0u8; 5];
+            (&tcp).read_exact(&mut echoed).unwrap();
+            drop(tcp);
+            send(&mut control, &ToHost::Ended);
+            let released = read_frame(&mut control);
+            rounds.push((answer, echoed == text, released));
+        }
+        // A hello again on the kept stream: refused, and the stream closes.
+        send(&mut control, &hello);
+        let second_hello = read_frame(&mut control);
+        // A control stream that sends something other than `Ended`: closed, permit back.
+        let mut other = UnixStream::connect(&sock).unwrap();
+        other
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        send(&mut other, &hello);
+        send(&mut other, &connect_req(dest, false, false));
+        let (_, fd) = read_frame_with_fd(&mut other);
+        drop(fd.expect("the socket came with the answer"));
+        send(&mut other, &connect_req(dest, false, false));
+        let mut rest = Vec::new();
+        other.read_to_end(&mut rest).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let after_garbage = loop {
+            let a = ask(&sock, &[hello.clone(), connect_req(dest, false, false)]).1;
+            if !matches!(a, ToGuest::Failed(Errno::EMFILE)) || Instant::now() > deadline {
+                break (rest, a);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        (rounds, second_hello, after_garbage)
+    });
+    assert_eq!(rounds.len(), 3);
+    for (i, (answer, echoed, released)) in rounds.into_iter().enumerate() {
+        assert!(
+            matches!(
+                answer,
+                ToGuest::Connected {
+                    fd_passed: false,
+                    ..
+                }
+            ),
+            "round {i}: {answer:?}"
+        );
+        assert!(echoed, "round {i}: the passed socket did not echo");
+        assert_eq!(released, Some(ToGuest::Released), "round {i}");
+    }
+    assert_eq!(
+        second_hello,
+        Some(ToGuest::Failed(Errno::EPROTO)),
+        "a second hello on a kept stream"
+    );
+    let (rest, after) = after_garbage;
+    assert!(
+        rest.is_empty(),
+        "a control stream that sent a request instead of Ended got an answer: {rest:?}"
+    );
+    assert!(
+        matches!(after, ToGuest::Connected { .. }),
+        "the closed control stream's permit never came back: {after:?}"
+    );
+}
+
 /// A VM listener whose listen stream said its VMM takes sockets: each accepted IPv6 connection
 /// reaches the VM's socket as the `Inbound` frame with the accepted socket attached, and holds
 /// its socket permit until the VMM closes that stream (its control stream).

@@ -18,7 +18,13 @@
 //!   ends, and host-server holds the connection's pins and limits until then. Such a VMM sends
 //!   no guest byte after the request until the answer arrived (so nothing pipelined reaches
 //!   host-server once the socket went over). Without the socket attached, the connection is
-//!   relayed as above.
+//!   relayed as above. Instead of closing the control stream, the VMM may send
+//!   [`ToHost::Ended`]: host-server lets go of the connection (its pins and limits) as for a
+//!   close, answers [`ToGuest::Released`], and the stream then carries the VM's next request,
+//!   under the same hello (no second one), read and admitted as a new stream's; an idle one is
+//!   closed after host-server's request timeout. The VMM sends that request only once
+//!   `Released` is in, so it never goes to a host-server that is not waiting for it (one that
+//!   restarted, or an older one that ignores `Ended`).
 //! - TCP listen, process mode (`pass_fd`): the [`ToGuest::Listening`] answer carries one end of
 //!   an `AF_UNIX` `SOCK_SEQPACKET` pair (SCM_RIGHTS) and the stream then closes. On that pair,
 //!   host-server sends one packet per accepted connection: a whole [`ToGuest::Inbound`] frame
@@ -214,6 +220,10 @@ pub enum ToHost {
     /// Which VMs host-server is configured for, and which of them run (see [`VmList`]).
     ListVms,
     Lend(LendRequest),
+    /// On a control stream (a VMM's, after the connection's socket went over with the answer):
+    /// the guest connection has ended; the stream carries the VM's next request once
+    /// host-server has answered [`ToGuest::Released`] (see the module docs).
+    Ended,
 }
 
 /// Frames that travel towards the guest (or the process).
@@ -257,6 +267,9 @@ pub enum ToGuest {
         valid_ms: u32,
         sockets: u8,
     },
+    /// [`ToHost::Ended`]'s answer: the connection's pins and limits are given back, and the
+    /// stream awaits the VM's next request.
+    Released,
 }
 
 mod kind {
@@ -269,6 +282,7 @@ mod kind {
     pub const ICMP: u8 = 7;
     pub const LIST_VMS: u8 = 8;
     pub const LEND: u8 = 9;
+    pub const ENDED: u8 = 10;
     pub const CONNECTED: u8 = 16;
     pub const LISTENING: u8 = 17;
     pub const ASSOCIATED: u8 = 18;
@@ -276,6 +290,7 @@ mod kind {
     pub const INBOUND: u8 = 20;
     pub const ECHO_REPLY: u8 = 21;
     pub const LENT: u8 = 22;
+    pub const RELEASED: u8 = 23;
 }
 
 fn write_datagram(w: &mut Writer, d: &Datagram) {
@@ -304,6 +319,7 @@ impl Message for ToHost {
             Self::Icmp(_) => kind::ICMP,
             Self::ListVms => kind::LIST_VMS,
             Self::Lend(_) => kind::LEND,
+            Self::Ended => kind::ENDED,
         }
     }
 
@@ -346,7 +362,7 @@ impl Message for ToHost {
                 w.sockv4(i.bind);
                 w.sockv4(i.dest);
             }
-            Self::ListVms => {}
+            Self::ListVms | Self::Ended => {}
             Self::Lend(l) => {
                 w.sockv4(l.dest);
                 w.u8(l.sockets);
@@ -391,6 +407,7 @@ impl Message for ToHost {
                 dest: r.sockv4()?,
             }),
             kind::LIST_VMS => Self::ListVms,
+            kind::ENDED => Self::Ended,
             kind::LEND => Self::Lend(LendRequest {
                 dest: r.sockv4()?,
                 sockets: match r.u8()? {
@@ -426,6 +443,7 @@ impl Message for ToGuest {
             Self::Datagram(_) => kind::DATAGRAM,
             Self::EchoReply { .. } => kind::ECHO_REPLY,
             Self::Lent { .. } => kind::LENT,
+            Self::Released => kind::RELEASED,
         }
     }
 
@@ -463,6 +481,7 @@ impl Message for ToGuest {
                 w.u32(*valid_ms);
                 w.u8(*sockets);
             }
+            Self::Released => {}
         }
     }
 
@@ -486,6 +505,7 @@ impl Message for ToGuest {
                 local: r.sockv4()?,
             },
             kind::DATAGRAM => Self::Datagram(read_datagram(r)?),
+            kind::RELEASED => Self::Released,
             kind::LENT => Self::Lent {
                 target: SocketAddrV6::new(r.ipv6()?, r.u16()?, 0, 0),
                 valid_ms: r.u32()?,
@@ -524,7 +544,8 @@ pub struct VmStatus {
     pub vmm_pid: u32,
     /// The guest's vsock CID from the VMM's latest hello; 0 before any.
     pub cid: u32,
-    /// host.sock streams the VM holds now (its sockets), and its listeners.
+    /// The VM's sockets now (host.sock streams that carry a connection, association or
+    /// listener; not the idle ones its VMM keeps for its next connects), and its listeners.
     pub sockets: u32,
     pub listeners: u32,
 }

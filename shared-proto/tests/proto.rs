@@ -72,6 +72,7 @@ fn to_host() -> impl Strategy<Value = ToHost> {
         (sockv4(), sockv4()).prop_map(|(bind, dest)| ToHost::Icmp(IcmpRequest { bind, dest })),
         datagram().prop_map(ToHost::Datagram),
         Just(ToHost::ListVms),
+        Just(ToHost::Ended),
         (sockv4(), 0..=shared_proto::outsource::MAX_LENT)
             .prop_map(|(dest, sockets)| ToHost::Lend(LendRequest { dest, sockets })),
     ]
@@ -118,6 +119,7 @@ fn to_guest() -> impl Strategy<Value = ToGuest> {
         any::<u16>().prop_map(|e| ToGuest::Failed(Errno(e))),
         (sockv4(), sockv4()).prop_map(|(peer, local)| ToGuest::Inbound { peer, local }),
         datagram().prop_map(ToGuest::Datagram),
+        Just(ToGuest::Released),
         (datagram(), any::<u8>()).prop_map(|(datagram, ttl)| ToGuest::EchoReply { datagram, ttl }),
         (
             ipv6(),

@@ -56,6 +56,8 @@ pub struct Metrics {
     pub vsock_rx_bytes: AtomicU64,
     /// Sockets host-server passed to the VMM for a connection's data path.
     pub passed_sockets: AtomicU64,
+    /// Guest connects that went to host-server on a kept host.sock stream (no new stream).
+    pub kept_streams_reused: AtomicU64,
     /// Peers refused at the VM's socket (SO_PEERCRED not admitted).
     pub refused_peers: AtomicU64,
     /// Guest listeners and UDP servers registered with host-server again after it went away,
@@ -81,6 +83,7 @@ impl Metrics {
             vsock_tx_bytes: Self::ZERO,
             vsock_rx_bytes: Self::ZERO,
             passed_sockets: Self::ZERO,
+            kept_streams_reused: Self::ZERO,
             refused_peers: Self::ZERO,
             reregistrations: [[Self::ZERO; 2], [Self::ZERO; 2]],
         }
@@ -145,6 +148,11 @@ impl Metrics {
             "passed_sockets_total",
             "Sockets host-server passed to the VMM for a connection's data path.",
             &[(String::new(), get(&self.passed_sockets))],
+        );
+        counter(
+            "kept_streams_reused_total",
+            "Guest connects sent to host-server on a host.sock stream kept from an ended connection.",
+            &[(String::new(), get(&self.kept_streams_reused))],
         );
         counter(
             "refused_peers_total",
@@ -275,6 +283,7 @@ mod tests {
             "outsock_vmm_vsock_bytes_total{vm=\"web\\\"1\",dir=\"tx\"} 1500\n",
             "outsock_vmm_vsock_connections_total{vm=\"web\\\"1\",by=\"guest\"} 2\n",
             "outsock_vmm_passed_sockets_total{vm=\"web\\\"1\"} 0\n",
+            "outsock_vmm_kept_streams_reused_total{vm=\"web\\\"1\"} 0\n",
             "outsock_vmm_vsock_connections_open{vm=\"web\\\"1\"} 3\n",
             "# TYPE outsock_vmm_exits_total counter\n",
         ] {

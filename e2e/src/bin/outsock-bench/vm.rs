@@ -976,6 +976,10 @@ fn run(s: &Stack, rounds: usize, secs: f64, take_sockets: bool) -> Result<()> {
     let host_pid = s.host_pid();
     let mut vmm = Vmm::start(&s.host_sock(), take_sockets)?;
     let me = std::env::current_exe()?;
+    let counted = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    let metrics = &outsock_vmm::metrics::METRICS;
+    let connects_before = counted(&metrics.vsock_guest_connections);
+    let reused_before = counted(&metrics.kept_streams_reused);
 
     let mut up: (Vec<f64>, Vec<Bulk>) = (Vec::new(), Vec::new());
     let mut down: (Vec<f64>, Vec<Bulk>) = (Vec::new(), Vec::new());
@@ -1122,6 +1126,11 @@ fn run(s: &Stack, rounds: usize, secs: f64, take_sockets: bool) -> Result<()> {
             med(&mut r.host_us)
         );
     }
+    println!(
+        "  guest connects: {}, of them sent to host-server on a host.sock stream kept from an ended connection: {}",
+        counted(&metrics.vsock_guest_connections) - connects_before,
+        counted(&metrics.kept_streams_reused) - reused_before
+    );
     drop(drain);
     drop(source);
     drop(rr);

@@ -24,7 +24,9 @@
 //! connection swaps its stream: the passed socket becomes the data stream (the held bytes and
 //! every later guest byte go to it, what it reads goes to the guest, half-closes apply to it)
 //! and the host.sock stream is kept, unread, as the control stream that host-server waits on:
-//! it closes when the connection is dropped, whichever side ended it. Without one, the
+//! when the connection is done, whichever side ended it, the muxer takes it
+//! ([`Connection::take_control`]) to say `Ended` on it and keep it for the next guest connect
+//! (see [`super::muxer`]); dropped otherwise, it closes. Without one, the
 //! connection goes on relaying through host.sock. What may be attached is checked: one socket
 //! of type `SOCK_STREAM` with the answer's first bytes; anything else (another type, a
 //! descriptor on a later read) is closed and the connection reset. A host connection on the
@@ -402,6 +404,9 @@ pub struct Connection {
     answer: Option<Answer>,
     /// After a swap to a passed socket: the host.sock stream, open until the connection ends.
     control: Option<UnixStream>,
+    /// `control` is a host.sock stream this connection opened (a guest connect), which the
+    /// muxer may keep for the VM's next one ([`Self::take_control`]).
+    keeps_control: bool,
     /// The stream that was swapped out, until the muxer has moved its epoll registration.
     swapped_from: Option<RawFd>,
     /// A descriptor that came with the answer and was refused (for tests and logs).
@@ -438,6 +443,7 @@ impl Connection {
         if take_sockets {
             c.gate = Gate::Header;
             c.answer = Some(Answer::default());
+            c.keeps_control = true;
         }
         c
     }
@@ -496,6 +502,7 @@ impl Connection {
             gate: Gate::Open,
             answer: None,
             control: None,
+            keeps_control: false,
             swapped_from: None,
             refused: None,
             first: None,
@@ -518,6 +525,19 @@ impl Connection {
     /// The host.sock stream kept open beside a passed socket.
     pub fn control(&self) -> Option<&UnixStream> {
         self.control.as_ref()
+    }
+
+    /// The host.sock stream of a guest connect that was bridged to a passed socket, once the
+    /// connection is done: nothing was read from it past the answer and nothing written after
+    /// the request, so the muxer may end the connection on it with `Ended` and keep it. None
+    /// for any other connection (a host connection's control stream is host-server's own
+    /// connection to the VM's socket, which it only watches for its end).
+    pub(super) fn take_control(&mut self) -> Option<UnixStream> {
+        if self.keeps_control && self.is_done() {
+            self.control.take()
+        } else {
+            None
+        }
     }
 
     /// Why a descriptor that came with host-server's answer was refused, if one was.

@@ -11,7 +11,13 @@
 //! With [`MuxerConfig::take_sockets`], each hello tells host-server that this VMM takes the
 //! sockets of guest connections: a connection whose answer brings one is bridged straight to it
 //! (see [`super::connection`]), and its host.sock stream stays open, unwatched, until the
-//! connection ends.
+//! connection ends. Then the stream is not closed but kept: `Ended` goes out on it, and once
+//! host-server's `Released` is in (read when the stream is next wanted, never waited for), the
+//! next guest connect to the same port goes out on it, with no new stream, accept or hello —
+//! the set-up a short connection otherwise pays twice (here and in host-server). At most
+//! [`MAX_IDLE_STREAMS`] are kept, each for [`IDLE_STREAM_FOR`] (host-server closes an idle
+//! one only after its request timeout); one that host-server closed, or has not released yet,
+//! is passed over for a new stream.
 //!
 //! The muxer never blocks on host-server. Its connect to host.sock is non-blocking: when
 //! host-server's listen backlog is full (it is stopped, restarting or overloaded) a Unix
@@ -60,7 +66,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use shared_proto::outsource::{ToHost, VmHello};
+use shared_proto::outsource::{ToGuest, ToHost, VmHello};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::timerfd::TimerFd;
 
@@ -97,6 +103,15 @@ pub const RETRIES_PER_TICK: usize = 64;
 const RETRY_TICK: Duration = Duration::from_millis(5);
 const RETRY_FIRST: Duration = Duration::from_millis(5);
 const RETRY_MAX: Duration = Duration::from_millis(160);
+/// host.sock streams kept from ended guest connections, at most (as many guest connects may
+/// start at once without a new stream each).
+pub const MAX_IDLE_STREAMS: usize = 32;
+/// How long an ended connection's host.sock stream is kept for the next guest connect: well
+/// within host-server's request timeout (seconds), after which it closes an idle kept stream.
+pub const IDLE_STREAM_FOR: Duration = Duration::from_secs(1);
+/// Kept streams looked at per guest connect: the oldest first; one whose `Released` is not in
+/// yet is left for the next connect.
+const IDLE_CHECKS: usize = 2;
 /// Host-side ports of host-initiated connections: [2^30, 2^31), as Firecracker.
 const LOCAL_PORT_FIRST: u32 = 1 << 30;
 const LOCAL_PORT_LAST: u32 = (1 << 31) - 1;
@@ -167,6 +182,48 @@ struct Redial {
     backoff: Duration,
 }
 
+/// The host.sock stream of a guest connection that ended after its socket went to this VMM:
+/// `Ended` was sent on it, and once host-server's `Released` is in, it carries the next guest
+/// connect to `port` (its hello named that port), with no new stream, accept or hello.
+#[derive(Debug)]
+struct IdleStream {
+    stream: UnixStream,
+    port: u32,
+    since: Instant,
+}
+
+/// Whether a kept stream may carry a request now.
+#[derive(Debug, PartialEq, Eq)]
+enum IdleState {
+    /// `Released` is in (and read), and nothing follows it: host-server waits for a request.
+    Ready,
+    /// Nothing yet: host-server has not answered `Ended` (or is an older one that never will).
+    NotYet,
+    /// Closed, broken, or something other than `Released` came: closed.
+    Gone,
+}
+
+/// Reads host-server's `Released` (exactly `released`, the frame's bytes) from a kept stream
+/// without blocking, and checks that the stream has not ended behind it.
+fn idle_state(stream: &UnixStream, released: &[u8]) -> IdleState {
+    use rustix::io::Errno;
+    use rustix::net::RecvFlags;
+    let mut buf = [0u8; 64];
+    let want = released.len().min(buf.len() - 1);
+    // At most one byte past the frame: anything there is not ours to read.
+    match rustix::net::recv(stream, &mut buf[..=want], RecvFlags::DONTWAIT) {
+        Ok((n, _)) if n == want && buf[..n] == *released => {}
+        Err(Errno::AGAIN) => return IdleState::NotYet,
+        _ => return IdleState::Gone,
+    }
+    // host-server may have closed it after answering (its request timeout): EOF follows.
+    let mut probe = [0u8; 1];
+    match rustix::net::recv(stream, &mut probe, RecvFlags::DONTWAIT | RecvFlags::PEEK) {
+        Err(Errno::AGAIN) => IdleState::Ready,
+        _ => IdleState::Gone,
+    }
+}
+
 /// How one connect attempt to host.sock went.
 enum Dial {
     Connected(UnixStream),
@@ -230,6 +287,12 @@ pub struct Muxer {
     refused_peers: u64,
     passed_sockets: u64,
     refused_sockets: u64,
+    /// Streams of ended guest connections, oldest first, for the next guest connects.
+    idle: VecDeque<IdleStream>,
+    /// `ToHost::Ended` and `ToGuest::Released`, encoded.
+    ended: Vec<u8>,
+    released: Vec<u8>,
+    reused_streams: u64,
 }
 
 impl Muxer {
@@ -316,6 +379,12 @@ impl Muxer {
             refused_peers: 0,
             passed_sockets: 0,
             refused_sockets: 0,
+            idle: VecDeque::new(),
+            ended: shared_proto::to_vec(&ToHost::Ended)
+                .map_err(|e| MuxerError::Setup(std::io::Error::other(e.to_string())))?,
+            released: shared_proto::to_vec(&ToGuest::Released)
+                .map_err(|e| MuxerError::Setup(std::io::Error::other(e.to_string())))?,
+            reused_streams: 0,
         })
     }
 
@@ -327,6 +396,16 @@ impl Muxer {
     /// Guest connections bridged to a socket host-server passed.
     pub fn passed_sockets(&self) -> u64 {
         self.passed_sockets
+    }
+
+    /// Guest connects that went to host-server on a kept stream.
+    pub fn reused_streams(&self) -> u64 {
+        self.reused_streams
+    }
+
+    /// host.sock streams kept for the next guest connects now.
+    pub fn idle_streams(&self) -> usize {
+        self.idle.len()
     }
 
     /// Descriptors host-server attached that were refused (their connections reset).
@@ -400,6 +479,7 @@ impl Muxer {
         // thread, finds nothing due and disarms itself there.
         self.connecting.clear();
         self.redials.clear();
+        self.idle.clear();
         self.by_fd.clear();
         self.rxq.clear();
         self.orphan_rsts.clear();
@@ -485,15 +565,21 @@ impl Muxer {
         .ok()
     }
 
-    /// A guest connection to CID 2 port P: a new stream to host-server, the hello first.
+    /// A guest connection to CID 2 port P: a kept stream to host-server whose hello named P,
+    /// or a new stream, the hello first.
     fn guest_connect(&mut self, hdr: &Header) {
         if self.conns.len() + self.connecting.len() >= MAX_CONNECTIONS {
             return self.orphan_rst(hdr);
         }
+        let key = (hdr.dst_port, hdr.src_port);
+        if let Some(stream) = self.take_idle(hdr.dst_port, Instant::now()) {
+            self.reused_streams += 1;
+            Metrics::add(&METRICS.kept_streams_reused, 1);
+            return self.connected(key, stream, hdr, Vec::new());
+        }
         let Some(port_hello) = self.hello(hdr.dst_port) else {
             return self.orphan_rst(hdr);
         };
-        let key = (hdr.dst_port, hdr.src_port);
         // Non-blocking: a full backlog (host-server stopped or slow) must not stop the event
         // loop, which also serves the console and every other connection.
         match dial(&self.cfg.host_socket, None) {
@@ -532,6 +618,68 @@ impl Muxer {
         self.conns.insert(key, conn);
         Metrics::add(&METRICS.vsock_guest_connections, 1);
         self.update(key);
+    }
+
+    /// A kept stream for a guest connect to `port` that host-server has released (the oldest
+    /// first, at most [`IDLE_CHECKS`] looked at); stale and dead ones are closed on the way.
+    fn take_idle(&mut self, port: u32, now: Instant) -> Option<UnixStream> {
+        self.prune_idle(now);
+        let mut checks = 0;
+        let mut i = 0;
+        while i < self.idle.len() && checks < IDLE_CHECKS {
+            if self.idle[i].port != port {
+                i += 1;
+                continue;
+            }
+            checks += 1;
+            match idle_state(&self.idle[i].stream, &self.released) {
+                IdleState::Ready => return self.idle.remove(i).map(|s| s.stream),
+                IdleState::NotYet => i += 1,
+                IdleState::Gone => {
+                    self.idle.remove(i);
+                }
+            }
+        }
+        None
+    }
+
+    /// Closes the kept streams older than [`IDLE_STREAM_FOR`] (host-server sees their end and
+    /// lets go of its side).
+    fn prune_idle(&mut self, now: Instant) {
+        while self
+            .idle
+            .front()
+            .is_some_and(|s| now.duration_since(s.since) > IDLE_STREAM_FOR)
+        {
+            self.idle.pop_front();
+        }
+    }
+
+    /// A guest connection bridged to a passed socket ended: its host.sock stream says `Ended`
+    /// and is kept for the next guest connect to `port`, or closed when the pool is full or
+    /// the stream does not take the frame at once (host-server then sees its end, as before).
+    fn keep_idle(&mut self, stream: UnixStream, port: u32) {
+        use rustix::net::SendFlags;
+        let now = Instant::now();
+        self.prune_idle(now);
+        if self.idle.len() >= MAX_IDLE_STREAMS {
+            return;
+        }
+        // Nothing else was ever written to it after the request: a few bytes always fit.
+        let sent = rustix::net::send(
+            &stream,
+            &self.ended,
+            SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
+        );
+        if sent != Ok(self.ended.len()) {
+            return;
+        }
+        self.idle.push_back(IdleStream {
+            stream,
+            port,
+            since: now,
+        });
+        self.arm_timer();
     }
 
     /// Tries the pending connects that are due (at most [`RETRIES_PER_TICK`]); those past
@@ -764,8 +912,12 @@ impl Muxer {
                     .epoll
                     .ctl(ControlOperation::Delete, fd, EpollEvent::default());
             }
+            let control = conn.take_control();
             self.by_fd.remove(&fd);
             self.conns.remove(&key);
+            if let Some(control) = control {
+                self.keep_idle(control, key.0);
+            }
             return;
         }
         if conn.take_window_wish() {
@@ -895,7 +1047,11 @@ impl Muxer {
             }
             self.update(key);
         }
-        if self.handshakes.is_empty() && self.conns.values().all(|c| c.expiry().is_none()) {
+        self.prune_idle(now);
+        if self.handshakes.is_empty()
+            && self.idle.is_empty()
+            && self.conns.values().all(|c| c.expiry().is_none())
+        {
             self.timer_armed = self.timer.clear().is_err();
         }
     }

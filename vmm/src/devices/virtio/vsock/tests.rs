@@ -964,7 +964,129 @@ fn a_passed_socket_carries_pipelined_bytes_and_data_both_ways() {
     let mut rest = Vec::new();
     peer.read_to_end(&mut rest).expect("the peer reads EOF");
     assert!(rest.is_empty());
+    // The control stream says the connection ended (host-server gives back its pin and
+    // permit then); unanswered, it is closed once it is older than IDLE_STREAM_FOR.
+    control
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    assert_eq!(read_frame(&mut control), ToHost::Ended);
     assert!(closes(&mut rig, &mut control), "control stream closed");
+}
+
+/// Ends a passed connection from the guest (SHUTDOWN both ways, answered RST) and returns
+/// what its control stream says next.
+fn end_passed(rig: &mut Rig, port: u32, control: &mut UnixStream) -> ToHost {
+    rig.send(
+        Header {
+            flags: SHUTDOWN_SEND | SHUTDOWN_RCV,
+            ..hdr_from(rig, port, op::SHUTDOWN)
+        },
+        &[],
+    );
+    let got = recv_until(rig, port, op::RST, Duration::from_secs(5));
+    assert!(got
+        .iter()
+        .any(|(h, _)| h.dst_port == port && h.op == op::RST));
+    control
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    read_frame(control)
+}
+
+/// The guest's connect from `port` on a kept stream: RESPONSE, then its request reaches
+/// `control` (no hello: the stream had one), answered with a fresh socket.
+fn connect_on_kept(rig: &mut Rig, port: u32, control: &mut UnixStream) -> std::net::TcpStream {
+    rig.send(hdr_from(rig, port, op::REQUEST), &[]);
+    let got = recv_until(rig, port, op::RESPONSE, Duration::from_secs(5));
+    assert!(
+        got.iter()
+            .any(|(h, _)| h.dst_port == port && h.op == op::RESPONSE),
+        "{got:?}"
+    );
+    rig.send(hdr_from(rig, port, op::RW), &request_frame());
+    assert!(matches!(read_frame(control), ToHost::Connect(_)));
+    let (mine, peer) = tcp_pair();
+    {
+        use std::os::fd::AsFd;
+        answer_with(control, &connected_frame(), mine.as_fd());
+    }
+    assert_eq!(recv_bytes(rig, connected_frame().len()), connected_frame());
+    peer
+}
+
+/// A passed connection that ends leaves its host.sock stream with the VMM: `Ended` goes out on
+/// it, and once host-server has answered `Released` the guest's next connect goes out on it
+/// (no new stream, no second hello). Not before that answer, and never on a stream
+/// host-server closed: those connects get a new stream.
+#[test]
+fn an_ended_connections_stream_carries_the_next_connect_once_released() {
+    let Passed {
+        mut rig,
+        mut control,
+        peer: _peer,
+    } = Passed::open(&[]);
+    rig.host.set_nonblocking(true).expect("nonblocking");
+    assert_eq!(
+        end_passed(&mut rig, GUEST_PORT, &mut control),
+        ToHost::Ended
+    );
+    assert_eq!(rig.dev.muxer().idle_streams(), 1);
+
+    // Not released yet: the next connect opens a stream of its own.
+    rig.send(hdr_from(&rig, GUEST_PORT + 1, op::REQUEST), &[]);
+    recv_until(
+        &mut rig,
+        GUEST_PORT + 1,
+        op::RESPONSE,
+        Duration::from_secs(5),
+    );
+    let (mut fresh, _) = rig.host.accept().expect("a new stream while not released");
+    fresh
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    assert!(matches!(read_frame(&mut fresh), ToHost::Hello(_)));
+    assert_eq!(rig.dev.muxer().reused_streams(), 0);
+
+    // Released: the next connect goes out on the kept stream, twice in a row.
+    control
+        .write_all(&shared_proto::to_vec(&shared_proto::ToGuest::Released).expect("frame"))
+        .expect("released");
+    for (i, port) in [GUEST_PORT + 2, GUEST_PORT + 3].into_iter().enumerate() {
+        let _peer = connect_on_kept(&mut rig, port, &mut control);
+        assert!(
+            matches!(rig.host.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+            "a new stream for a connect that had a kept one"
+        );
+        assert_eq!(rig.dev.muxer().reused_streams(), i as u64 + 1);
+        assert_eq!(end_passed(&mut rig, port, &mut control), ToHost::Ended);
+        control
+            .write_all(&shared_proto::to_vec(&shared_proto::ToGuest::Released).expect("frame"))
+            .expect("released");
+    }
+
+    // host-server closed the kept stream after answering (its request timeout): a new stream.
+    drop(control);
+    rig.send(hdr_from(&rig, GUEST_PORT + 4, op::REQUEST), &[]);
+    recv_until(
+        &mut rig,
+        GUEST_PORT + 4,
+        op::RESPONSE,
+        Duration::from_secs(5),
+    );
+    let (mut fresh, _) = rig
+        .host
+        .accept()
+        .expect("a new stream after host-server closed it");
+    fresh
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    assert!(matches!(read_frame(&mut fresh), ToHost::Hello(_)));
+    assert_eq!(rig.dev.muxer().reused_streams(), 2);
+    assert_eq!(
+        rig.dev.muxer().idle_streams(),
+        0,
+        "the closed one was let go"
+    );
 }
 
 #[test]

@@ -65,6 +65,10 @@ const VM_SOCKET: &str = "/tmp/outsock-lab-vm0.vsock";
 const STATIC_DUMMY: &str = "10.170.175.10";
 /// The `outsock vm run` VM's metrics socket.
 const METRICS_SOCKET: &str = "/tmp/outsock-lab-vm0.metrics";
+/// The pages `outsock vm run -- curl` fetches, each on a connection of its own (the server
+/// is asked to close each): every connect after the first may go out on the host.sock stream
+/// the VMM kept from the one before.
+const VM_RUN_FETCHES: usize = 4;
 /// The Go client `run` builds from `go-client.go` into the binaries' folder (`--bin-dir`).
 const GO_CLIENT: &str = "lab-go-client";
 /// What the Go client's socket options print on a native AF_INET TCP socket (checked in a
@@ -319,15 +323,16 @@ pub fn run(d: &mut Driver) {
     match attempt {
         Ok(a) => {
             judge(d, &a.run, &a.seen, &a.mappings, a.nginx.as_ref());
-            let ok = matches!(&a.vm_run, Ok((Some(0), out)) if out.contains(INDEX_BODY.trim()));
+            let pages = |out: &str| out.matches(INDEX_BODY.trim()).count();
+            let ok = matches!(&a.vm_run, Ok((Some(0), out)) if pages(out) == VM_RUN_FETCHES);
             d.report(
                 "vm-run",
                 ok,
                 &match &a.vm_run {
                     Ok((status, out)) => format!(
-                        "outsock vm run -- curl -4 http://{}/index.html: exit {status:?}, page {}; outsock vm ls showed vm0 running, then stopped; its metrics socket counted exits, guest vsock connections and passed sockets; see vm-run.log",
+                        "outsock vm run -- curl -4 http://{}/index.html ({VM_RUN_FETCHES} times, a connection each): exit {status:?}, pages printed {} (want {VM_RUN_FETCHES}); outsock vm ls showed vm0 running, then stopped; its metrics socket counted exits, guest vsock connections, passed sockets and connects on kept host.sock streams; see vm-run.log",
                         zone::V6ONLY,
-                        if out.contains(INDEX_BODY.trim()) { "printed" } else { "missing" }
+                        pages(out)
                     ),
                     Err(e) => e.clone(),
                 },
@@ -557,8 +562,8 @@ fn vm_run(d: &Driver, host_sock: &str) -> Result<(Option<i32>, String), String> 
         ])
         .arg(&d.args.vmm)
         .arg("--")
-        .args(["curl", "-4", "-sS", "-m", "30"])
-        .arg(format!("http://{}/index.html", zone::V6ONLY))
+        .args(["curl", "-4", "-sS", "-m", "30", "-H", "Connection:close"])
+        .args((0..VM_RUN_FETCHES).map(|_| format!("http://{}/index.html", zone::V6ONLY)))
         // /init runs the words with `sh -c`: a moment after curl for the metrics scrapes.
         .args(["&&", "sleep", "3"])
         .stdin(std::process::Stdio::null())
@@ -629,6 +634,10 @@ fn vm_run(d: &Driver, host_sock: &str) -> Result<(Option<i32>, String), String> 
         "outsock_vmm_exits_total{vm=\"vm0\",kind=\"io_out\"} ",
     );
     let passed = counter(&metrics, "outsock_vmm_passed_sockets_total{vm=\"vm0\"} ");
+    let reused = counter(
+        &metrics,
+        "outsock_vmm_kept_streams_reused_total{vm=\"vm0\"} ",
+    );
     let guest = counter(
         &metrics,
         "outsock_vmm_vsock_connections_total{vm=\"vm0\",by=\"guest\"} ",
@@ -636,9 +645,10 @@ fn vm_run(d: &Driver, host_sock: &str) -> Result<(Option<i32>, String), String> 
     if !matches!(io_out, Some(n) if n > 0)
         || !matches!(passed, Some(n) if n > 0)
         || !matches!(guest, Some(n) if n > 0)
+        || !matches!(reused, Some(n) if n > 0)
     {
         return Err(format!(
-            "the VMM's metrics while it ran: exits io_out {io_out:?}, guest vsock connections {guest:?}, passed sockets {passed:?} (want each > 0); see vm-run.log"
+            "the VMM's metrics while it ran: exits io_out {io_out:?}, guest vsock connections {guest:?}, passed sockets {passed:?}, connects on kept host.sock streams {reused:?} (want each > 0); see vm-run.log"
         ));
     }
     match vm0(&after) {

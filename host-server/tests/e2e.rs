@@ -1123,16 +1123,10 @@ fn limits_refuse_with_an_errno() {
     assert_eq!(socket_refused, ToGuest::Failed(Errno::EMFILE));
 }
 
-/// A VMM whose hello says it takes sockets gets its guest's connected IPv6 socket with the
-/// answer (which still says `fd_passed: false`: the guest sees a relayed stream), leaving from
-/// the VM's own address; the connection's socket permit is held until the VMM closes the
-/// stream (its control stream), not when the socket went over. A VMM without the flag is
-/// relayed as before.
-#[test]
-fn a_vmm_that_takes_sockets_gets_the_socket_and_holds_the_permit_until_the_control_closes() {
-    let Some(mut rig) = Rig::start("hs-vmpass", &[""]) else {
-        return;
-    };
+/// A rig whose host-server has VM `web` (its VMM is root, its own address, one socket at
+/// most), with host.sock's path and the echo server's dummy address.
+fn one_socket_vm(name: &str) -> Option<(Rig, PathBuf, SocketAddrV4)> {
+    let mut rig = Rig::start(name, &[""])?;
     let vm_socket = rig.world.path("vm-web.vsock");
     std::fs::write(
         &rig.host_cfgs[0],
@@ -1151,14 +1145,30 @@ fn a_vmm_that_takes_sockets_gets_the_socket_and_holds_the_permit_until_the_contr
     rig.launch_host(0);
     let sock = rig.sock(0);
     let dest = SocketAddrV4::new(rig.dummy(zone::ECHO), addr::ECHO_PORT);
-    let hello = |takes_sockets| {
-        ToHost::Hello(VmHello {
-            vm: "web".into(),
-            cid: 3,
-            port: 1024,
-            takes_sockets,
-        })
+    Some((rig, sock, dest))
+}
+
+/// VM `web`'s hello, as its VMM writes it.
+fn web_hello(takes_sockets: bool) -> ToHost {
+    ToHost::Hello(VmHello {
+        vm: "web".into(),
+        cid: 3,
+        port: 1024,
+        takes_sockets,
+    })
+}
+
+/// A VMM whose hello says it takes sockets gets its guest's connected IPv6 socket with the
+/// answer (which still says `fd_passed: false`: the guest sees a relayed stream), leaving from
+/// the VM's own address; the connection's socket permit is held until the VMM closes the
+/// stream (its control stream), not when the socket went over. A VMM without the flag is
+/// relayed as before.
+#[test]
+fn a_vmm_that_takes_sockets_gets_the_socket_and_holds_the_permit_until_the_control_closes() {
+    let Some((rig, sock, dest)) = one_socket_vm("hs-vmpass") else {
+        return;
     };
+    let hello = web_hello;
     let (answer, local, echoed, second_while_held, second_after, relayed) = in_legacy(&rig, {
         let sock = sock.clone();
         move || {
@@ -1262,33 +1272,10 @@ fn a_vmm_that_takes_sockets_gets_the_socket_and_holds_the_permit_until_the_contr
 /// and a control stream that sends anything but `Ended` is closed (its permit back too).
 #[test]
 fn a_vmm_control_stream_that_says_ended_carries_the_vms_next_connect() {
-    let Some(mut rig) = Rig::start("hs-vmkeep", &[""]) else {
+    let Some((rig, sock, dest)) = one_socket_vm("hs-vmkeep") else {
         return;
     };
-    let vm_socket = rig.world.path("vm-web.vsock");
-    std::fs::write(
-        &rig.host_cfgs[0],
-        std::fs::read_to_string(&rig.host_cfgs[0]).unwrap()
-            + &format!(
-                "[listen]\ndefault_address = \"{}\"\n\
-                 [vms.web]\nsocket = \"{}\"\naddress = \"{}\"\nvmm_uid = 0\n\
-                 [vms.web.limits]\nmax_sockets = 1\n",
-                addr::HOST,
-                vm_socket.display(),
-                addr::HOST_VMS[0]
-            ),
-    )
-    .unwrap();
-    assert!(rig.stop_host(0));
-    rig.launch_host(0);
-    let sock = rig.sock(0);
-    let dest = SocketAddrV4::new(rig.dummy(zone::ECHO), addr::ECHO_PORT);
-    let hello = ToHost::Hello(VmHello {
-        vm: "web".into(),
-        cid: 3,
-        port: 1024,
-        takes_sockets: true,
-    });
+    let hello = web_hello(true);
     let (rounds, second_hello, after_garbage) = in_legacy(&rig, move || {
         let mut control = UnixStream::connect(&sock).unwrap();
         control

@@ -943,7 +943,7 @@ fn a_passed_socket_carries_pipelined_bytes_and_data_both_ways() {
     );
 
     // The peer closes: the guest hears SHUTDOWN; the guest closes too: RST, and the
-    // control stream closes (host-server gives back its pin and permit then).
+    // control stream says the connection ended (below).
     peer.shutdown(std::net::Shutdown::Write).expect("shutdown");
     let got = rig.recv(1);
     assert_eq!((got[0].0.op, got[0].0.flags), (op::SHUTDOWN, SHUTDOWN_SEND));
@@ -1168,7 +1168,8 @@ fn a_guest_half_close_reaches_the_passed_socket_and_credit_holds() {
     );
     let got = rig.recv(1);
     assert_eq!((got[0].0.op, got[0].1.len()), (op::RW, 100));
-    // The guest resets: socket and control stream close.
+    // The guest resets: the socket closes; the control stream says `Ended` and, with no
+    // `Released` from host-server, is closed after IDLE_STREAM_FOR.
     rig.send(rig.hdr(op::RST), &[]);
     assert_eq!(rig.dev.muxer().connection_count(), 0);
     let mut rest = Vec::new();

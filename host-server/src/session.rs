@@ -15,8 +15,9 @@
 //! timeout, the socket limit), so a client may keep one stream for many connects and skip a
 //! stream's set-up per socket. Such a stream that stays idle past the request timeout, or is
 //! over the awaiting cap, is closed without an answer (its client has no request waiting; it
-//! opens a new stream). A client that closes its stream after the answer (liboutsock) changes
-//! nothing. A VMM's control stream (a guest connection whose socket went to the VMM) that
+//! opens a new stream), and so is every idle kept stream once host-server starts draining (a
+//! drain takes no new work). A client that closes its stream after the answer (liboutsock)
+//! changes nothing. A VMM's control stream (a guest connection whose socket went to the VMM) that
 //! says [`ToHost::Ended`] is kept the same way, and its next request is made under the hello it
 //! opened with (a second hello is refused, as on any stream).
 
@@ -115,6 +116,7 @@ async fn serve_request(
         &mut passed,
         cred,
         kept_hello,
+        again,
         shared,
     );
     let opened = match opening.await {
@@ -233,13 +235,18 @@ enum Start {
 
 /// Reads the opening under `request_timeout`, counting the stream among its uid's streams
 /// awaiting a request from [`AWAITING_GRACE`] on until the request is read (one timer per
-/// stream, as before; the count is taken only by streams that are slow to speak).
+/// stream, as before; the count is taken only by streams that are slow to speak). A kept
+/// stream (`again`) ends as a timed-out one when host-server starts draining: a drain takes no
+/// new work, and its client, waiting for no answer, opens a new stream (which finds host.sock
+/// gone) for its next request.
+#[allow(clippy::too_many_arguments)]
 async fn read_request(
     stream: &mut UnixStream,
     reader: &mut FrameReader,
     passed: &mut Option<OwnedFd>,
     cred: PeerCred,
     hello: Option<VmHello>,
+    again: bool,
     shared: &Shared,
 ) -> Start {
     let timeout = shared.settings.request_timeout;
@@ -250,10 +257,14 @@ async fn read_request(
     tokio::pin!(timer);
     // Held until the request is read: the stream counts as awaiting while this lives.
     let mut awaiting = None;
+    let mut draining = shared.draining.clone();
+    let drained = draining.wait_for(|d| *d);
+    tokio::pin!(drained);
     loop {
         tokio::select! {
             biased;
             r = &mut opening => return Start::Read(r.map_err(Some)),
+            _ = &mut drained, if again => return Start::TimedOut,
             () = &mut timer => {
                 if awaiting.is_some() || tokio::time::Instant::now() >= deadline {
                     return Start::TimedOut;

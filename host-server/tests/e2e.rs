@@ -931,12 +931,28 @@ fn restarts_and_sqlite_fallback() {
     round_trip(&rig, "before any restart");
 
     // SIGTERM drains: the socket goes at once, an open connection keeps working until it
-    // closes, and then host-server exits 0.
+    // closes, and then host-server exits 0. A kept stream (a process's, whose socket was
+    // passed while connecting) takes no new request once the drain began: it is closed
+    // unanswered, and its client would open a new stream.
     let (open, answer) = in_legacy(&rig, {
         let sock = sock.clone();
         move || ask(&sock, &[connect_req(dest, false, false)])
     });
     assert!(matches!(answer, ToGuest::Connected { .. }), "{answer:?}");
+    let (mut kept, answer, passed) = in_legacy(&rig, {
+        let sock = sock.clone();
+        move || ask_fd(&sock, &[connect_req(dest, true, true)])
+    });
+    assert!(
+        matches!(
+            answer,
+            ToGuest::Connected {
+                fd_passed: true,
+                ..
+            }
+        ) && passed.is_some(),
+        "{answer:?}"
+    );
     rig.hosts[0].as_ref().unwrap().signal(libc::SIGTERM);
     let deadline = Instant::now() + Duration::from_secs(5);
     while sock.exists() {
@@ -946,6 +962,13 @@ fn restarts_and_sqlite_fallback() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    // The request may meet a stream already closed (EPIPE): either way, no answer.
+    let _ = kept.write_all(&frame::to_vec(&connect_req(dest, true, true)).unwrap());
+    assert_eq!(
+        read_frame(&mut kept),
+        None,
+        "a kept stream took a new connect while host-server drained"
+    );
     assert_eq!(
         echo_through(open, b"while draining".to_vec()),
         b"while draining"

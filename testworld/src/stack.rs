@@ -5,6 +5,7 @@
 //! The binaries are found in the cargo target directory of the running test (`target/debug`,
 //! next to `deps/`), or in `$OUTSOCK_BIN_DIR`. `scripts/test` builds them all first.
 
+use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -142,6 +143,16 @@ impl Stack {
     fn launch(&self, bin: &str, config: &str, log: &str) -> Result<Daemon> {
         let mut cmd = self.world.host().command(artefact(bin)?);
         cmd.arg("--config").arg(self.world.path(config));
+        // A restart starts LOG afresh (tests read what this instance says); what the earlier
+        // instances said moves to LOG.earlier, which `logs` shows too: a failure seen after
+        // a restart may have begun before it.
+        if let Ok(said) = std::fs::read(self.world.path(log)) {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.world.path(&format!("{log}.earlier")))?
+                .write_all(&said)?;
+        }
         cmd.stdout(std::fs::File::create(self.world.path(log))?);
         cmd.stderr(
             std::fs::OpenOptions::new()
@@ -301,14 +312,21 @@ impl Stack {
             .and_then(|d| d.parse().ok())
     }
 
-    /// The daemons' logs so far, for assertion messages.
+    /// The daemons' logs so far, for assertion messages: each daemon's earlier instances
+    /// (before a restart), if any, then the running one's.
     #[must_use]
     pub fn logs(&self) -> String {
         let read = |n: &str| std::fs::read_to_string(self.world.path(n)).unwrap_or_default();
-        format!(
-            "--- dns-cache.log\n{}\n--- host-server.log\n{}",
-            read("dns-cache.log"),
-            read("host-server.log")
-        )
+        let mut out = String::new();
+        for log in ["dns-cache.log", "host-server.log"] {
+            let earlier = read(&format!("{log}.earlier"));
+            if !earlier.is_empty() {
+                out.push_str(&format!(
+                    "--- {log}.earlier (before a restart)\n{earlier}\n"
+                ));
+            }
+            out.push_str(&format!("--- {log}\n{}\n", read(log)));
+        }
+        out
     }
 }

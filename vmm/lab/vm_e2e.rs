@@ -170,6 +170,7 @@ awk '/"sum_sent"/ {{ s = 1 }} /"sum_received"/ {{ r = 1 }}
 /tmp/go-client serve {go_server_port} >/tmp/gosrv.out 2>&1 & G=$!
 echo INBOUND-READY
 read -t 90 GO; echo INBOUND-GO=$GO
+for p in H N S SN G; do eval pid=\$$p; echo "INBOUND-PROC $p $(cat /proc/$pid/comm 2>/dev/null || echo gone) $(grep -s '^State' /proc/$pid/status | tr '\t' ' ') syscall $(cut -d' ' -f1-3 /proc/$pid/syscall 2>/dev/null)"; done
 sed 's/^/HTTPD-LOG /' /tmp/httpd.log
 echo NC-IN-DATA=$(cat /tmp/nc-in.out)
 sed 's/^/NC-IN-LOG /' /tmp/nc-in.err

@@ -375,8 +375,9 @@ pub fn allow_list(role: Role, pid: u32) -> AllowList {
             // stdin, eventfds (queue kicks, the UART's FIFO-empty event), timerfds.
             l.any(&[libc::SYS_read]);
             // vsock stream data: std reads a UnixStream with recv(2) and writes it with
-            // send(2, MSG_NOSIGNAL), i.e. recvfrom and sendto.
-            l.any(&[libc::SYS_recvfrom, libc::SYS_sendto]);
+            // send(2, MSG_NOSIGNAL), i.e. recvfrom and sendto; a run of a guest connection's
+            // TX packets goes with one writev (no control data: no descriptor leaves).
+            l.any(&[libc::SYS_recvfrom, libc::SYS_sendto, libc::SYS_writev]);
             // vsock: host connections on the VM's socket, guest connections to host-server
             // (a non-blocking connect: EAGAIN on a full backlog is retried later), half-closes.
             l.any(&[libc::SYS_accept4, libc::SYS_connect, libc::SYS_shutdown]);

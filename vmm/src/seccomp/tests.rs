@@ -214,6 +214,7 @@ fn the_event_loop_speaks_unix_sockets_only() {
         libc::SYS_accept4,
         libc::SYS_connect,
         libc::SYS_sendto,
+        libc::SYS_writev,
         libc::SYS_shutdown,
         libc::SYS_timerfd_settime,
     ] {

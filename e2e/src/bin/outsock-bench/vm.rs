@@ -18,7 +18,12 @@
 //! drain that reads to the end) and IPv6→guest (a source that writes until the reader goes)
 //! throughput for SECONDS each, connect + first byte p50/p99 to the echo server, the CPU per
 //! GB moved of the VMM's event thread (where every device byte is handled: schedstat of that
-//! thread), of host-server (utime + stime) and of the simulated guest's thread, and connrate's measure at 1, 8 and 32 clients
+//! thread), of host-server (utime + stime), of the simulated guest's thread and of the server
+//! in `world` (and natively of the client and the server), with the most these costs allow on
+//! this machine's CPUs (each party a thread of its own, never waiting: the vm's ceiling, against
+//! the native median), this machine's cost of one thread waking another (the unit of the
+//! guest's connect latency: it waits for ten such wake-ups in series, native for two), and
+//! connrate's measure at 1, 8 and 32 clients
 //! (one connection per request to a request/response server, SECONDS / 2 each: connections per
 //! second, their p50/p99, CPU per connection), the guest's clients all served by its one driver
 //! loop as a guest kernel serves its programs' sockets.
@@ -736,6 +741,7 @@ pub fn native(mode: &str, target: &str, secs: f64) -> Result<()> {
         "up" => {
             let mut c = TcpStream::connect(addr)?;
             let buf = vec![0x5au8; 256 * 1024];
+            let cpu0 = own_cpu_ns();
             let t = Instant::now();
             while t.elapsed().as_secs_f64() < secs {
                 c.write_all(&buf)?;
@@ -744,12 +750,13 @@ pub fn native(mode: &str, target: &str, secs: f64) -> Result<()> {
             let mut ack = [0u8; 8];
             c.read_exact(&mut ack)?;
             let got = u64::from_be_bytes(ack);
-            println!("{} {got}", gbps(got, t.elapsed()));
+            println!("{} {got} {}", gbps(got, t.elapsed()), own_cpu_ns() - cpu0);
         }
         "down" => {
             let mut c = TcpStream::connect(addr)?;
             c.write_all(&u64::MAX.to_be_bytes())?;
             let mut buf = vec![0u8; 256 * 1024];
+            let cpu0 = own_cpu_ns();
             let t = Instant::now();
             let mut got = 0u64;
             while t.elapsed().as_secs_f64() < secs {
@@ -758,7 +765,7 @@ pub fn native(mode: &str, target: &str, secs: f64) -> Result<()> {
                     n => got += n as u64,
                 }
             }
-            println!("{} {got}", gbps(got, t.elapsed()));
+            println!("{} {got} {}", gbps(got, t.elapsed()), own_cpu_ns() - cpu0);
         }
         _ => bail!("vm-native: unknown mode {mode}"),
     }
@@ -822,15 +829,20 @@ pub fn source(at: &str) -> Result<()> {
     Ok(())
 }
 
-/// One direction's run: Gbit/s, bytes, and the CPU spent over it (VMM thread, host-server).
+/// One direction's run: Gbit/s, bytes, and the CPU each busy party spent over it (ns).
 #[derive(Debug, Default, Clone, Copy)]
 struct Bulk {
     gbps: f64,
     bytes: u64,
+    /// The VMM's event thread (none natively).
     vmm_ns: u64,
+    /// host-server (not in a native run).
     host_ns: u64,
-    /// The simulated guest's thread (this one): its copies, rings and waits.
-    guest_ns: u64,
+    /// The client: the simulated guest's thread (this one: its copies, rings and waits), or
+    /// the native client process.
+    client_ns: u64,
+    /// The server in `world` (the drain or the source: one thread per connection).
+    peer_ns: u64,
 }
 
 /// This thread's CPU time so far, ns (schedstat).
@@ -841,8 +853,14 @@ fn own_cpu_ns() -> u64 {
         .unwrap_or(0)
 }
 
-fn guest_up(vmm: &mut Vmm, host_pid: u32, dest: SocketAddrV4, secs: f64) -> Result<Bulk> {
+fn guest_up(
+    vmm: &mut Vmm,
+    (host_pid, peer_pid): (u32, u32),
+    dest: SocketAddrV4,
+    secs: f64,
+) -> Result<Bulk> {
     let (c0, h0, g0) = (vmm.cpu_ns(), process_cpu_ns(host_pid), own_cpu_ns());
+    let p0 = process_cpu_ns(peer_pid);
     let g = &mut vmm.guest;
     let port = g.tcp_connect(dest)?;
     let buf = vec![0x5au8; 256 * 1024];
@@ -865,12 +883,19 @@ fn guest_up(vmm: &mut Vmm, host_pid: u32, dest: SocketAddrV4, secs: f64) -> Resu
         bytes: got,
         vmm_ns: vmm.cpu_ns() - c0,
         host_ns: process_cpu_ns(host_pid) - h0,
-        guest_ns: own_cpu_ns() - g0,
+        client_ns: own_cpu_ns() - g0,
+        peer_ns: process_cpu_ns(peer_pid) - p0,
     })
 }
 
-fn guest_down(vmm: &mut Vmm, host_pid: u32, dest: SocketAddrV4, secs: f64) -> Result<Bulk> {
+fn guest_down(
+    vmm: &mut Vmm,
+    (host_pid, peer_pid): (u32, u32),
+    dest: SocketAddrV4,
+    secs: f64,
+) -> Result<Bulk> {
     let (c0, h0, g0) = (vmm.cpu_ns(), process_cpu_ns(host_pid), own_cpu_ns());
+    let p0 = process_cpu_ns(peer_pid);
     let g = &mut vmm.guest;
     let port = g.tcp_connect(dest)?;
     g.write(port, &u64::MAX.to_be_bytes())?;
@@ -889,7 +914,8 @@ fn guest_down(vmm: &mut Vmm, host_pid: u32, dest: SocketAddrV4, secs: f64) -> Re
         bytes: got,
         vmm_ns: vmm.cpu_ns() - c0,
         host_ns: process_cpu_ns(host_pid) - h0,
-        guest_ns: own_cpu_ns() - g0,
+        client_ns: own_cpu_ns() - g0,
+        peer_ns: process_cpu_ns(peer_pid) - p0,
     })
 }
 
@@ -1047,7 +1073,10 @@ fn spawn_server(s: &Stack, what: &str, port: u16) -> Result<testworld::Daemon> {
     Ok(d)
 }
 
-fn native_bulk(s: &Stack, mode: &str, port: u16, secs: f64) -> Result<f64> {
+/// A native run from `host` (`vm-native`): its figure, and the CPU of its client and of the
+/// server in `world` (pid `peer_pid`).
+fn native_bulk(s: &Stack, mode: &str, port: u16, secs: f64, peer_pid: u32) -> Result<Bulk> {
+    let p0 = process_cpu_ns(peer_pid);
     let mut c = s.world.host().command(std::env::current_exe()?);
     c.args([
         "vm-native",
@@ -1056,15 +1085,23 @@ fn native_bulk(s: &Stack, mode: &str, port: u16, secs: f64) -> Result<f64> {
         &secs.to_string(),
     ]);
     let out = c.output()?;
+    let peer_ns = process_cpu_ns(peer_pid) - p0;
     if !out.status.success() {
         bail!("vm-native {mode}: {}", String::from_utf8_lossy(&out.stderr));
     }
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .context("no figure")?
-        .parse()
-        .context("a figure")
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut f = text.split_whitespace();
+    let mut next = |what: &str| {
+        f.next()
+            .with_context(|| format!("vm-native {mode}: no {what}"))
+    };
+    Ok(Bulk {
+        gbps: next("Gbit/s")?.parse().context("Gbit/s")?,
+        bytes: next("bytes")?.parse().context("bytes")?,
+        client_ns: next("CPU")?.parse().context("CPU")?,
+        peer_ns,
+        ..Bulk::default()
+    })
 }
 
 /// The vm part, in its own test world (host-server must take this process for a VMM).
@@ -1111,23 +1148,24 @@ fn run(s: &Stack, rounds: usize, secs: f64, take_sockets: bool) -> Result<()> {
     let connects_before = counted(&metrics.vsock_guest_connections);
     let reused_before = counted(&metrics.kept_streams_reused);
 
-    let mut up: (Vec<f64>, Vec<Bulk>) = (Vec::new(), Vec::new());
-    let mut down: (Vec<f64>, Vec<Bulk>) = (Vec::new(), Vec::new());
+    let mut up: (Vec<Bulk>, Vec<Bulk>) = (Vec::new(), Vec::new());
+    let mut down: (Vec<Bulk>, Vec<Bulk>) = (Vec::new(), Vec::new());
     let mut lat: (Vec<f64>, Vec<f64>) = (Vec::new(), Vec::new());
     let mut phases: [Vec<f64>; 3] = Default::default();
     let mut rates: Vec<Rate> = RR_CLIENTS.iter().map(|_| Rate::default()).collect();
     for _ in 0..rounds {
-        up.0.push(native_bulk(s, "up", DRAIN_PORT, secs)?);
+        up.0.push(native_bulk(s, "up", DRAIN_PORT, secs, drain.pid())?);
         up.1.push(guest_up(
             &mut vmm,
-            host_pid,
+            (host_pid, drain.pid()),
             SocketAddrV4::new(dummy, DRAIN_PORT),
             secs,
         )?);
-        down.0.push(native_bulk(s, "down", SOURCE_PORT, secs)?);
+        down.0
+            .push(native_bulk(s, "down", SOURCE_PORT, secs, source.pid())?);
         down.1.push(guest_down(
             &mut vmm,
-            host_pid,
+            (host_pid, source.pid()),
             SocketAddrV4::new(dummy, SOURCE_PORT),
             secs,
         )?);
@@ -1225,6 +1263,18 @@ fn run(s: &Stack, rounds: usize, secs: f64, take_sockets: bool) -> Result<()> {
         "    the guest's p50 by phase: vsock stream open {:.1} µs, connect request to answer {:.1} µs, first byte's echo {:.1} µs",
         p50[0], p50[1], p50[2]
     );
+    // In series, the guest's connect + first byte wakes a sleeping thread 10 times: the open
+    // (guest → VMM → guest), the request (guest → VMM → host-server → VMM → guest) and the
+    // echo (guest → VMM → server → VMM → guest; through the relay, host-server twice more);
+    // native's wakes the server and the client.
+    let hops: u32 = if take_sockets { 10 } else { 12 };
+    let hop = handoff_us()?;
+    println!(
+        "    one wake-up of a sleeping thread by another on this machine (eventfd, epoll; p50 of 5,000 round trips / 2): {hop:.1} µs; the guest's connect + first byte waits for {hops} in series, native's for 2: {} × {hop:.1} = {:.0} µs of the difference",
+        hops - 2,
+        f64::from(hops - 2) * hop
+    );
+    record::figure("vm-latency", "wake-up hand-off p50", "µs", hop);
     let med = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
         quantile(v, 0.5)
@@ -1267,28 +1317,40 @@ fn run(s: &Stack, rounds: usize, secs: f64, take_sockets: bool) -> Result<()> {
     Ok(())
 }
 
-fn bulk_report(what: &str, native: &mut [f64], guest: &[Bulk]) {
-    native.sort_by(f64::total_cmp);
+/// Seconds of CPU per GB moved of each party of `runs` (summed over the runs), in the order
+/// of `of`.
+fn per_gb<const N: usize>(runs: &[Bulk], of: [fn(&Bulk) -> u64; N]) -> [f64; N] {
+    let bytes: u64 = runs.iter().map(|b| b.bytes).sum();
+    #[allow(clippy::cast_precision_loss)]
+    of.map(|f| runs.iter().map(f).sum::<u64>() as f64 / 1e9 / (bytes.max(1) as f64 / 1e9))
+}
+
+/// The most Gbit/s parties costing `per_gb` (s of CPU per GB each, one thread each) can move
+/// on `cpus` CPUs with nothing else running: each party on a CPU of its own as long as there
+/// are enough, every CPU busy all the time otherwise.
+fn ceiling(per_gb: &[f64], cpus: f64) -> f64 {
+    let busiest = per_gb.iter().copied().fold(0.0, f64::max);
+    let total: f64 = per_gb.iter().sum();
+    8.0 / busiest.max(total / cpus)
+}
+
+fn bulk_report(what: &str, native: &[Bulk], guest: &[Bulk]) {
+    let mut n: Vec<f64> = native.iter().map(|b| b.gbps).collect();
+    n.sort_by(f64::total_cmp);
     let mut g: Vec<f64> = guest.iter().map(|b| b.gbps).collect();
     g.sort_by(f64::total_cmp);
-    let (nm, gm) = (quantile(native, 0.5), quantile(&g, 0.5));
+    let (nm, gm) = (quantile(&n, 0.5), quantile(&g, 0.5));
     println!("  {what}:");
     println!(
         "    native               min {:.2}  median {nm:.2}  max {:.2} Gbit/s",
-        native[0],
-        native[native.len() - 1]
+        n[0],
+        n[n.len() - 1]
     );
     println!(
         "    vm (simulated guest) min {:.2}  median {gm:.2}  max {:.2} Gbit/s",
         g[0],
         g[g.len() - 1]
     );
-    let bytes: u64 = guest.iter().map(|b| b.bytes).sum();
-    let vmm: u64 = guest.iter().map(|b| b.vmm_ns).sum();
-    let host: u64 = guest.iter().map(|b| b.host_ns).sum();
-    let guest_ns: u64 = guest.iter().map(|b| b.guest_ns).sum();
-    #[allow(clippy::cast_precision_loss)]
-    let per_gb = |ns: u64| ns as f64 / 1e9 / (bytes as f64 / 1e9);
     println!(
         "    ratio of medians (vm / native): {:.3}  (goal ≥ 0.9)",
         gm / nm
@@ -1301,16 +1363,92 @@ fn bulk_report(what: &str, native: &mut [f64], guest: &[Bulk]) {
         nm,
     );
     record::figure("vm-throughput", &format!("median vm: {what}"), "Gbit/s", gm);
+    let [vmm, host, client, peer] = per_gb(
+        guest,
+        [|b| b.vmm_ns, |b| b.host_ns, |b| b.client_ns, |b| b.peer_ns],
+    );
+    let [n_client, n_peer] = per_gb(native, [|b| b.client_ns, |b| b.peer_ns]);
     record::figure(
         "vm-cpu",
         &format!("VMM event thread per GB: {what}"),
         "s",
-        per_gb(vmm),
+        vmm,
     );
     println!(
-        "    CPU per GB moved: VMM event thread {:.3} s, host-server {:.3} s, the simulated guest's thread {:.3} s",
-        per_gb(vmm),
-        per_gb(host),
-        per_gb(guest_ns)
+        "    CPU per GB moved: VMM event thread {vmm:.3} s, host-server {host:.3} s, the simulated guest's thread {client:.3} s, the server in world {peer:.3} s (native: client {n_client:.3} s, server {n_peer:.3} s)"
     );
+    // What these costs allow on this machine: the vm's parties need more CPU per byte than
+    // native's two, and on few CPUs that, not waiting, may be what bounds it.
+    #[allow(clippy::cast_precision_loss)]
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from) as f64;
+    let vm_cap = ceiling(&[vmm, host, client, peer], cpus);
+    let native_cap = ceiling(&[n_client, n_peer], cpus);
+    println!(
+        "    on this machine's {cpus} CPUs, with each party always running and nothing else: at most {vm_cap:.2} Gbit/s (vm), {native_cap:.2} (native); the vm's ceiling is {:.3}× the native median",
+        vm_cap / nm
+    );
+    record::figure(
+        "vm-cpu",
+        &format!("vm CPU ceiling / native median: {what}"),
+        "×",
+        vm_cap / nm,
+    );
+}
+
+/// This machine's cost of one thread waking another that sleeps in epoll_wait on an eventfd
+/// (as the VMM's event loop and the guest's interrupt wait do), µs: the p50 of 5,000 round
+/// trips between two threads, halved.
+fn handoff_us() -> Result<f64> {
+    fn wait(ep: &Epoll, fd: &EventFd) -> std::io::Result<()> {
+        let mut ev = [EpollEvent::default(); 1];
+        loop {
+            match fd.read() {
+                Ok(_) => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    match ep.wait(-1, &mut ev) {
+                        Ok(_) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    fn watching(fd: &EventFd) -> std::io::Result<Epoll> {
+        let ep = Epoll::new()?;
+        ep.ctl(
+            ControlOperation::Add,
+            fd.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, 0),
+        )?;
+        Ok(ep)
+    }
+    const TRIPS: usize = 5_000;
+    let ping = EventFd::new(libc::EFD_NONBLOCK)?;
+    let pong = EventFd::new(libc::EFD_NONBLOCK)?;
+    let (ping2, pong2) = (ping.try_clone()?, pong.try_clone()?);
+    let peer = std::thread::spawn(move || -> std::io::Result<()> {
+        let ep = watching(&ping2)?;
+        for _ in 0..TRIPS + 100 {
+            wait(&ep, &ping2)?;
+            pong2.write(1)?;
+        }
+        Ok(())
+    });
+    let ep = watching(&pong)?;
+    let mut trips = Vec::with_capacity(TRIPS);
+    for i in 0..TRIPS + 100 {
+        let t = Instant::now();
+        ping.write(1)?;
+        wait(&ep, &pong)?;
+        // The first 100 warm up.
+        if i >= 100 {
+            trips.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    peer.join()
+        .map_err(|_| anyhow::anyhow!("the hand-off thread panicked"))??;
+    trips.sort_by(f64::total_cmp);
+    Ok(quantile(&trips, 0.5) / 2.0)
 }

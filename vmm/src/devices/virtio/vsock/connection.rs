@@ -66,10 +66,11 @@
 //! answers `Udp` without one), so `take_sockets` only changes when the guest's bytes may go.
 //!
 //! **One copy each way** (the data path of a passed socket, and of the relay's Unix stream
-//! too): a guest RW packet whose bytes can go at once ([`Connection::send_direct`]: nothing
-//! buffered before them) is written to the stream straight from guest memory, and only what
-//! the stream does not take is copied into the buffer; a packet for the guest is read from the
-//! stream straight into the guest's RX buffer ([`RxBuf`] over guest memory).
+//! too): guest RW packets whose bytes can go at once ([`Connection::send_direct`]: nothing
+//! buffered before them) are written to the stream straight from guest memory — a run of this
+//! connection's packets next in the TX ring with one `writev` ([`super::iov::send_from`]) —
+//! and only what the stream does not take is copied into the buffer; a packet for the guest is
+//! read from the stream straight into the guest's RX buffer ([`RxBuf`] over guest memory).
 
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
@@ -82,7 +83,7 @@ use std::time::{Duration, Instant};
 use shared_proto::frame::{frame_len, HEADER_LEN};
 use shared_proto::{Errno, ToGuest, ToHost};
 use vm_memory::bitmap::BitmapSlice;
-use vm_memory::{Bytes, ReadVolatile, VolatileMemoryError, VolatileSlice, WriteVolatile};
+use vm_memory::{Bytes, ReadVolatile, VolatileMemoryError, VolatileSlice};
 
 use vmm_sys_util::epoll::EventSet;
 
@@ -1061,42 +1062,46 @@ impl Connection {
         }
     }
 
-    /// A guest RW packet whose payload is still in guest memory: written to the stream straight
-    /// from there when nothing waits before it (one copy); whatever the stream does not take
-    /// now is buffered as usual. Returns false, having done nothing, when the packet must go
-    /// through [`Self::send_pkt`] instead (any other packet or state).
+    /// Guest RW packets whose payloads are still in guest memory (`data`: a run of this
+    /// connection's packets in ring order, `hdr` the last one's header): written to the stream
+    /// straight from there, with one write, when nothing waits before them (one copy); whatever
+    /// the stream does not take now is buffered as usual. Returns false, having done nothing,
+    /// when they must go one by one through [`Self::send_pkt`] instead (any other packet or
+    /// state; a run while the first frame is still being looked at).
     pub fn send_direct<B: BitmapSlice>(
         &mut self,
         hdr: &Header,
-        data: &VolatileSlice<'_, B>,
+        data: &[VolatileSlice<'_, B>],
     ) -> bool {
+        let len: usize = data.iter().map(VolatileSlice::len).sum();
         if self.state != State::Established
             || hdr.op != op::RW
+            || data.is_empty()
+            || data.len() > super::iov::MAX_IOV
             || !self.tx_buf.is_empty()
             || !self.prefix.is_empty()
             || self.gate != Gate::Open
             || self.peer_shut & SHUTDOWN_SEND != 0
-            || data.len() > self.window as usize
+            || len > self.window as usize
             || self.host_gone()
             // A UDP server's frames are counted on the copying path (and a first packet larger
             // than a request kept, which may start a UDP server's first datagram, takes it).
             || self.companion.as_ref().is_some_and(|c| c.udp.is_some())
-            || self.first.is_some() && data.len() > MAX_KEPT_FRAME
+            || self.first.is_some() && (data.len() > 1 || len > MAX_KEPT_FRAME)
         {
             return false;
         }
         self.take_credit(hdr);
         if self.first.is_some() {
-            let mut head = vec![0u8; data.len()];
-            if data.read_slice(&mut head, 0).is_err() {
+            let mut head = vec![0u8; len];
+            if data[0].read_slice(&mut head, 0).is_err() {
                 self.first = None;
             } else if self.note_guest_bytes(&head) != Some(0) {
                 // Reset (not frames): nothing goes to the stream.
                 return true;
             }
         }
-        let mut stream = &self.stream;
-        let written = match stream.write_volatile(data).map_err(io_error) {
+        let written = match super::iov::send_from(self.stream.as_fd(), data) {
             Ok(n) => n,
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => 0,
             Err(_) => {
@@ -1106,13 +1111,20 @@ impl Connection {
         };
         self.forwarded(written);
         Metrics::add(&METRICS.vsock_tx_bytes, written as u64);
-        if written < data.len() {
-            let mut rest = vec![0u8; data.len() - written];
-            if data.read_slice(&mut rest, written).is_err() {
+        // The rest, from where the write stopped.
+        let mut skip = written;
+        for d in data {
+            if skip >= d.len() {
+                skip -= d.len();
+                continue;
+            }
+            let mut rest = vec![0u8; d.len() - skip];
+            if d.read_slice(&mut rest, skip).is_err() {
                 self.reset();
                 return true;
             }
             self.tx_buf.extend(rest);
+            skip = 0;
         }
         self.flush();
         true

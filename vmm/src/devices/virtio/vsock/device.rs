@@ -2,9 +2,10 @@
 //! [`Muxer`]. The event thread drives it through [`super::handler::VsockHandler`].
 //!
 //! TX (guest→host) chains are always consumed: a packet is parsed with virtio-vsock's
-//! `VsockPacket`; its payload is written by the muxer straight from guest memory to the
-//! connection's stream when it can go at once (`Muxer::send_direct`), otherwise copied out and
-//! handed to the muxer; a chain that does not parse is returned unused (the guest driver never
+//! `VsockPacket`; its payload — with those of the same connection's RW packets next in the
+//! ring, up to [`TX_RUN`], in one write — is written by the muxer straight from guest memory to
+//! the connection's stream when it can go at once (`Muxer::send_direct`), otherwise copied out
+//! and handed to the muxer; a chain that does not parse is returned unused (the guest driver never
 //! builds one; a hostile guest only loses its own packet). RX chains are filled only while the
 //! muxer has something to say, the payload read from the stream straight into the chains' data
 //! buffers, up to [`RX_BATCH`] chains with one receive; chains it cannot use now are put back.
@@ -36,6 +37,33 @@ pub const CHAINS_PER_EVENT: usize = QUEUE_SIZE as usize;
 /// RX chains one read of a connection may fill: sixteen of Linux's 4 KiB RX buffers hold the
 /// largest packet, [`MAX_PKT_DATA`].
 pub const RX_BATCH: usize = 16;
+
+/// A connection's TX packets next in the ring written with one `writev` at most: with Linux's
+/// 64 KiB packets, 1 MiB (the bulk window).
+pub const TX_RUN: usize = 16;
+
+/// Whether `a` and `b` are packets of the same stream (addresses, ports, type).
+fn same_stream(a: &Header, b: &Header) -> bool {
+    (a.src_cid, a.dst_cid, a.src_port, a.dst_port, a.type_)
+        == (b.src_cid, b.dst_cid, b.src_port, b.dst_port, b.type_)
+}
+
+/// A TX packet copied out of guest memory (into `buf`) and handed to the muxer.
+fn copy_out<B: vm_memory::bitmap::BitmapSlice>(
+    muxer: &mut Muxer,
+    buf: &mut Vec<u8>,
+    hdr: &Header,
+    data: Option<&VolatileSlice<'_, B>>,
+) {
+    buf.clear();
+    if let Some(data) = data {
+        buf.resize(data.len(), 0);
+        if data.read_slice(buf, 0).is_err() {
+            buf.clear();
+        }
+    }
+    muxer.send_pkt(hdr, buf);
+}
 
 /// See the module documentation.
 #[derive(Debug)]
@@ -108,28 +136,56 @@ impl VsockDevice {
             }
             budget -= 1;
             let head = chain.head_index();
-            if let Ok(pkt) = VsockPacket::from_tx_virtq_chain(&self.mem, &mut chain, MAX_PKT_DATA) {
-                let hdr = Header::from_packet(&pkt);
-                // Straight from guest memory to the stream where it can go at once.
-                if pkt
-                    .data_slice()
-                    .is_some_and(|data| self.muxer.send_direct(&hdr, data))
-                {
-                    let _ = q.add_used(&self.mem, head, 0);
-                    used = true;
-                    continue;
-                }
-                self.tx_buf.clear();
-                if let Some(data) = pkt.data_slice() {
-                    self.tx_buf.resize(data.len(), 0);
-                    if data.read_slice(&mut self.tx_buf, 0).is_err() {
-                        self.tx_buf.clear();
+            let Ok(pkt) = VsockPacket::from_tx_virtq_chain(&self.mem, &mut chain, MAX_PKT_DATA)
+            else {
+                // A failure here means the rings themselves are bad; the guest's problem.
+                let _ = q.add_used(&self.mem, head, 0);
+                used = true;
+                continue;
+            };
+            let hdr = Header::from_packet(&pkt);
+            let Some(data) = pkt.data_slice().copied().filter(|_| hdr.op == op::RW) else {
+                copy_out(&mut self.muxer, &mut self.tx_buf, &hdr, pkt.data_slice());
+                let _ = q.add_used(&self.mem, head, 0);
+                used = true;
+                continue;
+            };
+            // This connection's RW packets next in the ring join this one, to go with one
+            // write (see `iov::send_from`).
+            let mut run = vec![(head, hdr, data)];
+            while run.len() < TX_RUN && budget > 0 {
+                let Some(mut next) = q.pop_descriptor_chain(&self.mem) else {
+                    break;
+                };
+                let head = next.head_index();
+                let same = VsockPacket::from_tx_virtq_chain(&self.mem, &mut next, MAX_PKT_DATA)
+                    .ok()
+                    .and_then(|p| {
+                        let h = Header::from_packet(&p);
+                        let d = p.data_slice().copied()?;
+                        (h.op == op::RW && same_stream(&h, &hdr)).then_some((head, h, d))
+                    });
+                let Some(joins) = same else {
+                    q.go_to_previous_position();
+                    break;
+                };
+                budget -= 1;
+                run.push(joins);
+            }
+            let last = run[run.len() - 1].1;
+            let payloads: Vec<VolatileSlice<'_, _>> = run.iter().map(|r| r.2).collect();
+            // Straight from guest memory to the stream where they can go at once, else one by
+            // one, copied out.
+            if !self.muxer.send_direct(&last, &payloads) {
+                for (_, hdr, data) in &run {
+                    if !self.muxer.send_direct(hdr, std::slice::from_ref(data)) {
+                        copy_out(&mut self.muxer, &mut self.tx_buf, hdr, Some(data));
                     }
                 }
-                self.muxer.send_pkt(&hdr, &self.tx_buf);
             }
-            // A failure here means the rings themselves are bad; the guest's problem.
-            let _ = q.add_used(&self.mem, head, 0);
+            for (head, ..) in run {
+                let _ = q.add_used(&self.mem, head, 0);
+            }
             used = true;
         }
         used

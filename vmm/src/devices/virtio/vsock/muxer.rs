@@ -532,13 +532,14 @@ impl Muxer {
         }
     }
 
-    /// A guest RW packet whose payload is still in guest memory: written straight to its
-    /// connection's stream when it can be (see [`Connection::send_direct`]). Returns false,
-    /// having done nothing, when the caller must copy it out and use [`Self::send_pkt`].
+    /// Guest RW packets of one connection whose payloads are still in guest memory (a run in
+    /// ring order; `hdr`: the last one's header): written straight to the connection's stream
+    /// with one write when they can be (see [`Connection::send_direct`]). Returns false, having
+    /// done nothing, when the caller must copy them out and use [`Self::send_pkt`].
     pub fn send_direct<B: BitmapSlice>(
         &mut self,
         hdr: &Header,
-        data: &VolatileSlice<'_, B>,
+        data: &[VolatileSlice<'_, B>],
     ) -> bool {
         if hdr.src_cid != self.cfg.cid || hdr.dst_cid != HOST_CID || hdr.type_ != TYPE_STREAM {
             return false;

@@ -1641,7 +1641,8 @@ fn vm_listen(
     // Listeners closed since the last listen close host-server's listeners first (their ports
     // may be what this one wants); host-server closes them on its own time, so a port still
     // in use then is asked for again, for up to a second.
-    let swept = s.companions.sweep(&vmlisten::held_by_others());
+    let mark = s.companions.mark();
+    let swept = s.companions.sweep(mark, &vmlisten::held_by_others());
     let mut tries = if swept > 0 { 10 } else { 1 };
     let l = loop {
         tries -= 1;

@@ -24,11 +24,24 @@ use crate::sys;
 /// How long an accepted stream may take to deliver its `Inbound` frame (as liboutsock).
 const INBOUND_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The companions of the listeners made here, by the listener's identity. A companion is
-/// closed (and with it host-server's listener) at the next listen made here after no process
-/// holds its listener any more, or when the supervisor ends.
+/// The companions of the listeners made here, by the listener's identity, each with the
+/// number of its [`Companions::keep`] (in order). A companion is closed (and with it
+/// host-server's listener) at the next listen made here after no process holds its listener
+/// any more, or when the supervisor ends.
+///
+/// Whether a process holds a listener is read from `/proc` ([`held_by_others`]), which takes a
+/// while, and meanwhile another listen may install its listener in its program and keep its
+/// companion: that companion must not be judged by the older reading (its listener was not in
+/// the program yet when the scan passed by). So a sweep closes only companions kept before its
+/// [`Companions::mark`], taken before the scan. (The lab's guest starts three supervised
+/// servers at once; in about one run in four, host-server closed the first one's listener a few
+/// milliseconds after the next one's listen, while busybox-static httpd waited in accept on a
+/// port nothing listened on.)
 #[derive(Debug, Default)]
-pub struct Companions(Mutex<HashMap<(u64, u64), UnixStream>>);
+pub struct Companions(Mutex<Kept>);
+
+/// Each companion and its keep's number, by its listener's identity; the next keep's number.
+type Kept = (HashMap<(u64, u64), (UnixStream, u64)>, u64);
 
 /// A listener made by [`listen`]: the vsock listening socket, the AF_INET address host-server
 /// listens on, and the request's stream.
@@ -65,21 +78,29 @@ pub fn listen(host: &HostServer, addr: SocketAddrV4, backlog: u32) -> Result<Lis
 }
 
 impl Companions {
-    /// Keeps `l`'s companion for the listener whose identity is `id`.
+    /// Keeps `l`'s companion for the listener whose identity is `id` (already installed in its
+    /// program).
     pub fn keep(&self, id: (u64, u64), l: Listening) {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(id, l.companion);
+        let mut guard = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let (map, kept) = &mut *guard;
+        map.insert(id, (l.companion, *kept));
+        *kept += 1;
     }
 
-    /// Closes the companions of listeners whose socket inode is not in `live` (the sockets
-    /// some process holds), so that host-server closes those listeners and their ports can be
-    /// listened on again. Returns how many it closed.
-    pub fn sweep(&self, live: &HashSet<u64>) -> usize {
-        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+    /// Where the keeps stand now: a sweep given this mark judges only the companions kept
+    /// before it. Taken before reading which sockets are live.
+    pub fn mark(&self) -> u64 {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).1
+    }
+
+    /// Closes the companions kept before `mark` whose listener's socket inode is not in `live`
+    /// (the sockets some process held when read, after `mark`), so that host-server closes
+    /// those listeners and their ports can be listened on again. Returns how many it closed.
+    pub fn sweep(&self, mark: u64, live: &HashSet<u64>) -> usize {
+        let mut guard = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let map = &mut guard.0;
         let before = map.len();
-        map.retain(|(_, ino), _| live.contains(ino));
+        map.retain(|(_, ino), (_, kept)| *kept >= mark || live.contains(ino));
         before - map.len()
     }
 }
@@ -179,11 +200,21 @@ mod tests {
         };
         c.keep((1, 10), listening(kept));
         c.keep((1, 20), listening(gone));
-        assert_eq!(c.sweep(&HashSet::from([10])), 1);
+        // A listen whose scan of /proc began before this companion was kept: its listener was
+        // not in its program yet when the scan passed by, so the scan cannot judge it.
+        let mark = c.mark();
+        let (young, mut young_host) = UnixStream::pair().unwrap();
+        c.keep((1, 30), listening(young));
+        assert_eq!(c.sweep(mark, &HashSet::from([10])), 1);
         let mut buf = [0u8; 1];
         // host-server sees the swept companion's end, and only that one.
         assert_eq!(gone_host.read(&mut buf).unwrap(), 0);
         kept_host.set_nonblocking(true).unwrap();
         assert!(kept_host.read(&mut buf).is_err());
+        young_host.set_nonblocking(true).unwrap();
+        assert!(young_host.read(&mut buf).is_err());
+        // The next sweep, marked after it, judges it.
+        assert_eq!(c.sweep(c.mark(), &HashSet::from([10])), 1);
+        assert_eq!(young_host.read(&mut buf).unwrap(), 0);
     }
 }

@@ -1268,13 +1268,18 @@ fn run(s: &Stack, rounds: usize, secs: f64, take_sockets: bool) -> Result<()> {
     // echo (guest → VMM → server → VMM → guest; through the relay, host-server twice more);
     // native's wakes the server and the client.
     let hops: u32 = if take_sockets { 10 } else { 12 };
-    let hop = handoff_us()?;
+    // A wake-up costs far more when the woken thread's CPU is idle (here a vCPU the host must
+    // wake) than on the waker's own CPU: both, pinned.
+    let (across, same) = (handoff_us(Some((0, 1)))?, handoff_us(Some((0, 0)))?);
+    let extra = f64::from(hops - 2);
     println!(
-        "    one wake-up of a sleeping thread by another on this machine (eventfd, epoll; p50 of 5,000 round trips / 2): {hop:.1} µs; the guest's connect + first byte waits for {hops} in series, native's for 2: {} × {hop:.1} = {:.0} µs of the difference",
+        "    one wake-up of a sleeping thread by another on this machine (eventfd, epoll; p50 of 5,000 round trips / 2): {across:.1} µs onto another CPU, {same:.1} µs on the same one; the guest's connect + first byte waits for {hops} in series, native's for 2: {} × that = {:.0}–{:.0} µs of the difference",
         hops - 2,
-        f64::from(hops - 2) * hop
+        extra * same,
+        extra * across
     );
-    record::figure("vm-latency", "wake-up hand-off p50", "µs", hop);
+    record::figure("vm-latency", "wake-up onto another CPU p50", "µs", across);
+    record::figure("vm-latency", "wake-up on the same CPU p50", "µs", same);
     let med = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
         quantile(v, 0.5)
@@ -1397,8 +1402,25 @@ fn bulk_report(what: &str, native: &[Bulk], guest: &[Bulk]) {
 
 /// This machine's cost of one thread waking another that sleeps in epoll_wait on an eventfd
 /// (as the VMM's event loop and the guest's interrupt wait do), µs: the p50 of 5,000 round
-/// trips between two threads, halved.
-fn handoff_us() -> Result<f64> {
+/// trips between two threads, halved; `cpus`: the CPUs the two threads are pinned to (where
+/// the machine has them; this thread's own affinity is put back after).
+fn handoff_us(cpus: Option<(usize, usize)>) -> Result<f64> {
+    /// Pins the calling thread to `cpu`; returns its old mask (None: not pinned).
+    fn pin(cpu: usize) -> Option<CpuSet> {
+        use rustix::thread::{sched_getaffinity, sched_setaffinity};
+        let old = sched_getaffinity(None).ok()?;
+        let mut one = CpuSet::new();
+        one.set(cpu);
+        sched_setaffinity(None, &one).ok().map(|()| old)
+    }
+    fn unpin(old: Option<CpuSet>) {
+        if let Some(old) = old {
+            let _ = rustix::thread::sched_setaffinity(None, &old);
+        }
+    }
+    use rustix::thread::CpuSet;
+    let cpus = cpus
+        .filter(|&(a, b)| a.max(b) < std::thread::available_parallelism().map_or(1, usize::from));
     fn wait(ep: &Epoll, fd: &EventFd) -> std::io::Result<()> {
         let mut ev = [EpollEvent::default(); 1];
         loop {
@@ -1429,6 +1451,9 @@ fn handoff_us() -> Result<f64> {
     let pong = EventFd::new(libc::EFD_NONBLOCK)?;
     let (ping2, pong2) = (ping.try_clone()?, pong.try_clone()?);
     let peer = std::thread::spawn(move || -> std::io::Result<()> {
+        if let Some((_, b)) = cpus {
+            pin(b);
+        }
         let ep = watching(&ping2)?;
         for _ in 0..TRIPS + 100 {
             wait(&ep, &ping2)?;
@@ -1436,6 +1461,7 @@ fn handoff_us() -> Result<f64> {
         }
         Ok(())
     });
+    let mine = cpus.and_then(|(a, _)| pin(a));
     let ep = watching(&pong)?;
     let mut trips = Vec::with_capacity(TRIPS);
     for i in 0..TRIPS + 100 {
@@ -1447,6 +1473,7 @@ fn handoff_us() -> Result<f64> {
             trips.push(t.elapsed().as_secs_f64() * 1e6);
         }
     }
+    unpin(mine);
     peer.join()
         .map_err(|_| anyhow::anyhow!("the hand-off thread panicked"))??;
     trips.sort_by(f64::total_cmp);

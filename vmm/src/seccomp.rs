@@ -31,7 +31,8 @@
 //! `epoll_ctl` (a driver reset of the vsock device, an MMIO write, drops its connections);
 //! event loop — `epoll_wait`/`epoll_ctl`, `read` (stdin, eventfds, timers), the vsock
 //! muxer's Unix sockets (`accept4` on the VM's socket, `socket`+`connect` to host-server, data
-//! by std's `recvfrom`/`sendto`, `shutdown`, std's `ioctl(FIONBIO)`), the sockets host-server
+//! by std's `recvfrom`/`sendto` and a run of guest packets by `writev`, `shutdown`, std's
+//! `ioctl(FIONBIO)`), the sockets host-server
 //! passes (`recvmsg` with SCM_RIGHTS, `getsockopt(SO_TYPE)` to check them, then the same data
 //! calls; never created here), `timerfd_settime`, and
 //! systemd's watchdog datagram (`socket`+`sendto`); stop-signal waiter — `poll` and `read`

@@ -1280,15 +1280,21 @@ fn a_bogus_descriptor_is_refused_with_rst() {
     }
 }
 
-/// The one-copy data path on its own: guest bytes written to the stream straight from guest
-/// memory while nothing is buffered (the rest buffered when the stream is full, and later
-/// packets then queue behind it), and the stream's bytes read straight into guest memory.
-#[test]
-fn payloads_move_between_guest_memory_and_the_stream_directly() {
+/// A guest connection to host-server's port on its own, over a Unix stream pair, past its
+/// REQUEST and RESPONSE, with `size` bytes of guest memory: the memory, the connection, the
+/// host's end of the stream, and the header of the guest's RW packets.
+fn established_guest_connection(
+    size: usize,
+) -> (
+    vm_memory::GuestMemoryMmap<()>,
+    super::connection::Connection,
+    UnixStream,
+    Header,
+) {
     use super::connection::Connection;
-    use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
-    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).expect("memory");
-    let (vmm_end, mut host) = UnixStream::pair().expect("pair");
+    use vm_memory::{GuestAddress, GuestMemoryMmap};
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), size)]).expect("memory");
+    let (vmm_end, host) = UnixStream::pair().expect("pair");
     vmm_end.set_nonblocking(true).expect("nonblocking");
     host.set_read_timeout(Some(Duration::from_secs(5)))
         .expect("timeout");
@@ -1309,7 +1315,16 @@ fn payloads_move_between_guest_memory_and_the_stream_directly() {
         c.recv_pkt(&mut scratch[..]).expect("response").op,
         op::RESPONSE
     );
-    let rw = Header { op: op::RW, ..hdr };
+    (mem, c, host, Header { op: op::RW, ..hdr })
+}
+
+/// The one-copy data path on its own: guest bytes written to the stream straight from guest
+/// memory while nothing is buffered (the rest buffered when the stream is full, and later
+/// packets then queue behind it), and the stream's bytes read straight into guest memory.
+#[test]
+fn payloads_move_between_guest_memory_and_the_stream_directly() {
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+    let (mem, mut c, mut host, rw) = established_guest_connection(1 << 20);
     // Guest → stream.
     mem.write_slice(b"from guest memory", GuestAddress(0x1000))
         .expect("write");
@@ -1361,31 +1376,8 @@ fn payloads_move_between_guest_memory_and_the_stream_directly() {
 /// whole (the caller then sends the packets one by one).
 #[test]
 fn a_run_of_packets_goes_in_one_write_and_its_rest_in_order() {
-    use super::connection::Connection;
-    use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
-    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 4 << 20)]).expect("memory");
-    let (vmm_end, mut host) = UnixStream::pair().expect("pair");
-    vmm_end.set_nonblocking(true).expect("nonblocking");
-    host.set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    let mut c = Connection::peer_init(vmm_end, CID, HOST_PORT, GUEST_PORT, Vec::new(), false);
-    let hdr = Header {
-        src_cid: CID,
-        dst_cid: 2,
-        src_port: GUEST_PORT,
-        dst_port: HOST_PORT,
-        type_: TYPE_STREAM,
-        op: op::REQUEST,
-        buf_alloc: 1 << 20,
-        ..Header::default()
-    };
-    let mut scratch = [0u8; 64];
-    c.send_pkt(&hdr, &[]);
-    assert_eq!(
-        c.recv_pkt(&mut scratch[..]).expect("response").op,
-        op::RESPONSE
-    );
-    let rw = Header { op: op::RW, ..hdr };
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+    let (mem, mut c, mut host, rw) = established_guest_connection(4 << 20);
     let slice = |at: u64, len: usize| mem.get_slice(GuestAddress(at), len).expect("slice");
     mem.write_slice(b"one two three", GuestAddress(0x1000))
         .expect("write");

@@ -34,7 +34,7 @@ const INBOUND_TIMEOUT: Duration = Duration::from_secs(10);
 /// companion: that companion must not be judged by the older reading (its listener was not in
 /// the program yet when the scan passed by). So a sweep closes only companions kept before its
 /// [`Companions::mark`], taken before the scan. (The lab's guest starts three supervised
-/// servers at once; in about one run in four, host-server closed the first one's listener a few
+/// servers at once; now and then host-server closed the first one's listener a few
 /// milliseconds after the next one's listen, while busybox-static httpd waited in accept on a
 /// port nothing listened on.)
 #[derive(Debug, Default)]

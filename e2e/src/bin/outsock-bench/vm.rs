@@ -845,6 +845,40 @@ struct Bulk {
     peer_ns: u64,
 }
 
+/// The CPU times a bulk run is measured from: the VMM's event thread, host-server, this
+/// (the guest's) thread and the world's server.
+struct CpuMark {
+    vmm: u64,
+    host: u64,
+    client: u64,
+    peer: u64,
+    pids: (u32, u32),
+}
+
+impl CpuMark {
+    fn now(vmm: &Vmm, (host_pid, peer_pid): (u32, u32)) -> Self {
+        Self {
+            vmm: vmm.cpu_ns(),
+            host: process_cpu_ns(host_pid),
+            client: own_cpu_ns(),
+            peer: process_cpu_ns(peer_pid),
+            pids: (host_pid, peer_pid),
+        }
+    }
+
+    /// The run that moved `bytes` in `elapsed` since this mark.
+    fn bulk(&self, vmm: &Vmm, bytes: u64, elapsed: Duration) -> Bulk {
+        Bulk {
+            gbps: gbps(bytes, elapsed),
+            bytes,
+            vmm_ns: vmm.cpu_ns() - self.vmm,
+            host_ns: process_cpu_ns(self.pids.0) - self.host,
+            client_ns: own_cpu_ns() - self.client,
+            peer_ns: process_cpu_ns(self.pids.1) - self.peer,
+        }
+    }
+}
+
 /// This thread's CPU time so far, ns (schedstat).
 fn own_cpu_ns() -> u64 {
     std::fs::read_to_string("/proc/thread-self/schedstat")
@@ -853,14 +887,8 @@ fn own_cpu_ns() -> u64 {
         .unwrap_or(0)
 }
 
-fn guest_up(
-    vmm: &mut Vmm,
-    (host_pid, peer_pid): (u32, u32),
-    dest: SocketAddrV4,
-    secs: f64,
-) -> Result<Bulk> {
-    let (c0, h0, g0) = (vmm.cpu_ns(), process_cpu_ns(host_pid), own_cpu_ns());
-    let p0 = process_cpu_ns(peer_pid);
+fn guest_up(vmm: &mut Vmm, pids: (u32, u32), dest: SocketAddrV4, secs: f64) -> Result<Bulk> {
+    let mark = CpuMark::now(vmm, pids);
     let g = &mut vmm.guest;
     let port = g.tcp_connect(dest)?;
     let buf = vec![0x5au8; 256 * 1024];
@@ -878,24 +906,11 @@ fn guest_up(
     if got != sent {
         bail!("the guest sent {sent} bytes, the drain got {got}");
     }
-    Ok(Bulk {
-        gbps: gbps(got, elapsed),
-        bytes: got,
-        vmm_ns: vmm.cpu_ns() - c0,
-        host_ns: process_cpu_ns(host_pid) - h0,
-        client_ns: own_cpu_ns() - g0,
-        peer_ns: process_cpu_ns(peer_pid) - p0,
-    })
+    Ok(mark.bulk(vmm, got, elapsed))
 }
 
-fn guest_down(
-    vmm: &mut Vmm,
-    (host_pid, peer_pid): (u32, u32),
-    dest: SocketAddrV4,
-    secs: f64,
-) -> Result<Bulk> {
-    let (c0, h0, g0) = (vmm.cpu_ns(), process_cpu_ns(host_pid), own_cpu_ns());
-    let p0 = process_cpu_ns(peer_pid);
+fn guest_down(vmm: &mut Vmm, pids: (u32, u32), dest: SocketAddrV4, secs: f64) -> Result<Bulk> {
+    let mark = CpuMark::now(vmm, pids);
     let g = &mut vmm.guest;
     let port = g.tcp_connect(dest)?;
     g.write(port, &u64::MAX.to_be_bytes())?;
@@ -909,14 +924,7 @@ fn guest_down(
     }
     let elapsed = t.elapsed();
     g.close(port)?;
-    Ok(Bulk {
-        gbps: gbps(got, elapsed),
-        bytes: got,
-        vmm_ns: vmm.cpu_ns() - c0,
-        host_ns: process_cpu_ns(host_pid) - h0,
-        client_ns: own_cpu_ns() - g0,
-        peer_ns: process_cpu_ns(peer_pid) - p0,
-    })
+    Ok(mark.bulk(vmm, got, elapsed))
 }
 
 /// Connect + first byte `n` times: each one's total µs, and its phases (the vsock stream

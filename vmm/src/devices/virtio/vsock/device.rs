@@ -151,9 +151,9 @@ impl VsockDevice {
                 continue;
             };
             // This connection's RW packets next in the ring join this one, to go with one
-            // write (see `iov::send_from`).
-            let mut run = vec![(head, hdr, data)];
-            while run.len() < TX_RUN && budget > 0 {
+            // write (see `iov::send_from`); a packet alone allocates nothing.
+            let mut run = Vec::new();
+            while run.len() + 1 < TX_RUN && budget > 0 {
                 let Some(mut next) = q.pop_descriptor_chain(&self.mem) else {
                     break;
                 };
@@ -172,11 +172,19 @@ impl VsockDevice {
                 budget -= 1;
                 run.push(joins);
             }
-            let last = run[run.len() - 1].1;
-            let payloads: Vec<VolatileSlice<'_, _>> = run.iter().map(|r| r.2).collect();
             // Straight from guest memory to the stream where they can go at once, else one by
             // one, copied out.
-            if !self.muxer.send_direct(&last, &payloads) {
+            if run.is_empty() {
+                if !self.muxer.send_direct(&hdr, std::slice::from_ref(&data)) {
+                    copy_out(&mut self.muxer, &mut self.tx_buf, &hdr, Some(&data));
+                }
+                let _ = q.add_used(&self.mem, head, 0);
+                used = true;
+                continue;
+            }
+            run.insert(0, (head, hdr, data));
+            let payloads: Vec<VolatileSlice<'_, _>> = run.iter().map(|r| r.2).collect();
+            if !self.muxer.send_direct(&run[run.len() - 1].1, &payloads) {
                 for (_, hdr, data) in &run {
                     if !self.muxer.send_direct(hdr, std::slice::from_ref(data)) {
                         copy_out(&mut self.muxer, &mut self.tx_buf, hdr, Some(data));

@@ -224,8 +224,12 @@ pub const HOST_CID: u32 = 2;
 /// use sending to the guest. With Linux's default, 256 KiB, the guest reports what it has
 /// read only after 192 KiB, so the VMM stops reading the IPv6 socket every 192 KiB until the
 /// guest has caught up; `outsock-bench`'s `vm` part moved about 1.5× as much IPv6→guest with
-/// 1 MiB. Set with [`VSOCK_BUFFER_OPTIONS`] before connect or listen, best effort.
-pub const VSOCK_BUFFER_SIZE: u64 = 1024 * 1024;
+/// 1 MiB, and with 1 MiB the VMM still ran out of credit every 0.5 MiB or so; with 4 MiB (twice
+/// the RX buffers a Linux guest posts on our 1024-entry queue) rarely, and IPv6→guest went
+/// from 0.69–0.96× native to 0.87–0.96×. Guest memory only: the guest kernel queues what its
+/// program has not read yet, the VMM buffers nothing for it. Set with [`VSOCK_BUFFER_OPTIONS`]
+/// before connect or listen, best effort.
+pub const VSOCK_BUFFER_SIZE: u64 = 4 * 1024 * 1024;
 
 /// `SO_VM_SOCKETS_BUFFER_MAX_SIZE` then `SO_VM_SOCKETS_BUFFER_SIZE` (`<linux/vm_sockets.h>`,
 /// level `AF_VSOCK`, an unsigned 64-bit value; libc does not name them): the maximum first,

@@ -8,7 +8,8 @@
 //! connection's bytes), with Linux's vsock credit rules (the `buf_alloc` liboutsock asks for,
 //! `shared_proto::translate::VSOCK_BUFFER_SIZE`; a credit update when the host's view of our
 //! free space drops under 64 KiB) and Linux 6.1's RX buffers (a 44-byte header and 4 KiB of
-//! data each, 128 posted, refilled with fresh buffers once half are used; a received packet
+//! data each, as many posted as the device's queue holds, refilled with fresh buffers once half
+//! are used; a received packet
 //! stays in its buffer, as in its skb, until the program reads it, so a received byte is copied
 //! once, into the program's buffer, as in a guest kernel). The
 //! muxer's Unix streams go to the real host-server of a test world whose settings name this VMM
@@ -92,26 +93,31 @@ struct Rate {
 const PROBES: usize = 300;
 /// The receive buffer liboutsock and the supervisor give each guest vsock stream
 /// (`SO_VM_SOCKETS_BUFFER_SIZE`): our `buf_alloc`.
-#[allow(clippy::cast_possible_truncation)] // 1 MiB.
+#[allow(clippy::cast_possible_truncation)] // 4 MiB.
 const GUEST_BUF_ALLOC: u32 = shared_proto::translate::VSOCK_BUFFER_SIZE as u32;
 /// Linux sends a credit update once the host's idea of its free space drops below one
 /// maximal packet.
 const CREDIT_LOW: u32 = 64 * 1024;
 /// Linux 6.1's RX buffers: header and 4 KiB of data, two descriptors.
 const RX_DATA: u32 = 4096;
-/// Chains per queue: two descriptors each, 256 descriptors.
-const CHAINS: u16 = 128;
+/// RX chains posted: Linux fills the queue, two descriptors a buffer.
+const RX_CHAINS: u16 = outsock_vmm::devices::virtio::vsock::QUEUE_SIZE / 2;
+/// TX chains (two descriptors each): Linux's packets in flight are bounded by the host's
+/// credit, at most the VMM's bulk window of 1 MiB, 16 of 64 KiB; 128 leave room to spare.
+const TX_CHAINS: u16 = 128;
 /// RX data buffers in guest memory: those posted on the ring's chains and those the guest's
 /// streams hold until the program reads them (Linux keeps a received packet's buffer, its skb,
-/// in the socket's queue and posts a fresh one), up to 2 MiB of held packets. When all are
-/// held, spent chains wait for a read to free one.
-const RX_SLOTS: u16 = CHAINS + 512;
-/// Guest memory layout inside the fake driver's 16 MiB (its rings sit below 1 MiB).
+/// in the socket's queue and posts a fresh one), up to a stream's whole receive buffer. When
+/// all are held, spent chains wait for a read to free one.
+#[allow(clippy::cast_possible_truncation)] // 1024.
+const RX_SLOTS: u16 = RX_CHAINS + (GUEST_BUF_ALLOC / RX_DATA) as u16;
+/// Guest memory layout inside the fake driver's 32 MiB (its rings sit below 1 MiB).
 const TX_HDR_BASE: u64 = 0x10_0000;
-const RX_HDR_BASE: u64 = 0x10_0000 + 64 * CHAINS as u64;
+const RX_HDR_BASE: u64 = 0x10_0000 + 64 * TX_CHAINS as u64;
 const TX_DATA_BASE: u64 = 0x20_0000;
-const RX_DATA_BASE: u64 = TX_DATA_BASE + MAX_PKT_DATA as u64 * CHAINS as u64;
-const _: () = assert!(RX_DATA_BASE + RX_DATA as u64 * RX_SLOTS as u64 <= 16 << 20);
+const _: () = assert!(RX_HDR_BASE + 64 * RX_CHAINS as u64 <= TX_DATA_BASE);
+const RX_DATA_BASE: u64 = TX_DATA_BASE + MAX_PKT_DATA as u64 * TX_CHAINS as u64;
+const _: () = assert!(RX_DATA_BASE + RX_DATA as u64 * RX_SLOTS as u64 <= 32 << 20);
 const VRING_DESC_F_NEXT: u16 = 1;
 const VRING_DESC_F_WRITE: u16 = 2;
 /// How long the guest waits for the device before it gives up on an operation.
@@ -240,12 +246,12 @@ impl Vmm {
         )?;
         let mut guest = Guest {
             g,
-            tx_free: (0..CHAINS).rev().collect(),
+            tx_free: (0..TX_CHAINS).rev().collect(),
             kick_tx,
             kick_rx,
             rx_spent: Vec::new(),
-            chain_slot: (0..CHAINS).collect(),
-            rx_free: (CHAINS..RX_SLOTS).rev().collect(),
+            chain_slot: (0..RX_CHAINS).collect(),
+            rx_free: (RX_CHAINS..RX_SLOTS).rev().collect(),
             irq,
             irq_wait,
             conns: HashMap::new(),
@@ -254,7 +260,7 @@ impl Vmm {
             scratch: vec![0; RX_DATA as usize],
         };
         // Every RX chain is posted once and re-posted as soon as it is read.
-        for c in 0..CHAINS {
+        for c in 0..RX_CHAINS {
             let (h, d) = (rx_hdr(c), rx_data(c));
             guest.g.write_desc(
                 RX_QUEUE,
@@ -436,7 +442,7 @@ impl Guest {
             }
             // Linux refills (and kicks) once fewer than half the buffers are posted, each
             // chain with a fresh buffer (a spent one may be held by its stream).
-            if self.rx_spent.len() >= usize::from(CHAINS / 2) {
+            if self.rx_spent.len() >= usize::from(RX_CHAINS / 2) {
                 let mut posted = false;
                 while let Some(&c) = self.rx_spent.last() {
                     let Some(slot) = self.rx_free.pop() else {

@@ -11,4 +11,9 @@ pub const HOST_CID: u64 = 2;
 pub const RX_QUEUE: usize = 0;
 pub const TX_QUEUE: usize = 1;
 pub const EVT_QUEUE: usize = 2;
-pub const QUEUE_SIZE: u16 = 256;
+/// The size of each queue the device offers. Linux's driver takes it and posts as many RX
+/// buffers as the queue holds: with its two descriptors per buffer (6.1: header and 4 KiB of
+/// data), 512 buffers, 2 MiB the VMM can fill before the guest has refilled any. With 256
+/// (128 buffers, 512 KiB) the VMM ran out of buffers on most of its RX rounds and waited for
+/// the guest's refill (`outsock-bench … vm`, IPv6→guest).
+pub const QUEUE_SIZE: u16 = 1024;

@@ -31,8 +31,9 @@ use super::muxer::Muxer;
 use super::packet::{op, Header, MAX_PKT_DATA};
 use crate::devices::virtio::{ActivateError, IrqLine, VirtioDevice, VIRTIO_F_VERSION_1};
 
-/// Chains of one queue handled per call; the rest wait for the handler's next round.
-pub const CHAINS_PER_EVENT: usize = QUEUE_SIZE as usize;
+/// Chains of one queue handled per call; the rest wait for the handler's next round (a
+/// quarter of the queue: the console and the other queue wait no longer than they did).
+pub const CHAINS_PER_EVENT: usize = QUEUE_SIZE as usize / 4;
 
 /// RX chains one read of a connection may fill: sixteen of Linux's 4 KiB RX buffers hold the
 /// largest packet, [`MAX_PKT_DATA`].

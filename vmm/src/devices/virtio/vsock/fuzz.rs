@@ -34,15 +34,18 @@ use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::virtio::{status, IrqLine, VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::devices::BusDevice;
 
-const MEM_SIZE: usize = 16 << 20;
+const MEM_SIZE: usize = 32 << 20;
 const QUEUE_BASES: [u64; 3] = [0, 0x1_0000, 0x2_0000];
-/// Each queue's rings inside its 64 KiB: the descriptor table (16 bytes × 256), the avail ring
-/// (4 + 2 × 256 + 2 bytes) and the used ring (4 + 8 × 256 + 2 bytes), each with room to spare.
-/// (virtio-queue's `MockSplitQueue` places the used ring only 2 × 128 bytes after the avail
-/// ring's entries start, so that avail slots 128–255 of a 256-entry queue would overwrite it.)
+/// Each queue's rings inside its 64 KiB: the descriptor table (16 bytes × 1024), the avail
+/// ring (4 + 2 × 1024 + 2 bytes) and the used ring (4 + 8 × 1024 + 2 bytes), each with room to
+/// spare. (virtio-queue's `MockSplitQueue` places the used ring only 2 × 128 bytes after the
+/// avail ring's entries start, so that avail slots 128 and above would overwrite it.)
 const DESC_OFFSET: u64 = 0;
-const AVAIL_OFFSET: u64 = 0x1000;
-const USED_OFFSET: u64 = 0x2000;
+const AVAIL_OFFSET: u64 = 0x4000;
+const USED_OFFSET: u64 = 0x6000;
+const _: () = assert!(DESC_OFFSET + 16 * QUEUE_SIZE as u64 <= AVAIL_OFFSET);
+const _: () = assert!(AVAIL_OFFSET + 6 + 2 * QUEUE_SIZE as u64 <= USED_OFFSET);
+const _: () = assert!(USED_OFFSET + 6 + 8 * QUEUE_SIZE as u64 <= 0x1_0000);
 const BUF_START: u64 = 0x10_0000;
 const VRING_DESC_F_NEXT: u16 = 1;
 const VRING_DESC_F_WRITE: u16 = 2;
@@ -76,7 +79,7 @@ impl Default for FakeGuest {
 impl FakeGuest {
     pub fn new() -> Self {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)])
-            .expect("16 MiB of anonymous memory");
+            .expect("32 MiB of anonymous memory");
         // Fresh anonymous memory is zero: every ring starts empty, its flags clear.
         let rings = QUEUE_BASES.map(|base| Ring {
             desc: base + DESC_OFFSET,

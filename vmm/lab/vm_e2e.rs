@@ -331,9 +331,10 @@ pub fn run(d: &mut Driver) {
                 ok,
                 &match &a.vm_run {
                     Ok((status, out)) => format!(
-                        "outsock vm run -- curl -4 http://{}/index.html ({VM_RUN_FETCHES} times, a connection each): exit {status:?}, pages printed {} (want {VM_RUN_FETCHES}); outsock vm ls showed vm0 running, then stopped; its metrics socket counted exits, guest vsock connections, passed sockets and connects on kept host.sock streams; see vm-run.log",
+                        "outsock vm run -- curl -4 http://{}/index.html ({VM_RUN_FETCHES} times, a connection each): exit {status:?}, pages printed {} (want {VM_RUN_FETCHES}); outsock vm ls showed vm0 running, then stopped; its metrics socket counted exits, guest vsock connections, passed sockets and connects on kept host.sock streams, and the guest's driver took the vsock queue size offered ({}); see vm-run.log",
                         zone::V6ONLY,
-                        pages(out)
+                        pages(out),
+                        outsock_vmm::devices::virtio::vsock::QUEUE_SIZE
                     ),
                     Err(e) => e.clone(),
                 },
@@ -643,13 +644,18 @@ fn vm_run(d: &Driver, host_sock: &str) -> Result<(Option<i32>, String), String> 
         &metrics,
         "outsock_vmm_vsock_connections_total{vm=\"vm0\",by=\"guest\"} ",
     );
+    // Linux 6.1's driver takes the size the device offers (and posts an RX buffer per two
+    // descriptors until the queue is full).
+    let rx_queue = counter(&metrics, "outsock_vmm_vsock_rx_queue_size{vm=\"vm0\"} ");
+    let offered = u64::from(outsock_vmm::devices::virtio::vsock::QUEUE_SIZE);
     if !matches!(io_out, Some(n) if n > 0)
         || !matches!(passed, Some(n) if n > 0)
         || !matches!(guest, Some(n) if n > 0)
         || !matches!(reused, Some(n) if n > 0)
+        || rx_queue != Some(offered)
     {
         return Err(format!(
-            "the VMM's metrics while it ran: exits io_out {io_out:?}, guest vsock connections {guest:?}, passed sockets {passed:?}, connects on kept host.sock streams {reused:?} (want each > 0); see vm-run.log"
+            "the VMM's metrics while it ran: exits io_out {io_out:?}, guest vsock connections {guest:?}, passed sockets {passed:?}, connects on kept host.sock streams {reused:?} (want each > 0), the vsock RX queue's size {rx_queue:?} (want the {offered} offered); see vm-run.log"
         ));
     }
     match vm0(&after) {

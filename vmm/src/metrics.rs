@@ -58,6 +58,10 @@ pub struct Metrics {
     pub passed_sockets: AtomicU64,
     /// Guest connects that went to host-server on a kept host.sock stream (no new stream).
     pub kept_streams_reused: AtomicU64,
+    /// The size the guest's driver last gave the vsock RX queue (a gauge; 0 until it first
+    /// activates the device; kept across a reset, which a guest's shutdown may do before the
+    /// last scrape): Linux posts an RX buffer per two descriptors, until the queue is full.
+    pub vsock_rx_queue_size: AtomicU64,
     /// Peers refused at the VM's socket (SO_PEERCRED not admitted).
     pub refused_peers: AtomicU64,
     /// Guest listeners and UDP servers registered with host-server again after it went away,
@@ -84,6 +88,7 @@ impl Metrics {
             vsock_rx_bytes: Self::ZERO,
             passed_sockets: Self::ZERO,
             kept_streams_reused: Self::ZERO,
+            vsock_rx_queue_size: Self::ZERO,
             refused_peers: Self::ZERO,
             reregistrations: [[Self::ZERO; 2], [Self::ZERO; 2]],
         }
@@ -174,6 +179,13 @@ impl Metrics {
             "Guest listeners and UDP servers registered with host-server again after it went \
              away, by kind and outcome.",
             &rows,
+        );
+        let _ = writeln!(
+            o,
+            "# HELP outsock_vmm_vsock_rx_queue_size The vsock RX queue's size as the guest's driver last set it.\n\
+             # TYPE outsock_vmm_vsock_rx_queue_size gauge\n\
+             outsock_vmm_vsock_rx_queue_size{{vm=\"{vm}\"}} {}",
+            get(&self.vsock_rx_queue_size)
         );
         if let Some(open) = open {
             let _ = writeln!(
@@ -275,6 +287,7 @@ mod tests {
         m.exit(Exit::MmioWrite);
         Metrics::add(&m.vsock_tx_bytes, 1500);
         Metrics::add(&m.vsock_guest_connections, 2);
+        m.vsock_rx_queue_size.store(1024, Ordering::Relaxed);
         let text = m.render("web\"1", Some(3));
         for line in [
             "outsock_vmm_exits_total{vm=\"web\\\"1\",kind=\"io_out\"} 2\n",
@@ -285,6 +298,8 @@ mod tests {
             "outsock_vmm_passed_sockets_total{vm=\"web\\\"1\"} 0\n",
             "outsock_vmm_kept_streams_reused_total{vm=\"web\\\"1\"} 0\n",
             "outsock_vmm_vsock_connections_open{vm=\"web\\\"1\"} 3\n",
+            "outsock_vmm_vsock_rx_queue_size{vm=\"web\\\"1\"} 1024\n",
+            "# TYPE outsock_vmm_vsock_rx_queue_size gauge\n",
             "# TYPE outsock_vmm_exits_total counter\n",
         ] {
             assert!(text.contains(line), "{line} not in\n{text}");

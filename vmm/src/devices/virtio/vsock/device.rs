@@ -30,6 +30,7 @@ use super::defs::{DEVICE_ID, QUEUE_SIZE, RX_QUEUE, TX_QUEUE};
 use super::muxer::Muxer;
 use super::packet::{op, Header, MAX_PKT_DATA};
 use crate::devices::virtio::{ActivateError, IrqLine, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::metrics::METRICS;
 
 /// Chains of one queue handled per call; the rest wait for the handler's next round (a
 /// quarter of the queue: the console and the other queue wait no longer than they did).
@@ -347,6 +348,9 @@ impl VirtioDevice for VsockDevice {
                 return Err(ActivateError::BadQueue(i));
             }
         }
+        METRICS
+            .vsock_rx_queue_size
+            .store(u64::from(queues[RX_QUEUE].size()), Ordering::Relaxed);
         self.queues = queues;
         Ok(())
     }

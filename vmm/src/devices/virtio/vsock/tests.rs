@@ -546,6 +546,75 @@ fn shutdown_both_ways_ends_with_rst() {
     drop(host);
 }
 
+/// A guest that closes one connection and opens the next at once: the batch's REQUEST is
+/// answered (and the guest interrupted) before the closed stream is shut and its RST sent; a
+/// later packet of the closed stream itself never passes its end.
+#[test]
+fn a_streams_end_waits_for_the_packets_after_it_but_never_passes_its_own() {
+    let mut rig = Rig::new();
+    let mut old = rig.connect();
+    rig.guest.post_rx(8, 4096);
+    let end = Header {
+        flags: SHUTDOWN_SEND | SHUTDOWN_RCV,
+        ..rig.hdr(op::SHUTDOWN)
+    };
+    let next = Header {
+        src_port: GUEST_PORT + 1,
+        ..rig.hdr(op::REQUEST)
+    };
+    rig.guest.send(&end, &[]);
+    rig.guest.send(&next, &[]);
+    rig.dev.process_tx();
+    assert_eq!(rig.guest.used(TX_QUEUE).len(), 2, "both TX chains consumed");
+    let first: Vec<(u16, u32)> = rig
+        .guest
+        .recv()
+        .iter()
+        .map(|(h, _)| (h.op, h.dst_port))
+        .collect();
+    assert_eq!(
+        first,
+        [(op::RESPONSE, GUEST_PORT + 1)],
+        "the new stream's RESPONSE first, alone"
+    );
+    // The end was handled in the same call: the old stream is shut, its RST is next.
+    let mut rest = Vec::new();
+    old.read_to_end(&mut rest)
+        .expect("EOF on the closed stream's host side");
+    let got = rig.recv(1);
+    assert_eq!((got[0].0.op, got[0].0.dst_port), (op::RST, GUEST_PORT));
+    let (_new_host, _) = rig.host.accept().expect("the new stream's host.sock");
+    assert_eq!(rig.dev.muxer().connection_count(), 1);
+
+    // An RST followed by a REQUEST of the same stream (the guest reused its port): the RST
+    // goes first, and the new connection lives.
+    rig.guest.send(
+        &Header {
+            src_port: GUEST_PORT + 1,
+            ..rig.hdr(op::RST)
+        },
+        &[],
+    );
+    rig.guest.send(&next, &[]);
+    rig.dev.process_tx();
+    assert_eq!(rig.guest.used(TX_QUEUE).len(), 2);
+    let (_again, _) = rig
+        .host
+        .accept()
+        .expect("the reused port's new host.sock stream");
+    let got = rig.recv(1);
+    assert_eq!(
+        (got[0].0.op, got[0].0.dst_port),
+        (op::RESPONSE, GUEST_PORT + 1)
+    );
+    assert_eq!(rig.dev.muxer().connection_count(), 1);
+    assert!(rig
+        .dev
+        .muxer()
+        .connection(HOST_PORT, GUEST_PORT + 1)
+        .is_some());
+}
+
 #[test]
 fn guest_rst_closes_the_host_stream() {
     let mut rig = Rig::new();

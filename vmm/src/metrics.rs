@@ -120,9 +120,10 @@ impl Metrics {
         let vm = vm.replace('\\', "\\\\").replace('"', "\\\"");
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let mut o = String::with_capacity(2048);
-        let mut counter = |name: &str, help: &str, rows: &[(String, u64)]| {
+        // One metric family: its help, its type (counter or gauge) and its labelled rows.
+        let mut family = |name: &str, kind: &str, help: &str, rows: &[(String, u64)]| {
             let _ = writeln!(o, "# HELP outsock_vmm_{name} {help}");
-            let _ = writeln!(o, "# TYPE outsock_vmm_{name} counter");
+            let _ = writeln!(o, "# TYPE outsock_vmm_{name} {kind}");
             for (labels, v) in rows {
                 let _ = writeln!(o, "outsock_vmm_{name}{{vm=\"{vm}\"{labels}}} {v}");
             }
@@ -132,35 +133,45 @@ impl Metrics {
             .zip(&self.exits)
             .map(|((_, label), c)| (format!(",kind=\"{label}\""), get(c)))
             .collect();
-        counter("exits_total", "vCPU exits to the VMM, by kind.", &exits);
-        counter(
+        family(
+            "exits_total",
+            "counter",
+            "vCPU exits to the VMM, by kind.",
+            &exits,
+        );
+        family(
             "vsock_connections_total",
+            "counter",
             "vsock connections opened, by who opened them.",
             &[
                 (",by=\"guest\"".into(), get(&self.vsock_guest_connections)),
                 (",by=\"host\"".into(), get(&self.vsock_host_connections)),
             ],
         );
-        counter(
+        family(
             "vsock_bytes_total",
+            "counter",
             "vsock stream bytes: tx from the guest to the host side, rx to the guest.",
             &[
                 (",dir=\"tx\"".into(), get(&self.vsock_tx_bytes)),
                 (",dir=\"rx\"".into(), get(&self.vsock_rx_bytes)),
             ],
         );
-        counter(
+        family(
             "passed_sockets_total",
+            "counter",
             "Sockets host-server passed to the VMM for a connection's data path.",
             &[(String::new(), get(&self.passed_sockets))],
         );
-        counter(
+        family(
             "kept_streams_reused_total",
+            "counter",
             "Guest connects sent to host-server on a host.sock stream kept from an ended connection.",
             &[(String::new(), get(&self.kept_streams_reused))],
         );
-        counter(
+        family(
             "refused_peers_total",
+            "counter",
             "Streams refused at the VM's socket (SO_PEERCRED not admitted).",
             &[(String::new(), get(&self.refused_peers))],
         );
@@ -174,25 +185,25 @@ impl Metrics {
                 })
             })
             .collect();
-        counter(
+        family(
             "reregistrations_total",
+            "counter",
             "Guest listeners and UDP servers registered with host-server again after it went \
              away, by kind and outcome.",
             &rows,
         );
-        let _ = writeln!(
-            o,
-            "# HELP outsock_vmm_vsock_rx_queue_size The vsock RX queue's size as the guest's driver last set it.\n\
-             # TYPE outsock_vmm_vsock_rx_queue_size gauge\n\
-             outsock_vmm_vsock_rx_queue_size{{vm=\"{vm}\"}} {}",
-            get(&self.vsock_rx_queue_size)
+        family(
+            "vsock_rx_queue_size",
+            "gauge",
+            "The vsock RX queue's size as the guest's driver last set it.",
+            &[(String::new(), get(&self.vsock_rx_queue_size))],
         );
         if let Some(open) = open {
-            let _ = writeln!(
-                o,
-                "# HELP outsock_vmm_vsock_connections_open vsock connections open now.\n\
-                 # TYPE outsock_vmm_vsock_connections_open gauge\n\
-                 outsock_vmm_vsock_connections_open{{vm=\"{vm}\"}} {open}"
+            family(
+                "vsock_connections_open",
+                "gauge",
+                "vsock connections open now.",
+                &[(String::new(), open)],
             );
         }
         o
